@@ -1,0 +1,281 @@
+"""ModelConfig: one data-only description of every model family (GPT-2, Llama, BERT style).
+
+Fields are plain data so a config round-trips through YAML and checkpoints. Architecture switches are typed
+strings; `__post_init__` validates every field and fills the derived ones. Invalid values raise `ValueError`
+naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+Norm = Literal["layernorm", "rmsnorm"]
+MLPKind = Literal["gelu", "swiglu", "geglu"]
+Position = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
+NormPlacement = Literal["pre", "post"]
+AttentionKernel = Literal["sdpa", "eager"]
+GeluApprox = Literal["tanh", "none"]
+RopeScalingType = Literal["linear", "dynamic", "llama3"]
+
+_ROPE_SCALING_KEYS = {
+    "linear": {"type", "factor"},
+    "dynamic": {"type", "factor", "original_max_position_embeddings"},
+    "llama3": {"type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+}
+
+
+@dataclass
+class ModelConfig:
+    """Every architecture switch of the decoder and encoder families.
+
+    Derived fields (`n_kv_head`, `head_dim`, `intermediate_size`) are filled from the others when left as None.
+    """
+
+    name: str = "custom"
+    causal: bool = True  # False: bidirectional encoder (BERT style)
+    vocab_size: int = 50257
+    block_size: int = 1024  # context length
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_kv_head: int | None = None  # None: = n_head (MHA); 1: MQA; between: GQA
+    head_dim: int | None = None  # None: n_embd // n_head
+    intermediate_size: int | None = None  # None: 4*n_embd (gelu) or the Llama rule (gated)
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    norm_placement: NormPlacement = "pre"
+    mlp: MLPKind = "gelu"
+    gelu_approx: GeluApprox = "tanh"  # GPT-2 uses the tanh approximation, BERT the exact erf form
+    position: Position = "learned"
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # {"type": "linear" | "dynamic" | "llama3", "factor": ..., ...}
+    sliding_window: int | None = None  # Mistral style: attend to at most this many previous tokens
+    bias: bool = True
+    tie_embeddings: bool = True
+    layer_scale: float | None = None  # initial LayerScale value; None: off
+    drop_path: float = 0.0  # stochastic depth rate of the last layer, linear from 0 over depth
+    dropout: float = 0.0  # embedding and residual dropout
+    attn_dropout: float = 0.0
+    attention: AttentionKernel = "sdpa"
+    init_std: float = 0.02
+    scale_residual_init: bool = True  # GPT-2: residual projections start at init_std / sqrt(2 * n_layer)
+    # Encoder (BERT) only
+    type_vocab_size: int = 0
+    pad_token_id: int | None = None
+    pooler: bool = False
+    num_labels: int = 2
+    extra: dict = field(default_factory=dict)  # free-form metadata (e.g. source checkpoint); never read by models
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "num_labels"):
+            _require(name, getattr(self, name), getattr(self, name) >= 1, "must be >= 1")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            v = getattr(self, name)
+            _require(name, v, 0.0 <= v < 1.0, "must be in [0, 1)")
+        _require("norm_eps", self.norm_eps, self.norm_eps > 0, "must be > 0")
+        _require("init_std", self.init_std, self.init_std > 0, "must be > 0")
+        _require("rope_theta", self.rope_theta, self.rope_theta > 0, "must be > 0")
+        _require("type_vocab_size", self.type_vocab_size, self.type_vocab_size >= 0, "must be >= 0")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        _require("n_kv_head", self.n_kv_head, 1 <= self.n_kv_head <= self.n_head, f"must be in [1, n_head={self.n_head}]")
+        _require(
+            "n_kv_head", self.n_kv_head, self.n_head % self.n_kv_head == 0, f"must divide n_head={self.n_head}"
+        )
+        if self.head_dim is None:
+            _require(
+                "n_embd", self.n_embd, self.n_embd % self.n_head == 0, f"must be divisible by n_head={self.n_head}"
+            )
+            self.head_dim = self.n_embd // self.n_head
+        _require("head_dim", self.head_dim, self.head_dim >= 1, "must be >= 1")
+        if self.position == "rope":
+            _require("head_dim", self.head_dim, self.head_dim % 2 == 0, "must be even for rope positions")
+        if self.intermediate_size is None:
+            self.intermediate_size = default_intermediate_size(self.n_embd, self.mlp)
+        _require("intermediate_size", self.intermediate_size, self.intermediate_size >= 1, "must be >= 1")
+        if self.sliding_window is not None:
+            _require("sliding_window", self.sliding_window, self.sliding_window >= 1, "must be >= 1 or None")
+            _require("sliding_window", self.sliding_window, self.causal, "needs causal=True")
+        if self.layer_scale is not None:
+            _require("layer_scale", self.layer_scale, self.layer_scale > 0, "must be > 0 or None")
+        if self.rope_scaling is not None:
+            self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.position)
+        if self.pad_token_id is not None:
+            _require(
+                "pad_token_id", self.pad_token_id, 0 <= self.pad_token_id < self.vocab_size, "must be a valid token id"
+            )
+
+    # ----- derived figures -----
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_head * self.head_dim
+
+    def param_count(self, *, include_embeddings: bool = True) -> int:
+        """Exact parameter count of the model this config builds (embeddings counted once when tied)."""
+        from neurallayers.models import build_model  # local: models import config
+
+        import torch
+
+        with torch.device("meta"):
+            model = build_model(self)
+        n = sum(p.numel() for p in model.parameters())
+        if not include_embeddings:
+            n -= sum(p.numel() for name, p in model.named_parameters() if "wte" in name or "wpe" in name)
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None, *, training: bool = False) -> float:
+        """Matmul FLOPs per token (forward; x3 for training), counting attention over `seq_len` context."""
+        t = seq_len or self.block_size
+        d, h = self.n_embd, self.n_head * self.head_dim
+        attn_proj = 2 * d * (h + 2 * self.kv_dim) + 2 * h * d
+        mlp_mult = 3 if self.mlp in ("swiglu", "geglu") else 2
+        mlp = 2 * mlp_mult * d * self.intermediate_size
+        attn_scores = 2 * 2 * h * t  # QK^T and AV, per token, against t keys
+        head = 2 * d * self.vocab_size if self.causal else 0
+        fwd = self.n_layer * (attn_proj + mlp + attn_scores) + head
+        return 3 * fwd if training else fwd
+
+    def kv_cache_bytes(self, seq_len: int | None = None, *, batch_size: int = 1, bytes_per_value: int = 2) -> int:
+        t = seq_len or self.block_size
+        return 2 * self.n_layer * batch_size * t * self.kv_dim * bytes_per_value
+
+    # ----- (de)serialisation -----
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                hint = difflib.get_close_matches(key, sorted(known), n=1)
+                did = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ValueError(f"ModelConfig has no field {key!r}{did}; valid fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        data = self.to_dict()
+        data.update(changes)
+        return ModelConfig.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump({"model": self.to_dict()}, sort_keys=False))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelConfig:
+        """Read a YAML file: either a bare mapping of fields or a `model:` section (a run's config.yaml)."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+        if "model" in data and isinstance(data["model"], dict):
+            data = data["model"]
+        if "preset" in data:
+            preset = data.pop("preset")
+            return cls.from_name(preset).replace(**data)
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_name(cls, name: str) -> ModelConfig:
+        from neurallayers.presets import PRESETS
+
+        if name not in PRESETS:
+            hint = difflib.get_close_matches(name, list(PRESETS), n=1)
+            did = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"unknown preset {name!r}{did}; available: {', '.join(PRESETS)}")
+        return cls.from_dict({"name": name, **PRESETS[name]})
+
+    @classmethod
+    def from_checkpoint(cls, run_dir: str | Path) -> ModelConfig:
+        return cls.from_file(Path(run_dir) / "config.yaml")
+
+    @classmethod
+    def resolve(cls, spec: str | Path | ModelConfig) -> ModelConfig:
+        """A preset name, a YAML file, a run directory, or a config already."""
+        if isinstance(spec, ModelConfig):
+            return spec
+        path = Path(spec)
+        if path.is_dir():
+            return cls.from_checkpoint(path)
+        if path.suffix in (".yaml", ".yml") or path.is_file():
+            return cls.from_file(path)
+        return cls.from_name(str(spec))
+
+
+def default_intermediate_size(n_embd: int, mlp: str) -> int:
+    if mlp == "gelu":
+        return 4 * n_embd
+    # Llama: 2/3 of 4d keeps the parameter count of a 4d GELU MLP; rounded up to a multiple of 64 for speed.
+    hidden = int(2 * 4 * n_embd / 3)
+    return 64 * math.ceil(hidden / 64)
+
+
+def _require(name: str, value: Any, ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"ModelConfig.{name}={value!r}: {what}")
+
+
+def _check_types(cfg: ModelConfig) -> None:
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _matches(value, hints[f.name]):
+            allowed = _describe(hints[f.name])
+            raise ValueError(f"ModelConfig.{f.name}={value!r}: expected {allowed}")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return value in get_args(tp)
+    if origin is not None and type(None) in get_args(tp):  # X | None
+        return value is None or any(_matches(value, a) for a in get_args(tp) if a is not type(None))
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is not None:
+        return " or ".join(_describe(a) for a in get_args(tp))
+    return "None" if tp is type(None) else tp.__name__
+
+
+def _check_rope_scaling(scaling: dict, position: str) -> dict:
+    _require("rope_scaling", scaling, position == "rope", "needs position='rope'")
+    kind = scaling.get("type", scaling.get("rope_type"))
+    allowed = get_args(RopeScalingType)
+    _require("rope_scaling", scaling, kind in allowed, f"'type' must be one of {', '.join(map(repr, allowed))}")
+    scaling = {("type" if k == "rope_type" else k): v for k, v in scaling.items()}
+    extra = set(scaling) - _ROPE_SCALING_KEYS[kind]
+    _require("rope_scaling", scaling, not extra, f"unknown keys {sorted(extra)} for type {kind!r}")
+    factor = scaling.get("factor")
+    ok = isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor >= 1
+    _require("rope_scaling", scaling, ok, "'factor' must be a number >= 1")
+    if kind == "llama3":
+        missing = _ROPE_SCALING_KEYS["llama3"] - set(scaling)
+        _require("rope_scaling", scaling, not missing, f"llama3 scaling needs {sorted(missing)}")
+    return scaling

@@ -1,0 +1,21 @@
+"""Model families. `build_model(config)` picks the family from the config's `causal` switch."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from neurallayers.config import ModelConfig
+from neurallayers.models.decoder import DecoderLM, ModelOutput
+
+
+def build_model(config: ModelConfig | str) -> nn.Module:
+    """A model with freshly initialised weights from a ModelConfig or a preset name / YAML path."""
+    config = ModelConfig.resolve(config)
+    if config.causal:
+        return DecoderLM(config)
+    from neurallayers.models.encoder import EncoderModel  # noqa: PLC0415 - encoder lives in its own file
+
+    return EncoderModel(config)
+
+
+__all__ = ["DecoderLM", "ModelOutput", "build_model"]

@@ -1,0 +1,187 @@
+"""GPT-2 / Llama style causal language model. Every switch comes from ModelConfig; the blocks come from nn/."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from neurallayers.config import ModelConfig
+from neurallayers.nn import Attention, Block, GatedMLP, KVCache, RotaryEmbedding, build_norm, sinusoidal_table
+from neurallayers.nn.mlp import MLP
+from neurallayers.nn.positions import alibi_slopes
+
+GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu_tanh"}
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, T, vocab) or (B, logits_to_keep, vocab)
+    loss: torch.Tensor | None = None
+    attentions: list[torch.Tensor] | None = None  # per layer (B, n_head, T, S), when asked for
+    hidden: torch.Tensor | None = None  # last hidden state (B, T, n_embd), when asked for
+
+
+def build_mlp(cfg: ModelConfig) -> nn.Module:
+    if cfg.mlp == "gelu":
+        return MLP(cfg.n_embd, cfg.intermediate_size, bias=cfg.bias, gelu_approx=cfg.gelu_approx)
+    return GatedMLP(cfg.n_embd, cfg.intermediate_size, bias=cfg.bias, activation=GATED_ACTIVATIONS[cfg.mlp])
+
+
+def build_blocks(cfg: ModelConfig) -> nn.ModuleList:
+    blocks = []
+    for i in range(cfg.n_layer):
+        attn = Attention(cfg.n_embd, n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, head_dim=cfg.head_dim,
+                         bias=cfg.bias, dropout=cfg.attn_dropout, kernel=cfg.attention)
+        blocks.append(Block(
+            attn=attn, mlp=build_mlp(cfg),
+            norm1=build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias),
+            norm2=build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias),
+            dim=cfg.n_embd, prenorm=cfg.norm_placement == "pre", dropout=cfg.dropout,
+            drop_path=cfg.drop_path * i / max(cfg.n_layer - 1, 1), layer_scale=cfg.layer_scale,
+        ))
+    return nn.ModuleList(blocks)
+
+
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """Normal(0, init_std) weights, zero biases; GPT-2 scales residual projections by 1/sqrt(2 * n_layer)."""
+    for name, p in model.named_parameters():
+        if p.ndim >= 2:
+            std = cfg.init_std
+            if cfg.scale_residual_init and name.endswith("proj.weight"):
+                std /= math.sqrt(2 * cfg.n_layer)
+            nn.init.normal_(p, mean=0.0, std=std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+
+
+class DecoderLM(nn.Module):
+    """Causal LM: embeddings -> blocks -> final norm -> lm_head (tied to the embedding when configured)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not config.causal:
+            raise ValueError("DecoderLM needs causal=True; build_model picks the encoder for causal=False")
+        self.config = cfg = config
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        if cfg.position == "sinusoidal":
+            self.register_buffer("sinusoid", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
+        self.rope = (RotaryEmbedding(cfg.head_dim, theta=cfg.rope_theta, scaling=cfg.rope_scaling,
+                                     max_position=cfg.block_size) if cfg.position == "rope" else None)
+        if cfg.position == "alibi":
+            self.register_buffer("alibi", alibi_slopes(cfg.n_head), persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = build_blocks(cfg)
+        self.norm_f = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+        init_weights(self, cfg)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    # ----- helpers -----
+    def num_params(self, *, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.wte.weight.numel() + (self.wpe.weight.numel() if self.wpe is not None else 0)
+        return n
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> KVCache:
+        """A static KV cache for `batch_size` rows of up to `max_len` (default block_size) positions."""
+        cfg = self.config
+        p = self.wte.weight
+        return KVCache(n_layer=cfg.n_layer, batch_size=batch_size, n_kv_head=cfg.n_kv_head,
+                       max_len=max_len or cfg.block_size, head_dim=cfg.head_dim, dtype=dtype or p.dtype,
+                       device=device or p.device)
+
+    def estimate_mfu(self, tokens_per_second: float, peak_flops: float, *, seq_len: int | None = None) -> float:
+        """Model FLOPs utilisation of training at `tokens_per_second` against a `peak_flops` device."""
+        return self.config.flops_per_token(seq_len, training=True) * tokens_per_second / peak_flops
+
+    # ----- forward -----
+    def forward(self, input_ids: torch.Tensor, *, targets: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                cache: KVCache | None = None, input_pos: int | torch.Tensor = 0, logits_to_keep: int = 0,
+                output_attentions: bool = False, output_hidden: bool = False) -> ModelOutput:
+        """Logits for input_ids (B, T), and the loss when `targets` is given.
+
+        Args:
+            targets: (B, T) next-token ids aligned with input_ids (already shifted); -100 is ignored.
+            attention_mask: (B, S) 1 for real tokens, 0 for padding, over all key positions [0, S) where
+                S = input_pos + T (the cached prefix included).
+            position_ids: (B, T); default input_pos + arange(T). Left-padded batches pass their own.
+            cache: a KVCache from `new_cache`; the new keys/values are written at input_pos.. and attention
+                covers everything cached before them.
+            input_pos: where these tokens start in the cache: an int for all rows or a (B,) tensor per row.
+            logits_to_keep: compute logits only for the last N positions (0 = all); prefill needs one.
+        """
+        cfg = self.config
+        b, t = input_ids.shape
+        device = input_ids.device
+        per_row = isinstance(input_pos, torch.Tensor)
+        if position_ids is None:
+            start = input_pos[:, None] if per_row else input_pos
+            position_ids = start + torch.arange(t, device=device)[None, :].expand(b, t)
+        if cache is None and t > cfg.block_size:
+            raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
+        x = self.wte(input_ids)
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids)
+        elif cfg.position == "sinusoidal":
+            x = x + self.sinusoid[position_ids]
+        x = self.drop(x)
+        rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
+        mask, is_causal = self._mask(b, t, input_pos, attention_mask, cache, x.dtype, device)
+        attentions = [] if output_attentions else None
+        for i, block in enumerate(self.blocks):
+            kw = dict(rope=rope, mask=mask, is_causal=is_causal, cache=cache, layer=i, input_pos=input_pos,
+                      need_weights=output_attentions)
+            if self.gradient_checkpointing and self.training:
+                x, w = checkpoint(block, x, use_reentrant=False, **kw)
+            else:
+                x, w = block(x, **kw)
+            if output_attentions:
+                attentions.append(w)
+        x = self.norm_f(x)
+        hidden = x if output_hidden else None
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        return ModelOutput(logits=logits, loss=loss, attentions=attentions, hidden=hidden)
+
+    def _mask(self, b: int, t: int, input_pos: int | torch.Tensor, attention_mask: torch.Tensor | None,
+              cache: KVCache | None, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor | None, bool]:
+        """One mask for all layers: (B|1, 1|H, T, S) bool or additive float, or None with is_causal."""
+        cfg = self.config
+        per_row = isinstance(input_pos, torch.Tensor)
+        plain = attention_mask is None and cfg.position != "alibi" and cfg.sliding_window is None
+        if plain and cache is None:
+            return None, True  # the kernel's own causal mask: fastest path
+        if plain and not per_row and (t == 1 or input_pos == 0):
+            return None, t > 1  # decode of one token sees the whole prefix; prefill from 0 is plain causal
+        q_pos = (input_pos[:, None] if per_row else torch.tensor([[input_pos]], device=device))
+        q_pos = q_pos + torch.arange(t, device=device)  # (B|1, T) absolute query positions
+        s = int(q_pos.max()) + 1 if cache is not None else t
+        k_pos = torch.arange(s, device=device)
+        allowed = k_pos[None, None, :] <= q_pos[:, :, None]  # (B|1, T, S)
+        if cfg.sliding_window is not None:
+            allowed &= q_pos[:, :, None] - k_pos[None, None, :] < cfg.sliding_window
+        if attention_mask is not None:
+            allowed = allowed & attention_mask[:, None, :s].bool()
+            # A padding query would see nothing and give NaN; let every query see itself.
+            allowed |= k_pos[None, None, :] == q_pos[:, :, None]
+        allowed = allowed[:, None]  # (B|1, 1, T, S)
+        if cfg.position != "alibi":
+            return allowed, False
+        distance = (k_pos[None, None, :] - q_pos[:, :, None]).to(torch.float32)  # (B|1, T, S), <= 0 where seen
+        bias = self.alibi.to(device)[None, :, None, None] * distance[:, None]  # (B|1, H, T, S)
+        return bias.masked_fill(~allowed, float("-inf")).to(dtype), False

@@ -1,0 +1,83 @@
+"""Multi-head attention with grouped-query / multi-query support and two kernels sharing one signature:
+"sdpa" (torch's fused scaled_dot_product_attention, the default) and "eager" (explicit softmax, can return
+the attention weights)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurallayers.nn.kv_cache import KVCache
+from neurallayers.nn.positions import apply_rotary
+
+KERNELS = ("sdpa", "eager")
+
+
+class Attention(nn.Module):
+    """q, k and v come from one fused linear (rows: n_head*head_dim for q, then n_kv_head*head_dim each for
+    k and v), so a forward pass is one matmul in and one out."""
+
+    def __init__(self, dim: int, *, n_head: int, n_kv_head: int | None = None, head_dim: int | None = None,
+                 bias: bool = True, dropout: float = 0.0, kernel: str = "sdpa") -> None:
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown attention kernel {kernel!r}; valid: {', '.join(KERNELS)}")
+        self.n_head = n_head
+        self.n_kv_head = n_kv_head or n_head
+        self.head_dim = head_dim or dim // n_head
+        self.kernel = kernel
+        self.dropout = dropout
+        self.q_dim, self.kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.qkv = nn.Linear(dim, self.q_dim + 2 * self.kv_dim, bias=bias)
+        self.proj = nn.Linear(self.q_dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor, *, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None, is_causal: bool = False, cache: KVCache | None = None,
+                layer: int = 0, input_pos: int | torch.Tensor = 0,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, dim) -> (B, T, dim), and weights (B, n_head, T, S) when need_weights.
+
+        mask: bool (True = attend) or additive float, broadcastable to (B, n_head, T, S); S is the key length
+        (T without a cache, the cached length with one). is_causal: use the kernel's own causal mask (T == S).
+        """
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split((self.q_dim, self.kv_dim, self.kv_dim), dim=-1)
+        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
+        k = k.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
+        v = v.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, input_pos, k, v)
+        dropout = self.dropout if self.training else 0.0
+        if self.kernel == "sdpa" and not need_weights:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal and mask is None,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
+            weights = None
+        else:
+            y, weights = eager_attention(q, k, v, mask=mask, is_causal=is_causal, dropout=dropout)
+        y = y.transpose(1, 2).reshape(b, t, self.q_dim)  # (B, T, n_head*head_dim)
+        return self.proj(y), (weights if need_weights else None)
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None,
+                    is_causal: bool, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention: softmax(q k^T / sqrt(d) + mask) v, softmax in float32. Returns (y, weights)."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if is_causal and mask is None:
+        t, s = scores.shape[-2:]
+        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = scores.softmax(dim=-1).to(q.dtype)
+    if dropout:
+        weights = F.dropout(weights, p=dropout)
+    return weights @ v, weights

@@ -1,0 +1,59 @@
+"""A static, preallocated KV cache written by position (gpt-fast style): no reallocation while decoding."""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Keys and values for every layer: `k`, `v` of shape (n_layer, B, n_kv_head, max_len, head_dim).
+
+    Rows are independent sequences; each row's tokens live at the positions the caller writes them to.
+    `rows(start, stop)` gives a view on a range of rows (writes go through), which lets a server prefill one
+    request into its slot of a shared batch cache.
+    """
+
+    def __init__(self, *, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 _tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        if _tensors is None:
+            _tensors = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        self.k, self.v = _tensors
+        self.max_len = max_len
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        k, v = self.k[:, start:stop], self.v[:, start:stop]
+        n_layer, b, h, length, d = k.shape
+        return KVCache(n_layer=n_layer, batch_size=b, n_kv_head=h, max_len=length, head_dim=d, _tensors=(k, v))
+
+    def update(self, layer: int, input_pos: int | torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H, T, D) at positions input_pos.. (an int shared by all rows, or a (B,) tensor) and
+        return this layer's keys and values for positions [0, end), end = last written position + 1."""
+        t = k.shape[2]
+        ck, cv = self.k[layer], self.v[layer]
+        if isinstance(input_pos, int):
+            end = input_pos + t
+            if end > self.max_len:
+                raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
+            ck[:, :, input_pos:end] = k
+            cv[:, :, input_pos:end] = v
+        else:
+            idx = input_pos[:, None] + torch.arange(t, device=input_pos.device)  # (B, T)
+            end = int(idx.max()) + 1
+            if end > self.max_len:
+                raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]
+            ck[rows, :, idx] = k.transpose(1, 2)  # indexed view is (B, T, H, D)
+            cv[rows, :, idx] = v.transpose(1, 2)
+        return ck[:, :, :end], cv[:, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Reorder rows in place (beam search keeps the cache rows of the beams that survive)."""
+        self.k.copy_(self.k.index_select(1, index))
+        self.v.copy_(self.v.index_select(1, index))

@@ -1,0 +1,93 @@
+"""Position encodings: sinusoidal table, RoPE (with linear, dynamic-NTK and Llama-3 scaling), ALiBi slopes.
+
+Learned positions are a plain nn.Embedding in the model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
+    """(max_len, dim) table of "Attention is all you need": sin on even, cos on odd channels."""
+    pos = torch.arange(max_len, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
+    return table
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,), with static scaling (linear, llama3) folded in."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if not scaling:
+        return inv_freq
+    kind, factor = scaling["type"], float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, smoothed, scaled)
+    return inv_freq  # dynamic: depends on the sequence length, applied in RotaryEmbedding.forward
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for given positions. Half-split layout (rotate_half), the Hugging Face Llama convention,
+    so Llama checkpoints load without permuting q/k weights."""
+
+    def __init__(self, head_dim: int, *, theta: float = 10000.0, scaling: dict | None = None,
+                 max_position: int = 2048) -> None:
+        super().__init__()
+        self.head_dim, self.theta, self.scaling, self.max_position = head_dim, theta, scaling, max_position
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
+
+    def _dynamic_inv_freq(self, seq_len: int) -> torch.Tensor:
+        # Dynamic NTK: grow the base once the sequence passes the trained length.
+        old_len = self.scaling.get("original_max_position_embeddings", self.max_position)
+        if seq_len <= old_len:
+            return self.inv_freq
+        factor = float(self.scaling["factor"])
+        base = self.theta * ((factor * seq_len / old_len) - (factor - 1)) ** (self.head_dim / (self.head_dim - 2))
+        exps = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=self.inv_freq.device).float()
+        return 1.0 / (base ** (exps / self.head_dim))
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids (B, T) -> cos, sin of shape (B, 1, T, head_dim)."""
+        inv_freq = self.inv_freq
+        if self.scaling and self.scaling["type"] == "dynamic":
+            inv_freq = self._dynamic_inv_freq(int(position_ids.max()) + 1)
+        freqs = position_ids[..., None].float() * inv_freq.float()  # (B, T, head_dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, head_dim)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D) rotated by the (B, 1, T, D) tables."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """Per-head ALiBi slopes (n_head,), including the interleaving for head counts that are not powers of 2."""
+
+    def power_of_2(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_head).is_integer():
+        return torch.tensor(power_of_2(n_head))
+    closest = 2 ** math.floor(math.log2(n_head))
+    extra = power_of_2(2 * closest)[0::2][: n_head - closest]
+    return torch.tensor(power_of_2(closest) + extra)
