@@ -21,6 +21,7 @@ NormPlacement = Literal["pre", "post"]
 AttentionKernel = Literal["sdpa", "eager"]
 GeluApprox = Literal["tanh", "none"]
 RopeScalingType = Literal["linear", "dynamic", "llama3"]
+Head = Literal["none", "mlm", "sequence_classification", "token_classification"]
 
 _ROPE_SCALING_KEYS = {
     "linear": {"type", "factor"},
@@ -69,6 +70,7 @@ class ModelConfig:
     pad_token_id: int | None = None
     pooler: bool = False
     num_labels: int = 2
+    head: Head = "none"  # encoder task head on top of the bare encoder
     extra: dict = field(default_factory=dict)  # free-form metadata (e.g. source checkpoint); never read by models
 
     def __post_init__(self) -> None:

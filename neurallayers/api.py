@@ -1,0 +1,35 @@
+"""`load(path)`: one entry point for run directories and Hugging Face model folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+         allow_pickle: bool = False) -> tuple[nn.Module, object]:
+    """Model (in eval mode) and tokenizer from a run directory (config.yaml, model.safetensors, tokenizer.json)
+    or a Hugging Face folder (config.json, safetensors weights, tokenizer files).
+
+    Args:
+        allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin). Off by default:
+            a pickle can run code when loaded.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such run directory or model folder: {path}")
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
+    if (path / "config.yaml").is_file():
+        from neurallayers.training.checkpoint import load_run
+
+        model, tokenizer, _ = load_run(path, device=device, dtype=dtype)
+    elif (path / "config.json").is_file():
+        from neurallayers.interop.hf import load_hf
+
+        model, tokenizer = load_hf(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    else:
+        raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
+    return model.eval(), tokenizer
