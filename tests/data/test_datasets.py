@@ -1,0 +1,151 @@
+import functools
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from neurallayers.data.corpora import TextCorpus, load_corpus
+from neurallayers.data.datasets import (
+    RandomWindows,
+    SFTExample,
+    eval_batches,
+    prepare_tokens,
+    sft_collate,
+    split_names,
+)
+from neurallayers.data.tokenizers import Tokenizer
+
+# Each document is one marker line repeated; the markers use disjoint letters so a char tokenizer
+# output can be traced back to its document.
+MARKERS = [f"doc{chr(ord('a') + i)}" for i in range(12)]
+DOCS = {m: f"{m}\n" * 30 for m in MARKERS}
+
+
+@functools.cache
+def char_tok() -> Tokenizer:
+    return Tokenizer.train_char(["".join(DOCS.values()) + "xyz "])
+
+
+def decode_split(tokens: np.ndarray) -> str:
+    return char_tok().decode(tokens.tolist(), skip_special_tokens=False)
+
+
+def test_prepare_tokens_split_and_layout(tmp_path):
+    data = prepare_tokens(TextCorpus(DOCS), char_tok(), tmp_path, val_fraction=0.25, seed=0, show_progress=False)
+    assert data.train.dtype == np.uint16 and not data.cached
+    assert sorted(p.name for p in data.path.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    train, val = decode_split(data.train), decode_split(data.val)
+    in_train = {m for m in MARKERS if m in train}
+    in_val = {m for m in MARKERS if m in val}
+    assert len(in_val) == 3 and in_train | in_val == set(MARKERS) and not in_train & in_val
+    # Documents are whole and each ends with eos.
+    assert train.count("<|endoftext|>") == 9 and val.count("<|endoftext|>") == 3
+    assert data.meta["train_tokens"] + data.meta["val_tokens"] == sum(len(t) + 1 for t in DOCS.values())
+
+
+def test_split_is_reproducible():
+    names = [f"n{i}" for i in range(40)]
+    assert split_names(names, 0.1, seed=0) == split_names(list(reversed(names)), 0.1, seed=0)
+    assert len(split_names(names, 0.1, seed=0)) == 4
+    assert split_names(names, 0.1, seed=0) != split_names(names, 0.1, seed=1)
+    assert len(split_names(["a", "b"], 0.01, seed=0)) == 1  # at least one val ...
+    assert len(split_names(["a", "b"], 0.99, seed=0)) == 1  # ... and at least one train
+    assert split_names(["a"], 0.5, seed=0) == set() and split_names(names, 0.0, seed=0) == set()
+
+
+def test_cache_reused_and_rebuilt_when_corpus_changes(tmp_path, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(DOCS.values()))
+    calls = []
+    original = Tokenizer.encode_batch
+    monkeypatch.setattr(Tokenizer, "encode_batch", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    cache = tmp_path / "cache"
+
+    first = prepare_tokens(load_corpus(path), char_tok(), cache, show_progress=False)
+    assert calls and not first.cached
+    calls.clear()
+    mtime = os.stat(first.path / "train.bin").st_mtime_ns
+    again = prepare_tokens(load_corpus(path), char_tok(), cache, show_progress=False)
+    assert again.cached and not calls and again.path == first.path
+    assert os.stat(again.path / "train.bin").st_mtime_ns == mtime
+    np.testing.assert_array_equal(again.train, first.train)
+
+    path.write_text("".join(DOCS.values()) + "xyz\n")
+    changed = prepare_tokens(load_corpus(path), char_tok(), cache, show_progress=False)
+    assert calls and not changed.cached and changed.path != first.path
+    other_seed = prepare_tokens(load_corpus(path), char_tok(), cache, seed=1, show_progress=False)
+    assert other_seed.path != changed.path
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary folders left behind
+
+
+def test_single_file_is_chunked_and_split(tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("".join(DOCS.values()))
+    data = prepare_tokens(load_corpus(path), char_tok(), tmp_path / "c", chunk_chars=200, show_progress=False)
+    assert data.meta["pieces"] > 5 and data.meta["val_pieces"] >= 1
+    assert len(data.train) > len(data.val) > 0
+    assert decode_split(data.train).count("<|endoftext|>") + decode_split(data.val).count("<|endoftext|>") == 1
+
+
+def test_one_tiny_document_splits_by_position(tmp_path):
+    data = prepare_tokens(TextCorpus(["docb\n" * 10]), char_tok(), tmp_path, show_progress=False)
+    assert len(data.val) == round(0.1 * 51) and len(data.train) == 51 - len(data.val)
+
+
+def test_prepare_tokens_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="has no text"):
+        prepare_tokens(TextCorpus(["", ""], name="blank"), char_tok(), tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="val_fraction"):
+        prepare_tokens(TextCorpus(["abc"]), char_tok(), tmp_path, val_fraction=1.0)
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"txt": "x"}\n')
+    with pytest.raises(ValueError, match=r"d.jsonl:1: no string field 'text'"):
+        prepare_tokens(load_corpus(jsonl), char_tok(), tmp_path, show_progress=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_random_windows():
+    tokens = np.arange(1000, dtype=np.uint16)
+    windows = RandomWindows(tokens, block_size=16, batch_size=4, seed=3)
+    x, y = windows.batch(7)
+    assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(y, x + 1)  # y is x shifted by one token
+    again = RandomWindows(tokens, block_size=16, batch_size=4, seed=3).batch(7)  # as after a resume
+    assert torch.equal(again[0], x) and torch.equal(again[1], y)
+    assert not torch.equal(windows.batch(8)[0], x)
+    assert not torch.equal(RandomWindows(tokens, block_size=16, batch_size=4, seed=4).batch(7)[0], x)
+    assert x.max() < 1000
+    with pytest.raises(ValueError, match="only 10 tokens.*block_size=16"):
+        RandomWindows(tokens[:10], block_size=16, batch_size=4, seed=0)
+    with pytest.raises(ValueError, match="step"):
+        windows.batch(-1)
+
+
+def test_eval_batches():
+    tokens = np.arange(1001, dtype=np.uint32)
+    batches = list(eval_batches(tokens, block_size=100, batch_size=4, max_batches=None))
+    assert [len(x) for x, _ in batches] == [4, 4, 2]
+    starts = torch.cat([x[:, 0] for x, _ in batches]).tolist()
+    assert starts == list(range(0, 1000, 100))  # every token, no overlap
+    assert all(torch.equal(y, x + 1) for x, y in batches)
+    few = list(eval_batches(tokens, block_size=100, batch_size=2, max_batches=2))
+    assert len(few) == 2 and few[0][0][0, 0] == 0 and few[-1][0][-1, -1] == 999  # spread over all of it
+    with pytest.raises(ValueError, match="needs at least 101"):
+        next(eval_batches(tokens[:50], block_size=100, batch_size=2))
+
+
+def test_sft_collate_masks_prompt_and_padding():
+    tok = char_tok()
+    examples = [SFTExample("doca", "docb"), SFTExample("d", "xyz xyz xyz")]
+    x, y = sft_collate(examples, tok)
+    eos = tok.eos_id
+    assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (2, 12)
+    ids0 = tok.encode("doca") + tok.encode("docb") + [eos]
+    assert x[0, :8].tolist() == ids0[:-1] and x[0, 8:].tolist() == [eos] * 4  # padded with eos (no pad token)
+    assert y[0].tolist() == [-100] * 3 + tok.encode("docb") + [eos] + [-100] * 4
+    assert y[1].tolist() == tok.encode("xyz xyz xyz") + [eos]  # one-token prompt: nothing to mask
+    short_x, short_y = sft_collate(examples, tok, max_length=3)
+    assert short_x.shape == (2, 3) and short_y[0].tolist() == [-100] * 3
+    with pytest.raises(ValueError, match="no examples"):
+        sft_collate([], tok)

