@@ -13,9 +13,9 @@ def build_model(config: ModelConfig | str) -> nn.Module:
     config = ModelConfig.resolve(config)
     if config.causal:
         return DecoderLM(config)
-    from neurallayers.models.encoder import EncoderModel  # noqa: PLC0415 - encoder lives in its own file
+    from neurallayers.models.encoder import build_encoder  # noqa: PLC0415 - encoder lives in its own file
 
-    return EncoderModel(config)
+    return build_encoder(config)  # the bare encoder, or the head model config.head names
 
 
 __all__ = ["DecoderLM", "ModelOutput", "build_model"]

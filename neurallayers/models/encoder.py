@@ -1,0 +1,243 @@
+"""BERT style bidirectional encoder and its task heads (masked LM, sequence and token classification).
+
+The layers are the decoder's blocks run without a causal mask; BERT is the post-norm setting
+(`norm_placement="post"`), exact-erf GELU (`gelu_approx="none"`) and learned absolute positions plus token types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurallayers.config import ModelConfig
+from neurallayers.models.decoder import build_blocks, init_weights
+from neurallayers.nn import RotaryEmbedding, build_norm, sinusoidal_table
+
+ENCODER_POSITIONS = ("learned", "sinusoidal", "rope", "none")
+
+
+@dataclass
+class EncoderOutput:
+    hidden: torch.Tensor  # (B, T, n_embd) last hidden state
+    pooled: torch.Tensor | None = None  # (B, n_embd) tanh pooler over [CLS], when the config has a pooler
+    attentions: list[torch.Tensor] | None = None  # per layer (B, n_head, T, T), when asked for
+    logits: torch.Tensor | None = None  # head output: (B, T, vocab), (B, num_labels) or (B, T, num_labels)
+    loss: torch.Tensor | None = None
+
+
+class EncoderModel(nn.Module):
+    """Embeddings (word + position + token type, then LayerNorm) -> bidirectional blocks -> optional pooler."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.causal:
+            raise ValueError("EncoderModel needs causal=False; build_model picks DecoderLM for causal=True")
+        if config.position not in ENCODER_POSITIONS:
+            raise ValueError(f"ModelConfig.position={config.position!r}: the encoder supports "
+                             f"{', '.join(map(repr, ENCODER_POSITIONS))}")
+        self.config = cfg = config
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, padding_idx=cfg.pad_token_id)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        if cfg.position == "sinusoidal":
+            self.register_buffer("sinusoid", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
+        self.rope = (RotaryEmbedding(cfg.head_dim, theta=cfg.rope_theta, scaling=cfg.rope_scaling,
+                                     max_position=cfg.block_size) if cfg.position == "rope" else None)
+        self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.n_embd) if cfg.type_vocab_size > 0 else None
+        self.emb_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = build_blocks(cfg)
+        # Pre-norm stacks leave the residual stream un-normalised; post-norm (BERT) already ends in a norm.
+        self.norm_f = (build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+                       if cfg.norm_placement == "pre" else None)
+        self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.pooler else None
+        init_weights(self, cfg)
+        if cfg.pad_token_id is not None:
+            with torch.no_grad():
+                self.wte.weight[cfg.pad_token_id].zero_()  # as BERT initialises it; padding_idx keeps it there
+
+    def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                output_attentions: bool = False) -> EncoderOutput:
+        """Hidden states for input_ids (B, T).
+
+        Args:
+            attention_mask: (B, T) 1 for real tokens, 0 for padding; padded keys are never attended to.
+            token_type_ids: (B, T) segment ids in [0, type_vocab_size); default all 0.
+            position_ids: (B, T); default arange(T).
+            output_attentions: also return each layer's attention weights (uses the eager kernel).
+        """
+        cfg = self.config
+        b, t = _check_ids(input_ids, "input_ids")
+        if t > cfg.block_size and cfg.position in ("learned", "sinusoidal"):
+            raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
+        device = input_ids.device
+        if position_ids is None:
+            position_ids = torch.arange(t, device=device)[None, :].expand(b, t)
+        x = self.wte(input_ids)
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids)
+        elif cfg.position == "sinusoidal":
+            x = x + self.sinusoid[position_ids]
+        if self.wtt is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            _check_same_shape(token_type_ids, input_ids, "token_type_ids")
+            x = x + self.wtt(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given but the config has type_vocab_size=0")
+        x = self.drop(self.emb_norm(x))
+        rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
+        mask = _padding_mask(attention_mask, input_ids)
+        attentions = [] if output_attentions else None
+        for block in self.blocks:
+            x, w = block(x, rope=rope, mask=mask, is_causal=False, need_weights=output_attentions)
+            if output_attentions:
+                attentions.append(w)
+        if self.norm_f is not None:
+            x = self.norm_f(x)
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+        return EncoderOutput(hidden=x, pooled=pooled, attentions=attentions)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's prediction head: dense -> GELU -> LayerNorm, then the vocabulary projection plus a bias.
+    The projection is the word embedding itself when tied (no `decoder` weight of its own then)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        cfg = config
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.decoder = None if cfg.tie_embeddings else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.gelu_approx = cfg.gelu_approx
+
+    def forward(self, x: torch.Tensor, word_embedding: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> logits (B, T, vocab)."""
+        x = self.norm(F.gelu(self.dense(x), approximate=self.gelu_approx))
+        weight = word_embedding if self.decoder is None else self.decoder.weight
+        return F.linear(x, weight, self.bias)
+
+
+class EncoderForMaskedLM(nn.Module):
+    """Encoder + masked LM head. `labels` (B, T): the original ids at masked positions, -100 elsewhere."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = EncoderModel(config)
+        self.head = MaskedLMHead(config)
+        init_weights(self.head, config)
+
+    def forward(self, input_ids: torch.Tensor, *, labels: torch.Tensor | None = None,
+                **kwargs) -> EncoderOutput:
+        """kwargs go to EncoderModel.forward (attention_mask, token_type_ids, ...); logits (B, T, vocab)."""
+        out = self.encoder(input_ids, **kwargs)
+        out.logits = self.head(out.hidden, self.encoder.wte.weight)
+        if labels is not None:
+            _check_same_shape(labels, input_ids, "labels")
+            out.loss = F.cross_entropy(out.logits.float().flatten(0, 1), labels.reshape(-1), ignore_index=-100)
+        return out
+
+
+class EncoderForSequenceClassification(nn.Module):
+    """Encoder + classifier on the pooled [CLS] state (the raw [CLS] hidden state when there is no pooler).
+
+    Loss: cross-entropy over `num_labels` classes, or mean squared error (regression) when num_labels == 1.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = EncoderModel(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.n_embd, config.num_labels)
+        init_weights(self.classifier, config)
+
+    def forward(self, input_ids: torch.Tensor, *, labels: torch.Tensor | None = None,
+                **kwargs) -> EncoderOutput:
+        """labels (B,): class ids (or float targets when num_labels == 1); logits (B, num_labels)."""
+        out = self.encoder(input_ids, **kwargs)
+        pooled = out.pooled if out.pooled is not None else out.hidden[:, 0]
+        out.logits = self.classifier(self.drop(pooled))
+        if labels is not None:
+            if labels.shape != (input_ids.shape[0],):
+                raise ValueError(f"labels must have shape (B,)={(input_ids.shape[0],)}, got {tuple(labels.shape)}")
+            if self.config.num_labels == 1:
+                out.loss = F.mse_loss(out.logits.float().squeeze(-1), labels.float())
+            else:
+                out.loss = F.cross_entropy(out.logits.float(), labels)
+        return out
+
+
+class EncoderForTokenClassification(nn.Module):
+    """Encoder + per-token classifier (NER, POS tagging). `labels` (B, T) with -100 at ignored positions."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = EncoderModel(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.n_embd, config.num_labels)
+        init_weights(self.classifier, config)
+
+    def forward(self, input_ids: torch.Tensor, *, labels: torch.Tensor | None = None,
+                **kwargs) -> EncoderOutput:
+        """logits (B, T, num_labels)."""
+        out = self.encoder(input_ids, **kwargs)
+        out.logits = self.classifier(self.drop(out.hidden))
+        if labels is not None:
+            _check_same_shape(labels, input_ids, "labels")
+            out.loss = F.cross_entropy(out.logits.float().flatten(0, 1), labels.reshape(-1), ignore_index=-100)
+        return out
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "none": EncoderModel,
+    "mlm": EncoderForMaskedLM,
+    "sequence_classification": EncoderForSequenceClassification,
+    "token_classification": EncoderForTokenClassification,
+}
+
+
+def build_encoder(config: ModelConfig) -> nn.Module:
+    """The bare encoder or the head model that `config.head` names."""
+    if config.head not in HEADS:
+        raise ValueError(f"ModelConfig.head={config.head!r}: valid heads are {', '.join(HEADS)}")
+    return HEADS[config.head](config)
+
+
+def base_encoder(model: nn.Module) -> EncoderModel:
+    """The EncoderModel inside a head model (or the model itself)."""
+    return model if isinstance(model, EncoderModel) else model.encoder
+
+
+# ----- input checks and masks -----
+def _check_ids(ids: torch.Tensor, name: str) -> tuple[int, int]:
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype not in (torch.long, torch.int32):
+        got = f"{ids.dtype} tensor of shape {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids)
+        raise ValueError(f"{name} must be an integer tensor of shape (B, T), got {got}")
+    if ids.shape[1] == 0:
+        raise ValueError(f"{name} is empty: need at least one token per row")
+    return ids.shape
+
+
+def _check_same_shape(x: torch.Tensor, ids: torch.Tensor, name: str) -> None:
+    if x.shape != ids.shape:
+        raise ValueError(f"{name} must have the shape of input_ids {tuple(ids.shape)}, got {tuple(x.shape)}")
+
+
+def _padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """(B, T) 1/0 mask -> (B, 1, 1, T) bool (True = attend), or None when nothing is padded (fast kernel)."""
+    if attention_mask is None:
+        return None
+    _check_same_shape(attention_mask, input_ids, "attention_mask")
+    keep = attention_mask.bool()
+    if bool(keep.all()):
+        return None
+    # A row with no real token would softmax over nothing (NaN); let it attend everywhere instead.
+    keep = keep | ~keep.any(dim=-1, keepdim=True)
+    return keep[:, None, None, :]
