@@ -1,0 +1,238 @@
+"""Run directories: atomic checkpoints, exact-resume state, and loading a trained model back.
+
+Layout (see DESIGN.md):
+    config.yaml, tokenizer.json (+ tokenizer_config.json), model.safetensors (best by val loss, or final),
+    checkpoints/step-N/{model.safetensors, state.pt, COMPLETE}, metrics.jsonl, samples.txt, loss.png
+
+A checkpoint is written into `checkpoints/.tmp-step-N-<pid>/`, every file fsynced, the `COMPLETE` marker
+written last, then the folder renamed to `step-N`. Nothing partial ever sits under a final name, so a crash
+mid-save leaves the previous checkpoint as the latest complete one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from neurallayers.training.config import RunConfig
+from neurallayers.weights import (
+    CheckpointError,
+    check_state_dict,
+    fsync_dir,
+    fsync_file,
+    read_safetensors,
+    save_safetensors,
+    torch_load_safe,
+)
+
+log = logging.getLogger("neurallayers.training")
+
+COMPLETE = "COMPLETE"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is untouched."""
+
+
+# ----- RNG state as tensors (so weights_only loading needs no allowlist) -----
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """Python, NumPy and torch (+CUDA) RNG states, each as a tensor."""
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": torch.tensor([version, *internal], dtype=torch.int64),
+        "python_gauss": torch.tensor([float("nan") if gauss is None else gauss], dtype=torch.float64),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_extra": torch.tensor([pos, has_gauss, cached], dtype=torch.float64),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    py = state["python"].tolist()
+    gauss = float(state["python_gauss"][0])
+    random.setstate((py[0], tuple(py[1:]), None if gauss != gauss else gauss))
+    pos, has_gauss, cached = state["numpy_extra"].tolist()
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ----- listing -----
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints (`step-N` with a COMPLETE marker), oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / COMPLETE).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    m = _STEP_DIR.match(Path(path).name)
+    if not m:
+        raise ValueError(f"{path} is not a checkpoint folder (expected a name like step-100)")
+    return int(m.group(1))
+
+
+def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:
+    """Removes temp folders and step folders without a COMPLETE marker (leftovers of a crash)."""
+    root = Path(run_dir) / "checkpoints"
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            partial = p.name.startswith(".tmp-") or (_STEP_DIR.match(p.name) and not (p / COMPLETE).is_file())
+            if partial and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+# ----- saving -----
+
+def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model_state: dict[str, torch.Tensor], state: dict,
+                    keep_last: int) -> Path:
+    """Writes `checkpoints/step-<step>/` atomically and prunes all but the newest `keep_last` complete ones.
+
+    Args:
+        model_state: the model's full state dict (saved as model.safetensors).
+        state: optimizer, scheduler, scaler, step, counters, RNG, data position: tensors and plain containers
+            only (it must load with `torch.load(weights_only=True)`).
+
+    Raises:
+        CheckpointWriteError: the write failed; the temp folder is removed and older checkpoints are intact.
+    """
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_safetensors(model_state, tmp / "model.safetensors")
+        _write_state(state, tmp / "state.pt")
+        _write_marker(tmp / COMPLETE, step)
+        fsync_dir(tmp)
+        if final.exists():  # the same step saved again (e.g. interval save then final save): replace it
+            old = root / f".tmp-old-step-{step}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        prev = latest_checkpoint(run_dir)
+        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        keep = f"; the previous checkpoint {prev} is intact" if prev else ""
+        raise CheckpointWriteError(e.errno, f"could not write checkpoint step-{step} under {root}: {why}{keep}") \
+            from e
+    prune_checkpoints(run_dir, keep_last=keep_last)
+    return final
+
+
+def _write_state(state: dict, path: Path) -> None:
+    torch.save(state, path)
+    fsync_file(path)
+
+
+def _write_marker(path: Path, step: int) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        f.write(f"step {step}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, *, keep_last: int) -> None:
+    """Deletes the oldest complete checkpoints beyond `keep_last`; incomplete folders never count."""
+    for p in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def save_model(run_dir: str | os.PathLike, model_state: dict[str, torch.Tensor]) -> Path:
+    """The run's `model.safetensors` (best or final weights), written atomically."""
+    return save_safetensors(model_state, Path(run_dir) / "model.safetensors")
+
+
+# ----- loading -----
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(model state dict, training state) of one complete checkpoint folder.
+
+    Raises:
+        CheckpointError: an incomplete folder, a corrupt file, or a state.pt holding code/objects.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint folder at {path}")
+    if not (path / COMPLETE).is_file():
+        raise CheckpointError(f"{path} is an incomplete checkpoint (no {COMPLETE} marker)")
+    model_state = read_safetensors(path / "model.safetensors")
+    state = torch_load_safe(path / "state.pt")
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path / 'state.pt'} is not a training state (no 'step')")
+    return model_state, state
+
+
+def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = None,
+             dtype: torch.dtype | None = None) -> tuple[nn.Module, object, RunConfig]:
+    """Model (eval mode), tokenizer and RunConfig of a finished or running run directory.
+
+    The weights are `model.safetensors` (best/final), or the newest complete checkpoint when that is missing.
+
+    Raises:
+        FileNotFoundError: no config.yaml or no weights.
+        CheckpointError: weights that do not fit the config (missing/extra/mis-shaped keys, NaN/Inf).
+    """
+    from neurallayers.data import Tokenizer
+    from neurallayers.models import build_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml")
+    run = RunConfig.from_yaml(run_dir / "config.yaml")
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"{run_dir} has no model.safetensors and no complete checkpoint")
+        weights = ckpt / "model.safetensors"
+    sd = read_safetensors(weights)
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
+        model = build_model(run.model)
+    check_state_dict(model, sd, source=str(weights))
+    model.load_state_dict(sd)  # copies in place, so tied weights stay tied
+    model.to(device=device or "cpu", dtype=dtype)
+    tok_path = run_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no tokenizer.json")
+    return model.eval(), Tokenizer.load(run_dir), run
+

@@ -1,0 +1,327 @@
+"""Run configuration: what to train (ModelConfig), how (TrainConfig) and on what (DataConfig).
+
+All three are plain data so a run's `config.yaml` round-trips. `apply_overrides` turns CLI arguments of the form
+`--train.lr 3e-4` or `--model.n_layer=4` into changes of a config dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from neurallayers.config import ModelConfig
+
+Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+NanPolicy = Literal["skip", "stop"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+OptimizerImpl = Literal["auto", "fused", "foreach", "loop"]
+Distributed = Literal["auto", "ddp", "fsdp", "none"]
+LoggerName = Literal["tensorboard", "mlflow", "wandb"]
+
+
+@dataclass
+class TrainConfig:
+    """How to train: optimisation, precision, evaluation, checkpointing and sampling. Data only.
+
+    The learning rate warms up linearly over `warmup_steps`, then follows `schedule` down to `min_lr` at
+    `max_steps`. A step is one optimizer update of `batch_size * grad_accum` sequences (per process).
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 16  # sequences per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    schedule: Schedule = "cosine"
+    weight_decay: float = 0.1  # applied to >= 2-D weights only (matmuls and embeddings), as nanoGPT does
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    precision: Precision = "auto"
+    eval_interval: int = 200  # steps between evaluations; 0 = only at the end
+    eval_batches: int = 20
+    log_interval: int = 10
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    nan_policy: NanPolicy = "skip"
+    seed: int = 1337
+    device: Device = "auto"
+    compile: bool = False
+    gradient_checkpointing: bool = False
+    save_interval: int = 500  # steps between checkpoints; 0 = only at the end
+    keep_last: int = 2  # complete checkpoints kept under checkpoints/
+    max_minutes: float | None = None  # wall-clock budget: stop cleanly, evaluate and save when it runs out
+    sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
+    sample_tokens: int = 200
+    optimizer_impl: OptimizerImpl = "auto"  # auto: fused AdamW when the device supports it, else foreach
+    distributed: Distributed = "auto"  # under torchrun: auto = ddp
+    loggers: list[str] = field(default_factory=list)  # extra trackers: tensorboard, mlflow, wandb
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_interval", "keep_last"):
+            _require(self, name, getattr(self, name) >= 1, "must be >= 1")
+        for name in ("warmup_steps", "eval_interval", "save_interval", "sample_tokens", "seed"):
+            _require(self, name, getattr(self, name) >= 0, "must be >= 0")
+        for name in ("lr", "min_lr", "weight_decay", "eps", "grad_clip"):
+            _require(self, name, math.isfinite(getattr(self, name)), "must be a finite number")
+        _require(self, "lr", self.lr > 0, "must be > 0")
+        _require(self, "min_lr", 0 <= self.min_lr <= self.lr, f"must be in [0, lr={self.lr}]")
+        _require(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
+        _require(self, "eps", self.eps > 0, "must be > 0")
+        _require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 turns clipping off)")
+        for name in ("beta1", "beta2"):
+            _require(self, name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
+        if self.early_stopping_patience is not None:
+            _require(self, "early_stopping_patience", self.early_stopping_patience >= 1, "must be >= 1 or None")
+        if self.max_minutes is not None:
+            _require(self, "max_minutes", self.max_minutes > 0 and math.isfinite(self.max_minutes),
+                     "must be a positive number of minutes or None")
+        allowed = get_args(LoggerName)
+        bad = [n for n in self.loggers if n not in allowed and n != "jsonl"]
+        _require(self, "loggers", not bad, f"unknown {bad}; allowed: {', '.join(allowed)} (jsonl is always on)")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step `step` (0-based): linear warmup, then the schedule to min_lr."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "inverse_sqrt":
+            return max(self.min_lr, self.lr * math.sqrt(max(self.warmup_steps, 1) / (step + 1)))
+        span = max(self.max_steps - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / span, 1.0)
+        if self.schedule == "linear":
+            return self.lr - (self.lr - self.min_lr) * progress
+        return self.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (self.lr - self.min_lr)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("NEURALLAYERS_CACHE") or str(Path.home() / ".cache" / "neurallayers")
+
+
+@dataclass
+class DataConfig:
+    """What to train on and how to tokenize it. Data only."""
+
+    source: str = "shakespeare"  # built-in corpus name, a file, folder, glob or JSON-lines file
+    tokenizer: str = "bpe"  # "bpe" (trained on the corpus), "char", "gpt2", or a tokenizer.json / folder
+    vocab_size: int | None = None  # bpe only; None = the model's vocab_size
+    text_field: str = "text"  # JSON-lines field holding the text
+    val_fraction: float = 0.1
+    cache_dir: str | None = None  # None = $NEURALLAYERS_CACHE or ~/.cache/neurallayers
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self, "source", bool(self.source), "must be a corpus name or path")
+        _require(self, "tokenizer", bool(self.tokenizer), "must be 'bpe', 'char', 'gpt2' or a tokenizer path")
+        if self.vocab_size is not None:
+            _require(self, "vocab_size", self.vocab_size >= 257, "must be >= 257 for byte-level BPE, or None")
+        _require(self, "val_fraction", 0 <= self.val_fraction < 1, "must be in [0, 1)")
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir or default_cache_dir()).expanduser()
+
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+@dataclass
+class RunConfig:
+    """A whole run: the model, the training recipe and the data. `config.yaml` of a run directory."""
+
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train),
+                "data": dataclasses.asdict(self.data)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Builds from `{model: {...}, train: {...}, data: {...}}`; `model` may be `{preset: name, ...overrides}`.
+
+        Raises:
+            ValueError: an unknown section or field (naming it and the closest valid name), or a bad value.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a run config must be a mapping with sections {', '.join(SECTIONS)}, "
+                             f"got {type(data).__name__}")
+        for key in data:
+            if key not in SECTIONS:
+                raise ValueError(f"unknown config section {key!r}{_did_you_mean(key, SECTIONS)}; "
+                                 f"valid sections: {', '.join(SECTIONS)}")
+        if "model" not in data:
+            raise ValueError("the run config needs a 'model' section (fields of ModelConfig or {preset: name})")
+        sections = {}
+        for name, klass in SECTIONS.items():
+            raw = data.get(name) or {}
+            if not isinstance(raw, dict):
+                raise ValueError(f"config section {name!r} must be a mapping, got {type(raw).__name__}")
+            raw = dict(raw)
+            preset = raw.pop("preset", None) if name == "model" else None
+            _check_keys(klass, raw, name)
+            raw = _coerce_floats(klass, raw)
+            if preset is not None:
+                sections[name] = ModelConfig.from_name(str(preset)).replace(**raw)
+            else:
+                sections[name] = klass(**raw)
+        return cls(**sections)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> RunConfig:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"run config not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path} is not valid YAML: {e}") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def to_yaml(self, path: str | os.PathLike) -> Path:
+        """Writes the config atomically (temp file + rename)."""
+        import yaml
+
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
+    """A copy of the run-config dict `config` with CLI overrides applied.
+
+    Args:
+        config: `{model: ..., train: ..., data: ...}` as read from YAML (sections may be missing).
+        args: `["--train.lr", "3e-4", "--model.n_layer=4", ...]`; values are parsed with `yaml.safe_load`
+            (so `4` is an int, `true` a bool, `[a, b]` a list, `null` None).
+
+    Raises:
+        ValueError: a malformed argument, an unknown section or field (with the closest valid name).
+    """
+    import yaml
+
+    out = copy.deepcopy(config) if config else {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ValueError(f"override {arg!r} must look like --section.field VALUE or --section.field=VALUE")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args):
+                raise ValueError(f"override {arg!r} has no value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        section, _, name = key.partition(".")
+        if section not in SECTIONS:
+            raise ValueError(f"unknown config section {section!r} in {arg!r}{_did_you_mean(section, SECTIONS)}; "
+                             f"valid sections: {', '.join(SECTIONS)}")
+        known = _field_names(SECTIONS[section]) | ({"preset"} if section == "model" else set())
+        if name not in known:
+            raise ValueError(f"{section} has no field {name!r}{_did_you_mean(name, known)}")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError as e:
+            raise ValueError(f"cannot parse the value of {arg!r}: {e}") from None
+        sec = out.get(section)
+        if not isinstance(sec, dict):
+            sec = out[section] = {}
+        sec[name] = parsed
+    return out
+
+
+# ----- helpers -----
+
+def _field_names(klass: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(klass)}
+
+
+def _did_you_mean(name: str, choices: Any) -> str:
+    hint = difflib.get_close_matches(name, sorted(choices), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _check_keys(klass: type, raw: dict, section: str) -> None:
+    known = _field_names(klass)
+    for key in raw:
+        if key not in known:
+            raise ValueError(f"{section} has no field {key!r}{_did_you_mean(key, known)}; "
+                             f"valid fields: {', '.join(sorted(known))}")
+
+
+def _coerce_floats(klass: type, raw: dict) -> dict:
+    """YAML 1.1 reads `3e-4` as a string; turn such strings into floats where the field is a float."""
+    hints = get_type_hints(klass)
+    out = dict(raw)
+    for key, value in raw.items():
+        tp = hints.get(key)
+        wants_float = tp is float or (get_origin(tp) is not None and float in get_args(tp))
+        if wants_float and isinstance(value, str):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass  # left for validation to report
+    return out
+
+
+def _require(obj: Any, name: str, ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r}: {what}")
+
+
+def _check_types(obj: Any) -> None:
+    hints = get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ValueError(f"{type(obj).__name__}.{f.name}={value!r}: expected {_describe(hints[f.name])}")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return value in get_args(tp)
+    if origin is list:
+        (item,) = get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is not None and type(None) in get_args(tp):  # X | None
+        return value is None or any(_matches(value, a) for a in get_args(tp) if a is not type(None))
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return True
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin is not None:
+        return " or ".join(_describe(a) for a in get_args(tp))
+    return "None" if tp is type(None) else tp.__name__

@@ -1,0 +1,147 @@
+"""torch.distributed plumbing for `fit()`: process group, DDP / FSDP2 wrapping, full state dicts.
+
+Launched by `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in the environment); gloo on CPU, nccl on CUDA. Every
+checkpoint holds plain full state dicts, so a run trained on N processes resumes or loads on any number.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    mode: str = "none"  # "none" | "ddp" | "fsdp"
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -> DistInfo:
+    """Joins the process group when launched by torchrun with more than one process.
+
+    Args:
+        mode: TrainConfig.distributed ("auto" | "ddp" | "fsdp" | "none"); auto means ddp.
+        device_type: "cpu" (gloo), "cuda" (nccl) or "mps" (not supported distributed).
+        timeout_s: how long a collective waits for a dead peer before every rank fails.
+    """
+    if mode == "none" or not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistInfo()
+    if device_type == "mps":
+        raise ValueError("TrainConfig.distributed: multi-process training is not supported on mps; use cpu or cuda")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank=rank, world_size=world, local_rank=local, mode="fsdp" if mode == "fsdp" else "ddp")
+
+
+def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """DDP, or FSDP2 (`fully_shard` per block, then the root), or the model itself when not distributed."""
+    if not info.enabled:
+        return model
+    if info.mode == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (info.world_size,))
+        for block in getattr(model, "blocks", []):
+            fully_shard(block, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / torch.compile wrappers (FSDP2 shards in place: no wrapper)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def model_state(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
+    """The full, unsharded model state dict on CPU. Under FSDP this is a collective: call it on every rank."""
+    if info.mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
+    """The full optimizer state dict. Under FSDP a collective keyed by parameter name; else torch's own form."""
+    if info.mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def load_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict,
+                info: DistInfo) -> None:
+    """Loads full state dicts (every rank read the same files) into the possibly sharded model and optimizer."""
+    if info.mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, model_sd, options=opts)
+        set_optimizer_state_dict(model, optimizer, optim_sd, options=opts)
+        return
+    unwrap(model).load_state_dict(model_sd)
+    optimizer.load_state_dict(optim_sd)
+
+
+def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= info.world_size
+    return t
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Rank 0's decision, shared with every rank (so all ranks leave a loop together)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

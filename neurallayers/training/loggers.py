@@ -1,0 +1,115 @@
+"""Metric loggers: metrics.jsonl always; TensorBoard, MLflow and Weights & Biases when asked for.
+
+Each logger has `log(metrics, step)` and `close()`. The trackers import their library in `__init__` and name the
+`neurallayers[track]` extra when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+_EXTRA = "pip install 'neurallayers[track]'"
+
+
+def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN/Inf: write them as strings so a line stays valid JSON."""
+    out = {}
+    for k, v in metrics.items():
+        out[k] = str(v) if isinstance(v, float) and not math.isfinite(v) else v
+    return out
+
+
+class JSONLLogger:
+    """One JSON object per line in `run_dir/metrics.jsonl` (appended; flushed after every line)."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self._f.write(json.dumps({"step": step, **_clean(metrics)}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class TensorBoardLogger:
+    """Scalars to a TensorBoard event file under `run_dir/tensorboard/`."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError(f"the tensorboard logger needs the tensorboard package: {_EXTRA}") from None
+        self.log_dir = Path(run_dir) / "tensorboard"
+        self._w = SummaryWriter(log_dir=str(self.log_dir))
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        for k, v in _scalars(metrics).items():
+            self._w.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._w.flush()
+        self._w.close()
+
+
+class MLflowLogger:
+    """Metrics to MLflow: the tracking URI from MLFLOW_TRACKING_URI, else a sqlite store in the run directory."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, run_name: str | None = None) -> None:
+        os.environ.setdefault("DO_NOT_TRACK", "true")  # mlflow ignores the value 1
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        try:
+            import mlflow
+        except ImportError:
+            raise ImportError(f"the mlflow logger needs mlflow (or mlflow-skinny): {_EXTRA}") from None
+        self._mlflow = mlflow
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            mlflow.set_tracking_uri(f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}")
+        self._run = mlflow.start_run(run_name=run_name or Path(run_dir).name)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self._mlflow.log_metrics(_scalars(metrics), step=step)
+
+    def close(self) -> None:
+        self._mlflow.end_run()
+
+
+class WandbLogger:
+    """Metrics to Weights & Biases; the mode (online/offline/disabled) comes from WANDB_MODE, default offline."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, run_name: str | None = None) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError(f"the wandb logger needs wandb: {_EXTRA}") from None
+        self._run = wandb.init(dir=str(run_dir), name=run_name or Path(run_dir).name,
+                               mode=os.environ.get("WANDB_MODE", "offline"))
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self._run.log(_scalars(metrics), step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+LOGGERS = {"jsonl": JSONLLogger, "tensorboard": TensorBoardLogger, "mlflow": MLflowLogger, "wandb": WandbLogger}
+
+
+def build_loggers(names: list[str], run_dir: str | os.PathLike) -> list:
+    """JSONL plus the named trackers ("tensorboard", "mlflow", "wandb"), each writing under `run_dir`."""
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown:
+        raise ValueError(f"unknown logger(s) {unknown}; allowed: {', '.join(LOGGERS)}")
+    ordered = ["jsonl"] + [n for n in dict.fromkeys(names) if n != "jsonl"]
+    return [LOGGERS[n](run_dir) for n in ordered]

@@ -1,0 +1,72 @@
+"""From a RunConfig to a tokenizer and token arrays: the data half of `fit()`.
+
+The tokenizer decides the model's vocab_size: when they differ, the tokenizer wins and the log says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from neurallayers.training.config import DataConfig, RunConfig
+
+log = logging.getLogger("neurallayers.training")
+
+
+def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_progress: bool = False) -> object:
+    """The tokenizer named by `data.tokenizer`; trained ones ("bpe", "char") are cached by corpus and size.
+
+    Args:
+        corpus: a `neurallayers.data.Corpus` (used to train "bpe" and "char").
+        model_vocab: the BPE vocabulary size when `data.vocab_size` is None.
+    """
+    from neurallayers.data import Tokenizer
+
+    kind = data.tokenizer
+    if kind not in ("bpe", "char"):
+        if kind != "gpt2" and not Path(kind).expanduser().exists():
+            raise FileNotFoundError(f"DataConfig.tokenizer={kind!r}: expected 'bpe', 'char', 'gpt2' or the path "
+                                    "of a tokenizer.json or tokenizer folder, and no such path exists")
+        return Tokenizer.load(kind if kind == "gpt2" else Path(kind).expanduser())
+    vocab = data.vocab_size or model_vocab
+    key = json.dumps({"kind": kind, "vocab": vocab if kind == "bpe" else None, "corpus": corpus.fingerprint()})
+    folder = data.resolved_cache_dir / "tokenizers" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if (folder / "tokenizer_config.json").is_file():
+        return Tokenizer.load(folder)
+    texts = (doc.text for doc in corpus.documents())
+    if kind == "char":
+        tok = Tokenizer.train_char(texts)
+    else:
+        if vocab < 257:
+            raise ValueError(f"DataConfig.vocab_size={vocab}: byte-level BPE needs >= 257; set data.vocab_size "
+                             "or use data.tokenizer='char'")
+        tok = Tokenizer.train_bpe(texts, vocab_size=vocab, show_progress=show_progress)
+    tok.save(folder)  # atomic per file; tokenizer_config.json last, so its presence means complete
+    return tok
+
+
+def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progress: bool = False,
+                 ) -> tuple[object, object, RunConfig]:
+    """(tokenizer, TokenData, run with model.vocab_size = tokenizer.vocab_size).
+
+    Args:
+        tokenizer: use this one (a resumed run's saved tokenizer) instead of building one.
+    """
+    from neurallayers.data import load_corpus, prepare_tokens
+
+    corpus = load_corpus(run.data.source, text_field=run.data.text_field)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(run.data, corpus, model_vocab=run.model.vocab_size, show_progress=show_progress)
+    if tokenizer.vocab_size != run.model.vocab_size:
+        log.info("model.vocab_size set to %d from the tokenizer (config said %d; the tokenizer wins)",
+                 tokenizer.vocab_size, run.model.vocab_size)
+        run = RunConfig(model=run.model.replace(vocab_size=tokenizer.vocab_size), train=run.train, data=run.data)
+    tokens = prepare_tokens(corpus, tokenizer, run.data.resolved_cache_dir / "tokens",
+                            val_fraction=run.data.val_fraction, seed=run.train.seed, show_progress=show_progress)
+    need = run.model.block_size + 1
+    if len(tokens.train) < need:
+        raise ValueError(f"the corpus {run.data.source!r} gives only {len(tokens.train)} training tokens; "
+                         f"model.block_size={run.model.block_size} needs at least {need}")
+    return tokenizer, tokens, run

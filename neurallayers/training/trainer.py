@@ -1,0 +1,411 @@
+"""`fit()`: train a model from a RunConfig into a run directory, resumable loss for loss.
+
+Decisions worth knowing:
+- The data position is the step count: micro-batch i of step s is `RandomWindows.batch(s * grad_accum + i)`,
+  drawn for all ranks at once and sliced per rank, so ranks see disjoint parts of one global batch.
+- Dropout is reseeded from (seed, step, rank) at the start of every step: a resumed run draws the same masks.
+- NaN/Inf guard: a non-finite loss (or grad norm, when no GradScaler is in use) either skips the step (grads
+  zeroed, no optimizer update; the step counter, data position and learning-rate schedule still advance, so a
+  skipped step is not retried on the same bad batch) or stops the run, per `nan_policy`; both are logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from neurallayers.training import checkpoint as ckpt
+from neurallayers.training import distributed as dist
+from neurallayers.training.config import RunConfig
+from neurallayers.training.runtime import (
+    autocast,
+    build_optimizer,
+    resolve_device,
+    resolve_precision,
+    seed_all,
+    step_seed,
+)
+from neurallayers.weights import CheckpointError, check_state_dict
+
+log = logging.getLogger("neurallayers.training")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int  # optimizer steps done in total (resumed runs included)
+    best_val_loss: float | None
+    final_val_loss: float | None
+    tokens_per_second: float  # training throughput of this process's session, all ranks together
+    wall_seconds: float
+    stopped_reason: str  # max_steps | until_step | early_stopping | time_budget | nan | interrupted
+
+
+def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.PathLike = False,
+        loggers: list | None = None, progress: bool = True, until_step: int | None = None) -> TrainResult:
+    """Trains `run.model` on `run.data` with `run.train` and writes the run directory `out_dir`.
+
+    Args:
+        run: the whole configuration. model.vocab_size is replaced by the tokenizer's.
+        out_dir: the run directory (config.yaml, tokenizer.json, model.safetensors, checkpoints/, metrics.jsonl,
+            samples.txt, loss.png).
+        resume: True continues from the newest complete checkpoint in out_dir; a path names a checkpoint folder
+            (`.../checkpoints/step-N`). The saved config's model must equal `run.model`.
+        loggers: tracker names ("tensorboard", "mlflow", "wandb") or logger objects with log()/close();
+            None takes `run.train.loggers`. metrics.jsonl is always written.
+        progress: show a tqdm bar (rank 0 only).
+        until_step: stop after this many steps as if interrupted (checkpoint saved, no final evaluation); the
+            schedule still runs to max_steps, so a later resume continues exactly.
+
+    Raises:
+        ValueError / FileNotFoundError / CheckpointError: bad config or resume target, before the first step.
+    """
+    if until_step is not None and until_step < 1:
+        raise ValueError(f"until_step={until_step} must be >= 1 or None")
+    cfg = run.train
+    info = dist.init_distributed(cfg.distributed, resolve_device(cfg.device).type)
+    try:
+        return _Fit(run, Path(out_dir), info, resume=resume, loggers=loggers, progress=progress,
+                    until_step=until_step).run()
+    finally:
+        dist.cleanup(info)
+
+
+class _Fit:
+    """One training session; state lives here so the loop in `run` reads top to bottom."""
+
+    def __init__(self, run: RunConfig, out: Path, info: dist.DistInfo, *, resume: bool | str | os.PathLike,
+                 loggers: list | None, progress: bool, until_step: int | None) -> None:
+        from neurallayers.data import RandomWindows, Tokenizer
+        from neurallayers.models import build_model
+        from neurallayers.training.prepare import prepare_data
+
+        self.info, self.out, self.progress, self.until_step = info, out, progress, until_step
+        self.device = resolve_device(run.train.device, local_rank=info.local_rank)
+        self.amp_dtype, use_scaler = resolve_precision(run.train.precision, self.device)
+        target = _resume_target(out, resume)
+        # Data: rank 0 builds tokenizer and token cache first; the others then find them cached.
+        tokenizer = Tokenizer.load(out) if target is not None else None
+        if info.is_main:
+            tokenizer, self.tokens, run = prepare_data(run, tokenizer=tokenizer, show_progress=progress)
+        dist.barrier(info)
+        if not info.is_main:
+            tokenizer, self.tokens, run = prepare_data(run, tokenizer=tokenizer, show_progress=False)
+        self.run_cfg, self.cfg, self.tokenizer = run, run.train, tokenizer
+        cfg = self.cfg
+        model_sd = state = None
+        if target is not None:
+            model_sd, state = _check_resume(out, target, run)
+        seed_all(cfg.seed)
+        self.model = build_model(run.model)
+        if not hasattr(self.model, "gradient_checkpointing"):
+            raise ValueError(f"{type(self.model).__name__} does not support TrainConfig.gradient_checkpointing")
+        self.model.gradient_checkpointing = cfg.gradient_checkpointing
+        if model_sd is not None:
+            check_state_dict(self.model, model_sd, source=str(target / "model.safetensors"))
+        self.model.to(self.device)
+        self.wrapped = dist.wrap_model(self.model, info, self.device)
+        self.optimizer, self.optimizer_impl = build_optimizer(self.wrapped, cfg, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cfg.lr_at(s) / cfg.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.step, self.best_val, self.bad_evals, self.elapsed_before = 0, None, 0, 0.0
+        if state is not None:
+            self._restore(model_sd, state)
+        self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        global_batch = cfg.batch_size * info.world_size
+        self.windows = RandomWindows(self.tokens.train, block_size=run.model.block_size, batch_size=global_batch,
+                                     seed=cfg.seed)
+        self.tokens_per_step = global_batch * cfg.grad_accum * run.model.block_size
+        self.has_val = len(self.tokens.val) > run.model.block_size
+        if not self.has_val:
+            log.warning("no validation tokens (val_fraction=%s): no evaluation; model.safetensors = final weights",
+                        run.data.val_fraction)
+        self.loggers = self._open_loggers(loggers) if info.is_main else []
+        self.last_saved = self.step if state is not None else -1
+
+    # ----- setup helpers -----
+    def _restore(self, model_sd: dict, state: dict) -> None:
+        dist.load_states(self.wrapped, self.optimizer, model_sd, state["optimizer"], self.info)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        best = float(state["best_val_loss"])
+        self.best_val = None if math.isnan(best) else best
+        self.bad_evals = int(state["bad_evals"])
+        self.elapsed_before = float(state["elapsed"])
+        ckpt.set_rng_state(state["rng"])
+        log.info("resumed from step %d", self.step)
+
+    def _open_loggers(self, loggers: list | None) -> list:
+        from neurallayers.training.loggers import build_loggers
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.step == 0:
+            ckpt.clean_incomplete(self.out)
+        else:  # a resumed run rewrites history after its checkpoint: drop the crashed session's later lines
+            _truncate_metrics(self.out / "metrics.jsonl", self.step)
+            ckpt.clean_incomplete(self.out)
+        self.run_cfg.to_yaml(self.out / "config.yaml")
+        self.tokenizer.save(self.out)
+        names = self.cfg.loggers if loggers is None else [x for x in loggers if isinstance(x, str)]
+        objects = [] if loggers is None else [x for x in loggers if not isinstance(x, str)]
+        return build_loggers(names, self.out) + objects
+
+    # ----- the loop -----
+    def run(self) -> TrainResult:
+        cfg, info = self.cfg, self.info
+        start_step, t0, train_time = self.step, time.monotonic(), 0.0
+        reason, final_val = "max_steps", None
+        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not (self.progress and info.is_main),
+                   dynamic_ncols=True)
+        try:
+            while self.step < cfg.max_steps:
+                if self.until_step is not None and self.step >= self.until_step:
+                    reason = "until_step"
+                    break
+                t_step = time.monotonic()
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+                loss, grad_norm, ok = self._train_step()
+                train_time += time.monotonic() - t_step
+                self.step += 1
+                bar.update(1)
+                if not ok:
+                    what = "skipped" if cfg.nan_policy == "skip" else "stopped"
+                    note = f"skipped step {self.step}" if what == "skipped" else f"stopped at step {self.step}"
+                    log.warning("non-finite loss %s / grad norm %s: %s", loss, grad_norm, note)
+                    self._log({"loss": loss, "grad_norm": grad_norm, "nan_guard": note})
+                    if what == "stopped":
+                        reason = "nan"
+                        break
+                elif self.step % cfg.log_interval == 0 or self.step == start_step + 1:
+                    tps = self.tokens_per_step * (self.step - start_step) / max(train_time, 1e-9)
+                    self._log({"loss": loss, "lr": lr, "grad_norm": grad_norm,
+                               "tokens_per_sec": tps, "elapsed": self._elapsed(t0)})
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
+                if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.has_val:
+                    final_val = self._evaluate()
+                    if cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience:
+                        reason = "early_stopping"
+                        break
+                if cfg.save_interval and self.step % cfg.save_interval == 0:
+                    self._save(t0)
+                if cfg.max_minutes is not None and dist.broadcast_flag(
+                        self._elapsed(t0) - self.elapsed_before > 60 * cfg.max_minutes, info, self.device):
+                    reason = "time_budget"
+                    break
+        except KeyboardInterrupt:
+            reason = "interrupted"
+            log.warning("interrupted at step %d: saving a checkpoint", self.step)
+        finally:
+            bar.close()
+        try:
+            terminal = reason not in ("until_step", "interrupted")
+            if terminal and self.has_val and (final_val is None or cfg.eval_interval == 0
+                                              or self.step % cfg.eval_interval):
+                final_val = self._evaluate()
+            if terminal and self.best_val is None:  # never evaluated: the final weights are the model
+                state = dist.model_state(self.wrapped, info)
+                if info.is_main:
+                    ckpt.save_model(self.out, state)
+            if self.last_saved != self.step:
+                self._save(t0)
+            if terminal and info.is_main:
+                self._finish()
+        finally:
+            for lg in self.loggers:
+                lg.close()
+        tps = self.tokens_per_step * (self.step - start_step) / max(train_time, 1e-9)
+        return TrainResult(run_dir=self.out, steps=self.step, best_val_loss=self.best_val, final_val_loss=final_val,
+                           tokens_per_second=tps, wall_seconds=time.monotonic() - t0, stopped_reason=reason)
+
+    def _train_step(self) -> tuple[float, float, bool]:
+        """One optimizer step over grad_accum micro-batches: (mean loss, grad norm, finite)."""
+        cfg, info = self.cfg, self.info
+        torch.manual_seed(step_seed(cfg.seed, self.step, info.rank))
+        self.wrapped.train()
+        b = cfg.batch_size
+        total = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = self.windows.batch(self.step * cfg.grad_accum + micro)
+            x = x[info.rank * b:(info.rank + 1) * b].to(self.device, non_blocking=True)
+            y = y[info.rank * b:(info.rank + 1) * b].to(self.device, non_blocking=True)
+            last = micro == cfg.grad_accum - 1
+            # DDP: only the last micro-batch all-reduces gradients.
+            sync = self.wrapped.no_sync() if info.mode == "ddp" and not last else contextlib.nullcontext()
+            with sync, autocast(self.device, self.amp_dtype):
+                loss = self.forward(x, targets=y).loss / cfg.grad_accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        total = dist.all_reduce_mean(total, info)
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), max_norm, foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP2 returns a DTensor
+            norm = norm.full_tensor()
+        loss_v, norm_v = torch.stack([total.float(), norm.float()]).tolist()  # one device sync for both
+        ok = math.isfinite(loss_v) and (self.scaler.is_enabled() or math.isfinite(norm_v))
+        if ok:
+            self.scaler.step(self.optimizer)  # with a scaler, overflowing grads skip the update by themselves
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return loss_v, norm_v, ok
+
+    @torch.no_grad()
+    def _evaluate(self) -> float:
+        """Mean validation loss over eval_batches; updates best weights and the early-stopping counter."""
+        from neurallayers.data import eval_batches
+
+        cfg = self.cfg
+        self.wrapped.eval()
+        total, n = 0.0, 0
+        for x, y in eval_batches(self.tokens.val, block_size=self.run_cfg.model.block_size,
+                                 batch_size=cfg.batch_size, max_batches=cfg.eval_batches):
+            with autocast(self.device, self.amp_dtype):
+                loss = self.wrapped(x.to(self.device), targets=y.to(self.device)).loss
+            total += float(loss) * len(x)
+            n += len(x)
+        self.wrapped.train()
+        val = total / max(n, 1)
+        improved = self.best_val is None or val < self.best_val
+        self._log({"val_loss": val, "perplexity": math.exp(min(val, 700.0)), "best": improved})
+        if improved:
+            self.best_val, self.bad_evals = val, 0
+            state = dist.model_state(self.wrapped, self.info)
+            if self.info.is_main:
+                ckpt.save_model(self.out, state)
+        else:
+            self.bad_evals += 1
+        return val
+
+    def _save(self, t0: float) -> None:
+        cfg, info = self.cfg, self.info
+        model_sd = dist.model_state(self.wrapped, info)
+        optim_sd = dist.optimizer_state(self.wrapped, self.optimizer, info)
+        if info.is_main:
+            state = {
+                "step": self.step,
+                "optimizer": optim_sd,
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "best_val_loss": float("nan") if self.best_val is None else self.best_val,
+                "bad_evals": self.bad_evals,
+                "elapsed": self._elapsed(t0),
+                "rng": ckpt.rng_state(),
+                "data_position": self.step * cfg.grad_accum,  # micro-batches consumed
+                "world_size": info.world_size,
+            }
+            ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last)
+        dist.barrier(info)
+        self.last_saved = self.step
+
+    def _finish(self) -> None:
+        """Samples and the loss plot; neither may lose a finished run, so failures only warn."""
+        from neurallayers.training.plots import plot_losses
+
+        _write_samples(self.model, self.tokenizer, self.cfg, self.out / "samples.txt", self.device)
+        plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+
+    def _log(self, metrics: dict) -> None:
+        for lg in self.loggers:
+            lg.log(metrics, self.step)
+
+    def _elapsed(self, t0: float) -> float:
+        return self.elapsed_before + time.monotonic() - t0
+
+
+def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
+    """The checkpoint folder to resume from, or None for a fresh run. Fails early with one clear line."""
+    if resume is False:
+        if ckpt.latest_checkpoint(out) is not None:
+            raise ValueError(f"{out} already holds a run with checkpoints; pass resume=True to continue it "
+                             "or choose a new output directory")
+        return None
+    if resume is True:
+        target = ckpt.latest_checkpoint(out)
+        if target is None:
+            raise FileNotFoundError(f"cannot resume: {out} has no complete checkpoint under checkpoints/")
+        return target
+    target = Path(resume)
+    if not target.exists():
+        raise FileNotFoundError(f"cannot resume: {target} does not exist")
+    if (target / "checkpoints").is_dir() and not (target / ckpt.COMPLETE).exists():
+        found = ckpt.latest_checkpoint(target)
+        if found is None:
+            raise FileNotFoundError(f"cannot resume: {target} has no complete checkpoint")
+        target = found
+    if not (target / ckpt.COMPLETE).is_file():
+        raise CheckpointError(f"cannot resume from {target}: not a complete checkpoint folder (no COMPLETE marker)")
+    if target.parent.parent.resolve() != out.resolve():
+        raise ValueError(f"cannot resume from {target}: it belongs to run {target.parent.parent}, not {out}")
+    return target
+
+
+def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict]:
+    """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training)."""
+    saved = RunConfig.from_yaml(out / "config.yaml")
+    if saved.model != run.model:
+        a, b = saved.model.to_dict(), run.model.to_dict()
+        diff = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b.get(k)]
+        raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({'; '.join(diff)})")
+    if saved.train.batch_size != run.train.batch_size or saved.train.grad_accum != run.train.grad_accum:
+        log.warning("batch_size/grad_accum differ from the saved run: the data order will not match the original")
+    model_sd, state = ckpt.load_checkpoint(target)
+    if int(state["step"]) != ckpt.checkpoint_step(target):
+        raise CheckpointError(f"{target}: state.pt says step {state['step']}, the folder name another")
+    return model_sd, state
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keeps only metrics.jsonl lines up to `step` (atomic rewrite)."""
+    import json
+
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the crash
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path: Path, device: torch.device) -> None:
+    if not cfg.sample_prompts or cfg.sample_tokens == 0:
+        return
+    try:
+        from neurallayers.generation.config import GenerationConfig
+        from neurallayers.generation.generate import generate
+    except ImportError as e:
+        log.warning("generation is not available (%s): no samples written", e)
+        return
+    longest = max(len(tokenizer.encode(p)) for p in cfg.sample_prompts)
+    n_new = min(cfg.sample_tokens, model.config.block_size - longest)
+    if n_new < 1:
+        log.warning("sample prompts fill the context (block_size=%d): no samples written", model.config.block_size)
+        return
+    gen = GenerationConfig(max_new_tokens=n_new, temperature=0.8, top_k=50, seed=cfg.seed)
+    model.eval()
+    try:
+        outs = generate(model, tokenizer, list(cfg.sample_prompts), gen)
+    except Exception as e:  # a finished run must not be lost to a sampling bug; say so loudly instead
+        log.warning("sampling failed (%s: %s): no samples written", type(e).__name__, e)
+        return
+    parts = [f"=== prompt: {p!r}\n{p}{getattr(o, 'text', o)}\n" for p, o in zip(cfg.sample_prompts, outs, strict=False)]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, path)

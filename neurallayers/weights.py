@@ -1,0 +1,245 @@
+"""Safe weight files: validated safetensors reading, atomic writing with tied weights, state-dict checks.
+
+Every loader in NeuralLayers goes through here: a corrupt, truncated or hostile file fails fast with a message
+naming the file, and a pickle is only ever read with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
+TIED_KEY = "neurallayers_tied"  # metadata entry: JSON {alias: saved_name}
+
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+
+
+class CheckpointError(ValueError):
+    """A weight or checkpoint file that is corrupt, unsafe or does not fit the model."""
+
+
+# ----- reading -----
+
+def validate_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """Checks a safetensors file's structure without reading its tensor data.
+
+    Returns:
+        (tensor entries {name: {"dtype", "shape", "data_offsets"}}, metadata {str: str}).
+
+    Raises:
+        CheckpointError: naming the file and what is wrong (header size, JSON, dtype, offsets).
+        FileNotFoundError: no such file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, shorter than its 8-byte header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: header length {n} bytes is over the {MAX_HEADER_BYTES}-byte limit; "
+                                  "the file is corrupt or not safetensors")
+        if 8 + n > size:
+            raise CheckpointError(f"{path}: header length {n} runs past the end of the {size}-byte file "
+                                  "(truncated or not safetensors)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header must be a JSON object, got {type(header).__name__}")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: __metadata__ must be an object of strings")
+    data_size = size - 8 - n
+    for name, entry in header.items():
+        _check_entry(path, name, entry, data_size)
+    return header, metadata
+
+
+def _check_entry(path: Path, name: str, entry: object, data_size: int) -> None:
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        raise CheckpointError(f"{path}: tensor {name!r} lacks dtype/shape/data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_BYTES:
+        raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}")
+    ok_shape = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    if not ok_shape:
+        raise CheckpointError(f"{path}: tensor {name!r} has a bad shape {shape!r}")
+    ok_offsets = (isinstance(offsets, list) and len(offsets) == 2
+                  and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets))
+    if not ok_offsets or not 0 <= offsets[0] <= offsets[1]:
+        raise CheckpointError(f"{path}: tensor {name!r} has bad data_offsets {offsets!r}")
+    if offsets[1] > data_size:
+        raise CheckpointError(f"{path}: tensor {name!r} ends at byte {offsets[1]} of the data but the file holds "
+                              f"only {data_size} data bytes (truncated?)")
+    expected = math.prod(shape) * DTYPE_BYTES[dtype]
+    if offsets[1] - offsets[0] != expected:
+        raise CheckpointError(f"{path}: tensor {name!r} spans {offsets[1] - offsets[0]} bytes but shape {shape} "
+                              f"of {dtype} needs {expected}")
+
+
+def read_safetensors(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, validated first; tied weights saved once come back as aliases."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    _, metadata = validate_safetensors(path)
+    try:
+        sd = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read weights: {e}") from None
+    ties = _parse_ties(path, metadata)
+    for alias, target in ties.items():
+        if target not in sd:
+            raise CheckpointError(f"{path}: tied weight {alias!r} points at missing tensor {target!r}")
+        sd[alias] = sd[target]
+    return sd
+
+
+def _parse_ties(path: Path, metadata: dict) -> dict[str, str]:
+    if TIED_KEY not in metadata:
+        return {}
+    try:
+        ties = json.loads(metadata[TIED_KEY])
+    except (TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: metadata {TIED_KEY!r} is not valid JSON") from None
+    if not isinstance(ties, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ties.items()):
+        raise CheckpointError(f"{path}: metadata {TIED_KEY!r} must map names to names")
+    return ties
+
+
+def torch_load_safe(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> object:
+    """`torch.load(weights_only=True)`: plain tensors and containers only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"refusing to load {path}: it contains code/objects; only plain tensors are accepted "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+
+
+# ----- checking -----
+
+def check_state_dict(model_or_expected: nn.Module | dict[str, tuple[int, ...]], sd: dict[str, torch.Tensor], *,
+                     ignore: Iterable[str] = (), finite: bool = True, source: str = "state dict") -> None:
+    """Raises CheckpointError when `sd` does not fit: missing, unexpected or mis-shaped keys, NaN/Inf values.
+
+    Args:
+        model_or_expected: a module (its state_dict shapes) or {name: shape}.
+        sd: the tensors to check.
+        ignore: names to leave out of the comparison on both sides (e.g. non-persistent buffers).
+        finite: also reject floating tensors holding NaN or Inf.
+        source: what `sd` is, for the message (usually the file path).
+    """
+    if isinstance(model_or_expected, nn.Module):
+        expected = {k: tuple(v.shape) for k, v in model_or_expected.state_dict().items()}
+    else:
+        expected = {k: tuple(v) for k, v in model_or_expected.items()}
+    skip = set(ignore)
+    want = {k: v for k, v in expected.items() if k not in skip}
+    have = {k: v for k, v in sd.items() if k not in skip}
+    problems = []
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    shaped = sorted(f"{k} {tuple(have[k].shape)} != expected {want[k]}"
+                    for k in set(want) & set(have) if tuple(have[k].shape) != want[k])
+    if missing:
+        problems.append(_few(f"{len(missing)} missing", missing))
+    if unexpected:
+        problems.append(_few(f"{len(unexpected)} unexpected", unexpected))
+    if shaped:
+        problems.append(_few(f"{len(shaped)} mis-shaped", shaped))
+    if finite and not problems:
+        bad = sorted(k for k, v in have.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        if bad:
+            problems.append(_few(f"{len(bad)} with NaN/Inf values", bad))
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
+
+
+def _few(label: str, names: list[str], n: int = 5) -> str:
+    more = f", ... (+{len(names) - n} more)" if len(names) > n else ""
+    return f"{label}: {', '.join(names[:n])}{more}"
+
+
+# ----- writing -----
+
+def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Writes `sd` atomically (temp file, fsync, rename, fsync of the folder).
+
+    Tensors sharing storage (tied embeddings) are saved once; the tie goes to the metadata and
+    `read_safetensors` restores it.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    unique: dict[str, torch.Tensor] = {}
+    ties: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in sd.items():
+        t = t.detach()
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+               t.dtype)
+        if t.numel() and key in seen:
+            ties[name] = seen[key]
+            continue
+        seen[key] = name
+        unique[name] = t.to("cpu").contiguous()
+    meta = dict(metadata or {})
+    if ties:
+        meta[TIED_KEY] = json.dumps(ties)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(unique, str(tmp), metadata=meta or None)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Makes a rename inside `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
