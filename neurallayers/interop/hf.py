@@ -1,0 +1,354 @@
+"""Hugging Face model folders in and out: `load_hf(folder)` and `save_hf(model, tokenizer, folder)`.
+
+A folder holds config.json, weights (model.safetensors, or shards listed in model.safetensors.index.json; a
+pickle `pytorch_model.bin` only when the caller opts in) and tokenizer files. The family module picked by
+config.json's `model_type` translates config and weight names; see `FAMILIES`. The helpers at the bottom apply
+a family's literal weight-name map in either direction.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from neurallayers.config import ModelConfig
+from neurallayers.weights import CheckpointError, check_state_dict, read_safetensors, save_safetensors, torch_load_safe
+
+# config.json model_type -> the module that converts it (loaded on first use).
+FAMILIES: dict[str, str] = {
+    "gpt2": "neurallayers.interop.gpt2",
+    "llama": "neurallayers.interop.llama",
+    "mistral": "neurallayers.interop.llama",
+    "bert": "neurallayers.interop.bert",
+}
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+PICKLE_WEIGHTS = "pytorch_model.bin"
+_SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def family(model_type: object) -> ModuleType:
+    """The converter module for a config.json `model_type`.
+
+    Raises:
+        ValueError: an unsupported model_type, listing the supported ones.
+    """
+    if model_type not in FAMILIES:
+        raise ValueError(f"config.json model_type={model_type!r} is not supported; supported model types: "
+                         f"{', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILIES[model_type])
+
+
+def family_for_config(cfg: ModelConfig) -> str:
+    """The Hugging Face model_type to write `cfg` as: the one it was read from, else inferred from its switches."""
+    source = cfg.extra.get("hf_model_type")
+    if source in FAMILIES:
+        return source
+    if not cfg.causal:
+        return "bert"
+    if cfg.position == "rope":
+        return "mistral" if cfg.sliding_window is not None else "llama"
+    if cfg.position == "learned":
+        return "gpt2"
+    raise ValueError(f"ModelConfig.position={cfg.position!r}: a Hugging Face decoder needs 'learned' (GPT-2) "
+                     "or 'rope' (Llama, Mistral)")
+
+
+# ----- loading -----
+
+def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+            allow_pickle: bool = False) -> tuple[nn.Module, object]:
+    """Model (eval mode) and tokenizer from a Hugging Face model folder.
+
+    Args:
+        folder: holds config.json, weights and (optionally) tokenizer files.
+        device: where the model goes (default CPU).
+        dtype: parameter dtype (default float32, whatever the checkpoint stores).
+        allow_pickle: accept a folder whose only weights are pytorch_model.bin. Even then the file is read
+            with `torch.load(weights_only=True)`, which refuses anything but plain tensors.
+
+    Returns:
+        (model, tokenizer): the tokenizer is a `neurallayers.data.Tokenizer` from tokenizer.json or GPT-2 style
+        vocab.json + merges.txt, or None when the folder has neither.
+
+    Raises:
+        FileNotFoundError: no folder, no config.json or no weights.
+        ValueError: an unsupported model_type or config.
+        CheckpointError: corrupt weights or weights that do not fit the config, naming the keys.
+    """
+    from neurallayers.models import build_model
+
+    folder = _folder(folder)
+    hf_cfg = read_json(folder / "config.json")
+    fam = family(hf_cfg.get("model_type"))
+    cfg = fam.config_from_hf(hf_cfg)
+    hf_sd = read_hf_weights(folder, allow_pickle=allow_pickle)
+    check_state_dict({k: tuple(v.shape) for k, v in hf_sd.items()}, hf_sd, source=str(folder))  # NaN/Inf only
+    try:
+        sd = fam.to_ours(hf_sd, cfg)
+    except CheckpointError as e:
+        raise CheckpointError(f"{folder}: {e}") from None
+    except ValueError as e:  # a family module that reports bad weights as a plain ValueError
+        raise CheckpointError(f"{folder}: {e}") from None
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
+        model = build_model(cfg)
+    aliases = tied_aliases(model)
+    check_state_dict(model, sd, ignore=aliases, finite=False, source=str(folder))
+    model.load_state_dict({k: v for k, v in sd.items() if k not in aliases}, strict=False)  # in place: ties stay
+    model.to(device=device or "cpu", dtype=dtype)
+    return model.eval(), load_tokenizer(folder)
+
+
+def _folder(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"no Hugging Face model folder at {folder}")
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file; give a Hugging Face model folder (config.json + weights)")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json, so it is not a Hugging Face model folder")
+    return folder
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_hf_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The Hugging Face state dict of a folder: model.safetensors, sharded safetensors, or (opt-in) a pickle.
+
+    Raises:
+        FileNotFoundError: no weights file.
+        CheckpointError: a corrupt file or index, or a pickle when `allow_pickle` is False.
+    """
+    if (folder / SAFE_WEIGHTS).is_file():
+        return read_safetensors(folder / SAFE_WEIGHTS)
+    if (folder / SAFE_INDEX).is_file():
+        return read_sharded(folder / SAFE_INDEX)
+    if (folder / PICKLE_WEIGHTS).is_file():
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{folder} has only pickle weights ({PICKLE_WEIGHTS}), which can run code when loaded; refusing. "
+                "Convert them to safetensors, or opt in with allow_pickle=True (CLI: --allow-pickle): they are then "
+                "read with torch.load(weights_only=True), plain tensors only")
+        sd = torch_load_safe(folder / PICKLE_WEIGHTS)
+        if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in sd.items()):
+            raise CheckpointError(f"{folder / PICKLE_WEIGHTS} is not a state dict of named tensors")
+        return sd
+    raise FileNotFoundError(f"{folder} has no weights: expected {SAFE_WEIGHTS}, {SAFE_INDEX} with its shards, "
+                            f"or {PICKLE_WEIGHTS} (with allow_pickle=True)")
+
+
+def read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a sharded safetensors checkpoint, after checking its index against the shards.
+
+    Raises:
+        CheckpointError: a bad index, a shard that is missing or outside the folder, a key listed but not in its
+            shard, a key in two shards, or a key in a shard that the index does not list.
+    """
+    index = read_json(index_path)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: 'weight_map' must be a non-empty object of weight name -> shard file")
+    folder = index_path.parent
+    shards: dict[str, list[str]] = {}
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"{index_path}: weight {key!r} points at {name!r}, not a file in this folder")
+        shards.setdefault(name, []).append(key)
+    absent = sorted(name for name in shards if not (folder / name).is_file())
+    if absent:
+        raise CheckpointError(f"{index_path}: listed shard files do not exist: {', '.join(absent)}")
+    sd: dict[str, torch.Tensor] = {}
+    for name, keys in shards.items():
+        part = read_safetensors(folder / name)
+        missing = sorted(set(keys) - set(part))
+        if missing:
+            raise CheckpointError(f"{folder / name}: weights the index lists are not in this shard: "
+                                  f"{', '.join(missing[:5])}")
+        again = sorted(set(part) & set(sd))
+        if again:
+            raise CheckpointError(f"{folder / name}: weights already read from another shard: {', '.join(again[:5])}")
+        unlisted = sorted(k for k in part if weight_map.get(k) != name)
+        if unlisted:
+            raise CheckpointError(f"{folder / name}: weights not listed for this shard in {index_path.name}: "
+                                  f"{', '.join(unlisted[:5])}")
+        sd.update(part)
+    return sd
+
+
+def load_tokenizer(folder: Path) -> object:
+    """Tokenizer of an HF folder (tokenizer.json, or vocab.json + merges.txt), or None when it has neither."""
+    from neurallayers.data.tokenizers import Tokenizer
+
+    has_json = (folder / "tokenizer.json").is_file()
+    has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    return Tokenizer.load(folder) if has_json or has_bpe else None
+
+
+def tied_aliases(model: nn.Module) -> set[str]:
+    """State-dict names that are the same parameter as an earlier name (e.g. lm_head.weight tied to wte)."""
+    seen: set[int] = set()
+    aliases = set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen:
+            aliases.add(name)
+        seen.add(id(t))
+    return aliases
+
+
+# ----- saving -----
+
+def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
+            max_shard_size: int | None = None) -> Path:
+    """Writes `model` (and `tokenizer`) as a Hugging Face folder that `transformers` loads offline.
+
+    Writes config.json, generation_config.json, model.safetensors (or model-0000k-of-0000n.safetensors shards
+    and model.safetensors.index.json when the weights exceed `max_shard_size` bytes), and tokenizer.json +
+    tokenizer_config.json when a tokenizer is given. Stale weight files of an earlier save are removed.
+
+    Args:
+        model: a NeuralLayers model with a `config` (DecoderLM, or an encoder).
+        tokenizer: a `neurallayers.data.Tokenizer`, or None to write weights only.
+        folder: created if needed.
+        max_shard_size: largest shard in bytes; None writes one file.
+
+    Returns:
+        The folder.
+
+    Raises:
+        ValueError: a model without a ModelConfig, a config no supported family expresses, or a bad
+            max_shard_size.
+    """
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"model must be a NeuralLayers model with a ModelConfig .config, got {type(model).__name__}")
+    if max_shard_size is not None and (isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int)
+                                       or max_shard_size < 1):
+        raise ValueError(f"max_shard_size={max_shard_size!r}: must be a positive number of bytes or None")
+    model_type = family_for_config(cfg)
+    fam = family(model_type)
+    hf_cfg = fam.config_to_hf(cfg)
+    hf_sd = fam.to_hf({k: v.detach() for k, v in model.state_dict().items()}, cfg)
+    dtype = next(iter(hf_sd.values())).dtype
+    hf_cfg["dtype"] = str(dtype).removeprefix("torch.")
+    specials = _special_ids(tokenizer)
+    hf_cfg.update(specials)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_weights(hf_sd, folder, max_shard_size)
+    write_json(folder / "config.json", hf_cfg)
+    write_json(folder / "generation_config.json", {"_from_model_config": True, **specials})
+    if tokenizer is not None:
+        tokenizer.save(folder)
+    return folder
+
+
+def _special_ids(tokenizer: object) -> dict[str, int | None]:
+    if tokenizer is None:
+        return {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+
+
+def _write_weights(hf_sd: dict[str, torch.Tensor], folder: Path, max_shard_size: int | None) -> None:
+    sizes = {k: v.numel() * v.element_size() for k, v in hf_sd.items()}
+    shards: list[list[str]] = [[]]
+    used = 0
+    for key in hf_sd:  # greedy, in state-dict order, so a layer's weights stay together
+        if max_shard_size is not None and shards[-1] and used + sizes[key] > max_shard_size:
+            shards.append([])
+            used = 0
+        shards[-1].append(key)
+        used += sizes[key]
+    for stale in [folder / SAFE_WEIGHTS, folder / SAFE_INDEX, *folder.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)  # an old single file would shadow new shards, and the reverse
+    meta = {"format": "pt"}  # transformers refuses safetensors files without it
+    if len(shards) == 1:
+        save_safetensors(hf_sd, folder / SAFE_WEIGHTS, metadata=meta)
+        return
+    weight_map = {}
+    for n, keys in enumerate(shards, start=1):
+        name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+        save_safetensors({k: hf_sd[k] for k in keys}, folder / name, metadata=meta)
+        weight_map.update(dict.fromkeys(keys, name))
+    write_json(folder / SAFE_INDEX, {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map})
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Writes `data` beside `path`, then renames it over: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----- weight-name maps (used by the family modules) -----
+
+WeightMap = tuple[tuple[str, "str | tuple[str, ...]"], ...]
+TransformIn = Callable[[str, list[torch.Tensor], ModelConfig], torch.Tensor]
+TransformOut = Callable[[str, torch.Tensor, ModelConfig], list[torch.Tensor]]
+
+
+def expand_map(weight_map: WeightMap, n_layer: int, *, skip: tuple[str, ...] = ()) -> list[tuple[str, tuple[str, ...]]]:
+    """(our key, HF keys) for every layer: "{i}" filled in; a single HF key becomes a 1-tuple."""
+    entries = []
+    for ours, theirs in weight_map:
+        if ours in skip:
+            continue
+        theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+        for i in range(n_layer) if "{i}" in ours else [None]:
+            entries.append((ours.format(i=i), tuple(t.format(i=i) for t in theirs)) if i is not None
+                           else (ours, theirs))
+    return entries
+
+
+def reference_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The state dict `build_model(cfg)` has, on the meta device: names and shapes, no memory."""
+    from neurallayers.models import build_model
+
+    with torch.device("meta"):
+        return build_model(cfg).state_dict()
+
+
+def hf_shapes(cfg: ModelConfig, to_hf: Callable) -> dict[str, tuple[int, ...]]:
+    """{HF key: shape} that a checkpoint for `cfg` holds, from the family's own `to_hf` on the meta reference."""
+    return {k: tuple(v.shape) for k, v in to_hf(reference_state(cfg), cfg).items()}
+
+
+def rename_to_ours(hf_sd: dict[str, torch.Tensor], entries: list[tuple[str, tuple[str, ...]]],
+                   expected: dict[str, tuple[int, ...]], transform: TransformIn, cfg: ModelConfig, *,
+                   family: str) -> dict[str, torch.Tensor]:
+    """Applies a map HF -> ours after checking `hf_sd` against the `expected` HF keys and shapes."""
+    check_state_dict(expected, hf_sd, finite=False, source=f"Hugging Face {family} weights")
+    out = {ours: transform(ours, [hf_sd[t] for t in theirs], cfg) for ours, theirs in entries}
+    if cfg.tie_embeddings:
+        out["lm_head.weight"] = out["wte.weight"]
+    return out
+
+
+def rename_to_hf(sd: dict[str, torch.Tensor], entries: list[tuple[str, tuple[str, ...]]],
+                 reference: dict[str, torch.Tensor], transform: TransformOut,
+                 cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Applies a map ours -> HF after checking `sd` against the model's own keys and shapes."""
+    check_state_dict({k: tuple(v.shape) for k, v in reference.items()}, sd, finite=False, source="state dict")
+    out = {}
+    for ours, theirs in entries:
+        out.update(zip(theirs, transform(ours, sd[ours], cfg), strict=True))
+    return out

@@ -1,0 +1,171 @@
+"""Hugging Face Llama and Mistral (`model_type: "llama" | "mistral"`) <-> NeuralLayers DecoderLM.
+
+One literal weight-name map drives both directions. Llama keeps q, k and v (and the MLP's gate and up) as
+separate linears; ours are fused, so those are concatenated along the output rows on the way in (q, then k,
+then v; gate, then up) and split back on the way out. Our RoPE uses the same half-split layout as Hugging
+Face, so q/k need no permutation. Mistral is Llama with a sliding attention window and no biases.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from neurallayers.config import ModelConfig
+from neurallayers.interop.hf import expand_map, hf_shapes, reference_state, rename_to_hf, rename_to_ours
+
+# ours <-> Hugging Face LlamaForCausalLM / MistralForCausalLM. "{i}" is the layer index; a tuple on the HF side
+# is concatenated along dim 0 on ours.
+_L = "model.layers.{i}."
+WEIGHT_MAP: tuple[tuple[str, str | tuple[str, ...]], ...] = (
+    ("wte.weight", "model.embed_tokens.weight"),
+    ("blocks.{i}.norm1.weight", _L + "input_layernorm.weight"),
+    ("blocks.{i}.attn.qkv.weight", (_L + "self_attn.q_proj.weight", _L + "self_attn.k_proj.weight",
+                                    _L + "self_attn.v_proj.weight")),
+    ("blocks.{i}.attn.qkv.bias", (_L + "self_attn.q_proj.bias", _L + "self_attn.k_proj.bias",
+                                  _L + "self_attn.v_proj.bias")),
+    ("blocks.{i}.attn.proj.weight", _L + "self_attn.o_proj.weight"),
+    ("blocks.{i}.attn.proj.bias", _L + "self_attn.o_proj.bias"),
+    ("blocks.{i}.norm2.weight", _L + "post_attention_layernorm.weight"),
+    ("blocks.{i}.mlp.fc.weight", (_L + "mlp.gate_proj.weight", _L + "mlp.up_proj.weight")),
+    ("blocks.{i}.mlp.fc.bias", (_L + "mlp.gate_proj.bias", _L + "mlp.up_proj.bias")),
+    ("blocks.{i}.mlp.proj.weight", _L + "mlp.down_proj.weight"),
+    ("blocks.{i}.mlp.proj.bias", _L + "mlp.down_proj.bias"),
+    ("norm_f.weight", "model.norm.weight"),
+    ("lm_head.weight", "lm_head.weight"),
+)
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # a buffer older checkpoints saved
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3")  # rope_type values we build ("default" = unscaled)
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    """ModelConfig from a Hugging Face LlamaConfig or MistralConfig dict (config.json).
+
+    RoPE settings are read from `rope_parameters` (transformers 5) or from `rope_scaling` + `rope_theta` (older).
+
+    Raises:
+        ValueError: not a Llama/Mistral config, or a variant DecoderLM does not build (an activation other than
+            SiLU, attention and MLP biases that differ, a RoPE type other than those in ROPE_TYPES).
+    """
+    if not isinstance(hf, dict):
+        raise ValueError(f"expected a config.json dict, got {type(hf).__name__}")
+    model_type = hf.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"config model_type={model_type!r}: this converter reads {', '.join(ARCHITECTURES)}")
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"config hidden_act={act!r}: only 'silu' (SwiGLU) is supported")
+    attn_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
+    if attn_bias != mlp_bias:
+        raise ValueError(f"config attention_bias={attn_bias} with mlp_bias={mlp_bias}: NeuralLayers needs both "
+                         "equal (one `bias` switch)")
+    n_embd, n_head = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
+    theta, scaling = _rope_from_hf(hf)
+    window = hf.get("sliding_window") if model_type == "mistral" else None
+    return ModelConfig(
+        name=str(hf.get("_name_or_path") or model_type), causal=True, vocab_size=hf.get("vocab_size", 32000),
+        block_size=hf.get("max_position_embeddings", 2048), n_layer=hf.get("num_hidden_layers", 32),
+        n_head=n_head, n_embd=n_embd, n_kv_head=hf.get("num_key_value_heads") or n_head,
+        head_dim=hf.get("head_dim") or n_embd // n_head, intermediate_size=hf.get("intermediate_size", 11008),
+        norm="rmsnorm", norm_eps=float(hf.get("rms_norm_eps", 1e-6)), norm_placement="pre", mlp="swiglu",
+        position="rope", rope_theta=theta, rope_scaling=scaling, sliding_window=window, bias=attn_bias,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attn_dropout=float(hf.get("attention_dropout", 0.0)), init_std=float(hf.get("initializer_range", 0.02)),
+        scale_residual_init=False, extra={"hf_model_type": model_type},
+    )
+
+
+def _rope_from_hf(hf: dict) -> tuple[float, dict | None]:
+    """(rope_theta, our rope_scaling) from `rope_parameters` or the older `rope_scaling` + `rope_theta`."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"config rope_parameters/rope_scaling={params!r}: expected an object")
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"config rope type {kind!r}: supported are {', '.join(ROPE_TYPES)}")
+    if kind == "default":
+        return theta, None
+    scaling = {k: v for k, v in params.items() if k not in ("rope_type", "type", "rope_theta")}
+    return theta, {"type": kind, **scaling}  # ModelConfig names any key it does not know
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    """A LlamaConfig dict, or a MistralConfig dict when `cfg` has a sliding window (or was read from Mistral).
+
+    RoPE goes into `rope_parameters` (rope_type, rope_theta and the scaling keys), as transformers 5 writes it.
+
+    Raises:
+        ValueError: `cfg` has a switch Llama/Mistral cannot express; the message names every such field.
+    """
+    model_type = "mistral" if cfg.sliding_window is not None or cfg.extra.get("hf_model_type") == "mistral" else "llama"
+    wanted = {"causal": True, "norm": "rmsnorm", "norm_placement": "pre", "mlp": "swiglu", "position": "rope",
+              "layer_scale": None}
+    if model_type == "mistral":
+        wanted["bias"] = False
+    bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
+    if bad:
+        raise ValueError(f"config cannot be written as a Hugging Face {model_type}: " + "; ".join(bad))
+    scaling = dict(cfg.rope_scaling or {})
+    rope = {"rope_type": scaling.pop("type", "default"), "rope_theta": cfg.rope_theta, **scaling}
+    out = {
+        "architectures": [ARCHITECTURES[model_type]], "model_type": model_type, "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
+        "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
+        "rope_parameters": rope, "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": cfg.attn_dropout,
+        "initializer_range": cfg.init_std,
+    }
+    if model_type == "mistral":
+        out["sliding_window"] = cfg.sliding_window
+    else:
+        out.update(attention_bias=cfg.bias, mlp_bias=cfg.bias, pretraining_tp=1)
+    return out
+
+
+def _split_sizes(ours: str, cfg: ModelConfig) -> list[int]:
+    if ".attn.qkv." in ours:
+        return [cfg.n_head * cfg.head_dim, cfg.kv_dim, cfg.kv_dim]
+    if ".mlp.fc." in ours:
+        return [cfg.intermediate_size, cfg.intermediate_size]
+    return [-1]
+
+
+def _transform_in(ours: str, hf_tensors: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    return torch.cat(hf_tensors, dim=0) if len(hf_tensors) > 1 else hf_tensors[0]
+
+
+def _transform_out(ours: str, t: torch.Tensor, cfg: ModelConfig) -> list[torch.Tensor]:
+    sizes = _split_sizes(ours, cfg)
+    if len(sizes) == 1:
+        return [t]
+    return [part.clone() for part in t.split(sizes, dim=0)]  # clones: no two saved tensors share storage
+
+
+def _entries(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...]]]:
+    skip = ("lm_head.weight",) if cfg.tie_embeddings else ()
+    if not cfg.bias:
+        skip += tuple(ours for ours, _ in WEIGHT_MAP if ours.endswith(".bias"))
+    return expand_map(WEIGHT_MAP, cfg.n_layer, skip=skip)
+
+
+def to_ours(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our DecoderLM state dict from a Hugging Face Llama/Mistral state dict.
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped weights, named by their Hugging Face keys.
+    """
+    hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith(IGNORED_SUFFIXES)}
+    if cfg.tie_embeddings:
+        hf_sd.pop("lm_head.weight", None)  # an alias of the embedding when tied; the embedding wins
+    family = "Mistral" if cfg.extra.get("hf_model_type") == "mistral" else "Llama"
+    return rename_to_ours(hf_sd, _entries(cfg), hf_shapes(cfg, to_hf), _transform_in, cfg, family=family)
+
+
+def to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The Hugging Face LlamaForCausalLM / MistralForCausalLM state dict from ours: the inverse of `to_ours`.
+
+    Raises:
+        CheckpointError: `sd` does not match the config (missing, unexpected or mis-shaped keys, named).
+    """
+    return rename_to_hf(sd, _entries(cfg), reference_state(cfg), _transform_out, cfg)
