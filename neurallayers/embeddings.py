@@ -214,12 +214,11 @@ def load_minilm(*, device: str | torch.device | None = None,
 
 def _load_bert_folder(folder: Path) -> tuple[nn.Module, Tokenizer]:
     """A BERT folder through the bert weight map directly (used while the generic HF loader is absent)."""
-    from safetensors.torch import load_file
-
     from neurallayers.interop import bert
     from neurallayers.models import build_model
+    from neurallayers.weights import read_safetensors
 
     cfg = bert.config_from_hf(json.loads((folder / "config.json").read_text()))
     model = build_model(cfg)
-    model.load_state_dict(bert.to_ours(load_file(str(folder / "model.safetensors")), cfg))
+    model.load_state_dict(bert.to_ours(read_safetensors(folder / "model.safetensors"), cfg))
     return model, Tokenizer.load(folder)

@@ -51,6 +51,9 @@ HEAD_MAP: tuple[tuple[str, str], ...] = (
 # and BERT keys of parts this model does not have (a pooler or a head other than config.head).
 _IGNORED_PREFIXES = ("embeddings.position_ids", "cls.predictions.decoder.bias", "cls.seq_relationship.")
 _KNOWN_OPTIONAL_PREFIXES = ("pooler.", "cls.predictions.", "classifier.")
+# An untied masked-LM head: transformers 5 adds `cls.predictions.decoder.bias` (its own parameter then), older
+# versions always tie it to `cls.predictions.bias`. Read either, write both.
+_UNTIED_BIAS = ("cls.predictions.decoder.bias", "cls.predictions.bias")
 
 ARCHITECTURES = {  # HF architecture -> (our head, has a pooler)
     "BertModel": ("none", True),
@@ -157,6 +160,8 @@ def _entries(cfg: ModelConfig, ours: dict) -> list[tuple[str, str | tuple[str, .
             fill = (lambda s, i=i: s.format(i=i)) if i is not None else (lambda s: s)
             entries.append((prefix + fill(our), tuple(map(fill, hf)) if isinstance(hf, tuple) else fill(hf)))
     entries += HEAD_MAP
+    if not cfg.tie_embeddings:
+        entries = [(our, _UNTIED_BIAS[0] if hf == _UNTIED_BIAS[1] else hf) for our, hf in entries]
     entries = [(our, hf) for our, hf in entries if our in ours]
     missing = set(ours) - {our for our, _ in entries}
     if missing:  # a model switch this map does not cover
@@ -180,6 +185,8 @@ def to_ours(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch
         if canon in sd:
             raise ValueError(f"weight {canon!r} appears both with and without the 'bert.' prefix")
         sd[canon] = value
+    if _UNTIED_BIAS[0] not in sd and _UNTIED_BIAS[1] in sd:
+        sd[_UNTIED_BIAS[0]] = sd[_UNTIED_BIAS[1]]
     ref = _reference(cfg)
     out, used, missing = {}, set(), []
     for our, hf in _entries(cfg, ref):
@@ -220,6 +227,8 @@ def to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tens
             out.update({_hf_name(n, prefix): p.clone() for n, p in zip(hf, parts, strict=True)})
         else:
             out[_hf_name(hf, prefix)] = sd[our]
+    if _UNTIED_BIAS[0] in out:
+        out[_UNTIED_BIAS[1]] = out[_UNTIED_BIAS[0]].clone()
     return out
 
 

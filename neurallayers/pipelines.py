@@ -1,0 +1,261 @@
+"""`pipeline(task, model)`: text in, task results out, in the shape `transformers.pipeline` returns.
+
+    fill = pipeline("fill-mask", model="runs/my-bert")          # a run directory or a Hugging Face folder
+    fill("Paris is the [MASK] of France.")                       # [{"score", "token", "token_str", "sequence"}, ...]
+    embed = pipeline("feature-extraction", model=load_minilm())  # or a (model, tokenizer) pair
+
+A pipeline called with one string returns that string's result; called with a list, a list of results.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.embeddings import _check_texts, embed, tokenize_batch
+
+_MASK_TOKENS = ("[MASK]", "<mask>")
+
+
+class Pipeline(ABC):
+    """Holds a model (eval mode) and its tokenizer; subclasses implement `_run(list of inputs) -> list`."""
+
+    task = ""
+    heads: tuple[str, ...] = ()  # the encoder heads this task can use; empty for decoder tasks
+
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, batch_size: int = 32) -> None:
+        cfg = getattr(model, "config", None)
+        if cfg is None:
+            raise ValueError(f"{self.task}: model must be a NeuralLayers model with a .config, "
+                             f"got {type(model).__name__}")
+        if self.heads and (cfg.causal or cfg.head not in self.heads):
+            have = "a causal decoder" if cfg.causal else f"an encoder with head={cfg.head!r}"
+            raise ValueError(f"{self.task} needs an encoder with config.head in {self.heads}, got {have}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+        self.model, self.tokenizer, self.config, self.batch_size = model.eval(), tokenizer, cfg, batch_size
+        self.device = next(model.parameters()).device
+
+    def __call__(self, inputs: str | list[str], **kwargs: Any) -> Any:
+        single = isinstance(inputs, str | dict)
+        items = [inputs] if single else inputs
+        if not isinstance(items, list | tuple):
+            raise ValueError(f"{self.task}: inputs must be a string or a list of strings, "
+                             f"got {type(inputs).__name__}")
+        results = self._run(list(items), **kwargs)
+        return results[0] if single else results
+
+    @abstractmethod
+    def _run(self, items: list, **kwargs: Any) -> list:
+        """One result per input item."""
+
+    def _max_length(self) -> int:
+        block = self.config.block_size
+        return min(self.tokenizer.model_max_length or block, block)
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the head model for one tokenized batch."""
+        kw = {"attention_mask": batch["attention_mask"].to(self.device)}
+        if self.config.type_vocab_size > 0:
+            kw["token_type_ids"] = batch["token_type_ids"].to(self.device)
+        with torch.inference_mode():
+            return self.model(batch["input_ids"].to(self.device), **kw).logits.float()
+
+    def _batches(self, texts: list[str], pairs: list[str] | None = None, **kw: Any):
+        for s in range(0, len(texts), self.batch_size):
+            chunk_pairs = pairs[s:s + self.batch_size] if pairs is not None else None
+            yield tokenize_batch(self.tokenizer, texts[s:s + self.batch_size], text_pairs=chunk_pairs,
+                                 max_length=self._max_length(), **kw)
+
+
+def label_names(config: Any) -> list[str]:
+    """Class names from `config.extra["id2label"]` (as read from a Hugging Face config), else LABEL_i."""
+    names = config.extra.get("id2label") or {}
+    return [str(names.get(str(i), names.get(i, f"LABEL_{i}"))) for i in range(config.num_labels)]
+
+
+class FeatureExtractionPipeline(Pipeline):
+    """One sentence embedding per text: a (C,) tensor for a string, (N, C) for a list."""
+
+    task = "feature-extraction"
+    heads = ("none", "mlm", "sequence_classification", "token_classification")
+
+    def __call__(self, inputs: str | list[str], *, pooling: str = "mean", normalize: bool = True) -> torch.Tensor:
+        out = super().__call__(inputs, pooling=pooling, normalize=normalize)
+        return out if isinstance(inputs, str) else torch.stack(out)
+
+    def _run(self, items: list, *, pooling: str = "mean", normalize: bool = True) -> list[torch.Tensor]:
+        return list(embed(self.model, self.tokenizer, items, pooling=pooling, normalize=normalize,
+                          batch_size=self.batch_size, max_length=self._max_length()))
+
+
+class FillMaskPipeline(Pipeline):
+    """The `top_k` most likely tokens for the one mask token in each text."""
+
+    task = "fill-mask"
+    heads = ("mlm",)
+
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, batch_size: int = 32,
+                 mask_token: str | None = None) -> None:
+        super().__init__(model, tokenizer, batch_size=batch_size)
+        candidates = (mask_token,) if mask_token is not None else _MASK_TOKENS
+        found = [t for t in candidates if tokenizer.token_to_id(t) is not None]
+        if not found:
+            raise ValueError(f"fill-mask: the tokenizer has no mask token among {candidates}; pass mask_token=")
+        self.mask_token = found[0]
+        self.mask_id = tokenizer.token_to_id(self.mask_token)
+
+    def _run(self, items: list, *, top_k: int = 5) -> list[list[dict]]:
+        if not isinstance(top_k, int) or not 1 <= top_k <= self.config.vocab_size:
+            raise ValueError(f"top_k={top_k!r}: must be an int in [1, vocab_size={self.config.vocab_size}]")
+        texts = _check_texts(items, "inputs")
+        for i, text in enumerate(texts):
+            if text.count(self.mask_token) != 1:
+                raise ValueError(f"inputs[{i}] must contain the mask token {self.mask_token!r} exactly once, "
+                                 f"found {text.count(self.mask_token)}")
+        results = []
+        for batch in self._batches(texts):
+            logits = self._forward(batch)  # (B, T, vocab)
+            for row, ids in enumerate(batch["input_ids"]):
+                where = (ids == self.mask_id).nonzero()
+                if len(where) != 1:
+                    raise ValueError(f"inputs: the mask token was cut off, the text is longer than "
+                                     f"{self._max_length()} tokens")
+                pos = int(where[0, 0])
+                probs = logits[row, pos].softmax(-1)
+                scores, tokens = probs.topk(top_k)
+                real = ids[batch["attention_mask"][row].bool()].tolist()
+                preds = []
+                for score, token in zip(scores.tolist(), tokens.tolist(), strict=True):
+                    filled = [token if j == pos else t for j, t in enumerate(real)]
+                    preds.append({"score": score, "token": token,
+                                  "token_str": self.tokenizer.decode([token]),
+                                  "sequence": self.tokenizer.decode(filled)})
+                results.append(preds)
+        return results
+
+
+class TextClassificationPipeline(Pipeline):
+    """{label, score} per text (softmax over the classes; a sigmoid for a single-output model).
+    An input may be a dict {"text": ..., "text_pair": ...} for sentence-pair models."""
+
+    task = "text-classification"
+    heads = ("sequence_classification",)
+
+    def _run(self, items: list, *, top_k: int | None = 1) -> list:
+        n = self.config.num_labels
+        if top_k is not None and (not isinstance(top_k, int) or not 1 <= top_k <= n):
+            raise ValueError(f"top_k={top_k!r}: must be None (all labels) or an int in [1, num_labels={n}]")
+        texts, pairs = _split_pairs(items)
+        names = label_names(self.config)
+        results = []
+        for batch in self._batches(texts, pairs):
+            logits = self._forward(batch)  # (B, num_labels)
+            probs = logits.sigmoid() if n == 1 else logits.softmax(-1)
+            for row in probs:
+                ranked = sorted(({"label": names[i], "score": float(p)} for i, p in enumerate(row)),
+                                key=lambda r: -r["score"])
+                results.append(ranked[0] if top_k == 1 else ranked[:top_k])
+        return results
+
+
+class TokenClassificationPipeline(Pipeline):
+    """Per token: {entity, score, index, word, start, end}; special tokens and `ignore_labels` left out."""
+
+    task = "token-classification"
+    heads = ("token_classification",)
+
+    def _run(self, items: list, *, ignore_labels: tuple[str, ...] = ("O",)) -> list[list[dict]]:
+        texts = _check_texts(items, "inputs")
+        names = label_names(self.config)
+        results = []
+        for batch in self._batches(texts, return_offsets=True):
+            probs = self._forward(batch).softmax(-1)  # (B, T, num_labels)
+            for row in range(len(probs)):
+                entities = []
+                for j in range(probs.shape[1]):
+                    if not batch["attention_mask"][row, j] or batch["special_tokens_mask"][row, j]:
+                        continue
+                    score, label = probs[row, j].max(-1)
+                    entity = names[int(label)]
+                    if entity in ignore_labels:
+                        continue
+                    start, end = batch["offsets"][row, j].tolist()
+                    entities.append({"entity": entity, "score": float(score), "index": j,
+                                     "word": self.tokenizer.id_to_token(int(batch["input_ids"][row, j])),
+                                     "start": start, "end": end})
+                results.append(entities)
+        return results
+
+
+class TextGenerationPipeline(Pipeline):
+    """[{"generated_text": prompt + continuation}] per prompt; keyword arguments are GenerationConfig fields."""
+
+    task = "text-generation"
+
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, batch_size: int = 32) -> None:
+        super().__init__(model, tokenizer, batch_size=batch_size)
+        if not self.config.causal:
+            raise ValueError("text-generation needs a causal decoder model (config.causal=True), got an encoder")
+
+    def _run(self, items: list, *, return_full_text: bool = True, **gen_kwargs: Any) -> list[list[dict]]:
+        from neurallayers.generation.config import GenerationConfig
+        from neurallayers.generation.generate import generate
+
+        prompts = _check_texts(items, "inputs")
+        gen_config = GenerationConfig.from_dict(gen_kwargs)
+        results = []
+        for prompt in prompts:
+            outs = generate(self.model, self.tokenizer, prompt, gen_config)
+            outs = outs if isinstance(outs, list) else [outs]
+            results.append([{"generated_text": (prompt + g.text) if return_full_text else g.text} for g in outs])
+        return results
+
+
+def _split_pairs(items: list) -> tuple[list[str], list[str] | None]:
+    if not any(isinstance(x, dict) for x in items):
+        return _check_texts(items, "inputs"), None
+    for i, x in enumerate(items):
+        if not isinstance(x, dict) or set(x) != {"text", "text_pair"}:
+            raise ValueError(f"inputs[{i}]: give all inputs as strings or all as {{'text': ..., 'text_pair': ...}}")
+    return _check_texts([x["text"] for x in items]), _check_texts([x["text_pair"] for x in items], "text_pair")
+
+
+PIPELINES: dict[str, type[Pipeline]] = {
+    "feature-extraction": FeatureExtractionPipeline,
+    "fill-mask": FillMaskPipeline,
+    "text-classification": TextClassificationPipeline,
+    "token-classification": TokenClassificationPipeline,
+    "text-generation": TextGenerationPipeline,
+}
+
+
+def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], **kwargs: Any) -> Pipeline:
+    """A ready-to-call pipeline for `task`.
+
+    Args:
+        task: one of "feature-extraction", "fill-mask", "text-classification", "token-classification",
+            "text-generation".
+        model: a run directory or Hugging Face folder (loaded with `neurallayers.load`), or (model, tokenizer).
+        **kwargs: options of the task's pipeline: batch_size (all), mask_token (fill-mask).
+
+    Raises:
+        ValueError: an unknown task (the message lists the tasks), or a model without the head the task needs.
+    """
+    if task not in PIPELINES:
+        hint = difflib.get_close_matches(str(task), list(PIPELINES), n=1)
+        did = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ValueError(f"unknown task {task!r}{did}; tasks: {', '.join(PIPELINES)}")
+    if isinstance(model, str | Path):
+        from neurallayers.api import load
+
+        model = load(model)
+    if not (isinstance(model, tuple | list) and len(model) == 2 and isinstance(model[0], nn.Module)):
+        raise ValueError("model must be a path (run directory or Hugging Face folder) or a (model, tokenizer) pair")
+    return PIPELINES[task](model[0], model[1], **kwargs)
