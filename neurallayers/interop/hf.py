@@ -232,8 +232,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
         The folder.
 
     Raises:
-        ValueError: a model without a ModelConfig, a config no supported family expresses, or a bad
-            max_shard_size.
+        ValueError: a model without a ModelConfig, a config no supported family expresses, a tokenizer with more
+            ids than the model's vocabulary, or a bad max_shard_size.
     """
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, ModelConfig):
@@ -241,6 +241,9 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     if max_shard_size is not None and (isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int)
                                        or max_shard_size < 1):
         raise ValueError(f"max_shard_size={max_shard_size!r}: must be a positive number of bytes or None")
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}; "
+                         "they do not belong together")
     model_type = family_for_config(cfg)
     fam = family(model_type)
     hf_cfg = fam.config_to_hf(cfg)

@@ -1,0 +1,86 @@
+"""`convert(src, dst, to=...)`: a NeuralLayers run directory <-> a Hugging Face model folder.
+
+Either kind of source is read with `neurallayers.load`, so an HF folder can also be rewritten as HF (for
+example to reshard it, or to turn opted-in pickle weights into safetensors). The destination is built in a
+temporary folder beside it and renamed into place at the end, so a failed conversion leaves no half-written dst.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+TARGETS = ("hf", "run")
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf", "run"],
+            max_shard_size: int | None = None, allow_pickle: bool = False, overwrite: bool = False) -> Path:
+    """Converts a run directory or an HF folder `src` into `dst`.
+
+    Args:
+        src: a NeuralLayers run directory (config.yaml) or a Hugging Face folder (config.json).
+        dst: the folder to write; it must not exist or be empty, unless `overwrite`.
+        to: "hf" writes config.json, safetensors weights and tokenizer files that `transformers` loads;
+            "run" writes config.yaml, model.safetensors and tokenizer files that `neurallayers.load` reads.
+        max_shard_size: for to="hf", the largest weight shard in bytes (None: one file).
+        allow_pickle: accept an HF `src` whose only weights are pytorch_model.bin (read with weights_only=True).
+        overwrite: replace a non-empty `dst`.
+
+    Returns:
+        The `dst` folder.
+
+    Raises:
+        ValueError: a bad `to`, a `src` that is neither kind, a non-empty `dst` without `overwrite`, a
+            `max_shard_size` with to="run", or a run target from a source without a tokenizer.
+        FileNotFoundError: `src` does not exist.
+    """
+    from neurallayers.api import load
+
+    if to not in TARGETS:
+        raise ValueError(f"to={to!r}: must be one of {', '.join(map(repr, TARGETS))}")
+    if max_shard_size is not None and to != "hf":
+        raise ValueError(f"max_shard_size={max_shard_size!r}: only applies to to='hf'")
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"src {src} does not exist")
+    if not src.is_dir() or not ((src / "config.yaml").is_file() or (src / "config.json").is_file()):
+        raise ValueError(f"src {src} is neither a NeuralLayers run directory (config.yaml) nor a Hugging Face "
+                         "model folder (config.json)")
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"dst {dst} is a file; give a folder")
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise ValueError(f"dst {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"dst {dst} is the source folder; write to another folder")
+    model, tokenizer = load(src, allow_pickle=allow_pickle)
+    if to == "run" and tokenizer is None:
+        raise ValueError(f"src {src} has no tokenizer files (tokenizer.json or vocab.json + merges.txt); "
+                         "a run directory needs one")
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if to == "hf":
+            from neurallayers.interop.hf import save_hf
+
+            save_hf(model, tokenizer, tmp, max_shard_size=max_shard_size)
+        else:
+            _write_run(model, tokenizer, tmp)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def _write_run(model: object, tokenizer: object, folder: Path) -> None:
+    """A run directory holding only the final weights: config.yaml, model.safetensors, tokenizer files."""
+    from neurallayers.training.config import RunConfig
+    from neurallayers.weights import save_safetensors
+
+    folder.mkdir(parents=True)
+    RunConfig(model=model.config).to_yaml(folder / "config.yaml")
+    save_safetensors({k: v.detach() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    tokenizer.save(folder)
