@@ -93,7 +93,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise ValueError("config is_decoder/add_cross_attention: BERT used as a decoder is not supported")
     id2label = hf.get("id2label")
-    extra: dict = {"hf_architecture": archs[0]}
+    extra: dict = {"hf_model_type": "bert", "hf_architecture": archs[0]}
     if id2label:
         extra["id2label"] = {str(k): str(v) for k, v in id2label.items()}
     n_embd = hf.get("hidden_size", 768)

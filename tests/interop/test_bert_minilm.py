@@ -1,0 +1,162 @@
+"""The real all-MiniLM-L6-v2 (bundled package) against transformers, and the BERT weight map both ways."""
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from neurallayers.config import ModelConfig  # noqa: E402
+from neurallayers.embeddings import (  # noqa: E402
+    cosine_similarity,
+    embed,
+    load_minilm,
+    minilm_folder,
+    tokenize_batch,
+)
+from neurallayers.interop import bert  # noqa: E402
+from neurallayers.models import build_model  # noqa: E402
+from neurallayers.weights import read_safetensors  # noqa: E402
+
+TEXTS = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The new movie is awesome, isn't it? Überraschung für alle!",
+    "Quantum chromodynamics describes the strong interaction between quarks and gluons in hadrons.",
+    "hi",
+]
+
+
+def small_bert(**changes) -> ModelConfig:
+    # replace() keeps derived fields, so reset them for the new width
+    shape = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=4, head_dim=None, n_kv_head=None, intermediate_size=None)
+    return ModelConfig.from_name("bert-mini").replace(**{**shape, **changes})
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_minilm()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    folder = str(minilm_folder())
+    return transformers.AutoModel.from_pretrained(folder).eval(), transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def test_tokenizer_ids_equal_transformers(minilm, reference):
+    _, tok = minilm
+    _, ref_tok = reference
+    want = ref_tok(TEXTS, padding=True, return_tensors="pt")
+    got = tokenize_batch(tok, TEXTS)
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        assert torch.equal(got[key], want[key]), key
+    pair_want = ref_tok(TEXTS[:2], TEXTS[2:4], padding=True, return_tensors="pt")
+    pair_got = tokenize_batch(tok, TEXTS[:2], text_pairs=TEXTS[2:4])
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        assert torch.equal(pair_got[key], pair_want[key]), key
+    cut_want = ref_tok(TEXTS, padding=True, truncation=True, max_length=8, return_tensors="pt")
+    assert torch.equal(tokenize_batch(tok, TEXTS, max_length=8)["input_ids"], cut_want["input_ids"])
+
+
+def test_sentence_embeddings_equal_transformers_mean_pooling(minilm, reference):
+    model, tok = minilm
+    ref, ref_tok = reference
+    batch = ref_tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = ref(**batch).last_hidden_state
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    want = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+    got = embed(model, tok, TEXTS, batch_size=2)  # sorted by length across batches, returned in order
+    assert got.shape == (len(TEXTS), 384)
+    assert (got - want).abs().max() < 1e-5
+    cls = embed(model, tok, TEXTS[:2], pooling="cls", normalize=False)
+    assert (cls - hidden[:2, 0]).abs().max() < 1e-4
+
+
+def test_similar_pair_scores_higher_than_unrelated(minilm):
+    model, tok = minilm
+    e = embed(model, tok, ["A man is eating food.", "A man is eating a piece of bread.",
+                           "The stock market fell sharply on Monday."])
+    sim = cosine_similarity(e, e)
+    assert sim[0, 1] > 0.6 > sim[0, 2] + 0.3
+    assert torch.allclose(sim.diagonal(), torch.ones(3), atol=1e-5)
+    assert cosine_similarity(e[0], e[1]).ndim == 0
+
+
+def test_minilm_config_is_the_preset_shape():
+    hf = json.loads((minilm_folder() / "config.json").read_text())
+    cfg = bert.config_from_hf(hf)
+    preset = ModelConfig.from_name("minilm-l6")
+    for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "intermediate_size", "norm_eps",
+                  "norm_placement", "gelu_approx", "type_vocab_size", "pad_token_id", "pooler", "causal"):
+        assert getattr(cfg, field) == getattr(preset, field), field
+
+
+def test_weight_map_round_trips_minilm():
+    folder = minilm_folder()
+    cfg = bert.config_from_hf(json.loads((folder / "config.json").read_text()))
+    hf_sd = read_safetensors(folder / "model.safetensors")
+    ours = bert.to_ours(hf_sd, cfg)
+    assert "blocks.0.attn.qkv.weight" in ours and ours["blocks.0.attn.qkv.weight"].shape == (3 * 384, 384)
+    back = bert.to_hf(ours, cfg)
+    assert set(back) == set(hf_sd) - {"embeddings.position_ids"}  # a buffer, not a weight
+    assert all(torch.equal(back[k], hf_sd[k]) for k in back)
+    prefixed = bert.to_ours({"bert." + k: v for k, v in hf_sd.items()}, cfg)  # the head models' spelling
+    assert all(torch.equal(prefixed[k], ours[k]) for k in ours)
+
+
+@pytest.mark.parametrize("head", ["mlm", "sequence_classification", "token_classification"])
+def test_weight_map_round_trips_heads(head):
+    cfg = small_bert(head=head, num_labels=3, pooler=head == "sequence_classification")
+    torch.manual_seed(0)
+    sd = build_model(cfg).state_dict()
+    hf_sd = bert.to_hf(sd, cfg)
+    assert all(k.startswith(("bert.", "cls.", "classifier.")) for k in hf_sd)
+    again = bert.to_ours(hf_sd, cfg)
+    assert set(again) == set(sd) and all(torch.equal(again[k], sd[k]) for k in sd)
+    assert all(torch.equal(bert.to_hf(again, cfg)[k], v) for k, v in hf_sd.items())
+    hf_model = getattr(transformers, bert.config_to_hf(cfg)["architectures"][0])(
+        transformers.BertConfig(**bert.config_to_hf(cfg)))
+    missing, unexpected = hf_model.load_state_dict(hf_sd, strict=False)
+    assert not unexpected
+    assert set(missing) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}  # tied in HF
+
+
+def test_config_round_trip_and_rejections():
+    cfg = ModelConfig.from_name("bert-mini").replace(head="sequence_classification", num_labels=3,
+                                                     extra={"id2label": {"0": "neg", "1": "neu", "2": "pos"}})
+    hf = bert.config_to_hf(cfg)
+    assert hf["model_type"] == "bert" and hf["architectures"] == ["BertForSequenceClassification"]
+    assert hf["id2label"] == {"0": "neg", "1": "neu", "2": "pos"} and hf["label2id"]["pos"] == 2
+    transformers.BertConfig(**hf)  # a valid BertConfig
+    back = bert.config_from_hf(hf)
+    for field in ("n_layer", "n_embd", "n_head", "intermediate_size", "norm_eps", "num_labels", "head", "pooler",
+                  "type_vocab_size", "block_size", "gelu_approx", "tie_embeddings"):
+        assert getattr(back, field) == getattr(cfg, field), field
+    with pytest.raises(ValueError, match="norm_placement"):
+        bert.config_to_hf(cfg.replace(norm_placement="pre"))
+    with pytest.raises(ValueError, match="model_type"):
+        bert.config_from_hf({**hf, "model_type": "gpt2"})
+    with pytest.raises(ValueError, match="position_embedding_type"):
+        bert.config_from_hf({**hf, "position_embedding_type": "relative_key"})
+    with pytest.raises(ValueError, match="architectures"):
+        bert.config_from_hf({**hf, "architectures": ["BertForQuestionAnswering"]})
+
+
+def test_to_ours_names_missing_unknown_and_misshaped_keys():
+    cfg = small_bert(n_layer=1)
+    hf_sd = bert.to_hf(build_model(cfg).state_dict(), cfg)
+    broken = dict(hf_sd)
+    del broken["encoder.layer.0.attention.self.key.weight"]
+    with pytest.raises(ValueError, match=r"missing.*attention\.self\.key\.weight"):
+        bert.to_ours(broken, cfg)
+    with pytest.raises(ValueError, match="qa_outputs.weight"):
+        bert.to_ours({**hf_sd, "qa_outputs.weight": torch.zeros(2, 32)}, cfg)
+    with pytest.raises(ValueError, match="wpe.weight"):
+        bert.to_ours({**hf_sd, "embeddings.position_embeddings.weight": torch.zeros(7, 32)}, cfg)
+    extra_head = bert.to_ours({**hf_sd, "cls.seq_relationship.weight": torch.zeros(2, 32)}, cfg)  # NSP: dropped
+    assert set(extra_head) == set(build_model(cfg).state_dict())
