@@ -1,0 +1,154 @@
+import errno
+import shutil
+import signal
+
+import pytest
+import torch
+from nl_train_helpers import Evil, run_fit_process, tiny_run
+
+from neurallayers.training import checkpoint as ckpt
+from neurallayers.training import fit, load_run
+from neurallayers.weights import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A finished 8-step run with checkpoints at steps 4 and 8."""
+    tmp = tmp_path_factory.mktemp("base")
+    run = tiny_run(tmp)
+    fit(run, tmp / "run", progress=False)
+    return tmp, run
+
+
+def _copy(base_run, tmp_path):
+    shutil.copytree(base_run[0] / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_layout_and_weights_only_state(base_run):
+    run_dir = base_run[0] / "run"
+    for name in ("config.yaml", "tokenizer.json", "tokenizer_config.json", "model.safetensors", "metrics.jsonl",
+                 "loss.png"):
+        assert (run_dir / name).is_file(), name
+    assert [p.name for p in ckpt.list_checkpoints(run_dir)] == ["step-4", "step-8"]
+    state = torch.load(run_dir / "checkpoints/step-8/state.pt", weights_only=True)  # no allowlist needed
+    assert state["step"] == 8 and state["data_position"] == 8
+    assert {"optimizer", "scheduler", "scaler", "rng", "best_val_loss", "bad_evals"} <= set(state)
+    assert all(isinstance(v, torch.Tensor) for v in state["rng"].values())
+    assert {"python", "numpy", "torch"} <= set(state["rng"])
+
+
+def test_load_run_gives_model_and_tokenizer(base_run):
+    model, tok, run = load_run(base_run[0] / "run")
+    assert not model.training and run.model.vocab_size == tok.vocab_size
+    assert model.lm_head.weight is model.wte.weight  # tie survives loading
+    ids = torch.tensor([tok.encode("the fox")])
+    assert model(ids).logits.shape == (1, ids.shape[1], tok.vocab_size)
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    state = ckpt.rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_keep_last_never_counts_incomplete(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (2, 4):
+        (root / f"step-{step}").mkdir(parents=True)
+        (root / f"step-{step}" / ckpt.COMPLETE).write_text("ok")
+    (root / "step-6").mkdir()  # a partial checkpoint under a final-looking name: never complete
+    (root / ".tmp-step-8-123").mkdir()
+    ckpt.prune_checkpoints(tmp_path, keep_last=1)
+    assert sorted(p.name for p in root.iterdir()) == [".tmp-step-8-123", "step-4", "step-6"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-4"
+    ckpt.clean_incomplete(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["step-4"]
+
+
+def test_write_error_reported_old_checkpoint_intact(base_run, tmp_path, monkeypatch):
+    run_dir = _copy(base_run, tmp_path)
+    before = (run_dir / "checkpoints/step-8/model.safetensors").read_bytes()
+
+    def disk_full(state, path):
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write_state", disk_full)
+    model_sd, state = ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
+    with pytest.raises(ckpt.CheckpointWriteError, match="step-12 .*disk full.*step-8 is intact"):
+        ckpt.save_checkpoint(run_dir, step=12, model_state=model_sd, state={**state, "step": 12}, keep_last=1)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-4", "step-8"]
+    assert (run_dir / "checkpoints/step-8/model.safetensors").read_bytes() == before
+    ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
+
+
+def test_write_error_during_fit_is_clear(tmp_path, monkeypatch):
+    run = tiny_run(tmp_path, max_steps=8, eval_interval=0)
+    calls = []
+
+    def fail_second(state, path):
+        calls.append(state["step"])
+        if len(calls) == 2:
+            raise OSError(errno.EACCES, "Permission denied")
+        torch.save(state, path)
+
+    monkeypatch.setattr(ckpt, "_write_state", fail_second)
+    with pytest.raises(ckpt.CheckpointWriteError, match="Permission denied.*step-4 is intact"):
+        fit(run, tmp_path / "run", progress=False)
+    assert [p.name for p in (tmp_path / "run/checkpoints").iterdir()] == ["step-4"]
+
+
+KILL_HOOK = """
+import os, signal
+import neurallayers.training.checkpoint as c
+_orig = c._write_state
+def _hook(state, path):
+    if state["step"] == 4:
+        path.write_bytes(b"half a state file")
+        os.kill(os.getpid(), signal.SIGKILL)
+    _orig(state, path)
+c._write_state = _hook
+"""
+
+
+def test_sigkill_while_saving_keeps_previous_checkpoint(tmp_path):
+    run = tiny_run(tmp_path, max_steps=6, save_interval=2, keep_last=1, eval_interval=0)
+    cfg = run.to_yaml(tmp_path / "config.yaml")
+    out = tmp_path / "run"
+    proc = run_fit_process(tmp_path, cfg, out, prelude=KILL_HOOK)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names[0].startswith(".tmp-step-4-") and names[1:] == ["step-2"]
+    assert ckpt.latest_checkpoint(out).name == "step-2"
+    model_sd, state = ckpt.load_checkpoint(out / "checkpoints/step-2")
+    assert state["step"] == 2
+    ckpt.prune_checkpoints(out, keep_last=1)  # the partial one does not push the good one out
+    assert (out / "checkpoints/step-2" / ckpt.COMPLETE).is_file()
+    result = fit(run, out, resume=True, progress=False)
+    assert result.steps == 6
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-6"]  # partial cleaned, keep_last=1
+
+
+def test_malicious_state_refused_on_resume(base_run, tmp_path):
+    run_dir = _copy(base_run, tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"step": 8, "x": Evil(str(marker))}, run_dir / "checkpoints/step-8/state.pt")
+    with pytest.raises(CheckpointError, match="refusing to load .*state.pt"):
+        fit(base_run[1].__class__.from_yaml(run_dir / "config.yaml"), run_dir, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="refusing"):
+        ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
+    assert not marker.exists()
+
+
+def test_corrupt_weights_refused_by_load_run(base_run, tmp_path):
+    run_dir = _copy(base_run, tmp_path)
+    blob = (run_dir / "model.safetensors").read_bytes()
+    (run_dir / "model.safetensors").write_bytes(blob[:-64])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_run(run_dir)

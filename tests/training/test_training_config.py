@@ -1,0 +1,117 @@
+import math
+
+import pytest
+
+from neurallayers import ModelConfig
+from neurallayers.training import DataConfig, RunConfig, TrainConfig, apply_overrides
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("max_steps", 0, "max_steps"),
+        ("lr", -1.0, "lr"),
+        ("min_lr", 1.0, "min_lr"),
+        ("schedule", "cosin", "schedule"),
+        ("precision", "fp8", "'bf16'"),
+        ("nan_policy", "ignore", "nan_policy"),
+        ("device", "tpu", "device"),
+        ("beta2", 1.0, "beta2"),
+        ("grad_clip", -0.5, "grad_clip"),
+        ("early_stopping_patience", 0, "early_stopping_patience"),
+        ("max_minutes", 0.0, "max_minutes"),
+        ("batch_size", 2.5, "batch_size"),
+        ("compile", "yes", "compile"),
+        ("sample_prompts", "hi", "sample_prompts"),
+        ("loggers", ["tensorbord"], "loggers"),
+        ("distributed", "deepspeed", "distributed"),
+    ],
+)
+def test_train_config_errors_name_the_field(field, value, needle):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}") as e:
+        TrainConfig(**{field: value})
+    assert needle in str(e.value)
+
+
+def test_data_config_errors():
+    with pytest.raises(ValueError, match="DataConfig.val_fraction"):
+        DataConfig(val_fraction=1.0)
+    with pytest.raises(ValueError, match="DataConfig.vocab_size"):
+        DataConfig(vocab_size=100)
+
+
+def test_cache_dir_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEURALLAYERS_CACHE", str(tmp_path))
+    assert DataConfig().resolved_cache_dir == tmp_path
+    assert DataConfig(cache_dir=str(tmp_path / "x")).resolved_cache_dir == tmp_path / "x"
+
+
+def test_schedules_at_key_steps():
+    base = dict(max_steps=110, lr=1.0, min_lr=0.1, warmup_steps=10)
+    cos = TrainConfig(schedule="cosine", **base)
+    assert cos.lr_at(0) == pytest.approx(0.1)  # warmup: (step+1)/warmup
+    assert cos.lr_at(9) == pytest.approx(1.0)
+    assert cos.lr_at(10) == pytest.approx(1.0)
+    assert cos.lr_at(60) == pytest.approx(0.55)  # half way: the mean of lr and min_lr
+    assert cos.lr_at(110) == pytest.approx(0.1)
+    assert cos.lr_at(500) == pytest.approx(0.1)
+    lin = TrainConfig(schedule="linear", **base)
+    assert lin.lr_at(60) == pytest.approx(0.55)
+    assert lin.lr_at(35) == pytest.approx(1.0 - 0.9 * 0.25)
+    const = TrainConfig(schedule="constant", **base)
+    assert const.lr_at(5) == pytest.approx(0.6)
+    assert const.lr_at(100) == 1.0
+    inv = TrainConfig(schedule="inverse_sqrt", **base)
+    assert inv.lr_at(39) == pytest.approx(math.sqrt(10 / 40))
+    assert inv.lr_at(10_000) == pytest.approx(0.1)  # floored at min_lr
+
+
+def test_overrides_parse_values():
+    d = apply_overrides({"model": {"preset": "tiny"}}, ["--train.lr", "3e-4", "--model.n_layer=4",
+                                                         "--train.compile", "true", "--data.source", "x.txt",
+                                                         "--train.sample_prompts", "[a, b]",
+                                                         "--train.early_stopping_patience=null"])
+    assert d["model"] == {"preset": "tiny", "n_layer": 4}
+    run = RunConfig.from_dict(d)
+    assert run.train.lr == 3e-4 and isinstance(run.train.lr, float)
+    assert run.model.n_layer == 4 and run.model.n_embd == 64  # preset kept, one field overridden
+    assert run.train.compile is True and run.train.sample_prompts == ["a", "b"]
+    assert run.data.source == "x.txt" and run.train.early_stopping_patience is None
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--trian.lr", "1"], "did you mean 'train'"),
+        (["--train.lrr", "1"], "did you mean 'lr'"),
+        (["--model.n_layers=2"], "did you mean 'n_layer'"),
+        (["--train.lr"], "no value"),
+        (["train.lr=1"], "--section.field"),
+    ],
+)
+def test_override_errors(args, needle):
+    with pytest.raises(ValueError, match=needle):
+        apply_overrides({}, args)
+
+
+def test_unknown_keys_suggest_the_closest(tmp_path):
+    with pytest.raises(ValueError, match="train has no field 'warmup' .*did you mean 'warmup_steps'"):
+        RunConfig.from_dict({"model": {"preset": "tiny"}, "train": {"warmup": 3}})
+    with pytest.raises(ValueError, match="unknown config section 'dta'.*did you mean 'data'"):
+        RunConfig.from_dict({"model": {"preset": "tiny"}, "dta": {}})
+    with pytest.raises(ValueError, match="model has no field 'n_embed'.*did you mean 'n_embd'"):
+        RunConfig.from_dict({"model": {"preset": "tiny", "n_embed": 3}})
+    with pytest.raises(ValueError, match="'model' section"):
+        RunConfig.from_dict({"train": {}})
+
+
+def test_yaml_round_trip_and_string_floats(tmp_path):
+    run = RunConfig(model=ModelConfig.from_name("tiny"), train=TrainConfig(lr=3e-4, sample_prompts=["x"]))
+    path = run.to_yaml(tmp_path / "config.yaml")
+    assert RunConfig.from_yaml(path) == run
+    (tmp_path / "c2.yaml").write_text("model: {preset: demo, n_layer: 2}\ntrain:\n  lr: 3e-4\n  min_lr: 1e-5\n")
+    run2 = RunConfig.from_yaml(tmp_path / "c2.yaml")
+    assert run2.train.lr == 3e-4 and run2.model.n_layer == 2 and run2.model.norm == "rmsnorm"
+    (tmp_path / "bad.yaml").write_text("model: {preset: tiny}\ntrain: {lr: abc}\n")
+    with pytest.raises(ValueError, match="bad.yaml.*TrainConfig.lr"):
+        RunConfig.from_yaml(tmp_path / "bad.yaml")

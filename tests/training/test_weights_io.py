@@ -1,0 +1,114 @@
+import json
+import struct
+import time
+
+import pytest
+import torch
+from nl_train_helpers import Evil
+from safetensors.torch import save_file
+
+from neurallayers import ModelConfig, build_model
+from neurallayers.weights import (
+    CheckpointError,
+    check_state_dict,
+    read_safetensors,
+    save_safetensors,
+    torch_load_safe,
+    validate_safetensors,
+)
+
+
+def _raw(path, header: dict | bytes, data: bytes = b"", *, claimed: int | None = None):
+    blob = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob) if claimed is None else claimed) + blob + data)
+    return path
+
+
+def _refused_fast(path, needle):
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointError, match=needle) as e:
+        read_safetensors(path)
+    assert str(path) in str(e.value)
+    assert time.monotonic() - t0 < 1.0
+    return e.value
+
+
+def test_huge_header_length_refused(tmp_path):
+    _refused_fast(_raw(tmp_path / "huge.safetensors", {}, claimed=2**62), "over the")
+
+
+def test_header_past_end_refused(tmp_path):
+    _refused_fast(_raw(tmp_path / "past.safetensors", b"{}", claimed=5000), "past the end")
+
+
+def test_bad_json_refused(tmp_path):
+    _refused_fast(_raw(tmp_path / "bad.safetensors", b"{not json"), "not valid JSON")
+
+
+def test_unknown_dtype_refused(tmp_path):
+    hdr = {"w": {"dtype": "F17", "shape": [2], "data_offsets": [0, 8]}}
+    _refused_fast(_raw(tmp_path / "dtype.safetensors", hdr, b"\0" * 8), "unknown dtype 'F17'")
+
+
+def test_truncated_data_refused(tmp_path):
+    path = tmp_path / "ok.safetensors"
+    save_file({"w": torch.randn(64, 64)}, str(path))
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) - 100])
+    _refused_fast(path, "truncated")
+
+
+def test_offsets_inconsistent_with_shape_refused(tmp_path):
+    hdr = {"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 16]}}
+    _refused_fast(_raw(tmp_path / "shape.safetensors", hdr, b"\0" * 16), "needs 64")
+
+
+def test_tiny_file_refused(tmp_path):
+    (tmp_path / "t.safetensors").write_bytes(b"\x01\x02")
+    _refused_fast(tmp_path / "t.safetensors", "shorter than")
+
+
+def test_tied_weights_saved_once_and_restored(tmp_path):
+    model = build_model(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    sd = model.state_dict()
+    assert sd["lm_head.weight"].data_ptr() == sd["wte.weight"].data_ptr()
+    path = save_safetensors(sd, tmp_path / "m.safetensors")
+    header, meta = validate_safetensors(path)
+    assert "lm_head.weight" not in header and "wte.weight" in header
+    assert json.loads(meta["neurallayers_tied"]) == {"lm_head.weight": "wte.weight"}
+    back = read_safetensors(path)
+    assert set(back) == set(sd)
+    assert back["lm_head.weight"].data_ptr() == back["wte.weight"].data_ptr()
+    for k in sd:
+        assert torch.equal(back[k], sd[k])
+    check_state_dict(model, back)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_check_state_dict_names_keys():
+    expected = {"a": (2, 3), "b": (4,), "c": (1,)}
+    sd = {"a": torch.zeros(3, 2), "b": torch.zeros(4), "extra": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as e:
+        check_state_dict(expected, sd, source="x.safetensors")
+    msg = str(e.value)
+    assert "1 missing: c" in msg and "1 unexpected: extra" in msg and "1 mis-shaped: a (3, 2)" in msg
+    check_state_dict(expected, sd | {"a": torch.zeros(2, 3), "c": torch.zeros(1)}, ignore=["extra"])
+    with pytest.raises(CheckpointError, match="NaN/Inf values: b"):
+        check_state_dict(expected, {"a": torch.zeros(2, 3), "b": torch.tensor([0, 1, float("inf"), 2]),
+                                    "c": torch.zeros(1)})
+    many = {f"k{i}": (1,) for i in range(9)}
+    with pytest.raises(CheckpointError, match=r"9 missing: .*\(\+4 more\)"):
+        check_state_dict(many, {})
+
+
+def test_malicious_pickle_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"step": 1, "x": Evil(str(marker))}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refusing to load .*contains code/objects"):
+        torch_load_safe(tmp_path / "evil.pt")
+    assert not marker.exists()
+    torch.save({"step": torch.tensor(3), "rng": [1, 2.0, None]}, tmp_path / "ok.pt")
+    assert torch_load_safe(tmp_path / "ok.pt")["step"].item() == 3
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError):
+        torch_load_safe(tmp_path / "junk.pt")
