@@ -1,0 +1,177 @@
+"""pipeline(task, model): every task runs, results have transformers' shape, bad input fails clearly."""
+
+import functools
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from neurallayers.config import ModelConfig
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.embeddings import embed, load_minilm, minilm_folder
+from neurallayers.models import build_model
+from neurallayers.pipelines import PIPELINES, label_names, pipeline
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def wordpiece() -> Tokenizer:
+    return Tokenizer.load(minilm_folder())
+
+
+@functools.cache
+def _unpadded():
+    raw = Tokenizer.load(minilm_folder()).hf
+    raw.no_padding()  # MiniLM's tokenizer.json pads every input to 128
+    return raw
+
+
+def ids_of(text: str) -> list[int]:
+    """[CLS] text [SEP] ids, computed apart from the pipeline."""
+    return _unpadded().encode(text).ids
+
+
+def tiny_bert(head: str, **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = ModelConfig(causal=False, vocab_size=30522, block_size=64, n_layer=1, n_head=2, n_embd=16,
+                      intermediate_size=32, norm_placement="post", gelu_approx="none", type_vocab_size=2,
+                      pad_token_id=0, pooler=head == "sequence_classification", head=head, **kw)
+    return build_model(cfg).eval()
+
+
+def test_unknown_task_lists_the_tasks(wordpiece):
+    with pytest.raises(ValueError, match="tasks: feature-extraction, fill-mask") as e:
+        pipeline("fill_mask", model=(tiny_bert("mlm"), wordpiece))
+    assert "did you mean 'fill-mask'" in str(e.value)
+    assert set(PIPELINES) == {"feature-extraction", "fill-mask", "text-classification", "token-classification",
+                              "text-generation"}
+
+
+def test_bad_model_argument_and_wrong_head(wordpiece, tmp_path):
+    with pytest.raises(ValueError, match="model must be"):
+        pipeline("fill-mask", model=42)
+    with pytest.raises(ValueError, match="fill-mask needs .*head='none'"):
+        pipeline("fill-mask", model=(tiny_bert("none"), wordpiece))
+    with pytest.raises(ValueError, match="text-classification needs"):
+        pipeline("text-classification", model=(tiny_bert("mlm"), wordpiece))
+    with pytest.raises(ValueError, match="causal"):
+        pipeline("text-generation", model=(tiny_bert("none"), wordpiece))
+    with pytest.raises(FileNotFoundError):
+        pipeline("fill-mask", model=tmp_path / "missing")
+
+
+def test_feature_extraction_is_the_sentence_embedding():
+    model, tok = load_minilm()
+    fe = pipeline("feature-extraction", model=(model, tok))
+    texts = ["A cat sits on the mat.", "Dogs bark."]
+    many = fe(texts)
+    one = fe(texts[0])
+    assert many.shape == (2, 384) and one.shape == (384,)
+    assert torch.allclose(many, embed(model, tok, texts), atol=1e-6)
+    assert torch.allclose(one, many[0], atol=1e-6)
+    with pytest.raises(ValueError, match="empty"):
+        fe("")
+    with pytest.raises(ValueError, match="empty"):
+        fe([])
+
+
+def test_fill_mask_scores_are_the_model_probabilities(wordpiece):
+    model = tiny_bert("mlm")
+    fill = pipeline("fill-mask", model=(model, wordpiece))
+    text = "Paris is the [MASK] of France."
+    preds = fill(text, top_k=3)
+    assert len(preds) == 3 and set(preds[0]) == {"score", "token", "token_str", "sequence"}
+    ids = ids_of(text)
+    with torch.no_grad():
+        probs = model(torch.tensor([ids])).logits[0, ids.index(fill.mask_id)].softmax(-1)
+    top = probs.topk(3)
+    assert [p["token"] for p in preds] == top.indices.tolist()
+    assert [p["score"] for p in preds] == pytest.approx(top.values.tolist(), abs=1e-6)
+    for p in preds:
+        assert p["sequence"] == wordpiece.decode([t if t != fill.mask_id else p["token"] for t in ids])
+        assert "[MASK]" not in p["sequence"]
+    both = fill([text, "I like [MASK]."], top_k=2)
+    assert len(both) == 2 and both[0][:2] == preds[:2]  # batched rows equal the single run
+
+
+def test_fill_mask_rejects_bad_input(wordpiece):
+    fill = pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece))
+    with pytest.raises(ValueError, match="exactly once"):
+        fill("no mask here")
+    with pytest.raises(ValueError, match="exactly once"):
+        fill("[MASK] and [MASK]")
+    with pytest.raises(ValueError, match="empty"):
+        fill("   ")
+    with pytest.raises(ValueError, match="top_k"):
+        fill("a [MASK]", top_k=0)
+    with pytest.raises(ValueError, match="mask token"):
+        pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece), mask_token="<nope>")
+
+
+def test_fill_mask_from_a_saved_folder(wordpiece, tmp_path):
+    from neurallayers.interop.hf import save_hf
+
+    model = tiny_bert("mlm")
+    save_hf(model, wordpiece, tmp_path / "mlm")
+    fill = pipeline("fill-mask", model=tmp_path / "mlm")
+    assert fill("hello [MASK]", top_k=2) == pipeline("fill-mask", model=(model, wordpiece))("hello [MASK]", top_k=2)
+
+
+def test_text_classification_labels_scores_and_pairs(wordpiece):
+    model = tiny_bert("sequence_classification", num_labels=3,
+                      extra={"id2label": {"0": "neg", "1": "neu", "2": "pos"}})
+    clf = pipeline("text-classification", model=(model, wordpiece), batch_size=2)
+    texts = ["great film", "terrible acting and a dull plot", "ok"]
+    out = clf(texts)
+    with torch.no_grad():
+        ids = [ids_of(t) for t in texts]
+        probs = [model(torch.tensor([i])).logits[0].softmax(-1) for i in ids]
+    for res, p in zip(out, probs, strict=True):
+        assert res["label"] == ["neg", "neu", "pos"][int(p.argmax())]
+        assert res["score"] == pytest.approx(float(p.max()), abs=1e-6)
+    every = clf("great film", top_k=None)
+    assert [r["label"] for r in every] != [] and sum(r["score"] for r in every) == pytest.approx(1.0)
+    pair = clf({"text": "A man eats.", "text_pair": "Someone is eating."})
+    assert set(pair) == {"label", "score"}
+    with pytest.raises(ValueError, match="text_pair"):
+        clf([{"text": "a"}])
+    with pytest.raises(ValueError, match="top_k"):
+        clf("x", top_k=4)
+    assert label_names(tiny_bert("sequence_classification").config) == ["LABEL_0", "LABEL_1"]
+    regression = pipeline("text-classification", model=(tiny_bert("sequence_classification", num_labels=1), wordpiece))
+    assert 0.0 < regression("fine")["score"] < 1.0  # a sigmoid for a single output
+
+
+def test_token_classification_entities_and_offsets(wordpiece):
+    model = tiny_bert("token_classification", num_labels=2, extra={"id2label": {"0": "O", "1": "ENT"}})
+    ner = pipeline("token-classification", model=(model, wordpiece))
+    text = "Angela Merkel visited Washington yesterday."
+    every = ner(text, ignore_labels=())
+    tokens = ids_of(text)
+    assert [e["index"] for e in every] == list(range(1, len(tokens) - 1))  # [CLS] is index 0, left out
+    for e in every:
+        assert set(e) == {"entity", "score", "index", "word", "start", "end"}
+        assert text[e["start"]:e["end"]].lower() == e["word"].removeprefix("##")
+        assert 0.5 <= e["score"] <= 1.0
+    default = ner(text)
+    assert [e for e in every if e["entity"] != "O"] == default
+    assert len(ner([text, "Berlin"])) == 2
+
+
+def test_text_generation_runs_on_a_decoder():
+    if importlib.util.find_spec("neurallayers.generation.generate") is None:
+        pytest.skip("neurallayers.generation.generate is not written yet")
+    tok = Tokenizer.train_char(["hello world, a tiny corpus."])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    gen = pipeline("text-generation", model=(model, tok))
+    out = gen("hello", max_new_tokens=4, temperature=0)
+    assert len(out) == 1 and out[0]["generated_text"].startswith("hello")
+    assert gen(["hello", "world"], max_new_tokens=2, temperature=0)[0] == gen("hello", max_new_tokens=2,
+                                                                              temperature=0)
+    with pytest.raises(ValueError, match="empty"):
+        gen("")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        gen("hello", max_new_tokens=0)
