@@ -1,0 +1,164 @@
+import math
+import random
+import shutil
+
+import pytest
+import torch
+from nl_train_helpers import read_jsonl, run_fit_process, step_losses, tiny_run
+
+import neurallayers.models
+from neurallayers.training import RunConfig, fit, load_run
+from neurallayers.training import checkpoint as ckpt
+from neurallayers.weights import read_safetensors
+
+
+def test_resume_in_fresh_process_is_exact(tmp_path):
+    """2K steps straight == K steps, stop, new process, resume, K more: every loss and the final weights."""
+    run = tiny_run(tmp_path, max_steps=8, save_interval=4, eval_interval=2, grad_accum=2)
+    assert run.model.dropout == 0.1
+    cfg = run.to_yaml(tmp_path / "config.yaml")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    for args in [(straight, False, 0), (split, False, 4), (split, True, 0)]:
+        proc = run_fit_process(tmp_path, cfg, args[0], resume=args[1], until=args[2])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = step_losses(straight), step_losses(split)
+    assert sorted(a) == list(range(1, 9)) and a == b
+    val = [(r["step"], r["val_loss"]) for r in read_jsonl(straight / "metrics.jsonl") if "val_loss" in r]
+    assert val == [(r["step"], r["val_loss"]) for r in read_jsonl(split / "metrics.jsonl") if "val_loss" in r]
+    wa = read_safetensors(straight / "checkpoints/step-8/model.safetensors")
+    wb = read_safetensors(split / "checkpoints/step-8/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # and the exactness is not vacuous: dropout draws differ per step, so another seed changes the losses
+    assert len(set(a.values())) == 8
+
+
+def test_tiny_model_overfits_short_text(tmp_path):
+    rng = random.Random(1)
+    text = "".join(rng.choice("abcdefghij \n") for _ in range(120))
+    (tmp_path / "short.txt").write_text(text)
+    run = tiny_run(tmp_path, corpus=tmp_path / "short.txt", model=dict(dropout=0.0, n_embd=64, n_head=4),
+                   max_steps=150, batch_size=16, lr=1e-2, min_lr=1e-3, warmup_steps=10, weight_decay=0.0,
+                   eval_interval=0, log_interval=25, save_interval=0)
+    run.data.val_fraction = 0.0
+    result = fit(run, tmp_path / "run", progress=False)
+    losses = step_losses(tmp_path / "run")
+    assert losses[1] > 2.0 and losses[150] < 0.3, losses
+    assert result.final_val_loss is None
+    # Memorised: once a window has a few characters of context, every next character is certain.
+    model, tok, _ = load_run(tmp_path / "run")
+    ids = torch.tensor(tok.encode(text))
+    windows = torch.stack([ids[i:i + 33] for i in range(0, len(ids) - 33, 7)])  # (B, 33)
+    with torch.no_grad():
+        logits = model(windows[:, :-1]).logits  # (B, 32, vocab)
+    ce = torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, logits.shape[-1]), windows[:, 9:].reshape(-1))
+    assert ce.item() < 0.05
+
+
+def test_early_stopping_triggers(tmp_path):
+    # Train on letters a-h, validate on s-z (the file's last 15%): val loss only rises, so patience runs out.
+    rng = random.Random(0)
+    text = "".join(rng.choice("abcdefgh") for _ in range(3000)) + "".join(rng.choice("stuvwxyz") for _ in range(600))
+    (tmp_path / "shift.txt").write_text(text)
+    run = tiny_run(tmp_path, corpus=tmp_path / "shift.txt", max_steps=100, eval_interval=2,
+                   early_stopping_patience=2, lr=1e-2, warmup_steps=0, save_interval=0)
+    run.data.val_fraction = 0.15
+    result = fit(run, tmp_path / "run", progress=False)
+    assert result.stopped_reason == "early_stopping" and result.steps < 100
+    evals = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "val_loss" in r]
+    assert [r["best"] for r in evals[-3:]] == [True, False, False]
+    assert result.best_val_loss == evals[-3]["val_loss"]
+
+
+def _nan_at(monkeypatch, k):
+    real = neurallayers.models.build_model
+
+    def build(cfg):
+        model = real(cfg)
+        count = [0]
+
+        def hook(module, args, kwargs, out):
+            if module.training:
+                count[0] += 1
+                if count[0] == k:
+                    out.loss = out.loss * float("nan")
+            return out
+
+        model.register_forward_hook(hook, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(neurallayers.models, "build_model", build)
+
+
+def test_nan_loss_skipped_and_logged(tmp_path, monkeypatch):
+    _nan_at(monkeypatch, 3)
+    run = tiny_run(tmp_path, max_steps=6, eval_interval=0, save_interval=0, nan_policy="skip")
+    result = fit(run, tmp_path / "run", progress=False)
+    assert result.steps == 6 and result.stopped_reason == "max_steps"
+    rows = read_jsonl(tmp_path / "run/metrics.jsonl")
+    guard = [r for r in rows if "nan_guard" in r]
+    assert guard == [{"step": 3, "loss": "nan", "grad_norm": "nan", "nan_guard": "skipped step 3"}]
+    weights = read_safetensors(tmp_path / "run/model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_nan_loss_stops_and_logged(tmp_path, monkeypatch):
+    _nan_at(monkeypatch, 3)
+    run = tiny_run(tmp_path, max_steps=6, eval_interval=0, save_interval=0, nan_policy="stop")
+    result = fit(run, tmp_path / "run", progress=False)
+    assert result.steps == 3 and result.stopped_reason == "nan"
+    guard = [r["nan_guard"] for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "nan_guard" in r]
+    assert guard == ["stopped at step 3"]
+
+
+def test_metrics_lines_plot_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tiny_run(tmp_path, max_steps=6, eval_interval=3, log_interval=2, loggers=["tensorboard"])
+    result = fit(run, tmp_path / "run", progress=False)
+    rows = read_jsonl(tmp_path / "run/metrics.jsonl")
+    train = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 4, 6]
+    assert all({"lr", "grad_norm", "tokens_per_sec", "elapsed"} <= set(r) for r in train)
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert all(r["perplexity"] == pytest.approx(math.exp(r["val_loss"])) for r in evals)
+    assert result.final_val_loss == evals[-1]["val_loss"] and result.tokens_per_second > 0
+    assert (tmp_path / "run/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    acc = EventAccumulator(str(tmp_path / "run/tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 4, 6]
+    assert [e.value for e in acc.Scalars("val_loss")] == pytest.approx([r["val_loss"] for r in evals])
+
+
+def test_bad_resume_targets_fail_before_training(tmp_path):
+    run = tiny_run(tmp_path, max_steps=4, eval_interval=0)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        fit(run, tmp_path / "empty", resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fit(run, tmp_path / "run", resume=tmp_path / "nowhere", progress=False)
+    fit(run, tmp_path / "run", progress=False)
+    metrics = (tmp_path / "run/metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="already holds a run"):
+        fit(run, tmp_path / "run", progress=False)
+    other = RunConfig(model=run.model.replace(n_embd=48), train=run.train, data=run.data)
+    with pytest.raises(ValueError, match=r"model config differs .*n_embd: 32 -> 48"):
+        fit(other, tmp_path / "run", resume=True, progress=False)
+    # another vocabulary: a tokenizer with more characters
+    from neurallayers.data import Tokenizer
+
+    shutil.copy(tmp_path / "run/config.yaml", tmp_path / "config.bak")
+    Tokenizer.train_char(["abcdefghijklmnopqrstuvwxyz0123456789 \n"]).save(tmp_path / "run")
+    with pytest.raises(ValueError, match="vocab_size"):
+        fit(run, tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run/metrics.jsonl").read_text() == metrics  # nothing trained, nothing logged
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-4"]
+
+
+def test_resume_from_named_checkpoint_and_loggers_rejected(tmp_path):
+    run = tiny_run(tmp_path, max_steps=8, eval_interval=0, save_interval=4)
+    fit(run, tmp_path / "run", progress=False, until_step=4)
+    result = fit(run, tmp_path / "run", resume=tmp_path / "run/checkpoints/step-4", progress=False)
+    assert result.steps == 8
+    with pytest.raises(ValueError, match="unknown logger"):
+        fit(run, tmp_path / "other", loggers=["tensorbored"], progress=False)
