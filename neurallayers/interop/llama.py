@@ -42,6 +42,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     """ModelConfig from a Hugging Face LlamaConfig or MistralConfig dict (config.json).
 
     RoPE settings are read from `rope_parameters` (transformers 5) or from `rope_scaling` + `rope_theta` (older).
+    With dynamic NTK scaling, max_position_embeddings is the original length and block_size becomes factor times it.
 
     Raises:
         ValueError: not a Llama/Mistral config, or a variant DecoderLM does not build (an activation other than
@@ -61,10 +62,16 @@ def config_from_hf(hf: dict) -> ModelConfig:
                          "equal (one `bias` switch)")
     n_embd, n_head = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
     theta, scaling = _rope_from_hf(hf)
+    block_size = hf.get("max_position_embeddings", 2048)
+    if scaling and scaling["type"] == "dynamic":
+        # transformers grows the RoPE base past max_position_embeddings (it ignores any other original length);
+        # the context that scaling is made for is factor times longer.
+        scaling["original_max_position_embeddings"] = block_size
+        block_size = int(block_size * scaling["factor"])
     window = hf.get("sliding_window") if model_type == "mistral" else None
     return ModelConfig(
         name=str(hf.get("_name_or_path") or model_type), causal=True, vocab_size=hf.get("vocab_size", 32000),
-        block_size=hf.get("max_position_embeddings", 2048), n_layer=hf.get("num_hidden_layers", 32),
+        block_size=block_size, n_layer=hf.get("num_hidden_layers", 32),
         n_head=n_head, n_embd=n_embd, n_kv_head=hf.get("num_key_value_heads") or n_head,
         head_dim=hf.get("head_dim") or n_embd // n_head, intermediate_size=hf.get("intermediate_size", 11008),
         norm="rmsnorm", norm_eps=float(hf.get("rms_norm_eps", 1e-6)), norm_placement="pre", mlp="swiglu",
@@ -93,7 +100,8 @@ def _rope_from_hf(hf: dict) -> tuple[float, dict | None]:
 def config_to_hf(cfg: ModelConfig) -> dict:
     """A LlamaConfig dict, or a MistralConfig dict when `cfg` has a sliding window (or was read from Mistral).
 
-    RoPE goes into `rope_parameters` (rope_type, rope_theta and the scaling keys), as transformers 5 writes it.
+    RoPE goes into `rope_parameters` (rope_type, rope_theta and the scaling keys), as transformers 5 writes it;
+    with dynamic scaling, max_position_embeddings is the original length (where transformers reads it from).
 
     Raises:
         ValueError: `cfg` has a switch Llama/Mistral cannot express; the message names every such field.
@@ -107,12 +115,15 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     if bad:
         raise ValueError(f"config cannot be written as a Hugging Face {model_type}: " + "; ".join(bad))
     scaling = dict(cfg.rope_scaling or {})
+    max_positions = cfg.block_size
+    if scaling.get("type") == "dynamic":  # transformers reads the original length from max_position_embeddings
+        max_positions = scaling.pop("original_max_position_embeddings", cfg.block_size)
     rope = {"rope_type": scaling.pop("type", "default"), "rope_theta": cfg.rope_theta, **scaling}
     out = {
         "architectures": [ARCHITECTURES[model_type]], "model_type": model_type, "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
-        "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
+        "hidden_act": "silu", "max_position_embeddings": max_positions, "rms_norm_eps": cfg.norm_eps,
         "rope_parameters": rope, "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": cfg.attn_dropout,
         "initializer_range": cfg.init_std,
     }

@@ -1,0 +1,160 @@
+"""Llama / Mistral interop: GQA, RoPE scaling, biases, sliding window, ties; logits equal to 1e-5 both ways."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from neurallayers import ModelConfig, build_model  # noqa: E402
+from neurallayers.api import load  # noqa: E402
+from neurallayers.data.tokenizers import Tokenizer  # noqa: E402
+from neurallayers.interop import llama  # noqa: E402
+from neurallayers.interop.hf import save_hf  # noqa: E402
+
+VOCAB = 96
+SEQ = 12
+BASE = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=48, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 16, "rope_theta": 500000.0}
+CASES = {  # name -> (HF class, config kwargs)
+    "gqa": ("Llama", {}),
+    "mqa-tied": ("Llama", {"num_key_value_heads": 1, "tie_word_embeddings": True}),
+    "rope-linear": ("Llama", {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0}}),
+    "rope-llama3": ("Llama", {"rope_parameters": LLAMA3}),
+    # max_position_embeddings 8 < SEQ, so the base grows
+    "rope-dynamic": ("Llama", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4},
+                               "max_position_embeddings": 8}),
+    "bias-headdim": ("Llama", {"attention_bias": True, "mlp_bias": True, "head_dim": 16}),
+    "mistral-window": ("Mistral", {"sliding_window": 5}),  # shorter than SEQ, so the window matters
+    "mistral-window-tied": ("Mistral", {"sliding_window": 3, "num_key_value_heads": 1, "tie_word_embeddings": True}),
+}
+
+
+def hf_model(case: str, seed: int = 0) -> torch.nn.Module:
+    kind, extra = CASES[case]
+    cfg = getattr(transformers, f"{kind}Config")(**(BASE | extra))
+    torch.manual_seed(seed)
+    model = getattr(transformers, f"{kind}ForCausalLM")(cfg).eval()
+    with torch.no_grad():  # random norm weights, so a swapped norm cannot pass
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def left_padded(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask, position_ids), each (3, SEQ); rows 1 and 2 left-padded by 3 and 7."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (3, SEQ), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, :7] = 0
+    return ids.masked_fill(mask == 0, 0), mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def greedy(model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
+    """Argmax decoding by full forwards; works for ours and for transformers models alike."""
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, len(prompt):].tolist()
+
+
+def assert_same_logits(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
+    ids = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, ref(ids).logits, atol=1e-5, rtol=0)
+        ids, mask, pos = left_padded()
+        a = ours(ids, attention_mask=mask, position_ids=pos).logits
+        b = ref(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    torch.testing.assert_close(a[mask.bool()], b[mask.bool()], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hf_folder_loads_with_equal_logits(tmp_path, case):
+    ref = hf_model(case)
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    model, _ = load(tmp_path)
+    cfg = model.config
+    assert (cfg.n_kv_head, cfg.tie_embeddings) == (ref.config.num_key_value_heads, ref.config.tie_word_embeddings)
+    assert cfg.sliding_window == getattr(ref.config, "sliding_window", None)
+    assert_same_logits(model, ref)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_save_hf_loads_in_transformers_with_equal_logits(tmp_path, case):
+    src = tmp_path / "src"
+    hf_model(case).save_pretrained(src, safe_serialization=True)
+    model, _ = load(src)
+    tok = Tokenizer.train_char(["abcdefghij klmnop"])
+    save_hf(model, tok, tmp_path / "out")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(ref).__name__ == f"{CASES[case][0]}ForCausalLM"
+    assert ref.config.rope_parameters["rope_type"] == (model.config.rope_scaling or {}).get("type", "default")
+    assert ref.config.rope_parameters["rope_theta"] == model.config.rope_theta
+    assert ref.config.eos_token_id == tok.eos_id
+    assert_same_logits(model, ref)
+
+
+def test_our_model_with_rope_scaling_written_and_read_back(tmp_path):
+    """Ours -> HF folder -> ours: identical weights, config and greedy generations; transformers agrees."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=VOCAB, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                      intermediate_size=48, norm="rmsnorm", mlp="swiglu", position="rope", bias=False,
+                      tie_embeddings=False, rope_theta=500000.0,
+                      rope_scaling={"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                    "original_max_position_embeddings": 16})
+    model = build_model(cfg).eval()
+    save_hf(model, None, tmp_path, max_shard_size=10_000)
+    back, _ = load(tmp_path)
+    a, b = model.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert back.config.rope_scaling == model.config.rope_scaling
+    prompt = [5, 17, 42, 8]
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert greedy(back, prompt, 10) == greedy(model, prompt, 10) == greedy(ref, prompt, 10)
+
+
+def test_legacy_rope_scaling_config_is_read(tmp_path):
+    """Configs written before transformers 5 keep `rope_scaling` + a top-level `rope_theta`."""
+    ref = hf_model("rope-linear")
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    hf.pop("rope_parameters")
+    hf.update(rope_scaling={"type": "linear", "factor": 4.0}, rope_theta=1000.0)
+    cfg = llama.config_from_hf(hf)
+    assert cfg.rope_theta == 1000.0 and cfg.rope_scaling == {"type": "linear", "factor": 4.0}
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    model, _ = load(tmp_path)
+    assert_same_logits(model, ref)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "yarn"),
+    ({"attention_bias": True, "mlp_bias": False}, "attention_bias"),
+    ({"model_type": "qwen2"}, "model_type"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "beta": 1}}, "beta"),
+])
+def test_config_from_hf_refuses_what_we_do_not_build(change, match):
+    hf = llama.config_to_hf(llama.config_from_hf(dict(BASE, model_type="llama"))) | change
+    with pytest.raises(ValueError, match=match):
+        llama.config_from_hf(hf)
+
+
+def test_config_to_hf_names_fields_llama_cannot_express():
+    cfg = ModelConfig(vocab_size=VOCAB, block_size=32, n_layer=1, n_head=4, n_embd=32)  # GPT-2 style
+    with pytest.raises(ValueError, match="norm='layernorm'.*mlp='gelu'.*position='learned'"):
+        llama.config_to_hf(cfg)
+    windowed = ModelConfig(vocab_size=VOCAB, block_size=32, n_layer=1, n_head=4, n_embd=32, norm="rmsnorm",
+                           mlp="swiglu", position="rope", sliding_window=4, bias=True)
+    with pytest.raises(ValueError, match="mistral: bias=True"):
+        llama.config_to_hf(windowed)
