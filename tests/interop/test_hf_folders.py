@@ -1,0 +1,268 @@
+"""HF folders: refusals (pickle, corrupt safetensors, wrong weights, bad index, unknown model_type), save_hf
+argument checks, and convert() between run directories and HF folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from neurallayers import ModelConfig, build_model  # noqa: E402
+from neurallayers.api import load  # noqa: E402
+from neurallayers.data.tokenizers import Tokenizer  # noqa: E402
+from neurallayers.interop import convert, load_hf, save_hf  # noqa: E402
+from neurallayers.weights import CheckpointError  # noqa: E402
+
+VOCAB = 64
+KEY = "transformer.h.0.attn.c_attn.weight"
+
+
+def hf_folder(path, *, shard: str | None = None) -> torch.nn.Module:
+    """A tiny GPT-2 saved with save_pretrained (safetensors) in `path`; returns the HF model."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+                                  eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    kw = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(path, safe_serialization=True, **kw)
+    return model
+
+
+def ids() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
+
+
+def rewrite_weights(path, change) -> None:
+    sd = load_file(path / "model.safetensors")
+    change(sd)
+    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
+
+
+# ----- pickle -----
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # loading this creates the marker file
+
+
+def test_pickle_only_folder_is_refused_unless_opted_in(tmp_path):
+    ref = hf_folder(tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"allow_pickle=True.*--allow-pickle"):
+        load(tmp_path)
+    model, _ = load(tmp_path, allow_pickle=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_malicious_pickle_never_runs(tmp_path, allow_pickle):
+    hf_folder(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({KEY: _Payload(str(marker))}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError):
+        load_hf(tmp_path, allow_pickle=allow_pickle)
+    assert not marker.exists()
+
+
+# ----- corrupt safetensors -----
+
+def _truncate(p):
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) - 100])
+
+
+def _huge_header(p):
+    data = p.read_bytes()
+    p.write_bytes(struct.pack("<Q", 2**62) + data[8:])
+
+
+def _bad_json(p):
+    data = p.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    p.write_bytes(data[:8] + b"{" + b" " * (n - 1) + data[8 + n:])
+
+
+def _unknown_dtype(p):
+    data = p.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = data[8:8 + n].replace(b'"F32"', b'"Q99"', 1)
+    p.write_bytes(data[:8] + header + data[8 + n:])
+
+
+@pytest.mark.parametrize("corrupt, match", [
+    (_truncate, "truncated|past the end|ends at byte"), (_huge_header, "header length"),
+    (_bad_json, "JSON"), (_unknown_dtype, "dtype"),
+])
+def test_corrupt_safetensors_fail_cleanly(tmp_path, corrupt, match):
+    hf_folder(tmp_path)
+    corrupt(tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=match):
+        load(tmp_path)
+
+
+# ----- well-formed but wrong weights -----
+
+@pytest.mark.parametrize("change, match", [
+    (lambda sd: sd.pop(KEY), f"missing: {KEY}"),
+    (lambda sd: sd.__setitem__("transformer.h.0.attn.surprise", torch.zeros(2)), "unexpected: .*surprise"),
+    (lambda sd: sd.__setitem__(KEY, torch.zeros(16, 47)), f"mis-shaped: {KEY}"),
+    (lambda sd: sd[KEY].__setitem__((0, 0), float("nan")), f"NaN/Inf.*{KEY}"),
+    (lambda sd: sd["transformer.wte.weight"].__setitem__((3, 1), float("inf")), "NaN/Inf.*transformer.wte.weight"),
+])
+def test_wrong_weights_are_named(tmp_path, change, match):
+    hf_folder(tmp_path)
+    rewrite_weights(tmp_path, change)
+    with pytest.raises(CheckpointError, match=match):
+        load(tmp_path)
+
+
+def test_unknown_model_type_is_named(tmp_path):
+    hf_folder(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(cfg | {"model_type": "falcon"}))
+    with pytest.raises(ValueError, match=r"'falcon'.*gpt2, llama, mistral, bert"):
+        load(tmp_path)
+
+
+def test_missing_weights_and_bad_config(tmp_path):
+    hf_folder(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_hf(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_hf(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_hf(tmp_path / "nowhere")
+
+
+# ----- sharded index -----
+
+def _edit_index(path, edit) -> None:
+    index_path = path / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    edit(index["weight_map"])
+    index_path.write_text(json.dumps(index))
+
+
+def test_sharded_index_is_validated(tmp_path):
+    ref = hf_folder(tmp_path, shard="4KB")
+    shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1
+    model, _ = load_hf(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
+    index = (tmp_path / "model.safetensors.index.json").read_text()
+
+    _edit_index(tmp_path, lambda m: m.__setitem__(KEY, "../elsewhere.safetensors"))
+    with pytest.raises(CheckpointError, match="not a file in this folder"):
+        load_hf(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    _edit_index(tmp_path, lambda m: m.__setitem__(KEY, "model-00009-of-00009.safetensors"))
+    with pytest.raises(CheckpointError, match="do not exist: model-00009-of-00009"):
+        load_hf(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    other = next(s.name for s in shards if s.name != json.loads(index)["weight_map"][KEY])
+    _edit_index(tmp_path, lambda m: m.__setitem__(KEY, other))  # listed in the wrong shard
+    with pytest.raises(CheckpointError, match=KEY):
+        load_hf(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    _edit_index(tmp_path, lambda m: m.pop(KEY))  # present in a shard, absent from the index
+    with pytest.raises(CheckpointError, match=f"not listed.*{KEY}"):
+        load_hf(tmp_path)
+
+
+# ----- save_hf arguments -----
+
+def _gpt2_ours(**kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(vocab_size=VOCAB, block_size=16, n_layer=1, n_head=2, n_embd=16, **kw)).eval()
+
+
+def test_save_hf_rejects_bad_arguments(tmp_path):
+    model = _gpt2_ours()
+    with pytest.raises(ValueError, match="max_shard_size"):
+        save_hf(model, None, tmp_path, max_shard_size=0)
+    with pytest.raises(ValueError, match="ModelConfig"):
+        save_hf(torch.nn.Linear(2, 2), None, tmp_path)
+    with pytest.raises(ValueError, match="tokenizer has 50257 ids"):
+        save_hf(model, Tokenizer.gpt2(), tmp_path)
+    with pytest.raises(ValueError, match="position='alibi'"):
+        save_hf(_gpt2_ours(position="alibi"), None, tmp_path)
+    with pytest.raises(ValueError, match="n_kv_head=1"):
+        save_hf(_gpt2_ours(n_kv_head=1), None, tmp_path)
+
+
+def test_save_hf_replaces_stale_weights(tmp_path):
+    model = _gpt2_ours()
+    save_hf(model, None, tmp_path, max_shard_size=4000)
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    save_hf(model, None, tmp_path)  # now one file: the old shards must not linger beside it
+    assert not list(tmp_path.glob("model-*-of-*.safetensors"))
+    assert not (tmp_path / "model.safetensors.index.json").exists()
+    back, _ = load_hf(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values(),
+                                                 strict=True))
+
+
+# ----- convert -----
+
+def test_convert_hf_to_run_and_back(tmp_path):
+    src = tmp_path / "hf"
+    ref = hf_folder(src)
+    tok = Tokenizer.train_char(["some text for a char tokenizer"])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, eos_token=tok.eos_token).save_pretrained(src)
+    run = convert(src, tmp_path / "run", to="run")
+    assert {"config.yaml", "model.safetensors", "tokenizer.json"} <= set(os.listdir(run))
+    model, run_tok = load(run)
+    assert run_tok.encode("some text") == tok.encode("some text")
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
+    assert model.lm_head.weight is model.wte.weight
+
+    out = convert(run, tmp_path / "hf2", to="hf", max_shard_size=4000)
+    assert (out / "model.safetensors.index.json").is_file()
+    again = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
+    hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(out)
+    assert hf_tok("some text").input_ids == tok.encode("some text")
+
+
+def test_convert_rejects_bad_arguments(tmp_path):
+    src = tmp_path / "hf"
+    hf_folder(src)
+    with pytest.raises(ValueError, match="to='onnx'"):
+        convert(src, tmp_path / "x", to="onnx")
+    with pytest.raises(ValueError, match="neither"):
+        convert(tmp_path, tmp_path / "x", to="hf")
+    with pytest.raises(FileNotFoundError):
+        convert(tmp_path / "missing", tmp_path / "x", to="hf")
+    with pytest.raises(ValueError, match="max_shard_size"):
+        convert(src, tmp_path / "x", to="run", max_shard_size=1000)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        convert(src, tmp_path / "x", to="run")  # save_pretrained of a bare model wrote no tokenizer
+    assert not (tmp_path / "x").exists()
+    dst = tmp_path / "taken"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty.*overwrite=True"):
+        convert(src, dst, to="hf")
+    assert (dst / "keep.txt").read_text() == "mine"
+    convert(src, dst, to="hf", overwrite=True)
+    assert not (dst / "keep.txt").exists() and (dst / "config.json").is_file()
+    assert not list(tmp_path.glob(".taken.tmp-*"))
