@@ -1,0 +1,98 @@
+"""Sentences/s of our encoder vs transformers' BertModel on all-MiniLM-L6-v2: the same weights, the same
+tokenized batches, in the same process, timed alternately so machine noise hits both alike.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/encoder.py [--device cuda] [--rounds 5]
+
+Prints one row per (precision, batch size, sentence length): median sentences/s of each and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import time
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+WORDS = ("the model reads a sentence and writes one vector that keeps its meaning so that similar sentences "
+         "land close together while unrelated ones stay far apart in the space").split()
+
+
+def sentences(n: int, n_words: int, seed: int) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (n_words + int(k),), generator=g).tolist())
+            for k in torch.randint(0, 4, (n,), generator=g)]
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_it(fn, *, device: str, min_time: float) -> float:
+    """Seconds per call: repeat until `min_time` has passed (after warm-up calls: kernels pick their plans)."""
+    for _ in range(3):
+        fn()
+    sync(device)
+    n, start = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        sync(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per cell (median reported)")
+    p.add_argument("--min-time", type=float, default=0.3, help="seconds per timing of one model in one round")
+    args = p.parse_args()
+
+    from transformers import AutoModel
+
+    from neurallayers.embeddings import load_minilm, minilm_folder, tokenize_batch
+
+    device = args.device
+    ours, tok = load_minilm(device=device)
+    ref = AutoModel.from_pretrained(str(minilm_folder())).to(device).eval()
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"transformers attn={ref.config._attn_implementation} load average={os.getloadavg()[0]:.2f}")
+    header = f"{'precision':<9} {'batch':>5} {'tokens':>6} {'ours sent/s':>12} {'HF sent/s':>10} {'ours/HF':>8}"
+    print(header)
+    print("-" * len(header))
+    for precision in ("fp32", "bf16"):
+        amp = (torch.autocast(device_type=device, dtype=torch.bfloat16) if precision == "bf16"
+               else contextlib.nullcontext())
+        for batch_size in (1, 32):
+            for n_words in (8, 100):  # ~12 and ~128 tokens with [CLS]/[SEP]
+                batch = tokenize_batch(tok, sentences(batch_size, n_words, seed=n_words), max_length=256)
+                batch = {k: v.to(device) for k, v in batch.items()}
+
+                def run_ours(batch=batch):
+                    ours(batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"])
+
+                def run_ref(batch=batch):
+                    ref(**batch)
+
+                t_ours, t_ref = [], []
+                with torch.inference_mode(), amp:
+                    for _ in range(args.rounds):
+                        t_ours.append(time_it(run_ours, device=device, min_time=args.min_time))
+                        t_ref.append(time_it(run_ref, device=device, min_time=args.min_time))
+                s_ours = batch_size / statistics.median(t_ours)
+                s_ref = batch_size / statistics.median(t_ref)
+                print(f"{precision:<9} {batch_size:>5} {batch['input_ids'].shape[1]:>6} {s_ours:>12.1f} "
+                      f"{s_ref:>10.1f} {s_ours / s_ref:>8.2f}", flush=True)
+    print(f"load average at the end={os.getloadavg()[0]:.2f} (a shared machine: compare the ratio, not the rates)")
+
+
+if __name__ == "__main__":
+    main()
