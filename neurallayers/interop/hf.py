@@ -218,7 +218,7 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
             max_shard_size: int | None = None) -> Path:
     """Writes `model` (and `tokenizer`) as a Hugging Face folder that `transformers` loads offline.
 
-    Writes config.json, generation_config.json, model.safetensors (or model-0000k-of-0000n.safetensors shards
+    Writes config.json, generation_config.json (decoders), model.safetensors (or model-0000k-of-0000n.safetensors shards
     and model.safetensors.index.json when the weights exceed `max_shard_size` bytes), and tokenizer.json +
     tokenizer_config.json when a tokenizer is given. Stale weight files of an earlier save are removed.
 
@@ -256,7 +256,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     folder.mkdir(parents=True, exist_ok=True)
     _write_weights(hf_sd, folder, max_shard_size)
     write_json(folder / "config.json", hf_cfg)
-    write_json(folder / "generation_config.json", {"_from_model_config": True, **specials})
+    if cfg.causal:  # generation settings only mean something for a language model
+        write_json(folder / "generation_config.json", {"_from_model_config": True, **specials})
     if tokenizer is not None:
         tokenizer.save(folder)
     return folder

@@ -150,6 +150,17 @@ def test_missing_weights_and_bad_config(tmp_path):
         load_hf(tmp_path / "nowhere")
 
 
+def test_dtype_and_device_arguments(tmp_path):
+    ref = hf_folder(tmp_path)
+    ref.to(torch.bfloat16).save_pretrained(tmp_path, safe_serialization=True)  # a bf16 checkpoint
+    model, _ = load_hf(tmp_path)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # default: fp32 whatever the file holds
+    assert torch.equal(model.wte.weight, ref.transformer.wte.weight.float())
+    half, _ = load_hf(tmp_path, dtype=torch.bfloat16, device="cpu")
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half.lm_head.weight is half.wte.weight and not half.training
+
+
 # ----- sharded index -----
 
 def _edit_index(path, edit) -> None:
