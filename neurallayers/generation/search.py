@@ -1,0 +1,248 @@
+"""Search-based decoding: beam search (Hugging Face semantics, token for token), plus the shared plumbing of the
+other search methods, which live in their own files and are re-exported here so generate() finds every method in
+one module: contrastive search and contrastive decoding (contrastive.py), speculative decoding (speculative.py).
+
+Prompts of different lengths are left-padded into one batch over a static KV cache; every row sees only its own
+tokens (attention mask) at its own positions (position ids start at 0 on the first real token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurallayers.generation.config import Generation, GenerationConfig
+
+NEG = -1.0e9  # Hugging Face's "impossible" score; kept identical so ties break the same way
+
+
+# ----- shared plumbing -----
+@dataclass
+class Batch:
+    """Left-padded prompts: ids (B, P), mask (B, P) 1 on real tokens (None when no row is padded), lens (B,)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor | None
+    lens: list[int]
+
+    @property
+    def pads(self) -> torch.Tensor:
+        """(B,) number of padding positions at the left of each row."""
+        return self.ids.shape[1] - torch.tensor(self.lens, device=self.ids.device)
+
+
+def check_request(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, eos_ids: list[int], *,
+                  extra_positions: int = 0) -> None:
+    """Reject malformed prompts, eos ids or a request longer than the model's context, naming what is wrong."""
+    if not isinstance(config, GenerationConfig):
+        raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
+    vocab = model.config.vocab_size
+    if not isinstance(input_ids, list) or not input_ids:
+        raise ValueError("input_ids must be a non-empty list of prompts (lists of token ids)")
+    for i, ids in enumerate(input_ids):
+        if not isinstance(ids, list) or not ids:
+            raise ValueError(f"input_ids[{i}] must be a non-empty list of token ids")
+        bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"input_ids[{i}] holds ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+    if not isinstance(eos_ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in eos_ids):
+        raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
+    longest = max(len(ids) for ids in input_ids) + config.max_new_tokens + extra_positions
+    if longest > model.config.block_size:
+        raise ValueError(f"prompt ({max(len(ids) for ids in input_ids)} tokens) + max_new_tokens "
+                         f"({config.max_new_tokens}) needs {longest} positions; the model's context "
+                         f"block_size is {model.config.block_size}")
+
+
+def stop_ids(config: GenerationConfig, eos_ids: list[int]) -> list[int]:
+    """Token ids that end a sequence: eos (unless ignore_eos) and config.stop_token_ids."""
+    ids = ([] if config.ignore_eos else list(eos_ids)) + list(config.stop_token_ids)
+    return list(dict.fromkeys(ids))
+
+
+def left_pad(input_ids: list[list[int]], device: torch.device) -> Batch:
+    lens = [len(ids) for ids in input_ids]
+    width = max(lens)
+    ids = torch.zeros(len(input_ids), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(input_ids), width, dtype=torch.long, device=device)
+    for i, row in enumerate(input_ids):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long, device=device)
+        mask[i, width - len(row):] = 1
+    return Batch(ids=ids, mask=None if min(lens) == width else mask, lens=lens)
+
+
+def positions(batch: Batch, start: int, length: int, rows_per_prompt: int = 1) -> torch.Tensor | None:
+    """Position ids (B*rows_per_prompt, length) for slots start.. of a left-padded batch; None when unpadded."""
+    if batch.mask is None:
+        return None
+    pads = batch.pads.repeat_interleave(rows_per_prompt)
+    slots = start + torch.arange(length, device=pads.device)
+    return (slots[None, :] - pads[:, None]).clamp(min=0)
+
+
+def full_mask(batch: Batch, total: int, rows_per_prompt: int = 1) -> torch.Tensor | None:
+    """Attention mask (B*rows_per_prompt, total) over every cache slot: prompt padding 0, the rest 1."""
+    if batch.mask is None:
+        return None
+    mask = torch.ones(batch.ids.shape[0], total, dtype=torch.long, device=batch.ids.device)
+    mask[:, :batch.ids.shape[1]] = batch.mask
+    return mask.repeat_interleave(rows_per_prompt, dim=0)
+
+
+def build_processors(config: GenerationConfig, eos_ids: list[int], prompt_lens: list[int], *,
+                     sampling: bool) -> list:
+    """The logits processors for `config`. Deterministic searches (beam, contrastive search) use only the rules
+    that change scores (penalties, n-gram ban, bias, min tokens), not the sampling warpers (temperature, top-k,
+    top-p, min-p), as Hugging Face does with do_sample=False."""
+    from neurallayers.generation import processors
+
+    if not sampling:
+        config = config.replace(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    return list(processors.build_processors(config, eos_ids=eos_ids, prompt_lens=prompt_lens))
+
+
+def apply_processors(procs: list, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """scores (R, V) -> processed scores, each processor seeing ids (R, T) (the tokens so far)."""
+    for proc in procs:
+        scores = proc(ids, scores)
+    return scores
+
+
+def process(procs: list, ids: torch.Tensor, scores: torch.Tensor, pads: list[int]) -> torch.Tensor:
+    """Apply processors to scores (R, V) given ids (R, T) whose row r starts with pads[r] padding slots: rows with
+    the same padding are processed together, each seeing only its real tokens."""
+    if not procs:
+        return scores
+    if not any(pads):
+        return apply_processors(procs, ids, scores)
+    out = torch.empty_like(scores)
+    for p in sorted(set(pads)):
+        rows = torch.tensor([r for r, q in enumerate(pads) if q == p], device=scores.device)
+        out[rows] = apply_processors(procs, ids[rows, p:], scores[rows])
+    return out
+
+
+def generations(tokens: list[list[int]], *, stops: list[int], prompt_lens: list[int],
+                scores: list[float | None] | None = None) -> list[Generation]:
+    """Generation records for one prompt's sequences: a trailing stop token is removed (finish_reason "stop")."""
+    out = []
+    for i, toks in enumerate(tokens):
+        reason = "length"
+        if toks and toks[-1] in stops:
+            toks, reason = toks[:-1], "stop"
+        out.append(Generation(token_ids=toks, finish_reason=reason, prompt_tokens=prompt_lens[i],
+                              score=None if scores is None else scores[i]))
+    return out
+
+
+# ----- beam search -----
+@torch.inference_mode()
+def beam_search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
+                eos_ids: list[int]) -> list[list[Generation]]:
+    """Beam search with Hugging Face semantics (`generate(num_beams=n, do_sample=False)`), same token ids.
+
+    Each step keeps, per prompt, the `keep = max(2, 1 + n_stop) * num_beams` best continuations of all beams by
+    summed log-probability (after the score processors: penalties, n-gram ban, bias, min tokens); the best of
+    them that end in a stop token become finished hypotheses scored `sum logprobs / generated_len **
+    length_penalty` (generated_len counts the stop token), the best `num_beams` others keep running. Stops when
+    no running beam can beat the worst finished one (early_stopping=False: judged at the current length), as
+    soon as `num_beams` hypotheses are finished (early_stopping=True), or at max_new_tokens. Sampling knobs
+    (temperature, top_k, top_p, min_p) and stop strings are not used here.
+
+    Args:
+        model: a DecoderLM.
+        input_ids: B prompts of token ids, any lengths (left-padded internally).
+        config: num_beams, length_penalty, early_stopping, num_return_sequences, max_new_tokens, penalties.
+        eos_ids: token ids that finish a hypothesis (ignored when config.ignore_eos).
+
+    Returns:
+        Per prompt, config.num_return_sequences Generations, best first, with `score` the length-penalised beam
+        score; token_ids exclude the prompt and a final stop token; text is left empty.
+    """
+    check_request(model, input_ids, config, eos_ids)
+    model.eval()
+    device = model.wte.weight.device
+    nb, n_ret, lp_pen = config.num_beams, config.num_return_sequences, config.length_penalty
+    stops = stop_ids(config, eos_ids)
+    batch = left_pad(input_ids, device)
+    b, plen = batch.ids.shape
+    vocab = model.config.vocab_size
+    max_len = plen + config.max_new_tokens
+    keep = min(max(2, 1 + len(stops)) * nb, nb * vocab)
+    top_mask = torch.arange(keep, device=device) < nb
+    stop_t = torch.tensor(stops, dtype=torch.long, device=device)
+    row_pads = batch.pads.repeat_interleave(nb).tolist()
+    procs = build_processors(config, eos_ids, [n for n in batch.lens for _ in range(nb)], sampling=False)
+
+    cache = model.new_cache(b * nb, max_len)
+    mask = full_mask(batch, max_len, nb)
+    out = model(batch.ids, cache=cache.rows(0, b), attention_mask=batch.mask, position_ids=positions(batch, 0, plen),
+                logits_to_keep=1)
+    cache.reorder(torch.arange(b, device=device).repeat_interleave(nb))  # every beam starts from its prompt
+    logits = out.logits[:, -1].float().repeat_interleave(nb, dim=0)  # (B*nb, V)
+
+    running = batch.ids.new_zeros(b, nb, max_len)
+    running[:, :, :plen] = batch.ids[:, None]
+    finished = running.clone()
+    run_scores = torch.zeros(b, nb, device=device)
+    run_scores[:, 1:] = NEG  # only beam 0 expands at the first step, so beams do not start as copies
+    fin_scores = torch.full((b, nb), NEG, device=device)
+    fin_lens = torch.zeros(b, nb, dtype=torch.long, device=device)
+    is_fin = torch.zeros(b, nb, dtype=torch.bool, device=device)
+    improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
+    batch_offset = torch.arange(b, device=device)[:, None] * nb
+    cur = plen
+    while True:
+        logprobs = F.log_softmax(logits, dim=-1)
+        logprobs = process(procs, running.view(b * nb, max_len)[:, :cur], logprobs, row_pads)
+        acc = (logprobs.view(b, nb, vocab) + run_scores[:, :, None]).view(b, nb * vocab)
+        top_scores, top_idx = torch.topk(acc, keep)  # (B, keep)
+        src_beam, tok = top_idx // vocab, top_idx % vocab
+        top_seqs = torch.take_along_dim(running, src_beam[:, :, None], dim=1)
+        top_seqs[:, :, cur] = tok
+        hits = torch.isin(tok, stop_t) | (cur + 1 >= max_len)  # (B, keep)
+
+        # the best `nb` continuations that did not stop keep running
+        live = top_scores + hits.float() * NEG
+        nxt = torch.topk(live, nb)[1]
+        running = torch.take_along_dim(top_seqs, nxt[:, :, None], dim=1)
+        run_scores = torch.take_along_dim(live, nxt, dim=1)
+        parents = torch.take_along_dim(src_beam, nxt, dim=1)
+
+        # stopped continuations among the top `nb` join the finished hypotheses if they beat them
+        just = hits & top_mask[None, :]
+        cand = top_scores / ((cur + 1 - plen) ** lp_pen)
+        cand = cand + (is_fin.all(-1, keepdim=True) & (config.early_stopping is True)).float() * NEG
+        cand = cand + (~improvable).float() * NEG
+        cand = cand + (~just).float() * NEG
+        merged = torch.cat((fin_scores, cand), dim=1)
+        best = torch.topk(merged, nb)[1]
+        finished = torch.take_along_dim(torch.cat((finished, top_seqs), dim=1), best[:, :, None], dim=1)
+        fin_scores = torch.take_along_dim(merged, best, dim=1)
+        new_lens = torch.full_like(cand, cur + 1 - plen, dtype=torch.long)
+        fin_lens = torch.take_along_dim(torch.cat((fin_lens, new_lens), dim=1), best, dim=1)
+        is_fin = torch.take_along_dim(torch.cat((is_fin, just), dim=1), best, dim=1)
+
+        cur += 1
+        best_running = run_scores[:, :1] / ((cur - plen) ** lp_pen)
+        worst_fin = torch.where(is_fin, fin_scores.min(dim=1, keepdim=True)[0], NEG)
+        improvable = improvable & (best_running > worst_fin).any(dim=-1, keepdim=True)
+        all_full = bool(is_fin.all()) and config.early_stopping is True
+        if not bool(improvable.any()) or all_full or bool(hits.all()):
+            break
+        cache.reorder((parents + batch_offset).view(-1))
+        step_ids = running[:, :, cur - 1].reshape(b * nb, 1)
+        pos = positions(batch, cur - 1, 1, nb)
+        out = model(step_ids, cache=cache, input_pos=cur - 1, position_ids=pos,
+                    attention_mask=None if mask is None else mask[:, :cur])
+        logits = out.logits[:, -1].float()
+
+    results = []
+    for i in range(b):
+        toks = [finished[i, j, plen:plen + int(fin_lens[i, j])].tolist() for j in range(n_ret)]
+        results.append(generations(toks, stops=stops, prompt_lens=[batch.lens[i]] * n_ret,
+                                   scores=fin_scores[i, :n_ret].tolist()))
+    return results
