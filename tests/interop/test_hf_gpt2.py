@@ -80,6 +80,16 @@ def test_hf_folder_loads_with_equal_logits(tmp_path, tied):
     torch.testing.assert_close(ours[real], theirs[real], atol=1e-5, rtol=0)
 
 
+def test_bare_gpt2model_keys_load(tmp_path):
+    """The hub's original gpt2 weights have no `transformer.` prefix (a bare GPT2Model) and no lm_head."""
+    ref = hf_gpt2(tied=True)
+    ref.transformer.save_pretrained(tmp_path, safe_serialization=True)
+    model, _ = load_hf(tmp_path)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_save_hf_loads_in_transformers_with_equal_logits(tmp_path, tied):
     model, tok = our_gpt2(tied=tied), char_tokenizer()
