@@ -44,12 +44,16 @@ def tiny(*, seed: int, vocab: int = 64, n_layer: int = 2, n_embd: int = 32, n_he
 
 
 @torch.inference_mode()
-def plain_greedy(model: DecoderLM, prompt: list[int], n: int, *, eos: list[int] = ()) -> list[int]:
-    """Greedy continuation by full forwards without a cache (the reference for the cached searches)."""
+def plain_greedy(model: DecoderLM, prompt: list[int], n: int, *, eos: list[int] = (), procs: list = ()) -> list[int]:
+    """Greedy continuation by full forwards without a cache (the reference for the cached searches); `procs`
+    (logits processors) change the logits before the argmax."""
     ids = list(prompt)
     out: list[int] = []
     for _ in range(n):
-        tok = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+        logits = model(torch.tensor([ids])).logits[:, -1]
+        for proc in procs:
+            logits = proc(torch.tensor([ids]), logits)
+        tok = int(logits[0].argmax())
         if tok in eos:
             break
         ids.append(tok)

@@ -1,0 +1,135 @@
+"""Speculative decoding (Leviathan et al. 2023; Chen et al. 2023): a small draft model proposes k tokens, the target
+checks all of them in one forward pass, and an accept/reject rule keeps the output distribution exactly the
+target's."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neurallayers.generation.config import Generation, GenerationConfig
+from neurallayers.generation.search import build_processors, check_request, generations, process, stop_ids
+
+
+def _scores(model: nn.Module, cache, tokens: list[int], pos: int, keep: int) -> torch.Tensor:
+    """Feed `tokens` at cache position `pos`; float logits (keep, V) of the last `keep` positions."""
+    ids = torch.tensor([tokens], device=model.wte.weight.device)
+    return model(ids, cache=cache, input_pos=pos, logits_to_keep=keep).logits[0].float()
+
+
+def _pick(probs: torch.Tensor, greedy: bool, gen: torch.Generator) -> int:
+    """Argmax (greedy) or one sample from probs (V,)."""
+    return int(probs.argmax()) if greedy else int(torch.multinomial(probs, 1, generator=gen))
+
+
+@torch.inference_mode()
+def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
+                       eos_ids: list[int], stats: dict | None = None) -> list[list[Generation]]:
+    """Decode one prompt with `target`, `config.num_speculative_tokens` tokens at a time proposed by `draft`.
+
+    Each round the draft samples k tokens d_1..d_k from its distributions q_i; the target scores the pending
+    token and all k drafts in one forward over its KV cache, giving p_1..p_{k+1}. Draft d_i is accepted with
+    probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection a token is sampled from
+    norm(max(0, p_i - q_i)) and the round ends; if all k are accepted a bonus token comes from p_{k+1}. The tokens
+    are therefore distributed exactly as sampling from the target alone (with the same processors: temperature,
+    top-k/p, penalties ...). Greedy (temperature 0) accepts a draft when it is the target's argmax, so the tokens
+    equal the target's own greedy decoding. Rejected positions are rolled back by moving each static cache's
+    write position back: stale entries past it are never attended and get overwritten.
+
+    Only one prompt per call (batch size 1): rows of a batch accept different numbers of tokens per round.
+
+    Args:
+        target: the DecoderLM whose distribution is sampled.
+        draft: a smaller DecoderLM with the same vocabulary.
+        input_ids: exactly one prompt, [[token ids]].
+        config: num_speculative_tokens (k), max_new_tokens, temperature (0 = greedy), processors, seed.
+        eos_ids: token ids that end the sequence (unless config.ignore_eos).
+        stats: if given, filled with rounds, drafted, accepted, acceptance_rate (accepted / drafted),
+            target_forwards, draft_forwards and new_tokens.
+
+    Returns:
+        [[Generation]]: one prompt, one sequence (token_ids exclude the prompt and a final stop token).
+
+    Raises:
+        ValueError: more than one prompt, vocabularies that differ, or the usual bad prompts.
+    """
+    if not isinstance(input_ids, list) or len(input_ids) != 1:
+        n = len(input_ids) if isinstance(input_ids, list) else type(input_ids).__name__
+        raise ValueError(f"speculative decoding takes exactly one prompt (batch size 1); got {n}")
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(f"draft vocab_size={draft.config.vocab_size} differs from the target's "
+                         f"vocab_size={target.config.vocab_size}; the draft must share the target's tokenizer")
+    check_request(target, input_ids, config, eos_ids)
+    check_request(draft, input_ids, config, eos_ids)
+    target.eval()
+    draft.eval()
+    greedy = config.greedy
+    device = target.wte.weight.device
+    gen = torch.Generator(device=device)
+    if config.seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(config.seed)
+    stops = stop_ids(config, eos_ids)
+    prompt = input_ids[0]
+    procs = build_processors(config, eos_ids, [len(prompt)], sampling=not greedy)
+
+    def probs(logits: torch.Tensor, context: list[int]) -> torch.Tensor:
+        """The processed next-token distribution (V,) after `context`."""
+        ids = torch.tensor([context], device=logits.device)
+        scores = process(procs, ids, logits[None], [0])[0]
+        return scores.softmax(-1)
+
+    total = len(prompt) + config.max_new_tokens
+    t_cache, d_cache = target.new_cache(1, total), draft.new_cache(1, total)
+    seq = list(prompt)
+    t_pos = d_pos = 0  # how many leading tokens of seq each cache holds correctly
+    counts = dict(rounds=0, drafted=0, accepted=0, target_forwards=0, draft_forwards=0)
+    finished = False
+    while not finished and len(seq) - len(prompt) < config.max_new_tokens:
+        n = len(seq)
+        k = min(config.num_speculative_tokens, config.max_new_tokens - (n - len(prompt)) - 1)
+        drafts: list[int] = []
+        qs: list[torch.Tensor] = []
+        for _ in range(k):
+            pending = (seq + drafts)[d_pos:]
+            q = probs(_scores(draft, d_cache, pending, d_pos, 1)[-1], seq + drafts)
+            d_pos += len(pending)
+            drafts.append(_pick(q, greedy, gen))
+            qs.append(q)
+        logits = _scores(target, t_cache, (seq + drafts)[t_pos:], t_pos, k + 1)  # (k+1, V): p_1 .. p_{k+1}
+        new: list[int] = []
+        for i, (x, q) in enumerate(zip(drafts, qs, strict=True)):
+            p = probs(logits[i], seq + drafts[:i])
+            if greedy:
+                ok = int(p.argmax()) == x
+            else:
+                ok = float(torch.rand((), generator=gen, device=device)) < float(p[x] / q[x])
+            if not ok:
+                residual = (p - q).clamp(min=0)
+                if greedy or float(residual.sum()) <= 0:  # residual is 0 only when p == q (then any draw is p's)
+                    new.append(_pick(p, greedy, gen))
+                else:
+                    new.append(_pick(residual / residual.sum(), greedy, gen))
+                break
+            new.append(x)
+        else:
+            new.append(_pick(probs(logits[k], seq + drafts), greedy, gen))  # bonus token: all drafts accepted
+        accepted = len(new) - 1
+        counts["rounds"] += 1
+        counts["drafted"] += k
+        counts["accepted"] += accepted
+        counts["target_forwards"] += 1
+        counts["draft_forwards"] += k
+        # caches keep what they computed for the accepted prefix; later writes overwrite the rest
+        t_pos = n + accepted
+        d_pos = min(d_pos, n + accepted)
+        for tok in new:
+            seq.append(tok)
+            if tok in stops:
+                finished = True
+                break
+    if stats is not None:
+        stats.update(counts, acceptance_rate=counts["accepted"] / counts["drafted"] if counts["drafted"] else 0.0,
+                     new_tokens=len(seq) - len(prompt))
+    return [generations([seq[len(prompt):]], stops=stops, prompt_lens=[len(prompt)])]

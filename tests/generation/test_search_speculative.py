@@ -1,0 +1,135 @@
+"""Speculative decoding: greedy equals the target's greedy decoding; sampled tokens follow the target's
+distribution (chi-square on a vocabulary of 8); bad inputs give clear errors."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+from nl_search_helpers import plain_greedy, tiny
+
+from neurallayers.generation.config import GenerationConfig
+from neurallayers.generation.search import build_processors
+from neurallayers.generation.speculative import speculative_decode
+
+PROMPTS = [[5, 17, 42, 9, 3], [60, 2, 33], [7], [7, 7, 21, 40, 14, 50, 11, 3, 3, 8]]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny(seed=1, n_layer=2, n_embd=32), tiny(seed=2, n_layer=1, n_embd=16, n_head=2)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_greedy_equals_target_greedy(pair, k):
+    target, draft = pair
+    rates = []
+    for prompt in PROMPTS:
+        stats: dict = {}
+        cfg = GenerationConfig(max_new_tokens=20, temperature=0, num_speculative_tokens=k)
+        ((got,),) = speculative_decode(target, draft, [prompt], cfg, eos_ids=[], stats=stats)
+        assert got.token_ids == plain_greedy(target, prompt, 20)
+        assert got.finish_reason == "length" and got.prompt_tokens == len(prompt)
+        assert stats["new_tokens"] == 20 and stats["target_forwards"] == stats["rounds"]
+        assert stats["target_forwards"] < 20 or stats["acceptance_rate"] == 0
+        rates.append(stats["acceptance_rate"])
+    assert max(rates) < 0.9, "the draft should disagree with the target often, or the test proves little"
+
+
+def test_greedy_stops_on_eos_and_applies_processors(pair):
+    target, draft = pair
+    prompt = PROMPTS[0]
+    eos = plain_greedy(target, prompt, 6)[5]
+    cfg = GenerationConfig(max_new_tokens=20, temperature=0, num_speculative_tokens=3)
+    ((got,),) = speculative_decode(target, draft, [prompt], cfg, eos_ids=[eos])
+    assert got.token_ids == plain_greedy(target, prompt, 20, eos=[eos]) and got.finish_reason == "stop"
+    # with penalties the target's greedy path is the processed one
+    cfg = cfg.replace(repetition_penalty=1.4, no_repeat_ngram_size=2)
+    procs = build_processors(cfg, [], [len(prompt)], sampling=False)
+    ((got,),) = speculative_decode(target, draft, [prompt], cfg, eos_ids=[])
+    assert got.token_ids == plain_greedy(target, prompt, 20, procs=procs) != plain_greedy(target, prompt, 20)
+
+
+def test_same_model_as_draft_accepts_everything(pair):
+    target, _ = pair
+    stats: dict = {}
+    cfg = GenerationConfig(max_new_tokens=13, temperature=0, num_speculative_tokens=4)
+    ((got,),) = speculative_decode(target, target, [PROMPTS[1]], cfg, eos_ids=[], stats=stats)
+    assert got.token_ids == plain_greedy(target, PROMPTS[1], 13)
+    assert stats["acceptance_rate"] == 1.0 and stats["rounds"] == 3  # 5 + 5 + 3 tokens
+
+
+def chi2_threshold(df: int, z: float = 3.29) -> float:
+    """Upper quantile of chi-square(df) at normal score z (Wilson-Hilferty); z=3.29 is p = 5e-4."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def chi2(counts: Counter, probs: dict, n: int) -> tuple[float, int]:
+    """Pearson statistic with cells of expected count < 5 pooled into one; returns (statistic, df)."""
+    stat, df, pooled_obs, pooled_exp = 0.0, -1, 0, 0.0
+    for cell, p in probs.items():
+        if n * p < 5:
+            pooled_obs, pooled_exp = pooled_obs + counts.get(cell, 0), pooled_exp + n * p
+        else:
+            stat, df = stat + (counts.get(cell, 0) - n * p) ** 2 / (n * p), df + 1
+    if pooled_exp > 0:
+        stat, df = stat + (pooled_obs - pooled_exp) ** 2 / max(pooled_exp, 1e-9), df + 1
+    assert sum(counts.values()) == n and not set(counts) - set(probs), "sampled a token of probability 0"
+    return stat, df
+
+
+@torch.inference_mode()
+def exact(model, prompt: list[int], temperature: float, top_k: int) -> tuple[dict, dict]:
+    """The model's own processed distributions: first token, and (first, second) jointly."""
+    def dist(ids: list[int]) -> torch.Tensor:
+        logits = model(torch.tensor([ids])).logits[0, -1].double() / temperature
+        if top_k:
+            logits = logits.masked_fill(logits < logits.topk(top_k).values[-1], float("-inf"))
+        return logits.softmax(-1)
+    p1 = dist(prompt)
+    first = {a: float(p1[a]) for a in range(len(p1))}
+    joint = {(a, b): float(p1[a] * dist(prompt + [a])[b]) for a in range(len(p1)) for b in range(len(p1))}
+    return first, joint
+
+
+@pytest.mark.parametrize(("k", "temperature", "top_k"), [(2, 1.0, 0), (1, 0.7, 5)])
+def test_sampled_tokens_follow_the_target_distribution(k, temperature, top_k):
+    target = tiny(seed=3, vocab=8, n_layer=1, n_embd=16, n_head=2, init_std=0.5)
+    draft = tiny(seed=4, vocab=8, n_layer=1, n_embd=16, n_head=2, init_std=0.5)
+    prompt, n = [1, 5, 2], 1500
+    cfg = GenerationConfig(max_new_tokens=k + 1, temperature=temperature, top_k=top_k, num_speculative_tokens=k,
+                           ignore_eos=True)
+    firsts, pairs, drafted, accepted = Counter(), Counter(), 0, 0
+    for seed in range(n):
+        stats: dict = {}
+        ((g,),) = speculative_decode(target, draft, [prompt], cfg.replace(seed=seed), eos_ids=[], stats=stats)
+        firsts[g.token_ids[0]] += 1
+        pairs[tuple(g.token_ids[:2])] += 1
+        drafted, accepted = drafted + stats["drafted"], accepted + stats["accepted"]
+    assert 0.05 < accepted / drafted < 0.95, "both accept and reject paths must be exercised"
+    first, joint = exact(target, prompt, temperature, top_k)
+    for counts, probs in ((firsts, first), (pairs, joint)):
+        stat, df = chi2(counts, probs, n)
+        assert stat < chi2_threshold(df), (stat, df)
+    # the test has power: the draft's own distribution is rejected by the same samples
+    draft_first, _ = exact(draft, prompt, temperature, top_k)
+    mixed = {a: 0.5 * first[a] + 0.5 * draft_first[a] for a in first}
+    stat, df = chi2(firsts, mixed, n)
+    assert stat > chi2_threshold(df)
+
+
+def test_rejects_bad_input(pair):
+    target, draft = pair
+    cfg = GenerationConfig(max_new_tokens=4, temperature=0)
+    with pytest.raises(ValueError, match="exactly one prompt"):
+        speculative_decode(target, draft, [[1, 2], [3]], cfg, eos_ids=[])
+    other = tiny(seed=5, vocab=80, n_layer=1, n_embd=16, n_head=2)
+    with pytest.raises(ValueError, match="vocab_size=80"):
+        speculative_decode(target, other, [[1, 2]], cfg, eos_ids=[])
+    short = tiny(seed=5, n_layer=1, n_embd=16, n_head=2, block_size=8)
+    with pytest.raises(ValueError, match="block_size is 8"):
+        speculative_decode(target, short, [[1, 2, 3, 4, 5]], cfg, eos_ids=[])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        speculative_decode(target, draft, [[1, 64]], cfg, eos_ids=[])
