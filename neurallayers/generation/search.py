@@ -246,3 +246,19 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
         results.append(generations(toks, stops=stops, prompt_lens=[batch.lens[i]] * n_ret,
                                    scores=fin_scores[i, :n_ret].tolist()))
     return results
+
+
+
+# generate() finds every search method here; contrastive.py and speculative.py import the plumbing above, so they
+# are loaded on first use (PEP 562) rather than imported at the top, which would be circular.
+_ELSEWHERE = {"contrastive_search": "contrastive", "contrastive_decoding": "contrastive",
+              "speculative_decode": "speculative"}
+__all__ = ["beam_search", *_ELSEWHERE]
+
+
+def __getattr__(name: str):
+    if name in _ELSEWHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"neurallayers.generation.{_ELSEWHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,184 @@
+"""Two decoding methods named "contrastive":
+
+- contrastive search (Su et al. 2022, "A Contrastive Framework for Neural Text Generation"): among the model's
+  top-k candidates pick the one that is likely yet whose hidden state is least similar to the context's;
+- contrastive decoding (Li et al. 2022, "Contrastive Decoding: Open-ended Text Generation as Optimization"):
+  among the expert's plausible tokens pick the one the expert prefers most over a weaker amateur model.
+
+Both run left-padded batches over static KV caches; rows are independent, so a batch gives the same tokens as
+one prompt at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurallayers.generation.config import Generation, GenerationConfig
+from neurallayers.generation.search import (
+    build_processors,
+    check_request,
+    full_mask,
+    generations,
+    left_pad,
+    positions,
+    process,
+    stop_ids,
+)
+
+
+def _finish(tokens: torch.Tensor, stops: list[int], lens: list[int]) -> list[list[Generation]]:
+    """tokens (B, N) generated per row -> one Generation per prompt, cut after the first stop token."""
+    out = []
+    for row, n in zip(tokens.tolist(), lens, strict=True):
+        cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+        out.append(generations([row[:cut]], stops=stops, prompt_lens=[n]))
+    return out
+
+
+def _done(tokens: list[torch.Tensor], stop_t: torch.Tensor) -> bool:
+    """Every row has produced a stop token."""
+    return bool(torch.isin(torch.stack(tokens, 1), stop_t).any(1).all()) if len(stop_t) else False
+
+
+@torch.inference_mode()
+def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
+                       eos_ids: list[int]) -> list[list[Generation]]:
+    """Contrastive search: at each step take the model's top-k candidates v (k = config.top_k) and choose
+
+        argmax_v (1 - alpha) * p(v | context) - alpha * max_j cos(h_v, h_j)
+
+    where alpha = config.penalty_alpha, h_v is the last hidden state (after the final norm) when v is fed and
+    h_j are those of every context token (prompt included, padding excluded). p comes from the processed logits
+    (penalties, n-gram ban, bias, min tokens; no sampling warpers: the method is deterministic). All k candidates
+    run as k cache rows per prompt in one forward; the rows are then reordered to the chosen candidate's.
+
+    Args:
+        model: a DecoderLM.
+        input_ids: B prompts of token ids.
+        config: top_k (> 1), penalty_alpha in [0, 1] (0 is greedy), max_new_tokens, processors.
+        eos_ids: token ids that end a sequence (unless config.ignore_eos).
+
+    Returns:
+        Per prompt one Generation (token_ids without the prompt and a final stop token).
+    """
+    if config.top_k < 2:
+        raise ValueError(f"GenerationConfig.top_k={config.top_k}: contrastive search needs top_k > 1 candidates "
+                         "per step (penalty_alpha weighs them)")
+    check_request(model, input_ids, config, eos_ids)
+    model.eval()
+    device = model.wte.weight.device
+    k = min(config.top_k, model.config.vocab_size)
+    alpha = config.penalty_alpha
+    stops = stop_ids(config, eos_ids)
+    stop_t = torch.tensor(stops, dtype=torch.long, device=device)
+    batch = left_pad(input_ids, device)
+    b, plen = batch.ids.shape
+    total = plen + config.max_new_tokens
+    pads = batch.pads.tolist()
+    procs = build_processors(config, eos_ids, batch.lens, sampling=False)
+
+    cache = model.new_cache(b * k, total)
+    mask = full_mask(batch, total, k)
+    out = model(batch.ids, cache=cache.rows(0, b), attention_mask=batch.mask, position_ids=positions(batch, 0, plen),
+                output_hidden=True)
+    cache.reorder(torch.arange(b, device=device).repeat_interleave(k))  # k candidate rows per prompt
+    hidden = out.hidden.new_zeros(b, total, out.hidden.shape[-1])  # (B, slots, D): every token's last hidden
+    hidden[:, :plen] = out.hidden
+    real = torch.ones(b, total, dtype=torch.bool, device=device)  # context slots that count (not padding)
+    if batch.mask is not None:
+        real[:, :plen] = batch.mask.bool()
+    logits = out.logits[:, -1].float()  # (B, V)
+    ids = batch.ids
+    rows = torch.arange(b, device=device)
+    new: list[torch.Tensor] = []
+    for cur in range(plen, total):
+        probs = process(procs, ids, logits, pads).softmax(-1)
+        top_p, top_ids = probs.topk(k, dim=-1)  # (B, k)
+        step = model(top_ids.reshape(b * k, 1), cache=cache, input_pos=cur, position_ids=positions(batch, cur, 1, k),
+                     attention_mask=None if mask is None else mask[:, :cur + 1], output_hidden=True)
+        cand = F.normalize(step.hidden[:, -1].view(b, k, -1).float(), dim=-1)  # (B, k, D)
+        context = F.normalize(hidden[:, :cur].float(), dim=-1)  # (B, cur, D)
+        cos = (cand @ context.transpose(1, 2)).masked_fill(~real[:, None, :cur], -math.inf)  # (B, k, cur)
+        score = (1 - alpha) * top_p - alpha * cos.max(-1).values
+        best = score.argmax(-1)  # (B,)
+        tok = top_ids[rows, best]
+        hidden[:, cur] = step.hidden[:, -1].view(b, k, -1)[rows, best]
+        logits = step.logits[:, -1].view(b, k, -1)[rows, best].float()
+        ids = torch.cat((ids, tok[:, None]), dim=1)
+        new.append(tok)
+        if _done(new, stop_t) or cur + 1 == total:
+            break
+        cache.reorder((rows * k + best).repeat_interleave(k))
+    return _finish(torch.stack(new, 1), stops, batch.lens)
+
+
+@torch.inference_mode()
+def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[list[int]], config: GenerationConfig,
+                         *, eos_ids: list[int]) -> list[list[Generation]]:
+    """Contrastive decoding: keep the plausible tokens V = {v : p_e(v) >= contrastive_alpha * max_w p_e(w)} and
+    choose among them by the score log p_e(v) - log p_a(v), greedily at temperature 0, otherwise by sampling
+    softmax(score / temperature) over V (seeded by config.seed).
+
+    The expert's logits go through the score processors (penalties, n-gram ban, bias, min tokens) before the
+    plausibility cut, so a banned token is never plausible; the amateur's are used as they are. top_k, top_p and
+    min_p are not used.
+
+    Args:
+        expert: the strong DecoderLM.
+        amateur: a weaker DecoderLM with the same vocabulary.
+        input_ids: B prompts of token ids.
+        config: contrastive_alpha, temperature, max_new_tokens, processors, seed.
+        eos_ids: token ids that end a sequence (unless config.ignore_eos).
+
+    Returns:
+        Per prompt one Generation.
+    """
+    if amateur.config.vocab_size != expert.config.vocab_size:
+        raise ValueError(f"amateur vocab_size={amateur.config.vocab_size} differs from the expert's "
+                         f"vocab_size={expert.config.vocab_size}; both must share one tokenizer")
+    check_request(expert, input_ids, config, eos_ids)
+    check_request(amateur, input_ids, config, eos_ids)
+    expert.eval()
+    amateur.eval()
+    device = expert.wte.weight.device
+    gen = torch.Generator(device=device)
+    if config.seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(config.seed)
+    stops = stop_ids(config, eos_ids)
+    stop_t = torch.tensor(stops, dtype=torch.long, device=device)
+    batch = left_pad(input_ids, device)
+    b, plen = batch.ids.shape
+    total = plen + config.max_new_tokens
+    pads = batch.pads.tolist()
+    procs = build_processors(config, eos_ids, batch.lens, sampling=False)
+    log_cut = math.log(config.contrastive_alpha)
+    models = (expert, amateur)
+    caches = [m.new_cache(b, total) for m in models]
+    mask = full_mask(batch, total)
+    logits = [m(batch.ids, cache=c, attention_mask=batch.mask, position_ids=positions(batch, 0, plen),
+                logits_to_keep=1).logits[:, -1].float() for m, c in zip(models, caches, strict=True)]
+    ids = batch.ids
+    new: list[torch.Tensor] = []
+    for cur in range(plen, total):
+        lp_e = F.log_softmax(process(procs, ids, logits[0], pads), dim=-1)
+        lp_a = F.log_softmax(logits[1], dim=-1)
+        plausible = lp_e >= lp_e.max(-1, keepdim=True).values + log_cut
+        score = (lp_e - lp_a).masked_fill(~plausible, -math.inf)  # (B, V)
+        if config.greedy:
+            tok = score.argmax(-1)
+        else:
+            tok = torch.multinomial((score / config.temperature).softmax(-1), 1, generator=gen)[:, 0]
+        ids = torch.cat((ids, tok[:, None]), dim=1)
+        new.append(tok)
+        if _done(new, stop_t) or cur + 1 == total:
+            break
+        step_mask = None if mask is None else mask[:, :cur + 1]
+        logits = [m(tok[:, None], cache=c, input_pos=cur, position_ids=positions(batch, cur, 1),
+                    attention_mask=step_mask).logits[:, -1].float() for m, c in zip(models, caches, strict=True)]
+    return _finish(torch.stack(new, 1), stops, batch.lens)
