@@ -1,0 +1,292 @@
+"""Logits processors: one small callable per decoding rule, applied in order to the next-token scores.
+
+Each has the Hugging Face call signature `proc(input_ids, scores) -> new_scores`:
+    input_ids: (B, T) LongTensor, the tokens so far (prompt and generated; rows may be left-padded).
+    scores: (B, V) FloatTensor, the next-token scores.
+and returns a new (B, V) tensor; the inputs are never modified. Arguments are checked in `__init__`.
+
+Rows may be left-padded: processors that look at the tokens take `pad_lens` (the number of padding columns at
+the left of each row) and ignore those columns. Processors that count only generated tokens take `prompt_len`
+(the number of leading columns that are the prompt, padding included).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from neurallayers.generation.config import GenerationConfig
+
+NEG_INF = float("-inf")
+
+
+def _check_number(name: str, value: object, ok: bool, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok:
+        raise ValueError(f"{name}={value!r}: {what}")
+
+
+def _per_row(name: str, value: int | Sequence[int] | None) -> int | list[int]:
+    """Validate an int-or-per-row-ints argument; a list whose values are all equal collapses to one int."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"{name}={value}: must be >= 0")
+        return value
+    values = list(value)
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ValueError(f"{name} must be an int >= 0 or a non-empty list of them (one per row), got {value!r}")
+    return values[0] if len(set(values)) == 1 else values
+
+
+def _row_column(name: str, value: int | list[int], input_ids: torch.Tensor) -> torch.Tensor | int:
+    """An int, or a (B, 1) tensor of per-row columns matching input_ids' batch."""
+    if isinstance(value, int):
+        return value
+    if len(value) != input_ids.shape[0]:
+        raise ValueError(f"{name} has {len(value)} rows but input_ids has {input_ids.shape[0]}; build the processor "
+                         "for this batch (one value per row) or give one int for all rows")
+    return torch.tensor(value, device=input_ids.device)[:, None]
+
+
+def _token_counts(input_ids: torch.Tensor, vocab: int, start: int | torch.Tensor) -> torch.Tensor:
+    """(B, V) how often each token occurs in input_ids at columns >= start (an int or (B, 1) per row)."""
+    cols = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+    keep = (cols >= start).to(torch.int32)  # (B|1, T)
+    ids = input_ids.clamp(max=vocab)  # ids outside the scores' vocabulary go to a spare column
+    counts = torch.zeros(input_ids.shape[0], vocab + 1, dtype=torch.int32, device=input_ids.device)
+    counts.scatter_add_(1, ids, keep.expand_as(ids).contiguous())
+    return counts[:, :vocab]
+
+
+class TemperatureWarper:
+    """scores / temperature. Greedy decoding (temperature 0) does not use a warper at all."""
+
+    def __init__(self, temperature: float) -> None:
+        _check_number("temperature", temperature, temperature > 0,
+                      "must be a finite number > 0 (for greedy decoding use temperature=0 in GenerationConfig, "
+                      "which skips the sampling warpers)")
+        self.temperature = float(temperature)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores / self.temperature
+
+
+class TopKWarper:
+    """Keep the top_k highest scores (ties with the k-th included), set the rest to -inf."""
+
+    def __init__(self, top_k: int, *, min_tokens_to_keep: int = 1) -> None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k={top_k!r}: must be an integer >= 1 (GenerationConfig.top_k=0 turns it off)")
+        if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+            raise ValueError(f"min_tokens_to_keep={min_tokens_to_keep!r}: must be an integer >= 1")
+        self.top_k = max(top_k, min_tokens_to_keep)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        k = min(self.top_k, scores.shape[-1])
+        kth = torch.topk(scores, k, dim=-1).values[:, -1:]  # (B, 1)
+        return scores.masked_fill(scores < kth, NEG_INF)
+
+
+class TopPWarper:
+    """Nucleus sampling: keep the smallest set of highest-probability tokens whose mass exceeds top_p."""
+
+    def __init__(self, top_p: float, *, min_tokens_to_keep: int = 1) -> None:
+        _check_number("top_p", top_p, 0 < top_p <= 1, "must be in (0, 1] (1 turns it off)")
+        if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+            raise ValueError(f"min_tokens_to_keep={min_tokens_to_keep!r}: must be an integer >= 1")
+        self.top_p = float(top_p)
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        # Ascending sort: drop the low tail whose cumulative mass is <= 1 - top_p (the Hugging Face formulation,
+        # so the kept set is identical on ties of the cumulative sum).
+        sorted_scores, order = torch.sort(scores, descending=False, dim=-1)
+        cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum <= 1 - self.top_p
+        drop[:, -self.min_tokens_to_keep:] = False
+        return scores.masked_fill(drop.scatter(1, order, drop), NEG_INF)
+
+
+class MinPWarper:
+    """Keep tokens whose probability is at least min_p times the most likely token's probability."""
+
+    def __init__(self, min_p: float, *, min_tokens_to_keep: int = 1) -> None:
+        _check_number("min_p", min_p, 0 <= min_p <= 1, "must be in [0, 1] (0 turns it off)")
+        if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+            raise ValueError(f"min_tokens_to_keep={min_tokens_to_keep!r}: must be an integer >= 1")
+        self.min_p = float(min_p)
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = scores.softmax(dim=-1)
+        drop = probs < self.min_p * probs.amax(dim=-1, keepdim=True)
+        keep = torch.topk(probs, min(self.min_tokens_to_keep, probs.shape[-1]), dim=-1).indices
+        return scores.masked_fill(drop.scatter(1, keep, False), NEG_INF)
+
+
+class RepetitionPenalty:
+    """CTRL / Hugging Face repetition penalty over every token seen (prompt and generated): a seen token's score is
+    divided by `penalty` when positive and multiplied by it when negative (once, however often it occurred)."""
+
+    def __init__(self, penalty: float, *, pad_lens: int | Sequence[int] | None = None) -> None:
+        _check_number("repetition_penalty", penalty, penalty > 0, "must be a finite number > 0 (1 turns it off)")
+        self.penalty = float(penalty)
+        self.pad_lens = _per_row("pad_lens", pad_lens)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        seen = _token_counts(input_ids, scores.shape[-1], _row_column("pad_lens", self.pad_lens, input_ids)) > 0
+        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return torch.where(seen, penalised, scores)
+
+
+class PresencePenalty:
+    """OpenAI presence penalty: subtract `penalty` from every token generated so far (the prompt does not count)."""
+
+    def __init__(self, penalty: float, *, prompt_len: int | Sequence[int]) -> None:
+        _check_number("presence_penalty", penalty, -2 <= penalty <= 2, "must be in [-2, 2] (0 turns it off)")
+        self.penalty = float(penalty)
+        self.prompt_len = _per_row("prompt_len", prompt_len)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        counts = _token_counts(input_ids, scores.shape[-1], _row_column("prompt_len", self.prompt_len, input_ids))
+        return scores - self.penalty * (counts > 0).to(scores.dtype)
+
+
+class FrequencyPenalty:
+    """OpenAI frequency penalty: subtract `penalty` times the number of times a token was generated so far."""
+
+    def __init__(self, penalty: float, *, prompt_len: int | Sequence[int]) -> None:
+        _check_number("frequency_penalty", penalty, -2 <= penalty <= 2, "must be in [-2, 2] (0 turns it off)")
+        self.penalty = float(penalty)
+        self.prompt_len = _per_row("prompt_len", prompt_len)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        counts = _token_counts(input_ids, scores.shape[-1], _row_column("prompt_len", self.prompt_len, input_ids))
+        return scores - self.penalty * counts.to(scores.dtype)
+
+
+class NoRepeatNGram:
+    """Ban any token that would repeat an n-gram already present in the row (prompt included, padding ignored)."""
+
+    def __init__(self, ngram_size: int, *, pad_lens: int | Sequence[int] | None = None) -> None:
+        if isinstance(ngram_size, bool) or not isinstance(ngram_size, int) or ngram_size < 1:
+            raise ValueError(f"no_repeat_ngram_size={ngram_size!r}: must be an integer >= 1 (0 in GenerationConfig "
+                             "turns it off)")
+        self.n = ngram_size
+        self.pad_lens = _per_row("pad_lens", pad_lens)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        b, t = input_ids.shape
+        n, vocab = self.n, scores.shape[-1]
+        if t < n:
+            return scores
+        windows = input_ids.unfold(1, n, 1)  # (B, t - n + 1, n): every n-gram
+        prefix = input_ids[:, t - n + 1:]  # (B, n - 1): the n-gram the next token would complete
+        match = (windows[..., :-1] == prefix[:, None, :]).all(dim=-1)  # (B, t - n + 1)
+        start = _row_column("pad_lens", self.pad_lens, input_ids)
+        match &= torch.arange(t - n + 1, device=input_ids.device)[None, :] >= start  # windows inside real tokens
+        # Non-matching windows write to a spare column so they can never clear another window's ban.
+        banned = torch.zeros(b, vocab + 1, dtype=torch.bool, device=scores.device)
+        banned.scatter_(1, torch.where(match, windows[..., -1].clamp(max=vocab), vocab), True)
+        return scores.masked_fill(banned[:, :vocab], NEG_INF)
+
+
+class LogitBias:
+    """Add a fixed bias to chosen token ids (OpenAI `logit_bias`: -100 effectively bans, +100 forces)."""
+
+    def __init__(self, bias: dict[int, float]) -> None:
+        if not isinstance(bias, dict) or not bias:
+            raise ValueError(f"logit_bias must be a non-empty dict of token id -> number, got {bias!r}")
+        for k, v in bias.items():
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ValueError(f"logit_bias key {k!r}: must be a token id (an integer >= 0)")
+            _check_number(f"logit_bias[{k}]", v, True, "must be a finite number")
+        self.ids = list(bias)
+        self.values = [float(v) for v in bias.values()]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if max(self.ids) >= scores.shape[-1]:
+            raise ValueError(f"logit_bias names token id {max(self.ids)} outside the vocabulary [0, {scores.shape[-1]})")
+        out = scores.clone()
+        ids = torch.tensor(self.ids, device=scores.device)
+        out[:, ids] += torch.tensor(self.values, dtype=scores.dtype, device=scores.device)
+        return out
+
+
+class MinNewTokens:
+    """Forbid the stop token ids (eos, stop_token_ids) until `min_new_tokens` tokens have been generated."""
+
+    def __init__(self, min_new_tokens: int, *, stop_ids: Sequence[int], prompt_len: int) -> None:
+        if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens={min_new_tokens!r}: must be an integer >= 0")
+        if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or prompt_len < 0:
+            raise ValueError(f"prompt_len={prompt_len!r}: must be the prompt's column count (an integer >= 0); "
+                             "rows of different lengths are left-padded to one width")
+        ids = list(stop_ids)
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+            raise ValueError(f"stop_ids must be token ids (integers >= 0), got {stop_ids!r}")
+        self.min_new_tokens = min_new_tokens
+        self.stop_ids = ids
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] - self.prompt_len >= self.min_new_tokens or not self.stop_ids:
+            return scores
+        ids = torch.tensor([t for t in self.stop_ids if t < scores.shape[-1]], dtype=torch.long, device=scores.device)
+        return scores.index_fill(1, ids, NEG_INF)
+
+
+def build_processors(config: GenerationConfig, *, eos_ids: Sequence[int], prompt_lens: int | Sequence[int],
+                     pad_lens: int | Sequence[int] | None = None) -> list:
+    """The processors `config` asks for, in Hugging Face order: bans and penalties, then temperature, top-k,
+    top-p, min-p. Greedy configs (temperature 0) get no sampling warpers.
+
+    Args:
+        config: the generation settings.
+        eos_ids: end-of-sequence ids; with `config.stop_token_ids` (and unless ignore_eos) they are what
+            min_new_tokens holds back.
+        prompt_lens: per row (or one int for all), how many leading columns of input_ids are the prompt, padding
+            included; left-padded batches pass the padded width. Generated tokens are the columns after it.
+        pad_lens: per row (or one int), how many leading columns are padding (ignored by the repetition penalty
+            and the n-gram ban); None = no padding.
+    """
+    if not isinstance(config, GenerationConfig):
+        raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
+    prompt = _per_row("prompt_lens", prompt_lens)
+    stops = ([] if config.ignore_eos else list(eos_ids)) + list(config.stop_token_ids)
+    procs: list = []
+    if config.repetition_penalty != 1.0:
+        procs.append(RepetitionPenalty(config.repetition_penalty, pad_lens=pad_lens))
+    if config.presence_penalty != 0.0:
+        procs.append(PresencePenalty(config.presence_penalty, prompt_len=prompt))
+    if config.frequency_penalty != 0.0:
+        procs.append(FrequencyPenalty(config.frequency_penalty, prompt_len=prompt))
+    if config.no_repeat_ngram_size > 0:
+        procs.append(NoRepeatNGram(config.no_repeat_ngram_size, pad_lens=pad_lens))
+    if config.logit_bias:
+        procs.append(LogitBias(config.logit_bias))
+    if config.min_new_tokens > 0 and stops:
+        if not isinstance(prompt, int):
+            raise ValueError("min_new_tokens needs one prompt width for all rows: left-pad the batch and pass the "
+                             "padded width as prompt_lens")
+        procs.append(MinNewTokens(config.min_new_tokens, stop_ids=stops, prompt_len=prompt))
+    if not config.greedy:
+        if config.temperature != 1.0:
+            procs.append(TemperatureWarper(config.temperature))
+        if config.top_k > 0:
+            procs.append(TopKWarper(config.top_k))
+        if config.top_p < 1.0:
+            procs.append(TopPWarper(config.top_p))
+        if config.min_p > 0.0:
+            procs.append(MinPWarper(config.min_p))
+    return procs
+
+
+def apply_processors(procs: Sequence, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Apply `procs` in order: input_ids (B, T), scores (B, V) -> new (B, V) scores."""
+    for proc in procs:
+        scores = proc(input_ids, scores)
+    return scores

@@ -1,0 +1,160 @@
+"""Every logits processor equals its transformers counterpart on random scores, handles left padding, and rejects
+bad arguments with a clear error."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from neurallayers.generation import GenerationConfig
+from neurallayers.generation.processors import (
+    FrequencyPenalty,
+    LogitBias,
+    MinNewTokens,
+    MinPWarper,
+    NoRepeatNGram,
+    PresencePenalty,
+    RepetitionPenalty,
+    TemperatureWarper,
+    TopKWarper,
+    TopPWarper,
+    apply_processors,
+    build_processors,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+lp = pytest.importorskip("transformers.generation.logits_process")
+
+
+def _inputs(seed: int, b: int = 4, t: int = 12, v: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 8, (b, t), generator=g)  # a small id range so tokens and n-grams repeat
+    scores = torch.randn(b, v, generator=g) * 3
+    return ids, scores
+
+
+PAIRS = [
+    (lambda: TemperatureWarper(0.7), lambda: lp.TemperatureLogitsWarper(0.7)),
+    (lambda: TemperatureWarper(1.8), lambda: lp.TemperatureLogitsWarper(1.8)),
+    (lambda: TopKWarper(1), lambda: lp.TopKLogitsWarper(1)),
+    (lambda: TopKWarper(7), lambda: lp.TopKLogitsWarper(7)),
+    (lambda: TopKWarper(500), lambda: lp.TopKLogitsWarper(500)),
+    (lambda: TopPWarper(0.05), lambda: lp.TopPLogitsWarper(0.05)),
+    (lambda: TopPWarper(0.5), lambda: lp.TopPLogitsWarper(0.5)),
+    (lambda: TopPWarper(0.95), lambda: lp.TopPLogitsWarper(0.95)),
+    (lambda: MinPWarper(0.05), lambda: lp.MinPLogitsWarper(0.05)),
+    (lambda: MinPWarper(0.3), lambda: lp.MinPLogitsWarper(0.3)),
+    (lambda: MinPWarper(1.0), lambda: lp.MinPLogitsWarper(1.0)),
+    (lambda: RepetitionPenalty(1.3), lambda: lp.RepetitionPenaltyLogitsProcessor(1.3)),
+    (lambda: RepetitionPenalty(0.6), lambda: lp.RepetitionPenaltyLogitsProcessor(0.6)),
+    (lambda: NoRepeatNGram(1), lambda: lp.NoRepeatNGramLogitsProcessor(1)),
+    (lambda: NoRepeatNGram(2), lambda: lp.NoRepeatNGramLogitsProcessor(2)),
+    (lambda: NoRepeatNGram(3), lambda: lp.NoRepeatNGramLogitsProcessor(3)),
+    (lambda: MinNewTokens(5, stop_ids=[3, 9], prompt_len=8),
+     lambda: lp.MinNewTokensLengthLogitsProcessor(8, 5, [3, 9])),
+]
+
+
+@pytest.mark.parametrize("i", range(len(PAIRS)))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equals_transformers(i: int, seed: int) -> None:
+    ours, theirs = PAIRS[i][0](), PAIRS[i][1]()
+    ids, scores = _inputs(seed)
+    before = scores.clone()
+    got = ours(ids, scores)
+    want = theirs(ids, scores.clone())
+    assert torch.equal(scores, before), "processors must not modify their input"
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_min_new_tokens_lifts_after_enough_tokens() -> None:
+    ids, scores = _inputs(0, t=13)
+    assert torch.equal(MinNewTokens(5, stop_ids=[3], prompt_len=8)(ids, scores), scores)
+
+
+def test_presence_and_frequency_count_generated_tokens_only() -> None:
+    ids = torch.tensor([[5, 5, 5, 1, 2, 2], [0, 0, 4, 4, 4, 4]])
+    scores = torch.zeros(2, 8)
+    pres = PresencePenalty(0.5, prompt_len=3)(ids, scores)
+    freq = FrequencyPenalty(0.25, prompt_len=[3, 2])(ids, scores)
+    want_pres = torch.zeros(2, 8)
+    want_pres[0, [1, 2]] = -0.5
+    want_pres[1, 4] = -0.5
+    torch.testing.assert_close(pres, want_pres)
+    want_freq = torch.zeros(2, 8)
+    want_freq[0, 1], want_freq[0, 2], want_freq[1, 4] = -0.25, -0.5, -1.0
+    torch.testing.assert_close(freq, want_freq)
+    with pytest.raises(ValueError, match="rows"):
+        FrequencyPenalty(0.25, prompt_len=[3, 2, 1])(ids, scores)
+
+
+@pytest.mark.parametrize("proc", ["rep", "ngram"])
+def test_left_padding_is_ignored(proc: str) -> None:
+    """A left-padded row gives the scores it gives unpadded (pad id 7 would otherwise count as a token)."""
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randint(0, 6, (n,), generator=g) for n in (9, 5, 7)]
+    scores = torch.randn(3, 10, generator=g)
+    width = 9
+    padded = torch.full((3, width), 7)
+    for r, row in enumerate(rows):
+        padded[r, width - len(row):] = row
+    pads = [width - len(r) for r in rows]
+    make = {"rep": lambda p: RepetitionPenalty(1.5, pad_lens=p), "ngram": lambda p: NoRepeatNGram(2, pad_lens=p)}[proc]
+    got = make(pads)(padded, scores)
+    for r, row in enumerate(rows):
+        torch.testing.assert_close(got[r:r + 1], make(None)(row[None], scores[r:r + 1]))
+
+
+def test_logit_bias() -> None:
+    scores = torch.zeros(2, 6)
+    out = LogitBias({1: 2.0, 4: -100})(torch.zeros(2, 3, dtype=torch.long), scores)
+    assert out[:, 1].eq(2).all() and out[:, 4].eq(-100).all() and out[:, [0, 2, 3, 5]].eq(0).all()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        LogitBias({9: 1.0})(torch.zeros(1, 1, dtype=torch.long), scores)
+
+
+def test_build_order_and_greedy() -> None:
+    cfg = GenerationConfig(temperature=0.8, top_k=5, top_p=0.9, min_p=0.1, repetition_penalty=1.2,
+                           presence_penalty=0.5, frequency_penalty=0.5, no_repeat_ngram_size=2, logit_bias={1: 1.0},
+                           min_new_tokens=2)
+    procs = build_processors(cfg, eos_ids=[0], prompt_lens=[4, 4])
+    assert [type(p).__name__ for p in procs] == [
+        "RepetitionPenalty", "PresencePenalty", "FrequencyPenalty", "NoRepeatNGram", "LogitBias", "MinNewTokens",
+        "TemperatureWarper", "TopKWarper", "TopPWarper", "MinPWarper"]
+    greedy = build_processors(cfg.replace(temperature=0.0), eos_ids=[0], prompt_lens=4)
+    assert not any(isinstance(p, (TemperatureWarper, TopKWarper, TopPWarper, MinPWarper)) for p in greedy)
+    assert build_processors(GenerationConfig(), eos_ids=[0], prompt_lens=4) == []
+    ids, scores = _inputs(0, b=2, t=4, v=10)
+    assert apply_processors([], ids, scores) is scores
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        build_processors(cfg, eos_ids=[0], prompt_lens=[4, 3])
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: TemperatureWarper(0.0), "temperature"),
+    (lambda: TemperatureWarper(float("nan")), "temperature"),
+    (lambda: TopKWarper(0), "top_k"),
+    (lambda: TopKWarper(2.5), "top_k"),
+    (lambda: TopKWarper(3, min_tokens_to_keep=0), "min_tokens_to_keep"),
+    (lambda: TopPWarper(0.0), "top_p"),
+    (lambda: TopPWarper(1.5), "top_p"),
+    (lambda: MinPWarper(-0.1), "min_p"),
+    (lambda: MinPWarper(1.1), "min_p"),
+    (lambda: RepetitionPenalty(0.0), "repetition_penalty"),
+    (lambda: RepetitionPenalty(1.2, pad_lens=[-1]), "pad_lens"),
+    (lambda: PresencePenalty(3.0, prompt_len=1), "presence_penalty"),
+    (lambda: FrequencyPenalty(-2.5, prompt_len=1), "frequency_penalty"),
+    (lambda: FrequencyPenalty(1.0, prompt_len="x"), "prompt_len"),
+    (lambda: NoRepeatNGram(0), "no_repeat_ngram_size"),
+    (lambda: LogitBias({}), "logit_bias"),
+    (lambda: LogitBias({-1: 1.0}), "logit_bias"),
+    (lambda: LogitBias({1: float("inf")}), "logit_bias"),
+    (lambda: MinNewTokens(-1, stop_ids=[0], prompt_len=1), "min_new_tokens"),
+    (lambda: MinNewTokens(1, stop_ids=[-3], prompt_len=1), "stop_ids"),
+    (lambda: build_processors({"temperature": 1.0}, eos_ids=[0], prompt_lens=1), "GenerationConfig"),
+])
+def test_rejects_bad_arguments(make, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
