@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
+from neurallayers.generation.processors import apply_processors
 from neurallayers.generation.search import (
     build_processors,
     check_request,
@@ -25,7 +26,6 @@ from neurallayers.generation.search import (
     generations,
     left_pad,
     positions,
-    process,
     stop_ids,
 )
 
@@ -79,7 +79,7 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
     b, plen = batch.ids.shape
     total = plen + config.max_new_tokens
     pads = batch.pads.tolist()
-    procs = build_processors(config, eos_ids, batch.lens, sampling=False)
+    procs = build_processors(config, eos_ids, prompt_width=plen, pad_lens=pads, sampling=False)
 
     cache = model.new_cache(b * k, total)
     mask = full_mask(batch, total, k)
@@ -96,7 +96,7 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
     rows = torch.arange(b, device=device)
     new: list[torch.Tensor] = []
     for cur in range(plen, total):
-        probs = process(procs, ids, logits, pads).softmax(-1)
+        probs = apply_processors(procs, ids, logits).softmax(-1)
         top_p, top_ids = probs.topk(k, dim=-1)  # (B, k)
         step = model(top_ids.reshape(b * k, 1), cache=cache, input_pos=cur, position_ids=positions(batch, cur, 1, k),
                      attention_mask=None if mask is None else mask[:, :cur + 1], output_hidden=True)
@@ -156,7 +156,7 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
     b, plen = batch.ids.shape
     total = plen + config.max_new_tokens
     pads = batch.pads.tolist()
-    procs = build_processors(config, eos_ids, batch.lens, sampling=False)
+    procs = build_processors(config, eos_ids, prompt_width=plen, pad_lens=pads, sampling=False)
     log_cut = math.log(config.contrastive_alpha)
     models = (expert, amateur)
     caches = [m.new_cache(b, total) for m in models]
@@ -166,7 +166,7 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
     ids = batch.ids
     new: list[torch.Tensor] = []
     for cur in range(plen, total):
-        lp_e = F.log_softmax(process(procs, ids, logits[0], pads), dim=-1)
+        lp_e = F.log_softmax(apply_processors(procs, ids, logits[0]), dim=-1)
         lp_a = F.log_softmax(logits[1], dim=-1)
         plausible = lp_e >= lp_e.max(-1, keepdim=True).values + log_cut
         score = (lp_e - lp_a).masked_fill(~plausible, -math.inf)  # (B, V)

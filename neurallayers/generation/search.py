@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neurallayers.generation import processors
 from neurallayers.generation.config import Generation, GenerationConfig
+from neurallayers.generation.processors import apply_processors
 
 NEG = -1.0e9  # Hugging Face's "impossible" score; kept identical so ties break the same way
 
@@ -92,37 +94,16 @@ def full_mask(batch: Batch, total: int, rows_per_prompt: int = 1) -> torch.Tenso
     return mask.repeat_interleave(rows_per_prompt, dim=0)
 
 
-def build_processors(config: GenerationConfig, eos_ids: list[int], prompt_lens: list[int], *,
-                     sampling: bool) -> list:
-    """The logits processors for `config`. Deterministic searches (beam, contrastive search) use only the rules
+def build_processors(config: GenerationConfig, eos_ids: list[int], *, prompt_width: int,
+                     pad_lens: list[int] | None = None, sampling: bool) -> list:
+    """The logits processors for `config` over rows whose first `prompt_width` columns are the (left-padded)
+    prompt, pad_lens[r] of them padding. Deterministic searches (beam, contrastive search) get only the rules
     that change scores (penalties, n-gram ban, bias, min tokens), not the sampling warpers (temperature, top-k,
     top-p, min-p), as Hugging Face does with do_sample=False."""
-    from neurallayers.generation import processors
-
     if not sampling:
-        config = config.replace(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
-    return list(processors.build_processors(config, eos_ids=eos_ids, prompt_lens=prompt_lens))
-
-
-def apply_processors(procs: list, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """scores (R, V) -> processed scores, each processor seeing ids (R, T) (the tokens so far)."""
-    for proc in procs:
-        scores = proc(ids, scores)
-    return scores
-
-
-def process(procs: list, ids: torch.Tensor, scores: torch.Tensor, pads: list[int]) -> torch.Tensor:
-    """Apply processors to scores (R, V) given ids (R, T) whose row r starts with pads[r] padding slots: rows with
-    the same padding are processed together, each seeing only its real tokens."""
-    if not procs:
-        return scores
-    if not any(pads):
-        return apply_processors(procs, ids, scores)
-    out = torch.empty_like(scores)
-    for p in sorted(set(pads)):
-        rows = torch.tensor([r for r, q in enumerate(pads) if q == p], device=scores.device)
-        out[rows] = apply_processors(procs, ids[rows, p:], scores[rows])
-    return out
+        config = config.replace(temperature=0.0)  # greedy configs get no warpers
+    pads = pad_lens if pad_lens and any(pad_lens) else None
+    return processors.build_processors(config, eos_ids=eos_ids, prompt_lens=prompt_width, pad_lens=pads)
 
 
 def generations(tokens: list[list[int]], *, stops: list[int], prompt_lens: list[int],
@@ -175,7 +156,7 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
     top_mask = torch.arange(keep, device=device) < nb
     stop_t = torch.tensor(stops, dtype=torch.long, device=device)
     row_pads = batch.pads.repeat_interleave(nb).tolist()
-    procs = build_processors(config, eos_ids, [n for n in batch.lens for _ in range(nb)], sampling=False)
+    procs = build_processors(config, eos_ids, prompt_width=plen, pad_lens=row_pads, sampling=False)
 
     cache = model.new_cache(b * nb, max_len)
     mask = full_mask(batch, max_len, nb)
@@ -197,7 +178,7 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
     cur = plen
     while True:
         logprobs = F.log_softmax(logits, dim=-1)
-        logprobs = process(procs, running.view(b * nb, max_len)[:, :cur], logprobs, row_pads)
+        logprobs = apply_processors(procs, running.view(b * nb, max_len)[:, :cur], logprobs)
         acc = (logprobs.view(b, nb, vocab) + run_scores[:, :, None]).view(b, nb * vocab)
         top_scores, top_idx = torch.topk(acc, keep)  # (B, keep)
         src_beam, tok = top_idx // vocab, top_idx % vocab

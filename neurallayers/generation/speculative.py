@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
-from neurallayers.generation.search import build_processors, check_request, generations, process, stop_ids
+from neurallayers.generation.processors import apply_processors
+from neurallayers.generation.search import build_processors, check_request, generations, stop_ids
 
 
 def _scores(model: nn.Module, cache, tokens: list[int], pos: int, keep: int) -> torch.Tensor:
@@ -72,12 +73,12 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
         gen.manual_seed(config.seed)
     stops = stop_ids(config, eos_ids)
     prompt = input_ids[0]
-    procs = build_processors(config, eos_ids, [len(prompt)], sampling=not greedy)
+    procs = build_processors(config, eos_ids, prompt_width=len(prompt), sampling=not greedy)
 
     def probs(logits: torch.Tensor, context: list[int]) -> torch.Tensor:
         """The processed next-token distribution (V,) after `context`."""
         ids = torch.tensor([context], device=logits.device)
-        scores = process(procs, ids, logits[None], [0])[0]
+        scores = apply_processors(procs, ids, logits[None])[0]
         return scores.softmax(-1)
 
     total = len(prompt) + config.max_new_tokens

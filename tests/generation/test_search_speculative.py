@@ -47,7 +47,7 @@ def test_greedy_stops_on_eos_and_applies_processors(pair):
     assert got.token_ids == plain_greedy(target, prompt, 20, eos=[eos]) and got.finish_reason == "stop"
     # with penalties the target's greedy path is the processed one
     cfg = cfg.replace(repetition_penalty=1.4, no_repeat_ngram_size=2)
-    procs = build_processors(cfg, [], [len(prompt)], sampling=False)
+    procs = build_processors(cfg, [], prompt_width=len(prompt), sampling=False)
     ((got,),) = speculative_decode(target, draft, [prompt], cfg, eos_ids=[])
     assert got.token_ids == plain_greedy(target, prompt, 20, procs=procs) != plain_greedy(target, prompt, 20)
 
