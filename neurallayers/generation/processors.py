@@ -209,7 +209,8 @@ class LogitBias:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if max(self.ids) >= scores.shape[-1]:
-            raise ValueError(f"logit_bias names token id {max(self.ids)} outside the vocabulary [0, {scores.shape[-1]})")
+            vocab = scores.shape[-1]
+            raise ValueError(f"logit_bias names token id {max(self.ids)} outside the vocabulary [0, {vocab})")
         out = scores.clone()
         ids = torch.tensor(self.ids, device=scores.device)
         out[:, ids] += torch.tensor(self.values, dtype=scores.dtype, device=scores.device)
