@@ -1,0 +1,440 @@
+"""generate() and stream(): prefill, then one token per step over the static KV cache.
+
+The plain path (greedy and sampling) is one generator, `_decode_steps`, shared by `generate_ids` (and so
+`generate`) and `stream`: prompts are left-padded into one batch, every row sees only its own tokens (attention
+mask) at its own positions (position ids start at 0 on the first real token), the prompt is prefilled once
+computing logits for its last position only, and each step feeds one token per row at cache column `input_pos`.
+Rows that finish keep stepping (fed padding, their output ignored) so the batch keeps one static shape, which a
+compiled one-token step needs, and the cache rows never have to be moved; the batch ends when every row is done.
+
+Beam search, contrastive search/decoding and speculative decoding live in search.py; generate() dispatches to them
+and decodes their tokens (stop strings are applied to their text afterwards).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurallayers.generation.config import Generation, GenerationConfig, StreamEvent, TokenLogprob
+from neurallayers.generation.processors import apply_processors, build_processors
+
+SYNC_EVERY = 8  # without stop strings, look at the host-side "all rows done?" flag only every few steps
+
+
+# ----- checks -----
+def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfig:
+    if config is not None and not isinstance(config, GenerationConfig):
+        raise ValueError(f"config must be a GenerationConfig or None, got {type(config).__name__}")
+    config = config or GenerationConfig()
+    return config.replace(**overrides) if overrides else config
+
+
+def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int]) -> None:
+    vocab, block = model.config.vocab_size, model.config.block_size
+    if not isinstance(input_ids, list) or not input_ids:
+        raise ValueError("input_ids must be a non-empty list of prompts (lists of token ids)")
+    for i, ids in enumerate(input_ids):
+        if not isinstance(ids, list) or not ids:
+            raise ValueError(f"prompt {i} is empty: a prompt needs at least one token")
+        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        if len(ids) > block:
+            raise ValueError(f"prompt {i} has {len(ids)} tokens but the model's context length (block_size) is "
+                             f"{block}: shorten the prompt to at most {block} tokens")
+    if not isinstance(eos_ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in eos_ids):
+        raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
+
+
+def _stop_ids(config: GenerationConfig, eos_ids: list[int]) -> list[int]:
+    return list(dict.fromkeys(([] if config.ignore_eos else eos_ids) + config.stop_token_ids))
+
+
+def _row_seed(seed: int, k: int) -> int:
+    """The seed of the k-th sequence sampled for a prompt. It depends on (seed, k) only, never on the row's place
+    in the batch, so a prompt samples the same tokens alone or batched with others."""
+    return seed if k == 0 else hash((seed, k)) % 2**63
+
+
+# ----- the decode loop -----
+@dataclass
+class _Run:
+    """The state of one batch while it decodes; `_decode_steps` yields it after every step.
+
+    tokens: (R, P + budget) left-padded prompts, then the tokens generated so far (pad after a row is done).
+    done: (R,) bool; stopped: (R,) bool, done by a stop token; lengths: (R,) generated tokens before the stop.
+    chosen: (R, budget) log-probability of each chosen token; top_lp, top_ids: (R, budget, n) alternatives.
+    """
+
+    tokens: torch.Tensor
+    width: int  # P: the padded prompt width
+    prompt_lens: list[int]
+    n: int  # tokens generated so far
+    done: torch.Tensor
+    stopped: torch.Tensor
+    lengths: torch.Tensor
+    chosen: torch.Tensor | None = None
+    top_lp: torch.Tensor | None = None
+    top_ids: torch.Tensor | None = None
+
+    def generations(self) -> list[Generation]:
+        """One Generation per row, token ids without padding and without the stop token."""
+        tokens = self.tokens[:, self.width:self.width + self.n].tolist()
+        lengths, stopped = self.lengths.tolist(), self.stopped.tolist()
+        lps = _logprob_lists(self, lengths)
+        return [Generation(token_ids=tokens[r][:lengths[r]], finish_reason="stop" if stopped[r] else "length",
+                           prompt_tokens=self.prompt_lens[r], logprobs=None if lps is None else lps[r])
+                for r in range(len(tokens))]
+
+
+def _logprob_lists(run: _Run, lengths: list[int]) -> list[list[TokenLogprob]] | None:
+    if run.chosen is None:
+        return None
+    tokens = run.tokens[:, run.width:run.width + run.n].tolist()
+    chosen = run.chosen[:, :run.n].tolist()
+    top_lp, top_ids = run.top_lp[:, :run.n].tolist(), run.top_ids[:, :run.n].tolist()
+    return [[TokenLogprob(token_id=tokens[r][i], logprob=chosen[r][i],
+                          top=list(zip(top_ids[r][i], top_lp[r][i], strict=True)))
+             for i in range(lengths[r])] for r in range(len(tokens))]
+
+
+def forward_step(model: nn.Module, tok: torch.Tensor, *, cache, input_pos: int, position_ids: torch.Tensor | None,
+                 attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """One decode step: tok (R, 1) written at cache column input_pos -> next-token logits (R, V) in float32.
+
+    Kept separate so that a compiled one-token step can replace it.
+    """
+    out = model(tok, cache=cache, input_pos=input_pos, position_ids=position_ids, attention_mask=attention_mask)
+    return out.logits[:, -1].float()
+
+
+def _choose(scores: torch.Tensor, gens: list[torch.Generator] | None) -> torch.Tensor:
+    """scores (R, V) -> (R,) chosen ids: argmax when greedy (gens None), else a sample of softmax(scores).
+
+    Sampling uses the exponential race (argmax of p / q, q ~ Exp(1)), which draws exactly from p without a host
+    sync; each row draws its noise from its own generator, so rows do not depend on each other.
+    """
+    if gens is None:
+        return scores.argmax(dim=-1)
+    probs = scores.softmax(dim=-1)
+    noise = torch.empty_like(probs)
+    for r, g in enumerate(gens):
+        noise[r].exponential_(generator=g)
+    return (probs / noise).argmax(dim=-1)
+
+
+@torch.inference_mode()
+def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
+                  eos_ids: list[int], sync_every: int = 1) -> Iterator[_Run]:
+    """Greedy or sampled decoding of a batch of prompts; yields the run state after every generated token.
+
+    Rows are prompt-major: prompt i's config.num_return_sequences sequences are rows i*n .. i*n+n-1. The caller
+    may end a row (set run.done[r]) or stop iterating at any step. Without such a caller, the loop checks every
+    `sync_every` steps whether every row is done (a host sync).
+    """
+    _check_ids(model, input_ids, eos_ids)
+    model.eval()
+    device = next(model.parameters()).device
+    n_ret, b = config.num_return_sequences, len(input_ids)
+    lens = [len(ids) for ids in input_ids]
+    width = max(lens)
+    budget = min(config.max_new_tokens, model.config.block_size - width + 1)  # the last token needs no position
+    rows = b * n_ret
+
+    tokens = torch.zeros(rows, width + budget, dtype=torch.long, device=device)
+    pads = [width - n for n in lens for _ in range(n_ret)]
+    for r, p in enumerate(pads):
+        tokens[r, p:width] = torch.tensor(input_ids[r // n_ret], dtype=torch.long)
+    padded = any(pads)
+    mask = None  # (R, P + budget) over every cache column; None when no row is padded (the fast, mask-free path)
+    base_pos = None  # (R, 1) position id of column 0 of the generated tokens
+    if padded:
+        pads_t = torch.tensor(pads, device=device)
+        mask = (torch.arange(width + budget, device=device)[None, :] >= pads_t[:, None]).long()
+        base_pos = (width - pads_t)[:, None]
+    run = _Run(tokens=tokens, width=width, prompt_lens=[n for n in lens for _ in range(n_ret)], n=0,
+               done=torch.zeros(rows, dtype=torch.bool, device=device),
+               stopped=torch.zeros(rows, dtype=torch.bool, device=device),
+               lengths=torch.zeros(rows, dtype=torch.long, device=device))
+    if config.logprobs is not None:
+        run.chosen = torch.zeros(rows, budget, device=device)
+        run.top_lp = torch.zeros(rows, budget, config.logprobs, device=device)
+        run.top_ids = torch.zeros(rows, budget, config.logprobs, dtype=torch.long, device=device)
+
+    procs = build_processors(config, eos_ids=eos_ids, prompt_lens=width, pad_lens=pads if padded else None)
+    stops = torch.tensor(_stop_ids(config, eos_ids), dtype=torch.long, device=device)
+    gens = None
+    if not config.greedy:
+        seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()))
+        gens = [torch.Generator(device=device).manual_seed(_row_seed(seed, r % n_ret)) for r in range(rows)]
+
+    # Prefill each prompt once; its sampled sequences then copy its cache rows.
+    cache = model.new_cache(rows, width + budget - 1)
+    prompt_ids, prompt_mask = tokens[::n_ret, :width], None if mask is None else mask[::n_ret, :width]
+    positions = None if mask is None else (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(prompt_ids, cache=cache.rows(0, b), attention_mask=prompt_mask, position_ids=positions,
+                logits_to_keep=1)
+    logits = out.logits[:, -1].float()
+    if n_ret > 1:
+        cache.reorder(torch.arange(b, device=device).repeat_interleave(n_ret))
+        logits = logits.repeat_interleave(n_ret, dim=0)
+
+    for i in range(budget):
+        col = width + i
+        scores = apply_processors(procs, tokens[:, :col], logits)
+        tok = torch.where(run.done, 0, _choose(scores, gens))  # done rows are fed padding
+        if run.chosen is not None:
+            logp = F.log_softmax(logits, dim=-1)  # the model's own distribution, before the processors
+            run.chosen[:, i] = logp.gather(1, tok[:, None])[:, 0]
+            if config.logprobs:
+                run.top_lp[:, i], run.top_ids[:, i] = torch.topk(logp, config.logprobs, dim=-1)
+        hit = torch.isin(tok, stops) & ~run.done
+        run.lengths += ~(run.done | hit)
+        run.stopped |= hit
+        run.done |= hit
+        tokens[:, col] = tok
+        run.n = i + 1
+        yield run
+        if i + 1 == budget or ((i + 1) % sync_every == 0 and bool(run.done.all())):
+            return
+        logits = forward_step(model, tok[:, None], cache=cache, input_pos=col,
+                              position_ids=None if base_pos is None else base_pos + i, attention_mask=mask)
+
+
+def generate_ids(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
+                 eos_ids: list[int]) -> list[Generation]:
+    """Greedy or sampled generation from token ids, without a tokenizer (no stop strings, text left empty).
+
+    Args:
+        model: a DecoderLM.
+        input_ids: prompts as lists of token ids, any lengths.
+        config: the generation settings (greedy when temperature is 0); beam/contrastive/speculative settings are
+            not handled here (use generate()).
+        eos_ids: ids that end a sequence (ignored when config.ignore_eos); config.stop_token_ids also end it.
+
+    Returns:
+        len(input_ids) * num_return_sequences Generations, prompt-major; token_ids exclude the prompt and the
+        stop token; finish_reason "stop" (a stop token) or "length" (max_new_tokens or the context length).
+    """
+    if not isinstance(config, GenerationConfig):
+        raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
+    if config.num_beams > 1 or config.penalty_alpha > 0:
+        raise ValueError("generate_ids does greedy and sampled decoding only; num_beams > 1 and penalty_alpha > 0 "
+                         "go through generate() (or neurallayers.generation.search)")
+    (run,) = deque(_decode_steps(model, input_ids, config, eos_ids=eos_ids, sync_every=SYNC_EVERY), maxlen=1)
+    return run.generations()
+
+
+# ----- text: stop strings and streaming -----
+class _RowText:
+    """The text of one sequence as its tokens arrive: never half a UTF-8 character (StreamDecoder), cut before
+    the first stop string, and holding back a tail that could still become a stop string."""
+
+    def __init__(self, tokenizer, stops: list[str]) -> None:
+        from neurallayers.data.tokenizers import StreamDecoder
+
+        self.decoder = StreamDecoder(tokenizer)
+        self.stops = stops
+        self.longest = max((len(s) for s in stops), default=0)
+        self.text = ""
+        self.sent = 0  # characters already handed out by push()
+        self.ends: list[int] = []  # len(text) after each token
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Add a token; returns the text that is now final (may be "")."""
+        piece = self.decoder.push(token_id)
+        self._add(piece)
+        self.ends.append(len(self.text))
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """End of sequence: the rest of the text (a stop string in the flushed tail still cuts it)."""
+        if not self.stopped:
+            self._add(self.decoder.flush())
+        return self._release(final=True)
+
+    def kept_tokens(self) -> int:
+        """How many tokens lie entirely before the stop string (all of them when none was found)."""
+        return sum(1 for e in self.ends if e <= len(self.text)) if self.stopped else len(self.ends)
+
+    def _add(self, piece: str) -> None:
+        if self.stopped or not piece:
+            return
+        start = max(0, len(self.text) - self.longest + 1)
+        self.text += piece
+        found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if found:
+            self.text, self.stopped = self.text[:min(found)], True
+
+    def _release(self, *, final: bool) -> str:
+        safe = len(self.text)
+        if not final and not self.stopped:
+            # hold back the longest tail that is the start of some stop string
+            for k in range(min(self.longest - 1, len(self.text)), 0, -1):
+                if any(s.startswith(self.text[-k:]) for s in self.stops):
+                    safe -= k
+                    break
+        out, self.sent = self.text[self.sent:safe], max(self.sent, safe)
+        return out
+
+
+def _apply_stop_strings(gen: Generation, tokenizer, stops: list[str]) -> Generation:
+    """Decode gen's tokens into gen.text, cutting at the first stop string (tokens and logprobs trimmed)."""
+    if not stops:
+        gen.text = tokenizer.decode(gen.token_ids)
+        return gen
+    row = _RowText(tokenizer, stops)
+    for t in gen.token_ids:
+        row.push(t)
+        if row.stopped:
+            break
+    row.finish()
+    gen.text = row.text
+    if row.stopped:
+        k = row.kept_tokens()
+        gen.token_ids, gen.finish_reason = gen.token_ids[:k], "stop"
+        if gen.logprobs is not None:
+            gen.logprobs = gen.logprobs[:k]
+    return gen
+
+
+def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, list) or not prompts:
+        raise ValueError("prompts must be a string, a non-empty list of strings or a non-empty list of token id lists")
+    if all(isinstance(p, str) for p in prompts):
+        if tokenizer is None:
+            raise ValueError("text prompts need a tokenizer; pass one, or give prompts as lists of token ids")
+        return [tokenizer.encode(p) for p in prompts]
+    if all(isinstance(p, list) for p in prompts):
+        return prompts
+    raise ValueError("prompts must be all strings or all lists of token ids, not a mix")
+
+
+def _eos_ids(tokenizer) -> list[int]:
+    eos = None if tokenizer is None else tokenizer.eos_id
+    return [] if eos is None else [eos]
+
+
+def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *, eos_ids: list[int],
+            draft_model: nn.Module | None, amateur_model: nn.Module | None) -> list[list[Generation]] | None:
+    """Dispatch to the search methods (None = the plain greedy/sampling path)."""
+    chosen = [name for name, on in (("num_beams > 1", config.num_beams > 1), ("penalty_alpha > 0",
+              config.penalty_alpha > 0), ("amateur_model", amateur_model is not None),
+              ("draft_model", draft_model is not None)) if on]
+    if len(chosen) > 1:
+        raise ValueError(f"choose one decoding method; got {' and '.join(chosen)}")
+    if not chosen:
+        return None
+    from neurallayers.generation import search
+
+    name = {"num_beams > 1": "beam_search", "penalty_alpha > 0": "contrastive_search",
+            "amateur_model": "contrastive_decoding", "draft_model": "speculative_decode"}[chosen[0]]
+    fn = getattr(search, name, None)
+    if fn is None:
+        raise ValueError(f"{chosen[0]} needs neurallayers.generation.search.{name}, which this version lacks")
+    extra = (draft_model,) if draft_model is not None else (amateur_model,) if amateur_model is not None else ()
+    return fn(model, *extra, input_ids, config, eos_ids=eos_ids)
+
+
+def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[int]],
+             config: GenerationConfig | None = None, *, draft_model: nn.Module | None = None,
+             amateur_model: nn.Module | None = None, **overrides) -> list[Generation]:
+    """Generate a continuation of each prompt.
+
+    Args:
+        model: a DecoderLM.
+        tokenizer: a neurallayers Tokenizer; may be None when prompts are token ids (text is then "").
+        prompts: a string, a list of strings, or a list of token id lists.
+        config: the generation settings (default GenerationConfig()); `overrides` replace fields of it.
+        draft_model: a small model for speculative decoding (search.speculative_decode).
+        amateur_model: a weaker model for contrastive decoding (search.contrastive_decoding).
+
+    Returns:
+        num_return_sequences Generations per prompt, prompt-major. Greedy (temperature 0) or sampling by
+        default; num_beams > 1, penalty_alpha > 0, amateur_model or draft_model choose a search method. Text
+        ends before the first stop string, which is not included.
+    """
+    config = _config(config, overrides)
+    input_ids = _encode_prompts(tokenizer, prompts)
+    eos_ids = _eos_ids(tokenizer)
+    stops = config.stop if tokenizer is not None else []
+    if config.stop and tokenizer is None:
+        raise ValueError("stop strings need a tokenizer to decode the text; pass one or use stop_token_ids")
+    searched = _search(model, input_ids, config, eos_ids=eos_ids, draft_model=draft_model,
+                       amateur_model=amateur_model)
+    if searched is not None:
+        gens = [g for per_prompt in searched for g in per_prompt]
+        return [_apply_stop_strings(g, tokenizer, stops) if tokenizer is not None else g for g in gens]
+    if not stops:
+        gens = generate_ids(model, input_ids, config, eos_ids=eos_ids)
+        if tokenizer is not None:
+            for g in gens:
+                g.text = tokenizer.decode(g.token_ids)
+        return gens
+    # Stop strings: follow each row's text as it grows and end the row at its first stop string.
+    texts = [_RowText(tokenizer, stops) for _ in range(len(input_ids) * config.num_return_sequences)]
+    run = None
+    for run in _decode_steps(model, input_ids, config, eos_ids=eos_ids):
+        col = run.width + run.n - 1
+        last, done = run.tokens[:, col].tolist(), run.done.tolist()
+        for r, row in enumerate(texts):
+            if not done[r]:
+                row.push(last[r])
+                if row.stopped:
+                    run.done[r] = True
+        if all(row.stopped or d for row, d in zip(texts, done, strict=True)):
+            break
+    gens = run.generations()
+    for g, row in zip(gens, texts, strict=True):
+        row.finish()
+        g.text = row.text
+        if row.stopped:
+            k = row.kept_tokens()
+            g.token_ids, g.finish_reason = g.token_ids[:k], "stop"
+            g.logprobs = None if g.logprobs is None else g.logprobs[:k]
+    return gens
+
+
+def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: GenerationConfig | None = None,
+           **overrides) -> Iterator[StreamEvent]:
+    """Generate a continuation of one prompt, one event per token (greedy or sampling).
+
+    Event text never holds half a UTF-8 character nor text that could be the start of a stop string; the
+    concatenated text equals generate()'s. The last event has token_id None and the finish_reason.
+    """
+    config = _config(config, overrides)
+    if config.num_beams > 1 or config.penalty_alpha > 0 or config.num_return_sequences > 1:
+        raise ValueError("stream() decodes one sequence greedily or by sampling: num_beams, penalty_alpha and "
+                         "num_return_sequences must be left at their defaults")
+    if tokenizer is None:
+        raise ValueError("stream() needs a tokenizer to turn tokens into text")
+    if not isinstance(prompt, (str, list)):
+        raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+    (input_ids,) = _encode_prompts(tokenizer, [prompt])
+    row = _RowText(tokenizer, config.stop)
+    reason, pending = "length", ""
+    for run in _decode_steps(model, [input_ids], config, eos_ids=_eos_ids(tokenizer)):
+        if bool(run.stopped[0]):
+            reason = "stop"
+            break
+        i = run.n - 1
+        tok = int(run.tokens[0, run.width + i])
+        text = row.push(tok)
+        if row.stopped:  # the stop string's token is not part of the output; its leading text goes in the last event
+            reason, pending = "stop", text
+            break
+        logprob = None
+        if run.chosen is not None:
+            top = list(zip(run.top_ids[0, i].tolist(), run.top_lp[0, i].tolist(), strict=True))
+            logprob = TokenLogprob(token_id=tok, logprob=float(run.chosen[0, i]), top=top)
+        yield StreamEvent(text=text, token_id=tok, logprob=logprob)
+    yield StreamEvent(text=pending + row.finish(), finish_reason=reason)
