@@ -21,6 +21,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     mode: str = "none"  # "none" | "ddp" | "fsdp"
+    owns_group: bool = False  # we created the process group, so we destroy it
 
     @property
     def enabled(self) -> bool:
@@ -51,10 +52,12 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
     local = int(os.environ.get("LOCAL_RANK", rank))
     if device_type == "cuda":
         torch.cuda.set_device(local)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()  # a caller's own process group is used as is and left open
+    if owns:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
-    return DistInfo(rank=rank, world_size=world, local_rank=local, mode="fsdp" if mode == "fsdp" else "ddp")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, mode="fsdp" if mode == "fsdp" else "ddp",
+                    owns_group=owns)
 
 
 def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
@@ -143,5 +146,5 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
