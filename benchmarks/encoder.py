@@ -1,9 +1,10 @@
 """Sentences/s of our encoder vs transformers' BertModel on all-MiniLM-L6-v2: the same weights, the same
 tokenized batches, in the same process, timed alternately so machine noise hits both alike.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/encoder.py [--device cuda] [--rounds 5]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/encoder.py [--device cuda] [--budget 4]
 
-Prints one row per (precision, batch size, sentence length): median sentences/s of each and the ratio.
+Prints one row per (precision, batch size, sentence length): sentences/s of each (median call time) and the
+ratio.
 """
 
 from __future__ import annotations
@@ -33,26 +34,31 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_it(fn, *, device: str, min_time: float) -> float:
-    """Seconds per call: repeat until `min_time` has passed (after warm-up calls: kernels pick their plans)."""
-    for _ in range(3):
-        fn()
+def timed(fn, device: str) -> float:
+    start = time.perf_counter()
+    fn()
     sync(device)
-    n, start = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        sync(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return elapsed / n
+    return time.perf_counter() - start
+
+
+def compare(fn_a, fn_b, *, device: str, budget: float, min_pairs: int = 5) -> tuple[float, float]:
+    """Median seconds per call of a and b, timed call by call in alternation (a, b, a, b, ...) so a burst of
+    load from other processes hits both, after warm-up calls (kernels pick their plans)."""
+    for _ in range(3):
+        fn_a(), fn_b()
+    sync(device)
+    ta, tb = [], []
+    start = time.perf_counter()
+    while len(ta) < min_pairs or time.perf_counter() - start < budget:
+        ta.append(timed(fn_a, device))
+        tb.append(timed(fn_b, device))
+    return statistics.median(ta), statistics.median(tb)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per cell (median reported)")
-    p.add_argument("--min-time", type=float, default=0.3, help="seconds per timing of one model in one round")
+    p.add_argument("--budget", type=float, default=4.0, help="seconds of alternating calls per table cell")
     args = p.parse_args()
 
     from transformers import AutoModel
@@ -82,13 +88,9 @@ def main() -> None:
                 def run_ref(batch=batch):
                     ref(**batch)
 
-                t_ours, t_ref = [], []
                 with torch.inference_mode(), amp:
-                    for _ in range(args.rounds):
-                        t_ours.append(time_it(run_ours, device=device, min_time=args.min_time))
-                        t_ref.append(time_it(run_ref, device=device, min_time=args.min_time))
-                s_ours = batch_size / statistics.median(t_ours)
-                s_ref = batch_size / statistics.median(t_ref)
+                    t_ours, t_ref = compare(run_ours, run_ref, device=device, budget=args.budget)
+                s_ours, s_ref = batch_size / t_ours, batch_size / t_ref
                 print(f"{precision:<9} {batch_size:>5} {batch['input_ids'].shape[1]:>6} {s_ours:>12.1f} "
                       f"{s_ref:>10.1f} {s_ours / s_ref:>8.2f}", flush=True)
     print(f"load average at the end={os.getloadavg()[0]:.2f} (a shared machine: compare the ratio, not the rates)")

@@ -210,12 +210,10 @@ class TextGenerationPipeline(Pipeline):
 
         prompts = _check_texts(items, "inputs")
         gen_config = GenerationConfig.from_dict(gen_kwargs)
-        results = []
-        for prompt in prompts:
-            outs = generate(self.model, self.tokenizer, prompt, gen_config)
-            outs = outs if isinstance(outs, list) else [outs]
-            results.append([{"generated_text": (prompt + g.text) if return_full_text else g.text} for g in outs])
-        return results
+        n = gen_config.num_return_sequences
+        outs = generate(self.model, self.tokenizer, prompts, gen_config)  # prompt-major, n per prompt
+        return [[{"generated_text": (prompt + g.text) if return_full_text else g.text} for g in outs[i * n:(i + 1) * n]]
+                for i, prompt in enumerate(prompts)]
 
 
 def _split_pairs(items: list) -> tuple[list[str], list[str] | None]:

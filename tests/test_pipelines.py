@@ -171,6 +171,8 @@ def test_text_generation_runs_on_a_decoder():
     assert len(out) == 1 and out[0]["generated_text"].startswith("hello")
     assert gen(["hello", "world"], max_new_tokens=2, temperature=0)[0] == gen("hello", max_new_tokens=2,
                                                                               temperature=0)
+    two = gen(["hello", "world"], max_new_tokens=3, temperature=1.0, num_return_sequences=2, seed=0)
+    assert [len(r) for r in two] == [2, 2] and two[1][0]["generated_text"].startswith("world")
     with pytest.raises(ValueError, match="empty"):
         gen("")
     with pytest.raises(ValueError, match="max_new_tokens"):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from neurallayers.config import ModelConfig
 from neurallayers.models.decoder import build_blocks, init_weights
@@ -53,6 +54,7 @@ class EncoderModel(nn.Module):
         self.norm_f = (build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
                        if cfg.norm_placement == "pre" else None)
         self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.pooler else None
+        self.gradient_checkpointing = False
         init_weights(self, cfg)
         if cfg.pad_token_id is not None:
             with torch.no_grad():
@@ -93,7 +95,11 @@ class EncoderModel(nn.Module):
         mask = _padding_mask(attention_mask, input_ids)
         attentions = [] if output_attentions else None
         for block in self.blocks:
-            x, w = block(x, rope=rope, mask=mask, is_causal=False, need_weights=output_attentions)
+            kw = dict(rope=rope, mask=mask, is_causal=False, need_weights=output_attentions)
+            if self.gradient_checkpointing and self.training:
+                x, w = checkpoint(block, x, use_reentrant=False, **kw)
+            else:
+                x, w = block(x, **kw)
             if output_attentions:
                 attentions.append(w)
         if self.norm_f is not None:
@@ -122,7 +128,21 @@ class MaskedLMHead(nn.Module):
         return F.linear(x, weight, self.bias)
 
 
-class EncoderForMaskedLM(nn.Module):
+class _HeadModel(nn.Module):
+    """What the head models share: `encoder` (an EncoderModel) and its gradient checkpointing switch."""
+
+    encoder: EncoderModel
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.encoder.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:
+        self.encoder.gradient_checkpointing = on
+
+
+class EncoderForMaskedLM(_HeadModel):
     """Encoder + masked LM head. `labels` (B, T): the original ids at masked positions, -100 elsewhere."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -143,7 +163,7 @@ class EncoderForMaskedLM(nn.Module):
         return out
 
 
-class EncoderForSequenceClassification(nn.Module):
+class EncoderForSequenceClassification(_HeadModel):
     """Encoder + classifier on the pooled [CLS] state (the raw [CLS] hidden state when there is no pooler).
 
     Loss: cross-entropy over `num_labels` classes, or mean squared error (regression) when num_labels == 1.
@@ -173,7 +193,7 @@ class EncoderForSequenceClassification(nn.Module):
         return out
 
 
-class EncoderForTokenClassification(nn.Module):
+class EncoderForTokenClassification(_HeadModel):
     """Encoder + per-token classifier (NER, POS tagging). `labels` (B, T) with -100 at ignored positions."""
 
     def __init__(self, config: ModelConfig) -> None:

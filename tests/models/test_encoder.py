@@ -185,3 +185,18 @@ def test_prenorm_and_rope_variants_run_and_honour_padding():
         alone = model(ids[1:2, :7]).hidden
     assert model.norm_f is not None
     assert torch.allclose(batch[1, :7], alone[0], atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    cfg = tiny("mlm")
+    ids, mask, _ = padded_batch()
+    labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        model.gradient_checkpointing = on
+        assert model.encoder.gradient_checkpointing is on
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+        grads.append(model.encoder.blocks[0].attn.qkv.weight.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
