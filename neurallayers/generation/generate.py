@@ -13,6 +13,7 @@ and decodes their tokens (stop strings are applied to their text afterwards).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,6 +83,11 @@ class _Run:
     chosen: torch.Tensor | None = None
     top_lp: torch.Tensor | None = None
     top_ids: torch.Tensor | None = None
+
+    def end_rows(self, rows: list[int]) -> None:
+        """Mark rows done from outside the loop (a stop string showed up in their text)."""
+        with torch.inference_mode():  # the run's tensors are inference tensors
+            self.done[rows] = True
 
     def generations(self) -> list[Generation]:
         """One Generation per row, token ids without padding and without the stop token."""
@@ -244,14 +250,16 @@ class _RowText:
         self.longest = max((len(s) for s in stops), default=0)
         self.text = ""
         self.sent = 0  # characters already handed out by push()
-        self.ends: list[int] = []  # len(text) after each token
+        self.ids: list[int] = []
+        self.ends: list[float] = []  # len(text) after each token (before any cut; inf once stopped)
         self.stopped = False
 
     def push(self, token_id: int) -> str:
         """Add a token; returns the text that is now final (may be "")."""
         piece = self.decoder.push(token_id)
+        self.ids.append(token_id)
+        self.ends.append(len(self.text) + len(piece) if not self.stopped else math.inf)
         self._add(piece)
-        self.ends.append(len(self.text))
         return self._release(final=False)
 
     def finish(self) -> str:
@@ -262,7 +270,13 @@ class _RowText:
 
     def kept_tokens(self) -> int:
         """How many tokens lie entirely before the stop string (all of them when none was found)."""
-        return sum(1 for e in self.ends if e <= len(self.text)) if self.stopped else len(self.ends)
+        if not self.stopped:
+            return len(self.ends)
+        k = sum(1 for e in self.ends if e <= len(self.text))
+        # a token just before the cut may also hold the first bytes of a character after it: drop such tokens
+        while k > 0 and not self.text.startswith(self.decoder.tokenizer.decode(self.ids[:k])):
+            k -= 1
+        return k
 
     def _add(self, piece: str) -> None:
         if self.stopped or not piece:
@@ -389,8 +403,7 @@ def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[i
         for r, row in enumerate(texts):
             if not done[r]:
                 row.push(last[r])
-                if row.stopped:
-                    run.done[r] = True
+        run.end_rows([r for r, row in enumerate(texts) if row.stopped and not done[r]])
         if all(row.stopped or d for row, d in zip(texts, done, strict=True)):
             break
     gens = run.generations()

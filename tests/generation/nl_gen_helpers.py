@@ -1,0 +1,58 @@
+"""Shared tiny models and tokenizers for the generate/stream tests (imported by the test modules beside it)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from neurallayers.config import ModelConfig
+from neurallayers.models.decoder import DecoderLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Multi-byte characters (accents, CJK, emoji) that a small byte-level BPE splits across several tokens.
+UNICODE_TEXT = "héllo wörld 🙂 naïve café 🎉 日本語 ok. ünïcödé 🚀 fin ∑ done. "
+
+
+def tiny_lm(*, seed: int = 0, vocab: int = 64, block_size: int = 64, init_std: float = 0.3,
+            n_embd: int = 32) -> DecoderLM:
+    """A random GPT-2 style DecoderLM; a large init_std makes its next-token distributions peaked (no near ties)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab, block_size=block_size, n_layer=2, n_head=4, n_embd=n_embd, init_std=init_std)
+    return DecoderLM(cfg).eval()
+
+
+@functools.lru_cache(maxsize=1)
+def unicode_tokenizer():
+    from neurallayers.data.tokenizers import Tokenizer
+
+    return Tokenizer.train_bpe([UNICODE_TEXT] * 4, vocab_size=290, show_progress=False)
+
+
+@functools.lru_cache(maxsize=1)
+def memorized_lm() -> DecoderLM:
+    """A tiny model trained until greedy decoding from the first tokens of UNICODE_TEXT recites the rest of it."""
+    tok = unicode_tokenizer()
+    ids = tok.encode(UNICODE_TEXT * 2)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=2, n_head=4, n_embd=64)
+    model = DecoderLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+    for _ in range(150):
+        loss = model(x, targets=y).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.inference_mode()
+def greedy_no_cache(model: DecoderLM, prompt: list[int], n: int) -> list[int]:
+    """Greedy continuation by repeated full forwards without a KV cache: the reference for the cached loop."""
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]

@@ -1,0 +1,182 @@
+"""generate / generate_ids: the cached loop equals full forwards, batching changes nothing, seeds, stops, logprobs,
+context length, sampling restricted by top-k/top-p/min-p, search dispatch, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from nl_gen_helpers import greedy_no_cache, memorized_lm, tiny_lm, unicode_tokenizer
+
+from neurallayers.generation import Generation, GenerationConfig, generate, generate_ids
+from neurallayers.generation.processors import MinPWarper, TopKWarper, TopPWarper
+
+PROMPTS = [[5, 9, 2], [7, 1, 3, 3, 8, 12, 4], [30], [11, 22, 33, 44, 55]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_lm(seed=0)
+
+
+def test_greedy_cache_equals_full_forwards(model) -> None:
+    for prompt in PROMPTS:
+        (g,) = generate(model, None, [prompt], temperature=0, max_new_tokens=12)
+        assert g.token_ids == greedy_no_cache(model, prompt, 12)
+        assert g.finish_reason == "length" and g.prompt_tokens == len(prompt) and g.text == ""
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0),
+    dict(temperature=0, repetition_penalty=1.5, no_repeat_ngram_size=2, frequency_penalty=0.5, min_new_tokens=3),
+    dict(temperature=1.0, seed=7),
+    dict(temperature=0.8, top_k=10, top_p=0.9, seed=3, num_return_sequences=3, presence_penalty=1.0),
+])
+def test_batched_equals_one_at_a_time(model, settings: dict) -> None:
+    cfg = GenerationConfig(max_new_tokens=10, stop_token_ids=[3], **settings)
+    batched = generate(model, None, PROMPTS, cfg)
+    alone = [g for p in PROMPTS for g in generate(model, None, [p], cfg)]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+    assert [g.finish_reason for g in batched] == [g.finish_reason for g in alone]
+    assert len(batched) == len(PROMPTS) * cfg.num_return_sequences
+
+
+def test_seeds(model) -> None:
+    flat = tiny_lm(seed=1, init_std=0.02)  # near-uniform next-token distributions: samples differ by seed
+    cfg = GenerationConfig(temperature=1.0, max_new_tokens=16)
+    runs = {s: generate(flat, None, [[1, 2]], cfg, seed=s)[0].token_ids for s in (1, 1, 2)}
+    assert generate(flat, None, [[1, 2]], cfg, seed=1)[0].token_ids == runs[1]
+    assert runs[1] != runs[2]
+    two = generate(flat, None, [[1, 2]], cfg, seed=1, num_return_sequences=2)
+    assert two[0].token_ids == runs[1] and two[1].token_ids != runs[1]  # sequence k draws from seed (1, k)
+    assert generate(model, None, [[1, 2]], cfg, seed=None)  # unseeded sampling runs
+
+
+def test_stop_token_and_length(model) -> None:
+    free = greedy_no_cache(model, PROMPTS[1], 8)
+    stop = free[4]
+    k = free.index(stop)
+    (g,) = generate(model, None, [PROMPTS[1]], temperature=0, max_new_tokens=8, stop_token_ids=[stop])
+    assert g.token_ids == free[:k] and g.finish_reason == "stop"
+    (g,) = generate_ids(model, [PROMPTS[1]], GenerationConfig(temperature=0, max_new_tokens=8), eos_ids=[stop])
+    assert g.token_ids == free[:k] and g.finish_reason == "stop"
+    (g,) = generate_ids(model, [PROMPTS[1]], GenerationConfig(temperature=0, max_new_tokens=8, ignore_eos=True),
+                        eos_ids=[stop])
+    assert g.token_ids == free and g.finish_reason == "length"
+    (g,) = generate(model, None, [PROMPTS[1]], temperature=0, max_new_tokens=5)
+    assert g.token_ids == free[:5] and g.finish_reason == "length"
+    # min_new_tokens holds the stop token back
+    (g,) = generate(model, None, [PROMPTS[1]], temperature=0, max_new_tokens=8, stop_token_ids=[stop],
+                    min_new_tokens=k + 1)
+    assert len(g.token_ids) >= k + 1 and stop not in g.token_ids[:k + 1]
+
+
+def test_eos_from_tokenizer_and_stop_strings() -> None:
+    tok, lm = unicode_tokenizer(), memorized_lm()
+    prompt = "héllo"
+    (full,) = generate(lm, tok, prompt, temperature=0, max_new_tokens=40)
+    assert full.text.startswith(" wörld 🙂 naïve")  # the memorized continuation
+    for stop in ("café", "🎉", "ö", " wö"):
+        (g,) = generate(lm, tok, prompt, temperature=0, max_new_tokens=40, stop=[stop, "never"])
+        assert g.text == full.text[:full.text.index(stop)] and g.finish_reason == "stop"
+        assert tok.decode(g.token_ids) == g.text or g.text.startswith(tok.decode(g.token_ids))
+    # eos: make the tokenizer's eos the token that greedy decoding would produce 5th
+    eos_tok = full.token_ids[4]
+    (g,) = generate_ids(lm, [tok.encode(prompt)], GenerationConfig(temperature=0, max_new_tokens=40),
+                        eos_ids=[eos_tok])
+    assert g.finish_reason == "stop" and g.token_ids == full.token_ids[:full.token_ids.index(eos_tok)]
+
+
+def test_stop_strings_batched_equals_alone() -> None:
+    tok, lm = unicode_tokenizer(), memorized_lm()
+    prompts = ["héllo", "héllo wörld 🙂 naïve", "héllo wörld"]  # prefixes of the memorized text
+    cfg = GenerationConfig(temperature=0, max_new_tokens=30, stop=["ok", "🚀"])
+    batched = generate(lm, tok, prompts, cfg)
+    alone = [generate(lm, tok, p, cfg)[0] for p in prompts]
+    assert [(g.text, g.token_ids, g.finish_reason) for g in batched] == [
+        (g.text, g.token_ids, g.finish_reason) for g in alone]
+    assert all(g.finish_reason == "stop" and "ok" not in g.text for g in batched)
+
+
+def test_logprobs_match_full_forward(model) -> None:
+    prompt = PROMPTS[1]
+    for cfg in (GenerationConfig(temperature=0, max_new_tokens=6, logprobs=3),
+                GenerationConfig(temperature=1.0, seed=0, max_new_tokens=6, logprobs=2, top_k=5)):
+        (g,) = generate(model, None, [prompt], cfg)
+        assert len(g.logprobs) == len(g.token_ids) == 6
+        with torch.inference_mode():
+            logp = F.log_softmax(model(torch.tensor([prompt + g.token_ids])).logits[0].float(), dim=-1)
+        for i, lp in enumerate(g.logprobs):
+            row = logp[len(prompt) - 1 + i]
+            assert lp.token_id == g.token_ids[i]
+            assert lp.logprob == pytest.approx(float(row[lp.token_id]), abs=1e-4)
+            top = torch.topk(row, cfg.logprobs)
+            assert [t for t, _ in lp.top] == top.indices.tolist()
+            assert [v for _, v in lp.top] == pytest.approx(top.values.tolist(), abs=1e-4)
+    (g,) = generate(model, None, [prompt], temperature=0, max_new_tokens=3, logprobs=0)
+    assert all(lp.top == [] for lp in g.logprobs)
+    assert generate(model, None, [prompt], temperature=0, max_new_tokens=3)[0].logprobs is None
+
+
+def test_context_length(model) -> None:
+    block = model.config.block_size
+    with pytest.raises(ValueError, match=f"{block + 1} tokens.*block_size.*{block}"):
+        generate(model, None, [[1] * (block + 1)], max_new_tokens=1)
+    (g,) = generate(model, None, [[1] * (block - 2)], temperature=0, max_new_tokens=10)
+    assert len(g.token_ids) == 3 and g.finish_reason == "length"  # 2 fed back + 1 from the full context
+
+
+@pytest.mark.parametrize("warper, settings", [
+    (TopKWarper(4), dict(top_k=4)),
+    (TopPWarper(0.6), dict(top_p=0.6)),
+    (MinPWarper(0.2), dict(min_p=0.2)),
+])
+def test_sampling_stays_in_the_allowed_set(warper, settings: dict) -> None:
+    lm = tiny_lm(seed=2, init_std=0.2)
+    prompt = [3, 4, 5]
+    with torch.inference_mode():
+        logits = lm(torch.tensor([prompt])).logits[:, -1].float()
+    allowed = set(torch.nonzero(warper(torch.tensor([prompt]), logits)[0].isfinite()).flatten().tolist())
+    assert 1 < len(allowed) < 30
+    cfg = GenerationConfig(temperature=1.0, seed=0, max_new_tokens=1, num_return_sequences=200)
+    firsts = [g.token_ids[0] for g in generate(lm, None, [prompt], cfg, **settings)]
+    assert set(firsts) <= allowed and len(set(firsts)) > 1
+    free = {g.token_ids[0] for g in generate(lm, None, [prompt], cfg)}
+    assert free - allowed  # without the rule, sampling leaves the set: the check above can fail
+
+
+def test_beam_dispatch_decodes_text() -> None:
+    from neurallayers.generation import search
+
+    tok, lm = unicode_tokenizer(), memorized_lm()
+    cfg = GenerationConfig(num_beams=2, num_return_sequences=2, max_new_tokens=12)
+    gens = generate(lm, tok, ["héllo", "naïve"], cfg)
+    raw = search.beam_search(lm, [tok.encode("héllo"), tok.encode("naïve")], cfg, eos_ids=[tok.eos_id])
+    assert [g.token_ids for g in gens] == [g.token_ids for per in raw for g in per]
+    assert all(g.text == tok.decode(g.token_ids) for g in gens)
+    (g, _) = generate(lm, tok, "héllo", cfg, stop=["🙂"])
+    assert g.text == " wörld " and g.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: generate(m, None, [[1, 2]], config={"temperature": 0}), "GenerationConfig"),
+    (lambda m: generate(m, None, [[1, 2]], temprature=0.5), "did you mean 'temperature'"),
+    (lambda m: generate(m, None, [[1, 2]], top_p=0), "top_p"),
+    (lambda m: generate(m, None, []), "non-empty"),
+    (lambda m: generate(m, None, [[]]), "prompt 0 is empty"),
+    (lambda m: generate(m, None, [[1, 2], "x"]), "not a mix"),
+    (lambda m: generate(m, None, "hello"), "need a tokenizer"),
+    (lambda m: generate(m, None, [[1, 64]]), r"outside the vocabulary \[0, 64\)"),
+    (lambda m: generate(m, None, [[1, 2]], stop=["x"]), "stop strings need a tokenizer"),
+    (lambda m: generate(m, None, [[1, 2]], num_beams=2, draft_model=m), "choose one decoding method"),
+    (lambda m: generate_ids(m, [[1]], GenerationConfig(num_beams=2), eos_ids=[]), "num_beams"),
+    (lambda m: generate_ids(m, [[1]], GenerationConfig(), eos_ids=[99]), "eos_ids"),
+])
+def test_rejects_bad_input(model, call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call(model)
+
+
+def test_results_are_generations(model) -> None:
+    gens = generate(model, None, [[1, 2, 3]], temperature=0, max_new_tokens=2)
+    assert isinstance(gens, list) and all(isinstance(g, Generation) for g in gens)
