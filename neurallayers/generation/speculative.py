@@ -77,9 +77,9 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
 
     def probs(logits: torch.Tensor, context: list[int]) -> torch.Tensor:
         """The processed next-token distribution (V,) after `context`."""
-        ids = torch.tensor([context], device=logits.device)
-        scores = apply_processors(procs, ids, logits[None])[0]
-        return scores.softmax(-1)
+        if procs:
+            logits = apply_processors(procs, torch.tensor([context], device=logits.device), logits[None])[0]
+        return logits.softmax(-1)
 
     total = len(prompt) + config.max_new_tokens
     t_cache, d_cache = target.new_cache(1, total), draft.new_cache(1, total)
