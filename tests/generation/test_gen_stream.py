@@ -1,0 +1,84 @@
+"""stream(): events never split a UTF-8 character nor leak part of a stop string, their text concatenates to
+generate()'s, and the last event carries the finish reason."""
+
+from __future__ import annotations
+
+import pytest
+from nl_gen_helpers import memorized_lm, tiny_lm, unicode_tokenizer
+
+from neurallayers.generation import GenerationConfig, generate, stream
+
+
+@pytest.fixture(scope="module")
+def lm_tok():
+    return memorized_lm(), unicode_tokenizer()
+
+
+@pytest.mark.parametrize("stop", [[], ["café"], ["🎉"], [" wö"], ["日本語 ok", "never"], ["ö", "ï"]])
+def test_stream_text_equals_generate(lm_tok, stop: list[str]) -> None:
+    lm, tok = lm_tok
+    cfg = GenerationConfig(temperature=0, max_new_tokens=40, stop=stop)
+    (g,) = generate(lm, tok, "héllo", cfg)
+    events = list(stream(lm, tok, "héllo", cfg))
+    assert "".join(e.text for e in events) == g.text
+    assert not any("\ufffd" in e.text for e in events)
+    assert all(e.finish_reason is None for e in events[:-1]) and events[-1].finish_reason == g.finish_reason
+    assert events[-1].token_id is None
+    assert [e.token_id for e in events[:-1]][:len(g.token_ids)] == g.token_ids
+    if stop:
+        assert g.finish_reason == "stop" and not any(s in g.text for s in stop)
+        assert all(not any(s in e.text for s in stop) for e in events)
+    else:
+        assert g.finish_reason == "length" and len(events) == 41
+
+
+def test_multibyte_characters_are_held_back(lm_tok) -> None:
+    """The emoji and CJK characters span several byte-level tokens: some events are empty, none is partial."""
+    lm, tok = lm_tok
+    events = list(stream(lm, tok, tok.encode("héllo"), temperature=0, max_new_tokens=30))
+    assert any(e.text == "" for e in events[:-1])
+    assert "🙂" in "".join(e.text for e in events)
+
+
+def test_stop_prefix_is_held_back_until_resolved(lm_tok) -> None:
+    """"naïve X" is not in the text: its start "naïve " must be held back and then released unchanged."""
+    lm, tok = lm_tok
+    cfg = GenerationConfig(temperature=0, max_new_tokens=20, stop=["naïve X"])
+    texts = [e.text for e in stream(lm, tok, "héllo", cfg)]
+    (g,) = generate(lm, tok, "héllo", cfg)
+    assert "".join(texts) == g.text and "naïve café" in g.text and g.finish_reason == "length"
+    assert not any(t.endswith("naï") for t in texts)  # never emitted while it could still become the stop string
+
+
+def test_stream_eos_and_logprobs(lm_tok) -> None:
+    lm, tok = lm_tok
+    (full,) = generate(lm, tok, "héllo", temperature=0, max_new_tokens=20)
+    eos = full.token_ids[6]
+    cfg = GenerationConfig(temperature=0, max_new_tokens=20, stop_token_ids=[eos], logprobs=2)
+    events = list(stream(lm, tok, "héllo", cfg))
+    (g,) = generate(lm, tok, "héllo", cfg)
+    assert events[-1].finish_reason == "stop" == g.finish_reason
+    assert [e.token_id for e in events[:-1]] == g.token_ids
+    assert [e.logprob for e in events[:-1]] == g.logprobs
+
+
+def test_stream_sampling_matches_generate(lm_tok) -> None:
+    lm, tok = lm_tok
+    cfg = GenerationConfig(temperature=1.5, seed=5, max_new_tokens=25)
+    (g,) = generate(lm, tok, "héllo", cfg)
+    assert "".join(e.text for e in stream(lm, tok, "héllo", cfg)) == g.text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_beams=2), "num_beams"),
+    (dict(num_return_sequences=2), "num_return_sequences"),
+    (dict(top_k=-1), "top_k"),
+])
+def test_stream_rejects_bad_input(lm_tok, kwargs: dict, match: str) -> None:
+    lm, tok = lm_tok
+    with pytest.raises(ValueError, match=match):
+        next(stream(lm, tok, "héllo", **kwargs))
+    with pytest.raises(ValueError, match="tokenizer"):
+        next(stream(tiny_lm(), None, [1, 2]))
+    with pytest.raises(ValueError, match="prompt must be"):
+        next(stream(lm, tok, 5))
