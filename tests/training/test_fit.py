@@ -162,3 +162,35 @@ def test_resume_from_named_checkpoint_and_loggers_rejected(tmp_path):
     assert result.steps == 8
     with pytest.raises(ValueError, match="unknown logger"):
         fit(run, tmp_path / "other", loggers=["tensorbored"], progress=False)
+
+
+def test_time_budget_stops_evaluates_saves_and_samples(tmp_path):
+    run = tiny_run(tmp_path, max_steps=10_000, max_minutes=1e-6, eval_interval=1000, save_interval=1000,
+                   sample_prompts=["the ", "fox"], sample_tokens=12)
+    result = fit(run, tmp_path / "run", progress=False)
+    assert result.stopped_reason == "time_budget" and result.steps < 10_000
+    assert result.final_val_loss is not None  # evaluated on the way out
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == f"step-{result.steps}"
+    samples = (tmp_path / "run/samples.txt").read_text()
+    assert "=== prompt: 'the '" in samples and "=== prompt: 'fox'" in samples
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
+    base = dict(max_steps=3, eval_interval=0, save_interval=0)
+    fit(tiny_run(tmp_path, **base), tmp_path / "plain", progress=False)
+    fit(tiny_run(tmp_path, gradient_checkpointing=True, **base), tmp_path / "ckpt", progress=False)
+    assert step_losses(tmp_path / "plain") == step_losses(tmp_path / "ckpt")
+
+
+def test_bad_fit_arguments(tmp_path):
+    with pytest.raises(ValueError, match="until_step"):
+        fit(tiny_run(tmp_path), tmp_path / "a", until_step=0, progress=False)
+    with pytest.raises(ValueError, match="precision='fp16' needs CUDA"):
+        fit(tiny_run(tmp_path, precision="fp16"), tmp_path / "b", progress=False)
+    with pytest.raises(FileNotFoundError, match="no corpus"):
+        run = tiny_run(tmp_path)
+        run.data.source = str(tmp_path / "missing.txt")
+        fit(run, tmp_path / "c", progress=False)
+    (tmp_path / "tiny.txt").write_text("hello world\n")
+    with pytest.raises(ValueError, match="block_size=32 needs at least 33"):
+        fit(tiny_run(tmp_path, corpus=tmp_path / "tiny.txt"), tmp_path / "d", progress=False)
