@@ -41,6 +41,7 @@ SETTINGS = [
     dict(num_beams=4, length_penalty=1.0, early_stopping=True, num_return_sequences=1, no_repeat_ngram_size=2),
     dict(num_beams=3, length_penalty=0.5, early_stopping=False, num_return_sequences=3, no_repeat_ngram_size=2),
     dict(num_beams=4, length_penalty=1.0, early_stopping=False, num_return_sequences=2, repetition_penalty=1.5),
+    dict(num_beams=3, length_penalty=1.0, early_stopping=True, num_return_sequences=2, min_new_tokens=5),
 ]
 
 
