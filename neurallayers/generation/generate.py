@@ -141,7 +141,7 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
     """Greedy or sampled decoding of a batch of prompts; yields the run state after every generated token.
 
     Rows are prompt-major: prompt i's config.num_return_sequences sequences are rows i*n .. i*n+n-1. The caller
-    may end a row (set run.done[r]) or stop iterating at any step. Without such a caller, the loop checks every
+    may end rows (run.end_rows) or stop iterating at any step. Without such a caller, the loop checks every
     `sync_every` steps whether every row is done (a host sync).
     """
     _check_ids(model, input_ids, eos_ids)
