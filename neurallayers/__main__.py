@@ -1,0 +1,78 @@
+"""`neurallayers <verb>`: a dict of verb -> module; each module adds its arguments and runs.
+
+User mistakes (bad paths, values, names) print one line and exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# verb -> module under neurallayers.cli (imported only when its verb runs, so `--help` stays fast)
+VERBS = {
+    "demo": "Train the demo model on Shakespeare for a few minutes, then generate from it.",
+    "train": "Train a model from a YAML config and --section.field overrides.",
+    "generate": "Generate text from a run directory or Hugging Face folder.",
+    "eval": "Loss and perplexity of a model on a corpus.",
+    "info": "Parameters, FLOPs per token and memory of a preset, config file or run.",
+    "prepare": "Tokenize a corpus into the cached token files that training reads.",
+    "convert": "Convert between a run directory and a Hugging Face folder.",
+    "serve": "Serve a model over an OpenAI-compatible HTTP API.",
+    "batch": "Offline, resumable batch generation or embedding of a JSONL file.",
+    "ui": "A web playground (Gradio) for a model.",
+}
+
+
+def _quiet_telemetry() -> None:
+    # Libraries that phone home unless told not to; this machine may have no network at all.
+    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                       "DO_NOT_TRACK": "true", "ORT_DISABLE_TELEMETRY": "1"}.items():
+        os.environ.setdefault(key, value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurallayers", description="Build, train, generate from and serve "
+                                     "transformer models.")
+    from neurallayers import __version__
+
+    parser.add_argument("--version", action="version", version=f"neurallayers {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, summary in VERBS.items():
+        sub.add_parser(verb, help=summary, description=summary, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_telemetry()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in VERBS:
+        parser.parse_args(argv or ["--help"])  # prints help or the argparse error for an unknown verb
+        return 2
+    verb = argv[0]
+    module = importlib.import_module(f"neurallayers.cli.{verb}")
+    from neurallayers.cli.common import USER_ERRORS
+
+    verb_parser = argparse.ArgumentParser(prog=f"neurallayers {verb}", description=VERBS[verb],
+                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    module.add_arguments(verb_parser)
+    try:
+        if getattr(module, "ACCEPTS_OVERRIDES", False):  # train: --section.field value pairs pass through
+            args, rest = verb_parser.parse_known_args(argv[1:])
+            args.overrides = rest
+        else:
+            args = verb_parser.parse_args(argv[1:])
+        return int(module.run(args) or 0)
+    except USER_ERRORS as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"neurallayers {verb}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"neurallayers {verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""What every CLI verb shares: the user-error type and small argument helpers."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class UserError(Exception):
+    """A mistake the user can fix (missing file, bad value): printed as one line, exit status 2, no traceback."""
+
+
+# Exceptions that come from bad input rather than a bug: the CLI prints them as one line.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, NotADirectoryError,
+                                                IsADirectoryError, PermissionError, KeyError)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_model_path(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="a run directory (from `neurallayers train`) or a Hugging Face model folder")
