@@ -237,7 +237,8 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
                              f"valid sections: {', '.join(SECTIONS)}")
         known = _field_names(SECTIONS[section]) | ({"preset"} if section == "model" else set())
         if name not in known:
-            raise ValueError(f"{section} has no field {name!r}{_did_you_mean(name, known)}")
+            raise ValueError(f"{section} has no field {name!r}{_did_you_mean(name, known)}; "
+                             f"valid fields: {', '.join(sorted(known))}")
         try:
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError as e:
