@@ -33,3 +33,32 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     else:
         raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
     return model.eval(), tokenizer
+
+
+def train(config: object, out_dir: str | Path, *, resume: bool | str | Path = False, progress: bool = True,
+          overrides: list[str] | None = None, loggers: list | None = None):
+    """Train a model into the run directory `out_dir`, as `neurallayers train` does.
+
+    Args:
+        config: a RunConfig, a dict with sections model/train/data (model may be `{"preset": name}`), or the path
+            of a YAML run config.
+        overrides: CLI-style overrides, e.g. `["--train.lr", "3e-4", "--model.n_layer=6"]`.
+        resume: True continues from the newest complete checkpoint in out_dir; a path names a checkpoint.
+
+    Returns:
+        TrainResult (run_dir, steps, best/final val loss, tokens/s, wall time, why it stopped).
+    """
+    from neurallayers.training.config import RunConfig, apply_overrides
+    from neurallayers.training.trainer import fit
+
+    if isinstance(config, (str, Path)):
+        config = RunConfig.from_yaml(config)
+    if isinstance(config, RunConfig):
+        config = config.to_dict() if overrides else config
+    if isinstance(config, dict):
+        config = RunConfig.from_dict(apply_overrides(config, overrides or []))
+    elif overrides:
+        raise ValueError("overrides need a dict or YAML config")
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config must be a RunConfig, a dict or a YAML path, got {type(config).__name__}")
+    return fit(config, out_dir, resume=resume, progress=progress, loggers=loggers)

@@ -27,3 +27,22 @@ def positive_int(text: str) -> int:
 
 def add_model_path(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="a run directory (from `neurallayers train`) or a Hugging Face model folder")
+
+
+def add_device_dtype(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="weights dtype (bf16 is fast on CPUs with bf16 dot products; fp16 only on GPUs)")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def load_model(path: str, *, device: str = "cpu", dtype: str = "fp32", allow_pickle: bool = False):
+    """(model, tokenizer) from a run directory or HF folder, with CLI-style errors."""
+    from neurallayers.api import load
+
+    return load(path, device=device, dtype=torch_dtype(dtype), allow_pickle=allow_pickle)

@@ -1,0 +1,65 @@
+"""`neurallayers batch`: offline, resumable generation (decoder) or embedding (encoder) of a JSONL file.
+
+Input lines: {"id": optional, "prompt": "...", per-line settings such as "max_new_tokens"} ("text" works too);
+the full format, the outputs and how resuming works are described in neurallayers/batch.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, positive_int
+from neurallayers.cli.generate import add_sampling_arguments, generation_config
+
+EPILOG = """input: one JSON object per line, e.g.
+  {"id": "q1", "prompt": "Once upon a time", "max_new_tokens": 32, "temperature": 0}
+"id" is optional (default: the line number); "text" may stand for "prompt". Lines may override max_new_tokens,
+min_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty,
+no_repeat_ngram_size, stop, seed and ignore_eos. An encoder model embeds each "text" instead.
+
+output: .jsonl (one result per input line, in input order when done); .npy / .npz for embeddings.
+Interrupted? Run the same command again: finished batches are kept, the rest is computed. A resume with a changed
+input file, settings or model is refused (pass --overwrite to start again)."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and the epilog's line breaks kept."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = _HelpFormatter
+    add_model_path(parser)
+    parser.add_argument("--input", required=True, help="the prompts: a JSONL file (see below)")
+    parser.add_argument("--output", required=True,
+                        help="results .jsonl; for an encoder also .npy (N x C float32) or .npz (ids, embeddings)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per batch")
+    parser.add_argument("--overwrite", action="store_true", help="discard an earlier run's output instead of resuming")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_dtype(parser)
+    add_sampling_arguments(parser)
+    # Seeded by default, so that a resumed sampling run gives what an uninterrupted one would.
+    parser.set_defaults(seed=0)
+    e = parser.add_argument_group("embeddings (encoder models)")
+    e.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="mean of tokens or [CLS]")
+    e.add_argument("--no-normalize", action="store_true", help="keep raw vectors instead of L2-normalising them")
+    e.add_argument("--max-length", type=positive_int, default=None,
+                   help="truncate texts to this many tokens (None: the tokenizer's limit)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from neurallayers.batch import model_files_identity, run_batch
+
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f"--input: no such file: {args.input}")
+    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    config = generation_config(args) if model.config.causal else None
+    result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
+                       pooling=args.pooling, normalize=not args.no_normalize, max_length=args.max_length,
+                       model_files=model_files_identity(args.path), overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    note = f", {result.repaired_bytes} bytes of an unfinished batch redone" if result.repaired_bytes else ""
+    print(f"{result.output}: {result.total} records ({result.computed} computed now, {result.resumed} from an "
+          f"earlier run{note})")
+    return 0

@@ -1,0 +1,25 @@
+"""`neurallayers convert`: a run directory to a Hugging Face folder, or a Hugging Face folder to a run directory."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="a run directory (config.yaml) or a Hugging Face folder (config.json)")
+    parser.add_argument("dst", help="the folder to write (must not exist or be empty, unless --overwrite)")
+    parser.add_argument("--to", choices=["hf", "run"], required=True, help="what to write")
+    parser.add_argument("--max-shard-size", type=int, default=None, help="largest HF weight shard, in MB")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="accept an HF folder that only has pytorch_model.bin (read with weights_only=True)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty dst")
+
+
+def run(args: argparse.Namespace) -> int:
+    from neurallayers.interop.convert import convert
+
+    shard = None if args.max_shard_size is None else args.max_shard_size * 1024 * 1024
+    out = convert(args.src, args.dst, to=args.to, max_shard_size=shard, allow_pickle=args.allow_pickle,
+                  overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,70 @@
+"""`neurallayers eval`: loss and perplexity of a model on a corpus (a run's own validation split by default)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, positive_int
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_path(parser)
+    parser.add_argument("--data", help="corpus name or path (default: the run's own corpus)")
+    parser.add_argument("--split", choices=["val", "train", "all"], default=None,
+                        help="which tokens: the run's split of its own corpus (default val); another corpus is "
+                        "evaluated whole (all)")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-batches", type=positive_int, default=None, help="default: every window")
+    parser.add_argument("--block-size", type=positive_int, default=None, help="window length (default: the model's)")
+    add_device_dtype(parser)
+
+
+def evaluate(model, tokens, *, block_size: int, batch_size: int, max_batches: int | None) -> tuple[float, int]:
+    """(mean token loss, tokens scored) over evenly spaced windows of `tokens`."""
+    import torch
+
+    from neurallayers.data.datasets import eval_batches
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for x, y in eval_batches(tokens, block_size=block_size, batch_size=batch_size, max_batches=max_batches):
+            out = model(x.to(device), targets=y.to(device))
+            total += float(out.loss) * y.numel()
+            count += y.numel()
+    return total / count, count
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from neurallayers.data import load_corpus, prepare_tokens
+    from neurallayers.training.config import DataConfig, RunConfig
+
+    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    run_cfg = RunConfig.from_yaml(Path(args.path) / "config.yaml") if (Path(args.path) / "config.yaml").is_file() \
+        else None
+    own = run_cfg is not None and (args.data is None or args.data == run_cfg.data.source)
+    if args.data is None and not own:
+        raise ValueError(f"{args.path} is not a run directory: name the corpus with --data")
+    split = args.split or ("val" if own else "all")
+    if split != "all" and not own:
+        raise ValueError("--split val/train needs the run's own corpus; another corpus is evaluated whole (all)")
+    data = run_cfg.data if own else DataConfig(source=args.data)
+    corpus = load_corpus(data.source, text_field=data.text_field)
+    val_fraction = data.val_fraction if own else 0.0
+    seed = run_cfg.train.seed if own else 0
+    tokens = prepare_tokens(corpus, tokenizer, data.resolved_cache_dir / "tokens", val_fraction=val_fraction,
+                            seed=seed)
+    arr = {"val": tokens.val, "train": tokens.train, "all": np.concatenate([tokens.train, tokens.val])}[split]
+    block = args.block_size or model.config.block_size
+    if block > model.config.block_size:
+        raise ValueError(f"--block-size {block} is over the model's context length {model.config.block_size}")
+    if len(arr) < block + 1:
+        raise ValueError(f"the {split} split has {len(arr)} tokens; a window needs {block + 1} (try --block-size)")
+    loss, count = evaluate(model, arr, block_size=block, batch_size=args.batch_size, max_batches=args.max_batches)
+    print(f"corpus: {data.source}  split: {split}  tokens scored: {count:,}  loss: {loss:.4f}  "
+          f"perplexity: {math.exp(min(loss, 50)):.2f}")
+    return 0

@@ -1,0 +1,75 @@
+"""`neurallayers generate`: text from a run directory or Hugging Face folder, printed or streamed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from neurallayers.cli.common import add_device_dtype, add_model_path, load_model
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The GenerationConfig knobs, shared by generate and batch."""
+    g = parser.add_argument_group("decoding (temperature 0 = greedy)")
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    g.add_argument("--min-p", type=float, default=0.0, help="0 = off")
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not included in the text")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--num-beams", type=int, default=1, help="beam search when > 1")
+    g.add_argument("--length-penalty", type=float, default=1.0)
+    g.add_argument("--penalty-alpha", type=float, default=0.0, help="contrastive search when > 0 (with --top-k > 1)")
+    g.add_argument("--ignore-eos", action="store_true")
+
+
+def generation_config(args: argparse.Namespace):
+    from neurallayers.generation import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
+        seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
+        penalty_alpha=args.penalty_alpha, ignore_eos=args.ignore_eos)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_path(parser)
+    parser.add_argument("prompts", nargs="*", help="prompt(s); none reads one prompt from stdin")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt)")
+    parser.add_argument("--draft", help="a smaller model (run dir / HF folder) for speculative decoding")
+    add_device_dtype(parser)
+    add_sampling_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from neurallayers.generation import generate, stream
+
+    config = generation_config(args)
+    prompts = args.prompts or [sys.stdin.read()]
+    if any(not p for p in prompts):
+        raise ValueError("empty prompt; give some text (a single newline is fine: $'\\n')")
+    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    draft = load_model(args.draft, device=args.device, dtype=args.dtype)[0] if args.draft else None
+    if args.stream:
+        if len(prompts) != 1 or draft is not None:
+            raise ValueError("--stream takes exactly one prompt and no --draft")
+        sys.stdout.write(prompts[0])
+        for event in stream(model, tokenizer, prompts[0], config):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    gens = generate(model, tokenizer, prompts, config, draft_model=draft)
+    for i, gen in enumerate(gens):
+        prompt = prompts[i // config.num_return_sequences]
+        if len(gens) > 1:
+            print(f"----- sample {i + 1} ({gen.finish_reason}, {len(gen.token_ids)} tokens) -----")
+        print(prompt + gen.text)
+    return 0

@@ -1,0 +1,94 @@
+"""`neurallayers info`: what a model costs -- parameters, FLOPs per token, weight and KV-cache memory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from neurallayers.cli.common import positive_int
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", nargs="?", help="a preset name, a YAML config (model or run config), a run "
+                        "directory or a Hugging Face folder; none lists the presets")
+    parser.add_argument("--context", type=positive_int, default=None, help="sequence length (default: the model's)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="for the KV-cache figure")
+
+
+def resolve_config(target: str):
+    """ModelConfig of a preset, a YAML file, a run directory or an HF folder."""
+    import yaml
+
+    from neurallayers import presets
+    from neurallayers.config import ModelConfig
+
+    path = Path(target)
+    if path.is_dir():
+        if (path / "config.yaml").is_file():
+            from neurallayers.training.config import RunConfig
+
+            return RunConfig.from_yaml(path / "config.yaml").model
+        if (path / "config.json").is_file():
+            from neurallayers.interop.hf import family, read_json
+
+            hf_cfg = read_json(path / "config.json")
+            return family(hf_cfg.get("model_type")).config_from_hf(hf_cfg)
+        raise ValueError(f"{path} has neither config.yaml (a run) nor config.json (a Hugging Face model)")
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if isinstance(data, dict) and "model" in data:  # a run config
+            from neurallayers.training.config import RunConfig
+
+            return RunConfig.from_dict(data).model
+        return ModelConfig.from_file(path)
+    if target in presets.PRESETS:
+        return ModelConfig.from_name(target)
+    raise ValueError(f"{target!r} is not a preset, a .yaml file or a folder; presets: {', '.join(presets.PRESETS)}")
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n_bytes < 1024 or unit == "TiB":
+            return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{n_bytes:.0f} B"
+        n_bytes /= 1024
+    raise AssertionError
+
+
+def describe(cfg, *, context: int | None = None, batch_size: int = 1) -> str:
+    t = context or cfg.block_size
+    n = cfg.param_count()
+    n_body = cfg.param_count(include_embeddings=False)
+    kind = ("decoder" if cfg.causal else "encoder") + f", {cfg.position} positions, {cfg.norm}, {cfg.mlp}"
+    heads = f"{cfg.n_head} heads" + (f" ({cfg.n_kv_head} kv heads)" if cfg.n_kv_head != cfg.n_head else "")
+    rows = [
+        ("architecture", f"{kind}; {cfg.n_layer} layers x {cfg.n_embd} wide, {heads}, vocab {cfg.vocab_size:,}, "
+                         f"context {cfg.block_size:,}"),
+        ("parameters", f"{n:,} ({n / 1e6:.2f} M); {n_body:,} without embeddings"),
+        ("FLOPs per token", f"forward {cfg.flops_per_token(t) / 1e9:.3f} GFLOP, training "
+                            f"{cfg.flops_per_token(t, training=True) / 1e9:.3f} GFLOP (context {t:,})"),
+        ("weights", f"fp32 {_size(4 * n)}, bf16/fp16 {_size(2 * n)}"),
+    ]
+    if cfg.causal:
+        per_token = cfg.kv_cache_bytes(1, bytes_per_value=2)
+        bf16 = cfg.kv_cache_bytes(t, batch_size=batch_size)
+        fp32 = cfg.kv_cache_bytes(t, batch_size=batch_size, bytes_per_value=4)
+        rows.append(("KV cache", f"{_size(per_token)} per token (bf16); {_size(bf16)} bf16, {_size(fp32)} fp32 "
+                                 f"for batch {batch_size} x {t:,} tokens"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from neurallayers import presets
+    from neurallayers.config import ModelConfig
+
+    if args.target is None:
+        for name in presets.PRESETS:
+            cfg = ModelConfig.from_name(name)
+            shape = f"{cfg.n_layer} x {cfg.n_embd}, context {cfg.block_size}"
+            print(f"{name:<18} {cfg.param_count() / 1e6:8.2f} M  {shape}")
+        return 0
+    print(describe(resolve_config(args.target), context=args.context, batch_size=args.batch_size))
+    return 0

@@ -1,0 +1,85 @@
+"""`neurallayers train`: a YAML run config plus `--section.field value` overrides -> a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ACCEPTS_OVERRIDES = True  # unknown `--model.x / --train.x / --data.x` arguments are config overrides
+
+EPILOG = """examples:
+  neurallayers train --preset demo --data shakespeare --out runs/demo
+  neurallayers train --config my.yaml --train.lr 3e-4 --model.n_layer=6 --out runs/exp1
+  neurallayers train --config my.yaml --out runs/exp1 --resume          # continue exactly where it stopped
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--config", help="YAML run config with sections model (fields or `preset: name`), train, data")
+    parser.add_argument("--preset", help="model preset (shortcut for --model.preset NAME); see `neurallayers info`")
+    parser.add_argument("--data", help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl "
+                        "(shortcut for --data.source)")
+    parser.add_argument("--out", help="run directory to write (default: runs/<preset or config name>)")
+    parser.add_argument("--resume", nargs="?", const=True, default=False,
+                        help="continue the run in --out from its newest complete checkpoint, or from the "
+                        "checkpoint folder given")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
+def build_run_config(args: argparse.Namespace):
+    """RunConfig from --config, --preset, --data and the overrides, in that order of precedence (last wins)."""
+    import yaml
+
+    from neurallayers.training.config import RunConfig, apply_overrides
+
+    data: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a run config is a mapping with sections model, train, data")
+    if args.preset:
+        data["model"] = {"preset": args.preset}
+    if args.data:
+        data.setdefault("data", {})
+        data["data"] = {**(data["data"] or {}), "source": args.data}
+    data = apply_overrides(data, list(getattr(args, "overrides", [])))
+    if "model" not in data:
+        raise ValueError("no model: give --preset NAME, --config FILE with a model section, or --model.preset NAME")
+    return RunConfig.from_dict(data)
+
+
+def default_out(args: argparse.Namespace, run) -> Path:
+    name = args.preset or (Path(args.config).stem if args.config else "run")
+    return Path("runs") / name
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from neurallayers.training.trainer import fit
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    run_cfg = build_run_config(args)
+    out = Path(args.out) if args.out else default_out(args, run_cfg)
+    if not args.resume and (out / "config.yaml").exists():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
+    print(summary(result))
+    return 0
+
+
+def summary(result) -> str:
+    val = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.4f}"
+    best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
+    return (f"run: {result.run_dir}  steps: {result.steps}  final val loss: {val}  best val loss: {best}  "
+            f"tokens/s: {result.tokens_per_second:,.0f}  wall: {result.wall_seconds:.0f}s  "
+            f"stopped: {result.stopped_reason}")

@@ -1,0 +1,103 @@
+"""CLI smoke tests through a subprocess: the verbs work end to end and user mistakes print one line, exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neurallayers.__main__ import VERBS
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40
+
+
+def cli(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NEURALLAYERS_CACHE": str(cwd or Path.cwd()) + "/.nlcache"}
+    return subprocess.run([sys.executable, "-m", "neurallayers", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, input=stdin, timeout=300)
+
+
+def user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A tiny run trained through `neurallayers train` with a YAML config and overrides."""
+    root = tmp_path_factory.mktemp("cli")
+    (root / "text.txt").write_text(TEXT)
+    (root / "run.yaml").write_text(
+        "model: {preset: tiny, block_size: 32}\n"
+        "train: {max_steps: 6, batch_size: 4, eval_interval: 3, eval_batches: 2, warmup_steps: 1, sample_tokens: 8}\n"
+        "data: {tokenizer: char}\n")
+    proc = cli("train", "--config", "run.yaml", "--data", "text.txt", "--out", "run", "--train.lr=3e-3",
+               "--model.n_layer", "1", "--no-progress", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert "final val loss" in proc.stdout
+    out = root / "run"
+    assert (out / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+    assert "n_layer: 1" in (out / "config.yaml").read_text()
+    return out
+
+
+def test_help_of_every_verb():
+    assert cli("--help").returncode == 0
+    for verb in VERBS:
+        proc = cli(verb, "--help")
+        assert proc.returncode == 0, (verb, proc.stderr)
+        assert f"neurallayers {verb}" in proc.stdout
+
+
+def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path):
+    gen = cli("generate", str(run_dir), "To be", "Whether", "--max-new-tokens", "5", "--temperature", "0")
+    assert gen.returncode == 0, gen.stderr
+    assert gen.stdout.count("To be") >= 1 and "Whether" in gen.stdout
+    streamed = cli("generate", str(run_dir), "--stream", "--max-new-tokens", "5", "--temperature", "0",
+                   stdin="To be")
+    assert streamed.returncode == 0, streamed.stderr
+    one = cli("generate", str(run_dir), "To be", "--max-new-tokens", "5", "--temperature", "0")
+    assert streamed.stdout.strip() == one.stdout.strip()  # streaming prints the same text
+    ev = cli("eval", str(run_dir), cwd=run_dir.parent)
+    assert ev.returncode == 0, ev.stderr
+    assert "perplexity" in ev.stdout and "split: val" in ev.stdout
+    info = cli("info", str(run_dir))
+    assert info.returncode == 0 and "parameters" in info.stdout and "KV cache" in info.stdout
+    hf = tmp_path / "hf"
+    conv = cli("convert", str(run_dir), str(hf), "--to", "hf")
+    assert conv.returncode == 0, conv.stderr
+    assert (hf / "config.json").is_file()
+    again = cli("generate", str(hf), "To be", "--max-new-tokens", "5", "--temperature", "0")
+    assert again.stdout == one.stdout
+
+
+def test_resume_continues(run_dir: Path):
+    proc = cli("train", "--out", "run", "--resume", "--config", "run.yaml", "--data", "text.txt",
+               "--train.lr=3e-3", "--model.n_layer", "1", "--train.max_steps", "8", "--no-progress",
+               cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert "steps: 8" in proc.stdout
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["info", "gpt7"], ["'gpt7'", "presets:"]),
+    (["generate", "no/such/run", "hi"], ["no/such/run"]),
+    (["train", "--preset", "tiny", "--train.lr", "-1", "--out", "x"], ["lr"]),
+    (["train", "--preset", "tiny", "--train.learning_rate", "1e-3", "--out", "x"], ["learning_rate", "lr"]),
+    (["train", "--preset", "tiny", "--model.norm", "batchnorm", "--out", "x"], ["norm", "batchnorm"]),
+    (["train", "--config", "missing.yaml"], ["missing.yaml"]),
+    (["eval", "no/such/run"], ["no/such/run"]),
+])
+def test_user_mistakes_are_one_line(args: list[str], needles: list[str], tmp_path: Path):
+    user_error(cli(*args, cwd=tmp_path), *needles)
+
+
+def test_generate_bad_sampling_value(run_dir: Path):
+    user_error(cli("generate", str(run_dir), "hi", "--top-p", "1.5"), "top_p")
