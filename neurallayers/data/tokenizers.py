@@ -70,8 +70,10 @@ class Tokenizer:
 
     @classmethod
     def from_hf(cls, hf: HFTokenizer, **specials: str | int | None) -> Tokenizer:
-        """Wraps an HF `tokenizers.Tokenizer`; keyword arguments as in the constructor."""
-        return cls(hf, **specials)
+        """Wraps a copy of an HF `tokenizers.Tokenizer` with its padding and truncation turned off (so `encode`
+        returns exactly the text's ids; the caller's object is left as it is). Keyword arguments as in the
+        constructor."""
+        return cls(_without_padding(HFTokenizer.from_str(hf.to_str())), **specials)
 
     # -- special tokens ---------------------------------------------------------------------------
 
@@ -176,7 +178,8 @@ class Tokenizer:
     def load(cls, path_or_name: str | os.PathLike) -> Tokenizer:
         """Loads "gpt2", a tokenizer folder, or a tokenizer.json file.
 
-        The name "gpt2" wins over a folder of that name; write "./gpt2" for the folder.
+        The name "gpt2" wins over a folder of that name; write "./gpt2" for the folder. Padding and truncation
+        settings stored in a tokenizer.json are dropped: `encode` returns the text's ids, however short or long.
 
         Raises:
             FileNotFoundError: The path does not exist.
@@ -205,6 +208,7 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(json_path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise ValueError(f"{str(json_path)!r} is not a valid tokenizer.json: {e}") from None
+        _without_padding(hf)
         if path.is_dir() and (path / "chat_template.jinja").exists():  # newer transformers keep it apart
             config.setdefault("chat_template", (path / "chat_template.jinja").read_text(encoding="utf-8"))
         return cls._from_config(hf, config)
@@ -374,6 +378,14 @@ def _byte_level_bpe_from_files(vocab: Path, merges: Path) -> HFTokenizer:
     hf.post_processor = processors.ByteLevel(trim_offsets=False)
     if ENDOFTEXT in vocab_map:
         hf.add_special_tokens([ENDOFTEXT])
+    return hf
+
+
+def _without_padding(hf: HFTokenizer) -> HFTokenizer:
+    """Turns off the padding and truncation a tokenizer.json may carry (MiniLM's pads every input to 128): encode()
+    gives the text's ids only; batching code (embeddings.tokenize_batch) pads and truncates on its own."""
+    hf.no_padding()
+    hf.no_truncation()
     return hf
 
 
