@@ -11,8 +11,10 @@ PROMPTS = ["ROMEO:\n", "KING HENRY:\nWhat", "First Citizen:\n"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run directory to write")
-    parser.add_argument("--max-steps", type=int, default=1200, help="optimizer steps")
-    parser.add_argument("--max-minutes", type=float, default=5.0, help="wall-clock cap for training")
+    parser.add_argument("--minutes", type=float, default=4.0,
+                        help="training time to plan for: the step count is chosen from a short speed measurement so "
+                        "the learning-rate schedule completes (a hard cap of minutes + 1 stops it in any case)")
+    parser.add_argument("--max-steps", type=int, default=None, help="fix the step count instead of measuring")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted demo run in --out")
 
 
@@ -21,11 +23,39 @@ def demo_config(*, max_steps: int, max_minutes: float):
     from neurallayers.config import ModelConfig
     from neurallayers.training.config import DataConfig, RunConfig, TrainConfig
 
-    train = TrainConfig(max_steps=max_steps, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50,
-                        eval_interval=200, eval_batches=10, log_interval=10, save_interval=200,
+    train = TrainConfig(max_steps=max_steps, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=min(50, max_steps // 4),
+                        eval_interval=max(50, max_steps // 5), eval_batches=10, log_interval=10, save_interval=200,
                         max_minutes=max_minutes, sample_prompts=PROMPTS[:1], sample_tokens=200)
     return RunConfig(model=ModelConfig.from_name("demo"), train=train,
                      data=DataConfig(source="shakespeare", tokenizer="bpe", vocab_size=1024))
+
+
+def measure_step_seconds(run_cfg, *, steps: int = 6) -> float:
+    """Median seconds of one training step of `run_cfg` on random tokens (forward, backward, AdamW)."""
+    import statistics
+
+    import torch
+
+    from neurallayers.models import build_model
+    from neurallayers.training.runtime import autocast, build_optimizer, resolve_device, resolve_precision
+
+    cfg, train = run_cfg.model, run_cfg.train
+    device = resolve_device(train.device)
+    amp, _ = resolve_precision(train.precision, device)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg).to(device)
+        optimizer, _ = build_optimizer(model, train, device)
+        x = torch.randint(0, cfg.vocab_size, (train.batch_size, cfg.block_size + 1), device=device)
+        times = []
+        for _ in range(steps + 2):
+            t0 = time.perf_counter()
+            with autocast(device, amp):
+                loss = model(x[:, :-1], targets=x[:, 1:]).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +72,19 @@ def run(args: argparse.Namespace) -> int:
     if (out / "config.yaml").exists() and not args.resume:
         raise ValueError(f"{out} already holds a run; remove it, pass --resume, or choose another --out")
     t0 = time.perf_counter()
-    result = fit(demo_config(max_steps=args.max_steps, max_minutes=args.max_minutes), out, resume=args.resume)
+    run_cfg = demo_config(max_steps=args.max_steps or 1, max_minutes=args.minutes + 1)
+    if args.max_steps is None and not args.resume:
+        step_s = measure_step_seconds(run_cfg)
+        # ~8% of the time goes to evaluation, checkpoints and samples
+        steps = max(100, min(5000, int(args.minutes * 60 * 0.92 / step_s)))
+        print(f"one step takes {step_s * 1000:.0f} ms here: training {steps} steps (~{args.minutes:g} min)")
+        run_cfg = demo_config(max_steps=steps, max_minutes=args.minutes + 1)
+    elif args.resume:
+        from neurallayers.training.config import RunConfig
+
+        saved = RunConfig.from_yaml(out / "config.yaml")  # continue the same schedule
+        run_cfg = demo_config(max_steps=saved.train.max_steps, max_minutes=args.minutes + 1)
+    result = fit(run_cfg, out, resume=args.resume)
     print(summary(result))
     model, tokenizer = load(out)
     gens = generate(model, tokenizer, PROMPTS, max_new_tokens=120, temperature=0.8, top_k=50, seed=1)
