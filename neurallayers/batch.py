@@ -1,0 +1,487 @@
+"""Offline, resumable batch generation (decoder models) or embedding (encoder models) of a JSONL file.
+
+Input: one JSON object per line (blank lines are skipped):
+
+    {"id": "q1", "prompt": "Once upon a time", "max_new_tokens": 32, "temperature": 0}
+    {"text": "a sentence to embed"}
+
+`prompt` and `text` are synonyms. `id` (a string or an integer) is optional and defaults to the line number; ids
+must be unique. A generation line may override the run's settings with any of LINE_PARAMS; an embedding line
+holds only id and text.
+
+Output: `.jsonl` gets one result per input, `{"id", "text", "finish_reason", "prompt_tokens", "completion_tokens"}`
+for generation or `{"id", "embedding"}` for embeddings, in input order once the run is complete (completion order
+while it runs). Embeddings may instead go to `.npy` (an (N, C) float32 array, rows in input order) or `.npz`
+(arrays `ids` and `embeddings`).
+
+Resume: a killed run, started again with the same command, skips what is done and loses nothing. JSONL results are
+appended one batch at a time as whole lines, fsync'd, and only then counted in the progress record
+`<output>.progress.json` (written to a temp name, fsync'd, renamed); bytes past the counted length (a torn line,
+a batch cut short) are cut off on resume and recomputed, so every input is answered exactly once. Vectors go to
+per-batch part files under `<output>.parts/` (each written to a temp name, then renamed) and are joined into the
+NPY/NPZ file, again atomically, at the end. The progress record holds a fingerprint of the input file, the
+settings and the model; a resume with any of them changed is refused, naming what changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.generation import GenerationConfig, generate
+
+FORMAT = "neurallayers-batch/1"
+TEXT_KEYS = ("prompt", "text")
+# Settings one generation line may override (the rest of GenerationConfig stays the run's).
+LINE_PARAMS = ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+               "presence_penalty", "frequency_penalty", "no_repeat_ngram_size", "stop", "seed", "ignore_eos")
+VECTOR_SUFFIXES = (".npy", ".npz")
+# Files whose change means another model (size and mtime are compared, not contents: weights can be large).
+MODEL_FILES = ("config.yaml", "config.json", "tokenizer.json", "tokenizer_config.json",
+               "model.safetensors.index.json")
+
+
+@dataclass
+class BatchItem:
+    """One input record: its 0-based index among the records, 1-based line number, id, text and overrides."""
+
+    index: int
+    line: int
+    id: str | int
+    text: str
+    params: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.id)  # 1 and "1" are different ids
+
+
+@dataclass
+class BatchResult:
+    """What a run did: records in the input, records already done by an earlier run, records computed now, and
+    bytes of an unfinished batch cut from the output before resuming."""
+
+    output: Path
+    total: int
+    resumed: int
+    computed: int
+    repaired_bytes: int = 0
+
+
+# ----- input -----
+def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) -> list[BatchItem]:
+    """Parse and check the input JSONL; every error names the file and line.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: bad JSON, a missing or empty prompt, an unknown or bad field, a duplicate id, no records.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+    allowed = ("id", *TEXT_KEYS, *(LINE_PARAMS if mode == "generate" else ()))
+    items: list[BatchItem] = []
+    seen: dict[str, int] = {}
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            where = f"{path} line {n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{where}: not valid UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object like {{\"prompt\": \"...\"}}, "
+                                 f"got {type(record).__name__}")
+            for key in record:
+                if key not in allowed:
+                    hint = difflib.get_close_matches(key, allowed, n=1)
+                    did = f" (did you mean {hint[0]!r}?)" if hint else ""
+                    raise ValueError(f"{where}: unknown field {key!r}{did}; allowed: {', '.join(allowed)}")
+            texts = [k for k in TEXT_KEYS if k in record]
+            if len(texts) != 1:
+                raise ValueError(f"{where}: needs exactly one of 'prompt' or 'text', got {texts or 'neither'}")
+            text = record[texts[0]]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{where}: {texts[0]!r} must be a non-empty string, got {text!r}")
+            rid = record.get("id", n)
+            if isinstance(rid, bool) or not isinstance(rid, str | int):
+                raise ValueError(f"{where}: 'id' must be a string or an integer, got {rid!r}")
+            item = BatchItem(index=len(items), line=n, id=rid, text=text,
+                             params={k: v for k, v in record.items() if k in LINE_PARAMS})
+            if item.key in seen:
+                raise ValueError(f"{where}: id {rid!r} is already used on line {seen[item.key]}; ids must be unique")
+            seen[item.key] = n
+            items.append(item)
+    if not items:
+        raise ValueError(f"{path} holds no records: give one JSON object per line, e.g. {{\"prompt\": \"Hello\"}}")
+    return items
+
+
+# ----- fingerprint -----
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_files_identity(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Size and mtime (ns) of a run directory's or HF folder's config, tokenizer and weight files."""
+    folder = Path(path)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name in MODEL_FILES or p.suffix == ".safetensors"))
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+
+
+def _fingerprint(input_path: Path, settings: dict, model: nn.Module, tokenizer: Tokenizer,
+                 model_files: dict | None) -> dict:
+    return {"input_sha256": _sha256(input_path), "settings": settings,
+            "model": {"config": model.config.to_dict(), "tokenizer": tokenizer.fingerprint(),
+                      "files": model_files}}
+
+
+def _changes(old: dict, new: dict) -> list[str]:
+    """What differs between two fingerprints, in words."""
+    out = []
+    if old.get("input_sha256") != new["input_sha256"]:
+        out.append("the input file's contents")
+    old_s, new_s = old.get("settings", {}), new["settings"]
+    out += [f"{k}: {old_s.get(k)!r} -> {new_s.get(k)!r}" for k in sorted(set(old_s) | set(new_s))
+            if old_s.get(k) != new_s.get(k)]
+    old_m, new_m = old.get("model", {}), new["model"]
+    out += [f"the model's {k}" for k in ("config", "tokenizer", "files") if old_m.get(k) != new_m.get(k)]
+    return out
+
+
+# ----- atomic files -----
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Call write(binary file) on a temp name beside `path`, fsync, rename over `path`, fsync the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _write_atomic(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+
+
+# ----- the progress record and the JSONL journal -----
+class _Progress:
+    """`<output>.progress.json`: the fingerprint, committed output bytes (JSONL) and whether the run is done."""
+
+    def __init__(self, output: Path, fingerprint: dict, total: int) -> None:
+        self.path = output.with_name(output.name + ".progress.json")
+        self.parts = output.with_name(output.name + ".parts")
+        self.output = output
+        self.data = {"format": FORMAT, "fingerprint": fingerprint, "total": total, "committed_bytes": 0,
+                     "complete": False}
+
+    def open(self, *, overwrite: bool) -> dict | None:
+        """Start fresh (None) or return the earlier run's record after checking it may be resumed."""
+        if overwrite:
+            for p in (self.output, self.path):
+                p.unlink(missing_ok=True)
+            shutil.rmtree(self.parts, ignore_errors=True)
+        if not self.path.is_file():
+            if self.output.exists() and self.output.stat().st_size > 0:
+                raise ValueError(f"{self.output} exists and is not the output of an interrupted batch run (no "
+                                 f"{self.path.name}); pass --overwrite to replace it or choose another --output")
+            shutil.rmtree(self.parts, ignore_errors=True)
+            self.save()
+            return None
+        try:
+            old = json.loads(self.path.read_text())
+            assert isinstance(old, dict) and old.get("format") == FORMAT
+        except (ValueError, AssertionError):
+            raise ValueError(f"{self.path} is not a batch progress record; remove it or pass --overwrite") from None
+        changed = _changes(old.get("fingerprint", {}), self.data["fingerprint"])
+        if changed:
+            raise ValueError(f"cannot resume into {self.output}: changed since that run started: {'; '.join(changed)}. "
+                             "Run with the same input, settings and model, or pass --overwrite to start again")
+        if (old["committed_bytes"] or old["complete"]) and not self.output.is_file():
+            raise ValueError(f"{self.output} is missing but {self.path.name} records results in it; pass --overwrite "
+                             "to start again")
+        self.data.update(committed_bytes=old["committed_bytes"], complete=old["complete"])
+        return old
+
+    def save(self) -> None:
+        _write_json(self.path, self.data)
+
+
+def _resume_jsonl(progress: _Progress, items: list[BatchItem]) -> tuple[dict[str, bytes], int]:
+    """The earlier run's result lines by id key, after cutting the output back to its committed length."""
+    out, committed = progress.output, progress.data["committed_bytes"]
+    out.touch()
+    size = out.stat().st_size
+    if size < committed:
+        raise ValueError(f"{out} is shorter ({size} bytes) than its progress record says ({committed}): it was changed "
+                         "outside this run; pass --overwrite to start again")
+    repaired = size - committed
+    if repaired:
+        with out.open("r+b") as f:  # a torn line or a batch not yet committed: recompute it
+            f.truncate(committed)
+            os.fsync(f.fileno())
+    known = {it.key for it in items}
+    done: dict[str, bytes] = {}
+    with out.open("rb") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                key = json.dumps(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{out} line {n} is not a batch result; pass --overwrite to start again") from None
+            if key not in known or key in done:
+                raise ValueError(f"{out} line {n}: id {key} is not in the input or answered twice; pass --overwrite")
+            done[key] = line
+    return done, repaired
+
+
+def _append(progress: _Progress, lines: list[bytes]) -> None:
+    """Whole lines, fsync'd, then counted in the progress record: a kill leaves at most an uncounted tail."""
+    with progress.output.open("ab") as f:
+        f.write(b"".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
+        progress.data["committed_bytes"] = f.tell()
+    progress.save()
+
+
+def _finish_jsonl(progress: _Progress, items: list[BatchItem]) -> None:
+    """Rewrite the output in input order (atomically) and mark the run complete."""
+    done, _ = _resume_jsonl(progress, items)
+    ordered = [done[it.key] for it in items]
+    _write_atomic(progress.output, lambda f: f.write(b"".join(ordered)))
+    progress.data.update(committed_bytes=progress.output.stat().st_size, complete=True)
+    progress.save()
+
+
+def _line(record: dict) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# ----- planning generation batches -----
+def _plan(todo: list[BatchItem], lengths: dict[int, int], configs: dict[int, GenerationConfig], *,
+          batch_size: int, block_size: int) -> list[list[BatchItem]]:
+    """Batches of items that share a config, shortest prompts first (less padding).
+
+    generate() gives a batch one token budget, min(max_new_tokens, block_size - width + 1) with width the
+    longest prompt, so an item joins a batch only if that leaves every member the budget it has alone: then a
+    batched result equals the one-at-a-time result whatever the batch, and a resumed run equals a straight one.
+    """
+    groups: dict[str, list[BatchItem]] = {}
+    for it in todo:
+        groups.setdefault(json.dumps(dataclasses.asdict(configs[it.index]), sort_keys=True), []).append(it)
+    batches: list[list[BatchItem]] = []
+    for group in groups.values():
+        mnt = configs[group[0].index].max_new_tokens
+        batch: list[BatchItem] = []
+        for it in sorted(group, key=lambda it: lengths[it.index]):
+            width = lengths[it.index]
+            fits = width + mnt - 1 <= block_size or all(lengths[b.index] == width for b in batch)
+            if batch and (len(batch) == batch_size or not fits):
+                batches.append(batch)
+                batch = []
+            batch.append(it)
+        batches.append(batch)
+    return batches
+
+
+# ----- the run -----
+def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathLike, output_path: str | os.PathLike,
+              *, config: GenerationConfig | None = None, batch_size: int = 8,
+              pooling: Literal["mean", "cls"] = "mean", normalize: bool = True, max_length: int | None = None,
+              model_files: dict | None = None, overwrite: bool = False, progress: bool = True) -> BatchResult:
+    """Answer every record of a JSONL file once: generations from a decoder, embeddings from an encoder.
+
+    Started again after an interruption with the same arguments, it resumes where the earlier run stopped (see the
+    module docstring for the file formats and how results are committed).
+
+    Args:
+        model: a DecoderLM (generation) or an encoder (embeddings), in eval mode.
+        tokenizer: the model's tokenizer.
+        input_path: the input JSONL (see read_inputs).
+        output_path: `.jsonl` for results; for embeddings also `.npy` or `.npz`.
+        config: generation settings (default GenerationConfig()); lines may override LINE_PARAMS.
+        batch_size: prompts (or texts) per forward batch. Results do not depend on it, so it may change on resume.
+        pooling, normalize, max_length: embedding settings, as in neurallayers.embeddings.embed.
+        model_files: what identifies the model's files (model_files_identity); part of the fingerprint.
+        overwrite: discard an earlier run's output and progress instead of resuming.
+        progress: show a tqdm progress bar.
+
+    Raises:
+        ValueError: bad input lines (naming the line), a bad setting, or a resume whose input, settings or model
+            changed (naming what changed).
+    """
+    input_path, output = Path(input_path), Path(output_path)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
+    causal = bool(model.config.causal)
+    vectors = output.suffix in VECTOR_SUFFIXES
+    if causal and vectors:
+        raise ValueError(f"output {output.name}: {'/'.join(VECTOR_SUFFIXES)} files hold embeddings, which need an "
+                         "encoder model (causal=False); write generations to a .jsonl file")
+    if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
+        raise ValueError(f"output {output} is the input file; choose another --output")
+    items = read_inputs(input_path, mode="generate" if causal else "embed")
+    if causal:
+        config = config or GenerationConfig()
+        if not isinstance(config, GenerationConfig):
+            raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        prompts, configs = _check_prompts(items, tokenizer, config, model.config.block_size, source=input_path)
+        settings = {"mode": "generate", **dataclasses.asdict(config)}
+    else:
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling={pooling!r}: valid are mean, cls")
+        settings = {"mode": "embed", "pooling": pooling, "normalize": bool(normalize), "max_length": max_length,
+                    "output": output.suffix if vectors else ".jsonl"}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint = json.loads(json.dumps(_fingerprint(input_path, settings, model, tokenizer, model_files)))
+    record = _Progress(output, fingerprint, len(items))
+    earlier = record.open(overwrite=overwrite)
+    if earlier is not None and earlier["complete"]:
+        return BatchResult(output=output, total=len(items), resumed=len(items), computed=0)
+
+    from tqdm.auto import tqdm
+
+    if vectors:
+        done_idx = _resume_parts(record, len(items))
+        done, repaired = {it.key for it in items if it.index in done_idx}, 0
+    else:
+        lines, repaired = _resume_jsonl(record, items)
+        done = set(lines)
+    todo = [it for it in items if it.key not in done]
+    bar = tqdm(total=len(items), initial=len(done), unit=" prompts" if causal else " texts", disable=not progress,
+               desc=output.name)
+    with bar:
+        if causal:
+            batches = _plan(todo, {i: len(p) for i, p in prompts.items()}, configs, batch_size=batch_size,
+                            block_size=model.config.block_size)
+            for batch in batches:
+                gens = generate(model, tokenizer, [prompts[it.index] for it in batch], configs[batch[0].index])
+                _append(record, [_line({"id": it.id, "text": g.text, "finish_reason": g.finish_reason,
+                                        "prompt_tokens": g.prompt_tokens, "completion_tokens": len(g.token_ids)})
+                                 for it, g in zip(batch, gens, strict=True)])
+                bar.update(len(batch))
+        else:
+            _embed_todo(model, tokenizer, todo, record, bar, vectors=vectors, batch_size=batch_size,
+                        pooling=pooling, normalize=normalize, max_length=max_length)
+    if vectors:
+        _finish_vectors(record, items)
+    else:
+        _finish_jsonl(record, items)
+    return BatchResult(output=output, total=len(items), resumed=len(done), computed=len(todo),
+                       repaired_bytes=repaired)
+
+
+def _check_prompts(items: list[BatchItem], tokenizer: Tokenizer, config: GenerationConfig, block_size: int, *,
+                   source: Path) -> tuple[dict[int, list[int]], dict[int, GenerationConfig]]:
+    """Token ids and the effective GenerationConfig of every item, checked before anything is written."""
+    prompts: dict[int, list[int]] = {}
+    configs: dict[int, GenerationConfig] = {}
+    cached: dict[str, GenerationConfig] = {}
+    for it, ids in zip(items, tokenizer.encode_batch([it.text for it in items]), strict=True):
+        where = f"{source} line {it.line}"
+        if len(ids) > block_size:
+            raise ValueError(f"{where}: the prompt has {len(ids)} tokens but the model's context length is "
+                             f"{block_size}; shorten it")
+        key = json.dumps(it.params, sort_keys=True)
+        if key not in cached:
+            try:
+                cached[key] = config.replace(**it.params)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{where}: {e}") from None
+        prompts[it.index], configs[it.index] = ids, cached[key]
+    return prompts, configs
+
+
+# ----- embeddings -----
+def _embed_todo(model: nn.Module, tokenizer: Tokenizer, todo: list[BatchItem], record: _Progress, bar, *,
+                vectors: bool, batch_size: int, pooling: str, normalize: bool, max_length: int | None) -> None:
+    import numpy as np
+
+    from neurallayers.embeddings import embed
+
+    todo = sorted(todo, key=lambda it: len(it.text))  # similar lengths batch with less padding
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        vecs = embed(model, tokenizer, [it.text for it in chunk], pooling=pooling, normalize=normalize,
+                     batch_size=batch_size, max_length=max_length).cpu().numpy()
+        if vectors:
+            part = record.parts / f"part-{chunk[0].index:09d}.npz"
+            index = np.array([it.index for it in chunk], dtype=np.int64)
+            _write_atomic(part, lambda f, index=index, vecs=vecs: np.savez(f, index=index, vectors=vecs))
+        else:
+            _append(record, [_line({"id": it.id, "embedding": v.tolist()}) for it, v in zip(chunk, vecs, strict=True)])
+        bar.update(len(chunk))
+
+
+def _resume_parts(record: _Progress, total: int) -> dict[int, Any]:
+    """Vectors of earlier batches by record index, from the complete part files (unfinished temp files removed)."""
+    import numpy as np
+
+    record.parts.mkdir(exist_ok=True)
+    done: dict[int, Any] = {}
+    for part in sorted(record.parts.iterdir()):
+        if part.suffix != ".npz":
+            part.unlink()  # a temp file of a batch cut short: it is recomputed
+            continue
+        try:
+            with np.load(part, allow_pickle=False) as z:
+                index, vecs = z["index"], z["vectors"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{part} is not a readable batch part ({e}); pass --overwrite to start again") from None
+        for i, v in zip(index.tolist(), vecs, strict=True):
+            if not 0 <= i < total or i in done:
+                raise ValueError(f"{part}: record {i} is out of range or answered twice; pass --overwrite")
+            done[i] = v
+    return done
+
+
+def _finish_vectors(record: _Progress, items: list[BatchItem]) -> None:
+    """Join the parts into the NPY/NPZ output in input order (atomically), mark the run complete, drop the parts."""
+    import numpy as np
+
+    done = _resume_parts(record, len(items))
+    missing = [it.line for it in items if it.index not in done]
+    if missing:
+        raise RuntimeError(f"batch parts are missing the records of lines {missing[:5]}")
+    matrix = np.stack([done[it.index] for it in items]).astype(np.float32)  # (N, C)
+    if record.output.suffix == ".npy":
+        _write_atomic(record.output, lambda f: np.save(f, matrix))
+    else:
+        ids = [it.id for it in items]
+        id_array = np.array(ids, dtype=np.int64) if all(isinstance(i, int) for i in ids) else np.array(ids, dtype=str)
+        _write_atomic(record.output, lambda f: np.savez(f, ids=id_array, embeddings=matrix))
+    record.data["complete"] = True
+    record.save()
+    shutil.rmtree(record.parts, ignore_errors=True)

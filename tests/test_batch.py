@@ -1,0 +1,290 @@
+"""Offline batch inference: input checks, results equal to one-at-a-time generation, and exact resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neurallayers import batch as batch_mod
+from neurallayers.api import load
+from neurallayers.batch import model_files_identity, read_inputs, run_batch
+from neurallayers.config import ModelConfig
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.generation import GenerationConfig, generate
+from neurallayers.models.decoder import DecoderLM
+from neurallayers.training.checkpoint import save_model
+from neurallayers.training.config import RunConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = "the quick brown fox jumps over the lazy dog. pack my box with five dozen liquor jugs!\n"
+GREEDY = GenerationConfig(temperature=0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run directory with a random char-level GPT (peaked distributions: no near ties between greedy choices)."""
+    out = tmp_path_factory.mktemp("run")
+    tok = Tokenizer.train_char([TEXT])
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32, init_std=0.3)
+    RunConfig(model=cfg).to_yaml(out / "config.yaml")
+    tok.save(out)
+    save_model(out, DecoderLM(cfg).state_dict())
+    return out
+
+
+@pytest.fixture(scope="module")
+def lm(run_dir):
+    return load(run_dir)
+
+
+def write_prompts(path: Path, n: int, **extra) -> Path:
+    words = TEXT.split()
+    lines = [json.dumps({"id": f"p{i}", "prompt": " ".join(words[i % 7:i % 7 + 1 + i % 5]), **extra})
+             for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def results(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch, name: str, calls: int) -> None:
+    """Make neurallayers.batch.<name> raise after `calls` successful calls: an in-process stand-in for a kill."""
+    real, count = getattr(batch_mod, name), [0]
+
+    def wrapped(*a, **k):
+        if count[0] == calls:
+            raise Interrupt
+        count[0] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(batch_mod, name, wrapped)
+
+
+# ----- generation -----
+def test_results_equal_one_prompt_at_a_time(lm, tmp_path):
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 7)
+    with inp.open("a") as f:  # per-line settings, a default id, "text" for "prompt", blank lines
+        f.write('\n{"prompt": "the dog", "max_new_tokens": 3}\n  \n{"text": "a box", "stop": ["o"]}\n')
+    res = run_batch(model, tok, inp, tmp_path / "out.jsonl", config=GREEDY, batch_size=3, progress=False)
+    assert (res.total, res.computed, res.resumed) == (9, 9, 0)
+    rows = results(tmp_path / "out.jsonl")
+    assert [r["id"] for r in rows] == [f"p{i}" for i in range(7)] + [9, 11]  # input order; line numbers as ids
+    for item, row in zip(read_inputs(inp, mode="generate"), rows, strict=True):
+        (alone,) = generate(model, tok, item.text, GREEDY.replace(**item.params))
+        assert (row["text"], row["finish_reason"], row["completion_tokens"]) == \
+            (alone.text, alone.finish_reason, len(alone.token_ids))
+    assert rows[7]["completion_tokens"] <= 3 and "o" not in rows[8]["text"]
+
+
+def test_seeded_sampling_does_not_depend_on_batch_size(lm, tmp_path):
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 6)
+    cfg = GenerationConfig(temperature=1.0, top_k=8, seed=3, max_new_tokens=10)
+    run_batch(model, tok, inp, tmp_path / "a.jsonl", config=cfg, batch_size=1, progress=False)
+    run_batch(model, tok, inp, tmp_path / "b.jsonl", config=cfg, batch_size=6, progress=False)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_interrupted_run_resumes_repairs_a_torn_tail_and_refuses_changes(lm, tmp_path, monkeypatch):
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 10)
+    run_batch(model, tok, inp, tmp_path / "straight.jsonl", config=GREEDY, batch_size=2, progress=False)
+    out = tmp_path / "out.jsonl"
+    with monkeypatch.context() as m:
+        interrupt_after(m, "generate", 2)
+        with pytest.raises(Interrupt):
+            run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    assert len(results(out)) == 4
+    # A kill while appending: whole lines of a batch not yet counted, then a torn line.
+    with out.open("ab") as f:
+        f.write(b'{"id": "p9", "text": "not counted"}\n{"id": "p8", "te')
+    with pytest.raises(ValueError, match=r"changed since .*temperature: 0 -> 0\.5"):
+        run_batch(model, tok, inp, out, config=GREEDY.replace(temperature=0.5), batch_size=2, progress=False)
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(inp.read_text().replace("p3", "q3"))
+    with pytest.raises(ValueError, match="input file's contents"):
+        run_batch(model, tok, changed, out, config=GREEDY, batch_size=2, progress=False)
+    res = run_batch(model, tok, inp, out, config=GREEDY, batch_size=5, progress=False)  # batch size may change
+    assert (res.resumed, res.computed) == (4, 6) and res.repaired_bytes > 0
+    assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
+    again = run_batch(model, tok, inp, out, config=GREEDY, progress=False)  # complete: nothing to do
+    assert (again.resumed, again.computed) == (10, 0)
+    assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
+
+
+def test_sigkill_mid_run_then_same_command_answers_each_input_once(lm, run_dir, tmp_path):
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 24)
+    cfg = GREEDY.replace(max_new_tokens=40)
+    run_batch(model, tok, inp, tmp_path / "straight.jsonl", config=cfg, batch_size=4, progress=False)
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "neurallayers", "batch", str(run_dir), "--input", str(inp), "--output", str(out),
+           "--temperature", "0", "--max-new-tokens", "40", "--batch-size", "1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    record = out.with_name(out.name + ".progress.json")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads(record.read_text())["committed_bytes"] > 0:
+                break
+        except (OSError, ValueError):
+            pass  # not written yet
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stdout.read().decode()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not json.loads(record.read_text())["complete"]
+    done_before = len(out.read_bytes().split(b"\n")) - 1
+    assert 0 < done_before < 24
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = results(out)
+    assert sorted(r["id"] for r in rows) == sorted(f"p{i}" for i in range(24))  # each exactly once
+    assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
+    assert "from an earlier run" in resumed.stdout
+
+
+# ----- bad input -----
+BAD_LINES = [
+    ('{"prompt": "a"}\n{"prompt": "b"\n', "line 2: not valid JSON"),
+    ('["a"]\n', "line 1: expected a JSON object"),
+    ('{"id": 1}\n', "line 1: needs exactly one of 'prompt' or 'text'"),
+    ('{"prompt": "a", "text": "b"}\n', "line 1: needs exactly one"),
+    ('{"prompt": "   "}\n', "line 1: 'prompt' must be a non-empty string"),
+    ('{"prompt": 5}\n', "line 1: 'prompt' must be a non-empty string"),
+    ('{"prompt": "a", "temprature": 0}\n', "line 1: unknown field 'temprature' \\(did you mean 'temperature'\\?\\)"),
+    ('{"prompt": "a", "id": 1.5}\n', "line 1: 'id' must be a string or an integer"),
+    ('{"id": "x", "prompt": "a"}\n\n{"id": "x", "prompt": "b"}\n', "line 3: id 'x' is already used on line 1"),
+    ('{"prompt": "a", "temperature": -1}\n', "line 1: GenerationConfig.temperature=-1: must be >= 0"),
+    ('{"prompt": "a", "top_p": "high"}\n', "line 1: GenerationConfig.top_p='high'"),
+    ('{"prompt": "' + "ab" * 40 + '"}\n', "line 1: the prompt has 80 tokens but the model's context length is 64"),
+    ("\n\n", "holds no records"),
+    (b'{"prompt": "\xff"}\n', "line 1: not valid UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), BAD_LINES)
+def test_bad_lines_are_named(lm, tmp_path, content, message):
+    model, tok = lm
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=message):
+        run_batch(model, tok, inp, tmp_path / "out.jsonl", config=GREEDY, progress=False)
+    assert not (tmp_path / "out.jsonl").exists()  # checked before anything is written
+
+
+def test_bad_settings_and_outputs(lm, tmp_path):
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 2)
+    with pytest.raises(ValueError, match="need an encoder model"):
+        run_batch(model, tok, inp, tmp_path / "v.npy", progress=False)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        run_batch(model, tok, inp, tmp_path / "o.jsonl", batch_size=0, progress=False)
+    with pytest.raises(FileNotFoundError, match="input file not found"):
+        run_batch(model, tok, tmp_path / "missing.jsonl", tmp_path / "o.jsonl", progress=False)
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text("keep me\n")
+    with pytest.raises(ValueError, match="not the output of an interrupted batch run.*--overwrite"):
+        run_batch(model, tok, inp, foreign, config=GREEDY, progress=False)
+    assert foreign.read_text() == "keep me\n"
+    res = run_batch(model, tok, inp, foreign, config=GREEDY, overwrite=True, progress=False)
+    assert res.computed == 2 and len(results(foreign)) == 2
+
+
+def test_cli_prints_one_line_for_a_bad_line(run_dir, tmp_path, capsys):
+    from neurallayers.__main__ import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"prompt": "a"}\n{"promt": "b"}\n')
+    assert main(["batch", str(run_dir), "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "line 2: unknown field 'promt' (did you mean 'prompt'?)" in err
+    assert main(["batch", str(run_dir), "--input", str(tmp_path / "nope.jsonl"), "--output", "o.jsonl"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_model_change_is_refused(lm, run_dir, tmp_path, monkeypatch):
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out.jsonl"
+    with monkeypatch.context() as m:
+        interrupt_after(m, "generate", 1)
+        with pytest.raises(Interrupt):
+            run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, model_files=model_files_identity(run_dir),
+                      progress=False)
+    files = {**model_files_identity(run_dir), "model.safetensors": [1, 2]}
+    with pytest.raises(ValueError, match="the model's files"):
+        run_batch(model, tok, inp, out, config=GREEDY, model_files=files, progress=False)
+
+
+# ----- embeddings -----
+@pytest.fixture(scope="module")
+def encoder():
+    """A random BERT-style encoder (2 layers, 32 wide) and a char tokenizer."""
+    from neurallayers.models import build_model
+
+    tok = Tokenizer.train_char(SENTENCES)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("bert-mini").replace(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2,
+                                                     n_embd=32)
+    return build_model(cfg).eval(), tok
+
+
+SENTENCES = ["A man is eating food.", "A man rides a horse.", "Two dogs play in the snow.", "The stock market fell.",
+             "She plays the violin beautifully at the concert hall tonight.", "Rain.", "Cats sleep a lot."]
+
+
+def write_texts(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"id": i * 10, "text": s}) + "\n" for i, s in enumerate(SENTENCES)))
+    return path
+
+
+def test_embeddings_npy_resume_npz_and_jsonl(encoder, tmp_path, monkeypatch):
+    from neurallayers.embeddings import embed
+
+    model, tok = encoder
+    inp = write_texts(tmp_path / "in.jsonl")
+    want = embed(model, tok, SENTENCES).numpy()
+    out = tmp_path / "vectors.npy"
+    with monkeypatch.context() as m:
+        interrupt_after(m, "_write_atomic", 3)  # the progress record and two parts written, then a kill
+        with pytest.raises(Interrupt):
+            run_batch(model, tok, inp, out, batch_size=2, progress=False)
+    assert not out.exists() and len(list(out.with_name(out.name + ".parts").glob("*.npz"))) == 2
+    res = run_batch(model, tok, inp, out, batch_size=2, progress=False)
+    assert (res.resumed, res.computed) == (4, 3)
+    got = np.load(out)
+    assert got.shape == (7, 32) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not out.with_name(out.name + ".parts").exists()
+
+    run_batch(model, tok, inp, tmp_path / "v.npz", batch_size=3, progress=False)
+    with np.load(tmp_path / "v.npz") as z:
+        assert z["ids"].tolist() == [i * 10 for i in range(7)]
+        np.testing.assert_allclose(z["embeddings"], want, atol=1e-5)
+    run_batch(model, tok, inp, tmp_path / "v.jsonl", batch_size=3, pooling="cls", normalize=False, progress=False)
+    rows = results(tmp_path / "v.jsonl")
+    assert [r["id"] for r in rows] == [i * 10 for i in range(7)]
+    np.testing.assert_allclose(np.array([r["embedding"] for r in rows]),
+                               embed(model, tok, SENTENCES, pooling="cls", normalize=False).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="line 1: unknown field 'temperature'"):
+        (tmp_path / "gen.jsonl").write_text('{"text": "a", "temperature": 0}\n')
+        run_batch(model, tok, tmp_path / "gen.jsonl", tmp_path / "x.npy", progress=False)
