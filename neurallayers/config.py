@@ -22,6 +22,7 @@ AttentionKernel = Literal["sdpa", "eager"]
 GeluApprox = Literal["tanh", "none"]
 RopeScalingType = Literal["linear", "dynamic", "llama3"]
 Head = Literal["none", "mlm", "sequence_classification", "token_classification"]
+DERIVED = ("n_kv_head", "head_dim", "intermediate_size")  # None: computed from other fields in __post_init__
 
 _ROPE_SCALING_KEYS = {
     "linear": {"type", "factor"},
@@ -35,6 +36,9 @@ class ModelConfig:
     """Every architecture switch of the decoder and encoder families.
 
     Derived fields (`n_kv_head`, `head_dim`, `intermediate_size`) are filled from the others when left as None.
+    The config remembers which ones it derived: `to_dict()` writes those as None and `replace()` derives them
+    again from the new values, so `replace(n_embd=...)` never keeps a head_dim computed from the old n_embd.
+    A derived field given a value (here or in `replace`) is explicit from then on and kept as it is.
     """
 
     name: str = "custom"
@@ -75,6 +79,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        # Not a dataclass field (so not data, not compared): which derived fields were left to derivation.
+        self._derived = frozenset(name for name in DERIVED if getattr(self, name) is None)
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "num_labels"):
             _require(name, getattr(self, name), getattr(self, name) >= 1, "must be >= 1")
         for name in ("dropout", "attn_dropout", "drop_path"):
@@ -86,7 +92,8 @@ class ModelConfig:
         _require("type_vocab_size", self.type_vocab_size, self.type_vocab_size >= 0, "must be >= 0")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        _require("n_kv_head", self.n_kv_head, 1 <= self.n_kv_head <= self.n_head, f"must be in [1, n_head={self.n_head}]")
+        _require("n_kv_head", self.n_kv_head, 1 <= self.n_kv_head <= self.n_head,
+                 f"must be in [1, n_head={self.n_head}]")
         _require(
             "n_kv_head", self.n_kv_head, self.n_head % self.n_kv_head == 0, f"must divide n_head={self.n_head}"
         )
@@ -120,9 +127,9 @@ class ModelConfig:
 
     def param_count(self, *, include_embeddings: bool = True) -> int:
         """Exact parameter count of the model this config builds (embeddings counted once when tied)."""
-        from neurallayers.models import build_model  # local: models import config
-
         import torch
+
+        from neurallayers.models import build_model  # local: models import config
 
         with torch.device("meta"):
             model = build_model(self)
@@ -149,7 +156,11 @@ class ModelConfig:
 
     # ----- (de)serialisation -----
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as plain data; derived fields the user left unset are None, so they are derived again
+        from whatever the dict holds when it is read back (`from_dict`, YAML, dict-level overrides)."""
+        data = dataclasses.asdict(self)
+        data.update(dict.fromkeys(self._derived))
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -162,6 +173,7 @@ class ModelConfig:
         return cls(**data)
 
     def replace(self, **changes: Any) -> ModelConfig:
+        """A new config with `changes` applied; derived fields not set explicitly are derived again."""
         data = self.to_dict()
         data.update(changes)
         return ModelConfig.from_dict(data)

@@ -63,7 +63,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     return ModelConfig(
         name=str(hf.get("_name_or_path") or "gpt2"), causal=True, vocab_size=hf.get("vocab_size", 50257),
         block_size=hf.get("n_positions", 1024), n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12),
-        n_embd=n_embd, intermediate_size=hf.get("n_inner") or 4 * n_embd, norm="layernorm",
+        n_embd=n_embd, intermediate_size=hf.get("n_inner"), norm="layernorm",  # None: 4 * n_embd, as in HF
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)), norm_placement="pre", mlp="gelu",
         gelu_approx=ACTIVATIONS[act], position="learned", bias=True,
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)), dropout=float(hf.get("resid_pdrop", 0.1)),

@@ -1,0 +1,210 @@
+"""ModelConfig: every validation error names its field and what is allowed; derived fields follow replace();
+YAML round-trips; parameter, FLOP and KV-cache figures equal hand-computed ones (and the published GPT-2 count)."""
+
+from __future__ import annotations
+
+import pytest
+
+from neurallayers.config import ModelConfig
+from neurallayers.presets import PRESETS
+
+ROPE = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+LLAMA3 = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}
+
+# (case id, fields, field named in the message, what the message says is allowed)
+BAD = [
+    ("name-type", dict(name=3), "name", "expected str"),
+    ("causal-type", dict(causal="yes"), "causal", "expected bool"),
+    ("vocab_size-type", dict(vocab_size=1.5), "vocab_size", "expected int"),
+    ("vocab_size-bool", dict(vocab_size=True), "vocab_size", "expected int"),
+    ("vocab_size-zero", dict(vocab_size=0), "vocab_size", "must be >= 1"),
+    ("block_size", dict(block_size=0), "block_size", "must be >= 1"),
+    ("n_layer", dict(n_layer=-2), "n_layer", "must be >= 1"),
+    ("n_head", dict(n_head=0), "n_head", "must be >= 1"),
+    ("n_embd", dict(n_embd=0), "n_embd", "must be >= 1"),
+    ("n_embd-divisible", dict(n_embd=30, n_head=4), "n_embd", "must be divisible by n_head=4"),
+    ("num_labels", dict(num_labels=0), "num_labels", "must be >= 1"),
+    ("n_kv_head-range", dict(n_head=4, n_kv_head=8), "n_kv_head", "must be in [1, n_head=4]"),
+    ("n_kv_head-zero", dict(n_head=4, n_kv_head=0), "n_kv_head", "must be in [1, n_head=4]"),
+    ("n_kv_head-divides", dict(n_head=4, n_kv_head=3), "n_kv_head", "must divide n_head=4"),
+    ("n_kv_head-type", dict(n_kv_head="2"), "n_kv_head", "expected int or None"),
+    ("head_dim", dict(head_dim=0), "head_dim", "must be >= 1"),
+    ("head_dim-rope-odd", dict(head_dim=15, **ROPE), "head_dim", "must be even for rope"),
+    ("intermediate_size", dict(intermediate_size=0), "intermediate_size", "must be >= 1"),
+    ("norm", dict(norm="batchnorm"), "norm", "one of 'layernorm', 'rmsnorm'"),
+    ("norm_eps", dict(norm_eps=0.0), "norm_eps", "must be > 0"),
+    ("norm_placement", dict(norm_placement="middle"), "norm_placement", "one of 'pre', 'post'"),
+    ("mlp", dict(mlp="relu"), "mlp", "one of 'gelu', 'swiglu', 'geglu'"),
+    ("gelu_approx", dict(gelu_approx="erf"), "gelu_approx", "one of 'tanh', 'none'"),
+    ("position", dict(position="xpos"), "position", "one of 'learned', 'sinusoidal', 'rope', 'alibi', 'none'"),
+    ("rope_theta", dict(rope_theta=-1.0), "rope_theta", "must be > 0"),
+    ("rope_scaling-position", dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling",
+     "needs position='rope'"),
+    ("rope_scaling-type", dict(rope_scaling={"type": "yarn", "factor": 2.0}, **ROPE), "rope_scaling",
+     "'type' must be one of 'linear', 'dynamic', 'llama3'"),
+    ("rope_scaling-keys", dict(rope_scaling={"type": "linear", "factor": 2.0, "beta": 1}, **ROPE), "rope_scaling",
+     "unknown keys ['beta'] for type 'linear'"),
+    ("rope_scaling-factor", dict(rope_scaling={"type": "linear", "factor": 0.5}, **ROPE), "rope_scaling",
+     "'factor' must be a number >= 1"),
+    ("rope_scaling-llama3", dict(rope_scaling={"type": "llama3", "factor": 8.0}, **ROPE), "rope_scaling",
+     "llama3 scaling needs ['high_freq_factor', 'low_freq_factor', 'original_max_position_embeddings']"),
+    ("rope_scaling-type-of", dict(rope_scaling=[2.0], **ROPE), "rope_scaling", "expected dict or None"),
+    ("sliding_window", dict(sliding_window=0), "sliding_window", "must be >= 1 or None"),
+    ("sliding_window-causal", dict(sliding_window=8, causal=False), "sliding_window", "needs causal=True"),
+    ("bias", dict(bias="no"), "bias", "expected bool"),
+    ("tie_embeddings", dict(tie_embeddings=1), "tie_embeddings", "expected bool"),
+    ("layer_scale", dict(layer_scale=0.0), "layer_scale", "must be > 0 or None"),
+    ("drop_path", dict(drop_path=1.0), "drop_path", "must be in [0, 1)"),
+    ("dropout", dict(dropout=-0.1), "dropout", "must be in [0, 1)"),
+    ("attn_dropout", dict(attn_dropout=1.5), "attn_dropout", "must be in [0, 1)"),
+    ("attention", dict(attention="flash"), "attention", "one of 'sdpa', 'eager'"),
+    ("init_std", dict(init_std=0.0), "init_std", "must be > 0"),
+    ("scale_residual_init", dict(scale_residual_init=None), "scale_residual_init", "expected bool"),
+    ("type_vocab_size", dict(type_vocab_size=-1), "type_vocab_size", "must be >= 0"),
+    ("pad_token_id", dict(vocab_size=10, pad_token_id=10), "pad_token_id", "must be a valid token id"),
+    ("pooler", dict(pooler="yes"), "pooler", "expected bool"),
+    ("head", dict(head="qa"), "head",
+     "one of 'none', 'mlm', 'sequence_classification', 'token_classification'"),
+    ("extra", dict(extra=[1]), "extra", "expected dict"),
+]
+
+
+@pytest.mark.parametrize(("fields", "name", "allowed"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_every_validation_error_names_the_field_and_what_is_allowed(fields, name, allowed):
+    with pytest.raises(ValueError) as err:
+        ModelConfig(**fields)
+    message = str(err.value)
+    assert message.startswith(f"ModelConfig.{name}="), message
+    assert allowed in message, message
+
+
+def test_every_field_is_covered_by_a_validation_case():
+    import dataclasses
+
+    named = {b[2] for b in BAD}
+    assert {f.name for f in dataclasses.fields(ModelConfig)} - named == set()
+
+
+def test_unknown_fields_and_presets_suggest_the_closest_name(tmp_path):
+    with pytest.raises(ValueError, match=r"no field 'n_embed' \(did you mean 'n_embd'\?\)"):
+        ModelConfig.from_dict({"n_embed": 64})
+    with pytest.raises(ValueError, match=r"no field 'n_heads' \(did you mean 'n_head'\?\)"):
+        ModelConfig.from_name("tiny").replace(n_heads=4)
+    with pytest.raises(ValueError, match=r"unknown preset 'gtp2' \(did you mean 'gpt2'\?\); available: gpt2"):
+        ModelConfig.from_name("gtp2")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        ModelConfig.from_file(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="expected a mapping of config fields, got list"):
+        ModelConfig.from_file(tmp_path / "list.yaml")
+
+
+# ----- derived fields follow replace() -----
+def test_replace_derives_head_dim_intermediate_size_and_n_kv_head_again():
+    gpt2 = ModelConfig.from_name("gpt2")
+    wider = gpt2.replace(n_embd=1024, n_head=16)
+    assert (wider.head_dim, wider.intermediate_size, wider.n_kv_head) == (64, 4096, 16)
+    tiny = ModelConfig.from_name("tiny")  # n_embd 64, n_head 2
+    assert tiny.replace(n_embd=128).head_dim == 64 and tiny.replace(n_embd=128).intermediate_size == 512
+    assert tiny.replace(n_head=4).head_dim == 16 and tiny.replace(n_head=4).n_kv_head == 4
+    # the gated-MLP rule: 2/3 of 4d rounded up to a multiple of 64
+    assert tiny.replace(mlp="swiglu").intermediate_size == 192
+    assert ModelConfig.from_name("llama-tiny").replace(n_embd=256).intermediate_size == 704
+
+
+def test_explicit_derived_fields_are_kept():
+    cfg = ModelConfig(n_embd=64, n_head=2, head_dim=16, intermediate_size=100)
+    kept = cfg.replace(n_embd=128)
+    assert (kept.head_dim, kept.intermediate_size, kept.n_kv_head) == (16, 100, 2)
+    # set in replace, then kept by a later replace
+    assert ModelConfig.from_name("tiny").replace(head_dim=8).replace(n_embd=128).head_dim == 8
+    # the preset sets llama-tiny's n_kv_head: it stays 2 when n_head grows
+    assert ModelConfig.from_name("llama-tiny").replace(n_head=8).n_kv_head == 2
+    # None asks for derivation again
+    assert cfg.replace(head_dim=None, n_embd=128).head_dim == 64
+
+
+def test_derivation_survives_dicts_and_yaml(tmp_path):
+    cfg = ModelConfig.from_name("tiny")
+    data = cfg.to_dict()
+    assert data["head_dim"] is None and data["intermediate_size"] is None and cfg.head_dim == 32
+    assert ModelConfig.from_dict({**data, "n_embd": 128}).head_dim == 64  # dict-level overrides (CLI, RunConfig)
+    cfg.save(tmp_path / "c.yaml")
+    back = ModelConfig.from_file(tmp_path / "c.yaml")
+    assert back == cfg and back.replace(n_embd=128).intermediate_size == 512
+    explicit = ModelConfig(n_embd=64, n_head=2, head_dim=16)
+    explicit.save(tmp_path / "e.yaml")
+    assert ModelConfig.from_file(tmp_path / "e.yaml").replace(n_embd=128).head_dim == 16
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_round_trips_through_yaml(tmp_path, name):
+    cfg = ModelConfig.from_name(name)
+    cfg.save(tmp_path / "model.yaml")
+    back = ModelConfig.from_file(tmp_path / "model.yaml")
+    assert back == cfg and back.to_dict() == cfg.to_dict() and back.name == name
+    assert ModelConfig.resolve(tmp_path / "model.yaml") == cfg and ModelConfig.resolve(name) == cfg
+
+
+def test_yaml_with_a_preset_and_overrides(tmp_path):
+    (tmp_path / "run.yaml").write_text("model:\n  preset: gpt2\n  n_layer: 2\n  n_embd: 256\n  n_head: 4\n")
+    cfg = ModelConfig.from_file(tmp_path / "run.yaml")
+    assert (cfg.n_layer, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size) == (2, 64, 1024, 50257)
+    rope = ModelConfig.from_name("llama-tiny").replace(rope_scaling=LLAMA3)
+    rope.save(tmp_path / "rope.yaml")
+    assert ModelConfig.from_file(tmp_path / "rope.yaml").rope_scaling == LLAMA3
+    hf_spelling = ModelConfig.from_name("llama-tiny").replace(rope_scaling={"rope_type": "linear", "factor": 2.0})
+    assert hf_spelling.rope_scaling == {"type": "linear", "factor": 2.0}  # transformers' key is normalised
+
+
+# ----- figures -----
+def _gpt2_params(*, vocab: int, ctx: int, n_layer: int, d: int) -> int:
+    """GPT-2 by hand: embeddings (tied head), per layer 2 LayerNorms + qkv + proj + MLP with biases, final LN."""
+    layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    return vocab * d + ctx * d + n_layer * layer + 2 * d
+
+
+def test_gpt2_parameter_count_is_the_published_figure():
+    cfg = ModelConfig.from_name("gpt2")
+    assert cfg.param_count() == 124_439_808 == _gpt2_params(vocab=50257, ctx=1024, n_layer=12, d=768)
+    assert cfg.param_count(include_embeddings=False) == 124_439_808 - 50257 * 768 - 1024 * 768
+    # the published sizes of the larger GPT-2s (transformers' num_parameters(), tied embeddings)
+    assert ModelConfig.from_name("gpt2-medium").param_count() == 354_823_168
+    assert ModelConfig.from_name("gpt2-large").param_count() == 774_030_080
+    assert ModelConfig.from_name("gpt2-xl").param_count() == 1_557_611_200
+
+
+def test_llama_gqa_parameter_count_by_hand():
+    cfg = ModelConfig.from_name("llama-110m")  # 12 x 768, 12 heads, 4 kv heads, SwiGLU 2048, untied, no biases
+    d, kv, ff = 768, 4 * 64, 2048
+    layer = d * (d + 2 * kv) + d * d + 3 * d * ff + 2 * d  # fused qkv, out proj, gate/up/down, two RMSNorms
+    assert cfg.intermediate_size == ff
+    assert cfg.param_count() == 2 * 32000 * d + 12 * layer + d == 124_668_672
+    assert cfg.param_count() - cfg.replace(tie_embeddings=True).param_count() == 32000 * d
+
+
+def test_flops_per_token_by_hand():
+    gpt2 = ModelConfig.from_name("gpt2")
+    n_matmul = 12 * (768 * 3 * 768 + 768 * 768 + 2 * 768 * 3072) + 768 * 50257  # weights in matmuls, head included
+    forward = 2 * n_matmul + 4 * 12 * 768 * 1024  # 2 FLOPs per weight; QK^T and AV over 1024 keys (PaLM's 6N+12LHQT)
+    assert gpt2.flops_per_token(1024) == forward == 284_812_800
+    assert gpt2.flops_per_token(1024, training=True) == 3 * forward
+    assert gpt2.flops_per_token() == forward  # default: the full context
+    # nanoGPT's estimate (6N + 12LHQT, N = all parameters but wpe) differs only by its biases and norms
+    nanogpt = 6 * (124_439_808 - 1024 * 768) + 12 * 12 * 768 * 1024
+    biases_and_norms = 124_439_808 - 1024 * 768 - n_matmul
+    assert nanogpt - gpt2.flops_per_token(1024, training=True) == 6 * biases_and_norms
+    llama = ModelConfig.from_name("llama-110m")
+    d, kv, ff = 768, 256, 2048
+    per_layer = 2 * (d * (d + 2 * kv) + d * d + 3 * d * ff) + 4 * d * 512
+    assert llama.flops_per_token(512) == 12 * per_layer + 2 * d * 32000
+
+
+def test_kv_cache_bytes_by_hand():
+    gpt2 = ModelConfig.from_name("gpt2")
+    assert gpt2.kv_cache_bytes(1) == 2 * 12 * 768 * 2 == 36_864  # k and v, 12 layers, 768 wide, bf16
+    assert gpt2.kv_cache_bytes() == 36_864 * 1024
+    assert gpt2.kv_cache_bytes(100, batch_size=4, bytes_per_value=4) == 2 * 12 * 4 * 100 * 768 * 4
+    llama = ModelConfig.from_name("llama-110m")  # GQA: only 4 of 12 heads are cached
+    assert llama.kv_cache_bytes(1) == 2 * 12 * 4 * 64 * 2 == gpt2.replace(vocab_size=32000).kv_cache_bytes(1) // 3
