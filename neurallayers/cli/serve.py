@@ -1,0 +1,70 @@
+"""`neurallayers serve PATH`: an OpenAI-compatible HTTP server for a run directory or Hugging Face folder.
+
+SIGTERM (or Ctrl-C) stops it gracefully: new requests are refused, requests in flight finish, the engine drains,
+and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+
+from neurallayers.cli.common import UserError, add_model_path, positive_int
+
+API_KEY_ENV = "NEURALLAYERS_API_KEY"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_path(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                        help=f"require 'Authorization: Bearer KEY' on every route but /health "
+                        f"(default: ${API_KEY_ENV})")
+    parser.add_argument("--max-concurrency", type=positive_int, default=8,
+                        help="sequences decoded together (the engine's batch)")
+    parser.add_argument("--max-queue", type=int, default=32,
+                        help="sequences that may wait for a slot; more get 429 with Retry-After")
+    parser.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                        help="allow browser calls from this origin (repeatable); CORS is off without it")
+    parser.add_argument("--model-root", default=None,
+                        help="folder that POST /reload may load models from (relative paths only); off without it")
+    parser.add_argument("--model-name", default=None, help="the model id clients use (default: the folder's name)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
+                        help="seconds to let requests in flight finish after SIGTERM")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from neurallayers.serve.app import create_app
+    except ModuleNotFoundError as e:
+        raise UserError(f"serving needs the 'serve' extra ({e.name} is missing): "
+                        "pip install 'neurallayers[serve]'") from None
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: must be in [0, 65535]")
+    if args.max_queue < 0:
+        raise UserError(f"--max-queue {args.max_queue}: must be >= 0")
+    app = create_app(args.path, model_name=args.model_name, api_key=args.api_key,
+                     max_concurrency=args.max_concurrency, max_queue=args.max_queue, cors_origins=args.cors_origin,
+                     model_root=args.model_root, shutdown_timeout=args.shutdown_timeout, device=args.device)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.mark_draining()  # a request that still reaches us gets 503, not a half-served answer
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=args.shutdown_timeout)
+    # uvicorn re-raises the SIGTERM it caught once it has stopped; the handler it restores is this no-op, so a
+    # graceful stop ends the process normally (status 0) instead of killing it with the signal.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0

@@ -1,0 +1,109 @@
+"""`create_app`: the FastAPI application that serves one model over an OpenAI-compatible HTTP API.
+
+Middleware, outermost first: metrics (every request, by route and status) -> CORS (only with `cors_origins`) ->
+gate (503 while draining, 401 without the API key; /health stays open) -> the routes. The engine starts with the
+server (lifespan) and drains when it stops; `mark_draining()` (the CLI calls it on SIGTERM) refuses new requests.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from neurallayers.serve.state import Limits, ModelHolder, build_served
+
+log = logging.getLogger("neurallayers.serve")
+
+
+def _fastapi(**kwargs):
+    from fastapi import FastAPI
+
+    if "telemetry" in inspect.signature(FastAPI).parameters:
+        # newer FastAPI records OpenTelemetry spans by default; we export our own Prometheus metrics
+        kwargs["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "auto_configure": False}
+    return FastAPI(**kwargs)
+
+
+def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_key: str | None = None,
+               max_concurrency: int = 8, max_queue: int = 32, cors_origins: list[str] | None = None,
+               model_root: str | Path | None = None, shutdown_timeout: float | None = 30.0, device: str | None = None):
+    """The server's ASGI app.
+
+    Args:
+        model: a run directory or Hugging Face folder (loaded with `neurallayers.load`), or a (model, tokenizer)
+            pair already loaded. Decoder models generate (completions, chat); encoder models embed.
+        model_name: the id clients name in `model` (default: the folder's name, or "model" for a pair).
+        api_key: when set, every route but /health needs `Authorization: Bearer <api_key>`.
+        max_concurrency: sequences the engine decodes together (its max_batch).
+        max_queue: sequences that may wait for a slot; beyond running + waiting, requests get 429 at once.
+        cors_origins: origins allowed to call from a browser; CORS is off when None or empty.
+        model_root: the folder POST /reload may load models from (relative paths only); reload is off when None.
+        shutdown_timeout: seconds the engine may take to drain at shutdown (None: no limit).
+        device: where models loaded from a path (and reloads) live; default the loader's (CPU).
+
+    Returns:
+        A FastAPI app; serve it with uvicorn (`neurallayers serve` does).
+    """
+    from neurallayers.serve import errors, routes_extra, routes_openai
+    from neurallayers.serve.metrics import Metrics, MetricsMiddleware
+    from neurallayers.serve.middleware import GateMiddleware
+
+    for name, value in (("max_concurrency", max_concurrency), ("max_queue", max_queue)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_concurrency" else 0):
+            raise ValueError(f"{name}={value!r}: must be an integer >= {1 if name == 'max_concurrency' else 0}")
+    if model_root is not None and not Path(model_root).is_dir():
+        raise FileNotFoundError(f"model_root {model_root} is not a folder")
+    if isinstance(model, tuple):
+        loaded, tokenizer = model
+        name = model_name or "model"
+    else:
+        from neurallayers.api import load
+
+        loaded, tokenizer = load(model, device=device)
+        name = model_name or Path(model).resolve().name
+    limits = Limits(max_batch=max_concurrency, max_queue=max_queue, shutdown_timeout=shutdown_timeout)
+    holder = ModelHolder(build_served(loaded, tokenizer, name, limits), model_root=model_root, device=device)
+    draining = {"on": False}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        holder.current.start()
+        log.info("serving %s (%s, context %d)", holder.current.name, holder.current.kind, holder.current.block_size)
+        try:
+            yield
+        finally:
+            draining["on"] = True
+            await holder.close()
+
+    app = _fastapi(title="NeuralLayers", version=_version(), lifespan=lifespan,
+                   description="An OpenAI-compatible API for one NeuralLayers model.")
+    metrics = Metrics(lambda: holder.current.stats())
+    errors.install(app)
+    routes_openai.register(app, holder=holder, metrics=metrics)
+    routes_extra.register(app, holder=holder, metrics=metrics, draining=lambda: draining["on"])
+
+    app.add_middleware(GateMiddleware, api_key=api_key, draining=lambda: draining["on"])
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    routes = {r.path for r in app.routes if hasattr(r, "path")}
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+
+    app.state.holder = holder
+    app.state.metrics = metrics
+
+    def mark_draining() -> None:
+        draining["on"] = True
+
+    app.state.mark_draining = mark_draining
+    return app
+
+
+def _version() -> str:
+    from neurallayers import __version__
+
+    return __version__

@@ -1,0 +1,140 @@
+"""Errors in the OpenAI shape `{"error": {"message", "type", "param", "code"}}`, and the handlers that turn every
+failure into one: validation problems are 400 with `param` set (never 5xx, which the OpenAI client retries),
+overload is 429 with `Retry-After`, a draining server answers 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+log = logging.getLogger("neurallayers.serve")
+
+# Union fields whose pydantic errors (one per union member) collapse into one message naming what is allowed.
+UNION_HINTS = {
+    "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
+    "input": "a string, a list of strings, a list of token ids or a list of token-id lists",
+    "stop": "a non-empty string or a list of at most 16 non-empty strings",
+    "content": "a string or a list of {\"type\": \"text\", \"text\": ...} parts",
+}
+# pydantic writes union members and wrappers into `loc`; they are not field names
+_TYPE_TAG_CHARS = "[]-"
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-before"}
+
+
+class APIError(Exception):
+    """An error the client should see as `status` with an OpenAI error body.
+
+    Args:
+        status: the HTTP status.
+        message: what went wrong and how to fix it.
+        type: the OpenAI error type ("invalid_request_error", "authentication_error", ...).
+        param: the request field at fault, if any.
+        code: a short machine-readable code, if any.
+        headers: extra response headers (Retry-After).
+    """
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,  # noqa: A002
+               code: str | None = None) -> dict[str, Any]:
+    """The OpenAI error object."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    """A 400 invalid_request_error naming the field at fault."""
+    return APIError(400, message, param=param, code=code)
+
+
+def overloaded(retry_after: float) -> APIError:
+    """429 with Retry-After in whole seconds (HTTP allows no fractions), at least 1."""
+    seconds = max(1, math.ceil(retry_after)) if math.isfinite(retry_after) else 1
+    return APIError(429, f"the server is at capacity (running and queued requests); retry in {seconds} s",
+                    type="rate_limit_error", code="server_busy", headers={"Retry-After": str(seconds)})
+
+
+def unavailable(message: str) -> APIError:
+    return APIError(503, message, type="service_unavailable", code="service_unavailable",
+                    headers={"Retry-After": "1"})
+
+
+def param_of(loc: tuple | list) -> str | None:
+    """A pydantic error location ("body", "messages", 0, "content", "str") -> "messages[0].content"."""
+    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
+    if not parts or not isinstance(parts[0], str):
+        return "body" if loc and loc[0] == "body" else None
+    param = parts[0]
+    for p in parts[1:]:
+        if isinstance(p, int):
+            param += f"[{p}]"
+        elif p.lower() in _TYPE_TAGS or any(c in p for c in _TYPE_TAG_CHARS):
+            break  # a union member tag: what follows belongs to that member's attempt
+        else:
+            param += f".{p}"
+    return param
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """(message, param) for a list of pydantic errors: the first field at fault, said plainly."""
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    param = param_of(loc)
+    if first.get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", "body"
+    if param == "body":
+        if first.get("type") == "missing":
+            return "the request body is missing: send a JSON object", "body"
+        return f"the request body must be a JSON object: {first.get('msg')}", "body"
+    if first.get("type") == "extra_forbidden":
+        return f"{param}: unknown field (this server does not support it; check the spelling)", param
+    if first.get("type") == "missing":
+        return f"{param}: field required", param
+    leaf = param.rsplit(".", 1)[-1].split("[", 1)[0] if param else ""
+    tagged = len(errors) > 1 and all(param_of(e.get("loc", ())) == param for e in errors)
+    if tagged and leaf in UNION_HINTS:
+        return f"{param} must be {UNION_HINTS[leaf]}", param
+    value = first.get("input")
+    shown = "" if isinstance(value, dict | list) else f" (got {value!r:.80})"
+    return f"{param}: {first.get('msg')}{shown}", param
+
+
+def install(app) -> None:
+    """Registers the handlers that give every error the OpenAI shape."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    async def api_error(request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    async def invalid(request, exc: RequestValidationError):
+        message, param = validation_message(list(exc.errors()) or [{"loc": ("body",), "msg": "invalid"}])
+        return JSONResponse(error_body(message, param=param), status_code=400)
+
+    async def http_error(request, exc: HTTPException):
+        kind = {401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error"}.get(
+            exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
+        param = "body" if exc.status_code == 400 else None  # starlette's 400: a body it could not parse
+        return JSONResponse(error_body(str(exc.detail), type=kind, param=param), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    async def crashed(request, exc: Exception):
+        # A bug, not the client's fault: log the traceback, answer in the OpenAI shape without internals.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(f"internal error ({type(exc).__name__}); see the server log",
+                                       type="server_error", code="internal_error"), status_code=500)
+
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, crashed)

@@ -1,0 +1,86 @@
+"""Prometheus metrics of one app (its own registry, so several apps in one process do not collide) and the ASGI
+middleware that counts every request by route and status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+# seconds; generation latencies on CPU range from milliseconds (one token) to minutes (long completions)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+
+
+class Metrics:
+    """The server's metrics; `stats` returns the current engine's stats() for the gauges at scrape time."""
+
+    def __init__(self, stats: Callable[[], dict]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("neurallayers_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=r)
+        self.e2e = Histogram("neurallayers_request_latency_seconds", "end-to-end request latency", ["route"],
+                             buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("neurallayers_time_to_first_token_seconds", "request arrival to first token",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("neurallayers_inter_token_latency_seconds", "time between tokens of one sequence",
+                             buckets=TOKEN_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("neurallayers_prompt_tokens", "prompt tokens processed", registry=r)
+        self.generated_tokens = Counter("neurallayers_generation_tokens", "tokens generated", registry=r)
+        running = Gauge("neurallayers_requests_running", "sequences decoding now", registry=r)
+        waiting = Gauge("neurallayers_requests_waiting", "sequences queued for a decode slot", registry=r)
+        batch = Gauge("neurallayers_batch_size", "sequences in the last decode step", registry=r)
+        running.set_function(lambda: float(stats().get("running", 0)))
+        waiting.set_function(lambda: float(stats().get("waiting", 0)))
+        batch.set_function(lambda: float(stats().get("last_batch_size", 0)))
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class TokenClock:
+    """Per-sequence timing: TTFT from the request's arrival, then the gap between successive tokens."""
+
+    def __init__(self, metrics: Metrics, started: float) -> None:
+        self.metrics, self.started, self.last = metrics, started, None
+
+    def token(self) -> None:
+        now = time.perf_counter()
+        if self.last is None:
+            self.metrics.ttft.observe(now - self.started)
+        else:
+            self.metrics.itl.observe(now - self.last)
+        self.last = now
+
+
+class MetricsMiddleware:
+    """Counts requests by (route template, status) and times them end to end, streams included.
+
+    Paths that match no route are counted as "other", so scanners cannot blow up the label set.
+    """
+
+    def __init__(self, app, *, metrics: Metrics, routes: set[str]) -> None:
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in self.routes else "other"
+        status = 500
+        started = time.perf_counter()
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.e2e.labels(route).observe(time.perf_counter() - started)

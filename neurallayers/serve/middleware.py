@@ -1,0 +1,64 @@
+"""ASGI middleware: the API key check and the draining gate (SIGTERM: refuse new requests with 503)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from neurallayers.serve.errors import error_body
+
+OPEN_PATHS = frozenset({"/health"})  # answer without a key (load balancers, liveness probes)
+
+
+async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]]) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class GateMiddleware:
+    """Refuses requests before any route runs: 503 while the server drains, 401 without the right key.
+
+    The key is compared with hmac.compare_digest (constant time), so response timing does not reveal how much of a
+    guess was right.
+
+    Args:
+        app: the ASGI app inside.
+        api_key: the key clients must send as `Authorization: Bearer <key>`; None turns the check off.
+        draining: a callable that is True once shutdown has begun.
+    """
+
+    def __init__(self, app, *, api_key: str | None, draining) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+        self.draining = draining
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if self.draining() and path not in OPEN_PATHS:
+            body = error_body("the server is shutting down and accepts no new requests", type="service_unavailable",
+                              code="shutting_down")
+            await _send_json(send, 503, body, [(b"connection", b"close"), (b"retry-after", b"1")])
+            return
+        if self.key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+            body = error_body("missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                              type="authentication_error", code="invalid_api_key")
+            await _send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope) -> bool:
+        given = b""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                given = value
+                break
+        scheme, _, token = given.partition(b" ")
+        # compare even when the scheme is wrong, so every refusal takes the same time
+        ok = hmac.compare_digest(token.strip(), self.key)
+        return ok and scheme.lower() == b"bearer"

@@ -1,0 +1,111 @@
+"""The routes beyond OpenAI's: /health, /metrics, /tokenize, /detokenize, /predict, /batch_predict, /reload."""
+
+from __future__ import annotations
+
+import time
+
+from neurallayers.generation import GenerationConfig
+from neurallayers.serve import chat as chat_template
+from neurallayers.serve import params
+from neurallayers.serve.errors import bad_request
+from neurallayers.serve.routes_openai import check_model, embed_texts, usage
+from neurallayers.serve.schemas import (
+    BatchPrediction,
+    BatchPredictRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    Health,
+    Prediction,
+    PredictRequest,
+    ReloadRequest,
+    ReloadResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from neurallayers.serve.streaming import collect, submit_all
+
+
+def register(app, *, holder, metrics, draining) -> None:  # noqa: C901 - one closure per route
+    """Adds the extra routes; `draining()` is True once the server is shutting down."""
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
+    @app.get("/health", response_model=Health, tags=["ops"], responses={503: {"description": "shutting down"}})
+    async def health():
+        # Cheap on purpose: no engine call, no lock; the event loop answering is the health signal.
+        if draining():
+            return JSONResponse({"status": "draining", "model": holder.current.name}, status_code=503)
+        return {"status": "ok", "model": holder.current.name}
+
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    async def prometheus():
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.post("/tokenize", response_model=TokenizeResponse, tags=["tokens"])
+    async def tokenize(req: TokenizeRequest):
+        served = holder.current
+        check_model(served, req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise bad_request("give exactly one of prompt or messages", "prompt")
+        text = req.prompt
+        if req.messages is not None:
+            if not req.messages:
+                raise bad_request("messages is empty", "messages")
+            text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages)
+        ids = await run_in_threadpool(served.tokenizer.encode, text)
+        return {"tokens": ids, "count": len(ids), "max_model_len": served.block_size}
+
+    @app.post("/detokenize", response_model=DetokenizeResponse, tags=["tokens"])
+    async def detokenize(req: DetokenizeRequest):
+        served = holder.current
+        check_model(served, req.model)
+        vocab = served.tokenizer.vocab_size
+        bad = [t for t in req.tokens if not 0 <= t < vocab]
+        if bad:
+            raise bad_request(f"tokens holds ids outside the tokenizer's vocabulary [0, {vocab}): {bad[:5]}",
+                              "tokens", code="invalid_token_id")
+        return {"prompt": await run_in_threadpool(served.tokenizer.decode, req.tokens)}
+
+    async def predict_many(prompts: list[str], req) -> list[dict]:
+        lease = holder.lease()
+        try:
+            served = lease.served
+            if served.kind == "encoder":
+                vectors, _ = await embed_texts(served, prompts)
+                counts = [len(ids) for ids in await run_in_threadpool(served.tokenizer.encode_batch, prompts)]
+                return [{"embedding": v.tolist(), "usage": usage(c, 0)} for v, c in zip(vectors, counts, strict=True)]
+            started = time.perf_counter()
+            ids = await params.prompt_ids(served, prompts)
+            params.check_length(served, ids, req.max_tokens)
+            try:
+                config = GenerationConfig(max_new_tokens=req.max_tokens, temperature=req.temperature,
+                                          top_p=req.top_p, top_k=req.top_k, stop=params.stop_list(req.stop),
+                                          seed=req.seed)
+            except ValueError as e:
+                raise bad_request(str(e).removeprefix("GenerationConfig.")) from None
+            requests = submit_all(served, ids, [config], metrics=metrics)
+            results = await collect(requests, metrics=metrics, started=started)
+            return [{"text": res.text, "finish_reason": res.finish_reason,
+                     "usage": usage(r.prompt_tokens, r.completion_tokens)}
+                    for res, r in zip(results, requests, strict=True)]
+        finally:
+            lease.release()
+
+    @app.post("/predict", response_model=Prediction, response_model_exclude_none=True, tags=["simple"])
+    async def predict(req: PredictRequest):
+        """One text in; its completion (decoder models, greedy by default) or its embedding (encoders) out."""
+        (out,) = await predict_many([req.prompt], req)
+        return out
+
+    @app.post("/batch_predict", response_model=BatchPrediction, response_model_exclude_none=True, tags=["simple"])
+    async def batch_predict(req: BatchPredictRequest):
+        """Many texts in, one prediction each (in order) out; they decode together as one batch."""
+        return {"predictions": await predict_many(req.prompts, req)}
+
+    @app.post("/reload", response_model=ReloadResponse, tags=["ops"])
+    async def reload(req: ReloadRequest):
+        """Swap in the model folder `model` (relative to --model-root). Requests in flight finish on the old one."""
+        new, old = await holder.reload(req.model)
+        return {"model": new.name, "previous": old.name}

@@ -1,0 +1,265 @@
+"""The OpenAI-compatible routes: /v1/completions, /v1/chat/completions, /v1/models, /v1/embeddings."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+
+from neurallayers.serve import chat as chat_template
+from neurallayers.serve import params
+from neurallayers.serve.errors import APIError, bad_request
+from neurallayers.serve.schemas import (
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelList,
+)
+from neurallayers.serve.state import ServedModel, encoder_slot
+from neurallayers.serve.streaming import (
+    SSE_DONE,
+    chat_logprobs,
+    collect,
+    completion_logprobs,
+    merged,
+    now,
+    prompt_logprobs,
+    sse,
+    sse_error,
+    submit_all,
+)
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the rest of the context
+
+
+def check_model(served: ServedModel, name: str | None, *, need: str | None = None) -> None:
+    """404 for another model's name; 400 when the route needs a decoder (generation) or an encoder (embeddings)."""
+    if name is not None and name != served.name:
+        raise APIError(404, f"model {name!r} is not served here; this server serves {served.name!r}",
+                       type="not_found_error", param="model", code="model_not_found")
+    if need == "decoder" and served.kind != "decoder":
+        raise bad_request(f"{served.name!r} is an encoder model: it embeds (POST /v1/embeddings) and does not "
+                          "generate text", "model", code="wrong_model_kind")
+    if need == "encoder" and served.kind != "encoder":
+        raise bad_request(f"{served.name!r} is a decoder (generative) model; embeddings need an encoder model",
+                          "model", code="wrong_model_kind")
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def streaming_response(chunks, lease):
+    """An SSE response over `chunks` (an async iterator of strings) that returns `lease` when it ends."""
+    from fastapi.responses import StreamingResponse
+
+    async def body():
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            lease.release()
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def register(app, *, holder, metrics) -> None:  # noqa: C901 - one closure per route keeps the wiring readable
+    """Adds the OpenAI routes to `app`; `holder` is the ModelHolder, `metrics` the app's Metrics."""
+
+    @app.get("/v1/models", response_model=ModelList, tags=["openai"])
+    async def models() -> dict:
+        s = holder.current
+        return {"object": "list", "data": [{"id": s.name, "created": s.created, "max_model_len": s.block_size,
+                                            "kind": s.kind}]}
+
+    @app.post("/v1/completions", response_model=CompletionResponse, tags=["openai"],
+              responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}})
+    async def completions(req: CompletionRequest):
+        started = time.perf_counter()
+        lease = holder.lease()
+        try:
+            served = lease.served
+            check_model(served, req.model, need="decoder")
+            prompts = await params.prompt_ids(served, req.prompt)
+            max_tokens = req.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
+            params.check_length(served, prompts, max_tokens)
+            configs = params.generation_configs(served, req, max_tokens=max_tokens, logprobs=req.logprobs,
+                                                count=req.n)
+            echo_lps = None
+            if req.echo and req.logprobs is not None:
+                from starlette.concurrency import run_in_threadpool
+
+                echo_lps = [await run_in_threadpool(prompt_logprobs, served, ids, req.logprobs) for ids in prompts]
+            requests = submit_all(served, prompts, configs, metrics=metrics)
+            meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
+            echoes = [served.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
+            n_prompt = sum(len(ids) for ids in prompts)
+            if req.stream:
+                chunks = _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started)
+                response, lease = streaming_response(chunks, lease), None
+                return response
+            results = await collect(requests, metrics=metrics, started=started)
+            choices = []
+            for i, res in enumerate(results):
+                p = i // req.n
+                lps = None
+                if req.logprobs is not None:
+                    prompt_part = None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()}
+                    lps = completion_logprobs(served.tokenizer, res.logprobs, offset=len(echoes[p]),
+                                              prompt=prompt_part)
+                choices.append({"index": i, "text": echoes[p] + res.text, "logprobs": lps,
+                                "finish_reason": res.finish_reason})
+            n_gen = sum(r.completion_tokens for r in requests)
+            return {**meta, "object": "text_completion", "choices": choices, "usage": usage(n_prompt, n_gen)}
+        finally:
+            if lease is not None:
+                lease.release()
+
+    async def _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started):
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        base = {**meta, "object": "text_completion"}
+        extra = {"usage": None} if include_usage else {}
+        try:
+            if req.echo:
+                for i in range(len(requests)):
+                    p = i // req.n
+                    lps = None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()}
+                    yield sse({**base, "choices": [{"index": i, "text": echoes[p], "logprobs": lps,
+                                                    "finish_reason": None}], **extra})
+            offsets = [len(echoes[i // req.n]) for i in range(len(requests))]
+            async for i, ev in merged(requests, metrics=metrics, started=started):
+                if not ev.text and ev.logprob is None and ev.finish_reason is None:
+                    continue  # held-back text (half a character, a possible stop string): nothing to say yet
+                lps = None
+                if req.logprobs is not None and ev.logprob is not None:
+                    lps = completion_logprobs(served.tokenizer, [ev.logprob], offset=offsets[i])
+                offsets[i] += len(ev.text)
+                yield sse({**base, "choices": [{"index": i, "text": ev.text, "logprobs": lps,
+                                                "finish_reason": ev.finish_reason}], **extra})
+            if include_usage:
+                yield sse({**base, "choices": [],
+                           "usage": usage(n_prompt, sum(r.completion_tokens for r in requests))})
+        except Exception as e:  # noqa: BLE001 - the status is sent already: report the error in the stream
+            yield sse_error(e)
+        yield SSE_DONE
+
+    @app.post("/v1/chat/completions", response_model=ChatResponse, tags=["openai"],
+              responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}})
+    async def chat_completions(req: ChatRequest):
+        from starlette.concurrency import run_in_threadpool
+
+        started = time.perf_counter()
+        lease = holder.lease()
+        try:
+            served = lease.served
+            check_model(served, req.model, need="decoder")
+            if req.top_logprobs is not None and not req.logprobs:
+                raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+            text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages)
+            if not text:
+                raise bad_request("the chat template rendered these messages as an empty prompt", "messages")
+            prompts = await params.prompt_ids(served, text, param="messages")
+            name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+            max_tokens = req.max_completion_tokens or req.max_tokens or max(1, served.block_size - len(prompts[0]))
+            params.check_length(served, prompts, max_tokens, param="messages", max_param=name)
+            logprobs = (req.top_logprobs or 0) if req.logprobs else None
+            configs = params.generation_configs(served, req, max_tokens=max_tokens, logprobs=logprobs, count=req.n)
+            requests = submit_all(served, prompts, configs, metrics=metrics, param="messages")
+            meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
+            n_prompt = len(prompts[0])
+            if req.stream:
+                chunks = _chat_chunks(requests, req, meta, n_prompt, served, metrics, started)
+                response, lease = streaming_response(chunks, lease), None
+                return response
+            results = await collect(requests, metrics=metrics, started=started)
+            choices = [{"index": i, "message": {"role": "assistant", "content": res.text},
+                        "logprobs": chat_logprobs(served.tokenizer, res.logprobs) if req.logprobs else None,
+                        "finish_reason": res.finish_reason} for i, res in enumerate(results)]
+            n_gen = sum(r.completion_tokens for r in requests)
+            return {**meta, "object": "chat.completion", "choices": choices, "usage": usage(n_prompt, n_gen)}
+        finally:
+            if lease is not None:
+                lease.release()
+
+    async def _chat_chunks(requests, req, meta, n_prompt, served, metrics, started):
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        base = {**meta, "object": "chat.completion.chunk"}
+        extra = {"usage": None} if include_usage else {}
+        try:
+            for i in range(len(requests)):  # the first delta of each choice names the role
+                yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                "logprobs": None, "finish_reason": None}], **extra})
+            async for i, ev in merged(requests, metrics=metrics, started=started):
+                if not ev.text and ev.logprob is None and ev.finish_reason is None:
+                    continue
+                lps = chat_logprobs(served.tokenizer, [ev.logprob]) if req.logprobs and ev.logprob else None
+                delta = {"content": ev.text} if ev.text or ev.finish_reason is None else {}
+                yield sse({**base, "choices": [{"index": i, "delta": delta, "logprobs": lps,
+                                                "finish_reason": ev.finish_reason}], **extra})
+            if include_usage:
+                yield sse({**base, "choices": [],
+                           "usage": usage(n_prompt, sum(r.completion_tokens for r in requests))})
+        except Exception as e:  # noqa: BLE001 - the status is sent already: report the error in the stream
+            yield sse_error(e)
+        yield SSE_DONE
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["openai"],
+              responses={400: {"description": "invalid request, or a decoder model"}})
+    async def embeddings(req: EmbeddingRequest):
+        lease = holder.lease()
+        try:
+            served = lease.served
+            check_model(served, req.model, need="encoder")
+            texts = embedding_texts(req.input)
+            width = served.model.config.n_embd
+            if req.dimensions is not None and req.dimensions != width:
+                raise bad_request(f"dimensions={req.dimensions}: this model's embeddings have {width} dimensions",
+                                  "dimensions")
+            vectors, n_tokens = await embed_texts(served, texts)
+            data = []
+            for i, v in enumerate(vectors):
+                value = base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() \
+                    if req.encoding_format == "base64" else v.tolist()
+                data.append({"object": "embedding", "index": i, "embedding": value})
+            return {"object": "list", "data": data, "model": served.name,
+                    "usage": {"prompt_tokens": n_tokens, "completion_tokens": 0, "total_tokens": n_tokens}}
+        finally:
+            lease.release()
+
+
+def embedding_texts(value) -> list[str]:
+    """The strings of an embeddings `input`; token-id inputs are refused (encoders read text)."""
+    texts = [value] if isinstance(value, str) else value
+    if not texts:
+        raise bad_request("input is empty: give a string or a list of strings", "input")
+    if not all(isinstance(t, str) for t in texts):
+        raise bad_request("input must be text here (a string or a list of strings), not token ids", "input")
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise bad_request(f"input[{i}] is empty or whitespace: give some text", "input")
+    if len(texts) > 2048:
+        raise bad_request(f"input holds {len(texts)} texts; at most 2048 per request", "input")
+    return texts
+
+
+async def embed_texts(served: ServedModel, texts: list[str]):
+    """(N, C) float32 CPU embeddings and the number of tokens read, computed in a worker thread."""
+    from starlette.concurrency import run_in_threadpool
+
+    from neurallayers.embeddings import embed, tokenize_batch
+
+    block = served.model.config.block_size
+    max_length = min(served.tokenizer.model_max_length or block, block)
+
+    def work():
+        vectors = embed(served.model, served.tokenizer, texts, max_length=max_length).cpu()
+        n_tokens = int(tokenize_batch(served.tokenizer, texts, max_length=max_length)["attention_mask"].sum())
+        return vectors, n_tokens
+
+    async with encoder_slot(served):
+        return await run_in_threadpool(work)

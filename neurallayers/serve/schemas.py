@@ -1,0 +1,245 @@
+"""Request and response bodies of the HTTP API, as pydantic models (they are also the OpenAPI schema).
+
+Requests are strict: wrong JSON types are not coerced ("0.5" is not a number, true is not 1), NaN and infinity are
+refused, and unknown fields are errors (a misspelt `temprature` must not be silently ignored). Ranges that do not
+depend on the model are checked here; those that do (context length, vocabulary) in params.py.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_N = 16  # choices per prompt
+MAX_STOP = 16  # stop strings per request
+MAX_LOGPROBS = 20  # alternatives per token (GenerationConfig's limit)
+MAX_SEED = 2**63 - 1
+
+StopText = Annotated[str, Field(min_length=1)]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class StreamOptions(Strict):
+    include_usage: bool = Field(False, description="send a last chunk with the usage of the whole request")
+
+
+class Sampling(Strict):
+    """Fields shared by /v1/completions and /v1/chat/completions (OpenAI names and ranges)."""
+
+    model: str | None = Field(None, description="the served model's id (GET /v1/models); default: that model")
+    max_tokens: int | None = Field(None, ge=1, description="tokens to generate at most; prompt + max_tokens must "
+                                   "fit the context length")
+    temperature: float = Field(1.0, ge=0, description="0 means greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 disables it")
+    min_p: float = Field(0.0, ge=0, lt=1)
+    n: int = Field(1, ge=1, le=MAX_N, description="choices per prompt")
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = Field(
+        None, description="generation ends before the first of these strings, which is not returned")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="choice k samples with seed + k")
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0, description="1 disables it")
+    logit_bias: dict[str, Bias] | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
+    user: str | None = Field(None, description="accepted and ignored")
+
+
+class CompletionRequest(Sampling):
+    prompt: Prompt = Field(description="a string, a list of strings, a list of token ids or a list of token-id lists")
+    echo: bool = Field(False, description="return the prompt before the completion")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="log-probabilities of the chosen token "
+                                 "and of this many alternatives")
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="the newer name of max_tokens")
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="needs logprobs: true")
+
+
+class EmbeddingRequest(Strict):
+    input: Prompt = Field(description="a string or a list of strings (encoder models only)")
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="must equal the model's width when given")
+    user: str | None = None
+
+
+class TokenizeRequest(Strict):
+    model: str | None = None
+    prompt: str | None = Field(None, description="text to tokenize (give this or messages)")
+    messages: list[ChatMessage] | None = Field(None, description="a chat, rendered with the chat template")
+
+
+class DetokenizeRequest(Strict):
+    model: str | None = None
+    tokens: list[int]
+
+
+class PredictRequest(Strict):
+    """A plain JSON generation (decoder) or embedding (encoder) of one text."""
+
+    prompt: str = Field(min_length=1)
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0, description="0 (the default here) means greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+
+
+class BatchPredictRequest(Strict):
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=256)
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+
+
+class ReloadRequest(Strict):
+    model: str = Field(min_length=1, description="a model folder, relative to the server's --model-root")
+
+
+# ----- responses (documentation and a check on what we send) -----
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "neurallayers"
+    max_model_len: int
+    kind: Literal["decoder", "encoder"]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class Prediction(BaseModel):
+    text: str | None = None
+    finish_reason: str | None = None
+    embedding: list[float] | None = None
+    usage: Usage
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction]
+
+
+class Health(BaseModel):
+    status: str
+    model: str | None = None
+
+
+class ReloadResponse(BaseModel):
+    model: str
+    previous: str

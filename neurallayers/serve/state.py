@@ -1,0 +1,202 @@
+"""The served model and its swap: `ServedModel` (model, tokenizer, engine) and `ModelHolder`, which hands out
+leases on the current model and replaces it atomically on reload.
+
+Every request takes a lease on the model that is current when it starts and keeps it until its last byte is sent, so
+a reload never pulls a model from under a request: the old engine is shut down (draining) only once its last lease is
+returned, and requests that start after the swap see the new model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from neurallayers.serve.errors import APIError, bad_request, overloaded
+
+log = logging.getLogger("neurallayers.serve")
+
+
+@dataclass
+class Limits:
+    """Engine sizes: max_batch sequences decode together, max_queue more may wait; beyond that, 429."""
+
+    max_batch: int = 8
+    max_queue: int = 32
+    shutdown_timeout: float | None = 30.0
+
+    @property
+    def capacity(self) -> int:
+        return self.max_batch + self.max_queue
+
+
+@dataclass
+class ServedModel:
+    """One loaded model. `engine` is None for encoders (they embed in a thread pool, bounded by `limits`)."""
+
+    name: str
+    model: object
+    tokenizer: object
+    engine: object | None
+    limits: Limits
+    created: int = field(default_factory=lambda: int(time.time()))
+    leases: int = 0
+    retired: bool = False
+    busy: int = 0  # encoder requests in flight
+    _slots: asyncio.Semaphore | None = None
+
+    @property
+    def kind(self) -> Literal["decoder", "encoder"]:
+        return "decoder" if self.model.config.causal else "encoder"
+
+    @property
+    def block_size(self) -> int:
+        return int(self.model.config.block_size)
+
+    def stats(self) -> dict:
+        """Engine statistics (running, waiting, last_batch_size ...); encoders report their requests in flight."""
+        if self.engine is not None:
+            return dict(self.engine.stats())
+        return {"running": min(self.busy, self.limits.max_batch),
+                "waiting": max(0, self.busy - self.limits.max_batch), "last_batch_size": 0}
+
+    def start(self) -> None:
+        if self.engine is not None:
+            self.engine.start()
+
+    def shutdown(self, *, drain: bool = True) -> None:
+        if self.engine is not None:
+            self.engine.shutdown(drain=drain, timeout=self.limits.shutdown_timeout)
+
+
+def build_served(model, tokenizer, name: str, limits: Limits) -> ServedModel:
+    """Wraps a loaded model; decoders get an Engine (not started: `start()` it inside the server's lifespan)."""
+    engine = None
+    if model.config.causal:
+        from neurallayers.serve.engine import Engine
+
+        engine = Engine(model, tokenizer, max_batch=limits.max_batch, max_queue=limits.max_queue)
+    return ServedModel(name=name, model=model, tokenizer=tokenizer, engine=engine, limits=limits)
+
+
+class Lease:
+    """A hold on a ServedModel; `release()` is idempotent (streams release when they end, handlers on error)."""
+
+    def __init__(self, holder: ModelHolder, served: ServedModel) -> None:
+        self.holder, self.served, self._held = holder, served, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.holder._release(self.served)
+
+
+class ModelHolder:
+    """The current ServedModel, leases on it, and reloads from under `model_root`."""
+
+    def __init__(self, served: ServedModel, *, model_root: str | Path | None = None,
+                 device: str | None = None) -> None:
+        self.current = served
+        self.device = device
+        self.model_root = Path(model_root).resolve() if model_root is not None else None
+        self._reload_lock: asyncio.Lock | None = None
+        self._retiring: dict[asyncio.Task, ServedModel] = {}
+        self._idle: dict[int, asyncio.Event] = {}
+
+    def lease(self) -> Lease:
+        served = self.current
+        served.leases += 1  # only the event loop thread touches leases
+        return Lease(self, served)
+
+    def _release(self, served: ServedModel) -> None:
+        served.leases -= 1
+        if served.leases == 0 and served.retired and id(served) in self._idle:
+            self._idle[id(served)].set()
+
+    def resolve(self, relative: str) -> Path:
+        """The model folder `relative` names under model_root; refuses absolute paths and escapes (.., symlinks)."""
+        if self.model_root is None:
+            raise bad_request("reload is off: start the server with --model-root to allow it", param="model",
+                              code="reload_disabled")
+        if Path(relative).is_absolute() or "\\" in relative or "\x00" in relative:
+            raise bad_request(f"model must be a path relative to the model root, got {relative!r}", param="model")
+        target = (self.model_root / relative).resolve()
+        if target != self.model_root and self.model_root not in target.parents:
+            raise bad_request(f"model path {relative!r} leads outside the model root", param="model",
+                              code="path_outside_root")
+        if not target.is_dir():
+            raise APIError(404, f"no model folder {relative!r} under the model root", param="model",
+                           code="model_not_found", type="not_found_error")
+        return target
+
+    async def reload(self, relative: str) -> tuple[ServedModel, ServedModel]:
+        """Loads the model `relative` names, starts it, swaps it in; returns (new, old). The old one keeps
+        serving its leases and is shut down (drained) after the last is returned."""
+        from starlette.concurrency import run_in_threadpool
+
+        path = self.resolve(relative)
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            old = self.current
+
+            def load() -> ServedModel:
+                from neurallayers.api import load as load_model
+
+                model, tokenizer = load_model(path, device=self.device)
+                served = build_served(model, tokenizer, relative.strip("/"), old.limits)
+                served.start()
+                return served
+
+            try:
+                new = await run_in_threadpool(load)
+            except (ValueError, FileNotFoundError, OSError) as e:
+                raise bad_request(f"cannot load {relative!r}: {e}", param="model", code="model_load_failed") from e
+            self.current = new
+            old.retired = True
+            idle = self._idle[id(old)] = asyncio.Event()
+            if old.leases == 0:
+                idle.set()
+            task = asyncio.create_task(self._retire(old, idle))
+            self._retiring[task] = old
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
+            log.info("reloaded: %s -> %s", old.name, new.name)
+            return new, old
+
+    async def _retire(self, old: ServedModel, idle: asyncio.Event) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        await idle.wait()
+        self._idle.pop(id(old), None)
+        await run_in_threadpool(old.shutdown, drain=True)
+
+    async def close(self) -> None:
+        """Server shutdown: drain and stop the current engine and any still retiring."""
+        from starlette.concurrency import run_in_threadpool
+
+        retiring = list(self._retiring.items())
+        for task, _ in retiring:
+            task.cancel()
+        for _, old in retiring:
+            await run_in_threadpool(old.shutdown, drain=True)
+        await run_in_threadpool(self.current.shutdown, drain=True)
+
+
+@asynccontextmanager
+async def encoder_slot(served: ServedModel) -> AsyncIterator[None]:
+    """Bounds encoder work as the engine bounds decoding: max_batch run, max_queue wait, the rest get 429 at once."""
+    if served.busy >= served.limits.capacity:
+        raise overloaded(1.0)
+    if served._slots is None:
+        served._slots = asyncio.Semaphore(served.limits.max_batch)
+    served.busy += 1
+    try:
+        async with served._slots:
+            yield
+    finally:
+        served.busy -= 1

@@ -1,0 +1,212 @@
+"""Running a request's choices on the engine: submit them all (or none), collect or merge their events, format
+log-probabilities the OpenAI way, and write Server-Sent Events.
+
+A choice is one engine Request. Leaving a stream early (the client went away, an error) cancels every choice still
+running, which frees its engine slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from neurallayers.generation import GenerationConfig, StreamEvent, TokenLogprob
+from neurallayers.serve.errors import APIError, bad_request, error_body, overloaded, unavailable
+from neurallayers.serve.metrics import Metrics, TokenClock
+from neurallayers.serve.state import ServedModel
+
+LOGPROB_FLOOR = -9999.0  # JSON has no -Infinity: a token the model deems impossible gets this instead
+
+
+def finite(lp: float) -> float:
+    return lp if math.isfinite(lp) else LOGPROB_FLOOR
+
+
+def submit_all(served: ServedModel, prompts: list[list[int]], configs: list[GenerationConfig], *,
+               metrics: Metrics, param: str = "prompt") -> list:
+    """Submits len(configs) choices of every prompt (prompt-major); on any refusal cancels those already in.
+
+    Raises:
+        APIError: 429 (engine full, with Retry-After), 503 (engine closed), 400 (the engine refused a prompt).
+    """
+    from neurallayers.serve.engine import EngineClosed, EngineFull
+
+    if len(prompts) * len(configs) > served.limits.capacity:
+        raise bad_request(f"{len(prompts)} prompt(s) x n={len(configs)} is {len(prompts) * len(configs)} sequences; "
+                          f"this server takes at most {served.limits.capacity} at a time", "n")
+    requests = []
+    try:
+        for ids in prompts:
+            for config in configs:
+                requests.append(served.engine.submit(ids, config))
+    except EngineFull as e:
+        _cancel(requests)
+        raise overloaded(getattr(e, "retry_after", 1.0)) from None
+    except EngineClosed:
+        _cancel(requests)
+        raise unavailable("the model is shutting down; retry") from None
+    except ValueError as e:
+        _cancel(requests)
+        raise bad_request(str(e), param) from None
+    metrics.prompt_tokens.inc(sum(len(ids) for ids in prompts) * len(configs))
+    return requests
+
+
+def _cancel(requests: list) -> None:
+    for r in requests:
+        r.cancel()
+
+
+@dataclass
+class Collected:
+    """A finished choice: its text, the chosen tokens' log-probabilities, and why it ended."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+async def _collect_one(request, clock: TokenClock, metrics: Metrics) -> Collected:
+    out, pieces = Collected(), []
+    async for ev in request.aiter():
+        pieces.append(ev.text)
+        if ev.token_id is not None:
+            clock.token()
+            metrics.generated_tokens.inc()
+        if ev.logprob is not None:
+            out.logprobs.append(ev.logprob)
+        if ev.finish_reason is not None:
+            out.finish_reason = ev.finish_reason
+    out.text = "".join(pieces)
+    return out
+
+
+async def collect(requests: list, *, metrics: Metrics, started: float) -> list[Collected]:
+    """Waits for every choice; if one fails, the rest are cancelled and the error is raised."""
+    tasks = [asyncio.ensure_future(_collect_one(r, TokenClock(metrics, started), metrics)) for r in requests]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        _cancel(requests)
+        raise
+
+
+async def merged(requests: list, *, metrics: Metrics, started: float) -> AsyncIterator[tuple[int, StreamEvent]]:
+    """(choice index, event) from all choices as they come; errors of any choice are raised here."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, request) -> None:
+        clock = TokenClock(metrics, started)
+        try:
+            async for ev in request.aiter():
+                if ev.token_id is not None:
+                    clock.token()
+                    metrics.generated_tokens.inc()
+                queue.put_nowait((i, ev))
+            queue.put_nowait((i, done))
+        except Exception as e:  # noqa: BLE001 - handed to the reader, which raises it
+            queue.put_nowait((i, e))
+
+    tasks = [asyncio.ensure_future(pump(i, r)) for i, r in enumerate(requests)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        _cancel(requests)
+
+
+def sse(obj: dict) -> str:
+    """One Server-Sent Event carrying a JSON object (UTF-8, no ASCII escaping)."""
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def sse_error(exc: BaseException) -> str:
+    """An error after the response has started (headers are sent: the status can no longer change)."""
+    if isinstance(exc, APIError):
+        return sse(exc.body())
+    return sse(error_body(f"generation failed: {type(exc).__name__}: {exc}", type="server_error",
+                          code="internal_error"))
+
+
+def now() -> int:
+    return int(time.time())
+
+
+# ----- log-probabilities in the two OpenAI formats -----
+def token_text(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def completion_logprobs(tokenizer, lps: list[TokenLogprob], *, offset: int = 0,
+                        prompt: dict | None = None) -> dict:
+    """The completions format: parallel lists tokens / token_logprobs / top_logprobs / text_offset.
+
+    prompt: the echoed prompt's lists (from prompt_logprobs), which come first.
+    """
+    out = prompt or {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    pos = offset
+    for lp in lps:
+        text = token_text(tokenizer, lp.token_id)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(finite(lp.logprob))
+        out["top_logprobs"].append({token_text(tokenizer, t): finite(v) for t, v in lp.top})
+        out["text_offset"].append(pos)
+        pos += len(text)
+    return out
+
+
+def chat_logprobs(tokenizer, lps: list[TokenLogprob]) -> dict:
+    """The chat format: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
+    def entry(token_id: int, lp: float) -> dict:
+        text = token_text(tokenizer, token_id)
+        return {"token": text, "logprob": finite(lp), "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
+                        for lp in lps]}
+
+
+def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> dict:
+    """Echo with logprobs: each prompt token's log-probability given the tokens before it (None for the first),
+    from one forward pass (read-only on the weights, so it may run beside the engine)."""
+    import torch
+
+    model = served.model
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids], device=device)).logits[0].float()
+        logp = torch.log_softmax(logits, dim=-1)  # (T, V): row t predicts token t + 1
+        chosen = logp[:-1].gather(1, torch.tensor(ids[1:], device=device)[:, None])[:, 0].tolist()
+        alt_lp, alt_ids = (torch.topk(logp[:-1], top, dim=-1) if top else (None, None))
+    tok = served.tokenizer
+    out = {"tokens": [], "token_logprobs": [None], "top_logprobs": [None], "text_offset": []}
+    pos = 0
+    for t in ids:
+        text = token_text(tok, t)
+        out["tokens"].append(text)
+        out["text_offset"].append(pos)
+        pos += len(text)
+    for i, lp in enumerate(chosen):
+        out["token_logprobs"].append(finite(lp))
+        alts = {} if alt_ids is None else {token_text(tok, t): finite(v)
+                                           for t, v in zip(alt_ids[i].tolist(), alt_lp[i].tolist(), strict=True)}
+        out["top_logprobs"].append(alts)
+    return out

@@ -1,0 +1,250 @@
+"""The OpenAI-compatible routes through the real `openai` client against a real uvicorn server on 127.0.0.1.
+
+Oracles: what the server returns equals neurallayers.generate / stream / embed on the same model (greedy, seeded
+sampling with seed + k for choice k, stop strings, log-probabilities), and streamed pieces join to the same text.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from nl_serve_helpers import CHAT_TEMPLATE, serving, write_run_dir
+
+import neurallayers
+from neurallayers.config import ModelConfig
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.embeddings import embed
+from neurallayers.models import build_model
+
+openai = pytest.importorskip("openai")
+
+PROMPT = "The quick brown"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return write_run_dir(tmp_path_factory.mktemp("serve") / "tiny-char")
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    return neurallayers.load(run_dir)
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    with serving(run_dir, max_concurrency=4, max_queue=16) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def oracle(loaded, prompt, **kw):
+    model, tok = loaded
+    return neurallayers.generate(model, tok, prompt, **kw)[0]
+
+
+def test_models_lists_the_served_model(client):
+    (card,) = client.models.list().data
+    assert card.id == "tiny-char"
+
+
+def test_greedy_completion_equals_generate(client, loaded):
+    out = client.completions.create(model="tiny-char", prompt=PROMPT, max_tokens=12, temperature=0)
+    want = oracle(loaded, PROMPT, max_new_tokens=12, temperature=0)
+    assert out.choices[0].text == want.text
+    assert out.choices[0].finish_reason == want.finish_reason == "length"
+    assert out.usage.prompt_tokens == len(loaded[1].encode(PROMPT))
+    assert out.usage.completion_tokens == 12 and out.usage.total_tokens == out.usage.prompt_tokens + 12
+
+
+def test_token_id_prompts_and_prompt_lists(client, loaded):
+    ids = loaded[1].encode(PROMPT)
+    by_ids = client.completions.create(model="tiny-char", prompt=ids, max_tokens=6, temperature=0)
+    by_text = client.completions.create(model="tiny-char", prompt=[PROMPT, "fox"], max_tokens=6, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    assert [c.index for c in by_text.choices] == [0, 1]
+    assert by_text.choices[1].text == oracle(loaded, "fox", max_new_tokens=6, temperature=0).text
+
+
+def test_seeded_choices_equal_generate_with_seed_plus_k(client, loaded):
+    kw = dict(model="tiny-char", prompt=PROMPT, max_tokens=16, temperature=1.0, top_p=0.95, n=3, seed=1234)
+    first = client.completions.create(**kw)
+    again = client.completions.create(**kw)
+    texts = [c.text for c in first.choices]
+    assert texts == [c.text for c in again.choices]  # reproducible
+    for k, text in enumerate(texts):
+        assert text == oracle(loaded, PROMPT, max_new_tokens=16, temperature=1.0, top_p=0.95, seed=1234 + k).text
+    assert len(set(texts)) > 1  # the choices are different samples
+    other = client.completions.create(**{**kw, "seed": 99, "n": 1})
+    assert other.choices[0].text != texts[0]
+
+
+def test_stop_string_ends_and_is_excluded(client, loaded):
+    full = oracle(loaded, PROMPT, max_new_tokens=24, temperature=0).text
+    stop = full[4:6]  # text the model does produce, so the stop is hit
+    want = oracle(loaded, PROMPT, max_new_tokens=24, temperature=0, stop=[stop])
+    out = client.completions.create(model="tiny-char", prompt=PROMPT, max_tokens=24, temperature=0, stop=stop)
+    assert out.choices[0].text == want.text and stop not in out.choices[0].text
+    assert out.choices[0].finish_reason == "stop"
+    pieces = [c.choices[0].text for c in client.completions.create(
+        model="tiny-char", prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop, "zzz"], stream=True)]
+    assert "".join(pieces) == want.text
+
+
+def test_streaming_completion_joins_to_the_same_text_with_usage(client, loaded):
+    want = oracle(loaded, PROMPT, max_new_tokens=20, temperature=0)
+    chunks = list(client.completions.create(model="tiny-char", prompt=PROMPT, max_tokens=20, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == want.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
+
+
+def test_streaming_n_choices_interleave_and_match_non_streaming(client):
+    kw = dict(model="tiny-char", prompt=PROMPT, max_tokens=10, temperature=0.8, n=2, seed=7)
+    whole = client.completions.create(**kw)
+    parts = {0: "", 1: ""}
+    for chunk in client.completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            parts[c.index] += c.text
+    assert [parts[0], parts[1]] == [c.text for c in whole.choices]
+
+
+def test_completion_logprobs_equal_generate(client, loaded):
+    model, tok = loaded
+    out = client.completions.create(model="tiny-char", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3)
+    want = oracle(loaded, PROMPT, max_new_tokens=6, temperature=0, logprobs=3)
+    lp = out.choices[0].logprobs
+    assert lp.tokens == [tok.decode([t.token_id], skip_special_tokens=False) for t in want.logprobs]
+    assert lp.token_logprobs == pytest.approx([t.logprob for t in want.logprobs], abs=1e-5)
+    for got, ref in zip(lp.top_logprobs, want.logprobs, strict=True):
+        assert len(got) == 3
+        assert sorted(got.values()) == pytest.approx(sorted(v for _, v in ref.top), abs=1e-5)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+
+
+def test_echo_with_logprobs_scores_the_prompt(client, loaded):
+    model, tok = loaded
+    out = client.completions.create(model="tiny-char", prompt=PROMPT, max_tokens=3, temperature=0, echo=True,
+                                    logprobs=1)
+    ids = tok.encode(PROMPT)
+    lp = out.choices[0].logprobs
+    assert out.choices[0].text.startswith(PROMPT)
+    assert len(lp.tokens) == len(ids) + 3 and lp.token_logprobs[0] is None
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    assert lp.token_logprobs[1] == pytest.approx(float(ref[0, ids[1]]), abs=1e-5)
+
+
+def test_chat_default_template_and_logprobs(client, loaded):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "héllo 🙂"}]
+    out = client.chat.completions.create(model="tiny-char", messages=messages, max_tokens=8, temperature=0,
+                                         logprobs=True, top_logprobs=2)
+    prompt = "system: Be brief.\nuser: héllo 🙂\nassistant:"  # the documented default template
+    want = oracle(loaded, prompt, max_new_tokens=8, temperature=0, logprobs=2)
+    choice = out.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == want.text
+    assert out.usage.prompt_tokens == len(loaded[1].encode(prompt))
+    assert [e.logprob for e in choice.logprobs.content] == pytest.approx([t.logprob for t in want.logprobs],
+                                                                         abs=1e-5)
+    assert all(len(e.top_logprobs) == 2 and bytes(e.bytes).decode() == e.token for e in choice.logprobs.content)
+
+
+def test_chat_streaming_and_max_completion_tokens(client):
+    messages = [{"role": "user", "content": "fox"}]
+    whole = client.chat.completions.create(model="tiny-char", messages=messages, max_completion_tokens=9,
+                                           temperature=0)
+    chunks = list(client.chat.completions.create(model="tiny-char", messages=messages, max_completion_tokens=9,
+                                                 temperature=0, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "length" == whole.choices[0].finish_reason
+
+
+def test_chat_template_from_tokenizer_config(tmp_path):
+    run_dir = write_run_dir(tmp_path / "templated", chat_template=CHAT_TEMPLATE)
+    with serving(run_dir) as srv:
+        msgs = [{"role": "user", "content": "hi"}]
+        got = httpx.post(f"{srv.url}/tokenize", json={"messages": msgs}).json()
+        model, tok = neurallayers.load(run_dir)
+        assert got["tokens"] == tok.encode("<user>hi\n<assistant>")
+        c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+        out = c.chat.completions.create(model="templated", messages=msgs, max_tokens=5, temperature=0)
+        assert out.choices[0].message.content == neurallayers.generate(
+            model, tok, "<user>hi\n<assistant>", max_new_tokens=5, temperature=0)[0].text
+
+
+def test_streaming_never_splits_utf8_and_non_ascii_is_valid_json(tmp_path):
+    run_dir = write_run_dir(tmp_path / "bpe", kind="bpe", seed=3)
+    model, tok = neurallayers.load(run_dir)
+    with serving(run_dir) as srv:
+        body = {"prompt": "日本語 🙂", "max_tokens": 40, "temperature": 1.0, "seed": 5}
+        whole = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+        raw = b""
+        with httpx.stream("POST", f"{srv.url}/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+            for b in r.iter_bytes():
+                raw += b
+    want = neurallayers.generate(model, tok, "日本語 🙂", max_new_tokens=40, temperature=1.0, seed=5)[0].text
+    assert whole == want and any(ord(ch) > 127 for ch in want)  # multi-byte characters were generated
+    import json
+
+    events = raw.decode("utf-8").split("\n\n")  # strict: the stream is valid UTF-8
+    assert events[-2] == "data: [DONE]"
+    pieces = [json.loads(e.removeprefix("data: "))["choices"][0]["text"] for e in events[:-2]]
+    assert "".join(pieces) == want and all("\ufffd" not in p for p in pieces if "\ufffd" not in want)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    tok = Tokenizer.train_char(["the quick brown fox jumps over the lazy dog héllo 🙂"])
+    cfg = ModelConfig.from_name("bert-mini").replace(vocab_size=tok.vocab_size, block_size=64, n_layer=2,
+                                                     n_head=2, n_embd=32)
+    torch.manual_seed(0)
+    return build_model(cfg).eval(), tok
+
+
+def test_embeddings_equal_embed_in_both_encodings(encoder):
+    texts = ["the quick fox", "héllo 🙂", "dog"]
+    want = embed(*encoder, texts).numpy()
+    with serving(encoder, model_name="tiny-encoder") as srv:
+        c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+        out = c.embeddings.create(model="tiny-encoder", input=texts)  # the client asks for base64 by default
+        got = np.array([d.embedding for d in out.data])
+        assert got == pytest.approx(want, abs=1e-6)
+        assert out.usage.prompt_tokens == sum(len(t) for t in texts)  # char level, no special tokens here
+        raw = httpx.post(f"{srv.url}/v1/embeddings", json={"input": "dog", "encoding_format": "base64"}).json()
+        vec = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+        assert vec == pytest.approx(want[2], abs=1e-6)
+        single = c.embeddings.create(model="tiny-encoder", input="dog", encoding_format="float")
+        assert single.data[0].embedding == pytest.approx(want[2].tolist(), abs=1e-6)
+        with pytest.raises(openai.BadRequestError, match="encoder"):
+            c.completions.create(model="tiny-encoder", prompt="x", max_tokens=2)
+        pred = httpx.post(f"{srv.url}/predict", json={"prompt": "dog"}).json()
+        assert pred["embedding"] == pytest.approx(want[2].tolist(), abs=1e-6)
+
+
+def test_embeddings_refused_for_a_decoder(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="tiny-char", input="x")
+    assert e.value.body["param"] == "model"
+
+
+def test_predict_batch_predict_tokenize_detokenize(server, loaded):
+    model, tok = loaded
+    one = httpx.post(f"{server.url}/predict", json={"prompt": PROMPT, "max_tokens": 5}).json()
+    assert one["text"] == oracle(loaded, PROMPT, max_new_tokens=5, temperature=0).text
+    many = httpx.post(f"{server.url}/batch_predict", json={"prompts": [PROMPT, "dog"], "max_tokens": 5}).json()
+    assert [p["text"] for p in many["predictions"]] == [
+        oracle(loaded, p, max_new_tokens=5, temperature=0).text for p in (PROMPT, "dog")]
+    ids = httpx.post(f"{server.url}/tokenize", json={"prompt": "héllo"}).json()
+    assert ids == {"tokens": tok.encode("héllo"), "count": 5, "max_model_len": 64}
+    assert httpx.post(f"{server.url}/detokenize", json={"tokens": ids["tokens"]}).json() == {"prompt": "héllo"}
