@@ -1,0 +1,94 @@
+"""KV-cache decoding equals the full forward (prefill then one token at a time, and in chunks), and a left-padded
+batch with an attention mask equals each prompt alone, for every architecture whose positions allow it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nl_model_helpers import CACHED, model, random_ids
+
+ATOL = 2e-5
+
+
+@pytest.mark.parametrize("name", CACHED)
+@torch.no_grad()
+def test_prefill_then_token_by_token_equals_full_forward(name):
+    net = model(name)
+    ids = random_ids(2, 20, seed=5)
+    full = net(ids).logits
+    cache = net.new_cache(2, 24)
+    got = [net(ids[:, :7], cache=cache).logits]
+    for t in range(7, 20):
+        got.append(net(ids[:, t:t + 1], cache=cache, input_pos=t).logits)
+    torch.testing.assert_close(torch.cat(got, dim=1), full, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", CACHED)
+@torch.no_grad()
+def test_chunked_prefill_equals_full_forward(name):
+    net = model(name)
+    ids = random_ids(2, 21, seed=6)
+    full = net(ids).logits
+    cache = net.new_cache(2, 21)
+    got, start = [], 0
+    for size in (4, 1, 6, 3, 7):  # sliding window 5: chunks both shorter and longer than the window
+        got.append(net(ids[:, start:start + size], cache=cache, input_pos=start).logits)
+        start += size
+    torch.testing.assert_close(torch.cat(got, dim=1), full, atol=ATOL, rtol=0)
+    # logits_to_keep gives the same last rows
+    last = net(ids[:, -3:], cache=net.new_cache(2, 21), input_pos=0, logits_to_keep=1).logits
+    torch.testing.assert_close(last, net(ids[:, -3:]).logits[:, -1:], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", CACHED)
+@torch.no_grad()
+def test_per_row_positions_equal_shared_positions(name):
+    """input_pos as a (B,) tensor (rows at different lengths, as a server batches them) equals each row alone."""
+    net = model(name)
+    ids = random_ids(2, 16, seed=7)
+    cache = net.new_cache(2, 16)
+    net(ids[:1, :9], cache=cache.rows(0, 1))
+    net(ids[1:, :5], cache=cache.rows(1, 2))
+    pos = torch.tensor([9, 5])
+    step = torch.stack((ids[0, 9:12], ids[1, 5:8]))  # 3 tokens per row from its own position
+    got = net(step, cache=cache, input_pos=pos).logits
+    torch.testing.assert_close(got[0], net(ids[:1, :12]).logits[0, 9:], atol=ATOL, rtol=0)
+    torch.testing.assert_close(got[1], net(ids[1:, :8]).logits[0, 5:], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", CACHED)
+@torch.no_grad()
+def test_left_padded_batch_equals_one_at_a_time(name):
+    """Prompts of lengths 6, 11, 2 left-padded into one batch, prefilled, then 5 decode steps with the attention
+    mask over every cache slot: each row's logits equal that prompt's own full forward."""
+    net = model(name)
+    lens, steps = [6, 11, 2], 5
+    seqs = [random_ids(n + steps, seed=10 + i).tolist() for i, n in enumerate(lens)]
+    width = max(lens)
+    ids = torch.zeros(len(lens), width, dtype=torch.long)
+    mask = torch.zeros(len(lens), width + steps, dtype=torch.long)
+    for r, n in enumerate(lens):
+        ids[r, width - n:] = torch.tensor(seqs[r][:n])
+        mask[r, width - n:] = 1
+    pads = torch.tensor([width - n for n in lens])
+    cache = net.new_cache(len(lens), width + steps)
+    pos = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+    rows = [net(ids, cache=cache, attention_mask=mask[:, :width], position_ids=pos).logits]
+    for i in range(steps):
+        tok = torch.tensor([[s[n + i]] for s, n in zip(seqs, lens, strict=True)])
+        step_pos = (width + i - pads)[:, None]
+        rows.append(net(tok, cache=cache, input_pos=width + i, position_ids=step_pos,
+                        attention_mask=mask[:, :width + i + 1]).logits)
+    batched = torch.cat(rows, dim=1)  # (B, width + steps, V)
+    for r, n in enumerate(lens):
+        alone = net(torch.tensor([seqs[r]])).logits[0]
+        torch.testing.assert_close(batched[r, width - n:], alone, atol=ATOL, rtol=0)
+
+
+def test_cache_overflow_and_context_length_are_clear_errors():
+    net = model("gpt2")
+    cache = net.new_cache(1, 8)
+    with pytest.raises(ValueError, match="KV cache holds 8 positions; writing up to 10"):
+        net(random_ids(1, 4), cache=cache, input_pos=6)
+    with pytest.raises(ValueError, match="exceeds the context length block_size=48"):
+        net(random_ids(1, 49))

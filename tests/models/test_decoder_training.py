@@ -1,0 +1,171 @@
+"""Decoder behaviour that training and loading rely on: eager and sdpa agree (and eager's attention weights are
+distributions), gradient checkpointing gives the same gradients, tied weights stay one tensor through a run
+directory and a Hugging Face folder, and a tiny model can learn a short text by heart."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from nl_model_helpers import CONFIGS, config, model, random_ids
+
+from neurallayers.api import load
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.models.decoder import DecoderLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def twin(name: str, **changes) -> tuple[DecoderLM, DecoderLM]:
+    """The cached model and an eager-kernel copy holding the same weights."""
+    sdpa = model(name, **changes)
+    eager = DecoderLM(config(name, attention="eager", **changes)).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    return sdpa, eager
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@torch.no_grad()
+def test_eager_equals_sdpa_and_returns_attention_distributions(name):
+    sdpa, eager = twin(name)
+    ids = random_ids(2, 12, seed=20)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # row 1 is left-padded
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    want = sdpa(ids, attention_mask=mask, position_ids=pos).logits
+    out = eager(ids, attention_mask=mask, position_ids=pos, output_attentions=True)
+    torch.testing.assert_close(out.logits, want, atol=1e-5, rtol=0)
+    n_head = eager.config.n_head
+    assert len(out.attentions) == eager.config.n_layer
+    for w in out.attentions:
+        assert w.shape == (2, n_head, 12, 12)
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, n_head, 12), atol=1e-5, rtol=0)
+        future = torch.ones(12, 12, dtype=torch.bool).triu(1)
+        assert (w[:, :, future] == 0).all()
+        assert (w[1, :, 4:, :4] == 0).all()  # real tokens never attend to padding
+        if eager.config.sliding_window:
+            far = torch.ones(12, 12, dtype=torch.bool).tril(-eager.config.sliding_window)
+            assert (w[:, :, far] == 0).all()
+    # the sdpa model hands back the same weights when asked (it takes the eager path for them)
+    same = sdpa(ids, attention_mask=mask, position_ids=pos, output_attentions=True).attentions
+    for a, b in zip(same, out.attentions, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "alibi"])
+@torch.no_grad()
+def test_eager_equals_sdpa_with_cache(name):
+    sdpa, eager = twin(name)
+    ids = random_ids(1, 10, seed=21)
+    outs = []
+    for net in (sdpa, eager):
+        cache = net.new_cache(1, 10)
+        steps = [net(ids[:, :6], cache=cache).logits]
+        steps += [net(ids[:, t:t + 1], cache=cache, input_pos=t).logits for t in range(6, 10)]
+        outs.append(torch.cat(steps, 1))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "post-norm"])
+def test_gradient_checkpointing_gives_the_same_gradients(name):
+    """With dropout on too: checkpointing replays the forward with the same RNG state."""
+    torch.manual_seed(3)
+    cfg = config(name, dropout=0.1, attn_dropout=0.1, drop_path=0.1)
+    net = DecoderLM(cfg).train()
+    ids, targets = random_ids(2, 16, seed=22), random_ids(2, 16, seed=23)
+    grads = []
+    for on in (False, True):
+        net.gradient_checkpointing = on
+        net.zero_grad()
+        torch.manual_seed(7)
+        loss = net(ids, targets=targets).loss
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (loss_a, a), (loss_b, b) = grads
+    assert torch.equal(loss_a, loss_b)
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+# ----- tied weights through saving and loading -----
+def _char_tokenizer() -> Tokenizer:
+    return Tokenizer.train_char(["the quick brown fox jumps over the lazy dog"])
+
+
+def _tied(name: str, vocab: int) -> DecoderLM:
+    torch.manual_seed(4)
+    net = DecoderLM(config(name, vocab_size=vocab, tie_embeddings=True)).eval()
+    assert net.lm_head.weight is net.wte.weight
+    return net
+
+
+def _assert_tied_and_equal(loaded: DecoderLM, saved: DecoderLM) -> None:
+    assert loaded.lm_head.weight is loaded.wte.weight
+    assert loaded.lm_head.weight.data_ptr() == loaded.wte.weight.data_ptr()
+    torch.testing.assert_close(loaded.wte.weight.float(), saved.wte.weight, atol=1e-2, rtol=1e-2)
+    with torch.no_grad():  # one tensor: a change through the embedding shows in the head
+        loaded.wte.weight[0, 0] += 1.0
+        assert loaded.lm_head.weight[0, 0] == loaded.wte.weight[0, 0]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_tied_weights_stay_tied_after_loading_a_run_directory(tmp_path, name, dtype):
+    from neurallayers.training.checkpoint import save_model
+    from neurallayers.training.config import RunConfig
+
+    tok = _char_tokenizer()
+    net = _tied(name, tok.vocab_size)
+    RunConfig(model=net.config).to_yaml(tmp_path / "config.yaml")
+    save_model(tmp_path, net.state_dict())
+    tok.save(tmp_path)
+    loaded, _ = load(tmp_path, dtype=dtype)
+    _assert_tied_and_equal(loaded, net)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_tied_weights_stay_tied_after_loading_a_hugging_face_folder(tmp_path, name, dtype):
+    pytest.importorskip("transformers")
+    from neurallayers.interop.hf import save_hf
+
+    tok = _char_tokenizer()
+    net = _tied(name, tok.vocab_size)
+    save_hf(net, tok, tmp_path)
+    loaded, _ = load(tmp_path, dtype=dtype)
+    _assert_tied_and_equal(loaded, net)
+
+
+def test_untied_weights_stay_apart(tmp_path):
+    from neurallayers.interop.hf import save_hf
+
+    tok = _char_tokenizer()
+    torch.manual_seed(5)
+    net = DecoderLM(config("llama-gqa", vocab_size=tok.vocab_size)).eval()
+    save_hf(net, tok, tmp_path)
+    loaded, _ = load(tmp_path)
+    assert loaded.lm_head.weight is not loaded.wte.weight
+    assert torch.equal(loaded.lm_head.weight, net.lm_head.weight)
+
+
+# ----- learning -----
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa"])
+def test_tiny_model_memorises_a_short_text(name):
+    text = "to be or not to be, that is the question."
+    tok = Tokenizer.train_char([text])
+    ids = torch.tensor([tok.encode(text)])
+    torch.manual_seed(0)
+    net = DecoderLM(config(name, vocab_size=tok.vocab_size, n_embd=64, init_std=0.02)).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.0)
+    first = None
+    for _ in range(80):
+        loss = net(ids[:, :-1], targets=ids[:, 1:]).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 2.5 and loss.item() < 0.05, (first, loss.item())
+    net.eval()
+    with torch.no_grad():  # and it now predicts every next character of the text
+        assert torch.equal(net(ids[:, :-1]).logits.argmax(-1), ids[:, 1:])

@@ -1,0 +1,127 @@
+"""Attention: multi-head equals torch's nn.MultiheadAttention; grouped-query equals multi-head with each key/value
+head repeated over its group; multi-query shapes; the sdpa and eager kernels agree and eager's weights are a
+probability distribution over the allowed keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from neurallayers.nn.attention import Attention, eager_attention
+from neurallayers.nn.kv_cache import KVCache
+
+DIM, HEADS, HEAD_DIM = 32, 4, 8
+
+
+def causal_bool(t: int, s: int | None = None) -> torch.Tensor:
+    s = s or t
+    return torch.ones(t, s, dtype=torch.bool).tril(s - t)
+
+
+def attention(n_kv_head: int, *, kernel: str = "sdpa", seed: int = 0, bias: bool = True) -> Attention:
+    torch.manual_seed(seed)
+    attn = Attention(DIM, n_head=HEADS, n_kv_head=n_kv_head, head_dim=HEAD_DIM, bias=bias, kernel=kernel).eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.3)
+    return attn
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@torch.no_grad()
+def test_multi_head_equals_torch_multihead_attention(kernel):
+    ours = attention(HEADS, kernel=kernel)
+    ref = nn.MultiheadAttention(DIM, HEADS, batch_first=True).eval()
+    ref.in_proj_weight.copy_(ours.qkv.weight)  # the same [q; k; v] row layout
+    ref.in_proj_bias.copy_(ours.qkv.bias)
+    ref.out_proj.weight.copy_(ours.proj.weight)
+    ref.out_proj.bias.copy_(ours.proj.bias)
+    x = torch.randn(3, 10, DIM, generator=torch.Generator().manual_seed(1))
+    want, want_w = ref(x, x, x, attn_mask=~causal_bool(10), need_weights=True, average_attn_weights=False)
+    got, w = ours(x, is_causal=True, need_weights=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w, want_w, atol=1e-6, rtol=1e-5)
+    got, _ = ours(x, is_causal=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@torch.no_grad()
+def test_grouped_query_equals_multi_head_with_repeated_kv_heads(n_kv_head, kernel):
+    gqa = attention(n_kv_head, kernel=kernel)
+    mha = attention(HEADS, kernel=kernel, seed=1)
+    group = HEADS // n_kv_head
+    q_dim, kv_dim = HEADS * HEAD_DIM, n_kv_head * HEAD_DIM
+    for src, dst in ((gqa.qkv.weight, mha.qkv.weight), (gqa.qkv.bias, mha.qkv.bias)):
+        q, k, v = src.split((q_dim, kv_dim, kv_dim))
+        # kv head j serves query heads j*group .. (j+1)*group-1: repeat each head's rows `group` times
+        rep = [t.unflatten(0, (n_kv_head, HEAD_DIM)).repeat_interleave(group, 0).flatten(0, 1) for t in (k, v)]
+        dst.copy_(torch.cat((q, *rep)))
+    mha.proj.load_state_dict(gqa.proj.state_dict())
+    x = torch.randn(2, 9, DIM, generator=torch.Generator().manual_seed(2))
+    mask = causal_bool(9)[None, None] & torch.tensor([[1] * 9, [0, 0, 0] + [1] * 6]).bool()[:, None, None, :]
+    mask |= torch.eye(9, dtype=torch.bool)  # padding queries see themselves (as the decoder does)
+    for kw in (dict(is_causal=True), dict(mask=mask)):
+        torch.testing.assert_close(gqa(x, **kw)[0], mha(x, **kw)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_n_kv_head_equal_to_n_head_is_plain_multi_head():
+    assert attention(HEADS).qkv.weight.shape == (3 * HEADS * HEAD_DIM, DIM)
+    assert Attention(DIM, n_head=HEADS).n_kv_head == HEADS  # None means n_head
+
+
+@torch.no_grad()
+def test_multi_query_shapes_and_cached_decoding():
+    mqa = attention(1)
+    assert mqa.qkv.weight.shape == ((HEADS + 2) * HEAD_DIM, DIM) and mqa.proj.weight.shape == (DIM, HEADS * HEAD_DIM)
+    x = torch.randn(2, 7, DIM, generator=torch.Generator().manual_seed(3))
+    full, weights = mqa(x, is_causal=True, need_weights=True)
+    assert full.shape == (2, 7, DIM) and weights.shape == (2, HEADS, 7, 7)
+    cache = KVCache(n_layer=1, batch_size=2, n_kv_head=1, max_len=7, head_dim=HEAD_DIM)
+    assert cache.k.shape == (1, 2, 1, 7, HEAD_DIM)  # one cached head, whatever n_head is
+    steps = [mqa(x[:, :4], is_causal=True, cache=cache)[0]]
+    steps += [mqa(x[:, t:t + 1], cache=cache, input_pos=t)[0] for t in range(4, 7)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_head", [HEADS, 2, 1])
+@pytest.mark.parametrize("mask_kind", ["causal", "bool", "additive"])
+@torch.no_grad()
+def test_sdpa_and_eager_agree_and_eager_weights_sum_to_one(n_kv_head, mask_kind):
+    sdpa = attention(n_kv_head)
+    eager = attention(n_kv_head, kernel="eager")
+    eager.load_state_dict(sdpa.state_dict())
+    x = torch.randn(2, 8, DIM, generator=torch.Generator().manual_seed(4))
+    allowed = causal_bool(8)[None, None].expand(2, 1, 8, 8).clone()
+    allowed[1, :, :, :2] = False  # row 1: two padding keys
+    allowed |= torch.eye(8, dtype=torch.bool)
+    kw = {"causal": dict(is_causal=True), "bool": dict(mask=allowed),
+          "additive": dict(mask=torch.zeros(2, HEADS, 8, 8).masked_fill(~allowed, float("-inf"))
+                           - 0.1 * torch.arange(8.0))}[mask_kind]  # additive: a bias (like ALiBi) as well as -inf
+    y_sdpa, none = sdpa(x, **kw)
+    y_eager, w = eager(x, **kw, need_weights=True)
+    assert none is None
+    torch.testing.assert_close(y_eager, y_sdpa, atol=1e-5, rtol=1e-5)
+    assert w.shape == (2, HEADS, 8, 8)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, HEADS, 8), atol=1e-6, rtol=0)
+    expected_allowed = causal_bool(8)[None, None].expand(2, HEADS, 8, 8) if mask_kind == "causal" else \
+        allowed.expand(2, HEADS, 8, 8)
+    assert (w[~expected_allowed] == 0).all() and (w[expected_allowed] > 0).all()
+    # the sdpa module returns the same weights through the eager path when asked for them
+    torch.testing.assert_close(sdpa(x, **kw, need_weights=True)[1], w)
+
+
+def test_eager_attention_function_matches_softmax_definition():
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 5, 4, generator=g) for _ in range(3))
+    y, w = eager_attention(q, k, v, mask=None, is_causal=False)
+    want_w = (q @ k.transpose(-2, -1) / 2.0).softmax(-1)
+    torch.testing.assert_close(w, want_w)
+    torch.testing.assert_close(y, want_w @ v)
+
+
+def test_unknown_kernel_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown attention kernel 'flash'; valid: sdpa, eager"):
+        Attention(DIM, n_head=HEADS, kernel="flash")

@@ -1,0 +1,79 @@
+"""Position encodings: RoPE attention scores depend only on relative position (for every scaling where that
+holds), the sinusoidal table is the paper's formula, ALiBi slopes equal the reference (BLOOM's in transformers)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neurallayers.nn.positions import RotaryEmbedding, alibi_slopes, apply_rotary, sinusoidal_table
+
+HEAD_DIM = 16
+SCALINGS = {
+    "none": None,
+    "linear": {"type": "linear", "factor": 4.0},
+    "llama3": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32},
+    # dynamic NTK keeps its base while the sequence stays within the trained length
+    "dynamic": {"type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 512},
+}
+
+
+def scores(rope: RotaryEmbedding, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    cos, sin = rope(positions[None], torch.float32)
+    return apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-2, -1)  # (B, H, T, T)
+
+
+@pytest.mark.parametrize("kind", list(SCALINGS))
+def test_rope_scores_depend_only_on_relative_position(kind):
+    rope = RotaryEmbedding(HEAD_DIM, theta=10000.0, scaling=SCALINGS[kind], max_position=512)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 12, HEAD_DIM, generator=g), torch.randn(1, 2, 12, HEAD_DIM, generator=g)
+    positions = torch.arange(12) * 3  # not contiguous either: only differences matter
+    base = scores(rope, q, k, positions)
+    for shift in (1, 17, 300):
+        torch.testing.assert_close(scores(rope, q, k, positions + shift), base, atol=2e-4, rtol=1e-4)
+    # and the positions do matter: a different spacing gives different scores
+    assert not torch.allclose(scores(rope, q, k, torch.arange(12) * 5), base, atol=1e-3)
+
+
+def test_dynamic_rope_is_not_shift_invariant_past_the_trained_length():
+    """Past original_max_position_embeddings the base grows with the sequence, so a shift changes the scores
+    (transformers' dynamic NTK does the same); the property above holds only within the trained length."""
+    rope = RotaryEmbedding(HEAD_DIM, scaling={"type": "dynamic", "factor": 4.0, "original_max_position_embeddings": 16},
+                           max_position=512)
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(1, 1, 8, HEAD_DIM, generator=g), torch.randn(1, 1, 8, HEAD_DIM, generator=g)
+    positions = torch.arange(8)
+    assert not torch.allclose(scores(rope, q, k, positions + 100), scores(rope, q, k, positions), atol=1e-3)
+
+
+def test_rope_rotation_keeps_norms_and_position_zero_is_identity():
+    rope = RotaryEmbedding(HEAD_DIM, scaling=SCALINGS["llama3"], max_position=64)
+    x = torch.randn(2, 3, 5, HEAD_DIM, generator=torch.Generator().manual_seed(2))
+    cos, sin = rope(torch.arange(5)[None].expand(2, 5) + 7, torch.float32)
+    torch.testing.assert_close(apply_rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+    cos0, sin0 = rope(torch.zeros(2, 5, dtype=torch.long), torch.float32)
+    torch.testing.assert_close(apply_rotary(x, cos0, sin0), x)
+
+
+def test_sinusoidal_table_is_the_formula():
+    table = sinusoidal_table(50, 12)
+    for pos in (0, 1, 7, 49):
+        for i in range(6):
+            angle = pos / 10000 ** (2 * i / 12)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+    assert sinusoidal_table(4, 7).shape == (4, 7)  # odd widths: the last channel is a sine
+
+
+@pytest.mark.parametrize("n_head", [1, 4, 8, 6, 12, 20])
+def test_alibi_slopes_equal_transformers_bloom(n_head):
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+    # BLOOM's alibi tensor at position 1 is the slope of each head
+    alibi = bloom.build_alibi_tensor(torch.ones(1, 2, dtype=torch.long), n_head, torch.float32)  # (H, 1, 2)
+    torch.testing.assert_close(alibi_slopes(n_head), alibi[:, 0, 1])
+    if n_head == 8:
+        assert alibi_slopes(8).tolist() == [2.0**-i for i in range(1, 9)]  # the paper's geometric sequence
