@@ -1,0 +1,124 @@
+"""The Gradio app of `neurallayers ui`: a Generate tab (prompt, sampling controls, streamed output) and an Attention
+tab (heatmaps of the attention weights per layer and head). Gradio is an optional extra (`ui`), imported inside the
+functions that need it; the work itself lives in logic.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from neurallayers.ui.logic import (
+    ALL_LAYERS,
+    attention_figure,
+    attention_maps,
+    layer_choices,
+    sampling_config,
+    stream_text,
+)
+
+
+def _gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # it phones home unless told not to
+    try:
+        import gradio as gr
+    except ModuleNotFoundError as e:
+        raise ImportError("the web playground needs Gradio: pip install 'neurallayers[ui]'") from e
+    return gr
+
+
+def _summary(model: nn.Module, name: str | None) -> str:
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())
+    kind = "decoder" if cfg.causal else "encoder"
+    head = f"**{name}** · " if name else ""
+    return (f"{head}{kind}, {params / 1e6:.2f}M parameters, {cfg.n_layer} layers × {cfg.n_head} heads, "
+            f"context {cfg.block_size} tokens, vocabulary {cfg.vocab_size}")
+
+
+def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: str = "NeuralLayers playground"):
+    """A gradio.Blocks playground for one model.
+
+    Args:
+        model: a DecoderLM (both tabs) or an encoder (the Attention tab only), in eval mode.
+        tokenizer: its tokenizer.
+        name: shown above the tabs (e.g. the model folder's name).
+        title: the page title.
+
+    Returns:
+        The gradio.Blocks app; its API routes are /generate (streams the text) and /attention (a figure).
+    """
+    gr = _gradio()
+    cfg = model.config
+
+    def generate_fn(prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop):
+        try:
+            config = sampling_config(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
+                                     stop=stop)
+            yield from stream_text(model, tokenizer, prompt, config)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+
+    def attention_fn(text, layer):
+        try:
+            labels, maps = attention_maps(model, tokenizer, text)
+            return attention_figure(labels, maps, layer or ALL_LAYERS)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+
+    choices = layer_choices(cfg.n_layer)
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(f"## {title}\n{_summary(model, name)}")
+        with gr.Tab("Generate"):
+            if not cfg.causal:
+                gr.Markdown("This is an encoder model: it does not generate text. The Attention tab works.")
+            with gr.Row(visible=bool(cfg.causal)):
+                with gr.Column(scale=3):
+                    prompt = gr.Textbox(label="Prompt", lines=5, placeholder="Type a prompt, then Generate",
+                                        elem_id="prompt")
+                    with gr.Row():
+                        go = gr.Button("Generate", variant="primary", elem_id="generate")
+                        halt = gr.Button("Stop", elem_id="stop")
+                    output = gr.Textbox(label="Output", lines=10, interactive=False, elem_id="output")
+                    status = gr.Markdown(label="Status", elem_id="status")
+                with gr.Column(scale=2):
+                    controls = [
+                        gr.Slider(1, cfg.block_size, value=min(128, cfg.block_size), step=1, label="Max new tokens"),
+                        gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)"),
+                        gr.Slider(0, min(cfg.vocab_size, 200), value=0, step=1, label="Top-k (0 = off)"),
+                        gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p (1 = off)"),
+                        gr.Slider(0, 0.99, value=0.0, step=0.01, label="Min-p (0 = off)"),
+                        gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty (1 = off)"),
+                        gr.Number(value=-1, precision=0, label="Seed (-1 = random)"),
+                        gr.Textbox(label="Stop strings", lines=2, placeholder="one per line; \\n means a newline"),
+                    ]
+            event = go.click(generate_fn, [prompt, *controls], [output, status], api_name="generate")
+            halt.click(None, cancels=[event])
+        with gr.Tab("Attention"):
+            gr.Markdown("Attention weights of every head for one text (query tokens down, key tokens across).")
+            with gr.Row():
+                text = gr.Textbox(label="Text", lines=2, scale=4, elem_id="attention-text")
+                layer = gr.Dropdown(choices, value=ALL_LAYERS if cfg.n_layer * cfg.n_head <= 64 else "0",
+                                    label="Layer", scale=1)
+            show = gr.Button("Show attention", variant="primary", elem_id="show-attention")
+            plot = gr.Plot(label="Attention weights", format="png", elem_id="attention-plot")
+            show.click(attention_fn, [text, layer], plot, api_name="attention")
+    return app
+
+
+def launch(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False) -> str:
+    """Serve the app on host:port (local only by default), one generation at a time.
+
+    Args:
+        block: wait until the server stops (Ctrl-C); False returns at once, leaving it running in a thread.
+
+    Returns:
+        The local URL.
+    """
+    _gradio()
+    app.queue(default_concurrency_limit=1)  # one model, one request at a time: no CPU oversubscription
+    _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, ssr_mode=False,
+                           mcp_server=False, quiet=quiet, show_error=True)
+    return url

@@ -1,0 +1,160 @@
+"""What the playground does, without Gradio: read the controls into a GenerationConfig, stream text, and draw
+attention weights as heatmaps. Bad input raises ValueError with a message for the user (app.py shows it)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from neurallayers.generation import GenerationConfig, stream
+
+ATTENTION_MAX_TOKENS = 64  # more makes the heatmaps unreadable (and the figure slow to draw)
+ALL_LAYERS = "all"
+
+
+def parse_stops(text: str | None) -> list[str]:
+    """Stop strings from a text box: one per line; the escapes \\n and \\t stand for a newline and a tab."""
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        raise ValueError(f"Stop strings must be text (one per line), got {type(text).__name__}")
+    return [line.replace("\\n", "\n").replace("\\t", "\t") for line in text.splitlines() if line]
+
+
+def _number(name: str, value: Any, *, integer: bool = False) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if integer:
+        if value != int(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def sampling_config(*, max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, min_p: Any,
+                    repetition_penalty: Any, seed: Any, stop: str | None) -> GenerationConfig:
+    """The playground's controls as a GenerationConfig. Seed -1 (or empty) draws a random one.
+
+    Raises:
+        ValueError: a value out of range, naming the control.
+    """
+    seed = None if seed is None or seed == "" else _number("Seed", seed, integer=True)
+    if seed is not None and seed < -1:
+        raise ValueError(f"Seed must be -1 (random) or a number >= 0, got {seed}")
+    values = {"max_new_tokens": _number("Max new tokens", max_new_tokens, integer=True),
+              "temperature": _number("Temperature", temperature), "top_k": _number("Top-k", top_k, integer=True),
+              "top_p": _number("Top-p", top_p), "min_p": _number("Min-p", min_p),
+              "repetition_penalty": _number("Repetition penalty", repetition_penalty),
+              "seed": None if seed in (None, -1) else seed, "stop": parse_stops(stop)}
+    try:
+        return GenerationConfig(**values)
+    except ValueError as e:
+        raise ValueError(str(e).removeprefix("GenerationConfig.")) from None
+
+
+def _prompt_ids(model: nn.Module, tokenizer, prompt: Any) -> list[int]:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("The prompt is empty: type some text first")
+    ids = tokenizer.encode(prompt)
+    block = model.config.block_size
+    if len(ids) > block:
+        raise ValueError(f"The prompt has {len(ids)} tokens but the model's context length is {block}: shorten it")
+    return ids
+
+
+def stream_text(model: nn.Module, tokenizer, prompt: str, config: GenerationConfig) -> Iterator[tuple[str, str]]:
+    """(text so far, status line) after every token that adds text, and once more at the end with the count of
+    tokens, the finish reason and the speed.
+
+    Raises:
+        ValueError: an empty prompt, or one longer than the model's context.
+    """
+    if not model.config.causal:
+        raise ValueError("This is an encoder model: it does not generate text (the Attention tab works)")
+    ids = _prompt_ids(model, tokenizer, prompt)
+    text, n, start = "", 0, time.perf_counter()
+    for event in stream(model, tokenizer, ids, config):
+        text += event.text
+        if event.token_id is not None:
+            n += 1
+        if event.finish_reason is not None:
+            seconds = time.perf_counter() - start
+            why = {"stop": "a stop token or string", "length": "the token limit"}.get(event.finish_reason,
+                                                                                   event.finish_reason)
+            yield text, f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):.1f} tokens/s); stopped by {why}"
+        elif event.text:
+            yield text, f"generating... {n} tokens"
+
+
+@torch.inference_mode()
+def attention_maps(model: nn.Module, tokenizer, text: str) -> tuple[list[str], torch.Tensor]:
+    """Token labels and attention weights (n_layer, n_head, T, T), float32 on the CPU, of one text.
+
+    A decoder sees the text's tokens; an encoder sees them with its special tokens ([CLS] ... [SEP]).
+
+    Raises:
+        ValueError: an empty text or more than ATTENTION_MAX_TOKENS tokens.
+    """
+    device = next(model.parameters()).device
+    if model.config.causal:
+        ids = _prompt_ids(model, tokenizer, text)
+        forward, inputs = model, {"input_ids": torch.tensor([ids], device=device)}
+    else:
+        from neurallayers.embeddings import tokenize_batch
+        from neurallayers.models.encoder import base_encoder
+
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("The prompt is empty: type some text first")
+        batch = tokenize_batch(tokenizer, [text], max_length=model.config.block_size)
+        ids = batch["input_ids"][0].tolist()
+        forward = base_encoder(model)
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "token_type_ids" or forward.wtt is not None}
+    if len(ids) > ATTENTION_MAX_TOKENS:
+        raise ValueError(f"The attention view takes up to {ATTENTION_MAX_TOKENS} tokens; this text has {len(ids)}")
+    out = forward(**inputs, output_attentions=True)
+    maps = torch.stack([a[0].float().cpu() for a in out.attentions])  # (L, H, T, T)
+    labels = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+    return labels, maps
+
+
+def layer_choices(n_layer: int) -> list[str]:
+    """The layer selector's options: every layer at once, or one of them."""
+    return [ALL_LAYERS, *(str(i) for i in range(n_layer))]
+
+
+def attention_figure(labels: list[str], maps: torch.Tensor, layer: str = ALL_LAYERS):
+    """A matplotlib Figure of heatmaps: one row per layer (or just `layer`), one column per head; query tokens
+    down, key tokens across. Token labels are drawn for a short text on a small grid."""
+    from matplotlib.figure import Figure
+
+    n_layer, n_head, t, _ = maps.shape
+    if layer not in layer_choices(n_layer):
+        raise ValueError(f"Layer must be one of {', '.join(layer_choices(n_layer))}, got {layer!r}")
+    layers = list(range(n_layer)) if layer == ALL_LAYERS else [int(layer)]
+    rows, cols = len(layers), n_head
+    cell = max(1.3, min(3.0, 18 / max(rows, cols)))  # inches per heatmap: big grids get small cells
+    fig = Figure(figsize=(cols * cell + 1.2, rows * cell + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    show_tokens = t <= 24 and rows * cols <= 16
+    shown = [repr(s)[1:-1] or "''" for s in labels]  # make spaces, newlines and empty pieces visible
+    image = None
+    for r, li in enumerate(layers):
+        for h in range(n_head):
+            ax = axes[r][h]
+            image = ax.imshow(maps[li, h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(f"layer {li} · head {h}", fontsize=8)
+            if show_tokens:  # labels on the bottom row and the left column only
+                ax.set_xticks(range(t), shown if r == rows - 1 else [], rotation=90, fontsize=7)
+                ax.set_yticks(range(t), shown if h == 0 else [], fontsize=7)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    fig.supxlabel("key (token attended to)", fontsize=9)
+    fig.supylabel("query (token attending)", fontsize=9)
+    return fig

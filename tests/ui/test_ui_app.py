@@ -1,0 +1,65 @@
+"""The launched playground through gradio_client: streamed generation, the attention tab, clear errors."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from neurallayers.generation import GenerationConfig, generate
+
+# prompt, max new tokens, temperature, top-k, top-p, min-p, repetition penalty, seed, stop strings
+GREEDY = ("the quick", 40, 0.0, 0, 1.0, 0.0, 1.0, -1, "")
+
+
+@pytest.fixture(scope="module")
+def client(playground):
+    from gradio_client import Client
+
+    return Client(playground, verbose=False)
+
+
+def test_listens_on_localhost(playground):
+    assert playground.startswith("http://127.0.0.1:")
+
+
+def test_generate_streams_the_text_of_generate(client, tiny):
+    model, tok = tiny
+    job = client.submit(*GREEDY, api_name="/generate")
+    text, status = job.result(timeout=60)
+    (want,) = generate(model, tok, "the quick", GenerationConfig(temperature=0, max_new_tokens=40))
+    assert text == want.text and status.startswith(f"{len(want.token_ids)} tokens in")
+    updates = [t for t, _ in job.outputs()]
+    assert len(updates) > 5 and all(b.startswith(a) for a, b in zip(updates, updates[1:], strict=False))
+    # every sampling control reaches the generator: seeded sampling gives generate()'s text, a stop string cuts it
+    sampled, _ = client.predict("the quick", 30, 0.9, 10, 0.95, 0.05, 1.2, 11, "", api_name="/generate")
+    cfg = GenerationConfig(max_new_tokens=30, temperature=0.9, top_k=10, top_p=0.95, min_p=0.05,
+                           repetition_penalty=1.2, seed=11)
+    (want,) = generate(model, tok, "the quick", cfg)
+    assert sampled == want.text
+    stop_at = want.text[5:7]
+    cut, _ = client.predict("the quick", 30, 0.9, 10, 0.95, 0.05, 1.2, 11, f"zz\n{stop_at}", api_name="/generate")
+    assert cut == want.text[:want.text.index(stop_at)]
+
+
+def test_attention_tab_returns_a_png_of_the_heatmaps(client):
+    plot = client.predict("the lazy dog", "all", api_name="/attention")
+    assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png;base64,")
+    png = base64.b64decode(plot["plot"].split(",", 1)[1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.parametrize(("args", "api", "message"), [
+    (("  ", *GREEDY[1:]), "/generate", "The prompt is empty"),
+    (("ab" * 60, *GREEDY[1:]), "/generate", "The prompt has 120 tokens but the model's context length is 96"),
+    ((*GREEDY[:7], -4, ""), "/generate", "Seed must be -1"),
+    (("a" * 80, "all"), "/attention", "up to 64 tokens; this text has 80"),
+    (("the dog", "7"), "/attention", "7 is not in the list of choices"),
+])
+def test_bad_input_gets_a_clear_message_and_the_app_keeps_working(client, args, api, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name=api)
+    text, _ = client.predict(*GREEDY, api_name="/generate")
+    assert text

@@ -1,0 +1,63 @@
+"""The playground in a real headless Chromium (driven by Playwright): type a prompt, click Generate, watch the text
+stream in, take a screenshot."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# Records every distinct value the output box shows, so the test sees the text arrive piece by piece.
+WATCH_OUTPUT = """() => {
+  window.__seen = [];
+  setInterval(() => {
+    const box = document.querySelector('#output textarea');
+    const value = box ? box.value : '';
+    if (value && value !== window.__seen[window.__seen.length - 1]) window.__seen.push(value);
+  }, 5);
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium); the browser test needs one")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (dev extra)")
+    profile = tmp_path_factory.mktemp("chromium-profile")  # empty user data dir
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
+                                                        args=FLAGS, viewport={"width": 1280, "height": 900})
+        yield context
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_type_generate_and_see_the_text_stream_in(browser, playground, tmp_path):
+    page = browser.new_page()
+    page.goto(playground)
+    prompt = page.locator("#prompt textarea")
+    prompt.wait_for(timeout=30_000)
+    page.evaluate(WATCH_OUTPUT)
+    prompt.fill("the quick brown fox")
+    page.locator("#generate").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('tokens in')", timeout=30_000)
+    seen = page.evaluate("window.__seen")
+    final = page.locator("#output textarea").input_value()
+    assert final and seen[-1] == final
+    assert len(seen) >= 3 and all(final.startswith(s) for s in seen)  # it grew in steps: streamed
+    assert len(seen[0]) < len(final)
+    shot = tmp_path / "playground.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+    page.get_by_role("tab", name="Attention").click()
+    page.locator("#attention-text textarea").fill("the lazy dog")
+    page.locator("#show-attention").click()
+    page.locator("#attention-plot img").wait_for(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "attention.png"), full_page=True)
+    page.close()

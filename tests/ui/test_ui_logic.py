@@ -1,0 +1,104 @@
+"""The playground's logic without a server: controls -> GenerationConfig, streamed text, attention heatmaps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neurallayers.config import ModelConfig
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.generation import GenerationConfig, generate
+from neurallayers.ui.logic import (
+    ATTENTION_MAX_TOKENS,
+    attention_figure,
+    attention_maps,
+    parse_stops,
+    sampling_config,
+    stream_text,
+)
+
+CONTROLS = dict(max_new_tokens=20, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=-1,
+                stop="")
+
+
+def test_controls_become_a_generation_config():
+    cfg = sampling_config(**{**CONTROLS, "max_new_tokens": 12.0, "top_k": 5, "seed": 7, "stop": "o\n\\n\n\\tx"})
+    assert cfg == GenerationConfig(max_new_tokens=12, temperature=0.0, top_k=5, seed=7, stop=["o", "\n", "\tx"])
+    assert sampling_config(**CONTROLS).seed is None and sampling_config(**{**CONTROLS, "seed": None}).seed is None
+    assert parse_stops(None) == [] and parse_stops("a\n\nb") == ["a", "b"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"seed": -2}, "Seed must be -1 \\(random\\) or a number >= 0, got -2"),
+    ({"max_new_tokens": 2.5}, "Max new tokens must be a whole number, got 2.5"),
+    ({"max_new_tokens": 0}, "max_new_tokens=0: must be >= 1"),
+    ({"temperature": "hot"}, "Temperature must be a number, got 'hot'"),
+    ({"temperature": float("nan")}, "Temperature must be a number"),
+    ({"top_p": 0.0}, "top_p=0.0: must be in \\(0, 1\\]"),
+    ({"repetition_penalty": 0}, "repetition_penalty=0.0: must be > 0"),
+    ({"stop": 5}, "Stop strings must be text"),
+])
+def test_bad_controls_are_named(change, message):
+    with pytest.raises(ValueError, match=message):
+        sampling_config(**{**CONTROLS, **change})
+
+
+def test_stream_text_grows_to_generate_text(tiny):
+    model, tok = tiny
+    cfg = sampling_config(**{**CONTROLS, "max_new_tokens": 30})
+    steps = list(stream_text(model, tok, "the lazy", cfg))
+    texts = [t for t, _ in steps]
+    assert len(steps) > 5 and all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
+    (want,) = generate(model, tok, "the lazy", cfg)
+    assert texts[-1] == want.text
+    assert steps[-1][1].startswith(f"{len(want.token_ids)} tokens in") and "token limit" in steps[-1][1]
+    with pytest.raises(ValueError, match="The prompt is empty"):
+        next(stream_text(model, tok, "  ", cfg))
+    with pytest.raises(ValueError, match="The prompt has 120 tokens but the model's context length is 96"):
+        next(stream_text(model, tok, "ab" * 60, cfg))
+
+
+def test_attention_maps_are_causal_distributions(tiny):
+    model, tok = tiny
+    labels, maps = attention_maps(model, tok, "the fox")
+    assert labels == list("the fox") and maps.shape == (2, 2, 7, 7)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2, 7))
+    assert torch.all(maps.triu(diagonal=1) == 0) and torch.all(maps.diagonal(dim1=-2, dim2=-1) > 0)
+    _, longer = attention_maps(model, tok, "the fox jumps")  # later tokens change no earlier query's weights
+    torch.testing.assert_close(longer[:, :, :7, :7], maps)
+    with pytest.raises(ValueError, match=f"up to {ATTENTION_MAX_TOKENS} tokens; this text has 70"):
+        attention_maps(model, tok, "a" * 70)
+    with pytest.raises(ValueError, match="The prompt is empty"):
+        attention_maps(model, tok, "")
+
+
+def test_attention_figure_has_one_heatmap_per_layer_and_head(tiny):
+    model, tok = tiny
+    labels, maps = attention_maps(model, tok, "the fox")
+    fig = attention_figure(labels, maps, "all")
+    heatmaps = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    assert sorted(ax.get_title() for ax in heatmaps) == [f"layer {li} · head {h}" for li in range(2) for h in range(2)]
+    ticks = {ax.get_title(): [t.get_text() for t in ax.get_xticklabels()] for ax in heatmaps}
+    assert ticks["layer 1 · head 1"] == list("the fox") and not any(ticks["layer 0 · head 1"])  # bottom row only
+    one = attention_figure(labels, maps, "1")
+    titled = [ax for ax in one.axes if ax.get_title()]
+    assert [ax.get_title() for ax in titled] == ["layer 1 · head 0", "layer 1 · head 1"]
+    assert [t.get_text() for t in titled[0].get_xticklabels()] == ["t", "h", "e", " ", "f", "o", "x"]
+    torch.testing.assert_close(torch.tensor(titled[1].images[0].get_array()), maps[1, 1])
+    with pytest.raises(ValueError, match="Layer must be one of all, 0, 1, got '5'"):
+        attention_figure(labels, maps, "5")
+
+
+def test_encoder_attention_and_no_generation():
+    from neurallayers.models import build_model
+
+    tok = Tokenizer.train_char(["some text to look at"])
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("bert-mini").replace(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2,
+                                                     n_embd=16)
+    model = build_model(cfg).eval()
+    labels, maps = attention_maps(model, tok, "to look")
+    assert labels == list("to look") and maps.shape == (1, 2, 7, 7)
+    assert torch.any(maps.triu(diagonal=1) > 0)  # bidirectional
+    with pytest.raises(ValueError, match="encoder model: it does not generate"):
+        next(stream_text(model, tok, "text", sampling_config(**CONTROLS)))
