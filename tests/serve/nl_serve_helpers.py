@@ -128,3 +128,29 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float 
             pass
         time.sleep(0.1)
     raise AssertionError("server did not become healthy")
+
+
+class Gate:
+    """A forward pre-hook that holds the engine thread before every model forward while closed."""
+
+    def __init__(self, model, *, delay: float = 0.0) -> None:
+        self.open = threading.Event()
+        self.open.set()
+        self.delay = delay  # seconds per forward, to keep requests in flight long enough to act on them
+        self.handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        if not self.open.wait(60):
+            raise RuntimeError("gate left closed")
+        if self.delay:
+            time.sleep(self.delay)
+
+    def remove(self) -> None:
+        self.open.set()
+        self.handle.remove()
+
+
+def load_pair(run_dir: Path):
+    import neurallayers
+
+    return neurallayers.load(run_dir)

@@ -1,0 +1,284 @@
+"""Bad input and faults against a real server on 127.0.0.1 (RELIABILITY.md items 12-19, 21, 22), with raw httpx:
+every error has the OpenAI shape, validation is 400 with `param` set (never 5xx), overload is 429 with Retry-After
+at once, and after every bad request a good one still gets 200."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+from nl_serve_helpers import Gate, assert_ok_after, serving, wait_for, write_run_dir
+
+import neurallayers
+
+BLOCK = 64
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return write_run_dir(tmp_path_factory.mktemp("errors") / "tiny", block_size=BLOCK)
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    with serving(run_dir, max_concurrency=2, max_queue=4) as srv:
+        yield srv
+
+
+def assert_error(r: httpx.Response, status: int, param: str | None = "unset") -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param != "unset":
+        assert err["param"] == param, err
+    return err
+
+
+COMPLETION_CASES = [
+    ({"temperature": -1}, "temperature"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_k": -1}, "top_k"),
+    ({"min_p": 1}, "min_p"),
+    ({"n": 0}, "n"),
+    ({"n": 10_000}, "n"),
+    ({"n": 8}, "n"),  # 8 choices > max_concurrency + max_queue: can never be served at once
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": -3}, "max_tokens"),
+    ({"max_tokens": 2.5}, "max_tokens"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"frequency_penalty": -3}, "frequency_penalty"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"stop": ""}, "stop"),
+    ({"stop": [1]}, "stop"),
+    ({"stop": ["a"] * 17}, "stop"),
+    ({"prompt": [99999]}, "prompt"),
+    ({"prompt": [-1]}, "prompt"),
+    ({"prompt": [[1], []]}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": [1, "a"]}, "prompt"),
+    ({"prompt": None}, "prompt"),
+    ({"logprobs": 21}, "logprobs"),
+    ({"logprobs": True}, "logprobs"),
+    ({"logit_bias": {"999999": 1}}, "logit_bias"),
+    ({"logit_bias": {"x": 1}}, "logit_bias"),
+    ({"logit_bias": {"1": 500}}, "logit_bias.1"),
+    ({"seed": -1}, "seed"),
+    ({"stream": "yes"}, "stream"),
+    ({"stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
+    ({"echo": None}, "echo"),
+    ({"temprature": 0.5}, "temprature"),
+    ({"best_of": 2}, "best_of"),
+]
+
+
+@pytest.mark.parametrize("change, param", COMPLETION_CASES, ids=[json.dumps(c)[:40] for c, _ in COMPLETION_CASES])
+def test_bad_completion_fields_are_400_naming_the_field(server, change, param):
+    body = {"prompt": "The", "max_tokens": 4, **change}
+    assert_error(httpx.post(f"{server.url}/v1/completions", json=body), 400, param)
+    assert_ok_after(server.url)
+
+
+CHAT_CASES = [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "url": "x"}]}]}, "messages[0].content"),
+    ({"messages": [{"role": "user"}], "extra": 1}, "extra"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 99}, "top_logprobs"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"max_completion_tokens": 500}, "max_completion_tokens"),
+    ({"messages": [{"role": "user", "content": "x" * 200}]}, "messages"),
+    ({"temperature": float("nan")}, "temperature"),
+]
+
+
+@pytest.mark.parametrize("change, param", CHAT_CASES, ids=[str(i) for i in range(len(CHAT_CASES))])
+def test_bad_chat_fields_are_400_naming_the_field(server, change, param):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **change}
+    raw = json.dumps(body)  # json.dumps writes NaN, as a sloppy client would
+    r = httpx.post(f"{server.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert_error(r, 400, param)
+    assert_ok_after(server.url)
+
+
+@pytest.mark.parametrize("raw", [b"{", b"", b"[1, 2]", b"null", b'{"prompt": "\xff"}', b'{"prompt": "x", "n": NaN}',
+                                 b'{"prompt": "x", "temperature": Infinity}'])
+def test_malformed_bodies_are_400(server, raw):
+    r = httpx.post(f"{server.url}/v1/completions", content=raw, headers={"content-type": "application/json"})
+    err = assert_error(r, 400)
+    assert err["param"] in ("body", "n", "temperature")
+    assert_ok_after(server.url)
+
+
+def test_context_length_errors_name_the_numbers(server):
+    err = assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": "The", "max_tokens": 62}), 400,
+                       "max_tokens")
+    assert "3 tokens" in err["message"] and "62" in err["message"] and str(BLOCK) in err["message"]
+    assert err["code"] == "context_length_exceeded"
+    err = assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": "a" * 100, "max_tokens": 1}),
+                       400, "prompt")
+    assert "100 tokens" in err["message"] and str(BLOCK) in err["message"]
+    ok = httpx.post(f"{server.url}/v1/completions", json={"prompt": "The", "max_tokens": BLOCK - 3})
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= BLOCK - 3
+    assert_ok_after(server.url)
+
+
+def test_other_routes_refuse_bad_input_with_400(server):
+    url = server.url
+    assert_error(httpx.post(f"{url}/v1/embeddings", json={"input": "x"}), 400, "model")
+    assert_error(httpx.post(f"{url}/v1/completions", json={"prompt": "x", "model": "other"}), 404, "model")
+    assert_error(httpx.post(f"{url}/detokenize", json={"tokens": [-1]}), 400, "tokens")
+    assert_error(httpx.post(f"{url}/tokenize", json={}), 400, "prompt")
+    assert_error(httpx.post(f"{url}/predict", json={"prompt": ""}), 400, "prompt")
+    assert_error(httpx.post(f"{url}/batch_predict", json={"prompts": []}), 400, "prompts")
+    assert_error(httpx.post(f"{url}/reload", json={"model": "x"}), 400, "model")  # no --model-root: off
+    assert_error(httpx.get(f"{url}/nowhere"), 404)
+    assert_error(httpx.get(f"{url}/v1/completions"), 405)
+    assert_ok_after(url)
+
+
+def test_empty_and_non_ascii_outputs_are_valid_json(server, run_dir):
+    _, tok = neurallayers.load(run_dir)
+    force_eos = {str(tok.eos_id): 100}  # the first token is eos: an empty completion
+    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "日本 🙂", "max_tokens": 5, "logit_bias": force_eos})
+    assert r.status_code == 200
+    assert json.loads(r.content.decode("utf-8"))["choices"][0] == {"index": 0, "text": "", "logprobs": None,
+                                                                    "finish_reason": "stop"}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "é"}], "max_tokens": 5, "logit_bias": force_eos,
+            "stream": True}) as s:
+        events = [line for line in s.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    last = json.loads(events[-2].removeprefix("data: "))
+    assert last["choices"][0]["finish_reason"] == "stop"
+    for prompt in ("ünïcödé ∑", "🙂🎉", "日本語"):
+        r = httpx.post(f"{server.url}/v1/completions", json={"prompt": prompt, "max_tokens": 8, "temperature": 0})
+        assert r.status_code == 200 and isinstance(json.loads(r.content.decode("utf-8"))["choices"][0]["text"], str)
+
+
+@pytest.fixture
+def gated(run_dir):
+    """A server with one decode slot and no queue, and a gate on its model's forward."""
+    model, tok = neurallayers.load(run_dir)
+    gate = Gate(model)
+    with serving((model, tok), model_name="tiny", max_concurrency=1, max_queue=0) as srv:
+        try:
+            yield srv, gate, srv.app.state.holder.current.engine
+        finally:
+            gate.remove()  # let anything still held finish before the server stops
+
+
+def test_overload_is_429_with_retry_after_at_once(gated):
+    srv, gate, engine = gated
+    gate.delay = 0.02
+    body = {"prompt": "The", "max_tokens": 50, "stream": True}
+    with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=60) as s:
+        lines = s.iter_lines()
+        next(line for line in lines if line.startswith("data: {"))  # decoding: the only slot is taken
+        gate.open.clear()
+        assert engine.stats()["running"] == 1
+        r = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 3}, timeout=10)
+        err = assert_error(r, 429)
+        assert err["type"] == "rate_limit_error" and int(r.headers["Retry-After"]) >= 1
+        r = httpx.post(f"{srv.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                                "max_tokens": 3, "stream": True}, timeout=10)
+        assert_error(r, 429)
+        gate.open.set()
+        gate.delay = 0.0
+        rest = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: {")]
+    assert rest[-1]["choices"][0]["finish_reason"] == "length"  # the running request was not disturbed
+    assert_ok_after(srv.url)
+
+
+def test_client_disconnect_mid_stream_cancels_and_frees_the_slot(gated):
+    srv, gate, engine = gated
+    gate.delay = 0.02  # keep the stream going long enough to walk away from it
+    with httpx.stream("POST", f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 50, "stream": True},
+                      timeout=30) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                break  # one token arrived; now leave
+    wait_for(lambda: engine.stats()["requests_cancelled"] == 1 and engine.stats()["running"] == 0,
+             what="the abandoned request to be cancelled")
+    assert engine.stats()["tokens_generated"] < 50
+    gate.delay = 0.0
+    assert_ok_after(srv.url)  # the slot (the only one) is free again
+
+
+def test_health_answers_while_a_huge_prompt_is_tokenized(run_dir):
+    model, tok = neurallayers.load(run_dir)
+    entered, release = threading.Event(), threading.Event()
+    real = tok.encode_batch
+
+    def slow_encode_batch(texts, **kw):
+        entered.set()
+        release.wait(60)
+        return real(texts, **kw)
+
+    tok.encode_batch = slow_encode_batch  # stands in for a tokenizer busy with megabytes of text
+    with serving((model, tok), model_name="tiny") as srv:
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", httpx.post(
+            f"{srv.url}/v1/completions", json={"prompt": "x" * 200_000, "max_tokens": 1}, timeout=120)))
+        t.start()
+        assert entered.wait(30)
+        health = httpx.get(f"{srv.url}/health", timeout=10)  # would time out if tokenizing blocked the loop
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        release.set()
+        t.join(120)
+        err = assert_error(out["r"], 400, "prompt")
+        assert "200000 tokens" in err["message"]
+        assert_ok_after(srv.url)
+
+
+def test_api_key_guards_every_route_but_health(run_dir, monkeypatch):
+    import neurallayers.serve.middleware as mw
+
+    calls = []
+    real = mw.hmac.compare_digest
+    monkeypatch.setattr(mw.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    with serving(run_dir, api_key="s3cret") as srv:
+        url = srv.url
+        routes = [("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"),
+                  ("POST", "/v1/embeddings"), ("POST", "/tokenize"), ("POST", "/detokenize"), ("POST", "/predict"),
+                  ("POST", "/batch_predict"), ("POST", "/reload"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+                  ("GET", "/docs"), ("GET", "/nowhere")]
+        for method, path in routes:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"},
+                            {"Authorization": "Bearer s3cret2"}, {"Authorization": "s3cret"}):
+                r = httpx.request(method, url + path, headers=headers, json={})
+                assert assert_error(r, 401)["type"] == "authentication_error", (method, path, headers)
+        assert httpx.get(f"{url}/health").status_code == 200
+        good = {"Authorization": "Bearer s3cret"}
+        assert httpx.get(f"{url}/v1/models", headers=good).status_code == 200
+        assert_ok_after(url, headers=good)
+    assert calls  # the key is compared with hmac.compare_digest (constant time)
+
+
+def test_cors_is_off_by_default_and_on_for_named_origins(server, run_dir):
+    pre = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    r = httpx.options(f"{server.url}/v1/completions", headers=pre)
+    assert "access-control-allow-origin" not in r.headers
+    assert "access-control-allow-origin" not in httpx.get(f"{server.url}/v1/models", headers=pre).headers
+    with serving(run_dir, cors_origins=["http://ui.example"]) as srv:
+        ok = httpx.options(f"{srv.url}/v1/completions", headers={**pre, "Origin": "http://ui.example"})
+        assert ok.headers["access-control-allow-origin"] == "http://ui.example"
+        bad = httpx.options(f"{srv.url}/v1/completions", headers=pre)
+        assert bad.headers.get("access-control-allow-origin") != "http://evil.example"
+
+
+def test_default_host_is_loopback():
+    import argparse
+
+    from neurallayers.cli import serve
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    assert parser.parse_args(["some/run"]).host == "127.0.0.1"

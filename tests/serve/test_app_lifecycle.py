@@ -1,0 +1,203 @@
+"""Reload (RELIABILITY.md item 19), SIGTERM through the real CLI (item 20), metrics, and a schemathesis fuzz of
+every route in /openapi.json asserting that no request makes the server answer 5xx."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import httpx
+import pytest
+from nl_serve_helpers import (
+    Gate,
+    assert_ok_after,
+    free_port,
+    serving,
+    start_cli_server,
+    wait_for,
+    wait_healthy,
+    write_run_dir,
+)
+
+import neurallayers
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    write_run_dir(root / "a", seed=1)
+    write_run_dir(root / "nested" / "b", seed=2)
+    (root / "empty").mkdir()
+    outside = write_run_dir(tmp_path_factory.mktemp("outside") / "secret", seed=3)
+    os.symlink(outside, root / "link-out")
+    return root
+
+
+def greedy(run_dir, prompt: str, n: int) -> str:
+    model, tok = neurallayers.load(run_dir)
+    return neurallayers.generate(model, tok, prompt, max_new_tokens=n, temperature=0)[0].text
+
+
+def test_reload_is_atomic_and_stays_inside_the_model_root(model_root):
+    model, tok = neurallayers.load(model_root / "a")
+    gate = Gate(model, delay=0.01)  # keeps the request on model a in flight across the reload
+    with serving((model, tok), model_name="a", model_root=model_root, max_concurrency=2) as srv:
+        url = srv.url
+        old_engine = srv.app.state.holder.current.engine
+        for bad, status in (("../outside", 400), ("/etc", 400), ("nested/../../x", 400), ("link-out", 400),
+                            ("missing", 404), ("empty", 400), ("", 400)):
+            r = httpx.post(f"{url}/reload", json={"model": bad}, timeout=30)
+            assert r.status_code == status, (bad, r.text)
+            assert r.json()["error"]["param"] == "model"
+            assert_ok_after(url)
+        body = {"prompt": "The", "max_tokens": 40, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as s:
+            lines = s.iter_lines()
+            first = json.loads(next(line for line in lines if line.startswith("data: {")).removeprefix("data: "))
+            r = httpx.post(f"{url}/reload", json={"model": "nested/b"}, timeout=60)
+            assert r.status_code == 200 and r.json() == {"model": "nested/b", "previous": "a"}
+            after = httpx.post(f"{url}/v1/completions", json={"prompt": "The", "max_tokens": 10, "temperature": 0})
+            assert after.status_code == 200 and after.json()["model"] == "nested/b"
+            assert after.json()["choices"][0]["text"] == greedy(model_root / "nested" / "b", "The", 10)
+            assert not old_engine.stats()["closed"]  # the old engine still serves the stream in flight
+            rest = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: {")]
+        chunks = [first, *rest]
+        text = "".join(c["choices"][0]["text"] for c in chunks)
+        assert text == greedy(model_root / "a", "The", 40) and chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert all(c["model"] == "a" for c in chunks)
+        wait_for(lambda: old_engine.stats()["closed"], what="the old engine to be retired")
+        models = httpx.get(f"{url}/v1/models").json()["data"]
+        assert [m["id"] for m in models] == ["nested/b"]
+        assert_error_free = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "model": "a"})
+        assert assert_error_free.status_code == 404  # the old name is gone
+    gate.remove()
+
+
+def test_metrics_count_routes_statuses_tokens_and_latencies(tmp_path):
+    run_dir = write_run_dir(tmp_path / "m")
+    with serving(run_dir) as srv:
+        one = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 5}).json()
+        httpx.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 0})
+        body = {"prompt": "ab", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", f"{srv.url}/v1/completions", json=body) as s:
+            two = json.loads([line for line in s.iter_lines() if line.startswith("data: {")][-1][6:])
+        httpx.get(f"{srv.url}/no/such/path")
+        text = httpx.get(f"{srv.url}/metrics").text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("neurallayers_requests_total", (("route", "/v1/completions"), ("status", "200")))] == 2
+    assert samples[("neurallayers_requests_total", (("route", "/v1/completions"), ("status", "400")))] == 1
+    assert samples[("neurallayers_requests_total", (("route", "other"), ("status", "404")))] == 1
+    assert samples[("neurallayers_prompt_tokens_total", ())] == 3 + 2
+    generated = [one["usage"]["completion_tokens"], two["usage"]["completion_tokens"]]
+    assert samples[("neurallayers_generation_tokens_total", ())] == sum(generated) > 0
+    assert samples[("neurallayers_time_to_first_token_seconds_count", ())] == sum(n > 0 for n in generated)
+    assert samples[("neurallayers_inter_token_latency_seconds_count", ())] == sum(max(0, n - 1) for n in generated)
+    assert samples[("neurallayers_request_latency_seconds_count", (("route", "/v1/completions"),))] == 3
+    for gauge in ("neurallayers_requests_running", "neurallayers_requests_waiting", "neurallayers_batch_size"):
+        assert (gauge, ()) in samples
+
+
+def test_sigterm_finishes_in_flight_refuses_new_and_exits_0(tmp_path):
+    run_dir = write_run_dir(tmp_path / "big", block_size=1024)  # long generations stay in flight
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_cli_server(run_dir, port, "--max-concurrency", "2")
+    try:
+        wait_healthy(url, proc)
+        body = {"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": True}
+        other: dict = {}
+        waiter = threading.Thread(target=lambda: other.setdefault("r", httpx.post(
+            f"{url}/v1/completions", json={**body, "stream": False, "max_tokens": 600}, timeout=120)))
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as s:
+            lines = s.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))
+            waiter.start()
+            wait_for(lambda: "r" in other or _running(url) == 2, what="both requests in flight")
+            proc.send_signal(signal.SIGTERM)
+            refused = _try_new_request(url)
+            rest = [line for line in lines if line.startswith("data: ")]
+        waiter.join(120)
+        assert rest[-1] == "data: [DONE]"
+        final = json.loads(rest[-2].removeprefix("data: "))
+        assert final["choices"][0]["finish_reason"] == "length"  # the stream in flight ran to its end
+        assert other["r"].status_code == 200 and other["r"].json()["usage"]["completion_tokens"] == 600
+        assert refused in ("connection refused", 503)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _running(url: str) -> int:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith("neurallayers_requests_running "))
+    return int(float(line.split()[1]))
+
+
+def _try_new_request(url: str):
+    """After SIGTERM: a new request must be refused (the socket is closed, or 503 while draining)."""
+    for _ in range(100):
+        try:
+            r = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1}, timeout=10)
+        except httpx.ConnectError:
+            return "connection refused"
+        if r.status_code == 503:
+            assert r.json()["error"]["code"] == "shutting_down"
+            return 503
+    return "accepted"
+
+
+@pytest.mark.parametrize("args", [["missing"], [".", "--max-concurrency", "0"], [".", "--port", "70000"],
+                                  [".", "--max-queue", "-1"], ["empty"]])
+def test_cli_bad_arguments_are_one_line_exit_2(tmp_path, capsys, args):
+    from neurallayers.__main__ import main
+
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / a) if i == 0 else a for i, a in enumerate(args)]
+    try:
+        code = main(["serve", *args])
+    except SystemExit as e:  # argparse refuses bad values itself
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.strip(), err
+
+
+# examples per route and mode: the generation routes get the most
+FUZZ_EXAMPLES = {"/v1/completions": 25, "/v1/chat/completions": 25}
+FUZZ_DEFAULT = 5
+
+
+def test_schemathesis_fuzz_finds_no_server_errors(tmp_path):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    run_dir = write_run_dir(tmp_path / "fuzz", block_size=48)
+    seen: list[tuple[str, int]] = []
+    with serving(run_dir, max_concurrency=4, max_queue=8) as srv:
+        schema = schemathesis.openapi.from_url(f"{srv.url}/openapi.json")
+        operations = [op.ok() for op in schema.get_all_operations()]
+        for op in operations:
+            modes = [schemathesis.GenerationMode.POSITIVE]
+            if op.method.upper() == "POST":  # a GET without parameters has no invalid form
+                modes.append(schemathesis.GenerationMode.NEGATIVE)
+            for mode in modes:
+                @settings(max_examples=FUZZ_EXAMPLES.get(op.path, FUZZ_DEFAULT), deadline=None, derandomize=True,
+                          database=None, suppress_health_check=list(HealthCheck))
+                @given(case=op.as_strategy(mode))
+                def no_5xx(case):
+                    response = case.call(base_url=srv.url, timeout=60)
+                    seen.append((case.path, response.status_code))
+                    assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
+
+                no_5xx()
+        assert_ok_after(srv.url)
+    paths = {p for p, _ in seen}
+    assert len(paths) == len(operations) == 11
+    for path in FUZZ_EXAMPLES:  # valid requests got through, not only 400s
+        assert any(s == 200 for p, s in seen if p == path), path
