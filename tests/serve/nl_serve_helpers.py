@@ -148,9 +148,3 @@ class Gate:
     def remove(self) -> None:
         self.open.set()
         self.handle.remove()
-
-
-def load_pair(run_dir: Path):
-    import neurallayers
-
-    return neurallayers.load(run_dir)
