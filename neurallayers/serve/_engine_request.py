@@ -1,0 +1,224 @@
+"""The two halves of one engine request: `Request`, the handle a caller iterates (from any thread, or from asyncio),
+and `_Sequence`, the decoding state the engine thread keeps for it (processors, sampler, text assembly)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from neurallayers.generation.config import GenerationConfig, StreamEvent, TokenLogprob
+from neurallayers.generation.generate import _choose, _row_seed, _RowText, _stop_ids
+from neurallayers.generation.processors import apply_processors, build_processors
+
+_ids = itertools.count(1)
+
+
+class Request:
+    """A submitted generation: iterate it for its StreamEvents (the last one carries finish_reason).
+
+    Events are consumed as they are read, so iterate a request once (with `for` or `async for ... in aiter()`).
+    Leaving the iteration early (break, an exception, a cancelled asyncio task) cancels the request, since nobody
+    else will read its events. How a request can end:
+        finish_reason "stop" / "length": as in `neurallayers.generation.stream`;
+        finish_reason "cancelled": `cancel()` was called (the final event has no text);
+        the iterator raises EngineClosed: the engine shut down without draining it;
+        the iterator raises RuntimeError: the model failed while computing it (the cause is chained).
+
+    Attributes:
+        id: a process-unique integer.
+        prompt_tokens: the prompt's length in tokens.
+        completion_tokens: tokens handed out so far (stop tokens and the token that completed a stop string are not
+            counted, as in stream()).
+        finish_reason: None until the request has ended.
+    """
+
+    def __init__(self, prompt_ids: list[int], config: GenerationConfig, *, on_cancel: Callable[[], None]) -> None:
+        self.id = next(_ids)
+        self.prompt_ids = prompt_ids
+        self.config = config
+        self.prompt_tokens = len(prompt_ids)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.cancel_requested = False
+        self._on_cancel = on_cancel
+        self._cond = threading.Condition()
+        self._events: deque[StreamEvent] = deque()
+        self._closed = False  # the last event (or the error) has been pushed
+        self._error: BaseException | None = None
+        self._wakers: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return (f"Request(id={self.id}, prompt_tokens={self.prompt_tokens}, completion_tokens={self.completion_tokens}"
+                f", finish_reason={self.finish_reason!r})")
+
+    @property
+    def done(self) -> bool:
+        """True once the request has ended (its final event or error is queued)."""
+        return self._closed
+
+    def cancel(self) -> None:
+        """Stop generating (the client is gone): the engine frees the request's slot before its next step."""
+        if not self._closed and not self.cancel_requested:
+            self.cancel_requested = True
+            self._on_cancel()
+
+    # ----- reading (any thread) -----
+    def __iter__(self) -> Iterator[StreamEvent]:
+        finished = False
+        try:
+            while True:
+                with self._cond:
+                    while not self._events and not self._closed:
+                        self._cond.wait()
+                    events, closed = self._take()
+                yield from events
+                if closed:
+                    finished = True
+                    self._raise_error()
+                    return
+        finally:
+            if not finished:
+                self.cancel()
+
+    async def aiter(self) -> AsyncIterator[StreamEvent]:
+        """The events for asyncio: waits without blocking the event loop (the engine thread wakes it)."""
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def waker() -> None:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                pass
+
+        with self._cond:
+            self._wakers.append(waker)
+        finished = False
+        try:
+            while True:
+                wake.clear()  # before taking, so an event pushed after the take still wakes us
+                with self._cond:
+                    events, closed = self._take()
+                for event in events:
+                    yield event
+                if closed:
+                    finished = True
+                    self._raise_error()
+                    return
+                if not events:
+                    await wake.wait()
+        finally:
+            with self._cond:
+                self._wakers.remove(waker)
+            if not finished:
+                self.cancel()
+
+    def _take(self) -> tuple[list[StreamEvent], bool]:
+        events = list(self._events)
+        self._events.clear()
+        return events, self._closed
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # ----- writing (the engine thread) -----
+    def _push(self, event: StreamEvent) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._events.append(event)
+            if event.token_id is not None:
+                self.completion_tokens += 1
+            if event.finish_reason is not None:
+                self.finish_reason = event.finish_reason
+                self._closed = True
+            self._notify()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._error, self._closed = error, True
+            self._notify()
+
+    def _notify(self) -> None:
+        self._cond.notify_all()
+        for waker in self._wakers:
+            waker()
+
+
+class _Sequence:
+    """The engine thread's decoding state for one request: the same processors, sampler (a generator seeded with
+    _row_seed(seed, 0)), log-probabilities, stop tokens and text assembly as stream() applies to a prompt alone.
+
+    pos is the cache column where the next fed token goes: the prompt fills 0..P-1, generated token i is fed at P+i.
+    """
+
+    def __init__(self, req: Request, *, eos_ids: list[int], tokenizer, device: torch.device) -> None:
+        cfg = req.config
+        self.req = req
+        self.procs = build_processors(cfg, eos_ids=eos_ids, prompt_lens=req.prompt_tokens)
+        self.stops = set(_stop_ids(cfg, eos_ids))
+        self.budget = cfg.max_new_tokens  # submit() checked that prompt + max_new_tokens fits the context
+        self.gens = None
+        if not cfg.greedy:
+            seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ()))
+            self.gens = [torch.Generator(device=device).manual_seed(_row_seed(seed, 0))]
+        self.tokens = None  # (1, P + budget) prompt then generated tokens, for the processors that read them
+        if self.procs:
+            self.tokens = torch.zeros(1, req.prompt_tokens + self.budget, dtype=torch.long, device=device)
+            self.tokens[0, :req.prompt_tokens] = torch.tensor(req.prompt_ids, dtype=torch.long, device=device)
+        self.text = _RowText(tokenizer, cfg.stop)
+        self.n = 0  # tokens chosen so far
+        self.last = -1  # the last chosen token: the input of the next decode step
+        self.pos = req.prompt_tokens
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy without processors or logprobs: the batch argmax is this row's choice."""
+        return self.gens is None and not self.procs and self.req.config.logprobs is None
+
+    def step(self, logits: torch.Tensor, argmax: int | None = None) -> bool:
+        """Choose the next token from this row's logits (1, V) float32, emit its event; True when finished.
+
+        argmax: the row's argmax when the caller computed it for the whole batch (plain greedy rows only).
+        """
+        cfg = self.req.config
+        if argmax is not None:
+            tok = argmax
+        else:
+            scores = logits if not self.procs else apply_processors(
+                self.procs, self.tokens[:, :self.req.prompt_tokens + self.n], logits)
+            tok = int(_choose(scores, self.gens)[0])
+        logprob = None
+        if cfg.logprobs is not None:
+            logp = F.log_softmax(logits, dim=-1)  # the model's own distribution, before the processors (as stream)
+            top = []
+            if cfg.logprobs:
+                values, ids = torch.topk(logp, cfg.logprobs, dim=-1)
+                top = list(zip(ids[0].tolist(), values[0].tolist(), strict=True))
+            logprob = TokenLogprob(token_id=tok, logprob=float(logp[0, tok]), top=top)
+        if self.tokens is not None:
+            self.tokens[0, self.req.prompt_tokens + self.n] = tok
+        self.n += 1
+        self.last = tok
+        if tok in self.stops:
+            return self.finish("stop")
+        text = self.text.push(tok)
+        if self.text.stopped:  # the token that completed a stop string is not output; the text before it is
+            return self.finish("stop", pending=text)
+        self.req._push(StreamEvent(text=text, token_id=tok, logprob=logprob))
+        if self.n == self.budget:
+            return self.finish("length")
+        return False
+
+    def finish(self, reason: str, *, pending: str = "") -> bool:
+        self.req._push(StreamEvent(text=pending + self.text.finish(), finish_reason=reason))
+        return True

@@ -1,0 +1,391 @@
+"""The continuous-batching engine: every request's events equal stream() for that prompt alone, however requests
+join and leave the batch; cancel, capacity, shutdown, failures and bad input.
+
+A `Gate` holds the engine thread before each model forward until the test lets it through, so the order of
+prefills and decode steps (who joins when) is fixed, not left to thread timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+
+import pytest
+import torch
+
+from neurallayers.config import ModelConfig
+from neurallayers.generation import GenerationConfig, stream
+from neurallayers.models.decoder import DecoderLM
+from neurallayers.serve.engine import Engine, EngineClosed, EngineFull
+
+TEXT = "héllo wörld 🙂 naïve café 🎉 日本語 ok. ünïcödé 🚀 fin ∑ done. "
+LOGPROB_TOL = 1e-5  # batched fp32 logits differ from one-row logits in the last bits (see engine.py)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is faster than two, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from neurallayers.data.tokenizers import Tokenizer
+
+    return Tokenizer.train_bpe([TEXT] * 4, vocab_size=290, show_progress=False)  # multi-byte characters split
+
+
+def random_lm(kind: str = "gpt2", *, seed: int = 0, block_size: int = 96) -> DecoderLM:
+    """A random model whose large init_std makes next-token distributions peaked (no near-ties)."""
+    torch.manual_seed(seed)
+    extra = {} if kind == "gpt2" else dict(norm="rmsnorm", mlp="swiglu", position="rope", n_kv_head=2, bias=False,
+                                          tie_embeddings=False)
+    cfg = ModelConfig(vocab_size=290, block_size=block_size, n_layer=2, n_head=4, n_embd=32, init_std=0.3, **extra)
+    return DecoderLM(cfg).eval()
+
+
+@functools.lru_cache(maxsize=2)
+def trained_lm(kind: str) -> DecoderLM:
+    """random_lm(kind) fitted to TEXT for a few steps: it writes real (multi-byte) characters, so stop strings
+    can be picked from its output."""
+    from neurallayers.data.tokenizers import Tokenizer
+
+    tok = Tokenizer.train_bpe([TEXT] * 4, vocab_size=290, show_progress=False)
+    model = random_lm(kind).train()
+    torch.manual_seed(0)
+    for p in model.parameters():  # back to a usual init scale, so it trains
+        torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else None
+    ids = tok.encode(TEXT * 2)
+    x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    for _ in range(40):
+        loss = model(x, targets=y).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+class Gate:
+    """Holds the engine before every model forward until `let` lets it through; records input shapes."""
+
+    def __init__(self, model: DecoderLM) -> None:
+        self.cond = threading.Condition()
+        self.allowed = self.arrived = 0
+        self.opened = False
+        self.shapes: list[tuple[int, int]] = []
+        self.handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        with self.cond:
+            self.arrived += 1
+            self.shapes.append(tuple(args[0].shape))
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.opened or self.allowed >= self.arrived, timeout=30)
+
+    def let(self, n: int) -> None:
+        """Let n forwards pass, then wait until the engine stands before the next one."""
+        with self.cond:
+            self.allowed += n
+            self.cond.notify_all()
+            assert self.cond.wait_for(lambda: self.arrived > self.allowed, timeout=30), "the engine never came back"
+
+    def open(self) -> None:
+        with self.cond:
+            self.opened = True
+            self.cond.notify_all()
+        self.handle.remove()
+
+
+def wait_until(check, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.002)
+
+
+def assert_same_events(got: list, ref: list, *, exact_logprobs: bool = False) -> None:
+    """Same text per event, token ids and finish reason; log-probabilities to LOGPROB_TOL (or to the bit)."""
+    assert [(e.text, e.token_id, e.finish_reason) for e in got] == [(e.text, e.token_id, e.finish_reason)
+                                                                    for e in ref]
+    for a, b in zip(got, ref, strict=True):
+        assert (a.logprob is None) == (b.logprob is None)
+        if a.logprob is None:
+            continue
+        if exact_logprobs:
+            assert a.logprob == b.logprob
+        else:
+            assert a.logprob.token_id == b.logprob.token_id
+            assert a.logprob.logprob == pytest.approx(b.logprob.logprob, abs=LOGPROB_TOL)
+            assert [t for t, _ in a.logprob.top] == [t for t, _ in b.logprob.top]
+            assert [v for _, v in a.logprob.top] == pytest.approx([v for _, v in b.logprob.top], abs=LOGPROB_TOL)
+
+
+def stop_string_in(events: list) -> str:
+    """Two characters from the second half of the events' text (U+FFFD stands for bytes that form no character)."""
+    text = "".join(e.text for e in events)
+    return next(text[i:i + 2] for i in range(len(text) // 2, len(text)) if "\ufffd" not in text[i:i + 2])
+
+
+def configs(model: DecoderLM, tok, prompts: list[list[int]]) -> tuple[list[GenerationConfig], list[str | None]]:
+    """One config per prompt: greedy, sampling, processors, logprobs, stop strings, a stop token and eos; and the
+    finish reason each must reach (None: either)."""
+    def run(i: int, **kw) -> list:
+        return list(stream(model, tok, prompts[i], GenerationConfig(max_new_tokens=30, ignore_eos=True, **kw)))
+
+    sampled = dict(temperature=1.5, seed=2, no_repeat_ngram_size=2)
+    cfgs = [
+        GenerationConfig(temperature=0, max_new_tokens=30, logprobs=3, ignore_eos=True),
+        GenerationConfig(temperature=1.5, seed=11, max_new_tokens=40, top_k=50, top_p=0.95),
+        GenerationConfig(temperature=0, max_new_tokens=30, stop=[stop_string_in(run(2, temperature=0)), "never"]),
+        GenerationConfig(temperature=1.2, seed=5, max_new_tokens=8, repetition_penalty=1.3, frequency_penalty=0.5,
+                         logprobs=0),
+        GenerationConfig(temperature=0, max_new_tokens=30, stop_token_ids=[run(4, temperature=0)[12].token_id]),
+        GenerationConfig(temperature=0, max_new_tokens=30, min_new_tokens=3, logit_bias={tok.eos_id: 30.0}),
+        GenerationConfig(max_new_tokens=30, stop=[stop_string_in(run(6, **sampled))], **sampled),
+    ]
+    return cfgs, ["length", None, "stop", None, "stop", "stop", "stop"]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_staggered_requests_equal_stream(tok, kind: str) -> None:
+    """Requests join mid-decode, queue for a row, and leave at different times (rows are compacted); each one's
+    events still equal stream() alone."""
+    model = trained_lm(kind)
+    prompts = [tok.encode(p) for p in ["héllo", "wörld 🙂 na", "日本", "ok. ünï", "fin ∑", "caf", "🚀 🎉 x"]]
+    cfgs, reasons = configs(model, tok, prompts)
+    refs = [list(stream(model, tok, p, c)) for p, c in zip(prompts, cfgs, strict=True)]
+    for ref, why in zip(refs, reasons, strict=True):
+        assert ref[-1].finish_reason == (why or ref[-1].finish_reason)
+    assert len(refs[5]) == 4  # eos (forced by logit_bias) right after min_new_tokens
+    reseeded = list(stream(model, tok, prompts[1], cfgs[1].replace(seed=12)))
+    assert [e.token_id for e in reseeded] != [e.token_id for e in refs[1]]  # the sampled outputs depend on the seed
+
+    gate = Gate(model)
+    engine = Engine(model, tok, max_batch=3, max_queue=8)
+    reqs = [engine.submit(prompts[i], cfgs[i]) for i in range(2)]
+    engine.start()
+    gate.let(2 + 3)  # two prefills, three decode steps of both
+    reqs.append(engine.submit(prompts[2], cfgs[2]))  # joins mid-decode
+    gate.let(4)
+    reqs += [engine.submit(p, c) for p, c in zip(prompts[3:], cfgs[3:], strict=True)]  # wait for free rows
+    gate.open()
+    for req, ref in zip(reqs, refs, strict=True):
+        assert_same_events(list(req), ref)
+        assert req.finish_reason == ref[-1].finish_reason
+        assert req.completion_tokens == len(ref) - 1 and req.prompt_tokens == len(req.prompt_ids)
+    engine.shutdown()
+
+    decode_sizes = [b for b, t in gate.shapes if t == 1 and b > 1]
+    assert max(decode_sizes) == 3
+    first_batched = next(i for i, (b, _) in enumerate(gate.shapes) if b > 1)
+    assert any(b == 1 and t > 1 for b, t in gate.shapes[first_batched:])  # a prefill after batched decoding began
+    stats = engine.stats()
+    assert stats["requests_finished"] == len(prompts) and stats["running"] == stats["waiting"] == 0
+    assert stats["tokens_generated"] >= sum(len(r) - 1 for r in refs)
+
+
+def test_alone_equals_stream_to_the_bit(tok) -> None:
+    """One running request takes stream()'s kernels on stream()'s shapes: log-probabilities agree exactly."""
+    model = random_lm("llama", seed=1)
+    engine = Engine(model, tok, max_batch=4)
+    engine.start()
+    prompt = tok.encode("naïve café")
+    sampled = GenerationConfig(temperature=2.0, seed=9, max_new_tokens=20, logprobs=2, top_p=0.9)
+    for cfg in (GenerationConfig(temperature=0, max_new_tokens=20, logprobs=4), sampled):
+        assert_same_events(list(engine.submit(prompt, cfg)), list(stream(model, tok, prompt, cfg)),
+                           exact_logprobs=True)
+    tokens = [[e.token_id for e in stream(model, tok, prompt, sampled, seed=s)] for s in (9, 10)]
+    assert tokens[0] != tokens[1]  # the sample depends on the seed
+    engine.shutdown()
+
+
+def test_threads_and_asyncio(tok) -> None:
+    """Submit and read from several threads and from asyncio tasks at once; the event loop keeps running."""
+    model = random_lm("gpt2", seed=2)
+    prompts = [tok.encode(p) for p in ["héllo", "wörld", "日本語", "café 🎉", "ok", "done."]]
+    cfgs = [GenerationConfig(temperature=0 if i % 2 else 2.0, seed=i, max_new_tokens=15 + i) for i in range(6)]
+    refs = [list(stream(model, tok, p, c)) for p, c in zip(prompts, cfgs, strict=True)]
+    assert [e.token_id for e in stream(model, tok, prompts[0], cfgs[0], seed=99)] != [e.token_id for e in refs[0]]
+    engine = Engine(model, tok, max_batch=4, max_queue=4)
+    engine.start()
+
+    results: dict[int, list] = {}
+
+    def client(i: int) -> None:
+        results[i] = list(engine.submit(prompts[i], cfgs[i]))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+
+    async def main() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        async def aclient(i: int) -> None:
+            results[i] = [e async for e in engine.submit(prompts[i], cfgs[i]).aiter()]
+
+        task = asyncio.create_task(ticker())
+        await asyncio.gather(*(aclient(i) for i in range(3, 6)))
+        task.cancel()
+        return ticks
+
+    ticks = asyncio.run(main())
+    for t in threads:
+        t.join(30)
+    assert ticks > 10  # the loop ran while the clients waited for events
+    for i, ref in enumerate(refs):
+        assert_same_events(results[i], ref)
+    engine.shutdown()
+
+
+def test_cancel_frees_the_slot_and_full_engine(tok) -> None:
+    model = random_lm("gpt2", seed=3)
+    gate = Gate(model)
+    engine = Engine(model, tok, max_batch=1, max_queue=1)
+    engine.start()
+    long = GenerationConfig(temperature=0, max_new_tokens=80)
+    a = engine.submit(tok.encode("héllo"), long)
+    gate.let(3)  # a is running
+    b = engine.submit(tok.encode("wörld"), long)  # waits in the queue
+    with pytest.raises(EngineFull) as full:
+        engine.submit(tok.encode("ok"), long)
+    assert full.value.retry_after > 0 and "capacity" in str(full.value)
+    b.cancel()  # a queued request gives its place back
+    a.cancel()
+    gate.open()
+    events = list(a)
+    assert a.finish_reason == "cancelled" == events[-1].finish_reason and 1 <= a.completion_tokens < 80
+    assert list(b)[-1].finish_reason == "cancelled" and b.completion_tokens == 0
+    wait_until(lambda: engine.stats()["running"] == 0)
+    assert engine.stats()["requests_cancelled"] == 2
+
+    prompt, short = tok.encode("日本"), GenerationConfig(temperature=0, max_new_tokens=10)
+    assert_same_events(list(engine.submit(prompt, short)), list(stream(model, tok, prompt, short)))
+    c = engine.submit(prompt, long)
+    for _ in c:  # leaving the iteration early cancels the request
+        break
+    wait_until(lambda: c.finish_reason == "cancelled")
+    engine.shutdown()
+
+
+def test_shutdown_drains_then_refuses(tok) -> None:
+    model = random_lm("gpt2", seed=4)
+    gate = Gate(model)
+    engine = Engine(model, tok, max_batch=2, max_queue=4)
+    engine.start()
+    prompts = [tok.encode(p) for p in ["héllo", "wörld", "café"]]
+    cfg = GenerationConfig(temperature=0, max_new_tokens=12)
+    reqs = [engine.submit(p, cfg) for p in prompts]  # two run, one waits
+    gate.let(3)
+    closer = threading.Thread(target=engine.shutdown, kwargs=dict(drain=True, timeout=30))
+    closer.start()
+    wait_until(lambda: engine.stats()["closed"])
+    with pytest.raises(EngineClosed):
+        engine.submit(prompts[0], cfg)
+    gate.open()
+    closer.join(30)
+    assert not closer.is_alive()
+    for p, req in zip(prompts, reqs, strict=True):
+        assert_same_events(list(req), list(stream(model, tok, p, cfg)))
+
+
+def test_shutdown_without_drain_ends_requests(tok) -> None:
+    model = random_lm("gpt2", seed=5)
+    gate = Gate(model)
+    engine = Engine(model, tok, max_batch=1, max_queue=2)
+    engine.start()
+    cfg = GenerationConfig(temperature=0, max_new_tokens=50)
+    running, queued = engine.submit(tok.encode("héllo"), cfg), engine.submit(tok.encode("ok"), cfg)
+    gate.let(2)
+    closer = threading.Thread(target=engine.shutdown, kwargs=dict(drain=False))
+    closer.start()
+    wait_until(lambda: engine.stats()["closed"])
+    gate.open()
+    closer.join(30)
+    for req in (running, queued):
+        with pytest.raises(EngineClosed):
+            list(req)
+    with pytest.raises(EngineClosed):
+        engine.submit(tok.encode("ok"), cfg)
+
+
+def test_a_failing_forward_fails_its_requests_only(tok) -> None:
+    """A model error ends the requests of that step with RuntimeError; the engine keeps serving."""
+    model = random_lm("gpt2", seed=6)
+    calls = {"n": 0}
+
+    def boom(module, args) -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:  # a decode step of the first request
+            raise RuntimeError("simulated device failure")
+
+    handle = model.register_forward_pre_hook(boom)
+    engine = Engine(model, tok, max_batch=2)
+    engine.start()
+    cfg = GenerationConfig(temperature=0, max_new_tokens=10)
+    with pytest.raises(RuntimeError, match="simulated device failure"):
+        list(engine.submit(tok.encode("héllo"), cfg))
+    prompt = tok.encode("wörld")
+    assert_same_events(list(engine.submit(prompt, cfg)), list(stream(model, tok, prompt, cfg)))
+    assert engine.stats()["requests_failed"] == 1
+    handle.remove()
+    engine.shutdown()
+
+
+@pytest.mark.parametrize("prompt, cfg, match", [
+    ([], GenerationConfig(), "empty"),
+    ([1, 290], GenerationConfig(), r"outside the vocabulary \[0, 290\): \[290\]"),
+    ([1, -1], GenerationConfig(), "outside the vocabulary"),
+    ([1, True], GenerationConfig(), "outside the vocabulary"),
+    ([1, 2.0], GenerationConfig(), "outside the vocabulary"),
+    ("hello", GenerationConfig(), "prompt_ids"),
+    ([1] * 60, GenerationConfig(max_new_tokens=40), r"prompt \(60 tokens\) plus max_new_tokens \(40\) is 100"),
+    ([1] * 96, GenerationConfig(max_new_tokens=1), "prompt has 96 tokens but the context length is 96"),
+    ([1], GenerationConfig(num_beams=2), "num_beams"),
+    ([1], GenerationConfig(num_return_sequences=2, temperature=1.0), "num_return_sequences"),
+    ([1], GenerationConfig(penalty_alpha=0.5, top_k=4), "penalty_alpha"),
+    ([1], GenerationConfig(logit_bias={999: 1.0}), "logit_bias"),
+    ([1], {"temperature": 0}, "GenerationConfig"),
+])
+def test_bad_requests(tok, prompt, cfg, match: str) -> None:
+    engine = Engine(random_lm(), tok, max_batch=1)
+    with pytest.raises(ValueError, match=match):
+        engine.submit(prompt, cfg)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_batch=0), "max_batch"),
+    (dict(max_queue=-1), "max_queue"),
+    (dict(max_len=97), r"max_len=97: must be an integer in \[2, 96\]"),
+    (dict(max_batch=2.5), "max_batch"),
+])
+def test_bad_engine_arguments(tok, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Engine(random_lm(), tok, **kwargs)
+    with pytest.raises(ValueError, match="tokenizer"):
+        Engine(random_lm(), None)
+
+
+def test_max_len_bounds_requests_and_cache(tok) -> None:
+    engine = Engine(random_lm(), tok, max_batch=2, max_len=16)
+    assert engine._cache.max_len == 16
+    with pytest.raises(ValueError, match="context length 16"):
+        engine.submit([1] * 10, GenerationConfig(max_new_tokens=7))
+    engine.start()
+    events = list(engine.submit([1] * 10, GenerationConfig(temperature=0, max_new_tokens=6)))
+    assert events[-1].finish_reason in ("stop", "length") and len(events) <= 7
+    engine.shutdown()
+    with pytest.raises(EngineClosed):
+        engine.start()
