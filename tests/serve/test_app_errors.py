@@ -170,15 +170,15 @@ def gated(run_dir):
     gate = Gate(model)
     with serving((model, tok), model_name="tiny", max_concurrency=1, max_queue=0) as srv:
         try:
-            yield srv, gate, srv.app.state.holder.current.engine
+            yield srv, gate, srv.app.state.holder.current.engine, {str(tok.eos_id): -100}
         finally:
             gate.remove()  # let anything still held finish before the server stops
 
 
 def test_overload_is_429_with_retry_after_at_once(gated):
-    srv, gate, engine = gated
+    srv, gate, engine, no_eos = gated
     gate.delay = 0.02
-    body = {"prompt": "The", "max_tokens": 50, "stream": True}
+    body = {"prompt": "The", "max_tokens": 50, "stream": True, "logit_bias": no_eos}  # runs all 50 tokens
     with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=60) as s:
         lines = s.iter_lines()
         next(line for line in lines if line.startswith("data: {"))  # decoding: the only slot is taken
@@ -198,10 +198,10 @@ def test_overload_is_429_with_retry_after_at_once(gated):
 
 
 def test_client_disconnect_mid_stream_cancels_and_frees_the_slot(gated):
-    srv, gate, engine = gated
+    srv, gate, engine, no_eos = gated
     gate.delay = 0.02  # keep the stream going long enough to walk away from it
-    with httpx.stream("POST", f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 50, "stream": True},
-                      timeout=30) as s:
+    body = {"prompt": "The", "max_tokens": 50, "stream": True, "logit_bias": no_eos}
+    with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=30) as s:
         for line in s.iter_lines():
             if line.startswith("data: {"):
                 break  # one token arrived; now leave
