@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 
 from neurallayers.cli.common import UserError, add_model_path, positive_int
 
@@ -52,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(args.path, model_name=args.model_name, api_key=args.api_key,
                      max_concurrency=args.max_concurrency, max_queue=args.max_queue, cors_origins=args.cors_origin,
                      model_root=args.model_root, shutdown_timeout=args.shutdown_timeout, device=args.device)
+
+    served = app.state.holder.current
+    print(f"neurallayers serve: {served.name!r} ({served.kind}, context {served.block_size}) on "
+          f"http://{args.host}:{args.port}" + (" (API key required)" if args.api_key else ""), file=sys.stderr)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

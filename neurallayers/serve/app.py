@@ -53,6 +53,8 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
     for name, value in (("max_concurrency", max_concurrency), ("max_queue", max_queue)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_concurrency" else 0):
             raise ValueError(f"{name}={value!r}: must be an integer >= {1 if name == 'max_concurrency' else 0}")
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key is empty: give a real key, or None to serve without one")
     if model_root is not None and not Path(model_root).is_dir():
         raise FileNotFoundError(f"model_root {model_root} is not a folder")
     if isinstance(model, tuple):

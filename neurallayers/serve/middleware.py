@@ -8,6 +8,7 @@ import json
 from neurallayers.serve.errors import error_body
 
 OPEN_PATHS = frozenset({"/health"})  # answer without a key (load balancers, liveness probes)
+MAX_BODY_BYTES = 32 * 2**20  # a request body larger than this is refused (413) before it is read
 
 
 async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]]) -> None:
@@ -19,7 +20,8 @@ async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, b
 
 
 class GateMiddleware:
-    """Refuses requests before any route runs: 503 while the server drains, 401 without the right key.
+    """Refuses requests before any route runs: 503 while the server drains, 401 without the right key, 413 when the
+    declared body is over `max_body_bytes`.
 
     The key is compared with hmac.compare_digest (constant time), so response timing does not reveal how much of a
     guess was right.
@@ -28,12 +30,14 @@ class GateMiddleware:
         app: the ASGI app inside.
         api_key: the key clients must send as `Authorization: Bearer <key>`; None turns the check off.
         draining: a callable that is True once shutdown has begun.
+        max_body_bytes: the largest Content-Length accepted.
     """
 
-    def __init__(self, app, *, api_key: str | None, draining) -> None:
+    def __init__(self, app, *, api_key: str | None, draining, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.key = api_key.encode() if api_key else None
         self.draining = draining
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -50,15 +54,23 @@ class GateMiddleware:
                               type="authentication_error", code="invalid_api_key")
             await _send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
             return
+        length = _header(scope, b"content-length")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            body = error_body(f"the request body has {int(length)} bytes; the limit is {self.max_body_bytes}",
+                              param="body", code="request_too_large")
+            await _send_json(send, 413, body, [(b"connection", b"close")])
+            return
         await self.app(scope, receive, send)
 
     def _authorized(self, scope) -> bool:
-        given = b""
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                given = value
-                break
-        scheme, _, token = given.partition(b" ")
+        scheme, _, token = _header(scope, b"authorization").encode("latin-1").partition(b" ")
         # compare even when the scheme is wrong, so every refusal takes the same time
         ok = hmac.compare_digest(token.strip(), self.key)
         return ok and scheme.lower() == b"bearer"
+
+
+def _header(scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return ""

@@ -144,6 +144,32 @@ def test_other_routes_refuse_bad_input_with_400(server):
     assert_ok_after(url)
 
 
+def test_oversized_body_is_413_before_it_is_read(server):
+    import socket
+
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 999999999\r\n\r\n")  # headers only: the server must not wait for the body
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+    assert_ok_after(server.url)
+
+
+def test_empty_api_key_is_refused(run_dir):
+    from neurallayers.serve.app import create_app
+
+    with pytest.raises(ValueError, match="api_key is empty"):
+        create_app(run_dir, api_key=" ")
+
+
 def test_empty_and_non_ascii_outputs_are_valid_json(server, run_dir):
     _, tok = neurallayers.load(run_dir)
     force_eos = {str(tok.eos_id): 100}  # the first token is eos: an empty completion
