@@ -22,6 +22,7 @@ from nl_serve_helpers import (
 )
 
 import neurallayers
+from neurallayers.data.tokenizers import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +104,17 @@ def test_metrics_count_routes_statuses_tokens_and_latencies(tmp_path):
 
 
 def test_sigterm_finishes_in_flight_refuses_new_and_exits_0(tmp_path):
-    run_dir = write_run_dir(tmp_path / "big", block_size=1024)  # long generations stay in flight
+    run_dir = write_run_dir(tmp_path / "big", block_size=512)  # long generations stay in flight
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_cli_server(run_dir, port, "--max-concurrency", "2")
     try:
         wait_healthy(url, proc)
-        body = {"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": True}
+        no_eos = {str(Tokenizer.load(run_dir).eos_id): -100}  # both requests run to max_tokens
+        body = {"prompt": "The", "max_tokens": 500, "temperature": 0, "stream": True, "logit_bias": no_eos}
         other: dict = {}
         waiter = threading.Thread(target=lambda: other.setdefault("r", httpx.post(
-            f"{url}/v1/completions", json={**body, "stream": False, "max_tokens": 600}, timeout=120)))
+            f"{url}/v1/completions", json={**body, "stream": False, "max_tokens": 300}, timeout=120)))
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as s:
             lines = s.iter_lines()
             next(line for line in lines if line.startswith("data: {"))
@@ -125,7 +127,7 @@ def test_sigterm_finishes_in_flight_refuses_new_and_exits_0(tmp_path):
         assert rest[-1] == "data: [DONE]"
         final = json.loads(rest[-2].removeprefix("data: "))
         assert final["choices"][0]["finish_reason"] == "length"  # the stream in flight ran to its end
-        assert other["r"].status_code == 200 and other["r"].json()["usage"]["completion_tokens"] == 600
+        assert other["r"].status_code == 200 and other["r"].json()["usage"]["completion_tokens"] == 300
         assert refused in ("connection refused", 503)
         assert proc.wait(60) == 0
     finally:
@@ -221,7 +223,7 @@ def test_concurrent_streaming_clients_all_succeed_with_solo_outputs(tmp_path):
     results: dict[int, str] = {}
 
     def client(i: int) -> None:
-        body = {"prompt": prompts[i], "max_tokens": 20, "temperature": 0, "stream": True}
+        body = {"prompt": prompts[i], "max_tokens": 12, "temperature": 0, "stream": True}
         with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=120) as s:
             assert s.status_code == 200
             events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
@@ -235,5 +237,5 @@ def test_concurrent_streaming_clients_all_succeed_with_solo_outputs(tmp_path):
             t.join(120)
     assert sorted(results) == list(range(len(prompts)))  # every client finished: no failed requests
     model, tok = neurallayers.load(run_dir)
-    solo = neurallayers.generate(model, tok, prompts, max_new_tokens=20, temperature=0)
+    solo = neurallayers.generate(model, tok, prompts, max_new_tokens=12, temperature=0)
     assert [results[i] for i in range(len(prompts))] == [g.text for g in solo]  # batching changed no output
