@@ -20,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                        help=f"require 'Authorization: Bearer KEY' on every route but /health "
-                        f"(default: ${API_KEY_ENV})")
+    # read from the environment in run(), not as the default: --help prints defaults, and must not print a key
+    parser.add_argument("--api-key", default=None,
+                        help=f"require 'Authorization: Bearer KEY' on every route but /health; or set ${API_KEY_ENV}")
     parser.add_argument("--max-concurrency", type=positive_int, default=8,
                         help="sequences decoded together (the engine's batch)")
     parser.add_argument("--max-queue", type=int, default=32,
@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow browser calls from this origin (repeatable); CORS is off without it")
     parser.add_argument("--model-root", default=None,
                         help="folder that POST /reload may load models from (relative paths only); off without it")
-    parser.add_argument("--model-name", default=None, help="the model id clients use (default: the folder's name)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+    parser.add_argument("--model-name", default=None, help="the model id clients use; None: the folder's name")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; None: cpu")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds to let requests in flight finish after SIGTERM")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -50,13 +50,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port}: must be in [0, 65535]")
     if args.max_queue < 0:
         raise UserError(f"--max-queue {args.max_queue}: must be >= 0")
-    app = create_app(args.path, model_name=args.model_name, api_key=args.api_key,
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    app = create_app(args.path, model_name=args.model_name, api_key=api_key,
                      max_concurrency=args.max_concurrency, max_queue=args.max_queue, cors_origins=args.cors_origin,
                      model_root=args.model_root, shutdown_timeout=args.shutdown_timeout, device=args.device)
 
     served = app.state.holder.current
     print(f"neurallayers serve: {served.name!r} ({served.kind}, context {served.block_size}) on "
-          f"http://{args.host}:{args.port}" + (" (API key required)" if args.api_key else ""), file=sys.stderr)
+          f"http://{args.host}:{args.port}" + (" (API key required)" if api_key else ""), file=sys.stderr)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

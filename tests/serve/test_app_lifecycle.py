@@ -239,3 +239,13 @@ def test_concurrent_streaming_clients_all_succeed_with_solo_outputs(tmp_path):
     model, tok = neurallayers.load(run_dir)
     solo = neurallayers.generate(model, tok, prompts, max_new_tokens=12, temperature=0)
     assert [results[i] for i in range(len(prompts))] == [g.text for g in solo]  # batching changed no output
+
+
+def test_help_never_prints_an_api_key_from_the_environment(monkeypatch, capsys):
+    from neurallayers.__main__ import main
+
+    monkeypatch.setenv("NEURALLAYERS_API_KEY", "sk-do-not-print")
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "--api-key" in out and "sk-do-not-print" not in out
