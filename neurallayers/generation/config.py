@@ -31,7 +31,7 @@ class GenerationConfig:
     # beam search
     num_beams: int = 1
     length_penalty: float = 1.0
-    early_stopping: bool = False
+    early_stopping: bool | str = False  # True, False or "never" (Hugging Face semantics, see search.beam_search)
     num_return_sequences: int = 1
     # contrastive search (penalty_alpha > 0 with top_k > 1) and contrastive decoding (an amateur model is given)
     penalty_alpha: float = 0.0
@@ -69,6 +69,8 @@ class GenerationConfig:
         need("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "must be >= 0 (0 disables it)")
         need("num_beams", self.num_beams >= 1, "must be >= 1")
         need("num_return_sequences", self.num_return_sequences >= 1, "must be >= 1")
+        need("early_stopping", isinstance(self.early_stopping, bool) or self.early_stopping == "never",
+             "must be True, False or 'never'")
         if self.num_beams > 1:
             need("num_return_sequences", self.num_return_sequences <= self.num_beams, "must be <= num_beams")
         need("penalty_alpha", 0 <= self.penalty_alpha <= 1, "must be in [0, 1]")

@@ -20,6 +20,7 @@ from torch import nn
 from neurallayers.generation.config import Generation, GenerationConfig
 from neurallayers.generation.processors import apply_processors
 from neurallayers.generation.search import (
+    LogprobTrail,
     build_processors,
     check_request,
     full_mask,
@@ -30,12 +31,13 @@ from neurallayers.generation.search import (
 )
 
 
-def _finish(tokens: torch.Tensor, stops: list[int], lens: list[int]) -> list[list[Generation]]:
+def _finish(tokens: torch.Tensor, stops: list[int], lens: list[int], trail: LogprobTrail) -> list[list[Generation]]:
     """tokens (B, N) generated per row -> one Generation per prompt, cut after the first stop token."""
     out = []
-    for row, n in zip(tokens.tolist(), lens, strict=True):
+    for r, (row, n) in enumerate(zip(tokens.tolist(), lens, strict=True)):
         cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-        out.append(generations([row[:cut]], stops=stops, prompt_lens=[n]))
+        lps = None if trail.rows is None else [trail.row(r)]
+        out.append(generations([row[:cut]], stops=stops, prompt_lens=[n], logprobs=lps))
     return out
 
 
@@ -59,7 +61,8 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
     Args:
         model: a DecoderLM.
         input_ids: B prompts of token ids.
-        config: top_k (> 1), penalty_alpha in [0, 1] (0 is greedy), max_new_tokens, processors.
+        config: top_k (> 1), penalty_alpha in [0, 1] (0 is greedy), max_new_tokens, processors, logprobs (the
+            model's own log-probabilities of the chosen tokens, before processors, as generate() reports them).
         eos_ids: token ids that end a sequence (unless config.ignore_eos).
 
     Returns:
@@ -95,6 +98,7 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
     ids = batch.ids
     rows = torch.arange(b, device=device)
     new: list[torch.Tensor] = []
+    trail = LogprobTrail(b, config.logprobs)
     for cur in range(plen, total):
         probs = apply_processors(procs, ids, logits).softmax(-1)
         top_p, top_ids = probs.topk(k, dim=-1)  # (B, k)
@@ -106,6 +110,7 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
         score = (1 - alpha) * top_p - alpha * cos.max(-1).values
         best = score.argmax(-1)  # (B,)
         tok = top_ids[rows, best]
+        trail.add(logits, tok)
         hidden[:, cur] = step.hidden[:, -1].view(b, k, -1)[rows, best]
         logits = step.logits[:, -1].view(b, k, -1)[rows, best].float()
         ids = torch.cat((ids, tok[:, None]), dim=1)
@@ -113,7 +118,7 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
         if _done(new, stop_t) or cur + 1 == total:
             break
         cache.reorder((rows * k + best).repeat_interleave(k))
-    return _finish(torch.stack(new, 1), stops, batch.lens)
+    return _finish(torch.stack(new, 1), stops, batch.lens, trail)
 
 
 @torch.inference_mode()
@@ -131,7 +136,8 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
         expert: the strong DecoderLM.
         amateur: a weaker DecoderLM with the same vocabulary.
         input_ids: B prompts of token ids.
-        config: contrastive_alpha, temperature, max_new_tokens, processors, seed.
+        config: contrastive_alpha, temperature, max_new_tokens, processors, seed, logprobs (the expert's own
+            log-probabilities of the chosen tokens, before processors).
         eos_ids: token ids that end a sequence (unless config.ignore_eos).
 
     Returns:
@@ -165,6 +171,7 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
                 logits_to_keep=1).logits[:, -1].float() for m, c in zip(models, caches, strict=True)]
     ids = batch.ids
     new: list[torch.Tensor] = []
+    trail = LogprobTrail(b, config.logprobs)
     for cur in range(plen, total):
         lp_e = F.log_softmax(apply_processors(procs, ids, logits[0]), dim=-1)
         lp_a = F.log_softmax(logits[1], dim=-1)
@@ -174,6 +181,7 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
             tok = score.argmax(-1)
         else:
             tok = torch.multinomial((score / config.temperature).softmax(-1), 1, generator=gen)[:, 0]
+        trail.add(logits[0], tok)
         ids = torch.cat((ids, tok[:, None]), dim=1)
         new.append(tok)
         if _done(new, stop_t) or cur + 1 == total:
@@ -181,4 +189,4 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
         step_mask = None if mask is None else mask[:, :cur + 1]
         logits = [m(tok[:, None], cache=c, input_pos=cur, position_ids=positions(batch, cur, 1),
                     attention_mask=step_mask).logits[:, -1].float() for m, c in zip(models, caches, strict=True)]
-    return _finish(torch.stack(new, 1), stops, batch.lens)
+    return _finish(torch.stack(new, 1), stops, batch.lens, trail)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurallayers.generation import processors
-from neurallayers.generation.config import Generation, GenerationConfig
+from neurallayers.generation.config import Generation, GenerationConfig, TokenLogprob
 from neurallayers.generation.processors import apply_processors
 
 NEG = -1.0e9  # Hugging Face's "impossible" score; kept identical so ties break the same way
@@ -107,16 +107,59 @@ def build_processors(config: GenerationConfig, eos_ids: list[int], *, prompt_wid
 
 
 def generations(tokens: list[list[int]], *, stops: list[int], prompt_lens: list[int],
-                scores: list[float | None] | None = None) -> list[Generation]:
-    """Generation records for one prompt's sequences: a trailing stop token is removed (finish_reason "stop")."""
+                scores: list[float | None] | None = None,
+                logprobs: list[list[TokenLogprob]] | None = None) -> list[Generation]:
+    """Generation records for one prompt's sequences: a trailing stop token is removed (finish_reason "stop");
+    logprobs (one list per sequence, at least as long as its tokens) are cut to the kept tokens."""
     out = []
     for i, toks in enumerate(tokens):
         reason = "length"
         if toks and toks[-1] in stops:
             toks, reason = toks[:-1], "stop"
         out.append(Generation(token_ids=toks, finish_reason=reason, prompt_tokens=prompt_lens[i],
-                              score=None if scores is None else scores[i]))
+                              score=None if scores is None else scores[i],
+                              logprobs=None if logprobs is None else logprobs[i][:len(toks)]))
     return out
+
+
+class LogprobTrail:
+    """Per-row TokenLogprob lists, one step at a time, under the model's own distribution (log-softmax of its
+    logits, before any processor), as generate() reports them; does nothing when `top_n` is None (logprobs off).
+
+    Args:
+        rows: number of sequences.
+        top_n: config.logprobs: None = off, 0 = the chosen token only, n = also the n most likely tokens.
+    """
+
+    def __init__(self, rows: int, top_n: int | None) -> None:
+        self.top_n = top_n
+        self.rows: list[list[TokenLogprob]] | None = None if top_n is None else [[] for _ in range(rows)]
+
+    def add(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """One step of every row: logits (R, V) chose tokens (R,); appends one TokenLogprob to each row."""
+        if self.rows is not None:
+            for r, rec in enumerate(self._records(logits, tokens)):
+                self.rows[r].append(rec)
+
+    def extend(self, row: int, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Several steps of one row: logits (N, V) chose tokens (N,), in order."""
+        if self.rows is not None:
+            self.rows[row].extend(self._records(logits, tokens))
+
+    def _records(self, logits: torch.Tensor, tokens: torch.Tensor) -> list[TokenLogprob]:
+        logp = F.log_softmax(logits.float(), dim=-1)
+        chosen = logp.gather(1, tokens[:, None])[:, 0].tolist()
+        top_lp, top_ids = torch.topk(logp, self.top_n, dim=-1)
+        return [TokenLogprob(token_id=tok, logprob=lp, top=list(zip(ids, lps, strict=True)))
+                for tok, lp, ids, lps in zip(tokens.tolist(), chosen, top_ids.tolist(), top_lp.tolist(), strict=True)]
+
+    def row(self, r: int) -> list[TokenLogprob] | None:
+        return None if self.rows is None else self.rows[r]
+
+
+def _beam_gather(tensors: tuple[torch.Tensor, ...], index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Rows `index` (B, K) along dim 1 of each (B, N, ...) tensor."""
+    return tuple(torch.take_along_dim(t, index.view(*index.shape, *([1] * (t.ndim - 2))), dim=1) for t in tensors)
 
 
 # ----- beam search -----
@@ -129,14 +172,21 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
     summed log-probability (after the score processors: penalties, n-gram ban, bias, min tokens); the best of
     them that end in a stop token become finished hypotheses scored `sum logprobs / generated_len **
     length_penalty` (generated_len counts the stop token), the best `num_beams` others keep running. Stops when
-    no running beam can beat the worst finished one (early_stopping=False: judged at the current length), as
-    soon as `num_beams` hypotheses are finished (early_stopping=True), or at max_new_tokens. Sampling knobs
-    (temperature, top_k, top_p, min_p) and stop strings are not used here.
+    no running beam can beat the worst finished one, as soon as `num_beams` hypotheses are finished
+    (early_stopping=True), or at max_new_tokens. A running beam's best possible score is judged at the current
+    length (early_stopping=False) or, with early_stopping="never" and length_penalty > 0, at max_new_tokens
+    (Hugging Face's canonical, slower, search). Sampling knobs (temperature, top_k, top_p, min_p) and stop strings
+    are not used here.
+
+    With config.logprobs set, each hypothesis carries its tokens' log-probabilities under the model's own
+    distribution (before the processors, as generate() reports them) and the top alternatives there; without
+    processors they sum (stop token included) to the beam's score times generated_len ** length_penalty.
 
     Args:
         model: a DecoderLM.
         input_ids: B prompts of token ids, any lengths (left-padded internally).
-        config: num_beams, length_penalty, early_stopping, num_return_sequences, max_new_tokens, penalties.
+        config: num_beams, length_penalty, early_stopping, num_return_sequences, max_new_tokens, penalties,
+            logprobs.
         eos_ids: token ids that finish a hypothesis (ignored when config.ignore_eos).
 
     Returns:
@@ -157,6 +207,8 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
     stop_t = torch.tensor(stops, dtype=torch.long, device=device)
     row_pads = batch.pads.repeat_interleave(nb).tolist()
     procs = build_processors(config, eos_ids, prompt_width=plen, pad_lens=row_pads, sampling=False)
+    # "never" with a positive length penalty: a running beam may still grow to max_new_tokens, so judge it there
+    optimistic = config.early_stopping == "never" and lp_pen > 0
 
     cache = model.new_cache(b * nb, max_len)
     mask = full_mask(batch, max_len, nb)
@@ -175,16 +227,30 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
     is_fin = torch.zeros(b, nb, dtype=torch.bool, device=device)
     improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
     batch_offset = torch.arange(b, device=device)[:, None] * nb
+    # per hypothesis and generated token: its log-probability (B, nb, N), the top-n values and ids (B, nb, N, n)
+    hist = fin_hist = None
+    if config.logprobs is not None:
+        n_new, n_top = config.max_new_tokens, config.logprobs
+        hist = (torch.zeros(b, nb, n_new, device=device), torch.zeros(b, nb, n_new, n_top, device=device),
+                torch.zeros(b, nb, n_new, n_top, dtype=torch.long, device=device))
+        fin_hist = tuple(t.clone() for t in hist)
     cur = plen
     while True:
-        logprobs = F.log_softmax(logits, dim=-1)
-        logprobs = apply_processors(procs, running.view(b * nb, max_len)[:, :cur], logprobs)
+        model_lp = F.log_softmax(logits, dim=-1)
+        logprobs = apply_processors(procs, running.view(b * nb, max_len)[:, :cur], model_lp)
         acc = (logprobs.view(b, nb, vocab) + run_scores[:, :, None]).view(b, nb * vocab)
         top_scores, top_idx = torch.topk(acc, keep)  # (B, keep)
         src_beam, tok = top_idx // vocab, top_idx % vocab
         top_seqs = torch.take_along_dim(running, src_beam[:, :, None], dim=1)
         top_seqs[:, :, cur] = tok
         hits = torch.isin(tok, stop_t) | (cur + 1 >= max_len)  # (B, keep)
+        top_hist = None
+        if hist is not None:
+            top_hist = _beam_gather(hist, src_beam)  # (B, keep, N, ...): each candidate's parent history
+            top_hist[0][:, :, cur - plen] = model_lp.view(b, nb * vocab).gather(1, top_idx)
+            alt_lp, alt_ids = torch.topk(model_lp, n_top, dim=-1)  # (B*nb, n)
+            alt = _beam_gather((alt_lp.view(b, nb, n_top), alt_ids.view(b, nb, n_top)), src_beam)
+            top_hist[1][:, :, cur - plen], top_hist[2][:, :, cur - plen] = alt
 
         # the best `nb` continuations that did not stop keep running
         live = top_scores + hits.float() * NEG
@@ -206,9 +272,13 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
         new_lens = torch.full_like(cand, cur + 1 - plen, dtype=torch.long)
         fin_lens = torch.take_along_dim(torch.cat((fin_lens, new_lens), dim=1), best, dim=1)
         is_fin = torch.take_along_dim(torch.cat((is_fin, just), dim=1), best, dim=1)
+        if hist is not None:
+            hist = _beam_gather(top_hist, nxt)
+            fin_hist = _beam_gather(tuple(torch.cat(pair, dim=1) for pair in zip(fin_hist, top_hist, strict=True)),
+                                    best)
 
         cur += 1
-        best_running = run_scores[:, :1] / ((cur - plen) ** lp_pen)
+        best_running = run_scores[:, :1] / (((max_len if optimistic else cur) - plen) ** lp_pen)
         worst_fin = torch.where(is_fin, fin_scores.min(dim=1, keepdim=True)[0], NEG)
         improvable = improvable & (best_running > worst_fin).any(dim=-1, keepdim=True)
         all_full = bool(is_fin.all()) and config.early_stopping is True
@@ -224,10 +294,18 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
     results = []
     for i in range(b):
         toks = [finished[i, j, plen:plen + int(fin_lens[i, j])].tolist() for j in range(n_ret)]
+        lps = None if fin_hist is None else [_hypothesis_logprobs(fin_hist, i, j, toks[j]) for j in range(n_ret)]
         results.append(generations(toks, stops=stops, prompt_lens=[batch.lens[i]] * n_ret,
-                                   scores=fin_scores[i, :n_ret].tolist()))
+                                   scores=fin_scores[i, :n_ret].tolist(), logprobs=lps))
     return results
 
+
+def _hypothesis_logprobs(hist: tuple[torch.Tensor, ...], i: int, j: int, tokens: list[int]) -> list[TokenLogprob]:
+    """TokenLogprobs of prompt i's hypothesis j (its generated `tokens`) from the (chosen, top values, top ids)
+    histories."""
+    chosen, top_lp, top_ids = (t[i, j, :len(tokens)].tolist() for t in hist)
+    return [TokenLogprob(token_id=tok, logprob=lp, top=list(zip(ti, tl, strict=True)))
+            for tok, lp, ti, tl in zip(tokens, chosen, top_ids, top_lp, strict=True)]
 
 
 # generate() finds every search method here; contrastive.py and speculative.py import the plumbing above, so they

@@ -9,7 +9,7 @@ from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
 from neurallayers.generation.processors import apply_processors
-from neurallayers.generation.search import build_processors, check_request, generations, stop_ids
+from neurallayers.generation.search import LogprobTrail, build_processors, check_request, generations, stop_ids
 
 
 def _scores(model: nn.Module, cache, tokens: list[int], pos: int, keep: int) -> torch.Tensor:
@@ -43,7 +43,9 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
         target: the DecoderLM whose distribution is sampled.
         draft: a smaller DecoderLM with the same vocabulary.
         input_ids: exactly one prompt, [[token ids]].
-        config: num_speculative_tokens (k), max_new_tokens, temperature (0 = greedy), processors, seed.
+        config: num_speculative_tokens (k), max_new_tokens, temperature (0 = greedy), processors, seed, logprobs
+            (each token's log-probability under the target's own distribution, before processors, as generate()
+            reports them: the target scores every emitted token in its verifying forward).
         eos_ids: token ids that end the sequence (unless config.ignore_eos).
         stats: if given, filled with rounds, drafted, accepted, acceptance_rate (accepted / drafted),
             target_forwards, draft_forwards and new_tokens.
@@ -86,6 +88,7 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
     seq = list(prompt)
     t_pos = d_pos = 0  # how many leading tokens of seq each cache holds correctly
     counts = dict(rounds=0, drafted=0, accepted=0, target_forwards=0, draft_forwards=0)
+    trail = LogprobTrail(1, config.logprobs)
     finished = False
     while not finished and len(seq) - len(prompt) < config.max_new_tokens:
         n = len(seq)
@@ -116,6 +119,7 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
             new.append(x)
         else:
             new.append(_pick(probs(logits[k], seq + drafts), greedy, gen))  # bonus token: all drafts accepted
+        trail.extend(0, logits[:len(new)], torch.tensor(new, device=device))  # row i of logits chose new[i]
         accepted = len(new) - 1
         counts["rounds"] += 1
         counts["drafted"] += k
@@ -133,4 +137,5 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
     if stats is not None:
         stats.update(counts, acceptance_rate=counts["accepted"] / counts["drafted"] if counts["drafted"] else 0.0,
                      new_tokens=len(seq) - len(prompt))
-    return [generations([seq[len(prompt):]], stops=stops, prompt_lens=[len(prompt)])]
+    lps = None if trail.rows is None else trail.rows
+    return [generations([seq[len(prompt):]], stops=stops, prompt_lens=[len(prompt)], logprobs=lps)]
