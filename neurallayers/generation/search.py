@@ -179,8 +179,9 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
     are not used here.
 
     With config.logprobs set, each hypothesis carries its tokens' log-probabilities under the model's own
-    distribution (before the processors, as generate() reports them) and the top alternatives there; without
-    processors they sum (stop token included) to the beam's score times generated_len ** length_penalty.
+    distribution (before the processors, as generate() reports them) and the top alternatives there. Without
+    processors, a hypothesis that ran to max_new_tokens has score == sum(logprobs) / generated_len **
+    length_penalty (a stopped one's score also counts its stop token, which is not returned).
 
     Args:
         model: a DecoderLM.
