@@ -35,7 +35,7 @@ class APIError(Exception):
         headers: extra response headers (Retry-After).
     """
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
@@ -45,7 +45,7 @@ class APIError(Exception):
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
 
-def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,  # noqa: A002
+def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     """The OpenAI error object."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}

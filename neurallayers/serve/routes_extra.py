@@ -25,7 +25,7 @@ from neurallayers.serve.schemas import (
 from neurallayers.serve.streaming import collect, submit_all
 
 
-def register(app, *, holder, metrics, draining) -> None:  # noqa: C901 - one closure per route
+def register(app, *, holder, metrics, draining) -> None:
     """Adds the extra routes; `draining()` is True once the server is shutting down."""
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool

@@ -1,6 +1,8 @@
-"""The OpenAI-compatible routes: /v1/completions, /v1/chat/completions, /v1/models, /v1/embeddings."""
+"""The OpenAI-compatible routes: /v1/completions, /v1/chat/completions, /v1/models, /v1/embeddings.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: the handlers' annotations must be real classes when FastAPI reads
+them, and `Request` is imported inside `register` (fastapi stays an optional dependency).
+"""
 
 import base64
 import time
@@ -68,8 +70,9 @@ def streaming_response(chunks, lease):
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def register(app, *, holder, metrics) -> None:  # noqa: C901 - one closure per route keeps the wiring readable
+def register(app, *, holder, metrics) -> None:
     """Adds the OpenAI routes to `app`; `holder` is the ModelHolder, `metrics` the app's Metrics."""
+    from fastapi import Request
 
     @app.get("/v1/models", response_model=ModelList, tags=["openai"])
     async def models() -> dict:
@@ -79,7 +82,7 @@ def register(app, *, holder, metrics) -> None:  # noqa: C901 - one closure per r
 
     @app.post("/v1/completions", response_model=CompletionResponse, tags=["openai"],
               responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}})
-    async def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest, raw: Request):
         started = time.perf_counter()
         lease = holder.lease()
         try:
@@ -103,7 +106,7 @@ def register(app, *, holder, metrics) -> None:  # noqa: C901 - one closure per r
                 chunks = _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started)
                 response, lease = streaming_response(chunks, lease), None
                 return response
-            results = await collect(requests, metrics=metrics, started=started)
+            results = await collect(requests, metrics=metrics, started=started, gone=raw.is_disconnected)
             choices = []
             for i, res in enumerate(results):
                 p = i // req.n
@@ -144,13 +147,13 @@ def register(app, *, holder, metrics) -> None:  # noqa: C901 - one closure per r
             if include_usage:
                 yield sse({**base, "choices": [],
                            "usage": usage(n_prompt, sum(r.completion_tokens for r in requests))})
-        except Exception as e:  # noqa: BLE001 - the status is sent already: report the error in the stream
+        except Exception as e:  # the status is sent already: report the error in the stream
             yield sse_error(e)
         yield SSE_DONE
 
     @app.post("/v1/chat/completions", response_model=ChatResponse, tags=["openai"],
               responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}})
-    async def chat_completions(req: ChatRequest):
+    async def chat_completions(req: ChatRequest, raw: Request):
         from starlette.concurrency import run_in_threadpool
 
         started = time.perf_counter()
@@ -176,7 +179,7 @@ def register(app, *, holder, metrics) -> None:  # noqa: C901 - one closure per r
                 chunks = _chat_chunks(requests, req, meta, n_prompt, served, metrics, started)
                 response, lease = streaming_response(chunks, lease), None
                 return response
-            results = await collect(requests, metrics=metrics, started=started)
+            results = await collect(requests, metrics=metrics, started=started, gone=raw.is_disconnected)
             choices = [{"index": i, "message": {"role": "assistant", "content": res.text},
                         "logprobs": chat_logprobs(served.tokenizer, res.logprobs) if req.logprobs else None,
                         "finish_reason": res.finish_reason} for i, res in enumerate(results)]
@@ -204,7 +207,7 @@ def register(app, *, holder, metrics) -> None:  # noqa: C901 - one closure per r
             if include_usage:
                 yield sse({**base, "choices": [],
                            "usage": usage(n_prompt, sum(r.completion_tokens for r in requests))})
-        except Exception as e:  # noqa: BLE001 - the status is sent already: report the error in the stream
+        except Exception as e:  # the status is sent already: report the error in the stream
             yield sse_error(e)
         yield SSE_DONE
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from neurallayers.generation import GenerationConfig, StreamEvent, TokenLogprob
@@ -19,6 +19,7 @@ from neurallayers.serve.errors import APIError, bad_request, error_body, overloa
 from neurallayers.serve.metrics import Metrics, TokenClock
 from neurallayers.serve.state import ServedModel
 
+DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 LOGPROB_FLOOR = -9999.0  # JSON has no -Infinity: a token the model deems impossible gets this instead
 
 
@@ -85,16 +86,36 @@ async def _collect_one(request, clock: TokenClock, metrics: Metrics) -> Collecte
     return out
 
 
-async def collect(requests: list, *, metrics: Metrics, started: float) -> list[Collected]:
-    """Waits for every choice; if one fails, the rest are cancelled and the error is raised."""
+async def collect(requests: list, *, metrics: Metrics, started: float,
+                  gone: Callable[[], Awaitable[bool]] | None = None) -> list[Collected]:
+    """Waits for every choice; if one fails, the rest are cancelled and the error is raised (503 when the engine
+    was shut down under it).
+
+    gone: polled while waiting (Request.is_disconnected); when the client has left, every choice is cancelled, so
+        an abandoned non-streaming request frees its slots too.
+    """
+    from neurallayers.serve.engine import EngineClosed
+
     tasks = [asyncio.ensure_future(_collect_one(r, TokenClock(metrics, started), metrics)) for r in requests]
+    watcher = asyncio.ensure_future(_watch(gone, requests)) if gone is not None else None
     try:
         return await asyncio.gather(*tasks)
-    except BaseException:
+    except BaseException as e:
         for t in tasks:
             t.cancel()
         _cancel(requests)
+        if isinstance(e, EngineClosed):
+            raise unavailable("the server stopped before the request finished; retry") from None
         raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _watch(gone: Callable[[], Awaitable[bool]], requests: list) -> None:
+    while not await gone():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+    _cancel(requests)
 
 
 async def merged(requests: list, *, metrics: Metrics, started: float) -> AsyncIterator[tuple[int, StreamEvent]]:
@@ -111,7 +132,7 @@ async def merged(requests: list, *, metrics: Metrics, started: float) -> AsyncIt
                     metrics.generated_tokens.inc()
                 queue.put_nowait((i, ev))
             queue.put_nowait((i, done))
-        except Exception as e:  # noqa: BLE001 - handed to the reader, which raises it
+        except Exception as e:  # handed to the reader, which raises it
             queue.put_nowait((i, e))
 
     tasks = [asyncio.ensure_future(pump(i, r)) for i, r in enumerate(requests)]

@@ -238,6 +238,19 @@ def test_client_disconnect_mid_stream_cancels_and_frees_the_slot(gated):
     assert_ok_after(srv.url)  # the slot (the only one) is free again
 
 
+def test_client_that_gives_up_on_a_non_streaming_request_frees_the_slot(gated):
+    srv, gate, engine, no_eos = gated
+    gate.delay = 0.05
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(f"{srv.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                            "max_tokens": 40, "logit_bias": no_eos}, timeout=0.5)
+    wait_for(lambda: engine.stats()["requests_cancelled"] == 1 and engine.stats()["running"] == 0,
+             what="the abandoned request to be cancelled")
+    assert engine.stats()["tokens_generated"] < 40
+    gate.delay = 0.0
+    assert_ok_after(srv.url)
+
+
 def test_health_answers_while_a_huge_prompt_is_tokenized(run_dir):
     model, tok = neurallayers.load(run_dir)
     entered, release = threading.Event(), threading.Event()
