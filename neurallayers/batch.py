@@ -222,9 +222,10 @@ class _Progress:
             return None
         try:
             old = json.loads(self.path.read_text())
-            assert isinstance(old, dict) and old.get("format") == FORMAT
-        except (ValueError, AssertionError):
-            raise ValueError(f"{self.path} is not a batch progress record; remove it or pass --overwrite") from None
+        except ValueError:
+            old = None
+        if not isinstance(old, dict) or old.get("format") != FORMAT:
+            raise ValueError(f"{self.path} is not a batch progress record; remove it or pass --overwrite")
         changed = _changes(old.get("fingerprint", {}), self.data["fingerprint"])
         if changed:
             raise ValueError(f"cannot resume into {self.output}: changed since that run started: {'; '.join(changed)}. "
@@ -357,11 +358,17 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
         config = config or GenerationConfig()
         if not isinstance(config, GenerationConfig):
             raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        if config.num_return_sequences != 1:
+            raise ValueError(f"num_return_sequences={config.num_return_sequences}: batch writes one result per input "
+                             "line; repeat a line with other ids (and seeds) for more samples")
         prompts, configs = _check_prompts(items, tokenizer, config, model.config.block_size, source=input_path)
         settings = {"mode": "generate", **dataclasses.asdict(config)}
     else:
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling={pooling!r}: valid are mean, cls")
+        if max_length is not None and not 2 <= max_length <= model.config.block_size:
+            raise ValueError(f"max_length={max_length}: must be in [2, {model.config.block_size}] (the model's "
+                             "context length)")
         settings = {"mode": "embed", "pooling": pooling, "normalize": bool(normalize), "max_length": max_length,
                     "output": output.suffix if vectors else ".jsonl"}
     output.parent.mkdir(parents=True, exist_ok=True)

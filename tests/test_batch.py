@@ -131,12 +131,12 @@ def test_interrupted_run_resumes_repairs_a_torn_tail_and_refuses_changes(lm, tmp
 
 def test_sigkill_mid_run_then_same_command_answers_each_input_once(lm, run_dir, tmp_path):
     model, tok = lm
-    inp = write_prompts(tmp_path / "in.jsonl", 24)
-    cfg = GREEDY.replace(max_new_tokens=40)
+    inp = write_prompts(tmp_path / "in.jsonl", 16)
+    cfg = GREEDY.replace(max_new_tokens=32)
     run_batch(model, tok, inp, tmp_path / "straight.jsonl", config=cfg, batch_size=4, progress=False)
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "neurallayers", "batch", str(run_dir), "--input", str(inp), "--output", str(out),
-           "--temperature", "0", "--max-new-tokens", "40", "--batch-size", "1", "--no-progress"]
+           "--temperature", "0", "--max-new-tokens", "32", "--batch-size", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     record = out.with_name(out.name + ".progress.json")
@@ -153,11 +153,11 @@ def test_sigkill_mid_run_then_same_command_answers_each_input_once(lm, run_dir, 
     proc.wait()
     assert not json.loads(record.read_text())["complete"]
     done_before = len(out.read_bytes().split(b"\n")) - 1
-    assert 0 < done_before < 24
+    assert 0 < done_before < 16
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     rows = results(out)
-    assert sorted(r["id"] for r in rows) == sorted(f"p{i}" for i in range(24))  # each exactly once
+    assert sorted(r["id"] for r in rows) == sorted(f"p{i}" for i in range(16))  # each exactly once
     assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
     assert "from an earlier run" in resumed.stdout
 
@@ -196,6 +196,8 @@ def test_bad_settings_and_outputs(lm, tmp_path):
     inp = write_prompts(tmp_path / "in.jsonl", 2)
     with pytest.raises(ValueError, match="need an encoder model"):
         run_batch(model, tok, inp, tmp_path / "v.npy", progress=False)
+    with pytest.raises(ValueError, match="num_return_sequences=2: batch writes one result per input line"):
+        run_batch(model, tok, inp, tmp_path / "o.jsonl", config=GREEDY.replace(num_return_sequences=2), progress=False)
     with pytest.raises(ValueError, match="batch_size=0"):
         run_batch(model, tok, inp, tmp_path / "o.jsonl", batch_size=0, progress=False)
     with pytest.raises(FileNotFoundError, match="input file not found"):
@@ -285,6 +287,8 @@ def test_embeddings_npy_resume_npz_and_jsonl(encoder, tmp_path, monkeypatch):
     assert [r["id"] for r in rows] == [i * 10 for i in range(7)]
     np.testing.assert_allclose(np.array([r["embedding"] for r in rows]),
                                embed(model, tok, SENTENCES, pooling="cls", normalize=False).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match=r"max_length=65: must be in \[2, 64\]"):
+        run_batch(model, tok, inp, tmp_path / "y.npy", max_length=65, progress=False)
     with pytest.raises(ValueError, match="line 1: unknown field 'temperature'"):
         (tmp_path / "gen.jsonl").write_text('{"text": "a", "temperature": 0}\n')
         run_batch(model, tok, tmp_path / "gen.jsonl", tmp_path / "x.npy", progress=False)
