@@ -5,8 +5,9 @@ Design:
 - One static KV cache of `max_batch` rows. The running requests occupy rows 0..n-1 (compacted): a request that
   ends leaves at once and the last row moves into its place (a copy of that row's filled cache columns), so a
   decode step computes exactly the running rows and idle slots cost nothing.
-- A newcomer is prefilled alone into its row (`cache.rows(i, i + 1)`), with the very computation stream() does for
-  a prompt alone, which also gives its first token. It then joins the batched one-token decode step.
+- Newcomers are prefilled into the next free rows (`cache.rows(i, i + k)`) between two decode steps, all in one
+  forward (right-padded; see _prefill), which also gives their first tokens; then they join the batched one-token
+  decode step. A lone newcomer gets the very computation stream() does for a prompt alone.
 - The decode step feeds each row its last token at the row's own cache column (a (B,) `input_pos` tensor); the
   model then uses per-row position ids and a per-row causal mask (key column <= the row's position), so entries
   of a previous occupant of the row, at columns past the current one, are never attended.
@@ -14,12 +15,13 @@ Design:
   for a prompt alone), log-probabilities, stop tokens and text assembly (`_RowText`): a request's events equal
   `stream(model, tokenizer, prompt_ids, config)`'s.
 
-Exactness: prefill and a decode step with one running row are the same kernels on the same shapes as stream(), so
-they agree to the bit. Rows decoded in a batch of B > 1 go through matrix products with B rows, whose CPU kernels
-block (and so round) differently from one row, and through a masked attention over the longest row: their fp32
-logits differ from stream()'s in the last bits (we measured <= 5e-7 absolute on tiny GPT-2 and Llama models). Token
-ids are therefore the same except where two candidates are within that distance (a near-tie of the argmax, or of
-the sampling race argmax(p / q)), and log-probabilities agree to ~1e-6.
+Exactness: a lone newcomer's prefill and a decode step with one running row are the same kernels on the same shapes
+as stream(), so they agree to the bit. Rows computed together (B > 1) go through matrix products with more rows, whose
+CPU kernels block (and so round) differently, and through a masked attention over the longest row: their fp32 logits
+differ from stream()'s in the last bits (we measured <= 5e-7 absolute on tiny GPT-2 and Llama models). Token ids are
+therefore the same except where two candidates are within that distance (a near-tie of the argmax, or of the
+sampling race argmax(p / q)), and log-probabilities agree to ~1e-6. Making them bitwise equal would need batch-
+invariant kernels; one row at a time (max_batch=1) is bitwise equal, at one-row speed.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from torch import nn
 from neurallayers.generation.config import GenerationConfig, StreamEvent
 from neurallayers.serve._engine_request import Request, _Sequence
 
-PREFILL_TOKENS = 512  # prompt tokens prefilled between two decode steps (at least one request): bounds the stall
+PREFILL_TOKENS = 512  # padded prompt tokens prefilled between two decode steps (at least one request): bounds the stall
 MAX_RETRY_AFTER = 60.0
 
 
@@ -222,52 +224,71 @@ class Engine:
             self._end_all()
             return False
         self._drop_cancelled()
-        for req in newcomers:
-            self._prefill(req)
+        if newcomers:
+            self._prefill(newcomers)
         if self._running:
             self._decode()
         return True
 
     def _admit(self) -> list[Request]:
-        """Pop waiting requests into free rows (under the lock), within the prefill token budget."""
-        newcomers, tokens = [], 0
+        """Pop waiting requests into free rows (under the lock), within the prefill token budget (padded)."""
+        newcomers, width = [], 0
         while self._waiting and len(self._running) + len(newcomers) < self.max_batch:
             req = self._waiting[0]
             if req.cancel_requested:
                 self._waiting.popleft()
                 self._end(req, "cancelled")
                 continue
-            if newcomers and tokens + req.prompt_tokens > PREFILL_TOKENS:
+            if newcomers and (len(newcomers) + 1) * max(width, req.prompt_tokens) > PREFILL_TOKENS:
                 break
             newcomers.append(self._waiting.popleft())
-            tokens += req.prompt_tokens
+            width = max(width, req.prompt_tokens)
         # Queued requests that were cancelled free their place in the queue now, not when they reach its head.
         for req in [r for r in self._waiting if r.cancel_requested]:
             self._waiting.remove(req)
             self._end(req, "cancelled")
         return newcomers
 
-    def _prefill(self, req: Request) -> None:
-        """Prefill one newcomer into the next free row; its first token comes from the prefill logits."""
-        row = len(self._running)
+    def _prefill(self, reqs: list[Request]) -> None:
+        """Prefill newcomers into the next free rows, in one forward; their first tokens come from its logits.
+
+        One newcomer takes stream()'s exact prefill. Several are right-padded to one width W: causal attention keeps
+        each prompt token from seeing the padding after it, and the padding's cache columns (P..W-1) lie past the
+        row's position, where the per-row decode mask never looks until the row's own tokens overwrite them. Each
+        row's logits come from the hidden state at its last prompt token.
+        """
+        row0, k = len(self._running), len(reqs)
         try:
-            seq = _Sequence(req, eos_ids=self._eos_ids, tokenizer=self.tokenizer, device=self._device)
-            ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self._device)
-            out = self.model(ids, cache=self._cache.rows(row, row + 1), logits_to_keep=1)
-            logits = out.logits[:, -1].float()
+            seqs = [_Sequence(r, eos_ids=self._eos_ids, tokenizer=self.tokenizer, device=self._device) for r in reqs]
+            cache = self._cache.rows(row0, row0 + k)
+            if k == 1:
+                ids = torch.tensor([reqs[0].prompt_ids], dtype=torch.long, device=self._device)
+                logits = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()  # (1, V)
+            else:
+                width = max(r.prompt_tokens for r in reqs)
+                ids = torch.zeros(k, width, dtype=torch.long, device=self._device)  # (k, W) right-padded
+                for i, r in enumerate(reqs):
+                    ids[i, :r.prompt_tokens] = torch.tensor(r.prompt_ids, dtype=torch.long, device=self._device)
+                hidden = self.model(ids, cache=cache, logits_to_keep=1, output_hidden=True).hidden  # (k, W, C)
+                last = torch.tensor([r.prompt_tokens - 1 for r in reqs], device=self._device)
+                logits = self.model.lm_head(hidden[torch.arange(k, device=self._device), last]).float()  # (k, V)
             with self._cond:
-                self._stats["prefills"] += 1
-                self._stats["prompt_tokens"] += req.prompt_tokens
-                self._running.append(seq)
-            finished = seq.step(logits)
-        except Exception as e:  # this request fails alone; its row is free again
-            self._fail([req], e)
-            if len(self._running) > row:
-                self._remove([row])
+                self._stats["prefills"] += k
+                self._stats["prompt_tokens"] += sum(r.prompt_tokens for r in reqs)
+                self._running.extend(seqs)
+        except Exception as e:  # these requests fail; their rows stay free
+            self._fail(reqs, e)
             return
-        self._count_tokens(1)
-        if finished:
-            self._finished([row])
+        done = []
+        for i, seq in enumerate(seqs):
+            try:
+                if seq.step(logits[i:i + 1]):
+                    done.append(row0 + i)
+            except Exception as e:  # this request fails alone
+                self._fail([seq.req], e)
+                done.append(row0 + i)
+        self._count_tokens(k)
+        self._finished(done)
 
     def _decode(self) -> None:
         """One token for every running row."""
