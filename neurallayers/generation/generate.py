@@ -13,6 +13,7 @@ and decodes their tokens (stop strings are applied to their text afterwards).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig, StreamEvent, TokenLogprob
+from neurallayers.generation.fast import decode_step_for
 from neurallayers.generation.processors import apply_processors, build_processors
 
 SYNC_EVERY = 8  # without stop strings, look at the host-side "all rows done?" flag only every few steps
@@ -114,7 +116,7 @@ def forward_step(model: nn.Module, tok: torch.Tensor, *, cache, input_pos: int, 
                  attention_mask: torch.Tensor | None) -> torch.Tensor:
     """One decode step: tok (R, 1) written at cache column input_pos -> next-token logits (R, V) in float32.
 
-    Kept separate so that a compiled one-token step can replace it.
+    generation.fast.prepare_for_decode registers a compiled one-token step that replaces it.
     """
     out = model(tok, cache=cache, input_pos=input_pos, position_ids=position_ids, attention_mask=attention_mask)
     return out.logits[:, -1].float()
@@ -180,8 +182,11 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
         seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()))
         gens = [torch.Generator(device=device).manual_seed(_row_seed(seed, r % n_ret)) for r in range(rows)]
 
+    # prepare_for_decode() registers a fast (static-shape, compiled) step and its static caches.
+    fast = decode_step_for(model)
+    step = fast if fast is not None else functools.partial(forward_step, model)
     # Prefill each prompt once; its sampled sequences then copy its cache rows.
-    cache = model.new_cache(rows, width + budget - 1)
+    cache = (fast or model).new_cache(rows, width + budget - 1)
     prompt_ids, prompt_mask = tokens[::n_ret, :width], None if mask is None else mask[::n_ret, :width]
     positions = None if mask is None else (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(prompt_ids, cache=cache.rows(0, b), attention_mask=prompt_mask, position_ids=positions,
@@ -209,8 +214,8 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
         yield run
         if i + 1 == budget or ((i + 1) % sync_every == 0 and bool(run.done.all())):
             return
-        logits = forward_step(model, tok[:, None], cache=cache, input_pos=col,
-                              position_ids=None if base_pos is None else base_pos + i, attention_mask=mask)
+        logits = step(tok[:, None], cache=cache, input_pos=col, position_ids=None if base_pos is None else base_pos + i,
+                      attention_mask=mask)
 
 
 def generate_ids(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,

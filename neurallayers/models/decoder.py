@@ -92,13 +92,14 @@ class DecoderLM(nn.Module):
         return n
 
     def new_cache(self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None,
-                  device: torch.device | str | None = None) -> KVCache:
-        """A static KV cache for `batch_size` rows of up to `max_len` (default block_size) positions."""
+                  device: torch.device | str | None = None, static: bool = False) -> KVCache:
+        """A static KV cache for `batch_size` rows of up to `max_len` (default block_size) positions; `static`
+        keeps attention shapes fixed at tensor positions (see KVCache)."""
         cfg = self.config
         p = self.wte.weight
         return KVCache(n_layer=cfg.n_layer, batch_size=batch_size, n_kv_head=cfg.n_kv_head,
                        max_len=max_len or cfg.block_size, head_dim=cfg.head_dim, dtype=dtype or p.dtype,
-                       device=device or p.device)
+                       device=device or p.device, static=static)
 
     def estimate_mfu(self, tokens_per_second: float, peak_flops: float, *, seq_len: int | None = None) -> float:
         """Model FLOPs utilisation of training at `tokens_per_second` against a `peak_flops` device."""
@@ -170,7 +171,10 @@ class DecoderLM(nn.Module):
             return None, t > 1  # decode of one token sees the whole prefix; prefill from 0 is plain causal
         q_pos = (input_pos[:, None] if per_row else torch.tensor([[input_pos]], device=device))
         q_pos = q_pos + torch.arange(t, device=device)  # (B|1, T) absolute query positions
-        s = int(q_pos.max()) + 1 if cache is not None else t
+        if cache is None:
+            s = t
+        else:  # a static cache returns every column at tensor positions: mask the unwritten ones, no host sync
+            s = cache.max_len if cache.static and per_row else int(q_pos.max()) + 1
         k_pos = torch.arange(s, device=device)
         allowed = k_pos[None, None, :] <= q_pos[:, :, None]  # (B|1, T, S)
         if cfg.sliding_window is not None:

@@ -11,16 +11,21 @@ class KVCache:
     Rows are independent sequences; each row's tokens live at the positions the caller writes them to.
     `rows(start, stop)` gives a view on a range of rows (writes go through), which lets a server prefill one
     request into its slot of a shared batch cache.
+
+    `static=True` keeps shapes fixed for a compiled decode step: a write at tensor positions then returns all
+    max_len positions (unwritten ones included) without reading the positions back to the host, and the model
+    masks the columns past each row's position. Writes at an int position behave the same either way.
     """
 
     def __init__(self, *, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-                 _tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                 static: bool = False, _tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         if _tensors is None:
             _tensors = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         self.k, self.v = _tensors
         self.max_len = max_len
+        self.static = static
 
     @property
     def batch_size(self) -> int:
@@ -29,12 +34,14 @@ class KVCache:
     def rows(self, start: int, stop: int) -> KVCache:
         k, v = self.k[:, start:stop], self.v[:, start:stop]
         n_layer, b, h, length, d = k.shape
-        return KVCache(n_layer=n_layer, batch_size=b, n_kv_head=h, max_len=length, head_dim=d, _tensors=(k, v))
+        return KVCache(n_layer=n_layer, batch_size=b, n_kv_head=h, max_len=length, head_dim=d, static=self.static,
+                       _tensors=(k, v))
 
     def update(self, layer: int, input_pos: int | torch.Tensor, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H, T, D) at positions input_pos.. (an int shared by all rows, or a (B,) tensor) and
-        return this layer's keys and values for positions [0, end), end = last written position + 1."""
+        return this layer's keys and values for positions [0, end), end = last written position + 1 (all max_len
+        positions when the cache is static and input_pos a tensor)."""
         t = k.shape[2]
         ck, cv = self.k[layer], self.v[layer]
         if isinstance(input_pos, int):
@@ -43,6 +50,15 @@ class KVCache:
                 raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
             ck[:, :, input_pos:end] = k
             cv[:, :, input_pos:end] = v
+        elif self.static:
+            # Index the whole (n_layer, ...) tensors, not a layer's view: a compiled step then writes in place
+            # instead of copying the layer. Positions are not read back; out of range raises in the indexing.
+            idx = input_pos[:, None] + torch.arange(t, device=input_pos.device)  # (B, T)
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]
+            at = torch.full((1, 1), layer, device=k.device)
+            self.k[at, rows, :, idx] = k.transpose(1, 2)  # indexed view is (B, T, H, D)
+            self.v[at, rows, :, idx] = v.transpose(1, 2)
+            return ck, cv
         else:
             idx = input_pos[:, None] + torch.arange(t, device=input_pos.device)  # (B, T)
             end = int(idx.max()) + 1
