@@ -355,6 +355,7 @@ class Engine:
     def _fail(self, reqs: list[Request], error: Exception) -> None:
         err = RuntimeError(f"generation failed: {type(error).__name__}: {error}")
         err.__cause__ = error
+        reqs = [r for r in reqs if not r.done]  # those that ended earlier in the step keep their result
         for req in reqs:
             req._fail(err)
         with self._cond:
