@@ -87,6 +87,7 @@ class Engine:
         self._cond = threading.Condition()  # guards everything below and wakes the engine thread
         self._waiting: deque[Request] = deque()
         self._running: list[_Sequence] = []  # row i of the cache belongs to _running[i]
+        self._admitting = 0  # popped from _waiting, being prefilled: still counts toward capacity
         self._thread: threading.Thread | None = None
         self._closing = False  # no new requests
         self._abort: BaseException | None = None  # end every request with this error and stop
@@ -119,7 +120,7 @@ class Engine:
         with self._cond:
             if self._closing:
                 raise EngineClosed("the engine is shutting down and takes no new requests")
-            if len(self._running) + len(self._waiting) >= self.max_batch + self.max_queue:
+            if len(self._running) + self._admitting + len(self._waiting) >= self.max_batch + self.max_queue:
                 retry = self._retry_after()
                 raise EngineFull(f"the engine is at capacity ({len(self._running)} running, {len(self._waiting)} "
                                  f"waiting); retry in {retry:.1f} s", retry)
@@ -152,7 +153,7 @@ class Engine:
         tokens_generated, requests_finished / _cancelled / _failed, step_time_s (moving average), max_batch,
         max_queue, max_len, closed."""
         with self._cond:
-            return dict(self._stats, running=len(self._running), waiting=len(self._waiting),
+            return dict(self._stats, running=len(self._running) + self._admitting, waiting=len(self._waiting),
                         step_time_s=self._step_time, max_batch=self.max_batch, max_queue=self.max_queue,
                         max_len=self.max_len, closed=self._closing)
 
@@ -220,6 +221,7 @@ class Engine:
                 self._cond.wait()
             stop = self._abort is not None or (self._closing and not self._waiting and not self._running)
             newcomers = [] if stop else self._admit()
+            self._admitting = len(newcomers)
         if stop:
             self._end_all()
             return False
@@ -276,7 +278,10 @@ class Engine:
                 self._stats["prefills"] += k
                 self._stats["prompt_tokens"] += sum(r.prompt_tokens for r in reqs)
                 self._running.extend(seqs)
+                self._admitting = 0
         except Exception as e:  # these requests fail; their rows stay free
+            with self._cond:
+                self._admitting = 0
             self._fail(reqs, e)
             return
         done = []

@@ -390,3 +390,20 @@ def test_max_len_bounds_requests_and_cache(tok) -> None:
     engine.shutdown()
     with pytest.raises(EngineClosed):
         engine.start()
+
+
+def test_a_request_being_prefilled_counts_toward_capacity(tok) -> None:
+    model = random_lm("gpt2", seed=5)
+    gate = Gate(model)
+    engine = Engine(model, tok, max_batch=1, max_queue=0)
+    engine.start()
+    cfg = GenerationConfig(temperature=0, max_new_tokens=4)
+    a = engine.submit(tok.encode("héllo"), cfg)
+    with gate.cond:  # the engine stands before a's prefill forward: a left the queue but is not running yet
+        assert gate.cond.wait_for(lambda: gate.arrived >= 1, timeout=30)
+    assert engine.stats()["running"] == 1
+    with pytest.raises(EngineFull):
+        engine.submit(tok.encode("wörld"), cfg)
+    gate.open()
+    assert list(a)[-1].finish_reason in ("length", "stop")
+    engine.shutdown()
