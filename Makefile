@@ -33,9 +33,10 @@ demo: $(VENV)/.core
 test: $(VENV)/.dev
 	OMP_NUM_THREADS=2 $(BIN)/pytest -q tests
 
+# Each script prints a markdown table; they compare against their peers in the same run (see README).
+BENCHMARKS := train decode beam speculative encoder serve
 bench: $(VENV)/.dev
-	$(BIN)/python benchmarks/train.py
-	$(BIN)/python benchmarks/decode.py
+	for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
