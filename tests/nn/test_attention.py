@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from neurallayers.nn.attention import Attention, eager_attention
+from neurallayers.nn.attention import Attention, eager_attention, materialized_attention
 from neurallayers.nn.kv_cache import KVCache
 
 DIM, HEADS, HEAD_DIM = 32, 4, 8
@@ -125,3 +125,41 @@ def test_eager_attention_function_matches_softmax_definition():
 def test_unknown_kernel_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown attention kernel 'flash'; valid: sdpa, eager"):
         Attention(DIM, n_head=HEADS, kernel="flash")
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_materialized_attention_equals_sdpa_values_and_grads(n_kv_head, is_causal):
+    """The short-sequence CPU half-precision path: checked in fp32 (exact math) against torch's kernel."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, HEADS, 7, HEAD_DIM, generator=g, requires_grad=True)
+    k, v = (torch.randn(2, n_kv_head, 7, HEAD_DIM, generator=g, requires_grad=True) for _ in range(2))
+    ours = materialized_attention(q, k, v, is_causal=is_causal)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal,
+                                                           enable_gqa=n_kv_head != HEADS)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_attention_on_cpu_takes_the_materialized_path_and_matches_fp32(monkeypatch):
+    import neurallayers.nn.attention as module
+
+    calls = []
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return materialized_attention(*args, **kwargs)
+
+    monkeypatch.setattr(module, "materialized_attention", counted)
+    attn = attention(2)
+    x = torch.randn(3, 10, DIM, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref, _ = attn(x, is_causal=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast, _ = attn(x, is_causal=True)
+            flash, _ = attn(x, mask=causal_bool(10)[None, None])  # a mask: torch's kernel, not ours
+    assert fast.dtype == torch.bfloat16 and len(calls) == 1
+    torch.testing.assert_close(fast.float(), ref, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(fast.float(), flash.float(), atol=0.1, rtol=0.05)
