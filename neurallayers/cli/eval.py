@@ -40,8 +40,9 @@ def evaluate(model, tokens, *, block_size: int, batch_size: int, max_batches: in
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from neurallayers.data import load_corpus, prepare_tokens
+    from neurallayers.data import load_corpus
     from neurallayers.training.config import DataConfig, RunConfig
+    from neurallayers.training.prepare import tokenize_corpus
 
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
     run_cfg = RunConfig.from_yaml(Path(args.path) / "config.yaml") if (Path(args.path) / "config.yaml").is_file() \
@@ -56,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     corpus = load_corpus(data.source, text_field=data.text_field)
     val_fraction = data.val_fraction if own else 0.0
     seed = run_cfg.train.seed if own else 0
-    tokens = prepare_tokens(corpus, tokenizer, data.resolved_cache_dir / "tokens", val_fraction=val_fraction,
-                            seed=seed)
+    tokens = tokenize_corpus(data, corpus, tokenizer, seed=seed, val_fraction=val_fraction)
     arr = {"val": tokens.val, "train": tokens.train, "all": np.concatenate([tokens.train, tokens.val])}[split]
     block = args.block_size or model.config.block_size
     if block > model.config.block_size:

@@ -24,6 +24,7 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 OptimizerImpl = Literal["auto", "fused", "foreach", "loop"]
 Distributed = Literal["auto", "ddp", "fsdp", "none"]
 LoggerName = Literal["tensorboard", "mlflow", "wandb"]
+Split = Literal["documents", "tail"]
 
 
 @dataclass
@@ -117,6 +118,9 @@ class DataConfig:
     vocab_size: int | None = None  # bpe only; None = the model's vocab_size
     text_field: str = "text"  # JSON-lines field holding the text
     val_fraction: float = 0.1
+    # documents: whole pieces of ~50k characters go to val, chosen by a seeded hash (val spread over the corpus);
+    # tail: the last val_fraction of the token stream, as nanoGPT splits one text file (90/10 by position)
+    split: Split = "documents"
     cache_dir: str | None = None  # None = $NEURALLAYERS_CACHE or ~/.cache/neurallayers
 
     def __post_init__(self) -> None:

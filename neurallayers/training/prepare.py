@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from neurallayers.training.config import DataConfig, RunConfig
@@ -54,7 +55,7 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
     Args:
         tokenizer: use this one (a resumed run's saved tokenizer) instead of building one.
     """
-    from neurallayers.data import load_corpus, prepare_tokens
+    from neurallayers.data import load_corpus
 
     corpus = load_corpus(run.data.source, text_field=run.data.text_field)
     if tokenizer is None:
@@ -63,10 +64,47 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
         log.info("model.vocab_size set to %d from the tokenizer (config said %d; the tokenizer wins)",
                  tokenizer.vocab_size, run.model.vocab_size)
         run = RunConfig(model=run.model.replace(vocab_size=tokenizer.vocab_size), train=run.train, data=run.data)
-    tokens = prepare_tokens(corpus, tokenizer, run.data.resolved_cache_dir / "tokens",
-                            val_fraction=run.data.val_fraction, seed=run.train.seed, show_progress=show_progress)
+    tokens = tokenize_corpus(run.data, corpus, tokenizer, seed=run.train.seed, show_progress=show_progress)
     need = run.model.block_size + 1
     if len(tokens.train) < need:
         raise ValueError(f"the corpus {run.data.source!r} gives only {len(tokens.train)} training tokens; "
                          f"model.block_size={run.model.block_size} needs at least {need}")
     return tokenizer, tokens, run
+
+
+def tokenize_corpus(data: DataConfig, corpus: object, tokenizer: object, *, seed: int,
+                    val_fraction: float | None = None, show_progress: bool = False) -> object:
+    """The token cache of `corpus` (a `TokenData`), split the way `data.split` says.
+
+    Args:
+        seed: chooses the pieces of a "documents" split (the run's TrainConfig.seed).
+        val_fraction: None takes `data.val_fraction`; 0 puts everything in train.
+    """
+    from neurallayers.data import prepare_tokens
+
+    fraction = data.val_fraction if val_fraction is None else val_fraction
+    cache = data.resolved_cache_dir / "tokens"
+    if data.split == "tail":
+        # One piece: prepare_tokens then cuts the token stream itself, the last `fraction` going to val.
+        return prepare_tokens(_Joined(corpus), tokenizer, cache, val_fraction=fraction, seed=0,
+                              chunk_chars=_ONE_PIECE, show_progress=show_progress)
+    return prepare_tokens(corpus, tokenizer, cache, val_fraction=fraction, seed=seed, show_progress=show_progress)
+
+
+_ONE_PIECE = 2**62  # a chunk size no text reaches
+
+
+class _Joined:
+    """A corpus's documents as one document, joined by newlines, in the corpus's order."""
+
+    def __init__(self, corpus: object) -> None:
+        self.corpus = corpus
+        self.name = corpus.name
+
+    def documents(self) -> Iterator[object]:
+        from neurallayers.data import Document
+
+        yield Document(self.name, "\n".join(d.text for d in self.corpus.documents() if d.text))
+
+    def fingerprint(self) -> str:
+        return "joined:" + self.corpus.fingerprint()

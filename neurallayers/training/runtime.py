@@ -25,17 +25,28 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX), where bf16 autocast pays."""
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        fn = getattr(torch.cpu, probe, None)
-        if fn is not None and fn():
-            return True
-    try:  # torch's probe can miss newer CPUs (e.g. AMD Zen 5): read the flags ourselves on Linux
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16), where bf16 autocast pays:
+    about 4x the fp32 matmul rate on AMD Zen 5. Without them bf16 matmuls are emulated and no faster than fp32.
+
+    torch's own probes are asked first; they can miss CPUs they were not built to know, so on Linux the kernel's
+    CPU flags decide as well: `/proc/cpuinfo`, or the text `cpuinfo` when given (for tests).
+    """
+    if cpuinfo is None:
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            fn = getattr(torch.cpu, probe, None)
+            if fn is not None and fn():
+                return True
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:

@@ -15,7 +15,9 @@ import contextlib
 import logging
 import math
 import os
+import statistics
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,8 @@ class TrainResult:
     final_val_loss: float | None
     tokens_per_second: float  # training throughput of this process's session, all ranks together
     wall_seconds: float
+    median_step_seconds: float  # median wall time of one optimizer step this session (robust on a busy machine)
+    first_step_seconds: float  # the session's first step: warm-up, and torch.compile's compilation when on
     stopped_reason: str  # max_steps | until_step | early_stopping | time_budget | nan | interrupted
 
 
@@ -164,6 +168,7 @@ class _Fit:
     def run(self) -> TrainResult:
         cfg, info = self.cfg, self.info
         start_step, t0, train_time = self.step, time.monotonic(), 0.0
+        step_times = array("d")  # 8 bytes a step
         reason, final_val = "max_steps", None
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not (self.progress and info.is_main),
                    dynamic_ncols=True)
@@ -175,7 +180,8 @@ class _Fit:
                 t_step = time.monotonic()
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 loss, grad_norm, ok = self._train_step()
-                train_time += time.monotonic() - t_step
+                step_times.append(time.monotonic() - t_step)
+                train_time += step_times[-1]
                 self.step += 1
                 bar.update(1)
                 if not ok:
@@ -225,7 +231,9 @@ class _Fit:
                 lg.close()
         tps = self.tokens_per_step * (self.step - start_step) / max(train_time, 1e-9)
         return TrainResult(run_dir=self.out, steps=self.step, best_val_loss=self.best_val, final_val_loss=final_val,
-                           tokens_per_second=tps, wall_seconds=time.monotonic() - t0, stopped_reason=reason)
+                           tokens_per_second=tps, wall_seconds=time.monotonic() - t0,
+                           median_step_seconds=statistics.median(step_times) if step_times else 0.0,
+                           first_step_seconds=step_times[0] if step_times else 0.0, stopped_reason=reason)
 
     def _train_step(self) -> tuple[float, float, bool]:
         """One optimizer step over grad_accum micro-batches: (mean loss, grad norm, finite)."""

@@ -44,6 +44,7 @@ def test_tiny_model_overfits_short_text(tmp_path):
     losses = step_losses(tmp_path / "run")
     assert losses[1] > 2.0 and losses[150] < 0.3, losses
     assert result.final_val_loss is None
+    assert result.median_step_seconds > 0 and result.first_step_seconds > 0
     # Memorised: once a window has a few characters of context, every next character is certain.
     model, tok, _ = load_run(tmp_path / "run")
     ids = torch.tensor(tok.encode(text))

@@ -1,0 +1,47 @@
+"""DataConfig.split: "tail" cuts the token stream by position (nanoGPT's 90/10 split of one text file), the default
+"documents" sends whole ~50k-character pieces to validation by a seeded hash."""
+
+import random
+
+import pytest
+
+from neurallayers import ModelConfig
+from neurallayers.training import DataConfig, RunConfig, TrainConfig
+from neurallayers.training.prepare import prepare_data
+
+
+def _run(tmp_path, source, split, val_fraction=0.1):
+    data = DataConfig(source=str(source), tokenizer="char", split=split, val_fraction=val_fraction,
+                      cache_dir=str(tmp_path / "cache"))
+    return RunConfig(model=ModelConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8),
+                     train=TrainConfig(seed=3), data=data)
+
+
+def test_tail_split_is_the_last_fraction_of_the_text(tmp_path):
+    rng = random.Random(0)
+    text = "".join(rng.choice("abcdefgh \n") for _ in range(150_000))  # three pieces of ~50k characters
+    (tmp_path / "a.txt").write_text(text)
+    tok, tail, _ = prepare_data(_run(tmp_path, tmp_path / "a.txt", "tail"))
+    n_val = len(tail.val)
+    assert len(tail.train) + n_val == len(text) + 1  # + the eos after the document
+    assert n_val == round(0.1 * (len(text) + 1))
+    assert tok.decode(tail.train.tolist()) == text[: len(tail.train)]
+    assert tok.decode(tail.val[:-1].tolist()) == text[len(tail.train):] and tail.val[-1] == tok.eos_id
+    _, pieces, _ = prepare_data(_run(tmp_path, tmp_path / "a.txt", "documents"))
+    assert pieces.meta["pieces"] == 3 and tail.meta["pieces"] == 1
+    assert tok.decode(pieces.val.tolist()) != tok.decode(tail.val.tolist())
+
+
+def test_tail_split_joins_a_folder_in_order(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for name, body in [("1.txt", "first file\n"), ("2.txt", "second file\n"), ("3.txt", "third\n")]:
+        (tmp_path / "docs" / name).write_text(body * 50)
+    tok, tokens, _ = prepare_data(_run(tmp_path, tmp_path / "docs", "tail", val_fraction=0.2))
+    whole = tok.decode(tokens.train.tolist() + tokens.val[:-1].tolist())
+    assert whole == "\n".join(["first file\n" * 50, "second file\n" * 50, "third\n" * 50])
+    assert tok.decode(tokens.val[:-1].tolist()).endswith("third\n" * 20)
+
+
+def test_bad_split_names_the_field():
+    with pytest.raises(ValueError, match="DataConfig.split='head'"):
+        DataConfig(split="head")
