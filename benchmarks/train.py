@@ -1,0 +1,234 @@
+"""Training speed of `neurallayers.training.fit`, and nanoGPT's CPU Shakespeare recipe run through it.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train.py [--data PATH] [--rounds 5] [--steps 40] [--compile]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train.py --recipe [--data PATH] [--precision auto] [--compile]
+
+Speed (default): short fit() runs of (a) nanoGPT's CPU Shakespeare shape (4 layers, 4 heads, 128 wide, context
+64, batch 12, character vocabulary, dropout 0) in fp32 and bf16, and (b) GPT-2 124M (12x768, context 1024,
+batch 1, its 50257-token vocabulary) for a few steps. Configurations run in alternation, round after round, so
+machine noise hits all alike; a row is the median over rounds of each run's median step time. MFU is measured
+against this machine's best matmul rate in that precision (printed; 2048^3 `torch.mm`, best of several). The
+fp32 ratio column compares with nanoGPT's own plain-PyTorch loop at shape (a): 39.9 ms/iter on these machines.
+
+Recipe (--recipe): nanoGPT's `train_shakespeare_char` CPU recipe (4x4x128, context 64, batch 12, 2000
+iterations, lr 1e-3 with 100 warmup steps and cosine decay to 1e-4, AdamW beta2 0.99 and weight decay 0.1,
+clip 1.0, dropout 0; the text split 90/10 by position; evaluation every 250 steps) through fit(), printing the
+final validation loss (all 1,742 non-overlapping windows of the validation text) and the training speed next
+to nanoGPT's: val loss 1.8857 at 39.9 ms/iter (19,250 tokens/s).
+
+Data: the benchmark text `tinyshakespeare.txt` (nanoGPT's `shakespeare_char`), by default looked for at
+`../shared/data/tinyshakespeare.txt` relative to the repository root (pass --data PATH). Without it the speed
+table trains on the built-in `shakespeare` corpus instead, and the recipe is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+NANOGPT = {"ms_per_iter": 39.9, "tokens_per_sec": 19_250, "val_loss": 1.8857}  # its fp32 loop, these machines
+NANOGPT_MS = NANOGPT["ms_per_iter"]
+NANOGPT_MODEL = dict(name="nanogpt-shakespeare-char", block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False,
+                     dropout=0.0, gelu_approx="none")  # nanoGPT: no biases, exact-erf GELU, tied embeddings
+
+
+def peak_flops(dtype: torch.dtype, *, n: int = 2048, tries: int = 5) -> float:
+    """Best matmul rate of this machine in `dtype` (FLOP/s): n^3 `torch.mm`, best of `tries`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def nanogpt_run(data: str, tokenizer: str, out_cache: str | None, **train) -> object:
+    """A RunConfig of nanoGPT's Shakespeare recipe; `train` overrides TrainConfig fields."""
+    from neurallayers.config import ModelConfig
+    from neurallayers.training import DataConfig, RunConfig, TrainConfig
+
+    split = "tail" if Path(data).is_file() else "documents"
+    settings = dict(max_steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
+                    weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_batches=200, log_interval=50,
+                    save_interval=0, sample_tokens=0, device="cpu", seed=1337)
+    settings.update(train)
+    return RunConfig(model=ModelConfig(vocab_size=65, **NANOGPT_MODEL), train=TrainConfig(**settings),
+                     data=DataConfig(source=data, tokenizer=tokenizer, split=split, val_fraction=0.1,
+                                     cache_dir=out_cache))
+
+
+def gpt2_run(data: str, out_cache: str | None, *, batch: int, context: int, **train) -> object:
+    from neurallayers.config import ModelConfig
+    from neurallayers.training import DataConfig, RunConfig, TrainConfig
+
+    settings = dict(batch_size=batch, lr=6e-4, min_lr=6e-5, warmup_steps=2, eval_interval=0, eval_batches=1,
+                    log_interval=1000, save_interval=0, sample_tokens=0, device="cpu")
+    settings.update(train)
+    return RunConfig(model=ModelConfig.from_name("gpt2").replace(block_size=context, dropout=0.0),
+                     train=TrainConfig(**settings), data=DataConfig(source=data, tokenizer="gpt2", cache_dir=out_cache))
+
+
+def timed_fit(run: object) -> object:
+    """fit() into a temporary run directory (removed afterwards); returns its TrainResult."""
+    from neurallayers.training import fit
+
+    with tempfile.TemporaryDirectory(prefix="nl-bench-") as out:
+        return fit(run, Path(out) / "run", progress=False)
+
+
+def plain_steps(data: str, steps: int) -> list[float]:
+    """Per-step seconds of the plain nanoGPT-style loop (fp32) at shape (a), on the text or random ids."""
+    from plain_gpt import PlainTrainer, char_split
+
+    if Path(data).is_file():
+        train, val, vocab = char_split(Path(data).read_text(encoding="utf-8"))
+    else:
+        train = val = torch.randint(0, 65, (100_000,), generator=torch.Generator().manual_seed(0))
+    trainer = PlainTrainer(train, val, max_iters=steps)
+    return [trainer.step() for _ in range(steps)]
+
+
+def speed(args: argparse.Namespace, data: str) -> None:
+    from neurallayers.models import build_model
+
+    precisions = [p for p in args.precisions.split(",") if p]
+    shapes = args.shapes.split(",")
+    configs = []  # (shape label, precision, compile, RunConfig factory or None for the plain loop)
+    if "nanogpt" in shapes and not args.no_plain:
+        configs.append(("nanogpt 4x128", "fp32", False, None))
+    for precision in precisions:
+        for comp in ([False, True] if args.compile else [False]):
+            if "nanogpt" in shapes:
+                configs.append(("nanogpt 4x128", precision, comp, lambda p=precision, c=comp: nanogpt_run(
+                    data, "char", args.cache_dir, max_steps=args.steps, eval_interval=0, eval_batches=1,
+                    precision=p, compile=c)))
+            if "gpt2" in shapes:
+                configs.append(("gpt2 124M", precision, comp, lambda p=precision, c=comp: gpt2_run(
+                    data, args.cache_dir, batch=args.gpt2_batch, context=args.gpt2_context,
+                    max_steps=args.gpt2_steps, precision=p, compile=c)))
+    peaks = {p: peak_flops(torch.bfloat16 if p == "bf16" else torch.float32) for p in ["fp32", *precisions]}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
+          "matmul peak " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
+    medians: dict[int, list[float]] = {i: [] for i in range(len(configs))}
+    firsts: dict[int, list[float]] = {i: [] for i in range(len(configs))}
+    models = {}
+    for r in range(args.rounds):
+        for i, (label, precision, comp, factory) in enumerate(configs):
+            if label.startswith("gpt2") and r >= args.gpt2_rounds:
+                continue
+            if factory is None:
+                times = plain_steps(data, args.steps)
+                medians[i].append(statistics.median(times))
+                firsts[i].append(times[0])
+                name = "plain loop"
+            else:
+                run = factory()
+                result = timed_fit(run)
+                medians[i].append(result.median_step_seconds)
+                firsts[i].append(result.first_step_seconds)
+                models[i] = run.model
+                name = f"fit() {precision}{' compiled' if comp else ''}"
+            print(f"  round {r + 1}: {label} {name}: {1e3 * medians[i][-1]:.1f} ms/iter", flush=True)
+    print(f"\nload average {os.getloadavg()[0]:.1f}; ms/iter = median over rounds of each run's median step\n")
+    print("| shape | trainer | precision | compile | tokens/iter | ms/iter | tokens/s | MFU | first step s "
+          "| x plain loop | x nanoGPT 39.9 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    plain_ms = 1e3 * statistics.median(medians[0]) if configs and configs[0][3] is None else None
+    for i, (label, precision, comp, factory) in enumerate(configs):
+        if not medians[i]:
+            continue
+        ms = 1e3 * statistics.median(medians[i])
+        cfg = models.get(i) or nanogpt_run(data, "char", args.cache_dir).model
+        n_tokens = (12 if label.startswith("nanogpt") else args.gpt2_batch) * cfg.block_size
+        tps = n_tokens / (ms / 1e3)
+        with torch.device("meta"):
+            mfu = build_model(cfg).estimate_mfu(tps, peaks[precision])
+        nano = label.startswith("nanogpt")
+        print(f"| {label} | {'plain loop' if factory is None else 'fit()'} | {precision} | {'yes' if comp else 'no'} "
+              f"| {n_tokens} | {ms:.1f} | {tps:,.0f} | {100 * mfu:.1f}% | {statistics.median(firsts[i]):.1f} "
+              f"| {f'{plain_ms / ms:.2f}x' if nano and plain_ms else ''} "
+              f"| {f'{NANOGPT_MS / ms:.2f}x' if nano else ''} |")
+
+
+def recipe(args: argparse.Namespace, data: str) -> None:
+    from neurallayers.training import fit
+
+    if not Path(data).is_file():
+        print(f"recipe skipped: the benchmark text {data} is not there (pass --data PATH to tinyshakespeare.txt)")
+        return
+    run = nanogpt_run(data, "char", args.cache_dir, precision=args.precision, compile=args.compile,
+                      log_interval=250)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
+          f"precision {args.precision}, compile {args.compile}; data {data}")
+    out = Path(args.out or tempfile.mkdtemp(prefix="nl-recipe-")) / "run"
+    result = fit(run, out, progress=not args.quiet)
+    rows = [("neurallayers fit()", result.final_val_loss, result.median_step_seconds,
+             run.train.batch_size * run.model.block_size * run.train.max_steps / result.wall_seconds,
+             result.first_step_seconds)]
+    if args.reference:
+        from plain_gpt import PlainTrainer, char_split
+
+        train, val, _ = char_split(Path(data).read_text(encoding="utf-8"))
+        plain = PlainTrainer(train, val, max_iters=run.train.max_steps)
+        t0 = time.perf_counter()
+        times = [plain.step() for _ in range(run.train.max_steps)]
+        loss = plain.evaluate()
+        rows.append(("plain PyTorch loop (nanoGPT-style, fp32)", loss, statistics.median(times),
+                     len(times) * 768 / (time.perf_counter() - t0), times[0]))
+    print(f"load average {os.getloadavg()[0]:.1f}; run directory {out}\n")
+    print("| trainer | steps | final val loss | ms/iter (median) | tokens/s (median step) | tokens/s (wall) "
+          "| first step s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, loss, step_s, wall_tps, first in rows:
+        print(f"| {name} | {run.train.max_steps} | {loss:.4f} | {1e3 * step_s:.1f} | {768 / step_s:,.0f} "
+              f"| {wall_tps:,.0f} | {first:.1f} |")
+    print(f"| nanoGPT train.py (reported) | 2000 | {NANOGPT['val_loss']} | {NANOGPT_MS} | "
+          f"{NANOGPT['tokens_per_sec']:,} | | |")
+    ratio = 768 / result.median_step_seconds / NANOGPT["tokens_per_sec"]
+    print(f"\nfit(): {ratio:.2f}x nanoGPT's tokens/s; val loss {result.final_val_loss:.4f} vs {NANOGPT['val_loss']}; "
+          f"{result.wall_seconds:.0f} s wall (evaluations and checkpoints included)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="tinyshakespeare.txt (default: %(default)s)")
+    p.add_argument("--recipe", action="store_true", help="run nanoGPT's 2000-step recipe instead of the speed table")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="recipe precision")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (speed: extra rows)")
+    p.add_argument("--out", default=None, help="recipe: keep the run directory here (default: a temp folder)")
+    p.add_argument("--quiet", action="store_true", help="recipe: no progress bar")
+    p.add_argument("--reference", action="store_true",
+                   help="recipe: also run the plain-PyTorch nanoGPT-style loop (fp32) for the same 2000 steps")
+    p.add_argument("--cache-dir", default=None, help="token/tokenizer cache (default: the framework's)")
+    p.add_argument("--shapes", default="nanogpt,gpt2", help="speed: nanogpt, gpt2 or both (comma separated)")
+    p.add_argument("--precisions", default="fp32,bf16", help="speed: comma separated")
+    p.add_argument("--no-plain", action="store_true", help="speed: leave out the plain-PyTorch baseline loop")
+    p.add_argument("--rounds", type=int, default=5, help="speed: alternating rounds of the nanogpt shape")
+    p.add_argument("--steps", type=int, default=40, help="speed: steps per nanogpt-shape run")
+    p.add_argument("--gpt2-rounds", type=int, default=1)
+    p.add_argument("--gpt2-steps", type=int, default=4)
+    p.add_argument("--gpt2-batch", type=int, default=1)
+    p.add_argument("--gpt2-context", type=int, default=1024)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    data = args.data if Path(args.data).is_file() else "shakespeare"
+    if not args.recipe and data != args.data:
+        print(f"{args.data} not found: the speed table trains on the built-in shakespeare corpus")
+    (recipe if args.recipe else speed)(args, args.data if args.recipe else data)
+
+
+if __name__ == "__main__":
+    main()
