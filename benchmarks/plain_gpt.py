@@ -68,22 +68,31 @@ class PlainGPT(nn.Module):
 class PlainTrainer:
     """nanoGPT's recipe on (train, val) id tensors; `step()` does one iteration, `evaluate()` its loss estimate."""
 
-    def __init__(self, train: torch.Tensor, val: torch.Tensor, *, shape: Shape | None = None, max_iters: int = 2000,
-                 seed: int = 1337) -> None:
+    def __init__(
+        self,
+        train: torch.Tensor,
+        val: torch.Tensor,
+        *,
+        shape: Shape | None = None,
+        max_iters: int = 2000,
+        seed: int = 1337,
+    ) -> None:
         torch.manual_seed(seed)
         self.shape = shape = shape or Shape()
         self.train_ids, self.val_ids, self.max_iters = train, val, max_iters
         self.model = PlainGPT(shape)
         params = list(self.model.parameters())
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
         self.opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99))
         self.it = 0
 
     def batch(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.shape
         ix = torch.randint(len(ids) - s.block, (s.batch,))
-        return torch.stack([ids[i:i + s.block] for i in ix]), torch.stack([ids[i + 1:i + 1 + s.block] for i in ix])
+        return torch.stack([ids[i : i + s.block] for i in ix]), torch.stack([ids[i + 1 : i + 1 + s.block] for i in ix])
 
     def lr(self, it: int, warmup: int = 100, lr: float = 1e-3, min_lr: float = 1e-4) -> float:
         if it < warmup:

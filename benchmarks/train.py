@@ -39,8 +39,16 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 NANOGPT = {"ms_per_iter": 39.9, "tokens_per_sec": 19_250, "val_loss": 1.8857}  # its fp32 loop, these machines
 NANOGPT_MS = NANOGPT["ms_per_iter"]
-NANOGPT_MODEL = dict(name="nanogpt-shakespeare-char", block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False,
-                     dropout=0.0, gelu_approx="none")  # nanoGPT: no biases, exact-erf GELU, tied embeddings
+NANOGPT_MODEL = dict(
+    name="nanogpt-shakespeare-char",
+    block_size=64,
+    n_layer=4,
+    n_head=4,
+    n_embd=128,
+    bias=False,
+    dropout=0.0,
+    gelu_approx="none",
+)  # nanoGPT: no biases, exact-erf GELU, tied embeddings
 
 
 def peak_flops(dtype: torch.dtype, *, n: int = 2048, tries: int = 5) -> float:
@@ -61,24 +69,53 @@ def nanogpt_run(data: str, tokenizer: str, out_cache: str | None, **train) -> ob
     from neurallayers.training import DataConfig, RunConfig, TrainConfig
 
     split = "tail" if Path(data).is_file() else "documents"
-    settings = dict(max_steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-                    weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_batches=200, log_interval=50,
-                    save_interval=0, sample_tokens=0, device="cpu", seed=1337)
+    settings = dict(
+        max_steps=2000,
+        batch_size=12,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup_steps=100,
+        beta2=0.99,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        eval_interval=250,
+        eval_batches=200,
+        log_interval=50,
+        save_interval=0,
+        sample_tokens=0,
+        device="cpu",
+        seed=1337,
+    )
     settings.update(train)
-    return RunConfig(model=ModelConfig(vocab_size=65, **NANOGPT_MODEL), train=TrainConfig(**settings),
-                     data=DataConfig(source=data, tokenizer=tokenizer, split=split, val_fraction=0.1,
-                                     cache_dir=out_cache))
+    return RunConfig(
+        model=ModelConfig(vocab_size=65, **NANOGPT_MODEL),
+        train=TrainConfig(**settings),
+        data=DataConfig(source=data, tokenizer=tokenizer, split=split, val_fraction=0.1, cache_dir=out_cache),
+    )
 
 
 def gpt2_run(data: str, out_cache: str | None, *, batch: int, context: int, **train) -> object:
     from neurallayers.config import ModelConfig
     from neurallayers.training import DataConfig, RunConfig, TrainConfig
 
-    settings = dict(batch_size=batch, lr=6e-4, min_lr=6e-5, warmup_steps=2, eval_interval=0, eval_batches=1,
-                    log_interval=1000, save_interval=0, sample_tokens=0, device="cpu")
+    settings = dict(
+        batch_size=batch,
+        lr=6e-4,
+        min_lr=6e-5,
+        warmup_steps=2,
+        eval_interval=0,
+        eval_batches=1,
+        log_interval=1000,
+        save_interval=0,
+        sample_tokens=0,
+        device="cpu",
+    )
     settings.update(train)
-    return RunConfig(model=ModelConfig.from_name("gpt2").replace(block_size=context, dropout=0.0),
-                     train=TrainConfig(**settings), data=DataConfig(source=data, tokenizer="gpt2", cache_dir=out_cache))
+    return RunConfig(
+        model=ModelConfig.from_name("gpt2").replace(block_size=context, dropout=0.0),
+        train=TrainConfig(**settings),
+        data=DataConfig(source=data, tokenizer="gpt2", cache_dir=out_cache),
+    )
 
 
 def timed_fit(run: object) -> object:
@@ -110,18 +147,47 @@ def speed(args: argparse.Namespace, data: str) -> None:
     if "nanogpt" in shapes and not args.no_plain:
         configs.append(("nanogpt 4x128", "fp32", False, None))
     for precision in precisions:
-        for comp in ([False, True] if args.compile else [False]):
+        for comp in [False, True] if args.compile else [False]:
             if "nanogpt" in shapes:
-                configs.append(("nanogpt 4x128", precision, comp, lambda p=precision, c=comp: nanogpt_run(
-                    data, "char", args.cache_dir, max_steps=args.steps, eval_interval=0, eval_batches=1,
-                    precision=p, compile=c)))
+                configs.append(
+                    (
+                        "nanogpt 4x128",
+                        precision,
+                        comp,
+                        lambda p=precision, c=comp: nanogpt_run(
+                            data,
+                            "char",
+                            args.cache_dir,
+                            max_steps=args.steps,
+                            eval_interval=0,
+                            eval_batches=1,
+                            precision=p,
+                            compile=c,
+                        ),
+                    )
+                )
             if "gpt2" in shapes:
-                configs.append(("gpt2 124M", precision, comp, lambda p=precision, c=comp: gpt2_run(
-                    data, args.cache_dir, batch=args.gpt2_batch, context=args.gpt2_context,
-                    max_steps=args.gpt2_steps, precision=p, compile=c)))
+                configs.append(
+                    (
+                        "gpt2 124M",
+                        precision,
+                        comp,
+                        lambda p=precision, c=comp: gpt2_run(
+                            data,
+                            args.cache_dir,
+                            batch=args.gpt2_batch,
+                            context=args.gpt2_context,
+                            max_steps=args.gpt2_steps,
+                            precision=p,
+                            compile=c,
+                        ),
+                    )
+                )
     peaks = {p: peak_flops(torch.bfloat16 if p == "bf16" else torch.float32) for p in ["fp32", *precisions]}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
-          "matmul peak " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
+        "matmul peak " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items())
+    )
     medians: dict[int, list[float]] = {i: [] for i in range(len(configs))}
     firsts: dict[int, list[float]] = {i: [] for i in range(len(configs))}
     models = {}
@@ -143,8 +209,10 @@ def speed(args: argparse.Namespace, data: str) -> None:
                 name = f"fit() {precision}{' compiled' if comp else ''}"
             print(f"  round {r + 1}: {label} {name}: {1e3 * medians[i][-1]:.1f} ms/iter", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f}; ms/iter = median over rounds of each run's median step\n")
-    print("| shape | trainer | precision | compile | tokens/iter | ms/iter | tokens/s | MFU | first step s "
-          "| x plain loop | x nanoGPT 39.9 ms |")
+    print(
+        "| shape | trainer | precision | compile | tokens/iter | ms/iter | tokens/s | MFU | first step s "
+        "| x plain loop | x nanoGPT 39.9 ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     plain_ms = 1e3 * statistics.median(medians[0]) if configs and configs[0][3] is None else None
     for i, (label, precision, comp, factory) in enumerate(configs):
@@ -157,10 +225,12 @@ def speed(args: argparse.Namespace, data: str) -> None:
         with torch.device("meta"):
             mfu = build_model(cfg).estimate_mfu(tps, peaks[precision])
         nano = label.startswith("nanogpt")
-        print(f"| {label} | {'plain loop' if factory is None else 'fit()'} | {precision} | {'yes' if comp else 'no'} "
-              f"| {n_tokens} | {ms:.1f} | {tps:,.0f} | {100 * mfu:.1f}% | {statistics.median(firsts[i]):.1f} "
-              f"| {f'{plain_ms / ms:.2f}x' if nano and plain_ms else ''} "
-              f"| {f'{NANOGPT_MS / ms:.2f}x' if nano else ''} |")
+        print(
+            f"| {label} | {'plain loop' if factory is None else 'fit()'} | {precision} | {'yes' if comp else 'no'} "
+            f"| {n_tokens} | {ms:.1f} | {tps:,.0f} | {100 * mfu:.1f}% | {statistics.median(firsts[i]):.1f} "
+            f"| {f'{plain_ms / ms:.2f}x' if nano and plain_ms else ''} "
+            f"| {f'{NANOGPT_MS / ms:.2f}x' if nano else ''} |"
+        )
 
 
 def recipe(args: argparse.Namespace, data: str) -> None:
@@ -169,15 +239,22 @@ def recipe(args: argparse.Namespace, data: str) -> None:
     if not Path(data).is_file():
         print(f"recipe skipped: the benchmark text {data} is not there (pass --data PATH to tinyshakespeare.txt)")
         return
-    run = nanogpt_run(data, "char", args.cache_dir, precision=args.precision, compile=args.compile,
-                      log_interval=250)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
-          f"precision {args.precision}, compile {args.compile}; data {data}")
+    run = nanogpt_run(data, "char", args.cache_dir, precision=args.precision, compile=args.compile, log_interval=250)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
+        f"precision {args.precision}, compile {args.compile}; data {data}"
+    )
     out = Path(args.out or tempfile.mkdtemp(prefix="nl-recipe-")) / "run"
     result = fit(run, out, progress=not args.quiet)
-    rows = [("neurallayers fit()", result.final_val_loss, result.median_step_seconds,
-             run.train.batch_size * run.model.block_size * run.train.max_steps / result.wall_seconds,
-             result.first_step_seconds)]
+    rows = [
+        (
+            "neurallayers fit()",
+            result.final_val_loss,
+            result.median_step_seconds,
+            run.train.batch_size * run.model.block_size * run.train.max_steps / result.wall_seconds,
+            result.first_step_seconds,
+        )
+    ]
     if args.reference:
         from plain_gpt import PlainTrainer, char_split
 
@@ -186,20 +263,35 @@ def recipe(args: argparse.Namespace, data: str) -> None:
         t0 = time.perf_counter()
         times = [plain.step() for _ in range(run.train.max_steps)]
         loss = plain.evaluate()
-        rows.append(("plain PyTorch loop (nanoGPT-style, fp32)", loss, statistics.median(times),
-                     len(times) * 768 / (time.perf_counter() - t0), times[0]))
+        rows.append(
+            (
+                "plain PyTorch loop (nanoGPT-style, fp32)",
+                loss,
+                statistics.median(times),
+                len(times) * 768 / (time.perf_counter() - t0),
+                times[0],
+            )
+        )
     print(f"load average {os.getloadavg()[0]:.1f}; run directory {out}\n")
-    print("| trainer | steps | final val loss | ms/iter (median) | tokens/s (median step) | tokens/s (wall) "
-          "| first step s |")
+    print(
+        "| trainer | steps | final val loss | ms/iter (median) | tokens/s (median step) | tokens/s (wall) "
+        "| first step s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, loss, step_s, wall_tps, first in rows:
-        print(f"| {name} | {run.train.max_steps} | {loss:.4f} | {1e3 * step_s:.1f} | {768 / step_s:,.0f} "
-              f"| {wall_tps:,.0f} | {first:.1f} |")
-    print(f"| nanoGPT train.py (reported) | 2000 | {NANOGPT['val_loss']} | {NANOGPT_MS} | "
-          f"{NANOGPT['tokens_per_sec']:,} | | |")
+        print(
+            f"| {name} | {run.train.max_steps} | {loss:.4f} | {1e3 * step_s:.1f} | {768 / step_s:,.0f} "
+            f"| {wall_tps:,.0f} | {first:.1f} |"
+        )
+    print(
+        f"| nanoGPT train.py (reported) | 2000 | {NANOGPT['val_loss']} | {NANOGPT_MS} | "
+        f"{NANOGPT['tokens_per_sec']:,} | | |"
+    )
     ratio = 768 / result.median_step_seconds / NANOGPT["tokens_per_sec"]
-    print(f"\nfit(): {ratio:.2f}x nanoGPT's tokens/s; val loss {result.final_val_loss:.4f} vs {NANOGPT['val_loss']}; "
-          f"{result.wall_seconds:.0f} s wall (evaluations and checkpoints included)")
+    print(
+        f"\nfit(): {ratio:.2f}x nanoGPT's tokens/s; val loss {result.final_val_loss:.4f} vs {NANOGPT['val_loss']}; "
+        f"{result.wall_seconds:.0f} s wall (evaluations and checkpoints included)"
+    )
 
 
 def main() -> None:
@@ -210,8 +302,11 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (speed: extra rows)")
     p.add_argument("--out", default=None, help="recipe: keep the run directory here (default: a temp folder)")
     p.add_argument("--quiet", action="store_true", help="recipe: no progress bar")
-    p.add_argument("--reference", action="store_true",
-                   help="recipe: also run the plain-PyTorch nanoGPT-style loop (fp32) for the same 2000 steps")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="recipe: also run the plain-PyTorch nanoGPT-style loop (fp32) for the same 2000 steps",
+    )
     p.add_argument("--cache-dir", default=None, help="token/tokenizer cache (default: the framework's)")
     p.add_argument("--shapes", default="nanogpt,gpt2", help="speed: nanogpt, gpt2 or both (comma separated)")
     p.add_argument("--precisions", default="fp32,bf16", help="speed: comma separated")

@@ -11,10 +11,14 @@ from neurallayers.training.prepare import prepare_data
 
 
 def _run(tmp_path, source, split, val_fraction=0.1):
-    data = DataConfig(source=str(source), tokenizer="char", split=split, val_fraction=val_fraction,
-                      cache_dir=str(tmp_path / "cache"))
-    return RunConfig(model=ModelConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8),
-                     train=TrainConfig(seed=3), data=data)
+    data = DataConfig(
+        source=str(source), tokenizer="char", split=split, val_fraction=val_fraction, cache_dir=str(tmp_path / "cache")
+    )
+    return RunConfig(
+        model=ModelConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8),
+        train=TrainConfig(seed=3),
+        data=data,
+    )
 
 
 def test_tail_split_is_the_last_fraction_of_the_text(tmp_path):
@@ -26,7 +30,7 @@ def test_tail_split_is_the_last_fraction_of_the_text(tmp_path):
     assert len(tail.train) + n_val == len(text) + 1  # + the eos after the document
     assert n_val == round(0.1 * (len(text) + 1))
     assert tok.decode(tail.train.tolist()) == text[: len(tail.train)]
-    assert tok.decode(tail.val[:-1].tolist()) == text[len(tail.train):] and tail.val[-1] == tok.eos_id
+    assert tok.decode(tail.val[:-1].tolist()) == text[len(tail.train) :] and tail.val[-1] == tok.eos_id
     _, pieces, _ = prepare_data(_run(tmp_path, tmp_path / "a.txt", "documents"))
     assert pieces.meta["pieces"] == 3 and tail.meta["pieces"] == 1
     assert tok.decode(pieces.val.tolist()) != tok.decode(tail.val.tolist())
