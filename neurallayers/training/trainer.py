@@ -33,6 +33,7 @@ from neurallayers.training.runtime import (
     resolve_device,
     resolve_precision,
     seed_all,
+    seed_device,
     step_seed,
 )
 from neurallayers.weights import CheckpointError, check_state_dict
@@ -172,6 +173,7 @@ class _Fit:
         reason, final_val = "max_steps", None
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not (self.progress and info.is_main),
                    dynamic_ncols=True)
+        self.wrapped.train()  # once: _evaluate puts it back (module.train() walks every submodule, 0.1 ms a step)
         try:
             while self.step < cfg.max_steps:
                 if self.until_step is not None and self.step >= self.until_step:
@@ -238,8 +240,7 @@ class _Fit:
     def _train_step(self) -> tuple[float, float, bool]:
         """One optimizer step over grad_accum micro-batches: (mean loss, grad norm, finite)."""
         cfg, info = self.cfg, self.info
-        torch.manual_seed(step_seed(cfg.seed, self.step, info.rank))
-        self.wrapped.train()
+        seed_device(self.device, step_seed(cfg.seed, self.step, info.rank))
         b = cfg.batch_size
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
