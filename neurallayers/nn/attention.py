@@ -15,8 +15,11 @@ from neurallayers.nn.positions import apply_rotary
 
 KERNELS = ("sdpa", "eager")
 # torch's CPU flash kernel is slow in half precision on short sequences: at (12, 4, 64, 32) bf16 its forward +
-# backward takes 6x as long as baddbmm + softmax + bmm, at 512 keys 2.6x; at 1024 they are even.
+# backward takes 6x as long as baddbmm + softmax + bmm, at 512 keys 2.6x; at 1024 they are even. The scores are
+# then held in memory for the backward pass, so the materialized form is kept to at most 2^25 of them per layer
+# (64 MB in bf16).
 _CPU_HALF_SDPA_MIN_KEYS = 1024
+_CPU_HALF_MAX_SCORES = 1 << 25
 
 
 class Attention(nn.Module):
@@ -89,8 +92,10 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: 
 
 
 def _short_cpu_half(q: torch.Tensor, k: torch.Tensor) -> bool:
-    return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
-            and k.shape[-2] < _CPU_HALF_SDPA_MIN_KEYS)
+    b, h, t, _ = q.shape
+    s = k.shape[-2]
+    return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and s < _CPU_HALF_SDPA_MIN_KEYS
+            and b * h * t * s <= _CPU_HALF_MAX_SCORES)
 
 
 def materialized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool,
