@@ -8,8 +8,8 @@ Speed (default): short fit() runs of (a) nanoGPT's CPU Shakespeare shape (4 laye
 batch 1, its 50257-token vocabulary) for a few steps. Configurations run in alternation, round after round, so
 machine noise hits all alike; a row is the median over rounds of each run's median step time. MFU is measured
 against this machine's best matmul rate in that precision (printed; 2048^3 `torch.mm`, best of several). The
-fp32 ratio column compares with nanoGPT's own plain-PyTorch loop at shape (a): 39.9 ms/iter on these machines;
-the plain-loop column with `plain_gpt.py`, a nanoGPT-style loop timed in the same alternation. "first step s" is
+"x nanoGPT" column compares with nanoGPT's own fp32 loop at shape (a), 39.9 ms/iter on these machines; the
+"x plain loop" column with `plain_gpt.py`, a nanoGPT-style fp32 loop timed in the same alternation. "first step s" is
 the slowest first step over rounds: warm-up, and with --compile the compilation (inductor's on-disk cache makes
 later compilations faster; a fresh cache took 19 s at shape (a)).
 
