@@ -24,12 +24,15 @@ class KVCache:
         if _tensors is None:
             _tensors = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         self.k, self.v = _tensors
-        self.max_len = max_len
         self.static = static
 
     @property
     def batch_size(self) -> int:
         return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]  # read from the tensor, so a compiled step can leave the length dynamic
 
     def rows(self, start: int, stop: int) -> KVCache:
         k, v = self.k[:, start:stop], self.v[:, start:stop]
