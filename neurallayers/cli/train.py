@@ -31,21 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_run_config(args: argparse.Namespace):
     """RunConfig from --config, --preset, --data and the overrides, in that order of precedence (last wins)."""
-    import yaml
+    from neurallayers.training.config import RunConfig, apply_overrides, read_yaml
 
-    from neurallayers.training.config import RunConfig, apply_overrides
-
-    data: dict = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a run config is a mapping with sections model, train, data")
+    data = read_yaml(args.config) if args.config else {}
     if args.preset:
         data["model"] = {"preset": args.preset}
     if args.data:

@@ -186,15 +186,7 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> RunConfig:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"run config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {e}") from None
+        data = read_yaml(path)
         try:
             return cls.from_dict(data)
         except ValueError as e:
@@ -209,6 +201,22 @@ class RunConfig:
         tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
         os.replace(tmp, path)
         return path
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in a YAML run-config file (empty file: {}), with clear errors for a missing or bad file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"run config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a run config is a mapping with sections {', '.join(SECTIONS)}")
+    return data
 
 
 def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
