@@ -21,28 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_dtype(parser)
 
 
-def evaluate(model, tokens, *, block_size: int, batch_size: int, max_batches: int | None) -> tuple[float, int]:
-    """(mean token loss, tokens scored) over evenly spaced windows of `tokens`."""
-    import torch
-
-    from neurallayers.data.datasets import eval_batches
-
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for x, y in eval_batches(tokens, block_size=block_size, batch_size=batch_size, max_batches=max_batches):
-            out = model(x.to(device), targets=y.to(device))
-            total += float(out.loss) * y.numel()
-            count += y.numel()
-    return total / count, count
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from neurallayers.data import load_corpus
     from neurallayers.training.config import DataConfig, RunConfig
     from neurallayers.training.prepare import tokenize_corpus
+    from neurallayers.training.trainer import mean_loss
 
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
     run_cfg = RunConfig.from_yaml(Path(args.path) / "config.yaml") if (Path(args.path) / "config.yaml").is_file() \
@@ -64,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--block-size {block} is over the model's context length {model.config.block_size}")
     if len(arr) < block + 1:
         raise ValueError(f"the {split} split has {len(arr)} tokens; a window needs {block + 1} (try --block-size)")
-    loss, count = evaluate(model, arr, block_size=block, batch_size=args.batch_size, max_batches=args.max_batches)
+    loss, count = mean_loss(model, arr, block_size=block, batch_size=args.batch_size, max_batches=args.max_batches,
+                            device=next(model.parameters()).device)
     print(f"corpus: {data.source}  split: {split}  tokens scored: {count:,}  loss: {loss:.4f}  "
           f"perplexity: {math.exp(min(loss, 50)):.2f}")
     return 0

@@ -273,19 +273,12 @@ class _Fit:
     @torch.no_grad()
     def _evaluate(self) -> float:
         """Mean validation loss over eval_batches; updates best weights and the early-stopping counter."""
-        from neurallayers.data import eval_batches
-
         cfg = self.cfg
         self.wrapped.eval()
-        total, n = 0.0, 0
-        for x, y in eval_batches(self.tokens.val, block_size=self.run_cfg.model.block_size,
-                                 batch_size=cfg.batch_size, max_batches=cfg.eval_batches):
-            with autocast(self.device, self.amp_dtype):
-                loss = self.wrapped(x.to(self.device), targets=y.to(self.device)).loss
-            total += float(loss) * len(x)
-            n += len(x)
+        val, _ = mean_loss(self.wrapped, self.tokens.val, block_size=self.run_cfg.model.block_size,
+                           batch_size=cfg.batch_size, max_batches=cfg.eval_batches, device=self.device,
+                           amp_dtype=self.amp_dtype)
         self.wrapped.train()
-        val = total / max(n, 1)
         improved = self.best_val is None or val < self.best_val
         self._log({"val_loss": val, "perplexity": math.exp(min(val, 700.0)), "best": improved})
         if improved:
@@ -331,6 +324,24 @@ class _Fit:
 
     def _elapsed(self, t0: float) -> float:
         return self.elapsed_before + time.monotonic() - t0
+
+
+def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: int, max_batches: int | None,
+              device: torch.device, amp_dtype: torch.dtype | None = None) -> tuple[float, int]:
+    """(mean next-token loss, tokens scored) over evenly spaced windows of `tokens` (see data.eval_batches).
+
+    Used by evaluation during training and by `neurallayers eval`. The caller puts the model in eval mode.
+    """
+    from neurallayers.data import eval_batches
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in eval_batches(tokens, block_size=block_size, batch_size=batch_size, max_batches=max_batches):
+            with autocast(device, amp_dtype):
+                loss = model(x.to(device), targets=y.to(device)).loss
+            total += float(loss) * y.numel()
+            count += y.numel()
+    return total / max(count, 1), count
 
 
 def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
