@@ -123,33 +123,24 @@ def register(app, *, holder, metrics) -> None:
             if lease is not None:
                 lease.release()
 
-    async def _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started):
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        base = {**meta, "object": "text_completion"}
-        extra = {"usage": None} if include_usage else {}
-        try:
-            if req.echo:
-                for i in range(len(requests)):
-                    p = i // req.n
-                    lps = None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()}
-                    yield sse({**base, "choices": [{"index": i, "text": echoes[p], "logprobs": lps,
-                                                    "finish_reason": None}], **extra})
-            offsets = [len(echoes[i // req.n]) for i in range(len(requests))]
-            async for i, ev in merged(requests, metrics=metrics, started=started):
-                if not ev.text and ev.logprob is None and ev.finish_reason is None:
-                    continue  # held-back text (half a character, a possible stop string): nothing to say yet
-                lps = None
-                if req.logprobs is not None and ev.logprob is not None:
-                    lps = completion_logprobs(served.tokenizer, [ev.logprob], offset=offsets[i])
-                offsets[i] += len(ev.text)
-                yield sse({**base, "choices": [{"index": i, "text": ev.text, "logprobs": lps,
-                                                "finish_reason": ev.finish_reason}], **extra})
-            if include_usage:
-                yield sse({**base, "choices": [],
-                           "usage": usage(n_prompt, sum(r.completion_tokens for r in requests))})
-        except Exception as e:  # the status is sent already: report the error in the stream
-            yield sse_error(e)
-        yield SSE_DONE
+    def _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started):
+        head = []
+        if req.echo:
+            for i in range(len(requests)):
+                p = i // req.n
+                lps = None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()}
+                head.append({"index": i, "text": echoes[p], "logprobs": lps, "finish_reason": None})
+        offsets = [len(echoes[i // req.n]) for i in range(len(requests))]
+
+        def choice(i: int, ev) -> dict:
+            lps = None
+            if req.logprobs is not None and ev.logprob is not None:
+                lps = completion_logprobs(served.tokenizer, [ev.logprob], offset=offsets[i])
+            offsets[i] += len(ev.text)
+            return {"index": i, "text": ev.text, "logprobs": lps, "finish_reason": ev.finish_reason}
+
+        return _sse_chunks(requests, req, {**meta, "object": "text_completion"}, head, choice, n_prompt, metrics,
+                           started)
 
     @app.post("/v1/chat/completions", response_model=ChatResponse, tags=["openai"],
               responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}})
@@ -189,21 +180,31 @@ def register(app, *, holder, metrics) -> None:
             if lease is not None:
                 lease.release()
 
-    async def _chat_chunks(requests, req, meta, n_prompt, served, metrics, started):
+    def _chat_chunks(requests, req, meta, n_prompt, served, metrics, started):
+        # the first delta of each choice names the role
+        head = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                for i in range(len(requests))]
+
+        def choice(i: int, ev) -> dict:
+            lps = chat_logprobs(served.tokenizer, [ev.logprob]) if req.logprobs and ev.logprob else None
+            delta = {"content": ev.text} if ev.text or ev.finish_reason is None else {}
+            return {"index": i, "delta": delta, "logprobs": lps, "finish_reason": ev.finish_reason}
+
+        return _sse_chunks(requests, req, {**meta, "object": "chat.completion.chunk"}, head, choice, n_prompt,
+                           metrics, started)
+
+    async def _sse_chunks(requests, req, base, head, choice, n_prompt, metrics, started):
+        """OpenAI SSE chunks: the `head` choices, then choice(i, event) for each event that says something, the
+        usage chunk when asked for, and [DONE]."""
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        base = {**meta, "object": "chat.completion.chunk"}
         extra = {"usage": None} if include_usage else {}
         try:
-            for i in range(len(requests)):  # the first delta of each choice names the role
-                yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                "logprobs": None, "finish_reason": None}], **extra})
+            for c in head:
+                yield sse({**base, "choices": [c], **extra})
             async for i, ev in merged(requests, metrics=metrics, started=started):
                 if not ev.text and ev.logprob is None and ev.finish_reason is None:
-                    continue
-                lps = chat_logprobs(served.tokenizer, [ev.logprob]) if req.logprobs and ev.logprob else None
-                delta = {"content": ev.text} if ev.text or ev.finish_reason is None else {}
-                yield sse({**base, "choices": [{"index": i, "delta": delta, "logprobs": lps,
-                                                "finish_reason": ev.finish_reason}], **extra})
+                    continue  # held-back text (half a character, a possible stop string): nothing to say yet
+                yield sse({**base, "choices": [choice(i, ev)], **extra})
             if include_usage:
                 yield sse({**base, "choices": [],
                            "usage": usage(n_prompt, sum(r.completion_tokens for r in requests))})
