@@ -15,9 +15,11 @@ later compilations faster; a fresh cache took 19 s at shape (a)).
 
 Recipe (--recipe): nanoGPT's `train_shakespeare_char` CPU recipe (4x4x128, context 64, batch 12, 2000
 iterations, lr 1e-3 with 100 warmup steps and cosine decay to 1e-4, AdamW beta2 0.99 and weight decay 0.1,
-clip 1.0, dropout 0; the text split 90/10 by position; evaluation every 250 steps) through fit(), printing the
-final validation loss (all 1,742 non-overlapping windows of the validation text) and the training speed next
-to nanoGPT's: val loss 1.8857 at 39.9 ms/iter (19,250 tokens/s).
+clip 1.0, dropout 0; the text split 90/10 by position; evaluation every 250 steps) through fit(), twice: with
+nanoGPT's model (learned position table) and with the same shape and recipe but rotary positions (RoPE, as the
+Llama presets use; no position table, so 8,192 fewer parameters). Prints the final validation loss (all 1,742
+non-overlapping windows of the validation text) and the training speed next to nanoGPT's: val loss 1.8857 at
+39.9 ms/iter (19,250 tokens/s). --reference adds the plain-PyTorch loop of plain_gpt.py.
 
 Data: the benchmark text `tinyshakespeare.txt` (nanoGPT's `shakespeare_char`), by default looked for at
 `../shared/data/tinyshakespeare.txt` relative to the repository root (pass --data PATH). Without it the speed
@@ -66,8 +68,9 @@ def peak_flops(dtype: torch.dtype, *, n: int = 2048, tries: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def nanogpt_run(data: str, tokenizer: str, out_cache: str | None, **train) -> object:
-    """A RunConfig of nanoGPT's Shakespeare recipe; `train` overrides TrainConfig fields."""
+def nanogpt_run(data: str, tokenizer: str, out_cache: str | None, *, position: str = "learned", **train) -> object:
+    """A RunConfig of nanoGPT's Shakespeare recipe; `train` overrides TrainConfig fields. position "rope": the
+    same shape with rotary positions in place of nanoGPT's learned position table."""
     from neurallayers.config import ModelConfig
     from neurallayers.training import DataConfig, RunConfig, TrainConfig
 
@@ -91,7 +94,7 @@ def nanogpt_run(data: str, tokenizer: str, out_cache: str | None, **train) -> ob
     )
     settings.update(train)
     return RunConfig(
-        model=ModelConfig(vocab_size=65, **NANOGPT_MODEL),
+        model=ModelConfig(vocab_size=65, **NANOGPT_MODEL).replace(position=position),
         train=TrainConfig(**settings),
         data=DataConfig(source=data, tokenizer=tokenizer, split=split, val_fraction=0.1, cache_dir=out_cache),
     )
@@ -144,9 +147,12 @@ def plain_steps(data: str, steps: int) -> list[float]:
 def speed(args: argparse.Namespace, data: str) -> None:
     from neurallayers.models import build_model
 
-    def nanogpt(precision: str, comp: bool) -> object:
+    def nanogpt(precision: str, comp: bool, position: str = "learned") -> object:
         return nanogpt_run(data, "char", args.cache_dir, max_steps=args.steps, eval_interval=0, eval_batches=1,
-                           precision=precision, compile=comp)  # fmt: skip
+                           precision=precision, compile=comp, position=position)  # fmt: skip
+
+    def nanogpt_rope(precision: str, comp: bool) -> object:
+        return nanogpt(precision, comp, "rope")
 
     def gpt2(precision: str, comp: bool) -> object:
         return gpt2_run(data, args.cache_dir, batch=args.gpt2_batch, context=args.gpt2_context,
@@ -161,6 +167,8 @@ def speed(args: argparse.Namespace, data: str) -> None:
         for comp in [False, True] if args.compile else [False]:
             if "nanogpt" in shapes:
                 configs.append(("nanogpt 4x128", precision, comp, nanogpt))
+            if "rope" in shapes:
+                configs.append(("nanogpt 4x128 rope", precision, comp, nanogpt_rope))
             if "gpt2" in shapes:
                 configs.append(("gpt2 124M", precision, comp, gpt2))
     peaks = {p: peak_flops(torch.bfloat16 if p == "bf16" else torch.float32) for p in ["fp32", *precisions]}
@@ -219,57 +227,46 @@ def recipe(args: argparse.Namespace, data: str) -> None:
     if not Path(data).is_file():
         print(f"recipe skipped: the benchmark text {data} is not there (pass --data PATH to tinyshakespeare.txt)")
         return
-    run = nanogpt_run(data, "char", args.cache_dir, precision=args.precision, compile=args.compile, log_interval=250)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
         f"precision {args.precision}, compile {args.compile}; data {data}"
     )
-    out = Path(args.out or tempfile.mkdtemp(prefix="nl-recipe-")) / "run"
-    result = fit(run, out, progress=not args.quiet)
-    rows = [
-        (
-            "neurallayers fit()",
-            result.final_val_loss,
-            result.median_step_seconds,
-            result.tokens_per_second,
-            result.first_step_seconds,
-        )
-    ]
+    rows = []  # (trainer, position table, val loss, median step s, mean tokens/s, first step s, wall s)
+    for position in args.positions.split(","):
+        run = nanogpt_run(data, "char", args.cache_dir, position=position, precision=args.precision,
+                          compile=args.compile, log_interval=250)  # fmt: skip
+        out = Path(args.out or tempfile.mkdtemp(prefix="nl-recipe-")) / f"run-{position}"
+        result = fit(run, out, progress=not args.quiet)
+        rows.append(("neurallayers fit()", position, result.final_val_loss, result.median_step_seconds,
+                     result.tokens_per_second, result.first_step_seconds, result.wall_seconds))  # fmt: skip
+        print(f"  {position}: val loss {result.final_val_loss:.4f}, run directory {out}", flush=True)
     if args.reference:
         from plain_gpt import PlainTrainer, char_split
 
         train, val, _ = char_split(Path(data).read_text(encoding="utf-8"))
-        plain = PlainTrainer(train, val, max_iters=run.train.max_steps)
-        times = [plain.step() for _ in range(run.train.max_steps)]
-        loss = plain.evaluate()
-        rows.append(
-            (
-                "plain PyTorch loop (nanoGPT-style, fp32)",
-                loss,
-                statistics.median(times),
-                len(times) * 768 / sum(times),
-                times[0],
-            )
-        )
-    print(f"load average {os.getloadavg()[0]:.1f}; run directory {out}\n")
+        plain = PlainTrainer(train, val, max_iters=2000)
+        t0 = time.perf_counter()
+        times = [plain.step() for _ in range(2000)]
+        rows.append(("plain PyTorch loop (nanoGPT-style, fp32)", "learned", plain.evaluate(), statistics.median(times),
+                     len(times) * 768 / sum(times), times[0], time.perf_counter() - t0))  # fmt: skip
+    print(f"\nload average {os.getloadavg()[0]:.1f}\n")
     print(
-        "| trainer | steps | final val loss | ms/iter (median) | tokens/s (median step) | tokens/s (mean step) "
-        "| first step s |"
+        "| trainer | positions | steps | final val loss | ms/iter (median) | tokens/s (median step) "
+        "| x nanoGPT tokens/s | tokens/s (mean step) | wall s |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for name, loss, step_s, mean_tps, first in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, position, loss, step_s, mean_tps, _first, wall in rows:
         print(
-            f"| {name} | {run.train.max_steps} | {loss:.4f} | {1e3 * step_s:.1f} | {768 / step_s:,.0f} "
-            f"| {mean_tps:,.0f} | {first:.1f} |"
+            f"| {name} | {position} | 2000 | {loss:.4f} | {1e3 * step_s:.1f} | {768 / step_s:,.0f} "
+            f"| {768 / step_s / NANOGPT['tokens_per_sec']:.2f}x | {mean_tps:,.0f} | {wall:.0f} |"
         )
     print(
-        f"| nanoGPT train.py (reported) | 2000 | {NANOGPT['val_loss']} | {NANOGPT_MS} | "
-        f"{NANOGPT['tokens_per_sec']:,} | | |"
+        f"| nanoGPT train.py (reported) | learned | 2000 | {NANOGPT['val_loss']} | {NANOGPT_MS} | "
+        f"{NANOGPT['tokens_per_sec']:,} | 1.00x | | |"
     )
-    ratio = 768 / result.median_step_seconds / NANOGPT["tokens_per_sec"]
     print(
-        f"\nfit(): {ratio:.2f}x nanoGPT's tokens/s; val loss {result.final_val_loss:.4f} vs {NANOGPT['val_loss']}; "
-        f"{result.wall_seconds:.0f} s wall for fit() (its 8 evaluations and the final checkpoint included)"
+        "\nval loss: fit() evaluates all 1,742 non-overlapping 64-token windows of the validation text; nanoGPT's "
+        "figure is the mean of 20 random batches. wall s: fit() with its 8 evaluations and final checkpoint."
     )
 
 
@@ -279,7 +276,13 @@ def main() -> None:
     p.add_argument("--recipe", action="store_true", help="run nanoGPT's 2000-step recipe instead of the speed table")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="recipe precision")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (speed: extra rows)")
-    p.add_argument("--out", default=None, help="recipe: keep the run directory here (default: a temp folder)")
+    p.add_argument("--out", default=None, help="recipe: keep the run directories here (default: a temp folder)")
+    p.add_argument(
+        "--positions",
+        default="learned,rope",
+        help="recipe: position encodings to train, comma separated (learned: nanoGPT's model; rope: its shape with "
+        "rotary positions)",
+    )
     p.add_argument("--quiet", action="store_true", help="recipe: no progress bar")
     p.add_argument(
         "--reference",
@@ -287,7 +290,11 @@ def main() -> None:
         help="recipe: also run the plain-PyTorch nanoGPT-style loop (fp32) for the same 2000 steps",
     )
     p.add_argument("--cache-dir", default=None, help="token/tokenizer cache (default: the framework's)")
-    p.add_argument("--shapes", default="nanogpt,gpt2", help="speed: nanogpt, gpt2 or both (comma separated)")
+    p.add_argument(
+        "--shapes",
+        default="nanogpt,rope,gpt2",
+        help="speed: nanogpt, rope (nanogpt's shape with rotary positions), gpt2; comma separated",
+    )
     p.add_argument("--precisions", default="fp32,bf16", help="speed: comma separated")
     p.add_argument("--no-plain", action="store_true", help="speed: leave out the plain-PyTorch baseline loop")
     p.add_argument("--rounds", type=int, default=7, help="speed: alternating rounds of the nanogpt shape")

@@ -126,6 +126,7 @@ class DecoderLM(nn.Module):
         b, t = input_ids.shape
         device = input_ids.device
         per_row = isinstance(input_pos, torch.Tensor)
+        shared_positions = position_ids is None and not per_row  # every row at the same positions
         if position_ids is None:
             start = input_pos[:, None] if per_row else input_pos
             position_ids = start + torch.arange(t, device=device)[None, :].expand(b, t)
@@ -137,7 +138,13 @@ class DecoderLM(nn.Module):
         elif cfg.position == "sinusoidal":
             x = x + self.sinusoid[position_ids]
         x = self.drop(x)
-        rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
+        # Under autocast q and k come out of their linear in the autocast dtype: tables in that dtype keep the
+        # rotation from promoting them to fp32 (which would push attention off its half-precision fast path).
+        rope_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
+        if self.rope is not None:  # one row of tables when the rows share positions, broadcast over the batch
+            rope = self.rope(position_ids[:1] if shared_positions else position_ids, rope_dtype)
+        else:
+            rope = None
         mask, is_causal = self._mask(b, t, input_pos, attention_mask, cache, x.dtype, device)
         attentions = [] if output_attentions else None
         for i, block in enumerate(self.blocks):

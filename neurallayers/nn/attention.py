@@ -50,12 +50,14 @@ class Attention(nn.Module):
         (T without a cache, the cached length with one). is_causal: use the kernel's own causal mask (T == S).
         """
         b, t, _ = x.shape
-        q, k, v = self.qkv(x).split((self.q_dim, self.kv_dim, self.kv_dim), dim=-1)
-        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
-        k = k.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
+        qkv = self.qkv(x)
+        qk, v = qkv.split((self.q_dim + self.kv_dim, self.kv_dim), dim=-1)
+        qk = qk.view(b, t, self.n_head + self.n_kv_head, self.head_dim)
+        if rope is not None:  # q and k rotated in one pass: half the small kernels, forward and backward
+            cos, sin = rope
+            qk = apply_rotary(qk, cos.transpose(1, 2), sin.transpose(1, 2))  # tables (B, T, 1, head_dim)
+        q, k = qk.transpose(1, 2).split((self.n_head, self.n_kv_head), dim=1)  # (B, heads, T, head_dim)
         v = v.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, input_pos, k, v)
         dropout = self.dropout if self.training else 0.0

@@ -73,10 +73,11 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D) rotated by the (B, 1, T, D) tables."""
+    """x rotated by the cos/sin tables, which broadcast against it (the last dim is head_dim): x * cos +
+    rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1) for the halves x1, x2 of the last dim."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    return torch.addcmul(x * cos, rotated, sin)  # one kernel fewer than x * cos + rotated * sin
 
 
 def alibi_slopes(n_head: int) -> torch.Tensor:
