@@ -29,6 +29,7 @@ table trains on the built-in `shakespeare` corpus instead, and the recipe is ski
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import statistics
@@ -151,8 +152,6 @@ def speed(args: argparse.Namespace, data: str) -> None:
         return nanogpt_run(data, "char", args.cache_dir, max_steps=args.steps, eval_interval=0, eval_batches=1,
                            precision=precision, compile=comp, position=position)  # fmt: skip
 
-    def nanogpt_rope(precision: str, comp: bool) -> object:
-        return nanogpt(precision, comp, "rope")
 
     def gpt2(precision: str, comp: bool) -> object:
         return gpt2_run(data, args.cache_dir, batch=args.gpt2_batch, context=args.gpt2_context,
@@ -167,8 +166,10 @@ def speed(args: argparse.Namespace, data: str) -> None:
         for comp in [False, True] if args.compile else [False]:
             if "nanogpt" in shapes:
                 configs.append(("nanogpt 4x128", precision, comp, nanogpt))
-            if "rope" in shapes:
-                configs.append(("nanogpt 4x128 rope", precision, comp, nanogpt_rope))
+            for position in ("rope", "alibi"):  # nanoGPT's shape with other position encodings
+                if position in shapes:
+                    configs.append((f"nanogpt 4x128 {position}", precision, comp,
+                                    functools.partial(nanogpt, position=position)))  # fmt: skip
             if "gpt2" in shapes:
                 configs.append(("gpt2 124M", precision, comp, gpt2))
     peaks = {p: peak_flops(torch.bfloat16 if p == "bf16" else torch.float32) for p in ["fp32", *precisions]}
@@ -292,8 +293,8 @@ def main() -> None:
     p.add_argument("--cache-dir", default=None, help="token/tokenizer cache (default: the framework's)")
     p.add_argument(
         "--shapes",
-        default="nanogpt,rope,gpt2",
-        help="speed: nanogpt, rope (nanogpt's shape with rotary positions), gpt2; comma separated",
+        default="nanogpt,rope,alibi,gpt2",
+        help="speed: nanogpt, rope and alibi (nanogpt's shape with those positions), gpt2; comma separated",
     )
     p.add_argument("--precisions", default="fp32,bf16", help="speed: comma separated")
     p.add_argument("--no-plain", action="store_true", help="speed: leave out the plain-PyTorch baseline loop")

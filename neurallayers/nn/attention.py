@@ -61,8 +61,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, input_pos, k, v)
         dropout = self.dropout if self.training else 0.0
-        if self.kernel == "sdpa" and not need_weights and cache is None and mask is None and _short_cpu_half(q, k):
-            y, weights = materialized_attention(q, k, v, is_causal=is_causal, dropout=dropout), None
+        if self.kernel == "sdpa" and not need_weights and cache is None and _short_cpu_half(q, k):
+            y, weights = materialized_attention(q, k, v, mask=mask, is_causal=is_causal, dropout=dropout), None
         elif self.kernel == "sdpa" and not need_weights:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal and mask is None,
@@ -100,21 +100,31 @@ def _short_cpu_half(q: torch.Tensor, k: torch.Tensor) -> bool:
             and b * h * t * s <= _CPU_HALF_MAX_SCORES)
 
 
-def materialized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: bool,
+def materialized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                           mask: torch.Tensor | None = None, is_causal: bool = False,
                            dropout: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + causal mask) v with the scores held in memory: three kernels (baddbmm with the
-    mask as its additive input, softmax, bmm), the fastest form for short sequences on CPU in half precision.
+    """softmax(q k^T / sqrt(d) + mask) v with the scores held in memory: three kernels (baddbmm with the mask as
+    its additive input, softmax, bmm), the fastest form for short sequences on CPU in half precision.
 
-    q (B, H, T, D), k and v (B, H_kv, S, D) with H a multiple of H_kv; is_causal aligns the last query with the
-    last key. Returns (B, H, T, D).
+    q (B, H, T, D), k and v (B, H_kv, S, D) with H a multiple of H_kv. mask: bool (True = attend) or additive
+    float, broadcastable to (B, H, T, S) (an ALiBi bias, a padding mask); or is_causal, which aligns the last
+    query with the last key. Returns (B, H, T, D).
     """
     b, h, t, d = q.shape
     s = k.shape[-2]
     if h != k.shape[1]:
         k, v = k.repeat_interleave(h // k.shape[1], dim=1), v.repeat_interleave(h // v.shape[1], dim=1)
-    bias = torch.zeros(t, s, dtype=q.dtype, device=q.device)
-    if is_causal:
-        bias = bias.masked_fill(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(s - t + 1), float("-inf"))
+    if mask is None:
+        bias = torch.zeros(t, s, dtype=q.dtype, device=q.device)
+        if is_causal:
+            future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(s - t + 1)
+            bias = bias.masked_fill(future, float("-inf"))
+    elif mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    else:
+        bias = mask.to(q.dtype)
+    if bias.dim() == 4:  # (B|1, H|1, T, S): baddbmm wants one (T, S) slice per batched matrix
+        bias = bias.expand(b, h, t, s).reshape(b * h, t, s)
     scores = torch.baddbmm(bias, q.reshape(b * h, t, d), k.reshape(b * h, s, d).transpose(1, 2),
                            alpha=1 / math.sqrt(d))  # (B*H, T, S)
     probs = scores.softmax(dim=-1).to(v.dtype)

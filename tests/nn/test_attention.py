@@ -144,6 +144,29 @@ def test_materialized_attention_equals_sdpa_values_and_grads(n_kv_head, is_causa
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["padding", "alibi"])
+def test_materialized_attention_with_a_mask_equals_sdpa_values_and_grads(kind):
+    """Bool masks (B, 1, T, S) and additive biases (1, H, T, S), as the decoder builds for padded batches and
+    ALiBi, give torch's kernel's values and gradients."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, HEADS, 6, HEAD_DIM, generator=g, requires_grad=True) for _ in range(3))
+    causal = causal_bool(6)[None, None]
+    if kind == "padding":
+        keep = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], dtype=torch.bool)
+        mask = (causal & keep[:, None, None, :]) | torch.eye(6, dtype=torch.bool)  # every query sees itself
+    else:
+        distance = torch.arange(6)[None, :] - torch.arange(6)[:, None]
+        bias = torch.linspace(0.1, 0.8, HEADS)[:, None, None] * distance
+        mask = bias.masked_fill(~causal[0], float("-inf"))[None]
+    ours = materialized_attention(q, k, v, mask=mask)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_bf16_attention_on_cpu_takes_the_materialized_path_and_matches_fp32(monkeypatch):
     import neurallayers.nn.attention as module
 
@@ -159,7 +182,7 @@ def test_bf16_attention_on_cpu_takes_the_materialized_path_and_matches_fp32(monk
         ref, _ = attn(x, is_causal=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fast, _ = attn(x, is_causal=True)
-            flash, _ = attn(x, mask=causal_bool(10)[None, None])  # a mask: torch's kernel, not ours
-    assert fast.dtype == torch.bfloat16 and len(calls) == 1
+            masked, _ = attn(x, mask=causal_bool(10)[None, None])  # the same attention as a bool mask
+    assert fast.dtype == torch.bfloat16 and len(calls) == 2
     torch.testing.assert_close(fast.float(), ref, atol=0.1, rtol=0.05)
-    torch.testing.assert_close(fast.float(), flash.float(), atol=0.1, rtol=0.05)
+    torch.testing.assert_close(fast.float(), masked.float(), atol=0.1, rtol=0.05)
