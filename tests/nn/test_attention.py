@@ -186,3 +186,25 @@ def test_bf16_attention_on_cpu_takes_the_materialized_path_and_matches_fp32(monk
     assert fast.dtype == torch.bfloat16 and len(calls) == 2
     torch.testing.assert_close(fast.float(), ref, atol=0.1, rtol=0.05)
     torch.testing.assert_close(fast.float(), masked.float(), atol=0.1, rtol=0.05)
+
+
+def test_bf16_cached_prefill_and_decode_take_the_materialized_path_and_match_the_full_forward(monkeypatch):
+    """Generation in bf16 on CPU (a prefill into the KV cache, then one token at a time) also avoids torch's slow
+    half-precision kernel, and gives what one full causal forward does."""
+    import neurallayers.nn.attention as module
+
+    calls = []
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return materialized_attention(*args, **kwargs)
+
+    monkeypatch.setattr(module, "materialized_attention", counted)
+    attn = attention(2).to(torch.bfloat16)
+    x = torch.randn(2, 9, DIM, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+    cache = KVCache(n_layer=1, batch_size=2, n_kv_head=2, max_len=9, head_dim=HEAD_DIM, dtype=torch.bfloat16)
+    with torch.no_grad():
+        full, _ = attn(x, is_causal=True)
+        prefill, _ = attn(x[:, :6], is_causal=True, cache=cache, input_pos=0)
+        steps = [attn(x[:, i:i + 1], cache=cache, input_pos=i)[0] for i in range(6, 9)]
+    assert len(calls) == 5
+    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1).float(), full.float(), atol=0.1, rtol=0.05)
