@@ -15,9 +15,9 @@ later compilations faster; a fresh cache took 19 s at shape (a)).
 
 Recipe (--recipe): nanoGPT's `train_shakespeare_char` CPU recipe (4x4x128, context 64, batch 12, 2000
 iterations, lr 1e-3 with 100 warmup steps and cosine decay to 1e-4, AdamW beta2 0.99 and weight decay 0.1,
-clip 1.0, dropout 0; the text split 90/10 by position; evaluation every 250 steps) through fit(), twice: with
-nanoGPT's model (learned position table) and with the same shape and recipe but rotary positions (RoPE, as the
-Llama presets use; no position table, so 8,192 fewer parameters). Prints the final validation loss (all 1,742
+clip 1.0, dropout 0; the text split 90/10 by position; evaluation every 250 steps) through fit(), once per
+--positions entry: nanoGPT's model (learned position table), and the same shape and recipe with rotary positions
+(RoPE, as the Llama presets use) or ALiBi biases (neither has a position table: 8,192 fewer parameters). Prints the final validation loss (all 1,742
 non-overlapping windows of the validation text) and the training speed next to nanoGPT's: val loss 1.8857 at
 39.9 ms/iter (19,250 tokens/s). --reference adds the plain-PyTorch loop of plain_gpt.py.
 
@@ -280,9 +280,9 @@ def main() -> None:
     p.add_argument("--out", default=None, help="recipe: keep the run directories here (default: a temp folder)")
     p.add_argument(
         "--positions",
-        default="learned,rope",
-        help="recipe: position encodings to train, comma separated (learned: nanoGPT's model; rope: its shape with "
-        "rotary positions)",
+        default="learned,rope,alibi",
+        help="recipe: position encodings to train, comma separated (learned: nanoGPT's model; rope, alibi: its shape "
+        "with rotary positions or ALiBi biases)",
     )
     p.add_argument("--quiet", action="store_true", help="recipe: no progress bar")
     p.add_argument(

@@ -62,7 +62,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, input_pos, k, v)
         dropout = self.dropout if self.training else 0.0
-        if self.kernel == "sdpa" and not need_weights and _short_cpu_half(q, k):
+        # Not in a compiled decode step (generation.fast): there inductor fuses sdpa's math form into its kernels.
+        compiled_step = cache is not None and torch.compiler.is_compiling()
+        if self.kernel == "sdpa" and not need_weights and not compiled_step and _short_cpu_half(q, k):
             y, weights = materialized_attention(q, k, v, mask=mask, is_causal=is_causal, dropout=dropout), None
         elif self.kernel == "sdpa" and not need_weights:
             y = F.scaled_dot_product_attention(
