@@ -2,7 +2,7 @@
 against one request at a time, on the same model in the same run.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/serve.py [--model PATH] [--preset gpt2] [--clients 1,4,8,16]
-        [--seconds 20] [--max-tokens 64] [--target http|engine] [--soak SECONDS]
+        [--seconds 20] [--max-tokens 64] [--target http|engine] [--compare one-at-a-time|plain] [--soak SECONDS]
 
 Two servers run side by side (one is idle while the other is measured): `--max-concurrency max(clients)` (batching)
 and `--max-concurrency 1` (one at a time; the others wait in its queue). They take turns at each client count, in
@@ -15,6 +15,9 @@ batching / one-at-a-time ratios of output tokens/s and of CPU time per token.
 
 --threads sets the servers' OMP_NUM_THREADS (default: this process's). On a machine that other jobs keep busy, use
 1: OpenMP's threads wait for each other at every operator, and a descheduled one stalls the whole step.
+
+`--compare plain` pits the batching server with the compiled decode step (`serve --compile`, generation.fast) against
+the same batching server without it, instead of against one at a time.
 
 `--target engine` drives the Engine in-process through the same client loop (no HTTP), to separate the engine's
 speed from the server's. `--soak SECONDS` keeps 8 clients on the batching server and samples its resident memory.
@@ -193,13 +196,15 @@ def free_port() -> int:
 class Server:
     """`python -m neurallayers serve` as a subprocess on a free loopback port."""
 
-    def __init__(self, model: Path, *, max_concurrency: int, max_queue: int, threads: int) -> None:
+    def __init__(self, model: Path, *, max_concurrency: int, max_queue: int, threads: int,
+                 compile: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "neurallayers", "serve", str(model), "--port", str(self.port),
-             "--max-concurrency", str(max_concurrency), "--max-queue", str(max_queue), "--log-level", "warning"],
+             "--max-concurrency", str(max_concurrency), "--max-queue", str(max_queue), "--log-level", "warning",
+             *(["--compile"] if compile else [])],
             env=env)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
@@ -270,14 +275,22 @@ async def measure_http(url: str, clients: int, seconds: float, max_tokens: int) 
         return await run_clients(functools.partial(http_request, client, url, max_tokens=max_tokens), clients, seconds)
 
 
+def pair(args: argparse.Namespace) -> dict[str, tuple[int, bool]]:
+    """The two servers compared: name -> (max concurrency, compiled decode step)."""
+    top = max(args.clients)
+    if args.compare == "plain":
+        return {"batching, compiled": (top, True), "batching": (top, False)}
+    return {"batching": (top, False), "one-at-a-time": (1, False)}
+
+
 def bench_http(model: Path, args: argparse.Namespace) -> list[tuple[str, int, Load]]:
     top = max(args.clients)
-    servers = {"batching": Server(model, max_concurrency=top, max_queue=top, threads=args.threads),
-               "one-at-a-time": Server(model, max_concurrency=1, max_queue=top, threads=args.threads)}
+    servers = {name: Server(model, max_concurrency=rows, max_queue=top, threads=args.threads, compile=comp)
+               for name, (rows, comp) in pair(args).items()}
     results = []
     try:
         for s in servers.values():
-            s.wait_ready()
+            s.wait_ready(timeout=600.0)  # a compiled server compiles its decode step first
         for n in args.clients:
             order = list(servers.items())
             for name, s in order if len(results) % 4 == 0 else order[::-1]:  # ABBA: neither always goes first
@@ -301,15 +314,18 @@ def bench_engine(model: Path, args: argparse.Namespace) -> list[tuple[str, int, 
     import torch
 
     from neurallayers.api import load
+    from neurallayers.generation.fast import prepare_for_decode
     from neurallayers.serve.engine import Engine
 
     torch.set_num_threads(args.threads)
-    lm, tok = load(model)
-    prompts = {p: tok.encode(p) for p in PROMPTS}
     top = max(args.clients)
-    engines = {"batching": Engine(lm, tok, max_batch=top, max_queue=top),
-               "one-at-a-time": Engine(lm, tok, max_batch=1, max_queue=top)}
+    engines = {}
+    for name, (rows, comp) in pair(args).items():
+        lm, tok = load(model)  # a model each: the compiled step belongs to its model
+        engines[name] = Engine(prepare_for_decode(lm) if comp else lm, tok, max_batch=rows, max_queue=top)
+    prompts = {p: tok.encode(p) for p in PROMPTS}
     for e in engines.values():
+        e.warm_up()
         e.start()
     results = []
     for n in args.clients:
@@ -383,6 +399,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--target", choices=["http", "engine"], default="http")
+    parser.add_argument("--compare", choices=["one-at-a-time", "plain"], default="one-at-a-time",
+                        help="the server the batching one is compared with (plain: batching compiled vs not)")
     parser.add_argument("--soak", type=float, default=0.0, help="run the soak test for this many seconds instead")
     parser.add_argument("--sample", type=float, default=10.0, help="soak: seconds between RSS samples")
     args = parser.parse_args()
@@ -396,12 +414,13 @@ def main() -> None:
     results = (bench_http if args.target == "http" else bench_engine)(model, args)
     print("\n" + table([load.row(name, n) for name, n, load in results]))
     by = {(name, n): load for name, n, load in results}
+    first, second = pair(args)
     for n in args.clients:
-        a, b = by[("batching", n)], by[("one-at-a-time", n)]
+        a, b = by[(first, n)], by[(second, n)]
         if a.tokens and b.tokens:
-            line = f"\n{n} clients: continuous batching gives {a.tokens / b.tokens:.2f}x the output tokens/s"
+            line = f"\n{n} clients: {first} gives {a.tokens / b.tokens:.2f}x the output tokens/s of {second}"
             if a.cpu and b.cpu:
-                line += f" of one at a time, at {(a.cpu / a.tokens) / (b.cpu / b.tokens):.2f}x the CPU time per token"
+                line += f", at {(a.cpu / a.tokens) / (b.cpu / b.tokens):.2f}x the CPU time per token"
             print(line)
     errors = sorted({e for _, _, load in results for e in load.errors})
     for err in errors[:10]:

@@ -17,9 +17,10 @@ Recipe (--recipe): nanoGPT's `train_shakespeare_char` CPU recipe (4x4x128, conte
 iterations, lr 1e-3 with 100 warmup steps and cosine decay to 1e-4, AdamW beta2 0.99 and weight decay 0.1,
 clip 1.0, dropout 0; the text split 90/10 by position; evaluation every 250 steps) through fit(), once per
 --positions entry: nanoGPT's model (learned position table), and the same shape and recipe with rotary positions
-(RoPE, as the Llama presets use) or ALiBi biases (neither has a position table: 8,192 fewer parameters). Prints the final validation loss (all 1,742
-non-overlapping windows of the validation text) and the training speed next to nanoGPT's: val loss 1.8857 at
-39.9 ms/iter (19,250 tokens/s). --reference adds the plain-PyTorch loop of plain_gpt.py.
+(RoPE, as the Llama presets use) or ALiBi biases (neither has a position table: 8,192 fewer parameters). Prints
+the final validation loss (all 1,742 non-overlapping windows of the validation text) and the training speed next
+to nanoGPT's: val loss 1.8857 at 39.9 ms/iter (19,250 tokens/s). --reference adds the plain-PyTorch loop of
+plain_gpt.py.
 
 Data: the benchmark text `tinyshakespeare.txt` (nanoGPT's `shakespeare_char`), by default looked for at
 `../shared/data/tinyshakespeare.txt` relative to the repository root (pass --data PATH). Without it the speed

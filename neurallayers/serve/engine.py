@@ -83,7 +83,13 @@ class Engine:
         self.max_batch, self.max_queue, self.max_len = max_batch, max_queue, max_len
         self._eos_ids = [] if eos is None else [eos]
         self._device = next(model.parameters()).device
-        self._cache = model.new_cache(max_batch, max_len)
+        from neurallayers.generation.fast import decode_step_for
+
+        self._fast = decode_step_for(model)  # a compiled one-token step, if prepare_for_decode registered one
+        # Inference tensors, as the engine thread makes; and with the fast step one spare row, so that the rows of
+        # every batch are a strided view alike (the full, contiguous cache would be another graph).
+        with torch.inference_mode():
+            self._cache = (self._fast or model).new_cache(max_batch + (self._fast is not None), max_len)
         self._cond = threading.Condition()  # guards everything below and wakes the engine thread
         self._waiting: deque[Request] = deque()
         self._running: list[_Sequence] = []  # row i of the cache belongs to _running[i]
@@ -105,6 +111,20 @@ class Engine:
                 raise RuntimeError("the engine has already been started")
             self._thread = threading.Thread(target=self._loop, name="neurallayers-engine", daemon=True)
             self._thread.start()
+
+    def warm_up(self) -> None:
+        """Compile the fast step (when prepare_for_decode registered one) for this engine's cache before serving, so
+        that no request waits for it: one graph for one row, one for every larger batch. The batch graph is traced at
+        two rows, a view of the cache with the strides every batch's view shares."""
+        if self._fast is None:
+            return
+        if self._thread is not None:
+            raise RuntimeError("warm_up() before start(): the engine thread owns the model once started")
+        with torch.inference_mode():
+            for rows in (1, 2) if self.max_batch > 1 else (1,):
+                tok = torch.zeros(rows, 1, dtype=torch.long, device=self._device)
+                pos = 0 if rows == 1 else torch.zeros(rows, dtype=torch.long, device=self._device)
+                self._fast(tok, cache=self._cache.rows(0, rows), input_pos=pos)  # the rows' prefill overwrites it
 
     def submit(self, prompt_ids: list[int], config: GenerationConfig) -> Request:
         """Queue a request; its events stream as soon as it is prefilled.
@@ -304,7 +324,11 @@ class Engine:
         pos = seqs[0].pos if b == 1 else torch.tensor([s.pos for s in seqs], dtype=torch.long, device=self._device)
         t0 = time.perf_counter()
         try:
-            logits = self.model(tok, cache=self._cache.rows(0, b), input_pos=pos).logits[:, -1].float()  # (B, V)
+            cache = self._cache.rows(0, b)
+            if self._fast is not None:
+                logits = self._fast(tok, cache=cache, input_pos=pos)  # (B, V) float32
+            else:
+                logits = self.model(tok, cache=cache, input_pos=pos).logits[:, -1].float()  # (B, V)
             plain = [s.plain_greedy for s in seqs]
             argmax = logits.argmax(dim=-1).tolist() if any(plain) else None
             done = []

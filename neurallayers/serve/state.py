@@ -24,11 +24,13 @@ log = logging.getLogger("neurallayers.serve")
 
 @dataclass
 class Limits:
-    """Engine sizes: max_batch sequences decode together, max_queue more may wait; beyond that, 429."""
+    """Engine sizes: max_batch sequences decode together, max_queue more may wait; beyond that, 429. compile:
+    decoders (and reloads) get generation.fast's compiled one-token step, compiled before the model serves."""
 
     max_batch: int = 8
     max_queue: int = 32
     shutdown_timeout: float | None = 30.0
+    compile: bool = False
 
     @property
     def capacity(self) -> int:
@@ -80,7 +82,15 @@ def build_served(model, tokenizer, name: str, limits: Limits) -> ServedModel:
     if model.config.causal:
         from neurallayers.serve.engine import Engine
 
+        if limits.compile:
+            from neurallayers.generation.fast import prepare_for_decode
+
+            prepare_for_decode(model)
         engine = Engine(model, tokenizer, max_batch=limits.max_batch, max_queue=limits.max_queue)
+        started = time.perf_counter()
+        engine.warm_up()  # compiles the fast step, if there is one
+        if limits.compile:
+            log.info("compiled the decode step in %.0f s", time.perf_counter() - started)
     return ServedModel(name=name, model=model, tokenizer=tokenizer, engine=engine, limits=limits)
 
 

@@ -101,3 +101,12 @@ def test_user_mistakes_are_one_line(args: list[str], needles: list[str], tmp_pat
 
 def test_generate_bad_sampling_value(run_dir: Path):
     user_error(cli("generate", str(run_dir), "hi", "--top-p", "1.5"), "top_p")
+
+
+def test_generate_with_a_compiled_step_prints_the_same_text(run_dir: Path):
+    args = ("To be", "--max-new-tokens", "6", "--temperature", "0")
+    plain = cli("generate", str(run_dir), *args)
+    compiled = cli("generate", str(run_dir), *args, "--compile")
+    assert compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout == plain.stdout
+    user_error(cli("generate", str(run_dir), "hi", "--compile", "--num-beams", "2"), "--compile")

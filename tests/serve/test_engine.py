@@ -407,3 +407,54 @@ def test_a_request_being_prefilled_counts_toward_capacity(tok) -> None:
     gate.open()
     assert list(a)[-1].finish_reason in ("length", "stop")
     engine.shutdown()
+
+
+def test_a_compiled_decode_step_serves_the_same_events(tok) -> None:
+    """With generation.fast's compiled step registered, warm_up() compiles it for the engine's cache, and serving
+    compiles nothing more, however the batch grows and shrinks; each request's events equal stream()'s with that
+    step (a lone request's to the bit)."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from neurallayers.generation.fast import prepare_for_decode
+
+    model = prepare_for_decode(copy.deepcopy(trained_lm("llama")))
+    prompts = [tok.encode(p) for p in ["héllo", "wörld 🙂 na", "日本", "ok. ünï", "fin ∑"]]
+    cfgs = [GenerationConfig(temperature=0, max_new_tokens=12 + 3 * i, logprobs=2, ignore_eos=True)
+            for i in range(len(prompts))]
+    cfgs[1] = GenerationConfig(temperature=1.5, seed=3, max_new_tokens=20, top_k=40, ignore_eos=True)
+    refs = [list(stream(model, tok, p, c)) for p, c in zip(prompts, cfgs, strict=True)]
+    engine = Engine(model, tok, max_batch=3, max_queue=8)
+    graphs = counters["stats"]["unique_graphs"]
+    engine.warm_up()
+    assert counters["stats"]["unique_graphs"] - graphs == 2  # one row; every batch of 2..max_batch rows
+    graphs = counters["stats"]["unique_graphs"]
+    engine.start()
+    assert_same_events(list(engine.submit(prompts[0], cfgs[0])), refs[0], exact_logprobs=True)
+    reqs = [engine.submit(p, c) for p, c in zip(prompts, cfgs, strict=True)]  # 3 rows, then rows leave and join
+    for req, ref in zip(reqs, refs, strict=True):
+        assert_same_events(list(req), ref)
+    engine.shutdown()
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_a_server_built_with_compile_decodes_through_the_warmed_step(tok) -> None:
+    """Limits(compile=True) (`neurallayers serve --compile`): the model gets the fast step, compiled before serving."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from neurallayers.generation.fast import decode_step_for
+    from neurallayers.serve.state import Limits, build_served
+
+    model = copy.deepcopy(trained_lm("gpt2"))
+    served = build_served(model, tok, "m", Limits(max_batch=2, compile=True))
+    assert decode_step_for(model) is not None
+    graphs = counters["stats"]["unique_graphs"]
+    served.start()
+    prompt, cfg = tok.encode("日本"), GenerationConfig(temperature=0, max_new_tokens=10, ignore_eos=True)
+    got = list(served.engine.submit(prompt, cfg))
+    served.shutdown()
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert_same_events(got, list(stream(model, tok, prompt, cfg)), exact_logprobs=True)
