@@ -16,15 +16,18 @@ Where the speed comes from on CPU, where batch-1 decode streams every weight onc
 - the math attention (fused by inductor) instead of the CPU flash kernel, which is 7x slower for one bf16 query.
 
 Costs: the first batch-1 call and the first batched call each compile (15-60 s for GPT-2 124M on 2 cores). The
-compiled graphs hold their own frozen weights (memory, until torch._dynamo.reset()) and do not see later changes
-to the model's weights: call prepare_for_decode again after training or loading weights. Each call of
-prepare_for_decode compiles afresh, and torch's recompile limit (torch._dynamo.config.recompile_limit, 8) bounds
-the graphs one process makes, past which the step runs uncompiled (same tokens, slower).
+compiled graphs hold their own frozen weights and do not see later changes to the model's weights: call
+prepare_for_decode again after training or loading weights. Each call compiles afresh, into a step with its own
+copy of the step's code, so torch's recompile limit (torch._dynamo.config.recompile_limit, 8) applies to each
+step alone. Memory: torch keeps the modules it compiled, and their frozen weights, loaded for the life of the
+process, even after the model and its step are gone (torch._dynamo.reset() does not free them): a process that
+prepares model after model (a server reloading with --compile) grows by one copy of the weights each time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import types
 import weakref
 
 import torch
@@ -91,7 +94,10 @@ class DecodeStep:
         self._model = weakref.ref(model)  # the registry is keyed weakly by the model: hold no strong reference
         self.compiled = compile
         self._ones: torch.Tensor | None = None
-        self._fn = torch.compile(_step, mode=None if mode == "default" else mode, fullgraph=True) if compile else _step
+        # The step's own copy of _step's code: dynamo keeps compiled graphs (with their frozen weights) and counts
+        # recompilations per code object, so each model's step has its own recompile limit and its graphs go with it.
+        fn = types.FunctionType(_step.__code__.replace(), _step.__globals__, _step.__name__)
+        self._fn = torch.compile(fn, mode=None if mode == "default" else mode, fullgraph=True) if compile else _step
         if compile and RowLinear.realize is None:
             RowLinear.realize = _inductor_realize()
 

@@ -99,6 +99,17 @@ def test_compiled_step_equals_plain():
     assert after == _ids(plain, PROMPTS[:1], temperature=0.0) and after != before
 
 
+@pytest.mark.slow
+def test_each_prepared_model_has_its_own_recompile_limit():
+    """dynamo counts recompilations (and keeps graphs) per code object: each step compiles its own copy of the
+    step's code, so models prepared one after another (a server's reloads) never exhaust torch's recompile limit
+    together (with fullgraph=True that is an error, not a fallback)."""
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for seed in (1, 2, 3):
+            fast = prepare_for_decode(tiny_lm(seed=seed))
+            assert _ids(fast, PROMPTS[:1], temperature=0.0) == _ids(tiny_lm(seed=seed), PROMPTS[:1], temperature=0.0)
+
+
 def test_per_row_positions_equal_plain_model():
     """A server's rows sit at different cache columns: the step takes a (R,) input_pos like DecoderLM.forward."""
     plain, fast = _pair(compile=False)
