@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_queue < 0:
         raise UserError(f"--max-queue {args.max_queue}: must be >= 0")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if args.compile:
+        print("neurallayers serve: compiling the decode step before serving (15-60 s)", file=sys.stderr, flush=True)
     app = create_app(args.path, model_name=args.model_name, api_key=api_key,
                      max_concurrency=args.max_concurrency, max_queue=args.max_queue, cors_origins=args.cors_origin,
                      model_root=args.model_root, shutdown_timeout=args.shutdown_timeout, device=args.device,
