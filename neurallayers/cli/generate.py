@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", help="a smaller model (run dir / HF folder) for speculative decoding")
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast): 15-60 s to start, "
-                        "then 2-3x the tokens/s of a CPU batch; pays off for long outputs (greedy and sampling)")
+                        "then 1.5-3x the tokens/s on CPU; pays off for long outputs (greedy and sampling)")
     add_device_dtype(parser)
     add_sampling_arguments(parser)
 

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; None: cpu")
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast) before serving: "
-                        "15-60 s to start, then 2-3x the decode tokens/s on CPU")
+                        "15-60 s to start, then 1.3-2x the decode tokens/s on CPU")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds to let requests in flight finish after SIGTERM")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
