@@ -94,10 +94,12 @@ class DecodeStep:
         self._model = weakref.ref(model)  # the registry is keyed weakly by the model: hold no strong reference
         self.compiled = compile
         self._ones: torch.Tensor | None = None
-        # The step's own copy of _step's code: dynamo keeps compiled graphs (with their frozen weights) and counts
-        # recompilations per code object, so each model's step has its own recompile limit and its graphs go with it.
-        fn = types.FunctionType(_step.__code__.replace(), _step.__globals__, _step.__name__)
-        self._fn = torch.compile(fn, mode=None if mode == "default" else mode, fullgraph=True) if compile else _step
+        self._fn = _step
+        if compile:
+            # The step's own copy of _step's code: dynamo keeps compiled graphs and counts recompilations per code
+            # object, so each model's step has its own recompile limit (past it, fullgraph=True raises).
+            own = types.FunctionType(_step.__code__.replace(), _step.__globals__, _step.__name__)
+            self._fn = torch.compile(own, mode=None if mode == "default" else mode, fullgraph=True)
         if compile and RowLinear.realize is None:
             RowLinear.realize = _inductor_realize()
 

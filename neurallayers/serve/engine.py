@@ -26,6 +26,7 @@ invariant kernels; one row at a time (max_batch=1) is bitwise equal, at one-row 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import deque
@@ -34,6 +35,8 @@ import torch
 from torch import nn
 
 from neurallayers.generation.config import GenerationConfig, StreamEvent
+from neurallayers.generation.fast import decode_step_for
+from neurallayers.generation.generate import forward_step
 from neurallayers.serve._engine_request import Request, _Sequence
 
 PREFILL_TOKENS = 512  # padded prompt tokens prefilled between two decode steps (at least one request): bounds the stall
@@ -83,9 +86,8 @@ class Engine:
         self.max_batch, self.max_queue, self.max_len = max_batch, max_queue, max_len
         self._eos_ids = [] if eos is None else [eos]
         self._device = next(model.parameters()).device
-        from neurallayers.generation.fast import decode_step_for
-
         self._fast = decode_step_for(model)  # a compiled one-token step, if prepare_for_decode registered one
+        self._step = self._fast or functools.partial(forward_step, model)  # as generate() picks its step
         # Inference tensors, as the engine thread makes; and with the fast step one spare row, so that the rows of
         # every batch are a strided view alike (the full, contiguous cache would be another graph).
         with torch.inference_mode():
@@ -324,11 +326,8 @@ class Engine:
         pos = seqs[0].pos if b == 1 else torch.tensor([s.pos for s in seqs], dtype=torch.long, device=self._device)
         t0 = time.perf_counter()
         try:
-            cache = self._cache.rows(0, b)
-            if self._fast is not None:
-                logits = self._fast(tok, cache=cache, input_pos=pos)  # (B, V) float32
-            else:
-                logits = self.model(tok, cache=cache, input_pos=pos).logits[:, -1].float()  # (B, V)
+            logits = self._step(tok, cache=self._cache.rows(0, b), input_pos=pos, position_ids=None,
+                                attention_mask=None)  # (B, V) float32
             plain = [s.plain_greedy for s in seqs]
             argmax = logits.argmax(dim=-1).tolist() if any(plain) else None
             done = []

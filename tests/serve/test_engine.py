@@ -8,17 +8,21 @@ prefills and decode steps (who joins when) is fixed, not left to thread timing.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import threading
 import time
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from neurallayers.config import ModelConfig
 from neurallayers.generation import GenerationConfig, stream
+from neurallayers.generation.fast import decode_step_for, prepare_for_decode
 from neurallayers.models.decoder import DecoderLM
 from neurallayers.serve.engine import Engine, EngineClosed, EngineFull
+from neurallayers.serve.state import Limits, build_served
 
 TEXT = "héllo wörld 🙂 naïve café 🎉 日本語 ok. ünïcödé 🚀 fin ∑ done. "
 LOGPROB_TOL = 1e-5  # batched fp32 logits differ from one-row logits in the last bits (see engine.py)
@@ -413,12 +417,6 @@ def test_a_compiled_decode_step_serves_the_same_events(tok) -> None:
     """With generation.fast's compiled step registered, warm_up() compiles it for the engine's cache, and serving
     compiles nothing more, however the batch grows and shrinks; each request's events equal stream()'s with that
     step (a lone request's to the bit)."""
-    import copy
-
-    from torch._dynamo.utils import counters
-
-    from neurallayers.generation.fast import prepare_for_decode
-
     model = prepare_for_decode(copy.deepcopy(trained_lm("llama")))
     prompts = [tok.encode(p) for p in ["héllo", "wörld 🙂 na", "日本", "ok. ünï", "fin ∑"]]
     cfgs = [GenerationConfig(temperature=0, max_new_tokens=12 + 3 * i, logprobs=2, ignore_eos=True)
@@ -441,13 +439,6 @@ def test_a_compiled_decode_step_serves_the_same_events(tok) -> None:
 
 def test_a_server_built_with_compile_decodes_through_the_warmed_step(tok) -> None:
     """Limits(compile=True) (`neurallayers serve --compile`): the model gets the fast step, compiled before serving."""
-    import copy
-
-    from torch._dynamo.utils import counters
-
-    from neurallayers.generation.fast import decode_step_for
-    from neurallayers.serve.state import Limits, build_served
-
     model = copy.deepcopy(trained_lm("gpt2"))
     served = build_served(model, tok, "m", Limits(max_batch=2, compile=True))
     assert decode_step_for(model) is not None
