@@ -78,8 +78,12 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
     cfg = run.train
     info = dist.init_distributed(cfg.distributed, resolve_device(cfg.device).type)
     try:
-        return _Fit(run, Path(out_dir), info, resume=resume, loggers=loggers, progress=progress,
-                    until_step=until_step).run()
+        result = _Fit(run, Path(out_dir), info, resume=resume, loggers=loggers, progress=progress,
+                      until_step=until_step).run()
+        # Rank 0 may still be writing samples and the plot; a rank that left first and tore down its side of
+        # gloo sometimes aborted at exit (SIGABRT), and torchrun then killed rank 0 mid-write.
+        dist.barrier(info)
+        return result
     finally:
         dist.cleanup(info)
 
