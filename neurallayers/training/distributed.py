@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -143,6 +144,19 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def finish(info: DistInfo) -> None:
+    """Every rank done (rank 0 may still be writing samples and the plot), then a moment for gloo's workers.
+
+    A gloo worker thread frees a finished collective's tensors after the caller has already been told it is
+    done, and freeing them takes the GIL. If that lands in interpreter shutdown the thread is unwound and the
+    process aborts ("terminate called without an active exception", SIGABRT; torchrun then kills the other
+    ranks) -- seen about once in 20 two-process runs. Sleeping releases the GIL so the workers finish first.
+    """
+    if info.enabled:
+        dist.barrier()
+        time.sleep(0.1)
 
 
 def cleanup(info: DistInfo) -> None:

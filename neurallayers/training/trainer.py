@@ -80,9 +80,7 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
     try:
         result = _Fit(run, Path(out_dir), info, resume=resume, loggers=loggers, progress=progress,
                       until_step=until_step).run()
-        # Rank 0 may still be writing samples and the plot; a rank that left first and tore down its side of
-        # gloo sometimes aborted at exit (SIGABRT), and torchrun then killed rank 0 mid-write.
-        dist.barrier(info)
+        dist.finish(info)
         return result
     finally:
         dist.cleanup(info)
