@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from nl_ui_helpers import free_port
+from nl_ui_helpers import running_playground
 
 from neurallayers.config import ModelConfig
 from neurallayers.data.tokenizers import Tokenizer
@@ -28,11 +28,5 @@ def tiny():
 @pytest.fixture(scope="session")
 def playground(tiny):
     """The URL of the running app (closed at the end of the session)."""
-    pytest.importorskip("gradio", reason="the web playground needs the ui extra (gradio)")
-    from neurallayers.ui import build_app, launch
-
-    model, tok = tiny
-    app = build_app(model, tok, name="tiny")
-    url = launch(app, port=free_port(), block=False, quiet=True)
-    yield url
-    app.close()
+    with running_playground(*tiny) as url:
+        yield url

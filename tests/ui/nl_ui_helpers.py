@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
+
+import pytest
 
 
 def free_port() -> int:
@@ -10,3 +14,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_playground(model, tokenizer) -> Iterator[str]:
+    """The playground over `model` on a free 127.0.0.1 port: its URL, until the block ends (then closed)."""
+    pytest.importorskip("gradio", reason="the web playground needs the ui extra (gradio)")
+    from neurallayers.ui import build_app, launch
+
+    app = build_app(model, tokenizer, name="tiny")
+    try:
+        yield launch(app, port=free_port(), block=False, quiet=True)
+    finally:
+        app.close()

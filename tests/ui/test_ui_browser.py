@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from nl_ui_helpers import free_port
+from nl_ui_helpers import running_playground
 
 from neurallayers.models.decoder import DecoderLM
 
@@ -54,17 +54,12 @@ class PacedLM(DecoderLM):
 @pytest.fixture(scope="module")
 def playground(tiny):
     """The playground over the paced tiny model (its own server, closed with the module)."""
-    pytest.importorskip("gradio", reason="the web playground needs the ui extra (gradio)")
-    from neurallayers.ui import build_app, launch
-
     model, tok = tiny
     paced = PacedLM(model.config).eval()
     with torch.no_grad():
         paced.load_state_dict(model.state_dict())
-    app = build_app(paced, tok, name="tiny")
-    url = launch(app, port=free_port(), block=False, quiet=True)
-    yield url
-    app.close()
+    with running_playground(paced, tok) as url:
+        yield url
 
 
 def test_type_generate_and_see_the_text_stream_in(browser, playground, tmp_path):
