@@ -40,6 +40,21 @@ def test_chunked_prefill_equals_full_forward(name):
     torch.testing.assert_close(last, net(ids[:, -3:]).logits[:, -1:], atol=ATOL, rtol=0)
 
 
+@torch.no_grad()
+def test_logits_to_keep_feeds_the_lm_head_a_dense_tensor():
+    """The kept rows reach lm_head as their own dense tensor, not a strided slice of every position: on CPU a bf16
+    linear over such a slice copies the whole weight first (~100 ms a GPT-2 prefill; benchmarks/decode.py)."""
+    net = model(CACHED[0])
+    seen = []
+    handle = net.lm_head.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    try:
+        net(random_ids(2, 9, seed=8), logits_to_keep=2)
+    finally:
+        handle.remove()
+    (x,) = seen
+    assert x.shape[:2] == (2, 2) and x.stride() == (2 * x.shape[-1], x.shape[-1], 1)
+
+
 @pytest.mark.parametrize("name", CACHED)
 @torch.no_grad()
 def test_per_row_positions_equal_shared_positions(name):
