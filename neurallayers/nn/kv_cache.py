@@ -10,7 +10,7 @@ class KVCache:
 
     Rows are independent sequences; each row's tokens live at the positions the caller writes them to.
     `rows(start, stop)` gives a view on a range of rows (writes go through), which lets a server prefill one
-    request into its slot of a shared batch cache.
+    request into its slot of a shared batch cache; `window(length)` a view on the first positions.
 
     `static=True` keeps shapes fixed for a compiled decode step: a write at tensor positions then returns all
     max_len positions (unwritten ones included) without reading the positions back to the host, and the model
@@ -35,7 +35,16 @@ class KVCache:
         return self.k.shape[3]  # read from the tensor, so a compiled step can leave the length dynamic
 
     def rows(self, start: int, stop: int) -> KVCache:
-        k, v = self.k[:, start:stop], self.v[:, start:stop]
+        return self._view(self.k[:, start:stop], self.v[:, start:stop])
+
+    def window(self, length: int) -> KVCache:
+        """A view on the first `length` positions of every row (writes go through): a compiled decode step reads
+        only the columns in use, not the whole preallocated length."""
+        if not 1 <= length <= self.max_len:
+            raise ValueError(f"window length {length} must be in [1, {self.max_len}] (the cache's positions)")
+        return self._view(self.k[:, :, :, :length], self.v[:, :, :, :length])
+
+    def _view(self, k: torch.Tensor, v: torch.Tensor) -> KVCache:
         n_layer, b, h, length, d = k.shape
         return KVCache(n_layer=n_layer, batch_size=b, n_kv_head=h, max_len=length, head_dim=d, static=self.static,
                        _tensors=(k, v))

@@ -126,7 +126,8 @@ class Engine:
             for rows in (1, 2) if self.max_batch > 1 else (1,):
                 tok = torch.zeros(rows, 1, dtype=torch.long, device=self._device)
                 pos = 0 if rows == 1 else torch.zeros(rows, dtype=torch.long, device=self._device)
-                self._fast(tok, cache=self._cache.rows(0, rows), input_pos=pos)  # the rows' prefill overwrites it
+                # the rows' prefill overwrites what this writes; attend=1: a window, as every decode step reads
+                self._fast(tok, cache=self._cache.rows(0, rows), input_pos=pos, attend=1)
 
     def submit(self, prompt_ids: list[int], config: GenerationConfig) -> Request:
         """Queue a request; its events stream as soon as it is prefilled.
@@ -326,8 +327,10 @@ class Engine:
         pos = seqs[0].pos if b == 1 else torch.tensor([s.pos for s in seqs], dtype=torch.long, device=self._device)
         t0 = time.perf_counter()
         try:
+            # The fast step reads only the cache columns in use (a window up to the longest row), not all max_len.
+            window = {} if self._fast is None else {"attend": max(s.pos for s in seqs) + 1}
             logits = self._step(tok, cache=self._cache.rows(0, b), input_pos=pos, position_ids=None,
-                                attention_mask=None)  # (B, V) float32
+                                attention_mask=None, **window)  # (B, V) float32
             plain = [s.plain_greedy for s in seqs]
             argmax = logits.argmax(dim=-1).tolist() if any(plain) else None
             done = []

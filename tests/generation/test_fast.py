@@ -8,6 +8,7 @@ import gc
 import pytest
 import torch
 from nl_gen_helpers import tiny_lm, unicode_tokenizer
+from torch._dynamo.utils import counters
 
 from neurallayers.generation import GenerationConfig, generate_ids, stream
 from neurallayers.generation.fast import decode_step_for, prepare_for_decode, release
@@ -128,7 +129,7 @@ def test_per_row_positions_equal_plain_model():
 def test_new_cache_is_static():
     _, fast = _pair(compile=False)
     cache = decode_step_for(fast).new_cache(2, 17)
-    assert cache.static and cache.max_len == 17 and cache.batch_size == 2
+    assert cache.static and cache.max_len == 18 and cache.batch_size == 2  # a spare position: see new_cache
 
 
 def test_release_and_weak_registry():
@@ -164,3 +165,39 @@ def test_bad_arguments(kwargs, match):
 def test_not_a_decoder():
     with pytest.raises(ValueError, match="DecoderLM"):
         prepare_for_decode(torch.nn.Linear(2, 2))
+
+
+def test_step_reads_a_window_of_the_cache():
+    """The step reads the cache's first columns only (every column any row may see, rounded up to 16), through a
+    view that writes go through; a window too short for a row's position fails instead of dropping the write."""
+    _, fast = _pair(compile=False)
+    step = decode_step_for(fast)
+    cache = step.new_cache(2, 40)
+    window = cache.window(16)
+    assert window.max_len == 16 and window.k.data_ptr() == cache.k.data_ptr()
+    window.k[0, 0, 0, 3] = 7.0
+    assert cache.k[0, 0, 0, 3, 0] == 7.0
+    for bad in (0, 42):
+        with pytest.raises(ValueError, match="window length"):
+            cache.window(bad)
+    tok, pos = torch.tensor([[1], [2]]), torch.tensor([3, 20])
+    with torch.inference_mode():
+        step(tok, cache=cache, input_pos=pos, attend=21)  # a window of 32 columns holds both rows' positions
+        with pytest.raises((IndexError, RuntimeError)):
+            step(tok, cache=cache, input_pos=pos, attend=4)  # row 1 writes at column 20, past a 16-column window
+        for bad in (0, 42, 2.5, True):
+            with pytest.raises(ValueError, match="attend"):
+                step(tok, cache=cache, input_pos=pos, attend=bad)
+
+
+@pytest.mark.slow
+def test_compiled_step_compiles_once_across_windows():
+    """A long generation crosses several window lengths (16, 32, 48, ...) and a padded batch reads its mask through
+    the same windows: one graph for batch 1 and one for the batch, compiled once each, tokens as the plain path's."""
+    plain, fast = _pair(compile=True)
+    graphs = counters["stats"]["unique_graphs"]
+    for prompts in (PROMPTS[:1], PROMPTS):
+        cfg = GenerationConfig(max_new_tokens=45, ignore_eos=True, temperature=0.0)
+        got, want = (generate_ids(m, prompts, cfg, eos_ids=[]) for m in (fast, plain))
+        assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    assert counters["stats"]["unique_graphs"] - graphs == 2
