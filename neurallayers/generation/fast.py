@@ -134,8 +134,12 @@ class DecodeStep:
         reads only those, rounded up."""
         if not cache.static:
             raise ValueError("the fast decode step needs a static cache from DecodeStep.new_cache")
-        if attend is None:
-            attend = input_pos + 1 if isinstance(input_pos, int) else cache.max_len
+        if attend is None and isinstance(input_pos, int):
+            if not 0 <= input_pos < cache.max_len:
+                raise ValueError(f"input_pos={input_pos}: the cache holds positions 0..{cache.max_len - 1}")
+            attend = input_pos + 1
+        elif attend is None:
+            attend = cache.max_len
         if isinstance(attend, bool) or not isinstance(attend, int) or not 1 <= attend <= cache.max_len:
             raise ValueError(f"attend={attend!r}: must be an int in [1, {cache.max_len}] (the cache's positions)")
         length = _window(attend, cache.max_len)

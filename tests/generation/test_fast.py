@@ -188,6 +188,8 @@ def test_step_reads_a_window_of_the_cache():
         for bad in (0, 42, 2.5, True):
             with pytest.raises(ValueError, match="attend"):
                 step(tok, cache=cache, input_pos=pos, attend=bad)
+        with pytest.raises(ValueError, match="input_pos=41"):
+            step(tok[:1], cache=cache, input_pos=41)  # 40 positions and the spare one: 0..40
 
 
 @pytest.mark.slow
