@@ -20,7 +20,7 @@ def cli(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subpro
                           cwd=cwd, input=stdin, timeout=300)
 
 
-def user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -96,11 +96,11 @@ def test_resume_continues(run_dir: Path):
     (["eval", "no/such/run"], ["no/such/run"]),
 ])
 def test_user_mistakes_are_one_line(args: list[str], needles: list[str], tmp_path: Path):
-    user_error(cli(*args, cwd=tmp_path), *needles)
+    assert_user_error(cli(*args, cwd=tmp_path), *needles)
 
 
 def test_generate_bad_sampling_value(run_dir: Path):
-    user_error(cli("generate", str(run_dir), "hi", "--top-p", "1.5"), "top_p")
+    assert_user_error(cli("generate", str(run_dir), "hi", "--top-p", "1.5"), "top_p")
 
 
 def test_generate_with_a_compiled_step_prints_the_same_text(run_dir: Path):
@@ -109,4 +109,4 @@ def test_generate_with_a_compiled_step_prints_the_same_text(run_dir: Path):
     compiled = cli("generate", str(run_dir), *args, "--compile")
     assert compiled.returncode == 0, compiled.stderr
     assert compiled.stdout == plain.stdout
-    user_error(cli("generate", str(run_dir), "hi", "--compile", "--num-beams", "2"), "--compile")
+    assert_user_error(cli("generate", str(run_dir), "hi", "--compile", "--num-beams", "2"), "--compile")

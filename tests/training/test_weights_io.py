@@ -24,7 +24,7 @@ def _raw(path, header: dict | bytes, data: bytes = b"", *, claimed: int | None =
     return path
 
 
-def _refused_cheaply(path, needle):
+def _assert_refused_cheaply(path, needle):
     """Refused with a message naming the file, without first reading what the header claims (up to 2^62 bytes)."""
     tracemalloc.start()
     try:
@@ -39,20 +39,20 @@ def _refused_cheaply(path, needle):
 
 
 def test_huge_header_length_refused(tmp_path):
-    _refused_cheaply(_raw(tmp_path / "huge.safetensors", {}, claimed=2**62), "over the")
+    _assert_refused_cheaply(_raw(tmp_path / "huge.safetensors", {}, claimed=2**62), "over the")
 
 
 def test_header_past_end_refused(tmp_path):
-    _refused_cheaply(_raw(tmp_path / "past.safetensors", b"{}", claimed=5000), "past the end")
+    _assert_refused_cheaply(_raw(tmp_path / "past.safetensors", b"{}", claimed=5000), "past the end")
 
 
 def test_bad_json_refused(tmp_path):
-    _refused_cheaply(_raw(tmp_path / "bad.safetensors", b"{not json"), "not valid JSON")
+    _assert_refused_cheaply(_raw(tmp_path / "bad.safetensors", b"{not json"), "not valid JSON")
 
 
 def test_unknown_dtype_refused(tmp_path):
     hdr = {"w": {"dtype": "F17", "shape": [2], "data_offsets": [0, 8]}}
-    _refused_cheaply(_raw(tmp_path / "dtype.safetensors", hdr, b"\0" * 8), "unknown dtype 'F17'")
+    _assert_refused_cheaply(_raw(tmp_path / "dtype.safetensors", hdr, b"\0" * 8), "unknown dtype 'F17'")
 
 
 def test_truncated_data_refused(tmp_path):
@@ -60,17 +60,17 @@ def test_truncated_data_refused(tmp_path):
     save_file({"w": torch.randn(64, 64)}, str(path))
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) - 100])
-    _refused_cheaply(path, "truncated")
+    _assert_refused_cheaply(path, "truncated")
 
 
 def test_offsets_inconsistent_with_shape_refused(tmp_path):
     hdr = {"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 16]}}
-    _refused_cheaply(_raw(tmp_path / "shape.safetensors", hdr, b"\0" * 16), "needs 64")
+    _assert_refused_cheaply(_raw(tmp_path / "shape.safetensors", hdr, b"\0" * 16), "needs 64")
 
 
 def test_tiny_file_refused(tmp_path):
     (tmp_path / "t.safetensors").write_bytes(b"\x01\x02")
-    _refused_cheaply(tmp_path / "t.safetensors", "shorter than")
+    _assert_refused_cheaply(tmp_path / "t.safetensors", "shorter than")
 
 
 def test_tied_weights_saved_once_and_restored(tmp_path):
