@@ -39,6 +39,7 @@ from torch import nn
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from neurallayers.generation import rowdot
 from neurallayers.nn.kv_cache import KVCache
 
 MODES = ("default", "max-autotune-no-cudagraphs")
@@ -63,17 +64,22 @@ class RowLinear(nn.Linear):
     7.8 ms with oneDNN). Eager calls, batches and other devices use nn.Linear's own forward."""
 
     realize = None  # set by the first compiled DecodeStep (_inductor_realize)
+    kernel_dtypes: tuple[torch.dtype, ...] = ()  # weight dtypes rowdot runs here, set by compiled DecodeSteps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         if not (torch.compiler.is_compiling() and w.device.type == "cpu"
                 and statically_known_true(x.numel() == x.shape[-1])):  # one row, and not a dynamic batch
             return F.linear(x, w, self.bias)
-        # x.float() * w, not x.float() * w.float(): freezing would fold w.float() into a float32 copy of the weight.
-        xf = x.float()
-        if self.realize is not None:  # store x once; inlined, its producer (a layer norm) is recomputed per row
-            xf = self.realize(xf, xf.stride())
-        y = (xf.unsqueeze(-2) * w).sum(-1)  # (..., 1, in) * (out, in) -> (..., out)
+        if w.dtype in self.kernel_dtypes and x.dtype == w.dtype:
+            # The prefetching kernel (rowdot.cpp): 1.03x a plain read of the weight in fp32, 0.98x in bf16.
+            y = torch.ops.neurallayers.rowdot(x.reshape(-1), w).view(*x.shape[:-1], w.shape[0])
+        else:
+            # x.float() * w, not x.float() * w.float(): freezing would fold w.float() into a float32 copy of w.
+            xf = x.float()
+            if self.realize is not None:  # store x once; inlined, its producer (a layer norm) is recomputed per row
+                xf = self.realize(xf, xf.stride())
+            y = (xf.unsqueeze(-2) * w).sum(-1)  # (..., 1, in) * (out, in) -> (..., out)
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype)
@@ -110,6 +116,8 @@ class DecodeStep:
             self._fn = torch.compile(own, options=options, fullgraph=True)
         if compile and RowLinear.realize is None:
             RowLinear.realize = _inductor_realize()
+        if compile and not RowLinear.kernel_dtypes:
+            RowLinear.kernel_dtypes = rowdot.dtypes()  # builds the kernel on this machine's first compiled step
 
     @property
     def model(self) -> nn.Module:
