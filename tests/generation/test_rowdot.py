@@ -1,0 +1,91 @@
+"""generation.rowdot: the batch-1 GEMV kernel equals F.linear, the compiled step calls it, a failed build warns."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from nl_gen_helpers import tiny_lm
+
+from neurallayers.generation import rowdot
+from neurallayers.generation.fast import decode_step_for, prepare_for_decode
+
+DTYPES = rowdot.dtypes()
+
+
+def _needs(dtype: torch.dtype):
+    if dtype not in DTYPES:
+        pytest.skip(f"rowdot does not run {dtype} on this CPU (needs x86-64 with AVX-512, and AVX-512 BF16 for bf16)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("out_features, in_features", [(1, 1), (5, 7), (33, 100), (2304, 768), (768, 3072), (9, 95)])
+def test_rowdot_equals_linear(dtype, out_features, in_features):
+    """Every row length: whole 32/64-value blocks, the masked tail, and shorter than one block; every row count."""
+    _needs(dtype)
+    torch.manual_seed(out_features + in_features)
+    w = torch.randn(out_features, in_features).to(dtype)
+    x = torch.randn(in_features).to(dtype)
+    got = torch.ops.neurallayers.rowdot(x, w)
+    assert got.dtype == torch.float32 and got.shape == (out_features,)
+    want = F.linear(x.double(), w.double())  # bf16 x bf16 products are exact in float32: only the sums round
+    torch.testing.assert_close(got.double(), want, atol=1e-4 * in_features ** 0.5, rtol=1e-5)
+
+
+def test_rowdot_refuses_bad_input():
+    _needs(torch.float32)
+    w = torch.randn(4, 8)
+    for x, match in ((torch.randn(7), "7 values"), (torch.randn(8).double(), "differ in dtype"),
+                     (torch.randn(16)[::2], "contiguous")):
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.neurallayers.rowdot(x, w)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        torch.ops.neurallayers.rowdot(torch.ones(8, dtype=torch.float16), w.half())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_batch1_step_calls_rowdot(dtype):
+    """The batch-1 graph runs every linear layer (the tied output layer too) through the kernel, and its logits
+    equal the plain model's."""
+    _needs(dtype)
+    from torch._inductor.utils import run_and_get_code
+
+    plain, fast = tiny_lm(seed=4), prepare_for_decode(tiny_lm(seed=4), dtype=dtype)
+    plain.to(dtype)
+    step = decode_step_for(fast)
+    prompt, tok = torch.tensor([[5, 9, 2]]), torch.tensor([[7]])
+    with torch.inference_mode():
+        caches = plain.new_cache(1, 8), step.new_cache(1, 8)
+        for model, cache in zip((plain, fast), caches, strict=True):
+            model(prompt, cache=cache, logits_to_keep=1)
+        want = plain(tok, cache=caches[0], input_pos=3).logits[:, -1].float()
+        got, code = run_and_get_code(lambda: step(tok, cache=caches[1], input_pos=3))
+    linears = sum(isinstance(m, torch.nn.Linear) for m in fast.modules())  # 4 a block and the output layer
+    assert "".join(code).count("torch.ops.neurallayers.rowdot.default(") == linears
+    tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16: the plain path rounds each product's sum to bf16 first
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+def test_failed_build_names_the_compiler(tmp_path, monkeypatch):
+    """A compiler that fails leaves no library behind and raises with the compiler's name; dtypes() then turns that
+    into a warning and the step falls back to inductor's multiply-sum."""
+    monkeypatch.setenv("NEURALLAYERS_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="false failed"):
+        rowdot._build("false")
+    assert list((tmp_path / "kernels").iterdir()) == []
+
+
+def test_unbuildable_kernel_falls_back_with_a_warning(monkeypatch):
+    def fail(cxx):
+        raise RuntimeError(f"{cxx} failed: no such header")
+
+    monkeypatch.setattr(rowdot, "_build", fail)
+    with pytest.warns(UserWarning, match="could not be built, so decode uses inductor's"):
+        assert rowdot._load.__wrapped__() == 0  # the uncached body: what a process without the kernel sees
+    monkeypatch.setenv("NEURALLAYERS_ROWDOT", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rowdot._load.__wrapped__() == 0  # switched off: no build, so no warning
