@@ -89,3 +89,32 @@ def test_unbuildable_kernel_falls_back_with_a_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert rowdot._load.__wrapped__() == 0  # switched off: no build, so no warning
+
+
+def test_eager_batch1_step_uses_rowdot_and_batches_do_not():
+    """compile=False: one row goes through the kernel, a batch through F.linear; both equal the plain model."""
+    _needs(torch.float32)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    plain, fast = tiny_lm(seed=6), prepare_for_decode(tiny_lm(seed=6), compile=False)
+    step = decode_step_for(fast)
+    with torch.inference_mode():
+        for rows in (1, 2):
+            prompt, tok = torch.tensor([[5, 9, 2]] * rows), torch.tensor([[7]] * rows)
+            caches = plain.new_cache(rows, 8), step.new_cache(rows, 8)
+            for model, cache in zip((plain, fast), caches, strict=True):
+                model(prompt, cache=cache, logits_to_keep=1)
+            want = plain(tok, cache=caches[0], input_pos=3).logits[:, -1].float()
+            with Ops() as ops:
+                got = step(tok, cache=caches[1], input_pos=3)
+            assert ops.seen.count("neurallayers.rowdot.default") == (9 if rows == 1 else 0)  # 4 a block, the head
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
