@@ -182,8 +182,12 @@ def main() -> None:
     args = p.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     gen = torch.Generator().manual_seed(1)
+    from neurallayers.generation import rowdot
+
+    kernel = ", ".join(str(d).removeprefix("torch.") for d in rowdot.dtypes()) or "none (inductor's loop)"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY "
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, GPT-2 124M random weights, greedy\n", flush=True)
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, GPT-2 124M random weights, greedy, batch-1 rowdot kernel: "
+          f"{kernel}\n", flush=True)
 
     models = {name: build(DTYPES[name], seed=0) for name in args.dtypes.split(",")}
     wbytes = {name: weight_bytes(m[2]) for name, m in models.items()}
