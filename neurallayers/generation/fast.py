@@ -76,9 +76,9 @@ class RowLinear(nn.Linear):
         w = self.weight
         if not (w.device.type == "cpu" and statically_known_true(x.numel() == x.shape[-1])):
             return F.linear(x, w, self.bias)  # a batch (or a dynamic batch dimension), or not a CPU
-        if (w.dtype in self.kernel_dtypes and x.dtype == w.dtype
+        if (w.dtype in self.kernel_dtypes and x.dtype == w.dtype and w.is_contiguous()
                 and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):  # rowdot has no backward
-            y = torch.ops.neurallayers.rowdot(x.reshape(-1), w).view(*x.shape[:-1], w.shape[0])
+            y = torch.ops.neurallayers.rowdot(x.reshape(-1).contiguous(), w).view(*x.shape[:-1], w.shape[0])
         elif torch.compiler.is_compiling():
             # x.float() * w, not x.float() * w.float(): freezing would fold w.float() into a float32 copy of w.
             xf = x.float()

@@ -118,3 +118,20 @@ def test_eager_batch1_step_uses_rowdot_and_batches_do_not():
                 got = step(tok, cache=caches[1], input_pos=3)
             assert ops.seen.count("neurallayers.rowdot.default") == (9 if rows == 1 else 0)  # 4 a block, the head
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_strided_input_and_weight_and_gradients_take_a_safe_path():
+    """One row cut from a wider tensor goes through the kernel as a contiguous copy; a non-contiguous weight, or a
+    call that needs gradients, goes through F.linear (the kernel has no backward)."""
+    _needs(torch.float32)
+    from neurallayers.generation.fast import RowLinear
+
+    prepare_for_decode(tiny_lm(), compile=False)  # sets the dtypes the kernel runs
+    layer = RowLinear(8, 4)
+    x = torch.randn(1, 16)[:, ::2]
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        layer.weight = torch.nn.Parameter(torch.randn(8, 4).t())
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None
