@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,14 @@ from neurallayers.__main__ import VERBS
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40
 
 
+# Caches (token memmaps, the decode kernel) of calls without a cwd: a folder of this session, never the checkout.
+SESSION_CACHE = Path(tempfile.mkdtemp(prefix="neurallayers-cli-cache-"))
+atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)
+
+
 def cli(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NEURALLAYERS_CACHE": str(cwd or Path.cwd()) + "/.nlcache"}
+    cache = cwd / ".nlcache" if cwd is not None else SESSION_CACHE
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NEURALLAYERS_CACHE": str(cache)}
     return subprocess.run([sys.executable, "-m", "neurallayers", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, input=stdin, timeout=300)
 
