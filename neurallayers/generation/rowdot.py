@@ -1,4 +1,4 @@
-"""The batch-1 GEMV kernel of the compiled decode step (rowdot.cpp): built on first use, cached, optional.
+"""The batch-1 GEMV kernel of the fast decode step, compiled or eager (rowdot.cpp): built on first use, optional.
 
 `torch.ops.neurallayers.rowdot(x, w)` -> W x in float32, for one row x (in,) and a contiguous (out, in) weight in
 float32 or bfloat16. It reads the weight with AVX-512 and software prefetch, which inductor's own multiply-sum does not
@@ -20,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -27,11 +28,13 @@ import torch
 
 SOURCE = Path(__file__).with_name("rowdot.cpp")
 _DTYPE_BITS = {torch.float32: 1, torch.bfloat16: 2}
+_LOCK = threading.Lock()  # one build and one registration per process, even when two threads prepare models at once
 
 
 def dtypes() -> tuple[torch.dtype, ...]:
     """The weight dtypes rowdot runs on this machine; () where it cannot. Builds and loads it on the first call."""
-    bits = _load()
+    with _LOCK:
+        bits = _load()
     return tuple(dtype for dtype, bit in _DTYPE_BITS.items() if bits & bit)
 
 
