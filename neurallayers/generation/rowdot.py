@@ -8,7 +8,8 @@ in bf16 against inductor's 1.33x, and 1.03x against 1.14x in fp32 (benchmarks/de
 The kernel is compiled with the C++ compiler torch.compile already needs on CPU ($CXX, else c++), once per machine and
 torch version, into $NEURALLAYERS_CACHE/kernels (default ~/.cache/neurallayers/kernels), and loaded with
 torch.ops.load_library. Where it cannot be used (not x86-64, no AVX-512, no compiler, NEURALLAYERS_ROWDOT=0) the step
-falls back to inductor's multiply-sum, with a warning only when the build itself failed.
+falls back to inductor's multiply-sum when compiled and to F.linear when eager, with a warning only when the build
+itself failed.
 """
 
 from __future__ import annotations
