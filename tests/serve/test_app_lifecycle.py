@@ -149,6 +149,9 @@ def _try_new_request(url: str):
             r = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1}, timeout=10)
         except httpx.ConnectError:
             return "connection refused"
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            # A connection the listening socket accepted just before uvicorn closed it: closed unanswered (a reset).
+            return "connection refused"
         if r.status_code == 503:
             assert r.json()["error"]["code"] == "shutting_down"
             return 503
