@@ -135,3 +135,25 @@ def test_strided_input_and_weight_and_gradients_take_a_safe_path():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
     layer(x).sum().backward()
     assert layer.weight.grad is not None
+
+
+@pytest.mark.slow
+def test_compiled_step_without_the_kernel_uses_inductors_loop(monkeypatch):
+    """Where the kernel cannot run, the batch-1 graph computes each linear layer as inductor's multiply-sum, with the
+    plain model's logits (the path of CPUs without AVX-512; forced here)."""
+    from torch._inductor.utils import run_and_get_code
+
+    from neurallayers.generation.fast import RowLinear
+
+    plain, fast = tiny_lm(seed=7), prepare_for_decode(tiny_lm(seed=7))
+    monkeypatch.setattr(RowLinear, "kernel_dtypes", ())  # read when the step is traced, on its first call
+    step = decode_step_for(fast)
+    prompt, tok = torch.tensor([[5, 9, 2]]), torch.tensor([[7]])
+    with torch.inference_mode():
+        caches = plain.new_cache(1, 8), step.new_cache(1, 8)
+        for model, cache in zip((plain, fast), caches, strict=True):
+            model(prompt, cache=cache, logits_to_keep=1)
+        want = plain(tok, cache=caches[0], input_pos=3).logits[:, -1].float()
+        got, code = run_and_get_code(lambda: step(tok, cache=caches[1], input_pos=3))
+    assert code and "rowdot" not in "".join(code)  # code: the graph was compiled here, not taken from a cache
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
