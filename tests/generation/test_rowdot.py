@@ -20,6 +20,24 @@ def _needs(dtype: torch.dtype):
         pytest.skip(f"rowdot does not run {dtype} on this CPU (needs x86-64 with AVX-512, and AVX-512 BF16 for bf16)")
 
 
+def _prefilled(plain, fast, rows: int = 1):
+    """Both models prefilled with the same prompt per row: (the plain model's logits for the next token, a thunk
+    that runs the fast model's step on that token)."""
+    step = decode_step_for(fast)
+    prompt, tok = torch.tensor([[5, 9, 2]] * rows), torch.tensor([[7]] * rows)
+    with torch.inference_mode():
+        caches = plain.new_cache(rows, 8), step.new_cache(rows, 8)
+        for model, cache in zip((plain, fast), caches, strict=True):
+            model(prompt, cache=cache, logits_to_keep=1)
+        want = plain(tok, cache=caches[0], input_pos=3).logits[:, -1].float()
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return step(tok, cache=caches[1], input_pos=3)
+
+    return want, run
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("out_features, in_features", [(1, 1), (5, 7), (33, 100), (2304, 768), (768, 3072), (9, 95)])
 def test_rowdot_equals_linear(dtype, out_features, in_features):
@@ -55,14 +73,8 @@ def test_compiled_batch1_step_calls_rowdot(dtype):
 
     plain, fast = tiny_lm(seed=4), prepare_for_decode(tiny_lm(seed=4), dtype=dtype)
     plain.to(dtype)
-    step = decode_step_for(fast)
-    prompt, tok = torch.tensor([[5, 9, 2]]), torch.tensor([[7]])
-    with torch.inference_mode():
-        caches = plain.new_cache(1, 8), step.new_cache(1, 8)
-        for model, cache in zip((plain, fast), caches, strict=True):
-            model(prompt, cache=cache, logits_to_keep=1)
-        want = plain(tok, cache=caches[0], input_pos=3).logits[:, -1].float()
-        got, code = run_and_get_code(lambda: step(tok, cache=caches[1], input_pos=3))
+    want, run = _prefilled(plain, fast)
+    got, code = run_and_get_code(run)
     linears = sum(isinstance(m, torch.nn.Linear) for m in fast.modules())  # 4 a block and the output layer
     assert "".join(code).count("torch.ops.neurallayers.rowdot.default(") == linears
     tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16: the plain path rounds each product's sum to bf16 first
@@ -106,18 +118,12 @@ def test_eager_batch1_step_uses_rowdot_and_batches_do_not():
             return func(*args, **(kwargs or {}))
 
     plain, fast = tiny_lm(seed=6), prepare_for_decode(tiny_lm(seed=6), compile=False)
-    step = decode_step_for(fast)
-    with torch.inference_mode():
-        for rows in (1, 2):
-            prompt, tok = torch.tensor([[5, 9, 2]] * rows), torch.tensor([[7]] * rows)
-            caches = plain.new_cache(rows, 8), step.new_cache(rows, 8)
-            for model, cache in zip((plain, fast), caches, strict=True):
-                model(prompt, cache=cache, logits_to_keep=1)
-            want = plain(tok, cache=caches[0], input_pos=3).logits[:, -1].float()
-            with Ops() as ops:
-                got = step(tok, cache=caches[1], input_pos=3)
-            assert ops.seen.count("neurallayers.rowdot.default") == (9 if rows == 1 else 0)  # 4 a block, the head
-            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for rows in (1, 2):
+        want, run = _prefilled(plain, fast, rows)
+        with Ops() as ops:
+            got = run()
+        assert ops.seen.count("neurallayers.rowdot.default") == (9 if rows == 1 else 0)  # 4 a block, the head
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_strided_input_and_weight_and_gradients_take_a_safe_path():
@@ -147,13 +153,7 @@ def test_compiled_step_without_the_kernel_uses_inductors_loop(monkeypatch):
 
     plain, fast = tiny_lm(seed=7), prepare_for_decode(tiny_lm(seed=7))
     monkeypatch.setattr(RowLinear, "kernel_dtypes", ())  # read when the step is traced, on its first call
-    step = decode_step_for(fast)
-    prompt, tok = torch.tensor([[5, 9, 2]]), torch.tensor([[7]])
-    with torch.inference_mode():
-        caches = plain.new_cache(1, 8), step.new_cache(1, 8)
-        for model, cache in zip((plain, fast), caches, strict=True):
-            model(prompt, cache=cache, logits_to_keep=1)
-        want = plain(tok, cache=caches[0], input_pos=3).logits[:, -1].float()
-        got, code = run_and_get_code(lambda: step(tok, cache=caches[1], input_pos=3))
+    want, run = _prefilled(plain, fast)
+    got, code = run_and_get_code(run)
     assert code and "rowdot" not in "".join(code)  # code: the graph was compiled here, not taken from a cache
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
