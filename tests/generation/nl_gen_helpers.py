@@ -8,6 +8,7 @@ import os
 import torch
 
 from neurallayers.config import ModelConfig
+from neurallayers.generation.fast import decode_step_for
 from neurallayers.models.decoder import DecoderLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,3 +57,14 @@ def greedy_no_cache(model: DecoderLM, prompt: list[int], n: int) -> list[int]:
     for _ in range(n):
         ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
     return ids[len(prompt):]
+
+
+def next_logits(model, step, rows: int = 1):
+    """What `step` (a forward_step-like callable) returns for one token after a prefill of the same 6-token prompt
+    in each of `rows` rows: (rows, V) logits, or whatever a wrapped step returns (e.g. run_and_get_code's pair)."""
+    prompt = torch.tensor([[5, 9, 2, 7, 1, 3]] * rows)
+    cache = (decode_step_for(model) or model).new_cache(rows, 16)
+    with torch.inference_mode():
+        model(prompt, cache=cache, logits_to_keep=1)
+        return step(torch.tensor([[3]] * rows), cache=cache, input_pos=prompt.shape[1], position_ids=None,
+                    attention_mask=None)

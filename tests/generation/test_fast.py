@@ -7,7 +7,7 @@ import gc
 
 import pytest
 import torch
-from nl_gen_helpers import tiny_lm, unicode_tokenizer
+from nl_gen_helpers import next_logits, tiny_lm, unicode_tokenizer
 from torch._dynamo.utils import counters
 
 from neurallayers.generation import GenerationConfig, generate_ids, stream
@@ -62,24 +62,14 @@ def test_bf16_static_step_equals_plain_bf16():
     assert _ids(fast, PROMPTS, temperature=0.0) == _ids(plain, PROMPTS, temperature=0.0)
 
 
-def _next_logits(model, step) -> torch.Tensor:
-    """Logits after a prefill of PROMPTS[0] and one step with `step` (a forward_step-like callable)."""
-    prompt = torch.tensor(PROMPTS[:1])
-    cache = (decode_step_for(model) or model).new_cache(1, 16)
-    with torch.inference_mode():
-        model(prompt, cache=cache, logits_to_keep=1)
-        return step(torch.tensor([[3]]), cache=cache, input_pos=prompt.shape[1], position_ids=None,
-                    attention_mask=None)
-
-
 @pytest.mark.slow
 def test_compiled_step_equals_plain():
     """torch.compile with inductor freezing: batch 1 (its own graph, RowLinear GEMVs) and batch 3 (the graph of
     every batch > 1) give the plain path's logits and tokens, in fp32 and bf16; re-preparing after a weight change
     recompiles."""
     plain, fast = _pair(compile=True)
-    want = _next_logits(plain, functools.partial(forward_step, plain))
-    torch.testing.assert_close(_next_logits(fast, decode_step_for(fast)), want, atol=1e-5, rtol=1e-5)
+    want = next_logits(plain, functools.partial(forward_step, plain))
+    torch.testing.assert_close(next_logits(fast, decode_step_for(fast)), want, atol=1e-5, rtol=1e-5)
     for prompts in (PROMPTS[:1], PROMPTS):
         assert _ids(fast, prompts, temperature=0.0) == _ids(plain, prompts, temperature=0.0)
     sampled = {"temperature": 0.8, "seed": 5, "top_p": 0.9}
@@ -88,7 +78,7 @@ def test_compiled_step_equals_plain():
     # bf16 rounds differently from the plain bf16 path (which rounds between ops and so flips a near tie in this
     # sequence): compare with float32 instead, within bf16's precision
     _, fast16 = _pair(compile=True, dtype=torch.bfloat16)
-    torch.testing.assert_close(_next_logits(fast16, decode_step_for(fast16)), want, atol=0.1, rtol=0)
+    torch.testing.assert_close(next_logits(fast16, decode_step_for(fast16)), want, atol=0.1, rtol=0)
     assert _ids(fast16, PROMPTS[:1], temperature=0.0) == _ids(plain, PROMPTS[:1], temperature=0.0)
 
     before = _ids(fast, PROMPTS[:1], temperature=0.0)

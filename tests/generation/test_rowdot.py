@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from nl_gen_helpers import tiny_lm
+from nl_gen_helpers import next_logits, tiny_lm
 
 from neurallayers.generation import rowdot
 from neurallayers.generation.fast import decode_step_for, prepare_for_decode
+from neurallayers.generation.generate import forward_step
 
 DTYPES = rowdot.dtypes()
 
@@ -18,24 +20,6 @@ DTYPES = rowdot.dtypes()
 def _needs(dtype: torch.dtype):
     if dtype not in DTYPES:
         pytest.skip(f"rowdot does not run {dtype} on this CPU (needs x86-64 with AVX-512, and AVX-512 BF16 for bf16)")
-
-
-def _prefilled(plain, fast, rows: int = 1):
-    """Both models prefilled with the same prompt per row: (the plain model's logits for the next token, a thunk
-    that runs the fast model's step on that token)."""
-    step = decode_step_for(fast)
-    prompt, tok = torch.tensor([[5, 9, 2]] * rows), torch.tensor([[7]] * rows)
-    with torch.inference_mode():
-        caches = plain.new_cache(rows, 8), step.new_cache(rows, 8)
-        for model, cache in zip((plain, fast), caches, strict=True):
-            model(prompt, cache=cache, logits_to_keep=1)
-        want = plain(tok, cache=caches[0], input_pos=3).logits[:, -1].float()
-
-    def run() -> torch.Tensor:
-        with torch.inference_mode():
-            return step(tok, cache=caches[1], input_pos=3)
-
-    return want, run
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -73,8 +57,8 @@ def test_compiled_batch1_step_calls_rowdot(dtype):
 
     plain, fast = tiny_lm(seed=4), prepare_for_decode(tiny_lm(seed=4), dtype=dtype)
     plain.to(dtype)
-    want, run = _prefilled(plain, fast)
-    got, code = run_and_get_code(run)
+    want = next_logits(plain, functools.partial(forward_step, plain))
+    got, code = next_logits(fast, functools.partial(run_and_get_code, decode_step_for(fast)))
     linears = sum(isinstance(m, torch.nn.Linear) for m in fast.modules())  # 4 a block and the output layer
     assert "".join(code).count("torch.ops.neurallayers.rowdot.default(") == linears
     tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16: the plain path rounds each product's sum to bf16 first
@@ -121,10 +105,16 @@ def test_eager_batch1_step_uses_rowdot_and_batches_do_not():
             return func(*args, **(kwargs or {}))
 
     plain, fast = tiny_lm(seed=6), prepare_for_decode(tiny_lm(seed=6), compile=False)
+    step = decode_step_for(fast)
+
+    def recorded(ops, *args, **kwargs):  # the fast step's ops only, not the prefill's
+        with ops:
+            return step(*args, **kwargs)
+
     for rows in (1, 2):
-        want, run = _prefilled(plain, fast, rows)
-        with Ops() as ops:
-            got = run()
+        ops = Ops()
+        want = next_logits(plain, functools.partial(forward_step, plain), rows)
+        got = next_logits(fast, functools.partial(recorded, ops), rows)
         assert ops.seen.count("neurallayers.rowdot.default") == (9 if rows == 1 else 0)  # 4 a block, the head
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -156,7 +146,7 @@ def test_compiled_step_without_the_kernel_uses_inductors_loop(monkeypatch):
 
     plain, fast = tiny_lm(seed=7), prepare_for_decode(tiny_lm(seed=7))
     monkeypatch.setattr(RowLinear, "kernel_dtypes", ())  # read when the step is traced, on its first call
-    want, run = _prefilled(plain, fast)
-    got, code = run_and_get_code(run)
+    want = next_logits(plain, functools.partial(forward_step, plain))
+    got, code = next_logits(fast, functools.partial(run_and_get_code, decode_step_for(fast)))
     assert code and "rowdot" not in "".join(code)  # code: the graph was compiled here, not taken from a cache
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
