@@ -184,7 +184,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1)
     from neurallayers.generation import rowdot
 
-    kernel = ", ".join(str(d).removeprefix("torch.") for d in rowdot.dtypes()) or "none (inductor's loop)"
+    kernel = rowdot.isa() or "none (inductor's loop)"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY "
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, GPT-2 124M random weights, greedy, batch-1 rowdot kernel: "
           f"{kernel}\n", flush=True)

@@ -32,6 +32,9 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         model, tokenizer = load_hf(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
     else:
         raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
+    from neurallayers.training.runtime import warn_if_slow_bf16
+
+    warn_if_slow_bf16(dtype, device)
     return model.eval(), tokenizer
 
 

@@ -14,9 +14,9 @@ server's 1024-column fp32 cache is 75 MB a row for GPT-2 124M, more than its wei
 Where the speed comes from on CPU, where batch-1 decode streams every weight once per token:
 - inductor freezing folds the weights into the graph as constants (oneDNN-packed GEMMs for batches);
 - at batch 1, RowLinear reads each linear layer's weight in one pass at the speed of a plain read, with the rowdot
-  kernel (AVX-512 and software prefetch, built on a machine's first step) or else a multiply-sum that inductor
-  vectorizes: 1.4-2x faster than the packed GEMVs. The kernel also works eagerly, so compile=False decodes 2x
-  faster than the plain path in fp32;
+  kernel (AVX-512 or AVX2 loops, built on a machine's first step) or else a multiply-sum that inductor vectorizes:
+  1.4-2x faster than the packed GEMVs. The kernel also works eagerly, so compile=False decodes 1.6-2x faster than
+  the plain path in fp32;
 - the math attention (fused by inductor) instead of the CPU flash kernel, which is 7x slower for one bf16 query.
 
 Costs: the first batch-1 call and the first batched call each compile (15-60 s for GPT-2 124M on 2 cores). The
@@ -62,9 +62,10 @@ def _inductor_realize() -> object | None:
 class RowLinear(nn.Linear):
     """An nn.Linear that computes one row on CPU (batch-1 decode, which streams every weight once per token) with a
     faster pass over the weight than nn.Linear's packed GEMV, eagerly or under torch.compile:
-    - the rowdot kernel (rowdot.cpp), where it runs the weight's dtype: AVX-512 with software prefetch, at the speed
-      of a plain read of the weight (GPT-2 124M step on 2 cores, compiled: fp32 11.7 vs 12.8 ms, bf16 6.4 vs 7.6 ms
-      against the multiply-sum below; eager: fp32 17.4 vs 34.8 ms, bf16 11.9 vs 18.3 ms against F.linear);
+    - the rowdot kernel (rowdot.cpp), where it runs the weight's dtype: AVX-512 or AVX2 loops, at the speed of a
+      plain read of the weight (GPT-2 124M step on 2 Zen 5 cores, compiled: fp32 11.7 vs 12.8 ms, bf16 6.4 vs 7.6 ms
+      against the multiply-sum below; eager: fp32 17.4 vs 34.8 ms, bf16 11.9 vs 18.3 ms against F.linear; on 2 Zen 3
+      cores, AVX2: compiled as fast as the multiply-sum, eager fp32 31.6 vs 50.8 ms, bf16 23.8 vs 27.8 ms);
     - else, under torch.compile, a multiply-sum with float32 products and sums, which inductor makes one vectorized
       pass over the weight (fp32 16 vs 24 ms with MKL's GEMV, bf16 6.2 vs 7.8 ms with oneDNN's).
     Batches, other devices and calls that need gradients use nn.Linear's own forward."""
@@ -231,6 +232,9 @@ def prepare_for_decode(model: nn.Module, *, dtype: torch.dtype | None = None, co
         raise ValueError(f"mode={mode!r}: valid modes are {', '.join(MODES)}")
     model.eval()
     if dtype is not None:
+        from neurallayers.training.runtime import warn_if_slow_bf16
+
+        warn_if_slow_bf16(dtype, next(model.parameters()).device)
         model.to(dtype)
     for module in model.modules():
         if type(module) is nn.Linear:  # same parameters and state dict; only the compiled one-row forward differs

@@ -1,13 +1,15 @@
 """The batch-1 GEMV kernel of the fast decode step, compiled or eager (rowdot.cpp): built on first use, optional.
 
 `torch.ops.neurallayers.rowdot(x, w)` -> W x in float32, for one row x (in,) and a contiguous (out, in) weight in
-float32 or bfloat16. It reads the weight with AVX-512 and software prefetch, which inductor's own multiply-sum does not
-emit: on a 2-core AMD EPYC host, GPT-2 124M's layer weights stream at 0.98x the speed of a plain read of the same bytes
-in bf16 against inductor's 1.33x, and 1.03x against 1.14x in fp32 (benchmarks/decode.py shows the whole step).
+float32 or bfloat16. It reads the weight at the speed of a plain read of the same bytes, which neither F.linear nor,
+on every CPU, inductor's own multiply-sum does: with AVX-512 and a software prefetch (on a 2-core AMD Zen 5 host,
+GPT-2 124M's weights stream at 0.98x the time of a plain read in bf16 against inductor's 1.33x, and 1.03x against
+1.14x in fp32), or with AVX2 and FMA (on a Zen 3 host the compiled step is no faster than inductor's, but the eager
+one is 1.6x faster than F.linear in fp32). benchmarks/decode.py shows the whole step.
 
 The kernel is compiled with the C++ compiler torch.compile already needs on CPU ($CXX, else c++), once per machine and
 torch version, into $NEURALLAYERS_CACHE/kernels (default ~/.cache/neurallayers/kernels), and loaded with
-torch.ops.load_library. Where it cannot be used (not x86-64, no AVX-512, no compiler, NEURALLAYERS_ROWDOT=0) the step
+torch.ops.load_library. Where it cannot be used (not x86-64, no AVX2, no compiler, NEURALLAYERS_ROWDOT=0) the step
 falls back to inductor's multiply-sum when compiled and to F.linear when eager, with a warning only when the build
 itself failed.
 """
@@ -37,6 +39,14 @@ def dtypes() -> tuple[torch.dtype, ...]:
     with _LOCK:
         bits = _load()
     return tuple(dtype for dtype, bit in _DTYPE_BITS.items() if bits & bit)
+
+
+def isa() -> str:
+    """The instruction sets the kernel's loops use here, by dtype (e.g. "fp32 avx2, bf16 avx2"); "" where it cannot
+    run. NEURALLAYERS_ROWDOT=avx2 makes an AVX-512 machine use the AVX2 loops."""
+    with _LOCK:
+        bits = _load()
+    return str(torch.ops.neurallayers.rowdot_isa()) if bits else ""
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
 
 def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
     """True when the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16), where bf16 autocast pays:
-    about 4x the fp32 matmul rate on AMD Zen 5. Without them bf16 matmuls are emulated and no faster than fp32.
+    about 4x the fp32 matmul rate on AMD Zen 5. Without them torch's bf16 matmuls are far slower than fp32 (torch
+    2.13 on AMD Zen 3: 1 GFLOP/s against 135).
 
     torch's own probes are asked first; they can miss CPUs they were not built to know, so on Linux the kernel's
     CPU flags decide as well: `/proc/cpuinfo`, or the text `cpuinfo` when given (for tests).
@@ -49,6 +51,22 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+_WARNED_BF16: set[str] = set()
+
+
+def warn_if_slow_bf16(dtype: torch.dtype | None, device: torch.device | str | None, *, what: str = "bf16 weights",
+                      advice: str = "prompts and batches will be slow; use fp32 (batch-1 decode steps of "
+                      "prepare_for_decode still read bf16 weights at memory speed)") -> None:
+    """Warn, once a process for each `what`, about bf16 on a CPU without bf16 dot products, where every matrix
+    product runs ~100x slower than in fp32."""
+    if (dtype != torch.bfloat16 or torch.device(device or "cpu").type != "cpu" or what in _WARNED_BF16
+            or cpu_has_fast_bf16()):
+        return
+    _WARNED_BF16.add(what)
+    warnings.warn(f"{what} on a CPU without bf16 dot products (AVX512-BF16 or AMX): torch's bf16 matrix products run "
+                  f"~100x slower than fp32 here; {advice}", stacklevel=3)
+
+
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None for fp32, whether to use a GradScaler).
 
@@ -68,6 +86,8 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
         if kind != "cuda":
             raise ValueError(f"TrainConfig.precision='fp16' needs CUDA (device is {kind}); use 'bf16' or 'fp32'")
         return torch.float16, True
+    warn_if_slow_bf16(torch.bfloat16, device, what="TrainConfig.precision='bf16'",
+                      advice="training will be slow; use 'auto' or 'fp32'")
     return torch.bfloat16, False
 
 

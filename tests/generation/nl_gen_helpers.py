@@ -68,3 +68,15 @@ def next_logits(model, step, rows: int = 1):
         model(prompt, cache=cache, logits_to_keep=1)
         return step(torch.tensor([[3]] * rows), cache=cache, input_pos=prompt.shape[1], position_ids=None,
                     attention_mask=None)
+
+
+def check_rowdot(dtype: torch.dtype, out_features: int, in_features: int) -> None:
+    """torch.ops.neurallayers.rowdot on a random weight equals F.linear in float64 (bf16 x bf16 products are exact in
+    float32: only the sums round)."""
+    torch.manual_seed(out_features + in_features)
+    w = torch.randn(out_features, in_features).to(dtype)
+    x = torch.randn(in_features).to(dtype)
+    got = torch.ops.neurallayers.rowdot(x, w)
+    assert got.dtype == torch.float32 and got.shape == (out_features,)
+    want = torch.nn.functional.linear(x.double(), w.double())
+    torch.testing.assert_close(got.double(), want, atol=1e-4 * in_features ** 0.5, rtol=1e-5)

@@ -152,6 +152,15 @@ def test_bad_arguments(kwargs, match):
         prepare_for_decode(tiny_lm(), compile=False, **kwargs)
 
 
+def test_bf16_on_a_cpu_without_bf16_dot_products_warns(monkeypatch):
+    from neurallayers.training import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_WARNED_BF16", set())
+    with pytest.warns(UserWarning, match="bf16 weights on a CPU without bf16 dot products"):
+        prepare_for_decode(tiny_lm(), dtype=torch.bfloat16, compile=False)
+
+
 def test_not_a_decoder():
     with pytest.raises(ValueError, match="DecoderLM"):
         prepare_for_decode(torch.nn.Linear(2, 2))

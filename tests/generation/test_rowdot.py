@@ -3,37 +3,61 @@
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from nl_gen_helpers import next_logits, tiny_lm
+from nl_gen_helpers import check_rowdot, next_logits, tiny_lm
 
 from neurallayers.generation import rowdot
 from neurallayers.generation.fast import decode_step_for, prepare_for_decode
 from neurallayers.generation.generate import forward_step
 
 DTYPES = rowdot.dtypes()
+# Every row length: whole blocks, a tail, shorter than one block; every row count: whole groups of four, and not.
+SHAPES = [(1, 1), (5, 7), (33, 100), (2304, 768), (768, 3072), (9, 95)]
 
 
 def _needs(dtype: torch.dtype):
     if dtype not in DTYPES:
-        pytest.skip(f"rowdot does not run {dtype} on this CPU (needs x86-64 with AVX-512, and AVX-512 BF16 for bf16)")
+        pytest.skip(f"rowdot does not run {dtype} on this CPU (needs x86-64 with AVX2 and FMA, or AVX-512)")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("out_features, in_features", [(1, 1), (5, 7), (33, 100), (2304, 768), (768, 3072), (9, 95)])
+@pytest.mark.parametrize("out_features, in_features", SHAPES)
 def test_rowdot_equals_linear(dtype, out_features, in_features):
-    """Every row length: whole 32/64-value blocks, the masked tail, and shorter than one block; every row count."""
+    """Each SHAPES case, with the loops this CPU runs."""
     _needs(dtype)
-    torch.manual_seed(out_features + in_features)
-    w = torch.randn(out_features, in_features).to(dtype)
-    x = torch.randn(in_features).to(dtype)
-    got = torch.ops.neurallayers.rowdot(x, w)
-    assert got.dtype == torch.float32 and got.shape == (out_features,)
-    want = F.linear(x.double(), w.double())  # bf16 x bf16 products are exact in float32: only the sums round
-    torch.testing.assert_close(got.double(), want, atol=1e-4 * in_features ** 0.5, rtol=1e-5)
+    check_rowdot(dtype, out_features, in_features)
+
+
+_AVX2_CHECK = """
+import sys
+import torch
+sys.path.insert(0, %r)
+from nl_gen_helpers import check_rowdot
+from neurallayers.generation import rowdot
+assert rowdot.dtypes() == (torch.float32, torch.bfloat16), rowdot.dtypes()
+assert rowdot.isa() == "fp32 avx2, bf16 avx2", rowdot.isa()
+for dtype in (torch.float32, torch.bfloat16):
+    for shape in %r:
+        check_rowdot(dtype, *shape)
+print("ok")
+"""
+
+
+def test_avx2_loops_equal_linear():
+    """The AVX2 loops (four fp32 rows at a time; bf16 widened to float32), which CPUs without AVX-512 run, forced
+    with NEURALLAYERS_ROWDOT=avx2 in a new process, so that an AVX-512 machine tests them too."""
+    _needs(torch.float32)  # every CPU with AVX-512 has AVX2 and FMA
+    env = {**os.environ, "NEURALLAYERS_ROWDOT": "avx2", "OMP_NUM_THREADS": "2"}
+    code = _AVX2_CHECK % (os.path.dirname(__file__), SHAPES)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def test_rowdot_refuses_bad_input():
