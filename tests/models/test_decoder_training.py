@@ -159,7 +159,9 @@ def test_tiny_model_memorises_a_short_text(name):
     net = DecoderLM(config(name, vocab_size=tok.vocab_size, n_embd=64, init_std=0.02)).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.0)
     first = None
-    for _ in range(80):
+    # 200 steps: at lr 1e-2 the loss can spike on the way down (llama-gqa on a Zen 3 CPU: 0.13 at step 40, 0.17 at
+    # step 80, 0.001 from step 150), and where it spikes depends on the CPU's kernels.
+    for _ in range(200):
         loss = net(ids[:, :-1], targets=ids[:, 1:]).loss
         first = first if first is not None else loss.item()
         opt.zero_grad()
