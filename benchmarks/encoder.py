@@ -59,7 +59,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--budget", type=float, default=4.0, help="seconds of alternating calls per table cell")
+    p.add_argument("--precisions", default=None,
+                   help="comma separated (default fp32,bf16; fp32 alone on a CPU without bf16 dot products)")
     args = p.parse_args()
+    from bench_common import default_precisions
+
+    precisions = (args.precisions or default_precisions(torch.device(args.device).type)).split(",")
 
     from transformers import AutoModel
 
@@ -73,7 +78,7 @@ def main() -> None:
     header = f"{'precision':<9} {'batch':>5} {'tokens':>6} {'ours sent/s':>12} {'HF sent/s':>10} {'ours/HF':>8}"
     print(header)
     print("-" * len(header))
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         amp = (torch.autocast(device_type=device, dtype=torch.bfloat16) if precision == "bf16"
                else contextlib.nullcontext())
         for batch_size in (1, 32):

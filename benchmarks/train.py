@@ -297,7 +297,8 @@ def main() -> None:
         default="nanogpt,rope,alibi,gpt2",
         help="speed: nanogpt, rope and alibi (nanogpt's shape with those positions), gpt2; comma separated",
     )
-    p.add_argument("--precisions", default="fp32,bf16", help="speed: comma separated")
+    p.add_argument("--precisions", default=None,
+                   help="speed: comma separated (default fp32,bf16; fp32 alone on a CPU without bf16 dot products)")
     p.add_argument("--no-plain", action="store_true", help="speed: leave out the plain-PyTorch baseline loop")
     p.add_argument("--rounds", type=int, default=7, help="speed: alternating rounds of the nanogpt shape")
     p.add_argument("--steps", type=int, default=30, help="speed: steps per nanogpt-shape run")
@@ -306,6 +307,9 @@ def main() -> None:
     p.add_argument("--gpt2-batch", type=int, default=1)
     p.add_argument("--gpt2-context", type=int, default=1024)
     args = p.parse_args()
+    from bench_common import default_precisions
+
+    args.precisions = args.precisions or default_precisions()
     logging.basicConfig(level=logging.WARNING)
     data = args.data if Path(args.data).is_file() else "shakespeare"
     if not args.recipe and data != args.data:
