@@ -121,6 +121,10 @@ class DecodeStep:
             # No guards on the model's modules: ~1,000 checks of module attributes took 0.4 ms a step, and the step
             # already holds frozen weights that ignore later changes to the model (see the module docstring).
             options = {**list_mode_options(mode), "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+            if next(model.parameters()).device.type == "cpu":
+                # A C++ wrapper calls the step's ~110 kernels and ops instead of Python: 0.5-1 ms less a step for
+                # GPT-2 124M on 2 Zen 3 cores (fp32 23.5 vs 24.6 ms, bf16 15.1 vs 15.6), at no extra compile time.
+                options["cpp_wrapper"] = True
             self._fn = torch.compile(own, options=options, fullgraph=True)
         if compile and RowLinear.realize is None:
             RowLinear.realize = _inductor_realize()
