@@ -32,8 +32,8 @@ def add_model_path(parser: argparse.ArgumentParser) -> None:
 def add_device_dtype(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="weights dtype (bf16 is fast on CPUs with bf16 dot products, AVX512-BF16 or AMX, and "
-                             "far slower than fp32 on other CPUs; fp16 only on GPUs)")
+                        help="weights dtype (bf16 is fast on CPUs with bf16 dot products, AVX512-BF16 or AMX; on "
+                             "other CPUs far slower than fp32 unless decoded with --compile; fp16 only on GPUs)")
 
 
 def torch_dtype(name: str):

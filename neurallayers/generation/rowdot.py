@@ -1,11 +1,14 @@
-"""The batch-1 GEMV kernel of the fast decode step, compiled or eager (rowdot.cpp): built on first use, optional.
+"""The GEMV kernel of the fast decode step, compiled or eager (rowdot.cpp): built on first use, optional.
 
-`torch.ops.neurallayers.rowdot(x, w)` -> W x in float32, for one row x (in,) and a contiguous (out, in) weight in
-float32 or bfloat16. It reads the weight at the speed of a plain read of the same bytes, which neither F.linear nor,
-on every CPU, inductor's own multiply-sum does: with AVX-512 and a software prefetch (on a 2-core AMD Zen 5 host,
-GPT-2 124M's weights stream at 0.98x the time of a plain read in bf16 against inductor's 1.33x, and 1.03x against
-1.14x in fp32), or with AVX2 and FMA (on a Zen 3 host the compiled step is no faster than inductor's, but the eager
-one is 1.6x faster than F.linear in fp32). benchmarks/decode.py shows the whole step.
+`torch.ops.neurallayers.rowdot(x, w)` -> x W^T in float32, for x (..., in) and a contiguous (out, in) weight in
+float32 or bfloat16. For one row it reads the weight at the speed of a plain read of the same bytes, which neither
+F.linear nor, on every CPU, inductor's own multiply-sum does: with AVX-512 and a software prefetch (on a 2-core AMD
+Zen 5 host, GPT-2 124M's weights stream at 0.98x the time of a plain read in bf16 against inductor's 1.33x, and 1.03x
+against 1.14x in fp32), or with AVX2 and FMA (on a Zen 3 host the compiled step is no faster than inductor's, but the
+eager one is 1.6x faster than F.linear in fp32). For 2-32 rows (a small batch's decode step) its batch loops read
+each weight row once for all rows, where they were measured faster than oneDNN: on CPUs without AVX-512, and for
+bf16 on CPUs without bf16 dot products (batch_dtypes()); elsewhere, and past 32 rows, it calls at::linear (bf16
+through float32 copies where the CPU has no bf16 dot products). benchmarks/decode.py shows the whole step.
 
 The kernel is compiled with the C++ compiler torch.compile already needs on CPU ($CXX, else c++), once per machine and
 torch version, into $NEURALLAYERS_CACHE/kernels (default ~/.cache/neurallayers/kernels), and loaded with
@@ -41,6 +44,14 @@ def dtypes() -> tuple[torch.dtype, ...]:
     return tuple(dtype for dtype, bit in _DTYPE_BITS.items() if bits & bit)
 
 
+def batch_dtypes() -> tuple[torch.dtype, ...]:
+    """The weight dtypes whose products with several rows of x (a small batch's decode step) rowdot runs with its own
+    loops here; the others go to at::linear inside the op. () where the kernel cannot run."""
+    with _LOCK:
+        bits = _load() and int(torch.ops.neurallayers.rowdot_batch_dtypes())
+    return tuple(dtype for dtype, bit in _DTYPE_BITS.items() if bits & bit)
+
+
 def isa() -> str:
     """The instruction sets the kernel's loops use here, by dtype (e.g. "fp32 avx2, bf16 avx2"); "" where it cannot
     run. NEURALLAYERS_ROWDOT=avx2 makes an AVX-512 machine use the AVX2 loops."""
@@ -67,7 +78,7 @@ def _load() -> int:
 
 
 def _rowdot_fake(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return w.new_empty(w.shape[0], dtype=torch.float32)
+    return w.new_empty(*x.shape[:-1], w.shape[0], dtype=torch.float32)
 
 
 def _build(cxx: str) -> Path:

@@ -18,9 +18,11 @@ KERNELS = ("sdpa", "eager")
 # backward takes 6x as long as baddbmm + softmax + bmm, at 512 keys 2.6x; at 1024 they are even. In generation too:
 # a bf16 GPT-2 124M prefill of 512 tokens spends 5.5 ms a layer in it against 2.5 ms materialized. The scores are
 # held in memory (for the backward pass when training), so the materialized form is kept to at most 2^25 of them
-# per layer (64 MB in bf16).
+# per layer (64 MB in bf16). All that holds on CPUs with bf16 dot products (AMD Zen 5); on those without (Zen 3),
+# baddbmm and bmm in bf16 are torch's slow generic kernels and the flash kernel wins: 9 vs 288 ms at 512 tokens.
 _CPU_HALF_SDPA_MIN_KEYS = 1024
 _CPU_HALF_MAX_SCORES = 1 << 25
+_FAST_CPU_BF16: bool | None = None  # whether the CPU has bf16 dot products: read once, by the first Attention
 
 
 class Attention(nn.Module):
@@ -37,6 +39,11 @@ class Attention(nn.Module):
         self.head_dim = head_dim or dim // n_head
         self.kernel = kernel
         self.dropout = dropout
+        global _FAST_CPU_BF16
+        if _FAST_CPU_BF16 is None:  # here, not in forward: a compiled forward reads a plain bool
+            from neurallayers.training.runtime import cpu_has_fast_bf16
+
+            _FAST_CPU_BF16 = cpu_has_fast_bf16()
         self.q_dim, self.kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         self.qkv = nn.Linear(dim, self.q_dim + 2 * self.kv_dim, bias=bias)
         self.proj = nn.Linear(self.q_dim, dim, bias=bias)
@@ -99,8 +106,8 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: 
 def _short_cpu_half(q: torch.Tensor, k: torch.Tensor) -> bool:
     b, h, t, _ = q.shape
     s = k.shape[-2]
-    return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and s < _CPU_HALF_SDPA_MIN_KEYS
-            and b * h * t * s <= _CPU_HALF_MAX_SCORES)
+    return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and _FAST_CPU_BF16 is not False
+            and s < _CPU_HALF_SDPA_MIN_KEYS and b * h * t * s <= _CPU_HALF_MAX_SCORES)
 
 
 def materialized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,

@@ -70,13 +70,13 @@ def next_logits(model, step, rows: int = 1):
                     attention_mask=None)
 
 
-def check_rowdot(dtype: torch.dtype, out_features: int, in_features: int) -> None:
+def check_rowdot(dtype: torch.dtype, out_features: int, in_features: int, rows: int | None = None) -> None:
     """torch.ops.neurallayers.rowdot on a random weight equals F.linear in float64 (bf16 x bf16 products are exact in
-    float32: only the sums round)."""
-    torch.manual_seed(out_features + in_features)
+    float32: only the sums round), for one row x (in,) or, given `rows`, a batch x (rows, in)."""
+    torch.manual_seed(out_features + in_features + (rows or 0))
     w = torch.randn(out_features, in_features).to(dtype)
-    x = torch.randn(in_features).to(dtype)
+    x = torch.randn(*(() if rows is None else (rows,)), in_features).to(dtype)
     got = torch.ops.neurallayers.rowdot(x, w)
-    assert got.dtype == torch.float32 and got.shape == (out_features,)
+    assert got.dtype == torch.float32 and got.shape == (*x.shape[:-1], out_features)
     want = torch.nn.functional.linear(x.double(), w.double())
     torch.testing.assert_close(got.double(), want, atol=1e-4 * in_features ** 0.5, rtol=1e-5)

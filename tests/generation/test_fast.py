@@ -152,12 +152,23 @@ def test_bad_arguments(kwargs, match):
         prepare_for_decode(tiny_lm(), compile=False, **kwargs)
 
 
-def test_bf16_on_a_cpu_without_bf16_dot_products_warns(monkeypatch):
+def test_bf16_on_a_cpu_without_bf16_dot_products_warns_unless_rowdot_runs_its_batches(monkeypatch):
+    """Without bf16 dot products torch's bf16 matrix products are slow; rowdot's batch loops (AVX2) replace them in a
+    prepared model, so the warning is for CPUs where those loops cannot run."""
+    import warnings
+
+    from neurallayers.generation.fast import RowLinear
     from neurallayers.training import runtime
 
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
     monkeypatch.setattr(runtime, "_WARNED_BF16", set())
-    with pytest.warns(UserWarning, match="bf16 weights on a CPU without bf16 dot products"):
+    prepare_for_decode(tiny_lm(), compile=False)  # sets RowLinear's dtypes (the first step on a machine)
+    monkeypatch.setattr(RowLinear, "batch_dtypes", (torch.float32, torch.bfloat16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare_for_decode(tiny_lm(), dtype=torch.bfloat16, compile=False)
+    monkeypatch.setattr(RowLinear, "batch_dtypes", (torch.float32,))
+    with pytest.warns(UserWarning, match="bf16 weights on a CPU without bf16 dot products.*batch-1 decode steps"):
         prepare_for_decode(tiny_lm(), dtype=torch.bfloat16, compile=False)
 
 

@@ -20,6 +20,8 @@ from neurallayers.generation.generate import forward_step
 DTYPES = rowdot.dtypes()
 # Every row length: whole blocks, a tail, shorter than one block; every row count: whole groups of four, and not.
 SHAPES = [(1, 1), (5, 7), (33, 100), (2304, 768), (768, 3072), (9, 95)]
+# Batches: blocks of rows of x whole and not, and past the loops' limit (32 rows: at::linear).
+ROWS = [2, 5, 8, 13, 70]
 
 
 def _needs(dtype: torch.dtype):
@@ -35,6 +37,18 @@ def test_rowdot_equals_linear(dtype, out_features, in_features):
     check_rowdot(dtype, out_features, in_features)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", ROWS)
+def test_rowdot_of_several_rows_equals_linear(dtype, rows):
+    """A batch x (rows, in), with the batch loops where this CPU runs them and at::linear elsewhere; leading
+    dimensions are kept."""
+    _needs(dtype)
+    for shape in SHAPES:
+        check_rowdot(dtype, *shape, rows=rows)
+    x, w = torch.randn(2, 3, 40).to(dtype), torch.randn(9, 40).to(dtype)
+    assert torch.ops.neurallayers.rowdot(x, w).shape == (2, 3, 9)
+
+
 _AVX2_CHECK = """
 import sys
 import torch
@@ -42,20 +56,22 @@ sys.path.insert(0, %r)
 from nl_gen_helpers import check_rowdot
 from neurallayers.generation import rowdot
 assert rowdot.dtypes() == (torch.float32, torch.bfloat16), rowdot.dtypes()
-assert rowdot.isa() == "fp32 avx2, bf16 avx2", rowdot.isa()
+assert rowdot.batch_dtypes() == (torch.float32, torch.bfloat16), rowdot.batch_dtypes()
+assert rowdot.isa() == "fp32 avx2, bf16 avx2; batches fp32 avx2, bf16 avx2", rowdot.isa()
 for dtype in (torch.float32, torch.bfloat16):
     for shape in %r:
-        check_rowdot(dtype, *shape)
+        for rows in (None, *%r):
+            check_rowdot(dtype, *shape, rows=rows)
 print("ok")
 """
 
 
 def test_avx2_loops_equal_linear():
-    """The AVX2 loops (four fp32 rows at a time; bf16 widened to float32), which CPUs without AVX-512 run, forced
-    with NEURALLAYERS_ROWDOT=avx2 in a new process, so that an AVX-512 machine tests them too."""
+    """The AVX2 loops (four fp32 rows at a time; bf16 widened to float32; the batch loops), which CPUs without
+    AVX-512 run, forced with NEURALLAYERS_ROWDOT=avx2 in a new process, so that an AVX-512 machine tests them too."""
     _needs(torch.float32)  # every CPU with AVX-512 has AVX2 and FMA
     env = {**os.environ, "NEURALLAYERS_ROWDOT": "avx2", "OMP_NUM_THREADS": "2"}
-    code = _AVX2_CHECK % (os.path.dirname(__file__), SHAPES)
+    code = _AVX2_CHECK % (os.path.dirname(__file__), SHAPES, ROWS)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
@@ -63,7 +79,7 @@ def test_avx2_loops_equal_linear():
 def test_rowdot_refuses_bad_input():
     _needs(torch.float32)
     w = torch.randn(4, 8)
-    for x, match in ((torch.randn(7), "7 values"), (torch.randn(8).double(), "differ in dtype"),
+    for x, match in ((torch.randn(7), "x of shape \\[7\\]"), (torch.randn(8).double(), "differ in dtype"),
                      (torch.randn(16)[::2], "contiguous")):
         with pytest.raises(RuntimeError, match=match):
             torch.ops.neurallayers.rowdot(x, w)
@@ -88,6 +104,25 @@ def test_compiled_batch1_step_calls_rowdot(dtype):
     assert "".join(code).count('aoti_torch_call_dispatcher("neurallayers::rowdot"') == linears
     tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16: the plain path rounds each product's sum to bf16 first
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+@pytest.mark.slow
+def test_compiled_batch_step_calls_rowdot(monkeypatch):
+    """Where the batch loops run (forced here: on AVX-512 CPUs the op hands batches to at::linear), the graph of
+    every batch size > 1 (a dynamic batch dimension) runs every linear layer through the op, with the plain model's
+    logits for each row."""
+    _needs(torch.float32)
+    from torch._inductor.utils import run_and_get_code
+
+    from neurallayers.generation.fast import RowLinear
+
+    plain, fast = tiny_lm(seed=5), prepare_for_decode(tiny_lm(seed=5))
+    monkeypatch.setattr(RowLinear, "batch_dtypes", (torch.float32,))  # read when the step is traced
+    want = next_logits(plain, functools.partial(forward_step, plain), 3)
+    got, code = next_logits(fast, functools.partial(run_and_get_code, decode_step_for(fast)), 3)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in fast.modules())
+    assert "".join(code).count('aoti_torch_call_dispatcher("neurallayers::rowdot"') == linears
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_failed_build_names_the_compiler(tmp_path, monkeypatch):
@@ -115,8 +150,9 @@ def test_unbuildable_kernel_falls_back_with_a_warning(monkeypatch):
         assert rowdot._load.__wrapped__() == 0  # switched off: no build, so no warning
 
 
-def test_eager_batch1_step_uses_rowdot_and_batches_do_not():
-    """compile=False: one row goes through the kernel, a batch through F.linear; both equal the plain model."""
+def test_eager_step_uses_rowdot_where_it_runs():
+    """compile=False: one row goes through the kernel, a batch too where its batch loops run here (else F.linear);
+    both equal the plain model."""
     _needs(torch.float32)
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -140,7 +176,8 @@ def test_eager_batch1_step_uses_rowdot_and_batches_do_not():
         ops = Ops()
         want = next_logits(plain, functools.partial(forward_step, plain), rows)
         got = next_logits(fast, functools.partial(recorded, ops), rows)
-        assert ops.seen.count("neurallayers.rowdot.default") == (9 if rows == 1 else 0)  # 4 a block, the head
+        kernel = rows == 1 or torch.float32 in rowdot.batch_dtypes()
+        assert ops.seen.count("neurallayers.rowdot.default") == (9 if kernel else 0)  # 4 a block, the head
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

@@ -176,6 +176,7 @@ def test_bf16_attention_on_cpu_takes_the_materialized_path_and_matches_fp32(monk
         return materialized_attention(*args, **kwargs)
 
     monkeypatch.setattr(module, "materialized_attention", counted)
+    monkeypatch.setattr(module, "_FAST_CPU_BF16", True)  # a CPU with bf16 dot products
     attn = attention(2)
     x = torch.randn(3, 10, DIM, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -186,6 +187,19 @@ def test_bf16_attention_on_cpu_takes_the_materialized_path_and_matches_fp32(monk
     assert fast.dtype == torch.bfloat16 and len(calls) == 2
     torch.testing.assert_close(fast.float(), ref, atol=0.1, rtol=0.05)
     torch.testing.assert_close(fast.float(), masked.float(), atol=0.1, rtol=0.05)
+
+
+def test_bf16_attention_on_a_cpu_without_bf16_units_takes_sdpa(monkeypatch):
+    """Without bf16 dot products the materialized form's bf16 matrix products are torch's slow generic kernels."""
+    import neurallayers.nn.attention as module
+
+    calls = []
+    monkeypatch.setattr(module, "materialized_attention", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(module, "_FAST_CPU_BF16", False)
+    attn = attention(2).to(torch.bfloat16)
+    with torch.no_grad():
+        y, _ = attn(torch.randn(2, 9, DIM).to(torch.bfloat16), is_causal=True)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 9, DIM) and calls == []
 
 
 def test_bf16_cached_prefill_and_decode_take_the_materialized_path_and_match_the_full_forward(monkeypatch):
@@ -199,6 +213,7 @@ def test_bf16_cached_prefill_and_decode_take_the_materialized_path_and_match_the
         return materialized_attention(*args, **kwargs)
 
     monkeypatch.setattr(module, "materialized_attention", counted)
+    monkeypatch.setattr(module, "_FAST_CPU_BF16", True)  # a CPU with bf16 dot products
     attn = attention(2).to(torch.bfloat16)
     x = torch.randn(2, 9, DIM, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
     cache = KVCache(n_layer=1, batch_size=2, n_kv_head=2, max_len=9, head_dim=HEAD_DIM, dtype=torch.bfloat16)
