@@ -195,6 +195,21 @@ struct SplitRows {
   std::vector<float> xe, xo, xf;
 };
 
+// `rows` bf16 rows of x (each n long), as float32 and split.
+SplitRows split_rows(const uint16_t* x, int64_t rows, int64_t n) {
+  SplitRows s{std::vector<float>(rows * (n / 2)), std::vector<float>(rows * (n / 2)), std::vector<float>(rows * n)};
+  for (int64_t i = 0; i < rows * n; ++i) s.xf[i] = bf16_to_f32(x[i]);
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t b = 0; b + 16 <= n; b += 16) {
+      for (int64_t k = 0; k < 8; ++k) {
+        s.xe[m * (n / 2) + b / 2 + k] = s.xf[m * n + b + 2 * k];
+        s.xo[m * (n / 2) + b / 2 + k] = s.xf[m * n + b + 2 * k + 1];
+      }
+    }
+  }
+  return s;
+}
+
 template <int M>
 __attribute__((target("avx2,fma"))) inline void dots_bf16_avx2(const SplitRows& x, int64_t m0, const uint16_t* w,
                                                                 int64_t n, float* y, int64_t out) {
@@ -294,15 +309,8 @@ void one_row(const at::Tensor& x, const at::Tensor& w, float* yp) {
     at::parallel_for(0, out, kRowsPerTask, [&](int64_t lo, int64_t hi) { rows(xp, wp, yp, n, lo, hi, dot_bf16); });
     return;
   }
-  std::vector<float> xf(n), xe(n / 2), xo(n / 2);
-  for (int64_t i = 0; i < n; ++i) xf[i] = bf16_to_f32(xp[i]);
-  for (int64_t b = 0; b + 16 <= n; b += 16) {
-    for (int64_t k = 0; k < 8; ++k) {
-      xe[b / 2 + k] = xf[b + 2 * k];
-      xo[b / 2 + k] = xf[b + 2 * k + 1];
-    }
-  }
-  const SplitX split{xe.data(), xo.data(), xf.data()};
+  const SplitRows x1 = split_rows(xp, 1, n);
+  const SplitX split{x1.xe.data(), x1.xo.data(), x1.xf.data()};
   at::parallel_for(0, out, kRowsPerTask, [&](int64_t lo, int64_t hi) {
     rows_avx2<1>(split, wp, yp, n, lo, hi, dot_bf16_avx2, dot_bf16_avx2);
   });
@@ -323,16 +331,7 @@ void batch(const at::Tensor& x, const at::Tensor& w, int64_t rows, float* yp) {
   }
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<c10::BFloat16>());
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<c10::BFloat16>());
-  SplitRows split{std::vector<float>(rows * (n / 2)), std::vector<float>(rows * (n / 2)), std::vector<float>(rows * n)};
-  for (int64_t i = 0; i < rows * n; ++i) split.xf[i] = bf16_to_f32(xp[i]);
-  for (int64_t m = 0; m < rows; ++m) {
-    for (int64_t b = 0; b + 16 <= n; b += 16) {
-      for (int64_t k = 0; k < 8; ++k) {
-        split.xe[m * (n / 2) + b / 2 + k] = split.xf[m * n + b + 2 * k];
-        split.xo[m * (n / 2) + b / 2 + k] = split.xf[m * n + b + 2 * k + 1];
-      }
-    }
-  }
+  const SplitRows split = split_rows(xp, rows, n);
   at::parallel_for(0, out, kRowsPerTask, [&](int64_t lo, int64_t hi) {
     batch_rows<1, 4>(rows, lo, hi, [&](int64_t m0, int64_t mc, int64_t o, int64_t) {
       const uint16_t* wo = wp + o * n;
