@@ -165,7 +165,8 @@ void rows_avx2(const X& x, const T* w, float* y, int64_t n, int64_t lo, int64_t 
 // 30-37 ms here against F.linear's 78-115 ms in fp32, 24 against 106 ms in bf16.
 
 // y[m * out + r] (r < R, m < M) = rows r of w times rows m of x (all n long): R x M sums in registers, so that
-// each load feeds several FMAs.
+// each load feeds several FMAs. Each cache line of the next R rows is prefetched: with this much arithmetic between
+// loads the hardware prefetcher alone falls behind (8 rows of x: 26-28 vs 30-37 ms for GPT-2 124M's weights).
 template <int R, int M>
 __attribute__((target("avx2,fma"))) inline void dots_f32_avx2(const float* x, const float* w, int64_t n, float* y,
                                                                int64_t out) {
@@ -175,7 +176,10 @@ __attribute__((target("avx2,fma"))) inline void dots_f32_avx2(const float* x, co
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_ps(w + r * n + i);
+    for (int r = 0; r < R; ++r) {
+      if (i % 16 == 0) _mm_prefetch(reinterpret_cast<const char*>(w + (R + r) * n + i), _MM_HINT_T0);
+      wv[r] = _mm256_loadu_ps(w + r * n + i);
+    }
     for (int m = 0; m < M; ++m) {
       const __m256 xv = _mm256_loadu_ps(x + m * n + i);
       for (int r = 0; r < R; ++r) a[r][m] = _mm256_fmadd_ps(xv, wv[r], a[r][m]);
