@@ -19,7 +19,7 @@ Where the speed comes from on CPU, where batch-1 decode streams every weight onc
   the plain path in fp32;
 - on CPUs without AVX-512 (AVX2 laptops, AMD Zen 3), RowLinear also computes small batches and prompts with the
   kernel's batch loops, which read each weight once for up to 32 rows: GPT-2 124M at batch 8 on 2 Zen 3 cores, fp32
-  41 vs 48 ms a compiled step, 56 vs 125 ms eager; and bf16, where those CPUs have no bf16 dot products, 32 vs
+  34 vs 48 ms a compiled step, 36 vs 97 ms eager; and bf16, where those CPUs have no bf16 dot products, 32 vs
   116 ms compiled, a 512-token prompt in 1.0 s instead of minutes;
 - the math attention (fused by inductor) instead of the CPU flash kernel, which is 7x slower for one bf16 query.
 

@@ -162,7 +162,7 @@ void rows_avx2(const X& x, const T* w, float* y, int64_t n, int64_t lo, int64_t 
 // ---- Several rows of x (a decode step of a small batch), AVX2 + FMA: each weight row is read from memory once and
 // multiplied by up to 4 rows of x at a time; further rows reuse it from the cache. At these shapes oneDNN's and MKL's
 // GEMMs read W at a fraction of memory speed: GPT-2 124M's 49 weights against 8 rows of x on 2 Zen 3 cores take
-// 30-37 ms here against F.linear's 78-115 ms in fp32, 24 against 106 ms in bf16.
+// 26-28 ms here against F.linear's 76-90 ms in fp32, 24 against 106 ms in bf16.
 
 // y[m * out + r] (r < R, m < M) = rows r of w times rows m of x (all n long): R x M sums in registers, so that
 // each load feeds several FMAs. Each cache line of the next R rows is prefetched: with this much arithmetic between
