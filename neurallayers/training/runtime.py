@@ -56,7 +56,8 @@ _WARNED_BF16: set[str] = set()
 
 def warn_if_slow_bf16(dtype: torch.dtype | None, device: torch.device | str | None, *, what: str = "bf16 weights",
                       advice: str = "use fp32, or decode with prepare_for_decode (CLI generate/serve --compile), "
-                      "whose own kernels run bf16 weights at fp32's speed or better on such CPUs") -> None:
+                      "whose kernel (x86 with AVX2, built with the C++ compiler) runs bf16 at fp32's speed or "
+                      "better here") -> None:
     """Warn, once a process for each `what`, about bf16 on a CPU without bf16 dot products, where every matrix
     product runs ~100x slower than in fp32."""
     if (dtype != torch.bfloat16 or torch.device(device or "cpu").type != "cpu" or what in _WARNED_BF16
