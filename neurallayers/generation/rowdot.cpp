@@ -363,10 +363,10 @@ at::Tensor rowdot(const at::Tensor& x, const at::Tensor& w) {
   const int64_t out = w.size(0), n = w.size(1), rows = n == 0 ? 0 : x.numel() / n;
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
-  if (rows == 0 || n == 0) return at::zeros(shape, x.options().dtype(at::kFloat));
+  if (rows == 0) return at::zeros(shape, x.options().dtype(at::kFloat));  // no rows, or rows of no values
   const bool bf16 = w.scalar_type() == at::kBFloat16;
   if (rows > kMaxBatchRows && bf16 && batch_bf16()) return at::linear(x.to(at::kFloat), w.to(at::kFloat));
-  if (rows > 1 && !(bf16 ? batch_bf16() : batch_f32()) || rows > kMaxBatchRows) {
+  if (rows > kMaxBatchRows || (rows > 1 && !(bf16 ? batch_bf16() : batch_f32()))) {
     return at::linear(x, w).to(at::kFloat);  // a blocked GEMM (oneDNN / MKL)
   }
   at::Tensor y = at::empty(shape, x.options().dtype(at::kFloat));

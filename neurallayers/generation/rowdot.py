@@ -40,15 +40,18 @@ _LOCK = threading.Lock()  # one build and one registration per process, even whe
 def dtypes() -> tuple[torch.dtype, ...]:
     """The weight dtypes rowdot runs on this machine; () where it cannot. Builds and loads it on the first call."""
     with _LOCK:
-        bits = _load()
-    return tuple(dtype for dtype, bit in _DTYPE_BITS.items() if bits & bit)
+        return _dtypes(_load())
 
 
 def batch_dtypes() -> tuple[torch.dtype, ...]:
     """The weight dtypes whose products with several rows of x (a small batch's decode step) rowdot runs with its own
     loops here; the others go to at::linear inside the op. () where the kernel cannot run."""
     with _LOCK:
-        bits = _load() and int(torch.ops.neurallayers.rowdot_batch_dtypes())
+        return _dtypes(_load() and int(torch.ops.neurallayers.rowdot_batch_dtypes()))
+
+
+def _dtypes(bits: int) -> tuple[torch.dtype, ...]:
+    """The dtypes of the kernel's dtype bits (rowdot_dtypes, rowdot_batch_dtypes)."""
     return tuple(dtype for dtype, bit in _DTYPE_BITS.items() if bits & bit)
 
 
