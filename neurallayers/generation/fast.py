@@ -12,7 +12,8 @@ shares another (a dynamic batch dimension). The window keeps a step from reading
 server's 1024-column fp32 cache is 75 MB a row for GPT-2 124M, more than its weights at 8 rows.
 
 Where the speed comes from on CPU, where batch-1 decode streams every weight once per token:
-- inductor freezing folds the weights into the graph as constants (oneDNN-packed GEMMs for batches);
+- where inductor runs GEMMs (batches that rowdot's batch loops do not take), freezing folds the weights into the
+  graph as constants, packed for oneDNN;
 - at batch 1, RowLinear reads each linear layer's weight in one pass at the speed of a plain read, with the rowdot
   kernel (AVX-512 or AVX2 loops, built on a machine's first step) or else a multiply-sum that inductor vectorizes:
   1.4-2x faster than the packed GEMVs. The kernel also works eagerly, so compile=False decodes 1.6-2x faster than
@@ -23,14 +24,16 @@ Where the speed comes from on CPU, where batch-1 decode streams every weight onc
   116 ms compiled, a 512-token prompt in 1.0 s instead of minutes;
 - the math attention (fused by inductor) instead of the CPU flash kernel, which is 7x slower for one bf16 query.
 
-Costs: the first batch-1 call and the first batched call each compile (15-60 s for GPT-2 124M on 2 cores). The
-compiled graphs hold their own frozen weights and do not see later changes to the model's weights, nor (they skip
-dynamo's guards on the model's modules) to its modules' attributes: call prepare_for_decode again after training,
-loading weights or changing the model. Each call compiles afresh, into a step with its own
-copy of the step's code, so torch's recompile limit (torch._dynamo.config.recompile_limit, 8) applies to each
-step alone. Memory: torch keeps the modules it compiled, and their frozen weights, loaded for the life of the
-process, even after the model and its step are gone (torch._dynamo.reset() does not free them): a process that
-prepares model after model (a server reloading with --compile) grows by one copy of the weights each time.
+Costs: the first batch-1 call and the first batched call each compile (15-70 s for GPT-2 124M on 2 cores; a later
+process loads unfrozen CPU graphs from torch's on-disk caches: 6-11 s a graph on 2 Zen 3 cores, 15-35 frozen). Frozen
+graphs hold their own copy of the weights and do not see later changes to the model's weights, and no graph sees
+changes to its modules' attributes (they skip dynamo's guards on the model's modules): call prepare_for_decode again
+after training, loading weights or changing the model. Each call compiles afresh, into a step with its own copy of
+the step's code, so torch's recompile limit (torch._dynamo.config.recompile_limit, 8) applies to each step alone.
+Memory: torch keeps the modules it compiled, and frozen weights, loaded for the life of the process, even after the
+model and its step are gone (torch._dynamo.reset() does not free them): a process that prepares model after model
+(a server reloading with --compile) grows by one copy of the weights each time it freezes them (GPU graphs, and batched
+graphs on CPUs where the kernel's batch loops do not run); unfrozen graphs let their model go.
 """
 
 from __future__ import annotations
@@ -126,8 +129,8 @@ class DecodeStep:
             own = types.FunctionType(_step.__code__.replace(), _step.__globals__, _step.__name__)
             from torch._inductor import list_mode_options
 
-            # No guards on the model's modules: ~1,000 checks of module attributes took 0.4 ms a step, and the step
-            # already holds frozen weights that ignore later changes to the model (see the module docstring).
+            # No guards on the model's modules: ~1,000 checks of module attributes took 0.4 ms a step, and frozen
+            # graphs ignore later changes to the model anyway (see the module docstring).
             options = {**list_mode_options(mode), "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
             if next(model.parameters()).device.type == "cpu":
                 # A C++ wrapper calls the step's ~110 kernels and ops instead of Python: 0.5-1 ms less a step for
@@ -187,7 +190,8 @@ class DecodeStep:
         from torch._inductor import config as inductor_config
 
         attention = sdpa_kernel(SDPBackend.MATH) if tok.device.type == "cpu" else contextlib.nullcontext()
-        freezing = inductor_config.patch(freezing=True) if self.compiled else contextlib.nullcontext()
+        frozen = self.compiled and _freezes(rows, cache.k.dtype, tok.device)
+        freezing = inductor_config.patch(freezing=True) if frozen else contextlib.nullcontext()
         if self.compiled:
             # The window length is dynamic: one graph serves every prompt and output length.
             for t, dim in ((mask, 1), (cache.k, 3), (cache.v, 3)):
@@ -214,6 +218,19 @@ class DecodeStep:
         return F.pad(attention_mask, (0, length - attention_mask.shape[1]))  # columns past it: hidden by position
 
 
+def _freezes(rows: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a compiled step's graph freezes the weights (inductor folds them into it as constants): only where
+    inductor runs GEMMs on them, which it packs for oneDNN when frozen (1.4x faster at batch 8), i.e. on other devices
+    and for batches whose dtype rowdot's batch loops do not run. A CPU graph whose linear layers all go through
+    rowdot or the one-row multiply-sum runs as fast unfrozen (GPT-2 124M on 2 Zen 3 cores, side by side: batch 1
+    fp32 19.1 ms both, bf16 13.1 vs 12.9; batch 8 fp32 44.1 vs 44.5, bf16 34.9 vs 35.5), and unfrozen it can be
+    loaded from AOT autograd's cache, which freezing bypasses (a later process gets GPT-2's steps in 6-11 s instead
+    of 15-35), and it keeps no copy of the weights once its model is gone."""
+    if device.type != "cpu":
+        return True
+    return rows > 1 and dtype not in RowLinear.batch_dtypes
+
+
 def _window(attend: int, columns: int) -> int:
     """The cache columns a step reads: `attend` rounded up to a multiple of 16, short of the last column (a spare
     one from DecodeStep.new_cache) unless `attend` needs it."""
@@ -230,9 +247,10 @@ def prepare_for_decode(model: nn.Module, *, dtype: torch.dtype | None = None, co
         model: a DecoderLM; it is put in eval mode and, when `dtype` is given, cast in place.
         dtype: the weight (and KV cache) dtype, e.g. torch.bfloat16 (fast on CPUs with bf16 dot products and on
             GPUs); None keeps the model's dtype. Never float16 on CPU (no fast kernels).
-        compile: compile the step with torch.compile and inductor freezing; False runs the same static-shape step
-            eagerly: no compile time, and where the rowdot kernel runs, batch-1 steps about half as fast as compiled
-            ones (GPT-2 124M on 2 cores: fp32 17.4 vs 11.7 ms, bf16 11.9 vs 6.4 ms; the plain path takes 35 ms).
+        compile: compile the step with torch.compile (inductor freezing where it packs GEMMs); False runs the same
+            static-shape step eagerly: no compile time, and where the rowdot kernel runs, batch-1 steps about half as
+            fast as compiled ones (GPT-2 124M on 2 cores: fp32 17.4 vs 11.7 ms, bf16 11.9 vs 6.4 ms; the plain path
+            takes 35 ms).
         mode: torch.compile mode: "default" or "max-autotune-no-cudagraphs" (autotunes GEMMs: slower to compile).
 
     Raises:

@@ -85,9 +85,30 @@ def test_compiled_step_equals_plain():
     with torch.no_grad():
         for model in (plain, fast):
             model.blocks[0].mlp.fc.weight.mul_(-1)
-    prepare_for_decode(fast)  # frozen weights are constants of the old graph
+    prepare_for_decode(fast)  # a frozen graph keeps the old weights: prepare again after changing them
     after = _ids(fast, PROMPTS[:1], temperature=0.0)
     assert after == _ids(plain, PROMPTS[:1], temperature=0.0) and after != before
+
+
+@pytest.mark.slow
+def test_cpu_graphs_freeze_weights_only_for_inductors_gemms(monkeypatch):
+    """Freezing bypasses AOT autograd's cache and keeps a copy of the weights: a CPU batch-1 graph (rowdot or the
+    multiply-sum) is compiled unfrozen, a batched one frozen only where rowdot's batch loops do not take its dtype."""
+    from neurallayers.generation.fast import RowLinear
+
+    plain, fast = _pair(compile=True)
+    monkeypatch.setattr(RowLinear, "batch_dtypes", ())  # as on a CPU with AVX-512: batches through oneDNN
+    counters.clear()
+    assert _ids(fast, PROMPTS[:1], temperature=0.0) == _ids(plain, PROMPTS[:1], temperature=0.0)
+    assert counters["aot_autograd"]["autograd_cache_bypass"] == 0 and counters["aot_autograd"]["total"] == 1
+    assert _ids(fast, PROMPTS, temperature=0.0) == _ids(plain, PROMPTS, temperature=0.0)
+    assert counters["aot_autograd"]["autograd_cache_bypass"] == 1 and counters["aot_autograd"]["total"] == 2
+
+    plain, fast = _pair(compile=True)
+    monkeypatch.setattr(RowLinear, "batch_dtypes", (torch.float32,))  # the batch loops take fp32 batches
+    counters.clear()
+    assert _ids(fast, PROMPTS, temperature=0.0) == _ids(plain, PROMPTS, temperature=0.0)
+    assert counters["aot_autograd"]["total"] == 1 and counters["aot_autograd"]["autograd_cache_bypass"] == 0
 
 
 @pytest.mark.slow
