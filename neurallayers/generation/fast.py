@@ -92,7 +92,8 @@ class RowLinear(nn.Linear):
                 and w.is_contiguous() and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
             y = torch.ops.neurallayers.rowdot(x.contiguous(), w)  # no backward: never where gradients are needed
         elif one_row and torch.compiler.is_compiling():
-            # x.float() * w, not x.float() * w.float(): freezing would fold w.float() into a float32 copy of w.
+            # x.float() * w, not x.float() * w.float(): in a frozen graph (none on CPU at one row since the step
+            # freezes only for inductor's GEMMs) w.float() would be folded into a float32 copy of w.
             xf = x.float()
             if self.realize is not None:  # store x once; inlined, its producer (a layer norm) is recomputed per row
                 xf = self.realize(xf, xf.stride())
