@@ -12,6 +12,7 @@ EPILOG = """examples:
   neurallayers train --preset demo --data shakespeare --out runs/demo
   neurallayers train --config my.yaml --train.lr 3e-4 --model.n_layer=6 --out runs/exp1
   neurallayers train --config my.yaml --out runs/exp1 --resume          # continue exactly where it stopped
+  neurallayers train --out runs/exp1 --resume --train.max_steps 8000    # its saved config, trained longer
 """
 
 
@@ -34,6 +35,11 @@ def build_run_config(args: argparse.Namespace):
     from neurallayers.training.config import RunConfig, apply_overrides, read_yaml
 
     data = read_yaml(args.config) if args.config else {}
+    if args.resume and args.out and not (args.config or args.preset):
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"cannot resume: {args.out} holds no run (no config.yaml)")
+        data = read_yaml(saved)  # the run's own config, then any overrides (e.g. train longer)
     if args.preset:
         data["model"] = {"preset": args.preset}
     if args.data:
@@ -41,7 +47,8 @@ def build_run_config(args: argparse.Namespace):
         data["data"] = {**(data["data"] or {}), "source": args.data}
     data = apply_overrides(data, list(getattr(args, "overrides", [])))
     if "model" not in data:
-        raise ValueError("no model: give --preset NAME, --config FILE with a model section, or --model.preset NAME")
+        raise ValueError("no model: give --preset NAME, --config FILE with a model section, --model.preset NAME, "
+                         "or --out RUN --resume to continue a run with its saved config")
     return RunConfig.from_dict(data)
 
 

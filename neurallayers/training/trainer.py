@@ -121,11 +121,13 @@ class _Fit:
         self.model.to(self.device)
         self.wrapped = dist.wrap_model(self.model, info, self.device)
         self.optimizer, self.optimizer_impl = build_optimizer(self.wrapped, cfg, self.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cfg.lr_at(s) / cfg.lr)
+        for group in self.optimizer.param_groups:  # the key the scheduler adds: FSDP's loader wants saved groups'
+            group["initial_lr"] = cfg.lr             # keys to match
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.step, self.best_val, self.bad_evals, self.elapsed_before = 0, None, 0, 0.0
         if state is not None:
             self._restore(model_sd, state)
+        self.scheduler = self._schedule(None if state is None else state["scheduler"])
         self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         global_batch = cfg.batch_size * info.world_size
         self.windows = RandomWindows(self.tokens.train, block_size=run.model.block_size, batch_size=global_batch,
@@ -141,7 +143,6 @@ class _Fit:
     # ----- setup helpers -----
     def _restore(self, model_sd: dict, state: dict) -> None:
         dist.load_states(self.wrapped, self.optimizer, model_sd, state["optimizer"], self.info)
-        self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -151,6 +152,22 @@ class _Fit:
         self.elapsed_before = float(state["elapsed"])
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from step %d", self.step)
+
+    def _schedule(self, saved: dict | None) -> torch.optim.lr_scheduler.LambdaLR:
+        """The current config's learning-rate schedule, positioned at self.step. A resume may change max_steps, lr
+        or the schedule (to train longer, say): the next step follows the new schedule at once rather than the
+        checkpoint's (whose base lr and last rate the optimizer state carries); unchanged, the rates are the same
+        numbers as an uninterrupted run's."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:  # a checkpoint's groups carry its own
+            group["initial_lr"] = cfg.lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cfg.lr_at(s) / cfg.lr,
+                                                      last_epoch=self.step - 1)
+        old = (saved or {}).get("_last_lr") or [None]
+        if old[0] is not None and not math.isclose(float(old[0]), scheduler.get_last_lr()[0], rel_tol=1e-12):
+            log.info("step %d on: the current train config's schedule, lr %.3g (the checkpoint's schedule: %.3g)",
+                     self.step + 1, scheduler.get_last_lr()[0], float(old[0]))
+        return scheduler
 
     def _open_loggers(self, loggers: list | None) -> list:
         from neurallayers.training.loggers import build_loggers

@@ -93,6 +93,10 @@ def test_resume_continues(run_dir: Path):
                cwd=run_dir.parent)
     assert proc.returncode == 0, proc.stderr
     assert "steps: 8" in proc.stdout
+    # only --out: the run's saved config (its data, tokenizer, 1 layer), trained longer on a schedule of 10 steps
+    longer = cli("train", "--out", "run", "--resume", "--train.max_steps", "10", "--no-progress", cwd=run_dir.parent)
+    assert longer.returncode == 0, longer.stderr
+    assert "steps: 10" in longer.stdout and "step 9 on: the current train config's schedule" in longer.stderr
 
 
 @pytest.mark.parametrize(("args", "needles"), [
@@ -103,6 +107,7 @@ def test_resume_continues(run_dir: Path):
     (["train", "--preset", "tiny", "--model.norm", "batchnorm", "--out", "x"], ["norm", "batchnorm"]),
     (["train", "--config", "missing.yaml"], ["missing.yaml"]),
     (["eval", "no/such/run"], ["no/such/run"]),
+    (["train", "--out", "no/run", "--resume"], ["cannot resume", "no/run"]),
 ])
 def test_user_mistakes_are_one_line(args: list[str], needles: list[str], tmp_path: Path):
     assert_user_error(cli(*args, cwd=tmp_path), *needles)

@@ -165,6 +165,29 @@ def test_resume_from_named_checkpoint_and_loggers_rejected(tmp_path):
         fit(run, tmp_path / "other", loggers=["tensorbored"], progress=False)
 
 
+def test_resume_under_a_changed_schedule_follows_it_from_the_next_step(tmp_path):
+    """Training longer (a larger max_steps) or at another lr: the first resumed step already uses the current
+    config's schedule, the rates an uninterrupted run of that config uses, not the checkpoint's."""
+    def rates(run_dir):
+        return {r["step"]: r["lr"] for r in read_jsonl(run_dir / "metrics.jsonl") if "lr" in r}
+
+    base = dict(eval_interval=0, save_interval=4)
+    fit(tiny_run(tmp_path, max_steps=8, **base), tmp_path / "straight", progress=False)
+    fit(tiny_run(tmp_path, max_steps=8, lr=1e-3, **base), tmp_path / "straight-lr", progress=False)
+    straight, straight_lr = rates(tmp_path / "straight"), rates(tmp_path / "straight-lr")
+
+    fit(tiny_run(tmp_path, max_steps=4, **base), tmp_path / "longer", progress=False)  # a 4-step schedule ...
+    fit(tiny_run(tmp_path, max_steps=8, **base), tmp_path / "longer", resume=True, progress=False)  # ... extended
+    longer = rates(tmp_path / "longer")
+    assert longer[4] != straight[4] and [longer[s] for s in range(5, 9)] == [straight[s] for s in range(5, 9)]
+
+    fit(tiny_run(tmp_path, max_steps=8, **base), tmp_path / "new-lr", progress=False, until_step=4)
+    fit(tiny_run(tmp_path, max_steps=8, lr=1e-3, **base), tmp_path / "new-lr", resume=True, progress=False)
+    new_lr = rates(tmp_path / "new-lr")
+    assert [new_lr[s] for s in range(1, 5)] == [straight[s] for s in range(1, 5)]
+    assert [new_lr[s] for s in range(5, 9)] == [straight_lr[s] for s in range(5, 9)]
+
+
 def test_time_budget_stops_evaluates_saves_and_samples(tmp_path):
     run = tiny_run(tmp_path, max_steps=10_000, max_minutes=1e-6, eval_interval=1000, save_interval=1000,
                    sample_prompts=["the ", "fox"], sample_tokens=12)
