@@ -361,6 +361,11 @@ def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConf
     if fn is None:
         raise ValueError(f"{chosen[0]} needs neurallayers.generation.search.{name}, which this version lacks")
     extra = (draft_model,) if draft_model is not None else (amateur_model,) if amateur_model is not None else ()
+    # As the plain path does, stop where the context is full rather than refuse (the search functions themselves
+    # refuse a request that does not fit); a prompt that fills the context alone is still refused, by them.
+    room = min(m.config.block_size for m in (model, *extra)) - max((len(ids) for ids in input_ids), default=0)
+    if 0 < room < config.max_new_tokens:
+        config = config.replace(max_new_tokens=room, min_new_tokens=min(config.min_new_tokens, room))
     return fn(model, *extra, input_ids, config, eos_ids=eos_ids)
 
 
@@ -380,7 +385,8 @@ def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[i
     Returns:
         num_return_sequences Generations per prompt, prompt-major. Greedy (temperature 0) or sampling by
         default; num_beams > 1, penalty_alpha > 0, amateur_model or draft_model choose a search method. Text
-        ends before the first stop string, which is not included.
+        ends before the first stop string, which is not included. Every method stops (finish_reason "length")
+        when the model's context (block_size) is full, even short of max_new_tokens.
     """
     config = _config(config, overrides)
     input_ids = _encode_prompts(tokenizer, prompts)

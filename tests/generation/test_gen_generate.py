@@ -124,6 +124,16 @@ def test_context_length(model) -> None:
         generate(model, None, [[1] * (block + 1)], max_new_tokens=1)
     (g,) = generate(model, None, [[1] * (block - 2)], temperature=0, max_new_tokens=10)
     assert len(g.token_ids) == 3 and g.finish_reason == "length"  # 2 fed back + 1 from the full context
+    # the search methods stop where the context is full too (each position they feed back needs a place)
+    short = tiny_lm(seed=4, block_size=12)
+    methods = [dict(num_beams=2), dict(penalty_alpha=0.6, top_k=4), dict(amateur_model=tiny_lm(seed=5)),
+               dict(draft_model=tiny_lm(seed=5, block_size=10))]
+    for method in methods:
+        for prompt in ([1] * 5, [2, 3]):
+            (g,) = generate(model if "draft_model" not in method else short, None, [prompt], temperature=0,
+                            max_new_tokens=100, min_new_tokens=100, ignore_eos=True, **method)
+            room = (10 if "draft_model" in method else block) - len(prompt)
+            assert len(g.token_ids) == room and g.finish_reason == "length", method
 
 
 @pytest.mark.parametrize("warper, settings", [
