@@ -30,16 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
-def build_run_config(args: argparse.Namespace):
-    """RunConfig from --config, --preset, --data and the overrides, in that order of precedence (last wins)."""
+def build_run_config(args: argparse.Namespace, *, base: Path | None = None):
+    """RunConfig from --config (or the YAML file `base` without it), --preset, --data and the overrides, in that
+    order of precedence (last wins)."""
     from neurallayers.training.config import RunConfig, apply_overrides, read_yaml
 
-    data = read_yaml(args.config) if args.config else {}
-    if args.resume and args.out and not (args.config or args.preset):
-        saved = Path(args.out) / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"cannot resume: {args.out} holds no run (no config.yaml)")
-        data = read_yaml(saved)  # the run's own config, then any overrides (e.g. train longer)
+    data = read_yaml(args.config) if args.config else read_yaml(base) if base is not None else {}
     if args.preset:
         data["model"] = {"preset": args.preset}
     if args.data:
@@ -63,7 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.training.trainer import fit
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    run_cfg = build_run_config(args)
+    base = None
+    if args.resume and args.out and not (args.config or args.preset):  # the run's own config, then any overrides
+        base = Path(args.out) / "config.yaml"
+        if not base.is_file():
+            raise FileNotFoundError(f"cannot resume: {args.out} holds no run (no config.yaml)")
+    run_cfg = build_run_config(args, base=base)
     out = Path(args.out) if args.out else default_out(args, run_cfg)
     if not args.resume and (out / "config.yaml").exists():
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")

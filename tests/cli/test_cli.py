@@ -99,6 +99,16 @@ def test_resume_continues(run_dir: Path):
     assert "steps: 10" in longer.stdout and "step 9 on: the current train config's schedule" in longer.stderr
 
 
+def test_prepare_builds_the_token_cache_train_then_reuses(tmp_path: Path):
+    (tmp_path / "text.txt").write_text(TEXT)
+    args = ("--preset", "tiny", "--data", "text.txt", "--data.tokenizer", "char")
+    prep = cli("prepare", *args, cwd=tmp_path)
+    assert prep.returncode == 0, prep.stderr
+    assert "train tokens" in prep.stdout and "cache (built)" in prep.stdout
+    again = cli("prepare", *args, cwd=tmp_path)
+    assert again.returncode == 0 and "cache (built)" not in again.stdout, again.stdout
+
+
 @pytest.mark.parametrize(("args", "needles"), [
     (["info", "gpt7"], ["'gpt7'", "presets:"]),
     (["generate", "no/such/run", "hi"], ["no/such/run"]),
