@@ -52,21 +52,23 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.theta, self.scaling, self.max_position = head_dim, theta, scaling, max_position
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
 
-    def _dynamic_inv_freq(self, seq_len: int) -> torch.Tensor:
-        # Dynamic NTK: grow the base once the sequence passes the trained length.
+    def _dynamic_inv_freq(self, seq_len: torch.Tensor) -> torch.Tensor:
+        """Dynamic NTK: the base grows once the sequence (0-dim tensor `seq_len`) passes the trained length.
+        Tensor arithmetic, no branch on the value, so a compiled step traces it (a Python int of the length would
+        be a data-dependent guard); the base in float64 as Python floats would compute it."""
         old_len = self.scaling.get("original_max_position_embeddings", self.max_position)
-        if seq_len <= old_len:
-            return self.inv_freq
         factor = float(self.scaling["factor"])
-        base = self.theta * ((factor * seq_len / old_len) - (factor - 1)) ** (self.head_dim / (self.head_dim - 2))
+        n = seq_len.to(torch.float64)
+        base = self.theta * ((factor * n / old_len) - (factor - 1)) ** (self.head_dim / (self.head_dim - 2))
         exps = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=self.inv_freq.device).float()
-        return 1.0 / (base ** (exps / self.head_dim))
+        grown = 1.0 / torch.pow(base.float(), exps / self.head_dim)
+        return torch.where(n > old_len, grown, self.inv_freq)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids (B, T) -> cos, sin of shape (B, 1, T, head_dim)."""
         inv_freq = self.inv_freq
         if self.scaling and self.scaling["type"] == "dynamic":
-            inv_freq = self._dynamic_inv_freq(int(position_ids.max()) + 1)
+            inv_freq = self._dynamic_inv_freq(position_ids.max() + 1)
         freqs = position_ids[..., None].float() * inv_freq.float()  # (B, T, head_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, head_dim)
         return emb.cos().to(dtype), emb.sin().to(dtype)

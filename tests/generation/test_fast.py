@@ -10,9 +10,11 @@ import torch
 from nl_gen_helpers import next_logits, tiny_lm, unicode_tokenizer
 from torch._dynamo.utils import counters
 
+from neurallayers.config import ModelConfig
 from neurallayers.generation import GenerationConfig, generate_ids, stream
 from neurallayers.generation.fast import decode_step_for, prepare_for_decode, release
 from neurallayers.generation.generate import forward_step
+from neurallayers.models.decoder import DecoderLM
 
 PROMPTS = [[5, 9, 2, 7, 1, 3], [4, 8], [11, 12, 13, 14]]  # different lengths: a left-padded batch
 
@@ -26,6 +28,48 @@ def _pair(**kwargs):
     """Two models with the same weights: one plain, one prepared for fast decoding with `kwargs`."""
     plain, fast = tiny_lm(seed=1), tiny_lm(seed=1)
     return plain, prepare_for_decode(fast, **kwargs)
+
+
+LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2, tie_embeddings=False)
+ARCHITECTURES = {  # past the trained length of 16 the dynamic NTK base grows with every step (a traced tensor)
+    "llama-gqa-dynamic-ntk": {**LLAMA, "rope_scaling": {"type": "dynamic", "factor": 2.0,
+                                                        "original_max_position_embeddings": 16}},
+    "mqa-linear-rope": {**LLAMA, "n_kv_head": 1, "rope_scaling": {"type": "linear", "factor": 2.0}},
+    "llama3-rope": {**LLAMA, "rope_scaling": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                              "high_freq_factor": 4.0, "original_max_position_embeddings": 16}},
+    "alibi": {"position": "alibi"},
+    "sinusoidal": {"position": "sinusoidal"},
+    "sliding-window": {**LLAMA, "sliding_window": 8},
+    "post-norm-geglu-layerscale": {"norm_placement": "post", "mlp": "geglu", "layer_scale": 0.1},
+}
+
+
+def _arch_pair(arch: str, **kwargs):
+    cfg = ModelConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, n_embd=32, init_std=0.3,
+                      **ARCHITECTURES[arch])
+    torch.manual_seed(1)
+    plain = DecoderLM(cfg).eval()
+    torch.manual_seed(1)
+    return plain, prepare_for_decode(DecoderLM(cfg).eval(), **kwargs)
+
+
+def _same_tokens(plain, fast) -> None:
+    """Greedy and sampled, one prompt and a padded batch, 40 new tokens (past position 16)."""
+    for prompts in (PROMPTS[:1], PROMPTS):
+        for settings in ({"temperature": 0.0}, {"temperature": 0.9, "seed": 3, "top_k": 10}):
+            cfg = GenerationConfig(max_new_tokens=40, ignore_eos=True, **settings)
+            want = [g.token_ids for g in generate_ids(plain, prompts, cfg, eos_ids=[])]
+            assert [g.token_ids for g in generate_ids(fast, prompts, cfg, eos_ids=[])] == want, settings
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_static_step_of_every_architecture_equals_plain(arch):
+    _same_tokens(*_arch_pair(arch, compile=False))
+
+
+@pytest.mark.slow
+def test_compiled_step_of_a_llama_with_dynamic_ntk_equals_plain():
+    _same_tokens(*_arch_pair("llama-gqa-dynamic-ntk", compile=True))
 
 
 @pytest.mark.parametrize("settings", [
