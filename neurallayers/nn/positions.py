@@ -53,9 +53,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
 
     def _dynamic_inv_freq(self, seq_len: torch.Tensor) -> torch.Tensor:
-        """Dynamic NTK: the base grows once the sequence (0-dim tensor `seq_len`) passes the trained length.
-        Tensor arithmetic, no branch on the value, so a compiled step traces it (a Python int of the length would
-        be a data-dependent guard); the base in float64 as Python floats would compute it."""
+        """Dynamic NTK: each row's base grows once its sequence (seq_len (B, 1)) passes the trained length ->
+        (B, head_dim/2). Per row, so a row's rates do not depend on the other rows of a batch (transformers takes
+        the batch's longest); in tensor arithmetic without a branch on the value, so a compiled step traces it;
+        the base in float64, as Python floats would compute it."""
         old_len = self.scaling.get("original_max_position_embeddings", self.max_position)
         factor = float(self.scaling["factor"])
         n = seq_len.to(torch.float64)
@@ -68,7 +69,7 @@ class RotaryEmbedding(nn.Module):
         """position_ids (B, T) -> cos, sin of shape (B, 1, T, head_dim)."""
         inv_freq = self.inv_freq
         if self.scaling and self.scaling["type"] == "dynamic":
-            inv_freq = self._dynamic_inv_freq(position_ids.max() + 1)
+            inv_freq = self._dynamic_inv_freq(position_ids.amax(dim=-1, keepdim=True) + 1)[:, None, :]
         freqs = position_ids[..., None].float() * inv_freq.float()  # (B, T, head_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, head_dim)
         return emb.cos().to(dtype), emb.sin().to(dtype)

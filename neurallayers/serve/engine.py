@@ -294,8 +294,12 @@ class Engine:
                 ids = torch.zeros(k, width, dtype=torch.long, device=self._device)  # (k, W) right-padded
                 for i, r in enumerate(reqs):
                     ids[i, :r.prompt_tokens] = torch.tensor(r.prompt_ids, dtype=torch.long, device=self._device)
-                hidden = self.model(ids, cache=cache, logits_to_keep=1, output_hidden=True).hidden  # (k, W, C)
                 last = torch.tensor([r.prompt_tokens - 1 for r in reqs], device=self._device)
+                # A row's padding repeats its last position: no row's positions run past its own prompt, which
+                # dynamic-NTK RoPE would read as a longer sequence (it scales each row by its largest position).
+                positions = torch.minimum(torch.arange(width, device=self._device)[None, :], last[:, None])
+                hidden = self.model(ids, cache=cache, position_ids=positions, logits_to_keep=1,
+                                    output_hidden=True).hidden  # (k, W, C)
                 logits = self.model.lm_head(hidden[torch.arange(k, device=self._device), last]).float()  # (k, V)
             with self._cond:
                 self._stats["prefills"] += k

@@ -41,6 +41,25 @@ def test_batched_equals_one_at_a_time(model, settings: dict) -> None:
     assert len(batched) == len(PROMPTS) * cfg.num_return_sequences
 
 
+def test_batched_equals_alone_with_dynamic_ntk_rope() -> None:
+    """Dynamic NTK scales RoPE by the sequence length: by each row's own, so a padded batch changes no row (it
+    did when the batch's longest row set everyone's scale)."""
+    from neurallayers.config import ModelConfig
+    from neurallayers.models.decoder import DecoderLM
+
+    torch.manual_seed(1)
+    lm = DecoderLM(ModelConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                               init_std=0.3, position="rope", norm="rmsnorm", mlp="swiglu", bias=False,
+                               rope_scaling={"type": "dynamic", "factor": 2.0,
+                                             "original_max_position_embeddings": 16})).eval()
+    prompts = [list(range(1, 21)), [4, 8], [11, 12, 13, 14]]  # 20 tokens: past 16 from the prompt on
+    for settings in (dict(temperature=0), dict(temperature=0.9, seed=3), dict(temperature=0, num_beams=2),
+                     dict(temperature=0, penalty_alpha=0.6, top_k=4)):
+        cfg = GenerationConfig(max_new_tokens=24, ignore_eos=True, **settings)
+        alone = [generate(lm, None, [p], cfg)[0].token_ids for p in prompts]
+        assert [g.token_ids for g in generate(lm, None, prompts, cfg)] == alone, settings
+
+
 def test_seeds(model) -> None:
     flat = tiny_lm(seed=1, init_std=0.02)  # near-uniform next-token distributions: samples differ by seed
     cfg = GenerationConfig(temperature=1.0, max_new_tokens=16)

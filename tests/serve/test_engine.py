@@ -195,6 +195,29 @@ def test_staggered_requests_equal_stream(tok, kind: str) -> None:
     assert stats["tokens_generated"] >= sum(len(r) - 1 for r in refs)
 
 
+def test_joint_prefill_of_a_dynamic_ntk_model_equals_stream(tok) -> None:
+    """Right-padded prompts prefilled together: the padding repeats each row's last position, so dynamic-NTK RoPE
+    (scaled by a row's largest position) sees each prompt's own length."""
+    torch.manual_seed(1)
+    model = DecoderLM(ModelConfig(vocab_size=290, block_size=96, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                                  init_std=0.3, position="rope", norm="rmsnorm", mlp="swiglu", bias=False,
+                                  rope_scaling={"type": "dynamic", "factor": 2.0,
+                                                "original_max_position_embeddings": 16})).eval()
+    prompts = [list(range(5, 25)), [4, 8], [11, 12, 13, 14]]
+    cfg = GenerationConfig(temperature=0, max_new_tokens=24, ignore_eos=True)
+    refs = [list(stream(model, tok, p, cfg)) for p in prompts]
+    gate = Gate(model)
+    engine = Engine(model, tok, max_batch=3, max_queue=8)
+    reqs = [engine.submit(p, cfg) for p in prompts]
+    engine.start()
+    gate.let(1)
+    assert gate.shapes[0] == (3, 20)  # one joint prefill
+    gate.open()
+    for req, ref in zip(reqs, refs, strict=True):
+        assert_same_events(list(req), ref)
+    engine.shutdown()
+
+
 def test_alone_equals_stream_to_the_bit(tok) -> None:
     """One running request takes stream()'s kernels on stream()'s shapes: log-probabilities agree exactly."""
     model = random_lm("llama", seed=1)
