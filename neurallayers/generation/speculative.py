@@ -24,6 +24,20 @@ def _pick(probs: torch.Tensor, greedy: bool, gen: torch.Generator) -> int:
 
 
 @torch.inference_mode()
+def _check_chunk_invariant(target: nn.Module, longest: int) -> None:
+    """Speculative decoding is exact only if the target scores a token alike whether one forward holds it alone or
+    with the drafted tokens after it. Dynamic NTK RoPE past its trained length scales by the forward's longest
+    position, so there the verifying forward would not give the logits plain decoding takes."""
+    scaling = target.config.rope_scaling or {}
+    if target.config.position != "rope" or scaling.get("type") != "dynamic":
+        return
+    trained = scaling.get("original_max_position_embeddings", target.config.block_size)
+    if longest > trained:
+        raise ValueError(f"speculative decoding is not exact for a target with dynamic NTK RoPE scaling past its "
+                         f"trained length of {trained} positions (this request reaches {longest}): its logits then "
+                         f"depend on how many tokens one forward holds; use plain decoding or fewer max_new_tokens")
+
+
 def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
                        eos_ids: list[int], stats: dict | None = None) -> list[list[Generation]]:
     """Decode one prompt with `target`, `config.num_speculative_tokens` tokens at a time proposed by `draft`.
@@ -64,6 +78,7 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
                          f"vocab_size={target.config.vocab_size}; the draft must share the target's tokenizer")
     check_request(target, input_ids, config, eos_ids)
     check_request(draft, input_ids, config, eos_ids)
+    _check_chunk_invariant(target, len(input_ids[0]) + config.max_new_tokens)
     target.eval()
     draft.eval()
     greedy = config.greedy

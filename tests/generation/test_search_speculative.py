@@ -133,3 +133,22 @@ def test_rejects_bad_input(pair):
         speculative_decode(target, short, [[1, 2, 3, 4, 5]], cfg, eos_ids=[])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         speculative_decode(target, draft, [[1, 64]], cfg, eos_ids=[])
+
+
+def test_a_dynamic_ntk_target_is_refused_past_its_trained_length():
+    """Its logits depend on how many tokens one forward holds past the trained length: the verifying forward would
+    not reproduce plain decoding. Within the trained length it is exact, and runs."""
+    from neurallayers.config import ModelConfig
+    from neurallayers.models.decoder import DecoderLM
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, init_std=0.3,
+                      position="rope", norm="rmsnorm", mlp="swiglu", bias=False,
+                      rope_scaling={"type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 16})
+    target = DecoderLM(cfg).eval()
+    draft = DecoderLM(cfg.replace(n_layer=1)).eval()
+    greedy = GenerationConfig(max_new_tokens=10, temperature=0, ignore_eos=True, num_speculative_tokens=3)
+    (g,), = speculative_decode(target, draft, [[1, 2, 3, 4, 5, 6]], greedy, eos_ids=[])  # 16 positions: fits
+    assert g.token_ids == plain_greedy(target, [1, 2, 3, 4, 5, 6], 10)
+    with pytest.raises(ValueError, match="dynamic NTK.*trained length of 16 positions.*reaches 17"):
+        speculative_decode(target, draft, [[1, 2, 3, 4, 5, 6, 7]], greedy, eos_ids=[])
