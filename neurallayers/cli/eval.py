@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from neurallayers.cli.common import add_device_dtype, add_model_path, load_model
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
     parser.add_argument("--data", help="corpus name or path (default: the run's own corpus)")
+    parser.add_argument("--text-field", default=None,
+                        help="the field that holds the text in a JSONL --data (default: text)")
     parser.add_argument("--split", choices=["val", "train", "all"], default=None,
                         help="which tokens: the run's split of its own corpus (default val); another corpus is "
                         "evaluated whole (all)")
@@ -39,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if split != "all" and not own:
         raise ValueError("--split val/train needs the run's own corpus; another corpus is evaluated whole (all)")
     data = run_cfg.data if own else DataConfig(source=args.data)
+    if args.text_field is not None:
+        data = dataclasses.replace(data, text_field=args.text_field)
     corpus = load_corpus(data.source, text_field=data.text_field)
     val_fraction = data.val_fraction if own else 0.0
     seed = run_cfg.train.seed if own else 0

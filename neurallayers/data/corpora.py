@@ -234,5 +234,5 @@ def _jsonl_documents(path: Path, rel: str, text_field: str) -> Iterator[Document
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                 fields = sorted(record) if isinstance(record, dict) else type(record).__name__
                 raise ValueError(f"{path}:{lineno}: no string field {text_field!r} (found {fields}); "
-                                 f"pass text_field= to choose another")
+                                 f"choose another with text_field= (CLI: --data.text_field, eval --text-field)")
             yield Document(f"{rel}:{lineno}", record[text_field])

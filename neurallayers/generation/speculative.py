@@ -23,7 +23,6 @@ def _pick(probs: torch.Tensor, greedy: bool, gen: torch.Generator) -> int:
     return int(probs.argmax()) if greedy else int(torch.multinomial(probs, 1, generator=gen))
 
 
-@torch.inference_mode()
 def _check_chunk_invariant(target: nn.Module, longest: int) -> None:
     """Speculative decoding is exact only if the target scores a token alike whether one forward holds it alone or
     with the drafted tokens after it. Dynamic NTK RoPE past its trained length scales by the forward's longest
@@ -38,6 +37,7 @@ def _check_chunk_invariant(target: nn.Module, longest: int) -> None:
                          f"depend on how many tokens one forward holds; use plain decoding or fewer max_new_tokens")
 
 
+@torch.inference_mode()
 def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
                        eos_ids: list[int], stats: dict | None = None) -> list[list[Generation]]:
     """Decode one prompt with `target`, `config.num_speculative_tokens` tokens at a time proposed by `draft`.

@@ -99,6 +99,17 @@ def test_resume_continues(run_dir: Path):
     assert "steps: 10" in longer.stdout and "step 9 on: the current train config's schedule" in longer.stderr
 
 
+def test_eval_on_a_jsonl_corpus_with_another_text_field(run_dir: Path, tmp_path: Path):
+    import json
+
+    lines = [json.dumps({"body": line, "id": i}) for i, line in enumerate(TEXT.splitlines())]
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    assert_user_error(cli("eval", str(run_dir), "--data", "docs.jsonl", cwd=tmp_path), "'text'", "--text-field")
+    ev = cli("eval", str(run_dir), "--data", "docs.jsonl", "--text-field", "body", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert "corpus: docs.jsonl  split: all" in ev.stdout and "perplexity" in ev.stdout
+
+
 def test_prepare_builds_the_token_cache_train_then_reuses(tmp_path: Path):
     (tmp_path / "text.txt").write_text(TEXT)
     args = ("--preset", "tiny", "--data", "text.txt", "--data.tokenizer", "char")

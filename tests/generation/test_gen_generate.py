@@ -60,6 +60,21 @@ def test_batched_equals_alone_with_dynamic_ntk_rope() -> None:
         assert [g.token_ids for g in generate(lm, None, prompts, cfg)] == alone, settings
 
 
+def test_every_method_decodes_in_inference_mode() -> None:
+    """No autograd graph is built while decoding, whatever the method (a misplaced decorator once let speculative
+    decoding record one)."""
+    lm, helper = tiny_lm(seed=0), tiny_lm(seed=1)
+    modes = []
+    handles = [m.register_forward_hook(lambda *_: modes.append(torch.is_inference_mode_enabled()))
+               for m in (lm, helper)]
+    for method in (dict(temperature=0.8, seed=1), dict(num_beams=2), dict(penalty_alpha=0.5, top_k=3),
+                   dict(amateur_model=helper), dict(draft_model=helper)):
+        generate(lm, None, [[1, 2, 3]], max_new_tokens=4, **method)
+    for h in handles:
+        h.remove()
+    assert len(modes) > 10 and all(modes)
+
+
 def test_seeds(model) -> None:
     flat = tiny_lm(seed=1, init_std=0.02)  # near-uniform next-token distributions: samples differ by seed
     cfg = GenerationConfig(temperature=1.0, max_new_tokens=16)
