@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and (out / "config.yaml").exists():
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
-    print(summary(result))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+        print(summary(result))
     return 0
 
 

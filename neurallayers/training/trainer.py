@@ -245,7 +245,7 @@ class _Fit:
                     ckpt.save_model(self.out, state)
             if self.last_saved != self.step:
                 self._save(t0)
-            if terminal and info.is_main:
+            if terminal:
                 self._finish()
         finally:
             for lg in self.loggers:
@@ -331,11 +331,17 @@ class _Fit:
         self.last_saved = self.step
 
     def _finish(self) -> None:
-        """Samples and the loss plot; neither may lose a finished run, so failures only warn."""
+        """Samples and the loss plot (rank 0); neither may lose a finished run, so failures only warn."""
         from neurallayers.training.plots import plot_losses
 
-        _write_samples(self.model, self.tokenizer, self.cfg, self.out / "samples.txt", self.device)
-        plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+        # A sharded model's forward is a collective (it gathers the weights): under FSDP every rank samples, each
+        # the same fixed number of tokens so that their forwards pair up; rank 0 writes.
+        sharded = self.info.mode == "fsdp"
+        if self.info.is_main or sharded:
+            _write_samples(self.model, self.tokenizer, self.cfg, self.out / "samples.txt", self.device,
+                           write=self.info.is_main, fixed_length=sharded)
+        if self.info.is_main:
+            plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
 
     def _log(self, metrics: dict) -> None:
         for lg in self.loggers:
@@ -423,7 +429,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path: Path, device: torch.device) -> None:
+def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path: Path, device: torch.device, *,
+                   write: bool = True, fixed_length: bool = False) -> None:
+    """Samples from `model` for cfg.sample_prompts into `path` (when `write`). fixed_length: every prompt gets
+    exactly the token budget (generation ignores eos; the text is cut at it afterwards), so the number of forwards
+    does not depend on what is sampled."""
     if not cfg.sample_prompts or cfg.sample_tokens == 0:
         return
     try:
@@ -437,14 +447,20 @@ def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path:
     if n_new < 1:
         log.warning("sample prompts fill the context (block_size=%d): no samples written", model.config.block_size)
         return
-    gen = GenerationConfig(max_new_tokens=n_new, temperature=0.8, top_k=50, seed=cfg.seed)
+    gen = GenerationConfig(max_new_tokens=n_new, temperature=0.8, top_k=50, seed=cfg.seed, ignore_eos=fixed_length)
     model.eval()
     try:
         outs = generate(model, tokenizer, list(cfg.sample_prompts), gen)
     except Exception as e:  # a finished run must not be lost to a sampling bug; say so loudly instead
         log.warning("sampling failed (%s: %s): no samples written", type(e).__name__, e)
         return
-    parts = [f"=== prompt: {p!r}\n{p}{getattr(o, 'text', o)}\n" for p, o in zip(cfg.sample_prompts, outs, strict=False)]
+    if not write:
+        return
+    texts = [o.text for o in outs]
+    if fixed_length and tokenizer.eos_id is not None:
+        texts = [tokenizer.decode(o.token_ids[:o.token_ids.index(tokenizer.eos_id)])
+                 if tokenizer.eos_id in o.token_ids else o.text for o in outs]
+    parts = [f"=== prompt: {p!r}\n{p}{t}\n" for p, t in zip(cfg.sample_prompts, texts, strict=False)]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text("\n".join(parts), encoding="utf-8")
     os.replace(tmp, path)

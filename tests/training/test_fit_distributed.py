@@ -34,7 +34,9 @@ dist.destroy_process_group()
 def test_torchrun_two_processes_resume_exact(tmp_path):
     if shutil.which("torchrun", path=str(__import__("pathlib").Path(sys.executable).parent)) is None:
         pytest.skip("torchrun not installed next to the interpreter")
-    run = tiny_run(tmp_path, max_steps=6, save_interval=3, eval_interval=3, batch_size=2)
+    # samples at the end: under FSDP every rank must take part in the sharded model's forwards (a hang before)
+    run = tiny_run(tmp_path, max_steps=6, save_interval=3, eval_interval=3, batch_size=2, sample_tokens=12,
+                   sample_prompts=["the ", "fox"])
     cfg = run.to_yaml(tmp_path / "config.yaml")
     (tmp_path / "driver.py").write_text(DRIVER)
     for phase in ("first", "second"):
@@ -49,6 +51,8 @@ def test_torchrun_two_processes_resume_exact(tmp_path):
         wa = read_safetensors(tmp_path / f"{mode}-straight/checkpoints/step-6/model.safetensors")
         wb = read_safetensors(tmp_path / f"{mode}-split/checkpoints/step-6/model.safetensors")
         assert all(torch.equal(wa[k], wb[k]) for k in wa), mode
+        samples = (tmp_path / f"{mode}-straight/samples.txt").read_text()
+        assert "=== prompt: 'the '" in samples and "=== prompt: 'fox'" in samples, mode
     # Both strategies compute the same global batch: FSDP2's losses match DDP's closely.
     ddp, fsdp = step_losses(tmp_path / "ddp-straight"), step_losses(tmp_path / "fsdp-straight")
     assert all(abs(ddp[s] - fsdp[s]) < 1e-4 for s in ddp)
