@@ -405,6 +405,11 @@ def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict]:
         raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({'; '.join(diff)})")
     if saved.train.batch_size != run.train.batch_size or saved.train.grad_accum != run.train.grad_accum:
         log.warning("batch_size/grad_accum differ from the saved run: the data order will not match the original")
+    if saved.data != run.data:
+        a, b = saved.data.__dict__, run.data.__dict__
+        diff = "; ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b.get(k))
+        log.warning("the data settings differ from the saved run (%s): training continues on the new data, with the "
+                    "run's tokenizer", diff)
     model_sd, state = ckpt.load_checkpoint(target)
     if int(state["step"]) != ckpt.checkpoint_step(target):
         raise CheckpointError(f"{target}: state.pt says step {state['step']}, the folder name another")

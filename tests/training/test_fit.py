@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 import torch
-from nl_train_helpers import read_jsonl, run_fit_process, step_losses, tiny_run
+from nl_train_helpers import read_jsonl, run_fit_process, step_losses, tiny_run, write_corpus
 
 import neurallayers.models
 from neurallayers.training import RunConfig, fit, load_run
@@ -186,6 +186,16 @@ def test_resume_under_a_changed_schedule_follows_it_from_the_next_step(tmp_path)
     new_lr = rates(tmp_path / "new-lr")
     assert [new_lr[s] for s in range(1, 5)] == [straight[s] for s in range(1, 5)]
     assert [new_lr[s] for s in range(5, 9)] == [straight_lr[s] for s in range(5, 9)]
+
+
+def test_resume_on_other_data_says_so(tmp_path, caplog):
+    fit(tiny_run(tmp_path, max_steps=4, eval_interval=0), tmp_path / "run", progress=False)
+    other = write_corpus(tmp_path / "other.txt", seed=5)
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        result = fit(tiny_run(tmp_path, corpus=other, max_steps=6, eval_interval=0), tmp_path / "run", resume=True,
+                     progress=False)
+    assert result.steps == 6
+    assert "data settings differ from the saved run (source:" in caplog.text and "other.txt" in caplog.text
 
 
 def test_time_budget_stops_evaluates_saves_and_samples(tmp_path):
