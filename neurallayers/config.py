@@ -186,12 +186,8 @@ class ModelConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
         """Read a YAML file: either a bare mapping of fields or a `model:` section (a run's config.yaml)."""
-        import yaml
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_file(path) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
         if "model" in data and isinstance(data["model"], dict):
@@ -293,3 +289,19 @@ def _check_rope_scaling(scaling: dict, position: str) -> dict:
         missing = _ROPE_SCALING_KEYS["llama3"] - set(scaling)
         _require("rope_scaling", scaling, not missing, f"llama3 scaling needs {sorted(missing)}")
     return scaling
+
+
+def read_yaml_file(path: str | Path, *, what: str = "config file") -> Any:
+    """The YAML document in `path`; a missing file or bad YAML is one clear line (file, problem, line, column)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path} is not valid YAML: {problem}{where}") from None

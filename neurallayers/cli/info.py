@@ -17,10 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(target: str):
     """ModelConfig of a preset, a YAML file, a run directory or an HF folder."""
-    import yaml
-
     from neurallayers import presets
-    from neurallayers.config import ModelConfig
+    from neurallayers.config import ModelConfig, read_yaml_file
 
     path = Path(target)
     if path.is_dir():
@@ -35,9 +33,7 @@ def resolve_config(target: str):
             return family(hf_cfg.get("model_type")).config_from_hf(hf_cfg)
         raise ValueError(f"{path} has neither config.yaml (a run) nor config.json (a Hugging Face model)")
     if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = read_yaml_file(path) or {}
         if isinstance(data, dict) and "model" in data:  # a run config
             from neurallayers.training.config import RunConfig
 

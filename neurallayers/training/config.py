@@ -205,15 +205,9 @@ class RunConfig:
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping in a YAML run-config file (empty file: {}), with clear errors for a missing or bad file."""
-    import yaml
+    from neurallayers.config import read_yaml_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"run config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML: {e}") from None
+    data = read_yaml_file(path, what="run config") or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a run config is a mapping with sections {', '.join(SECTIONS)}")
     return data

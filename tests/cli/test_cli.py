@@ -110,6 +110,13 @@ def test_eval_on_a_jsonl_corpus_with_another_text_field(run_dir: Path, tmp_path:
     assert "corpus: docs.jsonl  split: all" in ev.stdout and "perplexity" in ev.stdout
 
 
+def test_bad_yaml_is_one_line_naming_where(tmp_path: Path):
+    (tmp_path / "bad.yaml").write_text("model: {preset: tiny\n")
+    for verb in ("info", "train", "prepare"):
+        flag = [] if verb == "info" else ["--config"]
+        assert_user_error(cli(verb, *flag, "bad.yaml", cwd=tmp_path), "bad.yaml is not valid YAML", "line 2")
+
+
 def test_prepare_builds_the_token_cache_train_then_reuses(tmp_path: Path):
     (tmp_path / "text.txt").write_text(TEXT)
     args = ("--preset", "tiny", "--data", "text.txt", "--data.tokenizer", "char")
