@@ -12,6 +12,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -400,20 +401,23 @@ def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict]:
     """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training)."""
     saved = RunConfig.from_yaml(out / "config.yaml")
     if saved.model != run.model:
-        a, b = saved.model.to_dict(), run.model.to_dict()
-        diff = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b.get(k)]
-        raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({'; '.join(diff)})")
+        diff = _changes(saved.model.to_dict(), run.model.to_dict())
+        raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
     if saved.train.batch_size != run.train.batch_size or saved.train.grad_accum != run.train.grad_accum:
         log.warning("batch_size/grad_accum differ from the saved run: the data order will not match the original")
     if saved.data != run.data:
-        a, b = saved.data.__dict__, run.data.__dict__
-        diff = "; ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b.get(k))
+        diff = _changes(dataclasses.asdict(saved.data), dataclasses.asdict(run.data))
         log.warning("the data settings differ from the saved run (%s): training continues on the new data, with the "
                     "run's tokenizer", diff)
     model_sd, state = ckpt.load_checkpoint(target)
     if int(state["step"]) != ckpt.checkpoint_step(target):
         raise CheckpointError(f"{target}: state.pt says step {state['step']}, the folder name another")
     return model_sd, state
+
+
+def _changes(old: dict, new: dict) -> str:
+    """"field: old -> new; ..." for the fields whose values differ."""
+    return "; ".join(f"{k}: {old[k]!r} -> {new.get(k)!r}" for k in old if old[k] != new.get(k))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -53,23 +53,27 @@ def _arch_pair(arch: str, **kwargs):
     return plain, prepare_for_decode(DecoderLM(cfg).eval(), **kwargs)
 
 
-def _same_tokens(plain, fast) -> None:
-    """Greedy and sampled, one prompt and a padded batch, 40 new tokens (past position 16)."""
+def _token_mismatches(plain, fast) -> list[tuple[int, dict]]:
+    """(rows, settings) where the models' tokens differ: greedy and sampled, one prompt and a padded batch, 40 new
+    tokens (past position 16)."""
+    differ = []
     for prompts in (PROMPTS[:1], PROMPTS):
         for settings in ({"temperature": 0.0}, {"temperature": 0.9, "seed": 3, "top_k": 10}):
             cfg = GenerationConfig(max_new_tokens=40, ignore_eos=True, **settings)
             want = [g.token_ids for g in generate_ids(plain, prompts, cfg, eos_ids=[])]
-            assert [g.token_ids for g in generate_ids(fast, prompts, cfg, eos_ids=[])] == want, settings
+            if [g.token_ids for g in generate_ids(fast, prompts, cfg, eos_ids=[])] != want:
+                differ.append((len(prompts), settings))
+    return differ
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_static_step_of_every_architecture_equals_plain(arch):
-    _same_tokens(*_arch_pair(arch, compile=False))
+    assert _token_mismatches(*_arch_pair(arch, compile=False)) == []
 
 
 @pytest.mark.slow
 def test_compiled_step_of_a_llama_with_dynamic_ntk_equals_plain():
-    _same_tokens(*_arch_pair("llama-gqa-dynamic-ntk", compile=True))
+    assert _token_mismatches(*_arch_pair("llama-gqa-dynamic-ntk", compile=True)) == []
 
 
 @pytest.mark.parametrize("settings", [
@@ -134,8 +138,9 @@ def test_compiled_step_equals_plain(monkeypatch):
         for model in (plain, fast):
             model.blocks[0].mlp.fc.weight.mul_(-1)
     want = _ids(plain, PROMPTS, temperature=0.0)
-    assert _ids(fast, PROMPTS, temperature=0.0) != want  # the frozen step still holds the old weights (the eager
-    prepare_for_decode(fast)  # prompt pass the new ones): prepare again after changing them
+    # the frozen step still holds the old weights (the eager prompt pass the new ones): prepare again after changing
+    assert _ids(fast, PROMPTS, temperature=0.0) != want
+    prepare_for_decode(fast)
     after = _ids(fast, PROMPTS, temperature=0.0)
     assert after == want and after != before
 
