@@ -5,9 +5,12 @@ overload is 429 with `Retry-After`, a draining server answers 503.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from typing import Any
+
+from neurallayers.serve import schemas
 
 log = logging.getLogger("neurallayers.serve")
 
@@ -84,6 +87,16 @@ def param_of(loc: tuple | list) -> str | None:
     return param
 
 
+def unknown_field(param: str) -> str:
+    """The message for a field no request schema has: an OpenAI one this server lacks, or (likely) a typo."""
+    if param in schemas.UNSUPPORTED:
+        return f"{param}: not supported by this server (send null or leave it out)"
+    known = {name for model in vars(schemas).values() if isinstance(model, type)
+             and issubclass(model, schemas.Strict) for name in model.model_fields}
+    close = difflib.get_close_matches(param, sorted(known), n=1)
+    return f"{param}: unknown field" + (f" (did you mean {close[0]!r}?)" if close else " (check the spelling)")
+
+
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     """(message, param) for a list of pydantic errors: the first field at fault, said plainly."""
     first = errors[0]
@@ -96,7 +109,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
             return "the request body is missing: send a JSON object", "body"
         return f"the request body must be a JSON object: {first.get('msg')}", "body"
     if first.get("type") == "extra_forbidden":
-        return f"{param}: unknown field (this server does not support it; check the spelling)", param
+        return unknown_field(param), param
     if first.get("type") == "missing":
         return f"{param}: field required", param
     leaf = param.rsplit(".", 1)[-1].split("[", 1)[0] if param else ""

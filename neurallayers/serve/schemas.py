@@ -1,15 +1,17 @@
 """Request and response bodies of the HTTP API, as pydantic models (they are also the OpenAPI schema).
 
 Requests are strict: wrong JSON types are not coerced ("0.5" is not a number, true is not 1), NaN and infinity are
-refused, and unknown fields are errors (a misspelt `temprature` must not be silently ignored). Ranges that do not
-depend on the model are checked here; those that do (context length, vocabulary) in params.py.
+refused, and unknown fields are errors (a misspelt `temprature` must not be silently ignored). `null` in an optional
+field means its default, as OpenAI's API reads it (clients such as LangChain send `"temperature": null`); so does
+`null` in an OpenAI field this server does not implement (`"tools": null`), while a value there is refused. Ranges that
+do not depend on the model are checked here; those that do (context length, vocabulary) in params.py.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_N = 16  # choices per prompt
 MAX_STOP = 16  # stop strings per request
@@ -19,6 +21,11 @@ MAX_SEED = 2**63 - 1
 StopText = Annotated[str, Field(min_length=1)]
 Bias = Annotated[float, Field(ge=-100, le=100)]
 Prompt = str | list[str] | list[int] | list[list[int]]
+# OpenAI request fields this server does not implement: refused with a value, ignored when null
+UNSUPPORTED = frozenset({
+    "audio", "best_of", "function_call", "functions", "metadata", "modalities", "parallel_tool_calls", "prediction",
+    "reasoning_effort", "response_format", "service_tier", "store", "suffix", "tool_choice", "tools",
+    "web_search_options"})
 
 
 class Strict(BaseModel):
@@ -29,7 +36,19 @@ class StreamOptions(Strict):
     include_usage: bool = Field(False, description="send a last chunk with the usage of the whole request")
 
 
-class Sampling(Strict):
+class OpenAIRequest(Strict):
+    """A request body of an OpenAI route: `null` in an optional field (or an unimplemented one) is its default."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data):
+        if not isinstance(data, dict):
+            return data
+        optional = {name for name, field in cls.model_fields.items() if not field.is_required()}
+        return {k: v for k, v in data.items() if v is not None or (k not in optional and k not in UNSUPPORTED)}
+
+
+class Sampling(OpenAIRequest):
     """Fields shared by /v1/completions and /v1/chat/completions (OpenAI names and ranges)."""
 
     model: str | None = Field(None, description="the served model's id (GET /v1/models); default: that model")
@@ -77,7 +96,7 @@ class ChatRequest(Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="needs logprobs: true")
 
 
-class EmbeddingRequest(Strict):
+class EmbeddingRequest(OpenAIRequest):
     input: Prompt = Field(description="a string or a list of strings (encoder models only)")
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"

@@ -71,9 +71,10 @@ COMPLETION_CASES = [
     ({"seed": -1}, "seed"),
     ({"stream": "yes"}, "stream"),
     ({"stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
-    ({"echo": None}, "echo"),
+    ({"echo": "no"}, "echo"),
     ({"temprature": 0.5}, "temprature"),
     ({"best_of": 2}, "best_of"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
 ]
 
 
@@ -142,6 +143,36 @@ def test_other_routes_refuse_bad_input_with_400(server):
     assert_error(httpx.get(f"{url}/nowhere"), 404)
     assert_error(httpx.get(f"{url}/v1/completions"), 405)
     assert_ok_after(url)
+
+
+OPTIONAL_AS_NULL = ["model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "n", "stop", "stream",
+                    "stream_options", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
+                    "logit_bias", "user", "echo", "logprobs", "tools", "tool_choice", "response_format", "suffix"]
+
+
+def test_null_in_an_optional_field_means_its_default(server):
+    # OpenAI's schema makes these nullable and some clients send every field, null where unset
+    body = {"prompt": "The", "max_tokens": 4, "temperature": 0}
+    want = httpx.post(f"{server.url}/v1/completions", json=body).json()["choices"]
+    nulls = {name: None for name in OPTIONAL_AS_NULL if name not in body}
+    got = httpx.post(f"{server.url}/v1/completions", json={**body, **nulls})
+    assert got.status_code == 200, got.text
+    assert got.json()["choices"] == want
+    chat = {"messages": [{"role": "user", "content": "hi", "name": None}], "max_completion_tokens": 3,
+            "top_logprobs": None, "logprobs": None, "max_tokens": None, "parallel_tool_calls": None}
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=chat).status_code == 200
+    assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": None}), 400, "prompt")
+
+
+def test_unknown_fields_are_told_apart_from_unsupported_ones(server):
+    err = assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "temprature": 0}), 400,
+                       "temprature")
+    assert err["message"] == "temprature: unknown field (did you mean 'temperature'?)"
+    err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}), 400, "tools")
+    assert err["message"] == "tools: not supported by this server (send null or leave it out)"
+    err = assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "zzz": 1}), 400, "zzz")
+    assert err["message"] == "zzz: unknown field (check the spelling)"
 
 
 def test_oversized_body_is_413_before_it_is_read(server):
