@@ -9,10 +9,10 @@ Input: one JSON object per line (blank lines are skipped):
 must be unique. A generation line may override the run's settings with any of LINE_PARAMS; an embedding line
 holds only id and text.
 
-Output: `.jsonl` gets one result per input, `{"id", "text", "finish_reason", "prompt_tokens", "completion_tokens"}`
-for generation or `{"id", "embedding"}` for embeddings, in input order once the run is complete (completion order
-while it runs). Embeddings may instead go to `.npy` (an (N, C) float32 array, rows in input order) or `.npz`
-(arrays `ids` and `embeddings`).
+Output: `.jsonl` (or `.ndjson`; other names are refused) gets one result per input, `{"id", "text",
+"finish_reason", "prompt_tokens", "completion_tokens"}` for generation or `{"id", "embedding"}` for embeddings, in
+input order once the run is complete (completion order while it runs). Embeddings may instead go to `.npy` (an
+(N, C) float32 array, rows in input order) or `.npz` (arrays `ids` and `embeddings`).
 
 Resume: a killed run, started again with the same command, skips what is done and loses nothing. JSONL results are
 appended one batch at a time as whole lines, fsync'd, and only then counted in the progress record
@@ -46,6 +46,7 @@ TEXT_KEYS = ("prompt", "text")
 LINE_PARAMS = ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                "presence_penalty", "frequency_penalty", "no_repeat_ngram_size", "stop", "seed", "ignore_eos")
 VECTOR_SUFFIXES = (".npy", ".npz")
+LINE_SUFFIXES = (".jsonl", ".ndjson")
 # Files whose change means another model (size and mtime are compared, not contents: weights can be large).
 MODEL_FILES = ("config.yaml", "config.json", "tokenizer.json", "tokenizer_config.json",
                "model.safetensors.index.json")
@@ -351,6 +352,9 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
     if causal and vectors:
         raise ValueError(f"output {output.name}: {'/'.join(VECTOR_SUFFIXES)} files hold embeddings, which need an "
                          "encoder model (causal=False); write generations to a .jsonl file")
+    if not vectors and output.suffix.lower() not in LINE_SUFFIXES:
+        also = f"; embeddings may also go to {' or '.join(VECTOR_SUFFIXES)}" if not causal else ""
+        raise ValueError(f"output {output.name}: results are written as JSON lines: name the file .jsonl{also}")
     if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
         raise ValueError(f"output {output} is the input file; choose another --output")
     items = read_inputs(input_path, mode="generate" if causal else "embed")

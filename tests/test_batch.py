@@ -196,6 +196,9 @@ def test_bad_settings_and_outputs(lm, tmp_path):
     inp = write_prompts(tmp_path / "in.jsonl", 2)
     with pytest.raises(ValueError, match="need an encoder model"):
         run_batch(model, tok, inp, tmp_path / "v.npy", progress=False)
+    with pytest.raises(ValueError, match="output o.csv: results are written as JSON lines: name the file .jsonl$"):
+        run_batch(model, tok, inp, tmp_path / "o.csv", progress=False)
+    assert not (tmp_path / "o.csv").exists()
     with pytest.raises(ValueError, match="num_return_sequences=2: batch writes one result per input line"):
         run_batch(model, tok, inp, tmp_path / "o.jsonl", config=GREEDY.replace(num_return_sequences=2), progress=False)
     with pytest.raises(ValueError, match="batch_size=0"):
@@ -287,6 +290,8 @@ def test_embeddings_npy_resume_npz_and_jsonl(encoder, tmp_path, monkeypatch):
     assert [r["id"] for r in rows] == [i * 10 for i in range(7)]
     np.testing.assert_allclose(np.array([r["embedding"] for r in rows]),
                                embed(model, tok, SENTENCES, pooling="cls", normalize=False).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match=r"v.txt: .* name the file .jsonl; embeddings may also go to .npy or .npz"):
+        run_batch(model, tok, inp, tmp_path / "v.txt", progress=False)
     with pytest.raises(ValueError, match=r"max_length=65: must be in \[2, 64\]"):
         run_batch(model, tok, inp, tmp_path / "y.npy", max_length=65, progress=False)
     with pytest.raises(ValueError, match="line 1: unknown field 'temperature'"):
