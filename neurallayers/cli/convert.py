@@ -8,7 +8,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="a run directory (config.yaml) or a Hugging Face folder (config.json)")
     parser.add_argument("dst", help="the folder to write (must not exist or be empty, unless --overwrite)")
-    parser.add_argument("--to", choices=["hf", "run"], required=True, help="what to write")
+    parser.add_argument("--to", choices=["hf", "run"], default=None,
+                        help="what to write (default: the other kind: a run becomes an HF folder and back)")
     parser.add_argument("--max-shard-size", type=int, default=None, help="largest HF weight shard, in MB")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="accept an HF folder that only has pytorch_model.bin (read with weights_only=True)")

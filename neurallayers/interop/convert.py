@@ -15,7 +15,7 @@ from typing import Literal
 TARGETS = ("hf", "run")
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf", "run"],
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf", "run"] | None = None,
             max_shard_size: int | None = None, allow_pickle: bool = False, overwrite: bool = False) -> Path:
     """Converts a run directory or an HF folder `src` into `dst`.
 
@@ -24,6 +24,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         dst: the folder to write; it must not exist or be empty, unless `overwrite`.
         to: "hf" writes config.json, safetensors weights and tokenizer files that `transformers` loads;
             "run" writes config.yaml, model.safetensors and tokenizer files that `neurallayers.load` reads.
+            None (the default): the other kind than `src` (a run directory becomes an HF folder and back).
         max_shard_size: for to="hf", the largest weight shard in bytes (None: one file).
         allow_pickle: accept an HF `src` whose only weights are pytorch_model.bin (read with weights_only=True).
         overwrite: replace a non-empty `dst`.
@@ -38,16 +39,18 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
     """
     from neurallayers.api import load
 
-    if to not in TARGETS:
+    if to is not None and to not in TARGETS:
         raise ValueError(f"to={to!r}: must be one of {', '.join(map(repr, TARGETS))}")
-    if max_shard_size is not None and to != "hf":
-        raise ValueError(f"max_shard_size={max_shard_size!r}: only applies to to='hf'")
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise FileNotFoundError(f"src {src} does not exist")
     if not src.is_dir() or not ((src / "config.yaml").is_file() or (src / "config.json").is_file()):
         raise ValueError(f"src {src} is neither a NeuralLayers run directory (config.yaml) nor a Hugging Face "
                          "model folder (config.json)")
+    if to is None:
+        to = "hf" if (src / "config.yaml").is_file() else "run"
+    if max_shard_size is not None and to != "hf":
+        raise ValueError(f"max_shard_size={max_shard_size!r}: only applies to to='hf'")
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"dst {dst} is a file; give a folder")
     if dst.exists() and any(dst.iterdir()) and not overwrite:

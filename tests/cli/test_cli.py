@@ -80,7 +80,7 @@ def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path):
     info = cli("info", str(run_dir))
     assert info.returncode == 0 and "parameters" in info.stdout and "KV cache" in info.stdout
     hf = tmp_path / "hf"
-    conv = cli("convert", str(run_dir), str(hf), "--to", "hf")
+    conv = cli("convert", str(run_dir), str(hf))  # --to hf: a run becomes an HF folder
     assert conv.returncode == 0, conv.stderr
     assert (hf / "config.json").is_file()
     again = cli("generate", str(hf), "To be", "--max-new-tokens", "5", "--temperature", "0")

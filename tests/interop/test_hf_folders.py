@@ -237,7 +237,7 @@ def test_convert_hf_to_run_and_back(tmp_path):
     ref = hf_folder(src)
     tok = Tokenizer.train_char(["some text for a char tokenizer"])
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, eos_token=tok.eos_token).save_pretrained(src)
-    run = convert(src, tmp_path / "run", to="run")
+    run = convert(src, tmp_path / "run")  # to: the other kind than src
     assert {"config.yaml", "model.safetensors", "tokenizer.json"} <= set(os.listdir(run))
     model, run_tok = load(run)
     assert run_tok.encode("some text") == tok.encode("some text")
@@ -245,7 +245,7 @@ def test_convert_hf_to_run_and_back(tmp_path):
         torch.testing.assert_close(model(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
     assert model.lm_head.weight is model.wte.weight
 
-    out = convert(run, tmp_path / "hf2", to="hf", max_shard_size=4000)
+    out = convert(run, tmp_path / "hf2", max_shard_size=4000)
     assert (out / "model.safetensors.index.json").is_file()
     again = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
