@@ -27,7 +27,7 @@ class GenerationConfig:
     stop: list[str] = field(default_factory=list)  # stop strings: generation ends before them, not included
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
-    seed: int | None = None
+    seed: int | None = None  # each prompt samples from it (alone or batched); None: a fresh seed per prompt
     # beam search
     num_beams: int = 1
     length_penalty: float = 1.0

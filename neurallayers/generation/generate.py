@@ -179,8 +179,11 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
     stops = torch.tensor(_stop_ids(config, eos_ids), dtype=torch.long, device=device)
     gens = None
     if not config.greedy:
-        seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()))
-        gens = [torch.Generator(device=device).manual_seed(_row_seed(seed, r % n_ret)) for r in range(rows)]
+        # Unseeded, every prompt draws its own seed: one shared seed would give a batch of equal prompts equal
+        # samples (and unequal prompts correlated ones).
+        seeds = [config.seed] * b if config.seed is not None else torch.randint(0, 2**62, (b,)).tolist()
+        gens = [torch.Generator(device=device).manual_seed(_row_seed(seeds[r // n_ret], r % n_ret))
+                for r in range(rows)]
 
     # prepare_for_decode() registers a fast (static-shape, compiled) step and its static caches.
     fast = decode_step_for(model)

@@ -84,6 +84,9 @@ def test_seeds(model) -> None:
     two = generate(flat, None, [[1, 2]], cfg, seed=1, num_return_sequences=2)
     assert two[0].token_ids == runs[1] and two[1].token_ids != runs[1]  # sequence k draws from seed (1, k)
     assert generate(model, None, [[1, 2]], cfg, seed=None)  # unseeded sampling runs
+    # a batch of one prompt repeated: seeded, each row is that prompt alone; unseeded, each row draws its own seed
+    assert {tuple(g.token_ids) for g in generate(flat, None, [[1, 2]] * 3, cfg, seed=1)} == {tuple(runs[1])}
+    assert len({tuple(g.token_ids) for g in generate(flat, None, [[1, 2]] * 3, cfg, seed=None)}) == 3
 
 
 def test_stop_token_and_length(model) -> None:
