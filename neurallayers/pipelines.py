@@ -195,7 +195,8 @@ class TokenClassificationPipeline(Pipeline):
 
 
 class TextGenerationPipeline(Pipeline):
-    """[{"generated_text": prompt + continuation}] per prompt; keyword arguments are GenerationConfig fields."""
+    """[{"generated_text": prompt + continuation}] per prompt; keyword arguments are GenerationConfig fields, plus
+    transformers' `return_full_text` (False: the continuation alone) and `do_sample` (False: greedy)."""
 
     task = "text-generation"
 
@@ -209,6 +210,10 @@ class TextGenerationPipeline(Pipeline):
         from neurallayers.generation.generate import generate
 
         prompts = _check_texts(items, "inputs")
+        if "max_length" in gen_kwargs:
+            raise ValueError("max_length: this pipeline counts new tokens only; give max_new_tokens instead")
+        if gen_kwargs.pop("do_sample", True) is False:  # transformers' switch for greedy decoding
+            gen_kwargs["temperature"] = 0.0
         gen_config = GenerationConfig.from_dict(gen_kwargs)
         n = gen_config.num_return_sequences
         outs = generate(self.model, self.tokenizer, prompts, gen_config)  # prompt-major, n per prompt

@@ -1,7 +1,6 @@
 """pipeline(task, model): every task runs, results have transformers' shape, bad input fails clearly."""
 
 import functools
-import importlib.util
 import os
 
 import pytest
@@ -161,8 +160,6 @@ def test_token_classification_entities_and_offsets(wordpiece):
 
 
 def test_text_generation_runs_on_a_decoder():
-    if importlib.util.find_spec("neurallayers.generation.generate") is None:
-        pytest.skip("neurallayers.generation.generate is not written yet")
     tok = Tokenizer.train_char(["hello world, a tiny corpus."])
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
@@ -177,3 +174,9 @@ def test_text_generation_runs_on_a_decoder():
         gen("")
     with pytest.raises(ValueError, match="max_new_tokens"):
         gen("hello", max_new_tokens=0)
+    greedy = gen("hello", max_new_tokens=4, temperature=0)[0]["generated_text"]
+    assert gen("hello", max_new_tokens=4, do_sample=False)[0]["generated_text"] == greedy  # transformers' names
+    tail = gen("hello", max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
+    assert "hello" + tail == greedy
+    with pytest.raises(ValueError, match="max_length: .* give max_new_tokens"):
+        gen("hello", max_length=10)
