@@ -196,29 +196,12 @@ def load_minilm(*, device: str | torch.device | None = None,
 
     The tokenizer's `model_max_length` is the 256 tokens sentence-transformers uses for this model.
     """
+    from neurallayers.interop.hf import load_hf
+
     folder = minilm_folder()
-    try:
-        from neurallayers.interop.hf import load_hf
-    except ModuleNotFoundError as e:
-        if e.name != "neurallayers.interop.hf":
-            raise
-        model, tokenizer = _load_bert_folder(folder)
-    else:
-        model, tokenizer = load_hf(folder)
+    model, tokenizer = load_hf(folder)
     model = model.to(device=device, dtype=dtype)
     st_config = folder / "sentence_bert_config.json"
     if st_config.is_file():
         tokenizer.model_max_length = int(json.loads(st_config.read_text())["max_seq_length"])
     return model.eval(), tokenizer
-
-
-def _load_bert_folder(folder: Path) -> tuple[nn.Module, Tokenizer]:
-    """A BERT folder through the bert weight map directly (used while the generic HF loader is absent)."""
-    from neurallayers.interop import bert
-    from neurallayers.models import build_model
-    from neurallayers.weights import read_safetensors
-
-    cfg = bert.config_from_hf(json.loads((folder / "config.json").read_text()))
-    model = build_model(cfg)
-    model.load_state_dict(bert.to_ours(read_safetensors(folder / "model.safetensors"), cfg))
-    return model, Tokenizer.load(folder)
