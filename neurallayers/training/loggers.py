@@ -1,18 +1,31 @@
 """Metric loggers: metrics.jsonl always; TensorBoard, MLflow and Weights & Biases when asked for.
 
 Each logger has `log(metrics, step)` and `close()`. The trackers import their library in `__init__` and name the
-`neurallayers[track]` extra when it is missing.
+`neurallayers[track]` extra when it is missing. A resumed run (`start_step` > 0) continues its history: TensorBoard
+purges the events a killed session wrote past the checkpoint, MLflow and W&B log into the run they started
+(its id is kept in the run directory: mlflow_run_id, wandb_run_id).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 _EXTRA = "pip install 'neurallayers[track]'"
+log = logging.getLogger("neurallayers.training")
+
+
+def _run_id(run_dir: str | os.PathLike, name: str, start_step: int) -> str | None:
+    """The tracker run id an earlier session of this run saved, when resuming."""
+    path = Path(run_dir) / name
+    if start_step == 0 or not path.is_file():
+        return None
+    return path.read_text().strip() or None
 
 
 def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -46,13 +59,14 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
 class TensorBoardLogger:
     """Scalars to a TensorBoard event file under `run_dir/tensorboard/`."""
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, start_step: int = 0) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ImportError(f"the tensorboard logger needs the tensorboard package: {_EXTRA}") from None
         self.log_dir = Path(run_dir) / "tensorboard"
-        self._w = SummaryWriter(log_dir=str(self.log_dir))
+        # purge_step: TensorBoard drops the earlier files' events from this step on (a killed session's tail)
+        self._w = SummaryWriter(log_dir=str(self.log_dir), purge_step=start_step + 1 if start_step else None)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         for k, v in _scalars(metrics).items():
@@ -64,9 +78,10 @@ class TensorBoardLogger:
 
 
 class MLflowLogger:
-    """Metrics to MLflow: the tracking URI from MLFLOW_TRACKING_URI, else a sqlite store in the run directory."""
+    """Metrics to MLflow: the tracking URI from MLFLOW_TRACKING_URI, else a store in the run directory (sqlite
+    where SQLAlchemy is installed, as full mlflow has it; else a file store, which mlflow-skinny can write)."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, run_name: str | None = None) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, start_step: int = 0, run_name: str | None = None) -> None:
         os.environ.setdefault("DO_NOT_TRACK", "true")  # mlflow ignores the value 1
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         try:
@@ -74,9 +89,21 @@ class MLflowLogger:
         except ImportError:
             raise ImportError(f"the mlflow logger needs mlflow (or mlflow-skinny): {_EXTRA}") from None
         self._mlflow = mlflow
+        run_dir = Path(run_dir).resolve()
         if not os.environ.get("MLFLOW_TRACKING_URI"):
-            mlflow.set_tracking_uri(f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}")
-        self._run = mlflow.start_run(run_name=run_name or Path(run_dir).name)
+            store = (f"sqlite:///{run_dir / 'mlflow.db'}" if importlib.util.find_spec("sqlalchemy")
+                     else (run_dir / "mlruns").as_uri())
+            mlflow.set_tracking_uri(store)
+        self._run = None
+        earlier = _run_id(run_dir, "mlflow_run_id", start_step)
+        if earlier:
+            try:
+                self._run = mlflow.start_run(run_id=earlier)
+            except mlflow.exceptions.MlflowException as e:
+                log.warning("mlflow: cannot continue run %s (%s); starting a new one", earlier, str(e)[:200])
+        if self._run is None:
+            self._run = mlflow.start_run(run_name=run_name or run_dir.name)
+        (run_dir / "mlflow_run_id").write_text(self._run.info.run_id + "\n")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._mlflow.log_metrics(_scalars(metrics), step=step)
@@ -88,13 +115,17 @@ class MLflowLogger:
 class WandbLogger:
     """Metrics to Weights & Biases; the mode (online/offline/disabled) comes from WANDB_MODE, default offline."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, run_name: str | None = None) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, start_step: int = 0, run_name: str | None = None) -> None:
         try:
             import wandb
         except ImportError:
             raise ImportError(f"the wandb logger needs wandb: {_EXTRA}") from None
-        self._run = wandb.init(dir=str(run_dir), name=run_name or Path(run_dir).name,
-                               mode=os.environ.get("WANDB_MODE", "offline"))
+        earlier = _run_id(run_dir, "wandb_run_id", start_step)
+        # resume="allow": the earlier session's run continues; W&B skips steps it already holds (a killed
+        # session's tail, which an exact resume logs again with the same values)
+        self._run = wandb.init(dir=str(run_dir), name=run_name or Path(run_dir).name, id=earlier,
+                               resume="allow" if earlier else None, mode=os.environ.get("WANDB_MODE", "offline"))
+        (Path(run_dir) / "wandb_run_id").write_text(self._run.id + "\n")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._run.log(_scalars(metrics), step=step)
@@ -106,10 +137,11 @@ class WandbLogger:
 LOGGERS = {"jsonl": JSONLLogger, "tensorboard": TensorBoardLogger, "mlflow": MLflowLogger, "wandb": WandbLogger}
 
 
-def build_loggers(names: list[str], run_dir: str | os.PathLike) -> list:
-    """JSONL plus the named trackers ("tensorboard", "mlflow", "wandb"), each writing under `run_dir`."""
+def build_loggers(names: list[str], run_dir: str | os.PathLike, *, start_step: int = 0) -> list:
+    """JSONL plus the named trackers ("tensorboard", "mlflow", "wandb"), each writing under `run_dir`; a run resumed
+    after `start_step` optimizer steps continues the trackers' history from there."""
     unknown = [n for n in names if n not in LOGGERS]
     if unknown:
         raise ValueError(f"unknown logger(s) {unknown}; allowed: {', '.join(LOGGERS)}")
     ordered = ["jsonl"] + [n for n in dict.fromkeys(names) if n != "jsonl"]
-    return [LOGGERS[n](run_dir) for n in ordered]
+    return [LOGGERS[n](run_dir) if n == "jsonl" else LOGGERS[n](run_dir, start_step=start_step) for n in ordered]

@@ -132,6 +132,36 @@ def test_metrics_lines_plot_and_tensorboard(tmp_path):
     assert [e.value for e in acc.Scalars("val_loss")] == pytest.approx([r["val_loss"] for r in evals])
 
 
+def test_trackers_keep_one_history_across_a_resume(tmp_path, monkeypatch):
+    """A killed session logged steps 5-6 past its step-4 checkpoint: the resumed run's trackers continue one history
+    (TensorBoard purges the tail, MLflow and W&B log into the run they started)."""
+    pytest.importorskip("tensorboard")
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    out = tmp_path / "run"
+    run = tiny_run(tmp_path, max_steps=8, eval_interval=0, save_interval=4, loggers=["tensorboard", "mlflow", "wandb"])
+    fit(run, out, progress=False, until_step=6)
+    shutil.rmtree(out / "checkpoints/step-6")  # killed after logging step 6, before its checkpoint landed
+    first_ids = {name: (out / name).read_text() for name in ("mlflow_run_id", "wandb_run_id")}
+    fit(run, out, resume=True, progress=False)
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == list(range(1, 9))  # 5 and 6 once: the killed tail is purged
+    assert {name: (out / name).read_text() for name in first_ids} == first_ids
+    client = mlflow.tracking.MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    steps = [m.step for m in client.get_metric_history(first_ids["mlflow_run_id"].strip(), "loss")]
+    assert sorted(set(steps)) == list(range(1, 9))  # one run; 5 and 6 logged twice, with equal values
+    wandb_runs = sorted(p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*"))
+    assert wandb_runs == [first_ids["wandb_run_id"].strip()] * 2  # the resumed session continues the same run
+
+
 def test_bad_resume_targets_fail_before_training(tmp_path):
     run = tiny_run(tmp_path, max_steps=4, eval_interval=0)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
