@@ -78,8 +78,9 @@ class TensorBoardLogger:
 
 
 class MLflowLogger:
-    """Metrics to MLflow: the tracking URI from MLFLOW_TRACKING_URI, else a store in the run directory (sqlite
-    where SQLAlchemy is installed, as full mlflow has it; else a file store, which mlflow-skinny can write)."""
+    """Metrics to MLflow: the tracking URI from MLFLOW_TRACKING_URI, else a store in the run directory: mlflow.db
+    (sqlite; the track extra installs the SQLAlchemy it needs), or mlruns/ (a file store) where SQLAlchemy is
+    missing, as under a bare mlflow-skinny, which cannot write sqlite."""
 
     def __init__(self, run_dir: str | os.PathLike, *, start_step: int = 0, run_name: str | None = None) -> None:
         os.environ.setdefault("DO_NOT_TRACK", "true")  # mlflow ignores the value 1

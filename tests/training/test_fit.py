@@ -143,7 +143,6 @@ def test_trackers_keep_one_history_across_a_resume(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     out = tmp_path / "run"
     run = tiny_run(tmp_path, max_steps=8, eval_interval=0, save_interval=4, loggers=["tensorboard", "mlflow", "wandb"])
     fit(run, out, progress=False, until_step=6)
@@ -155,11 +154,31 @@ def test_trackers_keep_one_history_across_a_resume(tmp_path, monkeypatch):
     acc.Reload()
     assert [e.step for e in acc.Scalars("loss")] == list(range(1, 9))  # 5 and 6 once: the killed tail is purged
     assert {name: (out / name).read_text() for name in first_ids} == first_ids
-    client = mlflow.tracking.MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
     steps = [m.step for m in client.get_metric_history(first_ids["mlflow_run_id"].strip(), "loss")]
     assert sorted(set(steps)) == list(range(1, 9))  # one run; 5 and 6 logged twice, with equal values
     wandb_runs = sorted(p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*"))
     assert wandb_runs == [first_ids["wandb_run_id"].strip()] * 2  # the resumed session continues the same run
+
+
+def test_mlflow_logger_without_sqlalchemy_writes_a_file_store(tmp_path, monkeypatch):
+    """A bare mlflow-skinny cannot write sqlite (the model registry refuses it): the logger falls back to mlruns/."""
+    mlflow = pytest.importorskip("mlflow")
+    import importlib.util
+
+    from neurallayers.training.loggers import MLflowLogger
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlalchemy" else
+                        find_spec(name, *a))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    logger = MLflowLogger(tmp_path)
+    logger.log({"loss": 2.5}, step=3)
+    logger.close()
+    assert not (tmp_path / "mlflow.db").exists()
+    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    history = client.get_metric_history((tmp_path / "mlflow_run_id").read_text().strip(), "loss")
+    assert [(m.step, m.value) for m in history] == [(3, 2.5)]
 
 
 def test_bad_resume_targets_fail_before_training(tmp_path):
