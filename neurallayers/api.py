@@ -14,9 +14,15 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     or a Hugging Face folder (config.json, safetensors weights, tokenizer files).
 
     Args:
+        device: where the weights go; "auto" picks cuda, then mps, then cpu; None: cpu.
+        dtype: the weights' dtype; None keeps the stored one.
         allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin). Off by default:
             a pickle can run code when loaded.
     """
+    if device == "auto":
+        from neurallayers.training.runtime import resolve_device
+
+        device = resolve_device("auto")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such run directory or model folder: {path}")

@@ -30,7 +30,7 @@ def add_model_path(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_dtype(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="weights dtype (bf16 is fast on CPUs with bf16 dot products, AVX512-BF16 or AMX; on "
                              "other CPUs far slower than fp32 unless decoded with --compile; fp16 only on GPUs)")
@@ -42,7 +42,7 @@ def torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def load_model(path: str, *, device: str = "cpu", dtype: str = "fp32", allow_pickle: bool = False):
+def load_model(path: str, *, device: str = "auto", dtype: str = "fp32", allow_pickle: bool = False):
     """(model, tokenizer) from a run directory or HF folder, with CLI-style errors."""
     from neurallayers.api import load
 

@@ -12,6 +12,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """The GenerationConfig knobs, shared by generate and batch."""
     g = parser.add_argument_group("decoding (temperature 0 = greedy)")
     g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--min-new-tokens", type=int, default=0, help="end-of-text is blocked until this many")
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
     g.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -36,7 +37,8 @@ def generation_config(args: argparse.Namespace):
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
         seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
-        penalty_alpha=args.penalty_alpha, ignore_eos=args.ignore_eos)
+        penalty_alpha=args.penalty_alpha, ignore_eos=args.ignore_eos, min_new_tokens=args.min_new_tokens,
+        num_return_sequences=getattr(args, "num_return_sequences", 1))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", nargs="*", help="prompt(s); none reads one prompt from stdin")
     parser.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt)")
     parser.add_argument("--draft", help="a smaller model (run dir / HF folder) for speculative decoding")
+    parser.add_argument("--amateur", help="a weaker model (run dir / HF folder) for contrastive decoding: tokens the "
+                        "model likes much more than the amateur does")
+    parser.add_argument("--num-return-sequences", type=int, default=1, help="samples (or beams) per prompt")
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast): 15-60 s to start, "
                         "then 1.5-3x the tokens/s on CPU; pays off for long outputs (greedy and sampling)")
@@ -60,23 +65,27 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("empty prompt; give some text (a single newline is fine: $'\\n')")
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
     draft = load_model(args.draft, device=args.device, dtype=args.dtype)[0] if args.draft else None
+    amateur = load_model(args.amateur, device=args.device, dtype=args.dtype)[0] if args.amateur else None
     if args.compile:
-        if config.num_beams > 1 or config.penalty_alpha > 0 or draft is not None:
-            raise ValueError("--compile speeds up greedy and sampled decoding; beam search, contrastive search and "
-                             "--draft run their own steps")
+        if config.num_beams > 1 or config.penalty_alpha > 0 or draft is not None or amateur is not None:
+            raise ValueError("--compile speeds up greedy and sampled decoding; beam search, contrastive search, "
+                             "--draft and --amateur run their own steps")
         from neurallayers.generation.fast import prepare_for_decode
 
         prepare_for_decode(model)
     if args.stream:
-        if len(prompts) != 1 or draft is not None:
-            raise ValueError("--stream takes exactly one prompt and no --draft")
+        if len(prompts) != 1 or draft is not None or amateur is not None:
+            raise ValueError("--stream takes exactly one prompt and no --draft or --amateur")
+        if config.num_beams > 1 or config.penalty_alpha > 0 or config.num_return_sequences > 1:
+            raise ValueError("--stream prints one greedy or sampled sequence: no --num-beams, --penalty-alpha or "
+                             "--num-return-sequences")
         sys.stdout.write(prompts[0])
         for event in stream(model, tokenizer, prompts[0], config):
             sys.stdout.write(event.text)
             sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
-    gens = generate(model, tokenizer, prompts, config, draft_model=draft)
+    gens = generate(model, tokenizer, prompts, config, draft_model=draft, amateur_model=amateur)
     for i, gen in enumerate(gens):
         prompt = prompts[i // config.num_return_sequences]
         if len(gens) > 1:

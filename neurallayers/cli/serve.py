@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-root", default=None,
                         help="folder that POST /reload may load models from (relative paths only); off without it")
     parser.add_argument("--model-name", default=None, help="the model id clients use; None: the folder's name")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; None: cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast) before serving: "
                         "15-60 s to start, then 1.3-2x the decode tokens/s on CPU")

@@ -13,6 +13,7 @@ and decodes their tokens (stop strings are applied to their text afterwards).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections import deque
@@ -360,16 +361,27 @@ def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConf
 
     name = {"num_beams > 1": "beam_search", "penalty_alpha > 0": "contrastive_search",
             "amateur_model": "contrastive_decoding", "draft_model": "speculative_decode"}[chosen[0]]
-    fn = getattr(search, name, None)
-    if fn is None:
-        raise ValueError(f"{chosen[0]} needs neurallayers.generation.search.{name}, which this version lacks")
+    fn = getattr(search, name)
     extra = (draft_model,) if draft_model is not None else (amateur_model,) if amateur_model is not None else ()
     # As the plain path does, stop where the context is full rather than refuse (the search functions themselves
     # refuse a request that does not fit); a prompt that fills the context alone is still refused, by them.
     room = min(m.config.block_size for m in (model, *extra)) - max((len(ids) for ids in input_ids), default=0)
     if 0 < room < config.max_new_tokens:
         config = config.replace(max_new_tokens=room, min_new_tokens=min(config.min_new_tokens, room))
-    return fn(model, *extra, input_ids, config, eos_ids=eos_ids)
+    n = config.num_return_sequences
+    if name == "beam_search" or n == 1:
+        return fn(model, *extra, input_ids, config, eos_ids=eos_ids)
+    # The other searches decode one sequence per row: n sampled sequences are n rows of the prompt; a
+    # deterministic method (contrastive search, or greedy) gives n copies of its one, as the plain greedy path does.
+    config = config.replace(num_return_sequences=1)
+    if name == "contrastive_search" or config.greedy:
+        return [[copy.deepcopy(g) for _ in range(n) for g in one]
+                for one in fn(model, *extra, input_ids, config, eos_ids=eos_ids)]
+    if name == "speculative_decode":  # one prompt at a time: sequence k samples with seed (seed, k)
+        return [[g for k in range(n) for g in fn(model, *extra, input_ids, config.replace(
+            seed=None if config.seed is None else _row_seed(config.seed, k)), eos_ids=eos_ids)[0]]]
+    rows = fn(model, *extra, [ids for ids in input_ids for _ in range(n)], config, eos_ids=eos_ids)
+    return [[g for one in rows[i * n:(i + 1) * n] for g in one] for i in range(len(input_ids))]
 
 
 def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[int]],

@@ -74,6 +74,12 @@ def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path):
     assert streamed.returncode == 0, streamed.stderr
     one = cli("generate", str(run_dir), "To be", "--max-new-tokens", "5", "--temperature", "0")
     assert streamed.stdout.strip() == one.stdout.strip()  # streaming prints the same text
+    samples = cli("generate", str(run_dir), "To be", "--max-new-tokens", "4", "--min-new-tokens", "4", "--seed", "1",
+                  "--num-return-sequences", "2", "--amateur", str(run_dir), "--temperature", "0")
+    assert samples.returncode == 0, samples.stderr  # contrastive decoding against an amateur, two sequences
+    assert samples.stdout.count("----- sample") == 2 and samples.stdout.count("(length, 4 tokens)") == 2
+    refused = cli("generate", str(run_dir), "To be", "--stream", "--num-return-sequences", "2")
+    assert refused.returncode == 2 and refused.stdout == "" and "--num-return-sequences" in refused.stderr
     ev = cli("eval", str(run_dir), cwd=run_dir.parent)
     assert ev.returncode == 0, ev.stderr
     assert "perplexity" in ev.stdout and "split: val" in ev.stdout

@@ -75,6 +75,28 @@ def test_every_method_decodes_in_inference_mode() -> None:
     assert len(modes) > 10 and all(modes)
 
 
+@pytest.mark.parametrize("method", ["penalty_alpha", "amateur", "draft"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_every_method_returns_num_return_sequences(method: str, temperature: float) -> None:
+    """Each prompt gets n sequences, prompt-major: n draws when sampled, n copies of the one deterministic answer
+    (contrastive search and the greedy searches returned one sequence, silently, before)."""
+    lm, helper = tiny_lm(seed=1, init_std=0.02), tiny_lm(seed=2, init_std=0.02)
+    kwargs = {"penalty_alpha": dict(penalty_alpha=0.5, top_k=3), "amateur": dict(amateur_model=helper),
+              "draft": dict(draft_model=helper)}[method]
+    prompts = [[1, 2, 3], [4, 5]][:1 if method == "draft" else 2]  # speculative decoding takes one prompt
+    gens = generate(lm, None, prompts, max_new_tokens=8, temperature=temperature, seed=3, num_return_sequences=3,
+                    **kwargs)
+    assert len(gens) == 3 * len(prompts)
+    one = generate(lm, None, prompts, max_new_tokens=8, temperature=temperature, seed=3, **kwargs)
+    per_prompt = [{tuple(g.token_ids) for g in gens[i * 3:(i + 1) * 3]} for i in range(len(prompts))]
+    if temperature == 0 or method == "penalty_alpha":  # deterministic: three copies of the single answer
+        assert per_prompt == [{tuple(g.token_ids)} for g in one]
+    else:
+        assert [len(s) for s in per_prompt] == [3] * len(prompts)
+        if method == "draft":  # speculative sequence k samples with seed (seed, k): sequence 0 is the seeded one
+            assert gens[0].token_ids == one[0].token_ids
+
+
 def test_seeds(model) -> None:
     flat = tiny_lm(seed=1, init_std=0.02)  # near-uniform next-token distributions: samples differ by seed
     cfg = GenerationConfig(temperature=1.0, max_new_tokens=16)
