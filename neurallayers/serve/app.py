@@ -42,7 +42,8 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
         cors_origins: origins allowed to call from a browser; CORS is off when None or empty.
         model_root: the folder POST /reload may load models from (relative paths only); reload is off when None.
         shutdown_timeout: seconds the engine may take to drain at shutdown (None: no limit).
-        device: where models loaded from a path (and reloads) live; default the loader's (CPU).
+        device: where models loaded from a path (and reloads) live: "auto" (cuda, then mps, then cpu), "cpu",
+            "cuda", ...; None: cpu.
         compile: decoders (and reloads) decode with generation.fast's compiled one-token step, compiled here,
             before the app serves (15-60 s for GPT-2 124M on 2 cores).
 
