@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.training.trainer import mean_loss
 
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    if not model.config.causal:
+        raise ValueError(f"{args.path} is an encoder model: eval scores a decoder's next-token loss")
     run_cfg = RunConfig.from_yaml(Path(args.path) / "config.yaml") if (Path(args.path) / "config.yaml").is_file() \
         else None
     own = run_cfg is not None and (args.data is None or args.data == run_cfg.data.source)

@@ -39,6 +39,16 @@ def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfi
     return config.replace(**overrides) if overrides else config
 
 
+def _check_decoder(model: nn.Module) -> None:
+    """Generation needs a causal LM with a KV cache; an encoder gets a one-line error, not an AttributeError."""
+    config = getattr(model, "config", None)
+    if getattr(config, "causal", None) is False:
+        raise ValueError(f"{type(model).__name__} is an encoder (config.causal=False): it embeds "
+                         "(neurallayers.embed) or fills masks (pipeline('fill-mask')), and does not generate text")
+    if config is None or not hasattr(model, "new_cache"):
+        raise ValueError(f"generation needs a causal decoder (DecoderLM), got {type(model).__name__}")
+
+
 def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int]) -> None:
     vocab, block = model.config.vocab_size, model.config.block_size
     if not isinstance(input_ids, list) or not input_ids:
@@ -237,6 +247,7 @@ def generate_ids(model: nn.Module, input_ids: list[list[int]], config: Generatio
         len(input_ids) * num_return_sequences Generations, prompt-major; token_ids exclude the prompt and the
         stop token; finish_reason "stop" (a stop token) or "length" (max_new_tokens or the context length).
     """
+    _check_decoder(model)
     if not isinstance(config, GenerationConfig):
         raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
     if config.num_beams > 1 or config.penalty_alpha > 0:
@@ -403,6 +414,7 @@ def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[i
         ends before the first stop string, which is not included. Every method stops (finish_reason "length")
         when the model's context (block_size) is full, even short of max_new_tokens.
     """
+    _check_decoder(model)
     config = _config(config, overrides)
     input_ids = _encode_prompts(tokenizer, prompts)
     eos_ids = _eos_ids(tokenizer)
@@ -450,6 +462,7 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
     Event text never holds half a UTF-8 character nor text that could be the start of a stop string; the
     concatenated text equals generate()'s. The last event has token_id None and the finish_reason.
     """
+    _check_decoder(model)
     config = _config(config, overrides)
     if config.num_beams > 1 or config.penalty_alpha > 0 or config.num_return_sequences > 1:
         raise ValueError("stream() decodes one sequence greedily or by sampling: num_beams, penalty_alpha and "

@@ -76,6 +76,10 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
     """
     if until_step is not None and until_step < 1:
         raise ValueError(f"until_step={until_step} must be >= 1 or None")
+    if not run.model.causal:
+        raise ValueError("training needs a causal language model (next-token loss); this model config is an encoder "
+                         "(causal=False), and masked-LM training is not built: load a pretrained encoder from a "
+                         "Hugging Face folder instead (neurallayers.load, load_minilm)")
     cfg = run.train
     info = dist.init_distributed(cfg.distributed, resolve_device(cfg.device).type)
     try:

@@ -227,6 +227,17 @@ def test_beam_dispatch_decodes_text() -> None:
     assert g.text == " wörld " and g.finish_reason == "stop"
 
 
+def test_an_encoder_is_refused_in_one_line() -> None:
+    from neurallayers.generation import stream
+    from neurallayers.models import ModelConfig, build_model
+
+    encoder = build_model(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16, causal=False))
+    for call in (lambda: generate(encoder, None, [[1, 2]]), lambda: next(stream(encoder, None, [1, 2])),
+                 lambda: generate_ids(encoder, [[1]], GenerationConfig(), eos_ids=[])):
+        with pytest.raises(ValueError, match=r"is an encoder \(config.causal=False\).*does not generate text"):
+            call()
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda m: generate(m, None, [[1, 2]], config={"temperature": 0}), "GenerationConfig"),
     (lambda m: generate(m, None, [[1, 2]], temprature=0.5), "did you mean 'temperature'"),

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import random
 import shutil
@@ -183,6 +184,10 @@ def test_mlflow_logger_without_sqlalchemy_writes_a_file_store(tmp_path, monkeypa
 
 def test_bad_resume_targets_fail_before_training(tmp_path):
     run = tiny_run(tmp_path, max_steps=4, eval_interval=0)
+    encoder = dataclasses.replace(run, model=dataclasses.replace(run.model, causal=False))
+    with pytest.raises(ValueError, match="training needs a causal language model"):
+        fit(encoder, tmp_path / "encoder", progress=False)
+    assert not (tmp_path / "encoder").exists()
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         fit(run, tmp_path / "empty", resume=True, progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
