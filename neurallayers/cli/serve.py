@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from neurallayers.cli.common import UserError, add_model_path, positive_int
+from neurallayers.cli.common import UserError, add_device_dtype, add_model_path, positive_int, torch_dtype
 
 API_KEY_ENV = "NEURALLAYERS_API_KEY"
 
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-root", default=None,
                         help="folder that POST /reload may load models from (relative paths only); off without it")
     parser.add_argument("--model-name", default=None, help="the model id clients use; None: the folder's name")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    add_device_dtype(parser)
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast) before serving: "
                         "15-60 s to start, then 1.3-2x the decode tokens/s on CPU")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(args.path, model_name=args.model_name, api_key=api_key,
                      max_concurrency=args.max_concurrency, max_queue=args.max_queue, cors_origins=args.cors_origin,
                      model_root=args.model_root, shutdown_timeout=args.shutdown_timeout, device=args.device,
-                     compile=args.compile)
+                     dtype=torch_dtype(args.dtype), compile=args.compile)
 
     served = app.state.holder.current
     print(f"neurallayers serve: {served.name!r} ({served.kind}, context {served.block_size}) on "

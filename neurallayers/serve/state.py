@@ -110,9 +110,9 @@ class ModelHolder:
     """The current ServedModel, leases on it, and reloads from under `model_root`."""
 
     def __init__(self, served: ServedModel, *, model_root: str | Path | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, dtype=None) -> None:
         self.current = served
-        self.device = device
+        self.device, self.dtype = device, dtype
         self.model_root = Path(model_root).resolve() if model_root is not None else None
         self._reload_lock: asyncio.Lock | None = None
         self._retiring: dict[asyncio.Task, ServedModel] = {}
@@ -158,7 +158,7 @@ class ModelHolder:
             def load() -> ServedModel:
                 from neurallayers.api import load as load_model
 
-                model, tokenizer = load_model(path, device=self.device)
+                model, tokenizer = load_model(path, device=self.device, dtype=self.dtype)
                 served = build_served(model, tokenizer, relative.strip("/"), old.limits)
                 served.start()
                 return served

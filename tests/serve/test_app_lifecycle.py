@@ -76,6 +76,17 @@ def test_reload_is_atomic_and_stays_inside_the_model_root(model_root):
     gate.remove()
 
 
+def test_dtype_applies_to_the_model_and_its_reloads(model_root):
+    import torch
+
+    with serving(model_root / "a", model_root=model_root, dtype=torch.bfloat16) as srv:
+        holder = srv.app.state.holder
+        assert next(holder.current.model.parameters()).dtype == torch.bfloat16
+        assert httpx.post(f"{srv.url}/reload", json={"model": "nested/b"}, timeout=60).status_code == 200
+        assert next(holder.current.model.parameters()).dtype == torch.bfloat16
+        assert_ok_after(srv.url)
+
+
 def test_metrics_count_routes_statuses_tokens_and_latencies(tmp_path):
     run_dir = write_run_dir(tmp_path / "m")
     with serving(run_dir) as srv:
