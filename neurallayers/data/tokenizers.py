@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import operator
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +26,14 @@ _LOAD_FORMS = "'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt)
 _EOS_GUESSES = (ENDOFTEXT, "</s>", "<|end_of_text|>", "<eos>")
 _BOS_GUESSES = ("<s>", "<|begin_of_text|>", "<bos>")
 _PAD_GUESSES = ("<pad>", "[PAD]", "<|pad|>")
+
+
+def _token_id(value) -> int:
+    """An int, numpy integer or integer tensor element as an id; a float id is a caller's bug, not truncated."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"token ids must be integers, got {value!r}") from None
 
 
 class Tokenizer:
@@ -129,7 +138,7 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         """Text of `ids`. Bytes that do not form complete UTF-8 characters decode to U+FFFD."""
-        ids = [int(i) for i in ids]
+        ids = [_token_id(i) for i in ids]
         if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
             bad = next(i for i in ids if not 0 <= i < self.vocab_size)
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
@@ -287,7 +296,17 @@ class Tokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=show_progress,
         )
-        hf.train_from_iterator(texts, trainer=trainer)
+        chars = 0
+
+        def counted():  # texts may be a one-pass stream: count what the trainer reads
+            nonlocal chars
+            for text in texts:
+                chars += len(text)
+                yield text
+
+        hf.train_from_iterator(counted(), trainer=trainer)
+        if chars == 0:
+            raise ValueError("train_bpe got no text: the texts are empty")
         eos = ENDOFTEXT if ENDOFTEXT in special_tokens else None
         pad = "<pad>" if "<pad>" in special_tokens else None
         return cls(hf, kind="bpe", bos_token=eos, eos_token=eos, pad_token=pad)

@@ -4,7 +4,9 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,8 +164,13 @@ def test_bad_inputs(tmp_path):
         Tokenizer.train_bpe("abc", vocab_size=300)
     with pytest.raises(ValueError, match="texts are empty"):
         Tokenizer.train_char(["", ""])
+    with pytest.raises(ValueError, match="train_bpe got no text"):
+        Tokenizer.train_bpe(iter(["", ""]), vocab_size=300, show_progress=False)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         gpt2().decode([50257])
+    with pytest.raises(TypeError, match="token ids must be integers, got 1.5"):
+        gpt2().decode([15496, 1.5])  # it decoded id 1 before
+    assert gpt2().decode(torch.tensor([15496, 995])) == gpt2().decode(np.array([15496, 995])) == "Hello world"
     with pytest.raises(TypeError, match="expects a str"):
         gpt2().encode(b"bytes")
     with pytest.raises(ValueError, match="no bos token"):
