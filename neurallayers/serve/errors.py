@@ -93,6 +93,8 @@ def unknown_field(param: str) -> str:
         return f"{param}: not supported by this server (send null or leave it out)"
     known = {name for model in vars(schemas).values() if isinstance(model, type)
              and issubclass(model, schemas.Strict) for name in model.model_fields}
+    if param in known:
+        return f"{param}: not a field of this route (another route takes it)"
     close = difflib.get_close_matches(param, sorted(known), n=1)
     return f"{param}: unknown field" + (f" (did you mean {close[0]!r}?)" if close else " (check the spelling)")
 

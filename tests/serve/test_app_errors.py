@@ -171,6 +171,9 @@ def test_unknown_fields_are_told_apart_from_unsupported_ones(server):
     err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}), 400, "tools")
     assert err["message"] == "tools: not supported by this server (send null or leave it out)"
+    err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "x"}], "echo": True}), 400, "echo")
+    assert err["message"] == "echo: not a field of this route (another route takes it)"
     err = assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "zzz": 1}), 400, "zzz")
     assert err["message"] == "zzz: unknown field (check the spelling)"
 
