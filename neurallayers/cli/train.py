@@ -57,6 +57,7 @@ def default_out(args: argparse.Namespace, run) -> Path:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from neurallayers.training.checkpoint import latest_checkpoint
     from neurallayers.training.trainer import fit
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -67,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"cannot resume: {args.out} holds no run (no config.yaml)")
     run_cfg = build_run_config(args, base=base)
     out = Path(args.out) if args.out else default_out(args, run_cfg)
-    if not args.resume and (out / "config.yaml").exists():
+    if not args.resume and ((out / "model.safetensors").exists() or latest_checkpoint(out) is not None):
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if not args.resume and (out / "config.yaml").exists():  # an earlier start that never saved a checkpoint
+        logging.getLogger("neurallayers.training").info("%s holds no checkpoint: starting the run afresh", out)
     result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
         print(summary(result))

@@ -65,8 +65,9 @@ class TensorBoardLogger:
         except ImportError:
             raise ImportError(f"the tensorboard logger needs the tensorboard package: {_EXTRA}") from None
         self.log_dir = Path(run_dir) / "tensorboard"
-        # purge_step: TensorBoard drops the earlier files' events from this step on (a killed session's tail)
-        self._w = SummaryWriter(log_dir=str(self.log_dir), purge_step=start_step + 1 if start_step else None)
+        # purge_step: TensorBoard drops the earlier files' events from this step on (a killed session's tail, or
+        # all of an aborted start's when the run starts afresh)
+        self._w = SummaryWriter(log_dir=str(self.log_dir), purge_step=start_step + 1)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         for k, v in _scalars(metrics).items():
@@ -145,4 +146,14 @@ def build_loggers(names: list[str], run_dir: str | os.PathLike, *, start_step: i
     if unknown:
         raise ValueError(f"unknown logger(s) {unknown}; allowed: {', '.join(LOGGERS)}")
     ordered = ["jsonl"] + [n for n in dict.fromkeys(names) if n != "jsonl"]
-    return [LOGGERS[n](run_dir) if n == "jsonl" else LOGGERS[n](run_dir, start_step=start_step) for n in ordered]
+    opened = []
+    for name in ordered:
+        try:
+            opened.append(LOGGERS[name](run_dir) if name == "jsonl" else
+                          LOGGERS[name](run_dir, start_step=start_step))
+        except Exception as e:  # a missing extra, no W&B login, an unreachable MLflow server: one clear line
+            for logger in opened:
+                logger.close()
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise ValueError(f"the {name} logger could not start: {why}") from e
+    return opened

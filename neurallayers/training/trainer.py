@@ -178,7 +178,8 @@ class _Fit:
         from neurallayers.training.loggers import build_loggers
 
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.step == 0:
+        if self.step == 0:  # a fresh run (the folder holds no checkpoint): an aborted earlier start's lines go
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
             ckpt.clean_incomplete(self.out)
         else:  # a resumed run rewrites history after its checkpoint: drop the crashed session's later lines
             _truncate_metrics(self.out / "metrics.jsonl", self.step)

@@ -93,6 +93,21 @@ def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path):
     assert again.stdout == one.stdout
 
 
+def test_a_start_that_never_saved_is_started_afresh_and_a_saved_run_is_kept(run_dir: Path):
+    root = run_dir.parent
+    aborted = root / "aborted"  # a start that failed before its first checkpoint (say, a tracker could not log in)
+    aborted.mkdir()
+    shutil.copy(run_dir / "config.yaml", aborted / "config.yaml")
+    (aborted / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n')
+    args = ("train", "--config", "run.yaml", "--data", "text.txt", "--out", "aborted", "--train.max_steps", "2",
+            "--train.sample_tokens", "0", "--no-progress")
+    proc = cli(*args, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert "holds no checkpoint: starting the run afresh" in proc.stderr
+    assert '"loss": 99.0' not in (aborted / "metrics.jsonl").read_text()  # the aborted start's lines are gone
+    assert_user_error(cli(*args, cwd=root), "already holds a run; pass --resume")
+
+
 def test_resume_continues(run_dir: Path):
     proc = cli("train", "--out", "run", "--resume", "--config", "run.yaml", "--data", "text.txt",
                "--train.lr=3e-3", "--model.n_layer", "1", "--train.max_steps", "8", "--no-progress",

@@ -162,6 +162,16 @@ def test_trackers_keep_one_history_across_a_resume(tmp_path, monkeypatch):
     assert wandb_runs == [first_ids["wandb_run_id"].strip()] * 2  # the resumed session continues the same run
 
 
+def test_a_tracker_that_cannot_start_is_one_line_before_training(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if the track extra were not installed
+    run = tiny_run(tmp_path, max_steps=2, loggers=["tensorboard", "wandb"])
+    with pytest.raises(ValueError, match=r"the wandb logger could not start: the wandb logger needs wandb: pip "):
+        fit(run, tmp_path / "run", progress=False)
+    assert not list((tmp_path / "run").glob("checkpoints/step-*"))
+
+
 def test_mlflow_logger_without_sqlalchemy_writes_a_file_store(tmp_path, monkeypatch):
     """A bare mlflow-skinny cannot write sqlite (the model registry refuses it): the logger falls back to mlruns/."""
     mlflow = pytest.importorskip("mlflow")
