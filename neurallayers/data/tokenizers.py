@@ -36,6 +36,15 @@ def _token_id(value) -> int:
         raise TypeError(f"token ids must be integers, got {value!r}") from None
 
 
+def _default_template(template) -> str | None:
+    """tokenizer_config.json's chat_template: a string, or a list of named templates (transformers' form for
+    models with tool-use or RAG variants) of which chat uses "default"."""
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
 class Tokenizer:
     """Text <-> token ids, with named special tokens.
 
@@ -240,7 +249,7 @@ class Tokenizer:
             bos_token=special("bos_token", _BOS_GUESSES),
             eos_token=special("eos_token", _EOS_GUESSES),
             pad_token=special("pad_token", _PAD_GUESSES),
-            chat_template=config.get("chat_template") if isinstance(config.get("chat_template"), str) else None,
+            chat_template=_default_template(config.get("chat_template")),
             # HF writes a 1e30 sentinel when the length is unknown.
             model_max_length=int(max_len) if isinstance(max_len, int | float) and max_len < 1e12 else None,
         )

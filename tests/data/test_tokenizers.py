@@ -115,6 +115,15 @@ def test_save_load_round_trip(tmp_path, maker, as_file):
     assert loaded.fingerprint() == tok.fingerprint()
 
 
+def test_named_chat_templates_use_the_default_one(tmp_path):
+    trained_bpe().save(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["chat_template"] = [{"name": "tool_use", "template": "{{ tools }}"},
+                               {"name": "default", "template": "{{ messages }}"}]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert Tokenizer.load(tmp_path).chat_template == "{{ messages }}"  # it was dropped: chat fell back to plain
+
+
 def test_saved_folder_opens_in_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     trained_bpe().save(tmp_path)
