@@ -36,6 +36,8 @@ def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_
     folder = data.resolved_cache_dir / "tokenizers" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (folder / "tokenizer_config.json").is_file():
         return Tokenizer.load(folder)
+    if not any(doc.text for doc in corpus.documents()):  # stops at the first document with text
+        raise ValueError(f"corpus {corpus.name!r} has no text to tokenize")
     texts = (doc.text for doc in corpus.documents())
     if kind == "char":
         tok = Tokenizer.train_char(texts)

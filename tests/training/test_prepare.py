@@ -1,6 +1,7 @@
 """DataConfig.split: "tail" cuts the token stream by position (nanoGPT's 90/10 split of one text file), the default
 "documents" sends whole ~50k-character pieces to validation by a seeded hash."""
 
+import dataclasses
 import random
 
 import pytest
@@ -49,3 +50,12 @@ def test_tail_split_joins_a_folder_in_order(tmp_path):
 def test_bad_split_names_the_field():
     with pytest.raises(ValueError, match="DataConfig.split='head'"):
         DataConfig(split="head")
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe", "gpt2"])
+def test_an_empty_corpus_is_named_whatever_the_tokenizer(tmp_path, tokenizer):
+    (tmp_path / "empty.txt").write_text("")
+    run = _run(tmp_path, tmp_path / "empty.txt", "documents")
+    run = dataclasses.replace(run, data=dataclasses.replace(run.data, tokenizer=tokenizer, vocab_size=300))
+    with pytest.raises(ValueError, match="corpus '.*empty.txt' has no text to tokenize"):
+        prepare_data(run)
