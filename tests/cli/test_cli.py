@@ -131,6 +131,14 @@ def test_eval_on_a_jsonl_corpus_with_another_text_field(run_dir: Path, tmp_path:
     assert "corpus: docs.jsonl  split: all" in ev.stdout and "perplexity" in ev.stdout
 
 
+def test_eval_on_an_encoder_is_one_line(tmp_path: Path):
+    from neurallayers.embeddings import minilm_folder
+
+    (tmp_path / "text.txt").write_text(TEXT)
+    assert_user_error(cli("eval", str(minilm_folder()), "--data", "text.txt", cwd=tmp_path),
+                      "is an encoder model: eval scores a decoder's next-token loss")  # a TypeError traceback before
+
+
 def test_bad_yaml_is_one_line_naming_where(tmp_path: Path):
     (tmp_path / "bad.yaml").write_text("model: {preset: tiny\n")
     for verb in ("info", "train", "prepare"):
