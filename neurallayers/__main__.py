@@ -32,6 +32,17 @@ def _quiet_telemetry() -> None:
         os.environ.setdefault(key, value)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help, unless the help already states it or there is none to state; an epilog's
+    line breaks kept."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurallayers", description="Build, train, generate from and serve "
                                      "transformer models.")
@@ -44,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_verb_parser(verb: str):
+    """(the verb's module, its argument parser)."""
+    module = importlib.import_module(f"neurallayers.cli.{verb}")
+    parser = argparse.ArgumentParser(prog=f"neurallayers {verb}", description=VERBS[verb],
+                                     formatter_class=HelpFormatter)
+    module.add_arguments(parser)
+    return module, parser
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_telemetry()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -52,12 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])  # prints help or the argparse error for an unknown verb
         return 2
     verb = argv[0]
-    module = importlib.import_module(f"neurallayers.cli.{verb}")
+    module, verb_parser = build_verb_parser(verb)
     from neurallayers.cli.common import USER_ERRORS
 
-    verb_parser = argparse.ArgumentParser(prog=f"neurallayers {verb}", description=VERBS[verb],
-                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    module.add_arguments(verb_parser)
     try:
         if getattr(module, "ACCEPTS_OVERRIDES", False):  # train: --section.field value pairs pass through
             args, rest = verb_parser.parse_known_args(argv[1:])

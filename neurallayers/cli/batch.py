@@ -23,13 +23,8 @@ Interrupted? Run the same command again: finished batches are kept, the rest is 
 input file, settings or model is refused (pass --overwrite to start again)."""
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the epilog's line breaks kept."""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
-    parser.formatter_class = _HelpFormatter
     add_model_path(parser)
     parser.add_argument("--input", required=True, help="the prompts: a JSONL file (see below)")
     parser.add_argument("--output", required=True,

@@ -19,7 +19,6 @@ EPILOG = """examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", help="YAML run config with sections model (fields or `preset: name`), train, data")
     parser.add_argument("--preset", help="model preset (shortcut for --model.preset NAME); see `neurallayers info`")
     parser.add_argument("--data", help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl "

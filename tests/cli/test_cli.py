@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from neurallayers.__main__ import VERBS
+from neurallayers.__main__ import VERBS, build_verb_parser
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40
 
@@ -63,6 +63,15 @@ def test_help_of_every_verb():
         proc = cli(verb, "--help")
         assert proc.returncode == 0, (verb, proc.stderr)
         assert f"neurallayers {verb}" in proc.stdout
+
+
+def test_help_states_each_default_once():
+    """An option's help names its default once, and never as "None"."""
+    for verb in VERBS:
+        text = " ".join(build_verb_parser(verb)[1].format_help().split())
+        assert "(default: None)" not in text, verb
+        for option in text.split(" --")[1:]:
+            assert option.count("default") <= 1, (verb, option)
 
 
 def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path):
