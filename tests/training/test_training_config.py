@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,10 @@ def test_yaml_round_trip_and_string_floats(tmp_path):
     (tmp_path / "bad.yaml").write_text("model: {preset: tiny}\ntrain: {lr: abc}\n")
     with pytest.raises(ValueError, match="bad.yaml.*TrainConfig.lr"):
         RunConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    """The example configs the README names load as run configs (a typo in one would be the user's first error)."""
+    cfg = RunConfig.from_yaml(path)
+    assert cfg.model.n_layer > 0 and cfg.train.max_steps > 0 and cfg.data.source
