@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if any(not p for p in prompts):
         raise ValueError("empty prompt; give some text (a single newline is fine: $'\\n')")
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
-    draft = load_model(args.draft, device=args.device, dtype=args.dtype)[0] if args.draft else None
-    amateur = load_model(args.amateur, device=args.device, dtype=args.dtype)[0] if args.amateur else None
+    draft = _helper_model("draft", args, tokenizer) if args.draft else None
+    amateur = _helper_model("amateur", args, tokenizer) if args.amateur else None
     if args.compile:
         if config.num_beams > 1 or config.penalty_alpha > 0 or draft is not None or amateur is not None:
             raise ValueError("--compile speeds up greedy and sampled decoding; beam search, contrastive search, "
@@ -92,3 +92,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"----- sample {i + 1} ({gen.finish_reason}, {len(gen.token_ids)} tokens) -----")
         print(prompt + gen.text)
     return 0
+
+
+def _helper_model(role: str, args: argparse.Namespace, tokenizer):
+    """The --draft or --amateur model. Its tokenizer must be the model's: its logits are read as the model's ids (a
+    draft with another vocabulary of the same size would only be slow; an amateur's would steer every token)."""
+    path = getattr(args, role)
+    model, theirs = load_model(path, device=args.device, dtype=args.dtype)
+    if theirs.hf.get_vocab(with_added_tokens=True) != tokenizer.hf.get_vocab(with_added_tokens=True):
+        size = max(tokenizer.vocab_size, theirs.vocab_size)
+        i = next(i for i in range(size) if tokenizer.id_to_token(i) != theirs.id_to_token(i))
+        raise ValueError(f"--{role} {path} has another tokenizer than {args.path}: id {i} is "
+                         f"{theirs.id_to_token(i)!r} there and {tokenizer.id_to_token(i)!r} here; train the {role} "
+                         "with the model's tokenizer")
+    return model

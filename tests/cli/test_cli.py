@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -103,6 +104,18 @@ def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path):
     assert (hf / "config.json").is_file()
     again = cli("generate", str(hf), "To be", "--max-new-tokens", "5", "--temperature", "0")
     assert again.stdout == one.stdout
+
+
+def test_a_draft_with_another_tokenizer_is_refused(run_dir: Path, tmp_path: Path):
+    other = tmp_path / "other"  # the same model with two tokens swapped: the same vocabulary size, other ids
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("checkpoints"))
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    (a, i), (b, j) = sorted(vocab.items(), key=lambda kv: kv[1])[5:7]
+    vocab[a], vocab[b] = j, i
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    assert_user_error(cli("generate", str(run_dir), "To be", "--draft", str(other), "--max-new-tokens", "2"),
+                      f"--draft {other} has another tokenizer than {run_dir}: id {i} is {b!r} there and {a!r} here")
 
 
 def test_a_start_that_never_saved_is_started_afresh_and_a_saved_run_is_kept(run_dir: Path):
