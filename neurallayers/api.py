@@ -7,11 +7,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# Hub names of the models shipped in packages: load(name) reads the bundled folder, offline
+BUNDLED = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """`path`, or the bundled folder where `path` is a bundled model's name and no such file or folder exists."""
+    if str(path) in BUNDLED and not Path(path).exists():
+        from neurallayers.embeddings import minilm_folder
+
+        return minilm_folder()
+    return Path(path)
+
 
 def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
          allow_pickle: bool = False) -> tuple[nn.Module, object]:
     """Model (in eval mode) and tokenizer from a run directory (config.yaml, model.safetensors, tokenizer.json)
-    or a Hugging Face folder (config.json, safetensors weights, tokenizer files).
+    or a Hugging Face folder (config.json, safetensors weights, tokenizer files); "all-MiniLM-L6-v2" (or its hub
+    name "sentence-transformers/all-MiniLM-L6-v2") is the bundled MiniLM encoder.
 
     Args:
         device: where the weights go; "auto" picks cuda, then mps, then cpu; None: cpu.
@@ -23,7 +36,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         from neurallayers.training.runtime import resolve_device
 
         device = resolve_device("auto")
-    path = Path(path)
+    path = resolve_model_path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such run directory or model folder: {path}")
     if not path.is_dir():

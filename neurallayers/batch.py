@@ -321,7 +321,7 @@ def _plan(todo: list[BatchItem], lengths: dict[int, int], configs: dict[int, Gen
 # ----- the run -----
 def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathLike, output_path: str | os.PathLike,
               *, config: GenerationConfig | None = None, batch_size: int = 8,
-              pooling: Literal["mean", "cls"] = "mean", normalize: bool = True, max_length: int | None = None,
+              pooling: Literal["mean", "cls"] | None = None, normalize: bool = True, max_length: int | None = None,
               model_files: dict | None = None, overwrite: bool = False, progress: bool = True) -> BatchResult:
     """Answer every record of a JSONL file once: generations from a decoder, embeddings from an encoder.
 
@@ -335,7 +335,8 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
         output_path: `.jsonl` for results; for embeddings also `.npy` or `.npz`.
         config: generation settings (default GenerationConfig()); lines may override LINE_PARAMS.
         batch_size: prompts (or texts) per forward batch. Results do not depend on it, so it may change on resume.
-        pooling, normalize, max_length: embedding settings, as in neurallayers.embeddings.embed.
+        pooling, normalize, max_length: embedding settings, as in neurallayers.embeddings.embed (pooling None:
+            the model's).
         model_files: what identifies the model's files (model_files_identity); part of the fingerprint.
         overwrite: discard an earlier run's output and progress instead of resuming.
         progress: show a tqdm progress bar.
@@ -368,6 +369,9 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
         prompts, configs = _check_prompts(items, tokenizer, config, model.config.block_size, source=input_path)
         settings = {"mode": "generate", **dataclasses.asdict(config)}
     else:
+        from neurallayers.embeddings import model_pooling
+
+        pooling = pooling or model_pooling(model)
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling={pooling!r}: valid are mean, cls")
         if max_length is not None and not 2 <= max_length <= model.config.block_size:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
-import json
 import weakref
 from pathlib import Path
 from typing import Literal
@@ -122,8 +121,18 @@ def _encoder_of(model: nn.Module) -> nn.Module:
     return encoder
 
 
+def model_pooling(model: nn.Module) -> str:
+    """The pooling a model was trained to embed with: its sentence-transformers folder's ("mean", "cls"), else
+    "mean". A mode embed() does not build (max, last token, ...) is refused rather than replaced."""
+    pooling = model.config.extra.get("pooling", "mean")
+    if pooling not in POOLINGS:
+        raise ValueError(f"this model's sentence-transformers pooling is {pooling!r}, which is not built here (only "
+                         f"{' and '.join(POOLINGS)}); pass pooling= to embed with another")
+    return pooling
+
+
 @torch.inference_mode()
-def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: Literal["mean", "cls"] = "mean",
+def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: Literal["mean", "cls"] | None = None,
           normalize: bool = True, batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
     """Sentence embeddings (N, C), float32, on the model's device, in the order of `texts`.
 
@@ -131,18 +140,20 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
 
     Args:
         model: an EncoderModel, or a head model (its encoder is used).
-        pooling: "mean" over the real tokens (sentence-transformers' MiniLM) or the "cls" token's state.
+        pooling: "mean" over the real tokens (sentence-transformers' MiniLM) or the "cls" token's state; default
+            the model's own (a sentence-transformers folder names it), else "mean".
         normalize: L2-normalise each embedding, so a dot product is the cosine similarity.
         batch_size: texts per forward pass.
         max_length: truncate longer texts to this many tokens; default the tokenizer's `model_max_length`,
             capped at the model's context length.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r}: valid are {', '.join(POOLINGS)}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
     texts = _check_texts(texts)
     encoder = _encoder_of(model)
+    pooling = pooling or model_pooling(encoder)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}: valid are {', '.join(POOLINGS)}")
     block = encoder.config.block_size
     if max_length is None:
         max_length = min(tokenizer.model_max_length or block, block)
@@ -198,10 +209,5 @@ def load_minilm(*, device: str | torch.device | None = None,
     """
     from neurallayers.interop.hf import load_hf
 
-    folder = minilm_folder()
-    model, tokenizer = load_hf(folder)
-    model = model.to(device=device, dtype=dtype)
-    st_config = folder / "sentence_bert_config.json"
-    if st_config.is_file():
-        tokenizer.model_max_length = int(json.loads(st_config.read_text())["max_seq_length"])
-    return model.eval(), tokenizer
+    model, tokenizer = load_hf(minilm_folder(), device=device, dtype=dtype)  # 256: its sentence_bert_config.json
+    return model, tokenizer

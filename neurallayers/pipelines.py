@@ -86,11 +86,11 @@ class FeatureExtractionPipeline(Pipeline):
     task = "feature-extraction"
     heads = ("none", "mlm", "sequence_classification", "token_classification")
 
-    def __call__(self, inputs: str | list[str], *, pooling: str = "mean", normalize: bool = True) -> torch.Tensor:
+    def __call__(self, inputs: str | list[str], *, pooling: str | None = None, normalize: bool = True) -> torch.Tensor:
         out = super().__call__(inputs, pooling=pooling, normalize=normalize)
         return out if isinstance(inputs, str) else torch.stack(out)
 
-    def _run(self, items: list, *, pooling: str = "mean", normalize: bool = True) -> list[torch.Tensor]:
+    def _run(self, items: list, *, pooling: str | None = None, normalize: bool = True) -> list[torch.Tensor]:
         return list(embed(self.model, self.tokenizer, items, pooling=pooling, normalize=normalize,
                           batch_size=self.batch_size, max_length=self._max_length()))
 

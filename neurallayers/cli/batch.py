@@ -37,13 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Seeded by default, so that a resumed sampling run gives what an uninterrupted one would.
     parser.set_defaults(seed=0)
     e = parser.add_argument_group("embeddings (encoder models)")
-    e.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="mean of tokens or [CLS]")
+    e.add_argument("--pooling", choices=["mean", "cls"], default=None,
+                   help="mean of tokens or [CLS] (default: the model's sentence-transformers pooling, else mean)")
     e.add_argument("--no-normalize", action="store_true", help="keep raw vectors instead of L2-normalising them")
     e.add_argument("--max-length", type=positive_int, default=None,
                    help="truncate texts to this many tokens (None: the tokenizer's limit)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from neurallayers.api import resolve_model_path
     from neurallayers.batch import model_files_identity, run_batch
 
     if not Path(args.input).is_file():
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     config = generation_config(args) if model.config.causal else None
     result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
                        pooling=args.pooling, normalize=not args.no_normalize, max_length=args.max_length,
-                       model_files=model_files_identity(args.path), overwrite=args.overwrite,
+                       model_files=model_files_identity(resolve_model_path(args.path)), overwrite=args.overwrite,
                        progress=not args.no_progress)
     note = f", {result.repaired_bytes} bytes of an unfinished batch redone" if result.repaired_bytes else ""
     print(f"{result.output}: {result.total} records ({result.computed} computed now, {result.resumed} from an "

@@ -26,7 +26,8 @@ def positive_int(text: str) -> int:
 
 
 def add_model_path(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="a run directory (from `neurallayers train`) or a Hugging Face model folder")
+    parser.add_argument("path", help="a run directory (from `neurallayers train`), a Hugging Face model folder, or "
+                        "all-MiniLM-L6-v2 (the bundled encoder)")
 
 
 def add_device_dtype(parser: argparse.ArgumentParser) -> None:

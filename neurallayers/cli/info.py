@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from neurallayers.cli.common import positive_int
 
@@ -18,9 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_config(target: str):
     """ModelConfig of a preset, a YAML file, a run directory or an HF folder."""
     from neurallayers import presets
+    from neurallayers.api import resolve_model_path
     from neurallayers.config import ModelConfig, read_yaml_file
 
-    path = Path(target)
+    path = resolve_model_path(target)
     if path.is_dir():
         if (path / "config.yaml").is_file():
             from neurallayers.training.config import RunConfig

@@ -37,11 +37,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
             `max_shard_size` with to="run", or a run target from a source without a tokenizer.
         FileNotFoundError: `src` does not exist.
     """
-    from neurallayers.api import load
+    from neurallayers.api import load, resolve_model_path
 
     if to is not None and to not in TARGETS:
         raise ValueError(f"to={to!r}: must be one of {', '.join(map(repr, TARGETS))}")
-    src, dst = Path(src), Path(dst)
+    src, dst = resolve_model_path(src), Path(dst)
     if not src.exists():
         raise FileNotFoundError(f"src {src} does not exist")
     if not src.is_dir() or not ((src / "config.yaml").is_file() or (src / "config.json").is_file()):

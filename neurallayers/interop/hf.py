@@ -90,6 +90,9 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     hf_cfg = read_json(folder / "config.json")
     fam = family(hf_cfg.get("model_type"))
     cfg = fam.config_from_hf(hf_cfg)
+    sentence = sentence_transformers_settings(folder)
+    if "pooling" in sentence:
+        cfg = cfg.replace(extra={**cfg.extra, "pooling": sentence["pooling"]})
     hf_sd = read_hf_weights(folder, allow_pickle=allow_pickle)
     check_state_dict({k: tuple(v.shape) for k, v in hf_sd.items()}, hf_sd, source=str(folder))  # NaN/Inf only
     try:
@@ -104,7 +107,43 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     check_state_dict(model, sd, ignore=aliases, finite=False, source=str(folder))
     model.load_state_dict({k: v for k, v in sd.items() if k not in aliases}, strict=False)  # in place: ties stay
     model.to(device=device or "cpu", dtype=dtype)
-    return model.eval(), load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder)
+    if tokenizer is not None and "max_seq_length" in sentence:
+        tokenizer.model_max_length = sentence["max_seq_length"]
+    return model.eval(), tokenizer
+
+
+# sentence-transformers' Pooling config flags -> the name embed() knows the mode by
+_POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len", "pooling_mode_weightedmean_tokens":
+                  "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
+def sentence_transformers_settings(folder: Path) -> dict:
+    """How a sentence-transformers folder embeds: {"max_seq_length": the tokens it reads (it truncates there, below
+    the model's own limit), "pooling": "mean", "cls", or the other mode(s) it names, joined by "+"}; a key is absent
+    where the folder does not say (a plain Hugging Face folder says neither)."""
+    out: dict = {}
+    st_config = folder / "sentence_bert_config.json"
+    if st_config.is_file():
+        length = read_json(st_config).get("max_seq_length")
+        if isinstance(length, int) and length > 0:
+            out["max_seq_length"] = length
+    pooling_dir = folder / "1_Pooling"
+    if (folder / "modules.json").is_file():
+        try:
+            modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{folder / 'modules.json'} is not valid JSON: {e}") from None
+        for module in modules if isinstance(modules, list) else []:
+            if isinstance(module, dict) and str(module.get("type", "")).endswith(".Pooling"):
+                pooling_dir = folder / str(module.get("path", ""))
+    if (pooling_dir / "config.json").is_file():
+        flags = read_json(pooling_dir / "config.json")
+        modes = [name for flag, name in _POOLING_FLAGS.items() if flags.get(flag)]
+        if modes:
+            out["pooling"] = "+".join(modes)
+    return out
 
 
 def _folder(folder: str | os.PathLike) -> Path:

@@ -77,6 +77,43 @@ def test_sentence_embeddings_equal_transformers_mean_pooling(minilm, reference):
     assert (cls - hidden[:2, 0]).abs().max() < 1e-4
 
 
+def test_the_folder_embeds_as_sentence_transformers_does(minilm, reference, tmp_path):
+    """Loaded as a plain folder (serve, batch, pipelines), MiniLM still truncates at its sentence_bert_config's 256
+    tokens (not its tokenizer's 512) and pools as its 1_Pooling config says; a folder that says CLS pools the CLS
+    token, one whose mode is not built is refused unless a pooling is named."""
+    from neurallayers.api import load
+
+    model, tok = load(minilm_folder())
+    assert tok.model_max_length == 256 and model.config.extra["pooling"] == "mean"
+    long = ["the quick brown fox jumps over the lazy dog " * 60]  # ~540 tokens
+    ref, ref_tok = reference
+    batch = ref_tok(long, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(ref(**batch).last_hidden_state.mean(1), dim=-1)
+    assert (embed(model, tok, long) - want).abs().max() < 1e-5
+    assert (embed(*minilm, long) - want).abs().max() < 1e-5
+
+    for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):  # the hub names: the bundled folder
+        named, named_tok = load(name)
+        assert named_tok.model_max_length == 256 and torch.equal(embed(named, named_tok, long), embed(model, tok, long))
+
+    folder = tmp_path / "st"
+    folder.mkdir()
+    for f in minilm_folder().iterdir():
+        if f.is_file():
+            (folder / f.name).symlink_to(f)
+    (folder / "1_Pooling").mkdir()
+    pooling = folder / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({"word_embedding_dimension": 384, "pooling_mode_cls_token": True}))
+    cls_model, _ = load(folder)
+    assert torch.equal(embed(cls_model, tok, TEXTS), embed(model, tok, TEXTS, pooling="cls"))
+    pooling.write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    max_model, _ = load(folder)
+    with pytest.raises(ValueError, match="sentence-transformers pooling is 'max'.*pass pooling="):
+        embed(max_model, tok, TEXTS)
+    assert torch.equal(embed(max_model, tok, TEXTS, pooling="mean"), embed(model, tok, TEXTS))
+
+
 def test_similar_pair_scores_higher_than_unrelated(minilm):
     model, tok = minilm
     e = embed(model, tok, ["A man is eating food.", "A man is eating a piece of bread.",
