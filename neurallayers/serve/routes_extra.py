@@ -55,7 +55,7 @@ def register(app, *, holder, metrics, draining) -> None:
                 raise bad_request("messages is empty", "messages")
             text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages)
         ids = await run_in_threadpool(served.tokenizer.encode, text)
-        return {"tokens": ids, "count": len(ids), "max_model_len": served.block_size}
+        return {"tokens": ids, "count": len(ids), "max_model_len": served.max_model_len}
 
     @app.post("/detokenize", response_model=DetokenizeResponse, tags=["tokens"])
     async def detokenize(req: DetokenizeRequest):

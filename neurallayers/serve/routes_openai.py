@@ -77,7 +77,7 @@ def register(app, *, holder, metrics) -> None:
     @app.get("/v1/models", response_model=ModelList, tags=["openai"])
     async def models() -> dict:
         s = holder.current
-        return {"object": "list", "data": [{"id": s.name, "created": s.created, "max_model_len": s.block_size,
+        return {"object": "list", "data": [{"id": s.name, "created": s.created, "max_model_len": s.max_model_len,
                                             "kind": s.kind}]}
 
     @app.post("/v1/completions", response_model=CompletionResponse, tags=["openai"],
@@ -257,8 +257,7 @@ async def embed_texts(served: ServedModel, texts: list[str]):
 
     from neurallayers.embeddings import embed, tokenize_batch
 
-    block = served.model.config.block_size
-    max_length = min(served.tokenizer.model_max_length or block, block)
+    max_length = served.max_model_len
 
     def work():
         vectors = embed(served.model, served.tokenizer, texts, max_length=max_length).cpu()

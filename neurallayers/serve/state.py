@@ -60,6 +60,14 @@ class ServedModel:
     def block_size(self) -> int:
         return int(self.model.config.block_size)
 
+    @property
+    def max_model_len(self) -> int:
+        """Tokens a request may use: the context length; an encoder reads at most its tokenizer's limit of it (a
+        sentence-transformers model cuts texts at its max_seq_length)."""
+        if self.engine is not None:
+            return self.block_size
+        return min(self.tokenizer.model_max_length or self.block_size, self.block_size)
+
     def stats(self) -> dict:
         """Engine statistics (running, waiting, last_batch_size ...); encoders report their requests in flight."""
         if self.engine is not None:

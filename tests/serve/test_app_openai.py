@@ -7,6 +7,7 @@ sampling with seed + k for choice k, stop strings, log-probabilities), and strea
 from __future__ import annotations
 
 import base64
+import copy
 
 import httpx
 import numpy as np
@@ -232,6 +233,15 @@ def test_embeddings_equal_embed_in_both_encodings(encoder):
             c.completions.create(model="tiny-encoder", prompt="x", max_tokens=2)
         pred = httpx.post(f"{srv.url}/predict", json={"prompt": "dog"}).json()
         assert pred["embedding"] == pytest.approx(want[2].tolist(), abs=1e-6)
+
+
+def test_an_encoder_reports_the_length_it_reads(encoder):
+    model, tok = encoder
+    short = copy.copy(tok)
+    short.model_max_length = 8  # as a sentence-transformers model cuts texts below its context length
+    with serving((model, short), model_name="e") as srv:
+        assert httpx.get(f"{srv.url}/v1/models").json()["data"][0]["max_model_len"] == 8
+        assert httpx.post(f"{srv.url}/tokenize", json={"prompt": "dog"}).json()["max_model_len"] == 8
 
 
 def test_embeddings_refused_for_a_decoder(client):
