@@ -49,11 +49,13 @@ def random_lm(kind: str = "gpt2", *, seed: int = 0, block_size: int = 96) -> Dec
     torch.manual_seed(seed)
     extra = {} if kind == "gpt2" else dict(norm="rmsnorm", mlp="swiglu", position="rope", n_kv_head=2, bias=False,
                                           tie_embeddings=False)
+    if kind == "mistral":  # a window far shorter than prompt + output: rows at different positions see their own
+        extra["sliding_window"] = 6
     cfg = ModelConfig(vocab_size=290, block_size=block_size, n_layer=2, n_head=4, n_embd=32, init_std=0.3, **extra)
     return DecoderLM(cfg).eval()
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=3)
 def trained_lm(kind: str) -> DecoderLM:
     """random_lm(kind) fitted to TEXT for a few steps: it writes real (multi-byte) characters, so stop strings
     can be picked from its output."""
@@ -156,7 +158,7 @@ def configs(model: DecoderLM, tok, prompts: list[list[int]]) -> tuple[list[Gener
     return cfgs, ["length", None, "stop", None, "stop", "stop", "stop"]
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "mistral"])
 def test_staggered_requests_equal_stream(tok, kind: str) -> None:
     """Requests join mid-decode, queue for a row, and leave at different times (rows are compacted); each one's
     events still equal stream() alone."""
