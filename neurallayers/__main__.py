@@ -15,6 +15,7 @@ VERBS = {
     "demo": "Train the demo model on Shakespeare for a few minutes, then generate from it.",
     "train": "Train a model from a YAML config and --section.field overrides.",
     "generate": "Generate text from a run directory or Hugging Face folder.",
+    "chat": "Talk with a model in the terminal, through its chat template.",
     "eval": "Loss and perplexity of a model on a corpus.",
     "info": "Parameters, FLOPs per token and memory of a preset, config file or run.",
     "prepare": "Tokenize a corpus into the cached token files that training reads.",

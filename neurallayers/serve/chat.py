@@ -1,20 +1,11 @@
-"""Chat messages -> prompt text: the tokenizer's Jinja chat template (the `chat_template` of tokenizer_config.json,
-rendered as transformers' apply_chat_template does), or a plain default for tokenizers that have none.
-
-The default template writes one line per message, then the cue for the reply:
-
-    system: You are terse.
-    user: Hello!
-    assistant:
-
-Messages with `content` as a list of parts keep only the text parts, joined by newlines.
+"""Chat messages of the OpenAI routes -> prompt text, through neurallayers.data.chat (the tokenizer's template, or
+`role: content` lines then `assistant:`). Messages with `content` as a list of parts keep only the text parts, joined
+by newlines.
 """
 
 from __future__ import annotations
 
-import functools
-from datetime import datetime
-
+from neurallayers.data.chat import render_chat
 from neurallayers.serve.errors import bad_request
 from neurallayers.serve.schemas import ChatMessage
 
@@ -31,49 +22,13 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict]:
     return out
 
 
-def default_render(messages: list[dict]) -> str:
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-
-
-@functools.lru_cache(maxsize=8)
-def _compile(template: str):
-    try:
-        from jinja2 import TemplateError
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError("chat templates need jinja2: pip install 'neurallayers[serve]'") from e
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    def tojson(value, indent=None, ensure_ascii=False):
-        import json
-
-        return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
-
-    # the settings transformers uses, so templates written for it render the same here
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)
-
-
 def render(tokenizer, messages: list[ChatMessage]) -> str:
     """The prompt text for `messages`, ending with the assistant's turn cue.
 
     Raises:
         APIError: 400 (param "messages") when the template refuses the conversation (e.g. roles must alternate).
     """
-    dicts = message_dicts(messages)
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
-        return default_render(dicts)
-    from jinja2 import TemplateError
-
     try:
-        return _compile(template).render(messages=dicts, add_generation_prompt=True,
-                                         bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
-    except TemplateError as e:
-        raise bad_request(f"the model's chat template refused these messages: {e}", "messages") from None
+        return render_chat(tokenizer, message_dicts(messages))
+    except ValueError as e:
+        raise bad_request(str(e), "messages") from None

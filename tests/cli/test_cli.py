@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import os
 import shutil
@@ -104,6 +105,36 @@ def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path):
     assert (hf / "config.json").is_file()
     again = cli("generate", str(hf), "To be", "--max-new-tokens", "5", "--temperature", "0")
     assert again.stdout == one.stdout
+
+
+def test_chat_replies_as_generate_does_and_keeps_to_the_context(run_dir: Path, monkeypatch, capsys):
+    """Each reply is generate() on the conversation rendered so far; /reset starts over; a conversation longer than
+    the context (32 tokens here) drops its oldest turns; an over-long message is refused and the chat goes on."""
+    from neurallayers.api import load
+    from neurallayers.data.chat import DEFAULT_STOP, render_chat
+    from neurallayers.generation import generate
+
+    model, tok = load(run_dir)
+
+    def expected(messages: list[dict], max_new: int = 4) -> str:
+        ids = tok.encode(render_chat(tok, messages))
+        out = generate(model, tok, [ids], max_new_tokens=min(max_new, 32 - len(ids)), temperature=0,
+                       stop=[DEFAULT_STOP])
+        return out[0].text.strip()
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("To be\nor not\n/reset\nWhether\n" + "x" * 40 + "\nTo\n"))
+    assert main(["chat", str(run_dir), "--temperature", "0", "--max-new-tokens", "4"]) == 0
+    out, err = capsys.readouterr()
+    first = expected([{"role": "user", "content": "To be"}])
+    conversation = [{"role": "user", "content": "To be"}, {"role": "assistant", "content": first},
+                    {"role": "user", "content": "or not"}]
+    while len(tok.encode(render_chat(tok, conversation))) + 4 > 32 and len(conversation) > 1:
+        del conversation[:2]  # what chat drops to fit
+    replies = [first, expected(conversation), expected([{"role": "user", "content": "Whether"}])]
+    assert [line.rstrip() for line in out.splitlines()[:3]] == replies
+    assert "(the oldest 1 turn left the model's context of 32 tokens)" in err
+    assert "(a new conversation)" in err and "too long for the model's context of 32 tokens" in err
+    assert len(out.splitlines()) == 4  # the chat went on after the refused message
 
 
 def test_a_draft_with_another_tokenizer_is_refused(run_dir: Path, tmp_path: Path):

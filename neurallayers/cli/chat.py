@@ -1,0 +1,114 @@
+"""`neurallayers chat`: a conversation with a model in the terminal, through its chat template, replies streamed.
+
+Each turn renders the whole conversation with the tokenizer's chat template (or `role: content` lines then
+`assistant:` when it has none, the reply ending where the model starts the next `user:` line). When the conversation
+outgrows the model's context, the oldest turns are dropped (the system message stays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from neurallayers.cli.common import add_device_dtype, add_model_path, load_model
+from neurallayers.cli.generate import add_sampling_arguments, generation_config
+
+HINT = "type a message and press Enter; /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops a reply"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_path(parser)
+    parser.add_argument("--system", help="a system message that opens the conversation")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the one-token decode step first (15-60 s): faster replies on CPU")
+    add_device_dtype(parser)
+    add_sampling_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from neurallayers.data.chat import DEFAULT_STOP
+
+    config = generation_config(args)
+    if config.num_beams > 1 or config.penalty_alpha > 0:
+        raise ValueError("chat streams greedy or sampled replies: no --num-beams or --penalty-alpha")
+    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    if not model.config.causal:
+        raise ValueError(f"{args.path} is an encoder model: chat needs a decoder (encoders embed: neurallayers serve "
+                         "... /v1/embeddings, or neurallayers.embed)")
+    if not getattr(tokenizer, "chat_template", None):
+        config = config.replace(stop=[*config.stop, DEFAULT_STOP])
+    if args.compile:
+        from neurallayers.generation.fast import prepare_for_decode
+
+        prepare_for_decode(model)
+    opening = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(HINT, file=sys.stderr)
+    history = list(opening)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            break
+        if not line.strip():
+            continue
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            history = list(opening)
+            print("(a new conversation)", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        prompt, turn_config = fit_context(tokenizer, history, model.config.block_size, config, keep=len(opening))
+        if prompt is None:
+            history.pop()
+            print(f"(that message is too long for the model's context of {model.config.block_size} tokens)",
+                  file=sys.stderr)
+            continue
+        history.append({"role": "assistant", "content": reply(model, tokenizer, prompt, turn_config)})
+    return 0
+
+
+def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int):
+    """(prompt ids, config) for the conversation: its oldest turns after the first `keep` messages are dropped (in
+    `history` too) until the prompt leaves room for a reply, which may be cut shorter than max_new_tokens rather
+    than lose the newest message. (None, config) when the newest message alone fills the context."""
+    from neurallayers.data.chat import render_chat
+
+    dropped = 0
+    while True:
+        ids = tokenizer.encode(render_chat(tokenizer, history))
+        if len(ids) + config.max_new_tokens <= block or len(history) <= keep + 1:
+            break
+        del history[keep:keep + 2 if len(history) > keep + 2 else keep + 1]  # a user message and its reply
+        dropped += 1
+    if dropped:
+        print(f"(the oldest {dropped} turn{'s' * (dropped > 1)} left the model's context of {block} tokens)",
+              file=sys.stderr)
+    if len(ids) >= block:
+        return None, config
+    return ids, config.replace(max_new_tokens=min(config.max_new_tokens, block - len(ids)))
+
+
+def reply(model, tokenizer, prompt: list[int], config) -> str:
+    """Streams the reply to stdout (leading blanks dropped) and returns its text; Ctrl-C ends it early."""
+    from neurallayers.generation import stream
+
+    text = ""
+    try:
+        for event in stream(model, tokenizer, prompt, config):
+            piece = event.text if text.strip() else event.text.lstrip()
+            text += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write(" (stopped)")
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if not text.strip():
+        print("(the model ended its reply at once)", file=sys.stderr)
+    return text.strip()

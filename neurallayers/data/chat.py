@@ -1,0 +1,63 @@
+"""Chat messages -> prompt text: the tokenizer's Jinja chat template (the `chat_template` of tokenizer_config.json,
+rendered as transformers' apply_chat_template does), or a plain default for tokenizers that have none.
+
+The default template writes one line per message, then the cue for the reply:
+
+    system: You are terse.
+    user: Hello!
+    assistant:
+
+Used by the server's chat routes and by `neurallayers chat`; messages are dicts with role and content strings.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+
+# where the default template's reply ends: the model starting the next user line
+DEFAULT_STOP = "\nuser:"
+
+
+def default_render(messages: list[dict]) -> str:
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+@functools.lru_cache(maxsize=8)
+def _compile(template: str):
+    from jinja2 import TemplateError  # jinja2 comes with torch
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    def tojson(value, indent=None, ensure_ascii=False):
+        import json
+
+        return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
+
+    # the settings transformers uses, so templates written for it render the same here
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def render_chat(tokenizer, messages: list[dict]) -> str:
+    """The prompt text for `messages` (dicts with "role" and "content"), ending with the assistant's turn cue.
+
+    Raises:
+        ValueError: the template refuses the conversation (e.g. roles must alternate).
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return default_render(messages)
+    from jinja2 import TemplateError
+
+    try:
+        return _compile(template).render(messages=messages, add_generation_prompt=True,
+                                         bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+    except TemplateError as e:
+        raise ValueError(f"the model's chat template refused these messages: {e}") from None
