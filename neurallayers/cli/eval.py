@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--max-batches", type=positive_int, default=None, help="default: every window")
     parser.add_argument("--block-size", type=positive_int, default=None, help="window length (default: the model's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_dtype(parser)
 
 
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     corpus = load_corpus(data.source, text_field=data.text_field)
     val_fraction = data.val_fraction if own else 0.0
     seed = run_cfg.train.seed if own else 0
-    tokens = tokenize_corpus(data, corpus, tokenizer, seed=seed, val_fraction=val_fraction)
+    tokens = tokenize_corpus(data, corpus, tokenizer, seed=seed, val_fraction=val_fraction,
+                             show_progress=not args.no_progress)
     arr = {"val": tokens.val, "train": tokens.train, "all": np.concatenate([tokens.train, tokens.val])}[split]
     block = args.block_size or model.config.block_size
     if block > model.config.block_size:
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if len(arr) < block + 1:
         raise ValueError(f"the {split} split has {len(arr)} tokens; a window needs {block + 1} (try --block-size)")
     loss, count = mean_loss(model, arr, block_size=block, batch_size=args.batch_size, max_batches=args.max_batches,
-                            device=next(model.parameters()).device)
+                            device=next(model.parameters()).device, progress=not args.no_progress)
     print(f"corpus: {data.source}  split: {split}  tokens scored: {count:,}  loss: {loss:.4f}  "
           f"perplexity: {math.exp(min(loss, 50)):.2f}")
     return 0

@@ -358,16 +358,23 @@ class _Fit:
 
 
 def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: int, max_batches: int | None,
-              device: torch.device, amp_dtype: torch.dtype | None = None) -> tuple[float, int]:
+              device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = False) -> tuple[float, int]:
     """(mean next-token loss, tokens scored) over evenly spaced windows of `tokens` (see data.eval_batches).
 
-    Used by evaluation during training and by `neurallayers eval`. The caller puts the model in eval mode.
+    Used by evaluation during training and by `neurallayers eval` (with `progress`: a bar over the batches). The
+    caller puts the model in eval mode.
     """
     from neurallayers.data import eval_batches
 
     total, count = 0.0, 0
+    batches = eval_batches(tokens, block_size=block_size, batch_size=batch_size, max_batches=max_batches)
+    if progress:
+        windows = (len(tokens) - 1) // block_size
+        if max_batches is not None:
+            windows = min(windows, max_batches * batch_size)
+        batches = tqdm(batches, total=-(-windows // batch_size), unit="batch", desc="eval", dynamic_ncols=True)
     with torch.no_grad():
-        for x, y in eval_batches(tokens, block_size=block_size, batch_size=batch_size, max_batches=max_batches):
+        for x, y in batches:
             with autocast(device, amp_dtype):
                 loss = model(x.to(device), targets=y.to(device)).loss
             total += float(loss) * y.numel()

@@ -6,6 +6,7 @@ import atexit
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,7 @@ def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path):
     ev = cli("eval", str(run_dir), cwd=run_dir.parent)
     assert ev.returncode == 0, ev.stderr
     assert "perplexity" in ev.stdout and "split: val" in ev.stdout
+    assert re.search(r"eval: 100%.*\| (\d+)/\1 ", ev.stderr), ev.stderr  # a progress bar that reaches its total
     info = cli("info", str(run_dir))
     assert info.returncode == 0 and "parameters" in info.stdout and "KV cache" in info.stdout
     hf = tmp_path / "hf"
