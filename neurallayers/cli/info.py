@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from neurallayers.cli.common import positive_int
 
@@ -76,8 +77,41 @@ def describe(cfg, *, context: int | None = None, batch_size: int = 1) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def describe_run(folder: Path) -> str:
+    """What a run directory holds: steps trained, validation losses, complete checkpoints, data and tokenizer."""
+    import json
+
+    from neurallayers.training.checkpoint import list_checkpoints
+    from neurallayers.training.config import RunConfig
+
+    run_cfg = RunConfig.from_yaml(folder / "config.yaml")
+    metrics = folder / "metrics.jsonl"
+    if not metrics.is_file():  # converted from a Hugging Face folder, or written by hand: its data section is a default
+        return f"{'training':<15}  none recorded here (no metrics.jsonl)"
+    steps, vals = 0, []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut off by a kill
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            steps = max(steps, row["step"])
+            if isinstance(row.get("val_loss"), float | int):
+                vals.append((row["step"], float(row["val_loss"])))
+    trained = f"{steps:,} of {run_cfg.train.max_steps:,} steps"
+    if vals:
+        best_step, best = min(vals, key=lambda sv: sv[1])
+        trained += f"; val loss {vals[-1][1]:.4f} at step {vals[-1][0]:,}, best {best:.4f} at step {best_step:,}"
+    ckpts = [p.name for p in list_checkpoints(folder)]
+    tokenizer = run_cfg.data.tokenizer + (f" ({run_cfg.data.vocab_size:,})" if run_cfg.data.vocab_size else "")
+    rows = [("training", trained), ("checkpoints", ", ".join(ckpts) or "none"),
+            ("data", f"{run_cfg.data.source}; tokenizer {tokenizer}")]
+    return "\n".join(f"{k:<15}  {v}" for k, v in rows)
+
+
 def run(args: argparse.Namespace) -> int:
     from neurallayers import presets
+    from neurallayers.api import resolve_model_path
     from neurallayers.config import ModelConfig
 
     if args.target is None:
@@ -87,4 +121,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<18} {cfg.param_count() / 1e6:8.2f} M  {shape}")
         return 0
     print(describe(resolve_config(args.target), context=args.context, batch_size=args.batch_size))
+    folder = resolve_model_path(args.target)
+    if (folder / "config.yaml").is_file():
+        print(describe_run(folder))
     return 0

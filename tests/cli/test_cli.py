@@ -139,6 +139,20 @@ def test_chat_replies_as_generate_does_and_keeps_to_the_context(run_dir: Path, m
     assert len(out.splitlines()) == 4  # the chat went on after the refused message
 
 
+def test_info_on_a_run_says_what_it_trained(run_dir: Path, tmp_path: Path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    with (copy / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 99, "val_lo')  # cut off by a kill: skipped
+    assert main(["info", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"training +(\d+) of \1 steps; val loss [\d.]+ at step \1, best [\d.]+ at step \d+", out), out
+    assert re.search(r"checkpoints +step-\d+", out) and re.search(r"data +text.txt; tokenizer char", out), out
+    (copy / "metrics.jsonl").unlink()  # as in a run converted from a Hugging Face folder
+    assert main(["info", str(copy)]) == 0
+    assert "none recorded here" in capsys.readouterr().out
+
+
 def test_a_draft_with_another_tokenizer_is_refused(run_dir: Path, tmp_path: Path):
     other = tmp_path / "other"  # the same model with two tokens swapped: the same vocabulary size, other ids
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("checkpoints"))
