@@ -56,3 +56,45 @@ def test_torchrun_two_processes_resume_exact(tmp_path):
     # Both strategies compute the same global batch: FSDP2's losses match DDP's closely.
     ddp, fsdp = step_losses(tmp_path / "ddp-straight"), step_losses(tmp_path / "fsdp-straight")
     assert all(abs(ddp[s] - fsdp[s]) < 1e-4 for s in ddp)
+
+
+DYING_RANK = """
+import os, signal, sys
+from neurallayers.training import RunConfig, fit, trainer
+step = trainer._Fit._train_step
+def dying(self):
+    if self.step == 3 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self)
+trainer._Fit._train_step = dying
+fit(RunConfig.from_yaml(sys.argv[1]), sys.argv[2], progress=False)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_a_rank_that_dies_fails_the_others_and_keeps_the_checkpoint(tmp_path):
+    """RELIABILITY 10, without a launcher that kills the survivors (torchrun does): rank 1 is SIGKILLed in step 4;
+    rank 0 exits non-zero well within the process-group timeout, and the step-2 checkpoint stays complete."""
+    import socket
+
+    from neurallayers.training.checkpoint import list_checkpoints
+
+    run = tiny_run(tmp_path, max_steps=8, save_interval=2, eval_interval=0, batch_size=2, distributed="ddp")
+    cfg = run.to_yaml(tmp_path / "config.yaml")
+    (tmp_path / "driver.py").write_text(DYING_RANK)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(cfg), str(tmp_path / "run")],
+                              env={**child_env(tmp_path), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                                   "WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "2"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == -9, outs[1][1][-2000:]
+    assert procs[0].returncode not in (0, None), outs[0][1][-2000:]
+    assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["step-2"]
