@@ -85,6 +85,9 @@ class Tokenizer:
         self.pad_token = pad_token
         self.chat_template = chat_template
         self.model_max_length = model_max_length
+        # ids besides eos that end a generation: a Hugging Face model's generation_config.json may list several
+        # (Llama 3 Instruct ends a turn with <|eot_id|>, not its eos <|end_of_text|>)
+        self.extra_eos_ids: list[int] = []
 
     @classmethod
     def from_hf(cls, hf: HFTokenizer, **specials: str | int | None) -> Tokenizer:
@@ -99,6 +102,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of ids, added tokens included."""
         return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """Every id that ends a generation: eos_id, then extra_eos_ids."""
+        return list(dict.fromkeys(([] if self.eos_id is None else [self.eos_id]) + self.extra_eos_ids))
 
     @property
     def bos_id(self) -> int | None:

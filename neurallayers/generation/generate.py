@@ -354,8 +354,7 @@ def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
 
 
 def _eos_ids(tokenizer) -> list[int]:
-    eos = None if tokenizer is None else tokenizer.eos_id
-    return [] if eos is None else [eos]
+    return [] if tokenizer is None else list(tokenizer.eos_ids)
 
 
 def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *, eos_ids: list[int],

@@ -110,7 +110,21 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     tokenizer = load_tokenizer(folder)
     if tokenizer is not None and "max_seq_length" in sentence:
         tokenizer.model_max_length = sentence["max_seq_length"]
+    if tokenizer is not None and cfg.causal:
+        tokenizer.extra_eos_ids = [t for t in _generation_eos_ids(folder, cfg.vocab_size) if t != tokenizer.eos_id]
     return model.eval(), tokenizer
+
+
+def _generation_eos_ids(folder: Path, vocab: int) -> list[int]:
+    """The eos_token_id of generation_config.json (an id or a list of them; transformers' generate stops at each)."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return []
+    eos = read_json(path).get("eos_token_id")
+    ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids):
+        raise ValueError(f"{path}: eos_token_id={eos!r} must be token ids in [0, {vocab})")
+    return ids
 
 
 # sentence-transformers' Pooling config flags -> the name embed() knows the mode by
@@ -296,7 +310,11 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     _write_weights(hf_sd, folder, max_shard_size)
     write_json(folder / "config.json", hf_cfg)
     if cfg.causal:  # generation settings only mean something for a language model
-        write_json(folder / "generation_config.json", {"_from_model_config": True, **specials})
+        settings = {"_from_model_config": True, **specials}
+        eos_ids = list(getattr(tokenizer, "eos_ids", None) or [])
+        if len(eos_ids) > 1:  # extra ids that end a turn, as read from a Hugging Face folder
+            settings["eos_token_id"] = eos_ids
+        write_json(folder / "generation_config.json", settings)
     if tokenizer is not None:
         tokenizer.save(folder)
     return folder

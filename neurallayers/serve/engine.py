@@ -78,13 +78,13 @@ class Engine:
             raise ValueError(f"max_len={max_len!r}: must be an integer in [2, {block}] (the model's block_size)")
         if tokenizer is None:
             raise ValueError("the engine needs a tokenizer to turn tokens into text")
-        eos = tokenizer.eos_id
-        if eos is not None and not 0 <= eos < model.config.vocab_size:
-            raise ValueError(f"the tokenizer's eos_id {eos} lies outside the model's vocabulary "
+        outside = [t for t in tokenizer.eos_ids if not 0 <= t < model.config.vocab_size]
+        if outside:
+            raise ValueError(f"the tokenizer's eos id {outside[0]} lies outside the model's vocabulary "
                              f"[0, {model.config.vocab_size}): the tokenizer does not belong to this model")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.max_queue, self.max_len = max_batch, max_queue, max_len
-        self._eos_ids = [] if eos is None else [eos]
+        self._eos_ids = list(tokenizer.eos_ids)
         self._device = next(model.parameters()).device
         self._fast = decode_step_for(model)  # a compiled one-token step, if prepare_for_decode registered one
         self._step = self._fast or functools.partial(forward_step, model)  # as generate() picks its step

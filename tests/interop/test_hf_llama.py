@@ -168,3 +168,34 @@ def test_config_to_hf_names_fields_llama_cannot_express():
                            mlp="swiglu", position="rope", sliding_window=4, bias=True)
     with pytest.raises(ValueError, match="mistral: bias=True"):
         llama.config_to_hf(windowed)
+
+
+def test_generation_config_eos_ids_end_a_generation_as_in_transformers(tmp_path):
+    """generation_config.json may list several eos ids (Llama 3 Instruct ends a turn with <|eot_id|>): generate and
+    stream stop at each, as transformers' generate does, and save_hf writes the list back."""
+    import string
+
+    from neurallayers.generation import generate, stream
+
+    tok = Tokenizer.train_char([string.printable[:94]])  # 96 ids, as the model's vocabulary
+    ref = hf_model("gqa")
+    prompt = [5, 9, 30, 7]
+    with torch.no_grad():
+        free = ref.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=8, eos_token_id=None,
+                            pad_token_id=0)[0, len(prompt):].tolist()
+    turn_end = next(t for t in free[2:] if t not in free[:2] and t != tok.eos_id)  # a token greedy reaches later
+    ref.generation_config.eos_token_id = [tok.eos_id, turn_end]
+    ref.save_pretrained(tmp_path / "src", safe_serialization=True)
+    tok.save(tmp_path / "src")
+    with torch.no_grad():
+        want = ref.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=8, pad_token_id=0)
+    want = want[0, len(prompt):].tolist()
+    assert want[-1] == turn_end and len(want) < 8
+
+    model, loaded = load(tmp_path / "src")
+    assert loaded.eos_ids == [tok.eos_id, turn_end]
+    (gen,) = generate(model, loaded, [prompt], temperature=0, max_new_tokens=8)
+    assert gen.token_ids == want[:-1] and gen.finish_reason == "stop"  # the eos itself is not returned
+    assert list(stream(model, loaded, prompt, temperature=0, max_new_tokens=8))[-1].finish_reason == "stop"
+    save_hf(model, loaded, tmp_path / "out")
+    assert transformers.GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == [tok.eos_id, turn_end]
