@@ -63,7 +63,12 @@ def run(args: argparse.Namespace) -> int:
             print("(a new conversation)", file=sys.stderr)
             continue
         history.append({"role": "user", "content": line})
-        prompt, turn_config = fit_context(tokenizer, history, model.config.block_size, config, keep=len(opening))
+        try:
+            prompt, turn_config = fit_context(tokenizer, history, model.config.block_size, config, keep=len(opening))
+        except ValueError as e:  # the chat template refused the conversation: say so, keep talking
+            history.pop()
+            print(f"({e})", file=sys.stderr)
+            continue
         if prompt is None:
             history.pop()
             print(f"(that message is too long for the model's context of {model.config.block_size} tokens)",

@@ -153,6 +153,19 @@ def test_info_on_a_run_says_what_it_trained(run_dir: Path, tmp_path: Path, capsy
     assert "none recorded here" in capsys.readouterr().out
 
 
+def test_chat_goes_on_when_the_template_refuses_a_conversation(run_dir: Path, tmp_path: Path, monkeypatch, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}"
+                               "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("sys.stdin", io.StringIO("To be\nor not\n"))
+    assert main(["chat", str(copy), "--system", "Be brief.", "--max-new-tokens", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("chat template refused these messages: no system role") == 2  # each turn said so; no exit
+
+
 def test_a_draft_with_another_tokenizer_is_refused(run_dir: Path, tmp_path: Path):
     other = tmp_path / "other"  # the same model with two tokens swapped: the same vocabulary size, other ids
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("checkpoints"))
