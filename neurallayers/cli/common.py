@@ -44,7 +44,12 @@ def torch_dtype(name: str):
 
 
 def load_model(path: str, *, device: str = "auto", dtype: str = "fp32", allow_pickle: bool = False):
-    """(model, tokenizer) from a run directory or HF folder, with CLI-style errors."""
+    """(model, tokenizer) from a run directory or HF folder, with CLI-style errors; every verb that loads a model
+    reads or writes text, so a folder without a tokenizer is refused here."""
     from neurallayers.api import load
 
-    return load(path, device=device, dtype=torch_dtype(dtype), allow_pickle=allow_pickle)
+    model, tokenizer = load(path, device=device, dtype=torch_dtype(dtype), allow_pickle=allow_pickle)
+    if tokenizer is None:
+        raise UserError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): copy the model's "
+                        "tokenizer files into the folder")
+    return model, tokenizer

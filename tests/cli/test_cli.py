@@ -166,6 +166,20 @@ def test_chat_goes_on_when_the_template_refuses_a_conversation(run_dir: Path, tm
     assert err.count("chat template refused these messages: no system role") == 2  # each turn said so; no exit
 
 
+def test_a_folder_without_a_tokenizer_is_one_line(run_dir: Path, tmp_path: Path, monkeypatch, capsys):
+    from neurallayers.api import load
+    from neurallayers.interop.hf import save_hf
+
+    save_hf(load(run_dir)[0], None, tmp_path / "hf")  # weights and config only
+    (tmp_path / "p.jsonl").write_text('{"prompt": "To be"}\n')
+    monkeypatch.setattr("sys.stdin", io.StringIO("To be\n"))
+    for args in (["generate", "To be"], ["chat"], ["eval", "--data", str(tmp_path / "p.jsonl")],
+                 ["batch", "--input", str(tmp_path / "p.jsonl"), "--output", str(tmp_path / "o.jsonl")]):
+        assert main([args[0], str(tmp_path / "hf"), *args[1:]]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "has no tokenizer (tokenizer.json, or vocab.json + merges.txt)" in err, err
+
+
 def test_a_draft_with_another_tokenizer_is_refused(run_dir: Path, tmp_path: Path):
     other = tmp_path / "other"  # the same model with two tokens swapped: the same vocabulary size, other ids
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("checkpoints"))
