@@ -136,7 +136,8 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
     spans: list[tuple[str, int, int]] = []  # (piece name, start, length) in all.bin
     total = 0
     with open(out / "all.bin", "wb") as f, tqdm(
-        desc=f"tokenizing {corpus.name}", unit="char", unit_scale=True, disable=not show_progress
+        desc=f"tokenizing {corpus.name}", unit="char", unit_scale=True, disable=not show_progress,
+        delay=1,  # shown only when it takes a while: a corpus refused at once leaves just its one-line error
     ) as bar:
         for batch in _batches(_pieces(corpus.documents(), sources["chunk_chars"])):
             for (piece, last), ids in zip(batch, tokenizer.encode_batch([p.text for p, _ in batch]), strict=True):
