@@ -209,5 +209,4 @@ def load_minilm(*, device: str | torch.device | None = None,
     """
     from neurallayers.interop.hf import load_hf
 
-    model, tokenizer = load_hf(minilm_folder(), device=device, dtype=dtype)  # 256: its sentence_bert_config.json
-    return model, tokenizer
+    return load_hf(minilm_folder(), device=device, dtype=dtype)  # 256 tokens: its sentence_bert_config.json

@@ -99,8 +99,7 @@ def _helper_model(role: str, args: argparse.Namespace, tokenizer):
     draft with another vocabulary of the same size would only be slow; an amateur's would steer every token)."""
     path = getattr(args, role)
     model, theirs = load_model(path, device=args.device, dtype=args.dtype)
-    if None not in (tokenizer, theirs) and theirs.hf.get_vocab(with_added_tokens=True) != tokenizer.hf.get_vocab(
-            with_added_tokens=True):
+    if theirs.hf.get_vocab(with_added_tokens=True) != tokenizer.hf.get_vocab(with_added_tokens=True):
         size = max(tokenizer.vocab_size, theirs.vocab_size)
         i = next(i for i in range(size) if tokenizer.id_to_token(i) != theirs.id_to_token(i))
         raise ValueError(f"--{role} {path} has another tokenizer than {args.path}: id {i} is "

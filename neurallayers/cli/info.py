@@ -73,8 +73,12 @@ def describe(cfg, *, context: int | None = None, batch_size: int = 1) -> str:
         fp32 = cfg.kv_cache_bytes(t, batch_size=batch_size, bytes_per_value=4)
         rows.append(("KV cache", f"{_size(per_token)} per token (bf16); {_size(bf16)} bf16, {_size(fp32)} fp32 "
                                  f"for batch {batch_size} x {t:,} tokens"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    """Label-value lines, the values in one column for every table `info` prints (the longest label is 15)."""
+    return "\n".join(f"{k:<15}  {v}" for k, v in rows)
 
 
 def describe_run(folder: Path) -> str:
@@ -87,7 +91,7 @@ def describe_run(folder: Path) -> str:
     run_cfg = RunConfig.from_yaml(folder / "config.yaml")
     metrics = folder / "metrics.jsonl"
     if not metrics.is_file():  # converted from a Hugging Face folder, or written by hand: its data section is a default
-        return f"{'training':<15}  none recorded here (no metrics.jsonl)"
+        return _table([("training", "none recorded here (no metrics.jsonl)")])
     steps, vals = 0, []
     for line in metrics.read_text(encoding="utf-8").splitlines():
         try:
@@ -106,7 +110,7 @@ def describe_run(folder: Path) -> str:
     tokenizer = run_cfg.data.tokenizer + (f" ({run_cfg.data.vocab_size:,})" if run_cfg.data.vocab_size else "")
     rows = [("training", trained), ("checkpoints", ", ".join(ckpts) or "none"),
             ("data", f"{run_cfg.data.source}; tokenizer {tokenizer}")]
-    return "\n".join(f"{k:<15}  {v}" for k, v in rows)
+    return _table(rows)
 
 
 def run(args: argparse.Namespace) -> int:

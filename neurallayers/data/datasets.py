@@ -253,6 +253,12 @@ class RandomWindows:
         return _windows(self.tokens, starts, self.block_size)
 
 
+def eval_window_count(n_tokens: int, *, block_size: int, batch_size: int, max_batches: int | None = None) -> int:
+    """How many windows eval_batches yields for `n_tokens` tokens (in ceil(count / batch_size) batches)."""
+    n = (n_tokens - 1) // block_size
+    return n if max_batches is None else min(n, max_batches * batch_size)
+
+
 def eval_batches(
     tokens: np.ndarray, *, block_size: int, batch_size: int, max_batches: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -264,9 +270,7 @@ def eval_batches(
     _check_windows(tokens, block_size, batch_size)
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches={max_batches} must be >= 1 or None")
-    n = (len(tokens) - 1) // block_size
-    if max_batches is not None:
-        n = min(n, max_batches * batch_size)
+    n = eval_window_count(len(tokens), block_size=block_size, batch_size=batch_size, max_batches=max_batches)
     starts = np.linspace(0, len(tokens) - block_size - 1, num=n).round().astype(np.int64)
     for i in range(0, n, batch_size):
         yield _windows(tokens, starts[i : i + batch_size], block_size)

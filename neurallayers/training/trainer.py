@@ -364,14 +364,12 @@ def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: in
     Used by evaluation during training and by `neurallayers eval` (with `progress`: a bar over the batches). The
     caller puts the model in eval mode.
     """
-    from neurallayers.data import eval_batches
+    from neurallayers.data.datasets import eval_batches, eval_window_count
 
     total, count = 0.0, 0
     batches = eval_batches(tokens, block_size=block_size, batch_size=batch_size, max_batches=max_batches)
     if progress:
-        windows = (len(tokens) - 1) // block_size
-        if max_batches is not None:
-            windows = min(windows, max_batches * batch_size)
+        windows = eval_window_count(len(tokens), block_size=block_size, batch_size=batch_size, max_batches=max_batches)
         batches = tqdm(batches, total=-(-windows // batch_size), unit="batch", desc="eval", dynamic_ncols=True)
     with torch.no_grad():
         for x, y in batches:
