@@ -121,6 +121,12 @@ def _encoder_of(model: nn.Module) -> nn.Module:
     return encoder
 
 
+def input_limit(tokenizer: Tokenizer, block_size: int) -> int:
+    """Tokens an encoder reads of a text: the tokenizer's model_max_length (a sentence-transformers folder's
+    max_seq_length), capped at the model's context length."""
+    return min(tokenizer.model_max_length or block_size, block_size)
+
+
 def model_pooling(model: nn.Module) -> str:
     """The pooling a model was trained to embed with: its sentence-transformers folder's ("mean", "cls"), else
     "mean". A mode embed() does not build (max, last token, ...) is refused rather than replaced."""
@@ -156,7 +162,7 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         raise ValueError(f"pooling={pooling!r}: valid are {', '.join(POOLINGS)}")
     block = encoder.config.block_size
     if max_length is None:
-        max_length = min(tokenizer.model_max_length or block, block)
+        max_length = input_limit(tokenizer, block)
     elif max_length > block:
         raise ValueError(f"max_length={max_length} exceeds the model's context length block_size={block}")
     device = next(encoder.parameters()).device

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from neurallayers.data.tokenizers import Tokenizer
-from neurallayers.embeddings import _check_texts, embed, tokenize_batch
+from neurallayers.embeddings import _check_texts, embed, input_limit, tokenize_batch
 
 _MASK_TOKENS = ("[MASK]", "<mask>")
 
@@ -56,8 +56,7 @@ class Pipeline(ABC):
         """One result per input item."""
 
     def _max_length(self) -> int:
-        block = self.config.block_size
-        return min(self.tokenizer.model_max_length or block, block)
+        return input_limit(self.tokenizer, self.config.block_size)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of the head model for one tokenized batch."""

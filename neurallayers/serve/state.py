@@ -66,7 +66,9 @@ class ServedModel:
         sentence-transformers model cuts texts at its max_seq_length)."""
         if self.engine is not None:
             return self.block_size
-        return min(self.tokenizer.model_max_length or self.block_size, self.block_size)
+        from neurallayers.embeddings import input_limit
+
+        return input_limit(self.tokenizer, self.block_size)
 
     def stats(self) -> dict:
         """Engine statistics (running, waiting, last_batch_size ...); encoders report their requests in flight."""
