@@ -196,6 +196,8 @@ class Tokenizer:
             config["unk_token"] = UNK
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
+        if self.extra_eos_ids:  # kept with the tokenizer, so a run directory converted from HF still stops there
+            config["neurallayers_extra_eos_ids"] = list(self.extra_eos_ids)
         _write_atomic(json_path, self.hf.to_str(pretty=True))
         _write_atomic(json_path.parent / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
         return json_path
@@ -251,7 +253,7 @@ class Tokenizer:
 
         max_len = config.get("model_max_length")
         kind = config.get("neurallayers_kind", "file")
-        return cls(
+        tokenizer = cls(
             hf,
             kind=kind if kind in KINDS else "file",
             bos_token=special("bos_token", _BOS_GUESSES),
@@ -261,6 +263,13 @@ class Tokenizer:
             # HF writes a 1e30 sentinel when the length is unknown.
             model_max_length=int(max_len) if isinstance(max_len, int | float) and max_len < 1e12 else None,
         )
+        extra = config.get("neurallayers_extra_eos_ids", [])
+        if not (isinstance(extra, list) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                and 0 <= t < tokenizer.vocab_size for t in extra)):
+            raise ValueError(f"tokenizer_config.json: neurallayers_extra_eos_ids={extra!r} is not a list of ids "
+                             f"in [0, {tokenizer.vocab_size})")
+        tokenizer.extra_eos_ids = list(extra)
+        return tokenizer
 
     # -- constructors -----------------------------------------------------------------------------
 

@@ -110,7 +110,7 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     tokenizer = load_tokenizer(folder)
     if tokenizer is not None and "max_seq_length" in sentence:
         tokenizer.model_max_length = sentence["max_seq_length"]
-    if tokenizer is not None and cfg.causal:
+    if tokenizer is not None and cfg.causal and (folder / "generation_config.json").is_file():
         tokenizer.extra_eos_ids = [t for t in _generation_eos_ids(folder, cfg.vocab_size) if t != tokenizer.eos_id]
     return model.eval(), tokenizer
 

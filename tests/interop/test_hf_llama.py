@@ -199,3 +199,34 @@ def test_generation_config_eos_ids_end_a_generation_as_in_transformers(tmp_path)
     assert list(stream(model, loaded, prompt, temperature=0, max_new_tokens=8))[-1].finish_reason == "stop"
     save_hf(model, loaded, tmp_path / "out")
     assert transformers.GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == [tok.eos_id, turn_end]
+
+
+def test_extra_eos_ids_survive_a_run_directory(tmp_path):
+    """A run directory has no generation_config.json: the tokenizer keeps the extra eos ids, so HF -> run -> HF
+    still stops where transformers does and writes the list back."""
+    import string
+
+    from neurallayers.interop.convert import convert
+
+    tok = Tokenizer.train_char([string.printable[:94]])  # 96 ids, as the model's vocabulary
+    model = hf_model("gqa")
+    model.generation_config.eos_token_id = [tok.eos_id, 7]
+    model.save_pretrained(tmp_path / "src", safe_serialization=True)
+    tok.save(tmp_path / "src")
+    convert(tmp_path / "src", tmp_path / "run", to="run")
+    assert load(tmp_path / "run")[1].eos_ids == [tok.eos_id, 7]
+    convert(tmp_path / "run", tmp_path / "back", to="hf")
+    assert transformers.GenerationConfig.from_pretrained(tmp_path / "back").eos_token_id == [tok.eos_id, 7]
+    assert load(tmp_path / "back")[1].eos_ids == [tok.eos_id, 7]
+
+
+def test_bad_extra_eos_ids_in_a_tokenizer_config_are_refused(tmp_path):
+    tok = Tokenizer.train_char(["abc"])
+    tok.extra_eos_ids = [3]
+    tok.save(tmp_path)
+    assert Tokenizer.load(tmp_path).extra_eos_ids == [3]
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["neurallayers_extra_eos_ids"] = [10**6]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="neurallayers_extra_eos_ids"):
+        Tokenizer.load(tmp_path)
