@@ -12,6 +12,7 @@ ACCEPTS_OVERRIDES = True  # unknown `--model.x / --train.x / --data.x` arguments
 EPILOG = """examples:
   neurallayers train --preset demo --data shakespeare --out runs/demo
   neurallayers train --config my.yaml --train.lr 3e-4 --model.n_layer=6 --out runs/exp1
+  neurallayers train --config my.yaml --model.rope_scaling.factor 4 --out runs/exp2   # one key of a mapping field
   neurallayers train --config my.yaml --out runs/exp1 --resume          # continue exactly where it stopped
   neurallayers train --out runs/exp1 --resume --train.max_steps 8000    # its saved config, trained longer
 """

@@ -240,6 +240,7 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
             i += 1
         i += 1
         section, _, name = key.partition(".")
+        name, _, subkeys = name.partition(".")
         if section not in SECTIONS:
             raise ValueError(f"unknown config section {section!r} in {arg!r}{_did_you_mean(section, SECTIONS)}; "
                              f"valid sections: {', '.join(SECTIONS)}")
@@ -254,8 +255,45 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
         sec = out.get(section)
         if not isinstance(sec, dict):
             sec = out[section] = {}
-        sec[name] = parsed
+        if subkeys:
+            _set_nested(sec, section, name, subkeys.split("."), parsed, arg)
+        else:
+            sec[name] = parsed
     return out
+
+
+def _set_nested(sec: dict, section: str, name: str, path: list[str], value: Any, arg: str) -> None:
+    """`--model.rope_scaling.factor 4`: sets one key inside a mapping field, keeping its other keys (those the
+    section gives, else the preset's, else the field's default)."""
+    if name not in _MAPPING_FIELDS.get(section, ()):
+        raise ValueError(f"{arg!r}: {section}.{name} is not a mapping; give --{section}.{name} VALUE")
+    base = sec[name] if name in sec else _section_default(sec, section, name)
+    if base is None:
+        base = {}
+    if not isinstance(base, dict):
+        raise ValueError(f"{arg!r}: {section}.{name} is {base!r}, not a mapping")
+    node = sec[name] = copy.deepcopy(base)
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join([section, name, *path[:i + 1]])
+            raise ValueError(f"{arg!r}: {where} is {child!r}, not a mapping")
+        node = child
+    node[path[-1]] = value
+
+
+# fields whose value is a mapping, so an override may name a key inside it
+_MAPPING_FIELDS = {"model": ("rope_scaling", "extra")}
+
+
+def _section_default(sec: dict, section: str, name: str) -> Any:
+    """The value `name` takes when the section does not give it: the preset's, or the field's default."""
+    if section == "model" and "preset" in sec:
+        return getattr(ModelConfig.from_name(str(sec["preset"])), name)
+    f = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 # ----- helpers -----

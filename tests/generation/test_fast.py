@@ -118,12 +118,17 @@ def test_compiled_step_equals_plain(monkeypatch):
     from neurallayers.generation.fast import RowLinear
 
     plain, fast = _pair(compile=True)
-    # batches through inductor's GEMMs, as on a CPU with AVX-512: the batch graph freezes the weights on every host
+    # batches through inductor's GEMMs, as on a CPU with AVX-512: the batch graph freezes the weights on every host.
+    # Freezing bypasses AOT autograd's cache and keeps a copy of the weights, so the batch-1 graph (rowdot or the
+    # multiply-sum) is compiled unfrozen and only the batch graph frozen.
     monkeypatch.setattr(RowLinear, "batch_dtypes", ())
+    counters.clear()
+    assert _ids(fast, PROMPTS[:1], temperature=0.0) == _ids(plain, PROMPTS[:1], temperature=0.0)
+    assert counters["aot_autograd"]["autograd_cache_bypass"] == 0 and counters["aot_autograd"]["total"] == 1
+    assert _ids(fast, PROMPTS, temperature=0.0) == _ids(plain, PROMPTS, temperature=0.0)
+    assert counters["aot_autograd"]["autograd_cache_bypass"] == 1 and counters["aot_autograd"]["total"] == 2
     want = next_logits(plain, functools.partial(forward_step, plain))
     torch.testing.assert_close(next_logits(fast, decode_step_for(fast)), want, atol=1e-5, rtol=1e-5)
-    for prompts in (PROMPTS[:1], PROMPTS):
-        assert _ids(fast, prompts, temperature=0.0) == _ids(plain, prompts, temperature=0.0)
     sampled = {"temperature": 0.8, "seed": 5, "top_p": 0.9}
     assert _ids(fast, PROMPTS, **sampled) == _ids(plain, PROMPTS, **sampled)
 
@@ -146,18 +151,10 @@ def test_compiled_step_equals_plain(monkeypatch):
 
 
 @pytest.mark.slow
-def test_cpu_graphs_freeze_weights_only_for_inductors_gemms(monkeypatch):
-    """Freezing bypasses AOT autograd's cache and keeps a copy of the weights: a CPU batch-1 graph (rowdot or the
-    multiply-sum) is compiled unfrozen, a batched one frozen only where rowdot's batch loops do not take its dtype."""
+def test_a_batch_graph_through_rowdots_loops_is_not_frozen(monkeypatch):
+    """Where rowdot's batch loops take the batch's dtype, the batch graph calls them and is compiled unfrozen (the
+    frozen case, batches through inductor's GEMMs, is in test_compiled_step_equals_plain)."""
     from neurallayers.generation.fast import RowLinear
-
-    plain, fast = _pair(compile=True)
-    monkeypatch.setattr(RowLinear, "batch_dtypes", ())  # as on a CPU with AVX-512: batches through oneDNN
-    counters.clear()
-    assert _ids(fast, PROMPTS[:1], temperature=0.0) == _ids(plain, PROMPTS[:1], temperature=0.0)
-    assert counters["aot_autograd"]["autograd_cache_bypass"] == 0 and counters["aot_autograd"]["total"] == 1
-    assert _ids(fast, PROMPTS, temperature=0.0) == _ids(plain, PROMPTS, temperature=0.0)
-    assert counters["aot_autograd"]["autograd_cache_bypass"] == 1 and counters["aot_autograd"]["total"] == 2
 
     plain, fast = _pair(compile=True)
     monkeypatch.setattr(RowLinear, "batch_dtypes", (torch.float32,))  # the batch loops take fp32 batches

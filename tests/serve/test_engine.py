@@ -464,7 +464,8 @@ def test_a_compiled_decode_step_serves_the_same_events(tok) -> None:
 
 def test_a_server_built_with_compile_decodes_through_the_warmed_step(tok) -> None:
     """Limits(compile=True) (`neurallayers serve --compile`): the model gets the fast step, compiled before serving."""
-    model = copy.deepcopy(trained_lm("gpt2"))
+    # the model of the test above, so its graphs come from inductor's caches (a cold compile is ~20 s a graph)
+    model = copy.deepcopy(trained_lm("llama"))
     served = build_served(model, tok, "m", Limits(max_batch=2, compile=True))
     assert decode_step_for(model) is not None
     graphs = counters["stats"]["unique_graphs"]

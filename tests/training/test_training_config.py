@@ -123,3 +123,32 @@ def test_shipped_configs_load(path):
     """The example configs the README names load as run configs (a typo in one would be the user's first error)."""
     cfg = RunConfig.from_yaml(path)
     assert cfg.model.n_layer > 0 and cfg.train.max_steps > 0 and cfg.data.source
+
+
+def test_nested_overrides_set_one_key_of_a_mapping_field():
+    """`--model.rope_scaling.factor 4` changes one key and keeps the others: the section's, else the preset's."""
+    d = apply_overrides({"model": {"preset": "llama-small", "rope_scaling": {"type": "linear", "factor": 2.0}}},
+                        ["--model.rope_scaling.factor", "4", "--model.extra.note.author=me"])
+    assert d["model"]["rope_scaling"] == {"type": "linear", "factor": 4}
+    assert d["model"]["extra"] == {"note": {"author": "me"}}
+    run = RunConfig.from_dict(d)
+    assert run.model.rope_scaling == {"type": "linear", "factor": 4.0} and run.model.extra["note"]["author"] == "me"
+    # no rope_scaling yet: the override starts from the field's default (None -> a new mapping)
+    d = apply_overrides({"model": {"preset": "llama-small"}}, ["--model.rope_scaling.type", "dynamic",
+                                                               "--model.rope_scaling.factor", "2"])
+    assert RunConfig.from_dict(d).model.rope_scaling == {"type": "dynamic", "factor": 2.0}
+    base = {"model": {"preset": "llama-small"}}
+    assert apply_overrides(base, ["--model.rope_scaling.factor", "2"]) != base  # the input is left alone
+    assert base == {"model": {"preset": "llama-small"}}
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--model.n_layer.x", "1"], r"model.n_layer is not a mapping; give --model.n_layer VALUE"),
+    (["--train.lr.x", "1"], "train.lr is not a mapping"),
+    (["--model.rope_scalling.factor", "1"], "did you mean 'rope_scaling'"),
+    (["--model.extra=5", "--model.extra.a", "1"], "model.extra is 5, not a mapping"),
+    (["--model.extra.a=1", "--model.extra.a.b", "1"], "model.extra.a is 1, not a mapping"),
+])
+def test_nested_override_errors(args, needle):
+    with pytest.raises(ValueError, match=needle):
+        apply_overrides({"model": {"preset": "tiny"}}, args)
