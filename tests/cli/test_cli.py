@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import json
 import os
@@ -238,11 +239,12 @@ def test_eval_on_an_encoder_is_one_line(tmp_path: Path):
                       "is an encoder model: eval scores a decoder's next-token loss")  # a TypeError traceback before
 
 
-def test_bad_yaml_is_one_line_naming_where(tmp_path: Path):
+def test_bad_yaml_is_one_line_naming_where(tmp_path: Path, monkeypatch):
     (tmp_path / "bad.yaml").write_text("model: {preset: tiny\n")
     for verb in ("info", "train", "prepare"):
         flag = [] if verb == "info" else ["--config"]
-        assert_user_error(cli(verb, *flag, "bad.yaml", cwd=tmp_path), "bad.yaml is not valid YAML", "line 2")
+        assert_user_error(in_process(verb, *flag, "bad.yaml", cwd=tmp_path, monkeypatch=monkeypatch),
+                          "bad.yaml is not valid YAML", "line 2")
 
 
 def test_prepare_builds_the_token_cache_train_then_reuses(tmp_path: Path):
@@ -265,12 +267,26 @@ def test_prepare_builds_the_token_cache_train_then_reuses(tmp_path: Path):
     (["eval", "no/such/run"], ["no/such/run"]),
     (["train", "--out", "no/run", "--resume"], ["cannot resume", "no/run"]),
 ])
-def test_user_mistakes_are_one_line(args: list[str], needles: list[str], tmp_path: Path):
-    assert_user_error(cli(*args, cwd=tmp_path), *needles)
+def test_user_mistakes_are_one_line(args: list[str], needles: list[str], tmp_path: Path, monkeypatch):
+    # through main() in this process (a process costs 4 s of imports); the first case through a real one too
+    assert_user_error(in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch), *needles)
+    if args[:2] == ["info", "gpt7"]:
+        assert_user_error(cli(*args, cwd=tmp_path), *needles)
 
 
-def test_generate_bad_sampling_value(run_dir: Path):
-    assert_user_error(cli("generate", str(run_dir), "hi", "--top-p", "1.5"), "top_p")
+def in_process(*args: str, cwd: Path, monkeypatch) -> subprocess.CompletedProcess:
+    """`cli` through main() here: same exit code, stdout and stderr, without a new interpreter."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("NEURALLAYERS_CACHE", str(cwd / ".nlcache"))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def test_generate_bad_sampling_value(run_dir: Path, monkeypatch):
+    assert_user_error(in_process("generate", str(run_dir), "hi", "--top-p", "1.5", cwd=run_dir.parent,
+                                 monkeypatch=monkeypatch), "top_p")
 
 
 def test_generate_with_a_compiled_step_prints_the_same_text(run_dir: Path):
