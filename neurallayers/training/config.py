@@ -246,7 +246,7 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
                              f"valid sections: {', '.join(SECTIONS)}")
         known = _field_names(SECTIONS[section]) | ({"preset"} if section == "model" else set())
         if name not in known:
-            raise ValueError(f"{section} has no field {name!r}{_did_you_mean(name, known)}; "
+            raise ValueError(f"{section} has no field {name!r}{_field_hint(name, known, section, override=True)}; "
                              f"valid fields: {', '.join(sorted(known))}")
         try:
             parsed = yaml.safe_load(value) if value != "" else ""
@@ -307,11 +307,19 @@ def _did_you_mean(name: str, choices: Any) -> str:
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
+def _field_hint(name: str, known: set[str], section: str, *, override: bool = False) -> str:
+    """" (it is a train field: --train.x)" when another section has the field, else the closest name here."""
+    other = next((s for s, klass in SECTIONS.items() if s != section and name in _field_names(klass)), None)
+    if other is None:
+        return _did_you_mean(name, known)
+    return f" (it is a {other} field: " + (f"--{other}.{name})" if override else f"put it under {other}:)")
+
+
 def _check_keys(klass: type, raw: dict, section: str) -> None:
     known = _field_names(klass)
     for key in raw:
         if key not in known:
-            raise ValueError(f"{section} has no field {key!r}{_did_you_mean(key, known)}; "
+            raise ValueError(f"{section} has no field {key!r}{_field_hint(key, known, section)}; "
                              f"valid fields: {', '.join(sorted(known))}")
 
 

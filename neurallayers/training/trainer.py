@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
@@ -199,6 +200,10 @@ class _Fit:
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not (self.progress and info.is_main),
                    dynamic_ncols=True)
         self.wrapped.train()  # once: _evaluate puts it back (module.train() walks every submodule, 0.1 ms a step)
+        # log lines (evaluations; every log_interval steps without the bar) print above the bar, not through it
+        console = contextlib.ExitStack()
+        if not bar.disable:
+            console.enter_context(logging_redirect_tqdm())
         try:
             while self.step < cfg.max_steps:
                 if self.until_step is not None and self.step >= self.until_step:
@@ -224,6 +229,9 @@ class _Fit:
                     self._log({"loss": loss, "lr": lr, "grad_norm": grad_norm,
                                "tokens_per_sec": tps, "elapsed": self._elapsed(t0)})
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
+                    if bar.disable and info.is_main:
+                        log.info("step %d/%d: loss %.4f  lr %.3g  %s tokens/s  %s", self.step, cfg.max_steps, loss, lr,
+                                 f"{tps:,.0f}", _clock(self._elapsed(t0)))
                 if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.has_val:
                     final_val = self._evaluate()
                     if cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience:
@@ -240,6 +248,7 @@ class _Fit:
             log.warning("interrupted at step %d: saving a checkpoint", self.step)
         finally:
             bar.close()
+            console.close()
         try:
             terminal = reason not in ("until_step", "interrupted")
             if terminal and self.has_val and (final_val is None or cfg.eval_interval == 0
@@ -306,6 +315,9 @@ class _Fit:
         self.wrapped.train()
         improved = self.best_val is None or val < self.best_val
         self._log({"val_loss": val, "perplexity": math.exp(min(val, 700.0)), "best": improved})
+        if self.info.is_main:
+            log.info("step %d: val loss %.4f  perplexity %.2f%s", self.step, val, math.exp(min(val, 700.0)),
+                     "  (best)" if improved else "")
         if improved:
             self.best_val, self.bad_evals = val, 0
             state = dist.model_state(self.wrapped, self.info)
@@ -355,6 +367,11 @@ class _Fit:
 
     def _elapsed(self, t0: float) -> float:
         return self.elapsed_before + time.monotonic() - t0
+
+
+def _clock(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    return f"{minutes}:{sec:02d}" if minutes < 60 else f"{minutes // 60}:{minutes % 60:02d}:{sec:02d}"
 
 
 def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: int, max_batches: int | None,

@@ -55,6 +55,10 @@ def run_dir(tmp_path_factory) -> Path:
                "--model.n_layer", "1", "--no-progress", cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert "final val loss" in proc.stdout
+    # without the bar, a line a logged step and one an evaluation (on stderr, as the bar would be)
+    assert re.search(r"^step 1/6: loss \d+\.\d{4}  lr \S+  [\d,]+ tokens/s  0:\d\d$", proc.stderr, re.M), proc.stderr
+    assert re.search(r"^step 3: val loss \d+\.\d{4}  perplexity \S+  \(best\)$", proc.stderr, re.M), proc.stderr
+    assert re.search(r"^step 6: val loss ", proc.stderr, re.M), proc.stderr
     out = root / "run"
     assert (out / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
     assert "n_layer: 1" in (out / "config.yaml").read_text()

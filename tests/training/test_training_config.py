@@ -152,3 +152,11 @@ def test_nested_overrides_set_one_key_of_a_mapping_field():
 def test_nested_override_errors(args, needle):
     with pytest.raises(ValueError, match=needle):
         apply_overrides({"model": {"preset": "tiny"}}, args)
+
+
+def test_a_field_of_another_section_is_named_there():
+    with pytest.raises(ValueError, match=r"model has no field 'gradient_checkpointing' \(it is a train field: "
+                                         r"--train.gradient_checkpointing\)"):
+        apply_overrides({}, ["--model.gradient_checkpointing", "true"])
+    with pytest.raises(ValueError, match=r"train has no field 'n_layer' \(it is a model field: put it under model:\)"):
+        RunConfig.from_dict({"model": {"preset": "tiny"}, "train": {"n_layer": 2}})
