@@ -158,6 +158,12 @@ class _Fit:
         self.elapsed_before = float(state["elapsed"])
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from step %d", self.step)
+        if self.step >= self.cfg.max_steps:
+            log.info("the run already has its max_steps=%d: nothing to train (pass --train.max_steps N to train on)",
+                     self.cfg.max_steps)
+        elif self.cfg.early_stopping_patience and self.bad_evals >= self.cfg.early_stopping_patience:
+            log.info("the run stopped early (%d evaluations without a better val loss): training on to the next "
+                     "evaluation, which stops it again unless the val loss improves", self.bad_evals)
 
     def _schedule(self, saved: dict | None) -> torch.optim.lr_scheduler.LambdaLR:
         """The current config's learning-rate schedule, positioned at self.step. A resume may change max_steps, lr

@@ -56,7 +56,7 @@ def test_tiny_model_overfits_short_text(tmp_path):
     assert ce.item() < 0.05
 
 
-def test_early_stopping_triggers(tmp_path):
+def test_early_stopping_triggers(tmp_path, caplog):
     # Train on letters a-h, validate on s-z (the file's last 15%): val loss only rises, so patience runs out.
     rng = random.Random(0)
     text = "".join(rng.choice("abcdefgh") for _ in range(3000)) + "".join(rng.choice("stuvwxyz") for _ in range(600))
@@ -69,6 +69,21 @@ def test_early_stopping_triggers(tmp_path):
     evals = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "val_loss" in r]
     assert [r["best"] for r in evals[-3:]] == [True, False, False]
     assert result.best_val_loss == evals[-3]["val_loss"]
+
+    # resumed, it says so and trains on until an evaluation without a better val loss stops it again
+    with caplog.at_level("INFO", logger="neurallayers"):
+        again = fit(run, tmp_path / "run", resume=True, progress=False)
+    assert "the run stopped early (2 evaluations without a better val loss)" in caplog.text
+    assert again.stopped_reason == "early_stopping" and again.steps > result.steps
+    assert not [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "val_loss" in r][-1]["best"]
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, caplog):
+    run = tiny_run(tmp_path, max_steps=4, eval_interval=0)
+    fit(run, tmp_path / "run", progress=False)
+    with caplog.at_level("INFO", logger="neurallayers"):
+        assert fit(run, tmp_path / "run", resume=True, progress=False).steps == 4
+    assert "already has its max_steps=4: nothing to train" in caplog.text
 
 
 def _nan_at(monkeypatch, k):
