@@ -80,10 +80,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--stream prints one greedy or sampled sequence: no --num-beams, --penalty-alpha or "
                              "--num-return-sequences")
         sys.stdout.write(prompts[0])
+        count, reason = 0, None
         for event in stream(model, tokenizer, prompts[0], config):
             sys.stdout.write(event.text)
             sys.stdout.flush()
+            count += event.token_id is not None
+            reason = event.finish_reason or reason
         sys.stdout.write("\n")
+        _note_context_full([(reason, count)], config.max_new_tokens, model.config.block_size)
         return 0
     gens = generate(model, tokenizer, prompts, config, draft_model=draft, amateur_model=amateur)
     for i, gen in enumerate(gens):
@@ -91,7 +95,19 @@ def run(args: argparse.Namespace) -> int:
         if len(gens) > 1:
             print(f"----- sample {i + 1} ({gen.finish_reason}, {len(gen.token_ids)} tokens) -----")
         print(prompt + gen.text)
+    _note_context_full([(g.finish_reason, len(g.token_ids)) for g in gens], config.max_new_tokens,
+                       model.config.block_size)
     return 0
+
+
+def _note_context_full(ends: list[tuple[str | None, int]], max_new_tokens: int, block_size: int) -> None:
+    """Says on stderr when an output stopped short of --max-new-tokens because the context was full (generate stops
+    there rather than refuse), so a short output is not taken for the model's choice."""
+    short = [(i, n) for i, (reason, n) in enumerate(ends) if reason == "length" and n < max_new_tokens]
+    if short:
+        which = "the output" if len(ends) == 1 else f"{len(short)} of {len(ends)} outputs"
+        print(f"note: {which} stopped at the model's context length ({block_size} tokens, prompt included) after "
+              f"{min(n for _, n in short)} of {max_new_tokens} new tokens", file=sys.stderr)
 
 
 def _helper_model(role: str, args: argparse.Namespace, tokenizer):

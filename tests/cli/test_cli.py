@@ -300,3 +300,15 @@ def test_generate_with_a_compiled_step_prints_the_same_text(run_dir: Path):
     assert compiled.returncode == 0, compiled.stderr
     assert compiled.stdout == plain.stdout
     assert_user_error(cli("generate", str(run_dir), "hi", "--compile", "--num-beams", "2"), "--compile")
+
+
+def test_an_output_cut_by_the_context_says_so(run_dir: Path, monkeypatch):
+    """generate stops where the context is full rather than refuse: the CLI says why the output is short."""
+    args = ("generate", str(run_dir), "To be", "--max-new-tokens", "100", "--ignore-eos")
+    for extra in ((), ("--stream",)):
+        proc = in_process(*args, *extra, cwd=run_dir.parent, monkeypatch=monkeypatch)
+        assert proc.returncode == 0, proc.stderr
+        assert "note: the output stopped at the model's context length (32 tokens, prompt included) after 28 of " \
+               "100 new tokens" in proc.stderr
+    fits = in_process(*args[:4], "20", "--ignore-eos", cwd=run_dir.parent, monkeypatch=monkeypatch)
+    assert fits.returncode == 0 and fits.stderr == ""
