@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import operator
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -320,7 +321,8 @@ class Tokenizer:
             vocab_size=vocab_size,
             special_tokens=special_tokens,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=show_progress,
+            # HF's bars write blank lines to stdout when it is not a terminal (`prepare ... > out.txt`)
+            show_progress=show_progress and sys.stdout.isatty(),
         )
         chars = 0
 

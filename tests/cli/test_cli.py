@@ -259,6 +259,8 @@ def test_prepare_builds_the_token_cache_train_then_reuses(tmp_path: Path):
     assert "train tokens" in prep.stdout and "cache (built)" in prep.stdout
     again = cli("prepare", *args, cwd=tmp_path)
     assert again.returncode == 0 and "cache (built)" not in again.stdout, again.stdout
+    bpe = cli("prepare", *args[:4], "--data.tokenizer", "bpe", "--data.vocab_size", "300", cwd=tmp_path)
+    assert bpe.returncode == 0 and bpe.stdout.startswith("corpus: text.txt"), bpe.stdout  # no blank lines first
 
 
 @pytest.mark.parametrize(("args", "needles"), [
