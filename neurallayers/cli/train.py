@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
 def summary(result) -> str:
     val = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.4f}"
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
-    return (f"run: {result.run_dir}  steps: {result.steps}  final val loss: {val}  best val loss: {best}  "
+    line = (f"run: {result.run_dir}  steps: {result.steps}  final val loss: {val}  best val loss: {best}  "
             f"tokens/s: {result.tokens_per_second:,.0f}  wall: {result.wall_seconds:.0f}s  "
             f"stopped: {result.stopped_reason}")
+    if result.first_step_seconds > max(2.0, 10 * result.median_step_seconds):  # compiling: the mean hides the rate
+        line += (f"  (the first step took {result.first_step_seconds:.0f}s, then "
+                 f"{1e3 * result.median_step_seconds:.0f} ms a step)")
+    return line

@@ -314,3 +314,17 @@ def test_an_output_cut_by_the_context_says_so(run_dir: Path, monkeypatch):
                "100 new tokens" in proc.stderr
     fits = in_process(*args[:4], "20", "--ignore-eos", cwd=run_dir.parent, monkeypatch=monkeypatch)
     assert fits.returncode == 0 and fits.stderr == ""
+
+
+def test_the_summary_names_a_slow_first_step():
+    """With --train.compile the first step compiles: the mean tokens/s alone would read as a slow trainer."""
+    from neurallayers.cli.train import summary
+    from neurallayers.training.trainer import TrainResult
+
+    result = TrainResult(run_dir=Path("r"), steps=30, best_val_loss=1.0, final_val_loss=1.0, tokens_per_second=1232,
+                         wall_seconds=53, median_step_seconds=0.035, first_step_seconds=45.2,
+                         stopped_reason="max_steps")
+    assert summary(result).endswith("tokens/s: 1,232  wall: 53s  stopped: max_steps  (the first step took 45s, "
+                                    "then 35 ms a step)")
+    steady = TrainResult(**{**result.__dict__, "first_step_seconds": 0.05})
+    assert summary(steady).endswith("stopped: max_steps")
