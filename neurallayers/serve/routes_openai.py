@@ -242,7 +242,10 @@ def embedding_texts(value) -> list[str]:
     if not texts:
         raise bad_request("input is empty: give a string or a list of strings", "input")
     if not all(isinstance(t, str) for t in texts):
-        raise bad_request("input must be text here (a string or a list of strings), not token ids", "input")
+        # clients that count tokens first send ids of another vocabulary (LangChain: tiktoken's), which would embed
+        # garbage here
+        raise bad_request("input must be text here (a string or a list of strings), not token ids (LangChain: "
+                          "OpenAIEmbeddings(check_embedding_ctx_length=False) sends text)", "input")
     for i, t in enumerate(texts):
         if not t.strip():
             raise bad_request(f"input[{i}] is empty or whitespace: give some text", "input")

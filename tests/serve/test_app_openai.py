@@ -233,6 +233,10 @@ def test_embeddings_equal_embed_in_both_encodings(encoder):
             c.completions.create(model="tiny-encoder", prompt="x", max_tokens=2)
         pred = httpx.post(f"{srv.url}/predict", json={"prompt": "dog"}).json()
         assert pred["embedding"] == pytest.approx(want[2].tolist(), abs=1e-6)
+        for ids in ([5, 9], [[5, 9], [3]]):  # token ids (a client's count, maybe of another vocabulary): refused
+            r = httpx.post(f"{srv.url}/v1/embeddings", json={"input": ids})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+            assert "check_embedding_ctx_length=False" in r.json()["error"]["message"]
 
 
 def test_an_encoder_reports_the_length_it_reads(encoder):
