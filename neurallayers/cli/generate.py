@@ -103,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
 def _note_context_full(ends: list[tuple[str | None, int]], max_new_tokens: int, block_size: int) -> None:
     """Says on stderr when an output stopped short of --max-new-tokens because the context was full (generate stops
     there rather than refuse), so a short output is not taken for the model's choice."""
-    short = [(i, n) for i, (reason, n) in enumerate(ends) if reason == "length" and n < max_new_tokens]
+    short = [n for reason, n in ends if reason == "length" and n < max_new_tokens]
     if short:
         which = "the output" if len(ends) == 1 else f"{len(short)} of {len(ends)} outputs"
         print(f"note: {which} stopped at the model's context length ({block_size} tokens, prompt included) after "
-              f"{min(n for _, n in short)} of {max_new_tokens} new tokens", file=sys.stderr)
+              f"{min(short)} of {max_new_tokens} new tokens", file=sys.stderr)
 
 
 def _helper_model(role: str, args: argparse.Namespace, tokenizer):
