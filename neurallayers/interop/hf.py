@@ -110,16 +110,18 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     tokenizer = load_tokenizer(folder)
     if tokenizer is not None and "max_seq_length" in sentence:
         tokenizer.model_max_length = sentence["max_seq_length"]
-    if tokenizer is not None and cfg.causal and (folder / "generation_config.json").is_file():
-        tokenizer.extra_eos_ids = [t for t in _generation_eos_ids(folder, cfg.vocab_size) if t != tokenizer.eos_id]
+    eos_ids = _generation_eos_ids(folder, cfg.vocab_size) if tokenizer is not None and cfg.causal else None
+    if eos_ids is not None:  # without the file, the tokenizer's own (a converted run's, kept in tokenizer_config)
+        tokenizer.extra_eos_ids = [t for t in eos_ids if t != tokenizer.eos_id]
     return model.eval(), tokenizer
 
 
-def _generation_eos_ids(folder: Path, vocab: int) -> list[int]:
-    """The eos_token_id of generation_config.json (an id or a list of them; transformers' generate stops at each)."""
+def _generation_eos_ids(folder: Path, vocab: int) -> list[int] | None:
+    """The eos_token_id of generation_config.json (an id or a list of them; transformers' generate stops at each);
+    None when the folder has no such file."""
     path = folder / "generation_config.json"
     if not path.is_file():
-        return []
+        return None
     eos = read_json(path).get("eos_token_id")
     ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
     if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids):
@@ -145,10 +147,7 @@ def sentence_transformers_settings(folder: Path) -> dict:
             out["max_seq_length"] = length
     pooling_dir = folder / "1_Pooling"
     if (folder / "modules.json").is_file():
-        try:
-            modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{folder / 'modules.json'} is not valid JSON: {e}") from None
+        modules = _parse_json(folder / "modules.json")  # a list, unlike the other files read here
         for module in modules if isinstance(modules, list) else []:
             if isinstance(module, dict) and str(module.get("type", "")).endswith(".Pooling"):
                 pooling_dir = folder / str(module.get("path", ""))
@@ -171,11 +170,15 @@ def _folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def read_json(path: Path) -> dict:
+def _parse_json(path: Path):
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_json(path: Path) -> dict:
+    data = _parse_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data

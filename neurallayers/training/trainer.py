@@ -320,9 +320,10 @@ class _Fit:
                            amp_dtype=self.amp_dtype)
         self.wrapped.train()
         improved = self.best_val is None or val < self.best_val
-        self._log({"val_loss": val, "perplexity": math.exp(min(val, 700.0)), "best": improved})
+        perplexity = math.exp(min(val, 700.0))
+        self._log({"val_loss": val, "perplexity": perplexity, "best": improved})
         if self.info.is_main:
-            log.info("step %d: val loss %.4f  perplexity %.2f%s", self.step, val, math.exp(min(val, 700.0)),
+            log.info("step %d: val loss %.4f  perplexity %.2f%s", self.step, val, perplexity,
                      "  (best)" if improved else "")
         if improved:
             self.best_val, self.bad_evals = val, 0
