@@ -231,7 +231,8 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or "." not in arg:
-            raise ValueError(f"override {arg!r} must look like --section.field VALUE or --section.field=VALUE")
+            raise ValueError(f"override {arg!r} must look like --section.field VALUE or --section.field=VALUE"
+                             f"{_bare_override_hint(arg)}")
         key, sep, value = arg[2:].partition("=")
         if not sep:
             if i + 1 >= len(args):
@@ -297,6 +298,18 @@ def _section_default(sec: dict, section: str, name: str) -> Any:
 
 
 # ----- helpers -----
+
+def _bare_override_hint(arg: str) -> str:
+    """Why `--model tiny` or `--lr 3e-4` is not an override: a section without a field, or a field without its
+    section."""
+    name = arg[2:].partition("=")[0].replace("-", "_") if arg.startswith("--") else ""
+    if name == "model":
+        return " (to choose a preset: --preset NAME or --model.preset NAME)"
+    if name in SECTIONS:
+        return f" (set one field of the {name} section: --{name}.FIELD VALUE)"
+    owners = [s for s, klass in SECTIONS.items() if name in _field_names(klass)]
+    return f" (did you mean --{owners[0]}.{name}?)" if owners else ""
+
 
 def _field_names(klass: type) -> set[str]:
     return {f.name for f in dataclasses.fields(klass)}

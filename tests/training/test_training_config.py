@@ -88,6 +88,10 @@ def test_overrides_parse_values():
         (["--model.n_layers=2"], "did you mean 'n_layer'"),
         (["--train.lr"], "no value"),
         (["train.lr=1"], "--section.field"),
+        (["--model", "tiny"], r"to choose a preset: --preset NAME or --model.preset NAME"),
+        (["--train", "5"], r"set one field of the train section: --train.FIELD VALUE"),
+        (["--max-steps", "5"], r"did you mean --train.max_steps\?"),
+        (["--block_size=64"], r"did you mean --model.block_size\?"),
     ],
 )
 def test_override_errors(args, needle):
