@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.api import load
     from neurallayers.cli.train import summary
     from neurallayers.generation import generate
+    from neurallayers.training.signals import EXIT_CODES
     from neurallayers.training.trainer import fit
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -101,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
                               batch_size=saved.train.batch_size)
     result = fit(run_cfg, out, resume=args.resume)
     print(summary(result))
+    if result.stopped_reason in EXIT_CODES:  # checkpoint saved; no samples from a half-trained model
+        print(f"continue with: neurallayers demo --out {out} --resume", file=sys.stderr)
+        return EXIT_CODES[result.stopped_reason]
     model, tokenizer = load(out)
     gens = generate(model, tokenizer, PROMPTS, max_new_tokens=120, temperature=0.8, top_k=50, seed=1)
     for prompt, gen in zip(PROMPTS, gens, strict=True):

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from neurallayers.training.checkpoint import latest_checkpoint
+    from neurallayers.training.signals import EXIT_CODES
     from neurallayers.training.trainer import fit
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -75,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
     result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
         print(summary(result))
-    return 0
+        if result.stopped_reason in EXIT_CODES:
+            print(f"continue with: neurallayers train --out {out} --resume", file=sys.stderr)
+    # stopped by a signal: checkpoint saved, but a script running `train && ...` must not go on as if it finished
+    return EXIT_CODES.get(result.stopped_reason, 0)
 
 
 def summary(result) -> str:

@@ -146,6 +146,15 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when any rank's flag is set (a signal may reach the ranks a step apart)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def finish(info: DistInfo) -> None:
     """Every rank done (rank 0 may still be writing samples and the plot), then a moment for gloo's workers.
 

@@ -38,6 +38,7 @@ from neurallayers.training.runtime import (
     seed_device,
     step_seed,
 )
+from neurallayers.training.signals import StopRequest
 from neurallayers.weights import CheckpointError, check_state_dict
 
 log = logging.getLogger("neurallayers.training")
@@ -53,7 +54,7 @@ class TrainResult:
     wall_seconds: float
     median_step_seconds: float  # median wall time of one optimizer step this session (robust on a busy machine)
     first_step_seconds: float  # the session's first step: warm-up, and torch.compile's compilation when on
-    stopped_reason: str  # max_steps | until_step | early_stopping | time_budget | nan | interrupted
+    stopped_reason: str  # max_steps | until_step | early_stopping | time_budget | nan | interrupted | terminated
 
 
 def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.PathLike = False,
@@ -72,8 +73,13 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
         until_step: stop after this many steps as if interrupted (checkpoint saved, no final evaluation); the
             schedule still runs to max_steps, so a later resume continues exactly.
 
+    Ctrl-C and SIGTERM (in the main thread, where their handlers are Python's defaults) end the loop after the
+    step in flight: its checkpoint is saved and the result says `interrupted` / `terminated`. A second Ctrl-C
+    raises KeyboardInterrupt at once, saving nothing.
+
     Raises:
         ValueError / FileNotFoundError / CheckpointError: bad config or resume target, before the first step.
+        KeyboardInterrupt: a second Ctrl-C.
     """
     if until_step is not None and until_step < 1:
         raise ValueError(f"until_step={until_step} must be >= 1 or None")
@@ -199,6 +205,12 @@ class _Fit:
 
     # ----- the loop -----
     def run(self) -> TrainResult:
+        # Ctrl-C / SIGTERM: stop at the next step boundary; the handlers stay until the checkpoint is written, and
+        # go whatever happens
+        with StopRequest() as stop:
+            return self._loop(stop)
+
+    def _loop(self, stop: StopRequest) -> TrainResult:
         cfg, info = self.cfg, self.info
         start_step, t0, train_time = self.step, time.monotonic(), 0.0
         step_times = array("d")  # 8 bytes a step
@@ -210,17 +222,24 @@ class _Fit:
         console = contextlib.ExitStack()
         if not bar.disable:
             console.enter_context(logging_redirect_tqdm())
+        in_step = abandoned = False
         try:
             while self.step < cfg.max_steps:
                 if self.until_step is not None and self.step >= self.until_step:
                     reason = "until_step"
                     break
+                if dist.any_flag(stop.reason is not None, info, self.device):
+                    reason = stop.reason or "terminated"  # another rank's signal
+                    log.warning("stopped at step %d (%s): saving a checkpoint", self.step, reason)
+                    break
                 t_step = time.monotonic()
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+                in_step = True
                 loss, grad_norm, ok = self._train_step()
                 step_times.append(time.monotonic() - t_step)
                 train_time += step_times[-1]
                 self.step += 1
+                in_step = False
                 bar.update(1)
                 if not ok:
                     what = "skipped" if cfg.nan_policy == "skip" else "stopped"
@@ -249,14 +268,19 @@ class _Fit:
                         self._elapsed(t0) - self.elapsed_before > 60 * cfg.max_minutes, info, self.device):
                     reason = "time_budget"
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C, or one where no handler could be installed (another thread)
             reason = "interrupted"
-            log.warning("interrupted at step %d: saving a checkpoint", self.step)
+            abandoned = in_step  # the step in flight may be half applied: saving it would break exact resume
+            if abandoned:
+                log.warning("interrupted during step %d: not saved (the run resumes from its last checkpoint)",
+                            self.step + 1)
+            else:
+                log.warning("interrupted at step %d: saving a checkpoint", self.step)
         finally:
             bar.close()
             console.close()
         try:
-            terminal = reason not in ("until_step", "interrupted")
+            terminal = reason not in ("until_step", "interrupted", "terminated")
             if terminal and self.has_val and (final_val is None or cfg.eval_interval == 0
                                               or self.step % cfg.eval_interval):
                 final_val = self._evaluate()
@@ -264,13 +288,15 @@ class _Fit:
                 state = dist.model_state(self.wrapped, info)
                 if info.is_main:
                     ckpt.save_model(self.out, state)
-            if self.last_saved != self.step:
+            if self.last_saved != self.step and not abandoned:
                 self._save(t0)
             if terminal:
                 self._finish()
         finally:
             for lg in self.loggers:
                 lg.close()
+        if abandoned:
+            raise KeyboardInterrupt
         tps = self.tokens_per_step * (self.step - start_step) / max(train_time, 1e-9)
         return TrainResult(run_dir=self.out, steps=self.step, best_val_loss=self.best_val, final_val_loss=final_val,
                            tokens_per_second=tps, wall_seconds=time.monotonic() - t0,

@@ -1,4 +1,5 @@
-"""Resume equivalence under `torchrun --nproc_per_node 2` with gloo, for DDP and FSDP2."""
+"""Resume equivalence under `torchrun --nproc_per_node 2` with gloo, for DDP and FSDP2 (the DDP run stopped by a
+SIGTERM that reaches one rank only)."""
 
 import shutil
 import subprocess
@@ -11,18 +12,30 @@ from nl_train_helpers import child_env, step_losses, tiny_run
 from neurallayers.weights import read_safetensors
 
 # argv: config.yaml, root, phase. Phase "first": straight runs and the first halves; "second": the resumes.
+# The DDP first half is stopped by a SIGTERM that only rank 1 gets, in step 3: every rank must stop after it.
 DRIVER = """
-import sys
+import os, signal, sys
 from pathlib import Path
 import torch.distributed as dist
-from neurallayers.training import RunConfig, fit
+from neurallayers.training import RunConfig, fit, trainer
 run, root, phase = RunConfig.from_yaml(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+step = trainer._Fit._train_step
+def sigterm_on_rank_1(self):
+    if self.step == 2 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return step(self)
 dist.init_process_group("gloo")  # one group for all fits of this launch; fit() leaves a caller's group open
 for mode in ("ddp", "fsdp"):
     run.train.distributed = mode
     if phase == "first":
         fit(run, root / f"{mode}-straight", progress=False)
-        fit(run, root / f"{mode}-split", progress=False, until_step=3)
+        if mode == "ddp":
+            trainer._Fit._train_step = sigterm_on_rank_1
+            r = fit(run, root / f"{mode}-split", progress=False)
+            trainer._Fit._train_step = step
+            assert (r.steps, r.stopped_reason) == (3, "terminated"), (r.steps, r.stopped_reason)
+        else:
+            fit(run, root / f"{mode}-split", progress=False, until_step=3)
     else:
         fit(run, root / f"{mode}-split", resume=True, progress=False)
 dist.destroy_process_group()
