@@ -56,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
     block = args.block_size or model.config.block_size
     if block > model.config.block_size:
         raise ValueError(f"--block-size {block} is over the model's context length {model.config.block_size}")
+    if len(arr) < block + 1 and args.block_size is None and len(arr) >= 2:
+        block = len(arr) - 1  # a text shorter than the context: one window of all of it
     if len(arr) < block + 1:
-        raise ValueError(f"the {split} split has {len(arr)} tokens; a window needs {block + 1} (try --block-size)")
+        raise ValueError(f"the {split} split has {len(arr)} tokens; a window needs {block + 1}"
+                         + (" (try --block-size)" if len(arr) >= 2 else ""))
     loss, count = mean_loss(model, arr, block_size=block, batch_size=args.batch_size, max_batches=args.max_batches,
                             device=next(model.parameters()).device, progress=not args.no_progress)
     print(f"corpus: {data.source}  split: {split}  tokens scored: {count:,}  loss: {loss:.4f}  "

@@ -328,3 +328,14 @@ def test_the_summary_names_a_slow_first_step():
                                     "then 35 ms a step)")
     steady = TrainResult(**{**result.__dict__, "first_step_seconds": 0.05})
     assert summary(steady).endswith("stopped: max_steps")
+
+
+def test_eval_of_a_text_shorter_than_the_context_scores_all_of_it(run_dir: Path, tmp_path: Path, monkeypatch):
+    """One window of the whole text (the run's context is 32); an explicit --block-size over it is still refused."""
+    (tmp_path / "short.txt").write_text("to be or not\n")
+    ev = in_process("eval", str(run_dir), "--data", "short.txt", "--no-progress", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert ev.returncode == 0, ev.stderr
+    scored = int(re.search(r"tokens scored: (\d+)", ev.stdout).group(1))
+    assert 12 <= scored < 32  # every character after the first (the split may add a bos/eos)
+    assert_user_error(in_process("eval", str(run_dir), "--data", "short.txt", "--block-size", "32", cwd=tmp_path,
+                                 monkeypatch=monkeypatch), "a window needs 33 (try --block-size)")
