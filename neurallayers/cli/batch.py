@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Seeded by default, so that a resumed sampling run gives what an uninterrupted one would.
     parser.set_defaults(seed=0)
     e = parser.add_argument_group("embeddings (encoder models)")
-    e.add_argument("--pooling", choices=["mean", "cls"], default=None,
-                   help="mean of tokens or [CLS] (default: the model's sentence-transformers pooling, else mean)")
+    e.add_argument("--pooling", default=None,
+                   help="mean, cls, max, mean_sqrt_len_tokens, weightedmean, lasttoken, or several joined by + "
+                   "(default: the model's sentence-transformers pooling, else mean)")
     e.add_argument("--no-normalize", action="store_true", help="keep raw vectors instead of L2-normalising them")
     e.add_argument("--max-length", type=positive_int, default=None,
                    help="truncate texts to this many tokens (None: the tokenizer's limit)")

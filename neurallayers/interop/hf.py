@@ -129,10 +129,10 @@ def _generation_eos_ids(folder: Path, vocab: int) -> list[int] | None:
     return ids
 
 
-# sentence-transformers' Pooling config flags -> the name embed() knows the mode by
-_POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-                  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len", "pooling_mode_weightedmean_tokens":
-                  "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+# sentence-transformers' older Pooling config flags -> its mode names, in the order its Pooling concatenates them
+_POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
+                  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                  "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 
 
 def sentence_transformers_settings(folder: Path) -> dict:
@@ -153,7 +153,9 @@ def sentence_transformers_settings(folder: Path) -> dict:
                 pooling_dir = folder / str(module.get("path", ""))
     if (pooling_dir / "config.json").is_file():
         flags = read_json(pooling_dir / "config.json")
-        modes = [name for flag, name in _POOLING_FLAGS.items() if flags.get(flag)]
+        mode = flags.get("pooling_mode")  # sentence-transformers >= 6 writes a mode name or a list of them
+        modes = [mode] if isinstance(mode, str) else [str(m) for m in mode] if isinstance(mode, list) else \
+            [name for flag, name in _POOLING_FLAGS.items() if flags.get(flag)]
         if modes:
             out["pooling"] = "+".join(modes)
     return out

@@ -80,7 +80,7 @@ def test_sentence_embeddings_equal_transformers_mean_pooling(minilm, reference):
 def test_the_folder_embeds_as_sentence_transformers_does(minilm, reference, tmp_path):
     """Loaded as a plain folder (serve, batch, pipelines), MiniLM still truncates at its sentence_bert_config's 256
     tokens (not its tokenizer's 512) and pools as its 1_Pooling config says; a folder that says CLS pools the CLS
-    token, one whose mode is not built is refused unless a pooling is named."""
+    token, and one whose mode is not known is refused unless a pooling is named."""
     from neurallayers.api import load
 
     model, tok = load(minilm_folder())
@@ -107,11 +107,44 @@ def test_the_folder_embeds_as_sentence_transformers_does(minilm, reference, tmp_
     pooling.write_text(json.dumps({"word_embedding_dimension": 384, "pooling_mode_cls_token": True}))
     cls_model, _ = load(folder)
     assert torch.equal(embed(cls_model, tok, TEXTS), embed(model, tok, TEXTS, pooling="cls"))
-    pooling.write_text(json.dumps({"pooling_mode_max_tokens": True}))
-    max_model, _ = load(folder)
-    with pytest.raises(ValueError, match="sentence-transformers pooling is 'max'.*pass pooling="):
-        embed(max_model, tok, TEXTS)
-    assert torch.equal(embed(max_model, tok, TEXTS, pooling="mean"), embed(model, tok, TEXTS))
+    pooling.write_text(json.dumps({"pooling_mode_max_tokens": True, "pooling_mode_cls_token": True}))
+    both, _ = load(folder)  # the older flags: concatenated in sentence-transformers' order, cls first
+    assert both.config.extra["pooling"] == "cls+max"
+    assert torch.equal(embed(both, tok, TEXTS), embed(model, tok, TEXTS, pooling="cls+max"))
+    pooling.write_text(json.dumps({"embedding_dimension": 384, "pooling_mode": "lasttoken"}))  # sentence-transformers 6
+    assert load(folder)[0].config.extra["pooling"] == "lasttoken"
+    pooling.write_text(json.dumps({"embedding_dimension": 384, "pooling_mode": ["max", "mean"]}))
+    assert load(folder)[0].config.extra["pooling"] == "max+mean"
+    pooling.write_text(json.dumps({"pooling_mode": "attention"}))
+    other, _ = load(folder)
+    with pytest.raises(ValueError, match="sentence-transformers pooling is 'attention'.*pass pooling="):
+        embed(other, tok, TEXTS)
+    assert torch.equal(embed(other, tok, TEXTS, pooling="mean"), embed(model, tok, TEXTS))
+
+
+def test_every_pooling_of_a_padded_batch_equals_its_formula_on_each_text_alone(minilm, reference):
+    """sentence-transformers' Pooling modes, from transformers' states of each text unpadded; embed pools a padded
+    batch (the padding must not count), and "a+b" concatenates."""
+    model, tok = minilm
+    ref, ref_tok = reference
+    want = {m: [] for m in ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")}
+    for text in TEXTS:
+        with torch.no_grad():
+            h = ref(**ref_tok(text, return_tensors="pt")).last_hidden_state[0]  # (T, C)
+        w = torch.arange(1, len(h) + 1, dtype=h.dtype)[:, None]
+        for mode, vec in [("mean", h.mean(0)), ("cls", h[0]), ("max", h.max(0).values),
+                          ("mean_sqrt_len_tokens", h.sum(0) / len(h) ** 0.5),
+                          ("weightedmean", (h * w).sum(0) / w.sum()), ("lasttoken", h[-1])]:
+            want[mode].append(vec)
+    for mode, vecs in want.items():
+        got = embed(model, tok, TEXTS, pooling=mode, normalize=False)
+        assert (got - torch.stack(vecs)).abs().max() < 1e-4, mode
+    got = embed(model, tok, TEXTS, pooling="lasttoken+cls")
+    assert got.shape == (len(TEXTS), 768)
+    cat = torch.cat([torch.stack(want["lasttoken"]), torch.stack(want["cls"])], dim=-1)
+    assert (got - torch.nn.functional.normalize(cat, dim=-1)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="pooling='maximum': valid are mean, cls, max"):
+        embed(model, tok, TEXTS, pooling="maximum")
 
 
 def test_similar_pair_scores_higher_than_unrelated(minilm):
