@@ -162,7 +162,12 @@ def input_limit(tokenizer: Tokenizer, block_size: int) -> int:
 
 def model_pooling(model: nn.Module) -> str:
     """The pooling a model was trained to embed with: its sentence-transformers folder's (see POOLINGS), else
-    "mean". A mode not built here is refused rather than replaced."""
+    "mean". A mode, or a module after the pooling (Dense, ...), not built here is refused rather than skipped."""
+    unbuilt = model.config.extra.get("unbuilt_modules")
+    if unbuilt:
+        raise ValueError(f"this model's sentence-transformers pipeline ends with {', '.join(unbuilt)} after the "
+                         "pooling, which is not built here: its embeddings would differ from sentence-transformers'; "
+                         "pass pooling= to embed the encoder's pooled states anyway")
     pooling = model.config.extra.get("pooling", "mean")
     try:
         pooling_modes(pooling)

@@ -93,6 +93,8 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     sentence = sentence_transformers_settings(folder)
     if "pooling" in sentence:
         cfg = cfg.replace(extra={**cfg.extra, "pooling": sentence["pooling"]})
+    if "unbuilt_modules" in sentence:  # embed() refuses to stand in for them
+        cfg = cfg.replace(extra={**cfg.extra, "unbuilt_modules": sentence["unbuilt_modules"]})
     hf_sd = read_hf_weights(folder, allow_pickle=allow_pickle)
     check_state_dict({k: tuple(v.shape) for k, v in hf_sd.items()}, hf_sd, source=str(folder))  # NaN/Inf only
     try:
@@ -137,8 +139,9 @@ _POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "m
 
 def sentence_transformers_settings(folder: Path) -> dict:
     """How a sentence-transformers folder embeds: {"max_seq_length": the tokens it reads (it truncates there, below
-    the model's own limit), "pooling": "mean", "cls", or the other mode(s) it names, joined by "+"}; a key is absent
-    where the folder does not say (a plain Hugging Face folder says neither)."""
+    the model's own limit), "pooling": "mean", "cls", or the other mode(s) it names, joined by "+", "unbuilt_modules":
+    the modules of its pipeline after the encoder other than Pooling and Normalize (a Dense projection, say), which
+    embed() does not apply}; a key is absent where the folder does not say (a plain Hugging Face folder says none)."""
     out: dict = {}
     st_config = folder / "sentence_bert_config.json"
     if st_config.is_file():
@@ -149,8 +152,13 @@ def sentence_transformers_settings(folder: Path) -> dict:
     if (folder / "modules.json").is_file():
         modules = _parse_json(folder / "modules.json")  # a list, unlike the other files read here
         for module in modules if isinstance(modules, list) else []:
-            if isinstance(module, dict) and str(module.get("type", "")).endswith(".Pooling"):
+            if not isinstance(module, dict):
+                continue
+            kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+            if kind == "Pooling":
                 pooling_dir = folder / str(module.get("path", ""))
+            elif kind not in ("Transformer", "Normalize"):
+                out.setdefault("unbuilt_modules", []).append(f"{kind} ({module.get('path') or 'no folder'})")
     if (pooling_dir / "config.json").is_file():
         flags = read_json(pooling_dir / "config.json")
         mode = flags.get("pooling_mode")  # sentence-transformers >= 6 writes a mode name or a list of them

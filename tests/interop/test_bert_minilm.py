@@ -121,6 +121,17 @@ def test_the_folder_embeds_as_sentence_transformers_does(minilm, reference, tmp_
         embed(other, tok, TEXTS)
     assert torch.equal(embed(other, tok, TEXTS, pooling="mean"), embed(model, tok, TEXTS))
 
+    # a Dense projection after the pooling (LaBSE, sentence-t5) is not built: refused, not skipped
+    pooling.write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    modules = json.loads((minilm_folder() / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (folder / "modules.json").unlink()
+    (folder / "modules.json").write_text(json.dumps(modules))
+    dense, _ = load(folder)
+    with pytest.raises(ValueError, match=r"ends with Dense \(2_Dense\) after the pooling, which is not built"):
+        embed(dense, tok, TEXTS)
+    assert torch.equal(embed(dense, tok, TEXTS, pooling="mean"), embed(model, tok, TEXTS))
+
 
 def test_every_pooling_of_a_padded_batch_equals_its_formula_on_each_text_alone(minilm, reference):
     """sentence-transformers' Pooling modes, from transformers' states of each text unpadded; embed pools a padded
