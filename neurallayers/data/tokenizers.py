@@ -37,6 +37,12 @@ def _token_id(value) -> int:
         raise TypeError(f"token ids must be integers, got {value!r}") from None
 
 
+def is_id_list(value, vocab_size: int) -> bool:
+    """Whether `value` is a list of int token ids in [0, vocab_size) (bools are not ids)."""
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size
+                                           for t in value)
+
+
 def _default_template(template) -> str | None:
     """tokenizer_config.json's chat_template: a string, or a list of named templates (transformers' form for
     models with tool-use or RAG variants) of which chat uses "default"."""
@@ -265,8 +271,7 @@ class Tokenizer:
             model_max_length=int(max_len) if isinstance(max_len, int | float) and max_len < 1e12 else None,
         )
         extra = config.get("neurallayers_extra_eos_ids", [])
-        if not (isinstance(extra, list) and all(isinstance(t, int) and not isinstance(t, bool)
-                                                and 0 <= t < tokenizer.vocab_size for t in extra)):
+        if not is_id_list(extra, tokenizer.vocab_size):
             raise ValueError(f"tokenizer_config.json: neurallayers_extra_eos_ids={extra!r} is not a list of ids "
                              f"in [0, {tokenizer.vocab_size})")
         tokenizer.extra_eos_ids = list(extra)

@@ -124,9 +124,11 @@ def _generation_eos_ids(folder: Path, vocab: int) -> list[int] | None:
     path = folder / "generation_config.json"
     if not path.is_file():
         return None
+    from neurallayers.data.tokenizers import is_id_list
+
     eos = read_json(path).get("eos_token_id")
     ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
-    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids):
+    if not is_id_list(ids, vocab):
         raise ValueError(f"{path}: eos_token_id={eos!r} must be token ids in [0, {vocab})")
     return ids
 
