@@ -128,4 +128,21 @@ def run(args: argparse.Namespace) -> int:
     folder = resolve_model_path(args.target)
     if (folder / "config.yaml").is_file():
         print(describe_run(folder))
+    elif (folder / "config.json").is_file() and (embedding := describe_sentence_transformers(folder)):
+        print(embedding)
     return 0
+
+
+def describe_sentence_transformers(folder: Path) -> str:
+    """How an HF folder embeds, where it is a sentence-transformers folder (empty otherwise)."""
+    from neurallayers.interop.hf import sentence_transformers_settings
+
+    st = sentence_transformers_settings(folder)
+    if not st:
+        return ""
+    how = [f"{st.get('pooling', 'mean')} pooling"]
+    if "max_seq_length" in st:
+        how.append(f"texts cut at {st['max_seq_length']:,} tokens")
+    if "unbuilt_modules" in st:
+        how.append(f"then {', '.join(st['unbuilt_modules'])}: not built here")
+    return _table([("embeddings", "sentence-transformers: " + ", ".join(how))])

@@ -158,6 +158,12 @@ def test_info_on_a_run_says_what_it_trained(run_dir: Path, tmp_path: Path, capsy
     assert "none recorded here" in capsys.readouterr().out
 
 
+def test_info_on_a_sentence_transformers_folder_says_how_it_embeds(capsys):
+    assert main(["info", "all-MiniLM-L6-v2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\nembeddings +sentence-transformers: mean pooling, texts cut at 256 tokens\n", out), out
+
+
 def test_chat_goes_on_when_the_template_refuses_a_conversation(run_dir: Path, tmp_path: Path, monkeypatch, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
