@@ -142,7 +142,7 @@ _POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "m
 def sentence_transformers_settings(folder: Path) -> dict:
     """How a sentence-transformers folder embeds: {"max_seq_length": the tokens it reads (it truncates there, below
     the model's own limit), "pooling": "mean", "cls", or the other mode(s) it names, joined by "+", "unbuilt_modules":
-    the modules of its pipeline after the encoder other than Pooling and Normalize (a Dense projection, say), which
+    the modules of its pipeline after the encoder other than Pooling, Normalize and Dropout (a Dense projection), which
     embed() does not apply}; a key is absent where the folder does not say (a plain Hugging Face folder says none)."""
     out: dict = {}
     st_config = folder / "sentence_bert_config.json"
@@ -159,7 +159,7 @@ def sentence_transformers_settings(folder: Path) -> dict:
             kind = str(module.get("type", "")).rsplit(".", 1)[-1]
             if kind == "Pooling":
                 pooling_dir = folder / str(module.get("path", ""))
-            elif kind not in ("Transformer", "Normalize"):
+            elif kind not in ("Transformer", "Normalize", "Dropout"):  # Dropout: nothing at inference
                 out.setdefault("unbuilt_modules", []).append(f"{kind} ({module.get('path') or 'no folder'})")
     if (pooling_dir / "config.json").is_file():
         flags = read_json(pooling_dir / "config.json")
