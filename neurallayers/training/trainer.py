@@ -268,7 +268,7 @@ class _Fit:
                         self._elapsed(t0) - self.elapsed_before > 60 * cfg.max_minutes, info, self.device):
                     reason = "time_budget"
                     break
-        except KeyboardInterrupt:  # a second Ctrl-C, or one where no handler could be installed (another thread)
+        except KeyboardInterrupt:  # a second Ctrl-C, or a first one from a caller's own SIGINT handler
             reason = "interrupted"
             abandoned = in_step  # the step in flight may be half applied: saving it would break exact resume
             if abandoned:
