@@ -113,8 +113,7 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 def pooling_modes(pooling: str) -> list[str]:
     """"cls+mean" -> ["cls", "mean"], each checked against POOLINGS."""
     modes = pooling.split("+") if isinstance(pooling, str) else [pooling]
-    bad = [m for m in modes if m not in POOLINGS]
-    if bad or not modes:
+    if any(m not in POOLINGS for m in modes):
         raise ValueError(f"pooling={pooling!r}: valid are {', '.join(POOLINGS)}, or several joined by '+'")
     return modes
 

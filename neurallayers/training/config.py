@@ -307,12 +307,17 @@ def _bare_override_hint(arg: str) -> str:
         return " (to choose a preset: --preset NAME or --model.preset NAME)"
     if name in SECTIONS:
         return f" (set one field of the {name} section: --{name}.FIELD VALUE)"
-    owners = [s for s, klass in SECTIONS.items() if name in _field_names(klass)]
-    return f" (did you mean --{owners[0]}.{name}?)" if owners else ""
+    owner = _section_of(name)
+    return f" (did you mean --{owner}.{name}?)" if owner else ""
 
 
 def _field_names(klass: type) -> set[str]:
     return {f.name for f in dataclasses.fields(klass)}
+
+
+def _section_of(name: str, *, other_than: str | None = None) -> str | None:
+    """The first section (model, train, data) with a field `name`, skipping `other_than`."""
+    return next((s for s, klass in SECTIONS.items() if s != other_than and name in _field_names(klass)), None)
 
 
 def _did_you_mean(name: str, choices: Any) -> str:
@@ -322,7 +327,7 @@ def _did_you_mean(name: str, choices: Any) -> str:
 
 def _field_hint(name: str, known: set[str], section: str, *, override: bool = False) -> str:
     """" (it is a train field: --train.x)" when another section has the field, else the closest name here."""
-    other = next((s for s, klass in SECTIONS.items() if s != section and name in _field_names(klass)), None)
+    other = _section_of(name, other_than=section)
     if other is None:
         return _did_you_mean(name, known)
     return f" (it is a {other} field: " + (f"--{other}.{name})" if override else f"put it under {other}:)")
