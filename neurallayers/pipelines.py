@@ -17,10 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.data.tokenizers import MASK_TOKENS, Tokenizer
 from neurallayers.embeddings import _check_texts, embed, input_limit, tokenize_batch
-
-_MASK_TOKENS = ("[MASK]", "<mask>")
 
 
 class Pipeline(ABC):
@@ -103,7 +101,7 @@ class FillMaskPipeline(Pipeline):
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, batch_size: int = 32,
                  mask_token: str | None = None) -> None:
         super().__init__(model, tokenizer, batch_size=batch_size)
-        candidates = (mask_token,) if mask_token is not None else _MASK_TOKENS
+        candidates = (mask_token,) if mask_token is not None else MASK_TOKENS
         found = [t for t in candidates if tokenizer.token_to_id(t) is not None]
         if not found:
             raise ValueError(f"fill-mask: the tokenizer has no mask token among {candidates}; pass mask_token=")

@@ -27,6 +27,11 @@ PRESETS: dict[str, dict] = {
         _LLAMA, vocab_size=1024, block_size=128, n_layer=4, n_head=4, n_kv_head=4, n_embd=256, tie_embeddings=True
     ),
     # BERT style encoders
+    "bert-tiny": dict(  # google/bert_uncased_L-2_H-128_A-2
+        causal=False, vocab_size=30522, block_size=512, n_layer=2, n_head=2, n_embd=128, norm="layernorm",
+        norm_eps=1e-12, norm_placement="post", mlp="gelu", gelu_approx="none", position="learned", bias=True,
+        tie_embeddings=True, type_vocab_size=2, pad_token_id=0, pooler=True, scale_residual_init=False,
+    ),
     "bert-mini": dict(
         causal=False, vocab_size=30522, block_size=512, n_layer=4, n_head=4, n_embd=256, norm="layernorm",
         norm_eps=1e-12, norm_placement="post", mlp="gelu", gelu_approx="none", position="learned", bias=True,

@@ -1,4 +1,7 @@
-"""`neurallayers eval`: loss and perplexity of a model on a corpus (a run's own validation split by default)."""
+"""`neurallayers eval`: loss and perplexity of a model on a corpus (a run's own validation split by default).
+
+A decoder is scored by its next-token loss, a masked LM (an encoder with head 'mlm') by its masked-LM loss.
+"""
 
 from __future__ import annotations
 
@@ -29,15 +32,22 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from neurallayers.data import load_corpus
-    from neurallayers.training.config import DataConfig, RunConfig
+    from neurallayers.training.config import DataConfig, RunConfig, TrainConfig
     from neurallayers.training.prepare import tokenize_corpus
     from neurallayers.training.trainer import mean_loss
 
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
-    if not model.config.causal:
-        raise ValueError(f"{args.path} is an encoder model: eval scores a decoder's next-token loss")
     run_cfg = RunConfig.from_yaml(Path(args.path) / "config.yaml") if (Path(args.path) / "config.yaml").is_file() \
         else None
+    masker = None
+    if not model.config.causal:  # an encoder: its masked-LM loss, masked as its training evaluated
+        from neurallayers.data.masking import Masker
+
+        if model.config.head != "mlm":
+            raise ValueError(f"{args.path} is an encoder with head={model.config.head!r}: eval scores a decoder's "
+                             "next-token loss or a masked LM's (head 'mlm')")
+        train = run_cfg.train if run_cfg is not None else TrainConfig()
+        masker = Masker.for_tokenizer(tokenizer, prob=train.mask_prob, seed=train.seed)
     own = run_cfg is not None and (args.data is None or args.data == run_cfg.data.source)
     if args.data is None and not own:
         raise ValueError(f"{args.path} is not a run directory: name the corpus with --data")
@@ -62,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the {split} split has {len(arr)} tokens; a window needs {block + 1}"
                          + (" (try --block-size)" if len(arr) >= 2 else ""))
     loss, count = mean_loss(model, arr, block_size=block, batch_size=args.batch_size, max_batches=args.max_batches,
-                            device=next(model.parameters()).device, progress=not args.no_progress)
-    print(f"corpus: {data.source}  split: {split}  tokens scored: {count:,}  loss: {loss:.4f}  "
+                            device=next(model.parameters()).device, progress=not args.no_progress, masker=masker)
+    what = "masked tokens scored" if masker is not None else "tokens scored"
+    print(f"corpus: {data.source}  split: {split}  {what}: {count:,}  loss: {loss:.4f}  "
           f"perplexity: {math.exp(min(loss, 50)):.2f}")
     return 0

@@ -21,6 +21,8 @@ from tokenizers import Tokenizer as HFTokenizer
 
 ENDOFTEXT = "<|endoftext|>"
 UNK = "<unk>"
+MASK = "<mask>"  # the mask token added for masked-LM training when a tokenizer has none (RoBERTa's spelling)
+MASK_TOKENS = ("[MASK]", MASK)  # BERT's and RoBERTa's: the first in the vocabulary is the mask token
 KINDS = ("bpe", "char", "gpt2", "file")
 _LOAD_FORMS = "'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt), or a path to a tokenizer.json file"
 # Fallbacks for a bare tokenizer.json without tokenizer_config.json: common spellings, first match wins.
@@ -127,6 +129,35 @@ class Tokenizer:
     def pad_id(self) -> int | None:
         return None if self.pad_token is None else self.hf.token_to_id(self.pad_token)
 
+    @property
+    def mask_token(self) -> str | None:
+        """The masked-LM mask token: "[MASK]" or "<mask>", whichever the vocabulary has; None when neither."""
+        return next((t for t in MASK_TOKENS if self.hf.token_to_id(t) is not None), None)
+
+    @property
+    def mask_id(self) -> int | None:
+        return None if self.mask_token is None else self.hf.token_to_id(self.mask_token)
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids of every special token (bos, eos, pad, mask and other added specials), sorted."""
+        added = [i for i, t in self.hf.get_added_tokens_decoder().items() if t.special]
+        named = [self.bos_id, self.eos_id, self.pad_id, self.mask_id]
+        return sorted({i for i in added + named if i is not None})
+
+    def with_mask_token(self) -> Tokenizer:
+        """This tokenizer when it has a mask token, else a copy with the special token "<mask>" added (its id is
+        the old vocab_size), for masked-LM training."""
+        if self.mask_token is not None:
+            return self
+        hf = HFTokenizer.from_str(self.hf.to_str())
+        hf.add_special_tokens([MASK])
+        copy = Tokenizer(hf, kind=self.kind, bos_token=self.bos_token, eos_token=self.eos_token,
+                         pad_token=self.pad_token, chat_template=self.chat_template,
+                         model_max_length=self.model_max_length)
+        copy.extra_eos_ids = list(self.extra_eos_ids)
+        return copy
+
     def token_to_id(self, token: str) -> int | None:
         return self.hf.token_to_id(token)
 
@@ -201,6 +232,8 @@ class Tokenizer:
         }
         if self.kind == "char":
             config["unk_token"] = UNK
+        if self.mask_token is not None:  # transformers' fill-mask pipeline reads it from here
+            config["mask_token"] = self.mask_token
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
         if self.extra_eos_ids:  # kept with the tokenizer, so a run directory converted from HF still stops there

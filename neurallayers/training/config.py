@@ -64,6 +64,7 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget: stop cleanly, evaluate and save when it runs out
     sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
     sample_tokens: int = 200
+    mask_prob: float = 0.15  # encoders (masked-LM training): share of the tokens of a window to predict
     optimizer_impl: OptimizerImpl = "auto"  # auto: fused AdamW when the device supports it, else foreach
     distributed: Distributed = "auto"  # under torchrun: auto = ddp
     loggers: list[str] = field(default_factory=list)  # extra trackers: tensorboard, mlflow, wandb
@@ -81,6 +82,7 @@ class TrainConfig:
         _require(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
         _require(self, "eps", self.eps > 0, "must be > 0")
         _require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 turns clipping off)")
+        _require(self, "mask_prob", 0 < self.mask_prob < 1, "must be in (0, 1)")
         for name in ("beta1", "beta2"):
             _require(self, name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
         if self.early_stopping_patience is not None:

@@ -70,7 +70,8 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Mod
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(device.type, (info.world_size,))
-        for block in getattr(model, "blocks", []):
+        inner = getattr(model, "encoder", model)  # an encoder's head model keeps its blocks in .encoder
+        for block in getattr(inner, "blocks", []):
             fully_shard(block, mesh=mesh)
         return fully_shard(model, mesh=mesh)
     from torch.nn.parallel import DistributedDataParallel as DDP

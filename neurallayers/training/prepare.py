@@ -1,6 +1,7 @@
 """From a RunConfig to a tokenizer and token arrays: the data half of `fit()`.
 
-The tokenizer decides the model's vocab_size: when they differ, the tokenizer wins and the log says so.
+The tokenizer decides the model's vocab_size: when they differ, the tokenizer wins and the log says so. An
+encoder (masked-LM training) also gets a mask token in its tokenizer and the tokenizer's padding id.
 """
 
 from __future__ import annotations
@@ -16,36 +17,46 @@ from neurallayers.training.config import DataConfig, RunConfig
 log = logging.getLogger("neurallayers.training")
 
 
-def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_progress: bool = False) -> object:
+def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_progress: bool = False,
+                    mask: bool = False) -> object:
     """The tokenizer named by `data.tokenizer`; trained ones ("bpe", "char") are cached by corpus and size.
 
     Args:
         corpus: a `neurallayers.data.Corpus` (used to train "bpe" and "char").
         model_vocab: the BPE vocabulary size when `data.vocab_size` is None.
+        mask: give it a mask token (masked-LM training): a trained BPE holds "<mask>" within its vocab_size;
+            any other tokenizer without one gets "<mask>" added after its last id.
     """
     from neurallayers.data import Tokenizer
+    from neurallayers.data.tokenizers import ENDOFTEXT, MASK
 
     kind = data.tokenizer
     if kind not in ("bpe", "char"):
         if kind != "gpt2" and not Path(kind).expanduser().exists():
             raise FileNotFoundError(f"DataConfig.tokenizer={kind!r}: expected 'bpe', 'char', 'gpt2' or the path "
                                     "of a tokenizer.json or tokenizer folder, and no such path exists")
-        return Tokenizer.load(kind if kind == "gpt2" else Path(kind).expanduser())
+        tok = Tokenizer.load(kind if kind == "gpt2" else Path(kind).expanduser())
+        return tok.with_mask_token() if mask else tok
     vocab = data.vocab_size or model_vocab
-    key = json.dumps({"kind": kind, "vocab": vocab if kind == "bpe" else None, "corpus": corpus.fingerprint()})
+    spec = {"kind": kind, "vocab": vocab if kind == "bpe" else None, "corpus": corpus.fingerprint()}
+    if mask:  # a decoder run's cached tokenizer keeps its key
+        spec["mask"] = True
+    key = json.dumps(spec)
     folder = data.resolved_cache_dir / "tokenizers" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (folder / "tokenizer_config.json").is_file():
-        return Tokenizer.load(folder)
+        return Tokenizer.load(folder)  # saved with its mask token when `mask`
     if not any(doc.text for doc in corpus.documents()):  # stops at the first document with text
         raise ValueError(f"corpus {corpus.name!r} has no text to tokenize")
     texts = (doc.text for doc in corpus.documents())
     if kind == "char":
         tok = Tokenizer.train_char(texts)
+        tok = tok.with_mask_token() if mask else tok
     else:
         if vocab < 257:
             raise ValueError(f"DataConfig.vocab_size={vocab}: byte-level BPE needs >= 257; set data.vocab_size "
                              "or use data.tokenizer='char'")
-        tok = Tokenizer.train_bpe(texts, vocab_size=vocab, show_progress=show_progress)
+        specials = (ENDOFTEXT, MASK) if mask else (ENDOFTEXT,)
+        tok = Tokenizer.train_bpe(texts, vocab_size=vocab, special_tokens=specials, show_progress=show_progress)
     tok.save(folder)  # atomic per file; tokenizer_config.json last, so its presence means complete
     return tok
 
@@ -54,24 +65,47 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
                  ) -> tuple[object, object, RunConfig]:
     """(tokenizer, TokenData, run with model.vocab_size = tokenizer.vocab_size).
 
+    An encoder config (causal=False) is trained as a masked LM: its tokenizer gets a mask token, its head becomes
+    "mlm" (from "none") and its pad_token_id the tokenizer's padding id (None without one: a preset's id 0 would
+    otherwise freeze the embedding of whatever token 0 is here).
+
     Args:
         tokenizer: use this one (a resumed run's saved tokenizer) instead of building one.
     """
     from neurallayers.data import load_corpus
 
     corpus = load_corpus(run.data.source, text_field=run.data.text_field)
+    encoder = not run.model.causal
     if tokenizer is None:
-        tokenizer = build_tokenizer(run.data, corpus, model_vocab=run.model.vocab_size, show_progress=show_progress)
+        tokenizer = build_tokenizer(run.data, corpus, model_vocab=run.model.vocab_size, show_progress=show_progress,
+                                    mask=encoder)
+    changes = _masked_lm_changes(run, tokenizer) if encoder else {}
     if tokenizer.vocab_size != run.model.vocab_size:
         log.info("model.vocab_size set to %d from the tokenizer (config said %d; the tokenizer wins)",
                  tokenizer.vocab_size, run.model.vocab_size)
-        run = RunConfig(model=run.model.replace(vocab_size=tokenizer.vocab_size), train=run.train, data=run.data)
+        changes["vocab_size"] = tokenizer.vocab_size
+    if changes:
+        run = RunConfig(model=run.model.replace(**changes), train=run.train, data=run.data)
     tokens = tokenize_corpus(run.data, corpus, tokenizer, seed=run.train.seed, show_progress=show_progress)
     need = run.model.block_size + 1
     if len(tokens.train) < need:
         raise ValueError(f"the corpus {run.data.source!r} gives only {len(tokens.train)} training tokens; "
                          f"model.block_size={run.model.block_size} needs at least {need}")
     return tokenizer, tokens, run
+
+
+def _masked_lm_changes(run: RunConfig, tokenizer: object) -> dict:
+    """The model-config changes a masked-LM run makes (see prepare_data)."""
+    if tokenizer.mask_id is None:
+        raise ValueError("masked-LM training needs a mask token ([MASK] or <mask>) in the run's tokenizer")
+    changes = {}
+    if run.model.head == "none":
+        changes["head"] = "mlm"
+    if run.model.pad_token_id != tokenizer.pad_id:
+        log.info("model.pad_token_id set to %s from the tokenizer (config said %s)", tokenizer.pad_id,
+                 run.model.pad_token_id)
+        changes["pad_token_id"] = tokenizer.pad_id
+    return changes
 
 
 def tokenize_corpus(data: DataConfig, corpus: object, tokenizer: object, *, seed: int,

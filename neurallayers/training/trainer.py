@@ -4,6 +4,9 @@ Decisions worth knowing:
 - The data position is the step count: micro-batch i of step s is `RandomWindows.batch(s * grad_accum + i)`,
   drawn for all ranks at once and sliced per rank, so ranks see disjoint parts of one global batch.
 - Dropout is reseeded from (seed, step, rank) at the start of every step: a resumed run draws the same masks.
+- An encoder config trains as a masked LM (BERT's objective): micro-batch i of step s is masked by
+  `Masker(..., seed)(windows, s * grad_accum + i)` before it is sliced per rank, so its masks too depend only on
+  the step; validation masks are fixed (the EVAL stream), so evaluations compare.
 - NaN/Inf guard: a non-finite loss (or grad norm, when no GradScaler is in use) either skips the step (grads
   zeroed, no optimizer update; the step counter, data position and learning-rate schedule still advance, so a
   skipped step is not retried on the same bad batch) or stops the run, per `nan_policy`; both are logged.
@@ -83,10 +86,9 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
     """
     if until_step is not None and until_step < 1:
         raise ValueError(f"until_step={until_step} must be >= 1 or None")
-    if not run.model.causal:
-        raise ValueError("training needs a causal language model (next-token loss); this model config is an encoder "
-                         "(causal=False), and masked-LM training is not built: load a pretrained encoder from a "
-                         "Hugging Face folder instead (neurallayers.load, load_minilm)")
+    if not run.model.causal and run.model.head not in ("none", "mlm"):
+        raise ValueError(f"ModelConfig.head={run.model.head!r}: training an encoder pretrains it as a masked LM, "
+                         "with head 'mlm' (or 'none', which trains one); a classification head needs labelled data")
     cfg = run.train
     info = dist.init_distributed(cfg.distributed, resolve_device(cfg.device).type)
     try:
@@ -145,6 +147,11 @@ class _Fit:
         self.windows = RandomWindows(self.tokens.train, block_size=run.model.block_size, batch_size=global_batch,
                                      seed=cfg.seed)
         self.tokens_per_step = global_batch * cfg.grad_accum * run.model.block_size
+        self.masker = None
+        if not run.model.causal:
+            from neurallayers.data.masking import Masker
+
+            self.masker = Masker.for_tokenizer(tokenizer, prob=cfg.mask_prob, seed=cfg.seed)
         self.has_val = len(self.tokens.val) > run.model.block_size
         if not self.has_val:
             log.warning("no validation tokens (val_fraction=%s): no evaluation; model.safetensors = final weights",
@@ -311,13 +318,15 @@ class _Fit:
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
             x, y = self.windows.batch(self.step * cfg.grad_accum + micro)
+            if self.masker is not None:  # the global batch, so every world size masks alike
+                x, y = self.masker(x, self.step * cfg.grad_accum + micro)
             x = x[info.rank * b:(info.rank + 1) * b].to(self.device, non_blocking=True)
             y = y[info.rank * b:(info.rank + 1) * b].to(self.device, non_blocking=True)
             last = micro == cfg.grad_accum - 1
             # DDP: only the last micro-batch all-reduces gradients.
             sync = self.wrapped.no_sync() if info.mode == "ddp" and not last else contextlib.nullcontext()
             with sync, autocast(self.device, self.amp_dtype):
-                loss = self.forward(x, targets=y).loss / cfg.grad_accum
+                loss = _loss(self.forward, x, y, masked=self.masker is not None) / cfg.grad_accum
             self.scaler.scale(loss).backward()
             total += loss.detach()
         total = dist.all_reduce_mean(total, info)
@@ -343,7 +352,7 @@ class _Fit:
         self.wrapped.eval()
         val, _ = mean_loss(self.wrapped, self.tokens.val, block_size=self.run_cfg.model.block_size,
                            batch_size=cfg.batch_size, max_batches=cfg.eval_batches, device=self.device,
-                           amp_dtype=self.amp_dtype)
+                           amp_dtype=self.amp_dtype, masker=self.masker)
         self.wrapped.train()
         improved = self.best_val is None or val < self.best_val
         perplexity = math.exp(min(val, 700.0))
@@ -388,7 +397,13 @@ class _Fit:
         # A sharded model's forward is a collective (it gathers the weights): under FSDP every rank samples, each
         # the same fixed number of tokens so that their forwards pair up; rank 0 writes.
         sharded = self.info.mode == "fsdp"
-        if self.info.is_main or sharded:
+        if self.masker is not None and (self.info.is_main or sharded):
+            from neurallayers.training.fill_samples import write_fill_samples
+
+            split = self.tokens.val if self.has_val else self.tokens.train
+            write_fill_samples(self.model, self.tokenizer, self.masker, split, self.out / "samples.txt", self.device,
+                               write=self.info.is_main)
+        elif self.info.is_main or sharded:
             _write_samples(self.model, self.tokenizer, self.cfg, self.out / "samples.txt", self.device,
                            write=self.info.is_main, fixed_length=sharded)
         if self.info.is_main:
@@ -407,14 +422,23 @@ def _clock(seconds: float) -> str:
     return f"{minutes}:{sec:02d}" if minutes < 60 else f"{minutes // 60}:{minutes % 60:02d}:{sec:02d}"
 
 
-def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: int, max_batches: int | None,
-              device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = False) -> tuple[float, int]:
-    """(mean next-token loss, tokens scored) over evenly spaced windows of `tokens` (see data.eval_batches).
+def _loss(forward, x: torch.Tensor, y: torch.Tensor, *, masked: bool) -> torch.Tensor:
+    """The model's mean loss: next-token targets for a decoder, masked-LM labels for an encoder."""
+    return forward(x, labels=y).loss if masked else forward(x, targets=y).loss
 
-    Used by evaluation during training and by `neurallayers eval` (with `progress`: a bar over the batches). The
-    caller puts the model in eval mode.
+
+def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: int, max_batches: int | None,
+              device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = False,
+              masker: object | None = None) -> tuple[float, int]:
+    """(mean loss, tokens scored) over evenly spaced windows of `tokens` (see data.eval_batches).
+
+    The loss is the next-token loss, or with a `masker` (a `data.masking.Masker`, for an encoder) the masked-LM
+    loss over the tokens it selects in each window, with the same masks at every call. Used by evaluation during
+    training and by `neurallayers eval` (with `progress`: a bar over the batches). The caller puts the model in
+    eval mode.
     """
     from neurallayers.data.datasets import eval_batches, eval_window_count
+    from neurallayers.data.masking import EVAL
 
     total, count = 0.0, 0
     batches = eval_batches(tokens, block_size=block_size, batch_size=batch_size, max_batches=max_batches)
@@ -422,11 +446,14 @@ def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: in
         windows = eval_window_count(len(tokens), block_size=block_size, batch_size=batch_size, max_batches=max_batches)
         batches = tqdm(batches, total=-(-windows // batch_size), unit="batch", desc="eval", dynamic_ncols=True)
     with torch.no_grad():
-        for x, y in batches:
+        for i, (x, y) in enumerate(batches):
+            if masker is not None:
+                x, y = masker(x, i, stream=EVAL)
             with autocast(device, amp_dtype):
-                loss = model(x.to(device), targets=y.to(device)).loss
-            total += float(loss) * y.numel()
-            count += y.numel()
+                loss = _loss(model, x.to(device), y.to(device), masked=masker is not None)
+            n = int((y != -100).sum()) if masker is not None else y.numel()
+            total += float(loss) * n
+            count += n
     return total / max(count, 1), count
 
 

@@ -241,12 +241,20 @@ def test_eval_on_a_jsonl_corpus_with_another_text_field(run_dir: Path, tmp_path:
     assert "corpus: docs.jsonl  split: all" in ev.stdout and "perplexity" in ev.stdout
 
 
-def test_eval_on_an_encoder_is_one_line(tmp_path: Path):
+def test_train_and_eval_a_masked_lm_encoder(tmp_path: Path):
     from neurallayers.embeddings import minilm_folder
 
     (tmp_path / "text.txt").write_text(TEXT)
     assert_user_error(cli("eval", str(minilm_folder()), "--data", "text.txt", cwd=tmp_path),
-                      "is an encoder model: eval scores a decoder's next-token loss")  # a TypeError traceback before
+                      "encoder with head='none'", "masked LM's")  # a TypeError traceback once
+    proc = cli("train", "--preset", "bert-tiny", "--model.block_size", "32", "--model.n_layer", "1", "--data",
+               "text.txt", "--data.tokenizer", "char", "--train.max_steps", "4", "--train.batch_size", "4",
+               "--train.eval_interval", "2", "--out", "enc", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "final val loss" in proc.stdout and "=== window 1" in (tmp_path / "enc/samples.txt").read_text()
+    ev = cli("eval", "enc", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert re.search(r"split: val  masked tokens scored: \d+  loss: \d+\.\d{4}", ev.stdout), ev.stdout
 
 
 def test_bad_yaml_is_one_line_naming_where(tmp_path: Path, monkeypatch):

@@ -24,6 +24,11 @@ print("STEPS", r.steps, r.stopped_reason)
 """
 
 
+# BERT's shape of encoder, for tiny_run(model=ENCODER): trained as a masked LM
+ENCODER = dict(causal=False, norm_placement="post", position="learned", mlp="gelu", tie_embeddings=True,
+               type_vocab_size=2, pad_token_id=0)
+
+
 def write_corpus(path: Path, *, n_lines: int = 300, seed: int = 0) -> Path:
     rng = random.Random(seed)
     words = "the quick brown fox jumps over a lazy dog and then runs away to find food in the old forest".split()

@@ -209,8 +209,9 @@ def test_mlflow_logger_without_sqlalchemy_writes_a_file_store(tmp_path, monkeypa
 
 def test_bad_resume_targets_fail_before_training(tmp_path):
     run = tiny_run(tmp_path, max_steps=4, eval_interval=0)
-    encoder = dataclasses.replace(run, model=dataclasses.replace(run.model, causal=False))
-    with pytest.raises(ValueError, match="training needs a causal language model"):
+    encoder = dataclasses.replace(run, model=dataclasses.replace(run.model, causal=False,
+                                                                 head="sequence_classification"))
+    with pytest.raises(ValueError, match="head='sequence_classification'.*masked LM"):
         fit(encoder, tmp_path / "encoder", progress=False)
     assert not (tmp_path / "encoder").exists()
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):

@@ -1,13 +1,15 @@
 """Resume equivalence under `torchrun --nproc_per_node 2` with gloo, for DDP and FSDP2 (the DDP run stopped by a
-SIGTERM that reaches one rank only)."""
+SIGTERM that reaches one rank only), for a decoder and a masked-LM encoder."""
 
+import dataclasses
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from nl_train_helpers import child_env, step_losses, tiny_run
+from nl_train_helpers import ENCODER, child_env, step_losses, tiny_run
 
 from neurallayers.weights import read_safetensors
 
@@ -18,26 +20,29 @@ import os, signal, sys
 from pathlib import Path
 import torch.distributed as dist
 from neurallayers.training import RunConfig, fit, trainer
-run, root, phase = RunConfig.from_yaml(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+root, phase = Path(sys.argv[1]), sys.argv[2]
 step = trainer._Fit._train_step
 def sigterm_on_rank_1(self):
     if self.step == 2 and os.environ["RANK"] == "1":
         os.kill(os.getpid(), signal.SIGTERM)
     return step(self)
 dist.init_process_group("gloo")  # one group for all fits of this launch; fit() leaves a caller's group open
-for mode in ("ddp", "fsdp"):
-    run.train.distributed = mode
-    if phase == "first":
-        fit(run, root / f"{mode}-straight", progress=False)
-        if mode == "ddp":
-            trainer._Fit._train_step = sigterm_on_rank_1
-            r = fit(run, root / f"{mode}-split", progress=False)
-            trainer._Fit._train_step = step
-            assert (r.steps, r.stopped_reason) == (3, "terminated"), (r.steps, r.stopped_reason)
+for kind in ("decoder", "encoder"):
+    run = RunConfig.from_yaml(root / f"{kind}.yaml")
+    for mode in ("ddp", "fsdp"):
+        run.train.distributed = mode
+        out = root / f"{kind}-{mode}"
+        if phase == "first":
+            fit(run, f"{out}-straight", progress=False)
+            if mode == "ddp":
+                trainer._Fit._train_step = sigterm_on_rank_1
+                r = fit(run, f"{out}-split", progress=False)
+                trainer._Fit._train_step = step
+                assert (r.steps, r.stopped_reason) == (3, "terminated"), (r.steps, r.stopped_reason)
+            else:
+                fit(run, f"{out}-split", progress=False, until_step=3)
         else:
-            fit(run, root / f"{mode}-split", progress=False, until_step=3)
-    else:
-        fit(run, root / f"{mode}-split", resume=True, progress=False)
+            fit(run, f"{out}-split", resume=True, progress=False)
 dist.destroy_process_group()
 """
 
@@ -45,31 +50,34 @@ dist.destroy_process_group()
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_torchrun_two_processes_resume_exact(tmp_path):
-    if shutil.which("torchrun", path=str(__import__("pathlib").Path(sys.executable).parent)) is None:
+    if shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("torchrun not installed next to the interpreter")
     # samples at the end: under FSDP every rank must take part in the sharded model's forwards (a hang before)
     run = tiny_run(tmp_path, max_steps=6, save_interval=3, eval_interval=3, batch_size=2, sample_tokens=12,
                    sample_prompts=["the ", "fox"])
-    cfg = run.to_yaml(tmp_path / "config.yaml")
+    run.to_yaml(tmp_path / "decoder.yaml")
+    dataclasses.replace(run, model=dataclasses.replace(run.model, **ENCODER)).to_yaml(tmp_path / "encoder.yaml")
     (tmp_path / "driver.py").write_text(DRIVER)
     for phase in ("first", "second"):
         proc = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-             str(tmp_path / "driver.py"), str(cfg), str(tmp_path), phase],
-            env=child_env(tmp_path), capture_output=True, text=True, timeout=240)
+             str(tmp_path / "driver.py"), str(tmp_path), phase],
+            env=child_env(tmp_path), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    for mode in ("ddp", "fsdp"):
-        a, b = step_losses(tmp_path / f"{mode}-straight"), step_losses(tmp_path / f"{mode}-split")
-        assert sorted(a) == [1, 2, 3, 4, 5, 6] and a == b, mode
-        wa = read_safetensors(tmp_path / f"{mode}-straight/checkpoints/step-6/model.safetensors")
-        wb = read_safetensors(tmp_path / f"{mode}-split/checkpoints/step-6/model.safetensors")
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), mode
-        samples = (tmp_path / f"{mode}-straight/samples.txt").read_text()
-        assert "=== prompt: 'the '" in samples and "=== prompt: 'fox'" in samples, mode
-    # Both strategies compute the same global batch: FSDP2's losses match DDP's closely.
-    ddp, fsdp = step_losses(tmp_path / "ddp-straight"), step_losses(tmp_path / "fsdp-straight")
-    assert all(abs(ddp[s] - fsdp[s]) < 1e-4 for s in ddp)
-
+    for kind in ("decoder", "encoder"):
+        for mode in ("ddp", "fsdp"):
+            straight, split = tmp_path / f"{kind}-{mode}-straight", tmp_path / f"{kind}-{mode}-split"
+            a, b = step_losses(straight), step_losses(split)
+            assert sorted(a) == [1, 2, 3, 4, 5, 6] and a == b, (kind, mode)
+            wa = read_safetensors(straight / "checkpoints/step-6/model.safetensors")
+            wb = read_safetensors(split / "checkpoints/step-6/model.safetensors")
+            assert all(torch.equal(wa[k], wb[k]) for k in wa), (kind, mode)
+            samples = (straight / "samples.txt").read_text()
+            expect = ["=== prompt: 'the '", "=== prompt: 'fox'"] if kind == "decoder" else ["=== window 2"]
+            assert all(e in samples for e in expect), (kind, mode)
+        # Both strategies compute the same global batch: FSDP2's losses match DDP's closely.
+        ddp, fsdp = step_losses(tmp_path / f"{kind}-ddp-straight"), step_losses(tmp_path / f"{kind}-fsdp-straight")
+        assert all(abs(ddp[s] - fsdp[s]) < 1e-4 for s in ddp), kind
 
 DYING_RANK = """
 import os, signal, sys

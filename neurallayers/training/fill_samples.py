@@ -1,0 +1,61 @@
+"""samples.txt of a masked-LM run: a few validation windows with tokens masked, and what the model fills in.
+
+A decoder run samples text from its prompts; an encoder cannot generate, so its samples show the masked-LM task
+itself: the same masks at every call (the Masker's EVAL stream), every selected token replaced by the mask token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("neurallayers.training")
+
+WINDOWS, WIDTH = 3, 64  # how many windows, of at most how many tokens
+
+
+@torch.no_grad()
+def fill_samples(model: torch.nn.Module, tokenizer: object, masker: object, tokens, device: torch.device) -> str:
+    """The text of the samples: for each window the masked text, the model's filling and the original."""
+    from neurallayers.data.datasets import eval_batches
+    from neurallayers.data.masking import EVAL
+
+    width = min(WIDTH, model.config.block_size, len(tokens) - 1)
+    x, _ = next(eval_batches(tokens, block_size=width, batch_size=WINDOWS, max_batches=1))
+    _, labels = masker(x, 0, stream=EVAL)
+    selected = labels != -100
+    masked = torch.where(selected, masker.mask_id, x)
+    was_training = model.training
+    model.eval()
+    try:
+        predicted = model(masked.to(device)).logits.argmax(-1).cpu()
+    finally:
+        model.train(was_training)
+    filled = torch.where(selected, predicted, x)
+    parts = []
+    for row in range(len(x)):
+        right, total = int((filled[row] == x[row])[selected[row]].sum()), int(selected[row].sum())
+        show = [tokenizer.decode(ids.tolist(), skip_special_tokens=False) for ids in (masked[row], filled[row], x[row])]
+        parts.append(f"=== window {row + 1}: {right} of {total} masked tokens filled in right\n"
+                     f"--- masked\n{show[0]}\n--- filled in\n{show[1]}\n--- original\n{show[2]}\n")
+    return "\n".join(parts)
+
+
+def write_fill_samples(model: torch.nn.Module, tokenizer: object, masker: object, tokens, path: Path,
+                       device: torch.device, *, write: bool = True) -> None:
+    """Writes `fill_samples` to `path` (when `write`; under FSDP every rank runs the forward, one writes). A
+    finished run must not be lost to a sampling bug, so failures only warn."""
+    if len(tokens) < 2:
+        return
+    try:
+        text = fill_samples(model, tokenizer, masker, tokens, device)
+    except Exception as e:
+        log.warning("fill-mask samples failed (%s: %s): no samples written", type(e).__name__, e)
+        return
+    if write:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)

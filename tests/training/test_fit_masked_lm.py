@@ -1,0 +1,114 @@
+"""Masked-LM training of encoders: exact resume, learning, and the run as a BERT model for transformers."""
+
+import dataclasses
+
+import pytest
+import torch
+from nl_train_helpers import ENCODER, read_jsonl, step_losses, tiny_run
+
+from neurallayers import load
+from neurallayers.pipelines import pipeline
+from neurallayers.training import fit
+from neurallayers.weights import read_safetensors
+
+
+def test_encoder_resume_is_exact(tmp_path):
+    """2K steps straight == K steps, stop, resume, K more (dropout, masks and windows all per step)."""
+    run = tiny_run(tmp_path, model=ENCODER, max_steps=8, save_interval=4, eval_interval=2, grad_accum=2)
+    fit(run, tmp_path / "straight", progress=False)
+    assert fit(run, tmp_path / "split", progress=False, until_step=4).stopped_reason == "until_step"
+    fit(run, tmp_path / "split", resume=True, progress=False)
+    a, b = step_losses(tmp_path / "straight"), step_losses(tmp_path / "split")
+    assert sorted(a) == list(range(1, 9)) and a == b and len(set(a.values())) == 8
+    val = [r["val_loss"] for r in read_jsonl(tmp_path / "straight/metrics.jsonl") if "val_loss" in r]
+    assert len(val) == 4 and val == [r["val_loss"] for r in read_jsonl(tmp_path / "split/metrics.jsonl")
+                                     if "val_loss" in r]
+    wa = read_safetensors(tmp_path / "straight/checkpoints/step-8/model.safetensors")
+    wb = read_safetensors(tmp_path / "split/checkpoints/step-8/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """An encoder trained on a text where every character follows from its neighbours."""
+    tmp = tmp_path_factory.mktemp("mlm")
+    (tmp / "abc.txt").write_text("abcdefghij\n" * 400)
+    model = {**ENCODER, "dropout": 0.0, "n_layer": 1, "n_embd": 64, "n_head": 4, "block_size": 16,
+             "tie_embeddings": False}  # untied: the exported BERT then has a decoder weight of its own
+    run = tiny_run(tmp, corpus=tmp / "abc.txt", model=model, max_steps=300, eval_interval=100, lr=3e-3,
+                   min_lr=3e-4, warmup_steps=10, save_interval=0, batch_size=8, mask_prob=0.2)
+    result = fit(run, tmp / "run", progress=False)
+    return tmp / "run", result
+
+
+def test_encoder_learns_and_fills_masks(learned):
+    run_dir, result = learned
+    vals = [r["val_loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
+    assert vals[0] > vals[-1] and result.final_val_loss < 1.0, vals  # from ln(11 letters) = 2.4
+    model, tokenizer = load(run_dir)
+    assert model.config.head == "mlm" and model.config.pad_token_id is None  # the tokenizer has no padding
+    assert tokenizer.mask_token == "<mask>" and tokenizer.mask_id == tokenizer.vocab_size - 1
+    fill = pipeline("fill-mask", model=(model, tokenizer))
+    assert fill("abcde<mask>ghij\nabc")[0]["token_str"] == "f"
+    assert fill("hij\nabcdefg<mask>ij")[0]["token_str"] == "h"
+    samples = (run_dir / "samples.txt").read_text()
+    assert samples.count("--- masked\n") == 3 and "<mask>" in samples and "masked tokens filled in right" in samples
+
+
+def test_a_trained_encoder_is_bert_for_masked_lm_in_transformers(learned, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from neurallayers.interop.convert import convert
+
+    run_dir, _ = learned
+    convert(run_dir, tmp_path / "hf")
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf).__name__ == "BertForMaskedLM"
+    model, tokenizer = load(run_dir)
+    text = "ghij\nabcd<mask>fghij\n"
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([tokenizer.encode(text)])
+    assert hf_tok.mask_token == "<mask>" and hf_tok(text, add_special_tokens=False)["input_ids"] == ids[0].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, hf(ids).logits, atol=1e-4, rtol=1e-4)
+    top = transformers.pipeline("fill-mask", model=hf, tokenizer=hf_tok)(text)[0]
+    assert top["token_str"] == "e"
+
+
+def test_encoder_config_checks(tmp_path):
+    run = tiny_run(tmp_path, model=ENCODER, max_steps=2)
+    for head in ("sequence_classification", "token_classification"):
+        bad = dataclasses.replace(run, model=dataclasses.replace(run.model, head=head))
+        with pytest.raises(ValueError, match=f"head='{head}'.*masked LM"):
+            fit(bad, tmp_path / head, progress=False)
+    with pytest.raises(ValueError, match="mask_prob.*must be in \\(0, 1\\)"):
+        dataclasses.replace(run.train, mask_prob=1.0)
+
+
+def test_masked_lm_training_steps_equal_transformers_bert():
+    """The same weights, masks and AdamW steps in our encoder and transformers' BertForMaskedLM: the same losses."""
+    transformers = pytest.importorskip("transformers")
+    from neurallayers import ModelConfig
+    from neurallayers.data.masking import Masker
+    from neurallayers.interop import bert
+    from neurallayers.models import build_model
+
+    cfg = ModelConfig(**{**ENCODER, "vocab_size": 40, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32,
+                         "dropout": 0.0, "head": "mlm", "pad_token_id": None})
+    torch.manual_seed(0)
+    ours = build_model(cfg)
+    hf = transformers.BertForMaskedLM(transformers.BertConfig(**bert.config_to_hf(cfg)))
+    missing, unexpected = hf.load_state_dict(bert.to_hf(ours.state_dict(), cfg), strict=False)
+    assert not unexpected and set(missing) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    masker = Masker(mask_id=39, vocab_size=40, special_ids=[0], prob=0.15, seed=3)
+    opts = [torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.01) for m in (ours, hf)]
+    gen = torch.Generator().manual_seed(1)
+    for step in range(8):
+        inputs, labels = masker(torch.randint(0, 39, (4, 16), generator=gen), step)
+        losses = []
+        for model, opt in zip((ours, hf), opts, strict=True):
+            loss = model(inputs, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], abs=1e-5), step
