@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+
+import torch
+
 
 def default_precisions(device: str = "cpu") -> str:
     """"fp32,bf16", or "fp32" alone on a CPU without bf16 dot products (AVX512-BF16 or AMX): there torch's bf16
@@ -14,3 +19,29 @@ def default_precisions(device: str = "cpu") -> str:
     print("this CPU has no bf16 dot products (AVX512-BF16 or AMX), where bf16 matmuls are ~100x slower than fp32: "
           "fp32 rows only (ask for bf16 by name to run it anyway)")
     return "fp32"
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def compare(fn_a, fn_b, *, device: str, budget: float, min_pairs: int = 5) -> tuple[float, float]:
+    """Median seconds per call of a and b, timed call by call in alternation (a, b, a, b, ...) so a burst of
+    load from other processes hits both, after warm-up calls (kernels pick their plans)."""
+    for _ in range(3):
+        fn_a(), fn_b()
+    sync(device)
+    ta, tb = [], []
+    start = time.perf_counter()
+    while len(ta) < min_pairs or time.perf_counter() - start < budget:
+        ta.append(timed(fn_a, device))
+        tb.append(timed(fn_b, device))
+    return statistics.median(ta), statistics.median(tb)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
-import time
 
 import torch
 
@@ -29,32 +27,6 @@ def sentences(n: int, n_words: int, seed: int) -> list[str]:
             for k in torch.randint(0, 4, (n,), generator=g)]
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str) -> float:
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def compare(fn_a, fn_b, *, device: str, budget: float, min_pairs: int = 5) -> tuple[float, float]:
-    """Median seconds per call of a and b, timed call by call in alternation (a, b, a, b, ...) so a burst of
-    load from other processes hits both, after warm-up calls (kernels pick their plans)."""
-    for _ in range(3):
-        fn_a(), fn_b()
-    sync(device)
-    ta, tb = [], []
-    start = time.perf_counter()
-    while len(ta) < min_pairs or time.perf_counter() - start < budget:
-        ta.append(timed(fn_a, device))
-        tb.append(timed(fn_b, device))
-    return statistics.median(ta), statistics.median(tb)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -62,7 +34,7 @@ def main() -> None:
     p.add_argument("--precisions", default=None,
                    help="comma separated (default fp32,bf16; fp32 alone on a CPU without bf16 dot products)")
     args = p.parse_args()
-    from bench_common import default_precisions
+    from bench_common import compare, default_precisions
 
     precisions = (args.precisions or default_precisions(torch.device(args.device).type)).split(",")
 

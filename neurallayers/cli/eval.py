@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     run_cfg = RunConfig.from_yaml(Path(args.path) / "config.yaml") if (Path(args.path) / "config.yaml").is_file() \
         else None
     masker = None
-    if not model.config.causal:  # an encoder: its masked-LM loss, masked as its training evaluated
+    if not model.config.causal:  # an encoder: its masked-LM loss, with fixed masks from the run's seed
         from neurallayers.data.masking import Masker
 
         if model.config.head != "mlm":

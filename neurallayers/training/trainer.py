@@ -64,6 +64,9 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
         loggers: list | None = None, progress: bool = True, until_step: int | None = None) -> TrainResult:
     """Trains `run.model` on `run.data` with `run.train` and writes the run directory `out_dir`.
 
+    A decoder learns the next token; an encoder (causal=False, head "none" or "mlm") is pretrained as a masked LM
+    (BERT's masking of `train.mask_prob` of the tokens; see data.masking and training.prepare).
+
     Args:
         run: the whole configuration. model.vocab_size is replaced by the tokenizer's.
         out_dir: the run directory (config.yaml, tokenizer.json, model.safetensors, checkpoints/, metrics.jsonl,
@@ -423,8 +426,9 @@ def _clock(seconds: float) -> str:
 
 
 def _loss(forward, x: torch.Tensor, y: torch.Tensor, *, masked: bool) -> torch.Tensor:
-    """The model's mean loss: next-token targets for a decoder, masked-LM labels for an encoder."""
-    return forward(x, labels=y).loss if masked else forward(x, targets=y).loss
+    """The model's mean loss: next-token targets for a decoder, masked-LM labels for an encoder (its head run only
+    at the masked positions)."""
+    return forward(x, labels=y, logits_at_labels=True).loss if masked else forward(x, targets=y).loss
 
 
 def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: int, max_batches: int | None,

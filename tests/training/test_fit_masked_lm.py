@@ -112,3 +112,26 @@ def test_masked_lm_training_steps_equal_transformers_bert():
             opt.zero_grad()
             losses.append(loss.item())
         assert losses[0] == pytest.approx(losses[1], abs=1e-5), step
+
+
+def test_logits_at_labels_gives_the_full_heads_loss_and_gradients():
+    from neurallayers import ModelConfig
+    from neurallayers.data.masking import Masker
+    from neurallayers.models import build_model
+
+    cfg = ModelConfig(**{**ENCODER, "vocab_size": 50, "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16,
+                         "dropout": 0.0, "head": "mlm"})
+    model = build_model(cfg)
+    inputs, labels = Masker(mask_id=49, vocab_size=50, seed=0)(torch.randint(0, 49, (3, 16)), 0)
+    sparse = model(inputs, labels=labels, logits_at_labels=True)
+    sparse.loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    full = model(inputs, labels=labels)
+    full.loss.backward()
+    where = labels != -100
+    assert sparse.logits.shape == (int(where.sum()), 50)
+    torch.testing.assert_close(sparse.logits, full.logits[where])
+    torch.testing.assert_close(sparse.loss, full.loss)
+    for g, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
