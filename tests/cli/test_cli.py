@@ -85,7 +85,8 @@ def test_help_states_each_default_once():
             assert option.count("default") <= 1, (verb, option)
 
 
-def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path):
+def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path, monkeypatch):
+    # generate (plain and streamed) and eval through real processes; the rest through main() (4 s a process)
     gen = cli("generate", str(run_dir), "To be", "Whether", "--max-new-tokens", "5", "--temperature", "0")
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.count("To be") >= 1 and "Whether" in gen.stdout
@@ -94,23 +95,26 @@ def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path):
     assert streamed.returncode == 0, streamed.stderr
     one = cli("generate", str(run_dir), "To be", "--max-new-tokens", "5", "--temperature", "0")
     assert streamed.stdout.strip() == one.stdout.strip()  # streaming prints the same text
-    samples = cli("generate", str(run_dir), "To be", "--max-new-tokens", "4", "--min-new-tokens", "4", "--seed", "1",
-                  "--num-return-sequences", "2", "--amateur", str(run_dir), "--temperature", "0")
+    samples = in_process("generate", str(run_dir), "To be", "--max-new-tokens", "4", "--min-new-tokens", "4", "--seed",
+                         "1", "--num-return-sequences", "2", "--amateur", str(run_dir), "--temperature", "0",
+                         cwd=tmp_path, monkeypatch=monkeypatch)
     assert samples.returncode == 0, samples.stderr  # contrastive decoding against an amateur, two sequences
     assert samples.stdout.count("----- sample") == 2 and samples.stdout.count("(length, 4 tokens)") == 2
-    refused = cli("generate", str(run_dir), "To be", "--stream", "--num-return-sequences", "2")
+    refused = in_process("generate", str(run_dir), "To be", "--stream", "--num-return-sequences", "2", cwd=tmp_path,
+                         monkeypatch=monkeypatch)
     assert refused.returncode == 2 and refused.stdout == "" and "--num-return-sequences" in refused.stderr
     ev = cli("eval", str(run_dir), cwd=run_dir.parent)
     assert ev.returncode == 0, ev.stderr
     assert "perplexity" in ev.stdout and "split: val" in ev.stdout
     assert re.search(r"eval: 100%.*\| (\d+)/\1 ", ev.stderr), ev.stderr  # a progress bar that reaches its total
-    info = cli("info", str(run_dir))
+    info = in_process("info", str(run_dir), cwd=tmp_path, monkeypatch=monkeypatch)
     assert info.returncode == 0 and "parameters" in info.stdout and "KV cache" in info.stdout
     hf = tmp_path / "hf"
-    conv = cli("convert", str(run_dir), str(hf))  # --to hf: a run becomes an HF folder
+    conv = in_process("convert", str(run_dir), str(hf), cwd=tmp_path, monkeypatch=monkeypatch)  # a run -> HF folder
     assert conv.returncode == 0, conv.stderr
     assert (hf / "config.json").is_file()
-    again = cli("generate", str(hf), "To be", "--max-new-tokens", "5", "--temperature", "0")
+    again = in_process("generate", str(hf), "To be", "--max-new-tokens", "5", "--temperature", "0", cwd=tmp_path,
+                       monkeypatch=monkeypatch)
     assert again.stdout == one.stdout
 
 
@@ -230,29 +234,31 @@ def test_resume_continues(run_dir: Path):
     assert "steps: 10" in longer.stdout and "step 9 on: the current train config's schedule" in longer.stderr
 
 
-def test_eval_on_a_jsonl_corpus_with_another_text_field(run_dir: Path, tmp_path: Path):
+def test_eval_on_a_jsonl_corpus_with_another_text_field(run_dir: Path, tmp_path: Path, monkeypatch):
     import json
 
     lines = [json.dumps({"body": line, "id": i}) for i, line in enumerate(TEXT.splitlines())]
     (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
-    assert_user_error(cli("eval", str(run_dir), "--data", "docs.jsonl", cwd=tmp_path), "'text'", "--text-field")
-    ev = cli("eval", str(run_dir), "--data", "docs.jsonl", "--text-field", "body", cwd=tmp_path)
+    assert_user_error(in_process("eval", str(run_dir), "--data", "docs.jsonl", cwd=tmp_path, monkeypatch=monkeypatch),
+                      "'text'", "--text-field")
+    ev = in_process("eval", str(run_dir), "--data", "docs.jsonl", "--text-field", "body", "--no-progress",
+                    cwd=tmp_path, monkeypatch=monkeypatch)
     assert ev.returncode == 0, ev.stderr
     assert "corpus: docs.jsonl  split: all" in ev.stdout and "perplexity" in ev.stdout
 
 
-def test_train_and_eval_a_masked_lm_encoder(tmp_path: Path):
+def test_train_and_eval_a_masked_lm_encoder(tmp_path: Path, monkeypatch):
     from neurallayers.embeddings import minilm_folder
 
     (tmp_path / "text.txt").write_text(TEXT)
-    assert_user_error(cli("eval", str(minilm_folder()), "--data", "text.txt", cwd=tmp_path),
-                      "encoder with head='none'", "masked LM's")  # a TypeError traceback once
+    assert_user_error(in_process("eval", str(minilm_folder()), "--data", "text.txt", cwd=tmp_path,
+                                 monkeypatch=monkeypatch), "encoder with head='none'", "masked LM's")
     proc = cli("train", "--preset", "bert-tiny", "--model.block_size", "32", "--model.n_layer", "1", "--data",
                "text.txt", "--data.tokenizer", "char", "--train.max_steps", "4", "--train.batch_size", "4",
                "--train.eval_interval", "2", "--out", "enc", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "final val loss" in proc.stdout and "=== window 1" in (tmp_path / "enc/samples.txt").read_text()
-    ev = cli("eval", "enc", cwd=tmp_path)
+    ev = in_process("eval", "enc", "--no-progress", cwd=tmp_path, monkeypatch=monkeypatch)
     assert ev.returncode == 0, ev.stderr
     assert re.search(r"split: val  masked tokens scored: \d+  loss: \d+\.\d{4}", ev.stdout), ev.stdout
 
