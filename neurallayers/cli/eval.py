@@ -12,6 +12,19 @@ from pathlib import Path
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, positive_int
 
+MASK_PROB = 0.15
+
+
+def _probability(text: str) -> float:
+    """argparse type: a number in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
@@ -24,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--max-batches", type=positive_int, default=None, help="default: every window")
     parser.add_argument("--block-size", type=positive_int, default=None, help="window length (default: the model's)")
+    parser.add_argument("--mask-prob", type=_probability, default=MASK_PROB,
+                        help="a masked LM: the share of tokens masked, with the same masks for every model "
+                        f"(default {MASK_PROB})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_dtype(parser)
 
@@ -32,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from neurallayers.data import load_corpus
-    from neurallayers.training.config import DataConfig, RunConfig, TrainConfig
+    from neurallayers.training.config import DataConfig, RunConfig
     from neurallayers.training.prepare import tokenize_corpus
     from neurallayers.training.trainer import mean_loss
 
@@ -40,14 +56,15 @@ def run(args: argparse.Namespace) -> int:
     run_cfg = RunConfig.from_yaml(Path(args.path) / "config.yaml") if (Path(args.path) / "config.yaml").is_file() \
         else None
     masker = None
-    if not model.config.causal:  # an encoder: its masked-LM loss, with fixed masks from the run's seed
+    if not model.config.causal:  # an encoder: its masked-LM loss, the same masks for every model (they compare)
         from neurallayers.data.masking import Masker
 
         if model.config.head != "mlm":
             raise ValueError(f"{args.path} is an encoder with head={model.config.head!r}: eval scores a decoder's "
                              "next-token loss or a masked LM's (head 'mlm')")
-        train = run_cfg.train if run_cfg is not None else TrainConfig()
-        masker = Masker.for_tokenizer(tokenizer, prob=train.mask_prob, seed=train.seed)
+        masker = Masker.for_tokenizer(tokenizer, prob=args.mask_prob, seed=0)
+    elif args.mask_prob != MASK_PROB:
+        raise ValueError("--mask-prob applies to masked LMs (encoders); this model is a decoder")
     own = run_cfg is not None and (args.data is None or args.data == run_cfg.data.source)
     if args.data is None and not own:
         raise ValueError(f"{args.path} is not a run directory: name the corpus with --data")

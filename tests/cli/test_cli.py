@@ -247,7 +247,7 @@ def test_eval_on_a_jsonl_corpus_with_another_text_field(run_dir: Path, tmp_path:
     assert "corpus: docs.jsonl  split: all" in ev.stdout and "perplexity" in ev.stdout
 
 
-def test_train_and_eval_a_masked_lm_encoder(tmp_path: Path, monkeypatch):
+def test_train_and_eval_a_masked_lm_encoder(run_dir: Path, tmp_path: Path, monkeypatch):
     from neurallayers.embeddings import minilm_folder
 
     (tmp_path / "text.txt").write_text(TEXT)
@@ -261,6 +261,14 @@ def test_train_and_eval_a_masked_lm_encoder(tmp_path: Path, monkeypatch):
     ev = in_process("eval", "enc", "--no-progress", cwd=tmp_path, monkeypatch=monkeypatch)
     assert ev.returncode == 0, ev.stderr
     assert re.search(r"split: val  masked tokens scored: \d+  loss: \d+\.\d{4}", ev.stdout), ev.stdout
+    # the same masks for every model: the run and its Hugging Face export score alike
+    assert in_process("convert", "enc", "hf", cwd=tmp_path, monkeypatch=monkeypatch).returncode == 0
+    scores = [in_process("eval", path, "--data", "text.txt", "--split", "all", "--no-progress", cwd=tmp_path,
+                         monkeypatch=monkeypatch)
+              for path in ("enc", "hf")]
+    assert scores[0].stdout == scores[1].stdout and "masked tokens scored" in scores[0].stdout, scores
+    assert_user_error(in_process("eval", str(run_dir), "--mask-prob", "0.2", cwd=tmp_path, monkeypatch=monkeypatch),
+                      "--mask-prob applies to masked LMs")
 
 
 def test_bad_yaml_is_one_line_naming_where(tmp_path: Path, monkeypatch):
