@@ -1,7 +1,9 @@
-"""samples.txt of a masked-LM run: a few validation windows with tokens masked, and what the model fills in.
+"""samples.txt of a masked-LM run: the model's guesses for the masks in the sample prompts, and a few validation
+windows with tokens masked, with what the model fills in.
 
 A decoder run samples text from its prompts; an encoder cannot generate, so its samples show the masked-LM task
-itself: the same masks at every call (the Masker's EVAL stream), every selected token replaced by the mask token.
+itself: prompts that hold the mask token (e.g. "To be, or not to <mask>"), and windows with the same masks at every
+call (the Masker's EVAL stream), every selected token replaced by the mask token.
 """
 
 from __future__ import annotations
@@ -44,14 +46,41 @@ def fill_samples(model: torch.nn.Module, tokenizer: object, masker: object, toke
     return "\n".join(parts)
 
 
+@torch.no_grad()
+def prompt_fills(model: torch.nn.Module, tokenizer: object, prompts: list[str], device: torch.device,
+                 top_k: int = 5) -> str:
+    """For each prompt that holds the mask token: the model's `top_k` tokens at each of its masks."""
+    parts = []
+    was_training = model.training
+    model.eval()
+    try:
+        for prompt in prompts:
+            ids = tokenizer.encode(prompt)[: model.config.block_size]
+            where = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
+            if not where:
+                continue
+            probs = model(torch.tensor([ids], device=device)).logits[0, where].float().softmax(-1).cpu()
+            lines = [f"=== prompt: {prompt!r}"]
+            for n, row in enumerate(probs, 1):
+                scores, top = row.topk(min(top_k, len(row)))
+                lines.append(f"mask {n}: " + "  ".join(f"{tokenizer.decode([t])!r} {p:.3f}"
+                                                       for t, p in zip(top.tolist(), scores.tolist(), strict=True)))
+            parts.append("\n".join(lines) + "\n")
+    finally:
+        model.train(was_training)
+    return "\n".join(parts)
+
+
 def write_fill_samples(model: torch.nn.Module, tokenizer: object, masker: object, tokens, path: Path,
-                       device: torch.device, *, write: bool = True) -> None:
-    """Writes `fill_samples` to `path` (when `write`; under FSDP every rank runs the forward, one writes). A
-    finished run must not be lost to a sampling bug, so failures only warn."""
+                       device: torch.device, *, prompts: list[str] = (), write: bool = True) -> None:
+    """Writes the `prompt_fills` of `prompts` (those that hold the mask token) and the `fill_samples` of `tokens` to
+    `path` (when `write`; under FSDP every rank runs the forwards, one writes). A finished run must not be lost to a
+    sampling bug, so failures only warn."""
     if len(tokens) < 2:
         return
     try:
-        text = fill_samples(model, tokenizer, masker, tokens, device)
+        text = "\n".join(t for t in (prompt_fills(model, tokenizer, list(prompts), device),
+                                     fill_samples(model, tokenizer, masker, tokens, device)) if t)
     except Exception as e:
         log.warning("fill-mask samples failed (%s: %s): no samples written", type(e).__name__, e)
         return

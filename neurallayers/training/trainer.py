@@ -405,7 +405,7 @@ class _Fit:
 
             split = self.tokens.val if self.has_val else self.tokens.train
             write_fill_samples(self.model, self.tokenizer, self.masker, split, self.out / "samples.txt", self.device,
-                               write=self.info.is_main)
+                               prompts=self.cfg.sample_prompts, write=self.info.is_main)
         elif self.info.is_main or sharded:
             _write_samples(self.model, self.tokenizer, self.cfg, self.out / "samples.txt", self.device,
                            write=self.info.is_main, fixed_length=sharded)

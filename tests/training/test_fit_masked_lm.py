@@ -1,6 +1,7 @@
 """Masked-LM training of encoders: exact resume, learning, and the run as a BERT model for transformers."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -36,7 +37,8 @@ def learned(tmp_path_factory):
     model = {**ENCODER, "dropout": 0.0, "n_layer": 1, "n_embd": 64, "n_head": 4, "block_size": 16,
              "tie_embeddings": False}  # untied: the exported BERT then has a decoder weight of its own
     run = tiny_run(tmp, corpus=tmp / "abc.txt", model=model, max_steps=300, eval_interval=100, lr=3e-3,
-                   min_lr=3e-4, warmup_steps=10, save_interval=0, batch_size=8, mask_prob=0.2)
+                   min_lr=3e-4, warmup_steps=10, save_interval=0, batch_size=8, mask_prob=0.2,
+                   sample_prompts=["\n", "hij\nabc<mask>efghij\n"])
     result = fit(run, tmp / "run", progress=False)
     return tmp / "run", result
 
@@ -53,6 +55,9 @@ def test_encoder_learns_and_fills_masks(learned):
     assert fill("hij\nabcdefg<mask>ij")[0]["token_str"] == "h"
     samples = (run_dir / "samples.txt").read_text()
     assert samples.count("--- masked\n") == 3 and "<mask>" in samples and "masked tokens filled in right" in samples
+    first = samples.splitlines()[:2]  # the prompt without a mask is skipped; the model's top 5 for the other's mask
+    assert first[0] == "=== prompt: 'hij\\nabc<mask>efghij\\n'" and first[1].startswith("mask 1: "), first
+    assert len(re.findall(r"'[^']+' 0\.\d{3}", first[1])) == 5 and "'d'" in first[1], first
 
 
 def test_a_trained_encoder_is_bert_for_masked_lm_in_transformers(learned, tmp_path):
