@@ -102,7 +102,7 @@ def describe_run(folder: Path) -> str:
             steps = max(steps, row["step"])
             if isinstance(row.get("val_loss"), float | int):
                 vals.append((row["step"], float(row["val_loss"])))
-    trained = f"{steps:,} of {run_cfg.train.max_steps:,} steps"
+    trained = f"{steps:,} of {run_cfg.train.max_steps:,} steps" + ("" if run_cfg.model.causal else " (masked LM)")
     if vals:
         best_step, best = min(vals, key=lambda sv: sv[1])
         trained += f"; val loss {vals[-1][1]:.4f} at step {vals[-1][0]:,}, best {best:.4f} at step {best_step:,}"

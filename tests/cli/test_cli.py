@@ -261,6 +261,8 @@ def test_train_and_eval_a_masked_lm_encoder(run_dir: Path, tmp_path: Path, monke
     ev = in_process("eval", "enc", "--no-progress", cwd=tmp_path, monkeypatch=monkeypatch)
     assert ev.returncode == 0, ev.stderr
     assert re.search(r"split: val  masked tokens scored: \d+  loss: \d+\.\d{4}", ev.stdout), ev.stdout
+    info = in_process("info", "enc", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert re.search(r"training +4 of 4 steps \(masked LM\); val loss", info.stdout), info.stdout
     # the same masks for every model: the run and its Hugging Face export score alike
     assert in_process("convert", "enc", "hf", cwd=tmp_path, monkeypatch=monkeypatch).returncode == 0
     scores = [in_process("eval", path, "--data", "text.txt", "--split", "all", "--no-progress", cwd=tmp_path,
