@@ -9,8 +9,6 @@ call (the Masker's EVAL stream), every selected token replaced by the mask token
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import torch
 
@@ -21,7 +19,7 @@ WINDOWS, WIDTH = 3, 64  # how many windows, of at most how many tokens
 
 @torch.no_grad()
 def fill_samples(model: torch.nn.Module, tokenizer: object, masker: object, tokens, device: torch.device) -> str:
-    """The text of the samples: for each window the masked text, the model's filling and the original."""
+    """For each window the masked text, the model's filling and the original. The model is in eval mode."""
     from neurallayers.data.datasets import eval_batches
     from neurallayers.data.masking import EVAL
 
@@ -30,12 +28,7 @@ def fill_samples(model: torch.nn.Module, tokenizer: object, masker: object, toke
     _, labels = masker(x, 0, stream=EVAL)
     selected = labels != -100
     masked = torch.where(selected, masker.mask_id, x)
-    was_training = model.training
-    model.eval()
-    try:
-        predicted = model(masked.to(device)).logits.argmax(-1).cpu()
-    finally:
-        model.train(was_training)
+    predicted = model(masked.to(device)).logits.argmax(-1).cpu()
     filled = torch.where(selected, predicted, x)
     parts = []
     for row in range(len(x)):
@@ -49,42 +42,38 @@ def fill_samples(model: torch.nn.Module, tokenizer: object, masker: object, toke
 @torch.no_grad()
 def prompt_fills(model: torch.nn.Module, tokenizer: object, prompts: list[str], device: torch.device,
                  top_k: int = 5) -> str:
-    """For each prompt that holds the mask token: the model's `top_k` tokens at each of its masks."""
+    """For each prompt that holds the mask token: the model's `top_k` tokens at each of its masks. The model is in
+    eval mode."""
     parts = []
-    was_training = model.training
-    model.eval()
-    try:
-        for prompt in prompts:
-            ids = tokenizer.encode(prompt)[: model.config.block_size]
-            where = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
-            if not where:
-                continue
-            probs = model(torch.tensor([ids], device=device)).logits[0, where].float().softmax(-1).cpu()
-            lines = [f"=== prompt: {prompt!r}"]
-            for n, row in enumerate(probs, 1):
-                scores, top = row.topk(min(top_k, len(row)))
-                lines.append(f"mask {n}: " + "  ".join(f"{tokenizer.decode([t])!r} {p:.3f}"
-                                                       for t, p in zip(top.tolist(), scores.tolist(), strict=True)))
-            parts.append("\n".join(lines) + "\n")
-    finally:
-        model.train(was_training)
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt)[: model.config.block_size]
+        where = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
+        if not where:
+            continue
+        probs = model(torch.tensor([ids], device=device)).logits[0, where].float().softmax(-1).cpu()
+        lines = [f"=== prompt: {prompt!r}"]
+        for n, row in enumerate(probs, 1):
+            scores, top = row.topk(min(top_k, len(row)))
+            lines.append(f"mask {n}: " + "  ".join(f"{tokenizer.decode([t])!r} {p:.3f}"
+                                                   for t, p in zip(top.tolist(), scores.tolist(), strict=True)))
+        parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
 
-def write_fill_samples(model: torch.nn.Module, tokenizer: object, masker: object, tokens, path: Path,
-                       device: torch.device, *, prompts: list[str] = (), write: bool = True) -> None:
-    """Writes the `prompt_fills` of `prompts` (those that hold the mask token) and the `fill_samples` of `tokens` to
-    `path` (when `write`; under FSDP every rank runs the forwards, one writes). A finished run must not be lost to a
-    sampling bug, so failures only warn."""
+def masked_lm_samples(model: torch.nn.Module, tokenizer: object, masker: object, tokens, device: torch.device, *,
+                      prompts: list[str] = ()) -> str:
+    """The text of samples.txt: the `prompt_fills` of `prompts` (those that hold the mask token), then the
+    `fill_samples` of `tokens`; "" when there is nothing to show. Under FSDP every rank calls it (the forwards pair
+    up) and one writes. A finished run must not be lost to a sampling bug, so failures only warn."""
     if len(tokens) < 2:
-        return
+        return ""
+    was_training = model.training
+    model.eval()
     try:
-        text = "\n".join(t for t in (prompt_fills(model, tokenizer, list(prompts), device),
+        return "\n".join(t for t in (prompt_fills(model, tokenizer, list(prompts), device),
                                      fill_samples(model, tokenizer, masker, tokens, device)) if t)
     except Exception as e:
         log.warning("fill-mask samples failed (%s: %s): no samples written", type(e).__name__, e)
-        return
-    if write:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        return ""
+    finally:
+        model.train(was_training)

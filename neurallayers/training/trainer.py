@@ -320,9 +320,10 @@ class _Fit:
         b = cfg.batch_size
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
-            x, y = self.windows.batch(self.step * cfg.grad_accum + micro)
+            index = self.step * cfg.grad_accum + micro
+            x, y = self.windows.batch(index)
             if self.masker is not None:  # the global batch, so every world size masks alike
-                x, y = self.masker(x, self.step * cfg.grad_accum + micro)
+                x, y = self.masker(x, index)
             x = x[info.rank * b:(info.rank + 1) * b].to(self.device, non_blocking=True)
             y = y[info.rank * b:(info.rank + 1) * b].to(self.device, non_blocking=True)
             last = micro == cfg.grad_accum - 1
@@ -401,11 +402,13 @@ class _Fit:
         # the same fixed number of tokens so that their forwards pair up; rank 0 writes.
         sharded = self.info.mode == "fsdp"
         if self.masker is not None and (self.info.is_main or sharded):
-            from neurallayers.training.fill_samples import write_fill_samples
+            from neurallayers.training.fill_samples import masked_lm_samples
 
             split = self.tokens.val if self.has_val else self.tokens.train
-            write_fill_samples(self.model, self.tokenizer, self.masker, split, self.out / "samples.txt", self.device,
-                               prompts=self.cfg.sample_prompts, write=self.info.is_main)
+            text = masked_lm_samples(self.model, self.tokenizer, self.masker, split, self.device,
+                                     prompts=self.cfg.sample_prompts)
+            if text and self.info.is_main:
+                _write_text(self.out / "samples.txt", text)
         elif self.info.is_main or sharded:
             _write_samples(self.model, self.tokenizer, self.cfg, self.out / "samples.txt", self.device,
                            write=self.info.is_main, fixed_length=sharded)
@@ -524,8 +527,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue  # a line torn by the crash
+    _write_text(path, "".join(x + "\n" for x in keep))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Writes `text` beside `path`, then renames it over: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -561,6 +569,4 @@ def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path:
         texts = [tokenizer.decode(o.token_ids[:o.token_ids.index(tokenizer.eos_id)])
                  if tokenizer.eos_id in o.token_ids else o.text for o in outs]
     parts = [f"=== prompt: {p!r}\n{p}{t}\n" for p, t in zip(cfg.sample_prompts, texts, strict=False)]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
+    _write_text(path, "\n".join(parts))
