@@ -15,6 +15,7 @@ EPILOG = """examples:
   neurallayers train --config my.yaml --model.rope_scaling.factor 4 --out runs/exp2   # one key of a mapping field
   neurallayers train --config my.yaml --out runs/exp1 --resume          # continue exactly where it stopped
   neurallayers train --out runs/exp1 --resume --train.max_steps 8000    # its saved config, trained longer
+  neurallayers train --init-from runs/exp1 --data my_notes.txt --train.lr 1e-4 --out runs/ft   # fine-tune
 """
 
 
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="model preset (shortcut for --model.preset NAME); see `neurallayers info`")
     parser.add_argument("--data", help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl "
                         "(shortcut for --data.source)")
+    parser.add_argument("--init-from", help="fine-tune: start from the weights, model config and tokenizer of this "
+                        "run directory or Hugging Face model folder (shortcut for --train.init_from)")
     parser.add_argument("--out", help="run directory to write (default: runs/<preset or config name>)")
     parser.add_argument("--resume", nargs="?", const=True, default=False,
                         help="continue the run in --out from its newest complete checkpoint, or from the "
@@ -32,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_run_config(args: argparse.Namespace, *, base: Path | None = None):
-    """RunConfig from --config (or the YAML file `base` without it), --preset, --data and the overrides, in that
-    order of precedence (last wins)."""
+    """RunConfig from --config (or the YAML file `base` without it), --preset, --data, --init-from and the
+    overrides, in that order of precedence (last wins)."""
     from neurallayers.training.config import RunConfig, apply_overrides, read_yaml
 
     data = read_yaml(args.config) if args.config else read_yaml(base) if base is not None else {}
@@ -42,15 +45,20 @@ def build_run_config(args: argparse.Namespace, *, base: Path | None = None):
     if args.data:
         data.setdefault("data", {})
         data["data"] = {**(data["data"] or {}), "source": args.data}
+    if getattr(args, "init_from", None):
+        data["train"] = {**(data.get("train") or {}), "init_from": args.init_from}
     data = apply_overrides(data, list(getattr(args, "overrides", [])))
-    if "model" not in data:
+    if "model" not in data and not (data.get("train") or {}).get("init_from"):
         raise ValueError("no model: give --preset NAME, --config FILE with a model section, --model.preset NAME, "
-                         "or --out RUN --resume to continue a run with its saved config")
+                         "--init-from RUN_OR_MODEL_FOLDER, or --out RUN --resume to continue a run with its saved "
+                         "config")
     return RunConfig.from_dict(data)
 
 
 def default_out(args: argparse.Namespace, run) -> Path:
-    name = args.preset or (Path(args.config).stem if args.config else "run")
+    init_from = run.train.init_from
+    name = args.preset or (Path(args.config).stem if args.config else f"{Path(init_from).name}-ft" if init_from
+                           else "run")
     return Path("runs") / name
 
 

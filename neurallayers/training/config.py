@@ -68,6 +68,9 @@ class TrainConfig:
     optimizer_impl: OptimizerImpl = "auto"  # auto: fused AdamW when the device supports it, else foreach
     distributed: Distributed = "auto"  # under torchrun: auto = ddp
     loggers: list[str] = field(default_factory=list)  # extra trackers: tensorboard, mlflow, wandb
+    # fine-tuning: a run directory or Hugging Face model folder whose weights, model config and tokenizer start the
+    # run (see training.init_from); None trains from scratch
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -83,6 +86,8 @@ class TrainConfig:
         _require(self, "eps", self.eps > 0, "must be > 0")
         _require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 turns clipping off)")
         _require(self, "mask_prob", 0 < self.mask_prob < 1, "must be in (0, 1)")
+        if self.init_from is not None:
+            _require(self, "init_from", bool(self.init_from.strip()), "must be a run or model folder, or None")
         for name in ("beta1", "beta2"):
             _require(self, name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
         if self.early_stopping_patience is not None:
@@ -169,8 +174,10 @@ class RunConfig:
             if key not in SECTIONS:
                 raise ValueError(f"unknown config section {key!r}{_did_you_mean(key, SECTIONS)}; "
                                  f"valid sections: {', '.join(SECTIONS)}")
-        if "model" not in data:
-            raise ValueError("the run config needs a 'model' section (fields of ModelConfig or {preset: name})")
+        init_from = (data.get("train") or {}).get("init_from") if isinstance(data.get("train"), dict) else None
+        if "model" not in data and not init_from:
+            raise ValueError("the run config needs a 'model' section (fields of ModelConfig or {preset: name}), "
+                             "or train.init_from")
         sections = {}
         for name, klass in SECTIONS.items():
             raw = data.get(name) or {}
@@ -180,7 +187,16 @@ class RunConfig:
             preset = raw.pop("preset", None) if name == "model" else None
             _check_keys(klass, raw, name)
             raw = _coerce_floats(klass, raw)
-            if preset is not None:
+            if name == "model" and init_from and preset is not None:
+                raise ValueError(f"model.preset={preset!r} and train.init_from={init_from!r} both name the model; "
+                                 "keep one (init_from's model may change only a few fields: see training.init_from)")
+            if name == "model" and init_from and set(raw) != _field_names(ModelConfig):
+                # the source's config, with the fields given here (a saved run's config.yaml gives every field, so
+                # a resume does not read the source)
+                from neurallayers.training.init_from import source_model_config
+
+                sections[name] = source_model_config(str(init_from)).replace(**raw)
+            elif preset is not None:
                 sections[name] = ModelConfig.from_name(str(preset)).replace(**raw)
             else:
                 sections[name] = klass(**raw)

@@ -62,7 +62,7 @@ def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_
 
 
 def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progress: bool = False,
-                 ) -> tuple[object, object, RunConfig]:
+                 pretrained: bool = False) -> tuple[object, object, RunConfig]:
     """(tokenizer, TokenData, run with model.vocab_size = tokenizer.vocab_size).
 
     An encoder config (causal=False) is trained as a masked LM: its tokenizer gets a mask token, its head becomes
@@ -71,6 +71,8 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
 
     Args:
         tokenizer: use this one (a resumed run's saved tokenizer) instead of building one.
+        pretrained: the model's vocab_size is fixed by pretrained weights (train.init_from): it stays, and may be
+            larger than the tokenizer's (a padded embedding table), never smaller.
     """
     from neurallayers.data import load_corpus
 
@@ -80,7 +82,10 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
         tokenizer = build_tokenizer(run.data, corpus, model_vocab=run.model.vocab_size, show_progress=show_progress,
                                     mask=encoder)
     changes = _masked_lm_changes(run, tokenizer) if encoder else {}
-    if tokenizer.vocab_size != run.model.vocab_size:
+    if pretrained and tokenizer.vocab_size > run.model.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens and the init_from model's vocabulary "
+                         f"{run.model.vocab_size}: they do not belong together")
+    if tokenizer.vocab_size != run.model.vocab_size and not pretrained:
         log.info("model.vocab_size set to %d from the tokenizer (config said %d; the tokenizer wins)",
                  tokenizer.vocab_size, run.model.vocab_size)
         changes["vocab_size"] = tokenizer.vocab_size

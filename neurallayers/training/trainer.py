@@ -116,13 +116,18 @@ class _Fit:
         self.device = resolve_device(run.train.device, local_rank=info.local_rank)
         self.amp_dtype, use_scaler = resolve_precision(run.train.precision, self.device)
         target = _resume_target(out, resume)
+        # A fresh start from pretrained weights takes the source's tokenizer; a resume, the run's own.
+        source = _init_source(run) if target is None and run.train.init_from else None
+        tokenizer = Tokenizer.load(out) if target is not None else source.tokenizer if source else None
+        pretrained = bool(run.train.init_from)
         # Data: rank 0 builds tokenizer and token cache first; the others then find them cached.
-        tokenizer = Tokenizer.load(out) if target is not None else None
         if info.is_main:
-            tokenizer, self.tokens, run = prepare_data(run, tokenizer=tokenizer, show_progress=progress)
+            tokenizer, self.tokens, run = prepare_data(run, tokenizer=tokenizer, show_progress=progress,
+                                                       pretrained=pretrained)
         dist.barrier(info)
         if not info.is_main:
-            tokenizer, self.tokens, run = prepare_data(run, tokenizer=tokenizer, show_progress=False)
+            tokenizer, self.tokens, run = prepare_data(run, tokenizer=tokenizer, show_progress=False,
+                                                       pretrained=pretrained)
         self.run_cfg, self.cfg, self.tokenizer = run, run.train, tokenizer
         cfg = self.cfg
         model_sd = state = None
@@ -135,6 +140,10 @@ class _Fit:
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
         if model_sd is not None:
             check_state_dict(self.model, model_sd, source=str(target / "model.safetensors"))
+        if source is not None:
+            source.load_into(self.model)
+            log.info("initialised from %s (%s parameters)", source.path,
+                     f"{sum(p.numel() for p in self.model.parameters()):,}")
         self.model.to(self.device)
         self.wrapped = dist.wrap_model(self.model, info, self.device)
         self.optimizer, self.optimizer_impl = build_optimizer(self.wrapped, cfg, self.device)
@@ -489,6 +498,16 @@ def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
     if target.parent.parent.resolve() != out.resolve():
         raise ValueError(f"cannot resume from {target}: it belongs to run {target.parent.parent}, not {out}")
     return target
+
+
+def _init_source(run: RunConfig) -> object:
+    """The loaded `train.init_from` source, after the checks that need no weights."""
+    from neurallayers.training.init_from import data_conflicts, load_source
+
+    data_conflicts(run.data)
+    source = load_source(run.train.init_from)
+    source.check_model(run.model)  # before tokenizing: prepare_data changes only fields an encoder may change
+    return source
 
 
 def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict]:

@@ -273,6 +273,24 @@ def test_train_and_eval_a_masked_lm_encoder(run_dir: Path, tmp_path: Path, monke
                       "--mask-prob applies to masked LMs")
 
 
+def test_fine_tune_a_run_with_init_from(run_dir: Path, tmp_path: Path, monkeypatch):
+    (tmp_path / "other.txt").write_text(TEXT.upper())
+    proc = in_process("train", "--init-from", str(run_dir), "--data", "other.txt", "--train.max_steps", "2",
+                      "--train.eval_interval", "1", "--train.lr", "1e-4", "--no-progress", cwd=tmp_path,
+                      monkeypatch=monkeypatch)
+    assert proc.returncode == 0, proc.stderr
+    ft = tmp_path / "runs" / "run-ft"  # named after the source
+    assert "final val loss" in proc.stdout and (ft / "model.safetensors").is_file(), proc.stdout
+    assert "n_layer: 1" in (ft / "config.yaml").read_text()  # the source's shape, not the preset's
+    info = in_process("info", str(ft), cwd=tmp_path, monkeypatch=monkeypatch)
+    assert re.search(r"started from +\S+run \(fine-tuned\)", info.stdout), info.stdout
+    assert "tokenizer the init_from model's" in info.stdout, info.stdout
+    assert_user_error(in_process("train", "--init-from", "nowhere", "--out", "x", cwd=tmp_path,
+                                 monkeypatch=monkeypatch), "init_from='nowhere' does not exist")
+    assert_user_error(in_process("train", "--init-from", str(run_dir), "--model.n_head", "4", "--out", "y",
+                                 cwd=tmp_path, monkeypatch=monkeypatch), "n_head=4 differs from the init_from")
+
+
 def test_bad_yaml_is_one_line_naming_where(tmp_path: Path, monkeypatch):
     (tmp_path / "bad.yaml").write_text("model: {preset: tiny\n")
     for verb in ("info", "train", "prepare"):

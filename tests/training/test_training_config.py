@@ -26,6 +26,8 @@ from neurallayers.training import DataConfig, RunConfig, TrainConfig, apply_over
         ("sample_prompts", "hi", "sample_prompts"),
         ("loggers", ["tensorbord"], "loggers"),
         ("distributed", "deepspeed", "distributed"),
+        ("init_from", " ", "must be a run or model folder"),
+        ("init_from", 3, "init_from"),
     ],
 )
 def test_train_config_errors_name_the_field(field, value, needle):
@@ -164,3 +166,8 @@ def test_a_field_of_another_section_is_named_there():
         apply_overrides({}, ["--model.gradient_checkpointing", "true"])
     with pytest.raises(ValueError, match=r"train has no field 'n_layer' \(it is a model field: put it under model:\)"):
         RunConfig.from_dict({"model": {"preset": "tiny"}, "train": {"n_layer": 2}})
+
+
+def test_a_run_config_needs_a_model_or_init_from():
+    with pytest.raises(ValueError, match="needs a 'model' section .* or train.init_from"):
+        RunConfig.from_dict({"train": {"lr": 1e-3}})
