@@ -8,6 +8,7 @@ import os
 import torch
 
 from neurallayers.config import ModelConfig
+from neurallayers.generation import rowdot
 from neurallayers.generation.fast import decode_step_for
 from neurallayers.models.decoder import DecoderLM
 
@@ -79,4 +80,7 @@ def check_rowdot(dtype: torch.dtype, out_features: int, in_features: int, rows: 
     got = torch.ops.neurallayers.rowdot(x, w)
     assert got.dtype == torch.float32 and got.shape == (*x.shape[:-1], out_features)
     want = torch.nn.functional.linear(x.double(), w.double())
-    torch.testing.assert_close(got.double(), want, atol=1e-4 * in_features ** 0.5, rtol=1e-5)
+    # Several bf16 rows where the batch loops do not run (CPUs with bf16 dot products) go to at::linear, whose bf16
+    # output is rounded to bf16 (8 significant bits) before the op widens it
+    rounded = rows is not None and dtype == torch.bfloat16 and dtype not in rowdot.batch_dtypes()
+    torch.testing.assert_close(got.double(), want, atol=1e-4 * in_features ** 0.5, rtol=2**-8 if rounded else 1e-5)
