@@ -26,7 +26,7 @@ log = logging.getLogger("neurallayers.training")
 MAY_CHANGE = ("name", "extra", "dropout", "attn_dropout", "drop_path", "attention", "init_std", "scale_residual_init",
               "block_size", "rope_theta", "rope_scaling", "sliding_window")
 # ... and for an encoder trained as a masked LM, which prepare_data sets from the tokenizer
-MAY_CHANGE_ENCODER = ("head", "pad_token_id", "num_labels")
+MAY_CHANGE_ENCODER = ("head", "pad_token_id")
 
 
 def source_path(init_from: str) -> Path:

@@ -501,7 +501,7 @@ def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
 
 
 def _init_source(run: RunConfig) -> object:
-    """The loaded `train.init_from` source, after the checks that need no weights."""
+    """The loaded `train.init_from` source, checked against the run's data settings and model config."""
     from neurallayers.training.init_from import data_conflicts, load_source
 
     data_conflicts(run.data)

@@ -1,5 +1,5 @@
 """Resume equivalence under `torchrun --nproc_per_node 2` with gloo, for DDP and FSDP2 (the DDP run stopped by a
-SIGTERM that reaches one rank only), for a decoder and a masked-LM encoder."""
+SIGTERM that reaches one rank only), for a decoder, a masked-LM encoder and a decoder fine-tuned from a run."""
 
 import dataclasses
 import shutil
@@ -11,6 +11,7 @@ import pytest
 import torch
 from nl_train_helpers import ENCODER, child_env, step_losses, tiny_run
 
+from neurallayers.training import RunConfig, fit
 from neurallayers.weights import read_safetensors
 
 # argv: config.yaml, root, phase. Phase "first": straight runs and the first halves; "second": the resumes.
@@ -27,7 +28,7 @@ def sigterm_on_rank_1(self):
         os.kill(os.getpid(), signal.SIGTERM)
     return step(self)
 dist.init_process_group("gloo")  # one group for all fits of this launch; fit() leaves a caller's group open
-for kind in ("decoder", "encoder"):
+for kind in ("decoder", "encoder", "finetune"):
     run = RunConfig.from_yaml(root / f"{kind}.yaml")
     for mode in ("ddp", "fsdp"):
         run.train.distributed = mode
@@ -57,6 +58,10 @@ def test_torchrun_two_processes_resume_exact(tmp_path):
                    sample_prompts=["the ", "fox"])
     run.to_yaml(tmp_path / "decoder.yaml")
     dataclasses.replace(run, model=dataclasses.replace(run.model, **ENCODER)).to_yaml(tmp_path / "encoder.yaml")
+    fit(dataclasses.replace(run, train=dataclasses.replace(run.train, max_steps=2)), tmp_path / "source",
+        progress=False)
+    RunConfig.from_dict({"train": {**run.to_dict()["train"], "init_from": str(tmp_path / "source")},
+                         "data": {**run.to_dict()["data"], "tokenizer": "bpe"}}).to_yaml(tmp_path / "finetune.yaml")
     (tmp_path / "driver.py").write_text(DRIVER)
     for phase in ("first", "second"):
         proc = subprocess.run(
@@ -64,7 +69,7 @@ def test_torchrun_two_processes_resume_exact(tmp_path):
              str(tmp_path / "driver.py"), str(tmp_path), phase],
             env=child_env(tmp_path), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    for kind in ("decoder", "encoder"):
+    for kind in ("decoder", "encoder", "finetune"):
         for mode in ("ddp", "fsdp"):
             straight, split = tmp_path / f"{kind}-{mode}-straight", tmp_path / f"{kind}-{mode}-split"
             a, b = step_losses(straight), step_losses(split)
@@ -73,7 +78,7 @@ def test_torchrun_two_processes_resume_exact(tmp_path):
             wb = read_safetensors(split / "checkpoints/step-6/model.safetensors")
             assert all(torch.equal(wa[k], wb[k]) for k in wa), (kind, mode)
             samples = (straight / "samples.txt").read_text()
-            expect = ["=== prompt: 'the '", "=== prompt: 'fox'"] if kind == "decoder" else ["=== window 2"]
+            expect = ["=== window 2"] if kind == "encoder" else ["=== prompt: 'the '", "=== prompt: 'fox'"]
             assert all(e in samples for e in expect), (kind, mode)
         # Both strategies compute the same global batch: FSDP2's losses match DDP's closely.
         ddp, fsdp = step_losses(tmp_path / f"{kind}-ddp-straight"), step_losses(tmp_path / f"{kind}-fsdp-straight")
