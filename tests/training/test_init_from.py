@@ -168,3 +168,30 @@ def test_a_corrupt_source_is_refused(source, tmp_path):
     with pytest.raises(CheckpointError):
         fit(fine_tune(tmp_path, copy), tmp_path / "ft", progress=False)
     assert not (tmp_path / "ft/model.safetensors").exists() and not (tmp_path / "ft/metrics.jsonl").exists()
+
+
+def test_a_transformers_llama_folder_with_a_padded_vocabulary(tmp_path):
+    """A folder transformers wrote (LlamaForCausalLM, GQA, an embedding table 6 rows larger than its tokenizer):
+    the run keeps the padded vocabulary, and its first loss is transformers' loss on the same batch."""
+    transformers = pytest.importorskip("transformers")
+    corpus = write_corpus(tmp_path / "other.txt", seed=5)
+    tokenizer = Tokenizer.train_char([corpus.read_text()])
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=tokenizer.vocab_size + 6,
+                                   max_position_embeddings=32)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path / "llama")
+    tokenizer.save(tmp_path / "llama")
+    run = fine_tune(tmp_path, tmp_path / "llama", max_steps=1)
+    assert run.model.vocab_size == tokenizer.vocab_size + 6 and run.model.n_kv_head == 2
+    fit(run, tmp_path / "ft", progress=False)
+    _, tokens, run = prepare_data(run, tokenizer=tokenizer, pretrained=True)
+    x, y = RandomWindows(tokens.train, block_size=32, batch_size=4, seed=run.train.seed).batch(0)
+    with torch.no_grad():
+        want = hf(input_ids=x).logits.flatten(0, 1)
+    want = torch.nn.functional.cross_entropy(want, y.flatten()).item()
+    assert step_losses(tmp_path / "ft")[1] == pytest.approx(want, abs=1e-5)
+    assert load(tmp_path / "ft")[0].config.vocab_size == tokenizer.vocab_size + 6
+    with pytest.raises(ValueError, match="do not belong together"):  # a tokenizer larger than the vocabulary
+        prepare_data(run, tokenizer=Tokenizer.load("gpt2"), pretrained=True)
