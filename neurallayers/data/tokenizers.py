@@ -19,6 +19,8 @@ from pathlib import Path
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from neurallayers.files import write_text_atomic
+
 ENDOFTEXT = "<|endoftext|>"
 UNK = "<unk>"
 MASK = "<mask>"  # the mask token added for masked-LM training when a tokenizer has none (RoBERTa's spelling)
@@ -238,8 +240,8 @@ class Tokenizer:
             config["model_max_length"] = self.model_max_length
         if self.extra_eos_ids:  # kept with the tokenizer, so a run directory converted from HF still stops there
             config["neurallayers_extra_eos_ids"] = list(self.extra_eos_ids)
-        _write_atomic(json_path, self.hf.to_str(pretty=True))
-        _write_atomic(json_path.parent / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
+        write_text_atomic(json_path, self.hf.to_str(pretty=True))
+        write_text_atomic(json_path.parent / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
         return json_path
 
     @classmethod
@@ -484,13 +486,3 @@ def _read_config(path: Path) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{str(path)!r} must hold a JSON object")
     return config
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A reader never sees half a file: write beside it, then rename over it.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from neurallayers.config import ModelConfig
+from neurallayers.files import write_text_atomic
 from neurallayers.weights import CheckpointError, check_state_dict, read_safetensors, save_safetensors, torch_load_safe
 
 # config.json model_type -> the module that converts it (loaded on first use).
@@ -366,13 +367,8 @@ def _write_weights(hf_sd: dict[str, torch.Tensor], folder: Path, max_shard_size:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Writes `data` beside `path`, then renames it over: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Writes `data` as JSON, atomically (files.write_text_atomic)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 # ----- weight-name maps (used by the family modules) -----

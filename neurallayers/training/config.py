@@ -211,14 +211,12 @@ class RunConfig:
             raise ValueError(f"{path}: {e}") from None
 
     def to_yaml(self, path: str | os.PathLike) -> Path:
-        """Writes the config atomically (temp file + rename)."""
+        """Writes the config atomically (files.write_text_atomic)."""
         import yaml
 
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        from neurallayers.files import write_text_atomic
+
+        return write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from neurallayers.files import write_text_atomic
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
 from neurallayers.training.config import RunConfig
@@ -417,7 +418,7 @@ class _Fit:
             text = masked_lm_samples(self.model, self.tokenizer, self.masker, split, self.device,
                                      prompts=self.cfg.sample_prompts)
             if text and self.info.is_main:
-                _write_text(self.out / "samples.txt", text)
+                write_text_atomic(self.out / "samples.txt", text)
         elif self.info.is_main or sharded:
             _write_samples(self.model, self.tokenizer, self.cfg, self.out / "samples.txt", self.device,
                            write=self.info.is_main, fixed_length=sharded)
@@ -546,14 +547,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue  # a line torn by the crash
-    _write_text(path, "".join(x + "\n" for x in keep))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Writes `text` beside `path`, then renames it over: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(x + "\n" for x in keep))
 
 
 def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path: Path, device: torch.device, *,
@@ -588,4 +582,4 @@ def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path:
         texts = [tokenizer.decode(o.token_ids[:o.token_ids.index(tokenizer.eos_id)])
                  if tokenizer.eos_id in o.token_ids else o.text for o in outs]
     parts = [f"=== prompt: {p!r}\n{p}{t}\n" for p, t in zip(cfg.sample_prompts, texts, strict=False)]
-    _write_text(path, "\n".join(parts))
+    write_text_atomic(path, "\n".join(parts))

@@ -1,0 +1,19 @@
+"""Writing a text file so that no reader, and no crash, ever sees half of it (weights: `weights.save_safetensors`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Writes `text` (UTF-8) beside `path` under a temporary name, then renames it over `path`: a reader sees the
+    old file or the new one, never a part. The temporary file is removed when writing fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
