@@ -62,7 +62,7 @@ class EncoderModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                output_attentions: bool = False) -> EncoderOutput:
+                output_attentions: bool = False, pool: bool = True) -> EncoderOutput:
         """Hidden states for input_ids (B, T).
 
         Args:
@@ -70,6 +70,7 @@ class EncoderModel(nn.Module):
             token_type_ids: (B, T) segment ids in [0, type_vocab_size); default all 0.
             position_ids: (B, T); default arange(T).
             output_attentions: also return each layer's attention weights (uses the eager kernel).
+            pool: run the pooler (when the config has one); False leaves `pooled` None.
         """
         cfg = self.config
         b, t = _check_ids(input_ids, "input_ids")
@@ -104,7 +105,7 @@ class EncoderModel(nn.Module):
                 attentions.append(w)
         if self.norm_f is not None:
             x = self.norm_f(x)
-        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None and pool else None
         return EncoderOutput(hidden=x, pooled=pooled, attentions=attentions)
 
 
@@ -160,7 +161,9 @@ class EncoderForMaskedLM(_HeadModel):
             positions (row-major order), the same loss. Training masks ~15% of the tokens, so this skips ~85% of the
             vocabulary projection, the largest matmul of a small encoder.
         """
-        out = self.encoder(input_ids, **kwargs)
+        # no pooler: nothing here uses it (transformers' BertForMaskedLM has none), and under DDP a pooler output
+        # outside the loss fails the next step
+        out = self.encoder(input_ids, pool=False, **kwargs)
         if labels is not None:
             _check_same_shape(labels, input_ids, "labels")
         if labels is not None and logits_at_labels:

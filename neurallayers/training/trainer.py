@@ -139,6 +139,12 @@ class _Fit:
         if not hasattr(self.model, "gradient_checkpointing"):
             raise ValueError(f"{type(self.model).__name__} does not support TrainConfig.gradient_checkpointing")
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
+        pooler = getattr(getattr(self.model, "encoder", None), "pooler", None)
+        if pooler is not None and run.model.head == "mlm":
+            # The masked-LM loss never reaches BERT's pooler: frozen, it is left out of the optimizer, of DDP's
+            # gradient buckets (which otherwise wait for its gradients and fail the next step) and of FSDP's
+            # optimizer state (which otherwise has none for it and refuses the resume). It keeps its weights.
+            pooler.requires_grad_(False)
         if model_sd is not None:
             check_state_dict(self.model, model_sd, source=str(target / "model.safetensors"))
         if source is not None:
