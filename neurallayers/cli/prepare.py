@@ -15,9 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl")
     parser.add_argument("--tokenizer", help="bpe, char, gpt2 or a tokenizer.json path (shortcut for --data.tokenizer)")
     parser.add_argument("--vocab-size", type=int, help="BPE vocabulary size (shortcut for --data.vocab_size)")
+    parser.add_argument("--init-from", help="a fine-tune's source run or model folder: its tokenizer is used "
+                        "(shortcut for --train.init_from)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from neurallayers.training.init_from import data_conflicts, source_tokenizer
     from neurallayers.training.prepare import prepare_data
 
     extra = []
@@ -26,11 +29,18 @@ def run(args: argparse.Namespace) -> int:
     if args.vocab_size:
         extra += ["--data.vocab_size", str(args.vocab_size)]
     args.overrides = list(getattr(args, "overrides", [])) + extra
-    if not (args.config or args.preset or any(a.startswith("--model.") for a in args.overrides)):
+    fine_tune = args.init_from or any(a.startswith("--train.init_from") for a in args.overrides)
+    if not (args.config or args.preset or fine_tune or any(a.startswith("--model.") for a in args.overrides)):
         args.preset = "demo"
     run_cfg = build_run_config(args)
-    tokenizer, tokens, run_cfg = prepare_data(run_cfg, show_progress=True)
+    init_from = run_cfg.train.init_from
+    if init_from:  # the tokens train will read: the source's tokenizer's
+        data_conflicts(run_cfg.data)
+    tokenizer = source_tokenizer(init_from) if init_from else None
+    tokenizer, tokens, run_cfg = prepare_data(run_cfg, tokenizer=tokenizer, show_progress=True,
+                                              pretrained=bool(init_from))
     state = "reused" if tokens.cached else "built"
-    print(f"corpus: {run_cfg.data.source}  tokenizer: {run_cfg.data.tokenizer} (vocab {tokenizer.vocab_size:,})  "
+    name = "the init_from model's" if init_from else run_cfg.data.tokenizer
+    print(f"corpus: {run_cfg.data.source}  tokenizer: {name} (vocab {tokenizer.vocab_size:,})  "
           f"train tokens: {len(tokens.train):,}  val tokens: {len(tokens.val):,}  cache ({state}): {tokens.path}")
     return 0

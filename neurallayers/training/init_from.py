@@ -57,6 +57,18 @@ def source_model_config(init_from: str) -> ModelConfig:
     return family(hf_cfg.get("model_type")).config_from_hf(hf_cfg)
 
 
+def source_tokenizer(init_from: str) -> object:
+    """The source's tokenizer (tokenizer.json, or vocab.json + merges.txt), read without its weights."""
+    from neurallayers.interop.hf import load_tokenizer
+
+    path = source_path(init_from)
+    tokenizer = load_tokenizer(path)
+    if tokenizer is None:
+        raise FileNotFoundError(f"TrainConfig.init_from={init_from!r}: {path} has no tokenizer (tokenizer.json, or "
+                                "vocab.json + merges.txt); a run needs the tokenizer the model was trained with")
+    return tokenizer
+
+
 @dataclass
 class Source:
     """A loaded source: where it is, its model config, weights (our names) and tokenizer."""
@@ -120,13 +132,10 @@ def load_source(init_from: str) -> Source:
     from neurallayers.api import load
 
     path = source_path(init_from)
+    tokenizer = source_tokenizer(init_from)  # first: a folder without one fails before its weights are read
     with torch.random.fork_rng(devices=[]):  # building the source initialises weights: leave the run's RNG alone
-        model, tokenizer = load(path)
-    if tokenizer is None:
-        raise FileNotFoundError(f"TrainConfig.init_from={init_from!r}: {path} has no tokenizer (tokenizer.json, or "
-                                "vocab.json + merges.txt); a run needs the tokenizer the model was trained with")
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Source(path, model.config, sd, tokenizer)
+        model, _ = load(path)
+    return Source(path, model.config, dict(model.state_dict()), tokenizer)
 
 
 def data_conflicts(data: object) -> None:
@@ -140,4 +149,5 @@ def data_conflicts(data: object) -> None:
                              "init_from model's tokenizer; leave data.tokenizer and data.vocab_size unset")
 
 
-__all__ = ["MAY_CHANGE", "Source", "data_conflicts", "load_source", "source_model_config", "source_path"]
+__all__ = ["MAY_CHANGE", "Source", "data_conflicts", "load_source", "source_model_config", "source_path",
+           "source_tokenizer"]

@@ -275,6 +275,11 @@ def test_train_and_eval_a_masked_lm_encoder(run_dir: Path, tmp_path: Path, monke
 
 def test_fine_tune_a_run_with_init_from(run_dir: Path, tmp_path: Path, monkeypatch):
     (tmp_path / "other.txt").write_text(TEXT.upper())
+    prep = [in_process("prepare", "--init-from", str(run_dir), "--data", "other.txt", cwd=tmp_path,
+                       monkeypatch=monkeypatch) for _ in range(2)]  # the source's tokenizer, no BPE trained
+    assert all(p.returncode == 0 and "tokenizer: the init_from model's" in p.stdout for p in prep), prep
+    assert "cache (built)" in prep[0].stdout and "cache (reused)" in prep[1].stdout, prep
+    assert not (tmp_path / ".nlcache/tokenizers").exists()
     proc = in_process("train", "--init-from", str(run_dir), "--data", "other.txt", "--train.max_steps", "2",
                       "--train.eval_interval", "1", "--train.lr", "1e-4", "--no-progress", cwd=tmp_path,
                       monkeypatch=monkeypatch)
