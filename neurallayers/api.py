@@ -20,6 +20,24 @@ def resolve_model_path(path: str | Path) -> Path:
     return Path(path)
 
 
+def folder_model_config(path: Path) -> object:
+    """The ModelConfig of a run directory (config.yaml) or a Hugging Face folder (config.json), without its weights.
+
+    Raises:
+        ValueError: a folder with neither file, or a config that does not validate.
+    """
+    if (path / "config.yaml").is_file():
+        from neurallayers.training.config import RunConfig
+
+        return RunConfig.from_yaml(path / "config.yaml").model
+    if (path / "config.json").is_file():
+        from neurallayers.interop.hf import family, read_json
+
+        hf_cfg = read_json(path / "config.json")
+        return family(hf_cfg.get("model_type")).config_from_hf(hf_cfg)
+    raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
+
+
 def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
          allow_pickle: bool = False) -> tuple[nn.Module, object]:
     """Model (in eval mode) and tokenizer from a run directory (config.yaml, model.safetensors, tokenizer.json)

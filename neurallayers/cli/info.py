@@ -18,24 +18,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_config(target: str):
     """ModelConfig of a preset, a YAML file, a run directory or an HF folder."""
     from neurallayers import presets
-    from neurallayers.api import resolve_model_path
+    from neurallayers.api import folder_model_config, resolve_model_path
     from neurallayers.config import ModelConfig, read_yaml_file
 
     path = resolve_model_path(target)
     if path.is_dir():
-        if (path / "config.yaml").is_file():
-            from neurallayers.training.config import RunConfig
-
-            return RunConfig.from_yaml(path / "config.yaml").model
-        if (path / "config.json").is_file():
-            from neurallayers.interop.hf import family, read_json
-
-            hf_cfg = read_json(path / "config.json")
-            return family(hf_cfg.get("model_type")).config_from_hf(hf_cfg)
-        raise ValueError(f"{path} has neither config.yaml (a run) nor config.json (a Hugging Face model)")
+        return folder_model_config(path)
     if path.suffix in (".yaml", ".yml"):
         data = read_yaml_file(path) or {}
-        if isinstance(data, dict) and "model" in data:  # a run config
+        # a run config (a fine-tune's may have no model section: train.init_from names it)
+        if isinstance(data, dict) and data.keys() & {"model", "train", "data"}:
             from neurallayers.training.config import RunConfig
 
             return RunConfig.from_dict(data).model

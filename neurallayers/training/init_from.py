@@ -46,15 +46,9 @@ def source_path(init_from: str) -> Path:
 
 def source_model_config(init_from: str) -> ModelConfig:
     """The model config of the source, read without its weights."""
-    path = source_path(init_from)
-    if (path / "config.yaml").is_file():
-        from neurallayers.training.config import RunConfig
+    from neurallayers.api import folder_model_config
 
-        return RunConfig.from_yaml(path / "config.yaml").model
-    from neurallayers.interop.hf import family, read_json
-
-    hf_cfg = read_json(path / "config.json")
-    return family(hf_cfg.get("model_type")).config_from_hf(hf_cfg)
+    return folder_model_config(source_path(init_from))
 
 
 def source_tokenizer(init_from: str) -> object:

@@ -290,6 +290,9 @@ def test_fine_tune_a_run_with_init_from(run_dir: Path, tmp_path: Path, monkeypat
     info = in_process("info", str(ft), cwd=tmp_path, monkeypatch=monkeypatch)
     assert re.search(r"started from +\S+run \(fine-tuned\)", info.stdout), info.stdout
     assert "tokenizer the init_from model's" in info.stdout, info.stdout
+    (tmp_path / "ft.yaml").write_text(f"train: {{init_from: {run_dir}}}\ndata: {{source: other.txt}}\n")
+    shape = in_process("info", "ft.yaml", cwd=tmp_path, monkeypatch=monkeypatch)  # the config names no model
+    assert shape.returncode == 0 and re.search(r"architecture .*1 layers x", shape.stdout), shape
     assert_user_error(in_process("train", "--init-from", "nowhere", "--out", "x", cwd=tmp_path,
                                  monkeypatch=monkeypatch), "init_from='nowhere' does not exist")
     assert_user_error(in_process("train", "--init-from", str(run_dir), "--model.n_head", "4", "--out", "y",
