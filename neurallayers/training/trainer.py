@@ -159,7 +159,7 @@ class _Fit:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.step, self.best_val, self.bad_evals, self.elapsed_before = 0, None, 0, 0.0
         if state is not None:
-            self._restore(model_sd, state)
+            self._restore(model_sd, state, target)
         self.scheduler = self._schedule(None if state is None else state["scheduler"])
         self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         global_batch = cfg.batch_size * info.world_size
@@ -179,8 +179,15 @@ class _Fit:
         self.last_saved = self.step if state is not None else -1
 
     # ----- setup helpers -----
-    def _restore(self, model_sd: dict, state: dict) -> None:
-        dist.load_states(self.wrapped, self.optimizer, model_sd, state["optimizer"], self.info)
+    def _restore(self, model_sd: dict, state: dict, target: Path) -> None:
+        try:  # the weights fit (checked): a failure here is the optimizer state's
+            dist.load_states(self.wrapped, self.optimizer, model_sd, state["optimizer"], self.info)
+        except (ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{target}: its optimizer state does not fit this model's trainable parameters ({e}). A masked-LM "
+                "checkpoint written before BERT's pooler was frozen in masked-LM training (an older NeuralLayers) is "
+                "one such; to go on from its weights with a fresh optimizer: train --init-from <that run> "
+                "--out <a new run>") from None
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])

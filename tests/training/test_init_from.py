@@ -195,3 +195,18 @@ def test_a_transformers_llama_folder_with_a_padded_vocabulary(tmp_path):
     assert load(tmp_path / "ft")[0].config.vocab_size == tokenizer.vocab_size + 6
     with pytest.raises(ValueError, match="do not belong together"):  # a tokenizer larger than the vocabulary
         prepare_data(run, tokenizer=Tokenizer.load("gpt2"), pretrained=True)
+
+
+def test_an_optimizer_state_that_does_not_fit_is_refused_and_init_from_goes_on(tmp_path):
+    """As a masked-LM checkpoint of a BERT preset from before its pooler was frozen (two more trainable tensors):
+    the resume is refused naming the checkpoint and the way on, and a fine-tune from the run starts."""
+    run = tiny_run(tmp_path, model={**ENCODER, "pooler": True}, max_steps=4, save_interval=2, eval_interval=0)
+    fit(run, tmp_path / "run", progress=False, until_step=2)
+    state_path = tmp_path / "run/checkpoints/step-2/state.pt"
+    state = torch.load(state_path, weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    groups[0]["params"].append(max(max(g["params"]) for g in groups) + 1)  # a parameter this model does not train
+    torch.save(state, state_path)
+    with pytest.raises(CheckpointError, match="step-2: its optimizer state does not fit .* --init-from"):
+        fit(run, tmp_path / "run", resume=True, progress=False)
+    assert fit(fine_tune(tmp_path, tmp_path / "run", max_steps=1), tmp_path / "ft", progress=False).steps == 1
