@@ -109,7 +109,13 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, info: Di
 
 def load_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict,
                 info: DistInfo) -> None:
-    """Loads full state dicts (every rank read the same files) into the possibly sharded model and optimizer."""
+    """Loads full state dicts (every rank read the same files) into the possibly sharded model and optimizer.
+
+    The optimizer state may come from either form (`optimizer_state`): a run checkpointed by one process or under
+    DDP resumes under FSDP, and the other way round."""
+    by_name = _keyed_by_name(optim_sd)
+    if by_name != (info.mode == "fsdp"):
+        optim_sd = _rekey(optim_sd, _param_names(model, optimizer), to_names=not by_name)
     if info.mode == "fsdp":
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -123,6 +129,28 @@ def load_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: di
         return
     unwrap(model).load_state_dict(model_sd)
     optimizer.load_state_dict(optim_sd)
+
+
+def _keyed_by_name(optim_sd: dict) -> bool:
+    """Whether an optimizer state dict names its parameters (FSDP's full form) rather than numbering them (torch's)."""
+    return any(isinstance(p, str) for group in optim_sd.get("param_groups", []) for p in group.get("params", []))
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each of the optimizer's parameters, in the order torch numbers them in its state dict."""
+    names = {id(p): name for name, p in unwrap(model).named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _rekey(optim_sd: dict, names: list[str], *, to_names: bool) -> dict:
+    """An optimizer state dict with its parameters numbered (torch's form) turned into one keyed by name, or back;
+    the same optimizer built the same way numbers them alike."""
+    key = dict(enumerate(names)) if to_names else {name: i for i, name in enumerate(names)}
+    try:
+        return {"state": {key[k]: v for k, v in optim_sd["state"].items()},
+                "param_groups": [{**g, "params": [key[p] for p in g["params"]]} for g in optim_sd["param_groups"]]}
+    except KeyError as e:
+        raise ValueError(f"the optimizer state names a parameter this model's optimizer does not have: {e}") from None
 
 
 def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -44,6 +44,10 @@ for kind in ("decoder", "encoder", "finetune"):
                 fit(run, f"{out}-split", progress=False, until_step=3)
         else:
             fit(run, f"{out}-split", resume=True, progress=False)
+            if kind == "decoder":  # a checkpoint of the other strategy (and of one process, under FSDP)
+                fit(run, f"{out}-cross", resume=True, progress=False)
+                if mode == "fsdp":
+                    fit(run, root / "decoder-single", resume=True, progress=False)
 dist.destroy_process_group()
 """
 
@@ -65,7 +69,11 @@ def test_torchrun_two_processes_resume_exact(tmp_path):
     RunConfig.from_dict({"train": {**run.to_dict()["train"], "init_from": str(tmp_path / "source")},
                          "data": {**run.to_dict()["data"], "tokenizer": "bpe"}}).to_yaml(tmp_path / "finetune.yaml")
     (tmp_path / "driver.py").write_text(DRIVER)
+    assert fit(run, tmp_path / "decoder-single", progress=False, until_step=3).steps == 3  # one process
     for phase in ("first", "second"):
+        if phase == "second":  # each strategy resumes the other's checkpoint too
+            shutil.copytree(tmp_path / "decoder-fsdp-split", tmp_path / "decoder-ddp-cross")
+            shutil.copytree(tmp_path / "decoder-ddp-split", tmp_path / "decoder-fsdp-cross")
         proc = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
              str(tmp_path / "driver.py"), str(tmp_path), phase],
@@ -85,6 +93,13 @@ def test_torchrun_two_processes_resume_exact(tmp_path):
         # Both strategies compute the same global batch: FSDP2's losses match DDP's closely.
         ddp, fsdp = step_losses(tmp_path / f"{kind}-ddp-straight"), step_losses(tmp_path / f"{kind}-fsdp-straight")
         assert all(abs(ddp[s] - fsdp[s]) < 1e-4 for s in ddp), kind
+    # A run checkpointed under one strategy goes on under the other, as if it had not changed (optimizer state too)
+    straight = step_losses(tmp_path / "decoder-ddp-straight")
+    for cross in ("decoder-ddp-cross", "decoder-fsdp-cross"):
+        losses = step_losses(tmp_path / cross)
+        assert sorted(losses) == [1, 2, 3, 4, 5, 6], cross
+        assert all(abs(losses[s] - straight[s]) < 1e-4 for s in straight), (cross, losses, straight)
+    assert sorted(step_losses(tmp_path / "decoder-single")) == [1, 2, 3, 4, 5, 6]  # one process, then FSDP
 
 DYING_RANK = """
 import os, signal, sys
