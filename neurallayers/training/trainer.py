@@ -197,6 +197,12 @@ class _Fit:
         self.elapsed_before = float(state["elapsed"])
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from step %d", self.step)
+        saved_world = int(state.get("world_size", self.info.world_size))
+        if saved_world != self.info.world_size:
+            batch = self.cfg.batch_size * self.cfg.grad_accum
+            log.warning("the checkpoint was written by %d processes and this run has %d: a step now takes %d "
+                        "sequences instead of %d, so the data order and the losses differ from an uninterrupted run",
+                        saved_world, self.info.world_size, batch * self.info.world_size, batch * saved_world)
         if self.step >= self.cfg.max_steps:
             log.info("the run already has its max_steps=%d: nothing to train (pass --train.max_steps N to train on)",
                      self.cfg.max_steps)
