@@ -77,10 +77,10 @@ def main() -> None:
         out = Path(args.out or tmp)
         rows, walls = {}, {}
         for label, run in (("fine-tuned (init_from)", tuned), ("from scratch", scratch)):
-            t0 = time.perf_counter()
-            fit(run, out / label.split()[0].replace("-", "_"), progress=False)
+            run_dir, t0 = out / label.split()[0].replace("-", "_"), time.perf_counter()
+            fit(run, run_dir, progress=False)
             walls[label] = time.perf_counter() - t0
-            rows[label] = val_losses(out / label.split()[0].replace("-", "_"))
+            rows[label] = val_losses(run_dir)
     before = source_val_loss(tuned, source)
     if before is not None:
         rows["fine-tuned (init_from)"][0] = before

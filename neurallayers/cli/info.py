@@ -100,13 +100,12 @@ def describe_run(folder: Path) -> str:
         trained += f"; val loss {vals[-1][1]:.4f} at step {vals[-1][0]:,}, best {best:.4f} at step {best_step:,}"
     ckpts = [p.name for p in list_checkpoints(folder)]
     tokenizer = run_cfg.data.tokenizer + (f" ({run_cfg.data.vocab_size:,})" if run_cfg.data.vocab_size else "")
+    rows = [("training", trained), ("checkpoints", ", ".join(ckpts) or "none")]
     init_from = run_cfg.train.init_from
     if init_from:  # fine-tuned: the source's tokenizer, whatever data.tokenizer says
-        tokenizer = "the init_from model's"
-    rows = [("training", trained), ("checkpoints", ", ".join(ckpts) or "none"),
-            ("data", f"{run_cfg.data.source}; tokenizer {tokenizer}")]
-    if init_from:
         rows.insert(0, ("started from", f"{init_from} (fine-tuned)"))
+        tokenizer = "the init_from model's"
+    rows.append(("data", f"{run_cfg.data.source}; tokenizer {tokenizer}"))
     return _table(rows)
 
 

@@ -174,7 +174,8 @@ class RunConfig:
             if key not in SECTIONS:
                 raise ValueError(f"unknown config section {key!r}{_did_you_mean(key, SECTIONS)}; "
                                  f"valid sections: {', '.join(SECTIONS)}")
-        init_from = (data.get("train") or {}).get("init_from") if isinstance(data.get("train"), dict) else None
+        train = data.get("train")
+        init_from = train.get("init_from") if isinstance(train, dict) else None
         if "model" not in data and not init_from:
             raise ValueError("the run config needs a 'model' section (fields of ModelConfig or {preset: name}), "
                              "or train.init_from")
