@@ -50,10 +50,10 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin). Off by default:
             a pickle can run code when loaded.
     """
-    if device == "auto":
+    if device is not None:
         from neurallayers.training.runtime import resolve_device
 
-        device = resolve_device("auto")
+        device = resolve_device(device, what="device")
     path = resolve_model_path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such run directory or model folder: {path}")

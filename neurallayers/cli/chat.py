@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from neurallayers.data.chat import DEFAULT_STOP
+    from neurallayers.generation.generate import _row_seed
 
     config = generation_config(args)
     if config.num_beams > 1 or config.penalty_alpha > 0:
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if interactive:
         print(HINT, file=sys.stderr)
     history = list(opening)
+    replies = 0
     while True:
         try:
             line = input("> " if interactive else "")
@@ -74,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"(that message is too long for the model's context of {model.config.block_size} tokens)",
                   file=sys.stderr)
             continue
+        if config.seed is not None:  # reproducible session, yet each reply draws its own random numbers
+            turn_config = turn_config.replace(seed=_row_seed(config.seed, replies))
+        replies += 1
         history.append({"role": "assistant", "content": reply(model, tokenizer, prompt, turn_config)})
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model
@@ -13,7 +14,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("decoding (temperature 0 = greedy)")
     g.add_argument("--max-new-tokens", type=int, default=200)
     g.add_argument("--min-new-tokens", type=int, default=0, help="end-of-text is blocked until this many")
-    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--temperature", type=float, default=None,
+                   help="default 0.8; 0 with --num-beams or --penalty-alpha, which are deterministic")
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
     g.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     g.add_argument("--min-p", type=float, default=0.0, help="0 = off")
@@ -32,8 +34,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 def generation_config(args: argparse.Namespace):
     from neurallayers.generation import GenerationConfig
 
+    searching = args.num_beams > 1 or args.penalty_alpha > 0
+    temperature = args.temperature
+    if temperature is None:
+        temperature = 0.0 if searching else 0.8
+    elif searching and temperature > 0:
+        print("note: beam search and contrastive search are deterministic: --temperature, --top-p and --min-p are "
+              "not used", file=sys.stderr)
     return GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
         seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
@@ -79,9 +88,11 @@ def run(args: argparse.Namespace) -> int:
         if config.num_beams > 1 or config.penalty_alpha > 0 or config.num_return_sequences > 1:
             raise ValueError("--stream prints one greedy or sampled sequence: no --num-beams, --penalty-alpha or "
                              "--num-return-sequences")
+        events = stream(model, tokenizer, prompts[0], config)
+        first = next(events)  # the request's checks run here: a refused prompt prints nothing
         sys.stdout.write(prompts[0])
         count, reason = 0, None
-        for event in stream(model, tokenizer, prompts[0], config):
+        for event in itertools.chain([first], events):
             sys.stdout.write(event.text)
             sys.stdout.flush()
             count += event.token_id is not None

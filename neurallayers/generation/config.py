@@ -76,17 +76,26 @@ class GenerationConfig:
         need("penalty_alpha", 0 <= self.penalty_alpha <= 1, "must be in [0, 1]")
         need("contrastive_alpha", 0 < self.contrastive_alpha < 1, "must be in (0, 1)")
         need("num_speculative_tokens", self.num_speculative_tokens >= 1, "must be >= 1")
-        need("logprobs", self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
-             "must be None or an integer in [0, 20]")
+        need("logprobs", self.logprobs is None or (_int(self.logprobs) and 0 <= self.logprobs <= 20),
+             "must be None or an integer in [0, 20] (the top alternatives to list; 0 = the chosen token's only)")
+        need("ignore_eos", isinstance(self.ignore_eos, bool), "must be True or False")
         need("stop", isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
              "must be a list of non-empty strings")
         need("stop_token_ids", isinstance(self.stop_token_ids, list)
-             and all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "must be a list of token ids")
+             and all(_int(t) and t >= 0 for t in self.stop_token_ids), "must be a list of token ids")
         need("logit_bias", isinstance(self.logit_bias, dict)
-             and all(isinstance(k, int) and finite_value(v) for k, v in self.logit_bias.items()),
-             "must map token ids to finite numbers")
+             and all(_int(k) and k >= 0 and finite_value(v) for k, v in self.logit_bias.items()),
+             "must map token ids (integers >= 0) to finite numbers")
         need("seed", self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
              "must be an integer or None")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Refuse token ids (stop_token_ids, logit_bias keys) that the model's vocabulary does not have."""
+        for name, ids in (("stop_token_ids", self.stop_token_ids), ("logit_bias", list(self.logit_bias))):
+            bad = [t for t in ids if t >= vocab_size]
+            if bad:
+                raise ValueError(f"GenerationConfig.{name} holds token ids outside the model's vocabulary "
+                                 f"[0, {vocab_size}): {bad[:5]}")
 
     @property
     def greedy(self) -> bool:
@@ -104,6 +113,10 @@ class GenerationConfig:
                 did = f" (did you mean {hint[0]!r}?)" if hint else ""
                 raise ValueError(f"GenerationConfig has no field {key!r}{did}")
         return cls(**data)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def finite_value(v: Any) -> bool:

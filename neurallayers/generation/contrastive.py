@@ -11,6 +11,7 @@ one prompt at a time.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
+from neurallayers.generation.generate import _choose, _row_seed
 from neurallayers.generation.processors import apply_processors
 from neurallayers.generation.search import (
     LogprobTrail,
@@ -71,7 +73,7 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
     if config.top_k < 2:
         raise ValueError(f"GenerationConfig.top_k={config.top_k}: contrastive search needs top_k > 1 candidates "
                          "per step (penalty_alpha weighs them)")
-    check_request(model, input_ids, config, eos_ids)
+    check_request(model, input_ids, config, eos_ids, extra_positions=1)  # the last token's candidates are fed
     model.eval()
     device = model.wte.weight.device
     k = min(config.top_k, model.config.vocab_size)
@@ -141,21 +143,31 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
         eos_ids: token ids that end a sequence (unless config.ignore_eos).
 
     Returns:
-        Per prompt one Generation.
+        Per prompt config.num_return_sequences Generations. Each row samples from its own generator, seeded as the
+        plain path seeds it (sequence k of a prompt with (seed, k)), so a prompt gets the same tokens alone or
+        batched; greedy gives n copies of its one sequence.
     """
     if amateur.config.vocab_size != expert.config.vocab_size:
         raise ValueError(f"amateur vocab_size={amateur.config.vocab_size} differs from the expert's "
                          f"vocab_size={expert.config.vocab_size}; both must share one tokenizer")
     check_request(expert, input_ids, config, eos_ids)
     check_request(amateur, input_ids, config, eos_ids)
+    n_ret = config.num_return_sequences
+    if n_ret > 1:
+        if config.greedy:
+            one = contrastive_decoding(expert, amateur, input_ids, config.replace(num_return_sequences=1),
+                                       eos_ids=eos_ids)
+            return [[copy.deepcopy(g) for _ in range(n_ret) for g in gens] for gens in one]
+        input_ids = [ids for ids in input_ids for _ in range(n_ret)]  # prompt-major rows
     expert.eval()
     amateur.eval()
     device = expert.wte.weight.device
-    gen = torch.Generator(device=device)
-    if config.seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(config.seed)
+    gens = None
+    if not config.greedy:
+        seeds = ([config.seed] * len(input_ids) if config.seed is not None
+                 else torch.randint(0, 2**62, (len(input_ids),)).tolist())
+        gens = [torch.Generator(device=device).manual_seed(_row_seed(seeds[r - r % n_ret], r % n_ret))
+                for r in range(len(input_ids))]
     stops = stop_ids(config, eos_ids)
     stop_t = torch.tensor(stops, dtype=torch.long, device=device)
     batch = left_pad(input_ids, device)
@@ -177,10 +189,7 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
         lp_a = F.log_softmax(logits[1], dim=-1)
         plausible = lp_e >= lp_e.max(-1, keepdim=True).values + log_cut
         score = (lp_e - lp_a).masked_fill(~plausible, -math.inf)  # (B, V)
-        if config.greedy:
-            tok = score.argmax(-1)
-        else:
-            tok = torch.multinomial((score / config.temperature).softmax(-1), 1, generator=gen)[:, 0]
+        tok = _choose(score if gens is None else score / config.temperature, gens)
         trail.add(logits[0], tok)
         ids = torch.cat((ids, tok[:, None]), dim=1)
         new.append(tok)
@@ -189,4 +198,5 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
         step_mask = None if mask is None else mask[:, :cur + 1]
         logits = [m(tok[:, None], cache=c, input_pos=cur, position_ids=positions(batch, cur, 1),
                     attention_mask=step_mask).logits[:, -1].float() for m, c in zip(models, caches, strict=True)]
-    return _finish(torch.stack(new, 1), stops, batch.lens, trail)
+    rows = _finish(torch.stack(new, 1), stops, batch.lens, trail)
+    return [[g for one in rows[i:i + n_ret] for g in one] for i in range(0, len(rows), n_ret)]

@@ -158,12 +158,16 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
     `sync_every` steps whether every row is done (a host sync).
     """
     _check_ids(model, input_ids, eos_ids)
+    config.check_vocab(model.config.vocab_size)
     model.eval()
     device = next(model.parameters()).device
     n_ret, b = config.num_return_sequences, len(input_ids)
     lens = [len(ids) for ids in input_ids]
     width = max(lens)
-    budget = min(config.max_new_tokens, model.config.block_size - width + 1)  # the last token needs no position
+    # Each row stops where its own context is full (the last token needs no position), as it would alone; the
+    # cache may then hold more columns than block_size, as padding columns take no position.
+    limits = [min(config.max_new_tokens, model.config.block_size - n + 1) for n in lens for _ in range(n_ret)]
+    budget = max(limits)
     rows = b * n_ret
 
     tokens = torch.zeros(rows, width + budget, dtype=torch.long, device=device)
@@ -186,6 +190,8 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
         run.top_lp = torch.zeros(rows, budget, config.logprobs, device=device)
         run.top_ids = torch.zeros(rows, budget, config.logprobs, dtype=torch.long, device=device)
 
+    # rows whose context fills before the longest budget ends: done after their own last token
+    limit_t = torch.tensor(limits, device=device) if min(limits) < budget else None
     procs = build_processors(config, eos_ids=eos_ids, prompt_lens=width, pad_lens=pads if padded else None)
     stops = torch.tensor(_stop_ids(config, eos_ids), dtype=torch.long, device=device)
     gens = None
@@ -223,13 +229,17 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
         run.lengths += ~(run.done | hit)
         run.stopped |= hit
         run.done |= hit
+        if limit_t is not None:
+            run.done |= limit_t <= i + 1
         tokens[:, col] = tok
         run.n = i + 1
         yield run
         if i + 1 == budget or ((i + 1) % sync_every == 0 and bool(run.done.all())):
             return
-        logits = step(tok[:, None], cache=cache, input_pos=col, position_ids=None if base_pos is None else base_pos + i,
-                      attention_mask=mask)
+        pos_ids = None if base_pos is None else base_pos + i
+        if limit_t is not None:  # rows done at a full context keep stepping: their positions must still exist
+            pos_ids = pos_ids.clamp(max=model.config.block_size - 1)
+        logits = step(tok[:, None], cache=cache, input_pos=col, position_ids=pos_ids, attention_mask=mask)
 
 
 def generate_ids(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
@@ -373,25 +383,46 @@ def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConf
             "amateur_model": "contrastive_decoding", "draft_model": "speculative_decode"}[chosen[0]]
     fn = getattr(search, name)
     extra = (draft_model,) if draft_model is not None else (amateur_model,) if amateur_model is not None else ()
-    # As the plain path does, stop where the context is full rather than refuse (the search functions themselves
-    # refuse a request that does not fit); a prompt that fills the context alone is still refused, by them.
-    room = min(m.config.block_size for m in (model, *extra)) - max((len(ids) for ids in input_ids), default=0)
-    if 0 < room < config.max_new_tokens:
-        config = config.replace(max_new_tokens=room, min_new_tokens=min(config.min_new_tokens, room))
+    block = min(m.config.block_size for m in (model, *extra))
+    for i, ids in enumerate(input_ids):
+        if isinstance(ids, list) and len(ids) > block:
+            raise ValueError(f"prompt {i} has {len(ids)} tokens but the context length (block_size) is {block}: "
+                             f"shorten the prompt to at most {block} tokens")
+    # As the plain path does, each prompt stops where its own context is full rather than being refused: the last
+    # token needs no position, except in contrastive search, which feeds every candidate. Prompts whose room
+    # differs decode in separate batches (a method's batch shares one length), and speculative decoding takes one
+    # prompt at a time; each prompt gets the tokens it gets alone.
+    fed = 1 if name == "contrastive_search" else 0
+    limits = [min(config.max_new_tokens, block - len(ids) + 1 - fed) if isinstance(ids, list) else
+              config.max_new_tokens for ids in input_ids]
+    groups: dict[int, list[int]] = {}
+    for i, limit in enumerate(limits):
+        groups.setdefault(i if name == "speculative_decode" else limit, []).append(i)
+    out: list[list[Generation]] = [[] for _ in input_ids]
+    for idx in groups.values():
+        limit, cfg = limits[idx[0]], config
+        if 0 < limit < config.max_new_tokens:
+            cfg = config.replace(max_new_tokens=limit, min_new_tokens=min(config.min_new_tokens, limit))
+        for i, gens in zip(idx, _search_batch(fn, name, model, extra, [input_ids[i] for i in idx], cfg, eos_ids),
+                           strict=True):
+            out[i] = gens
+    return out
+
+
+def _search_batch(fn, name: str, model: nn.Module, extra: tuple, input_ids: list[list[int]],
+                  config: GenerationConfig, eos_ids: list[int]) -> list[list[Generation]]:
+    """One search call over prompts (one for speculative decoding): num_return_sequences Generations a prompt."""
     n = config.num_return_sequences
-    if name == "beam_search" or n == 1:
+    if name in ("beam_search", "contrastive_decoding") or n == 1:
         return fn(model, *extra, input_ids, config, eos_ids=eos_ids)
-    # The other searches decode one sequence per row: n sampled sequences are n rows of the prompt; a
-    # deterministic method (contrastive search, or greedy) gives n copies of its one, as the plain greedy path does.
+    # The other searches decode one sequence per row: a deterministic method (contrastive search, or greedy) gives
+    # n copies of its one, as the plain greedy path does; speculative sampling draws sequence k with seed (seed, k).
     config = config.replace(num_return_sequences=1)
     if name == "contrastive_search" or config.greedy:
         return [[copy.deepcopy(g) for _ in range(n) for g in one]
                 for one in fn(model, *extra, input_ids, config, eos_ids=eos_ids)]
-    if name == "speculative_decode":  # one prompt at a time: sequence k samples with seed (seed, k)
-        return [[g for k in range(n) for g in fn(model, *extra, input_ids, config.replace(
-            seed=None if config.seed is None else _row_seed(config.seed, k)), eos_ids=eos_ids)[0]]]
-    rows = fn(model, *extra, [ids for ids in input_ids for _ in range(n)], config, eos_ids=eos_ids)
-    return [[g for one in rows[i * n:(i + 1) * n] for g in one] for i in range(len(input_ids))]
+    return [[g for k in range(n) for g in fn(model, *extra, input_ids, config.replace(
+        seed=None if config.seed is None else _row_seed(config.seed, k)), eos_ids=eos_ids)[0]]]
 
 
 def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[int]],

@@ -38,7 +38,10 @@ class Batch:
 
 def check_request(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, eos_ids: list[int], *,
                   extra_positions: int = 0) -> None:
-    """Reject malformed prompts, eos ids or a request longer than the model's context, naming what is wrong."""
+    """Reject malformed prompts, eos ids or a request longer than the model's context, naming what is wrong.
+
+    A request needs prompt + max_new_tokens - 1 positions (the last token is never fed back), plus
+    `extra_positions` for a method that does feed it (contrastive search scores each candidate's hidden state)."""
     if not isinstance(config, GenerationConfig):
         raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
     vocab = model.config.vocab_size
@@ -52,7 +55,8 @@ def check_request(model: nn.Module, input_ids: list[list[int]], config: Generati
             raise ValueError(f"input_ids[{i}] holds ids outside the vocabulary [0, {vocab}): {bad[:5]}")
     if not isinstance(eos_ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in eos_ids):
         raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
-    longest = max(len(ids) for ids in input_ids) + config.max_new_tokens + extra_positions
+    config.check_vocab(vocab)
+    longest = max(len(ids) for ids in input_ids) + config.max_new_tokens - 1 + extra_positions
     if longest > model.config.block_size:
         raise ValueError(f"prompt ({max(len(ids) for ids in input_ids)} tokens) + max_new_tokens "
                          f"({config.max_new_tokens}) needs {longest} positions; the model's context "

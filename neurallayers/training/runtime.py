@@ -15,15 +15,28 @@ from torch import nn
 from neurallayers.training.config import TrainConfig
 
 
-def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
-    """"auto" picks cuda, then mps, then cpu; an explicit device that is not there is an error."""
+def resolve_device(name: str | torch.device, *, local_rank: int = 0, what: str = "TrainConfig.device") -> torch.device:
+    """"auto" picks cuda, then mps, then cpu; an explicit device ("cpu", "cuda", "cuda:1", "mps") that is not there is
+    an error naming `what`. A bare "cuda" is this process's GPU (`local_rank` under torchrun)."""
+    name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("TrainConfig.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("TrainConfig.device='mps' but MPS is not available; use 'auto' or 'cpu'")
-    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{what}={name!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what}={name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+        if device.index is None:
+            return torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"{what}={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{what}={name!r} but MPS is not available; use 'auto' or 'cpu'")
+    return device
 
 
 def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from neurallayers.__main__ import VERBS, build_verb_parser, main
 
@@ -395,3 +396,41 @@ def test_eval_of_a_text_shorter_than_the_context_scores_all_of_it(run_dir: Path,
     assert 12 <= scored < 32  # every character after the first (the split may add a bos/eos)
     assert_user_error(in_process("eval", str(run_dir), "--data", "short.txt", "--block-size", "32", cwd=tmp_path,
                                  monkeypatch=monkeypatch), "a window needs 33 (try --block-size)")
+
+
+def test_an_unavailable_or_unknown_device_is_one_line(run_dir: Path, monkeypatch):
+    if not torch.cuda.is_available():
+        assert_user_error(in_process("generate", str(run_dir), "hi", "--device", "cuda", cwd=run_dir.parent,
+                                     monkeypatch=monkeypatch), "device='cuda'", "no CUDA device")
+    assert_user_error(in_process("eval", str(run_dir), "--device", "gpu", cwd=run_dir.parent,
+                                 monkeypatch=monkeypatch), "device='gpu'", "'cuda:N'")
+
+
+def test_a_refused_stream_prints_nothing(run_dir: Path, monkeypatch):
+    """The prompt is echoed only once the request has passed its checks (it used to be printed, then refused)."""
+    proc = in_process("generate", str(run_dir), "To be or not to be " * 20, "--stream", cwd=run_dir.parent,
+                      monkeypatch=monkeypatch)
+    assert_user_error(proc, "shorten the prompt")
+    assert proc.stdout == ""
+
+
+def test_beam_search_is_greedy_by_default_and_says_when_a_temperature_is_unused(run_dir: Path, monkeypatch):
+    args = ("generate", str(run_dir), "To be", "--max-new-tokens", "6", "--num-beams", "2")
+    default = in_process(*args, cwd=run_dir.parent, monkeypatch=monkeypatch)
+    greedy = in_process(*args, "--temperature", "0", cwd=run_dir.parent, monkeypatch=monkeypatch)
+    assert default.returncode == 0 and default.stdout == greedy.stdout and default.stderr == ""
+    hot = in_process(*args, "--temperature", "0.7", cwd=run_dir.parent, monkeypatch=monkeypatch)
+    assert hot.stdout == greedy.stdout and "deterministic: --temperature" in hot.stderr
+
+
+def test_chat_with_a_seed_gives_each_reply_its_own_draws(run_dir: Path, monkeypatch, capsys):
+    """One --seed makes a session reproducible; each reply samples with (seed, reply number), not all with the
+    seed itself (which drew the same random numbers for every reply)."""
+    from neurallayers.cli import chat
+    from neurallayers.generation.generate import _row_seed
+
+    seeds = []
+    monkeypatch.setattr(chat, "reply", lambda model, tok, prompt, config: seeds.append(config.seed) or "x")
+    monkeypatch.setattr("sys.stdin", io.StringIO("To be\nTo be\n/reset\nTo be\n"))
+    assert main(["chat", str(run_dir), "--seed", "7", "--max-new-tokens", "4"]) == 0
+    assert seeds == [_row_seed(7, k) for k in range(3)] and len(set(seeds)) == 3

@@ -71,6 +71,19 @@ def test_static_step_of_every_architecture_equals_plain(arch):
     assert _token_mismatches(*_arch_pair(arch, compile=False)) == []
 
 
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_static_step_gives_each_row_its_own_context_room(arch):
+    """A prompt near the end of the context ends its row early; the others decode on past the context's width in
+    cache columns (their positions stay inside it) and get the tokens they get alone on the plain path."""
+    plain, fast = _arch_pair(arch, compile=False)
+    prompts = [PROMPTS[0], [3] * 60, PROMPTS[1]]
+    for settings in ({"temperature": 0.0}, {"temperature": 0.9, "seed": 3, "top_k": 10}):
+        cfg = GenerationConfig(max_new_tokens=20, ignore_eos=True, **settings)
+        alone = [generate_ids(plain, [p], cfg, eos_ids=[])[0].token_ids for p in prompts]
+        assert [len(t) for t in alone] == [20, 5, 20]
+        assert [g.token_ids for g in generate_ids(fast, prompts, cfg, eos_ids=[])] == alone, settings
+
+
 @pytest.mark.slow
 def test_compiled_step_of_a_llama_with_dynamic_ntk_equals_plain():
     assert _token_mismatches(*_arch_pair("llama-gqa-dynamic-ntk", compile=True)) == []

@@ -183,16 +183,54 @@ def test_context_length(model) -> None:
         generate(model, None, [[1] * (block + 1)], max_new_tokens=1)
     (g,) = generate(model, None, [[1] * (block - 2)], temperature=0, max_new_tokens=10)
     assert len(g.token_ids) == 3 and g.finish_reason == "length"  # 2 fed back + 1 from the full context
-    # the search methods stop where the context is full too (each position they feed back needs a place)
+    # the search methods stop where the context is full too: the last token needs no position, except in contrastive
+    # search, which feeds every candidate to score its hidden state
     short = tiny_lm(seed=4, block_size=12)
     methods = [dict(num_beams=2), dict(penalty_alpha=0.6, top_k=4), dict(amateur_model=tiny_lm(seed=5)),
                dict(draft_model=tiny_lm(seed=5, block_size=10))]
     for method in methods:
+        fed = "penalty_alpha" in method
         for prompt in ([1] * 5, [2, 3]):
             (g,) = generate(model if "draft_model" not in method else short, None, [prompt], temperature=0,
                             max_new_tokens=100, min_new_tokens=100, ignore_eos=True, **method)
-            room = (10 if "draft_model" in method else block) - len(prompt)
+            room = (10 if "draft_model" in method else block) - len(prompt) + 1 - fed
             assert len(g.token_ids) == room and g.finish_reason == "length", method
+        full = [3] * (10 if "draft_model" in method else block)  # a prompt that fills the context
+        if fed:
+            with pytest.raises(ValueError, match="block_size"):
+                generate(model, None, [full], temperature=0, max_new_tokens=5, **method)
+        else:
+            (g,) = generate(model if "draft_model" not in method else short, None, [full], temperature=0,
+                            max_new_tokens=5, ignore_eos=True, **method)
+            assert len(g.token_ids) == 1 and g.finish_reason == "length", method
+    # speculative greedy equals plain greedy up to the context's last token
+    (spec,) = generate(short, None, [[2, 3]], temperature=0, max_new_tokens=100, ignore_eos=True,
+                       draft_model=tiny_lm(seed=5, block_size=12))
+    (plain,) = generate(short, None, [[2, 3]], temperature=0, max_new_tokens=100, ignore_eos=True)
+    assert spec.token_ids == plain.token_ids and len(plain.token_ids) == 11
+
+
+@pytest.mark.parametrize("method", [dict(), dict(temperature=0.9, seed=3, top_k=20), dict(num_beams=2),
+                                    dict(penalty_alpha=0.6, top_k=4), dict(amateur="yes"),
+                                    dict(amateur="yes", temperature=0.9, seed=3), dict(draft="yes"),
+                                    dict(draft="yes", temperature=0.9, seed=3)])
+def test_a_long_prompt_does_not_shorten_the_others(model, method: dict) -> None:
+    """Batched with a prompt near the end of the context, each prompt still gets what it gets alone: its own room,
+    not the longest prompt's (before, every row stopped where the longest one had to)."""
+    block = model.config.block_size
+    method = dict(method)
+    if method.pop("amateur", None):
+        method["amateur_model"] = tiny_lm(seed=5)
+    if method.pop("draft", None):
+        method["draft_model"] = tiny_lm(seed=5)
+    method.setdefault("temperature", 0)
+    prompts = [[5, 6, 7], [4] * (block - 6), [8, 9]]
+    cfg = dict(max_new_tokens=20, ignore_eos=True, num_return_sequences=2 if method["temperature"] else 1, **method)
+    together = generate(model, None, prompts, **cfg)
+    alone = [g for p in prompts for g in generate(model, None, [p], **cfg)]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert [len(g.token_ids) for g in together[::cfg["num_return_sequences"]]] == \
+        [20, 7 - ("penalty_alpha" in method), 20]
 
 
 @pytest.mark.parametrize("warper, settings", [
@@ -251,6 +289,13 @@ def test_an_encoder_is_refused_in_one_line() -> None:
     (lambda m: generate(m, None, [[1, 2]], num_beams=2, draft_model=m), "choose one decoding method"),
     (lambda m: generate_ids(m, [[1]], GenerationConfig(num_beams=2), eos_ids=[]), "num_beams"),
     (lambda m: generate_ids(m, [[1]], GenerationConfig(), eos_ids=[99]), "eos_ids"),
+    (lambda m: generate(m, None, [[1, 2]], logprobs=True), r"GenerationConfig.logprobs=True"),  # OpenAI's flag
+    (lambda m: generate(m, None, [[1, 2]], ignore_eos="yes"), "GenerationConfig.ignore_eos"),
+    (lambda m: generate(m, None, [[1, 2]], logit_bias={-1: 5.0}), "GenerationConfig.logit_bias"),
+    (lambda m: generate(m, None, [[1, 2]], stop_token_ids=[64]), r"stop_token_ids holds .*\[0, 64\): \[64\]"),
+    (lambda m: generate(m, None, [[1, 2]], logit_bias={70: 1.0}), r"logit_bias holds .*\[0, 64\): \[70\]"),
+    (lambda m: generate(m, None, [[1, 2]], num_beams=2, stop_token_ids=[64]), "stop_token_ids holds"),
+    (lambda m: generate(m, None, [[1] * 70], num_beams=2), r"prompt 0 has 70 tokens.*at most 64"),
 ])
 def test_rejects_bad_input(model, call, match: str) -> None:
     with pytest.raises(ValueError, match=match):

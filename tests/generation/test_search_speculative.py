@@ -130,7 +130,7 @@ def test_rejects_bad_input(pair):
         speculative_decode(target, other, [[1, 2]], cfg, eos_ids=[])
     short = tiny(seed=5, n_layer=1, n_embd=16, n_head=2, block_size=8)
     with pytest.raises(ValueError, match="block_size is 8"):
-        speculative_decode(target, short, [[1, 2, 3, 4, 5]], cfg, eos_ids=[])
+        speculative_decode(target, short, [[1, 2, 3, 4, 5, 6]], cfg, eos_ids=[])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         speculative_decode(target, draft, [[1, 64]], cfg, eos_ids=[])
 
