@@ -94,11 +94,15 @@ def describe_run(folder: Path) -> str:
             steps = max(steps, row["step"])
             if isinstance(row.get("val_loss"), float | int):
                 vals.append((row["step"], float(row["val_loss"])))
-    trained = f"{steps:,} of {run_cfg.train.max_steps:,} steps" + ("" if run_cfg.model.causal else " (masked LM)")
+    ckpts = [p.name for p in list_checkpoints(folder)]
+    if ckpts:  # the newest checkpoint's step, which a log_interval may not have logged
+        steps = max(steps, int(ckpts[-1].removeprefix("step-")))
+    max_steps = run_cfg.train.max_steps
+    trained = f"{steps:,} of {max_steps:,} steps" if steps <= max_steps else f"{steps:,} steps (max_steps {max_steps:,})"
+    trained += "" if run_cfg.model.causal else " (masked LM)"
     if vals:
         best_step, best = min(vals, key=lambda sv: sv[1])
         trained += f"; val loss {vals[-1][1]:.4f} at step {vals[-1][0]:,}, best {best:.4f} at step {best_step:,}"
-    ckpts = [p.name for p in list_checkpoints(folder)]
     tokenizer = run_cfg.data.tokenizer + (f" ({run_cfg.data.vocab_size:,})" if run_cfg.data.vocab_size else "")
     rows = [("training", trained), ("checkpoints", ", ".join(ckpts) or "none")]
     init_from = run_cfg.train.init_from

@@ -65,7 +65,7 @@ def default_out(args: argparse.Namespace, run) -> Path:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from neurallayers.training.checkpoint import latest_checkpoint
+    from neurallayers.training.checkpoint import latest_checkpoint, stopped_before_first_checkpoint
     from neurallayers.training.signals import EXIT_CODES
     from neurallayers.training.trainer import fit
 
@@ -77,16 +77,28 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"cannot resume: {args.out} holds no run (no config.yaml)")
     run_cfg = build_run_config(args, base=base)
     out = Path(args.out) if args.out else default_out(args, run_cfg)
-    if not args.resume and ((out / "model.safetensors").exists() or latest_checkpoint(out) is not None):
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory")
+    if not args.resume and latest_checkpoint(out) is not None:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if not args.resume and (out / "config.yaml").exists():  # an earlier start that never saved a checkpoint
-        logging.getLogger("neurallayers.training").info("%s holds no checkpoint: starting the run afresh", out)
+    if args.resume and latest_checkpoint(out) is None and stopped_before_first_checkpoint(out):
+        raise ValueError(f"cannot resume: {out} stopped before its first checkpoint (train.save_interval); run the "
+                         "same command without --resume to start it again")
+    if not args.resume and stopped_before_first_checkpoint(out):  # killed, or failed, before it saved
+        logging.getLogger("neurallayers.training").info(
+            "%s holds no checkpoint (the run stopped before its first one): starting the run afresh", out)
+    elif not args.resume and (out / "model.safetensors").exists():
+        raise ValueError(f"{out} already holds a model (model.safetensors) but no run to resume; choose another "
+                         "--out (--init-from starts a run from its weights)")
     result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
         print(summary(result))
         if result.stopped_reason in EXIT_CODES:
             print(f"continue with: neurallayers train --out {out} --resume", file=sys.stderr)
-    # stopped by a signal: checkpoint saved, but a script running `train && ...` must not go on as if it finished
+    # stopped by a signal: checkpoint saved, but a script running `train && ...` must not go on as if it finished;
+    # nor after a non-finite loss stopped it (train.nan_policy: stop)
+    if result.stopped_reason == "nan":
+        return 1
     return EXIT_CODES.get(result.stopped_reason, 0)
 
 

@@ -94,6 +94,15 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def stopped_before_first_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """A run that began training and stopped (killed, out of memory, a crash) before it wrote a checkpoint: its config
+    and metrics, perhaps the weights of an evaluation, and nothing to resume from. A finished run always has a
+    checkpoint of its last step; a converted model has no metrics."""
+    run_dir = Path(run_dir)
+    return ((run_dir / "config.yaml").is_file() and (run_dir / "metrics.jsonl").is_file()
+            and latest_checkpoint(run_dir) is None)
+
+
 def checkpoint_step(path: str | os.PathLike) -> int:
     m = _STEP_DIR.match(Path(path).name)
     if not m:

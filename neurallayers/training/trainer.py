@@ -133,7 +133,8 @@ class _Fit:
         cfg = self.cfg
         model_sd = state = None
         if target is not None:
-            model_sd, state = _check_resume(out, target, run)
+            model_sd, state, run = _check_resume(out, target, run)
+            self.run_cfg = run
         seed_all(cfg.seed)
         self.model = build_model(run.model)
         if not hasattr(self.model, "gradient_checkpointing"):
@@ -204,8 +205,8 @@ class _Fit:
                         "sequences instead of %d, so the data order and the losses differ from an uninterrupted run",
                         saved_world, self.info.world_size, batch * self.info.world_size, batch * saved_world)
         if self.step >= self.cfg.max_steps:
-            log.info("the run already has its max_steps=%d: nothing to train (pass --train.max_steps N to train on)",
-                     self.cfg.max_steps)
+            log.info("the run has trained %d steps, max_steps=%d: nothing to train (pass --train.max_steps N to train "
+                     "on)", self.step, self.cfg.max_steps)
         elif self.cfg.early_stopping_patience and self.bad_evals >= self.cfg.early_stopping_patience:
             log.info("the run stopped early (%d evaluations without a better val loss): training on to the next "
                      "evaluation, which stops it again unless the val loss improves", self.bad_evals)
@@ -230,8 +231,10 @@ class _Fit:
         from neurallayers.training.loggers import build_loggers
 
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.step == 0:  # a fresh run (the folder holds no checkpoint): an aborted earlier start's lines go
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        if self.step == 0:  # a fresh run (the folder holds no checkpoint): an aborted earlier start's lines and
+            # weights go (_resume_target kept any other folder with weights from getting here)
+            for name in ("metrics.jsonl", "model.safetensors", "samples.txt", "loss.png"):
+                (self.out / name).unlink(missing_ok=True)
             ckpt.clean_incomplete(self.out)
         else:  # a resumed run rewrites history after its checkpoint: drop the crashed session's later lines
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
@@ -320,9 +323,12 @@ class _Fit:
             console.close()
         try:
             terminal = reason not in ("until_step", "interrupted", "terminated")
-            if terminal and self.has_val and (final_val is None or cfg.eval_interval == 0
-                                              or self.step % cfg.eval_interval):
-                final_val = self._evaluate()
+            if terminal and self.has_val:
+                if self.step == start_step > 0:  # a resume with nothing to train: the step's evaluation stands
+                    final_val = _logged_val_loss(self.out / "metrics.jsonl", self.step)
+                if final_val is None or (self.step > start_step and (cfg.eval_interval == 0
+                                                                     or self.step % cfg.eval_interval)):
+                    final_val = self._evaluate()
             if terminal and self.best_val is None:  # never evaluated: the final weights are the model
                 state = dist.model_state(self.wrapped, info)
                 if info.is_main:
@@ -387,7 +393,7 @@ class _Fit:
                            batch_size=cfg.batch_size, max_batches=cfg.eval_batches, device=self.device,
                            amp_dtype=self.amp_dtype, masker=self.masker)
         self.wrapped.train()
-        improved = self.best_val is None or val < self.best_val
+        improved = math.isfinite(val) and (self.best_val is None or val < self.best_val)  # NaN is never the best
         perplexity = math.exp(min(val, 700.0))
         self._log({"val_loss": val, "perplexity": perplexity, "best": improved})
         if self.info.is_main:
@@ -495,13 +501,21 @@ def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: in
 
 def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
     """The checkpoint folder to resume from, or None for a fresh run. Fails early with one clear line."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a run directory; choose another output directory")
     if resume is False:
         if ckpt.latest_checkpoint(out) is not None:
             raise ValueError(f"{out} already holds a run with checkpoints; pass resume=True to continue it "
                              "or choose a new output directory")
+        if (out / "model.safetensors").exists() and not ckpt.stopped_before_first_checkpoint(out):
+            raise ValueError(f"{out} already holds a model (model.safetensors); choose a new output directory "
+                             "(train.init_from starts a run from its weights)")
         return None
     if resume is True:
         target = ckpt.latest_checkpoint(out)
+        if target is None and ckpt.stopped_before_first_checkpoint(out):
+            raise FileNotFoundError(f"cannot resume: {out} stopped before its first checkpoint "
+                                    "(train.save_interval); start it again without resume")
         if target is None:
             raise FileNotFoundError(f"cannot resume: {out} has no complete checkpoint under checkpoints/")
         return target
@@ -530,8 +544,10 @@ def _init_source(run: RunConfig) -> object:
     return source
 
 
-def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict]:
-    """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training)."""
+def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, RunConfig]:
+    """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training). Returns the
+    weights, the training state and the run config, whose data.tokenizer / vocab_size stay the saved ones: the run
+    keeps its tokenizer whatever a resume asks for, and config.yaml says so."""
     saved = RunConfig.from_yaml(out / "config.yaml")
     if saved.model != run.model:
         diff = _changes(saved.model.to_dict(), run.model.to_dict())
@@ -542,10 +558,12 @@ def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict]:
         diff = _changes(dataclasses.asdict(saved.data), dataclasses.asdict(run.data))
         log.warning("the data settings differ from the saved run (%s): training continues on the new data, with the "
                     "run's tokenizer", diff)
+        kept = {k: getattr(saved.data, k) for k in ("tokenizer", "vocab_size")}
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, **kept))
     model_sd, state = ckpt.load_checkpoint(target)
     if int(state["step"]) != ckpt.checkpoint_step(target):
         raise CheckpointError(f"{target}: state.pt says step {state['step']}, the folder name another")
-    return model_sd, state
+    return model_sd, state, run
 
 
 def _changes(old: dict, new: dict) -> str:
@@ -567,6 +585,22 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except json.JSONDecodeError:
             continue  # a line torn by the crash
     write_text_atomic(path, "".join(x + "\n" for x in keep))
+
+
+def _logged_val_loss(path: Path, step: int) -> float | None:
+    """The val loss metrics.jsonl holds for `step` (the last such line), or None."""
+    import json
+
+    found = None
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step") == step and isinstance(row.get("val_loss"), (int, float)):
+                found = float(row["val_loss"])
+    return found
 
 
 def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path: Path, device: torch.device, *,

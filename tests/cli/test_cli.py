@@ -158,6 +158,11 @@ def test_info_on_a_run_says_what_it_trained(run_dir: Path, tmp_path: Path, capsy
     out = capsys.readouterr().out
     assert re.search(r"training +(\d+) of \1 steps; val loss [\d.]+ at step \1, best [\d.]+ at step \d+", out), out
     assert re.search(r"checkpoints +step-\d+", out) and re.search(r"data +text.txt; tokenizer char", out), out
+    # the newest checkpoint's step counts when no log line has it (a log_interval skipped it), past max_steps too
+    (copy / "checkpoints/step-1000").mkdir()
+    (copy / "checkpoints/step-1000/COMPLETE").write_text("")
+    assert main(["info", str(copy)]) == 0
+    assert re.search(r"training +1,000 steps \(max_steps \d+\)", capsys.readouterr().out)
     (copy / "metrics.jsonl").unlink()  # as in a run converted from a Hugging Face folder
     assert main(["info", str(copy)]) == 0
     assert "none recorded here" in capsys.readouterr().out
@@ -210,17 +215,32 @@ def test_a_draft_with_another_tokenizer_is_refused(run_dir: Path, tmp_path: Path
 
 def test_a_start_that_never_saved_is_started_afresh_and_a_saved_run_is_kept(run_dir: Path):
     root = run_dir.parent
-    aborted = root / "aborted"  # a start that failed before its first checkpoint (say, a tracker could not log in)
+    aborted = root / "aborted"  # a start killed before its first checkpoint, after an evaluation saved the best
     aborted.mkdir()
     shutil.copy(run_dir / "config.yaml", aborted / "config.yaml")
+    shutil.copy(run_dir / "model.safetensors", aborted / "model.safetensors")
     (aborted / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n')
     args = ("train", "--config", "run.yaml", "--data", "text.txt", "--out", "aborted", "--train.max_steps", "2",
             "--train.sample_tokens", "0", "--no-progress")
+    assert_user_error(cli(*args, "--resume", cwd=root), "stopped before its first checkpoint", "without --resume")
     proc = cli(*args, cwd=root)
     assert proc.returncode == 0, proc.stderr
-    assert "holds no checkpoint: starting the run afresh" in proc.stderr
+    assert "holds no checkpoint (the run stopped before its first one): starting the run afresh" in proc.stderr
     assert '"loss": 99.0' not in (aborted / "metrics.jsonl").read_text()  # the aborted start's lines are gone
+    assert (aborted / "model.safetensors").read_bytes() != (run_dir / "model.safetensors").read_bytes()
     assert_user_error(cli(*args, cwd=root), "already holds a run; pass --resume")
+    # a model folder that is no run (converted weights): never trained over, from the CLI or the API
+    model_only = root / "model-only"
+    model_only.mkdir()
+    for name in ("config.yaml", "model.safetensors", "tokenizer.json"):
+        shutil.copy(run_dir / name, model_only / name)
+    assert_user_error(cli(*args[:5], "--out", "model-only", *args[7:], cwd=root), "already holds a model")
+    from neurallayers.training import fit
+    from neurallayers.training.config import RunConfig
+
+    with pytest.raises(ValueError, match="already holds a model"):
+        fit(RunConfig.from_yaml(run_dir / "config.yaml"), model_only, progress=False)
+    assert_user_error(cli(*args[:5], "--out", "text.txt", *args[7:], cwd=root), "is a file")
 
 
 def test_resume_continues(run_dir: Path):
@@ -434,3 +454,12 @@ def test_chat_with_a_seed_gives_each_reply_its_own_draws(run_dir: Path, monkeypa
     monkeypatch.setattr("sys.stdin", io.StringIO("To be\nTo be\n/reset\nTo be\n"))
     assert main(["chat", str(run_dir), "--seed", "7", "--max-new-tokens", "4"]) == 0
     assert seeds == [_row_seed(7, k) for k in range(3)] and len(set(seeds)) == 3
+
+
+def test_a_run_stopped_by_a_non_finite_loss_exits_non_zero(run_dir: Path, monkeypatch):
+    """nan_policy: stop ended the run with status 0, so `train && ...` went on as if it had finished."""
+    proc = in_process("train", "--config", "run.yaml", "--data", "text.txt", "--out", "nan", "--train.max_steps", "6",
+                      "--train.lr", "1e30", "--train.warmup_steps", "0", "--train.grad_clip", "0",
+                      "--train.nan_policy", "stop", "--train.sample_tokens", "0", "--no-progress",
+                      cwd=run_dir.parent, monkeypatch=monkeypatch)
+    assert proc.returncode == 1 and "stopped: nan" in proc.stdout, proc.stderr

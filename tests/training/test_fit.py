@@ -78,12 +78,17 @@ def test_early_stopping_triggers(tmp_path, caplog):
     assert not [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "val_loss" in r][-1]["best"]
 
 
-def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, caplog):
-    run = tiny_run(tmp_path, max_steps=4, eval_interval=0)
-    fit(run, tmp_path / "run", progress=False)
+@pytest.mark.parametrize("eval_interval", [0, 3])
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, caplog, eval_interval):
+    """... and adds no second evaluation of the last step to metrics.jsonl (it did: one more line per resume)."""
+    run = tiny_run(tmp_path, max_steps=4, eval_interval=eval_interval)
+    first = fit(run, tmp_path / "run", progress=False)
+    lines = (tmp_path / "run/metrics.jsonl").read_text()
     with caplog.at_level("INFO", logger="neurallayers"):
-        assert fit(run, tmp_path / "run", resume=True, progress=False).steps == 4
-    assert "already has its max_steps=4: nothing to train" in caplog.text
+        again = fit(run, tmp_path / "run", resume=True, progress=False)
+    assert again.steps == 4 and again.final_val_loss == first.final_val_loss
+    assert "the run has trained 4 steps, max_steps=4: nothing to train" in caplog.text
+    assert (tmp_path / "run/metrics.jsonl").read_text() == lines
 
 
 def _nan_at(monkeypatch, k):
@@ -125,6 +130,18 @@ def test_nan_loss_stops_and_logged(tmp_path, monkeypatch):
     assert result.steps == 3 and result.stopped_reason == "nan"
     guard = [r["nan_guard"] for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "nan_guard" in r]
     assert guard == ["stopped at step 3"]
+
+
+def test_a_nan_validation_loss_is_never_the_best(tmp_path, monkeypatch):
+    """Before, a NaN first evaluation was marked best and saved, and no later `val < nan` could replace it."""
+    import neurallayers.training.trainer as trainer
+
+    vals = iter([float("nan"), 5.0, 6.0])
+    monkeypatch.setattr(trainer, "mean_loss", lambda *a, **k: (next(vals), 1))
+    result = fit(tiny_run(tmp_path, max_steps=9, eval_interval=3, save_interval=0), tmp_path / "run", progress=False)
+    evals = [(r["val_loss"], r["best"]) for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "val_loss" in r]
+    assert [best for _, best in evals] == [False, True, False] and evals[0][0] == "nan"
+    assert result.best_val_loss == 5.0
 
 
 def test_metrics_lines_plot_and_tensorboard(tmp_path):
@@ -276,6 +293,12 @@ def test_resume_on_other_data_says_so(tmp_path, caplog):
                      progress=False)
     assert result.steps == 6
     assert "data settings differ from the saved run (source:" in caplog.text and "other.txt" in caplog.text
+    # asked for another tokenizer, the run keeps its own, and its config.yaml still says which
+    run = tiny_run(tmp_path, corpus=other, max_steps=7, eval_interval=0)
+    run = dataclasses.replace(run, data=dataclasses.replace(run.data, tokenizer="bpe", vocab_size=300))
+    fit(run, tmp_path / "run", resume=True, progress=False)
+    saved = RunConfig.from_yaml(tmp_path / "run/config.yaml")
+    assert (saved.data.tokenizer, saved.data.vocab_size, saved.train.max_steps) == ("char", None, 7)
 
 
 def test_time_budget_stops_evaluates_saves_and_samples(tmp_path):
