@@ -98,7 +98,8 @@ def describe_run(folder: Path) -> str:
     if ckpts:  # the newest checkpoint's step, which a log_interval may not have logged
         steps = max(steps, int(ckpts[-1].removeprefix("step-")))
     max_steps = run_cfg.train.max_steps
-    trained = f"{steps:,} of {max_steps:,} steps" if steps <= max_steps else f"{steps:,} steps (max_steps {max_steps:,})"
+    trained = (f"{steps:,} of {max_steps:,} steps" if steps <= max_steps
+               else f"{steps:,} steps (max_steps {max_steps:,})")
     trained += "" if run_cfg.model.causal else " (masked LM)"
     if vals:
         best_step, best = min(vals, key=lambda sv: sv[1])
