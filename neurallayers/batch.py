@@ -30,6 +30,7 @@ import difflib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,11 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
             rid = record.get("id", n)
             if isinstance(rid, bool) or not isinstance(rid, str | int):
                 raise ValueError(f"{where}: 'id' must be a string or an integer, got {rid!r}")
-            item = BatchItem(index=len(items), line=n, id=rid, text=text,
-                             params={k: v for k, v in record.items() if k in LINE_PARAMS})
+            # as the server reads them: null is the default, and one stop string may stand for a list of it
+            params = {k: v for k, v in record.items() if k in LINE_PARAMS and v is not None}
+            if isinstance(params.get("stop"), str):
+                params["stop"] = [params["stop"]]
+            item = BatchItem(index=len(items), line=n, id=rid, text=text, params=params)
             if item.key in seen:
                 raise ValueError(f"{where}: id {rid!r} is already used on line {seen[item.key]}; ids must be unique")
             seen[item.key] = n
@@ -293,28 +297,17 @@ def _line(record: dict) -> bytes:
 
 # ----- planning generation batches -----
 def _plan(todo: list[BatchItem], lengths: dict[int, int], configs: dict[int, GenerationConfig], *,
-          batch_size: int, block_size: int) -> list[list[BatchItem]]:
-    """Batches of items that share a config, shortest prompts first (less padding).
-
-    generate() gives a batch one token budget, min(max_new_tokens, block_size - width + 1) with width the
-    longest prompt, so an item joins a batch only if that leaves every member the budget it has alone: then a
-    batched result equals the one-at-a-time result whatever the batch, and a resumed run equals a straight one.
-    """
+          batch_size: int) -> list[list[BatchItem]]:
+    """Batches of items that share a config, shortest prompts first (less padding). generate() gives each prompt
+    of a batch the tokens it gets alone (its own seed, its own room in the context), so a resumed run, whose
+    batches differ, equals a straight one."""
     groups: dict[str, list[BatchItem]] = {}
     for it in todo:
         groups.setdefault(json.dumps(dataclasses.asdict(configs[it.index]), sort_keys=True), []).append(it)
     batches: list[list[BatchItem]] = []
     for group in groups.values():
-        mnt = configs[group[0].index].max_new_tokens
-        batch: list[BatchItem] = []
-        for it in sorted(group, key=lambda it: lengths[it.index]):
-            width = lengths[it.index]
-            fits = width + mnt - 1 <= block_size or all(lengths[b.index] == width for b in batch)
-            if batch and (len(batch) == batch_size or not fits):
-                batches.append(batch)
-                batch = []
-            batch.append(it)
-        batches.append(batch)
+        ordered = sorted(group, key=lambda it: lengths[it.index])
+        batches += [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
     return batches
 
 
@@ -365,9 +358,11 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
             raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
         if config.num_return_sequences != 1:
             raise ValueError(f"num_return_sequences={config.num_return_sequences}: batch writes one result per input "
-                             "line; repeat a line with other ids (and seeds) for more samples")
-        prompts, configs = _check_prompts(items, tokenizer, config, model.config.block_size, source=input_path)
-        settings = {"mode": "generate", **dataclasses.asdict(config)}
+                             "line; repeat a line under other ids for more samples (each id samples with its own seed)")
+        prompts, configs, seeds = _check_prompts(items, tokenizer, config, model.config.block_size,
+                                                 source=input_path)
+        # "seeding": runs before lines were seeded by their ids drew every line from the one seed
+        settings = {"mode": "generate", **dataclasses.asdict(config), "seeding": "per line"}
     else:
         from neurallayers.embeddings import model_pooling, pooling_modes
 
@@ -398,10 +393,10 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
                desc=output.name)
     with bar:
         if causal:
-            batches = _plan(todo, {i: len(p) for i, p in prompts.items()}, configs, batch_size=batch_size,
-                            block_size=model.config.block_size)
+            batches = _plan(todo, {i: len(p) for i, p in prompts.items()}, configs, batch_size=batch_size)
             for batch in batches:
-                gens = generate(model, tokenizer, [prompts[it.index] for it in batch], configs[batch[0].index])
+                gens = generate(model, tokenizer, [prompts[it.index] for it in batch], configs[batch[0].index],
+                                seeds=[seeds[it.index] for it in batch])
                 _append(record, [_line({"id": it.id, "text": g.text, "finish_reason": g.finish_reason,
                                         "prompt_tokens": g.prompt_tokens, "completion_tokens": len(g.token_ids)})
                                  for it, g in zip(batch, gens, strict=True)])
@@ -417,11 +412,20 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
                        repaired_bytes=repaired)
 
 
+def line_seed(seed: int, rid: str | int) -> int:
+    """The seed of a line without its own: from the run's seed and the line's id, so that every line draws its own
+    random numbers (equal prompts give independent samples) and a resumed run gives what a straight one would."""
+    digest = hashlib.sha256(f"{seed}\0{json.dumps(rid)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 def _check_prompts(items: list[BatchItem], tokenizer: Tokenizer, config: GenerationConfig, block_size: int, *,
-                   source: Path) -> tuple[dict[int, list[int]], dict[int, GenerationConfig]]:
-    """Token ids and the effective GenerationConfig of every item, checked before anything is written."""
+                   source: Path) -> tuple[dict[int, list[int]], dict[int, GenerationConfig], dict[int, int]]:
+    """Token ids, the effective GenerationConfig (seed aside) and the seed of every item, checked before anything
+    is written: a line's own "seed", else line_seed(config.seed, id), else (an unseeded run) a fresh one."""
     prompts: dict[int, list[int]] = {}
     configs: dict[int, GenerationConfig] = {}
+    seeds: dict[int, int] = {}
     cached: dict[str, GenerationConfig] = {}
     for it, ids in zip(items, tokenizer.encode_batch([it.text for it in items]), strict=True):
         where = f"{source} line {it.line}"
@@ -434,8 +438,11 @@ def _check_prompts(items: list[BatchItem], tokenizer: Tokenizer, config: Generat
                 cached[key] = config.replace(**it.params)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{where}: {e}") from None
-        prompts[it.index], configs[it.index] = ids, cached[key]
-    return prompts, configs
+        own = cached[key].seed if "seed" in it.params else None
+        seeds[it.index] = (own if own is not None else line_seed(config.seed, it.id) if config.seed is not None
+                           else secrets.randbits(62))
+        prompts[it.index], configs[it.index] = ids, cached[key].replace(seed=config.seed)
+    return prompts, configs, seeds
 
 
 # ----- embeddings -----

@@ -16,7 +16,7 @@ import torch
 
 from neurallayers import batch as batch_mod
 from neurallayers.api import load
-from neurallayers.batch import model_files_identity, read_inputs, run_batch
+from neurallayers.batch import line_seed, model_files_identity, read_inputs, run_batch
 from neurallayers.config import ModelConfig
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.generation import GenerationConfig, generate
@@ -81,7 +81,7 @@ def test_results_equal_one_prompt_at_a_time(lm, tmp_path):
     model, tok = lm
     inp = write_prompts(tmp_path / "in.jsonl", 7)
     with inp.open("a") as f:  # per-line settings, a default id, "text" for "prompt", blank lines
-        f.write('\n{"prompt": "the dog", "max_new_tokens": 3}\n  \n{"text": "a box", "stop": ["o"]}\n')
+        f.write('\n{"prompt": "the dog", "max_new_tokens": 3, "top_k": null}\n  \n{"text": "a box", "stop": "o"}\n')
     res = run_batch(model, tok, inp, tmp_path / "out.jsonl", config=GREEDY, batch_size=3, progress=False)
     assert (res.total, res.computed, res.resumed) == (9, 9, 0)
     rows = results(tmp_path / "out.jsonl")
@@ -100,6 +100,21 @@ def test_seeded_sampling_does_not_depend_on_batch_size(lm, tmp_path):
     run_batch(model, tok, inp, tmp_path / "a.jsonl", config=cfg, batch_size=1, progress=False)
     run_batch(model, tok, inp, tmp_path / "b.jsonl", config=cfg, batch_size=6, progress=False)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_each_line_samples_with_its_own_seed(lm, tmp_path):
+    """A line samples with its "seed", else with one made from the run's seed and its id: equal prompts on
+    different lines give independent samples (all lines used to draw the same random numbers, seed 0)."""
+    model, tok = lm
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "the"}) + "\n" for i in range(4))
+                   + json.dumps({"id": "own", "prompt": "the", "seed": 11}) + "\n")
+    cfg = GenerationConfig(temperature=1.0, seed=3, max_new_tokens=12)
+    run_batch(model, tok, inp, tmp_path / "out.jsonl", config=cfg, batch_size=5, progress=False)
+    rows = results(tmp_path / "out.jsonl")
+    wanted = [line_seed(3, f"q{i}") for i in range(4)] + [11]
+    assert [r["text"] for r in rows] == [generate(model, tok, "the", cfg, seed=s)[0].text for s in wanted]
+    assert len({r["text"] for r in rows[:4]}) > 1
 
 
 def test_interrupted_run_resumes_repairs_a_torn_tail_and_refuses_changes(lm, tmp_path, monkeypatch):

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_dtype(parser)
     add_sampling_arguments(parser)
-    # Seeded by default, so that a resumed sampling run gives what an uninterrupted one would.
+    # Seeded by default, so that a resumed sampling run gives what an uninterrupted one would; each line samples
+    # with a seed made from this one and its id (or with its own "seed").
     parser.set_defaults(seed=0)
     e = parser.add_argument_group("embeddings (encoder models)")
     e.add_argument("--pooling", default=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 
 from neurallayers.cli.common import UserError, add_device_dtype, add_model_path, positive_int, torch_dtype
@@ -53,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port}: must be in [0, 65535]")
     if args.max_queue < 0:
         raise UserError(f"--max-queue {args.max_queue}: must be >= 0")
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if api_key is not None and not api_key.strip():  # an empty key would serve everyone: say so rather than open up
+        where = "--api-key" if args.api_key is not None else f"${API_KEY_ENV}"
+        raise UserError(f"{where} is empty: give a key, or leave it unset to serve without one")
+    sock = _bind(args.host, args.port)  # before loading the model: a port in use fails at once, in one line
     if args.compile:
         print("neurallayers serve: compiling the decode step before serving (15-60 s)", file=sys.stderr, flush=True)
     app = create_app(args.path, model_name=args.model_name, api_key=api_key,
@@ -62,21 +67,40 @@ def run(args: argparse.Namespace) -> int:
                      dtype=torch_dtype(args.dtype), compile=args.compile)
 
     served = app.state.holder.current
+    port = sock.getsockname()[1]  # --port 0: the port the system chose
     print(f"neurallayers serve: {served.name!r} ({served.kind}, context {served.block_size}) on "
-          f"http://{args.host}:{args.port}" + (" (API key required)" if api_key else ""), file=sys.stderr)
+          f"http://{args.host}:{port}" + (" (API key required)" if api_key else ""), file=sys.stderr)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             app.state.mark_draining()  # a request that still reaches us gets 503, not a half-served answer
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+    config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout)
     # uvicorn re-raises the SIGTERM it caught once it has stopped; the handler it restores is this no-op, so a
     # graceful stop ends the process normally (status 0) instead of killing it with the signal.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        Server(config).run()
+        Server(config).run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sock.close()
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port for uvicorn to listen on; a bad host or a port in use is a UserError."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: {e.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart while old ones linger
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock

@@ -150,12 +150,12 @@ def _choose(scores: torch.Tensor, gens: list[torch.Generator] | None) -> torch.T
 
 @torch.inference_mode()
 def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
-                  eos_ids: list[int], sync_every: int = 1) -> Iterator[_Run]:
+                  eos_ids: list[int], sync_every: int = 1, seeds: list[int] | None = None) -> Iterator[_Run]:
     """Greedy or sampled decoding of a batch of prompts; yields the run state after every generated token.
 
     Rows are prompt-major: prompt i's config.num_return_sequences sequences are rows i*n .. i*n+n-1. The caller
     may end rows (run.end_rows) or stop iterating at any step. Without such a caller, the loop checks every
-    `sync_every` steps whether every row is done (a host sync).
+    `sync_every` steps whether every row is done (a host sync). seeds: one per prompt, in place of config.seed.
     """
     _check_ids(model, input_ids, eos_ids)
     config.check_vocab(model.config.vocab_size)
@@ -198,7 +198,8 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
     if not config.greedy:
         # Unseeded, every prompt draws its own seed: one shared seed would give a batch of equal prompts equal
         # samples (and unequal prompts correlated ones).
-        seeds = [config.seed] * b if config.seed is not None else torch.randint(0, 2**62, (b,)).tolist()
+        if seeds is None:
+            seeds = [config.seed] * b if config.seed is not None else torch.randint(0, 2**62, (b,)).tolist()
         gens = [torch.Generator(device=device).manual_seed(_row_seed(seeds[r // n_ret], r % n_ret))
                 for r in range(rows)]
 
@@ -243,7 +244,7 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
 
 
 def generate_ids(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
-                 eos_ids: list[int]) -> list[Generation]:
+                 eos_ids: list[int], seeds: list[int] | None = None) -> list[Generation]:
     """Greedy or sampled generation from token ids, without a tokenizer (no stop strings, text left empty).
 
     Args:
@@ -252,6 +253,7 @@ def generate_ids(model: nn.Module, input_ids: list[list[int]], config: Generatio
         config: the generation settings (greedy when temperature is 0); beam/contrastive/speculative settings are
             not handled here (use generate()).
         eos_ids: ids that end a sequence (ignored when config.ignore_eos); config.stop_token_ids also end it.
+        seeds: one seed per prompt in place of config.seed (see generate).
 
     Returns:
         len(input_ids) * num_return_sequences Generations, prompt-major; token_ids exclude the prompt and the
@@ -263,7 +265,8 @@ def generate_ids(model: nn.Module, input_ids: list[list[int]], config: Generatio
     if config.num_beams > 1 or config.penalty_alpha > 0:
         raise ValueError("generate_ids does greedy and sampled decoding only; num_beams > 1 and penalty_alpha > 0 "
                          "go through generate() (or neurallayers.generation.search)")
-    (run,) = deque(_decode_steps(model, input_ids, config, eos_ids=eos_ids, sync_every=SYNC_EVERY), maxlen=1)
+    (run,) = deque(_decode_steps(model, input_ids, config, eos_ids=eos_ids, sync_every=SYNC_EVERY, seeds=seeds),
+                   maxlen=1)
     return run.generations()
 
 
@@ -427,7 +430,8 @@ def _search_batch(fn, name: str, model: nn.Module, extra: tuple, input_ids: list
 
 def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[int]],
              config: GenerationConfig | None = None, *, draft_model: nn.Module | None = None,
-             amateur_model: nn.Module | None = None, **overrides) -> list[Generation]:
+             amateur_model: nn.Module | None = None, seeds: list[int] | None = None,
+             **overrides) -> list[Generation]:
     """Generate a continuation of each prompt.
 
     Args:
@@ -437,6 +441,7 @@ def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[i
         config: the generation settings (default GenerationConfig()); `overrides` replace fields of it.
         draft_model: a small model for speculative decoding (search.speculative_decode).
         amateur_model: a weaker model for contrastive decoding (search.contrastive_decoding).
+        seeds: one seed per prompt, in place of config.seed: prompt i samples as it does alone with seed seeds[i].
 
     Returns:
         num_return_sequences Generations per prompt, prompt-major. Greedy (temperature 0) or sampling by
@@ -451,13 +456,23 @@ def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[i
     stops = config.stop if tokenizer is not None else []
     if config.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer to decode the text; pass one or use stop_token_ids")
+    if seeds is not None:
+        if not isinstance(seeds, list) or len(seeds) != len(input_ids) or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ValueError(f"seeds must be a list of {len(input_ids)} integers, one per prompt, got {seeds!r}")
+        if config.greedy or len(set(seeds)) == 1:
+            config, seeds = config.replace(seed=seeds[0]), None
+        elif draft_model is not None or amateur_model is not None:  # their sampling draws per call: one at a time
+            return [g for ids, seed in zip(input_ids, seeds, strict=True)
+                    for g in generate(model, tokenizer, [ids], config.replace(seed=seed), draft_model=draft_model,
+                                      amateur_model=amateur_model)]
     searched = _search(model, input_ids, config, eos_ids=eos_ids, draft_model=draft_model,
                        amateur_model=amateur_model)
     if searched is not None:
         gens = [g for per_prompt in searched for g in per_prompt]
         return [_apply_stop_strings(g, tokenizer, stops) if tokenizer is not None else g for g in gens]
     if not stops:
-        gens = generate_ids(model, input_ids, config, eos_ids=eos_ids)
+        gens = generate_ids(model, input_ids, config, eos_ids=eos_ids, seeds=seeds)
         if tokenizer is not None:
             for g in gens:
                 g.text = tokenizer.decode(g.token_ids)
@@ -465,7 +480,7 @@ def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[i
     # Stop strings: follow each row's text as it grows and end the row at its first stop string.
     texts = [_RowText(tokenizer, stops) for _ in range(len(input_ids) * config.num_return_sequences)]
     run = None
-    for run in _decode_steps(model, input_ids, config, eos_ids=eos_ids):
+    for run in _decode_steps(model, input_ids, config, eos_ids=eos_ids, seeds=seeds):
         col = run.width + run.n - 1
         last, done = run.tokens[:, col].tolist(), run.done.tolist()
         for r, row in enumerate(texts):

@@ -463,3 +463,24 @@ def test_a_run_stopped_by_a_non_finite_loss_exits_non_zero(run_dir: Path, monkey
                       "--train.nan_policy", "stop", "--train.sample_tokens", "0", "--no-progress",
                       cwd=run_dir.parent, monkeypatch=monkeypatch)
     assert proc.returncode == 1 and "stopped: nan" in proc.stdout, proc.stderr
+
+
+def test_serve_refuses_an_empty_api_key_and_a_port_in_use_in_one_line(run_dir: Path, monkeypatch):
+    """An empty --api-key (or $NEURALLAYERS_API_KEY, say an unset variable passed through) served every route without
+    a key; a port in use printed "serving on ..." and then uvicorn's error, exit 3."""
+    pytest.importorskip("uvicorn")
+    import socket
+
+    assert_user_error(in_process("serve", str(run_dir), "--api-key", "", cwd=run_dir.parent, monkeypatch=monkeypatch),
+                      "--api-key is empty")
+    monkeypatch.setenv("NEURALLAYERS_API_KEY", " ")
+    assert_user_error(in_process("serve", str(run_dir), cwd=run_dir.parent, monkeypatch=monkeypatch),
+                      "$NEURALLAYERS_API_KEY is empty")
+    monkeypatch.delenv("NEURALLAYERS_API_KEY")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        proc = in_process("serve", str(run_dir), "--port", port, cwd=run_dir.parent, monkeypatch=monkeypatch)
+    assert_user_error(proc, f"cannot listen on 127.0.0.1:{port}")
+    assert proc.stdout == ""
