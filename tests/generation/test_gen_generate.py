@@ -305,3 +305,16 @@ def test_rejects_bad_input(model, call, match: str) -> None:
 def test_results_are_generations(model) -> None:
     gens = generate(model, None, [[1, 2, 3]], temperature=0, max_new_tokens=2)
     assert isinstance(gens, list) and all(isinstance(g, Generation) for g in gens)
+
+
+@pytest.mark.parametrize("method", [dict(), dict(amateur="yes")])
+def test_per_prompt_seeds_give_what_each_seed_gives_alone(model, method: dict) -> None:
+    method = {"amateur_model": tiny_lm(seed=5)} if method else {}
+    prompts, seeds = [[1, 2], [3, 4, 5], [1, 2]], [5, 6, 7]
+    cfg = dict(temperature=1.0, max_new_tokens=10, ignore_eos=True, **method)
+    together = generate(model, None, prompts, seeds=seeds, **cfg)
+    alone = [generate(model, None, [p], seed=s, **cfg)[0] for p, s in zip(prompts, seeds, strict=True)]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert together[0].token_ids != together[2].token_ids  # the same prompt under two seeds
+    with pytest.raises(ValueError, match="one per prompt"):
+        generate(model, None, prompts, seeds=[1, 2], **cfg)
