@@ -44,8 +44,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors in the CLI's one-line form (not the usage block and then the error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neurallayers", description="Build, train, generate from and serve "
+    parser = _Parser(prog="neurallayers", description="Build, train, generate from and serve "
                                      "transformer models.")
     from neurallayers import __version__
 
@@ -59,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_verb_parser(verb: str):
     """(the verb's module, its argument parser)."""
     module = importlib.import_module(f"neurallayers.cli.{verb}")
-    parser = argparse.ArgumentParser(prog=f"neurallayers {verb}", description=VERBS[verb],
-                                     formatter_class=HelpFormatter)
+    parser = _Parser(prog=f"neurallayers {verb}", description=VERBS[verb], formatter_class=HelpFormatter)
     module.add_arguments(parser)
     return module, parser
 
@@ -90,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"neurallayers {verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `neurallayers info run | head`: the reader left; say nothing more to it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from neurallayers.interop.convert import convert
 
+    if args.max_shard_size is not None and args.max_shard_size < 1:
+        raise ValueError(f"--max-shard-size {args.max_shard_size}: must be a positive number of MB")
     shard = None if args.max_shard_size is None else args.max_shard_size * 1024 * 1024
     out = convert(args.src, args.dst, to=args.to, max_shard_size=shard, allow_pickle=args.allow_pickle,
                   overwrite=args.overwrite)

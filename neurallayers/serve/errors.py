@@ -95,7 +95,7 @@ def unknown_field(param: str) -> str:
              and issubclass(model, schemas.Strict) for name in model.model_fields}
     if param in known:
         return f"{param}: not a field of this route (another route takes it)"
-    close = difflib.get_close_matches(param, sorted(known), n=1)
+    close = difflib.get_close_matches(param.rpartition(".")[2], sorted(known), n=1)  # a nested field's own name
     return f"{param}: unknown field" + (f" (did you mean {close[0]!r}?)" if close else " (check the spelling)")
 
 

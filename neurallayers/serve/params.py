@@ -97,6 +97,8 @@ def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, l
     Raises:
         APIError: 400 naming the request field when GenerationConfig refuses a value.
     """
+    if req.stream_options is not None and not req.stream:  # as OpenAI answers it
+        raise bad_request("stream_options is only allowed when stream is true", "stream_options")
     vocab = served.model.config.vocab_size
     if logprobs is not None and logprobs > vocab:
         raise bad_request(f"logprobs={logprobs} asks for more alternatives than the vocabulary has ({vocab})",

@@ -484,3 +484,9 @@ def test_serve_refuses_an_empty_api_key_and_a_port_in_use_in_one_line(run_dir: P
         proc = in_process("serve", str(run_dir), "--port", port, cwd=run_dir.parent, monkeypatch=monkeypatch)
     assert_user_error(proc, f"cannot listen on 127.0.0.1:{port}")
     assert proc.stdout == ""
+
+
+def test_an_argument_error_is_one_line_too(tmp_path: Path):
+    """argparse's own errors (a missing or mistyped value) printed the usage block above the error."""
+    assert_user_error(cli("generate", "run", "--max-new-tokens", "abc", cwd=tmp_path), "--max-new-tokens",
+                      "invalid int value", "see neurallayers generate --help")

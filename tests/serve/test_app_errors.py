@@ -97,6 +97,7 @@ CHAT_CASES = [
     ({"max_completion_tokens": 500}, "max_completion_tokens"),
     ({"messages": [{"role": "user", "content": "x" * 200}]}, "messages"),
     ({"temperature": float("nan")}, "temperature"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream: true, as OpenAI refuses it
 ]
 
 
@@ -168,6 +169,9 @@ def test_unknown_fields_are_told_apart_from_unsupported_ones(server):
     err = assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "temprature": 0}), 400,
                        "temprature")
     assert err["message"] == "temprature: unknown field (did you mean 'temperature'?)"
+    err = assert_error(httpx.post(f"{server.url}/v1/completions", json={
+        "prompt": "x", "stream": True, "stream_options": {"include_usag": True}}), 400, "stream_options.include_usag")
+    assert err["message"] == "stream_options.include_usag: unknown field (did you mean 'include_usage'?)"
     err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}), 400, "tools")
     assert err["message"] == "tools: not supported by this server (send null or leave it out)"
