@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from neurallayers.data import load_corpus
+    from neurallayers.data.corpora import absolute_spec
     from neurallayers.training.config import DataConfig, RunConfig
     from neurallayers.training.prepare import tokenize_corpus
     from neurallayers.training.trainer import mean_loss
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         masker = Masker.for_tokenizer(tokenizer, prob=args.mask_prob, seed=0)
     elif args.mask_prob != MASK_PROB:
         raise ValueError("--mask-prob applies to masked LMs (encoders); this model is a decoder")
-    own = run_cfg is not None and (args.data is None or args.data == run_cfg.data.source)
+    own = run_cfg is not None and (args.data is None or absolute_spec(args.data) == absolute_spec(run_cfg.data.source))
     if args.data is None and not own:
         raise ValueError(f"{args.path} is not a run directory: name the corpus with --data")
     split = args.split or ("val" if own else "all")
@@ -91,6 +92,6 @@ def run(args: argparse.Namespace) -> int:
     loss, count = mean_loss(model, arr, block_size=block, batch_size=args.batch_size, max_batches=args.max_batches,
                             device=next(model.parameters()).device, progress=not args.no_progress, masker=masker)
     what = "masked tokens scored" if masker is not None else "tokens scored"
-    print(f"corpus: {data.source}  split: {split}  {what}: {count:,}  loss: {loss:.4f}  "
+    print(f"corpus: {args.data or data.source}  split: {split}  {what}: {count:,}  loss: {loss:.4f}  "
           f"perplexity: {math.exp(min(loss, 50)):.2f}")
     return 0

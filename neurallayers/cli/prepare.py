@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     extra = []
     if args.tokenizer:
         extra += ["--data.tokenizer", args.tokenizer]
-    if args.vocab_size:
+    if args.vocab_size is not None:  # 0 too: DataConfig refuses it, naming the field
         extra += ["--data.vocab_size", str(args.vocab_size)]
     args.overrides = list(getattr(args, "overrides", [])) + extra
     fine_tune = args.init_from or any(a.startswith("--train.init_from") for a in args.overrides)

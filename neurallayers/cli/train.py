@@ -52,7 +52,11 @@ def build_run_config(args: argparse.Namespace, *, base: Path | None = None):
         raise ValueError("no model: give --preset NAME, --config FILE with a model section, --model.preset NAME, "
                          "--init-from RUN_OR_MODEL_FOLDER, or --out RUN --resume to continue a run with its saved "
                          "config")
-    return RunConfig.from_dict(data)
+    try:
+        return RunConfig.from_dict(data)
+    except ValueError as e:  # name the file a bad field may sit in (or came from, with an override)
+        source = args.config or base
+        raise ValueError(f"{e} (config: {source})" if source else str(e)) from None
 
 
 def default_out(args: argparse.Namespace, run) -> Path:

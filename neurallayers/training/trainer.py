@@ -114,6 +114,10 @@ class _Fit:
         from neurallayers.training.prepare import prepare_data
 
         self.info, self.out, self.progress, self.until_step = info, out, progress, until_step
+        from neurallayers.data.corpora import absolute_spec
+
+        # config.yaml names the corpus by an absolute path: eval and --resume find it from any directory
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, source=absolute_spec(run.data.source)))
         self.device = resolve_device(run.train.device, local_rank=info.local_rank)
         self.amp_dtype, use_scaler = resolve_precision(run.train.precision, self.device)
         target = _resume_target(out, resume)
@@ -217,6 +221,10 @@ class _Fit:
         checkpoint's (whose base lr and last rate the optimizer state carries); unchanged, the rates are the same
         numbers as an uninterrupted run's."""
         cfg = self.cfg
+        if cfg.warmup_steps >= cfg.max_steps > self.step and self.info.is_main:
+            log.warning("train.warmup_steps=%d >= max_steps=%d: the learning rate is still warming up when training "
+                        "ends (it reaches %.3g of lr=%.3g) and never decays; set --train.warmup_steps lower",
+                        cfg.warmup_steps, cfg.max_steps, cfg.lr_at(cfg.max_steps - 1), cfg.lr)
         for group in self.optimizer.param_groups:  # a checkpoint's groups carry its own
             group["initial_lr"] = cfg.lr
         scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cfg.lr_at(s) / cfg.lr,

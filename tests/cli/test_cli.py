@@ -157,7 +157,7 @@ def test_info_on_a_run_says_what_it_trained(run_dir: Path, tmp_path: Path, capsy
     assert main(["info", str(copy)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"training +(\d+) of \1 steps; val loss [\d.]+ at step \1, best [\d.]+ at step \d+", out), out
-    assert re.search(r"checkpoints +step-\d+", out) and re.search(r"data +text.txt; tokenizer char", out), out
+    assert re.search(r"checkpoints +step-\d+", out) and re.search(r"data +/\S+/text.txt; tokenizer char", out), out
     # the newest checkpoint's step counts when no log line has it (a log_interval skipped it), past max_steps too
     (copy / "checkpoints/step-1000").mkdir()
     (copy / "checkpoints/step-1000/COMPLETE").write_text("")
@@ -326,6 +326,12 @@ def test_bad_yaml_is_one_line_naming_where(tmp_path: Path, monkeypatch):
         flag = [] if verb == "info" else ["--config"]
         assert_user_error(in_process(verb, *flag, "bad.yaml", cwd=tmp_path, monkeypatch=monkeypatch),
                           "bad.yaml is not valid YAML", "line 2")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "latin1.yaml").write_bytes("model:\n  name: caf\xe9\n".encode("latin-1"))
+    (tmp_path / "typo.yaml").write_text("model:\n  preset: tiny\n  n_layers: 2\n")
+    for name, needles in (("cfg", ["cfg is a folder"]), ("latin1.yaml", ["latin1.yaml is not UTF-8"]),
+                          ("typo.yaml", ["n_layers", "(config: typo.yaml)"])):
+        assert_user_error(in_process("train", "--config", name, cwd=tmp_path, monkeypatch=monkeypatch), *needles)
 
 
 def test_prepare_builds_the_token_cache_train_then_reuses(tmp_path: Path):
@@ -490,3 +496,11 @@ def test_an_argument_error_is_one_line_too(tmp_path: Path):
     """argparse's own errors (a missing or mistyped value) printed the usage block above the error."""
     assert_user_error(cli("generate", "run", "--max-new-tokens", "abc", cwd=tmp_path), "--max-new-tokens",
                       "invalid int value", "see neurallayers generate --help")
+
+
+def test_a_run_trained_on_a_relative_path_evaluates_from_another_directory(run_dir: Path, tmp_path: Path,
+                                                                            monkeypatch):
+    """config.yaml named the corpus as typed ("text.txt"), so eval and --resume failed from any other directory."""
+    assert f"source: {run_dir.parent / 'text.txt'}" in (run_dir / "config.yaml").read_text()
+    proc = in_process("eval", str(run_dir), "--batch-size", "2", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert proc.returncode == 0 and "split: val" in proc.stdout, proc.stderr

@@ -331,3 +331,12 @@ def test_bad_fit_arguments(tmp_path):
     (tmp_path / "tiny.txt").write_text("hello world\n")
     with pytest.raises(ValueError, match="block_size=32 needs at least 33"):
         fit(tiny_run(tmp_path, corpus=tmp_path / "tiny.txt"), tmp_path / "d", progress=False)
+
+
+def test_settings_that_cannot_do_what_they_say_are_warned_about(tmp_path, caplog):
+    """A warmup as long as the run (the default 100 steps with max_steps 4) never reaches lr; distributed: ddp
+    outside torchrun trains one process. Both used to pass without a word."""
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        fit(tiny_run(tmp_path, max_steps=4, warmup_steps=100, distributed="ddp"), tmp_path / "run", progress=False)
+    assert "train.warmup_steps=100 >= max_steps=4: the learning rate is still warming up" in caplog.text
+    assert "train.distributed=ddp, but this process was not started by torchrun" in caplog.text
