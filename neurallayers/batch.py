@@ -398,7 +398,7 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
                 gens = generate(model, tokenizer, [prompts[it.index] for it in batch], configs[batch[0].index],
                                 seeds=[seeds[it.index] for it in batch])
                 _append(record, [_line({"id": it.id, "text": g.text, "finish_reason": g.finish_reason,
-                                        "prompt_tokens": g.prompt_tokens, "completion_tokens": len(g.token_ids)})
+                                        "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens})
                                  for it, g in zip(batch, gens, strict=True)])
                 bar.update(len(batch))
         else:

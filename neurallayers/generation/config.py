@@ -143,6 +143,13 @@ class Generation:
     prompt_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
     score: float | None = None  # beam search: the length-penalised sequence score
+    # every token the model chose, as OpenAI and vLLM count completion tokens: token_ids plus a final stop token
+    # (eos, stop_token_ids) and the tokens of a stop string; None: the same as len(token_ids)
+    generated_tokens: int | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids) if self.generated_tokens is None else self.generated_tokens
 
 
 @dataclass

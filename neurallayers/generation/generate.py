@@ -108,7 +108,8 @@ class _Run:
         lengths, stopped = self.lengths.tolist(), self.stopped.tolist()
         lps = _logprob_lists(self, lengths)
         return [Generation(token_ids=tokens[r][:lengths[r]], finish_reason="stop" if stopped[r] else "length",
-                           prompt_tokens=self.prompt_lens[r], logprobs=None if lps is None else lps[r])
+                           prompt_tokens=self.prompt_lens[r], logprobs=None if lps is None else lps[r],
+                           generated_tokens=lengths[r] + stopped[r])
                 for r in range(len(tokens))]
 
 
@@ -346,6 +347,7 @@ def _apply_stop_strings(gen: Generation, tokenizer, stops: list[str]) -> Generat
     gen.text = row.text
     if row.stopped:
         k = row.kept_tokens()
+        gen.generated_tokens = len(row.ids)  # up to the token that completed the stop string
         gen.token_ids, gen.finish_reason = gen.token_ids[:k], "stop"
         if gen.logprobs is not None:
             gen.logprobs = gen.logprobs[:k]
@@ -495,6 +497,7 @@ def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[i
         g.text = row.text
         if row.stopped:
             k = row.kept_tokens()
+            g.generated_tokens = len(row.ids)  # up to the token that completed the stop string
             g.token_ids, g.finish_reason = g.token_ids[:k], "stop"
             g.logprobs = None if g.logprobs is None else g.logprobs[:k]
     return gens

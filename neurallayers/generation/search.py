@@ -117,12 +117,13 @@ def generations(tokens: list[list[int]], *, stops: list[int], prompt_lens: list[
     logprobs (one list per sequence, at least as long as its tokens) are cut to the kept tokens."""
     out = []
     for i, toks in enumerate(tokens):
-        reason = "length"
+        reason, generated = "length", len(toks)
         if toks and toks[-1] in stops:
             toks, reason = toks[:-1], "stop"
         out.append(Generation(token_ids=toks, finish_reason=reason, prompt_tokens=prompt_lens[i],
                               score=None if scores is None else scores[i],
-                              logprobs=None if logprobs is None else logprobs[i][:len(toks)]))
+                              logprobs=None if logprobs is None else logprobs[i][:len(toks)],
+                              generated_tokens=generated))
     return out
 
 

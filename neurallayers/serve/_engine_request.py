@@ -33,8 +33,9 @@ class Request:
     Attributes:
         id: a process-unique integer.
         prompt_tokens: the prompt's length in tokens.
-        completion_tokens: tokens handed out so far (stop tokens and the token that completed a stop string are not
-            counted, as in stream()).
+        completion_tokens: tokens the model has chosen so far, as OpenAI and vLLM count them: a final stop token
+            (eos) and the tokens of a stop string count, though their text is not returned
+            (Generation.completion_tokens).
         finish_reason: None until the request has ended.
     """
 
@@ -134,8 +135,6 @@ class Request:
             if self._closed:
                 return
             self._events.append(event)
-            if event.token_id is not None:
-                self.completion_tokens += 1
             if event.finish_reason is not None:
                 self.finish_reason = event.finish_reason
                 self._closed = True
@@ -208,6 +207,7 @@ class _Sequence:
         if self.tokens is not None:
             self.tokens[0, self.req.prompt_tokens + self.n] = tok
         self.n += 1
+        self.req.completion_tokens = self.n
         self.last = tok
         if tok in self.stops:
             return self.finish("stop")

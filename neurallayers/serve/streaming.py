@@ -72,18 +72,27 @@ class Collected:
 
 
 async def _collect_one(request, clock: TokenClock, metrics: Metrics) -> Collected:
-    out, pieces = Collected(), []
+    out, pieces, seen = Collected(), [], 0
     async for ev in request.aiter():
         pieces.append(ev.text)
         if ev.token_id is not None:
             clock.token()
             metrics.generated_tokens.inc()
+            seen += 1
         if ev.logprob is not None:
             out.logprobs.append(ev.logprob)
         if ev.finish_reason is not None:
             out.finish_reason = ev.finish_reason
+            _count_unsent(request, seen, metrics)
     out.text = "".join(pieces)
     return out
+
+
+def _count_unsent(request, seen: int, metrics: Metrics) -> None:
+    """Generated tokens that sent no event of their own (a stop token, a stop string's): counted as usage counts
+    them (Request.completion_tokens)."""
+    if request.completion_tokens > seen:
+        metrics.generated_tokens.inc(request.completion_tokens - seen)
 
 
 async def collect(requests: list, *, metrics: Metrics, started: float,
@@ -124,12 +133,15 @@ async def merged(requests: list, *, metrics: Metrics, started: float) -> AsyncIt
     done = object()
 
     async def pump(i: int, request) -> None:
-        clock = TokenClock(metrics, started)
+        clock, seen = TokenClock(metrics, started), 0
         try:
             async for ev in request.aiter():
                 if ev.token_id is not None:
                     clock.token()
                     metrics.generated_tokens.inc()
+                    seen += 1
+                if ev.finish_reason is not None:
+                    _count_unsent(request, seen, metrics)
                 queue.put_nowait((i, ev))
             queue.put_nowait((i, done))
         except Exception as e:  # handed to the reader, which raises it

@@ -318,3 +318,24 @@ def test_per_prompt_seeds_give_what_each_seed_gives_alone(model, method: dict) -
     assert together[0].token_ids != together[2].token_ids  # the same prompt under two seeds
     with pytest.raises(ValueError, match="one per prompt"):
         generate(model, None, prompts, seeds=[1, 2], **cfg)
+
+
+def test_completion_tokens_count_every_chosen_token() -> None:
+    """token_ids hold what is returned; completion_tokens also counts a final stop token and a stop string's tokens,
+    as OpenAI and vLLM bill them, by every method alike."""
+    model, tok = tiny_lm(seed=2, vocab=unicode_tokenizer().vocab_size), unicode_tokenizer()
+    (free,) = generate(model, tok, "ab", temperature=0, max_new_tokens=12, ignore_eos=True)
+    assert free.completion_tokens == len(free.token_ids) == 12
+    stop_id = free.token_ids[5]
+    first = free.token_ids.index(stop_id)
+    for method in (dict(), dict(num_beams=1), dict(penalty_alpha=0.5, top_k=3)):
+        (g,) = generate(model, tok, "ab", temperature=0, max_new_tokens=12, ignore_eos=True, stop_token_ids=[stop_id],
+                        **method)
+        if not method or method.get("num_beams") == 1:
+            assert g.token_ids == free.token_ids[:first] and g.finish_reason == "stop"
+        assert g.completion_tokens == len(g.token_ids) + (g.finish_reason == "stop")
+    stop = tok.decode(free.token_ids[1:3])  # a stop string over two tokens
+    (g,) = generate(model, tok, "ab", temperature=0, max_new_tokens=12, ignore_eos=True, stop=[stop])
+    assert g.finish_reason == "stop" and stop not in g.text
+    completed = next(k for k in range(1, 13) if stop in tok.decode(free.token_ids[:k]))  # the token ending it
+    assert g.completion_tokens == completed > len(g.token_ids)

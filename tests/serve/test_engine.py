@@ -18,7 +18,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from neurallayers.config import ModelConfig
-from neurallayers.generation import GenerationConfig, stream
+from neurallayers.generation import GenerationConfig, generate, stream
 from neurallayers.generation.fast import decode_step_for, prepare_for_decode
 from neurallayers.models.decoder import DecoderLM
 from neurallayers.serve.engine import Engine, EngineClosed, EngineFull
@@ -184,7 +184,11 @@ def test_staggered_requests_equal_stream(tok, kind: str) -> None:
     for req, ref in zip(reqs, refs, strict=True):
         assert_same_events(list(req), ref)
         assert req.finish_reason == ref[-1].finish_reason
-        assert req.completion_tokens == len(ref) - 1 and req.prompt_tokens == len(req.prompt_ids)
+        assert req.prompt_tokens == len(req.prompt_ids)
+    # usage counts every token chosen (a stop token, a stop string's), as generate() does, and OpenAI and vLLM
+    assert [r.completion_tokens for r in reqs] == [
+        generate(model, tok, [p], c)[0].completion_tokens for p, c in zip(prompts, cfgs, strict=True)]
+    assert [r.completion_tokens for r in reqs] != [len(ref) - 1 for ref in refs]  # the stops are counted
     engine.shutdown()
 
     decode_sizes = [b for b, t in gate.shapes if t == 1 and b > 1]
