@@ -11,6 +11,7 @@ import math
 import os
 import pickle
 import struct
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -134,8 +135,12 @@ def torch_load_safe(path: str | os.PathLike, *, map_location: str | torch.device
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e) and not zipfile.is_zipfile(path):  # bytes, not a pickle's objects
+            raise CheckpointError(f"{path}: not a readable torch checkpoint (not a torch.save archive: corrupt, "
+                                  "or another kind of file)") from None
+        lines = [line.strip() for line in str(e).splitlines() if "Unsupported" in line] or [type(e).__name__]
         raise CheckpointError(f"refusing to load {path}: it contains code/objects; only plain tensors are accepted "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                              f"({lines[0]})") from None
     except (RuntimeError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
 

@@ -109,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
 def summary(result) -> str:
     val = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.4f}"
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
-    line = (f"run: {result.run_dir}  steps: {result.steps}  final val loss: {val}  best val loss: {best}  "
+    # a stopped run is not evaluated at its last step: its val loss is the last evaluation's
+    stopped = result.stopped_reason in ("interrupted", "terminated", "until_step")
+    label = "last val loss" if stopped else "final val loss"
+    line = (f"run: {result.run_dir}  steps: {result.steps}  {label}: {val}  best val loss: {best}  "
             f"tokens/s: {result.tokens_per_second:,.0f}  wall: {result.wall_seconds:.0f}s  "
             f"stopped: {result.stopped_reason}")
     if result.first_step_seconds > max(2.0, 10 * result.median_step_seconds):  # compiling: the mean hides the rate

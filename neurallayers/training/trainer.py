@@ -568,7 +568,13 @@ def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, 
                     "run's tokenizer", diff)
         kept = {k: getattr(saved.data, k) for k in ("tokenizer", "vocab_size")}
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, **kept))
-    model_sd, state = ckpt.load_checkpoint(target)
+    try:
+        model_sd, state = ckpt.load_checkpoint(target)
+    except CheckpointError as e:
+        older = [p for p in ckpt.list_checkpoints(out) if ckpt.checkpoint_step(p) < ckpt.checkpoint_step(target)]
+        if not older:
+            raise
+        raise CheckpointError(f"{e}; an older checkpoint may load: --resume {older[-1]}") from None
     if int(state["step"]) != ckpt.checkpoint_step(target):
         raise CheckpointError(f"{target}: state.pt says step {state['step']}, the folder name another")
     return model_sd, state, run

@@ -410,7 +410,9 @@ def test_the_summary_names_a_slow_first_step():
     assert summary(result).endswith("tokens/s: 1,232  wall: 53s  stopped: max_steps  (the first step took 45s, "
                                     "then 35 ms a step)")
     steady = TrainResult(**{**result.__dict__, "first_step_seconds": 0.05})
-    assert summary(steady).endswith("stopped: max_steps")
+    assert summary(steady).endswith("stopped: max_steps") and "final val loss: 1.0000" in summary(steady)
+    stopped = TrainResult(**{**steady.__dict__, "stopped_reason": "interrupted"})  # not evaluated at its last step
+    assert "last val loss: 1.0000" in summary(stopped)
 
 
 def test_eval_of_a_text_shorter_than_the_context_scores_all_of_it(run_dir: Path, tmp_path: Path, monkeypatch):

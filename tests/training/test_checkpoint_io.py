@@ -146,6 +146,16 @@ def test_malicious_state_refused_on_resume(base_run, tmp_path):
     assert not marker.exists()
 
 
+def test_a_corrupt_newest_checkpoint_names_the_older_one_to_resume_from(base_run, tmp_path):
+    run_dir = _copy(base_run, tmp_path)
+    (run_dir / "checkpoints/step-8/state.pt").write_bytes(b"garbage")
+    run = base_run[1].__class__.from_yaml(run_dir / "config.yaml")
+    with pytest.raises(CheckpointError, match=r"not a readable torch checkpoint .*older checkpoint may load: "
+                                              r"--resume \S+step-4"):
+        fit(run, run_dir, resume=True, progress=False)
+    assert fit(run, run_dir, resume=run_dir / "checkpoints/step-4", progress=False).steps == 8
+
+
 def test_corrupt_weights_refused_by_load_run(base_run, tmp_path):
     run_dir = _copy(base_run, tmp_path)
     blob = (run_dir / "model.safetensors").read_bytes()
