@@ -31,6 +31,9 @@ def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_
     from neurallayers.data.tokenizers import ENDOFTEXT, MASK
 
     kind = data.tokenizer
+    if kind != "bpe" and data.vocab_size is not None:
+        log.warning("data.vocab_size=%d is ignored: it sizes a trained BPE (data.tokenizer: bpe), and %r has its "
+                    "own vocabulary", data.vocab_size, kind)
     if kind not in ("bpe", "char"):
         if kind != "gpt2" and not Path(kind).expanduser().exists():
             raise FileNotFoundError(f"DataConfig.tokenizer={kind!r}: expected 'bpe', 'char', 'gpt2' or the path "
@@ -57,6 +60,9 @@ def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_
                              "or use data.tokenizer='char'")
         specials = (ENDOFTEXT, MASK) if mask else (ENDOFTEXT,)
         tok = Tokenizer.train_bpe(texts, vocab_size=vocab, special_tokens=specials, show_progress=show_progress)
+        if tok.vocab_size < vocab:  # the corpus has fewer merges to learn than asked for
+            log.warning("the BPE tokenizer has %d tokens, not the %d asked for: the corpus is too small for more "
+                        "merges", tok.vocab_size, vocab)
     tok.save(folder)  # atomic per file; tokenizer_config.json last, so its presence means complete
     return tok
 

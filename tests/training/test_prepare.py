@@ -59,3 +59,17 @@ def test_an_empty_corpus_is_named_whatever_the_tokenizer(tmp_path, tokenizer):
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, tokenizer=tokenizer, vocab_size=300))
     with pytest.raises(ValueError, match="corpus '.*empty.txt' has no text to tokenize"):
         prepare_data(run)
+
+
+def test_a_vocab_size_that_does_not_apply_or_cannot_be_reached_is_said(tmp_path, caplog):
+    """data.vocab_size with a char tokenizer was dropped without a word, as was a BPE left smaller than asked."""
+    (tmp_path / "a.txt").write_text("to be or not to be " * 200)
+    run = _run(tmp_path, tmp_path / "a.txt", "documents")
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        prepare_data(dataclasses.replace(run, data=dataclasses.replace(run.data, vocab_size=300)))
+    assert "data.vocab_size=300 is ignored: it sizes a trained BPE" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        tok, _, _ = prepare_data(dataclasses.replace(run, data=dataclasses.replace(run.data, tokenizer="bpe",
+                                                                                    vocab_size=1024)))
+    assert tok.vocab_size < 1024 and f"the BPE tokenizer has {tok.vocab_size} tokens, not the 1024" in caplog.text
