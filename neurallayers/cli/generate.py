@@ -29,6 +29,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--length-penalty", type=float, default=1.0)
     g.add_argument("--penalty-alpha", type=float, default=0.0, help="contrastive search when > 0 (with --top-k > 1)")
     g.add_argument("--ignore-eos", action="store_true")
+    g.add_argument("--stop-token-id", type=int, action="append", default=[], dest="stop_token_ids",
+                   help="a token id that ends the output (repeatable)")
+    g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
+                   help="add BIAS to token ID's logit (repeatable; -100 bans it)")
+    g.add_argument("--early-stopping", choices=["false", "true", "never"], default="false",
+                   help="beam search: when to stop (Hugging Face semantics)")
+    g.add_argument("--contrastive-alpha", type=float, default=0.1,
+                   help="--amateur: keep tokens with at least this fraction of the top token's probability")
+    g.add_argument("--num-speculative-tokens", type=int, default=4, help="--draft: tokens proposed per round")
 
 
 def generation_config(args: argparse.Namespace):
@@ -47,7 +56,23 @@ def generation_config(args: argparse.Namespace):
         frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
         seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
         penalty_alpha=args.penalty_alpha, ignore_eos=args.ignore_eos, min_new_tokens=args.min_new_tokens,
-        num_return_sequences=getattr(args, "num_return_sequences", 1))
+        num_return_sequences=getattr(args, "num_return_sequences", 1), stop_token_ids=args.stop_token_ids,
+        logit_bias=_logit_bias(args.logit_bias), contrastive_alpha=args.contrastive_alpha,
+        num_speculative_tokens=args.num_speculative_tokens,
+        early_stopping={"false": False, "true": True, "never": "never"}[args.early_stopping])
+
+
+def _logit_bias(pairs: list[str]) -> dict[int, float]:
+    bias = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            bias[int(key)] = float(value)
+        except ValueError:
+            raise ValueError(f"--logit-bias {pair!r}: expected ID=BIAS, e.g. 50256=-100") from None
+        if not sep:
+            raise ValueError(f"--logit-bias {pair!r}: expected ID=BIAS, e.g. 50256=-100")
+    return bias
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -506,3 +506,20 @@ def test_a_run_trained_on_a_relative_path_evaluates_from_another_directory(run_d
     assert f"source: {run_dir.parent / 'text.txt'}" in (run_dir / "config.yaml").read_text()
     proc = in_process("eval", str(run_dir), "--batch-size", "2", cwd=tmp_path, monkeypatch=monkeypatch)
     assert proc.returncode == 0 and "split: val" in proc.stdout, proc.stderr
+
+
+def test_generate_takes_stop_token_ids_and_logit_bias(run_dir: Path, monkeypatch):
+    from neurallayers.api import load
+    from neurallayers.generation import generate
+
+    model, tok = load(run_dir)
+    free = generate(model, tok, "To be", temperature=0, max_new_tokens=8, ignore_eos=True)[0]
+    banned, stop = free.token_ids[0], free.token_ids[3]
+    want = generate(model, tok, "To be", temperature=0, max_new_tokens=8, ignore_eos=True, stop_token_ids=[stop],
+                    logit_bias={banned: -100.0})[0]
+    proc = in_process("generate", str(run_dir), "To be", "--temperature", "0", "--max-new-tokens", "8",
+                      "--ignore-eos", "--stop-token-id", str(stop), "--logit-bias", f"{banned}=-100",
+                      cwd=run_dir.parent, monkeypatch=monkeypatch)
+    assert proc.returncode == 0 and proc.stdout == "To be" + want.text + "\n", proc.stderr
+    assert_user_error(in_process("generate", str(run_dir), "hi", "--logit-bias", "5:-1", cwd=run_dir.parent,
+                                 monkeypatch=monkeypatch), "expected ID=BIAS")
