@@ -54,7 +54,10 @@ def register(app, *, holder, metrics, draining) -> None:
             if not req.messages:
                 raise bad_request("messages is empty", "messages")
             text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages)
-        ids = await run_in_threadpool(served.tokenizer.encode, text)
+        if served.kind == "encoder":  # the ids /v1/embeddings feeds: with the tokenizer's [CLS] / [SEP]
+            ids = (await run_in_threadpool(served.tokenizer.hf.encode, text, add_special_tokens=True)).ids
+        else:
+            ids = await run_in_threadpool(served.tokenizer.encode, text)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.max_model_len}
 
     @app.post("/detokenize", response_model=DetokenizeResponse, tags=["tokens"])

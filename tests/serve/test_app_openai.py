@@ -264,3 +264,13 @@ def test_predict_batch_predict_tokenize_detokenize(server, loaded):
     ids = httpx.post(f"{server.url}/tokenize", json={"prompt": "héllo"}).json()
     assert ids == {"tokens": tok.encode("héllo"), "count": 5, "max_model_len": 64}
     assert httpx.post(f"{server.url}/detokenize", json={"tokens": ids["tokens"]}).json() == {"prompt": "héllo"}
+
+
+def test_tokenize_counts_an_encoders_special_tokens_as_embeddings_do():
+    """MiniLM: /tokenize left out [CLS] and [SEP], which /v1/embeddings feeds and counts."""
+    from neurallayers.embeddings import minilm_folder
+
+    with serving(str(minilm_folder())) as srv:
+        ids = httpx.post(f"{srv.url}/tokenize", json={"prompt": "hello world"}).json()["tokens"]
+        usage = httpx.post(f"{srv.url}/v1/embeddings", json={"input": "hello world"}).json()["usage"]
+    assert ids == [101, 7592, 2088, 102] and usage["prompt_tokens"] == len(ids)
