@@ -57,6 +57,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         raise ValueError(f"dst {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
     if dst.resolve() == src.resolve():
         raise ValueError(f"dst {dst} is the source folder; write to another folder")
+    if overwrite and (dst / "checkpoints").is_dir():  # a training run: its checkpoints are not ours to delete
+        raise ValueError(f"dst {dst} holds a training run (checkpoints/); overwrite replaces model folders only: "
+                         "write to another folder, or remove that run yourself")
     model, tokenizer = load(src, allow_pickle=allow_pickle)
     if to == "run" and tokenizer is None:
         raise ValueError(f"src {src} has no tokenizer files (tokenizer.json or vocab.json + merges.txt); "

@@ -274,6 +274,10 @@ def test_convert_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="not empty.*overwrite=True"):
         convert(src, dst, to="hf")
     assert (dst / "keep.txt").read_text() == "mine"
+    (dst / "checkpoints").mkdir()  # a training run: overwrite never deletes one
+    with pytest.raises(ValueError, match="holds a training run"):
+        convert(src, dst, to="hf", overwrite=True)
+    (dst / "checkpoints").rmdir()
     convert(src, dst, to="hf", overwrite=True)
     assert not (dst / "keep.txt").exists() and (dst / "config.json").is_file()
     assert not list(tmp_path.glob(".taken.tmp-*"))
