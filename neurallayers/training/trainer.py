@@ -136,8 +136,9 @@ class _Fit:
         self.run_cfg, self.cfg, self.tokenizer = run, run.train, tokenizer
         cfg = self.cfg
         model_sd = state = None
+        self.data_changed = False
         if target is not None:
-            model_sd, state, run = _check_resume(out, target, run)
+            model_sd, state, run, self.data_changed = _check_resume(out, target, run)
             self.run_cfg = run
         seed_all(cfg.seed)
         self.model = build_model(run.model)
@@ -199,6 +200,10 @@ class _Fit:
         best = float(state["best_val_loss"])
         self.best_val = None if math.isnan(best) else best
         self.bad_evals = int(state["bad_evals"])
+        if self.data_changed and self.best_val is not None:  # a val loss on other data does not compare
+            log.warning("the best val loss so far (%.4f) was measured on the saved run's data: the best weights and "
+                        "early stopping start over on the new data", self.best_val)
+            self.best_val, self.bad_evals = None, 0
         self.elapsed_before = float(state["elapsed"])
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from step %d", self.step)
@@ -312,7 +317,8 @@ class _Fit:
                     if cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience:
                         reason = "early_stopping"
                         break
-                if cfg.save_interval and self.step % cfg.save_interval == 0:
+                # the last step's checkpoint is written after the final evaluation, so that it holds its best
+                if cfg.save_interval and self.step % cfg.save_interval == 0 and self.step < cfg.max_steps:
                     self._save(t0)
                 if cfg.max_minutes is not None and dist.broadcast_flag(
                         self._elapsed(t0) - self.elapsed_before > 60 * cfg.max_minutes, info, self.device):
@@ -552,17 +558,18 @@ def _init_source(run: RunConfig) -> object:
     return source
 
 
-def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, RunConfig]:
+def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, RunConfig, bool]:
     """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training). Returns the
-    weights, the training state and the run config, whose data.tokenizer / vocab_size stay the saved ones: the run
-    keeps its tokenizer whatever a resume asks for, and config.yaml says so."""
+    weights, the training state, the run config, whose data.tokenizer / vocab_size stay the saved ones (the run
+    keeps its tokenizer whatever a resume asks for, and config.yaml says so), and whether the data changed."""
     saved = RunConfig.from_yaml(out / "config.yaml")
     if saved.model != run.model:
         diff = _changes(saved.model.to_dict(), run.model.to_dict())
         raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
     if saved.train.batch_size != run.train.batch_size or saved.train.grad_accum != run.train.grad_accum:
         log.warning("batch_size/grad_accum differ from the saved run: the data order will not match the original")
-    if saved.data != run.data:
+    changed = saved.data != run.data
+    if changed:
         diff = _changes(dataclasses.asdict(saved.data), dataclasses.asdict(run.data))
         log.warning("the data settings differ from the saved run (%s): training continues on the new data, with the "
                     "run's tokenizer", diff)
@@ -577,7 +584,7 @@ def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, 
         raise CheckpointError(f"{e}; an older checkpoint may load: --resume {older[-1]}") from None
     if int(state["step"]) != ckpt.checkpoint_step(target):
         raise CheckpointError(f"{target}: state.pt says step {state['step']}, the folder name another")
-    return model_sd, state, run
+    return model_sd, state, run, changed
 
 
 def _changes(old: dict, new: dict) -> str:

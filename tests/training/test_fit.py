@@ -286,13 +286,16 @@ def test_resume_under_a_changed_schedule_follows_it_from_the_next_step(tmp_path)
 
 
 def test_resume_on_other_data_says_so(tmp_path, caplog):
-    fit(tiny_run(tmp_path, max_steps=4, eval_interval=0), tmp_path / "run", progress=False)
+    first = fit(tiny_run(tmp_path, max_steps=4, eval_interval=0), tmp_path / "run", progress=False)
     other = write_corpus(tmp_path / "other.txt", seed=5)
     with caplog.at_level("WARNING", logger="neurallayers"):
         result = fit(tiny_run(tmp_path, corpus=other, max_steps=6, eval_interval=0), tmp_path / "run", resume=True,
                      progress=False)
     assert result.steps == 6
     assert "data settings differ from the saved run (source:" in caplog.text and "other.txt" in caplog.text
+    # the old data's best val loss does not compare with the new data's: the best starts over
+    assert f"the best val loss so far ({first.best_val_loss:.4f}) was measured on the saved run's data" in caplog.text
+    assert result.best_val_loss == result.final_val_loss
     # asked for another tokenizer, the run keeps its own, and its config.yaml still says which
     run = tiny_run(tmp_path, corpus=other, max_steps=7, eval_interval=0)
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, tokenizer="bpe", vocab_size=300))
