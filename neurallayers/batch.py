@@ -314,7 +314,7 @@ def _plan(todo: list[BatchItem], lengths: dict[int, int], configs: dict[int, Gen
 # ----- the run -----
 def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathLike, output_path: str | os.PathLike,
               *, config: GenerationConfig | None = None, batch_size: int = 8,
-              pooling: str | None = None, normalize: bool = True, max_length: int | None = None,
+              pooling: str | None = None, normalize: bool | None = None, max_length: int | None = None,
               model_files: dict | None = None, overwrite: bool = False, progress: bool = True) -> BatchResult:
     """Answer every record of a JSONL file once: generations from a decoder, embeddings from an encoder.
 
@@ -371,6 +371,8 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
         if max_length is not None and not 2 <= max_length <= model.config.block_size:
             raise ValueError(f"max_length={max_length}: must be in [2, {model.config.block_size}] (the model's "
                              "context length)")
+        if normalize is None:  # the model's own (a sentence-transformers pipeline without Normalize: raw vectors)
+            normalize = bool(model.config.extra.get("normalize", True))
         settings = {"mode": "embed", "pooling": pooling, "normalize": bool(normalize), "max_length": max_length,
                     "output": output.suffix if vectors else ".jsonl"}
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -427,7 +429,7 @@ def _check_prompts(items: list[BatchItem], tokenizer: Tokenizer, config: Generat
     configs: dict[int, GenerationConfig] = {}
     seeds: dict[int, int] = {}
     cached: dict[str, GenerationConfig] = {}
-    for it, ids in zip(items, tokenizer.encode_batch([it.text for it in items]), strict=True):
+    for it, ids in zip(items, tokenizer.encode_batch([it.text for it in items], add_special_tokens=True), strict=True):
         where = f"{source} line {it.line}"
         if len(ids) > block_size:
             raise ValueError(f"{where}: the prompt has {len(ids)} tokens but the model's context length is "

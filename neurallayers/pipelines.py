@@ -83,7 +83,8 @@ class FeatureExtractionPipeline(Pipeline):
     task = "feature-extraction"
     heads = ("none", "mlm", "sequence_classification", "token_classification")
 
-    def __call__(self, inputs: str | list[str], *, pooling: str | None = None, normalize: bool = True) -> torch.Tensor:
+    def __call__(self, inputs: str | list[str], *, pooling: str | None = None,
+                 normalize: bool | None = None) -> torch.Tensor:
         out = super().__call__(inputs, pooling=pooling, normalize=normalize)
         return out if isinstance(inputs, str) else torch.stack(out)
 
@@ -139,13 +140,20 @@ class FillMaskPipeline(Pipeline):
 
 
 class TextClassificationPipeline(Pipeline):
-    """{label, score} per text (softmax over the classes; a sigmoid for a single-output model).
-    An input may be a dict {"text": ..., "text_pair": ...} for sentence-pair models."""
+    """{label, score} per text (softmax over the classes; a sigmoid per label for a single-output or a multi-label
+    model). An input may be a dict {"text": ..., "text_pair": ...} for sentence-pair models. Shaped as transformers'
+    pipeline returns them: a string gives [{label, score}] (a list of one), unless top_k is passed (then its top_k
+    as a list); a list gives one {label, score} per text (a list of top_k each with top_k); a dict gives one dict."""
 
     task = "text-classification"
     heads = ("sequence_classification",)
 
-    def _run(self, items: list, *, top_k: int | None = 1) -> list:
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        legacy = "top_k" not in kwargs
+        out = super().__call__(inputs, _legacy=legacy, **kwargs)
+        return [out] if isinstance(inputs, str) and legacy else out
+
+    def _run(self, items: list, *, top_k: int | None = 1, _legacy: bool = True) -> list:
         n = self.config.num_labels
         if top_k is not None and (not isinstance(top_k, int) or not 1 <= top_k <= n):
             raise ValueError(f"top_k={top_k!r}: must be None (all labels) or an int in [1, num_labels={n}]")
@@ -154,11 +162,12 @@ class TextClassificationPipeline(Pipeline):
         results = []
         for batch in self._batches(texts, pairs):
             logits = self._forward(batch)  # (B, num_labels)
-            probs = logits.sigmoid() if n == 1 else logits.softmax(-1)
+            multi = n == 1 or self.config.extra.get("problem_type") == "multi_label_classification"
+            probs = logits.sigmoid() if multi else logits.softmax(-1)
             for row in probs:
                 ranked = sorted(({"label": names[i], "score": float(p)} for i, p in enumerate(row)),
                                 key=lambda r: -r["score"])
-                results.append(ranked[0] if top_k == 1 else ranked[:top_k])
+                results.append(ranked[0] if top_k == 1 and _legacy else ranked[:top_k])
         return results
 
 

@@ -132,15 +132,24 @@ def test_text_classification_labels_scores_and_pairs(wordpiece):
         assert res["score"] == pytest.approx(float(p.max()), abs=1e-6)
     every = clf("great film", top_k=None)
     assert [r["label"] for r in every] != [] and sum(r["score"] for r in every) == pytest.approx(1.0)
+    # shaped as transformers' pipeline returns them: a string gives a list of one, or its top_k when top_k is passed
+    assert clf("great film") == [out[0]] == clf("great film", top_k=1)
+    assert clf(texts, top_k=1) == [[r] for r in out]
     pair = clf({"text": "A man eats.", "text_pair": "Someone is eating."})
     assert set(pair) == {"label", "score"}
+    multi = pipeline("text-classification", model=(tiny_bert("sequence_classification", num_labels=3, extra={
+        "problem_type": "multi_label_classification"}), wordpiece))
+    with torch.no_grad():
+        logits = multi.model(torch.tensor([ids_of("great film")])).logits[0]
+    scores = {r["label"]: r["score"] for r in multi("great film", top_k=None)}  # a sigmoid per label
+    assert [scores[f"LABEL_{i}"] for i in range(3)] == pytest.approx(logits.sigmoid().tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="text_pair"):
         clf([{"text": "a"}])
     with pytest.raises(ValueError, match="top_k"):
         clf("x", top_k=4)
     assert label_names(tiny_bert("sequence_classification").config) == ["LABEL_0", "LABEL_1"]
     regression = pipeline("text-classification", model=(tiny_bert("sequence_classification", num_labels=1), wordpiece))
-    assert 0.0 < regression("fine")["score"] < 1.0  # a sigmoid for a single output
+    assert 0.0 < regression("fine")[0]["score"] < 1.0  # a sigmoid for a single output
 
 
 def test_token_classification_entities_and_offsets(wordpiece):

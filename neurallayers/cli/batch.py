@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
     config = generation_config(args) if model.config.causal else None
     result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
-                       pooling=args.pooling, normalize=not args.no_normalize, max_length=args.max_length,
+                       pooling=args.pooling, normalize=False if args.no_normalize else None, max_length=args.max_length,
                        model_files=model_files_identity(resolve_model_path(args.path)), overwrite=args.overwrite,
                        progress=not args.no_progress)
     note = f", {result.repaired_bytes} bytes of an unfinished batch redone" if result.repaired_bytes else ""

@@ -168,18 +168,22 @@ class Tokenizer:
 
     # -- encode / decode --------------------------------------------------------------------------
 
-    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Token ids of `text`, optionally framed by the bos / eos ids."""
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False,
+               add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`, optionally framed by the bos / eos ids. add_special_tokens: also run the tokenizer's
+        post-processor, as transformers' tokenizers do by default: a Llama tokenizer.json puts its bos first (prompts
+        are encoded so; training text is not, and ours add nothing)."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        return self._frame(self.hf.encode(text, add_special_tokens=False).ids, add_bos, add_eos)
+        return self._frame(self.hf.encode(text, add_special_tokens=add_special_tokens).ids, add_bos, add_eos)
 
-    def encode_batch(self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+    def encode_batch(self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False,
+                     add_special_tokens: bool = False) -> list[list[int]]:
         """`encode` over many texts; HF runs them in parallel."""
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("encode_batch expects an iterable of str")
-        encodings = self.hf.encode_batch(texts, add_special_tokens=False)
+        encodings = self.hf.encode_batch(texts, add_special_tokens=add_special_tokens)
         return [self._frame(e.ids, add_bos, add_eos) for e in encodings]
 
     def _frame(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:

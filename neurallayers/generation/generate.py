@@ -27,6 +27,7 @@ from torch import nn
 from neurallayers.generation.config import Generation, GenerationConfig, StreamEvent, TokenLogprob
 from neurallayers.generation.fast import decode_step_for
 from neurallayers.generation.processors import apply_processors, build_processors
+from neurallayers.nn.modes import eval_mode
 
 SYNC_EVERY = 8  # without stop strings, look at the host-side "all rows done?" flag only every few steps
 
@@ -266,8 +267,9 @@ def generate_ids(model: nn.Module, input_ids: list[list[int]], config: Generatio
     if config.num_beams > 1 or config.penalty_alpha > 0:
         raise ValueError("generate_ids does greedy and sampled decoding only; num_beams > 1 and penalty_alpha > 0 "
                          "go through generate() (or neurallayers.generation.search)")
-    (run,) = deque(_decode_steps(model, input_ids, config, eos_ids=eos_ids, sync_every=SYNC_EVERY, seeds=seeds),
-                   maxlen=1)
+    with eval_mode(model):
+        (run,) = deque(_decode_steps(model, input_ids, config, eos_ids=eos_ids, sync_every=SYNC_EVERY, seeds=seeds),
+                       maxlen=1)
     return run.generations()
 
 
@@ -362,7 +364,7 @@ def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
     if all(isinstance(p, str) for p in prompts):
         if tokenizer is None:
             raise ValueError("text prompts need a tokenizer; pass one, or give prompts as lists of token ids")
-        return [tokenizer.encode(p) for p in prompts]
+        return [tokenizer.encode(p, add_special_tokens=True) for p in prompts]  # a Llama tokenizer's bos first
     if all(isinstance(p, list) for p in prompts):
         return prompts
     raise ValueError("prompts must be all strings or all lists of token ids, not a mix")
@@ -451,6 +453,14 @@ def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[i
         ends before the first stop string, which is not included. Every method stops (finish_reason "length")
         when the model's context (block_size) is full, even short of max_new_tokens.
     """
+    with eval_mode(model, draft_model, amateur_model):  # the caller's mode (training, say) comes back after
+        return _generate(model, tokenizer, prompts, config, draft_model=draft_model, amateur_model=amateur_model,
+                         seeds=seeds, overrides=overrides)
+
+
+def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | None, *,
+              draft_model: nn.Module | None, amateur_model: nn.Module | None, seeds: list[int] | None,
+              overrides: dict) -> list[Generation]:
     _check_decoder(model)
     config = _config(config, overrides)
     input_ids = _encode_prompts(tokenizer, prompts)
@@ -520,21 +530,22 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
     if not isinstance(prompt, (str, list)):
         raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
     (input_ids,) = _encode_prompts(tokenizer, [prompt])
-    row = _RowText(tokenizer, config.stop)
-    reason, pending = "length", ""
-    for run in _decode_steps(model, [input_ids], config, eos_ids=_eos_ids(tokenizer)):
-        if bool(run.stopped[0]):
-            reason = "stop"
-            break
-        i = run.n - 1
-        tok = int(run.tokens[0, run.width + i])
-        text = row.push(tok)
-        if row.stopped:  # the stop string's token is not part of the output; its leading text goes in the last event
-            reason, pending = "stop", text
-            break
-        logprob = None
-        if run.chosen is not None:
-            top = list(zip(run.top_ids[0, i].tolist(), run.top_lp[0, i].tolist(), strict=True))
-            logprob = TokenLogprob(token_id=tok, logprob=float(run.chosen[0, i]), top=top)
-        yield StreamEvent(text=text, token_id=tok, logprob=logprob)
-    yield StreamEvent(text=pending + row.finish(), finish_reason=reason)
+    with eval_mode(model):  # restored when the stream ends or is closed
+        row = _RowText(tokenizer, config.stop)
+        reason, pending = "length", ""
+        for run in _decode_steps(model, [input_ids], config, eos_ids=_eos_ids(tokenizer)):
+            if bool(run.stopped[0]):
+                reason = "stop"
+                break
+            i = run.n - 1
+            tok = int(run.tokens[0, run.width + i])
+            text = row.push(tok)
+            if row.stopped:  # the stop string's token is not output; its leading text goes in the last event
+                reason, pending = "stop", text
+                break
+            logprob = None
+            if run.chosen is not None:
+                top = list(zip(run.top_ids[0, i].tolist(), run.top_lp[0, i].tolist(), strict=True))
+                logprob = TokenLogprob(token_id=tok, logprob=float(run.chosen[0, i]), top=top)
+            yield StreamEvent(text=text, token_id=tok, logprob=logprob)
+        yield StreamEvent(text=pending + row.finish(), finish_reason=reason)

@@ -96,6 +96,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
     extra: dict = {"hf_model_type": "bert", "hf_architecture": archs[0]}
     if id2label:
         extra["id2label"] = {str(k): str(v) for k, v in id2label.items()}
+    if hf.get("problem_type"):  # multi_label_classification: the pipeline scores each label by a sigmoid
+        extra["problem_type"] = str(hf["problem_type"])
     n_embd = hf.get("hidden_size", 768)
     return ModelConfig(
         name=str(hf.get("_name_or_path") or "bert"), causal=False, vocab_size=hf.get("vocab_size", 30522),
@@ -139,6 +141,8 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         names = cfg.extra.get("id2label") or {}
         id2label = {str(i): str(names.get(str(i), f"LABEL_{i}")) for i in range(cfg.num_labels)}
         out.update(num_labels=cfg.num_labels, id2label=id2label, label2id={v: int(k) for k, v in id2label.items()})
+        if cfg.extra.get("problem_type"):
+            out["problem_type"] = cfg.extra["problem_type"]
     return out
 
 

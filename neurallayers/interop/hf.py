@@ -94,6 +94,8 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     sentence = sentence_transformers_settings(folder)
     if "pooling" in sentence:
         cfg = cfg.replace(extra={**cfg.extra, "pooling": sentence["pooling"]})
+    if "normalize" in sentence:  # a sentence-transformers pipeline without a Normalize module: raw vectors
+        cfg = cfg.replace(extra={**cfg.extra, "normalize": sentence["normalize"]})
     if "unbuilt_modules" in sentence:  # embed() refuses to stand in for them
         cfg = cfg.replace(extra={**cfg.extra, "unbuilt_modules": sentence["unbuilt_modules"]})
     hf_sd = read_hf_weights(folder, allow_pickle=allow_pickle)
@@ -144,7 +146,8 @@ def sentence_transformers_settings(folder: Path) -> dict:
     """How a sentence-transformers folder embeds: {"max_seq_length": the tokens it reads (it truncates there, below
     the model's own limit), "pooling": "mean", "cls", or the other mode(s) it names, joined by "+", "unbuilt_modules":
     the modules of its pipeline after the encoder other than Pooling, Normalize and Dropout (a Dense projection), which
-    embed() does not apply}; a key is absent where the folder does not say (a plain Hugging Face folder says none)."""
+    embed() does not apply, "normalize": whether its pipeline L2-normalises (a Normalize module)}; a key is absent
+    where the folder does not say (a plain Hugging Face folder says none)."""
     out: dict = {}
     st_config = folder / "sentence_bert_config.json"
     if st_config.is_file():
@@ -154,12 +157,15 @@ def sentence_transformers_settings(folder: Path) -> dict:
     pooling_dir = folder / "1_Pooling"
     if (folder / "modules.json").is_file():
         modules = _parse_json(folder / "modules.json")  # a list, unlike the other files read here
+        out["normalize"] = False
         for module in modules if isinstance(modules, list) else []:
             if not isinstance(module, dict):
                 continue
             kind = str(module.get("type", "")).rsplit(".", 1)[-1]
             if kind == "Pooling":
                 pooling_dir = folder / str(module.get("path", ""))
+            elif kind == "Normalize":
+                out["normalize"] = True
             elif kind not in ("Transformer", "Normalize", "Dropout"):  # Dropout: nothing at inference
                 out.setdefault("unbuilt_modules", []).append(f"{kind} ({module.get('path') or 'no folder'})")
     if (pooling_dir / "config.json").is_file():

@@ -7,6 +7,7 @@ differ, and choice 0 equals `neurallayers.generate(..., seed=seed)`.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from neurallayers.generation import GenerationConfig
@@ -18,8 +19,10 @@ from neurallayers.serve.state import ServedModel
 _FIELD_NAMES = {"max_new_tokens": "max_tokens", "logprobs": "logprobs"}
 
 
-async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt") -> list[list[int]]:
-    """A completions prompt (string, strings, token ids, token-id lists) -> one id list per prompt.
+async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", special: bool = True) -> list[list[int]]:
+    """A completions prompt (string, strings, token ids, token-id lists) -> one id list per prompt. Text goes through
+    the tokenizer's post-processor unless `special` is False (a rendered chat template holds its own bos), as vLLM
+    does.
 
     Text is tokenized in a worker thread, so a huge prompt does not stall the event loop (and /health).
 
@@ -41,7 +44,8 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt") -> l
             if not text:
                 where = param if len(prompt) == 1 else f"{param}[{i}]"
                 raise bad_request(f"{where} is an empty string: a prompt needs at least one token", param)
-        ids = await run_in_threadpool(served.tokenizer.encode_batch, prompt)
+        ids = await run_in_threadpool(functools.partial(served.tokenizer.encode_batch, add_special_tokens=special),
+                                      prompt)
     elif isinstance(prompt[0], int):
         ids = [prompt]
     else:

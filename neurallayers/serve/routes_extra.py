@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from neurallayers.generation import GenerationConfig
@@ -54,10 +55,10 @@ def register(app, *, holder, metrics, draining) -> None:
             if not req.messages:
                 raise bad_request("messages is empty", "messages")
             text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages)
-        if served.kind == "encoder":  # the ids /v1/embeddings feeds: with the tokenizer's [CLS] / [SEP]
-            ids = (await run_in_threadpool(served.tokenizer.hf.encode, text, add_special_tokens=True)).ids
-        else:
-            ids = await run_in_threadpool(served.tokenizer.encode, text)
+        # the ids the model is fed: a prompt's with the tokenizer's own specials (an encoder's [CLS] / [SEP], a
+        # Llama's bos), a rendered chat's as they are (its template holds them)
+        special = req.messages is None or served.kind == "encoder"
+        ids = await run_in_threadpool(functools.partial(served.tokenizer.encode, add_special_tokens=special), text)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.max_model_len}
 
     @app.post("/detokenize", response_model=DetokenizeResponse, tags=["tokens"])
@@ -77,7 +78,8 @@ def register(app, *, holder, metrics, draining) -> None:
             served = lease.served
             if served.kind == "encoder":
                 vectors, _ = await embed_texts(served, prompts)
-                counts = [len(ids) for ids in await run_in_threadpool(served.tokenizer.encode_batch, prompts)]
+                counts = [len(ids) for ids in await run_in_threadpool(
+                    functools.partial(served.tokenizer.encode_batch, add_special_tokens=True), prompts)]
                 return [{"embedding": v.tolist(), "usage": usage(c, 0)} for v, c in zip(vectors, counts, strict=True)]
             started = time.perf_counter()
             ids = await params.prompt_ids(served, prompts)

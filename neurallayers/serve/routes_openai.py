@@ -157,7 +157,7 @@ def register(app, *, holder, metrics) -> None:
             text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages)
             if not text:
                 raise bad_request("the chat template rendered these messages as an empty prompt", "messages")
-            prompts = await params.prompt_ids(served, text, param="messages")
+            prompts = await params.prompt_ids(served, text, param="messages", special=False)
             name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
             max_tokens = req.max_completion_tokens or req.max_tokens or max(1, served.block_size - len(prompts[0]))
             params.check_length(served, prompts, max_tokens, param="messages", max_param=name)

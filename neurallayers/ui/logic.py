@@ -60,7 +60,7 @@ def sampling_config(*, max_new_tokens: Any, temperature: Any, top_k: Any, top_p:
 def _prompt_ids(model: nn.Module, tokenizer, prompt: Any) -> list[int]:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("The prompt is empty: type some text first")
-    ids = tokenizer.encode(prompt)
+    ids = tokenizer.encode(prompt, add_special_tokens=True)  # as generate() encodes it
     block = model.config.block_size
     if len(ids) > block:
         raise ValueError(f"The prompt has {len(ids)} tokens but the model's context length is {block}: shorten it")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from nl_gen_helpers import greedy_no_cache, memorized_lm, tiny_lm, unicode_tokenizer
 
-from neurallayers.generation import Generation, GenerationConfig, generate, generate_ids
+from neurallayers.generation import Generation, GenerationConfig, generate, generate_ids, stream
 from neurallayers.generation.processors import MinPWarper, TopKWarper, TopPWarper
 
 PROMPTS = [[5, 9, 2], [7, 1, 3, 3, 8, 12, 4], [30], [11, 22, 33, 44, 55]]
@@ -339,3 +339,20 @@ def test_completion_tokens_count_every_chosen_token() -> None:
     assert g.finish_reason == "stop" and stop not in g.text
     completed = next(k for k in range(1, 13) if stop in tok.decode(free.token_ids[:k]))  # the token ending it
     assert g.completion_tokens == completed > len(g.token_ids)
+
+
+def test_generation_runs_without_dropout_and_leaves_the_models_mode_alone() -> None:
+    """Sampling from a model mid-training: no dropout while generating (as eval), and the model still training after
+    (generate used to switch it to eval for good, silently turning its dropout off for the rest of training)."""
+    from neurallayers.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    lm = build_model(ModelConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.5))
+    for call in (lambda: generate(lm, None, [[1, 2, 3]], temperature=0, max_new_tokens=8)[0].token_ids,
+                 lambda: [e.token_id for e in stream(lm, unicode_tokenizer(), [1, 2, 3], temperature=0,
+                                                     max_new_tokens=8, ignore_eos=True) if e.token_id is not None],
+                 lambda: generate(lm, None, [[1, 2, 3]], temperature=0, max_new_tokens=8, num_beams=2)[0].token_ids):
+        lm.eval()
+        want = call()
+        lm.train()
+        assert call() == want and lm.training

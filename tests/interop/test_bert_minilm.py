@@ -132,6 +132,27 @@ def test_the_folder_embeds_as_sentence_transformers_does(minilm, reference, tmp_
         embed(dense, tok, TEXTS)
     assert torch.equal(embed(dense, tok, TEXTS, pooling="mean"), embed(model, tok, TEXTS))
 
+    # a pipeline without a Normalize module gives raw vectors, as sentence-transformers does
+    (folder / "modules.json").unlink()
+    (folder / "modules.json").write_text(json.dumps([m for m in modules if not m["type"].endswith(("Dense",
+                                                                                                  "Normalize"))]))
+    raw, _ = load(folder)
+    vectors = embed(raw, tok, TEXTS)
+    assert torch.equal(vectors, embed(model, tok, TEXTS, normalize=False)) and vectors.norm(dim=-1).min() > 1.5
+    assert torch.allclose(embed(model, tok, TEXTS).norm(dim=-1), torch.ones(len(TEXTS)))
+
+
+def test_embed_runs_without_dropout_and_leaves_the_models_mode_alone(minilm):
+    model, tok = minilm
+    want = embed(model.eval(), tok, TEXTS)
+    model.train()
+    try:
+        assert torch.equal(embed(model, tok, TEXTS), want) and model.training
+    finally:
+        model.eval()
+    with pytest.raises(ValueError, match="max_length=1: must be an int >= 2"):
+        embed(model, tok, TEXTS, max_length=1)
+
 
 def test_every_pooling_of_a_padded_batch_equals_its_formula_on_each_text_alone(minilm, reference):
     """sentence-transformers' Pooling modes, from transformers' states of each text unpadded; embed pools a padded

@@ -230,3 +230,33 @@ def test_bad_extra_eos_ids_in_a_tokenizer_config_are_refused(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="neurallayers_extra_eos_ids"):
         Tokenizer.load(tmp_path)
+
+
+def test_a_text_prompt_gets_the_tokenizers_bos_as_in_transformers(tmp_path):
+    """A Llama tokenizer.json puts <s> before a prompt (its post-processor); text prompts went in without it, so a
+    model trained with it generated something else than transformers' pipeline."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    from neurallayers.generation import generate
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 20, trainer)
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=hf, bos_token="<s>", eos_token="</s>",
+                                                unk_token="<unk>")
+    ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(**(BASE | {"vocab_size": hf.get_vocab_size()})))
+    ref.save_pretrained(tmp_path / "src")
+    fast.save_pretrained(tmp_path / "src")
+    model, tok = load(tmp_path / "src")
+    ids = fast("the fox")["input_ids"]
+    assert ids[0] == 1 and tok.encode("the fox", add_special_tokens=True) == ids
+    with torch.no_grad():
+        want = ref.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=10, eos_token_id=None,
+                            pad_token_id=0)[0, len(ids):].tolist()
+    (gen,) = generate(model, tok, "the fox", temperature=0, max_new_tokens=10, ignore_eos=True)
+    assert gen.token_ids == want and gen.prompt_tokens == len(ids)
