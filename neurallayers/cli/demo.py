@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run directory to write")
     parser.add_argument("--minutes", type=float, default=4.0,
                         help="training time to plan for: the step count is chosen from a short speed measurement so "
-                        "the learning-rate schedule completes (a hard cap of minutes + 1 stops it in any case)")
+                        "the learning-rate schedule completes (a hard cap of minutes + 0.75 stops it in any case)")
     parser.add_argument("--max-steps", type=int, default=None, help="fix the step count instead of measuring")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted demo run in --out")
 
@@ -65,9 +65,10 @@ def plan(minutes: float) -> tuple[int, int, float]:
     in 4 minutes, val loss 3.99 after 803 steps of 8 against 4.20 after 389 steps of 16 (batch 4 reached 3.81 but
     overran the 5 minutes: its fixed costs per step are a larger share)."""
     for batch_size in (16, 8):
-        step_s = measure_step_seconds(demo_config(max_steps=1, max_minutes=minutes + 1, batch_size=batch_size))
-        # ~8% of the time goes to evaluation, checkpoints and samples
-        steps = max(100, min(5000, int(minutes * 60 * 0.92 / step_s)))
+        step_s = measure_step_seconds(demo_config(max_steps=1, max_minutes=minutes + 0.75, batch_size=batch_size))
+        # ~8% of the time goes to evaluation, checkpoints and samples, and a real step (data, logging) takes ~10%
+        # longer than the probe's: plan 85% of the time for the probe's steps
+        steps = max(100, min(5000, int(minutes * 60 * 0.85 / step_s)))
         if steps >= 800:
             break
     return batch_size, steps, step_s
@@ -88,17 +89,17 @@ def run(args: argparse.Namespace) -> int:
     if (out / "config.yaml").exists() and not args.resume:
         raise ValueError(f"{out} already holds a run; remove it, pass --resume, or choose another --out")
     t0 = time.perf_counter()
-    run_cfg = demo_config(max_steps=args.max_steps or 1, max_minutes=args.minutes + 1)
+    run_cfg = demo_config(max_steps=args.max_steps or 1, max_minutes=args.minutes + 0.75)
     if args.max_steps is None and not args.resume:
         batch_size, steps, step_s = plan(args.minutes)
         print(f"one step of {batch_size} sequences takes {step_s * 1000:.0f} ms here: training {steps} steps "
               f"(~{args.minutes:g} min)")
-        run_cfg = demo_config(max_steps=steps, max_minutes=args.minutes + 1, batch_size=batch_size)
+        run_cfg = demo_config(max_steps=steps, max_minutes=args.minutes + 0.75, batch_size=batch_size)
     elif args.resume:
         from neurallayers.training.config import RunConfig
 
         saved = RunConfig.from_yaml(out / "config.yaml")  # continue the same schedule
-        run_cfg = demo_config(max_steps=saved.train.max_steps, max_minutes=args.minutes + 1,
+        run_cfg = demo_config(max_steps=saved.train.max_steps, max_minutes=args.minutes + 0.75,
                               batch_size=saved.train.batch_size)
     result = fit(run_cfg, out, resume=args.resume)
     print(summary(result))

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.training.signals import EXIT_CODES
     from neurallayers.training.trainer import fit
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, one log: the other ranks say only errors
+    logging.basicConfig(level=logging.INFO if main_rank else logging.ERROR, format="%(message)s", stream=sys.stderr)
     base = None
     if args.resume and args.out and not (args.config or args.preset):  # the run's own config, then any overrides
         base = Path(args.out) / "config.yaml"
@@ -95,15 +96,25 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds a model (model.safetensors) but no run to resume; choose another "
                          "--out (--init-from starts a run from its weights)")
     result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+    if main_rank:  # under torchrun, one summary
         print(summary(result))
         if result.stopped_reason in EXIT_CODES:
-            print(f"continue with: neurallayers train --out {out} --resume", file=sys.stderr)
+            print(f"continue with: {_launcher()} train --out {out} --resume", file=sys.stderr)
     # stopped by a signal: checkpoint saved, but a script running `train && ...` must not go on as if it finished;
     # nor after a non-finite loss stopped it (train.nan_policy: stop)
     if result.stopped_reason == "nan":
         return 1
     return EXIT_CODES.get(result.stopped_reason, 0)
+
+
+def _launcher() -> str:
+    """How this run was started: `neurallayers`, or torchrun with as many processes (the strategy is in config.yaml)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return "neurallayers"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = f"--nnodes {world // local} ... " if local != world else ""
+    return f"torchrun {nodes}--nproc_per_node {local} -m neurallayers"
 
 
 def summary(result) -> str:

@@ -208,11 +208,16 @@ class _Fit:
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from step %d", self.step)
         saved_world = int(state.get("world_size", self.info.world_size))
-        if saved_world != self.info.world_size:
-            batch = self.cfg.batch_size * self.cfg.grad_accum
-            log.warning("the checkpoint was written by %d processes and this run has %d: a step now takes %d "
-                        "sequences instead of %d, so the data order and the losses differ from an uninterrupted run",
-                        saved_world, self.info.world_size, batch * self.info.world_size, batch * saved_world)
+        # the data order follows the batch of all processes and the accumulation: the same, the same windows
+        before = (int(state["global_batch"]), int(state["grad_accum"]))
+        now = (self.cfg.batch_size * self.info.world_size, self.cfg.grad_accum)
+        if before != now:
+            log.warning("the checkpoint's run took batches of %d sequences (all processes) x %d accumulation steps and "
+                        "this run takes %d x %d: the data order and the losses differ from an uninterrupted run",
+                        *before, *now)
+        elif saved_world != self.info.world_size:
+            log.info("the checkpoint was written by %d processes and this run has %d, with the same batches of %d "
+                     "sequences", saved_world, self.info.world_size, now[0])
         if self.step >= self.cfg.max_steps:
             log.info("the run has trained %d steps, max_steps=%d: nothing to train (pass --train.max_steps N to train "
                      "on)", self.step, self.cfg.max_steps)
@@ -438,6 +443,8 @@ class _Fit:
                 "rng": ckpt.rng_state(),
                 "data_position": self.step * cfg.grad_accum,  # micro-batches consumed
                 "world_size": info.world_size,
+                "global_batch": cfg.batch_size * info.world_size,
+                "grad_accum": cfg.grad_accum,
             }
             ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last)
         dist.barrier(info)
@@ -566,8 +573,6 @@ def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, 
     if saved.model != run.model:
         diff = _changes(saved.model.to_dict(), run.model.to_dict())
         raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
-    if saved.train.batch_size != run.train.batch_size or saved.train.grad_accum != run.train.grad_accum:
-        log.warning("batch_size/grad_accum differ from the saved run: the data order will not match the original")
     changed = saved.data != run.data
     if changed:
         diff = _changes(dataclasses.asdict(saved.data), dataclasses.asdict(run.data))
@@ -584,6 +589,9 @@ def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, 
         raise CheckpointError(f"{e}; an older checkpoint may load: --resume {older[-1]}") from None
     if int(state["step"]) != ckpt.checkpoint_step(target):
         raise CheckpointError(f"{target}: state.pt says step {state['step']}, the folder name another")
+    # checkpoints from before it was recorded: from the saved run's settings
+    state.setdefault("global_batch", saved.train.batch_size * int(state.get("world_size", 1)))
+    state.setdefault("grad_accum", saved.train.grad_accum)
     return model_sd, state, run, changed
 
 

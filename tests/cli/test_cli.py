@@ -523,3 +523,17 @@ def test_generate_takes_stop_token_ids_and_logit_bias(run_dir: Path, monkeypatch
     assert proc.returncode == 0 and proc.stdout == "To be" + want.text + "\n", proc.stderr
     assert_user_error(in_process("generate", str(run_dir), "hi", "--logit-bias", "5:-1", cwd=run_dir.parent,
                                  monkeypatch=monkeypatch), "expected ID=BIAS")
+
+
+def test_the_continue_hint_of_a_torchrun_run_is_a_torchrun_command(monkeypatch):
+    """A stopped torchrun run was told to continue with `neurallayers train ... --resume`: one process, which the
+    resume then warned about."""
+    from neurallayers.cli.train import _launcher
+
+    assert _launcher() == "neurallayers"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert _launcher() == "torchrun --nproc_per_node 2 -m neurallayers"
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert _launcher() == "torchrun --nnodes 2 ... --nproc_per_node 4 -m neurallayers"

@@ -8,9 +8,9 @@ from neurallayers.cli import demo
 
 
 @pytest.mark.parametrize(("ms_per_sequence", "batch_size", "steps"), [
-    (9.0, 16, 1533),   # Zen 5 with bf16: 144 ms a step of 16
-    (35.0, 8, 788),    # Zen 3, fp32: 560 ms a step of 16 would be 394 steps; 280 ms a step of 8
-    (200.0, 8, 138),   # slower still: batch 8, fewer steps
+    (9.0, 16, 1416),   # Zen 5 with bf16: 144 ms a step of 16
+    (35.0, 8, 728),    # Zen 3, fp32: 560 ms a step of 16 would be 364 steps; 280 ms a step of 8
+    (200.0, 8, 127),   # slower still: batch 8, fewer steps
     (1000.0, 8, 100),  # never fewer than 100 steps
 ])
 def test_plan_fills_the_minutes_and_halves_the_batch_on_a_slow_cpu(monkeypatch, ms_per_sequence, batch_size,

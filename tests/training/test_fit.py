@@ -343,3 +343,13 @@ def test_settings_that_cannot_do_what_they_say_are_warned_about(tmp_path, caplog
         fit(tiny_run(tmp_path, max_steps=4, warmup_steps=100, distributed="ddp"), tmp_path / "run", progress=False)
     assert "train.warmup_steps=100 >= max_steps=4: the learning rate is still warming up" in caplog.text
     assert "train.distributed=ddp, but this process was not started by torchrun" in caplog.text
+
+
+def test_a_resume_with_other_batches_says_the_data_order_differs(tmp_path, caplog):
+    fit(tiny_run(tmp_path, max_steps=4), tmp_path / "run", progress=False)
+    with caplog.at_level("INFO", logger="neurallayers"):
+        fit(tiny_run(tmp_path, max_steps=6), tmp_path / "run", resume=True, progress=False)
+    assert "data order" not in caplog.text
+    with caplog.at_level("INFO", logger="neurallayers"):
+        fit(tiny_run(tmp_path, max_steps=8, batch_size=2, grad_accum=2), tmp_path / "run", resume=True, progress=False)
+    assert "took batches of 4 sequences (all processes) x 1 accumulation steps and this run takes 2 x 2" in caplog.text

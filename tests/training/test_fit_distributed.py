@@ -100,7 +100,8 @@ def test_torchrun_two_processes_resume_exact(tmp_path):
         assert sorted(losses) == [1, 2, 3, 4, 5, 6], cross
         assert all(abs(losses[s] - straight[s]) < 1e-4 for s in straight), (cross, losses, straight)
     assert sorted(step_losses(tmp_path / "decoder-single")) == [1, 2, 3, 4, 5, 6]  # one process, then FSDP
-    assert "written by 1 processes and this run has 2: a step now takes 4 sequences instead of 2" in proc.stderr
+    assert "the checkpoint's run took batches of 2 sequences (all processes) x 1 accumulation steps and this run " \
+        "takes 4 x 1" in proc.stderr
 
 DYING_RANK = """
 import os, signal, sys
