@@ -52,6 +52,17 @@ class JSONLLogger:
         self._f.close()
 
 
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"model.n_layer": "4", ...}: a run config as a tracker's parameters (lists and mappings as JSON)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value and prefix == "":
+            out.update(_flat(value, f"{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -59,7 +70,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
 class TensorBoardLogger:
     """Scalars to a TensorBoard event file under `run_dir/tensorboard/`."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, start_step: int = 0) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, start_step: int = 0, config: dict | None = None) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -68,6 +79,10 @@ class TensorBoardLogger:
         # purge_step: TensorBoard drops the earlier files' events from this step on (a killed session's tail, or
         # all of an aborted start's when the run starts afresh)
         self._w = SummaryWriter(log_dir=str(self.log_dir), purge_step=start_step + 1)
+        if config is not None:  # the run's settings, as text (TEXT tab), at the step this session starts from
+            import yaml
+
+            self._w.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", start_step)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         for k, v in _scalars(metrics).items():
@@ -83,7 +98,8 @@ class MLflowLogger:
     (sqlite; the track extra installs the SQLAlchemy it needs), or mlruns/ (a file store) where SQLAlchemy is
     missing, as under a bare mlflow-skinny, which cannot write sqlite."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, start_step: int = 0, run_name: str | None = None) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, start_step: int = 0, run_name: str | None = None,
+                 config: dict | None = None) -> None:
         os.environ.setdefault("DO_NOT_TRACK", "true")  # mlflow ignores the value 1
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         try:
@@ -106,6 +122,19 @@ class MLflowLogger:
         if self._run is None:
             self._run = mlflow.start_run(run_name=run_name or run_dir.name)
         (run_dir / "mlflow_run_id").write_text(self._run.info.run_id + "\n")
+        if config is not None:
+            self._log_params(_flat(config), start_step)
+
+    def _log_params(self, params: dict[str, str], start_step: int) -> None:
+        """The run's settings as parameters; a resume that changed some (MLflow keeps a parameter's first value)
+        records the new values as tags "resumed_at_step_N.<name>"."""
+        held = self._mlflow.get_run(self._run.info.run_id).data.params
+        new = {k: v for k, v in params.items() if k not in held}
+        if new:
+            self._mlflow.log_params(new)
+        changed = {f"resumed_at_step_{start_step}.{k}": v for k, v in params.items() if k in held and held[k] != v}
+        if changed:
+            self._mlflow.set_tags(changed)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._mlflow.log_metrics(_scalars(metrics), step=step)
@@ -117,7 +146,8 @@ class MLflowLogger:
 class WandbLogger:
     """Metrics to Weights & Biases; the mode (online/offline/disabled) comes from WANDB_MODE, default offline."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, start_step: int = 0, run_name: str | None = None) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, start_step: int = 0, run_name: str | None = None,
+                 config: dict | None = None) -> None:
         try:
             import wandb
         except ImportError:
@@ -128,6 +158,8 @@ class WandbLogger:
         self._run = wandb.init(dir=str(run_dir), name=run_name or Path(run_dir).name, id=earlier,
                                resume="allow" if earlier else None, mode=os.environ.get("WANDB_MODE", "offline"))
         (Path(run_dir) / "wandb_run_id").write_text(self._run.id + "\n")
+        if config is not None:  # the run's settings (a resume's changes replace them)
+            self._run.config.update(config, allow_val_change=True)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._run.log(_scalars(metrics), step=step)
@@ -139,9 +171,11 @@ class WandbLogger:
 LOGGERS = {"jsonl": JSONLLogger, "tensorboard": TensorBoardLogger, "mlflow": MLflowLogger, "wandb": WandbLogger}
 
 
-def build_loggers(names: list[str], run_dir: str | os.PathLike, *, start_step: int = 0) -> list:
+def build_loggers(names: list[str], run_dir: str | os.PathLike, *, start_step: int = 0,
+                  config: dict | None = None) -> list:
     """JSONL plus the named trackers ("tensorboard", "mlflow", "wandb"), each writing under `run_dir`; a run resumed
-    after `start_step` optimizer steps continues the trackers' history from there."""
+    after `start_step` optimizer steps continues the trackers' history from there. `config` (the run config as a
+    dict) is recorded by each tracker: TensorBoard text, MLflow parameters, W&B config."""
     unknown = [n for n in names if n not in LOGGERS]
     if unknown:
         raise ValueError(f"unknown logger(s) {unknown}; allowed: {', '.join(LOGGERS)}")
@@ -150,7 +184,7 @@ def build_loggers(names: list[str], run_dir: str | os.PathLike, *, start_step: i
     for name in ordered:
         try:
             opened.append(LOGGERS[name](run_dir) if name == "jsonl" else
-                          LOGGERS[name](run_dir, start_step=start_step))
+                          LOGGERS[name](run_dir, start_step=start_step, config=config))
         except Exception as e:  # a missing extra, no W&B login, an unreachable MLflow server: one clear line
             for logger in opened:
                 logger.close()

@@ -261,7 +261,7 @@ class _Fit:
         self.tokenizer.save(self.out)
         names = self.cfg.loggers if loggers is None else [x for x in loggers if isinstance(x, str)]
         objects = [] if loggers is None else [x for x in loggers if not isinstance(x, str)]
-        return build_loggers(names, self.out, start_step=self.step) + objects
+        return build_loggers(names, self.out, start_step=self.step, config=self.run_cfg.to_dict()) + objects
 
     # ----- the loop -----
     def run(self) -> TrainResult:

@@ -192,6 +192,11 @@ def test_trackers_keep_one_history_across_a_resume(tmp_path, monkeypatch):
     assert sorted(set(steps)) == list(range(1, 9))  # one run; 5 and 6 logged twice, with equal values
     wandb_runs = sorted(p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*"))
     assert wandb_runs == [first_ids["wandb_run_id"].strip()] * 2  # the resumed session continues the same run
+    # each tracker records the run's settings (none did)
+    assert "n_layer: 2" in acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    params = client.get_run(first_ids["mlflow_run_id"].strip()).data.params
+    assert params["model.n_layer"] == "2" and params["train.lr"] == "0.003" and params["data.tokenizer"] == "char"
+    assert all(b"n_layer" in f.read_bytes() for f in (out / "wandb").glob("offline-run-*/run-*.wandb"))  # its records
 
 
 def test_a_tracker_that_cannot_start_is_one_line_before_training(tmp_path, monkeypatch):
