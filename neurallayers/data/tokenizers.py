@@ -26,7 +26,8 @@ UNK = "<unk>"
 MASK = "<mask>"  # the mask token added for masked-LM training when a tokenizer has none (RoBERTa's spelling)
 MASK_TOKENS = ("[MASK]", MASK)  # BERT's and RoBERTa's: the first in the vocabulary is the mask token
 KINDS = ("bpe", "char", "gpt2", "file")
-_LOAD_FORMS = "'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt), or a path to a tokenizer.json file"
+_LOAD_FORMS = ("'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt, or a BERT vocab.txt), or a path to "
+               "a tokenizer.json file")
 # Fallbacks for a bare tokenizer.json without tokenizer_config.json: common spellings, first match wins.
 _EOS_GUESSES = (ENDOFTEXT, "</s>", "<|end_of_text|>", "<eos>")
 _BOS_GUESSES = ("<s>", "<|begin_of_text|>", "<bos>")
@@ -273,6 +274,8 @@ class Tokenizer:
                 config.setdefault("bos_token", default)
                 config.setdefault("eos_token", default)
                 return cls._from_config(hf, config)
+            if (path / "vocab.txt").exists():  # a BERT folder written without tokenizer.json (older fine-tunes)
+                return cls._from_config(_wordpiece_from_vocab(path / "vocab.txt", config), config)
             raise ValueError(f"{str(path)!r} holds neither tokenizer.json nor vocab.json + merges.txt; "
                              f"expected {_LOAD_FORMS}")
         json_path = path / "tokenizer.json" if path.is_dir() else path
@@ -455,6 +458,24 @@ class StreamDecoder:
         piece = self._decode(self._prefix)[len(self._decode(self._prefix, self._read)) + self._held :]
         self._reset()
         return piece
+
+
+def _wordpiece_from_vocab(vocab: Path, config: dict) -> HFTokenizer:
+    """BERT's WordPiece from its vocab.txt and tokenizer_config.json settings, as transformers' BertTokenizerFast
+    builds it: normalizer (clean text, Chinese characters, lowercase and accents), pre-tokenizer, [CLS] ... [SEP]."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    def token(key: str, default: str) -> str:
+        value = config.get(key, default)
+        return value.get("content", default) if isinstance(value, dict) else value or default
+
+    lowercase = bool(config.get("do_lower_case", True))
+    wp = BertWordPieceTokenizer(
+        str(vocab), clean_text=True, handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
+        strip_accents=config.get("strip_accents"), lowercase=lowercase, unk_token=token("unk_token", "[UNK]"),
+        sep_token=token("sep_token", "[SEP]"), cls_token=token("cls_token", "[CLS]"),
+        pad_token=token("pad_token", "[PAD]"), mask_token=token("mask_token", "[MASK]"))
+    return wp._tokenizer
 
 
 def _byte_level_bpe_from_files(vocab: Path, merges: Path) -> HFTokenizer:

@@ -268,12 +268,13 @@ def read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_tokenizer(folder: Path) -> object:
-    """Tokenizer of an HF folder (tokenizer.json, or vocab.json + merges.txt), or None when it has neither."""
+    """Tokenizer of an HF folder (tokenizer.json, vocab.json + merges.txt, or a BERT vocab.txt), or None when it has
+    none of them."""
     from neurallayers.data.tokenizers import Tokenizer
 
     has_json = (folder / "tokenizer.json").is_file()
     has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    return Tokenizer.load(folder) if has_json or has_bpe else None
+    return Tokenizer.load(folder) if has_json or has_bpe or (folder / "vocab.txt").is_file() else None
 
 
 def tied_aliases(model: nn.Module) -> set[str]:

@@ -262,3 +262,23 @@ def test_to_ours_names_missing_unknown_and_misshaped_keys():
         bert.to_ours({**hf_sd, "embeddings.position_embeddings.weight": torch.zeros(7, 32)}, cfg)
     extra_head = bert.to_ours({**hf_sd, "cls.seq_relationship.weight": torch.zeros(2, 32)}, cfg)  # NSP: dropped
     assert set(extra_head) == set(build_model(cfg).state_dict())
+
+
+def test_a_bert_folder_with_only_vocab_txt_tokenizes_as_its_tokenizer_json(minilm, tmp_path):
+    """Older BERT fine-tunes ship vocab.txt without tokenizer.json: it loaded with no tokenizer, and embed failed
+    with an AttributeError."""
+    from neurallayers.api import load
+
+    folder = tmp_path / "vocab-only"
+    folder.mkdir()
+    for f in minilm_folder().iterdir():
+        if f.is_file() and f.name != "tokenizer.json":
+            (folder / f.name).symlink_to(f)
+    (folder / "1_Pooling").symlink_to(minilm_folder() / "1_Pooling")
+    model, tok = load(folder)
+    ref_model, ref = minilm
+    texts = TEXTS + ["Héllo WORLD, naïve café — 東京 2024!", "  spaces\tand\nlines  "]
+    for text in texts:
+        assert tok.encode(text, add_special_tokens=True) == ref.encode(text, add_special_tokens=True), text
+    assert (tok.pad_id, tok.token_to_id("[MASK]")) == (ref.pad_id, ref.token_to_id("[MASK]"))
+    assert torch.equal(embed(model, tok, texts), embed(ref_model, ref, texts))
