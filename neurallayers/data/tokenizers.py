@@ -239,6 +239,11 @@ class Tokenizer:
         }
         if self.kind == "char":
             config["unk_token"] = UNK
+        added = {t.content for t in self.hf.get_added_tokens_decoder().values() if t.special}
+        for key, names in (("unk_token", ("[UNK]", "<unk>")), ("cls_token", ("[CLS]",)), ("sep_token", ("[SEP]",))):
+            found = next((n for n in names if n in added), None)  # BERT's, which transformers' tokenizer names
+            if found is not None:
+                config.setdefault(key, found)
         if self.mask_token is not None:  # transformers' fill-mask pipeline reads it from here
             config["mask_token"] = self.mask_token
         if self.model_max_length is not None:

@@ -282,3 +282,26 @@ def test_a_bert_folder_with_only_vocab_txt_tokenizes_as_its_tokenizer_json(minil
         assert tok.encode(text, add_special_tokens=True) == ref.encode(text, add_special_tokens=True), text
     assert (tok.pad_id, tok.token_to_id("[MASK]")) == (ref.pad_id, ref.token_to_id("[MASK]"))
     assert torch.equal(embed(model, tok, texts), embed(ref_model, ref, texts))
+
+
+def test_a_saved_bert_tokenizer_keeps_its_special_token_names(minilm, tmp_path):
+    """transformers' tokenizer of a converted BERT folder had no cls_token, sep_token or unk_token."""
+    transformers = pytest.importorskip("transformers")
+    minilm[1].save(tmp_path)
+    back = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert (back.cls_token, back.sep_token, back.unk_token, back.pad_token, back.mask_token) == \
+        ("[CLS]", "[SEP]", "[UNK]", "[PAD]", "[MASK]")
+
+
+def test_a_masked_lm_with_a_pooler_exports_as_bert_for_masked_lm_without_one(tmp_path):
+    """The bert-tiny preset has BERT's pooler, which BertForMaskedLM lacks: transformers listed its weights as
+    unexpected keys."""
+    transformers = pytest.importorskip("transformers")
+    from neurallayers.interop.hf import save_hf
+
+    cfg = ModelConfig.from_name("bert-tiny").replace(head="mlm", block_size=32, n_layer=1)
+    assert cfg.pooler
+    save_hf(build_model(cfg), None, tmp_path)
+    assert not [k for k in read_safetensors(tmp_path / "model.safetensors") if "pooler" in k]
+    _, info = transformers.BertForMaskedLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
