@@ -38,6 +38,18 @@ def folder_model_config(path: Path) -> object:
     raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
 
 
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"dtype={dtype!r}: expected a torch.dtype or one of {', '.join(_DTYPES)}")
+
+
 def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
          allow_pickle: bool = False) -> tuple[nn.Module, object]:
     """Model (in eval mode) and tokenizer from a run directory (config.yaml, model.safetensors, tokenizer.json)
@@ -46,10 +58,12 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
 
     Args:
         device: where the weights go; "auto" picks cuda, then mps, then cpu; None: cpu.
-        dtype: the weights' dtype; None keeps the stored one.
+        dtype: the weights' dtype (a torch.dtype, or "fp32" / "float32", "bf16" / "bfloat16", "fp16" / "float16");
+            None: float32 for a Hugging Face folder (as transformers loads one), the stored dtype for a run.
         allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin). Off by default:
             a pickle can run code when loaded.
     """
+    dtype = _dtype(dtype)
     if device is not None:
         from neurallayers.training.runtime import resolve_device
 

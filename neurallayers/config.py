@@ -119,6 +119,11 @@ class ModelConfig:
             _require(
                 "pad_token_id", self.pad_token_id, 0 <= self.pad_token_id < self.vocab_size, "must be a valid token id"
             )
+        if self.causal:  # encoder-only settings a decoder would silently not build
+            encoders = "is an encoder's (causal=False)"
+            _require("head", self.head, self.head == "none", f"{encoders}; a decoder has its LM head")
+            _require("pooler", self.pooler, not self.pooler, encoders)
+            _require("type_vocab_size", self.type_vocab_size, self.type_vocab_size == 0, encoders)
 
     # ----- derived figures -----
     @property
@@ -212,10 +217,17 @@ class ModelConfig:
         return cls.from_file(Path(run_dir) / "config.yaml")
 
     @classmethod
-    def resolve(cls, spec: str | Path | ModelConfig) -> ModelConfig:
-        """A preset name, a YAML file, a run directory, or a config already."""
+    def resolve(cls, spec: str | Path | ModelConfig | dict) -> ModelConfig:
+        """A preset name, a YAML file, a run directory, a mapping of fields (as from_dict), or a config already."""
         if isinstance(spec, ModelConfig):
             return spec
+        if isinstance(spec, dict):  # as a run config's model section: {"preset": name, field: value, ...}
+            fields = dict(spec)
+            preset = fields.pop("preset", None)
+            return cls.from_name(preset).replace(**fields) if preset else cls.from_dict(fields)
+        if not isinstance(spec, str | Path):
+            raise ValueError(f"a model config is a ModelConfig, a preset name, a YAML path, a run directory or a "
+                             f"mapping of fields, got {type(spec).__name__}")
         path = Path(spec)
         if path.is_dir():
             return cls.from_checkpoint(path)

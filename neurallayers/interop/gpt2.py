@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 
 from neurallayers.config import ModelConfig
-from neurallayers.interop.hf import expand_map, hf_shapes, reference_state, rename_to_hf, rename_to_ours
+from neurallayers.interop.hf import (
+    drop_tied_lm_head,
+    expand_map,
+    hf_shapes,
+    reference_state,
+    rename_to_hf,
+    rename_to_ours,
+)
 
 # ours <-> Hugging Face GPT2LMHeadModel. "{i}" is the layer index.
 _H = "transformer.h.{i}."
@@ -117,7 +124,7 @@ def to_ours(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch
     hf_sd = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in hf_sd.items()}
     hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith(IGNORED_SUFFIXES)}
     if cfg.tie_embeddings:
-        hf_sd.pop("lm_head.weight", None)  # an alias of the embedding when tied; the embedding wins
+        drop_tied_lm_head(hf_sd, "transformer.wte.weight")  # an alias of the embedding when tied; the embedding wins
     return rename_to_ours(hf_sd, _entries(cfg), hf_shapes(cfg, to_hf), _transform_in, cfg, family="GPT-2")
 
 

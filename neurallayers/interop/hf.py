@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -409,6 +410,17 @@ def reference_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
 def hf_shapes(cfg: ModelConfig, to_hf: Callable) -> dict[str, tuple[int, ...]]:
     """{HF key: shape} that a checkpoint for `cfg` holds, from the family's own `to_hf` on the meta reference."""
     return {k: tuple(v.shape) for k, v in to_hf(reference_state(cfg), cfg).items()}
+
+
+def drop_tied_lm_head(hf_sd: dict[str, torch.Tensor], embedding: str) -> None:
+    """Removes lm_head.weight from a state dict whose config ties it to `embedding` (the embedding is the head then),
+    saying so when the file's head differs: the config then loses weights the file has."""
+    head, emb = hf_sd.pop("lm_head.weight", None), hf_sd.get(embedding)
+    if head is not None and emb is not None and head.shape == emb.shape and not torch.equal(head, emb):
+        warnings.warn(f"the config ties lm_head to {embedding} (tie_word_embeddings; GPT-2's default is true), but "
+                      f"the file's lm_head.weight differs from it (max |difference| "
+                      f"{float((head.float() - emb.float()).abs().max()):.3g}): the embedding is used as the head; "
+                      "set \"tie_word_embeddings\": false in config.json to use the file's lm_head", stacklevel=3)
 
 
 def rename_to_ours(hf_sd: dict[str, torch.Tensor], entries: list[tuple[str, tuple[str, ...]]],

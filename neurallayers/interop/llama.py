@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 
 from neurallayers.config import ModelConfig
-from neurallayers.interop.hf import expand_map, hf_shapes, reference_state, rename_to_hf, rename_to_ours
+from neurallayers.interop.hf import (
+    drop_tied_lm_head,
+    expand_map,
+    hf_shapes,
+    reference_state,
+    rename_to_hf,
+    rename_to_ours,
+)
 
 # ours <-> Hugging Face LlamaForCausalLM / MistralForCausalLM. "{i}" is the layer index; a tuple on the HF side
 # is concatenated along dim 0 on ours.
@@ -168,7 +175,7 @@ def to_ours(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch
     """
     hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith(IGNORED_SUFFIXES)}
     if cfg.tie_embeddings:
-        hf_sd.pop("lm_head.weight", None)  # an alias of the embedding when tied; the embedding wins
+        drop_tied_lm_head(hf_sd, "model.embed_tokens.weight")  # an alias of the embedding when tied; the embedding wins
     family = "Mistral" if cfg.extra.get("hf_model_type") == "mistral" else "Llama"
     return rename_to_ours(hf_sd, _entries(cfg), hf_shapes(cfg, to_hf), _transform_in, cfg, family=family)
 

@@ -8,8 +8,9 @@ from neurallayers.config import ModelConfig
 from neurallayers.models.decoder import DecoderLM, ModelOutput
 
 
-def build_model(config: ModelConfig | str) -> nn.Module:
-    """A model with freshly initialised weights from a ModelConfig or a preset name / YAML path."""
+def build_model(config: ModelConfig | str | dict) -> nn.Module:
+    """A model with freshly initialised weights from a ModelConfig, a preset name / YAML path, or a mapping of
+    fields ({"preset": "tiny", "n_layer": 1} as in a run config's model section)."""
     config = ModelConfig.resolve(config)
     if config.causal:
         return DecoderLM(config)

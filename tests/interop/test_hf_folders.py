@@ -159,6 +159,10 @@ def test_dtype_and_device_arguments(tmp_path):
     half, _ = load_hf(tmp_path, dtype=torch.bfloat16, device="cpu")
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     assert half.lm_head.weight is half.wte.weight and not half.training
+    for name in ("bf16", "bfloat16", "torch.bfloat16"):  # names, as transformers takes them
+        assert next(load(tmp_path, dtype=name)[0].parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype='half16': expected a torch.dtype or one of fp32"):
+        load(tmp_path, dtype="half16")
 
 
 # ----- sharded index -----

@@ -208,3 +208,21 @@ def test_config_to_hf_names_fields_gpt2_cannot_express():
                       norm="rmsnorm")
     with pytest.raises(ValueError, match="norm='rmsnorm'.*position='rope'"):
         gpt2.config_to_hf(cfg)
+
+
+def test_a_tied_config_with_a_different_lm_head_says_so(tmp_path):
+    """An untied GPT-2 whose config.json lost tie_word_embeddings (GPT-2's default is tied): its own lm_head was
+    dropped without a word."""
+    import json
+
+    from neurallayers.api import load
+
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2,
+                                  tie_word_embeddings=False)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("tie_word_embeddings")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match=r"ties lm_head to transformer.wte.weight .*lm_head.weight differs"):
+        model, _ = load(tmp_path)
+    assert model.config.tie_embeddings

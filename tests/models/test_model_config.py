@@ -67,6 +67,10 @@ BAD = [
     ("head", dict(head="qa"), "head",
      "one of 'none', 'mlm', 'sequence_classification', 'token_classification'"),
     ("extra", dict(extra=[1]), "extra", "expected dict"),
+    # encoder settings on a decoder, which would build without them
+    ("head-causal", dict(head="mlm"), "head", "is an encoder's (causal=False); a decoder has its LM head"),
+    ("pooler-causal", dict(pooler=True), "pooler", "is an encoder's (causal=False)"),
+    ("type_vocab_size-causal", dict(type_vocab_size=2), "type_vocab_size", "is an encoder's (causal=False)"),
 ]
 
 
@@ -208,3 +212,13 @@ def test_kv_cache_bytes_by_hand():
     assert gpt2.kv_cache_bytes(100, batch_size=4, bytes_per_value=4) == 2 * 12 * 4 * 100 * 768 * 4
     llama = ModelConfig.from_name("llama-110m")  # GQA: only 4 of 12 heads are cached
     assert llama.kv_cache_bytes(1) == 2 * 12 * 4 * 64 * 2 == gpt2.replace(vocab_size=32000).kv_cache_bytes(1) // 3
+
+
+def test_build_model_takes_a_mapping_as_a_run_configs_model_section():
+    from neurallayers.models import build_model
+
+    assert build_model({"preset": "tiny", "n_layer": 1}).config == ModelConfig.from_name("tiny").replace(n_layer=1)
+    with pytest.raises(ValueError, match=r"no field 'n_layers' \(did you mean 'n_layer'\?\)"):
+        build_model({"n_layers": 1})
+    with pytest.raises(ValueError, match="a model config is a ModelConfig, a preset name"):
+        build_model(5)
