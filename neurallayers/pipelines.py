@@ -218,8 +218,11 @@ class TextGenerationPipeline(Pipeline):
         prompts = _check_texts(items, "inputs")
         if "max_length" in gen_kwargs:
             raise ValueError("max_length: this pipeline counts new tokens only; give max_new_tokens instead")
-        if gen_kwargs.pop("do_sample", True) is False:  # transformers' switch for greedy decoding
+        do_sample = gen_kwargs.pop("do_sample", None)
+        if do_sample is False:  # transformers' switch for greedy decoding
             gen_kwargs["temperature"] = 0.0
+        elif do_sample is True and gen_kwargs.get("temperature", 1.0) == 0:  # transformers refuses it too
+            raise ValueError("do_sample=True with temperature=0: sampling needs a temperature > 0 (or do_sample=False)")
         gen_config = GenerationConfig.from_dict(gen_kwargs)
         n = gen_config.num_return_sequences
         outs = generate(self.model, self.tokenizer, prompts, gen_config)  # prompt-major, n per prompt

@@ -189,3 +189,5 @@ def test_text_generation_runs_on_a_decoder():
     assert "hello" + tail == greedy
     with pytest.raises(ValueError, match="max_length: .* give max_new_tokens"):
         gen("hello", max_length=10)
+    with pytest.raises(ValueError, match="do_sample=True with temperature=0"):  # it ran greedy, silently
+        gen("hello", max_new_tokens=4, do_sample=True, temperature=0)
