@@ -93,6 +93,9 @@ class TensorBoardLogger:
         self._w.close()
 
 
+_URIS_SET_HERE = {""}  # MLflow stores this module chose (in run directories), as opposed to the user's
+
+
 class MLflowLogger:
     """Metrics to MLflow: the tracking URI from MLFLOW_TRACKING_URI, else a store in the run directory: mlflow.db
     (sqlite; the track extra installs the SQLAlchemy it needs), or mlruns/ (a file store) where SQLAlchemy is
@@ -108,12 +111,19 @@ class MLflowLogger:
             raise ImportError(f"the mlflow logger needs mlflow (or mlflow-skinny): {_EXTRA}") from None
         self._mlflow = mlflow
         run_dir = Path(run_dir).resolve()
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            store = (f"sqlite:///{run_dir / 'mlflow.db'}" if importlib.util.find_spec("sqlalchemy")
-                     else (run_dir / "mlruns").as_uri())
-            mlflow.set_tracking_uri(store)
+        own = f"sqlite:///{run_dir / 'mlflow.db'}"
+        # mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: a value we set for an earlier run in this process
+        # is not the user's (it would send this run into the earlier run's store)
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if uri in _URIS_SET_HERE:
+            uri = own if importlib.util.find_spec("sqlalchemy") else (run_dir / "mlruns").as_uri()
+            _URIS_SET_HERE.add(uri)
+        mlflow.set_tracking_uri(uri)  # the user's too: mlflow keeps the one an earlier run here set over the variable
+        own_db = run_dir / "mlflow.db" if uri == own else None  # the run directory's own store is the one used
         self._run = None
         earlier = _run_id(run_dir, "mlflow_run_id", start_step)
+        if earlier and own_db is not None and own_db.is_file():
+            _prune_after(own_db, earlier, start_step)
         if earlier:
             try:
                 self._run = mlflow.start_run(run_id=earlier)
@@ -141,6 +151,29 @@ class MLflowLogger:
 
     def close(self) -> None:
         self._mlflow.end_run()
+
+
+def _prune_after(db: Path, run_id: str, step: int) -> None:
+    """Drops a killed session's metrics past the resumed `step` from the run directory's own MLflow store, so that
+    the run's history holds each step once, as TensorBoard's purge_step does (MLflow has no API that deletes metric
+    history). A store it cannot read is left as it is, with a warning."""
+    import contextlib
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as con, con:
+            con.execute("DELETE FROM metrics WHERE run_uuid = ? AND step > ?", (run_id, step))
+            con.execute("DELETE FROM latest_metrics WHERE run_uuid = ? AND step > ?", (run_id, step))
+            # a key whose latest value was dropped: its newest remaining one
+            con.execute(
+                "INSERT OR REPLACE INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
+                "SELECT m.key, m.value, m.timestamp, m.step, m.is_nan, m.run_uuid FROM metrics m "
+                "WHERE m.run_uuid = ? AND m.key NOT IN (SELECT key FROM latest_metrics WHERE run_uuid = ?) "
+                "AND (m.step, m.timestamp) = (SELECT step, timestamp FROM metrics WHERE run_uuid = m.run_uuid "
+                "AND key = m.key ORDER BY step DESC, timestamp DESC LIMIT 1)", (run_id, run_id))
+    except sqlite3.Error as e:
+        log.warning("mlflow: could not drop the metrics logged after step %d by the stopped session (%s); the "
+                    "run shows those steps twice", step, e)
 
 
 class WandbLogger:

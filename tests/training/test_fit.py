@@ -189,7 +189,9 @@ def test_trackers_keep_one_history_across_a_resume(tmp_path, monkeypatch):
     assert {name: (out / name).read_text() for name in first_ids} == first_ids
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
     steps = [m.step for m in client.get_metric_history(first_ids["mlflow_run_id"].strip(), "loss")]
-    assert sorted(set(steps)) == list(range(1, 9))  # one run; 5 and 6 logged twice, with equal values
+    assert steps == list(range(1, 9))  # one run, each step once: the killed session's 5 and 6 were dropped
+    assert client.get_run(first_ids["mlflow_run_id"].strip()).data.metrics["loss"] == \
+        [r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r][-1]
     wandb_runs = sorted(p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*"))
     assert wandb_runs == [first_ids["wandb_run_id"].strip()] * 2  # the resumed session continues the same run
     # each tracker records the run's settings (none did)
@@ -358,3 +360,19 @@ def test_a_resume_with_other_batches_says_the_data_order_differs(tmp_path, caplo
     with caplog.at_level("INFO", logger="neurallayers"):
         fit(tiny_run(tmp_path, max_steps=8, batch_size=2, grad_accum=2), tmp_path / "run", resume=True, progress=False)
     assert "took batches of 4 sequences (all processes) x 1 accumulation steps and this run takes 2 x 2" in caplog.text
+
+
+def test_two_runs_in_one_process_log_to_their_own_mlflow_stores(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri sets $MLFLOW_TRACKING_URI: the second run of a process logged into the first run's
+    store, which it took for the user's."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("a", "b"):
+        fit(tiny_run(tmp_path, max_steps=2, eval_interval=0, loggers=["mlflow"]), tmp_path / name, progress=False)
+    for name in ("a", "b"):
+        client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / name).resolve() / 'mlflow.db'}")
+        run_id = (tmp_path / name / "mlflow_run_id").read_text().strip()
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2], name
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(tmp_path / 'mine.db').resolve()}")  # the user's
+    fit(tiny_run(tmp_path, max_steps=2, eval_interval=0, loggers=["mlflow"]), tmp_path / "c", progress=False)
+    assert (tmp_path / "mine.db").is_file() and not (tmp_path / "c" / "mlflow.db").exists()
