@@ -442,6 +442,11 @@ class StreamDecoder:
     def _decode(self, start: int, stop: int | None = None) -> str:
         return self.tokenizer.decode(self._ids[start:stop], skip_special_tokens=self.skip_special_tokens)
 
+    @property
+    def pending(self) -> bool:
+        """Whether the last tokens hold the first bytes of a character not yet complete."""
+        return self._read < len(self._ids)
+
     def push(self, token_id: int) -> str:
         """Adds one token; returns the text it completes (often "", never half a character)."""
         self._ids.append(int(token_id))

@@ -335,6 +335,36 @@ class _RowText:
         return out
 
 
+class _HeldEvents:
+    """A sequence's token events, held back while their row holds back text that could still become a stop string:
+    the tokens of a stop string then never reach a stream, so a stream's token events (and log-probabilities) are
+    generate()'s token_ids; their text only waits, as it would anyway."""
+
+    def __init__(self, row: _RowText) -> None:
+        self.row, self.held, self.sent = row, [], 0
+
+    def push(self, event: StreamEvent) -> list[StreamEvent]:
+        """The events to send now (maybe none, maybe several) after `event`, a token the row has taken."""
+        self.held.append(event)
+        # a tail held back as the start of a stop string, or the first bytes of a character that may start one
+        if self.row.stops and (len(self.row.text) > self.row.sent or self.row.decoder.pending):
+            return []
+        return self.flush()
+
+    def flush(self) -> list[StreamEvent]:
+        out, self.held = self.held, []
+        self.sent += len(out)
+        return out
+
+    def stopped(self, pending: str) -> tuple[list[StreamEvent], str]:
+        """The row met a stop string: the held tokens before it (their text moved to the last event) and the text
+        of the last event."""
+        keep = self.held[:max(0, self.row.kept_tokens() - self.sent)]
+        text = "".join(e.text for e in self.held) + pending
+        self.held = []
+        return [StreamEvent(text="", token_id=e.token_id, logprob=e.logprob) for e in keep], text
+
+
 def _apply_stop_strings(gen: Generation, tokenizer, stops: list[str]) -> Generation:
     """Decode gen's tokens into gen.text, cutting at the first stop string (tokens and logprobs trimmed)."""
     if not stops:
@@ -532,6 +562,7 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
     (input_ids,) = _encode_prompts(tokenizer, [prompt])
     with eval_mode(model):  # restored when the stream ends or is closed
         row = _RowText(tokenizer, config.stop)
+        held = _HeldEvents(row)
         reason, pending = "length", ""
         for run in _decode_steps(model, [input_ids], config, eos_ids=_eos_ids(tokenizer)):
             if bool(run.stopped[0]):
@@ -540,12 +571,15 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
             i = run.n - 1
             tok = int(run.tokens[0, run.width + i])
             text = row.push(tok)
-            if row.stopped:  # the stop string's token is not output; its leading text goes in the last event
-                reason, pending = "stop", text
+            if row.stopped:  # the stop string's tokens are not output; the text before it goes in the last event
+                events, pending = held.stopped(text)
+                yield from events
+                reason = "stop"
                 break
             logprob = None
             if run.chosen is not None:
                 top = list(zip(run.top_ids[0, i].tolist(), run.top_lp[0, i].tolist(), strict=True))
                 logprob = TokenLogprob(token_id=tok, logprob=float(run.chosen[0, i]), top=top)
-            yield StreamEvent(text=text, token_id=tok, logprob=logprob)
+            yield from held.push(StreamEvent(text=text, token_id=tok, logprob=logprob))
+        yield from held.flush()
         yield StreamEvent(text=pending + row.finish(), finish_reason=reason)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from neurallayers.generation.config import GenerationConfig, StreamEvent, TokenLogprob
-from neurallayers.generation.generate import _choose, _row_seed, _RowText, _stop_ids
+from neurallayers.generation.generate import _choose, _HeldEvents, _row_seed, _RowText, _stop_ids
 from neurallayers.generation.processors import apply_processors, build_processors
 
 _ids = itertools.count(1)
@@ -175,6 +175,7 @@ class _Sequence:
             self.tokens = torch.zeros(1, req.prompt_tokens + self.budget, dtype=torch.long, device=device)
             self.tokens[0, :req.prompt_tokens] = torch.tensor(req.prompt_ids, dtype=torch.long, device=device)
         self.text = _RowText(tokenizer, cfg.stop)
+        self.held = _HeldEvents(self.text)  # token events wait while their text could be a stop string's
         self.n = 0  # tokens chosen so far
         self.last = -1  # the last chosen token: the input of the next decode step
         self.pos = req.prompt_tokens
@@ -212,13 +213,19 @@ class _Sequence:
         if tok in self.stops:
             return self.finish("stop")
         text = self.text.push(tok)
-        if self.text.stopped:  # the token that completed a stop string is not output; the text before it is
-            return self.finish("stop", pending=text)
-        self.req._push(StreamEvent(text=text, token_id=tok, logprob=logprob))
+        if self.text.stopped:  # a stop string's tokens are not output; the text before it is
+            events, pending = self.held.stopped(text)
+            for event in events:
+                self.req._push(event)
+            return self.finish("stop", pending=pending)
+        for event in self.held.push(StreamEvent(text=text, token_id=tok, logprob=logprob)):
+            self.req._push(event)
         if self.n == self.budget:
             return self.finish("length")
         return False
 
     def finish(self, reason: str, *, pending: str = "") -> bool:
+        for event in self.held.flush():
+            self.req._push(event)
         self.req._push(StreamEvent(text=pending + self.text.finish(), finish_reason=reason))
         return True

@@ -17,14 +17,16 @@ def lm_tok():
 @pytest.mark.parametrize("stop", [[], ["café"], ["🎉"], [" wö"], ["日本語 ok", "never"], ["ö", "ï"]])
 def test_stream_text_equals_generate(lm_tok, stop: list[str]) -> None:
     lm, tok = lm_tok
-    cfg = GenerationConfig(temperature=0, max_new_tokens=40, stop=stop)
+    cfg = GenerationConfig(temperature=0, max_new_tokens=40, stop=stop, logprobs=1)
     (g,) = generate(lm, tok, "héllo", cfg)
     events = list(stream(lm, tok, "héllo", cfg))
     assert "".join(e.text for e in events) == g.text
     assert not any("\ufffd" in e.text for e in events)
     assert all(e.finish_reason is None for e in events[:-1]) and events[-1].finish_reason == g.finish_reason
     assert events[-1].token_id is None
-    assert [e.token_id for e in events[:-1]][:len(g.token_ids)] == g.token_ids
+    # the token events are generate()'s tokens: a stop string's never reach the stream (they did, with empty text)
+    assert [e.token_id for e in events[:-1]] == g.token_ids
+    assert [e.logprob for e in events[:-1]] == g.logprobs
     if stop:
         assert g.finish_reason == "stop" and not any(s in g.text for s in stop)
         assert all(not any(s in e.text for s in stop) for e in events)
