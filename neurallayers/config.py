@@ -139,8 +139,9 @@ class ModelConfig:
         with torch.device("meta"):
             model = build_model(self)
         n = sum(p.numel() for p in model.parameters())
-        if not include_embeddings:
-            n -= sum(p.numel() for name, p in model.named_parameters() if "wte" in name or "wpe" in name)
+        if not include_embeddings:  # token, position and (BERT's) token-type tables, as transformers counts them
+            n -= sum(p.numel() for name, p in model.named_parameters()
+                     if any(table in name.split(".") for table in ("wte", "wpe", "wtt")))
         return n
 
     def flops_per_token(self, seq_len: int | None = None, *, training: bool = False) -> float:

@@ -55,8 +55,8 @@ def describe(cfg, *, context: int | None = None, batch_size: int = 1) -> str:
         ("architecture", f"{kind}; {cfg.n_layer} layers x {cfg.n_embd} wide, {heads}, vocab {cfg.vocab_size:,}, "
                          f"context {cfg.block_size:,}"),
         ("parameters", f"{n:,} ({n / 1e6:.2f} M); {n_body:,} without embeddings"),
-        ("FLOPs per token", f"forward {cfg.flops_per_token(t) / 1e9:.3f} GFLOP, training "
-                            f"{cfg.flops_per_token(t, training=True) / 1e9:.3f} GFLOP (context {t:,})"),
+        ("FLOPs per token", f"forward {_flops(cfg.flops_per_token(t))}, training "
+                            f"{_flops(cfg.flops_per_token(t, training=True))} (context {t:,})"),
         ("weights", f"fp32 {_size(4 * n)}, bf16/fp16 {_size(2 * n)}"),
     ]
     if cfg.causal:
@@ -71,6 +71,14 @@ def describe(cfg, *, context: int | None = None, batch_size: int = 1) -> str:
 def _table(rows: list[tuple[str, str]]) -> str:
     """Label-value lines, the values in one column for every table `info` prints (the longest label is 15)."""
     return "\n".join(f"{k:<15}  {v}" for k, v in rows)
+
+
+def _flops(n: float) -> str:
+    """3 significant figures in the largest unit that keeps them: "1.68 GFLOP", "4.12 MFLOP" (tiny models)."""
+    for scale, unit in ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1e3, "kFLOP")):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.3g} FLOP"
 
 
 def describe_run(folder: Path) -> str:

@@ -23,14 +23,29 @@ def default_render(messages: list[dict]) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
+class _Refused(Exception):
+    """raise_exception() in a template: it refuses the conversation."""
+
+
 @functools.lru_cache(maxsize=8)
 def _compile(template: str):
-    from jinja2 import TemplateError  # jinja2 comes with torch
-    from jinja2.ext import loopcontrols
+    from jinja2 import nodes  # jinja2 comes with torch
+    from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
-        raise TemplateError(message)
+        raise _Refused(message)
+
+    class Generation(Extension):
+        """transformers' {% generation %}...{% endgeneration %} (it marks the assistant's tokens for training
+        masks): renders its body as it is."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
 
     def tojson(value, indent=None, ensure_ascii=False):
         import json
@@ -38,7 +53,7 @@ def _compile(template: str):
         return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
 
     # the settings transformers uses, so templates written for it render the same here
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -46,18 +61,20 @@ def _compile(template: str):
 
 
 def render_chat(tokenizer, messages: list[dict]) -> str:
-    """The prompt text for `messages` (dicts with "role" and "content"), ending with the assistant's turn cue.
+    """The prompt text for `messages` (dicts with "role" and "content"), ending with the assistant's turn cue,
+    rendered with the variables transformers' apply_chat_template passes (no tools, no documents).
 
     Raises:
-        ValueError: the template refuses the conversation (e.g. roles must alternate).
+        ValueError: the template refuses the conversation (e.g. roles must alternate), or fails (a template that
+            does not parse or breaks while rendering: the model's, not the messages').
     """
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         return default_render(messages)
-    from jinja2 import TemplateError
-
     try:
-        return _compile(template).render(messages=messages, add_generation_prompt=True,
+        return _compile(template).render(messages=messages, add_generation_prompt=True, tools=None, documents=None,
                                          bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
-    except TemplateError as e:
+    except _Refused as e:
         raise ValueError(f"the model's chat template refused these messages: {e}") from None
+    except Exception as e:  # a template error of its own (syntax, a type error while rendering)
+        raise ValueError(f"the model's chat template failed ({type(e).__name__}: {e})") from None

@@ -258,14 +258,15 @@ class Tokenizer:
     def load(cls, path_or_name: str | os.PathLike) -> Tokenizer:
         """Loads "gpt2", a tokenizer folder, or a tokenizer.json file.
 
-        The name "gpt2" wins over a folder of that name; write "./gpt2" for the folder. Padding and truncation
+        The string "gpt2" names GPT-2's vocabulary even where a folder of that name exists; "./gpt2" or a Path is the
+        folder (a model folder named gpt2 loads its own tokenizer). Padding and truncation
         settings stored in a tokenizer.json are dropped: `encode` returns the text's ids, however short or long.
 
         Raises:
             FileNotFoundError: The path does not exist.
             ValueError: The path exists but holds no tokenizer we can read.
         """
-        if str(path_or_name) == "gpt2":
+        if isinstance(path_or_name, str) and path_or_name == "gpt2":
             return cls.gpt2()
         path = Path(path_or_name)
         if not path.exists():

@@ -285,3 +285,18 @@ def test_convert_rejects_bad_arguments(tmp_path):
     convert(src, dst, to="hf", overwrite=True)
     assert not (dst / "keep.txt").exists() and (dst / "config.json").is_file()
     assert not list(tmp_path.glob(".taken.tmp-*"))
+
+
+def test_a_folder_named_gpt2_loads_its_own_tokenizer(tmp_path, monkeypatch):
+    """`./gpt2` (and `gpt2` as a path) loaded GPT-2's stock vocabulary instead of the folder's tokenizer."""
+    import string
+
+    from neurallayers.data.tokenizers import Tokenizer
+
+    hf_folder(tmp_path / "gpt2")
+    Tokenizer.train_char([string.printable[:VOCAB - 2]]).save(tmp_path / "gpt2")
+    monkeypatch.chdir(tmp_path)
+    for name in ("gpt2", "./gpt2"):
+        _, tok = load(name)
+        assert tok.vocab_size <= VOCAB and tok.kind != "gpt2", name
+    assert Tokenizer.load("gpt2").vocab_size == 50257  # the string still names GPT-2's vocabulary

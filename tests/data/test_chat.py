@@ -1,0 +1,49 @@
+"""Chat templates render as transformers' apply_chat_template renders them."""
+
+from __future__ import annotations
+
+import pytest
+
+from neurallayers.data.chat import render_chat
+from neurallayers.data.tokenizers import Tokenizer
+
+MESSAGES = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "?"}]
+TEMPLATES = [
+    # transformers passes tools=None and documents=None: "is not none" and "is defined" tell them apart
+    "{% if tools is not none %}TOOLS{% endif %}{{ messages[0].content }}",
+    "{% if tools is defined %}DEF{% endif %}{% if documents is defined %}DOCS{% endif %}{{ messages[0].content }}",
+    "{% if tools is not none %}{{ tools | tojson }}{% endif %}x",
+    # transformers' {% generation %} block (assistant masks), as in SmolLM3's template
+    "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}"
+    "{% else %}{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}>{% endif %}",
+    "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_templates_render_as_in_transformers(template):
+    transformers = pytest.importorskip("transformers")
+    tok = Tokenizer.train_bpe(["<s> </s> Hi Yo ?"] * 4, vocab_size=300, special_tokens=("<s>", "</s>"),
+                              show_progress=False)
+    tok.chat_template = template
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, bos_token=tok.bos_token or "<s>",
+                                              eos_token=tok.eos_token or "</s>")
+    want = hf.apply_chat_template(MESSAGES, chat_template=template, add_generation_prompt=True, tokenize=False)
+    tok.bos_token, tok.eos_token = hf.bos_token, hf.eos_token
+    assert render_chat(tok, MESSAGES) == want
+
+
+def test_a_template_that_fails_is_a_value_error_naming_the_template():
+    """A template's own error (a type error while rendering, a syntax error) was a TypeError: a 500 from the server
+    and a traceback from `chat`; raise_exception() in a template still says it refused the messages."""
+
+    class Tok:
+        bos_token = eos_token = ""
+
+    tok = Tok()
+    for template, match in (("{{ messages[0]['content'] + 5 }}", r"chat template failed \(TypeError"),
+                            ("{% if %}", r"chat template failed \(TemplateSyntaxError"),
+                            ("{{ raise_exception('roles must alternate') }}", "refused these messages: roles must")):
+        tok.chat_template = template
+        with pytest.raises(ValueError, match=match):
+            render_chat(tok, MESSAGES)
