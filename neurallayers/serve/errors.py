@@ -89,7 +89,7 @@ def param_of(loc: tuple | list) -> str | None:
 
 def unknown_field(param: str) -> str:
     """The message for a field no request schema has: an OpenAI one this server lacks, or (likely) a typo."""
-    if param in schemas.UNSUPPORTED:
+    if param.rpartition(".")[2] in schemas.UNSUPPORTED:  # a message's tool_call_id too
         return f"{param}: not supported by this server (send null or leave it out)"
     known = {name for model in vars(schemas).values() if isinstance(model, type)
              and issubclass(model, schemas.Strict) for name in model.model_fields}

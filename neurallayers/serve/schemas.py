@@ -25,7 +25,7 @@ Prompt = str | list[str] | list[int] | list[list[int]]
 UNSUPPORTED = frozenset({
     "audio", "best_of", "function_call", "functions", "metadata", "modalities", "parallel_tool_calls", "prediction",
     "reasoning_effort", "response_format", "service_tier", "store", "suffix", "tool_choice", "tools",
-    "web_search_options"})
+    "web_search_options", "tool_calls", "tool_call_id"})  # the last two: fields of a message
 
 
 class Strict(BaseModel):
@@ -87,6 +87,15 @@ class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_fields_are_absent(cls, data):
+        """A message the openai client returned, passed back as history, holds tool_calls, refusal, audio, ... as
+        null: absent, as in a request body (a non-null one is still refused, naming it)."""
+        if not isinstance(data, dict):
+            return data
+        return {k: v for k, v in data.items() if v is not None or k in cls.model_fields}
 
 
 class ChatRequest(Sampling):

@@ -159,8 +159,12 @@ def test_null_in_an_optional_field_means_its_default(server):
     got = httpx.post(f"{server.url}/v1/completions", json={**body, **nulls})
     assert got.status_code == 200, got.text
     assert got.json()["choices"] == want
-    chat = {"messages": [{"role": "user", "content": "hi", "name": None}], "max_completion_tokens": 3,
-            "top_logprobs": None, "logprobs": None, "max_tokens": None, "parallel_tool_calls": None}
+    # an assistant message as the openai client returns it, passed back as history: its null fields are absent
+    returned = {"role": "assistant", "content": "yo", "tool_calls": None, "refusal": None, "audio": None,
+                "function_call": None, "annotations": None}
+    chat = {"messages": [{"role": "user", "content": "hi", "name": None}, returned, {"role": "user", "content": "x"}],
+            "max_completion_tokens": 3, "top_logprobs": None, "logprobs": None, "max_tokens": None,
+            "parallel_tool_calls": None}
     assert httpx.post(f"{server.url}/v1/chat/completions", json=chat).status_code == 200
     assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": None}), 400, "prompt")
 
@@ -172,6 +176,9 @@ def test_unknown_fields_are_told_apart_from_unsupported_ones(server):
     err = assert_error(httpx.post(f"{server.url}/v1/completions", json={
         "prompt": "x", "stream": True, "stream_options": {"include_usag": True}}), 400, "stream_options.include_usag")
     assert err["message"] == "stream_options.include_usag: unknown field (did you mean 'include_usage'?)"
+    err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [
+        {"role": "tool", "content": "42", "tool_call_id": "call_1"}]}), 400, "messages[0].tool_call_id")
+    assert err["message"] == "messages[0].tool_call_id: not supported by this server (send null or leave it out)"
     err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}), 400, "tools")
     assert err["message"] == "tools: not supported by this server (send null or leave it out)"
