@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -169,7 +170,8 @@ class ModelHolder:
                 from neurallayers.api import load as load_model
 
                 model, tokenizer = load_model(path, device=self.device, dtype=self.dtype)
-                served = build_served(model, tokenizer, relative.strip("/"), old.limits)
+                name = os.path.normpath(relative).strip("/")  # "a/../b" is served as "b"
+                served = build_served(model, tokenizer, name, old.limits)
                 served.start()
                 return served
 

@@ -73,6 +73,8 @@ def test_reload_is_atomic_and_stays_inside_the_model_root(model_root):
         assert [m["id"] for m in models] == ["nested/b"]
         assert_error_free = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "model": "a"})
         assert assert_error_free.status_code == 404  # the old name is gone
+        back = httpx.post(f"{url}/reload", json={"model": "nested/../a"}, timeout=60)  # served by its plain name
+        assert back.status_code == 200 and back.json() == {"model": "a", "previous": "nested/b"}
     gate.remove()
 
 
