@@ -38,9 +38,9 @@ def add_device_dtype(parser: argparse.ArgumentParser) -> None:
 
 
 def torch_dtype(name: str):
-    import torch
+    from neurallayers.api import _dtype  # one table of dtype names, the one load() reads
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return _dtype(name)
 
 
 def load_model(path: str, *, device: str = "auto", dtype: str = "fp32", allow_pickle: bool = False):

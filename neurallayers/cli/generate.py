@@ -65,13 +65,11 @@ def generation_config(args: argparse.Namespace):
 def _logit_bias(pairs: list[str]) -> dict[int, float]:
     bias = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
+        key, _, value = pair.partition("=")  # no "=": value "" fails float() below
         try:
             bias[int(key)] = float(value)
         except ValueError:
             raise ValueError(f"--logit-bias {pair!r}: expected ID=BIAS, e.g. 50256=-100") from None
-        if not sep:
-            raise ValueError(f"--logit-bias {pair!r}: expected ID=BIAS, e.g. 50256=-100")
     return bias
 
 

@@ -83,28 +83,24 @@ def _flops(n: float) -> str:
 
 def describe_run(folder: Path) -> str:
     """What a run directory holds: steps trained, validation losses, complete checkpoints, data and tokenizer."""
-    import json
-
-    from neurallayers.training.checkpoint import list_checkpoints
+    from neurallayers.training.checkpoint import checkpoint_step, list_checkpoints
     from neurallayers.training.config import RunConfig
+    from neurallayers.training.loggers import read_metrics
 
     run_cfg = RunConfig.from_yaml(folder / "config.yaml")
     metrics = folder / "metrics.jsonl"
     if not metrics.is_file():  # converted from a Hugging Face folder, or written by hand: its data section is a default
         return _table([("training", "none recorded here (no metrics.jsonl)")])
     steps, vals = 0, []
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut off by a kill
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
+    for row in read_metrics(metrics):  # a line cut off by a kill is skipped
+        if isinstance(row.get("step"), int):
             steps = max(steps, row["step"])
             if isinstance(row.get("val_loss"), float | int):
                 vals.append((row["step"], float(row["val_loss"])))
-    ckpts = [p.name for p in list_checkpoints(folder)]
-    if ckpts:  # the newest checkpoint's step, which a log_interval may not have logged
-        steps = max(steps, int(ckpts[-1].removeprefix("step-")))
+    checkpoints = list_checkpoints(folder)
+    ckpts = [p.name for p in checkpoints]
+    if checkpoints:  # the newest checkpoint's step, which a log_interval may not have logged
+        steps = max(steps, checkpoint_step(checkpoints[-1]))
     max_steps = run_cfg.train.max_steps
     trained = (f"{steps:,} of {max_steps:,} steps" if steps <= max_steps
                else f"{steps:,} steps (max_steps {max_steps:,})")

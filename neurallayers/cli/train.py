@@ -69,7 +69,6 @@ def default_out(args: argparse.Namespace, run) -> Path:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from neurallayers.training.checkpoint import latest_checkpoint, stopped_before_first_checkpoint
     from neurallayers.training.signals import EXIT_CODES
     from neurallayers.training.trainer import fit
 
@@ -82,19 +81,7 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"cannot resume: {args.out} holds no run (no config.yaml)")
     run_cfg = build_run_config(args, base=base)
     out = Path(args.out) if args.out else default_out(args, run_cfg)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a run directory")
-    if not args.resume and latest_checkpoint(out) is not None:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if args.resume and latest_checkpoint(out) is None and stopped_before_first_checkpoint(out):
-        raise ValueError(f"cannot resume: {out} stopped before its first checkpoint (train.save_interval); run the "
-                         "same command without --resume to start it again")
-    if not args.resume and stopped_before_first_checkpoint(out):  # killed, or failed, before it saved
-        logging.getLogger("neurallayers.training").info(
-            "%s holds no checkpoint (the run stopped before its first one): starting the run afresh", out)
-    elif not args.resume and (out / "model.safetensors").exists():
-        raise ValueError(f"{out} already holds a model (model.safetensors) but no run to resume; choose another "
-                         "--out (--init-from starts a run from its weights)")
+    # fit refuses an --out it must not train into (a file, a run without --resume, a model), before any data work
     result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
     if main_rank:  # under torchrun, one summary
         print(summary(result))

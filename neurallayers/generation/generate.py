@@ -60,11 +60,21 @@ def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int])
         bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
-        if len(ids) > block:
-            raise ValueError(f"prompt {i} has {len(ids)} tokens but the model's context length (block_size) is "
-                             f"{block}: shorten the prompt to at most {block} tokens")
+        _check_length(i, ids, block)
     if not isinstance(eos_ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in eos_ids):
         raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
+
+
+def _check_length(i: int, ids: list[int], block: int) -> None:
+    if len(ids) > block:
+        raise ValueError(f"prompt {i} has {len(ids)} tokens but the model's context length (block_size) is "
+                         f"{block}: shorten the prompt to at most {block} tokens")
+
+
+def _room(config: GenerationConfig, block: int, prompt_len: int, *, fed: int = 0) -> int:
+    """How many tokens a prompt gets: max_new_tokens, or fewer where its context fills (the last token needs no
+    position, unless a method feeds it: `fed`)."""
+    return min(config.max_new_tokens, block - prompt_len + 1 - fed)
 
 
 def _stop_ids(config: GenerationConfig, eos_ids: list[int]) -> list[int]:
@@ -168,7 +178,7 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
     width = max(lens)
     # Each row stops where its own context is full (the last token needs no position), as it would alone; the
     # cache may then hold more columns than block_size, as padding columns take no position.
-    limits = [min(config.max_new_tokens, model.config.block_size - n + 1) for n in lens for _ in range(n_ret)]
+    limits = [_room(config, model.config.block_size, n) for n in lens for _ in range(n_ret)]
     budget = max(limits)
     rows = b * n_ret
 
@@ -422,16 +432,15 @@ def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConf
     extra = (draft_model,) if draft_model is not None else (amateur_model,) if amateur_model is not None else ()
     block = min(m.config.block_size for m in (model, *extra))
     for i, ids in enumerate(input_ids):
-        if isinstance(ids, list) and len(ids) > block:
-            raise ValueError(f"prompt {i} has {len(ids)} tokens but the context length (block_size) is {block}: "
-                             f"shorten the prompt to at most {block} tokens")
+        if isinstance(ids, list):
+            _check_length(i, ids, block)
     # As the plain path does, each prompt stops where its own context is full rather than being refused: the last
     # token needs no position, except in contrastive search, which feeds every candidate. Prompts whose room
     # differs decode in separate batches (a method's batch shares one length), and speculative decoding takes one
     # prompt at a time; each prompt gets the tokens it gets alone.
     fed = 1 if name == "contrastive_search" else 0
-    limits = [min(config.max_new_tokens, block - len(ids) + 1 - fed) if isinstance(ids, list) else
-              config.max_new_tokens for ids in input_ids]
+    limits = [_room(config, block, len(ids), fed=fed) if isinstance(ids, list) else config.max_new_tokens
+              for ids in input_ids]
     groups: dict[int, list[int]] = {}
     for i, limit in enumerate(limits):
         groups.setdefault(i if name == "speculative_decode" else limit, []).append(i)

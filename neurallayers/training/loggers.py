@@ -52,6 +52,22 @@ class JSONLLogger:
         self._f.close()
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows JSONLLogger wrote to a metrics.jsonl, skipping a line cut off by a kill; [] when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """{"model.n_layer": "4", ...}: a run config as a tracker's parameters (lists and mappings as JSON)."""
     out = {}

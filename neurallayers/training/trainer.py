@@ -522,21 +522,24 @@ def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: in
 
 def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
     """The checkpoint folder to resume from, or None for a fresh run. Fails early with one clear line."""
+    # the messages name the CLI's flags and the API's arguments alike: `train` leaves these checks to this one place
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file, not a run directory; choose another output directory")
+        raise ValueError(f"{out} is a file, not a run directory; choose another output directory (--out)")
     if resume is False:
         if ckpt.latest_checkpoint(out) is not None:
-            raise ValueError(f"{out} already holds a run with checkpoints; pass resume=True to continue it "
-                             "or choose a new output directory")
-        if (out / "model.safetensors").exists() and not ckpt.stopped_before_first_checkpoint(out):
-            raise ValueError(f"{out} already holds a model (model.safetensors); choose a new output directory "
-                             "(train.init_from starts a run from its weights)")
+            raise ValueError(f"{out} already holds a run; pass --resume (resume=True) to continue it or choose "
+                             "another output directory (--out)")
+        if ckpt.stopped_before_first_checkpoint(out):  # killed, or failed, before it saved
+            log.info("%s holds no checkpoint (the run stopped before its first one): starting the run afresh", out)
+        elif (out / "model.safetensors").exists():
+            raise ValueError(f"{out} already holds a model (model.safetensors) but no run to resume; choose another "
+                             "output directory (--out; --init-from, train.init_from, starts a run from its weights)")
         return None
     if resume is True:
         target = ckpt.latest_checkpoint(out)
         if target is None and ckpt.stopped_before_first_checkpoint(out):
-            raise FileNotFoundError(f"cannot resume: {out} stopped before its first checkpoint "
-                                    "(train.save_interval); start it again without resume")
+            raise FileNotFoundError(f"cannot resume: {out} stopped before its first checkpoint (train.save_interval); "
+                                    "run the same command without --resume (resume=False) to start it again")
         if target is None:
             raise FileNotFoundError(f"cannot resume: {out} has no complete checkpoint under checkpoints/")
         return target
@@ -618,18 +621,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def _logged_val_loss(path: Path, step: int) -> float | None:
     """The val loss metrics.jsonl holds for `step` (the last such line), or None."""
-    import json
+    from neurallayers.training.loggers import read_metrics
 
-    found = None
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("step") == step and isinstance(row.get("val_loss"), (int, float)):
-                found = float(row["val_loss"])
-    return found
+    vals = [float(r["val_loss"]) for r in read_metrics(path)
+            if r.get("step") == step and isinstance(r.get("val_loss"), (int, float))]
+    return vals[-1] if vals else None
 
 
 def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path: Path, device: torch.device, *,
