@@ -4,7 +4,7 @@ The public API mirrors the CLI: `train` (neurallayers train), `load` + `generate
 generate), `convert`, `embed`, `pipeline`. Heavy optional libraries are only imported by the functions that use them.
 """
 
-from neurallayers.api import load, train
+from neurallayers.api import generation_defaults, load, train
 from neurallayers.config import ModelConfig
 from neurallayers.data import Tokenizer
 from neurallayers.embeddings import embed, load_minilm
@@ -16,5 +16,5 @@ from neurallayers.training.config import DataConfig, RunConfig, TrainConfig
 
 __version__ = "0.1.0"
 __all__ = ["DataConfig", "Generation", "GenerationConfig", "ModelConfig", "RunConfig", "Tokenizer", "TrainConfig",
-           "__version__", "build_model", "convert", "embed", "generate", "load", "load_minilm", "pipeline", "stream",
-           "train"]
+           "__version__", "build_model", "convert", "embed", "generate", "generation_defaults", "load", "load_minilm",
+           "pipeline", "stream", "train"]

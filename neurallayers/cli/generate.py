@@ -15,11 +15,14 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=200)
     g.add_argument("--min-new-tokens", type=int, default=0, help="end-of-text is blocked until this many")
     g.add_argument("--temperature", type=float, default=None,
-                   help="default 0.8; 0 with --num-beams or --penalty-alpha, which are deterministic")
-    g.add_argument("--top-k", type=int, default=0, help="0 = off")
-    g.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    g.add_argument("--min-p", type=float, default=0.0, help="0 = off")
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
+                   help="default 0.8 (or the model's, below); 0 with --num-beams or --penalty-alpha, which are "
+                   "deterministic")
+    g.add_argument("--top-k", type=int, default=None, help="0 = off (the default)")
+    g.add_argument("--top-p", type=float, default=None, help="1 = off (the default)")
+    g.add_argument("--min-p", type=float, default=None, help="0 = off (the default)")
+    g.add_argument("--repetition-penalty", type=float, default=None,
+                   help="1 = off (the default). A Hugging Face folder's generation_config.json may recommend its own "
+                   "temperature, top-k, top-p, min-p and repetition penalty: they replace the defaults of these five")
     g.add_argument("--presence-penalty", type=float, default=0.0)
     g.add_argument("--frequency-penalty", type=float, default=0.0)
     g.add_argument("--no-repeat-ngram-size", type=int, default=0)
@@ -51,8 +54,9 @@ def generation_config(args: argparse.Namespace):
         print("note: beam search and contrastive search are deterministic: --temperature, --top-p and --min-p are "
               "not used", file=sys.stderr)
     return GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=_given(args.top_k, 0),
+        top_p=_given(args.top_p, 1.0), min_p=_given(args.min_p, 0.0),
+        repetition_penalty=_given(args.repetition_penalty, 1.0), presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
         seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
         penalty_alpha=args.penalty_alpha, ignore_eos=args.ignore_eos, min_new_tokens=args.min_new_tokens,
@@ -60,6 +64,25 @@ def generation_config(args: argparse.Namespace):
         logit_bias=_logit_bias(args.logit_bias), contrastive_alpha=args.contrastive_alpha,
         num_speculative_tokens=args.num_speculative_tokens,
         early_stopping={"false": False, "true": True, "never": "never"}[args.early_stopping])
+
+
+def _given(value, default):
+    return default if value is None else value
+
+
+def with_model_defaults(config, args: argparse.Namespace, path: str):
+    """`config` with the sampling settings the model folder recommends (api.generation_defaults) for each of them the
+    command line left unset; says so on stderr. Beam and contrastive search keep theirs (they are deterministic)."""
+    from neurallayers.api import generation_defaults
+
+    if config.num_beams > 1 or config.penalty_alpha > 0:
+        return config
+    chosen = {k: v for k, v in generation_defaults(path).items() if getattr(args, k) is None}
+    if not chosen:
+        return config
+    print("note: the model's generation_config.json sets " + ", ".join(f"{k}={v}" for k, v in chosen.items()),
+          file=sys.stderr)
+    return config.replace(**chosen)
 
 
 def _logit_bias(pairs: list[str]) -> dict[int, float]:
@@ -96,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if any(not p for p in prompts):
         raise ValueError("empty prompt; give some text (a single newline is fine: $'\\n')")
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    config = with_model_defaults(config, args, args.path)
     draft = _helper_model("draft", args, tokenizer) if args.draft else None
     amateur = _helper_model("amateur", args, tokenizer) if args.amateur else None
     if args.compile:

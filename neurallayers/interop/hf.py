@@ -137,6 +137,41 @@ def _generation_eos_ids(folder: Path, vocab: int) -> list[int] | None:
     return ids
 
 
+# generation_config.json's sampling settings that become defaults (those vLLM applies), as GenerationConfig names them
+SAMPLING_DEFAULTS = {"temperature": float, "top_k": int, "top_p": float, "min_p": float, "repetition_penalty": float}
+
+
+def generation_defaults(folder: str | Path) -> dict:
+    """The sampling a Hugging Face folder's generation_config.json recommends (Llama-3-Instruct: temperature 0.6,
+    top_p 0.9), as GenerationConfig fields: its temperature, top_k, top_p, min_p and repetition_penalty, or
+    {"temperature": 0.0} when it says `do_sample: false` (transformers then decodes greedily). {} without the file.
+
+    Raises:
+        ValueError: a value of the wrong type or out of range, naming the file and the field.
+    """
+    path = Path(folder) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    settings = read_json(path)
+    if settings.get("do_sample") is False:
+        return {"temperature": 0.0}
+    out = {}
+    for name, kind in SAMPLING_DEFAULTS.items():
+        value = settings.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+            raise ValueError(f"{path}: {name}={value!r} must be a number")
+        out[name] = kind(value)
+    from neurallayers.generation import GenerationConfig
+
+    try:
+        GenerationConfig(**out)  # its ranges: a temperature of -1 is the file's fault, not the user's flags'
+    except ValueError as e:
+        raise ValueError(f"{path}: {str(e).removeprefix('GenerationConfig.')}") from None
+    return out
+
+
 # sentence-transformers' older Pooling config flags -> its mode names, in the order its Pooling concatenates them
 _POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
                   "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",

@@ -70,14 +70,16 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
     if isinstance(model, tuple):
         loaded, tokenizer = model
         name = model_name or "model"
+        defaults = {}
     else:
-        from neurallayers.api import load
+        from neurallayers.api import generation_defaults, load
 
         loaded, tokenizer = load(model, device=device, dtype=dtype)
         name = model_name or Path(model).resolve().name
+        defaults = generation_defaults(model)
     limits = Limits(max_batch=max_concurrency, max_queue=max_queue, shutdown_timeout=shutdown_timeout,
                     compile=compile)
-    holder = ModelHolder(build_served(loaded, tokenizer, name, limits), model_root=model_root, device=device,
+    holder = ModelHolder(build_served(loaded, tokenizer, name, limits, defaults), model_root=model_root, device=device,
                          dtype=dtype)
     draining = {"on": False}
 

@@ -51,6 +51,7 @@ class ServedModel:
     leases: int = 0
     retired: bool = False
     busy: int = 0  # encoder requests in flight
+    sampling_defaults: dict = field(default_factory=dict)  # api.generation_defaults: for fields a request leaves out
     _slots: asyncio.Semaphore | None = None
 
     @property
@@ -87,7 +88,7 @@ class ServedModel:
             self.engine.shutdown(drain=drain, timeout=self.limits.shutdown_timeout)
 
 
-def build_served(model, tokenizer, name: str, limits: Limits) -> ServedModel:
+def build_served(model, tokenizer, name: str, limits: Limits, sampling_defaults: dict | None = None) -> ServedModel:
     """Wraps a loaded model; decoders get an Engine (not started: `start()` it inside the server's lifespan)."""
     engine = None
     if model.config.causal:
@@ -102,7 +103,8 @@ def build_served(model, tokenizer, name: str, limits: Limits) -> ServedModel:
         engine.warm_up()  # compiles the fast step, if there is one
         if limits.compile:
             log.info("compiled the decode step in %.0f s", time.perf_counter() - started)
-    return ServedModel(name=name, model=model, tokenizer=tokenizer, engine=engine, limits=limits)
+    return ServedModel(name=name, model=model, tokenizer=tokenizer, engine=engine, limits=limits,
+                       sampling_defaults=dict(sampling_defaults or {}))
 
 
 class Lease:
@@ -167,11 +169,12 @@ class ModelHolder:
             old = self.current
 
             def load() -> ServedModel:
+                from neurallayers.api import generation_defaults
                 from neurallayers.api import load as load_model
 
                 model, tokenizer = load_model(path, device=self.device, dtype=self.dtype)
                 name = os.path.normpath(relative).strip("/")  # "a/../b" is served as "b"
-                served = build_served(model, tokenizer, name, old.limits)
+                served = build_served(model, tokenizer, name, old.limits, generation_defaults(path))
                 served.start()
                 return served
 

@@ -119,6 +119,28 @@ def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path, monkeypatch):
     assert again.stdout == one.stdout
 
 
+def test_a_folders_generation_config_sets_the_sampling_the_user_leaves_unset(run_dir: Path, tmp_path: Path,
+                                                                            monkeypatch):
+    """transformers' generate and vLLM take temperature, top-k, top-p, min-p and repetition penalty from the folder's
+    generation_config.json: so do generate, chat and batch, for the flags not given; `do_sample: false` is greedy."""
+    hf = tmp_path / "hf"
+    assert in_process("convert", str(run_dir), str(hf), cwd=tmp_path, monkeypatch=monkeypatch).returncode == 0
+    args = ("generate", str(hf), "To be", "--max-new-tokens", "6", "--seed", "3")
+    greedy = in_process(*args, "--temperature", "0", cwd=tmp_path, monkeypatch=monkeypatch).stdout
+    sampled = in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch)
+    assert sampled.stdout != greedy and "generation_config" not in sampled.stderr  # the file names no sampling
+    settings = json.loads((hf / "generation_config.json").read_text())
+    (hf / "generation_config.json").write_text(json.dumps({**settings, "do_sample": True, "top_k": 1}))
+    top1 = in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch)  # top-k 1 is greedy at any temperature
+    assert top1.stdout == greedy and "generation_config.json sets top_k=1" in top1.stderr
+    given = in_process(*args, "--top-k", "0", cwd=tmp_path, monkeypatch=monkeypatch)  # a flag beats the file
+    assert given.stdout == sampled.stdout and "generation_config" not in given.stderr
+    (hf / "generation_config.json").write_text(json.dumps({**settings, "do_sample": False, "temperature": 0.7}))
+    assert in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch).stdout == greedy
+    (hf / "generation_config.json").write_text(json.dumps({**settings, "do_sample": True, "top_p": 1.5}))
+    assert_user_error(in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch), "generation_config.json", "top_p")
+
+
 def test_chat_replies_as_generate_does_and_keeps_to_the_context(run_dir: Path, monkeypatch, capsys):
     """Each reply is generate() on the conversation rendered so far; /reset starts over; a conversation longer than
     the context (32 tokens here) drops its oldest turns; an over-long message is refused and the chat goes on."""

@@ -18,6 +18,7 @@ from neurallayers import ModelConfig, build_model  # noqa: E402
 from neurallayers.api import load  # noqa: E402
 from neurallayers.data.tokenizers import Tokenizer  # noqa: E402
 from neurallayers.interop import convert, load_hf, save_hf  # noqa: E402
+from neurallayers.training.config import RunConfig  # noqa: E402
 from neurallayers.weights import CheckpointError  # noqa: E402
 
 VOCAB = 64
@@ -300,3 +301,28 @@ def test_a_folder_named_gpt2_loads_its_own_tokenizer(tmp_path, monkeypatch):
         _, tok = load(name)
         assert tok.vocab_size <= VOCAB and tok.kind != "gpt2", name
     assert Tokenizer.load("gpt2").vocab_size == 50257  # the string still names GPT-2's vocabulary
+
+
+def test_generation_defaults_read_transformers_sampling_settings(tmp_path):
+    """What transformers' GenerationConfig.save_pretrained writes is read back as GenerationConfig fields."""
+    from neurallayers import generation_defaults
+
+    model = hf_folder(tmp_path / "hf")
+    assert generation_defaults(tmp_path / "hf") == {}  # save_pretrained writes only the special ids
+    model.generation_config.update(do_sample=True, temperature=0.6, top_p=0.9, top_k=20, min_p=0.05,
+                                   repetition_penalty=1.1)
+    model.generation_config.save_pretrained(tmp_path / "hf")
+    assert generation_defaults(tmp_path / "hf") == {"temperature": 0.6, "top_k": 20, "top_p": 0.9, "min_p": 0.05,
+                                                    "repetition_penalty": 1.1}
+    path = tmp_path / "hf" / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "do_sample": False}))  # older transformers wrote it
+    assert generation_defaults(tmp_path / "hf") == {"temperature": 0.0}
+    path.write_text(json.dumps({"top_k": "20"}))
+    with pytest.raises(ValueError, match=r"generation_config.json: top_k='20' must be a number"):
+        generation_defaults(tmp_path / "hf")
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16, block_size=16)
+    RunConfig(model=cfg).to_yaml(run / "config.yaml")
+    (run / "generation_config.json").write_text(json.dumps({"top_k": 5}))  # a stray file: runs keep their own settings
+    assert generation_defaults(run) == {}

@@ -75,6 +75,31 @@ def test_token_id_prompts_and_prompt_lists(client, loaded):
     assert by_text.choices[1].text == oracle(loaded, "fox", max_new_tokens=6, temperature=0).text
 
 
+def test_a_folders_generation_config_fills_the_fields_a_request_leaves_out(loaded, tmp_path):
+    """As vLLM: a Hugging Face folder's recommended temperature / top_k / top_p / min_p / repetition_penalty
+    (generation_config.json) apply to a request without them (or with null); a request's own value wins."""
+    import json
+
+    from neurallayers.interop.hf import save_hf
+
+    folder = save_hf(*loaded, tmp_path / "hf")
+    settings = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**settings, "do_sample": True, "temperature": 1.5,
+                                                               "top_k": 3}))
+    kw = dict(prompt=PROMPT, max_new_tokens=16, seed=7)
+    with serving(folder) as srv:
+        def text(**body) -> str:
+            r = httpx.post(f"{srv.url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 16, "seed": 7, **body},
+                           timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+
+        assert text() == text(top_k=None) == oracle(loaded, temperature=1.5, top_k=3, **kw).text
+        assert text(temperature=1.0, top_k=0) == oracle(loaded, temperature=1.0, top_k=0, **kw).text
+        assert text(top_k=0) == oracle(loaded, temperature=1.5, top_k=0, **kw).text
+    assert len({oracle(loaded, temperature=t, top_k=k, **kw).text for t, k in ((1.5, 3), (1.0, 0), (1.5, 0))}) == 3
+
+
 def test_seeded_choices_equal_generate_with_seed_plus_k(client, loaded):
     kw = dict(model="tiny-char", prompt=PROMPT, max_tokens=16, temperature=1.0, top_p=0.95, n=3, seed=1234)
     first = client.completions.create(**kw)
