@@ -410,7 +410,7 @@ class _Fit:
         self.wrapped.eval()
         val, _ = mean_loss(self.wrapped, self.tokens.val, block_size=self.run_cfg.model.block_size,
                            batch_size=cfg.batch_size, max_batches=cfg.eval_batches, device=self.device,
-                           amp_dtype=self.amp_dtype, masker=self.masker)
+                           amp_dtype=self.amp_dtype, masker=self.masker, info=self.info)
         self.wrapped.train()
         improved = math.isfinite(val) and (self.best_val is None or val < self.best_val)  # NaN is never the best
         perplexity = math.exp(min(val, 700.0))
@@ -492,17 +492,20 @@ def _loss(forward, x: torch.Tensor, y: torch.Tensor, *, masked: bool) -> torch.T
 
 def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: int, max_batches: int | None,
               device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = False,
-              masker: object | None = None) -> tuple[float, int]:
+              masker: object | None = None, info: dist.DistInfo | None = None) -> tuple[float, int]:
     """(mean loss, tokens scored) over evenly spaced windows of `tokens` (see data.eval_batches).
 
     The loss is the next-token loss, or with a `masker` (a `data.masking.Masker`, for an encoder) the masked-LM
     loss over the tokens it selects in each window, with the same masks at every call. Used by evaluation during
     training and by `neurallayers eval` (with `progress`: a bar over the batches). The caller puts the model in
-    eval mode.
+    eval mode. Under DDP/FSDP (`info`), `batch_size` is each process's: the processes split the windows of batches
+    of batch_size x world_size and sum their losses, so the result is a one-process run's with that batch size.
     """
     from neurallayers.data.datasets import eval_batches, eval_window_count
     from neurallayers.data.masking import EVAL
 
+    rank, world = (info.rank, info.world_size) if info is not None and info.enabled else (0, 1)
+    batch_size *= world
     total, count = 0.0, 0
     batches = eval_batches(tokens, block_size=block_size, batch_size=batch_size, max_batches=max_batches)
     if progress:
@@ -511,12 +514,20 @@ def mean_loss(model: torch.nn.Module, tokens, *, block_size: int, batch_size: in
     with torch.no_grad():
         for i, (x, y) in enumerate(batches):
             if masker is not None:
-                x, y = masker(x, i, stream=EVAL)
+                x, y = masker(x, i, stream=EVAL)  # on the whole batch: the masks of one process
+            rows = slice(rank, None, world)
+            scored = 1.0 if len(x[rows]) else 0.0  # a process left without rows still joins FSDP's gathers
+            x, y = (x[rows], y[rows]) if scored else (x[:1], y[:1])
             with autocast(device, amp_dtype):
                 loss = _loss(model, x.to(device), y.to(device), masked=masker is not None)
             n = int((y != -100).sum()) if masker is not None else y.numel()
-            total += float(loss) * n
-            count += n
+            if n:  # a masked batch may select no token: its loss is NaN
+                total += float(loss) * n * scored
+                count += int(n * scored)
+    if world > 1:
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(sums)
+        total, count = float(sums[0]), int(sums[1])
     return total / max(count, 1), count
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from nl_train_helpers import ENCODER, child_env, step_losses, tiny_run
+from nl_train_helpers import ENCODER, child_env, step_losses, tiny_run, val_losses
 
 from neurallayers.training import RunConfig, fit
 from neurallayers.weights import read_safetensors
@@ -100,8 +100,34 @@ def test_torchrun_two_processes_resume_exact(tmp_path):
         assert sorted(losses) == [1, 2, 3, 4, 5, 6], cross
         assert all(abs(losses[s] - straight[s]) < 1e-4 for s in straight), (cross, losses, straight)
     assert sorted(step_losses(tmp_path / "decoder-single")) == [1, 2, 3, 4, 5, 6]  # one process, then FSDP
+    # 2 processes x batch 2 evaluate as one process with batch 4 does (they split its windows), not each batch 2
+    for kind in ("decoder", "encoder"):
+        for mode in ("ddp", "fsdp"):
+            assert abs(val_losses(tmp_path / f"{kind}-{mode}-straight")[6] - one_process_val_loss(
+                tmp_path / f"{kind}-{mode}-straight", batch_size=4)) < 1e-5, (kind, mode)
     assert "the checkpoint's run took batches of 2 sequences (all processes) x 1 accumulation steps and this run " \
         "takes 4 x 1" in proc.stderr
+
+def one_process_val_loss(run_dir: Path, *, batch_size: int) -> float:
+    """The val loss of a run's step-6 weights, evaluated here with `batch_size` as its trainer evaluates."""
+    from neurallayers.data import load_corpus
+    from neurallayers.data.masking import Masker
+    from neurallayers.training.checkpoint import load_run
+    from neurallayers.training.prepare import tokenize_corpus
+    from neurallayers.training.trainer import mean_loss
+
+    final = run_dir.parent / f"{run_dir.name}-final"
+    final.mkdir()
+    for name in ("config.yaml", "tokenizer.json"):
+        shutil.copy(run_dir / name, final / name)
+    shutil.copy(run_dir / "checkpoints/step-6/model.safetensors", final / "model.safetensors")
+    model, tok, cfg = load_run(final)
+    tokens = tokenize_corpus(cfg.data, load_corpus(cfg.data.source), tok, seed=cfg.train.seed,
+                             val_fraction=cfg.data.val_fraction, show_progress=False)
+    masker = None if model.config.causal else Masker.for_tokenizer(tok, prob=cfg.train.mask_prob, seed=cfg.train.seed)
+    return mean_loss(model, tokens.val, block_size=cfg.model.block_size, batch_size=batch_size,
+                     max_batches=cfg.train.eval_batches, device=torch.device("cpu"), masker=masker)[0]
+
 
 DYING_RANK = """
 import os, signal, sys
