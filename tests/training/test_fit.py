@@ -376,3 +376,34 @@ def test_two_runs_in_one_process_log_to_their_own_mlflow_stores(tmp_path, monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(tmp_path / 'mine.db').resolve()}")  # the user's
     fit(tiny_run(tmp_path, max_steps=2, eval_interval=0, loggers=["mlflow"]), tmp_path / "c", progress=False)
     assert (tmp_path / "mine.db").is_file() and not (tmp_path / "c" / "mlflow.db").exists()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_processes_split_the_eval_windows_and_each_runs_every_batch():
+    """Two ranks with batch 2 score the windows one process with batch 4 scores, each window once; a rank left
+    without rows in the last batch still runs it (FSDP gathers weights in every forward), scoring nothing."""
+    import torch.distributed as tdist
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.training.distributed import DistInfo
+    from neurallayers.training.trainer import mean_loss
+
+    torch.manual_seed(0)
+    model = neurallayers.models.build_model(ModelConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    model.eval()
+    tokens = torch.randint(0, 32, (45,)).numpy()  # 5 windows of 8: batches of 4 and 1
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    kw = dict(block_size=8, max_batches=None, device=torch.device("cpu"))
+    mean, count = mean_loss(model, tokens, batch_size=4, **kw)
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)  # all_reduce sums one rank
+    try:
+        parts = []
+        for rank in (0, 1):
+            calls.clear()
+            parts.append(mean_loss(model, tokens, batch_size=2, info=DistInfo(rank=rank, world_size=2), **kw))
+            assert len(calls) == 2
+    finally:
+        tdist.destroy_process_group()
+    assert [c for _, c in parts] == [3 * 8, 2 * 8] and count == 5 * 8
+    assert sum(m * c for m, c in parts) / count == pytest.approx(mean, rel=1e-6)
