@@ -6,12 +6,14 @@ the text changes, so token caches know when to rebuild.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import importlib.metadata
 import importlib.resources
 import json
 import os
+import re
 import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +25,11 @@ _SPEC_FORMS = (f"a built-in corpus {BUILTIN_CORPORA}, a text file, a folder, a g
                f"or a JSON-lines file ({', '.join(JSONL_SUFFIXES)})")
 # Folders that hold no stdlib prose worth training on, or third-party code.
 _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+_SAMPLE_BYTES = 64 * 1024  # a file's fingerprint hashes this much of its start and of its end
+# UTF-32 before UTF-16: the UTF-32 LE BOM starts with the UTF-16 LE one.
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class TextCorpus(Corpus):
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for doc in self._docs:
-            h.update(f"{doc.name}\0{len(doc.text)}\0".encode())
+            h.update(f"{doc.name}\0{len(doc.text)}\0".encode("utf-8", "surrogatepass"))
             h.update(doc.text.encode("utf-8", "surrogatepass"))
         return h.hexdigest()[:16]
 
@@ -101,11 +108,13 @@ class FileCorpus(Corpus):
                 yield Document(rel, _read_text(path))
 
     def fingerprint(self) -> str:
-        # Names, sizes and modification times: cheap, and any edit changes at least one of them.
+        # Names, sizes, modification times and a sample of the bytes: same-named files of equal size and mtime in
+        # other folders (`touch -d`, unpacked archives) differ in content, and so do edits that keep size and mtime.
         h = hashlib.sha256(f"{self.text_field}\0".encode())
         for path in self.files:
             st = path.stat()
-            h.update(f"{self._rel(path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            h.update(os.fsencode(self._rel(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            h.update(_content_sample(path))
         return h.hexdigest()[:16]
 
     def _rel(self, path: Path) -> str:
@@ -139,9 +148,12 @@ class ShakespeareCorpus(Corpus):
 
 
 def absolute_spec(spec: str) -> str:
-    """`spec` with a relative path or glob made absolute (built-in names as they are), so that a run's config.yaml
-    finds its corpus from any working directory."""
-    if spec in BUILTIN_CORPORA or os.path.isabs(spec) or not (Path(spec).exists() or glob.has_magic(spec)):
+    """`spec` with `~` expanded and a relative path or glob made absolute (built-in names as they are), so that a run's
+    config.yaml finds its corpus from any working directory."""
+    if spec in BUILTIN_CORPORA:
+        return spec
+    spec = os.path.expanduser(spec)
+    if os.path.isabs(spec) or not (Path(spec).exists() or glob.has_magic(spec)):
         return spec
     return os.path.abspath(spec)
 
@@ -151,9 +163,10 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
 
     Args:
         spec: "shakespeare" or "python-stdlib"; a text file (one document); a folder (every text file
-            below it, recursively, sorted; hidden and binary files skipped); a glob pattern ("data/*.txt",
-            "**" allowed); or a JSON-lines file (one document per line, see `text_field`). JSON-lines files
-            inside a folder or glob are read as JSON lines too.
+            below it, recursively, symlinked folders too, sorted; hidden and binary files skipped); a glob pattern
+            ("data/*.txt", "**" allowed); or a JSON-lines file (one document per line, see `text_field`). JSON-lines
+            files inside a folder or glob are read as JSON lines too. `~` is expanded. Text is UTF-8, or UTF-16 /
+            UTF-32 after their byte-order mark; a file reached by several names is read once.
         text_field: The JSON-lines field holding the text. A line without it raises `ValueError` naming
             the line when the documents are read.
 
@@ -161,7 +174,7 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
         FileNotFoundError: Nothing exists at `spec` (or the glob matches no file).
         ValueError: The folder holds no text files.
     """
-    spec = str(spec)
+    spec = os.path.expanduser(str(spec))  # as data.tokenizer and data.cache_dir are
     if spec == "shakespeare":
         return ShakespeareCorpus()
     if spec == "python-stdlib":
@@ -176,7 +189,9 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
             raise ValueError(f"folder {spec!r} holds no text files; expected {_SPEC_FORMS}")
         return FileCorpus(path.name or spec, files, root=path, text_field=text_field)
     if glob.has_magic(spec):
-        files = sorted(p for p in map(Path, glob.glob(spec, recursive=True)) if p.is_file() and not _looks_binary(p))
+        # "**" follows symlinked folders, so one file can match under several names (endlessly in a loop).
+        files = _unique(sorted(p for p in map(Path, glob.glob(spec, recursive=True))
+                               if p.is_file() and not _looks_binary(p)))
         if not files:
             raise FileNotFoundError(f"glob {spec!r} matches no files; expected {_SPEC_FORMS}")
         root = Path(os.path.commonpath([p.parent for p in files]))
@@ -204,35 +219,79 @@ def chunk_document(doc: Document, max_chars: int) -> list[Document]:
 
 
 def _walk(root: Path, *, suffix: str | None = None, skip: set[str] | frozenset[str] = frozenset()) -> list[Path]:
-    """Files below `root`, sorted by relative path; hidden entries and binary files are left out."""
+    """Files below `root`, sorted by relative path; hidden entries and binary files are left out. Symlinked folders
+    are followed, except back into a folder above them (a loop), and a file reached by several names is kept once."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in skip and not d.startswith(".")]  # prune in place
+    parents = {str(root): {os.path.realpath(root)}}  # real paths of each folder and the folders above it
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        above = parents.pop(dirpath)
+        kept = []
+        for d in dirnames:
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if d not in skip and not d.startswith(".") and real not in above:
+                kept.append(d)
+                parents[os.path.join(dirpath, d)] = above | {real}
+        dirnames[:] = kept  # prune in place
         for name in filenames:
             path = Path(dirpath) / name
             if name.startswith(".") or (suffix and not name.endswith(suffix)) or not path.is_file():
                 continue
             if suffix or not _looks_binary(path):
                 found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    return _unique(sorted(found, key=lambda p: p.relative_to(root).as_posix()))
+
+
+def _unique(paths: list[Path]) -> list[Path]:
+    """`paths` without the ones that resolve to a file listed earlier (reached through a symlink), so that no text
+    is read twice, nor lands in both train and val."""
+    seen, kept = set(), []
+    for path in paths:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            kept.append(path)
+    return kept
+
+
+def _content_sample(path: Path) -> bytes:
+    """A digest of the file's first and last _SAMPLE_BYTES (the whole file when smaller): cheap for big files."""
+    with open(path, "rb") as f:
+        head = f.read(_SAMPLE_BYTES)
+        f.seek(max(f.tell(), os.fstat(f.fileno()).st_size - _SAMPLE_BYTES))
+        return hashlib.blake2b(head + f.read(_SAMPLE_BYTES), digest_size=16).digest()
+
+
+def _text_encoding(head: bytes) -> str:
+    """The encoding of a text file starting with `head`: UTF-16 or UTF-32 when it starts with their byte-order mark
+    (PowerShell's `>` writes UTF-16), else UTF-8 with any BOM dropped."""
+    return next((encoding for bom, encoding in _WIDE_BOMS if head.startswith(bom)), "utf-8-sig")
 
 
 def _looks_binary(path: Path) -> bool:
-    # git's rule: a NUL byte near the start means binary.
+    # git's rule: a NUL byte near the start means binary; UTF-16/32 text is full of NULs but starts with a BOM.
     with open(path, "rb") as f:
-        return b"\0" in f.read(8192)
+        head = f.read(8192)
+    return b"\0" in head and _text_encoding(head) == "utf-8-sig"
 
 
 def _read_text(path: Path) -> str:
+    with open(path, "rb") as f:
+        encoding = _text_encoding(f.read(4))
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
     except UnicodeDecodeError as e:
-        raise ValueError(f"{str(path)!r} is not UTF-8 ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+        name = encoding.removesuffix("-sig").upper()
+        raise ValueError(f"{str(path)!r} is not {name} ({e.reason} at byte {e.start}); convert it to UTF-8") from None
 
 
 def _jsonl_documents(path: Path, rel: str, text_field: str) -> Iterator[Document]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:  # decoded line by line, so that an error names its line
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig")  # a BOM before the first line is not JSON
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start} of the line); "
+                                 f"convert the file to UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -243,4 +302,9 @@ def _jsonl_documents(path: Path, rel: str, text_field: str) -> Iterator[Document
                 fields = sorted(record) if isinstance(record, dict) else type(record).__name__
                 raise ValueError(f"{path}:{lineno}: no string field {text_field!r} (found {fields}); "
                                  f"choose another with text_field= (CLI: --data.text_field, eval --text-field)")
-            yield Document(f"{rel}:{lineno}", record[text_field])
+            text = record[text_field]
+            # JSON may escape half of a surrogate pair ("\ud83d"), which no tokenizer can encode.
+            if not text.isascii() and (bad := _SURROGATE.search(text)):
+                raise ValueError(f"{path}:{lineno}: {text_field!r} contains a lone surrogate (U+{ord(bad[0]):04X}), "
+                                 f"which is not valid Unicode text; fix or drop the line")
+            yield Document(f"{rel}:{lineno}", text)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from neurallayers.data.tokenizers import Tokenizer
 CACHE_VERSION = 1  # bump when the file layout or the split rule changes: old caches are then ignored
 CHUNK_CHARS = 50_000
 _BATCH_CHARS = 1_000_000  # text handed to the tokenizer per call: big enough for its thread pool
+_STALE_SECONDS = 24 * 3600  # a build folder whose owner cannot be checked is dead after this long without a write
 
 
 @dataclass
@@ -100,11 +104,14 @@ def prepare_tokens(
     }
     key = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
     final = Path(cache_dir) / key
+    if final.parent.is_dir():
+        _remove_dead_builds(final.parent, key)
     if (final / "meta.json").exists():
         return TokenData.open(final, cached=True)
     final.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a temporary folder and rename it into place: a cache folder is either complete or absent.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=final.parent))
+    # Build in a temporary folder and rename it into place: a cache folder is either complete or absent. Its name
+    # holds its builder (pid@host), so that the folder of a killed build can be told from that of a live one.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-{os.getpid()}@{_host()}-", dir=final.parent))
     try:
         _build(corpus, tokenizer, tmp, sources, show_progress=show_progress)
         if final.exists() and not (final / "meta.json").exists():
@@ -128,6 +135,40 @@ def split_names(names: list[str], val_fraction: float, seed: int) -> set[str]:
         return set()
     n_val = min(max(round(val_fraction * len(names)), 1), len(names) - 1)
     return set(sorted(names, key=lambda name: _hash(f"{seed}\0{name}"))[:n_val])
+
+
+def _host() -> str:
+    return re.sub(r"[^\w.-]", "_", socket.gethostname())
+
+
+def _remove_dead_builds(parent: Path, key: str) -> None:
+    """Removes the temporary folders of `key` left by killed builds: their process is gone or, where that cannot be
+    checked (another host, a name without pid), they have not been written to for _STALE_SECONDS."""
+    for tmp in parent.glob(f".{key}.tmp-*"):
+        owner = re.fullmatch(r"(\d+)@(.+)-[^-]*", tmp.name.removeprefix(f".{key}.tmp-"))
+        if owner and owner[2] == _host() and os.name == "posix":  # os.kill(pid, 0) would end the process on Windows
+            dead = not _alive(int(owner[1]))
+        else:
+            dead = time.time() - _last_write(tmp) > _STALE_SECONDS
+        if dead:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        pass
+    return True
+
+
+def _last_write(folder: Path) -> float:
+    try:
+        return max([folder.stat().st_mtime] + [p.stat().st_mtime for p in folder.iterdir()])
+    except OSError:  # removed meanwhile: its build finished
+        return time.time()
 
 
 def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, show_progress: bool) -> None:

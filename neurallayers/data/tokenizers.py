@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import operator
 import os
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,7 @@ _LOAD_FORMS = ("'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt
 _EOS_GUESSES = (ENDOFTEXT, "</s>", "<|end_of_text|>", "<eos>")
 _BOS_GUESSES = ("<s>", "<|begin_of_text|>", "<bos>")
 _PAD_GUESSES = ("<pad>", "[PAD]", "<|pad|>")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _token_id(value) -> int:
@@ -176,7 +178,12 @@ class Tokenizer:
         are encoded so; training text is not, and ours add nothing)."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        return self._frame(self.hf.encode(text, add_special_tokens=add_special_tokens).ids, add_bos, add_eos)
+        try:
+            ids = self.hf.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:
+            _check_unicode([text], "text")
+            raise
+        return self._frame(ids, add_bos, add_eos)
 
     def encode_batch(self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False,
                      add_special_tokens: bool = False) -> list[list[int]]:
@@ -184,7 +191,11 @@ class Tokenizer:
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("encode_batch expects an iterable of str")
-        encodings = self.hf.encode_batch(texts, add_special_tokens=add_special_tokens)
+        try:
+            encodings = self.hf.encode_batch(texts, add_special_tokens=add_special_tokens)
+        except TypeError:
+            _check_unicode(texts, "texts[{}]")
+            raise
         return [self._frame(e.ids, add_bos, add_eos) for e in encodings]
 
     def _frame(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
@@ -469,6 +480,15 @@ class StreamDecoder:
         piece = self._decode(self._prefix)[len(self._decode(self._prefix, self._read)) + self._held :]
         self._reset()
         return piece
+
+
+def _check_unicode(texts: list[str], label: str) -> None:
+    """Raises ValueError for the first text holding a lone surrogate, which HF refuses with a misleading TypeError
+    ("TextInputSequence must be str"): e.g. a command-line argument that was not UTF-8, decoded with surrogateescape."""
+    for i, text in enumerate(texts):
+        if bad := _SURROGATE.search(text):
+            raise ValueError(f"{label.format(i)} has a character that is not valid Unicode at position {bad.start()} "
+                             f"(U+{ord(bad[0]):04X}, a lone surrogate, e.g. from bytes that were not UTF-8)") from None
 
 
 def _wordpiece_from_vocab(vocab: Path, config: dict) -> HFTokenizer:

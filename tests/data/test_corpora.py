@@ -1,8 +1,17 @@
+import codecs
 import json
+import os
 
 import pytest
 
-from neurallayers.data.corpora import BUILTIN_CORPORA, Document, TextCorpus, chunk_document, load_corpus
+from neurallayers.data.corpora import (
+    BUILTIN_CORPORA,
+    Document,
+    TextCorpus,
+    absolute_spec,
+    chunk_document,
+    load_corpus,
+)
 
 
 def test_shakespeare():
@@ -96,3 +105,81 @@ def test_bad_specs(tmp_path):
         list(load_corpus(tmp_path / "latin1.txt").documents())
     with pytest.raises(TypeError):
         TextCorpus("a single string")
+
+
+def test_fingerprint_samples_the_content(tmp_path):
+    # Same name, size and mtime (`touch -d`, unpacked archives): only the bytes differ.
+    for folder, text in (("a", "abc\n"), ("b", "xyz\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "data.txt").write_text(text)
+        os.utime(tmp_path / folder / "data.txt", ns=(1_700_000_000_000_000_000,) * 2)
+    a, b = load_corpus(tmp_path / "a"), load_corpus(tmp_path / "b")
+    assert a.fingerprint() != b.fingerprint()
+    big = tmp_path / "big.txt"  # an edit at the end of a big file that keeps its size and mtime
+    big.write_text("x" * 500_000 + "1\n")
+    before, st = load_corpus(big).fingerprint(), os.stat(big)
+    big.write_text("x" * 500_000 + "2\n")
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert load_corpus(big).fingerprint() != before
+    assert a.fingerprint() == load_corpus(tmp_path / "a").fingerprint()
+
+
+def test_symlinked_folders_are_read_once(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.txt").write_text("a\n")
+    (tmp_path / "b.txt").write_text("b\n")
+    try:
+        (tmp_path / "alias").symlink_to(tmp_path / "real", target_is_directory=True)
+        (tmp_path / "real" / "loop").symlink_to(tmp_path / "real", target_is_directory=True)
+    except OSError:
+        pytest.skip("no symlinks here")
+    # Each real file once, under the first of its names in sorted order.
+    assert [d.name for d in load_corpus(tmp_path).documents()] == ["alias/a.txt", "b.txt"]
+    assert [d.name for d in load_corpus(str(tmp_path / "**" / "*.txt")).documents()] == ["alias/a.txt", "b.txt"]
+
+
+def test_utf16_and_utf32_files_are_text(tmp_path):
+    text = "héllo 日本\r\nwörld\n"  # PowerShell's `>` writes UTF-16 LE with a BOM, and CRLF
+    (tmp_path / "le16.txt").write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+    (tmp_path / "be16.txt").write_bytes(codecs.BOM_UTF16_BE + text.encode("utf-16-be"))
+    (tmp_path / "le32.txt").write_bytes(codecs.BOM_UTF32_LE + text.encode("utf-32-le"))
+    (tmp_path / "utf8.txt").write_bytes(text.encode())
+    want = ["héllo 日本\nwörld\n"] * 4  # newlines as for a UTF-8 file
+    assert [d.text for d in load_corpus(tmp_path).documents()] == want
+    assert [d.text for d in load_corpus(str(tmp_path / "*.txt")).documents()] == want
+    assert [d.text for d in load_corpus(tmp_path / "le16.txt").documents()] == want[:1]
+
+
+def test_file_name_that_is_not_utf8(tmp_path):
+    name = os.fsdecode(b"caf\xe9.txt")
+    try:
+        (tmp_path / name).write_text("x\n")
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    corpus = load_corpus(tmp_path)
+    assert [d.name for d in corpus.documents()] == [name]
+    assert corpus.fingerprint() == load_corpus(tmp_path).fingerprint()
+
+
+def test_jsonl_encoding_errors_name_the_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')  # Latin-1
+    with pytest.raises(ValueError, match=r"data.jsonl:2: not UTF-8 .*convert the file to UTF-8"):
+        list(load_corpus(path).documents())
+    path.write_text('{"text": "ok"}\n{"text": "cut emoji \\ud83d"}\n')  # valid JSON, not valid Unicode
+    with pytest.raises(ValueError, match=r"data.jsonl:2: 'text' contains a lone surrogate \(U\+D83D\), which is not"):
+        list(load_corpus(path).documents())
+
+
+def test_utf8_bom_is_not_text(tmp_path):
+    (tmp_path / "a.txt").write_bytes(codecs.BOM_UTF8 + b"abc\n")
+    (tmp_path / "b.jsonl").write_bytes(codecs.BOM_UTF8 + b'{"text": "def"}\n')
+    assert [d.text for d in load_corpus(tmp_path).documents()] == ["abc\n", "def"]
+
+
+def test_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "small.txt").write_text("hi\n")
+    assert [d.text for d in load_corpus("~/small.txt").documents()] == ["hi\n"]
+    assert [d.text for d in load_corpus("~/*.txt").documents()] == ["hi\n"]
+    assert absolute_spec("~/small.txt") == str(tmp_path / "small.txt")

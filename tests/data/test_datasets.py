@@ -1,5 +1,8 @@
 import functools
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -149,3 +152,51 @@ def test_sft_collate_masks_prompt_and_padding():
     assert short_x.shape == (2, 3) and short_y[0].tolist() == [-100] * 3
     with pytest.raises(ValueError, match="no examples"):
         sft_collate([], tok)
+
+
+_BUILDER = """
+import sys, time
+from neurallayers.data.corpora import TextCorpus
+from neurallayers.data.datasets import prepare_tokens
+from neurallayers.data.tokenizers import Tokenizer
+
+def stuck(*args, **kwargs):  # a build that is running: it holds its temporary folder
+    print("building", flush=True)
+    time.sleep(120)
+
+tok = Tokenizer.train_char([sys.argv[2]])
+tok.encode_batch = stuck
+prepare_tokens(TextCorpus([sys.argv[2]]), tok, sys.argv[1], show_progress=False)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kills a process with SIGKILL")
+def test_killed_build_leaves_no_temporary_folder(tmp_path):
+    text = "docb\n" * 10
+    child = subprocess.Popen([sys.executable, "-c", _BUILDER, str(tmp_path), text], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "building\n"
+        # Another build of the same cache finishes meanwhile; it leaves the live builder's folder alone.
+        data = prepare_tokens(TextCorpus([text]), Tokenizer.train_char([text]), tmp_path, show_progress=False)
+        assert len([p for p in tmp_path.iterdir() if p.name.startswith(f".{data.path.name}.tmp-")]) == 1
+    finally:
+        child.kill()  # as `kill -9` or a lost machine: no cleanup runs
+        child.wait()
+        child.stdout.close()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    again = prepare_tokens(TextCorpus([text]), Tokenizer.train_char([text]), tmp_path, show_progress=False)
+    assert again.cached and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_old_build_folders_of_unknown_owners_are_removed(tmp_path):
+    data = prepare_tokens(TextCorpus(DOCS), char_tok(), tmp_path, show_progress=False)
+    # Owners that cannot be checked: another machine sharing the cache, or a name without a pid.
+    old, recent = tmp_path / f".{data.path.name}.tmp-123@elsewhere-abc", tmp_path / f".{data.path.name}.tmp-xyz"
+    for folder in (old, recent):
+        folder.mkdir()
+        (folder / "all.bin").write_bytes(b"\0")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old / "all.bin", (two_days_ago, two_days_ago))
+    os.utime(old, (two_days_ago, two_days_ago))
+    prepare_tokens(TextCorpus(DOCS), char_tok(), tmp_path, show_progress=False)
+    assert not old.exists() and recent.exists()

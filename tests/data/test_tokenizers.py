@@ -186,3 +186,15 @@ def test_bad_inputs(tmp_path):
         Tokenizer(trained_bpe().hf).encode("x", add_bos=True)
     with pytest.raises(ValueError, match="not in the vocabulary"):
         Tokenizer(trained_bpe().hf, eos_token="</nope>")
+
+
+def test_lone_surrogate_is_a_clear_error():
+    # A command-line argument that was not UTF-8 arrives decoded with surrogateescape: "caf\udce9".
+    for tok in (gpt2(), trained_bpe(), Tokenizer.train_char([SAMPLE])):
+        with pytest.raises(ValueError, match=r"^text has a character that is not valid Unicode at position 3 "
+                                             r"\(U\+DCE9"):
+            tok.encode("caf\udce9")
+        with pytest.raises(ValueError, match=r"^texts\[1\] has a character that is not valid Unicode at position 10 "
+                                             r"\(U\+D83D"):
+            tok.encode_batch(["fine", "cut emoji \ud83d"])
+        assert tok.encode_batch(["café 🎉"]) == [tok.encode("café 🎉")]  # a whole pair is fine
