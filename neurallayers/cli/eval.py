@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from pathlib import Path
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, positive_int
@@ -37,9 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--max-batches", type=positive_int, default=None, help="default: every window")
     parser.add_argument("--block-size", type=positive_int, default=None, help="window length (default: the model's)")
-    parser.add_argument("--mask-prob", type=_probability, default=MASK_PROB,
-                        help="a masked LM: the share of tokens masked, with the same masks for every model "
-                        f"(default {MASK_PROB})")
+    parser.add_argument("--mask-prob", type=_probability, default=None,
+                        help="a masked LM: the share of tokens masked, with the same masks for every model (default: "
+                        "on a run's own split, the run's train.mask_prob and seed, so that --batch-size and "
+                        f"--max-batches as in training give its logged val loss; else {MASK_PROB}, seed 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_dtype(parser)
 
@@ -51,11 +51,17 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.data.corpora import absolute_spec
     from neurallayers.training.config import DataConfig, RunConfig
     from neurallayers.training.prepare import tokenize_corpus
-    from neurallayers.training.trainer import mean_loss
+    from neurallayers.training.trainer import mean_loss, perplexity_text
 
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
     run_cfg = RunConfig.from_yaml(Path(args.path) / "config.yaml") if (Path(args.path) / "config.yaml").is_file() \
         else None
+    own = run_cfg is not None and (args.data is None or absolute_spec(args.data) == absolute_spec(run_cfg.data.source))
+    if args.data is None and not own:
+        raise ValueError(f"{args.path} is not a run directory: name the corpus with --data")
+    split = args.split or ("val" if own else "all")
+    if split != "all" and not own:
+        raise ValueError("--split val/train needs the run's own corpus; another corpus is evaluated whole (all)")
     masker = None
     if not model.config.causal:  # an encoder: its masked-LM loss, the same masks for every model (they compare)
         from neurallayers.data.masking import Masker
@@ -63,15 +69,12 @@ def run(args: argparse.Namespace) -> int:
         if model.config.head != "mlm":
             raise ValueError(f"{args.path} is an encoder with head={model.config.head!r}: eval scores a decoder's "
                              "next-token loss or a masked LM's (head 'mlm')")
-        masker = Masker.for_tokenizer(tokenizer, prob=args.mask_prob, seed=0)
-    elif args.mask_prob != MASK_PROB:
+        # on its own split, the masks the run's evaluations drew; the whole of a corpus, those any model gets
+        split_of_run = own and split != "all"
+        prob = args.mask_prob or (run_cfg.train.mask_prob if split_of_run else MASK_PROB)
+        masker = Masker.for_tokenizer(tokenizer, prob=prob, seed=run_cfg.train.seed if split_of_run else 0)
+    elif args.mask_prob is not None:
         raise ValueError("--mask-prob applies to masked LMs (encoders); this model is a decoder")
-    own = run_cfg is not None and (args.data is None or absolute_spec(args.data) == absolute_spec(run_cfg.data.source))
-    if args.data is None and not own:
-        raise ValueError(f"{args.path} is not a run directory: name the corpus with --data")
-    split = args.split or ("val" if own else "all")
-    if split != "all" and not own:
-        raise ValueError("--split val/train needs the run's own corpus; another corpus is evaluated whole (all)")
     data = run_cfg.data if own else DataConfig(source=args.data)
     if args.text_field is not None:
         data = dataclasses.replace(data, text_field=args.text_field)
@@ -93,5 +96,5 @@ def run(args: argparse.Namespace) -> int:
                             device=next(model.parameters()).device, progress=not args.no_progress, masker=masker)
     what = "masked tokens scored" if masker is not None else "tokens scored"
     print(f"corpus: {args.data or data.source}  split: {split}  {what}: {count:,}  loss: {loss:.4f}  "
-          f"perplexity: {math.exp(min(loss, 50)):.2f}")
+          f"perplexity: {perplexity_text(loss)}")
     return 0

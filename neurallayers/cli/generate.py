@@ -22,7 +22,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min-p", type=float, default=None, help="0 = off (the default)")
     g.add_argument("--repetition-penalty", type=float, default=None,
                    help="1 = off (the default). A Hugging Face folder's generation_config.json may recommend its own "
-                   "temperature, top-k, top-p, min-p and repetition penalty: they replace the defaults of these five")
+                   "temperature, top-k, top-p, min-p and repetition penalty: used for those of the five not given")
     g.add_argument("--presence-penalty", type=float, default=0.0)
     g.add_argument("--frequency-penalty", type=float, default=0.0)
     g.add_argument("--no-repeat-ngram-size", type=int, default=0)

@@ -52,7 +52,8 @@ class Masker:
     def __call__(self, ids: torch.Tensor, index: int, *, stream: int = TRAIN) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, labels) for the (B, T) int64 batch `ids`, number `index` of `stream`.
 
-        At least one token per batch is selected when any is not special, so the loss is always defined.
+        At least one token per row (window) is selected when the row has any that is not special, so the loss is
+        defined for every slice of rows (each process's share of a batch, under DDP).
         """
         if ids.ndim != 2:
             raise ValueError(f"ids must be (B, T), got shape {tuple(ids.shape)}")
@@ -62,10 +63,12 @@ class Masker:
         x = ids.numpy()
         eligible = ~np.isin(x, self.special_ids)
         selected = (rng.random(x.shape) < self.prob) & eligible
-        if not selected.any() and eligible.any():  # tiny batches: never a batch with nothing to predict
-            selected.flat[np.flatnonzero(eligible)[0]] = True
         how = rng.random(x.shape)
         random_ids = self.replacements[rng.integers(0, len(self.replacements), size=x.shape)]
+        empty = ~selected.any(axis=1) & eligible.any(axis=1)
+        if empty.any():  # one of such a row's tokens at random (drawn last: the other rows keep their masks)
+            pick = np.where(eligible, rng.random(x.shape), -1.0).argmax(axis=1)
+            selected[np.flatnonzero(empty), pick[empty]] = True
         inputs = np.where(selected & (how < MASK_RATE), self.mask_id, x)
         inputs = np.where(selected & (how >= MASK_RATE) & (how < MASK_RATE + RANDOM_RATE), random_ids, inputs)
         labels = np.where(selected, x, -100)

@@ -110,6 +110,21 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(m.group(1))
 
 
+def set_aside(run_dir: str | os.PathLike, paths: list[Path]) -> Path:
+    """Moves `paths` (checkpoints, best weights of a run) into the run's `abandoned/` folder, each under a name not
+    taken there yet; returns that folder. A resume from an older checkpoint starts another history: the newer
+    checkpoints must not be what the next --resume continues, yet are kept for the user to look at."""
+    folder = Path(run_dir) / "abandoned"
+    folder.mkdir(exist_ok=True)
+    for path in paths:
+        dest, n = folder / path.name, 1
+        while dest.exists():
+            n += 1
+            dest = folder / f"{path.stem}-{n}{path.suffix}"
+        os.replace(path, dest)
+    return folder
+
+
 def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:
     """Removes temp folders and step folders without a COMPLETE marker (leftovers of a crash)."""
     root = Path(run_dir) / "checkpoints"

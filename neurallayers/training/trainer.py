@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import statistics
 import time
 from array import array
@@ -179,13 +180,19 @@ class _Fit:
             self.masker = Masker.for_tokenizer(tokenizer, prob=cfg.mask_prob, seed=cfg.seed)
         self.has_val = len(self.tokens.val) > run.model.block_size
         if not self.has_val:
-            log.warning("no validation tokens (val_fraction=%s): no evaluation; model.safetensors = final weights",
-                        run.data.val_fraction)
+            log.warning("the validation split has %d tokens (val_fraction=%s), fewer than one window of block_size + 1 "
+                        "= %d: no evaluation; model.safetensors = final weights", len(self.tokens.val),
+                        run.data.val_fraction, run.model.block_size + 1)
+        dist.barrier(info)  # every rank has read the run's files (_restore) before rank 0 changes them
         self.loggers = self._open_loggers(loggers) if info.is_main else []
         self.last_saved = self.step if state is not None else -1
 
     # ----- setup helpers -----
     def _restore(self, model_sd: dict, state: dict, target: Path) -> None:
+        # the current config's AdamW settings (a resume may change them, as it may the lr): loading the checkpoint's
+        # optimizer state brings back its own, which the run would then go on with silently
+        settings = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+                    for g in self.optimizer.param_groups]
         try:  # the weights fit (checked): a failure here is the optimizer state's
             dist.load_states(self.wrapped, self.optimizer, model_sd, state["optimizer"], self.info)
         except (ValueError, RuntimeError) as e:
@@ -194,6 +201,16 @@ class _Fit:
                 "checkpoint written before BERT's pooler was frozen in masked-LM training (an older NeuralLayers) is "
                 "one such; to go on from its weights with a fresh optimizer: train --init-from <that run> "
                 "--out <a new run>") from None
+        changed = {}
+        for group, now in zip(self.optimizer.param_groups, settings, strict=True):
+            for key in ("weight_decay", "betas", "eps"):
+                if key in now and group.get(key) != now[key]:
+                    changed.setdefault(key, (group.get(key), now[key]))
+            group.update(now)
+        if changed and self.info.is_main:
+            log.info("the optimizer goes on with this config's %s", ", ".join(
+                f"{k} {tuple(new) if isinstance(new, list) else new} (the checkpoint's: "
+                f"{tuple(old) if isinstance(old, list) else old})" for k, (old, new) in changed.items()))
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -204,9 +221,17 @@ class _Fit:
             log.warning("the best val loss so far (%.4f) was measured on the saved run's data: the best weights and "
                         "early stopping start over on the new data", self.best_val)
             self.best_val, self.bad_evals = None, 0
+        saved_windows = state.get("eval_windows")  # evaluation scores batch_size x processes x eval_batches windows
+        if saved_windows is not None and int(saved_windows) != self._eval_windows() and self.best_val is not None:
+            log.warning("the best val loss so far (%.4f) was measured on %d validation windows and this run's "
+                        "evaluations score %d (train.batch_size, eval_batches or the process count changed): the best "
+                        "weights and early stopping start over", self.best_val, int(saved_windows),
+                        self._eval_windows())
+            self.best_val, self.bad_evals = None, 0
         self.elapsed_before = float(state["elapsed"])
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from step %d", self.step)
+        self._roll_back_plan()
         saved_world = int(state.get("world_size", self.info.world_size))
         # the data order follows the batch of all processes and the accumulation: the same, the same windows
         before = (int(state["global_batch"]), int(state["grad_accum"]))
@@ -224,6 +249,53 @@ class _Fit:
         elif self.cfg.early_stopping_patience and self.bad_evals >= self.cfg.early_stopping_patience:
             log.info("the run stopped early (%d evaluations without a better val loss): training on to the next "
                      "evaluation, which stops it again unless the val loss improves", self.bad_evals)
+
+    def _roll_back_plan(self) -> None:
+        """A resume from a checkpoint older than the run's newest (after a loss spike, say) starts another history
+        from it: the newer checkpoints, and the best weights if a later evaluation wrote them, belong to the old one.
+        Decided here on every rank (they must agree on the best val loss); rank 0 moves the files (_open_loggers)."""
+        from neurallayers.training.loggers import read_metrics
+
+        self.newer_checkpoints = [p for p in ckpt.list_checkpoints(self.out) if ckpt.checkpoint_step(p) > self.step]
+        self.best_from = None  # where the best weights at this step are, when model.safetensors is a later one's
+        self.best_is_later = False
+        if not self.newer_checkpoints:
+            return
+        bests = [int(r["step"]) for r in read_metrics(self.out / "metrics.jsonl") if r.get("best")]
+        self.best_is_later = bool(bests) and bests[-1] > self.step
+        if not self.best_is_later:
+            return
+        earlier = [b for b in bests if b <= self.step]
+        source = self.out / "checkpoints" / f"step-{earlier[-1]}" if earlier else None
+        if source is not None and source in ckpt.list_checkpoints(self.out):
+            self.best_from = source
+        elif self.best_val is not None:
+            log.warning("the best weights at step %d (val loss %.4f) are no longer kept: the best weights and early "
+                        "stopping start over", self.step, self.best_val)
+            self.best_val, self.bad_evals = None, 0
+
+    def _roll_back_files(self) -> None:
+        if not self.newer_checkpoints:
+            return
+        later = [self.out / "model.safetensors"] if self.best_is_later else []
+        folder = ckpt.set_aside(self.out, [*self.newer_checkpoints, *[p for p in later if p.is_file()]])
+        log.warning("resumed from step %d, before the run's newest checkpoint (%s): the newer checkpoints%s moved to "
+                    "%s, so that a later --resume goes on from here", self.step, self.newer_checkpoints[-1].name,
+                    " and the best weights they led to" if later else "", folder)
+        if self.best_from is not None:  # atomically, as every model.safetensors is written
+            part = self.out / ".model.safetensors.part"
+            shutil.copyfile(self.best_from / "model.safetensors", part)
+            os.replace(part, self.out / "model.safetensors")
+
+    def _eval_windows(self) -> int:
+        """How many validation windows an evaluation scores (a best val loss compares only with the same ones)."""
+        from neurallayers.data.datasets import eval_window_count
+
+        block = self.run_cfg.model.block_size
+        if len(self.tokens.val) <= block:
+            return 0
+        return eval_window_count(len(self.tokens.val), block_size=block, max_batches=self.cfg.eval_batches,
+                                 batch_size=self.cfg.batch_size * self.info.world_size)
 
     def _schedule(self, saved: dict | None) -> torch.optim.lr_scheduler.LambdaLR:
         """The current config's learning-rate schedule, positioned at self.step. A resume may change max_steps, lr
@@ -257,6 +329,7 @@ class _Fit:
         else:  # a resumed run rewrites history after its checkpoint: drop the crashed session's later lines
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
             ckpt.clean_incomplete(self.out)
+            self._roll_back_files()
         self.run_cfg.to_yaml(self.out / "config.yaml")
         self.tokenizer.save(self.out)
         names = self.cfg.loggers if loggers is None else [x for x in loggers if isinstance(x, str)]
@@ -322,13 +395,14 @@ class _Fit:
                     if cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience:
                         reason = "early_stopping"
                         break
-                # the last step's checkpoint is written after the final evaluation, so that it holds its best
-                if cfg.save_interval and self.step % cfg.save_interval == 0 and self.step < cfg.max_steps:
-                    self._save(t0)
                 if cfg.max_minutes is not None and dist.broadcast_flag(
                         self._elapsed(t0) - self.elapsed_before > 60 * cfg.max_minutes, info, self.device):
                     reason = "time_budget"
                     break
+                # the last step's checkpoint (max_steps, or the time budget's above) is written after the final
+                # evaluation, so that it holds its best val loss
+                if cfg.save_interval and self.step % cfg.save_interval == 0 and self.step < cfg.max_steps:
+                    self._save(t0)
         except KeyboardInterrupt:  # a second Ctrl-C, or a first one from a caller's own SIGINT handler
             reason = "interrupted"
             abandoned = in_step  # the step in flight may be half applied: saving it would break exact resume
@@ -373,18 +447,27 @@ class _Fit:
         seed_device(self.device, step_seed(cfg.seed, self.step, info.rank))
         b = cfg.batch_size
         total = torch.zeros((), device=self.device)
+        micros = []
         for micro in range(cfg.grad_accum):
             index = self.step * cfg.grad_accum + micro
             x, y = self.windows.batch(index)
             if self.masker is not None:  # the global batch, so every world size masks alike
                 x, y = self.masker(x, index)
+            micros.append((x, y))
+        # a masked LM's micro-batches predict different numbers of tokens: each token weighs the same in the step
+        # (the step's mean over all of them), whatever the accumulation and process count, as transformers' Trainer
+        # weighs them (num_items_in_batch); every process masks the whole batch, so knows the count
+        predicted = sum(int((y != -100).sum()) for _, y in micros) if self.masker is not None else 0
+        for micro, (x, y) in enumerate(micros):
             x = x[info.rank * b:(info.rank + 1) * b].to(self.device, non_blocking=True)
             y = y[info.rank * b:(info.rank + 1) * b].to(self.device, non_blocking=True)
             last = micro == cfg.grad_accum - 1
             # DDP: only the last micro-batch all-reduces gradients.
             sync = self.wrapped.no_sync() if info.mode == "ddp" and not last else contextlib.nullcontext()
+            # gradients are averaged over the processes: a process's share of the mean is world_size x its tokens'
+            share = cfg.grad_accum if not predicted else predicted / (int((y != -100).sum()) * info.world_size)
             with sync, autocast(self.device, self.amp_dtype):
-                loss = _loss(self.forward, x, y, masked=self.masker is not None) / cfg.grad_accum
+                loss = _loss(self.forward, x, y, masked=self.masker is not None) / share
             self.scaler.scale(loss).backward()
             total += loss.detach()
         total = dist.all_reduce_mean(total, info)
@@ -413,10 +496,9 @@ class _Fit:
                            amp_dtype=self.amp_dtype, masker=self.masker, info=self.info)
         self.wrapped.train()
         improved = math.isfinite(val) and (self.best_val is None or val < self.best_val)  # NaN is never the best
-        perplexity = math.exp(min(val, 700.0))
-        self._log({"val_loss": val, "perplexity": perplexity, "best": improved})
+        self._log({"val_loss": val, "perplexity": perplexity(val), "best": improved})
         if self.info.is_main:
-            log.info("step %d: val loss %.4f  perplexity %.2f%s", self.step, val, perplexity,
+            log.info("step %d: val loss %.4f  perplexity %s%s", self.step, val, perplexity_text(val),
                      "  (best)" if improved else "")
         if improved:
             self.best_val, self.bad_evals = val, 0
@@ -445,6 +527,7 @@ class _Fit:
                 "world_size": info.world_size,
                 "global_batch": cfg.batch_size * info.world_size,
                 "grad_accum": cfg.grad_accum,
+                "eval_windows": self._eval_windows(),
             }
             ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last)
         dist.barrier(info)
@@ -477,6 +560,17 @@ class _Fit:
 
     def _elapsed(self, t0: float) -> float:
         return self.elapsed_before + time.monotonic() - t0
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss); inf where that overflows a float (a diverged run)."""
+    return math.exp(loss) if loss < 709.0 else math.inf
+
+
+def perplexity_text(loss: float) -> str:
+    """The perplexity for a log line: 2 decimals, or 4 significant digits once it is large (e+ notation)."""
+    value = perplexity(loss)
+    return f"{value:.2f}" if value < 1e6 else f"{value:.4g}"
 
 
 def _clock(seconds: float) -> str:

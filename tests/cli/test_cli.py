@@ -298,12 +298,17 @@ def test_train_and_eval_a_masked_lm_encoder(run_dir: Path, tmp_path: Path, monke
                                  monkeypatch=monkeypatch), "encoder with head='none'", "masked LM's")
     proc = cli("train", "--preset", "bert-tiny", "--model.block_size", "32", "--model.n_layer", "1", "--data",
                "text.txt", "--data.tokenizer", "char", "--train.max_steps", "4", "--train.batch_size", "4",
-               "--train.eval_interval", "2", "--out", "enc", "--no-progress", cwd=tmp_path)
+               "--train.eval_interval", "2", "--train.precision", "fp32", "--out", "enc", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "final val loss" in proc.stdout and "=== window 1" in (tmp_path / "enc/samples.txt").read_text()
     ev = in_process("eval", "enc", "--no-progress", cwd=tmp_path, monkeypatch=monkeypatch)
     assert ev.returncode == 0, ev.stderr
     assert re.search(r"split: val  masked tokens scored: \d+  loss: \d+\.\d{4}", ev.stdout), ev.stdout
+    # with training's batches, the val loss training logged for the weights (its masks: the run's seed and share)
+    logged = [r for r in map(json.loads, (tmp_path / "enc/metrics.jsonl").read_text().splitlines()) if r.get("best")]
+    as_trained = in_process("eval", "enc", "--no-progress", "--batch-size", "4", "--max-batches", "20", cwd=tmp_path,
+                            monkeypatch=monkeypatch)
+    assert f"loss: {logged[-1]['val_loss']:.4f}" in as_trained.stdout, (logged, as_trained.stdout)
     info = in_process("info", "enc", cwd=tmp_path, monkeypatch=monkeypatch)
     assert re.search(r"training +4 of 4 steps \(masked LM\); val loss", info.stdout), info.stdout
     # the same masks for every model: the run and its Hugging Face export score alike

@@ -37,12 +37,16 @@ def test_masks_depend_only_on_seed_stream_and_index():
     assert TRAIN != EVAL
 
 
-def test_a_batch_always_has_a_token_to_predict():
+def test_every_row_always_has_a_token_to_predict():
+    """Each process of a DDP run takes its rows of a batch: a row with nothing to predict made its loss NaN."""
     masker = Masker(mask_id=3, vocab_size=4, special_ids=[0], prob=0.01, seed=0)
-    ids = torch.tensor([[0, 2, 1]])
+    ids = torch.tensor([[0, 2, 1, 2, 1, 2], [2, 0, 1, 1, 2, 1]]).repeat(4, 1)
+    picked = set()
     for index in range(20):
         _, labels = masker(ids, index)
-        assert (labels != -100).sum() >= 1 and labels[0, 0] == -100
+        assert ((labels != -100).sum(1) >= 1).all() and (labels[ids == 0] == -100).all()
+        picked |= {int(t) for t in (labels[0] != -100).nonzero()[:, 0]}
+    assert len(picked) > 2  # a row's forced token is any of its ordinary ones, not always the first
     _, labels = masker(torch.zeros(1, 3, dtype=torch.long), 0)  # only specials: nothing, and no error
     assert (labels == -100).all()
 

@@ -1,6 +1,7 @@
 import dataclasses
 import math
 import random
+import re
 import shutil
 
 import pytest
@@ -269,6 +270,32 @@ def test_resume_from_named_checkpoint_and_loggers_rejected(tmp_path):
         fit(run, tmp_path / "other", loggers=["tensorbored"], progress=False)
 
 
+def test_resuming_an_older_checkpoint_sets_the_newer_history_aside(tmp_path, caplog):
+    """Back to step-8 (after a loss spike, say) at a lower lr: the newer checkpoints and the best weights they led to
+    belonged to the old history. Left in place, the next plain --resume (after a Ctrl-C) jumped back to step-16 and
+    model.safetensors held weights no logged val loss described."""
+    run = tiny_run(tmp_path, max_steps=16, warmup_steps=0, eval_interval=4, save_interval=4, keep_last=3)
+    fit(run, tmp_path / "run", progress=False)
+    vals = {r["step"]: r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "val_loss" in r}
+    assert vals[16]["best"], vals  # the old history's best is its last evaluation
+    old_best = read_safetensors(tmp_path / "run/model.safetensors")
+    lower = dataclasses.replace(run, train=dataclasses.replace(run.train, lr=3e-4))
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        fit(lower, tmp_path / "run", resume=tmp_path / "run/checkpoints/step-8", progress=False, until_step=10)
+    assert "resumed from step 8, before the run's newest checkpoint (step-16): the newer checkpoints and the best " \
+        "weights they led to moved to" in caplog.text
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-8", "step-10"]
+    aside = tmp_path / "run/abandoned"
+    assert sorted(p.name for p in aside.iterdir()) == ["model.safetensors", "step-12", "step-16"]
+    assert all(torch.equal(old_best[k], v) for k, v in read_safetensors(aside / "model.safetensors").items())
+    best_at_8 = read_safetensors(tmp_path / "run/checkpoints/step-8/model.safetensors")  # step 8's was the best then
+    assert all(torch.equal(best_at_8[k], v) for k, v in read_safetensors(tmp_path / "run/model.safetensors").items())
+    result = fit(lower, tmp_path / "run", resume=True, progress=False)  # goes on from step 10, not 16
+    assert result.steps == 16 and [p.name for p in ckpt.list_checkpoints(tmp_path / "run")][-1] == "step-16"
+    lrs = {r["step"]: r["lr"] for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "lr" in r}
+    assert sorted(lrs) == list(range(1, 17)) and lrs[12] < run.train.lr_at(11)  # the new history's rates
+
+
 def test_resume_under_a_changed_schedule_follows_it_from_the_next_step(tmp_path):
     """Training longer (a larger max_steps) or at another lr: the first resumed step already uses the current
     config's schedule, the rates an uninterrupted run of that config uses, not the checkpoint's."""
@@ -292,6 +319,22 @@ def test_resume_under_a_changed_schedule_follows_it_from_the_next_step(tmp_path)
     assert [new_lr[s] for s in range(5, 9)] == [straight_lr[s] for s in range(5, 9)]
 
 
+def test_resume_with_other_adamw_settings_uses_them(tmp_path, caplog):
+    """weight_decay, betas and eps may change on resume as the lr may: the checkpoint's optimizer state carried its
+    own, so the run went on with the old ones while config.yaml named the new."""
+    base = dict(max_steps=8, eval_interval=0, save_interval=4)
+    fit(tiny_run(tmp_path, **base), tmp_path / "straight", progress=False)
+    fit(tiny_run(tmp_path, **base), tmp_path / "run", progress=False, until_step=4)
+    new = tiny_run(tmp_path, **base, weight_decay=0.5, beta1=0.5, beta2=0.6, eps=1e-3)
+    with caplog.at_level("INFO", logger="neurallayers"):
+        fit(new, tmp_path / "run", resume=True, progress=False)
+    assert "the optimizer goes on with this config's weight_decay 0.5 (the checkpoint's: 0.1), betas (0.5, 0.6) " \
+        "(the checkpoint's: (0.9, 0.95)), eps 0.001 (the checkpoint's: 1e-08)" in caplog.text
+    straight, changed = step_losses(tmp_path / "straight"), step_losses(tmp_path / "run")
+    assert [changed[s] for s in range(1, 6)] == [straight[s] for s in range(1, 6)]  # step 5's loss precedes its update
+    assert all(changed[s] != straight[s] for s in range(6, 9))
+
+
 def test_resume_on_other_data_says_so(tmp_path, caplog):
     first = fit(tiny_run(tmp_path, max_steps=4, eval_interval=0), tmp_path / "run", progress=False)
     other = write_corpus(tmp_path / "other.txt", seed=5)
@@ -311,13 +354,20 @@ def test_resume_on_other_data_says_so(tmp_path, caplog):
     assert (saved.data.tokenizer, saved.data.vocab_size, saved.train.max_steps) == ("char", None, 7)
 
 
-def test_time_budget_stops_evaluates_saves_and_samples(tmp_path):
-    run = tiny_run(tmp_path, max_steps=10_000, max_minutes=1e-6, eval_interval=1000, save_interval=1000,
+@pytest.mark.parametrize("save_interval", [1000, 1])
+def test_time_budget_stops_evaluates_saves_and_samples(tmp_path, save_interval):
+    """Also when the step it stops at is a save step: its checkpoint holds the final evaluation's best (it was
+    written before it, without one, and a resume then took a worse val loss for the best)."""
+    from neurallayers.weights import torch_load_safe
+
+    run = tiny_run(tmp_path, max_steps=10_000, max_minutes=1e-6, eval_interval=1000, save_interval=save_interval,
                    sample_prompts=["the ", "fox"], sample_tokens=12)
     result = fit(run, tmp_path / "run", progress=False)
     assert result.stopped_reason == "time_budget" and result.steps < 10_000
     assert result.final_val_loss is not None  # evaluated on the way out
     assert ckpt.latest_checkpoint(tmp_path / "run").name == f"step-{result.steps}"
+    state = torch_load_safe(ckpt.latest_checkpoint(tmp_path / "run") / "state.pt")
+    assert state["best_val_loss"] == result.best_val_loss == result.final_val_loss
     samples = (tmp_path / "run/samples.txt").read_text()
     assert "=== prompt: 'the '" in samples and "=== prompt: 'fox'" in samples
 
@@ -356,10 +406,12 @@ def test_a_resume_with_other_batches_says_the_data_order_differs(tmp_path, caplo
     fit(tiny_run(tmp_path, max_steps=4), tmp_path / "run", progress=False)
     with caplog.at_level("INFO", logger="neurallayers"):
         fit(tiny_run(tmp_path, max_steps=6), tmp_path / "run", resume=True, progress=False)
-    assert "data order" not in caplog.text
+    assert "data order" not in caplog.text and "validation windows" not in caplog.text
     with caplog.at_level("INFO", logger="neurallayers"):
         fit(tiny_run(tmp_path, max_steps=8, batch_size=2, grad_accum=2), tmp_path / "run", resume=True, progress=False)
     assert "took batches of 4 sequences (all processes) x 1 accumulation steps and this run takes 2 x 2" in caplog.text
+    # evaluation scores eval_batches x batch_size windows: a best val loss on 8 does not compare with losses on 4
+    assert "was measured on 8 validation windows and this run's evaluations score 4" in caplog.text
 
 
 def test_two_runs_in_one_process_log_to_their_own_mlflow_stores(tmp_path, monkeypatch):
@@ -407,3 +459,16 @@ def test_processes_split_the_eval_windows_and_each_runs_every_batch():
         tdist.destroy_process_group()
     assert [c for _, c in parts] == [3 * 8, 2 * 8] and count == 5 * 8
     assert sum(m * c for m, c in parts) / count == pytest.approx(mean, rel=1e-6)
+
+
+def test_a_validation_split_shorter_than_a_window_says_so(tmp_path, caplog):
+    """It said "no validation tokens (val_fraction=0.1)", sending the user to val_fraction though the split held
+    tokens, only fewer than a window of the block size."""
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("".join(f"line {i} of a text\n\n" for i in range(60)))
+    run = tiny_run(tmp_path, corpus=corpus, max_steps=2, model={"block_size": 128})
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        fit(run, tmp_path / "run", progress=False)
+    found = re.search(r"the validation split has (\d+) tokens \(val_fraction=0.1\), fewer than one window of "
+                      r"block_size \+ 1 = 129: no evaluation", caplog.text)
+    assert found and 0 < int(found.group(1)) < 129, caplog.text

@@ -36,7 +36,7 @@ def learned(tmp_path_factory):
     (tmp / "abc.txt").write_text("abcdefghij\n" * 400)
     model = {**ENCODER, "dropout": 0.0, "n_layer": 1, "n_embd": 64, "n_head": 4, "block_size": 16,
              "tie_embeddings": False}  # untied: the exported BERT then has a decoder weight of its own
-    run = tiny_run(tmp, corpus=tmp / "abc.txt", model=model, max_steps=300, eval_interval=100, lr=3e-3,
+    run = tiny_run(tmp, corpus=tmp / "abc.txt", model=model, max_steps=400, eval_interval=100, lr=3e-3,
                    min_lr=3e-4, warmup_steps=10, save_interval=0, batch_size=8, mask_prob=0.2,
                    sample_prompts=["\n", "hij\nabc<mask>efghij\n"])
     result = fit(run, tmp / "run", progress=False)
@@ -140,3 +140,32 @@ def test_logits_at_labels_gives_the_full_heads_loss_and_gradients():
     torch.testing.assert_close(sparse.loss, full.loss)
     for g, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad)
+
+
+def test_accumulated_masked_lm_steps_weigh_every_predicted_token_alike(tmp_path):
+    """Micro-batches predict different numbers of tokens: 2 x 4 accumulation steps take the gradient of the mean
+    over all of them, as one batch of 8 does (a mean of per-micro-batch means weighed a token of a micro-batch with
+    few masks several times one with many)."""
+    from neurallayers.data import RandomWindows
+    from neurallayers.data.masking import Masker
+    from neurallayers.models import build_model
+    from neurallayers.training.prepare import prepare_data
+    from neurallayers.training.runtime import seed_all
+
+    run = tiny_run(tmp_path, model={**ENCODER, "dropout": 0.0}, max_steps=1, batch_size=2, grad_accum=4,
+                   grad_clip=0.0, eval_interval=0, save_interval=0, mask_prob=0.1)
+    fit(run, tmp_path / "run", progress=False)
+    tok, tokens, run = prepare_data(run)
+    seed_all(run.train.seed)
+    model = build_model(run.model)  # the trainer's initial weights
+    windows = RandomWindows(tokens.train, block_size=run.model.block_size, batch_size=2, seed=run.train.seed)
+    masker = Masker.for_tokenizer(tok, prob=run.train.mask_prob, seed=run.train.seed)
+    batches = [masker(windows.batch(i)[0], i) for i in range(4)]
+    counts = {int((y != -100).sum()) for _, y in batches}
+    assert len(counts) > 1, counts  # else the weighing would not show
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    with torch.no_grad():  # the step's loss, whose gradient it takes: the mean over the 8 windows' masked tokens
+        want = model(x, labels=y).loss.item()
+        mean_of_means = sum(model(bx, labels=by).loss.item() for bx, by in batches) / 4
+    assert abs(mean_of_means - want) > 1e-3  # the two weighings tell apart here
+    assert step_losses(tmp_path / "run")[1] == pytest.approx(want, abs=1e-5)
