@@ -75,7 +75,9 @@ def prepare_tokens(
     splits), and whole pieces go to train or val: ordered by a hash of (seed, piece name), the first
     round(val_fraction * n) go to val, at least one each when there are two or more pieces. A corpus that
     is a single piece is split by position instead (its last val_fraction of tokens). An eos token
-    follows each document's last piece when the tokenizer has one.
+    follows each document's last piece when the tokenizer has one, and its bos precedes the first piece when the
+    tokenizer's own encoding puts one first (a Llama tokenizer.json's post-processor: prompts start with it, as
+    transformers' run_clm trains).
 
     Args:
         corpus: The text.
@@ -102,6 +104,8 @@ def prepare_tokens(
         "seed": seed,
         "chunk_chars": chunk_chars,
     }
+    if document_bos(tokenizer) is not None:  # a key of its own (caches written before did not add it)
+        sources["document_bos"] = True
     key = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
     final = Path(cache_dir) / key
     if final.parent.is_dir():
@@ -173,7 +177,7 @@ def _last_write(folder: Path) -> float:
 
 def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, show_progress: bool) -> None:
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
-    eos = tokenizer.eos_id
+    eos, bos = tokenizer.eos_id, document_bos(tokenizer)
     spans: list[tuple[str, int, int]] = []  # (piece name, start, length) in all.bin
     total = 0
     with open(out / "all.bin", "wb") as f, tqdm(
@@ -181,13 +185,16 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
         delay=1,  # shown only when it takes a while: a corpus refused at once leaves just its one-line error
     ) as bar:
         for batch in _batches(_pieces(corpus.documents(), sources["chunk_chars"])):
-            for (piece, last), ids in zip(batch, tokenizer.encode_batch([p.text for p, _ in batch]), strict=True):
+            for (piece, first, last), ids in zip(batch, tokenizer.encode_batch([p.text for p, _, _ in batch]),
+                                                 strict=True):
+                if first and bos is not None:
+                    ids.insert(0, bos)
                 if last and eos is not None:
                     ids.append(eos)
                 np.asarray(ids, dtype=dtype).tofile(f)
                 spans.append((piece.name, total, len(ids)))
                 total += len(ids)
-            bar.update(sum(len(p.text) for p, _ in batch))
+            bar.update(sum(len(p.text) for p, _, _ in batch))
     if total == 0:
         raise ValueError(f"corpus {corpus.name!r} has no text to tokenize")
 
@@ -221,16 +228,25 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
         os.fsync(f.fileno())
 
 
-def _pieces(documents: Iterable[Document], chunk_chars: int) -> Iterator[tuple[Document, bool]]:
-    """(piece, is the last piece of its document), skipping empty documents."""
+def document_bos(tokenizer: Tokenizer) -> int | None:
+    """The bos id when the tokenizer's own encoding (add_special_tokens=True) starts a text with it, else None."""
+    bos = tokenizer.bos_id
+    if bos is None:
+        return None
+    ids = tokenizer.encode("a", add_special_tokens=True)
+    return bos if ids[:1] == [bos] and tokenizer.encode("a")[:1] != [bos] else None
+
+
+def _pieces(documents: Iterable[Document], chunk_chars: int) -> Iterator[tuple[Document, bool, bool]]:
+    """(piece, is the first piece of its document, is the last), skipping empty documents."""
     for doc in documents:
         if doc.text:
             pieces = chunk_document(doc, chunk_chars)
             for i, piece in enumerate(pieces):
-                yield piece, i == len(pieces) - 1
+                yield piece, i == 0, i == len(pieces) - 1
 
 
-def _batches(pieces: Iterator[tuple[Document, bool]]) -> Iterator[list[tuple[Document, bool]]]:
+def _batches(pieces: Iterator[tuple[Document, bool, bool]]) -> Iterator[list[tuple[Document, bool, bool]]]:
     batch, chars = [], 0
     for item in pieces:
         batch.append(item)

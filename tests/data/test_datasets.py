@@ -200,3 +200,27 @@ def test_old_build_folders_of_unknown_owners_are_removed(tmp_path):
     os.utime(old, (two_days_ago, two_days_ago))
     prepare_tokens(TextCorpus(DOCS), char_tok(), tmp_path, show_progress=False)
     assert not old.exists() and recent.exists()
+
+
+def test_documents_start_with_bos_when_the_tokenizer_puts_it_first(tmp_path):
+    """A Llama-style tokenizer.json puts <s> before every prompt (its post-processor): the training text starts each
+    document with it too (as transformers' run_clm trains), or a model trained here never saw its prompts' first
+    token. Tokenizers without one (gpt2, char, trained BPE) are unchanged."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, processors, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.train_from_iterator(list(DOCS.values()), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = Tokenizer.from_hf(hf, bos_token="<s>", eos_token="</s>")
+    data = prepare_tokens(TextCorpus(DOCS), tok, tmp_path, val_fraction=0.25, seed=0, show_progress=False,
+                          chunk_chars=40)  # several pieces a document: bos before the first only
+    assert data.meta["pieces"] > len(DOCS)
+    ids = data.train.tolist() + data.val.tolist()
+    assert ids.count(1) == ids.count(2) == len(DOCS)  # one bos and one eos a document
+    assert all(tok.decode(ids[i + 1:i + 10])[:4] in DOCS for i, t in enumerate(ids) if t == 1)  # at its start
+    assert data.meta["train_tokens"] + data.meta["val_tokens"] == sum(len(tok.encode(t)) + 2 for t in DOCS.values())
+    plain = prepare_tokens(TextCorpus(DOCS), char_tok(), tmp_path, val_fraction=0.25, seed=0, show_progress=False)
+    assert "document_bos" not in plain.meta and "document_bos" in data.meta
