@@ -29,6 +29,7 @@ _ROPE_SCALING_KEYS = {
     "dynamic": {"type", "factor", "original_max_position_embeddings"},
     "llama3": {"type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
 }
+_ROPE_SCALING_FLOATS = ("factor", "low_freq_factor", "high_freq_factor")
 
 
 @dataclass
@@ -78,6 +79,7 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)  # free-form metadata (e.g. source checkpoint); never read by models
 
     def __post_init__(self) -> None:
+        _coerce_float_strings(self)
         _check_types(self)
         # Not a dataclass field (so not data, not compared): which derived fields were left to derivation.
         self._derived = frozenset(name for name in DERIVED if getattr(self, name) is None)
@@ -87,7 +89,7 @@ class ModelConfig:
             v = getattr(self, name)
             _require(name, v, 0.0 <= v < 1.0, "must be in [0, 1)")
         _require("norm_eps", self.norm_eps, self.norm_eps > 0, "must be > 0")
-        _require("init_std", self.init_std, self.init_std > 0, "must be > 0")
+        _require("init_std", self.init_std, 0 < self.init_std < math.inf, "must be > 0 and finite")
         _require("rope_theta", self.rope_theta, self.rope_theta > 0, "must be > 0")
         _require("type_vocab_size", self.type_vocab_size, self.type_vocab_size >= 0, "must be >= 0")
         if self.n_kv_head is None:
@@ -114,7 +116,7 @@ class ModelConfig:
         if self.layer_scale is not None:
             _require("layer_scale", self.layer_scale, self.layer_scale > 0, "must be > 0 or None")
         if self.rope_scaling is not None:
-            self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.position)
+            self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.position, self.block_size)
         if self.pad_token_id is not None:
             _require(
                 "pad_token_id", self.pad_token_id, 0 <= self.pad_token_id < self.vocab_size, "must be a valid token id"
@@ -152,7 +154,12 @@ class ModelConfig:
         mlp_mult = 3 if self.mlp in ("swiglu", "geglu") else 2
         mlp = 2 * mlp_mult * d * self.intermediate_size
         attn_scores = 2 * 2 * h * t  # QK^T and AV, per token, against t keys
-        head = 2 * d * self.vocab_size if self.causal else 0
+        if self.causal:
+            head = 2 * d * self.vocab_size
+        elif self.head == "mlm":  # BERT's prediction head: a d x d transform, then the vocabulary projection
+            head = 2 * d * (d + self.vocab_size)
+        else:
+            head = 0
         fwd = self.n_layer * (attn_proj + mlp + attn_scores) + head
         return 3 * fwd if training else fwd
 
@@ -287,7 +294,7 @@ def _describe(tp: Any) -> str:
     return "None" if tp is type(None) else tp.__name__
 
 
-def _check_rope_scaling(scaling: dict, position: str) -> dict:
+def _check_rope_scaling(scaling: dict, position: str, block_size: int) -> dict:
     _require("rope_scaling", scaling, position == "rope", "needs position='rope'")
     kind = scaling.get("type", scaling.get("rope_type"))
     allowed = get_args(RopeScalingType)
@@ -295,13 +302,55 @@ def _check_rope_scaling(scaling: dict, position: str) -> dict:
     scaling = {("type" if k == "rope_type" else k): v for k, v in scaling.items()}
     extra = set(scaling) - _ROPE_SCALING_KEYS[kind]
     _require("rope_scaling", scaling, not extra, f"unknown keys {sorted(extra)} for type {kind!r}")
-    factor = scaling.get("factor")
-    ok = isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor >= 1
-    _require("rope_scaling", scaling, ok, "'factor' must be a number >= 1")
     if kind == "llama3":
         missing = _ROPE_SCALING_KEYS["llama3"] - set(scaling)
         _require("rope_scaling", scaling, not missing, f"llama3 scaling needs {sorted(missing)}")
+    # Checked here, as the rotation reads them: a bad value there is a traceback, NaN or zero rotations.
+    factor = scaling.get("factor")
+    _require("rope_scaling.factor", factor, _is_finite_number(factor) and factor >= 1, "must be a finite number >= 1")
+    if "original_max_position_embeddings" in scaling:
+        old_len = scaling["original_max_position_embeddings"]
+        ok = isinstance(old_len, int) and not isinstance(old_len, bool) and old_len >= 1
+        _require("rope_scaling.original_max_position_embeddings", old_len, ok, "must be a positive int")
+    if kind == "llama3":
+        for key in ("low_freq_factor", "high_freq_factor"):
+            v = scaling[key]
+            _require(f"rope_scaling.{key}", v, _is_finite_number(v) and v > 0, "must be a finite number > 0")
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        _require("rope_scaling.high_freq_factor", high, high > low, f"must be > low_freq_factor={low!r}")
+    if kind == "dynamic":  # the base grows only past the original length: at block_size or beyond it never would
+        old_len = scaling.get("original_max_position_embeddings", block_size)
+        default = "" if "original_max_position_embeddings" in scaling else " (the block_size default)"
+        _require("rope_scaling", scaling, old_len < block_size,
+                 f"dynamic scaling acts only past original_max_position_embeddings={old_len}{default}, which no "
+                 f"sequence within block_size={block_size} passes; set original_max_position_embeddings below "
+                 f"block_size (e.g. block_size / factor = {int(block_size // factor)})")
     return scaling
+
+
+def _is_finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _coerce_float_strings(cfg: ModelConfig) -> None:
+    """YAML 1.1 reads `1e-6` and `5e5` as strings: such strings become floats in float fields and rope_scaling's
+    factors, as a run config's sections do (training.config), so a model YAML reads the same on its own."""
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        tp = hints[f.name]
+        if isinstance(value, str) and (tp is float or float in get_args(tp)):
+            setattr(cfg, f.name, _float_or_same(value))
+    if isinstance(cfg.rope_scaling, dict):
+        cfg.rope_scaling = {k: _float_or_same(v) if k in _ROPE_SCALING_FLOATS and isinstance(v, str) else v
+                            for k, v in cfg.rope_scaling.items()}
+
+
+def _float_or_same(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value  # left for validation to report
 
 
 def read_yaml_file(path: str | Path, *, what: str = "config file") -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from neurallayers.cli.common import positive_int
@@ -129,7 +130,11 @@ def run(args: argparse.Namespace) -> int:
             shape = f"{cfg.n_layer} x {cfg.n_embd}, context {cfg.block_size}"
             print(f"{name:<18} {cfg.param_count() / 1e6:8.2f} M  {shape}")
         return 0
-    print(describe(resolve_config(args.target), context=args.context, batch_size=args.batch_size))
+    cfg = resolve_config(args.target)
+    if args.context and args.context > cfg.block_size:  # the figures still print: what such a length would cost
+        print(f"note: --context {args.context:,} is past the model's context, block_size={cfg.block_size:,}",
+              file=sys.stderr)
+    print(describe(cfg, context=args.context, batch_size=args.batch_size))
     folder = resolve_model_path(args.target)
     if (folder / "config.yaml").is_file():
         print(describe_run(folder))

@@ -118,18 +118,22 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     """A BertConfig dict (model_type "bert", architectures from `cfg.head`) for `cfg`.
 
     Raises:
-        ValueError: `cfg` has a switch BERT cannot express; the message names every such field.
+        ValueError: `cfg` has a switch BERT cannot express (pooler=False is one for the bare encoder and sequence
+            classification, whose BERT classes always have a pooler); the message names every such field.
     """
     wanted = {"causal": False, "norm": "layernorm", "norm_placement": "post", "mlp": "gelu", "position": "learned",
               "bias": True, "layer_scale": None, "n_kv_head": cfg.n_head, "head_dim": cfg.n_embd // cfg.n_head}
     bad = [f"{k}={getattr(cfg, k)!r} (BERT needs {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
     if cfg.type_vocab_size < 1:
         bad.append(f"type_vocab_size={cfg.type_vocab_size} (BERT needs >= 1)")
+    arch = HEAD_ARCHITECTURE[cfg.head]
+    if ARCHITECTURES[arch][1] and not cfg.pooler:  # transformers would give it a random pooler
+        bad.append(f"pooler=False with head={cfg.head!r} ({arch} always has a pooler)")
     if bad:
         raise ValueError("config cannot be written as a Hugging Face BERT: " + "; ".join(bad))
     act = {v: k for k, v in HIDDEN_ACT.items() if k != "gelu_new"}[cfg.gelu_approx]
     out = {
-        "architectures": [HEAD_ARCHITECTURE[cfg.head]], "model_type": "bert", "vocab_size": cfg.vocab_size,
+        "architectures": [arch], "model_type": "bert", "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
         "intermediate_size": cfg.intermediate_size, "hidden_act": act, "hidden_dropout_prob": cfg.dropout,
         "attention_probs_dropout_prob": cfg.attn_dropout, "max_position_embeddings": cfg.block_size,

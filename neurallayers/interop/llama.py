@@ -107,8 +107,9 @@ def _rope_from_hf(hf: dict) -> tuple[float, dict | None]:
 def config_to_hf(cfg: ModelConfig) -> dict:
     """A LlamaConfig dict, or a MistralConfig dict when `cfg` has a sliding window (or was read from Mistral).
 
-    RoPE goes into `rope_parameters` (rope_type, rope_theta and the scaling keys), as transformers 5 writes it;
-    with dynamic scaling, max_position_embeddings is the original length (where transformers reads it from).
+    RoPE goes into `rope_parameters` (rope_type, rope_theta and the scaling keys), as transformers 5 writes it, and
+    into the top-level `rope_theta` and `rope_scaling` that transformers 4.x reads; with dynamic scaling,
+    max_position_embeddings is the original length (where transformers reads it from).
 
     Raises:
         ValueError: `cfg` has a switch Llama/Mistral cannot express; the message names every such field.
@@ -126,12 +127,16 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     if scaling.get("type") == "dynamic":  # transformers reads the original length from max_position_embeddings
         max_positions = scaling.pop("original_max_position_embeddings", cfg.block_size)
     rope = {"rope_type": scaling.pop("type", "default"), "rope_theta": cfg.rope_theta, **scaling}
+    # transformers 4.x reads only the older top-level keys (and would run with theta 10000, unscaled, silently);
+    # transformers 5 reads those too when present, so both say the same
+    legacy_scaling = {k: v for k, v in rope.items() if k != "rope_theta"} if rope["rope_type"] != "default" else None
     out = {
         "architectures": [ARCHITECTURES[model_type]], "model_type": model_type, "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
         "hidden_act": "silu", "max_position_embeddings": max_positions, "rms_norm_eps": cfg.norm_eps,
-        "rope_parameters": rope, "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": cfg.attn_dropout,
+        "rope_parameters": rope, "rope_theta": cfg.rope_theta, "rope_scaling": legacy_scaling,
+        "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": cfg.attn_dropout,
         "initializer_range": cfg.init_std,
     }
     if model_type == "mistral":

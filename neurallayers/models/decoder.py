@@ -15,7 +15,7 @@ from neurallayers.nn import Attention, Block, GatedMLP, KVCache, RotaryEmbedding
 from neurallayers.nn.mlp import MLP
 from neurallayers.nn.positions import alibi_slopes
 
-GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu_tanh"}
+GEGLU_ACTIVATIONS = {"tanh": "gelu_tanh", "none": "gelu"}  # by gelu_approx, as the plain GELU MLP reads it
 
 
 @dataclass
@@ -29,7 +29,8 @@ class ModelOutput:
 def build_mlp(cfg: ModelConfig) -> nn.Module:
     if cfg.mlp == "gelu":
         return MLP(cfg.n_embd, cfg.intermediate_size, bias=cfg.bias, gelu_approx=cfg.gelu_approx)
-    return GatedMLP(cfg.n_embd, cfg.intermediate_size, bias=cfg.bias, activation=GATED_ACTIVATIONS[cfg.mlp])
+    activation = "silu" if cfg.mlp == "swiglu" else GEGLU_ACTIVATIONS[cfg.gelu_approx]
+    return GatedMLP(cfg.n_embd, cfg.intermediate_size, bias=cfg.bias, activation=activation)
 
 
 def build_blocks(cfg: ModelConfig) -> nn.ModuleList:

@@ -307,6 +307,21 @@ def test_a_masked_lm_with_a_pooler_exports_as_bert_for_masked_lm_without_one(tmp
     assert not info["unexpected_keys"] and not info["missing_keys"]
 
 
+@pytest.mark.parametrize("head", ["none", "sequence_classification"])
+def test_an_encoder_without_a_pooler_is_not_exported_as_a_bert_class_with_one(tmp_path, head):
+    """BertModel and BertForSequenceClassification always have a pooler: transformers loaded the export with a random
+    one (and our own load refused it). Masked-LM and token-classification classes have none and export as before."""
+    from neurallayers.interop.hf import save_hf
+
+    cfg = small_bert(head=head, pooler=False)
+    with pytest.raises(ValueError, match=f"pooler=False with head='{head}'") as err:
+        save_hf(build_model(cfg), None, tmp_path)
+    assert "\n" not in str(err.value) and not (tmp_path / "config.json").exists()
+    for other in ("mlm", "token_classification"):
+        hf = bert.config_to_hf(small_bert(head=other, pooler=False))
+        assert hf["architectures"] == [bert.HEAD_ARCHITECTURE[other]]
+
+
 def test_parameter_counts_equal_transformers(minilm, reference):
     """Without embeddings, BERT's token-type table counts as an embedding, as transformers counts it (info said
     71,601 where transformers says 71,473 for a tiny BERT)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -112,6 +113,20 @@ def test_save_hf_loads_in_transformers_with_equal_logits(tmp_path, case):
     assert ref.config.rope_parameters["rope_theta"] == model.config.rope_theta
     assert ref.config.eos_token_id == tok.eos_id
     assert_same_logits(model, ref)
+    # transformers 4.x reads only the top-level rope_theta and rope_scaling (in its {"rope_type": ...} form)
+    rope = CASES[case][1].get("rope_parameters")
+    hf = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert hf["rope_theta"] == (rope["rope_theta"] if rope else 10000.0)
+    assert hf["rope_scaling"] == ({k: v for k, v in rope.items() if k != "rope_theta"} if rope else None)
+    # a folder with only those keys (as 4.x writes it) is the same model to us and to transformers
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tmp_path / "out", legacy)
+    del hf["rope_parameters"]
+    (legacy / "config.json").write_text(json.dumps(hf))
+    back, _ = load(legacy)
+    assert back.config == model.config
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in model.state_dict().items())
+    assert_same_logits(back, transformers.AutoModelForCausalLM.from_pretrained(legacy).eval())
 
 
 def test_our_model_with_rope_scaling_written_and_read_back(tmp_path):

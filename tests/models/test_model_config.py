@@ -3,6 +3,8 @@ YAML round-trips; parameter, FLOP and KV-cache figures equal hand-computed ones 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from neurallayers.config import ModelConfig
@@ -45,10 +47,31 @@ BAD = [
      "'type' must be one of 'linear', 'dynamic', 'llama3'"),
     ("rope_scaling-keys", dict(rope_scaling={"type": "linear", "factor": 2.0, "beta": 1}, **ROPE), "rope_scaling",
      "unknown keys ['beta'] for type 'linear'"),
-    ("rope_scaling-factor", dict(rope_scaling={"type": "linear", "factor": 0.5}, **ROPE), "rope_scaling",
-     "'factor' must be a number >= 1"),
+    ("rope_scaling-factor", dict(rope_scaling={"type": "linear", "factor": 0.5}, **ROPE), "rope_scaling.factor",
+     "must be a finite number >= 1"),
+    ("rope_scaling-factor-inf", dict(rope_scaling={"type": "linear", "factor": math.inf}, **ROPE),
+     "rope_scaling.factor", "must be a finite number >= 1"),
+    ("rope_scaling-factor-missing", dict(rope_scaling={"type": "linear"}, **ROPE), "rope_scaling.factor",
+     "must be a finite number >= 1"),
     ("rope_scaling-llama3", dict(rope_scaling={"type": "llama3", "factor": 8.0}, **ROPE), "rope_scaling",
      "llama3 scaling needs ['high_freq_factor', 'low_freq_factor', 'original_max_position_embeddings']"),
+    *[(f"rope_scaling-original-{v}", dict(rope_scaling={**LLAMA3, "original_max_position_embeddings": v}, **ROPE),
+       "rope_scaling.original_max_position_embeddings", "must be a positive int") for v in ("x", None, 0, -8, 64.0)],
+    ("rope_scaling-original-dynamic", dict(rope_scaling={"type": "dynamic", "factor": 2.0,
+                                                         "original_max_position_embeddings": None}, **ROPE),
+     "rope_scaling.original_max_position_embeddings", "must be a positive int"),
+    ("rope_scaling-low_freq_factor", dict(rope_scaling={**LLAMA3, "low_freq_factor": "x"}, **ROPE),
+     "rope_scaling.low_freq_factor", "must be a finite number > 0"),
+    ("rope_scaling-high_freq_factor-inf", dict(rope_scaling={**LLAMA3, "high_freq_factor": math.inf}, **ROPE),
+     "rope_scaling.high_freq_factor", "must be a finite number > 0"),
+    ("rope_scaling-high_freq_factor", dict(rope_scaling={**LLAMA3, "high_freq_factor": 1.0}, **ROPE),
+     "rope_scaling.high_freq_factor", "must be > low_freq_factor=1.0"),
+    # dynamic NTK grows the base only past the original length: at block_size or beyond, it never would
+    ("rope_scaling-dynamic-default", dict(block_size=64, rope_scaling={"type": "dynamic", "factor": 2.0}, **ROPE),
+     "rope_scaling", "acts only past original_max_position_embeddings=64 (the block_size default)"),
+    ("rope_scaling-dynamic-long", dict(block_size=64, rope_scaling={"type": "dynamic", "factor": 4.0,
+                                                                   "original_max_position_embeddings": 64}, **ROPE),
+     "rope_scaling", "set original_max_position_embeddings below block_size (e.g. block_size / factor = 16)"),
     ("rope_scaling-type-of", dict(rope_scaling=[2.0], **ROPE), "rope_scaling", "expected dict or None"),
     ("sliding_window", dict(sliding_window=0), "sliding_window", "must be >= 1 or None"),
     ("sliding_window-causal", dict(sliding_window=8, causal=False), "sliding_window", "needs causal=True"),
@@ -60,6 +83,7 @@ BAD = [
     ("attn_dropout", dict(attn_dropout=1.5), "attn_dropout", "must be in [0, 1)"),
     ("attention", dict(attention="flash"), "attention", "one of 'sdpa', 'eager'"),
     ("init_std", dict(init_std=0.0), "init_std", "must be > 0"),
+    ("init_std-inf", dict(init_std=math.inf), "init_std", "must be > 0 and finite"),
     ("scale_residual_init", dict(scale_residual_init=None), "scale_residual_init", "expected bool"),
     ("type_vocab_size", dict(type_vocab_size=-1), "type_vocab_size", "must be >= 0"),
     ("pad_token_id", dict(vocab_size=10, pad_token_id=10), "pad_token_id", "must be a valid token id"),
@@ -222,3 +246,69 @@ def test_build_model_takes_a_mapping_as_a_run_configs_model_section():
         build_model({"n_layers": 1})
     with pytest.raises(ValueError, match="a model config is a ModelConfig, a preset name"):
         build_model(5)
+
+
+def test_numeric_strings_yaml_reads_are_floats_in_a_model_file_and_a_run_config(tmp_path):
+    """PyYAML reads `1e-6` and `1e1` (no dot) as strings: a model YAML failed "expected float" where a run config's
+    model section worked, and a rope_scaling factor failed under both."""
+    import yaml
+
+    from neurallayers.training.config import RunConfig
+
+    text = ("norm_eps: 1e-6\nrope_theta: 5e5\nlayer_scale: 1e-4\n"
+            "rope_scaling:\n  type: linear\n  factor: 1e1\n")
+    assert yaml.safe_load(text)["rope_scaling"]["factor"] == "1e1"  # what YAML 1.1 gives
+    want = ModelConfig.from_name("llama-tiny").replace(norm_eps=1e-6, rope_theta=5e5, layer_scale=1e-4,
+                                                       rope_scaling={"type": "linear", "factor": 10.0})
+    (tmp_path / "bare.yaml").write_text("preset: llama-tiny\n" + text)
+    (tmp_path / "fields.yaml").write_text(yaml.safe_dump({**want.to_dict(), "norm_eps": "1e-6"}))
+    assert ModelConfig.from_file(tmp_path / "bare.yaml") == want
+    assert ModelConfig.from_file(tmp_path / "fields.yaml") == want
+    run = RunConfig.from_dict({"model": yaml.safe_load("preset: llama-tiny\n" + text)})
+    assert run.model == want and isinstance(run.model.rope_scaling["factor"], float)
+    with pytest.raises(ValueError, match=r"ModelConfig.norm_eps='tiny': expected float"):  # not a number: named
+        ModelConfig(norm_eps="tiny")
+
+
+def test_flops_per_token_counts_a_masked_lm_head():
+    """A masked LM runs BERT's prediction head at every position: the d x d transform and the vocabulary projection
+    (`info` and the figures built on flops_per_token left it out)."""
+    from neurallayers.models import build_model
+
+    enc = ModelConfig.from_name("bert-tiny").replace(n_layer=1)  # head "none": no vocabulary head runs
+    mlm = enc.replace(head="mlm")
+    d, vocab = 128, 30522
+    assert mlm.flops_per_token(512) - enc.flops_per_token(512) == 2 * (d * d + d * vocab)
+    head = build_model(mlm).head  # what runs: its dense layer, then the (tied) word embedding as the projection
+    assert head.dense.weight.numel() + vocab * d == d * d + d * vocab and head.decoder is None
+    assert mlm.flops_per_token(512, training=True) == 3 * mlm.flops_per_token(512)
+    assert enc.replace(head="token_classification").flops_per_token(512) == enc.flops_per_token(512)
+
+
+def test_geglu_follows_gelu_approx():
+    """GeGLU always used the tanh GELU; gelu_approx="none" now gives the exact erf form, as the GELU MLP does."""
+    import torch
+    import torch.nn.functional as F
+
+    from neurallayers.models.decoder import build_mlp
+
+    cfg = ModelConfig(n_embd=16, n_head=2, mlp="geglu")
+    assert cfg.gelu_approx == "tanh" and build_mlp(cfg).activation == "gelu_tanh"  # the default, as before
+    torch.manual_seed(0)
+    mlp = build_mlp(cfg.replace(gelu_approx="none"))
+    x = 3 * torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+    gate, up = mlp.fc(x).split(mlp.hidden, dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.proj(F.gelu(gate, approximate="none") * up))
+        assert not torch.allclose(mlp(x), mlp.proj(F.gelu(gate, approximate="tanh") * up), atol=1e-5, rtol=0)
+
+
+def test_info_notes_a_context_past_block_size(capsys):
+    from neurallayers.__main__ import main
+
+    assert main(["info", "tiny", "--context", "4096"]) == 0
+    out, err = capsys.readouterr()
+    assert "(context 4,096)" in out  # the figures still print
+    assert err.strip() == "note: --context 4,096 is past the model's context, block_size=128"
+    assert main(["info", "tiny", "--context", "128"]) == 0
+    assert capsys.readouterr().err == ""

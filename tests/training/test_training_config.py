@@ -141,8 +141,11 @@ def test_nested_overrides_set_one_key_of_a_mapping_field():
     assert run.model.rope_scaling == {"type": "linear", "factor": 4.0} and run.model.extra["note"]["author"] == "me"
     # no rope_scaling yet: the override starts from the field's default (None -> a new mapping)
     d = apply_overrides({"model": {"preset": "llama-small"}}, ["--model.rope_scaling.type", "dynamic",
-                                                               "--model.rope_scaling.factor", "2"])
-    assert RunConfig.from_dict(d).model.rope_scaling == {"type": "dynamic", "factor": 2.0}
+                                                               "--model.rope_scaling.factor", "2",
+                                                               "--model.rope_scaling.original_max_position_embeddings",
+                                                               "512"])
+    assert RunConfig.from_dict(d).model.rope_scaling == {"type": "dynamic", "factor": 2.0,
+                                                         "original_max_position_embeddings": 512}
     base = {"model": {"preset": "llama-small"}}
     assert apply_overrides(base, ["--model.rope_scaling.factor", "2"]) != base  # the input is left alone
     assert base == {"model": {"preset": "llama-small"}}
