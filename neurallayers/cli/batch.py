@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"--input: no such file: {args.input}")
-    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     config = with_model_defaults(generation_config(args), args, args.path) if model.config.causal else None
     result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
                        pooling=args.pooling, normalize=False if args.no_normalize else None, max_length=args.max_length,

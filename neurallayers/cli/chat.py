@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     config = generation_config(args)
     if config.num_beams > 1 or config.penalty_alpha > 0:
         raise ValueError("chat streams greedy or sampled replies: no --num-beams or --penalty-alpha")
-    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     if not model.config.causal:
         raise ValueError(f"{args.path} is an encoder model: chat needs a decoder (encoders embed: neurallayers serve "
                          "... /v1/embeddings, or neurallayers.embed)")

@@ -35,6 +35,9 @@ def add_device_dtype(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="weights dtype (bf16 is fast on CPUs with bf16 dot products, AVX512-BF16 or AMX; on "
                              "other CPUs far slower than fp32 unless decoded with --compile; fp16 only on GPUs)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="accept a Hugging Face folder that only has pytorch_model.bin (read with "
+                        "weights_only=True; a pickle can run code: only for files you trust)")
 
 
 def torch_dtype(name: str):

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.training.prepare import tokenize_corpus
     from neurallayers.training.trainer import mean_loss, perplexity_text
 
-    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     run_cfg = RunConfig.from_yaml(Path(args.path) / "config.yaml") if (Path(args.path) / "config.yaml").is_file() \
         else None
     own = run_cfg is not None and (args.data is None or absolute_spec(args.data) == absolute_spec(run_cfg.data.source))

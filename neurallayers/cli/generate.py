@@ -12,7 +12,7 @@ from neurallayers.cli.common import add_device_dtype, add_model_path, load_model
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """The GenerationConfig knobs, shared by generate and batch."""
     g = parser.add_argument_group("decoding (temperature 0 = greedy)")
-    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--max-new-tokens", type=int, default=200, help="(default 200)")
     g.add_argument("--min-new-tokens", type=int, default=0, help="end-of-text is blocked until this many")
     g.add_argument("--temperature", type=float, default=None,
                    help="default 0.8 (or the model's, below); 0 with --num-beams or --penalty-alpha, which are "
@@ -38,9 +38,6 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                    help="add BIAS to token ID's logit (repeatable; -100 bans it)")
     g.add_argument("--early-stopping", choices=["false", "true", "never"], default="false",
                    help="beam search: when to stop (Hugging Face semantics)")
-    g.add_argument("--contrastive-alpha", type=float, default=0.1,
-                   help="--amateur: keep tokens with at least this fraction of the top token's probability")
-    g.add_argument("--num-speculative-tokens", type=int, default=4, help="--draft: tokens proposed per round")
 
 
 def generation_config(args: argparse.Namespace):
@@ -61,8 +58,8 @@ def generation_config(args: argparse.Namespace):
         seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
         penalty_alpha=args.penalty_alpha, ignore_eos=args.ignore_eos, min_new_tokens=args.min_new_tokens,
         num_return_sequences=getattr(args, "num_return_sequences", 1), stop_token_ids=args.stop_token_ids,
-        logit_bias=_logit_bias(args.logit_bias), contrastive_alpha=args.contrastive_alpha,
-        num_speculative_tokens=args.num_speculative_tokens,
+        logit_bias=_logit_bias(args.logit_bias), contrastive_alpha=getattr(args, "contrastive_alpha", 0.1),
+        num_speculative_tokens=getattr(args, "num_speculative_tokens", 4),  # generate's own flags (--amateur, --draft)
         early_stopping={"false": False, "true": True, "never": "never"}[args.early_stopping])
 
 
@@ -103,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", help="a smaller model (run dir / HF folder) for speculative decoding")
     parser.add_argument("--amateur", help="a weaker model (run dir / HF folder) for contrastive decoding: tokens the "
                         "model likes much more than the amateur does")
+    parser.add_argument("--contrastive-alpha", type=float, default=0.1,
+                        help="--amateur: keep tokens with at least this fraction of the top token's probability")
+    parser.add_argument("--num-speculative-tokens", type=int, default=4, help="--draft: tokens proposed per round")
     parser.add_argument("--num-return-sequences", type=int, default=1, help="samples (or beams) per prompt")
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast): 15-60 s to start, "
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = args.prompts or [sys.stdin.read()]
     if any(not p for p in prompts):
         raise ValueError("empty prompt; give some text (a single newline is fine: $'\\n')")
-    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     config = with_model_defaults(config, args, args.path)
     draft = _helper_model("draft", args, tokenizer) if args.draft else None
     amateur = _helper_model("amateur", args, tokenizer) if args.amateur else None
@@ -172,7 +172,7 @@ def _helper_model(role: str, args: argparse.Namespace, tokenizer):
     """The --draft or --amateur model. Its tokenizer must be the model's: its logits are read as the model's ids (a
     draft with another vocabulary of the same size would only be slow; an amateur's would steer every token)."""
     path = getattr(args, role)
-    model, theirs = load_model(path, device=args.device, dtype=args.dtype)
+    model, theirs = load_model(path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     if theirs.hf.get_vocab(with_added_tokens=True) != tokenizer.hf.get_vocab(with_added_tokens=True):
         size = max(tokenizer.vocab_size, theirs.vocab_size)
         i = next(i for i in range(size) if tokenizer.id_to_token(i) != theirs.id_to_token(i))

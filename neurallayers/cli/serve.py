@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(args.path, model_name=args.model_name, api_key=api_key,
                      max_concurrency=args.max_concurrency, max_queue=args.max_queue, cors_origins=args.cors_origin,
                      model_root=args.model_root, shutdown_timeout=args.shutdown_timeout, device=args.device,
-                     dtype=torch_dtype(args.dtype), compile=args.compile)
+                     dtype=torch_dtype(args.dtype), compile=args.compile, allow_pickle=args.allow_pickle)
 
     served = app.state.holder.current
     port = sock.getsockname()[1]  # --port 0: the port the system chose

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         from neurallayers.ui import build_app, launch
     except ImportError:
         raise UserError("the web playground needs Gradio: pip install 'neurallayers[ui]'") from None
-    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     app = build_app(model, tokenizer, name=Path(args.path).resolve().name)
     try:
         launch(app, host=args.host, port=args.port)

@@ -157,6 +157,8 @@ class Tokenizer:
             return self
         hf = HFTokenizer.from_str(self.hf.to_str())
         hf.add_special_tokens([MASK])
+        if self.kind != "char":  # word tokens carry their space: one before <mask> is the masked word's
+            _mask_takes_its_space(hf)
         copy = Tokenizer(hf, kind=self.kind, bos_token=self.bos_token, eos_token=self.eos_token,
                          pad_token=self.pad_token, chat_template=self.chat_template,
                          model_max_length=self.model_max_length)
@@ -401,6 +403,8 @@ class Tokenizer:
             raise ValueError("train_bpe got no text: the texts are empty")
         eos = ENDOFTEXT if ENDOFTEXT in special_tokens else None
         pad = "<pad>" if "<pad>" in special_tokens else None
+        if MASK in special_tokens:
+            _mask_takes_its_space(hf)
         return cls(hf, kind="bpe", bos_token=eos, eos_token=eos, pad_token=pad)
 
     @classmethod
@@ -480,6 +484,14 @@ class StreamDecoder:
         piece = self._decode(self._prefix)[len(self._decode(self._prefix, self._read)) + self._held :]
         self._reset()
         return piece
+
+
+def _mask_takes_its_space(hf: HFTokenizer) -> None:
+    """Makes "<mask>" take the space before it (lstrip, as RoBERTa's does): "not to <mask>" must mask the word
+    " be", not leave a bare " " token the model never saw before a word, nor double the space when filled in."""
+    from tokenizers import AddedToken
+
+    hf.add_special_tokens([AddedToken(MASK, lstrip=True, special=True, normalized=False)])  # updates it in place
 
 
 def _check_unicode(texts: list[str], label: str) -> None:

@@ -33,7 +33,7 @@ def _fastapi(**kwargs):
 def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_key: str | None = None,
                max_concurrency: int = 8, max_queue: int = 32, cors_origins: list[str] | None = None,
                model_root: str | Path | None = None, shutdown_timeout: float | None = 30.0, device: str | None = None,
-               dtype: torch.dtype | None = None, compile: bool = False):
+               dtype: torch.dtype | None = None, compile: bool = False, allow_pickle: bool = False):
     """The server's ASGI app.
 
     Args:
@@ -52,6 +52,7 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
             with bf16 dot products and on GPUs); None keeps the stored one.
         compile: decoders (and reloads) decode with generation.fast's compiled one-token step, compiled here,
             before the app serves (15-60 s for GPT-2 124M on 2 cores).
+        allow_pickle: accept a Hugging Face folder `model` that only has pytorch_model.bin (reloads never do).
 
     Returns:
         A FastAPI app; serve it with uvicorn (`neurallayers serve` does).
@@ -74,7 +75,7 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
     else:
         from neurallayers.api import generation_defaults, load
 
-        loaded, tokenizer = load(model, device=device, dtype=dtype)
+        loaded, tokenizer = load(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
         name = model_name or Path(model).resolve().name
         defaults = generation_defaults(model)
     limits = Limits(max_batch=max_concurrency, max_queue=max_queue, shutdown_timeout=shutdown_timeout,

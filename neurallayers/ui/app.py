@@ -92,7 +92,8 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                         gr.Slider(0, 0.99, value=0.0, step=0.01, label="Min-p (0 = off)"),
                         gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty (1 = off)"),
                         gr.Number(value=-1, precision=0, label="Seed (-1 = random)"),
-                        gr.Textbox(label="Stop strings", lines=2, placeholder="one per line; \\n means a newline"),
+                        gr.Textbox(value="", label="Stop strings", lines=2,  # "": API callers may omit it
+                                   placeholder="one per line; \\n means a newline"),
                     ]
             event = go.click(generate_fn, [prompt, *controls], [output, status], api_name="generate")
             halt.click(None, cancels=[event])

@@ -141,6 +141,28 @@ def test_a_folders_generation_config_sets_the_sampling_the_user_leaves_unset(run
     assert_user_error(in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch), "generation_config.json", "top_p")
 
 
+def test_every_verb_that_loads_a_model_takes_allow_pickle(run_dir: Path, tmp_path: Path, monkeypatch):
+    """The refusal of a pickle-only folder says "--allow-pickle": only convert had the flag."""
+    from safetensors.torch import load_file
+
+    from neurallayers.serve.app import create_app
+
+    hf = tmp_path / "hf"
+    assert in_process("convert", str(run_dir), str(hf), cwd=tmp_path, monkeypatch=monkeypatch).returncode == 0
+    args = ("generate", str(hf), "To be", "--max-new-tokens", "4", "--temperature", "0")
+    want = in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch).stdout
+    torch.save(load_file(hf / "model.safetensors"), hf / "pytorch_model.bin")
+    (hf / "model.safetensors").unlink()
+    assert_user_error(in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch), "--allow-pickle")
+    assert in_process(*args, "--allow-pickle", cwd=tmp_path, monkeypatch=monkeypatch).stdout == want
+    for verb in ("chat", "batch", "ui", "eval", "serve"):
+        assert "--allow-pickle" in build_verb_parser(verb)[1].format_help(), verb
+    assert create_app(hf, allow_pickle=True).state.holder.current.model.config.causal
+    for verb in ("chat", "batch"):  # flags for generate's --draft and --amateur, which these verbs have not
+        help_text = build_verb_parser(verb)[1].format_help()
+        assert "--num-speculative-tokens" not in help_text and "--contrastive-alpha" not in help_text, verb
+
+
 def test_chat_replies_as_generate_does_and_keeps_to_the_context(run_dir: Path, monkeypatch, capsys):
     """Each reply is generate() on the conversation rendered so far; /reset starts over; a conversation longer than
     the context (32 tokens here) drops its oldest turns; an over-long message is refused and the chat goes on."""

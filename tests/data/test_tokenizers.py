@@ -198,3 +198,22 @@ def test_lone_surrogate_is_a_clear_error():
                                              r"\(U\+D83D"):
             tok.encode_batch(["fine", "cut emoji \ud83d"])
         assert tok.encode_batch(["café 🎉"]) == [tok.encode("café 🎉")]  # a whole pair is fine
+
+
+def test_a_mask_token_takes_the_space_before_it_except_in_char_level():
+    """"not to <mask>" masks the word " be" (RoBERTa's lstrip): a bare " " before the mask was a token the model
+    never saw before a word, and the filled-in text got two spaces."""
+    from neurallayers.data.tokenizers import MASK
+
+    text = "not to <mask>, that"
+    bpe = Tokenizer.train_bpe(["not to be, that is the question "] * 50, vocab_size=300,
+                              special_tokens=(ENDOFTEXT, MASK), show_progress=False)
+    for tok in (bpe, Tokenizer.load("gpt2").with_mask_token()):
+        ids = tok.encode(text)
+        pieces = [tok.decode([i], skip_special_tokens=False) for i in ids]
+        assert pieces[pieces.index(MASK) - 1] == " to", pieces
+        assert tok.decode(ids, skip_special_tokens=False) == "not to<mask>, that"
+        assert Tokenizer.from_hf(tok.hf).encode(text) == ids  # saved with the token: the flag travels
+    char = Tokenizer.train_char(["not to be, that"]).with_mask_token()
+    pieces = [char.decode([i], skip_special_tokens=False) for i in char.encode(text)]
+    assert pieces[pieces.index(MASK) - 1] == " "  # characters: the space is a token of its own

@@ -40,6 +40,9 @@ def test_generate_streams_the_text_of_generate(client, tiny):
     stop_at = want.text[5:7]
     cut, _ = client.predict("the quick", 30, 0.9, 10, 0.95, 0.05, 1.2, 11, f"zz\n{stop_at}", api_name="/generate")
     assert cut == want.text[:want.text.index(stop_at)]
+    # every control but the prompt has a default: the API leaves them out as it may any optional one
+    short = client.predict("the quick", 40, 0, api_name="/generate")[0]
+    assert short == generate(model, tok, "the quick", GenerationConfig(temperature=0, max_new_tokens=40))[0].text
 
 
 def test_attention_tab_returns_a_png_of_the_heatmaps(client):
