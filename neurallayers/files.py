@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 
+class WriteError(OSError):
+    """A file the run needs could not be written (disk full, permissions): said in one line, what was there intact."""
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Writes `text` (UTF-8) beside `path` under a temporary name, then renames it over `path`: a reader sees the
     old file or the new one, never a part. The temporary file is removed when writing fails."""

@@ -63,6 +63,8 @@ def validate_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+    except RecursionError:  # '[[[[...' nested past Python's stack: no safetensors header is
+        raise CheckpointError(f"{path}: header is not a safetensors header (JSON nested too deep)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header must be a JSON object, got {type(header).__name__}")
     metadata = header.pop("__metadata__", None) or {}
@@ -138,11 +140,12 @@ def torch_load_safe(path: str | os.PathLike, *, map_location: str | torch.device
         if "Unsupported global" not in str(e) and not zipfile.is_zipfile(path):  # bytes, not a pickle's objects
             raise CheckpointError(f"{path}: not a readable torch checkpoint (not a torch.save archive: corrupt, "
                                   "or another kind of file)") from None
-        lines = [line.strip() for line in str(e).splitlines() if "Unsupported" in line] or [type(e).__name__]
+        lines = [line.strip() for line in str(e).splitlines() if "unsupported" in line.lower()] or [type(e).__name__]
         raise CheckpointError(f"refusing to load {path}: it contains code/objects; only plain tensors are accepted "
                               f"({lines[0]})") from None
     except (RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+        first = (str(e).splitlines() or [f"{type(e).__name__}: empty or cut short"])[0]  # an empty file: EOFError('')
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first})") from None
 
 
 # ----- checking -----
@@ -158,8 +161,11 @@ def check_state_dict(model_or_expected: nn.Module | dict[str, tuple[int, ...]], 
         finite: also reject floating tensors holding NaN or Inf.
         source: what `sd` is, for the message (usually the file path).
     """
+    floats = set()  # names the model holds as floating point: integer or bool values there are no weights
     if isinstance(model_or_expected, nn.Module):
-        expected = {k: tuple(v.shape) for k, v in model_or_expected.state_dict().items()}
+        state = model_or_expected.state_dict()
+        expected = {k: tuple(v.shape) for k, v in state.items()}
+        floats = {k for k, v in state.items() if v.is_floating_point()}
     else:
         expected = {k: tuple(v) for k, v in model_or_expected.items()}
     skip = set(ignore)
@@ -176,6 +182,10 @@ def check_state_dict(model_or_expected: nn.Module | dict[str, tuple[int, ...]], 
         problems.append(_few(f"{len(unexpected)} unexpected", unexpected))
     if shaped:
         problems.append(_few(f"{len(shaped)} mis-shaped", shaped))
+    typed = sorted(f"{k} ({str(have[k].dtype).removeprefix('torch.')})" for k in floats & set(have)
+                   if not have[k].is_floating_point())
+    if typed:
+        problems.append(_few(f"{len(typed)} not floating point", typed))
     if finite and not problems:
         bad = sorted(k for k, v in have.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
         if bad:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from neurallayers.files import WriteError
+
 
 class UserError(Exception):
     """A mistake the user can fix (missing file, bad value): printed as one line, exit status 2, no traceback."""
@@ -11,7 +13,7 @@ class UserError(Exception):
 
 # Exceptions that come from bad input rather than a bug: the CLI prints them as one line.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, NotADirectoryError,
-                                                IsADirectoryError, PermissionError, KeyError)
+                                                IsADirectoryError, PermissionError, KeyError, WriteError)
 
 
 def positive_int(text: str) -> int:

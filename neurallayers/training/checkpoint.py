@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
+from neurallayers.files import WriteError
 from neurallayers.training.config import RunConfig
 from neurallayers.weights import (
     CheckpointError,
@@ -40,7 +42,7 @@ COMPLETE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(WriteError):
     """A checkpoint could not be written (disk full, permissions); the previous one is untouched."""
 
 
@@ -60,6 +62,10 @@ def rng_state() -> dict[str, torch.Tensor]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
+
+
+# what every state.pt holds (trainer._save writes these and more); a resume reads each
+STATE_KEYS = ("step", "optimizer", "scheduler", "best_val_loss", "bad_evals", "elapsed", "rng")
 
 
 def set_rng_state(state: dict[str, torch.Tensor]) -> None:
@@ -172,15 +178,21 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model_state: dict[
         else:
             os.replace(tmp, final)
         fsync_dir(root)
-    except OSError as e:
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch's zip writer and safetensors raise their own
         shutil.rmtree(tmp, ignore_errors=True)
         prev = latest_checkpoint(run_dir)
-        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        errno_ = getattr(e, "errno", None)
+        why = "disk full" if errno_ == errno.ENOSPC else (getattr(e, "strerror", None) or _first_line(e))
         keep = f"; the previous checkpoint {prev} is intact" if prev else ""
-        raise CheckpointWriteError(e.errno, f"could not write checkpoint step-{step} under {root}: {why}{keep}") \
+        raise CheckpointWriteError(errno_, f"could not write checkpoint step-{step} under {root}: {why}{keep}") \
             from e
     prune_checkpoints(run_dir, keep_last=keep_last)
     return final
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _write_state(state: dict, path: Path) -> None:
@@ -223,6 +235,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     state = torch_load_safe(path / "state.pt")
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"{path / 'state.pt'} is not a training state (no 'step')")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:  # a hand-edited or foreign file: a resume would fail later on a bare KeyError
+        raise CheckpointError(f"{path / 'state.pt'} is not a complete training state: no {', '.join(missing)}")
     return model_state, state
 
 
@@ -250,9 +265,10 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = 
             raise FileNotFoundError(f"{run_dir} has no model.safetensors and no complete checkpoint")
         weights = ckpt / "model.safetensors"
     sd = read_safetensors(weights)
+    with torch.device("meta"):  # shapes only: a config.yaml edited to a huge model must not allocate it first
+        check_state_dict(build_model(run.model), sd, source=str(weights))
     with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
         model = build_model(run.model)
-    check_state_dict(model, sd, source=str(weights))
     model.load_state_dict(sd)  # copies in place, so tied weights stay tied
     model.to(device=device or "cpu", dtype=dtype)
     tok_path = run_dir / "tokenizer.json"

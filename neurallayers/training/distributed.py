@@ -120,6 +120,7 @@ def load_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: di
     The optimizer state may come from either form (`optimizer_state`): a run checkpointed by one process or under
     DDP resumes under FSDP, and the other way round."""
     by_name = _keyed_by_name(optim_sd)
+    _check_state_shapes(model, optimizer, optim_sd, by_name)
     if by_name != (info.mode == "fsdp"):
         optim_sd = _rekey(optim_sd, _param_names(model, optimizer), to_names=not by_name)
     if info.mode == "fsdp":
@@ -135,6 +136,24 @@ def load_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: di
         return
     unwrap(model).load_state_dict(model_sd)
     optimizer.load_state_dict(optim_sd)
+
+
+def _check_state_shapes(model: nn.Module, optimizer: torch.optim.Optimizer, optim_sd: dict, by_name: bool) -> None:
+    """Each parameter's optimizer tensors (AdamW's exp_avg, exp_avg_sq) have its shape: the fused and foreach
+    kernels do not check, and read and write out of bounds (a crash, or NaN weights checkpointed as good ones)."""
+    names = _param_names(model, optimizer)
+    shapes = {name: tuple(p.shape) for name, p in unwrap(model).named_parameters()}
+    wrong = []
+    for key, entry in optim_sd.get("state", {}).items():
+        name = key if by_name else names[key] if isinstance(key, int) and 0 <= key < len(names) else None
+        if name not in shapes:
+            raise ValueError(f"the optimizer state has an entry {key!r} for no parameter of this model")
+        for field, value in (entry.items() if isinstance(entry, dict) else ()):
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and tuple(value.shape) != shapes[name]:
+                wrong.append(f"{name}.{field} {tuple(value.shape)} != {shapes[name]}")
+    if wrong:
+        more = f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise ValueError(f"mis-shaped optimizer state: {', '.join(wrong[:3])}{more}")
 
 
 def _keyed_by_name(optim_sd: dict) -> bool:

@@ -229,7 +229,11 @@ class _Fit:
                         self._eval_windows())
             self.best_val, self.bad_evals = None, 0
         self.elapsed_before = float(state["elapsed"])
-        ckpt.set_rng_state(state["rng"])
+        try:
+            ckpt.set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise CheckpointError(f"{target / 'state.pt'}: its random-number generator states do not load "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         log.info("resumed from step %d", self.step)
         self._roll_back_plan()
         saved_world = int(state.get("world_size", self.info.world_size))

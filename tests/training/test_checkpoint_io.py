@@ -1,6 +1,7 @@
 import errno
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +89,36 @@ def test_write_error_reported_old_checkpoint_intact(base_run, tmp_path, monkeypa
     ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
 
 
+@pytest.mark.parametrize("failure", ["torch", "safetensors"])
+def test_write_errors_of_torch_and_safetensors_are_write_errors_too(base_run, tmp_path, monkeypatch, failure):
+    """A full disk (here: a file-size limit) makes torch's zip writer raise RuntimeError and safetensors its own
+    error, not OSError: they went out as tracebacks and left the temp folder behind."""
+    from safetensors import SafetensorError
+
+    from neurallayers.cli.common import USER_ERRORS
+
+    run_dir = _copy(base_run, tmp_path)
+
+    def torch_full(state, path):
+        path.write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2240 vs 2134")
+
+    def safetensors_full(sd, path, **kw):
+        Path(path).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: IoError(File too large (os error 27))")
+
+    if failure == "torch":
+        monkeypatch.setattr(ckpt, "_write_state", torch_full)
+    else:
+        monkeypatch.setattr(ckpt, "save_safetensors", safetensors_full)
+    model_sd, state = ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
+    with pytest.raises(ckpt.CheckpointWriteError, match="step-12 .*(unexpected pos|File too large).*step-8 is intact") \
+            as e:
+        ckpt.save_checkpoint(run_dir, step=12, model_state=model_sd, state={**state, "step": 12}, keep_last=1)
+    assert isinstance(e.value, USER_ERRORS)  # the CLI says it in one line
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-4", "step-8"]
+
+
 def test_write_error_during_fit_is_clear(tmp_path, monkeypatch):
     run = tiny_run(tmp_path, max_steps=8, eval_interval=0)
     calls = []
@@ -161,4 +192,41 @@ def test_corrupt_weights_refused_by_load_run(base_run, tmp_path):
     blob = (run_dir / "model.safetensors").read_bytes()
     (run_dir / "model.safetensors").write_bytes(blob[:-64])
     with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_run(run_dir)
+
+
+def _edit_state(path, edit) -> None:
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("edit, match", [
+    # fused AdamW does not check: it wrote out of bounds (a crash), or checkpointed NaN weights as good ones
+    (lambda s: s["optimizer"]["state"][0].__setitem__("exp_avg", torch.zeros(3)),
+     r"mis-shaped optimizer state: \S+\.exp_avg \(3,\) != "),
+    (lambda s: s.pop("optimizer"), "not a complete training state: no optimizer"),  # a bare KeyError before
+    (lambda s: s["rng"].__setitem__("torch", torch.zeros(7, dtype=torch.uint8)), "random-number generator states"),
+])
+def test_a_hand_edited_training_state_is_refused_before_the_first_step(base_run, tmp_path, edit, match):
+    run_dir = _copy(base_run, tmp_path)
+    _edit_state(run_dir / "checkpoints/step-8/state.pt", edit)
+    before = (run_dir / "metrics.jsonl").read_text()
+    run = base_run[1]
+    longer = run.__class__.from_dict({**run.to_dict(), "train": {**run.to_dict()["train"], "max_steps": 10}})
+    with pytest.raises(CheckpointError, match=match):
+        fit(longer, run_dir, resume=True, progress=False)
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_a_config_edited_to_a_huge_model_is_refused_before_it_is_built(base_run, tmp_path):
+    """load_run built config.yaml's model, then compared the weights with it: a config edited to 200B parameters
+    allocated them first (an out-of-memory kill, or a server's /reload taken down); now shapes are compared first."""
+    import yaml
+
+    run_dir = _copy(base_run, tmp_path)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["model"].update(n_layer=64, n_head=128, n_embd=16384)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CheckpointError, match="does not fit the model"):
         load_run(run_dir)

@@ -50,6 +50,12 @@ def test_bad_json_refused(tmp_path):
     _assert_refused_cheaply(_raw(tmp_path / "bad.safetensors", b"{not json"), "not valid JSON")
 
 
+def test_deeply_nested_json_refused(tmp_path):
+    """'[' x 200,000 is a 0.4 MB header, far under the size limit: json.loads raised RecursionError (a traceback)."""
+    _assert_refused_cheaply(_raw(tmp_path / "deep.safetensors", b"[" * 200_000 + b"]" * 200_000),
+                            "nested too deep")
+
+
 def test_unknown_dtype_refused(tmp_path):
     hdr = {"w": {"dtype": "F17", "shape": [2], "data_offsets": [0, 8]}}
     _assert_refused_cheaply(_raw(tmp_path / "dtype.safetensors", hdr, b"\0" * 8), "unknown dtype 'F17'")
@@ -101,6 +107,11 @@ def test_check_state_dict_names_keys():
     with pytest.raises(CheckpointError, match="NaN/Inf values: b"):
         check_state_dict(expected, {"a": torch.zeros(2, 3), "b": torch.tensor([0, 1, float("inf"), 2]),
                                     "c": torch.zeros(1)})
+    model = torch.nn.Linear(2, 3)
+    with pytest.raises(CheckpointError, match=r"2 not floating point: bias \(int64\), weight \(bool\)"):
+        check_state_dict(model, {"weight": torch.ones(3, 2, dtype=torch.bool),
+                                 "bias": torch.zeros(3, dtype=torch.long)})
+    check_state_dict(model, {"weight": torch.ones(3, 2, dtype=torch.bfloat16), "bias": torch.zeros(3)})
     many = {f"k{i}": (1,) for i in range(9)}
     with pytest.raises(CheckpointError, match=r"9 missing: .*\(\+4 more\)"):
         check_state_dict(many, {})
@@ -117,3 +128,6 @@ def test_malicious_pickle_refused_and_never_runs(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"garbage")  # corrupt bytes are not taken for a malicious pickle
     with pytest.raises(CheckpointError, match="junk.pt: not a readable torch checkpoint .*corrupt"):
         torch_load_safe(tmp_path / "junk.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")  # EOFError(''): its message was indexed, an IndexError
+    with pytest.raises(CheckpointError, match="empty.pt: not a readable torch checkpoint"):
+        torch_load_safe(tmp_path / "empty.pt")
