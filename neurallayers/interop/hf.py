@@ -254,7 +254,8 @@ def read_hf_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, to
         if not allow_pickle:
             raise CheckpointError(
                 f"{folder} has only pickle weights ({PICKLE_WEIGHTS}), which can run code when loaded; refusing. "
-                "Convert them to safetensors, or opt in with allow_pickle=True (CLI: --allow-pickle): they are then "
+                "Convert them to safetensors once (neurallayers convert SRC DST --to hf --allow-pickle; train "
+                "--init-from then takes DST), or opt in with allow_pickle=True (CLI: --allow-pickle): they are then "
                 "read with torch.load(weights_only=True), plain tensors only")
         sd = torch_load_safe(folder / PICKLE_WEIGHTS)
         if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
