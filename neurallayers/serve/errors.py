@@ -24,6 +24,8 @@ UNION_HINTS = {
 # pydantic writes union members and wrappers into `loc`; they are not field names
 _TYPE_TAG_CHARS = "[]-"
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-before"}
+# a text with a lone surrogate: schemas.Text's check, or pydantic's own where a length constraint reads the text first
+_NOT_UNICODE = {"lone_surrogate", "string_unicode"}
 
 
 class APIError(Exception):
@@ -101,7 +103,8 @@ def unknown_field(param: str) -> str:
 
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     """(message, param) for a list of pydantic errors: the first field at fault, said plainly."""
-    first = errors[0]
+    # a lone surrogate fails one member of a union and the others by type: the surrogate is what to report
+    first = next((e for e in errors if e.get("type") in _NOT_UNICODE), errors[0])
     loc = tuple(first.get("loc", ()))
     param = param_of(loc)
     if first.get("type") == "json_invalid":
@@ -114,6 +117,8 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         return unknown_field(param), param
     if first.get("type") == "missing":
         return f"{param}: field required", param
+    if first.get("type") in _NOT_UNICODE:
+        return f"{param}: {first.get('msg')}", param
     leaf = param.rsplit(".", 1)[-1].split("[", 1)[0] if param else ""
     tagged = len(errors) > 1 and all(param_of(e.get("loc", ())) == param for e in errors)
     if tagged and leaf in UNION_HINTS:

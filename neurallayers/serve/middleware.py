@@ -21,7 +21,7 @@ async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, b
 
 class GateMiddleware:
     """Refuses requests before any route runs: 503 while the server drains, 401 without the right key, 413 when the
-    declared body is over `max_body_bytes`.
+    body is over `max_body_bytes` (a declared Content-Length at once, a chunked body as soon as it passes the limit).
 
     The key is compared with hmac.compare_digest (constant time), so response timing does not reveal how much of a
     guess was right.
@@ -30,7 +30,7 @@ class GateMiddleware:
         app: the ASGI app inside.
         api_key: the key clients must send as `Authorization: Bearer <key>`; None turns the check off.
         draining: a callable that is True once shutdown has begun.
-        max_body_bytes: the largest Content-Length accepted.
+        max_body_bytes: the largest request body accepted.
     """
 
     def __init__(self, app, *, api_key: str | None, draining, max_body_bytes: int = MAX_BODY_BYTES) -> None:
@@ -60,7 +60,36 @@ class GateMiddleware:
                               param="body", code="request_too_large")
             await _send_json(send, 413, body, [(b"connection", b"close")])
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, *self._limited(receive, send))
+
+    def _limited(self, receive, send):
+        """(receive, send) for the app that count the body as it arrives: a body without Content-Length (chunked) is
+        refused with 413 once it passes the limit, without reading the rest; the app then sees a disconnect, and
+        whatever it answers is dropped."""
+        state = {"read": 0, "started": False, "refused": False}
+
+        async def limited_receive():
+            if state["refused"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                state["read"] += len(message.get("body", b""))
+                if state["read"] > self.max_body_bytes:
+                    if not state["started"]:
+                        body = error_body(f"the request body is over the limit of {self.max_body_bytes} bytes",
+                                          param="body", code="request_too_large")
+                        await _send_json(send, 413, body, [(b"connection", b"close")])
+                    state["refused"] = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message) -> None:
+            if state["refused"]:
+                return
+            state["started"] = True
+            await send(message)
+
+        return limited_receive, guarded_send
 
     def _authorized(self, scope) -> bool:
         scheme, _, token = _header(scope, b"authorization").encode("latin-1").partition(b" ")

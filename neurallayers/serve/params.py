@@ -8,6 +8,7 @@ differ, and choice 0 equals `neurallayers.generate(..., seed=seed)`.
 from __future__ import annotations
 
 import functools
+import json
 import re
 
 from neurallayers.generation import GenerationConfig
@@ -17,6 +18,13 @@ from neurallayers.serve.state import ServedModel
 
 # GenerationConfig field -> the request field a client knows
 _FIELD_NAMES = {"max_new_tokens": "max_tokens", "logprobs": "logprobs"}
+# Normalizers that shrink no text by more than 4x: NFC / NFKC compose at most 4 code points into one (the longest
+# canonical decomposition), the others map one character to one or more. Replace only when it does not shorten.
+_NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Prepend"}
+_COMPOSING, _MERGE = {"NFC", "NFKC"}, 4
+# pre-tokenizers that keep every character (Split and Punctuation unless their behavior is "Removed")
+_PRE_TOKENIZERS = {"ByteLevel", "Metaspace", "Digits", "UnicodeScripts", "Split", "Punctuation"}
+_ONE_CHARACTER = {"[\\s\\S]", "."}  # Split patterns whose pieces are single characters (Tokenizer.train_char's)
 
 
 async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", special: bool = True) -> list[list[int]]:
@@ -24,16 +32,18 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
     the tokenizer's post-processor unless `special` is False (a rendered chat template holds its own bos), as vLLM
     does.
 
-    Text is tokenized in a worker thread, so a huge prompt does not stall the event loop (and /health).
+    Text is tokenized in a worker thread, so a huge prompt does not stall the event loop (and /health); a text that
+    certainly has more tokens than the context holds is refused before it is tokenized.
 
     Raises:
-        APIError: 400 for an empty prompt, ids outside the vocabulary, or more prompts than the server holds.
+        APIError: 400 for an empty prompt, one over the context length, ids outside the vocabulary, or more prompts
+            than the server holds.
     """
     from starlette.concurrency import run_in_threadpool
 
-    vocab = served.model.config.vocab_size
-    if isinstance(prompt, str):
-        prompt = [prompt]
+    vocab, block = served.model.config.vocab_size, served.block_size
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]  # one prompt: a flat id list too, not one prompt per id
     if not prompt:
         raise bad_request(f"{param} is empty: give at least one prompt", param)
     if len(prompt) > served.limits.capacity:
@@ -44,21 +54,91 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
             if not text:
                 where = param if len(prompt) == 1 else f"{param}[{i}]"
                 raise bad_request(f"{where} is an empty string: a prompt needs at least one token", param)
+        if any(len(text) >= block for text in prompt):  # only such a text can hold block tokens or more
+            per_token = await run_in_threadpool(lambda: served.chars_per_token)  # the first call reads the vocabulary
+            for i, text in enumerate(prompt):
+                least = -(-len(text) // per_token) if per_token else 0
+                if least >= block:
+                    where = param if len(prompt) == 1 else f"{param}[{i}]"
+                    raise _over_context(where, f"{len(text)} characters, so at least {least} tokens,", block, param)
         ids = await run_in_threadpool(functools.partial(served.tokenizer.encode_batch, add_special_tokens=special),
                                       prompt)
-    elif isinstance(prompt[0], int):
-        ids = [prompt]
     else:
         ids = prompt
     for i, row in enumerate(ids):
         where = param if len(ids) == 1 else f"{param}[{i}]"
         if not row:
             raise bad_request(f"{where} is empty: a prompt needs at least one token", param)
-        bad = [t for t in row if not 0 <= t < vocab]
-        if bad:
+        if len(row) >= block:  # before scanning what may be millions of ids
+            raise _over_context(where, f"{len(row)} tokens", block, param)
+        if min(row) < 0 or max(row) >= vocab:
+            bad = [t for t in row if not 0 <= t < vocab]
             raise bad_request(f"{where} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}", param,
                               code="invalid_token_id")
     return ids
+
+
+def chars_per_token(tokenizer) -> int | None:
+    """The most characters of a text one token stands for, so that a text of N characters has at least N / that many
+    tokens; None where no such bound holds: an unknown word read as one [UNK] (WordPiece, Unigram, fused unknowns),
+    characters a normalizer or pre-tokenizer drops (whitespace, accents), an added token that swallows the whitespace
+    around it, truncation.
+
+    A token covers at most as many characters as its vocabulary string has (byte-level BPE: bytes, one or more per
+    character; SentencePiece: "▁" for a space; byte fallback "<0x41>": one byte), times what the normalizer merges.
+    """
+    hf = getattr(tokenizer, "hf", None)
+    if hf is None:
+        return None
+    spec = json.loads(hf.to_str())
+    model = spec.get("model") or {}
+    norms, pres = _flat(spec.get("normalizer"), "normalizers"), _flat(spec.get("pre_tokenizer"), "pretokenizers")
+    if spec.get("truncation") or any(t.get("lstrip") or t.get("rstrip") for t in spec.get("added_tokens") or []):
+        return None
+    if not all(_keeps_text(n) for n in norms):
+        return None
+    if not all(p.get("type") in _PRE_TOKENIZERS and p.get("behavior") != "Removed" for p in pres):
+        return None
+    vocab = hf.get_vocab(with_added_tokens=True)
+    if model.get("type") == "BPE":
+        # an unknown character must become a token, not vanish: by byte fallback, as one <unk> each, or because the
+        # byte-level alphabet holds every byte
+        from tokenizers.pre_tokenizers import ByteLevel
+
+        byte_level = any(p["type"] == "ByteLevel" for p in pres)
+        covered = (model.get("byte_fallback") or (model.get("unk_token") and not model.get("fuse_unk"))
+                   or (byte_level and all(c in vocab for c in ByteLevel.alphabet())))
+    elif model.get("type") == "WordLevel":
+        # each piece is one token (an unknown one <unk>), so a piece must be a single character
+        covered = (len(pres) == 1 and pres[0]["type"] == "Split" and pres[0].get("behavior") == "Isolated"
+                   and not pres[0].get("invert") and (pres[0].get("pattern") or {}).get("Regex") in _ONE_CHARACTER)
+    else:
+        covered = False
+    if not covered:
+        return None
+    return max(map(len, vocab)) * _MERGE ** sum(n["type"] in _COMPOSING for n in norms)
+
+
+def _flat(spec: dict | None, key: str) -> list[dict]:
+    """A tokenizer.json normalizer or pre-tokenizer as the list of its steps (a Sequence's, flattened)."""
+    if not spec:
+        return []
+    if spec.get("type") == "Sequence":
+        return [step for part in spec.get(key, []) for step in _flat(part, key)]
+    return [spec]
+
+
+def _keeps_text(norm: dict) -> bool:
+    if norm.get("type") == "Replace":
+        pattern = (norm.get("pattern") or {}).get("String")
+        return pattern is not None and len(norm.get("content", "")) >= len(pattern)
+    return norm.get("type") in _NORMALIZERS
+
+
+def _over_context(where: str, size: str, block: int, param: str):
+    return bad_request(f"{where} has {size} but the model's context length is {block} (and at least one token "
+                       f"must be generated): shorten the prompt to at most {block - 1} tokens", param,
+                       code="context_length_exceeded")
 
 
 def check_length(served: ServedModel, ids: list[list[int]], max_tokens: int, *, param: str = "prompt",
@@ -68,9 +148,7 @@ def check_length(served: ServedModel, ids: list[list[int]], max_tokens: int, *, 
     for i, row in enumerate(ids):
         where = param if len(ids) == 1 else f"{param}[{i}]"
         if len(row) >= block:
-            raise bad_request(f"{where} has {len(row)} tokens but the model's context length is {block} "
-                              f"(and at least one token must be generated): shorten the prompt to at most "
-                              f"{block - 1} tokens", param, code="context_length_exceeded")
+            raise _over_context(where, f"{len(row)} tokens", block, param)
         if len(row) + max_tokens > block:
             raise bad_request(f"{where} has {len(row)} tokens and {max_param} is {max_tokens}: together "
                               f"{len(row) + max_tokens}, over the model's context length {block}; set "

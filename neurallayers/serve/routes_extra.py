@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import time
 
 from neurallayers.generation import GenerationConfig
@@ -58,16 +59,21 @@ def register(app, *, holder, metrics, draining) -> None:
         # the ids the model is fed: a prompt's with the tokenizer's own specials (an encoder's [CLS] / [SEP], a
         # Llama's bos), a rendered chat's as they are (its template holds them)
         special = req.messages is None or served.kind == "encoder"
-        ids = await run_in_threadpool(functools.partial(served.tokenizer.encode, add_special_tokens=special), text)
-        return {"tokens": ids, "count": len(ids), "max_model_len": served.max_model_len}
+        # Every id, even past the context length, as vLLM answers (a client learns how much to cut; the body limit
+        # bounds the text). encode_batch, unlike encode, lets go of the GIL while it works, and the response is built
+        # here, not by FastAPI's validation on the event loop: both take seconds for megabytes of text.
+        ids = (await run_in_threadpool(functools.partial(served.tokenizer.encode_batch, add_special_tokens=special),
+                                       [text]))[0]
+        body = await run_in_threadpool(_tokenize_body, ids, served.max_model_len)
+        return Response(body, media_type="application/json")
 
     @app.post("/detokenize", response_model=DetokenizeResponse, tags=["tokens"])
     async def detokenize(req: DetokenizeRequest):
         served = holder.current
         check_model(served, req.model)
         vocab = served.tokenizer.vocab_size
-        bad = [t for t in req.tokens if not 0 <= t < vocab]
-        if bad:
+        if req.tokens and (min(req.tokens) < 0 or max(req.tokens) >= vocab):
+            bad = [t for t in req.tokens if not 0 <= t < vocab]
             raise bad_request(f"tokens holds ids outside the tokenizer's vocabulary [0, {vocab}): {bad[:5]}",
                               "tokens", code="invalid_token_id")
         return {"prompt": await run_in_threadpool(served.tokenizer.decode, req.tokens)}
@@ -114,3 +120,10 @@ def register(app, *, holder, metrics, draining) -> None:
         """Swap in the model folder `model` (relative to --model-root). Requests in flight finish on the old one."""
         new, old = await holder.reload(req.model)
         return {"model": new.name, "previous": old.name}
+
+
+def _tokenize_body(ids: list[int], max_model_len: int, slice_size: int = 65536) -> bytes:
+    """The /tokenize response as JSON, written a slice at a time so the GIL passes to the event loop in between."""
+    tokens = ",".join(json.dumps(ids[i:i + slice_size], separators=(",", ":"))[1:-1]
+                      for i in range(0, len(ids), slice_size))
+    return f'{{"tokens":[{tokens}],"count":{len(ids)},"max_model_len":{max_model_len}}}'.encode()

@@ -9,18 +9,31 @@ do not depend on the model are checked here; those that do (context length, voca
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_N = 16  # choices per prompt
 MAX_STOP = 16  # stop strings per request
 MAX_LOGPROBS = 20  # alternatives per token (GenerationConfig's limit)
 MAX_SEED = 2**63 - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-StopText = Annotated[str, Field(min_length=1)]
+
+def _unicode(text: str) -> str:
+    # JSON can escape a lone surrogate ("\ud83d"): no tokenizer encodes it and no response can echo it as UTF-8
+    if not text.isascii() and (bad := _SURROGATE.search(text)):
+        raise PydanticCustomError("lone_surrogate", "a lone surrogate (U+{code}) at position {pos} is not valid "
+                                  "Unicode: send UTF-8 text", {"code": f"{ord(bad[0]):04X}", "pos": bad.start()})
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]  # every text field that reaches a tokenizer or a file path
+StopText = Annotated[Text, Field(min_length=1)]
 Bias = Annotated[float, Field(ge=-100, le=100)]
-Prompt = str | list[str] | list[int] | list[list[int]]
+Prompt = Text | list[Text] | list[int] | list[list[int]]
 # OpenAI request fields this server does not implement: refused with a value, ignored when null
 UNSUPPORTED = frozenset({
     "audio", "best_of", "function_call", "functions", "metadata", "modalities", "parallel_tool_calls", "prediction",
@@ -80,13 +93,13 @@ class CompletionRequest(Sampling):
 
 class TextPart(Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -115,7 +128,7 @@ class EmbeddingRequest(OpenAIRequest):
 
 class TokenizeRequest(Strict):
     model: str | None = None
-    prompt: str | None = Field(None, description="text to tokenize (give this or messages)")
+    prompt: Text | None = Field(None, description="text to tokenize (give this or messages)")
     messages: list[ChatMessage] | None = Field(None, description="a chat, rendered with the chat template")
 
 
@@ -127,7 +140,7 @@ class DetokenizeRequest(Strict):
 class PredictRequest(Strict):
     """A plain JSON generation (decoder) or embedding (encoder) of one text."""
 
-    prompt: str = Field(min_length=1)
+    prompt: Text = Field(min_length=1)
     max_tokens: int = Field(16, ge=1)
     temperature: float = Field(0.0, ge=0, description="0 (the default here) means greedy")
     top_p: float = Field(1.0, gt=0, le=1)
@@ -137,7 +150,7 @@ class PredictRequest(Strict):
 
 
 class BatchPredictRequest(Strict):
-    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=256)
+    prompts: list[Annotated[Text, Field(min_length=1)]] = Field(min_length=1, max_length=256)
     max_tokens: int = Field(16, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -147,7 +160,7 @@ class BatchPredictRequest(Strict):
 
 
 class ReloadRequest(Strict):
-    model: str = Field(min_length=1, description="a model folder, relative to the server's --model-root")
+    model: Text = Field(min_length=1, description="a model folder, relative to the server's --model-root")
 
 
 # ----- responses (documentation and a check on what we send) -----

@@ -9,6 +9,7 @@ returned, and requests that start after the swap see the new model.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -71,6 +72,14 @@ class ServedModel:
         from neurallayers.embeddings import input_limit
 
         return input_limit(self.tokenizer, self.block_size)
+
+    @functools.cached_property
+    def chars_per_token(self) -> int | None:
+        """params.chars_per_token of the tokenizer, read from its vocabulary on first use (a large vocabulary takes a
+        fraction of a second): a text of N characters has at least N / this many tokens; None: no such bound."""
+        from neurallayers.serve.params import chars_per_token
+
+        return chars_per_token(self.tokenizer)
 
     def stats(self) -> dict:
         """Engine statistics (running, waiting, last_batch_size ...); encoders report their requests in flight."""
@@ -142,7 +151,9 @@ class ModelHolder:
             self._idle[id(served)].set()
 
     def resolve(self, relative: str) -> Path:
-        """The model folder `relative` names under model_root; refuses absolute paths and escapes (.., symlinks)."""
+        """The model folder `relative` names under model_root; refuses absolute paths and escapes (.., symlinks: the
+        folder's own, or one of any file or folder inside it). Links that stay inside the root are fine (a Hugging Face
+        cache snapshot links to blobs in the same cache)."""
         if self.model_root is None:
             raise bad_request("reload is off: start the server with --model-root to allow it", param="model",
                               code="reload_disabled")
@@ -155,14 +166,39 @@ class ModelHolder:
         if not target.is_dir():
             raise APIError(404, f"no model folder {relative!r} under the model root", param="model",
                            code="model_not_found", type="not_found_error")
+        if (escape := self._escape(target)) is not None:
+            raise bad_request(f"model path {relative!r}: {str(escape.relative_to(target))!r} leads outside the model "
+                              "root", param="model", code="path_outside_root")
         return target
+
+    def _escape(self, folder: Path) -> Path | None:
+        """The first path inside `folder` (recursively, through links) that resolves outside model_root, or cannot
+        be resolved (a link loop); None when there is none."""
+        seen, todo = {folder}, [folder]
+        while todo:
+            try:
+                entries = list(os.scandir(todo.pop()))
+            except OSError:  # unreadable: the loader cannot read it either
+                continue
+            for entry in entries:
+                path = Path(entry.path)
+                try:
+                    real = path.resolve()
+                except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+                    return path
+                if real != self.model_root and self.model_root not in real.parents:
+                    return path
+                if real.is_dir() and real not in seen:  # a linked folder once, however many links lead to it
+                    seen.add(real)
+                    todo.append(path)
+        return None
 
     async def reload(self, relative: str) -> tuple[ServedModel, ServedModel]:
         """Loads the model `relative` names, starts it, swaps it in; returns (new, old). The old one keeps
         serving its leases and is shut down (drained) after the last is returned."""
         from starlette.concurrency import run_in_threadpool
 
-        path = self.resolve(relative)
+        path = await run_in_threadpool(self.resolve, relative)  # walks the folder: not on the event loop
         if self._reload_lock is None:
             self._reload_lock = asyncio.Lock()
         async with self._reload_lock:
@@ -180,8 +216,11 @@ class ModelHolder:
 
             try:
                 new = await run_in_threadpool(load)
-            except (ValueError, FileNotFoundError, OSError) as e:
-                raise bad_request(f"cannot load {relative!r}: {e}", param="model", code="model_load_failed") from e
+            except Exception as e:  # whatever a broken folder makes the loader raise, the old model keeps serving
+                log.exception("reload of %r failed; still serving %s", relative, old.name)
+                reason = f"{e}"[:500].encode("utf-8", "backslashreplace").decode()  # a file name need not be UTF-8
+                raise bad_request(f"cannot load {relative!r}: {type(e).__name__}: {reason}", param="model",
+                                  code="model_load_failed") from e
             self.current = new
             old.retired = True
             idle = self._idle[id(old)] = asyncio.Event()

@@ -119,6 +119,33 @@ def test_malformed_bodies_are_400(server, raw):
     assert_ok_after(server.url)
 
 
+LONE_SURROGATE_CASES = [
+    ("/v1/completions", {"prompt": "a\ud83d"}, "prompt"),
+    ("/v1/completions", {"prompt": ["ok", "\udc00b"]}, "prompt"),
+    ("/v1/completions", {"prompt": "ok", "stop": ["\ud83d"]}, "stop"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a\ud83d"}]}, "messages[0].content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud83d"}]}]},
+     "messages[0].content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a", "name": "\ud83d"}]}, "messages[0].name"),
+    ("/tokenize", {"prompt": "a\ud83d"}, "prompt"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "a\ud83d"}]}, "messages[0].content"),
+    ("/predict", {"prompt": "a\ud83d"}, "prompt"),
+    ("/batch_predict", {"prompts": ["ok", "a\ud83d"]}, "prompts[1]"),
+    ("/v1/embeddings", {"input": ["a\ud83d"]}, "input"),
+    ("/reload", {"model": "a\ud83d"}, "model"),
+]
+
+
+@pytest.mark.parametrize("route, body, param", LONE_SURROGATE_CASES, ids=[f"{r}-{p}" for r, _, p in
+                                                                         LONE_SURROGATE_CASES])
+def test_a_lone_surrogate_in_text_is_400_naming_the_field(server, route, body, param):
+    raw = json.dumps(body)  # ensure_ascii: the surrogate travels as a JSON escape, as JavaScript clients send it
+    r = httpx.post(f"{server.url}{route}", content=raw, headers={"content-type": "application/json"})
+    err = assert_error(r, 400, param)
+    assert "unicode" in err["message"].lower()
+    assert_ok_after(server.url)
+
+
 def test_context_length_errors_name_the_numbers(server):
     err = assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": "The", "max_tokens": 62}), 400,
                        "max_tokens")
@@ -205,6 +232,40 @@ def test_oversized_body_is_413_before_it_is_read(server):
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413")
     assert json.loads(body)["error"]["code"] == "request_too_large"
+    assert_ok_after(server.url)
+
+
+def test_chunked_body_over_the_limit_is_413_before_the_rest_is_read(server):
+    import select
+    import socket
+
+    from neurallayers.serve.middleware import MAX_BODY_BYTES
+
+    port = int(server.url.rsplit(":", 1)[1])
+    chunk = b"a" * 2**20  # not JSON: a server that reads it all answers 400 at once
+    sent, reply = 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        # no Content-Length: the size is only known as the chunks arrive
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        try:
+            while sent < 3 * MAX_BODY_BYTES and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+            if sent >= 3 * MAX_BODY_BYTES:
+                sock.sendall(b"0\r\n\r\n")  # the whole body was taken: end it and read the answer
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while we were still sending
+        while not reply.rstrip().endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), reply[:300]
+    err = json.loads(body)["error"]
+    assert err["code"] == "request_too_large" and err["param"] == "body" and str(MAX_BODY_BYTES) in err["message"]
+    assert sent < 2 * MAX_BODY_BYTES  # refused once past the limit, not after reading everything
     assert_ok_after(server.url)
 
 
@@ -309,8 +370,9 @@ def test_health_answers_while_a_huge_prompt_is_tokenized(run_dir):
     tok.encode_batch = slow_encode_batch  # stands in for a tokenizer busy with megabytes of text
     with serving((model, tok), model_name="tiny") as srv:
         out = {}
+        # short enough that it may fit (a char token is at most 13 characters: "<|endoftext|>"), so it is tokenized
         t = threading.Thread(target=lambda: out.setdefault("r", httpx.post(
-            f"{srv.url}/v1/completions", json={"prompt": "x" * 200_000, "max_tokens": 1}, timeout=120)))
+            f"{srv.url}/v1/completions", json={"prompt": "x" * 800, "max_tokens": 1}, timeout=120)))
         t.start()
         assert entered.wait(30)
         health = httpx.get(f"{srv.url}/health", timeout=10)  # would time out if tokenizing blocked the loop
@@ -318,8 +380,55 @@ def test_health_answers_while_a_huge_prompt_is_tokenized(run_dir):
         release.set()
         t.join(120)
         err = assert_error(out["r"], 400, "prompt")
-        assert "200000 tokens" in err["message"]
+        assert "800 tokens" in err["message"]
         assert_ok_after(srv.url)
+
+
+def test_a_text_certainly_over_the_context_is_refused_before_it_is_tokenized(server, monkeypatch):
+    tok = server.app.state.holder.current.tokenizer
+    seen = []
+    real = tok.encode_batch
+    monkeypatch.setattr(tok, "encode_batch", lambda texts, **kw: seen.append(max(map(len, texts))) or real(texts, **kw))
+    n = 2_000_000  # a char tokenizer's token is at most 13 characters: at least 153847 tokens
+    for route, body, param in (("/v1/completions", {"prompt": "x" * n, "max_tokens": 1}, "prompt"),
+                               ("/v1/completions", {"prompt": ["x", "x" * n], "max_tokens": 1}, "prompt"),
+                               ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * n}]},
+                                "messages"),
+                               ("/predict", {"prompt": "x" * n}, "prompt")):
+        err = assert_error(httpx.post(f"{server.url}{route}", json=body, timeout=60), 400, param)
+        assert err["code"] == "context_length_exceeded"
+        assert "characters, so at least 1538" in err["message"] and f"context length is {BLOCK}" in err["message"]
+    assert not seen or max(seen) < BLOCK  # (the chat template renders the message into a slightly longer text)
+    ids = assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": [99999] * 100_000}), 400, "prompt")
+    assert ids["code"] == "context_length_exceeded" and "100000 tokens" in ids["message"]
+    assert_ok_after(server.url)
+
+
+def test_a_token_id_prompt_is_one_prompt_however_long(server):
+    # a flat id list is one prompt: it was counted as one prompt per id against the server's capacity (6 here)
+    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": [1] * 20, "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 20
+
+
+def test_health_answers_while_tokenize_reads_a_huge_prompt(server):
+    import time
+
+    n = 3_000_000  # tokenized in about 3 s here; /tokenize returns every id, as vLLM's does
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", httpx.post(f"{server.url}/tokenize",
+                                                                       json={"prompt": "x" * n}, timeout=120)))
+    t.start()
+    # the gaps between answers: a stall of the whole process (the GIL held) shows too, wherever it caught this thread
+    gaps, last = [], time.perf_counter()
+    while t.is_alive():
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+        time.sleep(0.05)
+    t.join()
+    assert out["r"].status_code == 200 and out["r"].json()["count"] == n
+    assert len(gaps) >= 3 and max(gaps) < 1.0, [round(g, 2) for g in gaps]
 
 
 def test_api_key_guards_every_route_but_health(run_dir, monkeypatch):

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -76,6 +77,60 @@ def test_reload_is_atomic_and_stays_inside_the_model_root(model_root):
         back = httpx.post(f"{url}/reload", json={"model": "nested/../a"}, timeout=60)  # served by its plain name
         assert back.status_code == 200 and back.json() == {"model": "a", "previous": "nested/b"}
     gate.remove()
+
+
+def test_reload_refuses_a_folder_with_a_file_that_links_outside_the_root(tmp_path):
+    root, outside = tmp_path / "models", write_run_dir(tmp_path / "outside", seed=3)
+    write_run_dir(root / "a", seed=1)
+    (write_run_dir(root / "leaky", seed=4) / "tokenizer.json").unlink()
+    os.symlink(outside / "tokenizer.json", root / "leaky" / "tokenizer.json")  # read by the loader
+    (write_run_dir(root / "nested", seed=4) / "1_Pooling").mkdir()
+    os.symlink(outside / "config.yaml", root / "nested" / "1_Pooling" / "config.json")  # a file deeper down
+    os.symlink(outside, write_run_dir(root / "linked-dir", seed=4) / "extra")  # a folder
+    # a Hugging Face cache snapshot: every file a link to a blob inside the same root
+    blobs = write_run_dir(root / "blobs", seed=2)
+    (root / "snapshot").mkdir()
+    for f in blobs.iterdir():
+        os.symlink(os.path.relpath(f, root / "snapshot"), root / "snapshot" / f.name)
+    with serving(root / "a", model_name="a", model_root=root) as srv:
+        for bad, where in (("leaky", "tokenizer.json"), ("nested", "1_Pooling/config.json"), ("linked-dir", "extra")):
+            r = httpx.post(f"{srv.url}/reload", json={"model": bad}, timeout=60)
+            assert r.status_code == 400, (bad, r.text)
+            err = r.json()["error"]
+            assert err["param"] == "model" and err["code"] == "path_outside_root" and where in err["message"], err
+            assert httpx.get(f"{srv.url}/v1/models").json()["data"][0]["id"] == "a"
+        r = httpx.post(f"{srv.url}/reload", json={"model": "snapshot"}, timeout=60)
+        assert r.status_code == 200 and r.json() == {"model": "snapshot", "previous": "a"}
+        assert_ok_after(srv.url)
+
+
+def test_a_reload_that_fails_in_any_way_is_400_and_the_old_model_serves_on(tmp_path, monkeypatch, caplog):
+    root = tmp_path / "models"
+    write_run_dir(root / "a", seed=1)
+    deep = write_run_dir(root / "deep", seed=2) / "model.safetensors"
+    header = b"[" * 200_000  # a safetensors header nested past Python's recursion limit
+    deep.write_bytes(len(header).to_bytes(8, "little") + header)
+    write_run_dir(root / "odd", seed=2)
+    import neurallayers.api
+
+    real = neurallayers.api.load
+
+    def load(path, **kw):
+        if Path(path).name == "odd":
+            raise KeyError("a loader bug, not a ValueError or OSError")
+        return real(path, **kw)
+
+    monkeypatch.setattr(neurallayers.api, "load", load)
+    with serving(root / "a", model_name="a", model_root=root) as srv:
+        for folder in ("deep", "odd"):
+            r = httpx.post(f"{srv.url}/reload", json={"model": folder}, timeout=60)
+            assert r.status_code == 400, (folder, r.text)
+            err = r.json()["error"]
+            assert err["param"] == "model" and err["code"] == "model_load_failed" and folder in err["message"]
+            after = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 2})
+            assert after.status_code == 200 and after.json()["model"] == "a"
+    failures = [r for r in caplog.records if r.name == "neurallayers.serve" and "reload" in r.getMessage()]
+    assert len(failures) == 2 and all(r.exc_info for r in failures)  # the traceback is in the log
 
 
 def test_dtype_applies_to_the_model_and_its_reloads(model_root):
