@@ -9,6 +9,9 @@ from pathlib import Path
 class WriteError(OSError):
     """A file the run needs could not be written (disk full, permissions): said in one line, what was there intact."""
 
+    def __str__(self) -> str:  # the message, without OSError's "[Errno 28]" before it
+        return self.strerror or super().__str__()
+
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Writes `text` (UTF-8) beside `path` under a temporary name, then renames it over `path`: a reader sees the

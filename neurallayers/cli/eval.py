@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.mask_prob is not None:
         raise ValueError("--mask-prob applies to masked LMs (encoders); this model is a decoder")
     data = run_cfg.data if own else DataConfig(source=args.data)
+    if own and data.document_bos is None:  # a run from before config.yaml recorded it: no bos before documents
+        data = dataclasses.replace(data, document_bos=False)
     if args.text_field is not None:
         data = dataclasses.replace(data, text_field=args.text_field)
     corpus = load_corpus(data.source, text_field=data.text_field)

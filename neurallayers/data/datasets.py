@@ -68,6 +68,7 @@ def prepare_tokens(
     seed: int = 0,
     chunk_chars: int = CHUNK_CHARS,
     show_progress: bool = True,
+    document_bos: bool | None = None,
 ) -> TokenData:
     """Tokenizes `corpus` into a train/val cache, or reuses the cache made from the same inputs.
 
@@ -75,9 +76,9 @@ def prepare_tokens(
     splits), and whole pieces go to train or val: ordered by a hash of (seed, piece name), the first
     round(val_fraction * n) go to val, at least one each when there are two or more pieces. A corpus that
     is a single piece is split by position instead (its last val_fraction of tokens). An eos token
-    follows each document's last piece when the tokenizer has one, and its bos precedes the first piece when the
-    tokenizer's own encoding puts one first (a Llama tokenizer.json's post-processor: prompts start with it, as
-    transformers' run_clm trains).
+    follows each document's last piece when the tokenizer has one, and its bos precedes the first piece when
+    `document_bos` says so (None: when the tokenizer's own encoding puts one first, as a Llama tokenizer.json's
+    post-processor does: prompts start with it, and transformers' run_clm trains so).
 
     Args:
         corpus: The text.
@@ -104,7 +105,11 @@ def prepare_tokens(
         "seed": seed,
         "chunk_chars": chunk_chars,
     }
-    if document_bos(tokenizer) is not None:  # a key of its own (caches written before did not add it)
+    if document_bos is None:
+        document_bos = starts_with_bos(tokenizer)
+    if document_bos and tokenizer.bos_id is None:
+        raise ValueError("document_bos=True: the tokenizer has no bos token")
+    if document_bos:  # a key of its own (caches written before did not add it)
         sources["document_bos"] = True
     key = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
     final = Path(cache_dir) / key
@@ -177,7 +182,7 @@ def _last_write(folder: Path) -> float:
 
 def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, show_progress: bool) -> None:
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
-    eos, bos = tokenizer.eos_id, document_bos(tokenizer)
+    eos, bos = tokenizer.eos_id, tokenizer.bos_id if sources.get("document_bos") else None
     spans: list[tuple[str, int, int]] = []  # (piece name, start, length) in all.bin
     total = 0
     with open(out / "all.bin", "wb") as f, tqdm(
@@ -228,13 +233,12 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
         os.fsync(f.fileno())
 
 
-def document_bos(tokenizer: Tokenizer) -> int | None:
-    """The bos id when the tokenizer's own encoding (add_special_tokens=True) starts a text with it, else None."""
+def starts_with_bos(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer's own encoding (add_special_tokens=True, as prompts are encoded) starts with its bos."""
     bos = tokenizer.bos_id
     if bos is None:
-        return None
-    ids = tokenizer.encode("a", add_special_tokens=True)
-    return bos if ids[:1] == [bos] and tokenizer.encode("a")[:1] != [bos] else None
+        return False
+    return tokenizer.encode("a", add_special_tokens=True)[:1] == [bos] and tokenizer.encode("a")[:1] != [bos]
 
 
 def _pieces(documents: Iterable[Document], chunk_chars: int) -> Iterator[tuple[Document, bool, bool]]:

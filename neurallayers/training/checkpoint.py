@@ -178,16 +178,29 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model_state: dict[
         else:
             os.replace(tmp, final)
         fsync_dir(root)
-    except (OSError, RuntimeError, SafetensorError) as e:  # torch's zip writer and safetensors raise their own
+    except WRITE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
         prev = latest_checkpoint(run_dir)
-        errno_ = getattr(e, "errno", None)
-        why = "disk full" if errno_ == errno.ENOSPC else (getattr(e, "strerror", None) or _first_line(e))
         keep = f"; the previous checkpoint {prev} is intact" if prev else ""
-        raise CheckpointWriteError(errno_, f"could not write checkpoint step-{step} under {root}: {why}{keep}") \
-            from e
+        raise _write_error(e, f"could not write checkpoint step-{step} under {root}", keep, root) from e
     prune_checkpoints(run_dir, keep_last=keep_last)
     return final
+
+
+# what a failed write raises: OSError, and torch's zip writer and safetensors their own (a full disk included)
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def _write_error(e: BaseException, what: str, keep: str, where: Path) -> CheckpointWriteError:
+    """One line for a failed write: why (a full disk said so, whatever error reported it), and what is intact."""
+    errno_ = getattr(e, "errno", None)
+    try:
+        full = errno_ == errno.ENOSPC or shutil.disk_usage(where if where.exists() else where.parent).free < 2**24
+    except OSError:
+        full = False
+    why = "the disk is full" if full else (getattr(e, "strerror", None) or _first_line(e))
+    message = f"{what}: {why}{keep}"
+    return CheckpointWriteError(errno_, message) if errno_ is not None else CheckpointWriteError(message)
 
 
 def _first_line(e: BaseException) -> str:
@@ -214,8 +227,31 @@ def prune_checkpoints(run_dir: str | os.PathLike, *, keep_last: int) -> None:
 
 
 def save_model(run_dir: str | os.PathLike, model_state: dict[str, torch.Tensor]) -> Path:
-    """The run's `model.safetensors` (best or final weights), written atomically."""
-    return save_safetensors(model_state, Path(run_dir) / "model.safetensors")
+    """The run's `model.safetensors` (best or final weights), written atomically.
+
+    Raises:
+        CheckpointWriteError: the write failed; the previous model.safetensors is intact.
+    """
+    path = Path(run_dir) / "model.safetensors"
+    try:
+        return save_safetensors(model_state, path)
+    except WRITE_ERRORS as e:
+        keep = "; the previous one is intact" if path.exists() else ""
+        raise _write_error(e, f"could not write {path}", keep, path.parent) from e
+
+
+def copy_model(checkpoint: Path, run_dir: str | os.PathLike) -> Path:
+    """A checkpoint's weights as the run's `model.safetensors`, atomically (temp name, then rename)."""
+    path = Path(run_dir) / "model.safetensors"
+    part = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(Path(checkpoint) / "model.safetensors", part)
+        fsync_file(part)
+        os.replace(part, path)
+    except WRITE_ERRORS as e:
+        part.unlink(missing_ok=True)
+        raise _write_error(e, f"could not write {path}", "", path.parent) from e
+    return path
 
 
 # ----- loading -----

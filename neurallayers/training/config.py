@@ -131,6 +131,9 @@ class DataConfig:
     # tail: the last val_fraction of the token stream, as nanoGPT splits one text file (90/10 by position)
     split: Split = "documents"
     cache_dir: str | None = None  # None = $NEURALLAYERS_CACHE or ~/.cache/neurallayers
+    # a bos before each document: None = where the tokenizer's own encoding starts a text with one (a Llama
+    # tokenizer.json), as prompts are encoded; a run's config.yaml records what it used
+    document_bos: bool | None = None
 
     def __post_init__(self) -> None:
         _check_types(self)

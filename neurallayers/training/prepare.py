@@ -6,6 +6,7 @@ encoder (masked-LM training) also gets a mask token in its tokenizer and the tok
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -97,6 +98,10 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
         changes["vocab_size"] = tokenizer.vocab_size
     if changes:
         run = RunConfig(model=run.model.replace(**changes), train=run.train, data=run.data)
+    if run.data.document_bos is None:  # decided once, and recorded: a resume tokenizes as the run began
+        from neurallayers.data.datasets import starts_with_bos
+
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, document_bos=starts_with_bos(tokenizer)))
     tokens = tokenize_corpus(run.data, corpus, tokenizer, seed=run.train.seed, show_progress=show_progress)
     need = run.model.block_size + 1
     if len(tokens.train) < need:
@@ -134,8 +139,9 @@ def tokenize_corpus(data: DataConfig, corpus: object, tokenizer: object, *, seed
     if data.split == "tail":
         # One piece: prepare_tokens then cuts the token stream itself, the last `fraction` going to val.
         return prepare_tokens(_Joined(corpus), tokenizer, cache, val_fraction=fraction, seed=0,
-                              chunk_chars=_ONE_PIECE, show_progress=show_progress)
-    return prepare_tokens(corpus, tokenizer, cache, val_fraction=fraction, seed=seed, show_progress=show_progress)
+                              chunk_chars=_ONE_PIECE, show_progress=show_progress, document_bos=data.document_bos)
+    return prepare_tokens(corpus, tokenizer, cache, val_fraction=fraction, seed=seed, show_progress=show_progress,
+                          document_bos=data.document_bos)
 
 
 _ONE_PIECE = 2**62  # a chunk size no text reaches

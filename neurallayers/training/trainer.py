@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 import statistics
 import time
 from array import array
@@ -122,6 +121,8 @@ class _Fit:
         self.device = resolve_device(run.train.device, local_rank=info.local_rank)
         self.amp_dtype, use_scaler = resolve_precision(run.train.precision, self.device)
         target = _resume_target(out, resume)
+        if target is not None and run.data.document_bos is None:  # tokenized as the run began (unless told)
+            run = dataclasses.replace(run, data=dataclasses.replace(run.data, document_bos=_saved_document_bos(out)))
         # A fresh start from pretrained weights takes the source's tokenizer; a resume, the run's own.
         source = _init_source(run) if target is None and run.train.init_from else None
         tokenizer = Tokenizer.load(out) if target is not None else source.tokenizer if source else None
@@ -204,8 +205,10 @@ class _Fit:
         changed = {}
         for group, now in zip(self.optimizer.param_groups, settings, strict=True):
             for key in ("weight_decay", "betas", "eps"):
-                if key in now and group.get(key) != now[key]:
-                    changed.setdefault(key, (group.get(key), now[key]))
+                old = group.get(key)
+                old = tuple(old) if isinstance(old, list) else old  # FSDP's loader gives betas as a list
+                if key in now and old != now[key]:
+                    changed.setdefault(key, (old, now[key]))
             group.update(now)
         if changed and self.info.is_main:
             log.info("the optimizer goes on with this config's %s", ", ".join(
@@ -256,40 +259,45 @@ class _Fit:
 
     def _roll_back_plan(self) -> None:
         """A resume from a checkpoint older than the run's newest (after a loss spike, say) starts another history
-        from it: the newer checkpoints, and the best weights if a later evaluation wrote them, belong to the old one.
+        from it: the newer checkpoints, and model.safetensors if the newer history wrote it, belong to the old one.
         Decided here on every rank (they must agree on the best val loss); rank 0 moves the files (_open_loggers)."""
         from neurallayers.training.loggers import read_metrics
 
         self.newer_checkpoints = [p for p in ckpt.list_checkpoints(self.out) if ckpt.checkpoint_step(p) > self.step]
-        self.best_from = None  # where the best weights at this step are, when model.safetensors is a later one's
-        self.best_is_later = False
-        if not self.newer_checkpoints:
+        self.weights_from = None  # the checkpoint whose weights become model.safetensors, when it is replaced
+        self.weights_are_later = False
+        if not self.newer_checkpoints or not (self.out / "model.safetensors").is_file():
             return
         bests = [int(r["step"]) for r in read_metrics(self.out / "metrics.jsonl") if r.get("best")]
-        self.best_is_later = bool(bests) and bests[-1] > self.step
-        if not self.best_is_later:
+        target = self.out / "checkpoints" / f"step-{self.step}"
+        if not bests:  # no evaluations: model.safetensors is the newer history's final weights; now this step's
+            self.weights_are_later, self.weights_from = True, target
             return
+        if bests[-1] <= self.step:
+            return
+        self.weights_are_later = True
         earlier = [b for b in bests if b <= self.step]
         source = self.out / "checkpoints" / f"step-{earlier[-1]}" if earlier else None
         if source is not None and source in ckpt.list_checkpoints(self.out):
-            self.best_from = source
-        elif self.best_val is not None:
-            log.warning("the best weights at step %d (val loss %.4f) are no longer kept: the best weights and early "
-                        "stopping start over", self.step, self.best_val)
+            self.weights_from = source
+            return
+        self.weights_from = target  # the best weights of this history are gone: this step's stand in for them
+        if self.best_val is not None:
+            log.warning("the best weights of this history (val loss %.4f, step %s) are no longer kept: "
+                        "model.safetensors becomes step %d's weights, and the best weights and early stopping start "
+                        "over", self.best_val, earlier[-1] if earlier else "?", self.step)
             self.best_val, self.bad_evals = None, 0
 
     def _roll_back_files(self) -> None:
         if not self.newer_checkpoints:
             return
-        later = [self.out / "model.safetensors"] if self.best_is_later else []
-        folder = ckpt.set_aside(self.out, [*self.newer_checkpoints, *[p for p in later if p.is_file()]])
+        later = [self.out / "model.safetensors"] if self.weights_are_later else []
+        folder = ckpt.set_aside(self.out, [*self.newer_checkpoints, *later])
         log.warning("resumed from step %d, before the run's newest checkpoint (%s): the newer checkpoints%s moved to "
                     "%s, so that a later --resume goes on from here", self.step, self.newer_checkpoints[-1].name,
-                    " and the best weights they led to" if later else "", folder)
-        if self.best_from is not None:  # atomically, as every model.safetensors is written
-            part = self.out / ".model.safetensors.part"
-            shutil.copyfile(self.best_from / "model.safetensors", part)
-            os.replace(part, self.out / "model.safetensors")
+                    " and the weights they led to (model.safetensors)" if later else "", folder)
+        if self.weights_from is not None:
+            ckpt.copy_model(self.weights_from, self.out)
 
     def _eval_windows(self) -> int:
         """How many validation windows an evaluation scores (a best val loss compares only with the same ones)."""
@@ -568,6 +576,8 @@ class _Fit:
 
 def perplexity(loss: float) -> float:
     """exp(loss); inf where that overflows a float (a diverged run)."""
+    if math.isnan(loss):
+        return math.nan
     return math.exp(loss) if loss < 709.0 else math.inf
 
 
@@ -664,6 +674,10 @@ def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
         raise CheckpointError(f"cannot resume from {target}: not a complete checkpoint folder (no COMPLETE marker)")
     if target.parent.parent.resolve() != out.resolve():
         raise ValueError(f"cannot resume from {target}: it belongs to run {target.parent.parent}, not {out}")
+    if target.parent.name != "checkpoints":  # abandoned/step-N: another history, whose files are set aside
+        raise ValueError(f"cannot resume from {target}: a run resumes from its checkpoints/ folder; to go back to "
+                         f"a history set aside in {target.parent}, move its step folders back into {out}/checkpoints "
+                         "(and the others out)")
     return target
 
 
@@ -677,11 +691,17 @@ def _init_source(run: RunConfig) -> object:
     return source
 
 
+def _saved_document_bos(out: Path) -> bool:
+    """Whether a run's documents start with bos: its config.yaml says, or (a run from before it did) they do not."""
+    return bool(RunConfig.from_yaml(out / "config.yaml").data.document_bos)
+
+
 def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, RunConfig, bool]:
     """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training). Returns the
     weights, the training state, the run config, whose data.tokenizer / vocab_size stay the saved ones (the run
     keeps its tokenizer whatever a resume asks for, and config.yaml says so), and whether the data changed."""
     saved = RunConfig.from_yaml(out / "config.yaml")
+    saved.data.document_bos = _saved_document_bos(out)
     if saved.model != run.model:
         diff = _changes(saved.model.to_dict(), run.model.to_dict())
         raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")

@@ -1,4 +1,5 @@
 import errno
+import math
 import shutil
 import signal
 from pathlib import Path
@@ -82,7 +83,8 @@ def test_write_error_reported_old_checkpoint_intact(base_run, tmp_path, monkeypa
 
     monkeypatch.setattr(ckpt, "_write_state", disk_full)
     model_sd, state = ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
-    with pytest.raises(ckpt.CheckpointWriteError, match="step-12 .*disk full.*step-8 is intact"):
+    with pytest.raises(ckpt.CheckpointWriteError,
+                       match="^could not write checkpoint step-12 .*the disk is full.*step-8 is intact"):
         ckpt.save_checkpoint(run_dir, step=12, model_state=model_sd, state={**state, "step": 12}, keep_last=1)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-4", "step-8"]
     assert (run_dir / "checkpoints/step-8/model.safetensors").read_bytes() == before
@@ -117,6 +119,26 @@ def test_write_errors_of_torch_and_safetensors_are_write_errors_too(base_run, tm
         ckpt.save_checkpoint(run_dir, step=12, model_state=model_sd, state={**state, "step": 12}, keep_last=1)
     assert isinstance(e.value, USER_ERRORS)  # the CLI says it in one line
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-4", "step-8"]
+    assert not str(e.value).startswith("[Errno")  # no "[Errno None]" before the message
+
+
+def test_a_failed_write_of_the_best_weights_is_a_write_error(tmp_path, monkeypatch):
+    """model.safetensors (written at each better evaluation) went through no such handling: a traceback."""
+    from safetensors import SafetensorError
+
+    def full(sd, path, **kw):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(ckpt, "save_safetensors", full)
+    with pytest.raises(ckpt.CheckpointWriteError, match=r"could not write .*model.safetensors: .*No space left"):
+        fit(tiny_run(tmp_path, max_steps=4, eval_interval=2), tmp_path / "run", progress=False)
+
+
+def test_a_nan_loss_has_a_nan_perplexity():
+    from neurallayers.training.trainer import perplexity, perplexity_text
+
+    assert math.isnan(perplexity(float("nan"))) and perplexity_text(float("nan")) == "nan"
+    assert perplexity(800.0) == math.inf and perplexity_text(50.0) == "5.185e+21"
 
 
 def test_write_error_during_fit_is_clear(tmp_path, monkeypatch):

@@ -282,8 +282,8 @@ def test_resuming_an_older_checkpoint_sets_the_newer_history_aside(tmp_path, cap
     lower = dataclasses.replace(run, train=dataclasses.replace(run.train, lr=3e-4))
     with caplog.at_level("WARNING", logger="neurallayers"):
         fit(lower, tmp_path / "run", resume=tmp_path / "run/checkpoints/step-8", progress=False, until_step=10)
-    assert "resumed from step 8, before the run's newest checkpoint (step-16): the newer checkpoints and the best " \
-        "weights they led to moved to" in caplog.text
+    assert "resumed from step 8, before the run's newest checkpoint (step-16): the newer checkpoints and the weights " \
+        "they led to (model.safetensors) moved to" in caplog.text
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-8", "step-10"]
     aside = tmp_path / "run/abandoned"
     assert sorted(p.name for p in aside.iterdir()) == ["model.safetensors", "step-12", "step-16"]
@@ -294,6 +294,35 @@ def test_resuming_an_older_checkpoint_sets_the_newer_history_aside(tmp_path, cap
     assert result.steps == 16 and [p.name for p in ckpt.list_checkpoints(tmp_path / "run")][-1] == "step-16"
     lrs = {r["step"]: r["lr"] for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "lr" in r}
     assert sorted(lrs) == list(range(1, 17)) and lrs[12] < run.train.lr_at(11)  # the new history's rates
+    with pytest.raises(ValueError, match="a run resumes from its checkpoints/ folder"):  # not a set-aside one
+        fit(lower, tmp_path / "run", resume=tmp_path / "run/abandoned/step-16", progress=False)
+
+
+def test_rolling_back_keeps_model_safetensors_to_the_history_it_goes_on(tmp_path, caplog):
+    """Without evaluations model.safetensors is the final weights, and a best whose checkpoint was pruned is gone:
+    either way the newer history's weights go aside and the resumed step's take their place."""
+    def same(a, b):
+        wa, wb = read_safetensors(a), read_safetensors(b)
+        return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    no_val = tiny_run(tmp_path, max_steps=8, eval_interval=0, save_interval=4)
+    no_val = dataclasses.replace(no_val, data=dataclasses.replace(no_val.data, val_fraction=0.0))
+    fit(no_val, tmp_path / "a", progress=False)
+    fit(no_val, tmp_path / "a", resume=tmp_path / "a/checkpoints/step-4", progress=False, until_step=5)
+    assert same(tmp_path / "a/model.safetensors", tmp_path / "a/checkpoints/step-4/model.safetensors")
+    assert (tmp_path / "a/abandoned/model.safetensors").is_file()
+
+    # evaluations at 3, 6, 9, 12 and checkpoints at 4, 8, 12: step 4's best (at 3) has no checkpoint
+    gone = tiny_run(tmp_path, max_steps=12, eval_interval=3, save_interval=4, keep_last=3)
+    fit(gone, tmp_path / "b", progress=False)
+    vals = [r for r in read_jsonl(tmp_path / "b/metrics.jsonl") if r.get("best")]
+    assert vals[0]["step"] == 3 and vals[-1]["step"] > 4, vals
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        fit(gone, tmp_path / "b", resume=tmp_path / "b/checkpoints/step-4", progress=False, until_step=5)
+    best_before = vals[0]
+    assert f"(val loss {best_before['val_loss']:.4f}, step {best_before['step']}) are no longer kept: " \
+        "model.safetensors becomes step 4's weights" in caplog.text
+    assert same(tmp_path / "b/model.safetensors", tmp_path / "b/checkpoints/step-4/model.safetensors")
 
 
 def test_resume_under_a_changed_schedule_follows_it_from_the_next_step(tmp_path):
@@ -472,3 +501,35 @@ def test_a_validation_split_shorter_than_a_window_says_so(tmp_path, caplog):
     found = re.search(r"the validation split has (\d+) tokens \(val_fraction=0.1\), fewer than one window of "
                       r"block_size \+ 1 = 129: no evaluation", caplog.text)
     assert found and 0 < int(found.group(1)) < 129, caplog.text
+
+
+def test_a_run_from_before_document_bos_resumes_with_its_own_tokenization(tmp_path, caplog):
+    """Documents now start with bos where the tokenizer's encoding does (a Llama tokenizer.json): a run begun before,
+    whose config.yaml does not say, resumes on its own token stream, loss for loss, and says nothing changed."""
+    import yaml
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, processors, trainers
+
+    from neurallayers.data import Tokenizer
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.train_from_iterator([corpus.read_text()], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    Tokenizer.from_hf(hf, bos_token="<s>", eos_token="</s>").save(tmp_path / "llama-tok")
+    run = tiny_run(tmp_path, corpus=corpus, max_steps=8, save_interval=4, eval_interval=4)
+    run = dataclasses.replace(run, data=dataclasses.replace(run.data, tokenizer=str(tmp_path / "llama-tok")))
+    fresh = fit(run, tmp_path / "new", progress=False, until_step=2)
+    assert RunConfig.from_yaml(tmp_path / "new/config.yaml").data.document_bos is True and fresh.steps == 2
+    old = dataclasses.replace(run, data=dataclasses.replace(run.data, document_bos=False))  # as runs were tokenized
+    fit(old, tmp_path / "straight", progress=False)
+    fit(old, tmp_path / "split", progress=False, until_step=4)
+    saved = yaml.safe_load((tmp_path / "split/config.yaml").read_text())
+    del saved["data"]["document_bos"]  # a config.yaml written before the field
+    (tmp_path / "split/config.yaml").write_text(yaml.safe_dump(saved))
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        fit(RunConfig.from_dict(saved), tmp_path / "split", resume=True, progress=False)
+    assert "data settings differ" not in caplog.text
+    assert step_losses(tmp_path / "split") == step_losses(tmp_path / "straight")
