@@ -90,17 +90,17 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
 
 
 def generation_defaults(path: str | Path) -> dict:
-    """The sampling settings a model folder recommends, as GenerationConfig fields: a Hugging Face folder's
-    generation_config.json (temperature, top_k, top_p, min_p, repetition_penalty; `do_sample: false` is
-    temperature 0); {} for a run directory or a folder without them. The CLI and the server use them for the knobs a
+    """The sampling settings a model folder recommends, as GenerationConfig fields: its generation_config.json
+    (temperature, top_k, top_p, min_p, repetition_penalty; `do_sample: false` is temperature 0), which a Hugging
+    Face folder, or a run converted from one, may hold; {} without it. The CLI and the server use them for the knobs a
     user leaves unset; in Python: `GenerationConfig(**generation_defaults(path), max_new_tokens=64)`.
     """
     path = resolve_model_path(path)
-    if (path / "config.yaml").is_file() or not (path / "config.json").is_file():
-        return {}
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such run directory or model folder: {path}")
     from neurallayers.interop.hf import generation_defaults as hf_defaults
 
-    return hf_defaults(path)
+    return hf_defaults(path)  # a run converted from a Hugging Face folder keeps its generation_config.json
 
 
 def train(config: object, out_dir: str | Path, *, resume: bool | str | Path = False, progress: bool = True,

@@ -116,7 +116,7 @@ class ModelConfig:
         if self.layer_scale is not None:
             _require("layer_scale", self.layer_scale, self.layer_scale > 0, "must be > 0 or None")
         if self.rope_scaling is not None:
-            self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.position, self.block_size)
+            self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.position)
         if self.pad_token_id is not None:
             _require(
                 "pad_token_id", self.pad_token_id, 0 <= self.pad_token_id < self.vocab_size, "must be a valid token id"
@@ -294,7 +294,7 @@ def _describe(tp: Any) -> str:
     return "None" if tp is type(None) else tp.__name__
 
 
-def _check_rope_scaling(scaling: dict, position: str, block_size: int) -> dict:
+def _check_rope_scaling(scaling: dict, position: str) -> dict:
     _require("rope_scaling", scaling, position == "rope", "needs position='rope'")
     kind = scaling.get("type", scaling.get("rope_type"))
     allowed = get_args(RopeScalingType)
@@ -318,14 +318,25 @@ def _check_rope_scaling(scaling: dict, position: str, block_size: int) -> dict:
             _require(f"rope_scaling.{key}", v, _is_finite_number(v) and v > 0, "must be a finite number > 0")
         low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
         _require("rope_scaling.high_freq_factor", high, high > low, f"must be > low_freq_factor={low!r}")
-    if kind == "dynamic":  # the base grows only past the original length: at block_size or beyond it never would
-        old_len = scaling.get("original_max_position_embeddings", block_size)
-        default = "" if "original_max_position_embeddings" in scaling else " (the block_size default)"
-        _require("rope_scaling", scaling, old_len < block_size,
-                 f"dynamic scaling acts only past original_max_position_embeddings={old_len}{default}, which no "
-                 f"sequence within block_size={block_size} passes; set original_max_position_embeddings below "
-                 f"block_size (e.g. block_size / factor = {int(block_size // factor)})")
     return scaling
+
+
+def dynamic_scaling_unused(cfg: ModelConfig) -> str | None:
+    """Why a dynamic NTK scaling changes nothing (the base grows only past the original length, and no sequence
+    within block_size passes it), or None. Not an error: runs saved with one, and Hugging Face configs with factor
+    1.0, are plain RoPE; the model builder warns."""
+    scaling = cfg.rope_scaling or {}
+    if scaling.get("type") != "dynamic":
+        return None
+    old_len = scaling.get("original_max_position_embeddings", cfg.block_size)
+    if old_len < cfg.block_size:
+        return None
+    default = "" if "original_max_position_embeddings" in scaling else " (the block_size default)"
+    hint = f"below block_size (e.g. block_size / factor = {int(cfg.block_size // scaling['factor'])})" \
+        if cfg.block_size // scaling["factor"] < cfg.block_size else "below block_size"
+    return (f"rope_scaling dynamic acts only past original_max_position_embeddings={old_len}{default}, which no "
+            f"sequence within block_size={cfg.block_size} passes: it changes nothing (to scale, set "
+            f"original_max_position_embeddings {hint})")
 
 
 def _is_finite_number(v: Any) -> bool:

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, positive_int
-from neurallayers.cli.generate import add_sampling_arguments, generation_config, with_model_defaults
+from neurallayers.cli.generate import add_sampling_arguments, generation_config, use_model_defaults
 
 EPILOG = """input: one JSON object per line, e.g.
   {"id": "q1", "prompt": "Once upon a time", "max_new_tokens": 32, "temperature": 0}
@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"--input: no such file: {args.input}")
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
-    config = with_model_defaults(generation_config(args), args, args.path) if model.config.causal else None
+    if model.config.causal:
+        use_model_defaults(args, args.path)
+    config = generation_config(args) if model.config.causal else None
     result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
                        pooling=args.pooling, normalize=False if args.no_normalize else None, max_length=args.max_length,
                        model_files=model_files_identity(resolve_model_path(args.path)), overwrite=args.overwrite,

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model
-from neurallayers.cli.generate import add_sampling_arguments, generation_config, with_model_defaults
+from neurallayers.cli.generate import add_sampling_arguments, generation_config, use_model_defaults
 
 HINT = "type a message and press Enter; /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops a reply"
 
@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.data.chat import DEFAULT_STOP
     from neurallayers.generation.generate import _row_seed
 
+    use_model_defaults(args, args.path)
     config = generation_config(args)
     if config.num_beams > 1 or config.penalty_alpha > 0:
         raise ValueError("chat streams greedy or sampled replies: no --num-beams or --penalty-alpha")
@@ -36,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     if not model.config.causal:
         raise ValueError(f"{args.path} is an encoder model: chat needs a decoder (encoders embed: neurallayers serve "
                          "... /v1/embeddings, or neurallayers.embed)")
-    config = with_model_defaults(config, args, args.path)
     if not getattr(tokenizer, "chat_template", None):
         config = config.replace(stop=[*config.stop, DEFAULT_STOP])
     if args.compile:

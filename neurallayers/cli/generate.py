@@ -63,23 +63,28 @@ def generation_config(args: argparse.Namespace):
         early_stopping={"false": False, "true": True, "never": "never"}[args.early_stopping])
 
 
+SAMPLING_KNOBS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # a folder may recommend these
+
+
 def _given(value, default):
     return default if value is None else value
 
 
-def with_model_defaults(config, args: argparse.Namespace, path: str):
-    """`config` with the sampling settings the model folder recommends (api.generation_defaults) for each of them the
-    command line left unset; says so on stderr. Beam and contrastive search keep theirs (they are deterministic)."""
+def use_model_defaults(args: argparse.Namespace, path: str) -> None:
+    """Sets each sampling knob the command line left unset to what the model folder recommends
+    (api.generation_defaults: its generation_config.json), and says so on stderr. Beam search takes none (it is
+    deterministic), contrastive search only top_k (its candidate count, as transformers takes it)."""
     from neurallayers.api import generation_defaults
 
-    if config.num_beams > 1 or config.penalty_alpha > 0:
-        return config
-    chosen = {k: v for k, v in generation_defaults(path).items() if getattr(args, k) is None}
-    if not chosen:
-        return config
-    print("note: the model's generation_config.json sets " + ", ".join(f"{k}={v}" for k, v in chosen.items()),
-          file=sys.stderr)
-    return config.replace(**chosen)
+    if args.num_beams > 1:
+        return
+    usable = ("top_k",) if args.penalty_alpha > 0 else SAMPLING_KNOBS
+    chosen = {k: v for k, v in generation_defaults(path).items() if k in usable and getattr(args, k) is None}
+    if chosen:
+        print("note: the model's generation_config.json sets " + ", ".join(f"{k}={v}" for k, v in chosen.items()),
+              file=sys.stderr)
+    for key, value in chosen.items():
+        setattr(args, key, value)
 
 
 def _logit_bias(pairs: list[str]) -> dict[int, float]:
@@ -114,12 +119,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from neurallayers.generation import generate, stream
 
+    use_model_defaults(args, args.path)
     config = generation_config(args)
     prompts = args.prompts or [sys.stdin.read()]
     if any(not p for p in prompts):
         raise ValueError("empty prompt; give some text (a single newline is fine: $'\\n')")
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
-    config = with_model_defaults(config, args, args.path)
     draft = _helper_model("draft", args, tokenizer) if args.draft else None
     amateur = _helper_model("amateur", args, tokenizer) if args.amateur else None
     if args.compile:

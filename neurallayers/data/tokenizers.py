@@ -158,7 +158,7 @@ class Tokenizer:
         hf = HFTokenizer.from_str(self.hf.to_str())
         hf.add_special_tokens([MASK])
         if self.kind != "char":  # word tokens carry their space: one before <mask> is the masked word's
-            _mask_takes_its_space(hf)
+            mask_takes_its_space(hf)
         copy = Tokenizer(hf, kind=self.kind, bos_token=self.bos_token, eos_token=self.eos_token,
                          pad_token=self.pad_token, chat_template=self.chat_template,
                          model_max_length=self.model_max_length)
@@ -404,7 +404,7 @@ class Tokenizer:
         eos = ENDOFTEXT if ENDOFTEXT in special_tokens else None
         pad = "<pad>" if "<pad>" in special_tokens else None
         if MASK in special_tokens:
-            _mask_takes_its_space(hf)
+            mask_takes_its_space(hf)
         return cls(hf, kind="bpe", bos_token=eos, eos_token=eos, pad_token=pad)
 
     @classmethod
@@ -486,7 +486,7 @@ class StreamDecoder:
         return piece
 
 
-def _mask_takes_its_space(hf: HFTokenizer) -> None:
+def mask_takes_its_space(hf: HFTokenizer) -> None:
     """Makes "<mask>" take the space before it (lstrip, as RoBERTa's does): "not to <mask>" must mask the word
     " be", not leave a bare " " token the model never saw before a word, nor double the space when filled in."""
     from tokenizers import AddedToken

@@ -7,6 +7,7 @@ temporary folder beside it and renamed into place at the end, so a failed conver
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -73,12 +74,31 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
             save_hf(model, tokenizer, tmp, max_shard_size=max_shard_size)
         else:
             _write_run(model, tokenizer, tmp)
+        _keep_sampling(src, tmp)
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
+
+
+def _keep_sampling(src: Path, folder: Path) -> None:
+    """The source's recommended sampling (generation_config.json's do_sample, temperature, top_k, ...) goes along
+    into the converted folder, a run directory included: generate, chat, batch and serve use it there as well."""
+    from neurallayers.files import write_text_atomic
+    from neurallayers.interop.hf import SAMPLING_DEFAULTS
+
+    path = src / "generation_config.json"
+    if not path.is_file():
+        return
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    kept = {k: v for k, v in settings.items() if k in ("do_sample", *SAMPLING_DEFAULTS)}
+    if not kept:
+        return
+    out = folder / "generation_config.json"
+    written = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    write_text_atomic(out, json.dumps({**written, **kept}, indent=2) + "\n")
 
 
 def _write_run(model: object, tokenizer: object, folder: Path) -> None:

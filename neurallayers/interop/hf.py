@@ -142,12 +142,11 @@ SAMPLING_DEFAULTS = {"temperature": float, "top_k": int, "top_p": float, "min_p"
 
 
 def generation_defaults(folder: str | Path) -> dict:
-    """The sampling a Hugging Face folder's generation_config.json recommends (Llama-3-Instruct: temperature 0.6,
+    """The sampling a model folder's generation_config.json recommends (Llama-3-Instruct: temperature 0.6,
     top_p 0.9), as GenerationConfig fields: its temperature, top_k, top_p, min_p and repetition_penalty, or
     {"temperature": 0.0} when it says `do_sample: false` (transformers then decodes greedily). {} without the file.
-
-    Raises:
-        ValueError: a value of the wrong type or out of range, naming the file and the field.
+    A value GenerationConfig would refuse is left out with a warning (transformers loads such a file too, and a
+    user who sets that knob never needs it); top_k -1 is vLLM's "off", 0 here.
     """
     path = Path(folder) / "generation_config.json"
     if not path.is_file():
@@ -155,20 +154,24 @@ def generation_defaults(folder: str | Path) -> dict:
     settings = read_json(path)
     if settings.get("do_sample") is False:
         return {"temperature": 0.0}
+    from neurallayers.generation import GenerationConfig
+
     out = {}
     for name, kind in SAMPLING_DEFAULTS.items():
         value = settings.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
-            raise ValueError(f"{path}: {name}={value!r} must be a number")
-        out[name] = kind(value)
-    from neurallayers.generation import GenerationConfig
-
-    try:
-        GenerationConfig(**out)  # its ranges: a temperature of -1 is the file's fault, not the user's flags'
-    except ValueError as e:
-        raise ValueError(f"{path}: {str(e).removeprefix('GenerationConfig.')}") from None
+        if name == "top_k" and value == -1:
+            value = 0
+        try:
+            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not number or (kind is int and value != int(value)):
+                raise ValueError(f"must be {'an integer' if kind is int else 'a number'}")
+            GenerationConfig(**{name: kind(value)})  # its ranges
+            out[name] = kind(value)
+        except (ValueError, OverflowError) as e:
+            why = str(e).split(": ", 1)[-1]
+            warnings.warn(f"{path}: {name}={value!r} is not used ({why})", stacklevel=2)
     return out
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
-from neurallayers.config import ModelConfig
+from neurallayers.config import ModelConfig, dynamic_scaling_unused
 from neurallayers.models.decoder import DecoderLM, ModelOutput
 
 
@@ -12,6 +14,8 @@ def build_model(config: ModelConfig | str | dict) -> nn.Module:
     """A model with freshly initialised weights from a ModelConfig, a preset name / YAML path, or a mapping of
     fields ({"preset": "tiny", "n_layer": 1} as in a run config's model section)."""
     config = ModelConfig.resolve(config)
+    if unused := dynamic_scaling_unused(config):
+        warnings.warn(unused, stacklevel=2)
     if config.causal:
         return DecoderLM(config)
     from neurallayers.models.encoder import build_encoder  # noqa: PLC0415 - encoder lives in its own file

@@ -112,6 +112,9 @@ def build_served(model, tokenizer, name: str, limits: Limits, sampling_defaults:
         engine.warm_up()  # compiles the fast step, if there is one
         if limits.compile:
             log.info("compiled the decode step in %.0f s", time.perf_counter() - started)
+    if sampling_defaults:
+        log.info("%s: the model's generation_config.json sets %s for requests that leave them out", name,
+                 ", ".join(f"{k}={v}" for k, v in sampling_defaults.items()))
     return ServedModel(name=name, model=model, tokenizer=tokenizer, engine=engine, limits=limits,
                        sampling_defaults=dict(sampling_defaults or {}))
 

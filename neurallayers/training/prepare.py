@@ -29,7 +29,7 @@ def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_
             any other tokenizer without one gets "<mask>" added after its last id.
     """
     from neurallayers.data import Tokenizer
-    from neurallayers.data.tokenizers import ENDOFTEXT, MASK
+    from neurallayers.data.tokenizers import ENDOFTEXT, MASK, mask_takes_its_space
 
     kind = data.tokenizer
     if kind != "bpe" and data.vocab_size is not None:
@@ -48,7 +48,10 @@ def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_
     key = json.dumps(spec)
     folder = data.resolved_cache_dir / "tokenizers" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (folder / "tokenizer_config.json").is_file():
-        return Tokenizer.load(folder)  # saved with its mask token when `mask`
+        tok = Tokenizer.load(folder)  # saved with its mask token when `mask`
+        if mask and kind == "bpe":  # cached before <mask> took the space before it: it does now
+            mask_takes_its_space(tok.hf)
+        return tok
     if not any(doc.text for doc in corpus.documents()):  # stops at the first document with text
         raise ValueError(f"corpus {corpus.name!r} has no text to tokenize")
     texts = (doc.text for doc in corpus.documents())

@@ -137,8 +137,14 @@ def test_a_folders_generation_config_sets_the_sampling_the_user_leaves_unset(run
     assert given.stdout == sampled.stdout and "generation_config" not in given.stderr
     (hf / "generation_config.json").write_text(json.dumps({**settings, "do_sample": False, "temperature": 0.7}))
     assert in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch).stdout == greedy
-    (hf / "generation_config.json").write_text(json.dumps({**settings, "do_sample": True, "top_p": 1.5}))
-    assert_user_error(in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch), "generation_config.json", "top_p")
+    # a bad value is not used (a warning), so the model stays usable, above all when the flag is given
+    (hf / "generation_config.json").write_text(json.dumps({**settings, "do_sample": True, "top_p": 1.5, "top_k": 1}))
+    bad = in_process(*args, "--top-p", "0.9", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert bad.returncode == 0 and bad.stdout == greedy, bad.stderr
+    # contrastive search takes the folder's top_k (its candidates), not its sampling
+    (hf / "generation_config.json").write_text(json.dumps({**settings, "top_k": 4, "temperature": 0.7}))
+    contrastive = in_process(*args, "--penalty-alpha", "0.6", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert contrastive.returncode == 0 and "generation_config.json sets top_k=4\n" in contrastive.stderr
 
 
 def test_every_verb_that_loads_a_model_takes_allow_pickle(run_dir: Path, tmp_path: Path, monkeypatch):

@@ -18,7 +18,6 @@ from neurallayers import ModelConfig, build_model  # noqa: E402
 from neurallayers.api import load  # noqa: E402
 from neurallayers.data.tokenizers import Tokenizer  # noqa: E402
 from neurallayers.interop import convert, load_hf, save_hf  # noqa: E402
-from neurallayers.training.config import RunConfig  # noqa: E402
 from neurallayers.weights import CheckpointError  # noqa: E402
 
 VOCAB = 64
@@ -237,6 +236,27 @@ def test_save_hf_replaces_stale_weights(tmp_path):
 
 # ----- convert -----
 
+def test_convert_keeps_the_recommended_sampling(tmp_path):
+    """HF -> run -> HF and HF -> HF keep generation_config.json's sampling settings (they were dropped: a converted
+    Llama-3-Instruct sampled at the CLI's defaults, and do_sample false became sampling)."""
+    from neurallayers import generation_defaults
+
+    model = hf_folder(tmp_path / "hf")
+    Tokenizer.train_char(["abcdefgh"] * 3).save(tmp_path / "hf")
+    model.generation_config.update(do_sample=True, temperature=0.6, top_p=0.9)
+    model.generation_config.save_pretrained(tmp_path / "hf")
+    want = {"temperature": 0.6, "top_p": 0.9}
+    assert generation_defaults(tmp_path / "hf") == want
+    convert(tmp_path / "hf", tmp_path / "run", to="run")
+    assert generation_defaults(tmp_path / "run") == want
+    convert(tmp_path / "run", tmp_path / "back", to="hf")
+    assert generation_defaults(tmp_path / "back") == want
+    back = transformers.GenerationConfig.from_pretrained(tmp_path / "back")
+    assert (back.do_sample, back.temperature, back.top_p) == (True, 0.6, 0.9)  # transformers reads them too
+    convert(tmp_path / "hf", tmp_path / "hf2", to="hf")
+    assert generation_defaults(tmp_path / "hf2") == want
+
+
 def test_convert_hf_to_run_and_back(tmp_path):
     src = tmp_path / "hf"
     ref = hf_folder(src)
@@ -317,12 +337,11 @@ def test_generation_defaults_read_transformers_sampling_settings(tmp_path):
     path = tmp_path / "hf" / "generation_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "do_sample": False}))  # older transformers wrote it
     assert generation_defaults(tmp_path / "hf") == {"temperature": 0.0}
-    path.write_text(json.dumps({"top_k": "20"}))
-    with pytest.raises(ValueError, match=r"generation_config.json: top_k='20' must be a number"):
-        generation_defaults(tmp_path / "hf")
-    run = tmp_path / "run"
-    run.mkdir()
-    cfg = ModelConfig(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16, block_size=16)
-    RunConfig(model=cfg).to_yaml(run / "config.yaml")
-    (run / "generation_config.json").write_text(json.dumps({"top_k": 5}))  # a stray file: runs keep their own settings
-    assert generation_defaults(run) == {}
+    # a value transformers loads but GenerationConfig refuses: left out, with a warning (the model stays usable)
+    path.write_text(json.dumps({"top_k": "20", "temperature": -1, "top_p": 0.5}))
+    with pytest.warns(UserWarning, match=r"generation_config.json: temperature=-1 is not used \(must be >= 0"):
+        assert generation_defaults(tmp_path / "hf") == {"top_p": 0.5}
+    path.write_text(json.dumps({"top_k": -1}))  # vLLM's "off"
+    assert generation_defaults(tmp_path / "hf") == {"top_k": 0}
+    with pytest.raises(FileNotFoundError, match="no such run directory or model folder"):
+        generation_defaults(tmp_path / "typo")

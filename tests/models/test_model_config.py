@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from neurallayers.config import ModelConfig
+from neurallayers.models import build_model
 from neurallayers.presets import PRESETS
 
 ROPE = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False)
@@ -66,12 +68,6 @@ BAD = [
      "rope_scaling.high_freq_factor", "must be a finite number > 0"),
     ("rope_scaling-high_freq_factor", dict(rope_scaling={**LLAMA3, "high_freq_factor": 1.0}, **ROPE),
      "rope_scaling.high_freq_factor", "must be > low_freq_factor=1.0"),
-    # dynamic NTK grows the base only past the original length: at block_size or beyond, it never would
-    ("rope_scaling-dynamic-default", dict(block_size=64, rope_scaling={"type": "dynamic", "factor": 2.0}, **ROPE),
-     "rope_scaling", "acts only past original_max_position_embeddings=64 (the block_size default)"),
-    ("rope_scaling-dynamic-long", dict(block_size=64, rope_scaling={"type": "dynamic", "factor": 4.0,
-                                                                   "original_max_position_embeddings": 64}, **ROPE),
-     "rope_scaling", "set original_max_position_embeddings below block_size (e.g. block_size / factor = 16)"),
     ("rope_scaling-type-of", dict(rope_scaling=[2.0], **ROPE), "rope_scaling", "expected dict or None"),
     ("sliding_window", dict(sliding_window=0), "sliding_window", "must be >= 1 or None"),
     ("sliding_window-causal", dict(sliding_window=8, causal=False), "sliding_window", "needs causal=True"),
@@ -312,3 +308,24 @@ def test_info_notes_a_context_past_block_size(capsys):
     assert err.strip() == "note: --context 4,096 is past the model's context, block_size=128"
     assert main(["info", "tiny", "--context", "128"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("scaling, block, needle", [
+    ({"type": "dynamic", "factor": 2.0}, 64,
+     "original_max_position_embeddings=64 (the block_size default), which no sequence within block_size=64 passes: "
+     "it changes nothing (to scale, set original_max_position_embeddings below block_size (e.g. block_size / factor "
+     "= 32))"),
+    ({"type": "dynamic", "factor": 1.0, "original_max_position_embeddings": 64}, 64, "below block_size)"),
+])
+def test_a_dynamic_scaling_that_never_acts_builds_with_a_warning(scaling, block, needle):
+    """It grows the base only past the original length: from block_size on it changes nothing. A warning, not an
+    error: runs saved with one, and Hugging Face configs with factor 1.0, load as the plain RoPE they are."""
+    cfg = ModelConfig(vocab_size=64, block_size=block, n_layer=1, n_head=2, n_embd=16, rope_scaling=scaling, **ROPE)
+    with pytest.warns(UserWarning, match="rope_scaling dynamic acts only past") as caught:
+        model = build_model(cfg)
+    assert needle in str(caught[0].message)
+    plain = build_model(cfg.replace(rope_scaling=None))
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 64, (1, block))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, plain(ids).logits, rtol=0, atol=0)

@@ -73,3 +73,24 @@ def test_a_vocab_size_that_does_not_apply_or_cannot_be_reached_is_said(tmp_path,
         tok, _, _ = prepare_data(dataclasses.replace(run, data=dataclasses.replace(run.data, tokenizer="bpe",
                                                                                     vocab_size=1024)))
     assert tok.vocab_size < 1024 and f"the BPE tokenizer has {tok.vocab_size} tokens, not the 1024" in caplog.text
+
+
+def test_a_cached_masked_lm_tokenizer_gets_the_mask_that_takes_its_space(tmp_path):
+    """A BPE cached before <mask> took the space before it (lstrip) is reused by new runs: it gets it on load."""
+    import json
+
+    from neurallayers.data import load_corpus
+    from neurallayers.training.prepare import build_tokenizer
+
+    (tmp_path / "text.txt").write_text("not to be, that is the question\n" * 200)
+    data = DataConfig(source=str(tmp_path / "text.txt"), vocab_size=300, cache_dir=str(tmp_path / "cache"))
+    corpus = load_corpus(data.source)
+    build_tokenizer(data, corpus, model_vocab=300, mask=True)
+    (saved,) = (tmp_path / "cache/tokenizers").glob("*/tokenizer.json")
+    spec = json.loads(saved.read_text())
+    for token in spec["added_tokens"]:
+        token["lstrip"] = False  # as it was cached before
+    saved.write_text(json.dumps(spec))
+    tok = build_tokenizer(data, corpus, model_vocab=300, mask=True)
+    pieces = [tok.decode([i], skip_special_tokens=False) for i in tok.encode("not to <mask>, that")]
+    assert pieces[pieces.index("<mask>") - 1] == " to", pieces
