@@ -24,7 +24,8 @@ _NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Prepend"}
 _COMPOSING, _MERGE = {"NFC", "NFKC"}, 4
 # pre-tokenizers that keep every character (Split and Punctuation unless their behavior is "Removed")
 _PRE_TOKENIZERS = {"ByteLevel", "Metaspace", "Digits", "UnicodeScripts", "Split", "Punctuation"}
-_ONE_CHARACTER = {"[\\s\\S]", "."}  # Split patterns whose pieces are single characters (Tokenizer.train_char's)
+_ONE_CHARACTER = {"[\\s\\S]"}  # Split patterns whose pieces are single characters (Tokenizer.train_char's; "."
+# is not one: it stops at newlines, so a run of them is one piece, one <unk>)
 
 
 async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", special: bool = True) -> list[list[int]]:
@@ -106,7 +107,11 @@ def chars_per_token(tokenizer) -> int | None:
         from tokenizers.pre_tokenizers import ByteLevel
 
         byte_level = any(p["type"] == "ByteLevel" for p in pres)
-        covered = (model.get("byte_fallback") or (model.get("unk_token") and not model.get("fuse_unk"))
+        # byte fallback only with all 256 <0xNN> tokens (else an unknown character is <unk>, and fuse_unk makes a
+        # run of them one token: transformers' LlamaConverter writes byte_fallback for vocabularies without them)
+        byte_tokens = all(f"<0x{b:02X}>" in vocab for b in range(256))
+        one_unk_each = model.get("unk_token") and not model.get("fuse_unk")
+        covered = ((model.get("byte_fallback") and byte_tokens) or one_unk_each
                    or (byte_level and all(c in vocab for c in ByteLevel.alphabet())))
     elif model.get("type") == "WordLevel":
         # each piece is one token (an unknown one <unk>), so a piece must be a single character

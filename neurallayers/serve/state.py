@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import time
@@ -175,25 +176,31 @@ class ModelHolder:
         return target
 
     def _escape(self, folder: Path) -> Path | None:
-        """The first path inside `folder` (recursively, through links) that resolves outside model_root, or cannot
-        be resolved (a link loop); None when there is none."""
-        seen, todo = {folder}, [folder]
-        while todo:
+        """The first path a load reads that resolves outside model_root: the folder's files, and the files of the
+        sentence-transformers module folders (1_Pooling/, the others modules.json names); None when there is none.
+        Only those: a run's checkpoints/, logs or tracker folders are never read, and may hold many files."""
+        folders = [folder, folder / "1_Pooling"]  # read without a modules.json too
+        modules = folder / "modules.json"
+        try:
+            listed = json.loads(modules.read_text()) if modules.is_file() else []
+            folders += [folder / m["path"] for m in listed if isinstance(m, dict) and m.get("path")]
+        except (OSError, ValueError, TypeError):  # the loader reports a bad modules.json itself
+            pass
+        for where in folders:
             try:
-                entries = list(os.scandir(todo.pop()))
-            except OSError:  # unreadable: the loader cannot read it either
+                entries = list(os.scandir(where)) + ([] if where == folder else [where])
+            except OSError:  # missing or unreadable: the loader cannot read it either
                 continue
             for entry in entries:
-                path = Path(entry.path)
+                path = Path(entry if isinstance(entry, Path) else entry.path)
+                if where == folder and not isinstance(entry, Path) and entry.is_dir(follow_symlinks=False):
+                    continue  # a real subfolder: a module folder is checked above when modules.json names it
                 try:
-                    real = path.resolve()
-                except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
-                    return path
+                    real = path.resolve(strict=True)
+                except (OSError, RuntimeError):  # a dangling link or a loop (RuntimeError before Python 3.13)
+                    continue  # not a file any load reads
                 if real != self.model_root and self.model_root not in real.parents:
                     return path
-                if real.is_dir() and real not in seen:  # a linked folder once, however many links lead to it
-                    seen.add(real)
-                    todo.append(path)
         return None
 
     async def reload(self, relative: str) -> tuple[ServedModel, ServedModel]:

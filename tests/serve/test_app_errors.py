@@ -476,3 +476,27 @@ def test_default_host_is_loopback():
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
     assert parser.parse_args(["some/run"]).host == "127.0.0.1"
+
+
+def test_no_character_bound_where_one_token_can_hold_a_run_of_unknown_characters():
+    """Byte fallback without the 256 <0xNN> tokens (transformers' LlamaConverter writes it for any SentencePiece
+    vocabulary) reads unknown characters as <unk>, fused into one token per run; a "." split stops at newlines, so a
+    run of them is one piece. Both refused valid prompts: "Hi " + 400 x "漢" is 6 tokens."""
+    from tokenizers import AddedToken, Regex, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from neurallayers.data import Tokenizer
+    from neurallayers.serve.params import chars_per_token
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, **{c: 4 + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyzH")}}
+    hf = HFTokenizer(models.BPE(vocab, [], unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    hf.add_special_tokens([AddedToken(t, special=True) for t in ("<unk>", "<s>", "</s>")])
+    llama = Tokenizer.from_hf(hf, bos_token="<s>", eos_token="</s>")
+    assert len(llama.encode("Hi " + "漢" * 400)) < 10 and chars_per_token(llama) is None
+    words = HFTokenizer(models.WordLevel({"a": 0, "b": 1, "\n": 2, "<unk>": 3}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    dots = Tokenizer.from_hf(words)
+    assert len(dots.encode("a" + "\n" * 1000 + "b")) == 3 and chars_per_token(dots) is None
+    assert chars_per_token(Tokenizer.train_char(["ab\n"])) is not None  # [\s\S]: every character its own piece

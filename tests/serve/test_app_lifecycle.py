@@ -101,6 +101,12 @@ def test_reload_refuses_a_folder_with_a_file_that_links_outside_the_root(tmp_pat
             assert httpx.get(f"{srv.url}/v1/models").json()["data"][0]["id"] == "a"
         r = httpx.post(f"{srv.url}/reload", json={"model": "snapshot"}, timeout=60)
         assert r.status_code == 200 and r.json() == {"model": "snapshot", "previous": "a"}
+        # what a load never reads is not walked: a run's logs/ with a link loop, or many files
+        (write_run_dir(root / "loopy", seed=5) / "logs").mkdir()
+        os.symlink("a", root / "loopy" / "logs" / "b")
+        os.symlink("b", root / "loopy" / "logs" / "a")
+        r = httpx.post(f"{srv.url}/reload", json={"model": "loopy"}, timeout=60)
+        assert r.status_code == 200, r.text
         assert_ok_after(srv.url)
 
 
