@@ -477,7 +477,8 @@ class _Fit:
             # DDP: only the last micro-batch all-reduces gradients.
             sync = self.wrapped.no_sync() if info.mode == "ddp" and not last else contextlib.nullcontext()
             # gradients are averaged over the processes: a process's share of the mean is world_size x its tokens'
-            share = cfg.grad_accum if not predicted else predicted / (int((y != -100).sum()) * info.world_size)
+            # (a slice of only special tokens predicts none: its loss is NaN, and the NaN guard has the step)
+            share = cfg.grad_accum if not predicted else predicted / (max(int((y != -100).sum()), 1) * info.world_size)
             with sync, autocast(self.device, self.amp_dtype):
                 loss = _loss(self.forward, x, y, masked=self.masker is not None) / share
             self.scaler.scale(loss).backward()
