@@ -228,7 +228,9 @@ class ModelHolder:
                 new = await run_in_threadpool(load)
             except Exception as e:  # whatever a broken folder makes the loader raise, the old model keeps serving
                 log.exception("reload of %r failed; still serving %s", relative, old.name)
-                reason = f"{e}"[:500].encode("utf-8", "backslashreplace").decode()  # a file name need not be UTF-8
+                # the client names paths relative to the root: the server's own layout stays in its log
+                reason = f"{e}".replace(f"{self.model_root}{os.sep}", "").replace(str(self.model_root), ".")
+                reason = reason[:500].encode("utf-8", "backslashreplace").decode()  # a file name need not be UTF-8
                 raise bad_request(f"cannot load {relative!r}: {type(e).__name__}: {reason}", param="model",
                                   code="model_load_failed") from e
             self.current = new

@@ -133,6 +133,7 @@ def test_a_reload_that_fails_in_any_way_is_400_and_the_old_model_serves_on(tmp_p
             assert r.status_code == 400, (folder, r.text)
             err = r.json()["error"]
             assert err["param"] == "model" and err["code"] == "model_load_failed" and folder in err["message"]
+            assert str(root) not in err["message"]  # paths relative to the root: the server's layout stays its own
             after = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 2})
             assert after.status_code == 200 and after.json()["model"] == "a"
     failures = [r for r in caplog.records if r.name == "neurallayers.serve" and "reload" in r.getMessage()]
