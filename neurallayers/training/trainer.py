@@ -157,7 +157,7 @@ class _Fit:
             check_state_dict(self.model, model_sd, source=str(target / "model.safetensors"))
         if source is not None:
             source.load_into(self.model)
-            log.info("initialised from %s (%s parameters)", source.path,
+            log.info("initialised from %s (%s parameters)", run.train.init_from,  # as the user named it
                      f"{sum(p.numel() for p in self.model.parameters()):,}")
         self.model.to(self.device)
         self.wrapped = dist.wrap_model(self.model, info, self.device)

@@ -137,6 +137,7 @@ def test_minilm_continues_pretraining_as_a_masked_lm(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="neurallayers.training"):
         result = fit(run, tmp_path / "ft", progress=False)
     assert result.steps == 1 and "head is new" in caplog.text
+    assert "initialised from all-MiniLM-L6-v2 (" in caplog.text  # the name, not the package's folder
     minilm, tokenizer = load("all-MiniLM-L6-v2")
     tuned, tuned_tok = load(tmp_path / "ft")
     assert tuned.config.head == "mlm" and tuned_tok.mask_id == tokenizer.mask_id is not None
