@@ -43,6 +43,9 @@ WEIGHT_MAP: tuple[tuple[str, str | tuple[str, ...]], ...] = (
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # a buffer older checkpoints saved
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")  # rope_type values we build ("default" = unscaled)
+# config.json key for a dynamic-NTK model's context when it is not factor x the original length (transformers keeps
+# unknown keys as attributes and writes them back)
+BLOCK_SIZE_KEY = "neurallayers_block_size"
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -74,7 +77,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
         # transformers grows the RoPE base past max_position_embeddings (it ignores any other original length);
         # the context that scaling is made for is factor times longer.
         scaling["original_max_position_embeddings"] = block_size
-        block_size = int(block_size * scaling["factor"])
+        # the context: what an export of ours recorded (config_to_hf), else factor times the original
+        block_size = int(hf.get(BLOCK_SIZE_KEY) or block_size * scaling["factor"])
     window = hf.get("sliding_window") if model_type == "mistral" else None
     return ModelConfig(
         name=str(hf.get("_name_or_path") or model_type), causal=True, vocab_size=hf.get("vocab_size", 32000),
@@ -123,6 +127,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     if bad:
         raise ValueError(f"config cannot be written as a Hugging Face {model_type}: " + "; ".join(bad))
     scaling = dict(cfg.rope_scaling or {})
+    scaling_type = scaling.get("type")
     max_positions = cfg.block_size
     if scaling.get("type") == "dynamic":  # transformers reads the original length from max_position_embeddings
         max_positions = scaling.pop("original_max_position_embeddings", cfg.block_size)
@@ -139,6 +144,8 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": cfg.attn_dropout,
         "initializer_range": cfg.init_std,
     }
+    if scaling_type == "dynamic" and cfg.block_size != int(max_positions * cfg.rope_scaling["factor"]):
+        out[BLOCK_SIZE_KEY] = cfg.block_size  # HF keeps one length (the original): ours comes back on import
     if model_type == "mistral":
         out["sliding_window"] = cfg.sliding_window
     else:

@@ -275,3 +275,21 @@ def test_a_text_prompt_gets_the_tokenizers_bos_as_in_transformers(tmp_path):
                             pad_token_id=0)[0, len(ids):].tolist()
     (gen,) = generate(model, tok, "the fox", temperature=0, max_new_tokens=10, ignore_eos=True)
     assert gen.token_ids == want and gen.prompt_tokens == len(ids)
+
+
+def test_a_dynamic_ntk_context_survives_the_round_trip(tmp_path):
+    """A Hugging Face config keeps one length (the original, where dynamic NTK starts); the import took the context
+    as factor times it, so block_size 128 with original 100 and factor 2 came back as 200."""
+    from neurallayers import ModelConfig, build_model
+
+    cfg = ModelConfig(vocab_size=VOCAB, block_size=128, n_layer=1, n_head=2, n_embd=16, position="rope",
+                      norm="rmsnorm", mlp="swiglu", bias=False,
+                      rope_scaling={"type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 100})
+    save_hf(build_model(cfg), None, tmp_path / "hf")
+    assert load(tmp_path / "hf")[0].config.block_size == 128
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert ref.config.max_position_embeddings == 100  # where transformers starts the scaling
+    as_usual = cfg.replace(block_size=200)  # factor x original: no extra key, as before
+    save_hf(build_model(as_usual), None, tmp_path / "usual")
+    assert "neurallayers_block_size" not in (tmp_path / "usual/config.json").read_text()
+    assert load(tmp_path / "usual")[0].config.block_size == 200
