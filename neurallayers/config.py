@@ -343,15 +343,25 @@ def _is_finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _coerce_float_strings(cfg: ModelConfig) -> None:
-    """YAML 1.1 reads `1e-6` and `5e5` as strings: such strings become floats in float fields and rope_scaling's
-    factors, as a run config's sections do (training.config), so a model YAML reads the same on its own."""
-    hints = get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        tp = hints[f.name]
+def coerce_float_strings(klass: type, raw: dict) -> dict:
+    """`raw` (fields of the dataclass `klass`) with numeric strings made floats where the field is a float: YAML 1.1
+    reads `1e-6` and `5e5` as strings. A string that is no number is left for validation to report."""
+    hints = get_type_hints(klass)
+    out = dict(raw)
+    for key, value in raw.items():
+        tp = hints.get(key)
         if isinstance(value, str) and (tp is float or float in get_args(tp)):
-            setattr(cfg, f.name, _float_or_same(value))
+            out[key] = _float_or_same(value)
+    return out
+
+
+def _coerce_float_strings(cfg: ModelConfig) -> None:
+    """coerce_float_strings on a ModelConfig's own fields and rope_scaling's factors, so that a model YAML reads the
+    same on its own as in a run config's model section."""
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for name, value in coerce_float_strings(type(cfg), fields).items():
+        if value is not fields[name]:
+            setattr(cfg, name, value)
     if isinstance(cfg.rope_scaling, dict):
         cfg.rope_scaling = {k: _float_or_same(v) if k in _ROPE_SCALING_FLOATS and isinstance(v, str) else v
                             for k, v in cfg.rope_scaling.items()}

@@ -63,9 +63,6 @@ def generation_config(args: argparse.Namespace):
         early_stopping={"false": False, "true": True, "never": "never"}[args.early_stopping])
 
 
-SAMPLING_KNOBS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # a folder may recommend these
-
-
 def _given(value, default):
     return default if value is None else value
 
@@ -75,10 +72,11 @@ def use_model_defaults(args: argparse.Namespace, path: str) -> None:
     (api.generation_defaults: its generation_config.json), and says so on stderr. Beam search takes none (it is
     deterministic), contrastive search only top_k (its candidate count, as transformers takes it)."""
     from neurallayers.api import generation_defaults
+    from neurallayers.interop.hf import SAMPLING_DEFAULTS
 
     if args.num_beams > 1:
         return
-    usable = ("top_k",) if args.penalty_alpha > 0 else SAMPLING_KNOBS
+    usable = ("top_k",) if args.penalty_alpha > 0 else tuple(SAMPLING_DEFAULTS)
     chosen = {k: v for k, v in generation_defaults(path).items() if k in usable and getattr(args, k) is None}
     if chosen:
         print("note: the model's generation_config.json sets " + ", ".join(f"{k}={v}" for k, v in chosen.items()),

@@ -32,6 +32,12 @@ _WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
+def lone_surrogate(text: str) -> re.Match | None:
+    """The first lone surrogate in `text` (JSON may escape half a pair, "\\ud83d"; a command-line argument that was
+    not UTF-8 decodes to them): not Unicode text, and no tokenizer encodes it. None for ordinary text (fast: ASCII)."""
+    return None if text.isascii() else _SURROGATE.search(text)
+
+
 @dataclass(frozen=True)
 class Document:
     """One unit of text; `name` is unique within its corpus and decides its train/val split."""
@@ -304,7 +310,7 @@ def _jsonl_documents(path: Path, rel: str, text_field: str) -> Iterator[Document
                                  f"choose another with text_field= (CLI: --data.text_field, eval --text-field)")
             text = record[text_field]
             # JSON may escape half of a surrogate pair ("\ud83d"), which no tokenizer can encode.
-            if not text.isascii() and (bad := _SURROGATE.search(text)):
+            if bad := lone_surrogate(text):
                 raise ValueError(f"{path}:{lineno}: {text_field!r} contains a lone surrogate (U+{ord(bad[0]):04X}), "
                                  f"which is not valid Unicode text; fix or drop the line")
             yield Document(f"{rel}:{lineno}", text)

@@ -12,7 +12,6 @@ import importlib.metadata
 import json
 import operator
 import os
-import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from neurallayers.data.corpora import lone_surrogate
 from neurallayers.files import write_text_atomic
 
 ENDOFTEXT = "<|endoftext|>"
@@ -33,7 +33,6 @@ _LOAD_FORMS = ("'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt
 _EOS_GUESSES = (ENDOFTEXT, "</s>", "<|end_of_text|>", "<eos>")
 _BOS_GUESSES = ("<s>", "<|begin_of_text|>", "<bos>")
 _PAD_GUESSES = ("<pad>", "[PAD]", "<|pad|>")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _token_id(value) -> int:
@@ -498,7 +497,7 @@ def _check_unicode(texts: list[str], label: str) -> None:
     """Raises ValueError for the first text holding a lone surrogate, which HF refuses with a misleading TypeError
     ("TextInputSequence must be str"): e.g. a command-line argument that was not UTF-8, decoded with surrogateescape."""
     for i, text in enumerate(texts):
-        if bad := _SURROGATE.search(text):
+        if bad := lone_surrogate(text):
             raise ValueError(f"{label.format(i)} has a character that is not valid Unicode at position {bad.start()} "
                              f"(U+{ord(bad[0]):04X}, a lone surrogate, e.g. from bytes that were not UTF-8)") from None
 

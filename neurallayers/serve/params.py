@@ -12,6 +12,7 @@ import json
 import re
 
 from neurallayers.generation import GenerationConfig
+from neurallayers.interop.hf import SAMPLING_DEFAULTS
 from neurallayers.serve.errors import bad_request
 from neurallayers.serve.schemas import MAX_SEED, Sampling
 from neurallayers.serve.state import ServedModel
@@ -190,10 +191,9 @@ def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, l
     if logprobs is not None and logprobs > vocab:
         raise bad_request(f"logprobs={logprobs} asks for more alternatives than the vocabulary has ({vocab})",
                           "logprobs")
-    sampling = {"temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "min_p": req.min_p,
-                "repetition_penalty": req.repetition_penalty}
     # the model's recommended sampling (generation_config.json) for the fields the request left out, as vLLM does
-    sampling.update({k: v for k, v in served.sampling_defaults.items() if k not in req.model_fields_set})
+    sampling = {k: served.sampling_defaults[k] if k in served.sampling_defaults and k not in req.model_fields_set
+                else getattr(req, k) for k in SAMPLING_DEFAULTS}
     try:
         base = GenerationConfig(max_new_tokens=max_tokens, **sampling,
                                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,

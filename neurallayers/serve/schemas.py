@@ -9,22 +9,22 @@ do not depend on the model are checked here; those that do (context length, voca
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from neurallayers.data.corpora import lone_surrogate
+
 MAX_N = 16  # choices per prompt
 MAX_STOP = 16  # stop strings per request
 MAX_LOGPROBS = 20  # alternatives per token (GenerationConfig's limit)
 MAX_SEED = 2**63 - 1
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _unicode(text: str) -> str:
     # JSON can escape a lone surrogate ("\ud83d"): no tokenizer encodes it and no response can echo it as UTF-8
-    if not text.isascii() and (bad := _SURROGATE.search(text)):
+    if bad := lone_surrogate(text):
         raise PydanticCustomError("lone_surrogate", "a lone surrogate (U+{code}) at position {pos} is not valid "
                                   "Unicode: send UTF-8 text", {"code": f"{ord(bad[0]):04X}", "pos": bad.start()})
     return text

@@ -186,21 +186,21 @@ class ModelHolder:
             folders += [folder / m["path"] for m in listed if isinstance(m, dict) and m.get("path")]
         except (OSError, ValueError, TypeError):  # the loader reports a bad modules.json itself
             pass
+        paths = folders[1:]  # a module folder may itself be a link out
         for where in folders:
             try:
-                entries = list(os.scandir(where)) + ([] if where == folder else [where])
+                entries = list(os.scandir(where))
             except OSError:  # missing or unreadable: the loader cannot read it either
                 continue
-            for entry in entries:
-                path = Path(entry if isinstance(entry, Path) else entry.path)
-                if where == folder and not isinstance(entry, Path) and entry.is_dir(follow_symlinks=False):
-                    continue  # a real subfolder: a module folder is checked above when modules.json names it
-                try:
-                    real = path.resolve(strict=True)
-                except (OSError, RuntimeError):  # a dangling link or a loop (RuntimeError before Python 3.13)
-                    continue  # not a file any load reads
-                if real != self.model_root and self.model_root not in real.parents:
-                    return path
+            # the folder's real subfolders are not read, but for the module folders listed above
+            paths += [Path(e.path) for e in entries if where != folder or not e.is_dir(follow_symlinks=False)]
+        for path in paths:
+            try:
+                real = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # a dangling link or a loop (RuntimeError before Python 3.13)
+                continue  # not a file any load reads
+            if real != self.model_root and self.model_root not in real.parents:
+                return path
         return None
 
     async def reload(self, relative: str) -> tuple[ServedModel, ServedModel]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from neurallayers.config import ModelConfig
+from neurallayers.config import ModelConfig, coerce_float_strings
 
 Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -190,7 +190,7 @@ class RunConfig:
             raw = dict(raw)
             preset = raw.pop("preset", None) if name == "model" else None
             _check_keys(klass, raw, name)
-            raw = _coerce_floats(klass, raw)
+            raw = coerce_float_strings(klass, raw)
             if name == "model" and init_from and preset is not None:
                 raise ValueError(f"model.preset={preset!r} and train.init_from={init_from!r} both name the model; "
                                  "keep one (init_from's model may change only a few fields: see training.init_from)")
@@ -359,21 +359,6 @@ def _check_keys(klass: type, raw: dict, section: str) -> None:
         if key not in known:
             raise ValueError(f"{section} has no field {key!r}{_field_hint(key, known, section)}; "
                              f"valid fields: {', '.join(sorted(known))}")
-
-
-def _coerce_floats(klass: type, raw: dict) -> dict:
-    """YAML 1.1 reads `3e-4` as a string; turn such strings into floats where the field is a float."""
-    hints = get_type_hints(klass)
-    out = dict(raw)
-    for key, value in raw.items():
-        tp = hints.get(key)
-        wants_float = tp is float or (get_origin(tp) is not None and float in get_args(tp))
-        if wants_float and isinstance(value, str):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                pass  # left for validation to report
-    return out
 
 
 def _require(obj: Any, name: str, ok: bool, what: str) -> None:

@@ -702,7 +702,7 @@ def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, 
     weights, the training state, the run config, whose data.tokenizer / vocab_size stay the saved ones (the run
     keeps its tokenizer whatever a resume asks for, and config.yaml says so), and whether the data changed."""
     saved = RunConfig.from_yaml(out / "config.yaml")
-    saved.data.document_bos = _saved_document_bos(out)
+    saved.data.document_bos = bool(saved.data.document_bos)  # as _saved_document_bos reads it
     if saved.model != run.model:
         diff = _changes(saved.model.to_dict(), run.model.to_dict())
         raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
