@@ -7,6 +7,7 @@ and the process exits 0.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -54,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port}: must be in [0, 65535]")
     if args.max_queue < 0:
         raise UserError(f"--max-queue {args.max_queue}: must be >= 0")
+    if not args.shutdown_timeout >= 0 or math.isinf(args.shutdown_timeout):  # NaN fails the first test
+        # uvicorn and the engine would read it only at SIGTERM: NaN and inf crash the drain, -1 fails what is in flight
+        raise UserError(f"--shutdown-timeout {args.shutdown_timeout}: must be a finite number of seconds >= 0")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     if api_key is not None and not api_key.strip():  # an empty key would serve everyone: say so rather than open up
         where = "--api-key" if args.api_key is not None else f"${API_KEY_ENV}"

@@ -36,6 +36,8 @@ class Request:
         completion_tokens: tokens the model has chosen so far, as OpenAI and vLLM count them: a final stop token
             (eos) and the tokens of a stop string count, though their text is not returned
             (Generation.completion_tokens).
+        stop_logprob: with config.logprobs, the log-probabilities of the stop token (eos) that ended the request,
+            which sends no event of its own (as in stream()); OpenAI's completions list it last.
         finish_reason: None until the request has ended.
     """
 
@@ -45,6 +47,7 @@ class Request:
         self.config = config
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
+        self.stop_logprob: TokenLogprob | None = None
         self.finish_reason: str | None = None
         self.cancel_requested = False
         self._on_cancel = on_cancel
@@ -211,6 +214,7 @@ class _Sequence:
         self.req.completion_tokens = self.n
         self.last = tok
         if tok in self.stops:
+            self.req.stop_logprob = logprob  # before the final event, which readers take as the end
             return self.finish("stop")
         text = self.text.push(tok)
         if self.text.stopped:  # a stop string's tokens are not output; the text before it is

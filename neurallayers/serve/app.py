@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,6 +65,8 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
     for name, value in (("max_concurrency", max_concurrency), ("max_queue", max_queue)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_concurrency" else 0):
             raise ValueError(f"{name}={value!r}: must be an integer >= {1 if name == 'max_concurrency' else 0}")
+    if shutdown_timeout is not None and not 0 <= shutdown_timeout < math.inf:  # read only when the server stops
+        raise ValueError(f"shutdown_timeout={shutdown_timeout!r}: must be a finite number of seconds >= 0, or None")
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key is empty: give a real key, or None to serve without one")
     if model_root is not None and not Path(model_root).is_dir():

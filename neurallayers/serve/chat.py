@@ -1,11 +1,11 @@
 """Chat messages of the OpenAI routes -> prompt text, through neurallayers.data.chat (the tokenizer's template, or
-`role: content` lines then `assistant:`). Messages with `content` as a list of parts keep only the text parts, joined
-by newlines.
+`role: content` lines then `assistant:`, where a reply ends at the next `user:` line, as in `neurallayers chat`).
+Messages with `content` as a list of parts keep only the text parts, joined by newlines.
 """
 
 from __future__ import annotations
 
-from neurallayers.data.chat import render_chat
+from neurallayers.data.chat import DEFAULT_STOP, render_chat
 from neurallayers.serve.errors import bad_request
 from neurallayers.serve.schemas import ChatMessage
 
@@ -32,3 +32,10 @@ def render(tokenizer, messages: list[ChatMessage]) -> str:
         return render_chat(tokenizer, message_dicts(messages))
     except ValueError as e:
         raise bad_request(str(e), "messages") from None
+
+
+def reply_stops(tokenizer) -> list[str]:
+    """Stop strings the template implies: the default template's next `user:` line (a model that learnt that format
+    goes on to write the user's turn; `neurallayers chat` stops there too); none for a tokenizer's own template,
+    whose turns end with a token the model emits (eos)."""
+    return [] if getattr(tokenizer, "chat_template", None) else [DEFAULT_STOP]

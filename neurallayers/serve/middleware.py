@@ -35,7 +35,9 @@ class GateMiddleware:
 
     def __init__(self, app, *, api_key: str | None, draining, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
-        self.key = api_key.encode() if api_key else None
+        # HTTP drops whitespace around a header value, so a key read with a trailing newline (a secret file) could
+        # never be sent: compare without it
+        self.key = api_key.strip().encode() if api_key else None
         self.draining = draining
         self.max_body_bytes = max_body_bytes
 

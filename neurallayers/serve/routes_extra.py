@@ -78,7 +78,8 @@ def register(app, *, holder, metrics, draining) -> None:
                               "tokens", code="invalid_token_id")
         return {"prompt": await run_in_threadpool(served.tokenizer.decode, req.tokens)}
 
-    async def predict_many(prompts: list[str], req) -> list[dict]:
+    async def predict_many(prompts: list[str], req, *, param: str = "prompt") -> list[dict]:
+        """param: the request field that holds the prompts, which errors about them name."""
         lease = holder.lease()
         try:
             served = lease.served
@@ -88,15 +89,15 @@ def register(app, *, holder, metrics, draining) -> None:
                     functools.partial(served.tokenizer.encode_batch, add_special_tokens=True), prompts)]
                 return [{"embedding": v.tolist(), "usage": usage(c, 0)} for v, c in zip(vectors, counts, strict=True)]
             started = time.perf_counter()
-            ids = await params.prompt_ids(served, prompts)
-            params.check_length(served, ids, req.max_tokens)
+            ids = await params.prompt_ids(served, prompts, param=param)
+            params.check_length(served, ids, req.max_tokens, param=param)
             try:
                 config = GenerationConfig(max_new_tokens=req.max_tokens, temperature=req.temperature,
                                           top_p=req.top_p, top_k=req.top_k, stop=params.stop_list(req.stop),
                                           seed=req.seed)
             except ValueError as e:
                 raise bad_request(str(e).removeprefix("GenerationConfig.")) from None
-            requests = submit_all(served, ids, [config], metrics=metrics)
+            requests = submit_all(served, ids, [config], metrics=metrics, param=param)
             results = await collect(requests, metrics=metrics, started=started)
             return [{"text": res.text, "finish_reason": res.finish_reason,
                      "usage": usage(r.prompt_tokens, r.completion_tokens)}
@@ -113,7 +114,7 @@ def register(app, *, holder, metrics, draining) -> None:
     @app.post("/batch_predict", response_model=BatchPrediction, response_model_exclude_none=True, tags=["simple"])
     async def batch_predict(req: BatchPredictRequest):
         """Many texts in, one prediction each (in order) out; they decode together as one batch."""
-        return {"predictions": await predict_many(req.prompts, req)}
+        return {"predictions": await predict_many(req.prompts, req, param="prompts")}
 
     @app.post("/reload", response_model=ReloadResponse, tags=["ops"])
     async def reload(req: ReloadRequest):

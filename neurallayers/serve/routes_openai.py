@@ -100,7 +100,7 @@ def register(app, *, holder, metrics) -> None:
                 echo_lps = [await run_in_threadpool(prompt_logprobs, served, ids, req.logprobs) for ids in prompts]
             requests = submit_all(served, prompts, configs, metrics=metrics)
             meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
-            echoes = [served.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
+            echoes = echo_texts(served.tokenizer, req.prompt, prompts) if req.echo else [""] * len(prompts)
             n_prompt = sum(len(ids) for ids in prompts)
             if req.stream:
                 chunks = _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started)
@@ -113,8 +113,8 @@ def register(app, *, holder, metrics) -> None:
                 lps = None
                 if req.logprobs is not None:
                     prompt_part = None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()}
-                    lps = completion_logprobs(served.tokenizer, res.logprobs, offset=len(echoes[p]),
-                                              prompt=prompt_part)
+                    lps = completion_logprobs(served.tokenizer, res.logprobs + stop_token(requests[i]),
+                                              offset=len(echoes[p]), prompt=prompt_part)
                 choices.append({"index": i, "text": echoes[p] + res.text, "logprobs": lps,
                                 "finish_reason": res.finish_reason})
             n_gen = sum(r.completion_tokens for r in requests)
@@ -134,9 +134,14 @@ def register(app, *, holder, metrics) -> None:
 
         def choice(i: int, ev) -> dict:
             lps = None
-            if req.logprobs is not None and ev.logprob is not None:
-                lps = completion_logprobs(served.tokenizer, [ev.logprob], offset=offsets[i])
-            offsets[i] += len(ev.text)
+            tokens = [ev.logprob] if ev.logprob is not None else []
+            if ev.finish_reason is not None:
+                tokens += stop_token(requests[i])
+            if req.logprobs is not None and tokens:
+                lps = completion_logprobs(served.tokenizer, tokens, offset=offsets[i])
+                # a token's offset follows the tokens before it, as in the non-streaming answer: an event's text
+                # lags its token while it could still be a stop string's start
+                offsets[i] += sum(map(len, lps["tokens"]))
             return {"index": i, "text": ev.text, "logprobs": lps, "finish_reason": ev.finish_reason}
 
         return _sse_chunks(requests, req, {**meta, "object": "text_completion"}, head, choice, n_prompt, metrics,
@@ -163,6 +168,8 @@ def register(app, *, holder, metrics) -> None:
             params.check_length(served, prompts, max_tokens, param="messages", max_param=name)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
             configs = params.generation_configs(served, req, max_tokens=max_tokens, logprobs=logprobs, count=req.n)
+            if stops := chat_template.reply_stops(served.tokenizer):
+                configs = [c.replace(stop=[*c.stop, *stops]) for c in configs]
             requests = submit_all(served, prompts, configs, metrics=metrics, param="messages")
             meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
             n_prompt = len(prompts[0])
@@ -234,6 +241,24 @@ def register(app, *, holder, metrics) -> None:
                     "usage": {"prompt_tokens": n_tokens, "completion_tokens": 0, "total_tokens": n_tokens}}
         finally:
             lease.release()
+
+
+def stop_token(request) -> list:
+    """The log-probabilities of the stop token (eos) that ended `request`, as a list of none or one: OpenAI's and
+    vLLM's completions list that token last (an eval harness reads a scored continuation as all but the last token),
+    though its text is not returned."""
+    return [] if request.stop_logprob is None else [request.stop_logprob]
+
+
+def echo_texts(tokenizer, prompt, prompts: list[list[int]]) -> list[str]:
+    """What `echo` puts before each prompt's completion: a text prompt as the client sent it (its tokens need not
+    decode back to it: an unknown character is <unk>, a SentencePiece leading space is dropped), as vLLM echoes it;
+    a token-id prompt decoded."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt[0], str):
+        return list(prompt)
+    return [tokenizer.decode(ids) for ids in prompts]
 
 
 def embedding_texts(value) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -209,12 +210,46 @@ def completion_logprobs(tokenizer, lps: list[TokenLogprob], *, offset: int = 0,
 
 def chat_logprobs(tokenizer, lps: list[TokenLogprob]) -> dict:
     """The chat format: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
+    kinds = _byte_decoders(tokenizer)
+
     def entry(token_id: int, lp: float) -> dict:
         text = token_text(tokenizer, token_id)
-        return {"token": text, "logprob": finite(lp), "bytes": list(text.encode("utf-8"))}
+        return {"token": text, "logprob": finite(lp), "bytes": token_bytes(tokenizer, token_id, text, kinds)}
 
     return {"content": [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
                         for lp in lps]}
+
+
+def token_bytes(tokenizer, token_id: int, text: str, kinds: set[str]) -> list[int]:
+    """OpenAI's `bytes` of a token: its own bytes, so that the bytes of the tokens a character is split over join into
+    that character; a token's text alone shows such a part as U+FFFD. kinds: _byte_decoders(tokenizer)."""
+    if "\ufffd" in text:
+        piece = tokenizer.id_to_token(token_id) or ""
+        if "ByteLevel" in kinds and all(c in _BYTE_OF for c in piece):
+            return [_BYTE_OF[c] for c in piece]
+        if "ByteFallback" in kinds and (hexa := re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)):
+            return [int(hexa[1], 16)]
+    return list(text.encode("utf-8"))
+
+
+def _byte_decoders(tokenizer) -> set[str]:
+    """The tokenizer's decoders that read tokens as bytes: ByteLevel (GPT-2's byte alphabet), ByteFallback (<0xNN>)."""
+    decoder = getattr(getattr(tokenizer, "hf", None), "decoder", None)
+    if decoder is None:
+        return set()
+    spec = json.loads(decoder.__getstate__())
+    steps = (spec.get("decoders") or []) if spec.get("type") == "Sequence" else [spec]
+    return {step.get("type") for step in steps} & {"ByteLevel", "ByteFallback"}
+
+
+def _gpt2_byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte: printable bytes stand for themselves, the others for 256 + i."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in kept]
+    return {chr(b): b for b in kept} | {chr(256 + i): b for i, b in enumerate(others)}
+
+
+_BYTE_OF = _gpt2_byte_alphabet()
 
 
 def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> dict:

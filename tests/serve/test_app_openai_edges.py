@@ -1,0 +1,133 @@
+"""Edges of the OpenAI routes that a random model hides, on a model whose every next token is known: a bigram
+"cycle" model that, after each character of CYCLE, greedily writes the next one (after ":" a space, then "hi",
+a newline, "user:" ...). Oracles: the documented behaviour, the non-streaming answer, and generate().
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import torch
+from nl_serve_helpers import serving
+
+import neurallayers
+from neurallayers.config import ModelConfig
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.models import build_model
+
+openai = pytest.importorskip("openai")
+
+CYCLE = "\nuser: hi"  # distinct characters: each one's successor is the next, the last one's the first
+# the default template's text, as a tokenizer's own template
+ROLE_LINES = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+              "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def cycle_model(chat_template: str | None = None):
+    """(model, tokenizer): a char-level decoder whose logits depend only on the last token (blocks and positions
+    zeroed), peaked on that character's successor in CYCLE."""
+    tok = Tokenizer.train_char([CYCLE + "assistant"])
+    tok.chat_template = chat_template
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=64,
+                      tie_embeddings=False)
+    model = build_model(cfg).eval()
+    ids = [tok.encode(c)[0] for c in CYCLE]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias")) \
+                    or name in ("wpe.weight", "lm_head.weight"):
+                p.zero_()
+        model.wte.weight.copy_(torch.eye(cfg.vocab_size, cfg.n_embd))  # the hidden state is one-hot of the token
+        for k, t in enumerate(ids):
+            model.lm_head.weight[ids[(k + 1) % len(ids)], t] = 20.0
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def cycle():
+    return cycle_model()
+
+
+@pytest.fixture(scope="module")
+def server(cycle):
+    with serving(cycle, model_name="cycle", max_concurrency=2, max_queue=2) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_the_cycle_model_writes_the_next_turn(cycle):
+    out = neurallayers.generate(*cycle, "user: hi\nassistant:", max_new_tokens=12, temperature=0)[0]
+    assert out.text == " hi\nuser: hi"
+
+
+def test_echo_returns_the_prompt_as_sent(client, cycle):
+    # "Z" and "q" are not in the vocabulary: the prompt's tokens decode to "<unk>..." but echo gives back the text
+    prompt = "Zq user"
+    assert cycle[1].decode(cycle[1].encode(prompt)) != prompt
+    out = client.completions.create(model="cycle", prompt=prompt, max_tokens=3, temperature=0, echo=True)
+    assert out.choices[0].text == prompt + ": h"
+    many = client.completions.create(model="cycle", prompt=[prompt, "us"], max_tokens=2, temperature=0, echo=True)
+    assert [c.text for c in many.choices] == [prompt + ": ", "user"]
+    chunks = list(client.completions.create(model="cycle", prompt=prompt, max_tokens=3, temperature=0, echo=True,
+                                            stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == out.choices[0].text
+    ids = cycle[1].encode("us")  # token ids are echoed decoded
+    assert client.completions.create(model="cycle", prompt=ids, max_tokens=1, temperature=0,
+                                     echo=True).choices[0].text == "use"
+
+
+def test_streamed_text_offsets_equal_the_whole_answers_while_a_stop_string_holds_text(client):
+    # "e" could start the stop string "eQ", so its text waits for the next token: its offset must not
+    kw = dict(model="cycle", prompt="u", max_tokens=8, temperature=0, logprobs=1, stop=["eQ"])
+    whole = client.completions.create(**kw).choices[0]
+    assert whole.text == "ser: hi\n"
+    tokens, offsets, text = [], [], ""
+    for chunk in client.completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            text += c.text
+            if c.logprobs is not None:
+                tokens += c.logprobs.tokens
+                offsets += c.logprobs.text_offset
+    assert text == whole.text and tokens == whole.logprobs.tokens
+    assert offsets == whole.logprobs.text_offset == list(range(8))
+
+
+def test_chat_with_the_default_template_ends_at_the_next_user_line(client):
+    messages = [{"role": "user", "content": "hi"}]
+    out = client.chat.completions.create(model="cycle", messages=messages, max_tokens=20, temperature=0)
+    assert out.choices[0].message.content == " hi" and out.choices[0].finish_reason == "stop"
+    assert out.usage.completion_tokens == len(" hi\nuser:")  # the stop string's tokens count, as OpenAI's do
+    chunks = list(client.chat.completions.create(model="cycle", messages=messages, max_tokens=20, temperature=0,
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == " hi"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_chat_with_the_tokenizers_own_template_is_not_cut_at_user_lines():
+    model, tok = cycle_model(chat_template=ROLE_LINES)  # the model's turn ends with eos, which it never writes
+    with serving((model, tok), model_name="templated") as srv:
+        r = httpx.post(f"{srv.url}/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 12, "temperature": 0}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == " hi\nuser: hi"
+
+
+def test_batch_predict_errors_name_the_prompts_field(server):
+    r = httpx.post(f"{server.url}/batch_predict", json={"prompts": ["us"] * 5}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompts"
+    r = httpx.post(f"{server.url}/batch_predict", json={"prompts": ["us", "u" * 70]}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompts"
+    assert r.json()["error"]["message"].startswith("prompts[1] has 70")
+
+
+def test_an_api_key_read_with_a_trailing_newline_still_authenticates(cycle):
+    # a key from a secret file often ends with a newline, which no HTTP client can send in a header
+    with serving(cycle, model_name="cycle", api_key="sk-local\n") as srv:
+        ok = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="sk-local", max_retries=0)
+        assert ok.models.list().data[0].id == "cycle"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{srv.url}/v1", api_key="sk-loca", max_retries=0).models.list()
