@@ -43,6 +43,8 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:  # refused before the weights are read
+        raise ValueError(f"dtype={dtype}: weights need a floating-point dtype (float32, bfloat16, float16)")
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
@@ -59,7 +61,8 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     Args:
         device: where the weights go; "auto" picks cuda, then mps, then cpu; None: cpu.
         dtype: the weights' dtype (a torch.dtype, or "fp32" / "float32", "bf16" / "bfloat16", "fp16" / "float16");
-            None: float32 for a Hugging Face folder (as transformers loads one), the stored dtype for a run.
+            None: float32 for a Hugging Face folder (as transformers 4 loads one; 5 keeps the stored dtype), the stored
+            dtype for a run.
         allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin). Off by default:
             a pickle can run code when loaded.
     """
@@ -96,8 +99,10 @@ def generation_defaults(path: str | Path) -> dict:
     user leaves unset; in Python: `GenerationConfig(**generation_defaults(path), max_new_tokens=64)`.
     """
     path = resolve_model_path(path)
-    if not path.is_dir():
+    if not path.exists():
         raise FileNotFoundError(f"no such run directory or model folder: {path}")
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
     from neurallayers.interop.hf import generation_defaults as hf_defaults
 
     return hf_defaults(path)  # a run converted from a Hugging Face folder keeps its generation_config.json

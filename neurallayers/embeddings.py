@@ -200,6 +200,8 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
     texts = _check_texts(texts)
     encoder = _encoder_of(model)
+    if encoder.config.extra.get("lowercase"):  # its sentence-transformers folder says do_lower_case
+        texts = [t.lower() for t in texts]
     pooling = pooling or model_pooling(encoder)
     width = encoder.config.n_embd * len(pooling_modes(pooling))
     block = encoder.config.block_size

@@ -10,6 +10,7 @@ A pipeline called with one string returns that string's result; called with a li
 from __future__ import annotations
 
 import difflib
+import inspect
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Pipeline(ABC):
         if not isinstance(items, list | tuple):
             raise ValueError(f"{self.task}: inputs must be a string or a list of strings, "
                              f"got {type(inputs).__name__}")
+        check_options(self.task, kwargs, self._run)
         results = self._run(list(items), **kwargs)
         return results[0] if single else results
 
@@ -83,12 +85,11 @@ class FeatureExtractionPipeline(Pipeline):
     task = "feature-extraction"
     heads = ("none", "mlm", "sequence_classification", "token_classification")
 
-    def __call__(self, inputs: str | list[str], *, pooling: str | None = None,
-                 normalize: bool | None = None) -> torch.Tensor:
-        out = super().__call__(inputs, pooling=pooling, normalize=normalize)
+    def __call__(self, inputs: str | list[str], **kwargs: Any) -> torch.Tensor:
+        out = super().__call__(inputs, **kwargs)
         return out if isinstance(inputs, str) else torch.stack(out)
 
-    def _run(self, items: list, *, pooling: str | None = None, normalize: bool = True) -> list[torch.Tensor]:
+    def _run(self, items: list, *, pooling: str | None = None, normalize: bool | None = None) -> list[torch.Tensor]:
         return list(embed(self.model, self.tokenizer, items, pooling=pooling, normalize=normalize,
                           batch_size=self.batch_size, max_length=self._max_length()))
 
@@ -141,7 +142,8 @@ class FillMaskPipeline(Pipeline):
 
 class TextClassificationPipeline(Pipeline):
     """{label, score} per text (softmax over the classes; a sigmoid per label for a single-output or a multi-label
-    model). An input may be a dict {"text": ..., "text_pair": ...} for sentence-pair models. Shaped as transformers'
+    model; a regression model's raw outputs, as transformers gives them). An input may be a dict {"text": ...,
+    "text_pair": ...} for sentence-pair models. Shaped as transformers'
     pipeline returns them: a string gives [{label, score}] (a list of one), unless top_k is passed (then its top_k
     as a list); a list gives one {label, score} per text (a list of top_k each with top_k); a dict gives one dict."""
 
@@ -162,8 +164,7 @@ class TextClassificationPipeline(Pipeline):
         results = []
         for batch in self._batches(texts, pairs):
             logits = self._forward(batch)  # (B, num_labels)
-            multi = n == 1 or self.config.extra.get("problem_type") == "multi_label_classification"
-            probs = logits.sigmoid() if multi else logits.softmax(-1)
+            probs = _scores(logits, self.config.extra.get("problem_type"))
             for row in probs:
                 ranked = sorted(({"label": names[i], "score": float(p)} for i, p in enumerate(row)),
                                 key=lambda r: -r["score"])
@@ -202,7 +203,9 @@ class TokenClassificationPipeline(Pipeline):
 
 class TextGenerationPipeline(Pipeline):
     """[{"generated_text": prompt + continuation}] per prompt; keyword arguments are GenerationConfig fields, plus
-    transformers' `return_full_text` (False: the continuation alone) and `do_sample` (False: greedy)."""
+    transformers' `return_full_text` (False: the continuation alone) and `do_sample` (False: greedy). A pipeline made
+    from a model folder samples as its generation_config.json recommends for the knobs left unset (`sampling_defaults`;
+    transformers' pipeline and the CLI do too)."""
 
     task = "text-generation"
 
@@ -210,6 +213,20 @@ class TextGenerationPipeline(Pipeline):
         super().__init__(model, tokenizer, batch_size=batch_size)
         if not self.config.causal:
             raise ValueError("text-generation needs a causal decoder model (config.causal=True), got an encoder")
+        self.sampling_defaults: dict = {}  # api.generation_defaults of the folder; pipeline() sets it
+
+    def _model_defaults(self, gen_kwargs: dict, do_sample: bool | None) -> dict:
+        """The folder's settings for the knobs `gen_kwargs` leaves unset, as the CLI takes them: none for beam search
+        (deterministic), only top_k for contrastive search; its `do_sample: false` (temperature 0) yields to
+        do_sample=True."""
+        beams, alpha = gen_kwargs.get("num_beams", 1), gen_kwargs.get("penalty_alpha", 0.0)
+        if isinstance(beams, int) and beams > 1:
+            return {}
+        usable = ("top_k",) if isinstance(alpha, int | float) and alpha > 0 else tuple(self.sampling_defaults)
+        chosen = {k: v for k, v in self.sampling_defaults.items() if k in usable and k not in gen_kwargs}
+        if do_sample is True and chosen.get("temperature") == 0:
+            del chosen["temperature"]
+        return chosen
 
     def _run(self, items: list, *, return_full_text: bool = True, **gen_kwargs: Any) -> list[list[dict]]:
         from neurallayers.generation.config import GenerationConfig
@@ -223,11 +240,35 @@ class TextGenerationPipeline(Pipeline):
             gen_kwargs["temperature"] = 0.0
         elif do_sample is True and gen_kwargs.get("temperature", 1.0) == 0:  # transformers refuses it too
             raise ValueError("do_sample=True with temperature=0: sampling needs a temperature > 0 (or do_sample=False)")
-        gen_config = GenerationConfig.from_dict(gen_kwargs)
+        gen_config = GenerationConfig.from_dict({**self._model_defaults(gen_kwargs, do_sample), **gen_kwargs})
         n = gen_config.num_return_sequences
         outs = generate(self.model, self.tokenizer, prompts, gen_config)  # prompt-major, n per prompt
         return [[{"generated_text": (prompt + g.text) if return_full_text else g.text} for g in outs[i * n:(i + 1) * n]]
                 for i, prompt in enumerate(prompts)]
+
+
+def _scores(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+    """transformers' text-classification scores: (B, num_labels) logits -> the same shape."""
+    if problem_type == "regression":  # a predicted value (an STS-B similarity, say), not a probability
+        return logits
+    if logits.shape[-1] == 1 or problem_type == "multi_label_classification":
+        return logits.sigmoid()
+    return logits.softmax(-1)
+
+
+def check_options(task: str, options: dict, function: Any) -> None:
+    """Refuses a keyword `function` does not take (a transformers option not built here, a typo) in one line naming
+    it and the valid ones, instead of a TypeError from the call. A function that takes **kwargs checks its own."""
+    params = inspect.signature(function).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    names = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    valid = [n for n in names if not n.startswith("_")]  # a private one is the pipeline's own
+    for name in options:
+        if name not in names:
+            hint = difflib.get_close_matches(str(name), valid, n=1)
+            did = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"{task}: unknown option {name!r}{did}; options: {', '.join(valid) or 'none'}")
 
 
 def _split_pairs(items: list) -> tuple[list[str], list[str] | None]:
@@ -264,10 +305,17 @@ def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], **kwarg
         hint = difflib.get_close_matches(str(task), list(PIPELINES), n=1)
         did = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ValueError(f"unknown task {task!r}{did}; tasks: {', '.join(PIPELINES)}")
-    if isinstance(model, str | Path):
+    path = model if isinstance(model, str | Path) else None
+    if path is not None:
         from neurallayers.api import load
 
-        model = load(model)
+        model = load(path)
     if not (isinstance(model, tuple | list) and len(model) == 2 and isinstance(model[0], nn.Module)):
         raise ValueError("model must be a path (run directory or Hugging Face folder) or a (model, tokenizer) pair")
-    return PIPELINES[task](model[0], model[1], **kwargs)
+    check_options(task, kwargs, PIPELINES[task].__init__)
+    pipe = PIPELINES[task](model[0], model[1], **kwargs)
+    if path is not None and isinstance(pipe, TextGenerationPipeline):
+        from neurallayers.api import generation_defaults
+
+        pipe.sampling_defaults = generation_defaults(path)
+    return pipe

@@ -61,6 +61,26 @@ def test_bad_model_argument_and_wrong_head(wordpiece, tmp_path):
         pipeline("fill-mask", model=tmp_path / "missing")
 
 
+def test_an_option_a_pipeline_does_not_have_is_named_with_the_valid_ones(wordpiece):
+    """transformers' options that are not built here (device=, aggregation_strategy=) and typos get one line naming
+    the option and the valid ones, not a TypeError from inside the pipeline."""
+    with pytest.raises(ValueError, match=r"fill-mask: unknown option 'device'; options: batch_size, mask_token"):
+        pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece), device="cpu")
+    fill = pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece))
+    with pytest.raises(ValueError, match=r"unknown option 'topk' \(did you mean 'top_k'\?\); options: top_k$"):
+        fill("a [MASK] b", topk=2)
+    classify = pipeline("text-classification", model=(tiny_bert("sequence_classification"), wordpiece))
+    with pytest.raises(ValueError, match="text-classification: unknown option 'return_all_scores'; options: top_k$"):
+        classify("hello", return_all_scores=True)
+    tag = pipeline("token-classification", model=(tiny_bert("token_classification"), wordpiece))
+    with pytest.raises(ValueError, match="unknown option 'aggregation_strategy'; options: ignore_labels$"):
+        tag("hello world", aggregation_strategy="simple")
+    features = pipeline("feature-extraction", model=(tiny_bert("none"), wordpiece))
+    with pytest.raises(ValueError, match="feature-extraction: unknown option 'truncation'; options: pooling, normal"):
+        features("hello", truncation=True)
+    assert features("hello", pooling="cls", normalize=False).shape == (16,)
+
+
 def test_feature_extraction_is_the_sentence_embedding():
     model, tok = load_minilm()
     fe = pipeline("feature-extraction", model=(model, tok))
@@ -152,6 +172,25 @@ def test_text_classification_labels_scores_and_pairs(wordpiece):
     assert 0.0 < regression("fine")[0]["score"] < 1.0  # a sigmoid for a single output
 
 
+@pytest.mark.parametrize("problem_type", ["regression", "multi_label_classification", None])
+def test_text_classification_scores_equal_transformers_pipeline(wordpiece, tmp_path, problem_type):
+    """A regression model (an STS-B cross-encoder: num_labels 1, problem_type "regression") scores its raw output in
+    transformers' pipeline; ours gave its sigmoid."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, num_labels=1 if problem_type else 3,
+                                  problem_type=problem_type)
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+    wordpiece.save(tmp_path)
+    texts = ["great film", "terrible acting and a dull plot"]
+    want = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu")(texts, top_k=None)
+    got = pipeline("text-classification", model=tmp_path)(texts, top_k=None)
+    assert [[r["label"] for r in row] for row in got] == [[r["label"] for r in row] for row in want]
+    scores = [r["score"] for row in got for r in row]
+    assert scores == pytest.approx([r["score"] for row in want for r in row], abs=1e-5)
+
+
 def test_token_classification_entities_and_offsets(wordpiece):
     model = tiny_bert("token_classification", num_labels=2, extra={"id2label": {"0": "O", "1": "ENT"}})
     ner = pipeline("token-classification", model=(model, wordpiece))
@@ -191,3 +230,36 @@ def test_text_generation_runs_on_a_decoder():
         gen("hello", max_length=10)
     with pytest.raises(ValueError, match="do_sample=True with temperature=0"):  # it ran greedy, silently
         gen("hello", max_new_tokens=4, do_sample=True, temperature=0)
+
+
+def test_text_generation_from_a_folder_samples_as_its_generation_config_says(tmp_path):
+    """transformers' pipeline and `neurallayers generate` use the folder's generation_config.json for the knobs left
+    unset (Llama-3-Instruct: temperature 0.6, top_p 0.9; do_sample false: greedy); the pipeline sampled at 1.0."""
+    import json
+
+    from neurallayers.generation import generate
+    from neurallayers.interop.hf import save_hf
+
+    tok = Tokenizer.train_char(["hello world, a tiny corpus."])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    save_hf(model, tok, tmp_path)
+    path = tmp_path / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "do_sample": True, "temperature": 0.3, "top_k": 3}))
+    gen = pipeline("text-generation", model=tmp_path)
+
+    def text(**kw) -> str:
+        return generate(model, tok, "hello", max_new_tokens=12, seed=1, **kw)[0].text
+
+    def piped(**kw) -> str:
+        return gen("hello", max_new_tokens=12, seed=1, return_full_text=False, **kw)[0]["generated_text"]
+
+    assert piped() == text(temperature=0.3, top_k=3) != text()
+    assert piped(temperature=1.5) == text(temperature=1.5, top_k=3)  # a knob given wins, the others stay
+    assert piped(num_beams=2) == text(num_beams=2, temperature=0)  # beam search takes none
+    path.write_text(json.dumps({**json.loads(path.read_text()), "do_sample": False}))
+    gen = pipeline("text-generation", model=tmp_path)
+    assert piped() == text(temperature=0)
+    assert piped(do_sample=True) == text()  # do_sample=True overrides the folder's greedy
+    assert pipeline("text-generation", model=(model, tok))("hello", max_new_tokens=12, seed=1,
+                                                            return_full_text=False)[0]["generated_text"] == text()

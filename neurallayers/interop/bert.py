@@ -177,7 +177,13 @@ def _entries(cfg: ModelConfig, ours: dict) -> list[tuple[str, str | tuple[str, .
     return entries
 
 
+# TF-era names that checkpoints such as bert-base-uncased still hold; transformers renames them on load
+_LEGACY_NORM_NAMES = (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias"))
+
+
 def _canonical(key: str) -> str:
+    for old, new in _LEGACY_NORM_NAMES:
+        key = key.replace(old, new)
     return key[len("bert."):] if key.startswith("bert.") else key
 
 

@@ -87,12 +87,12 @@ def _keep_sampling(src: Path, folder: Path) -> None:
     """The source's recommended sampling (generation_config.json's do_sample, temperature, top_k, ...) goes along
     into the converted folder, a run directory included: generate, chat, batch and serve use it there as well."""
     from neurallayers.files import write_text_atomic
-    from neurallayers.interop.hf import SAMPLING_DEFAULTS
+    from neurallayers.interop.hf import SAMPLING_DEFAULTS, read_json
 
     path = src / "generation_config.json"
     if not path.is_file():
         return
-    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings = read_json(path)  # a bad file is named (an encoder's load never reads it)
     kept = {k: v for k, v in settings.items() if k in ("do_sample", *SAMPLING_DEFAULTS)}
     if not kept:
         return

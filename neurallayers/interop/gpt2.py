@@ -46,6 +46,9 @@ IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}  # HF name -> our gelu_approx
 ARCHITECTURE = "GPT2LMHeadModel"
+# what config.json's `architectures` may name: the LM, or the bare GPT2Model (the hub's gpt2; its head is the tied
+# embedding). A task head (GPT2ForSequenceClassification ...) is refused rather than loaded without it.
+READ_ARCHITECTURES = (ARCHITECTURE, "GPT2Model")
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -53,12 +56,16 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
     Raises:
         ValueError: not a GPT-2 config, or a GPT-2 variant DecoderLM does not build (cross attention,
-            per-layer attention scaling, unscaled attention, an activation other than GELU).
+            per-layer attention scaling, unscaled attention, an activation other than GELU, a task head).
     """
     if not isinstance(hf, dict):
         raise ValueError(f"expected a config.json dict, got {type(hf).__name__}")
     if hf.get("model_type") != "gpt2":
         raise ValueError(f"config model_type={hf.get('model_type')!r}: this converter reads 'gpt2'")
+    archs = hf.get("architectures") or [ARCHITECTURE]
+    if archs[0] not in READ_ARCHITECTURES:
+        raise ValueError(f"config architectures={archs!r}: NeuralLayers reads GPT-2 language models "
+                         f"({', '.join(READ_ARCHITECTURES)}); that model's head has no place here")
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
         raise ValueError(f"config activation_function={act!r}: supported are {', '.join(ACTIVATIONS)}")

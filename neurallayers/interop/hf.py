@@ -99,6 +99,8 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
         cfg = cfg.replace(extra={**cfg.extra, "normalize": sentence["normalize"]})
     if "unbuilt_modules" in sentence:  # embed() refuses to stand in for them
         cfg = cfg.replace(extra={**cfg.extra, "unbuilt_modules": sentence["unbuilt_modules"]})
+    if sentence.get("lowercase"):  # embed() lowercases texts, as its Transformer module does
+        cfg = cfg.replace(extra={**cfg.extra, "lowercase": True})
     hf_sd = read_hf_weights(folder, allow_pickle=allow_pickle)
     check_state_dict({k: tuple(v.shape) for k, v in hf_sd.items()}, hf_sd, source=str(folder))  # NaN/Inf only
     try:
@@ -185,14 +187,18 @@ def sentence_transformers_settings(folder: Path) -> dict:
     """How a sentence-transformers folder embeds: {"max_seq_length": the tokens it reads (it truncates there, below
     the model's own limit), "pooling": "mean", "cls", or the other mode(s) it names, joined by "+", "unbuilt_modules":
     the modules of its pipeline after the encoder other than Pooling, Normalize and Dropout (a Dense projection), which
-    embed() does not apply, "normalize": whether its pipeline L2-normalises (a Normalize module)}; a key is absent
-    where the folder does not say (a plain Hugging Face folder says none)."""
+    embed() does not apply, "normalize": whether its pipeline L2-normalises (a Normalize module), "lowercase": True
+    where it lowercases texts before tokenizing (do_lower_case)}; a key is absent where the folder does not say (a
+    plain Hugging Face folder says none)."""
     out: dict = {}
     st_config = folder / "sentence_bert_config.json"
     if st_config.is_file():
-        length = read_json(st_config).get("max_seq_length")
+        settings = read_json(st_config)
+        length = settings.get("max_seq_length")
         if isinstance(length, int) and length > 0:
             out["max_seq_length"] = length
+        if settings.get("do_lower_case") is True:
+            out["lowercase"] = True
     pooling_dir = folder / "1_Pooling"
     if (folder / "modules.json").is_file():
         modules = _parse_json(folder / "modules.json")  # a list, unlike the other files read here
@@ -360,6 +366,11 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}; "
                          "they do not belong together")
+    unbuilt = cfg.extra.get("unbuilt_modules")
+    if unbuilt:  # their weights are not part of the model: the folder would embed without them, silently
+        raise ValueError(f"this encoder's sentence-transformers pipeline has {', '.join(unbuilt)} after the pooling, "
+                         "which NeuralLayers does not keep; a Hugging Face folder written without it would embed "
+                         "differently")
     model_type = family_for_config(cfg)
     fam = family(model_type)
     hf_cfg = fam.config_to_hf(cfg)
@@ -378,9 +389,32 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
         if len(eos_ids) > 1:  # extra ids that end a turn, as read from a Hugging Face folder
             settings["eos_token_id"] = eos_ids
         write_json(folder / "generation_config.json", settings)
+    elif {"pooling", "normalize", "lowercase"} & set(cfg.extra):  # read from a sentence-transformers folder
+        _write_sentence_transformers(cfg, tokenizer, folder)
     if tokenizer is not None:
         tokenizer.save(folder)
     return folder
+
+
+def _write_sentence_transformers(cfg: ModelConfig, tokenizer: object, folder: Path) -> None:
+    """modules.json, 1_Pooling/config.json and sentence_bert_config.json for the pooling, normalisation, input
+    length and lowercasing the encoder was read with (see `sentence_transformers_settings`): without them the folder
+    embeds by mean pooling, normalised, whatever the source did, here and in sentence-transformers."""
+    modes = cfg.extra.get("pooling", "mean").split("+")
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if cfg.extra.get("normalize", True):
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    write_json(folder / "modules.json", modules)
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {"word_embedding_dimension": cfg.n_embd, **{flag: name in modes for flag, name in _POOLING_FLAGS.items()}}
+    if modes != [name for name in _POOLING_FLAGS.values() if name in modes]:  # the flags fix another order
+        pooling["pooling_mode"] = modes  # sentence-transformers 6's form, which keeps it
+    write_json(folder / "1_Pooling" / "config.json", pooling)
+    settings = {"do_lower_case": bool(cfg.extra.get("lowercase"))}
+    if getattr(tokenizer, "model_max_length", None) is not None:
+        settings["max_seq_length"] = tokenizer.model_max_length
+    write_json(folder / "sentence_bert_config.json", settings)
 
 
 def _special_ids(tokenizer: object) -> dict[str, int | None]:
@@ -413,7 +447,7 @@ def _write_weights(hf_sd: dict[str, torch.Tensor], folder: Path, max_shard_size:
     write_json(folder / SAFE_INDEX, {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map})
 
 
-def write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict | list) -> None:
     """Writes `data` as JSON, atomically (files.write_text_atomic)."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 

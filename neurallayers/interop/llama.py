@@ -56,13 +56,18 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
     Raises:
         ValueError: not a Llama/Mistral config, or a variant DecoderLM does not build (an activation other than
-            SiLU, attention and MLP biases that differ, a RoPE type other than those in ROPE_TYPES).
+            SiLU, attention and MLP biases that differ, a RoPE type other than those in ROPE_TYPES, an architecture
+            other than a causal LM).
     """
     if not isinstance(hf, dict):
         raise ValueError(f"expected a config.json dict, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type not in ARCHITECTURES:
         raise ValueError(f"config model_type={model_type!r}: this converter reads {', '.join(ARCHITECTURES)}")
+    archs = hf.get("architectures") or [ARCHITECTURES[model_type]]
+    if not str(archs[0]).endswith("ForCausalLM"):  # a task head or a bare LlamaModel: no LM head to load
+        raise ValueError(f"config architectures={archs!r}: NeuralLayers reads causal language models "
+                         f"({ARCHITECTURES[model_type]}); that model's head has no place here")
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"config hidden_act={act!r}: only 'silu' (SwiGLU) is supported")

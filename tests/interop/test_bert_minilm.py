@@ -142,6 +142,77 @@ def test_the_folder_embeds_as_sentence_transformers_does(minilm, reference, tmp_
     assert torch.allclose(embed(model, tok, TEXTS).norm(dim=-1), torch.ones(len(TEXTS)))
 
 
+def _st_folder(tmp_path, pooling: dict, modules: list) -> object:
+    """The MiniLM folder with another 1_Pooling config and modules.json."""
+    folder = tmp_path / "st"
+    folder.mkdir()
+    for f in minilm_folder().iterdir():
+        if f.is_file() and f.name != "modules.json":
+            (folder / f.name).symlink_to(f)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 384, **pooling}))
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return folder
+
+
+@pytest.mark.parametrize("pooling, normalize", [({"pooling_mode_cls_token": True}, True),
+                                                ({"pooling_mode": ["max", "cls"]}, False)])
+def test_convert_keeps_a_sentence_transformers_pipeline(tmp_path, pooling, normalize):
+    """A folder that pools by [CLS] (or max and [CLS], without a Normalize module) embedded by mean pooling, normalised,
+    after `convert` to a Hugging Face folder (directly, or by way of a run directory): its vectors changed silently.
+    Its modules.json, 1_Pooling and sentence_bert_config.json are written back."""
+    from neurallayers.api import load
+    from neurallayers.interop import convert
+
+    modules = json.loads((minilm_folder() / "modules.json").read_text())
+    folder = _st_folder(tmp_path, pooling, modules if normalize else modules[:2])
+    want = embed(*load(folder), TEXTS)
+    convert(folder, tmp_path / "hf", to="hf")
+    convert(folder, tmp_path / "run", to="run")
+    convert(tmp_path / "run", tmp_path / "run-hf", to="hf")
+    for out in ("hf", "run", "run-hf"):
+        model, tok = load(tmp_path / out)
+        assert tok.model_max_length == 256, out
+        assert torch.equal(embed(model, tok, TEXTS), want), out
+    assert json.loads((tmp_path / "hf" / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
+
+
+def test_a_folder_that_lowercases_its_texts_embeds_them_lowercased(tmp_path):
+    """sentence_bert_config.json's do_lower_case: sentence-transformers lowercases each text before a cased tokenizer
+    sees it; embed() passed the text as it was (other ids, other vectors), and convert kept the setting nowhere."""
+    from neurallayers.api import load
+    from neurallayers.interop import convert
+
+    modules = json.loads((minilm_folder() / "modules.json").read_text())
+    folder = _st_folder(tmp_path, {"pooling_mode_mean_tokens": True}, modules)
+    spec = json.loads((minilm_folder() / "tokenizer.json").read_text())
+    spec["normalizer"]["lowercase"] = False  # a cased WordPiece
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    cased_model, cased_tok = load(folder)
+    lowered = embed(cased_model, cased_tok, [t.lower() for t in TEXTS])
+    assert not torch.equal(embed(cased_model, cased_tok, TEXTS), lowered)
+    (folder / "sentence_bert_config.json").unlink()
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256, "do_lower_case": True}))
+    model, tok = load(folder)
+    assert torch.equal(embed(model, tok, TEXTS), lowered)
+    convert(folder, tmp_path / "hf", to="hf")
+    assert torch.equal(embed(*load(tmp_path / "hf"), TEXTS), lowered)
+
+
+def test_convert_to_hf_refuses_a_pipeline_module_it_cannot_write(tmp_path):
+    """A Dense projection after the pooling is not part of the model: a folder written without it would embed
+    differently, silently (the source refuses to embed without pooling=)."""
+    from neurallayers.interop import convert
+
+    modules = json.loads((minilm_folder() / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    folder = _st_folder(tmp_path, {"pooling_mode_mean_tokens": True}, modules)
+    with pytest.raises(ValueError, match=r"has Dense \(2_Dense\) after the pooling, which NeuralLayers does not keep"):
+        convert(folder, tmp_path / "hf", to="hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_embed_runs_without_dropout_and_leaves_the_models_mode_alone(minilm):
     model, tok = minilm
     want = embed(model.eval(), tok, TEXTS)
@@ -262,6 +333,29 @@ def test_to_ours_names_missing_unknown_and_misshaped_keys():
         bert.to_ours({**hf_sd, "embeddings.position_embeddings.weight": torch.zeros(7, 32)}, cfg)
     extra_head = bert.to_ours({**hf_sd, "cls.seq_relationship.weight": torch.zeros(2, 32)}, cfg)  # NSP: dropped
     assert set(extra_head) == set(build_model(cfg).state_dict())
+
+
+def test_tf_era_layer_norm_names_load_as_transformers_loads_them(minilm, tmp_path):
+    """bert-base-uncased's checkpoint names its LayerNorms `gamma` / `beta` (TensorFlow's names), which transformers
+    renames on load: such a folder was refused with every LayerNorm weight "missing"."""
+    from safetensors.torch import save_file
+
+    from neurallayers.api import load
+
+    folder = tmp_path / "gamma-beta"
+    folder.mkdir()
+    for f in minilm_folder().iterdir():
+        if f.name != "model.safetensors":
+            (folder / f.name).symlink_to(f)
+    sd = read_safetensors(minilm_folder() / "model.safetensors")
+    legacy = {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"):
+              v for k, v in sd.items()}
+    assert sum(".gamma" in k for k in legacy) == 13  # the embeddings' and two per layer
+    save_file(legacy, folder / "model.safetensors", metadata={"format": "pt"})
+    model, tok = load(folder)
+    assert torch.equal(embed(model, tok, TEXTS), embed(*minilm, TEXTS))
+    ref = transformers.AutoModel.from_pretrained(folder).eval()  # transformers reads the folder alike
+    torch.testing.assert_close(ref.embeddings.LayerNorm.weight, minilm[0].emb_norm.weight, atol=0, rtol=0)
 
 
 def test_a_bert_folder_with_only_vocab_txt_tokenizes_as_its_tokenizer_json(minilm, tmp_path):

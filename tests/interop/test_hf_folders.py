@@ -163,6 +163,8 @@ def test_dtype_and_device_arguments(tmp_path):
         assert next(load(tmp_path, dtype=name)[0].parameters()).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype='half16': expected a torch.dtype or one of fp32"):
         load(tmp_path, dtype="half16")
+    with pytest.raises(ValueError, match=r"dtype=torch.int8: weights need a floating-point dtype"):
+        load(tmp_path, dtype=torch.int8)  # not torch's TypeError after every weight was read
 
 
 # ----- sharded index -----
@@ -257,6 +259,17 @@ def test_convert_keeps_the_recommended_sampling(tmp_path):
     assert generation_defaults(tmp_path / "hf2") == want
 
 
+@pytest.mark.parametrize("text", ["[1]", '{"temperature": 0.5,'])
+def test_convert_names_a_bad_generation_config(tmp_path, text):
+    """A folder that load() reads without its generation_config.json (no tokenizer here) still gets the file named
+    when convert copies its sampling settings, not an AttributeError or a bare JSONDecodeError."""
+    hf_folder(tmp_path / "hf")
+    (tmp_path / "hf" / "generation_config.json").write_text(text)
+    with pytest.raises(ValueError, match=r"generation_config.json (must hold a JSON object|is not valid JSON)"):
+        convert(tmp_path / "hf", tmp_path / "out", to="hf")
+    assert not (tmp_path / "out").exists()
+
+
 def test_convert_hf_to_run_and_back(tmp_path):
     src = tmp_path / "hf"
     ref = hf_folder(src)
@@ -345,3 +358,5 @@ def test_generation_defaults_read_transformers_sampling_settings(tmp_path):
     assert generation_defaults(tmp_path / "hf") == {"top_k": 0}
     with pytest.raises(FileNotFoundError, match="no such run directory or model folder"):
         generation_defaults(tmp_path / "typo")
+    with pytest.raises(ValueError, match="generation_config.json is a file; give a run directory"):
+        generation_defaults(path)  # it exists: not "no such folder"

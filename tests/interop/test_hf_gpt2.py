@@ -203,6 +203,18 @@ def test_config_from_hf_refuses_what_we_do_not_build(change, field):
         gpt2.config_from_hf(hf)
 
 
+@pytest.mark.parametrize("head", ["GPT2ForSequenceClassification", "GPT2ForTokenClassification",
+                                  "GPT2DoubleHeadsModel"])
+def test_a_task_head_folder_is_refused_naming_its_architecture(tmp_path, head):
+    """A classifier's folder is not a language model: refused naming `architectures`, not one of its weights."""
+    cfg = hf_gpt2().config
+    cfg.num_labels, cfg.pad_token_id = 3, 0
+    torch.manual_seed(0)
+    getattr(transformers, head)(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    with pytest.raises(ValueError, match=rf"architectures=\['{head}'\].*GPT2LMHeadModel, GPT2Model"):
+        load(tmp_path)
+
+
 def test_config_to_hf_names_fields_gpt2_cannot_express():
     cfg = ModelConfig(vocab_size=VOCAB, block_size=32, n_layer=1, n_embd=32, n_head=4, position="rope",
                       norm="rmsnorm")

@@ -175,6 +175,18 @@ def test_config_from_hf_refuses_what_we_do_not_build(change, match):
         llama.config_from_hf(hf)
 
 
+@pytest.mark.parametrize("arch", ["LlamaForSequenceClassification", "LlamaForTokenClassification", "LlamaModel",
+                                  "MistralForSequenceClassification"])
+def test_a_folder_without_a_language_model_head_is_refused_naming_its_architecture(tmp_path, arch):
+    """A classifier (or a bare LlamaModel) is not a language model: refused naming `architectures`."""
+    kind = "Mistral" if arch.startswith("Mistral") else "Llama"
+    cfg = getattr(transformers, f"{kind}Config")(**(BASE | {"num_labels": 3, "pad_token_id": 0}))
+    torch.manual_seed(0)
+    getattr(transformers, arch)(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    with pytest.raises(ValueError, match=rf"architectures=\['{arch}'\].*{kind}ForCausalLM"):
+        load(tmp_path)
+
+
 def test_config_to_hf_names_fields_llama_cannot_express():
     cfg = ModelConfig(vocab_size=VOCAB, block_size=32, n_layer=1, n_head=4, n_embd=32)  # GPT-2 style
     with pytest.raises(ValueError, match="norm='layernorm'.*mlp='gelu'.*position='learned'"):
