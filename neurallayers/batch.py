@@ -12,7 +12,8 @@ holds only id and text.
 Output: `.jsonl` (or `.ndjson`; other names are refused) gets one result per input, `{"id", "text",
 "finish_reason", "prompt_tokens", "completion_tokens"}` for generation or `{"id", "embedding"}` for embeddings, in
 input order once the run is complete (completion order while it runs). Embeddings may instead go to `.npy` (an
-(N, C) float32 array, rows in input order) or `.npz` (arrays `ids` and `embeddings`).
+(N, C) float32 array, rows in input order) or `.npz` (arrays `ids` and `embeddings`; ids are int64 where all are
+integers that fit, else strings).
 
 Resume: a killed run, started again with the same command, skips what is done and loses nothing. JSONL results are
 appended one batch at a time as whole lines, fsync'd, and only then counted in the progress record
@@ -20,11 +21,13 @@ appended one batch at a time as whole lines, fsync'd, and only then counted in t
 a batch cut short) are cut off on resume and recomputed, so every input is answered exactly once. Vectors go to
 per-batch part files under `<output>.parts/` (each written to a temp name, then renamed) and are joined into the
 NPY/NPZ file, again atomically, at the end. The progress record holds a fingerprint of the input file, the
-settings and the model; a resume with any of them changed is refused, naming what changed.
+settings and the model (its config, tokenizer, files, dtype and end-of-text ids); a resume with any of them changed
+is refused, naming what changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -38,6 +41,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.generation import GenerationConfig, generate
 
@@ -98,7 +102,7 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
         for n, raw in enumerate(f, start=1):
             where = f"{path} line {n}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig")  # a BOM (Notepad writes one) before the first line is not JSON
             except UnicodeDecodeError:
                 raise ValueError(f"{where}: not valid UTF-8") from None
             if not line.strip():
@@ -110,6 +114,7 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected a JSON object like {{\"prompt\": \"...\"}}, "
                                  f"got {type(record).__name__}")
+            _check_unicode(record, where)
             for key in record:
                 if key not in allowed:
                     hint = difflib.get_close_matches(key, allowed, n=1)
@@ -138,6 +143,16 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
     return items
 
 
+def _check_unicode(record: dict, where: str) -> None:
+    """JSON may escape half a surrogate pair ("\\ud83d"): no tokenizer encodes it and no UTF-8 output holds it (an
+    id with one failed only when its result was written, after the work)."""
+    for key, value in record.items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and (bad := lone_surrogate(text)):
+                raise ValueError(f"{where}: {key!r} has a lone surrogate (U+{ord(bad[0]):04X}) at position "
+                                 f"{bad.start()}: not valid Unicode text")
+
+
 # ----- fingerprint -----
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -156,9 +171,11 @@ def model_files_identity(path: str | os.PathLike) -> dict[str, list[int]]:
 
 def _fingerprint(input_path: Path, settings: dict, model: nn.Module, tokenizer: Tokenizer,
                  model_files: dict | None) -> dict:
+    # bf16 results differ from fp32 ones; the ids that end a generation come from generation_config.json too
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return {"input_sha256": _sha256(input_path), "settings": settings,
             "model": {"config": model.config.to_dict(), "tokenizer": tokenizer.fingerprint(),
-                      "files": model_files}}
+                      "files": model_files, "dtype": dtype, "eos_ids": tokenizer.eos_ids}}
 
 
 def _changes(old: dict, new: dict) -> list[str]:
@@ -171,6 +188,8 @@ def _changes(old: dict, new: dict) -> list[str]:
             if old_s.get(k) != new_s.get(k)]
     old_m, new_m = old.get("model", {}), new["model"]
     out += [f"the model's {k}" for k in ("config", "tokenizer", "files") if old_m.get(k) != new_m.get(k)]
+    out += [f"the model's {k}: {old_m[k]} -> {new_m[k]}" for k in ("dtype", "eos_ids")
+            if k in old_m and old_m[k] != new_m[k]]  # records written before these were kept have neither
     return out
 
 
@@ -199,6 +218,34 @@ def _write_atomic(path: Path, write) -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     _write_atomic(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+
+
+@contextlib.contextmanager
+def _exclusive(output: Path):
+    """Holds `<output>.lock` while a run writes `output`: the same command started twice appended the same records
+    and raced on the progress record, leaving an output no resume could use."""
+    import fcntl
+
+    lock = output.with_name(output.name + ".lock")
+    while True:
+        f = lock.open("a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise ValueError(f"another batch run is writing {output}; wait for it to end or choose another "
+                             "--output") from None
+        try:  # the run that held it may have removed it meanwhile: a lock on that file guards nothing
+            if os.fstat(f.fileno()).st_ino == lock.stat().st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    with f:
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 # ----- the progress record and the JSONL journal -----
@@ -377,41 +424,43 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
                     "output": output.suffix if vectors else ".jsonl"}
     output.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = json.loads(json.dumps(_fingerprint(input_path, settings, model, tokenizer, model_files)))
-    record = _Progress(output, fingerprint, len(items))
-    earlier = record.open(overwrite=overwrite)
-    if earlier is not None and earlier["complete"]:
-        return BatchResult(output=output, total=len(items), resumed=len(items), computed=0)
+    with _exclusive(output):
+        record = _Progress(output, fingerprint, len(items))
+        earlier = record.open(overwrite=overwrite)
+        if earlier is not None and earlier["complete"]:
+            return BatchResult(output=output, total=len(items), resumed=len(items), computed=0)
 
-    from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-    if vectors:
-        done_idx = _resume_parts(record, len(items))
-        done, repaired = {it.key for it in items if it.index in done_idx}, 0
-    else:
-        lines, repaired = _resume_jsonl(record, items)
-        done = set(lines)
-    todo = [it for it in items if it.key not in done]
-    bar = tqdm(total=len(items), initial=len(done), unit=" prompts" if causal else " texts", disable=not progress,
-               desc=output.name)
-    with bar:
-        if causal:
-            batches = _plan(todo, {i: len(p) for i, p in prompts.items()}, configs, batch_size=batch_size)
-            for batch in batches:
-                gens = generate(model, tokenizer, [prompts[it.index] for it in batch], configs[batch[0].index],
-                                seeds=[seeds[it.index] for it in batch])
-                _append(record, [_line({"id": it.id, "text": g.text, "finish_reason": g.finish_reason,
-                                        "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens})
-                                 for it, g in zip(batch, gens, strict=True)])
-                bar.update(len(batch))
+        if vectors:
+            done_idx = _resume_parts(record, len(items))
+            done, repaired = {it.key for it in items if it.index in done_idx}, 0
         else:
-            _embed_todo(model, tokenizer, todo, record, bar, vectors=vectors, batch_size=batch_size,
-                        pooling=pooling, normalize=normalize, max_length=max_length)
-    if vectors:
-        _finish_vectors(record, items)
-    else:
-        _finish_jsonl(record, items)
-    return BatchResult(output=output, total=len(items), resumed=len(done), computed=len(todo),
-                       repaired_bytes=repaired)
+            lines, repaired = _resume_jsonl(record, items)
+            done = set(lines)
+        todo = [it for it in items if it.key not in done]
+        bar = tqdm(total=len(items), initial=len(done), unit=" prompts" if causal else " texts",
+                   disable=not progress, desc=output.name)
+        with bar:
+            if causal:
+                batches = _plan(todo, {i: len(p) for i, p in prompts.items()}, configs, batch_size=batch_size)
+                for batch in batches:
+                    gens = generate(model, tokenizer, [prompts[it.index] for it in batch],
+                                    configs[batch[0].index], seeds=[seeds[it.index] for it in batch])
+                    _append(record, [_line({"id": it.id, "text": g.text, "finish_reason": g.finish_reason,
+                                            "prompt_tokens": g.prompt_tokens,
+                                            "completion_tokens": g.completion_tokens})
+                                     for it, g in zip(batch, gens, strict=True)])
+                    bar.update(len(batch))
+            else:
+                _embed_todo(model, tokenizer, todo, record, bar, vectors=vectors, batch_size=batch_size,
+                            pooling=pooling, normalize=normalize, max_length=max_length)
+        if vectors:
+            _finish_vectors(record, items)
+        else:
+            _finish_jsonl(record, items)
+        return BatchResult(output=output, total=len(items), resumed=len(done), computed=len(todo),
+                           repaired_bytes=repaired)
 
 
 def line_seed(seed: int, rid: str | int) -> int:
@@ -503,7 +552,9 @@ def _finish_vectors(record: _Progress, items: list[BatchItem]) -> None:
         _write_atomic(record.output, lambda f: np.save(f, matrix))
     else:
         ids = [it.id for it in items]
-        id_array = np.array(ids, dtype=np.int64) if all(isinstance(i, int) for i in ids) else np.array(ids, dtype=str)
+        # integers that int64 holds stay numbers; any other id makes them all strings (a 25-digit id overflowed)
+        numeric = all(isinstance(i, int) and -(2**63) <= i < 2**63 for i in ids)
+        id_array = np.array(ids, dtype=np.int64) if numeric else np.array([str(i) for i in ids])
         _write_atomic(record.output, lambda f: np.savez(f, ids=id_array, embeddings=matrix))
     record.data["complete"] = True
     record.save()

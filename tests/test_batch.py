@@ -91,6 +91,10 @@ def test_results_equal_one_prompt_at_a_time(lm, tmp_path):
         assert (row["text"], row["finish_reason"], row["completion_tokens"]) == \
             (alone.text, alone.finish_reason, alone.completion_tokens)
     assert rows[7]["completion_tokens"] <= 3 and "o" not in rows[8]["text"]
+    bom = tmp_path / "bom.jsonl"  # a UTF-8 BOM before the first line (Notepad) was "line 1: not valid JSON"
+    bom.write_bytes(b"\xef\xbb\xbf" + inp.read_bytes())
+    run_batch(model, tok, bom, tmp_path / "bom-out.jsonl", config=GREEDY, batch_size=3, progress=False)
+    assert (tmp_path / "bom-out.jsonl").read_bytes() == (tmp_path / "out.jsonl").read_bytes()
 
 
 def test_seeded_sampling_does_not_depend_on_batch_size(lm, tmp_path):
@@ -193,6 +197,10 @@ BAD_LINES = [
     ('{"prompt": "' + "ab" * 40 + '"}\n', "line 1: the prompt has 80 tokens but the model's context length is 64"),
     ("\n\n", "holds no records"),
     (b'{"prompt": "\xff"}\n', "line 1: not valid UTF-8"),
+    # JSON escapes half a surrogate pair: the prompt's error named no line; an id's came after the work, unnamed
+    ('{"prompt": "a\\ud83d"}\n', "line 1: 'prompt' has a lone surrogate \\(U\\+D83D\\) at position 1"),
+    ('{"prompt": "a"}\n{"id": "x\\udc00", "prompt": "b"}\n', "line 2: 'id' has a lone surrogate \\(U\\+DC00\\)"),
+    ('{"prompt": "a", "stop": ["b", "\\ud800"]}\n', "line 1: 'stop' has a lone surrogate"),
 ]
 
 
@@ -239,6 +247,51 @@ def test_cli_prints_one_line_for_a_bad_line(run_dir, tmp_path, capsys):
     assert "\n" not in err and "line 2: unknown field 'promt' (did you mean 'prompt'?)" in err
     assert main(["batch", str(run_dir), "--input", str(tmp_path / "nope.jsonl"), "--output", "o.jsonl"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_resume_in_another_dtype_or_with_other_end_ids_is_refused(lm, run_dir, tmp_path, monkeypatch):
+    """A run started in bf16 and resumed in fp32 (--dtype) mixed the two precisions' results in one file; so did
+    one resumed after generation_config.json named another end-of-text id."""
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out.jsonl"
+    half, _ = load(run_dir, dtype=torch.bfloat16)
+    with monkeypatch.context() as m:
+        interrupt_after(m, "generate", 1)
+        with pytest.raises(Interrupt):
+            run_batch(half, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match="changed since that run started: the model's dtype: bfloat16 -> float32"):
+        run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    stops = Tokenizer.load(run_dir)
+    stops.extra_eos_ids = [3]  # a generation_config.json eos_token_id added meanwhile: generations end elsewhere
+    with pytest.raises(ValueError, match=r"changed since that run started: the model's eos_ids: \[\d+\] -> \[\d+, 3\]"):
+        run_batch(half, stops, inp, out, config=GREEDY, batch_size=2, progress=False)
+    res = run_batch(half, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    assert (res.resumed, res.computed) == (2, 2)
+    # a record written before the dtype and the end ids were kept resumes as before
+    record = out.with_name(out.name + ".progress.json")
+    data = json.loads(record.read_text())
+    del data["fingerprint"]["model"]["dtype"], data["fingerprint"]["model"]["eos_ids"]
+    data["complete"] = False
+    record.write_text(json.dumps(data))
+    assert run_batch(half, tok, inp, out, config=GREEDY, progress=False).computed == 0
+
+
+def test_a_second_run_into_the_same_output_is_refused(lm, tmp_path):
+    """The same command started twice (a second terminal, a scheduler's retry) appended the same records and raced
+    on the progress record: both failed, and the output could only be started again (--overwrite)."""
+    import fcntl
+
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    with (tmp_path / "out.jsonl.lock").open("a") as held:  # what the run in progress holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match="another batch run is writing .*out.jsonl; wait for it to end"):
+            run_batch(model, tok, inp, out, config=GREEDY, overwrite=True, progress=False)
+        assert not out.exists()
+    assert run_batch(model, tok, inp, out, config=GREEDY, progress=False).computed == 3
+    assert not (tmp_path / "out.jsonl.lock").exists()
 
 
 def test_model_change_is_refused(lm, run_dir, tmp_path, monkeypatch):
@@ -300,6 +353,12 @@ def test_embeddings_npy_resume_npz_and_jsonl(encoder, tmp_path, monkeypatch):
     with np.load(tmp_path / "v.npz") as z:
         assert z["ids"].tolist() == [i * 10 for i in range(7)]
         np.testing.assert_allclose(z["embeddings"], want, atol=1e-5)
+    big = tmp_path / "big.jsonl"  # an integer id past int64 overflowed at the very end, on every rerun
+    big.write_text('{"id": 123456789012345678901234, "text": "Rain."}\n{"id": 7, "text": "Cats sleep a lot."}\n')
+    run_batch(model, tok, big, tmp_path / "big.npz", progress=False)
+    with np.load(tmp_path / "big.npz") as z:
+        assert z["ids"].tolist() == ["123456789012345678901234", "7"]
+        np.testing.assert_allclose(z["embeddings"], want[[5, 6]], atol=1e-5)
     run_batch(model, tok, inp, tmp_path / "v.jsonl", batch_size=3, pooling="cls", normalize=False, progress=False)
     rows = results(tmp_path / "v.jsonl")
     assert [r["id"] for r in rows] == [i * 10 for i in range(7)]

@@ -86,22 +86,26 @@ def run(args: argparse.Namespace) -> int:
 
 def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int):
     """(prompt ids, config) for the conversation: its oldest turns after the first `keep` messages are dropped (in
-    `history` too) until the prompt leaves room for a reply, which may be cut shorter than max_new_tokens rather
-    than lose the newest message. (None, config) when the newest message alone fills the context."""
+    `history` too) until the prompt leaves room for a reply of max_new_tokens, or of half the context where that is
+    less (a max_new_tokens as long as the context would drop every earlier turn: a chat without memory). The reply
+    may be cut shorter rather than lose the newest message. (None, config) when the newest message alone fills the
+    context; `history` then stays as it was, so refusing one message loses none of the conversation."""
     from neurallayers.data.chat import render_chat
 
-    dropped = 0
+    room = min(config.max_new_tokens, block // 2)
+    kept, dropped = list(history), 0
     while True:
-        ids = tokenizer.encode(render_chat(tokenizer, history))
-        if len(ids) + config.max_new_tokens <= block or len(history) <= keep + 1:
+        ids = tokenizer.encode(render_chat(tokenizer, kept))
+        if len(ids) + room <= block or len(kept) <= keep + 1:
             break
-        del history[keep:keep + 2 if len(history) > keep + 2 else keep + 1]  # a user message and its reply
+        del kept[keep:keep + 2 if len(kept) > keep + 2 else keep + 1]  # a user message and its reply
         dropped += 1
+    if len(ids) >= block:
+        return None, config
+    history[:] = kept
     if dropped:
         print(f"(the oldest {dropped} turn{'s' * (dropped > 1)} left the model's context of {block} tokens)",
               file=sys.stderr)
-    if len(ids) >= block:
-        return None, config
     return ids, config.replace(max_new_tokens=min(config.max_new_tokens, block - len(ids)))
 
 

@@ -15,6 +15,7 @@ from neurallayers.generation import GenerationConfig, stream
 
 ATTENTION_MAX_TOKENS = 64  # more makes the heatmaps unreadable (and the figure slow to draw)
 ALL_LAYERS = "all"
+MAX_SEED = 2**63 - 1  # the server's limit; a larger seed failed in torch as 'Overflow when unpacking long long'
 
 
 def parse_stops(text: str | None) -> list[str]:
@@ -46,6 +47,8 @@ def sampling_config(*, max_new_tokens: Any, temperature: Any, top_k: Any, top_p:
     seed = None if seed is None or seed == "" else _number("Seed", seed, integer=True)
     if seed is not None and seed < -1:
         raise ValueError(f"Seed must be -1 (random) or a number >= 0, got {seed}")
+    if seed is not None and seed > MAX_SEED:
+        raise ValueError(f"Seed must be at most {MAX_SEED}, got {seed}")
     values = {"max_new_tokens": _number("Max new tokens", max_new_tokens, integer=True),
               "temperature": _number("Temperature", temperature), "top_k": _number("Top-k", top_k, integer=True),
               "top_p": _number("Top-p", top_p), "min_p": _number("Min-p", min_p),

@@ -30,6 +30,7 @@ def test_controls_become_a_generation_config():
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"seed": -2}, "Seed must be -1 \\(random\\) or a number >= 0, got -2"),
+    ({"seed": 2**64}, "Seed must be at most 9223372036854775807, got 18446744073709551616"),
     ({"max_new_tokens": 2.5}, "Max new tokens must be a whole number, got 2.5"),
     ({"max_new_tokens": 0}, "max_new_tokens=0: must be >= 1"),
     ({"temperature": "hot"}, "Temperature must be a number, got 'hot'"),
