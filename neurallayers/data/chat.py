@@ -60,6 +60,18 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+def special_tokens(tokenizer) -> dict[str, str]:
+    """The special tokens a template sees by name, as transformers passes its special_tokens_map: bos_token and
+    eos_token always (empty when there is none), pad_token, unk_token and mask_token where the tokenizer has them."""
+    out = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+    unk = getattr(getattr(getattr(tokenizer, "hf", None), "model", None), "unk_token", None)
+    for name, token in (("pad_token", getattr(tokenizer, "pad_token", None)), ("unk_token", unk),
+                        ("mask_token", getattr(tokenizer, "mask_token", None))):
+        if token:
+            out[name] = token
+    return out
+
+
 def render_chat(tokenizer, messages: list[dict]) -> str:
     """The prompt text for `messages` (dicts with "role" and "content"), ending with the assistant's turn cue,
     rendered with the variables transformers' apply_chat_template passes (no tools, no documents).
@@ -73,7 +85,7 @@ def render_chat(tokenizer, messages: list[dict]) -> str:
         return default_render(messages)
     try:
         return _compile(template).render(messages=messages, add_generation_prompt=True, tools=None, documents=None,
-                                         bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+                                         **special_tokens(tokenizer))
     except _Refused as e:
         raise ValueError(f"the model's chat template refused these messages: {e}") from None
     except Exception as e:  # a template error of its own (syntax, a type error while rendering)

@@ -29,6 +29,8 @@ MASK_TOKENS = ("[MASK]", MASK)  # BERT's and RoBERTa's: the first in the vocabul
 KINDS = ("bpe", "char", "gpt2", "file")
 _LOAD_FORMS = ("'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt, or a BERT vocab.txt), or a path to "
                "a tokenizer.json file")
+HF_SETTINGS = ("padding_side", "truncation_side")  # read by transformers only; "left" or "right"
+
 # Fallbacks for a bare tokenizer.json without tokenizer_config.json: common spellings, first match wins.
 _EOS_GUESSES = (ENDOFTEXT, "</s>", "<|end_of_text|>", "<eos>")
 _BOS_GUESSES = ("<s>", "<|begin_of_text|>", "<bos>")
@@ -101,6 +103,9 @@ class Tokenizer:
         # ids besides eos that end a generation: a Hugging Face model's generation_config.json may list several
         # (Llama 3 Instruct ends a turn with <|eot_id|>, not its eos <|end_of_text|>)
         self.extra_eos_ids: list[int] = []
+        # tokenizer_config.json settings only transformers reads (padding_side: left for a decoder's batches), kept
+        # so that a folder converted here and back loads in transformers as it did
+        self.hf_settings: dict = {}
 
     @classmethod
     def from_hf(cls, hf: HFTokenizer, **specials: str | int | None) -> Tokenizer:
@@ -162,6 +167,7 @@ class Tokenizer:
                          pad_token=self.pad_token, chat_template=self.chat_template,
                          model_max_length=self.model_max_length)
         copy.extra_eos_ids = list(self.extra_eos_ids)
+        copy.hf_settings = dict(self.hf_settings)
         return copy
 
     def token_to_id(self, token: str) -> int | None:
@@ -260,6 +266,7 @@ class Tokenizer:
             config["mask_token"] = self.mask_token
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
+        config.update(self.hf_settings)
         if self.extra_eos_ids:  # kept with the tokenizer, so a run directory converted from HF still stops there
             config["neurallayers_extra_eos_ids"] = list(self.extra_eos_ids)
         write_text_atomic(json_path, self.hf.to_str(pretty=True))
@@ -335,6 +342,7 @@ class Tokenizer:
             raise ValueError(f"tokenizer_config.json: neurallayers_extra_eos_ids={extra!r} is not a list of ids "
                              f"in [0, {tokenizer.vocab_size})")
         tokenizer.extra_eos_ids = list(extra)
+        tokenizer.hf_settings = {k: config[k] for k in HF_SETTINGS if config.get(k) in ("left", "right")}
         return tokenizer
 
     # -- constructors -----------------------------------------------------------------------------

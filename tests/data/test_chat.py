@@ -47,3 +47,16 @@ def test_a_template_that_fails_is_a_value_error_naming_the_template():
         tok.chat_template = template
         with pytest.raises(ValueError, match=match):
             render_chat(tok, MESSAGES)
+
+
+def test_templates_see_the_pad_unk_and_mask_tokens_as_in_transformers():
+    """transformers passes every named special token to a template; only bos and eos were passed (a template using
+    pad_token rendered it empty)."""
+    transformers = pytest.importorskip("transformers")
+    template = "{{ pad_token }}|{{ unk_token }}|{{ mask_token }}|{% for m in messages %}{{ m.content }}{% endfor %}"
+    tok = Tokenizer.train_bpe(["<s> </s> Hi Yo ?"] * 4, vocab_size=300, special_tokens=("<s>", "</s>", "<pad>"),
+                              show_progress=False).with_mask_token()
+    tok.pad_token, tok.chat_template = "<pad>", template
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, pad_token="<pad>", mask_token="<mask>")
+    want = hf.apply_chat_template(MESSAGES, chat_template=template, add_generation_prompt=True, tokenize=False)
+    assert render_chat(tok, MESSAGES) == want

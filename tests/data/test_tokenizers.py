@@ -217,3 +217,15 @@ def test_a_mask_token_takes_the_space_before_it_except_in_char_level():
     char = Tokenizer.train_char(["not to be, that"]).with_mask_token()
     pieces = [char.decode([i], skip_special_tokens=False) for i in char.encode(text)]
     assert pieces[pieces.index(MASK) - 1] == " "  # characters: the space is a token of its own
+
+
+def test_padding_side_survives_load_and_save(tmp_path):
+    """A folder whose tokenizer pads on the left (a decoder's, for batched generation in transformers) came back
+    from load + save padding on the right: transformers' batched generate then read pad tokens as the last ones."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=trained_bpe().hf, eos_token=ENDOFTEXT,
+                                              padding_side="left", truncation_side="left")
+    hf.save_pretrained(tmp_path / "src")
+    Tokenizer.load(tmp_path / "src").save(tmp_path / "out")
+    back = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert (back.padding_side, back.truncation_side) == ("left", "left")
