@@ -374,7 +374,8 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
         input_path: the input JSONL (see read_inputs).
         output_path: `.jsonl` for results; for embeddings also `.npy` or `.npz`.
         config: generation settings (default GenerationConfig()); lines may override LINE_PARAMS.
-        batch_size: prompts (or texts) per forward batch. Results do not depend on it, so it may change on resume.
+        batch_size: prompts (or texts) per forward batch. In fp32 results do not depend on it, so it may change on
+            resume; in bf16 a batch of other rows can round differently (matrix kernels differ by shape).
         pooling, normalize, max_length: embedding settings, as in neurallayers.embeddings.embed (pooling None:
             the model's).
         model_files: what identifies the model's files (model_files_identity); part of the fingerprint.
