@@ -86,16 +86,19 @@ class GenerationConfig:
         need("logit_bias", isinstance(self.logit_bias, dict)
              and all(_int(k) and k >= 0 and finite_value(v) for k, v in self.logit_bias.items()),
              "must map token ids (integers >= 0) to finite numbers")
-        need("seed", self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
-             "must be an integer or None")
+        need("seed", self.seed is None or valid_seed(self.seed), "must be None or an integer in [-2**63, 2**64)")
 
     def check_vocab(self, vocab_size: int) -> None:
-        """Refuse token ids (stop_token_ids, logit_bias keys) that the model's vocabulary does not have."""
+        """Refuse token ids (stop_token_ids, logit_bias keys) that the model's vocabulary does not have, and more
+        top alternatives (logprobs) than it has tokens (a small character vocabulary)."""
         for name, ids in (("stop_token_ids", self.stop_token_ids), ("logit_bias", list(self.logit_bias))):
             bad = [t for t in ids if t >= vocab_size]
             if bad:
                 raise ValueError(f"GenerationConfig.{name} holds token ids outside the model's vocabulary "
                                  f"[0, {vocab_size}): {bad[:5]}")
+        if self.logprobs is not None and self.logprobs > vocab_size:
+            raise ValueError(f"GenerationConfig.logprobs={self.logprobs}: the model's vocabulary has {vocab_size} "
+                             f"tokens, so at most {vocab_size} alternatives can be listed")
 
     @property
     def greedy(self) -> bool:
@@ -117,6 +120,11 @@ class GenerationConfig:
 
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def valid_seed(v: Any) -> bool:
+    """An integer torch.Generator.manual_seed takes (64 bits, signed or not); a larger one failed there, nameless."""
+    return _int(v) and -2**63 <= v < 2**64
 
 
 def finite_value(v: Any) -> bool:

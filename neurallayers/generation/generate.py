@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurallayers.generation.config import Generation, GenerationConfig, StreamEvent, TokenLogprob
+from neurallayers.generation.config import Generation, GenerationConfig, StreamEvent, TokenLogprob, valid_seed
 from neurallayers.generation.fast import decode_step_for
 from neurallayers.generation.processors import apply_processors, build_processors
 from neurallayers.nn.modes import eval_mode
@@ -406,7 +406,16 @@ def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
             raise ValueError("text prompts need a tokenizer; pass one, or give prompts as lists of token ids")
         return [tokenizer.encode(p, add_special_tokens=True) for p in prompts]  # a Llama tokenizer's bos first
     if all(isinstance(p, list) for p in prompts):
+        for i, ids in enumerate(prompts):
+            odd = [t for t in ids if isinstance(t, bool) or not isinstance(t, int)]
+            if odd:  # else "outside the vocabulary", though a numpy or torch integer may well be inside it
+                raise ValueError(f"prompt {i} holds {type(odd[0]).__name__} values, not token ids (Python ints): "
+                                 f"{odd[:5]}; convert an array or tensor with .tolist()")
         return prompts
+    kinds = {type(p).__name__ for p in prompts}
+    if len(kinds) == 1:  # a list of tensors or arrays is no mix of strings and lists
+        raise ValueError(f"prompts must be strings or lists of token ids, got a list of {kinds.pop()}; convert an "
+                         "array or tensor with .tolist()")
     raise ValueError("prompts must be all strings or all lists of token ids, not a mix")
 
 
@@ -443,6 +452,10 @@ def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConf
               for ids in input_ids]
     groups: dict[int, list[int]] = {}
     for i, limit in enumerate(limits):
+        if limit < 1:  # else check_request blamed max_new_tokens, which no value of fixes
+            raise ValueError(f"prompt {i} has {len(input_ids[i])} tokens, the whole context (block_size {block}): "
+                             f"contrastive search feeds each candidate token, so its prompts may hold at most "
+                             f"{block - 1} tokens")
         groups.setdefault(i if name == "speculative_decode" else limit, []).append(i)
     out: list[list[Generation]] = [[] for _ in input_ids]
     for idx in groups.values():
@@ -508,9 +521,9 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
     if config.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer to decode the text; pass one or use stop_token_ids")
     if seeds is not None:
-        if not isinstance(seeds, list) or len(seeds) != len(input_ids) or not all(
-                isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-            raise ValueError(f"seeds must be a list of {len(input_ids)} integers, one per prompt, got {seeds!r}")
+        if not isinstance(seeds, list) or len(seeds) != len(input_ids) or not all(valid_seed(s) for s in seeds):
+            raise ValueError(f"seeds must be a list of {len(input_ids)} integers in [-2**63, 2**64), one per prompt, "
+                             f"got {seeds!r}")
         if config.greedy or len(set(seeds)) == 1:
             config, seeds = config.replace(seed=seeds[0]), None
         elif draft_model is not None or amateur_model is not None:  # their sampling draws per call: one at a time
@@ -533,9 +546,11 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
     run = None
     for run in _decode_steps(model, input_ids, config, eos_ids=eos_ids, seeds=seeds):
         col = run.width + run.n - 1
-        last, done = run.tokens[:, col].tolist(), run.done.tolist()
+        last, taken, done = run.tokens[:, col].tolist(), run.lengths.tolist(), run.done.tolist()
         for r, row in enumerate(texts):
-            if not done[r]:
+            # a row took this step's token unless it was done or stopped on it; `done` alone would also drop the
+            # last token of a row whose context just filled
+            if taken[r] == run.n:
                 row.push(last[r])
         run.end_rows([r for r, row in enumerate(texts) if row.stopped and not done[r]])
         if all(row.stopped or d for row, d in zip(texts, done, strict=True)):

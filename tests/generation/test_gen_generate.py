@@ -3,10 +3,11 @@ context length, sampling restricted by top-k/top-p/min-p, search dispatch, and c
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from nl_gen_helpers import greedy_no_cache, memorized_lm, tiny_lm, unicode_tokenizer
+from nl_gen_helpers import UNICODE_TEXT, greedy_no_cache, memorized_lm, tiny_lm, unicode_tokenizer
 
 from neurallayers.generation import Generation, GenerationConfig, generate, generate_ids, stream
 from neurallayers.generation.processors import MinPWarper, TopKWarper, TopPWarper
@@ -106,6 +107,8 @@ def test_seeds(model) -> None:
     two = generate(flat, None, [[1, 2]], cfg, seed=1, num_return_sequences=2)
     assert two[0].token_ids == runs[1] and two[1].token_ids != runs[1]  # sequence k draws from seed (1, k)
     assert generate(model, None, [[1, 2]], cfg, seed=None)  # unseeded sampling runs
+    for seed in (2**64 - 1, -2**63):  # the ends of what torch's generators take
+        assert generate(model, None, [[1, 2]], cfg, seed=seed, num_return_sequences=2)
     # a batch of one prompt repeated: seeded, each row is that prompt alone; unseeded, each row draws its own seed
     assert {tuple(g.token_ids) for g in generate(flat, None, [[1, 2]] * 3, cfg, seed=1)} == {tuple(runs[1])}
     assert len({tuple(g.token_ids) for g in generate(flat, None, [[1, 2]] * 3, cfg, seed=None)}) == 3
@@ -155,6 +158,19 @@ def test_stop_strings_batched_equals_alone() -> None:
     assert [(g.text, g.token_ids, g.finish_reason) for g in batched] == [
         (g.text, g.token_ids, g.finish_reason) for g in alone]
     assert all(g.finish_reason == "stop" and "ok" not in g.text for g in batched)
+
+
+def test_stop_strings_keep_the_last_token_of_a_prompt_whose_context_fills() -> None:
+    """Batched with a short prompt, a prompt near the end of the context stops early (its context is full); with stop
+    strings its text kept all but its last token (the row was done at that step, so its text skipped the token)."""
+    tok, lm = unicode_tokenizer(), memorized_lm()
+    ids = tok.encode(UNICODE_TEXT * 4)
+    prompts = [ids[:lm.config.block_size - 4], ids[:5]]
+    cfg = GenerationConfig(temperature=0, max_new_tokens=10, stop=["never there"])
+    batched = generate(lm, tok, prompts, cfg)
+    alone = [generate(lm, tok, [p], cfg)[0] for p in prompts]
+    assert [(g.text, g.token_ids) for g in batched] == [(g.text, g.token_ids) for g in alone]
+    assert len(batched[0].token_ids) == 5 and batched[0].text == tok.decode(batched[0].token_ids)
 
 
 def test_logprobs_match_full_forward(model) -> None:
@@ -285,6 +301,10 @@ def test_an_encoder_is_refused_in_one_line() -> None:
     (lambda m: generate(m, None, [[1, 2], "x"]), "not a mix"),
     (lambda m: generate(m, None, "hello"), "need a tokenizer"),
     (lambda m: generate(m, None, [[1, 64]]), r"outside the vocabulary \[0, 64\)"),
+    # a tensor row was "not a mix" and a numpy id "outside the vocabulary": say what they are and how to convert
+    (lambda m: generate(m, None, [torch.tensor([1, 2])]), r"got a list of Tensor; convert .* with \.tolist\(\)"),
+    (lambda m: generate(m, None, [list(np.array([1, 2]))]), r"prompt 0 holds int64 values, not token ids"),
+    (lambda m: next(stream(m, unicode_tokenizer(), [1, 2.0])), r"prompt 0 holds float values, not token ids"),
     (lambda m: generate(m, None, [[1, 2]], stop=["x"]), "stop strings need a tokenizer"),
     (lambda m: generate(m, None, [[1, 2]], num_beams=2, draft_model=m), "choose one decoding method"),
     (lambda m: generate_ids(m, [[1]], GenerationConfig(num_beams=2), eos_ids=[]), "num_beams"),
@@ -296,6 +316,13 @@ def test_an_encoder_is_refused_in_one_line() -> None:
     (lambda m: generate(m, None, [[1, 2]], logit_bias={70: 1.0}), r"logit_bias holds .*\[0, 64\): \[70\]"),
     (lambda m: generate(m, None, [[1, 2]], num_beams=2, stop_token_ids=[64]), "stop_token_ids holds"),
     (lambda m: generate(m, None, [[1] * 70], num_beams=2), r"prompt 0 has 70 tokens.*at most 64"),
+    # a prompt that fills the context leaves contrastive search no room for its candidates: the error blamed
+    # max_new_tokens ("prompt (64 tokens) + max_new_tokens (1) needs 65 positions"), which no value of fixes
+    (lambda m: generate(m, None, [[2], [1] * 64], penalty_alpha=0.5, top_k=3, max_new_tokens=1),
+     r"prompt 1 has 64 tokens.*block_size 64.*at most 63 tokens"),
+    # torch's generators take 64-bit seeds: a larger one failed inside torch, naming no field
+    (lambda m: generate(m, None, [[1, 2]], seed=2**64), r"GenerationConfig.seed=.*\[-2\*\*63, 2\*\*64\)"),
+    (lambda m: generate(m, None, [[1, 2]], seed=2**64, draft_model=m), "GenerationConfig.seed="),
 ])
 def test_rejects_bad_input(model, call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -318,6 +345,8 @@ def test_per_prompt_seeds_give_what_each_seed_gives_alone(model, method: dict) -
     assert together[0].token_ids != together[2].token_ids  # the same prompt under two seeds
     with pytest.raises(ValueError, match="one per prompt"):
         generate(model, None, prompts, seeds=[1, 2], **cfg)
+    with pytest.raises(ValueError, match=r"seeds must be .*\[-2\*\*63, 2\*\*64\)"):  # torch's generators' range
+        generate(model, None, prompts, seeds=[5, 2**64, 7], **cfg)
 
 
 def test_completion_tokens_count_every_chosen_token() -> None:

@@ -106,3 +106,20 @@ def test_logprobs_off_gives_none_and_generate_passes_them_through(model, small):
             assert_model_logprobs(model, PROMPTS[i // kw.get("num_return_sequences", 1)], g, 1)
     (g,) = generate(model, None, [PROMPTS[2]], max_new_tokens=5, logprobs=1, temperature=0, draft_model=small)
     assert_model_logprobs(model, PROMPTS[2], g, 1)
+
+
+@pytest.mark.parametrize("method", [dict(temperature=0), dict(temperature=0.8, seed=1), dict(num_beams=2),
+                                    dict(penalty_alpha=0.5, top_k=3), dict(amateur="yes"), dict(draft="yes")])
+def test_more_alternatives_than_the_vocabulary_has_are_refused_by_every_method(method):
+    """A character vocabulary can be smaller than logprobs' 20: torch.topk failed ("selected index k out of range")
+    in every method, naming no field. As many alternatives as tokens is fine."""
+    net, other = tiny(seed=3, vocab=8, n_embd=16, n_head=2), tiny(seed=4, vocab=8, n_embd=16, n_head=2)
+    method = dict(method)
+    if method.pop("amateur", None):
+        method["amateur_model"] = other
+    if method.pop("draft", None):
+        method["draft_model"] = other
+    with pytest.raises(ValueError, match=r"GenerationConfig.logprobs=12: .* 8 tokens, so at most 8 alternatives"):
+        generate(net, None, [[1, 2]], max_new_tokens=3, logprobs=12, **method)
+    (g, *_) = generate(net, None, [[1, 2]], max_new_tokens=3, logprobs=8, **method)
+    assert all(len(lp.top) == 8 for lp in g.logprobs)
