@@ -20,7 +20,7 @@ from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
 from neurallayers.generation.generate import _choose, _row_seed
-from neurallayers.generation.processors import apply_processors
+from neurallayers.generation.processors import apply_processors, divide_by_temperature
 from neurallayers.generation.search import (
     LogprobTrail,
     build_processors,
@@ -189,7 +189,7 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
         lp_a = F.log_softmax(logits[1], dim=-1)
         plausible = lp_e >= lp_e.max(-1, keepdim=True).values + log_cut
         score = (lp_e - lp_a).masked_fill(~plausible, -math.inf)  # (B, V)
-        tok = _choose(score if gens is None else score / config.temperature, gens)
+        tok = _choose(score if gens is None else divide_by_temperature(score, config.temperature), gens)
         trail.add(logits[0], tok)
         ids = torch.cat((ids, tok[:, None]), dim=1)
         new.append(tok)

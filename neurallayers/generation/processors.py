@@ -71,7 +71,20 @@ class TemperatureWarper:
         self.temperature = float(temperature)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return scores / self.temperature
+        return divide_by_temperature(scores, self.temperature)
+
+
+def divide_by_temperature(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """scores / temperature, as transformers divides them; in a row where a tiny temperature (1e-40) overflows that
+    to inf (softmax NaN: the sampler then drew token 0 or failed), (scores - max) / temperature instead: the same
+    distribution, which at such a temperature is the greedy choice."""
+    out = scores / temperature
+    if temperature < 1.0:  # only division by a small number overflows
+        rows = (torch.isinf(out) & torch.isfinite(scores)).any(-1)
+        if rows.any():
+            part = scores[rows]
+            out[rows] = (part - part.amax(-1, keepdim=True)) / temperature
+    return out
 
 
 class TopKWarper:

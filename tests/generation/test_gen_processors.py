@@ -158,3 +158,21 @@ def test_build_order_and_greedy() -> None:
 def test_rejects_bad_arguments(make, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_a_tiny_temperature_samples_the_greedy_choice():
+    """scores / 1e-40 overflowed to inf: softmax gave NaN, plain sampling drew token 0 every step and speculative
+    sampling failed in torch.multinomial. At such a temperature sampling is the greedy choice (as vLLM treats it)."""
+    from nl_gen_helpers import tiny_lm
+
+    from neurallayers.generation import generate
+
+    model, draft = tiny_lm(seed=0), tiny_lm(seed=1)
+    prompt = [[3, 9, 4]]
+    greedy = generate(model, None, prompt, GenerationConfig(max_new_tokens=6, temperature=0))[0].token_ids
+    cold = GenerationConfig(max_new_tokens=6, temperature=1e-40, seed=1)
+    assert generate(model, None, prompt, cold)[0].token_ids == greedy
+    assert generate(model, None, prompt, cold, draft_model=draft)[0].token_ids == greedy
+    scores = torch.tensor([[1.0, 3.0, -float("inf"), 2.0]])
+    assert TemperatureWarper(1e-40)(None, scores).softmax(-1).tolist() == [[0.0, 1.0, 0.0, 0.0]]
+    assert torch.equal(TemperatureWarper(1e-3)(None, scores), scores / 1e-3)  # unchanged where nothing overflows
