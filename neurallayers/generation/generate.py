@@ -505,6 +505,7 @@ def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[i
         ends before the first stop string, which is not included. Every method stops (finish_reason "length")
         when the model's context (block_size) is full, even short of max_new_tokens.
     """
+    _check_decoder(model)  # before eval_mode, which would fail on a tokenizer passed as the model
     with eval_mode(model, draft_model, amateur_model):  # the caller's mode (training, say) comes back after
         return _generate(model, tokenizer, prompts, config, draft_model=draft_model, amateur_model=amateur_model,
                          seeds=seeds, overrides=overrides)
@@ -583,6 +584,8 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
         raise ValueError("stream() needs a tokenizer to turn tokens into text")
     if not isinstance(prompt, (str, list)):
         raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+    if isinstance(prompt, list) and any(isinstance(p, str | list) for p in prompt):  # else "ids outside the vocab"
+        raise ValueError("stream() takes one prompt (a string or a list of token ids); use generate() for several")
     (input_ids,) = _encode_prompts(tokenizer, [prompt])
     with eval_mode(model):  # restored when the stream ends or is closed
         row = _RowText(tokenizer, config.stop)

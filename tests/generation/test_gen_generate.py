@@ -323,6 +323,10 @@ def test_an_encoder_is_refused_in_one_line() -> None:
     # torch's generators take 64-bit seeds: a larger one failed inside torch, naming no field
     (lambda m: generate(m, None, [[1, 2]], seed=2**64), r"GenerationConfig.seed=.*\[-2\*\*63, 2\*\*64\)"),
     (lambda m: generate(m, None, [[1, 2]], seed=2**64, draft_model=m), "GenerationConfig.seed="),
+    # a list of prompts to stream() was read as one prompt of odd ids; a tokenizer in the model's place was an
+    # AttributeError from eval_mode
+    (lambda m: next(stream(m, unicode_tokenizer(), ["a", "b"])), r"stream\(\) takes one prompt"),
+    (lambda m: generate(unicode_tokenizer(), m, "a"), "generation needs a causal decoder .*got Tokenizer"),
 ])
 def test_rejects_bad_input(model, call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
