@@ -40,6 +40,9 @@ log = logging.getLogger("neurallayers.training")
 
 COMPLETE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+# the temp names (files.write_text_atomic's, weights.save_safetensors's, plots') of the files a run writes
+_TEMP_FILE = re.compile(r"^\.(config\.yaml|tokenizer(_config)?\.json|model\.safetensors|metrics\.jsonl|samples\.txt|"
+                        r"loss\.png)\.tmp-\d+$")
 
 
 class CheckpointWriteError(WriteError):
@@ -66,6 +69,11 @@ def rng_state() -> dict[str, torch.Tensor]:
 
 # what every state.pt holds (trainer._save writes these and more); a resume reads each
 STATE_KEYS = ("step", "optimizer", "scheduler", "best_val_loss", "bad_evals", "elapsed", "rng")
+# the type of each entry trainer._save writes (the later ones are missing from older checkpoints): another type, from
+# a hand-edited or foreign file, failed later with a bare TypeError or AttributeError that named no file
+_STATE_TYPES = {"step": int, "optimizer": dict, "scheduler": dict, "best_val_loss": (int, float), "bad_evals": int,
+                "elapsed": (int, float), "rng": dict, "scaler": dict, "world_size": int, "global_batch": int,
+                "grad_accum": int, "eval_windows": int, "seed": int, "mask_prob": (int, float)}
 
 
 def set_rng_state(state: dict[str, torch.Tensor]) -> None:
@@ -132,9 +140,14 @@ def set_aside(run_dir: str | os.PathLike, paths: list[Path]) -> Path:
 
 
 def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:
-    """Removes temp folders and step folders without a COMPLETE marker (leftovers of a crash)."""
+    """Removes temp folders and step folders without a COMPLETE marker (leftovers of a crash), and the temp files a
+    crash left beside the run's files (`.model.safetensors.tmp-<pid>`: as large as the model, once per kill)."""
     root = Path(run_dir) / "checkpoints"
     removed = []
+    for p in Path(run_dir).glob(".*.tmp-*"):
+        if _TEMP_FILE.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
     if root.is_dir():
         for p in root.iterdir():
             partial = p.name.startswith(".tmp-") or (_STEP_DIR.match(p.name) and not (p / COMPLETE).is_file())
@@ -274,6 +287,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:  # a hand-edited or foreign file: a resume would fail later on a bare KeyError
         raise CheckpointError(f"{path / 'state.pt'} is not a complete training state: no {', '.join(missing)}")
+    for key, kind in _STATE_TYPES.items():
+        if key in state and not isinstance(state[key], kind):
+            raise CheckpointError(f"{path / 'state.pt'} is not a training state: its {key!r} is a "
+                                  f"{type(state[key]).__name__}")
     return model_state, state
 
 

@@ -25,7 +25,8 @@ def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
     """Train loss (and val loss where evaluated) against step, written as a PNG.
 
     Returns:
-        The PNG path, or None when matplotlib is missing (a warning says so) or there is nothing to plot.
+        The PNG path, or None when matplotlib is missing or the file cannot be written (a warning says so), or
+        there is nothing to plot.
     """
     try:
         import matplotlib
@@ -51,6 +52,15 @@ def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
     ax.legend()
     fig.tight_layout()
     out_path = Path(out_path)
-    fig.savefig(out_path)
-    plt.close(fig)
+    # a temp name, then a rename: a kill or a failed write mid-save leaves the previous plot whole
+    part = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(part, format=out_path.suffix.lstrip(".") or "png")
+        os.replace(part, out_path)
+    except OSError as e:  # the plot is a convenience: a finished run must not fail on it
+        part.unlink(missing_ok=True)
+        log.warning("could not write the loss plot %s (%s)", out_path, e)
+        return None
+    finally:
+        plt.close(fig)
     return out_path

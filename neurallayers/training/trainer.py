@@ -121,8 +121,8 @@ class _Fit:
         self.device = resolve_device(run.train.device, local_rank=info.local_rank)
         self.amp_dtype, use_scaler = resolve_precision(run.train.precision, self.device)
         target = _resume_target(out, resume)
-        if target is not None and run.data.document_bos is None:  # tokenized as the run began (unless told)
-            run = dataclasses.replace(run, data=dataclasses.replace(run.data, document_bos=_saved_document_bos(out)))
+        if target is not None:
+            run = _as_saved(out, run)
         # A fresh start from pretrained weights takes the source's tokenizer; a resume, the run's own.
         source = _init_source(run) if target is None and run.train.init_from else None
         tokenizer = Tokenizer.load(out) if target is not None else source.tokenizer if source else None
@@ -231,6 +231,7 @@ class _Fit:
                         "weights and early stopping start over", self.best_val, int(saved_windows),
                         self._eval_windows())
             self.best_val, self.bad_evals = None, 0
+        self._check_seed(state)
         self.elapsed_before = float(state["elapsed"])
         try:
             ckpt.set_rng_state(state["rng"])
@@ -256,6 +257,25 @@ class _Fit:
         elif self.cfg.early_stopping_patience and self.bad_evals >= self.cfg.early_stopping_patience:
             log.info("the run stopped early (%d evaluations without a better val loss): training on to the next "
                      "evaluation, which stops it again unless the val loss improves", self.bad_evals)
+
+    def _check_seed(self, state: dict) -> None:
+        """A resume under another train.seed (or an encoder's under another mask_prob) draws other batches, and
+        the seed also chooses a documents split's validation pieces and an encoder's validation masks: a val loss
+        measured before then does not compare, and documents validated on may have been trained on since."""
+        encoder = not self.run_cfg.model.causal
+        keys = ("seed", "mask_prob") if encoder else ("seed",)
+        changed = {k: state[k] for k in keys if state[k] != getattr(self.cfg, k)}
+        if not changed:
+            return
+        what = ", ".join(f"train.{k} {old} -> {getattr(self.cfg, k)}" for k, old in changed.items())
+        log.warning("%s since the checkpoint: the batches%s differ from an uninterrupted run's", what,
+                    " and their masks" if encoder else "")
+        val_differs = encoder or ("seed" in changed and self.run_cfg.data.split == "documents")
+        if val_differs and self.best_val is not None:
+            log.warning("the best val loss so far (%.4f) was measured on the validation %s of the checkpoint's %s: "
+                        "the best weights and early stopping start over", self.best_val,
+                        "masks" if encoder else "documents", "settings" if encoder else "seed")
+            self.best_val, self.bad_evals = None, 0
 
     def _roll_back_plan(self) -> None:
         """A resume from a checkpoint older than the run's newest (after a loss spike, say) starts another history
@@ -342,6 +362,8 @@ class _Fit:
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
             ckpt.clean_incomplete(self.out)
             self._roll_back_files()
+            # a kill between a checkpoint's rename and its pruning left one too many; a finished run saves no more
+            ckpt.prune_checkpoints(self.out, keep_last=self.cfg.keep_last)
         self.run_cfg.to_yaml(self.out / "config.yaml")
         self.tokenizer.save(self.out)
         names = self.cfg.loggers if loggers is None else [x for x in loggers if isinstance(x, str)]
@@ -541,6 +563,8 @@ class _Fit:
                 "global_batch": cfg.batch_size * info.world_size,
                 "grad_accum": cfg.grad_accum,
                 "eval_windows": self._eval_windows(),
+                "seed": cfg.seed,  # chooses the batches, masks and a documents split's validation pieces
+                "mask_prob": cfg.mask_prob,
             }
             ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last)
         dist.barrier(info)
@@ -692,9 +716,18 @@ def _init_source(run: RunConfig) -> object:
     return source
 
 
-def _saved_document_bos(out: Path) -> bool:
-    """Whether a run's documents start with bos: its config.yaml says, or (a run from before it did) they do not."""
-    return bool(RunConfig.from_yaml(out / "config.yaml").data.document_bos)
+def _as_saved(out: Path, run: RunConfig) -> RunConfig:
+    """A resume's run config: tokenized as the run began (data.document_bos, unless told: config.yaml says, or for a
+    run from before it did, no bos), and started from what the run started from (train.init_from: a resume goes on
+    from its own checkpoint, so another source would only make config.yaml and `info` name the wrong one)."""
+    saved = RunConfig.from_yaml(out / "config.yaml")
+    if run.train.init_from not in (None, saved.train.init_from):
+        log.warning("train.init_from=%s is not used: a resume goes on from the run's own checkpoint (the run started "
+                    "from %s)", run.train.init_from, saved.train.init_from or "scratch")
+    data = run.data
+    if data.document_bos is None:
+        data = dataclasses.replace(data, document_bos=bool(saved.data.document_bos))
+    return dataclasses.replace(run, data=data, train=dataclasses.replace(run.train, init_from=saved.train.init_from))
 
 
 def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, RunConfig, bool]:
@@ -702,7 +735,7 @@ def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, 
     weights, the training state, the run config, whose data.tokenizer / vocab_size stay the saved ones (the run
     keeps its tokenizer whatever a resume asks for, and config.yaml says so), and whether the data changed."""
     saved = RunConfig.from_yaml(out / "config.yaml")
-    saved.data.document_bos = bool(saved.data.document_bos)  # as _saved_document_bos reads it
+    saved.data.document_bos = bool(saved.data.document_bos)  # as _as_saved reads it
     if saved.model != run.model:
         diff = _changes(saved.model.to_dict(), run.model.to_dict())
         raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
@@ -725,6 +758,8 @@ def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, 
     # checkpoints from before it was recorded: from the saved run's settings
     state.setdefault("global_batch", saved.train.batch_size * int(state.get("world_size", 1)))
     state.setdefault("grad_accum", saved.train.grad_accum)
+    state.setdefault("seed", saved.train.seed)
+    state.setdefault("mask_prob", saved.train.mask_prob)
     return model_sd, state, run, changed
 
 

@@ -229,6 +229,9 @@ def _edit_state(path, edit) -> None:
      r"mis-shaped optimizer state: \S+\.exp_avg \(3,\) != "),
     (lambda s: s.pop("optimizer"), "not a complete training state: no optimizer"),  # a bare KeyError before
     (lambda s: s["rng"].__setitem__("torch", torch.zeros(7, dtype=torch.uint8)), "random-number generator states"),
+    # a bare AttributeError or TypeError (a traceback from the CLI) before, naming no file
+    (lambda s: s.__setitem__("optimizer", None), r"state.pt is not a training state: its 'optimizer' is a NoneType"),
+    (lambda s: s.__setitem__("elapsed", "1:00"), r"state.pt is not a training state: its 'elapsed' is a str"),
 ])
 def test_a_hand_edited_training_state_is_refused_before_the_first_step(base_run, tmp_path, edit, match):
     run_dir = _copy(base_run, tmp_path)

@@ -82,6 +82,22 @@ def test_resuming_a_fine_tune_is_exact_without_the_source(source, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_resume_that_names_another_source_keeps_the_one_the_run_started_from(source, tmp_path, caplog):
+    """--resume --init-from OTHER went on from the run's checkpoint, as it must, but wrote OTHER into config.yaml:
+    `info` then named a source the weights never came from."""
+    other = tmp_path / "other-source"
+    shutil.copytree(source, other)
+    run = fine_tune(tmp_path, source, max_steps=4, save_interval=2)
+    fit(run, tmp_path / "ft", progress=False, until_step=2)
+    saved = RunConfig.from_yaml(tmp_path / "ft/config.yaml")
+    again = dataclasses.replace(saved, train=dataclasses.replace(saved.train, init_from=str(other)))
+    with caplog.at_level(logging.WARNING, logger="neurallayers"):
+        assert fit(again, tmp_path / "ft", resume=True, progress=False).steps == 4
+    assert f"train.init_from={other} is not used: a resume goes on from the run's own checkpoint (the run started " \
+           f"from {source})" in caplog.text
+    assert RunConfig.from_yaml(tmp_path / "ft/config.yaml").train.init_from == str(source)
+
+
 def test_a_fine_tune_from_a_hugging_face_folder_equals_one_from_the_run(source, tmp_path):
     from neurallayers.interop.convert import convert
 

@@ -1,0 +1,46 @@
+"""What a resume under a changed train config says and does, beyond test_fit's schedule, AdamW and batch cases."""
+
+import dataclasses
+
+from nl_train_helpers import ENCODER, tiny_run, val_losses, write_corpus
+
+from neurallayers.training import fit
+
+
+def _resume_with(run, out, caplog, **changes):
+    changed = dataclasses.replace(run, train=dataclasses.replace(run.train, **changes))
+    with caplog.at_level("INFO", logger="neurallayers"):
+        return fit(changed, out, resume=True, progress=False)
+
+
+def test_another_seed_says_so_and_its_validation_documents_start_the_best_over(tmp_path, caplog):
+    """The seed chooses a documents split's validation pieces: a resume under another one validated on documents
+    it may have trained on and compared that val loss with the best one, silently."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(10):
+        write_corpus(docs / f"d{i}.txt", n_lines=40, seed=i)
+    run = tiny_run(tmp_path, corpus=docs, max_steps=8, eval_interval=4, save_interval=4)
+    fit(run, tmp_path / "run", progress=False, until_step=4)
+    result = _resume_with(run, tmp_path / "run", caplog, seed=run.train.seed + 2)
+    assert f"train.seed {run.train.seed} -> {run.train.seed + 2} since the checkpoint" in caplog.text
+    assert "the best weights and early stopping start over" in caplog.text
+    assert result.best_val_loss == val_losses(tmp_path / "run")[8]
+
+
+def test_an_encoder_resumed_with_another_mask_prob_starts_the_best_over(tmp_path, caplog):
+    """mask_prob (and the seed) choose an encoder's validation masks: other masks, a val loss that does not
+    compare with the best one."""
+    run = tiny_run(tmp_path, model=ENCODER, max_steps=8, eval_interval=4, save_interval=4)
+    fit(run, tmp_path / "run", progress=False, until_step=4)
+    result = _resume_with(run, tmp_path / "run", caplog, mask_prob=0.5)
+    assert "train.mask_prob 0.15 -> 0.5 since the checkpoint: the batches and their masks differ" in caplog.text
+    assert "measured on the validation masks of the checkpoint's settings" in caplog.text
+    assert result.best_val_loss == val_losses(tmp_path / "run")[8]
+
+
+def test_an_unchanged_resume_says_nothing_of_seeds(tmp_path, caplog):
+    run = tiny_run(tmp_path, max_steps=8, eval_interval=4, save_interval=4)
+    fit(run, tmp_path / "run", progress=False, until_step=4)
+    _resume_with(run, tmp_path / "run", caplog)
+    assert "since the checkpoint" not in caplog.text and "start over" not in caplog.text

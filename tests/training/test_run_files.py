@@ -1,0 +1,94 @@
+"""The run directory's files besides checkpoints under faults: the loss plot, temp files a kill left."""
+
+import dataclasses
+import errno
+import signal
+from pathlib import Path
+
+import pytest
+from nl_train_helpers import run_fit_process, tiny_run
+
+from neurallayers.training import fit
+
+
+def test_a_failed_loss_plot_keeps_the_old_plot_and_the_finished_run(tmp_path, monkeypatch, caplog):
+    """loss.png was written in place, and a failed write raised out of fit() after the run had finished: a full
+    disk or a kill mid-save left a torn PNG where the old plot was, and the CLI reported the finished run failed."""
+    figure = pytest.importorskip("matplotlib.figure")
+    run = tiny_run(tmp_path, max_steps=4, eval_interval=2)
+    out = tmp_path / "run"
+    fit(run, out, progress=False)
+    before = (out / "loss.png").read_bytes()
+    real = figure.Figure.savefig
+
+    def torn(self, fname, *args, **kwargs):  # writes part of the file, then the disk fills up
+        real(self, fname, *args, **kwargs)
+        Path(fname).write_bytes(Path(fname).read_bytes()[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(figure.Figure, "savefig", torn)
+    longer = dataclasses.replace(run, train=dataclasses.replace(run.train, max_steps=6))
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        result = fit(longer, out, resume=True, progress=False)
+    assert result.steps == 6 and result.stopped_reason == "max_steps"
+    assert "could not write the loss plot" in caplog.text and "No space left on device" in caplog.text
+    assert (out / "loss.png").read_bytes() == before
+    assert not list(out.glob(".loss.png.tmp-*"))
+
+
+# SIGKILL while the best weights of step 4 are being written (after step-2's checkpoint)
+KILL_IN_BEST_WEIGHTS = """
+import os, signal
+import neurallayers.weights as w
+_orig, _seen = w.fsync_file, []
+def _hook(path):
+    if path.name.startswith(".model.safetensors.tmp-") and "checkpoints" not in path.parts:
+        _seen.append(path)
+        if len(_seen) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    _orig(path)
+w.fsync_file = _hook
+"""
+
+
+def test_a_resume_removes_the_temp_files_a_kill_left(tmp_path):
+    """A kill while model.safetensors was written left `.model.safetensors.tmp-<pid>`, as large as the model, in
+    the run directory for good: one more per kill of a preempted run."""
+    run = tiny_run(tmp_path, max_steps=6, eval_interval=2, save_interval=2)
+    cfg = run.to_yaml(tmp_path / "config.yaml")
+    out = tmp_path / "run"
+    proc = run_fit_process(tmp_path, cfg, out, prelude=KILL_IN_BEST_WEIGHTS)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert [p.name for p in out.glob(".model.safetensors.tmp-*")]
+    (out / ".notes.txt.tmp-1").write_text("the user's")  # not the temp name of a file a run writes: stays
+    proc = run_fit_process(tmp_path, cfg, out, resume=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in out.glob(".*.tmp-*")] == [".notes.txt.tmp-1"]
+
+
+# SIGKILL after the last checkpoint (step 6) landed, before the older ones beyond keep_last were pruned
+KILL_BEFORE_PRUNING = """
+import os, signal
+import neurallayers.training.checkpoint as c
+_prune = c.prune_checkpoints
+def _hook(run_dir, *, keep_last):
+    if c.latest_checkpoint(run_dir).name == "step-6":
+        os.kill(os.getpid(), signal.SIGKILL)
+    _prune(run_dir, keep_last=keep_last)
+c.prune_checkpoints = _hook
+"""
+
+
+def test_a_resume_prunes_what_a_kill_left_beyond_keep_last(tmp_path):
+    """Pruning followed each save only: a run killed between its last checkpoint's rename and the pruning kept one
+    checkpoint more than keep_last for good, as its resume had nothing to train and saved nothing."""
+    run = tiny_run(tmp_path, max_steps=6, eval_interval=3, save_interval=2, keep_last=2)
+    cfg = run.to_yaml(tmp_path / "config.yaml")
+    out = tmp_path / "run"
+    proc = run_fit_process(tmp_path, cfg, out, prelude=KILL_BEFORE_PRUNING)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4", "step-6"]
+    proc = run_fit_process(tmp_path, cfg, out, resume=True)
+    assert proc.returncode == 0 and "STEPS 6 max_steps" in proc.stdout, proc.stderr[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4", "step-6"]
+    assert (out / "loss.png").is_file()  # and the finished run's last files were written
