@@ -146,6 +146,9 @@ def torch_load_safe(path: str | os.PathLike, *, map_location: str | torch.device
     except (RuntimeError, EOFError, ValueError) as e:
         first = (str(e).splitlines() or [f"{type(e).__name__}: empty or cut short"])[0]  # an empty file: EOFError('')
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({first})") from None
+    except (KeyError, IndexError, struct.error):  # what torch's unpickler raises on random bytes: "error: 101"
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (not a torch.save archive: corrupt, or "
+                              "another kind of file)") from None
 
 
 # ----- checking -----
