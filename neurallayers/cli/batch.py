@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, positive_int
+from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, non_empty, positive_int
 from neurallayers.cli.generate import add_sampling_arguments, generation_config, use_model_defaults
 
 EPILOG = """input: one JSON object per line, e.g.
@@ -26,8 +26,8 @@ input file, settings or model is refused (pass --overwrite to start again)."""
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     add_model_path(parser)
-    parser.add_argument("--input", required=True, help="the prompts: a JSONL file (see below)")
-    parser.add_argument("--output", required=True,
+    parser.add_argument("--input", type=non_empty, required=True, help="the prompts: a JSONL file (see below)")
+    parser.add_argument("--output", type=non_empty, required=True,
                         help="results .jsonl; for an encoder also .npy (N x C float32) or .npz (ids, embeddings)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per batch")
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier run's output instead of resuming")
@@ -50,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.api import resolve_model_path
     from neurallayers.batch import model_files_identity, run_batch
 
+    if Path(args.input).is_dir():
+        raise IsADirectoryError(f"--input {args.input} is a folder; give a JSONL file")
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"--input: no such file: {args.input}")
+    _check_output_folder(args.output)
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     if model.config.causal:
         use_model_defaults(args, args.path)
@@ -64,3 +67,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.output}: {result.total} records ({result.computed} computed now, {result.resumed} from an "
           f"earlier run{note})")
     return 0
+
+
+def _check_output_folder(output: str) -> None:
+    """--output's folder is made when missing, but not where a file stands in its path (that said only "[Errno 17]
+    File exists", after the model had loaded)."""
+    for parent in Path(output).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"--output {output}: {parent} is a file, not a folder")
+            return

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step first (15-60 s): faster replies on CPU")
     add_device_dtype(parser)
-    add_sampling_arguments(parser)
+    add_sampling_arguments(parser, search=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +31,6 @@ def run(args: argparse.Namespace) -> int:
 
     use_model_defaults(args, args.path)
     config = generation_config(args)
-    if config.num_beams > 1 or config.penalty_alpha > 0:
-        raise ValueError("chat streams greedy or sampled replies: no --num-beams or --penalty-alpha")
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     if not model.config.causal:
         raise ValueError(f"{args.path} is an encoder model: chat needs a decoder (encoders embed: neurallayers serve "

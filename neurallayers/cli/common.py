@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from neurallayers.files import WriteError
 
@@ -27,8 +28,35 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_empty(text: str) -> str:
+    """argparse type: a name or path that is not "" (an unset shell variable), which a verb read as "not given" and
+    replaced with its default: another corpus, the current folder as --out, no --draft."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def add_model_path(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="a run directory (from `neurallayers train`), a Hugging Face model folder, or "
+    parser.add_argument("path", type=non_empty,
+                        help="a run directory (from `neurallayers train`), a Hugging Face model folder, or "
                         "all-MiniLM-L6-v2 (the bundled encoder)")
 
 

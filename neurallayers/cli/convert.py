@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from neurallayers.cli.common import non_empty
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="a run directory (config.yaml) or a Hugging Face folder (config.json)")
-    parser.add_argument("dst", help="the folder to write (must not exist or be empty, unless --overwrite)")
+    parser.add_argument("src", type=non_empty,
+                        help="a run directory (config.yaml) or a Hugging Face folder (config.json)")
+    parser.add_argument("dst", type=non_empty,
+                        help="the folder to write (must not exist or be empty, unless --overwrite)")
     parser.add_argument("--to", choices=["hf", "run"], default=None,
                         help="what to write (default: the other kind: a run becomes an HF folder and back)")
     parser.add_argument("--max-shard-size", type=int, default=None, help="largest HF weight shard, in MB")

@@ -6,15 +6,17 @@ import argparse
 import time
 from pathlib import Path
 
+from neurallayers.cli.common import non_empty, positive_float, positive_int
+
 PROMPTS = ["ROMEO:\n", "KING HENRY:\nWhat", "First Citizen:\n"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="run directory to write")
-    parser.add_argument("--minutes", type=float, default=4.0,
+    parser.add_argument("--out", type=non_empty, default="runs/demo", help="run directory to write")
+    parser.add_argument("--minutes", type=positive_float, default=4.0,
                         help="training time to plan for: the step count is chosen from a short speed measurement so "
                         "the learning-rate schedule completes (a hard cap of minutes + 0.75 stops it in any case)")
-    parser.add_argument("--max-steps", type=int, default=None, help="fix the step count instead of measuring")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="fix the step count instead of measuring")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted demo run in --out")
 
 

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, positive_int
+from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, non_empty, positive_int
 
 MASK_PROB = 0.15
 
@@ -27,8 +27,8 @@ def _probability(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
-    parser.add_argument("--data", help="corpus name or path (default: the run's own corpus)")
-    parser.add_argument("--text-field", default=None,
+    parser.add_argument("--data", type=non_empty, help="corpus name or path (default: the run's own corpus)")
+    parser.add_argument("--text-field", type=non_empty, default=None,
                         help="the field that holds the text in a JSONL --data (default: text)")
     parser.add_argument("--split", choices=["val", "train", "all"], default=None,
                         help="which tokens: the run's split of its own corpus (default val); another corpus is "

@@ -6,17 +6,17 @@ import argparse
 import itertools
 import sys
 
-from neurallayers.cli.common import add_device_dtype, add_model_path, load_model
+from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, non_empty
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """The GenerationConfig knobs, shared by generate and batch."""
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, search: bool = True) -> None:
+    """The GenerationConfig knobs, shared by generate, batch and chat; `search=False` leaves out beam and contrastive
+    search, which a streamed chat reply cannot use (its --help listed flags that were always refused)."""
     g = parser.add_argument_group("decoding (temperature 0 = greedy)")
     g.add_argument("--max-new-tokens", type=int, default=200, help="(default 200)")
     g.add_argument("--min-new-tokens", type=int, default=0, help="end-of-text is blocked until this many")
-    g.add_argument("--temperature", type=float, default=None,
-                   help="default 0.8 (or the model's, below); 0 with --num-beams or --penalty-alpha, which are "
-                   "deterministic")
+    searches = "; 0 with --num-beams or --penalty-alpha, which are deterministic" if search else ""
+    g.add_argument("--temperature", type=float, default=None, help=f"default 0.8 (or the model's, below){searches}")
     g.add_argument("--top-k", type=int, default=None, help="0 = off (the default)")
     g.add_argument("--top-p", type=float, default=None, help="1 = off (the default)")
     g.add_argument("--min-p", type=float, default=None, help="0 = off (the default)")
@@ -28,16 +28,21 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-repeat-ngram-size", type=int, default=0)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not included in the text")
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--num-beams", type=int, default=1, help="beam search when > 1")
-    g.add_argument("--length-penalty", type=float, default=1.0)
-    g.add_argument("--penalty-alpha", type=float, default=0.0, help="contrastive search when > 0 (with --top-k > 1)")
+    if search:
+        g.add_argument("--num-beams", type=int, default=1, help="beam search when > 1")
+        g.add_argument("--length-penalty", type=float, default=1.0)
+        g.add_argument("--penalty-alpha", type=float, default=0.0,
+                       help="contrastive search when > 0 (with --top-k > 1)")
     g.add_argument("--ignore-eos", action="store_true")
     g.add_argument("--stop-token-id", type=int, action="append", default=[], dest="stop_token_ids",
                    help="a token id that ends the output (repeatable)")
     g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
                    help="add BIAS to token ID's logit (repeatable; -100 bans it)")
-    g.add_argument("--early-stopping", choices=["false", "true", "never"], default="false",
-                   help="beam search: when to stop (Hugging Face semantics)")
+    if search:
+        g.add_argument("--early-stopping", choices=["false", "true", "never"], default="false",
+                       help="beam search: when to stop (Hugging Face semantics)")
+        return
+    parser.set_defaults(num_beams=1, length_penalty=1.0, penalty_alpha=0.0, early_stopping="false")
 
 
 def generation_config(args: argparse.Namespace):
@@ -100,8 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
     parser.add_argument("prompts", nargs="*", help="prompt(s); none reads one prompt from stdin")
     parser.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt)")
-    parser.add_argument("--draft", help="a smaller model (run dir / HF folder) for speculative decoding")
-    parser.add_argument("--amateur", help="a weaker model (run dir / HF folder) for contrastive decoding: tokens the "
+    parser.add_argument("--draft", type=non_empty,
+                        help="a smaller model (run dir / HF folder) for speculative decoding")
+    parser.add_argument("--amateur", type=non_empty,
+                        help="a weaker model (run dir / HF folder) for contrastive decoding: tokens the "
                         "model likes much more than the amateur does")
     parser.add_argument("--contrastive-alpha", type=float, default=0.1,
                         help="--amateur: keep tokens with at least this fraction of the top token's probability")

@@ -6,11 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from neurallayers.cli.common import positive_int
+from neurallayers.cli.common import non_empty, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", nargs="?", help="a preset name, a YAML config (model or run config), a run "
+    parser.add_argument("target", nargs="?", type=non_empty,
+                        help="a preset name, a YAML config (model or run config), a run "
                         "directory or a Hugging Face folder; none lists the presets")
     parser.add_argument("--context", type=positive_int, default=None, help="sequence length (default: the model's)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="for the KV-cache figure")

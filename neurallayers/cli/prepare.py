@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from neurallayers.cli.common import non_empty
 from neurallayers.cli.train import build_run_config
 
 ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML run config (its data and model sections are used)")
-    parser.add_argument("--preset", help="model preset (its vocab_size sizes a trained BPE tokenizer)")
-    parser.add_argument("--data", help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl")
-    parser.add_argument("--tokenizer", help="bpe, char, gpt2 or a tokenizer.json path (shortcut for --data.tokenizer)")
+    parser.add_argument("--config", type=non_empty, help="YAML run config (its data and model sections are used)")
+    parser.add_argument("--preset", type=non_empty, help="model preset (its vocab_size sizes a trained BPE tokenizer)")
+    parser.add_argument("--data", type=non_empty,
+                        help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl")
+    parser.add_argument("--tokenizer", type=non_empty,
+                        help="bpe, char, gpt2 or a tokenizer.json path (shortcut for --data.tokenizer)")
     parser.add_argument("--vocab-size", type=int, help="BPE vocabulary size (shortcut for --data.vocab_size)")
-    parser.add_argument("--init-from", help="a fine-tune's source run or model folder: its tokenizer is used "
+    parser.add_argument("--init-from", type=non_empty,
+                        help="a fine-tune's source run or model folder: its tokenizer is used "
                         "(shortcut for --train.init_from)")
 
 

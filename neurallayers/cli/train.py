@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from neurallayers.cli.common import non_empty
+
 ACCEPTS_OVERRIDES = True  # unknown `--model.x / --train.x / --data.x` arguments are config overrides
 
 EPILOG = """examples:
@@ -21,13 +23,17 @@ EPILOG = """examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
-    parser.add_argument("--config", help="YAML run config with sections model (fields or `preset: name`), train, data")
-    parser.add_argument("--preset", help="model preset (shortcut for --model.preset NAME); see `neurallayers info`")
-    parser.add_argument("--data", help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl "
+    parser.add_argument("--config", type=non_empty,
+                        help="YAML run config with sections model (fields or `preset: name`), train, data")
+    parser.add_argument("--preset", type=non_empty,
+                        help="model preset (shortcut for --model.preset NAME); see `neurallayers info`")
+    parser.add_argument("--data", type=non_empty,
+                        help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl "
                         "(shortcut for --data.source)")
-    parser.add_argument("--init-from", help="fine-tune: start from the weights, model config and tokenizer of this "
+    parser.add_argument("--init-from", type=non_empty,
+                        help="fine-tune: start from the weights, model config and tokenizer of this "
                         "run directory or Hugging Face model folder (shortcut for --train.init_from)")
-    parser.add_argument("--out", help="run directory to write (default: runs/<preset or config name>)")
+    parser.add_argument("--out", type=non_empty, help="run directory to write (default: runs/<preset or config name>)")
     parser.add_argument("--resume", nargs="?", const=True, default=False,
                         help="continue the run in --out from its newest complete checkpoint, or from the "
                         "checkpoint folder given")

@@ -1,0 +1,95 @@
+"""User mistakes the CLI took for something else: an empty value read as "not given", a step count or time the demo
+cannot use, a folder where a file goes. Each must be one line and exit 2, before any model or data work."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neurallayers.__main__ import build_verb_parser, main
+
+
+def in_process(*args: str, cwd: Path, monkeypatch) -> subprocess.CompletedProcess:
+    """`neurallayers ARGS` through main() here (a process costs 4 s of imports); argparse's exit is a status too."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("NEURALLAYERS_CACHE", str(cwd / ".nlcache"))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "[Errno" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    # `--data "$CORPUS"` with the variable unset trained on the preset's default corpus, and `--out ""` wrote
+    # runs/<preset>; the unknown preset only makes the old behaviour fail fast here
+    (["train", "--preset", "nosuch", "--data", "", "--out", "x"], "--data"),
+    (["train", "--preset", "nosuch", "--out", ""], "--out"),
+    (["train", "--config", "", "--out", "x"], "--config"),
+    (["prepare", "--preset", "nosuch", "--data", ""], "--data"),
+    (["demo", "--out", "", "--max-steps", "-1"], "--out"),  # trained the demo into the current folder
+    (["generate", "nosuch", "hi", "--draft", ""], "--draft"),  # generated without the draft
+    (["convert", "nosuch", ""], "dst"),
+    (["info", ""], "target"),
+])
+def test_an_empty_value_is_refused_not_taken_for_the_default(args: list[str], flag: str, tmp_path: Path,
+                                                             monkeypatch):
+    proc = in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_user_error(proc, f"argument {flag}: must not be empty")
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())  # nothing written, no run started
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--max-steps", "0"], "argument --max-steps: must be >= 1, got 0"),  # trained 1 step as if it were not given
+    (["--minutes", "0", "--max-steps", "1"], "argument --minutes: must be > 0, got 0"),
+    (["--minutes", "-1"], "argument --minutes: must be > 0, got -1"),  # said TrainConfig.max_minutes=-0.25
+    (["--minutes", "nan"], "argument --minutes: must be a finite number, got 'nan'"),
+])
+def test_demo_refuses_a_step_count_or_a_time_it_cannot_use(args: list[str], needle: str, tmp_path: Path,
+                                                           monkeypatch):
+    (tmp_path / "file.txt").write_text("x")  # an --out the old code refused quickly, after taking the value
+    assert_user_error(in_process("demo", "--out", "file.txt", *args, cwd=tmp_path, monkeypatch=monkeypatch), needle)
+
+
+def test_batch_names_a_folder_given_for_its_input_or_standing_in_its_output_path(tmp_path: Path, monkeypatch):
+    (tmp_path / "prompts").mkdir()
+    assert_user_error(in_process("batch", "nosuch", "--input", "prompts", "--output", "o.jsonl", cwd=tmp_path,
+                                 monkeypatch=monkeypatch), "--input prompts is a folder; give a JSONL file")
+    (tmp_path / "p.jsonl").write_text('{"text": "To be"}\n')
+    (tmp_path / "notes.txt").write_text("mine\n")
+    # a traceback ("FileExistsError: [Errno 17] File exists: 'notes.txt'") after the model had loaded
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NEURALLAYERS_CACHE": str(tmp_path / ".nlcache")}
+    proc = subprocess.run([sys.executable, "-m", "neurallayers", "batch", "all-MiniLM-L6-v2", "--input", "p.jsonl",
+                           "--output", "notes.txt/out.npy", "--no-progress"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)
+    assert_user_error(proc, "--output notes.txt/out.npy: notes.txt is a file, not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_chat_help_lists_only_the_decoding_chat_does(tmp_path: Path, monkeypatch):
+    """chat streams greedy or sampled replies: its --help listed beam and contrastive search flags it always refused."""
+    text = build_verb_parser("chat")[1].format_help()
+    for flag in ("--num-beams", "--penalty-alpha", "--length-penalty", "--early-stopping"):
+        assert flag not in text, flag
+    assert "--temperature" in text and "--top-k" in text
+    assert_user_error(in_process("chat", "nosuch", "--num-beams", "2", cwd=tmp_path, monkeypatch=monkeypatch),
+                      "unrecognized arguments: --num-beams 2")
+    assert "--num-beams" in build_verb_parser("generate")[1].format_help()  # generate and batch keep them
+    assert "--early-stopping" in build_verb_parser("batch")[1].format_help()
