@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])  # prints help or the argparse error for an unknown verb
         return 2
     verb = argv[0]
-    module, verb_parser = build_verb_parser(verb)
     from neurallayers.cli.common import USER_ERRORS
 
     try:
+        module, verb_parser = build_verb_parser(verb)  # imports torch: seconds in which Ctrl-C is likely
         if getattr(module, "ACCEPTS_OVERRIDES", False):  # train: --section.field value pairs pass through
             args, rest = verb_parser.parse_known_args(argv[1:])
             args.overrides = rest
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             args = verb_parser.parse_args(argv[1:])
         return int(module.run(args) or 0)
     except USER_ERRORS as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        message = e.args[0] if isinstance(e, KeyError) and e.args else _os_message(e)
         print(f"neurallayers {verb}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+
+
+def _os_message(e: BaseException) -> object:
+    """An OSError raised by open()/mkdir() as "PATH: Permission denied", not "[Errno 13] Permission denied: 'PATH'"."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        return f"{e.filename}: {e.strerror}"
+    return e
 
 
 if __name__ == "__main__":

@@ -24,3 +24,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The file that stands where a folder above `path` must be made (`notes.txt` for `notes.txt/run`), or None:
+    checked before any work, since mkdir would fail only when the output is written, as "[Errno 20]"."""
+    existing = next((p for p in Path(path).parents if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None

@@ -72,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
 def _check_output_folder(output: str) -> None:
     """--output's folder is made when missing, but not where a file stands in its path (that said only "[Errno 17]
     File exists", after the model had loaded)."""
-    for parent in Path(output).parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise NotADirectoryError(f"--output {output}: {parent} is a file, not a folder")
-            return
+    from neurallayers.files import file_in_the_way
+
+    if (blocker := file_in_the_way(output)) is not None:
+        raise NotADirectoryError(f"--output {output}: {blocker} is a file, not a folder")

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from neurallayers.files import write_text_atomic
+from neurallayers.files import file_in_the_way, write_text_atomic
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
 from neurallayers.training.config import RunConfig
@@ -669,6 +669,8 @@ def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
     # the messages name the CLI's flags and the API's arguments alike: `train` leaves these checks to this one place
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a run directory; choose another output directory (--out)")
+    if (blocker := file_in_the_way(out)) is not None:
+        raise ValueError(f"{out}: {blocker} is a file, not a folder; choose another output directory (--out)")
     if resume is False:
         if ckpt.latest_checkpoint(out) is not None:
             raise ValueError(f"{out} already holds a run; pass --resume (resume=True) to continue it or choose "

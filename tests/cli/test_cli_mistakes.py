@@ -93,3 +93,18 @@ def test_chat_help_lists_only_the_decoding_chat_does(tmp_path: Path, monkeypatch
                       "unrecognized arguments: --num-beams 2")
     assert "--num-beams" in build_verb_parser("generate")[1].format_help()  # generate and batch keep them
     assert "--early-stopping" in build_verb_parser("batch")[1].format_help()
+
+
+def test_an_os_error_is_a_path_and_its_reason(tmp_path, monkeypatch):
+    """An OSError from open() or mkdir() printed Python's "[Errno 20] Not a directory: 'notes.txt/run'"."""
+    (tmp_path / "notes.txt").write_text("x")
+    proc = in_process("train", "--preset", "tiny", "--data", "shakespeare", "--out", "notes.txt/run",
+                      "--train.max_steps", "1", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_user_error(proc, "notes.txt is a file, not a folder")
+
+
+def test_os_errors_print_the_path_and_the_reason_without_errno():
+    from neurallayers.__main__ import _os_message
+
+    assert _os_message(PermissionError(13, "Permission denied", "noread.yaml")) == "noread.yaml: Permission denied"
+    assert str(_os_message(FileNotFoundError("no such run: x"))) == "no such run: x"  # our own messages unchanged
