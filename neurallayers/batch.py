@@ -43,6 +43,7 @@ from torch import nn
 
 from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.files import WriteError
 from neurallayers.generation import GenerationConfig, generate
 
 FORMAT = "neurallayers-batch/1"
@@ -211,9 +212,17 @@ def _write_atomic(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise _write_failed(e, path) from e
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def _write_failed(e: OSError, path: Path) -> WriteError:
+    """One line for a failed write (a full disk: a 28-line traceback before), saying that nothing done is lost."""
+    return WriteError(e.errno, f"could not write {path}: {e.strerror or e}; the results written before are kept: "
+                               "run the same command again to go on")
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -321,11 +330,14 @@ def _resume_jsonl(progress: _Progress, items: list[BatchItem]) -> tuple[dict[str
 
 def _append(progress: _Progress, lines: list[bytes]) -> None:
     """Whole lines, fsync'd, then counted in the progress record: a kill leaves at most an uncounted tail."""
-    with progress.output.open("ab") as f:
-        f.write(b"".join(lines))
-        f.flush()
-        os.fsync(f.fileno())
-        progress.data["committed_bytes"] = f.tell()
+    try:
+        with progress.output.open("ab") as f:
+            f.write(b"".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+            progress.data["committed_bytes"] = f.tell()
+    except OSError as e:  # the uncounted tail is cut off on resume
+        raise _write_failed(e, progress.output) from e
     progress.save()
 
 

@@ -371,3 +371,30 @@ def test_embeddings_npy_resume_npz_and_jsonl(encoder, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="line 1: unknown field 'temperature'"):
         (tmp_path / "gen.jsonl").write_text('{"text": "a", "temperature": 0}\n')
         run_batch(model, tok, tmp_path / "gen.jsonl", tmp_path / "x.npy", progress=False)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_goes_on(lm, tmp_path, monkeypatch):
+    """A full disk raised a bare OSError (a 28-line traceback from the CLI); it is a WriteError saying what is kept,
+    and the same command afterwards gives the uninterrupted run's output."""
+    import errno
+
+    from neurallayers.files import WriteError
+
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 6)
+    run_batch(model, tok, inp, tmp_path / "straight.jsonl", config=GREEDY, batch_size=2, progress=False)
+    out, fsync, calls = tmp_path / "out.jsonl", os.fsync, []
+
+    def full_after_two(fd):
+        calls.append(fd)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    with monkeypatch.context() as m:
+        m.setattr(batch_mod.os, "fsync", full_after_two)
+        with pytest.raises(WriteError, match=r"out.jsonl.*: No space left on device; the results written before are "
+                                             r"kept: run the same command again"):
+            run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
