@@ -219,11 +219,12 @@ class TextGenerationPipeline(Pipeline):
         """The folder's settings for the knobs `gen_kwargs` leaves unset, as the CLI takes them: none for beam search
         (deterministic), only top_k for contrastive search; its `do_sample: false` (temperature 0) yields to
         do_sample=True."""
+        from neurallayers.interop.hf import defaults_for_method
+
         beams, alpha = gen_kwargs.get("num_beams", 1), gen_kwargs.get("penalty_alpha", 0.0)
-        if isinstance(beams, int) and beams > 1:
-            return {}
-        usable = ("top_k",) if isinstance(alpha, int | float) and alpha > 0 else tuple(self.sampling_defaults)
-        chosen = {k: v for k, v in self.sampling_defaults.items() if k in usable and k not in gen_kwargs}
+        usable = defaults_for_method(self.sampling_defaults, num_beams=beams if isinstance(beams, int) else 1,
+                                     penalty_alpha=alpha if isinstance(alpha, int | float) else 0.0)
+        chosen = {k: v for k, v in usable.items() if k not in gen_kwargs}
         if do_sample is True and chosen.get("temperature") == 0:
             del chosen["temperature"]
         return chosen

@@ -77,12 +77,10 @@ def use_model_defaults(args: argparse.Namespace, path: str) -> None:
     (api.generation_defaults: its generation_config.json), and says so on stderr. Beam search takes none (it is
     deterministic), contrastive search only top_k (its candidate count, as transformers takes it)."""
     from neurallayers.api import generation_defaults
-    from neurallayers.interop.hf import SAMPLING_DEFAULTS
+    from neurallayers.interop.hf import defaults_for_method
 
-    if args.num_beams > 1:
-        return
-    usable = ("top_k",) if args.penalty_alpha > 0 else tuple(SAMPLING_DEFAULTS)
-    chosen = {k: v for k, v in generation_defaults(path).items() if k in usable and getattr(args, k) is None}
+    usable = defaults_for_method(generation_defaults(path), num_beams=args.num_beams, penalty_alpha=args.penalty_alpha)
+    chosen = {k: v for k, v in usable.items() if getattr(args, k) is None}
     if chosen:
         print("note: the model's generation_config.json sets " + ", ".join(f"{k}={v}" for k, v in chosen.items()),
               file=sys.stderr)

@@ -143,6 +143,16 @@ def _generation_eos_ids(folder: Path, vocab: int) -> list[int] | None:
 SAMPLING_DEFAULTS = {"temperature": float, "top_k": int, "top_p": float, "min_p": float, "repetition_penalty": float}
 
 
+def defaults_for_method(defaults: dict, *, num_beams: int = 1, penalty_alpha: float = 0.0) -> dict:
+    """The recommended settings (generation_defaults) a decoding method takes: none for beam search (it is
+    deterministic), only top_k for contrastive search (its candidate count, as transformers takes it), all for greedy
+    and sampling."""
+    if num_beams > 1:
+        return {}
+    usable = ("top_k",) if penalty_alpha > 0 else tuple(SAMPLING_DEFAULTS)
+    return {k: v for k, v in defaults.items() if k in usable}
+
+
 def generation_defaults(folder: str | Path) -> dict:
     """The sampling a model folder's generation_config.json recommends (Llama-3-Instruct: temperature 0.6,
     top_p 0.9), as GenerationConfig fields: its temperature, top_k, top_p, min_p and repetition_penalty, or
