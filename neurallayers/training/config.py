@@ -341,7 +341,9 @@ def _section_of(name: str, *, other_than: str | None = None) -> str | None:
 
 
 def _did_you_mean(name: str, choices: Any) -> str:
-    hint = difflib.get_close_matches(name, sorted(choices), n=1)
+    # case-blind first: "Lr" is two edits from "lr" by difflib's ratio, too far for a hint
+    same = [c for c in sorted(choices) if str(c).lower() == str(name).lower()]
+    hint = same or difflib.get_close_matches(name, sorted(choices), n=1)
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 

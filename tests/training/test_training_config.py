@@ -87,6 +87,7 @@ def test_overrides_parse_values():
     [
         (["--trian.lr", "1"], "did you mean 'train'"),
         (["--train.lrr", "1"], "did you mean 'lr'"),
+        (["--train.Lr", "1"], "did you mean 'lr'"),  # case alone: too far for difflib
         (["--model.n_layers=2"], "did you mean 'n_layer'"),
         (["--train.lr"], "no value"),
         (["train.lr=1"], "--section.field"),
