@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 
-from neurallayers.cli.common import UserError, add_device_dtype, add_model_path, positive_int, torch_dtype
+from neurallayers.cli.common import UserError, add_device_dtype, add_model_path, non_empty, positive_int, torch_dtype
 
 API_KEY_ENV = "NEURALLAYERS_API_KEY"
 
@@ -21,7 +21,7 @@ API_KEY_ENV = "NEURALLAYERS_API_KEY"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="(default 8000; 0 picks a free one)")
     # read from the environment in run(), not as the default: --help prints defaults, and must not print a key
     parser.add_argument("--api-key", default=None,
                         help=f"require 'Authorization: Bearer KEY' on every route but /health; or set ${API_KEY_ENV}")
@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow browser calls from this origin (repeatable); CORS is off without it")
     parser.add_argument("--model-root", default=None,
                         help="folder that POST /reload may load models from (relative paths only); off without it")
-    parser.add_argument("--model-name", default=None, help="the model id clients use; None: the folder's name")
+    parser.add_argument("--model-name", type=non_empty, default=None,
+                        help="the model id clients use (default: the folder's name)")
     add_device_dtype(parser)
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast) before serving: "

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; 0.0.0.0 opens the playground to your whole network")
-    parser.add_argument("--port", type=positive_int, default=7860)
+    parser.add_argument("--port", type=positive_int, default=7860, help="(default 7860)")
     add_device_dtype(parser)
 
 
