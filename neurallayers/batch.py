@@ -32,6 +32,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -45,6 +46,8 @@ from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.files import WriteError
 from neurallayers.generation import GenerationConfig, generate
+
+log = logging.getLogger("neurallayers.batch")
 
 FORMAT = "neurallayers-batch/1"
 TEXT_KEYS = ("prompt", "text")
@@ -232,18 +235,22 @@ def _write_json(path: Path, data: dict) -> None:
 @contextlib.contextmanager
 def _exclusive(output: Path):
     """Holds `<output>.lock` while a run writes `output`: the same command started twice appended the same records
-    and raced on the progress record, leaving an output no resume could use."""
-    import fcntl
-
+    and raced on the progress record, leaving an output no resume could use. Where there are no file locks
+    (Windows has no fcntl; some network file systems refuse flock) the run goes on unguarded, as it did before."""
     lock = output.with_name(output.name + ".lock")
     while True:
         f = lock.open("a")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        held = _try_lock(f)
+        if held is None:
+            f.close()
+            lock.unlink(missing_ok=True)
+            log.warning("no file locks for %s here: a second batch run into it would not be refused", output)
+            yield
+            return
+        if not held:
             f.close()
             raise ValueError(f"another batch run is writing {output}; wait for it to end or choose another "
-                             "--output") from None
+                             "--output")
         try:  # the run that held it may have removed it meanwhile: a lock on that file guards nothing
             if os.fstat(f.fileno()).st_ino == lock.stat().st_ino:
                 break
@@ -255,6 +262,21 @@ def _exclusive(output: Path):
             yield
         finally:
             lock.unlink(missing_ok=True)
+
+
+def _try_lock(f) -> bool | None:
+    """Locks open file `f` for this process: True, or False when another holds it; None where locks are missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: `batch` ran there before the lock, so it still must
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP: a file system without flock
+        return None
+    return True
 
 
 # ----- the progress record and the JSONL journal -----

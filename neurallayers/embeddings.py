@@ -177,6 +177,14 @@ def model_pooling(model: nn.Module) -> str:
     return pooling
 
 
+def read_as(model: nn.Module, texts: list[str]) -> list[str]:
+    """`texts` as the encoder reads them: lowercased where its sentence-transformers folder says do_lower_case (its
+    Transformer module lowercases before tokenizing). Token counts (usage) must count these."""
+    if model.config.extra.get("lowercase"):
+        return [t.lower() for t in texts]
+    return texts
+
+
 @torch.inference_mode()
 def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: str | None = None,
           normalize: bool | None = None, batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
@@ -200,8 +208,7 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
     texts = _check_texts(texts)
     encoder = _encoder_of(model)
-    if encoder.config.extra.get("lowercase"):  # its sentence-transformers folder says do_lower_case
-        texts = [t.lower() for t in texts]
+    texts = read_as(encoder, texts)
     pooling = pooling or model_pooling(encoder)
     width = encoder.config.n_embd * len(pooling_modes(pooling))
     block = encoder.config.block_size

@@ -398,3 +398,31 @@ def test_a_full_disk_is_one_line_and_the_rerun_goes_on(lm, tmp_path, monkeypatch
             run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
     run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
     assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
+
+
+def test_a_platform_without_fcntl_still_runs(lm, tmp_path, monkeypatch):
+    """Windows has no fcntl: the output lock made every batch run fail there with ModuleNotFoundError."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError, as on Windows
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    assert run_batch(model, tok, inp, out, config=GREEDY, progress=False).computed == 3
+    assert len(results(out)) == 3 and not (tmp_path / "out.jsonl.lock").exists()
+
+
+def test_a_file_system_without_flock_still_runs(lm, tmp_path, monkeypatch):
+    """Some network file systems refuse flock (ENOLCK): the run failed with a bare OSError traceback."""
+    import errno
+    import fcntl
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    assert run_batch(model, tok, inp, out, config=GREEDY, progress=False).computed == 3
+    assert len(results(out)) == 3

@@ -413,6 +413,9 @@ def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
                                  f"{odd[:5]}; convert an array or tensor with .tolist()")
         return prompts
     kinds = {type(p).__name__ for p in prompts}
+    if kinds == {"int"}:  # one prompt's ids, as stream() takes them: .tolist() is no help there
+        raise ValueError("prompts is a list of ints: generate() takes a list of prompts, so give one prompt of "
+                         "token ids as [ids]")
     if len(kinds) == 1:  # a list of tensors or arrays is no mix of strings and lists
         raise ValueError(f"prompts must be strings or lists of token ids, got a list of {kinds.pop()}; convert an "
                          "array or tensor with .tolist()")

@@ -80,10 +80,11 @@ def divide_by_temperature(scores: torch.Tensor, temperature: float) -> torch.Ten
     distribution, which at such a temperature is the greedy choice."""
     out = scores / temperature
     if temperature < 1.0:  # only division by a small number overflows
-        rows = (torch.isinf(out) & torch.isfinite(scores)).any(-1)
+        # NaN too: below float32's range (1e-50) the temperature is 0 there, and 0 / 0 is NaN
+        rows = (~torch.isfinite(out) & torch.isfinite(scores)).any(-1)
         if rows.any():
-            part = scores[rows]
-            out[rows] = (part - part.amax(-1, keepdim=True)) / temperature
+            diff = scores[rows] - scores[rows].amax(-1, keepdim=True)
+            out[rows] = torch.where(diff == 0, diff, diff / temperature)  # the max stays 0, not 0 / 0
     return out
 
 

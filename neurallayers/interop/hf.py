@@ -365,7 +365,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
 
     Raises:
         ValueError: a model without a ModelConfig, a config no supported family expresses, a tokenizer with more
-            ids than the model's vocabulary, or a bad max_shard_size.
+            ids than the model's vocabulary, a bad max_shard_size, or an embedding model whose sentence-transformers
+            pipeline has a module this folder cannot hold (a Dense projection; a classifier trained from it is written).
     """
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, ModelConfig):
@@ -377,7 +378,9 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}; "
                          "they do not belong together")
     unbuilt = cfg.extra.get("unbuilt_modules")
-    if unbuilt:  # their weights are not part of the model: the folder would embed without them, silently
+    # a classifier (fine-tuned from such a pipeline: init_from keeps config.extra) is no embedding pipeline
+    embeds = cfg.head not in ("sequence_classification", "token_classification")
+    if unbuilt and embeds:  # their weights are not part of the model: the folder would embed without them, silently
         raise ValueError(f"this encoder's sentence-transformers pipeline has {', '.join(unbuilt)} after the pooling, "
                          "which NeuralLayers does not keep; a Hugging Face folder written without it would embed "
                          "differently")
@@ -399,7 +402,7 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
         if len(eos_ids) > 1:  # extra ids that end a turn, as read from a Hugging Face folder
             settings["eos_token_id"] = eos_ids
         write_json(folder / "generation_config.json", settings)
-    elif {"pooling", "normalize", "lowercase"} & set(cfg.extra):  # read from a sentence-transformers folder
+    elif {"pooling", "normalize", "lowercase"} & set(cfg.extra) and not unbuilt:  # from a sentence-transformers folder
         _write_sentence_transformers(cfg, tokenizer, folder)
     if tokenizer is not None:
         tokenizer.save(folder)

@@ -6,6 +6,7 @@ import functools
 import json
 import time
 
+from neurallayers.embeddings import read_as
 from neurallayers.generation import GenerationConfig
 from neurallayers.serve import chat as chat_template
 from neurallayers.serve import params
@@ -86,7 +87,8 @@ def register(app, *, holder, metrics, draining) -> None:
             if served.kind == "encoder":
                 vectors, _ = await embed_texts(served, prompts)
                 counts = [len(ids) for ids in await run_in_threadpool(
-                    functools.partial(served.tokenizer.encode_batch, add_special_tokens=True), prompts)]
+                    functools.partial(served.tokenizer.encode_batch, add_special_tokens=True),
+                    read_as(served.model, prompts))]  # lowercased where embed lowercases them
                 return [{"embedding": v.tolist(), "usage": usage(c, 0)} for v, c in zip(vectors, counts, strict=True)]
             started = time.perf_counter()
             ids = await params.prompt_ids(served, prompts, param=param)

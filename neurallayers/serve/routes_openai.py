@@ -283,13 +283,14 @@ async def embed_texts(served: ServedModel, texts: list[str]):
     """(N, C) float32 CPU embeddings and the number of tokens read, computed in a worker thread."""
     from starlette.concurrency import run_in_threadpool
 
-    from neurallayers.embeddings import embed, tokenize_batch
+    from neurallayers.embeddings import embed, read_as, tokenize_batch
 
     max_length = served.max_model_len
 
     def work():
         vectors = embed(served.model, served.tokenizer, texts, max_length=max_length).cpu()
-        n_tokens = int(tokenize_batch(served.tokenizer, texts, max_length=max_length)["attention_mask"].sum())
+        read = read_as(served.model, texts)  # lowercased where embed lowercases: the tokens it read
+        n_tokens = int(tokenize_batch(served.tokenizer, read, max_length=max_length)["attention_mask"].sum())
         return vectors, n_tokens
 
     async with encoder_slot(served):

@@ -305,6 +305,8 @@ def test_an_encoder_is_refused_in_one_line() -> None:
     (lambda m: generate(m, None, [torch.tensor([1, 2])]), r"got a list of Tensor; convert .* with \.tolist\(\)"),
     (lambda m: generate(m, None, [list(np.array([1, 2]))]), r"prompt 0 holds int64 values, not token ids"),
     (lambda m: next(stream(m, unicode_tokenizer(), [1, 2.0])), r"prompt 0 holds float values, not token ids"),
+    # one prompt's ids, as stream() takes them: the message said to convert with .tolist(), which they already were
+    (lambda m: generate(m, None, [1, 2]), r"a list of ints: generate\(\) takes a list of prompts.* as \[ids\]"),
     (lambda m: generate(m, None, [[1, 2]], stop=["x"]), "stop strings need a tokenizer"),
     (lambda m: generate(m, None, [[1, 2]], num_beams=2, draft_model=m), "choose one decoding method"),
     (lambda m: generate_ids(m, [[1]], GenerationConfig(num_beams=2), eos_ids=[]), "num_beams"),

@@ -176,3 +176,21 @@ def test_a_tiny_temperature_samples_the_greedy_choice():
     scores = torch.tensor([[1.0, 3.0, -float("inf"), 2.0]])
     assert TemperatureWarper(1e-40)(None, scores).softmax(-1).tolist() == [[0.0, 1.0, 0.0, 0.0]]
     assert torch.equal(TemperatureWarper(1e-3)(None, scores), scores / 1e-3)  # unchanged where nothing overflows
+
+
+def test_a_temperature_below_float32s_range_samples_the_greedy_choice():
+    """A temperature under float32's smallest number (1e-50) is 0 in the division: the max score gave 0 / 0 = NaN,
+    so softmax was NaN and plain sampling drew token 0, as 1e-40 did before."""
+    from nl_gen_helpers import tiny_lm
+
+    from neurallayers.generation import generate
+
+    model, amateur = tiny_lm(seed=0), tiny_lm(seed=1)
+    prompt = [[3, 9, 4]]
+    for extra in ({}, {"amateur_model": amateur}):  # plain sampling, contrastive decoding
+        greedy = generate(model, None, prompt, GenerationConfig(max_new_tokens=6, temperature=0), **extra)
+        for t in (1e-46, 1e-50, 5e-324):
+            cold = GenerationConfig(max_new_tokens=6, temperature=t, seed=1)
+            assert generate(model, None, prompt, cold, **extra)[0].token_ids == greedy[0].token_ids
+    scores = torch.tensor([[1.0, 3.0, -float("inf"), 2.0], [0.0, 0.0, 0.0, 0.0]])
+    assert TemperatureWarper(1e-50)(None, scores).softmax(-1).tolist() == [[0.0, 1.0, 0.0, 0.0], [0.25] * 4]

@@ -423,3 +423,23 @@ def test_parameter_counts_equal_transformers(minilm, reference):
     cfg = minilm[0].config
     assert cfg.param_count() == ref.num_parameters()
     assert cfg.param_count(include_embeddings=False) == ref.num_parameters(exclude_embeddings=True)
+
+
+def test_a_classifier_fine_tuned_from_a_pipeline_with_dense_converts(tmp_path):
+    """A classifier trained from such a folder (train.init_from keeps the source's config.extra) is a classifier, not
+    an embedding pipeline: `convert` refused it for the Dense module its sentence-transformers source had."""
+    from neurallayers.api import load
+    from neurallayers.interop.hf import save_hf
+
+    modules = json.loads((minilm_folder() / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    encoder, tok = load(_st_folder(tmp_path, {"pooling_mode_mean_tokens": True}, modules))
+    cfg = encoder.config.replace(head="sequence_classification", num_labels=2)
+    torch.manual_seed(0)
+    classifier = build_model(cfg).eval()
+    save_hf(classifier, tok, tmp_path / "clf")
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "clf").eval()
+    ids = torch.tensor([tok.encode("A man is eating food.", add_special_tokens=True)])
+    with torch.no_grad():
+        torch.testing.assert_close(classifier(ids).logits, ref(ids).logits, atol=1e-4, rtol=1e-4)
+    assert not (tmp_path / "clf" / "modules.json").exists()  # no pipeline that would embed without its Dense

@@ -299,3 +299,22 @@ def test_tokenize_counts_an_encoders_special_tokens_as_embeddings_do():
         ids = httpx.post(f"{srv.url}/tokenize", json={"prompt": "hello world"}).json()["tokens"]
         usage = httpx.post(f"{srv.url}/v1/embeddings", json={"input": "hello world"}).json()["usage"]
     assert ids == [101, 7592, 2088, 102] and usage["prompt_tokens"] == len(ids)
+
+
+def test_embedding_usage_counts_the_lowercased_texts_an_encoder_reads():
+    """A sentence-transformers folder with do_lower_case: embed() reads each text lowercased, but usage counted the
+    tokens of the text as sent (here 13 byte tokens for 3 words)."""
+    tok = Tokenizer.train_bpe(["the quick brown fox jumps over the lazy dog " * 50], vocab_size=300,
+                              show_progress=False)
+    cfg = ModelConfig.from_name("bert-mini").replace(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2,
+                                                     n_embd=32, extra={"lowercase": True})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    want = len(tok.encode("the quick dog", add_special_tokens=True))
+    assert len(tok.encode("THE QUICK DOG", add_special_tokens=True)) > want
+    with serving((model, tok), model_name="lower") as srv:
+        out = httpx.post(f"{srv.url}/v1/embeddings", json={"input": "THE QUICK DOG"}).json()
+        assert out["usage"]["prompt_tokens"] == want
+        assert out["data"][0]["embedding"] == pytest.approx(embed(model, tok, ["the quick dog"])[0].tolist(), abs=1e-6)
+        pred = httpx.post(f"{srv.url}/predict", json={"prompt": "THE QUICK DOG"}).json()
+        assert pred["usage"]["prompt_tokens"] == want
