@@ -178,9 +178,11 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
 
     Raises:
         FileNotFoundError: Nothing exists at `spec` (or the glob matches no file).
-        ValueError: The folder holds no text files.
+        ValueError: The folder holds no text files, or `spec` is empty.
     """
     spec = os.path.expanduser(str(spec))  # as data.tokenizer and data.cache_dir are
+    if not spec:  # Path("") is the working directory: an unset variable would train on every file below it
+        raise ValueError(f"the corpus spec is empty; expected {_SPEC_FORMS}")
     if spec == "shakespeare":
         return ShakespeareCorpus()
     if spec == "python-stdlib":
@@ -290,27 +292,57 @@ def _read_text(path: Path) -> str:
         raise ValueError(f"{str(path)!r} is not {name} ({e.reason} at byte {e.start}); convert it to UTF-8") from None
 
 
-def _jsonl_documents(path: Path, rel: str, text_field: str) -> Iterator[Document]:
-    with open(path, "rb") as f:  # decoded line by line, so that an error names its line
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a JSON-lines file: UTF-8, or UTF-16 / UTF-32 after their BOM as for text files
+    (PowerShell's `>` writes UTF-16). Decoded line by line, so that an error names its line."""
+    with open(path, "rb") as f:
+        encoding = _text_encoding(f.read(4))
+    if encoding != "utf-8-sig":
+        with open(path, encoding=encoding, newline="\n") as f:  # lines end at "\n" only, as in the UTF-8 case
+            try:
+                yield from enumerate(f, start=1)
+            except UnicodeDecodeError as e:  # decoded by blocks: the line is not known
+                raise ValueError(f"{str(path)!r} is not {encoding.upper()} ({e.reason}); convert it to UTF-8") from None
+        return
+    with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8-sig")  # a BOM before the first line is not JSON
+                yield lineno, raw.decode("utf-8-sig")  # a BOM before the first line is not JSON
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start} of the line); "
                                  f"convert the file to UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                fields = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(f"{path}:{lineno}: no string field {text_field!r} (found {fields}); "
-                                 f"choose another with text_field= (CLI: --data.text_field, eval --text-field)")
-            text = record[text_field]
-            # JSON may escape half of a surrogate pair ("\ud83d"), which no tokenizer can encode.
-            if bad := lone_surrogate(text):
-                raise ValueError(f"{path}:{lineno}: {text_field!r} contains a lone surrogate (U+{ord(bad[0]):04X}), "
-                                 f"which is not valid Unicode text; fix or drop the line")
-            yield Document(f"{rel}:{lineno}", text)
+
+
+def _jsonl_documents(path: Path, rel: str, text_field: str) -> Iterator[Document]:
+    for lineno, line in _jsonl_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if isinstance(record, dict) and text_field in record and not isinstance(record[text_field], str):
+            # "no string field 'text' (found ['text'])" would send the user looking for the wrong thing
+            raise ValueError(f"{path}:{lineno}: field {text_field!r} holds {_json_type(record[text_field])}, "
+                             f"not a string; fix or drop the line, or choose another field with text_field=")
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{path}:{lineno}: no string field {text_field!r} (found {fields}); "
+                             f"choose another with text_field= (CLI: --data.text_field, eval --text-field)")
+        text = record[text_field]
+        # JSON may escape half of a surrogate pair ("\ud83d"), which no tokenizer can encode.
+        if bad := lone_surrogate(text):
+            raise ValueError(f"{path}:{lineno}: {text_field!r} contains a lone surrogate (U+{ord(bad[0]):04X}), "
+                             f"which is not valid Unicode text; fix or drop the line")
+        yield Document(f"{rel}:{lineno}", text)
+
+
+def _json_type(value: object) -> str:
+    """`value`'s JSON type, as the user wrote it in the file: null, a boolean, a number, an object, an array."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    return "an object" if isinstance(value, dict) else "an array"

@@ -11,9 +11,9 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -120,7 +120,7 @@ def prepare_tokens(
     final.parent.mkdir(parents=True, exist_ok=True)
     # Build in a temporary folder and rename it into place: a cache folder is either complete or absent. Its name
     # holds its builder (pid@host), so that the folder of a killed build can be told from that of a live one.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-{os.getpid()}@{_host()}-", dir=final.parent))
+    tmp = _build_folder(final.parent, key)
     try:
         _build(corpus, tokenizer, tmp, sources, show_progress=show_progress)
         if final.exists() and not (final / "meta.json").exists():
@@ -144,6 +144,18 @@ def split_names(names: list[str], val_fraction: float, seed: int) -> set[str]:
         return set()
     n_val = min(max(round(val_fraction * len(names)), 1), len(names) - 1)
     return set(sorted(names, key=lambda name: _hash(f"{seed}\0{name}"))[:n_val])
+
+
+def _build_folder(parent: Path, key: str) -> Path:
+    """A new, empty folder for building `key`, readable as the umask says: mkdtemp's is private (0o700) and stays so
+    after the rename, so a cache folder shared by a team (NEURALLAYERS_CACHE, umask 002) would refuse the others."""
+    while True:
+        tmp = parent / f".{key}.tmp-{os.getpid()}@{_host()}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _host() -> str:
