@@ -124,15 +124,20 @@ class DecoderLM(nn.Module):
             logits_to_keep: compute logits only for the last N positions (0 = all); prefill needs one.
         """
         cfg = self.config
-        b, t = input_ids.shape
+        b, t = _check_ids(input_ids)
+        if targets is not None and targets.shape != input_ids.shape:  # a flat view of another shape pairs wrong ids
+            raise ValueError(f"targets must have the shape of input_ids {tuple(input_ids.shape)} (already shifted), "
+                             f"got {tuple(targets.shape)}")
         device = input_ids.device
         per_row = isinstance(input_pos, torch.Tensor)
         shared_positions = position_ids is None and not per_row  # every row at the same positions
+        if cache is None and t > cfg.block_size:
+            raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
+        if cfg.position in ("learned", "sinusoidal"):  # a table of block_size rows: past it, an IndexError
+            self._check_table_positions(t, input_pos, position_ids, static=cache is not None and cache.static)
         if position_ids is None:
             start = input_pos[:, None] if per_row else input_pos
             position_ids = start + torch.arange(t, device=device)[None, :].expand(b, t)
-        if cache is None and t > cfg.block_size:
-            raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
         x = self.wte(input_ids)
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
@@ -169,6 +174,20 @@ class DecoderLM(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         return ModelOutput(logits=logits, loss=loss, attentions=attentions, hidden=hidden)
 
+    def _check_table_positions(self, t: int, input_pos: int | torch.Tensor, position_ids: torch.Tensor | None, *,
+                               static: bool) -> None:
+        """Positions of a learned or sinusoidal table must be < block_size. Int positions cost nothing to check;
+        tensor ones are read back, except with a static cache or in a compiled step (no host sync there)."""
+        if position_ids is None and not isinstance(input_pos, torch.Tensor):
+            last = input_pos + t - 1
+        elif static or torch.compiler.is_compiling():
+            return
+        else:
+            last = int(position_ids.max()) if position_ids is not None else int(input_pos.max()) + t - 1
+        if last >= self.config.block_size:
+            raise ValueError(f"position {last} is past the {self.config.position} position table: positions must be "
+                             f"< block_size={self.config.block_size}")
+
     def _mask(self, b: int, t: int, input_pos: int | torch.Tensor, attention_mask: torch.Tensor | None,
               cache: KVCache | None, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor | None, bool]:
         """One mask for all layers: (B|1, 1|H, T, S) bool or additive float, or None with is_causal."""
@@ -185,6 +204,8 @@ class DecoderLM(nn.Module):
             s = t
         else:  # a static cache returns every column at tensor positions: mask the unwritten ones, no host sync
             s = cache.max_len if cache.static and per_row else int(q_pos.max()) + 1
+        if attention_mask is not None:
+            _check_attention_mask(attention_mask, b, s)
         k_pos = torch.arange(s, device=device)
         allowed = k_pos[None, None, :] <= q_pos[:, :, None]  # (B|1, T, S)
         if cfg.sliding_window is not None:
@@ -199,3 +220,19 @@ class DecoderLM(nn.Module):
         distance = (k_pos[None, None, :] - q_pos[:, :, None]).to(torch.float32)  # (B|1, T, S), <= 0 where seen
         bias = self.alibi.to(device)[None, :, None, None] * distance[:, None]  # (B|1, H, T, S)
         return bias.masked_fill(~allowed, float("-inf")).to(dtype), False
+
+
+def _check_ids(input_ids: torch.Tensor) -> tuple[int, int]:
+    is_tensor = isinstance(input_ids, torch.Tensor)
+    if not is_tensor or input_ids.ndim != 2 or input_ids.dtype not in (torch.long, torch.int32):
+        got = (f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if is_tensor
+               else type(input_ids).__name__)
+        raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got {got}")
+    return input_ids.shape
+
+
+def _check_attention_mask(attention_mask: torch.Tensor, b: int, s: int) -> None:
+    """A mask shorter than the keys would broadcast its last column over all of them: wrong logits, no error."""
+    if attention_mask.ndim != 2 or attention_mask.shape[0] not in (1, b) or attention_mask.shape[1] < s:
+        raise ValueError(f"attention_mask must have shape (B={b}, S>={s}): 1/0 for every key position, the cached "
+                         f"prefix included; got {tuple(attention_mask.shape)}")

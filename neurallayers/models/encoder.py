@@ -79,6 +79,12 @@ class EncoderModel(nn.Module):
         device = input_ids.device
         if position_ids is None:
             position_ids = torch.arange(t, device=device)[None, :].expand(b, t)
+        else:
+            if position_ids.shape not in ((b, t), (1, t)):  # (1, T) broadcasts over the batch, as in transformers
+                raise ValueError(f"position_ids must have shape (B, T)={(b, t)} or (1, T), "
+                                 f"got {tuple(position_ids.shape)}")
+            if cfg.position in ("learned", "sinusoidal"):
+                _check_below(position_ids, cfg.block_size, "position_ids", "block_size")
         x = self.wte(input_ids)
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
@@ -88,6 +94,7 @@ class EncoderModel(nn.Module):
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
             _check_same_shape(token_type_ids, input_ids, "token_type_ids")
+            _check_below(token_type_ids, cfg.type_vocab_size, "token_type_ids", "type_vocab_size")
             x = x + self.wtt(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but the config has type_vocab_size=0")
@@ -262,6 +269,14 @@ def _check_ids(ids: torch.Tensor, name: str) -> tuple[int, int]:
 def _check_same_shape(x: torch.Tensor, ids: torch.Tensor, name: str) -> None:
     if x.shape != ids.shape:
         raise ValueError(f"{name} must have the shape of input_ids {tuple(ids.shape)}, got {tuple(x.shape)}")
+
+
+def _check_below(ids: torch.Tensor, limit: int, name: str, field: str) -> None:
+    """ids index a table of `limit` rows: out of range they are an IndexError deep in the embedding."""
+    if torch.compiler.is_compiling() or not bool(((ids < 0) | (ids >= limit)).any()):  # one host sync, no graph break
+        return
+    low, high = int(ids.min()), int(ids.max())
+    raise ValueError(f"{name} must be in [0, {field}={limit}), got values in [{low}, {high}]")
 
 
 def _padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:

@@ -200,3 +200,17 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(ids, attention_mask=mask, labels=labels).loss.backward()
         grads.append(model.encoder.blocks[0].attn.qkv.weight.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_ids_past_their_embedding_tables_are_clear_errors():
+    """Out-of-range position or token-type ids were an IndexError from inside the embedding."""
+    model = build_model(tiny()).eval()  # block_size 32, type_vocab_size 2
+    ids = torch.randint(1, VOCAB, (2, 5))
+    with pytest.raises(ValueError, match=r"position_ids must be in \[0, block_size=32\), got values in \[0, 40\]"):
+        model(ids, position_ids=torch.tensor([[0, 1, 2, 3, 40]] * 2))
+    with pytest.raises(ValueError, match=r"position_ids must have shape \(B, T\)=\(2, 5\) or \(1, T\), got \(1, 3\)"):
+        model(ids, position_ids=torch.arange(3)[None])
+    with pytest.raises(ValueError, match=r"token_type_ids must be in \[0, type_vocab_size=2\), got values in \[0, 2\]"):
+        model(ids, token_type_ids=torch.tensor([[0, 0, 1, 1, 2]] * 2))
+    # (1, T) positions broadcast over the batch, as in transformers
+    torch.testing.assert_close(model(ids, position_ids=torch.arange(5)[None]).hidden, model(ids).hidden)

@@ -1,0 +1,59 @@
+"""Bad input to DecoderLM.forward: one clear ValueError naming the argument, never an IndexError from a position
+table or a mask that broadcasts silently into wrong logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nl_model_helpers import model, random_ids
+
+
+def test_an_attention_mask_shorter_than_the_cached_keys_is_refused():
+    """A decode step given the mask of its new token only: (B, 1) would broadcast over every cached key."""
+    net = model("gpt2")
+    ids = random_ids(1, 6)
+    cache = net.new_cache(1)
+    net(ids[:, :5], cache=cache)
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \(B=1, S>=6\).*got \(1, 1\)"):
+        net(ids[:, 5:], cache=cache, input_pos=5, attention_mask=torch.zeros(1, 1, dtype=torch.long))
+    # the whole mask, prefix included, is what it takes; it gives the full forward's logits
+    step = net(ids[:, 5:], cache=cache, input_pos=5, attention_mask=torch.ones(1, 6, dtype=torch.long))
+    torch.testing.assert_close(step.logits[:, -1], net(ids).logits[:, -1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 4), (1, 6, 1), (3, 6)])
+def test_an_attention_mask_of_the_wrong_shape_is_refused(shape):
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        model("gpt2")(random_ids(2, 6), attention_mask=torch.ones(shape, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "sinusoidal-geglu"])
+def test_positions_past_a_position_table_are_a_clear_error(name):
+    net = model(name)  # block_size 48
+    cache = net.new_cache(1, 64)  # a cache longer than the table
+    with pytest.raises(ValueError, match="position 49 is past the .* position table.*block_size=48"):
+        net(random_ids(1, 2), cache=cache, input_pos=48)
+    with pytest.raises(ValueError, match="position 48 is past"):
+        net(random_ids(1, 1), cache=cache, input_pos=torch.tensor([48]))
+    with pytest.raises(ValueError, match="position 50 is past"):
+        net(random_ids(1, 2), position_ids=torch.tensor([[3, 50]]))
+    net(random_ids(1, 1), cache=cache, input_pos=47)  # the last row of the table is fine
+
+
+def test_rope_positions_may_go_past_block_size_with_a_longer_cache():
+    net = model("llama-gqa")
+    cache = net.new_cache(1, 64)
+    assert net(random_ids(1, 2), cache=cache, input_pos=50).logits.isfinite().all()
+
+
+@pytest.mark.parametrize("targets", [torch.ones(4, 2, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)])
+def test_targets_of_another_shape_are_refused(targets):
+    """(4, 2) against ids (2, 4) has the same number of elements: flattened, it would pair the wrong tokens."""
+    with pytest.raises(ValueError, match=r"targets must have the shape of input_ids \(2, 4\)"):
+        model("gpt2")(random_ids(2, 4), targets=targets)
+
+
+@pytest.mark.parametrize("ids", [torch.tensor([1, 2, 3]), torch.ones(1, 3), [[1, 2, 3]]])
+def test_input_ids_must_be_an_integer_matrix(ids):
+    with pytest.raises(ValueError, match=r"input_ids must be an integer tensor of shape \(B, T\)"):
+        model("gpt2")(ids)
