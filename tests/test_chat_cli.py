@@ -62,3 +62,13 @@ def test_a_max_new_tokens_as_long_as_the_context_keeps_earlier_turns(run_dir, mo
     prompts = chat_prompts(run_dir, monkeypatch, ["the quick", "over the lazy", "dog"])
     assert prompts[2] == "user: over the lazy\nassistant: ok\nuser: dog\nassistant:"
     assert "(the oldest 1 turn left the model's context of 128 tokens)" in capsys.readouterr().err
+
+
+def test_a_system_message_that_fills_the_context_is_named_once(run_dir, monkeypatch):
+    """Every message was refused as "too long" while the system message alone filled the context."""
+    from neurallayers.__main__ import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    assert main(["chat", str(run_dir), "--system", "the fox " * 20]) == 2
+    prompts = chat_prompts(run_dir, monkeypatch, ["hi"], "--system", "the fox")
+    assert prompts == ["system: the fox\nuser: hi\nassistant:"]

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
         prepare_for_decode(model)
     opening = [{"role": "system", "content": args.system}] if args.system else []
+    _check_opening(tokenizer, opening, model.config.block_size)
     interactive = sys.stdin.isatty()
     if interactive:
         print(HINT, file=sys.stderr)
@@ -80,6 +81,21 @@ def run(args: argparse.Namespace) -> int:
         replies += 1
         history.append({"role": "assistant", "content": reply(model, tokenizer, prompt, turn_config)})
     return 0
+
+
+def _check_opening(tokenizer, opening: list[dict], block: int) -> None:
+    """A --system message that leaves no room for a user's turn would make every message "too long": say so once."""
+    from neurallayers.data.chat import render_chat
+
+    if not opening:
+        return
+    try:
+        n = len(tokenizer.encode(render_chat(tokenizer, [*opening, {"role": "user", "content": ""}])))
+    except ValueError:  # a template that refuses an empty turn: each message is measured as it comes
+        return
+    if n >= block:
+        raise ValueError(f"--system: the system message takes {n} tokens of the model's context of {block}, which "
+                         "leaves no room for a conversation; shorten it")
 
 
 def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int):
