@@ -121,8 +121,9 @@ class _Fit:
         self.device = resolve_device(run.train.device, local_rank=info.local_rank)
         self.amp_dtype, use_scaler = resolve_precision(run.train.precision, self.device)
         target = _resume_target(out, resume)
-        if target is not None:
-            run = _as_saved(out, run)
+        saved = _saved_config(out) if target is not None else None
+        if saved is not None:
+            run = _as_saved(saved, run)
         # A fresh start from pretrained weights takes the source's tokenizer; a resume, the run's own.
         source = _init_source(run) if target is None and run.train.init_from else None
         tokenizer = Tokenizer.load(out) if target is not None else source.tokenizer if source else None
@@ -140,7 +141,7 @@ class _Fit:
         model_sd = state = None
         self.data_changed = False
         if target is not None:
-            model_sd, state, run, self.data_changed = _check_resume(out, target, run)
+            model_sd, state, run, self.data_changed = _check_resume(out, target, run, saved)
             self.run_cfg = run
         seed_all(cfg.seed)
         self.model = build_model(run.model)
@@ -718,26 +719,31 @@ def _init_source(run: RunConfig) -> object:
     return source
 
 
-def _as_saved(out: Path, run: RunConfig) -> RunConfig:
-    """A resume's run config: tokenized as the run began (data.document_bos, unless told: config.yaml says, or for a
-    run from before it did, no bos), and started from what the run started from (train.init_from: a resume goes on
-    from its own checkpoint, so another source would only make config.yaml and `info` name the wrong one)."""
+def _saved_config(out: Path) -> RunConfig:
+    """The run's config.yaml, read once for a resume; a run from before data.document_bos was recorded had no bos."""
     saved = RunConfig.from_yaml(out / "config.yaml")
+    saved.data.document_bos = bool(saved.data.document_bos)
+    return saved
+
+
+def _as_saved(saved: RunConfig, run: RunConfig) -> RunConfig:
+    """A resume's run config: tokenized as the run began (data.document_bos, unless told: as `saved` says), and
+    started from what the run started from (train.init_from: a resume goes on from its own checkpoint, so another
+    source would only make config.yaml and `info` name the wrong one)."""
     if run.train.init_from not in (None, saved.train.init_from):
         log.warning("train.init_from=%s is not used: a resume goes on from the run's own checkpoint (the run started "
                     "from %s)", run.train.init_from, saved.train.init_from or "scratch")
     data = run.data
     if data.document_bos is None:
-        data = dataclasses.replace(data, document_bos=bool(saved.data.document_bos))
+        data = dataclasses.replace(data, document_bos=saved.data.document_bos)
     return dataclasses.replace(run, data=data, train=dataclasses.replace(run.train, init_from=saved.train.init_from))
 
 
-def _check_resume(out: Path, target: Path, run: RunConfig) -> tuple[dict, dict, RunConfig, bool]:
-    """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training). Returns the
-    weights, the training state, the run config, whose data.tokenizer / vocab_size stay the saved ones (the run
-    keeps its tokenizer whatever a resume asks for, and config.yaml says so), and whether the data changed."""
-    saved = RunConfig.from_yaml(out / "config.yaml")
-    saved.data.document_bos = bool(saved.data.document_bos)  # as _as_saved reads it
+def _check_resume(out: Path, target: Path, run: RunConfig, saved: RunConfig) -> tuple[dict, dict, RunConfig, bool]:
+    """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training), `saved` being
+    the run's config.yaml (_saved_config). Returns the weights, the training state, the run config, whose
+    data.tokenizer / vocab_size stay the saved ones (the run keeps its tokenizer whatever a resume asks for, and
+    config.yaml says so), and whether the data changed."""
     if saved.model != run.model:
         diff = _changes(saved.model.to_dict(), run.model.to_dict())
         raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
