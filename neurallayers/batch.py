@@ -13,7 +13,7 @@ Output: `.jsonl` (or `.ndjson`; other names are refused) gets one result per inp
 "finish_reason", "prompt_tokens", "completion_tokens"}` for generation or `{"id", "embedding"}` for embeddings, in
 input order once the run is complete (completion order while it runs). Embeddings may instead go to `.npy` (an
 (N, C) float32 array, rows in input order) or `.npz` (arrays `ids` and `embeddings`; ids are int64 where all are
-integers that fit, else strings).
+integers that fit, else strings, so ids equal as text, such as 1 and "1", are refused before any work).
 
 Resume: a killed run, started again with the same command, skips what is done and loses nothing. JSONL results are
 appended one batch at a time as whole lines, fsync'd, and only then counted in the progress record
@@ -46,6 +46,7 @@ from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.files import WriteError
 from neurallayers.generation import GenerationConfig, generate
+from neurallayers.weights import fsync_dir
 
 log = logging.getLogger("neurallayers.batch")
 
@@ -198,14 +199,6 @@ def _changes(old: dict, new: dict) -> list[str]:
 
 
 # ----- atomic files -----
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, write) -> None:
     """Call write(binary file) on a temp name beside `path`, fsync, rename over `path`, fsync the folder."""
     tmp = path.with_name(path.name + ".tmp")
@@ -219,7 +212,7 @@ def _write_atomic(path: Path, write) -> None:
         raise _write_failed(e, path) from e
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)  # a no-op where folders cannot be opened (Windows)
 
 
 def _write_failed(e: OSError, path: Path) -> WriteError:
@@ -457,6 +450,8 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
             normalize = bool(model.config.extra.get("normalize", True))
         settings = {"mode": "embed", "pooling": pooling, "normalize": bool(normalize), "max_length": max_length,
                     "output": output.suffix if vectors else ".jsonl"}
+        if output.suffix == ".npz":
+            _npz_ids(items, source=input_path)  # checked before any work
     output.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = json.loads(json.dumps(_fingerprint(input_path, settings, model, tokenizer, model_files)))
     with _exclusive(output):
@@ -574,6 +569,22 @@ def _resume_parts(record: _Progress, total: int) -> dict[int, Any]:
     return done
 
 
+def _npz_ids(items: list[BatchItem], *, source: Path) -> list[str | int]:
+    """The ids as the .npz file holds them: integers that int64 holds stay numbers; any other id makes them all
+    strings (a 25-digit id overflowed), which must stay unique: 1 and "1" both became "1" (two rows, one name)."""
+    ids = [it.id for it in items]
+    if all(isinstance(i, int) and -(2**63) <= i < 2**63 for i in ids):
+        return ids
+    seen: dict[str, BatchItem] = {}
+    for it in items:
+        if (text := str(it.id)) in seen:
+            raise ValueError(f"{source} line {it.line}: id {it.id!r} and line {seen[text].line}'s id "
+                             f"{seen[text].id!r} are both {text!r} in a .npz file, whose ids are all strings when any "
+                             "is not an int64; make them unique as text, or write .jsonl")
+        seen[text] = it
+    return [str(i) for i in ids]
+
+
 def _finish_vectors(record: _Progress, items: list[BatchItem]) -> None:
     """Join the parts into the NPY/NPZ output in input order (atomically), mark the run complete, drop the parts."""
     import numpy as np
@@ -586,10 +597,8 @@ def _finish_vectors(record: _Progress, items: list[BatchItem]) -> None:
     if record.output.suffix == ".npy":
         _write_atomic(record.output, lambda f: np.save(f, matrix))
     else:
-        ids = [it.id for it in items]
-        # integers that int64 holds stay numbers; any other id makes them all strings (a 25-digit id overflowed)
-        numeric = all(isinstance(i, int) and -(2**63) <= i < 2**63 for i in ids)
-        id_array = np.array(ids, dtype=np.int64) if numeric else np.array([str(i) for i in ids])
+        ids = _npz_ids(items, source=record.output)
+        id_array = np.array(ids, dtype=np.int64 if all(isinstance(i, int) for i in ids) else str)
         _write_atomic(record.output, lambda f: np.savez(f, ids=id_array, embeddings=matrix))
     record.data["complete"] = True
     record.save()

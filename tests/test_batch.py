@@ -426,3 +426,61 @@ def test_a_file_system_without_flock_still_runs(lm, tmp_path, monkeypatch):
     out = tmp_path / "out.jsonl"
     assert run_batch(model, tok, inp, out, config=GREEDY, progress=False).computed == 3
     assert len(results(out)) == 3
+
+
+def test_npz_ids_that_are_equal_as_text_are_refused_before_any_work(encoder, tmp_path):
+    """ids 1 and "1" are two ids, but a .npz holds all ids as strings once one is not an int64: both rows were
+    named "1"."""
+    model, tok = encoder
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": 1, "text": "Rain."}\n{"id": "1", "text": "Cats sleep a lot."}\n')
+    with pytest.raises(ValueError, match=r"in.jsonl line 2: id '1' and line 1's id 1 are both '1' in a .npz file"):
+        run_batch(model, tok, inp, tmp_path / "v.npz", progress=False)
+    assert not list(tmp_path.glob("v.npz*"))
+    run_batch(model, tok, inp, tmp_path / "v.jsonl", progress=False)  # JSON keeps them apart
+    assert [r["id"] for r in results(tmp_path / "v.jsonl")] == [1, "1"]
+
+
+def test_cli_refuses_the_other_kind_of_models_flags(encoder, run_dir, tmp_path, capsys):
+    """An encoder embeds: batch read --temperature or --top-k and ignored them without a word; a decoder ignored
+    --pooling. Defaults (batch's own --seed 0 too) still pass."""
+    from neurallayers.__main__ import main
+
+    model, tok = encoder
+    enc_dir = tmp_path / "enc"
+    enc_dir.mkdir()
+    RunConfig(model=model.config).to_yaml(enc_dir / "config.yaml")
+    tok.save(enc_dir)
+    save_model(enc_dir, model.state_dict())
+    inp = write_texts(tmp_path / "in.jsonl")
+    args = ["--input", str(inp), "--no-progress"]
+    out = tmp_path / "v.npy"
+    assert main(["batch", str(enc_dir), *args, "--output", str(out), "--temperature", "0.5", "--top-k", "3",
+                 "--stop-token-id", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and ("is an encoder, which embeds: --temperature, --top-k, --stop-token-id are for a "
+                                "decoder's generation; leave them out") in err
+    assert not out.exists()
+    assert main(["batch", str(run_dir), *args, "--output", str(tmp_path / "g.jsonl"), "--pooling", "cls"]) == 2
+    assert "is a decoder, which generates: --pooling is for an encoder's embeddings; leave it out" in \
+        capsys.readouterr().err
+    assert main(["batch", str(enc_dir), *args, "--output", str(out), "--seed", "0", "--pooling", "cls"]) == 0
+    assert np.load(out).shape == (len(SENTENCES), 32)
+
+
+def test_a_platform_that_cannot_open_folders_still_runs(lm, tmp_path, monkeypatch):
+    """Windows refuses os.open on a folder (PermissionError): syncing the folder after each rename failed every run
+    there at its first write ('<folder>: Permission denied'), though the README says batch runs on Windows."""
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    real_open = os.open
+
+    def windows_open(path, *a, **k):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", windows_open)
+    assert run_batch(model, tok, inp, out, config=GREEDY, progress=False).computed == 3
+    assert len(results(out)) == 3

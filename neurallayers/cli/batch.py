@@ -33,12 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier run's output instead of resuming")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_dtype(parser)
+    _add_decoding(parser)
+    _add_embedding(parser)
+
+
+def _add_decoding(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser)
     # Seeded by default, so that a resumed sampling run gives what an uninterrupted one would; each line samples
     # with a seed made from this one and its id (or with its own "seed").
     parser.set_defaults(seed=0)
+
+
+def _add_embedding(parser: argparse.ArgumentParser) -> None:
     e = parser.add_argument_group("embeddings (encoder models)")
-    e.add_argument("--pooling", default=None,
+    e.add_argument("--pooling", type=non_empty, default=None,
                    help="mean, cls, max, mean_sqrt_len_tokens, weightedmean, lasttoken, or several joined by + "
                    "(default: the model's sentence-transformers pooling, else mean)")
     e.add_argument("--no-normalize", action="store_true", help="keep raw vectors instead of L2-normalising them")
@@ -56,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--input: no such file: {args.input}")
     _check_output_folder(args.output)
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    _check_flags_apply(args, causal=model.config.causal)
     if model.config.causal:
         use_model_defaults(args, args.path)
     config = generation_config(args) if model.config.causal else None
@@ -76,3 +85,22 @@ def _check_output_folder(output: str) -> None:
 
     if (blocker := file_in_the_way(output)) is not None:
         raise NotADirectoryError(f"--output {output}: {blocker} is a file, not a folder")
+
+
+def _check_flags_apply(args: argparse.Namespace, *, causal: bool) -> None:
+    """A decoder generates and an encoder embeds: the other kind's flags (--temperature for an encoder, --pooling for
+    a decoder) were silently ignored, so a user believed the output sampled or pooled as asked."""
+    unused = _given(args, _add_embedding if causal else _add_decoding)
+    if unused:
+        kind, use = ("a decoder, which generates", "an encoder's embeddings") if causal else \
+            ("an encoder, which embeds", "a decoder's generation")
+        raise ValueError(f"{args.path} is {kind}: {', '.join(unused)} {'are' if len(unused) > 1 else 'is'} for {use}; "
+                         f"leave {'them' if len(unused) > 1 else 'it'} out")
+
+
+def _given(args: argparse.Namespace, add) -> list[str]:
+    """The flags, of those `add(parser)` defines, that `args` sets to other than their defaults."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add(parser)
+    return [action.option_strings[0] for action in parser._actions
+            if getattr(args, action.dest) != action.default]

@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.text_field is not None:
         data = dataclasses.replace(data, text_field=args.text_field)
     corpus = load_corpus(data.source, text_field=data.text_field)
+    if args.text_field is not None:
+        _check_text_field(corpus, args.text_field)
     val_fraction = data.val_fraction if own else 0.0
     seed = run_cfg.train.seed if own else 0
     tokens = tokenize_corpus(data, corpus, tokenizer, seed=seed, val_fraction=val_fraction,
@@ -100,3 +102,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"corpus: {args.data or data.source}  split: {split}  {what}: {count:,}  loss: {loss:.4f}  "
           f"perplexity: {perplexity_text(loss)}")
     return 0
+
+
+def _check_text_field(corpus, field: str) -> None:
+    """--text-field names the text of JSON-lines records: on a corpus of text files it was silently ignored."""
+    from neurallayers.data.corpora import JSONL_SUFFIXES
+
+    if not any(p.suffix.lower() in JSONL_SUFFIXES for p in getattr(corpus, "files", [])):
+        raise ValueError(f"--text-field {field}: corpus {corpus.name!r} holds no JSON-lines file "
+                         f"({', '.join(JSONL_SUFFIXES)}), whose field it would name; leave it out")

@@ -316,6 +316,11 @@ def test_eval_on_a_jsonl_corpus_with_another_text_field(run_dir: Path, tmp_path:
                     cwd=tmp_path, monkeypatch=monkeypatch)
     assert ev.returncode == 0, ev.stderr
     assert "corpus: docs.jsonl  split: all" in ev.stdout and "perplexity" in ev.stdout
+    # a field names JSON-lines text: on text files (the run's own corpus too) it was silently ignored
+    (tmp_path / "plain.txt").write_text(TEXT)
+    for data in (["--data", "plain.txt"], []):
+        assert_user_error(in_process("eval", str(run_dir), *data, "--text-field", "body", cwd=tmp_path,
+                                     monkeypatch=monkeypatch), "--text-field body: corpus", "holds no JSON-lines file")
 
 
 def test_train_and_eval_a_masked_lm_encoder(run_dir: Path, tmp_path: Path, monkeypatch):

@@ -48,6 +48,8 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["generate", "nosuch", "hi", "--draft", ""], "--draft"),  # generated without the draft
     (["convert", "nosuch", ""], "dst"),
     (["info", ""], "target"),
+    # an encoder's batch embedded with its default pooling, as if --pooling had not been given
+    (["batch", "nosuch", "--input", "in.jsonl", "--output", "o.npy", "--pooling", ""], "--pooling"),
 ])
 def test_an_empty_value_is_refused_not_taken_for_the_default(args: list[str], flag: str, tmp_path: Path,
                                                              monkeypatch):
