@@ -63,8 +63,8 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         dtype: the weights' dtype (a torch.dtype, or "fp32" / "float32", "bf16" / "bfloat16", "fp16" / "float16");
             None: float32 for a Hugging Face folder (as transformers 4 loads one; 5 keeps the stored dtype), the stored
             dtype for a run.
-        allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin). Off by default:
-            a pickle can run code when loaded.
+        allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin or its shards). Off by
+            default: a pickle can run code when loaded.
     """
     dtype = _dtype(dtype)
     if device is not None:

@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what to write (default: the other kind: a run becomes an HF folder and back)")
     parser.add_argument("--max-shard-size", type=int, default=None, help="largest HF weight shard, in MB")
     parser.add_argument("--allow-pickle", action="store_true",
-                        help="accept an HF folder that only has pytorch_model.bin (read with weights_only=True)")
+                        help="accept an HF folder that only has pytorch_model.bin or its shards (read with "
+                             "weights_only=True)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty dst")
 
 

@@ -103,7 +103,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         name=str(hf.get("_name_or_path") or "bert"), causal=False, vocab_size=hf.get("vocab_size", 30522),
         block_size=hf.get("max_position_embeddings", 512), n_layer=hf.get("num_hidden_layers", 12),
         n_head=hf.get("num_attention_heads", 12), n_embd=n_embd,
-        intermediate_size=hf.get("intermediate_size", 4 * n_embd), norm="layernorm",
+        intermediate_size=hf.get("intermediate_size", 3072), norm="layernorm",  # BertConfig's, whatever the width
         norm_eps=float(hf.get("layer_norm_eps", 1e-12)), norm_placement="post", mlp="gelu", gelu_approx=HIDDEN_ACT[act],
         position="learned", bias=True, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         dropout=float(hf.get("hidden_dropout_prob", 0.1)),

@@ -27,7 +27,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
             "run" writes config.yaml, model.safetensors and tokenizer files that `neurallayers.load` reads.
             None (the default): the other kind than `src` (a run directory becomes an HF folder and back).
         max_shard_size: for to="hf", the largest weight shard in bytes (None: one file).
-        allow_pickle: accept an HF `src` whose only weights are pytorch_model.bin (read with weights_only=True).
+        allow_pickle: accept an HF `src` whose only weights are pickles (pytorch_model.bin, or its shards with
+            pytorch_model.bin.index.json), read with weights_only=True.
         overwrite: replace a non-empty `dst`.
 
     Returns:
@@ -75,6 +76,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         else:
             _write_run(model, tokenizer, tmp)
         _keep_sampling(src, tmp)
+        if to == "hf":
+            _keep_special_ids(src, tmp)
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
@@ -99,6 +102,24 @@ def _keep_sampling(src: Path, folder: Path) -> None:
     out = folder / "generation_config.json"
     written = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
     write_text_atomic(out, json.dumps({**written, **kept}, indent=2) + "\n")
+
+
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _keep_special_ids(src: Path, folder: Path) -> None:
+    """save_hf writes the tokenizer's bos/eos/pad ids, null where it has none (or there is no tokenizer); an HF
+    source's own ids fill those nulls (config.json and generation_config.json alike), or transformers' generate on
+    the copy would never stop at eos."""
+    from neurallayers.interop.hf import read_json, write_json
+
+    for name in ("config.json", "generation_config.json"):
+        if not (src / name).is_file() or not (folder / name).is_file():
+            continue
+        source, written = read_json(src / name), read_json(folder / name)
+        kept = {k: source[k] for k in SPECIAL_IDS if source.get(k) is not None and written.get(k) is None}
+        if kept:
+            write_json(folder / name, {**written, **kept})
 
 
 def _write_run(model: object, tokenizer: object, folder: Path) -> None:

@@ -1,9 +1,9 @@
 """Hugging Face model folders in and out: `load_hf(folder)` and `save_hf(model, tokenizer, folder)`.
 
 A folder holds config.json, weights (model.safetensors, or shards listed in model.safetensors.index.json; a
-pickle `pytorch_model.bin` only when the caller opts in) and tokenizer files. The family module picked by
-config.json's `model_type` translates config and weight names; see `FAMILIES`. The helpers at the bottom apply
-a family's literal weight-name map in either direction.
+pickle `pytorch_model.bin`, or shards listed in pytorch_model.bin.index.json, only when the caller opts in) and
+tokenizer files. The family module picked by config.json's `model_type` translates config and weight names; see
+`FAMILIES`. The helpers at the bottom apply a family's literal weight-name map in either direction.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ FAMILIES: dict[str, str] = {
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_WEIGHTS = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"  # older sharded checkpoints: pytorch_model-0000k-of-0000n.bin
 _SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
@@ -118,21 +119,25 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     tokenizer = load_tokenizer(folder)
     if tokenizer is not None and "max_seq_length" in sentence:
         tokenizer.model_max_length = sentence["max_seq_length"]
-    eos_ids = _generation_eos_ids(folder, cfg.vocab_size) if tokenizer is not None and cfg.causal else None
-    if eos_ids is not None:  # without the file, the tokenizer's own (a converted run's, kept in tokenizer_config)
+    eos_ids = _generation_eos_ids(folder, cfg.vocab_size, hf_cfg) if tokenizer is not None and cfg.causal else None
+    if eos_ids is not None:  # without either file's ids, the tokenizer's own (a converted run's, in tokenizer_config)
         tokenizer.extra_eos_ids = [t for t in eos_ids if t != tokenizer.eos_id]
     return model.eval(), tokenizer
 
 
-def _generation_eos_ids(folder: Path, vocab: int) -> list[int] | None:
-    """The eos_token_id of generation_config.json (an id or a list of them; transformers' generate stops at each);
-    None when the folder has no such file."""
-    path = folder / "generation_config.json"
-    if not path.is_file():
-        return None
+def _generation_eos_ids(folder: Path, vocab: int, hf_cfg: dict) -> list[int] | None:
+    """The eos_token_id of generation_config.json (an id or a list of them; transformers' generate stops at each),
+    or of config.json where the folder has no generation_config.json (transformers builds its generation settings
+    from config.json then); None when neither file says."""
     from neurallayers.data.tokenizers import is_id_list
 
-    eos = read_json(path).get("eos_token_id")
+    path = folder / "generation_config.json"
+    if path.is_file():
+        eos = read_json(path).get("eos_token_id")
+    elif hf_cfg.get("eos_token_id") is not None:
+        path, eos = folder / "config.json", hf_cfg["eos_token_id"]
+    else:
+        return None
     ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
     if not is_id_list(ids, vocab):
         raise ValueError(f"{path}: eos_token_id={eos!r} must be token ids in [0, {vocab})")
@@ -259,7 +264,8 @@ def read_json(path: Path) -> dict:
 
 
 def read_hf_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The Hugging Face state dict of a folder: model.safetensors, sharded safetensors, or (opt-in) a pickle.
+    """The Hugging Face state dict of a folder: model.safetensors, sharded safetensors, or (opt-in) a pickle,
+    whole or sharded.
 
     Raises:
         FileNotFoundError: no weights file.
@@ -269,24 +275,37 @@ def read_hf_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, to
         return read_safetensors(folder / SAFE_WEIGHTS)
     if (folder / SAFE_INDEX).is_file():
         return read_sharded(folder / SAFE_INDEX)
-    if (folder / PICKLE_WEIGHTS).is_file():
+    pickles = [name for name in (PICKLE_WEIGHTS, PICKLE_INDEX) if (folder / name).is_file()]
+    if pickles:
         if not allow_pickle:
             raise CheckpointError(
-                f"{folder} has only pickle weights ({PICKLE_WEIGHTS}), which can run code when loaded; refusing. "
+                f"{folder} has only pickle weights ({pickles[0]}), which can run code when loaded; refusing. "
                 "Convert them to safetensors once (neurallayers convert SRC DST --to hf --allow-pickle; train "
                 "--init-from then takes DST), or opt in with allow_pickle=True (CLI: --allow-pickle): they are then "
                 "read with torch.load(weights_only=True), plain tensors only")
-        sd = torch_load_safe(folder / PICKLE_WEIGHTS)
-        if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                               for k, v in sd.items()):
-            raise CheckpointError(f"{folder / PICKLE_WEIGHTS} is not a state dict of named tensors")
-        return sd
+        if pickles[0] == PICKLE_WEIGHTS:
+            return read_pickle_weights(folder / PICKLE_WEIGHTS)
+        return read_sharded(folder / PICKLE_INDEX, read=read_pickle_weights)
     raise FileNotFoundError(f"{folder} has no weights: expected {SAFE_WEIGHTS}, {SAFE_INDEX} with its shards, "
-                            f"or {PICKLE_WEIGHTS} (with allow_pickle=True)")
+                            f"or {PICKLE_WEIGHTS} or {PICKLE_INDEX} with its shards (with allow_pickle=True)")
 
 
-def read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a sharded safetensors checkpoint, after checking its index against the shards.
+def read_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A pickle state dict, read with `torch.load(weights_only=True)`.
+
+    Raises:
+        CheckpointError: not a readable torch checkpoint, code or objects in it, or not a dict of named tensors.
+    """
+    sd = torch_load_safe(path)
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise CheckpointError(f"{path} is not a state dict of named tensors")
+    return sd
+
+
+def read_sharded(index_path: Path, *,
+                 read: Callable[[Path], dict[str, torch.Tensor]] = read_safetensors) -> dict[str, torch.Tensor]:
+    """All tensors of a sharded checkpoint (safetensors, or pickles with `read=read_pickle_weights`), after checking
+    its index against the shards.
 
     Raises:
         CheckpointError: a bad index, a shard that is missing or outside the folder, a key listed but not in its
@@ -307,7 +326,7 @@ def read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{index_path}: listed shard files do not exist: {', '.join(absent)}")
     sd: dict[str, torch.Tensor] = {}
     for name, keys in shards.items():
-        part = read_safetensors(folder / name)
+        part = read(folder / name)
         missing = sorted(set(keys) - set(part))
         if missing:
             raise CheckpointError(f"{folder / name}: weights the index lists are not in this shard: "

@@ -42,6 +42,10 @@ WEIGHT_MAP: tuple[tuple[str, str | tuple[str, ...]], ...] = (
 )
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # a buffer older checkpoints saved
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+# transformers' MistralConfig defaults that differ from LlamaConfig's, for keys a config.json leaves out (a missing
+# sliding_window is a 4096-token window there, not none)
+MISTRAL_DEFAULTS = {"sliding_window": 4096, "num_key_value_heads": 8, "intermediate_size": 14336,
+                    "max_position_embeddings": 4096 * 32}
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")  # rope_type values we build ("default" = unscaled)
 # config.json key for a dynamic-NTK model's context when it is not factor x the original length (transformers keeps
 # unknown keys as attributes and writes them back)
@@ -51,8 +55,9 @@ BLOCK_SIZE_KEY = "neurallayers_block_size"
 def config_from_hf(hf: dict) -> ModelConfig:
     """ModelConfig from a Hugging Face LlamaConfig or MistralConfig dict (config.json).
 
-    RoPE settings are read from `rope_parameters` (transformers 5) or from `rope_scaling` + `rope_theta` (older).
-    With dynamic NTK scaling, max_position_embeddings is the original length and block_size becomes factor times it.
+    RoPE settings are read from `rope_parameters` (transformers 5) or from `rope_scaling` + `rope_theta` (older; it
+    wins where both are set, as in transformers). With dynamic NTK scaling, max_position_embeddings is the original
+    length and block_size becomes factor times it. Keys a Mistral config.json leaves out take MistralConfig's defaults.
 
     Raises:
         ValueError: not a Llama/Mistral config, or a variant DecoderLM does not build (an activation other than
@@ -64,6 +69,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in ARCHITECTURES:
         raise ValueError(f"config model_type={model_type!r}: this converter reads {', '.join(ARCHITECTURES)}")
+    if model_type == "mistral":
+        hf = MISTRAL_DEFAULTS | hf
     archs = hf.get("architectures") or [ARCHITECTURES[model_type]]
     if not str(archs[0]).endswith("ForCausalLM"):  # a task head or a bare LlamaModel: no LM head to load
         raise ValueError(f"config architectures={archs!r}: NeuralLayers reads causal language models "
@@ -99,17 +106,22 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
 
 def _rope_from_hf(hf: dict) -> tuple[float, dict | None]:
-    """(rope_theta, our rope_scaling) from `rope_parameters` or the older `rope_scaling` + `rope_theta`."""
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    """(rope_theta, our rope_scaling) from the older `rope_scaling` + `rope_theta`, or else `rope_parameters`."""
+    # transformers 5 takes `rope_scaling` over `rope_parameters` when both are set (4.x reads only the former), as
+    # in a 5.x folder whose config.json a user extended the 4.x way
+    field = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    params = hf.get(field) or {}
     if not isinstance(params, dict):
-        raise ValueError(f"config rope_parameters/rope_scaling={params!r}: expected an object")
+        raise ValueError(f"config {field}={params!r}: expected an object")
     theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ROPE_TYPES:
-        raise ValueError(f"config rope type {kind!r}: supported are {', '.join(ROPE_TYPES)}")
+        raise ValueError(f"config {field} rope_type={kind!r}: supported are {', '.join(ROPE_TYPES)}")
     if kind == "default":
         return theta, None
     scaling = {k: v for k, v in params.items() if k not in ("rope_type", "type", "rope_theta")}
+    if kind == "llama3":  # transformers' fallback for the pretraining length
+        scaling.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
     return theta, {"type": kind, **scaling}  # ModelConfig names any key it does not know
 
 

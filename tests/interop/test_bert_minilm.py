@@ -320,6 +320,17 @@ def test_config_round_trip_and_rejections():
         bert.config_from_hf({**hf, "architectures": ["BertForQuestionAnswering"]})
 
 
+def test_a_config_without_optional_keys_takes_bert_configs_defaults():
+    """BertConfig's intermediate_size is 3072 at any width: a config.json that leaves it out (with hidden_size 384)
+    loads as transformers builds it, not refused as mis-shaped."""
+    given = {"model_type": "bert", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+             "vocab_size": 100}
+    ref = transformers.BertConfig(**given)
+    cfg = bert.config_from_hf(given)
+    assert (cfg.intermediate_size, cfg.block_size, cfg.type_vocab_size, cfg.norm_eps, cfg.gelu_approx) == (
+        ref.intermediate_size, ref.max_position_embeddings, ref.type_vocab_size, ref.layer_norm_eps, "none")
+
+
 def test_to_ours_names_missing_unknown_and_misshaped_keys():
     cfg = small_bert(n_layer=1)
     hf_sd = bert.to_hf(build_model(cfg).state_dict(), cfg)

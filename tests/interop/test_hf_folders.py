@@ -67,6 +67,38 @@ def test_pickle_only_folder_is_refused_unless_opted_in(tmp_path):
         torch.testing.assert_close(model(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
 
 
+def test_sharded_pickle_weights_load_when_opted_in(tmp_path):
+    """Older checkpoints shard pickles (pytorch_model-0000k-of-0000n.bin + pytorch_model.bin.index.json), which
+    transformers loads: refused unless opted in, as pytorch_model.bin is, never 'has no weights'; convert --allow-pickle
+    turns them into safetensors."""
+    src = tmp_path / "hf"
+    ref = hf_folder(src, shard="4KB")
+    weight_map = {}
+    shards = sorted(src.glob("model-*-of-*.safetensors"))
+    for shard in shards:
+        name = shard.name.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+        part = load_file(shard)
+        torch.save(part, src / name)
+        weight_map.update(dict.fromkeys(part, name))
+        shard.unlink()
+    (src / "model.safetensors.index.json").unlink()
+    (src / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert len(shards) > 1
+    with pytest.raises(CheckpointError, match=r"pytorch_model.bin.index.json.*allow_pickle=True"):
+        load(src)
+    model, _ = load(src, allow_pickle=True)
+    with torch.no_grad():
+        want = transformers.AutoModelForCausalLM.from_pretrained(src).eval()(ids()).logits
+        torch.testing.assert_close(ref(ids()).logits, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(ids()).logits, want, atol=1e-5, rtol=0)
+    out = convert(src, tmp_path / "out", to="hf", allow_pickle=True)
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin*"))
+    weight_map[KEY] = "pytorch_model-00009-of-00009.bin"  # the index is checked as a safetensors one is
+    (src / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match="do not exist: pytorch_model-00009-of-00009.bin"):
+        load(src, allow_pickle=True)
+
+
 @pytest.mark.parametrize("allow_pickle", [False, True])
 def test_malicious_pickle_never_runs(tmp_path, allow_pickle):
     hf_folder(tmp_path)
@@ -290,6 +322,29 @@ def test_convert_hf_to_run_and_back(tmp_path):
         torch.testing.assert_close(again(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
     hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(out)
     assert hf_tok("some text").input_ids == tok.encode("some text")
+
+
+def test_convert_without_a_tokenizer_keeps_the_sources_special_ids(tmp_path):
+    """A weights-only HF folder (no tokenizer files) rewritten as HF (resharded, or pickle -> safetensors) keeps
+    config.json's and generation_config.json's bos/eos/pad ids: written as null, transformers' generate on the copy
+    ran past the eos the source stops at."""
+    src = tmp_path / "hf"
+    ref = hf_folder(src)
+    prompt = torch.tensor([[5, 9, 30, 7]])
+    with torch.no_grad():
+        free = ref.generate(prompt, do_sample=False, max_new_tokens=8, eos_token_id=None, pad_token_id=0)[0, 4:]
+    ref.generation_config.eos_token_id = [0, int(free[3])]  # a token greedy reaches: the source stops there
+    ref.generation_config.pad_token_id = 3
+    ref.save_pretrained(src, safe_serialization=True)
+    out = convert(src, tmp_path / "out", to="hf", max_shard_size=4000)
+    again = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert (again.config.bos_token_id, again.config.eos_token_id) == (0, 0)
+    settings = transformers.GenerationConfig.from_pretrained(out)
+    assert (settings.eos_token_id, settings.pad_token_id) == ([0, int(free[3])], 3)
+    with torch.no_grad():
+        want = ref.generate(prompt, do_sample=False, max_new_tokens=8)
+        assert again.generate(prompt, do_sample=False, max_new_tokens=8).tolist() == want.tolist()
+    assert want.shape[1] < 4 + 8
 
 
 def test_convert_rejects_bad_arguments(tmp_path):

@@ -168,6 +168,10 @@ def test_legacy_rope_scaling_config_is_read(tmp_path):
     ({"attention_bias": True, "mlp_bias": False}, "attention_bias"),
     ({"model_type": "qwen2"}, "model_type"),
     ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "beta": 1}}, "beta"),
+    # the refusal names the field the type came from
+    ({"rope_parameters": {"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4}},
+     "rope_parameters rope_type='longrope'"),
+    ({"rope_scaling": {"type": "yarn", "factor": 2.0}}, "rope_scaling rope_type='yarn'"),
 ])
 def test_config_from_hf_refuses_what_we_do_not_build(change, match):
     hf = llama.config_to_hf(llama.config_from_hf(dict(BASE, model_type="llama"))) | change
@@ -226,6 +230,36 @@ def test_generation_config_eos_ids_end_a_generation_as_in_transformers(tmp_path)
     assert list(stream(model, loaded, prompt, temperature=0, max_new_tokens=8))[-1].finish_reason == "stop"
     save_hf(model, loaded, tmp_path / "out")
     assert transformers.GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == [tok.eos_id, turn_end]
+
+
+def test_config_json_eos_ids_end_a_generation_without_a_generation_config(tmp_path):
+    """A folder without generation_config.json (as merge tools write them): transformers' generate takes config.json's
+    eos_token_id (an id, or a list such as Llama 3.1 Instruct's) and stops at each; so do generate and stream."""
+    import string
+
+    from neurallayers.generation import generate, stream
+
+    tok = Tokenizer.train_char([string.printable[:94]])
+    ref = hf_model("gqa")
+    prompt = [5, 9, 30, 7]
+    with torch.no_grad():
+        free = ref.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=8, eos_token_id=None,
+                            pad_token_id=0)[0, len(prompt):].tolist()
+    turn_end = next(t for t in free[2:] if t not in free[:2] and t != tok.eos_id)
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    tok.save(tmp_path)
+    (tmp_path / "generation_config.json").unlink()
+    edit_config(tmp_path, eos_token_id=[tok.eos_id, turn_end])
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        want = ref.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=8, pad_token_id=0)
+    want = want[0, len(prompt):].tolist()
+    assert want[-1] == turn_end and len(want) < 8
+    model, loaded = load(tmp_path)
+    assert loaded.eos_ids == [tok.eos_id, turn_end]
+    (gen,) = generate(model, loaded, [prompt], temperature=0, max_new_tokens=8)
+    assert gen.token_ids == want[:-1] and gen.finish_reason == "stop"
+    assert list(stream(model, loaded, prompt, temperature=0, max_new_tokens=8))[-1].finish_reason == "stop"
 
 
 def test_extra_eos_ids_survive_a_run_directory(tmp_path):
@@ -305,3 +339,50 @@ def test_a_dynamic_ntk_context_survives_the_round_trip(tmp_path):
     save_hf(build_model(as_usual), None, tmp_path / "usual")
     assert "neurallayers_block_size" not in (tmp_path / "usual/config.json").read_text()
     assert load(tmp_path / "usual")[0].config.block_size == 200
+
+
+def edit_config(folder, **changes) -> None:
+    """Sets (or, for None, removes) top-level keys of a folder's config.json."""
+    hf = json.loads((folder / "config.json").read_text())
+    hf.update(changes)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in hf.items() if v is not None}))
+
+
+def test_rope_scaling_next_to_rope_parameters_is_read_as_transformers_reads_it(tmp_path):
+    """A transformers 5 folder (rope_parameters, unscaled) whose config.json a user extended the 4.x way, with
+    `rope_scaling`: transformers 4 and 5 both run the scaled model; reading rope_parameters gave another one."""
+    ref = hf_model("gqa")
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    edit_config(tmp_path, rope_scaling={"type": "linear", "factor": 4.0})
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert ref.config.rope_parameters["rope_type"] == "linear"
+    model, _ = load(tmp_path)
+    assert model.config.rope_scaling == {"type": "linear", "factor": 4.0}
+    assert_same_logits(model, ref)
+
+
+@pytest.mark.parametrize("field", ["rope_parameters", "rope_scaling"])
+def test_llama3_scaling_without_its_original_length_takes_max_position_embeddings(tmp_path, field):
+    """transformers falls back to max_position_embeddings for llama3's original_max_position_embeddings."""
+    hf_model("gqa").save_pretrained(tmp_path, safe_serialization=True)
+    rope = {k: v for k, v in LLAMA3.items() if k != "original_max_position_embeddings"}
+    edit_config(tmp_path, rope_parameters=rope if field == "rope_parameters" else None,
+                rope_scaling=rope if field == "rope_scaling" else None)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    model, _ = load(tmp_path)
+    assert model.config.rope_scaling["original_max_position_embeddings"] == BASE["max_position_embeddings"]
+    assert_same_logits(model, ref)
+    save_hf(model, None, tmp_path / "out")
+    assert_same_logits(model, transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval())
+
+
+def test_a_mistral_config_without_optional_keys_takes_transformers_defaults():
+    """A config.json that leaves out sliding_window means MistralConfig's 4096-token window, not none (and its
+    other defaults differ from Llama's): otherwise the model silently attends further back than transformers."""
+    given = {"model_type": "mistral", "hidden_size": 64, "num_attention_heads": 8, "num_hidden_layers": 2,
+             "vocab_size": VOCAB}
+    ref = transformers.MistralConfig(**given)
+    cfg = llama.config_from_hf(given)
+    assert (cfg.sliding_window, cfg.n_kv_head, cfg.intermediate_size, cfg.block_size) == (
+        ref.sliding_window, ref.num_key_value_heads, ref.intermediate_size, ref.max_position_embeddings)
+    assert llama.config_from_hf(given | {"sliding_window": None}).sliding_window is None  # explicit null: no window
