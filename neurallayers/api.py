@@ -92,11 +92,13 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     return model.eval(), tokenizer
 
 
-def generation_defaults(path: str | Path) -> dict:
+def generation_defaults(path: str | Path, *, sampling: bool = False) -> dict:
     """The sampling settings a model folder recommends, as GenerationConfig fields: its generation_config.json
-    (temperature, top_k, top_p, min_p, repetition_penalty; `do_sample: false` is temperature 0), which a Hugging
-    Face folder, or a run converted from one, may hold; {} without it. The CLI and the server use them for the knobs a
-    user leaves unset; in Python: `GenerationConfig(**generation_defaults(path), max_new_tokens=64)`.
+    (temperature, top_k, top_p, min_p, repetition_penalty; `do_sample: false` makes the temperature 0, unless
+    `sampling=True`: the settings to sample with when a caller turns sampling on, as transformers' do_sample=True
+    does), which a Hugging Face folder, or a run converted from one, may hold; {} without it. The CLI and the server
+    use them for the knobs a user leaves unset; in Python: `GenerationConfig(**generation_defaults(path),
+    max_new_tokens=64)`.
     """
     path = resolve_model_path(path)
     if not path.exists():
@@ -105,7 +107,7 @@ def generation_defaults(path: str | Path) -> dict:
         raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
     from neurallayers.interop.hf import generation_defaults as hf_defaults
 
-    return hf_defaults(path)  # a run converted from a Hugging Face folder keeps its generation_config.json
+    return hf_defaults(path, sampling=sampling)  # a run converted from a Hugging Face folder keeps its generation_config.json
 
 
 def train(config: object, out_dir: str | Path, *, resume: bool | str | Path = False, progress: bool = True,

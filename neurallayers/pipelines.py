@@ -214,15 +214,17 @@ class TextGenerationPipeline(Pipeline):
         if not self.config.causal:
             raise ValueError("text-generation needs a causal decoder model (config.causal=True), got an encoder")
         self.sampling_defaults: dict = {}  # api.generation_defaults of the folder; pipeline() sets it
+        self.do_sample_defaults: dict = {}  # the same with sampling=True: for do_sample=True on a do_sample-false file
 
     def _model_defaults(self, gen_kwargs: dict, do_sample: bool | None) -> dict:
         """The folder's settings for the knobs `gen_kwargs` leaves unset, as the CLI takes them: none for beam search
         (deterministic), only top_k for contrastive search; its `do_sample: false` (temperature 0) yields to
-        do_sample=True."""
+        do_sample=True, which samples at the file's temperature and top_p, as transformers does."""
         from neurallayers.interop.hf import defaults_for_method
 
         beams, alpha = gen_kwargs.get("num_beams", 1), gen_kwargs.get("penalty_alpha", 0.0)
-        usable = defaults_for_method(self.sampling_defaults, num_beams=beams if isinstance(beams, int) else 1,
+        defaults = self.do_sample_defaults if do_sample is True else self.sampling_defaults
+        usable = defaults_for_method(defaults, num_beams=beams if isinstance(beams, int) else 1,
                                      penalty_alpha=alpha if isinstance(alpha, int | float) else 0.0)
         chosen = {k: v for k, v in usable.items() if k not in gen_kwargs}
         if do_sample is True and chosen.get("temperature") == 0:
@@ -319,4 +321,5 @@ def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], **kwarg
         from neurallayers.api import generation_defaults
 
         pipe.sampling_defaults = generation_defaults(path)
+        pipe.do_sample_defaults = generation_defaults(path, sampling=True)
     return pipe

@@ -237,6 +237,8 @@ def test_text_generation_from_a_folder_samples_as_its_generation_config_says(tmp
     unset (Llama-3-Instruct: temperature 0.6, top_p 0.9; do_sample false: greedy); the pipeline sampled at 1.0."""
     import json
 
+    import transformers
+
     from neurallayers.generation import generate
     from neurallayers.interop.hf import save_hf
 
@@ -260,6 +262,15 @@ def test_text_generation_from_a_folder_samples_as_its_generation_config_says(tmp
     path.write_text(json.dumps({**json.loads(path.read_text()), "do_sample": False}))
     gen = pipeline("text-generation", model=tmp_path)
     assert piped() == text(temperature=0)
-    assert piped(do_sample=True) == text()  # do_sample=True overrides the folder's greedy
+    # do_sample=True overrides the folder's greedy and samples with its temperature and top_k, as transformers does
+    # (it sampled at 1.0 without them)
+    assert piped(do_sample=True) == text(temperature=0.3, top_k=3) != text()
+    # transformers' greedy applies the file's repetition_penalty (it was dropped with the other knobs)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "repetition_penalty": 3.0}))
+    gen = pipeline("text-generation", model=tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    prompt = tok.encode("hello")
+    want = hf.generate(torch.tensor([prompt]), max_new_tokens=12, pad_token_id=0)[0, len(prompt):].tolist()
+    assert piped() == tok.decode(want) == text(temperature=0, repetition_penalty=3.0) != text(temperature=0)
     assert pipeline("text-generation", model=(model, tok))("hello", max_new_tokens=12, seed=1,
                                                             return_full_text=False)[0]["generated_text"] == text()

@@ -158,10 +158,12 @@ def defaults_for_method(defaults: dict, *, num_beams: int = 1, penalty_alpha: fl
     return {k: v for k, v in defaults.items() if k in usable}
 
 
-def generation_defaults(folder: str | Path) -> dict:
+def generation_defaults(folder: str | Path, *, sampling: bool = False) -> dict:
     """The sampling a model folder's generation_config.json recommends (Llama-3-Instruct: temperature 0.6,
-    top_p 0.9), as GenerationConfig fields: its temperature, top_k, top_p, min_p and repetition_penalty, or
-    {"temperature": 0.0} when it says `do_sample: false` (transformers then decodes greedily). {} without the file.
+    top_p 0.9), as GenerationConfig fields: its temperature, top_k, top_p, min_p and repetition_penalty, with
+    temperature 0.0 when it says `do_sample: false` (transformers then decodes greedily, still applying its
+    repetition_penalty); `sampling=True` ignores do_sample (the settings transformers samples with when a caller turns
+    sampling on: the file's temperature, not 1.0). {} without the file.
     A value GenerationConfig would refuse is left out with a warning (transformers loads such a file too, and a
     user who sets that knob never needs it); top_k -1 is vLLM's "off", 0 here.
     """
@@ -169,8 +171,6 @@ def generation_defaults(folder: str | Path) -> dict:
     if not path.is_file():
         return {}
     settings = read_json(path)
-    if settings.get("do_sample") is False:
-        return {"temperature": 0.0}
     from neurallayers.generation import GenerationConfig
 
     out = {}
@@ -189,6 +189,8 @@ def generation_defaults(folder: str | Path) -> dict:
         except (ValueError, OverflowError) as e:
             why = str(e).split(": ", 1)[-1]
             warnings.warn(f"{path}: {name}={value!r} is not used ({why})", stacklevel=2)
+    if settings.get("do_sample") is False and not sampling:
+        out["temperature"] = 0.0
     return out
 
 

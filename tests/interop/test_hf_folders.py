@@ -404,7 +404,11 @@ def test_generation_defaults_read_transformers_sampling_settings(tmp_path):
                                                     "repetition_penalty": 1.1}
     path = tmp_path / "hf" / "generation_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "do_sample": False}))  # older transformers wrote it
-    assert generation_defaults(tmp_path / "hf") == {"temperature": 0.0}
+    # greedy in transformers, which still applies the file's repetition_penalty (and samples with the rest when a
+    # caller turns sampling on)
+    assert generation_defaults(tmp_path / "hf") == {"temperature": 0.0, "top_k": 20, "top_p": 0.9, "min_p": 0.05,
+                                                    "repetition_penalty": 1.1}
+    assert generation_defaults(tmp_path / "hf", sampling=True)["temperature"] == 0.6
     # a value transformers loads but GenerationConfig refuses: left out, with a warning (the model stays usable)
     path.write_text(json.dumps({"top_k": "20", "temperature": -1, "top_p": 0.5}))
     with pytest.warns(UserWarning, match=r"generation_config.json: temperature=-1 is not used \(must be >= 0"):
