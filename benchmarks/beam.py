@@ -53,7 +53,7 @@ def compare(fn_a, fn_b, *, budget: float, min_pairs: int = 3) -> tuple[float, fl
 
 @torch.inference_mode()
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--beams", type=int, default=4)
     p.add_argument("--prompt", type=int, default=32, help="prompt tokens")
     p.add_argument("--new", type=int, default=32, help="new tokens per sequence")

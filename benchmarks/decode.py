@@ -172,7 +172,7 @@ def same_rows(a: list[list[int]], b: list[list[int]]) -> str:
 
 @torch.inference_mode()
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--new", type=int, default=128, help="new tokens per row in the decode rows")
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens in the prefill row")
     p.add_argument("--decode-prompt", type=int, default=16, help="prompt tokens per row in the decode rows")

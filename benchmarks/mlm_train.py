@@ -42,7 +42,7 @@ class Trainer:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--budget", type=float, default=10.0, help="seconds of alternating steps per row")
     p.add_argument("--batch", type=int, default=16)

@@ -67,7 +67,7 @@ def plain_decode(model, prompt: list[int], cfg) -> list[int]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache-dir", default=os.path.join(os.environ.get("NEURALLAYERS_CACHE")
                                                         or os.path.expanduser("~/.cache/neurallayers"),
                                                         "bench-speculative"))

@@ -1,0 +1,141 @@
+"""The README and the Makefile against the code they describe: every `neurallayers` command the README (or a config's
+header) shows names a verb, flags and config fields that exist (tests/training checks that the configs load); the run
+summary the README quotes has the fields `train` prints; the make targets install and run what the README says; each
+benchmark's --help says what it measures. Parsing only: seconds."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+import runpy
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from neurallayers.__main__ import VERBS, build_verb_parser
+from neurallayers.cli.train import summary
+from neurallayers.training.config import SECTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def shown_commands() -> list[list[str]]:
+    """The words of each `neurallayers ...` command in the README's bash blocks and inline code, and in the usage
+    lines of the configs' header comments (from `neurallayers` on)."""
+    lines = [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", README, re.S)
+        for line in block.replace("\\\n", " ").splitlines()
+    ]
+    lines += re.findall(r"`(neurallayers [a-z]+(?: [^`]*)?)`", README)
+    lines += [
+        line.lstrip("# ")
+        for path in CONFIGS
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.lstrip("# ").startswith("neurallayers ")
+    ]
+    commands = []
+    for line in lines:
+        words = shlex.split(re.sub(r"(^|\s+)#.*", "", line))  # a comment is not part of the command
+        if "neurallayers" in words:
+            commands.append(words[words.index("neurallayers") :])
+    return commands
+
+
+COMMANDS = shown_commands()
+
+
+def test_the_readme_shows_commands_of_every_verb():
+    assert {words[1] for words in COMMANDS} == set(VERBS)
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=lambda words: " ".join(words)[:70])
+def test_each_shown_command_names_options_that_exist(words):
+    verb = words[1]
+    assert verb in VERBS, f"{' '.join(words)}: no verb {verb!r}"
+    module, parser = build_verb_parser(verb)
+    options = {name for action in parser._actions for name in action.option_strings}
+    for word in words[2:]:
+        if not word.startswith("--"):
+            continue
+        name = word.split("=")[0]
+        if "." in name and getattr(module, "ACCEPTS_OVERRIDES", False):  # --section.field[.key] override
+            section, field = name[2:].split(".")[:2]
+            assert section in SECTIONS, f"{' '.join(words)}: no config section {section!r}"
+            assert field in {f.name for f in dataclasses.fields(SECTIONS[section])}, (
+                f"{' '.join(words)}: {section} has no field {field!r}"
+            )
+        else:
+            assert name in options, f"{' '.join(words)}: `neurallayers {verb}` has no option {name}"
+
+
+def test_the_files_the_readme_names_exist():
+    named = set(re.findall(r"(?:configs|benchmarks)/[\w.-]+\.(?:yaml|py)", README))
+    assert named and {name for name in named if not (ROOT / name).is_file()} == set()
+
+
+def test_the_quoted_run_summaries_have_the_fields_train_prints():
+    result = SimpleNamespace(
+        run_dir="runs/demo",
+        steps=10,
+        final_val_loss=3.0,
+        best_val_loss=3.0,
+        tokens_per_second=100.0,
+        wall_seconds=1.0,
+        stopped_reason="max_steps",
+        first_step_seconds=0.1,
+        median_step_seconds=0.1,
+    )
+
+    def labels(line: str) -> list[str]:
+        return [part.split(":")[0] for part in line.split("  ")]
+
+    quoted = [line for line in README.splitlines() if line.startswith("run: ")]
+    assert quoted
+    for line in quoted:
+        assert labels(line) == labels(summary(result)), line
+
+
+def make_dry_run(target: str, tmp_path: Path) -> str:
+    """What `make -n TARGET` would run with a virtual environment that does not exist yet (nothing runs)."""
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    return subprocess.run(
+        ["make", "-n", "-C", str(ROOT), target, f"VENV={tmp_path / 'venv'}"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_make_demo_installs_matplotlib_for_the_loss_plot(tmp_path):
+    # the demo's run directory holds loss.png (README); without the plot extra fit() warns and skips it
+    installs = [
+        line for line in make_dry_run("demo", tmp_path).splitlines() if "pip install" in line and " -e " in line
+    ]
+    assert installs and any("plot" in line for line in installs), installs
+
+
+def test_make_bench_runs_every_benchmark_but_finetune(tmp_path):
+    loop = next(line for line in make_dry_run("bench", tmp_path).splitlines() if line.startswith("for b in"))
+    run = set(loop.split(" in ", 1)[1].split(";")[0].split())
+    scripts = {path.stem for path in (ROOT / "benchmarks").glob("*.py") if "__main__" in path.read_text()}
+    assert run == scripts - {"finetune"}  # finetune.py starts from a trained run it must be given (README)
+
+
+BENCHMARKS = sorted(path for path in (ROOT / "benchmarks").glob("*.py") if "__main__" in path.read_text())
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda path: path.name)
+def test_each_benchmark_help_says_what_it_measures(script, monkeypatch, capsys):
+    # the docstring's first paragraph names what is timed and against what; its first line alone stops mid-sentence
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(script), run_name="__main__")
+    first_paragraph = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))).split("\n\n")[0]
+    assert " ".join(first_paragraph.split()) in " ".join(capsys.readouterr().out.split())
