@@ -107,7 +107,8 @@ def generation_defaults(path: str | Path, *, sampling: bool = False) -> dict:
         raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
     from neurallayers.interop.hf import generation_defaults as hf_defaults
 
-    return hf_defaults(path, sampling=sampling)  # a run converted from a Hugging Face folder keeps its generation_config.json
+    # a run converted from a Hugging Face folder keeps its generation_config.json
+    return hf_defaults(path, sampling=sampling)
 
 
 def train(config: object, out_dir: str | Path, *, resume: bool | str | Path = False, progress: bool = True,

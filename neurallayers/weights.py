@@ -204,6 +204,13 @@ def _few(label: str, names: list[str], n: int = 5) -> str:
 
 # ----- writing -----
 
+def _new_file_mode() -> int:
+    """The permissions open() gives a new file here: 0o666 less the umask (read by setting it, then restoring)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
                      metadata: dict[str, str] | None = None) -> Path:
     """Writes `sd` atomically (temp file, fsync, rename, fsync of the folder).
@@ -232,6 +239,7 @@ def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(unique, str(tmp), metadata=meta or None)
+        os.chmod(tmp, _new_file_mode())  # safetensors creates it 0o600: unreadable to a team or a server's user
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)

@@ -1,4 +1,5 @@
 import json
+import os
 import struct
 import tracemalloc
 
@@ -145,3 +146,20 @@ def test_random_bytes_are_refused_as_unreadable(tmp_path):
         path.write_bytes(b"hello world" * (seed + 1) if seed % 5 == 0 else data)
         with pytest.raises(CheckpointError, match="state.pt: not a readable torch checkpoint"):
             torch_load_safe(path)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_saved_weights_are_readable_as_the_umask_says(tmp_path):
+    """safetensors creates its file 0o600, so a run's model.safetensors could not be read by a team sharing the folder
+    or a server running as another user, while every other file of the run was 0o644."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_safetensors({"w": torch.zeros(2)}, tmp_path / "a.safetensors")
+        os.umask(0o002)
+        save_safetensors({"w": torch.zeros(2)}, tmp_path / "b.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.safetensors").stat().st_mode & 0o777 == 0o664
