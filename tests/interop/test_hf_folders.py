@@ -195,6 +195,9 @@ def test_dtype_and_device_arguments(tmp_path):
         assert next(load(tmp_path, dtype=name)[0].parameters()).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype='half16': expected a torch.dtype or one of fp32"):
         load(tmp_path, dtype="half16")
+    # fp16 on a CPU ran generate/eval/serve silently ~60x slower than fp32 (training refuses it there)
+    with pytest.warns(UserWarning, match="fp16 weights on a CPU: .* use fp32"):
+        assert next(load(tmp_path, dtype="fp16")[0].parameters()).dtype == torch.float16
     with pytest.raises(ValueError, match=r"dtype=torch.int8: weights need a floating-point dtype"):
         load(tmp_path, dtype=torch.int8)  # not torch's TypeError after every weight was read
 
