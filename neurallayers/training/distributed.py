@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +53,11 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
     if mode in ("ddp", "fsdp") and not launched_by_torchrun():  # asked for by name: say why it is one process
         log.warning("train.distributed=%s, but this process was not started by torchrun: training in this one "
                     "process (torchrun --nproc_per_node N -m neurallayers train ... runs N)", mode)
+    if mode == "none" and launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        # every process would train the whole run alone, each as rank 0, into the same run directory
+        raise ValueError(f"TrainConfig.distributed='none', but torchrun started {os.environ['WORLD_SIZE']} processes, "
+                         "which would each train the whole run into the same files; use 'auto', 'ddp' or 'fsdp', or "
+                         "start one process (neurallayers train ...)")
     if mode == "none" or not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return DistInfo()
     if device_type == "mps":
@@ -176,6 +183,39 @@ def _rekey(optim_sd: dict, names: list[str], *, to_names: bool) -> dict:
                 "param_groups": [{**g, "params": [key[p] for p in g["params"]]} for g in optim_sd["param_groups"]]}
     except KeyError as e:
         raise ValueError(f"the optimizer state names a parameter this model's optimizer does not have: {e}") from None
+
+
+def on_rank_zero(fn: Callable[[], object], info: DistInfo) -> object:
+    """fn() on rank 0 alone, the others waiting for it; its result there, None elsewhere.
+
+    Rank 0's error (a bad data path, a logger that cannot start, a full disk) is raised on every rank: the others
+    would otherwise wait in their next collective, then fail with gloo's "Connection closed by peer" traceback (or,
+    with no launcher to stop them, wait out the process-group timeout)."""
+    if not info.enabled:
+        return fn()
+    result = error = None
+    if info.is_main:
+        try:
+            result = fn()
+        except Exception as e:
+            error = e
+    box = [_portable(error)]
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    if box[0] is not None:
+        raise box[0]
+    return result
+
+
+def _portable(error: Exception | None) -> Exception | None:
+    """`error` as it can travel to the other ranks (pickled): itself, or a RuntimeError saying what it was."""
+    if error is None:
+        return None
+    try:
+        return pickle.loads(pickle.dumps(error))
+    except Exception:  # an exception whose arguments do not pickle, or do not rebuild it
+        return RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")
 
 
 def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -128,12 +128,12 @@ class _Fit:
         source = _init_source(run) if target is None and run.train.init_from else None
         tokenizer = Tokenizer.load(out) if target is not None else source.tokenizer if source else None
         pretrained = bool(run.train.init_from)
-        # Data: rank 0 builds tokenizer and token cache first; the others then find them cached.
+        # Data: rank 0 builds tokenizer and token cache first; the others then find them cached (or raise its error).
+        prepared = dist.on_rank_zero(lambda: prepare_data(run, tokenizer=tokenizer, show_progress=progress,
+                                                          pretrained=pretrained), info)
         if info.is_main:
-            tokenizer, self.tokens, run = prepare_data(run, tokenizer=tokenizer, show_progress=progress,
-                                                       pretrained=pretrained)
-        dist.barrier(info)
-        if not info.is_main:
+            tokenizer, self.tokens, run = prepared
+        else:
             tokenizer, self.tokens, run = prepare_data(run, tokenizer=tokenizer, show_progress=False,
                                                        pretrained=pretrained)
         self.run_cfg, self.cfg, self.tokenizer = run, run.train, tokenizer
@@ -186,7 +186,7 @@ class _Fit:
                         "= %d: no evaluation; model.safetensors = final weights", len(self.tokens.val),
                         run.data.val_fraction, run.model.block_size + 1)
         dist.barrier(info)  # every rank has read the run's files (_restore) before rank 0 changes them
-        self.loggers = self._open_loggers(loggers) if info.is_main else []
+        self.loggers = dist.on_rank_zero(lambda: self._open_loggers(loggers), info) or []
         self.last_saved = self.step if state is not None else -1
 
     # ----- setup helpers -----
@@ -249,6 +249,11 @@ class _Fit:
             log.warning("the checkpoint's run took batches of %d sequences (all processes) x %d accumulation steps and "
                         "this run takes %d x %d: the data order and the losses differ from an uninterrupted run",
                         *before, *now)
+        elif saved_world != self.info.world_size and self._has_dropout():
+            # each process seeds its own dropout masks (step_seed): other processes, other masks
+            log.warning("the checkpoint was written by %d processes and this run has %d: the batches are the same %d "
+                        "sequences, but dropout draws other masks, so the losses differ from an uninterrupted run",
+                        saved_world, self.info.world_size, now[0])
         elif saved_world != self.info.world_size:
             log.info("the checkpoint was written by %d processes and this run has %d, with the same batches of %d "
                      "sequences", saved_world, self.info.world_size, now[0])
@@ -319,6 +324,10 @@ class _Fit:
                     " and the weights they led to (model.safetensors)" if later else "", folder)
         if self.weights_from is not None:
             ckpt.copy_model(self.weights_from, self.out)
+
+    def _has_dropout(self) -> bool:
+        model = self.run_cfg.model
+        return max(model.dropout, model.attn_dropout, model.drop_path) > 0
 
     def _eval_windows(self) -> int:
         """How many validation windows an evaluation scores (a best val loss compares only with the same ones)."""
@@ -459,8 +468,7 @@ class _Fit:
                     final_val = self._evaluate()
             if terminal and self.best_val is None:  # never evaluated: the final weights are the model
                 state = dist.model_state(self.wrapped, info)
-                if info.is_main:
-                    ckpt.save_model(self.out, state)
+                dist.on_rank_zero(lambda: ckpt.save_model(self.out, state), info)
             if self.last_saved != self.step and not abandoned:
                 self._save(t0)
             if terminal:
@@ -539,37 +547,39 @@ class _Fit:
         if improved:
             self.best_val, self.bad_evals = val, 0
             state = dist.model_state(self.wrapped, self.info)
-            if self.info.is_main:
-                ckpt.save_model(self.out, state)
+            dist.on_rank_zero(lambda: ckpt.save_model(self.out, state), self.info)
         else:
             self.bad_evals += 1
         return val
 
     def _save(self, t0: float) -> None:
-        cfg, info = self.cfg, self.info
+        info = self.info
         model_sd = dist.model_state(self.wrapped, info)
         optim_sd = dist.optimizer_state(self.wrapped, self.optimizer, info)
-        if info.is_main:
-            state = {
-                "step": self.step,
-                "optimizer": optim_sd,
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "best_val_loss": float("nan") if self.best_val is None else self.best_val,
-                "bad_evals": self.bad_evals,
-                "elapsed": self._elapsed(t0),
-                "rng": ckpt.rng_state(),
-                "data_position": self.step * cfg.grad_accum,  # micro-batches consumed
-                "world_size": info.world_size,
-                "global_batch": cfg.batch_size * info.world_size,
-                "grad_accum": cfg.grad_accum,
-                "eval_windows": self._eval_windows(),
-                "seed": cfg.seed,  # chooses the batches, masks and a documents split's validation pieces
-                "mask_prob": cfg.mask_prob,
-            }
-            ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last)
-        dist.barrier(info)
+        dist.on_rank_zero(lambda: self._write_checkpoint(t0, model_sd, optim_sd), info)  # every rank waits for it
         self.last_saved = self.step
+
+    def _write_checkpoint(self, t0: float, model_sd: dict, optim_sd: dict) -> None:
+        """Rank 0's part of `_save`: the training state beside the weights, written atomically."""
+        cfg, info = self.cfg, self.info
+        state = {
+            "step": self.step,
+            "optimizer": optim_sd,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_val_loss": float("nan") if self.best_val is None else self.best_val,
+            "bad_evals": self.bad_evals,
+            "elapsed": self._elapsed(t0),
+            "rng": ckpt.rng_state(),
+            "data_position": self.step * cfg.grad_accum,  # micro-batches consumed
+            "world_size": info.world_size,
+            "global_batch": cfg.batch_size * info.world_size,
+            "grad_accum": cfg.grad_accum,
+            "eval_windows": self._eval_windows(),
+            "seed": cfg.seed,  # chooses the batches, masks and a documents split's validation pieces
+            "mask_prob": cfg.mask_prob,
+        }
+        ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last)
 
     def _finish(self) -> None:
         """Samples and the loss plot (rank 0); neither may lose a finished run, so failures only warn."""
