@@ -1,7 +1,8 @@
 """`neurallayers serve PATH`: an OpenAI-compatible HTTP server for a run directory or Hugging Face folder.
 
-SIGTERM (or Ctrl-C) stops it gracefully: new requests are refused, requests in flight finish, the engine drains,
-and the process exits 0.
+SIGTERM (or Ctrl-C) stops it gracefully: new requests are refused, requests in flight finish (those still running
+after --shutdown-timeout end with a 503, or an error event in a stream), the engine drains, and the process exits 0
+(130 after Ctrl-C, as any interrupted command).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from neurallayers.cli.common import UserError, add_device_dtype, add_model_path, non_empty, positive_int, torch_dtype
 
 API_KEY_ENV = "NEURALLAYERS_API_KEY"
+ANSWER_GRACE_S = 1.0  # after --shutdown-timeout, for the answers to requests the engine ended
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compile the one-token decode step (neurallayers.generation.fast) before serving: "
                         "15-60 s to start, then 1.3-2x the decode tokens/s on CPU")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
-                        help="seconds to let requests in flight finish after SIGTERM")
+                        help="seconds to let requests in flight finish after SIGTERM; those left then get 503")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -81,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
             app.state.mark_draining()  # a request that still reaches us gets 503, not a half-served answer
             super().handle_exit(sig, frame)
 
+    # The engine ends what is left at --shutdown-timeout; uvicorn then gives those 503s a moment to go out before it
+    # cancels the handlers still running (which a client would see as a plain-text 500 or a cut stream).
     config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
-                            timeout_graceful_shutdown=args.shutdown_timeout)
+                            timeout_graceful_shutdown=args.shutdown_timeout + ANSWER_GRACE_S)
     # uvicorn re-raises the SIGTERM it caught once it has stopped; the handler it restores is this no-op, so a
     # graceful stop ends the process normally (status 0) instead of killing it with the signal.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

@@ -2,7 +2,8 @@
 
 Middleware, outermost first: metrics (every request, by route and status) -> CORS (only with `cors_origins`) ->
 gate (503 while draining, 401 without the API key; /health stays open) -> the routes. The engine starts with the
-server (lifespan) and drains when it stops; `mark_draining()` (the CLI calls it on SIGTERM) refuses new requests.
+server (lifespan) and drains when it stops; `mark_draining()` (the CLI calls it on SIGTERM) refuses new requests and
+ends what is still running shutdown_timeout later with a 503, before the server's own deadline cancels it.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
 
     def mark_draining() -> None:
         draining["on"] = True
+        holder.cut_after(shutdown_timeout)
 
     app.state.mark_draining = mark_draining
     return app

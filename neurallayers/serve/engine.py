@@ -163,12 +163,17 @@ class Engine:
         if thread is None:
             self._end_all()
             return
-        thread.join(timeout)
+        if drain:
+            thread.join(timeout)
         if thread.is_alive():
             with self._cond:
                 self._abort = self._abort or EngineClosed("the engine shut down before the request finished "
                                                           f"(drain timeout of {timeout} s)")
+                left = [s.req for s in self._running] + list(self._waiting)
                 self._cond.notify_all()
+            # end them now, not after the step in progress: the server answers them before its own deadline
+            for req in left:
+                req._fail(self._abort)
             thread.join()
 
     def stats(self) -> dict:

@@ -128,6 +128,27 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     return f"{param}: {first.get('msg')}{shown}", param
 
 
+def content_type_hint(content_type: str | None) -> str | None:
+    """The message for a body FastAPI did not read because its Content-Type is not JSON (`curl -d` sends a form, some
+    clients send none): the body itself may be a fine JSON object, so "not a JSON object" would mislead. None for a
+    JSON type."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return None
+    got = f"got {media!r}" if media else "no Content-Type header"
+    return f"the request body must be JSON sent with 'Content-Type: application/json' ({got})"
+
+
+def unparsed_body(encoding: str | None, cause: BaseException | None) -> str | None:
+    """Why FastAPI could not parse a body, for its bare "There was an error parsing the body": a compressed body (it
+    is not decompressed), bytes that are not UTF-8, JSON nested too deep; None when there is nothing to add."""
+    if encoding and encoding.strip().lower() != "identity":
+        return f"Content-Encoding {encoding.strip()!r} is not supported: send the JSON body uncompressed"
+    if cause is None:
+        return None
+    return f"the request body could not be read as JSON: {type(cause).__name__}: {str(cause)[:200]}"
+
+
 def install(app) -> None:
     """Registers the handlers that give every error the OpenAI shape."""
     from fastapi.exceptions import RequestValidationError
@@ -139,14 +160,17 @@ def install(app) -> None:
 
     async def invalid(request, exc: RequestValidationError):
         message, param = validation_message(list(exc.errors()) or [{"loc": ("body",), "msg": "invalid"}])
+        if param == "body" and (hint := content_type_hint(request.headers.get("content-type"))):
+            message = hint
         return JSONResponse(error_body(message, param=param), status_code=400)
 
     async def http_error(request, exc: HTTPException):
         kind = {401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error"}.get(
             exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
         param = "body" if exc.status_code == 400 else None  # starlette's 400: a body it could not parse
-        return JSONResponse(error_body(str(exc.detail), type=kind, param=param), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        message = unparsed_body(request.headers.get("content-encoding"), exc.__cause__) if param else None
+        return JSONResponse(error_body(message or str(exc.detail), type=kind, param=param),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     async def crashed(request, exc: Exception):
         # A bug, not the client's fault: log the traceback, answer in the OpenAI shape without internals.

@@ -1,6 +1,8 @@
-"""The routes beyond OpenAI's: /health, /metrics, /tokenize, /detokenize, /predict, /batch_predict, /reload."""
+"""The routes beyond OpenAI's: /health, /metrics, /tokenize, /detokenize, /predict, /batch_predict, /reload.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: the handlers' annotations must be real classes when FastAPI reads
+them, and `Request` is imported inside `register` (fastapi stays an optional dependency).
+"""
 
 import functools
 import json
@@ -30,6 +32,7 @@ from neurallayers.serve.streaming import collect, submit_all
 
 def register(app, *, holder, metrics, draining) -> None:
     """Adds the extra routes; `draining()` is True once the server is shutting down."""
+    from fastapi import Request
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
@@ -79,8 +82,9 @@ def register(app, *, holder, metrics, draining) -> None:
                               "tokens", code="invalid_token_id")
         return {"prompt": await run_in_threadpool(served.tokenizer.decode, req.tokens)}
 
-    async def predict_many(prompts: list[str], req, *, param: str = "prompt") -> list[dict]:
-        """param: the request field that holds the prompts, which errors about them name."""
+    async def predict_many(prompts: list[str], req, raw: Request, *, param: str = "prompt") -> list[dict]:
+        """raw: the HTTP request (a client that leaves cancels its generations); param: the request field that holds
+        the prompts, which errors about them name."""
         lease = holder.lease()
         try:
             served = lease.served
@@ -100,7 +104,7 @@ def register(app, *, holder, metrics, draining) -> None:
             except ValueError as e:
                 raise bad_request(str(e).removeprefix("GenerationConfig.")) from None
             requests = submit_all(served, ids, [config], metrics=metrics, param=param)
-            results = await collect(requests, metrics=metrics, started=started)
+            results = await collect(requests, metrics=metrics, started=started, gone=raw.is_disconnected)
             return [{"text": res.text, "finish_reason": res.finish_reason,
                      "usage": usage(r.prompt_tokens, r.completion_tokens)}
                     for res, r in zip(results, requests, strict=True)]
@@ -108,15 +112,15 @@ def register(app, *, holder, metrics, draining) -> None:
             lease.release()
 
     @app.post("/predict", response_model=Prediction, response_model_exclude_none=True, tags=["simple"])
-    async def predict(req: PredictRequest):
+    async def predict(req: PredictRequest, raw: Request):
         """One text in; its completion (decoder models, greedy by default) or its embedding (encoders) out."""
-        (out,) = await predict_many([req.prompt], req)
+        (out,) = await predict_many([req.prompt], req, raw)
         return out
 
     @app.post("/batch_predict", response_model=BatchPrediction, response_model_exclude_none=True, tags=["simple"])
-    async def batch_predict(req: BatchPredictRequest):
+    async def batch_predict(req: BatchPredictRequest, raw: Request):
         """Many texts in, one prediction each (in order) out; they decode together as one batch."""
-        return {"predictions": await predict_many(req.prompts, req, param="prompts")}
+        return {"predictions": await predict_many(req.prompts, req, raw, param="prompts")}
 
     @app.post("/reload", response_model=ReloadResponse, tags=["ops"])
     async def reload(req: ReloadRequest):

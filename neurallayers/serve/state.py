@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -143,6 +144,7 @@ class ModelHolder:
         self._reload_lock: asyncio.Lock | None = None
         self._retiring: dict[asyncio.Task, ServedModel] = {}
         self._idle: dict[int, asyncio.Event] = {}
+        self._cut_timer: threading.Timer | None = None
 
     def lease(self) -> Lease:
         served = self.current
@@ -251,9 +253,28 @@ class ModelHolder:
         self._idle.pop(id(old), None)
         await run_in_threadpool(old.shutdown, drain=True)
 
+    def cut_after(self, seconds: float | None) -> None:
+        """SIGTERM: end what the engines still run `seconds` from now with EngineClosed (a 503, an error event), before
+        uvicorn's deadline cancels its handler into a plain-text 500 or a cut stream. Until then they take requests
+        as before: the gate refuses new ones, and those already past it (tokenizing) are served."""
+        if seconds is None or self._cut_timer is not None:
+            return
+        models = [self.current, *self._retiring.values()]
+
+        def cut() -> None:
+            for served in models:
+                served.shutdown(drain=False)
+
+        self._cut_timer = threading.Timer(seconds, cut)
+        self._cut_timer.daemon = True
+        self._cut_timer.start()
+
     async def close(self) -> None:
         """Server shutdown: drain and stop the current engine and any still retiring."""
         from starlette.concurrency import run_in_threadpool
+
+        if self._cut_timer is not None:  # everything finished in time
+            self._cut_timer.cancel()
 
         retiring = list(self._retiring.items())
         for task, _ in retiring:

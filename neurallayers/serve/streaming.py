@@ -175,6 +175,10 @@ SSE_DONE = "data: [DONE]\n\n"
 
 def sse_error(exc: BaseException) -> str:
     """An error after the response has started (headers are sent: the status can no longer change)."""
+    from neurallayers.serve.engine import EngineClosed
+
+    if isinstance(exc, EngineClosed):  # as collect() answers it: the client may retry elsewhere
+        exc = unavailable("the server stopped before the request finished; retry")
     if isinstance(exc, APIError):
         return sse(exc.body())
     return sse(error_body(f"generation failed: {type(exc).__name__}: {exc}", type="server_error",

@@ -4,6 +4,7 @@ at once, and after every bad request a good one still gets 200."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 
@@ -500,3 +501,66 @@ def test_no_character_bound_where_one_token_can_hold_a_run_of_unknown_characters
     dots = Tokenizer.from_hf(words)
     assert len(dots.encode("a" + "\n" * 1000 + "b")) == 3 and chars_per_token(dots) is None
     assert chars_per_token(Tokenizer.train_char(["ab\n"])) is not None  # [\s\S]: every character its own piece
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "text/plain"},
+                                     {"content-type": "application/x-www-form-urlencoded"}, {}])
+def test_a_json_body_sent_without_a_json_content_type_is_400_naming_the_header(server, headers):
+    # curl -d sends a form's Content-Type; the body is a fine JSON object, so "not a JSON object" would mislead
+    body = json.dumps({"prompt": "The", "max_tokens": 2}).encode()
+    r = httpx.post(f"{server.url}/v1/completions", content=body, headers=headers)
+    err = assert_error(r, 400, "body")
+    assert "Content-Type: application/json" in err["message"], err
+    assert_ok_after(server.url)
+
+
+def test_a_long_token_id_prompt_is_validated_in_one_pass():
+    # A plain union also tried the ids as a list of strings and as a list of lists, building an error per id: 15M ids
+    # (inside the 32 MiB body limit) held the event loop, and /health with it, for 13 s. Now one shape is tried, picked
+    # by the value's type and its first item's: a list of ids with one bad item is one error, not one per id.
+    from pydantic import ValidationError
+
+    from neurallayers.serve.schemas import CompletionRequest, EmbeddingRequest
+
+    for model, field in ((CompletionRequest, "prompt"), (EmbeddingRequest, "input")):
+        with pytest.raises(ValidationError) as e:
+            model.model_validate({field: [1] * 1000 + ["a"]})
+        assert len(e.value.errors()) == 1, (model.__name__, len(e.value.errors()))
+        assert model.model_validate({field: [1] * 1000}) is not None
+
+
+@pytest.mark.parametrize("prompt, words", [(5, "must be a string, a list of strings"), ([1, "a"], "valid integer"),
+                                           (["a", 1], "valid string"), ([[1], "a"], "valid list"),
+                                           ([1.5], "must be a string, a list of strings")])
+def test_a_prompt_of_no_allowed_shape_is_400_saying_what_is_wrong(server, prompt, words):
+    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": prompt, "max_tokens": 1})
+    assert words in assert_error(r, 400, "prompt")["message"]
+
+
+@pytest.mark.parametrize("raw, headers, words", [
+    (b'{"prompt": "The", "max_tokens": 2}', {"content-encoding": "gzip"}, "Content-Encoding 'gzip' is not supported"),
+    (b'{"prompt": "\xff\xfe", "max_tokens": 2}', {}, "UnicodeDecodeError"),
+    (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, "RecursionError"),
+])
+def test_a_body_that_cannot_be_parsed_is_400_saying_why(server, raw, headers, words):
+    # FastAPI says only "There was an error parsing the body"
+    body = gzip.compress(raw) if headers.get("content-encoding") == "gzip" else raw
+    r = httpx.post(f"{server.url}/v1/completions", content=body,
+                   headers={"content-type": "application/json", **headers})
+    assert words in assert_error(r, 400, "body")["message"]
+    assert_ok_after(server.url)
+
+
+@pytest.mark.parametrize("route, body", [("/predict", {"prompt": "The"}), ("/batch_predict", {"prompts": ["The"]})])
+def test_a_client_that_gives_up_on_predict_frees_the_slot(gated, route, body):
+    # as on the OpenAI routes: the generation of a client that left is cancelled, not run to max_tokens ("The" runs
+    # all 40 greedy tokens without an end-of-text)
+    srv, gate, engine, _ = gated
+    gate.delay = 0.05
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{srv.url}{route}", json={**body, "max_tokens": 40}, timeout=0.5)
+    wait_for(lambda: engine.stats()["requests_cancelled"] == 1 and engine.stats()["running"] == 0,
+             what="the abandoned request to be cancelled")
+    assert engine.stats()["tokens_generated"] < 40
+    gate.delay = 0.0
+    assert_ok_after(srv.url)
