@@ -22,7 +22,7 @@ AttentionKernel = Literal["sdpa", "eager"]
 GeluApprox = Literal["tanh", "none"]
 RopeScalingType = Literal["linear", "dynamic", "llama3"]
 Head = Literal["none", "mlm", "sequence_classification", "token_classification"]
-DERIVED = ("n_kv_head", "head_dim", "intermediate_size")  # None: computed from other fields in __post_init__
+DERIVED = ("n_kv_head", "head_dim", "intermediate_size", "final_norm")  # None: computed in __post_init__
 
 _ROPE_SCALING_KEYS = {
     "linear": {"type", "factor"},
@@ -36,8 +36,8 @@ _ROPE_SCALING_FLOATS = ("factor", "low_freq_factor", "high_freq_factor")
 class ModelConfig:
     """Every architecture switch of the decoder and encoder families.
 
-    Derived fields (`n_kv_head`, `head_dim`, `intermediate_size`) are filled from the others when left as None.
-    The config remembers which ones it derived: `to_dict()` writes those as None and `replace()` derives them
+    Derived fields (`n_kv_head`, `head_dim`, `intermediate_size`, `final_norm`) are filled from the others when left
+    as None. The config remembers which ones it derived: `to_dict()` writes those as None and `replace()` derives them
     again from the new values, so `replace(n_embd=...)` never keeps a head_dim computed from the old n_embd.
     A derived field given a value (here or in `replace`) is explicit from then on and kept as it is.
     """
@@ -55,6 +55,9 @@ class ModelConfig:
     norm: Norm = "layernorm"
     norm_eps: float = 1e-5
     norm_placement: NormPlacement = "pre"
+    # A norm after the last block. None: pre-norm stacks and every decoder have one (decoders always had it, so
+    # runs saved before this field load as they were); False gives GPT-1's post-norm decoder, which has none.
+    final_norm: bool | None = None
     mlp: MLPKind = "gelu"
     gelu_approx: GeluApprox = "tanh"  # GPT-2 uses the tanh approximation, BERT the exact erf form
     position: Position = "learned"
@@ -88,9 +91,10 @@ class ModelConfig:
         for name in ("dropout", "attn_dropout", "drop_path"):
             v = getattr(self, name)
             _require(name, v, 0.0 <= v < 1.0, "must be in [0, 1)")
-        _require("norm_eps", self.norm_eps, self.norm_eps > 0, "must be > 0")
-        _require("init_std", self.init_std, 0 < self.init_std < math.inf, "must be > 0 and finite")
-        _require("rope_theta", self.rope_theta, self.rope_theta > 0, "must be > 0")
+        # Finite too: an infinite eps or theta builds a model whose norms output zeros or whose RoPE rotates nothing.
+        for name in ("norm_eps", "init_std", "rope_theta"):
+            v = getattr(self, name)
+            _require(name, v, _is_finite_number(v) and v > 0, "must be > 0 and finite")
         _require("type_vocab_size", self.type_vocab_size, self.type_vocab_size >= 0, "must be >= 0")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
@@ -109,14 +113,26 @@ class ModelConfig:
             _require("head_dim", self.head_dim, self.head_dim % 2 == 0, "must be even for rope positions")
         if self.intermediate_size is None:
             self.intermediate_size = default_intermediate_size(self.n_embd, self.mlp)
+        if self.final_norm is None:
+            self.final_norm = self.causal or self.norm_placement == "pre"
+        # Only a post-norm decoder has the choice: a pre-norm stack's output is the un-normalised residual stream,
+        # and BERT (a post-norm encoder) has no final norm, which its Hugging Face export relies on.
+        _require("final_norm", self.final_norm, self.final_norm or self.norm_placement == "post",
+                 "False needs norm_placement='post' (a pre-norm stack needs its final norm)")
+        post_encoder = self.norm_placement == "post" and not self.causal
+        _require("final_norm", self.final_norm, not (self.final_norm and post_encoder),
+                 "a post-norm encoder (causal=False, BERT) has no final norm: leave it None")
         _require("intermediate_size", self.intermediate_size, self.intermediate_size >= 1, "must be >= 1")
         if self.sliding_window is not None:
             _require("sliding_window", self.sliding_window, self.sliding_window >= 1, "must be >= 1 or None")
             _require("sliding_window", self.sliding_window, self.causal, "needs causal=True")
         if self.layer_scale is not None:
-            _require("layer_scale", self.layer_scale, self.layer_scale > 0, "must be > 0 or None")
+            ok = _is_finite_number(self.layer_scale) and self.layer_scale > 0
+            _require("layer_scale", self.layer_scale, ok, "must be > 0 or None, and finite")
         if self.rope_scaling is not None:
             self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.position)
+            if self.rope_scaling["type"] == "dynamic":  # its base grows by the power head_dim / (head_dim - 2)
+                _require("head_dim", self.head_dim, self.head_dim > 2, "must be > 2 for dynamic rope scaling")
         if self.pad_token_id is not None:
             _require(
                 "pad_token_id", self.pad_token_id, 0 <= self.pad_token_id < self.vocab_size, "must be a valid token id"
@@ -179,6 +195,9 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         for key in data:
+            if not isinstance(key, str):  # a YAML key such as `1:` (difflib would fail on it)
+                raise ValueError(f"ModelConfig field names are strings, got {key!r}; valid fields: "
+                                 f"{', '.join(sorted(known))}")
             if key not in known:
                 hint = difflib.get_close_matches(key, sorted(known), n=1)
                 did = f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -203,7 +222,10 @@ class ModelConfig:
         data = read_yaml_file(path) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
-        if "model" in data and isinstance(data["model"], dict):
+        if "model" in data:  # a run config's section (`model: tiny` read as a field named model otherwise)
+            if not isinstance(data["model"], dict):
+                raise ValueError(f"{path}: 'model' must be a mapping of config fields (or {{preset: name, ...}}), "
+                                 f"got {type(data['model']).__name__}")
             data = data["model"]
         if "preset" in data:
             preset = data.pop("preset")
@@ -214,6 +236,8 @@ class ModelConfig:
     def from_name(cls, name: str) -> ModelConfig:
         from neurallayers.presets import PRESETS
 
+        if not isinstance(name, str):  # `preset: 3` or `preset:` (None) in a YAML file
+            raise ValueError(f"a preset is named by a string, got {name!r}; available: {', '.join(PRESETS)}")
         if name not in PRESETS:
             hint = difflib.get_close_matches(name, list(PRESETS), n=1)
             did = f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -298,10 +322,13 @@ def _check_rope_scaling(scaling: dict, position: str) -> dict:
     _require("rope_scaling", scaling, position == "rope", "needs position='rope'")
     kind = scaling.get("type", scaling.get("rope_type"))
     allowed = get_args(RopeScalingType)
-    _require("rope_scaling", scaling, kind in allowed, f"'type' must be one of {', '.join(map(repr, allowed))}")
+    typo = "" if "type" in scaling or "rope_type" in scaling else _key_hint(set(scaling), {"type"})
+    _require("rope_scaling", scaling, kind in allowed,
+             f"'type' must be one of {', '.join(map(repr, allowed))}{typo}")
     scaling = {("type" if k == "rope_type" else k): v for k, v in scaling.items()}
     extra = set(scaling) - _ROPE_SCALING_KEYS[kind]
-    _require("rope_scaling", scaling, not extra, f"unknown keys {sorted(extra)} for type {kind!r}")
+    _require("rope_scaling", scaling, not extra,
+             f"unknown keys {sorted(extra, key=str)} for type {kind!r}{_key_hint(extra, _ROPE_SCALING_KEYS[kind])}")
     if kind == "llama3":
         missing = _ROPE_SCALING_KEYS["llama3"] - set(scaling)
         _require("rope_scaling", scaling, not missing, f"llama3 scaling needs {sorted(missing)}")
@@ -319,6 +346,14 @@ def _check_rope_scaling(scaling: dict, position: str) -> dict:
         low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
         _require("rope_scaling.high_freq_factor", high, high > low, f"must be > low_freq_factor={low!r}")
     return scaling
+
+
+def _key_hint(unknown: set, valid: set[str]) -> str:
+    """The hint " (did you mean 'factor' for 'factr'?)" for the first unknown key close to a valid one, else ""."""
+    for key in sorted(k for k in unknown if isinstance(k, str)):
+        if close := difflib.get_close_matches(key, sorted(valid), n=1):
+            return f" (did you mean {close[0]!r} for {key!r}?)"
+    return ""
 
 
 def dynamic_scaling_unused(cfg: ModelConfig) -> str | None:
@@ -340,7 +375,12 @@ def dynamic_scaling_unused(cfg: ModelConfig) -> str | None:
 
 
 def _is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int past float's range
+        return False
 
 
 def coerce_float_strings(klass: type, raw: dict) -> dict:

@@ -41,7 +41,7 @@ def resolve_config(target: str):
 
 def _size(n_bytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n_bytes < 1024 or unit == "TiB":
+        if round(n_bytes, 1) < 1024 or unit == "TiB":  # as printed: 1023.96 KiB is "1.0 MiB", not "1024.0 KiB"
             return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{n_bytes:.0f} B"
         n_bytes /= 1024
     raise AssertionError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +62,8 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
 
 
 class DecoderLM(nn.Module):
-    """Causal LM: embeddings -> blocks -> final norm -> lm_head (tied to the embedding when configured)."""
+    """Causal LM: embeddings -> blocks -> final norm (unless config.final_norm is False) -> lm_head (tied to the
+    embedding when configured)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -78,7 +80,7 @@ class DecoderLM(nn.Module):
             self.register_buffer("alibi", alibi_slopes(cfg.n_head), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = build_blocks(cfg)
-        self.norm_f = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.norm_f = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias) if cfg.final_norm else None
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.gradient_checkpointing = False
         init_weights(self, cfg)
@@ -94,13 +96,18 @@ class DecoderLM(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None,
                   device: torch.device | str | None = None, static: bool = False) -> KVCache:
-        """A static KV cache for `batch_size` rows of up to `max_len` (default block_size) positions; `static`
+        """A static KV cache for `batch_size` rows of up to `max_len` (None: block_size) positions; `static`
         keeps attention shapes fixed at tensor positions (see KVCache)."""
         cfg = self.config
         p = self.wte.weight
-        return KVCache(n_layer=cfg.n_layer, batch_size=batch_size, n_kv_head=cfg.n_kv_head,
-                       max_len=max_len or cfg.block_size, head_dim=cfg.head_dim, dtype=dtype or p.dtype,
-                       device=device or p.device, static=static)
+        if max_len is None:
+            max_len = cfg.block_size
+        elif isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or max_len < 1:
+            # 0 once meant "the default": a caller's computed length of 0 became a block_size cache, silently
+            raise ValueError(f"new_cache max_len={max_len!r}: must be an int >= 1, or None for block_size="
+                             f"{cfg.block_size}")
+        return KVCache(n_layer=cfg.n_layer, batch_size=batch_size, n_kv_head=cfg.n_kv_head, max_len=max_len,
+                       head_dim=cfg.head_dim, dtype=dtype or p.dtype, device=device or p.device, static=static)
 
     def estimate_mfu(self, tokens_per_second: float, peak_flops: float, *, seq_len: int | None = None) -> float:
         """Model FLOPs utilisation of training at `tokens_per_second` against a `peak_flops` device."""
@@ -117,7 +124,8 @@ class DecoderLM(nn.Module):
             targets: (B, T) next-token ids aligned with input_ids (already shifted); -100 is ignored.
             attention_mask: (B, S) 1 for real tokens, 0 for padding, over all key positions [0, S) where
                 S = input_pos + T (the cached prefix included).
-            position_ids: (B, T); default input_pos + arange(T). Left-padded batches pass their own.
+            position_ids: (B, T), or (1, T) / (T,) for every row; default input_pos + arange(T). Left-padded
+                batches pass their own.
             cache: a KVCache from `new_cache`; the new keys/values are written at input_pos.. and attention
                 covers everything cached before them.
             input_pos: where these tokens start in the cache: an int for all rows or a (B,) tensor per row.
@@ -130,6 +138,8 @@ class DecoderLM(nn.Module):
                              f"got {tuple(targets.shape)}")
         device = input_ids.device
         per_row = isinstance(input_pos, torch.Tensor)
+        if position_ids is not None:
+            position_ids = check_position_ids(position_ids, b, t)
         shared_positions = position_ids is None and not per_row  # every row at the same positions
         if cache is None and t > cfg.block_size:
             raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
@@ -162,7 +172,8 @@ class DecoderLM(nn.Module):
                 x, w = block(x, **kw)
             if output_attentions:
                 attentions.append(w)
-        x = self.norm_f(x)
+        if self.norm_f is not None:  # post-norm blocks (GPT-1) already end in a norm
+            x = self.norm_f(x)
         hidden = x if output_hidden else None
         if logits_to_keep:
             # A copy, not the slice: with the slice's batch stride, a bf16 linear on CPU takes a path that copies
@@ -176,14 +187,18 @@ class DecoderLM(nn.Module):
 
     def _check_table_positions(self, t: int, input_pos: int | torch.Tensor, position_ids: torch.Tensor | None, *,
                                static: bool) -> None:
-        """Positions of a learned or sinusoidal table must be < block_size. Int positions cost nothing to check;
-        tensor ones are read back, except with a static cache or in a compiled step (no host sync there)."""
+        """Positions of a learned or sinusoidal table must be in [0, block_size). Int positions cost nothing to check;
+        tensor ones are read back (one sync), except with a static cache or in a compiled step (no host sync there)."""
         if position_ids is None and not isinstance(input_pos, torch.Tensor):
-            last = input_pos + t - 1
+            first, last = input_pos, input_pos + t - 1
         elif static or torch.compiler.is_compiling():
             return
         else:
-            last = int(position_ids.max()) if position_ids is not None else int(input_pos.max()) + t - 1
+            first, last = torch.stack(torch.aminmax(position_ids if position_ids is not None else input_pos)).tolist()
+            last += 0 if position_ids is not None else t - 1
+        if first < 0:  # a learned table raised IndexError; the sinusoidal one read its rows from the end, silently
+            raise ValueError(f"position {first} is negative: positions of the {self.config.position} position table "
+                             f"must be in [0, block_size={self.config.block_size})")
         if last >= self.config.block_size:
             raise ValueError(f"position {last} is past the {self.config.position} position table: positions must be "
                              f"< block_size={self.config.block_size}")
@@ -229,6 +244,17 @@ def _check_ids(input_ids: torch.Tensor) -> tuple[int, int]:
                else type(input_ids).__name__)
         raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got {got}")
     return input_ids.shape
+
+
+def check_position_ids(position_ids: torch.Tensor, b: int, t: int) -> torch.Tensor:
+    """position_ids as (B, T) or (1, T), which broadcasts over the batch; (T,) is taken as (1, T), as transformers'
+    models take it (a 1-D tensor crashed RoPE with a bare size mismatch)."""
+    if isinstance(position_ids, torch.Tensor) and position_ids.shape == (t,):
+        position_ids = position_ids[None, :]
+    if not isinstance(position_ids, torch.Tensor) or position_ids.shape not in ((b, t), (1, t)):
+        got = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
+        raise ValueError(f"position_ids must have shape (B, T)={(b, t)}, (1, T) or (T,), got {got}")
+    return position_ids
 
 
 def _check_attention_mask(attention_mask: torch.Tensor, b: int, s: int) -> None:

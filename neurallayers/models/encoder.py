@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from neurallayers.config import ModelConfig
-from neurallayers.models.decoder import build_blocks, init_weights
+from neurallayers.models.decoder import build_blocks, check_position_ids, init_weights
 from neurallayers.nn import RotaryEmbedding, build_norm, sinusoidal_table
 
 ENCODER_POSITIONS = ("learned", "sinusoidal", "rope", "none")
@@ -51,8 +51,7 @@ class EncoderModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = build_blocks(cfg)
         # Pre-norm stacks leave the residual stream un-normalised; post-norm (BERT) already ends in a norm.
-        self.norm_f = (build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-                       if cfg.norm_placement == "pre" else None)
+        self.norm_f = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias) if cfg.final_norm else None
         self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.pooler else None
         self.gradient_checkpointing = False
         init_weights(self, cfg)
@@ -68,7 +67,7 @@ class EncoderModel(nn.Module):
         Args:
             attention_mask: (B, T) 1 for real tokens, 0 for padding; padded keys are never attended to.
             token_type_ids: (B, T) segment ids in [0, type_vocab_size); default all 0.
-            position_ids: (B, T); default arange(T).
+            position_ids: (B, T), or (1, T) / (T,) for every row; default arange(T).
             output_attentions: also return each layer's attention weights (uses the eager kernel).
             pool: run the pooler (when the config has one); False leaves `pooled` None.
         """
@@ -80,9 +79,7 @@ class EncoderModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(t, device=device)[None, :].expand(b, t)
         else:
-            if position_ids.shape not in ((b, t), (1, t)):  # (1, T) broadcasts over the batch, as in transformers
-                raise ValueError(f"position_ids must have shape (B, T)={(b, t)} or (1, T), "
-                                 f"got {tuple(position_ids.shape)}")
+            position_ids = check_position_ids(position_ids, b, t)
             if cfg.position in ("learned", "sinusoidal"):
                 _check_below(position_ids, cfg.block_size, "position_ids", "block_size")
         x = self.wte(input_ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -22,6 +24,8 @@ class KVCache:
                  static: bool = False, _tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         if _tensors is None:
+            for name, v in (("batch_size", batch_size), ("max_len", max_len)):
+                _check_size(name, v)
             _tensors = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         self.k, self.v = _tensors
         self.static = static
@@ -58,6 +62,7 @@ class KVCache:
         ck, cv = self.k[layer], self.v[layer]
         if isinstance(input_pos, int):
             end = input_pos + t
+            _check_start(input_pos)
             if end > self.max_len:
                 raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
             ck[:, :, input_pos:end] = k
@@ -73,7 +78,9 @@ class KVCache:
             return ck, cv
         else:
             idx = input_pos[:, None] + torch.arange(t, device=input_pos.device)  # (B, T)
-            end = int(idx.max()) + 1
+            first, last = torch.stack(torch.aminmax(idx)).tolist()  # one read back for both bounds
+            _check_start(first)
+            end = last + 1
             if end > self.max_len:
                 raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
             rows = torch.arange(k.shape[0], device=k.device)[:, None]
@@ -85,3 +92,16 @@ class KVCache:
         """Reorder rows in place (beam search keeps the cache rows of the beams that survive)."""
         self.k.copy_(self.k.index_select(1, index))
         self.v.copy_(self.v.index_select(1, index))
+
+
+def _check_size(name: str, value: object) -> None:
+    """A count the cache is allocated with: torch would take 0 rows or positions silently and fail on a negative one
+    with an allocation error that names neither."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"KV cache {name}={value!r}: must be an int >= 1")
+
+
+def _check_start(position: int) -> None:
+    """A negative position would index from the end of the cache: keys written where no query looks for them."""
+    if position < 0:
+        raise ValueError(f"KV cache positions start at 0; writing at {position}")

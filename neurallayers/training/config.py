@@ -114,6 +114,10 @@ class TrainConfig:
         return self.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (self.lr - self.min_lr)
 
 
+# ModelConfig fields added after runs were first saved: an older run's config.yaml lacks them (and takes their
+# defaults), yet it is still a saved run's whole model section, not a few fields over an init_from source
+NEWER_MODEL_FIELDS = frozenset({"final_norm"})
+
 def default_cache_dir() -> str:
     return os.environ.get("NEURALLAYERS_CACHE") or str(Path.home() / ".cache" / "neurallayers")
 
@@ -194,7 +198,7 @@ class RunConfig:
             if name == "model" and init_from and preset is not None:
                 raise ValueError(f"model.preset={preset!r} and train.init_from={init_from!r} both name the model; "
                                  "keep one (init_from's model may change only a few fields: see training.init_from)")
-            if name == "model" and init_from and set(raw) != _field_names(ModelConfig):
+            if name == "model" and init_from and not _field_names(ModelConfig) - set(raw) <= NEWER_MODEL_FIELDS:
                 # the source's config, with the fields given here (a saved run's config.yaml gives every field, so
                 # a resume does not read the source)
                 from neurallayers.training.init_from import source_model_config

@@ -27,6 +27,7 @@ CONFIGS: dict[str, dict] = {
     "alibi": dict(position="alibi", n_head=6, n_embd=36),  # 6 heads: the non-power-of-2 ALiBi slopes
     "sinusoidal-geglu": dict(position="sinusoidal", mlp="geglu"),
     "post-norm": dict(norm_placement="post"),
+    "gpt1": dict(norm_placement="post", final_norm=False, gelu_approx="none"),
     "sliding-window": dict(LLAMA, sliding_window=5),
     "layer-scale-no-pos": dict(position="none", layer_scale=0.5, bias=False),
 }

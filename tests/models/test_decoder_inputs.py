@@ -40,6 +40,25 @@ def test_positions_past_a_position_table_are_a_clear_error(name):
     net(random_ids(1, 1), cache=cache, input_pos=47)  # the last row of the table is fine
 
 
+@pytest.mark.parametrize("name", ["gpt2", "sinusoidal-geglu"])
+def test_negative_positions_of_a_position_table_are_a_clear_error(name):
+    """A learned table raised IndexError; the sinusoidal one read its last rows, silently wrong logits."""
+    net = model(name)
+    with pytest.raises(ValueError, match=r"position -1 is negative: .* must be in \[0, block_size=48\)"):
+        net(random_ids(1, 3), position_ids=torch.tensor([[-1, 0, 1]]))
+    with pytest.raises(ValueError, match="position -2 is negative"):
+        net(random_ids(1, 3), cache=net.new_cache(1, 8), input_pos=torch.tensor([-2]))
+
+
+@pytest.mark.parametrize("input_pos", [-2, torch.tensor([-2]), torch.tensor([0, -1])])
+def test_a_negative_cache_position_is_refused(input_pos):
+    """Written from the end of the cache, the keys lay where no query looked (a tensor position: silently)."""
+    net = model("llama-gqa")  # RoPE: no position table to catch it first
+    rows = 1 if isinstance(input_pos, int) else len(input_pos)
+    with pytest.raises(ValueError, match="KV cache positions start at 0; writing at -"):
+        net(random_ids(rows, 3), cache=net.new_cache(rows, 8), input_pos=input_pos)
+
+
 def test_rope_positions_may_go_past_block_size_with_a_longer_cache():
     net = model("llama-gqa")
     cache = net.new_cache(1, 64)
@@ -57,3 +76,15 @@ def test_targets_of_another_shape_are_refused(targets):
 def test_input_ids_must_be_an_integer_matrix(ids):
     with pytest.raises(ValueError, match=r"input_ids must be an integer tensor of shape \(B, T\)"):
         model("gpt2")(ids)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "alibi"])
+def test_position_ids_of_one_row_or_one_dimension_broadcast_and_others_are_refused(name):
+    """(T,) crashed a RoPE model with a bare size mismatch; transformers takes it as (1, T)."""
+    net, ids = model(name), random_ids(2, 6)
+    want = net(ids).logits
+    for positions in (torch.arange(6), torch.arange(6)[None], torch.arange(6)[None].expand(2, 6)):
+        torch.testing.assert_close(net(ids, position_ids=positions).logits, want)
+    for bad in (torch.arange(5), torch.arange(12).view(2, 1, 6), torch.arange(18).view(3, 6)):
+        with pytest.raises(ValueError, match=r"position_ids must have shape \(B, T\)=\(2, 6\), \(1, T\) or \(T,\)"):
+            net(ids, position_ids=bad)

@@ -35,9 +35,22 @@ BAD = [
     ("n_kv_head-type", dict(n_kv_head="2"), "n_kv_head", "expected int or None"),
     ("head_dim", dict(head_dim=0), "head_dim", "must be >= 1"),
     ("head_dim-rope-odd", dict(head_dim=15, **ROPE), "head_dim", "must be even for rope"),
+    ("head_dim-dynamic", dict(n_embd=8, n_head=4, rope_scaling={"type": "dynamic", "factor": 2.0}, **ROPE), "head_dim",
+     "must be > 2 for dynamic rope scaling"),  # a ZeroDivisionError at the first forward
     ("intermediate_size", dict(intermediate_size=0), "intermediate_size", "must be >= 1"),
     ("norm", dict(norm="batchnorm"), "norm", "one of 'layernorm', 'rmsnorm'"),
     ("norm_eps", dict(norm_eps=0.0), "norm_eps", "must be > 0"),
+    # infinite: norms that output only their bias, RoPE that rotates nothing, LayerScale that gives NaN
+    ("norm_eps-inf", dict(norm_eps=math.inf), "norm_eps", "must be > 0 and finite"),
+    ("rope_theta-inf", dict(rope_theta=math.inf, **ROPE), "rope_theta", "must be > 0 and finite"),
+    ("layer_scale-inf", dict(layer_scale=math.inf), "layer_scale", "must be > 0 or None, and finite"),
+    ("init_std-huge-int", dict(init_std=10**400), "init_std", "must be > 0 and finite"),
+    ("rope_scaling-factor-huge-int", dict(rope_scaling={"type": "linear", "factor": 10**400}, **ROPE),
+     "rope_scaling.factor", "must be a finite number >= 1"),
+    ("final_norm", dict(final_norm="no"), "final_norm", "expected bool or None"),
+    ("final_norm-pre", dict(final_norm=False), "final_norm", "False needs norm_placement='post'"),
+    ("final_norm-encoder", dict(causal=False, norm_placement="post", final_norm=True), "final_norm",
+     "a post-norm encoder (causal=False, BERT) has no final norm"),
     ("norm_placement", dict(norm_placement="middle"), "norm_placement", "one of 'pre', 'post'"),
     ("mlp", dict(mlp="relu"), "mlp", "one of 'gelu', 'swiglu', 'geglu'"),
     ("gelu_approx", dict(gelu_approx="erf"), "gelu_approx", "one of 'tanh', 'none'"),
@@ -122,6 +135,27 @@ def test_unknown_fields_and_presets_suggest_the_closest_name(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="expected a mapping of config fields, got list"):
         ModelConfig.from_file(tmp_path / "list.yaml")
+
+
+def test_typos_inside_rope_scaling_and_preset_names_of_another_type_are_named(tmp_path):
+    """A typo in a nested key got no suggestion; a non-string preset or key (`preset: 3`, `1: 2`) was a TypeError
+    from difflib."""
+    with pytest.raises(ValueError, match=r"unknown keys \['factr'\] for type 'linear' \(did you mean 'factor' for "
+                                         r"'factr'\?\)"):
+        ModelConfig(rope_scaling={"type": "linear", "factr": 2.0}, **ROPE)
+    with pytest.raises(ValueError, match=r"'type' must be one of .* \(did you mean 'type' for 'typ'\?\)"):
+        ModelConfig(rope_scaling={"typ": "linear", "factor": 2.0}, **ROPE)
+    for text, needle in (("preset: 3\n", "a preset is named by a string, got 3; available: gpt2"),
+                         ("preset:\n", "a preset is named by a string, got None"),
+                         ("1: 2\n", "ModelConfig field names are strings, got 1; valid fields: ")):
+        (tmp_path / "m.yaml").write_text(text)
+        with pytest.raises(ValueError, match=needle):
+            ModelConfig.from_file(tmp_path / "m.yaml")
+    with pytest.raises(ValueError, match="a preset is named by a string"):
+        ModelConfig.resolve({"preset": 5})
+    (tmp_path / "m.yaml").write_text("model: tiny\n")  # was "ModelConfig has no field 'model'"
+    with pytest.raises(ValueError, match=r"m.yaml: 'model' must be a mapping of config fields .*got str"):
+        ModelConfig.from_file(tmp_path / "m.yaml")
 
 
 # ----- derived fields follow replace() -----
@@ -297,6 +331,73 @@ def test_geglu_follows_gelu_approx():
     with torch.no_grad():
         torch.testing.assert_close(mlp(x), mlp.proj(F.gelu(gate, approximate="none") * up))
         assert not torch.allclose(mlp(x), mlp.proj(F.gelu(gate, approximate="tanh") * up), atol=1e-5, rtol=0)
+
+
+MIXES = {  # every switch that changes the parameter count, over a small shape
+    "gqa-untied": dict(n_kv_head=2, tie_embeddings=False, **ROPE),
+    "geglu": dict(mlp="geglu"),
+    "layer-scale": dict(layer_scale=0.1),
+    "alibi-no-bias": dict(position="alibi", bias=False),
+    "head-dim": dict(head_dim=12, n_kv_head=1),
+    "gpt1": dict(norm_placement="post", final_norm=False),
+    "encoder-mlm-untied": dict(causal=False, head="mlm", tie_embeddings=False, type_vocab_size=2, pooler=True),
+    "encoder-pre-rope": dict(causal=False, norm_placement="pre", position="rope", head="token_classification"),
+}
+
+
+def _unique_numel(model: torch.nn.Module) -> int:
+    return sum({id(p): p.numel() for _, p in model.named_parameters(remove_duplicate=False)}.values())
+
+
+@pytest.mark.parametrize("name", [*PRESETS, *MIXES])
+def test_info_parameters_are_the_built_models_with_ties_counted_once(name):
+    from neurallayers.cli.info import describe
+
+    small = dict(vocab_size=101, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    cfg = ModelConfig.from_name(name) if name in PRESETS else ModelConfig(**small, **MIXES[name])
+    with torch.device("meta"):
+        n = _unique_numel(build_model(cfg))
+    assert cfg.param_count() == n
+    assert f"parameters       {n:,} (" in describe(cfg)
+
+
+@pytest.mark.parametrize("name", ["tiny", "llama-tiny", "gqa-untied", "head-dim"])
+def test_info_kv_cache_is_the_bytes_of_the_cache_tensors(name):
+    from neurallayers.cli.info import _size, describe
+
+    small = dict(vocab_size=101, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    cfg = ModelConfig.from_name(name) if name in PRESETS else ModelConfig(**small, **MIXES[name])
+    model = build_model(cfg)
+    for dtype, size in ((torch.bfloat16, 2), (torch.float32, 4)):
+        cache = model.new_cache(3, 10, dtype=dtype)
+        actual = cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size()
+        assert cfg.kv_cache_bytes(10, batch_size=3, bytes_per_value=size) == actual
+    one = model.new_cache(1, 1, dtype=torch.bfloat16)
+    per_token, full = 2 * one.k.numel() * 2, 2 * model.new_cache(3, cfg.block_size).k.numel() * 2
+    assert f"KV cache         {_size(per_token)} per token (bf16); {_size(full)} bf16, {_size(2 * full)} fp32 for " \
+           f"batch 3 x {cfg.block_size:,} tokens" in describe(cfg, batch_size=3)
+
+
+def test_info_sizes_never_print_1024_of_a_unit():
+    """1023.96 KiB rounded to "1024.0 KiB" instead of moving to the next unit."""
+    from neurallayers.cli.info import _size
+
+    assert _size(1023) == "1023 B" and _size(1024) == "1.0 KiB"
+    assert _size(1024**2 - 1) == "1.0 MiB" and _size(1023.9 * 1024) == "1023.9 KiB"
+    assert _size(5 * 1024**3) == "5.0 GiB"
+
+
+def test_new_cache_refuses_zero_and_negative_lengths():
+    """max_len=0 was read as "the default" (a block_size cache); a negative length or batch failed inside torch."""
+    model = build_model(ModelConfig.from_name("tiny"))
+    assert model.new_cache(1).max_len == 128 and model.new_cache(2, 5).k.shape[1:4:2] == (2, 5)
+    for max_len in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=rf"new_cache max_len={max_len!r}: must be an int >= 1, or None for "
+                                             r"block_size=128"):
+            model.new_cache(1, max_len)
+    for batch in (0, -1):
+        with pytest.raises(ValueError, match=rf"KV cache batch_size={batch}: must be an int >= 1"):
+            model.new_cache(batch, 4)
 
 
 def test_info_notes_a_context_past_block_size(capsys):

@@ -82,6 +82,23 @@ def test_resuming_a_fine_tune_is_exact_without_the_source(source, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_fine_tune_saved_before_a_model_field_existed_loads_without_its_source(source, tmp_path):
+    """A config.yaml written before ModelConfig gained a field (final_norm) lacks it: it is still the saved run's
+    whole model section, so loading must not go back to the init_from source (gone: "init_from does not exist")."""
+    import yaml
+
+    copy = tmp_path / "copy"
+    shutil.copytree(source, copy)
+    fit(fine_tune(tmp_path, copy, max_steps=2, save_interval=0), tmp_path / "ft", progress=False)
+    path = tmp_path / "ft/config.yaml"
+    raw = yaml.safe_load(path.read_text())
+    del raw["model"]["final_norm"]  # as an older version wrote it
+    path.write_text(yaml.safe_dump(raw))
+    want = load(tmp_path / "ft")[0].config
+    shutil.rmtree(copy)
+    assert load(tmp_path / "ft")[0].config == want
+
+
 def test_a_resume_that_names_another_source_keeps_the_one_the_run_started_from(source, tmp_path, caplog):
     """--resume --init-from OTHER went on from the run's checkpoint, as it must, but wrote OTHER into config.yaml:
     `info` then named a source the weights never came from."""
