@@ -20,7 +20,7 @@ from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
 from neurallayers.generation.generate import _choose, _row_seed
-from neurallayers.generation.processors import apply_processors, divide_by_temperature
+from neurallayers.generation.processors import apply_processors, check_some_token_left, divide_by_temperature
 from neurallayers.generation.search import (
     LogprobTrail,
     build_processors,
@@ -46,6 +46,13 @@ def _finish(tokens: torch.Tensor, stops: list[int], lens: list[int], trail: Logp
 def _done(tokens: list[torch.Tensor], stop_t: torch.Tensor) -> bool:
     """Every row has produced a stop token."""
     return bool(torch.isin(torch.stack(tokens, 1), stop_t).any(1).all()) if len(stop_t) else False
+
+
+def _live(tokens: list[torch.Tensor], stop_t: torch.Tensor, b: int) -> torch.Tensor:
+    """(B,) rows that have not produced a stop token yet (the others keep stepping until every row is done)."""
+    if not tokens or not len(stop_t):
+        return torch.ones(b, dtype=torch.bool, device=stop_t.device)
+    return ~torch.isin(torch.stack(tokens, 1), stop_t).any(1)
 
 
 @torch.inference_mode()
@@ -102,14 +109,17 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
     new: list[torch.Tensor] = []
     trail = LogprobTrail(b, config.logprobs)
     for cur in range(plen, total):
-        probs = apply_processors(procs, ids, logits).softmax(-1)
-        top_p, top_ids = probs.topk(k, dim=-1)  # (B, k)
+        scores = apply_processors(procs, ids, logits)
+        check_some_token_left(config, scores, cur - plen, live=_live(new, stop_t, b))
+        top_p, top_ids = scores.softmax(-1).topk(k, dim=-1)  # (B, k)
         step = model(top_ids.reshape(b * k, 1), cache=cache, input_pos=cur, position_ids=positions(batch, cur, 1, k),
                      attention_mask=None if mask is None else mask[:, :cur + 1], output_hidden=True)
         cand = F.normalize(step.hidden[:, -1].view(b, k, -1).float(), dim=-1)  # (B, k, D)
         context = F.normalize(hidden[:, :cur].float(), dim=-1)  # (B, cur, D)
         cos = (cand @ context.transpose(1, 2)).masked_fill(~real[:, None, :cur], -math.inf)  # (B, k, cur)
         score = (1 - alpha) * top_p - alpha * cos.max(-1).values
+        # a banned candidate (fewer allowed tokens than top_k) has p = 0, yet its low similarity could still win
+        score = score.masked_fill(torch.isneginf(scores.gather(1, top_ids)), -math.inf)
         best = score.argmax(-1)  # (B,)
         tok = top_ids[rows, best]
         trail.add(logits, tok)
@@ -185,7 +195,9 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
     new: list[torch.Tensor] = []
     trail = LogprobTrail(b, config.logprobs)
     for cur in range(plen, total):
-        lp_e = F.log_softmax(apply_processors(procs, ids, logits[0]), dim=-1)
+        scores = apply_processors(procs, ids, logits[0])
+        check_some_token_left(config, scores, cur - plen, live=_live(new, stop_t, b))
+        lp_e = F.log_softmax(scores, dim=-1)
         lp_a = F.log_softmax(logits[1], dim=-1)
         plausible = lp_e >= lp_e.max(-1, keepdim=True).values + log_cut
         score = (lp_e - lp_a).masked_fill(~plausible, -math.inf)  # (B, V)

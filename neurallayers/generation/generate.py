@@ -8,7 +8,8 @@ Rows that finish keep stepping (fed padding, their output ignored) so the batch 
 compiled one-token step needs, and the cache rows never have to be moved; the batch ends when every row is done.
 
 Beam search, contrastive search/decoding and speculative decoding live in search.py; generate() dispatches to them
-and decodes their tokens (stop strings are applied to their text afterwards).
+and decodes their tokens (stop strings are applied to their text afterwards; beam search also finishes a hypothesis
+at one, as transformers does, so that it competes with its own score).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import copy
 import functools
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig, StreamEvent, TokenLogprob, valid_seed
 from neurallayers.generation.fast import decode_step_for
-from neurallayers.generation.processors import apply_processors, build_processors
+from neurallayers.generation.processors import apply_processors, build_processors, check_some_token_left
 from neurallayers.nn.modes import eval_mode
 
 SYNC_EVERY = 8  # without stop strings, look at the host-side "all rows done?" flag only every few steps
@@ -232,6 +233,7 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
     for i in range(budget):
         col = width + i
         scores = apply_processors(procs, tokens[:, :col], logits)
+        check_some_token_left(config, scores, i, live=~run.done)
         tok = torch.where(run.done, 0, _choose(scores, gens))  # done rows are fed padding
         if run.chosen is not None:
             logp = F.log_softmax(logits, dim=-1)  # the model's own distribution, before the processors
@@ -426,9 +428,24 @@ def _eos_ids(tokenizer) -> list[int]:
     return [] if tokenizer is None else list(tokenizer.eos_ids)
 
 
+def _stop_check(tokenizer, stops: list[str]) -> Callable[[list[int]], bool] | None:
+    """Whether generated tokens' text holds a stop string (None without stop strings)."""
+    if not stops:
+        return None
+
+    def holds_stop(ids: list[int]) -> bool:
+        text = tokenizer.decode(ids)
+        return any(s in text for s in stops)
+
+    return holds_stop
+
+
 def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *, eos_ids: list[int],
-            draft_model: nn.Module | None, amateur_model: nn.Module | None) -> list[list[Generation]] | None:
-    """Dispatch to the search methods (None = the plain greedy/sampling path)."""
+            draft_model: nn.Module | None, amateur_model: nn.Module | None,
+            holds_stop: Callable[[list[int]], bool] | None = None) -> list[list[Generation]] | None:
+    """Dispatch to the search methods (None = the plain greedy/sampling path). holds_stop (stop strings) goes to
+    beam search, where a hypothesis that reaches a stop string must compete as a finished one; the other methods
+    follow one sequence each, so cutting its text afterwards gives what stopping there would."""
     chosen = [name for name, on in (("num_beams > 1", config.num_beams > 1), ("penalty_alpha > 0",
               config.penalty_alpha > 0), ("amateur_model", amateur_model is not None),
               ("draft_model", draft_model is not None)) if on]
@@ -465,18 +482,19 @@ def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConf
         limit, cfg = limits[idx[0]], config
         if 0 < limit < config.max_new_tokens:
             cfg = config.replace(max_new_tokens=limit, min_new_tokens=min(config.min_new_tokens, limit))
-        for i, gens in zip(idx, _search_batch(fn, name, model, extra, [input_ids[i] for i in idx], cfg, eos_ids),
+        kw = {"holds_stop": holds_stop} if name == "beam_search" and holds_stop is not None else {}
+        for i, gens in zip(idx, _search_batch(fn, name, model, extra, [input_ids[i] for i in idx], cfg, eos_ids, kw),
                            strict=True):
             out[i] = gens
     return out
 
 
 def _search_batch(fn, name: str, model: nn.Module, extra: tuple, input_ids: list[list[int]],
-                  config: GenerationConfig, eos_ids: list[int]) -> list[list[Generation]]:
+                  config: GenerationConfig, eos_ids: list[int], kw: dict) -> list[list[Generation]]:
     """One search call over prompts (one for speculative decoding): num_return_sequences Generations a prompt."""
     n = config.num_return_sequences
     if name in ("beam_search", "contrastive_decoding") or n == 1:
-        return fn(model, *extra, input_ids, config, eos_ids=eos_ids)
+        return fn(model, *extra, input_ids, config, eos_ids=eos_ids, **kw)
     # The other searches decode one sequence per row: a deterministic method (contrastive search, or greedy) gives
     # n copies of its one, as the plain greedy path does; speculative sampling draws sequence k with seed (seed, k).
     config = config.replace(num_return_sequences=1)
@@ -535,7 +553,7 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
                     for g in generate(model, tokenizer, [ids], config.replace(seed=seed), draft_model=draft_model,
                                       amateur_model=amateur_model)]
     searched = _search(model, input_ids, config, eos_ids=eos_ids, draft_model=draft_model,
-                       amateur_model=amateur_model)
+                       amateur_model=amateur_model, holds_stop=_stop_check(tokenizer, stops))
     if searched is not None:
         gens = [g for per_prompt in searched for g in per_prompt]
         return [_apply_stop_strings(g, tokenizer, stops) if tokenizer is not None else g for g in gens]

@@ -300,6 +300,24 @@ def build_processors(config: GenerationConfig, *, eos_ids: Sequence[int], prompt
     return procs
 
 
+def check_some_token_left(config: GenerationConfig, scores: torch.Tensor, generated: int,
+                          live: torch.Tensor | None = None) -> None:
+    """Refuse a step at which the bans leave a row no token at all (no_repeat_ngram_size on a small vocabulary,
+    with min_new_tokens holding back the stop tokens): its softmax is NaN, and decoding then chose a banned token
+    or failed inside torch.multinomial. scores: (B, V) processed; live: (B,) rows still decoding (None: all)."""
+    if config.no_repeat_ngram_size == 0:  # no other rule sets every score to -inf
+        return
+    empty = torch.isneginf(scores).all(dim=-1)
+    if live is not None:
+        empty &= live
+    if bool(empty.any()):
+        held = f", and min_new_tokens={config.min_new_tokens} holds back the stop tokens" * (config.min_new_tokens > 0)
+        raise ValueError(f"GenerationConfig.no_repeat_ngram_size={config.no_repeat_ngram_size} bans every token of the "
+                         f"model's {scores.shape[-1]}-token vocabulary after {generated} generated tokens{held}: no "
+                         "token is left to choose; use a smaller no_repeat_ngram_size (0 turns it off) or fewer "
+                         "max_new_tokens")
+
+
 def apply_processors(procs: Sequence, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """Apply `procs` in order: input_ids (B, T), scores (B, V) -> new (B, V) scores."""
     for proc in procs:

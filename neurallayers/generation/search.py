@@ -8,6 +8,7 @@ tokens (attention mask) at its own positions (position ids start at 0 on the fir
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -170,7 +171,7 @@ def _beam_gather(tensors: tuple[torch.Tensor, ...], index: torch.Tensor) -> tupl
 # ----- beam search -----
 @torch.inference_mode()
 def beam_search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
-                eos_ids: list[int]) -> list[list[Generation]]:
+                eos_ids: list[int], holds_stop: Callable[[list[int]], bool] | None = None) -> list[list[Generation]]:
     """Beam search with Hugging Face semantics (`generate(num_beams=n, do_sample=False)`), same token ids.
 
     Each step keeps, per prompt, the `keep = max(2, 1 + n_stop) * num_beams` best continuations of all beams by
@@ -180,8 +181,9 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
     no running beam can beat the worst finished one, as soon as `num_beams` hypotheses are finished
     (early_stopping=True), or at max_new_tokens. A running beam's best possible score is judged at the current
     length (early_stopping=False) or, with early_stopping="never" and length_penalty > 0, at max_new_tokens
-    (Hugging Face's canonical, slower, search). Sampling knobs (temperature, top_k, top_p, min_p) and stop strings
-    are not used here.
+    (Hugging Face's canonical, slower, search). Sampling knobs (temperature, top_k, top_p, min_p) are not used
+    here. Stop strings finish a hypothesis as a stop token does (Hugging Face's `stop_strings`), through
+    `holds_stop`; the caller cuts the text before them.
 
     With config.logprobs set, each hypothesis carries its tokens' log-probabilities under the model's own
     distribution (before the processors, as generate() reports them) and the top alternatives there. Without
@@ -194,6 +196,8 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
         config: num_beams, length_penalty, early_stopping, num_return_sequences, max_new_tokens, penalties,
             logprobs.
         eos_ids: token ids that finish a hypothesis (ignored when config.ignore_eos).
+        holds_stop: given a candidate's generated tokens, whether their text holds a stop string (None: no stop
+            strings); such a candidate finishes, its tokens up to the stop string's last one kept.
 
     Returns:
         Per prompt, config.num_return_sequences Generations, best first, with `score` the length-penalised beam
@@ -250,6 +254,9 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
         top_seqs = torch.take_along_dim(running, src_beam[:, :, None], dim=1)
         top_seqs[:, :, cur] = tok
         hits = torch.isin(tok, stop_t) | (cur + 1 >= max_len)  # (B, keep)
+        if holds_stop is not None:  # running beams hold no stop string: only the new token can complete one
+            hits |= torch.tensor([[holds_stop(ids) for ids in row] for row in top_seqs[:, :, plen:cur + 1].tolist()],
+                                 device=device)
         top_hist = None
         if hist is not None:
             top_hist = _beam_gather(hist, src_beam)  # (B, keep, N, ...): each candidate's parent history

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
-from neurallayers.generation.processors import apply_processors
+from neurallayers.generation.processors import apply_processors, check_some_token_left
 from neurallayers.generation.search import LogprobTrail, build_processors, check_request, generations, stop_ids
 
 
@@ -96,6 +96,7 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
         """The processed next-token distribution (V,) after `context`."""
         if procs:
             logits = apply_processors(procs, torch.tensor([context], device=logits.device), logits[None])[0]
+            check_some_token_left(config, logits[None], len(context) - len(prompt))
         return logits.softmax(-1)
 
     total = len(prompt) + config.max_new_tokens

@@ -1,0 +1,207 @@
+"""What the decoding methods sample and choose on a tiny vocabulary: plain and speculative sampling follow the target's
+processed distribution (chi-square), bans hold in every method, a step with every token banned is a clear error,
+and beam search finishes hypotheses at stop strings as transformers does."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+from nl_search_helpers import hf_and_ours, tiny
+from torch import nn
+
+from neurallayers.generation import GenerationConfig
+from neurallayers.generation.generate import generate, stream
+from neurallayers.generation.processors import apply_processors, build_processors
+from neurallayers.generation.speculative import speculative_decode
+
+V = 8
+PROMPT = [1, 5, 2]
+
+
+class Markov(nn.Module):
+    """A stub decoder whose next-token logits depend only on the last token (a fixed V x V table): the speculative
+    loop runs in microseconds, and penalties still make the distribution depend on the whole history."""
+
+    def __init__(self, seed: int, scale: float) -> None:
+        super().__init__()
+        self.table = torch.randn(V, V, generator=torch.Generator().manual_seed(seed)) * scale
+        self.wte = nn.Embedding(V, 1)
+        self.config = SimpleNamespace(vocab_size=V, block_size=64, position="learned", rope_scaling=None, causal=True)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> None:
+        return None
+
+    def forward(self, ids: torch.Tensor, *, logits_to_keep: int = 0, **_) -> SimpleNamespace:
+        logits = self.table[ids]  # (B, T, V)
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+
+
+@torch.inference_mode()
+def exact_pairs(model: nn.Module, cfg: GenerationConfig) -> dict[tuple[int, int], float]:
+    """P(first two generated tokens) under the model's logits through cfg's processors, in float64."""
+    procs = build_processors(cfg, eos_ids=[], prompt_lens=len(PROMPT))
+
+    def dist(ids: list[int]) -> torch.Tensor:
+        logits = model(torch.tensor([ids])).logits[0, -1:].double()
+        return apply_processors(procs, torch.tensor([ids]), logits)[0].softmax(-1)
+
+    first = dist(PROMPT)
+    return {(a, b): float(first[a] * dist([*PROMPT, a])[b]) for a in range(V) for b in range(V)}
+
+
+def chi2_passes(counts: Counter, probs: dict, n: int) -> bool:
+    """Pearson chi-square (cells expected below 5 pooled) under its p = 5e-4 quantile; a token of probability 0
+    fails outright."""
+    if any(probs.get(cell, 0.0) == 0.0 for cell in counts):
+        return False
+    stat, df, pooled_obs, pooled_exp = 0.0, -1, 0, 0.0
+    for cell, p in probs.items():
+        if n * p < 5:
+            pooled_obs, pooled_exp = pooled_obs + counts.get(cell, 0), pooled_exp + n * p
+        else:
+            stat, df = stat + (counts.get(cell, 0) - n * p) ** 2 / (n * p), df + 1
+    if pooled_exp > 0:
+        stat, df = stat + (pooled_obs - pooled_exp) ** 2 / pooled_exp, df + 1
+    z = 3.29  # Wilson-Hilferty
+    return stat < df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+SAMPLING = [
+    dict(temperature=0.7),
+    dict(temperature=1.3, top_k=3, top_p=0.8, min_p=0.1),
+    dict(repetition_penalty=1.5, presence_penalty=1.5),
+    dict(frequency_penalty=-2.0, top_p=0.9, logit_bias={3: 1.0}),
+]
+
+
+@pytest.mark.parametrize("settings", SAMPLING, ids=str)
+def test_plain_sampling_follows_the_processed_distribution(settings: dict) -> None:
+    model, n = tiny(seed=3, vocab=V, n_layer=1, n_embd=16, n_head=2, init_std=0.5), 2000
+    cfg = GenerationConfig(max_new_tokens=2, ignore_eos=True, **settings)
+    gens = generate(model, None, [PROMPT] * n, cfg, seeds=list(range(n)))
+    assert chi2_passes(Counter(tuple(g.token_ids) for g in gens), exact_pairs(model, cfg), n)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(top_p=0.9, min_p=0.05, presence_penalty=1.5, repetition_penalty=1.3),
+        dict(temperature=0.8, top_k=4, frequency_penalty=-1.5),
+    ],
+    ids=str,
+)
+def test_speculative_sampling_keeps_the_targets_distribution_with_penalties(settings: dict) -> None:
+    target, draft, n = Markov(0, 1.0), Markov(1, 3.0), 1500  # a peaked draft far from the target
+    cfg = GenerationConfig(max_new_tokens=3, num_speculative_tokens=2, ignore_eos=True, **settings)
+    counts = Counter()
+    for seed in range(n):
+        ((g,),) = speculative_decode(target, draft, [PROMPT], cfg.replace(seed=seed), eos_ids=[])
+        counts[tuple(g.token_ids[:2])] += 1
+    probs = exact_pairs(target, cfg)
+    assert chi2_passes(counts, probs, n)
+    assert not chi2_passes(counts, exact_pairs(draft, cfg), n)  # the test tells the two models apart
+
+
+METHODS = [
+    dict(),
+    dict(temperature=0),
+    dict(draft_model="draft"),
+    dict(draft_model="draft", temperature=0),
+    dict(penalty_alpha=0.5, top_k=3),
+    dict(amateur_model="draft"),
+    dict(amateur_model="draft", temperature=0),
+]
+
+
+@pytest.mark.parametrize("method", METHODS, ids=str)
+def test_a_step_with_every_token_banned_is_a_clear_error(method: dict) -> None:
+    """no_repeat_ngram_size=1 on 8 tokens leaves the 5 that the 3-token prompt lacks: the 6th token has none left.
+    Sampling failed inside torch.multinomial or took a banned token (its NaN probability won the argmax)."""
+    model, draft = tiny(seed=3, vocab=V, n_layer=1, n_embd=16, n_head=2), tiny(seed=4, vocab=V, n_layer=1, n_embd=16)
+    method = {k: draft if v == "draft" else v for k, v in method.items()}
+    cfg = GenerationConfig(max_new_tokens=12, no_repeat_ngram_size=1, seed=0, ignore_eos=True)
+    with pytest.raises(ValueError, match=r"no_repeat_ngram_size=1 bans every token .* after 5 generated tokens"):
+        generate(model, None, [PROMPT], cfg, **method)
+    (g,) = generate(model, None, [PROMPT], cfg.replace(max_new_tokens=5), **method)  # up to there it decodes
+    assert sorted(g.token_ids) == [0, 3, 4, 6, 7]
+
+
+@pytest.mark.parametrize("method", [dict(), dict(penalty_alpha=0.5, top_k=3), dict(amateur_model="draft")], ids=str)
+def test_a_row_that_has_stopped_may_run_out_of_tokens(method: dict) -> None:
+    """Rows that are done keep stepping while another row decodes: only live rows are checked. The first prompt
+    holds every token but 0, so its one token is 0, which stops it; stepping on, it has none left."""
+    model, draft = tiny(seed=3, vocab=V, n_layer=1, n_embd=16, n_head=2), tiny(seed=4, vocab=V, n_layer=1, n_embd=16)
+    method = {k: draft if v == "draft" else v for k, v in method.items()}
+    cfg = GenerationConfig(max_new_tokens=3, no_repeat_ngram_size=1, temperature=0, stop_token_ids=[0])
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [2]]
+    first, second = generate(model, None, prompts, cfg, **method)
+    assert first.finish_reason == "stop" and first.token_ids == []
+    assert second == generate(model, None, prompts[1:], cfg, **method)[0]
+
+
+def test_stream_refuses_like_generate() -> None:
+    model = tiny(seed=3, vocab=V, n_layer=1, n_embd=16, n_head=2)
+    tokenizer = SimpleNamespace(eos_ids=[], encode=lambda s, **_: list(s), decode=lambda ids, **_: "x" * len(ids))
+    with pytest.raises(ValueError, match="no_repeat_ngram_size=1 bans every token"):
+        list(stream(model, tokenizer, PROMPT, max_new_tokens=12, no_repeat_ngram_size=1, seed=0))
+
+
+@pytest.mark.parametrize("alpha", [0.6, 0.9])
+def test_contrastive_search_never_chooses_a_banned_candidate(alpha: float) -> None:
+    """With top_k above the number of allowed tokens, banned candidates (p = 0) entered the top k and, being unlike
+    the context, could win on the degeneration penalty: no_repeat_ngram_size=1 repeated tokens."""
+    for seed in range(8):
+        model = tiny(seed=seed, vocab=V, n_layer=1, n_embd=16, n_head=2, init_std=0.5)
+        (g,) = generate(
+            model,
+            None,
+            [PROMPT],
+            max_new_tokens=5,
+            temperature=0,
+            penalty_alpha=alpha,
+            top_k=V,
+            no_repeat_ngram_size=1,
+            ignore_eos=True,
+        )
+        ids = PROMPT + g.token_ids
+        assert len(set(ids)) == len(ids), (seed, g.token_ids)
+
+
+# (seed, prompt, stop strings): stop strings that no special token's text holds (transformers also matches them in
+# "<|endoftext|>"); the first four gave other text before, the first of them an empty one
+BEAM_STOPS = [(5, "ab", ["c"]), (1, "m", ["g", "i"]), (4, "m", ["c"]), (1, "m", [" "]), (0, "ab", ["fg"])]
+
+
+@pytest.mark.parametrize(("seed", "prompt", "stop"), BEAM_STOPS, ids=str)
+def test_beam_search_finishes_hypotheses_at_stop_strings_as_transformers_does(
+    seed: int, prompt: str, stop: list[str]
+) -> None:
+    """A hypothesis that reaches a stop string is finished and competes with its own score (transformers'
+    stop_strings), as one that reaches eos does. Cutting the best full-length beam's text afterwards gave other
+    text, even an empty one where a finished hypothesis had some."""
+    transformers = pytest.importorskip("transformers")
+    from neurallayers.data.tokenizers import Tokenizer
+
+    tok = Tokenizer.train_char(["abcdefgh ijklmnop"])
+    hf, ours = hf_and_ours(seed=seed, vocab=tok.vocab_size)
+    hf.generation_config.eos_token_id = None
+    ids = tok.encode(prompt)
+    settings = dict(num_beams=3, max_new_tokens=10, no_repeat_ngram_size=2, repetition_penalty=1.3)
+    out = hf.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        do_sample=False,
+        stop_strings=stop,
+        tokenizer=transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf),
+        pad_token_id=0,
+        **settings,
+    )
+    full = tok.decode(out[0, len(ids) :].tolist())
+    cut = min([full.find(s) for s in stop if s in full], default=len(full))
+    (got,) = generate(ours, tok, prompt, temperature=0, stop=stop, ignore_eos=True, **settings)
+    assert got.text == full[:cut]
+    assert got.finish_reason == ("stop" if cut < len(full) else "length")
