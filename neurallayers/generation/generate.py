@@ -424,8 +424,12 @@ def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
     raise ValueError("prompts must be all strings or all lists of token ids, not a mix")
 
 
-def _eos_ids(tokenizer) -> list[int]:
-    return [] if tokenizer is None else list(tokenizer.eos_ids)
+def _eos_ids(tokenizer, model: nn.Module) -> list[int]:
+    """The ids that end a generation: the tokenizer's; without one, those a Hugging Face folder's generation_config
+    (or config.json) names, which load() keeps on the model (transformers' generate stops at them too)."""
+    if tokenizer is None:
+        return list(getattr(model, "generation_eos_ids", []))
+    return list(tokenizer.eos_ids)
 
 
 def _stop_check(tokenizer, stops: list[str]) -> Callable[[list[int]], bool] | None:
@@ -538,7 +542,7 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
     _check_decoder(model)
     config = _config(config, overrides)
     input_ids = _encode_prompts(tokenizer, prompts)
-    eos_ids = _eos_ids(tokenizer)
+    eos_ids = _eos_ids(tokenizer, model)
     stops = config.stop if tokenizer is not None else []
     if config.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer to decode the text; pass one or use stop_token_ids")
@@ -612,7 +616,7 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
         row = _RowText(tokenizer, config.stop)
         held = _HeldEvents(row)
         reason, pending = "length", ""
-        for run in _decode_steps(model, [input_ids], config, eos_ids=_eos_ids(tokenizer)):
+        for run in _decode_steps(model, [input_ids], config, eos_ids=_eos_ids(tokenizer, model)):
             if bool(run.stopped[0]):
                 reason = "stop"
                 break

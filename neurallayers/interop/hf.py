@@ -119,9 +119,11 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     tokenizer = load_tokenizer(folder)
     if tokenizer is not None and "max_seq_length" in sentence:
         tokenizer.model_max_length = sentence["max_seq_length"]
-    eos_ids = _generation_eos_ids(folder, cfg.vocab_size, hf_cfg) if tokenizer is not None and cfg.causal else None
-    if eos_ids is not None:  # without either file's ids, the tokenizer's own (a converted run's, in tokenizer_config)
-        tokenizer.extra_eos_ids = [t for t in eos_ids if t != tokenizer.eos_id]
+    eos_ids = _generation_eos_ids(folder, cfg.vocab_size, hf_cfg) if cfg.causal else None
+    if eos_ids is not None and tokenizer is not None:  # without either file's ids, the tokenizer's own (a converted
+        tokenizer.extra_eos_ids = [t for t in eos_ids if t != tokenizer.eos_id]  # run's, in tokenizer_config)
+    elif eos_ids is not None:  # no tokenizer to carry them: generate(model, None, ids) reads them from the model
+        model.generation_eos_ids = eos_ids
     return model.eval(), tokenizer
 
 

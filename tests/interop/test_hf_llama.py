@@ -230,6 +230,13 @@ def test_generation_config_eos_ids_end_a_generation_as_in_transformers(tmp_path)
     assert list(stream(model, loaded, prompt, temperature=0, max_new_tokens=8))[-1].finish_reason == "stop"
     save_hf(model, loaded, tmp_path / "out")
     assert transformers.GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == [tok.eos_id, turn_end]
+    # a folder without tokenizer files (weights and configs only): ids in, the same stop (it ran on to 8 tokens)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / "src" / name).unlink(missing_ok=True)
+    bare, none = load(tmp_path / "src")
+    assert none is None
+    (gen,) = generate(bare, None, [prompt], temperature=0, max_new_tokens=8)
+    assert gen.token_ids == want[:-1] and gen.finish_reason == "stop"
 
 
 def test_config_json_eos_ids_end_a_generation_without_a_generation_config(tmp_path):
