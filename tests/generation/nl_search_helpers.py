@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
 
 import torch
 
@@ -59,3 +61,23 @@ def plain_greedy(model: DecoderLM, prompt: list[int], n: int, *, eos: list[int] 
         ids.append(tok)
         out.append(tok)
     return out
+
+
+# ----- goodness of fit: sampled counts against exact probabilities -----
+def chi2_threshold(df: int, z: float = 3.29) -> float:
+    """Upper quantile of chi-square(df) at normal score z (Wilson-Hilferty); z=3.29 is p = 5e-4."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def chi2(counts: Counter, probs: dict, n: int) -> tuple[float, int]:
+    """Pearson statistic with cells of expected count < 5 pooled into one; returns (statistic, df)."""
+    stat, df, pooled_obs, pooled_exp = 0.0, -1, 0, 0.0
+    for cell, p in probs.items():
+        if n * p < 5:
+            pooled_obs, pooled_exp = pooled_obs + counts.get(cell, 0), pooled_exp + n * p
+        else:
+            stat, df = stat + (counts.get(cell, 0) - n * p) ** 2 / (n * p), df + 1
+    if pooled_exp > 0:
+        stat, df = stat + (pooled_obs - pooled_exp) ** 2 / max(pooled_exp, 1e-9), df + 1
+    assert sum(counts.values()) == n and not set(counts) - set(probs), "sampled a token of probability 0"
+    return stat, df

@@ -4,13 +4,12 @@ and beam search finishes hypotheses at stop strings as transformers does."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 import torch
-from nl_search_helpers import hf_and_ours, tiny
+from nl_search_helpers import chi2, chi2_threshold, hf_and_ours, tiny
 from torch import nn
 
 from neurallayers.generation import GenerationConfig
@@ -54,20 +53,12 @@ def exact_pairs(model: nn.Module, cfg: GenerationConfig) -> dict[tuple[int, int]
 
 
 def chi2_passes(counts: Counter, probs: dict, n: int) -> bool:
-    """Pearson chi-square (cells expected below 5 pooled) under its p = 5e-4 quantile; a token of probability 0
-    fails outright."""
-    if any(probs.get(cell, 0.0) == 0.0 for cell in counts):
+    """The Pearson test (nl_search_helpers.chi2) under its p = 5e-4 quantile; a token of probability 0 fails
+    outright."""
+    if any(probs.get(cell, 0.0) == 0.0 for cell in counts) or sum(counts.values()) != n:
         return False
-    stat, df, pooled_obs, pooled_exp = 0.0, -1, 0, 0.0
-    for cell, p in probs.items():
-        if n * p < 5:
-            pooled_obs, pooled_exp = pooled_obs + counts.get(cell, 0), pooled_exp + n * p
-        else:
-            stat, df = stat + (counts.get(cell, 0) - n * p) ** 2 / (n * p), df + 1
-    if pooled_exp > 0:
-        stat, df = stat + (pooled_obs - pooled_exp) ** 2 / pooled_exp, df + 1
-    z = 3.29  # Wilson-Hilferty
-    return stat < df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+    stat, df = chi2(counts, probs, n)
+    return stat < chi2_threshold(df)
 
 
 SAMPLING = [

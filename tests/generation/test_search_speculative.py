@@ -3,12 +3,11 @@ distribution (chi-square on a vocabulary of 8); bad inputs give clear errors."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import pytest
 import torch
-from nl_search_helpers import plain_greedy, tiny
+from nl_search_helpers import chi2, chi2_threshold, plain_greedy, tiny
 
 from neurallayers.generation.config import GenerationConfig
 from neurallayers.generation.search import build_processors
@@ -59,25 +58,6 @@ def test_same_model_as_draft_accepts_everything(pair):
     ((got,),) = speculative_decode(target, target, [PROMPTS[1]], cfg, eos_ids=[], stats=stats)
     assert got.token_ids == plain_greedy(target, PROMPTS[1], 13)
     assert stats["acceptance_rate"] == 1.0 and stats["rounds"] == 3  # 5 + 5 + 3 tokens
-
-
-def chi2_threshold(df: int, z: float = 3.29) -> float:
-    """Upper quantile of chi-square(df) at normal score z (Wilson-Hilferty); z=3.29 is p = 5e-4."""
-    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
-
-
-def chi2(counts: Counter, probs: dict, n: int) -> tuple[float, int]:
-    """Pearson statistic with cells of expected count < 5 pooled into one; returns (statistic, df)."""
-    stat, df, pooled_obs, pooled_exp = 0.0, -1, 0, 0.0
-    for cell, p in probs.items():
-        if n * p < 5:
-            pooled_obs, pooled_exp = pooled_obs + counts.get(cell, 0), pooled_exp + n * p
-        else:
-            stat, df = stat + (counts.get(cell, 0) - n * p) ** 2 / (n * p), df + 1
-    if pooled_exp > 0:
-        stat, df = stat + (pooled_obs - pooled_exp) ** 2 / max(pooled_exp, 1e-9), df + 1
-    assert sum(counts.values()) == n and not set(counts) - set(probs), "sampled a token of probability 0"
-    return stat, df
 
 
 @torch.inference_mode()

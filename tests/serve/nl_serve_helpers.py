@@ -148,3 +148,10 @@ class Gate:
     def remove(self) -> None:
         self.open.set()
         self.handle.remove()
+
+
+def requests_running(url: str) -> int:
+    """The server's neurallayers_requests_running gauge, read from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith("neurallayers_requests_running "))
+    return int(float(line.split()[1]))

@@ -15,6 +15,7 @@ from nl_serve_helpers import (
     Gate,
     assert_ok_after,
     free_port,
+    requests_running,
     serving,
     start_cli_server,
     wait_for,
@@ -197,7 +198,7 @@ def test_sigterm_finishes_in_flight_refuses_new_and_exits_0(tmp_path):
             lines = s.iter_lines()
             next(line for line in lines if line.startswith("data: {"))
             waiter.start()
-            wait_for(lambda: "r" in other or _running(url) == 2, what="both requests in flight")
+            wait_for(lambda: "r" in other or requests_running(url) == 2, what="both requests in flight")
             proc.send_signal(signal.SIGTERM)
             refused = _try_new_request(url)
             rest = [line for line in lines if line.startswith("data: ")]
@@ -213,11 +214,6 @@ def test_sigterm_finishes_in_flight_refuses_new_and_exits_0(tmp_path):
             proc.kill()
             proc.wait()
 
-
-def _running(url: str) -> int:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    line = next(x for x in text.splitlines() if x.startswith("neurallayers_requests_running "))
-    return int(float(line.split()[1]))
 
 
 def _try_new_request(url: str):

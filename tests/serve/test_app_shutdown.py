@@ -8,7 +8,7 @@ import signal
 import threading
 
 import httpx
-from nl_serve_helpers import free_port, start_cli_server, wait_for, wait_healthy, write_run_dir
+from nl_serve_helpers import free_port, requests_running, start_cli_server, wait_for, wait_healthy, write_run_dir
 
 from neurallayers.data.tokenizers import Tokenizer
 
@@ -30,7 +30,7 @@ def test_requests_still_running_when_the_shutdown_timeout_ends_get_503_not_a_bar
             lines = s.iter_lines()
             next(line for line in lines if line.startswith("data: {"))
             waiter.start()
-            wait_for(lambda: "r" in other or _running(url) == 2, what="both requests in flight")
+            wait_for(lambda: "r" in other or requests_running(url) == 2, what="both requests in flight")
             proc.send_signal(signal.SIGTERM)  # --shutdown-timeout 0: neither may finish
             rest = [line for line in lines if line.startswith("data: ")]
         waiter.join(120)
@@ -49,8 +49,3 @@ def test_requests_still_running_when_the_shutdown_timeout_ends_get_503_not_a_bar
             proc.kill()
             proc.wait()
 
-
-def _running(url: str) -> int:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    line = next(x for x in text.splitlines() if x.startswith("neurallayers_requests_running "))
-    return int(float(line.split()[1]))
