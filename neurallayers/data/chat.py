@@ -47,10 +47,10 @@ def _compile(template: str):
             body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
             return nodes.Scope(body, lineno=lineno)
 
-    def tojson(value, indent=None, ensure_ascii=False):
-        import json
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        import json  # transformers' options: templates pass separators=(",", ":") or sort_keys=true
 
-        return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     # the settings transformers uses, so templates written for it render the same here
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation])

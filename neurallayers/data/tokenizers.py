@@ -75,6 +75,9 @@ class Tokenizer:
         pad_token: Padding token, or None.
         chat_template: Jinja chat template, stored for the server.
         model_max_length: Longest input the paired model accepts, if known.
+        clean_up_tokenization_spaces: `decode` drops the spaces a word-piece tokenizer puts before punctuation and
+            contractions ("hello , don ' t" -> "hello, don't"), as transformers does when tokenizer_config.json says
+            so; BPE tokenizers are left as they are (transformers ignores it there: it would drop real spaces).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class Tokenizer:
         pad_token: str | None = None,
         chat_template: str | None = None,
         model_max_length: int | None = None,
+        clean_up_tokenization_spaces: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not one of {KINDS}")
@@ -100,6 +104,7 @@ class Tokenizer:
         self.pad_token = pad_token
         self.chat_template = chat_template
         self.model_max_length = model_max_length
+        self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         # ids besides eos that end a generation: a Hugging Face model's generation_config.json may list several
         # (Llama 3 Instruct ends a turn with <|eot_id|>, not its eos <|end_of_text|>)
         self.extra_eos_ids: list[int] = []
@@ -165,7 +170,8 @@ class Tokenizer:
             mask_takes_its_space(hf)
         copy = Tokenizer(hf, kind=self.kind, bos_token=self.bos_token, eos_token=self.eos_token,
                          pad_token=self.pad_token, chat_template=self.chat_template,
-                         model_max_length=self.model_max_length)
+                         model_max_length=self.model_max_length,
+                         clean_up_tokenization_spaces=self.clean_up_tokenization_spaces)
         copy.extra_eos_ids = list(self.extra_eos_ids)
         copy.hf_settings = dict(self.hf_settings)
         return copy
@@ -216,13 +222,23 @@ class Tokenizer:
             ids = [*ids, self.eos_id]
         return ids
 
-    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
-        """Text of `ids`. Bytes that do not form complete UTF-8 characters decode to U+FFFD."""
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Text of `ids`. Bytes that do not form complete UTF-8 characters decode to U+FFFD.
+        clean_up_tokenization_spaces: None follows the tokenizer's setting (see the class)."""
         ids = [_token_id(i) for i in ids]
         if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
             bad = next(i for i in ids if not 0 <= i < self.vocab_size)
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
-        return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
+        text = self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.cleans_up_spaces
+        return clean_up_spaces(text) if clean_up_tokenization_spaces else text
+
+    @property
+    def cleans_up_spaces(self) -> bool:
+        """Whether `decode` cleans up spaces by default: as transformers, never for a BPE model."""
+        return self.clean_up_tokenization_spaces and not isinstance(self.hf.model, models.BPE)
 
     def fingerprint(self) -> str:
         """Hash of the tokenizer's full JSON and special tokens: equal fingerprints tokenize equally."""
@@ -266,11 +282,19 @@ class Tokenizer:
             config["mask_token"] = self.mask_token
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
+        if self.clean_up_tokenization_spaces:
+            config["clean_up_tokenization_spaces"] = True
         config.update(self.hf_settings)
         if self.extra_eos_ids:  # kept with the tokenizer, so a run directory converted from HF still stops there
             config["neurallayers_extra_eos_ids"] = list(self.extra_eos_ids)
         write_text_atomic(json_path, self.hf.to_str(pretty=True))
         write_text_atomic(json_path.parent / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
+        jinja = json_path.parent / "chat_template.jinja"
+        if jinja.exists():  # a folder transformers wrote: it reads this file first, so a stale one would win
+            if self.chat_template is None:
+                jinja.unlink()
+            else:
+                write_text_atomic(jinja, self.chat_template)
         return json_path
 
     @classmethod
@@ -292,6 +316,8 @@ class Tokenizer:
             raise FileNotFoundError(f"no tokenizer at {str(path)!r}; expected {_LOAD_FORMS}")
         folder = path if path.is_dir() else path.parent
         config = _read_config(folder / "tokenizer_config.json")
+        if "added_tokens_decoder" not in config:  # an older folder: transformers reads its specials from there
+            config.update(_read_config(folder / "special_tokens_map.json"))
         if path.is_dir() and not (path / "tokenizer.json").exists():
             if (path / "vocab.json").exists() and (path / "merges.txt").exists():
                 hf = _byte_level_bpe_from_files(path / "vocab.json", path / "merges.txt")
@@ -311,8 +337,9 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise ValueError(f"{str(json_path)!r} is not a valid tokenizer.json: {e}") from None
         _without_padding(hf)
-        if path.is_dir() and (path / "chat_template.jinja").exists():  # newer transformers keep it apart
-            config.setdefault("chat_template", (path / "chat_template.jinja").read_text(encoding="utf-8"))
+        if path.is_dir() and (path / "chat_template.jinja").exists():  # newer transformers keep it apart, and read
+            # it before tokenizer_config.json's (a model whose template was updated may still hold the old one there)
+            config["chat_template"] = (path / "chat_template.jinja").read_text(encoding="utf-8")
         return cls._from_config(hf, config)
 
     @classmethod
@@ -336,6 +363,7 @@ class Tokenizer:
             chat_template=_default_template(config.get("chat_template")),
             # HF writes a 1e30 sentinel when the length is unknown.
             model_max_length=int(max_len) if isinstance(max_len, int | float) and max_len < 1e12 else None,
+            clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces") is True,
         )
         extra = config.get("neurallayers_extra_eos_ids", [])
         if not is_id_list(extra, tokenizer.vocab_size):
@@ -401,7 +429,8 @@ class Tokenizer:
 
         def counted():  # texts may be a one-pass stream: count what the trainer reads
             nonlocal chars
-            for text in texts:
+            for i, text in enumerate(texts):
+                _check_text(text, f"train_bpe: texts[{i}]")  # HF fails with a UnicodeEncodeError naming no text
                 chars += len(text)
                 yield text
 
@@ -424,7 +453,8 @@ class Tokenizer:
         if isinstance(texts, str):
             raise TypeError("train_char expects an iterable of texts, not a single str (wrap it in a list)")
         chars: set[str] = set()
-        for text in texts:
+        for i, text in enumerate(texts):
+            _check_text(text, f"train_char: texts[{i}]")  # HF's vocabulary would refuse it, naming no text
             chars.update(text)
         if not chars:
             raise ValueError("train_char got no characters: the texts are empty")
@@ -444,7 +474,10 @@ class StreamDecoder:
 
     Byte-level tokens can end inside a multi-byte character. Like vLLM's incremental detokenizer, we
     decode a short window (the last emitted token for context, then the pending ones), emit what is new,
-    and hold back a trailing U+FFFD (an incomplete character) until the next token completes it.
+    and hold back a trailing U+FFFD (an incomplete character) until the next token completes it. A run of
+    byte-fallback tokens (Llama's "<0xE6>") is held whole until a token after it: its decoder turns every byte of a
+    run into U+FFFD when any byte is bad, so "$" followed by a stray 0x9F decodes as two U+FFFD, not "$\ufffd".
+    The pieces join to `Tokenizer.decode` of all the ids.
 
     Args:
         tokenizer: The tokenizer whose ids are pushed.
@@ -454,6 +487,13 @@ class StreamDecoder:
     def __init__(self, tokenizer: Tokenizer, *, skip_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
+        # the ids decode drops: held with the text before them, so that a window never starts with them alone (the
+        # token after one decoded as the first of the text and lost its space: "x</s> y" streamed as "xy") and bytes
+        # on both sides of one stay one run
+        self._skipped = ({i for i, t in tokenizer.hf.get_added_tokens_decoder().items() if t.special}
+                         if skip_special_tokens else set())
+        self._cleans_up = tokenizer.cleans_up_spaces
+        self._byte_ids = {tokenizer.token_to_id(f"<0x{b:02X}>") for b in range(256)} - {None}
         self._reset()
 
     def _reset(self) -> None:
@@ -461,18 +501,23 @@ class StreamDecoder:
         self._prefix = 0  # window start: tokens before it are done with
         self._read = 0  # tokens before it are fully emitted
         self._held = 0  # characters of the pending text already emitted ahead of an incomplete one
+        self._unclean = ""  # text not yet cleaned up (clean_up_tokenization_spaces): its end may still change
 
     def _decode(self, start: int, stop: int | None = None) -> str:
-        return self.tokenizer.decode(self._ids[start:stop], skip_special_tokens=self.skip_special_tokens)
+        return self.tokenizer.decode(self._ids[start:stop], skip_special_tokens=self.skip_special_tokens,
+                                     clean_up_tokenization_spaces=False)
 
     @property
     def pending(self) -> bool:
-        """Whether the last tokens hold the first bytes of a character not yet complete."""
-        return self._read < len(self._ids)
+        """Whether the text of the last tokens is held back (a character, or a run of bytes, not yet complete; or
+        spaces that cleaning up may still drop)."""
+        return self._read < len(self._ids) or bool(self._unclean)
 
     def push(self, token_id: int) -> str:
         """Adds one token; returns the text it completes (often "", never half a character)."""
         self._ids.append(int(token_id))
+        if self._ids[-1] in self._byte_ids or self._ids[-1] in self._skipped:
+            return ""
         prefix_text = self._decode(self._prefix, self._read)
         text = self._decode(self._prefix)
         if text.endswith("\ufffd"):
@@ -481,16 +526,50 @@ class StreamDecoder:
             start = len(prefix_text) + self._held
             piece = stable[start:] if len(stable) > start else ""
             self._held += len(piece)
-            return piece
+            return self._clean(piece)
         piece = text[len(prefix_text) + self._held :]
         self._prefix, self._read, self._held = self._read, len(self._ids), 0
-        return piece
+        return self._clean(piece)
 
     def flush(self) -> str:
         """Ends the stream: returns any held-back text (U+FFFD if the bytes never completed) and resets."""
         piece = self._decode(self._prefix)[len(self._decode(self._prefix, self._read)) + self._held :]
+        piece = clean_up_spaces(self._unclean + piece) if self._cleans_up else piece
         self._reset()
         return piece
+
+    def _clean(self, piece: str) -> str:
+        """The text before the last point where cleaning up spaces can no longer change it."""
+        if not self._cleans_up:
+            return piece
+        self._unclean += piece
+        cut = _last_clean_cut(self._unclean)
+        done, self._unclean = self._unclean[:cut], self._unclean[cut:]
+        return clean_up_spaces(done)
+
+
+def clean_up_spaces(text: str) -> str:
+    """transformers' clean_up_tokenization: the spaces word-piece tokenizers put before punctuation and in
+    contractions removed, in its order (each replacement sees the text the earlier ones left)."""
+    for dirty, clean in _CLEAN_UPS:
+        text = text.replace(dirty, clean)
+    return text
+
+
+_CLEAN_UPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+              (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def _last_clean_cut(text: str) -> int:
+    """The last index p where clean_up_spaces(text[:p] + rest) == clean_up_spaces(text[:p]) + clean_up_spaces(rest)
+    for every continuation (0 if none): a space after a character other than a space or "'" (no pattern reaches
+    back across it), followed by a character that starts no pattern (so the space itself stays)."""
+    p = text.rfind(" ")
+    while p > 0:
+        if text[p - 1] not in " '" and p + 1 < len(text) and text[p + 1] not in " .?!,'n":
+            return p
+        p = text.rfind(" ", 0, p)
+    return 0
 
 
 def mask_takes_its_space(hf: HFTokenizer) -> None:
@@ -508,6 +587,13 @@ def _check_unicode(texts: list[str], label: str) -> None:
         if bad := lone_surrogate(text):
             raise ValueError(f"{label.format(i)} has a character that is not valid Unicode at position {bad.start()} "
                              f"(U+{ord(bad[0]):04X}, a lone surrogate, e.g. from bytes that were not UTF-8)") from None
+
+
+def _check_text(text, label: str) -> None:
+    """A training text must be a str of valid Unicode (no lone surrogates)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{label} is {type(text).__name__}, expected str")
+    _check_unicode([text], label)
 
 
 def _wordpiece_from_vocab(vocab: Path, config: dict) -> HFTokenizer:

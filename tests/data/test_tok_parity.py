@@ -1,0 +1,299 @@
+"""Tokenizer files of every kind, built offline with `tokenizers`, against transformers on the same folder: decode
+(clean_up_tokenization_spaces as tokenizer_config.json says), special tokens (special_tokens_map.json) and streaming
+decode, which must join to the full decode."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from neurallayers.data.chat import render_chat
+from neurallayers.data.tokenizers import StreamDecoder, Tokenizer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+CORPUS = ["The quick brown fox jumps over the lazy dog. Hello, world! I'm here; don't go. Étude café 日本 🎉\n"] * 20
+PIECES = [
+    "a",
+    "b",
+    " ",
+    "x",
+    ".",
+    ",",
+    "'",
+    "?",
+    "n",
+    "t",
+    "don't",
+    " 's",
+    " ' ",
+    "</s>",
+    "<s>",
+    "[SEP]",
+    "日",
+    "é",
+    "  ",
+    "\n",
+]
+
+
+def _llama(legacy: bool) -> HFTokenizer:
+    """Llama / SentencePiece-style BPE: byte fallback, "▁" for spaces (Metaspace, or the legacy normalizer)."""
+    hf = HFTokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    if legacy:
+        hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    else:
+        hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    hf.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    hf.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", *bytes_], show_progress=False),
+    )
+    spec = json.loads(hf.to_str())  # the byte tokens are plain vocabulary, as in Llama's file
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] in ("<unk>", "<s>", "</s>")]
+    hf = HFTokenizer.from_str(json.dumps(spec))
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return hf
+
+
+def _unigram() -> HFTokenizer:
+    hf = HFTokenizer(models.Unigram())
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    hf.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    hf.train_from_iterator(
+        CORPUS,
+        trainers.UnigramTrainer(
+            vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+        ),
+    )
+    hf.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return hf
+
+
+def _wordpiece() -> HFTokenizer:
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(CORPUS, vocab_size=200, show_progress=False)
+    return wp._tokenizer
+
+
+def _byte_level() -> HFTokenizer:
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["</s>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    return hf
+
+
+KINDS = {
+    "llama": (functools.partial(_llama, False), {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
+    "llama-legacy": (functools.partial(_llama, True), {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
+    "unigram": (
+        _unigram,
+        {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "clean_up_tokenization_spaces": True},
+    ),
+    "wordpiece": (
+        _wordpiece,
+        {
+            "unk_token": "[UNK]",
+            "sep_token": "[SEP]",
+            "cls_token": "[CLS]",
+            "pad_token": "[PAD]",
+            "mask_token": "[MASK]",
+            "clean_up_tokenization_spaces": True,
+        },
+    ),
+    "byte-level": (_byte_level, {"eos_token": "</s>", "clean_up_tokenization_spaces": True}),
+}
+
+
+@functools.cache
+def folder(kind: str, root: str) -> tuple[Tokenizer, object]:
+    """Our tokenizer and transformers' for one folder that transformers wrote."""
+    build, specials = KINDS[kind]
+    path = os.path.join(root, kind)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=build(), **specials).save_pretrained(path)
+    return Tokenizer.load(path), transformers.AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tok_parity"))
+
+
+def streamed(tok: Tokenizer, ids: list[int], skip: bool) -> list[str]:
+    decoder = StreamDecoder(tok, skip_special_tokens=skip)
+    return [decoder.push(i) for i in ids] + [decoder.flush()]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_decode_cleans_up_spaces_as_transformers_does(root, kind):
+    """tokenizer_config.json's clean_up_tokenization_spaces was ignored: a word-piece or unigram tokenizer decoded
+    "hello , don ' t" where transformers gives "hello, don't" (a BPE tokenizer keeps its spaces in both)."""
+    ours, ref = folder(kind, root)
+    for text in ("Hello , world . don't ' t", "I'M LOUD ?", "a ' s b 're"):
+        ids = ref.encode(text)
+        for skip in (True, False):
+            assert ours.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip), text
+    assert ours.clean_up_tokenization_spaces == KINDS[kind][1].get("clean_up_tokenization_spaces", False)
+
+
+def test_clean_up_setting_survives_save_and_load(root, tmp_path):
+    ours, ref = folder("wordpiece", root)
+    ours.save(tmp_path)
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ids = ref.encode("don't ' t , ok")
+    assert Tokenizer.load(tmp_path).decode(ids) == again.decode(ids, skip_special_tokens=True) == ours.decode(ids)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=20).map("".join), st.booleans())
+def test_streaming_joins_to_the_full_decode(root, text, skip):
+    """A skipped special token (</s>, [SEP], an unknown) at the start of the decode window made the next token the
+    text's first: Metaspace and WordPiece dropped its space ("x</s>y" streamed "xy", decoded "x y")."""
+    for kind in KINDS:
+        ours, ref = folder(kind, root)
+        ids = ref.encode(text)
+        full = ref.decode(ids, skip_special_tokens=skip)
+        pieces = streamed(ours, ids, skip)
+        assert "".join(pieces) == full, (kind, text, pieces)
+        assert "\ufffd" in full or not any("\ufffd" in p for p in pieces)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 399), max_size=14), st.booleans())
+def test_streaming_byte_fallback_ids_joins_to_the_full_decode(root, ids, skip):
+    """Byte-fallback tokens decode a run at a time, every byte of a run U+FFFD when one is bad: ["<0x24>" "$",
+    "<0x9F>"] decodes as two U+FFFD, but the stream had already sent "$" (any ids: a sampled model emits such runs)."""
+    for kind in ("llama", "llama-legacy"):
+        ours, _ = folder(kind, root)
+        ids = [i % ours.vocab_size for i in ids]
+        assert "".join(streamed(ours, ids, skip)) == ours.decode(ids, skip_special_tokens=skip), (kind, ids)
+
+
+def test_streaming_holds_a_byte_run_until_it_ends(root):
+    ours, _ = folder("llama", root)
+    dollar, stray, eos = ours.token_to_id("<0x24>"), ours.token_to_id("<0x9F>"), ours.eos_id
+    assert "".join(streamed(ours, [dollar, stray], skip=True)) == ours.decode([dollar, stray]) == "\ufffd\ufffd"
+    # a skipped special between two bytes leaves them one run, as in the full decode
+    assert "".join(streamed(ours, [dollar, eos, stray], skip=True)) == "\ufffd\ufffd"
+    ids = ours.encode("中 x")  # not in the training text: three byte tokens
+    assert sum(i in range(3, 259) for i in ids) == 3
+    pieces = streamed(ours, ids, skip=True)
+    assert "".join(pieces) == "中 x" and not any("\ufffd" in p for p in pieces)
+
+
+def test_streaming_keeps_the_space_after_a_skipped_special(root):
+    texts = {
+        "llama": "x</s> y</s> z",
+        "llama-legacy": "x</s>y</s>z",
+        "unigram": "x</s> y</s> z",
+        "wordpiece": "x [SEP] y [SEP] z",
+    }  # each written so that its full decode is "x y z"
+    for kind, text in texts.items():
+        ours, ref = folder(kind, root)
+        ids = ours.encode(text)
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True) == "x y z", kind
+        assert "".join(streamed(ours, ids, skip=True)) == "x y z", kind
+
+
+def test_streaming_a_cleaned_up_decode_is_still_incremental(root):
+    ours, _ = folder("wordpiece", root)
+    ids = ours.encode("hello , world . don ' t go here now")
+    pieces = streamed(ours, ids, skip=True)
+    assert "".join(pieces) == ours.decode(ids) == "hello, world. don't go here now"
+    assert len([p for p in pieces if p]) > 3
+
+
+def test_special_tokens_map_json_names_the_specials_of_an_older_folder(tmp_path):
+    """A folder saved before tokenizer_config.json held the specials keeps them in special_tokens_map.json, which
+    transformers reads: a chat model's eos <|im_end|> was ignored and <|endoftext|> guessed (generation never
+    stopped at the end of a turn), its bos was lost and "<pad>" was guessed for padding."""
+    hf = _byte_level()
+    hf.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    (tmp_path / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "bos_token": {
+                    "content": "<|im_start|>",
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "single_word": False,
+                },
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+            }
+        )
+    )
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = Tokenizer.load(tmp_path)
+    assert (ours.bos_token, ours.eos_token, ours.pad_token) == (ref.bos_token, ref.eos_token, ref.pad_token)
+    assert (ours.bos_id, ours.eos_id, ours.pad_id) == (ref.bos_token_id, ref.eos_token_id, ref.pad_token_id)
+
+
+@pytest.mark.parametrize("options", ["separators=(',', ':')", "sort_keys=true", "indent=2, sort_keys=true"])
+def test_chat_template_tojson_takes_transformers_options(options):
+    """transformers' tojson takes separators and sort_keys (tool-call templates use them): here they failed the
+    template with a TypeError."""
+    template = (
+        "{% for m in messages %}{{ m.role }}:{{ {'b': 1, 'a': [m.content, 'é']} | tojson("
+        + options
+        + ") }}\n{% endfor %}"
+    )
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=_byte_level(), eos_token="</s>")
+    messages = [{"role": "user", "content": "Hi"}]
+    want = hf.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False)
+    tok = Tokenizer.from_hf(hf.backend_tokenizer, eos_token="</s>", chat_template=template)
+    assert render_chat(tok, messages) == want
+
+
+def test_chat_template_jinja_wins_over_tokenizer_config_as_in_transformers(tmp_path):
+    """A folder whose template was updated in chat_template.jinja while tokenizer_config.json still held the old
+    one: transformers renders the file's, here the old one was used."""
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=_byte_level(), eos_token="</s>")
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["chat_template"] = "OLD{{ messages[0].content }}"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "chat_template.jinja").write_text("NEW{{ messages[0].content }}")
+    messages = [{"role": "user", "content": "Hi"}]
+    want = transformers.AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(messages, tokenize=False)
+    assert render_chat(Tokenizer.load(tmp_path), messages) == want == "NEWHi"
+
+
+def test_saving_over_a_folder_with_chat_template_jinja_keeps_the_new_template(tmp_path):
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=_byte_level(), eos_token="</s>")
+    hf.chat_template = "OLD{{ messages[0].content }}"
+    hf.save_pretrained(tmp_path)
+    assert (tmp_path / "chat_template.jinja").exists()
+    tok = Tokenizer.load(tmp_path)
+    tok.chat_template = "NEW{{ messages[0].content }}"
+    tok.save(tmp_path)
+    messages = [{"role": "user", "content": "Hi"}]
+    want = transformers.AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(messages, tokenize=False)
+    assert render_chat(Tokenizer.load(tmp_path), messages) == want == "NEWHi"
+    tok.chat_template = None
+    tok.save(tmp_path)
+    assert Tokenizer.load(tmp_path).chat_template is None
