@@ -13,6 +13,7 @@ import json
 import operator
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -348,7 +349,12 @@ class Tokenizer:
             if key in config:  # an explicit null means "none", so no guessing then
                 token = config[key]
                 token = token.get("content") if isinstance(token, dict) else token  # old HF AddedToken form
-                return token if token is not None and hf.token_to_id(token) is not None else None
+                if token is not None and hf.token_to_id(token) is None:  # transformers adds it past the embeddings
+                    warnings.warn(f"tokenizer_config.json: {key}={token!r} is not in the vocabulary, so the "
+                                  f"tokenizer has no {key} (transformers would add it as a new id the model has no "
+                                  "embedding for)", stacklevel=4)
+                    return None
+                return token
             added = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
             return next((g for g in guesses if g in added), None)
 

@@ -297,3 +297,14 @@ def test_saving_over_a_folder_with_chat_template_jinja_keeps_the_new_template(tm
     tok.chat_template = None
     tok.save(tmp_path)
     assert Tokenizer.load(tmp_path).chat_template is None
+
+
+def test_a_special_token_the_vocabulary_lacks_is_named_not_dropped_silently(tmp_path):
+    """transformers adds a config's eos that tokenizer.json lacks as a new id (past the model's embeddings); we leave
+    it unset, which silently meant a generation that never stops at the end of a turn."""
+    hf = _byte_level()
+    hf.add_special_tokens(["<|endoftext|>"])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    with pytest.warns(UserWarning, match=r"eos_token='<\|im_end\|>' is not in the vocabulary"):
+        assert Tokenizer.load(tmp_path).eos_token is None
