@@ -488,11 +488,15 @@ class StreamDecoder:
     Args:
         tokenizer: The tokenizer whose ids are pushed.
         skip_special_tokens: Drop special tokens from the text, as `Tokenizer.decode` does.
+        context: ids before the pushed ones (a prompt), read as the text's start but never emitted: a SentencePiece
+            decoder strips the space of the text's first token ("▁world" alone is "world"), so a continuation decoded
+            alone lost the space after its prompt; the pieces then join to `continuation_text(context, ids)`.
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer: Tokenizer, *, skip_special_tokens: bool = True, context: Iterable[int] = ()) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
+        self._context = _context_tail(context)
         # the ids decode drops: held with the text before them, so that a window never starts with them alone (the
         # token after one decoded as the first of the text and lost its space: "x</s> y" streamed as "xy") and bytes
         # on both sides of one stay one run
@@ -503,9 +507,9 @@ class StreamDecoder:
         self._reset()
 
     def _reset(self) -> None:
-        self._ids: list[int] = []
+        self._ids: list[int] = list(self._context)
         self._prefix = 0  # window start: tokens before it are done with
-        self._read = 0  # tokens before it are fully emitted
+        self._read = len(self._ids)  # tokens before it are fully emitted
         self._held = 0  # characters of the pending text already emitted ahead of an incomplete one
         self._unclean = ""  # text not yet cleaned up (clean_up_tokenization_spaces): its end may still change
 
@@ -552,6 +556,24 @@ class StreamDecoder:
         cut = _last_clean_cut(self._unclean)
         done, self._unclean = self._unclean[:cut], self._unclean[cut:]
         return clean_up_spaces(done)
+
+
+CONTEXT_TOKENS = 5  # prompt tokens a continuation is decoded after (vLLM's incremental detokenizer reads as many)
+
+
+def _context_tail(context: Iterable[int]) -> list[int]:
+    return [int(i) for i in list(context)[-CONTEXT_TOKENS:]]
+
+
+def continuation_text(tokenizer: Tokenizer, context: Iterable[int], ids: Iterable[int]) -> str:
+    """The text `ids` add after `context` (a prompt's ids): decode(context + ids) less decode(context). Decoded
+    alone, a SentencePiece (Llama) continuation loses the space of its first token, "Hello" + "spac", where
+    transformers' pipeline and vLLM give "Hello" + " spac"; for byte-level BPE both are the same."""
+    ids, tail = list(ids), _context_tail(context)
+    if not tail:
+        return tokenizer.decode(ids)
+    head, whole = tokenizer.decode(tail), tokenizer.decode(tail + ids)
+    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(ids)
 
 
 def clean_up_spaces(text: str) -> str:

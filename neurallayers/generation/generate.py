@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neurallayers.data.tokenizers import continuation_text
 from neurallayers.generation.config import Generation, GenerationConfig, StreamEvent, TokenLogprob, valid_seed
 from neurallayers.generation.fast import decode_step_for
 from neurallayers.generation.processors import apply_processors, build_processors, check_some_token_left
@@ -290,10 +291,11 @@ class _RowText:
     """The text of one sequence as its tokens arrive: never half a UTF-8 character (StreamDecoder), cut before
     the first stop string, and holding back a tail that could still become a stop string."""
 
-    def __init__(self, tokenizer, stops: list[str]) -> None:
+    def __init__(self, tokenizer, stops: list[str], context: list[int]) -> None:
         from neurallayers.data.tokenizers import StreamDecoder
 
-        self.decoder = StreamDecoder(tokenizer)
+        self.context = context  # the prompt's ids: the text is what the tokens add after it (continuation_text)
+        self.decoder = StreamDecoder(tokenizer, context=context)
         self.stops = stops
         self.longest = max((len(s) for s in stops), default=0)
         self.text = ""
@@ -322,7 +324,8 @@ class _RowText:
             return len(self.ends)
         k = sum(1 for e in self.ends if e <= len(self.text))
         # a token just before the cut may also hold the first bytes of a character after it: drop such tokens
-        while k > 0 and not self.text.startswith(self.decoder.tokenizer.decode(self.ids[:k])):
+        while k > 0 and not self.text.startswith(continuation_text(self.decoder.tokenizer, self.context,
+                                                                   self.ids[:k])):
             k -= 1
         return k
 
@@ -377,12 +380,13 @@ class _HeldEvents:
         return [StreamEvent(text="", token_id=e.token_id, logprob=e.logprob) for e in keep], text
 
 
-def _apply_stop_strings(gen: Generation, tokenizer, stops: list[str]) -> Generation:
-    """Decode gen's tokens into gen.text, cutting at the first stop string (tokens and logprobs trimmed)."""
+def _apply_stop_strings(gen: Generation, tokenizer, stops: list[str], context: list[int]) -> Generation:
+    """Decode gen's tokens (after its prompt's, `context`) into gen.text, cutting at the first stop string (tokens
+    and logprobs trimmed)."""
     if not stops:
-        gen.text = tokenizer.decode(gen.token_ids)
+        gen.text = continuation_text(tokenizer, context, gen.token_ids)
         return gen
-    row = _RowText(tokenizer, stops)
+    row = _RowText(tokenizer, stops, context)
     for t in gen.token_ids:
         row.push(t)
         if row.stopped:
@@ -559,16 +563,17 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
     searched = _search(model, input_ids, config, eos_ids=eos_ids, draft_model=draft_model,
                        amateur_model=amateur_model, holds_stop=_stop_check(tokenizer, stops))
     if searched is not None:
-        gens = [g for per_prompt in searched for g in per_prompt]
-        return [_apply_stop_strings(g, tokenizer, stops) if tokenizer is not None else g for g in gens]
+        return [_apply_stop_strings(g, tokenizer, stops, ids) if tokenizer is not None else g
+                for per_prompt, ids in zip(searched, input_ids, strict=True) for g in per_prompt]
     if not stops:
         gens = generate_ids(model, input_ids, config, eos_ids=eos_ids, seeds=seeds)
-        if tokenizer is not None:
-            for g in gens:
-                g.text = tokenizer.decode(g.token_ids)
+        if tokenizer is not None:  # prompt-major, num_return_sequences a prompt
+            for i, g in enumerate(gens):
+                g.text = continuation_text(tokenizer, input_ids[i // config.num_return_sequences], g.token_ids)
         return gens
     # Stop strings: follow each row's text as it grows and end the row at its first stop string.
-    texts = [_RowText(tokenizer, stops) for _ in range(len(input_ids) * config.num_return_sequences)]
+    texts = [_RowText(tokenizer, stops, input_ids[i // config.num_return_sequences])
+             for i in range(len(input_ids) * config.num_return_sequences)]
     run = None
     for run in _decode_steps(model, input_ids, config, eos_ids=eos_ids, seeds=seeds):
         col = run.width + run.n - 1
@@ -613,7 +618,7 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
         raise ValueError("stream() takes one prompt (a string or a list of token ids); use generate() for several")
     (input_ids,) = _encode_prompts(tokenizer, [prompt])
     with eval_mode(model):  # restored when the stream ends or is closed
-        row = _RowText(tokenizer, config.stop)
+        row = _RowText(tokenizer, config.stop, input_ids)
         held = _HeldEvents(row)
         reason, pending = "length", ""
         for run in _decode_steps(model, [input_ids], config, eos_ids=_eos_ids(tokenizer, model)):

@@ -177,7 +177,7 @@ class _Sequence:
         if self.procs:
             self.tokens = torch.zeros(1, req.prompt_tokens + self.budget, dtype=torch.long, device=device)
             self.tokens[0, :req.prompt_tokens] = torch.tensor(req.prompt_ids, dtype=torch.long, device=device)
-        self.text = _RowText(tokenizer, cfg.stop)
+        self.text = _RowText(tokenizer, cfg.stop, req.prompt_ids)
         self.held = _HeldEvents(self.text)  # token events wait while their text could be a stop string's
         self.n = 0  # tokens chosen so far
         self.last = -1  # the last chosen token: the input of the next decode step

@@ -308,3 +308,33 @@ def test_a_special_token_the_vocabulary_lacks_is_named_not_dropped_silently(tmp_
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
     with pytest.warns(UserWarning, match=r"eos_token='<\|im_end\|>' is not in the vocabulary"):
         assert Tokenizer.load(tmp_path).eos_token is None
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama-legacy"])
+def test_a_continuation_keeps_the_space_of_its_first_word(root, kind):
+    """A SentencePiece decoder strips the space of the text's first token, so a continuation decoded alone read
+    "Hello world" + "br go" (the server's completions, chat replies and batch outputs alike); it is decoded after the
+    prompt's last tokens, as vLLM does: " br go". generate, stream, stop strings and the server's engine agree."""
+    import torch
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.data.tokenizers import continuation_text
+    from neurallayers.generation import generate, stream
+    from neurallayers.models import build_model
+
+    tok, _ = folder(kind, root)
+    spaced = [i for t, i in tok.hf.get_vocab().items() if t.startswith("▁") and len(t) > 1]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():  # only "▁word" tokens can be chosen: the first one starts with a space
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[spaced] = torch.randn(len(spaced), 16)
+    prompt = tok.encode("Hello world")
+    (gen,) = generate(model, tok, ["Hello world"], temperature=0, max_new_tokens=6)
+    want = tok.decode(prompt + gen.token_ids)[len(tok.decode(prompt)) :]
+    assert want.startswith(" ") and gen.text == want == continuation_text(tok, prompt, gen.token_ids)
+    assert "".join(e.text for e in stream(model, tok, "Hello world", temperature=0, max_new_tokens=6)) == want
+    (cut,) = generate(model, tok, ["Hello world"], temperature=0, max_new_tokens=6, stop=[want[3:5]])
+    assert cut.text == want[:3]
+    decoder = StreamDecoder(tok, context=prompt)
+    assert "".join([decoder.push(i) for i in gen.token_ids] + [decoder.flush()]) == want

@@ -136,9 +136,11 @@ def test_a_row_that_has_stopped_may_run_out_of_tokens(method: dict) -> None:
 
 def test_stream_refuses_like_generate() -> None:
     model = tiny(seed=3, vocab=V, n_layer=1, n_embd=16, n_head=2)
-    tokenizer = SimpleNamespace(eos_ids=[], encode=lambda s, **_: list(s), decode=lambda ids, **_: "x" * len(ids))
+    from neurallayers.data.tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.train_char(["abcdefg"])  # ids 0-6 letters, 7 its eos (ignored here)
     with pytest.raises(ValueError, match="no_repeat_ngram_size=1 bans every token"):
-        list(stream(model, tokenizer, PROMPT, max_new_tokens=12, no_repeat_ngram_size=1, seed=0))
+        list(stream(model, tokenizer, PROMPT, max_new_tokens=12, no_repeat_ngram_size=1, seed=0, ignore_eos=True))
 
 
 @pytest.mark.parametrize("alpha", [0.6, 0.9])
