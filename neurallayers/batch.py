@@ -33,6 +33,7 @@ import difflib
 import hashlib
 import json
 import logging
+import operator
 import os
 import secrets
 import shutil
@@ -192,10 +193,18 @@ def _changes(old: dict, new: dict) -> list[str]:
     out += [f"{k}: {old_s.get(k)!r} -> {new_s.get(k)!r}" for k in sorted(set(old_s) | set(new_s))
             if old_s.get(k) != new_s.get(k)]
     old_m, new_m = old.get("model", {}), new["model"]
-    out += [f"the model's {k}" for k in ("config", "tokenizer", "files") if old_m.get(k) != new_m.get(k)]
+    same = {"config": _same_config}
+    out += [f"the model's {k}" for k in ("config", "tokenizer", "files")
+            if not same.get(k, operator.eq)(old_m.get(k), new_m.get(k))]
     out += [f"the model's {k}: {old_m[k]} -> {new_m[k]}" for k in ("dtype", "eos_ids")
             if k in old_m and old_m[k] != new_m[k]]  # records written before these were kept have neither
     return out
+
+
+def _same_config(old: dict | None, new: dict) -> bool:
+    """A record written before a ModelConfig field existed lacks it; the field at None (the default that keeps the
+    shape models had before it, such as final_norm) describes that same model, so the run still resumes."""
+    return isinstance(old, dict) and {k: v for k, v in new.items() if k in old or v is not None} == old
 
 
 # ----- atomic files -----
@@ -370,6 +379,18 @@ def _line(record: dict) -> bytes:
 
 
 # ----- planning generation batches -----
+def _generate(model: nn.Module, tokenizer: Tokenizer, batch: list[BatchItem], prompts: dict[int, list[int]],
+              config: GenerationConfig, seeds: dict[int, int], *, source: Path) -> list:
+    """generate() for one batch; an error only decoding finds (no_repeat_ngram_size leaving a small vocabulary no
+    token) names the batch's input lines, which a rerun would stop at again."""
+    try:
+        return generate(model, tokenizer, [prompts[it.index] for it in batch], config,
+                        seeds=[seeds[it.index] for it in batch])
+    except ValueError as e:
+        lines = ", ".join(str(it.line) for it in sorted(batch, key=lambda it: it.line))
+        raise ValueError(f"{source} line{'s' * (len(batch) > 1)} {lines}: {e}") from None
+
+
 def _plan(todo: list[BatchItem], lengths: dict[int, int], configs: dict[int, GenerationConfig], *,
           batch_size: int) -> list[list[BatchItem]]:
     """Batches of items that share a config, shortest prompts first (less padding). generate() gives each prompt
@@ -475,8 +496,8 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
             if causal:
                 batches = _plan(todo, {i: len(p) for i, p in prompts.items()}, configs, batch_size=batch_size)
                 for batch in batches:
-                    gens = generate(model, tokenizer, [prompts[it.index] for it in batch],
-                                    configs[batch[0].index], seeds=[seeds[it.index] for it in batch])
+                    gens = _generate(model, tokenizer, batch, prompts, configs[batch[0].index], seeds,
+                                     source=input_path)
                     _append(record, [_line({"id": it.id, "text": g.text, "finish_reason": g.finish_reason,
                                             "prompt_tokens": g.prompt_tokens,
                                             "completion_tokens": g.completion_tokens})

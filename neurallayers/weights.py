@@ -211,6 +211,15 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def _share_as_new_files(path: Path) -> None:
+    """Give `path` a new file's permissions: safetensors creates it 0o600, unreadable to a team or a server's user.
+    Best effort: vfat and exFAT (Linux) refuse with EPERM a mode they cannot store, and the file is just as good."""
+    try:
+        os.chmod(path, _new_file_mode())
+    except OSError:
+        pass
+
+
 def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
                      metadata: dict[str, str] | None = None) -> Path:
     """Writes `sd` atomically (temp file, fsync, rename, fsync of the folder).
@@ -239,7 +248,7 @@ def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(unique, str(tmp), metadata=meta or None)
-        os.chmod(tmp, _new_file_mode())  # safetensors creates it 0o600: unreadable to a team or a server's user
+        _share_as_new_files(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)

@@ -237,6 +237,18 @@ def test_bad_settings_and_outputs(lm, tmp_path):
     assert res.computed == 2 and len(results(foreign)) == 2
 
 
+def test_a_line_whose_setting_fails_while_decoding_is_named(lm, tmp_path):
+    """no_repeat_ngram_size on a small vocabulary can leave no token to choose, which only decoding finds: the error
+    names the input line (a rerun stops at it again); the lines before it are kept."""
+    model, tok = lm
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "prompt": "the"}) + "\n" + json.dumps(
+        {"id": "b", "prompt": "fox", "no_repeat_ngram_size": 1, "max_new_tokens": 60, "ignore_eos": True}) + "\n")
+    with pytest.raises(ValueError, match=r"in\.jsonl line 2: GenerationConfig\.no_repeat_ngram_size=1 bans every "):
+        run_batch(model, tok, inp, tmp_path / "out.jsonl", config=GREEDY, progress=False)
+    assert [r["id"] for r in results(tmp_path / "out.jsonl")] == ["a"]
+
+
 def test_cli_prints_one_line_for_a_bad_line(run_dir, tmp_path, capsys):
     from neurallayers.__main__ import main
 
@@ -306,6 +318,29 @@ def test_model_change_is_refused(lm, run_dir, tmp_path, monkeypatch):
     files = {**model_files_identity(run_dir), "model.safetensors": [1, 2]}
     with pytest.raises(ValueError, match="the model's files"):
         run_batch(model, tok, inp, out, config=GREEDY, model_files=files, progress=False)
+
+
+def test_a_run_interrupted_before_a_new_config_field_resumes(lm, tmp_path, monkeypatch):
+    """A progress record written before ModelConfig had final_norm lacks it: the field at None is the same model,
+    so the run resumes (it was refused as "the model's config" changed); a field that does differ is still refused."""
+    model, tok = lm
+    inp = write_prompts(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out.jsonl"
+    with monkeypatch.context() as m:
+        interrupt_after(m, "generate", 1)
+        with pytest.raises(Interrupt):
+            run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    record_path = tmp_path / "out.jsonl.progress.json"
+    record = json.loads(record_path.read_text())
+    config = record["fingerprint"]["model"]["config"]
+    assert config.pop("final_norm") is None
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="the model's config"):
+        run_batch(model.__class__(model.config.replace(norm_eps=1e-6)), tok, inp, out, config=GREEDY, progress=False)
+    res = run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    assert (res.resumed, res.computed) == (2, 2)
+    assert results(out) == results(run_batch(model, tok, inp, tmp_path / "straight.jsonl", config=GREEDY,
+                                             progress=False).output)
 
 
 # ----- embeddings -----

@@ -120,10 +120,10 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     if tokenizer is not None and "max_seq_length" in sentence:
         tokenizer.model_max_length = sentence["max_seq_length"]
     eos_ids = _generation_eos_ids(folder, cfg.vocab_size, hf_cfg) if cfg.causal else None
+    if eos_ids is not None:  # generate(model, None, ids) reads them from the model, tokenizer files or not
+        model.generation_eos_ids = eos_ids
     if eos_ids is not None and tokenizer is not None:  # without either file's ids, the tokenizer's own (a converted
         tokenizer.extra_eos_ids = [t for t in eos_ids if t != tokenizer.eos_id]  # run's, in tokenizer_config)
-    elif eos_ids is not None:  # no tokenizer to carry them: generate(model, None, ids) reads them from the model
-        model.generation_eos_ids = eos_ids
     return model.eval(), tokenizer
 
 
@@ -131,8 +131,6 @@ def _generation_eos_ids(folder: Path, vocab: int, hf_cfg: dict) -> list[int] | N
     """The eos_token_id of generation_config.json (an id or a list of them; transformers' generate stops at each),
     or of config.json where the folder has no generation_config.json (transformers builds its generation settings
     from config.json then); None when neither file says."""
-    from neurallayers.data.tokenizers import is_id_list
-
     path = folder / "generation_config.json"
     if path.is_file():
         eos = read_json(path).get("eos_token_id")
@@ -141,9 +139,14 @@ def _generation_eos_ids(folder: Path, vocab: int, hf_cfg: dict) -> list[int] | N
     else:
         return None
     ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
-    if not is_id_list(ids, vocab):
-        raise ValueError(f"{path}: eos_token_id={eos!r} must be token ids in [0, {vocab})")
-    return ids
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+        raise ValueError(f"{path}: eos_token_id={eos!r} must be a token id or a list of them (ints >= 0)")
+    if unused := [t for t in ids if t >= vocab]:
+        # transformers' GPT2Config names 50256 whatever the vocab_size (a tiny reference model's folder), and its
+        # generate loads it and never meets that id: refusing the folder would refuse what transformers runs
+        warnings.warn(f"{path}: eos_token_id {unused} is outside the model's vocabulary [0, {vocab}), so never "
+                      "generated; not used", stacklevel=3)
+    return [t for t in ids if t < vocab]
 
 
 # generation_config.json's sampling settings that become defaults (those vLLM applies), as GenerationConfig names them

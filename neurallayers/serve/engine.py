@@ -95,7 +95,7 @@ class Engine:
         self._cond = threading.Condition()  # guards everything below and wakes the engine thread
         self._waiting: deque[Request] = deque()
         self._running: list[_Sequence] = []  # row i of the cache belongs to _running[i]
-        self._admitting = 0  # popped from _waiting, being prefilled: still counts toward capacity
+        self._admitting: list[Request] = []  # popped from _waiting, being prefilled: still counts toward capacity
         self._thread: threading.Thread | None = None
         self._closing = False  # no new requests
         self._abort: BaseException | None = None  # end every request with this error and stop
@@ -143,7 +143,7 @@ class Engine:
         with self._cond:
             if self._closing:
                 raise EngineClosed("the engine is shutting down and takes no new requests")
-            if len(self._running) + self._admitting + len(self._waiting) >= self.max_batch + self.max_queue:
+            if len(self._running) + len(self._admitting) + len(self._waiting) >= self.max_batch + self.max_queue:
                 retry = self._retry_after()
                 raise EngineFull(f"the engine is at capacity ({len(self._running)} running, {len(self._waiting)} "
                                  f"waiting); retry in {retry:.1f} s", retry)
@@ -169,7 +169,7 @@ class Engine:
             with self._cond:
                 self._abort = self._abort or EngineClosed("the engine shut down before the request finished "
                                                           f"(drain timeout of {timeout} s)")
-                left = [s.req for s in self._running] + list(self._waiting)
+                left = [s.req for s in self._running] + self._admitting + list(self._waiting)
                 self._cond.notify_all()
             # end them now, not after the step in progress: the server answers them before its own deadline
             for req in left:
@@ -181,7 +181,7 @@ class Engine:
         tokens_generated, requests_finished / _cancelled / _failed, step_time_s (moving average), max_batch,
         max_queue, max_len, closed."""
         with self._cond:
-            return dict(self._stats, running=len(self._running) + self._admitting, waiting=len(self._waiting),
+            return dict(self._stats, running=len(self._running) + len(self._admitting), waiting=len(self._waiting),
                         step_time_s=self._step_time, max_batch=self.max_batch, max_queue=self.max_queue,
                         max_len=self.max_len, closed=self._closing)
 
@@ -249,7 +249,7 @@ class Engine:
                 self._cond.wait()
             stop = self._abort is not None or (self._closing and not self._waiting and not self._running)
             newcomers = [] if stop else self._admit()
-            self._admitting = len(newcomers)
+            self._admitting = newcomers
         if stop:
             self._end_all()
             return False
@@ -310,10 +310,10 @@ class Engine:
                 self._stats["prefills"] += k
                 self._stats["prompt_tokens"] += sum(r.prompt_tokens for r in reqs)
                 self._running.extend(seqs)
-                self._admitting = 0
+                self._admitting = []
         except Exception as e:  # these requests fail; their rows stay free
             with self._cond:
-                self._admitting = 0
+                self._admitting = []
             self._fail(reqs, e)
             return
         done = []

@@ -350,6 +350,40 @@ def test_convert_without_a_tokenizer_keeps_the_sources_special_ids(tmp_path):
     assert want.shape[1] < 4 + 8
 
 
+def test_eos_ids_outside_the_vocabulary_are_not_used_nor_refused(tmp_path):
+    """transformers' GPT2Config names eos 50256 at any vocab_size, so a tiny reference model's folder lists an id its
+    model never generates; transformers loads and generates from it, and so did load() until the eos ids of a folder
+    without tokenizer files were read (it then refused the folder). The id is left out with a warning."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    ref = transformers.GPT2LMHeadModel(cfg).eval()
+    ref.generation_config.eos_token_id = [cfg.eos_token_id, 5]
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    with pytest.warns(UserWarning, match=r"eos_token_id \[50256\] is outside the model's vocabulary \[0, 64\)"):
+        model, tok = load(tmp_path)
+    assert tok is None and model.generation_eos_ids == [5]
+    (tmp_path / "generation_config.json").unlink()  # config.json's 50256 alone
+    with pytest.warns(UserWarning, match="outside the model's vocabulary"):
+        assert load(tmp_path)[0].generation_eos_ids == []
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "2"}))
+    with pytest.raises(ValueError, match=r"generation_config.json: eos_token_id='2' must be a token id"):
+        load(tmp_path)
+
+
+def test_save_hf_writes_where_the_file_system_refuses_chmod(tmp_path, monkeypatch):
+    """Giving model.safetensors the umask's permissions is a courtesy: a vfat or exFAT drive (Linux) answers chmod
+    with EPERM for modes it cannot store, and saving there failed (it worked before the permissions were set)."""
+    model = build_model(ModelConfig(vocab_size=VOCAB, block_size=16, n_layer=1, n_head=2, n_embd=16))
+
+    def refuse(path, mode, **kw):
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    save_hf(model, None, tmp_path / "out")
+    assert load_file(tmp_path / "out" / "model.safetensors").keys()
+    assert not [p.name for p in (tmp_path / "out").iterdir() if ".tmp" in p.name]
+
+
 def test_convert_rejects_bad_arguments(tmp_path):
     src = tmp_path / "hf"
     hf_folder(src)

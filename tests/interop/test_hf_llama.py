@@ -228,6 +228,9 @@ def test_generation_config_eos_ids_end_a_generation_as_in_transformers(tmp_path)
     (gen,) = generate(model, loaded, [prompt], temperature=0, max_new_tokens=8)
     assert gen.token_ids == want[:-1] and gen.finish_reason == "stop"  # the eos itself is not returned
     assert list(stream(model, loaded, prompt, temperature=0, max_new_tokens=8))[-1].finish_reason == "stop"
+    # ids in without the tokenizer it loaded: the same stop (it ran on to 8 tokens where tokenizer files exist)
+    (gen,) = generate(model, None, [prompt], temperature=0, max_new_tokens=8)
+    assert gen.token_ids == want[:-1] and gen.finish_reason == "stop"
     save_hf(model, loaded, tmp_path / "out")
     assert transformers.GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == [tok.eos_id, turn_end]
     # a folder without tokenizer files (weights and configs only): ids in, the same stop (it ran on to 8 tokens)

@@ -355,6 +355,27 @@ def test_shutdown_without_drain_ends_requests(tok) -> None:
         engine.submit(tok.encode("ok"), cfg)
 
 
+def test_shutdown_without_drain_ends_a_request_in_its_prefill_at_once(tok) -> None:
+    """The server's --shutdown-timeout cut ends what is left at once, so that its 503 goes out before uvicorn cancels
+    the handler (a plain-text 500): a request popped from the queue and still in its prefill was ended only after
+    that prefill and one more decode step."""
+    model = random_lm("gpt2", seed=5)
+    gate = Gate(model)
+    engine = Engine(model, tok, max_batch=1, max_queue=2)
+    engine.start()
+    req = engine.submit(tok.encode("héllo"), GenerationConfig(temperature=0, max_new_tokens=50))
+    wait_until(lambda: gate.arrived == 1)  # held before its prefill forward
+    closer = threading.Thread(target=engine.shutdown, kwargs=dict(drain=False))
+    closer.start()
+    try:
+        wait_until(lambda: req.done)
+    finally:
+        gate.open()
+        closer.join(30)
+    with pytest.raises(EngineClosed):
+        list(req)
+
+
 def test_a_failing_forward_fails_its_requests_only(tok) -> None:
     """A model error ends the requests of that step with RuntimeError; the engine keeps serving."""
     model = random_lm("gpt2", seed=6)
