@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 
+from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.nn.modes import eval_mode
 
@@ -54,6 +55,9 @@ def _check_texts(texts: object, name: str = "texts") -> list[str]:
             raise ValueError(f"{name}[{i}] must be a str, got {type(t).__name__}")
         if not t.strip():
             raise ValueError(f"{name}[{i}] is empty or whitespace: give some text")
+        if bad := lone_surrogate(t):  # HF's TypeError for it names no text ("TextEncodeInput must be Union[...]")
+            raise ValueError(f"{name}[{i}] has a character that is not valid Unicode at position {bad.start()} "
+                             f"(U+{ord(bad[0]):04X}, a lone surrogate, e.g. from bytes that were not UTF-8)")
     return list(texts)
 
 

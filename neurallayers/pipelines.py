@@ -122,14 +122,15 @@ class FillMaskPipeline(Pipeline):
         for batch in self._batches(texts):
             logits = self._forward(batch)  # (B, T, vocab)
             for row, ids in enumerate(batch["input_ids"]):
-                where = (ids == self.mask_id).nonzero()
+                real_mask = batch["attention_mask"][row].bool()
+                where = ((ids == self.mask_id) & real_mask).nonzero()  # padding may hold its id (no pad token: 0)
                 if len(where) != 1:
-                    raise ValueError(f"inputs: the mask token was cut off, the text is longer than "
+                    raise ValueError(f"inputs[{len(results)}]: the mask token was cut off, the text is longer than "
                                      f"{self._max_length()} tokens")
                 pos = int(where[0, 0])
                 probs = logits[row, pos].softmax(-1)
                 scores, tokens = probs.topk(top_k)
-                real = ids[batch["attention_mask"][row].bool()].tolist()
+                real = ids[real_mask].tolist()
                 preds = []
                 for score, token in zip(scores.tolist(), tokens.tolist(), strict=True):
                     filled = [token if j == pos else t for j, t in enumerate(real)]

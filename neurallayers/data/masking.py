@@ -32,6 +32,8 @@ class Masker:
                  prob: float = 0.15, seed: int = 0) -> None:
         if not 0 < prob < 1:
             raise ValueError(f"prob={prob}: the share of tokens to mask must be in (0, 1)")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise ValueError(f"seed={seed!r}: must be an int >= 0")  # numpy refused it only at the first batch
         if not 0 <= mask_id < vocab_size:
             raise ValueError(f"mask_id={mask_id} is outside the vocabulary [0, {vocab_size})")
         self.mask_id, self.vocab_size, self.prob, self.seed = mask_id, vocab_size, prob, seed
@@ -55,8 +57,8 @@ class Masker:
         At least one token per row (window) is selected when the row has any that is not special, so the loss is
         defined for every slice of rows (each process's share of a batch, under DDP).
         """
-        if ids.ndim != 2:
-            raise ValueError(f"ids must be (B, T), got shape {tuple(ids.shape)}")
+        if ids.ndim != 2 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"ids must be (B, T) integer ids, got a {ids.dtype} tensor of shape {tuple(ids.shape)}")
         if index < 0:
             raise ValueError(f"index={index} must be >= 0")
         rng = np.random.Generator(np.random.PCG64([self.seed, stream, index]))

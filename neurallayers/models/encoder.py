@@ -73,6 +73,7 @@ class EncoderModel(nn.Module):
         """
         cfg = self.config
         b, t = _check_ids(input_ids, "input_ids")
+        _check_below(input_ids, cfg.vocab_size, "input_ids", "vocab_size")  # another tokenizer's ids, say
         if t > cfg.block_size and cfg.position in ("learned", "sinusoidal"):
             raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
         device = input_ids.device
@@ -184,7 +185,9 @@ class EncoderForMaskedLM(_HeadModel):
 class EncoderForSequenceClassification(_HeadModel):
     """Encoder + classifier on the pooled [CLS] state (the raw [CLS] hidden state when there is no pooler).
 
-    Loss: cross-entropy over `num_labels` classes, or mean squared error (regression) when num_labels == 1.
+    Loss as transformers computes it: cross-entropy over `num_labels` classes, mean squared error (regression, the
+    default when num_labels == 1), or a binary cross-entropy per label (multi-label: float labels, or the config's
+    problem_type).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -197,18 +200,37 @@ class EncoderForSequenceClassification(_HeadModel):
 
     def forward(self, input_ids: torch.Tensor, *, labels: torch.Tensor | None = None,
                 **kwargs) -> EncoderOutput:
-        """labels (B,): class ids (or float targets when num_labels == 1); logits (B, num_labels)."""
+        """labels: (B,) class ids, (B,) float targets (regression, num_labels == 1) or (B, num_labels) floats
+        (multi-label, or regression with several outputs); logits (B, num_labels)."""
         out = self.encoder(input_ids, **kwargs)
         pooled = out.pooled if out.pooled is not None else out.hidden[:, 0]
         out.logits = self.classifier(self.drop(pooled))
         if labels is not None:
-            if labels.shape != (input_ids.shape[0],):
-                raise ValueError(f"labels must have shape (B,)={(input_ids.shape[0],)}, got {tuple(labels.shape)}")
-            if self.config.num_labels == 1:
-                out.loss = F.mse_loss(out.logits.float().squeeze(-1), labels.float())
-            else:
-                out.loss = F.cross_entropy(out.logits.float(), labels)
+            out.loss = _sequence_loss(out.logits.float(), labels, self.config.extra.get("problem_type"))
         return out
+
+
+def _sequence_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+    """transformers' BertForSequenceClassification loss: logits (B, n). The config's problem_type (a Hugging Face
+    config's), else regression for one output, single-label for integer labels, multi-label for float ones."""
+    b, n = logits.shape
+    if problem_type is None:
+        problem_type = ("regression" if n == 1 else "multi_label_classification" if labels.is_floating_point()
+                        else "single_label_classification")
+    if problem_type == "single_label_classification":
+        if labels.shape != (b,) or labels.is_floating_point():
+            raise ValueError(f"labels must be class ids of shape (B,)={(b,)}, got {labels.dtype} {tuple(labels.shape)}")
+        return F.cross_entropy(logits, labels.long())  # int32 ids too
+    if problem_type not in ("regression", "multi_label_classification"):
+        raise ValueError(f"problem_type={problem_type!r}: expected one of 'regression', "
+                         "'single_label_classification', 'multi_label_classification'")
+    want = (b,) if n == 1 and problem_type == "regression" else (b, n)  # one output: (B,) targets, or (B, 1)
+    if labels.shape != want and not (n == 1 and labels.numel() == b):
+        raise ValueError(f"labels must have shape {want} for {problem_type}, got {tuple(labels.shape)}")
+    targets = labels.float().reshape(logits.shape)
+    if problem_type == "regression":
+        return F.mse_loss(logits, targets)
+    return F.binary_cross_entropy_with_logits(logits, targets)  # a sigmoid per label
 
 
 class EncoderForTokenClassification(_HeadModel):

@@ -78,3 +78,17 @@ def test_with_mask_token_adds_one_special_token_that_survives_save_and_load(tmp_
     assert bpe.mask_id == 1 and bpe.vocab_size <= 300 and bpe.special_ids == [0, 1]
     masker = Masker.for_tokenizer(tok, prob=0.2, seed=0)
     assert masker.mask_id == 50257 and list(masker.special_ids) == [50256, 50257]
+
+
+def test_a_bad_seed_or_non_integer_ids_are_refused_in_one_line():
+    """A negative seed built a Masker that failed at its first batch with numpy's "expected non-negative integer";
+    float ids were cast to int silently (5.7 became 5)."""
+    with pytest.raises(ValueError, match=r"seed=-1: must be an int >= 0"):
+        Masker(mask_id=3, vocab_size=10, seed=-1)
+    with pytest.raises(ValueError, match=r"seed=1.5: must be an int >= 0"):
+        Masker(mask_id=3, vocab_size=10, seed=1.5)
+    masker = Masker(mask_id=3, vocab_size=10, seed=0)
+    with pytest.raises(ValueError, match=r"integer ids, got a torch.float32 tensor of shape \(1, 3\)"):
+        masker(torch.full((1, 3), 5.7), 0)
+    inputs, labels = masker(torch.full((1, 3), 5, dtype=torch.int32), 0)  # any integer dtype
+    assert inputs.dtype == labels.dtype == torch.int64
