@@ -133,6 +133,10 @@ class DecoderLM(nn.Module):
         """
         cfg = self.config
         b, t = _check_ids(input_ids)
+        if cache is None and not self.training:  # a user's forward (scoring): the ids may be another tokenizer's.
+            # Training reads a token cache checked when it was built, generation checks its prompts, and neither a
+            # training step nor a decode step should pay a host sync for it.
+            check_below(input_ids, cfg.vocab_size, "input_ids", "vocab_size")
         if targets is not None and targets.shape != input_ids.shape:  # a flat view of another shape pairs wrong ids
             raise ValueError(f"targets must have the shape of input_ids {tuple(input_ids.shape)} (already shifted), "
                              f"got {tuple(targets.shape)}")
@@ -244,6 +248,14 @@ def _check_ids(input_ids: torch.Tensor) -> tuple[int, int]:
                else type(input_ids).__name__)
         raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got {got}")
     return input_ids.shape
+
+
+def check_below(ids: torch.Tensor, limit: int, name: str, field: str) -> None:
+    """ids index a table of `limit` rows: out of range they are an IndexError deep in the embedding."""
+    if torch.compiler.is_compiling() or not bool(((ids < 0) | (ids >= limit)).any()):  # one host sync, no graph break
+        return
+    low, high = int(ids.min()), int(ids.max())
+    raise ValueError(f"{name} must be in [0, {field}={limit}), got values in [{low}, {high}]")
 
 
 def check_position_ids(position_ids: torch.Tensor, b: int, t: int) -> torch.Tensor:

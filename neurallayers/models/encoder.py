@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from neurallayers.config import ModelConfig
-from neurallayers.models.decoder import build_blocks, check_position_ids, init_weights
+from neurallayers.models.decoder import build_blocks, check_below, check_position_ids, init_weights
 from neurallayers.nn import RotaryEmbedding, build_norm, sinusoidal_table
 
 ENCODER_POSITIONS = ("learned", "sinusoidal", "rope", "none")
@@ -73,7 +73,7 @@ class EncoderModel(nn.Module):
         """
         cfg = self.config
         b, t = _check_ids(input_ids, "input_ids")
-        _check_below(input_ids, cfg.vocab_size, "input_ids", "vocab_size")  # another tokenizer's ids, say
+        check_below(input_ids, cfg.vocab_size, "input_ids", "vocab_size")  # another tokenizer's ids, say
         if t > cfg.block_size and cfg.position in ("learned", "sinusoidal"):
             raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
         device = input_ids.device
@@ -82,7 +82,7 @@ class EncoderModel(nn.Module):
         else:
             position_ids = check_position_ids(position_ids, b, t)
             if cfg.position in ("learned", "sinusoidal"):
-                _check_below(position_ids, cfg.block_size, "position_ids", "block_size")
+                check_below(position_ids, cfg.block_size, "position_ids", "block_size")
         x = self.wte(input_ids)
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
@@ -92,7 +92,7 @@ class EncoderModel(nn.Module):
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
             _check_same_shape(token_type_ids, input_ids, "token_type_ids")
-            _check_below(token_type_ids, cfg.type_vocab_size, "token_type_ids", "type_vocab_size")
+            check_below(token_type_ids, cfg.type_vocab_size, "token_type_ids", "type_vocab_size")
             x = x + self.wtt(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but the config has type_vocab_size=0")
@@ -288,14 +288,6 @@ def _check_ids(ids: torch.Tensor, name: str) -> tuple[int, int]:
 def _check_same_shape(x: torch.Tensor, ids: torch.Tensor, name: str) -> None:
     if x.shape != ids.shape:
         raise ValueError(f"{name} must have the shape of input_ids {tuple(ids.shape)}, got {tuple(x.shape)}")
-
-
-def _check_below(ids: torch.Tensor, limit: int, name: str, field: str) -> None:
-    """ids index a table of `limit` rows: out of range they are an IndexError deep in the embedding."""
-    if torch.compiler.is_compiling() or not bool(((ids < 0) | (ids >= limit)).any()):  # one host sync, no graph break
-        return
-    low, high = int(ids.min()), int(ids.max())
-    raise ValueError(f"{name} must be in [0, {field}={limit}), got values in [{low}, {high}]")
 
 
 def _padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:

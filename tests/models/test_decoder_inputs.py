@@ -88,3 +88,11 @@ def test_position_ids_of_one_row_or_one_dimension_broadcast_and_others_are_refus
     for bad in (torch.arange(5), torch.arange(12).view(2, 1, 6), torch.arange(18).view(3, 6)):
         with pytest.raises(ValueError, match=r"position_ids must have shape \(B, T\)=\(2, 6\), \(1, T\) or \(T,\)"):
             net(ids, position_ids=bad)
+
+
+def test_ids_outside_the_vocabulary_are_one_clear_error():
+    """Another tokenizer's ids were an IndexError from inside the embedding."""
+    net = model("gpt2")
+    bad = torch.tensor([[1, net.config.vocab_size + 3]])
+    with pytest.raises(ValueError, match=r"input_ids must be in \[0, vocab_size=\d+\), got values in \[1, \d+\]"):
+        net(bad)
