@@ -252,6 +252,13 @@ class Tokenizer:
 
     # -- save / load ------------------------------------------------------------------------------
 
+    def _types_pairs(self) -> bool:
+        """Whether encoding a pair of texts gives the second its own token type (BERT's post-processor)."""
+        try:
+            return any(self.hf.encode("a", "b").type_ids)
+        except Exception:  # a processor that takes no pairs
+            return False
+
     def save(self, path: str | os.PathLike) -> Path:
         """Writes `tokenizer.json` and an HF-compatible `tokenizer_config.json`.
 
@@ -281,6 +288,9 @@ class Tokenizer:
                 config.setdefault(key, found)
         if self.mask_token is not None:  # transformers' fill-mask pipeline reads it from here
             config["mask_token"] = self.mask_token
+        if self._types_pairs():  # else transformers' PreTrainedTokenizerFast returns no token_type_ids: a converted
+            # BERT pair classifier (a cross-encoder) scored every pair as if it were one text
+            config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
         if self.clean_up_tokenization_spaces:

@@ -396,6 +396,10 @@ def test_a_saved_bert_tokenizer_keeps_its_special_token_names(minilm, tmp_path):
     back = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert (back.cls_token, back.sep_token, back.unk_token, back.pad_token, back.mask_token) == \
         ("[CLS]", "[SEP]", "[UNK]", "[PAD]", "[MASK]")
+    # and a pair's token types, which its PreTrainedTokenizerFast left out (a converted cross-encoder scored every
+    # pair as one text: hidden states up to 0.13 off)
+    want = transformers.AutoTokenizer.from_pretrained(minilm_folder())("a b", "c d")
+    assert back("a b", "c d")["token_type_ids"] == want["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1]
 
 
 def test_a_masked_lm_with_a_pooler_exports_as_bert_for_masked_lm_without_one(tmp_path):
