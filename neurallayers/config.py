@@ -22,7 +22,7 @@ AttentionKernel = Literal["sdpa", "eager"]
 GeluApprox = Literal["tanh", "none"]
 RopeScalingType = Literal["linear", "dynamic", "llama3"]
 Head = Literal["none", "mlm", "sequence_classification", "token_classification"]
-DERIVED = ("n_kv_head", "head_dim", "intermediate_size", "final_norm")  # None: computed in __post_init__
+DERIVED = ("n_kv_head", "head_dim", "intermediate_size")  # None: computed from other fields in __post_init__
 
 _ROPE_SCALING_KEYS = {
     "linear": {"type", "factor"},
@@ -36,8 +36,8 @@ _ROPE_SCALING_FLOATS = ("factor", "low_freq_factor", "high_freq_factor")
 class ModelConfig:
     """Every architecture switch of the decoder and encoder families.
 
-    Derived fields (`n_kv_head`, `head_dim`, `intermediate_size`, `final_norm`) are filled from the others when left
-    as None. The config remembers which ones it derived: `to_dict()` writes those as None and `replace()` derives them
+    Derived fields (`n_kv_head`, `head_dim`, `intermediate_size`) are filled from the others when left as None.
+    The config remembers which ones it derived: `to_dict()` writes those as None and `replace()` derives them
     again from the new values, so `replace(n_embd=...)` never keeps a head_dim computed from the old n_embd.
     A derived field given a value (here or in `replace`) is explicit from then on and kept as it is.
     """
@@ -55,8 +55,9 @@ class ModelConfig:
     norm: Norm = "layernorm"
     norm_eps: float = 1e-5
     norm_placement: NormPlacement = "pre"
-    # A norm after the last block. None: pre-norm stacks and every decoder have one (decoders always had it, so
-    # runs saved before this field load as they were); False gives GPT-1's post-norm decoder, which has none.
+    # A norm after the last block. None (see `has_final_norm`): pre-norm stacks and every decoder have one (decoders
+    # always had it, so runs saved before this field load as they were); False gives GPT-1's post-norm decoder. It
+    # stays None rather than being filled in, so dataclasses.replace(cfg, causal=False, ...) decides it again.
     final_norm: bool | None = None
     mlp: MLPKind = "gelu"
     gelu_approx: GeluApprox = "tanh"  # GPT-2 uses the tanh approximation, BERT the exact erf form
@@ -113,11 +114,9 @@ class ModelConfig:
             _require("head_dim", self.head_dim, self.head_dim % 2 == 0, "must be even for rope positions")
         if self.intermediate_size is None:
             self.intermediate_size = default_intermediate_size(self.n_embd, self.mlp)
-        if self.final_norm is None:
-            self.final_norm = self.causal or self.norm_placement == "pre"
         # Only a post-norm decoder has the choice: a pre-norm stack's output is the un-normalised residual stream,
         # and BERT (a post-norm encoder) has no final norm, which its Hugging Face export relies on.
-        _require("final_norm", self.final_norm, self.final_norm or self.norm_placement == "post",
+        _require("final_norm", self.final_norm, self.final_norm is not False or self.norm_placement == "post",
                  "False needs norm_placement='post' (a pre-norm stack needs its final norm)")
         post_encoder = self.norm_placement == "post" and not self.causal
         _require("final_norm", self.final_norm, not (self.final_norm and post_encoder),
@@ -184,6 +183,14 @@ class ModelConfig:
         return 2 * self.n_layer * batch_size * t * self.kv_dim * bytes_per_value
 
     # ----- (de)serialisation -----
+    @property
+    def has_final_norm(self) -> bool:
+        """Whether a norm follows the last block: `final_norm`, or where it is None, every decoder and every pre-norm
+        stack (a post-norm encoder, BERT, has none)."""
+        if self.final_norm is not None:
+            return self.final_norm
+        return self.causal or self.norm_placement == "pre"
+
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain data; derived fields the user left unset are None, so they are derived again
         from whatever the dict holds when it is read back (`from_dict`, YAML, dict-level overrides)."""

@@ -80,7 +80,7 @@ class DecoderLM(nn.Module):
             self.register_buffer("alibi", alibi_slopes(cfg.n_head), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = build_blocks(cfg)
-        self.norm_f = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias) if cfg.final_norm else None
+        self.norm_f = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias) if cfg.has_final_norm else None
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.gradient_checkpointing = False
         init_weights(self, cfg)

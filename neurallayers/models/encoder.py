@@ -51,7 +51,7 @@ class EncoderModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = build_blocks(cfg)
         # Pre-norm stacks leave the residual stream un-normalised; post-norm (BERT) already ends in a norm.
-        self.norm_f = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias) if cfg.final_norm else None
+        self.norm_f = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias) if cfg.has_final_norm else None
         self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.pooler else None
         self.gradient_checkpointing = False
         init_weights(self, cfg)

@@ -140,7 +140,7 @@ def test_a_typo_inside_rope_scaling_names_the_key(key):
     ("bias: no", "bias", False),
     ("tie_embeddings: yes", "tie_embeddings", True),
     ("n_kv_head: null", "n_kv_head", 2),  # null: derived
-    ("final_norm: null", "final_norm", True),
+    ("final_norm: null", "has_final_norm", True),
     ("norm_placement: post\nfinal_norm: false", "final_norm", False),
 ])
 def test_yaml_spellings_that_read(tmp_path, text, field, want):

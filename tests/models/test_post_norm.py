@@ -4,6 +4,8 @@ norm they were trained with."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import yaml
@@ -61,7 +63,7 @@ def test_a_config_saved_before_final_norm_keeps_its_final_norm(tmp_path):
     old.pop("final_norm")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": old}))
     cfg = ModelConfig.from_checkpoint(tmp_path)
-    assert cfg.final_norm is True and cfg.to_dict()["final_norm"] is None  # derived, and written so again
+    assert cfg.has_final_norm and cfg.final_norm is None and cfg.to_dict()["final_norm"] is None
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     assert {"norm_f.weight", "norm_f.bias"} <= set(model.state_dict())
@@ -75,8 +77,10 @@ def test_a_config_saved_before_final_norm_keeps_its_final_norm(tmp_path):
 
 def test_final_norm_is_derived_again_and_an_explicit_one_survives_yaml(tmp_path):
     bert = ModelConfig.from_name("bert-mini")
-    assert bert.final_norm is False  # post-norm encoders never had one (BertModel)
-    assert bert.replace(norm_placement="pre").final_norm is True  # derived again, as before the field
+    assert not bert.has_final_norm  # post-norm encoders never had one (BertModel)
+    assert bert.replace(norm_placement="pre").has_final_norm  # decided again, as before the field
+    # dataclasses.replace too (it passes every field: a filled-in value was kept, and refused for an encoder)
+    assert not dataclasses.replace(ModelConfig(**GPT1), causal=False).has_final_norm
     gpt1 = ModelConfig(**GPT1, final_norm=False)
     gpt1.save(tmp_path / "gpt1.yaml")
     back = ModelConfig.from_file(tmp_path / "gpt1.yaml")
