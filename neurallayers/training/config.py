@@ -31,15 +31,18 @@ Split = Literal["documents", "tail"]
 class TrainConfig:
     """How to train: optimisation, precision, evaluation, checkpointing and sampling. Data only.
 
-    The learning rate warms up linearly over `warmup_steps`, then follows `schedule` down to `min_lr` at
-    `max_steps`. A step is one optimizer update of `batch_size * grad_accum` sequences (per process).
+    The learning rate warms up linearly over `warmup_steps`, then follows `schedule` down to `min_lr` (by default
+    lr / 10, at most 1e-4) at `max_steps`. A step is one optimizer update of `batch_size * grad_accum` sequences
+    (per process).
     """
 
     max_steps: int = 1000
     batch_size: int = 16  # sequences per micro-batch, per process
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3
-    min_lr: float = 1e-4
+    # None: lr / 10 (nanoGPT's rule), at most 1e-4, the fixed default it replaces, so runs at lr >= 1e-3 decay as
+    # before; that fixed floor refused a fine-tune's smaller lr and made an lr equal to it a constant rate
+    min_lr: float | None = None
     warmup_steps: int = 100
     schedule: Schedule = "cosine"
     weight_decay: float = 0.1  # applied to >= 2-D weights only (matmuls and embeddings), as nanoGPT does
@@ -78,10 +81,13 @@ class TrainConfig:
             _require(self, name, getattr(self, name) >= 1, "must be >= 1")
         for name in ("warmup_steps", "eval_interval", "save_interval", "sample_tokens", "seed"):
             _require(self, name, getattr(self, name) >= 0, "must be >= 0")
-        for name in ("lr", "min_lr", "weight_decay", "eps", "grad_clip"):
+        _require(self, "seed", self.seed < 2**64, "must be < 2**64 (torch's seed range)")
+        for name in ("lr", "weight_decay", "eps", "grad_clip"):
             _require(self, name, math.isfinite(getattr(self, name)), "must be a finite number")
         _require(self, "lr", self.lr > 0, "must be > 0")
-        _require(self, "min_lr", 0 <= self.min_lr <= self.lr, f"must be in [0, lr={self.lr}]")
+        if self.min_lr is not None:
+            _require(self, "min_lr", 0 <= self.min_lr <= self.lr,
+                     f"must be in [0, lr={self.lr}], or None (lr / 10, at most 1e-4)")
         _require(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
         _require(self, "eps", self.eps > 0, "must be > 0")
         _require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 turns clipping off)")
@@ -99,19 +105,25 @@ class TrainConfig:
         bad = [n for n in self.loggers if n not in allowed and n != "jsonl"]
         _require(self, "loggers", not bad, f"unknown {bad}; allowed: {', '.join(allowed)} (jsonl is always on)")
 
+    @property
+    def final_lr(self) -> float:
+        """The rate the schedule decays to: min_lr, or when it is None lr / 10, at most 1e-4."""
+        return min(self.lr / 10, 1e-4) if self.min_lr is None else self.min_lr
+
     def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step `step` (0-based): linear warmup, then the schedule to min_lr."""
+        """Learning rate of optimizer step `step` (0-based): linear warmup, then the schedule to final_lr."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         if self.schedule == "constant":
             return self.lr
+        low = self.final_lr
         if self.schedule == "inverse_sqrt":
-            return max(self.min_lr, self.lr * math.sqrt(max(self.warmup_steps, 1) / (step + 1)))
+            return max(low, self.lr * math.sqrt(max(self.warmup_steps, 1) / (step + 1)))
         span = max(self.max_steps - self.warmup_steps, 1)
         progress = min((step - self.warmup_steps) / span, 1.0)
         if self.schedule == "linear":
-            return self.lr - (self.lr - self.min_lr) * progress
-        return self.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (self.lr - self.min_lr)
+            return self.lr - (self.lr - low) * progress
+        return low + 0.5 * (1 + math.cos(math.pi * progress)) * (self.lr - low)
 
 
 # ModelConfig fields added after runs were first saved: an older run's config.yaml lacks them (and takes their

@@ -167,6 +167,7 @@ class _Fit:
             group["initial_lr"] = cfg.lr             # keys to match
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.step, self.best_val, self.bad_evals, self.elapsed_before = 0, None, 0, 0.0
+        self.early_stopped = False  # the session ended by early stopping (its last checkpoint says so)
         if state is not None:
             self._restore(model_sd, state, target)
         self.scheduler = self._schedule(None if state is None else state["scheduler"])
@@ -261,8 +262,14 @@ class _Fit:
             log.info("the run has trained %d steps, max_steps=%d: nothing to train (pass --train.max_steps N to train "
                      "on)", self.step, self.cfg.max_steps)
         elif self.cfg.early_stopping_patience and self.bad_evals >= self.cfg.early_stopping_patience:
-            log.info("the run stopped early (%d evaluations without a better val loss): training on to the next "
-                     "evaluation, which stops it again unless the val loss improves", self.bad_evals)
+            # a run that reached max_steps or its time budget with as many bad evaluations did not stop early
+            if state.get("early_stopped", True):  # checkpoints from before it was recorded: as they said
+                log.info("the run stopped early (%d evaluations without a better val loss): training on to the next "
+                         "evaluation, which stops it again unless the val loss improves", self.bad_evals)
+            else:
+                log.info("the run's last %d evaluations found no better val loss (early_stopping_patience=%d): the "
+                         "next evaluation stops it unless the val loss improves", self.bad_evals,
+                         self.cfg.early_stopping_patience)
 
     def _check_seed(self, state: dict) -> None:
         """A resume under another train.seed (or an encoder's under another mask_prob) draws other batches, and
@@ -469,6 +476,7 @@ class _Fit:
             if terminal and self.best_val is None:  # never evaluated: the final weights are the model
                 state = dist.model_state(self.wrapped, info)
                 dist.on_rank_zero(lambda: ckpt.save_model(self.out, state), info)
+            self.early_stopped = reason == "early_stopping"
             if self.last_saved != self.step and not abandoned:
                 self._save(t0)
             if terminal:
@@ -499,7 +507,9 @@ class _Fit:
             micros.append((x, y))
         # a masked LM's micro-batches predict different numbers of tokens: each token weighs the same in the step
         # (the step's mean over all of them), whatever the accumulation and process count, as transformers' Trainer
-        # weighs them (num_items_in_batch); every process masks the whole batch, so knows the count
+        # weighs them (num_items_in_batch); every process masks the whole batch, so knows the count. A decoder's
+        # micro-batches all hold batch_size x block_size targets (windows, no padding): the mean of their means is
+        # already the mean over every token of the step
         predicted = sum(int((y != -100).sum()) for _, y in micros) if self.masker is not None else 0
         for micro, (x, y) in enumerate(micros):
             x = x[info.rank * b:(info.rank + 1) * b].to(self.device, non_blocking=True)
@@ -578,6 +588,7 @@ class _Fit:
             "eval_windows": self._eval_windows(),
             "seed": cfg.seed,  # chooses the batches, masks and a documents split's validation pieces
             "mask_prob": cfg.mask_prob,
+            "early_stopped": self.early_stopped,
         }
         ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last)
 
