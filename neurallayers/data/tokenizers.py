@@ -288,8 +288,9 @@ class Tokenizer:
                 config.setdefault(key, found)
         if self.mask_token is not None:  # transformers' fill-mask pipeline reads it from here
             config["mask_token"] = self.mask_token
-        if self._types_pairs():  # else transformers' PreTrainedTokenizerFast returns no token_type_ids: a converted
-            # BERT pair classifier (a cross-encoder) scored every pair as if it were one text
+        if "sep_token" in config and self._types_pairs():  # else transformers' PreTrainedTokenizerFast returns no
+            # token_type_ids: a converted BERT pair classifier (a cross-encoder) scored every pair as one text. Only
+            # BERT's kind ([SEP]): Llama's post-processor types pairs too, and its generate() refuses token_type_ids
             config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
@@ -506,7 +507,7 @@ class StreamDecoder:
     def __init__(self, tokenizer: Tokenizer, *, skip_special_tokens: bool = True, context: Iterable[int] = ()) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self._context = _context_tail(context)
+        self._context = _context_tail(tokenizer, context)
         # the ids decode drops: held with the text before them, so that a window never starts with them alone (the
         # token after one decoded as the first of the text and lost its space: "x</s> y" streamed as "xy") and bytes
         # on both sides of one stay one run
@@ -531,7 +532,18 @@ class StreamDecoder:
     def pending(self) -> bool:
         """Whether the text of the last tokens is held back (a character, or a run of bytes, not yet complete; or
         spaces that cleaning up may still drop)."""
-        return self._read < len(self._ids) or bool(self._unclean)
+        return self.incomplete or bool(self._unclean)
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the last tokens' text is held back for tokens to come (a character or a run of bytes not yet
+        complete, or a skipped special)."""
+        return self._read < len(self._ids)
+
+    @property
+    def uncleaned(self) -> str:
+        """The text held back only because cleaning up spaces may still drop some of its spaces ("" when none)."""
+        return self._unclean
 
     def push(self, token_id: int) -> str:
         """Adds one token; returns the text it completes (often "", never half a character)."""
@@ -571,15 +583,20 @@ class StreamDecoder:
 CONTEXT_TOKENS = 5  # prompt tokens a continuation is decoded after (vLLM's incremental detokenizer reads as many)
 
 
-def _context_tail(context: Iterable[int]) -> list[int]:
-    return [int(i) for i in list(context)[-CONTEXT_TOKENS:]]
+def _context_tail(tokenizer: Tokenizer, context: Iterable[int]) -> list[int]:
+    """The prompt's last ids, less those holding the first bytes of a character the continuation may complete: its
+    text would not start with the prompt's (U+FFFD there), and a stream would drop the completed character."""
+    tail = [int(i) for i in list(context)[-CONTEXT_TOKENS:]]
+    while tail and tokenizer.decode(tail).endswith("\ufffd"):
+        tail.pop()
+    return tail
 
 
 def continuation_text(tokenizer: Tokenizer, context: Iterable[int], ids: Iterable[int]) -> str:
     """The text `ids` add after `context` (a prompt's ids): decode(context + ids) less decode(context). Decoded
     alone, a SentencePiece (Llama) continuation loses the space of its first token, "Hello" + "spac", where
     transformers' pipeline and vLLM give "Hello" + " spac"; for byte-level BPE both are the same."""
-    ids, tail = list(ids), _context_tail(context)
+    ids, tail = list(ids), _context_tail(tokenizer, context)
     if not tail:
         return tokenizer.decode(ids)
     head, whole = tokenizer.decode(tail), tokenizer.decode(tail + ids)

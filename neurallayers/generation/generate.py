@@ -362,14 +362,38 @@ class _HeldEvents:
         """The events to send now (maybe none, maybe several) after `event`, a token the row has taken."""
         self.held.append(event)
         # a tail held back as the start of a stop string, or the first bytes of a character that may start one
-        if self.row.stops and (len(self.row.text) > self.row.sent or self.row.decoder.pending):
+        if self.row.stops and (len(self.row.text) > self.row.sent or self._may_stop()):
             return []
         return self.flush()
+
+    def _may_stop(self) -> bool:
+        """Whether text the decoder still holds may hold or start a stop string: an incomplete character, or text
+        waiting for its spaces to be cleaned up (a word-piece tokenizer holds its last word so: holding its tokens
+        for that alone held every event of the stream until its end). Cleaning up only drops spaces, so the text
+        and stop strings are compared without them."""
+        decoder = self.row.decoder
+        if decoder.incomplete:
+            return True
+        text = decoder.uncleaned.replace(" ", "")
+        stops = [s.replace(" ", "") for s in self.row.stops] if decoder.uncleaned else []
+        return any(not s or s in text or any(s.startswith(text[-k:]) for k in range(1, len(text) + 1)) for s in stops)
 
     def flush(self) -> list[StreamEvent]:
         out, self.held = self.held, []
         self.sent += len(out)
         return out
+
+    def finish(self, reason: str, pending: str = "") -> tuple[list[StreamEvent], str, str]:
+        """The sequence ended (`reason`): the events still to send, the last event's text and its finish reason. The
+        text the decoder held to the end (a last word waiting for its spaces to be cleaned up) may hold a stop string:
+        its tokens are then not sent and the reason is "stop", as generate() cuts it."""
+        if not self.row.stopped:
+            text = self.row.finish()
+            if self.row.stopped:
+                events, text = self.stopped(text)
+                return events, text, "stop"
+            return self.flush(), pending + text, reason
+        return self.flush(), pending + self.row.finish(), reason
 
     def stopped(self, pending: str) -> tuple[list[StreamEvent], str]:
         """The row met a stop string: the held tokens before it (their text moved to the last event) and the text
@@ -436,13 +460,15 @@ def _eos_ids(tokenizer, model: nn.Module) -> list[int]:
     return list(tokenizer.eos_ids)
 
 
-def _stop_check(tokenizer, stops: list[str]) -> Callable[[list[int]], bool] | None:
-    """Whether generated tokens' text holds a stop string (None without stop strings)."""
+def _stop_check(tokenizer, stops: list[str], input_ids: list[list[int]]) -> Callable[[int, list[int]], bool] | None:
+    """Whether prompt i's generated tokens' text holds a stop string (None without stop strings); the text is
+    theirs after the prompt (continuation_text), as the final text is cut, so " br" is found after a SentencePiece
+    prompt too."""
     if not stops:
         return None
 
-    def holds_stop(ids: list[int]) -> bool:
-        text = tokenizer.decode(ids)
+    def holds_stop(i: int, ids: list[int]) -> bool:
+        text = continuation_text(tokenizer, input_ids[i], ids)
         return any(s in text for s in stops)
 
     return holds_stop
@@ -450,7 +476,7 @@ def _stop_check(tokenizer, stops: list[str]) -> Callable[[list[int]], bool] | No
 
 def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *, eos_ids: list[int],
             draft_model: nn.Module | None, amateur_model: nn.Module | None,
-            holds_stop: Callable[[list[int]], bool] | None = None) -> list[list[Generation]] | None:
+            holds_stop: Callable[[int, list[int]], bool] | None = None) -> list[list[Generation]] | None:
     """Dispatch to the search methods (None = the plain greedy/sampling path). holds_stop (stop strings) goes to
     beam search, where a hypothesis that reaches a stop string must compete as a finished one; the other methods
     follow one sequence each, so cutting its text afterwards gives what stopping there would."""
@@ -490,7 +516,9 @@ def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConf
         limit, cfg = limits[idx[0]], config
         if 0 < limit < config.max_new_tokens:
             cfg = config.replace(max_new_tokens=limit, min_new_tokens=min(config.min_new_tokens, limit))
-        kw = {"holds_stop": holds_stop} if name == "beam_search" and holds_stop is not None else {}
+        kw = {}
+        if name == "beam_search" and holds_stop is not None:  # the search's row b is prompt idx[b]
+            kw["holds_stop"] = functools.partial(lambda rows, b, ids: holds_stop(rows[b], ids), idx)
         for i, gens in zip(idx, _search_batch(fn, name, model, extra, [input_ids[i] for i in idx], cfg, eos_ids, kw),
                            strict=True):
             out[i] = gens
@@ -561,7 +589,7 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
                     for g in generate(model, tokenizer, [ids], config.replace(seed=seed), draft_model=draft_model,
                                       amateur_model=amateur_model)]
     searched = _search(model, input_ids, config, eos_ids=eos_ids, draft_model=draft_model,
-                       amateur_model=amateur_model, holds_stop=_stop_check(tokenizer, stops))
+                       amateur_model=amateur_model, holds_stop=_stop_check(tokenizer, stops, input_ids))
     if searched is not None:
         return [_apply_stop_strings(g, tokenizer, stops, ids) if tokenizer is not None else g
                 for per_prompt, ids in zip(searched, input_ids, strict=True) for g in per_prompt]
@@ -638,5 +666,6 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
                 top = list(zip(run.top_ids[0, i].tolist(), run.top_lp[0, i].tolist(), strict=True))
                 logprob = TokenLogprob(token_id=tok, logprob=float(run.chosen[0, i]), top=top)
             yield from held.push(StreamEvent(text=text, token_id=tok, logprob=logprob))
-        yield from held.flush()
-        yield StreamEvent(text=pending + row.finish(), finish_reason=reason)
+        events, text, reason = held.finish(reason, pending)
+        yield from events
+        yield StreamEvent(text=text, finish_reason=reason)

@@ -171,7 +171,8 @@ def _beam_gather(tensors: tuple[torch.Tensor, ...], index: torch.Tensor) -> tupl
 # ----- beam search -----
 @torch.inference_mode()
 def beam_search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
-                eos_ids: list[int], holds_stop: Callable[[list[int]], bool] | None = None) -> list[list[Generation]]:
+                eos_ids: list[int],
+                holds_stop: Callable[[int, list[int]], bool] | None = None) -> list[list[Generation]]:
     """Beam search with Hugging Face semantics (`generate(num_beams=n, do_sample=False)`), same token ids.
 
     Each step keeps, per prompt, the `keep = max(2, 1 + n_stop) * num_beams` best continuations of all beams by
@@ -196,8 +197,9 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
         config: num_beams, length_penalty, early_stopping, num_return_sequences, max_new_tokens, penalties,
             logprobs.
         eos_ids: token ids that finish a hypothesis (ignored when config.ignore_eos).
-        holds_stop: given a candidate's generated tokens, whether their text holds a stop string (None: no stop
-            strings); such a candidate finishes, its tokens up to the stop string's last one kept.
+        holds_stop: given a prompt's index and a candidate's generated tokens, whether their text holds a stop
+            string (None: no stop strings); such a candidate finishes, its tokens up to the stop string's last one
+            kept.
 
     Returns:
         Per prompt, config.num_return_sequences Generations, best first, with `score` the length-penalised beam
@@ -255,7 +257,8 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
         top_seqs[:, :, cur] = tok
         hits = torch.isin(tok, stop_t) | (cur + 1 >= max_len)  # (B, keep)
         if holds_stop is not None:  # running beams hold no stop string: only the new token can complete one
-            hits |= torch.tensor([[holds_stop(ids) for ids in row] for row in top_seqs[:, :, plen:cur + 1].tolist()],
+            hits |= torch.tensor([[holds_stop(b, ids) for ids in row]
+                                  for b, row in enumerate(top_seqs[:, :, plen:cur + 1].tolist())],
                                  device=device)
         top_hist = None
         if hist is not None:

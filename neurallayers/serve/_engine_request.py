@@ -229,7 +229,8 @@ class _Sequence:
         return False
 
     def finish(self, reason: str, *, pending: str = "") -> bool:
-        for event in self.held.flush():
+        events, text, reason = self.held.finish(reason, pending)
+        for event in events:
             self.req._push(event)
-        self.req._push(StreamEvent(text=pending + self.text.finish(), finish_reason=reason))
+        self.req._push(StreamEvent(text=text, finish_reason=reason))
         return True

@@ -334,7 +334,154 @@ def test_a_continuation_keeps_the_space_of_its_first_word(root, kind):
     want = tok.decode(prompt + gen.token_ids)[len(tok.decode(prompt)) :]
     assert want.startswith(" ") and gen.text == want == continuation_text(tok, prompt, gen.token_ids)
     assert "".join(e.text for e in stream(model, tok, "Hello world", temperature=0, max_new_tokens=6)) == want
-    (cut,) = generate(model, tok, ["Hello world"], temperature=0, max_new_tokens=6, stop=[want[3:5]])
-    assert cut.text == want[:3]
+    stop = want[3:5]  # the first occurrence cuts: a repeated word (" br br") may hold it before index 3
+    (cut,) = generate(model, tok, ["Hello world"], temperature=0, max_new_tokens=6, stop=[stop])
+    assert cut.text == want[: want.index(stop)]
     decoder = StreamDecoder(tok, context=prompt)
     assert "".join([decoder.push(i) for i in gen.token_ids] + [decoder.flush()]) == want
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "llama"])
+def test_a_prompt_ending_inside_a_character_streams_as_generate_decodes(root, kind):
+    """Prompt ids may end inside a character ("日" split across tokens). The stream's window then started at the
+    prompt's U+FFFD and dropped the character the continuation completed ("本 x" for generate's "\ufffd本 x"), so a
+    stream, stop strings and the server's text lost it while generate() without stop strings kept it."""
+    from neurallayers.data.tokenizers import continuation_text
+    from neurallayers.generation.generate import _RowText
+
+    tok, _ = folder(kind, root)
+    ids = tok.encode("ab 日本 x \U0001f389 y", add_special_tokens=False)
+    for cut in range(1, len(ids)):
+        prompt, cont = ids[:cut], ids[cut:]
+        want = continuation_text(tok, prompt, cont)
+        assert "".join(streamed_after(tok, prompt, cont)) == want, (cut, want)
+        row = _RowText(tok, ["zzz"], prompt)
+        assert "".join([row.push(i) for i in cont] + [row.finish()]) == want == row.text
+    if kind == "byte-level":  # byte-level BPE decodes a continuation as it did alone
+        assert all(continuation_text(tok, ids[:c], ids[c:]) == tok.decode(ids[c:]) for c in range(len(ids)))
+
+
+def streamed_after(tok: Tokenizer, prompt: list[int], ids: list[int]) -> list[str]:
+    decoder = StreamDecoder(tok, context=prompt)
+    return [decoder.push(i) for i in ids] + [decoder.flush()]
+
+
+@pytest.mark.parametrize("kind", ["unigram", "wordpiece"])
+def test_a_stream_with_stop_strings_still_streams_when_spaces_are_cleaned_up(root, kind):
+    """A tokenizer that cleans up spaces holds its last word back (its spaces may still go), and the stream held
+    every token event while the decoder held anything: with any stop string (the chat CLI always has one), nothing
+    came until the reply ended. Events come as without stop strings; a stop string still ends the stream as
+    generate() ends."""
+    import torch
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.generation import generate, stream
+    from neurallayers.models import build_model
+
+    tok, _ = folder(kind, root)
+    assert tok.cleans_up_spaces
+    words = [i for t, i in tok.hf.get_vocab().items() if t.lstrip("▁").isalpha() and len(t) > 1]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():  # a constant final state and logits for words only, so the text has spaces to clean up
+        model.norm_f.weight.zero_()
+        model.norm_f.bias.fill_(1.0)
+        model.lm_head.weight.fill_(-10.0)
+        model.lm_head.weight[words] = torch.randn(len(words), 16)
+    steps, forward = [0], model.forward
+
+    def counted(*args, **kwargs):
+        steps[0] += 1
+        return forward(*args, **kwargs)
+
+    model.forward = counted
+
+    def events(stop):
+        steps[0] = 0
+        return [
+            (steps[0], e.text, e.token_id) for e in stream(model, tok, "hello", stop=stop, seed=1, max_new_tokens=10)
+        ]
+
+    plain = events([])
+    assert events(["zzzz"]) == plain and plain[2][0] < 10
+    text = "".join(t for _, t, _ in plain)
+    stop = text.split()[len(text.split()) // 2]
+    (gen,) = generate(model, tok, ["hello"], stop=[stop], seed=1, max_new_tokens=10)
+    cut = events([stop])
+    assert "".join(t for _, t, _ in cut) == gen.text and [i for _, _, i in cut[:-1]] == gen.token_ids
+
+
+def test_a_stop_string_in_the_last_word_ends_a_stream_as_it_ends_generate(root):
+    """A tokenizer that cleans up spaces holds its last word until the stream ends; a stop string in it was found only
+    then, after the stream had sent its tokens and said "length", where generate() cut them and said "stop"."""
+    import torch
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.generation import GenerationConfig, generate, stream
+    from neurallayers.models import build_model
+    from neurallayers.serve.engine import Engine
+
+    tok, _ = folder("wordpiece", root)  # whole words as single tokens
+    vocab = tok.hf.get_vocab()
+    word = next(
+        t
+        for t in sorted(vocab)
+        if t.lstrip("▁").isalpha()
+        and len(t.lstrip("▁")) > 2
+        and t[-1] != "n"
+        and tok.decode([vocab[t], vocab[t]]).split() == [t.lstrip("▁")] * 2
+    )
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():  # a constant final state: greedy decoding repeats `word`
+        model.norm_f.weight.zero_()
+        model.norm_f.bias.fill_(1.0)
+        model.lm_head.weight.fill_(-1.0)
+        model.lm_head.weight[vocab[word]] = 1.0
+    stop = " ".join([word.lstrip("▁")] * 3)  # complete only with the last token
+    (gen,) = generate(model, tok, ["hello"], stop=[stop], temperature=0, max_new_tokens=3)
+    events = list(stream(model, tok, "hello", stop=[stop], temperature=0, max_new_tokens=3))
+    assert gen.finish_reason == events[-1].finish_reason == "stop"
+    assert [e.token_id for e in events[:-1]] == gen.token_ids and "".join(e.text for e in events) == gen.text
+    engine = Engine(model, tok, max_batch=1)  # the server's engine ends its requests so too
+    engine.start()
+    try:
+        served = list(
+            engine.submit(tok.encode("hello"), GenerationConfig(stop=[stop], temperature=0, max_new_tokens=3))
+        )
+    finally:
+        engine.shutdown()
+    assert [(e.text, e.token_id, e.finish_reason) for e in served] == [
+        (e.text, e.token_id, e.finish_reason) for e in events
+    ]
+
+
+def test_a_saved_llama_tokenizer_gives_transformers_no_token_type_ids(tmp_path):
+    """Llama's post-processor gives a pair's second text type 1 (transformers' LlamaConverter writes it so), and
+    saving wrote model_input_names with token_type_ids for it: transformers' tokenizer then returned them, and
+    LlamaForCausalLM.generate(**tokenizer(text)) refused them ("model_kwargs are not used by the model")."""
+    hf = _llama(False)
+    hf.post_processor = processors.TemplateProcessing(
+        single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1", special_tokens=[("<s>", 1)]
+    )
+    transformers.PreTrainedTokenizerFast(tokenizer_object=hf, bos_token="<s>", eos_token="</s>").save_pretrained(
+        tmp_path / "hf"
+    )
+    Tokenizer.load(tmp_path / "hf").save(tmp_path / "ours")
+    assert list(transformers.AutoTokenizer.from_pretrained(tmp_path / "ours")("Hello world")) == [
+        "input_ids",
+        "attention_mask",
+    ]
+
+
+def test_beam_search_sees_a_stop_string_that_begins_with_the_first_words_space(root):
+    """Beam search finishes a hypothesis whose text holds a stop string; it decoded the tokens alone, so after a
+    SentencePiece prompt " the" never matched "▁the" (the final text, decoded after the prompt, was cut there)."""
+    from neurallayers.generation.generate import _stop_check
+
+    tok, _ = folder("llama", root)
+    piece = max((t for t in tok.hf.get_vocab() if t.startswith("▁") and t[1:].isalpha()), key=len)  # "▁quick"...
+    prompt, stop = tok.encode("Hello world"), " " + piece[1:]
+    holds = _stop_check(tok, [stop], [prompt])
+    word = tok.token_to_id(piece)
+    assert stop not in tok.decode([word])  # decoded alone, the space is stripped
+    assert holds(0, [word]) and not holds(0, [])
