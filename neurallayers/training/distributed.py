@@ -263,5 +263,7 @@ def finish(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
+    if info.enabled:  # an error path skips finish(): give gloo's workers the same moment (see finish), or a rank
+        time.sleep(0.1)  # that raised rank 0's error after its last broadcast could abort at exit (SIGABRT)
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
