@@ -8,7 +8,7 @@ import torch
 
 from neurallayers.config import ModelConfig
 from neurallayers.data.tokenizers import Tokenizer
-from neurallayers.embeddings import embed, load_minilm, minilm_folder
+from neurallayers.embeddings import embed, load_minilm, minilm_folder, tokenize_batch
 from neurallayers.models import build_model
 from neurallayers.pipelines import PIPELINES, label_names, pipeline
 
@@ -274,3 +274,23 @@ def test_text_generation_from_a_folder_samples_as_its_generation_config_says(tmp
     assert piped() == tok.decode(want) == text(temperature=0, repetition_penalty=3.0) != text(temperature=0)
     assert pipeline("text-generation", model=(model, tok))("hello", max_new_tokens=12, seed=1,
                                                             return_full_text=False)[0]["generated_text"] == text()
+
+
+def test_a_lone_surrogate_is_named_not_a_tokenizers_type_error(wordpiece):
+    """JSON's "\\ud83d" (half an emoji) or a non-UTF-8 argument decodes to a lone surrogate; HF tokenizers refuse it
+    with "TypeError: TextEncodeInput must be Union[TextInputSequence, ...]", naming neither the text nor the cause."""
+    bad = ["fine", "half an emoji \ud83d here"]
+    where = r"\[1\] has a character that is not valid Unicode at position 14 \(U\+D83D, a lone surrogate"
+    with pytest.raises(ValueError, match="texts" + where):
+        embed(tiny_bert("none"), wordpiece, bad)
+    with pytest.raises(ValueError, match="texts" + where):
+        tokenize_batch(wordpiece, bad)
+    with pytest.raises(ValueError, match="text_pairs" + where):
+        tokenize_batch(wordpiece, ["a", "b"], text_pairs=bad)
+    with pytest.raises(ValueError, match="inputs" + where):
+        pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece))(["[MASK] is", bad[1]])
+    with pytest.raises(ValueError, match="inputs" + where):
+        pipeline("token-classification", model=(tiny_bert("token_classification"), wordpiece))(bad)
+    with pytest.raises(ValueError, match="texts" + where):
+        pipeline("feature-extraction", model=(tiny_bert("none"), wordpiece))(bad)
+    assert embed(tiny_bert("none"), wordpiece, ["a whole emoji \U0001f600"]).shape == (1, 16)
