@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from neurallayers.config import NEWER_FIELDS
 from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.files import WriteError
@@ -202,9 +203,10 @@ def _changes(old: dict, new: dict) -> list[str]:
 
 
 def _same_config(old: dict | None, new: dict) -> bool:
-    """A record written before a ModelConfig field existed lacks it; the field at None (the default that keeps the
-    shape models had before it, such as final_norm) describes that same model, so the run still resumes."""
-    return isinstance(old, dict) and {k: v for k, v in new.items() if k in old or v is not None} == old
+    """A record written before a ModelConfig field existed lacks it (config.NEWER_FIELDS); the field at None, its
+    default, describes that same model, so the run still resumes."""
+    return isinstance(old, dict) and {k: v for k, v in new.items()
+                                      if k in old or k not in NEWER_FIELDS or v is not None} == old
 
 
 # ----- atomic files -----

@@ -23,6 +23,9 @@ GeluApprox = Literal["tanh", "none"]
 RopeScalingType = Literal["linear", "dynamic", "llama3"]
 Head = Literal["none", "mlm", "sequence_classification", "token_classification"]
 DERIVED = ("n_kv_head", "head_dim", "intermediate_size")  # None: computed from other fields in __post_init__
+# Fields added after runs (config.yaml) and batch progress records were first saved: an older file lacks them, and
+# their None default keeps the shape models had before them, so such a file still describes the whole model.
+NEWER_FIELDS = frozenset({"final_norm"})
 
 _ROPE_SCALING_KEYS = {
     "linear": {"type", "factor"},

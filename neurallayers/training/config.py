@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from neurallayers.config import ModelConfig, coerce_float_strings
+from neurallayers.config import NEWER_FIELDS, ModelConfig, coerce_float_strings
 
 Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -126,10 +126,6 @@ class TrainConfig:
         return low + 0.5 * (1 + math.cos(math.pi * progress)) * (self.lr - low)
 
 
-# ModelConfig fields added after runs were first saved: an older run's config.yaml lacks them (and takes their
-# defaults), yet it is still a saved run's whole model section, not a few fields over an init_from source
-NEWER_MODEL_FIELDS = frozenset({"final_norm"})
-
 def default_cache_dir() -> str:
     return os.environ.get("NEURALLAYERS_CACHE") or str(Path.home() / ".cache" / "neurallayers")
 
@@ -210,7 +206,8 @@ class RunConfig:
             if name == "model" and init_from and preset is not None:
                 raise ValueError(f"model.preset={preset!r} and train.init_from={init_from!r} both name the model; "
                                  "keep one (init_from's model may change only a few fields: see training.init_from)")
-            if name == "model" and init_from and not _field_names(ModelConfig) - set(raw) <= NEWER_MODEL_FIELDS:
+            # an older run's config.yaml lacks NEWER_FIELDS, yet is still a saved run's whole model section
+            if name == "model" and init_from and not _field_names(ModelConfig) - set(raw) <= NEWER_FIELDS:
                 # the source's config, with the fields given here (a saved run's config.yaml gives every field, so
                 # a resume does not read the source)
                 from neurallayers.training.init_from import source_model_config
