@@ -72,3 +72,25 @@ def test_a_system_message_that_fills_the_context_is_named_once(run_dir, monkeypa
     assert main(["chat", str(run_dir), "--system", "the fox " * 20]) == 2
     prompts = chat_prompts(run_dir, monkeypatch, ["hi"], "--system", "the fox")
     assert prompts == ["system: the fox\nuser: hi\nassistant:"]
+
+
+def test_a_reply_left_no_token_to_choose_loses_no_turn(run_dir, monkeypatch, capsys):
+    """--no-repeat-ngram-size on a small vocabulary can leave a reply no token at all, which generation now names in
+    a ValueError: that ended the chat (exit 2) and lost the conversation. The turn is refused and the chat goes on."""
+    from neurallayers.__main__ import main
+    from neurallayers.cli import chat
+
+    prompts: list[str] = []
+    real = chat.reply
+    monkeypatch.setattr(
+        chat,
+        "reply",
+        lambda model, tok, prompt, config: prompts.append(tok.decode(prompt)) or real(model, tok, prompt, config),
+    )
+    every = "".join(sorted(set(TEXT) - {"\n"})) + "Z"  # every character, and one outside the vocabulary (<unk>)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"hi\n{every}\nthe dog\n"))
+    args = ["--temperature", "0", "--no-repeat-ngram-size", "1", "--min-new-tokens", "3", "--max-new-tokens", "4"]
+    assert main(["chat", str(run_dir), *args]) == 0
+    assert len(prompts) == 3 and prompts[2].startswith("user: hi\nassistant:")
+    assert prompts[2].endswith("\nuser: the dog\nassistant:") and every not in prompts[2]
+    assert "no_repeat_ngram_size=1 bans every token" in capsys.readouterr().err

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             history = list(opening)
             print("(a new conversation)", file=sys.stderr)
             continue
+        before = list(history)
         history.append({"role": "user", "content": line})
         try:
             prompt, turn_config = fit_context(tokenizer, history, model.config.block_size, config, keep=len(opening))
@@ -79,7 +80,14 @@ def run(args: argparse.Namespace) -> int:
         if config.seed is not None:  # reproducible session, yet each reply draws its own random numbers
             turn_config = turn_config.replace(seed=_row_seed(config.seed, replies))
         replies += 1
-        history.append({"role": "assistant", "content": reply(model, tokenizer, prompt, turn_config)})
+        try:
+            answer = reply(model, tokenizer, prompt, turn_config)
+        except ValueError as e:  # decoding found no token it may choose (no_repeat_ngram_size): say so, keep talking
+            history[:] = before  # with the turns fit_context dropped for this message's room
+            sys.stdout.write("\n")
+            print(f"({e})", file=sys.stderr)
+            continue
+        history.append({"role": "assistant", "content": answer})
     return 0
 
 

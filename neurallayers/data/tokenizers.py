@@ -307,6 +307,7 @@ class Tokenizer:
                 jinja.unlink()
             else:
                 write_text_atomic(jinja, self.chat_template)
+        _refresh_special_tokens_map(json_path.parent, config)
         return json_path
 
     @classmethod
@@ -595,12 +596,16 @@ def _context_tail(tokenizer: Tokenizer, context: Iterable[int]) -> list[int]:
 def continuation_text(tokenizer: Tokenizer, context: Iterable[int], ids: Iterable[int]) -> str:
     """The text `ids` add after `context` (a prompt's ids): decode(context + ids) less decode(context). Decoded
     alone, a SentencePiece (Llama) continuation loses the space of its first token, "Hello" + "spac", where
-    transformers' pipeline and vLLM give "Hello" + " spac"; for byte-level BPE both are the same."""
+    transformers' pipeline and vLLM give "Hello" + " spac"; for byte-level BPE both are the same. Spaces are cleaned
+    up (clean_up_tokenization_spaces) in the continuation alone, as a stream cleans its pieces: cleaned with the
+    prompt, "dog '" + " x" became "dog'x", which no longer starts with the prompt's text."""
     ids, tail = list(ids), _context_tail(tokenizer, context)
-    if not tail:
-        return tokenizer.decode(ids)
-    head, whole = tokenizer.decode(tail), tokenizer.decode(tail + ids)
-    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(ids)
+    text = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    if tail:
+        head = tokenizer.decode(tail, clean_up_tokenization_spaces=False)
+        whole = tokenizer.decode(tail + ids, clean_up_tokenization_spaces=False)
+        text = whole[len(head):] if whole.startswith(head) else text
+    return clean_up_spaces(text) if tokenizer.cleans_up_spaces else text
 
 
 def clean_up_spaces(text: str) -> str:
@@ -690,6 +695,28 @@ def _without_padding(hf: HFTokenizer) -> HFTokenizer:
     hf.no_padding()
     hf.no_truncation()
     return hf
+
+
+SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+
+
+def _refresh_special_tokens_map(folder: Path, config: dict) -> None:
+    """An older folder's special_tokens_map.json wins over a tokenizer_config.json without added_tokens_decoder (as
+    `save` writes it), in transformers and in `load`: saving over such a folder brought its stale tokens back (a
+    pad_token set to None returned). The tokens this save names replace it; the file's other keys stay."""
+    path = folder / "special_tokens_map.json"
+    if not path.exists():
+        return
+    try:
+        tokens = _read_config(path)
+    except ValueError:  # unreadable: nothing of it is worth keeping
+        tokens = {}
+    for key in SPECIAL_KEYS:
+        if key in config:
+            tokens.pop(key, None)
+            if config[key] is not None:
+                tokens[key] = config[key]
+    write_text_atomic(path, json.dumps(tokens, indent=2, ensure_ascii=False))
 
 
 def _read_config(path: Path) -> dict:

@@ -311,11 +311,15 @@ def check_some_token_left(config: GenerationConfig, scores: torch.Tensor, genera
     if live is not None:
         empty &= live
     if bool(empty.any()):
-        held = f", and min_new_tokens={config.min_new_tokens} holds back the stop tokens" * (config.min_new_tokens > 0)
+        holding = generated < config.min_new_tokens  # MinNewTokens bans the stop tokens only this long
+        held = f", and min_new_tokens={config.min_new_tokens} holds back the stop tokens" * holding
+        # fewer max_new_tokens helps only past the first token: a prompt that bans every token fails at any length
+        fixes = ["a smaller no_repeat_ngram_size (0 turns it off)", *["a smaller min_new_tokens"] * holding,
+                 *[f"max_new_tokens <= {generated}"] * (generated > 0)]
+        use = fixes[0] if len(fixes) == 1 else f"{', '.join(fixes[:-1])} or {fixes[-1]}"
         raise ValueError(f"GenerationConfig.no_repeat_ngram_size={config.no_repeat_ngram_size} bans every token of the "
                          f"model's {scores.shape[-1]}-token vocabulary after {generated} generated tokens{held}: no "
-                         "token is left to choose; use a smaller no_repeat_ngram_size (0 turns it off) or fewer "
-                         "max_new_tokens")
+                         f"token is left to choose; use {use}")
 
 
 def apply_processors(procs: Sequence, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

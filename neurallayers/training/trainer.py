@@ -850,8 +850,11 @@ def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path:
     if not write:
         return
     texts = [o.text for o in outs]
-    if fixed_length and tokenizer.eos_id is not None:
-        texts = [tokenizer.decode(o.token_ids[:o.token_ids.index(tokenizer.eos_id)])
-                 if tokenizer.eos_id in o.token_ids else o.text for o in outs]
+    if fixed_length and tokenizer.eos_id is not None:  # cut at eos, decoded after the prompt as generate() decodes
+        from neurallayers.data.tokenizers import continuation_text  # (a SentencePiece first word keeps its space)
+
+        texts = [continuation_text(tokenizer, tokenizer.encode(p, add_special_tokens=True),
+                                   o.token_ids[:o.token_ids.index(tokenizer.eos_id)])
+                 if tokenizer.eos_id in o.token_ids else o.text for p, o in zip(cfg.sample_prompts, outs, strict=False)]
     parts = [f"=== prompt: {p!r}\n{p}{t}\n" for p, t in zip(cfg.sample_prompts, texts, strict=False)]
     write_text_atomic(path, "\n".join(parts))

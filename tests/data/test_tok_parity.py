@@ -253,6 +253,25 @@ def test_special_tokens_map_json_names_the_specials_of_an_older_folder(tmp_path)
     assert (ours.bos_id, ours.eos_id, ours.pad_id) == (ref.bos_token_id, ref.eos_token_id, ref.pad_token_id)
 
 
+def test_saving_over_an_older_folder_keeps_the_special_tokens_it_saves(tmp_path):
+    """Its special_tokens_map.json wins over the tokenizer_config.json that `save` writes (no added_tokens_decoder),
+    in transformers and in `load`: saving a changed tokenizer over it brought the old tokens back."""
+    hf = _byte_level()
+    hf.add_special_tokens(["<|im_start|>", "<|im_end|>", "<pad>"])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    old = {"eos_token": "</s>", "pad_token": "<pad>", "additional_special_tokens": ["<|im_start|>"]}
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(old))
+    tok = Tokenizer.load(tmp_path)
+    assert (tok.eos_token, tok.pad_token) == ("</s>", "<pad>")
+    tok.eos_token, tok.pad_token = "<|im_end|>", None
+    tok.save(tmp_path)
+    ref, ours = transformers.AutoTokenizer.from_pretrained(tmp_path), Tokenizer.load(tmp_path)
+    assert (ours.eos_token, ours.pad_token) == (ref.eos_token, ref.pad_token) == ("<|im_end|>", None)
+    kept = json.loads((tmp_path / "special_tokens_map.json").read_text())
+    assert kept["additional_special_tokens"] == ["<|im_start|>"]
+
+
 @pytest.mark.parametrize("options", ["separators=(',', ':')", "sort_keys=true", "indent=2, sort_keys=true"])
 def test_chat_template_tojson_takes_transformers_options(options):
     """transformers' tojson takes separators and sort_keys (tool-call templates use them): here they failed the
@@ -359,6 +378,22 @@ def test_a_prompt_ending_inside_a_character_streams_as_generate_decodes(root, ki
         assert "".join([row.push(i) for i in cont] + [row.finish()]) == want == row.text
     if kind == "byte-level":  # byte-level BPE decodes a continuation as it did alone
         assert all(continuation_text(tok, ids[:c], ids[c:]) == tok.decode(ids[c:]) for c in range(len(ids)))
+
+
+@pytest.mark.parametrize("prompt", ["the dog '", "hello ,", "don"])
+def test_a_continuation_is_cleaned_up_as_its_stream_is(root, prompt):
+    """Spaces were cleaned up in the prompt and continuation together: "dog '" + " hello" became "dog'hello", which
+    does not start with the prompt's text, so generate() fell back to the continuation alone ("hello world") while a
+    stream, which cleans only its own pieces, gave " hello world", and so did generate() with any stop string."""
+    from neurallayers.data.tokenizers import continuation_text
+    from neurallayers.generation.generate import _RowText
+
+    tok, _ = folder("wordpiece", root)
+    ids, cont = tok.encode(prompt, add_special_tokens=False), tok.encode("hello world", add_special_tokens=False)
+    want = "".join(streamed_after(tok, ids, cont))
+    row = _RowText(tok, ["zzz"], ids)
+    assert continuation_text(tok, ids, cont) == want == "".join([row.push(i) for i in cont] + [row.finish()])
+    assert want == " hello world"
 
 
 def streamed_after(tok: Tokenizer, prompt: list[int], ids: list[int]) -> list[str]:

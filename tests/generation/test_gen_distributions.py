@@ -121,6 +121,36 @@ def test_a_step_with_every_token_banned_is_a_clear_error(method: dict) -> None:
     assert sorted(g.token_ids) == [0, 3, 4, 6, 7]
 
 
+def test_running_out_of_tokens_names_only_the_fixes_that_help() -> None:
+    """A prompt holding every token leaves none for the first step, whatever max_new_tokens is; min_new_tokens holds
+    the stop tokens back only until that many are generated. The error advised "fewer max_new_tokens" in the first
+    case and blamed min_new_tokens in the second."""
+    model = tiny(seed=3, vocab=V, n_layer=1, n_embd=16, n_head=2)
+    with pytest.raises(
+        ValueError,
+        match=r"after 0 generated tokens, and min_new_tokens=2 holds back the stop tokens: "
+        r"no token is left to choose; use a smaller no_repeat_ngram_size \(0 turns it off\) or a "
+        r"smaller min_new_tokens$",
+    ):
+        generate(
+            model,
+            None,
+            [list(range(V))],
+            max_new_tokens=3,
+            no_repeat_ngram_size=1,
+            min_new_tokens=2,
+            stop_token_ids=[0],
+            temperature=0,
+        )
+    cfg = GenerationConfig(max_new_tokens=12, no_repeat_ngram_size=1, min_new_tokens=2, seed=0, ignore_eos=True)
+    with pytest.raises(
+        ValueError,
+        match=r"after 5 generated tokens: no token is left to choose; use a smaller "
+        r"no_repeat_ngram_size \(0 turns it off\) or max_new_tokens <= 5$",
+    ):
+        generate(model, None, [PROMPT], cfg)
+
+
 @pytest.mark.parametrize("method", [dict(), dict(penalty_alpha=0.5, top_k=3), dict(amateur_model="draft")], ids=str)
 def test_a_row_that_has_stopped_may_run_out_of_tokens(method: dict) -> None:
     """Rows that are done keep stepping while another row decodes: only live rows are checked. The first prompt

@@ -92,3 +92,33 @@ def test_a_resume_prunes_what_a_kill_left_beyond_keep_last(tmp_path):
     assert proc.returncode == 0 and "STEPS 6 max_steps" in proc.stdout, proc.stderr[-2000:]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4", "step-6"]
     assert (out / "loss.png").is_file()  # and the finished run's last files were written
+
+
+def test_fixed_length_samples_keep_the_space_after_their_prompt(tmp_path, monkeypatch):
+    """Under FSDP every rank samples a fixed number of tokens and the text is cut at eos afterwards: it was decoded
+    alone there, so a SentencePiece first word lost its space ("Hello" + "world") where every other run's samples,
+    decoded after their prompt as generate() decodes, read "Hello world"."""
+    import importlib
+    from types import SimpleNamespace
+
+    import torch
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from neurallayers.data.tokenizers import Tokenizer
+    from neurallayers.training.trainer import _write_samples
+
+    vocab = {"</s>": 0, "▁Hello": 1, "▁world": 2, "▁x": 3}
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token="</s>"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    hf.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok = Tokenizer(hf, kind="file", eos_token="</s>")
+    assert tok.decode([2]) == "world" and tok.decode([1, 2]) == "Hello world"
+    outs = [SimpleNamespace(token_ids=[2, 0, 3], text=" world x")]  # generate()'s text holds what follows eos
+    gen_module = importlib.import_module("neurallayers.generation.generate")  # the package's `generate` is the function
+    monkeypatch.setattr(gen_module, "generate", lambda *args, **kwargs: outs)
+    model = SimpleNamespace(config=SimpleNamespace(block_size=16), eval=lambda: None)
+    cfg = SimpleNamespace(sample_prompts=["Hello"], sample_tokens=3, seed=0)
+    path = tmp_path / "samples.txt"
+    _write_samples(model, tok, cfg, path, torch.device("cpu"), fixed_length=True)
+    assert "\nHello world\n" in path.read_text()
