@@ -103,6 +103,9 @@ class TensorBoardLogger:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         for k, v in _scalars(metrics).items():
             self._w.add_scalar(k, v, step)
+        # on disk now, as metrics.jsonl's line is: the writer's own thread flushes only every 2 minutes, and a crash
+        # or a kill lost everything since
+        self._w.flush()
 
     def close(self) -> None:
         self._w.flush()
@@ -126,6 +129,7 @@ class MLflowLogger:
         except ImportError:
             raise ImportError(f"the mlflow logger needs mlflow (or mlflow-skinny): {_EXTRA}") from None
         self._mlflow = mlflow
+        _end_abandoned_run(mlflow)
         run_dir = Path(run_dir).resolve()
         own = f"sqlite:///{run_dir / 'mlflow.db'}"
         # mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: a value we set for an earlier run in this process
@@ -140,6 +144,8 @@ class MLflowLogger:
         earlier = _run_id(run_dir, "mlflow_run_id", start_step)
         if earlier and own_db is not None and own_db.is_file():
             _prune_after(own_db, earlier, start_step)
+        elif earlier and uri == (run_dir / "mlruns").as_uri():
+            _prune_files_after(run_dir / "mlruns", earlier, start_step)
         if earlier:
             try:
                 self._run = mlflow.start_run(run_id=earlier)
@@ -147,6 +153,7 @@ class MLflowLogger:
                 log.warning("mlflow: cannot continue run %s (%s); starting a new one", earlier, str(e)[:200])
         if self._run is None:
             self._run = mlflow.start_run(run_name=run_name or run_dir.name)
+        _OPEN_HERE.add(self._run.info.run_id)
         (run_dir / "mlflow_run_id").write_text(self._run.info.run_id + "\n")
         if config is not None:
             self._log_params(_flat(config), start_step)
@@ -154,11 +161,16 @@ class MLflowLogger:
     def _log_params(self, params: dict[str, str], start_step: int) -> None:
         """The run's settings as parameters; a resume that changed some (MLflow keeps a parameter's first value)
         records the new values as tags "resumed_at_step_N.<name>"."""
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
         held = self._mlflow.get_run(self._run.info.run_id).data.params
         new = {k: v for k, v in params.items() if k not in held}
         if new:
             self._mlflow.log_params(new)
-        changed = {f"resumed_at_step_{start_step}.{k}": v for k, v in params.items() if k in held and held[k] != v}
+        # MLflow keeps a long value's first MAX_PARAM_VAL_LENGTH characters: compared whole, it read as a change at
+        # every resume
+        changed = {f"resumed_at_step_{start_step}.{k}": v for k, v in params.items()
+                   if k in held and held[k] != v[:MAX_PARAM_VAL_LENGTH]}
         if changed:
             self._mlflow.set_tags(changed)
 
@@ -166,7 +178,23 @@ class MLflowLogger:
         self._mlflow.log_metrics(_scalars(metrics), step=step)
 
     def close(self) -> None:
+        _OPEN_HERE.discard(self._run.info.run_id)
         self._mlflow.end_run()
+
+
+_OPEN_HERE: set[str] = set()  # ids of the MLflow runs this module started and has not ended
+
+
+def _end_abandoned_run(mlflow: Any) -> None:
+    """Ends, as FAILED, the active MLflow run an earlier training in this process started and never closed (it
+    crashed): left active, it made every later run in the process fail with "Run ... is already active". A run the
+    user started is theirs: it stays."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id in _OPEN_HERE:
+        log.warning("mlflow: ending run %s, which an earlier training in this process left open, as FAILED",
+                    active.info.run_id)
+        mlflow.end_run(status="FAILED")  # its store is still the tracking URI: nothing changed it since
+        _OPEN_HERE.discard(active.info.run_id)
 
 
 def _prune_after(db: Path, run_id: str, step: int) -> None:
@@ -192,6 +220,27 @@ def _prune_after(db: Path, run_id: str, step: int) -> None:
                     "run shows those steps twice", step, e)
 
 
+def _prune_files_after(root: Path, run_id: str, step: int) -> None:
+    """_prune_after for the file store (mlruns/): a metric's file holds one "timestamp value step" line per value."""
+    for path in root.glob(f"*/{run_id}/metrics/**/*"):
+        if not path.is_file():
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        keep = [x for x in lines if _line_step(x) is not None and _line_step(x) <= step]  # a torn line goes too
+        if len(keep) < len(lines):
+            part = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            part.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+            os.replace(part, path)
+
+
+def _line_step(line: str) -> int | None:
+    parts = line.split()
+    return int(parts[2]) if len(parts) == 3 and parts[2].lstrip("-").isdigit() else None
+
+
+_WANDB_MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")  # what wandb.init accepts
+
+
 class WandbLogger:
     """Metrics to Weights & Biases; the mode (online/offline/disabled) comes from WANDB_MODE, default offline."""
 
@@ -201,11 +250,14 @@ class WandbLogger:
             import wandb
         except ImportError:
             raise ImportError(f"the wandb logger needs wandb: {_EXTRA}") from None
+        mode = os.environ.get("WANDB_MODE") or "offline"
+        if mode not in _WANDB_MODES:  # wandb's own error said only "1 validation error for Settings"
+            raise ValueError(f"WANDB_MODE={mode!r}: expected one of {', '.join(_WANDB_MODES)}")
         earlier = _run_id(run_dir, "wandb_run_id", start_step)
         # resume="allow": the earlier session's run continues; W&B skips steps it already holds (a killed
         # session's tail, which an exact resume logs again with the same values)
         self._run = wandb.init(dir=str(run_dir), name=run_name or Path(run_dir).name, id=earlier,
-                               resume="allow" if earlier else None, mode=os.environ.get("WANDB_MODE", "offline"))
+                               resume="allow" if earlier else None, mode=mode)
         (Path(run_dir) / "wandb_run_id").write_text(self._run.id + "\n")
         if config is not None:  # the run's settings (a resume's changes replace them)
             self._run.config.update(config, allow_val_change=True)

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
+from neurallayers.training.loggers import read_metrics
+
 log = logging.getLogger("neurallayers.training")
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics.jsonl file (a torn last line from a crash is skipped)."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+def _points(rows: list[dict], key: str) -> list[tuple[float, float]]:
+    """(step, value) of the rows that hold a number under `key` and a step (NaN/Inf are written as strings)."""
+    return [
+        (r["step"], r[key])
+        for r in rows
+        if isinstance(r.get(key), (int, float)) and isinstance(r.get("step"), (int, float))
+    ]
 
 
 def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> Path | None:
@@ -29,19 +28,18 @@ def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
         there is nothing to plot.
     """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
+        # a bare Figure, not pyplot: matplotlib.use("Agg") switched the backend of the whole process, so a notebook
+        # that trained a model showed no more plots
+        from matplotlib.figure import Figure
     except ImportError:
         log.warning("matplotlib is not installed: skipping the loss plot (pip install 'neurallayers[plot]')")
         return None
     rows = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
-    val = [(r["step"], r["val_loss"]) for r in rows if isinstance(r.get("val_loss"), (int, float))]
+    train, val = _points(rows, "loss"), _points(rows, "val_loss")
     if not train and not val:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
     if val:
@@ -61,6 +59,4 @@ def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
         part.unlink(missing_ok=True)
         log.warning("could not write the loss plot %s (%s)", out_path, e)
         return None
-    finally:
-        plt.close(fig)
     return out_path
