@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import importlib.resources
 import json
+import logging
 import os
 import re
 import sysconfig
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger("neurallayers.data")
 BUILTIN_CORPORA = ("shakespeare", "python-stdlib")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 _SPEC_FORMS = (f"a built-in corpus {BUILTIN_CORPORA}, a text file, a folder, a glob pattern, "
@@ -30,6 +32,12 @@ _SAMPLE_BYTES = 64 * 1024  # a file's fingerprint hashes this much of its start 
 _WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
               (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+# Magic numbers of the formats real corpora ship compressed in (C4's .json.gz, the Pile's .jsonl.zst): not read here.
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
+               (b"PK\x03\x04", "zip"))
+# A JSON array (or one pretty-printed object) saved as .jsonl: said, with the one-line conversion.
+_WHOLE_JSON = ("; JSON lines holds one object per line, and this looks like one whole JSON document "
+               "(an array converts with: jq -c '.[]' FILE > FILE.jsonl)")
 
 
 def lone_surrogate(text: str) -> re.Match | None:
@@ -116,10 +124,12 @@ class FileCorpus(Corpus):
     def fingerprint(self) -> str:
         # Names, sizes, modification times and a sample of the bytes: same-named files of equal size and mtime in
         # other folders (`touch -d`, unpacked archives) differ in content, and so do edits that keep size and mtime.
+        # The change time too (git's index checks it), which no tool sets back: the sample misses an edit in the middle
+        # of a big file whose mtime was put back (`touch -r`, an editor or sync tool that keeps it).
         h = hashlib.sha256(f"{self.text_field}\0".encode())
         for path in self.files:
             st = path.stat()
-            h.update(os.fsencode(self._rel(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            h.update(os.fsencode(self._rel(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
             h.update(_content_sample(path))
         return h.hexdigest()[:16]
 
@@ -178,7 +188,8 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
 
     Raises:
         FileNotFoundError: Nothing exists at `spec` (or the glob matches no file).
-        ValueError: The folder holds no text files, or `spec` is empty.
+        ValueError: The folder or the glob's files hold no text files (binary or compressed only), or `spec` is
+            empty.
     """
     spec = os.path.expanduser(str(spec))  # as data.tokenizer and data.cache_dir are
     if not spec:  # Path("") is the working directory: an unset variable would train on every file below it
@@ -192,16 +203,21 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
     if path.is_file():
         return FileCorpus(path.name, [path], root=path.parent, text_field=text_field)
     if path.is_dir():
-        files = _walk(path)
+        found = _walk(path)
+        files = [p for p in found if not _looks_binary(p)]
         if not files:
-            raise ValueError(f"folder {spec!r} holds no text files; expected {_SPEC_FORMS}")
+            raise ValueError(f"folder {spec!r} holds no text files{_binary_note(found)}; expected {_SPEC_FORMS}")
+        _warn_compressed(spec, found, files)
         return FileCorpus(path.name or spec, files, root=path, text_field=text_field)
     if glob.has_magic(spec):
         # "**" follows symlinked folders, so one file can match under several names (endlessly in a loop).
-        files = _unique(sorted(p for p in map(Path, glob.glob(spec, recursive=True))
-                               if p.is_file() and not _looks_binary(p)))
+        matched = _unique(sorted(p for p in map(Path, glob.glob(spec, recursive=True)) if p.is_file()))
+        files = [p for p in matched if not _looks_binary(p)]
         if not files:
+            if matched:  # "matches no files" hid the 100 .json.gz shards it did match
+                raise ValueError(f"glob {spec!r} matches no text files{_binary_note(matched)}; expected {_SPEC_FORMS}")
             raise FileNotFoundError(f"glob {spec!r} matches no files; expected {_SPEC_FORMS}")
+        _warn_compressed(spec, matched, files)
         root = Path(os.path.commonpath([p.parent for p in files]))
         return FileCorpus(spec, files, root=root, text_field=text_field)
     raise FileNotFoundError(f"no corpus {spec!r}: expected {_SPEC_FORMS}")
@@ -227,8 +243,9 @@ def chunk_document(doc: Document, max_chars: int) -> list[Document]:
 
 
 def _walk(root: Path, *, suffix: str | None = None, skip: set[str] | frozenset[str] = frozenset()) -> list[Path]:
-    """Files below `root`, sorted by relative path; hidden entries and binary files are left out. Symlinked folders
-    are followed, except back into a folder above them (a loop), and a file reached by several names is kept once."""
+    """Files below `root`, sorted by relative path; hidden entries are left out (binary files are the caller's to
+    skip). Symlinked folders are followed, except back into a folder above them (a loop), and a file reached by
+    several names is kept once."""
     found = []
     parents = {str(root): {os.path.realpath(root)}}  # real paths of each folder and the folders above it
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -242,9 +259,7 @@ def _walk(root: Path, *, suffix: str | None = None, skip: set[str] | frozenset[s
         dirnames[:] = kept  # prune in place
         for name in filenames:
             path = Path(dirpath) / name
-            if name.startswith(".") or (suffix and not name.endswith(suffix)) or not path.is_file():
-                continue
-            if suffix or not _looks_binary(path):
+            if not (name.startswith(".") or (suffix and not name.endswith(suffix))) and path.is_file():
                 found.append(path)
     return _unique(sorted(found, key=lambda p: p.relative_to(root).as_posix()))
 
@@ -275,6 +290,35 @@ def _text_encoding(head: bytes) -> str:
     return next((encoding for bom, encoding in _WIDE_BOMS if head.startswith(bom)), "utf-8-sig")
 
 
+def _compression(path: Path) -> str | None:
+    """The compressed format `path` is in (by its magic number), or None."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return next((name for magic, name in _COMPRESSED if head.startswith(magic)), None)
+
+
+def _warn_compressed(spec: str, found: list[Path], kept: list[Path]) -> None:
+    """Warns of compressed files skipped as binary: a folder of README.md and 100 .jsonl.gz shards trained on the
+    README alone, without a word."""
+    kept = set(kept)
+    packed = [p for p in found if p not in kept and _compression(p)]
+    if packed:
+        log.warning("%s: %d compressed file(s) skipped (e.g. %r): compressed files are not read; decompress them to "
+                    "train on them", spec, len(packed), str(packed[0]))
+
+
+def _binary_note(paths: list[Path]) -> str:
+    """What a folder or glob of binary files only holds, naming a compressed one: they are not read."""
+    if not paths:
+        return ""
+    kinds = {p: _compression(p) for p in paths}
+    packed = next((p for p, kind in kinds.items() if kind), None)
+    if packed is None:
+        return f" (only {len(paths)} binary file(s), e.g. {str(paths[0])!r})"
+    return (f" (only {len(paths)} binary file(s): {str(packed)!r} is {kinds[packed]}-compressed, and compressed "
+            f"files are not read: decompress them first)")
+
+
 def _looks_binary(path: Path) -> bool:
     # git's rule: a NUL byte near the start means binary; UTF-16/32 text is full of NULs but starts with a BOM.
     with open(path, "rb") as f:
@@ -288,6 +332,9 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding=encoding)
     except UnicodeDecodeError as e:
+        if kind := _compression(path):  # "convert it to UTF-8" sent the user looking for the wrong tool
+            raise ValueError(f"{str(path)!r} is {kind}-compressed, and compressed files are not read: "
+                             f"decompress it first") from None
         name = encoding.removesuffix("-sig").upper()
         raise ValueError(f"{str(path)!r} is not {name} ({e.reason} at byte {e.start}); convert it to UTF-8") from None
 
@@ -309,6 +356,9 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 yield lineno, raw.decode("utf-8-sig")  # a BOM before the first line is not JSON
             except UnicodeDecodeError as e:
+                if lineno == 1 and (kind := _compression(path)):
+                    raise ValueError(f"{str(path)!r} is {kind}-compressed, and compressed files are not read: "
+                                     f"decompress it first") from None
                 raise ValueError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start} of the line); "
                                  f"convert the file to UTF-8") from None
 
@@ -320,7 +370,11 @@ def _jsonl_documents(path: Path, rel: str, text_field: str) -> Iterator[Document
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            hint = _WHOLE_JSON if lineno == 1 and line.strip() in ("[", "{") else ""
+            raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}){hint}") from None
+        if isinstance(record, list):  # "found list" sent the user looking for a field
+            hint = _WHOLE_JSON if lineno == 1 else ""
+            raise ValueError(f"{path}:{lineno}: a JSON array, not an object with a {text_field!r} field{hint}")
         if isinstance(record, dict) and text_field in record and not isinstance(record[text_field], str):
             # "no string field 'text' (found ['text'])" would send the user looking for the wrong thing
             raise ValueError(f"{path}:{lineno}: field {text_field!r} holds {_json_type(record[text_field])}, "

@@ -15,7 +15,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from neurallayers.data.corpora import Corpus, Document, chunk_document
 from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.files import WriteError
 
-CACHE_VERSION = 1  # bump when the file layout or the split rule changes: old caches are then ignored
+CACHE_VERSION = 2  # bump when the file layout or the split rule changes: old caches are then ignored
 CHUNK_CHARS = 50_000
 _BATCH_CHARS = 1_000_000  # text handed to the tokenizer per call: big enough for its thread pool
 _STALE_SECONDS = 24 * 3600  # a build folder whose owner cannot be checked is dead after this long without a write
@@ -74,11 +75,11 @@ def prepare_tokens(
 
     Documents are cut into pieces of about `chunk_chars` at line boundaries (so one big file still
     splits), and whole pieces go to train or val: ordered by a hash of (seed, piece name), the first
-    round(val_fraction * n) go to val, at least one each when there are two or more pieces. A corpus that
-    is a single piece is split by position instead (its last val_fraction of tokens). An eos token
-    follows each document's last piece when the tokenizer has one, and its bos precedes the first piece when
-    `document_bos` says so (None: when the tokenizer's own encoding puts one first, as a Llama tokenizer.json's
-    post-processor does: prompts start with it, and transformers' run_clm trains so).
+    round(val_fraction * n) go to val. A corpus of too few pieces for that to take one (a single piece, or two of
+    50k and 10k characters: round(0.1 * 2) is 0) is split by position instead (its last val_fraction of tokens).
+    An eos token follows each document's last piece when the tokenizer has one, and its bos precedes the first
+    piece when `document_bos` says so (None: when the tokenizer's own encoding puts one first, as a Llama
+    tokenizer.json's post-processor does: prompts start with it, and transformers' run_clm trains so).
 
     Args:
         corpus: The text.
@@ -117,10 +118,13 @@ def prepare_tokens(
         _remove_dead_builds(final.parent, key)
     if (final / "meta.json").exists():
         return TokenData.open(final, cached=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a temporary folder and rename it into place: a cache folder is either complete or absent. Its name
-    # holds its builder (pid@host), so that the folder of a killed build can be told from that of a live one.
-    tmp = _build_folder(final.parent, key)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Build in a temporary folder and rename it into place: a cache folder is either complete or absent. Its name
+        # holds its builder (pid@host), so that the folder of a killed build can be told from that of a live one.
+        tmp = _build_folder(final.parent, key)
+    except OSError as e:
+        raise cache_write_error(e, final.parent) from None
     try:
         _build(corpus, tokenizer, tmp, sources, show_progress=show_progress)
         if final.exists() and not (final / "meta.json").exists():
@@ -130,9 +134,25 @@ def prepare_tokens(
         except OSError:
             if not (final / "meta.json").exists():  # not just another process finishing first
                 raise
+    except OSError as e:
+        # a corpus file that cannot be read keeps its own error; the cache's own writes (disk full) are named here
+        if e.filename is not None and not _inside(e.filename, final.parent):
+            raise
+        raise cache_write_error(e, final.parent) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return TokenData.open(final, cached=False)
+
+
+def cache_write_error(e: OSError, folder: Path) -> WriteError:
+    """One line for a cache that cannot be written (a read-only or full disk; EROFS is no PermissionError, so the CLI
+    showed a traceback), naming the folder and how to choose another."""
+    return WriteError(e.errno, f"cannot write the cache in {folder} ({e.strerror or e}); set data.cache_dir or "
+                      f"NEURALLAYERS_CACHE to a writable folder")
+
+
+def _inside(path: str | os.PathLike, folder: Path) -> bool:
+    return Path(os.path.abspath(os.fsdecode(path))).is_relative_to(os.path.abspath(folder))
 
 
 def split_names(names: list[str], val_fraction: float, seed: int) -> set[str]:
@@ -197,13 +217,13 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
     eos, bos = tokenizer.eos_id, tokenizer.bos_id if sources.get("document_bos") else None
     spans: list[tuple[str, int, int]] = []  # (piece name, start, length) in all.bin
     total = 0
+    encode = _piece_encoder(tokenizer)
     with open(out / "all.bin", "wb") as f, tqdm(
         desc=f"tokenizing {corpus.name}", unit="char", unit_scale=True, disable=not show_progress,
         delay=1,  # shown only when it takes a while: a corpus refused at once leaves just its one-line error
     ) as bar:
         for batch in _batches(_pieces(corpus.documents(), sources["chunk_chars"])):
-            for (piece, first, last), ids in zip(batch, tokenizer.encode_batch([p.text for p, _, _ in batch]),
-                                                 strict=True):
+            for (piece, first, last), ids in zip(batch, encode(batch), strict=True):
                 if first and bos is not None:
                     ids.insert(0, bos)
                 if last and eos is not None:
@@ -216,13 +236,15 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
         raise ValueError(f"corpus {corpus.name!r} has no text to tokenize")
 
     tokens = np.memmap(out / "all.bin", dtype=dtype, mode="r")
-    if len(spans) == 1:
-        fraction = sources["val_fraction"]
+    fraction = sources["val_fraction"]
+    if not round(fraction * len(spans)):
+        # Whole pieces cannot give the fraction: split_names' one val piece of two made val 83% of a 60k-character
+        # file (its 50k piece) or 17%, by the seed. A single piece always comes here.
         cut = total - (min(max(round(total * fraction), 1), total - 1) if fraction else 0)
         parts = {"train": [tokens[:cut]], "val": [tokens[cut:]]}
         n_val_docs = int(cut < total)
     else:
-        val = split_names([name for name, _, _ in spans], sources["val_fraction"], sources["seed"])
+        val = split_names([name for name, _, _ in spans], fraction, sources["seed"])
         parts = {"train": [], "val": []}
         for name, start, length in spans:
             parts["val" if name in val else "train"].append(tokens[start : start + length])
@@ -243,6 +265,33 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
         json.dump(meta, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _piece_encoder(tokenizer: Tokenizer) -> Callable[[list[tuple[Document, bool, bool]]], list[list[int]]]:
+    """encode_batch for (piece, first, last) items, giving a document's later pieces the ids they have within it.
+
+    A SentencePiece normalizer puts "▁" before every text it encodes, so a piece encoded alone started with a space
+    its document does not have there (one per cut). Where that is so, a later piece is encoded after the newline it
+    was cut at, and that newline's ids are dropped.
+    """
+    enc = tokenizer.encode
+    try:
+        prefix = enc("\n")
+        after_cut = enc("a\nb")[len(enc("a\n")):]  # "b" as a document's text after a newline encodes
+        shifts = enc("b") != after_cut and enc("\nb") == prefix + after_cut
+    except Exception:  # a word-level vocabulary without these nor an unknown token: encoded as they are
+        shifts = False
+
+    def encode(batch: list[tuple[Document, bool, bool]]) -> list[list[int]]:
+        shift = [shifts and not first for _, first, _ in batch]
+        texts = ["\n" + p.text if s else p.text for (p, _, _), s in zip(batch, shift, strict=True)]
+        out = tokenizer.encode_batch(texts)
+        for i in (i for i, s in enumerate(shift) if s):
+            # a piece starting with a newline may merge it with the one added ("\n\n"): encoded alone, as before
+            out[i] = out[i][len(prefix):] if out[i][:len(prefix)] == prefix else tokenizer.encode(batch[i][0].text)
+        return out
+
+    return encode
 
 
 def starts_with_bos(tokenizer: Tokenizer) -> bool:

@@ -67,7 +67,12 @@ def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_
         if tok.vocab_size < vocab:  # the corpus has fewer merges to learn than asked for
             log.warning("the BPE tokenizer has %d tokens, not the %d asked for: the corpus is too small for more "
                         "merges", tok.vocab_size, vocab)
-    tok.save(folder)  # atomic per file; tokenizer_config.json last, so its presence means complete
+    try:
+        tok.save(folder)  # atomic per file; tokenizer_config.json last, so its presence means complete
+    except OSError as e:  # a read-only cache: one line, not a traceback
+        from neurallayers.data.datasets import cache_write_error
+
+        raise cache_write_error(e, folder.parent) from None
     return tok
 
 

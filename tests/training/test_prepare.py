@@ -24,7 +24,8 @@ def _run(tmp_path, source, split, val_fraction=0.1):
 
 def test_tail_split_is_the_last_fraction_of_the_text(tmp_path):
     rng = random.Random(0)
-    text = "".join(rng.choice("abcdefgh \n") for _ in range(150_000))  # three pieces of ~50k characters
+    # twelve pieces of ~50k characters (with three, too few for 10%, "documents" too splits by position)
+    text = "".join(rng.choice("abcdefgh \n") for _ in range(600_000))
     (tmp_path / "a.txt").write_text(text)
     tok, tail, _ = prepare_data(_run(tmp_path, tmp_path / "a.txt", "tail"))
     n_val = len(tail.val)
@@ -33,7 +34,7 @@ def test_tail_split_is_the_last_fraction_of_the_text(tmp_path):
     assert tok.decode(tail.train.tolist()) == text[: len(tail.train)]
     assert tok.decode(tail.val[:-1].tolist()) == text[len(tail.train) :] and tail.val[-1] == tok.eos_id
     _, pieces, _ = prepare_data(_run(tmp_path, tmp_path / "a.txt", "documents"))
-    assert pieces.meta["pieces"] == 3 and tail.meta["pieces"] == 1
+    assert pieces.meta["pieces"] == 12 and tail.meta["pieces"] == 1
     assert tok.decode(pieces.val.tolist()) != tok.decode(tail.val.tolist())
 
 

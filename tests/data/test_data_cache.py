@@ -1,0 +1,169 @@
+"""The token cache against a demanding user's files and disks: edits the cheap fingerprint could miss, and caches
+that cannot be written."""
+
+import errno
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from neurallayers.__main__ import main
+from neurallayers.data.corpora import Corpus, Document, load_corpus
+from neurallayers.data.datasets import prepare_tokens
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.files import WriteError
+
+
+def test_an_edit_in_the_middle_that_keeps_size_and_mtime_rebuilds_the_cache(tmp_path):
+    # The fingerprint samples a big file's first and last 64 KiB only: an edit between them, with the mtime put back
+    # (`touch -r`, a tool that keeps it), reused the stale tokens.
+    path = tmp_path / "big.txt"
+    path.write_text("a" * 100_000 + "b" + "a" * 100_000 + "\n")
+    tok = Tokenizer.train_char(["abc\n"])
+    prepare_tokens(load_corpus(path), tok, tmp_path / "cache", val_fraction=0, show_progress=False)
+    st = os.stat(path)
+    path.write_text("a" * 100_000 + "c" + "a" * 100_000 + "\n")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+    after = prepare_tokens(load_corpus(path), tok, tmp_path / "cache", val_fraction=0, show_progress=False)
+    assert not after.cached and "c" in tok.decode(after.train.tolist())
+    again = prepare_tokens(load_corpus(path), tok, tmp_path / "cache", val_fraction=0, show_progress=False)
+    assert again.cached and again.path == after.path  # nothing changed since: reused
+
+
+def _refuse_mkdir_under(monkeypatch, folder: Path, code: int) -> None:
+    real = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if Path(self).is_relative_to(folder):
+            raise OSError(code, os.strerror(code), str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+def test_a_read_only_cache_is_one_line_naming_the_folder(tmp_path, monkeypatch, capsys):
+    # A read-only file system (a `:ro` volume) raises EROFS, which is no PermissionError: the CLI showed a traceback.
+    cache = tmp_path / "cache"
+    _refuse_mkdir_under(monkeypatch, cache, errno.EROFS)
+    with pytest.raises(
+        WriteError,
+        match=rf"cannot write the cache in {cache}/tokens \(Read-only file system\); "
+        "set data.cache_dir or NEURALLAYERS_CACHE",
+    ):
+        prepare_tokens(_Texts(), Tokenizer.train_char(["abc\n"]), cache / "tokens", show_progress=False)
+    (tmp_path / "a.txt").write_text("abc\n" * 100)
+    monkeypatch.setenv("NEURALLAYERS_CACHE", str(cache))
+    code = main(["prepare", "--preset", "tiny", "--data", str(tmp_path / "a.txt"), "--tokenizer", "char"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (
+        f"neurallayers prepare: error: cannot write the cache in {cache}/tokenizers "
+        "(Read-only file system); set data.cache_dir or NEURALLAYERS_CACHE to a writable "
+        "folder\n"
+    )
+
+
+def test_a_full_disk_while_building_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError, match=rf"cannot write the cache in {tmp_path} \(No space left on device\)"):
+        prepare_tokens(_Texts(), Tokenizer.train_char(["abc\n"]), tmp_path, show_progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corpus_file_that_cannot_be_read_keeps_its_own_error(tmp_path):
+    with pytest.raises(PermissionError, match="secret.txt"):
+        prepare_tokens(_Texts(fail=True), Tokenizer.train_char(["abc\n"]), tmp_path / "cache", show_progress=False)
+
+
+class _Texts(Corpus):
+    name = "texts"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def documents(self):
+        yield Document("a", "abc\n" * 50)
+        if self.fail:
+            raise PermissionError(errno.EACCES, "Permission denied", "/data/secret.txt")
+        yield Document("b", "cab\n" * 50)
+
+    def fingerprint(self) -> str:
+        return f"texts-{self.fail}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_file_of_two_pieces_gets_its_val_fraction(tmp_path, seed):
+    # 60k characters are two pieces (50k and 10k): one of the two went to val, 83% or 17% of the text by the seed.
+    path = tmp_path / "notes.txt"
+    path.write_text("".join(f"line {i} of my notes\n" for i in range(3_000)))
+    tok = Tokenizer.train_char([path.read_text()])
+    data = prepare_tokens(load_corpus(path), tok, tmp_path / "cache", val_fraction=0.1, seed=seed, show_progress=False)
+    assert data.meta["pieces"] == 2
+    total = len(data.train) + len(data.val)
+    assert len(data.val) == round(0.1 * total)
+    assert tok.decode(data.train.tolist() + data.val.tolist()) == path.read_text()  # in order, each token once
+
+
+def _sentencepiece_style(texts: list[str]) -> Tokenizer:
+    """A Llama-2 / Mistral shaped tokenizer.json: its normalizer puts "▁" before every text it encodes."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    hf.pre_tokenizer = pre_tokenizers.Split("\n", behavior="isolated")  # no merge across a newline, as in Llama's
+    hf.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    hf.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
+    return Tokenizer.from_hf(hf, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "gpt2", "char"])
+def test_cached_tokens_equal_the_documents_encoded_whole(tmp_path, kind):
+    # A document is tokenized in pieces cut after a newline; with a SentencePiece normalizer each later piece began
+    # with a "▁" of its own: "...motion\n age will" in the cache, where the text says "motion\nage will".
+    rng = random.Random(0)
+    words = "what a piece of work is man how noble in reason\n".split(" ")
+    docs = {f"d{i}": " ".join(rng.choice(words) for _ in range(100)) for i in range(3)}
+    tok = {
+        "sentencepiece": lambda: _sentencepiece_style(list(docs.values())),
+        "gpt2": lambda: Tokenizer.load("gpt2"),
+        "char": lambda: Tokenizer.train_char(list(docs.values())),
+    }[kind]()
+    data = prepare_tokens(_Docs(docs), tok, tmp_path, val_fraction=0, chunk_chars=100, show_progress=False)
+    assert data.meta["pieces"] > 3 * len(docs)
+    assert data.train.tolist() == [i for text in docs.values() for i in tok.encode(text) + [tok.eos_id]]
+
+
+class _Docs(Corpus):
+    name = "docs"
+
+    def __init__(self, docs: dict[str, str]) -> None:
+        self.docs = docs
+
+    def documents(self):
+        yield from (Document(name, text) for name, text in self.docs.items())
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.docs).encode()).hexdigest()[:16]
+
+
+def test_a_word_level_vocabulary_without_an_unknown_token_still_prepares(tmp_path):
+    # The check for SentencePiece's "▁" encodes a few letters of its own: a vocabulary without them must not fail.
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    hf = HFTokenizer(models.WordLevel({"x": 0, "y": 1, "</s>": 2}))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = Tokenizer.from_hf(hf, eos_token="</s>")
+    data = prepare_tokens(
+        _Docs({"a": "x y\n" * 40}), tok, tmp_path, val_fraction=0, chunk_chars=10, show_progress=False
+    )
+    assert data.train.tolist() == [0, 1] * 40 + [2]
