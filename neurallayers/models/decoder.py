@@ -140,6 +140,7 @@ class DecoderLM(nn.Module):
         if targets is not None and targets.shape != input_ids.shape:  # a flat view of another shape pairs wrong ids
             raise ValueError(f"targets must have the shape of input_ids {tuple(input_ids.shape)} (already shifted), "
                              f"got {tuple(targets.shape)}")
+        _check_logits_to_keep(logits_to_keep, targets)
         device = input_ids.device
         per_row = isinstance(input_pos, torch.Tensor)
         if position_ids is not None:
@@ -161,11 +162,14 @@ class DecoderLM(nn.Module):
         # Under autocast q and k come out of their linear in the autocast dtype: tables in that dtype keep the
         # rotation from promoting them to fp32 (which would push attention off its half-precision fast path).
         rope_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
-        if self.rope is not None:  # one row of tables when the rows share positions, broadcast over the batch
+        mask, is_causal = self._mask(b, t, input_pos, attention_mask, cache, x.dtype, device)  # checks the mask
+        dynamic = (cfg.rope_scaling or {}).get("type") == "dynamic"
+        if dynamic and attention_mask is not None and not per_row:
+            rope = self.rope(_unpadded_positions(position_ids, attention_mask, input_pos), rope_dtype)
+        elif self.rope is not None:  # one row of tables when the rows share positions, broadcast over the batch
             rope = self.rope(position_ids[:1] if shared_positions else position_ids, rope_dtype)
         else:
             rope = None
-        mask, is_causal = self._mask(b, t, input_pos, attention_mask, cache, x.dtype, device)
         attentions = [] if output_attentions else None
         for i, block in enumerate(self.blocks):
             kw = dict(rope=rope, mask=mask, is_causal=is_causal, cache=cache, layer=i, input_pos=input_pos,
@@ -250,6 +254,16 @@ def _check_ids(input_ids: torch.Tensor) -> tuple[int, int]:
     return input_ids.shape
 
 
+def _check_logits_to_keep(logits_to_keep: int, targets: torch.Tensor | None) -> None:
+    """A negative count sliced off the first positions instead (-2 kept T - 2 rows, silently); with targets, the
+    loss met logits of fewer rows than targets and torch's error named neither argument."""
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, numbers.Integral) or logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep={logits_to_keep!r}: must be an int >= 0 (the last N positions; 0 = all)")
+    if logits_to_keep and targets is not None:
+        raise ValueError(f"logits_to_keep={logits_to_keep} with targets: the loss needs the logits of every position; "
+                         "leave logits_to_keep 0")
+
+
 def check_below(ids: torch.Tensor, limit: int, name: str, field: str) -> None:
     """ids index a table of `limit` rows: out of range they are an IndexError deep in the embedding."""
     if torch.compiler.is_compiling() or not bool(((ids < 0) | (ids >= limit)).any()):  # one host sync, no graph break
@@ -267,6 +281,12 @@ def check_position_ids(position_ids: torch.Tensor, b: int, t: int) -> torch.Tens
         got = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
         raise ValueError(f"position_ids must have shape (B, T)={(b, t)}, (1, T) or (T,), got {got}")
     return position_ids
+
+
+def _unpadded_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor, input_pos: int) -> torch.Tensor:
+    """position_ids with padding (a 0 in attention_mask) at 0: no real token attends to it, and dynamic NTK, which
+    grows the base with a row's largest position, then scales a right-padded row by its own length, as alone."""
+    return position_ids.masked_fill(attention_mask[:, input_pos:input_pos + position_ids.shape[1]] == 0, 0)
 
 
 def _check_attention_mask(attention_mask: torch.Tensor, b: int, s: int) -> None:

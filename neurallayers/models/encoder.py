@@ -97,8 +97,8 @@ class EncoderModel(nn.Module):
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but the config has type_vocab_size=0")
         x = self.drop(self.emb_norm(x))
-        rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
         mask = _padding_mask(attention_mask, input_ids)
+        rope = self.rope(_rope_positions(position_ids, attention_mask), x.dtype) if self.rope is not None else None
         attentions = [] if output_attentions else None
         for block in self.blocks:
             kw = dict(rope=rope, mask=mask, is_causal=False, need_weights=output_attentions)
@@ -288,6 +288,12 @@ def _check_ids(ids: torch.Tensor, name: str) -> tuple[int, int]:
 def _check_same_shape(x: torch.Tensor, ids: torch.Tensor, name: str) -> None:
     if x.shape != ids.shape:
         raise ValueError(f"{name} must have the shape of input_ids {tuple(ids.shape)}, got {tuple(x.shape)}")
+
+
+def _rope_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Padding at position 0: no real token attends to it, and dynamic NTK (which grows the base with the largest
+    position) then scales a right-padded row by its own length, as alone, not by the batch's longest row."""
+    return position_ids if attention_mask is None else position_ids.masked_fill(attention_mask == 0, 0)
 
 
 def _padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:

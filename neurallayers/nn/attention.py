@@ -55,7 +55,8 @@ class Attention(nn.Module):
         """x (B, T, dim) -> (B, T, dim), and weights (B, n_head, T, S) when need_weights.
 
         mask: bool (True = attend) or additive float, broadcastable to (B, n_head, T, S); S is the key length
-        (T without a cache, the cached length with one). is_causal: use the kernel's own causal mask (T == S).
+        (T without a cache, the cached length with one). is_causal: hide the future too, the last query aligned
+        with the last key (the kernel's own causal mask when there is no mask and T == S).
         """
         b, t, _ = x.shape
         qkv = self.qkv(x)
@@ -68,6 +69,10 @@ class Attention(nn.Module):
         v = v.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, input_pos, k, v)
+        if is_causal and (mask is not None or k.shape[-2] != t):
+            # torch's own causal mask is dropped beside a mask and aligned top-left (a chunk after cached keys saw
+            # one key of the prefix): build it, the last query aligned with the last key, as the eager kernel does.
+            mask, is_causal = _and_causal(mask, causal_mask(t, k.shape[-2], q.device)), False
         dropout = self.dropout if self.training else 0.0
         # Not in a compiled decode step (generation.fast): there inductor fuses sdpa's math form into its kernels.
         compiled_step = cache is not None and torch.compiler.is_compiling()
@@ -85,6 +90,17 @@ class Attention(nn.Module):
         return self.proj(y), (weights if need_weights else None)
 
 
+def causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
+    """(T, S) bool, True = attend: query i (at key position S - T + i) sees keys 0 .. S - T + i."""
+    return torch.ones(t, s, dtype=torch.bool, device=device).tril(s - t)
+
+
+def _and_causal(mask: torch.Tensor | None, causal: torch.Tensor) -> torch.Tensor:
+    if mask is None:
+        return causal
+    return mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf"))
+
+
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None,
                     is_causal: bool, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference attention: softmax(q k^T / sqrt(d) + mask) v, softmax in float32. Returns (y, weights)."""
@@ -93,8 +109,7 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: 
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])  # (B, H, T, S)
     if is_causal and mask is None:
-        t, s = scores.shape[-2:]
-        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+        mask = causal_mask(*scores.shape[-2:], q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     weights = scores.softmax(dim=-1).to(q.dtype)

@@ -52,6 +52,14 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.theta, self.scaling, self.max_position = head_dim, theta, scaling, max_position
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True) -> RotaryEmbedding:
+        """model.to(torch.bfloat16) casts every floating buffer: rates with 8 bits of mantissa turn position 1000 up to
+        half a radian the wrong way. They stay float32, as transformers keeps them, and follow the device only."""
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:
+            self.inv_freq = rope_inv_freq(self.head_dim, self.theta, self.scaling).to(self.inv_freq.device)
+        return self
+
     def _dynamic_inv_freq(self, seq_len: torch.Tensor) -> torch.Tensor:
         """Dynamic NTK: each row's base grows once its sequence (seq_len (B, 1)) passes the trained length ->
         (B, head_dim/2). Per row, so a row's rates do not depend on the other rows of a batch (transformers takes

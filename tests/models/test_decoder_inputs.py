@@ -96,3 +96,17 @@ def test_ids_outside_the_vocabulary_are_one_clear_error():
     bad = torch.tensor([[1, net.config.vocab_size + 3]])
     with pytest.raises(ValueError, match=r"input_ids must be in \[0, vocab_size=\d+\), got values in \[1, \d+\]"):
         net(bad)
+
+
+@pytest.mark.parametrize("keep", [-2, 1.0, True])
+def test_logits_to_keep_must_be_a_count(keep):
+    """-2 sliced off the first two positions and returned T - 2 rows of logits, silently."""
+    with pytest.raises(ValueError, match=r"logits_to_keep=.*: must be an int >= 0 \(the last N positions; 0 = all\)"):
+        model("gpt2")(random_ids(2, 6), logits_to_keep=keep)
+
+
+def test_logits_to_keep_with_targets_is_refused():
+    """The loss met (B, 1) logits against (B, T) targets: torch's batch-size error named neither argument."""
+    ids = random_ids(2, 6)
+    with pytest.raises(ValueError, match="logits_to_keep=1 with targets: the loss needs the logits of every position"):
+        model("gpt2")(ids, targets=ids, logits_to_keep=1)

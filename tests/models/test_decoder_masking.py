@@ -54,6 +54,20 @@ def test_left_padding_is_invisible(name):
         assert torch.isfinite(out).all()  # padding queries see themselves, so no NaN anywhere
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+@torch.no_grad()
+def test_right_padded_rows_equal_each_row_alone(name):
+    """Rows of lengths 20, 13 and 6 right-padded with an attention_mask give each row's own logits: dynamic NTK took
+    the padded width for every row's length (its base grows past 8 positions here)."""
+    net = model(name)
+    lens = [20, 13, 6]
+    ids = random_ids(3, 20, seed=5)
+    mask = (torch.arange(20)[None] < torch.tensor(lens)[:, None]).long()
+    out = net(ids.masked_fill(mask == 0, 0), attention_mask=mask).logits
+    for r, n in enumerate(lens):
+        torch.testing.assert_close(out[r, :n], net(ids[r:r + 1, :n]).logits[0], atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "alibi"])
 @torch.no_grad()
 def test_masked_keys_inside_the_sequence_are_ignored(name):

@@ -187,6 +187,21 @@ def test_prenorm_and_rope_variants_run_and_honour_padding():
     assert torch.allclose(batch[1, :7], alone[0], atol=1e-6)
 
 
+def test_dynamic_ntk_rope_scales_a_padded_row_by_its_own_length():
+    """Dynamic NTK grows RoPE's base with the largest position: a right-padded row (as embed batches sentences) took
+    the batch's width for its length, so its states depended on the longest sentence beside it."""
+    scaling = {"type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 4}
+    torch.manual_seed(0)
+    model = build_model(tiny(norm_placement="pre", position="rope", type_vocab_size=0, rope_scaling=scaling,
+                             init_std=0.3)).eval()
+    ids, mask, _ = padded_batch()
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask).hidden
+        for row in range(3):
+            n = int(mask[row].sum())  # 11, 7, 4: past, past and at the original length
+            torch.testing.assert_close(batch[row, :n], model(ids[row:row + 1, :n]).hidden[0], atol=1e-5, rtol=0)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     cfg = tiny("mlm")
     ids, mask, _ = padded_batch()

@@ -86,6 +86,36 @@ def test_multi_query_shapes_and_cached_decoding():
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_kv_head", [HEADS, 1])
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@torch.no_grad()
+def test_is_causal_on_a_chunk_after_cached_keys_aligns_the_last_query_with_the_last_key(kernel, n_kv_head):
+    """A prefill in chunks, each with is_causal: torch's sdpa aligns its own causal mask top-left, so the second
+    chunk's first query saw one key of the cached prefix instead of all of them (eager was right)."""
+    attn = attention(n_kv_head, kernel=kernel)
+    x = torch.randn(2, 9, DIM, generator=torch.Generator().manual_seed(7))
+    full, _ = attn(x, is_causal=True)
+    cache = KVCache(n_layer=1, batch_size=2, n_kv_head=n_kv_head, max_len=9, head_dim=HEAD_DIM)
+    chunks = [attn(x[:, a:b], is_causal=True, cache=cache, input_pos=a)[0] for a, b in ((0, 4), (4, 7), (7, 9))]
+    torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@torch.no_grad()
+def test_is_causal_beside_a_padding_mask_hides_the_future_too(kernel, mask_kind):
+    """A padding mask (B, 1, 1, S) with is_causal: both kernels dropped is_causal and let every query see its future."""
+    attn = attention(2, kernel=kernel)
+    x = torch.randn(2, 7, DIM, generator=torch.Generator().manual_seed(8))
+    keep = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    keep[1, ..., :2] = False  # row 1: two padding keys
+    pad = keep if mask_kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    got, _ = attn(x, mask=pad, is_causal=True)
+    want, _ = attn(x, mask=keep & causal_bool(7))
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1, 2:], want[1, 2:], atol=1e-5, rtol=1e-5)  # the padding queries see no key
+
+
 @pytest.mark.parametrize("n_kv_head", [HEADS, 2, 1])
 @pytest.mark.parametrize("mask_kind", ["causal", "bool", "additive"])
 @torch.no_grad()

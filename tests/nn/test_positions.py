@@ -59,6 +59,20 @@ def test_rope_rotation_keeps_norms_and_position_zero_is_identity():
     torch.testing.assert_close(apply_rotary(x, cos0, sin0), x)
 
 
+@pytest.mark.parametrize("kind", list(SCALINGS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rope_rates_stay_float32_in_a_half_precision_model(kind, dtype):
+    """model.to(bfloat16) (load(dtype=...), prepare_for_decode, serve --dtype) cast the inverse frequencies too:
+    with 8 bits of mantissa the cos/sin tables at position 1000 were off by up to 0.4 (transformers keeps them fp32)."""
+    rope = RotaryEmbedding(64, theta=10000.0, scaling=SCALINGS[kind], max_position=512)
+    cast = RotaryEmbedding(64, theta=10000.0, scaling=SCALINGS[kind], max_position=512).to(dtype)
+    assert cast.inv_freq.dtype == torch.float32
+    positions = torch.arange(1000, 1016)[None]
+    for got, want in zip(cast(positions, dtype), rope(positions, dtype), strict=True):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 def test_sinusoidal_table_is_the_formula():
     table = sinusoidal_table(50, 12)
     for pos in (0, 1, 7, 49):
