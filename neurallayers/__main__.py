@@ -6,6 +6,7 @@ User mistakes (bad paths, values, names) print one line and exit 2; anything els
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -50,6 +51,30 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        parsed, rest = self.parse_known_args(args, namespace)
+        if rest:
+            self.error(f"unrecognized arguments: {' '.join(rest)}{self.close_option(rest)}")
+        return parsed
+
+    def check_overrides(self, rest: list[str]) -> None:
+        """A verb that passes `--section.field` overrides through: a mistyped flag of its own (`--init_from`) is named
+        with the flag meant, not reported as a malformed override."""
+        for arg in rest:
+            name = arg.split("=", 1)[0]
+            if name.startswith("--") and "." not in name and (hint := self.close_option([name])):
+                self.error(f"unrecognized argument {name}{hint}")
+
+    def close_option(self, rest: list[str]) -> str:
+        """' (did you mean --max-new-tokens?)' for the first unknown option near one of ours: argparse names none."""
+        known = [s[2:] for action in self._actions for s in action.option_strings if s.startswith("--")]
+        for arg in rest:
+            name = arg.split("=", 1)[0]
+            # the names without their dashes: with them, '--bogus' is close to '--out'
+            if name.startswith("--") and (hint := difflib.get_close_matches(name[2:].replace("_", "-"), known, n=1)):
+                return f" (did you mean --{hint[0]}?)"
+        return ""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="neurallayers", description="Build, train, generate from and serve "
@@ -85,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         module, verb_parser = build_verb_parser(verb)  # imports torch: seconds in which Ctrl-C is likely
         if getattr(module, "ACCEPTS_OVERRIDES", False):  # train: --section.field value pairs pass through
             args, rest = verb_parser.parse_known_args(argv[1:])
+            verb_parser.check_overrides(rest)
             args.overrides = rest
         else:
             args = verb_parser.parse_args(argv[1:])

@@ -14,6 +14,9 @@ BUNDLED = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 
 def resolve_model_path(path: str | Path) -> Path:
     """`path`, or the bundled folder where `path` is a bundled model's name and no such file or folder exists."""
+    if isinstance(path, str) and not path.strip():  # Path("") is the current folder: an unset variable loaded it
+        raise ValueError("the model path is empty; give a run directory (config.yaml) or a Hugging Face folder "
+                         "(config.json)")
     if str(path) in BUNDLED and not Path(path).exists():
         from neurallayers.embeddings import minilm_folder
 
@@ -138,6 +141,10 @@ def train(config: object, out_dir: str | Path, *, resume: bool | str | Path = Fa
     from neurallayers.training.config import RunConfig, apply_overrides
     from neurallayers.training.trainer import fit
 
+    if isinstance(out_dir, str) and not out_dir.strip():  # Path("") is the current folder: the run would land there
+        raise ValueError("out_dir is empty; name the run directory to write")
+    if isinstance(overrides, str):  # read letter by letter, it failed as "override '-' must look like ..."
+        raise ValueError(f"overrides={overrides!r}: give a list, e.g. {overrides.split()!r}")
     if isinstance(config, (str, Path)):
         config = RunConfig.from_yaml(config)
     if isinstance(config, RunConfig):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
 import sys
 from pathlib import Path
 
@@ -26,8 +28,10 @@ def resolve_config(target: str):
     path = resolve_model_path(target)
     if path.is_dir():
         return folder_model_config(path)
-    if path.suffix in (".yaml", ".yml"):
-        data = read_yaml_file(path) or {}
+    if path.suffix.lower() in (".yaml", ".yml"):
+        data = read_yaml_file(path)
+        if not data:  # ModelConfig's defaults would be described: GPT-2 124M, for a file left unsaved
+            raise ValueError(f"{path} holds no config; give ModelConfig fields, `preset: NAME`, or a run config")
         # a run config (a fine-tune's may have no model section: train.init_from names it)
         if isinstance(data, dict) and data.keys() & {"model", "train", "data"}:
             from neurallayers.training.config import RunConfig
@@ -36,7 +40,10 @@ def resolve_config(target: str):
         return ModelConfig.from_file(path)
     if target in presets.PRESETS:
         return ModelConfig.from_name(target)
-    raise ValueError(f"{target!r} is not a preset, a .yaml file or a folder; presets: {', '.join(presets.PRESETS)}")
+    hint = difflib.get_close_matches(target.lower(), presets.PRESETS, n=1)
+    did = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise ValueError(f"{target!r} is not a preset, a .yaml file or a folder{did}; presets: "
+                     f"{', '.join(presets.PRESETS)}")
 
 
 def _size(n_bytes: float) -> str:
@@ -97,8 +104,8 @@ def describe_run(folder: Path) -> str:
     for row in read_metrics(metrics):  # a line cut off by a kill is skipped
         if isinstance(row.get("step"), int):
             steps = max(steps, row["step"])
-            if isinstance(row.get("val_loss"), float | int):
-                vals.append((row["step"], float(row["val_loss"])))
+            if (val := _logged_loss(row.get("val_loss"))) is not None:
+                vals.append((row["step"], val))
     checkpoints = list_checkpoints(folder)
     ckpts = [p.name for p in checkpoints]
     if checkpoints:  # the newest checkpoint's step, which a log_interval may not have logged
@@ -108,8 +115,10 @@ def describe_run(folder: Path) -> str:
                else f"{steps:,} steps (max_steps {max_steps:,})")
     trained += "" if run_cfg.model.causal else " (masked LM)"
     if vals:
-        best_step, best = min(vals, key=lambda sv: sv[1])
-        trained += f"; val loss {vals[-1][1]:.4f} at step {vals[-1][0]:,}, best {best:.4f} at step {best_step:,}"
+        trained += f"; val loss {vals[-1][1]:.4f} at step {vals[-1][0]:,}"
+        if finite := [sv for sv in vals if math.isfinite(sv[1])]:  # NaN is never the best (nor would min() skip it)
+            best_step, best = min(finite, key=lambda sv: sv[1])
+            trained += f", best {best:.4f} at step {best_step:,}"
     tokenizer = run_cfg.data.tokenizer + (f" ({run_cfg.data.vocab_size:,})" if run_cfg.data.vocab_size else "")
     rows = [("training", trained), ("checkpoints", ", ".join(ckpts) or "none")]
     init_from = run_cfg.train.init_from
@@ -118,6 +127,18 @@ def describe_run(folder: Path) -> str:
         tokenizer = "the init_from model's"
     rows.append(("data", f"{run_cfg.data.source}; tokenizer {tokenizer}"))
     return _table(rows)
+
+
+def _logged_loss(value) -> float | None:
+    """A val loss as metrics.jsonl holds it: a number, or the string "nan" / "inf" (JSON has neither) that a diverged
+    run's evaluation writes; skipping those showed the last finite loss as the run's latest."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf"):
+        return float(value)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

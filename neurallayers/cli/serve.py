@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sequences that may wait for a slot; more get 429 with Retry-After")
     parser.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                         help="allow browser calls from this origin (repeatable); CORS is off without it")
-    parser.add_argument("--model-root", default=None,
+    parser.add_argument("--model-root", type=non_empty, default=None,  # "" is the current folder to pathlib
                         help="folder that POST /reload may load models from (relative paths only); off without it")
     parser.add_argument("--model-name", type=non_empty, default=None,
                         help="the model id clients use (default: the folder's name)")

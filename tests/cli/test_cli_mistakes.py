@@ -50,6 +50,8 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["info", ""], "target"),
     # an encoder's batch embedded with its default pooling, as if --pooling had not been given
     (["batch", "nosuch", "--input", "in.jsonl", "--output", "o.npy", "--pooling", ""], "--pooling"),
+    # `--model-root "$MODELS"` with the variable unset let POST /reload load any model under the current folder
+    (["serve", "nosuch", "--port", "0", "--model-root", ""], "--model-root"),
 ])
 def test_an_empty_value_is_refused_not_taken_for_the_default(args: list[str], flag: str, tmp_path: Path,
                                                              monkeypatch):
@@ -110,3 +112,69 @@ def test_os_errors_print_the_path_and_the_reason_without_errno():
 
     assert _os_message(PermissionError(13, "Permission denied", "noread.yaml")) == "noread.yaml: Permission denied"
     assert str(_os_message(FileNotFoundError("no such run: x"))) == "no such run: x"  # our own messages unchanged
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["generate", "nosuch", "hi", "--max_new_tokens", "3"], "--max_new_tokens 3 (did you mean --max-new-tokens?)"),
+    (["info", "gpt2", "--batch_size", "2"], "(did you mean --batch-size?)"),
+    # train passes unknown flags on as overrides: this one was "override '--init_from' must look like --section.field"
+    (["train", "--preset", "tiny", "--init_from", "x", "--out", "o"], "--init_from (did you mean --init-from?)"),
+    (["prepare", "--preset", "tiny", "--vocab_size", "300"], "--vocab_size (did you mean --vocab-size?)"),
+    (["info", "GPT2"], "(did you mean 'gpt2'?)"),
+    (["info", "llama_tiny"], "(did you mean 'llama-tiny'?)"),
+])
+def test_a_mistyped_flag_or_preset_names_the_one_meant(args: list[str], needle: str, tmp_path: Path, monkeypatch):
+    assert_user_error(in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch), needle)
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_an_unrelated_unknown_flag_gets_no_guess(tmp_path: Path, monkeypatch):
+    proc = in_process("generate", "nosuch", "hi", "--bogus", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_user_error(proc, "unrecognized arguments: --bogus")
+    assert "did you mean" not in proc.stderr
+
+
+def test_info_refuses_an_empty_yaml_and_reads_an_upper_case_suffix(tmp_path: Path, monkeypatch):
+    """An empty (or all-comment) YAML file was described as ModelConfig's defaults, GPT-2 124M; `.YAML` was "not a
+    .yaml file"."""
+    (tmp_path / "empty.yaml").write_text("# todo\n")
+    proc = in_process("info", "empty.yaml", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_user_error(proc, "empty.yaml holds no config")
+    (tmp_path / "MODEL.YAML").write_text("preset: tiny\nn_layer: 1\n")
+    proc = in_process("info", "MODEL.YAML", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 layers x 64 wide" in proc.stdout
+
+
+def test_the_api_refuses_what_the_cli_refuses(tmp_path: Path, monkeypatch):
+    """"" is the current folder to pathlib: load("") loaded it and train(config, "") wrote a run into it, where the
+    CLI refuses an empty path; overrides given as one string were read letter by letter ("override '-' ...")."""
+    import neurallayers as nl
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NEURALLAYERS_CACHE", str(tmp_path.parent / f"{tmp_path.name}-cache"))
+    (tmp_path.parent / f"{tmp_path.name}.txt").write_text("To be, or not to be, that is the question.\n" * 20)
+    config = {"model": {"preset": "tiny", "block_size": 16, "n_layer": 1},
+              "train": {"max_steps": 1, "batch_size": 2, "eval_batches": 1, "warmup_steps": 0, "sample_tokens": 2},
+              "data": {"source": str(tmp_path.parent / f"{tmp_path.name}.txt"), "tokenizer": "char"}}
+    with pytest.raises(ValueError, match="out_dir is empty"):
+        nl.train(config, "", progress=False)
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="give a list, e.g. \\['--train.lr', '1e-3'\\]"):
+        nl.train(config, "run", overrides="--train.lr 1e-3")
+    for call in (nl.load, nl.generation_defaults):
+        with pytest.raises(ValueError, match="the model path is empty"):
+            call("")
+
+
+def test_info_on_a_diverged_run_shows_its_last_evaluation(tmp_path: Path, monkeypatch):
+    """metrics.jsonl writes a non-finite val loss as the string "nan": info skipped it and called the last finite
+    loss the run's latest."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {preset: tiny}\ntrain: {max_steps: 6}\ndata: {source: shakespeare}\n")
+    (run / "metrics.jsonl").write_text('{"step": 2, "val_loss": 3.5}\n{"step": 4, "val_loss": 3.25}\n'
+                                       '{"step": 6, "val_loss": "nan"}\n')
+    proc = in_process("info", "run", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 of 6 steps; val loss nan at step 6, best 3.2500 at step 4" in proc.stdout, proc.stdout
