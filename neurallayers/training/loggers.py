@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from neurallayers.files import WriteError
+
 _EXTRA = "pip install 'neurallayers[track]'"
 log = logging.getLogger("neurallayers.training")
 
@@ -45,11 +47,22 @@ class JSONLLogger:
         self._f = self.path.open("a", encoding="utf-8")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        self._f.write(json.dumps({"step": step, **_clean(metrics)}) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps({"step": step, **_clean(metrics)}) + "\n")
+            self._f.flush()
+        except OSError as e:
+            raise self._write_error(e) from e
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()  # flushes again what a failed write left buffered: the same error
+        except OSError as e:
+            raise self._write_error(e) from e
+
+    def _write_error(self, e: OSError) -> WriteError:
+        """A full disk in the middle of training: one line, not a traceback; no checkpoint can be saved then."""
+        return WriteError(e.errno, f"could not write {self.path}: {e.strerror or e}; the run resumes from its last "
+                                   "checkpoint")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

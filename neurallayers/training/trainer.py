@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import hashlib
 import logging
 import math
 import os
@@ -25,6 +27,7 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -222,6 +225,12 @@ class _Fit:
         best = float(state["best_val_loss"])
         self.best_val = None if math.isnan(best) else best
         self.bad_evals = int(state["bad_evals"])
+        saved_digest = state.get("data_digest")  # checkpoints from before it was recorded: unknown
+        if not self.data_changed and saved_digest not in (None, self.data_digest):
+            # the same data settings, other tokens: a corpus file edited or replaced in place
+            log.warning("the tokens of %s differ from the checkpoint's (a file edited since?): training continues "
+                        "on them, and the losses differ from an uninterrupted run", self.run_cfg.data.source)
+            self.data_changed = True
         if self.data_changed and self.best_val is not None:  # a val loss on other data does not compare
             log.warning("the best val loss so far (%.4f) was measured on the saved run's data: the best weights and "
                         "early stopping start over on the new data", self.best_val)
@@ -293,15 +302,20 @@ class _Fit:
     def _roll_back_plan(self) -> None:
         """A resume from a checkpoint older than the run's newest (after a loss spike, say) starts another history
         from it: the newer checkpoints, and model.safetensors if the newer history wrote it, belong to the old one.
-        Decided here on every rank (they must agree on the best val loss); rank 0 moves the files (_open_loggers)."""
+        So does a model.safetensors that a session stopped (killed) after its last checkpoint wrote. Decided here on
+        every rank (they must agree on the best val loss); rank 0 moves the files (_open_loggers)."""
         from neurallayers.training.loggers import read_metrics
 
         self.newer_checkpoints = [p for p in ckpt.list_checkpoints(self.out) if ckpt.checkpoint_step(p) > self.step]
         self.weights_from = None  # the checkpoint whose weights become model.safetensors, when it is replaced
         self.weights_are_later = False
-        if not self.newer_checkpoints or not (self.out / "model.safetensors").is_file():
+        if not (self.out / "model.safetensors").is_file():
             return
         bests = [int(r["step"]) for r in read_metrics(self.out / "metrics.jsonl") if r.get("best")]
+        # a session killed after a better evaluation and before its next checkpoint left that evaluation's weights,
+        # which no checkpoint leads to: they are later too
+        if not self.newer_checkpoints and not (bests and bests[-1] > self.step):
+            return
         target = self.out / "checkpoints" / f"step-{self.step}"
         if not bests:  # no evaluations: model.safetensors is the newer history's final weights; now this step's
             self.weights_are_later, self.weights_from = True, target
@@ -322,13 +336,15 @@ class _Fit:
             self.best_val, self.bad_evals = None, 0
 
     def _roll_back_files(self) -> None:
-        if not self.newer_checkpoints:
-            return
-        later = [self.out / "model.safetensors"] if self.weights_are_later else []
-        folder = ckpt.set_aside(self.out, [*self.newer_checkpoints, *later])
-        log.warning("resumed from step %d, before the run's newest checkpoint (%s): the newer checkpoints%s moved to "
-                    "%s, so that a later --resume goes on from here", self.step, self.newer_checkpoints[-1].name,
-                    " and the weights they led to (model.safetensors)" if later else "", folder)
+        if self.newer_checkpoints:
+            later = [self.out / "model.safetensors"] if self.weights_are_later else []
+            folder = ckpt.set_aside(self.out, [*self.newer_checkpoints, *later])
+            log.warning("resumed from step %d, before the run's newest checkpoint (%s): the newer checkpoints%s moved "
+                        "to %s, so that a later --resume goes on from here", self.step, self.newer_checkpoints[-1].name,
+                        " and the weights they led to (model.safetensors)" if later else "", folder)
+        elif self.weights_are_later:  # a stopped session's: not set aside, or every kill would leave a model's size
+            log.info("model.safetensors held weights evaluated after step %d, which no checkpoint kept: it becomes "
+                     "%s's weights again", self.step, self.weights_from.name)
         if self.weights_from is not None:
             ckpt.copy_model(self.weights_from, self.out)
 
@@ -345,6 +361,16 @@ class _Fit:
             return 0
         return eval_window_count(len(self.tokens.val), block_size=block, max_batches=self.cfg.eval_batches,
                                  batch_size=self.cfg.batch_size * self.info.world_size)
+
+    @functools.cached_property
+    def data_digest(self) -> str:
+        """A hash of the token counts and an evenly spaced sample of the train and val tokens (a bounded read
+        however large the corpus): an insertion shifts every later sample, so an edited file changes it."""
+        h = hashlib.sha256()
+        for split in (self.tokens.train, self.tokens.val):
+            h.update(f"{len(split)} {split.dtype.str}\0".encode())
+            h.update(np.ascontiguousarray(split[::max(1, len(split) >> 16)]).tobytes())
+        return h.hexdigest()[:16]
 
     def _schedule(self, saved: dict | None) -> torch.optim.lr_scheduler.LambdaLR:
         """The current config's learning-rate schedule, positioned at self.step. A resume may change max_steps, lr
@@ -589,6 +615,7 @@ class _Fit:
             "seed": cfg.seed,  # chooses the batches, masks and a documents split's validation pieces
             "mask_prob": cfg.mask_prob,
             "early_stopped": self.early_stopped,
+            "data_digest": self.data_digest,  # a resume on edited files says so
         }
         ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last)
 
@@ -768,7 +795,8 @@ def _check_resume(out: Path, target: Path, run: RunConfig, saved: RunConfig) -> 
     if saved.model != run.model:
         diff = _changes(saved.model.to_dict(), run.model.to_dict())
         raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
-    changed = saved.data != run.data
+    # where the token cache lives changes no token: a moved cache is the same data
+    changed = dataclasses.replace(saved.data, cache_dir=run.data.cache_dir) != run.data
     if changed:
         diff = _changes(dataclasses.asdict(saved.data), dataclasses.asdict(run.data))
         log.warning("the data settings differ from the saved run (%s): training continues on the new data, with the "

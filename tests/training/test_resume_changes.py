@@ -44,3 +44,33 @@ def test_an_unchanged_resume_says_nothing_of_seeds(tmp_path, caplog):
     fit(run, tmp_path / "run", progress=False, until_step=4)
     _resume_with(run, tmp_path / "run", caplog)
     assert "since the checkpoint" not in caplog.text and "start over" not in caplog.text
+
+
+def test_a_corpus_file_edited_in_place_says_so_and_starts_the_best_over(tmp_path, caplog):
+    """Text added to the run's own file (the same data settings, other tokens): the resume went on silently, and
+    kept a best val loss measured on other validation text, so the new data's weights never became the model."""
+    corpus = write_corpus(tmp_path / "notes.txt")
+    run = tiny_run(tmp_path, corpus=corpus, max_steps=8, eval_interval=4, save_interval=4)
+    fit(run, tmp_path / "run", progress=False, until_step=4)
+    corpus.touch()  # a new mtime, the same tokens: nothing to say
+    _resume_with(run, tmp_path / "run", caplog, max_steps=5)
+    assert "differ from the checkpoint's" not in caplog.text and "start over" not in caplog.text
+    caplog.clear()
+    with corpus.open("a") as f:
+        f.write(write_corpus(tmp_path / "more.txt", n_lines=300, seed=1).read_text())
+    result = _resume_with(run, tmp_path / "run", caplog)
+    assert f"the tokens of {corpus} differ from the checkpoint's (a file edited since?)" in caplog.text
+    assert "the best weights and early stopping start over on the new data" in caplog.text
+    assert result.best_val_loss == val_losses(tmp_path / "run")[8]
+
+
+def test_a_moved_token_cache_is_the_same_data(tmp_path, caplog):
+    """data.cache_dir only says where the token cache lives: a resume that moved it (a full disk, another machine)
+    was told its data differed, and its best weights and early stopping started over."""
+    run = tiny_run(tmp_path, max_steps=8, eval_interval=4, save_interval=4, early_stopping_patience=3)
+    fit(run, tmp_path / "run", progress=False, until_step=4)
+    moved = dataclasses.replace(run, data=dataclasses.replace(run.data, cache_dir=str(tmp_path / "moved")))
+    with caplog.at_level("INFO", logger="neurallayers"):
+        fit(moved, tmp_path / "run", resume=True, progress=False)
+    assert "data settings differ" not in caplog.text and "start over" not in caplog.text
+    assert (tmp_path / "moved").is_dir()  # the tokens were read from there

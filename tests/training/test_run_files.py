@@ -1,14 +1,18 @@
-"""The run directory's files besides checkpoints under faults: the loss plot, temp files a kill left."""
+"""The run directory's files besides checkpoints under faults: the loss plot, what a kill left behind."""
 
 import dataclasses
 import errno
+import os
 import signal
 from pathlib import Path
 
 import pytest
-from nl_train_helpers import run_fit_process, tiny_run
+import torch
+from nl_train_helpers import read_jsonl, run_fit_process, tiny_run, val_losses
 
+from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import fit
+from neurallayers.weights import read_safetensors
 
 
 def test_a_failed_loss_plot_keeps_the_old_plot_and_the_finished_run(tmp_path, monkeypatch, caplog):
@@ -122,3 +126,84 @@ def test_fixed_length_samples_keep_the_space_after_their_prompt(tmp_path, monkey
     path = tmp_path / "samples.txt"
     _write_samples(model, tok, cfg, path, torch.device("cpu"), fixed_length=True)
     assert "\nHello world\n" in path.read_text()
+
+
+# SIGKILL while the last checkpoint (step 8) is written, after the final evaluation wrote its (best) weights
+KILL_IN_LAST_CHECKPOINT = """
+import os, signal
+import neurallayers.training.checkpoint as c
+_save = c.save_checkpoint
+def _hook(run_dir, *, step, **kw):
+    if step == 8:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _save(run_dir, step=step, **kw)
+c.save_checkpoint = _hook
+"""
+
+
+def test_a_resume_replaces_the_best_weights_a_killed_session_left_without_a_checkpoint(tmp_path):
+    """Killed after a better evaluation and before its checkpoint, a session left model.safetensors holding weights
+    no checkpoint leads to: a resume from step 4 kept them as the run's model while its log said step 4 was best
+    (and a resume that trains on gave them up only if its own evaluations beat step 4's)."""
+    run = tiny_run(tmp_path, max_steps=8, eval_interval=2, save_interval=4, warmup_steps=0)
+    cfg = run.to_yaml(tmp_path / "config.yaml")
+    out = tmp_path / "run"
+    proc = run_fit_process(tmp_path, cfg, out, prelude=KILL_IN_LAST_CHECKPOINT)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    bests = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r.get("best")]
+    assert bests[-1] == 8 and [p.name for p in ckpt.list_checkpoints(out)] == ["step-4"], bests
+    killed = read_safetensors(out / "model.safetensors")
+    shorter = dataclasses.replace(run, train=dataclasses.replace(run.train, max_steps=4))  # nothing more to train
+    result = fit(shorter, out, resume=True, progress=False)
+    assert result.steps == 4 and result.best_val_loss == val_losses(out)[4]
+    best = read_safetensors(out / "checkpoints/step-4/model.safetensors")  # step 4's evaluation was the best
+    assert all(torch.equal(best[k], v) for k, v in read_safetensors(out / "model.safetensors").items())
+    assert not (out / "abandoned").exists()  # the resumed run evaluates those steps again: no copy kept per kill
+    assert any(not torch.equal(killed[k], best[k]) for k in best)
+
+
+class _FillingDisk:
+    """metrics.jsonl's file on a disk that is full after `room` lines: the flush fails, as a real one does."""
+
+    def __init__(self, f, room: int) -> None:
+        self.f, self.room = f, room
+
+    def write(self, text: str) -> int:
+        self.room -= 1
+        return self.f.write(text)
+
+    def flush(self) -> None:
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.f.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self.f.close()
+
+
+def test_a_full_disk_under_metrics_jsonl_is_one_line_and_the_run_resumes(tmp_path, monkeypatch, capsys):
+    """A disk that filled between checkpoints failed the next metrics.jsonl line with a traceback (OSError)."""
+    from neurallayers.__main__ import main
+    from neurallayers.training import loggers
+
+    run = tiny_run(tmp_path, max_steps=8, eval_interval=4, save_interval=4)
+    cfg = run.to_yaml(tmp_path / "config.yaml")
+    out = tmp_path / "run"
+    init = loggers.JSONLLogger.__init__
+
+    def on_a_filling_disk(self, run_dir):
+        init(self, run_dir)
+        self._f = _FillingDisk(self._f, room=6)  # steps 1-4, step 4's evaluation and step 5
+
+    monkeypatch.setattr(loggers.JSONLLogger, "__init__", on_a_filling_disk)
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"neurallayers train: error: could not write {out / 'metrics.jsonl'}: No space left on device; "
+        "the run resumes from its last checkpoint"
+    )
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-4"]
+    monkeypatch.setattr(loggers.JSONLLogger, "__init__", init)  # space freed
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert sorted(r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r) == list(range(1, 9))
