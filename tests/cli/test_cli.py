@@ -77,6 +77,18 @@ def test_help_of_every_verb(capsys):
         assert f"neurallayers {verb}" in capsys.readouterr().out
 
 
+def test_the_package_and_the_cli_start_without_torch():
+    """`import neurallayers` (which the console script does first) imported torch: `neurallayers --help` waited
+    seconds for it, and a Ctrl-C in them printed a traceback from inside torch instead of one line."""
+    code = ("import sys, neurallayers, neurallayers.__main__ as m\n"
+            "assert 'torch' not in sys.modules, 'torch imported at start'\n"
+            "from neurallayers import ModelConfig, generate\n"
+            "assert neurallayers.generation.fast.__name__ == 'neurallayers.generation.fast'\n"
+            "assert 'torch' in sys.modules and set(neurallayers.__all__) <= set(dir(neurallayers))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_help_states_each_default_once():
     """An option's help names its default once, and never as "None"."""
     for verb in VERBS:
