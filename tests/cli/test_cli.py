@@ -82,6 +82,7 @@ def test_the_package_and_the_cli_start_without_torch():
     seconds for it, and a Ctrl-C in them printed a traceback from inside torch instead of one line."""
     code = ("import sys, neurallayers, neurallayers.__main__ as m\n"
             "assert 'torch' not in sys.modules, 'torch imported at start'\n"
+            "assert sorted(neurallayers.__all__) == sorted([*neurallayers._EXPORTS, '__version__'])\n"
             "from neurallayers import ModelConfig, generate\n"
             "assert neurallayers.generation.fast.__name__ == 'neurallayers.generation.fast'\n"
             "assert 'torch' in sys.modules and set(neurallayers.__all__) <= set(dir(neurallayers))\n")
