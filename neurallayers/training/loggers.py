@@ -1,9 +1,10 @@
 """Metric loggers: metrics.jsonl always; TensorBoard, MLflow and Weights & Biases when asked for.
 
-Each logger has `log(metrics, step)` and `close()`. The trackers import their library in `__init__` and name the
-`neurallayers[track]` extra when it is missing. A resumed run (`start_step` > 0) continues its history: TensorBoard
-purges the events a killed session wrote past the checkpoint, MLflow and W&B log into the run they started
-(its id is kept in the run directory: mlflow_run_id, wandb_run_id).
+Each logger has `log(metrics, step)` and `close()`; the trackers also `failed()`, called before `close()` when the
+training raised an error. They import their library in `__init__` and name the `neurallayers[track]` extra when it
+is missing. A resumed run (`start_step` > 0) continues its history: TensorBoard purges the events a killed session
+wrote past the checkpoint, MLflow and W&B log into the run they started (its id is kept in the run directory:
+mlflow_run_id, wandb_run_id).
 """
 
 from __future__ import annotations
@@ -190,9 +191,12 @@ class MLflowLogger:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._mlflow.log_metrics(_scalars(metrics), step=step)
 
+    def failed(self) -> None:
+        self._status = "FAILED"
+
     def close(self) -> None:
         _OPEN_HERE.discard(self._run.info.run_id)
-        self._mlflow.end_run()
+        self._mlflow.end_run(status=getattr(self, "_status", "FINISHED"))
 
 
 _OPEN_HERE: set[str] = set()  # ids of the MLflow runs this module started and has not ended
@@ -278,8 +282,11 @@ class WandbLogger:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._run.log(_scalars(metrics), step=step)
 
+    def failed(self) -> None:
+        self._exit_code = 1
+
     def close(self) -> None:
-        self._run.finish()
+        self._run.finish(exit_code=getattr(self, "_exit_code", 0))
 
 
 LOGGERS = {"jsonl": JSONLLogger, "tensorboard": TensorBoardLogger, "mlflow": MLflowLogger, "wandb": WandbLogger}

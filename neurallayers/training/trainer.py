@@ -418,7 +418,31 @@ class _Fit:
         # Ctrl-C / SIGTERM: stop at the next step boundary; the handlers stay until the checkpoint is written, and
         # go whatever happens
         with StopRequest() as stop:
-            return self._loop(stop)
+            failed = True
+            try:
+                result = self._loop(stop)
+                failed = False
+                return result
+            except KeyboardInterrupt:  # stopped, not failed
+                failed = False
+                raise
+            finally:
+                # whatever ended the loop: an error in a step left an MLflow run RUNNING and W&B's unfinished
+                self._close_loggers(failed)
+
+    def _close_loggers(self, failed: bool) -> None:
+        """Closes every logger (an MLflow / W&B run ends as failed when the training raised), then raises the
+        first error a close met (a full disk under metrics.jsonl)."""
+        errors = []
+        for lg in self.loggers:
+            try:
+                if failed and hasattr(lg, "failed"):
+                    lg.failed()
+                lg.close()
+            except Exception as e:  # the others still close
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
     def _loop(self, stop: StopRequest) -> TrainResult:
         cfg, info = self.cfg, self.info
@@ -461,8 +485,11 @@ class _Fit:
                         break
                 elif self.step % cfg.log_interval == 0 or self.step == start_step + 1:
                     tps = self.tokens_per_step * (self.step - start_step) / max(train_time, 1e-9)
-                    self._log({"loss": loss, "lr": lr, "grad_norm": grad_norm,
-                               "tokens_per_sec": tps, "elapsed": self._elapsed(t0)})
+                    if self.step % cfg.log_interval == 0 or self.step == 1:
+                        # a session's first step shows on the console only: a resumed run's metrics.jsonl and
+                        # trackers hold the rows of an uninterrupted one
+                        self._log({"loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                   "tokens_per_sec": tps, "elapsed": self._elapsed(t0)})
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
                     if bar.disable and info.is_main:
                         log.info("step %d/%d: loss %.4f  lr %.3g  %s tokens/s  %s", self.step, cfg.max_steps, loss, lr,
@@ -471,6 +498,11 @@ class _Fit:
                     final_val = self._evaluate()
                     if cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience:
                         reason = "early_stopping"
+                        note = (f"stopped at step {self.step}: {self.bad_evals} evaluations without a better val loss "
+                                f"than {self.best_val:.4f} (early_stopping_patience={cfg.early_stopping_patience})")
+                        if info.is_main:
+                            log.info("early stopping: %s", note)
+                        self._log({"early_stopping": note})  # in metrics.jsonl, as the NaN guard's stops are
                         break
                 if cfg.max_minutes is not None and dist.broadcast_flag(
                         self._elapsed(t0) - self.elapsed_before > 60 * cfg.max_minutes, info, self.device):
@@ -491,25 +523,21 @@ class _Fit:
         finally:
             bar.close()
             console.close()
-        try:
-            terminal = reason not in ("until_step", "interrupted", "terminated")
-            if terminal and self.has_val:
-                if self.step == start_step > 0:  # a resume with nothing to train: the step's evaluation stands
-                    final_val = _logged_val_loss(self.out / "metrics.jsonl", self.step)
-                if final_val is None or (self.step > start_step and (cfg.eval_interval == 0
-                                                                     or self.step % cfg.eval_interval)):
-                    final_val = self._evaluate()
-            if terminal and self.best_val is None:  # never evaluated: the final weights are the model
-                state = dist.model_state(self.wrapped, info)
-                dist.on_rank_zero(lambda: ckpt.save_model(self.out, state), info)
-            self.early_stopped = reason == "early_stopping"
-            if self.last_saved != self.step and not abandoned:
-                self._save(t0)
-            if terminal:
-                self._finish()
-        finally:
-            for lg in self.loggers:
-                lg.close()
+        terminal = reason not in ("until_step", "interrupted", "terminated")
+        if terminal and self.has_val:
+            if self.step == start_step > 0:  # a resume with nothing to train: the step's evaluation stands
+                final_val = _logged_val_loss(self.out / "metrics.jsonl", self.step)
+            if final_val is None or (self.step > start_step and (cfg.eval_interval == 0
+                                                                 or self.step % cfg.eval_interval)):
+                final_val = self._evaluate()
+        if terminal and self.best_val is None:  # never evaluated: the final weights are the model
+            state = dist.model_state(self.wrapped, info)
+            dist.on_rank_zero(lambda: ckpt.save_model(self.out, state), info)
+        self.early_stopped = reason == "early_stopping"
+        if self.last_saved != self.step and not abandoned:
+            self._save(t0)
+        if terminal:
+            self._finish()
         if abandoned:
             raise KeyboardInterrupt
         tps = self.tokens_per_step * (self.step - start_step) / max(train_time, 1e-9)

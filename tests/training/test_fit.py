@@ -70,6 +70,9 @@ def test_early_stopping_triggers(tmp_path, caplog):
     evals = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "val_loss" in r]
     assert [r["best"] for r in evals[-3:]] == [True, False, False]
     assert result.best_val_loss == evals[-3]["val_loss"]
+    # the stop is in metrics.jsonl too (it was only in TrainResult and the checkpoint)
+    last = read_jsonl(tmp_path / "run/metrics.jsonl")[-1]
+    assert last["step"] == result.steps and last["early_stopping"].startswith(f"stopped at step {result.steps}: 2 ")
 
     # resumed, it says so and trains on until an evaluation without a better val loss stops it again
     with caplog.at_level("INFO", logger="neurallayers"):
@@ -533,3 +536,41 @@ def test_a_run_from_before_document_bos_resumes_with_its_own_tokenization(tmp_pa
         fit(RunConfig.from_dict(saved), tmp_path / "split", resume=True, progress=False)
     assert "data settings differ" not in caplog.text
     assert step_losses(tmp_path / "split") == step_losses(tmp_path / "straight")
+
+
+def test_an_error_in_training_closes_the_loggers_and_fails_the_mlflow_run(tmp_path, monkeypatch):
+    """The loggers were closed after the loop only when it ended without an error: a crash left the MLflow run
+    RUNNING in its store (and W&B's unfinished); a finished run ends FINISHED."""
+    mlflow = pytest.importorskip("mlflow")
+    from neurallayers.training import trainer
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real = trainer._Fit._train_step
+
+    def failing(self):
+        if self.step == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return real(self)
+
+    monkeypatch.setattr(trainer._Fit, "_train_step", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        fit(tiny_run(tmp_path, max_steps=4, eval_interval=0, loggers=["mlflow"]), tmp_path / "a", progress=False)
+    assert mlflow.active_run() is None  # ended then, not only when the next run starts
+    monkeypatch.setattr(trainer._Fit, "_train_step", real)
+    fit(tiny_run(tmp_path, max_steps=2, eval_interval=0, loggers=["mlflow"]), tmp_path / "b", progress=False)
+    for name, status in (("a", "FAILED"), ("b", "FINISHED")):
+        client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / name).resolve() / 'mlflow.db'}")
+        run_id = (tmp_path / name / "mlflow_run_id").read_text().strip()
+        assert client.get_run(run_id).info.status == status, name
+    assert mlflow.active_run() is None
+
+
+def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one(tmp_path):
+    """Each session wrote its first step to metrics.jsonl (and the trackers): stopped at 4 and resumed, a run with
+    log_interval 3 held steps 1, 3, 5, 6 where the uninterrupted run holds 1, 3, 6."""
+    run = tiny_run(tmp_path, max_steps=8, log_interval=3, eval_interval=0, save_interval=4)
+    fit(run, tmp_path / "straight", progress=False)
+    fit(run, tmp_path / "split", until_step=4, progress=False)
+    fit(run, tmp_path / "split", resume=True, progress=False)
+    assert step_losses(tmp_path / "split") == step_losses(tmp_path / "straight")
+    assert sorted(step_losses(tmp_path / "straight")) == [1, 3, 6]
