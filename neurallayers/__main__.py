@@ -62,8 +62,13 @@ class _Parser(argparse.ArgumentParser):
         with the flag meant, not reported as a malformed override."""
         for arg in rest:
             name = arg.split("=", 1)[0]
-            if name.startswith("--") and "." not in name and (hint := self.close_option([name])):
-                self.error(f"unrecognized argument {name}{hint}")
+            if not name.startswith("--") or "." in name or not (hint := self.close_option([name])):
+                continue
+            # '--dropout' is the model field (the override's error names --model.dropout), not a typo of '--out';
+            # '--init_from' is our '--init-from' spelled with an underscore
+            if hint != f" (did you mean {name.replace('_', '-')}?)" and _config_field(name[2:].replace("-", "_")):
+                continue
+            self.error(f"unrecognized argument {name}{hint}")
 
     def close_option(self, rest: list[str]) -> str:
         """' (did you mean --max-new-tokens?)' for the first unknown option near one of ours: argparse names none."""
@@ -74,6 +79,12 @@ class _Parser(argparse.ArgumentParser):
             if name.startswith("--") and (hint := difflib.get_close_matches(name[2:].replace("_", "-"), known, n=1)):
                 return f" (did you mean --{hint[0]}?)"
         return ""
+
+
+def _config_field(name: str) -> bool:
+    from neurallayers.training.config import SECTIONS, _section_of
+
+    return name in SECTIONS or _section_of(name) is not None
 
 
 def build_parser() -> argparse.ArgumentParser:

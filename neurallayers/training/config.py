@@ -263,7 +263,7 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
     i = 0
     while i < len(args):
         arg = args[i]
-        if not arg.startswith("--") or "." not in arg:
+        if not arg.startswith("--") or "." not in arg.partition("=")[0]:  # a value's dot (--lr=0.001) is no section's
             raise ValueError(f"override {arg!r} must look like --section.field VALUE or --section.field=VALUE"
                              f"{_bare_override_hint(arg)}")
         key, sep, value = arg[2:].partition("=")

@@ -128,6 +128,13 @@ def test_a_mistyped_flag_or_preset_names_the_one_meant(args: list[str], needle: 
     assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
 
 
+def test_train_names_the_config_field_a_bare_flag_is_not_a_near_flag_of_its_own(tmp_path: Path, monkeypatch):
+    """`--dropout` (the model field without its section) was "did you mean --out?": difflib's nearest own flag."""
+    proc = in_process("train", "--preset", "tiny", "--dropout", "0.1", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_user_error(proc, "(did you mean --model.dropout?)")
+    assert "--out?" not in proc.stderr
+
+
 def test_an_unrelated_unknown_flag_gets_no_guess(tmp_path: Path, monkeypatch):
     proc = in_process("generate", "nosuch", "hi", "--bogus", cwd=tmp_path, monkeypatch=monkeypatch)
     assert_user_error(proc, "unrecognized arguments: --bogus")

@@ -95,6 +95,9 @@ def test_overrides_parse_values():
         (["--train", "5"], r"set one field of the train section: --train.FIELD VALUE"),
         (["--max-steps", "5"], r"did you mean --train.max_steps\?"),
         (["--block_size=64"], r"did you mean --model.block_size\?"),
+        # a dot in the value read as the section's: "unknown config section 'lr' in '--lr=0.001'"
+        (["--lr=0.001"], r"did you mean --train.lr\?"),
+        (["--model=gpt2.yaml"], r"to choose a preset: --preset NAME"),
     ],
 )
 def test_override_errors(args, needle):
