@@ -824,9 +824,10 @@ def _check_resume(out: Path, target: Path, run: RunConfig, saved: RunConfig) -> 
         diff = _changes(saved.model.to_dict(), run.model.to_dict())
         raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
     # where the token cache lives changes no token: a moved cache is the same data
-    changed = dataclasses.replace(saved.data, cache_dir=run.data.cache_dir) != run.data
+    same_cache = dataclasses.replace(saved.data, cache_dir=run.data.cache_dir)
+    changed = same_cache != run.data
     if changed:
-        diff = _changes(dataclasses.asdict(saved.data), dataclasses.asdict(run.data))
+        diff = _changes(dataclasses.asdict(same_cache), dataclasses.asdict(run.data))
         log.warning("the data settings differ from the saved run (%s): training continues on the new data, with the "
                     "run's tokenizer", diff)
         kept = {k: getattr(saved.data, k) for k in ("tokenizer", "vocab_size")}
