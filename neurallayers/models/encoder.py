@@ -73,7 +73,9 @@ class EncoderModel(nn.Module):
         """
         cfg = self.config
         b, t = _check_ids(input_ids, "input_ids")
-        check_below(input_ids, cfg.vocab_size, "input_ids", "vocab_size")  # another tokenizer's ids, say
+        if not self.training:  # a user's forward: another tokenizer's ids, say. Training reads a checked token cache,
+            # and a training step should not pay a host sync for it (as in the decoder)
+            check_below(input_ids, cfg.vocab_size, "input_ids", "vocab_size")
         if t > cfg.block_size and cfg.position in ("learned", "sinusoidal"):
             raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
         device = input_ids.device
@@ -91,8 +93,9 @@ class EncoderModel(nn.Module):
         if self.wtt is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
-            _check_same_shape(token_type_ids, input_ids, "token_type_ids")
-            check_below(token_type_ids, cfg.type_vocab_size, "token_type_ids", "type_vocab_size")
+            else:  # ours are zeros: only a caller's are checked
+                _check_same_shape(token_type_ids, input_ids, "token_type_ids")
+                check_below(token_type_ids, cfg.type_vocab_size, "token_type_ids", "type_vocab_size")
             x = x + self.wtt(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but the config has type_vocab_size=0")
