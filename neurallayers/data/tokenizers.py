@@ -124,8 +124,14 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """Number of ids, added tokens included."""
-        return self.hf.get_vocab_size(with_added_tokens=True)
+        """Number of ids, added tokens included: the largest id + 1, which is the token count unless the vocabulary
+        skips ids (a hand-made {"a": 0, "b": 70000}: counted, it sized embeddings and the uint16 token cache too
+        small for id 70000)."""
+        n = self.hf.get_vocab_size(with_added_tokens=True)
+        span = getattr(self, "_id_span", None)
+        if span is None or span[0] != n:  # once per vocabulary size: get_vocab builds a dict of every token
+            span = self._id_span = (n, max(self.hf.get_vocab(with_added_tokens=True).values(), default=-1) + 1)
+        return max(n, span[1])
 
     @property
     def eos_ids(self) -> list[int]:

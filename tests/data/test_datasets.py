@@ -224,3 +224,18 @@ def test_documents_start_with_bos_when_the_tokenizer_puts_it_first(tmp_path):
     assert data.meta["train_tokens"] + data.meta["val_tokens"] == sum(len(tok.encode(t)) + 2 for t in DOCS.values())
     plain = prepare_tokens(TextCorpus(DOCS), char_tok(), tmp_path, val_fraction=0.25, seed=0, show_progress=False)
     assert "document_bos" not in plain.meta and "document_bos" in data.meta
+
+
+def test_a_vocabulary_that_skips_ids_gets_a_cache_wide_enough(tmp_path):
+    """vocab_size counted tokens, not the largest id + 1: {"a": 0, "b": 70000} made a uint16 cache, and the build
+    failed with an OverflowError traceback (and a model sized by it had 4 embedding rows for id 70000)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    hf = HFTokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 70000, "<eos>": 2}, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = Tokenizer(hf, eos_token="<eos>")
+    assert tok.vocab_size == 70001
+    data = prepare_tokens(TextCorpus(["a b a", "b b a"]), tok, tmp_path, val_fraction=0.5, show_progress=False)
+    assert data.train.dtype == np.uint32
+    assert 70000 in np.concatenate([data.train, data.val]).tolist()
