@@ -21,8 +21,8 @@ appended one batch at a time as whole lines, fsync'd, and only then counted in t
 a batch cut short) are cut off on resume and recomputed, so every input is answered exactly once. Vectors go to
 per-batch part files under `<output>.parts/` (each written to a temp name, then renamed) and are joined into the
 NPY/NPZ file, again atomically, at the end. The progress record holds a fingerprint of the input file, the
-settings and the model (its config, tokenizer, files, dtype and end-of-text ids); a resume with any of them changed
-is refused, naming what changed.
+settings and the model (its config, tokenizer, files, dtype and end-of-text ids; without `model_files`, a digest of
+its weights); a resume with any of them changed is refused, naming what changed.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from neurallayers.config import NEWER_FIELDS
@@ -116,8 +117,9 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except json.JSONDecodeError as e:  # a plain-text prompt file is the likely cause: say what a line is
+                hint = "" if line.lstrip().startswith("{") else '; each line is a JSON object such as {"prompt": "..."}'
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected a JSON object like {{\"prompt\": \"...\"}}, "
                                  f"got {type(record).__name__}")
@@ -180,9 +182,23 @@ def _fingerprint(input_path: Path, settings: dict, model: nn.Module, tokenizer: 
                  model_files: dict | None) -> dict:
     # bf16 results differ from fp32 ones; the ids that end a generation come from generation_config.json too
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    weights = _weights_sha256(model) if model_files is None else None  # the files say it, without a pass over them
     return {"input_sha256": _sha256(input_path), "settings": settings,
             "model": {"config": model.config.to_dict(), "tokenizer": tokenizer.fingerprint(),
-                      "files": model_files, "dtype": dtype, "eos_ids": tokenizer.eos_ids}}
+                      "files": model_files, "dtype": dtype, "eos_ids": tokenizer.eos_ids, "weights": weights}}
+
+
+def _weights_sha256(model: nn.Module) -> str:
+    """A digest of the weights of a model given without its files (run_batch from Python): one trained further in
+    the same session resumed into the output of its earlier weights, mixing two models' results in one file."""
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        h.update(name.encode())
+        for t in value if isinstance(value, tuple | list) else (value,):  # quantize_dynamic packs (weight, bias)
+            if torch.is_tensor(t):
+                t = t.int_repr() if t.is_quantized else t
+                h.update(t.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def _changes(old: dict, new: dict) -> list[str]:
@@ -199,6 +215,8 @@ def _changes(old: dict, new: dict) -> list[str]:
             if not same.get(k, operator.eq)(old_m.get(k), new_m.get(k))]
     out += [f"the model's {k}: {old_m[k]} -> {new_m[k]}" for k in ("dtype", "eos_ids")
             if k in old_m and old_m[k] != new_m[k]]  # records written before these were kept have neither
+    if old_m.get("weights") not in (None, new_m["weights"]):
+        out.append("the model's weights")
     return out
 
 
@@ -428,7 +446,8 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
             resume; in bf16 a batch of other rows can round differently (matrix kernels differ by shape).
         pooling, normalize, max_length: embedding settings, as in neurallayers.embeddings.embed (pooling None:
             the model's).
-        model_files: what identifies the model's files (model_files_identity); part of the fingerprint.
+        model_files: what identifies the model's files (model_files_identity); part of the fingerprint. None: a
+            digest of the weights takes its place (one pass over them).
         overwrite: discard an earlier run's output and progress instead of resuming.
         progress: show a tqdm progress bar.
 
@@ -439,12 +458,15 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
     input_path, output = Path(input_path), Path(output_path)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
+    if output.is_dir():  # "exists ...; pass --overwrite", and --overwrite then failed with "Is a directory"
+        raise ValueError(f"output {output} is a folder; name a file, e.g. {output / 'results.jsonl'}")
     causal = bool(model.config.causal)
-    vectors = output.suffix in VECTOR_SUFFIXES
+    kind = output.suffix.lower()  # "vectors.NPY" was refused, naming .npy as allowed, where "results.JSONL" ran
+    vectors = kind in VECTOR_SUFFIXES
     if causal and vectors:
         raise ValueError(f"output {output.name}: {'/'.join(VECTOR_SUFFIXES)} files hold embeddings, which need an "
                          "encoder model (causal=False); write generations to a .jsonl file")
-    if not vectors and output.suffix.lower() not in LINE_SUFFIXES:
+    if not vectors and kind not in LINE_SUFFIXES:
         also = f"; embeddings may also go to {' or '.join(VECTOR_SUFFIXES)}" if not causal else ""
         raise ValueError(f"output {output.name}: results are written as JSON lines: name the file .jsonl{also}")
     if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
@@ -466,14 +488,15 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
 
         pooling = pooling or model_pooling(model)
         pooling_modes(pooling)  # checked before any work
-        if max_length is not None and not 2 <= max_length <= model.config.block_size:
-            raise ValueError(f"max_length={max_length}: must be in [2, {model.config.block_size}] (the model's "
-                             "context length)")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                       or not 2 <= max_length <= model.config.block_size):  # before any file
+            raise ValueError(f"max_length={max_length!r}: must be in [2, {model.config.block_size}] (a whole number of "
+                             "tokens, up to the model's context length)")
         if normalize is None:  # the model's own (a sentence-transformers pipeline without Normalize: raw vectors)
             normalize = bool(model.config.extra.get("normalize", True))
         settings = {"mode": "embed", "pooling": pooling, "normalize": bool(normalize), "max_length": max_length,
-                    "output": output.suffix if vectors else ".jsonl"}
-        if output.suffix == ".npz":
+                    "output": kind if vectors else ".jsonl"}
+        if kind == ".npz":
             _npz_ids(items, source=input_path)  # checked before any work
     output.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = json.loads(json.dumps(_fingerprint(input_path, settings, model, tokenizer, model_files)))
@@ -617,7 +640,7 @@ def _finish_vectors(record: _Progress, items: list[BatchItem]) -> None:
     if missing:
         raise RuntimeError(f"batch parts are missing the records of lines {missing[:5]}")
     matrix = np.stack([done[it.index] for it in items]).astype(np.float32)  # (N, C)
-    if record.output.suffix == ".npy":
+    if record.output.suffix.lower() == ".npy":
         _write_atomic(record.output, lambda f: np.save(f, matrix))
     else:
         ids = _npz_ids(items, source=record.output)

@@ -232,14 +232,15 @@ class TextGenerationPipeline(Pipeline):
             del chosen["temperature"]
         return chosen
 
-    def _run(self, items: list, *, return_full_text: bool = True, **gen_kwargs: Any) -> list[list[dict]]:
+    def _run(self, items: list, *, return_full_text: bool | None = True, **gen_kwargs: Any) -> list[list[dict]]:
         from neurallayers.generation.config import GenerationConfig
         from neurallayers.generation.generate import generate
 
         prompts = _check_texts(items, "inputs")
         if "max_length" in gen_kwargs:
             raise ValueError("max_length: this pipeline counts new tokens only; give max_new_tokens instead")
-        do_sample = gen_kwargs.pop("do_sample", None)
+        do_sample = _switch("do_sample", gen_kwargs.pop("do_sample", None))
+        return_full_text = _switch("return_full_text", return_full_text) is not False  # None: the default, as there
         if do_sample is False:  # transformers' switch for greedy decoding
             gen_kwargs["temperature"] = 0.0
         elif do_sample is True and gen_kwargs.get("temperature", 1.0) == 0:  # transformers refuses it too
@@ -249,6 +250,14 @@ class TextGenerationPipeline(Pipeline):
         outs = generate(self.model, self.tokenizer, prompts, gen_config)  # prompt-major, n per prompt
         return [[{"generated_text": (prompt + g.text) if return_full_text else g.text} for g in outs[i * n:(i + 1) * n]]
                 for i, prompt in enumerate(prompts)]
+
+
+def _switch(name: str, value: Any) -> bool | None:
+    """A True/False option (None: unset). do_sample=0 sampled and return_full_text=None dropped the prompt, where
+    transformers decodes greedily and keeps it: anything but a bool was read by identity or truthiness."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: must be True or False")
+    return value
 
 
 def _scores(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:

@@ -294,3 +294,18 @@ def test_a_lone_surrogate_is_named_not_a_tokenizers_type_error(wordpiece):
     with pytest.raises(ValueError, match="texts" + where):
         pipeline("feature-extraction", model=(tiny_bert("none"), wordpiece))(bad)
     assert embed(tiny_bert("none"), wordpiece, ["a whole emoji \U0001f600"]).shape == (1, 16)
+
+
+def test_text_generation_switches_are_read_as_transformers_reads_them():
+    """return_full_text=None is transformers' default (the prompt kept; it was dropped here), and do_sample=0 or
+    "false" sampled where transformers decodes greedily: a switch that is not a bool is one clear line."""
+    tok = Tokenizer.train_char(["hello world, a tiny corpus."])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    gen = pipeline("text-generation", model=(model, tok))
+    full = gen("hello", max_new_tokens=4, do_sample=False)
+    assert gen("hello", max_new_tokens=4, do_sample=False, return_full_text=None) == full
+    assert full[0]["generated_text"].startswith("hello")
+    for name, value in (("do_sample", 0), ("do_sample", "false"), ("return_full_text", "no")):
+        with pytest.raises(ValueError, match=f"^{name}={value!r}: must be True or False$"):
+            gen("hello", max_new_tokens=4, **{name: value})
