@@ -249,6 +249,22 @@ def test_a_line_whose_setting_fails_while_decoding_is_named(lm, tmp_path):
     assert [r["id"] for r in results(tmp_path / "out.jsonl")] == ["a"]
 
 
+def test_cli_ctrl_c_says_the_same_command_goes_on(run_dir, tmp_path, capsys, monkeypatch):
+    """A Ctrl-C said only "interrupted": nothing told the user that the records written stay and a rerun resumes."""
+    from neurallayers.__main__ import main
+    from neurallayers.cli import batch as cli_batch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_batch, "run_batch", interrupted)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"prompt": "a"}\n')
+    assert main(["batch", str(run_dir), "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 130
+    err = capsys.readouterr().err
+    assert "the same command goes on from them" in err and err.rstrip().endswith("interrupted")
+
+
 def test_cli_prints_one_line_for_a_bad_line(run_dir, tmp_path, capsys):
     from neurallayers.__main__ import main
 

@@ -7,6 +7,7 @@ the full format, the outputs and how resuming works are described in neurallayer
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, non_empty, positive_int
@@ -68,10 +69,15 @@ def run(args: argparse.Namespace) -> int:
     if model.config.causal:
         use_model_defaults(args, args.path)
     config = generation_config(args) if model.config.causal else None
-    result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
-                       pooling=args.pooling, normalize=False if args.no_normalize else None, max_length=args.max_length,
-                       model_files=model_files_identity(resolve_model_path(args.path)), overwrite=args.overwrite,
-                       progress=not args.no_progress)
+    try:
+        result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
+                           pooling=args.pooling, normalize=False if args.no_normalize else None,
+                           max_length=args.max_length, model_files=model_files_identity(resolve_model_path(args.path)),
+                           overwrite=args.overwrite, progress=not args.no_progress)
+    except KeyboardInterrupt:  # what is written stays: say how to go on (the CLI then prints "interrupted")
+        print(f"the records written so far are kept in {args.output}: the same command goes on from them",
+              file=sys.stderr)
+        raise
     note = f", {result.repaired_bytes} bytes of an unfinished batch redone" if result.repaired_bytes else ""
     print(f"{result.output}: {result.total} records ({result.computed} computed now, {result.resumed} from an "
           f"earlier run{note})")
