@@ -251,13 +251,13 @@ def test_a_line_whose_setting_fails_while_decoding_is_named(lm, tmp_path):
 
 def test_cli_ctrl_c_says_the_same_command_goes_on(run_dir, tmp_path, capsys, monkeypatch):
     """A Ctrl-C said only "interrupted": nothing told the user that the records written stay and a rerun resumes."""
+    import neurallayers.batch
     from neurallayers.__main__ import main
-    from neurallayers.cli import batch as cli_batch
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_batch, "run_batch", interrupted)
+    monkeypatch.setattr(neurallayers.batch, "run_batch", interrupted)
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"prompt": "a"}\n')
     assert main(["batch", str(run_dir), "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 130
