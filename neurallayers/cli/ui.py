@@ -3,30 +3,57 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 from pathlib import Path
 
-from neurallayers.cli.common import UserError, add_device_dtype, add_model_path, load_model, positive_int
+from neurallayers.cli.common import UserError, add_device_dtype, add_model_path, load_model, non_empty, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
-    parser.add_argument("--host", default="127.0.0.1",
+    parser.add_argument("--host", default="127.0.0.1", type=non_empty,
                         help="address to listen on; 0.0.0.0 opens the playground to your whole network")
     parser.add_argument("--port", type=positive_int, default=7860, help="(default 7860)")
     add_device_dtype(parser)
 
 
+def _check_address(host: str, port: int) -> None:
+    """Bind host:port once before Gradio does: Gradio reports every bind failure (an unknown host, an address of
+    another machine) as a port in use."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise UserError(f"--host {host}: not a known host name or address") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use; choose another --port") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"--host {host}: not an address of this machine (127.0.0.1 for this machine "
+                                "only, 0.0.0.0 for every network)") from None
+            raise UserError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.port > 65535:
         raise UserError(f"--port {args.port}: must be in 1..65535")
+    _check_address(args.host, args.port)
     try:
         import gradio  # noqa: F401 - fail before loading the model when the extra is missing
 
         from neurallayers.ui import build_app, launch
     except ImportError:
         raise UserError("the web playground needs Gradio: pip install 'neurallayers[ui]'") from None
+    from neurallayers.api import generation_defaults
+
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
-    app = build_app(model, tokenizer, name=Path(args.path).resolve().name)
+    # the folder's recommended sampling settings, as `generate` and `serve` take them for knobs left unset
+    app = build_app(model, tokenizer, name=Path(args.path).resolve().name, defaults=generation_defaults(args.path))
     try:
         launch(app, host=args.host, port=args.port)
     except OSError as e:

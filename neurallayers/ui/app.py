@@ -15,6 +15,7 @@ from neurallayers.ui.logic import (
     attention_maps,
     layer_choices,
     sampling_config,
+    stopped_status,
     stream_text,
 )
 
@@ -37,7 +38,12 @@ def _summary(model: nn.Module, name: str | None) -> str:
             f"context {cfg.block_size} tokens, vocabulary {cfg.vocab_size}")
 
 
-def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: str = "NeuralLayers playground"):
+def _start(defaults: dict, key: str, default: float, low: float, high: float) -> float:
+    return min(max(defaults.get(key, default), low), high)  # a slider refuses a value outside its range
+
+
+def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: str = "NeuralLayers playground",
+              defaults: dict | None = None):
     """A gradio.Blocks playground for one model.
 
     Args:
@@ -45,12 +51,15 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
         tokenizer: its tokenizer.
         name: shown above the tabs (e.g. the model folder's name).
         title: the page title.
+        defaults: the sampling settings the controls start at (api.generation_defaults: the model folder's
+            generation_config.json), as `neurallayers generate` and the server use them for knobs left unset.
 
     Returns:
         The gradio.Blocks app; its API routes are /generate (streams the text) and /attention (a figure).
     """
     gr = _gradio()
     cfg = model.config
+    defaults = defaults or {}
 
     def generate_fn(prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop):
         try:
@@ -59,18 +68,22 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                                      stop=stop)
             yield from stream_text(model, tokenizer, prompt, config)
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(str(e), print_exception=False) from None  # the user's mistake: no server traceback
 
     def attention_fn(text, layer):
         try:
             labels, maps = attention_maps(model, tokenizer, text)
             return attention_figure(labels, maps, layer or ALL_LAYERS)
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(str(e), print_exception=False) from None
 
     choices = layer_choices(cfg.n_layer)
+    top_k_max = min(cfg.vocab_size, 200)
     with gr.Blocks(title=title, analytics_enabled=False) as app:
-        gr.Markdown(f"## {title}\n{_summary(model, name)}")
+        recommended = ", ".join(f"{k}={v}" for k, v in defaults.items())
+        gr.Markdown(f"## {title}\n{_summary(model, name)}"
+                    + (f"\n\nThe controls start at the model's generation_config.json: {recommended}"
+                       if recommended else ""))
         with gr.Tab("Generate"):
             if not cfg.causal:
                 gr.Markdown("This is an encoder model: it does not generate text. The Attention tab works.")
@@ -86,17 +99,25 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                 with gr.Column(scale=2):
                     controls = [
                         gr.Slider(1, cfg.block_size, value=min(128, cfg.block_size), step=1, label="Max new tokens"),
-                        gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)"),
-                        gr.Slider(0, min(cfg.vocab_size, 200), value=0, step=1, label="Top-k (0 = off)"),
-                        gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p (1 = off)"),
-                        gr.Slider(0, 0.99, value=0.0, step=0.01, label="Min-p (0 = off)"),
-                        gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty (1 = off)"),
+                        gr.Slider(0, 2, value=_start(defaults, "temperature", 0.8, 0, 2), step=0.05,
+                                  label="Temperature (0 = greedy)"),
+                        gr.Slider(0, top_k_max, value=_start(defaults, "top_k", 0, 0, top_k_max), step=1,
+                                  label="Top-k (0 = off)"),
+                        gr.Slider(0.01, 1, value=_start(defaults, "top_p", 1.0, 0.01, 1), step=0.01,
+                                  label="Top-p (1 = off)"),
+                        gr.Slider(0, 0.99, value=_start(defaults, "min_p", 0.0, 0, 0.99), step=0.01,
+                                  label="Min-p (0 = off)"),
+                        gr.Slider(0.5, 2, value=_start(defaults, "repetition_penalty", 1.0, 0.5, 2), step=0.05,
+                                  label="Repetition penalty (1 = off)"),
                         gr.Number(value=-1, precision=0, label="Seed (-1 = random)"),
                         gr.Textbox(value="", label="Stop strings", lines=2,  # "": API callers may omit it
                                    placeholder="one per line; \\n means a newline"),
                     ]
-            event = go.click(generate_fn, [prompt, *controls], [output, status], api_name="generate")
-            halt.click(None, cancels=[event])
+            # preprocess=False: sampling_config checks the values and names the control (Gradio's checks said
+            # "Value 1.5 is greater than maximum value 0.99." or "input component at index 2", with a traceback)
+            event = go.click(generate_fn, [prompt, *controls], [output, status], api_name="generate",
+                             preprocess=False)
+            halt.click(stopped_status, status, status, cancels=[event], api_name=False)
         with gr.Tab("Attention"):
             gr.Markdown("Attention weights of every head for one text (query tokens down, key tokens across).")
             with gr.Row():
@@ -120,6 +141,11 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True
     """
     _gradio()
     app.queue(default_concurrency_limit=1)  # one model, one request at a time: no CPU oversubscription
-    _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, ssr_mode=False,
-                           mcp_server=False, quiet=quiet, show_error=True)
+    # quiet: Gradio's own lines tell a CLI user to "set `share=True` in `launch()`", which `neurallayers ui` cannot
+    _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, ssr_mode=False,
+                           mcp_server=False, quiet=True, show_error=True)
+    if not quiet:
+        print(f"* Running on {url} (Ctrl-C to stop)", flush=True)
+    if block:
+        app.block_thread()
     return url

@@ -80,6 +80,10 @@ def stream_text(model: nn.Module, tokenizer, prompt: str, config: GenerationConf
     if not model.config.causal:
         raise ValueError("This is an encoder model: it does not generate text (the Attention tab works)")
     ids = _prompt_ids(model, tokenizer, prompt)
+    block = model.config.block_size
+    if config.max_new_tokens > block:  # the slider's limit, for API callers (it used to be Gradio's bare "Value ...")
+        raise ValueError(f"Max new tokens must be at most {block} (the model's context length), "
+                         f"got {config.max_new_tokens}")
     text, n, start = "", 0, time.perf_counter()
     for event in stream(model, tokenizer, ids, config):
         text += event.text
@@ -87,11 +91,22 @@ def stream_text(model: nn.Module, tokenizer, prompt: str, config: GenerationConf
             n += 1
         if event.finish_reason is not None:
             seconds = time.perf_counter() - start
-            why = {"stop": "a stop token or string", "length": "the token limit"}.get(event.finish_reason,
-                                                                                   event.finish_reason)
-            yield text, f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):.1f} tokens/s); stopped by {why}"
+            yield text, (f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):.1f} tokens/s); "
+                         f"stopped by {_why(event.finish_reason, n, config.max_new_tokens, block)}")
         elif event.text:
             yield text, f"generating... {n} tokens"
+
+
+def stopped_status(status: str | None) -> str:
+    """The status line once the Stop button cancelled a stream (between two tokens): its last line said
+    "generating... N tokens" for ever. A stream that had already ended keeps its final line."""
+    return (status or "").replace("generating...", "stopped (Stop pressed) after", 1)
+
+
+def _why(reason: str, n: int, max_new_tokens: int, block: int) -> str:
+    if reason == "length" and n < max_new_tokens:  # generate() stops at a full context rather than refuse
+        return f"the context length ({block} tokens, prompt included)"
+    return {"stop": "a stop token or string", "length": "the token limit"}.get(reason, reason)
 
 
 @torch.inference_mode()

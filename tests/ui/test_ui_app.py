@@ -66,3 +66,35 @@ def test_bad_input_gets_a_clear_message_and_the_app_keeps_working(client, args, 
         client.predict(*args, api_name=api)
     text, _ = client.predict(*GREEDY, api_name="/generate")
     assert text
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({2: "hot"}, "Temperature must be a number, got 'hot'"),  # was "input component at index 2 (a `slider`..."
+    ({7: "x"}, "Seed must be a number, got 'x'"),
+    ({5: 1.5}, "min_p=1.5: must be in \\[0, 1\\)"),  # was Gradio's "Value 1.5 is greater than maximum value 0.99."
+    ({1: 10**9}, "Max new tokens must be at most 96 \\(the model's context length\\), got 1000000000"),
+    ({0: "  "}, "The prompt is empty"),
+])
+def test_bad_controls_are_named_without_a_server_traceback(client, capfd, change, message):
+    from gradio_client.exceptions import AppError
+
+    args = [change.get(i, v) for i, v in enumerate(GREEDY)]
+    capfd.readouterr()
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name="/generate")
+    assert "Traceback" not in capfd.readouterr().err  # a user's mistake is theirs to see, not the server log's
+
+
+def test_controls_start_at_the_model_recommendation(tiny):
+    pytest.importorskip("gradio", reason="the web playground needs the ui extra (gradio)")
+    import gradio as gr
+
+    from neurallayers.ui import build_app
+
+    app = build_app(*tiny, defaults={"temperature": 0.6, "top_k": 7, "top_p": 0.9, "repetition_penalty": 1.1})
+    sliders = {b.label: b.value for b in app.blocks.values() if isinstance(b, gr.Slider)}
+    assert sliders["Temperature (0 = greedy)"] == 0.6 and sliders["Top-k (0 = off)"] == 7
+    assert sliders["Top-p (1 = off)"] == 0.9 and sliders["Repetition penalty (1 = off)"] == 1.1
+    assert sliders["Min-p (0 = off)"] == 0.0
+    notes = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown) and b.value]
+    assert any("generation_config.json: temperature=0.6, top_k=7" in n for n in notes)

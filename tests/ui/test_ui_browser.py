@@ -87,3 +87,28 @@ def test_type_generate_and_see_the_text_stream_in(browser, playground, tmp_path)
     page.locator("#attention-plot img").wait_for(timeout=30_000)
     page.screenshot(path=str(tmp_path / "attention.png"), full_page=True)
     page.close()
+
+
+def test_stop_says_so_and_frees_the_model(browser, playground, tiny):
+    from neurallayers.generation import GenerationConfig, generate
+
+    page = browser.new_page()
+    page.goto(playground)
+    page.locator("#prompt textarea").wait_for(timeout=30_000)
+    page.locator("#prompt textarea").fill("the quick")
+    page.get_by_label("Max new tokens").first.fill("80")
+    page.get_by_label("Temperature (0 = greedy)").first.fill("0")
+    page.locator("#generate").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('generating')", timeout=30_000)
+    page.locator("#stop").click()
+    # the status said "generating... N tokens" for ever after Stop
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('stopped (Stop pressed)')",
+                           timeout=30_000)
+    cut = page.locator("#output textarea").input_value()
+    time.sleep(0.5)
+    assert page.locator("#output textarea").input_value() == cut  # the stream ended
+    page.locator("#generate").click()  # the model is free for the next request
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('tokens in')", timeout=30_000)
+    (want,) = generate(*tiny, "the quick", GenerationConfig(temperature=0, max_new_tokens=80))
+    assert page.locator("#output textarea").input_value() == want.text and want.text.startswith(cut)
+    page.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -44,6 +45,8 @@ def test_serves_the_page_on_localhost(run_dir):
                 time.sleep(0.2)  # not listening yet
         assert page is not None, proc.stdout.read().decode() if proc.poll() is not None else "no answer in 90 s"
         assert page.status_code == 200 and "NeuralLayers playground" in page.text
+        said = _line_with(proc, "Running on", deadline=time.monotonic() + 30)  # printed once launch() returns
+        assert f"* Running on http://127.0.0.1:{port}/ (Ctrl-C to stop)\n" in said
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Gradio closes the server
         try:
@@ -51,6 +54,19 @@ def test_serves_the_page_on_localhost(run_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    assert "share=True" not in said + proc.stdout.read().decode()  # Gradio's hint to edit launch(): not for a CLI user
+
+
+def _line_with(proc: subprocess.Popen, text: str, *, deadline: float) -> str:
+    """Lines of proc's output up to the first that holds `text` (all of them, without it, by the deadline)."""
+    said = ""
+    while time.monotonic() < deadline and text not in said:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        line = proc.stdout.readline().decode() if ready else ""
+        if ready and not line:
+            break  # the process ended
+        said += line
+    return said
 
 
 def test_bad_port_and_path_are_one_line_errors(run_dir, capsys):
@@ -67,3 +83,39 @@ def test_bad_port_and_path_are_one_line_errors(run_dir, capsys):
         assert main(["ui", str(run_dir), "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"neurallayers ui: error: port {port} on 127.0.0.1 is in use; choose another --port"
+
+
+@pytest.mark.parametrize(("host", "message"), [
+    ("no.such.host.invalid", "--host no.such.host.invalid: not a known host name or address"),
+    ("192.0.2.1", "--host 192.0.2.1: not an address of this machine"),  # was "port N on 192.0.2.1 is in use"
+    ("", "argument --host: must not be empty"),
+])
+def test_bad_host_is_a_one_line_error(run_dir, capsys, host, message):
+    from neurallayers.__main__ import main
+
+    try:
+        code = main(["ui", str(run_dir), "--host", host, "--port", str(free_port())])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "in use" not in err and len(err.splitlines()) == 1
+
+
+def test_controls_start_at_the_folder_generation_config(run_dir, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    import gradio as gr
+
+    import neurallayers.ui
+    from neurallayers.__main__ import main
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.9}))
+    apps = []
+    monkeypatch.setattr(neurallayers.ui, "launch", lambda app, **kw: apps.append(app))  # build, do not serve
+    assert main(["ui", str(folder), "--port", str(free_port())]) == 0
+    sliders = {b.label: b.value for b in apps[0].blocks.values() if isinstance(b, gr.Slider)}
+    assert sliders["Temperature (0 = greedy)"] == 0.6 and sliders["Top-p (1 = off)"] == 0.9  # as `generate` takes them

@@ -14,6 +14,7 @@ from neurallayers.ui.logic import (
     attention_maps,
     parse_stops,
     sampling_config,
+    stopped_status,
     stream_text,
 )
 
@@ -103,3 +104,18 @@ def test_encoder_attention_and_no_generation():
     assert torch.any(maps.triu(diagonal=1) > 0)  # bidirectional
     with pytest.raises(ValueError, match="encoder model: it does not generate"):
         next(stream_text(model, tok, "text", sampling_config(**CONTROLS)))
+
+
+def test_status_names_the_context_when_it_ends_the_output(tiny):
+    model, tok = tiny
+    *_, (text, status) = stream_text(model, tok, "the quick", sampling_config(**{**CONTROLS, "max_new_tokens": 96}))
+    assert status.startswith("88 tokens in") and status.endswith(
+        "stopped by the context length (96 tokens, prompt included)")  # not "the token limit": 88 of 96 asked
+    with pytest.raises(ValueError, match="Max new tokens must be at most 96 \\(the model's context length\\), got 10"):
+        next(stream_text(model, tok, "the quick", sampling_config(**{**CONTROLS, "max_new_tokens": 10**9})))
+
+
+def test_stop_button_ends_the_generating_status():
+    assert stopped_status("generating... 13 tokens") == "stopped (Stop pressed) after 13 tokens"
+    done = "40 tokens in 0.10 s (400.0 tokens/s); stopped by the token limit"
+    assert stopped_status(done) == done and stopped_status(None) == ""
