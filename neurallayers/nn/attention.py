@@ -142,8 +142,7 @@ def materialized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if mask is None:
         bias = torch.zeros(t, s, dtype=q.dtype, device=q.device)
         if is_causal:
-            future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(s - t + 1)
-            bias = bias.masked_fill(future, float("-inf"))
+            bias = bias.masked_fill(~causal_mask(t, s, q.device), float("-inf"))
     elif mask.dtype == torch.bool:
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
     else:
