@@ -76,6 +76,14 @@ def interrupt_after(monkeypatch, name: str, calls: int) -> None:
     monkeypatch.setattr(batch_mod, name, wrapped)
 
 
+def run_interrupted(monkeypatch, name: str, calls: int, *args, **kwargs) -> None:
+    """run_batch(*args, **kwargs), killed (interrupt_after) once neurallayers.batch.<name> has run `calls` times."""
+    with monkeypatch.context() as m:
+        interrupt_after(m, name, calls)
+        with pytest.raises(Interrupt):
+            run_batch(*args, **kwargs)
+
+
 # ----- generation -----
 def test_results_equal_one_prompt_at_a_time(lm, tmp_path):
     model, tok = lm
@@ -126,10 +134,7 @@ def test_interrupted_run_resumes_repairs_a_torn_tail_and_refuses_changes(lm, tmp
     inp = write_prompts(tmp_path / "in.jsonl", 10)
     run_batch(model, tok, inp, tmp_path / "straight.jsonl", config=GREEDY, batch_size=2, progress=False)
     out = tmp_path / "out.jsonl"
-    with monkeypatch.context() as m:
-        interrupt_after(m, "generate", 2)
-        with pytest.raises(Interrupt):
-            run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    run_interrupted(monkeypatch, "generate", 2, model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
     assert len(results(out)) == 4
     # A kill while appending: whole lines of a batch not yet counted, then a torn line.
     with out.open("ab") as f:
@@ -284,10 +289,7 @@ def test_resume_in_another_dtype_or_with_other_end_ids_is_refused(lm, run_dir, t
     inp = write_prompts(tmp_path / "in.jsonl", 4)
     out = tmp_path / "out.jsonl"
     half, _ = load(run_dir, dtype=torch.bfloat16)
-    with monkeypatch.context() as m:
-        interrupt_after(m, "generate", 1)
-        with pytest.raises(Interrupt):
-            run_batch(half, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    run_interrupted(monkeypatch, "generate", 1, half, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
     with pytest.raises(ValueError, match="changed since that run started: the model's dtype: bfloat16 -> float32"):
         run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
     stops = Tokenizer.load(run_dir)
@@ -326,11 +328,8 @@ def test_model_change_is_refused(lm, run_dir, tmp_path, monkeypatch):
     model, tok = lm
     inp = write_prompts(tmp_path / "in.jsonl", 4)
     out = tmp_path / "out.jsonl"
-    with monkeypatch.context() as m:
-        interrupt_after(m, "generate", 1)
-        with pytest.raises(Interrupt):
-            run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, model_files=model_files_identity(run_dir),
-                      progress=False)
+    run_interrupted(monkeypatch, "generate", 1, model, tok, inp, out, config=GREEDY, batch_size=2,
+                    model_files=model_files_identity(run_dir), progress=False)
     files = {**model_files_identity(run_dir), "model.safetensors": [1, 2]}
     with pytest.raises(ValueError, match="the model's files"):
         run_batch(model, tok, inp, out, config=GREEDY, model_files=files, progress=False)
@@ -342,10 +341,7 @@ def test_a_run_interrupted_before_a_new_config_field_resumes(lm, tmp_path, monke
     model, tok = lm
     inp = write_prompts(tmp_path / "in.jsonl", 4)
     out = tmp_path / "out.jsonl"
-    with monkeypatch.context() as m:
-        interrupt_after(m, "generate", 1)
-        with pytest.raises(Interrupt):
-            run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
+    run_interrupted(monkeypatch, "generate", 1, model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)
     record_path = tmp_path / "out.jsonl.progress.json"
     record = json.loads(record_path.read_text())
     config = record["fingerprint"]["model"]["config"]
@@ -388,10 +384,8 @@ def test_embeddings_npy_resume_npz_and_jsonl(encoder, tmp_path, monkeypatch):
     inp = write_texts(tmp_path / "in.jsonl")
     want = embed(model, tok, SENTENCES).numpy()
     out = tmp_path / "vectors.npy"
-    with monkeypatch.context() as m:
-        interrupt_after(m, "_write_atomic", 3)  # the progress record and two parts written, then a kill
-        with pytest.raises(Interrupt):
-            run_batch(model, tok, inp, out, batch_size=2, progress=False)
+    # the progress record and two parts written, then a kill
+    run_interrupted(monkeypatch, "_write_atomic", 3, model, tok, inp, out, batch_size=2, progress=False)
     assert not out.exists() and len(list(out.with_name(out.name + ".parts").glob("*.npz"))) == 2
     res = run_batch(model, tok, inp, out, batch_size=2, progress=False)
     assert (res.resumed, res.computed) == (4, 3)
