@@ -270,6 +270,30 @@ def test_cli_ctrl_c_says_the_same_command_goes_on(run_dir, tmp_path, capsys, mon
     assert "the same command goes on from them" in err and err.rstrip().endswith("interrupted")
 
 
+def test_cli_ctrl_c_with_overwrite_says_to_drop_it(run_dir, tmp_path, capsys, monkeypatch):
+    """With --overwrite, "the same command goes on from them" discarded the records it said were kept."""
+    import neurallayers.batch
+    from neurallayers.__main__ import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(neurallayers.batch, "run_batch", interrupted)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"prompt": "a"}\n')
+    out = str(tmp_path / "o.jsonl")
+    assert main(["batch", str(run_dir), "--input", str(inp), "--output", out, "--overwrite"]) == 130
+    assert "the same command without --overwrite goes on from them" in capsys.readouterr().err
+
+
+def test_interrupted_note_names_the_parts_folder_of_vectors(tmp_path):
+    """Vectors are joined into the .npy at the end: before that, the records are in its parts folder."""
+    from neurallayers.cli.batch import _interrupted_note
+
+    assert f"kept in {tmp_path / 'v.NPY.parts'}:" in _interrupted_note(tmp_path / "v.NPY", overwrite=False)
+    assert f"kept in {tmp_path / 'r.jsonl'}:" in _interrupted_note(tmp_path / "r.jsonl", overwrite=False)
+
+
 def test_cli_prints_one_line_for_a_bad_line(run_dir, tmp_path, capsys):
     from neurallayers.__main__ import main
 

@@ -75,13 +75,22 @@ def run(args: argparse.Namespace) -> int:
                            max_length=args.max_length, model_files=model_files_identity(resolve_model_path(args.path)),
                            overwrite=args.overwrite, progress=not args.no_progress)
     except KeyboardInterrupt:  # what is written stays: say how to go on (the CLI then prints "interrupted")
-        print(f"the records written so far are kept in {args.output}: the same command goes on from them",
-              file=sys.stderr)
+        print(_interrupted_note(Path(args.output), overwrite=args.overwrite), file=sys.stderr)
         raise
     note = f", {result.repaired_bytes} bytes of an unfinished batch redone" if result.repaired_bytes else ""
     print(f"{result.output}: {result.total} records ({result.computed} computed now, {result.resumed} from an "
           f"earlier run{note})")
     return 0
+
+
+def _interrupted_note(output: Path, *, overwrite: bool) -> str:
+    """Where the records written so far are, and the command that goes on from them: vectors wait in the parts
+    folder (the .npy is written at the end), and rerun with --overwrite the command would discard them."""
+    from neurallayers.batch import VECTOR_SUFFIXES
+
+    kept = output.with_name(output.name + ".parts") if output.suffix.lower() in VECTOR_SUFFIXES else output
+    how = "the same command without --overwrite" if overwrite else "the same command"
+    return f"the records written so far are kept in {kept}: {how} goes on from them"
 
 
 def _check_output_folder(output: str) -> None:

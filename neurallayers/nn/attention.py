@@ -110,12 +110,24 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: 
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])  # (B, H, T, S)
     if is_causal and mask is None:
         mask = causal_mask(*scores.shape[-2:], q.device)
+    dead = None
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        dead = _sees_nothing(mask)
+        scores = scores.masked_fill(dead, 0.0)
     weights = scores.softmax(dim=-1).to(q.dtype)
+    if dead is not None:
+        weights = weights.masked_fill(dead, 0.0)
     if dropout:
         weights = F.dropout(weights, p=dropout)
     return weights @ v, weights
+
+
+def _sees_nothing(mask: torch.Tensor) -> torch.Tensor:
+    """(..., T, 1) True for a query whose every key is masked: its softmax (and that softmax's gradient) is NaN, which
+    the next layer spreads through that position's key to every query of the row (a left-padded row with is_causal).
+    torch's sdpa gives such a query zeros; the other kernels do the same with this."""
+    return ~mask.any(dim=-1, keepdim=True) if mask.dtype == torch.bool else mask.isneginf().all(dim=-1, keepdim=True)
 
 
 def _short_cpu_half(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -147,6 +159,9 @@ def materialized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
     else:
         bias = mask.to(q.dtype)
+    dead = None if mask is None else _sees_nothing(mask)
+    if dead is not None:
+        bias = bias.masked_fill(dead, 0.0)  # finite: zeroed below, after the matmul
     if bias.dim() == 4:  # (B|1, H|1, T, S): baddbmm wants one (T, S) slice per batched matrix
         bias = bias.expand(b, h, t, s).reshape(b * h, t, s)
     scores = torch.baddbmm(bias, q.reshape(b * h, t, d), k.reshape(b * h, s, d).transpose(1, 2),
@@ -154,4 +169,5 @@ def materialized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     probs = scores.softmax(dim=-1).to(v.dtype)
     if dropout:
         probs = F.dropout(probs, p=dropout)
-    return torch.bmm(probs, v.reshape(b * h, s, d)).view(b, h, t, d)
+    y = torch.bmm(probs, v.reshape(b * h, s, d)).view(b, h, t, d)
+    return y if dead is None else y.masked_fill(dead, 0.0)

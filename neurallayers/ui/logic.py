@@ -61,7 +61,9 @@ def sampling_config(*, max_new_tokens: Any, temperature: Any, top_k: Any, top_p:
 
 
 def _prompt_ids(model: nn.Module, tokenizer, prompt: Any) -> list[int]:
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str):  # an API caller's value: Gradio's own checks are skipped (preprocess=False)
+        raise ValueError(f"The prompt must be text, got {type(prompt).__name__}")
+    if not prompt.strip():
         raise ValueError("The prompt is empty: type some text first")
     ids = tokenizer.encode(prompt, add_special_tokens=True)  # as generate() encodes it
     block = model.config.block_size

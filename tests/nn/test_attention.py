@@ -116,6 +116,42 @@ def test_is_causal_beside_a_padding_mask_hides_the_future_too(kernel, mask_kind)
     torch.testing.assert_close(got[1, 2:], want[1, 2:], atol=1e-5, rtol=1e-5)  # the padding queries see no key
 
 
+@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+@pytest.mark.parametrize("kernel", ["eager", "materialized"])
+def test_a_query_that_sees_no_key_gives_zeros_as_sdpa_does(kernel, mask_kind):
+    """Left padding with is_causal leaves the padding queries no key: eager and the bf16 CPU path gave NaN there
+    (values and gradients), which a second layer spread through those keys to the whole row; torch's sdpa gives 0."""
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, HEADS, 5, HEAD_DIM, generator=g, requires_grad=True) for _ in range(3))
+    keep = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)[:, None, None, :] & causal_bool(5)
+    mask = keep if mask_kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    if kernel == "eager":
+        ours, w = eager_attention(q, k, v, mask=mask, is_causal=False)
+        assert (w[0, :, :2] == 0).all()
+    else:
+        ours = materialized_attention(q, k, v, mask=mask)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert (ours[0, :, :2] == 0).all()
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_two_layers_over_a_left_padded_row_stay_finite(kernel, dtype):
+    """The padding queries' NaN became keys of the next layer: every position of a left-padded row was NaN."""
+    first, second = attention(HEADS, kernel=kernel).to(dtype), attention(HEADS, kernel=kernel, seed=1).to(dtype)
+    x = torch.randn(2, 5, DIM, generator=torch.Generator().manual_seed(7)).to(dtype)
+    pad = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)[:, None, None, :]
+    h = x + first(x, mask=pad, is_causal=True)[0]
+    y = h + second(h, mask=pad, is_causal=True)[0]
+    assert torch.isfinite(y).all()
+
+
 @pytest.mark.parametrize("n_kv_head", [HEADS, 2, 1])
 @pytest.mark.parametrize("mask_kind", ["causal", "bool", "additive"])
 @torch.no_grad()

@@ -58,6 +58,8 @@ def test_stream_text_grows_to_generate_text(tiny):
         next(stream_text(model, tok, "  ", cfg))
     with pytest.raises(ValueError, match="The prompt has 120 tokens but the model's context length is 96"):
         next(stream_text(model, tok, "ab" * 60, cfg))
+    with pytest.raises(ValueError, match="The prompt must be text, got int"):  # it said "The prompt is empty"
+        next(stream_text(model, tok, 42, cfg))
 
 
 def test_attention_maps_are_causal_distributions(tiny):
