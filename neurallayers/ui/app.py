@@ -38,8 +38,11 @@ def _summary(model: nn.Module, name: str | None) -> str:
             f"context {cfg.block_size} tokens, vocabulary {cfg.vocab_size}")
 
 
-def _start(defaults: dict, key: str, default: float, low: float, high: float) -> float:
-    return min(max(defaults.get(key, default), low), high)  # a slider refuses a value outside its range
+def _slider(gr, defaults: dict, key: str, default: float, low: float, high: float, step: float, label: str):
+    """A slider starting at the folder's value: its range widened to hold it (a slider refuses a value outside
+    its range, and clamping top_k=1000 to 200 gave other text than `neurallayers generate` at the same settings)."""
+    value = defaults.get(key, default)
+    return gr.Slider(min(low, value), max(high, value), value=value, step=step, label=label)
 
 
 def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: str = "NeuralLayers playground",
@@ -99,16 +102,11 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                 with gr.Column(scale=2):
                     controls = [
                         gr.Slider(1, cfg.block_size, value=min(128, cfg.block_size), step=1, label="Max new tokens"),
-                        gr.Slider(0, 2, value=_start(defaults, "temperature", 0.8, 0, 2), step=0.05,
-                                  label="Temperature (0 = greedy)"),
-                        gr.Slider(0, top_k_max, value=_start(defaults, "top_k", 0, 0, top_k_max), step=1,
-                                  label="Top-k (0 = off)"),
-                        gr.Slider(0.01, 1, value=_start(defaults, "top_p", 1.0, 0.01, 1), step=0.01,
-                                  label="Top-p (1 = off)"),
-                        gr.Slider(0, 0.99, value=_start(defaults, "min_p", 0.0, 0, 0.99), step=0.01,
-                                  label="Min-p (0 = off)"),
-                        gr.Slider(0.5, 2, value=_start(defaults, "repetition_penalty", 1.0, 0.5, 2), step=0.05,
-                                  label="Repetition penalty (1 = off)"),
+                        _slider(gr, defaults, "temperature", 0.8, 0, 2, 0.05, "Temperature (0 = greedy)"),
+                        _slider(gr, defaults, "top_k", 0, 0, top_k_max, 1, "Top-k (0 = off)"),
+                        _slider(gr, defaults, "top_p", 1.0, 0.01, 1, 0.01, "Top-p (1 = off)"),
+                        _slider(gr, defaults, "min_p", 0.0, 0, 0.99, 0.01, "Min-p (0 = off)"),
+                        _slider(gr, defaults, "repetition_penalty", 1.0, 0.5, 2, 0.05, "Repetition penalty (1 = off)"),
                         gr.Number(value=-1, precision=0, label="Seed (-1 = random)"),
                         gr.Textbox(value="", label="Stop strings", lines=2,  # "": API callers may omit it
                                    placeholder="one per line; \\n means a newline"),

@@ -98,3 +98,16 @@ def test_controls_start_at_the_model_recommendation(tiny):
     assert sliders["Min-p (0 = off)"] == 0.0
     notes = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown) and b.value]
     assert any("generation_config.json: temperature=0.6, top_k=7" in n for n in notes)
+
+
+def test_controls_start_at_a_recommendation_outside_their_usual_range(tiny):
+    """top_k=1000 started at 200 and repetition_penalty=2.5 at 2: other text than generate's at the file's values."""
+    pytest.importorskip("gradio", reason="the web playground needs the ui extra (gradio)")
+    import gradio as gr
+
+    from neurallayers.ui import build_app
+
+    app = build_app(*tiny, defaults={"top_k": 1000, "repetition_penalty": 2.5, "temperature": 3.0})
+    sliders = {b.label: b for b in app.blocks.values() if isinstance(b, gr.Slider)}
+    assert sliders["Top-k (0 = off)"].value == 1000 and sliders["Top-k (0 = off)"].maximum == 1000
+    assert sliders["Repetition penalty (1 = off)"].value == 2.5 and sliders["Temperature (0 = greedy)"].value == 3.0
