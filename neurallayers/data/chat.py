@@ -23,6 +23,26 @@ def default_render(messages: list[dict]) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
+# the names a message's reasoning goes by: transformers copies it under the first (which templates read) and "thinking"
+# (which gpt-oss's reads)
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def template_messages(messages: list[dict]) -> list[dict]:
+    """The messages as transformers' apply_chat_template hands them to a template: keys whose value is None dropped
+    (an API's content=None rendered as "None", where templates test for a missing key), and a reasoning given under
+    any of its names also under reasoning_content and thinking."""
+    out = []
+    for m in messages:
+        if isinstance(m, dict):
+            m = {k: v for k, v in m.items() if v is not None}
+            reasoning = next((m[k] for k in REASONING_FIELDS if k in m), None)
+            if reasoning is not None:
+                m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
+        out.append(m)
+    return out
+
+
 class _Refused(Exception):
     """raise_exception() in a template: it refuses the conversation."""
 
@@ -62,10 +82,13 @@ def _compile(template: str):
 
 def special_tokens(tokenizer) -> dict[str, str]:
     """The special tokens a template sees by name, as transformers passes its special_tokens_map: bos_token and
-    eos_token always (empty when there is none), pad_token, unk_token and mask_token where the tokenizer has them."""
+    eos_token always (empty when there is none), pad_token, unk_token, sep_token, cls_token and mask_token where the
+    tokenizer has them (the unk of its model where tokenizer_config.json names none)."""
     out = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
-    unk = getattr(getattr(getattr(tokenizer, "hf", None), "model", None), "unk_token", None)
+    named = getattr(tokenizer, "named_tokens", {})
+    unk = named.get("unk_token") or getattr(getattr(getattr(tokenizer, "hf", None), "model", None), "unk_token", None)
     for name, token in (("pad_token", getattr(tokenizer, "pad_token", None)), ("unk_token", unk),
+                        ("sep_token", named.get("sep_token")), ("cls_token", named.get("cls_token")),
                         ("mask_token", getattr(tokenizer, "mask_token", None))):
         if token:
             out[name] = token
@@ -84,8 +107,8 @@ def render_chat(tokenizer, messages: list[dict]) -> str:
     if not template:
         return default_render(messages)
     try:
-        return _compile(template).render(messages=messages, add_generation_prompt=True, tools=None, documents=None,
-                                         **special_tokens(tokenizer))
+        return _compile(template).render(messages=template_messages(messages), add_generation_prompt=True, tools=None,
+                                         documents=None, **special_tokens(tokenizer))
     except _Refused as e:
         raise ValueError(f"the model's chat template refused these messages: {e}") from None
     except Exception as e:  # a template error of its own (syntax, a type error while rendering)

@@ -31,6 +31,9 @@ KINDS = ("bpe", "char", "gpt2", "file")
 _LOAD_FORMS = ("'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt, or a BERT vocab.txt), or a path to "
                "a tokenizer.json file")
 HF_SETTINGS = ("padding_side", "truncation_side")  # read by transformers only; "left" or "right"
+# tokenizer_config.json's other named tokens: transformers (and chat templates) read them, encode and decode do not;
+# the spellings each falls back to when the file names none (BERT's, which transformers' tokenizer names)
+NAMED_TOKENS = {"unk_token": ("[UNK]", "<unk>"), "cls_token": ("[CLS]",), "sep_token": ("[SEP]",)}
 
 # Fallbacks for a bare tokenizer.json without tokenizer_config.json: common spellings, first match wins.
 _EOS_GUESSES = (ENDOFTEXT, "</s>", "<|end_of_text|>", "<eos>")
@@ -183,6 +186,18 @@ class Tokenizer:
         copy.hf_settings = dict(self.hf_settings)
         return copy
 
+    @property
+    def named_tokens(self) -> dict[str, str]:
+        """The unk, cls and sep tokens transformers names (see NAMED_TOKENS): those tokenizer_config.json named, else
+        the special tokens spelt as BERT's; a key is absent where there is none."""
+        added = {t.content for t in self.hf.get_added_tokens_decoder().values() if t.special}
+        out = {}
+        for key, names in NAMED_TOKENS.items():
+            found = self.hf_settings.get(key) or next((n for n in names if n in added), None)
+            if found is not None:
+                out[key] = found
+        return out
+
     def token_to_id(self, token: str) -> int | None:
         return self.hf.token_to_id(token)
 
@@ -287,11 +302,8 @@ class Tokenizer:
         }
         if self.kind == "char":
             config["unk_token"] = UNK
-        added = {t.content for t in self.hf.get_added_tokens_decoder().values() if t.special}
-        for key, names in (("unk_token", ("[UNK]", "<unk>")), ("cls_token", ("[CLS]",)), ("sep_token", ("[SEP]",))):
-            found = next((n for n in names if n in added), None)  # BERT's, which transformers' tokenizer names
-            if found is not None:
-                config.setdefault(key, found)
+        for key, token in self.named_tokens.items():
+            config.setdefault(key, token)
         if self.mask_token is not None:  # transformers' fill-mask pipeline reads it from here
             config["mask_token"] = self.mask_token
         if "sep_token" in config and self._types_pairs():  # else transformers' PreTrainedTokenizerFast returns no
@@ -339,13 +351,17 @@ class Tokenizer:
             config.update(_read_config(folder / "special_tokens_map.json"))
         if path.is_dir() and not (path / "tokenizer.json").exists():
             if (path / "vocab.json").exists() and (path / "merges.txt").exists():
-                hf = _byte_level_bpe_from_files(path / "vocab.json", path / "merges.txt")
+                # add_prefix_space: a space before the text, as transformers' GPT-2 tokenizer reads the setting
+                prefix = config.get("add_prefix_space") is True
+                hf = _byte_level_bpe_from_files(path / "vocab.json", path / "merges.txt", add_prefix_space=prefix)
+                hf = _with_added_tokens(hf, path, config)
                 default = ENDOFTEXT if hf.token_to_id(ENDOFTEXT) is not None else None  # GPT-2's defaults
                 config.setdefault("bos_token", default)
                 config.setdefault("eos_token", default)
                 return cls._from_config(hf, config)
             if (path / "vocab.txt").exists():  # a BERT folder written without tokenizer.json (older fine-tunes)
-                return cls._from_config(_wordpiece_from_vocab(path / "vocab.txt", config), config)
+                hf = _with_added_tokens(_wordpiece_from_vocab(path / "vocab.txt", config), path, config)
+                return cls._from_config(hf, config)
             raise ValueError(f"{str(path)!r} holds neither tokenizer.json nor vocab.json + merges.txt; "
                              f"expected {_LOAD_FORMS}")
         json_path = path / "tokenizer.json" if path.is_dir() else path
@@ -395,6 +411,11 @@ class Tokenizer:
                              f"in [0, {tokenizer.vocab_size})")
         tokenizer.extra_eos_ids = list(extra)
         tokenizer.hf_settings = {k: config[k] for k in HF_SETTINGS if config.get(k) in ("left", "right")}
+        for key in NAMED_TOKENS:  # kept, so a save writes them back (a RoBERTa-style sep "</s>" was lost)
+            token = config.get(key)
+            token = token.get("content") if isinstance(token, dict) else token
+            if isinstance(token, str) and hf.token_to_id(token) is not None:
+                tokenizer.hf_settings[key] = token
         return tokenizer
 
     # -- constructors -----------------------------------------------------------------------------
@@ -680,18 +701,55 @@ def _wordpiece_from_vocab(vocab: Path, config: dict) -> HFTokenizer:
     return wp._tokenizer
 
 
-def _byte_level_bpe_from_files(vocab: Path, merges: Path) -> HFTokenizer:
-    """GPT-2 style byte-level BPE from a vocab JSON and a merges file, configured like transformers' GPT-2."""
+def _byte_level_bpe_from_files(vocab: Path, merges: Path, *, add_prefix_space: bool = False) -> HFTokenizer:
+    """GPT-2 style byte-level BPE from a vocab JSON and a merges file, configured like transformers' GPT-2
+    (add_prefix_space: encode the text as if it began with a space, as a tokenizer_config.json may ask)."""
     try:
         vocab_map, merge_list = models.BPE.read_file(str(vocab), str(merges))
     except Exception as e:
         raise ValueError(f"cannot read BPE files {str(vocab)!r} / {str(merges)!r}: {e}") from None
     hf = HFTokenizer(models.BPE(vocab_map, merge_list))
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     hf.decoder = decoders.ByteLevel()
     hf.post_processor = processors.ByteLevel(trim_offsets=False)
     if ENDOFTEXT in vocab_map:
         hf.add_special_tokens([ENDOFTEXT])
+    return hf
+
+
+def _with_added_tokens(hf: HFTokenizer, folder: Path, config: dict) -> HFTokenizer:
+    """`hf` (read from vocabulary files) with the tokens the folder adds past them, at the ids it gives, as transformers
+    reads them: tokenizer_config.json's added_tokens_decoder, else added_tokens.json (a pad token a fine-tune added:
+    without it "<pad>" was encoded as text, and the tokenizer had no pad).
+
+    Raises:
+        ValueError: an added token whose id is neither its id in the vocabulary nor the next free one.
+    """
+    from tokenizers import AddedToken
+
+    decoder = config.get("added_tokens_decoder")
+    if isinstance(decoder, dict) and decoder:
+        listed = {int(i): t for i, t in decoder.items()
+                  if str(i).isdigit() and isinstance(t, dict) and isinstance(t.get("content"), str)}
+        source = "tokenizer_config.json added_tokens_decoder"
+    else:
+        more = config.get("additional_special_tokens")
+        values = [*config.values(), *(more if isinstance(more, list) else [])]
+        named = {v.get("content") if isinstance(v, dict) else v for v in values if isinstance(v, dict | str)}
+        listed = {i: {"content": t, "special": t in named}
+                  for t, i in _read_config(folder / "added_tokens.json").items() if isinstance(i, int)}
+        source = "added_tokens.json"
+    for token_id, spec in sorted(listed.items()):
+        content, known = spec["content"], hf.token_to_id(spec["content"])
+        if token_id != (hf.get_vocab_size(with_added_tokens=True) if known is None else known):
+            raise ValueError(f"{str(folder)!r}: {source} gives {content!r} id {token_id}, which is neither its id in "
+                             "the vocabulary nor the next free one")
+        flags = {k: bool(spec[k]) for k in ("lstrip", "rstrip", "single_word", "normalized") if k in spec}
+        token = AddedToken(content, special=bool(spec.get("special", False)), **flags)
+        if token.special:
+            hf.add_special_tokens([token])
+        else:
+            hf.add_tokens([token])
     return hf
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from neurallayers.config import ModelConfig
+from neurallayers.interop.hf import config_architecture, config_number
 
 # ours <-> Hugging Face. "{i}" is the layer index. A tuple on the HF side is concatenated along dim 0 on ours:
 # BERT's separate query, key and value become the rows of our fused qkv projection.
@@ -79,11 +80,11 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"expected a config.json dict, got {type(hf).__name__}")
     if hf.get("model_type", "bert") != "bert":
         raise ValueError(f"config model_type={hf.get('model_type')!r}: this converter reads 'bert'")
-    archs = hf.get("architectures") or ["BertModel"]
-    if archs[0] not in ARCHITECTURES:
-        raise ValueError(f"config architectures={archs!r}: supported BERT architectures are "
+    arch = config_architecture(hf, "BertModel")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"config architectures={hf['architectures']!r}: supported BERT architectures are "
                          f"{', '.join(ARCHITECTURES)}")
-    head, pooler = ARCHITECTURES[archs[0]]
+    head, pooler = ARCHITECTURES[arch]
     act = hf.get("hidden_act", "gelu")
     if act not in HIDDEN_ACT:
         raise ValueError(f"config hidden_act={act!r}: supported are {', '.join(HIDDEN_ACT)}")
@@ -93,7 +94,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise ValueError("config is_decoder/add_cross_attention: BERT used as a decoder is not supported")
     id2label = hf.get("id2label")
-    extra: dict = {"hf_model_type": "bert", "hf_architecture": archs[0]}
+    extra: dict = {"hf_model_type": "bert", "hf_architecture": arch}
     if id2label:
         extra["id2label"] = {str(k): str(v) for k, v in id2label.items()}
     if hf.get("problem_type"):  # multi_label_classification: the pipeline scores each label by a sigmoid
@@ -104,11 +105,12 @@ def config_from_hf(hf: dict) -> ModelConfig:
         block_size=hf.get("max_position_embeddings", 512), n_layer=hf.get("num_hidden_layers", 12),
         n_head=hf.get("num_attention_heads", 12), n_embd=n_embd,
         intermediate_size=hf.get("intermediate_size", 3072), norm="layernorm",  # BertConfig's, whatever the width
-        norm_eps=float(hf.get("layer_norm_eps", 1e-12)), norm_placement="post", mlp="gelu", gelu_approx=HIDDEN_ACT[act],
+        norm_eps=config_number(hf, "layer_norm_eps", 1e-12), norm_placement="post", mlp="gelu",
+        gelu_approx=HIDDEN_ACT[act],
         position="learned", bias=True, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        dropout=float(hf.get("hidden_dropout_prob", 0.1)),
-        attn_dropout=float(hf.get("attention_probs_dropout_prob", 0.1)),
-        init_std=float(hf.get("initializer_range", 0.02)), scale_residual_init=False,
+        dropout=config_number(hf, "hidden_dropout_prob", 0.1),
+        attn_dropout=config_number(hf, "attention_probs_dropout_prob", 0.1),
+        init_std=config_number(hf, "initializer_range", 0.02), scale_residual_init=False,
         type_vocab_size=hf.get("type_vocab_size", 2), pad_token_id=hf.get("pad_token_id", 0), pooler=pooler,
         num_labels=len(id2label) if id2label else hf.get("num_labels", 2), head=head, extra=extra,
     )

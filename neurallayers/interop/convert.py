@@ -35,8 +35,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         The `dst` folder.
 
     Raises:
-        ValueError: a bad `to`, a `src` that is neither kind, a non-empty `dst` without `overwrite`, a
-            `max_shard_size` with to="run", or a run target from a source without a tokenizer.
+        ValueError: a bad `to`, a `src` that is neither kind, a non-empty `dst` without `overwrite`, a `dst` that
+            is or holds `src`, a `max_shard_size` with to="run", or a run target from a source without a tokenizer.
         FileNotFoundError: `src` does not exist.
     """
     from neurallayers.api import load, resolve_model_path
@@ -59,6 +59,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         raise ValueError(f"dst {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
     if dst.resolve() == src.resolve():
         raise ValueError(f"dst {dst} is the source folder; write to another folder")
+    if dst.resolve() in src.resolve().parents:  # overwrite would delete the source with the rest of dst
+        raise ValueError(f"dst {dst} holds the source folder {src}; write to a folder outside it")
     if overwrite and (dst / "checkpoints").is_dir():  # a training run: its checkpoints are not ours to delete
         raise ValueError(f"dst {dst} holds a training run (checkpoints/); overwrite replaces model folders only: "
                          "write to another folder, or remove that run yourself")

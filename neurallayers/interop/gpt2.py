@@ -10,6 +10,8 @@ import torch
 
 from neurallayers.config import ModelConfig
 from neurallayers.interop.hf import (
+    config_architecture,
+    config_number,
     drop_tied_lm_head,
     expand_map,
     hf_shapes,
@@ -62,9 +64,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"expected a config.json dict, got {type(hf).__name__}")
     if hf.get("model_type") != "gpt2":
         raise ValueError(f"config model_type={hf.get('model_type')!r}: this converter reads 'gpt2'")
-    archs = hf.get("architectures") or [ARCHITECTURE]
-    if archs[0] not in READ_ARCHITECTURES:
-        raise ValueError(f"config architectures={archs!r}: NeuralLayers reads GPT-2 language models "
+    if config_architecture(hf, ARCHITECTURE) not in READ_ARCHITECTURES:
+        raise ValueError(f"config architectures={hf['architectures']!r}: NeuralLayers reads GPT-2 language models "
                          f"({', '.join(READ_ARCHITECTURES)}); that model's head has no place here")
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
@@ -78,10 +79,10 @@ def config_from_hf(hf: dict) -> ModelConfig:
         name=str(hf.get("_name_or_path") or "gpt2"), causal=True, vocab_size=hf.get("vocab_size", 50257),
         block_size=hf.get("n_positions", 1024), n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12),
         n_embd=n_embd, intermediate_size=hf.get("n_inner"), norm="layernorm",  # None: 4 * n_embd, as in HF
-        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)), norm_placement="pre", mlp="gelu",
+        norm_eps=config_number(hf, "layer_norm_epsilon", 1e-5), norm_placement="pre", mlp="gelu",
         gelu_approx=ACTIVATIONS[act], position="learned", bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)), dropout=float(hf.get("resid_pdrop", 0.1)),
-        attn_dropout=float(hf.get("attn_pdrop", 0.1)), init_std=float(hf.get("initializer_range", 0.02)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)), dropout=config_number(hf, "resid_pdrop", 0.1),
+        attn_dropout=config_number(hf, "attn_pdrop", 0.1), init_std=config_number(hf, "initializer_range", 0.02),
         extra={"hf_model_type": "gpt2"},
     )
 

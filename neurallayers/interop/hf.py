@@ -491,6 +491,33 @@ def write_json(path: Path, data: dict | list) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+# ----- config.json values (used by the family modules) -----
+
+def config_number(hf: dict, key: str, default: float) -> float:
+    """config.json's `key` as a float; `default` where it is absent or null (as a transformers config built without it).
+
+    Raises:
+        ValueError: a value that is not a number, naming the key (float() named neither it nor the file).
+    """
+    value = hf.get(key)
+    if value is None:
+        return float(default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"config {key}={value!r}: expected a number")
+    return float(value)
+
+
+def config_architecture(hf: dict, default: str) -> str:
+    """The first class config.json's `architectures` names (`default` where it names none). A lone string is that
+    class (transformers picks the class by model_type and loads such a folder): its first letter was read as the
+    class, and the folder refused as a task head."""
+    archs = hf.get("architectures") or [default]
+    archs = [archs] if isinstance(archs, str) else archs
+    if not isinstance(archs, list) or not isinstance(archs[0], str):
+        raise ValueError(f"config architectures={hf.get('architectures')!r}: expected a list of class names")
+    return archs[0]
+
+
 # ----- weight-name maps (used by the family modules) -----
 
 WeightMap = tuple[tuple[str, "str | tuple[str, ...]"], ...]

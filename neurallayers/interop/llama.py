@@ -12,6 +12,8 @@ import torch
 
 from neurallayers.config import ModelConfig
 from neurallayers.interop.hf import (
+    config_architecture,
+    config_number,
     drop_tied_lm_head,
     expand_map,
     hf_shapes,
@@ -71,9 +73,9 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"config model_type={model_type!r}: this converter reads {', '.join(ARCHITECTURES)}")
     if model_type == "mistral":
         hf = MISTRAL_DEFAULTS | hf
-    archs = hf.get("architectures") or [ARCHITECTURES[model_type]]
-    if not str(archs[0]).endswith("ForCausalLM"):  # a task head or a bare LlamaModel: no LM head to load
-        raise ValueError(f"config architectures={archs!r}: NeuralLayers reads causal language models "
+    arch = config_architecture(hf, ARCHITECTURES[model_type])
+    if not arch.endswith("ForCausalLM"):  # a task head or a bare LlamaModel: no LM head to load
+        raise ValueError(f"config architectures={hf['architectures']!r}: NeuralLayers reads causal language models "
                          f"({ARCHITECTURES[model_type]}); that model's head has no place here")
     act = hf.get("hidden_act", "silu")
     if act != "silu":
@@ -97,10 +99,11 @@ def config_from_hf(hf: dict) -> ModelConfig:
         block_size=block_size, n_layer=hf.get("num_hidden_layers", 32),
         n_head=n_head, n_embd=n_embd, n_kv_head=hf.get("num_key_value_heads") or n_head,
         head_dim=hf.get("head_dim") or n_embd // n_head, intermediate_size=hf.get("intermediate_size", 11008),
-        norm="rmsnorm", norm_eps=float(hf.get("rms_norm_eps", 1e-6)), norm_placement="pre", mlp="swiglu",
+        norm="rmsnorm", norm_eps=config_number(hf, "rms_norm_eps", 1e-6), norm_placement="pre", mlp="swiglu",
         position="rope", rope_theta=theta, rope_scaling=scaling, sliding_window=window, bias=attn_bias,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        attn_dropout=float(hf.get("attention_dropout", 0.0)), init_std=float(hf.get("initializer_range", 0.02)),
+        attn_dropout=config_number(hf, "attention_dropout", 0.0),
+        init_std=config_number(hf, "initializer_range", 0.02),
         scale_residual_init=False, extra={"hf_model_type": model_type},
     )
 
@@ -113,13 +116,16 @@ def _rope_from_hf(hf: dict) -> tuple[float, dict | None]:
     params = hf.get(field) or {}
     if not isinstance(params, dict):
         raise ValueError(f"config {field}={params!r}: expected an object")
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    theta = config_number(params if params.get("rope_theta") is not None else hf, "rope_theta", 10000.0)
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ROPE_TYPES:
         raise ValueError(f"config {field} rope_type={kind!r}: supported are {', '.join(ROPE_TYPES)}")
     if kind == "default":
         return theta, None
     scaling = {k: v for k, v in params.items() if k not in ("rope_type", "type", "rope_theta")}
+    if "factor" not in scaling or isinstance(scaling["factor"], bool) or not isinstance(scaling["factor"], int | float):
+        # read before ModelConfig checks it (dynamic scaling sizes the context by it): a KeyError said only 'factor'
+        raise ValueError(f"config {field} factor={scaling.get('factor')!r}: rope_type {kind!r} needs a number >= 1")
     if kind == "llama3":  # transformers' fallback for the pretraining length
         scaling.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
     return theta, {"type": kind, **scaling}  # ModelConfig names any key it does not know

@@ -60,3 +60,36 @@ def test_templates_see_the_pad_unk_and_mask_tokens_as_in_transformers():
     hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, pad_token="<pad>", mask_token="<mask>")
     want = hf.apply_chat_template(MESSAGES, chat_template=template, add_generation_prompt=True, tokenize=False)
     assert render_chat(tok, MESSAGES) == want
+
+
+def test_templates_see_the_sep_and_cls_tokens_a_folder_names_as_in_transformers(tmp_path):
+    """sep_token and cls_token were not passed to a template: "{{ cls_token }}...{{ sep_token }}" rendered them empty
+    where transformers renders the folder's tokens (here RoBERTa's spellings, <s> and </s>)."""
+    transformers = pytest.importorskip("transformers")
+    template = "{{ cls_token }}{% for m in messages %}{{ m.content }}{{ sep_token }}{% endfor %}"
+    tok = Tokenizer.train_bpe(["<s> </s> Hi Yo ?"] * 4, vocab_size=300, special_tokens=("<s>", "</s>"),
+                              show_progress=False)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                         cls_token="<s>", chat_template=template).save_pretrained(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    want = hf.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    assert want == "<s>Hi</s>Yo</s>?</s>"
+    assert render_chat(Tokenizer.load(tmp_path), MESSAGES) == want
+
+
+def test_messages_reach_a_template_as_transformers_passes_them():
+    """transformers drops keys whose value is None (an API's content=None rendered as "None" here) and passes a
+    message's reasoning under reasoning_content and thinking whichever name it came by."""
+    transformers = pytest.importorskip("transformers")
+    template = ("{% for m in messages %}{{ m.role }}:{% if m.content is defined %}{{ m.content }}{% endif %}"
+                "[{{ m.reasoning_content }}|{{ m.thinking }}];{% endfor %}")
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "reasoning": "hmm"},
+                {"role": "user", "content": "?", "name": None}]
+    tok = Tokenizer.train_bpe(["<s> </s> Hi Yo ?"] * 4, vocab_size=300, special_tokens=("<s>", "</s>"),
+                              show_progress=False)
+    tok.chat_template = template
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, bos_token="<s>", eos_token="</s>")
+    want = hf.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False)
+    assert want == "user:Hi[|];assistant:[hmm|hmm];user:?[|];"
+    assert render_chat(tok, messages) == want
+    assert messages[1] == {"role": "assistant", "content": None, "reasoning": "hmm"}  # the caller's are left alone

@@ -229,3 +229,64 @@ def test_padding_side_survives_load_and_save(tmp_path):
     Tokenizer.load(tmp_path / "src").save(tmp_path / "out")
     back = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert (back.padding_side, back.truncation_side) == ("left", "left")
+
+
+def test_the_sep_cls_and_unk_a_folder_names_survive_load_and_save(tmp_path):
+    """A RoBERTa-style folder (sep "</s>", cls "<s>") came back from load + save with no sep_token nor cls_token in
+    transformers: only BERT's spellings ([SEP], [CLS]) were written back."""
+    transformers = pytest.importorskip("transformers")
+    tok = Tokenizer.train_bpe([SAMPLE], vocab_size=300, special_tokens=("<s>", "</s>", "<unk>"), show_progress=False)
+    named = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>"}
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, **named).save_pretrained(tmp_path / "src")
+    Tokenizer.load(tmp_path / "src").save(tmp_path / "out")
+    back = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert {key: getattr(back, key) for key in named} == named
+
+
+@pytest.mark.parametrize("listed_in", ["added_tokens_decoder", "added_tokens.json"])
+def test_a_gpt2_folder_keeps_the_tokens_it_adds_past_its_vocabulary(tmp_path, listed_in):
+    """A GPT-2 style folder (vocab.json + merges.txt) of a fine-tune that added a pad token lost it: "<pad>" was
+    encoded as the text's four tokens, the tokenizer had no pad and 50257 ids where transformers has 50258."""
+    transformers = pytest.importorskip("transformers")
+    vocab, merges = gpt2_files()
+    shutil.copy(vocab, tmp_path / "vocab.json")
+    shutil.copy(merges, tmp_path / "merges.txt")
+    config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "pad_token": "<pad>"}
+    if listed_in == "added_tokens_decoder":
+        flags = {"lstrip": False, "rstrip": False, "single_word": False, "special": True}
+        config[listed_in] = {"50256": {"content": ENDOFTEXT, "normalized": True, **flags},
+                             "50257": {"content": "<pad>", "normalized": False, **flags}}
+    else:  # an older folder: the ids in added_tokens.json, the special ones named in the config
+        (tmp_path / "added_tokens.json").write_text(json.dumps({"<pad>": 50257, "<sep>": 50258}))
+        config["additional_special_tokens"] = ["<sep>"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = Tokenizer.load(tmp_path)
+    text = "hi<pad> there<|endoftext|>"
+    assert ours.encode(text) == ref.encode(text) == [5303, 50257, 612, 50256]
+    assert (ours.vocab_size, ours.pad_id) == (len(ref), ref.pad_token_id)
+    assert ours.pad_id == 50257 and ours.special_ids == sorted(ref.all_special_ids)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "added_tokens_decoder": {
+        "50258": {"content": "<pad>", "special": True}}}))
+    with pytest.raises(ValueError, match="gives '<pad>' id 50258, which is neither its id in the vocabulary nor"):
+        Tokenizer.load(tmp_path)
+
+
+def test_a_gpt2_folder_that_adds_a_prefix_space_encodes_as_transformers(tmp_path):
+    """tokenizer_config.json's add_prefix_space (a GPT-2 style folder fine-tuned for tagging) was ignored: "hello"
+    encoded as 31373 ("hello"), where transformers gives 23748 (" hello")."""
+    transformers = pytest.importorskip("transformers")
+    vocab, merges = gpt2_files()
+    shutil.copy(vocab, tmp_path / "vocab.json")
+    shutil.copy(merges, tmp_path / "merges.txt")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer",
+                                                                "add_prefix_space": True}))
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = Tokenizer.load(tmp_path)
+    for text in ("hello world", "<|endoftext|>hi there", " two  spaces"):
+        assert ours.encode(text) == ref.encode(text), text
+        assert ours.decode(ours.encode(text)) == ref.decode(ref.encode(text), skip_special_tokens=True)
+    assert ours.encode("hello")[0] == 23748
+    ours.save(tmp_path / "out")  # the setting goes along into tokenizer.json
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert again.encode("hello world") == ref.encode("hello world")

@@ -456,3 +456,54 @@ def test_generation_defaults_read_transformers_sampling_settings(tmp_path):
         generation_defaults(tmp_path / "typo")
     with pytest.raises(ValueError, match="generation_config.json is a file; give a run directory"):
         generation_defaults(path)  # it exists: not "no such folder"
+
+
+FAMILY_CONFIGS = {  # family -> (a small config.json as transformers writes it, a float key, its class)
+    "gpt2": ({"model_type": "gpt2", "vocab_size": VOCAB, "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2},
+             "layer_norm_epsilon", "GPT2LMHeadModel"),
+    "llama": ({"model_type": "llama", "vocab_size": VOCAB, "hidden_size": 16, "num_hidden_layers": 1,
+               "num_attention_heads": 2, "intermediate_size": 24, "max_position_embeddings": 16},
+              "rms_norm_eps", "LlamaForCausalLM"),
+    "bert": ({"model_type": "bert", "vocab_size": VOCAB, "hidden_size": 16, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 24, "max_position_embeddings": 16},
+             "layer_norm_eps", "BertModel"),
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILY_CONFIGS))
+def test_config_values_of_the_wrong_kind_are_named(name, tmp_path):
+    """A string where config.json needs a number failed with float()'s "could not convert string to float: 'x'" (no
+    key, no file), a null one with a TypeError traceback (transformers builds such a config with its default), and
+    `architectures` as a lone string was read by its first letter, refusing the folder as a task head."""
+    from neurallayers.interop.hf import family
+
+    hf, number_key, arch = FAMILY_CONFIGS[name]
+    fam = family(name)
+    with pytest.raises(ValueError, match=f"config {number_key}='x': expected a number"):
+        fam.config_from_hf({**hf, number_key: "x"})
+    assert fam.config_from_hf({**hf, number_key: None, "initializer_range": None}) == fam.config_from_hf(hf)
+    assert fam.config_from_hf({**hf, "architectures": arch}) == fam.config_from_hf({**hf, "architectures": [arch]})
+    with pytest.raises(ValueError, match="config architectures=.*expected a list of class names"):
+        fam.config_from_hf({**hf, "architectures": {"a": 1}})
+
+
+def test_dynamic_rope_scaling_without_a_numeric_factor_is_named():
+    """Dynamic scaling without a factor failed with KeyError('factor'), which the CLI printed as "error: factor"; a
+    string factor multiplied the context length into a string of digits."""
+    from neurallayers.interop import llama
+
+    hf, _, _ = FAMILY_CONFIGS["llama"]
+    for params in ({"rope_type": "dynamic"}, {"rope_type": "dynamic", "factor": "2"}):
+        with pytest.raises(ValueError, match="config rope_parameters factor=.*rope_type 'dynamic' needs a number"):
+            llama.config_from_hf({**hf, "rope_parameters": params})
+
+
+def test_convert_never_overwrites_the_folder_that_holds_its_source(tmp_path):
+    """`convert models/a/hf models/a --overwrite` loaded the source, then deleted models/a with the source in it."""
+    src = tmp_path / "models" / "hf"
+    hf_folder(src)
+    with pytest.raises(ValueError, match="holds the source folder"):
+        convert(src, tmp_path / "models", to="hf", overwrite=True)
+    with pytest.raises(ValueError, match="holds the source folder"):
+        convert(src, tmp_path, to="hf", overwrite=True)
+    assert (src / "config.json").is_file() and (src / "model.safetensors").is_file()
