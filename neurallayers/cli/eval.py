@@ -76,11 +76,19 @@ def run(args: argparse.Namespace) -> int:
     elif args.mask_prob is not None:
         raise ValueError("--mask-prob applies to masked LMs (encoders); this model is a decoder")
     data = run_cfg.data if own else DataConfig(source=args.data)
-    if own and data.document_bos is None:  # a run from before config.yaml recorded it: no bos before documents
-        data = dataclasses.replace(data, document_bos=False)
+    if run_cfg is not None:  # any corpus is tokenized as the run's was: a bos before each document or none
+        # (a run from before config.yaml recorded it had none)
+        data = dataclasses.replace(data, document_bos=bool(run_cfg.data.document_bos))
     if args.text_field is not None:
         data = dataclasses.replace(data, text_field=args.text_field)
-    corpus = load_corpus(data.source, text_field=data.text_field)
+    try:
+        corpus = load_corpus(data.source, text_field=data.text_field)
+    except FileNotFoundError:
+        if args.data is not None:
+            raise
+        # the user named no corpus: say it is the run's own (moved or deleted since), and how to name another
+        raise FileNotFoundError(f"the run's corpus {data.source!r} (its config.yaml's data.source) is not there: "
+                                "name the corpus with --data") from None
     if args.text_field is not None:
         _check_text_field(corpus, args.text_field)
     val_fraction = data.val_fraction if own else 0.0
@@ -94,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
     if len(arr) < block + 1 and args.block_size is None and len(arr) >= 2:
         block = len(arr) - 1  # a text shorter than the context: one window of all of it
     if len(arr) < block + 1:
-        raise ValueError(f"the {split} split has {len(arr)} tokens; a window needs {block + 1}"
-                         + (" (try --block-size)" if len(arr) >= 2 else ""))
+        hint = " (try --block-size)" if len(arr) >= 2 else ""
+        if split == "val" and not len(arr):  # a run trained with data.val_fraction 0: it has only a train split
+            hint = f" (the run's data.val_fraction is {val_fraction}: try --split train)"
+        raise ValueError(f"the {split} split has {len(arr)} tokens; a window needs {block + 1}{hint}")
     loss, count = mean_loss(model, arr, block_size=block, batch_size=args.batch_size, max_batches=args.max_batches,
                             device=next(model.parameters()).device, progress=not args.no_progress, masker=masker)
     what = "masked tokens scored" if masker is not None else "tokens scored"

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=non_empty, help="run directory to write (default: runs/<preset or config name>)")
     parser.add_argument("--resume", nargs="?", const=True, default=False,
                         help="continue the run in --out from its newest complete checkpoint, or from the "
-                        "checkpoint folder given")
+                        "checkpoint folder given (whose run is then the default --out)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, one log: the other ranks say only errors
     logging.basicConfig(level=logging.INFO if main_rank else logging.ERROR, format="%(message)s", stream=sys.stderr)
     base = None
+    if isinstance(args.resume, str) and not args.out:  # `--resume runs/x/checkpoints/step-800` names its run too
+        args.out = str(_run_of(args.resume))
     if args.resume and args.out and not (args.config or args.preset):  # the run's own config, then any overrides
         base = Path(args.out) / "config.yaml"
         if not base.is_file():
@@ -98,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
     if result.stopped_reason == "nan":
         return 1
     return EXIT_CODES.get(result.stopped_reason, 0)
+
+
+def _run_of(resume: str) -> Path:
+    """The run directory a `--resume PATH` names: the run itself, or the run whose checkpoints/step-N it is."""
+    path = Path(resume)
+    return path.parent.parent if path.parent.name == "checkpoints" else path
 
 
 def _launcher() -> str:

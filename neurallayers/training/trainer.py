@@ -661,7 +661,7 @@ class _Fit:
             text = masked_lm_samples(self.model, self.tokenizer, self.masker, split, self.device,
                                      prompts=self.cfg.sample_prompts)
             if text and self.info.is_main:
-                write_text_atomic(self.out / "samples.txt", text)
+                _save_samples(self.out / "samples.txt", text)
         elif self.info.is_main or sharded:
             _write_samples(self.model, self.tokenizer, self.cfg, self.out / "samples.txt", self.device,
                            write=self.info.is_main, fixed_length=sharded)
@@ -914,4 +914,13 @@ def _write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path:
                                    o.token_ids[:o.token_ids.index(tokenizer.eos_id)])
                  if tokenizer.eos_id in o.token_ids else o.text for p, o in zip(cfg.sample_prompts, outs, strict=False)]
     parts = [f"=== prompt: {p!r}\n{p}{t}\n" for p, t in zip(cfg.sample_prompts, texts, strict=False)]
-    write_text_atomic(path, "\n".join(parts))
+    _save_samples(path, "\n".join(parts))
+
+
+def _save_samples(path: Path, text: str) -> None:
+    """samples.txt, atomically; like the loss plot a convenience, so a full disk warns instead of failing a finished
+    run (whose checkpoint and weights are already saved) and leaving its plot undrawn."""
+    try:
+        write_text_atomic(path, text)
+    except OSError as e:
+        log.warning("could not write the samples %s (%s)", path, e)

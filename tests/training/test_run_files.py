@@ -2,13 +2,14 @@
 
 import dataclasses
 import errno
+import importlib.util
 import os
 import signal
 from pathlib import Path
 
 import pytest
 import torch
-from nl_train_helpers import read_jsonl, run_fit_process, tiny_run, val_losses
+from nl_train_helpers import ENCODER, read_jsonl, run_fit_process, tiny_run, val_losses
 
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import fit
@@ -38,6 +39,40 @@ def test_a_failed_loss_plot_keeps_the_old_plot_and_the_finished_run(tmp_path, mo
     assert "could not write the loss plot" in caplog.text and "No space left on device" in caplog.text
     assert (out / "loss.png").read_bytes() == before
     assert not list(out.glob(".loss.png.tmp-*"))
+
+
+@pytest.mark.parametrize("model", [None, ENCODER], ids=["decoder", "masked-lm"])
+def test_a_failed_samples_write_warns_and_the_run_finishes(tmp_path, monkeypatch, caplog, model):
+    """samples.txt, like the plot, comes after the run's last checkpoint: a full disk there raised out of fit(), so
+    the CLI reported a finished run failed and its loss plot was never drawn."""
+    from neurallayers.training import trainer
+
+    real = trainer.write_text_atomic
+
+    def full_disk(path, text):
+        if Path(path).name == "samples.txt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(trainer, "write_text_atomic", full_disk)
+    run = tiny_run(
+        tmp_path,
+        model=model,
+        max_steps=2,
+        save_interval=2,
+        eval_interval=2,
+        warmup_steps=0,
+        sample_tokens=4,
+        sample_prompts=["the "],
+    )
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        result = fit(run, tmp_path / "run", progress=False)
+    assert result.steps == 2 and result.stopped_reason == "max_steps"
+    assert "could not write the samples" in caplog.text and "No space left on device" in caplog.text
+    assert not (tmp_path / "run/samples.txt").exists()
+    assert [c.name for c in ckpt.list_checkpoints(tmp_path / "run")] == ["step-2"]
+    if importlib.util.find_spec("matplotlib") is not None:  # the plot, drawn after the samples
+        assert (tmp_path / "run/loss.png").is_file()
 
 
 # SIGKILL while the best weights of step 4 are being written (after step-2's checkpoint)
