@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.shutdown_timeout >= 0 or math.isinf(args.shutdown_timeout):  # NaN fails the first test
         # uvicorn and the engine would read it only at SIGTERM: NaN and inf crash the drain, -1 fails what is in flight
         raise UserError(f"--shutdown-timeout {args.shutdown_timeout}: must be a finite number of seconds >= 0")
+    if args.model_root is not None and not os.path.isdir(args.model_root):  # create_app would name its argument
+        raise UserError(f"--model-root {args.model_root}: not a folder")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     if api_key is not None and not api_key.strip():  # an empty key would serve everyone: say so rather than open up
         where = "--api-key" if args.api_key is not None else f"${API_KEY_ENV}"
@@ -73,11 +75,6 @@ def run(args: argparse.Namespace) -> int:
                      model_root=args.model_root, shutdown_timeout=args.shutdown_timeout, device=args.device,
                      dtype=torch_dtype(args.dtype), compile=args.compile, allow_pickle=args.allow_pickle)
 
-    served = app.state.holder.current
-    port = sock.getsockname()[1]  # --port 0: the port the system chose
-    print(f"neurallayers serve: {served.name!r} ({served.kind}, context {served.block_size}) on "
-          f"http://{args.host}:{port}" + (" (API key required)" if api_key else ""), file=sys.stderr)
-
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             app.state.mark_draining()  # a request that still reaches us gets 503, not a half-served answer
@@ -85,17 +82,27 @@ def run(args: argparse.Namespace) -> int:
 
     # The engine ends what is left at --shutdown-timeout; uvicorn then gives those 503s a moment to go out before it
     # cancels the handlers still running (which a client would see as a plain-text 500 or a cut stream).
-    config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
+    config = uvicorn.Config(app, host=args.host, port=sock.getsockname()[1], log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout + ANSWER_GRACE_S)
-    # uvicorn re-raises the SIGTERM it caught once it has stopped; the handler it restores is this no-op, so a
-    # graceful stop ends the process normally (status 0) instead of killing it with the signal.
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    server = Server(config)
+    # A SIGTERM stops the server gracefully from here on, also before uvicorn installs its own handler (a no-op here
+    # lost one that came in between: the server served on). uvicorn re-raises the SIGTERM it caught once it has
+    # stopped, into the handler it restores, this one, so a graceful stop ends the process normally (status 0).
+    previous = signal.signal(signal.SIGTERM, server.handle_exit)
     try:
-        Server(config).run(sockets=[sock])
+        _announce(args, app.state.holder.current, sock, api_key)  # after that: a supervisor may stop us at once
+        server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
         sock.close()
     return 0
+
+
+def _announce(args: argparse.Namespace, served, sock: socket.socket, api_key: str | None) -> None:
+    port = sock.getsockname()[1]  # --port 0: the port the system chose
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address goes in brackets in a URL
+    print(f"neurallayers serve: {served.name!r} ({served.kind}, context {served.block_size}) on "
+          f"http://{host}:{port}" + (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)
 
 
 def _bind(host: str, port: int) -> socket.socket:

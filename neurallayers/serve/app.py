@@ -109,8 +109,10 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
+        # any request header: the openai clients send their own (X-Stainless-*), and a preflight that refused one
+        # failed every call from the page; the named origins are what CORS guards
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+                           allow_headers=["*"])
     routes = {r.path for r in app.routes if hasattr(r, "path")}
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
 

@@ -69,7 +69,6 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = scope["path"] if scope["path"] in self.routes else "other"
         status = 500
         started = time.perf_counter()
 
@@ -82,5 +81,14 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            route = self._route(scope)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.e2e.labels(route).observe(time.perf_counter() - started)
+
+    def _route(self, scope) -> str:
+        # the template of the route the router matched ("/v1/models/{model_id:path}" for any model id; it leaves it
+        # in the shared scope), else the path itself when it is a route's (a request refused before routing)
+        matched = getattr(scope.get("route"), "path", None)
+        if matched in self.routes:
+            return matched
+        return scope["path"] if scope["path"] in self.routes else "other"

@@ -18,6 +18,7 @@ from neurallayers.serve.schemas import (
     CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    ModelCard,
     ModelList,
 )
 from neurallayers.serve.state import ServedModel, encoder_slot
@@ -50,6 +51,11 @@ def check_model(served: ServedModel, name: str | None, *, need: str | None = Non
                           "model", code="wrong_model_kind")
 
 
+def model_card(served: ServedModel) -> dict:
+    return {"id": served.name, "object": "model", "created": served.created, "owned_by": "neurallayers",
+            "max_model_len": served.max_model_len, "kind": served.kind}
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
@@ -76,9 +82,15 @@ def register(app, *, holder, metrics) -> None:
 
     @app.get("/v1/models", response_model=ModelList, tags=["openai"])
     async def models() -> dict:
-        s = holder.current
-        return {"object": "list", "data": [{"id": s.name, "created": s.created, "max_model_len": s.max_model_len,
-                                            "kind": s.kind}]}
+        return {"object": "list", "data": [model_card(holder.current)]}
+
+    # the openai client's models.retrieve(id); `path`: a --model-name may hold slashes ("org/name")
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, tags=["openai"],
+             responses={404: {"description": "another model's id"}})
+    async def model(model_id: str) -> dict:
+        served = holder.current
+        check_model(served, model_id)
+        return model_card(served)
 
     @app.post("/v1/completions", response_model=CompletionResponse, tags=["openai"],
               responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}})
@@ -253,12 +265,13 @@ def stop_token(request) -> list:
 def echo_texts(tokenizer, prompt, prompts: list[list[int]]) -> list[str]:
     """What `echo` puts before each prompt's completion: a text prompt as the client sent it (its tokens need not
     decode back to it: an unknown character is <unk>, a SentencePiece leading space is dropped), as vLLM echoes it;
-    a token-id prompt decoded."""
+    a token-id prompt decoded with its special tokens (an eval harness's leading end-of-text), as its logprobs list
+    them: dropping them left the text shorter than the tokens' text_offset said."""
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt[0], str):
         return list(prompt)
-    return [tokenizer.decode(ids) for ids in prompts]
+    return [tokenizer.decode(ids, skip_special_tokens=False) for ids in prompts]
 
 
 def embedding_texts(value) -> list[str]:

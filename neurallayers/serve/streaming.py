@@ -206,9 +206,20 @@ def completion_logprobs(tokenizer, lps: list[TokenLogprob], *, offset: int = 0,
         text = token_text(tokenizer, lp.token_id)
         out["tokens"].append(text)
         out["token_logprobs"].append(finite(lp.logprob))
-        out["top_logprobs"].append({token_text(tokenizer, t): finite(v) for t, v in lp.top})
+        out["top_logprobs"].append(top_dict(tokenizer, lp.top, (lp.token_id, lp.logprob)))
         out["text_offset"].append(pos)
         pos += len(text)
+    return out
+
+
+def top_dict(tokenizer, top: list[tuple[int, float]], chosen: tuple[int, float]) -> dict[str, float]:
+    """A completions `top_logprobs` entry: text -> log-probability of the `top` alternatives (most likely first), then
+    the chosen token, as OpenAI lists it ("up to logprobs + 1 elements"). Tokens with the same text (the byte tokens
+    of a multi-byte character all read "\ufffd") share one key, which keeps the most likely one's value: a later one
+    overwriting it made the chosen greedy token look less likely than an alternative."""
+    out: dict[str, float] = {}
+    for t, v in [*top, chosen]:
+        out.setdefault(token_text(tokenizer, t), finite(v))
     return out
 
 
@@ -267,7 +278,7 @@ def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> dict:
         logits = model(torch.tensor([ids], device=device)).logits[0].float()
         logp = torch.log_softmax(logits, dim=-1)  # (T, V): row t predicts token t + 1
         chosen = logp[:-1].gather(1, torch.tensor(ids[1:], device=device)[:, None])[:, 0].tolist()
-        alt_lp, alt_ids = (torch.topk(logp[:-1], top, dim=-1) if top else (None, None))
+        alt_lp, alt_ids = torch.topk(logp[:-1], top, dim=-1)  # top 0: empty (T - 1, 0)
     tok = served.tokenizer
     out = {"tokens": [], "token_logprobs": [None], "top_logprobs": [None], "text_offset": []}
     pos = 0
@@ -278,7 +289,6 @@ def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> dict:
         pos += len(text)
     for i, lp in enumerate(chosen):
         out["token_logprobs"].append(finite(lp))
-        alts = {} if alt_ids is None else {token_text(tok, t): finite(v)
-                                           for t, v in zip(alt_ids[i].tolist(), alt_lp[i].tolist(), strict=True)}
-        out["top_logprobs"].append(alts)
+        alts = list(zip(alt_ids[i].tolist(), alt_lp[i].tolist(), strict=True))
+        out["top_logprobs"].append(top_dict(tok, alts, (ids[i + 1], lp)))
     return out

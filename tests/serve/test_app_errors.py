@@ -469,6 +469,27 @@ def test_cors_is_off_by_default_and_on_for_named_origins(server, run_dir):
         assert bad.headers.get("access-control-allow-origin") != "http://evil.example"
 
 
+def test_cors_lets_the_openai_clients_own_headers_through_a_preflight(run_dir):
+    """The official openai client (the JavaScript one in a browser as the Python one here) sends X-Stainless-* headers
+    on every call, so a browser asks for them in the preflight; refusing them failed every call from that page."""
+    openai = pytest.importorskip("openai")
+    sent = []
+    hook = {"request": [lambda request: sent.append(request.headers)]}
+    with serving(run_dir, cors_origins=["http://ui.example"]) as srv:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="k", max_retries=0,
+                               http_client=httpx.Client(event_hooks=hook))
+        client.models.list()
+        # what a browser would not set itself or lets through without asking
+        ask = sorted({k for k in sent[0] if k not in ("host", "user-agent", "accept", "accept-encoding", "connection",
+                                                      "content-length")})
+        assert any(k.startswith("x-stainless") for k in ask)
+        pre = {"Origin": "http://ui.example", "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": ", ".join(ask)}
+        r = httpx.options(f"{srv.url}/v1/chat/completions", headers=pre)
+        assert r.status_code == 200, r.text
+        assert r.headers["access-control-allow-origin"] == "http://ui.example"
+
+
 def test_default_host_is_loopback():
     import argparse
 

@@ -277,7 +277,7 @@ def test_schemathesis_fuzz_finds_no_server_errors(tmp_path):
                 no_5xx()
         assert_ok_after(srv.url)
     paths = {p for p, _ in seen}
-    assert len(paths) == len(operations) == 11
+    assert len(paths) == len(operations) == 12
     for path in FUZZ_EXAMPLES:  # valid requests got through, not only 400s
         assert any(s == 200 for p, s in seen if p == path), path
 

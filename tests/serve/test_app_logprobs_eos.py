@@ -67,3 +67,20 @@ def _events(url: str, body: dict) -> list[dict]:
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
         return [json.loads(line.removeprefix("data: ")) for line in r.iter_lines()
                 if line.startswith("data: {")]
+
+
+def test_an_echoed_token_id_prompt_keeps_its_special_tokens_where_its_offsets_say(loaded):
+    """An eval harness sends a continuation after end-of-text as token ids; the echoed text must hold every listed
+    token at its text_offset (it dropped the end-of-text, so the prompt's offsets pointed past the text)."""
+    model, tok = loaded
+    ids = [tok.eos_id, *tok.encode("The quick")]
+    body = {"prompt": ids, "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 1}
+    with serving(loaded, model_name="tiny") as srv:
+        choice = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60).json()["choices"][0]
+        chunks = [c for c in _events(srv.url, {**body, "stream": True}) if c["choices"]]
+    text, lp = choice["text"], choice["logprobs"]
+    assert text.startswith(tok.decode(ids, skip_special_tokens=False))
+    assert len(lp["tokens"]) == len(ids) + 3
+    assert all(text[o:o + len(t)] == t for o, t in zip(lp["text_offset"], lp["tokens"], strict=True))
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text
+    assert [o for c in chunks for o in (c["choices"][0]["logprobs"] or {}).get("text_offset", [])] == lp["text_offset"]

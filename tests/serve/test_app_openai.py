@@ -57,6 +57,16 @@ def test_models_lists_the_served_model(client):
     assert card.id == "tiny-char"
 
 
+def test_models_retrieve_gives_the_served_models_card_and_404_for_another(client):
+    card = client.models.retrieve("tiny-char")
+    assert card.id == "tiny-char" and card.object == "model" and card == client.models.list().data[0]
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-4o")
+    assert e.value.body["param"] == "model" and e.value.body["code"] == "model_not_found"
+    metrics = httpx.get(f"{client.base_url}".removesuffix("/v1/") + "/metrics").text  # by route template, not "other"
+    assert 'route="/v1/models/{model_id:path}",status="200"' in metrics
+
+
 def test_greedy_completion_equals_generate(client, loaded):
     out = client.completions.create(model="tiny-char", prompt=PROMPT, max_tokens=12, temperature=0)
     want = oracle(loaded, PROMPT, max_new_tokens=12, temperature=0)

@@ -54,3 +54,36 @@ def test_served_chat_logprob_bytes_join_into_the_reply(tmp_path):
             joined = bytes(b for e in content for b in e["bytes"]).decode("utf-8", errors="replace")
             assert joined == choice["message"]["content"]
         assert split  # the replies did split characters over tokens
+
+
+def test_completion_top_logprobs_keep_the_most_likely_of_tokens_that_read_alike(tmp_path):
+    """Completions' top_logprobs map a token's text to its log-probability: the byte tokens of split characters all
+    read U+FFFD, and the key must keep the most likely one's value (a later, less likely one overwrote it, so a
+    greedy token looked beaten by an alternative, and an eval harness's is-greedy check failed); the chosen token
+    is listed too, as OpenAI lists it (up to logprobs + 1 entries). Oracle: log_softmax of the model's logits."""
+    import torch
+
+    import neurallayers
+
+    run_dir = write_run_dir(tmp_path / "bpe", kind="bpe")
+    model, tok = neurallayers.load(run_dir)
+    collided = 0
+    with serving(run_dir) as srv:
+        for prompt in ("日本語", "🙂🎉", "héllo"):
+            body = {"prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 5, "echo": True}
+            lp = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60).json()["choices"][0]["logprobs"]
+            ids = tok.encode(prompt)
+            ids += neurallayers.generate(model, tok, prompt, max_new_tokens=8, temperature=0)[0].token_ids
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)  # row t scores t + 1
+            for i in range(1, len(ids)):
+                values, alts = torch.topk(logp[i - 1], 5)
+                want: dict[str, float] = {}
+                for t, v in [*zip(alts.tolist(), values.tolist(), strict=True), (ids[i], float(logp[i - 1, ids[i]]))]:
+                    want.setdefault(tok.decode([t], skip_special_tokens=False), v)
+                collided += len(want) < 5
+                got = lp["top_logprobs"][i]
+                assert got.keys() == want.keys() and list(got.values()) == pytest.approx(list(want.values()), abs=1e-5)
+                if i >= len(tok.encode(prompt)):  # a generated (greedy) token is its entry's most likely
+                    assert max(got, key=got.get) == lp["tokens"][i]
+    assert collided  # some entries held tokens that read alike
