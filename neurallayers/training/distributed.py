@@ -6,6 +6,7 @@ checkpoint holds plain full state dicts, so a run trained on N processes resumes
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -27,7 +28,6 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     mode: str = "none"  # "none" | "ddp" | "fsdp"
-    owns_group: bool = False  # we created the process group, so we destroy it
 
     @property
     def enabled(self) -> bool:
@@ -48,7 +48,8 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
     Args:
         mode: TrainConfig.distributed ("auto" | "ddp" | "fsdp" | "none"); auto means ddp.
         device_type: "cpu" (gloo), "cuda" (nccl) or "mps" (not supported distributed).
-        timeout_s: how long a collective waits for a dead peer before every rank fails.
+        timeout_s: how long a collective waits for a dead peer before every rank fails (set when the group is
+            created: a later fit() of the same process keeps the first one's).
     """
     if mode in ("ddp", "fsdp") and not launched_by_torchrun():  # asked for by name: say why it is one process
         log.warning("train.distributed=%s, but this process was not started by torchrun: training in this one "
@@ -66,12 +67,13 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
     local = int(os.environ.get("LOCAL_RANK", rank))
     if device_type == "cuda":
         torch.cuda.set_device(local)
-    owns = not dist.is_initialized()  # a caller's own process group is used as is and left open
-    if owns:
+    if not dist.is_initialized():  # a caller's own process group is used as is
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
-    return DistInfo(rank=rank, world_size=world, local_rank=local, mode="fsdp" if mode == "fsdp" else "ddp",
-                    owns_group=owns)
+        # Kept for the process's later fits (a sweep under torchrun), destroyed at exit: creating the default group
+        # again after destroying it hangs inside torch (pytorch/pytorch#74666, #55967; 2 launches in 3 here).
+        atexit.register(_destroy_group)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, mode="fsdp" if mode == "fsdp" else "ddp")
 
 
 def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
@@ -265,5 +267,8 @@ def finish(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled:  # an error path skips finish(): give gloo's workers the same moment (see finish), or a rank
         time.sleep(0.1)  # that raised rank 0's error after its last broadcast could abort at exit (SIGABRT)
-    if info.owns_group and dist.is_initialized():
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
