@@ -61,6 +61,14 @@ def _check_texts(texts: object, name: str = "texts") -> list[str]:
     return list(texts)
 
 
+def check_tokenizer(tokenizer: object) -> None:
+    """A tokenizer argument that is not one (None, a path, a transformers tokenizer) was an AttributeError deep inside
+    (`'NoneType' object has no attribute 'model_max_length'`)."""
+    if not isinstance(tokenizer, Tokenizer):
+        raise ValueError(f"tokenizer must be a neurallayers Tokenizer (nl.load returns one with the model), "
+                         f"got {type(tokenizer).__name__}")
+
+
 def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[str] | None = None,
                    max_length: int | None = None, return_offsets: bool = False) -> dict[str, torch.Tensor]:
     """Encode texts (and optional second segments) with the tokenizer's special tokens, right-padded.
@@ -75,13 +83,14 @@ def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[s
     Returns:
         "input_ids", "attention_mask", "token_type_ids": LongTensors (N, T), T the longest encoding.
     """
+    check_tokenizer(tokenizer)
     texts = _check_texts(texts)
     if text_pairs is not None:
         text_pairs = _check_texts(text_pairs, "text_pairs")
         if len(text_pairs) != len(texts):
             raise ValueError(f"text_pairs has {len(text_pairs)} items, texts has {len(texts)}: they must match")
-    if max_length is not None and max_length < 2:
-        raise ValueError(f"max_length={max_length}: must be >= 2 (room for the special tokens)")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2):
+        raise ValueError(f"max_length={max_length!r}: must be an int >= 2 (room for the special tokens), or None")
     inputs = list(zip(texts, text_pairs, strict=True)) if text_pairs is not None else texts
     encodings = _raw(tokenizer, max_length).encode_batch(inputs, add_special_tokens=True)
     return _collate(encodings, pad_id=tokenizer.pad_id, return_offsets=return_offsets)
@@ -149,6 +158,9 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 def _encoder_of(model: nn.Module) -> nn.Module:
     from neurallayers.models.encoder import EncoderModel, base_encoder
 
+    if isinstance(model, str | Path):  # "got str" did not say what to pass instead
+        raise ValueError(f"embed needs a loaded model, got the path {str(model)!r}: "
+                         "model, tokenizer = neurallayers.load(path) first")
     cfg = getattr(model, "config", None)
     if cfg is None or cfg.causal:
         raise ValueError(f"embed needs an encoder model (causal=False), got {type(model).__name__}")
@@ -208,12 +220,15 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         max_length: truncate longer texts to this many tokens; default the tokenizer's `model_max_length`,
             capped at the model's context length.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+    if normalize is not None and not isinstance(normalize, bool):  # "no" is truthy: it normalised
+        raise ValueError(f"normalize={normalize!r}: must be True, False or None (the model's own)")
     texts = _check_texts(texts)
     encoder = _encoder_of(model)
+    check_tokenizer(tokenizer)
     texts = read_as(encoder, texts)
-    pooling = pooling or model_pooling(encoder)
+    pooling = model_pooling(encoder) if pooling is None else pooling  # "" is a mistake, not the default
     width = encoder.config.n_embd * len(pooling_modes(pooling))
     block = encoder.config.block_size
     if max_length is None:
@@ -250,6 +265,9 @@ def _embed_batches(encoder: nn.Module, tokenizer: Tokenizer, encodings: list, ou
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every row of a (N, C) with every row of b (M, C): (N, M). 1-D inputs count as one
     row each and the matching dimension is dropped (two vectors give a scalar)."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        raise ValueError(f"cosine_similarity needs two tensors (embed's output), got {type(a).__name__} and "
+                         f"{type(b).__name__}")
     if a.ndim not in (1, 2) or b.ndim not in (1, 2) or a.shape[-1] != b.shape[-1]:
         raise ValueError(f"cosine_similarity needs (N, C) and (M, C) tensors, "
                          f"got {tuple(a.shape)} and {tuple(b.shape)}")

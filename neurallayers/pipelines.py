@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from neurallayers.data.tokenizers import MASK_TOKENS, Tokenizer
-from neurallayers.embeddings import _check_texts, embed, input_limit, tokenize_batch
+from neurallayers.embeddings import _check_texts, check_tokenizer, embed, input_limit, tokenize_batch
+from neurallayers.nn.modes import eval_mode
 
 
 class Pipeline(ABC):
-    """Holds a model (eval mode) and its tokenizer; subclasses implement `_run(list of inputs) -> list`."""
+    """Holds a model (each call in eval mode, its own mode after) and its tokenizer; subclasses implement `_run`."""
 
     task = ""
     heads: tuple[str, ...] = ()  # the encoder heads this task can use; empty for decoder tasks
@@ -36,9 +37,12 @@ class Pipeline(ABC):
         if self.heads and (cfg.causal or cfg.head not in self.heads):
             have = "a causal decoder" if cfg.causal else f"an encoder with head={cfg.head!r}"
             raise ValueError(f"{self.task} needs an encoder with config.head in {self.heads}, got {have}")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
-        self.model, self.tokenizer, self.config, self.batch_size = model.eval(), tokenizer, cfg, batch_size
+        check_tokenizer(tokenizer)
+        # the caller's model keeps its mode: each call runs in eval mode (as embed and generate do), so a pipeline made
+        # in the middle of training does not leave its dropout off
+        self.model, self.tokenizer, self.config, self.batch_size = model, tokenizer, cfg, batch_size
         self.device = next(model.parameters()).device
 
     def __call__(self, inputs: str | list[str], **kwargs: Any) -> Any:
@@ -63,7 +67,7 @@ class Pipeline(ABC):
         kw = {"attention_mask": batch["attention_mask"].to(self.device)}
         if self.config.type_vocab_size > 0:
             kw["token_type_ids"] = batch["token_type_ids"].to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), eval_mode(self.model):
             return self.model(batch["input_ids"].to(self.device), **kw).logits.float()
 
     def _batches(self, texts: list[str], pairs: list[str] | None = None, **kw: Any):
@@ -179,7 +183,8 @@ class TokenClassificationPipeline(Pipeline):
     task = "token-classification"
     heads = ("token_classification",)
 
-    def _run(self, items: list, *, ignore_labels: tuple[str, ...] = ("O",)) -> list[list[dict]]:
+    def _run(self, items: list, *, ignore_labels: tuple[str, ...] | None = ("O",)) -> list[list[dict]]:
+        ignore_labels = _label_set(ignore_labels)
         texts = _check_texts(items, "inputs")
         names = label_names(self.config)
         results = []
@@ -258,6 +263,18 @@ def _switch(name: str, value: Any) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise ValueError(f"{name}={value!r}: must be True or False")
     return value
+
+
+def _label_set(ignore_labels: Any) -> set[str]:
+    """token-classification's ignore_labels: None is transformers' default ("O"), and a string one label (`entity in
+    "B-PER"` matched "B" and "PER" too); None was "TypeError: argument of type 'NoneType' is not iterable"."""
+    if ignore_labels is None:
+        return {"O"}
+    if isinstance(ignore_labels, str):
+        return {ignore_labels}
+    if not isinstance(ignore_labels, list | tuple | set) or not all(isinstance(x, str) for x in ignore_labels):
+        raise ValueError(f"ignore_labels={ignore_labels!r}: must be a list of label names (None: ['O'])")
+    return set(ignore_labels)
 
 
 def _scores(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:

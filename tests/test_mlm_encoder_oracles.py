@@ -89,3 +89,25 @@ def test_ids_outside_the_vocabulary_are_a_clear_error(head):
         model(torch.tensor([[2, 101, 7]]))
     with pytest.raises(ValueError, match=r"input_ids must be in \[0, vocab_size=50\), got values in \[-1, 7\]"):
         model(torch.tensor([[2, -1, 7]]))
+
+
+@pytest.mark.parametrize(
+    "head, hf_class", [("mlm", "BertForMaskedLM"), ("token_classification", "BertForTokenClassification")]
+)
+def test_per_token_labels_take_int32_ids_and_name_float_ones(head, hf_class):
+    """int32 labels (as int32 input_ids and sequence labels are taken) were "expected target dtype to be Long or Byte,
+    but got Int" from the loss; float labels the same, now one line naming labels."""
+    cfg = tiny(head=head, pooler=False)
+    torch.manual_seed(0)
+    ref = getattr(transformers, hf_class)(transformers.BertConfig(**bert.config_to_hf(cfg))).eval()
+    ours = build_model(cfg).eval()
+    ours.load_state_dict(bert.to_ours(ref.state_dict(), cfg))
+    ids = torch.tensor([[2, 7, 9, 11], [3, 5, 8, 13]])
+    labels = torch.tensor([[-100, 1, -100, 2], [0, -100, 2, -100]])
+    with torch.no_grad():
+        want = ref(input_ids=ids, labels=labels).loss
+        torch.testing.assert_close(ours(ids, labels=labels.int()).loss, want)
+        if head == "mlm":
+            torch.testing.assert_close(ours(ids, labels=labels.int(), logits_at_labels=True).loss, want)
+    with pytest.raises(ValueError, match=r"labels must be integer ids \(-100 where ignored\), got a torch.float32"):
+        ours(ids, labels=labels.float())

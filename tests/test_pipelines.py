@@ -309,3 +309,59 @@ def test_text_generation_switches_are_read_as_transformers_reads_them():
     for name, value in (("do_sample", 0), ("do_sample", "false"), ("return_full_text", "no")):
         with pytest.raises(ValueError, match=f"^{name}={value!r}: must be True or False$"):
             gen("hello", max_new_tokens=4, **{name: value})
+
+
+def test_a_pipeline_leaves_the_callers_model_in_its_own_mode(wordpiece):
+    """pipeline() put the model in eval mode for good: one made in the middle of training (a fill-mask check, say)
+    turned its dropout off for the rest of the run. Each call runs without dropout, the mode comes back after."""
+    model = tiny_bert("mlm", dropout=0.5)
+    want = pipeline("fill-mask", model=(model, wordpiece))("the [MASK] sat")
+    model.train()
+    fill = pipeline("fill-mask", model=(model, wordpiece))
+    assert model.training
+    assert fill("the [MASK] sat") == want and model.training  # no dropout inside, training mode after
+    classify = tiny_bert("sequence_classification").train()
+    pipeline("text-classification", model=(classify, wordpiece))("some text")
+    assert classify.training
+
+
+def test_embedding_arguments_of_the_wrong_kind_are_one_clear_line(wordpiece):
+    """A tokenizer that is not one was "AttributeError: 'NoneType' object has no attribute 'model_max_length'";
+    pooling="" took the model's pooling and normalize="no" (truthy) normalised, silently; a float max_length was
+    "TypeError: 'float' object cannot be interpreted as an integer"; lists to cosine_similarity an AttributeError;
+    a run's path as the model "embed needs an encoder model (causal=False), got str"."""
+    from neurallayers.embeddings import cosine_similarity
+
+    model = tiny_bert("none")
+    with pytest.raises(ValueError, match="tokenizer must be a neurallayers Tokenizer .*, got NoneType"):
+        embed(model, None, ["a"])
+    with pytest.raises(ValueError, match="tokenizer must be a neurallayers Tokenizer .*, got str"):
+        tokenize_batch("tokenizer.json", ["a"])
+    with pytest.raises(ValueError, match="tokenizer must be a neurallayers Tokenizer .*, got NoneType"):
+        pipeline("feature-extraction", model=(model, None))
+    with pytest.raises(ValueError, match=r"embed needs a loaded model, got the path 'runs/bert': model, tokenizer = "):
+        embed("runs/bert", wordpiece, ["a"])
+    with pytest.raises(ValueError, match="pooling='': valid are mean"):
+        embed(model, wordpiece, ["a"], pooling="")
+    with pytest.raises(ValueError, match=r"normalize='no': must be True, False or None"):
+        embed(model, wordpiece, ["a"], normalize="no")
+    with pytest.raises(ValueError, match=r"batch_size=True: must be an int >= 1"):
+        embed(model, wordpiece, ["a"], batch_size=True)
+    with pytest.raises(ValueError, match=r"max_length=2.5: must be an int >= 2"):
+        tokenize_batch(wordpiece, ["a"], max_length=2.5)
+    with pytest.raises(ValueError, match="cosine_similarity needs two tensors .*, got list and list"):
+        cosine_similarity([1.0, 0.0], [0.0, 1.0])
+
+
+def test_token_classification_ignore_labels_as_transformers_reads_them(wordpiece):
+    """ignore_labels=None (transformers' default, "O") was "TypeError: argument of type 'NoneType' is not iterable", and
+    a string was matched by substring: "B-ENT" also dropped the entities labelled "ENT"."""
+    model = tiny_bert("token_classification", num_labels=3, extra={"id2label": {"0": "O", "1": "ENT", "2": "B-ENT"}})
+    ner = pipeline("token-classification", model=(model, wordpiece))
+    text = "Angela Merkel visited Washington yesterday."
+    every = ner(text, ignore_labels=[])
+    assert {e["entity"] for e in every} == {"O", "ENT", "B-ENT"}  # the seed gives all three
+    assert ner(text, ignore_labels=None) == ner(text) == [e for e in every if e["entity"] != "O"]
+    assert ner(text, ignore_labels="B-ENT") == [e for e in every if e["entity"] != "B-ENT"]
+    with pytest.raises(ValueError, match=r"ignore_labels=5: must be a list of label names"):
+        ner(text, ignore_labels=5)

@@ -57,12 +57,16 @@ class Masker:
         At least one token per row (window) is selected when the row has any that is not special, so the loss is
         defined for every slice of rows (each process's share of a batch, under DDP).
         """
+        if not isinstance(ids, torch.Tensor):  # a numpy batch was "'numpy.ndarray' object has no attribute ..."
+            raise ValueError(f"ids must be a (B, T) torch tensor of integer ids, got {type(ids).__name__}")
         if ids.ndim != 2 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise ValueError(f"ids must be (B, T) integer ids, got a {ids.dtype} tensor of shape {tuple(ids.shape)}")
-        if index < 0:
-            raise ValueError(f"index={index} must be >= 0")
+        if isinstance(index, bool) or not isinstance(index, int | np.integer) or index < 0:
+            raise ValueError(f"index={index!r}: must be an int >= 0")  # a tensor was a TypeError from numpy's seeding
         rng = np.random.Generator(np.random.PCG64([self.seed, stream, index]))
         x = ids.numpy()
+        if x.size and (x.min() < 0 or x.max() >= self.vocab_size):  # another tokenizer's ids: labels past the head
+            raise ValueError(f"ids must be in [0, vocab_size={self.vocab_size}), got values in [{x.min()}, {x.max()}]")
         eligible = ~np.isin(x, self.special_ids)
         selected = (rng.random(x.shape) < self.prob) & eligible
         how = rng.random(x.shape)

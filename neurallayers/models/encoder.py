@@ -73,8 +73,9 @@ class EncoderModel(nn.Module):
         """
         cfg = self.config
         b, t = _check_ids(input_ids, "input_ids")
-        if not self.training:  # a user's forward: another tokenizer's ids, say. Training reads a checked token cache,
-            # and a training step should not pay a host sync for it (as in the decoder)
+        if not self.training or input_ids.device.type == "cpu":
+            # another tokenizer's ids, say. A GPU training step pays no host sync for it (the trainer's token cache is
+            # checked); on the CPU it costs no sync, and a user's own training loop got torch's bare IndexError
             check_below(input_ids, cfg.vocab_size, "input_ids", "vocab_size")
         if t > cfg.block_size and cfg.position in ("learned", "sinusoidal"):
             raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
@@ -83,7 +84,8 @@ class EncoderModel(nn.Module):
             position_ids = torch.arange(t, device=device)[None, :].expand(b, t)
         else:
             position_ids = check_position_ids(position_ids, b, t)
-            if cfg.position in ("learned", "sinusoidal"):
+            if cfg.position in ("learned", "sinusoidal"):  # they index a table
+                _check_integer(position_ids, "position_ids")
                 check_below(position_ids, cfg.block_size, "position_ids", "block_size")
         x = self.wte(input_ids)
         if self.wpe is not None:
@@ -95,6 +97,7 @@ class EncoderModel(nn.Module):
                 token_type_ids = torch.zeros_like(input_ids)
             else:  # ours are zeros: only a caller's are checked
                 _check_same_shape(token_type_ids, input_ids, "token_type_ids")
+                _check_integer(token_type_ids, "token_type_ids")
                 check_below(token_type_ids, cfg.type_vocab_size, "token_type_ids", "type_vocab_size")
             x = x + self.wtt(token_type_ids)
         elif token_type_ids is not None:
@@ -173,7 +176,7 @@ class EncoderForMaskedLM(_HeadModel):
         # outside the loss fails the next step
         out = self.encoder(input_ids, pool=False, **kwargs)
         if labels is not None:
-            _check_same_shape(labels, input_ids, "labels")
+            labels = _token_labels(labels, input_ids)
         if labels is not None and logits_at_labels:
             where = labels != -100
             out.logits = self.head(out.hidden[where], self.encoder.wte.weight)
@@ -253,7 +256,7 @@ class EncoderForTokenClassification(_HeadModel):
         out = self.encoder(input_ids, **kwargs)
         out.logits = self.classifier(self.drop(out.hidden))
         if labels is not None:
-            _check_same_shape(labels, input_ids, "labels")
+            labels = _token_labels(labels, input_ids)
             out.loss = F.cross_entropy(out.logits.float().flatten(0, 1), labels.reshape(-1), ignore_index=-100)
         return out
 
@@ -288,9 +291,24 @@ def _check_ids(ids: torch.Tensor, name: str) -> tuple[int, int]:
     return ids.shape
 
 
+def _check_integer(ids: torch.Tensor, name: str) -> None:
+    """Float ids were torch's 'Expected tensor for argument #1 'indices' to have one of ...' from the embedding."""
+    if ids.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"{name} must be an integer (int64 or int32) tensor, got {ids.dtype}")
+
+
 def _check_same_shape(x: torch.Tensor, ids: torch.Tensor, name: str) -> None:
     if x.shape != ids.shape:
         raise ValueError(f"{name} must have the shape of input_ids {tuple(ids.shape)}, got {tuple(x.shape)}")
+
+
+def _token_labels(labels: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token labels as cross-entropy takes them: int32 ids too (as input_ids and sequence labels), and float ones
+    one line, not "expected target dtype to be Long or Byte, but got Int" from the loss."""
+    _check_same_shape(labels, input_ids, "labels")
+    if labels.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"labels must be integer ids (-100 where ignored), got a {labels.dtype} tensor")
+    return labels.long()
 
 
 def _rope_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """BERT's masking: rates, special tokens, labels, and masks that depend only on (seed, stream, index)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,19 @@ def test_a_bad_seed_or_non_integer_ids_are_refused_in_one_line():
         masker(torch.full((1, 3), 5.7), 0)
     inputs, labels = masker(torch.full((1, 3), 5, dtype=torch.int32), 0)  # any integer dtype
     assert inputs.dtype == labels.dtype == torch.int64
+
+
+def test_ids_outside_the_vocabulary_or_a_bad_index_are_one_line():
+    """Another tokenizer's ids became labels past the head ('IndexError: Target 5000 is out of bounds' at the loss); a
+    tensor index was numpy's 'TypeError: len() of a 0-d tensor', a numpy batch an AttributeError."""
+    masker = Masker(mask_id=3, vocab_size=10, seed=0)
+    with pytest.raises(ValueError, match=r"ids must be in \[0, vocab_size=10\), got values in \[4, 5000\]"):
+        masker(torch.tensor([[4, 5000, 5]]), 0)
+    with pytest.raises(ValueError, match=r"ids must be in \[0, vocab_size=10\), got values in \[-1, 5\]"):
+        masker(torch.tensor([[4, -1, 5]]), 0)
+    for index in (torch.tensor(2), 1.5, True):
+        with pytest.raises(ValueError, match=r"index=.*: must be an int >= 0"):
+            masker(torch.tensor([[4, 5]]), index)
+    with pytest.raises(ValueError, match=r"ids must be a \(B, T\) torch tensor of integer ids, got ndarray"):
+        masker(np.array([[4, 5]]), 0)
+    assert masker(torch.zeros(2, 0, dtype=torch.long), 0)[0].shape == (2, 0)  # nothing to check, nothing to mask

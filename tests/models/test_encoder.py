@@ -231,3 +231,26 @@ def test_ids_past_their_embedding_tables_are_clear_errors():
     torch.testing.assert_close(model(ids, position_ids=torch.arange(5)[None]).hidden, model(ids).hidden)
     # and (T,) as (1, T), as transformers' BertModel takes it (refused for a while)
     torch.testing.assert_close(model(ids, position_ids=torch.arange(5)).hidden, model(ids).hidden)
+
+
+def test_a_training_forward_on_the_cpu_names_ids_outside_the_vocabulary():
+    """The check ran in eval mode only: a user's own training loop on the CPU (no host sync to save there) got torch's
+    'IndexError: index out of range in self' for another tokenizer's ids."""
+    model = build_model(tiny(head="mlm", pooler=False)).train()
+    ids = torch.tensor([[2, 101, 7]])
+    with pytest.raises(ValueError, match=r"input_ids must be in \[0, vocab_size=97\), got values in \[2, 101\]"):
+        model(ids, labels=ids)
+
+
+def test_float_token_type_or_position_ids_are_one_clear_line():
+    """They were torch's "Expected tensor for argument #1 'indices' to have one of the following scalar types"."""
+    model = build_model(tiny()).eval()
+    ids = torch.randint(1, VOCAB, (2, 5))
+    must = r"must be an integer \(int64 or int32\) tensor, got torch.float32"
+    with pytest.raises(ValueError, match="token_type_ids " + must):
+        model(ids, token_type_ids=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="position_ids " + must):
+        model(ids, position_ids=torch.arange(5.0))
+    types = torch.zeros(2, 5, dtype=torch.int32)  # int32 ids are ids
+    torch.testing.assert_close(model(ids, token_type_ids=types, position_ids=types).hidden,
+                               model(ids, position_ids=torch.zeros(2, 5, dtype=torch.long)).hidden)
