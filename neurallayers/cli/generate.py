@@ -52,9 +52,11 @@ def generation_config(args: argparse.Namespace):
     temperature = args.temperature
     if temperature is None:
         temperature = 0.0 if searching else 0.8
-    elif searching and temperature > 0:
-        print("note: beam search and contrastive search are deterministic: --temperature, --top-p and --min-p are "
-              "not used", file=sys.stderr)
+    unused = _unused_sampling_flags(args) if searching else []
+    if unused:
+        flags = unused[0] if len(unused) == 1 else f"{', '.join(unused[:-1])} and {unused[-1]}"
+        print(f"note: beam search and contrastive search are deterministic: {flags} "
+              f"{'is' if len(unused) == 1 else 'are'} not used", file=sys.stderr)
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=_given(args.top_k, 0),
         top_p=_given(args.top_p, 1.0), min_p=_given(args.min_p, 0.0),
@@ -66,6 +68,17 @@ def generation_config(args: argparse.Namespace):
         logit_bias=_logit_bias(args.logit_bias), contrastive_alpha=getattr(args, "contrastive_alpha", 0.1),
         num_speculative_tokens=getattr(args, "num_speculative_tokens", 4),  # generate's own flags (--amateur, --draft)
         early_stopping={"false": False, "true": True, "never": "never"}[args.early_stopping])
+
+
+def _unused_sampling_flags(args: argparse.Namespace) -> list[str]:
+    """The sampling flags given that a search does not use: all of them in beam search, all but --top-k (its
+    candidate count) in contrastive search. The note named only a --temperature, so --top-p 0.5 went unused
+    silently."""
+    flags = {"--temperature": (args.temperature, (None, 0)), "--top-k": (args.top_k, (None, 0)),
+             "--top-p": (args.top_p, (None, 1)), "--min-p": (args.min_p, (None, 0))}
+    if args.num_beams <= 1:  # contrastive search
+        del flags["--top-k"]
+    return [flag for flag, (value, off) in flags.items() if value not in off]
 
 
 def _given(value, default):

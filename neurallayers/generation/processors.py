@@ -256,8 +256,8 @@ class MinNewTokens:
 
 def build_processors(config: GenerationConfig, *, eos_ids: Sequence[int], prompt_lens: int | Sequence[int],
                      pad_lens: int | Sequence[int] | None = None) -> list:
-    """The processors `config` asks for, in Hugging Face order: bans and penalties, then temperature, top-k,
-    top-p, min-p. Greedy configs (temperature 0) get no sampling warpers.
+    """The processors `config` asks for, in Hugging Face order: logit bias, penalties and bans, then temperature,
+    top-k, top-p, min-p. Greedy configs (temperature 0) get no sampling warpers.
 
     Args:
         config: the generation settings.
@@ -273,6 +273,8 @@ def build_processors(config: GenerationConfig, *, eos_ids: Sequence[int], prompt
     prompt = _per_row("prompt_lens", prompt_lens)
     stops = ([] if config.ignore_eos else list(eos_ids)) + list(config.stop_token_ids)
     procs: list = []
+    if config.logit_bias:  # first, as transformers' sequence_bias and vLLM's logit_bias: the penalty sees the bias
+        procs.append(LogitBias(config.logit_bias))
     if config.repetition_penalty != 1.0:
         procs.append(RepetitionPenalty(config.repetition_penalty, pad_lens=pad_lens))
     if config.presence_penalty != 0.0:
@@ -281,8 +283,6 @@ def build_processors(config: GenerationConfig, *, eos_ids: Sequence[int], prompt
         procs.append(FrequencyPenalty(config.frequency_penalty, prompt_len=prompt))
     if config.no_repeat_ngram_size > 0:
         procs.append(NoRepeatNGram(config.no_repeat_ngram_size, pad_lens=pad_lens))
-    if config.logit_bias:
-        procs.append(LogitBias(config.logit_bias))
     if config.min_new_tokens > 0 and stops:
         if not isinstance(prompt, int):
             raise ValueError("min_new_tokens needs one prompt width for all rows: left-pad the batch and pass the "
@@ -301,10 +301,11 @@ def build_processors(config: GenerationConfig, *, eos_ids: Sequence[int], prompt
 
 
 def check_some_token_left(config: GenerationConfig, scores: torch.Tensor, generated: int,
-                          live: torch.Tensor | None = None) -> None:
+                          live: torch.Tensor | None = None, *, rows_per_prompt: int | None = None) -> None:
     """Refuse a step at which the bans leave a row no token at all (no_repeat_ngram_size on a small vocabulary,
     with min_new_tokens holding back the stop tokens): its softmax is NaN, and decoding then chose a banned token
-    or failed inside torch.multinomial. scores: (B, V) processed; live: (B,) rows still decoding (None: all)."""
+    or failed inside torch.multinomial. scores: (B, V) processed; live: (B,) rows still decoding (None: all);
+    rows_per_prompt: given for prompt-major rows, the error names the prompt (the one a batch must lose)."""
     if config.no_repeat_ngram_size == 0:  # no other rule sets every score to -inf
         return
     empty = torch.isneginf(scores).all(dim=-1)
@@ -317,9 +318,13 @@ def check_some_token_left(config: GenerationConfig, scores: torch.Tensor, genera
         fixes = ["a smaller no_repeat_ngram_size (0 turns it off)", *["a smaller min_new_tokens"] * holding,
                  *[f"max_new_tokens <= {generated}"] * (generated > 0)]
         use = fixes[0] if len(fixes) == 1 else f"{', '.join(fixes[:-1])} or {fixes[-1]}"
+        # in a batch, which prompt: the error ends the whole call, and the others decode without it
+        which = ""
+        if rows_per_prompt is not None and scores.shape[0] > rows_per_prompt:
+            which = f" for prompt {int(empty.nonzero()[0, 0]) // rows_per_prompt}"
         raise ValueError(f"GenerationConfig.no_repeat_ngram_size={config.no_repeat_ngram_size} bans every token of the "
-                         f"model's {scores.shape[-1]}-token vocabulary after {generated} generated tokens{held}: no "
-                         f"token is left to choose; use {use}")
+                         f"model's {scores.shape[-1]}-token vocabulary{which} after {generated} generated "
+                         f"tokens{held}: no token is left to choose; use {use}")
 
 
 def apply_processors(procs: Sequence, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

@@ -228,3 +228,15 @@ def test_beam_search_finishes_hypotheses_at_stop_strings_as_transformers_does(
     (got,) = generate(ours, tok, prompt, temperature=0, stop=stop, ignore_eos=True, **settings)
     assert got.text == full[:cut]
     assert got.finish_reason == ("stop" if cut < len(full) else "length")
+
+
+def test_running_out_of_tokens_in_a_batch_names_the_prompt() -> None:
+    """The error ends the whole batched call: it names the prompt that ran out, which the others decode without."""
+    model = tiny(seed=3, vocab=V, n_layer=1, n_embd=16, n_head=2)
+    cfg = GenerationConfig(max_new_tokens=3, no_repeat_ngram_size=1, seed=0, ignore_eos=True, num_return_sequences=2)
+    prompts = [[2], [1, 5], list(range(V))]
+    with pytest.raises(ValueError, match=r"8-token vocabulary for prompt 2 after 0 generated tokens"):
+        generate(model, None, prompts, cfg)
+    assert len(generate(model, None, prompts[:2], cfg)) == 4
+    with pytest.raises(ValueError, match=r"8-token vocabulary after 0 generated tokens"):  # alone: no prompt named
+        generate(model, None, prompts[2:], cfg)

@@ -281,6 +281,39 @@ def test_beam_dispatch_decodes_text() -> None:
     assert g.text == " wörld " and g.finish_reason == "stop"
 
 
+def test_beam_stop_strings_decode_only_the_text_near_the_end(monkeypatch) -> None:
+    """Beam search asks every candidate at every step whether its text holds a stop string: decoding its whole text
+    each time made the search quadratic in its length; now each check decodes a few of its last tokens, and the
+    hypotheses are those the whole-text check gives."""
+    import importlib
+
+    gen_module = importlib.import_module("neurallayers.generation.generate")  # the package's `generate` is the function
+    tok = unicode_tokenizer()
+    lm = tiny_lm(seed=3, vocab=tok.vocab_size, init_std=0.05, block_size=160)
+    cfg = GenerationConfig(temperature=0, num_beams=2, num_return_sequences=2, max_new_tokens=80, ignore_eos=True)
+    longest = []
+    decode = type(tok).decode
+
+    def counting(self, ids, *args, **kwargs):
+        ids = list(ids)
+        longest.append(len(ids))
+        return decode(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(tok), "decode", counting)
+    gens = generate(lm, tok, "héllo", cfg, stop=["@@never@@"])
+    assert [len(g.token_ids) for g in gens] == [80, 80] and max(longest) < 50  # was the whole text: 80+
+    text, reasons = gens[0].text, []
+    for stops in ([text[40:43]], [text[60:70], text[5:6]]):
+        near = generate(lm, tok, "héllo", cfg, stop=stops)
+        monkeypatch.setattr(gen_module, "STOP_MARGIN", 10**9)  # the tail is then always the whole text
+        whole = generate(lm, tok, "héllo", cfg, stop=stops)
+        monkeypatch.setattr(gen_module, "STOP_MARGIN", 8)
+        assert [(g.token_ids, g.text, g.finish_reason, g.score) for g in near] == \
+            [(g.token_ids, g.text, g.finish_reason, g.score) for g in whole]
+        reasons += [g.finish_reason for g in near]
+    assert "stop" in reasons
+
+
 def test_an_encoder_is_refused_in_one_line() -> None:
     from neurallayers.generation import stream
     from neurallayers.models import ModelConfig, build_model

@@ -121,7 +121,7 @@ def test_build_order_and_greedy() -> None:
                            min_new_tokens=2)
     procs = build_processors(cfg, eos_ids=[0], prompt_lens=[4, 4])
     assert [type(p).__name__ for p in procs] == [
-        "RepetitionPenalty", "PresencePenalty", "FrequencyPenalty", "NoRepeatNGram", "LogitBias", "MinNewTokens",
+        "LogitBias", "RepetitionPenalty", "PresencePenalty", "FrequencyPenalty", "NoRepeatNGram", "MinNewTokens",
         "TemperatureWarper", "TopKWarper", "TopPWarper", "MinPWarper"]
     greedy = build_processors(cfg.replace(temperature=0.0), eos_ids=[0], prompt_lens=4)
     assert not any(isinstance(p, (TemperatureWarper, TopKWarper, TopPWarper, MinPWarper)) for p in greedy)
@@ -194,3 +194,21 @@ def test_a_temperature_below_float32s_range_samples_the_greedy_choice():
             assert generate(model, None, prompt, cold, **extra)[0].token_ids == greedy[0].token_ids
     scores = torch.tensor([[1.0, 3.0, -float("inf"), 2.0], [0.0, 0.0, 0.0, 0.0]])
     assert TemperatureWarper(1e-50)(None, scores).softmax(-1).tolist() == [[0.0, 1.0, 0.0, 0.0], [0.25] * 4]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_logit_bias_goes_before_the_penalties_as_transformers_sequence_bias_does(seed: int) -> None:
+    """transformers applies sequence_bias (logit_bias of single tokens) before the repetition penalty, and vLLM its
+    logit_bias before its penalties: a seen token biased by b scores (x + b) / penalty there; ours scored
+    x / penalty + b, another distribution."""
+    ids, scores = _inputs(seed)
+    bias = {1: 2.5, 3: -1.5, 6: 4.0}
+    cfg = GenerationConfig(repetition_penalty=1.5, no_repeat_ngram_size=2, logit_bias=bias, temperature=0.7,
+                           top_p=0.9)
+    got = apply_processors(build_processors(cfg, eos_ids=[], prompt_lens=ids.shape[1]), ids, scores)
+    want = scores.clone()
+    for proc in (lp.SequenceBiasLogitsProcessor({(t,): b for t, b in bias.items()}),
+                 lp.RepetitionPenaltyLogitsProcessor(1.5), lp.NoRepeatNGramLogitsProcessor(2),
+                 lp.TemperatureLogitsWarper(0.7), lp.TopPLogitsWarper(0.9)):
+        want = proc(ids, want)
+    torch.testing.assert_close(got, want)
