@@ -133,9 +133,10 @@ class DecoderLM(nn.Module):
         """
         cfg = self.config
         b, t = _check_ids(input_ids)
-        if cache is None and not self.training:  # a user's forward (scoring): the ids may be another tokenizer's.
-            # Training reads a token cache checked when it was built, generation checks its prompts, and neither a
-            # training step nor a decode step should pay a host sync for it.
+        if cache is None and (not self.training or input_ids.device.type == "cpu"):
+            # A user's forward (scoring) or own training loop: the ids may be another tokenizer's. The trainer's token
+            # cache is checked when built and generation checks its prompts: a GPU training step or a decode step pays
+            # no host sync for it (on the CPU it costs none; a training forward there got torch's bare IndexError).
             check_below(input_ids, cfg.vocab_size, "input_ids", "vocab_size")
         if targets is not None and targets.shape != input_ids.shape:  # a flat view of another shape pairs wrong ids
             raise ValueError(f"targets must have the shape of input_ids {tuple(input_ids.shape)} (already shifted), "
@@ -145,6 +146,8 @@ class DecoderLM(nn.Module):
         per_row = isinstance(input_pos, torch.Tensor)
         if position_ids is not None:
             position_ids = check_position_ids(position_ids, b, t)
+            if cfg.position in ("learned", "sinusoidal"):  # they index a table
+                check_integer(position_ids, "position_ids")
         shared_positions = position_ids is None and not per_row  # every row at the same positions
         if cache is None and t > cfg.block_size:
             raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
@@ -270,6 +273,12 @@ def check_below(ids: torch.Tensor, limit: int, name: str, field: str) -> None:
         return
     low, high = int(ids.min()), int(ids.max())
     raise ValueError(f"{name} must be in [0, {field}={limit}), got values in [{low}, {high}]")
+
+
+def check_integer(ids: torch.Tensor, name: str) -> None:
+    """Float ids were torch's 'Expected tensor for argument #1 'indices' to have one of ...' from the embedding."""
+    if ids.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"{name} must be an integer (int64 or int32) tensor, got {ids.dtype}")
 
 
 def check_position_ids(position_ids: torch.Tensor, b: int, t: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from neurallayers.config import ModelConfig
-from neurallayers.models.decoder import build_blocks, check_below, check_position_ids, init_weights
+from neurallayers.models.decoder import build_blocks, check_below, check_integer, check_position_ids, init_weights
 from neurallayers.nn import RotaryEmbedding, build_norm, sinusoidal_table
 
 ENCODER_POSITIONS = ("learned", "sinusoidal", "rope", "none")
@@ -85,7 +85,7 @@ class EncoderModel(nn.Module):
         else:
             position_ids = check_position_ids(position_ids, b, t)
             if cfg.position in ("learned", "sinusoidal"):  # they index a table
-                _check_integer(position_ids, "position_ids")
+                check_integer(position_ids, "position_ids")
                 check_below(position_ids, cfg.block_size, "position_ids", "block_size")
         x = self.wte(input_ids)
         if self.wpe is not None:
@@ -97,7 +97,7 @@ class EncoderModel(nn.Module):
                 token_type_ids = torch.zeros_like(input_ids)
             else:  # ours are zeros: only a caller's are checked
                 _check_same_shape(token_type_ids, input_ids, "token_type_ids")
-                _check_integer(token_type_ids, "token_type_ids")
+                check_integer(token_type_ids, "token_type_ids")
                 check_below(token_type_ids, cfg.type_vocab_size, "token_type_ids", "type_vocab_size")
             x = x + self.wtt(token_type_ids)
         elif token_type_ids is not None:
@@ -289,12 +289,6 @@ def _check_ids(ids: torch.Tensor, name: str) -> tuple[int, int]:
     if ids.shape[1] == 0:
         raise ValueError(f"{name} is empty: need at least one token per row")
     return ids.shape
-
-
-def _check_integer(ids: torch.Tensor, name: str) -> None:
-    """Float ids were torch's 'Expected tensor for argument #1 'indices' to have one of ...' from the embedding."""
-    if ids.dtype not in (torch.long, torch.int32):
-        raise ValueError(f"{name} must be an integer (int64 or int32) tensor, got {ids.dtype}")
 
 
 def _check_same_shape(x: torch.Tensor, ids: torch.Tensor, name: str) -> None:

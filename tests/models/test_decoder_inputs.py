@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nl_model_helpers import model, random_ids
+from nl_model_helpers import VOCAB, config, model, random_ids
+
+from neurallayers.models.decoder import DecoderLM
 
 
 def test_an_attention_mask_shorter_than_the_cached_keys_is_refused():
@@ -110,3 +112,22 @@ def test_logits_to_keep_with_targets_is_refused():
     ids = random_ids(2, 6)
     with pytest.raises(ValueError, match="logits_to_keep=1 with targets: the loss needs the logits of every position"):
         model("gpt2")(ids, targets=ids, logits_to_keep=1)
+
+
+def test_a_training_forward_on_the_cpu_names_ids_outside_the_vocabulary():
+    """The check ran in eval mode only: a user's own training loop on the CPU (where it costs no host sync) got
+    torch's bare 'IndexError: index out of range in self' for another tokenizer's ids."""
+    lm = DecoderLM(config("gpt2")).train()
+    ids = random_ids(1, 4)
+    ids[0, 2] = VOCAB + 5
+    with pytest.raises(ValueError, match=rf"input_ids must be in \[0, vocab_size={VOCAB}\)"):
+        lm(ids, targets=ids)
+
+
+def test_float_position_ids_into_a_table_are_one_clear_line():
+    """They were torch's "Expected tensor for argument #1 'indices' to have one of the following scalar types"."""
+    ids = random_ids(2, 5)
+    with pytest.raises(ValueError, match=r"position_ids must be an integer \(int64 or int32\) tensor, got torch.float"):
+        model("gpt2")(ids, position_ids=torch.arange(5.0))
+    torch.testing.assert_close(model("gpt2")(ids, position_ids=torch.arange(5, dtype=torch.int32)).logits,
+                               model("gpt2")(ids).logits)
