@@ -23,7 +23,7 @@ PRESETS: dict[str, dict] = {
     "shakespeare-char": dict(  # nanoGPT's CPU Shakespeare shape
         _GPT2, vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False
     ),
-    "demo": dict(  # `make demo`: ~3.6M parameters, trains on 2 CPU cores in a few minutes
+    "demo": dict(  # `make demo`: ~3.5M parameters, trains on 2 CPU cores in a few minutes
         _LLAMA, vocab_size=1024, block_size=128, n_layer=4, n_head=4, n_kv_head=4, n_embd=256, tie_embeddings=True
     ),
     # BERT style encoders

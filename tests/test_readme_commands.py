@@ -139,3 +139,57 @@ def test_each_benchmark_help_says_what_it_measures(script, monkeypatch, capsys):
         runpy.run_path(str(script), run_name="__main__")
     first_paragraph = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))).split("\n\n")[0]
     assert " ".join(first_paragraph.split()) in " ".join(capsys.readouterr().out.split())
+
+
+def pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def requirement_name(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
+
+
+# import name -> the distribution that installs it, where the two differ
+DISTRIBUTIONS = {"yaml": "pyyaml", "mlflow": "mlflow-skinny"}
+# imported directly, but always installed, at a version that fits, by a requirement that is named
+COMES_WITH = {"starlette": "fastapi", "pydantic-core": "pydantic"}
+
+
+def test_every_library_the_package_imports_is_a_requirement_or_an_extra():
+    # fastapi>=0.110 accepts pydantic 1 and 2.0-2.4, and serve/schemas.py needs 2.5 (Discriminator, Tag): an older
+    # pydantic already installed stayed, and `neurallayers serve` died with an ImportError traceback
+    project = pyproject()["project"]
+    named = {requirement_name(r) for r in project["dependencies"]}
+    named |= {requirement_name(r) for reqs in project["optional-dependencies"].values() for r in reqs}
+    imported = set()
+    for path in (ROOT / "neurallayers").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = {name.replace("_", "-") for name in imported - set(sys.stdlib_module_names) - {"neurallayers"}}
+    missing = {
+        name for name in third_party if DISTRIBUTIONS.get(name, name) not in named and COMES_WITH.get(name) not in named
+    }
+    assert missing == set()
+    assert {requirement_name(r) for r in project["optional-dependencies"]["serve"]} >= {"fastapi", "pydantic"}
+
+
+def test_the_setuptools_floor_reads_the_license_field():
+    # `license = "Apache-2.0"` (an SPDX expression, PEP 639) is refused by setuptools before 77 ("`project.license`
+    # must be valid exactly by one definition"), which `setuptools>=68` allowed a build without isolation to use
+    data = pyproject()
+    if not isinstance(data["project"].get("license"), str):
+        return
+    (setuptools,) = [r for r in data["build-system"]["requires"] if requirement_name(r) == "setuptools"]
+    floor = re.search(r">=\s*([\d.]+)", setuptools)
+    assert floor and tuple(int(part) for part in floor.group(1).split(".")) >= (77,), setuptools
+
+
+def test_every_package_data_file_is_in_the_package():
+    # py.typed was named but never added: installs carried no typing marker, and type checkers read the package as
+    # untyped
+    for name in pyproject()["tool"]["setuptools"]["package-data"]["neurallayers"]:
+        assert (ROOT / "neurallayers" / name).is_file(), name

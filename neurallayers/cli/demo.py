@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -16,12 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=positive_float, default=4.0,
                         help="training time to plan for: the step count is chosen from a short speed measurement so "
                         "the learning-rate schedule completes (a hard cap of minutes + 0.75 stops it in any case)")
-    parser.add_argument("--max-steps", type=positive_int, default=None, help="fix the step count instead of measuring")
+    parser.add_argument("--max-steps", type=positive_int, default=None,
+                        help="fix the step count instead of measuring (with --resume: train on to this step)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted demo run in --out")
 
 
 def demo_config(*, max_steps: int, max_minutes: float, batch_size: int = 16):
-    """The demo recipe: a ~3.6M-parameter Llama-style model, byte-level BPE (1024) trained on the corpus."""
+    """The demo recipe: a ~3.5M-parameter Llama-style model, byte-level BPE (1024) trained on the corpus."""
     from neurallayers.config import ModelConfig
     from neurallayers.training.config import DataConfig, RunConfig, TrainConfig
 
@@ -83,12 +85,15 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.api import load
     from neurallayers.cli.train import summary
     from neurallayers.generation import generate
+    from neurallayers.training.checkpoint import latest_checkpoint
     from neurallayers.training.signals import EXIT_CODES
     from neurallayers.training.trainer import fit
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = Path(args.out)
-    if (out / "config.yaml").exists() and not args.resume:
+    # a demo killed before its first checkpoint has a config.yaml and nothing to resume: fit() starts it afresh, as
+    # `train` does (refusing it here and refusing --resume there left only `rm -rf`)
+    if latest_checkpoint(out) is not None and not args.resume:
         raise ValueError(f"{out} already holds a run; remove it, pass --resume, or choose another --out")
     t0 = time.perf_counter()
     run_cfg = demo_config(max_steps=args.max_steps or 1, max_minutes=args.minutes + 0.75)
@@ -101,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
         from neurallayers.training.config import RunConfig
 
         saved = RunConfig.from_yaml(out / "config.yaml")  # continue the same schedule
-        run_cfg = demo_config(max_steps=saved.train.max_steps, max_minutes=args.minutes + 0.75,
+        # --max-steps trains it on to that step, as `train --resume --train.max_steps` does (it was ignored)
+        run_cfg = demo_config(max_steps=args.max_steps or saved.train.max_steps, max_minutes=args.minutes + 0.75,
                               batch_size=saved.train.batch_size)
+        run_cfg.train = dataclasses.replace(run_cfg.train, warmup_steps=saved.train.warmup_steps)
     result = fit(run_cfg, out, resume=args.resume)
     print(summary(result))
     if result.stopped_reason in EXIT_CODES:  # checkpoint saved; no samples from a half-trained model

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=non_empty,
                         help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl")
     parser.add_argument("--tokenizer", type=non_empty,
-                        help="bpe, char, gpt2 or a tokenizer.json path (shortcut for --data.tokenizer)")
+                        help="bpe, char, gpt2, or a tokenizer.json or model folder (shortcut for --data.tokenizer)")
     parser.add_argument("--vocab-size", type=int, help="BPE vocabulary size (shortcut for --data.vocab_size)")
     parser.add_argument("--init-from", type=non_empty,
                         help="a fine-tune's source run or model folder: its tokenizer is used "

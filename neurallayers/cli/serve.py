@@ -51,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from neurallayers.serve.app import create_app
-    except ModuleNotFoundError as e:
-        raise UserError(f"serving needs the 'serve' extra ({e.name} is missing): "
-                        "pip install 'neurallayers[serve]'") from None
+    except ImportError as e:  # missing, or too old (pydantic < 2.5 has no Discriminator: a plain ImportError)
+        what = f"{e.name} is missing" if isinstance(e, ModuleNotFoundError) else f"an older library: {e}"
+        raise UserError(f"serving needs the 'serve' extra ({what}): pip install -U 'neurallayers[serve]'") from None
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: must be in [0, 65535]")
     if args.max_queue < 0:

@@ -4,6 +4,7 @@ opens; a SIGTERM right after that line stops it."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -81,3 +82,17 @@ def test_a_sigterm_right_after_the_server_says_where_it_listens_stops_it_with_st
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+
+
+def test_a_serve_extra_too_old_to_import_is_one_line(tmp_path, capsys, monkeypatch):
+    """pydantic < 2.5 (which fastapi 0.110 accepts) has no Discriminator: a plain ImportError, not a missing module,
+    which the one-line 'serve extra' message did not catch (a traceback)."""
+    import types
+
+    from neurallayers.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "neurallayers.serve.app", types.ModuleType("neurallayers.serve.app"))
+    assert main(["serve", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "serving needs the 'serve' extra (an older library: cannot import name 'create_app'" in err, err
+    assert "Traceback" not in err
