@@ -118,6 +118,6 @@ def _check_text_field(corpus, field: str) -> None:
     """--text-field names the text of JSON-lines records: on a corpus of text files it was silently ignored."""
     from neurallayers.data.corpora import JSONL_SUFFIXES
 
-    if not any(p.suffix.lower() in JSONL_SUFFIXES for p in getattr(corpus, "files", [])):
+    if not any(corpus.reads_records(p) for p in getattr(corpus, "files", [])):
         raise ValueError(f"--text-field {field}: corpus {corpus.name!r} holds no JSON-lines file "
-                         f"({', '.join(JSONL_SUFFIXES)}), whose field it would name; leave it out")
+                         f"({', '.join(JSONL_SUFFIXES)}) or named .json file, whose field it would name; leave it out")

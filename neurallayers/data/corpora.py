@@ -24,7 +24,7 @@ log = logging.getLogger("neurallayers.data")
 BUILTIN_CORPORA = ("shakespeare", "python-stdlib")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 _SPEC_FORMS = (f"a built-in corpus {BUILTIN_CORPORA}, a text file, a folder, a glob pattern, "
-               f"or a JSON-lines file ({', '.join(JSONL_SUFFIXES)})")
+               f"or a JSON-lines file ({', '.join(JSONL_SUFFIXES)}) or JSON array of records (.json)")
 # Folders that hold no stdlib prose worth training on, or third-party code.
 _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 _SAMPLE_BYTES = 64 * 1024  # a file's fingerprint hashes this much of its start and of its end
@@ -98,25 +98,31 @@ class TextCorpus(Corpus):
 
 
 class FileCorpus(Corpus):
-    """Documents read from files: one per text file, one per line of a JSON-lines file.
+    """Documents read from files: one per text file, one per line of a JSON-lines file (or record of a .json one).
 
     Args:
         name: The corpus name.
         files: The files, in the order their documents are yielded.
         root: Document names are paths relative to this folder.
-        text_field: The JSON-lines field that holds the text.
+        text_field: The records' field that holds the text.
+        json_records: Read .json files as records (an array of them, or JSON lines): a file or glob named them.
+            In a folder they are text, as a code repository's package.json is.
     """
 
-    def __init__(self, name: str, files: list[Path], *, root: Path, text_field: str = "text") -> None:
+    def __init__(self, name: str, files: list[Path], *, root: Path, text_field: str = "text",
+                 json_records: bool = False) -> None:
         self.name = name
         self.files = files
         self.root = root
         self.text_field = text_field
+        self.json_records = json_records
 
     def documents(self) -> Iterator[Document]:
         for path in self.files:
             rel = self._rel(path)
-            if path.suffix.lower() in JSONL_SUFFIXES:
+            if path.suffix.lower() == ".json" and self.reads_records(path):
+                yield from _json_documents(path, rel, self.text_field)
+            elif path.suffix.lower() in JSONL_SUFFIXES:
                 yield from _jsonl_documents(path, rel, self.text_field)
             else:
                 yield Document(rel, _read_text(path))
@@ -130,8 +136,14 @@ class FileCorpus(Corpus):
         for path in self.files:
             st = path.stat()
             h.update(os.fsencode(self._rel(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
+            if self.json_records and path.suffix.lower() == ".json":  # records now, text before: a stale cache
+                h.update(b"records\0")
             h.update(_content_sample(path))
         return h.hexdigest()[:16]
+
+    def reads_records(self, path: Path) -> bool:
+        """Whether `path` (one of the files) is read as records, whose `text_field` holds the text."""
+        return path.suffix.lower() in JSONL_SUFFIXES or (self.json_records and path.suffix.lower() == ".json")
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -181,9 +193,11 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
         spec: "shakespeare" or "python-stdlib"; a text file (one document); a folder (every text file
             below it, recursively, symlinked folders too, sorted; hidden and binary files skipped); a glob pattern
             ("data/*.txt", "**" allowed); or a JSON-lines file (one document per line, see `text_field`). JSON-lines
-            files inside a folder or glob are read as JSON lines too. `~` is expanded. Text is UTF-8, or UTF-16 /
-            UTF-32 after their byte-order mark; a file reached by several names is read once.
-        text_field: The JSON-lines field holding the text. A line without it raises `ValueError` naming
+            files inside a folder or glob are read as JSON lines too. A .json file named or globbed is records as
+            the `datasets` library reads it (an array of them, or JSON lines); in a folder it is text. `~` is
+            expanded. Text is UTF-8, or UTF-16 / UTF-32 after their byte-order mark; a file reached by several names
+            is read once.
+        text_field: The records' field holding the text. A record without it raises `ValueError` naming
             the line when the documents are read.
 
     Raises:
@@ -201,7 +215,7 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
         return FileCorpus("python-stdlib", _walk(root, suffix=".py", skip=_STDLIB_SKIP), root=root)
     path = Path(spec)
     if path.is_file():
-        return FileCorpus(path.name, [path], root=path.parent, text_field=text_field)
+        return FileCorpus(path.name, [path], root=path.parent, text_field=text_field, json_records=True)
     if path.is_dir():
         found = _walk(path)
         files = [p for p in found if not _looks_binary(p)]
@@ -219,7 +233,7 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
             raise FileNotFoundError(f"glob {spec!r} matches no files; expected {_SPEC_FORMS}")
         _warn_compressed(spec, matched, files)
         root = Path(os.path.commonpath([p.parent for p in files]))
-        return FileCorpus(spec, files, root=root, text_field=text_field)
+        return FileCorpus(spec, files, root=root, text_field=text_field, json_records=True)
     raise FileNotFoundError(f"no corpus {spec!r}: expected {_SPEC_FORMS}")
 
 
@@ -375,20 +389,40 @@ def _jsonl_documents(path: Path, rel: str, text_field: str) -> Iterator[Document
         if isinstance(record, list):  # "found list" sent the user looking for a field
             hint = _WHOLE_JSON if lineno == 1 else ""
             raise ValueError(f"{path}:{lineno}: a JSON array, not an object with a {text_field!r} field{hint}")
-        if isinstance(record, dict) and text_field in record and not isinstance(record[text_field], str):
-            # "no string field 'text' (found ['text'])" would send the user looking for the wrong thing
-            raise ValueError(f"{path}:{lineno}: field {text_field!r} holds {_json_type(record[text_field])}, "
-                             f"not a string; fix or drop the line, or choose another field with text_field=")
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            fields = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise ValueError(f"{path}:{lineno}: no string field {text_field!r} (found {fields}); "
-                             f"choose another with text_field= (CLI: --data.text_field, eval --text-field)")
-        text = record[text_field]
-        # JSON may escape half of a surrogate pair ("\ud83d"), which no tokenizer can encode.
-        if bad := lone_surrogate(text):
-            raise ValueError(f"{path}:{lineno}: {text_field!r} contains a lone surrogate (U+{ord(bad[0]):04X}), "
-                             f"which is not valid Unicode text; fix or drop the line")
-        yield Document(f"{rel}:{lineno}", text)
+        yield Document(f"{rel}:{lineno}", _record_text(record, f"{path}:{lineno}", text_field, "line"))
+
+
+def _json_documents(path: Path, rel: str, text_field: str) -> Iterator[Document]:
+    """A .json file as the `datasets` library reads one: an array of records (Alpaca's), else JSON lines by that
+    name. It was read as one text document, so training learned the JSON syntax around the text."""
+    text = _read_text(path)
+    if not text.lstrip().startswith("["):
+        yield from _jsonl_documents(path, rel, text_field)
+        return
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    for i, record in enumerate(records):
+        yield Document(f"{rel}[{i}]", _record_text(record, f"{path}: item {i}", text_field, "item"))
+
+
+def _record_text(record: object, where: str, text_field: str, unit: str) -> str:
+    """A record's text field, or a ValueError that names the record (`where`) and what it holds instead."""
+    if isinstance(record, dict) and text_field in record and not isinstance(record[text_field], str):
+        # "no string field 'text' (found ['text'])" would send the user looking for the wrong thing
+        raise ValueError(f"{where}: field {text_field!r} holds {_json_type(record[text_field])}, "
+                         f"not a string; fix or drop the {unit}, or choose another field with text_field=")
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"{where}: no string field {text_field!r} (found {fields}); "
+                         f"choose another with text_field= (CLI: --data.text_field, eval --text-field)")
+    text = record[text_field]
+    # JSON may escape half of a surrogate pair ("\ud83d"), which no tokenizer can encode.
+    if bad := lone_surrogate(text):
+        raise ValueError(f"{where}: {text_field!r} contains a lone surrogate (U+{ord(bad[0]):04X}), "
+                         f"which is not valid Unicode text; fix or drop the {unit}")
+    return text
 
 
 def _json_type(value: object) -> str:

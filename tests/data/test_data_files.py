@@ -70,3 +70,30 @@ def test_compressed_files_skipped_beside_text_are_warned_of(tmp_path, caplog):
         assert [d.name for d in corpus.documents()] == ["README.md"]
         assert "1 compressed file(s) skipped (e.g. " in caplog.text and "part-0.jsonl.gz" in caplog.text
         assert "image.bin" not in caplog.text
+
+
+def test_a_json_file_is_read_as_records_as_the_datasets_library_reads_it(tmp_path):
+    """A .json corpus (Alpaca's array of records, or JSON lines by that name) was one text document: training
+    learned the brackets, quotes and field names around the text, and --data.text_field was ignored."""
+    records = [{"instruction": "Say hi", "output": "Hi there"}, {"instruction": "Count", "output": "one two"}]
+    (tmp_path / "alpaca.json").write_text(json.dumps(records, indent=2))
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for name in ("alpaca.json", "lines.json"):
+        docs = list(load_corpus(tmp_path / name, text_field="output").documents())
+        assert [d.text for d in docs] == ["Hi there", "one two"], name
+    assert [d.name for d in load_corpus(tmp_path / "alpaca.json", text_field="output").documents()] == [
+        "alpaca.json[0]", "alpaca.json[1]"]
+    assert len(list(load_corpus(str(tmp_path / "*.json"), text_field="output").documents())) == 4  # a glob too
+    with pytest.raises(ValueError, match=r"alpaca.json: item 0: no string field 'text' \(found \['instruction', "):
+        list(load_corpus(tmp_path / "alpaca.json").documents())
+    (tmp_path / "bad.json").write_text('[{"text": "a"},\n {"text": 3}]')
+    with pytest.raises(ValueError, match=r"bad.json: item 1: field 'text' holds a number"):
+        list(load_corpus(tmp_path / "bad.json").documents())
+
+
+def test_json_files_in_a_folder_stay_text(tmp_path):
+    """A folder is every text file below it: a code repository's package.json is text to learn, not records."""
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "package.json").write_text('{"name": "x"}\n')
+    (tmp_path / "repo" / "a.js").write_text("let a = 1;\n")
+    assert [d.text for d in load_corpus(tmp_path / "repo").documents()] == ["let a = 1;\n", '{"name": "x"}\n']
