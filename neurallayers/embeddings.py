@@ -14,6 +14,7 @@ import importlib.resources
 import weakref
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
@@ -89,8 +90,10 @@ def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[s
         text_pairs = _check_texts(text_pairs, "text_pairs")
         if len(text_pairs) != len(texts):
             raise ValueError(f"text_pairs has {len(text_pairs)} items, texts has {len(texts)}: they must match")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2):
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int | np.integer)
+                                   or max_length < 2):  # a numpy int (a length read from an array) is an int here
         raise ValueError(f"max_length={max_length!r}: must be an int >= 2 (room for the special tokens), or None")
+    max_length = None if max_length is None else int(max_length)
     inputs = list(zip(texts, text_pairs, strict=True)) if text_pairs is not None else texts
     encodings = _raw(tokenizer, max_length).encode_batch(inputs, add_special_tokens=True)
     return _collate(encodings, pad_id=tokenizer.pad_id, return_offsets=return_offsets)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +273,8 @@ def _label_set(ignore_labels: Any) -> set[str]:
         return {"O"}
     if isinstance(ignore_labels, str):
         return {ignore_labels}
-    if not isinstance(ignore_labels, list | tuple | set) or not all(isinstance(x, str) for x in ignore_labels):
+    # any collection of names, as transformers tests `entity in ignore_labels` (a frozenset, a dict's keys)
+    if not isinstance(ignore_labels, Collection) or not all(isinstance(x, str) for x in ignore_labels):
         raise ValueError(f"ignore_labels={ignore_labels!r}: must be a list of label names (None: ['O'])")
     return set(ignore_labels)
 

@@ -353,6 +353,18 @@ def test_embedding_arguments_of_the_wrong_kind_are_one_clear_line(wordpiece):
         cosine_similarity([1.0, 0.0], [0.0, 1.0])
 
 
+def test_tokenize_batch_takes_a_numpy_int_max_length_as_before(wordpiece):
+    """A length read from a numpy array (np.int64) truncates as the same int does: it did until the argument check
+    came, which refused it ("must be an int >= 2")."""
+    import numpy as np
+
+    want = tokenize_batch(wordpiece, ["hello world again and again"], max_length=4)
+    got = tokenize_batch(wordpiece, ["hello world again and again"], max_length=np.int64(4))
+    assert got["input_ids"].shape[1] == 4 and torch.equal(got["input_ids"], want["input_ids"])
+    with pytest.raises(ValueError, match=r"max_length=np.int64\(1\): must be an int >= 2"):
+        tokenize_batch(wordpiece, ["a"], max_length=np.int64(1))
+
+
 def test_token_classification_ignore_labels_as_transformers_reads_them(wordpiece):
     """ignore_labels=None (transformers' default, "O") was "TypeError: argument of type 'NoneType' is not iterable", and
     a string was matched by substring: "B-ENT" also dropped the entities labelled "ENT"."""
@@ -365,3 +377,6 @@ def test_token_classification_ignore_labels_as_transformers_reads_them(wordpiece
     assert ner(text, ignore_labels="B-ENT") == [e for e in every if e["entity"] != "B-ENT"]
     with pytest.raises(ValueError, match=r"ignore_labels=5: must be a list of label names"):
         ner(text, ignore_labels=5)
+    # other collections of names, which `entity in ignore_labels` read before the check came: refused by it
+    assert ner(text, ignore_labels=frozenset({"O"})) == ner(text)
+    assert ner(text, ignore_labels={"O": 0, "B-ENT": 2}.keys()) == [e for e in every if e["entity"] == "ENT"]
