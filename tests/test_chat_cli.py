@@ -94,3 +94,96 @@ def test_a_reply_left_no_token_to_choose_loses_no_turn(run_dir, monkeypatch, cap
     assert len(prompts) == 3 and prompts[2].startswith("user: hi\nassistant:")
     assert prompts[2].endswith("\nuser: the dog\nassistant:") and every not in prompts[2]
     assert "no_repeat_ngram_size=1 bans every token" in capsys.readouterr().err
+
+
+NO_SYSTEM = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def test_a_system_message_the_template_refuses_is_named_once(run_dir, tmp_path, monkeypatch, capsys):
+    """A template without a system role refused every message of a --system chat, one "(... refused ...)" line each,
+    and the chat exited 0 having answered nothing."""
+    import shutil
+
+    from neurallayers.__main__ import main
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    tok = Tokenizer.load(folder)
+    tok.chat_template = NO_SYSTEM
+    tok.save(folder)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\nthe dog\n"))
+    assert main(["chat", str(folder), "--system", "be terse"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "neurallayers chat: error: --system: the model's chat template refused these messages: "
+        "System role not supported; leave --system out for this model"
+    )
+    prompts = chat_prompts(folder, monkeypatch, ["hi"])  # without --system the template renders the chat
+    assert prompts == ["user: hi\nassistant: "]
+
+
+def _terminal_chat(run_dir: Path, keys: bytes, *args: str) -> str:
+    """What a terminal shows of a chat that is typed `keys`, then Ctrl-D."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neurallayers", "chat", str(run_dir), *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+        close_fds=True,
+    )
+    os.close(follower)
+    shown = b""
+
+    def read_until(text: bytes, seconds: float) -> None:
+        nonlocal shown
+        start, deadline = len(shown), time.monotonic() + seconds
+        while text not in shown[start:] and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.1)[0]:
+                try:
+                    shown += os.read(leader, 4096)
+                except OSError:  # the chat ended
+                    return
+
+    try:
+        read_until(b"> ", 120)
+        os.write(leader, keys)
+        read_until(b"\n> ", 60)  # the next prompt: the message was answered or refused
+        os.write(leader, b"\x04")
+        read_until(b"no such text: read until the chat ends", 60)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        os.close(leader)
+    return shown.decode(errors="replace")
+
+
+def test_a_terminal_line_is_edited_with_the_arrow_keys(run_dir):
+    """Without readline, a left arrow typed to fix a word went into the message as the bytes of "^[[D": here 3 more
+    tokens, which made a message that fits the 128-token context "too long". Then Ctrl-D leaves on a new line."""
+    # "user: " + 110 characters + "\nassistant:" is 127 tokens; with the arrow's 3 bytes it would be 130
+    shown = _terminal_chat(run_dir, b"a" * 109 + b"\x1b[Db\r", "--temperature", "0", "--max-new-tokens", "1")
+    assert shown.count("> ") == 2 and "too long" not in shown and "^[[D" not in shown
+    assert shown.endswith("> \r\n")  # Ctrl-D: the shell's prompt came after "> " on the same line
+
+
+def test_a_mistyped_command_is_not_sent_to_the_model(run_dir, monkeypatch, capsys):
+    """A mistyped "/rest" (for /reset) went to the model as the user's message and stayed in the conversation."""
+    prompts = chat_prompts(run_dir, monkeypatch, ["the fox", "/rest", "/help", "/usr/bin"])
+    assert len(prompts) == 2 and "rest" not in prompts[1] and "help" not in prompts[1]
+    assert prompts[1].endswith("usr<unk>bin\nassistant:")  # a path is a message ("/" is <unk> to this vocabulary)
+    err = capsys.readouterr().err
+    assert "(unknown command /rest: /reset starts over, /exit leaves)" in err and "unknown command /help" in err

@@ -8,6 +8,7 @@ outgrows the model's context, the oldest turns are dropped (the system message s
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model
@@ -45,16 +46,16 @@ def run(args: argparse.Namespace) -> int:
     _check_opening(tokenizer, opening, model.config.block_size)
     interactive = sys.stdin.isatty()
     if interactive:
+        _line_editing()
         print(HINT, file=sys.stderr)
     history = list(opening)
     replies = 0
     while True:
         try:
             line = input("> " if interactive else "")
-        except EOFError:
-            break
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
+        except (EOFError, KeyboardInterrupt):
+            if interactive:  # the shell's prompt on a line of its own, not after "> "
+                print(file=sys.stderr)
             break
         if not line.strip():
             continue
@@ -63,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         if line.strip() == "/reset":
             history = list(opening)
             print("(a new conversation)", file=sys.stderr)
+            continue
+        if re.fullmatch(r"/\w+", line.strip()):  # a mistyped command ("/rest") went to the model as a message
+            print(f"(unknown command {line.strip()}: /reset starts over, /exit leaves)", file=sys.stderr)
             continue
         before = list(history)
         history.append({"role": "user", "content": line})
@@ -91,6 +95,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _line_editing() -> None:
+    """Arrow keys, history and Ctrl-A/E for input(): without readline a left arrow put "^[[D" into the message."""
+    try:
+        import readline  # noqa: F401 - importing it is what turns line editing on
+    except ImportError:  # Windows: the console edits lines itself
+        pass
+
+
 def _check_opening(tokenizer, opening: list[dict], block: int) -> None:
     """A --system message that leaves no room for a user's turn would make every message "too long": say so once."""
     from neurallayers.data.chat import render_chat
@@ -100,6 +112,10 @@ def _check_opening(tokenizer, opening: list[dict], block: int) -> None:
     try:
         n = len(tokenizer.encode(render_chat(tokenizer, [*opening, {"role": "user", "content": ""}])))
     except ValueError:  # a template that refuses an empty turn: each message is measured as it comes
+        try:  # one that refuses a plain one too refuses the system message: it refused every message, exit 0
+            render_chat(tokenizer, [*opening, {"role": "user", "content": "Hello"}])
+        except ValueError as e:
+            raise ValueError(f"--system: {e}; leave --system out for this model") from None
         return
     if n >= block:
         raise ValueError(f"--system: the system message takes {n} tokens of the model's context of {block}, which "

@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_address(host: str, port: int) -> None:
     """Bind host:port once before Gradio does: Gradio reports every bind failure (an unknown host, an address of
     another machine) as a port in use."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:  # "[::1]" as in a URL is the address ::1
+        infos = socket.getaddrinfo(host.removeprefix("[").removesuffix("]"), port, type=socket.SOCK_STREAM)
     except socket.gaierror:
         raise UserError(f"--host {host}: not a known host name or address") from None
     family, kind, proto, _, address = infos[0]

@@ -11,11 +11,11 @@ from torch import nn
 
 from neurallayers.ui.logic import (
     ALL_LAYERS,
+    StreamRecord,
     attention_figure,
     attention_maps,
     layer_choices,
     sampling_config,
-    stopped_status,
     stream_text,
 )
 
@@ -64,14 +64,19 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
     cfg = model.config
     defaults = defaults or {}
 
-    def generate_fn(prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop):
+    def generate_fn(prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop,
+                    record):
         try:
             config = sampling_config(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                      top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
                                      stop=stop)
-            yield from stream_text(model, tokenizer, prompt, config)
+            yield from record.follow(stream_text(model, tokenizer, prompt, config))
         except ValueError as e:
             raise gr.Error(str(e), print_exception=False) from None  # the user's mistake: no server traceback
+
+    def after_fn(record):
+        shown = record.after_stop()
+        return shown if shown is not None else (gr.skip(), gr.skip())
 
     def attention_fn(text, layer):
         try:
@@ -113,9 +118,14 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                     ]
             # preprocess=False: sampling_config checks the values and names the control (Gradio's checks said
             # "Value 1.5 is greater than maximum value 0.99." or "input component at index 2", with a traceback)
-            event = go.click(generate_fn, [prompt, *controls], [output, status], api_name="generate",
+            record = gr.State(StreamRecord())  # per session, on the server; no API input
+            event = go.click(generate_fn, [prompt, *controls, record], [output, status], api_name="generate",
                              preprocess=False)
-            halt.click(stopped_status, status, status, cancels=[event], api_name=False)
+            halt.click(None, cancels=[event])
+            # The browser runs .then() steps of a cancelled event once /cancel has returned, i.e. once the server
+            # closed the stream's generator; queued, its reply follows the stream's last updates on the session's
+            # one message stream. A status sent by Stop itself could arrive before them and be overwritten.
+            event.then(after_fn, record, [output, status], api_name=False, show_progress="hidden")
         with gr.Tab("Attention"):
             gr.Markdown("Attention weights of every head for one text (query tokens down, key tokens across).")
             with gr.Row():
@@ -140,7 +150,10 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True
     _gradio()
     app.queue(default_concurrency_limit=1)  # one model, one request at a time: no CPU oversubscription
     # quiet: Gradio's own lines tell a CLI user to "set `share=True` in `launch()`", which `neurallayers ui` cannot
-    _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, ssr_mode=False,
+    # an IPv6 address goes in brackets: Gradio puts the name as it is into the URL it checks ("http://::1:7860/"
+    # failed in httpx with a traceback) and takes the brackets off to bind
+    server_name = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    _, url, _ = app.launch(server_name=server_name, server_port=port, prevent_thread_lock=True, ssr_mode=False,
                            mcp_server=False, quiet=True, show_error=True)
     if not quiet:
         print(f"* Running on {url} (Ctrl-C to stop)", flush=True)

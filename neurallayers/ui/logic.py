@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -103,6 +104,35 @@ def stopped_status(status: str | None) -> str:
     """The status line once the Stop button cancelled a stream (between two tokens): its last line said
     "generating... N tokens" for ever. A stream that had already ended keeps its final line."""
     return (status or "").replace("generating...", "stopped (Stop pressed) after", 1)
+
+
+@dataclass
+class StreamRecord:
+    """What one browser session's latest stream has produced, kept on the server (a gr.State), so that the
+    step after a cancelled stream can show its text and a stopped status line: Stop's own reply raced the
+    stream's updates still on their way and lost 1 time in 7 ("generating... N tokens" for good)."""
+
+    text: str = ""
+    status: str = ""
+    cut: bool = False  # closed before its final line: cancelled by Stop (or a closed tab)
+
+    def follow(self, updates: Generator[tuple[str, str], None, None]) -> Iterator[tuple[str, str]]:
+        """Pass the (text, status) updates of stream_text on, recording each."""
+        self.text, self.status, self.cut = "", "", False
+        try:
+            for self.text, self.status in updates:
+                yield self.text, self.status
+        except GeneratorExit:  # Gradio closes a cancelled stream's generator between two tokens
+            self.cut = True
+            updates.close()  # the model's stream with it, now
+            raise
+
+    def after_stop(self) -> tuple[str, str] | None:
+        """(text, stopped status) once, after the stream was cut; None when it ended by itself or failed."""
+        if not self.cut:
+            return None
+        self.cut = False
+        return self.text, stopped_status(self.status)
 
 
 def _why(reason: str, n: int, max_new_tokens: int, block: int) -> str:

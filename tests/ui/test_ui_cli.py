@@ -119,3 +119,30 @@ def test_controls_start_at_the_folder_generation_config(run_dir, tmp_path, monke
     assert main(["ui", str(folder), "--port", str(free_port())]) == 0
     sliders = {b.label: b.value for b in apps[0].blocks.values() if isinstance(b, gr.Slider)}
     assert sliders["Temperature (0 = greedy)"] == 0.6 and sliders["Top-p (1 = off)"] == 0.9  # as `generate` takes them
+
+
+def _ipv6_port() -> int:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            return s.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_serves_the_page(tiny, host):
+    """--host ::1 ended in httpx's traceback "Invalid port: ':1:7860'" (Gradio put the address in its URL bare);
+    "[::1]", as in a URL, was "not a known host name"."""
+    pytest.importorskip("gradio", reason="the web playground needs the ui extra (gradio)")
+    from neurallayers.cli.ui import _check_address
+    from neurallayers.ui import build_app, launch
+
+    port = _ipv6_port()
+    _check_address(host, port)
+    app = build_app(*tiny, name="tiny")
+    try:
+        url = launch(app, host=host, port=port, block=False, quiet=True)
+        assert url == f"http://[::1]:{port}/" and httpx.get(url, timeout=30).status_code == 200
+    finally:
+        app.close()

@@ -10,6 +10,7 @@ from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.generation import GenerationConfig, generate
 from neurallayers.ui.logic import (
     ATTENTION_MAX_TOKENS,
+    StreamRecord,
     attention_figure,
     attention_maps,
     parse_stops,
@@ -121,3 +122,17 @@ def test_stop_button_ends_the_generating_status():
     assert stopped_status("generating... 13 tokens") == "stopped (Stop pressed) after 13 tokens"
     done = "40 tokens in 0.10 s (400.0 tokens/s); stopped by the token limit"
     assert stopped_status(done) == done and stopped_status(None) == ""
+
+
+def test_a_stream_closed_by_stop_leaves_its_text_and_a_stopped_status(tiny):
+    """Stop's own status reply raced the stream's last updates and lost ("generating... N tokens" for good): the
+    step after the cancelled stream now shows what the record kept, once."""
+    model, tok = tiny
+    record = StreamRecord()
+    updates = record.follow(stream_text(model, tok, "the quick", sampling_config(**{**CONTROLS, "max_new_tokens": 30})))
+    shown = [next(updates) for _ in range(5)]
+    updates.close()  # what Gradio does to a cancelled generator, between two tokens
+    assert record.after_stop() == (shown[-1][0], stopped_status(shown[-1][1])) and record.after_stop() is None
+    assert shown[-1][1] == "generating... 5 tokens"
+    *_, (text, status) = record.follow(stream_text(model, tok, "the quick", sampling_config(**CONTROLS)))
+    assert record.after_stop() is None and (record.text, record.status) == (text, status)  # it ended by itself
