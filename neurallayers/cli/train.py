@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
 def _run_of(resume: str) -> Path:
     """The run directory a `--resume PATH` names: the run itself, or the run whose checkpoints/step-N it is."""
     path = Path(resume)
-    return path.parent.parent if path.parent.name == "checkpoints" else path
+    if path.absolute().parent.name == "checkpoints":  # absolute: `--resume step-800` typed inside checkpoints/
+        return path.absolute().parent.parent
+    return path
 
 
 def _launcher() -> str:

@@ -766,9 +766,9 @@ def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
         if target is None:
             raise FileNotFoundError(f"cannot resume: {out} has no complete checkpoint under checkpoints/")
         return target
-    target = Path(resume)
+    target = Path(resume).absolute()  # "step-2" named inside checkpoints/: its run is two folders up, not "."
     if not target.exists():
-        raise FileNotFoundError(f"cannot resume: {target} does not exist")
+        raise FileNotFoundError(f"cannot resume: {resume} does not exist")
     if (target / "checkpoints").is_dir() and not (target / ckpt.COMPLETE).exists():
         found = ckpt.latest_checkpoint(target)
         if found is None:

@@ -23,3 +23,13 @@ def test_resume_from_a_named_checkpoint_needs_no_out(tmp_path, capsys):
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert main(["train", "--resume", str(out / "checkpoints" / "step-9")]) == 2
     assert "cannot resume: " in capsys.readouterr().err
+
+
+def test_resume_from_a_checkpoint_named_inside_its_folder(tmp_path, capsys, monkeypatch):
+    """`--resume step-2` typed inside runs/x/checkpoints/ took step-2 itself for the run ("holds no run")."""
+    run = tiny_run(tmp_path, max_steps=4, save_interval=2, eval_interval=2)
+    out = tmp_path / "run"
+    fit(run, out, progress=False)
+    monkeypatch.chdir(out / "checkpoints")
+    assert main(["train", "--resume", "step-2", "--no-progress"]) == 0
+    assert "steps: 4" in capsys.readouterr().out
