@@ -14,16 +14,41 @@ class WriteError(OSError):
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Writes `text` (UTF-8) beside `path` under a temporary name, then renames it over `path`: a reader sees the
-    old file or the new one, never a part. The temporary file is removed when writing fails."""
+    """Writes `text` (UTF-8) beside `path` under a temporary name, fsyncs it, then renames it over `path` and fsyncs
+    the folder: a reader, or a power cut, sees the old file or the new one, never a part or an empty file.
+
+    Raises:
+        WriteError: naming the file and why (disk full, permissions); the temporary file is removed.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        kept = "; the previous file is intact" if path.is_file() else ""
+        raise WriteError(e.errno, f"could not write {path}: {e.strerror or e}{kept}") from e
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Makes a rename inside `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
 
 
 def file_in_the_way(path: str | os.PathLike) -> Path | None:

@@ -10,6 +10,8 @@ import json
 import math
 import os
 import pickle
+import shutil
+import stat
 import struct
 import zipfile
 from collections.abc import Iterable
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from neurallayers.files import fsync_dir
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 TIED_KEY = "neurallayers_tied"  # metadata entry: JSON {alias: saved_name}
@@ -40,13 +44,12 @@ def validate_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]
         (tensor entries {name: {"dtype", "shape", "data_offsets"}}, metadata {str: str}).
 
     Raises:
-        CheckpointError: naming the file and what is wrong (header size, JSON, dtype, offsets).
+        CheckpointError: naming the file and what is wrong (header size, JSON, dtype, offsets; a folder, FIFO or
+            symlink loop where the file should be).
         FileNotFoundError: no such file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    size = path.stat().st_size
+    size = _regular_file_size(path, "weights file")
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -63,6 +66,9 @@ def validate_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+    except ValueError:  # an integer past Python's 4300-digit parsing limit: a bare ValueError that named no file
+        raise CheckpointError(f"{path}: header is not a safetensors header (a number thousands of digits long)") \
+            from None
     except RecursionError:  # '[[[[...' nested past Python's stack: no safetensors header is
         raise CheckpointError(f"{path}: header is not a safetensors header (JSON nested too deep)") from None
     if not isinstance(header, dict):
@@ -74,6 +80,22 @@ def validate_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]
     for name, entry in header.items():
         _check_entry(path, name, entry, data_size)
     return header, metadata
+
+
+def _regular_file_size(path: Path, what: str) -> int:
+    """The size of `path`, a regular file (through symlinks). A directory, a FIFO (whose read would block until a
+    writer comes) or a symlink loop is refused in one line rather than taken for a missing file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        broken = " (a symbolic link to a missing file)" if path.is_symlink() else ""
+        raise FileNotFoundError(f"no {what} at {path}{broken}") from None
+    except OSError as e:  # ELOOP, ENAMETOOLONG, EACCES on a folder above
+        raise CheckpointError(f"{path}: cannot open the {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO, socket or device"
+        raise CheckpointError(f"{path} is {kind}, not a {what}")
+    return st.st_size
 
 
 def _check_entry(path: Path, name: str, entry: object, data_size: int) -> None:
@@ -132,8 +154,7 @@ def _parse_ties(path: Path, metadata: dict) -> dict[str, str]:
 def torch_load_safe(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> object:
     """`torch.load(weights_only=True)`: plain tensors and containers only, never code."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+    _regular_file_size(path, "checkpoint file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -141,6 +162,8 @@ def torch_load_safe(path: str | os.PathLike, *, map_location: str | torch.device
             raise CheckpointError(f"{path}: not a readable torch checkpoint (not a torch.save archive: corrupt, "
                                   "or another kind of file)") from None
         lines = [line.strip() for line in str(e).splitlines() if "unsupported" in line.lower()] or [type(e).__name__]
+        # without torch's advice to allowlist the global "if you trust" it: this file's global is an attacker's
+        lines[0] = lines[0].split(" Please use ")[0]
         raise CheckpointError(f"refusing to load {path}: it contains code/objects; only plain tensors are accepted "
                               f"({lines[0]})") from None
     except (RuntimeError, EOFError, ValueError) as e:
@@ -149,6 +172,11 @@ def torch_load_safe(path: str | os.PathLike, *, map_location: str | torch.device
     except (KeyError, IndexError, struct.error):  # what torch's unpickler raises on random bytes: "error: 101"
         raise CheckpointError(f"{path}: not a readable torch checkpoint (not a torch.save archive: corrupt, or "
                               "another kind of file)") from None
+    except (FileNotFoundError, PermissionError):  # gone since the check, or unreadable: the OS's own words say it
+        raise
+    except OSError as e:  # torch's zip reader on an archive cut short: a bare "[Errno 22] Invalid argument"
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt: "
+                              f"{e.strerror or e})") from None
 
 
 # ----- checking -----
@@ -245,36 +273,34 @@ def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
     meta = dict(metadata or {})
     if ties:
         meta[TIED_KEY] = json.dumps(ties)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # safetensors writes its own temp file (.tmpXXXXXX) beside the name it is given, which a kill would leave behind
+    # under a name no cleanup knows: it writes inside a folder of ours instead, which clean-ups remove whole
+    folder = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = folder / folder.name
     try:
+        _fresh_dir(folder)
         save_file(unique, str(tmp), metadata=meta or None)
         _share_as_new_files(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return path
+
+
+def _fresh_dir(path: Path) -> None:
+    """An empty folder at `path`, replacing what an earlier process of the same pid left there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    path.mkdir()
 
 
 def fsync_file(path: str | os.PathLike) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Makes a rename inside `path` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories
     finally:
         os.close(fd)

@@ -25,3 +25,47 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatc
     with pytest.raises(OSError, match="No space"):
         write_text_atomic(path, "new")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the fsynced files through /proc")
+def test_the_text_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """A power cut after the rename could leave config.yaml or tokenizer.json empty: nothing was fsynced."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "config.yaml"
+    write_text_atomic(path, "model: {}\n")
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert ".config.yaml.tmp-" in events[0][1] and events[1][1] == str(path) and events[2][1] == str(tmp_path)
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """The OSError went out of `train` as a traceback ("[Errno 28] ... .config.yaml.tmp-123")."""
+    from neurallayers.cli.common import USER_ERRORS
+    from neurallayers.files import WriteError
+
+    path = tmp_path / "config.yaml"
+    path.write_text("old")
+    real_open = type(path).open
+
+    def full(self, *a, **kw):
+        if ".tmp-" in self.name:
+            raise OSError(28, "No space left on device", str(self))
+        return real_open(self, *a, **kw)
+
+    monkeypatch.setattr(type(path), "open", full)
+    with pytest.raises(WriteError) as e:
+        write_text_atomic(path, "new")
+    assert str(e.value) == f"could not write {path}: No space left on device; the previous file is intact"
+    assert isinstance(e.value, USER_ERRORS) and e.value.errno == 28
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

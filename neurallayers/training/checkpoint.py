@@ -141,11 +141,15 @@ def set_aside(run_dir: str | os.PathLike, paths: list[Path]) -> Path:
 
 def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:
     """Removes temp folders and step folders without a COMPLETE marker (leftovers of a crash), and the temp files a
-    crash left beside the run's files (`.model.safetensors.tmp-<pid>`: as large as the model, once per kill)."""
+    crash left beside the run's files (`.model.safetensors.tmp-<pid>`: as large as the model, once per kill; a folder
+    since weights.save_safetensors writes in one)."""
     root = Path(run_dir) / "checkpoints"
     removed = []
     for p in Path(run_dir).glob(".*.tmp-*"):
-        if _TEMP_FILE.match(p.name) and p.is_file():
+        if _TEMP_FILE.match(p.name) and not p.is_symlink() and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        elif _TEMP_FILE.match(p.name) and p.is_file():
             p.unlink(missing_ok=True)
             removed.append(p)
     if root.is_dir():
@@ -193,6 +197,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model_state: dict[
         fsync_dir(root)
     except WRITE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _put_back(root / f".tmp-old-step-{step}-{os.getpid()}", final)
         prev = latest_checkpoint(run_dir)
         keep = f"; the previous checkpoint {prev} is intact" if prev else ""
         raise _write_error(e, f"could not write checkpoint step-{step} under {root}", keep, root) from e
@@ -221,6 +226,16 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
+def _put_back(old: Path, final: Path) -> None:
+    """After a failed replace of `final`: the complete checkpoint moved aside goes back under its name (a `.tmp-`
+    folder is what clean_incomplete deletes)."""
+    if old.is_dir() and not final.exists():
+        try:
+            os.replace(old, final)
+        except OSError:
+            log.warning("the checkpoint %s was moved to %s and could not be moved back", final, old)
+
+
 def _write_state(state: dict, path: Path) -> None:
     torch.save(state, path)
     fsync_file(path)
@@ -236,6 +251,9 @@ def _write_marker(path: Path, step: int) -> None:
 def prune_checkpoints(run_dir: str | os.PathLike, *, keep_last: int) -> None:
     """Deletes the oldest complete checkpoints beyond `keep_last`; incomplete folders never count."""
     for p in list_checkpoints(run_dir)[:-keep_last]:
+        # the marker first: rmtree goes in directory order, and a kill mid-way left a marked folder without its
+        # weights or state, listed as complete (and offered as "an older checkpoint may load")
+        (p / COMPLETE).unlink(missing_ok=True)
         shutil.rmtree(p, ignore_errors=True)
 
 
@@ -261,6 +279,7 @@ def copy_model(checkpoint: Path, run_dir: str | os.PathLike) -> Path:
         shutil.copyfile(Path(checkpoint) / "model.safetensors", part)
         fsync_file(part)
         os.replace(part, path)
+        fsync_dir(path.parent)  # the rename itself survives a power cut
     except WRITE_ERRORS as e:
         part.unlink(missing_ok=True)
         raise _write_error(e, f"could not write {path}", "", path.parent) from e
@@ -291,7 +310,22 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         if key in state and not isinstance(state[key], kind):
             raise CheckpointError(f"{path / 'state.pt'} is not a training state: its {key!r} is a "
                                   f"{type(state[key]).__name__}")
+    bad = _non_finite_slots(state["optimizer"])
+    if bad:  # the first step would turn every weight NaN, and the run go on saving them as checkpoints
+        more = f", ... (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise CheckpointError(f"{path / 'state.pt'}: the optimizer state holds NaN/Inf values: "
+                              f"{', '.join(bad[:5])}{more}")
     return model_state, state
+
+
+def _non_finite_slots(optimizer: dict) -> list[str]:
+    """"param.slot" names of the optimizer state's floating tensors (exp_avg ...) holding NaN or Inf."""
+    slots = optimizer.get("state")
+    if not isinstance(slots, dict):
+        return []
+    return [f"{param}.{name}" for param, values in slots.items() if isinstance(values, dict)
+            for name, v in values.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = None,
@@ -312,7 +346,8 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = 
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml")
     run = RunConfig.from_yaml(run_dir / "config.yaml")
     weights = run_dir / "model.safetensors"
-    if not weights.is_file():
+    # only when nothing is there: a folder, FIFO or broken link is refused below, not swapped for other weights
+    if not os.path.lexists(weights):
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"{run_dir} has no model.safetensors and no complete checkpoint")

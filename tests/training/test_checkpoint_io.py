@@ -232,6 +232,9 @@ def _edit_state(path, edit) -> None:
     # a bare AttributeError or TypeError (a traceback from the CLI) before, naming no file
     (lambda s: s.__setitem__("optimizer", None), r"state.pt is not a training state: its 'optimizer' is a NoneType"),
     (lambda s: s.__setitem__("elapsed", "1:00"), r"state.pt is not a training state: its 'elapsed' is a str"),
+    # resumed and trained on: every weight NaN after the first step, saved as the run's checkpoints
+    (lambda s: s["optimizer"]["state"][0]["exp_avg_sq"].fill_(float("nan")),
+     r"state.pt: the optimizer state holds NaN/Inf values: 0\.exp_avg_sq"),
 ])
 def test_a_hand_edited_training_state_is_refused_before_the_first_step(base_run, tmp_path, edit, match):
     run_dir = _copy(base_run, tmp_path)
@@ -255,3 +258,141 @@ def test_a_config_edited_to_a_huge_model_is_refused_before_it_is_built(base_run,
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_run(run_dir)
+
+
+@pytest.mark.parametrize("kind", ["folder", "broken link"])
+def test_a_broken_model_file_is_refused_not_swapped_for_a_checkpoint(base_run, tmp_path, kind):
+    """load_run took anything but a regular model.safetensors for a missing one and loaded the newest checkpoint's
+    weights instead, silently: `generate` and `serve` answered from another model than the run's best."""
+    run_dir = _copy(base_run, tmp_path)
+    weights = run_dir / "model.safetensors"
+    weights.unlink()
+    if kind == "folder":
+        weights.mkdir()
+    else:
+        weights.symlink_to(tmp_path / "unmounted/model.safetensors")
+    with pytest.raises((CheckpointError, FileNotFoundError), match="model.safetensors"):
+        load_run(run_dir)
+
+
+def test_a_failed_replace_of_a_saved_step_puts_the_old_one_back(base_run, tmp_path, monkeypatch):
+    """Saving a step again moves the old folder aside, then renames the new one in: a failure between the two left the
+    step under a .tmp- name, which the message did not mention and the next clean-up deleted."""
+    import os
+
+    run_dir = _copy(base_run, tmp_path)
+    model_sd, state = ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
+    real_replace, calls = os.replace, []
+
+    def fail_second_folder_rename(src, dst):
+        if Path(src).parent.name == "checkpoints":
+            calls.append(dst)
+            if len(calls) == 2:
+                raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_second_folder_rename)
+    with pytest.raises(ckpt.CheckpointWriteError, match="step-8 .*Input/output error"):
+        ckpt.save_checkpoint(run_dir, step=8, model_state=model_sd, state=state, keep_last=2)
+    monkeypatch.setattr(os, "replace", real_replace)
+    ckpt.clean_incomplete(run_dir)
+    assert [p.name for p in ckpt.list_checkpoints(run_dir)] == ["step-4", "step-8"]
+    ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
+
+
+def test_pruning_unmarks_a_checkpoint_before_deleting_it(base_run, tmp_path, monkeypatch):
+    """rmtree deletes in directory order: a kill after state.pt went and before COMPLETE did left a folder listed as
+    complete without its state (and offered by a failed resume as "an older checkpoint may load")."""
+    run_dir = _copy(base_run, tmp_path)
+
+    def killed_mid_way(path, ignore_errors=False):
+        (Path(path) / "state.pt").unlink()
+        raise KeyboardInterrupt  # stands for the kill
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_mid_way)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.prune_checkpoints(run_dir, keep_last=1)
+    assert [p.name for p in ckpt.list_checkpoints(run_dir)] == ["step-8"]
+
+
+def test_copying_the_weights_fsyncs_the_folder(base_run, tmp_path, monkeypatch):
+    """copy_model renamed model.safetensors into place without an fsync of the run folder: a power cut could lose
+    the rename, leaving the weights of the abandoned history."""
+    run_dir = _copy(base_run, tmp_path)
+    synced = []
+    monkeypatch.setattr(ckpt, "fsync_dir", lambda p: synced.append(Path(p)))
+    ckpt.copy_model(run_dir / "checkpoints/step-4", run_dir)
+    assert synced == [run_dir]
+
+
+SAFETENSORS_KILL = """
+import os, signal, sys
+from pathlib import Path
+import torch
+import safetensors.torch
+from neurallayers.training import checkpoint as c
+def dies_mid_write(tensors, filename, metadata=None):
+    # what safetensors does (a .tmpXXXXXX beside the file, renamed at the end), killed half-way
+    Path(filename).with_name(".tmpAbC123").write_bytes(b"half the weights")
+    os.kill(os.getpid(), signal.SIGKILL)
+safetensors.torch.save_file = dies_mid_write
+c.save_model(sys.argv[1], {"w": torch.zeros(4)})
+"""
+
+
+def test_a_kill_inside_safetensors_leaves_nothing_the_cleanup_misses(tmp_path):
+    """safetensors writes its own `.tmpXXXXXX` beside the name it is given: a kill while it wrote model.safetensors
+    left a model-sized file in the run folder that clean_incomplete did not know, once per kill."""
+    import subprocess
+    import sys
+
+    from nl_train_helpers import child_env
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    proc = subprocess.run([sys.executable, "-c", SAFETENSORS_KILL, str(run_dir)], env=child_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p.name for p in run_dir.iterdir()]  # the kill left its temporary
+    ckpt.clean_incomplete(run_dir)
+    assert list(run_dir.iterdir()) == []
+
+
+SAVE_FOREVER = """
+import sys, torch
+from neurallayers.training import checkpoint as c
+weights = {"w": torch.randn(8_000_000)}
+print("ready", flush=True)
+while True:
+    c.save_model(sys.argv[1], weights)
+"""
+
+
+def test_a_real_sigkill_mid_write_leaves_the_old_weights_and_no_temporary(tmp_path):
+    """A real SIGKILL the moment a temporary of a 32 MB write appears: model.safetensors is the old file, whole, and
+    clean_incomplete removes every temporary (whatever wrote it: ours, or safetensors' own)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from nl_train_helpers import child_env
+
+    from neurallayers.weights import read_safetensors, save_safetensors
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_safetensors({"w": torch.ones(3)}, run_dir / "model.safetensors")
+    proc = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(run_dir)], env=child_env(tmp_path),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while not any(name.startswith(".") for name in os.listdir(run_dir)) and time.monotonic() < deadline:
+            pass
+    finally:
+        proc.kill()
+        proc.wait()
+    assert torch.equal(read_safetensors(run_dir / "model.safetensors")["w"], torch.ones(3))
+    ckpt.clean_incomplete(run_dir)
+    assert [p.name for p in run_dir.iterdir()] == ["model.safetensors"]

@@ -163,3 +163,51 @@ def test_saved_weights_are_readable_as_the_umask_says(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.safetensors").stat().st_mode & 0o777 == 0o664
+
+
+def test_a_number_of_thousands_of_digits_refused(tmp_path):
+    """Python refuses to parse an integer of over 4300 digits with a bare ValueError that named no file."""
+    hdr = b'{"w": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}'
+    err = _assert_refused_cheaply(_raw(tmp_path / "digits.safetensors", hdr, b"\0" * 4), "not a safetensors header")
+    assert "set_int_max_str_digits" not in str(err)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs and symlinks")
+def test_a_folder_fifo_or_symlink_loop_is_named_as_such(tmp_path):
+    """Each was "no weights file at ..." (a FileNotFoundError), as if the user had mistyped the path; a FIFO must
+    not be opened (a read blocks until some writer comes)."""
+    (tmp_path / "dir.safetensors").mkdir()
+    os.mkfifo(tmp_path / "fifo.safetensors")
+    os.symlink(tmp_path / "b.safetensors", tmp_path / "a.safetensors")
+    os.symlink(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    os.symlink(tmp_path / "gone.safetensors", tmp_path / "dangling.safetensors")
+    for name, needle in [("dir", "is a directory, not a weights file"), ("fifo", "is a FIFO, socket or device"),
+                         ("a", "cannot open the weights file .*symbolic links")]:
+        _assert_refused_cheaply(tmp_path / f"{name}.safetensors", needle)
+    with pytest.raises(FileNotFoundError, match="a symbolic link to a missing file"):
+        read_safetensors(tmp_path / "dangling.safetensors")
+    (tmp_path / "state.pt").mkdir()
+    with pytest.raises(CheckpointError, match="state.pt is a directory, not a checkpoint file"):
+        torch_load_safe(tmp_path / "state.pt")
+
+
+def test_a_torch_archive_cut_short_is_refused_naming_the_file(tmp_path):
+    """A state.pt or pytorch_model.bin cut short (a copy that ran out of space) made torch's zip reader raise a bare
+    "OSError: [Errno 22] Invalid argument": a traceback from the CLI, naming no file."""
+    torch.save({"step": 3, "optimizer": {"state": {0: {"exp_avg": torch.randn(2000)}}}}, tmp_path / "whole.pt")
+    blob = (tmp_path / "whole.pt").read_bytes()  # cut past its first 4 KB, the bare OSError
+    path = tmp_path / "state.pt"
+    for cut in range(0, len(blob), 101):
+        path.write_bytes(blob[:cut])
+        with pytest.raises(CheckpointError, match="state.pt: not a readable torch checkpoint"):
+            torch_load_safe(path)
+
+
+def test_a_refused_pickle_does_not_advise_allowlisting_its_code(tmp_path):
+    """The refusal quoted torch's whole line, which asks the user to `add_safe_globals([io.open])` if they trust it:
+    advice to run the attacker's global."""
+    marker = tmp_path / "pwned"
+    torch.save({"x": Evil(str(marker))}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="refusing to load .*Unsupported global: GLOBAL io.open") as e:
+        torch_load_safe(tmp_path / "pytorch_model.bin")
+    assert "safe_globals" not in str(e.value) and not marker.exists()
