@@ -23,6 +23,9 @@ from torch import nn
 from neurallayers.files import fsync_dir
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
+# A file's tensors: a few thousand in any real model file (big models are sharded). A well-formed 67 MB header of a
+# million empty tensors (under the format's limit) took 41 s and 1.4 GB to read before the key check refused it.
+MAX_TENSORS = 1 << 16
 TIED_KEY = "neurallayers_tied"  # metadata entry: JSON {alias: saved_name}
 
 DTYPE_BYTES = {
@@ -62,6 +65,9 @@ def validate_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]
             raise CheckpointError(f"{path}: header length {n} runs past the end of the {size}-byte file "
                                   "(truncated or not safetensors)")
         raw = f.read(n)
+    if raw.count(b"{") > MAX_TENSORS + 2:  # each entry is an object, and JSON cannot escape a brace: before parsing
+        raise CheckpointError(f"{path}: header lists over {MAX_TENSORS:,} tensors; a model file holds a few thousand "
+                              "(the file is corrupt or not a model's)")
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
