@@ -278,8 +278,8 @@ def read_hf_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, to
         FileNotFoundError: no weights file.
         CheckpointError: a corrupt file or index, or a pickle when `allow_pickle` is False.
     """
-    if (folder / SAFE_WEIGHTS).is_file():
-        return read_safetensors(folder / SAFE_WEIGHTS)
+    if os.path.lexists(folder / SAFE_WEIGHTS):  # a folder, FIFO or broken link by that name is named as such (it
+        return read_safetensors(folder / SAFE_WEIGHTS)  # was "has no weights", or fell through to the pickle)
     if (folder / SAFE_INDEX).is_file():
         return read_sharded(folder / SAFE_INDEX)
     pickles = [name for name in (PICKLE_WEIGHTS, PICKLE_INDEX) if (folder / name).is_file()]

@@ -67,6 +67,19 @@ def test_pickle_only_folder_is_refused_unless_opted_in(tmp_path):
         torch.testing.assert_close(model(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs")
+def test_a_weights_name_that_is_no_file_is_named_not_skipped_for_the_pickle(tmp_path):
+    """A model.safetensors that is a folder or FIFO was "has no weights", or, beside a pytorch_model.bin, the
+    pickle was read in its place."""
+    hf_folder(tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    os.mkfifo(tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model.safetensors is a FIFO, socket or device, not a weights file"):
+        load(tmp_path, allow_pickle=True)
+
+
 def test_sharded_pickle_weights_load_when_opted_in(tmp_path):
     """Older checkpoints shard pickles (pytorch_model-0000k-of-0000n.bin + pytorch_model.bin.index.json), which
     transformers loads: refused unless opted in, as pytorch_model.bin is, never 'has no weights'; convert --allow-pickle
