@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import types
+import warnings
 import weakref
 
 import torch
@@ -175,6 +176,7 @@ class DecodeStep:
             attend = cache.max_len
         if isinstance(attend, bool) or not isinstance(attend, int) or not 1 <= attend <= cache.max_len:
             raise ValueError(f"attend={attend!r}: must be an int in [1, {cache.max_len}] (the cache's positions)")
+        _check_inputs(tok, cache, input_pos, attention_mask, attend)
         length = _window(attend, cache.max_len)
         if length < cache.max_len:  # writes past the window fail in the step's index checks, never silently
             cache = cache.window(length)
@@ -214,9 +216,27 @@ class DecodeStep:
             if ones is None or ones.shape != (rows, length) or ones.device != device:
                 ones = self._ones = torch.ones(rows, length, dtype=torch.long, device=device)
             return ones
+        attention_mask = attention_mask.expand(rows, -1)  # (1, S) holds for every row, as in DecoderLM.forward
         if attention_mask.shape[1] >= length:
             return attention_mask[:, :length].contiguous()
         return F.pad(attention_mask, (0, length - attention_mask.shape[1]))  # columns past it: hidden by position
+
+
+def _check_inputs(tok: torch.Tensor, cache: KVCache, input_pos: int | torch.Tensor,
+                  attention_mask: torch.Tensor | None, attend: int) -> None:
+    """A caller's shapes, checked on the host for free: a mask narrower than the columns attended was padded with
+    zeros, hiding a row's own earlier tokens (wrong logits, where the plain forward refuses it), and other mistakes
+    failed deep in a compiled kernel ("index out of bounds: 0 <= tmp7 < 40L")."""
+    rows = cache.batch_size
+    if not isinstance(tok, torch.Tensor) or tok.shape != (rows, 1):
+        got = tuple(tok.shape) if isinstance(tok, torch.Tensor) else type(tok).__name__
+        raise ValueError(f"tok must have shape (R, 1) with R={rows}, the cache's rows; got {got}")
+    if isinstance(input_pos, torch.Tensor) and input_pos.shape != (rows,):
+        raise ValueError(f"input_pos must be an int or a tensor of shape (R,)=({rows},), got {tuple(input_pos.shape)}")
+    if attention_mask is not None and (attention_mask.ndim != 2 or attention_mask.shape[0] not in (1, rows)
+                                       or attention_mask.shape[1] < attend):
+        raise ValueError(f"attention_mask must have shape (R={rows}, S>={attend}): 1/0 for every cache column the step "
+                         f"attends, the cached prefix included; got {tuple(attention_mask.shape)}")
 
 
 def _freezes(rows: int, dtype: torch.dtype, device: torch.device) -> bool:
@@ -240,6 +260,21 @@ def _window(attend: int, columns: int) -> int:
     return min(-(-attend // 16) * 16, columns - 1)
 
 
+def _finds_cpp_compiler() -> bool:
+    """Whether inductor finds a C++ compiler: without one the first compiled step failed in the middle of generate(),
+    after the prompt's prefill, or in a server's warm-up, with inductor's InvalidCxxCompiler."""
+    try:
+        from torch._inductor import exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # private modules: if they move, torch.compile says it itself
+        return True
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return False
+    return True
+
+
 def prepare_for_decode(model: nn.Module, *, dtype: torch.dtype | None = None, compile: bool = True,
                        mode: str = "default") -> nn.Module:
     """Make generate() and stream() decode `model` with a fast one-token step; returns the same model.
@@ -251,7 +286,7 @@ def prepare_for_decode(model: nn.Module, *, dtype: torch.dtype | None = None, co
         compile: compile the step with torch.compile (inductor freezing where it packs GEMMs); False runs the same
             static-shape step eagerly: no compile time, and where the rowdot kernel runs, batch-1 steps about half as
             fast as compiled ones (GPT-2 124M on 2 cores: fp32 17.4 vs 11.7 ms, bf16 11.9 vs 6.4 ms; the plain path
-            takes 35 ms).
+            takes 35 ms). On CPU without a C++ compiler (which torch.compile needs there), False with a warning.
         mode: torch.compile mode: "default" or "max-autotune-no-cudagraphs" (autotunes GEMMs: slower to compile).
 
     Raises:
@@ -266,6 +301,10 @@ def prepare_for_decode(model: nn.Module, *, dtype: torch.dtype | None = None, co
     model.eval()
     if dtype is not None:
         model.to(dtype)
+    if compile and next(model.parameters()).device.type == "cpu" and not _finds_cpp_compiler():
+        warnings.warn("compile=True needs a C++ compiler on CPU (torch.compile builds its kernels with g++ or $CXX) "
+                      "and none was found: the decode step runs eagerly, as with compile=False", stacklevel=2)
+        compile = False
     for module in model.modules():
         if type(module) is nn.Linear:  # same parameters and state dict; only the compiled one-row forward differs
             module.__class__ = RowLinear

@@ -58,6 +58,7 @@ class KVCache:
         """Write k, v (B, H, T, D) at positions input_pos.. (an int shared by all rows, or a (B,) tensor) and
         return this layer's keys and values for positions [0, end), end = last written position + 1 (all max_len
         positions when the cache is static and input_pos a tensor)."""
+        _check_like(self.k, k, layer)
         t = k.shape[2]
         ck, cv = self.k[layer], self.v[layer]
         if isinstance(input_pos, int):
@@ -99,6 +100,14 @@ def _check_size(name: str, value: object) -> None:
     with an allocation error that names neither."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"KV cache {name}={value!r}: must be an int >= 1")
+
+
+def _check_like(cache: torch.Tensor, k: torch.Tensor, layer: int) -> None:
+    """A cache made before its model was cast or moved failed later in torch ("expected scalar type BFloat16 but
+    found Float"), naming neither. Under autocast keys come out in the autocast dtype: the cache stores its own."""
+    if k.device != cache.device or (k.dtype != cache.dtype and not torch.is_autocast_enabled(k.device.type)):
+        raise ValueError(f"KV cache holds {cache.dtype} on {cache.device}, but layer {layer}'s keys are {k.dtype} on "
+                         f"{k.device}: make the cache after casting or moving the model (model.new_cache)")
 
 
 def _check_start(position: int) -> None:

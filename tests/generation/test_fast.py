@@ -258,6 +258,21 @@ def test_bf16_on_a_cpu_without_bf16_dot_products_warns_unless_rowdot_runs_its_ba
         prepare_for_decode(tiny_lm(), dtype=torch.bfloat16, compile=False)
 
 
+def test_compile_without_a_cpp_compiler_runs_the_step_eagerly():
+    """torch.compile on CPU builds its kernels with a C++ compiler: without one, prepare_for_decode says so and keeps
+    the eager fast step, where the first compiled step raised inductor's InvalidCxxCompiler in the middle of
+    generate(), after the prompt's prefill."""
+    from torch._inductor import config as inductor_config
+
+    plain = tiny_lm(seed=1)
+    # inductor's own patch: monkeypatch's undo deleted the option (torch's config module then hides it)
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}), \
+            pytest.warns(UserWarning, match=r"needs a C\+\+ compiler on CPU.*runs eagerly"):
+        fast = prepare_for_decode(tiny_lm(seed=1))
+    assert not decode_step_for(fast).compiled
+    assert _ids(fast, PROMPTS[:1], temperature=0.0) == _ids(plain, PROMPTS[:1], temperature=0.0)
+
+
 def test_not_a_decoder():
     with pytest.raises(ValueError, match="DecoderLM"):
         prepare_for_decode(torch.nn.Linear(2, 2))
@@ -286,6 +301,34 @@ def test_step_reads_a_window_of_the_cache():
                 step(tok, cache=cache, input_pos=pos, attend=bad)
         with pytest.raises(ValueError, match="input_pos=41"):
             step(tok[:1], cache=cache, input_pos=41)  # 40 positions and the spare one: 0..40
+
+
+def test_step_refuses_a_mask_narrower_than_the_columns_it_attends():
+    """A mask must cover every column the step attends, as DecoderLM.forward requires; a narrower one was padded with
+    zeros, hiding the row's earlier tokens: logits far from the plain path's, silently. A mask of one row holds for
+    every row, as in DecoderLM.forward."""
+    plain, fast = _pair(compile=False)
+    step = decode_step_for(fast)
+    prompt, tok = torch.tensor([[5, 9, 2, 7, 1, 3, 4, 4, 2, 1]] * 2), torch.tensor([[3], [3]])
+    with torch.inference_mode():
+        cache = step.new_cache(2, 16)
+        fast(prompt, cache=cache, logits_to_keep=1)
+        with pytest.raises(ValueError, match=r"attention_mask must have shape \(R=2, S>=11\).*got \(2, 3\)"):
+            step(tok, cache=cache, input_pos=10, attention_mask=torch.ones(2, 3, dtype=torch.long))
+        got = step(tok, cache=cache, input_pos=10, attention_mask=torch.ones(1, 11, dtype=torch.long))
+        want = plain(torch.cat([prompt, tok], 1)).logits[:, -1]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 1), (3, 1), (2, 2)])
+def test_step_refuses_tokens_that_do_not_fit_its_cache(shape):
+    """tok is (R, 1) for the cache's R rows: compiled, a mismatch failed deep in a generated kernel."""
+    _, fast = _pair(compile=False)
+    step = decode_step_for(fast)
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"tok must have shape \(R, 1\) with R=2"):
+        step(torch.ones(shape, dtype=torch.long), cache=step.new_cache(2, 16), input_pos=0)
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"input_pos must be .* \(R,\)=\(2,\)"):
+        step(torch.ones(2, 1, dtype=torch.long), cache=step.new_cache(2, 16), input_pos=torch.tensor([[1, 2]]))
 
 
 @pytest.mark.slow

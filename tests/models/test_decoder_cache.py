@@ -107,3 +107,24 @@ def test_cache_overflow_and_context_length_are_clear_errors():
         net(random_ids(1, 4), cache=cache, input_pos=6)
     with pytest.raises(ValueError, match="exceeds the context length block_size=48"):
         net(random_ids(1, 49))
+
+
+@torch.no_grad()
+def test_a_cache_of_another_dtype_than_the_model_is_a_clear_error():
+    """A cache made before the model was cast: torch failed in the write or in attention ("expected scalar type
+    BFloat16 but found Float"), naming neither the cache nor the cure. Under autocast the keys come out in bf16 and a
+    float32 cache stores them, as before."""
+    net = model("gpt2")
+    ids = random_ids(1, 5)
+    for cache_dtype, model_dtype in ((torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)):
+        cache = net.new_cache(1, 8, dtype=cache_dtype)
+        with pytest.raises(ValueError, match=f"KV cache holds {cache_dtype} on cpu, but layer 0's keys are "
+                                             f"{model_dtype}.*model.new_cache"):
+            net.to(model_dtype)(ids, cache=cache)
+    net.float()
+    cache = net.new_cache(1, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(ids[:, :4], cache=cache)
+        step = net(ids[:, 4:], cache=cache, input_pos=4).logits
+        full = net(ids).logits
+    torch.testing.assert_close(step[0, -1].float(), full[0, -1].float(), atol=0.05, rtol=0)
