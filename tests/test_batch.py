@@ -254,24 +254,13 @@ def test_a_line_whose_setting_fails_while_decoding_is_named(lm, tmp_path):
     assert [r["id"] for r in results(tmp_path / "out.jsonl")] == ["a"]
 
 
-def test_cli_ctrl_c_says_the_same_command_goes_on(run_dir, tmp_path, capsys, monkeypatch):
-    """A Ctrl-C said only "interrupted": nothing told the user that the records written stay and a rerun resumes."""
-    import neurallayers.batch
-    from neurallayers.__main__ import main
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(neurallayers.batch, "run_batch", interrupted)
-    inp = tmp_path / "in.jsonl"
-    inp.write_text('{"prompt": "a"}\n')
-    assert main(["batch", str(run_dir), "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 130
-    err = capsys.readouterr().err
-    assert "the same command goes on from them" in err and err.rstrip().endswith("interrupted")
-
-
-def test_cli_ctrl_c_with_overwrite_says_to_drop_it(run_dir, tmp_path, capsys, monkeypatch):
-    """With --overwrite, "the same command goes on from them" discarded the records it said were kept."""
+@pytest.mark.parametrize(("flags", "said"), [
+    ([], "the same command goes on from them"),
+    (["--overwrite"], "the same command without --overwrite goes on from them"),
+])
+def test_cli_ctrl_c_says_how_to_go_on(run_dir, tmp_path, capsys, monkeypatch, flags, said):
+    """A Ctrl-C said only "interrupted": nothing told the user that the records written stay and a rerun resumes;
+    with --overwrite, "the same command goes on from them" discarded the records it said were kept."""
     import neurallayers.batch
     from neurallayers.__main__ import main
 
@@ -282,8 +271,9 @@ def test_cli_ctrl_c_with_overwrite_says_to_drop_it(run_dir, tmp_path, capsys, mo
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"prompt": "a"}\n')
     out = str(tmp_path / "o.jsonl")
-    assert main(["batch", str(run_dir), "--input", str(inp), "--output", out, "--overwrite"]) == 130
-    assert "the same command without --overwrite goes on from them" in capsys.readouterr().err
+    assert main(["batch", str(run_dir), "--input", str(inp), "--output", out, *flags]) == 130
+    err = capsys.readouterr().err
+    assert said in err and err.rstrip().endswith("interrupted")
 
 
 def test_interrupted_note_names_the_parts_folder_of_vectors(tmp_path):

@@ -132,11 +132,7 @@ def test_a_query_that_sees_no_key_gives_zeros_as_sdpa_does(kernel, mask_kind):
         ours = materialized_attention(q, k, v, mask=mask)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert (ours[0, :, :2] == 0).all()
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
-    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    for a, b in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert_same_values_and_grads(ours, ref, (q, k, v))
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "eager"])
@@ -203,11 +199,7 @@ def test_materialized_attention_equals_sdpa_values_and_grads(n_kv_head, is_causa
     ours = materialized_attention(q, k, v, is_causal=is_causal)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal,
                                                            enable_gqa=n_kv_head != HEADS)
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
-    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    for a, b in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert_same_values_and_grads(ours, ref, (q, k, v))
 
 
 @pytest.mark.parametrize("kind", ["padding", "alibi"])
@@ -226,11 +218,7 @@ def test_materialized_attention_with_a_mask_equals_sdpa_values_and_grads(kind):
         mask = bias.masked_fill(~causal[0], float("-inf"))[None]
     ours = materialized_attention(q, k, v, mask=mask)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
-    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    for a, b in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert_same_values_and_grads(ours, ref, (q, k, v))
 
 
 def test_bf16_attention_on_cpu_takes_the_materialized_path_and_matches_fp32(monkeypatch):
@@ -289,3 +277,11 @@ def test_bf16_cached_prefill_and_decode_take_the_materialized_path_and_match_the
         steps = [attn(x[:, i:i + 1], cache=cache, input_pos=i)[0] for i in range(6, 9)]
     assert len(calls) == 5
     torch.testing.assert_close(torch.cat([prefill, *steps], dim=1).float(), full.float(), atol=0.1, rtol=0.05)
+
+
+def assert_same_values_and_grads(ours: torch.Tensor, ref: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> None:
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), inputs)
+    ref_grads = torch.autograd.grad(ref.square().sum(), inputs)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
