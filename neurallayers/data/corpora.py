@@ -120,7 +120,7 @@ class FileCorpus(Corpus):
     def documents(self) -> Iterator[Document]:
         for path in self.files:
             rel = self._rel(path)
-            if path.suffix.lower() == ".json" and self.reads_records(path):
+            if self._json_records(path):
                 yield from _json_documents(path, rel, self.text_field)
             elif path.suffix.lower() in JSONL_SUFFIXES:
                 yield from _jsonl_documents(path, rel, self.text_field)
@@ -136,14 +136,17 @@ class FileCorpus(Corpus):
         for path in self.files:
             st = path.stat()
             h.update(os.fsencode(self._rel(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
-            if self.json_records and path.suffix.lower() == ".json":  # records now, text before: a stale cache
+            if self._json_records(path):  # records now, text before: a stale cache
                 h.update(b"records\0")
             h.update(_content_sample(path))
         return h.hexdigest()[:16]
 
     def reads_records(self, path: Path) -> bool:
         """Whether `path` (one of the files) is read as records, whose `text_field` holds the text."""
-        return path.suffix.lower() in JSONL_SUFFIXES or (self.json_records and path.suffix.lower() == ".json")
+        return path.suffix.lower() in JSONL_SUFFIXES or self._json_records(path)
+
+    def _json_records(self, path: Path) -> bool:
+        return self.json_records and path.suffix.lower() == ".json"
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
