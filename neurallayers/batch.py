@@ -47,9 +47,8 @@ from torch import nn
 from neurallayers.config import NEWER_FIELDS
 from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizers import Tokenizer
-from neurallayers.files import WriteError
+from neurallayers.files import WriteError, fsync_dir
 from neurallayers.generation import GenerationConfig, generate
-from neurallayers.weights import fsync_dir
 
 log = logging.getLogger("neurallayers.batch")
 
