@@ -17,11 +17,13 @@ EPILOG = """input: one JSON object per line, e.g.
   {"id": "q1", "prompt": "Once upon a time", "max_new_tokens": 32, "temperature": 0}
 "id" is optional (default: the line number); "text" may stand for "prompt". Lines may override max_new_tokens,
 min_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty,
-no_repeat_ngram_size, stop, seed and ignore_eos. An encoder model embeds each "text" instead.
+no_repeat_ngram_size, stop, seed and ignore_eos. An encoder model embeds each "text" instead. A bad line (not JSON,
+an unknown field, no prompt, a bad value) stops the run before any work, naming its line number.
 
 output: .jsonl (one result per input line, in input order when done); .npy / .npz for embeddings.
 Interrupted? Run the same command again: finished batches are kept, the rest is computed. A resume with a changed
-input file, settings or model is refused (pass --overwrite to start again)."""
+input file, settings or model is refused (pass --overwrite to start again), and so is an output file that no
+interrupted run left (--overwrite replaces it)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

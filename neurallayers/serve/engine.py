@@ -10,7 +10,8 @@ Design:
   decode step. A lone newcomer gets the very computation stream() does for a prompt alone.
 - The decode step feeds each row its last token at the row's own cache column (a (B,) `input_pos` tensor); the
   model then uses per-row position ids and a per-row causal mask (key column <= the row's position), so entries
-  of a previous occupant of the row, at columns past the current one, are never attended.
+  of a previous occupant of the row, at columns past the current one, are never attended; they are zeroed when
+  the row changes hands all the same (see _clear), since a masked NaN still poisons the attention's sum.
 - Each request keeps its own processors, seeded generator (`_row_seed(seed, 0)`, as generate() and stream() use
   for a prompt alone), log-probabilities, stop tokens and text assembly (`_RowText`): a request's events equal
   `stream(model, tokenizer, prompt_ids, config)`'s.
@@ -290,6 +291,7 @@ class Engine:
         row0, k = len(self._running), len(reqs)
         try:
             seqs = [_Sequence(r, eos_ids=self._eos_ids, tokenizer=self.tokenizer, device=self._device) for r in reqs]
+            self._clear(row0, row0 + k, max(r.prompt_tokens for r in reqs))  # the prefill writes the columns before
             cache = self._cache.rows(row0, row0 + k)
             if k == 1:
                 ids = torch.tensor([reqs[0].prompt_ids], dtype=torch.long, device=self._device)
@@ -384,8 +386,16 @@ class Engine:
                     n = moved.pos  # columns 0..pos-1 hold its keys and values
                     self._cache.k[:, r, :, :n] = self._cache.k[:, last, :, :n]
                     self._cache.v[:, r, :, :n] = self._cache.v[:, last, :, :n]
+                    self._clear(r, r + 1, n)  # the columns past it are the ended request's
                     self._running[r] = moved
                 self._running.pop()
+
+    def _clear(self, start: int, stop: int, column: int) -> None:
+        """Zero rows start..stop-1 of the cache from `column` on: what an earlier occupant left there. A step of
+        several rows reads every row up to the longest row's position and masks the columns past each row's own, but
+        a masked column's zero weight times a NaN or Inf value (an overflow of that occupant's) is still NaN."""
+        self._cache.k[:, start:stop, :, column:].zero_()
+        self._cache.v[:, start:stop, :, column:].zero_()
 
     def _end(self, req: Request, reason: str) -> None:
         req._push(StreamEvent(text="", finish_reason=reason))

@@ -500,3 +500,33 @@ def test_a_server_built_with_compile_decodes_through_the_warmed_step(tok) -> Non
     served.shutdown()
     assert counters["stats"]["unique_graphs"] == graphs
     assert_same_events(got, list(stream(model, tok, prompt, cfg)), exact_logprobs=True)
+
+
+@pytest.mark.parametrize("joins", ["into the freed row", "moved into the freed row"])
+def test_nan_an_ended_request_left_in_its_row_poisons_no_later_one(tok, joins: str) -> None:
+    """A request whose values overflowed leaves NaN in its cache row. A short request that then takes that row
+    (a newcomer, or the last row moved into the hole) decodes beside a longer one, so the step's window spans its
+    stale columns: masked, but a zero weight times NaN is NaN. It must still equal stream() alone."""
+    model = random_lm("gpt2")
+    poison = 7  # a prompt with this id overflows: its row's keys and values (and its padding's) are NaN
+
+    def overflow(module, args, out):
+        return out.masked_fill((args[0] == poison)[..., None], float("nan")) if args[0].shape[1] > 1 else out
+
+    model.wte.register_forward_hook(overflow)
+    long, short, poisoned = list(range(10, 40)), [11, 12, 13], [5, poison] + list(range(50, 68))
+    cfg = GenerationConfig(temperature=0, max_new_tokens=30, ignore_eos=True)
+    refs = [list(stream(model, tok, p, cfg)) for p in (long, short)]
+    gate = Gate(model)
+    engine = Engine(model, tok, max_batch=3)
+    first = [long, poisoned] if joins == "into the freed row" else [long, poisoned, short]
+    reqs = [engine.submit(p, cfg.replace(max_new_tokens=2) if p is poisoned else cfg) for p in first]
+    engine.start()
+    gate.let(1 + 1)  # the joint prefill, then the decode step that ends the poisoned request
+    assert reqs[1].done
+    if joins == "into the freed row":
+        reqs.append(engine.submit(short, cfg))
+    gate.open()
+    for req, ref in zip([reqs[0], reqs[-1]], refs, strict=True):
+        assert_same_events(list(req), ref)
+    engine.shutdown()
