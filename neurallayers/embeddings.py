@@ -236,10 +236,11 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
     block = encoder.config.block_size
     if max_length is None:
         max_length = input_limit(tokenizer, block)
-    elif isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+    elif isinstance(max_length, bool) or not isinstance(max_length, int | np.integer) or max_length < 2:
         raise ValueError(f"max_length={max_length!r}: must be an int >= 2 (room for the special tokens)")
     elif max_length > block:
         raise ValueError(f"max_length={max_length} exceeds the model's context length block_size={block}")
+    max_length = int(max_length)  # a numpy int (a length read from an array), as tokenize_batch takes it
     if normalize is None:
         normalize = bool(encoder.config.extra.get("normalize", True))
     device = next(encoder.parameters()).device

@@ -24,6 +24,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with tmp.open("w", encoding="utf-8") as f:
+            keep_mode(path, tmp)  # before the text goes in: a private file's is never readable to others
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -35,6 +36,21 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def keep_mode(old: Path, new: Path) -> bool:
+    """Give `new`, about to replace `old`, the permissions `old` has (True), or leave it the new file's (False: no
+    `old`): made anew, a config.yaml chmod'ed 600 came back readable to everyone once a resume rewrote it. Best effort:
+    vfat and exFAT (Linux) refuse with EPERM a mode they cannot store."""
+    try:
+        mode = old.stat().st_mode & 0o777  # the permission bits only: never a set-id bit on new content
+    except OSError:
+        return False
+    try:
+        os.chmod(new, mode)
+    except OSError:
+        pass
+    return True
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

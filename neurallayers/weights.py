@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import stat
 import struct
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neurallayers.files import fsync_dir
+from neurallayers.files import fsync_dir, keep_mode
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 # A file's tensors: a few thousand in any real model file (big models are sharded). A well-formed 67 MB header of a
@@ -261,6 +262,7 @@ def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
     Tensors sharing storage (tied embeddings) are saved once; the tie goes to the metadata and
     `read_safetensors` restores it.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -285,8 +287,16 @@ def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
     tmp = folder / folder.name
     try:
         _fresh_dir(folder)
-        save_file(unique, str(tmp), metadata=meta or None)
-        _share_as_new_files(tmp)
+        try:
+            save_file(unique, str(tmp), metadata=meta or None)
+        except SafetensorError as e:  # its words for an OS error: "I/O error: No space left on device (os error 28)"
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            if code is None:
+                raise
+            # the OSError open() would raise, which callers catch and the CLI says in one line (convert: a traceback)
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e
+        if not keep_mode(path, tmp):  # a re-save keeps the file's permissions, a new file gets the umask's
+            _share_as_new_files(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)

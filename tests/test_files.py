@@ -69,3 +69,27 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
     assert str(e.value) == f"could not write {path}: No space left on device; the previous file is intact"
     assert isinstance(e.value, USER_ERRORS) and e.value.errno == 28
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_a_rewritten_file_keeps_its_permissions(tmp_path):
+    """A run's files are rewritten whole (config.yaml and tokenizer.json on every resume, model.safetensors at every
+    better evaluation): each came back with the umask's 0o644, so a file its owner had made private (0o600) became
+    readable to everyone on the machine. A new file still gets the umask's."""
+    import torch
+
+    from neurallayers.weights import save_safetensors
+
+    old = os.umask(0o022)
+    try:
+        for name, write in (("config.yaml", lambda p: write_text_atomic(p, "model: {}\n")),
+                            ("model.safetensors", lambda p: save_safetensors({"w": torch.zeros(2)}, p))):
+            path = tmp_path / name
+            write(path)
+            assert path.stat().st_mode & 0o777 == 0o644, name
+            path.chmod(0o600)
+            write(path)
+            assert path.stat().st_mode & 0o777 == 0o600, name
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "model.safetensors"]

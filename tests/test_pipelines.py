@@ -365,6 +365,17 @@ def test_tokenize_batch_takes_a_numpy_int_max_length_as_before(wordpiece):
         tokenize_batch(wordpiece, ["a"], max_length=np.int64(1))
 
 
+def test_embed_takes_a_numpy_int_max_length_as_tokenize_batch_does(wordpiece):
+    """embed refused the np.int64 length that tokenize_batch (and embed, before its argument check) takes."""
+    import numpy as np
+
+    model, texts = tiny_bert("none"), ["hello world again and again", "a"]
+    torch.testing.assert_close(embed(model, wordpiece, texts, max_length=np.int64(4)),
+                               embed(model, wordpiece, texts, max_length=4))
+    with pytest.raises(ValueError, match=r"max_length=np.int64\(1\): must be an int >= 2"):
+        embed(model, wordpiece, texts, max_length=np.int64(1))
+
+
 def test_token_classification_ignore_labels_as_transformers_reads_them(wordpiece):
     """ignore_labels=None (transformers' default, "O") was "TypeError: argument of type 'NoneType' is not iterable", and
     a string was matched by substring: "B-ENT" also dropped the entities labelled "ENT"."""

@@ -467,19 +467,21 @@ def _stop_check(tokenizer, stops: list[str], input_ids: list[list[int]]) -> Call
     prompt too.
 
     Beam search asks this of every candidate at every step, and a candidate's parent holds no stop string (it would
-    have finished): so only the text near its end is decoded, the last tokens doubling until that text is longer
-    than any stop string (plus STOP_MARGIN characters a token boundary may garble). Decoding all of it made a beam
-    search with stop strings quadratic in its length (400 tokens with 2 beams: 670,000 tokens decoded)."""
+    have finished): so only the text near its end is decoded, the last tokens doubling until the text before the
+    newest token's is longer than any stop string (plus STOP_MARGIN characters a token boundary may garble): a stop
+    string ends in the newest token's text, and may start before it however long that text is. Decoding all of it
+    made a beam search with stop strings quadratic in its length (400 tokens with 2 beams: 670,000 tokens decoded)."""
     if not stops:
         return None
     need = max(len(s) for s in stops) + STOP_MARGIN
 
     def holds_stop(i: int, ids: list[int]) -> bool:
-        m = 1
+        m, newest = 1, None
         while True:
             m = min(m, len(ids))
             text = continuation_text(tokenizer, input_ids[i] + ids[:len(ids) - m], ids[len(ids) - m:])
-            if m == len(ids) or len(text) >= need:
+            newest = len(text) if newest is None else newest  # m == 1: the newest token's text
+            if m == len(ids) or len(text) - newest >= need:
                 return any(s in text for s in stops)
             m *= 2
 

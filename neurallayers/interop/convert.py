@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+from neurallayers.files import WriteError
+
 TARGETS = ("hf", "run")
 
 
@@ -38,6 +40,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         ValueError: a bad `to`, a `src` that is neither kind, a non-empty `dst` without `overwrite`, a `dst` that
             is or holds `src`, a `max_shard_size` with to="run", or a run target from a source without a tokenizer.
         FileNotFoundError: `src` does not exist.
+        WriteError: `dst` could not be written (a full or read-only disk); nothing of it is left behind.
     """
     from neurallayers.api import load, resolve_model_path
 
@@ -83,6 +86,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
+    except OSError as e:  # a full disk or a read-only one: one line, not a traceback from inside the writers
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise WriteError(e.errno, f"could not write {dst}: {why}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst

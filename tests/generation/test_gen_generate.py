@@ -314,6 +314,26 @@ def test_beam_stop_strings_decode_only_the_text_near_the_end(monkeypatch) -> Non
     assert "stop" in reasons
 
 
+def test_beam_stop_check_finds_a_stop_string_that_a_long_token_completes() -> None:
+    """The tail a beam candidate's stop check decodes grew only until it was longer than the stop strings: a newest
+    token longer than that ("................", 16 characters) was decoded alone, and "D." across " END" and it
+    went unseen, so the hypothesis ran on where transformers finishes it."""
+    from neurallayers.data.tokenizers import Tokenizer, continuation_text
+    from neurallayers.generation.generate import _stop_check
+
+    tok = Tokenizer.load("gpt2")
+    prompt = tok.encode("The last words:")
+    ids = tok.encode(" and so on END................ and on")
+    assert tok.decode(ids[4:5]) == "................"
+    for stops in (["D."], ["END...", "zz"], [" on E"]):
+        holds = _stop_check(tok, stops, [prompt])
+        for n in range(1, len(ids) + 1):
+            if any(s in continuation_text(tok, prompt, ids[:n - 1]) for s in stops):
+                break  # a running beam holds no stop string: it would have finished
+            assert holds(0, ids[:n]) == any(s in continuation_text(tok, prompt, ids[:n]) for s in stops), (stops, n)
+    assert _stop_check(tok, ["D."], [prompt])(0, ids[:5])
+
+
 def test_an_encoder_is_refused_in_one_line() -> None:
     from neurallayers.generation import stream
     from neurallayers.models import ModelConfig, build_model

@@ -520,3 +520,29 @@ def test_convert_never_overwrites_the_folder_that_holds_its_source(tmp_path):
     with pytest.raises(ValueError, match="holds the source folder"):
         convert(src, tmp_path, to="hf", overwrite=True)
     assert (src / "config.json").is_file() and (src / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="resource limits")
+@pytest.mark.parametrize("to", ["hf", "run"])
+def test_convert_onto_a_full_disk_is_one_line(tmp_path, to):
+    """safetensors reports a failed write (a full disk, a file size limit) as its own SafetensorError, which the CLI
+    showed as a traceback; the weights are the first large file convert writes."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    hf_folder(src)
+    tok = Tokenizer.train_char(["some text for a char tokenizer"])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, eos_token=tok.eos_token).save_pretrained(src)
+
+    def small_files():  # writes past 8 kB fail with EFBIG, as on a full disk, rather than kill the process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    command = [sys.executable, "-m", "neurallayers", "convert", str(src), str(tmp_path / "out"), "--to", to]
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=small_files, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"neurallayers convert: error: could not write {tmp_path / 'out'}: File too large"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
