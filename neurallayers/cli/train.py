@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if main_rank:  # under torchrun, one summary
         print(summary(result))
         if result.stopped_reason in EXIT_CODES:
-            print(f"continue with: {_launcher()} train --out {out} --resume", file=sys.stderr)
+            # quoted: a line to paste into a shell, whatever the folder's name holds (a space, an &)
+            print(f"continue with: {_launcher()} train --out {shlex.quote(str(out))} --resume", file=sys.stderr)
     # stopped by a signal: checkpoint saved, but a script running `train && ...` must not go on as if it finished;
     # nor after a non-finite loss stopped it (train.nan_policy: stop)
     if result.stopped_reason == "nan":

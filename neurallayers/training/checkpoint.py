@@ -2,7 +2,8 @@
 
 Layout (see DESIGN.md):
     config.yaml, tokenizer.json (+ tokenizer_config.json), model.safetensors (best by val loss, or final),
-    checkpoints/step-N/{model.safetensors, state.pt, COMPLETE}, metrics.jsonl, samples.txt, loss.png
+    checkpoints/step-N/{model.safetensors, state.pt, best.safetensors (the best weights then), COMPLETE},
+    metrics.jsonl, samples.txt, loss.png
 
 A checkpoint is written into `checkpoints/.tmp-step-N-<pid>/`, every file fsynced, the `COMPLETE` marker
 written last, then the folder renamed to `step-N`. Nothing partial ever sits under a final name, so a crash
@@ -39,6 +40,9 @@ from neurallayers.weights import (
 log = logging.getLogger("neurallayers.training")
 
 COMPLETE = "COMPLETE"
+# the run's best weights as of the checkpoint (a hard link to model.safetensors then): a later best replaces
+# model.safetensors, and a kill before the next checkpoint left no copy of the best a resume must go on from
+BEST = "best.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # the temp names (files.write_text_atomic's, weights.save_safetensors's, plots') of the files a run writes
 _TEMP_FILE = re.compile(r"^\.(config\.yaml|tokenizer(_config)?\.json|model\.safetensors|metrics\.jsonl|samples\.txt|"
@@ -164,13 +168,14 @@ def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:
 # ----- saving -----
 
 def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model_state: dict[str, torch.Tensor], state: dict,
-                    keep_last: int) -> Path:
+                    keep_last: int, best: Path | None = None) -> Path:
     """Writes `checkpoints/step-<step>/` atomically and prunes all but the newest `keep_last` complete ones.
 
     Args:
         model_state: the model's full state dict (saved as model.safetensors).
         state: optimizer, scheduler, scaler, step, counters, RNG, data position: tensors and plain containers
             only (it must load with `torch.load(weights_only=True)`).
+        best: the run's best weights file (model.safetensors), kept beside them as best.safetensors.
 
     Raises:
         CheckpointWriteError: the write failed; the temp folder is removed and older checkpoints are intact.
@@ -185,6 +190,8 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model_state: dict[
         tmp.mkdir()
         save_safetensors(model_state, tmp / "model.safetensors")
         _write_state(state, tmp / "state.pt")
+        if best is not None:
+            _keep_best(best, tmp / BEST)
         _write_marker(tmp / COMPLETE, step)
         fsync_dir(tmp)
         if final.exists():  # the same step saved again (e.g. interval save then final save): replace it
@@ -236,6 +243,16 @@ def _put_back(old: Path, final: Path) -> None:
             log.warning("the checkpoint %s was moved to %s and could not be moved back", final, old)
 
 
+def _keep_best(best: Path, dest: Path) -> None:
+    """A hard link (no space while model.safetensors holds the same weights; it is replaced by a rename, never
+    rewritten in place), or a copy where the file system has none."""
+    try:
+        os.link(best, dest)
+    except OSError:
+        shutil.copyfile(best, dest)
+        fsync_file(dest)
+
+
 def _write_state(state: dict, path: Path) -> None:
     torch.save(state, path)
     fsync_file(path)
@@ -271,12 +288,13 @@ def save_model(run_dir: str | os.PathLike, model_state: dict[str, torch.Tensor])
         raise _write_error(e, f"could not write {path}", keep, path.parent) from e
 
 
-def copy_model(checkpoint: Path, run_dir: str | os.PathLike) -> Path:
-    """A checkpoint's weights as the run's `model.safetensors`, atomically (temp name, then rename)."""
+def copy_model(checkpoint: Path, run_dir: str | os.PathLike, *, name: str = "model.safetensors") -> Path:
+    """A checkpoint's weights (`name`: its model.safetensors, or BEST) as the run's `model.safetensors`, atomically
+    (temp name, then rename)."""
     path = Path(run_dir) / "model.safetensors"
     part = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        shutil.copyfile(Path(checkpoint) / "model.safetensors", part)
+        shutil.copyfile(Path(checkpoint) / name, part)
         fsync_file(part)
         os.replace(part, path)
         fsync_dir(path.parent)  # the rename itself survives a power cut

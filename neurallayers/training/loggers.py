@@ -155,6 +155,8 @@ class MLflowLogger:
         mlflow.set_tracking_uri(uri)  # the user's too: mlflow keeps the one an earlier run here set over the variable
         own_db = run_dir / "mlflow.db" if uri == own else None  # the run directory's own store is the one used
         self._run = None
+        if start_step == 0 and (own_db is not None or uri == (run_dir / "mlruns").as_uri()):
+            _delete_aborted_start(mlflow, run_dir)
         earlier = _run_id(run_dir, "mlflow_run_id", start_step)
         if earlier and own_db is not None and own_db.is_file():
             _prune_after(own_db, earlier, start_step)
@@ -212,6 +214,20 @@ def _end_abandoned_run(mlflow: Any) -> None:
                     active.info.run_id)
         mlflow.end_run(status="FAILED")  # its store is still the tracking URI: nothing changed it since
         _OPEN_HERE.discard(active.info.run_id)
+
+
+def _delete_aborted_start(mlflow: Any, run_dir: Path) -> None:
+    """A fresh start in a run directory that an earlier start left before its first checkpoint (killed, or failed):
+    its metrics.jsonl lines and weights go, and so does its run in the directory's own MLflow store, which a kill
+    left RUNNING for ever beside the new one."""
+    path = run_dir / "mlflow_run_id"
+    old = path.read_text().strip() if path.is_file() else ""
+    if not old:
+        return
+    try:
+        mlflow.tracking.MlflowClient().delete_run(old)
+    except mlflow.exceptions.MlflowException as e:
+        log.warning("mlflow: could not delete run %s of the earlier start (%s)", old, str(e)[:200])
 
 
 def _prune_after(db: Path, run_id: str, step: int) -> None:

@@ -308,6 +308,7 @@ class _Fit:
 
         self.newer_checkpoints = [p for p in ckpt.list_checkpoints(self.out) if ckpt.checkpoint_step(p) > self.step]
         self.weights_from = None  # the checkpoint whose weights become model.safetensors, when it is replaced
+        self.weights_name = "model.safetensors"  # which of its files: its own weights, or the run's best then
         self.weights_are_later = False
         if not (self.out / "model.safetensors").is_file():
             return
@@ -323,6 +324,9 @@ class _Fit:
         if bests[-1] <= self.step:
             return
         self.weights_are_later = True
+        if self.best_val is not None and (target / ckpt.BEST).is_file():  # the best weights as of this step
+            self.weights_from, self.weights_name = target, ckpt.BEST
+            return
         earlier = [b for b in bests if b <= self.step]
         source = self.out / "checkpoints" / f"step-{earlier[-1]}" if earlier else None
         if source is not None and source in ckpt.list_checkpoints(self.out):
@@ -344,9 +348,10 @@ class _Fit:
                         " and the weights they led to (model.safetensors)" if later else "", folder)
         elif self.weights_are_later:  # a stopped session's: not set aside, or every kill would leave a model's size
             log.info("model.safetensors held weights evaluated after step %d, which no checkpoint kept: it becomes "
-                     "%s's weights again", self.step, self.weights_from.name)
+                     "%s's %s again", self.step, self.weights_from.name,
+                     "best weights" if self.weights_name == ckpt.BEST else "weights")
         if self.weights_from is not None:
-            ckpt.copy_model(self.weights_from, self.out)
+            ckpt.copy_model(self.weights_from, self.out, name=self.weights_name)
 
     def _has_dropout(self) -> bool:
         model = self.run_cfg.model
@@ -645,7 +650,9 @@ class _Fit:
             "early_stopped": self.early_stopped,
             "data_digest": self.data_digest,  # a resume on edited files says so
         }
-        ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last)
+        best = self.out / "model.safetensors" if self.best_val is not None else None
+        ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last,
+                             best=best if best is not None and best.is_file() else None)
 
     def _finish(self) -> None:
         """Samples and the loss plot (rank 0); neither may lose a finished run, so failures only warn."""

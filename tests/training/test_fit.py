@@ -315,17 +315,26 @@ def test_rolling_back_keeps_model_safetensors_to_the_history_it_goes_on(tmp_path
     assert same(tmp_path / "a/model.safetensors", tmp_path / "a/checkpoints/step-4/model.safetensors")
     assert (tmp_path / "a/abandoned/model.safetensors").is_file()
 
-    # evaluations at 3, 6, 9, 12 and checkpoints at 4, 8, 12: step 4's best (at 3) has no checkpoint
+    # evaluations at 3, 6, 9, 12 and checkpoints at 4, 8, 12: step 4's best (at 3) has no checkpoint of its own,
+    # but step-4 keeps the run's best weights then (best.safetensors)
     gone = tiny_run(tmp_path, max_steps=12, eval_interval=3, save_interval=4, keep_last=3)
     fit(gone, tmp_path / "b", progress=False)
     vals = [r for r in read_jsonl(tmp_path / "b/metrics.jsonl") if r.get("best")]
     assert vals[0]["step"] == 3 and vals[-1]["step"] > 4, vals
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
     with caplog.at_level("WARNING", logger="neurallayers"):
         fit(gone, tmp_path / "b", resume=tmp_path / "b/checkpoints/step-4", progress=False, until_step=5)
+    assert "no longer kept" not in caplog.text
+    assert same(tmp_path / "b/model.safetensors", tmp_path / "b/checkpoints/step-4/best.safetensors")
+    assert not same(tmp_path / "b/model.safetensors", tmp_path / "b/checkpoints/step-4/model.safetensors")
+    # a checkpoint from before best.safetensors was kept: step 3's weights are gone
+    (tmp_path / "c/checkpoints/step-4/best.safetensors").unlink()
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        fit(gone, tmp_path / "c", resume=tmp_path / "c/checkpoints/step-4", progress=False, until_step=5)
     best_before = vals[0]
     assert f"(val loss {best_before['val_loss']:.4f}, step {best_before['step']}) are no longer kept: " \
         "model.safetensors becomes step 4's weights" in caplog.text
-    assert same(tmp_path / "b/model.safetensors", tmp_path / "b/checkpoints/step-4/model.safetensors")
+    assert same(tmp_path / "c/model.safetensors", tmp_path / "c/checkpoints/step-4/model.safetensors")
 
 
 def test_resume_under_a_changed_schedule_follows_it_from_the_next_step(tmp_path):

@@ -144,3 +144,30 @@ def test_a_misspelt_wandb_mode_is_named(tmp_path, monkeypatch):
     ):
         build_loggers(["wandb"], tmp_path)
     assert not (tmp_path / "wandb").exists()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "file"])
+def test_a_fresh_start_after_a_killed_one_deletes_its_mlflow_run(tmp_path, monkeypatch, store):
+    """Killed before its first checkpoint, a run started again without --resume drops the killed start's
+    metrics.jsonl lines and weights, but its run stayed in the run directory's MLflow store, RUNNING for ever beside
+    the new one."""
+    mlflow = pytest.importorskip("mlflow")
+    import importlib.util
+
+    if store == "file":  # a bare mlflow-skinny: the store is mlruns/
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "sqlalchemy" else find_spec(name, *a)
+        )
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}" if store == "sqlite" else (tmp_path / "mlruns").as_uri()
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    killed = client.create_run(client.get_experiment_by_name("Default").experiment_id)  # RUNNING, as a kill left it
+    client.log_metric(killed.info.run_id, "loss", 2.0, step=1)
+    (tmp_path / "mlflow_run_id").write_text(killed.info.run_id + "\n")
+    fresh = MLflowLogger(tmp_path)
+    fresh.log({"loss": 1.5}, step=1)
+    fresh.close()
+    assert client.get_run(killed.info.run_id).info.lifecycle_stage == "deleted"
+    runs = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+    assert [r.info.run_id for r in runs] == [fresh._run.info.run_id] and runs[0].info.status == "FINISHED"

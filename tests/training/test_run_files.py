@@ -242,3 +242,51 @@ def test_a_full_disk_under_metrics_jsonl_is_one_line_and_the_run_resumes(tmp_pat
     monkeypatch.setattr(loggers.JSONLLogger, "__init__", init)  # space freed
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert sorted(r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r) == list(range(1, 9))
+
+
+# evaluations give these val losses by step; a SIGKILL before the training of step $KILL_AT + 1 (unset: none)
+SCRIPTED_EVALS = """
+import os, signal
+from neurallayers.training import trainer as T
+VALS = {1: 3.0, 2: 2.0, 3: 2.5, 4: 2.6, 5: 1.0, 6: 1.5}
+T.mean_loss = lambda model, tokens, **kw: (VALS[T._STEP], 1)
+_evaluate, _train_step = T._Fit._evaluate, T._Fit._train_step
+def _eval(self):
+    T._STEP = self.step
+    return _evaluate(self)
+def _step(self):
+    if self.step == int(os.environ.get("KILL_AT", "-1")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _train_step(self)
+T._Fit._evaluate, T._Fit._train_step = _eval, _step
+"""
+
+
+def test_a_kill_after_a_new_best_resumes_with_the_best_weights_of_the_checkpoint(tmp_path, monkeypatch):
+    """Best at step 2 (no checkpoint of it), checkpoint at 3, a better evaluation at 5 replaced model.safetensors,
+    then a SIGKILL: step 2's weights were gone, so the resume from step 3 made step 3's weights the model, started
+    the best val loss over and logged step 4 as a best, which the uninterrupted run did not (early stopping counted
+    afresh too). With the default intervals (evaluate every 200 steps, save every 500) most kills hit this."""
+    def weights(path):
+        return read_safetensors(path / "model.safetensors")
+
+    run = tiny_run(tmp_path, max_steps=6, eval_interval=1, save_interval=3, early_stopping_patience=3)
+    cfg = run.to_yaml(tmp_path / "config.yaml")
+    full, out = tmp_path / "full", tmp_path / "run"
+    assert run_fit_process(tmp_path, cfg, full, until=4, prelude=SCRIPTED_EVALS).returncode == 0
+    best_at_4 = weights(full)  # step 2's
+    assert run_fit_process(tmp_path, cfg, full, resume=True, prelude=SCRIPTED_EVALS).returncode == 0
+    monkeypatch.setenv("KILL_AT", "5")
+    assert run_fit_process(tmp_path, cfg, out, prelude=SCRIPTED_EVALS).returncode == -signal.SIGKILL
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r.get("best")] == [1, 2, 5]
+    monkeypatch.delenv("KILL_AT")
+    proc = run_fit_process(tmp_path, cfg, out, resume=True, until=4, prelude=SCRIPTED_EVALS)
+    assert proc.returncode == 0 and "no longer kept" not in proc.stderr, proc.stderr[-2000:]
+    assert all(torch.equal(best_at_4[k], v) for k, v in weights(out).items())
+    assert run_fit_process(tmp_path, cfg, out, resume=True, prelude=SCRIPTED_EVALS).returncode == 0
+
+    def rows(path):
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "elapsed")}
+                for r in read_jsonl(path / "metrics.jsonl")]
+    assert rows(out) == rows(full)
+    assert all(torch.equal(weights(full)[k], v) for k, v in weights(out).items())

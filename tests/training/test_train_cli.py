@@ -33,3 +33,24 @@ def test_resume_from_a_checkpoint_named_inside_its_folder(tmp_path, capsys, monk
     monkeypatch.chdir(out / "checkpoints")
     assert main(["train", "--resume", "step-2", "--no-progress"]) == 0
     assert "steps: 4" in capsys.readouterr().out
+
+
+def test_the_resume_command_after_a_signal_quotes_the_run_directory(tmp_path, capsys, monkeypatch):
+    """The line a SIGTERM / Ctrl-C leaves is a command to paste: an --out with a space (or a shell character) was
+    printed bare, and pasting it resumed another folder or none."""
+    import shlex
+
+    import neurallayers.training.trainer as trainer
+    from neurallayers.training.trainer import TrainResult
+
+    out = tmp_path / "my runs" / "a&b"
+
+    def stopped(run, out_dir, **kwargs):
+        return TrainResult(run_dir=out_dir, steps=3, best_val_loss=None, final_val_loss=None, tokens_per_second=1.0,
+                           wall_seconds=1.0, median_step_seconds=0.1, first_step_seconds=0.1,
+                           stopped_reason="terminated")
+    monkeypatch.setattr(trainer, "fit", stopped)
+    assert main(["train", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 143
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("continue with: ")
+    assert shlex.split(line.removeprefix("continue with: ")) == ["neurallayers", "train", "--out", str(out), "--resume"]
