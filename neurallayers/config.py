@@ -171,7 +171,8 @@ class ModelConfig:
         attn_proj = 2 * d * (h + 2 * self.kv_dim) + 2 * h * d
         mlp_mult = 3 if self.mlp in ("swiglu", "geglu") else 2
         mlp = 2 * mlp_mult * d * self.intermediate_size
-        attn_scores = 2 * 2 * h * t  # QK^T and AV, per token, against t keys
+        keys = min(t, self.sliding_window) if self.sliding_window else t  # a window's model sees no more keys
+        attn_scores = 2 * 2 * h * keys  # QK^T and AV, per token, against that many keys
         if self.causal:
             head = 2 * d * self.vocab_size
         elif self.head == "mlm":  # BERT's prediction head: a d x d transform, then the vocabulary projection

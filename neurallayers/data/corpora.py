@@ -27,11 +27,15 @@ _SPEC_FORMS = (f"a built-in corpus {BUILTIN_CORPORA}, a text file, a folder, a g
                f"or a JSON-lines file ({', '.join(JSONL_SUFFIXES)}) or JSON array of records (.json)")
 # Folders that hold no stdlib prose worth training on, or third-party code.
 _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-_SAMPLE_BYTES = 64 * 1024  # a file's fingerprint hashes this much of its start and of its end
+# A file's fingerprint hashes the whole file up to _SAMPLES blocks of _SAMPLE_BYTES (1 MiB), and that many blocks spread
+# from its start to its end beyond: cheap for a big file, and an edit anywhere in a smaller one is seen.
+_SAMPLE_BYTES = 64 * 1024
+_SAMPLES = 16
 # UTF-32 before UTF-16: the UTF-32 LE BOM starts with the UTF-16 LE one.
 _WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
               (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_WORD_END = re.compile(r"(?<=\S) ")  # a long line's cut: the space before a word, which starts a token
 # Magic numbers of the formats real corpora ship compressed in (C4's .json.gz, the Pile's .jsonl.zst): not read here.
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
                (b"PK\x03\x04", "zip"))
@@ -130,12 +134,13 @@ class FileCorpus(Corpus):
     def fingerprint(self) -> str:
         # Names, sizes, modification times and a sample of the bytes: same-named files of equal size and mtime in
         # other folders (`touch -d`, unpacked archives) differ in content, and so do edits that keep size and mtime.
-        # The change time too (git's index checks it), which no tool sets back: the sample misses an edit in the middle
-        # of a big file whose mtime was put back (`touch -r`, an editor or sync tool that keeps it).
+        # Not the change time: a chmod, a hard link, `cp -a` or `rsync -a` to another disk or node changes it and no
+        # text, and each re-tokenized the whole corpus (hours for a big one). What is missed instead: a same-size edit
+        # between the sampled blocks of a file over 1 MiB whose mtime was put back to the nanosecond.
         h = hashlib.sha256(f"{self.text_field}\0".encode())
         for path in self.files:
             st = path.stat()
-            h.update(os.fsencode(self._rel(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
+            h.update(os.fsencode(self._rel(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
             if self._json_records(path):  # records now, text before: a stale cache
                 h.update(b"records\0")
             h.update(_content_sample(path))
@@ -243,20 +248,31 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
 def chunk_document(doc: Document, max_chars: int) -> list[Document]:
     """Splits a document into pieces of about `max_chars` characters, cut just after a newline.
 
-    The pieces concatenate back to the document. A single line longer than `max_chars` stays whole.
+    The pieces concatenate back to the document. A line over twice `max_chars` is cut just before a space that follows
+    a word, where byte-level BPE, char-level and SentencePiece tokenizers start a token anyway (text8 is one line of
+    100M characters: tokenized whole, it took tens of GB). A line with no such space stays whole.
     Piece names are "<name>#<i>" (or the document's own name when it is not split).
     """
     if len(doc.text) <= max_chars:
         return [doc]
     pieces, start = [], 0
     while start < len(doc.text):
-        end = doc.text.find("\n", start + max_chars - 1)
-        end = len(doc.text) if end == -1 else end + 1
+        end = _piece_end(doc.text, start, max_chars)
         pieces.append(doc.text[start:end])
         start = end
     if len(pieces) == 1:
         return [doc]
     return [Document(f"{doc.name}#{i}", piece) for i, piece in enumerate(pieces)]
+
+
+def _piece_end(text: str, start: int, max_chars: int) -> int:
+    """Where the piece of `text` starting at `start` ends: after the first newline from `max_chars` on, unless that is
+    over twice `max_chars` away and a space after a word comes first."""
+    line_end = text.find("\n", start + max_chars - 1) + 1 or len(text)
+    if line_end - start <= 2 * max_chars:
+        return line_end
+    word_end = _WORD_END.search(text, start + max_chars, line_end)
+    return word_end.start() if word_end else line_end
 
 
 def _walk(root: Path, *, suffix: str | None = None, skip: set[str] | frozenset[str] = frozenset()) -> list[Path]:
@@ -294,11 +310,18 @@ def _unique(paths: list[Path]) -> list[Path]:
 
 
 def _content_sample(path: Path) -> bytes:
-    """A digest of the file's first and last _SAMPLE_BYTES (the whole file when smaller): cheap for big files."""
+    """A digest of the whole file up to _SAMPLES * _SAMPLE_BYTES, else of _SAMPLES blocks evenly spaced from its first
+    to its last: cheap for big files."""
+    h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
-        head = f.read(_SAMPLE_BYTES)
-        f.seek(max(f.tell(), os.fstat(f.fileno()).st_size - _SAMPLE_BYTES))
-        return hashlib.blake2b(head + f.read(_SAMPLE_BYTES), digest_size=16).digest()
+        size = os.fstat(f.fileno()).st_size
+        if size <= _SAMPLES * _SAMPLE_BYTES:
+            h.update(f.read())
+            return h.digest()
+        for i in range(_SAMPLES):
+            f.seek((size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
+            h.update(f.read(_SAMPLE_BYTES))
+    return h.digest()
 
 
 def _text_encoding(head: bytes) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import numbers
 import os
 import re
 import secrets
@@ -27,10 +29,18 @@ from neurallayers.data.corpora import Corpus, Document, chunk_document
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.files import WriteError
 
-CACHE_VERSION = 2  # bump when the file layout or the split rule changes: old caches are then ignored
+log = logging.getLogger("neurallayers.data")
+
+# Bump when the file layout or the split rule changes: old caches are then ignored. 3: long lines are cut at spaces.
+CACHE_VERSION = 3
 CHUNK_CHARS = 50_000
 _BATCH_CHARS = 1_000_000  # text handed to the tokenizer per call: big enough for its thread pool
+# A piece longer than this is encoded in parts cut as pieces are (a tail split's one piece is the whole corpus, and
+# encoded whole it took ~300 bytes a character: 1.4 GB for 3 MB of text); its tokens stay one piece for the split.
+_ENCODE_CHARS = 1_000_000
+_Part = tuple[Document, bool, bool, bool]  # (part of a piece, first part of its document, last, starts its piece)
 _STALE_SECONDS = 24 * 3600  # a build folder whose owner cannot be checked is dead after this long without a write
+_IDLE_SECONDS = 600  # a live build writes every few seconds
 
 
 @dataclass
@@ -53,10 +63,25 @@ class TokenData:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, cached: bool = True) -> TokenData:
-        """Opens a finished cache folder written by `prepare_tokens`."""
+        """Opens a finished cache folder written by `prepare_tokens`.
+
+        Raises:
+            ValueError: The folder is damaged: meta.json unreadable, or a .bin file not as long as meta.json records
+                (a copy cut short, a full disk): its tokens are not trusted.
+        """
         path = Path(path)
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-        dtype = np.dtype(meta["dtype"])
+        try:
+            try:
+                meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"meta.json is not JSON ({e.msg})") from None
+            dtype = np.dtype(meta["dtype"])
+            for split in ("train", "val"):
+                size, want = (path / f"{split}.bin").stat().st_size, meta[f"{split}_tokens"] * dtype.itemsize
+                if size != want:
+                    raise ValueError(f"{split}.bin holds {size:,} bytes where meta.json records {want:,}")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"token cache {path} is damaged: {e}") from None
         return cls(_map(path / "train.bin", dtype), _map(path / "val.bin", dtype), meta, path, cached)
 
 
@@ -93,8 +118,8 @@ def prepare_tokens(
     Raises:
         ValueError: Bad val_fraction / chunk_chars, or a corpus with no text.
     """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction!r} must be a number in [0, 1)")  # "0.1" was a TypeError
     if chunk_chars < 1:
         raise ValueError(f"chunk_chars={chunk_chars} must be >= 1")
     sources = {
@@ -117,7 +142,10 @@ def prepare_tokens(
     if final.parent.is_dir():
         _remove_dead_builds(final.parent, key)
     if (final / "meta.json").exists():
-        return TokenData.open(final, cached=True)
+        try:
+            return TokenData.open(final, cached=True)
+        except ValueError as e:  # a copy cut short was trusted: numpy's size error, or fewer tokens without a word
+            log.warning("%s; building it again", e)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         # Build in a temporary folder and rename it into place: a cache folder is either complete or absent. Its name
@@ -127,8 +155,8 @@ def prepare_tokens(
         raise cache_write_error(e, final.parent) from None
     try:
         _build(corpus, tokenizer, tmp, sources, show_progress=show_progress)
-        if final.exists() and not (final / "meta.json").exists():
-            shutil.rmtree(final)  # leftover from a foreign writer; ours are never partial
+        if final.exists() and not _whole(final):
+            shutil.rmtree(final)  # leftover from a foreign writer or a damaged copy; ours are never partial
         try:
             os.rename(tmp, final)
         except OSError:
@@ -142,6 +170,15 @@ def prepare_tokens(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return TokenData.open(final, cached=False)
+
+
+def _whole(folder: Path) -> bool:
+    """Whether `folder` holds a cache as `prepare_tokens` writes one, every file whole."""
+    try:
+        TokenData.open(folder)
+    except ValueError:
+        return False
+    return True
 
 
 def cache_write_error(e: OSError, folder: Path) -> WriteError:
@@ -183,14 +220,20 @@ def _host() -> str:
 
 
 def _remove_dead_builds(parent: Path, key: str) -> None:
-    """Removes the temporary folders of `key` left by killed builds: their process is gone or, where that cannot be
-    checked (another host, a name without pid), they have not been written to for _STALE_SECONDS."""
-    for tmp in parent.glob(f".{key}.tmp-*"):
-        owner = re.fullmatch(r"(\d+)@(.+)-[^-]*", tmp.name.removeprefix(f".{key}.tmp-"))
+    """Removes the temporary folders left by killed builds: their process is gone or, where that cannot be checked
+    (another host, a name without pid), they have not been written to for _STALE_SECONDS. Those of every key: a
+    corpus edited after its build was killed builds under another key, and the dead folder's gigabytes stayed. Another
+    key's folder must also have had no write for _IDLE_SECONDS: a container sharing the host's name (host networking)
+    has pids of its own, so its live build looks dead from here."""
+    for tmp in parent.glob(".*.tmp-*"):
+        if not (build := re.fullmatch(r"\.([0-9a-f]{16})\.tmp-(.*)", tmp.name)):
+            continue  # not ours
+        owner = re.fullmatch(r"(\d+)@(.+)-[^-]*", build[2])
+        idle = time.time() - _last_write(tmp)
         if owner and owner[2] == _host() and os.name == "posix":  # os.kill(pid, 0) would end the process on Windows
-            dead = not _alive(int(owner[1]))
+            dead = not _alive(int(owner[1])) and (build[1] == key or idle > _IDLE_SECONDS)
         else:
-            dead = time.time() - _last_write(tmp) > _STALE_SECONDS
+            dead = idle > _STALE_SECONDS
         if dead:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -223,15 +266,18 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
         delay=1,  # shown only when it takes a while: a corpus refused at once leaves just its one-line error
     ) as bar:
         for batch in _batches(_pieces(corpus.documents(), sources["chunk_chars"])):
-            for (piece, first, last), ids in zip(batch, encode(batch), strict=True):
+            for (piece, first, last, starts), ids in zip(batch, encode(batch), strict=True):
                 if first and bos is not None:
                     ids.insert(0, bos)
                 if last and eos is not None:
                     ids.append(eos)
                 np.asarray(ids, dtype=dtype).tofile(f)
-                spans.append((piece.name, total, len(ids)))
+                if starts:
+                    spans.append((piece.name, total, len(ids)))
+                else:  # a later part of the same piece
+                    spans[-1] = (piece.name, spans[-1][1], spans[-1][2] + len(ids))
                 total += len(ids)
-            bar.update(sum(len(p.text) for p, _, _ in batch))
+            bar.update(sum(len(p.text) for p, *_ in batch))
     if total == 0:
         raise ValueError(f"corpus {corpus.name!r} has no text to tokenize")
 
@@ -267,8 +313,8 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
         os.fsync(f.fileno())
 
 
-def _piece_encoder(tokenizer: Tokenizer) -> Callable[[list[tuple[Document, bool, bool]]], list[list[int]]]:
-    """encode_batch for (piece, first, last) items, giving a document's later pieces the ids they have within it.
+def _piece_encoder(tokenizer: Tokenizer) -> Callable[[list[_Part]], list[list[int]]]:
+    """encode_batch for the items of `_pieces`, giving a document's later pieces the ids they have within it.
 
     A SentencePiece normalizer puts "▁" before every text it encodes, so a piece encoded alone started with a space
     its document does not have there (one per cut). Where that is so, a later piece is encoded after the newline it
@@ -282,9 +328,9 @@ def _piece_encoder(tokenizer: Tokenizer) -> Callable[[list[tuple[Document, bool,
     except Exception:  # a word-level vocabulary without these nor an unknown token: encoded as they are
         shifts = False
 
-    def encode(batch: list[tuple[Document, bool, bool]]) -> list[list[int]]:
-        shift = [shifts and not first for _, first, _ in batch]
-        texts = ["\n" + p.text if s else p.text for (p, _, _), s in zip(batch, shift, strict=True)]
+    def encode(batch: list[_Part]) -> list[list[int]]:
+        shift = [shifts and not first for _, first, *_ in batch]
+        texts = ["\n" + p.text if s else p.text for (p, *_), s in zip(batch, shift, strict=True)]
         out = tokenizer.encode_batch(texts)
         for i in (i for i, s in enumerate(shift) if s):
             # a piece starting with a newline may merge it with the one added ("\n\n"): encoded alone, as before
@@ -302,16 +348,19 @@ def starts_with_bos(tokenizer: Tokenizer) -> bool:
     return tokenizer.encode("a", add_special_tokens=True)[:1] == [bos] and tokenizer.encode("a")[:1] != [bos]
 
 
-def _pieces(documents: Iterable[Document], chunk_chars: int) -> Iterator[tuple[Document, bool, bool]]:
-    """(piece, is the first piece of its document, is the last), skipping empty documents."""
+def _pieces(documents: Iterable[Document], chunk_chars: int) -> Iterator[_Part]:
+    """The pieces of the documents, each in one part or, past _ENCODE_CHARS, several; empty documents skipped."""
     for doc in documents:
         if doc.text:
             pieces = chunk_document(doc, chunk_chars)
             for i, piece in enumerate(pieces):
-                yield piece, i == 0, i == len(pieces) - 1
+                parts = chunk_document(piece, _ENCODE_CHARS)
+                for j, part in enumerate(parts):
+                    first, last = i == j == 0, i == len(pieces) - 1 and j == len(parts) - 1
+                    yield Document(piece.name, part.text), first, last, j == 0
 
 
-def _batches(pieces: Iterator[tuple[Document, bool, bool]]) -> Iterator[list[tuple[Document, bool, bool]]]:
+def _batches(pieces: Iterator[_Part]) -> Iterator[list[_Part]]:
     batch, chars = [], 0
     for item in pieces:
         batch.append(item)

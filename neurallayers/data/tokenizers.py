@@ -456,7 +456,10 @@ class Tokenizer:
         special_tokens = list(special_tokens)
         if isinstance(texts, str):
             raise TypeError("train_bpe expects an iterable of texts, not a single str (wrap it in a list)")
-        if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
+        if isinstance(vocab_size, bool) or not hasattr(vocab_size, "__index__"):  # "300.0 is too small" misled
+            raise ValueError(f"vocab_size={vocab_size!r} must be an int, not {type(vocab_size).__name__}")
+        vocab_size = operator.index(vocab_size)  # a numpy integer too
+        if vocab_size < 256 + len(special_tokens):
             raise ValueError(f"vocab_size={vocab_size!r} is too small: byte-level BPE needs at least "
                              f"256 bytes + {len(special_tokens)} special tokens = {256 + len(special_tokens)}")
         hf = HFTokenizer(models.BPE())

@@ -6,6 +6,7 @@ The layers are the decoder's blocks run without a causal mask; BERT is the post-
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +15,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from neurallayers.config import ModelConfig
-from neurallayers.models.decoder import build_blocks, check_below, check_integer, check_position_ids, init_weights
+from neurallayers.models.decoder import (
+    build_blocks,
+    check_below,
+    check_integer,
+    check_mask_values,
+    check_position_ids,
+    init_weights,
+)
 from neurallayers.nn import RotaryEmbedding, build_norm, sinusoidal_table
+from neurallayers.nn.positions import FixedTable
 
 ENCODER_POSITIONS = ("learned", "sinusoidal", "rope", "none")
 
@@ -43,7 +52,8 @@ class EncoderModel(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, padding_idx=cfg.pad_token_id)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
         if cfg.position == "sinusoidal":
-            self.register_buffer("sinusoid", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
+            # Added to unscaled token embeddings, as in DecoderLM (whose comment says why that stays so for now).
+            self.sinusoid = FixedTable(functools.partial(sinusoidal_table, cfg.block_size, cfg.n_embd))
         self.rope = (RotaryEmbedding(cfg.head_dim, theta=cfg.rope_theta, scaling=cfg.rope_scaling,
                                      max_position=cfg.block_size) if cfg.position == "rope" else None)
         self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.n_embd) if cfg.type_vocab_size > 0 else None
@@ -91,7 +101,7 @@ class EncoderModel(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
         elif cfg.position == "sinusoidal":
-            x = x + self.sinusoid[position_ids]
+            x = x + self.sinusoid.table[position_ids].to(x.dtype)
         if self.wtt is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
@@ -316,6 +326,7 @@ def _padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) 
     if attention_mask is None:
         return None
     _check_same_shape(attention_mask, input_ids, "attention_mask")
+    check_mask_values(attention_mask)
     keep = attention_mask.bool()
     if bool(keep.all()):
         return None

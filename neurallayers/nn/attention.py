@@ -34,6 +34,7 @@ class Attention(nn.Module):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"unknown attention kernel {kernel!r}; valid: {', '.join(KERNELS)}")
+        _check_heads(n_head, n_kv_head or n_head)
         self.n_head = n_head
         self.n_kv_head = n_kv_head or n_head
         self.head_dim = head_dim or dim // n_head
@@ -58,6 +59,7 @@ class Attention(nn.Module):
         (T without a cache, the cached length with one). is_causal: hide the future too, the last query aligned
         with the last key (the kernel's own causal mask when there is no mask and T == S).
         """
+        _check_mask_dtype(mask)
         b, t, _ = x.shape
         qkv = self.qkv(x)
         qk, v = qkv.split((self.q_dim + self.kv_dim, self.kv_dim), dim=-1)
@@ -88,6 +90,20 @@ class Attention(nn.Module):
             y, weights = eager_attention(q, k, v, mask=mask, is_causal=is_causal, dropout=dropout)
         y = y.transpose(1, 2).reshape(b, t, self.q_dim)  # (B, T, n_head*head_dim)
         return self.proj(y), (weights if need_weights else None)
+
+
+def _check_heads(n_head: int, n_kv_head: int) -> None:
+    """Head counts that do not group failed only in forward, with a shape error from torch that named neither."""
+    if n_head < 1 or not 1 <= n_kv_head <= n_head or n_head % n_kv_head:
+        raise ValueError(f"Attention n_head={n_head}, n_kv_head={n_kv_head}: n_head must be >= 1 and n_kv_head in "
+                         "[1, n_head] dividing it")
+
+
+def _check_mask_dtype(mask: torch.Tensor | None) -> None:
+    """An integer 0/1 mask was added to the scores as a bias by the eager and materialized kernels (silently wrong)
+    and refused by sdpa with torch's own message."""
+    if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
+        raise ValueError(f"attention mask must be bool (True = attend) or an additive float bias, got {mask.dtype}")
 
 
 def causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
@@ -162,7 +178,7 @@ def materialized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     dead = None if mask is None else _sees_nothing(mask)
     if dead is not None:
         bias = bias.masked_fill(dead, 0.0)  # finite: zeroed below, after the matmul
-    if bias.dim() == 4:  # (B|1, H|1, T, S): baddbmm wants one (T, S) slice per batched matrix
+    if bias.dim() > 2:  # (B|1, H|1, T, S) or (H|1, T, S): baddbmm wants one (T, S) slice per batched matrix
         bias = bias.expand(b, h, t, s).reshape(b * h, t, s)
     scores = torch.baddbmm(bias, q.reshape(b * h, t, d), k.reshape(b * h, s, d).transpose(1, 2),
                            alpha=1 / math.sqrt(d))  # (B*H, T, S)

@@ -39,6 +39,9 @@ class KVCache:
         return self.k.shape[3]  # read from the tensor, so a compiled step can leave the length dynamic
 
     def rows(self, start: int, stop: int) -> KVCache:
+        if not 0 <= start < stop <= self.batch_size:  # a slice past the end held fewer rows, or none, silently
+            raise ValueError(f"rows({start}, {stop}) must satisfy 0 <= start < stop <= {self.batch_size} (the cache's "
+                             "rows)")
         return self._view(self.k[:, start:stop], self.v[:, start:stop])
 
     def window(self, length: int) -> KVCache:
@@ -108,6 +111,18 @@ def _check_like(cache: torch.Tensor, k: torch.Tensor, layer: int) -> None:
     if k.device != cache.device or (k.dtype != cache.dtype and not torch.is_autocast_enabled(k.device.type)):
         raise ValueError(f"KV cache holds {cache.dtype} on {cache.device}, but layer {layer}'s keys are {k.dtype} on "
                          f"{k.device}: make the cache after casting or moving the model (model.new_cache)")
+    _check_shape(cache, k, layer)
+
+
+def _check_shape(cache: torch.Tensor, k: torch.Tensor, layer: int) -> None:
+    """One row of keys into a cache of two was broadcast into both rows (the other row's keys overwritten), then a
+    reshape failed; another model's cache failed in the write. Both named neither the cache nor the cure. Not checked
+    in a compiled step, whose shapes the step itself makes (a comparison there would tie its dynamic dimensions)."""
+    have, got = (cache.shape[1], cache.shape[2], cache.shape[4]), (k.shape[0], k.shape[1], k.shape[3])
+    if have != got and not torch.compiler.is_compiling():
+        raise ValueError(f"KV cache holds {have[0]} rows of {have[1]} key/value heads of size {have[2]}, but layer "
+                         f"{layer}'s keys are {got[0]} rows of {got[1]} of size {got[2]}: make the cache for this "
+                         "batch and model (model.new_cache(batch_size), cache.rows(start, stop) for some rows)")
 
 
 def _check_start(position: int) -> None:

@@ -11,13 +11,15 @@ from torch import nn
 @contextlib.contextmanager
 def eval_mode(*models: nn.Module | None) -> Iterator[None]:
     """The models in eval mode (no dropout) inside, each back in its own mode after: sampling from or embedding with
-    a model in the middle of training must neither run its dropout nor leave it off."""
-    modes = [(m, m.training) for m in models if m is not None]
-    for m, _ in modes:
+    a model in the middle of training must neither run its dropout nor leave it off. Every submodule's own mode
+    comes back, not the top one's for all: a frozen backbone a user keeps in eval came back with its dropout on."""
+    models = [m for m in models if m is not None]
+    modes = [(sub, sub.training) for m in models for sub in m.modules()]
+    for m in models:
         m.eval()
     try:
         yield
     finally:
-        for m, was in modes:
-            if m.training != was:
-                m.train(was)
+        for sub, was in modes:
+            if sub.training != was:
+                sub.training = was  # train(was) would set the submodules below too

@@ -6,6 +6,7 @@ Learned positions are a plain nn.Embedding in the model.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -19,6 +20,23 @@ def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(pos * div)
     table[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
     return table
+
+
+class FixedTable(nn.Module):
+    """A table computed, not learned (the sinusoidal positions, the ALiBi slopes): `table`, a buffer outside the state
+    dict. It stays float32, as RotaryEmbedding's rates do: model.to(torch.bfloat16) rounded it to 8 bits of mantissa,
+    and a model cast back (or loaded with float32 weights again) kept the rounded table: sinusoidal logits 3e-3 off."""
+
+    def __init__(self, make: Callable[[], torch.Tensor]) -> None:
+        super().__init__()
+        self.make = make  # a functools.partial, so the model still pickles
+        self.register_buffer("table", make(), persistent=False)
+
+    def _apply(self, fn, recurse: bool = True) -> FixedTable:
+        super()._apply(fn, recurse)
+        if self.table.dtype != torch.float32:
+            self.table = self.make().to(self.table.device)
+        return self
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:

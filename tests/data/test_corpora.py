@@ -92,6 +92,15 @@ def test_chunk_document_cuts_at_lines():
     assert len(chunk_document(Document("one-line", "x" * 2000), 500)) == 1  # no newline to cut at
 
 
+def test_chunk_document_cuts_a_long_line_before_a_word():
+    line = " ".join(f"word{i}" for i in range(1000)) + "\n"  # one line of 8,890 characters
+    pieces = chunk_document(Document("text8", line + "short\n" * 10), 500)
+    assert len(pieces) > 10 and "".join(p.text for p in pieces) == line + "short\n" * 10
+    assert all(p.text.startswith(" word") for p in pieces[1:-1]) and all(len(p.text) <= 1000 for p in pieces)
+    # a line up to twice the piece size is still cut only at its end
+    assert [p.text for p in chunk_document(Document("d", "a b " * 200 + "\nc\n"), 500)] == ["a b " * 200 + "\n", "c\n"]
+
+
 def test_bad_specs(tmp_path):
     with pytest.raises(FileNotFoundError, match="built-in corpus.*shakespeare"):
         load_corpus("no-such-corpus")

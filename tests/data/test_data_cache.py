@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,49 @@ def test_an_edit_in_the_middle_that_keeps_size_and_mtime_rebuilds_the_cache(tmp_
     assert not after.cached and "c" in tok.decode(after.train.tolist())
     again = prepare_tokens(load_corpus(path), tok, tmp_path / "cache", val_fraction=0, show_progress=False)
     assert again.cached and again.path == after.path  # nothing changed since: reused
+
+
+def test_a_chmod_a_hard_link_or_a_copy_keeping_times_reuses_the_cache(tmp_path):
+    # The fingerprint hashed the change time, which these change and no text: each re-tokenized the whole corpus
+    # (`chmod -R`, rsnapshot's hard links, `rsync -a` / `cp -a` of the corpus to another disk or node).
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (corpus / name).write_text(f"{name} " * 50_000 + "\n")  # 300 KB: past the 64 KiB a sample once read
+    tok = Tokenizer.train_char(["abtx. \n"])
+
+    def prepare(folder):
+        return prepare_tokens(load_corpus(folder), tok, tmp_path / "cache", show_progress=False)
+
+    first = prepare(corpus)
+    os.chmod(corpus / "a.txt", 0o600)
+    os.link(corpus / "b.txt", tmp_path / "b-snapshot.txt")
+    assert prepare(corpus).cached
+    moved = tmp_path / "elsewhere" / "corpus"
+    shutil.copytree(corpus, moved)  # copy2: the same bytes and mtimes, a new change time
+    again = prepare(moved)
+    assert again.cached and again.path == first.path
+    (moved / "b.txt").write_text("b.txt " * 50_000 + "\n")  # rewritten: a new mtime, so read again
+    assert not prepare(moved).cached
+
+
+@pytest.mark.parametrize("damage", ["cut", "emptied", "meta"])
+def test_a_damaged_cache_is_built_again_not_trusted(tmp_path, damage, caplog):
+    # A cache copied short (or a disk that filled behind another tool) was trusted: a train.bin cut to an even length
+    # trained on a few tokens without a word, an odd one failed with numpy's "not a multiple of the data-type size".
+    path = tmp_path / "a.txt"
+    path.write_text("abc\n" * 500)
+    tok = Tokenizer.train_char(["abc\n"])
+    built = prepare_tokens(load_corpus(path), tok, tmp_path / "cache", show_progress=False)
+    want = (built.train.tolist(), built.val.tolist())
+    if damage == "meta":
+        (built.path / "meta.json").write_text('{"train')
+    else:
+        os.truncate(built.path / "train.bin", 100 if damage == "cut" else 0)
+    again = prepare_tokens(load_corpus(path), tok, tmp_path / "cache", show_progress=False)
+    assert not again.cached and again.path == built.path and (again.train.tolist(), again.val.tolist()) == want
+    assert f"token cache {built.path} is damaged" in caplog.text
+    assert prepare_tokens(load_corpus(path), tok, tmp_path / "cache", show_progress=False).cached
 
 
 def _refuse_mkdir_under(monkeypatch, folder: Path, code: int) -> None:
@@ -110,18 +154,22 @@ def test_a_file_of_two_pieces_gets_its_val_fraction(tmp_path, seed):
     assert tok.decode(data.train.tolist() + data.val.tolist()) == path.read_text()  # in order, each token once
 
 
-def _sentencepiece_style(texts: list[str]) -> Tokenizer:
-    """A Llama-2 / Mistral shaped tokenizer.json: its normalizer puts "▁" before every text it encodes."""
+def _sentencepiece_style(texts: list[str], *, words_apart: bool = False) -> Tokenizer:
+    """A Llama-2 / Mistral shaped tokenizer.json: its normalizer puts "▁" before every text it encodes. `words_apart`:
+    no token spans a space, as SentencePiece trains them (split_by_whitespace)."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
     hf = HFTokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    hf.pre_tokenizer = pre_tokenizers.Split("\n", behavior="isolated")  # no merge across a newline, as in Llama's
+    lines = pre_tokenizers.Split("\n", behavior="isolated")  # no merge across a newline, as in Llama's
+    words = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    hf.pre_tokenizer = pre_tokenizers.Sequence([lines, words]) if words_apart else lines
     hf.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
     hf.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
+    hf.pre_tokenizer = lines  # as Llama's tokenizer.json: words are apart in the merges only
     return Tokenizer.from_hf(hf, bos_token="<s>", eos_token="</s>")
 
 
@@ -140,6 +188,23 @@ def test_cached_tokens_equal_the_documents_encoded_whole(tmp_path, kind):
     data = prepare_tokens(_Docs(docs), tok, tmp_path, val_fraction=0, chunk_chars=100, show_progress=False)
     assert data.meta["pieces"] > 3 * len(docs)
     assert data.train.tolist() == [i for text in docs.values() for i in tok.encode(text) + [tok.eos_id]]
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "gpt2", "char"])
+def test_a_line_far_longer_than_a_piece_is_cut_at_spaces_into_the_same_tokens(tmp_path, kind):
+    # A line was never cut: text8 (one line of 100M characters) went to the tokenizer whole, tens of GB of ids and
+    # offsets; 5M characters of it took 2 GB against 0.2 GB for the same text in lines.
+    rng = random.Random(0)
+    words = "anarchism originated as a term of abuse first used against early working class radicals".split()
+    text = " ".join(rng.choice(words) for _ in range(400)) + "\n"
+    tok = {
+        "sentencepiece": lambda: _sentencepiece_style([text], words_apart=True),
+        "gpt2": lambda: Tokenizer.load("gpt2"),
+        "char": lambda: Tokenizer.train_char([text]),
+    }[kind]()
+    data = prepare_tokens(_Docs({"text8": text}), tok, tmp_path, val_fraction=0, chunk_chars=100, show_progress=False)
+    assert data.meta["pieces"] > 10
+    assert data.train.tolist() == tok.encode(text) + [tok.eos_id]
 
 
 class _Docs(Corpus):
@@ -167,3 +232,27 @@ def test_a_word_level_vocabulary_without_an_unknown_token_still_prepares(tmp_pat
         _Docs({"a": "x y\n" * 40}), tok, tmp_path, val_fraction=0, chunk_chars=10, show_progress=False
     )
     assert data.train.tolist() == [0, 1] * 40 + [2]
+
+
+def test_one_piece_of_a_whole_corpus_is_encoded_in_parts(tmp_path, monkeypatch):
+    # A tail split (`--data.split tail`) makes the whole corpus one piece, which went to the tokenizer whole: 3 MB of
+    # text took 1.4 GB (~300 bytes a character), so a 100 MB corpus (enwik8) could not be prepared.
+    from neurallayers.data import datasets
+
+    monkeypatch.setattr(datasets, "_ENCODE_CHARS", 500, raising=False)
+    text = "".join(f"line {i} of the one text\n" for i in range(400))
+    tok = Tokenizer.train_char([text])
+    longest = []
+    encode_batch = Tokenizer.encode_batch
+
+    def spy(self, texts, **kwargs):
+        texts = list(texts)
+        longest.append(max(map(len, texts)))
+        return encode_batch(self, texts, **kwargs)
+
+    monkeypatch.setattr(Tokenizer, "encode_batch", spy)
+    data = prepare_tokens(_Docs({"all": text}), tok, tmp_path, val_fraction=0.1, chunk_chars=2**62, show_progress=False)
+    assert max(longest) <= 2 * 500 + 1  # a part ends at the first newline past 500 characters, plus the added one
+    assert data.meta["pieces"] == 1  # still one piece: val is the last tenth of the tokens
+    ids = tok.encode(text) + [tok.eos_id]
+    assert (data.train.tolist(), data.val.tolist()) == (ids[: -round(0.1 * len(ids))], ids[-round(0.1 * len(ids)) :])

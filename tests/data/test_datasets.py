@@ -101,6 +101,9 @@ def test_prepare_tokens_bad_inputs(tmp_path):
         prepare_tokens(TextCorpus(["", ""], name="blank"), char_tok(), tmp_path, show_progress=False)
     with pytest.raises(ValueError, match="val_fraction"):
         prepare_tokens(TextCorpus(["abc"]), char_tok(), tmp_path, val_fraction=1.0)
+    for fraction in ("0.1", None, True):  # "0.1" raised a TypeError about '<=', True read as 1
+        with pytest.raises(ValueError, match=rf"^val_fraction={fraction!r} must be a number in \[0, 1\)"):
+            prepare_tokens(TextCorpus(["abc"]), char_tok(), tmp_path, val_fraction=fraction)
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text('{"txt": "x"}\n')
     with pytest.raises(ValueError, match=r"d.jsonl:1: no string field 'text'"):
@@ -239,3 +242,28 @@ def test_a_vocabulary_that_skips_ids_gets_a_cache_wide_enough(tmp_path):
     data = prepare_tokens(TextCorpus(["a b a", "b b a"]), tok, tmp_path, val_fraction=0.5, show_progress=False)
     assert data.train.dtype == np.uint32
     assert 70000 in np.concatenate([data.train, data.val]).tolist()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kills a process with SIGKILL")
+def test_a_killed_build_is_removed_when_the_corpus_changed_since(tmp_path):
+    # Only the folders of the key being built were cleaned: a build killed (OOM, kill -9) before the user edited the
+    # corpus or changed the tokenizer left its gigabytes of all.bin for good.
+    text = "docb\n" * 10
+    child = subprocess.Popen([sys.executable, "-c", _BUILDER, str(tmp_path), text], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "building\n"
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    (dead,) = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (tmp_path / ".notes.tmp-1").mkdir()  # a hidden folder of another tool's, named alike: not ours to remove
+    edited = "docb\nedited\n" * 10
+    data = prepare_tokens(TextCorpus([edited]), Tokenizer.train_char([edited]), tmp_path, show_progress=False)
+    assert not dead.name.startswith(f".{data.path.name}.")
+    assert dead.exists()  # just written to: maybe a live build in a container whose pids are its own
+    eleven_minutes_ago = time.time() - 11 * 60
+    for path in (dead, *dead.iterdir()):
+        os.utime(path, (eleven_minutes_ago, eleven_minutes_ago))
+    prepare_tokens(TextCorpus([edited]), Tokenizer.train_char([edited]), tmp_path, show_progress=False)
+    assert not dead.exists() and (tmp_path / ".notes.tmp-1").exists()

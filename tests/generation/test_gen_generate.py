@@ -444,3 +444,18 @@ def test_generation_runs_without_dropout_and_leaves_the_models_mode_alone() -> N
         want = call()
         lm.train()
         assert call() == want and lm.training
+
+
+def test_generation_gives_each_submodule_its_own_mode_back() -> None:
+    """A frozen part kept in eval by its user (here the embeddings and one block) stays in eval after generate and
+    stream: only the top module's mode came back, set on every submodule, so their dropout came back on."""
+    from neurallayers.models import ModelConfig, build_model
+
+    lm = build_model(ModelConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=16, dropout=0.1))
+    lm.train()
+    lm.wte.eval()
+    lm.blocks[0].eval()
+    want = {name: m.training for name, m in lm.named_modules()}
+    generate(lm, None, [[1, 2, 3]], max_new_tokens=2, temperature=0)
+    list(stream(lm, unicode_tokenizer(), [1, 2, 3], temperature=0, max_new_tokens=2, ignore_eos=True))
+    assert {name: m.training for name, m in lm.named_modules()} == want

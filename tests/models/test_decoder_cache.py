@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nl_model_helpers import CACHED, model, random_ids
+from nl_model_helpers import CACHED, config, model, random_ids
+
+from neurallayers.models.decoder import DecoderLM
 
 ATOL = 2e-5
 
@@ -100,6 +102,21 @@ def test_left_padded_batch_equals_one_at_a_time(name):
         torch.testing.assert_close(batched[r, width - n:], alone, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["alibi", "llama-gqa"])
+@torch.no_grad()
+def test_decoding_past_block_size_equals_the_full_forward_of_a_longer_context(name):
+    """ALiBi and RoPE have no position table: with a longer cache they decode past block_size (48) as a model of the
+    same weights with a longer context computes it in one forward."""
+    net = model(name)
+    longer = DecoderLM(config(name, block_size=80)).eval()
+    longer.load_state_dict(net.state_dict())
+    ids = random_ids(1, 70, seed=9)
+    cache = net.new_cache(1, 80)
+    got = [net(ids[:, :40], cache=cache).logits]
+    got += [net(ids[:, t:t + 1], cache=cache, input_pos=t).logits for t in range(40, 70)]
+    torch.testing.assert_close(torch.cat(got, dim=1), longer(ids).logits, atol=ATOL, rtol=0)
+
+
 def test_cache_overflow_and_context_length_are_clear_errors():
     net = model("gpt2")
     cache = net.new_cache(1, 8)
@@ -128,3 +145,24 @@ def test_a_cache_of_another_dtype_than_the_model_is_a_clear_error():
         step = net(ids[:, 4:], cache=cache, input_pos=4).logits
         full = net(ids).logits
     torch.testing.assert_close(step[0, -1].float(), full[0, -1].float(), atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize(("rows", "name"), [(1, "gpt2"), (3, "gpt2"), (2, "llama-gqa")])
+@torch.no_grad()
+def test_a_cache_of_another_batch_or_model_is_a_clear_error(rows, name):
+    """One row into a cache of two was broadcast into both (the other row's keys overwritten) before a reshape failed;
+    three rows, or another model's head count, failed in the write: torch's shape errors, naming neither."""
+    cache = model("gpt2").new_cache(2, 16)  # 4 key/value heads; llama-gqa has 2
+    before = cache.k.clone()
+    with pytest.raises(ValueError, match=r"KV cache holds 2 rows of 4 key/value heads of size 8, but layer 0's keys "
+                                         r"are \d rows of \d of size 8: make the cache for this batch and model"):
+        model(name)(random_ids(rows, 4), cache=cache)
+    assert torch.equal(cache.k, before)  # nothing written
+
+
+def test_rows_outside_the_cache_are_refused():
+    cache = model("gpt2").new_cache(2, 8)
+    for start, stop in ((1, 5), (3, 4), (1, 1), (-1, 2)):
+        with pytest.raises(ValueError, match=rf"rows\({start}, {stop}\) must satisfy 0 <= start < stop <= 2"):
+            cache.rows(start, stop)
+    assert cache.rows(1, 2).batch_size == 1

@@ -92,6 +92,17 @@ def test_position_ids_of_one_row_or_one_dimension_broadcast_and_others_are_refus
             net(ids, position_ids=bad)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "alibi"])
+def test_empty_input_ids_are_refused(name):
+    """T = 0 gave empty logits and a NaN loss (ALiBi with a cache: a bare error from torch.max), where the encoder
+    refuses it."""
+    net, empty = model(name), torch.zeros(2, 0, dtype=torch.long)
+    with pytest.raises(ValueError, match="input_ids is empty: need at least one token per row"):
+        net(empty, targets=empty)
+    with pytest.raises(ValueError, match="input_ids is empty"):
+        net(empty, cache=net.new_cache(2), input_pos=3)
+
+
 def test_ids_outside_the_vocabulary_are_one_clear_error():
     """Another tokenizer's ids were an IndexError from inside the embedding."""
     net = model("gpt2")
@@ -131,3 +142,32 @@ def test_float_position_ids_into_a_table_are_one_clear_line():
         model("gpt2")(ids, position_ids=torch.arange(5.0))
     torch.testing.assert_close(model("gpt2")(ids, position_ids=torch.arange(5, dtype=torch.int32)).logits,
                                model("gpt2")(ids).logits)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "alibi"])
+@pytest.mark.parametrize("hide", [float("-inf"), -10000.0])
+def test_an_additive_float_attention_mask_is_refused(name, hide):
+    """A float mask is read as 1/0: an additive one (0 = attend) hid every real token and attended to the padding,
+    silently wrong logits."""
+    net = model(name)
+    ids = random_ids(2, 6)
+    additive = torch.zeros(2, 6)
+    additive[1, :2] = hide
+    with pytest.raises(ValueError, match=r"attention_mask must hold 1 for real tokens and 0 for padding.*additive"):
+        net(ids, attention_mask=additive)
+    with pytest.raises(ValueError, match="attention_mask must hold 1"):
+        net(ids[:, :1], attention_mask=additive, cache=net.new_cache(2), input_pos=5)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "alibi", "llama-gqa"])
+@torch.no_grad()
+def test_bool_int_and_float_attention_masks_are_one_mask(name):
+    """1/0 in any dtype (a tokenizer's int64, bool, a float 1.0/0.0), also in a bf16 model."""
+    ids = random_ids(2, 8, seed=3)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, :3] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    for net in (model(name), DecoderLM(config(name)).eval().to(torch.bfloat16)):
+        want = net(ids, attention_mask=mask, position_ids=pos).logits
+        for other in (mask.bool(), mask.int(), mask.float(), mask.bfloat16()):
+            torch.testing.assert_close(net(ids, attention_mask=other, position_ids=pos).logits, want, atol=0, rtol=0)

@@ -171,3 +171,39 @@ def test_tiny_model_memorises_a_short_text(name):
     net.eval()
     with torch.no_grad():  # and it now predicts every next character of the text
         assert torch.equal(net(ids[:, :-1]).logits.argmax(-1), ids[:, 1:])
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_eager_logits_and_gradients():
+    """One mixture through inductor (ALiBi, GeGLU, LayerScale, GQA, a left-padded row): forward and backward equal."""
+    torch.manual_seed(5)
+    net = DecoderLM(config("alibi", mlp="geglu", layer_scale=0.5, n_kv_head=3, n_layer=1)).train()
+    ids, targets = random_ids(2, 16, seed=24), random_ids(2, 16, seed=25)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    runs = []
+    for fn in (net, torch.compile(net)):
+        net.zero_grad()
+        out = fn(ids, targets=targets, attention_mask=mask)
+        out.loss.backward()
+        runs.append((out.logits.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (logits, grads), (compiled_logits, compiled_grads) = runs
+    torch.testing.assert_close(compiled_logits, logits, atol=1e-5, rtol=1e-5)
+    for n in grads:
+        torch.testing.assert_close(compiled_grads[n], grads[n], atol=1e-6, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", ["sinusoidal-geglu", "alibi", "llama-gqa"])
+@torch.no_grad()
+def test_a_model_cast_to_bf16_and_back_gives_its_float32_logits(name):
+    """The sinusoidal table and the ALiBi slopes are computed buffers outside the state dict: model.to(bfloat16)
+    rounded them, and the model cast back (its float32 weights loaded again even) kept them rounded: logits 3e-3 off
+    (sinusoidal), 1e-4 (ALiBi, 12 heads: slopes 2^-0.5 ... are not bf16 numbers). RoPE rates already stay float32."""
+    net = model(name, n_head=12, n_embd=48)
+    ids = random_ids(2, 40, seed=26)
+    want = net(ids).logits
+    twin = DecoderLM(config(name, n_head=12, n_embd=48)).eval()
+    twin.load_state_dict(net.state_dict())
+    twin.to(torch.bfloat16).float()
+    twin.load_state_dict(net.state_dict())
+    torch.testing.assert_close(twin(ids).logits, want, atol=1e-6, rtol=0)

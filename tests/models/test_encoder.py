@@ -166,6 +166,9 @@ def test_rejects_bad_inputs():
         model(ids[0])
     with pytest.raises(ValueError, match="attention_mask"):
         model(ids, attention_mask=torch.ones(2, 4))
+    additive = torch.zeros(2, 5).index_fill(1, torch.tensor([3, 4]), float("-inf"))  # 0 = attend: read inverted
+    with pytest.raises(ValueError, match="attention_mask must hold 1 for real tokens and 0 for padding"):
+        model(ids, attention_mask=additive)
     with pytest.raises(ValueError, match="block_size"):
         model(torch.randint(1, VOCAB, (1, 33)))
     with pytest.raises(ValueError, match="labels"):
@@ -174,6 +177,19 @@ def test_rejects_bad_inputs():
         build_model(tiny(type_vocab_size=0))(ids, token_type_ids=torch.zeros_like(ids))
     with pytest.raises(ValueError, match="position"):
         build_model(tiny(position="alibi"))
+
+
+@torch.no_grad()
+def test_a_sinusoidal_encoder_cast_to_bf16_and_back_gives_its_float32_output():
+    """The table is a computed buffer outside the state dict: a bf16 round trip left it rounded (hidden 1e-3 off)."""
+    torch.manual_seed(0)
+    model = build_model(tiny(position="sinusoidal", norm_placement="pre")).eval()
+    ids, mask, _ = padded_batch()
+    want = model(ids, attention_mask=mask).hidden
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.to(torch.bfloat16).float()
+    model.load_state_dict(weights)  # the weights exactly as they were: only the table could differ
+    torch.testing.assert_close(model(ids, attention_mask=mask).hidden, want, atol=1e-6, rtol=0)
 
 
 def test_prenorm_and_rope_variants_run_and_honour_padding():

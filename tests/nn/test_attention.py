@@ -285,3 +285,35 @@ def assert_same_values_and_grads(ours: torch.Tensor, ref: torch.Tensor, inputs: 
     ref_grads = torch.autograd.grad(ref.square().sum(), inputs)
     for a, b in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@pytest.mark.parametrize("dtype", [torch.long, torch.int32, torch.uint8])
+def test_an_integer_mask_is_refused_by_every_kernel(kernel, dtype):
+    """eager and the materialized bf16 path added a 0/1 integer mask to the scores (silently wrong weights); sdpa
+    raised torch's own message. The kernels share one signature: bool or additive float."""
+    attn = attention(2, kernel=kernel)
+    x = torch.randn(2, 5, DIM, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"attention mask must be bool .* or an additive float bias, got torch\."):
+        attn(x, mask=causal_bool(5).to(dtype))
+    with pytest.raises(ValueError, match="attention mask must be bool"):
+        attn.to(torch.bfloat16)(x.bfloat16(), mask=causal_bool(5).to(dtype))
+
+
+@pytest.mark.parametrize(("n_head", "n_kv_head"), [(4, 3), (4, 8), (0, None), (6, 4)])
+def test_head_counts_that_do_not_group_are_refused_when_built(n_head, n_kv_head):
+    """They failed only in forward, with a tensor-size error from torch (eager) or sdpa's own message."""
+    with pytest.raises(ValueError, match=rf"Attention n_head={n_head}, n_kv_head="):
+        Attention(DIM, n_head=n_head, n_kv_head=n_kv_head, head_dim=HEAD_DIM)
+
+
+@pytest.mark.parametrize("shape", [(HEADS, 6, 6), (1, 6, 6)])
+def test_materialized_attention_takes_a_three_dimensional_mask_as_sdpa_does(shape):
+    """A per-head (H, T, S) mask is broadcastable to (B, H, T, S); baddbmm got it unexpanded and failed."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, HEADS, 6, HEAD_DIM, generator=g) for _ in range(3))
+    mask = (torch.rand(shape, generator=g) > 0.4) | torch.eye(6, dtype=torch.bool)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(materialized_attention(q, k, v, mask=mask), want, atol=1e-5, rtol=1e-5)
+    additive = torch.zeros(shape).masked_fill(~mask, float("-inf"))
+    torch.testing.assert_close(materialized_attention(q, k, v, mask=additive), want, atol=1e-5, rtol=1e-5)

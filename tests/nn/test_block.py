@@ -70,3 +70,14 @@ def test_decoder_drop_path_rates_grow_linearly_from_zero():
     net = DecoderLM(cfg)
     assert [b.drop_path for b in net.blocks] == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
     assert all((b.ls1.gamma == 1e-4).all() and (b.ls2.gamma == 1e-4).all() for b in net.blocks)
+
+
+def test_drop_path_is_deterministic_under_a_seed():
+    net = block(drop_path=0.5, dropout=0.2).train()
+    x = torch.randn(64, 3, 4, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        outs.append(net(x)[0])
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], outs[2])
