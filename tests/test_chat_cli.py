@@ -187,3 +187,32 @@ def test_a_mistyped_command_is_not_sent_to_the_model(run_dir, monkeypatch, capsy
     assert prompts[1].endswith("usr<unk>bin\nassistant:")  # a path is a message ("/" is <unk> to this vocabulary)
     err = capsys.readouterr().err
     assert "(unknown command /rest: /reset starts over, /exit leaves)" in err and "unknown command /help" in err
+
+
+NO_EMPTY_TURN = (
+    "{% for m in messages %}{% if m['role'] == 'user' and not m['content'] %}{{ raise_exception('empty message') }}"
+    "{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def test_a_long_system_message_is_named_once_under_a_template_that_refuses_an_empty_turn(
+    run_dir, tmp_path, monkeypatch, capsys
+):
+    """Such a template skipped the length check of --system: one that fills the context made every message "too
+    long", one refusal a message, and the chat exited 0 having answered nothing."""
+    import shutil
+
+    from neurallayers.__main__ import main
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    tok = Tokenizer.load(folder)
+    tok.chat_template = NO_EMPTY_TURN
+    tok.save(folder)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\nthe dog\n"))
+    assert main(["chat", str(folder), "--system", "the fox " * 20]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "too long" not in err
+    assert "--system: the system message with a user message 'Hello' takes " in err and "context of 128" in err
+    prompts = chat_prompts(folder, monkeypatch, ["hi"], "--system", "the fox")  # a short one still opens the chat
+    assert prompts == ["system: the fox\nuser: hi\nassistant: "]

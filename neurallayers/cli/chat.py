@@ -109,17 +109,19 @@ def _check_opening(tokenizer, opening: list[dict], block: int) -> None:
 
     if not opening:
         return
+    probe = ""
     try:
-        n = len(tokenizer.encode(render_chat(tokenizer, [*opening, {"role": "user", "content": ""}])))
-    except ValueError:  # a template that refuses an empty turn: each message is measured as it comes
+        n = len(tokenizer.encode(render_chat(tokenizer, [*opening, {"role": "user", "content": probe}])))
+    except ValueError:  # a template that refuses an empty turn: measure with a one-word one (a few tokens more)
+        probe = "Hello"
         try:  # one that refuses a plain one too refuses the system message: it refused every message, exit 0
-            render_chat(tokenizer, [*opening, {"role": "user", "content": "Hello"}])
+            n = len(tokenizer.encode(render_chat(tokenizer, [*opening, {"role": "user", "content": probe}])))
         except ValueError as e:
             raise ValueError(f"--system: {e}; leave --system out for this model") from None
-        return
     if n >= block:
-        raise ValueError(f"--system: the system message takes {n} tokens of the model's context of {block}, which "
-                         "leaves no room for a conversation; shorten it")
+        with_probe = f" with a user message {probe!r}" if probe else ""
+        raise ValueError(f"--system: the system message{with_probe} takes {n} tokens of the model's context of "
+                         f"{block}, which leaves no room for a conversation; shorten it")
 
 
 def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int):

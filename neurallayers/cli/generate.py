@@ -52,11 +52,13 @@ def generation_config(args: argparse.Namespace):
     temperature = args.temperature
     if temperature is None:
         temperature = 0.0 if searching else 0.8
-    unused = _unused_sampling_flags(args) if searching else []
+    contrasting = getattr(args, "amateur", None) is not None
+    unused = _unused_sampling_flags(args) if searching or contrasting else []
     if unused:
         flags = unused[0] if len(unused) == 1 else f"{', '.join(unused[:-1])} and {unused[-1]}"
-        print(f"note: beam search and contrastive search are deterministic: {flags} "
-              f"{'is' if len(unused) == 1 else 'are'} not used", file=sys.stderr)
+        why = ("contrastive decoding (--amateur) chooses by its own score" if contrasting
+               else "beam search and contrastive search are deterministic")
+        print(f"note: {why}: {flags} {'is' if len(unused) == 1 else 'are'} not used", file=sys.stderr)
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=_given(args.top_k, 0),
         top_p=_given(args.top_p, 1.0), min_p=_given(args.min_p, 0.0),
@@ -65,18 +67,21 @@ def generation_config(args: argparse.Namespace):
         seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
         penalty_alpha=args.penalty_alpha, ignore_eos=args.ignore_eos, min_new_tokens=args.min_new_tokens,
         num_return_sequences=getattr(args, "num_return_sequences", 1), stop_token_ids=args.stop_token_ids,
-        logit_bias=_logit_bias(args.logit_bias), contrastive_alpha=getattr(args, "contrastive_alpha", 0.1),
-        num_speculative_tokens=getattr(args, "num_speculative_tokens", 4),  # generate's own flags (--amateur, --draft)
+        logit_bias=_logit_bias(args.logit_bias),  # and generate's own flags (--amateur, --draft), unset elsewhere
+        contrastive_alpha=_given(getattr(args, "contrastive_alpha", None), 0.1),
+        num_speculative_tokens=_given(getattr(args, "num_speculative_tokens", None), 4),
         early_stopping={"false": False, "true": True, "never": "never"}[args.early_stopping])
 
 
 def _unused_sampling_flags(args: argparse.Namespace) -> list[str]:
     """The sampling flags given that a search does not use: all of them in beam search, all but --top-k (its
-    candidate count) in contrastive search. The note named only a --temperature, so --top-p 0.5 went unused
-    silently."""
+    candidate count) in contrastive search, all but --temperature (which scales its score) in contrastive decoding.
+    The note named only a --temperature, so --top-p 0.5 went unused silently."""
     flags = {"--temperature": (args.temperature, (None, 0)), "--top-k": (args.top_k, (None, 0)),
              "--top-p": (args.top_p, (None, 1)), "--min-p": (args.min_p, (None, 0))}
-    if args.num_beams <= 1:  # contrastive search
+    if getattr(args, "amateur", None) is not None:
+        del flags["--temperature"]
+    elif args.num_beams <= 1:  # contrastive search
         del flags["--top-k"]
     return [flag for flag, (value, off) in flags.items() if value not in off]
 
@@ -93,6 +98,8 @@ def use_model_defaults(args: argparse.Namespace, path: str) -> None:
     from neurallayers.interop.hf import defaults_for_method
 
     usable = defaults_for_method(generation_defaults(path), num_beams=args.num_beams, penalty_alpha=args.penalty_alpha)
+    if getattr(args, "amateur", None) is not None:  # contrastive decoding has no top-k, top-p or min-p
+        usable = {k: v for k, v in usable.items() if k in ("temperature", "repetition_penalty")}
     chosen = {k: v for k, v in usable.items() if getattr(args, k) is None}
     if chosen:
         print("note: the model's generation_config.json sets " + ", ".join(f"{k}={v}" for k, v in chosen.items()),
@@ -121,9 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amateur", type=non_empty,
                         help="a weaker model (run dir / HF folder) for contrastive decoding: tokens the "
                         "model likes much more than the amateur does")
-    parser.add_argument("--contrastive-alpha", type=float, default=0.1,
-                        help="--amateur: keep tokens with at least this fraction of the top token's probability")
-    parser.add_argument("--num-speculative-tokens", type=int, default=4, help="--draft: tokens proposed per round")
+    parser.add_argument("--contrastive-alpha", type=float, default=None,
+                        help="--amateur: keep tokens with at least this fraction of the top token's probability "
+                        "(default 0.1)")
+    parser.add_argument("--num-speculative-tokens", type=int, default=None,
+                        help="--draft: tokens proposed per round (default 4)")
     parser.add_argument("--num-return-sequences", type=int, default=1, help="samples (or beams) per prompt")
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast): 15-60 s to start, "
@@ -135,6 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from neurallayers.generation import generate, stream
 
+    _check_method_flags(args)
     use_model_defaults(args, args.path)
     config = generation_config(args)
     prompts = args.prompts or [sys.stdin.read()]
@@ -174,18 +184,34 @@ def run(args: argparse.Namespace) -> int:
         if len(gens) > 1:
             print(f"----- sample {i + 1} ({gen.finish_reason}, {len(gen.token_ids)} tokens) -----")
         print(prompt + gen.text)
-    _note_context_full([(g.finish_reason, len(g.token_ids)) for g in gens], config.max_new_tokens,
-                       model.config.block_size)
+    whose, block = "the model's", model.config.block_size
+    if amateur is not None and amateur.config.block_size < block:  # it scores every step: its context ends them
+        whose, block = "the amateur's", amateur.config.block_size
+    _note_context_full([(g.finish_reason, len(g.token_ids)) for g in gens], config.max_new_tokens, block, whose)
     return 0
 
 
-def _note_context_full(ends: list[tuple[str | None, int]], max_new_tokens: int, block_size: int) -> None:
+def _check_method_flags(args: argparse.Namespace) -> None:
+    """One decoding method at a time, named by its flags (generate() names its own arguments: "draft_model"); and
+    --num-speculative-tokens or --contrastive-alpha without the method they tune did nothing, silently."""
+    methods = [flag for flag, on in (("--num-beams", args.num_beams > 1), ("--penalty-alpha", args.penalty_alpha > 0),
+                                     ("--draft", args.draft), ("--amateur", args.amateur)) if on]
+    if len(methods) > 1:
+        raise ValueError(f"{' and '.join(methods)} each choose a decoding method: give one of them")
+    for flag, value, method in (("--num-speculative-tokens", args.num_speculative_tokens, "draft"),
+                                ("--contrastive-alpha", args.contrastive_alpha, "amateur")):
+        if value is not None and not getattr(args, method):
+            raise ValueError(f"{flag} tunes --{method}, which is not given: add --{method} MODEL or leave {flag} out")
+
+
+def _note_context_full(ends: list[tuple[str | None, int]], max_new_tokens: int, block_size: int,
+                       whose: str = "the model's") -> None:
     """Says on stderr when an output stopped short of --max-new-tokens because the context was full (generate stops
     there rather than refuse), so a short output is not taken for the model's choice."""
     short = [n for reason, n in ends if reason == "length" and n < max_new_tokens]
     if short:
         which = "the output" if len(ends) == 1 else f"{len(short)} of {len(ends)} outputs"
-        print(f"note: {which} stopped at the model's context length ({block_size} tokens, prompt included) after "
+        print(f"note: {which} stopped at {whose} context length ({block_size} tokens, prompt included) after "
               f"{min(short)} of {max_new_tokens} new tokens", file=sys.stderr)
 
 

@@ -68,9 +68,9 @@ def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int])
         raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
 
 
-def _check_length(i: int, ids: list[int], block: int) -> None:
+def _check_length(i: int, ids: list[int], block: int, whose: str = "the model's") -> None:
     if len(ids) > block:
-        raise ValueError(f"prompt {i} has {len(ids)} tokens but the model's context length (block_size) is "
+        raise ValueError(f"prompt {i} has {len(ids)} tokens but {whose} context length (block_size) is "
                          f"{block}: shorten the prompt to at most {block} tokens")
 
 
@@ -507,10 +507,14 @@ def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConf
             "amateur_model": "contrastive_decoding", "draft_model": "speculative_decode"}[chosen[0]]
     fn = getattr(search, name)
     extra = (draft_model,) if draft_model is not None else (amateur_model,) if amateur_model is not None else ()
-    block = min(m.config.block_size for m in (model, *extra))
-    for i, ids in enumerate(input_ids):
-        if isinstance(ids, list):
-            _check_length(i, ids, block)
+    # here, where each prompt has its place in the call: a search sees a group of prompts (one, for speculative
+    # decoding), and named a bad one by its place in that group
+    _check_ids(model, input_ids, eos_ids)
+    block = model.config.block_size
+    if amateur_model is not None:  # scores every step beside the model; a draft only proposes (while it has room)
+        block = min(block, amateur_model.config.block_size)
+        for i, ids in enumerate(input_ids):
+            _check_length(i, ids, block, "the amateur model's")
     # As the plain path does, each prompt stops where its own context is full rather than being refused: the last
     # token needs no position, except in contrastive search, which feeds every candidate. Prompts whose room
     # differs decode in separate batches (a method's batch shares one length), and speculative decoding takes one
@@ -648,6 +652,10 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
     concatenated text equals generate()'s. The last event has token_id None and the finish_reason.
     """
     _check_decoder(model)
+    helpers = [name for name in ("draft_model", "amateur_model") if name in overrides]
+    if helpers:  # else "GenerationConfig has no field 'draft_model'", as if it were misspelt
+        raise ValueError(f"stream() decodes one sequence greedily or by sampling: it takes no {helpers[0]} "
+                         "(speculative decoding and contrastive decoding go through generate())")
     config = _config(config, overrides)
     if config.num_beams > 1 or config.penalty_alpha > 0 or config.num_return_sequences > 1:
         raise ValueError("stream() decodes one sequence greedily or by sampling: num_beams, penalty_alpha and "

@@ -57,11 +57,12 @@ def check_request(model: nn.Module, input_ids: list[list[int]], config: Generati
     if not isinstance(eos_ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in eos_ids):
         raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
     config.check_vocab(vocab)
-    longest = max(len(ids) for ids in input_ids) + config.max_new_tokens - 1 + extra_positions
+    lens = [len(ids) for ids in input_ids]
+    i = lens.index(max(lens))  # the prompt to shorten
+    longest = lens[i] + config.max_new_tokens - 1 + extra_positions
     if longest > model.config.block_size:
-        raise ValueError(f"prompt ({max(len(ids) for ids in input_ids)} tokens) + max_new_tokens "
-                         f"({config.max_new_tokens}) needs {longest} positions; the model's context "
-                         f"block_size is {model.config.block_size}")
+        raise ValueError(f"prompt {i} ({lens[i]} tokens) + max_new_tokens ({config.max_new_tokens}) needs "
+                         f"{longest} positions; the model's context block_size is {model.config.block_size}")
 
 
 def stop_ids(config: GenerationConfig, eos_ids: list[int]) -> list[int]:

@@ -55,7 +55,10 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
 
     Args:
         target: the DecoderLM whose distribution is sampled.
-        draft: a smaller DecoderLM with the same vocabulary.
+        draft: a smaller DecoderLM with the same vocabulary. It proposes while its context (block_size) holds the
+            sequence, and no more than it may end: it stops at a drafted stop token and where its processed scores
+            leave no token (an n-gram ban on its own path, which the target may never take). Past its context the
+            target decodes alone, so the draft changes only the speed, never the tokens or how many.
         input_ids: exactly one prompt, [[token ids]].
         config: num_speculative_tokens (k), max_new_tokens, temperature (0 = greedy), processors, seed, logprobs
             (each token's log-probability under the target's own distribution, before processors, as generate()
@@ -77,7 +80,6 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
         raise ValueError(f"draft vocab_size={draft.config.vocab_size} differs from the target's "
                          f"vocab_size={target.config.vocab_size}; the draft must share the target's tokenizer")
     check_request(target, input_ids, config, eos_ids)
-    check_request(draft, input_ids, config, eos_ids)
     _check_chunk_invariant(target, len(input_ids[0]) + config.max_new_tokens)
     target.eval()
     draft.eval()
@@ -92,15 +94,22 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
     prompt = input_ids[0]
     procs = build_processors(config, eos_ids, prompt_width=len(prompt), sampling=not greedy)
 
+    def processed(logits: torch.Tensor, context: list[int]) -> torch.Tensor:
+        """The processed next-token scores (V,) after `context`."""
+        if not procs:
+            return logits
+        return apply_processors(procs, torch.tensor([context], device=logits.device), logits[None])[0]
+
     def probs(logits: torch.Tensor, context: list[int]) -> torch.Tensor:
-        """The processed next-token distribution (V,) after `context`."""
-        if procs:
-            logits = apply_processors(procs, torch.tensor([context], device=logits.device), logits[None])[0]
-            check_some_token_left(config, logits[None], len(context) - len(prompt))
+        """The target's next-token distribution (V,) after `context`, a context plain decoding also reaches."""
+        logits = processed(logits, context)
+        check_some_token_left(config, logits[None], len(context) - len(prompt))
         return logits.softmax(-1)
 
     total = len(prompt) + config.max_new_tokens
-    t_cache, d_cache = target.new_cache(1, total), draft.new_cache(1, total)
+    # the draft only proposes: past its own context the target goes on alone, so the draft never shortens the output
+    d_block = draft.config.block_size
+    t_cache, d_cache = target.new_cache(1, total), draft.new_cache(1, min(total, d_block))
     seq = list(prompt)
     t_pos = d_pos = 0  # how many leading tokens of seq each cache holds correctly
     counts = dict(rounds=0, drafted=0, accepted=0, target_forwards=0, draft_forwards=0)
@@ -108,17 +117,26 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
     finished = False
     while not finished and len(seq) - len(prompt) < config.max_new_tokens:
         n = len(seq)
-        k = min(config.num_speculative_tokens, config.max_new_tokens - (n - len(prompt)) - 1)
+        # drafting token j feeds the draft up to position n + j - 2, which its context must hold
+        k = min(config.num_speculative_tokens, config.max_new_tokens - (n - len(prompt)) - 1, d_block - n + 1)
         drafts: list[int] = []
         qs: list[torch.Tensor] = []
         for _ in range(k):
             pending = (seq + drafts)[d_pos:]
-            q = probs(_scores(draft, d_cache, pending, d_pos, 1)[-1], seq + drafts)
+            scores = processed(_scores(draft, d_cache, pending, d_pos, 1)[-1], seq + drafts)
             d_pos += len(pending)
+            counts["draft_forwards"] += 1
+            if bool(torch.isneginf(scores).all()):  # the draft's path left no token (n-gram ban): the target decides
+                break
+            q = scores.softmax(-1)
             drafts.append(_pick(q, greedy, gen))
             qs.append(q)
+            if drafts[-1] in stops:  # an accepted stop token ends the sequence: drafting past it is wasted
+                break
+        k = len(drafts)
         logits = _scores(target, t_cache, (seq + drafts)[t_pos:], t_pos, k + 1)  # (k+1, V): p_1 .. p_{k+1}
         new: list[int] = []
+        accepted = k
         for i, (x, q) in enumerate(zip(drafts, qs, strict=True)):
             p = probs(logits[i], seq + drafts[:i])
             if greedy:
@@ -131,17 +149,16 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
                     new.append(_pick(p, greedy, gen))
                 else:
                     new.append(_pick(residual / residual.sum(), greedy, gen))
+                accepted = i
                 break
             new.append(x)
-        else:
-            new.append(_pick(probs(logits[k], seq + drafts), greedy, gen))  # bonus token: all drafts accepted
+        if accepted == k and not (drafts and drafts[-1] in stops):  # bonus token: all drafts accepted, none a stop
+            new.append(_pick(probs(logits[k], seq + drafts), greedy, gen))
         trail.extend(0, logits[:len(new)], torch.tensor(new, device=device))  # row i of logits chose new[i]
-        accepted = len(new) - 1
         counts["rounds"] += 1
         counts["drafted"] += k
         counts["accepted"] += accepted
         counts["target_forwards"] += 1
-        counts["draft_forwards"] += k
         # caches keep what they computed for the accepted prefix; later writes overwrite the rest
         t_pos = n + accepted
         d_pos = min(d_pos, n + accepted)

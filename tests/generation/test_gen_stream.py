@@ -75,6 +75,9 @@ def test_stream_sampling_matches_generate(lm_tok) -> None:
     (dict(num_beams=2), "num_beams"),
     (dict(num_return_sequences=2), "num_return_sequences"),
     (dict(top_k=-1), "top_k"),
+    # a draft or amateur model was refused as a misspelt field: "GenerationConfig has no field 'draft_model'"
+    (dict(draft_model=tiny_lm()), r"stream\(\) .* takes no draft_model \(speculative decoding .* generate\(\)\)"),
+    (dict(amateur_model=tiny_lm()), r"takes no amateur_model"),
 ])
 def test_stream_rejects_bad_input(lm_tok, kwargs: dict, match: str) -> None:
     lm, tok = lm_tok

@@ -10,7 +10,7 @@ import torch
 from nl_search_helpers import chi2, chi2_threshold, plain_greedy, tiny
 
 from neurallayers.generation.config import GenerationConfig
-from neurallayers.generation.search import build_processors
+from neurallayers.generation.search import build_processors, contrastive_search
 from neurallayers.generation.speculative import speculative_decode
 
 PROMPTS = [[5, 17, 42, 9, 3], [60, 2, 33], [7], [7, 7, 21, 40, 14, 50, 11, 3, 3, 8]]
@@ -109,8 +109,8 @@ def test_rejects_bad_input(pair):
     with pytest.raises(ValueError, match="vocab_size=80"):
         speculative_decode(target, other, [[1, 2]], cfg, eos_ids=[])
     short = tiny(seed=5, n_layer=1, n_embd=16, n_head=2, block_size=8)
-    with pytest.raises(ValueError, match="block_size is 8"):
-        speculative_decode(target, short, [[1, 2, 3, 4, 5, 6]], cfg, eos_ids=[])
+    with pytest.raises(ValueError, match="prompt 0 .*block_size is 8"):
+        speculative_decode(short, draft, [[1, 2, 3, 4, 5, 6]], cfg, eos_ids=[])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         speculative_decode(target, draft, [[1, 64]], cfg, eos_ids=[])
 
@@ -132,3 +132,60 @@ def test_a_dynamic_ntk_target_is_refused_past_its_trained_length():
     assert g.token_ids == plain_greedy(target, [1, 2, 3, 4, 5, 6], 10)
     with pytest.raises(ValueError, match="dynamic NTK.*trained length of 16 positions.*reaches 17"):
         speculative_decode(target, draft, [[1, 2, 3, 4, 5, 6, 7]], greedy, eos_ids=[])
+
+
+def test_a_draft_with_a_shorter_context_does_not_shorten_the_output(pair):
+    """A draft with a context of 8 cut the target's greedy output at 8 positions (finish_reason "length", and the CLI
+    named the target's context): the draft only proposes, and past its context the target goes on alone."""
+    from neurallayers.generation import generate
+
+    target, _ = pair
+    short = tiny(seed=5, n_layer=1, n_embd=16, n_head=2, block_size=8)
+    prompt = PROMPTS[0]
+    stats: dict = {}
+    cfg = GenerationConfig(max_new_tokens=30, temperature=0, num_speculative_tokens=3)
+    ((got,),) = speculative_decode(target, short, [prompt], cfg, eos_ids=[], stats=stats)
+    assert got.token_ids == plain_greedy(target, prompt, 30) and stats["drafted"] > 0
+    (g,) = generate(target, None, [prompt], cfg, draft_model=short)
+    assert g.token_ids == got.token_ids and g.finish_reason == "length"
+    long_prompt = list(range(10))  # longer than the draft's whole context: the target decodes alone
+    (g,) = generate(target, None, [long_prompt], cfg, draft_model=short)
+    assert g.token_ids == plain_greedy(target, long_prompt, 30)
+
+
+@pytest.mark.parametrize(("prompt", "eos", "ngram", "max_new", "k"),
+                         [([5, 0, 3], [], 2, 21, 7), ([1, 5, 3, 3], [4], 1, 12, 6), ([0, 2, 5], [3], 1, 20, 7)])
+def test_a_ban_on_a_path_the_target_never_takes_is_no_error(prompt, eos, ngram, max_new, k):
+    """The draft's own path (tokens the target then rejects, or past a drafted eos) could leave no_repeat_ngram_size no
+    token: speculative decoding raised "bans every token" where the target's greedy decoding, which it must equal, ran
+    to its end or stopped at eos."""
+    from neurallayers.generation import generate
+
+    target = tiny(seed=3, vocab=6, n_layer=1, n_embd=16, n_head=2, block_size=40)
+    draft = tiny(seed=4, vocab=6, n_layer=1, n_embd=16, n_head=2, block_size=40)
+    target.generation_eos_ids = eos  # what generate() reads without a tokenizer
+    cfg = GenerationConfig(max_new_tokens=max_new, temperature=0, no_repeat_ngram_size=ngram, num_speculative_tokens=k)
+    (want,) = generate(target, None, [prompt], cfg)
+    (got,) = generate(target, None, [prompt], cfg, draft_model=draft)
+    assert (got.token_ids, got.finish_reason) == (want.token_ids, want.finish_reason)
+    # a ban on the target's own path is still an error, as in plain decoding
+    with pytest.raises(ValueError, match="bans every token"):
+        generate(target, None, [prompt], cfg.replace(max_new_tokens=30, no_repeat_ngram_size=1), draft_model=draft,
+                 ignore_eos=True)
+
+
+def test_errors_name_the_prompt_by_its_place_in_the_call(pair):
+    """Speculative decoding takes one prompt at a time, and contrastive search prompts grouped by their room: a bad
+    second prompt was named "input_ids[0]", its place in that group."""
+    from neurallayers.generation import generate
+
+    target, draft = pair
+    with pytest.raises(ValueError, match=r"^prompt 1 holds token ids outside the vocabulary \[0, 64\): \[64\]"):
+        generate(target, None, [[1, 2], [3, 64]], temperature=0, max_new_tokens=3, draft_model=draft)
+    with pytest.raises(ValueError, match=r"^prompt 2 is empty"):
+        generate(target, None, [[1] * 63, [1, 2], []], top_k=3, penalty_alpha=0.5, max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"^prompt 0 \(8 tokens\) \+ max_new_tokens \(60\) needs 67 positions"):
+        speculative_decode(target, draft, [[1] * 8], GenerationConfig(max_new_tokens=60), eos_ids=[])
+    cfg = GenerationConfig(max_new_tokens=60, top_k=3, penalty_alpha=0.5)
+    with pytest.raises(ValueError, match=r"^prompt 1 \(8 tokens\) \+ max_new_tokens \(60\) needs 68 positions"):
+        contrastive_search(target, [[1, 2], [1] * 8], cfg, eos_ids=[])
