@@ -46,7 +46,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's errors in the CLI's one-line form (not the usage block and then the error)."""
+    """argparse's errors in the CLI's one-line form (not the usage block and then the error). No abbreviations of
+    long flags: argparse took `generate --penalty 1.3` for --penalty-alpha (contrastive search) and `--length 50` for
+    --length-penalty, silently; a prefix is named as a guess instead."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -75,9 +80,13 @@ class _Parser(argparse.ArgumentParser):
         known = [s[2:] for action in self._actions for s in action.option_strings if s.startswith("--")]
         for arg in rest:
             name = arg.split("=", 1)[0]
+            if not name.startswith("--") or len(name) < 3:
+                continue
+            typed = name[2:].replace("_", "-")
             # the names without their dashes: with them, '--bogus' is close to '--out'
-            if name.startswith("--") and (hint := difflib.get_close_matches(name[2:].replace("_", "-"), known, n=1)):
-                return f" (did you mean --{hint[0]}?)"
+            hint = [k for k in known if k.startswith(typed)] or difflib.get_close_matches(typed, known, n=1)
+            if hint:
+                return f" (did you mean {' or '.join(f'--{h}' for h in hint)}?)"
         return ""
 
 
@@ -111,16 +120,28 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_telemetry()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in VERBS:
+        close = difflib.get_close_matches(argv[0], VERBS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        parser.error(f"unknown verb {argv[0]!r}{hint}; verbs: {', '.join(VERBS)}")
     if not argv or argv[0] not in VERBS:
-        parser.parse_args(argv or ["--help"])  # prints help or the argparse error for an unknown verb
+        parser.parse_args(argv or ["--help"])  # prints the help, --version, or the argparse error
         return 2
     verb = argv[0]
+    if sys.stdin is None:  # started with stdin closed (`<&-`): empty, as `< /dev/null` (generate and chat read it)
+        sys.stdin = open(os.devnull)
+    if sys.stdout is None:  # started with stdout closed (`>&-`): the output would be lost, or a traceback
+        print(f"neurallayers {verb}: error: standard output is closed; redirect it (> FILE, or > /dev/null to "
+              "discard it)", file=sys.stderr)
+        return 2
     from neurallayers.cli.common import USER_ERRORS
 
     try:
         module, verb_parser = build_verb_parser(verb)  # imports torch: seconds in which Ctrl-C is likely
         if getattr(module, "ACCEPTS_OVERRIDES", False):  # train: --section.field value pairs pass through
             args, rest = verb_parser.parse_known_args(argv[1:])
+            if "--" in rest:  # `train --preset tiny -- --train.lr 1e-4`: the separator is no override
+                rest.remove("--")
             verb_parser.check_overrides(rest)
             args.overrides = rest
         else:

@@ -58,9 +58,10 @@ def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
          allow_pickle: bool = False) -> tuple[nn.Module, object]:
-    """Model (in eval mode) and tokenizer from a run directory (config.yaml, model.safetensors, tokenizer.json)
-    or a Hugging Face folder (config.json, safetensors weights, tokenizer files); "all-MiniLM-L6-v2" (or its hub
-    name "sentence-transformers/all-MiniLM-L6-v2") is the bundled MiniLM encoder.
+    """Model (in eval mode) and tokenizer from a run directory (config.yaml, model.safetensors, tokenizer.json), one
+    of its checkpoints (`run/checkpoints/step-N`: that step's weights) or a Hugging Face folder (config.json,
+    safetensors weights, tokenizer files); "all-MiniLM-L6-v2" (or its hub name
+    "sentence-transformers/all-MiniLM-L6-v2") is the bundled MiniLM encoder.
 
     Args:
         device: where the weights go; "auto" picks cuda, then mps, then cpu; None: cpu.
@@ -88,6 +89,8 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         from neurallayers.interop.hf import load_hf
 
         model, tokenizer = load_hf(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    elif _is_checkpoint(path):
+        model, tokenizer = _load_checkpoint(path, device=device, dtype=dtype)
     else:
         raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
     from neurallayers.training.runtime import warn_if_slow_bf16
@@ -95,6 +98,28 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     warn_if_slow_bf16(dtype, device)
     _warn_if_fp16_on_cpu(model)
     return model.eval(), tokenizer
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A run's `checkpoints/step-N` folder (absolute: `step-800` typed inside checkpoints/)."""
+    folder = path.absolute()
+    return folder.parent.name == "checkpoints" and (folder.parent.parent / "config.yaml").is_file()
+
+
+def _load_checkpoint(path: Path, *, device, dtype) -> tuple[nn.Module, object]:
+    """The run's model and tokenizer with the weights of its checkpoint `path`, which holds no config or tokenizer of
+    its own (load refused it as "neither config.yaml nor config.json")."""
+    from neurallayers.training.checkpoint import COMPLETE, load_run
+    from neurallayers.weights import check_state_dict, read_safetensors
+
+    if not (path / COMPLETE).is_file():  # its save was cut short: the weights may be partial
+        raise ValueError(f"{path} is an incomplete checkpoint (no {COMPLETE} marker); load a complete one")
+    model, tokenizer, _ = load_run(path.absolute().parent.parent, device=device, dtype=dtype)
+    weights = path / "model.safetensors"
+    sd = read_safetensors(weights)
+    check_state_dict(model, sd, source=str(weights))
+    model.load_state_dict(sd)  # copies in place, in the model's dtype and device; tied weights stay tied
+    return model, tokenizer
 
 
 def _warn_if_fp16_on_cpu(model: nn.Module) -> None:
@@ -121,6 +146,8 @@ def generation_defaults(path: str | Path, *, sampling: bool = False) -> dict:
         raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
     from neurallayers.interop.hf import generation_defaults as hf_defaults
 
+    if _is_checkpoint(path):  # a checkpoint samples as its run does
+        path = path.absolute().parent.parent
     # a run converted from a Hugging Face folder keeps its generation_config.json
     return hf_defaults(path, sampling=sampling)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import math
+import socket
 
 from neurallayers.files import WriteError
 
@@ -86,3 +88,32 @@ def load_model(path: str, *, device: str = "auto", dtype: str = "fp32", allow_pi
         raise UserError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): copy the model's "
                         "tokenizer files into the folder")
     return model, tokenizer
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 address in brackets ("::1" -> "[::1]"; "[::1]" stays as it is)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (not listening yet), before any model loads: a bad host or a port in use is a
+    UserError naming --host or --port, where servers (Gradio, uvicorn) report them late or as something else.
+    "[::1]", as a URL writes it, is the address ::1."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.removeprefix("[").removesuffix("]"), port,
+                                                             type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror:
+        raise UserError(f"--host {host}: not a known host name or address") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart while old ones linger
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is in use; choose another --port") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise UserError(f"--host {host}: not an address of this machine (127.0.0.1 for this machine only, "
+                            "0.0.0.0 for every network)") from None
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock

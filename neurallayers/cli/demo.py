@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.resume:
         from neurallayers.training.config import RunConfig
 
+        if not (out / "config.yaml").is_file():  # as `train --resume` says it
+            raise FileNotFoundError(f"cannot resume: {out} holds no demo run (no config.yaml); run "
+                                    f"`neurallayers demo --out {out}` to start one")
         saved = RunConfig.from_yaml(out / "config.yaml")  # continue the same schedule
         # --max-steps trains it on to that step, as `train --resume --train.max_steps` does (it was ignored)
         run_cfg = demo_config(max_steps=args.max_steps or saved.train.max_steps, max_minutes=args.minutes + 0.75,

@@ -14,7 +14,16 @@ import signal
 import socket
 import sys
 
-from neurallayers.cli.common import UserError, add_device_dtype, add_model_path, non_empty, positive_int, torch_dtype
+from neurallayers.cli.common import (
+    UserError,
+    add_device_dtype,
+    add_model_path,
+    bind_socket,
+    non_empty,
+    positive_int,
+    torch_dtype,
+    url_host,
+)
 
 API_KEY_ENV = "NEURALLAYERS_API_KEY"
 ANSWER_GRACE_S = 1.0  # after --shutdown-timeout, for the answers to requests the engine ended
@@ -67,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if api_key is not None and not api_key.strip():  # an empty key would serve everyone: say so rather than open up
         where = "--api-key" if args.api_key is not None else f"${API_KEY_ENV}"
         raise UserError(f"{where} is empty: give a key, or leave it unset to serve without one")
-    sock = _bind(args.host, args.port)  # before loading the model: a port in use fails at once, in one line
+    sock = bind_socket(args.host, args.port)  # before loading the model: a port in use fails at once, in one line
     if args.compile:
         print("neurallayers serve: compiling the decode step before serving (15-60 s)", file=sys.stderr, flush=True)
     app = create_app(args.path, model_name=args.model_name, api_key=api_key,
@@ -100,23 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _announce(args: argparse.Namespace, served, sock: socket.socket, api_key: str | None) -> None:
     port = sock.getsockname()[1]  # --port 0: the port the system chose
-    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address goes in brackets in a URL
+    host = url_host(args.host)  # an IPv6 address goes in brackets in a URL
     print(f"neurallayers serve: {served.name!r} ({served.kind}, context {served.block_size}) on "
           f"http://{host}:{port}" + (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)
 
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port for uvicorn to listen on; a bad host or a port in use is a UserError."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as e:
-        raise UserError(f"--host {host}: {e.strerror}") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart while old ones linger
-    try:
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    return sock

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import errno
-import socket
 from pathlib import Path
 
-from neurallayers.cli.common import UserError, add_device_dtype, add_model_path, load_model, non_empty, positive_int
+from neurallayers.cli.common import (
+    UserError,
+    add_device_dtype,
+    add_model_path,
+    bind_socket,
+    load_model,
+    non_empty,
+    positive_int,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,22 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_address(host: str, port: int) -> None:
     """Bind host:port once before Gradio does: Gradio reports every bind failure (an unknown host, an address of
     another machine) as a port in use."""
-    try:  # "[::1]" as in a URL is the address ::1
-        infos = socket.getaddrinfo(host.removeprefix("[").removesuffix("]"), port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise UserError(f"--host {host}: not a known host name or address") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            s.bind(address)
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise UserError(f"port {port} on {host} is in use; choose another --port") from None
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise UserError(f"--host {host}: not an address of this machine (127.0.0.1 for this machine "
-                                "only, 0.0.0.0 for every network)") from None
-            raise UserError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+    bind_socket(host, port).close()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,9 +6,11 @@ functions that need it; the work itself lives in logic.py.
 from __future__ import annotations
 
 import os
+import time
 
 from torch import nn
 
+from neurallayers.cli.common import url_host
 from neurallayers.ui.logic import (
     ALL_LAYERS,
     StreamRecord,
@@ -142,7 +144,8 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True
     """Serve the app on host:port (local only by default), one generation at a time.
 
     Args:
-        block: wait until the server stops (Ctrl-C); False returns at once, leaving it running in a thread.
+        block: wait until the server stops; a Ctrl-C closes it and is raised. False returns at once, leaving it
+            running in a thread.
 
     Returns:
         The local URL.
@@ -152,11 +155,20 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True
     # quiet: Gradio's own lines tell a CLI user to "set `share=True` in `launch()`", which `neurallayers ui` cannot
     # an IPv6 address goes in brackets: Gradio puts the name as it is into the URL it checks ("http://::1:7860/"
     # failed in httpx with a traceback) and takes the brackets off to bind
-    server_name = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    _, url, _ = app.launch(server_name=server_name, server_port=port, prevent_thread_lock=True, ssr_mode=False,
+    _, url, _ = app.launch(server_name=url_host(host), server_port=port, prevent_thread_lock=True, ssr_mode=False,
                            mcp_server=False, quiet=True, show_error=True)
     if not quiet:
         print(f"* Running on {url} (Ctrl-C to stop)", flush=True)
     if block:
-        app.block_thread()
+        _wait(app)
     return url
+
+
+def _wait(app) -> None:
+    """Until the server stops. A Ctrl-C closes it and goes on up (the CLI exits 130, as every verb does): Gradio's
+    block_thread() swallowed it, printed "Keyboard interruption in main thread...", and the process exited 0."""
+    try:
+        while app.is_running:
+            time.sleep(0.1)
+    finally:
+        app.close()

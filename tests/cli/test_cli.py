@@ -565,7 +565,7 @@ def test_serve_refuses_an_empty_api_key_and_a_port_in_use_in_one_line(run_dir: P
         taken.listen()
         port = str(taken.getsockname()[1])
         proc = in_process("serve", str(run_dir), "--port", port, cwd=run_dir.parent, monkeypatch=monkeypatch)
-    assert_user_error(proc, f"cannot listen on 127.0.0.1:{port}")
+    assert_user_error(proc, f"port {port} on 127.0.0.1 is in use")
     assert proc.stdout == ""
 
 

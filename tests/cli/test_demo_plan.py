@@ -80,3 +80,9 @@ def test_demo_resume_trains_on_to_max_steps_with_the_saved_warmup(tmp_path, monk
     with pytest.raises(_FitCalled):
         demo.run(argparse.Namespace(out=str(out), minutes=4.0, max_steps=max_steps, resume=True))
     assert seen == [(planned, 25, 8, True)]  # the schedule's warmup and the batch stay the run's own
+
+
+def test_demo_resume_without_a_run_says_so(tmp_path):
+    # said "run config not found: demo/config.yaml", as if a config file had been asked for
+    with pytest.raises(FileNotFoundError, match="cannot resume: .*demo holds no demo run"):
+        demo.run(argparse.Namespace(out=str(tmp_path / "demo"), minutes=4.0, max_steps=None, resume=True))

@@ -48,13 +48,18 @@ def test_serves_the_page_on_localhost(run_dir):
         said = _line_with(proc, "Running on", deadline=time.monotonic() + 30)  # printed once launch() returns
         assert f"* Running on http://127.0.0.1:{port}/ (Ctrl-C to stop)\n" in said
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: Gradio closes the server
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the server closes
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    assert "share=True" not in said + proc.stdout.read().decode()  # Gradio's hint to edit launch(): not for a CLI user
+    rest = proc.stdout.read().decode()
+    assert "share=True" not in said + rest  # Gradio's hint to edit launch(): not for a CLI user
+    # Gradio's block_thread() swallowed the Ctrl-C ("Keyboard interruption in main thread...") and the verb exited 0
+    assert proc.returncode == 130 and "neurallayers ui: interrupted" in rest, rest
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # closed: the port is free again
 
 
 def _line_with(proc: subprocess.Popen, text: str, *, deadline: float) -> str:
@@ -146,3 +151,18 @@ def test_an_ipv6_host_serves_the_page(tiny, host):
         assert url == f"http://[::1]:{port}/" and httpx.get(url, timeout=30).status_code == 200
     finally:
         app.close()
+
+
+def test_one_bind_check_for_every_server_verb():
+    """`ui` and `serve` each spelt out the bind checks and the IPv6 brackets of a URL; cli.common holds them once."""
+    from neurallayers.cli.common import UserError, bind_socket, url_host
+
+    assert [url_host(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost")] == ["127.0.0.1", "[::1]", "[::1]",
+                                                                                "localhost"]
+    with bind_socket("127.0.0.1", 0) as sock:  # bound, not yet listening: the caller's to use or close
+        port = sock.getsockname()[1]
+        sock.listen()
+        with pytest.raises(UserError, match=f"port {port} on 127.0.0.1 is in use; choose another --port"):
+            bind_socket("127.0.0.1", port)
+    with pytest.raises(UserError, match="--host no.such.host.invalid: not a known host name or address"):
+        bind_socket("no.such.host.invalid", 0)

@@ -1,0 +1,175 @@
+"""How the CLI reads its command line: verbs, long flags, the `--` separator, a closed stdout; and `load` of what the
+CLI's verbs are given (a run's checkpoint folder)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from neurallayers.__main__ import build_verb_parser, main
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
+
+
+def in_process(*args: str, cwd: Path, monkeypatch) -> subprocess.CompletedProcess:
+    """`neurallayers ARGS` through main() here (a process costs 4 s of imports); argparse's exit is a status too."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("NEURALLAYERS_CACHE", str(cwd / ".nlcache"))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_a_mistyped_verb_names_the_verb_meant(tmp_path: Path, monkeypatch):
+    """`neurallayers trian` listed the eleven verbs, and named none."""
+    assert_user_error(in_process("trian", "--preset", "tiny", cwd=tmp_path, monkeypatch=monkeypatch),
+                      "unknown verb 'trian' (did you mean 'train'?)")
+    proc = in_process("xyzzy", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_user_error(proc, "unknown verb 'xyzzy'", "generate")
+    assert "did you mean" not in proc.stderr
+
+
+@pytest.mark.parametrize(("verb", "args", "needle"), [
+    # argparse's prefix matching took these for other flags: contrastive search, a beam-search knob
+    ("generate", ["run", "hi", "--penalty", "1.3"], "--penalty 1.3 (did you mean --penalty-alpha?)"),
+    ("generate", ["run", "hi", "--length", "50"], "--length 50 (did you mean --length-penalty?)"),
+    ("generate", ["run", "hi", "--top", "5"], "(did you mean --top-k or --top-p?)"),
+    ("serve", ["run", "--max", "4"], "(did you mean --max-concurrency or --max-queue?)"),
+])
+def test_a_shortened_flag_is_refused_not_taken_for_another(verb: str, args: list[str], needle: str, capsys):
+    parser = build_verb_parser(verb)[1]
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_train_refuses_a_shortened_flag_of_its_own(tmp_path: Path, monkeypatch):
+    """`--pre tiny` was --preset and `--in x` --init-from, while a mistyped override is refused: one rule for all."""
+    assert_user_error(in_process("train", "--pre", "tiny", "--out", "o", cwd=tmp_path, monkeypatch=monkeypatch),
+                      "unrecognized argument --pre (did you mean --preset?)")
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_takes_overrides_after_a_double_dash(tmp_path: Path, monkeypatch):
+    """`train ... -- --train.lr 1e-4` failed: "override '--' must look like --section.field VALUE"."""
+    from neurallayers.training import trainer
+
+    seen = []
+
+    def fit(run_cfg, out, **kwargs):
+        seen.append(run_cfg)
+        raise KeyboardInterrupt  # stop before any work; main() reports it as status 130
+
+    monkeypatch.setattr(trainer, "fit", fit)
+    proc = in_process("train", "--preset", "tiny", "--out", "o", "--", "--train.lr", "1e-4", "--model.n_layer=3",
+                      cwd=tmp_path, monkeypatch=monkeypatch)
+    assert proc.returncode == 130, proc.stderr
+    assert seen[0].train.lr == 1e-4 and seen[0].model.n_layer == 3
+
+
+def test_a_closed_stdout_is_one_line_not_lost_output(tmp_path: Path):
+    """With stdout closed (`>&-`), `info` printed into nothing and exited 0, and `generate --stream` ended in
+    "AttributeError: 'NoneType' object has no attribute 'write'"."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NEURALLAYERS_CACHE": str(tmp_path / ".nlcache")}
+    proc = subprocess.run([sys.executable, "-m", "neurallayers", "info", "tiny"], stderr=subprocess.PIPE, text=True,
+                          env=env, cwd=tmp_path, timeout=120, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "neurallayers info: error: standard output is closed; redirect it (> FILE, or > " \
+                                  "/dev/null to discard it)"
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory) -> Path:
+    """A tiny run with checkpoints at steps 2 and 4 (whose weights differ)."""
+    import neurallayers as nl
+
+    root = tmp_path_factory.mktemp("ckpt")
+    (root / "text.txt").write_text(TEXT)
+    config = {"model": {"preset": "tiny", "block_size": 16, "n_layer": 1},
+              "train": {"max_steps": 4, "batch_size": 2, "eval_interval": 4, "eval_batches": 1, "warmup_steps": 0,
+                        "save_interval": 2, "sample_tokens": 0, "lr": 1e-2},
+              "data": {"source": str(root / "text.txt"), "tokenizer": "char"}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NEURALLAYERS_CACHE", str(root / ".nlcache"))
+        nl.train(config, root / "run", progress=False)
+    return root / "run"
+
+
+def test_load_reads_a_checkpoint_folder_with_its_runs_config_and_tokenizer(two_checkpoints: Path, monkeypatch):
+    """load("run/checkpoints/step-2") said "has neither config.yaml ... nor config.json": no verb could generate
+    from, evaluate or serve an earlier step of a run."""
+    import neurallayers as nl
+    from neurallayers.weights import read_safetensors
+
+    step2 = two_checkpoints / "checkpoints" / "step-2"
+    model, tokenizer = nl.load(step2)
+    want = read_safetensors(step2 / "model.safetensors")
+    got = model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    final = read_safetensors(two_checkpoints / "model.safetensors")
+    assert any(not torch.equal(final[k], want[k]) for k in want)  # other weights than the run's own
+    assert tokenizer.encode("To be") == nl.load(two_checkpoints)[1].encode("To be")
+    model16, _ = nl.load(step2, dtype="bf16")
+    assert next(model16.parameters()).dtype == torch.bfloat16
+    monkeypatch.chdir(step2.parent)  # typed inside checkpoints/
+    assert torch.equal(nl.load("step-2")[0].state_dict()[next(iter(want))], got[next(iter(want))])
+
+
+def test_load_refuses_an_incomplete_checkpoint_in_one_line(two_checkpoints: Path, tmp_path: Path):
+    import shutil
+
+    import neurallayers as nl
+    from neurallayers.training.checkpoint import COMPLETE
+
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    (run / "checkpoints" / "step-2" / COMPLETE).unlink()  # a save cut short
+    with pytest.raises(ValueError, match="step-2 is an incomplete checkpoint"):
+        nl.load(run / "checkpoints" / "step-2")
+    with pytest.raises(ValueError, match="neither config.yaml"):
+        nl.load(run / "checkpoints")
+
+
+def test_generate_from_a_checkpoint_folder(two_checkpoints: Path, monkeypatch):
+    from neurallayers.generation import generate
+
+    step2 = two_checkpoints / "checkpoints" / "step-2"
+    proc = in_process("generate", str(step2), "To be", "--temperature", "0", "--max-new-tokens", "5",
+                      cwd=two_checkpoints.parent, monkeypatch=monkeypatch)
+    assert proc.returncode == 0, proc.stderr
+    import neurallayers as nl
+
+    model, tok = nl.load(step2)
+    assert proc.stdout == "To be" + generate(model, tok, "To be", temperature=0, max_new_tokens=5)[0].text + "\n"
+
+
+def test_a_closed_stdin_reads_as_empty(two_checkpoints: Path, tmp_path: Path):
+    """With stdin closed (`<&-`), `generate RUN` (no prompt: it reads one from stdin) and `chat` ended in
+    "AttributeError: 'NoneType' object has no attribute 'read'" ('isatty' for chat); now as `< /dev/null`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NEURALLAYERS_CACHE": str(tmp_path / ".nlcache")}
+    proc = subprocess.run([sys.executable, "-m", "neurallayers", "generate", str(two_checkpoints)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+                          preexec_fn=lambda: os.close(0))
+    assert_user_error(proc, "empty prompt")
