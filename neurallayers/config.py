@@ -298,7 +298,17 @@ def _check_types(cfg: ModelConfig) -> None:
         value = getattr(cfg, f.name)
         if not _matches(value, hints[f.name]):
             allowed = _describe(hints[f.name])
-            raise ValueError(f"ModelConfig.{f.name}={value!r}: expected {allowed}")
+            raise ValueError(f"ModelConfig.{f.name}={value!r}: expected {allowed}{spelling_note(value, allowed)}")
+
+
+def spelling_note(value: object, allowed: str) -> str:
+    """How YAML (a config file, a --section.field override) spells what was meant: `None` and `1` read as a string
+    and an int, and "expected int or None" for a typed None contradicted what the user wrote."""
+    if isinstance(value, str) and value.lower() == "none" and allowed.endswith("None"):
+        return " (YAML writes None as null)"
+    if allowed == "bool" and isinstance(value, int | str):
+        return " (true or false)"
+    return ""
 
 
 def _matches(value: Any, tp: Any) -> bool:

@@ -47,8 +47,8 @@ def build_run_config(args: argparse.Namespace, *, base: Path | None = None):
     from neurallayers.training.config import RunConfig, apply_overrides, read_yaml
 
     data = read_yaml(args.config) if args.config else read_yaml(base) if base is not None else {}
-    if args.preset:
-        data["model"] = {"preset": args.preset}
+    if args.preset:  # as --model.preset: the config's own model fields stay (they were all dropped)
+        data["model"] = {**(data.get("model") or {}), "preset": args.preset}
     if args.data:
         data.setdefault("data", {})
         data["data"] = {**(data["data"] or {}), "source": args.data}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from neurallayers.config import NEWER_FIELDS, ModelConfig, coerce_float_strings
+from neurallayers.config import NEWER_FIELDS, ModelConfig, coerce_float_strings, spelling_note
 
 Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -386,7 +386,9 @@ def _check_types(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if not _matches(value, hints[f.name]):
-            raise ValueError(f"{type(obj).__name__}.{f.name}={value!r}: expected {_describe(hints[f.name])}")
+            allowed = _describe(hints[f.name])
+            note = spelling_note(value, allowed)
+            raise ValueError(f"{type(obj).__name__}.{f.name}={value!r}: expected {allowed}{note}")
 
 
 def _matches(value: Any, tp: Any) -> bool:

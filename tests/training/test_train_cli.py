@@ -54,3 +54,18 @@ def test_the_resume_command_after_a_signal_quotes_the_run_directory(tmp_path, ca
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("continue with: ")
     assert shlex.split(line.removeprefix("continue with: ")) == ["neurallayers", "train", "--out", str(out), "--resume"]
+
+
+def test_preset_keeps_the_config_files_model_fields_as_model_preset_does(tmp_path) -> None:
+    """`--preset` is documented as a shortcut for `--model.preset`: with --config it threw the file's whole model
+    section away (n_layer 2, the preset's, instead of the file's 1)."""
+    import argparse
+
+    from neurallayers.cli.train import build_run_config
+
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  n_layer: 1\ntrain:\n  max_steps: 3\n")
+    args = dict(config=str(path), data=None, init_from=None)
+    by_flag = build_run_config(argparse.Namespace(preset="tiny", overrides=[], **args))
+    by_override = build_run_config(argparse.Namespace(preset=None, overrides=["--model.preset", "tiny"], **args))
+    assert by_flag.model == by_override.model and by_flag.model.n_layer == 1

@@ -178,3 +178,13 @@ def test_a_field_of_another_section_is_named_there():
 def test_a_run_config_needs_a_model_or_init_from():
     with pytest.raises(ValueError, match="needs a 'model' section .* or train.init_from"):
         RunConfig.from_dict({"train": {"lr": 1e-3}})
+
+
+@pytest.mark.parametrize("override, note", [(["--data.vocab_size", "None"], "(YAML writes None as null)"),
+                                            (["--train.compile", "1"], "(true or false)"),
+                                            (["--model.bias", "yes please"], "(true or false)")])
+def test_a_value_typed_as_python_writes_it_says_how_yaml_does(override, note) -> None:
+    """`--data.vocab_size None` said "expected int or None", contradicting what was typed: YAML reads None as text."""
+    with pytest.raises(ValueError) as e:
+        RunConfig.from_dict(apply_overrides({"model": {"preset": "tiny"}}, override))
+    assert note in str(e.value)
