@@ -89,7 +89,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         from neurallayers.interop.hf import load_hf
 
         model, tokenizer = load_hf(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
-    elif _is_checkpoint(path):
+    elif is_checkpoint_folder(path):
         model, tokenizer = _load_checkpoint(path, device=device, dtype=dtype)
     else:
         raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
@@ -100,7 +100,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     return model.eval(), tokenizer
 
 
-def _is_checkpoint(path: Path) -> bool:
+def is_checkpoint_folder(path: Path) -> bool:
     """A run's `checkpoints/step-N` folder (absolute: `step-800` typed inside checkpoints/)."""
     folder = path.absolute()
     return folder.parent.name == "checkpoints" and (folder.parent.parent / "config.yaml").is_file()
@@ -146,7 +146,7 @@ def generation_defaults(path: str | Path, *, sampling: bool = False) -> dict:
         raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
     from neurallayers.interop.hf import generation_defaults as hf_defaults
 
-    if _is_checkpoint(path):  # a checkpoint samples as its run does
+    if is_checkpoint_folder(path):  # a checkpoint samples as its run does
         path = path.absolute().parent.parent
     # a run converted from a Hugging Face folder keeps its generation_config.json
     return hf_defaults(path, sampling=sampling)

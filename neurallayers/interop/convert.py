@@ -42,18 +42,20 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         FileNotFoundError: `src` does not exist.
         WriteError: `dst` could not be written (a full or read-only disk); nothing of it is left behind.
     """
-    from neurallayers.api import load, resolve_model_path
+    from neurallayers.api import is_checkpoint_folder, load, resolve_model_path
 
     if to is not None and to not in TARGETS:
         raise ValueError(f"to={to!r}: must be one of {', '.join(map(repr, TARGETS))}")
     src, dst = resolve_model_path(src), Path(dst)
     if not src.exists():
         raise FileNotFoundError(f"src {src} does not exist")
-    if not src.is_dir() or not ((src / "config.yaml").is_file() or (src / "config.json").is_file()):
-        raise ValueError(f"src {src} is neither a NeuralLayers run directory (config.yaml) nor a Hugging Face "
-                         "model folder (config.json)")
+    # a run's checkpoints/step-N converts as the run with that step's weights, as load() reads it
+    run_like = src.is_dir() and ((src / "config.yaml").is_file() or is_checkpoint_folder(src))
+    if not src.is_dir() or not (run_like or (src / "config.json").is_file()):
+        raise ValueError(f"src {src} is neither a NeuralLayers run directory (config.yaml) or one of its checkpoints "
+                         "nor a Hugging Face model folder (config.json)")
     if to is None:
-        to = "hf" if (src / "config.yaml").is_file() else "run"
+        to = "hf" if run_like else "run"
     if max_shard_size is not None and to != "hf":
         raise ValueError(f"max_shard_size={max_shard_size!r}: only applies to to='hf'")
     if dst.exists() and not dst.is_dir():

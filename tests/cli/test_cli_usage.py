@@ -173,3 +173,16 @@ def test_a_closed_stdin_reads_as_empty(two_checkpoints: Path, tmp_path: Path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
                           preexec_fn=lambda: os.close(0))
     assert_user_error(proc, "empty prompt")
+
+
+def test_convert_exports_a_checkpoint_folder_as_load_reads_it(two_checkpoints: Path, tmp_path: Path):
+    """`convert run/checkpoints/step-2 out` was refused as "neither a run nor a Hugging Face folder" while load() and
+    every other verb read it: an earlier step of a run could not be exported."""
+    import neurallayers as nl
+
+    step2 = two_checkpoints / "checkpoints" / "step-2"
+    out = nl.convert(step2, tmp_path / "hf")
+    assert (out / "config.json").is_file()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(nl.load(out)[0](ids).logits, nl.load(step2)[0](ids).logits, atol=1e-6)
