@@ -245,8 +245,6 @@ def to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tens
             out[_hf_name(hf, prefix)] = sd[our]
     if _UNTIED_BIAS[0] in out:
         out[_UNTIED_BIAS[1]] = out[_UNTIED_BIAS[0]].clone()
-    if cfg.head == "mlm":  # BertForMaskedLM has no pooler (our masked-LM training leaves it frozen and unused)
-        out = {k: v for k, v in out.items() if not k.startswith(prefix + "pooler.")}
     return out
 
 

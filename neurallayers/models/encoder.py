@@ -7,6 +7,7 @@ The layers are the decoder's blocks run without a causal mask; BERT is the post-
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ from neurallayers.nn import RotaryEmbedding, build_norm, sinusoidal_table
 from neurallayers.nn.positions import FixedTable
 
 ENCODER_POSITIONS = ("learned", "sinusoidal", "rope", "none")
+POOLERLESS_HEADS = ("mlm", "token_classification")  # heads that never read the pooler, as in transformers
+log = logging.getLogger("neurallayers.models")
 
 
 @dataclass
@@ -41,7 +44,8 @@ class EncoderOutput:
 class EncoderModel(nn.Module):
     """Embeddings (word + position + token type, then LayerNorm) -> bidirectional blocks -> optional pooler."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, pooler: bool = True) -> None:
+        """pooler: False leaves out the config's pooler (for a head that never reads it)."""
         super().__init__()
         if config.causal:
             raise ValueError("EncoderModel needs causal=False; build_model picks DecoderLM for causal=True")
@@ -62,7 +66,7 @@ class EncoderModel(nn.Module):
         self.blocks = build_blocks(cfg)
         # Pre-norm stacks leave the residual stream un-normalised; post-norm (BERT) already ends in a norm.
         self.norm_f = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias) if cfg.has_final_norm else None
-        self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.pooler else None
+        self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.pooler and pooler else None
         self.gradient_checkpointing = False
         init_weights(self, cfg)
         if cfg.pad_token_id is not None:
@@ -83,7 +87,7 @@ class EncoderModel(nn.Module):
         """
         cfg = self.config
         b, t = _check_ids(input_ids, "input_ids")
-        if not self.training or input_ids.device.type == "cpu":
+        if _checks_ids(self, input_ids):
             # another tokenizer's ids, say. A GPU training step pays no host sync for it (the trainer's token cache is
             # checked); on the CPU it costs no sync, and a user's own training loop got torch's bare IndexError
             check_below(input_ids, cfg.vocab_size, "input_ids", "vocab_size")
@@ -114,7 +118,10 @@ class EncoderModel(nn.Module):
             raise ValueError("token_type_ids given but the config has type_vocab_size=0")
         x = self.drop(self.emb_norm(x))
         mask = _padding_mask(attention_mask, input_ids)
-        rope = self.rope(_rope_positions(position_ids, attention_mask), x.dtype) if self.rope is not None else None
+        # Under autocast q and k leave their linear in the autocast dtype: tables in it keep the rotation from
+        # pushing them back to fp32 (and attention off its half-precision path), as in DecoderLM.
+        rope_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
+        rope = self.rope(_rope_positions(position_ids, attention_mask), rope_dtype) if self.rope is not None else None
         attentions = [] if output_attentions else None
         for block in self.blocks:
             kw = dict(rope=rope, mask=mask, is_causal=False, need_weights=output_attentions)
@@ -170,7 +177,9 @@ class EncoderForMaskedLM(_HeadModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = EncoderModel(config)
+        # No pooler, whatever the config says: nothing here reads it, and transformers' BertForMaskedLM has none
+        # (its parameters, its checkpoints); under DDP a pooler outside the loss would fail the next step.
+        self.encoder = EncoderModel(config, pooler=False)
         self.head = MaskedLMHead(config)
         init_weights(self.head, config)
 
@@ -182,11 +191,10 @@ class EncoderForMaskedLM(_HeadModel):
             positions (row-major order), the same loss. Training masks ~15% of the tokens, so this skips ~85% of the
             vocabulary projection, the largest matmul of a small encoder.
         """
-        # no pooler: nothing here uses it (transformers' BertForMaskedLM has none), and under DDP a pooler output
-        # outside the loss fails the next step
-        out = self.encoder(input_ids, pool=False, **kwargs)
+        out = self.encoder(input_ids, **kwargs)
         if labels is not None:
-            labels = _token_labels(labels, input_ids)
+            check = _checks_ids(self, input_ids)
+            labels = _token_labels(labels, input_ids, self.config.vocab_size, "vocab_size", check)
         if labels is not None and logits_at_labels:
             where = labels != -100
             out.logits = self.head(out.hidden[where], self.encoder.wte.weight)
@@ -222,11 +230,13 @@ class EncoderForSequenceClassification(_HeadModel):
         pooled = out.pooled if out.pooled is not None else out.hidden[:, 0]
         out.logits = self.classifier(self.drop(pooled))
         if labels is not None:
-            out.loss = _sequence_loss(out.logits.float(), labels, self.config.extra.get("problem_type"))
+            out.loss = _sequence_loss(out.logits.float(), labels, self.config.extra.get("problem_type"),
+                                      check=_checks_ids(self, input_ids))
         return out
 
 
-def _sequence_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+def _sequence_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None, *,
+                   check: bool = True) -> torch.Tensor:
     """transformers' BertForSequenceClassification loss: logits (B, n). The config's problem_type (a Hugging Face
     config's), else regression for one output, single-label for integer labels, multi-label for float ones."""
     b, n = logits.shape
@@ -236,6 +246,8 @@ def _sequence_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str
     if problem_type == "single_label_classification":
         if labels.shape != (b,) or labels.is_floating_point():
             raise ValueError(f"labels must be class ids of shape (B,)={(b,)}, got {labels.dtype} {tuple(labels.shape)}")
+        if check:
+            _check_classes(labels, n, "num_labels")
         return F.cross_entropy(logits, labels.long())  # int32 ids too
     if problem_type not in ("regression", "multi_label_classification"):
         raise ValueError(f"problem_type={problem_type!r}: expected one of 'regression', "
@@ -255,7 +267,7 @@ class EncoderForTokenClassification(_HeadModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = EncoderModel(config)
+        self.encoder = EncoderModel(config, pooler=False)  # as BertForTokenClassification: [CLS] is not pooled
         self.drop = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.n_embd, config.num_labels)
         init_weights(self.classifier, config)
@@ -266,7 +278,8 @@ class EncoderForTokenClassification(_HeadModel):
         out = self.encoder(input_ids, **kwargs)
         out.logits = self.classifier(self.drop(out.hidden))
         if labels is not None:
-            labels = _token_labels(labels, input_ids)
+            labels = _token_labels(labels, input_ids, self.config.num_labels, "num_labels",
+                                   _checks_ids(self, input_ids))
             out.loss = F.cross_entropy(out.logits.float().flatten(0, 1), labels.reshape(-1), ignore_index=-100)
         return out
 
@@ -284,6 +297,19 @@ def build_encoder(config: ModelConfig) -> nn.Module:
     if config.head not in HEADS:
         raise ValueError(f"ModelConfig.head={config.head!r}: valid heads are {', '.join(HEADS)}")
     return HEADS[config.head](config)
+
+
+def drop_unused_pooler(config: ModelConfig, sd: dict[str, torch.Tensor], *,
+                       source: str = "state dict") -> dict[str, torch.Tensor]:
+    """`sd` without BERT pooler weights (`encoder.pooler.*`) when `config`'s head builds no pooler: a masked-LM or
+    token-classification run saved before those heads lost it, or a bare encoder's weights under such a head, still
+    load (logged). Other state dicts are returned as they are."""
+    pooler = [k for k in sd if k.startswith("encoder.pooler.")] if config.head in POOLERLESS_HEADS else []
+    if not pooler:
+        return sd
+    log.info("%s: its BERT pooler (%s) is left out: head=%r models have none, as in transformers", source,
+             ", ".join(pooler), config.head)
+    return {k: v for k, v in sd.items() if k not in pooler}
 
 
 def base_encoder(model: nn.Module) -> EncoderModel:
@@ -306,13 +332,30 @@ def _check_same_shape(x: torch.Tensor, ids: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have the shape of input_ids {tuple(ids.shape)}, got {tuple(x.shape)}")
 
 
-def _token_labels(labels: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+def _checks_ids(model: nn.Module, ids: torch.Tensor) -> bool:
+    """Whether to check ids against their tables: not in a GPU training step, where it would cost a host sync."""
+    return not model.training or ids.device.type == "cpu"
+
+
+def _token_labels(labels: torch.Tensor, input_ids: torch.Tensor, limit: int, field: str, check: bool) -> torch.Tensor:
     """Per-token labels as cross-entropy takes them: int32 ids too (as input_ids and sequence labels), and float ones
     one line, not "expected target dtype to be Long or Byte, but got Int" from the loss."""
     _check_same_shape(labels, input_ids, "labels")
     if labels.dtype not in (torch.long, torch.int32):
         raise ValueError(f"labels must be integer ids (-100 where ignored), got a {labels.dtype} tensor")
+    if check:
+        _check_classes(labels, limit, field)
     return labels.long()
+
+
+def _check_classes(labels: torch.Tensor, limit: int, field: str) -> None:
+    """Ids outside the classes were torch's bare "Target 97 is out of bounds" from the loss (a device-side assert on
+    a GPU), which named neither the labels nor what they may hold."""
+    if torch.compiler.is_compiling():
+        return
+    bad = (labels != -100) & ((labels < 0) | (labels >= limit))
+    if bool(bad.any()):
+        raise ValueError(f"labels must be in [0, {field}={limit}), or -100 where ignored, got {int(labels[bad][0])}")
 
 
 def _rope_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -358,6 +358,7 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = 
     """
     from neurallayers.data import Tokenizer
     from neurallayers.models import build_model
+    from neurallayers.models.encoder import drop_unused_pooler
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -370,7 +371,7 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = 
         if ckpt is None:
             raise FileNotFoundError(f"{run_dir} has no model.safetensors and no complete checkpoint")
         weights = ckpt / "model.safetensors"
-    sd = read_safetensors(weights)
+    sd = drop_unused_pooler(run.model, read_safetensors(weights), source=str(weights))  # a run saved with one
     with torch.device("meta"):  # shapes only: a config.yaml edited to a huge model must not allocate it first
         check_state_dict(build_model(run.model), sd, source=str(weights))
     with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone

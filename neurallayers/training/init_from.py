@@ -88,9 +88,10 @@ class Source:
         """Copies the source's weights into `model` (built from a config `check_model` accepted): a learned
         position table cut to the model's context, an encoder's weights under a new head; a masked-LM head the
         source lacks keeps its fresh initialisation (logged)."""
+        from neurallayers.models.encoder import drop_unused_pooler
         from neurallayers.weights import check_state_dict
 
-        sd = _encoder_weights(self.state_dict, model)
+        sd = drop_unused_pooler(model.config, _encoder_weights(self.state_dict, model), source=str(self.path))
         want = model.state_dict()
         for key, value in list(sd.items()):
             if key.endswith("wpe.weight") and key in want and want[key].shape[0] < value.shape[0]:

@@ -114,6 +114,7 @@ class _Fit:
                  loggers: list | None, progress: bool, until_step: int | None) -> None:
         from neurallayers.data import RandomWindows, Tokenizer
         from neurallayers.models import build_model
+        from neurallayers.models.encoder import drop_unused_pooler
         from neurallayers.training.prepare import prepare_data
 
         self.info, self.out, self.progress, self.until_step = info, out, progress, until_step
@@ -151,13 +152,8 @@ class _Fit:
         if not hasattr(self.model, "gradient_checkpointing"):
             raise ValueError(f"{type(self.model).__name__} does not support TrainConfig.gradient_checkpointing")
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
-        pooler = getattr(getattr(self.model, "encoder", None), "pooler", None)
-        if pooler is not None and run.model.head == "mlm":
-            # The masked-LM loss never reaches BERT's pooler: frozen, it is left out of the optimizer, of DDP's
-            # gradient buckets (which otherwise wait for its gradients and fail the next step) and of FSDP's
-            # optimizer state (which otherwise has none for it and refuses the resume). It keeps its weights.
-            pooler.requires_grad_(False)
-        if model_sd is not None:
+        if model_sd is not None:  # a masked-LM checkpoint from before the pooler left: its frozen pooler dropped
+            model_sd = drop_unused_pooler(run.model, model_sd, source=str(target / "model.safetensors"))
             check_state_dict(self.model, model_sd, source=str(target / "model.safetensors"))
         if source is not None:
             source.load_into(self.model)

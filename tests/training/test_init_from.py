@@ -175,7 +175,10 @@ def test_minilm_continues_pretraining_as_a_masked_lm(tmp_path, caplog):
     tuned, tuned_tok = load(tmp_path / "ft")
     assert tuned.config.head == "mlm" and tuned_tok.mask_id == tokenizer.mask_id is not None
     mine, theirs = tuned.state_dict(), minilm.state_dict()
+    assert tuned.encoder.pooler is None  # a masked LM has none (BertForMaskedLM); the source's is left out
     for key, value in theirs.items():
+        if key.startswith("pooler."):
+            continue
         want = value[:32] if key == "wpe.weight" else value
         torch.testing.assert_close(mine[f"encoder.{key}"], want, atol=1e-6, rtol=0)
 
