@@ -90,6 +90,10 @@ def main() -> None:
     if draft_tok.encode(PROMPTS[0]) != tok.encode(PROMPTS[0]) or draft_tok.vocab_size != tok.vocab_size:
         raise SystemExit("the draft and target tokenizers differ; rerun with --retrain")
     prompts = [tok.encode(t) for t in PROMPTS]
+    room = target.config.block_size - max(map(len, prompts))  # plain decoding cannot go past the target's context
+    if args.new > room:
+        raise SystemExit(f"--new {args.new}: the longest prompt leaves room for {room} new tokens in the target's "
+                         f"context of {target.config.block_size}; use --new {room} or fewer")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, target {target.num_params() / 1e6:.1f}M, "
           f"draft {draft.num_params() / 1e6:.2f}M, vocab {tok.vocab_size}, {len(prompts)} prompts x {args.new} "
           "new tokens")

@@ -150,13 +150,16 @@ def speed(args: argparse.Namespace, data: str) -> None:
     from neurallayers.models import build_model
 
     def nanogpt(precision: str, comp: bool, position: str = "learned") -> object:
+        # a warmup shorter than the run: timing is the same, and fit() warns of one as long as the run
         return nanogpt_run(data, "char", args.cache_dir, max_steps=args.steps, eval_interval=0, eval_batches=1,
-                           precision=precision, compile=comp, position=position)  # fmt: skip
+                           warmup_steps=min(100, args.steps // 10), precision=precision, compile=comp,
+                           position=position)  # fmt: skip
 
 
     def gpt2(precision: str, comp: bool) -> object:
         return gpt2_run(data, args.cache_dir, batch=args.gpt2_batch, context=args.gpt2_context,
-                        max_steps=args.gpt2_steps, precision=precision, compile=comp)  # fmt: skip
+                        max_steps=args.gpt2_steps, warmup_steps=min(2, args.gpt2_steps // 2), precision=precision,
+                        compile=comp)  # fmt: skip
 
     precisions = [p for p in args.precisions.split(",") if p]
     shapes = args.shapes.split(",")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -101,9 +102,19 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
 
 
 def is_checkpoint_folder(path: Path) -> bool:
-    """A run's `checkpoints/step-N` folder (absolute: `step-800` typed inside checkpoints/)."""
-    folder = path.absolute()
-    return folder.parent.name == "checkpoints" and (folder.parent.parent / "config.yaml").is_file()
+    """A run's `checkpoints/step-N` folder, found through a symlink or `..` too (`step-800` typed inside
+    checkpoints/). A model folder of its own (config.yaml or config.json) is none, wherever it sits: an HF export
+    kept in a project's checkpoints/ folder beside the project's config.yaml was read as a step of a run."""
+    if (path / "config.yaml").is_file() or (path / "config.json").is_file():
+        return False
+    folder = path.resolve()
+    return (re.fullmatch(r"step-\d+", folder.name) is not None and folder.parent.name == "checkpoints"
+            and (folder.parent.parent / "config.yaml").is_file())
+
+
+def checkpoint_run(path: Path) -> Path:
+    """The run directory of the checkpoint folder `path` (is_checkpoint_folder)."""
+    return path.resolve().parent.parent
 
 
 def _load_checkpoint(path: Path, *, device, dtype) -> tuple[nn.Module, object]:
@@ -115,7 +126,7 @@ def _load_checkpoint(path: Path, *, device, dtype) -> tuple[nn.Module, object]:
 
     if not (path / COMPLETE).is_file():  # its save was cut short: the weights may be partial
         raise ValueError(f"{path} is an incomplete checkpoint (no {COMPLETE} marker); load a complete one")
-    model, tokenizer, _ = load_run(path.absolute().parent.parent, device=device, dtype=dtype)
+    model, tokenizer, _ = load_run(checkpoint_run(path), device=device, dtype=dtype)
     weights = path / "model.safetensors"
     sd = drop_unused_pooler(model.config, read_safetensors(weights), source=str(weights))  # as load_run does
     check_state_dict(model, sd, source=str(weights))
@@ -148,7 +159,7 @@ def generation_defaults(path: str | Path, *, sampling: bool = False) -> dict:
     from neurallayers.interop.hf import generation_defaults as hf_defaults
 
     if is_checkpoint_folder(path):  # a checkpoint samples as its run does
-        path = path.absolute().parent.parent
+        path = checkpoint_run(path)
     # a run converted from a Hugging Face folder keeps its generation_config.json
     return hf_defaults(path, sampling=sampling)
 

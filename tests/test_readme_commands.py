@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import re
 import runpy
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -193,3 +195,83 @@ def test_every_package_data_file_is_in_the_package():
     # untyped
     for name in pyproject()["tool"]["setuptools"]["package-data"]["neurallayers"]:
         assert (ROOT / "neurallayers" / name).is_file(), name
+
+
+def benchmark_main(name: str):
+    """`main` of benchmarks/NAME.py, loaded without running it (its globals can be patched through main.__globals__)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import bench_common from beside them
+    try:
+        return runpy.run_path(str(ROOT / "benchmarks" / f"{name}.py"))["main"]
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_train_benchmark_quick_path_runs_without_warnings(tmp_path):
+    # its 30-step runs kept the recipe's 100 warmup steps: fit() warned "still warming up" once per run and round
+    args = [
+        "--shapes",
+        "nanogpt",
+        "--steps",
+        "2",
+        "--rounds",
+        "1",
+        "--no-plain",
+        "--precisions",
+        "fp32",
+        "--gpt2-steps",
+        "1",
+        "--data",
+        str(tmp_path / "absent.txt"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "WARNING" not in out.stderr and "warming up" not in out.stdout + out.stderr, out.stderr[-2000:]
+    assert "| nanogpt 4x128 | fit() | fp32 | no | 768 |" in out.stdout
+
+
+def test_finetune_benchmark_wall_times_are_the_training_runs_alone(tmp_path, monkeypatch, capsys):
+    # the first fit() alone tokenized the corpus (the second read its cache), and its wall time counted that
+    import neurallayers.training as training
+    import neurallayers.training.init_from as init_from
+
+    calls = []
+
+    def fake_fit(run, run_dir, progress):
+        calls.append(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text('{"step": 2, "val_loss": 3.0}\n')
+        if len(calls) == 1:
+            time.sleep(1.5)  # preparing the data, before fit's clock starts
+        return SimpleNamespace(wall_seconds=2.0)
+
+    from neurallayers import ModelConfig
+
+    (tmp_path / "src").mkdir()
+    training.RunConfig(model=ModelConfig.from_name("tiny")).to_yaml(tmp_path / "src" / "config.yaml")
+    monkeypatch.setattr(training, "fit", fake_fit)
+    monkeypatch.setattr(init_from, "source_path", Path)
+    main = benchmark_main("finetune")
+    monkeypatch.setitem(main.__globals__, "source_val_loss", lambda run, source: 4.0)
+    monkeypatch.setattr(sys, "argv", ["finetune.py", str(tmp_path / "src"), "--steps", "2", "--out", str(tmp_path)])
+    main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| fine-tuned", "| from"))]
+    assert len(calls) == 2 and [row.rsplit("|", 2)[1].strip() for row in rows] == ["2", "2"], rows
+
+
+def test_speculative_benchmark_refuses_more_new_tokens_than_the_context_holds(monkeypatch):
+    # plain decoding ran past the target's position table and died with a traceback, after training both models
+    tok = SimpleNamespace(encode=lambda text: list(text.encode()), vocab_size=256)
+    target = SimpleNamespace(config=SimpleNamespace(block_size=100))
+    main = benchmark_main("speculative")
+    monkeypatch.setitem(main.__globals__, "trained", lambda *args, **kwargs: (target, tok))
+    monkeypatch.setattr(sys, "argv", ["speculative.py", "--new", "50"])
+    with pytest.raises(SystemExit, match=r"--new 50: the longest prompt leaves room for 40 new tokens"):
+        main()

@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from neurallayers.api import checkpoint_run, is_checkpoint_folder
     from neurallayers.data import load_corpus
     from neurallayers.data.corpora import absolute_spec
     from neurallayers.training.config import DataConfig, RunConfig
@@ -54,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.training.trainer import mean_loss, perplexity_text
 
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
-    run_cfg = RunConfig.from_yaml(Path(args.path) / "config.yaml") if (Path(args.path) / "config.yaml").is_file() \
-        else None
+    run_dir = Path(args.path)
+    if is_checkpoint_folder(run_dir):  # a run's checkpoints/step-N: that step's weights on the run's own split
+        run_dir = checkpoint_run(run_dir)
+    run_cfg = RunConfig.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     own = run_cfg is not None and (args.data is None or absolute_spec(args.data) == absolute_spec(run_cfg.data.source))
     if args.data is None and not own:
         raise ValueError(f"{args.path} is not a run directory: name the corpus with --data")

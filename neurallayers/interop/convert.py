@@ -42,7 +42,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         FileNotFoundError: `src` does not exist.
         WriteError: `dst` could not be written (a full or read-only disk); nothing of it is left behind.
     """
-    from neurallayers.api import is_checkpoint_folder, load, resolve_model_path
+    from neurallayers.api import checkpoint_run, is_checkpoint_folder, load, resolve_model_path
 
     if to is not None and to not in TARGETS:
         raise ValueError(f"to={to!r}: must be one of {', '.join(map(repr, TARGETS))}")
@@ -50,7 +50,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
     if not src.exists():
         raise FileNotFoundError(f"src {src} does not exist")
     # a run's checkpoints/step-N converts as the run with that step's weights, as load() reads it
-    run_like = src.is_dir() and ((src / "config.yaml").is_file() or is_checkpoint_folder(src))
+    checkpoint = src.is_dir() and is_checkpoint_folder(src)
+    run_like = checkpoint or (src.is_dir() and (src / "config.yaml").is_file())
     if not src.is_dir() or not (run_like or (src / "config.json").is_file()):
         raise ValueError(f"src {src} is neither a NeuralLayers run directory (config.yaml) or one of its checkpoints "
                          "nor a Hugging Face model folder (config.json)")
@@ -82,7 +83,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
             save_hf(model, tokenizer, tmp, max_shard_size=max_shard_size)
         else:
             _write_run(model, tokenizer, tmp)
-        _keep_sampling(src, tmp)
+        _keep_sampling(checkpoint_run(src) if checkpoint else src, tmp)  # a checkpoint samples as its run does
         if to == "hf":
             _keep_special_ids(src, tmp)
         if dst.exists():

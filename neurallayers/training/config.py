@@ -206,14 +206,17 @@ class RunConfig:
             if name == "model" and init_from and preset is not None:
                 raise ValueError(f"model.preset={preset!r} and train.init_from={init_from!r} both name the model; "
                                  "keep one (init_from's model may change only a few fields: see training.init_from)")
-            # an older run's config.yaml lacks NEWER_FIELDS, yet is still a saved run's whole model section
-            if name == "model" and init_from and not _field_names(ModelConfig) - set(raw) <= NEWER_FIELDS:
+            if name == "model" and init_from and not _whole_model(raw):
                 # the source's config, with the fields given here (a saved run's config.yaml gives every field, so
                 # a resume does not read the source)
                 from neurallayers.training.init_from import source_model_config
 
                 sections[name] = source_model_config(str(init_from)).replace(**raw)
             elif preset is not None:
+                if _whole_model(raw):  # `--config runs/a/config.yaml --preset gpt2` trained runs/a's model, silently
+                    raise ValueError(f"model.preset={preset!r}: the model section already gives every field (a saved "
+                                     "run's config.yaml), which would override all of the preset's; leave out the "
+                                     "preset, or the model section")
                 sections[name] = ModelConfig.from_name(str(preset)).replace(**raw)
             else:
                 sections[name] = klass(**raw)
@@ -346,6 +349,12 @@ def _bare_override_hint(arg: str) -> str:
 
 def _field_names(klass: type) -> set[str]:
     return {f.name for f in dataclasses.fields(klass)}
+
+
+def _whole_model(raw: dict[str, Any]) -> bool:
+    """Whether a model section gives every field, as a saved run's config.yaml does (an older run's lacks
+    NEWER_FIELDS, yet is still a whole model section)."""
+    return _field_names(ModelConfig) - set(raw) <= NEWER_FIELDS
 
 
 def _section_of(name: str, *, other_than: str | None = None) -> str | None:

@@ -186,3 +186,66 @@ def test_convert_exports_a_checkpoint_folder_as_load_reads_it(two_checkpoints: P
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.allclose(nl.load(out)[0](ids).logits, nl.load(step2)[0](ids).logits, atol=1e-6)
+
+
+def test_load_reads_a_checkpoint_folder_through_a_symlink_or_dots(two_checkpoints: Path, tmp_path: Path):
+    """A checkpoint was known by the name of the folder above the path as typed: a link to step-2 (`best -> ...`) or
+    `step-2/../step-2` was "neither config.yaml ... nor config.json"."""
+    import neurallayers as nl
+
+    step2 = two_checkpoints / "checkpoints" / "step-2"
+    want = nl.load(step2)[0].state_dict()
+    (tmp_path / "s2").symlink_to(step2, target_is_directory=True)
+    for path in (tmp_path / "s2", step2 / ".." / "step-2"):
+        got = nl.load(path)[0].state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), path
+
+
+def test_a_model_folder_kept_in_a_folder_named_checkpoints_is_no_step_of_a_run(two_checkpoints: Path,
+                                                                                 tmp_path: Path):
+    """An HF export in a project's checkpoints/ folder, beside the project's config.yaml, was taken for a step of a
+    run: its own generation_config.json was ignored (the project folder's read instead), and convert turned it into
+    an HF folder again instead of a run."""
+    import json
+    import shutil
+
+    import neurallayers as nl
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(two_checkpoints / "config.yaml", project / "config.yaml")
+    hf = nl.convert(two_checkpoints, project / "checkpoints" / "tiny-hf")
+    settings = json.loads((hf / "generation_config.json").read_text())
+    (hf / "generation_config.json").write_text(json.dumps({**settings, "do_sample": True, "temperature": 0.6}))
+    assert nl.generation_defaults(hf)["temperature"] == 0.6
+    out = nl.convert(hf, tmp_path / "as-run")
+    assert (out / "config.yaml").is_file() and not (out / "config.json").exists()
+
+
+def test_convert_of_a_checkpoint_keeps_its_runs_sampling(two_checkpoints: Path, tmp_path: Path):
+    """load() and generation_defaults() read a checkpoint as its run, but convert looked for the run's
+    generation_config.json (a run converted from a Hugging Face folder keeps one) in the checkpoint folder."""
+    import json
+    import shutil
+
+    import neurallayers as nl
+
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    (run / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.6, "top_k": 7}))
+    step2 = run / "checkpoints" / "step-2"
+    assert nl.generation_defaults(step2) == nl.generation_defaults(run)
+    for to in ("hf", "run"):
+        out = nl.convert(step2, tmp_path / f"as-{to}", to=to)
+        assert nl.generation_defaults(out) == nl.generation_defaults(run), to
+
+
+def test_eval_scores_a_checkpoint_on_its_runs_split(two_checkpoints: Path, monkeypatch):
+    """`eval run/checkpoints/step-2` loaded the step's weights but looked for config.yaml in the checkpoint folder:
+    "is not a run directory: name the corpus with --data", where the run itself is scored on its own val split."""
+    step2 = two_checkpoints / "checkpoints" / "step-2"
+    runs = [in_process("eval", str(path), "--no-progress", cwd=two_checkpoints.parent, monkeypatch=monkeypatch)
+            for path in (two_checkpoints, step2)]
+    assert [proc.returncode for proc in runs] == [0, 0], runs[1].stderr
+    assert all("split: val" in proc.stdout for proc in runs)
+    assert runs[0].stdout != runs[1].stdout  # step 2's weights, not the run's final ones

@@ -152,7 +152,7 @@ def test_yaml_spellings_that_read(tmp_path, text, field, want):
 @pytest.mark.parametrize(("text", "message"), [
     ("n_layer: '128'", "ModelConfig.n_layer='128': expected int"),  # an int is never guessed from a string
     ("block_size: 1e3", "ModelConfig.block_size='1e3': expected int"),
-    ("bias: 'no'", "ModelConfig.bias='no': expected bool"),
+    ("bias: 'no'", "ModelConfig.bias='no': expected bool (true or false)"),
     ("n_layer: null", "ModelConfig.n_layer=None: expected int"),
     ("norm_eps: null", "ModelConfig.norm_eps=None: expected float"),
     ("norm_eps: .inf", "ModelConfig.norm_eps=inf: must be > 0 and finite"),

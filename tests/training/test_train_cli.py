@@ -1,5 +1,6 @@
 """`neurallayers train` resume arguments, through the CLI's own entry point."""
 
+import pytest
 from nl_train_helpers import step_losses, tiny_run
 
 from neurallayers.__main__ import main
@@ -69,3 +70,23 @@ def test_preset_keeps_the_config_files_model_fields_as_model_preset_does(tmp_pat
     by_flag = build_run_config(argparse.Namespace(preset="tiny", overrides=[], **args))
     by_override = build_run_config(argparse.Namespace(preset=None, overrides=["--model.preset", "tiny"], **args))
     assert by_flag.model == by_override.model and by_flag.model.n_layer == 1
+
+
+def test_preset_with_a_saved_runs_whole_model_section_is_refused_not_ignored(tmp_path) -> None:
+    """`train --config runs/a/config.yaml --preset demo` (a saved run's config, re-loadable as a run config) trained
+    runs/a's model under the demo's name, silently: every field the file gives overrode the preset's."""
+    import argparse
+
+    import yaml
+
+    from neurallayers.cli.train import build_run_config
+    from neurallayers.config import ModelConfig
+    from neurallayers.training.config import RunConfig
+
+    path = tmp_path / "config.yaml"
+    RunConfig(model=ModelConfig.from_name("tiny")).to_yaml(path)
+    assert "preset" not in yaml.safe_load(path.read_text())["model"]  # every field, as train writes it
+    args = dict(config=str(path), data=None, init_from=None)
+    for preset, overrides in (("demo", []), (None, ["--model.preset", "demo"])):
+        with pytest.raises(ValueError, match="model.preset='demo': the model section already gives every field"):
+            build_run_config(argparse.Namespace(preset=preset, overrides=overrides, **args))
