@@ -3,8 +3,6 @@ CLI's verbs are given (a run's checkpoint folder)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -12,32 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from nl_cli_helpers import assert_user_error, in_process
 
-from neurallayers.__main__ import build_verb_parser, main
+from neurallayers.__main__ import build_verb_parser
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
-
-
-def in_process(*args: str, cwd: Path, monkeypatch) -> subprocess.CompletedProcess:
-    """`neurallayers ARGS` through main() here (a process costs 4 s of imports); argparse's exit is a status too."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("NEURALLAYERS_CACHE", str(cwd / ".nlcache"))
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(args))
-        except SystemExit as e:
-            code = e.code
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_a_mistyped_verb_names_the_verb_meant(tmp_path: Path, monkeypatch):
