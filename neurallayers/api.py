@@ -120,17 +120,12 @@ def checkpoint_run(path: Path) -> Path:
 def _load_checkpoint(path: Path, *, device, dtype) -> tuple[nn.Module, object]:
     """The run's model and tokenizer with the weights of its checkpoint `path`, which holds no config or tokenizer of
     its own (load refused it as "neither config.yaml nor config.json")."""
-    from neurallayers.models.encoder import drop_unused_pooler
     from neurallayers.training.checkpoint import COMPLETE, load_run
-    from neurallayers.weights import check_state_dict, read_safetensors
 
     if not (path / COMPLETE).is_file():  # its save was cut short: the weights may be partial
         raise ValueError(f"{path} is an incomplete checkpoint (no {COMPLETE} marker); load a complete one")
-    model, tokenizer, _ = load_run(checkpoint_run(path), device=device, dtype=dtype)
-    weights = path / "model.safetensors"
-    sd = drop_unused_pooler(model.config, read_safetensors(weights), source=str(weights))  # as load_run does
-    check_state_dict(model, sd, source=str(weights))
-    model.load_state_dict(sd)  # copies in place, in the model's dtype and device; tied weights stay tied
+    model, tokenizer, _ = load_run(checkpoint_run(path), device=device, dtype=dtype,
+                                   weights=path / "model.safetensors")
     return model, tokenizer
 
 

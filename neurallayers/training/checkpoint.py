@@ -347,10 +347,11 @@ def _non_finite_slots(optimizer: dict) -> list[str]:
 
 
 def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None) -> tuple[nn.Module, object, RunConfig]:
+             dtype: torch.dtype | None = None, weights: Path | None = None) -> tuple[nn.Module, object, RunConfig]:
     """Model (eval mode), tokenizer and RunConfig of a finished or running run directory.
 
-    The weights are `model.safetensors` (best/final), or the newest complete checkpoint when that is missing.
+    The weights are `weights` (a checkpoint's model.safetensors) where given, else `model.safetensors` (best/final),
+    or the newest complete checkpoint's when that is missing.
 
     Raises:
         FileNotFoundError: no config.yaml or no weights.
@@ -364,9 +365,9 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = 
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml")
     run = RunConfig.from_yaml(run_dir / "config.yaml")
-    weights = run_dir / "model.safetensors"
+    weights = run_dir / "model.safetensors" if weights is None else Path(weights)
     # only when nothing is there: a folder, FIFO or broken link is refused below, not swapped for other weights
-    if not os.path.lexists(weights):
+    if not os.path.lexists(weights) and weights == run_dir / "model.safetensors":
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"{run_dir} has no model.safetensors and no complete checkpoint")
