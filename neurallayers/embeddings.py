@@ -70,6 +70,15 @@ def check_tokenizer(tokenizer: object) -> None:
                          f"got {type(tokenizer).__name__}")
 
 
+def _max_length(max_length: object) -> int | None:
+    """A `max_length` argument as an int, or None: a numpy int (a length read from an array) is one here."""
+    if max_length is None:
+        return None
+    if isinstance(max_length, bool) or not isinstance(max_length, int | np.integer) or max_length < 2:
+        raise ValueError(f"max_length={max_length!r}: must be an int >= 2 (room for the special tokens), or None")
+    return int(max_length)
+
+
 def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[str] | None = None,
                    max_length: int | None = None, return_offsets: bool = False) -> dict[str, torch.Tensor]:
     """Encode texts (and optional second segments) with the tokenizer's special tokens, right-padded.
@@ -90,10 +99,7 @@ def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[s
         text_pairs = _check_texts(text_pairs, "text_pairs")
         if len(text_pairs) != len(texts):
             raise ValueError(f"text_pairs has {len(text_pairs)} items, texts has {len(texts)}: they must match")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int | np.integer)
-                                   or max_length < 2):  # a numpy int (a length read from an array) is an int here
-        raise ValueError(f"max_length={max_length!r}: must be an int >= 2 (room for the special tokens), or None")
-    max_length = None if max_length is None else int(max_length)
+    max_length = _max_length(max_length)
     inputs = list(zip(texts, text_pairs, strict=True)) if text_pairs is not None else texts
     encodings = _raw(tokenizer, max_length).encode_batch(inputs, add_special_tokens=True)
     return _collate(encodings, pad_id=tokenizer.pad_id, return_offsets=return_offsets)
@@ -234,13 +240,11 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
     pooling = model_pooling(encoder) if pooling is None else pooling  # "" is a mistake, not the default
     width = encoder.config.n_embd * len(pooling_modes(pooling))
     block = encoder.config.block_size
+    max_length = _max_length(max_length)
     if max_length is None:
         max_length = input_limit(tokenizer, block)
-    elif isinstance(max_length, bool) or not isinstance(max_length, int | np.integer) or max_length < 2:
-        raise ValueError(f"max_length={max_length!r}: must be an int >= 2 (room for the special tokens)")
     elif max_length > block:
         raise ValueError(f"max_length={max_length} exceeds the model's context length block_size={block}")
-    max_length = int(max_length)  # a numpy int (a length read from an array), as tokenize_batch takes it
     if normalize is None:
         normalize = bool(encoder.config.extra.get("normalize", True))
     device = next(encoder.parameters()).device
