@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from neurallayers.config import ModelConfig
 from neurallayers.nn import Attention, Block, GatedMLP, KVCache, RotaryEmbedding, build_norm, sinusoidal_table
 from neurallayers.nn.mlp import MLP
-from neurallayers.nn.positions import FixedTable, alibi_slopes
+from neurallayers.nn.positions import FixedTable, alibi_slopes, rope_dtype
 
 GEGLU_ACTIVATIONS = {"tanh": "gelu_tanh", "none": "gelu"}  # by gelu_approx, as the plain GELU MLP reads it
 
@@ -170,15 +170,13 @@ class DecoderLM(nn.Module):
         elif cfg.position == "sinusoidal":
             x = x + self.sinusoid.table[position_ids].to(x.dtype)
         x = self.drop(x)
-        # Under autocast q and k come out of their linear in the autocast dtype: tables in that dtype keep the
-        # rotation from promoting them to fp32 (which would push attention off its half-precision fast path).
-        rope_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
+        table_dtype = rope_dtype(x)
         mask, is_causal = self._mask(b, t, input_pos, attention_mask, cache, x.dtype, device)  # checks the mask
         dynamic = (cfg.rope_scaling or {}).get("type") == "dynamic"
         if dynamic and attention_mask is not None and not per_row:
-            rope = self.rope(_unpadded_positions(position_ids, attention_mask, input_pos), rope_dtype)
+            rope = self.rope(_unpadded_positions(position_ids, attention_mask, input_pos), table_dtype)
         elif self.rope is not None:  # one row of tables when the rows share positions, broadcast over the batch
-            rope = self.rope(position_ids[:1] if shared_positions else position_ids, rope_dtype)
+            rope = self.rope(position_ids[:1] if shared_positions else position_ids, table_dtype)
         else:
             rope = None
         attentions = [] if output_attentions else None

@@ -25,7 +25,7 @@ from neurallayers.models.decoder import (
     init_weights,
 )
 from neurallayers.nn import RotaryEmbedding, build_norm, sinusoidal_table
-from neurallayers.nn.positions import FixedTable
+from neurallayers.nn.positions import FixedTable, rope_dtype
 
 ENCODER_POSITIONS = ("learned", "sinusoidal", "rope", "none")
 POOLERLESS_HEADS = ("mlm", "token_classification")  # heads that never read the pooler, as in transformers
@@ -118,10 +118,8 @@ class EncoderModel(nn.Module):
             raise ValueError("token_type_ids given but the config has type_vocab_size=0")
         x = self.drop(self.emb_norm(x))
         mask = _padding_mask(attention_mask, input_ids)
-        # Under autocast q and k leave their linear in the autocast dtype: tables in it keep the rotation from
-        # pushing them back to fp32 (and attention off its half-precision path), as in DecoderLM.
-        rope_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
-        rope = self.rope(_rope_positions(position_ids, attention_mask), rope_dtype) if self.rope is not None else None
+        rope = (self.rope(_rope_positions(position_ids, attention_mask), rope_dtype(x)) if self.rope is not None
+                else None)
         attentions = [] if output_attentions else None
         for block in self.blocks:
             kw = dict(rope=rope, mask=mask, is_causal=False, need_weights=output_attentions)

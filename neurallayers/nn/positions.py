@@ -22,6 +22,14 @@ def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
     return table
 
 
+def rope_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype for the rotary tables of a forward whose hidden states are `x`: under autocast q and k come out of
+    their linear in the autocast dtype, and tables in it keep the rotation from promoting them to fp32 (which would
+    push attention off its half-precision fast path); else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 class FixedTable(nn.Module):
     """A table computed, not learned (the sinusoidal positions, the ALiBi slopes): `table`, a buffer outside the state
     dict. It stays float32, as RotaryEmbedding's rates do: model.to(torch.bfloat16) rounded it to 8 bits of mantissa,
