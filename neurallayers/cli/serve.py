@@ -112,4 +112,3 @@ def _announce(args: argparse.Namespace, served, sock: socket.socket, api_key: st
     host = url_host(args.host)  # an IPv6 address goes in brackets in a URL
     print(f"neurallayers serve: {served.name!r} ({served.kind}, context {served.block_size}) on "
           f"http://{host}:{port}" + (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)
-
