@@ -103,18 +103,23 @@ NO_SYSTEM = (
 )
 
 
+def with_template(run_dir: Path, folder: Path, template: str) -> Path:
+    """A copy of the run at `folder` whose tokenizer has the chat template `template`."""
+    import shutil
+
+    shutil.copytree(run_dir, folder)
+    tok = Tokenizer.load(folder)
+    tok.chat_template = template
+    tok.save(folder)
+    return folder
+
+
 def test_a_system_message_the_template_refuses_is_named_once(run_dir, tmp_path, monkeypatch, capsys):
     """A template without a system role refused every message of a --system chat, one "(... refused ...)" line each,
     and the chat exited 0 having answered nothing."""
-    import shutil
-
     from neurallayers.__main__ import main
 
-    folder = tmp_path / "run"
-    shutil.copytree(run_dir, folder)
-    tok = Tokenizer.load(folder)
-    tok.chat_template = NO_SYSTEM
-    tok.save(folder)
+    folder = with_template(run_dir, tmp_path / "run", NO_SYSTEM)
     monkeypatch.setattr("sys.stdin", io.StringIO("hi\nthe dog\n"))
     assert main(["chat", str(folder), "--system", "be terse"]) == 2
     err = capsys.readouterr().err
@@ -200,15 +205,9 @@ def test_a_long_system_message_is_named_once_under_a_template_that_refuses_an_em
 ):
     """Such a template skipped the length check of --system: one that fills the context made every message "too
     long", one refusal a message, and the chat exited 0 having answered nothing."""
-    import shutil
-
     from neurallayers.__main__ import main
 
-    folder = tmp_path / "run"
-    shutil.copytree(run_dir, folder)
-    tok = Tokenizer.load(folder)
-    tok.chat_template = NO_EMPTY_TURN
-    tok.save(folder)
+    folder = with_template(run_dir, tmp_path / "run", NO_EMPTY_TURN)
     monkeypatch.setattr("sys.stdin", io.StringIO("hi\nthe dog\n"))
     assert main(["chat", str(folder), "--system", "the fox " * 20]) == 2
     err = capsys.readouterr().err
