@@ -57,7 +57,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_args(self, args=None, namespace=None):
-        parsed, rest = self.parse_known_args(args, namespace)
+        # intermixed: positionals after options are still positionals (`generate RUN --max-new-tokens 2 -- "-x"` was
+        # "unrecognized arguments: -x": the empty prompts list had been taken before the options); argparse allows it
+        # in a verb's parser, not in the one of verbs
+        parse = self.parse_known_args if self._subparsers else self.parse_known_intermixed_args
+        parsed, rest = parse(args, namespace)
         if rest:
             self.error(f"unrecognized arguments: {' '.join(rest)}{self.close_option(rest)}")
         return parsed

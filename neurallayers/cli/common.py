@@ -98,22 +98,33 @@ def url_host(host: str) -> str:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A socket bound to host:port (not listening yet), before any model loads: a bad host or a port in use is a
     UserError naming --host or --port, where servers (Gradio, uvicorn) report them late or as something else.
-    "[::1]", as a URL writes it, is the address ::1."""
+    "[::1]", as a URL writes it, is the address ::1. A name with several addresses ("localhost": ::1 and 127.0.0.1)
+    binds the first this machine has, as uvicorn and Gradio would."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host.removeprefix("[").removesuffix("]"), port,
-                                                             type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        infos = socket.getaddrinfo(host.removeprefix("[").removesuffix("]"), port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
     except socket.gaierror:
         raise UserError(f"--host {host}: not a known host name or address") from None
+    error = None
+    for family, kind, proto, _, address in infos:
+        try:
+            return _bound(family, kind, proto, address)
+        except OSError as e:  # socket() too: EAFNOSUPPORT for an IPv6 address on a kernel without IPv6
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use; choose another --port") from None
+            error = error or e
+    if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        raise UserError(f"--host {host}: not an address of this machine (127.0.0.1 for this machine only, "
+                        "0.0.0.0 for every network)") from None
+    raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+def _bound(family: int, kind: int, proto: int, address: tuple) -> socket.socket:
     sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart while old ones linger
     try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart while old ones linger
         sock.bind(address)
-    except OSError as e:
+    except OSError:
         sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise UserError(f"port {port} on {host} is in use; choose another --port") from None
-        if e.errno == errno.EADDRNOTAVAIL:
-            raise UserError(f"--host {host}: not an address of this machine (127.0.0.1 for this machine only, "
-                            "0.0.0.0 for every network)") from None
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise
     return sock

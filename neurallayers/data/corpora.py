@@ -36,6 +36,10 @@ _WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
               (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _WORD_END = re.compile(r"(?<=\S) ")  # a long line's cut: the space before a word, which starts a token
+# A piece's cut, where there is one near: a newline between two words (or at the text's end). A newline beside other
+# whitespace is joined with it by GPT-2's and Llama 3's pre-tokenizers ("\n\n    " before an indented line of code is
+# one piece, "\n\n" at a piece's end another than before a word), so a cut there gave other tokens than the document's.
+_LINE_END = re.compile(r"(?<=\S)\n")  # and no whitespace after it: see _clean_cut
 # Magic numbers of the formats real corpora ship compressed in (C4's .json.gz, the Pile's .jsonl.zst): not read here.
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
                (b"PK\x03\x04", "zip"))
@@ -246,7 +250,8 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
 
 
 def chunk_document(doc: Document, max_chars: int) -> list[Document]:
-    """Splits a document into pieces of about `max_chars` characters, cut just after a newline.
+    """Splits a document into pieces of about `max_chars` characters, cut just after a newline (one between two words
+    where there is one within twice `max_chars`).
 
     The pieces concatenate back to the document. A line over twice `max_chars` is cut just before a space that follows
     a word, where byte-level BPE, char-level and SentencePiece tokenizers start a token anyway (text8 is one line of
@@ -266,13 +271,26 @@ def chunk_document(doc: Document, max_chars: int) -> list[Document]:
 
 
 def _piece_end(text: str, start: int, max_chars: int) -> int:
-    """Where the piece of `text` starting at `start` ends: after the first newline from `max_chars` on, unless that is
-    over twice `max_chars` away and a space after a word comes first."""
-    line_end = text.find("\n", start + max_chars - 1) + 1 or len(text)
+    """Where the piece of `text` starting at `start` ends: after the first newline between two words from `max_chars`
+    on, else after any newline, within twice `max_chars`; past that, before the first space after a word from
+    `max_chars` on, else at the line's end."""
+    low, high = start + max_chars - 1, start + 2 * max_chars
+    if clean := _clean_cut(text, low, high):
+        return clean
+    line_end = text.find("\n", low) + 1 or len(text)
     if line_end - start <= 2 * max_chars:
         return line_end
     word_end = _WORD_END.search(text, start + max_chars, line_end)
     return word_end.start() if word_end else line_end
+
+
+def _clean_cut(text: str, low: int, high: int) -> int | None:
+    """Just after the first newline in text[low:high] between two words or at the text's end, or None."""
+    for newline in _LINE_END.finditer(text, low, high):
+        after = newline.end()
+        if after == len(text) or not text[after].isspace():
+            return after
+    return None
 
 
 def _walk(root: Path, *, suffix: str | None = None, skip: set[str] | frozenset[str] = frozenset()) -> list[Path]:

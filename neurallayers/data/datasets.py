@@ -31,8 +31,9 @@ from neurallayers.files import WriteError
 
 log = logging.getLogger("neurallayers.data")
 
-# Bump when the file layout or the split rule changes: old caches are then ignored. 3: long lines are cut at spaces.
-CACHE_VERSION = 3
+# Bump when the file layout or the split rule changes: old caches are then ignored. 3: long lines are cut at spaces;
+# 4: a newline is a cut only between two words (beside other whitespace it joins it in a token).
+CACHE_VERSION = 4
 CHUNK_CHARS = 50_000
 _BATCH_CHARS = 1_000_000  # text handed to the tokenizer per call: big enough for its thread pool
 # A piece longer than this is encoded in parts cut as pieces are (a tail split's one piece is the whole corpus, and

@@ -142,6 +142,18 @@ def test_generate_from_a_checkpoint_folder(two_checkpoints: Path, monkeypatch):
     assert proc.stdout == "To be" + generate(model, tok, "To be", temperature=0, max_new_tokens=5)[0].text + "\n"
 
 
+def test_a_prompt_after_options_and_a_double_dash_is_a_prompt(two_checkpoints: Path, monkeypatch):
+    """`generate RUN --max-new-tokens 2 -- "-x"` failed with "unrecognized arguments: -x", and `generate RUN a
+    --max-new-tokens 2 b` with "unrecognized arguments: b": argparse had filled the prompts list before the options."""
+    parser = build_verb_parser("generate")[1]
+    args = parser.parse_args(["run", "a", "--max-new-tokens", "2", "b", "--", "-x", "--stop"])
+    assert (args.prompts, args.max_new_tokens, args.stop) == (["a", "b", "-x", "--stop"], 2, [])
+    proc = in_process("generate", str(two_checkpoints), "--temperature", "0", "--max-new-tokens", "2", "--", "-To be",
+                      cwd=two_checkpoints.parent, monkeypatch=monkeypatch)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("-To be")
+
+
 def test_a_closed_stdin_reads_as_empty(two_checkpoints: Path, tmp_path: Path):
     """With stdin closed (`<&-`), `generate RUN` (no prompt: it reads one from stdin) and `chat` ended in
     "AttributeError: 'NoneType' object has no attribute 'read'" ('isatty' for chat); now as `< /dev/null`."""

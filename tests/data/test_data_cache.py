@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from neurallayers.__main__ import main
-from neurallayers.data.corpora import Corpus, Document, load_corpus
+from neurallayers.data.corpora import Corpus, Document, chunk_document, load_corpus
 from neurallayers.data.datasets import prepare_tokens
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.files import WriteError
@@ -205,6 +205,28 @@ def test_a_line_far_longer_than_a_piece_is_cut_at_spaces_into_the_same_tokens(tm
     data = prepare_tokens(_Docs({"text8": text}), tok, tmp_path, val_fraction=0, chunk_chars=100, show_progress=False)
     assert data.meta["pieces"] > 10
     assert data.train.tolist() == tok.encode(text) + [tok.eos_id]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bpe"])
+def test_pieces_of_indented_code_and_blank_lines_get_the_documents_tokens(tmp_path, kind):
+    # A piece was cut after any newline: GPT-2's pre-tokenizer joins a newline with the whitespace beside it ("\n\n" and
+    # "\n    " before an indented line are one piece each), so code and paragraphs got tokens the document does not have
+    # (7 of 5,611 in json/decoder.py, cut every 200 characters).
+    text = "".join(f"def f{i}(x):\n    if x:\n\n        return {i}\n\n\n# note {i}\n" for i in range(60))
+    tok = Tokenizer.load("gpt2") if kind == "gpt2" else Tokenizer.train_bpe([text], vocab_size=400, show_progress=False)
+    for chunk_chars in (30, 37, 45):  # cuts fell in every kind of place: after a blank line, before an indented one
+        data = prepare_tokens(
+            _Docs({"code": text}),
+            tok,
+            tmp_path / str(chunk_chars),
+            val_fraction=0,
+            chunk_chars=chunk_chars,
+            show_progress=False,
+        )
+        assert data.meta["pieces"] > 30
+        assert data.train.tolist() == tok.encode(text) + [tok.eos_id], chunk_chars
+    few = "\n\n".join(["x"] * 300)  # no newline between two words: still cut at newlines, not one piece of all
+    assert max(len(p.text) for p in chunk_document(Document("d", few), 50)) <= 100
 
 
 class _Docs(Corpus):

@@ -166,3 +166,30 @@ def test_one_bind_check_for_every_server_verb():
             bind_socket("127.0.0.1", port)
     with pytest.raises(UserError, match="--host no.such.host.invalid: not a known host name or address"):
         bind_socket("no.such.host.invalid", 0)
+
+
+def test_a_host_name_with_several_addresses_binds_one_this_machine_has(monkeypatch):
+    """Only the first address of a name was tried: "localhost" resolving to ::1 first, on a machine without IPv6, was
+    "not an address of this machine", and socket() refusing the family (EAFNOSUPPORT) was a traceback."""
+    import errno
+    import socket
+
+    from neurallayers.cli import common
+
+    stream = (socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+    elsewhere = (socket.AF_INET6, *stream, ("2001:db8::1", 0, 0, 0))  # a documentation address: no machine's
+    here = (socket.AF_INET, *stream, ("127.0.0.1", 0))
+    monkeypatch.setattr(common.socket, "getaddrinfo", lambda *a, **k: [elsewhere, here])
+    with common.bind_socket("myhost", 0) as sock:
+        assert sock.getsockname()[0] == "127.0.0.1"
+    real = socket.socket
+
+    def no_ipv6(family=socket.AF_INET, *args):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args)
+
+    monkeypatch.setattr(common.socket, "socket", no_ipv6)
+    monkeypatch.setattr(common.socket, "getaddrinfo", lambda *a, **k: [elsewhere])
+    with pytest.raises(common.UserError, match="^--host ::1: not an address of this machine"):
+        common.bind_socket("::1", 0)
