@@ -12,7 +12,9 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
+
+from neurallayers.checks import check_types, is_finite, is_int
 
 Norm = Literal["layernorm", "rmsnorm"]
 MLPKind = Literal["gelu", "swiglu", "geglu"]
@@ -26,6 +28,7 @@ DERIVED = ("n_kv_head", "head_dim", "intermediate_size")  # None: computed from 
 # Fields added after runs (config.yaml) and batch progress records were first saved: an older file lacks them, and
 # their None default keeps the shape models had before them, so such a file still describes the whole model.
 NEWER_FIELDS = frozenset({"final_norm"})
+FP32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 
 _ROPE_SCALING_KEYS = {
     "linear": {"type", "factor"},
@@ -87,7 +90,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _coerce_float_strings(self)
-        _check_types(self)
+        check_types(self)
         # Not a dataclass field (so not data, not compared): which derived fields were left to derivation.
         self._derived = frozenset(name for name in DERIVED if getattr(self, name) is None)
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "num_labels"):
@@ -98,7 +101,7 @@ class ModelConfig:
         # Finite too: an infinite eps or theta builds a model whose norms output zeros or whose RoPE rotates nothing.
         for name in ("norm_eps", "init_std", "rope_theta"):
             v = getattr(self, name)
-            _require(name, v, _is_finite_number(v) and v > 0, "must be > 0 and finite")
+            _require(name, v, is_finite(v) and v > 0, "must be > 0 and finite")
         _require("type_vocab_size", self.type_vocab_size, self.type_vocab_size >= 0, "must be >= 0")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
@@ -129,8 +132,13 @@ class ModelConfig:
             _require("sliding_window", self.sliding_window, self.sliding_window >= 1, "must be >= 1 or None")
             _require("sliding_window", self.sliding_window, self.causal, "needs causal=True")
         if self.layer_scale is not None:
-            ok = _is_finite_number(self.layer_scale) and self.layer_scale > 0
+            ok = is_finite(self.layer_scale) and self.layer_scale > 0
             _require("layer_scale", self.layer_scale, ok, "must be > 0 or None, and finite")
+        # These become fp32 numbers, inf past fp32's range: init_std 1e39 built a model of NaN logits, norm_eps one
+        # whose output was the same for every token, layer_scale a traceback from torch.full.
+        for name in ("norm_eps", "init_std", "layer_scale"):
+            v = getattr(self, name)
+            _require(name, v, v is None or v <= FP32_MAX, f"must be at most {FP32_MAX:.4g}, fp32's largest number")
         if self.rope_scaling is not None:
             self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.position)
             if self.rope_scaling["type"] == "dynamic":  # its base grows by the power head_dim / (head_dim - 2)
@@ -139,6 +147,7 @@ class ModelConfig:
             _require(
                 "pad_token_id", self.pad_token_id, 0 <= self.pad_token_id < self.vocab_size, "must be a valid token id"
             )
+        _check_weight_sizes(self)
         if self.causal:  # encoder-only settings a decoder would silently not build
             encoders = "is an encoder's (causal=False)"
             _require("head", self.head, self.head == "none", f"{encoders}; a decoder has its LM head")
@@ -151,13 +160,20 @@ class ModelConfig:
         return self.n_kv_head * self.head_dim
 
     def param_count(self, *, include_embeddings: bool = True) -> int:
-        """Exact parameter count of the model this config builds (embeddings counted once when tied)."""
+        """Exact parameter count of the model this config builds (embeddings counted once when tied).
+
+        Counted on models of one and two layers, as every block has the same parameters: building all n_layer
+        blocks made `info` on a mistyped depth (`n_layer: 1000000`) run for minutes, or forever."""
+        one, two = (self._meta_param_count(n, include_embeddings) for n in (1, 2))
+        return one + (self.n_layer - 1) * (two - one)
+
+    def _meta_param_count(self, n_layer: int, include_embeddings: bool) -> int:
         import torch
 
         from neurallayers.models import build_model  # local: models import config
 
         with torch.device("meta"):
-            model = build_model(self)
+            model = build_model(dataclasses.replace(self, n_layer=n_layer))
         n = sum(p.numel() for p in model.parameters())
         if not include_embeddings:  # token, position and (BERT's) token-type tables, as transformers counts them
             n -= sum(p.numel() for name, p in model.named_parameters()
@@ -205,6 +221,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict):  # was a TypeError from iterating it
+            raise ValueError(f"ModelConfig.from_dict takes a mapping of fields, got {type(data).__name__}")
         for key in data:
             if not isinstance(key, str):  # a YAML key such as `1:` (difflib would fail on it)
                 raise ValueError(f"ModelConfig field names are strings, got {key!r}; valid fields: "
@@ -266,8 +284,10 @@ class ModelConfig:
             return spec
         if isinstance(spec, dict):  # as a run config's model section: {"preset": name, field: value, ...}
             fields = dict(spec)
-            preset = fields.pop("preset", None)
-            return cls.from_name(preset).replace(**fields) if preset else cls.from_dict(fields)
+            if "preset" not in fields:
+                return cls.from_dict(fields)
+            # `preset:` left empty (None) or "" named no preset: it built ModelConfig's defaults, GPT-2's shape
+            return cls.from_name(fields.pop("preset")).replace(**fields)
         if not isinstance(spec, str | Path):
             raise ValueError(f"a model config is a ModelConfig, a preset name, a YAML path, a run directory or a "
                              f"mapping of fields, got {type(spec).__name__}")
@@ -292,51 +312,28 @@ def _require(name: str, value: Any, ok: bool, what: str) -> None:
         raise ValueError(f"ModelConfig.{name}={value!r}: {what}")
 
 
-def _check_types(cfg: ModelConfig) -> None:
-    hints = get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if not _matches(value, hints[f.name]):
-            allowed = _describe(hints[f.name])
-            raise ValueError(f"ModelConfig.{f.name}={value!r}: expected {allowed}{spelling_note(value, allowed)}")
+# Values in one tensor: torch counts a tensor's bytes in an int64, at most 8 bytes a value.
+MAX_TENSOR_VALUES = 2**60
 
 
-def spelling_note(value: object, allowed: str) -> str:
-    """How YAML (a config file, a --section.field override) spells what was meant: `None` and `1` read as a string
-    and an int, and "expected int or None" for a typed None contradicted what the user wrote."""
-    if isinstance(value, str) and value.lower() == "none" and allowed.endswith("None"):
-        return " (YAML writes None as null)"
-    if allowed == "bool" and isinstance(value, int | str):
-        return " (true or false)"
-    return ""
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return value in get_args(tp)
-    if origin is not None and type(None) in get_args(tp):  # X | None
-        return value is None or any(_matches(value, a) for a in get_args(tp) if a is not type(None))
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if tp is dict or origin is dict:
-        return isinstance(value, dict)
-    return True
-
-
-def _describe(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin is not None:
-        return " or ".join(_describe(a) for a in get_args(tp))
-    return "None" if tp is type(None) else tp.__name__
+def _check_weight_sizes(cfg: ModelConfig) -> None:
+    """Refuse a shape whose weights torch cannot create: `info` and build_model failed with "Storage size calculation
+    overflowed" (or a C++ trace). Names the largest field of that weight the user set, not one derived from it."""
+    width = cfg.n_head * cfg.head_dim + 2 * cfg.kv_dim  # the fused q, k, v projection's outputs
+    gated = 2 if cfg.mlp in ("swiglu", "geglu") else 1
+    tensors = [("token embedding weight", ("vocab_size", "n_embd"), cfg.vocab_size * cfg.n_embd),
+               ("position table", ("block_size", "n_embd"), cfg.block_size * cfg.n_embd),
+               ("token-type table", ("type_vocab_size", "n_embd"), cfg.type_vocab_size * cfg.n_embd),
+               ("attention projection", ("n_embd", "n_head", "head_dim"), cfg.n_embd * width),
+               ("MLP weight", ("n_embd", "intermediate_size"), cfg.n_embd * gated * cfg.intermediate_size)]
+    if cfg.causal:  # one tensor over all layers: a decoder that cannot hold one full-context sequence cannot generate
+        tensors.append(("KV cache of one sequence", ("n_layer", "block_size", "n_kv_head", "head_dim"),
+                        cfg.n_layer * cfg.block_size * cfg.kv_dim))
+    for what, fields, size in tensors:
+        if size > MAX_TENSOR_VALUES:
+            name = max([f for f in fields if f not in cfg._derived] or fields, key=lambda f: getattr(cfg, f))
+            _require(name, getattr(cfg, name), False, f"the {what} would hold more than 2**60 values, the most a "
+                                                      f"torch tensor can")
 
 
 def _check_rope_scaling(scaling: dict, position: str) -> dict:
@@ -346,6 +343,10 @@ def _check_rope_scaling(scaling: dict, position: str) -> dict:
     typo = "" if "type" in scaling or "rope_type" in scaling else _key_hint(set(scaling), {"type"})
     _require("rope_scaling", scaling, kind in allowed,
              f"'type' must be one of {', '.join(map(repr, allowed))}{typo}")
+    # transformers writes both spellings in some configs; two that disagree were resolved silently to the later one
+    both = "type" in scaling and "rope_type" in scaling
+    _require("rope_scaling", scaling, not both or scaling["type"] == scaling["rope_type"],
+             "'type' and 'rope_type' name different scalings; give one")
     scaling = {("type" if k == "rope_type" else k): v for k, v in scaling.items()}
     extra = set(scaling) - _ROPE_SCALING_KEYS[kind]
     _require("rope_scaling", scaling, not extra,
@@ -355,15 +356,15 @@ def _check_rope_scaling(scaling: dict, position: str) -> dict:
         _require("rope_scaling", scaling, not missing, f"llama3 scaling needs {sorted(missing)}")
     # Checked here, as the rotation reads them: a bad value there is a traceback, NaN or zero rotations.
     factor = scaling.get("factor")
-    _require("rope_scaling.factor", factor, _is_finite_number(factor) and factor >= 1, "must be a finite number >= 1")
+    _require("rope_scaling.factor", factor, is_finite(factor) and factor >= 1, "must be a finite number >= 1")
     if "original_max_position_embeddings" in scaling:
         old_len = scaling["original_max_position_embeddings"]
-        ok = isinstance(old_len, int) and not isinstance(old_len, bool) and old_len >= 1
-        _require("rope_scaling.original_max_position_embeddings", old_len, ok, "must be a positive int")
+        _require("rope_scaling.original_max_position_embeddings", old_len, is_int(old_len) and old_len >= 1,
+                 "must be a positive int")
     if kind == "llama3":
         for key in ("low_freq_factor", "high_freq_factor"):
             v = scaling[key]
-            _require(f"rope_scaling.{key}", v, _is_finite_number(v) and v > 0, "must be a finite number > 0")
+            _require(f"rope_scaling.{key}", v, is_finite(v) and v > 0, "must be a finite number > 0")
         low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
         _require("rope_scaling.high_freq_factor", high, high > low, f"must be > low_freq_factor={low!r}")
     return scaling
@@ -393,15 +394,6 @@ def dynamic_scaling_unused(cfg: ModelConfig) -> str | None:
     return (f"rope_scaling dynamic acts only past original_max_position_embeddings={old_len}{default}, which no "
             f"sequence within block_size={cfg.block_size} passes: it changes nothing (to scale, set "
             f"original_max_position_embeddings {hint})")
-
-
-def _is_finite_number(v: Any) -> bool:
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an int past float's range
-        return False
 
 
 def coerce_float_strings(klass: type, raw: dict) -> dict:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from neurallayers.checks import is_finite, is_int, plain_fields
 
 
 @dataclass
@@ -46,19 +47,16 @@ class GenerationConfig:
             if not ok:
                 raise ValueError(f"GenerationConfig.{name}={getattr(self, name)!r}: {what}")
 
-        def finite(name: str) -> bool:
-            v = getattr(self, name)
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
+        plain_fields(self)
         for name in ("max_new_tokens", "min_new_tokens", "top_k", "no_repeat_ngram_size", "num_beams",
                      "num_return_sequences", "num_speculative_tokens"):
-            need(name, isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool),
-                 "must be an integer")
+            need(name, is_int(getattr(self, name)), "must be an integer")
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                      "frequency_penalty", "length_penalty", "penalty_alpha", "contrastive_alpha"):
-            need(name, finite(name), "must be a finite number")
+            need(name, is_finite(getattr(self, name)), "must be a finite number")
         need("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1")
-        need("min_new_tokens", 0 <= self.min_new_tokens <= self.max_new_tokens, "must be in [0, max_new_tokens]")
+        need("min_new_tokens", 0 <= self.min_new_tokens <= self.max_new_tokens,
+             f"must be in [0, max_new_tokens={self.max_new_tokens}]")
         need("temperature", self.temperature >= 0, "must be >= 0 (0 means greedy)")
         need("top_k", self.top_k >= 0, "must be >= 0 (0 disables it)")
         need("top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
@@ -72,19 +70,20 @@ class GenerationConfig:
         need("early_stopping", isinstance(self.early_stopping, bool) or self.early_stopping == "never",
              "must be True, False or 'never'")
         if self.num_beams > 1:
-            need("num_return_sequences", self.num_return_sequences <= self.num_beams, "must be <= num_beams")
+            need("num_return_sequences", self.num_return_sequences <= self.num_beams,
+                 f"must be <= num_beams={self.num_beams}")
         need("penalty_alpha", 0 <= self.penalty_alpha <= 1, "must be in [0, 1]")
         need("contrastive_alpha", 0 < self.contrastive_alpha < 1, "must be in (0, 1)")
         need("num_speculative_tokens", self.num_speculative_tokens >= 1, "must be >= 1")
-        need("logprobs", self.logprobs is None or (_int(self.logprobs) and 0 <= self.logprobs <= 20),
+        need("logprobs", self.logprobs is None or (is_int(self.logprobs) and 0 <= self.logprobs <= 20),
              "must be None or an integer in [0, 20] (the top alternatives to list; 0 = the chosen token's only)")
         need("ignore_eos", isinstance(self.ignore_eos, bool), "must be True or False")
         need("stop", isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
              "must be a list of non-empty strings")
         need("stop_token_ids", isinstance(self.stop_token_ids, list)
-             and all(_int(t) and t >= 0 for t in self.stop_token_ids), "must be a list of token ids")
+             and all(is_int(t) and t >= 0 for t in self.stop_token_ids), "must be a list of token ids")
         need("logit_bias", isinstance(self.logit_bias, dict)
-             and all(_int(k) and k >= 0 and finite_value(v) for k, v in self.logit_bias.items()),
+             and all(is_int(k) and k >= 0 and is_finite(v) for k, v in self.logit_bias.items()),
              "must map token ids (integers >= 0) to finite numbers")
         need("seed", self.seed is None or valid_seed(self.seed), "must be None or an integer in [-2**63, 2**64)")
 
@@ -110,25 +109,19 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict):  # was a TypeError from iterating it
+            raise ValueError(f"GenerationConfig.from_dict takes a mapping of fields, got {type(data).__name__}")
         for key in data:
             if key not in known:
-                hint = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = difflib.get_close_matches(str(key), sorted(known), n=1)  # a Python or YAML key may be an int
                 did = f" (did you mean {hint[0]!r}?)" if hint else ""
                 raise ValueError(f"GenerationConfig has no field {key!r}{did}")
         return cls(**data)
 
 
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def valid_seed(v: Any) -> bool:
     """An integer torch.Generator.manual_seed takes (64 bits, signed or not); a larger one failed there, nameless."""
-    return _int(v) and -2**63 <= v < 2**64
-
-
-def finite_value(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return is_int(v) and -2**63 <= v < 2**64
 
 
 @dataclass

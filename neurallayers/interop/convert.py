@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from neurallayers.files import WriteError
 
 TARGETS = ("hf", "run")
@@ -58,23 +60,28 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
     if to is None:
         to = "hf" if run_like else "run"
     if max_shard_size is not None and to != "hf":
-        raise ValueError(f"max_shard_size={max_shard_size!r}: only applies to to='hf'")
+        raise ValueError("max_shard_size (CLI: --max-shard-size) only applies to to='hf' (CLI: --to hf); this "
+                         "conversion writes a run directory")
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"dst {dst} is a file; give a folder")
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise ValueError(f"dst {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
-    if dst.resolve() == src.resolve():
+    if dst.resolve() == src.resolve():  # before "not empty", whose advice (overwrite) these refuse
         raise ValueError(f"dst {dst} is the source folder; write to another folder")
     if dst.resolve() in src.resolve().parents:  # overwrite would delete the source with the rest of dst
         raise ValueError(f"dst {dst} holds the source folder {src}; write to a folder outside it")
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise ValueError(f"dst {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
     if overwrite and (dst / "checkpoints").is_dir():  # a training run: its checkpoints are not ours to delete
         raise ValueError(f"dst {dst} holds a training run (checkpoints/); overwrite replaces model folders only: "
                          "write to another folder, or remove that run yourself")
     model, tokenizer = load(src, allow_pickle=allow_pickle)
+    stored = _stored_dtype(src) if to == "hf" and not run_like else None
+    if stored is not None:  # load() reads an HF folder as float32, so a resharded bf16 folder came out twice its size
+        model.to(stored)  # exact: float32 holds every bf16 and fp16 value
     if to == "run" and tokenizer is None:
         raise ValueError(f"src {src} has no tokenizer files (tokenizer.json or vocab.json + merges.txt); "
                          "a run directory needs one")
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    target = Path(os.path.abspath(dst))  # "." or "..": no name to build the temporary sibling's from
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         if to == "hf":
@@ -86,9 +93,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         _keep_sampling(checkpoint_run(src) if checkpoint else src, tmp)  # a checkpoint samples as its run does
         if to == "hf":
             _keep_special_ids(src, tmp)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     except OSError as e:  # a full disk or a read-only one: one line, not a traceback from inside the writers
         why = os.strerror(e.errno) if e.errno else str(e)
         raise WriteError(e.errno, f"could not write {dst}: {why}") from e
@@ -113,6 +120,16 @@ def _keep_sampling(src: Path, folder: Path) -> None:
     out = folder / "generation_config.json"
     written = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
     write_text_atomic(out, json.dumps({**written, **kept}, indent=2) + "\n")
+
+
+def _stored_dtype(src: Path) -> torch.dtype | None:
+    """The half-precision dtype an HF folder's config.json names (`dtype`, or transformers 4's `torch_dtype`), which
+    transformers loads it in; None for float32 or none named."""
+    from neurallayers.interop.hf import read_json
+
+    hf = read_json(src / "config.json")
+    name = hf.get("dtype") or hf.get("torch_dtype")
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name) if isinstance(name, str) else None
 
 
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")

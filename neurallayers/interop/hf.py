@@ -91,6 +91,7 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
 
     folder = _folder(folder)
     hf_cfg = read_json(folder / "config.json")
+    _refuse_quantized(hf_cfg, folder)
     fam = family(hf_cfg.get("model_type"))
     cfg = fam.config_from_hf(hf_cfg)
     sentence = sentence_transformers_settings(folder)
@@ -125,6 +126,16 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     if eos_ids is not None and tokenizer is not None:  # without either file's ids, the tokenizer's own (a converted
         tokenizer.extra_eos_ids = [t for t in eos_ids if t != tokenizer.eos_id]  # run's, in tokenizer_config)
     return model.eval(), tokenizer
+
+
+def _refuse_quantized(hf_cfg: dict, folder: Path) -> None:
+    """A quantized checkpoint (GPTQ, AWQ, bitsandbytes, fp8 ...) stores packed weights and scales that only its
+    library turns back into weights: refused by name, where it crashed in the NaN check or named every weight."""
+    quant = hf_cfg.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method") if isinstance(quant, dict) else quant
+        raise ValueError(f"{folder / 'config.json'}: quantization_config (quant_method={method!r}): quantized "
+                         "checkpoints are not supported; give the unquantized model's folder (fp32, bf16 or fp16)")
 
 
 def _generation_eos_ids(folder: Path, vocab: int, hf_cfg: dict) -> list[int] | None:
@@ -424,9 +435,11 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     write_json(folder / "config.json", hf_cfg)
     if cfg.causal:  # generation settings only mean something for a language model
         settings = {"_from_model_config": True, **specials}
-        eos_ids = list(getattr(tokenizer, "eos_ids", None) or [])
-        if len(eos_ids) > 1:  # extra ids that end a turn, as read from a Hugging Face folder
-            settings["eos_token_id"] = eos_ids
+        # every id that ends a generation here: the extra ids that end a turn, as read from a Hugging Face folder, or
+        # its only ones where its tokenizer names no eos token (written as null, generation never stopped)
+        eos_ids = list(getattr(tokenizer, "eos_ids", None) or getattr(model, "generation_eos_ids", None) or [])
+        if eos_ids and eos_ids != [specials["eos_token_id"]]:
+            settings["eos_token_id"] = eos_ids if len(eos_ids) > 1 else eos_ids[0]
         write_json(folder / "generation_config.json", settings)
     elif {"pooling", "normalize", "lowercase"} & set(cfg.extra) and not unbuilt:  # from a sentence-transformers folder
         _write_sentence_transformers(cfg, tokenizer, folder)
@@ -553,8 +566,12 @@ def hf_shapes(cfg: ModelConfig, to_hf: Callable) -> dict[str, tuple[int, ...]]:
 
 def drop_tied_lm_head(hf_sd: dict[str, torch.Tensor], embedding: str) -> None:
     """Removes lm_head.weight from a state dict whose config ties it to `embedding` (the embedding is the head then),
-    saying so when the file's head differs: the config then loses weights the file has."""
+    saying so when the file's head differs: the config then loses weights the file has. A file with the head and no
+    embedding gives the embedding."""
     head, emb = hf_sd.pop("lm_head.weight", None), hf_sd.get(embedding)
+    if emb is None and head is not None:  # the tied matrix saved under the head's name only: transformers ties it back
+        hf_sd[embedding] = head
+        return
     if head is not None and emb is not None and head.shape == emb.shape and not torch.equal(head, emb):
         warnings.warn(f"the config ties lm_head to {embedding} (tie_word_embeddings; GPT-2's default is true), but "
                       f"the file's lm_head.weight differs from it (max |difference| "

@@ -13,9 +13,10 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args
 
-from neurallayers.config import NEWER_FIELDS, ModelConfig, coerce_float_strings, spelling_note
+from neurallayers.checks import check_types as _check_types
+from neurallayers.config import NEWER_FIELDS, ModelConfig, coerce_float_strings
 
 Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -200,10 +201,12 @@ class RunConfig:
             if not isinstance(raw, dict):
                 raise ValueError(f"config section {name!r} must be a mapping, got {type(raw).__name__}")
             raw = dict(raw)
-            preset = raw.pop("preset", None) if name == "model" else None
+            # `preset:` left empty is a preset of None, refused by name: read as no preset, it trained GPT-2's shape
+            has_preset = name == "model" and "preset" in raw
+            preset = raw.pop("preset") if has_preset else None
             _check_keys(klass, raw, name)
             raw = coerce_float_strings(klass, raw)
-            if name == "model" and init_from and preset is not None:
+            if name == "model" and init_from and has_preset:
                 raise ValueError(f"model.preset={preset!r} and train.init_from={init_from!r} both name the model; "
                                  "keep one (init_from's model may change only a few fields: see training.init_from)")
             if name == "model" and init_from and not _whole_model(raw):
@@ -212,12 +215,12 @@ class RunConfig:
                 from neurallayers.training.init_from import source_model_config
 
                 sections[name] = source_model_config(str(init_from)).replace(**raw)
-            elif preset is not None:
+            elif has_preset:
                 if _whole_model(raw):  # `--config runs/a/config.yaml --preset gpt2` trained runs/a's model, silently
                     raise ValueError(f"model.preset={preset!r}: the model section already gives every field (a saved "
                                      "run's config.yaml), which would override all of the preset's; leave out the "
                                      "preset, or the model section")
-                sections[name] = ModelConfig.from_name(str(preset)).replace(**raw)
+                sections[name] = ModelConfig.from_name(preset).replace(**raw)
             else:
                 sections[name] = klass(**raw)
         return cls(**sections)
@@ -365,7 +368,7 @@ def _section_of(name: str, *, other_than: str | None = None) -> str | None:
 def _did_you_mean(name: str, choices: Any) -> str:
     # case-blind first: "Lr" is two edits from "lr" by difflib's ratio, too far for a hint
     same = [c for c in sorted(choices) if str(c).lower() == str(name).lower()]
-    hint = same or difflib.get_close_matches(name, sorted(choices), n=1)
+    hint = same or difflib.get_close_matches(str(name), sorted(choices), n=1)  # a YAML key may be an int
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
@@ -388,44 +391,3 @@ def _check_keys(klass: type, raw: dict, section: str) -> None:
 def _require(obj: Any, name: str, ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r}: {what}")
-
-
-def _check_types(obj: Any) -> None:
-    hints = get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if not _matches(value, hints[f.name]):
-            allowed = _describe(hints[f.name])
-            note = spelling_note(value, allowed)
-            raise ValueError(f"{type(obj).__name__}.{f.name}={value!r}: expected {allowed}{note}")
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return value in get_args(tp)
-    if origin is list:
-        (item,) = get_args(tp)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if origin is not None and type(None) in get_args(tp):  # X | None
-        return value is None or any(_matches(value, a) for a in get_args(tp) if a is not type(None))
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    return True
-
-
-def _describe(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin is list:
-        return f"a list of {_describe(get_args(tp)[0])}"
-    if origin is not None:
-        return " or ".join(_describe(a) for a in get_args(tp))
-    return "None" if tp is type(None) else tp.__name__

@@ -546,3 +546,78 @@ def test_convert_onto_a_full_disk_is_one_line(tmp_path, to):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == f"neurallayers convert: error: could not write {tmp_path / 'out'}: File too large"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_convert_into_the_current_folder_or_its_parent(tmp_path, monkeypatch):
+    """`convert SRC .` from an empty folder failed with "PosixPath('.') has an empty name"; `convert SRC .. --overwrite`
+    built its temporary folder inside dst, deleted dst with it and wrote nothing."""
+    src = tmp_path / "hf"
+    ref = hf_folder(src)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    convert(src, ".", to="hf")
+    (tmp_path / "parent" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "parent" / "sub")
+    convert(src, "..", to="hf", overwrite=True)
+    for out in (tmp_path / "here", tmp_path / "parent"):
+        again = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(again(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "hf", "parent"]
+
+
+def test_convert_mistakes_are_named_as_the_user_gave_them(tmp_path):
+    """`convert hf hf` said "not empty; pass --overwrite", and with --overwrite that it is the source; `convert hf run
+    --max-shard-size 2` named max_shard_size=2097152, a number the user never typed."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "hf"
+    hf_folder(src)
+    with pytest.raises(ValueError, match="is the source folder"):
+        convert(src, src)
+    command = [sys.executable, "-m", "neurallayers", "convert", str(src), str(tmp_path / "run"),
+               "--max-shard-size", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--max-shard-size" in done.stderr and "2097152" not in done.stderr, done.stderr
+    assert "--to hf" in done.stderr
+
+
+def test_a_quantized_checkpoint_is_refused_by_name(tmp_path):
+    """An fp8 checkpoint (config.json quantization_config, float8 weights) crashed with NotImplementedError from the
+    NaN check; GPTQ/AWQ folders were refused as a list of missing and unexpected weights, as if corrupt."""
+    hf_folder(tmp_path)
+    rewrite_weights(tmp_path, lambda sd: sd.update({KEY: sd[KEY].to(torch.float8_e4m3fn)}))
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json: quantization_config \(quant_method='fp8'\): quantized"):
+        load_hf(tmp_path)
+
+
+def test_convert_hf_to_hf_keeps_half_precision_weights(tmp_path):
+    """Resharding a bf16 folder (convert SRC DST --to hf) wrote float32 weights, twice the size, and said so in
+    config.json: load() reads an HF folder as float32."""
+    ref = hf_folder(tmp_path / "src")
+    ref.to(torch.bfloat16).save_pretrained(tmp_path / "src")
+    out = convert(tmp_path / "src", tmp_path / "out", to="hf", max_shard_size=4000)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    written = {}
+    for shard in set(index["weight_map"].values()):
+        written.update(load_file(out / shard))
+    source = load_file(tmp_path / "src" / "model.safetensors")
+    assert {k: (v.dtype, v.shape) for k, v in written.items()} == {k: (v.dtype, v.shape) for k, v in source.items()}
+    assert all(torch.equal(written[k], source[k]) for k in source)
+
+
+def test_tied_weights_saved_under_the_heads_name_only_load(tmp_path):
+    """A tied checkpoint whose one copy of the shared matrix is named lm_head.weight (as a writer that drops the other
+    name of a shared tensor may keep it): transformers ties it back to the embedding; it was refused as missing the
+    embedding."""
+    ref = hf_folder(tmp_path)
+    rewrite_weights(tmp_path, lambda sd: sd.update({"lm_head.weight": sd.pop("transformer.wte.weight")}))
+    model, _ = load_hf(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
+    assert model.lm_head.weight is model.wte.weight

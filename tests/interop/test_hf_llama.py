@@ -291,6 +291,26 @@ def test_extra_eos_ids_survive_a_run_directory(tmp_path):
     assert load(tmp_path / "back")[1].eos_ids == [tok.eos_id, 7]
 
 
+def test_eos_ids_of_a_tokenizer_without_an_eos_token_survive_a_run_directory(tmp_path):
+    """A folder whose generation_config.json names the eos but whose tokenizer names none: HF -> run -> HF wrote
+    eos_token_id null, so neither transformers' generate nor ours stopped on the copy."""
+    import string
+
+    from neurallayers.interop.convert import convert
+
+    model = hf_model("gqa")
+    model.generation_config.eos_token_id = 7
+    model.save_pretrained(tmp_path / "src", safe_serialization=True)
+    Tokenizer.train_char([string.printable[:94]]).save(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "tokenizer_config.json").read_text())
+    (tmp_path / "src" / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": None}))
+    assert load(tmp_path / "src")[1].eos_ids == [7]
+    convert(tmp_path / "src", tmp_path / "run", to="run")
+    convert(tmp_path / "run", tmp_path / "back", to="hf")
+    assert transformers.GenerationConfig.from_pretrained(tmp_path / "back").eos_token_id == 7
+    assert load(tmp_path / "back")[1].eos_ids == [7]
+
+
 def test_bad_extra_eos_ids_in_a_tokenizer_config_are_refused(tmp_path):
     tok = Tokenizer.train_char(["abc"])
     tok.extra_eos_ids = [3]

@@ -44,7 +44,7 @@ BAD = [
     ("norm_eps-inf", dict(norm_eps=math.inf), "norm_eps", "must be > 0 and finite"),
     ("rope_theta-inf", dict(rope_theta=math.inf, **ROPE), "rope_theta", "must be > 0 and finite"),
     ("layer_scale-inf", dict(layer_scale=math.inf), "layer_scale", "must be > 0 or None, and finite"),
-    ("init_std-huge-int", dict(init_std=10**400), "init_std", "must be > 0 and finite"),
+    ("init_std-huge-int", dict(init_std=10**400), "init_std", "expected float (this int is past float's range)"),
     ("rope_scaling-factor-huge-int", dict(rope_scaling={"type": "linear", "factor": 10**400}, **ROPE),
      "rope_scaling.factor", "must be a finite number >= 1"),
     ("final_norm", dict(final_norm="no"), "final_norm", "expected bool or None"),
@@ -100,6 +100,21 @@ BAD = [
     ("head", dict(head="qa"), "head",
      "one of 'none', 'mlm', 'sequence_classification', 'token_classification'"),
     ("extra", dict(extra=[1]), "extra", "expected dict"),
+    # past fp32's range: NaN logits, one output for every token, a traceback from torch.full
+    ("init_std-past-fp32", dict(init_std=1e39), "init_std", "must be at most 3.403e+38, fp32's largest number"),
+    ("norm_eps-past-fp32", dict(norm_eps=1e39), "norm_eps", "must be at most 3.403e+38"),
+    ("layer_scale-past-fp32", dict(layer_scale=1e39), "layer_scale", "must be at most 3.403e+38"),
+    # weights torch cannot create: `info` failed with "Storage size calculation overflowed" or a C++ trace
+    ("n_embd-huge", dict(n_embd=10**12, n_head=1), "n_embd",
+     "the attention projection would hold more than 2**60 values, the most a torch tensor can"),
+    ("block_size-huge", dict(block_size=10**20), "block_size", "the position table would hold more"),
+    ("vocab_size-huge", dict(vocab_size=10**18), "vocab_size", "the token embedding weight would hold more"),
+    ("intermediate_size-huge", dict(intermediate_size=10**18), "intermediate_size", "the MLP weight would hold"),
+    ("head_dim-huge", dict(head_dim=10**18), "head_dim", "the attention projection would hold"),
+    ("n_layer-huge", dict(n_layer=10**20), "n_layer", "the KV cache of one sequence would hold more than 2**60"),
+    # transformers' two spellings of the kind, disagreeing: the later one won silently
+    ("rope_scaling-type-and-rope_type", dict(rope_scaling={"type": "linear", "rope_type": "dynamic", "factor": 2.0},
+                                              **ROPE), "rope_scaling", "'type' and 'rope_type' name different"),
     # encoder settings on a decoder, which would build without them
     ("head-causal", dict(head="mlm"), "head", "is an encoder's (causal=False); a decoder has its LM head"),
     ("pooler-causal", dict(pooler=True), "pooler", "is an encoder's (causal=False)"),
@@ -430,3 +445,51 @@ def test_a_dynamic_scaling_that_never_acts_builds_with_a_warning(scaling, block,
     ids = torch.randint(0, 64, (1, block))
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, plain(ids).logits, rtol=0, atol=0)
+
+
+def test_numpy_scalars_are_read_as_python_numbers_and_save_as_yaml(tmp_path):
+    """A sweep's np.int64 was refused as "expected int" and np.float32 as "expected float"; an np.float64 passed (a
+    float subclass) and then failed YAML's dump of the config (RepresenterError)."""
+    import numpy as np
+
+    cfg = ModelConfig(n_layer=np.int64(2), n_embd=np.int32(64), n_head=2, dropout=np.float64(0.1),
+                      attn_dropout=np.float32(0.25), **{**ROPE, "bias": np.bool_(False)},
+                      rope_scaling={"type": "linear", "factor": np.float64(2.0)})
+    assert (cfg.n_layer, cfg.n_embd, cfg.dropout, cfg.attn_dropout, cfg.bias) == (2, 64, 0.1, 0.25, False)
+    assert [type(v) for v in (cfg.n_layer, cfg.dropout, cfg.attn_dropout, cfg.bias, cfg.rope_scaling["factor"])] == \
+        [int, float, float, bool, float]
+    cfg.save(tmp_path / "m.yaml")
+    assert ModelConfig.from_file(tmp_path / "m.yaml") == cfg
+    with pytest.raises(ValueError, match=r"ModelConfig.n_layer=12.0: expected int"):  # still no int from a float
+        ModelConfig(n_layer=np.float64(12.0))
+
+
+def test_param_count_of_any_depth_answers_at_once():
+    """param_count built every block on the meta device: `info` on a mistyped depth ran for minutes (n_layer 10**5)
+    or for days (10**12). It now counts one and two blocks; the count is exact at every depth."""
+    import signal
+
+    tiny = ModelConfig.from_name("tiny")
+    per_layer = tiny.replace(n_layer=2).param_count() - tiny.replace(n_layer=1).param_count()
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("param_count of 10**12 layers did not answer"))
+    signal.alarm(30)
+    try:
+        huge = tiny.replace(n_layer=10**12)
+        assert huge.param_count() == tiny.param_count() + (10**12 - 2) * per_layer
+        assert huge.param_count(include_embeddings=False) == \
+            tiny.param_count(include_embeddings=False) + (10**12 - 2) * per_layer
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_mappings_name_a_missing_or_empty_preset_and_from_dict_takes_only_a_mapping():
+    """`{preset: None}` (YAML `preset:` left empty) built ModelConfig's defaults, GPT-2's 124M shape, silently;
+    from_dict(None) was a TypeError."""
+    for preset in (None, ""):
+        with pytest.raises(ValueError, match="preset"):
+            ModelConfig.resolve({"preset": preset, "n_layer": 2})
+    with pytest.raises(ValueError, match="ModelConfig.from_dict takes a mapping of fields, got NoneType"):
+        ModelConfig.from_dict(None)
+    same = {"type": "linear", "rope_type": "linear", "factor": 2.0}  # both spellings, agreeing: transformers writes it
+    assert ModelConfig(rope_scaling=same, **ROPE).rope_scaling == {"type": "linear", "factor": 2.0}

@@ -188,3 +188,37 @@ def test_a_value_typed_as_python_writes_it_says_how_yaml_does(override, note) ->
     with pytest.raises(ValueError) as e:
         RunConfig.from_dict(apply_overrides({"model": {"preset": "tiny"}}, override))
     assert note in str(e.value)
+
+
+@pytest.mark.parametrize("field", ["lr", "weight_decay", "eps", "grad_clip", "max_minutes"])
+def test_an_int_past_floats_range_is_named_not_an_overflow_error(field):
+    """`lr: 1000...0` (an int YAML reads exactly) raised OverflowError from math.isfinite, naming nothing."""
+    with pytest.raises(ValueError, match=rf"^TrainConfig.{field}=1000+: expected float.* \(this int is past float's "
+                                         r"range\)$"):
+        TrainConfig(**{field: 10**400})
+
+
+def test_numpy_scalars_train_and_save(tmp_path):
+    """np.int64 was refused as "expected int"; an np.float64 lr passed and then failed YAML's dump of config.yaml."""
+    import numpy as np
+
+    run = RunConfig(model=ModelConfig.from_name("tiny"),
+                    train=TrainConfig(max_steps=np.int64(5), lr=np.float64(3e-4), beta2=np.float32(0.5),
+                                      compile=np.bool_(True)),
+                    data=DataConfig(val_fraction=np.float64(0.2), vocab_size=np.int64(300)))
+    assert (run.train.max_steps, run.train.lr, run.train.beta2, run.data.vocab_size) == (5, 3e-4, 0.5, 300)
+    assert type(run.train.lr) is float and run.train.compile is True
+    assert RunConfig.from_yaml(run.to_yaml(tmp_path / "config.yaml")) == run
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"model": {"preset": "tiny"}, 1: {}}, "unknown config section 1; valid sections"),
+    ({"model": {"preset": "tiny"}, "train": {1: 2}}, "train has no field 1; valid fields"),
+    ({"model": {"preset": "tiny", 2: 3}}, "model has no field 2; valid fields"),
+    # `preset:` left empty trained ModelConfig's defaults (GPT-2's 124M shape) with the other fields, silently
+    ({"model": {"preset": None, "n_layer": 2}}, "a preset is named by a string, got None"),
+])
+def test_run_config_keys_that_are_not_names_are_named(data, needle):
+    """A YAML key such as `1:` was a TypeError from difflib."""
+    with pytest.raises(ValueError, match=needle):
+        RunConfig.from_dict(data)
