@@ -31,8 +31,11 @@ $(VENV)/.dev: $(VENV)/.core
 	$(BIN)/pip install -q -e ".[dev,hf,serve,ui,plot]"
 	touch $@
 
+# DEMO_ARGS: flags for `neurallayers demo` (a second `make demo` refuses the runs/demo the first one wrote; pass
+# DEMO_ARGS="--out runs/demo2", or "--resume" to continue a stopped one)
+DEMO_ARGS ?=
 demo: $(VENV)/.core
-	$(BIN)/neurallayers demo
+	$(BIN)/neurallayers demo $(DEMO_ARGS)
 
 test: $(VENV)/.dev $(BROWSER)
 	OMP_NUM_THREADS=2 $(BIN)/pytest -q tests

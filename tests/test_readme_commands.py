@@ -84,6 +84,22 @@ def test_the_files_the_readme_names_exist():
     assert named and {name for name in named if not (ROOT / name).is_file()} == set()
 
 
+def test_long_generate_examples_say_where_runs_llama_context_ends():
+    # `generate runs/llama "ROMEO:" --max-new-tokens 1000 --compile  # long outputs` gave 124 tokens: runs/llama is
+    # configs/llama-shakespeare.yaml, whose context the README must state beside outputs longer than it
+    from neurallayers.training import RunConfig
+
+    block_size = RunConfig.from_yaml(ROOT / "configs" / "llama-shakespeare.yaml").model.block_size
+    longest = max(
+        int(words[words.index("--max-new-tokens") + 1])
+        for words in COMMANDS
+        if words[1] == "generate" and words[2] == "runs/llama" and "--max-new-tokens" in words
+    )
+    if longest > block_size:
+        note = re.search(r"runs/llama's context is (\d+)\s+#?\s*tokens", README)
+        assert note and int(note.group(1)) == block_size, f"runs/llama's context is {block_size} tokens"
+
+
 def test_the_quoted_run_summaries_have_the_fields_train_prints():
     result = SimpleNamespace(
         run_dir="runs/demo",
@@ -121,6 +137,21 @@ def test_make_demo_installs_matplotlib_for_the_loss_plot(tmp_path):
         line for line in make_dry_run("demo", tmp_path).splitlines() if "pip install" in line and " -e " in line
     ]
     assert installs and any("plot" in line for line in installs), installs
+
+
+def test_make_demo_passes_demo_args_on(tmp_path):
+    # a second `make demo` is refused ("runs/demo already holds a run; ... pass --resume, or choose another --out"),
+    # and make had no way to pass either flag: the README's `make demo DEMO_ARGS=...` reaches the demo verb
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    out = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "demo", f"VENV={tmp_path / 'venv'}", "DEMO_ARGS=--out runs/demo2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert any(line.endswith("neurallayers demo --out runs/demo2") for line in out.splitlines()), out
+    assert 'make demo DEMO_ARGS="--out runs/demo2"' in README
 
 
 def test_make_bench_runs_every_benchmark_but_finetune(tmp_path):

@@ -62,6 +62,37 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
             nn.init.zeros_(p)
 
 
+def reset_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """`model`'s parameters and computed tables set again as a fresh build sets them, in place: each module's own
+    reset (norms to 1, the position tables recomputed), then init_weights. Modules with a config are models (the
+    encoder inside a head model), reset here as part of the whole."""
+    for module in model.modules():
+        if module is not model and hasattr(module, "reset_parameters") and not hasattr(module, "config"):
+            module.reset_parameters()
+    init_weights(model, cfg)
+
+
+def materialize_tables(model: nn.Module, device: torch.device) -> None:
+    """Position tables still on the meta device computed on `device`: load_state_dict(assign=True) into a model built
+    on meta puts the loaded tensors in place, and leaves the buffers outside the state dict meta (forward then failed
+    with torch's "Tensor on device meta is not on the expected device")."""
+    if device.type == "meta":  # nothing loaded there yet (strict=False, a partial state dict)
+        return
+    for module in model.modules():
+        if isinstance(module, (FixedTable, RotaryEmbedding)) and any(b.is_meta for b in module.buffers(recurse=False)):
+            module.to_empty(device=device)  # computes them (FixedTable._apply)
+
+
+def _after_load(model: DecoderLM, incompatible_keys) -> None:
+    """load_state_dict(assign=True) gives lm_head a Parameter of its own: tied weights came apart (a second copy that
+    trained apart from the embedding, and a model one vocab x n_embd matrix larger). A head swapped for another
+    module (a quantized one, say) is left alone."""
+    head = model.lm_head
+    if model.config.tie_embeddings and isinstance(head, nn.Linear) and head.weight is not model.wte.weight:
+        model.lm_head.weight = model.wte.weight
+    materialize_tables(model, model.wte.weight.device)
+
+
 class DecoderLM(nn.Module):
     """Causal LM: embeddings -> blocks -> final norm (unless config.final_norm is False) -> lm_head (tied to the
     embedding when configured)."""
@@ -91,6 +122,14 @@ class DecoderLM(nn.Module):
         init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        self.register_load_state_dict_post_hook(_after_load)
+
+    def reset_parameters(self) -> None:
+        """Every weight initialised again and the position tables recomputed, in place: for a model built on the meta
+        device to train from scratch (FSDP2's recipe: build under torch.device("meta"), fully_shard, to_empty, then
+        this). Loading weights after to_empty needs no reset: to_empty computes the tables, load_state_dict fills
+        the rest."""
+        reset_weights(self, self.config)
 
     # ----- helpers -----
     def num_params(self, *, exclude_embeddings: bool = False) -> int:

@@ -23,6 +23,8 @@ from neurallayers.models.decoder import (
     check_mask_values,
     check_position_ids,
     init_weights,
+    materialize_tables,
+    reset_weights,
 )
 from neurallayers.nn import RotaryEmbedding, build_norm, sinusoidal_table
 from neurallayers.nn.positions import FixedTable, rope_dtype
@@ -69,9 +71,18 @@ class EncoderModel(nn.Module):
         self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.pooler and pooler else None
         self.gradient_checkpointing = False
         init_weights(self, cfg)
-        if cfg.pad_token_id is not None:
+        self.zero_padding()
+        self.register_load_state_dict_post_hook(_after_load)
+
+    def zero_padding(self) -> None:
+        if self.config.pad_token_id is not None:
             with torch.no_grad():
-                self.wte.weight[cfg.pad_token_id].zero_()  # as BERT initialises it; padding_idx keeps it there
+                self.wte.weight[self.config.pad_token_id].zero_()  # as BERT initialises it; padding_idx keeps it there
+
+    def reset_parameters(self) -> None:
+        """Every weight initialised again and the position tables recomputed, in place (see DecoderLM's)."""
+        reset_weights(self, self.config)
+        self.zero_padding()
 
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
@@ -135,6 +146,11 @@ class EncoderModel(nn.Module):
         return EncoderOutput(hidden=x, pooled=pooled, attentions=attentions)
 
 
+def _after_load(model: EncoderModel, incompatible_keys) -> None:
+    """load_state_dict(assign=True) into a model built on meta leaves the position tables there."""
+    materialize_tables(model, model.wte.weight.device)
+
+
 class MaskedLMHead(nn.Module):
     """BERT's prediction head: dense -> GELU -> LayerNorm, then the vocabulary projection plus a bias.
     The projection is the word embedding itself when tied (no `decoder` weight of its own then)."""
@@ -167,6 +183,11 @@ class _HeadModel(nn.Module):
     @gradient_checkpointing.setter
     def gradient_checkpointing(self, on: bool) -> None:
         self.encoder.gradient_checkpointing = on
+
+    def reset_parameters(self) -> None:
+        """Every weight, the head's too, initialised again (see DecoderLM.reset_parameters)."""
+        reset_weights(self, self.config)
+        self.encoder.zero_padding()
 
 
 class EncoderForMaskedLM(_HeadModel):

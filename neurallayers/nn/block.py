@@ -11,7 +11,12 @@ class LayerScale(nn.Module):
 
     def __init__(self, dim: int, init: float) -> None:
         super().__init__()
+        self.init = init
         self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def reset_parameters(self) -> None:
+        """As built (FSDP's per-module reset after to_empty calls this: the meta device holds no values)."""
+        nn.init.constant_(self.gamma, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma

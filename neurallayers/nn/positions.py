@@ -30,20 +30,34 @@ def rope_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
+def stale(table: torch.Tensor, was_meta: bool) -> bool:
+    """Whether a computed buffer must be computed again after a move (`Module._apply`): a cast rounded it, or
+    `to_empty` took it off the meta device as uninitialised memory, which no load_state_dict fills (it is outside the
+    state dict): a model built on meta, moved with to_empty and loaded gave wrong logits (ALiBi 3e-2 off, sinusoidal
+    NaN), silently."""
+    return table.dtype != torch.float32 or (was_meta and not table.is_meta)
+
+
 class FixedTable(nn.Module):
     """A table computed, not learned (the sinusoidal positions, the ALiBi slopes): `table`, a buffer outside the state
     dict. It stays float32, as RotaryEmbedding's rates do: model.to(torch.bfloat16) rounded it to 8 bits of mantissa,
-    and a model cast back (or loaded with float32 weights again) kept the rounded table: sinusoidal logits 3e-3 off."""
+    and a model cast back (or loaded with float32 weights again) kept the rounded table: sinusoidal logits 3e-3 off.
+    It is computed again when `to_empty` moves it off the meta device, and by `reset_parameters`."""
 
     def __init__(self, make: Callable[[], torch.Tensor]) -> None:
         super().__init__()
         self.make = make  # a functools.partial, so the model still pickles
         self.register_buffer("table", make(), persistent=False)
 
+    def reset_parameters(self) -> None:
+        """The table computed again where it lies (FSDP's per-module reset after to_empty calls this)."""
+        self.table = self.make().to(self.table.device)
+
     def _apply(self, fn, recurse: bool = True) -> FixedTable:
+        was_meta = self.table.is_meta
         super()._apply(fn, recurse)
-        if self.table.dtype != torch.float32:
-            self.table = self.make().to(self.table.device)
+        if stale(self.table, was_meta):
+            self.reset_parameters()
         return self
 
 
@@ -78,12 +92,18 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.theta, self.scaling, self.max_position = head_dim, theta, scaling, max_position
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
 
+    def reset_parameters(self) -> None:
+        """The rates computed again where they lie (FSDP's per-module reset after to_empty calls this)."""
+        self.inv_freq = rope_inv_freq(self.head_dim, self.theta, self.scaling).to(self.inv_freq.device)
+
     def _apply(self, fn, recurse: bool = True) -> RotaryEmbedding:
         """model.to(torch.bfloat16) casts every floating buffer: rates with 8 bits of mantissa turn position 1000 up to
-        half a radian the wrong way. They stay float32, as transformers keeps them, and follow the device only."""
+        half a radian the wrong way. They stay float32, as transformers keeps them, and follow the device only; to_empty
+        from the meta device computes them again (see `stale`)."""
+        was_meta = self.inv_freq.is_meta
         super()._apply(fn, recurse)
-        if self.inv_freq.dtype != torch.float32:
-            self.inv_freq = rope_inv_freq(self.head_dim, self.theta, self.scaling).to(self.inv_freq.device)
+        if stale(self.inv_freq, was_meta):
+            self.reset_parameters()
         return self
 
     def _dynamic_inv_freq(self, seq_len: torch.Tensor) -> torch.Tensor:

@@ -3,12 +3,13 @@ holds), the sinusoidal table is the paper's formula, ALiBi slopes equal the refe
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
-from neurallayers.nn.positions import RotaryEmbedding, alibi_slopes, apply_rotary, sinusoidal_table
+from neurallayers.nn.positions import FixedTable, RotaryEmbedding, alibi_slopes, apply_rotary, sinusoidal_table
 
 HEAD_DIM = 16
 SCALINGS = {
@@ -71,6 +72,28 @@ def test_rope_rates_stay_float32_in_a_half_precision_model(kind, dtype):
     for got, want in zip(cast(positions, dtype), rope(positions, dtype), strict=True):
         assert got.dtype == dtype
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", list(SCALINGS))
+def test_rope_rates_are_computed_when_to_empty_leaves_the_meta_device(kind):
+    """The rates are outside the state dict: to_empty left them uninitialised memory that no load filled."""
+    want = RotaryEmbedding(HEAD_DIM, scaling=SCALINGS[kind]).inv_freq
+    with torch.device("meta"):
+        rope = RotaryEmbedding(HEAD_DIM, scaling=SCALINGS[kind])
+    torch.testing.assert_close(rope.to_empty(device="cpu").inv_freq, want, rtol=0, atol=0)
+    rope.inv_freq.fill_(float("nan"))
+    rope.reset_parameters()
+    torch.testing.assert_close(rope.inv_freq, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", [functools.partial(sinusoidal_table, 40, 12), functools.partial(alibi_slopes, 6)])
+def test_fixed_table_is_computed_when_to_empty_leaves_the_meta_device(make):
+    with torch.device("meta"):
+        table = FixedTable(make)
+    torch.testing.assert_close(table.to_empty(device="cpu").table, make(), rtol=0, atol=0)
+    table.table.fill_(float("nan"))
+    table.reset_parameters()
+    torch.testing.assert_close(table.table, make(), rtol=0, atol=0)
 
 
 def test_sinusoidal_table_is_the_formula():
