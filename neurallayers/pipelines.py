@@ -9,6 +9,7 @@ A pipeline called with one string returns that string's result; called with a li
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 from abc import ABC, abstractmethod
@@ -243,6 +244,7 @@ class TextGenerationPipeline(Pipeline):
         from neurallayers.generation.generate import generate
 
         prompts = _check_texts(items, "inputs")
+        _check_generation_options(gen_kwargs)
         if "max_length" in gen_kwargs:
             raise ValueError("max_length: this pipeline counts new tokens only; give max_new_tokens instead")
         do_sample = _switch("do_sample", gen_kwargs.pop("do_sample", None))
@@ -256,6 +258,21 @@ class TextGenerationPipeline(Pipeline):
         outs = generate(self.model, self.tokenizer, prompts, gen_config)  # prompt-major, n per prompt
         return [[{"generated_text": (prompt + g.text) if return_full_text else g.text} for g in outs[i * n:(i + 1) * n]]
                 for i, prompt in enumerate(prompts)]
+
+
+def _check_generation_options(gen_kwargs: dict) -> None:
+    """An option that is neither a GenerationConfig field nor one of the pipeline's own, named with the valid ones:
+    `return_fulltext=False` was "GenerationConfig has no field 'return_fulltext'", with no hint of return_full_text."""
+    from neurallayers.generation.config import GenerationConfig
+
+    fields = [f.name for f in dataclasses.fields(GenerationConfig)]
+    own = ["return_full_text", "do_sample"]
+    for name in gen_kwargs:
+        if name not in fields and name not in own and name != "max_length":  # max_length: refused with its advice
+            hint = difflib.get_close_matches(str(name), own + fields, n=1)
+            did = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"text-generation: unknown option {name!r}{did}; options: {', '.join(own)} and "
+                             f"GenerationConfig's fields ({', '.join(fields)})")
 
 
 def _switch(name: str, value: Any) -> bool | None:

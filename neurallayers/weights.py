@@ -188,6 +188,12 @@ def torch_load_safe(path: str | os.PathLike, *, map_location: str | torch.device
 
 # ----- checking -----
 
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf in `t`; float8 tensors upcast first (torch has no isfinite for them: an fp8 weight in a folder
+    was a NotImplementedError traceback)."""
+    return bool(torch.isfinite(t if t.element_size() > 1 else t.float()).all())
+
+
 def check_state_dict(model_or_expected: nn.Module | dict[str, tuple[int, ...]], sd: dict[str, torch.Tensor], *,
                      ignore: Iterable[str] = (), finite: bool = True, source: str = "state dict") -> None:
     """Raises CheckpointError when `sd` does not fit: missing, unexpected or mis-shaped keys, NaN/Inf values.
@@ -225,7 +231,7 @@ def check_state_dict(model_or_expected: nn.Module | dict[str, tuple[int, ...]], 
     if typed:
         problems.append(_few(f"{len(typed)} not floating point", typed))
     if finite and not problems:
-        bad = sorted(k for k, v in have.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        bad = sorted(k for k, v in have.items() if v.is_floating_point() and not _finite(v))
         if bad:
             problems.append(_few(f"{len(bad)} with NaN/Inf values", bad))
     if problems:

@@ -230,6 +230,11 @@ def test_text_generation_runs_on_a_decoder():
         gen("hello", max_length=10)
     with pytest.raises(ValueError, match="do_sample=True with temperature=0"):  # it ran greedy, silently
         gen("hello", max_new_tokens=4, do_sample=True, temperature=0)
+    # a typo of the pipeline's own option was "GenerationConfig has no field 'return_fulltext'", with no hint
+    with pytest.raises(ValueError, match=r"^text-generation: unknown option 'return_fulltext' \(did you mean "
+                                         r"'return_full_text'\?\); options: return_full_text, do_sample and "
+                                         r"GenerationConfig's fields \(max_new_tokens, "):
+        gen("hello", return_fulltext=False)
 
 
 def test_text_generation_from_a_folder_samples_as_its_generation_config_says(tmp_path):

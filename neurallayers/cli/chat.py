@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", help="a system message that opens the conversation")
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step first (15-60 s): faster replies on CPU")
-    add_device_dtype(parser)
+    add_device_dtype(parser, compiles=True)
     add_sampling_arguments(parser, search=False)
 
 
@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
         from neurallayers.generation.fast import prepare_for_decode
 
         prepare_for_decode(model)
+        # the first step compiles: without a line the command sat silent for up to a minute (more on a busy machine)
+        print("neurallayers chat: the first token compiles the decode step (15-60 s; a later run reads torch's "
+              "cache)", file=sys.stderr, flush=True)
     opening = [{"role": "system", "content": args.system}] if args.system else []
     _check_opening(tokenizer, opening, model.config.block_size)
     interactive = sys.stdin.isatty()

@@ -62,11 +62,14 @@ def add_model_path(parser: argparse.ArgumentParser) -> None:
                         "all-MiniLM-L6-v2 (the bundled encoder)")
 
 
-def add_device_dtype(parser: argparse.ArgumentParser) -> None:
+def add_device_dtype(parser: argparse.ArgumentParser, *, compiles: bool = False) -> None:
+    """--device and --dtype; `compiles`: the verb has --compile, which makes bf16 fast on CPUs without bf16 dot
+    products too (the other verbs' help named a flag they lack)."""
+    unless = " unless decoded with --compile" if compiles else ""
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="weights dtype (bf16 is fast on CPUs with bf16 dot products, AVX512-BF16 or AMX; on "
-                             "other CPUs far slower than fp32 unless decoded with --compile; fp16 only on GPUs)")
+                             f"other CPUs far slower than fp32{unless}; fp16 only on GPUs)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="accept a Hugging Face folder that only has pytorch_model.bin (read with "
                         "weights_only=True; a pickle can run code: only for files you trust)")

@@ -137,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast): 15-60 s to start, "
                         "then 1.5-3x the tokens/s on CPU; pays off for long outputs (greedy and sampling)")
-    add_device_dtype(parser)
+    add_device_dtype(parser, compiles=True)
     add_sampling_arguments(parser)
 
 
@@ -160,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         from neurallayers.generation.fast import prepare_for_decode
 
         prepare_for_decode(model)
+        # the first step compiles: without a line the command sat silent for up to a minute (more on a busy machine)
+        print("neurallayers generate: the first token compiles the decode step (15-60 s; a later run reads torch's "
+              "cache)", file=sys.stderr, flush=True)
     if args.stream:
         if len(prompts) != 1 or draft is not None or amateur is not None:
             raise ValueError("--stream takes exactly one prompt and no --draft or --amateur")

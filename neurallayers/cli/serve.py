@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder that POST /reload may load models from (relative paths only); off without it")
     parser.add_argument("--model-name", type=non_empty, default=None,
                         help="the model id clients use (default: the folder's name)")
-    add_device_dtype(parser)
+    add_device_dtype(parser, compiles=True)
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast) before serving: "
                         "15-60 s to start, then 1.3-2x the decode tokens/s on CPU")

@@ -238,3 +238,13 @@ def test_eval_scores_a_checkpoint_on_its_runs_split(two_checkpoints: Path, monke
     assert [proc.returncode for proc in runs] == [0, 0], runs[1].stderr
     assert all("split: val" in proc.stdout for proc in runs)
     assert runs[0].stdout != runs[1].stdout  # step 2's weights, not the run's final ones
+
+
+@pytest.mark.parametrize("verb", ["eval", "batch", "ui", "chat", "generate", "serve"])
+def test_dtype_help_names_compile_only_where_the_verb_has_it(verb):
+    """--dtype's help said "unless decoded with --compile" in eval, batch and ui too, which have no such flag."""
+    parser = build_verb_parser(verb)[1]
+    has_compile = any("--compile" in action.option_strings for action in parser._actions)
+    (dtype,) = [action for action in parser._actions if "--dtype" in action.option_strings]
+    assert ("--compile" in dtype.help) == has_compile
+    assert has_compile == (verb in ("chat", "generate", "serve"))
