@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -26,11 +25,13 @@ def resolve_model_path(path: str | Path) -> Path:
 
 
 def folder_model_config(path: Path) -> object:
-    """The ModelConfig of a run directory (config.yaml) or a Hugging Face folder (config.json), without its weights.
+    """The ModelConfig of a run directory (config.yaml), one of its checkpoints or a Hugging Face folder (config.json),
+    without its weights.
 
     Raises:
         ValueError: a folder with neither file, or a config that does not validate.
     """
+    path = model_folder(path)  # a run's checkpoints/step-N: the run's config
     if (path / "config.yaml").is_file():
         from neurallayers.training.config import RunConfig
 
@@ -107,14 +108,22 @@ def is_checkpoint_folder(path: Path) -> bool:
     kept in a project's checkpoints/ folder beside the project's config.yaml was read as a step of a run."""
     if (path / "config.yaml").is_file() or (path / "config.json").is_file():
         return False
-    folder = path.resolve()
-    return (re.fullmatch(r"step-\d+", folder.name) is not None and folder.parent.name == "checkpoints"
-            and (folder.parent.parent / "config.yaml").is_file())
+    from neurallayers.training.checkpoint import run_checkpoint
+
+    return run_checkpoint(path) is not None
 
 
 def checkpoint_run(path: Path) -> Path:
     """The run directory of the checkpoint folder `path` (is_checkpoint_folder)."""
-    return path.resolve().parent.parent
+    from neurallayers.training.checkpoint import run_checkpoint
+
+    return run_checkpoint(path).parent.parent
+
+
+def model_folder(path: Path) -> Path:
+    """The folder holding the config and tokenizer of the model folder `path`: its run for a checkpoint folder (which
+    holds only weights and training state), else `path` itself."""
+    return checkpoint_run(path) if is_checkpoint_folder(path) else path
 
 
 def _load_checkpoint(path: Path, *, device, dtype) -> tuple[nn.Module, object]:

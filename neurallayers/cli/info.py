@@ -14,13 +14,13 @@ from neurallayers.cli.common import non_empty, positive_int
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", type=non_empty,
                         help="a preset name, a YAML config (model or run config), a run "
-                        "directory or a Hugging Face folder; none lists the presets")
+                        "directory or one of its checkpoints/step-N, or a Hugging Face folder; none lists the presets")
     parser.add_argument("--context", type=positive_int, default=None, help="sequence length (default: the model's)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="for the KV-cache figure")
 
 
 def resolve_config(target: str):
-    """ModelConfig of a preset, a YAML file, a run directory or an HF folder."""
+    """ModelConfig of a preset, a YAML file, a run directory (or one of its checkpoints) or an HF folder."""
     from neurallayers import presets
     from neurallayers.api import folder_model_config, resolve_model_path
     from neurallayers.config import ModelConfig, read_yaml_file
@@ -36,7 +36,7 @@ def resolve_config(target: str):
         if isinstance(data, dict) and data.keys() & {"model", "train", "data"}:
             from neurallayers.training.config import RunConfig
 
-            return RunConfig.from_dict(data).model
+            return _trained_model(RunConfig.from_dict(data), data.get("model"))
         return ModelConfig.from_file(path)
     if target in presets.PRESETS:
         return ModelConfig.from_name(target)
@@ -44,6 +44,23 @@ def resolve_config(target: str):
     did = f" (did you mean {hint[0]!r}?)" if hint else ""
     raise ValueError(f"{target!r} is not a preset, a .yaml file or a folder{did}; presets: "
                      f"{', '.join(presets.PRESETS)}")
+
+
+def _trained_model(run, raw_model: object) -> object:
+    """The model `train` builds from a run config: the tokenizer sets its vocab_size (prepare_data), here where that
+    is known without the corpus: a BPE's data.vocab_size, gpt2's or a tokenizer file's (the preset's 512 described
+    a 0.14 M `tiny` that trains as 3.3 M with gpt2's 50,257 tokens). A saved run's config (every model field given)
+    and a fine-tune's (its source's) already hold it; a char tokenizer's size is the corpus's."""
+    from neurallayers.training.config import _whole_model
+    from neurallayers.training.prepare import build_tokenizer
+
+    data = run.data
+    if run.train.init_from or data.tokenizer == "char" or (isinstance(raw_model, dict) and _whole_model(raw_model)):
+        return run.model
+    if data.tokenizer == "bpe":
+        return run.model.replace(vocab_size=data.vocab_size) if data.vocab_size else run.model
+    tokenizer = build_tokenizer(data, None, model_vocab=run.model.vocab_size, mask=not run.model.causal)
+    return run.model.replace(vocab_size=tokenizer.vocab_size)
 
 
 def _size(n_bytes: float) -> str:
@@ -129,6 +146,15 @@ def describe_run(folder: Path) -> str:
     return _table(rows)
 
 
+def describe_checkpoint(folder: Path) -> str:
+    """Which step of which run a `checkpoints/step-N` folder holds, and whether its save completed."""
+    from neurallayers.training.checkpoint import COMPLETE, checkpoint_step, run_checkpoint
+
+    found = run_checkpoint(folder)
+    whole = "" if (folder / COMPLETE).is_file() else f" (incomplete: no {COMPLETE} marker, its save was cut short)"
+    return _table([("checkpoint", f"step {checkpoint_step(found):,} of the run {found.parent.parent}{whole}")])
+
+
 def _logged_loss(value) -> float | None:
     """A val loss as metrics.jsonl holds it: a number, or the string "nan" / "inf" (JSON has neither) that a diverged
     run's evaluation writes; skipping those showed the last finite loss as the run's latest."""
@@ -143,7 +169,7 @@ def _logged_loss(value) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     from neurallayers import presets
-    from neurallayers.api import resolve_model_path
+    from neurallayers.api import is_checkpoint_folder, resolve_model_path
     from neurallayers.config import ModelConfig
 
     if args.target is None:
@@ -160,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
     folder = resolve_model_path(args.target)
     if (folder / "config.yaml").is_file():
         print(describe_run(folder))
+    elif is_checkpoint_folder(folder):
+        print(describe_checkpoint(folder))
     elif (folder / "config.json").is_file() and (embedding := describe_sentence_transformers(folder)):
         print(embedding)
     return 0

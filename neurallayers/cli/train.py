@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(shortcut for --data.source)")
     parser.add_argument("--init-from", type=non_empty,
                         help="fine-tune: start from the weights, model config and tokenizer of this "
-                        "run directory or Hugging Face model folder (shortcut for --train.init_from)")
+                        "run directory (or one of its checkpoints/step-N) or Hugging Face model folder "
+                        "(shortcut for --train.init_from)")
     parser.add_argument("--out", type=non_empty, help="run directory to write (default: runs/<preset or config name>)")
     parser.add_argument("--resume", nargs="?", const=True, default=False,
                         help="continue the run in --out from its newest complete checkpoint, or from the "
@@ -68,9 +69,18 @@ def build_run_config(args: argparse.Namespace, *, base: Path | None = None):
 
 def default_out(args: argparse.Namespace, run) -> Path:
     init_from = run.train.init_from
-    name = args.preset or (Path(args.config).stem if args.config else f"{Path(init_from).name}-ft" if init_from
+    name = args.preset or (Path(args.config).stem if args.config else f"{_source_name(init_from)}-ft" if init_from
                            else "run")
     return Path("runs") / name
+
+
+def _source_name(init_from: str) -> str:
+    """A fine-tune's source as a folder name: a checkpoint's is its run's and step's (`llama-step-800`; every run's
+    step-800 alone would share one name)."""
+    from neurallayers.training.checkpoint import run_checkpoint
+
+    found = run_checkpoint(init_from)
+    return f"{found.parent.parent.name}-{found.name}" if found is not None else Path(init_from).name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,11 +115,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_of(resume: str) -> Path:
-    """The run directory a `--resume PATH` names: the run itself, or the run whose checkpoints/step-N it is."""
-    path = Path(resume)
-    if path.absolute().parent.name == "checkpoints":  # absolute: `--resume step-800` typed inside checkpoints/
-        return path.absolute().parent.parent
-    return path
+    """The run directory a `--resume PATH` names: the run itself, or the run whose checkpoints/step-N it is (through a
+    symlink or `..` too: fit's resume target finds it the same way)."""
+    from neurallayers.training.checkpoint import run_checkpoint
+
+    found = run_checkpoint(resume)
+    return found.parent.parent if found is not None else Path(resume)
 
 
 def _launcher() -> str:

@@ -128,6 +128,22 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(m.group(1))
 
 
+def run_checkpoint(path: str | os.PathLike) -> Path | None:
+    """`path` spelt `RUN/checkpoints/step-N`, where it is such a folder of a run directory RUN (holding config.yaml),
+    else None. `path` may hold `..` (`../step-4` typed inside step-8) or pass through symlinks (a link to the step
+    folder, a linked run or checkpoints/ folder): each reading, as written (the run keeps the name it was given) and
+    with every link followed, counts only where it is that very folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    for folder in (Path(os.path.abspath(path)), path.resolve()):
+        if (_STEP_DIR.match(folder.name) and folder.parent.name == "checkpoints"
+                and (folder.parent.parent / "config.yaml").is_file() and folder.is_dir()
+                and os.path.samefile(folder, path)):
+            return folder
+    return None
+
+
 def set_aside(run_dir: str | os.PathLike, paths: list[Path]) -> Path:
     """Moves `paths` (checkpoints, best weights of a run) into the run's `abandoned/` folder, each under a name not
     taken there yet; returns that folder. A resume from an older checkpoint starts another history: the newer
@@ -139,7 +155,8 @@ def set_aside(run_dir: str | os.PathLike, paths: list[Path]) -> Path:
         while dest.exists():
             n += 1
             dest = folder / f"{path.stem}-{n}{path.suffix}"
-        os.replace(path, dest)
+        # a rename, or a copy where checkpoints/ is a link to another file system (os.replace: "cross-device link")
+        shutil.move(path, dest)
     return folder
 
 

@@ -59,6 +59,7 @@ class TrainConfig:
     log_interval: int = 10
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     nan_policy: NanPolicy = "skip"
+    max_consecutive_skips: int | None = 10  # skip: this many non-finite steps in a row stop the run; None: never
     seed: int = 1337
     device: Device = "auto"
     compile: bool = False
@@ -97,6 +98,8 @@ class TrainConfig:
             _require(self, "init_from", bool(self.init_from.strip()), "must be a run or model folder, or None")
         for name in ("beta1", "beta2"):
             _require(self, name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
+        if self.max_consecutive_skips is not None:
+            _require(self, "max_consecutive_skips", self.max_consecutive_skips >= 1, "must be >= 1 or None (no limit)")
         if self.early_stopping_patience is not None:
             _require(self, "early_stopping_patience", self.early_stopping_patience >= 1, "must be >= 1 or None")
         if self.max_minutes is not None:

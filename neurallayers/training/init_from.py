@@ -30,17 +30,20 @@ MAY_CHANGE_ENCODER = ("head", "pad_token_id")
 
 
 def source_path(init_from: str) -> Path:
-    """The folder `init_from` names (a bundled model's name included), checked to be a run or an HF folder."""
-    from neurallayers.api import resolve_model_path
+    """The folder `init_from` names (a bundled model's name included), checked to be a run, one of its checkpoints
+    (`run/checkpoints/step-N`: that step's weights, the run's config and tokenizer) or an HF folder. Its config and
+    tokenizer are in `api.model_folder(path)`; `api.load(path)` reads its weights."""
+    from neurallayers.api import is_checkpoint_folder, resolve_model_path
 
     path = resolve_model_path(Path(init_from).expanduser())
     if not path.is_dir():
         what = "is a file" if path.exists() else "does not exist"
-        raise FileNotFoundError(f"TrainConfig.init_from={init_from!r} {what}; give a run directory (config.yaml) "
-                                "or a Hugging Face model folder (config.json) to start from")
-    if not ((path / "config.yaml").is_file() or (path / "config.json").is_file()):
+        raise FileNotFoundError(f"TrainConfig.init_from={init_from!r} {what}; give a run directory (config.yaml), "
+                                "one of its checkpoints/step-N or a Hugging Face model folder (config.json) to start "
+                                "from")
+    if not ((path / "config.yaml").is_file() or (path / "config.json").is_file() or is_checkpoint_folder(path)):
         raise FileNotFoundError(f"TrainConfig.init_from={init_from!r}: {path} has neither config.yaml (a NeuralLayers "
-                                "run) nor config.json (a Hugging Face model)")
+                                "run) nor config.json (a Hugging Face model), nor is it a run's checkpoints/step-N")
     return path
 
 
@@ -53,9 +56,10 @@ def source_model_config(init_from: str) -> ModelConfig:
 
 def source_tokenizer(init_from: str) -> object:
     """The source's tokenizer (tokenizer.json, or vocab.json + merges.txt), read without its weights."""
+    from neurallayers.api import model_folder
     from neurallayers.interop.hf import load_tokenizer
 
-    path = source_path(init_from)
+    path = model_folder(source_path(init_from))
     tokenizer = load_tokenizer(path)
     if tokenizer is None:
         raise FileNotFoundError(f"TrainConfig.init_from={init_from!r}: {path} has no tokenizer (tokenizer.json, or "

@@ -115,7 +115,24 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
     if len(tokens.train) < need:
         raise ValueError(f"the corpus {run.data.source!r} gives only {len(tokens.train)} training tokens; "
                          f"model.block_size={run.model.block_size} needs at least {need}")
+    _warn_if_unknown(tokenizer, tokens.train, run.data.source)
     return tokenizer, tokens, run
+
+
+def _warn_if_unknown(tokenizer: object, train: object, source: str) -> None:
+    """A tokenizer that does not know the corpus's characters (a fine-tune's source or a resumed run's, trained on
+    other text; a char tokenizer above all) encodes each unknown one as its unk token, which the model then learns
+    to predict, silently. Counted on an evenly spaced sample (the pages trainer.data_digest reads too)."""
+    import numpy as np
+
+    name = tokenizer.named_tokens.get("unk_token")
+    unk = tokenizer.token_to_id(name) if name else None
+    sample = np.asarray(train[::max(1, len(train) >> 16)])
+    share = float((sample == unk).mean()) if unk is not None and len(sample) else 0.0
+    if share > 0.01:
+        log.warning("%.1f%% of the training tokens of %s are the tokenizer's unknown token %s: the run's tokenizer "
+                    "lacks characters of this corpus (a tokenizer trained on other text?), and the model learns to "
+                    "predict %s there", 100 * share, source, name, name)
 
 
 def _masked_lm_changes(run: RunConfig, tokenizer: object) -> dict:

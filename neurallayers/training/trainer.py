@@ -9,7 +9,8 @@ Decisions worth knowing:
   the step; validation masks are fixed (the EVAL stream), so evaluations compare.
 - NaN/Inf guard: a non-finite loss (or grad norm, when no GradScaler is in use) either skips the step (grads
   zeroed, no optimizer update; the step counter, data position and learning-rate schedule still advance, so a
-  skipped step is not retried on the same bad batch) or stops the run, per `nan_policy`; both are logged.
+  skipped step is not retried on the same bad batch) or stops the run, per `nan_policy`; both are logged. Skipping
+  stops too after `max_consecutive_skips` steps in a row (a diverged run would skip every step to max_steps).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,10 +168,12 @@ class _Fit:
             group["initial_lr"] = cfg.lr             # keys to match
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.step, self.best_val, self.bad_evals, self.elapsed_before = 0, None, 0, 0.0
+        self.skips_in_a_row = 0  # the NaN guard's streak (max_consecutive_skips): training state, kept by checkpoints
         self.early_stopped = False  # the session ended by early stopping (its last checkpoint says so)
         if state is not None:
             self._restore(model_sd, state, target)
         self.scheduler = self._schedule(None if state is None else state["scheduler"])
+        self.stepped_schedule = False  # by this session (_train_step)
         self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         global_batch = cfg.batch_size * info.world_size
         self.windows = RandomWindows(self.tokens.train, block_size=run.model.block_size, batch_size=global_batch,
@@ -221,6 +225,7 @@ class _Fit:
         best = float(state["best_val_loss"])
         self.best_val = None if math.isnan(best) else best
         self.bad_evals = int(state["bad_evals"])
+        self.skips_in_a_row = int(state.get("skips_in_a_row", 0))  # checkpoints from before it was recorded: none
         saved_digest = state.get("data_digest")  # checkpoints from before it was recorded: unknown
         if not self.data_changed and saved_digest not in (None, self.data_digest):
             # the same data settings, other tokens: a corpus file edited or replaced in place
@@ -476,12 +481,12 @@ class _Fit:
                 self.step += 1
                 in_step = False
                 bar.update(1)
+                self.skips_in_a_row = 0 if ok else self.skips_in_a_row + 1
                 if not ok:
-                    what = "skipped" if cfg.nan_policy == "skip" else "stopped"
-                    note = f"skipped step {self.step}" if what == "skipped" else f"stopped at step {self.step}"
+                    stops, note = self._nan_guard()
                     log.warning("non-finite loss %s / grad norm %s: %s", loss, grad_norm, note)
                     self._log({"loss": loss, "grad_norm": grad_norm, "nan_guard": note})
-                    if what == "stopped":
+                    if stops:
                         reason = "nan"
                         break
                 elif self.step % cfg.log_interval == 0 or self.step == start_step + 1:
@@ -547,6 +552,18 @@ class _Fit:
                            median_step_seconds=statistics.median(step_times) if step_times else 0.0,
                            first_step_seconds=step_times[0] if step_times else 0.0, stopped_reason=reason)
 
+    def _nan_guard(self) -> tuple[bool, str]:
+        """(stop?, the note to log) for the non-finite step just taken: it is skipped, or it stops the run (nan_policy
+        stop, or max_consecutive_skips skipped in a row: a diverged run, whose every later step would be skipped)."""
+        limit = self.cfg.max_consecutive_skips
+        if self.cfg.nan_policy == "stop":
+            return True, f"stopped at step {self.step}"
+        if limit is None or self.skips_in_a_row < limit:
+            return False, f"skipped step {self.step}"
+        return True, (f"stopped at step {self.step}: {self.skips_in_a_row} steps in a row had a non-finite loss or "
+                      f"grad norm (train.max_consecutive_skips={limit}); resume from an earlier checkpoint with a "
+                      "lower train.lr")
+
     def _train_step(self) -> tuple[float, float, bool]:
         """One optimizer step over grad_accum micro-batches: (mean loss, grad norm, finite)."""
         cfg, info = self.cfg, self.info
@@ -592,7 +609,15 @@ class _Fit:
             self.scaler.step(self.optimizer)  # with a scaler, overflowing grads skip the update by themselves
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        if self.stepped_schedule:
+            self.scheduler.step()
+        else:  # the session's first step, skipped (NaN guard, GradScaler): torch warns that the schedule loses its
+            # first rate, which it does not here (the rate is a function of the step, positioned by _schedule). Only
+            # once: a filter set every step would reset the registry that shows other warnings once
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+                self.scheduler.step()
+            self.stepped_schedule = True
         return loss_v, norm_v, ok
 
     @torch.no_grad()
@@ -634,6 +659,7 @@ class _Fit:
             "scaler": self.scaler.state_dict(),
             "best_val_loss": float("nan") if self.best_val is None else self.best_val,
             "bad_evals": self.bad_evals,
+            "skips_in_a_row": self.skips_in_a_row,
             "elapsed": self._elapsed(t0),
             "rng": ckpt.rng_state(),
             "data_position": self.step * cfg.grad_accum,  # micro-batches consumed
@@ -769,7 +795,7 @@ def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
         if target is None:
             raise FileNotFoundError(f"cannot resume: {out} has no complete checkpoint under checkpoints/")
         return target
-    target = Path(resume).absolute()  # "step-2" named inside checkpoints/: its run is two folders up, not "."
+    target = Path(resume)
     if not target.exists():
         raise FileNotFoundError(f"cannot resume: {resume} does not exist")
     if (target / "checkpoints").is_dir() and not (target / ckpt.COMPLETE).exists():
@@ -779,13 +805,19 @@ def _resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
         target = found
     if not (target / ckpt.COMPLETE).is_file():
         raise CheckpointError(f"cannot resume from {target}: not a complete checkpoint folder (no COMPLETE marker)")
-    if target.parent.parent.resolve() != out.resolve():
-        raise ValueError(f"cannot resume from {target}: it belongs to run {target.parent.parent}, not {out}")
-    if target.parent.name != "checkpoints":  # abandoned/step-N: another history, whose files are set aside
+    # its run as `train --resume` found it: through a symlink or `..` ("step-2" typed inside checkpoints/) too
+    found = ckpt.run_checkpoint(target)
+    if found is None and target.resolve().parent.name == "abandoned":  # another history, whose files are set aside
         raise ValueError(f"cannot resume from {target}: a run resumes from its checkpoints/ folder; to go back to "
-                         f"a history set aside in {target.parent}, move its step folders back into {out}/checkpoints "
-                         "(and the others out)")
-    return target
+                         f"a history set aside in {target.resolve().parent}, move its step folders back into "
+                         f"{out}/checkpoints (and the others out)")
+    if found is None:
+        raise ValueError(f"cannot resume from {target}: not a run's checkpoints/step-N folder (a run directory with "
+                         "config.yaml holds them)")
+    run = found.parent.parent
+    if not (out.is_dir() and os.path.samefile(run, out)):
+        raise ValueError(f"cannot resume from {target}: it belongs to run {run}, not {out}")
+    return out / "checkpoints" / found.name  # the run's own spelling: its step is in the name
 
 
 def _init_source(run: RunConfig) -> object:

@@ -136,6 +136,61 @@ def test_nan_loss_stops_and_logged(tmp_path, monkeypatch):
     assert guard == ["stopped at step 3"]
 
 
+def _nan_from_step(monkeypatch, first):
+    """Every training loss from step `first` (1-based) on is NaN, as after a divergence (lr 1e30, say)."""
+    import neurallayers.training.trainer as trainer
+
+    real_step, real_loss, now = trainer._Fit._train_step, trainer._loss, {}
+
+    def train_step(self):
+        now["step"] = self.step + 1
+        return real_step(self)
+
+    def loss(forward, x, y, *, masked):
+        value = real_loss(forward, x, y, masked=masked)
+        return value * float("nan") if torch.is_grad_enabled() and now["step"] >= first else value  # not eval's
+
+    monkeypatch.setattr(trainer._Fit, "_train_step", train_step)
+    monkeypatch.setattr(trainer, "_loss", loss)
+
+
+def _guard_notes(run_dir):
+    return [r["nan_guard"] for r in read_jsonl(run_dir / "metrics.jsonl") if "nan_guard" in r]
+
+
+def test_a_diverged_run_stops_after_max_consecutive_skips(tmp_path, monkeypatch):
+    """nan_policy skip skipped every step of a diverged run to max_steps and exited 0 as if it had finished."""
+    _nan_from_step(monkeypatch, 3)
+    run = tiny_run(tmp_path, max_steps=12, eval_interval=0, save_interval=0, max_consecutive_skips=3)
+    result = fit(run, tmp_path / "run", progress=False)
+    assert result.steps == 5 and result.stopped_reason == "nan"
+    assert _guard_notes(tmp_path / "run") == [
+        "skipped step 3", "skipped step 4", "stopped at step 5: 3 steps in a row had a non-finite loss or grad norm "
+        "(train.max_consecutive_skips=3); resume from an earlier checkpoint with a lower train.lr"]
+    unlimited = dataclasses.replace(run, train=dataclasses.replace(run.train, max_consecutive_skips=None))
+    assert fit(unlimited, tmp_path / "unlimited", progress=False).stopped_reason == "max_steps"
+    assert len(_guard_notes(tmp_path / "unlimited")) == 10
+
+
+def test_the_skip_streak_is_resumed_exactly(tmp_path, monkeypatch):
+    """Stopped in the middle of a streak of skipped steps, a resume goes on counting: it stops where an uninterrupted
+    run stops, not max_consecutive_skips steps later. (Its first step skipped, torch warned that the schedule had
+    lost its first rate, which it had not.)"""
+    import warnings
+
+    _nan_from_step(monkeypatch, 3)
+    run = tiny_run(tmp_path, max_steps=12, eval_interval=0, save_interval=2, max_consecutive_skips=3)
+    straight = fit(run, tmp_path / "straight", progress=False)
+    assert fit(run, tmp_path / "split", progress=False, until_step=4).stopped_reason == "until_step"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split = fit(run, tmp_path / "split", resume=True, progress=False)
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+    assert (split.steps, split.stopped_reason) == (straight.steps, straight.stopped_reason) == (5, "nan")
+    assert _guard_notes(tmp_path / "split") == _guard_notes(tmp_path / "straight")
+    assert step_losses(tmp_path / "split").keys() == step_losses(tmp_path / "straight").keys()
+
+
 def test_a_nan_validation_loss_is_never_the_best(tmp_path, monkeypatch):
     """Before, a NaN first evaluation was marked best and saved, and no later `val < nan` could replace it."""
     import neurallayers.training.trainer as trainer

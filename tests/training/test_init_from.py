@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import re
 import shutil
 
 import pytest
@@ -113,6 +114,38 @@ def test_a_resume_that_names_another_source_keeps_the_one_the_run_started_from(s
     assert f"train.init_from={other} is not used: a resume goes on from the run's own checkpoint (the run started " \
            f"from {source})" in caplog.text
     assert RunConfig.from_yaml(tmp_path / "ft/config.yaml").train.init_from == str(source)
+
+
+def test_a_fine_tune_starts_from_a_checkpoint_of_a_run(tmp_path):
+    """`--init-from RUN/checkpoints/step-N` was refused ("neither config.yaml nor config.json") though load reads such
+    a folder: that step's weights, with its run's model config and tokenizer, through a symlink too."""
+    fit(tiny_run(tmp_path, model={"dropout": 0.0}, max_steps=4, save_interval=2, eval_interval=0), tmp_path / "src",
+        progress=False)
+    step2 = tmp_path / "src/checkpoints/step-2"
+    (tmp_path / "link").symlink_to(step2)
+    run = fine_tune(tmp_path, tmp_path / "link")
+    at_step2, tokenizer = load(step2)
+    assert run.model == at_step2.config
+    fit(run, tmp_path / "ft", progress=False)
+    first = step_losses(tmp_path / "ft")[1]
+    assert first == pytest.approx(first_batch_loss(at_step2, run, tokenizer), abs=1e-5)
+    final, _ = load(tmp_path / "src")  # the run's own weights (step 4's) are not what it started from
+    assert abs(first - first_batch_loss(final, run, tokenizer)) > 1e-4
+
+
+def test_a_corpus_the_sources_tokenizer_cannot_spell_is_named(source, tmp_path, caplog):
+    """A char-level source fine-tuned on text with characters it never saw trained on <unk> for each, silently."""
+    run = fine_tune(tmp_path, source, max_steps=1)
+    with caplog.at_level(logging.WARNING, logger="neurallayers"):
+        prepare_data(run, tokenizer=Tokenizer.load(source), pretrained=True)
+    assert "unknown token" not in caplog.text  # the same letters
+    shouting = tmp_path / "shouting.txt"
+    shouting.write_text((tmp_path / "other.txt").read_text().upper())
+    run = dataclasses.replace(run, data=dataclasses.replace(run.data, source=str(shouting)))
+    with caplog.at_level(logging.WARNING, logger="neurallayers"):
+        prepare_data(run, tokenizer=Tokenizer.load(source), pretrained=True)
+    assert re.search(r"\d+\.\d% of the training tokens of \S+shouting.txt are the tokenizer's unknown token <unk>",
+                     caplog.text), caplog.text
 
 
 def test_a_fine_tune_from_a_hugging_face_folder_equals_one_from_the_run(source, tmp_path):

@@ -16,6 +16,7 @@ from neurallayers.training import DataConfig, RunConfig, TrainConfig, apply_over
         ("schedule", "cosin", "schedule"),
         ("precision", "fp8", "'bf16'"),
         ("nan_policy", "ignore", "nan_policy"),
+        ("max_consecutive_skips", 0, "must be >= 1 or None"),
         ("device", "tpu", "device"),
         ("beta2", 1.0, "beta2"),
         ("grad_clip", -0.5, "grad_clip"),

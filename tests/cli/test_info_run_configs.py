@@ -1,0 +1,36 @@
+"""`neurallayers info` on a run config: the model `train` builds from it, whose vocabulary the tokenizer sets."""
+
+from pathlib import Path
+
+import pytest
+
+from neurallayers.__main__ import main
+
+
+@pytest.mark.parametrize(("data", "vocab", "params"), [
+    ("tokenizer: gpt2", "vocab 50,257", "3,324,736"),  # train: "model.vocab_size set to 50257 from the tokenizer"
+    ("vocab_size: 2048", "vocab 2,048", ""),
+])
+def test_info_on_a_run_config_describes_the_vocabulary_train_gives_the_model(tmp_path: Path, capsys, data, vocab,
+                                                                               params):
+    """`info my.yaml` (preset tiny, gpt2 tokenizer) described the preset's 512-token model, 0.14 M parameters: train
+    builds it with the tokenizer's 50,257, 3.32 M."""
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model:\n  preset: tiny\ndata:\n  {data}\n")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert vocab in out and params in out
+
+
+def test_info_on_a_saved_runs_config_keeps_its_model(tmp_path: Path, capsys):
+    """A saved run's config.yaml holds the vocabulary the run trained with (a BPE may hold fewer tokens than its
+    data.vocab_size asked for, on a small corpus)."""
+    import yaml
+
+    from neurallayers import ModelConfig
+
+    model = ModelConfig.from_name("tiny").replace(vocab_size=300)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": model.to_dict(), "data": {"tokenizer": "bpe", "vocab_size": 1024}}))
+    assert main(["info", str(path)]) == 0
+    assert "vocab 300," in capsys.readouterr().out
