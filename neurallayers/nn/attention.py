@@ -42,7 +42,7 @@ class Attention(nn.Module):
         self.dropout = dropout
         global _FAST_CPU_BF16
         if _FAST_CPU_BF16 is None:  # here, not in forward: a compiled forward reads a plain bool
-            from neurallayers.training.runtime import cpu_has_fast_bf16
+            from neurallayers.nn.cpu import cpu_has_fast_bf16
 
             _FAST_CPU_BF16 = cpu_has_fast_bf16()
         self.q_dim, self.kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim

@@ -269,8 +269,8 @@ class _Fit:
             log.info("the checkpoint was written by %d processes and this run has %d, with the same batches of %d "
                      "sequences", saved_world, self.info.world_size, now[0])
         if self.step >= self.cfg.max_steps:
-            log.info("the run has trained %d steps, max_steps=%d: nothing to train (pass --train.max_steps N to train "
-                     "on)", self.step, self.cfg.max_steps)
+            log.info("the run has trained %d steps, max_steps=%d: nothing to train (raise max_steps to train on: "
+                     "--train.max_steps N, or demo's --max-steps N)", self.step, self.cfg.max_steps)
         elif self.cfg.early_stopping_patience and self.bad_evals >= self.cfg.early_stopping_patience:
             # a run that reached max_steps or its time budget with as many bad evaluations did not stop early
             if state.get("early_stopped", True):  # checkpoints from before it was recorded: as they said
