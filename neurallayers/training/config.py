@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from neurallayers.checks import check_types as _check_types
+from neurallayers.checks import check_types
 from neurallayers.config import NEWER_FIELDS, ModelConfig, coerce_float_strings
 
 Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
@@ -78,7 +78,7 @@ class TrainConfig:
     init_from: str | None = None
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         for name in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_interval", "keep_last"):
             _require(self, name, getattr(self, name) >= 1, "must be >= 1")
         for name in ("warmup_steps", "eval_interval", "save_interval", "sample_tokens", "seed"):
@@ -152,7 +152,7 @@ class DataConfig:
     document_bos: bool | None = None
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         _require(self, "source", bool(self.source), "must be a corpus name or path")
         _require(self, "tokenizer", bool(self.tokenizer), "must be 'bpe', 'char', 'gpt2' or a tokenizer path")
         if self.vocab_size is not None:
