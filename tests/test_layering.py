@@ -45,6 +45,6 @@ def test_the_centre_imports_nothing_from_the_edges(folder, may_use):
 
 
 def test_only_the_cli_uses_the_server():
-    users = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
-             if path.parent.name != "serve" and any(allowed(n, ("neurallayers.serve",)) for n in internal_imports(path))}
+    users = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py") if path.parent.name != "serve"
+             and any(allowed(n, ("neurallayers.serve",)) for n in internal_imports(path))}
     assert all(u.startswith("cli/") or u == "__main__.py" for u in users), sorted(users)
