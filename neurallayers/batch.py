@@ -44,6 +44,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from neurallayers.checks import is_int
 from neurallayers.config import NEWER_FIELDS
 from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizers import Tokenizer
@@ -136,7 +137,7 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"{where}: {texts[0]!r} must be a non-empty string, got {text!r}")
             rid = record.get("id", n)
-            if isinstance(rid, bool) or not isinstance(rid, str | int):
+            if not (isinstance(rid, str) or is_int(rid)):
                 raise ValueError(f"{where}: 'id' must be a string or an integer, got {rid!r}")
             # as the server reads them: null is the default, and one stop string may stand for a list of it
             params = {k: v for k, v in record.items() if k in LINE_PARAMS and v is not None}
@@ -471,7 +472,7 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
             changed (naming what changed).
     """
     input_path, output = Path(input_path), Path(output_path)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
     if output.is_dir():  # "exists ...; pass --overwrite", and --overwrite then failed with "Is a directory"
         raise ValueError(f"output {output} is a folder; name a file, e.g. {output / 'results.jsonl'}")
@@ -503,7 +504,7 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
 
         pooling = pooling or model_pooling(model)
         pooling_modes(pooling)  # checked before any work
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+        if max_length is not None and (not is_int(max_length)
                                        or not 2 <= max_length <= model.config.block_size):  # before any file
             raise ValueError(f"max_length={max_length!r}: must be in [2, {model.config.block_size}] (a whole number of "
                              "tokens, up to the model's context length)")

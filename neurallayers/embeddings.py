@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 
+from neurallayers.checks import is_int
 from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.nn.modes import eval_mode
@@ -229,7 +230,7 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         max_length: truncate longer texts to this many tokens; default the tokenizer's `model_max_length`,
             capped at the model's context length.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
     if normalize is not None and not isinstance(normalize, bool):  # "no" is truthy: it normalised
         raise ValueError(f"normalize={normalize!r}: must be True, False or None (the model's own)")

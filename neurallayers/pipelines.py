@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neurallayers.checks import is_int
 from neurallayers.data.tokenizers import MASK_TOKENS, Tokenizer
 from neurallayers.embeddings import _check_texts, check_tokenizer, embed, input_limit, tokenize_batch
 from neurallayers.nn.modes import eval_mode
@@ -39,7 +40,7 @@ class Pipeline(ABC):
         if self.heads and (cfg.causal or cfg.head not in self.heads):
             have = "a causal decoder" if cfg.causal else f"an encoder with head={cfg.head!r}"
             raise ValueError(f"{self.task} needs an encoder with config.head in {self.heads}, got {have}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
         check_tokenizer(tokenizer)
         # the caller's model keeps its mode: each call runs in eval mode (as embed and generate do), so a pipeline made

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from neurallayers.checks import is_int
 from neurallayers.files import fsync_dir, keep_mode
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
@@ -111,11 +112,10 @@ def _check_entry(path: Path, name: str, entry: object, data_size: int) -> None:
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in DTYPE_BYTES:
         raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}")
-    ok_shape = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ok_shape = isinstance(shape, list) and all(is_int(d) and d >= 0 for d in shape)
     if not ok_shape:
         raise CheckpointError(f"{path}: tensor {name!r} has a bad shape {shape!r}")
-    ok_offsets = (isinstance(offsets, list) and len(offsets) == 2
-                  and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets))
+    ok_offsets = isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)
     if not ok_offsets or not 0 <= offsets[0] <= offsets[1]:
         raise CheckpointError(f"{path}: tensor {name!r} has bad data_offsets {offsets!r}")
     if offsets[1] > data_size:

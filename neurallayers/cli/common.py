@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import errno
-import math
 import socket
 
+from neurallayers.checks import is_finite
 from neurallayers.files import WriteError
 
 
@@ -51,7 +51,7 @@ def _finite_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
+    if not is_finite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
 

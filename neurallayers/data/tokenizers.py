@@ -20,6 +20,7 @@ from pathlib import Path
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from neurallayers.checks import is_int
 from neurallayers.data.corpora import lone_surrogate
 from neurallayers.files import write_text_atomic
 
@@ -51,8 +52,7 @@ def _token_id(value) -> int:
 
 def is_id_list(value, vocab_size: int) -> bool:
     """Whether `value` is a list of int token ids in [0, vocab_size) (bools are not ids)."""
-    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size
-                                           for t in value)
+    return isinstance(value, list) and all(is_int(t) and 0 <= t < vocab_size for t in value)
 
 
 def _default_template(template) -> str | None:

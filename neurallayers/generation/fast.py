@@ -49,6 +49,7 @@ from torch import nn
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from neurallayers.checks import is_int
 from neurallayers.generation import rowdot
 from neurallayers.nn.kv_cache import KVCache
 
@@ -174,7 +175,7 @@ class DecodeStep:
             attend = input_pos + 1
         elif attend is None:
             attend = cache.max_len
-        if isinstance(attend, bool) or not isinstance(attend, int) or not 1 <= attend <= cache.max_len:
+        if not is_int(attend) or not 1 <= attend <= cache.max_len:
             raise ValueError(f"attend={attend!r}: must be an int in [1, {cache.max_len}] (the cache's positions)")
         _check_inputs(tok, cache, input_pos, attention_mask, attend)
         length = _window(attend, cache.max_len)

@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neurallayers.checks import is_int
 from neurallayers.data.tokenizers import continuation_text
 from neurallayers.generation.config import Generation, GenerationConfig, StreamEvent, TokenLogprob, valid_seed
 from neurallayers.generation.fast import decode_step_for
 from neurallayers.generation.processors import apply_processors, build_processors, check_some_token_left
+from neurallayers.generation.search import stop_ids
 from neurallayers.nn.modes import eval_mode
 
 SYNC_EVERY = 8  # without stop strings, look at the host-side "all rows done?" flag only every few steps
@@ -60,7 +62,7 @@ def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int])
     for i, ids in enumerate(input_ids):
         if not isinstance(ids, list) or not ids:
             raise ValueError(f"prompt {i} is empty: a prompt needs at least one token")
-        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        bad = [t for t in ids if not is_int(t) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
         _check_length(i, ids, block)
@@ -78,10 +80,6 @@ def _room(config: GenerationConfig, block: int, prompt_len: int, *, fed: int = 0
     """How many tokens a prompt gets: max_new_tokens, or fewer where its context fills (the last token needs no
     position, unless a method feeds it: `fed`)."""
     return min(config.max_new_tokens, block - prompt_len + 1 - fed)
-
-
-def _stop_ids(config: GenerationConfig, eos_ids: list[int]) -> list[int]:
-    return list(dict.fromkeys(([] if config.ignore_eos else eos_ids) + config.stop_token_ids))
 
 
 def _row_seed(seed: int, k: int) -> int:
@@ -208,7 +206,7 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
     # rows whose context fills before the longest budget ends: done after their own last token
     limit_t = torch.tensor(limits, device=device) if min(limits) < budget else None
     procs = build_processors(config, eos_ids=eos_ids, prompt_lens=width, pad_lens=pads if padded else None)
-    stops = torch.tensor(_stop_ids(config, eos_ids), dtype=torch.long, device=device)
+    stops = torch.tensor(stop_ids(config, eos_ids), dtype=torch.long, device=device)
     gens = None
     if not config.greedy:
         # Unseeded, every prompt draws its own seed: one shared seed would give a batch of equal prompts equal
@@ -416,15 +414,19 @@ def _apply_stop_strings(gen: Generation, tokenizer, stops: list[str], context: l
         row.push(t)
         if row.stopped:
             break
+    _finish(gen, row)
+    return gen
+
+
+def _finish(gen: Generation, row: _RowText) -> None:
+    """`gen`'s text from `row`, and where a stop string completed, its tokens cut after the one that completed it."""
     row.finish()
     gen.text = row.text
     if row.stopped:
         k = row.kept_tokens()
         gen.generated_tokens = len(row.ids)  # up to the token that completed the stop string
         gen.token_ids, gen.finish_reason = gen.token_ids[:k], "stop"
-        if gen.logprobs is not None:
-            gen.logprobs = gen.logprobs[:k]
-    return gen
+        gen.logprobs = None if gen.logprobs is None else gen.logprobs[:k]
 
 
 def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
@@ -438,7 +440,7 @@ def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
         return [tokenizer.encode(p, add_special_tokens=True) for p in prompts]  # a Llama tokenizer's bos first
     if all(isinstance(p, list) for p in prompts):
         for i, ids in enumerate(prompts):
-            odd = [t for t in ids if isinstance(t, bool) or not isinstance(t, int)]
+            odd = [t for t in ids if not is_int(t)]
             if odd:  # else "outside the vocabulary", though a numpy or torch integer may well be inside it
                 raise ValueError(f"prompt {i} holds {type(odd[0]).__name__} values, not token ids (Python ints): "
                                  f"{odd[:5]}; convert an array or tensor with .tolist()")
@@ -634,13 +636,7 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
             break
     gens = run.generations()
     for g, row in zip(gens, texts, strict=True):
-        row.finish()
-        g.text = row.text
-        if row.stopped:
-            k = row.kept_tokens()
-            g.generated_tokens = len(row.ids)  # up to the token that completed the stop string
-            g.token_ids, g.finish_reason = g.token_ids[:k], "stop"
-            g.logprobs = None if g.logprobs is None else g.logprobs[:k]
+        _finish(g, row)
     return gens
 
 

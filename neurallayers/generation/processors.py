@@ -12,18 +12,19 @@ the left of each row) and ignore those columns. Processors that count only gener
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
+from neurallayers.checks import is_finite, is_int
 from neurallayers.generation.config import GenerationConfig
 
 NEG_INF = float("-inf")
 
 
-def _check_number(name: str, value: object, ok: bool, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok:
+def _check_number(name: str, value: object, ok: Callable[[float], bool], what: str) -> None:
+    # `ok` is called only on a finite number: TemperatureWarper("0.5") raised TypeError from `"0.5" > 0`
+    if not is_finite(value) or not ok(value):
         raise ValueError(f"{name}={value!r}: {what}")
 
 
@@ -31,12 +32,12 @@ def _per_row(name: str, value: int | Sequence[int] | None) -> int | list[int]:
     """Validate an int-or-per-row-ints argument; a list whose values are all equal collapses to one int."""
     if value is None:
         return 0
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_int(value):
         if value < 0:
             raise ValueError(f"{name}={value}: must be >= 0")
         return value
     values = list(value)
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+    if not values or not all(is_int(v) and v >= 0 for v in values):
         raise ValueError(f"{name} must be an int >= 0 or a non-empty list of them (one per row), got {value!r}")
     return values[0] if len(set(values)) == 1 else values
 
@@ -65,7 +66,7 @@ class TemperatureWarper:
     """scores / temperature. Greedy decoding (temperature 0) does not use a warper at all."""
 
     def __init__(self, temperature: float) -> None:
-        _check_number("temperature", temperature, temperature > 0,
+        _check_number("temperature", temperature, lambda v: v > 0,
                       "must be a finite number > 0 (for greedy decoding use temperature=0 in GenerationConfig, "
                       "which skips the sampling warpers)")
         self.temperature = float(temperature)
@@ -92,9 +93,9 @@ class TopKWarper:
     """Keep the top_k highest scores (ties with the k-th included), set the rest to -inf."""
 
     def __init__(self, top_k: int, *, min_tokens_to_keep: int = 1) -> None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        if not is_int(top_k) or top_k < 1:
             raise ValueError(f"top_k={top_k!r}: must be an integer >= 1 (GenerationConfig.top_k=0 turns it off)")
-        if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+        if not is_int(min_tokens_to_keep) or min_tokens_to_keep < 1:
             raise ValueError(f"min_tokens_to_keep={min_tokens_to_keep!r}: must be an integer >= 1")
         self.top_k = max(top_k, min_tokens_to_keep)
 
@@ -108,8 +109,8 @@ class TopPWarper:
     """Nucleus sampling: keep the smallest set of highest-probability tokens whose mass exceeds top_p."""
 
     def __init__(self, top_p: float, *, min_tokens_to_keep: int = 1) -> None:
-        _check_number("top_p", top_p, 0 < top_p <= 1, "must be in (0, 1] (1 turns it off)")
-        if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+        _check_number("top_p", top_p, lambda v: 0 < v <= 1, "must be in (0, 1] (1 turns it off)")
+        if not is_int(min_tokens_to_keep) or min_tokens_to_keep < 1:
             raise ValueError(f"min_tokens_to_keep={min_tokens_to_keep!r}: must be an integer >= 1")
         self.top_p = float(top_p)
         self.min_tokens_to_keep = min_tokens_to_keep
@@ -128,8 +129,8 @@ class MinPWarper:
     """Keep tokens whose probability is at least min_p times the most likely token's probability."""
 
     def __init__(self, min_p: float, *, min_tokens_to_keep: int = 1) -> None:
-        _check_number("min_p", min_p, 0 <= min_p <= 1, "must be in [0, 1] (0 turns it off)")
-        if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+        _check_number("min_p", min_p, lambda v: 0 <= v <= 1, "must be in [0, 1] (0 turns it off)")
+        if not is_int(min_tokens_to_keep) or min_tokens_to_keep < 1:
             raise ValueError(f"min_tokens_to_keep={min_tokens_to_keep!r}: must be an integer >= 1")
         self.min_p = float(min_p)
         self.min_tokens_to_keep = min_tokens_to_keep
@@ -146,7 +147,7 @@ class RepetitionPenalty:
     divided by `penalty` when positive and multiplied by it when negative (once, however often it occurred)."""
 
     def __init__(self, penalty: float, *, pad_lens: int | Sequence[int] | None = None) -> None:
-        _check_number("repetition_penalty", penalty, penalty > 0, "must be a finite number > 0 (1 turns it off)")
+        _check_number("repetition_penalty", penalty, lambda v: v > 0, "must be a finite number > 0 (1 turns it off)")
         self.penalty = float(penalty)
         self.pad_lens = _per_row("pad_lens", pad_lens)
 
@@ -160,7 +161,7 @@ class PresencePenalty:
     """OpenAI presence penalty: subtract `penalty` from every token generated so far (the prompt does not count)."""
 
     def __init__(self, penalty: float, *, prompt_len: int | Sequence[int]) -> None:
-        _check_number("presence_penalty", penalty, -2 <= penalty <= 2, "must be in [-2, 2] (0 turns it off)")
+        _check_number("presence_penalty", penalty, lambda v: -2 <= v <= 2, "must be in [-2, 2] (0 turns it off)")
         self.penalty = float(penalty)
         self.prompt_len = _per_row("prompt_len", prompt_len)
 
@@ -173,7 +174,7 @@ class FrequencyPenalty:
     """OpenAI frequency penalty: subtract `penalty` times the number of times a token was generated so far."""
 
     def __init__(self, penalty: float, *, prompt_len: int | Sequence[int]) -> None:
-        _check_number("frequency_penalty", penalty, -2 <= penalty <= 2, "must be in [-2, 2] (0 turns it off)")
+        _check_number("frequency_penalty", penalty, lambda v: -2 <= v <= 2, "must be in [-2, 2] (0 turns it off)")
         self.penalty = float(penalty)
         self.prompt_len = _per_row("prompt_len", prompt_len)
 
@@ -186,7 +187,7 @@ class NoRepeatNGram:
     """Ban any token that would repeat an n-gram already present in the row (prompt included, padding ignored)."""
 
     def __init__(self, ngram_size: int, *, pad_lens: int | Sequence[int] | None = None) -> None:
-        if isinstance(ngram_size, bool) or not isinstance(ngram_size, int) or ngram_size < 1:
+        if not is_int(ngram_size) or ngram_size < 1:
             raise ValueError(f"no_repeat_ngram_size={ngram_size!r}: must be an integer >= 1 (0 in GenerationConfig "
                              "turns it off)")
         self.n = ngram_size
@@ -215,9 +216,9 @@ class LogitBias:
         if not isinstance(bias, dict) or not bias:
             raise ValueError(f"logit_bias must be a non-empty dict of token id -> number, got {bias!r}")
         for k, v in bias.items():
-            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            if not is_int(k) or k < 0:
                 raise ValueError(f"logit_bias key {k!r}: must be a token id (an integer >= 0)")
-            _check_number(f"logit_bias[{k}]", v, True, "must be a finite number")
+            _check_number(f"logit_bias[{k}]", v, lambda _: True, "must be a finite number")
         self.ids = list(bias)
         self.values = [float(v) for v in bias.values()]
 
@@ -235,13 +236,13 @@ class MinNewTokens:
     """Forbid the stop token ids (eos, stop_token_ids) until `min_new_tokens` tokens have been generated."""
 
     def __init__(self, min_new_tokens: int, *, stop_ids: Sequence[int], prompt_len: int) -> None:
-        if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or min_new_tokens < 0:
+        if not is_int(min_new_tokens) or min_new_tokens < 0:
             raise ValueError(f"min_new_tokens={min_new_tokens!r}: must be an integer >= 0")
-        if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or prompt_len < 0:
+        if not is_int(prompt_len) or prompt_len < 0:
             raise ValueError(f"prompt_len={prompt_len!r}: must be the prompt's column count (an integer >= 0); "
                              "rows of different lengths are left-padded to one width")
         ids = list(stop_ids)
-        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+        if not all(is_int(t) and t >= 0 for t in ids):
             raise ValueError(f"stop_ids must be token ids (integers >= 0), got {stop_ids!r}")
         self.min_new_tokens = min_new_tokens
         self.stop_ids = ids

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neurallayers.checks import is_int
 from neurallayers.generation import processors
 from neurallayers.generation.config import Generation, GenerationConfig, TokenLogprob
 from neurallayers.generation.processors import apply_processors
@@ -51,7 +52,7 @@ def check_request(model: nn.Module, input_ids: list[list[int]], config: Generati
     for i, ids in enumerate(input_ids):
         if not isinstance(ids, list) or not ids:
             raise ValueError(f"input_ids[{i}] must be a non-empty list of token ids")
-        bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+        bad = [t for t in ids if not is_int(t) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"input_ids[{i}] holds ids outside the vocabulary [0, {vocab}): {bad[:5]}")
     if not isinstance(eos_ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in eos_ids):

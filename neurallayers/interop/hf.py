@@ -20,6 +20,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from neurallayers.checks import is_int, is_number
 from neurallayers.config import ModelConfig
 from neurallayers.files import write_text_atomic
 from neurallayers.weights import CheckpointError, check_state_dict, read_safetensors, save_safetensors, torch_load_safe
@@ -150,7 +151,7 @@ def _generation_eos_ids(folder: Path, vocab: int, hf_cfg: dict) -> list[int] | N
     else:
         return None
     ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
-    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+    if not all(is_int(t) and t >= 0 for t in ids):
         raise ValueError(f"{path}: eos_token_id={eos!r} must be a token id or a list of them (ints >= 0)")
     if unused := [t for t in ids if t >= vocab]:
         # transformers' GPT2Config names 50256 whatever the vocab_size (a tiny reference model's folder), and its
@@ -408,8 +409,7 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, ModelConfig):
         raise ValueError(f"model must be a NeuralLayers model with a ModelConfig .config, got {type(model).__name__}")
-    if max_shard_size is not None and (isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int)
-                                       or max_shard_size < 1):
+    if max_shard_size is not None and (not is_int(max_shard_size) or max_shard_size < 1):
         raise ValueError(f"max_shard_size={max_shard_size!r}: must be a positive number of bytes or None")
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}; "
@@ -515,7 +515,7 @@ def config_number(hf: dict, key: str, default: float) -> float:
     value = hf.get(key)
     if value is None:
         return float(default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):  # an int past float's range too: float() raised OverflowError, naming no key
         raise ValueError(f"config {key}={value!r}: expected a number")
     return float(value)
 

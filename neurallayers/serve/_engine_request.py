@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from neurallayers.generation.config import GenerationConfig, StreamEvent, TokenLogprob
-from neurallayers.generation.generate import _choose, _HeldEvents, _row_seed, _RowText, _stop_ids
+from neurallayers.generation.generate import _choose, _HeldEvents, _row_seed, _RowText
 from neurallayers.generation.processors import apply_processors, build_processors
+from neurallayers.generation.search import stop_ids
 
 _ids = itertools.count(1)
 
@@ -167,7 +168,7 @@ class _Sequence:
         cfg = req.config
         self.req = req
         self.procs = build_processors(cfg, eos_ids=eos_ids, prompt_lens=req.prompt_tokens)
-        self.stops = set(_stop_ids(cfg, eos_ids))
+        self.stops = set(stop_ids(cfg, eos_ids))
         self.budget = cfg.max_new_tokens  # submit() checked that prompt + max_new_tokens fits the context
         self.gens = None
         if not cfg.greedy:

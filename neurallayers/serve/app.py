@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from neurallayers.checks import is_finite, is_int
 from neurallayers.serve.state import Limits, ModelHolder, build_served
 
 if TYPE_CHECKING:
@@ -64,9 +64,10 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
     from neurallayers.serve.middleware import GateMiddleware
 
     for name, value in (("max_concurrency", max_concurrency), ("max_queue", max_queue)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_concurrency" else 0):
+        if not is_int(value) or value < (1 if name == "max_concurrency" else 0):
             raise ValueError(f"{name}={value!r}: must be an integer >= {1 if name == 'max_concurrency' else 0}")
-    if shutdown_timeout is not None and not 0 <= shutdown_timeout < math.inf:  # read only when the server stops
+    # read only when the server stops
+    if shutdown_timeout is not None and not (is_finite(shutdown_timeout) and shutdown_timeout >= 0):
         raise ValueError(f"shutdown_timeout={shutdown_timeout!r}: must be a finite number of seconds >= 0, or None")
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key is empty: give a real key, or None to serve without one")

@@ -35,6 +35,7 @@ from collections import deque
 import torch
 from torch import nn
 
+from neurallayers.checks import is_int
 from neurallayers.generation.config import GenerationConfig, StreamEvent
 from neurallayers.generation.fast import decode_step_for
 from neurallayers.generation.generate import forward_step
@@ -72,10 +73,10 @@ class Engine:
                  max_len: int | None = None) -> None:
         block = model.config.block_size
         for name, value, low in (("max_batch", max_batch, 1), ("max_queue", max_queue, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_int(value) or value < low:
                 raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
         max_len = block if max_len is None else max_len
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or not 2 <= max_len <= block:
+        if not is_int(max_len) or not 2 <= max_len <= block:
             raise ValueError(f"max_len={max_len!r}: must be an integer in [2, {block}] (the model's block_size)")
         if tokenizer is None:
             raise ValueError("the engine needs a tokenizer to turn tokens into text")
@@ -199,7 +200,7 @@ class Engine:
         if not isinstance(prompt_ids, (list, tuple)) or not prompt_ids:
             raise ValueError("prompt_ids is empty: a prompt needs at least one token")
         vocab = self.model.config.vocab_size
-        bad = [t for t in prompt_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        bad = [t for t in prompt_ids if not is_int(t) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt_ids holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
         bias = [t for t in config.logit_bias if t >= vocab]

@@ -3,7 +3,6 @@ attention weights as heatmaps. Bad input raises ValueError with a message for th
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neurallayers.checks import is_finite, is_int
 from neurallayers.generation import GenerationConfig, stream
 
 ATTENTION_MAX_TOKENS = 64  # more makes the heatmaps unreadable (and the figure slow to draw)
@@ -29,7 +29,9 @@ def parse_stops(text: str | None) -> list[str]:
 
 
 def _number(name: str, value: Any, *, integer: bool = False) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if integer and is_int(value):  # a seed past float's range is named by its own range check
+        return value
+    if not is_finite(value):  # an int past float's range too (math.isfinite raised OverflowError)
         raise ValueError(f"{name} must be a number, got {value!r}")
     if integer:
         if value != int(value):

@@ -154,6 +154,13 @@ def test_build_order_and_greedy() -> None:
     (lambda: MinNewTokens(-1, stop_ids=[0], prompt_len=1), "min_new_tokens"),
     (lambda: MinNewTokens(1, stop_ids=[-3], prompt_len=1), "stop_ids"),
     (lambda: build_processors({"temperature": 1.0}, eos_ids=[0], prompt_lens=1), "GenerationConfig"),
+    # a string, None or an int past float's range: TypeError / OverflowError from the range check, not this error
+    (lambda: TemperatureWarper("0.5"), "temperature"),
+    (lambda: TopPWarper(None), "top_p"),
+    (lambda: MinPWarper("0"), "min_p"),
+    (lambda: RepetitionPenalty(10**400), "repetition_penalty"),
+    (lambda: PresencePenalty("1", prompt_len=1), "presence_penalty"),
+    (lambda: LogitBias({1: 10**400}), "logit_bias"),
 ])
 def test_rejects_bad_arguments(make, match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -494,6 +494,8 @@ def test_config_values_of_the_wrong_kind_are_named(name, tmp_path):
     fam = family(name)
     with pytest.raises(ValueError, match=f"config {number_key}='x': expected a number"):
         fam.config_from_hf({**hf, number_key: "x"})
+    with pytest.raises(ValueError, match=f"config {number_key}=1000+: expected a number"):  # was an OverflowError
+        fam.config_from_hf({**hf, number_key: 10**400})
     assert fam.config_from_hf({**hf, number_key: None, "initializer_range": None}) == fam.config_from_hf(hf)
     assert fam.config_from_hf({**hf, "architectures": arch}) == fam.config_from_hf({**hf, "architectures": [arch]})
     with pytest.raises(ValueError, match="config architectures=.*expected a list of class names"):

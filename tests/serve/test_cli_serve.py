@@ -21,7 +21,8 @@ def test_a_shutdown_timeout_that_is_not_a_time_is_refused_before_loading(tmp_pat
     assert code == 2 and "--shutdown-timeout" in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+# "30" was a TypeError, not this error; 10**400 was taken
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), "30", pytest.param(10**400, id="past-float")])
 def test_create_app_refuses_a_shutdown_timeout_that_is_not_a_time(value):
     from neurallayers.serve.app import create_app
 

@@ -37,6 +37,8 @@ def test_controls_become_a_generation_config():
     ({"max_new_tokens": 0}, "max_new_tokens=0: must be >= 1"),
     ({"temperature": "hot"}, "Temperature must be a number, got 'hot'"),
     ({"temperature": float("nan")}, "Temperature must be a number"),
+    ({"temperature": 10**400}, "Temperature must be a number"),  # OverflowError from math.isfinite
+    ({"seed": 10**400}, "Seed must be at most 9223372036854775807"),
     ({"top_p": 0.0}, "top_p=0.0: must be in \\(0, 1\\]"),
     ({"repetition_penalty": 0}, "repetition_penalty=0.0: must be > 0"),
     ({"stop": 5}, "Stop strings must be text"),
