@@ -111,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the {split} split has {len(arr)} tokens; a window needs {block + 1}{hint}")
     loss, count = mean_loss(model, arr, block_size=block, batch_size=args.batch_size, max_batches=args.max_batches,
                             device=next(model.parameters()).device, progress=not args.no_progress, masker=masker)
+    if not count:  # a masked LM's windows of special tokens only: the empty mean printed "loss: 0.0000" as a score
+        raise ValueError(
+            f"corpus {args.data or data.source!r} (split {split}): its windows hold only special tokens, "
+            "which a masked LM never masks: no loss to score"
+        )
     what = "masked tokens scored" if masker is not None else "tokens scored"
     print(f"corpus: {args.data or data.source}  split: {split}  {what}: {count:,}  loss: {loss:.4f}  "
           f"perplexity: {perplexity_text(loss)}")

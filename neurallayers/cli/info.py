@@ -6,6 +6,7 @@ import argparse
 import difflib
 import math
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 from neurallayers.cli.common import non_empty, positive_int
@@ -36,7 +37,7 @@ def resolve_config(target: str):
         if isinstance(data, dict) and data.keys() & {"model", "train", "data"}:
             from neurallayers.training.config import RunConfig
 
-            return _trained_model(RunConfig.from_dict(data), data.get("model"))
+            return _masked_lm(_trained_model(RunConfig.from_dict(data), data.get("model")))
         return ModelConfig.from_file(path)
     if target in presets.PRESETS:
         return ModelConfig.from_name(target)
@@ -63,12 +64,28 @@ def _trained_model(run, raw_model: object) -> object:
     return run.model.replace(vocab_size=tokenizer.vocab_size)
 
 
+def _masked_lm(cfg):
+    """An encoder trains as a masked LM (prepare_data): its head "none" becomes "mlm", with BERT's transform and
+    vocabulary projection and no pooler (bert-tiny's run config was described without the head: a sixth of its
+    forward FLOPs, and a pooler the masked LM does not have)."""
+    return cfg.replace(head="mlm") if not cfg.causal and cfg.head == "none" else cfg
+
+
 def _size(n_bytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if round(n_bytes, 1) < 1024 or unit == "TiB":  # as printed: 1023.96 KiB is "1.0 MiB", not "1024.0 KiB"
+        if n_bytes < 1023.95 or unit == "TiB":  # as printed: 1023.96 KiB is "1.0 MiB", not "1024.0 KiB"
             return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{n_bytes:.0f} B"
-        n_bytes /= 1024
+        n_bytes = _div(n_bytes, 1024)
     raise AssertionError
+
+
+def _div(n: float, scale: int) -> float | Decimal:
+    """n / scale, as a Decimal where n is past a float's range: an encoder of 10**400 layers (no KV-cache limit
+    refuses one) made `info` fail with OverflowError."""
+    try:
+        return n / scale
+    except OverflowError:
+        return Decimal(n) / scale
 
 
 def describe(cfg, *, context: int | None = None, batch_size: int = 1) -> str:
@@ -80,7 +97,7 @@ def describe(cfg, *, context: int | None = None, batch_size: int = 1) -> str:
     rows = [
         ("architecture", f"{kind}; {cfg.n_layer} layers x {cfg.n_embd} wide, {heads}, vocab {cfg.vocab_size:,}, "
                          f"context {cfg.block_size:,}"),
-        ("parameters", f"{n:,} ({n / 1e6:.2f} M); {n_body:,} without embeddings"),
+        ("parameters", f"{n:,} ({_div(n, 10**6):.2f} M); {n_body:,} without embeddings"),
         ("FLOPs per token", f"forward {_flops(cfg.flops_per_token(t))}, training "
                             f"{_flops(cfg.flops_per_token(t, training=True))} (context {t:,})"),
         ("weights", f"fp32 {_size(4 * n)}, bf16/fp16 {_size(2 * n)}"),
@@ -101,9 +118,9 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 def _flops(n: float) -> str:
     """3 significant figures in the largest unit that keeps them: "1.68 GFLOP", "4.12 MFLOP" (tiny models)."""
-    for scale, unit in ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1e3, "kFLOP")):
+    for scale, unit in ((10**12, "TFLOP"), (10**9, "GFLOP"), (10**6, "MFLOP"), (10**3, "kFLOP")):
         if n >= scale:
-            return f"{n / scale:.3g} {unit}"
+            return f"{_div(n, scale):.3g} {unit}"
     return f"{n:.3g} FLOP"
 
 
@@ -122,7 +139,7 @@ def describe_run(folder: Path) -> str:
         if isinstance(row.get("step"), int):
             steps = max(steps, row["step"])
             if (val := _logged_loss(row.get("val_loss"))) is not None:
-                vals.append((row["step"], val))
+                vals.append((row["step"], val, row.get("best")))
     checkpoints = list_checkpoints(folder)
     ckpts = [p.name for p in checkpoints]
     if checkpoints:  # the newest checkpoint's step, which a log_interval may not have logged
@@ -133,9 +150,8 @@ def describe_run(folder: Path) -> str:
     trained += "" if run_cfg.model.causal else " (masked LM)"
     if vals:
         trained += f"; val loss {vals[-1][1]:.4f} at step {vals[-1][0]:,}"
-        if finite := [sv for sv in vals if math.isfinite(sv[1])]:  # NaN is never the best (nor would min() skip it)
-            best_step, best = min(finite, key=lambda sv: sv[1])
-            trained += f", best {best:.4f} at step {best_step:,}"
+        if best := _best(vals):
+            trained += f", best {best[1]:.4f} at step {best[0]:,}"
     tokenizer = run_cfg.data.tokenizer + (f" ({run_cfg.data.vocab_size:,})" if run_cfg.data.vocab_size else "")
     rows = [("training", trained), ("checkpoints", ", ".join(ckpts) or "none")]
     init_from = run_cfg.train.init_from
@@ -144,6 +160,16 @@ def describe_run(folder: Path) -> str:
         tokenizer = "the init_from model's"
     rows.append(("data", f"{run_cfg.data.source}; tokenizer {tokenizer}"))
     return _table(rows)
+
+
+def _best(vals: list[tuple[int, float, object]]) -> tuple[int, float] | None:
+    """(step, loss) of the run's best evaluation: the last one training flagged "best". The lowest loss of the log was
+    the wrong one where a resume's evaluations scored other windows, data or masks: training starts the best over
+    and keeps the new history's best weights. A log without the flags: its lowest finite loss."""
+    if any(flag is not None for *_, flag in vals):
+        return next(((step, val) for step, val, flag in reversed(vals) if flag is True), None)
+    finite = [(step, val) for step, val, _ in vals if math.isfinite(val)]  # NaN is never the best (nor min()'s)
+    return min(finite, key=lambda sv: sv[1]) if finite else None
 
 
 def describe_checkpoint(folder: Path) -> str:

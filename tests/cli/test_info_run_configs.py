@@ -34,3 +34,24 @@ def test_info_on_a_saved_runs_config_keeps_its_model(tmp_path: Path, capsys):
     path.write_text(yaml.safe_dump({"model": model.to_dict(), "data": {"tokenizer": "bpe", "vocab_size": 1024}}))
     assert main(["info", str(path)]) == 0
     assert "vocab 300," in capsys.readouterr().out
+
+
+def test_info_on_an_encoder_run_config_describes_the_masked_lm_train_builds(tmp_path: Path, capsys):
+    """train gives an encoder its masked-LM head (prepare_data: head "none" becomes "mlm", which has no pooler): info
+    described the bare encoder with a pooler, and without the head's FLOPs (1.31 of 1.87 MFLOP here)."""
+    import torch
+
+    from neurallayers import ModelConfig
+    from neurallayers.cli.info import _flops
+    from neurallayers.models import build_model
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: bert-tiny\ndata:\n  tokenizer: bpe\n  vocab_size: 2048\n")
+    trained = ModelConfig.from_name("bert-tiny").replace(vocab_size=2048, head="mlm")
+    with torch.device("meta"):
+        model = build_model(trained)
+    n = sum(p.numel() for p in model.parameters())  # the head's projection is the word embedding: counted once
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"parameters       {n:,} (" in out and n == 743_552
+    assert f"forward {_flops(trained.flops_per_token())}, " in out
