@@ -211,7 +211,6 @@ def read_as(model: nn.Module, texts: list[str]) -> list[str]:
     return texts
 
 
-@torch.inference_mode()
 def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: str | None = None,
           normalize: bool | None = None, batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
     """Sentence embeddings (N, C), float32, on the model's device, in the order of `texts`.
@@ -250,8 +249,9 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         normalize = bool(encoder.config.extra.get("normalize", True))
     device = next(encoder.parameters()).device
     encodings = _raw(tokenizer, max_length).encode_batch(texts, add_special_tokens=True)
+    # an ordinary tensor, filled in inference mode: an inference tensor failed backward through a probe on top of it
     out = torch.empty(len(texts), width, dtype=torch.float32, device=device)
-    with eval_mode(encoder):  # no dropout, even mid-training; the model's own mode after
+    with torch.inference_mode(), eval_mode(encoder):  # no dropout, even mid-training; the model's own mode after
         _embed_batches(encoder, tokenizer, encodings, out, pooling=pooling, batch_size=batch_size)
     return F.normalize(out, dim=-1) if normalize else out
 

@@ -96,6 +96,19 @@ def test_feature_extraction_is_the_sentence_embedding():
         fe([])
 
 
+def test_embeddings_are_ordinary_tensors_a_classifier_can_train_on(wordpiece):
+    """Features for a probe trained on top: embed returned inference-mode tensors, and both backward through a head
+    ("Inference tensors cannot be saved for backward") and an in-place edit of them failed."""
+    model = tiny_bert("none")
+    for vectors in (embed(model, wordpiece, ["a cat", "a dog"]),
+                    pipeline("feature-extraction", model=(model, wordpiece))(["a cat", "a dog"])):
+        assert not vectors.is_inference() and not vectors.requires_grad
+        head = torch.nn.Linear(16, 2)
+        torch.nn.functional.cross_entropy(head(vectors), torch.tensor([0, 1])).backward()
+        assert head.weight.grad is not None
+        vectors[0] = 0.0
+
+
 def test_fill_mask_scores_are_the_model_probabilities(wordpiece):
     model = tiny_bert("mlm")
     fill = pipeline("fill-mask", model=(model, wordpiece))

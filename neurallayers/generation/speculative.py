@@ -86,10 +86,10 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
     greedy = config.greedy
     device = target.wte.weight.device
     gen = torch.Generator(device=device)
-    if config.seed is None:
-        gen.seed()
-    else:
+    if config.seed is not None:
         gen.manual_seed(config.seed)
+    elif not greedy:  # from torch's global generator, as generate() seeds a prompt: torch.manual_seed repeats it
+        gen.manual_seed(int(torch.randint(0, 2**62, ())))
     stops = stop_ids(config, eos_ids)
     prompt = input_ids[0]
     procs = build_processors(config, eos_ids, prompt_width=len(prompt), sampling=not greedy)

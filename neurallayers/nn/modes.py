@@ -12,7 +12,8 @@ from torch import nn
 def eval_mode(*models: nn.Module | None) -> Iterator[None]:
     """The models in eval mode (no dropout) inside, each back in its own mode after: sampling from or embedding with
     a model in the middle of training must neither run its dropout nor leave it off. Every submodule's own mode
-    comes back, not the top one's for all: a frozen backbone a user keeps in eval came back with its dropout on."""
+    comes back, not the top one's for all: a frozen backbone a user keeps in eval came back with its dropout on. A
+    module the caller puts in training mode meanwhile stays so."""
     models = [m for m in models if m is not None]
     modes = [(sub, sub.training) for m in models for sub in m.modules()]
     for m in models:
@@ -21,5 +22,7 @@ def eval_mode(*models: nn.Module | None) -> Iterator[None]:
         yield
     finally:
         for sub, was in modes:
-            if sub.training != was:
-                sub.training = was  # train(was) would set the submodules below too
+            # Only what eval() turned off: a stream left unread holds this until it is closed, maybe after its caller
+            # went back to training, which closing it then undid. train(was) would set the submodules below too.
+            if was and not sub.training:
+                sub.training = True

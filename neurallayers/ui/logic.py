@@ -13,6 +13,7 @@ from torch import nn
 
 from neurallayers.checks import is_finite, is_int
 from neurallayers.generation import GenerationConfig, stream
+from neurallayers.nn.modes import eval_mode
 
 ATTENTION_MAX_TOKENS = 64  # more makes the heatmaps unreadable (and the figure slow to draw)
 ALL_LAYERS = "all"
@@ -168,7 +169,8 @@ def attention_maps(model: nn.Module, tokenizer, text: str) -> tuple[list[str], t
         inputs = {k: v.to(device) for k, v in batch.items() if k != "token_type_ids" or forward.wtt is not None}
     if len(ids) > ATTENTION_MAX_TOKENS:
         raise ValueError(f"The attention view takes up to {ATTENTION_MAX_TOKENS} tokens; this text has {len(ids)}")
-    out = forward(**inputs, output_attentions=True)
+    with eval_mode(model):  # a model mid-training: its attention dropout zeroed and rescaled the weights shown
+        out = forward(**inputs, output_attentions=True)
     maps = torch.stack([a[0].float().cpu() for a in out.attentions])  # (L, H, T, T)
     labels = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
     return labels, maps

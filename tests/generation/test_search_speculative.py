@@ -189,3 +189,19 @@ def test_errors_name_the_prompt_by_its_place_in_the_call(pair):
     cfg = GenerationConfig(max_new_tokens=60, top_k=3, penalty_alpha=0.5)
     with pytest.raises(ValueError, match=r"^prompt 1 \(8 tokens\) \+ max_new_tokens \(60\) needs 68 positions"):
         contrastive_search(target, [[1, 2], [1] * 8], cfg, eos_ids=[])
+
+
+def test_unseeded_sampling_draws_from_torch_global_rng_as_plain_sampling_does(pair):
+    """Without a seed, generate() takes each prompt's seed from torch's global generator, so torch.manual_seed makes
+    a run repeatable; speculative sampling seeded itself from the OS instead (draft_model= alone unrepeatable)."""
+    target, draft = pair
+    cfg = GenerationConfig(max_new_tokens=16, temperature=1.0, num_speculative_tokens=3)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        ((got,),) = speculative_decode(target, draft, [PROMPTS[0]], cfg, eos_ids=[])
+        runs.append(got.token_ids)
+    assert runs[0] == runs[1]
+    draws = {tuple(speculative_decode(target, draft, [PROMPTS[0]], cfg, eos_ids=[])[0][0].token_ids)
+             for _ in range(4)}
+    assert len(draws) > 1  # still a fresh seed per call

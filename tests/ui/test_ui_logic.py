@@ -8,6 +8,7 @@ import torch
 from neurallayers.config import ModelConfig
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.generation import GenerationConfig, generate
+from neurallayers.models.decoder import DecoderLM
 from neurallayers.ui.logic import (
     ATTENTION_MAX_TOKENS,
     StreamRecord,
@@ -138,3 +139,17 @@ def test_a_stream_closed_by_stop_leaves_its_text_and_a_stopped_status(tiny):
     assert shown[-1][1] == "generating... 5 tokens"
     *_, (text, status) = record.follow(stream_text(model, tok, "the quick", sampling_config(**CONTROLS)))
     assert record.after_stop() is None and (record.text, record.status) == (text, status)  # it ended by itself
+
+
+def test_attention_maps_of_a_model_in_training_run_without_dropout_and_keep_its_mode():
+    """The Attention tab of a model the user is still training: the weights came back through attention dropout
+    (rows not summing to 1, different every call) and the model stayed in training mode."""
+    tok = Tokenizer.train_char(["the fox"])
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16, attn_dropout=0.5)
+    model = DecoderLM(cfg).train()
+    model.wte.eval()  # a submodule the user keeps in eval mode stays so
+    _, maps = attention_maps(model, tok, "the fox")
+    torch.testing.assert_close(maps.sum(-1), torch.ones(1, 2, 7))
+    torch.testing.assert_close(attention_maps(model, tok, "the fox")[1], maps)
+    assert model.training and not model.wte.training
