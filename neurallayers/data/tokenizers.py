@@ -14,6 +14,7 @@ import operator
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -545,7 +546,7 @@ class StreamDecoder:
         self._skipped = ({i for i, t in tokenizer.hf.get_added_tokens_decoder().items() if t.special}
                          if skip_special_tokens else set())
         self._cleans_up = tokenizer.cleans_up_spaces
-        self._byte_ids = {tokenizer.token_to_id(f"<0x{b:02X}>") for b in range(256)} - {None}
+        self._byte_ids = _byte_fallback_ids(tokenizer)
         self._reset()
 
     def _reset(self) -> None:
@@ -614,10 +615,27 @@ class StreamDecoder:
 CONTEXT_TOKENS = 5  # prompt tokens a continuation is decoded after (vLLM's incremental detokenizer reads as many)
 
 
+def _byte_fallback_ids(tokenizer: Tokenizer) -> set[int]:
+    """The ids of a byte-fallback tokenizer's byte tokens ("<0xE6>"; none for other tokenizers). Cached: 256 lookups
+    doubled the cost of continuation_text, which beam search with stop strings calls for every candidate."""
+    if tokenizer not in _BYTE_IDS:
+        _BYTE_IDS[tokenizer] = {tokenizer.token_to_id(f"<0x{b:02X}>") for b in range(256)} - {None}
+    return _BYTE_IDS[tokenizer]
+
+
+_BYTE_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _context_tail(tokenizer: Tokenizer, context: Iterable[int]) -> list[int]:
     """The prompt's last ids, less those holding the first bytes of a character the continuation may complete: its
-    text would not start with the prompt's (U+FFFD there), and a stream would drop the completed character."""
-    tail = [int(i) for i in list(context)[-CONTEXT_TOKENS:]]
+    text would not start with the prompt's (U+FFFD there), and a stream would drop the completed character. A
+    prompt's last byte-fallback tokens go too: the continuation's byte tokens would join their run, and one stray
+    byte then turned the prompt's own characters into U+FFFD, so generate() and a stream cut that text differently."""
+    context, byte_ids = [int(i) for i in context], _byte_fallback_ids(tokenizer)
+    end = len(context)
+    while end and context[end - 1] in byte_ids:
+        end -= 1
+    tail = context[max(0, end - CONTEXT_TOKENS):end]
     while tail and tokenizer.decode(tail).endswith("\ufffd"):
         tail.pop()
     return tail

@@ -371,7 +371,7 @@ class _HeldEvents:
         for that alone held every event of the stream until its end). Cleaning up only drops spaces, so the text
         and stop strings are compared without them."""
         decoder = self.row.decoder
-        if decoder.incomplete:
+        if decoder.incomplete or decoder.uncleaned.endswith(" "):  # a stop string next may take that space: " ,"
             return True
         text = decoder.uncleaned.replace(" ", "")
         stops = [s.replace(" ", "") for s in self.row.stops] if decoder.uncleaned else []

@@ -12,6 +12,7 @@ import json
 import math
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -191,7 +192,27 @@ def now() -> int:
 
 # ----- log-probabilities in the two OpenAI formats -----
 def token_text(tokenizer, token_id: int) -> str:
-    return tokenizer.decode([token_id], skip_special_tokens=False)
+    """A token's text as it reads inside a text: decoded after an anchor token ("a"), since a SentencePiece decoder
+    strips the space of a text's first token: Llama's "▁world" alone read "world", so the logprobs' tokens (and
+    chat `bytes`) of " world" lost their spaces and no longer joined into the reply."""
+    anchor = _anchor(tokenizer)
+    alone = tokenizer.decode([token_id], skip_special_tokens=False)
+    if anchor is None:
+        return alone
+    head, whole = (tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+                   for ids in ([anchor], [anchor, token_id]))
+    return whole[len(head):] if whole.startswith(head) else alone
+
+
+def _anchor(tokenizer) -> int | None:
+    """The id of a plain token "a" decodes to (None where there is none), computed once per tokenizer."""
+    if tokenizer not in _ANCHORS:
+        ids = tokenizer.encode("a")[-1:]  # "▁a", or "a" after a "▁" of its own
+        _ANCHORS[tokenizer] = ids[0] if ids and tokenizer.decode(ids, skip_special_tokens=False) == "a" else None
+    return _ANCHORS[tokenizer]
+
+
+_ANCHORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def completion_logprobs(tokenizer, lps: list[TokenLogprob], *, offset: int = 0,
@@ -282,8 +303,9 @@ def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> dict:
     tok = served.tokenizer
     out = {"tokens": [], "token_logprobs": [None], "top_logprobs": [None], "text_offset": []}
     pos = 0
-    for t in ids:
-        text = token_text(tok, t)
+    for k, t in enumerate(ids):
+        # the echoed text starts with the first token, whose space a SentencePiece decoder strips there too
+        text = token_text(tok, t) if k else tok.decode([t], skip_special_tokens=False)
         out["tokens"].append(text)
         out["text_offset"].append(pos)
         pos += len(text)

@@ -380,6 +380,23 @@ def test_a_prompt_ending_inside_a_character_streams_as_generate_decodes(root, ki
         assert all(continuation_text(tok, ids[:c], ids[c:]) == tok.decode(ids[c:]) for c in range(len(ids)))
 
 
+def test_a_stray_byte_after_a_prompts_byte_tokens_streams_as_generate_decodes(root):
+    """A prompt ending in byte-fallback tokens (an emoji: <0xF0> ... <0x82>) and a continuation starting with a stray
+    byte: the bytes joined one run, which the decoder turned into U+FFFD whole, prompt's bytes included; generate()
+    gave "\ufffd x y" and a stream (or generate with a stop string, or the server) "\ufffd\ufffd\ufffd\ufffd x y"."""
+    from neurallayers.data.tokenizers import continuation_text
+    from neurallayers.generation.generate import _RowText
+
+    tok, _ = folder("llama", root)
+    prompt = tok.encode("ab \U0001f642", add_special_tokens=False)
+    assert tok.id_to_token(prompt[-1]) == "<0x82>"
+    cont = [prompt[-1], *tok.encode(" x y", add_special_tokens=False)]
+    assert continuation_text(tok, prompt, cont) == "\ufffd x y"
+    assert "".join(streamed_after(tok, prompt, cont)) == "\ufffd x y"
+    row = _RowText(tok, ["zzz"], prompt)
+    assert "".join([row.push(i) for i in cont] + [row.finish()]) == "\ufffd x y"
+
+
 @pytest.mark.parametrize("prompt", ["the dog '", "hello ,", "don"])
 def test_a_continuation_is_cleaned_up_as_its_stream_is(root, prompt):
     """Spaces were cleaned up in the prompt and continuation together: "dog '" + " hello" became "dog'hello", which
@@ -444,6 +461,37 @@ def test_a_stream_with_stop_strings_still_streams_when_spaces_are_cleaned_up(roo
     (gen,) = generate(model, tok, ["hello"], stop=[stop], seed=1, max_new_tokens=10)
     cut = events([stop])
     assert "".join(t for _, t, _ in cut) == gen.text and [i for _, _, i in cut[:-1]] == gen.token_ids
+
+
+def test_a_space_that_cleaning_up_gives_to_a_stop_string_is_not_streamed_as_a_token(root):
+    """Tokens "the dog" + "▁" + "," with the stop string ",": cleaning up " ," drops the space, so the "▁" token
+    belongs to the stop string and generate() drops it; the stream had already sent it (its text was only a held
+    space), so the stream's tokens (and the server's streamed logprobs) had one more than generate()'s."""
+    import torch
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.generation import generate, stream
+    from neurallayers.models import build_model
+
+    tok, _ = folder("unigram", root)
+    script = tok.encode("the dog , x")
+    assert [tok.id_to_token(i) for i in script[-4:-2]] == ["▁", ","]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    forward, step = model.forward, [0]
+
+    def scripted(*args, **kwargs):  # chooses the script's tokens in turn
+        out = forward(*args, **kwargs)
+        step[0] = 0 if "input_pos" not in kwargs else step[0] + 1
+        out.logits[..., script[step[0]]] = 1e4
+        return out
+
+    model.forward = scripted
+    (gen,) = generate(model, tok, ["hello"], temperature=0, stop=[","], max_new_tokens=8)
+    events = list(stream(model, tok, "hello", temperature=0, stop=[","], max_new_tokens=8))
+    assert gen.token_ids == script[:-4] and gen.text == " the dog" and gen.finish_reason == "stop"
+    assert [e.token_id for e in events[:-1]] == gen.token_ids
+    assert "".join(e.text for e in events) == gen.text and events[-1].finish_reason == "stop"
 
 
 def test_a_stop_string_in_the_last_word_ends_a_stream_as_it_ends_generate(root):

@@ -7,15 +7,16 @@ import httpx
 import pytest
 from nl_serve_helpers import serving, write_run_dir
 
-from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.data.tokenizers import Tokenizer, continuation_text
 from neurallayers.generation import TokenLogprob
-from neurallayers.serve.streaming import chat_logprobs
+from neurallayers.serve.streaming import chat_logprobs, completion_logprobs
 
 TEXT = "日本 héllo 🙂 ok"
 
 
-def byte_fallback_tokenizer() -> Tokenizer:
-    """A SentencePiece-style BPE (Llama's): characters outside its vocabulary become <0xNN> byte tokens."""
+def byte_fallback_tokenizer(*, strip: bool = False) -> Tokenizer:
+    """A SentencePiece-style BPE (Llama's): characters outside its vocabulary become <0xNN> byte tokens. strip: its
+    decoder strips the text's first space, as Llama's does."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, normalizers
 
@@ -23,8 +24,48 @@ def byte_fallback_tokenizer() -> Tokenizer:
     vocab |= {c: len(vocab) + i for i, c in enumerate("▁helo")}
     hf = HFTokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
     hf.normalizer = normalizers.Replace(" ", "▁")
-    hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    hf.decoder = decoders.Sequence(steps + [decoders.Strip(" ", 1, 0)] * strip)
     return Tokenizer.from_hf(hf)
+
+
+def test_a_sentencepiece_tokens_keep_their_spaces():
+    """Llama's decoder strips the first space of a text, so a "▁" token decoded alone read "": the logprobs'
+    tokens of the reply " hello 日本" read "hello日本" and their `bytes` no longer joined into the reply (OpenAI's
+    contract)."""
+    tok = byte_fallback_tokenizer(strip=True)
+    prompt, ids = tok.encode("oh"), tok.encode(" hello 日本 ole")
+    reply = continuation_text(tok, prompt, ids)
+    assert reply == " hello 日本 ole"
+    lps = [TokenLogprob(token_id=t, logprob=-1.0, top=[(t, -1.0)]) for t in ids]
+    content = chat_logprobs(tok, lps)["content"]
+    assert bytes(b for e in content for b in e["bytes"]).decode("utf-8") == reply
+    assert content[0]["token"] == " "
+    assert [e["top_logprobs"][0]["token"] for e in content] == [e["token"] for e in content]
+    tokens = completion_logprobs(tok, lps)["tokens"]
+    assert "".join(tokens).replace("\ufffd", "") == reply.replace("日本", "")
+
+
+def test_echoed_sentencepiece_prompt_tokens_sit_at_their_offsets():
+    """echo with logprobs: each prompt token's text at its text_offset in the echoed prompt, whose first space the
+    decoder strips (so the first token's too); the later "▁" tokens read "" and every offset after them was off."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.models import build_model
+    from neurallayers.serve.streaming import prompt_logprobs
+
+    tok = byte_fallback_tokenizer(strip=True)
+    ids = tok.encode(" hello ole 日本")
+    text = tok.decode(ids, skip_special_tokens=False)  # the echoed prompt
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    lp = prompt_logprobs(SimpleNamespace(model=model, tokenizer=tok), ids, 1)
+    whole = [(o, t) for o, t in zip(lp["text_offset"], lp["tokens"], strict=True) if "\ufffd" not in t]
+    assert text == "hello ole 日本" and [t for _, t in whole].count(" ") == 2
+    assert all(text[o:o + len(t)] == t for o, t in whole)
 
 
 @pytest.mark.parametrize("make", [lambda: Tokenizer.train_bpe([TEXT] * 4, vocab_size=270, show_progress=False),
