@@ -21,6 +21,11 @@ from torch import nn
 
 log = logging.getLogger("neurallayers.training")
 
+# How long the other ranks wait for rank 0's own work (on_rank_zero, finish) rather than the group's timeout, which
+# is sized for a dead peer: tokenizing a corpus runs at ~600k characters/s on 2 cores (8 minutes for 300 MB), and
+# a large model's checkpoint or samples take minutes. A rank 0 that dies closes its sockets, failing the wait at once.
+RANK_ZERO_WAIT = datetime.timedelta(hours=24)
+
 
 @dataclass
 class DistInfo:
@@ -66,6 +71,7 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     if device_type == "cuda":
+        _check_gpu_count(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
         torch.cuda.set_device(local)
     if not dist.is_initialized():  # a caller's own process group is used as is
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
@@ -74,6 +80,15 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
         # again after destroying it hangs inside torch (pytorch/pytorch#74666, #55967; 2 launches in 3 here).
         atexit.register(_destroy_group)
     return DistInfo(rank=rank, world_size=world, local_rank=local, mode="fsdp" if mode == "fsdp" else "ddp")
+
+
+def _check_gpu_count(processes: int) -> None:
+    """Each process of a machine trains on the GPU of its local rank: more processes than GPUs is refused, on every
+    rank alike, before torch's "invalid device ordinal" on some of them and the others waiting for them."""
+    gpus = torch.cuda.device_count()
+    if processes > gpus:
+        raise ValueError(f"TrainConfig.device: torchrun started {processes} processes on this machine, which has "
+                         f"{gpus} CUDA device(s), one a process; use --nproc_per_node {gpus} (or train.device cpu)")
 
 
 def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
@@ -188,7 +203,8 @@ def _rekey(optim_sd: dict, names: list[str], *, to_names: bool) -> dict:
 
 
 def on_rank_zero(fn: Callable[[], object], info: DistInfo) -> object:
-    """fn() on rank 0 alone, the others waiting for it; its result there, None elsewhere.
+    """fn() on rank 0 alone, the others waiting for it however long it takes (up to RANK_ZERO_WAIT); its result
+    there, None elsewhere.
 
     Rank 0's error (a bad data path, a logger that cannot start, a full disk) is raised on every rank: the others
     would otherwise wait in their next collective, then fail with gloo's "Connection closed by peer" traceback (or,
@@ -201,13 +217,22 @@ def on_rank_zero(fn: Callable[[], object], info: DistInfo) -> object:
             result = fn()
         except Exception as e:
             error = e
+    if not _rank_zero_flag(error is not None):  # all went well: one small broadcast (_log's, every log line)
+        return result
     box = [_portable(error)]
     dist.broadcast_object_list(box, src=0)
-    if error is not None:
-        raise error
-    if box[0] is not None:
-        raise box[0]
-    return result
+    raise error if error is not None else box[0]
+
+
+def _rank_zero_flag(flag: bool) -> bool:
+    """Rank 0's flag on every rank, the others waiting for rank 0 up to RANK_ZERO_WAIT (a broadcast with its own
+    timeout) rather than the group's."""
+    opts = dist.BroadcastOptions()
+    opts.rootRank, opts.timeout = 0, RANK_ZERO_WAIT
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([int(flag)], device=device)
+    dist.group.WORLD.broadcast([t], opts).wait()
+    return bool(t.item())
 
 
 def _portable(error: Exception | None) -> Exception | None:
@@ -252,7 +277,8 @@ def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
 
 
 def finish(info: DistInfo) -> None:
-    """Every rank done (rank 0 may still be writing samples and the plot), then a moment for gloo's workers.
+    """Every rank done (rank 0 may still be writing samples and the plot: waited for as on_rank_zero waits), then a
+    moment for gloo's workers.
 
     A gloo worker thread frees a finished collective's tensors after the caller has already been told it is
     done, and freeing them takes the GIL. If that lands in interpreter shutdown the thread is unwound and the
@@ -260,6 +286,7 @@ def finish(info: DistInfo) -> None:
     ranks) -- seen about once in 20 two-process runs. Sleeping releases the GIL so the workers finish first.
     """
     if info.enabled:
+        _rank_zero_flag(False)
         dist.barrier()
         time.sleep(0.1)
 

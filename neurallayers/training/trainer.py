@@ -428,6 +428,9 @@ class _Fit:
             try:
                 result = self._loop(stop)
                 failed = False
+                # every rank is here: rank 0's error closing its loggers (a full disk, a tracker's server gone) ends
+                # them all, as _log's does, rather than leaving the others to die in their next collective
+                dist.on_rank_zero(lambda: self._close_loggers(False), self.info)
                 return result
             except KeyboardInterrupt:  # stopped, not failed
                 failed = False
@@ -438,9 +441,10 @@ class _Fit:
 
     def _close_loggers(self, failed: bool) -> None:
         """Closes every logger (an MLflow / W&B run ends as failed when the training raised), then raises the
-        first error a close met (a full disk under metrics.jsonl)."""
+        first error a close met (a full disk under metrics.jsonl). A second call closes nothing."""
         errors = []
-        for lg in self.loggers:
+        loggers, self.loggers = self.loggers, []
+        for lg in loggers:
             try:
                 if failed and hasattr(lg, "failed"):
                     lg.failed()
@@ -698,6 +702,11 @@ class _Fit:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
 
     def _log(self, metrics: dict) -> None:
+        """Every rank calls this at the same steps; rank 0 alone holds the loggers, and its error (a full disk under
+        metrics.jsonl) is raised on every rank, which would otherwise die in their next collective."""
+        dist.on_rank_zero(functools.partial(self._log_here, metrics), self.info)
+
+    def _log_here(self, metrics: dict) -> None:
         for lg in self.loggers:
             lg.log(metrics, self.step)
 
