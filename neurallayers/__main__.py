@@ -6,6 +6,7 @@ User mistakes (bad paths, values, names) print one line and exit 2; anything els
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import importlib
 import os
@@ -61,6 +62,13 @@ class _Parser(argparse.ArgumentParser):
         # "unrecognized arguments: -x": the empty prompts list had been taken before the options); argparse allows it
         # in a verb's parser, not in the one of verbs
         parse = self.parse_known_args if self._subparsers else self.parse_known_intermixed_args
+        args = list(sys.argv[1:] if args is None else args)
+        if "--" in args and not self._subparsers:
+            # Python 3.11's intermixed parsing drops a '--' that comes before every positional (`info -- -dir` read
+            # -dir as an option): the plain parse first, intermixed only where it leaves positionals over
+            parsed, rest = self.parse_known_args(args, copy.copy(namespace))
+            if not rest:
+                return parsed
         parsed, rest = parse(args, namespace)
         if rest:
             self.error(f"unrecognized arguments: {' '.join(rest)}{self.close_option(rest)}")

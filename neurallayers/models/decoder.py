@@ -83,6 +83,16 @@ def materialize_tables(model: nn.Module, device: torch.device) -> None:
             module.to_empty(device=device)  # computes them (FixedTable._apply)
 
 
+def _tied_from_either(model: DecoderLM, state_dict: dict, prefix: str, *args) -> None:
+    """Under a tie, a state dict that names only one of the two tied weights loads it into both (torch's own copy of
+    the dict): with assign=True a head-only one (`lm_head.weight`) was assigned to the head, which _after_load then
+    tied back to the old embedding, dropping the loaded values silently."""
+    head, wte = prefix + "lm_head.weight", prefix + "wte.weight"
+    tied = model.config.tie_embeddings and isinstance(model.lm_head, nn.Linear)  # not a quantized head (see below)
+    if tied and head in state_dict and wte not in state_dict:
+        state_dict[wte] = state_dict[head]
+
+
 def _after_load(model: DecoderLM, incompatible_keys) -> None:
     """load_state_dict(assign=True) gives lm_head a Parameter of its own: tied weights came apart (a second copy that
     trained apart from the embedding, and a model one vocab x n_embd matrix larger). A head swapped for another
@@ -122,6 +132,7 @@ class DecoderLM(nn.Module):
         init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        self.register_load_state_dict_pre_hook(_tied_from_either)
         self.register_load_state_dict_post_hook(_after_load)
 
     def reset_parameters(self) -> None:

@@ -154,6 +154,18 @@ def test_a_prompt_after_options_and_a_double_dash_is_a_prompt(two_checkpoints: P
     assert proc.stdout.startswith("-To be")
 
 
+def test_a_double_dash_before_every_positional_still_separates():
+    """`info -- -dir` and `serve -- -dir` (a path that starts with '-') worked before positionals were read after
+    options, then Python 3.11's intermixed parsing dropped the '--': "unrecognized arguments: -dir", or "the
+    following arguments are required: path"."""
+    assert build_verb_parser("info")[1].parse_args(["--", "-dir"]).target == "-dir"
+    assert build_verb_parser("serve")[1].parse_args(["--", "-dir"]).path == "-dir"
+    args = build_verb_parser("generate")[1].parse_args(["--max-new-tokens", "2", "--", "-dir", "-x"])
+    assert (args.path, args.prompts, args.max_new_tokens) == ("-dir", ["-x"], 2)
+    args = build_verb_parser("convert")[1].parse_args(["--", "-a", "b"])
+    assert (args.src, args.dst) == ("-a", "b")
+
+
 def test_a_closed_stdin_reads_as_empty(two_checkpoints: Path, tmp_path: Path):
     """With stdin closed (`<&-`), `generate RUN` (no prompt: it reads one from stdin) and `chat` ended in
     "AttributeError: 'NoneType' object has no attribute 'read'" ('isatty' for chat); now as `< /dev/null`."""

@@ -44,6 +44,18 @@ def test_assign_load_into_a_meta_model_gives_the_built_logits(name):
     assert net.num_params() == ref.num_params()
 
 
+@pytest.mark.parametrize("assign", [False, True])
+def test_a_head_only_state_dict_loads_into_both_tied_weights(assign):
+    """Tied weights saved under the head's name alone: with assign=True the head took the loaded tensor, then the
+    post-load hook tied it back to the old embedding, dropping the loaded values silently."""
+    net = build_model(config("gpt2"))
+    head = torch.randn_like(net.lm_head.weight)
+    result = net.load_state_dict({"lm_head.weight": head}, strict=False, assign=assign)
+    assert net.lm_head.weight is net.wte.weight
+    torch.testing.assert_close(net.wte.weight, head, rtol=0, atol=0)
+    assert "wte.weight" not in result.missing_keys
+
+
 @pytest.mark.parametrize("position", ["sinusoidal", "rope"])
 def test_encoder_from_meta_gives_the_built_logits(position):
     cfg = ModelConfig.resolve({**ENCODER, "position": position, "head": "mlm"})
