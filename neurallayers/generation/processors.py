@@ -22,6 +22,11 @@ from neurallayers.generation.config import GenerationConfig
 NEG_INF = float("-inf")
 
 
+def _check_min_keep(value: object) -> None:
+    if not is_int(value) or value < 1:
+        raise ValueError(f"min_tokens_to_keep={value!r}: must be an integer >= 1")
+
+
 def _check_number(name: str, value: object, ok: Callable[[float], bool], what: str) -> None:
     # `ok` is called only on a finite number: TemperatureWarper("0.5") raised TypeError from `"0.5" > 0`
     if not is_finite(value) or not ok(value):
@@ -95,8 +100,7 @@ class TopKWarper:
     def __init__(self, top_k: int, *, min_tokens_to_keep: int = 1) -> None:
         if not is_int(top_k) or top_k < 1:
             raise ValueError(f"top_k={top_k!r}: must be an integer >= 1 (GenerationConfig.top_k=0 turns it off)")
-        if not is_int(min_tokens_to_keep) or min_tokens_to_keep < 1:
-            raise ValueError(f"min_tokens_to_keep={min_tokens_to_keep!r}: must be an integer >= 1")
+        _check_min_keep(min_tokens_to_keep)
         self.top_k = max(top_k, min_tokens_to_keep)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -110,8 +114,7 @@ class TopPWarper:
 
     def __init__(self, top_p: float, *, min_tokens_to_keep: int = 1) -> None:
         _check_number("top_p", top_p, lambda v: 0 < v <= 1, "must be in (0, 1] (1 turns it off)")
-        if not is_int(min_tokens_to_keep) or min_tokens_to_keep < 1:
-            raise ValueError(f"min_tokens_to_keep={min_tokens_to_keep!r}: must be an integer >= 1")
+        _check_min_keep(min_tokens_to_keep)
         self.top_p = float(top_p)
         self.min_tokens_to_keep = min_tokens_to_keep
 
@@ -130,8 +133,7 @@ class MinPWarper:
 
     def __init__(self, min_p: float, *, min_tokens_to_keep: int = 1) -> None:
         _check_number("min_p", min_p, lambda v: 0 <= v <= 1, "must be in [0, 1] (0 turns it off)")
-        if not is_int(min_tokens_to_keep) or min_tokens_to_keep < 1:
-            raise ValueError(f"min_tokens_to_keep={min_tokens_to_keep!r}: must be an integer >= 1")
+        _check_min_keep(min_tokens_to_keep)
         self.min_p = float(min_p)
         self.min_tokens_to_keep = min_tokens_to_keep
 

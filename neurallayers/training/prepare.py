@@ -119,15 +119,20 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
     return tokenizer, tokens, run
 
 
+def token_sample(split: object) -> object:
+    """About 65k evenly spaced tokens of `split` (a view of a memmap: a bounded read however large the corpus)."""
+    return split[::max(1, len(split) >> 16)]
+
+
 def _warn_if_unknown(tokenizer: object, train: object, source: str) -> None:
     """A tokenizer that does not know the corpus's characters (a fine-tune's source or a resumed run's, trained on
     other text; a char tokenizer above all) encodes each unknown one as its unk token, which the model then learns
-    to predict, silently. Counted on an evenly spaced sample (the pages trainer.data_digest reads too)."""
+    to predict, silently. Counted on `token_sample`, the tokens trainer.data_digest reads too."""
     import numpy as np
 
     name = tokenizer.named_tokens.get("unk_token")
     unk = tokenizer.token_to_id(name) if name else None
-    sample = np.asarray(train[::max(1, len(train) >> 16)])
+    sample = np.asarray(token_sample(train))
     share = float((sample == unk).mean()) if unk is not None and len(sample) else 0.0
     if share > 0.01:
         log.warning("%.1f%% of the training tokens of %s are the tokenizer's unknown token %s: the run's tokenizer "

@@ -372,10 +372,12 @@ class _Fit:
     def data_digest(self) -> str:
         """A hash of the token counts and an evenly spaced sample of the train and val tokens (a bounded read
         however large the corpus): an insertion shifts every later sample, so an edited file changes it."""
+        from neurallayers.training.prepare import token_sample
+
         h = hashlib.sha256()
         for split in (self.tokens.train, self.tokens.val):
             h.update(f"{len(split)} {split.dtype.str}\0".encode())
-            h.update(np.ascontiguousarray(split[::max(1, len(split) >> 16)]).tobytes())
+            h.update(np.ascontiguousarray(token_sample(split)).tobytes())
         return h.hexdigest()[:16]
 
     def _schedule(self, saved: dict | None) -> torch.optim.lr_scheduler.LambdaLR:
