@@ -1,8 +1,10 @@
+import contextlib
 import functools
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,19 +175,27 @@ prepare_tokens(TextCorpus([sys.argv[2]]), tok, sys.argv[1], show_progress=False)
 """
 
 
+@contextlib.contextmanager
+def building_killed_after(cache: Path, text: str):
+    """A process building the token cache of `text` in `cache`, stuck mid-build for the with block, then killed as
+    `kill -9` or a lost machine would: no cleanup of its own runs."""
+    child = subprocess.Popen([sys.executable, "-c", _BUILDER, str(cache), text], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "building\n"
+        yield
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+
 @pytest.mark.skipif(os.name != "posix", reason="kills a process with SIGKILL")
 def test_killed_build_leaves_no_temporary_folder(tmp_path):
     text = "docb\n" * 10
-    child = subprocess.Popen([sys.executable, "-c", _BUILDER, str(tmp_path), text], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline() == "building\n"
+    with building_killed_after(tmp_path, text):
         # Another build of the same cache finishes meanwhile; it leaves the live builder's folder alone.
         data = prepare_tokens(TextCorpus([text]), Tokenizer.train_char([text]), tmp_path, show_progress=False)
         assert len([p for p in tmp_path.iterdir() if p.name.startswith(f".{data.path.name}.tmp-")]) == 1
-    finally:
-        child.kill()  # as `kill -9` or a lost machine: no cleanup runs
-        child.wait()
-        child.stdout.close()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     again = prepare_tokens(TextCorpus([text]), Tokenizer.train_char([text]), tmp_path, show_progress=False)
     assert again.cached and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -249,13 +259,8 @@ def test_a_killed_build_is_removed_when_the_corpus_changed_since(tmp_path):
     # Only the folders of the key being built were cleaned: a build killed (OOM, kill -9) before the user edited the
     # corpus or changed the tokenizer left its gigabytes of all.bin for good.
     text = "docb\n" * 10
-    child = subprocess.Popen([sys.executable, "-c", _BUILDER, str(tmp_path), text], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline() == "building\n"
-    finally:
-        child.kill()
-        child.wait()
-        child.stdout.close()
+    with building_killed_after(tmp_path, text):
+        pass
     (dead,) = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     (tmp_path / ".notes.tmp-1").mkdir()  # a hidden folder of another tool's, named alike: not ours to remove
     edited = "docb\nedited\n" * 10
