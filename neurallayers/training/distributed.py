@@ -217,22 +217,18 @@ def on_rank_zero(fn: Callable[[], object], info: DistInfo) -> object:
             result = fn()
         except Exception as e:
             error = e
-    if not _rank_zero_flag(error is not None):  # all went well: one small broadcast (_log's, every log line)
+    if not _rank_zero_flag(error is not None, info):  # all went well: one small broadcast (_log's, every log line)
         return result
     box = [_portable(error)]
     dist.broadcast_object_list(box, src=0)
     raise error if error is not None else box[0]
 
 
-def _rank_zero_flag(flag: bool) -> bool:
-    """Rank 0's flag on every rank, the others waiting for rank 0 up to RANK_ZERO_WAIT (a broadcast with its own
-    timeout) rather than the group's."""
-    opts = dist.BroadcastOptions()
-    opts.rootRank, opts.timeout = 0, RANK_ZERO_WAIT
+def _rank_zero_flag(flag: bool, info: DistInfo) -> bool:
+    """Rank 0's flag on every rank, the others waiting for rank 0 up to RANK_ZERO_WAIT rather than the group's
+    timeout."""
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    t = torch.tensor([int(flag)], device=device)
-    dist.group.WORLD.broadcast([t], opts).wait()
-    return bool(t.item())
+    return broadcast_flag(flag, info, device, wait=RANK_ZERO_WAIT)
 
 
 def _portable(error: Exception | None) -> Exception | None:
@@ -258,12 +254,19 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """Rank 0's decision, shared with every rank (so all ranks leave a loop together)."""
+def broadcast_flag(flag: bool, info: DistInfo, device: torch.device | None, *,
+                   wait: datetime.timedelta | None = None) -> bool:
+    """Rank 0's decision, shared with every rank (so all ranks leave a loop together). `wait`: how long the others
+    wait for rank 0 (a broadcast with its own timeout) instead of the group's timeout, sized for a dead peer."""
     if not info.enabled:
         return flag
     t = torch.tensor([int(flag)], device=device)
-    dist.broadcast(t, src=0)
+    if wait is None:
+        dist.broadcast(t, src=0)
+    else:
+        opts = dist.BroadcastOptions()
+        opts.rootRank, opts.timeout = 0, wait
+        dist.group.WORLD.broadcast([t], opts).wait()
     return bool(t.item())
 
 
@@ -286,7 +289,7 @@ def finish(info: DistInfo) -> None:
     ranks) -- seen about once in 20 two-process runs. Sleeping releases the GIL so the workers finish first.
     """
     if info.enabled:
-        _rank_zero_flag(False)
+        _rank_zero_flag(False, info)
         dist.barrier()
         time.sleep(0.1)
 
