@@ -106,11 +106,16 @@ def is_checkpoint_folder(path: Path) -> bool:
     """A run's `checkpoints/step-N` folder, found through a symlink or `..` too (`step-800` typed inside
     checkpoints/). A model folder of its own (config.yaml or config.json) is none, wherever it sits: an HF export
     kept in a project's checkpoints/ folder beside the project's config.yaml was read as a step of a run."""
+    return _checkpoint_of(path) is not None
+
+
+def _checkpoint_of(path: Path) -> Path | None:
+    """The checkpoint folder `path` is (see is_checkpoint_folder), or None."""
     if (path / "config.yaml").is_file() or (path / "config.json").is_file():
-        return False
+        return None
     from neurallayers.training.checkpoint import run_checkpoint
 
-    return run_checkpoint(path) is not None
+    return run_checkpoint(path)
 
 
 def checkpoint_run(path: Path) -> Path:
@@ -123,7 +128,8 @@ def checkpoint_run(path: Path) -> Path:
 def model_folder(path: Path) -> Path:
     """The folder holding the config and tokenizer of the model folder `path`: its run for a checkpoint folder (which
     holds only weights and training state), else `path` itself."""
-    return checkpoint_run(path) if is_checkpoint_folder(path) else path
+    found = _checkpoint_of(path)  # once: each reading resolves the path and compares folders
+    return path if found is None else found.parent.parent
 
 
 def _load_checkpoint(path: Path, *, device, dtype) -> tuple[nn.Module, object]:
