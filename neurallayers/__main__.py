@@ -63,13 +63,16 @@ class _Parser(argparse.ArgumentParser):
         # in a verb's parser, not in the one of verbs
         parse = self.parse_known_args if self._subparsers else self.parse_known_intermixed_args
         args = list(sys.argv[1:] if args is None else args)
+        plain_rest = []
         if "--" in args and not self._subparsers:
             # Python 3.11's intermixed parsing drops a '--' that comes before every positional (`info -- -dir` read
             # -dir as an option): the plain parse first, intermixed only where it leaves positionals over
-            parsed, rest = self.parse_known_args(args, copy.copy(namespace))
-            if not rest:
+            parsed, plain_rest = self.parse_known_args(args, copy.copy(namespace))
+            if not plain_rest:
                 return parsed
         parsed, rest = parse(args, namespace)
+        if plain_rest and _separator_lost(args, rest):
+            rest = plain_rest  # the plain parse read the positionals after '--' right: its leftovers are the extras
         if rest:
             self.error(f"unrecognized arguments: {' '.join(rest)}{self.close_option(rest)}")
         return parsed
@@ -100,6 +103,14 @@ class _Parser(argparse.ArgumentParser):
             if hint:
                 return f" (did you mean {' or '.join(f'--{h}' for h in hint)}?)"
         return ""
+
+
+def _separator_lost(args: list[str], rest: list[str]) -> bool:
+    """Whether the intermixed parse dropped the '--' of `args`: it left over an option-like argument written only after
+    it, where nothing is an option (`info -- -dir extra` named -dir, not extra, as unrecognized)."""
+    cut = args.index("--")
+    after = set(args[cut + 1:]) - set(args[:cut])
+    return any(arg.startswith("-") and arg in after for arg in rest)
 
 
 def _config_field(name: str) -> bool:

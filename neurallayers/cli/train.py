@@ -119,6 +119,8 @@ def _run_of(resume: str) -> Path:
     symlink or `..` too: fit's resume target finds it the same way)."""
     from neurallayers.training.checkpoint import run_checkpoint
 
+    if not Path(resume).exists():  # a mistyped step: read as a run of its own, it "held no run (no config.yaml)"
+        raise FileNotFoundError(f"cannot resume: {resume} does not exist")
     found = run_checkpoint(resume)
     return found.parent.parent if found is not None else Path(resume)
 

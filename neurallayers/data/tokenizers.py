@@ -626,6 +626,18 @@ def _byte_fallback_ids(tokenizer: Tokenizer) -> set[int]:
 _BYTE_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def anchor_id(tokenizer: Tokenizer) -> int | None:
+    """The id of a plain token that decodes to "a" (None where there is none), computed once per tokenizer: decoded
+    after it, a SentencePiece token keeps the space its decoder strips from a text's first token."""
+    if tokenizer not in _ANCHORS:
+        ids = tokenizer.encode("a")[-1:]  # "▁a", or "a" after a "▁" of its own
+        _ANCHORS[tokenizer] = ids[0] if ids and tokenizer.decode(ids, skip_special_tokens=False) == "a" else None
+    return _ANCHORS[tokenizer]
+
+
+_ANCHORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _context_tail(tokenizer: Tokenizer, context: Iterable[int]) -> list[int]:
     """The prompt's last ids, less those holding the first bytes of a character the continuation may complete: its
     text would not start with the prompt's (U+FFFD there), and a stream would drop the completed character. A
@@ -638,6 +650,10 @@ def _context_tail(tokenizer: Tokenizer, context: Iterable[int]) -> list[int]:
     tail = context[max(0, end - CONTEXT_TOKENS):end]
     while tail and tokenizer.decode(tail).endswith("\ufffd"):
         tail.pop()
+    if end < len(context) and not tokenizer.decode(tail) and (anchor := anchor_id(tokenizer)) is not None:
+        # the bytes were the prompt's only text: a continuation decoded after nothing lost its first space ("🙂" then
+        # "▁x" read "x"); after a plain token in their place it reads " x", as after the bytes themselves
+        tail.append(anchor)
     return tail
 
 

@@ -94,14 +94,27 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         if to == "hf":
             _keep_special_ids(src, tmp)
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            _fill(target, tmp)
+        else:
+            os.replace(tmp, target)
     except OSError as e:  # a full disk or a read-only one: one line, not a traceback from inside the writers
         why = os.strerror(e.errno) if e.errno else str(e)
         raise WriteError(e.errno, f"could not write {dst}: {why}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
+
+
+def _fill(folder: Path, tmp: Path) -> None:
+    """`folder`'s entries replaced by those of `tmp`, the folder itself kept: replaced by another folder, `convert SRC
+    .` left the shell that ran it in a deleted folder, where `ls` showed nothing."""
+    for old in folder.iterdir():
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    for new in tmp.iterdir():
+        shutil.move(new, folder / new.name)  # a rename, or a copy where `folder` is a link to another file system
 
 
 def _keep_sampling(src: Path, folder: Path) -> None:

@@ -93,13 +93,20 @@ def _tied_from_either(model: DecoderLM, state_dict: dict, prefix: str, *args) ->
         state_dict[wte] = state_dict[head]
 
 
-def _after_load(model: DecoderLM, incompatible_keys) -> None:
-    """load_state_dict(assign=True) gives lm_head a Parameter of its own: tied weights came apart (a second copy that
-    trained apart from the embedding, and a model one vocab x n_embd matrix larger). A head swapped for another
-    module (a quantized one, say) is left alone."""
+def _retie(model: DecoderLM) -> None:
+    """The head tied to the embedding again where the config ties them and something gave lm_head a Parameter of its
+    own (load_state_dict(assign=True), to_empty: each module's weight moved apart), which trained apart from the
+    embedding in a model one vocab x n_embd matrix larger. A head swapped for another module (a quantized one, say)
+    is left alone."""
     head = model.lm_head
     if model.config.tie_embeddings and isinstance(head, nn.Linear) and head.weight is not model.wte.weight:
         model.lm_head.weight = model.wte.weight
+
+
+def _after_load(model: DecoderLM, incompatible_keys) -> None:
+    """Tied weights that load_state_dict(assign=True) or an earlier to_empty untied, tied again; the position tables
+    computed where a load into a model built on meta left them there."""
+    _retie(model)
     materialize_tables(model, model.wte.weight.device)
 
 
@@ -140,6 +147,7 @@ class DecoderLM(nn.Module):
         device to train from scratch (FSDP2's recipe: build under torch.device("meta"), fully_shard, to_empty, then
         this). Loading weights after to_empty needs no reset: to_empty computes the tables, load_state_dict fills
         the rest."""
+        _retie(self)  # to_empty untied them: the head would train apart from the embedding
         reset_weights(self, self.config)
 
     # ----- helpers -----

@@ -12,10 +12,10 @@ import json
 import math
 import re
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from neurallayers.data.tokenizers import anchor_id
 from neurallayers.generation import GenerationConfig, StreamEvent, TokenLogprob
 from neurallayers.serve.errors import APIError, bad_request, error_body, overloaded, unavailable
 from neurallayers.serve.metrics import Metrics, TokenClock
@@ -195,24 +195,13 @@ def token_text(tokenizer, token_id: int) -> str:
     """A token's text as it reads inside a text: decoded after an anchor token ("a"), since a SentencePiece decoder
     strips the space of a text's first token: Llama's "▁world" alone read "world", so the logprobs' tokens (and
     chat `bytes`) of " world" lost their spaces and no longer joined into the reply."""
-    anchor = _anchor(tokenizer)
+    anchor = anchor_id(tokenizer)
     alone = tokenizer.decode([token_id], skip_special_tokens=False)
     if anchor is None:
         return alone
     head, whole = (tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
                    for ids in ([anchor], [anchor, token_id]))
     return whole[len(head):] if whole.startswith(head) else alone
-
-
-def _anchor(tokenizer) -> int | None:
-    """The id of a plain token "a" decodes to (None where there is none), computed once per tokenizer."""
-    if tokenizer not in _ANCHORS:
-        ids = tokenizer.encode("a")[-1:]  # "▁a", or "a" after a "▁" of its own
-        _ANCHORS[tokenizer] = ids[0] if ids and tokenizer.decode(ids, skip_special_tokens=False) == "a" else None
-    return _ANCHORS[tokenizer]
-
-
-_ANCHORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def completion_logprobs(tokenizer, lps: list[TokenLogprob], *, offset: int = 0,

@@ -166,6 +166,16 @@ def test_a_double_dash_before_every_positional_still_separates():
     assert (args.src, args.dst) == ("-a", "b")
 
 
+def test_an_extra_argument_after_a_leading_double_dash_is_the_one_named(tmp_path: Path, monkeypatch):
+    """`info -- -dir extra`: the intermixed parse, which drops that '--', read -dir as an option and named it as the
+    unrecognized argument, where the target was -dir and `extra` the one too many."""
+    cases = {("info", "--", "-dir", "extra"): "extra", ("info", "--bogus", "--", "-dir", "x"): "--bogus x",
+             ("convert", "--", "-a", "b", "c"): "c"}
+    for args, extra in cases.items():
+        assert_user_error(in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch),
+                          f"unrecognized arguments: {extra} (see neurallayers {args[0]} --help)")
+
+
 def test_a_closed_stdin_reads_as_empty(two_checkpoints: Path, tmp_path: Path):
     """With stdin closed (`<&-`), `generate RUN` (no prompt: it reads one from stdin) and `chat` ended in
     "AttributeError: 'NoneType' object has no attribute 'read'" ('isatty' for chat); now as `< /dev/null`."""

@@ -397,6 +397,27 @@ def test_a_stray_byte_after_a_prompts_byte_tokens_streams_as_generate_decodes(ro
     assert "".join([row.push(i) for i in cont] + [row.finish()]) == "\ufffd x y"
 
 
+def test_a_continuation_after_a_prompt_of_byte_tokens_only_keeps_its_space(root):
+    """A prompt whose only text is byte-fallback tokens (ids given as such, or bos then an emoji's bytes): with its
+    bytes left out of the context nothing was left to decode after, and Llama's decoder stripped the continuation's
+    first space: "x y" where transformers (decode of all less decode of the prompt) gives " x y"."""
+    from neurallayers.data.tokenizers import continuation_text
+    from neurallayers.generation.generate import _RowText
+
+    tok, ref = folder("llama", root)
+    emoji = tok.encode("\U0001f642", add_special_tokens=False)[1:]  # without the "▁" before it
+    assert [tok.id_to_token(i) for i in emoji] == ["<0xF0>", "<0x9F>", "<0x99>", "<0x82>"]
+    cont = tok.encode(" x y", add_special_tokens=False)
+    for prompt in (emoji, [tok.bos_id, *emoji]):
+        want = ref.decode(prompt + cont, skip_special_tokens=True)[len(ref.decode(prompt, skip_special_tokens=True)):]
+        assert want == " x y"
+        assert continuation_text(tok, prompt, cont) == want
+        assert "".join(streamed_after(tok, prompt, cont)) == want
+        row = _RowText(tok, ["zzz"], prompt)
+        assert "".join([row.push(i) for i in cont] + [row.finish()]) == want
+        assert continuation_text(tok, prompt, [emoji[-1], *cont]) == "\ufffd x y"  # a stray byte still alone
+
+
 @pytest.mark.parametrize("prompt", ["the dog '", "hello ,", "don"])
 def test_a_continuation_is_cleaned_up_as_its_stream_is(root, prompt):
     """Spaces were cleaned up in the prompt and continuation together: "dog '" + " hello" became "dog'hello", which

@@ -568,6 +568,23 @@ def test_convert_into_the_current_folder_or_its_parent(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "hf", "parent"]
 
 
+def test_convert_into_the_current_folder_writes_into_that_folder(tmp_path, monkeypatch):
+    """`convert SRC .` replaced the current folder by another one of the same name: the shell that ran it sat in a
+    deleted folder, where `ls` showed nothing; an existing folder is filled in place (with overwrite too)."""
+    src = tmp_path / "hf"
+    hf_folder(src)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    before = os.stat(".").st_ino
+    convert(src, ".", to="hf")
+    (tmp_path / "here" / "old.txt").write_text("replaced")
+    convert(src, ".", to="hf", overwrite=True)
+    assert os.stat(".").st_ino == before
+    here = set(os.listdir("."))  # the folder this process is in
+    assert {"config.json", "model.safetensors"} <= here and "old.txt" not in here
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "hf"]
+
+
 def test_convert_mistakes_are_named_as_the_user_gave_them(tmp_path):
     """`convert hf hf` said "not empty; pass --overwrite", and with --overwrite that it is the source; `convert hf run
     --max-shard-size 2` named max_shard_size=2097152, a number the user never typed."""

@@ -95,6 +95,15 @@ def test_reset_parameters_after_to_empty_initialises_as_built(name):
     assert torch.isfinite(logits(net, random_ids(2, 20))).all()
 
 
+def test_reset_parameters_after_to_empty_keeps_tied_weights_tied():
+    """to_empty gives each module its own tensor, so the head came out of it untied, and reset_parameters left it so:
+    a model trained from meta had a second head matrix that trained apart from the embedding."""
+    net = on_meta(config("gpt2")).to_empty(device="cpu")
+    net.reset_parameters()
+    assert net.lm_head.weight is net.wte.weight
+    assert net.num_params() == model("gpt2").num_params()
+
+
 @pytest.mark.parametrize("head", ["none", "mlm", "sequence_classification"])
 def test_encoder_reset_parameters_after_to_empty_initialises_as_built(head):
     cfg = ModelConfig.resolve({**ENCODER, "position": "sinusoidal", "head": head, "pooler": True})

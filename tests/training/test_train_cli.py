@@ -23,7 +23,8 @@ def test_resume_from_a_named_checkpoint_needs_no_out(tmp_path, capsys):
     # a run directory given to --resume is its own --out; a checkpoint that is not there is named
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert main(["train", "--resume", str(out / "checkpoints" / "step-9")]) == 2
-    assert "cannot resume: " in capsys.readouterr().err
+    # not "step-9 holds no run (no config.yaml)", as a path no checkpoint has was read as a run of its own
+    assert f"cannot resume: {out / 'checkpoints' / 'step-9'} does not exist" in capsys.readouterr().err
 
 
 def test_resume_from_a_checkpoint_named_inside_its_folder(tmp_path, capsys, monkeypatch):
