@@ -22,7 +22,8 @@ Where the speed comes from on CPU, where batch-1 decode streams every weight onc
   kernel's batch loops, which read each weight once for up to 32 rows: GPT-2 124M at batch 8 on 2 Zen 3 cores, fp32
   34 vs 48 ms a compiled step, 36 vs 97 ms eager; and bf16, where those CPUs have no bf16 dot products, 32 vs
   116 ms compiled, a 512-token prompt in 1.0 s instead of minutes;
-- the math attention (fused by inductor) instead of the CPU flash kernel, which is 7x slower for one bf16 query.
+- one query's attention through the decode_attention kernel (attention.cpp, CPUs with AVX-512: 19 vs 33 us a GPT-2
+  layer in bf16), else the math attention fused by inductor, not the CPU flash kernel (7x slower for one bf16 query).
 
 Costs: the first batch-1 call and the first batched call each compile (15-70 s for GPT-2 124M on 2 cores; a later
 process loads unfrozen CPU graphs from torch's on-disk caches: 6-11 s a graph on 2 Zen 3 cores, 15-35 frozen). Frozen
@@ -51,6 +52,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from neurallayers.checks import is_int
 from neurallayers.generation import rowdot
+from neurallayers.nn.attention import Attention
 from neurallayers.nn.kv_cache import KVCache
 
 MODES = ("default", "max-autotune-no-cudagraphs")
@@ -143,8 +145,9 @@ class DecodeStep:
         if compile and RowLinear.realize is None:
             RowLinear.realize = _inductor_realize()
         if not RowLinear.kernel_dtypes:
-            RowLinear.kernel_dtypes = rowdot.dtypes()  # the first step on a machine builds the kernel (~10 s)
+            RowLinear.kernel_dtypes = rowdot.dtypes()  # the first step on a machine builds the kernels (~15 s)
             RowLinear.batch_dtypes = rowdot.batch_dtypes()
+            Attention.decode_dtypes = rowdot.attention_dtypes()
 
     @property
     def model(self) -> nn.Module:

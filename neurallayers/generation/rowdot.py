@@ -10,7 +10,11 @@ each weight row once for all rows, where they were measured faster than oneDNN: 
 bf16 on CPUs without bf16 dot products (batch_dtypes()); elsewhere, and past 32 rows, it calls at::linear (bf16
 through float32 copies where the CPU has no bf16 dot products). benchmarks/decode.py shows the whole step.
 
-The kernel is compiled with the C++ compiler torch.compile already needs on CPU ($CXX, else c++), once per machine and
+The same library holds the step's attention for one query over a KV cache (attention.cpp, AVX-512 CPUs:
+`torch.ops.neurallayers.decode_attention(q, k, v, mask, scale)`, attention_dtypes()), which nn.Attention calls in a
+fast decode step.
+
+The kernels are compiled with the C++ compiler torch.compile already needs on CPU ($CXX, else c++), once per machine and
 torch version, into $NEURALLAYERS_CACHE/kernels (default ~/.cache/neurallayers/kernels), and loaded with
 torch.ops.load_library. Where it cannot be used (not x86-64, no AVX2, no compiler, NEURALLAYERS_ROWDOT=0) the step
 falls back to inductor's multiply-sum when compiled and to F.linear when eager, with a warning only when the build
@@ -32,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("rowdot.cpp")
+# The decode kernels, built into one library: the GEMV (rowdot.cpp) and one query's attention (attention.cpp)
+SOURCES = (Path(__file__).with_name("rowdot.cpp"), Path(__file__).with_name("attention.cpp"))
 _DTYPE_BITS = {torch.float32: 1, torch.bfloat16: 2}
 _LOCK = threading.Lock()  # one build and one registration per process, even when two threads prepare models at once
 
@@ -77,11 +82,24 @@ def _load() -> int:
         warnings.warn(f"the batch-1 GEMV kernel could not be built, so decode uses inductor's: {e}", stacklevel=3)
         return 0
     torch.library.register_fake("neurallayers::rowdot")(_rowdot_fake)
+    torch.library.register_fake("neurallayers::decode_attention")(_attention_fake)
     return int(torch.ops.neurallayers.rowdot_dtypes())
 
 
 def _rowdot_fake(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return w.new_empty(*x.shape[:-1], w.shape[0], dtype=torch.float32)
+
+
+def _attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    scale: float) -> torch.Tensor:
+    return q.new_empty(q.shape)  # contiguous (B, H, 1, D)
+
+
+def attention_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes of `torch.ops.neurallayers.decode_attention(q, k, v, mask, scale)` here (one query's attention over
+    a KV cache, attention.cpp: CPUs with AVX-512); () where it cannot run. Builds and loads the kernels first."""
+    with _LOCK:
+        return _dtypes(_load() and int(torch.ops.neurallayers.decode_attention_dtypes()))
 
 
 def _build(cxx: str) -> Path:
@@ -95,8 +113,8 @@ def _build(cxx: str) -> Path:
     flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-DNDEBUG",
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
     links = [f"-L{p}" for p in libs] + [f"-Wl,-rpath,{p}" for p in libs] + ["-lc10", "-ltorch_cpu"]
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, torch.__version__.encode(), cxx.encode(), *map(str.encode, flags)]))
+    sources = [path.read_bytes() for path in SOURCES]
+    key = hashlib.sha256(b"\0".join([*sources, torch.__version__.encode(), cxx.encode(), *map(str.encode, flags)]))
     out = Path(default_cache_dir()).expanduser() / "kernels" / f"rowdot-{key.hexdigest()[:16]}.so"
     if out.exists():
         return out
@@ -105,7 +123,7 @@ def _build(cxx: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        done = subprocess.run([cxx, *flags, *includes, str(SOURCE), "-o", tmp, *links], capture_output=True,
+        done = subprocess.run([cxx, *flags, *includes, *map(str, SOURCES), "-o", tmp, *links], capture_output=True,
                               text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {done.stderr.strip()[-2000:]}")

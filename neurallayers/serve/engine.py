@@ -344,7 +344,7 @@ class Engine:
             logits = self._step(tok, cache=self._cache.rows(0, b), input_pos=pos, position_ids=None,
                                 attention_mask=None, **window)  # (B, V) float32
             plain = [s.plain_greedy for s in seqs]
-            argmax = logits.argmax(dim=-1).tolist() if any(plain) else None
+            argmax = logits.max(dim=-1).indices.tolist() if any(plain) else None  # argmax's ids, faster
             done = []
             for r, s in enumerate(seqs):
                 s.pos += 1

@@ -58,6 +58,7 @@ from neurallayers.generation import rowdot
 assert rowdot.dtypes() == (torch.float32, torch.bfloat16), rowdot.dtypes()
 assert rowdot.batch_dtypes() == (torch.float32, torch.bfloat16), rowdot.batch_dtypes()
 assert rowdot.isa() == "fp32 avx2, bf16 avx2; batches fp32 avx2, bf16 avx2", rowdot.isa()
+assert rowdot.attention_dtypes() == (), rowdot.attention_dtypes()  # AVX-512 only: such CPUs keep inductor's attention
 for dtype in (torch.float32, torch.bfloat16):
     for shape in %r:
         for rows in (None, *%r):
