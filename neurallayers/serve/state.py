@@ -158,24 +158,37 @@ class ModelHolder:
 
     def resolve(self, relative: str) -> Path:
         """The model folder `relative` names under model_root; refuses absolute paths and escapes (.., symlinks: the
-        folder's own, or one of any file or folder inside it). Links that stay inside the root are fine (a Hugging Face
-        cache snapshot links to blobs in the same cache)."""
+        folder's own, or one of any file or folder inside it; for a checkpoint, `RUN/checkpoints/step-N`, the same of
+        its run folder, whose config and tokenizer it loads with). Links that stay inside the root are fine (a Hugging
+        Face cache snapshot links to blobs in the same cache)."""
         if self.model_root is None:
             raise bad_request("reload is off: start the server with --model-root to allow it", param="model",
                               code="reload_disabled")
         if Path(relative).is_absolute() or "\\" in relative or "\x00" in relative:
             raise bad_request(f"model must be a path relative to the model root, got {relative!r}", param="model")
         target = (self.model_root / relative).resolve()
-        if target != self.model_root and self.model_root not in target.parents:
+        if not self._inside(target):
             raise bad_request(f"model path {relative!r} leads outside the model root", param="model",
                               code="path_outside_root")
         if not target.is_dir():
             raise APIError(404, f"no model folder {relative!r} under the model root", param="model",
                            code="model_not_found", type="not_found_error")
-        if (escape := self._escape(target)) is not None:
-            raise bad_request(f"model path {relative!r}: {str(escape.relative_to(target))!r} leads outside the model "
-                              "root", param="model", code="path_outside_root")
+        from neurallayers.api import model_folder
+
+        # the load is given this same resolved path, so model_folder names the very run folder it reads
+        run = model_folder(target)
+        if not self._inside(run):  # the root is, or lies inside, the checkpoint's checkpoints/ folder
+            raise bad_request(f"model path {relative!r} is a checkpoint of the run {os.path.relpath(run, target)!r}, "
+                              "which lies outside the model root (a checkpoint loads with its run's config.yaml and "
+                              "tokenizer)", param="model", code="path_outside_root")
+        for folder in dict.fromkeys((target, run)):
+            if (escape := self._escape(folder)) is not None:
+                raise bad_request(f"model path {relative!r}: {os.path.relpath(escape, target)!r} leads outside the "
+                                  "model root", param="model", code="path_outside_root")
         return target
+
+    def _inside(self, path: Path) -> bool:
+        return path == self.model_root or self.model_root in path.parents
 
     def _escape(self, folder: Path) -> Path | None:
         """The first path a load reads that resolves outside model_root: the folder's files, and the files of the
@@ -201,7 +214,7 @@ class ModelHolder:
                 real = path.resolve(strict=True)
             except (OSError, RuntimeError):  # a dangling link or a loop (RuntimeError before Python 3.13)
                 continue  # not a file any load reads
-            if real != self.model_root and self.model_root not in real.parents:
+            if not self._inside(real):
                 return path
         return None
 

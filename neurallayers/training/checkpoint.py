@@ -112,6 +112,12 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def last_checkpoint_before(run_dir: str | os.PathLike, step: int) -> Path | None:
+    """The newest complete checkpoint of a step before `step`, or None."""
+    older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) < step]
+    return older[-1] if older else None
+
+
 def stopped_before_first_checkpoint(run_dir: str | os.PathLike) -> bool:
     """A run that began training and stopped (killed, out of memory, a crash) before it wrote a checkpoint: its config
     and metrics, perhaps the weights of an evaluation, and nothing to resume from. A finished run always has a
@@ -185,8 +191,9 @@ def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:
 # ----- saving -----
 
 def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model_state: dict[str, torch.Tensor], state: dict,
-                    keep_last: int, best: Path | None = None) -> Path:
-    """Writes `checkpoints/step-<step>/` atomically and prunes all but the newest `keep_last` complete ones.
+                    keep_last: int, best: Path | None = None, keep_before: int | None = None) -> Path:
+    """Writes `checkpoints/step-<step>/` atomically and prunes all but the newest `keep_last` complete ones (and
+    the one prune_checkpoints keeps for `keep_before`).
 
     Args:
         model_state: the model's full state dict (saved as model.safetensors).
@@ -225,7 +232,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model_state: dict[
         prev = latest_checkpoint(run_dir)
         keep = f"; the previous checkpoint {prev} is intact" if prev else ""
         raise _write_error(e, f"could not write checkpoint step-{step} under {root}", keep, root) from e
-    prune_checkpoints(run_dir, keep_last=keep_last)
+    prune_checkpoints(run_dir, keep_last=keep_last, keep_before=keep_before)
     return final
 
 
@@ -282,9 +289,13 @@ def _write_marker(path: Path, step: int) -> None:
         os.fsync(f.fileno())
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, *, keep_last: int) -> None:
-    """Deletes the oldest complete checkpoints beyond `keep_last`; incomplete folders never count."""
+def prune_checkpoints(run_dir: str | os.PathLike, *, keep_last: int, keep_before: int | None = None) -> None:
+    """Deletes the oldest complete checkpoints beyond `keep_last`; incomplete folders never count. `keep_before`: the
+    newest checkpoint of a step before it stays too (the trainer's last one from before a divergence)."""
+    spare = last_checkpoint_before(run_dir, keep_before) if keep_before is not None else None
     for p in list_checkpoints(run_dir)[:-keep_last]:
+        if p == spare:
+            continue
         # the marker first: rmtree goes in directory order, and a kill mid-way left a marked folder without its
         # weights or state, listed as complete (and offered as "an older checkpoint may load")
         (p / COMPLETE).unlink(missing_ok=True)

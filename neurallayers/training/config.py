@@ -65,7 +65,7 @@ class TrainConfig:
     compile: bool = False
     gradient_checkpointing: bool = False
     save_interval: int = 500  # steps between checkpoints; 0 = only at the end
-    keep_last: int = 2  # complete checkpoints kept under checkpoints/
+    keep_last: int = 2  # complete checkpoints kept under checkpoints/ (+1 to go back to, from before a divergence)
     max_minutes: float | None = None  # wall-clock budget: stop cleanly, evaluate and save when it runs out
     sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
     sample_tokens: int = 200

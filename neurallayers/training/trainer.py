@@ -10,7 +10,9 @@ Decisions worth knowing:
 - NaN/Inf guard: a non-finite loss (or grad norm, when no GradScaler is in use) either skips the step (grads
   zeroed, no optimizer update; the step counter, data position and learning-rate schedule still advance, so a
   skipped step is not retried on the same bad batch) or stops the run, per `nan_policy`; both are logged. Skipping
-  stops too after `max_consecutive_skips` steps in a row (a diverged run would skip every step to max_steps).
+  stops too after `max_consecutive_skips` steps in a row (a diverged run would skip every step to max_steps). As
+  skipped steps change no weight, every checkpoint from the last update on holds the weights the streak failed on:
+  pruning keeps the newest from before it beyond keep_last (_keep_before), and the stop names it.
 """
 
 from __future__ import annotations
@@ -414,7 +416,8 @@ class _Fit:
             ckpt.clean_incomplete(self.out)
             self._roll_back_files()
             # a kill between a checkpoint's rename and its pruning left one too many; a finished run saves no more
-            ckpt.prune_checkpoints(self.out, keep_last=self.cfg.keep_last)
+            ckpt.prune_checkpoints(self.out, keep_last=self.cfg.keep_last,
+                                   keep_before=self._keep_before(going_on=False))
         self.run_cfg.to_yaml(self.out / "config.yaml")
         self.tokenizer.save(self.out)
         names = self.cfg.loggers if loggers is None else [x for x in loggers if isinstance(x, str)]
@@ -488,6 +491,9 @@ class _Fit:
                 in_step = False
                 bar.update(1)
                 self.skips_in_a_row = 0 if ok else self.skips_in_a_row + 1
+                if ok and self.last_saved == self.step - 1 and info.is_main:
+                    # a finite step trained on the last checkpoint's weights: the older one kept beside it can go
+                    ckpt.prune_checkpoints(self.out, keep_last=cfg.keep_last)
                 if not ok:
                     stops, note = self._nan_guard()
                     log.warning("non-finite loss %s / grad norm %s: %s", loss, grad_norm, note)
@@ -523,7 +529,7 @@ class _Fit:
                 # the last step's checkpoint (max_steps, or the time budget's above) is written after the final
                 # evaluation, so that it holds its best val loss
                 if cfg.save_interval and self.step % cfg.save_interval == 0 and self.step < cfg.max_steps:
-                    self._save(t0)
+                    self._save(t0, going_on=True)
         except KeyboardInterrupt:  # a second Ctrl-C, or a first one from a caller's own SIGINT handler
             reason = "interrupted"
             abandoned = in_step  # the step in flight may be half applied: saving it would break exact resume
@@ -547,7 +553,7 @@ class _Fit:
             dist.on_rank_zero(lambda: ckpt.save_model(self.out, state), info)
         self.early_stopped = reason == "early_stopping"
         if self.last_saved != self.step and not abandoned:
-            self._save(t0)
+            self._save(t0, going_on=False)
         if terminal:
             self._finish()
         if abandoned:
@@ -566,9 +572,22 @@ class _Fit:
             return True, f"stopped at step {self.step}"
         if limit is None or self.skips_in_a_row < limit:
             return False, f"skipped step {self.step}"
+        # skipped steps change no weight: every checkpoint from the last update on holds the weights they failed on
+        last_update = self.step - self.skips_in_a_row
+        good = ckpt.last_checkpoint_before(self.out, last_update)  # _keep_before kept it from pruning
+        back = (f"the checkpoints from step {last_update} on hold the weights they failed on: resume with --resume "
+                f"{good} and a lower train.lr" if good is not None else
+                f"no checkpoint predates step {last_update}, whose weights they failed on: train afresh with a lower "
+                "train.lr")
         return True, (f"stopped at step {self.step}: {self.skips_in_a_row} steps in a row had a non-finite loss or "
-                      f"grad norm (train.max_consecutive_skips={limit}); resume from an earlier checkpoint with a "
-                      "lower train.lr")
+                      f"grad norm (train.max_consecutive_skips={limit}); {back}")
+
+    def _keep_before(self, *, going_on: bool) -> int | None:
+        """prune_checkpoints' keep_before: the step of the last update, or None. The newest checkpoint before it holds
+        weights a finite step trained on; the newer ones hold the current weights, which no step has tried yet, or
+        which a streak of skipped steps failed on (a divergence). So it is kept while the run goes on or is in such
+        a streak: a diverged run has a checkpoint to go back to, whatever keep_last and save_interval are."""
+        return self.step - self.skips_in_a_row if going_on or self.skips_in_a_row else None
 
     def _train_step(self) -> tuple[float, float, bool]:
         """One optimizer step over grad_accum micro-batches: (mean loss, grad norm, finite)."""
@@ -648,14 +667,14 @@ class _Fit:
             self.bad_evals += 1
         return val
 
-    def _save(self, t0: float) -> None:
+    def _save(self, t0: float, *, going_on: bool) -> None:
         info = self.info
         model_sd = dist.model_state(self.wrapped, info)
         optim_sd = dist.optimizer_state(self.wrapped, self.optimizer, info)
-        dist.on_rank_zero(lambda: self._write_checkpoint(t0, model_sd, optim_sd), info)  # every rank waits for it
+        dist.on_rank_zero(lambda: self._write_checkpoint(t0, model_sd, optim_sd, going_on), info)  # every rank waits
         self.last_saved = self.step
 
-    def _write_checkpoint(self, t0: float, model_sd: dict, optim_sd: dict) -> None:
+    def _write_checkpoint(self, t0: float, model_sd: dict, optim_sd: dict, going_on: bool) -> None:
         """Rank 0's part of `_save`: the training state beside the weights, written atomically."""
         cfg, info = self.cfg, self.info
         state = {
@@ -680,7 +699,8 @@ class _Fit:
         }
         best = self.out / "model.safetensors" if self.best_val is not None else None
         ckpt.save_checkpoint(self.out, step=self.step, model_state=model_sd, state=state, keep_last=cfg.keep_last,
-                             best=best if best is not None and best.is_file() else None)
+                             best=best if best is not None and best.is_file() else None,
+                             keep_before=self._keep_before(going_on=going_on))
 
     def _finish(self) -> None:
         """Samples and the loss plot (rank 0); neither may lose a finished run, so failures only warn."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -25,6 +26,7 @@ from nl_serve_helpers import (
 
 import neurallayers
 from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.training.checkpoint import COMPLETE
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +111,44 @@ def test_reload_refuses_a_folder_with_a_file_that_links_outside_the_root(tmp_pat
         r = httpx.post(f"{srv.url}/reload", json={"model": "loopy"}, timeout=60)
         assert r.status_code == 200, r.text
         assert_ok_after(srv.url)
+
+
+def _checkpoint(run: Path, step: int, weights_of: Path) -> Path:
+    """run/checkpoints/step-<step>: a complete checkpoint holding the weights of the run `weights_of`."""
+    folder = run / "checkpoints" / f"step-{step}"
+    folder.mkdir(parents=True)
+    shutil.copy(weights_of / "model.safetensors", folder / "model.safetensors")
+    (folder / COMPLETE).write_text("")
+    return folder
+
+
+def test_reload_of_a_checkpoint_refuses_a_run_folder_that_leads_outside_the_root(tmp_path):
+    # a checkpoint loads with its run's config.yaml and tokenizer, two folders up: those must stay inside the root too
+    root, outside = tmp_path / "models", write_run_dir(tmp_path / "outside", seed=3)
+    _checkpoint(write_run_dir(root / "run", seed=1), 5, write_run_dir(tmp_path / "other", seed=2))
+    leaky = write_run_dir(root / "leaky", seed=1)
+    (leaky / "tokenizer.json").unlink()
+    os.symlink(outside / "tokenizer.json", leaky / "tokenizer.json")
+    _checkpoint(leaky, 5, leaky)
+    _checkpoint(outside, 7, outside)
+    with serving(root / "run", model_name="run", model_root=root) as srv:
+        r = httpx.post(f"{srv.url}/reload", json={"model": "leaky/checkpoints/step-5"}, timeout=60)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "path_outside_root" and "../../tokenizer.json" in err["message"], err
+        r = httpx.post(f"{srv.url}/reload", json={"model": "run/checkpoints/step-5"}, timeout=60)
+        assert r.status_code == 200 and r.json() == {"model": "run/checkpoints/step-5", "previous": "run"}, r.text
+        after = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 10, "temperature": 0})
+        assert after.json()["choices"][0]["text"] == greedy(root / "run" / "checkpoints" / "step-5", "The", 10)
+    # a root that is a run's checkpoints/ folder (or a step folder in it): the run lies outside
+    for where, step in ((outside / "checkpoints", "step-7"), (outside / "checkpoints" / "step-7", ".")):
+        with serving(root / "run", model_name="run", model_root=where) as srv:
+            r = httpx.post(f"{srv.url}/reload", json={"model": step}, timeout=60)
+            assert r.status_code == 400, r.text
+            err = r.json()["error"]
+            assert err["param"] == "model" and err["code"] == "path_outside_root" and "'../..'" in err["message"], err
+            assert str(outside) not in err["message"]
+            assert_ok_after(srv.url)
 
 
 def test_a_reload_that_fails_in_any_way_is_400_and_the_old_model_serves_on(tmp_path, monkeypatch, caplog):

@@ -166,10 +166,34 @@ def test_a_diverged_run_stops_after_max_consecutive_skips(tmp_path, monkeypatch)
     assert result.steps == 5 and result.stopped_reason == "nan"
     assert _guard_notes(tmp_path / "run") == [
         "skipped step 3", "skipped step 4", "stopped at step 5: 3 steps in a row had a non-finite loss or grad norm "
-        "(train.max_consecutive_skips=3); resume from an earlier checkpoint with a lower train.lr"]
+        "(train.max_consecutive_skips=3); no checkpoint predates step 2, whose weights they failed on: train afresh "
+        "with a lower train.lr"]
     unlimited = dataclasses.replace(run, train=dataclasses.replace(run.train, max_consecutive_skips=None))
     assert fit(unlimited, tmp_path / "unlimited", progress=False).stopped_reason == "max_steps"
     assert len(_guard_notes(tmp_path / "unlimited")) == 10
+
+
+def test_a_diverged_run_keeps_the_last_checkpoint_from_before_it_and_names_it(tmp_path, monkeypatch):
+    """Skipped steps change no weight, so every checkpoint from the last update on holds the weights the streak failed
+    on (a real divergence, lr 1e2: finite weights of 7.5e4 whose every step had an infinite grad norm; a resume from
+    them with lr / 1000 stopped again). With keep_last 1 and save_interval 1 they pruned every checkpoint from before
+    it, and the stop said only "an earlier checkpoint"."""
+    _nan_from_step(monkeypatch, 6)  # step 5's update made the weights steps 6, 7 and 8 fail on
+    run = tiny_run(tmp_path, max_steps=12, eval_interval=0, save_interval=1, keep_last=1, max_consecutive_skips=3)
+    result = fit(run, tmp_path / "run", progress=False)
+    assert (result.steps, result.stopped_reason) == (8, "nan")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-4", "step-8"]
+    good, last = (read_safetensors(tmp_path / f"run/checkpoints/{n}/model.safetensors") for n in ("step-4", "step-8"))
+    assert any(not torch.equal(good[k], last[k]) for k in good)  # step 5's update is in step-8, not in step-4
+    assert _guard_notes(tmp_path / "run")[-1] == (
+        "stopped at step 8: 3 steps in a row had a non-finite loss or grad norm (train.max_consecutive_skips=3); the "
+        f"checkpoints from step 5 on hold the weights they failed on: resume with --resume {tmp_path}/run/checkpoints/"
+        "step-4 and a lower train.lr")
+    monkeypatch.undo()  # the divergence is over
+    lower = dataclasses.replace(run, train=dataclasses.replace(run.train, lr=3e-4))
+    again = fit(lower, tmp_path / "run", resume=tmp_path / "run/checkpoints/step-4", progress=False)
+    assert (again.steps, again.stopped_reason) == (12, "max_steps")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-12"]  # keep_last 1 once it trains on
 
 
 def test_the_skip_streak_is_resumed_exactly(tmp_path, monkeypatch):

@@ -110,10 +110,10 @@ KILL_BEFORE_PRUNING = """
 import os, signal
 import neurallayers.training.checkpoint as c
 _prune = c.prune_checkpoints
-def _hook(run_dir, *, keep_last):
+def _hook(run_dir, **kw):
     if c.latest_checkpoint(run_dir).name == "step-6":
         os.kill(os.getpid(), signal.SIGKILL)
-    _prune(run_dir, keep_last=keep_last)
+    _prune(run_dir, **kw)
 c.prune_checkpoints = _hook
 """
 
