@@ -23,7 +23,8 @@ Where the speed comes from on CPU, where batch-1 decode streams every weight onc
   34 vs 48 ms a compiled step, 36 vs 97 ms eager; and bf16, where those CPUs have no bf16 dot products, 32 vs
   116 ms compiled, a 512-token prompt in 1.0 s instead of minutes;
 - one query's attention through the decode_attention kernel (attention.cpp, CPUs with AVX-512: 19 vs 33 us a GPT-2
-  layer in bf16), else the math attention fused by inductor, not the CPU flash kernel (7x slower for one bf16 query).
+  layer in bf16 on 2 Xeon cores), else the math attention fused by inductor, not the CPU flash kernel (7x slower for
+  one bf16 query).
 
 Costs: the first batch-1 call and the first batched call each compile (15-70 s for GPT-2 124M on 2 cores; a later
 process loads unfrozen CPU graphs from torch's on-disk caches: 6-11 s a graph on 2 Zen 3 cores, 15-35 frozen). Frozen
