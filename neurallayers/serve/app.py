@@ -101,7 +101,7 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
 
     app = _fastapi(title="NeuralLayers", version=_version(), lifespan=lifespan,
                    description="An OpenAI-compatible API for one NeuralLayers model.")
-    metrics = Metrics(lambda: holder.current.stats())
+    metrics = Metrics(holder.stats)
     errors.install(app)
     routes_openai.register(app, holder=holder, metrics=metrics)
     routes_extra.register(app, holder=holder, metrics=metrics, draining=lambda: draining["on"])

@@ -12,7 +12,7 @@ TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64,
 
 
 class Metrics:
-    """The server's metrics; `stats` returns the current engine's stats() for the gauges at scrape time."""
+    """The server's metrics; `stats` returns the engines' stats() (ModelHolder.stats) for the gauges at scrape time."""
 
     def __init__(self, stats: Callable[[], dict]) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram

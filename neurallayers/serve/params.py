@@ -189,8 +189,8 @@ def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, l
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
     vocab = served.model.config.vocab_size
     if logprobs is not None and logprobs > vocab:
-        raise bad_request(f"logprobs={logprobs} asks for more alternatives than the vocabulary has ({vocab})",
-                          "logprobs")
+        name = "top_logprobs" if "top_logprobs" in type(req).model_fields else "logprobs"  # chat counts them there
+        raise bad_request(f"{name}={logprobs} asks for more alternatives than the vocabulary has ({vocab})", name)
     # the model's recommended sampling (generation_config.json) for the fields the request left out, as vLLM does
     sampling = {k: served.sampling_defaults[k] if k in served.sampling_defaults and k not in req.model_fields_set
                 else getattr(req, k) for k in SAMPLING_DEFAULTS}
@@ -198,9 +198,11 @@ def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, l
         base = GenerationConfig(max_new_tokens=max_tokens, **sampling,
                                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                                 logit_bias=logit_bias(served, req.logit_bias), stop=stop_list(req.stop),
-                                seed=req.seed, logprobs=logprobs)
+                                stop_token_ids=req.stop_token_ids or [], ignore_eos=req.ignore_eos, seed=req.seed,
+                                logprobs=logprobs)
+        base.check_vocab(vocab)  # the engine does not check stop_token_ids
     except ValueError as e:
-        name = re.match(r"GenerationConfig\.(\w+)=", str(e))
+        name = re.match(r"GenerationConfig\.(\w+)[= ]", str(e))
         param = _FIELD_NAMES.get(name.group(1), name.group(1)) if name else None
         raise bad_request(str(e).removeprefix("GenerationConfig."), param) from None
     if req.seed is None:

@@ -92,6 +92,9 @@ class Sampling(OpenAIRequest):
     n: int = Field(1, ge=1, le=MAX_N, description="choices per prompt")
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = Field(
         None, description="generation ends before the first of these strings, which is not returned")
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="token ids that end generation, as eos does (vLLM's); the token is not returned")
+    ignore_eos: bool = Field(False, description="generate past end-of-text (vLLM's)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="choice k samples with seed + k")

@@ -146,6 +146,16 @@ class ModelHolder:
         self._idle: dict[int, asyncio.Event] = {}
         self._cut_timer: threading.Timer | None = None
 
+    def stats(self) -> dict:
+        """The current model's stats, with running and waiting summed over the models a reload retired too: their
+        requests still decode until they finish."""
+        out = self.current.stats()
+        for old in list(self._retiring.values()):
+            old_stats = old.stats()
+            for key in ("running", "waiting"):
+                out[key] = out.get(key, 0) + old_stats.get(key, 0)
+        return out
+
     def lease(self) -> Lease:
         served = self.current
         served.leases += 1  # only the event loop thread touches leases

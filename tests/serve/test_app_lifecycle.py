@@ -82,6 +82,26 @@ def test_reload_is_atomic_and_stays_inside_the_model_root(model_root):
     gate.remove()
 
 
+def test_running_gauge_counts_the_requests_a_reload_leaves_on_the_old_model(model_root):
+    model, tok = neurallayers.load(model_root / "a")
+    gate = Gate(model)
+    body = {"prompt": "The", "max_tokens": 20, "stream": True, "logit_bias": {str(tok.eos_id): -100}}
+    try:
+        with serving((model, tok), model_name="a", model_root=model_root) as srv, \
+                httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=60) as s:
+            lines = s.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))
+            gate.open.clear()  # the request stays on model a's engine, decoding
+            assert requests_running(srv.url) == 1
+            assert httpx.post(f"{srv.url}/reload", json={"model": "nested/b"}, timeout=60).status_code == 200
+            assert requests_running(srv.url) == 1  # still decoding, on the retired engine
+            gate.open.set()
+            assert [line for line in lines if line][-1] == "data: [DONE]"
+            wait_for(lambda: requests_running(srv.url) == 0, what="the gauge to drop")
+    finally:
+        gate.remove()
+
+
 def test_reload_refuses_a_folder_with_a_file_that_links_outside_the_root(tmp_path):
     root, outside = tmp_path / "models", write_run_dir(tmp_path / "outside", seed=3)
     write_run_dir(root / "a", seed=1)

@@ -131,3 +131,31 @@ def test_an_api_key_read_with_a_trailing_newline_still_authenticates(cycle):
         assert ok.models.list().data[0].id == "cycle"
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{srv.url}/v1", api_key="sk-loca", max_retries=0).models.list()
+
+
+def test_stop_token_ids_and_ignore_eos_as_vllm_takes_them(client, cycle):
+    tok = cycle[1]
+    h = tok.encode("h")[0]
+    kw = dict(model="cycle", prompt="user:", max_tokens=8, temperature=0, logprobs=0)
+    out = client.completions.create(**kw, extra_body={"stop_token_ids": [h]}).choices[0]
+    assert out.text == " " and out.finish_reason == "stop"  # the stop token is not returned, but listed last
+    assert out.logprobs.tokens == [" ", "h"]
+    chat = client.chat.completions.create(model="cycle", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+                                          temperature=0, extra_body={"stop_token_ids": [h]})
+    assert chat.choices[0].message.content == " " and chat.usage.completion_tokens == 2
+    eos = {str(tok.eos_id): 100, str(tok.encode(" ")[0]): -100}  # the model ends at once ...
+    assert client.completions.create(**kw, logit_bias=eos).choices[0].finish_reason == "stop"
+    kept = client.completions.create(**kw, logit_bias=eos, extra_body={"ignore_eos": True})  # ... unless told not to
+    assert kept.choices[0].finish_reason == "length" and kept.usage.completion_tokens == 8
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(**kw, extra_body={"stop_token_ids": [tok.vocab_size]})
+    assert e.value.body["param"] == "stop_token_ids"
+
+
+def test_too_many_top_logprobs_for_the_vocabulary_names_the_field_sent(server, cycle):
+    vocab = cycle[1].vocab_size  # 14: fewer than the 20 alternatives OpenAI allows
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": vocab + 1}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs", r.text
+    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "hi", "logprobs": vocab + 1}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs", r.text
