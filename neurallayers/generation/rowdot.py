@@ -79,7 +79,9 @@ def _load() -> int:
     try:
         torch.ops.load_library(str(_build(cxx)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        warnings.warn(f"the batch-1 GEMV kernel could not be built, so decode uses inductor's: {e}", stacklevel=3)
+        # one library: a failure in either source loses both kernels, so the warning names both
+        warnings.warn(f"the decode kernels (rowdot.cpp's GEMV, attention.cpp's attention) could not be built, so "
+                      f"decode uses torch's and inductor's: {e}", stacklevel=3)
         return 0
     torch.library.register_fake("neurallayers::rowdot")(_rowdot_fake)
     torch.library.register_fake("neurallayers::decode_attention")(_attention_fake)

@@ -29,6 +29,10 @@ class Attention(nn.Module):
     """q, k and v come from one fused linear (rows: n_head*head_dim for q, then n_kv_head*head_dim each for
     k and v), so a forward pass is one matmul in and one out."""
 
+    # The dtypes the decode kernel runs here, set by the first fast decode step (which builds it); until then none: a
+    # static cache used without one (DecoderLM.new_cache(static=True)) keeps torch's attention.
+    decode_dtypes: tuple[torch.dtype, ...] = ()
+
     def __init__(self, dim: int, *, n_head: int, n_kv_head: int | None = None, head_dim: int | None = None,
                  bias: bool = True, dropout: float = 0.0, kernel: str = "sdpa") -> None:
         super().__init__()

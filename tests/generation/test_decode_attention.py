@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +182,24 @@ def test_other_calls_keep_sdpa():
     assert not layer._one_query(q, static, None, 0.1)  # dropout
     assert not layer._one_query(q.requires_grad_(), static, None, 0.0)  # gradients: the op has no backward
     assert not layer._one_query(q.detach().half(), static, None, 0.0)
+
+
+def test_static_cache_without_a_fast_step():
+    """A static cache from DecoderLM.new_cache in a process that never made a fast step (so never built the kernel)
+    decodes with torch's attention: it raised AttributeError for Attention.decode_dtypes."""
+    script = """
+import torch
+from nl_gen_helpers import tiny_lm
+model = tiny_lm()
+static, grown = model.new_cache(1, 8, static=True), model.new_cache(1, 8)
+with torch.inference_mode():
+    for cache in (static, grown):
+        model(torch.tensor([[1, 2, 3]]), cache=cache, input_pos=0)
+    got = model(torch.tensor([[4]]), cache=static, input_pos=torch.tensor([3])).logits[:, -1]
+    want = model(torch.tensor([[4]]), cache=grown, input_pos=3).logits[:, -1]
+torch.testing.assert_close(got, want)
+"""
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr[-2000:]

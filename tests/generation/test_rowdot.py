@@ -136,14 +136,17 @@ def test_failed_build_names_the_compiler(tmp_path, monkeypatch):
 
 
 def test_unbuildable_kernel_falls_back_with_a_warning(monkeypatch):
+    """The library holds both decode kernels, so a failed build (here of attention.cpp) loses both, and the warning
+    names both (it named only the batch-1 GEMV, which had compiled)."""
     def fail(cxx):
-        raise RuntimeError(f"{cxx} failed: no such header")
+        raise RuntimeError(f"{cxx} failed: attention.cpp: no such intrinsic")
 
     monkeypatch.setattr(rowdot, "_build", fail)
     monkeypatch.setattr(rowdot.platform, "machine", lambda: "x86_64")  # reach the build on any machine
     monkeypatch.setenv("CXX", "c++")
     monkeypatch.delenv("NEURALLAYERS_ROWDOT", raising=False)
-    with pytest.warns(UserWarning, match="could not be built, so decode uses inductor's"):
+    both = "kernels \\(rowdot.cpp's GEMV, attention.cpp's attention\\) could not be built"
+    with pytest.warns(UserWarning, match=both):
         assert rowdot._load.__wrapped__() == 0  # the uncached body: what a process without the kernel sees
     monkeypatch.setenv("NEURALLAYERS_ROWDOT", "0")
     with warnings.catch_warnings():
