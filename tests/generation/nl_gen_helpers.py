@@ -71,6 +71,25 @@ def next_logits(model, step, rows: int = 1):
                     attention_mask=None)
 
 
+def recording(step):
+    """(call, seen): `call` runs `step` and adds the name of every op it dispatches to `seen` (a fast step's ops only,
+    not the prefill's that next_logits runs before it)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[str] = []
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    def call(*args, **kwargs):
+        with Ops():
+            return step(*args, **kwargs)
+
+    return call, seen
+
+
 def check_rowdot(dtype: torch.dtype, out_features: int, in_features: int, rows: int | None = None) -> None:
     """torch.ops.neurallayers.rowdot on a random weight equals F.linear in float64 (bf16 x bf16 products are exact in
     float32: only the sums round), for one row x (in,) or, given `rows`, a batch x (rows, in)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from nl_gen_helpers import next_logits, tiny_lm
+from nl_gen_helpers import next_logits, recording, tiny_lm
 
 from neurallayers.generation import rowdot
 from neurallayers.generation.fast import decode_step_for, prepare_for_decode
@@ -123,30 +123,13 @@ def test_eager_fast_step_uses_the_kernel(dtype):
     """compile=False: each layer's attention of a one-token step goes through the kernel, with the plain model's
     logits for one row and for a batch of three."""
     _needs(dtype)
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     plain, fast = tiny_lm(seed=8), prepare_for_decode(tiny_lm(seed=8), dtype=dtype, compile=False)
     plain.to(dtype)
-    step = decode_step_for(fast)
-
-    def recorded(ops, *args, **kwargs):
-        with ops:
-            return step(*args, **kwargs)
-
     for rows in (1, 3):
-        ops = Ops()
+        call, seen = recording(decode_step_for(fast))
         want = next_logits(plain, functools.partial(forward_step, plain), rows)
-        got = next_logits(fast, functools.partial(recorded, ops), rows)
-        assert ops.seen.count("neurallayers.decode_attention.default") == fast.config.n_layer
+        got = next_logits(fast, call, rows)
+        assert seen.count("neurallayers.decode_attention.default") == fast.config.n_layer
         tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16: the plain path rounds scores and weights to bf16
         torch.testing.assert_close(got, want, atol=tol, rtol=tol)
 

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from nl_gen_helpers import check_rowdot, next_logits, tiny_lm
+from nl_gen_helpers import check_rowdot, next_logits, recording, tiny_lm
 
 from neurallayers.generation import rowdot
 from neurallayers.generation.fast import decode_step_for, prepare_for_decode
@@ -158,30 +158,13 @@ def test_eager_step_uses_rowdot_where_it_runs():
     """compile=False: one row goes through the kernel, a batch too where its batch loops run here (else F.linear);
     both equal the plain model."""
     _needs(torch.float32)
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     plain, fast = tiny_lm(seed=6), prepare_for_decode(tiny_lm(seed=6), compile=False)
-    step = decode_step_for(fast)
-
-    def recorded(ops, *args, **kwargs):  # the fast step's ops only, not the prefill's
-        with ops:
-            return step(*args, **kwargs)
-
     for rows in (1, 2):
-        ops = Ops()
+        call, seen = recording(decode_step_for(fast))
         want = next_logits(plain, functools.partial(forward_step, plain), rows)
-        got = next_logits(fast, functools.partial(recorded, ops), rows)
+        got = next_logits(fast, call, rows)
         kernel = rows == 1 or torch.float32 in rowdot.batch_dtypes()
-        assert ops.seen.count("neurallayers.rowdot.default") == (9 if kernel else 0)  # 4 a block, the head
+        assert seen.count("neurallayers.rowdot.default") == (9 if kernel else 0)  # 4 a block, the head
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
