@@ -27,7 +27,6 @@ its weights); a resume with any of them changed is refused, naming what changed.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -48,7 +47,7 @@ from neurallayers.checks import is_int
 from neurallayers.config import NEWER_FIELDS
 from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizers import Tokenizer
-from neurallayers.files import WriteError, fsync_dir
+from neurallayers.files import WriteError, exclusive, fsync_dir
 from neurallayers.generation import GenerationConfig, generate
 
 log = logging.getLogger("neurallayers.batch")
@@ -253,53 +252,6 @@ def _write_failed(e: OSError, path: Path) -> WriteError:
 
 def _write_json(path: Path, data: dict) -> None:
     _write_atomic(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
-
-
-@contextlib.contextmanager
-def _exclusive(output: Path):
-    """Holds `<output>.lock` while a run writes `output`: the same command started twice appended the same records
-    and raced on the progress record, leaving an output no resume could use. Where there are no file locks
-    (Windows has no fcntl; some network file systems refuse flock) the run goes on unguarded, as it did before."""
-    lock = output.with_name(output.name + ".lock")
-    while True:
-        f = lock.open("a")
-        held = _try_lock(f)
-        if held is None:
-            f.close()
-            lock.unlink(missing_ok=True)
-            log.warning("no file locks for %s here: a second batch run into it would not be refused", output)
-            yield
-            return
-        if not held:
-            f.close()
-            raise ValueError(f"another batch run is writing {output}; wait for it to end or choose another "
-                             "--output")
-        try:  # the run that held it may have removed it meanwhile: a lock on that file guards nothing
-            if os.fstat(f.fileno()).st_ino == lock.stat().st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        f.close()
-    with f:
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
-
-
-def _try_lock(f) -> bool | None:
-    """Locks open file `f` for this process: True, or False when another holds it; None where locks are missing."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: `batch` ran there before the lock, so it still must
-        return None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:  # ENOLCK, EOPNOTSUPP: a file system without flock
-        return None
-    return True
 
 
 # ----- the progress record and the JSONL journal -----
@@ -516,7 +468,8 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
             _npz_ids(items, source=input_path)  # checked before any work
     output.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = json.loads(json.dumps(_fingerprint(input_path, settings, model, tokenizer, model_files)))
-    with _exclusive(output):
+    busy = f"another batch run is writing {output}; wait for it to end or choose another --output"
+    with exclusive(output.with_name(output.name + ".lock"), busy):
         record = _Progress(output, fingerprint, len(items))
         earlier = record.open(overwrite=overwrite)
         if earlier is not None and earlier["complete"]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger("neurallayers")
 
 
 class WriteError(OSError):
@@ -34,7 +39,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         kept = "; the previous file is intact" if path.is_file() else ""
         raise WriteError(e.errno, f"could not write {path}: {e.strerror or e}{kept}") from e
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only file system refuses even to remove a file that is not there
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -72,3 +78,56 @@ def file_in_the_way(path: str | os.PathLike) -> Path | None:
     checked before any work, since mkdir would fail only when the output is written, as "[Errno 20]"."""
     existing = next((p for p in Path(path).parents if p.exists()), None)
     return existing if existing is not None and not existing.is_dir() else None
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, busy: str) -> Iterator[None]:
+    """Holds the file lock `lock` (created, and removed at the end) while a process writes what it guards: two
+    processes writing the same run or output interleave their files into one no resume can use. Where there are no
+    file locks (Windows has no fcntl; some network file systems refuse flock) the work goes on unguarded.
+
+    Raises:
+        ValueError: `busy`, when another process holds the lock.
+        WriteError: the lock file cannot be created there.
+    """
+    while True:
+        try:
+            f = lock.open("a")
+        except OSError as e:  # a read-only or unwritable folder: what the work itself would meet
+            raise WriteError(e.errno, f"could not write {lock.parent}: {e.strerror or e}") from e
+        held = _try_lock(f)
+        if held is None:
+            f.close()
+            lock.unlink(missing_ok=True)
+            log.warning("no file locks for %s here: a second process writing there would not be refused", lock.parent)
+            yield
+            return
+        if not held:
+            f.close()
+            raise ValueError(busy)
+        try:  # the process that held it may have removed it meanwhile: a lock on that file guards nothing
+            if os.fstat(f.fileno()).st_ino == lock.stat().st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    with f:
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+
+
+def _try_lock(f) -> bool | None:
+    """Locks open file `f` for this process: True, or False when another holds it; None where locks are missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: what the lock guards ran there before the lock, so it still must
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP: a file system without flock
+        return None
+    return True

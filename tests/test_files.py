@@ -93,3 +93,43 @@ def test_a_rewritten_file_keeps_its_permissions(tmp_path):
     finally:
         os.umask(old)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "model.safetensors"]
+
+
+def _read_only(monkeypatch, folder):
+    """Linux on a read-only mount: creating a file there fails with EROFS, and so does unlink, even of a file that is
+    not there (the mount is checked before the name)."""
+    import errno
+    from pathlib import Path
+
+    def refuse(name):
+        def call(self, *args, **kwargs):
+            if self.parent == folder:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+            return real[name](self, *args, **kwargs)
+        return call
+
+    real = {name: getattr(Path, name) for name in ("open", "unlink")}
+    for name in real:
+        monkeypatch.setattr(Path, name, refuse(name))
+
+
+def test_a_read_only_folder_is_a_write_error_naming_the_file(tmp_path, monkeypatch):
+    """`train --resume` of a run on a read-only mount ended in a traceback: the cleanup's unlink of the temporary
+    file that was never made raised EROFS over the WriteError."""
+    from neurallayers.files import WriteError
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("old")
+    _read_only(monkeypatch, tmp_path)
+    with pytest.raises(WriteError) as e:
+        write_text_atomic(path, "new")
+    assert str(e.value) == f"could not write {path}: Read-only file system; the previous file is intact"
+
+
+def test_a_lock_in_a_read_only_folder_is_a_write_error(tmp_path, monkeypatch):
+    from neurallayers.files import WriteError, exclusive
+
+    _read_only(monkeypatch, tmp_path)
+    with pytest.raises(WriteError, match=f"could not write {tmp_path}: Read-only file system"):
+        with exclusive(tmp_path / ".lock", "busy"):
+            pass

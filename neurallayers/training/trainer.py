@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from neurallayers.files import file_in_the_way, write_text_atomic
+from neurallayers.files import exclusive, file_in_the_way, write_text_atomic
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
 from neurallayers.training.config import RunConfig
@@ -53,6 +53,7 @@ from neurallayers.training.signals import StopRequest
 from neurallayers.weights import CheckpointError, check_state_dict
 
 log = logging.getLogger("neurallayers.training")
+LOCK = ".train.lock"  # held by rank 0 while a session writes the run directory
 
 
 @dataclass
@@ -103,8 +104,9 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
     cfg = run.train
     info = dist.init_distributed(cfg.distributed, resolve_device(cfg.device).type)
     try:
-        result = _Fit(run, Path(out_dir), info, resume=resume, loggers=loggers, progress=progress,
-                      until_step=until_step).run()
+        with contextlib.ExitStack() as run_lock:  # rank 0 holds the run directory's lock from its first write on
+            result = _Fit(run, Path(out_dir), info, resume=resume, loggers=loggers, progress=progress,
+                          until_step=until_step, run_lock=run_lock).run()
         dist.finish(info)
         return result
     finally:
@@ -115,20 +117,22 @@ class _Fit:
     """One training session; state lives here so the loop in `run` reads top to bottom."""
 
     def __init__(self, run: RunConfig, out: Path, info: dist.DistInfo, *, resume: bool | str | os.PathLike,
-                 loggers: list | None, progress: bool, until_step: int | None) -> None:
+                 loggers: list | None, progress: bool, until_step: int | None,
+                 run_lock: contextlib.ExitStack) -> None:
         from neurallayers.data import RandomWindows, Tokenizer
         from neurallayers.models import build_model
         from neurallayers.models.encoder import drop_unused_pooler
         from neurallayers.training.prepare import prepare_data
 
         self.info, self.out, self.progress, self.until_step = info, out, progress, until_step
+        self.resume, self.run_lock = resume, run_lock
         from neurallayers.data.corpora import absolute_spec
 
         # config.yaml names the corpus by an absolute path: eval and --resume find it from any directory
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, source=absolute_spec(run.data.source)))
         self.device = resolve_device(run.train.device, local_rank=info.local_rank)
         self.amp_dtype, use_scaler = resolve_precision(run.train.precision, self.device)
-        target = _resume_target(out, resume)
+        target = self.target = _resume_target(out, resume)
         saved = _saved_config(out) if target is not None else None
         if saved is not None:
             run = _as_saved(saved, run)
@@ -406,6 +410,13 @@ class _Fit:
         from neurallayers.training.loggers import build_loggers
 
         self.out.mkdir(parents=True, exist_ok=True)
+        # a second train into this folder (the same command run twice, a requeued job while the first still runs)
+        # interleaved the two runs' checkpoints, metrics and rollbacks, and both reported success
+        busy = f"another train is writing {self.out}; wait for it to end or choose another output directory (--out)"
+        self.run_lock.enter_context(exclusive(self.out / LOCK, busy))
+        if _resume_target(self.out, self.resume) != self.target:  # one that held the lock until just now
+            raise ValueError(f"{self.out} changed while this run was starting (another train wrote to it); run the "
+                             "command again")
         if self.step == 0:  # a fresh run (the folder holds no checkpoint): an aborted earlier start's lines and
             # weights go (_resume_target kept any other folder with weights from getting here)
             for name in ("metrics.jsonl", "model.safetensors", "samples.txt", "loss.png"):

@@ -171,6 +171,44 @@ def test_reload_of_a_checkpoint_refuses_a_run_folder_that_leads_outside_the_root
             assert_ok_after(srv.url)
 
 
+class _Payload:
+    """Pickles to a call that creates `marker` when loaded: the file must never appear."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_reload_never_runs_a_pickle_in_the_folder(tmp_path):
+    """RELIABILITY.md item 1 for reload (resume and load have their own tests): a Hugging Face folder under the model
+    root whose only weights are a pytorch_model.bin that runs code when unpickled. The server has no opt-in for
+    pickles: refused with 400, the code never runs, and the old model serves on."""
+    import torch
+
+    root = tmp_path / "models"
+    write_run_dir(root / "a")
+    neurallayers.convert(root / "a", root / "evil", to="hf")
+    (root / "evil" / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"transformer.wte.weight": _Payload(str(marker))}, root / "evil" / "pytorch_model.bin")
+    port = free_port()
+    proc = start_cli_server(root / "a", port, "--model-root", str(root))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        r = httpx.post(f"{url}/reload", json={"model": "evil"}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+        assert "pytorch_model.bin" in r.json()["error"]["message"]
+        assert_ok_after(url)
+        assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == "a"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert not marker.exists()
+
+
 def test_a_reload_that_fails_in_any_way_is_400_and_the_old_model_serves_on(tmp_path, monkeypatch, caplog):
     root = tmp_path / "models"
     write_run_dir(root / "a", seed=1)

@@ -91,3 +91,59 @@ def test_preset_with_a_saved_runs_whole_model_section_is_refused_not_ignored(tmp
     for preset, overrides in (("demo", []), (None, ["--model.preset", "demo"])):
         with pytest.raises(ValueError, match="model.preset='demo': the model section already gives every field"):
             build_run_config(argparse.Namespace(preset=preset, overrides=overrides, **args))
+
+
+def _snapshot(out):
+    return (out / "metrics.jsonl").read_bytes(), [c.name for c in ckpt.list_checkpoints(out)]
+
+
+def test_a_second_train_into_a_run_being_written_is_refused_before_it_writes(tmp_path):
+    """The same `train --resume` run twice (a second terminal, a job requeued while the first still ran) went on side
+    by side: the second truncated the first's metrics.jsonl and set its newer checkpoints aside under it, and the
+    first still reported success, leaving checkpoints to step 700 with metrics lines to step 300."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from nl_train_helpers import child_env
+
+    run = tiny_run(tmp_path, max_steps=4, save_interval=2, eval_interval=2)
+    out = tmp_path / "run"
+    fit(run, out, progress=False)
+    before = _snapshot(out)
+    lock = out / ".train.lock"
+    with lock.open("a") as held:  # what the session in progress holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.run([sys.executable, "-m", "neurallayers", "train", "--out", str(out), "--resume",
+                               "--train.max_steps", "6", "--no-progress"], env=child_env(tmp_path),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == (f"neurallayers train: error: another train is writing {out}; "
+                                                        "wait for it to end or choose another output directory (--out)")
+        assert _snapshot(out) == before
+    longer = tiny_run(tmp_path, max_steps=6, save_interval=2, eval_interval=2)
+    assert fit(longer, out, resume=True, progress=False).steps == 6
+    assert not lock.exists()
+
+
+def test_a_run_that_another_train_changed_while_this_one_started_is_refused(tmp_path, monkeypatch):
+    """A session that held the lock until just now wrote newer checkpoints: going on from the one read before
+    would set them aside as an abandoned history."""
+    import shutil
+
+    import neurallayers.training.trainer as trainer
+
+    run = tiny_run(tmp_path, max_steps=4, save_interval=2, eval_interval=2)
+    out = tmp_path / "run"
+    fit(run, out, progress=False)
+    locked = trainer.exclusive
+
+    def other_session_ends_first(lock, busy):
+        shutil.copytree(out / "checkpoints/step-4", out / "checkpoints/step-6")  # its newer checkpoint
+        return locked(lock, busy)
+
+    monkeypatch.setattr(trainer, "exclusive", other_session_ends_first)
+    metrics = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="changed while this run was starting"):
+        fit(tiny_run(tmp_path, max_steps=8, save_interval=2, eval_interval=2), out, resume=True, progress=False)
+    assert _snapshot(out) == (metrics, ["step-2", "step-4", "step-6"]) and not (out / "abandoned").exists()
