@@ -125,14 +125,15 @@ class _Fit:
         from neurallayers.training.prepare import prepare_data
 
         self.info, self.out, self.progress, self.until_step = info, out, progress, until_step
-        self.resume, self.run_lock = resume, run_lock
+        self.run_lock = run_lock
         from neurallayers.data.corpora import absolute_spec
 
         # config.yaml names the corpus by an absolute path: eval and --resume find it from any directory
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, source=absolute_spec(run.data.source)))
         self.device = resolve_device(run.train.device, local_rank=info.local_rank)
         self.amp_dtype, use_scaler = resolve_precision(run.train.precision, self.device)
-        target = self.target = _resume_target(out, resume)
+        target = _resume_target(out, resume)
+        self.checkpoints = ckpt.list_checkpoints(out)  # as read here: _open_loggers checks them under the lock
         saved = _saved_config(out) if target is not None else None
         if saved is not None:
             run = _as_saved(saved, run)
@@ -414,7 +415,9 @@ class _Fit:
         # interleaved the two runs' checkpoints, metrics and rollbacks, and both reported success
         busy = f"another train is writing {self.out}; wait for it to end or choose another output directory (--out)"
         self.run_lock.enter_context(exclusive(self.out / LOCK, busy))
-        if _resume_target(self.out, self.resume) != self.target:  # one that held the lock until just now
+        # one that held the lock until just now wrote, pruned or set aside checkpoints: any change, not only the
+        # newest's, as a resume from an older one sets aside only the newer ones it read
+        if ckpt.list_checkpoints(self.out) != self.checkpoints:
             raise ValueError(f"{self.out} changed while this run was starting (another train wrote to it); run the "
                              "command again")
         if self.step == 0:  # a fresh run (the folder holds no checkpoint): an aborted earlier start's lines and
@@ -565,6 +568,10 @@ class _Fit:
         self.early_stopped = reason == "early_stopping"
         if self.last_saved != self.step and not abandoned:
             self._save(t0, going_on=False)
+        elif self.last_saved == self.step:  # the loop's checkpoint is the session's last (until_step, a signal after
+            # it): no step of this session trains on it, so the older one it kept beside it goes, as a final save's
+            dist.on_rank_zero(lambda: ckpt.prune_checkpoints(self.out, keep_last=self.cfg.keep_last,
+                                                             keep_before=self._keep_before(going_on=False)), info)
         if terminal:
             self._finish()
         if abandoned:

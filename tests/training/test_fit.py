@@ -196,6 +196,14 @@ def test_a_diverged_run_keeps_the_last_checkpoint_from_before_it_and_names_it(tm
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-12"]  # keep_last 1 once it trains on
 
 
+def test_a_session_ending_on_the_loops_checkpoint_keeps_keep_last(tmp_path):
+    """A checkpoint saved while the run goes on keeps the one before it until a step trains on it; a session that ended
+    right there (until_step, or SIGTERM, at a save_interval step) left that one too: keep_last 1 kept two."""
+    run = tiny_run(tmp_path, max_steps=8, eval_interval=0, save_interval=2, keep_last=1)
+    assert fit(run, tmp_path / "run", progress=False, until_step=4).stopped_reason == "until_step"
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-4"]
+
+
 def test_the_skip_streak_is_resumed_exactly(tmp_path, monkeypatch):
     """Stopped in the middle of a streak of skipped steps, a resume goes on counting: it stops where an uninterrupted
     run stops, not max_consecutive_skips steps later. (Its first step skipped, torch warned that the schedule had

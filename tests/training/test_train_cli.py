@@ -147,3 +147,26 @@ def test_a_run_that_another_train_changed_while_this_one_started_is_refused(tmp_
     with pytest.raises(ValueError, match="changed while this run was starting"):
         fit(tiny_run(tmp_path, max_steps=8, save_interval=2, eval_interval=2), out, resume=True, progress=False)
     assert _snapshot(out) == (metrics, ["step-2", "step-4", "step-6"]) and not (out / "abandoned").exists()
+
+
+def test_a_resume_from_an_older_checkpoint_is_refused_when_another_train_wrote_meanwhile(tmp_path, monkeypatch):
+    """Resuming step-2 of a run at step-4, it sets aside the newer checkpoints it read: a step-6 written meanwhile by
+    the session that held the lock stayed in checkpoints/, where the next --resume went on from that other history."""
+    import shutil
+
+    import neurallayers.training.trainer as trainer
+
+    run = tiny_run(tmp_path, max_steps=4, save_interval=2, eval_interval=2, keep_last=3)
+    out = tmp_path / "run"
+    fit(run, out, progress=False)
+    locked = trainer.exclusive
+
+    def other_session_ends_first(lock, busy):
+        shutil.copytree(out / "checkpoints/step-4", out / "checkpoints/step-6")
+        return locked(lock, busy)
+
+    monkeypatch.setattr(trainer, "exclusive", other_session_ends_first)
+    metrics = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="changed while this run was starting"):
+        fit(run, out, resume=out / "checkpoints/step-2", progress=False)
+    assert _snapshot(out) == (metrics, ["step-2", "step-4", "step-6"]) and not (out / "abandoned").exists()
