@@ -21,6 +21,10 @@ from neurallayers.ui.logic import (
     stream_text,
 )
 
+# The events that run the model share one queue: Gradio limits each event on its own, so an attention request ran
+# beside a generation (two forwards at once on the CPU's cores)
+MODEL_QUEUE = "model"
+
 
 def _gradio():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # it phones home unless told not to
@@ -122,7 +126,7 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
             # "Value 1.5 is greater than maximum value 0.99." or "input component at index 2", with a traceback)
             record = gr.State(StreamRecord())  # per session, on the server; no API input
             event = go.click(generate_fn, [prompt, *controls, record], [output, status], api_name="generate",
-                             preprocess=False)
+                             preprocess=False, concurrency_id=MODEL_QUEUE)
             halt.click(None, cancels=[event])
             # The browser runs .then() steps of a cancelled event once /cancel has returned, i.e. once the server
             # closed the stream's generator; queued, its reply follows the stream's last updates on the session's
@@ -136,7 +140,7 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                                     label="Layer", scale=1)
             show = gr.Button("Show attention", variant="primary", elem_id="show-attention")
             plot = gr.Plot(label="Attention weights", format="png", elem_id="attention-plot")
-            show.click(attention_fn, [text, layer], plot, api_name="attention")
+            show.click(attention_fn, [text, layer], plot, api_name="attention", concurrency_id=MODEL_QUEUE)
     return app
 
 

@@ -26,7 +26,10 @@ def parse_stops(text: str | None) -> list[str]:
         return []
     if not isinstance(text, str):
         raise ValueError(f"Stop strings must be text (one per line), got {type(text).__name__}")
-    return [line.replace("\\n", "\n").replace("\\t", "\t") for line in text.splitlines() if line]
+    # split at newlines only: str.splitlines() also cut a stop string at \x1c, \x85 or U+2028 (a model's output
+    # may hold them), so the UI stopped earlier than `generate --stop` with the same string
+    lines = (line.removesuffix("\r") for line in text.split("\n"))
+    return [line.replace("\\n", "\n").replace("\\t", "\t") for line in lines if line]
 
 
 def _number(name: str, value: Any, *, integer: bool = False) -> float | int:
@@ -67,7 +70,7 @@ def sampling_config(*, max_new_tokens: Any, temperature: Any, top_k: Any, top_p:
 def _prompt_ids(model: nn.Module, tokenizer, prompt: Any) -> list[int]:
     if not isinstance(prompt, str):  # an API caller's value: Gradio's own checks are skipped (preprocess=False)
         raise ValueError(f"The prompt must be text, got {type(prompt).__name__}")
-    if not prompt.strip():
+    if not prompt:  # only "", as `generate` refuses: a newline or a space is a prompt ("\n" starts a fresh line)
         raise ValueError("The prompt is empty: type some text first")
     ids = tokenizer.encode(prompt, add_special_tokens=True)  # as generate() encodes it
     block = model.config.block_size
@@ -172,8 +175,20 @@ def attention_maps(model: nn.Module, tokenizer, text: str) -> tuple[list[str], t
     with eval_mode(model):  # a model mid-training: its attention dropout zeroed and rescaled the weights shown
         out = forward(**inputs, output_attentions=True)
     maps = torch.stack([a[0].float().cpu() for a in out.attentions])  # (L, H, T, T)
+    return _token_labels(tokenizer, ids), maps
+
+
+def _token_labels(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's text. A byte-level token that holds only part of a character decodes alone to U+FFFD ("café 🎉"
+    was labelled c a f � � and four more �): it gets the characters it completes instead, "" before the last piece."""
     labels = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
-    return labels, maps
+    for k, label in enumerate(labels):
+        if "\ufffd" in label:
+            before = tokenizer.decode(ids[:k], skip_special_tokens=False).rstrip("\ufffd")
+            upto = tokenizer.decode(ids[:k + 1], skip_special_tokens=False).rstrip("\ufffd")
+            if upto.startswith(before):  # else keep the piece's own text
+                labels[k] = upto[len(before):]
+    return labels
 
 
 def layer_choices(n_layer: int) -> list[str]:
@@ -195,7 +210,7 @@ def attention_figure(labels: list[str], maps: torch.Tensor, layer: str = ALL_LAY
     fig = Figure(figsize=(cols * cell + 1.2, rows * cell + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     show_tokens = t <= 24 and rows * cols <= 16
-    shown = [repr(s)[1:-1] or "''" for s in labels]  # make spaces, newlines and empty pieces visible
+    shown = [_drawable(repr(s)[1:-1]) or "''" for s in labels]  # make spaces, newlines and empty pieces visible
     image = None
     for r, li in enumerate(layers):
         for h in range(n_head):
@@ -212,3 +227,12 @@ def attention_figure(labels: list[str], maps: torch.Tensor, layer: str = ALL_LAY
     fig.supxlabel("key (token attended to)", fontsize=9)
     fig.supylabel("query (token attending)", fontsize=9)
     return fig
+
+
+def _drawable(label: str) -> str:
+    """The label with the characters matplotlib's font has no glyph for (an emoji, CJK in DejaVu Sans) as escapes
+    (\\U0001f389): they were drawn as empty boxes, with a "Glyph missing" warning in the server log."""
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    font = get_font(findfont(FontProperties()))
+    return "".join(c if font.get_char_index(ord(c)) else ascii(c)[1:-1] for c in label)

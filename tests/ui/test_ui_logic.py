@@ -31,6 +31,12 @@ def test_controls_become_a_generation_config():
     assert parse_stops(None) == [] and parse_stops("a\n\nb") == ["a", "b"]
 
 
+def test_stop_strings_split_at_newlines_only():
+    """str.splitlines() cut "st\x1cZ" into the stops "st" and "Z" (also at \x85, U+2028 ...): the playground stopped
+    where `generate --stop` with the same string went on."""
+    assert parse_stops("st\x1cZ\nur\u2028Q\r\na\x85b\x0cc") == ["st\x1cZ", "ur\u2028Q", "a\x85b\x0cc"]
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"seed": -2}, "Seed must be -1 \\(random\\) or a number >= 0, got -2"),
     ({"seed": 2**64}, "Seed must be at most 9223372036854775807, got 18446744073709551616"),
@@ -59,11 +65,21 @@ def test_stream_text_grows_to_generate_text(tiny):
     assert texts[-1] == want.text
     assert steps[-1][1].startswith(f"{len(want.token_ids)} tokens in") and "token limit" in steps[-1][1]
     with pytest.raises(ValueError, match="The prompt is empty"):
-        next(stream_text(model, tok, "  ", cfg))
+        next(stream_text(model, tok, "", cfg))
     with pytest.raises(ValueError, match="The prompt has 120 tokens but the model's context length is 96"):
         next(stream_text(model, tok, "ab" * 60, cfg))
     with pytest.raises(ValueError, match="The prompt must be text, got int"):  # it said "The prompt is empty"
         next(stream_text(model, tok, 42, cfg))
+
+
+def test_a_whitespace_prompt_generates_as_generate_does(tiny):
+    """A prompt of a newline or spaces was "The prompt is empty", where `neurallayers generate` takes it (its own error
+    for "" suggests $'\\n')."""
+    model, tok = tiny
+    cfg = sampling_config(**CONTROLS)
+    for prompt in ("\n", "  "):
+        *_, (text, _) = stream_text(model, tok, prompt, cfg)
+        assert text == generate(model, tok, prompt, cfg)[0].text
 
 
 def test_attention_maps_are_causal_distributions(tiny):
@@ -153,3 +169,29 @@ def test_attention_maps_of_a_model_in_training_run_without_dropout_and_keep_its_
     torch.testing.assert_close(maps.sum(-1), torch.ones(1, 2, 7))
     torch.testing.assert_close(attention_maps(model, tok, "the fox")[1], maps)
     assert model.training and not model.wte.training
+
+
+def test_attention_labels_of_non_ascii_text_name_their_characters():
+    """Each byte of "🎉" is a token of a byte-level BPE and decoded alone to U+FFFD: every label of an emoji, a CJK or
+    an accented character read "�". A token now shows the characters it completes."""
+    tok = Tokenizer.train_bpe(["the fox café"], vocab_size=270, show_progress=False)
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    text = "café 🎉 日本x"
+    labels, maps = attention_maps(model, tok, text)
+    assert len(labels) == maps.shape[-1] > len(text) and "".join(labels) == text
+    assert "🎉" in labels and "日" in labels and "\ufffd" not in "".join(labels)
+
+
+def test_attention_figure_escapes_characters_its_font_cannot_draw():
+    """An emoji label was an empty box in the PNG, and a "Glyph 127881 ... missing" warning in the server log."""
+    import io
+    import warnings
+
+    maps = torch.softmax(torch.randn(1, 1, 3, 3), dim=-1)
+    fig = attention_figure(["é", "🎉", "x"], maps, "all")
+    ax = next(ax for ax in fig.axes if ax.get_title())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["é", "\\U0001f389", "x"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing glyph warns
+        fig.savefig(io.BytesIO(), format="png")
