@@ -210,7 +210,7 @@ def attention_figure(labels: list[str], maps: torch.Tensor, layer: str = ALL_LAY
     fig = Figure(figsize=(cols * cell + 1.2, rows * cell + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     show_tokens = t <= 24 and rows * cols <= 16
-    shown = [_drawable(repr(s)[1:-1]) or "''" for s in labels]  # make spaces, newlines and empty pieces visible
+    shown = [s or "''" for s in _drawable([repr(s)[1:-1] for s in labels])]  # spaces, newlines, empty pieces visible
     image = None
     for r, li in enumerate(layers):
         for h in range(n_head):
@@ -229,10 +229,11 @@ def attention_figure(labels: list[str], maps: torch.Tensor, layer: str = ALL_LAY
     return fig
 
 
-def _drawable(label: str) -> str:
-    """The label with the characters matplotlib's font has no glyph for (an emoji, CJK in DejaVu Sans) as escapes
-    (\\U0001f389): they were drawn as empty boxes, with a "Glyph missing" warning in the server log."""
+def _drawable(labels: list[str]) -> list[str]:
+    """The labels with the characters matplotlib's font has no glyph for (an emoji, CJK in DejaVu Sans) as escapes
+    (\\U0001f389): they were drawn as empty boxes, with a "Glyph missing" warning in the server log. The font is
+    looked up once for all of them."""
     from matplotlib.font_manager import FontProperties, findfont, get_font
 
     font = get_font(findfont(FontProperties()))
-    return "".join(c if font.get_char_index(ord(c)) else ascii(c)[1:-1] for c in label)
+    return ["".join(c if font.get_char_index(ord(c)) else ascii(c)[1:-1] for c in label) for label in labels]
