@@ -530,8 +530,11 @@ class _Fit:
                     final_val = self._evaluate()
                     if cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience:
                         reason = "early_stopping"
-                        note = (f"stopped at step {self.step}: {self.bad_evals} evaluations without a better val loss "
-                                f"than {self.best_val:.4f} (early_stopping_patience={cfg.early_stopping_patience})")
+                        # every evaluation so far non-finite (a diverged run): there is no best to name
+                        than = ("a finite val loss" if self.best_val is None
+                                else f"a better val loss than {self.best_val:.4f}")
+                        note = (f"stopped at step {self.step}: {self.bad_evals} evaluations without {than} "
+                                f"(early_stopping_patience={cfg.early_stopping_patience})")
                         if info.is_main:
                             log.info("early stopping: %s", note)
                         self._log({"early_stopping": note})  # in metrics.jsonl, as the NaN guard's stops are

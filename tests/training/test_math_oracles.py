@@ -1,0 +1,128 @@
+"""Training arithmetic of real runs against independent oracles: torch's own schedulers (across a resume mid-warmup),
+the gradient of one big batch, the dtypes of bf16 autocast, and early stopping when no evaluation is finite."""
+
+import pytest
+import torch
+from nl_train_helpers import ENCODER, read_jsonl, tiny_run
+
+from neurallayers.training import TrainConfig, fit
+
+
+def torch_rates(cfg: TrainConfig) -> list[float]:
+    """The rate of each step from torch.optim.lr_scheduler: LinearLR warmup from lr / W up to lr at step W - 1, then
+    CosineAnnealingLR or a linear LambdaLR from lr down to min_lr at max_steps."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    w, decay = cfg.warmup_steps, cfg.max_steps - cfg.warmup_steps
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / w, end_factor=1.0, total_iters=w - 1)
+    if cfg.schedule == "cosine":
+        rest = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=decay, eta_min=cfg.min_lr)
+    else:
+        low = cfg.min_lr / cfg.lr
+        rest = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - (1 - low) * s / decay)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(opt, [warm, rest], milestones=[w])
+    rates = []
+    for _ in range(cfg.max_steps):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_fits_logged_rates_equal_torchs_schedulers(tmp_path, schedule):
+    """The rate every step of a real run logs, from the first warmup step to the last decay step, in a run stopped
+    mid-warmup and resumed (the schedule is rebuilt at the checkpoint's step)."""
+    run = tiny_run(tmp_path, max_steps=9, warmup_steps=3, schedule=schedule, lr=3e-3, min_lr=3e-4, eval_interval=0,
+                   save_interval=1)
+    fit(run, tmp_path / "run", progress=False, until_step=2)
+    fit(run, tmp_path / "run", progress=False, resume=True)
+    logged = [r["lr"] for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "lr" in r]
+    assert logged == pytest.approx(torch_rates(run.train), rel=1e-9)
+
+
+def test_accumulated_masked_lm_gradients_equal_one_big_batch(tmp_path, monkeypatch):
+    """Micro-batches that predict different numbers of tokens: the gradient clipping sees (and the norm logged) is
+    the gradient of one batch of all 8 windows' masked tokens, parameter by parameter."""
+    from neurallayers.data import RandomWindows
+    from neurallayers.data.masking import Masker
+    from neurallayers.models import build_model
+    from neurallayers.training.prepare import prepare_data
+    from neurallayers.training.runtime import seed_all
+
+    seen = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, **kwargs):
+        params = list(params)
+        seen.extend(p.grad.clone() for p in params if p.grad is not None)
+        return clip(params, max_norm, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    run = tiny_run(tmp_path, model={**ENCODER, "dropout": 0.0}, max_steps=1, batch_size=2, grad_accum=4,
+                   grad_clip=0.5, eval_interval=0, save_interval=0, mask_prob=0.1)
+    fit(run, tmp_path / "run", progress=False)
+    tok, tokens, run = prepare_data(run)
+    seed_all(run.train.seed)
+    model = build_model(run.model)  # the trainer's initial weights
+    windows = RandomWindows(tokens.train, block_size=run.model.block_size, batch_size=2, seed=run.train.seed)
+    masker = Masker.for_tokenizer(tok, prob=run.train.mask_prob, seed=run.train.seed)
+    batches = [masker(windows.batch(i)[0], i) for i in range(4)]
+    assert len({int((y != -100).sum()) for _, y in batches}) > 1  # else a mean of means would pass too
+    model(torch.cat([x for x, _ in batches]), labels=torch.cat([y for _, y in batches])).loss.backward()
+    expected = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(seen) == len(expected)
+    for got, want in zip(seen, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in expected])).item()
+    (row,) = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "grad_norm" in r]
+    assert row["grad_norm"] == pytest.approx(norm, rel=1e-5) and norm > run.train.grad_clip  # pre-clip
+
+
+def test_early_stopping_when_no_evaluation_is_finite(tmp_path):
+    """A diverging rate (lr 1e30) makes the first val loss NaN: with patience 1 that evaluation stops the run. The
+    stop note formatted the best val loss, None here, and the run died in a TypeError instead of stopping."""
+    run = tiny_run(tmp_path, max_steps=6, warmup_steps=0, lr=1e30, min_lr=0.0, eval_interval=1,
+                   early_stopping_patience=1, save_interval=0)
+    result = fit(run, tmp_path / "run", progress=False)
+    assert (result.stopped_reason, result.steps, result.best_val_loss) == ("early_stopping", 1, None)
+    rows = read_jsonl(tmp_path / "run/metrics.jsonl")
+    assert [r["val_loss"] for r in rows if "val_loss" in r] == ["nan"]
+    assert [r["early_stopping"] for r in rows if "early_stopping" in r] == [
+        "stopped at step 1: 1 evaluations without a finite val loss (early_stopping_patience=1)"
+    ]
+    assert (tmp_path / "run/model.safetensors").is_file()  # never a best: the final weights are the model
+
+
+def test_bf16_autocast_runs_the_matmuls_in_bf16_and_the_loss_in_fp32(tmp_path, monkeypatch):
+    """precision bf16 on CPU: in training and evaluation the logits come out of a bf16 matmul, the residual stream
+    and norms stay fp32, the loss is taken in fp32, and the weights and their gradients stay fp32."""
+    import warnings
+
+    import neurallayers.models
+    from neurallayers.weights import torch_load_safe
+
+    real = neurallayers.models.build_model
+    seen = {"train": set(), "eval": set()}
+
+    def build(cfg):
+        model = real(cfg)
+
+        def record(module, args, kwargs, out):
+            mode = "train" if module.training else "eval"
+            seen[mode].add(("logits", out.logits.dtype))
+            seen[mode].add(("loss", out.loss.dtype))
+
+        model.register_forward_hook(record, with_kwargs=True)
+        model.norm_f.register_forward_hook(lambda m, a, out: seen["train" if m.training else "eval"].add(
+            ("norm", out.dtype)))
+        return model
+
+    monkeypatch.setattr(neurallayers.models, "build_model", build)
+    run = tiny_run(tmp_path, max_steps=2, eval_interval=2, save_interval=2, precision="bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CPU without bf16 dot products warns that bf16 is slow there
+        fit(run, tmp_path / "run", progress=False)
+    want = {("logits", torch.bfloat16), ("loss", torch.float32), ("norm", torch.float32)}
+    assert seen == {"train": want, "eval": want}
+    moments = torch_load_safe(tmp_path / "run/checkpoints/step-2/state.pt")["optimizer"]["state"]
+    assert {s["exp_avg"].dtype for s in moments.values()} == {torch.float32}
