@@ -485,6 +485,9 @@ class _Fit:
         console = contextlib.ExitStack()
         if not bar.disable:
             console.enter_context(logging_redirect_tqdm())
+        if cfg.early_stopping_patience and not cfg.eval_interval and info.is_main:
+            log.warning("train.early_stopping_patience=%d never stops this run: train.eval_interval is 0 (evaluations "
+                        "only at the end); set --train.eval_interval", cfg.early_stopping_patience)
         in_step = abandoned = False
         try:
             while self.step < cfg.max_steps:

@@ -93,6 +93,16 @@ def test_early_stopping_when_no_evaluation_is_finite(tmp_path):
     assert (tmp_path / "run/model.safetensors").is_file()  # never a best: the final weights are the model
 
 
+
+def test_early_stopping_without_evaluations_during_the_run_is_named(tmp_path, caplog):
+    """Patience counts evaluations: with eval_interval 0 (an evaluation at the end only) it can never stop the run,
+    which trained on silently."""
+    run = tiny_run(tmp_path, max_steps=2, eval_interval=0, early_stopping_patience=3, save_interval=0)
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        result = fit(run, tmp_path / "run", progress=False)
+    assert result.stopped_reason == "max_steps"
+    assert "train.early_stopping_patience=3 never stops this run: train.eval_interval is 0" in caplog.text
+
 def test_bf16_autocast_runs_the_matmuls_in_bf16_and_the_loss_in_fp32(tmp_path, monkeypatch):
     """precision bf16 on CPU: in training and evaluation the logits come out of a bf16 matmul, the residual stream
     and norms stay fp32, the loss is taken in fp32, and the weights and their gradients stay fp32."""
