@@ -53,8 +53,11 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
+        self._trial = False  # parse_args' second parse: its errors are raised, not printed
 
     def error(self, message: str):
+        if self._trial:
+            raise _TrialError(message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_args(self, args=None, namespace=None):
@@ -70,7 +73,13 @@ class _Parser(argparse.ArgumentParser):
             parsed, plain_rest = self.parse_known_args(args, copy.copy(namespace))
             if not plain_rest:
                 return parsed
-        parsed, rest = parse(args, namespace)
+        try:
+            self._trial = bool(plain_rest)
+            parsed, rest = parse(args, namespace)
+        except _TrialError:  # it dropped the '--' and failed where the plain parse did not (`convert -- -a -b
+            rest = plain_rest  # --overwrite` took --overwrite for the flag, then said src and dst were missing)
+        finally:
+            self._trial = False
         if plain_rest and _separator_lost(args, rest):
             rest = plain_rest  # the plain parse read the positionals after '--' right: its leftovers are the extras
         if rest:
@@ -95,7 +104,7 @@ class _Parser(argparse.ArgumentParser):
         known = [s[2:] for action in self._actions for s in action.option_strings if s.startswith("--")]
         for arg in rest:
             name = arg.split("=", 1)[0]
-            if not name.startswith("--") or len(name) < 3:
+            if not name.startswith("--") or len(name) < 3 or name[2:] in known:  # one of ours, written after '--'
                 continue
             typed = name[2:].replace("_", "-")
             # the names without their dashes: with them, '--bogus' is close to '--out'
@@ -103,6 +112,10 @@ class _Parser(argparse.ArgumentParser):
             if hint:
                 return f" (did you mean {' or '.join(f'--{h}' for h in hint)}?)"
         return ""
+
+
+class _TrialError(Exception):
+    """An argparse error of a parse whose leftovers another parse may give instead."""
 
 
 def _separator_lost(args: list[str], rest: list[str]) -> bool:

@@ -2,7 +2,8 @@
 
 Either kind of source is read with `neurallayers.load`, so an HF folder can also be rewritten as HF (for
 example to reshard it, or to turn opted-in pickle weights into safetensors). The destination is built in a
-temporary folder beside it and renamed into place at the end, so a failed conversion leaves no half-written dst.
+temporary folder beside it (inside it, where it exists) and renamed into place at the end, so a failed conversion
+leaves no half-written dst.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from neurallayers.files import WriteError
 
 TARGETS = ("hf", "run")
+TEMP = ".convert.tmp-"  # + pid: the folder a conversion into an existing folder builds its files in
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf", "run"] | None = None,
@@ -68,7 +70,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         raise ValueError(f"dst {dst} is the source folder; write to another folder")
     if dst.resolve() in src.resolve().parents:  # overwrite would delete the source with the rest of dst
         raise ValueError(f"dst {dst} holds the source folder {src}; write to a folder outside it")
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
+    # what a conversion killed while it wrote leaves inside (it is built there): no reason to ask for overwrite
+    if dst.exists() and any(not p.name.startswith(TEMP) for p in dst.iterdir()) and not overwrite:
         raise ValueError(f"dst {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
     if overwrite and (dst / "checkpoints").is_dir():  # a training run: its checkpoints are not ours to delete
         raise ValueError(f"dst {dst} holds a training run (checkpoints/); overwrite replaces model folders only: "
@@ -81,7 +84,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         raise ValueError(f"src {src} has no tokenizer files (tokenizer.json or vocab.json + merges.txt); "
                          "a run directory needs one")
     target = Path(os.path.abspath(dst))  # "." or "..": no name to build the temporary sibling's from
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    # an existing folder is filled in place, so its new files are built inside it, on its own file system: built
+    # beside a link to another one (or a mount point), they were copied across after the old ones were deleted, and
+    # a full disk left a truncated model in their place
+    tmp = target / f"{TEMP}{os.getpid()}" if target.is_dir() else target.with_name(
+        f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         if to == "hf":
@@ -106,15 +113,17 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
 
 
 def _fill(folder: Path, tmp: Path) -> None:
-    """`folder`'s entries replaced by those of `tmp`, the folder itself kept: replaced by another folder, `convert SRC
-    .` left the shell that ran it in a deleted folder, where `ls` showed nothing."""
+    """`folder`'s entries replaced by those of `tmp`, a folder inside it, the folder itself kept: replaced by another
+    folder, `convert SRC .` left the shell that ran it in a deleted folder, where `ls` showed nothing."""
     for old in folder.iterdir():
+        if old == tmp:
+            continue
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
         else:
             old.unlink()
     for new in tmp.iterdir():
-        shutil.move(new, folder / new.name)  # a rename, or a copy where `folder` is a link to another file system
+        os.replace(new, folder / new.name)  # renames within one file system: nothing left to run out of space
 
 
 def _keep_sampling(src: Path, folder: Path) -> None:

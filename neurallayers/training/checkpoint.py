@@ -106,6 +106,19 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_identities(run_dir: str | os.PathLike) -> list[tuple[Path, int, int]]:
+    """Each complete checkpoint with its marker's inode and mtime: what tells a checkpoint from another one saved under
+    the same name (a session that resumed from an older step, set this one aside and saved the step again)."""
+    found = []
+    for p in list_checkpoints(run_dir):
+        try:
+            marker = (p / COMPLETE).stat()
+        except FileNotFoundError:  # pruned meanwhile: gone, as a checkpoint not listed
+            continue
+        found.append((p, marker.st_ino, marker.st_mtime_ns))
+    return found
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint folder, or None."""
     found = list_checkpoints(run_dir)

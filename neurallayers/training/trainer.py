@@ -133,7 +133,7 @@ class _Fit:
         self.device = resolve_device(run.train.device, local_rank=info.local_rank)
         self.amp_dtype, use_scaler = resolve_precision(run.train.precision, self.device)
         target = _resume_target(out, resume)
-        self.checkpoints = ckpt.list_checkpoints(out)  # as read here: _open_loggers checks them under the lock
+        self.checkpoints = ckpt.checkpoint_identities(out)  # as read here: _open_loggers checks them under the lock
         saved = _saved_config(out) if target is not None else None
         if saved is not None:
             run = _as_saved(saved, run)
@@ -416,8 +416,9 @@ class _Fit:
         busy = f"another train is writing {self.out}; wait for it to end or choose another output directory (--out)"
         self.run_lock.enter_context(exclusive(self.out / LOCK, busy))
         # one that held the lock until just now wrote, pruned or set aside checkpoints: any change, not only the
-        # newest's, as a resume from an older one sets aside only the newer ones it read
-        if ckpt.list_checkpoints(self.out) != self.checkpoints:
+        # newest's, as a resume from an older one sets aside only the newer ones it read; and one saved again under
+        # a name read here (a resume from an older step that then reached it) is another checkpoint
+        if ckpt.checkpoint_identities(self.out) != self.checkpoints:
             raise ValueError(f"{self.out} changed while this run was starting (another train wrote to it); run the "
                              "command again")
         if self.step == 0:  # a fresh run (the folder holds no checkpoint): an aborted earlier start's lines and

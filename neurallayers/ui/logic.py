@@ -3,6 +3,7 @@ attention weights as heatmaps. Bad input raises ValueError with a message for th
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -182,12 +183,16 @@ def _token_labels(tokenizer, ids: list[int]) -> list[str]:
     """Each token's text. A byte-level token that holds only part of a character decodes alone to U+FFFD ("café 🎉"
     was labelled c a f � � and four more �): it gets the characters it completes instead, "" before the last piece."""
     labels = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+
+    def settled(n: int) -> int:  # the characters of the text the first n tokens decode to as they stay in it
+        # (not a strip of every trailing U+FFFD: one the text holds itself went from every label, "a\ufffdb" read a, b)
+        return len(os.path.commonprefix([tokenizer.decode(ids[:n], skip_special_tokens=False), text]))
+
     for k, label in enumerate(labels):
         if "\ufffd" in label:
-            before = tokenizer.decode(ids[:k], skip_special_tokens=False).rstrip("\ufffd")
-            upto = tokenizer.decode(ids[:k + 1], skip_special_tokens=False).rstrip("\ufffd")
-            if upto.startswith(before):  # else keep the piece's own text
-                labels[k] = upto[len(before):]
+            start = settled(k)
+            labels[k] = text[start:max(start, settled(k + 1))]
     return labels
 
 
@@ -218,8 +223,8 @@ def attention_figure(labels: list[str], maps: torch.Tensor, layer: str = ALL_LAY
             image = ax.imshow(maps[li, h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_title(f"layer {li} · head {h}", fontsize=8)
             if show_tokens:  # labels on the bottom row and the left column only
-                ax.set_xticks(range(t), shown if r == rows - 1 else [], rotation=90, fontsize=7)
-                ax.set_yticks(range(t), shown if h == 0 else [], fontsize=7)
+                ax.set_xticks(range(t), shown if r == rows - 1 else [], rotation=90, fontsize=7, parse_math=False)
+                ax.set_yticks(range(t), shown if h == 0 else [], fontsize=7, parse_math=False)
             else:
                 ax.set_xticks([])
                 ax.set_yticks([])

@@ -585,6 +585,72 @@ def test_convert_into_the_current_folder_writes_into_that_folder(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "hf"]
 
 
+def test_convert_over_a_folder_on_another_file_system_renames_its_files_into_place(tmp_path, monkeypatch):
+    """`convert SRC link --overwrite`, the link to a folder on another file system (or a mount point given as `.`): the
+    new files were built beside the link, the old ones deleted, then copied across; on a full disk that left a
+    truncated model.safetensors where the old model was. They are built inside the folder now, and renamed."""
+    import errno
+    import shutil
+    from pathlib import Path
+
+    from neurallayers.files import WriteError
+
+    src, usb = tmp_path / "hf", tmp_path / "usb"
+    hf_folder(src)
+    convert(src, usb / "out", to="hf")
+    (usb / "out" / "old.txt").write_text("old")
+    (tmp_path / "link").symlink_to(usb / "out")
+
+    def on_usb(path) -> bool:
+        return usb in Path(os.path.realpath(path)).parents
+
+    def across(move):  # usb is another file system: a rename across its edge fails, and it has no room for a copy
+        def moved(a, b, **kw):
+            if on_usb(a) != on_usb(b):
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+            return move(a, b, **kw)
+        return moved
+
+    def full(a, b, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "rename", across(os.rename))
+    monkeypatch.setattr(os, "replace", across(os.replace))
+    monkeypatch.setattr(shutil, "copyfile", full)
+    convert(src, tmp_path / "link", to="hf", overwrite=True)
+    kept = {p.name: p.read_bytes() for p in (usb / "out").iterdir()}
+    assert sorted(kept) == ["config.json", "generation_config.json", "model.safetensors"]
+    load_hf(tmp_path / "link")
+
+    def no_room(model, tokenizer, folder, **kw):  # the disk fills while the new files are written
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("neurallayers.interop.hf.save_hf", no_room)
+    with pytest.raises(WriteError, match="No space left on device"):
+        convert(src, tmp_path / "link", to="hf", overwrite=True)
+    assert {p.name: p.read_bytes() for p in (usb / "out").iterdir()} == kept  # the old files whole, no temp left
+
+
+def test_a_conversion_killed_while_it_wrote_into_an_empty_folder_needs_no_overwrite_again(tmp_path):
+    """The files are built inside an existing folder: what a killed conversion left there is no one's model, so the
+    same command again fills the folder and removes it, without --overwrite."""
+    import subprocess
+    import sys
+
+    src, out = tmp_path / "hf", tmp_path / "out"
+    hf_folder(src)
+    out.mkdir()
+    killed = ("import os, sys; import neurallayers.interop.hf as hf; from neurallayers.interop import convert; "
+              "real = hf.save_hf; hf.save_hf = lambda *a, **k: (real(*a, **k), os.kill(os.getpid(), 9)); "
+              "convert(sys.argv[1], sys.argv[2], to='hf')")
+    done = subprocess.run([sys.executable, "-c", killed, str(src), str(out)], capture_output=True, timeout=300)
+    assert done.returncode == -9 and [p.name.startswith(".convert.tmp-") for p in out.iterdir()] == [True]
+    convert(src, out, to="hf")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+
+
 def test_convert_mistakes_are_named_as_the_user_gave_them(tmp_path):
     """`convert hf hf` said "not empty; pass --overwrite", and with --overwrite that it is the source; `convert hf run
     --max-shard-size 2` named max_shard_size=2097152, a number the user never typed."""

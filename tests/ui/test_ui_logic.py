@@ -183,6 +183,30 @@ def test_attention_labels_of_non_ascii_text_name_their_characters():
     assert "🎉" in labels and "日" in labels and "\ufffd" not in "".join(labels)
 
 
+def test_attention_labels_keep_a_replacement_character_the_text_holds():
+    """A U+FFFD typed in the text (a pasted decoding error) went from every label: the trailing U+FFFD of an
+    incomplete character was stripped, and this one with it, so "a\ufffdb" was labelled a, b."""
+    tok = Tokenizer.train_bpe(["the fox café"], vocab_size=270, show_progress=False)
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    for text in ("a\ufffdb", "é\ufffd", "\ufffd\ufffd"):
+        labels, _ = attention_maps(model, tok, text)
+        assert "".join(labels) == text
+
+
+def test_attention_figure_draws_dollar_signs_as_text():
+    """Tick labels went through matplotlib's mathtext: GPT-2's token " $$" made the PNG fail ("Could not postprocess
+    output component", a server traceback) and "$x$" was drawn as an italic x."""
+    import io
+
+    maps = torch.softmax(torch.randn(1, 1, 3, 3), dim=-1)
+    fig = attention_figure([" $$", "$x$", "b"], maps, "all")
+    fig.savefig(io.BytesIO(), format="png")
+    ax = next(ax for ax in fig.axes if ax.get_title())
+    assert [(t.get_text(), t.get_parse_math()) for t in ax.get_xticklabels()] == [
+        (" $$", False), ("$x$", False), ("b", False)]
+
+
 def test_attention_figure_escapes_characters_its_font_cannot_draw():
     """An emoji label was an empty box in the PNG, and a "Glyph 127881 ... missing" warning in the server log."""
     import io
