@@ -7,7 +7,9 @@ and returns a new (B, V) tensor; the inputs are never modified. Arguments are ch
 
 Rows may be left-padded: processors that look at the tokens take `pad_lens` (the number of padding columns at
 the left of each row) and ignore those columns. Processors that count only generated tokens take `prompt_len`
-(the number of leading columns that are the prompt, padding included).
+(the number of leading columns that are the prompt, padding included). Padding is never history, so a padded row
+scores as it does alone: transformers' generate skips padding for its repetition penalty too, but its n-gram ban
+counts the pad token as a token of the row.
 """
 
 from __future__ import annotations

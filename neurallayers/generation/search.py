@@ -18,7 +18,7 @@ from torch import nn
 from neurallayers.checks import is_int
 from neurallayers.generation import processors
 from neurallayers.generation.config import Generation, GenerationConfig, TokenLogprob
-from neurallayers.generation.processors import apply_processors
+from neurallayers.generation.processors import apply_processors, check_some_token_left
 
 NEG = -1.0e9  # Hugging Face's "impossible" score; kept identical so ties break the same way
 
@@ -206,6 +206,10 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
     Returns:
         Per prompt, config.num_return_sequences Generations, best first, with `score` the length-penalised beam
         score; token_ids exclude the prompt and a final stop token; text is left empty.
+
+    Raises:
+        ValueError: bad prompts or settings, or an n-gram ban that leaves no beam of a prompt a token while it has
+            fewer than num_return_sequences finished hypotheses (as the other methods refuse a step with no token).
     """
     check_request(model, input_ids, config, eos_ids)
     model.eval()
@@ -253,6 +257,12 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
         model_lp = F.log_softmax(logits, dim=-1)
         logprobs = apply_processors(procs, running.view(b * nb, max_len)[:, :cur], model_lp)
         acc = (logprobs.view(b, nb, vocab) + run_scores[:, :, None]).view(b, nb * vocab)
+        # A prompt still searching whose beams have no token left (an n-gram ban on a small vocabulary), short of
+        # num_return_sequences finished hypotheses, would return slots no step scored (score NEG, a beam cut
+        # short): the error the other methods give instead.
+        stuck = torch.isneginf(acc).all(-1) & improvable[:, 0] & (is_fin.sum(-1) < n_ret)
+        if bool(stuck.any()):
+            check_some_token_left(config, logprobs, cur - plen, live=stuck.repeat_interleave(nb))
         top_scores, top_idx = torch.topk(acc, keep)  # (B, keep)
         src_beam, tok = top_idx // vocab, top_idx % vocab
         top_seqs = torch.take_along_dim(running, src_beam[:, :, None], dim=1)

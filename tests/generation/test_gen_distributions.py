@@ -121,6 +121,24 @@ def test_a_step_with_every_token_banned_is_a_clear_error(method: dict) -> None:
     assert sorted(g.token_ids) == [0, 3, 4, 6, 7]
 
 
+@pytest.mark.parametrize("beams", [dict(num_beams=2), dict(num_beams=3, num_return_sequences=2)], ids=str)
+def test_beam_search_out_of_tokens_is_the_same_clear_error(beams: dict) -> None:
+    """When no beam of a prompt has a token left and too few hypotheses have finished, beam search returned
+    hypotheses that no search step scored: the "impossible" score -1e9, a beam cut short with finish_reason "length"
+    (transformers returns such rows too, padded with -1). It now refuses as every other method does; where enough
+    hypotheses did finish before, they are the result."""
+    model = tiny(seed=3, vocab=V, n_layer=1, n_embd=16, n_head=2)
+    cfg = GenerationConfig(max_new_tokens=12, no_repeat_ngram_size=1, temperature=0, ignore_eos=True, **beams)
+    with pytest.raises(ValueError, match=r"no_repeat_ngram_size=1 bans every token .* after 5 generated tokens"):
+        generate(model, None, [PROMPT], cfg)
+    gens = generate(model, None, [PROMPT], cfg.replace(max_new_tokens=5))  # up to there it decodes
+    assert all(sorted(g.token_ids) == [0, 3, 4, 6, 7] and g.score > -1e6 for g in gens)
+    # a stop token every hypothesis reaches before the ban: the search ends on its finished hypotheses
+    stop = gens[0].token_ids[2]
+    for g in generate(model, None, [PROMPT], cfg.replace(ignore_eos=False, stop_token_ids=[stop])):
+        assert g.finish_reason == "stop" and stop not in g.token_ids and g.score > -1e6
+
+
 def test_running_out_of_tokens_names_only_the_fixes_that_help() -> None:
     """A prompt holding every token leaves none for the first step, whatever max_new_tokens is; min_new_tokens holds
     the stop tokens back only until that many are generated. The error advised "fewer max_new_tokens" in the first
