@@ -60,7 +60,7 @@ class GenerationConfig:
         need("temperature", self.temperature >= 0, "must be >= 0 (0 means greedy)")
         need("top_k", self.top_k >= 0, "must be >= 0 (0 disables it)")
         need("top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
-        need("min_p", 0 <= self.min_p < 1, "must be in [0, 1)")
+        need("min_p", 0 <= self.min_p <= 1, "must be in [0, 1] (1 keeps the most likely tokens only)")
         need("repetition_penalty", self.repetition_penalty > 0, "must be > 0 (1 disables it)")
         need("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]")
         need("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]")

@@ -88,7 +88,7 @@ class Sampling(OpenAIRequest):
     temperature: float = Field(1.0, ge=0, description="0 means greedy")
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables it")
-    min_p: float = Field(0.0, ge=0, lt=1)
+    min_p: float = Field(0.0, ge=0, le=1)
     n: int = Field(1, ge=1, le=MAX_N, description="choices per prompt")
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = Field(
         None, description="generation ends before the first of these strings, which is not returned")

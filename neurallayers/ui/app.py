@@ -116,7 +116,7 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                         _slider(gr, defaults, "temperature", 0.8, 0, 2, 0.05, "Temperature (0 = greedy)"),
                         _slider(gr, defaults, "top_k", 0, 0, top_k_max, 1, "Top-k (0 = off)"),
                         _slider(gr, defaults, "top_p", 1.0, 0.01, 1, 0.01, "Top-p (1 = off)"),
-                        _slider(gr, defaults, "min_p", 0.0, 0, 0.99, 0.01, "Min-p (0 = off)"),
+                        _slider(gr, defaults, "min_p", 0.0, 0, 1, 0.01, "Min-p (0 = off)"),
                         _slider(gr, defaults, "repetition_penalty", 1.0, 0.5, 2, 0.05, "Repetition penalty (1 = off)"),
                         gr.Number(value=-1, precision=0, label="Seed (-1 = random)"),
                         gr.Textbox(value="", label="Stop strings", lines=2,  # "": API callers may omit it

@@ -66,3 +66,18 @@ def test_a_bound_set_by_another_field_gives_its_value(fields, message):
     with pytest.raises(ValueError) as e:
         GenerationConfig(**fields)
     assert str(e.value) == message
+
+
+def test_min_p_of_one_keeps_the_most_likely_tokens_only():
+    """min_p=1 is a valid setting (transformers' and vLLM's min-p take it: only tokens as likely as the best one
+    survive); the config refused it, so a generation_config.json holding it was dropped with a warning."""
+    import torch
+
+    from neurallayers.generation.processors import MinPWarper
+
+    assert GenerationConfig(temperature=1.0, min_p=1.0).min_p == 1.0
+    scores = torch.tensor([[2.0, 2.0, 1.0, -3.0]])
+    kept = MinPWarper(GenerationConfig(min_p=1.0).min_p)(None, scores).isfinite()
+    assert kept.tolist() == [[True, True, False, False]]
+    with pytest.raises(ValueError, match=r"min_p=1.5: must be in \[0, 1\]"):
+        GenerationConfig(min_p=1.5)

@@ -43,7 +43,7 @@ COMPLETION_CASES = [
     ({"top_p": 0}, "top_p"),
     ({"top_p": 1.5}, "top_p"),
     ({"top_k": -1}, "top_k"),
-    ({"min_p": 1}, "min_p"),
+    ({"min_p": 1.01}, "min_p"),
     ({"n": 0}, "n"),
     ({"n": 10_000}, "n"),
     ({"n": 8}, "n"),  # 8 choices > max_concurrency + max_queue: can never be served at once

@@ -71,7 +71,7 @@ def test_bad_input_gets_a_clear_message_and_the_app_keeps_working(client, args, 
 @pytest.mark.parametrize(("change", "message"), [
     ({2: "hot"}, "Temperature must be a number, got 'hot'"),  # was "input component at index 2 (a `slider`..."
     ({7: "x"}, "Seed must be a number, got 'x'"),
-    ({5: 1.5}, "min_p=1.5: must be in \\[0, 1\\)"),  # was Gradio's "Value 1.5 is greater than maximum value 0.99."
+    ({5: 1.5}, "min_p=1.5: must be in \\[0, 1\\]"),  # was Gradio's "Value 1.5 is greater than maximum value 0.99."
     ({1: 10**9}, "Max new tokens must be at most 96 \\(the model's context length\\), got 1000000000"),
     ({0: ""}, "The prompt is empty"),
 ])
