@@ -22,22 +22,24 @@ import pytest
 
 from neurallayers.__main__ import VERBS, build_verb_parser
 from neurallayers.cli.train import summary
-from neurallayers.training.config import SECTIONS
+from neurallayers.training.config import SECTIONS, RunConfig, apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-def shown_commands() -> list[list[str]]:
-    """The words of each `neurallayers ...` command in the README's bash blocks and inline code, and in the usage
-    lines of the configs' header comments (from `neurallayers` on)."""
+def shown_commands(*, inline: bool = True) -> list[list[str]]:
+    """The words of each `neurallayers ...` command in the README's bash blocks and (with `inline`) inline code, and in
+    the usage lines of the configs' header comments (from `neurallayers` on). Inline code may name a verb alone (`the
+    neurallayers chat template`); the blocks and usage lines are commands to type whole."""
     lines = [
         line
         for block in re.findall(r"```bash\n(.*?)```", README, re.S)
         for line in block.replace("\\\n", " ").splitlines()
     ]
-    lines += re.findall(r"`(neurallayers [a-z]+(?: [^`]*)?)`", README)
+    if inline:
+        lines += re.findall(r"`(neurallayers [a-z]+(?: [^`]*)?)`", README)
     lines += [
         line.lstrip("# ")
         for path in CONFIGS
@@ -77,6 +79,86 @@ def test_each_shown_command_names_options_that_exist(words):
             )
         else:
             assert name in options, f"{' '.join(words)}: `neurallayers {verb}` has no option {name}"
+
+
+@pytest.mark.parametrize("words", shown_commands(inline=False), ids=lambda words: " ".join(words)[:70])
+def test_each_command_to_type_parses_as_the_cli_parses_it(words):
+    # option names alone let through a missing positional, a value outside an option's choices, or an override value
+    # its config field refuses: each command is parsed whole, its overrides applied to a run config
+    module, parser = build_verb_parser(words[1])
+    try:
+        if getattr(module, "ACCEPTS_OVERRIDES", False):
+            _, rest = parser.parse_known_args(words[2:])
+            parser.check_overrides(rest)
+            RunConfig.from_dict(apply_overrides({"model": {"preset": "demo"}}, rest))
+        else:
+            parser.parse_args(words[2:])
+    except SystemExit:
+        pytest.fail(f"`{' '.join(words)}` is refused by its parser")
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def test_the_python_examples_name_what_the_package_exports():
+    import neurallayers
+
+    used = {name for block in python_blocks() for name in re.findall(r"\bnl\.(\w+)", block)}
+    used |= set(re.findall(r"`nl\.(\w+)", README))
+    assert used and used - set(neurallayers.__all__) == set()
+
+
+def test_the_knobs_the_readme_lists_are_generation_config_fields():
+    # "`GenerationConfig` holds every decoding knob: ... (`logprobs=n`)": each name a field, or generate()'s own
+    import inspect
+
+    from neurallayers.generation import GenerationConfig, generate
+
+    paragraph = README.split("`GenerationConfig` holds every decoding knob", 1)[1].split("\n\n", 1)[0]
+    paragraph = paragraph.split("Each sampling rule", 1)[0]
+    named = {name for name in re.findall(r"`(\w+)(?:=[^`]*)?`", paragraph)}
+    known = {f.name for f in dataclasses.fields(GenerationConfig)} | set(inspect.signature(generate).parameters)
+    assert named and named - known == set()
+
+
+def test_the_readme_names_every_preset_and_only_those():
+    from neurallayers.presets import PRESETS
+
+    paragraph = README.split("Presets are plain data in `neurallayers/presets.py`:", 1)[1].split("One `ModelConfig`")[0]
+    assert set(re.findall(r"`([\w-]+)`", paragraph)) == set(PRESETS)
+
+
+def test_the_readme_names_every_pipeline_task_and_pooling_mode():
+    from neurallayers.embeddings import POOLINGS
+    from neurallayers.pipelines import PIPELINES
+
+    tasks = README.split("`nl.pipeline(task, model=path)` for", 1)[1].split("with transformers' result shapes")[0]
+    assert set(re.findall(r"`([a-z-]+)`", tasks)) == set(PIPELINES)
+    modes = README.split("pooled by its mode (", 1)[1].split(", or several concatenated")[0]
+    assert set(re.findall(r"`(\w+)`", modes)) == set(POOLINGS)
+
+
+def test_the_quoted_errors_are_the_ones_the_code_gives(tmp_path, monkeypatch, capsys):
+    from neurallayers.__main__ import main
+    from neurallayers.config import ModelConfig
+
+    quoted = re.search(r"`(neurallayers train: error: train has no field 'learning_rate'; valid fields: )\.\.\.`",
+                       README).group(1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--train.learning_rate", "1e-3"]) == 2
+    assert capsys.readouterr().err.startswith(quoted)
+    quoted = re.search(r"ValueError: (ModelConfig\.norm='batchnorm': .*)", README).group(1)
+    with pytest.raises(ValueError) as error:
+        ModelConfig(norm="batchnorm")
+    assert str(error.value) == quoted
+
+
+def test_the_minilm_example_prints_the_similarity_its_comment_states(capsys):
+    (block,) = [block for block in python_blocks() if "load_minilm" in block]
+    stated = re.search(r"print\(float\(a @ b\)\)\s+# ([\d.]+)", block).group(1)
+    exec(compile(block, "README.md", "exec"), {})  # the bundled weights, offline: seconds
+    assert f"{float(capsys.readouterr().out):.{len(stated.split('.')[1])}f}" == stated
 
 
 def test_the_files_the_readme_names_exist():

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shlex
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -78,9 +82,27 @@ def plan(minutes: float) -> tuple[int, int, float]:
     return batch_size, steps, step_s
 
 
+def shell_command() -> str:
+    """How the shell that started this CLI calls it: `neurallayers` where its PATH finds this one, else the path it was
+    started by (`make demo` runs .venv/bin/neurallayers in a shell without the environment active, where the hint
+    `neurallayers generate runs/demo ...` was "command not found")."""
+    script = Path(sys.argv[0])
+    on_path = shutil.which("neurallayers")
+    if script.name != "neurallayers" or (on_path and Path(on_path).resolve() == script.resolve()):
+        return "neurallayers"
+    return shlex.quote(os.path.relpath(script))
+
+
+def demo_command(flags: str) -> str:
+    """The command that runs the demo again with `flags`: through make's DEMO_ARGS when `make demo` started it (make
+    sets MAKELEVEL; `make demo --resume` is make's own option error)."""
+    if os.environ.get("MAKELEVEL"):
+        return f'make demo DEMO_ARGS="{flags}"'
+    return f"{shell_command()} demo {flags}"
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
-    import sys
 
     from neurallayers.api import load
     from neurallayers.cli.train import summary
@@ -94,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     # a demo killed before its first checkpoint has a config.yaml and nothing to resume: fit() starts it afresh, as
     # `train` does (refusing it here and refusing --resume there left only `rm -rf`)
     if latest_checkpoint(out) is not None and not args.resume:
-        raise ValueError(f"{out} already holds a run; remove it, pass --resume, or choose another --out")
+        raise ValueError(f"{out} already holds a run; remove it, continue it ({demo_command(f'--out {out} --resume')}) "
+                         "or choose another --out")
     t0 = time.perf_counter()
     run_cfg = demo_config(max_steps=args.max_steps or 1, max_minutes=args.minutes + 0.75)
     if args.max_steps is None and not args.resume:
@@ -116,12 +139,12 @@ def run(args: argparse.Namespace) -> int:
     result = fit(run_cfg, out, resume=args.resume)
     print(summary(result))
     if result.stopped_reason in EXIT_CODES:  # checkpoint saved; no samples from a half-trained model
-        print(f"continue with: neurallayers demo --out {out} --resume", file=sys.stderr)
+        print(f"continue with: {demo_command(f'--out {out} --resume')}", file=sys.stderr)
         return EXIT_CODES[result.stopped_reason]
     model, tokenizer = load(out)
     gens = generate(model, tokenizer, PROMPTS, max_new_tokens=120, temperature=0.8, top_k=50, seed=1)
     for prompt, gen in zip(PROMPTS, gens, strict=True):
         print(f"\n----- {prompt.splitlines()[0]} -----\n{prompt}{gen.text}")
     print(f"\nfinal val loss {result.final_val_loss:.4f}; wall time {time.perf_counter() - t0:.0f}s; "
-          f"run directory {out} (try: neurallayers generate {out} 'JULIET:' --stream)")
+          f"run directory {out} (try: {shell_command()} generate {out} 'JULIET:' --stream)")
     return 0

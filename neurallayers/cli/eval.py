@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=["val", "train", "all"], default=None,
                         help="which tokens: the run's split of its own corpus (default val); another corpus is "
                         "evaluated whole (all)")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows scored together")
     parser.add_argument("--max-batches", type=positive_int, default=None, help="default: every window")
     parser.add_argument("--block-size", type=positive_int, default=None, help="window length (default: the model's)")
     parser.add_argument("--mask-prob", type=_probability, default=None,

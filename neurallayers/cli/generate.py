@@ -27,7 +27,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, search: bool = Tr
     g.add_argument("--frequency-penalty", type=float, default=0.0)
     g.add_argument("--no-repeat-ngram-size", type=int, default=0)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not included in the text")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None,
+                   help="sampling seed: the same seed, settings and prompt give the same text (unset: new draws)")
     if search:
         g.add_argument("--num-beams", type=int, default=1, help="beam search when > 1")
         g.add_argument("--length-penalty", type=float, default=1.0)

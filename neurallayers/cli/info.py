@@ -39,6 +39,9 @@ def resolve_config(target: str):
 
             return _masked_lm(_trained_model(RunConfig.from_dict(data), data.get("model")))
         return ModelConfig.from_file(path)
+    # a path is never a preset: "is not a preset, a .yaml file or a folder" hid that it is missing
+    if len(path.parts) > 1 and not path.exists():
+        raise FileNotFoundError(f"no such run directory or model folder: {target}")
     if target in presets.PRESETS:
         return ModelConfig.from_name(target)
     hint = difflib.get_close_matches(target.lower(), presets.PRESETS, n=1)

@@ -12,9 +12,12 @@ ACCEPTS_OVERRIDES = True
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=non_empty, help="YAML run config (its data and model sections are used)")
-    parser.add_argument("--preset", type=non_empty, help="model preset (its vocab_size sizes a trained BPE tokenizer)")
+    parser.add_argument("--preset", type=non_empty,
+                        help="model preset (its vocab_size sizes a trained BPE tokenizer; default: demo, where no "
+                        "--config, --model.* or --init-from names the model)")
     parser.add_argument("--data", type=non_empty,
-                        help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl")
+                        help="corpus: shakespeare, python-stdlib, a text file, folder, glob or .jsonl (default: the "
+                        "config's, else shakespeare)")
     parser.add_argument("--tokenizer", type=non_empty,
                         help="bpe, char, gpt2, or a tokenizer.json or model folder (shortcut for --data.tokenizer)")
     parser.add_argument("--vocab-size", type=int, help="BPE vocabulary size (shortcut for --data.vocab_size)")

@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        # every library of the extra, not only those the app imports at once: the `ui` extra (Gradio) brings fastapi
+        # and uvicorn without prometheus_client, whose import in create_app then failed as a traceback
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn
 
         from neurallayers.serve.app import create_app

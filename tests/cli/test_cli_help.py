@@ -1,0 +1,31 @@
+"""What `--help` says matches what the verbs do (and what the README says of them)."""
+
+from __future__ import annotations
+
+from neurallayers.__main__ import build_verb_parser
+
+
+def option_help(verb: str, option: str) -> str:
+    text = " ".join(build_verb_parser(verb)[1].format_help().split())
+    return text.split(f" {option} ", 1)[1].split(" --", 1)[0]
+
+
+def test_batch_help_says_its_sampling_is_seeded_and_generate_help_what_no_seed_does():
+    # batch samples with --seed 0 unless told otherwise (the README: "--seed, default 0"), and its --help listed
+    # `--seed SEED` with nothing after it, as generate's did
+    assert "its own \"seed\" (default: 0)" in option_help("batch", "--seed")
+    for verb in ("generate", "chat"):
+        assert "unset: new draws" in option_help(verb, "--seed"), verb
+
+
+def test_eval_help_states_its_batch_size():
+    # --mask-prob's help says "--batch-size and --max-batches as in training give its logged val loss", and
+    # --batch-size's own line gave no default to compare with the run's
+    assert "(default: 8)" in option_help("eval", "--batch-size")
+
+
+def test_prepare_help_states_the_model_and_corpus_it_prepares_for_by_default():
+    # `prepare` alone builds the demo preset's tokenizer on Shakespeare: a cache `train --preset tiny` never reads,
+    # with nothing in --help to say so
+    assert "default: demo" in option_help("prepare", "--preset")
+    assert "else shakespeare" in option_help("prepare", "--data")

@@ -1,0 +1,68 @@
+"""The commands `neurallayers demo` suggests run in the shell that started it: `make demo` runs .venv/bin/neurallayers
+with the environment inactive, and takes the demo's flags through DEMO_ARGS."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from neurallayers.cli import demo
+
+
+@pytest.fixture
+def venv_script(tmp_path, monkeypatch) -> Path:
+    """argv[0] as `make demo` gives it: .venv/bin/neurallayers, run from the project folder."""
+    script = tmp_path / ".venv" / "bin" / "neurallayers"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+    return script
+
+
+def finished_demo(out: Path, monkeypatch) -> argparse.Namespace:
+    from neurallayers import api, generation
+    from neurallayers.training import trainer
+
+    result = SimpleNamespace(run_dir=str(out), steps=5, final_val_loss=3.0, best_val_loss=3.0, tokens_per_second=1.0,
+                             wall_seconds=1.0, stopped_reason="max_steps", first_step_seconds=0.1,
+                             median_step_seconds=0.1)
+    monkeypatch.setattr(trainer, "fit", lambda run_cfg, out_dir, *, resume: result)
+    monkeypatch.setattr(api, "load", lambda path: (None, None))
+    monkeypatch.setattr(generation, "generate",
+                        lambda model, tok, prompts, **kw: [SimpleNamespace(text=" x") for _ in prompts])
+    return argparse.Namespace(out=str(out), minutes=4.0, max_steps=5, resume=False)
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_the_closing_hint_names_the_cli_the_shell_can_run(venv_script, tmp_path, monkeypatch, capsys, active):
+    # after `make demo` the hint `neurallayers generate runs/demo 'JULIET:' --stream` was "command not found"
+    monkeypatch.setenv("PATH", f"{venv_script.parent}:/usr/bin:/bin" if active else "/usr/bin:/bin")
+    assert demo.run(finished_demo(Path("runs/demo"), monkeypatch)) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    cli = "neurallayers" if active else ".venv/bin/neurallayers"
+    assert last.endswith(f"(try: {cli} generate runs/demo 'JULIET:' --stream)"), last
+
+
+@pytest.mark.parametrize(("makelevel", "command"), [
+    (None, ".venv/bin/neurallayers demo --out runs/demo --resume"),
+    ("1", 'make demo DEMO_ARGS="--out runs/demo --resume"'),  # `make demo --resume` is an error of make's own
+])
+def test_a_second_demo_is_refused_naming_how_to_continue_it(venv_script, monkeypatch, makelevel, command):
+    from neurallayers.training.checkpoint import COMPLETE
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if makelevel:
+        monkeypatch.setenv("MAKELEVEL", makelevel)
+    step = Path("runs/demo/checkpoints/step-5")
+    step.mkdir(parents=True)
+    (step / COMPLETE).write_text("")
+    with pytest.raises(ValueError, match="already holds a run") as refusal:
+        demo.run(argparse.Namespace(out="runs/demo", minutes=4.0, max_steps=5, resume=False))
+    assert f"continue it ({command})" in str(refusal.value)
