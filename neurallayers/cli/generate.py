@@ -23,9 +23,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, search: bool = Tr
     g.add_argument("--repetition-penalty", type=float, default=None,
                    help="1 = off (the default). A Hugging Face folder's generation_config.json may recommend its own "
                    "temperature, top-k, top-p, min-p and repetition penalty: used for those of the five not given")
-    g.add_argument("--presence-penalty", type=float, default=0.0)
-    g.add_argument("--frequency-penalty", type=float, default=0.0)
-    g.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    g.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="-2 to 2, subtracted once from every token already generated (OpenAI's; 0 = off)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="-2 to 2, subtracted per earlier occurrence in the generated text (OpenAI's; 0 = off)")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="ban any n-gram of this size from occurring twice (prompt included; 0 = off)")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not included in the text")
     g.add_argument("--seed", type=int, default=None,
                    help="sampling seed: the same seed, settings and prompt give the same text (unset: new draws)")
