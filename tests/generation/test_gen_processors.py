@@ -90,14 +90,17 @@ def test_presence_and_frequency_count_generated_tokens_only() -> None:
         FrequencyPenalty(0.25, prompt_len=[3, 2, 1])(ids, scores)
 
 
+@pytest.mark.parametrize("pad_id", [7, 0])
 @pytest.mark.parametrize("proc", ["rep", "ngram"])
-def test_left_padding_is_ignored(proc: str) -> None:
-    """A left-padded row gives the scores it gives unpadded (pad id 7 would otherwise count as a token)."""
+def test_left_padding_is_ignored(proc: str, pad_id: int) -> None:
+    """A left-padded row gives the scores it gives unpadded: pad id 7 (in no row) would otherwise count as a token,
+    and pad id 0 (generate's) before rows that end in 0 as a bigram (0, 0) banning 0."""
     g = torch.Generator().manual_seed(3)
-    rows = [torch.randint(0, 6, (n,), generator=g) for n in (9, 5, 7)]
+    rows = [torch.cat([torch.randint(1, 6, (n - 1,), generator=g), torch.zeros(1, dtype=torch.long)])
+            for n in (9, 5, 7)]
     scores = torch.randn(3, 10, generator=g)
     width = 9
-    padded = torch.full((3, width), 7)
+    padded = torch.full((3, width), pad_id)
     for r, row in enumerate(rows):
         padded[r, width - len(row):] = row
     pads = [width - len(r) for r in rows]
