@@ -142,18 +142,28 @@ def test_logits_at_labels_gives_the_full_heads_loss_and_gradients():
         torch.testing.assert_close(g, p.grad)
 
 
-def test_accumulated_masked_lm_steps_weigh_every_predicted_token_alike(tmp_path):
+def test_accumulated_masked_lm_steps_weigh_every_predicted_token_alike(tmp_path, monkeypatch):
     """Micro-batches predict different numbers of tokens: 2 x 4 accumulation steps take the gradient of the mean
     over all of them, as one batch of 8 does (a mean of per-micro-batch means weighed a token of a micro-batch with
-    few masks several times one with many)."""
+    few masks several times one with many): the loss logged, the gradient clipping sees, parameter by parameter, and
+    the norm logged (before clipping)."""
     from neurallayers.data import RandomWindows
     from neurallayers.data.masking import Masker
     from neurallayers.models import build_model
     from neurallayers.training.prepare import prepare_data
     from neurallayers.training.runtime import seed_all
 
+    seen = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, **kwargs):
+        params = list(params)
+        seen.extend(p.grad.clone() for p in params if p.grad is not None)
+        return clip(params, max_norm, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     run = tiny_run(tmp_path, model={**ENCODER, "dropout": 0.0}, max_steps=1, batch_size=2, grad_accum=4,
-                   grad_clip=0.0, eval_interval=0, save_interval=0, mask_prob=0.1)
+                   grad_clip=0.5, eval_interval=0, save_interval=0, mask_prob=0.1)
     fit(run, tmp_path / "run", progress=False)
     tok, tokens, run = prepare_data(run)
     seed_all(run.train.seed)
@@ -169,3 +179,11 @@ def test_accumulated_masked_lm_steps_weigh_every_predicted_token_alike(tmp_path)
         mean_of_means = sum(model(bx, labels=by).loss.item() for bx, by in batches) / 4
     assert abs(mean_of_means - want) > 1e-3  # the two weighings tell apart here
     assert step_losses(tmp_path / "run")[1] == pytest.approx(want, abs=1e-5)
+    model(x, labels=y).loss.backward()
+    expected = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(seen) == len(expected)
+    for got, grad in zip(seen, expected, strict=True):
+        torch.testing.assert_close(got, grad, atol=1e-6, rtol=1e-5)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in expected])).item()
+    (row,) = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "grad_norm" in r]
+    assert row["grad_norm"] == pytest.approx(norm, rel=1e-5) and norm > run.train.grad_clip  # pre-clip

@@ -1,9 +1,9 @@
 """Training arithmetic of real runs against independent oracles: torch's own schedulers (across a resume mid-warmup),
-the gradient of one big batch, the dtypes of bf16 autocast, and early stopping when no evaluation is finite."""
+the dtypes of bf16 autocast, and early stopping when no evaluation is finite."""
 
 import pytest
 import torch
-from nl_train_helpers import ENCODER, read_jsonl, tiny_run
+from nl_train_helpers import read_jsonl, tiny_run
 
 from neurallayers.training import TrainConfig, fit
 
@@ -38,44 +38,6 @@ def test_fits_logged_rates_equal_torchs_schedulers(tmp_path, schedule):
     fit(run, tmp_path / "run", progress=False, resume=True)
     logged = [r["lr"] for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "lr" in r]
     assert logged == pytest.approx(torch_rates(run.train), rel=1e-9)
-
-
-def test_accumulated_masked_lm_gradients_equal_one_big_batch(tmp_path, monkeypatch):
-    """Micro-batches that predict different numbers of tokens: the gradient clipping sees (and the norm logged) is
-    the gradient of one batch of all 8 windows' masked tokens, parameter by parameter."""
-    from neurallayers.data import RandomWindows
-    from neurallayers.data.masking import Masker
-    from neurallayers.models import build_model
-    from neurallayers.training.prepare import prepare_data
-    from neurallayers.training.runtime import seed_all
-
-    seen = []
-    clip = torch.nn.utils.clip_grad_norm_
-
-    def spy(params, max_norm, **kwargs):
-        params = list(params)
-        seen.extend(p.grad.clone() for p in params if p.grad is not None)
-        return clip(params, max_norm, **kwargs)
-
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
-    run = tiny_run(tmp_path, model={**ENCODER, "dropout": 0.0}, max_steps=1, batch_size=2, grad_accum=4,
-                   grad_clip=0.5, eval_interval=0, save_interval=0, mask_prob=0.1)
-    fit(run, tmp_path / "run", progress=False)
-    tok, tokens, run = prepare_data(run)
-    seed_all(run.train.seed)
-    model = build_model(run.model)  # the trainer's initial weights
-    windows = RandomWindows(tokens.train, block_size=run.model.block_size, batch_size=2, seed=run.train.seed)
-    masker = Masker.for_tokenizer(tok, prob=run.train.mask_prob, seed=run.train.seed)
-    batches = [masker(windows.batch(i)[0], i) for i in range(4)]
-    assert len({int((y != -100).sum()) for _, y in batches}) > 1  # else a mean of means would pass too
-    model(torch.cat([x for x, _ in batches]), labels=torch.cat([y for _, y in batches])).loss.backward()
-    expected = [p.grad for p in model.parameters() if p.grad is not None]
-    assert len(seen) == len(expected)
-    for got, want in zip(seen, expected, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in expected])).item()
-    (row,) = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "grad_norm" in r]
-    assert row["grad_norm"] == pytest.approx(norm, rel=1e-5) and norm > run.train.grad_clip  # pre-clip
 
 
 def test_early_stopping_when_no_evaluation_is_finite(tmp_path):
