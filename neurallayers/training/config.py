@@ -122,7 +122,10 @@ class TrainConfig:
             return self.lr
         low = self.final_lr
         if self.schedule == "inverse_sqrt":
-            return max(low, self.lr * math.sqrt(max(self.warmup_steps, 1) / (step + 1)))
+            # 1/sqrt(step) from the end of warmup, or with no warmup over T5's (and transformers') timescale of 10,000
+            # steps: sqrt(1 / (step + 1)) had halved the rate by the fourth step
+            scale = self.warmup_steps or 10_000
+            return max(low, self.lr * math.sqrt(scale / (step + 1 + scale - self.warmup_steps)))
         span = max(self.max_steps - self.warmup_steps, 1)
         progress = min((step - self.warmup_steps) / span, 1.0)
         if self.schedule == "linear":

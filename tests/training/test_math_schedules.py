@@ -58,6 +58,11 @@ def test_constant_and_inverse_sqrt_equal_transformers():
     inv = hf_rates(transformers.get_inverse_sqrt_schedule, STEPS + 1, num_warmup_steps=WARMUP)
     assert ours("inverse_sqrt", min_lr=0.0) == pytest.approx(inv[1:])
     assert ours("inverse_sqrt", min_lr=0.6)[-1] == 0.6  # floored at min_lr (sqrt(4 / 14) = 0.53)
+    # no warmup: transformers' (T5's) timescale of 10,000 steps, not one step (which halved the rate by step 3)
+    inv = hf_rates(transformers.get_inverse_sqrt_schedule, STEPS + 1, num_warmup_steps=0)
+    assert ours("inverse_sqrt", warmup=0, min_lr=0.0) == pytest.approx(inv[1:])
+    assert TrainConfig(schedule="inverse_sqrt", lr=1.0, min_lr=0.0, warmup_steps=0).lr_at(9_999) == pytest.approx(
+        math.sqrt(0.5))
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
