@@ -7,6 +7,7 @@ or any `tokenizer.json` — is an HF `tokenizers.Tokenizer` underneath, so it sa
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata
 import json
@@ -102,6 +103,7 @@ class Tokenizer:
         for field, token in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token)):
             if token is not None and hf.token_to_id(token) is None:
                 raise ValueError(f"{field}={token!r} is not in the vocabulary")
+        _make_special(hf, [bos_token, eos_token, pad_token])
         self.hf = hf
         self.kind = kind
         self.bos_token = bos_token
@@ -186,6 +188,18 @@ class Tokenizer:
         copy.extra_eos_ids = list(self.extra_eos_ids)
         copy.hf_settings = dict(self.hf_settings)
         return copy
+
+    def for_model(self, *, block_size: int, causal: bool) -> Tokenizer:
+        """A copy whose saved settings suit a model of `block_size` positions, for transformers: model_max_length at
+        most the model's context (where transformers truncates and warns; it read 1e30, or GPT-2's 1024, whatever the
+        model's), and a decoder's padding on the left, as its generate() needs for a batch of prompts, unless the
+        tokenizer names a side."""
+        out = copy.copy(self)
+        if self.model_max_length is None or self.model_max_length > block_size:
+            out.model_max_length = block_size
+        if causal:
+            out.hf_settings = {"padding_side": "left", **self.hf_settings}
+        return out
 
     @property
     def named_tokens(self) -> dict[str, str]:
@@ -373,6 +387,10 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise ValueError(f"{str(json_path)!r} is not a valid tokenizer.json: {e}") from None
         _without_padding(hf)
+        if _byte_level_class(config) and isinstance(hf.pre_tokenizer, pre_tokenizers.ByteLevel):
+            # transformers' GPT-2 style classes set the prefix space from tokenizer_config.json (default false) over
+            # tokenizer.json's, and transformers 5 saves such a class's add_prefix_space=True to the config only
+            hf.pre_tokenizer.add_prefix_space = config.get("add_prefix_space") is True
         if path.is_dir() and (path / "chat_template.jinja").exists():  # newer transformers keep it apart, and read
             # it before tokenizer_config.json's (a model whose template was updated may still hold the old one there)
             config["chat_template"] = (path / "chat_template.jinja").read_text(encoding="utf-8")
@@ -393,6 +411,10 @@ class Tokenizer:
             added = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
             return next((g for g in guesses if g in added), None)
 
+        named = [config.get(key) for key in SPECIAL_KEYS]
+        more = config.get("additional_special_tokens")
+        named += more if isinstance(more, list) else []
+        _make_special(hf, [t.get("content") if isinstance(t, dict) else t for t in named])
         max_len = config.get("model_max_length")
         kind = config.get("neurallayers_kind", "file")
         tokenizer = cls(
@@ -496,8 +518,8 @@ class Tokenizer:
     def train_char(cls, texts: Iterable[str]) -> Tokenizer:
         """Character-level tokenizer: one id per distinct character of `texts`, in sorted order.
 
-        Ids 0..n-1 are the characters, n is "<|endoftext|>" (bos and eos), n+1 is "<unk>". A character
-        not seen in training encodes to "<unk>", which decodes to the literal text "<unk>".
+        Ids 0..n-1 are the characters, n is "<|endoftext|>" (bos and eos), n+1 is the special token "<unk>". A
+        character not seen in training encodes to "<unk>", which decode drops unless skip_special_tokens=False.
         """
         if isinstance(texts, str):
             raise TypeError("train_char expects an iterable of texts, not a single str (wrap it in a list)")
@@ -514,7 +536,7 @@ class Tokenizer:
         # [\s\S] rather than "." so newlines are characters too (Oniguruma's "." skips "\n").
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         hf.decoder = decoders.Fuse()  # join characters without spaces
-        hf.add_special_tokens([ENDOFTEXT])
+        hf.add_special_tokens([ENDOFTEXT, UNK])  # special, as transformers makes the unk_token the config names
         return cls(hf, kind="char", bos_token=ENDOFTEXT, eos_token=ENDOFTEXT)
 
 
@@ -788,6 +810,31 @@ def _with_added_tokens(hf: HFTokenizer, folder: Path, config: dict) -> HFTokeniz
         else:
             hf.add_tokens([token])
     return hf
+
+
+# transformers' byte-level BPE tokenizer classes that build their pre-tokenizer from add_prefix_space
+_BYTE_LEVEL_CLASSES = ("GPT2Tokenizer", "RobertaTokenizer", "BartTokenizer", "LongformerTokenizer", "GPTNeoXTokenizer",
+                       "CodeGenTokenizer")
+
+
+def _byte_level_class(config: dict) -> bool:
+    name = config.get("tokenizer_class")
+    return isinstance(name, str) and name.removesuffix("Fast") in _BYTE_LEVEL_CLASSES
+
+
+def _make_special(hf: HFTokenizer, tokens: Iterable) -> None:
+    """Marks the named special tokens found in the vocabulary special, in place, as transformers does when it loads a
+    folder: a plain token named eos (or the char tokenizer's unk) was encoded and decoded as text here, where
+    transformers reads it as one id, typed in a text, and decode skips it. An added token keeps its flags."""
+    from tokenizers import AddedToken
+
+    added = {t.content: t for t in hf.get_added_tokens_decoder().values()}
+    for token in dict.fromkeys(t for t in tokens if isinstance(t, str)):
+        old = added.get(token)
+        if (old is None or not old.special) and hf.token_to_id(token) is not None:
+            flags = dict(lstrip=old.lstrip, rstrip=old.rstrip, single_word=old.single_word,
+                         normalized=old.normalized) if old is not None else dict(normalized=False)
+            hf.add_special_tokens([AddedToken(token, special=True, **flags)])
 
 
 def _without_padding(hf: HFTokenizer) -> HFTokenizer:

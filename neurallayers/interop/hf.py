@@ -444,7 +444,7 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     elif {"pooling", "normalize", "lowercase"} & set(cfg.extra) and not unbuilt:  # from a sentence-transformers folder
         _write_sentence_transformers(cfg, tokenizer, folder)
     if tokenizer is not None:
-        tokenizer.save(folder)
+        tokenizer.for_model(block_size=cfg.block_size, causal=cfg.causal).save(folder)
     return folder
 
 

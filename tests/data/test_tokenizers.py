@@ -97,7 +97,8 @@ def test_train_char_round_trip():
     assert tok.decode(tok.encode(text)) == text
     assert tok.eos_id == len(chars) and tok.decode([tok.eos_id], skip_special_tokens=False) == ENDOFTEXT
     assert tok.encode("hZ") == [tok.token_to_id("h"), tok.token_to_id("<unk>")]  # unseen character
-    assert tok.decode(tok.encode("hZ")) == "h<unk>"
+    assert tok.decode(tok.encode("hZ")) == "h"  # <unk> is special, as transformers reads the saved folder
+    assert tok.decode(tok.encode("hZ"), skip_special_tokens=False) == "h<unk>"
 
 
 @pytest.mark.parametrize("maker", ["gpt2", "bpe", "char"])
