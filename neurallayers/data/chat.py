@@ -7,7 +7,10 @@ The default template writes one line per message, then the cue for the reply:
     user: Hello!
     assistant:
 
-Used by the server's chat routes and by `neurallayers chat`; messages are dicts with role and content strings.
+Used by the server's chat routes and by `neurallayers chat`; messages are dicts with role and content, a string or
+a list of OpenAI's text parts ({"type": "text", "text": ...}). A template that loops over a message's content
+(Gemma 3's, Qwen2-VL's ...) gets the parts as they are, as transformers passes them; any other gets their texts
+joined by newlines, as vLLM does (transformers would render the list's Python repr).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ DEFAULT_STOP = "\nuser:"
 
 
 def default_render(messages: list[dict]) -> str:
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    return "".join(f"{m['role']}: {m.get('content', '')}\n" for m in messages) + "assistant:"
 
 
 # the names a message's reasoning goes by: transformers copies it under the first (which templates read) and "thinking"
@@ -28,19 +31,27 @@ def default_render(messages: list[dict]) -> str:
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
-def template_messages(messages: list[dict]) -> list[dict]:
+def template_messages(messages: list[dict], *, parts: bool = True) -> list[dict]:
     """The messages as transformers' apply_chat_template hands them to a template: keys whose value is None dropped
     (an API's content=None rendered as "None", where templates test for a missing key), and a reasoning given under
-    any of its names also under reasoning_content and thinking."""
+    any of its names also under reasoning_content and thinking. parts=False: a content of text parts becomes their
+    texts joined by newlines (for a template that reads content as a string)."""
     out = []
     for m in messages:
         if isinstance(m, dict):
             m = {k: v for k, v in m.items() if v is not None}
+            if not parts and _text_parts(m.get("content")):
+                m["content"] = "\n".join(p["text"] for p in m["content"])
             reasoning = next((m[k] for k in REASONING_FIELDS if k in m), None)
             if reasoning is not None:
                 m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
         out.append(m)
     return out
+
+
+def _text_parts(content) -> bool:
+    return isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                             and isinstance(p.get("text"), str) for p in content)
 
 
 class _Refused(Exception):
@@ -49,6 +60,25 @@ class _Refused(Exception):
 
 @functools.lru_cache(maxsize=8)
 def _compile(template: str):
+    return _environment().from_string(template)
+
+
+@functools.lru_cache(maxsize=8)
+def _takes_content_parts(template: str) -> bool:
+    """Whether the template loops over a message's content (`for item in message['content']`), so reads a list of
+    parts: how vLLM tells such templates from those that read content as a string."""
+    from jinja2 import nodes
+
+    def is_content(node) -> bool:  # x['content'] or x.content
+        if isinstance(node, nodes.Getitem):
+            return isinstance(node.arg, nodes.Const) and node.arg.value == "content"
+        return isinstance(node, nodes.Getattr) and node.attr == "content"
+
+    return any(is_content(loop.iter) for loop in _environment().parse(template).find_all(nodes.For))
+
+
+@functools.cache
+def _environment():
     from jinja2 import nodes  # jinja2 comes with torch
     from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -77,7 +107,7 @@ def _compile(template: str):
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)
+    return env
 
 
 def special_tokens(tokenizer) -> dict[str, str]:
@@ -105,10 +135,11 @@ def render_chat(tokenizer, messages: list[dict]) -> str:
     """
     template = getattr(tokenizer, "chat_template", None)
     if not template:
-        return default_render(messages)
+        return default_render(template_messages(messages, parts=False))
     try:
-        return _compile(template).render(messages=template_messages(messages), add_generation_prompt=True, tools=None,
-                                         documents=None, **special_tokens(tokenizer))
+        messages = template_messages(messages, parts=_takes_content_parts(template))
+        return _compile(template).render(messages=messages, add_generation_prompt=True, tools=None, documents=None,
+                                         **special_tokens(tokenizer))
     except _Refused as e:
         raise ValueError(f"the model's chat template refused these messages: {e}") from None
     except Exception as e:  # a template error of its own (syntax, a type error while rendering)

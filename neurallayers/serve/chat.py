@@ -1,6 +1,7 @@
 """Chat messages of the OpenAI routes -> prompt text, through neurallayers.data.chat (the tokenizer's template, or
 `role: content` lines then `assistant:`, where a reply ends at the next `user:` line, as in `neurallayers chat`).
-Messages with `content` as a list of parts keep only the text parts, joined by newlines.
+A `content` given as a list of text parts reaches a template that loops over content as that list, and any other as
+the texts joined by newlines (as vLLM does).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from neurallayers.serve.schemas import ChatMessage
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict]:
-    """The messages as plain dicts (role, content as one string, name when given), as templates expect them."""
+    """The messages as plain dicts (role, content: a string or a list of text parts, name when given)."""
     out = []
     for m in messages:
-        content = m.content if isinstance(m.content, str) else "\n".join(p.text for p in m.content or [])
+        content = [p.model_dump() for p in m.content] if isinstance(m.content, list) else m.content or ""
         d = {"role": m.role, "content": content}
         if m.name is not None:
             d["name"] = m.name
