@@ -214,7 +214,12 @@ class TextGenerationPipeline(Pipeline):
     """[{"generated_text": prompt + continuation}] per prompt; keyword arguments are GenerationConfig fields, plus
     transformers' `return_full_text` (False: the continuation alone) and `do_sample` (False: greedy). A pipeline made
     from a model folder samples as its generation_config.json recommends for the knobs left unset (`sampling_defaults`;
-    transformers' pipeline and the CLI do too)."""
+    transformers' pipeline and the CLI do too).
+
+    A chat (a list of {"role", "content"} messages), or a list of chats, is rendered with the tokenizer's chat
+    template (else `role: content` lines, the reply ending at the next `user:` line, as `neurallayers chat`), as
+    transformers' pipeline takes it: "generated_text" is then the messages with the assistant's reply appended, or
+    the reply alone with return_full_text=False."""
 
     task = "text-generation"
 
@@ -240,11 +245,19 @@ class TextGenerationPipeline(Pipeline):
             del chosen["temperature"]
         return chosen
 
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        if _is_chat(inputs):  # one conversation: a list of messages, not a list of inputs
+            return super().__call__([inputs], **kwargs)[0]
+        return super().__call__(inputs, **kwargs)
+
     def _run(self, items: list, *, return_full_text: bool | None = True, **gen_kwargs: Any) -> list[list[dict]]:
         from neurallayers.generation.config import GenerationConfig
         from neurallayers.generation.generate import generate
 
-        prompts = _check_texts(items, "inputs")
+        chats = [item for item in items if _is_chat(item)]
+        if chats and len(chats) < len(items):
+            raise ValueError("inputs: give prompts (strings) or chats (lists of role/content messages), not both")
+        prompts = self._chat_prompts(chats) if chats else _check_texts(items, "inputs")
         _check_generation_options(gen_kwargs)
         if "max_length" in gen_kwargs:
             raise ValueError("max_length: this pipeline counts new tokens only; give max_new_tokens instead")
@@ -255,10 +268,31 @@ class TextGenerationPipeline(Pipeline):
         elif do_sample is True and gen_kwargs.get("temperature", 1.0) == 0:  # transformers refuses it too
             raise ValueError("do_sample=True with temperature=0: sampling needs a temperature > 0 (or do_sample=False)")
         gen_config = GenerationConfig.from_dict({**self._model_defaults(gen_kwargs, do_sample), **gen_kwargs})
+        templated = bool(getattr(self.tokenizer, "chat_template", None))
+        if chats and not templated:
+            from neurallayers.data.chat import DEFAULT_STOP
+
+            gen_config = gen_config.replace(stop=[*gen_config.stop, DEFAULT_STOP])
         n = gen_config.num_return_sequences
         outs = generate(self.model, self.tokenizer, prompts, gen_config)  # prompt-major, n per prompt
+        if chats:  # the default template's "assistant:" cue leaves the reply a leading blank (`chat` drops it too)
+            replies = [g.text if templated else g.text.lstrip() for g in outs]
+            return [[{"generated_text": [*chat, {"role": "assistant", "content": r}] if return_full_text else r}
+                     for r in replies[i * n:(i + 1) * n]] for i, chat in enumerate(chats)]
         return [[{"generated_text": (prompt + g.text) if return_full_text else g.text} for g in outs[i * n:(i + 1) * n]]
                 for i, prompt in enumerate(prompts)]
+
+    def _chat_prompts(self, chats: list[list[dict]]) -> list[list[int]]:
+        """Token ids of each rendered chat: encoded without the tokenizer's own bos, which a template writes itself
+        (as `neurallayers chat` and the server encode them; a Llama 3 prompt got two)."""
+        from neurallayers.data.chat import render_chat
+
+        return [self.tokenizer.encode(render_chat(self.tokenizer, chat)) for chat in chats]
+
+
+def _is_chat(item: Any) -> bool:
+    """A conversation: a non-empty list of message dicts with a role (transformers' pipeline's test too)."""
+    return isinstance(item, list | tuple) and bool(item) and all(isinstance(m, dict) and "role" in m for m in item)
 
 
 def _check_generation_options(gen_kwargs: dict) -> None:

@@ -409,3 +409,29 @@ def test_token_classification_ignore_labels_as_transformers_reads_them(wordpiece
     # other collections of names, which `entity in ignore_labels` read before the check came: refused by it
     assert ner(text, ignore_labels=frozenset({"O"})) == ner(text)
     assert ner(text, ignore_labels={"O": 0, "B-ENT": 2}.keys()) == [e for e in every if e["entity"] == "ENT"]
+
+
+def test_text_generation_takes_chats_as_transformers_pipeline_does():
+    """A list of role/content messages is a conversation (transformers' pipeline renders its chat template and returns
+    the messages with the reply appended); ours refused it ("inputs[0] must be a str, got dict")."""
+    from neurallayers.data.chat import DEFAULT_STOP, render_chat
+    from neurallayers.generation import generate
+
+    tok = Tokenizer.train_char(["hello world, a tiny corpus. user: assistant: system:\n"])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    gen = pipeline("text-generation", model=(model, tok))
+    chat = [{"role": "system", "content": "tiny"}, {"role": "user", "content": "hello"}]
+    out = gen(chat, max_new_tokens=6, temperature=0)
+    ids = tok.encode(render_chat(tok, chat))
+    want = generate(model, tok, [ids], max_new_tokens=6, temperature=0, stop=[DEFAULT_STOP])[0].text.lstrip()
+    assert out == [{"generated_text": [*chat, {"role": "assistant", "content": want}]}]
+    assert gen(chat, max_new_tokens=6, temperature=0, return_full_text=False) == [{"generated_text": want}]
+    assert gen([chat, chat[1:]], max_new_tokens=6, temperature=0)[0] == out  # a list of chats: one result each
+    with pytest.raises(ValueError, match="prompts .* or chats .*, not both"):
+        gen([chat, "hello"])
+
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    ids = tok.encode("<system>tiny<user>hello<assistant>")
+    want = generate(model, tok, [ids], max_new_tokens=6, temperature=0)[0].text
+    assert gen(chat, max_new_tokens=6, temperature=0, return_full_text=False) == [{"generated_text": want}]
