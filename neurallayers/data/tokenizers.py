@@ -63,6 +63,12 @@ def _default_template(template) -> str | None:
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
+        if template is None:  # transformers refuses to choose; chat would silently use `role: content` lines
+            import logging
+
+            logging.getLogger("neurallayers").warning(
+                "tokenizer_config.json lists chat templates %s and none named 'default': chats use `role: content` "
+                "lines instead", ", ".join(repr(k) for k in named))
     return template if isinstance(template, str) else None
 
 

@@ -128,6 +128,18 @@ def test_named_chat_templates_use_the_default_one(tmp_path):
     assert Tokenizer.load(tmp_path).chat_template == "{{ messages }}"  # it was dropped: chat fell back to plain
 
 
+def test_named_chat_templates_without_a_default_are_named(tmp_path, caplog):
+    """transformers refuses to choose among named templates with no "default"; chat fell back to `role: content` lines
+    without a word."""
+    trained_bpe().save(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["chat_template"] = [{"name": "tool_use", "template": "{{ tools }}"}, {"name": "rag", "template": "x"}]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        assert Tokenizer.load(tmp_path).chat_template is None
+    assert "lists chat templates 'tool_use', 'rag' and none named 'default'" in caplog.text
+
+
 def test_saved_folder_opens_in_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     trained_bpe().save(tmp_path)
