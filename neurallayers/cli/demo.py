@@ -113,11 +113,12 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = Path(args.out)
+    where = shlex.quote(str(out))  # the hints are lines to paste into a shell, whatever the folder's name holds
+    resume = demo_command(f"--out {where} --resume")
     # a demo killed before its first checkpoint has a config.yaml and nothing to resume: fit() starts it afresh, as
     # `train` does (refusing it here and refusing --resume there left only `rm -rf`)
     if latest_checkpoint(out) is not None and not args.resume:
-        raise ValueError(f"{out} already holds a run; remove it, continue it ({demo_command(f'--out {out} --resume')}) "
-                         "or choose another --out")
+        raise ValueError(f"{out} already holds a run; remove it, continue it ({resume}) or choose another --out")
     t0 = time.perf_counter()
     run_cfg = demo_config(max_steps=args.max_steps or 1, max_minutes=args.minutes + 0.75)
     if args.max_steps is None and not args.resume:
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not (out / "config.yaml").is_file():  # as `train --resume` says it
             raise FileNotFoundError(f"cannot resume: {out} holds no demo run (no config.yaml); run "
-                                    f"`neurallayers demo --out {out}` to start one")
+                                    f"`{demo_command(f'--out {where}')}` to start one")
         saved = RunConfig.from_yaml(out / "config.yaml")  # continue the same schedule
         # --max-steps trains it on to that step, as `train --resume --train.max_steps` does (it was ignored)
         run_cfg = demo_config(max_steps=args.max_steps or saved.train.max_steps, max_minutes=args.minutes + 0.75,
@@ -139,12 +140,12 @@ def run(args: argparse.Namespace) -> int:
     result = fit(run_cfg, out, resume=args.resume)
     print(summary(result))
     if result.stopped_reason in EXIT_CODES:  # checkpoint saved; no samples from a half-trained model
-        print(f"continue with: {demo_command(f'--out {out} --resume')}", file=sys.stderr)
+        print(f"continue with: {resume}", file=sys.stderr)
         return EXIT_CODES[result.stopped_reason]
     model, tokenizer = load(out)
     gens = generate(model, tokenizer, PROMPTS, max_new_tokens=120, temperature=0.8, top_k=50, seed=1)
     for prompt, gen in zip(PROMPTS, gens, strict=True):
         print(f"\n----- {prompt.splitlines()[0]} -----\n{prompt}{gen.text}")
     print(f"\nfinal val loss {result.final_val_loss:.4f}; wall time {time.perf_counter() - t0:.0f}s; "
-          f"run directory {out} (try: {shell_command()} generate {out} 'JULIET:' --stream)")
+          f"run directory {out} (try: {shell_command()} generate {where} 'JULIET:' --stream)")
     return 0

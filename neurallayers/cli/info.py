@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import os
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -39,8 +40,9 @@ def resolve_config(target: str):
 
             return _masked_lm(_trained_model(RunConfig.from_dict(data), data.get("model")))
         return ModelConfig.from_file(path)
-    # a path is never a preset: "is not a preset, a .yaml file or a folder" hid that it is missing
-    if len(path.parts) > 1 and not path.exists():
+    # a path is never a preset: "is not a preset, a .yaml file or a folder" hid that it is missing (`./run` and `run/`
+    # are paths too, of one part)
+    if ("/" in target or os.sep in target or target.startswith(".")) and not path.exists():
         raise FileNotFoundError(f"no such run directory or model folder: {target}")
     if target in presets.PRESETS:
         return ModelConfig.from_name(target)

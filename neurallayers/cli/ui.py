@@ -36,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
     _check_address(args.host, args.port)
     try:
         import gradio  # noqa: F401 - fail before loading the model when the extra is missing
+        import matplotlib  # noqa: F401 - the attention view's figures: Gradio does not bring it
 
         from neurallayers.ui import build_app, launch
-    except ImportError:
-        raise UserError("the web playground needs Gradio: pip install 'neurallayers[ui]'") from None
+    except ImportError as e:
+        raise UserError(f"the web playground needs {e.name or 'Gradio'}: pip install 'neurallayers[ui]'") from None
     from neurallayers.api import generation_defaults
 
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)

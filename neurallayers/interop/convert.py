@@ -8,6 +8,7 @@ leaves no half-written dst.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,10 +17,11 @@ from typing import Literal
 
 import torch
 
-from neurallayers.files import WriteError
+from neurallayers.files import WriteError, exclusive
 
 TARGETS = ("hf", "run")
 TEMP = ".convert.tmp-"  # + pid: the folder a conversion into an existing folder builds its files in
+LOCK = f"{TEMP}lock"  # held while a conversion fills an existing folder; a killed one's is no one's model either
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf", "run"] | None = None,
@@ -42,7 +44,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
 
     Raises:
         ValueError: a bad `to`, a `src` that is neither kind, a non-empty `dst` without `overwrite`, a `dst` that
-            is or holds `src`, a `max_shard_size` with to="run", or a run target from a source without a tokenizer.
+            is or holds `src`, a `max_shard_size` with to="run", a run target from a source without a tokenizer,
+            or another conversion filling `dst` meanwhile.
         FileNotFoundError: `src` does not exist.
         WriteError: `dst` could not be written (a full or read-only disk); nothing of it is left behind.
     """
@@ -87,28 +90,36 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
     # an existing folder is filled in place, so its new files are built inside it, on its own file system: built
     # beside a link to another one (or a mount point), they were copied across after the old ones were deleted, and
     # a full disk left a truncated model in their place
-    tmp = target / f"{TEMP}{os.getpid()}" if target.is_dir() else target.with_name(
-        f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        if to == "hf":
-            from neurallayers.interop.hf import save_hf
+    inside = target.is_dir()
+    tmp = target / f"{TEMP}{os.getpid()}" if inside else target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    # one conversion at a time fills a folder: a second one took the first one's temporary folder for a killed
+    # run's, deleted it, and the first then deleted the second's files and failed, leaving the folder empty
+    busy = f"another conversion is writing {dst}; wait for it to end or choose another dst"
+    with contextlib.ExitStack() as guard:
+        try:
+            if inside:
+                guard.enter_context(exclusive(target / LOCK, busy))
+            shutil.rmtree(tmp, ignore_errors=True)
+            if to == "hf":
+                from neurallayers.interop.hf import save_hf
 
-            save_hf(model, tokenizer, tmp, max_shard_size=max_shard_size)
-        else:
-            _write_run(model, tokenizer, tmp)
-        _keep_sampling(checkpoint_run(src) if checkpoint else src, tmp)  # a checkpoint samples as its run does
-        if to == "hf":
-            _keep_special_ids(src, tmp)
-        if target.exists():
-            _fill(target, tmp)
-        else:
-            os.replace(tmp, target)
-    except OSError as e:  # a full disk or a read-only one: one line, not a traceback from inside the writers
-        why = os.strerror(e.errno) if e.errno else str(e)
-        raise WriteError(e.errno, f"could not write {dst}: {why}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                save_hf(model, tokenizer, tmp, max_shard_size=max_shard_size)
+            else:
+                _write_run(model, tokenizer, tmp)
+            _keep_sampling(checkpoint_run(src) if checkpoint else src, tmp)  # a checkpoint samples as its run does
+            if to == "hf":
+                _keep_special_ids(src, tmp)
+            if target.exists():
+                if not inside:  # made meanwhile by another conversion
+                    guard.enter_context(exclusive(target / LOCK, busy))
+                _fill(target, tmp)
+            else:
+                os.replace(tmp, target)
+        except OSError as e:  # a full disk or a read-only one: one line, not a traceback from inside the writers
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise WriteError(e.errno, f"could not write {dst}: {why}") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 
@@ -116,7 +127,7 @@ def _fill(folder: Path, tmp: Path) -> None:
     """`folder`'s entries replaced by those of `tmp`, a folder inside it, the folder itself kept: replaced by another
     folder, `convert SRC .` left the shell that ran it in a deleted folder, where `ls` showed nothing."""
     for old in folder.iterdir():
-        if old == tmp:
+        if old in (tmp, folder / LOCK):
             continue
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)

@@ -486,9 +486,15 @@ class _Fit:
         console = contextlib.ExitStack()
         if not bar.disable:
             console.enter_context(logging_redirect_tqdm())
-        if cfg.early_stopping_patience and not cfg.eval_interval and info.is_main:
-            log.warning("train.early_stopping_patience=%d never stops this run: train.eval_interval is 0 (evaluations "
-                        "only at the end); set --train.eval_interval", cfg.early_stopping_patience)
+        # the evaluations still to come before max_steps (the final one cannot stop the run)
+        left = cfg.max_steps // cfg.eval_interval - self.step // cfg.eval_interval if cfg.eval_interval else 0
+        if (cfg.early_stopping_patience and info.is_main and self.has_val and self.step < cfg.max_steps
+                and self.bad_evals + left < cfg.early_stopping_patience):
+            why = "train.eval_interval is 0 (evaluations only at the end); set --train.eval_interval"
+            if cfg.eval_interval:
+                why = (f"{left} evaluation{'s' * (left != 1)} before max_steps={cfg.max_steps} "
+                       f"(train.eval_interval={cfg.eval_interval}); set --train.eval_interval lower")
+            log.warning("train.early_stopping_patience=%d never stops this run: %s", cfg.early_stopping_patience, why)
         in_step = abandoned = False
         try:
             while self.step < cfg.max_steps:

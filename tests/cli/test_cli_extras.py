@@ -18,3 +18,20 @@ def test_serve_without_a_library_of_the_serve_extra_is_one_line(library, tmp_pat
     err = capsys.readouterr().err
     assert f"serving needs the 'serve' extra ({library} is missing): pip install -U 'neurallayers[serve]'" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("library", ["gradio", "matplotlib"])
+def test_ui_without_a_library_of_the_ui_extra_is_one_line_before_loading(library, tmp_path, capsys, monkeypatch):
+    # Gradio does not bring matplotlib: `ui` loaded the model and served, and the attention view then failed with a
+    # ModuleNotFoundError traceback in the server log
+    from neurallayers.cli import ui
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setitem(sys.modules, library, None)
+    monkeypatch.setattr(ui, "load_model", loaded)
+    monkeypatch.setattr(ui, "_check_address", lambda host, port: None)  # no port taken
+    assert main(["ui", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"the web playground needs {library}: pip install 'neurallayers[ui]'" in err, err

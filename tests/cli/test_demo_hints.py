@@ -66,3 +66,37 @@ def test_a_second_demo_is_refused_naming_how_to_continue_it(venv_script, monkeyp
     with pytest.raises(ValueError, match="already holds a run") as refusal:
         demo.run(argparse.Namespace(out="runs/demo", minutes=4.0, max_steps=5, resume=False))
     assert f"continue it ({command})" in str(refusal.value)
+
+
+@pytest.mark.parametrize(("makelevel", "command"), [
+    (None, ".venv/bin/neurallayers demo --out runs/demo"),
+    ("1", 'make demo DEMO_ARGS="--out runs/demo"'),
+])
+def test_a_resume_without_a_run_names_how_to_start_one(venv_script, monkeypatch, makelevel, command):
+    # `make demo DEMO_ARGS=--resume` with no run yet still said "run `neurallayers demo --out runs/demo`"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if makelevel:
+        monkeypatch.setenv("MAKELEVEL", makelevel)
+    with pytest.raises(FileNotFoundError, match="holds no demo run") as refusal:
+        demo.run(argparse.Namespace(out="runs/demo", minutes=4.0, max_steps=None, resume=True))
+    assert f"run `{command}` to start one" in str(refusal.value)
+
+
+def test_the_hints_quote_a_folder_name_the_shell_would_split(venv_script, monkeypatch, capsys):
+    # `demo --out "my runs/demo"` was told to continue with `... --out my runs/demo --resume`: two arguments
+    import shlex
+
+    from neurallayers.training.checkpoint import COMPLETE
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    out = Path("my runs/demo")
+    (out / "checkpoints" / "step-5").mkdir(parents=True)
+    (out / "checkpoints" / "step-5" / COMPLETE).write_text("")
+    with pytest.raises(ValueError, match="already holds a run") as refusal:
+        demo.run(argparse.Namespace(out=str(out), minutes=4.0, max_steps=5, resume=False))
+    hint = str(refusal.value).split("continue it (", 1)[1].split(") or", 1)[0]
+    assert shlex.split(hint) == [".venv/bin/neurallayers", "demo", "--out", "my runs/demo", "--resume"]
+    assert demo.run(finished_demo(Path("my runs/demo2"), monkeypatch)) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert shlex.split(last.split("(try: ", 1)[1].removesuffix(")"))[:3] == [".venv/bin/neurallayers", "generate",
+                                                                               "my runs/demo2"]

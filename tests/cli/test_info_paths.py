@@ -7,7 +7,7 @@ import pytest
 from neurallayers.__main__ import main
 
 
-@pytest.mark.parametrize("target", ["runs/llama/checkpoints/step-800", "runs/nope"])
+@pytest.mark.parametrize("target", ["runs/llama/checkpoints/step-800", "runs/nope", "./nope", "nope/"])
 def test_a_missing_run_or_checkpoint_is_named_missing(target, tmp_path, monkeypatch, capsys):
     # a checkpoint pruned by keep_last was "not a preset, a .yaml file or a folder", then the list of presets
     monkeypatch.chdir(tmp_path)

@@ -646,8 +646,40 @@ def test_a_conversion_killed_while_it_wrote_into_an_empty_folder_needs_no_overwr
               "real = hf.save_hf; hf.save_hf = lambda *a, **k: (real(*a, **k), os.kill(os.getpid(), 9)); "
               "convert(sys.argv[1], sys.argv[2], to='hf')")
     done = subprocess.run([sys.executable, "-c", killed, str(src), str(out)], capture_output=True, timeout=300)
-    assert done.returncode == -9 and [p.name.startswith(".convert.tmp-") for p in out.iterdir()] == [True]
+    left = [p.name for p in out.iterdir()]  # its temporary folder and its lock
+    assert done.returncode == -9 and left and all(name.startswith(".convert.tmp-") for name in left), left
     convert(src, out, to="hf")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+
+
+def test_a_second_conversion_into_a_folder_being_filled_is_refused(tmp_path):
+    """The second took the first one's temporary folder inside the folder for a killed run's and deleted it; the first
+    then deleted the second's files and failed: the folder was left empty, though the second had said it was written."""
+    import subprocess
+    import sys
+    import time
+
+    src, out = tmp_path / "hf", tmp_path / "out"
+    hf_folder(src)
+    out.mkdir()
+    built, go = tmp_path / "built", tmp_path / "go"
+    waits = ("import pathlib, sys, time; import neurallayers.interop.hf as hf\n"
+             "from neurallayers.interop import convert; built, go = map(pathlib.Path, sys.argv[3:])\n"
+             "real = hf.save_hf\n"
+             "def save(*a, **k):\n real(*a, **k); built.touch()\n while not go.exists(): time.sleep(0.05)\n"
+             "hf.save_hf = save; convert(sys.argv[1], sys.argv[2], to='hf')")
+    first = subprocess.Popen([sys.executable, "-c", waits, str(src), str(out), str(built), str(go)],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not built.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert built.exists(), first.stderr.read() if first.poll() is not None else "timed out"
+        with pytest.raises(ValueError, match="another conversion is writing"):
+            convert(src, out, to="hf")
+    finally:
+        go.touch()
+        assert first.wait(timeout=120) == 0, first.stderr.read()
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
 
 

@@ -65,6 +65,20 @@ def test_early_stopping_without_evaluations_during_the_run_is_named(tmp_path, ca
     assert result.stopped_reason == "max_steps"
     assert "train.early_stopping_patience=3 never stops this run: train.eval_interval is 0" in caplog.text
 
+
+@pytest.mark.parametrize(("patience", "warned"), [(2, True), (1, False)])
+def test_early_stopping_with_fewer_evaluations_than_its_patience_is_named(tmp_path, caplog, patience, warned):
+    """eval_interval 4 in a 6-step run evaluates once before the end: a patience of 2 can never stop it either, and
+    it trained on silently."""
+    run = tiny_run(tmp_path, max_steps=6, eval_interval=4, early_stopping_patience=patience, save_interval=0)
+    with caplog.at_level("WARNING", logger="neurallayers"):
+        fit(run, tmp_path / "run", progress=False)
+    line = ("train.early_stopping_patience=2 never stops this run: 1 evaluation before max_steps=6 "
+            "(train.eval_interval=4); set --train.eval_interval lower")
+    assert (line in caplog.text) == warned, caplog.text
+    assert ("never stops this run" in caplog.text) == warned
+
+
 def test_bf16_autocast_runs_the_matmuls_in_bf16_and_the_loss_in_fp32(tmp_path, monkeypatch):
     """precision bf16 on CPU: in training and evaluation the logits come out of a bf16 matmul, the residual stream
     and norms stay fp32, the loss is taken in fp32, and the weights and their gradients stay fp32."""
