@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -97,7 +98,10 @@ def demo_command(flags: str) -> str:
     """The command that runs the demo again with `flags`: through make's DEMO_ARGS when `make demo` started it (make
     sets MAKELEVEL; `make demo --resume` is make's own option error)."""
     if os.environ.get("MAKELEVEL"):
-        return f'make demo DEMO_ARGS="{flags}"'
+        # make expands "$" in DEMO_ARGS, and the shell \ " $ ` between double quotes: a quoted folder name may hold
+        # any of them, so they are escaped for both
+        value = re.sub(r'([\\"$`])', r"\\\1", flags.replace("$", "$$"))
+        return f'make demo DEMO_ARGS="{value}"'
     return f"{shell_command()} demo {flags}"
 
 

@@ -69,7 +69,10 @@ def _takes_content_parts(template: str) -> bool:
     parts: how vLLM tells such templates from those that read content as a string."""
     from jinja2 import nodes
 
-    def is_content(node) -> bool:  # x['content'] or x.content
+    def is_content(node) -> bool:  # x['content'] or x.content, filtered too: Llama 3.2 Vision's and Llama 4's loop
+        # over `message['content'] | selectattr(...)` or `| sort(...)`
+        while isinstance(node, nodes.Filter):
+            node = node.node
         if isinstance(node, nodes.Getitem):
             return isinstance(node.arg, nodes.Const) and node.arg.value == "content"
         return isinstance(node, nodes.Getattr) and node.attr == "content"

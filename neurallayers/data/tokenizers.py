@@ -418,8 +418,10 @@ class Tokenizer:
             return next((g for g in guesses if g in added), None)
 
         named = [config.get(key) for key in SPECIAL_KEYS]
-        more = config.get("additional_special_tokens")
-        named += more if isinstance(more, list) else []
+        # transformers 5 writes additional specials as extra_special_tokens: a list, or a dict of names (image tokens)
+        for key in ("additional_special_tokens", "extra_special_tokens"):
+            more = config.get(key)
+            named += list(more.values()) if isinstance(more, dict) else more if isinstance(more, list) else []
         _make_special(hf, [t.get("content") if isinstance(t, dict) else t for t in named])
         max_len = config.get("model_max_length")
         kind = config.get("neurallayers_kind", "file")

@@ -486,8 +486,9 @@ class _Fit:
         console = contextlib.ExitStack()
         if not bar.disable:
             console.enter_context(logging_redirect_tqdm())
-        # the evaluations still to come before max_steps (the final one cannot stop the run)
-        left = cfg.max_steps // cfg.eval_interval - self.step // cfg.eval_interval if cfg.eval_interval else 0
+        # the evaluations still to come before max_steps (the final one cannot stop the run, also where max_steps is a
+        # multiple of eval_interval: that one is the end)
+        left = (cfg.max_steps - 1) // cfg.eval_interval - self.step // cfg.eval_interval if cfg.eval_interval else 0
         if (cfg.early_stopping_patience and info.is_main and self.has_val and self.step < cfg.max_steps
                 and self.bad_evals + left < cfg.early_stopping_patience):
             why = "train.eval_interval is 0 (evaluations only at the end); set --train.eval_interval"

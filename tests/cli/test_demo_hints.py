@@ -100,3 +100,28 @@ def test_the_hints_quote_a_folder_name_the_shell_would_split(venv_script, monkey
     last = capsys.readouterr().out.splitlines()[-1]
     assert shlex.split(last.split("(try: ", 1)[1].removesuffix(")"))[:3] == [".venv/bin/neurallayers", "generate",
                                                                                "my runs/demo2"]
+
+
+@pytest.mark.parametrize("name", ["it's", "r$x", 'a"b\\c`d'])
+def test_the_make_hint_passes_any_folder_name_through_the_shell_and_make(venv_script, monkeypatch, name):
+    # under make the hint put the quoted name between double quotes: "it's" was a shell syntax error, and make and
+    # the shell expanded "r$x" to "r"
+    import subprocess
+
+    from neurallayers.training.checkpoint import COMPLETE
+
+    monkeypatch.setenv("MAKELEVEL", "1")
+    (Path(name) / "checkpoints" / "step-5").mkdir(parents=True)
+    (Path(name) / "checkpoints" / "step-5" / COMPLETE).write_text("")
+    with pytest.raises(ValueError, match="already holds a run") as refusal:
+        demo.run(argparse.Namespace(out=name, minutes=4.0, max_steps=5, resume=False))
+    hint = str(refusal.value).split("continue it (", 1)[1].removesuffix(") or choose another --out")
+    assert hint.startswith("make demo DEMO_ARGS=")
+
+    def shell_words(line: str) -> list[str]:  # the words sh makes of a command line's arguments
+        return subprocess.run(["sh", "-c", f"printf '%s\\n' {line}"], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+
+    (assignment,) = shell_words(hint.removeprefix("make demo "))
+    value = assignment.removeprefix("DEMO_ARGS=").replace("$$", "$")  # as make expands it into the recipe
+    assert shell_words(value) == ["--out", name, "--resume"]

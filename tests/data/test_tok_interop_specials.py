@@ -63,3 +63,17 @@ def test_a_folder_naming_vocabulary_tokens_special_loads_as_in_transformers(tmp_
               "pad_token": "<pad>"}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     check_like_transformers(Tokenizer.load(tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize("extra", [["<unk>"], {"image_token": "<unk>"}])
+def test_a_vocabulary_token_named_in_extra_special_tokens_loads_as_in_transformers(tmp_path, extra):
+    """transformers 5 writes additional special tokens as extra_special_tokens (a list, or a dict of names): a plain
+    vocabulary entry named there was text here, one id and skipped in transformers."""
+    vocab = {t: i for i, t in enumerate(["<unk>", "</s>", "<pad>", *"abc <>/unkpdsé\t"])}
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    hf.save(str(tmp_path / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</s>", "pad_token": "<pad>",
+              "extra_special_tokens": extra}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    check_like_transformers(Tokenizer.load(tmp_path), tmp_path)

@@ -523,6 +523,22 @@ def test_content_parts_reach_a_template_as_transformers_passes_them(tmp_path):
     assert render_chat(ours, parts) == "system: Be brief.\nNow.\nuser: part one\n two\nassistant:"
 
 
+def test_a_template_looping_over_filtered_content_gets_the_parts(tmp_path):
+    """Llama 3.2 Vision's template loops over `message['content'] | selectattr(...)`, joining the texts with nothing
+    between (as transformers renders it): it was taken for one that reads content as a string, and the texts came
+    joined by a newline."""
+    template = ("{% for m in messages %}<|{{ m['role'] }}|>{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+                "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] }}{% endfor %}"
+                "{% endif %}<|eot|>{% endfor %}<|assistant|>")
+    parts = [{"role": "user", "content": [{"type": "text", "text": "part one"}, {"type": "text", "text": " two"}]}]
+    ours = Tokenizer.train_char(["abc"])
+    ours.chat_template = template
+    ours.save(tmp_path)
+    want = hf_chat(transformers.AutoTokenizer.from_pretrained(tmp_path), parts, tokenize=False)
+    assert want == "<|user|>part one two<|eot|><|assistant|>"
+    assert render_chat(ours, parts) == want
+
+
 def model_folder(path, family: str, *, eos: str | None = None):
     """A tiny Llama with the family's tokenizer whose greedy reply to HELLO ends at the end-of-turn token after a few
     tokens: that token's output row is a multiple of the fourth reply token's (which then scores higher), and

@@ -66,14 +66,15 @@ def test_early_stopping_without_evaluations_during_the_run_is_named(tmp_path, ca
     assert "train.early_stopping_patience=3 never stops this run: train.eval_interval is 0" in caplog.text
 
 
-@pytest.mark.parametrize(("patience", "warned"), [(2, True), (1, False)])
-def test_early_stopping_with_fewer_evaluations_than_its_patience_is_named(tmp_path, caplog, patience, warned):
+@pytest.mark.parametrize(("max_steps", "patience", "warned"), [(6, 2, True), (6, 1, False), (8, 2, True)])
+def test_early_stopping_with_fewer_evaluations_than_its_patience_is_named(tmp_path, caplog, max_steps, patience,
+                                                                          warned):
     """eval_interval 4 in a 6-step run evaluates once before the end: a patience of 2 can never stop it either, and
-    it trained on silently."""
-    run = tiny_run(tmp_path, max_steps=6, eval_interval=4, early_stopping_patience=patience, save_interval=0)
+    it trained on silently. In an 8-step run the evaluation at step 8 is the end, not one that could stop it early."""
+    run = tiny_run(tmp_path, max_steps=max_steps, eval_interval=4, early_stopping_patience=patience, save_interval=0)
     with caplog.at_level("WARNING", logger="neurallayers"):
         fit(run, tmp_path / "run", progress=False)
-    line = ("train.early_stopping_patience=2 never stops this run: 1 evaluation before max_steps=6 "
+    line = (f"train.early_stopping_patience=2 never stops this run: 1 evaluation before max_steps={max_steps} "
             "(train.eval_interval=4); set --train.eval_interval lower")
     assert (line in caplog.text) == warned, caplog.text
     assert ("never stops this run" in caplog.text) == warned
