@@ -50,7 +50,7 @@ def test_serves_the_page_on_localhost(run_dir):
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the server closes
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=60)  # Gradio's close joins its threads with timeouts of its own: 20 s ran out twice
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
