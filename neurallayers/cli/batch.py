@@ -41,12 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_decoding(parser: argparse.ArgumentParser) -> None:
-    add_sampling_arguments(parser)
-    # Seeded by default, so that a resumed sampling run gives what an uninterrupted one would; each line samples
-    # with a seed made from this one and its id (or with its own "seed").
-    parser.set_defaults(seed=0)
-    seed = next(action for action in parser._actions if action.dest == "seed")
-    seed.help = 'each line samples with a seed made from this one and its id, or with its own "seed"'
+    # Seeded by default, so that a resumed sampling run gives what an uninterrupted one would
+    add_sampling_arguments(parser, seed=0, seed_help='each line samples with a seed made from this one and its id, or '
+                           'with its own "seed" (default: 0)')
 
 
 def _add_embedding(parser: argparse.ArgumentParser) -> None:

@@ -9,9 +9,12 @@ import sys
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, non_empty
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, *, search: bool = True) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, search: bool = True, seed: int | None = None,
+                           seed_help: str = "sampling seed: the same seed, settings and prompt give the same text "
+                           "(unset: new draws)") -> None:
     """The GenerationConfig knobs, shared by generate, batch and chat; `search=False` leaves out beam and contrastive
-    search, which a streamed chat reply cannot use (its --help listed flags that were always refused)."""
+    search, which a streamed chat reply cannot use (its --help listed flags that were always refused); `seed` and
+    `seed_help`: the seed's default and help (batch seeds every line by default)."""
     g = parser.add_argument_group("decoding (temperature 0 = greedy)")
     g.add_argument("--max-new-tokens", type=int, default=200, help="(default 200)")
     g.add_argument("--min-new-tokens", type=int, default=0, help="end-of-text is blocked until this many")
@@ -30,8 +33,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, search: bool = Tr
     g.add_argument("--no-repeat-ngram-size", type=int, default=0,
                    help="ban any n-gram of this size from occurring twice (prompt included; 0 = off)")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not included in the text")
-    g.add_argument("--seed", type=int, default=None,
-                   help="sampling seed: the same seed, settings and prompt give the same text (unset: new draws)")
+    g.add_argument("--seed", type=int, default=seed, help=seed_help)
     if search:
         g.add_argument("--num-beams", type=int, default=1, help="beam search when > 1")
         g.add_argument("--length-penalty", type=float, default=1.0)
