@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from pathlib import Path
@@ -24,6 +25,8 @@ from neurallayers.checks import is_int
 from neurallayers.data.tokenizers import MASK_TOKENS, Tokenizer
 from neurallayers.embeddings import _check_texts, check_tokenizer, embed, input_limit, tokenize_batch
 from neurallayers.nn.modes import eval_mode
+
+log = logging.getLogger("neurallayers.pipelines")
 
 
 class Pipeline(ABC):
@@ -102,7 +105,8 @@ class FeatureExtractionPipeline(Pipeline):
 
 
 class FillMaskPipeline(Pipeline):
-    """The `top_k` most likely tokens for the one mask token in each text."""
+    """The `top_k` most likely tokens for each mask token in each text, as transformers' fill-mask pipeline gives them:
+    a list of predictions for a text with one mask, a list of such lists (one per mask, in order) for several."""
 
     task = "fill-mask"
     heads = ("mlm",)
@@ -117,35 +121,77 @@ class FillMaskPipeline(Pipeline):
         self.mask_token = found[0]
         self.mask_id = tokenizer.token_to_id(self.mask_token)
 
-    def _run(self, items: list, *, top_k: int = 5) -> list[list[dict]]:
-        if not isinstance(top_k, int) or not 1 <= top_k <= self.config.vocab_size:
-            raise ValueError(f"top_k={top_k!r}: must be an int in [1, vocab_size={self.config.vocab_size}]")
+    def _run(self, items: list, *, top_k: int = 5, targets: str | list[str] | None = None) -> list[list]:
+        vocab = self.config.vocab_size
+        if not isinstance(top_k, int) or top_k < 1 or (targets is None and top_k > vocab):
+            raise ValueError(f"top_k={top_k!r}: must be an int in [1, vocab_size={vocab}]")
+        target_ids = self._target_ids(targets) if targets is not None else None
+        if target_ids is not None:  # transformers caps top_k at the number of targets
+            top_k = min(top_k, len(target_ids))
         texts = _check_texts(items, "inputs")
         for i, text in enumerate(texts):
-            if text.count(self.mask_token) != 1:
-                raise ValueError(f"inputs[{i}] must contain the mask token {self.mask_token!r} exactly once, "
-                                 f"found {text.count(self.mask_token)}")
+            if self.mask_token not in text:
+                raise ValueError(f"inputs[{i}] must contain the mask token {self.mask_token!r}")
         results = []
         for batch in self._batches(texts):
             logits = self._forward(batch)  # (B, T, vocab)
             for row, ids in enumerate(batch["input_ids"]):
                 real_mask = batch["attention_mask"][row].bool()
-                where = ((ids == self.mask_id) & real_mask).nonzero()  # padding may hold its id (no pad token: 0)
-                if len(where) != 1:
+                where = ((ids == self.mask_id) & real_mask).nonzero()[:, 0]  # padding may hold its id (no pad: 0)
+                if len(where) != texts[len(results)].count(self.mask_token):
                     raise ValueError(f"inputs[{len(results)}]: the mask token was cut off, the text is longer than "
                                      f"{self._max_length()} tokens")
-                pos = int(where[0, 0])
-                probs = logits[row, pos].softmax(-1)
+                probs = logits[row, where].softmax(-1)  # (masks, vocab)
+                if target_ids is not None:
+                    target_ids = target_ids.to(probs.device)
+                    probs = probs[:, target_ids]
                 scores, tokens = probs.topk(top_k)
-                real = ids[real_mask].tolist()
-                preds = []
-                for score, token in zip(scores.tolist(), tokens.tolist(), strict=True):
-                    filled = [token if j == pos else t for j, t in enumerate(real)]
-                    preds.append({"score": score, "token": token,
-                                  "token_str": self.tokenizer.decode([token]),
-                                  "sequence": self.tokenizer.decode(filled)})
-                results.append(preds)
+                if target_ids is not None:
+                    tokens = target_ids[tokens]
+                real = ids[real_mask]
+                per_mask = [self._predictions(real, int(pos), s.tolist(), t.tolist(), single=len(where) == 1)
+                            for pos, s, t in zip(where, scores, tokens, strict=True)]
+                results.append(per_mask[0] if len(per_mask) == 1 else per_mask)
         return results
+
+    def _predictions(self, ids: torch.Tensor, pos: int, scores: list[float], tokens: list[int], *,
+                     single: bool) -> list[dict]:
+        """One mask's predictions. The sequence drops the special tokens for a single mask, and keeps them for
+        several (so the other masks stay visible), as transformers does; token_str always keeps them (a predicted
+        [UNK] or [SEP] read as "")."""
+        preds = []
+        for score, token in zip(scores, tokens, strict=True):
+            filled = ids.clone()
+            filled[pos] = token
+            if self.tokenizer.pad_id is not None:
+                filled = filled[filled != self.tokenizer.pad_id]
+            preds.append({"score": score, "token": token,
+                          "token_str": self.tokenizer.decode([token], skip_special_tokens=False),
+                          "sequence": self.tokenizer.decode(filled.tolist(), skip_special_tokens=single)})
+        return preds
+
+    def _target_ids(self, targets: str | list[str]) -> torch.Tensor:
+        """Vocabulary ids of `targets`, as transformers reads them: a token of the vocabulary is its id, any other
+        string its first token's; duplicates count once."""
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list | tuple) or not all(isinstance(t, str) for t in targets):
+            raise ValueError(f"targets={targets!r}: must be a string or a list of strings")
+        ids = set()
+        for target in targets:
+            token_id = self.tokenizer.token_to_id(target)
+            if token_id is None:
+                first = self.tokenizer.encode(target)[:1]
+                if not first:
+                    log.warning("fill-mask: target %r encodes to no token; left out", target)
+                    continue  # as transformers does
+                token_id = first[0]
+                log.warning("fill-mask: target %r is not a token of the vocabulary; scoring its first token %r "
+                            "instead", target, self.tokenizer.id_to_token(token_id))
+            ids.add(token_id)
+        if not ids:
+            raise ValueError(f"targets={targets!r}: none of them is a token of the vocabulary or encodes to one")
+        return torch.tensor(sorted(ids))
 
 
 class TextClassificationPipeline(Pipeline):

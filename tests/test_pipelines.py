@@ -67,7 +67,7 @@ def test_an_option_a_pipeline_does_not_have_is_named_with_the_valid_ones(wordpie
     with pytest.raises(ValueError, match=r"fill-mask: unknown option 'device'; options: batch_size, mask_token"):
         pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece), device="cpu")
     fill = pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece))
-    with pytest.raises(ValueError, match=r"unknown option 'topk' \(did you mean 'top_k'\?\); options: top_k$"):
+    with pytest.raises(ValueError, match=r"unknown option 'topk' \(did you mean 'top_k'\?\); options: top_k, targets$"):
         fill("a [MASK] b", topk=2)
     classify = pipeline("text-classification", model=(tiny_bert("sequence_classification"), wordpiece))
     with pytest.raises(ValueError, match="text-classification: unknown option 'return_all_scores'; options: top_k$"):
@@ -130,10 +130,8 @@ def test_fill_mask_scores_are_the_model_probabilities(wordpiece):
 
 def test_fill_mask_rejects_bad_input(wordpiece):
     fill = pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece))
-    with pytest.raises(ValueError, match="exactly once"):
+    with pytest.raises(ValueError, match=r"inputs\[0\] must contain the mask token '\[MASK\]'"):
         fill("no mask here")
-    with pytest.raises(ValueError, match="exactly once"):
-        fill("[MASK] and [MASK]")
     with pytest.raises(ValueError, match="empty"):
         fill("   ")
     with pytest.raises(ValueError, match="top_k"):
