@@ -12,10 +12,11 @@ from neurallayers.serve.schemas import ChatMessage
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict]:
-    """The messages as plain dicts (role, content: a string or a list of text parts, name when given)."""
+    """The messages as plain dicts (role, content: a string or a list of text parts, name when given). A null content
+    stays None, which the renderer drops as transformers does: a template that tests for the key sees it missing."""
     out = []
     for m in messages:
-        content = [p.model_dump() for p in m.content] if isinstance(m.content, list) else m.content or ""
+        content = [p.model_dump() for p in m.content] if isinstance(m.content, list) else m.content
         d = {"role": m.role, "content": content}
         if m.name is not None:
             d["name"] = m.name
@@ -33,6 +34,15 @@ def render(tokenizer, messages: list[ChatMessage]) -> str:
         return render_chat(tokenizer, message_dicts(messages))
     except ValueError as e:
         raise bad_request(str(e), "messages") from None
+
+
+def echo_text(messages: list[ChatMessage]) -> str:
+    """What vLLM's chat `echo` puts before the reply: the last message's content when that message is the
+    assistant's (the role of the reply), its text parts joined by newlines; else nothing."""
+    last = messages[-1]
+    if last.role != "assistant" or last.content is None:
+        return ""
+    return "\n".join(p.text for p in last.content) if isinstance(last.content, list) else last.content
 
 
 def reply_stops(tokenizer) -> list[str]:

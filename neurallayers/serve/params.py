@@ -1,8 +1,8 @@
 """From a validated request to what the engine takes: prompts as token ids (tokenized off the event loop) and one
 GenerationConfig per choice, with the checks that depend on the model (context length, vocabulary).
 
-Choice k of a prompt samples with seed + k (mod 2**63), so a request with a seed is reproducible, its choices
-differ, and choice 0 equals `neurallayers.generate(..., seed=seed)`.
+Choice k of a prompt samples with seed + k (a seed near 2**63 wraps to 0), so a request with a seed is reproducible,
+its choices differ, and choice 0 equals `neurallayers.generate(..., seed=seed)`; seed -1 means none, as in vLLM.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import re
 from neurallayers.generation import GenerationConfig
 from neurallayers.interop.hf import SAMPLING_DEFAULTS
 from neurallayers.serve.errors import bad_request
-from neurallayers.serve.schemas import MAX_SEED, Sampling
+from neurallayers.serve.schemas import CHAT_DEFAULT_ONLY, MAX_SEED, VLLM_DEFAULT_ONLY, Sampling
 from neurallayers.serve.state import ServedModel
 
 # GenerationConfig field -> the request field a client knows
-_FIELD_NAMES = {"max_new_tokens": "max_tokens", "logprobs": "logprobs"}
+_FIELD_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "logprobs": "logprobs"}
 # Normalizers that shrink no text by more than 4x: NFC / NFKC compose at most 4 code points into one (the longest
 # canonical decomposition), the others map one character to one or more. Replace only when it does not shorten.
 _NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Prepend"}
@@ -29,13 +29,14 @@ _ONE_CHARACTER = {"[\\s\\S]"}  # Split patterns whose pieces are single characte
 # is not one: it stops at newlines, so a run of them is one piece, one <unk>)
 
 
-async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", special: bool = True) -> list[list[int]]:
+async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", special: bool = True,
+                     truncate: int | None = None) -> list[list[int]]:
     """A completions prompt (string, strings, token ids, token-id lists) -> one id list per prompt. Text goes through
     the tokenizer's post-processor unless `special` is False (a rendered chat template holds its own bos), as vLLM
-    does.
+    does. `truncate` (vLLM's truncate_prompt_tokens): keep only the last that many tokens of each prompt.
 
     Text is tokenized in a worker thread, so a huge prompt does not stall the event loop (and /health); a text that
-    certainly has more tokens than the context holds is refused before it is tokenized.
+    certainly has more tokens than the context holds is refused before it is tokenized (unless it is truncated).
 
     Raises:
         APIError: 400 for an empty prompt, one over the context length, ids outside the vocabulary, or more prompts
@@ -48,6 +49,9 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
         prompt = [prompt]  # one prompt: a flat id list too, not one prompt per id
     if not prompt:
         raise bad_request(f"{param} is empty: give at least one prompt", param)
+    if truncate is not None and truncate > block:  # as vLLM refuses it
+        raise bad_request(f"truncate_prompt_tokens={truncate} is over the model's context length {block}",
+                          "truncate_prompt_tokens")
     if len(prompt) > served.limits.capacity:
         raise bad_request(f"{param} holds {len(prompt)} prompts; this server takes at most "
                           f"{served.limits.capacity} sequences at a time", param)
@@ -56,17 +60,18 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
             if not text:
                 where = param if len(prompt) == 1 else f"{param}[{i}]"
                 raise bad_request(f"{where} is an empty string: a prompt needs at least one token", param)
-        if any(len(text) >= block for text in prompt):  # only such a text can hold block tokens or more
+        if truncate is None and any(len(text) >= block for text in prompt):  # only such a text can hold block tokens
             per_token = await run_in_threadpool(lambda: served.chars_per_token)  # the first call reads the vocabulary
             for i, text in enumerate(prompt):
                 least = -(-len(text) // per_token) if per_token else 0
                 if least >= block:
                     where = param if len(prompt) == 1 else f"{param}[{i}]"
                     raise _over_context(where, f"{len(text)} characters, so at least {least} tokens,", block, param)
-        ids = await run_in_threadpool(functools.partial(served.tokenizer.encode_batch, add_special_tokens=special),
-                                      prompt)
+        encode = functools.partial(served.tokenizer.encode_batch, add_special_tokens=special) if truncate is None \
+            else functools.partial(_encode_left_truncated, served.tokenizer, keep=truncate, special=special)
+        ids = await run_in_threadpool(encode, prompt)
     else:
-        ids = prompt
+        ids = prompt if truncate is None else [row[-truncate:] for row in prompt]
     for i, row in enumerate(ids):
         where = param if len(ids) == 1 else f"{param}[{i}]"
         if not row:
@@ -78,6 +83,19 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
             raise bad_request(f"{where} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}", param,
                               code="invalid_token_id")
     return ids
+
+
+def _encode_left_truncated(tokenizer, texts: list[str], *, keep: int, special: bool) -> list[list[int]]:
+    """The ids of `texts` cut to their last `keep` tokens as a transformers tokenizer with truncation_side="left" cuts
+    them (vLLM's truncate_prompt_tokens): the special tokens the post-processor adds (a bos) stay and count toward
+    `keep`; the text's own tokens are cut."""
+    hf = tokenizer.hf
+    added = hf.num_special_tokens_to_add(False) if special else 0
+    out = []
+    for encoding in hf.encode_batch(texts, add_special_tokens=False):
+        encoding.truncate(max(keep - added, 0), direction="left")
+        out.append(hf.post_process(encoding, add_special_tokens=special).ids)
+    return out
 
 
 def chars_per_token(tokenizer) -> int | None:
@@ -178,6 +196,29 @@ def logit_bias(served: ServedModel, bias: dict[str, float] | None) -> dict[int, 
     return out
 
 
+def refuse_unsupported(req: Sampling) -> None:
+    """400 naming the field when a request asks for a behaviour this server lacks (vLLM's extra parameters at another
+    value than their default, best_of over n, structured output): such a field is never silently ignored."""
+    fields = type(req).model_fields
+    for name, default in {**VLLM_DEFAULT_ONLY, **CHAT_DEFAULT_ONLY}.items():
+        if name in fields and getattr(req, name) != default:
+            raise bad_request(f"{name}={json.dumps(getattr(req, name))} is not supported by this server (only its "
+                              f"default, {json.dumps(default)})", name)
+    if getattr(req, "chat_template_kwargs", None):
+        raise bad_request("chat_template_kwargs is not supported by this server (send null or {})",
+                          "chat_template_kwargs")
+    if "prompt" in fields and req.echo and req.truncate_prompt_tokens is not None:
+        # the echoed text would not be what the model read, and its logprobs' text offsets would not fit it
+        raise bad_request("echo with truncate_prompt_tokens is not supported by this server: the prompt echoed would "
+                          "not be the tokens the model read", "truncate_prompt_tokens")
+    if req.best_of is not None and req.best_of != req.n:
+        raise bad_request(f"best_of={req.best_of}: choosing the best of more candidates than n is not supported by "
+                          "this server (send null, or best_of equal to n)", "best_of")
+    if req.response_format is not None and req.response_format != {"type": "text"}:
+        raise bad_request(f"response_format {json.dumps(req.response_format)[:80]} is not supported by this server: "
+                          'it does not constrain output (only {"type": "text"})', "response_format")
+
+
 def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, logprobs: int | None,
                        count: int) -> list[GenerationConfig]:
     """The config of each of `count` choices (choice k: seed + k).
@@ -188,23 +229,30 @@ def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, l
     if req.stream_options is not None and not req.stream:  # as OpenAI answers it
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
     vocab = served.model.config.vocab_size
+    if req.min_tokens > max_tokens:
+        raise bad_request(f"min_tokens={req.min_tokens} is more than the {max_tokens} tokens this request may "
+                          "generate (max_tokens)", "min_tokens")
     if logprobs is not None and logprobs > vocab:
         name = "top_logprobs" if "top_logprobs" in type(req).model_fields else "logprobs"  # chat counts them there
         raise bad_request(f"{name}={logprobs} asks for more alternatives than the vocabulary has ({vocab})", name)
+    seed = None if req.seed == -1 else req.seed  # vLLM's "no seed"
     # the model's recommended sampling (generation_config.json) for the fields the request left out, as vLLM does
     sampling = {k: served.sampling_defaults[k] if k in served.sampling_defaults and k not in req.model_fields_set
                 else getattr(req, k) for k in SAMPLING_DEFAULTS}
+    if sampling["top_k"] == -1:
+        sampling["top_k"] = 0  # vLLM's other spelling of "every token"
     try:
-        base = GenerationConfig(max_new_tokens=max_tokens, **sampling,
+        base = GenerationConfig(max_new_tokens=max_tokens, min_new_tokens=req.min_tokens, **sampling,
                                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                                 logit_bias=logit_bias(served, req.logit_bias), stop=stop_list(req.stop),
-                                stop_token_ids=req.stop_token_ids or [], ignore_eos=req.ignore_eos, seed=req.seed,
+                                stop_token_ids=req.stop_token_ids or [], ignore_eos=req.ignore_eos, seed=seed,
                                 logprobs=logprobs)
         base.check_vocab(vocab)  # the engine does not check stop_token_ids
     except ValueError as e:
         name = re.match(r"GenerationConfig\.(\w+)[= ]", str(e))
         param = _FIELD_NAMES.get(name.group(1), name.group(1)) if name else None
         raise bad_request(str(e).removeprefix("GenerationConfig."), param) from None
-    if req.seed is None:
+    if seed is None:
         return [base] * count
-    return [base.replace(seed=(req.seed + k) % (MAX_SEED + 1)) for k in range(count)]
+    return [base.replace(seed=seed + k if seed + k <= MAX_SEED else (seed + k) % (MAX_SEED + 1))
+            for k in range(count)]

@@ -100,7 +100,9 @@ def register(app, *, holder, metrics) -> None:
         try:
             served = lease.served
             check_model(served, req.model, need="decoder")
-            prompts = await params.prompt_ids(served, req.prompt)
+            params.refuse_unsupported(req)
+            prompts = await params.prompt_ids(served, req.prompt, special=req.add_special_tokens,
+                                              truncate=req.truncate_prompt_tokens)
             max_tokens = req.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
             params.check_length(served, prompts, max_tokens)
             configs = params.generation_configs(served, req, max_tokens=max_tokens, logprobs=req.logprobs,
@@ -169,12 +171,14 @@ def register(app, *, holder, metrics) -> None:
         try:
             served = lease.served
             check_model(served, req.model, need="decoder")
+            params.refuse_unsupported(req)
             if req.top_logprobs is not None and not req.logprobs:
                 raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
             text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages)
             if not text:
                 raise bad_request("the chat template rendered these messages as an empty prompt", "messages")
-            prompts = await params.prompt_ids(served, text, param="messages", special=False)
+            prompts = await params.prompt_ids(served, text, param="messages", special=req.add_special_tokens,
+                                              truncate=req.truncate_prompt_tokens)
             name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
             max_tokens = req.max_completion_tokens or req.max_tokens or max(1, served.block_size - len(prompts[0]))
             params.check_length(served, prompts, max_tokens, param="messages", max_param=name)
@@ -185,12 +189,13 @@ def register(app, *, holder, metrics) -> None:
             requests = submit_all(served, prompts, configs, metrics=metrics, param="messages")
             meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
             n_prompt = len(prompts[0])
+            echo = chat_template.echo_text(req.messages) if req.echo else ""
             if req.stream:
-                chunks = _chat_chunks(requests, req, meta, n_prompt, served, metrics, started)
+                chunks = _chat_chunks(requests, req, meta, n_prompt, served, metrics, started, echo)
                 response, lease = streaming_response(chunks, lease), None
                 return response
             results = await collect(requests, metrics=metrics, started=started, gone=raw.is_disconnected)
-            choices = [{"index": i, "message": {"role": "assistant", "content": res.text},
+            choices = [{"index": i, "message": {"role": "assistant", "content": echo + res.text},
                         "logprobs": chat_logprobs(served.tokenizer, res.logprobs) if req.logprobs else None,
                         "finish_reason": res.finish_reason} for i, res in enumerate(results)]
             n_gen = sum(r.completion_tokens for r in requests)
@@ -199,10 +204,13 @@ def register(app, *, holder, metrics) -> None:
             if lease is not None:
                 lease.release()
 
-    def _chat_chunks(requests, req, meta, n_prompt, served, metrics, started):
-        # the first delta of each choice names the role
+    def _chat_chunks(requests, req, meta, n_prompt, served, metrics, started, echo):
+        # the first delta of each choice names the role; then, as vLLM sends it, the echoed text
         head = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                 for i in range(len(requests))]
+        if echo:
+            head += [{"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None}
+                     for i in range(len(requests))]
 
         def choice(i: int, ev) -> dict:
             lps = chat_logprobs(served.tokenizer, [ev.logprob]) if req.logprobs and ev.logprob else None

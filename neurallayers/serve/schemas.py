@@ -20,6 +20,7 @@ MAX_N = 16  # choices per prompt
 MAX_STOP = 16  # stop strings per request
 MAX_LOGPROBS = 20  # alternatives per token (GenerationConfig's limit)
 MAX_SEED = 2**63 - 1
+MIN_SEED = -(2**63)  # vLLM's range: a 64-bit signed integer
 
 
 def _unicode(text: str) -> str:
@@ -54,9 +55,18 @@ Prompt = Annotated[
                   "token-id lists")]
 # OpenAI request fields this server does not implement: refused with a value, ignored when null
 UNSUPPORTED = frozenset({
-    "audio", "best_of", "function_call", "functions", "metadata", "modalities", "parallel_tool_calls", "prediction",
-    "reasoning_effort", "response_format", "service_tier", "store", "suffix", "tool_choice", "tools",
-    "web_search_options", "tool_calls", "tool_call_id"})  # the last two: fields of a message
+    "audio", "function_call", "functions", "metadata", "modalities", "parallel_tool_calls", "prediction",
+    "reasoning_effort", "service_tier", "store", "suffix", "tool_choice", "tools", "web_search_options",
+    # vLLM's extra parameters that have no rule here: structured output, token filters, prompt logprobs, templates
+    "guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+    "guided_whitespace_pattern", "structural_tag", "structured_outputs", "allowed_token_ids", "bad_words",
+    "prompt_logprobs", "logits_processors", "chat_template", "documents", "mm_processor_kwargs",
+    "return_tokens_as_token_ids", "vllm_xargs",
+    "tool_calls", "tool_call_id"})  # the last two: fields of a message
+# vLLM's extra parameters taken at their default value only (the behaviour this server has), refused at any other
+VLLM_DEFAULT_ONLY = {"use_beam_search": False, "length_penalty": 1.0, "include_stop_str_in_output": False,
+                     "skip_special_tokens": True, "spaces_between_special_tokens": True}
+CHAT_DEFAULT_ONLY = {"add_generation_prompt": True, "continue_final_message": False}
 
 
 class Strict(BaseModel):
@@ -87,9 +97,14 @@ class Sampling(OpenAIRequest):
                                    "fit the context length")
     temperature: float = Field(1.0, ge=0, description="0 means greedy")
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="0 disables it")
+    top_k: int = Field(0, ge=-1, description="0 or -1 (vLLM's) disables it")
     min_p: float = Field(0.0, ge=0, le=1)
     n: int = Field(1, ge=1, le=MAX_N, description="choices per prompt")
+    best_of: int | None = Field(None, ge=1, description="only equal to n: choosing the best of more is not supported")
+    min_tokens: int = Field(0, ge=0, description="end-of-text and stop_token_ids are held back until this many "
+                            "tokens are generated (vLLM's)")
+    truncate_prompt_tokens: int | None = Field(None, ge=1, description="keep only the last k tokens of each prompt "
+                                               "(vLLM's)")
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = Field(
         None, description="generation ends before the first of these strings, which is not returned")
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
@@ -97,17 +112,26 @@ class Sampling(OpenAIRequest):
     ignore_eos: bool = Field(False, description="generate past end-of-text (vLLM's)")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="choice k samples with seed + k")
+    seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED, description="choice k samples with seed + k; -1 "
+                             "(vLLM's) means none")
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     repetition_penalty: float = Field(1.0, gt=0, description="1 disables it")
     logit_bias: dict[str, Bias] | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
     user: str | None = Field(None, description="accepted and ignored")
+    response_format: dict | None = Field(None, description='only {"type": "text"}: output is never constrained')
+    use_beam_search: bool = Field(False, description="vLLM's; only false")
+    length_penalty: float = Field(1.0, description="vLLM's (beam search); only 1")
+    include_stop_str_in_output: bool = Field(False, description="vLLM's; only false")
+    skip_special_tokens: bool = Field(True, description="vLLM's; only true")
+    spaces_between_special_tokens: bool = Field(True, description="vLLM's; only true")
 
 
 class CompletionRequest(Sampling):
     prompt: Prompt = Field(description="a string, a list of strings, a list of token ids or a list of token-id lists")
     echo: bool = Field(False, description="return the prompt before the completion")
+    add_special_tokens: bool = Field(True, description="run a text prompt through the tokenizer's post-processor (a "
+                                     "bos), as vLLM does")
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="log-probabilities of the chosen token "
                                  "and of this many alternatives")
 
@@ -137,6 +161,13 @@ class ChatRequest(Sampling):
     max_completion_tokens: int | None = Field(None, ge=1, description="the newer name of max_tokens")
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="needs logprobs: true")
+    echo: bool = Field(False, description="vLLM's: when the last message is the assistant's, the reply starts with "
+                       "its content")
+    add_generation_prompt: bool = Field(True, description="vLLM's; only true")
+    add_special_tokens: bool = Field(False, description="vLLM's: also the tokenizer's special tokens (a bos) around "
+                                     "the rendered prompt, which holds the template's own")
+    continue_final_message: bool = Field(False, description="vLLM's; only false")
+    chat_template_kwargs: dict | None = Field(None, description="vLLM's; only null or {}")
 
 
 class EmbeddingRequest(OpenAIRequest):

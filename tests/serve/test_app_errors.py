@@ -42,7 +42,7 @@ COMPLETION_CASES = [
     ({"temperature": "hot"}, "temperature"),
     ({"top_p": 0}, "top_p"),
     ({"top_p": 1.5}, "top_p"),
-    ({"top_k": -1}, "top_k"),
+    ({"top_k": -2}, "top_k"),  # -1 is vLLM's "every token", as 0
     ({"min_p": 1.01}, "min_p"),
     ({"n": 0}, "n"),
     ({"n": 10_000}, "n"),
@@ -69,7 +69,7 @@ COMPLETION_CASES = [
     ({"logit_bias": {"999999": 1}}, "logit_bias"),
     ({"logit_bias": {"x": 1}}, "logit_bias"),
     ({"logit_bias": {"1": 500}}, "logit_bias.1"),
-    ({"seed": -1}, "seed"),
+    ({"seed": -(2**63) - 1}, "seed"),  # vLLM's range: 64-bit signed (-1: no seed)
     ({"stream": "yes"}, "stream"),
     ({"stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
     ({"echo": "no"}, "echo"),
@@ -211,8 +211,8 @@ def test_unknown_fields_are_told_apart_from_unsupported_ones(server):
         "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}), 400, "tools")
     assert err["message"] == "tools: not supported by this server (send null or leave it out)"
     err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": "x"}], "echo": True}), 400, "echo")
-    assert err["message"] == "echo: not a field of this route (another route takes it)"
+        "messages": [{"role": "user", "content": "x"}], "dimensions": 8}), 400, "dimensions")
+    assert err["message"] == "dimensions: not a field of this route (another route takes it)"
     err = assert_error(httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "zzz": 1}), 400, "zzz")
     assert err["message"] == "zzz: unknown field (check the spelling)"
 
