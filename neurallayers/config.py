@@ -103,6 +103,7 @@ class ModelConfig:
             v = getattr(self, name)
             _require(name, v, is_finite(v) and v > 0, "must be > 0 and finite")
         _require("type_vocab_size", self.type_vocab_size, self.type_vocab_size >= 0, "must be >= 0")
+        self.extra = _yaml_data(self.extra, self.extra)
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         _require("n_kv_head", self.n_kv_head, 1 <= self.n_kv_head <= self.n_head,
@@ -145,14 +146,16 @@ class ModelConfig:
                 _require("head_dim", self.head_dim, self.head_dim > 2, "must be > 2 for dynamic rope scaling")
         if self.pad_token_id is not None:
             _require(
-                "pad_token_id", self.pad_token_id, 0 <= self.pad_token_id < self.vocab_size, "must be a valid token id"
+                "pad_token_id", self.pad_token_id, 0 <= self.pad_token_id < self.vocab_size,
+                f"must be a valid token id: in [0, vocab_size={self.vocab_size}), or None"
             )
         _check_weight_sizes(self)
         if self.causal:  # encoder-only settings a decoder would silently not build
             encoders = "is an encoder's (causal=False)"
-            _require("head", self.head, self.head == "none", f"{encoders}; a decoder has its LM head")
-            _require("pooler", self.pooler, not self.pooler, encoders)
-            _require("type_vocab_size", self.type_vocab_size, self.type_vocab_size == 0, encoders)
+            _require("head", self.head, self.head == "none", f"{encoders}; a decoder has its LM head: leave 'none'")
+            _require("pooler", self.pooler, not self.pooler, f"{encoders}; a decoder needs False")
+            _require("type_vocab_size", self.type_vocab_size, self.type_vocab_size == 0,
+                     f"{encoders}; a decoder needs 0")
 
     # ----- derived figures -----
     @property
@@ -181,7 +184,15 @@ class ModelConfig:
         return n
 
     def flops_per_token(self, seq_len: int | None = None, *, training: bool = False) -> float:
-        """Matmul FLOPs per token (forward; x3 for training), counting attention over `seq_len` context."""
+        """Matmul FLOPs per token of a forward over `seq_len` tokens (None: block_size); x3 with `training`.
+
+        PaLM's and nanoGPT's convention, 2N + 4 L H Q T forward (6N + 12 L H Q T training): 2 FLOPs per weight of
+        every linear layer (the LM or MLM head included; embedding lookups, norms, biases, activations and RoPE
+        none), and QK^T and AV against all `seq_len` keys for every token, though a causal query attends to half of
+        them on average; in a window, against min(seq_len, sliding_window) (the model scores all keys and masks the
+        rest: FLOPs it does not use). An encoder's pooler and classifiers are left out (a sequence classifier runs
+        once a sequence, a token classifier costs 2 x n_embd x num_labels a token). torch's FlopCounterMode counts
+        the same on an "eager" attention model, forward and backward (it counts nothing for the CPU sdpa kernel)."""
         t = seq_len or self.block_size
         d, h = self.n_embd, self.n_head * self.head_dim
         attn_proj = 2 * d * (h + 2 * self.kv_dim) + 2 * h * d
@@ -310,6 +321,23 @@ def default_intermediate_size(n_embd: int, mlp: str) -> int:
 def _require(name: str, value: Any, ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(f"ModelConfig.{name}={value!r}: {what}")
+
+
+def _yaml_data(value: Any, extra: dict, where: str = "extra") -> Any:
+    """`value`, at `where` in `extra`, as config.yaml gives it back: a tuple came back a list (a resume then refused the
+    run: "the model config differs from the saved one"), NaN unequal to itself, an object was yaml's RepresenterError
+    on save."""
+    if isinstance(value, list | tuple):
+        return [_yaml_data(v, extra, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        for key in value:
+            ok = key is None or isinstance(key, str | int | float)
+            _require("extra", extra, ok, f"the keys of {where} must be str, int or float, not {key!r}")
+        return {k: _yaml_data(v, extra, f"{where}[{k!r}]") for k, v in value.items()}
+    ok = value is None or isinstance(value, str | int) or (isinstance(value, float) and not math.isnan(value))
+    _require("extra", extra, ok, f"{where}={value!r} must be YAML data: str, int, float (not NaN), bool, None, lists "
+                                 "and mappings")
+    return value
 
 
 # Values in one tensor: torch counts a tensor's bytes in an int64, at most 8 bytes a value.

@@ -123,8 +123,9 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 def _flops(n: float) -> str:
     """3 significant figures in the largest unit that keeps them: "1.68 GFLOP", "4.12 MFLOP" (tiny models)."""
+    rounded = Decimal(f"{Decimal(n):.3g}")  # as printed: 999.8 MFLOP is "1 GFLOP" (it was "1e+03 MFLOP")
     for scale, unit in ((10**12, "TFLOP"), (10**9, "GFLOP"), (10**6, "MFLOP"), (10**3, "kFLOP")):
-        if n >= scale:
+        if rounded >= scale:
             return f"{_div(n, scale):.3g} {unit}"
     return f"{n:.3g} FLOP"
 
