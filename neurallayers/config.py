@@ -183,8 +183,9 @@ class ModelConfig:
                      if any(table in name.split(".") for table in ("wte", "wpe", "wtt")))
         return n
 
-    def flops_per_token(self, seq_len: int | None = None, *, training: bool = False) -> float:
-        """Matmul FLOPs per token of a forward over `seq_len` tokens (None: block_size); x3 with `training`.
+    def flops_per_token(self, seq_len: int | None = None, *, training: bool = False, mask_prob: float = 0.15) -> float:
+        """Matmul FLOPs per token of a forward over `seq_len` tokens (None: block_size); x3 with `training`, where a
+        masked LM's head runs only at the `mask_prob` share of the tokens it predicts (training's logits_at_labels).
 
         PaLM's and nanoGPT's convention, 2N + 4 L H Q T forward (6N + 12 L H Q T training): 2 FLOPs per weight of
         every linear layer (the LM or MLM head included; embedding lookups, norms, biases, activations and RoPE
@@ -206,8 +207,12 @@ class ModelConfig:
             head = 2 * d * (d + self.vocab_size)
         else:
             head = 0
-        fwd = self.n_layer * (attn_proj + mlp + attn_scores) + head
-        return 3 * fwd if training else fwd
+        body = self.n_layer * (attn_proj + mlp + attn_scores)
+        if not training:
+            return body + head
+        if not self.causal and self.head == "mlm":  # training scores only the masked positions
+            head *= mask_prob
+        return 3 * (body + head)
 
     def kv_cache_bytes(self, seq_len: int | None = None, *, batch_size: int = 1, bytes_per_value: int = 2) -> int:
         t = seq_len or self.block_size

@@ -93,8 +93,10 @@ def _div(n: float, scale: int) -> float | Decimal:
         return Decimal(n) / scale
 
 
-def describe(cfg, *, context: int | None = None, batch_size: int = 1) -> str:
+def describe(cfg, *, context: int | None = None, batch_size: int = 1, mask_prob: float = 0.15) -> str:
     t = context or cfg.block_size
+    masked = not cfg.causal and cfg.head == "mlm"
+    training = cfg.flops_per_token(t, training=True, mask_prob=mask_prob)
     n = cfg.param_count()
     n_body = cfg.param_count(include_embeddings=False)
     kind = ("decoder" if cfg.causal else "encoder") + f", {cfg.position} positions, {cfg.norm}, {cfg.mlp}"
@@ -103,8 +105,8 @@ def describe(cfg, *, context: int | None = None, batch_size: int = 1) -> str:
         ("architecture", f"{kind}; {cfg.n_layer} layers x {cfg.n_embd} wide, {heads}, vocab {cfg.vocab_size:,}, "
                          f"context {cfg.block_size:,}"),
         ("parameters", f"{n:,} ({_div(n, 10**6):.2f} M); {n_body:,} without embeddings"),
-        ("FLOPs per token", f"forward {_flops(cfg.flops_per_token(t))}, training "
-                            f"{_flops(cfg.flops_per_token(t, training=True))} (context {t:,})"),
+        ("FLOPs per token", f"forward {_flops(cfg.flops_per_token(t))}, training {_flops(training)} (context {t:,}"
+                            + (f"; the masked-LM head at {mask_prob:.0%} of the tokens)" if masked else ")")),
         ("weights", f"fp32 {_size(4 * n)}, bf16/fp16 {_size(2 * n)}"),
     ]
     if cfg.causal:
@@ -214,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
     if args.context and args.context > cfg.block_size:  # the figures still print: what such a length would cost
         print(f"note: --context {args.context:,} is past the model's context, block_size={cfg.block_size:,}",
               file=sys.stderr)
-    print(describe(cfg, context=args.context, batch_size=args.batch_size))
     folder = resolve_model_path(args.target)
+    print(describe(cfg, context=args.context, batch_size=args.batch_size, mask_prob=_mask_prob(folder)))
     if (folder / "config.yaml").is_file():
         print(describe_run(folder))
     elif is_checkpoint_folder(folder):
@@ -223,6 +225,20 @@ def run(args: argparse.Namespace) -> int:
     elif (folder / "config.json").is_file() and (embedding := describe_sentence_transformers(folder)):
         print(embedding)
     return 0
+
+
+def _mask_prob(path: Path) -> float:
+    """The share of tokens a masked LM predicts in training: its run config's train.mask_prob (a run directory, one of
+    its checkpoints or a run config file), else training's default."""
+    from neurallayers.config import read_yaml_file
+    from neurallayers.training.config import RunConfig, TrainConfig
+
+    run_file = next((f for f in (path / "config.yaml", path.parent.parent / "config.yaml") if f.is_file()), None) \
+        if path.is_dir() else path if path.suffix.lower() in (".yaml", ".yml") else None
+    data = read_yaml_file(run_file) if run_file else None
+    if isinstance(data, dict) and data.keys() & {"model", "train", "data"}:
+        return RunConfig.from_dict(data).train.mask_prob
+    return TrainConfig.mask_prob
 
 
 def describe_sentence_transformers(folder: Path) -> str:

@@ -55,3 +55,22 @@ def test_info_on_an_encoder_run_config_describes_the_masked_lm_train_builds(tmp_
     out = capsys.readouterr().out
     assert f"parameters       {n:,} (" in out and n == 743_552
     assert f"forward {_flops(trained.flops_per_token())}, " in out
+
+
+def test_info_counts_a_masked_lms_training_head_at_its_mask_prob(tmp_path: Path, capsys):
+    """Training runs the masked-LM head only at the masked positions (logits_at_labels): info counted it at every
+    one, 4.8x MiniLM's training FLOPs. A run config's train.mask_prob is the share it counts."""
+    from neurallayers import ModelConfig
+    from neurallayers.cli.info import _flops
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: bert-tiny\ndata:\n  tokenizer: bpe\n  vocab_size: 2048\n"
+                    "train:\n  mask_prob: 0.3\n")
+    trained = ModelConfig.from_name("bert-tiny").replace(vocab_size=2048, head="mlm")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    body = trained.replace(head="none").flops_per_token()
+    head = trained.flops_per_token() - body
+    expected = 3 * (body + 0.3 * head)
+    assert f"training {_flops(expected)} (context 512; the masked-LM head at 30% of the tokens)" in out
+    assert _flops(expected) != _flops(3 * trained.flops_per_token())

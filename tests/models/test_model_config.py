@@ -316,8 +316,9 @@ def test_numeric_strings_yaml_reads_are_floats_in_a_model_file_and_a_run_config(
 
 
 def test_flops_per_token_counts_a_masked_lm_head():
-    """A masked LM runs BERT's prediction head at every position: the d x d transform and the vocabulary projection
-    (`info` and the figures built on flops_per_token left it out)."""
+    """A masked LM's forward runs BERT's prediction head at every position: the d x d transform and the vocabulary
+    projection (`info` and the figures built on flops_per_token left it out); its training step (logits_at_labels)
+    only at the mask_prob share of the tokens (counted at every position, `info` said 4.8x MiniLM's training cost)."""
     from neurallayers.models import build_model
 
     enc = ModelConfig.from_name("bert-tiny").replace(n_layer=1)  # head "none": no vocabulary head runs
@@ -326,7 +327,9 @@ def test_flops_per_token_counts_a_masked_lm_head():
     assert mlm.flops_per_token(512) - enc.flops_per_token(512) == 2 * (d * d + d * vocab)
     head = build_model(mlm).head  # what runs: its dense layer, then the (tied) word embedding as the projection
     assert head.dense.weight.numel() + vocab * d == d * d + d * vocab and head.decoder is None
-    assert mlm.flops_per_token(512, training=True) == 3 * mlm.flops_per_token(512)
+    assert mlm.flops_per_token(512, training=True) == 3 * (enc.flops_per_token(512) + 0.15 * 2 * (d * d + d * vocab))
+    assert mlm.flops_per_token(512, training=True, mask_prob=0.3) == pytest.approx(
+        3 * (enc.flops_per_token(512) + 0.3 * 2 * (d * d + d * vocab)))
     assert enc.replace(head="token_classification").flops_per_token(512) == enc.flops_per_token(512)
 
 
