@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
+import shlex
+import shutil
 import socket
+import sys
+from pathlib import Path
 
 from neurallayers.checks import is_finite
 from neurallayers.files import WriteError
@@ -17,6 +22,22 @@ class UserError(Exception):
 # Exceptions that come from bad input rather than a bug: the CLI prints them as one line.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, NotADirectoryError,
                                                 IsADirectoryError, PermissionError, KeyError, WriteError)
+
+
+def shell_command() -> str:
+    """How the shell that started this CLI calls it: `neurallayers` where its PATH finds this one, else the path it was
+    started by (`make demo` runs .venv/bin/neurallayers in a shell without the environment active, where the hint
+    `neurallayers generate runs/demo ...` was "command not found"). For the hints of demo and train."""
+    script = Path(sys.argv[0])
+    on_path = shutil.which("neurallayers")
+    if script.name != "neurallayers" or (on_path and Path(on_path).resolve() == script.resolve()):
+        return "neurallayers"
+    where = os.path.relpath(script)
+    if where.startswith(os.pardir):  # outside the current folder: its own path reads better than ../../..
+        where = str(script.absolute())
+    elif os.sep not in where:  # a bare name is looked up on PATH, not in the current folder: ./neurallayers
+        where = os.path.join(os.curdir, where)
+    return shlex.quote(where)
 
 
 def positive_int(text: str) -> int:

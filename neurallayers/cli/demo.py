@@ -7,12 +7,11 @@ import dataclasses
 import os
 import re
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from neurallayers.cli.common import non_empty, positive_float, positive_int
+from neurallayers.cli.common import non_empty, positive_float, positive_int, shell_command
 
 PROMPTS = ["ROMEO:\n", "KING HENRY:\nWhat", "First Citizen:\n"]
 
@@ -81,17 +80,6 @@ def plan(minutes: float) -> tuple[int, int, float]:
         if steps >= 800:
             break
     return batch_size, steps, step_s
-
-
-def shell_command() -> str:
-    """How the shell that started this CLI calls it: `neurallayers` where its PATH finds this one, else the path it was
-    started by (`make demo` runs .venv/bin/neurallayers in a shell without the environment active, where the hint
-    `neurallayers generate runs/demo ...` was "command not found")."""
-    script = Path(sys.argv[0])
-    on_path = shutil.which("neurallayers")
-    if script.name != "neurallayers" or (on_path and Path(on_path).resolve() == script.resolve()):
-        return "neurallayers"
-    return shlex.quote(os.path.relpath(script))
 
 
 def demo_command(flags: str) -> str:

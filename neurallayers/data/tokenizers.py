@@ -58,8 +58,8 @@ def is_id_list(value, vocab_size: int) -> bool:
 
 
 def _default_template(template) -> str | None:
-    """tokenizer_config.json's chat_template: a string, or a list of named templates (transformers' form for
-    models with tool-use or RAG variants) of which chat uses "default"."""
+    """tokenizer_config.json's chat_template (or the template files'): a string, or a list of named templates
+    (transformers' form for models with tool-use or RAG variants) of which chat uses "default"."""
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
@@ -67,8 +67,8 @@ def _default_template(template) -> str | None:
             import logging
 
             logging.getLogger("neurallayers").warning(
-                "tokenizer_config.json lists chat templates %s and none named 'default': chats use `role: content` "
-                "lines instead", ", ".join(repr(k) for k in named))
+                "the tokenizer lists chat templates %s and none named 'default': chats use `role: content` lines "
+                "instead", ", ".join(repr(k) for k in named))
     return template if isinstance(template, str) else None
 
 
@@ -370,10 +370,13 @@ class Tokenizer:
         config = _read_config(folder / "tokenizer_config.json")
         if "added_tokens_decoder" not in config:  # an older folder: transformers reads its specials from there
             config.update(_read_config(folder / "special_tokens_map.json"))
+        if path.is_dir():
+            _read_chat_templates(path, config)
         if path.is_dir() and not (path / "tokenizer.json").exists():
             if (path / "vocab.json").exists() and (path / "merges.txt").exists():
-                # add_prefix_space: a space before the text, as transformers' GPT-2 tokenizer reads the setting
-                prefix = config.get("add_prefix_space") is True
+                # add_prefix_space: a space before the text, as transformers' GPT-2 tokenizer reads the setting (the
+                # class's default where it names none: Blenderbot's is on)
+                prefix = _prefix_space(config) or config.get("add_prefix_space") is True
                 hf = _byte_level_bpe_from_files(path / "vocab.json", path / "merges.txt", add_prefix_space=prefix)
                 hf = _with_added_tokens(hf, path, config)
                 default = ENDOFTEXT if hf.token_to_id(ENDOFTEXT) is not None else None  # GPT-2's defaults
@@ -393,13 +396,11 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise ValueError(f"{str(json_path)!r} is not a valid tokenizer.json: {e}") from None
         _without_padding(hf)
-        if _byte_level_class(config) and isinstance(hf.pre_tokenizer, pre_tokenizers.ByteLevel):
-            # transformers' GPT-2 style classes set the prefix space from tokenizer_config.json (default false) over
+        prefix = _prefix_space(config)
+        if prefix is not None and isinstance(hf.pre_tokenizer, pre_tokenizers.ByteLevel):
+            # transformers' GPT-2 style classes set the prefix space from tokenizer_config.json (or their default) over
             # tokenizer.json's, and transformers 5 saves such a class's add_prefix_space=True to the config only
-            hf.pre_tokenizer.add_prefix_space = config.get("add_prefix_space") is True
-        if path.is_dir() and (path / "chat_template.jinja").exists():  # newer transformers keep it apart, and read
-            # it before tokenizer_config.json's (a model whose template was updated may still hold the old one there)
-            config["chat_template"] = (path / "chat_template.jinja").read_text(encoding="utf-8")
+            hf.pre_tokenizer.add_prefix_space = prefix
         return cls._from_config(hf, config)
 
     @classmethod
@@ -820,14 +821,23 @@ def _with_added_tokens(hf: HFTokenizer, folder: Path, config: dict) -> HFTokeniz
     return hf
 
 
-# transformers' byte-level BPE tokenizer classes that build their pre-tokenizer from add_prefix_space
-_BYTE_LEVEL_CLASSES = ("GPT2Tokenizer", "RobertaTokenizer", "BartTokenizer", "LongformerTokenizer", "GPTNeoXTokenizer",
-                       "CodeGenTokenizer")
+# transformers' byte-level BPE tokenizer classes that build their pre-tokenizer from add_prefix_space, with its default
+# (DeBERTa's, LED's, MVP's, LUKE's and Whisper's read it too: they were left at tokenizer.json's; Blenderbot's is on)
+_BYTE_LEVEL_CLASSES = {name: False for name in ("GPT2Tokenizer", "RobertaTokenizer", "BartTokenizer",
+                                                "LongformerTokenizer", "GPTNeoXTokenizer", "CodeGenTokenizer",
+                                                "DebertaTokenizer", "LEDTokenizer", "MvpTokenizer", "LukeTokenizer",
+                                                "WhisperTokenizer")} | {"BlenderbotTokenizer": True}
 
 
-def _byte_level_class(config: dict) -> bool:
+def _prefix_space(config: dict) -> bool | None:
+    """The add_prefix_space transformers gives the ByteLevel pre-tokenizer of the folder's class: the config's, else the
+    class's default; None for a class that keeps tokenizer.json's."""
     name = config.get("tokenizer_class")
-    return isinstance(name, str) and name.removesuffix("Fast") in _BYTE_LEVEL_CLASSES
+    default = _BYTE_LEVEL_CLASSES.get(name.removesuffix("Fast")) if isinstance(name, str) else None
+    if default is None:
+        return None
+    value = config.get("add_prefix_space")
+    return value if isinstance(value, bool) else default
 
 
 def _make_special(hf: HFTokenizer, tokens: Iterable) -> None:
@@ -843,6 +853,20 @@ def _make_special(hf: HFTokenizer, tokens: Iterable) -> None:
             flags = dict(lstrip=old.lstrip, rstrip=old.rstrip, single_word=old.single_word,
                          normalized=old.normalized) if old is not None else dict(normalized=False)
             hf.add_special_tokens([AddedToken(token, special=True, **flags)])
+
+
+def _read_chat_templates(folder: Path, config: dict) -> None:
+    """The chat templates newer transformers keep in files of their own, which it reads over tokenizer_config.json's (a
+    model whose template was updated may still hold the old one there): chat_template.jinja, the default, and the named
+    ones of additional_chat_templates/, where transformers 5 writes them (without a default, chats fell back to
+    `role: content` lines with no warning; a vocab.json + merges.txt folder ignored its template file)."""
+    named = {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("additional_chat_templates/*.jinja"))}
+    if (folder / "chat_template.jinja").is_file():
+        named["default"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if list(named) == ["default"]:
+        config["chat_template"] = named["default"]
+    elif named:  # as tokenizer_config.json lists named ones
+        config["chat_template"] = [{"name": name, "template": text} for name, text in named.items()]
 
 
 def _without_padding(hf: HFTokenizer) -> HFTokenizer:

@@ -93,6 +93,8 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
 
     corpus = load_corpus(run.data.source, text_field=run.data.text_field)
     encoder = not run.model.causal
+    # trained on this corpus, it knows every character: its unk tokens are the corpus's own "<unk>" texts (WikiText's)
+    own = tokenizer is None and run.data.tokenizer in ("bpe", "char")
     if tokenizer is None:
         tokenizer = build_tokenizer(run.data, corpus, model_vocab=run.model.vocab_size, show_progress=show_progress,
                                     mask=encoder)
@@ -115,7 +117,8 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
     if len(tokens.train) < need:
         raise ValueError(f"the corpus {run.data.source!r} gives only {len(tokens.train)} training tokens; "
                          f"model.block_size={run.model.block_size} needs at least {need}")
-    _warn_if_unknown(tokenizer, tokens.train, run.data.source)
+    if not own:
+        _warn_if_unknown(tokenizer, tokens.train, run.data.source)
     return tokenizer, tokens, run
 
 

@@ -539,7 +539,10 @@ class _Fit:
                                  f"{tps:,.0f}", _clock(self._elapsed(t0)))
                 if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.has_val:
                     final_val = self._evaluate()
-                    if cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience:
+                    # at max_steps the run ends anyway: it reached max_steps, as where max_steps is no multiple of
+                    # eval_interval (it was reported as an early stop, and a longer resume read it so)
+                    if (cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience
+                            and self.step < cfg.max_steps):
                         reason = "early_stopping"
                         # every evaluation so far non-finite (a diverged run): there is no best to name
                         than = ("a finite val loss" if self.best_val is None
