@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
-from neurallayers.generation.generate import _choose, _row_seed
+from neurallayers.generation.generate import _check_decoder, _choose, _row_seed
 from neurallayers.generation.processors import apply_processors, check_some_token_left, divide_by_temperature
 from neurallayers.generation.search import (
     LogprobTrail,
@@ -157,6 +157,7 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
         plain path seeds it (sequence k of a prompt with (seed, k)), so a prompt gets the same tokens alone or
         batched; greedy gives n copies of its one sequence.
     """
+    _check_decoder(amateur, "amateur")  # else an AttributeError on its config or cache
     if amateur.config.vocab_size != expert.config.vocab_size:
         raise ValueError(f"amateur vocab_size={amateur.config.vocab_size} differs from the expert's "
                          f"vocab_size={expert.config.vocab_size}; both must share one tokenizer")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,14 +46,18 @@ def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfi
     return config.replace(**overrides) if overrides else config
 
 
-def _check_decoder(model: nn.Module) -> None:
-    """Generation needs a causal LM with a KV cache; an encoder gets a one-line error, not an AttributeError."""
+def _check_decoder(model: nn.Module, role: str = "model") -> None:
+    """Generation needs a causal LM with a KV cache; an encoder gets a one-line error, not an AttributeError. `role`
+    names the argument: a draft or amateur model that is no decoder (an encoder, a run's path) failed deep inside
+    the search with an AttributeError."""
     config = getattr(model, "config", None)
+    which = "" if role == "model" else f"{role}: "
     if getattr(config, "causal", None) is False:
-        raise ValueError(f"{type(model).__name__} is an encoder (config.causal=False): it embeds "
+        raise ValueError(f"{which}{type(model).__name__} is an encoder (config.causal=False): it embeds "
                          "(neurallayers.embed) or fills masks (pipeline('fill-mask')), and does not generate text")
     if config is None or not hasattr(model, "new_cache"):
-        raise ValueError(f"generation needs a causal decoder (DecoderLM), got {type(model).__name__}")
+        path = " (a path: load the model first, with neurallayers.load)" if isinstance(model, str | os.PathLike) else ""
+        raise ValueError(f"{which}generation needs a causal decoder (DecoderLM), got {type(model).__name__}{path}")
 
 
 def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int]) -> None:
@@ -585,6 +590,9 @@ def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[i
         when the model's context (block_size) is full, even short of max_new_tokens.
     """
     _check_decoder(model)  # before eval_mode, which would fail on a tokenizer passed as the model
+    for role, helper in (("draft_model", draft_model), ("amateur_model", amateur_model)):
+        if helper is not None:
+            _check_decoder(helper, role)
     with eval_mode(model, draft_model, amateur_model):  # the caller's mode (training, say) comes back after
         return _generate(model, tokenizer, prompts, config, draft_model=draft_model, amateur_model=amateur_model,
                          seeds=seeds, overrides=overrides)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
+from neurallayers.generation.generate import _check_decoder
 from neurallayers.generation.processors import apply_processors, check_some_token_left
 from neurallayers.generation.search import LogprobTrail, build_processors, check_request, generations, stop_ids
 
@@ -71,11 +72,13 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
         [[Generation]]: one prompt, one sequence (token_ids exclude the prompt and a final stop token).
 
     Raises:
-        ValueError: more than one prompt, vocabularies that differ, or the usual bad prompts.
+        ValueError: more than one prompt, a draft that is no causal decoder, vocabularies that differ, or the usual
+            bad prompts.
     """
     if not isinstance(input_ids, list) or len(input_ids) != 1:
         n = len(input_ids) if isinstance(input_ids, list) else type(input_ids).__name__
         raise ValueError(f"speculative decoding takes exactly one prompt (batch size 1); got {n}")
+    _check_decoder(draft, "draft")  # else an AttributeError on its config or cache
     if draft.config.vocab_size != target.config.vocab_size:
         raise ValueError(f"draft vocab_size={draft.config.vocab_size} differs from the target's "
                          f"vocab_size={target.config.vocab_size}; the draft must share the target's tokenizer")
@@ -101,10 +104,12 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
         return apply_processors(procs, torch.tensor([context], device=logits.device), logits[None])[0]
 
     def probs(logits: torch.Tensor, context: list[int]) -> torch.Tensor:
-        """The target's next-token distribution (V,) after `context`, a context plain decoding also reaches."""
+        """The target's next-token distribution (V,) after `context`, a context plain decoding also reaches. Greedy:
+        the processed scores themselves, whose argmax plain decoding takes; softmax rounds two top scores a float
+        apart to one probability at times, and its argmax then took the first of them."""
         logits = processed(logits, context)
         check_some_token_left(config, logits[None], len(context) - len(prompt))
-        return logits.softmax(-1)
+        return logits if greedy else logits.softmax(-1)
 
     total = len(prompt) + config.max_new_tokens
     # the draft only proposes: past its own context the target goes on alone, so the draft never shortens the output
@@ -144,8 +149,8 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
             else:
                 ok = float(torch.rand((), generator=gen, device=device)) < float(p[x] / q[x])
             if not ok:
-                residual = (p - q).clamp(min=0)
-                if greedy or float(residual.sum()) <= 0:  # residual is 0 only when p == q (then any draw is p's)
+                residual = None if greedy else (p - q).clamp(min=0)  # greedy: p holds scores, not probabilities
+                if residual is None or float(residual.sum()) <= 0:  # 0 only when p == q (then any draw is p's)
                     new.append(_pick(p, greedy, gen))
                 else:
                     new.append(_pick(residual / residual.sum(), greedy, gen))
