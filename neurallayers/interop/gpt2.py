@@ -46,7 +46,9 @@ TRANSPOSED = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.proj.
 # Causal-mask buffers that older checkpoints saved; they carry no weights.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
-ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}  # HF name -> our gelu_approx
+# HF name -> our gelu_approx: transformers' ACT2FN names for the tanh approximation and for the exact (erf) GELU
+ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_python_tanh": "tanh", "gelu_fast": "tanh",
+               "gelu_accurate": "tanh", "gelu": "none", "gelu_python": "none"}
 ARCHITECTURE = "GPT2LMHeadModel"
 # what config.json's `architectures` may name: the LM, or the bare GPT2Model (the hub's gpt2; its head is the tied
 # embedding). A task head (GPT2ForSequenceClassification ...) is refused rather than loaded without it.

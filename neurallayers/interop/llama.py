@@ -48,6 +48,7 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 # sliding_window is a 4096-token window there, not none)
 MISTRAL_DEFAULTS = {"sliding_window": 4096, "num_key_value_heads": 8, "intermediate_size": 14336,
                     "max_position_embeddings": 4096 * 32}
+SILU_NAMES = ("silu", "swish")  # transformers' two names for SiLU (ACT2FN)
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")  # rope_type values we build ("default" = unscaled)
 # config.json key for a dynamic-NTK model's context when it is not factor x the original length (transformers keeps
 # unknown keys as attributes and writes them back)
@@ -78,9 +79,12 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"config architectures={hf['architectures']!r}: NeuralLayers reads causal language models "
                          f"({ARCHITECTURES[model_type]}); that model's head has no place here")
     act = hf.get("hidden_act", "silu")
-    if act != "silu":
-        raise ValueError(f"config hidden_act={act!r}: only 'silu' (SwiGLU) is supported")
-    attn_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
+    if act not in SILU_NAMES:
+        raise ValueError(f"config hidden_act={act!r}: only {' or '.join(map(repr, SILU_NAMES))} (SwiGLU) is supported")
+    # transformers' Mistral builds no biases, whatever attention_bias / mlp_bias its config.json carries
+    reads_bias = model_type == "llama"
+    attn_bias = reads_bias and bool(hf.get("attention_bias", False))
+    mlp_bias = reads_bias and bool(hf.get("mlp_bias", False))
     if attn_bias != mlp_bias:
         raise ValueError(f"config attention_bias={attn_bias} with mlp_bias={mlp_bias}: NeuralLayers needs both "
                          "equal (one `bias` switch)")

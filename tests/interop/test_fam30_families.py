@@ -1,0 +1,145 @@
+"""Decoder families against transformers on random weights: logits, loss, KV-cache decoding and greedy generation
+equal both ways (a transformers folder loaded here, our export loaded by transformers); families and fields we do
+not build refused by name."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from neurallayers.api import load  # noqa: E402
+from neurallayers.generation import GenerationConfig, generate_ids  # noqa: E402
+from neurallayers.interop.hf import save_hf  # noqa: E402
+
+VOCAB = 96
+SEQ = 12
+GPT2 = dict(vocab_size=VOCAB, n_positions=40, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2)
+LLAMA = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=48, max_position_embeddings=40)
+CASES = {  # name -> (transformers class, config kwargs)
+    "gpt2-inner-erf-untied": ("GPT2LMHeadModel", GPT2 | {"n_inner": 20, "activation_function": "gelu",
+                                                         "tie_word_embeddings": False, "layer_norm_epsilon": 1e-3}),
+    "gpt2-upcast": ("GPT2LMHeadModel", GPT2 | {"reorder_and_upcast_attn": True}),
+    # transformers' other names for the two GELUs (ACT2FN)
+    "gpt2-gelu_fast": ("GPT2LMHeadModel", GPT2 | {"activation_function": "gelu_fast"}),
+    "gpt2-gelu_accurate": ("GPT2LMHeadModel", GPT2 | {"activation_function": "gelu_accurate"}),
+    "gpt2-gelu_python_tanh": ("GPT2LMHeadModel", GPT2 | {"activation_function": "gelu_python_tanh"}),
+    "gpt2-gelu_python": ("GPT2LMHeadModel", GPT2 | {"activation_function": "gelu_python"}),
+    "llama-headdim-bias-mqa": ("LlamaForCausalLM", LLAMA | {"head_dim": 16, "attention_bias": True, "mlp_bias": True,
+                                                            "num_key_value_heads": 1, "rms_norm_eps": 1e-3}),
+    "llama-heads6-kv3-tied": ("LlamaForCausalLM", LLAMA | {"hidden_size": 48, "num_attention_heads": 6,
+                                                           "num_key_value_heads": 3, "tie_word_embeddings": True}),
+    "llama-linear": ("LlamaForCausalLM", LLAMA | {"rope_parameters": {"rope_type": "linear", "factor": 3.0,
+                                                                      "rope_theta": 500.0}}),
+    "llama-llama3": ("LlamaForCausalLM", LLAMA | {"rope_parameters": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8, "rope_theta": 5e5}}),
+    # the prompt and the generation run past the original length, so the base grows while decoding
+    "llama-dynamic": ("LlamaForCausalLM", LLAMA | {"max_position_embeddings": 6, "rope_parameters": {
+        "rope_type": "dynamic", "factor": 4.0, "rope_theta": 100.0}}),
+    "llama-swish": ("LlamaForCausalLM", LLAMA | {"hidden_act": "swish"}),  # transformers' other name for SiLU
+    "mistral-window-below-prompt": ("MistralForCausalLM", LLAMA | {"sliding_window": 3}),
+    "mistral-window-above-all": ("MistralForCausalLM", LLAMA | {"sliding_window": 40, "head_dim": 16}),
+    # MistralConfig keeps these keys, but transformers' Mistral has no biases
+    "mistral-bias-keys": ("MistralForCausalLM", LLAMA | {"sliding_window": 4, "attention_bias": True,
+                                                         "mlp_bias": True}),
+}
+
+
+def hf_model(case: str) -> torch.nn.Module:
+    cls, kwargs = CASES[case]
+    config_class = transformers.GPT2Config if cls.startswith("GPT2") else getattr(transformers, cls[:-11] + "Config")
+    torch.manual_seed(0)
+    model = getattr(transformers, cls)(config_class(**kwargs)).eval()
+    with torch.no_grad():  # random norms and biases, so a swapped or dropped one cannot pass
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def hf_cached_logits(ref: torch.nn.Module, ids: torch.Tensor, prefill: int) -> torch.Tensor:
+    name = "cache" if "cache" in inspect.signature(ref.forward).parameters else "past_key_values"  # 5.x renamed it
+    out = ref(ids[:, :prefill], use_cache=True)
+    logits = [out.logits]
+    for p in range(prefill, ids.shape[1]):
+        out = ref(ids[:, p:p + 1], use_cache=True, **{name: getattr(out, name)})
+        logits.append(out.logits)
+    return torch.cat(logits, dim=1)
+
+
+def our_cached_logits(ours: torch.nn.Module, ids: torch.Tensor, prefill: int) -> torch.Tensor:
+    cache = ours.new_cache(ids.shape[0], ids.shape[1])
+    logits = [ours(ids[:, :prefill], cache=cache).logits]
+    logits += [ours(ids[:, p:p + 1], cache=cache, input_pos=p).logits for p in range(prefill, ids.shape[1])]
+    return torch.cat(logits, dim=1)
+
+
+def assert_same_model(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
+    """Logits, loss, cached decoding and greedy generation of `ours` equal transformers' `ref` (fresh copies of it:
+    dynamic NTK scaling keeps state)."""
+    ids = torch.randint(3, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+    targets = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
+    with torch.no_grad():
+        expected = copy.deepcopy(ref)(ids, labels=ids)
+        got = ours(ids, targets=targets)
+        torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=0)
+        torch.testing.assert_close(our_cached_logits(ours, ids, 5), hf_cached_logits(copy.deepcopy(ref), ids, 5),
+                                   atol=1e-5, rtol=0)
+        prompt = ids[:1, :4]
+        n = 16
+        want = copy.deepcopy(ref).generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                           eos_token_id=None, pad_token_id=0)[0, 4:].tolist()
+    config = GenerationConfig(temperature=0.0, max_new_tokens=n, ignore_eos=True)
+    assert generate_ids(ours, prompt.tolist(), config, eos_ids=[])[0].token_ids == want
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_transformers_folder_and_our_export_of_it_match_transformers(tmp_path, case):
+    ref = hf_model(case)
+    ref.save_pretrained(tmp_path / "hf")
+    ours, _ = load(tmp_path / "hf")
+    assert_same_model(ours, ref)
+    save_hf(ours, None, tmp_path / "ours")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert type(back).__name__ == CASES[case][0]
+    assert_same_model(ours, back)
+
+
+@pytest.mark.parametrize("name", ["Qwen2", "Qwen3", "Gemma", "Gemma2", "Phi3", "GPTNeoX", "Mixtral", "Falcon"])
+def test_a_family_we_do_not_build_is_refused_in_one_line_naming_it(tmp_path, name):
+    config = getattr(transformers, f"{name}Config")(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1,
+                                                    num_attention_heads=4, intermediate_size=48)
+    config.save_pretrained(tmp_path)  # refused from config.json, before any weights are read
+    with pytest.raises(ValueError) as e:
+        load(tmp_path)
+    assert f"model_type={config.model_type!r} is not supported" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("cls, change, field", [
+    ("GPT2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
+    ("GPT2", {"scale_attn_weights": False}, "scale_attn_weights"),
+    ("GPT2", {"add_cross_attention": True}, "add_cross_attention"),
+    ("GPT2", {"activation_function": "quick_gelu"}, "activation_function"),
+    ("Llama", {"hidden_act": "gelu"}, "hidden_act"),
+    ("Llama", {"attention_bias": True}, "attention_bias"),
+    ("Llama", {"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "rope_type='yarn'"),
+    ("Llama", {"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 4,
+                                   "long_factor": [2.0] * 4, "original_max_position_embeddings": 20}},
+     "rope_type='longrope'"),
+    ("Mistral", {"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "rope_type='yarn'"),
+])
+def test_a_field_we_do_not_build_is_refused_naming_it(tmp_path, cls, change, field):
+    kwargs = GPT2 if cls == "GPT2" else LLAMA
+    getattr(transformers, f"{cls}Config")(**(kwargs | change)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=field):
+        load(tmp_path)
