@@ -266,8 +266,8 @@ def build_processors(config: GenerationConfig, *, eos_ids: Sequence[int], prompt
 
     Args:
         config: the generation settings.
-        eos_ids: end-of-sequence ids; with `config.stop_token_ids` (and unless ignore_eos) they are what
-            min_new_tokens holds back.
+        eos_ids: end-of-sequence ids; with `config.stop_token_ids` they are what min_new_tokens holds back (with
+            ignore_eos too, as vLLM's min_tokens and transformers' MinNewTokensLengthLogitsProcessor do).
         prompt_lens: per row (or one int for all), how many leading columns of input_ids are the prompt, padding
             included; left-padded batches pass the padded width. Generated tokens are the columns after it.
         pad_lens: per row (or one int), how many leading columns are padding (ignored by the repetition penalty
@@ -276,7 +276,8 @@ def build_processors(config: GenerationConfig, *, eos_ids: Sequence[int], prompt
     if not isinstance(config, GenerationConfig):
         raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
     prompt = _per_row("prompt_lens", prompt_lens)
-    stops = ([] if config.ignore_eos else list(eos_ids)) + list(config.stop_token_ids)
+    # ignore_eos lets eos be generated as any token, but not before min_new_tokens (it chose eos at once before)
+    stops = list(eos_ids) + list(config.stop_token_ids)
     procs: list = []
     if config.logit_bias:  # first, as transformers' sequence_bias and vLLM's logit_bias: the penalty sees the bias
         procs.append(LogitBias(config.logit_bias))

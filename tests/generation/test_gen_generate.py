@@ -460,3 +460,12 @@ def test_generation_gives_each_submodule_its_own_mode_back() -> None:
     generate(lm, None, [[1, 2, 3]], max_new_tokens=2, temperature=0)
     list(stream(lm, unicode_tokenizer(), [1, 2, 3], temperature=0, max_new_tokens=2, ignore_eos=True))
     assert {name: m.training for name, m in lm.named_modules()} == want
+
+
+def test_min_new_tokens_holds_eos_back_with_ignore_eos_too(model) -> None:
+    """ignore_eos makes eos an ordinary token, but min_new_tokens still holds it back, as vLLM's min_tokens and
+    transformers' MinNewTokensLengthLogitsProcessor do (it chose eos at once, a bias on it winning)."""
+    eos = 5
+    cfg = GenerationConfig(temperature=0, max_new_tokens=5, min_new_tokens=3, ignore_eos=True, logit_bias={eos: 100})
+    (g,) = generate_ids(model, [PROMPTS[1]], cfg, eos_ids=[eos])
+    assert eos not in g.token_ids[:3] and g.token_ids[3:] == [eos, eos] and g.finish_reason == "length"
