@@ -298,6 +298,9 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError as e:
             raise ValueError(f"cannot parse the value of {arg!r}: {e}") from None
+        text = not subkeys and _text_field(section, name)
+        if text and not isinstance(parsed, str) and not (parsed is None and text == "opt"):
+            parsed = value  # a text field keeps the text: `--data.source 2024` (a file) or `--model.name yes`
         sec = out.get(section)
         if not isinstance(sec, dict):
             sec = out[section] = {}
@@ -354,6 +357,15 @@ def _bare_override_hint(arg: str) -> str:
         return f" (set one field of the {name} section: --{name}.FIELD VALUE)"
     owner = _section_of(name)
     return f" (did you mean --{owner}.{name}?)" if owner else ""
+
+
+def _text_field(section: str, name: str) -> str | None:
+    """"text" for a field of type str, "opt" for str | None (whose null stays None), else None: YAML would read a
+    file named 2024 as an int, and the field refused it ("expected str")."""
+    if section == "model" and name == "preset":
+        return "text"
+    kind = next((f.type for f in dataclasses.fields(SECTIONS[section]) if f.name == name), None)
+    return {"str": "text", "str | None": "opt"}.get(kind)
 
 
 def _field_names(klass: type) -> set[str]:

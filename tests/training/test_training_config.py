@@ -83,6 +83,19 @@ def test_overrides_parse_values():
     assert run.data.source == "x.txt" and run.train.early_stopping_patience is None
 
 
+def test_text_fields_keep_the_text_yaml_would_read_as_another_type():
+    """`--data.source 2024` (a file of that name), `--model.name yes` or `--train.init_from 123`: YAML read an int or
+    a bool and the field refused it ("expected str"); a str | None field still takes null as None."""
+    d = apply_overrides({}, ["--data.source", "2024", "--model.name", "yes", "--train.init_from", "123",
+                             "--data.text_field", "1.5", "--data.cache_dir", "null", "--model.preset", "tiny",
+                             "--data.tokenizer", "'char'"])
+    assert d["data"] == {"source": "2024", "text_field": "1.5", "cache_dir": None, "tokenizer": "char"}
+    assert d["model"] == {"name": "yes", "preset": "tiny"} and d["train"] == {"init_from": "123"}
+    del d["train"]  # init_from and a preset both name the model
+    run = RunConfig.from_dict(d)
+    assert run.data.source == "2024" and run.model.name == "yes" and run.data.cache_dir is None
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
