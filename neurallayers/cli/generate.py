@@ -229,6 +229,8 @@ def _helper_model(role: str, args: argparse.Namespace, tokenizer):
     draft with another vocabulary of the same size would only be slow; an amateur's would steer every token)."""
     path = getattr(args, role)
     model, theirs = load_model(path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    if not model.config.causal:  # generate() would name its draft_model / amateur_model argument, not this flag
+        raise ValueError(f"--{role} {path} is an encoder (a masked LM): the {role} must be a causal decoder")
     if theirs.hf.get_vocab(with_added_tokens=True) != tokenizer.hf.get_vocab(with_added_tokens=True):
         size = max(tokenizer.vocab_size, theirs.vocab_size)
         i = next(i for i in range(size) if tokenizer.id_to_token(i) != theirs.id_to_token(i))

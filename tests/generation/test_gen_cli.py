@@ -95,3 +95,28 @@ def test_an_amateur_with_a_shorter_context_is_named_when_it_ends_the_output(tmp_
     assert main(args) == 0
     err = capsys.readouterr().err  # 7 + 10 tokens fill the amateur's 16 positions (the last is not fed)
     assert "stopped at the amateur's context length (16 tokens, prompt included) after 10 of 20 new tokens" in err
+
+
+@pytest.mark.parametrize("flag", ["--draft", "--amateur"])
+def test_an_encoder_as_draft_or_amateur_is_named_by_its_flag(tmp_path, capsys, flag) -> None:
+    """An encoder run given to --draft was refused naming generate()'s `draft_model` argument, not the flag."""
+    import torch
+
+    from neurallayers.__main__ import main
+    from neurallayers.config import ModelConfig
+    from neurallayers.data.tokenizers import Tokenizer
+    from neurallayers.models import build_model
+    from neurallayers.training.checkpoint import save_model
+    from neurallayers.training.config import RunConfig
+
+    tok = Tokenizer.train_char(["the quick brown fox jumps over the lazy dog"])
+    for name, causal in (("model", True), ("encoder", False)):
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16, causal=causal)
+        (tmp_path / name).mkdir()
+        RunConfig(model=cfg).to_yaml(tmp_path / name / "config.yaml")
+        tok.save(tmp_path / name)
+        save_model(tmp_path / name, build_model(cfg).state_dict())
+    assert main(["generate", str(tmp_path / "model"), "the fox", flag, str(tmp_path / "encoder")]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {tmp_path / 'encoder'} is an encoder" in err and err.count("\n") == 1
