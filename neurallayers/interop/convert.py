@@ -79,6 +79,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
     if overwrite and (dst / "checkpoints").is_dir():  # a training run: its checkpoints are not ours to delete
         raise ValueError(f"dst {dst} holds a training run (checkpoints/); overwrite replaces model folders only: "
                          "write to another folder, or remove that run yourself")
+    if overwrite and dst.is_dir() and is_checkpoint_folder(dst):  # `convert run run/checkpoints/step-2 --overwrite`
+        raise ValueError(f"dst {dst} is a training checkpoint (its weights and training state); overwrite replaces "
+                         "model folders only: write to another folder")
     model, tokenizer = load(src, allow_pickle=allow_pickle)
     stored = _stored_dtype(src) if to == "hf" and not run_like else None
     if stored is not None:  # load() reads an HF folder as float32, so a resharded bf16 folder came out twice its size
