@@ -265,7 +265,9 @@ class TextGenerationPipeline(Pipeline):
     A chat (a list of {"role", "content"} messages), or a list of chats, is rendered with the tokenizer's chat
     template (else `role: content` lines, the reply ending at the next `user:` line, as `neurallayers chat`), as
     transformers' pipeline takes it: "generated_text" is then the messages with the assistant's reply appended, or
-    the reply alone with return_full_text=False."""
+    the reply alone with return_full_text=False. A chat that ends with the assistant's message is continued, as
+    transformers' pipeline does (`continue_final_message`; None: whether the last message is the assistant's): the
+    prompt ends with that message's content and the full text extends it instead of adding a reply."""
 
     task = "text-generation"
 
@@ -296,14 +298,19 @@ class TextGenerationPipeline(Pipeline):
             return super().__call__([inputs], **kwargs)[0]
         return super().__call__(inputs, **kwargs)
 
-    def _run(self, items: list, *, return_full_text: bool | None = True, **gen_kwargs: Any) -> list[list[dict]]:
+    def _run(self, items: list, *, return_full_text: bool | None = True, continue_final_message: bool | None = None,
+             **gen_kwargs: Any) -> list[list[dict]]:
         from neurallayers.generation.config import GenerationConfig
         from neurallayers.generation.generate import generate
 
         chats = [item for item in items if _is_chat(item)]
         if chats and len(chats) < len(items):
             raise ValueError("inputs: give prompts (strings) or chats (lists of role/content messages), not both")
-        prompts = self._chat_prompts(chats) if chats else _check_texts(items, "inputs")
+        continue_final_message = _switch("continue_final_message", continue_final_message)
+        # per chat, as transformers decides it: a chat ending with the assistant's message is a prefill to continue
+        continued = [m[-1]["role"] == "assistant" if continue_final_message is None else continue_final_message
+                     for m in chats]
+        prompts = self._chat_prompts(chats, continued) if chats else _check_texts(items, "inputs")
         _check_generation_options(gen_kwargs)
         if "max_length" in gen_kwargs:
             raise ValueError("max_length: this pipeline counts new tokens only; give max_new_tokens instead")
@@ -321,19 +328,36 @@ class TextGenerationPipeline(Pipeline):
             gen_config = gen_config.replace(stop=[*gen_config.stop, DEFAULT_STOP])
         n = gen_config.num_return_sequences
         outs = generate(self.model, self.tokenizer, prompts, gen_config)  # prompt-major, n per prompt
-        if chats:  # the default template's "assistant:" cue leaves the reply a leading blank (`chat` drops it too)
-            replies = [g.text if templated else g.text.lstrip() for g in outs]
-            return [[{"generated_text": [*chat, {"role": "assistant", "content": r}] if return_full_text else r}
+        if chats:  # the default template's "assistant:" cue leaves a new reply a leading blank (`chat` drops it too)
+            replies = [g.text if templated or continued[k // n] else g.text.lstrip() for k, g in enumerate(outs)]
+            return [[{"generated_text": _full_chat(chat, r, continued[i]) if return_full_text else r}
                      for r in replies[i * n:(i + 1) * n]] for i, chat in enumerate(chats)]
         return [[{"generated_text": (prompt + g.text) if return_full_text else g.text} for g in outs[i * n:(i + 1) * n]]
                 for i, prompt in enumerate(prompts)]
 
-    def _chat_prompts(self, chats: list[list[dict]]) -> list[list[int]]:
-        """Token ids of each rendered chat: encoded without the tokenizer's own bos, which a template writes itself
-        (as `neurallayers chat` and the server encode them; a Llama 3 prompt got two)."""
+    def _chat_prompts(self, chats: list[list[dict]], continued: list[bool]) -> list[list[int]]:
+        """Token ids of each rendered chat (ending with the reply's cue, or with its final message's content where it
+        is `continued`): encoded without the tokenizer's own bos, which a template writes itself (as `neurallayers
+        chat` and the server encode them; a Llama 3 prompt got two)."""
         from neurallayers.data.chat import render_chat
 
-        return [self.tokenizer.encode(render_chat(self.tokenizer, chat)) for chat in chats]
+        return [self.tokenizer.encode(render_chat(self.tokenizer, chat, add_generation_prompt=not cont,
+                                                  continue_final_message=cont))
+                for chat, cont in zip(chats, continued, strict=True)]
+
+
+def _full_chat(chat: list[dict], reply: str, continued: bool) -> list[dict]:
+    """transformers' full text of a chat: the reply as a new assistant message, or, continuing the final message,
+    appended to its content (a list of parts: to its last text part, the one the prompt ends with)."""
+    if not continued:
+        return [*chat, {"role": "assistant", "content": reply}]
+    content = chat[-1]["content"]
+    if isinstance(content, list):
+        i = max(i for i, p in enumerate(content) if isinstance(p, dict) and "text" in p)
+        content = [*content[:i], {**content[i], "text": content[i]["text"] + reply}, *content[i + 1:]]
+    else:
+        content += reply
+    return [*chat[:-1], {"role": chat[-1]["role"], "content": content}]
 
 
 def _is_chat(item: Any) -> bool:

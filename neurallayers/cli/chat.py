@@ -2,12 +2,15 @@
 
 Each turn renders the whole conversation with the tokenizer's chat template (or `role: content` lines then
 `assistant:` when it has none, the reply ending where the model starts the next `user:` line). When the conversation
-outgrows the model's context, the oldest turns are dropped (the system message stays).
+outgrows the model's context, the oldest turns are dropped (the system message stays). --chat-template-kwargs gives the
+template extra variables, as transformers' apply_chat_template and vLLM's chat_template_kwargs do (Qwen3's
+'{"enable_thinking": false}').
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 
@@ -20,10 +23,27 @@ HINT = "type a message and press Enter; /reset starts over, /exit or Ctrl-D leav
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
     parser.add_argument("--system", help="a system message that opens the conversation")
+    parser.add_argument("--chat-template-kwargs", type=_json_object, default=None, metavar="JSON",
+                        help='extra variables for the chat template, a JSON object: \'{"enable_thinking": false}\'')
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step first (15-60 s): faster replies on CPU")
     add_device_dtype(parser, compiles=True)
     add_sampling_arguments(parser, search=False)
+
+
+def _json_object(text: str) -> dict:
+    from neurallayers.data.chat import check_template_kwargs
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    try:
+        return check_template_kwargs(value, name="--chat-template-kwargs")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         print("neurallayers chat: the first token compiles the decode step (15-60 s; a later run reads torch's "
               "cache)", file=sys.stderr, flush=True)
     opening = [{"role": "system", "content": args.system}] if args.system else []
-    _check_opening(tokenizer, opening, model.config.block_size)
+    extra = args.chat_template_kwargs
+    _check_opening(tokenizer, opening, model.config.block_size, template_kwargs=extra)
     interactive = sys.stdin.isatty()
     if interactive:
         _line_editing()
@@ -74,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         before = list(history)
         history.append({"role": "user", "content": line})
         try:
-            prompt, turn_config = fit_context(tokenizer, history, model.config.block_size, config, keep=len(opening))
+            prompt, turn_config = fit_context(tokenizer, history, model.config.block_size, config, keep=len(opening),
+                                              template_kwargs=extra)
         except ValueError as e:  # the chat template refused the conversation: say so, keep talking
             history.pop()
             print(f"({e})", file=sys.stderr)
@@ -106,19 +128,23 @@ def _line_editing() -> None:
         pass
 
 
-def _check_opening(tokenizer, opening: list[dict], block: int) -> None:
+def _check_opening(tokenizer, opening: list[dict], block: int, *, template_kwargs: dict | None = None) -> None:
     """A --system message that leaves no room for a user's turn would make every message "too long": say so once."""
     from neurallayers.data.chat import render_chat
 
     if not opening:
         return
+    def size(probe: str) -> int:
+        chat = [*opening, {"role": "user", "content": probe}]
+        return len(tokenizer.encode(render_chat(tokenizer, chat, template_kwargs=template_kwargs)))
+
     probe = ""
     try:
-        n = len(tokenizer.encode(render_chat(tokenizer, [*opening, {"role": "user", "content": probe}])))
+        n = size(probe)
     except ValueError:  # a template that refuses an empty turn: measure with a one-word one (a few tokens more)
         probe = "Hello"
         try:  # one that refuses a plain one too refuses the system message: it refused every message, exit 0
-            n = len(tokenizer.encode(render_chat(tokenizer, [*opening, {"role": "user", "content": probe}])))
+            n = size(probe)
         except ValueError as e:
             raise ValueError(f"--system: {e}; leave --system out for this model") from None
     if n >= block:
@@ -127,7 +153,8 @@ def _check_opening(tokenizer, opening: list[dict], block: int) -> None:
                          f"{block}, which leaves no room for a conversation; shorten it")
 
 
-def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int):
+def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int,
+                template_kwargs: dict | None = None):
     """(prompt ids, config) for the conversation: its oldest turns after the first `keep` messages are dropped (in
     `history` too) until the prompt leaves room for a reply of max_new_tokens, or of half the context where that is
     less (a max_new_tokens as long as the context would drop every earlier turn: a chat without memory). The reply
@@ -138,7 +165,7 @@ def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int
     room = min(config.max_new_tokens, block // 2)
     kept, dropped = list(history), 0
     while True:
-        ids = tokenizer.encode(render_chat(tokenizer, kept))
+        ids = tokenizer.encode(render_chat(tokenizer, kept, template_kwargs=template_kwargs))
         if len(ids) + room <= block or len(kept) <= keep + 1:
             break
         del kept[keep:keep + 2 if len(kept) > keep + 2 else keep + 1]  # a user message and its reply

@@ -7,6 +7,9 @@ The default template writes one line per message, then the cue for the reply:
     user: Hello!
     assistant:
 
+Without the generation prompt it stops after the last message's line (newline included); continuing the final message
+it stops right after that message's content (`assistant: Once upon`), as transformers cuts a rendered template there.
+
 Used by the server's chat routes and by `neurallayers chat`; messages are dicts with role and content, a string or
 a list of OpenAI's text parts ({"type": "text", "text": ...}). A template that loops over a message's content
 (Gemma 3's, Qwen2-VL's ...) gets the parts as they are, as transformers passes them; any other gets their texts
@@ -22,8 +25,37 @@ from datetime import datetime
 DEFAULT_STOP = "\nuser:"
 
 
-def default_render(messages: list[dict]) -> str:
-    return "".join(f"{m['role']}: {m.get('content', '')}\n" for m in messages) + "assistant:"
+# transformers' marker for continue_final_message: appended to the final content, rendered, then cut off
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+# what the renderer passes a template itself, so template_kwargs may not replace it: the messages, the switches and
+# inputs the request sets by their own names, and the special tokens (transformers' special_tokens_map)
+RESERVED_TEMPLATE_NAMES = frozenset({
+    "messages", "add_generation_prompt", "continue_final_message", "tools", "documents", "bos_token", "eos_token",
+    "pad_token", "unk_token", "sep_token", "cls_token", "mask_token", "additional_special_tokens"})
+
+
+def default_render(messages: list[dict], *, add_generation_prompt: bool = True,
+                   continue_final_message: bool = False) -> str:
+    text = "".join(f"{m['role']}: {m.get('content', '')}\n" for m in messages)
+    if continue_final_message:
+        return text.removesuffix("\n")  # the reply goes on with the final message's own line
+    return text + "assistant:" if add_generation_prompt else text
+
+
+def check_template_kwargs(template_kwargs, *, name: str = "template_kwargs") -> dict:
+    """The extra template variables as a dict (None: none).
+
+    Raises:
+        ValueError: not a dict with string keys, or a key the renderer passes itself (messages, a special token ...).
+    """
+    if template_kwargs is None:
+        return {}
+    if not isinstance(template_kwargs, dict) or not all(isinstance(k, str) for k in template_kwargs):
+        raise ValueError(f"{name} must be a dict of template variable names to values, got {template_kwargs!r:.80}")
+    if clash := sorted(RESERVED_TEMPLATE_NAMES.intersection(template_kwargs)):
+        raise ValueError(f"{name} may not set {', '.join(clash)}: the renderer passes "
+                         f"{'it' if len(clash) == 1 else 'them'} to the template itself")
+    return template_kwargs
 
 
 # the names a message's reasoning goes by: transformers copies it under the first (which templates read) and "thinking"
@@ -56,6 +88,10 @@ def _text_parts(content) -> bool:
 
 class _Refused(Exception):
     """raise_exception() in a template: it refuses the conversation."""
+
+
+class _CannotContinue(ValueError):
+    """continue_final_message on a conversation or template that gives no final content to continue."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,22 +164,73 @@ def special_tokens(tokenizer) -> dict[str, str]:
     return out
 
 
-def render_chat(tokenizer, messages: list[dict]) -> str:
-    """The prompt text for `messages` (dicts with "role" and "content"), ending with the assistant's turn cue,
-    rendered with the variables transformers' apply_chat_template passes (no tools, no documents).
+def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True,
+                continue_final_message: bool = False, template_kwargs: dict | None = None) -> str:
+    """The prompt text for `messages` (dicts with "role" and "content"), rendered with the variables transformers'
+    apply_chat_template passes (no tools, no documents).
+
+    Args:
+        add_generation_prompt: end with the cue for the assistant's reply (the template's, or "assistant:").
+        continue_final_message: end right after the final message's content instead, so the model continues that
+            message (a prefilled reply); not with add_generation_prompt, as in transformers.
+        template_kwargs: extra variables for the template (Qwen3's `enable_thinking`, ...); the default template
+            reads none. They may not replace the messages, the switches above or the special tokens.
 
     Raises:
         ValueError: the template refuses the conversation (e.g. roles must alternate), or fails (a template that
-            does not parse or breaks while rendering: the model's, not the messages').
+            does not parse or breaks while rendering: the model's, not the messages'); bad options; the final message
+            has no content to continue, or the template does not render it as it is.
     """
+    extra = check_template_kwargs(template_kwargs)
+    if continue_final_message:
+        if add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true: the first "
+                             "continues the final message, the second starts a new assistant message")
+        if not messages or not isinstance(messages[-1], dict) or messages[-1].get("content") is None:
+            raise ValueError("continue_final_message: the final message has no content to continue")
     template = getattr(tokenizer, "chat_template", None)
     if not template:
-        return default_render(template_messages(messages, parts=False))
+        return default_render(template_messages(messages, parts=False), add_generation_prompt=add_generation_prompt,
+                              continue_final_message=continue_final_message)
     try:
         messages = template_messages(messages, parts=_takes_content_parts(template))
-        return _compile(template).render(messages=messages, add_generation_prompt=True, tools=None, documents=None,
-                                         **special_tokens(tokenizer))
+        final = _tag_final_content(template, messages) if continue_final_message else None
+        text = _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
+                                         documents=None, **special_tokens(tokenizer), **extra)
     except _Refused as e:
         raise ValueError(f"the model's chat template refused these messages: {e}") from None
+    except _CannotContinue:
+        raise
     except Exception as e:  # a template error of its own (syntax, a type error while rendering)
         raise ValueError(f"the model's chat template failed ({type(e).__name__}: {e})") from None
+    return text if final is None else _cut_after_final(text, final)
+
+
+def _tag_final_content(template: str, messages: list[dict]) -> str:
+    """Appends transformers' marker to the final message's content (its last text part, for a list) in place, so
+    the rendered text can be cut there; returns that content as it was."""
+    if "content" not in template:
+        raise _CannotContinue("continue_final_message: the model's chat template never reads a message's content")
+    last = messages[-1] = dict(messages[-1])
+    content = last["content"]
+    if isinstance(content, str):
+        last["content"] = content + _CONTINUE_TAG
+        return content
+    if isinstance(content, list):
+        for i in reversed(range(len(content))):
+            if isinstance(content[i], dict) and "text" in content[i]:
+                final = content[i]["text"]
+                last["content"] = [*content[:i], {**content[i], "text": final + _CONTINUE_TAG}, *content[i + 1:]]
+                return final
+    raise _CannotContinue("continue_final_message: the final message holds no text to continue")
+
+
+def _cut_after_final(text: str, final: str) -> str:
+    """The rendered text up to the final message's content, as transformers cuts it: at the marker, and without the
+    blanks before it where the template trimmed the marker's own trailing space (so it strips the content's too)."""
+    marker = _CONTINUE_TAG.strip()
+    if final.strip() not in text or marker not in text:
+        raise ValueError("continue_final_message: the model's chat template does not render the final message as it "
+                         "is (it drops or changes part of it), so it cannot be continued")
+    at = text.rindex(marker)
+    return text[:at] if text[at:at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:at].rstrip()

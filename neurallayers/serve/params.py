@@ -14,7 +14,7 @@ import re
 from neurallayers.generation import GenerationConfig
 from neurallayers.interop.hf import SAMPLING_DEFAULTS
 from neurallayers.serve.errors import bad_request
-from neurallayers.serve.schemas import CHAT_DEFAULT_ONLY, MAX_SEED, VLLM_DEFAULT_ONLY, Sampling
+from neurallayers.serve.schemas import MAX_SEED, VLLM_DEFAULT_ONLY, Sampling
 from neurallayers.serve.state import ServedModel
 
 # GenerationConfig field -> the request field a client knows
@@ -200,13 +200,10 @@ def refuse_unsupported(req: Sampling) -> None:
     """400 naming the field when a request asks for a behaviour this server lacks (vLLM's extra parameters at another
     value than their default, best_of over n, structured output): such a field is never silently ignored."""
     fields = type(req).model_fields
-    for name, default in {**VLLM_DEFAULT_ONLY, **CHAT_DEFAULT_ONLY}.items():
+    for name, default in VLLM_DEFAULT_ONLY.items():
         if name in fields and getattr(req, name) != default:
             raise bad_request(f"{name}={json.dumps(getattr(req, name))} is not supported by this server (only its "
                               f"default, {json.dumps(default)})", name)
-    if getattr(req, "chat_template_kwargs", None):
-        raise bad_request("chat_template_kwargs is not supported by this server (send null or {})",
-                          "chat_template_kwargs")
     if "prompt" in fields and req.echo and req.truncate_prompt_tokens is not None:
         # the echoed text would not be what the model read, and its logprobs' text offsets would not fit it
         raise bad_request("echo with truncate_prompt_tokens is not supported by this server: the prompt echoed would "

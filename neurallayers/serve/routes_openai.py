@@ -174,7 +174,8 @@ def register(app, *, holder, metrics) -> None:
             params.refuse_unsupported(req)
             if req.top_logprobs is not None and not req.logprobs:
                 raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
-            text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages)
+            options = chat_template.template_options(req)
+            text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages, **options)
             if not text:
                 raise bad_request("the chat template rendered these messages as an empty prompt", "messages")
             prompts = await params.prompt_ids(served, text, param="messages", special=req.add_special_tokens,
@@ -189,13 +190,14 @@ def register(app, *, holder, metrics) -> None:
             requests = submit_all(served, prompts, configs, metrics=metrics, param="messages")
             meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
             n_prompt = len(prompts[0])
-            echo = chat_template.echo_text(req.messages) if req.echo else ""
+            role = chat_template.reply_role(req.messages, add_generation_prompt=options["add_generation_prompt"])
+            echo = chat_template.echo_text(req.messages, role) if req.echo else ""
             if req.stream:
-                chunks = _chat_chunks(requests, req, meta, n_prompt, served, metrics, started, echo)
+                chunks = _chat_chunks(requests, req, meta, n_prompt, served, metrics, started, echo, role)
                 response, lease = streaming_response(chunks, lease), None
                 return response
             results = await collect(requests, metrics=metrics, started=started, gone=raw.is_disconnected)
-            choices = [{"index": i, "message": {"role": "assistant", "content": echo + res.text},
+            choices = [{"index": i, "message": {"role": role, "content": echo + res.text},
                         "logprobs": chat_logprobs(served.tokenizer, res.logprobs) if req.logprobs else None,
                         "finish_reason": res.finish_reason} for i, res in enumerate(results)]
             n_gen = sum(r.completion_tokens for r in requests)
@@ -204,9 +206,9 @@ def register(app, *, holder, metrics) -> None:
             if lease is not None:
                 lease.release()
 
-    def _chat_chunks(requests, req, meta, n_prompt, served, metrics, started, echo):
+    def _chat_chunks(requests, req, meta, n_prompt, served, metrics, started, echo, role):
         # the first delta of each choice names the role; then, as vLLM sends it, the echoed text
-        head = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        head = [{"index": i, "delta": {"role": role, "content": ""}, "logprobs": None, "finish_reason": None}
                 for i in range(len(requests))]
         if echo:
             head += [{"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None}

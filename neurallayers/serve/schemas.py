@@ -66,7 +66,6 @@ UNSUPPORTED = frozenset({
 # vLLM's extra parameters taken at their default value only (the behaviour this server has), refused at any other
 VLLM_DEFAULT_ONLY = {"use_beam_search": False, "length_penalty": 1.0, "include_stop_str_in_output": False,
                      "skip_special_tokens": True, "spaces_between_special_tokens": True}
-CHAT_DEFAULT_ONLY = {"add_generation_prompt": True, "continue_final_message": False}
 
 
 class Strict(BaseModel):
@@ -163,11 +162,15 @@ class ChatRequest(Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="needs logprobs: true")
     echo: bool = Field(False, description="vLLM's: when the last message is the assistant's, the reply starts with "
                        "its content")
-    add_generation_prompt: bool = Field(True, description="vLLM's; only true")
+    add_generation_prompt: bool = Field(True, description="vLLM's: end the prompt with the template's cue for the "
+                                        "assistant's reply (false: the reply's role is the last message's, as in vLLM)")
     add_special_tokens: bool = Field(False, description="vLLM's: also the tokenizer's special tokens (a bos) around "
                                      "the rendered prompt, which holds the template's own")
-    continue_final_message: bool = Field(False, description="vLLM's; only false")
-    chat_template_kwargs: dict | None = Field(None, description="vLLM's; only null or {}")
+    continue_final_message: bool = Field(False, description="vLLM's: the reply continues the last message, which must "
+                                         "be the assistant's (the prompt ends with its content); not with "
+                                         "add_generation_prompt true, which it turns off when that is not sent")
+    chat_template_kwargs: dict | None = Field(None, description="vLLM's: extra variables for the chat template, e.g. "
+                                              '{"enable_thinking": false}; not messages or special-token names')
 
 
 class EmbeddingRequest(OpenAIRequest):
@@ -260,7 +263,8 @@ class ChatLogprobs(BaseModel):
 
 
 class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
+    role: Literal["system", "developer", "user", "assistant", "tool"] = "assistant"  # another with
+    # add_generation_prompt false: the last message's, as vLLM names it
     content: str
 
 
