@@ -27,7 +27,7 @@ Head = Literal["none", "mlm", "sequence_classification", "token_classification"]
 DERIVED = ("n_kv_head", "head_dim", "intermediate_size")  # None: computed from other fields in __post_init__
 # Fields added after runs (config.yaml) and batch progress records were first saved: an older file lacks them, and
 # their None default keeps the shape models had before them, so such a file still describes the whole model.
-NEWER_FIELDS = frozenset({"final_norm"})
+NEWER_FIELDS = frozenset({"final_norm", "qkv_bias"})
 FP32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 
 _ROPE_SCALING_KEYS = {
@@ -72,6 +72,8 @@ class ModelConfig:
     rope_scaling: dict | None = None  # {"type": "linear" | "dynamic" | "llama3", "factor": ..., ...}
     sliding_window: int | None = None  # Mistral style: attend to at most this many previous tokens
     bias: bool = True
+    # Biases on the q, k and v projections alone (see `has_qkv_bias`); None: as `bias`. True with bias False is Qwen2.
+    qkv_bias: bool | None = None
     tie_embeddings: bool = True
     layer_scale: float | None = None  # initial LayerScale value; None: off
     drop_path: float = 0.0  # stochastic depth rate of the last layer, linear from 0 over depth
@@ -129,6 +131,9 @@ class ModelConfig:
         _require("final_norm", self.final_norm, not (self.final_norm and post_encoder),
                  "a post-norm encoder (causal=False, BERT) has no final norm: leave it None")
         _require("intermediate_size", self.intermediate_size, self.intermediate_size >= 1, "must be >= 1")
+        # every other linear with a bias and q, k, v without: no family has that shape, and no export writes it
+        _require("qkv_bias", self.qkv_bias, not (self.qkv_bias is False and self.bias),
+                 "False needs bias=False (q, k and v without biases where every other layer has one); leave it None")
         if self.sliding_window is not None:
             _require("sliding_window", self.sliding_window, self.sliding_window >= 1, "must be >= 1 or None")
             _require("sliding_window", self.sliding_window, self.causal, "needs causal=True")
@@ -226,6 +231,11 @@ class ModelConfig:
         if self.final_norm is not None:
             return self.final_norm
         return self.causal or self.norm_placement == "pre"
+
+    @property
+    def has_qkv_bias(self) -> bool:
+        """Whether the q, k and v projections have biases: `qkv_bias`, or where it is None, `bias`."""
+        return self.bias if self.qkv_bias is None else self.qkv_bias
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain data; derived fields the user left unset are None, so they are derived again

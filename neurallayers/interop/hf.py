@@ -31,6 +31,7 @@ FAMILIES: dict[str, str] = {
     "llama": "neurallayers.interop.llama",
     "mistral": "neurallayers.interop.llama",
     "bert": "neurallayers.interop.bert",
+    "qwen2": "neurallayers.interop.qwen2",
 }
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -58,12 +59,14 @@ def family_for_config(cfg: ModelConfig) -> str:
         return source
     if not cfg.causal:
         return "bert"
+    if cfg.position == "rope" and cfg.has_qkv_bias and not cfg.bias:  # biases on q, k and v alone
+        return "qwen2"
     if cfg.position == "rope":
         return "mistral" if cfg.sliding_window is not None else "llama"
     if cfg.position == "learned":
         return "gpt2"
     raise ValueError(f"ModelConfig.position={cfg.position!r}: a Hugging Face decoder needs 'learned' (GPT-2) "
-                     "or 'rope' (Llama, Mistral)")
+                     "or 'rope' (Llama, Mistral, Qwen2)")
 
 
 # ----- loading -----

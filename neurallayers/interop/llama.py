@@ -1,4 +1,5 @@
-"""Hugging Face Llama and Mistral (`model_type: "llama" | "mistral"`) <-> NeuralLayers DecoderLM.
+"""Hugging Face Llama and Mistral (`model_type: "llama" | "mistral"`) <-> NeuralLayers DecoderLM; the config
+fields and weights every Llama-shaped family shares (Qwen2 too: interop/qwen2.py).
 
 One literal weight-name map drives both directions. Llama keeps q, k and v (and the MLP's gate and up) as
 separate linears; ours are fused, so those are concatenated along the output rows on the way in (q, then k,
@@ -44,6 +45,7 @@ WEIGHT_MAP: tuple[tuple[str, str | tuple[str, ...]], ...] = (
 )
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # a buffer older checkpoints saved
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+FAMILY_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}  # for messages about a family's weights
 # transformers' MistralConfig defaults that differ from LlamaConfig's, for keys a config.json leaves out (a missing
 # sliding_window is a 4096-token window there, not none)
 MISTRAL_DEFAULTS = {"sliding_window": 4096, "num_key_value_heads": 8, "intermediate_size": 14336,
@@ -74,13 +76,6 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"config model_type={model_type!r}: this converter reads {', '.join(ARCHITECTURES)}")
     if model_type == "mistral":
         hf = MISTRAL_DEFAULTS | hf
-    arch = config_architecture(hf, ARCHITECTURES[model_type])
-    if not arch.endswith("ForCausalLM"):  # a task head or a bare LlamaModel: no LM head to load
-        raise ValueError(f"config architectures={hf['architectures']!r}: NeuralLayers reads causal language models "
-                         f"({ARCHITECTURES[model_type]}); that model's head has no place here")
-    act = hf.get("hidden_act", "silu")
-    if act not in SILU_NAMES:
-        raise ValueError(f"config hidden_act={act!r}: only {' or '.join(map(repr, SILU_NAMES))} (SwiGLU) is supported")
     # transformers' Mistral builds no biases, whatever attention_bias / mlp_bias its config.json carries
     reads_bias = model_type == "llama"
     attn_bias = reads_bias and bool(hf.get("attention_bias", False))
@@ -88,6 +83,26 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if attn_bias != mlp_bias:
         raise ValueError(f"config attention_bias={attn_bias} with mlp_bias={mlp_bias}: NeuralLayers needs both "
                          "equal (one `bias` switch)")
+    window = hf.get("sliding_window") if model_type == "mistral" else None
+    return llama_shaped_config(hf, model_type, ARCHITECTURES[model_type], bias=attn_bias, sliding_window=window)
+
+
+def llama_shaped_config(hf: dict, model_type: str, architecture: str, *, bias: bool, qkv_bias: bool | None = None,
+                        sliding_window: int | None) -> ModelConfig:
+    """The ModelConfig of a Llama-shaped config.json (Llama's defaults for the keys it leaves out), given what the
+    family decides: its biases and its attention window.
+
+    Raises:
+        ValueError: an architecture other than a causal LM, an activation other than SiLU, a RoPE type other than
+            those in ROPE_TYPES.
+    """
+    arch = config_architecture(hf, architecture)
+    if not arch.endswith("ForCausalLM"):  # a task head or a bare LlamaModel: no LM head to load
+        raise ValueError(f"config architectures={hf['architectures']!r}: NeuralLayers reads causal language models "
+                         f"({architecture}); that model's head has no place here")
+    act = hf.get("hidden_act", "silu")
+    if act not in SILU_NAMES:
+        raise ValueError(f"config hidden_act={act!r}: only {' or '.join(map(repr, SILU_NAMES))} (SwiGLU) is supported")
     n_embd, n_head = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
     theta, scaling = _rope_from_hf(hf)
     block_size = hf.get("max_position_embeddings", 2048)
@@ -97,15 +112,14 @@ def config_from_hf(hf: dict) -> ModelConfig:
         scaling["original_max_position_embeddings"] = block_size
         # the context: what an export of ours recorded (config_to_hf), else factor times the original
         block_size = int(hf.get(BLOCK_SIZE_KEY) or block_size * scaling["factor"])
-    window = hf.get("sliding_window") if model_type == "mistral" else None
     return ModelConfig(
         name=str(hf.get("_name_or_path") or model_type), causal=True, vocab_size=hf.get("vocab_size", 32000),
         block_size=block_size, n_layer=hf.get("num_hidden_layers", 32),
         n_head=n_head, n_embd=n_embd, n_kv_head=hf.get("num_key_value_heads") or n_head,
         head_dim=hf.get("head_dim") or n_embd // n_head, intermediate_size=hf.get("intermediate_size", 11008),
         norm="rmsnorm", norm_eps=config_number(hf, "rms_norm_eps", 1e-6), norm_placement="pre", mlp="swiglu",
-        position="rope", rope_theta=theta, rope_scaling=scaling, sliding_window=window, bias=attn_bias,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        position="rope", rope_theta=theta, rope_scaling=scaling, sliding_window=sliding_window, bias=bias,
+        qkv_bias=qkv_bias, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attn_dropout=config_number(hf, "attention_dropout", 0.0),
         init_std=config_number(hf, "initializer_range", 0.02),
         scale_residual_init=False, extra={"hf_model_type": model_type},
@@ -146,11 +160,30 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         ValueError: `cfg` has a switch Llama/Mistral cannot express; the message names every such field.
     """
     model_type = "mistral" if cfg.sliding_window is not None or cfg.extra.get("hf_model_type") == "mistral" else "llama"
-    wanted = {"causal": True, "norm": "rmsnorm", "norm_placement": "pre", "mlp": "swiglu", "position": "rope",
-              "layer_scale": None}
+    # Llama's attention_bias puts biases on q, k, v and the output projection alike (with the MLP's: one `bias`);
+    # Mistral has none
+    wanted = {"bias": False} if model_type == "mistral" else {}
+    out = llama_shaped_hf_config(cfg, model_type, ARCHITECTURES[model_type], wanted, qkv_bias=cfg.bias)
     if model_type == "mistral":
-        wanted["bias"] = False
+        out["sliding_window"] = cfg.sliding_window
+    else:
+        out.update(attention_bias=cfg.bias, mlp_bias=cfg.bias, pretraining_tp=1)
+    return out
+
+
+def llama_shaped_hf_config(cfg: ModelConfig, model_type: str, architecture: str, wanted: dict, *,
+                           qkv_bias: bool) -> dict:
+    """The config.json keys every Llama-shaped family shares, after checking that `cfg` has the switches they all
+    need, the family's `wanted` fields and q, k, v biases as `qkv_bias`.
+
+    Raises:
+        ValueError: the message names every field of `cfg` the family cannot express.
+    """
+    wanted = {"causal": True, "norm": "rmsnorm", "norm_placement": "pre", "mlp": "swiglu", "position": "rope",
+              "layer_scale": None, **wanted}
     bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
+    if cfg.has_qkv_bias != qkv_bias:
+        bad.append(f"qkv_bias={cfg.qkv_bias!r} (needs {'True' if qkv_bias else 'None or False'})")
     if bad:
         raise ValueError(f"config cannot be written as a Hugging Face {model_type}: " + "; ".join(bad))
     scaling = dict(cfg.rope_scaling or {})
@@ -163,7 +196,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     # transformers 5 reads those too when present, so both say the same
     legacy_scaling = {k: v for k, v in rope.items() if k != "rope_theta"} if rope["rope_type"] != "default" else None
     out = {
-        "architectures": [ARCHITECTURES[model_type]], "model_type": model_type, "vocab_size": cfg.vocab_size,
+        "architectures": [architecture], "model_type": model_type, "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
         "hidden_act": "silu", "max_position_embeddings": max_positions, "rms_norm_eps": cfg.norm_eps,
@@ -173,10 +206,6 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     }
     if scaling_type == "dynamic" and cfg.block_size != int(max_positions * cfg.rope_scaling["factor"]):
         out[BLOCK_SIZE_KEY] = cfg.block_size  # HF keeps one length (the original): ours comes back on import
-    if model_type == "mistral":
-        out["sliding_window"] = cfg.sliding_window
-    else:
-        out.update(attention_bias=cfg.bias, mlp_bias=cfg.bias, pretraining_tp=1)
     return out
 
 
@@ -201,13 +230,14 @@ def _transform_out(ours: str, t: torch.Tensor, cfg: ModelConfig) -> list[torch.T
 
 def _entries(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...]]]:
     skip = ("lm_head.weight",) if cfg.tie_embeddings else ()
-    if not cfg.bias:
-        skip += tuple(ours for ours, _ in WEIGHT_MAP if ours.endswith(".bias"))
+    for ours, _ in WEIGHT_MAP:
+        has = cfg.has_qkv_bias if ours == "blocks.{i}.attn.qkv.bias" else cfg.bias
+        skip += (ours,) if ours.endswith(".bias") and not has else ()
     return expand_map(WEIGHT_MAP, cfg.n_layer, skip=skip)
 
 
 def to_ours(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our DecoderLM state dict from a Hugging Face Llama/Mistral state dict.
+    """Our DecoderLM state dict from a Hugging Face Llama, Mistral or Qwen2 state dict (the same names).
 
     Raises:
         CheckpointError: missing, unexpected or mis-shaped weights, named by their Hugging Face keys.
@@ -215,12 +245,12 @@ def to_ours(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch
     hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith(IGNORED_SUFFIXES)}
     if cfg.tie_embeddings:
         drop_tied_lm_head(hf_sd, "model.embed_tokens.weight")  # an alias of the embedding when tied; the embedding wins
-    family = "Mistral" if cfg.extra.get("hf_model_type") == "mistral" else "Llama"
+    family = FAMILY_NAMES.get(cfg.extra.get("hf_model_type"), "Llama")
     return rename_to_ours(hf_sd, _entries(cfg), hf_shapes(cfg, to_hf), _transform_in, cfg, family=family)
 
 
 def to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """The Hugging Face LlamaForCausalLM / MistralForCausalLM state dict from ours: the inverse of `to_ours`.
+    """The Hugging Face Llama, Mistral or Qwen2 ForCausalLM state dict from ours: the inverse of `to_ours`.
 
     Raises:
         CheckpointError: `sd` does not match the config (missing, unexpected or mis-shaped keys, named).

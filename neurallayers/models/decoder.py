@@ -39,7 +39,7 @@ def build_blocks(cfg: ModelConfig) -> nn.ModuleList:
     blocks = []
     for i in range(cfg.n_layer):
         attn = Attention(cfg.n_embd, n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, head_dim=cfg.head_dim,
-                         bias=cfg.bias, dropout=cfg.attn_dropout, kernel=cfg.attention)
+                         bias=cfg.bias, qkv_bias=cfg.has_qkv_bias, dropout=cfg.attn_dropout, kernel=cfg.attention)
         blocks.append(Block(
             attn=attn, mlp=build_mlp(cfg),
             norm1=build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias),

@@ -27,14 +27,16 @@ _FAST_CPU_BF16: bool | None = None  # whether the CPU has bf16 dot products: rea
 
 class Attention(nn.Module):
     """q, k and v come from one fused linear (rows: n_head*head_dim for q, then n_kv_head*head_dim each for
-    k and v), so a forward pass is one matmul in and one out."""
+    k and v), so a forward pass is one matmul in and one out. `bias` gives both linears biases; `qkv_bias`, where
+    not None, decides the fused one's alone (Qwen2: biases on q, k and v, none on the output projection)."""
 
     # The dtypes the decode kernel runs here, set by the first fast decode step (which builds it); until then none: a
     # static cache used without one (DecoderLM.new_cache(static=True)) keeps torch's attention.
     decode_dtypes: tuple[torch.dtype, ...] = ()
 
     def __init__(self, dim: int, *, n_head: int, n_kv_head: int | None = None, head_dim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0, kernel: str = "sdpa") -> None:
+                 bias: bool = True, qkv_bias: bool | None = None, dropout: float = 0.0,
+                 kernel: str = "sdpa") -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"unknown attention kernel {kernel!r}; valid: {', '.join(KERNELS)}")
@@ -50,7 +52,7 @@ class Attention(nn.Module):
 
             _FAST_CPU_BF16 = cpu_has_fast_bf16()
         self.q_dim, self.kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        self.qkv = nn.Linear(dim, self.q_dim + 2 * self.kv_dim, bias=bias)
+        self.qkv = nn.Linear(dim, self.q_dim + 2 * self.kv_dim, bias=bias if qkv_bias is None else qkv_bias)
         self.proj = nn.Linear(self.q_dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor, *, rope: tuple[torch.Tensor, torch.Tensor] | None = None,

@@ -85,6 +85,8 @@ BAD = [
     ("sliding_window", dict(sliding_window=0), "sliding_window", "must be >= 1 or None"),
     ("sliding_window-causal", dict(sliding_window=8, causal=False), "sliding_window", "needs causal=True"),
     ("bias", dict(bias="no"), "bias", "expected bool"),
+    ("qkv_bias", dict(qkv_bias="no"), "qkv_bias", "expected bool or None"),
+    ("qkv_bias-bias", dict(qkv_bias=False), "qkv_bias", "False needs bias=False"),
     ("tie_embeddings", dict(tie_embeddings=1), "tie_embeddings", "expected bool"),
     ("layer_scale", dict(layer_scale=0.0), "layer_scale", "must be > 0 or None"),
     ("drop_path", dict(drop_path=1.0), "drop_path", "must be in [0, 1)"),
