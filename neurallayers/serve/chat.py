@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from neurallayers.data.chat import DEFAULT_STOP, check_template_kwargs, render_chat
 from neurallayers.serve.errors import bad_request
-from neurallayers.serve.schemas import ChatMessage, ChatRequest
+from neurallayers.serve.schemas import ChatMessage, ChatRequest, TokenizeRequest
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict]:
@@ -25,8 +25,8 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict]:
     return out
 
 
-def template_options(req: ChatRequest) -> dict:
-    """render()'s options from a chat request, checked as vLLM checks them.
+def template_options(req: ChatRequest | TokenizeRequest) -> dict:
+    """render()'s options from a chat request (or a /tokenize of messages), checked as vLLM checks them.
 
     Raises:
         APIError: 400 naming the field: continue_final_message with add_generation_prompt sent true, or with a last

@@ -7,7 +7,7 @@ import json
 
 from neurallayers.serve.errors import error_body
 
-OPEN_PATHS = frozenset({"/health"})  # answer without a key (load balancers, liveness probes)
+OPEN_PATHS = frozenset({"/health", "/ping"})  # answer without a key (load balancers, liveness probes)
 MAX_BODY_BYTES = 32 * 2**20  # a request body larger than this is refused (413) before it is read
 
 

@@ -1,4 +1,5 @@
-"""The routes beyond OpenAI's: /health, /metrics, /tokenize, /detokenize, /predict, /batch_predict, /reload.
+"""The routes beyond OpenAI's: /health (and vLLM's /ping), /version, /metrics, /tokenize, /detokenize, /predict,
+/batch_predict, /reload.
 
 No `from __future__ import annotations` here: the handlers' annotations must be real classes when FastAPI reads
 them, and `Request` is imported inside `register` (fastapi stays an optional dependency).
@@ -26,8 +27,12 @@ from neurallayers.serve.schemas import (
     ReloadResponse,
     TokenizeRequest,
     TokenizeResponse,
+    Version,
 )
 from neurallayers.serve.streaming import collect, submit_all
+
+# /tokenize fields that only mean something for messages: with a prompt they are refused, not ignored
+CHAT_ONLY = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs")
 
 
 def register(app, *, holder, metrics, draining) -> None:
@@ -42,6 +47,16 @@ def register(app, *, holder, metrics, draining) -> None:
         if draining():
             return JSONResponse({"status": "draining", "model": holder.current.name}, status_code=503)
         return {"status": "ok", "model": holder.current.name}
+
+    @app.get("/ping", response_model=Health, tags=["ops"], responses={503: {"description": "shutting down"}})
+    async def ping():
+        """/health under vLLM's other name for it (SageMaker probes GET /ping)."""
+        return await health()
+
+    @app.get("/version", response_model=Version, tags=["ops"])
+    async def version():
+        """The server's version, as vLLM's /version gives its own."""
+        return {"version": app.version}
 
     @app.get("/metrics", tags=["ops"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
@@ -59,16 +74,23 @@ def register(app, *, holder, metrics, draining) -> None:
         if req.messages is not None:
             if not req.messages:
                 raise bad_request("messages is empty", "messages")
-            text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages)
+            # the chat route's options and checks, so these are the ids it counts in usage.prompt_tokens
+            options = chat_template.template_options(req)
+            text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages, **options)
+        elif sent := [name for name in CHAT_ONLY if name in req.model_fields_set]:
+            raise bad_request(f"{sent[0]} applies to messages, not to a prompt", sent[0])
         # the ids the model is fed: a prompt's with the tokenizer's own specials (an encoder's [CLS] / [SEP], a
-        # Llama's bos), a rendered chat's as they are (its template holds them)
-        special = req.messages is None or served.kind == "encoder"
+        # Llama's bos), a rendered chat's as they are (its template holds them), unless add_special_tokens says
+        special = req.add_special_tokens
+        if special is None:
+            special = req.messages is None or served.kind == "encoder"
         # Every id, even past the context length, as vLLM answers (a client learns how much to cut; the body limit
         # bounds the text). encode_batch, unlike encode, lets go of the GIL while it works, and the response is built
         # here, not by FastAPI's validation on the event loop: both take seconds for megabytes of text.
         ids = (await run_in_threadpool(functools.partial(served.tokenizer.encode_batch, add_special_tokens=special),
                                        [text]))[0]
-        body = await run_in_threadpool(_tokenize_body, ids, served.max_model_len)
+        strs = served.tokenizer.id_to_token if req.return_token_strs else None
+        body = await run_in_threadpool(_tokenize_body, ids, served.max_model_len, strs)
         return Response(body, media_type="application/json")
 
     @app.post("/detokenize", response_model=DetokenizeResponse, tags=["tokens"])
@@ -80,7 +102,10 @@ def register(app, *, holder, metrics, draining) -> None:
             bad = [t for t in req.tokens if not 0 <= t < vocab]
             raise bad_request(f"tokens holds ids outside the tokenizer's vocabulary [0, {vocab}): {bad[:5]}",
                               "tokens", code="invalid_token_id")
-        return {"prompt": await run_in_threadpool(served.tokenizer.decode, req.tokens)}
+        # special tokens kept, as vLLM decodes: a chat template's markers and a bos tokenize back to the same ids
+        text = await run_in_threadpool(functools.partial(served.tokenizer.decode, skip_special_tokens=False),
+                                       req.tokens)
+        return {"prompt": text}
 
     async def predict_many(prompts: list[str], req, raw: Request, *, param: str = "prompt") -> list[dict]:
         """raw: the HTTP request (a client that leaves cancels its generations); param: the request field that holds
@@ -129,8 +154,12 @@ def register(app, *, holder, metrics, draining) -> None:
         return {"model": new.name, "previous": old.name}
 
 
-def _tokenize_body(ids: list[int], max_model_len: int, slice_size: int = 65536) -> bytes:
-    """The /tokenize response as JSON, written a slice at a time so the GIL passes to the event loop in between."""
-    tokens = ",".join(json.dumps(ids[i:i + slice_size], separators=(",", ":"))[1:-1]
-                      for i in range(0, len(ids), slice_size))
-    return f'{{"tokens":[{tokens}],"count":{len(ids)},"max_model_len":{max_model_len}}}'.encode()
+def _tokenize_body(ids: list[int], max_model_len: int, token_str=None, slice_size: int = 65536) -> bytes:
+    """The /tokenize response as JSON, written a slice at a time so the GIL passes to the event loop in between;
+    token_str: id -> its token string, for vLLM's token_strs (left out when None)."""
+    def joined(values: list) -> str:
+        return ",".join(json.dumps(values[i:i + slice_size], separators=(",", ":"))[1:-1]
+                        for i in range(0, len(values), slice_size))
+
+    strs = "" if token_str is None else f',"token_strs":[{joined([token_str(i) for i in ids])}]'
+    return f'{{"tokens":[{joined(ids)}],"count":{len(ids)},"max_model_len":{max_model_len}{strs}}}'.encode()

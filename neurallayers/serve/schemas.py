@@ -99,7 +99,8 @@ class Sampling(OpenAIRequest):
     top_k: int = Field(0, ge=-1, description="0 or -1 (vLLM's) disables it")
     min_p: float = Field(0.0, ge=0, le=1)
     n: int = Field(1, ge=1, le=MAX_N, description="choices per prompt")
-    best_of: int | None = Field(None, ge=1, description="only equal to n: choosing the best of more is not supported")
+    best_of: int | None = Field(None, ge=1, le=MAX_N, description="only equal to n: choosing the best of more is not "
+                                "supported")
     min_tokens: int = Field(0, ge=0, description="end-of-text and stop_token_ids are held back until this many "
                             "tokens are generated (vLLM's)")
     truncate_prompt_tokens: int | None = Field(None, ge=1, description="keep only the last k tokens of each prompt "
@@ -119,11 +120,14 @@ class Sampling(OpenAIRequest):
     logit_bias: dict[str, Bias] | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
     user: str | None = Field(None, description="accepted and ignored")
     response_format: dict | None = Field(None, description='only {"type": "text"}: output is never constrained')
-    use_beam_search: bool = Field(False, description="vLLM's; only false")
-    length_penalty: float = Field(1.0, description="vLLM's (beam search); only 1")
-    include_stop_str_in_output: bool = Field(False, description="vLLM's; only false")
-    skip_special_tokens: bool = Field(True, description="vLLM's; only true")
-    spaces_between_special_tokens: bool = Field(True, description="vLLM's; only true")
+    # vLLM's parameters taken at their default only: the schema says so (enum), the check names the field
+    use_beam_search: bool = Field(False, description="vLLM's; only false", json_schema_extra={"enum": [False]})
+    length_penalty: float = Field(1.0, description="vLLM's (beam search); only 1", json_schema_extra={"enum": [1.0]})
+    include_stop_str_in_output: bool = Field(False, description="vLLM's; only false",
+                                             json_schema_extra={"enum": [False]})
+    skip_special_tokens: bool = Field(True, description="vLLM's; only true", json_schema_extra={"enum": [True]})
+    spaces_between_special_tokens: bool = Field(True, description="vLLM's; only true",
+                                                json_schema_extra={"enum": [True]})
 
 
 class CompletionRequest(Sampling):
@@ -181,15 +185,26 @@ class EmbeddingRequest(OpenAIRequest):
     user: str | None = None
 
 
-class TokenizeRequest(Strict):
+class TokenizeRequest(OpenAIRequest):
+    """vLLM's /tokenize: a prompt's ids as /v1/completions reads them, or a chat's as /v1/chat/completions does (the
+    chat options mean what they mean there)."""
+
     model: str | None = None
     prompt: Text | None = Field(None, description="text to tokenize (give this or messages)")
     messages: list[ChatMessage] | None = Field(None, description="a chat, rendered with the chat template")
+    add_special_tokens: bool | None = Field(None, description="run the text through the tokenizer's post-processor "
+                                            "(a bos); default: true for a prompt, false for messages (the template "
+                                            "writes its own), as vLLM and the generating routes do")
+    return_token_strs: bool = Field(False, description="also return each id's token string (vLLM's)")
+    add_generation_prompt: bool = Field(True, description="messages only: as in /v1/chat/completions")
+    continue_final_message: bool = Field(False, description="messages only: as in /v1/chat/completions")
+    chat_template_kwargs: dict | None = Field(None, description="messages only: as in /v1/chat/completions")
 
 
 class DetokenizeRequest(Strict):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[int] = Field(description="token ids; special ones are kept in the text, as vLLM decodes them, so "
+                              "the text tokenizes back to these ids")
 
 
 class PredictRequest(Strict):
@@ -289,8 +304,17 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "neurallayers"
+    root: str | None = Field(None, description="vLLM's: the model this one is built on; here the model itself")
+    parent: str | None = Field(None, description="vLLM's: the base model of an adapter; none here")
     max_model_len: int
     kind: Literal["decoder", "encoder"]
+
+    @model_validator(mode="after")
+    def _root_is_the_model(self) -> ModelCard:
+        # vLLM names a served model's source in root (clients read it beside id); no adapters here, so it is the id
+        if self.root is None:
+            self.root = self.id
+        return self
 
 
 class ModelList(BaseModel):
@@ -315,6 +339,11 @@ class TokenizeResponse(BaseModel):
     tokens: list[int]
     count: int
     max_model_len: int
+    token_strs: list[str] | None = Field(None, description="with return_token_strs: each id's token string")
+
+
+class Version(BaseModel):
+    version: str
 
 
 class DetokenizeResponse(BaseModel):
