@@ -80,7 +80,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         device = resolve_device(device, what="device")
     path = resolve_model_path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such run directory or model folder: {path}")
+        raise FileNotFoundError(f"no such run directory or model folder: {path}{_preset_hint(path)}")
     if not path.is_dir():
         raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
     if (path / "config.yaml").is_file():
@@ -100,6 +100,18 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     warn_if_slow_bf16(dtype, device)
     _warn_if_fp16_on_cpu(model)
     return model.eval(), tokenizer
+
+
+def _preset_hint(path: Path) -> str:
+    """How to get a model of a preset's name: a preset is a shape without weights, and load("gpt2") said only that
+    no such folder exists."""
+    from neurallayers.presets import PRESETS
+
+    name = str(path)
+    if name not in PRESETS:
+        return ""
+    return (f"; {name!r} is a preset, a model shape without trained weights: build it untrained with "
+            f"build_model(ModelConfig.from_name({name!r})), or train it (neurallayers train --preset {name})")
 
 
 def is_checkpoint_folder(path: Path) -> bool:

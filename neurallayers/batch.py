@@ -120,6 +120,8 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
             except json.JSONDecodeError as e:  # a plain-text prompt file is the likely cause: say what a line is
                 hint = "" if line.lstrip().startswith("{") else '; each line is a JSON object such as {"prompt": "..."}'
                 raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+            except ValueError as e:  # an integer of over 4300 digits (Python's limit): the error named no line
+                raise ValueError(f"{where}: {e}") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected a JSON object like {{\"prompt\": \"...\"}}, "
                                  f"got {type(record).__name__}")
@@ -410,8 +412,9 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
         input_path: the input JSONL (see read_inputs).
         output_path: `.jsonl` for results; for embeddings also `.npy` or `.npz`.
         config: generation settings (default GenerationConfig()); lines may override LINE_PARAMS.
-        batch_size: prompts (or texts) per forward batch. In fp32 results do not depend on it, so it may change on
-            resume; in bf16 a batch of other rows can round differently (matrix kernels differ by shape).
+        batch_size: prompts (or texts) per forward batch. Keep it on resume for a file equal byte for byte to an
+            uninterrupted run's: rows batched with others round differently (matrix kernels differ by shape), in fp32
+            at the last bit of some embeddings (about 1e-7; a changed token only at a near tie), more in bf16.
         pooling, normalize, max_length: embedding settings, as in neurallayers.embeddings.embed (pooling None:
             the model's).
         model_files: what identifies the model's files (model_files_identity); part of the fingerprint. None: a
@@ -473,6 +476,7 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
         record = _Progress(output, fingerprint, len(items))
         earlier = record.open(overwrite=overwrite)
         if earlier is not None and earlier["complete"]:
+            shutil.rmtree(record.parts, ignore_errors=True)  # a run killed after its last record, before this
             return BatchResult(output=output, total=len(items), resumed=len(items), computed=0)
 
         from tqdm.auto import tqdm
@@ -610,6 +614,13 @@ def _npz_ids(items: list[BatchItem], *, source: Path) -> list[str | int]:
     return [str(i) for i in ids]
 
 
+class _Writer:
+    """A file seen only through its write() method, whose errors raise."""
+
+    def __init__(self, file) -> None:
+        self.write = file.write
+
+
 def _finish_vectors(record: _Progress, items: list[BatchItem]) -> None:
     """Join the parts into the NPY/NPZ output in input order (atomically), mark the run complete, drop the parts."""
     import numpy as np
@@ -620,7 +631,9 @@ def _finish_vectors(record: _Progress, items: list[BatchItem]) -> None:
         raise RuntimeError(f"batch parts are missing the records of lines {missing[:5]}")
     matrix = np.stack([done[it.index] for it in items]).astype(np.float32)  # (N, C)
     if record.output.suffix.lower() == ".npy":
-        _write_atomic(record.output, lambda f: np.save(f, matrix))
+        # through write(): given a real file, np.save writes with C's fwrite and ignores its errors, so a full disk
+        # left a cut-off .npy marked complete
+        _write_atomic(record.output, lambda f: np.save(_Writer(f), matrix))
     else:
         ids = _npz_ids(items, source=record.output)
         id_array = np.array(ids, dtype=np.int64 if all(isinstance(i, int) for i in ids) else str)
