@@ -31,22 +31,6 @@ def run_dir(tmp_path_factory):
     return write_run_dir(tmp_path_factory.mktemp("serve") / "tiny-char")
 
 
-@pytest.fixture(scope="module")
-def loaded(run_dir):
-    return neurallayers.load(run_dir)
-
-
-@pytest.fixture(scope="module")
-def server(run_dir):
-    with serving(run_dir, max_concurrency=4, max_queue=16) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
 def oracle(loaded, prompt, **kw):
     model, tok = loaded
     return neurallayers.generate(model, tok, prompt, **kw)[0]

@@ -32,17 +32,6 @@ def hf(run_dir):
     return tok, transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=TEMPLATE)
 
 
-@pytest.fixture(scope="module")
-def server(run_dir):
-    with serving(run_dir, max_concurrency=4, max_queue=16) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
 def chat(client, messages, **extra):
     return client.chat.completions.create(model="tiny-char", messages=messages, max_tokens=6, temperature=0,
                                           extra_body=extra)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from nl_serve_helpers import assert_ok_after, serving, write_run_dir
+from nl_serve_helpers import assert_ok_after, write_run_dir
 
 import neurallayers
 from neurallayers.data.tokenizers import Tokenizer
@@ -44,17 +44,6 @@ def hf(run_dir):
     tok = neurallayers.load(run_dir)[1]
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=TEMPLATE,
                                                 bos_token=tok.bos_token, eos_token=tok.eos_token)
-
-
-@pytest.fixture(scope="module")
-def server(run_dir):
-    with serving(run_dir, max_concurrency=4, max_queue=16) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def tokenize(server, **body) -> httpx.Response:

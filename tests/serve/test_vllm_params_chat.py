@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from nl_serve_helpers import serving, write_run_dir
+from nl_serve_helpers import write_run_dir
 
 import neurallayers
 from neurallayers.data.chat import render_chat
@@ -23,22 +23,6 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     return write_run_dir(tmp_path_factory.mktemp("vllm-chat") / "tiny-char", chat_template=TEMPLATE)
-
-
-@pytest.fixture(scope="module")
-def loaded(run_dir):
-    return neurallayers.load(run_dir)
-
-
-@pytest.fixture(scope="module")
-def server(run_dir):
-    with serving(run_dir, max_concurrency=4, max_queue=16) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def chat(client, messages=HI, **extra):

@@ -21,22 +21,6 @@ def run_dir(tmp_path_factory):
     return write_run_dir(tmp_path_factory.mktemp("vllm") / "tiny-char")
 
 
-@pytest.fixture(scope="module")
-def loaded(run_dir):
-    return neurallayers.load(run_dir)
-
-
-@pytest.fixture(scope="module")
-def server(run_dir):
-    with serving(run_dir, max_concurrency=4, max_queue=16) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
 def complete(client, prompt=PROMPT, **kw):
     kw = {"max_tokens": 8, "temperature": 0, **kw}
     extra = {k: kw.pop(k) for k in list(kw) if k not in ("max_tokens", "temperature", "seed", "n", "logit_bias")}
