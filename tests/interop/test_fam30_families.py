@@ -1,25 +1,21 @@
-"""Decoder families against transformers on random weights: logits, loss, KV-cache decoding and greedy generation
-equal both ways (a transformers folder loaded here, our export loaded by transformers); families and fields we do
-not build refused by name."""
+"""Decoder families against transformers on random weights: logits (left-padded batches too), loss, KV-cache decoding
+and greedy generation equal both ways (a transformers folder loaded here, our export loaded by transformers); families
+and fields we do not build refused by name."""
 
 from __future__ import annotations
 
-import copy
-import inspect
 import os
 
 import pytest
 import torch
+from nl_hf_oracle import VOCAB, assert_same_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 from neurallayers.api import load  # noqa: E402
-from neurallayers.generation import GenerationConfig, generate_ids  # noqa: E402
 from neurallayers.interop.hf import save_hf  # noqa: E402
 
-VOCAB = 96
-SEQ = 12
 GPT2 = dict(vocab_size=VOCAB, n_positions=40, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2)
 LLAMA = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=48, max_position_embeddings=40)
@@ -63,43 +59,6 @@ def hf_model(case: str) -> torch.nn.Module:
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     return model
-
-
-def hf_cached_logits(ref: torch.nn.Module, ids: torch.Tensor, prefill: int) -> torch.Tensor:
-    name = "cache" if "cache" in inspect.signature(ref.forward).parameters else "past_key_values"  # 5.x renamed it
-    out = ref(ids[:, :prefill], use_cache=True)
-    logits = [out.logits]
-    for p in range(prefill, ids.shape[1]):
-        out = ref(ids[:, p:p + 1], use_cache=True, **{name: getattr(out, name)})
-        logits.append(out.logits)
-    return torch.cat(logits, dim=1)
-
-
-def our_cached_logits(ours: torch.nn.Module, ids: torch.Tensor, prefill: int) -> torch.Tensor:
-    cache = ours.new_cache(ids.shape[0], ids.shape[1])
-    logits = [ours(ids[:, :prefill], cache=cache).logits]
-    logits += [ours(ids[:, p:p + 1], cache=cache, input_pos=p).logits for p in range(prefill, ids.shape[1])]
-    return torch.cat(logits, dim=1)
-
-
-def assert_same_model(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
-    """Logits, loss, cached decoding and greedy generation of `ours` equal transformers' `ref` (fresh copies of it:
-    dynamic NTK scaling keeps state)."""
-    ids = torch.randint(3, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
-    targets = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
-    with torch.no_grad():
-        expected = copy.deepcopy(ref)(ids, labels=ids)
-        got = ours(ids, targets=targets)
-        torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=0)
-        torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=0)
-        torch.testing.assert_close(our_cached_logits(ours, ids, 5), hf_cached_logits(copy.deepcopy(ref), ids, 5),
-                                   atol=1e-5, rtol=0)
-        prompt = ids[:1, :4]
-        n = 16
-        want = copy.deepcopy(ref).generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                           eos_token_id=None, pad_token_id=0)[0, 4:].tolist()
-    config = GenerationConfig(temperature=0.0, max_new_tokens=n, ignore_eos=True)
-    assert generate_ids(ours, prompt.tolist(), config, eos_ids=[])[0].token_ids == want
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -4,26 +4,22 @@ counts equal; sliding-window settings and fields we do not build refused by name
 
 from __future__ import annotations
 
-import copy
-import inspect
 import json
 import os
 
 import pytest
 import torch
+from nl_hf_oracle import VOCAB, assert_same_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 from neurallayers import ModelConfig, build_model  # noqa: E402
 from neurallayers.api import load  # noqa: E402
-from neurallayers.generation import GenerationConfig, generate_ids  # noqa: E402
 from neurallayers.interop import qwen2  # noqa: E402
 from neurallayers.interop.hf import save_hf  # noqa: E402
 from neurallayers.weights import CheckpointError, read_safetensors, save_safetensors  # noqa: E402
 
-VOCAB = 96
-SEQ = 12
 BASE = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=48, max_position_embeddings=40)
 CASES = {  # name -> Qwen2Config kwargs over BASE
@@ -58,50 +54,6 @@ def hf_model(case: str, seed: int = 0) -> torch.nn.Module:
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     return model
-
-
-def hf_cached_logits(ref: torch.nn.Module, ids: torch.Tensor, prefill: int) -> torch.Tensor:
-    name = "cache" if "cache" in inspect.signature(ref.forward).parameters else "past_key_values"  # 5.x renamed it
-    out = ref(ids[:, :prefill], use_cache=True)
-    logits = [out.logits]
-    for p in range(prefill, ids.shape[1]):
-        out = ref(ids[:, p:p + 1], use_cache=True, **{name: getattr(out, name)})
-        logits.append(out.logits)
-    return torch.cat(logits, dim=1)
-
-
-def our_cached_logits(ours: torch.nn.Module, ids: torch.Tensor, prefill: int) -> torch.Tensor:
-    cache = ours.new_cache(ids.shape[0], ids.shape[1])
-    logits = [ours(ids[:, :prefill], cache=cache).logits]
-    logits += [ours(ids[:, p:p + 1], cache=cache, input_pos=p).logits for p in range(prefill, ids.shape[1])]
-    return torch.cat(logits, dim=1)
-
-
-def assert_same_model(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
-    """Logits (plain and left-padded), loss, cached decoding and greedy generation of `ours` equal transformers' `ref`
-    (fresh copies of it: dynamic NTK scaling keeps state)."""
-    ids = torch.randint(3, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
-    targets = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
-    with torch.no_grad():
-        expected = copy.deepcopy(ref)(ids, labels=ids)
-        got = ours(ids, targets=targets)
-        torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=0)
-        torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=0)
-        torch.testing.assert_close(our_cached_logits(ours, ids, 5), hf_cached_logits(copy.deepcopy(ref), ids, 5),
-                                   atol=1e-5, rtol=0)
-        if (ours.config.rope_scaling or {}).get("type") != "dynamic":  # which scales a padded batch by its own rule
-            mask = torch.ones_like(ids)
-            mask[1, :4] = 0
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            a = ours(ids, attention_mask=mask, position_ids=pos).logits
-            b = copy.deepcopy(ref)(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-            torch.testing.assert_close(a[mask.bool()], b[mask.bool()], atol=1e-5, rtol=0)
-        prompt = ids[:1, :4]
-        n = 16
-        want = copy.deepcopy(ref).generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                           eos_token_id=None, pad_token_id=0)[0, 4:].tolist()
-    config = GenerationConfig(temperature=0.0, max_new_tokens=n, ignore_eos=True)
-    assert generate_ids(ours, prompt.tolist(), config, eos_ids=[])[0].token_ids == want
 
 
 @pytest.mark.parametrize("case", list(CASES))
