@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+from types import SimpleNamespace
 
 import torch
+from torch import nn
 
 from neurallayers.config import ModelConfig
 from neurallayers.generation import rowdot
@@ -103,3 +105,22 @@ def check_rowdot(dtype: torch.dtype, out_features: int, in_features: int, rows: 
     # output is rounded to bf16 (8 significant bits) before the op widens it
     rounded = rows is not None and dtype == torch.bfloat16 and dtype not in rowdot.batch_dtypes()
     torch.testing.assert_close(got.double(), want, atol=1e-4 * in_features ** 0.5, rtol=2**-8 if rounded else 1e-5)
+
+
+class MarkovLM(nn.Module):
+    """A stub decoder whose next-token logits depend on the last token only (a random V x V table): thousands of
+    speculative runs take a second."""
+
+    def __init__(self, seed: int, scale: float, vocab: int = 6, block_size: int = 64) -> None:
+        super().__init__()
+        self.table = torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+        self.wte = nn.Embedding(vocab, 1)
+        self.config = SimpleNamespace(vocab_size=vocab, block_size=block_size, position="learned", rope_scaling=None,
+                                      causal=True)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> None:
+        return None
+
+    def forward(self, ids: torch.Tensor, *, logits_to_keep: int = 0, **_) -> SimpleNamespace:
+        logits = self.table[ids]  # (B, T, V)
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from nl_gen_helpers import UNICODE_TEXT, memorized_lm, unicode_tokenizer
+from nl_gen_helpers import UNICODE_TEXT, MarkovLM, memorized_lm, unicode_tokenizer
 from nl_search_helpers import chi2, chi2_threshold, tiny
 from torch import nn
 
@@ -140,25 +140,6 @@ def test_speculative_greedy_takes_the_argmax_of_the_scores_not_of_their_softmax(
     for draft in (target, RowLM(torch.zeros(8))):  # a draft that proposes the rounded argmax, and a flat one
         ((got,),) = speculative_decode(target, draft, [[3]], cfg.replace(num_speculative_tokens=2), eos_ids=[])
         assert got.token_ids == plain.token_ids
-
-
-class MarkovLM(nn.Module):
-    """A stub decoder whose next-token logits depend on the last token only (a random V x V table): thousands of
-    speculative runs take a second."""
-
-    def __init__(self, seed: int, scale: float, vocab: int = 6, block_size: int = 64) -> None:
-        super().__init__()
-        self.table = torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(seed)) * scale
-        self.wte = nn.Embedding(vocab, 1)
-        self.config = SimpleNamespace(vocab_size=vocab, block_size=block_size, position="learned", rope_scaling=None,
-                                      causal=True)
-
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> None:
-        return None
-
-    def forward(self, ids: torch.Tensor, *, logits_to_keep: int = 0, **_) -> SimpleNamespace:
-        logits = self.table[ids]  # (B, T, V)
-        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
 
 @torch.inference_mode()

@@ -5,10 +5,10 @@ and beam search finishes hypotheses at stop strings as transformers does."""
 from __future__ import annotations
 
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
 import torch
+from nl_gen_helpers import MarkovLM
 from nl_search_helpers import chi2, chi2_threshold, hf_and_ours, tiny
 from torch import nn
 
@@ -19,24 +19,6 @@ from neurallayers.generation.speculative import speculative_decode
 
 V = 8
 PROMPT = [1, 5, 2]
-
-
-class Markov(nn.Module):
-    """A stub decoder whose next-token logits depend only on the last token (a fixed V x V table): the speculative
-    loop runs in microseconds, and penalties still make the distribution depend on the whole history."""
-
-    def __init__(self, seed: int, scale: float) -> None:
-        super().__init__()
-        self.table = torch.randn(V, V, generator=torch.Generator().manual_seed(seed)) * scale
-        self.wte = nn.Embedding(V, 1)
-        self.config = SimpleNamespace(vocab_size=V, block_size=64, position="learned", rope_scaling=None, causal=True)
-
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> None:
-        return None
-
-    def forward(self, ids: torch.Tensor, *, logits_to_keep: int = 0, **_) -> SimpleNamespace:
-        logits = self.table[ids]  # (B, T, V)
-        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
 
 @torch.inference_mode()
@@ -86,7 +68,7 @@ def test_plain_sampling_follows_the_processed_distribution(settings: dict) -> No
     ids=str,
 )
 def test_speculative_sampling_keeps_the_targets_distribution_with_penalties(settings: dict) -> None:
-    target, draft, n = Markov(0, 1.0), Markov(1, 3.0), 1500  # a peaked draft far from the target
+    target, draft, n = MarkovLM(0, 1.0, V), MarkovLM(1, 3.0, V), 1500  # a peaked draft far from the target
     cfg = GenerationConfig(max_new_tokens=3, num_speculative_tokens=2, ignore_eos=True, **settings)
     counts = Counter()
     for seed in range(n):
