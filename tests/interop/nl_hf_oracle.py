@@ -14,6 +14,15 @@ VOCAB = 96  # the test models' vocabulary and sequence length
 SEQ = 12
 
 
+def perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with random norms and biases (initialised to ones and zeros), so a swapped or dropped one cannot pass."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
 def hf_cached_logits(ref: torch.nn.Module, ids: torch.Tensor, prefill: int) -> torch.Tensor:
     name = "cache" if "cache" in inspect.signature(ref.forward).parameters else "past_key_values"  # 5.x renamed it
     out = ref(ids[:, :prefill], use_cache=True)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from nl_hf_oracle import VOCAB, assert_same_model
+from nl_hf_oracle import VOCAB, assert_same_model, perturbed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -53,12 +53,7 @@ def hf_model(case: str) -> torch.nn.Module:
     cls, kwargs = CASES[case]
     config_class = transformers.GPT2Config if cls.startswith("GPT2") else getattr(transformers, cls[:-11] + "Config")
     torch.manual_seed(0)
-    model = getattr(transformers, cls)(config_class(**kwargs)).eval()
-    with torch.no_grad():  # random norms and biases, so a swapped or dropped one cannot pass
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return perturbed(getattr(transformers, cls)(config_class(**kwargs)).eval())
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from nl_hf_oracle import VOCAB, assert_same_model
+from nl_hf_oracle import VOCAB, assert_same_model, perturbed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -48,12 +48,7 @@ WINDOWS = {"window-every-layer": 3}  # our sliding_window per case (None elsewhe
 
 def hf_model(case: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**(BASE | CASES[case]))).eval()
-    with torch.no_grad():  # random norms and biases, so a swapped or dropped one cannot pass
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return perturbed(transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**(BASE | CASES[case]))).eval())
 
 
 @pytest.mark.parametrize("case", list(CASES))
