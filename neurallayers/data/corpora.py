@@ -208,14 +208,15 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
             files inside a folder or glob are read as JSON lines too. A .json file named or globbed is records as
             the `datasets` library reads it (an array of them, or JSON lines); in a folder it is text. `~` is
             expanded. Text is UTF-8, or UTF-16 / UTF-32 after their byte-order mark; a file reached by several names
-            is read once.
+            (symlinks, hard links) is read once. A glob's documents are named from its folder before the first
+            wildcard.
         text_field: The records' field holding the text. A record without it raises `ValueError` naming
             the line when the documents are read.
 
     Raises:
         FileNotFoundError: Nothing exists at `spec` (or the glob matches no file).
-        ValueError: The folder or the glob's files hold no text files (binary or compressed only), or `spec` is
-            empty.
+        ValueError: The folder or the glob's files hold no text files (binary or compressed only), the file named
+            is binary or compressed, or `spec` is empty.
     """
     spec = os.path.expanduser(str(spec))  # as data.tokenizer and data.cache_dir are
     if not spec:  # Path("") is the working directory: an unset variable would train on every file below it
@@ -227,6 +228,8 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
         return FileCorpus("python-stdlib", _walk(root, suffix=".py", skip=_STDLIB_SKIP), root=root)
     path = Path(spec)
     if path.is_file():
+        if _looks_binary(path):  # a folder skips it; named, its bytes were text: nanoGPT's train.bin trained silently
+            raise ValueError(_not_text(path))
         return FileCorpus(path.name, [path], root=path.parent, text_field=text_field, json_records=True)
     if path.is_dir():
         found = _walk(path)
@@ -244,9 +247,16 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
                 raise ValueError(f"glob {spec!r} matches no text files{_binary_note(matched)}; expected {_SPEC_FORMS}")
             raise FileNotFoundError(f"glob {spec!r} matches no files; expected {_SPEC_FORMS}")
         _warn_compressed(spec, matched, files)
-        root = Path(os.path.commonpath([p.parent for p in files]))
-        return FileCorpus(spec, files, root=root, text_field=text_field, json_records=True)
+        return FileCorpus(spec, files, root=_glob_root(spec), text_field=text_field, json_records=True)
     raise FileNotFoundError(f"no corpus {spec!r}: expected {_SPEC_FORMS}")
+
+
+def _glob_root(spec: str) -> Path:
+    """The folder a glob's document names are relative to: its path up to the first part with a wildcard. The matches'
+    common folder moved when a file was added beside them ("data/**/*.txt" and a first file in data/b/), renaming
+    every document, and the train/val split, drawn by name, changed nearly whole."""
+    parts = Path(spec).parts
+    return Path(*parts[:next(i for i, part in enumerate(parts) if glob.has_magic(part))])
 
 
 def chunk_document(doc: Document, max_chars: int) -> list[Document]:
@@ -316,11 +326,12 @@ def _walk(root: Path, *, suffix: str | None = None, skip: set[str] | frozenset[s
 
 
 def _unique(paths: list[Path]) -> list[Path]:
-    """`paths` without the ones that resolve to a file listed earlier (reached through a symlink), so that no text
-    is read twice, nor lands in both train and val."""
+    """`paths` without the ones that are a file listed earlier (reached through a symlink, or a hard link: the same
+    inode under another name), so that no text is read twice, nor lands in both train and val."""
     seen, kept = set(), []
     for path in paths:
-        real = os.path.realpath(path)
+        st = path.stat()
+        real = (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)  # no inode numbers (FAT): the path
         if real not in seen:
             seen.add(real)
             kept.append(path)
@@ -382,6 +393,14 @@ def _looks_binary(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(8192)
     return b"\0" in head and _text_encoding(head) == "utf-8-sig"
+
+
+def _not_text(path: Path) -> str:
+    """Why a file named as the corpus, which `_looks_binary`, is not read."""
+    if kind := _compression(path):
+        return f"{str(path)!r} is {kind}-compressed, and compressed files are not read: decompress it first"
+    return (f"{str(path)!r} is not text: a NUL byte in its first 8 KiB (a binary file, token ids such as nanoGPT's "
+            f"train.bin, or UTF-16/32 without its byte-order mark); give a text file, or convert it to UTF-8")
 
 
 def _read_text(path: Path) -> str:

@@ -17,9 +17,11 @@ import secrets
 import shutil
 import socket
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -198,10 +200,18 @@ def split_names(names: list[str], val_fraction: float, seed: int) -> set[str]:
 
     With two or more names and val_fraction > 0, at least one name goes to each side.
     """
-    if val_fraction == 0 or len(names) < 2:
-        return set()
-    n_val = min(max(round(val_fraction * len(names)), 1), len(names) - 1)
-    return set(sorted(names, key=lambda name: _hash(f"{seed}\0{name}"))[:n_val])
+    hashes = np.array([_hash(f"{seed}\0{name}") for name in names], dtype=np.uint64)
+    return {names[i] for i in np.flatnonzero(_val_mask(hashes, val_fraction))}
+
+
+def _val_mask(hashes: np.ndarray, val_fraction: float) -> np.ndarray:
+    """Which pieces go to validation, given their hash(seed, name): as `split_names` chooses."""
+    mask = np.zeros(len(hashes), dtype=bool)
+    if val_fraction == 0 or len(hashes) < 2:
+        return mask
+    n_val = min(max(round(val_fraction * len(hashes)), 1), len(hashes) - 1)
+    mask[np.argsort(hashes, kind="stable")[:n_val]] = True
+    return mask
 
 
 def _build_folder(parent: Path, key: str) -> Path:
@@ -259,7 +269,9 @@ def _last_write(folder: Path) -> float:
 def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, show_progress: bool) -> None:
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
     eos, bos = tokenizer.eos_id, tokenizer.bos_id if sources.get("document_bos") else None
-    spans: list[tuple[str, int, int]] = []  # (piece name, start, length) in all.bin
+    # Per piece: hash(seed, name), start and length in all.bin, 8 bytes each. A list of names and one array view per
+    # piece took ~600 bytes a piece: GBs for a JSON-lines corpus of millions of records.
+    hashes, starts, lengths = array("Q"), array("q"), array("q")
     total = 0
     encode = _piece_encoder(tokenizer)
     with open(out / "all.bin", "wb") as f, tqdm(
@@ -267,51 +279,55 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
         delay=1,  # shown only when it takes a while: a corpus refused at once leaves just its one-line error
     ) as bar:
         for batch in _batches(_pieces(corpus.documents(), sources["chunk_chars"])):
-            for (piece, first, last, starts), ids in zip(batch, encode(batch), strict=True):
+            for (piece, first, last, new), ids in zip(batch, encode(batch), strict=True):
                 if first and bos is not None:
                     ids.insert(0, bos)
                 if last and eos is not None:
                     ids.append(eos)
-                np.asarray(ids, dtype=dtype).tofile(f)
-                if starts:
-                    spans.append((piece.name, total, len(ids)))
+                _write(f, np.asarray(ids, dtype=dtype))
+                if new:
+                    hashes.append(_hash(f"{sources['seed']}\0{piece.name}"))
+                    starts.append(total)
+                    lengths.append(len(ids))
                 else:  # a later part of the same piece
-                    spans[-1] = (piece.name, spans[-1][1], spans[-1][2] + len(ids))
+                    lengths[-1] += len(ids)
                 total += len(ids)
             bar.update(sum(len(p.text) for p, *_ in batch))
     if total == 0:
         raise ValueError(f"corpus {corpus.name!r} has no text to tokenize")
 
-    tokens = np.memmap(out / "all.bin", dtype=dtype, mode="r")
+    tokens = np.asarray(np.memmap(out / "all.bin", dtype=dtype, mode="r"))  # a plain view: slices made quickly
     fraction = sources["val_fraction"]
-    if not round(fraction * len(spans)):
-        # Whole pieces cannot give the fraction: split_names' one val piece of two made val 83% of a 60k-character
-        # file (its 50k piece) or 17%, by the seed. A single piece always comes here.
-        cut = total - (min(max(round(total * fraction), 1), total - 1) if fraction else 0)
-        parts = {"train": [tokens[:cut]], "val": [tokens[cut:]]}
-        n_val_docs = int(cut < total)
-    else:
-        val = split_names([name for name, _, _ in spans], fraction, sources["seed"])
-        parts = {"train": [], "val": []}
-        for name, start, length in spans:
-            parts["val" if name in val else "train"].append(tokens[start : start + length])
-        n_val_docs = len(val)
-    counts = {}
-    for split, arrays in parts.items():
-        with open(out / f"{split}.bin", "wb") as f:
-            for array in arrays:
-                array.tofile(f)
+    with open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
+        if not round(fraction * len(lengths)):
+            # Whole pieces cannot give the fraction: split_names' one val piece of two made val 83% of a 60k-character
+            # file (its 50k piece) or 17%, by the seed. A single piece always comes here.
+            cut = total - (min(max(round(total * fraction), 1), total - 1) if fraction else 0)
+            _write(train, tokens[:cut])
+            _write(val, tokens[cut:])
+            val_tokens, n_val_docs = total - cut, int(cut < total)
+        else:
+            to_val = _val_mask(np.frombuffer(hashes, dtype=np.uint64), fraction)
+            for start, length, v in zip(starts, lengths, to_val.tolist(), strict=True):
+                _write(val if v else train, tokens[start : start + length])
+            val_tokens, n_val_docs = int(np.frombuffer(lengths, dtype=np.int64)[to_val].sum()), int(to_val.sum())
+        for f in (train, val):
             f.flush()
             os.fsync(f.fileno())
-        counts[f"{split}_tokens"] = sum(len(a) for a in arrays)
+    counts = {"train_tokens": total - val_tokens, "val_tokens": val_tokens}
     del tokens
     (out / "all.bin").unlink()
     meta = {**sources, "dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": eos, **counts,
-            "pieces": len(spans), "val_pieces": n_val_docs}
+            "pieces": len(lengths), "val_pieces": n_val_docs}
     with open(out / "meta.json", "w", encoding="utf-8") as f:  # written last: marks the folder complete
         json.dump(meta, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _write(f: BinaryIO, ids: np.ndarray) -> None:
+    # Not ndarray.tofile: its error on a full disk has no errno nor reason, "50049 requested and 48252 written".
+    f.write(np.ascontiguousarray(ids).data)
 
 
 def _piece_encoder(tokenizer: Tokenizer) -> Callable[[list[_Part]], list[list[int]]]:
