@@ -33,7 +33,8 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
                      truncate: int | None = None) -> list[list[int]]:
     """A completions prompt (string, strings, token ids, token-id lists) -> one id list per prompt. Text goes through
     the tokenizer's post-processor unless `special` is False (a rendered chat template holds its own bos), as vLLM
-    does. `truncate` (vLLM's truncate_prompt_tokens): keep only the last that many tokens of each prompt.
+    does. `truncate` (vLLM's truncate_prompt_tokens): keep only the last that many tokens of each prompt (-1: the
+    context length).
 
     Text is tokenized in a worker thread, so a huge prompt does not stall the event loop (and /health); a text that
     certainly has more tokens than the context holds is refused before it is tokenized (unless it is truncated).
@@ -49,6 +50,8 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
         prompt = [prompt]  # one prompt: a flat id list too, not one prompt per id
     if not prompt:
         raise bad_request(f"{param} is empty: give at least one prompt", param)
+    if truncate == -1:
+        truncate = block  # vLLM's "the context length"
     if truncate is not None and truncate > block:  # as vLLM refuses it
         raise bad_request(f"truncate_prompt_tokens={truncate} is over the model's context length {block}",
                           "truncate_prompt_tokens")

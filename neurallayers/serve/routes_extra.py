@@ -53,6 +53,9 @@ def register(app, *, holder, metrics, draining) -> None:
         """/health under vLLM's other name for it (SageMaker probes GET /ping)."""
         return await health()
 
+    # vLLM answers POST /ping too (it got 405 here); the schema lists the GET alone
+    app.add_api_route("/ping", ping, methods=["POST"], include_in_schema=False)
+
     @app.get("/version", response_model=Version, tags=["ops"])
     async def version():
         """The server's version, as vLLM's /version gives its own."""

@@ -33,6 +33,16 @@ def _unicode(text: str) -> str:
 
 Text = Annotated[str, AfterValidator(_unicode)]  # every text field that reaches a tokenizer or a file path
 StopText = Annotated[Text, Field(min_length=1)]
+
+
+def _keeps_a_token(value: int) -> int:
+    if value == 0:
+        raise PydanticCustomError("truncation", "0 would cut the whole prompt: give -1 (the context length) or a "
+                                  "number of tokens to keep, at least 1", {})
+    return value
+
+
+Truncation = Annotated[int, Field(ge=-1), AfterValidator(_keeps_a_token)]  # -1 as vLLM takes it, or at least 1
 Bias = Annotated[float, Field(ge=-100, le=100)]
 
 
@@ -103,8 +113,8 @@ class Sampling(OpenAIRequest):
                                 "supported")
     min_tokens: int = Field(0, ge=0, description="end-of-text and stop_token_ids are held back until this many "
                             "tokens are generated (vLLM's)")
-    truncate_prompt_tokens: int | None = Field(None, ge=1, description="keep only the last k tokens of each prompt "
-                                               "(vLLM's)")
+    truncate_prompt_tokens: Truncation | None = Field(None, description="keep only the last k tokens of each prompt; "
+                                                      "-1: as many as the context length holds (vLLM's)")
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = Field(
         None, description="generation ends before the first of these strings, which is not returned")
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
