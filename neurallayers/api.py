@@ -78,9 +78,9 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         from neurallayers.training.runtime import resolve_device
 
         device = resolve_device(device, what="device")
-    path = resolve_model_path(path)
+    given, path = path, resolve_model_path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such run directory or model folder: {path}{_preset_hint(path)}")
+        raise FileNotFoundError(f"no such run directory or model folder: {path}{_preset_hint(given)}")
     if not path.is_dir():
         raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
     if (path / "config.yaml").is_file():
@@ -102,12 +102,12 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     return model.eval(), tokenizer
 
 
-def _preset_hint(path: Path) -> str:
+def _preset_hint(given: str | Path) -> str:
     """How to get a model of a preset's name: a preset is a shape without weights, and load("gpt2") said only that
-    no such folder exists."""
+    no such folder exists. A path spelt as one (`./tiny`, `tiny/`, a Path) is no preset's name, as `info` reads it."""
     from neurallayers.presets import PRESETS
 
-    name = str(path)
+    name = given if isinstance(given, str) else ""
     if name not in PRESETS:
         return ""
     return (f"; {name!r} is a preset, a model shape without trained weights: build it untrained with "

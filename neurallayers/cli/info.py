@@ -106,7 +106,7 @@ def describe(cfg, *, context: int | None = None, batch_size: int = 1, mask_prob:
                          f"context {cfg.block_size:,}"),
         ("parameters", f"{n:,} ({_div(n, 10**6):.2f} M); {n_body:,} without embeddings"),
         ("FLOPs per token", f"forward {_flops(cfg.flops_per_token(t))}, training {_flops(training)} (context {t:,}"
-                            + (f"; the masked-LM head at {mask_prob:.0%} of the tokens)" if masked else ")")),
+                            + (f"; the masked-LM head at {100 * mask_prob:.3g}% of the tokens)" if masked else ")")),
         ("weights", f"fp32 {_size(4 * n)}, bf16/fp16 {_size(2 * n)}"),
     ]
     if cfg.causal:
@@ -230,12 +230,15 @@ def run(args: argparse.Namespace) -> int:
 def _mask_prob(path: Path) -> float:
     """The share of tokens a masked LM predicts in training: its run config's train.mask_prob (a run directory, one of
     its checkpoints or a run config file), else training's default."""
+    from neurallayers.api import checkpoint_run, is_checkpoint_folder
     from neurallayers.config import read_yaml_file
     from neurallayers.training.config import RunConfig, TrainConfig
 
-    run_file = next((f for f in (path / "config.yaml", path.parent.parent / "config.yaml") if f.is_file()), None) \
-        if path.is_dir() else path if path.suffix.lower() in (".yaml", ".yml") else None
-    data = read_yaml_file(run_file) if run_file else None
+    if path.is_dir():  # only a checkpoint's run: any folder's grandparent was read, another tool's config.yaml too
+        run_file = (checkpoint_run(path) if is_checkpoint_folder(path) else path) / "config.yaml"
+    else:
+        run_file = path if path.suffix.lower() in (".yaml", ".yml") else None
+    data = read_yaml_file(run_file) if run_file and run_file.is_file() else None
     if isinstance(data, dict) and data.keys() & {"model", "train", "data"}:
         return RunConfig.from_dict(data).train.mask_prob
     return TrainConfig.mask_prob

@@ -66,7 +66,10 @@ ARCHITECTURES = {  # HF architecture -> (our head, has a pooler)
 HEAD_ARCHITECTURE = {"none": "BertModel", "mlm": "BertForMaskedLM",
                      "sequence_classification": "BertForSequenceClassification",
                      "token_classification": "BertForTokenClassification"}
-HIDDEN_ACT = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}  # HF name -> our gelu_approx
+# HF name -> our gelu_approx: transformers' ACT2FN names for the exact (erf) GELU and for the tanh approximation
+HIDDEN_ACT = {"gelu": "none", "gelu_python": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh",
+              "gelu_python_tanh": "tanh", "gelu_fast": "tanh", "gelu_accurate": "tanh"}
+EXPORTED_ACT = {"none": "gelu", "tanh": "gelu_pytorch_tanh"}  # the one name written for each
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -133,11 +136,11 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         bad.append(f"pooler=False with head={cfg.head!r} ({arch} always has a pooler)")
     if bad:
         raise ValueError("config cannot be written as a Hugging Face BERT: " + "; ".join(bad))
-    act = {v: k for k, v in HIDDEN_ACT.items() if k != "gelu_new"}[cfg.gelu_approx]
     out = {
         "architectures": [arch], "model_type": "bert", "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
-        "intermediate_size": cfg.intermediate_size, "hidden_act": act, "hidden_dropout_prob": cfg.dropout,
+        "intermediate_size": cfg.intermediate_size, "hidden_act": EXPORTED_ACT[cfg.gelu_approx],
+        "hidden_dropout_prob": cfg.dropout,
         "attention_probs_dropout_prob": cfg.attn_dropout, "max_position_embeddings": cfg.block_size,
         "type_vocab_size": cfg.type_vocab_size, "initializer_range": cfg.init_std, "layer_norm_eps": cfg.norm_eps,
         "pad_token_id": cfg.pad_token_id, "position_embedding_type": "absolute",

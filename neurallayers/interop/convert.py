@@ -82,6 +82,12 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
     if overwrite and dst.is_dir() and is_checkpoint_folder(dst):  # `convert run run/checkpoints/step-2 --overwrite`
         raise ValueError(f"dst {dst} is a training checkpoint (its weights and training state); overwrite replaces "
                          "model folders only: write to another folder")
+    # `convert run run/checkpoints --overwrite` deleted every checkpoint of the run, `convert hf runs --overwrite`
+    # every run in runs/
+    if overwrite and dst.is_dir() and any(is_checkpoint_folder(p) or (p / "checkpoints").is_dir()
+                                          for p in dst.iterdir() if p.is_dir()):
+        raise ValueError(f"dst {dst} holds training checkpoints or runs (a run's checkpoints/ folder, a folder of "
+                         "runs); overwrite replaces model folders only: write to another folder")
     model, tokenizer = load(src, allow_pickle=allow_pickle)
     stored = _stored_dtype(src) if to == "hf" and not run_like else None
     if stored is not None:  # load() reads an HF folder as float32, so a resharded bf16 folder came out twice its size
