@@ -181,7 +181,11 @@ class _Fit:
             self._restore(model_sd, state, target)
         self.scheduler = self._schedule(None if state is None else state["scheduler"])
         self.stepped_schedule = False  # by this session (_train_step)
-        self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        # a masked LM's head runs at the masked positions, whose count changes every step: torch compiled a graph for
+        # the session's first count, then one for any count, and a step ran one or the other by where its session
+        # started (a resume logged other losses). Dynamic sizes from the first call: the same graph in every session
+        dynamic = True if not run.model.causal else None
+        self.forward = torch.compile(self.wrapped, dynamic=dynamic) if cfg.compile else self.wrapped
         global_batch = cfg.batch_size * info.world_size
         self.windows = RandomWindows(self.tokens.train, block_size=run.model.block_size, batch_size=global_batch,
                                      seed=cfg.seed)
