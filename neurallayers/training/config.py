@@ -294,11 +294,13 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
         if name not in known:
             raise ValueError(f"{section} has no field {name!r}{_field_hint(name, known, section, override=True)}; "
                              f"valid fields: {', '.join(sorted(known))}")
+        text = not subkeys and _text_field(section, name)
         try:
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError as e:
-            raise ValueError(f"cannot parse the value of {arg!r}: {e}") from None
-        text = not subkeys and _text_field(section, name)
+            if not text:  # a text field takes what YAML cannot read: a glob '*.txt' (an alias to YAML), '@notes.txt'
+                raise ValueError(f"cannot parse the value of {arg!r}: {e}") from None
+            parsed = value
         if text and not isinstance(parsed, str) and not (parsed is None and text == "opt"):
             parsed = value  # a text field keeps the text: `--data.source 2024` (a file) or `--model.name yes`
         sec = out.get(section)

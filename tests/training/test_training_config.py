@@ -92,6 +92,9 @@ def test_text_fields_keep_the_text_yaml_would_read_as_another_type():
     assert d["data"] == {"source": "2024", "text_field": "1.5", "cache_dir": None, "tokenizer": "char"}
     assert d["model"] == {"name": "yes", "preset": "tiny"} and d["train"] == {"init_from": "123"}
     del d["train"]  # init_from and a preset both name the model
+    # what YAML cannot read at all: a glob is an alias to it, "@" a reserved indicator
+    d2 = apply_overrides({}, ["--data.source", "*.txt", "--train.init_from", "@runs/a", "--data.text_field", "%x"])
+    assert d2 == {"data": {"source": "*.txt", "text_field": "%x"}, "train": {"init_from": "@runs/a"}}
     run = RunConfig.from_dict(d)
     assert run.data.source == "2024" and run.model.name == "yes" and run.data.cache_dir is None
 
