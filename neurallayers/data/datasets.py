@@ -98,6 +98,7 @@ def prepare_tokens(
     chunk_chars: int = CHUNK_CHARS,
     show_progress: bool = True,
     document_bos: bool | None = None,
+    tail: bool = False,
 ) -> TokenData:
     """Tokenizes `corpus` into a train/val cache, or reuses the cache made from the same inputs.
 
@@ -117,6 +118,8 @@ def prepare_tokens(
         seed: Chooses the split.
         chunk_chars: Target size of a piece in characters.
         show_progress: Show a progress bar while tokenizing.
+        tail: Split by position whatever the pieces: the last val_fraction of the tokens, in the corpus's order, go
+            to val (nanoGPT's contiguous split); each document still ends with eos.
 
     Raises:
         ValueError: Bad val_fraction / chunk_chars, or a corpus with no text.
@@ -134,6 +137,8 @@ def prepare_tokens(
         "seed": seed,
         "chunk_chars": chunk_chars,
     }
+    if tail:  # only then: the caches of the documents split keep their keys
+        sources["split"] = "tail"
     if document_bos is None:
         document_bos = starts_with_bos(tokenizer)
     if document_bos and tokenizer.bos_id is None:
@@ -299,7 +304,7 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
     tokens = np.asarray(np.memmap(out / "all.bin", dtype=dtype, mode="r"))  # a plain view: slices made quickly
     fraction = sources["val_fraction"]
     with open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
-        if not round(fraction * len(lengths)):
+        if sources.get("split") == "tail" or not round(fraction * len(lengths)):
             # Whole pieces cannot give the fraction: split_names' one val piece of two made val 83% of a 60k-character
             # file (its 50k piece) or 17%, by the seed. A single piece always comes here.
             cut = total - (min(max(round(total * fraction), 1), total - 1) if fraction else 0)

@@ -147,7 +147,8 @@ class DataConfig:
     text_field: str = "text"  # JSON-lines field holding the text
     val_fraction: float = 0.1
     # documents: whole pieces of ~50k characters go to val, chosen by a seeded hash (val spread over the corpus);
-    # tail: the last val_fraction of the token stream, as nanoGPT splits one text file (90/10 by position)
+    # tail: the last val_fraction of the token stream, as nanoGPT splits one text file (90/10 by position); a
+    # folder's documents in order, each ending with eos
     split: Split = "documents"
     cache_dir: str | None = None  # None = $NEURALLAYERS_CACHE or ~/.cache/neurallayers
     # a bos before each document: None = where the tokenizer's own encoding starts a text with one (a Llama

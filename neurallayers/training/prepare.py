@@ -186,28 +186,10 @@ def tokenize_corpus(data: DataConfig, corpus: object, tokenizer: object, *, seed
 
     fraction = data.val_fraction if val_fraction is None else val_fraction
     cache = data.resolved_cache_dir / "tokens"
-    if data.split == "tail":
-        # One piece: prepare_tokens then cuts the token stream itself, the last `fraction` going to val.
-        return prepare_tokens(_Joined(corpus), tokenizer, cache, val_fraction=fraction, seed=0,
-                              chunk_chars=_ONE_PIECE, show_progress=show_progress, document_bos=data.document_bos)
+    if data.split == "tail":  # the corpus in its order, each document ending with eos, the last tokens to val
+        return prepare_tokens(corpus, tokenizer, cache, val_fraction=fraction, seed=0, show_progress=show_progress,
+                              document_bos=data.document_bos, tail=True)
     return prepare_tokens(corpus, tokenizer, cache, val_fraction=fraction, seed=seed, show_progress=show_progress,
                           document_bos=data.document_bos)
 
 
-_ONE_PIECE = 2**62  # a chunk size no text reaches
-
-
-class _Joined:
-    """A corpus's documents as one document, joined by newlines, in the corpus's order."""
-
-    def __init__(self, corpus: object) -> None:
-        self.corpus = corpus
-        self.name = corpus.name
-
-    def documents(self) -> Iterator[object]:
-        from neurallayers.data import Document
-
-        yield Document(self.name, "\n".join(d.text for d in self.corpus.documents() if d.text))
-
-    def fingerprint(self) -> str:
-        return "joined:" + self.corpus.fingerprint()

@@ -257,7 +257,7 @@ def test_a_word_level_vocabulary_without_an_unknown_token_still_prepares(tmp_pat
 
 
 def test_one_piece_of_a_whole_corpus_is_encoded_in_parts(tmp_path, monkeypatch):
-    # A tail split (`--data.split tail`) makes the whole corpus one piece, which went to the tokenizer whole: 3 MB of
+    # One piece of a whole corpus (the tail split made one, then) went to the tokenizer whole: 3 MB of
     # text took 1.4 GB (~300 bytes a character), so a 100 MB corpus (enwik8) could not be prepared.
     from neurallayers.data import datasets
 

@@ -34,18 +34,24 @@ def test_tail_split_is_the_last_fraction_of_the_text(tmp_path):
     assert tok.decode(tail.train.tolist()) == text[: len(tail.train)]
     assert tok.decode(tail.val[:-1].tolist()) == text[len(tail.train) :] and tail.val[-1] == tok.eos_id
     _, pieces, _ = prepare_data(_run(tmp_path, tmp_path / "a.txt", "documents"))
-    assert pieces.meta["pieces"] == 12 and tail.meta["pieces"] == 1
+    assert pieces.meta["pieces"] == tail.meta["pieces"] == 12 and tail.meta["split"] == "tail"
     assert tok.decode(pieces.val.tolist()) != tok.decode(tail.val.tolist())
 
 
-def test_tail_split_joins_a_folder_in_order(tmp_path):
+def test_tail_split_keeps_a_folders_documents_in_order_each_ending_with_eos(tmp_path):
+    """The tail split joined a folder's documents with newlines into one: one eos for three documents, where the
+    README says each document ends with one (as the documents split gives them)."""
     (tmp_path / "docs").mkdir()
-    for name, body in [("1.txt", "first file\n"), ("2.txt", "second file\n"), ("3.txt", "third\n")]:
-        (tmp_path / "docs" / name).write_text(body * 50)
+    bodies = ["first file\n" * 50, "second file\n" * 50, "third\n" * 50]
+    for i, body in enumerate(bodies):
+        (tmp_path / "docs" / f"{i + 1}.txt").write_text(body)
     tok, tokens, _ = prepare_data(_run(tmp_path, tmp_path / "docs", "tail", val_fraction=0.2))
-    whole = tok.decode(tokens.train.tolist() + tokens.val[:-1].tolist())
-    assert whole == "\n".join(["first file\n" * 50, "second file\n" * 50, "third\n" * 50])
-    assert tok.decode(tokens.val[:-1].tolist()).endswith("third\n" * 20)
+    ids = tokens.train.tolist() + tokens.val.tolist()
+    ends = [i for i, t in enumerate(ids) if t == tok.eos_id]
+    assert len(ends) == 3 and ends[-1] == len(ids) - 1
+    pieces = [ids[a + 1:b] for a, b in zip([-1, *ends[:-1]], ends, strict=True)]
+    assert [tok.decode(p) for p in pieces] == bodies  # in the corpus's order
+    assert len(tokens.val) == round(0.2 * len(ids)) and tok.decode(tokens.val[:-1].tolist()).endswith("third\n" * 20)
 
 
 def test_bad_split_names_the_field():
