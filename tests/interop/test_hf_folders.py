@@ -426,22 +426,6 @@ def test_convert_rejects_bad_arguments(tmp_path):
     assert not list(tmp_path.glob(".taken.tmp-*"))
 
 
-def test_convert_never_overwrites_a_training_checkpoint(tmp_path):
-    """`convert run run/checkpoints/step-2 --overwrite` replaced the run's checkpoint (weights and training state) by
-    an HF folder: a resume from step 2 was lost."""
-    src = tmp_path / "hf"
-    hf_folder(src)
-    tok = Tokenizer.train_char(["some text for a char tokenizer"])
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, eos_token=tok.eos_token).save_pretrained(src)
-    run = convert(src, tmp_path / "run")
-    step = run / "checkpoints" / "step-2"
-    step.mkdir(parents=True)
-    (step / "state.pt").write_bytes(b"training state")
-    with pytest.raises(ValueError, match="is a training checkpoint"):
-        convert(run, step, to="hf", overwrite=True)
-    assert os.listdir(step) == ["state.pt"]
-
-
 def test_a_folder_named_gpt2_loads_its_own_tokenizer(tmp_path, monkeypatch):
     """`./gpt2` (and `gpt2` as a path) loaded GPT-2's stock vocabulary instead of the folder's tokenizer."""
     import string

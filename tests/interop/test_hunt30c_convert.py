@@ -14,11 +14,13 @@ from neurallayers.data.tokenizers import Tokenizer  # noqa: E402
 from neurallayers.interop import convert  # noqa: E402
 
 
-@pytest.mark.parametrize("dst", ["run/checkpoints", "run/checkpoints/step-2/..", "."])
-def test_overwrite_refuses_a_folder_holding_checkpoints_or_runs(tmp_path, dst):
-    """`convert run run/checkpoints --overwrite` replaced every checkpoint of the run (weights and training state)
-    by an HF folder, `convert hf runs --overwrite` every run in runs/: the refusal covered a run or one step folder
-    as dst, not a folder holding them."""
+@pytest.mark.parametrize(("dst", "needle"), [
+    ("run/checkpoints/step-2", "is a training checkpoint"), ("run/checkpoints", "holds training checkpoints or runs"),
+    ("run/checkpoints/step-2/..", "holds training checkpoints or runs"), (".", "holds training checkpoints or runs")])
+def test_overwrite_refuses_a_folder_holding_checkpoints_or_runs(tmp_path, dst, needle):
+    """`convert run run/checkpoints/step-2 --overwrite` replaced the checkpoint (weights and training state) by an HF
+    folder, `convert run run/checkpoints --overwrite` every checkpoint of the run, `convert hf runs --overwrite` every
+    run in runs/."""
     torch.manual_seed(0)
     src, runs = tmp_path / "hf", tmp_path / "runs"
     config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)
@@ -29,6 +31,6 @@ def test_overwrite_refuses_a_folder_holding_checkpoints_or_runs(tmp_path, dst):
     step = run / "checkpoints" / "step-2"
     step.mkdir(parents=True)
     (step / "state.pt").write_bytes(b"training state")
-    with pytest.raises(ValueError, match="holds training checkpoints or runs"):
+    with pytest.raises(ValueError, match=needle):
         convert(src, runs / dst, to="hf", overwrite=True)
     assert os.listdir(run / "checkpoints") == ["step-2"] and os.listdir(step) == ["state.pt"]
