@@ -76,18 +76,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
     # what a conversion killed while it wrote leaves inside (it is built there): no reason to ask for overwrite
     if dst.exists() and any(not p.name.startswith(TEMP) for p in dst.iterdir()) and not overwrite:
         raise ValueError(f"dst {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
-    if overwrite and (dst / "checkpoints").is_dir():  # a training run: its checkpoints are not ours to delete
-        raise ValueError(f"dst {dst} holds a training run (checkpoints/); overwrite replaces model folders only: "
-                         "write to another folder, or remove that run yourself")
-    if overwrite and dst.is_dir() and is_checkpoint_folder(dst):  # `convert run run/checkpoints/step-2 --overwrite`
-        raise ValueError(f"dst {dst} is a training checkpoint (its weights and training state); overwrite replaces "
-                         "model folders only: write to another folder")
-    # `convert run run/checkpoints --overwrite` deleted every checkpoint of the run, `convert hf runs --overwrite`
-    # every run in runs/
-    if overwrite and dst.is_dir() and any(is_checkpoint_folder(p) or (p / "checkpoints").is_dir()
-                                          for p in dst.iterdir() if p.is_dir()):
-        raise ValueError(f"dst {dst} holds training checkpoints or runs (a run's checkpoints/ folder, a folder of "
-                         "runs); overwrite replaces model folders only: write to another folder")
+    if overwrite and (training := _training_state(dst)):  # not ours to delete
+        raise ValueError(f"dst {dst} {training}")
     model, tokenizer = load(src, allow_pickle=allow_pickle)
     stored = _stored_dtype(src) if to == "hf" and not run_like else None
     if stored is not None:  # load() reads an HF folder as float32, so a resharded bf16 folder came out twice its size
@@ -130,6 +120,24 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dst
+
+
+def _training_state(dst: Path) -> str | None:
+    """Why overwrite may not replace `dst`, or None: it is or holds training state, a run (its checkpoints/), one of
+    its checkpoints (`convert run run/checkpoints/step-2 --overwrite`), or a folder of either (`run/checkpoints`: every
+    checkpoint of the run; `runs`: every run in it)."""
+    from neurallayers.api import is_checkpoint_folder
+
+    only = "overwrite replaces model folders only: write to another folder"
+    if (dst / "checkpoints").is_dir():
+        return f"holds a training run (checkpoints/); {only}, or remove that run yourself"
+    if not dst.is_dir():
+        return None
+    if is_checkpoint_folder(dst):
+        return f"is a training checkpoint (its weights and training state); {only}"
+    if any(is_checkpoint_folder(p) or (p / "checkpoints").is_dir() for p in dst.iterdir() if p.is_dir()):
+        return f"holds training checkpoints or runs (a run's checkpoints/ folder, a folder of runs); {only}"
+    return None
 
 
 def _fill(folder: Path, tmp: Path) -> None:
