@@ -351,12 +351,9 @@ def _full_chat(chat: list[dict], reply: str, continued: bool) -> list[dict]:
     appended to its content (a list of parts: to its last text part, the one the prompt ends with)."""
     if not continued:
         return [*chat, {"role": "assistant", "content": reply}]
-    content = chat[-1]["content"]
-    if isinstance(content, list):
-        i = max(i for i, p in enumerate(content) if isinstance(p, dict) and "text" in p)
-        content = [*content[:i], {**content[i], "text": content[i]["text"] + reply}, *content[i + 1:]]
-    else:
-        content += reply
+    from neurallayers.data.chat import extend_content
+
+    content, _ = extend_content(chat[-1]["content"], reply)  # render_chat continued that text: it has one
     return [*chat[:-1], {"role": chat[-1]["role"], "content": content}]
 
 

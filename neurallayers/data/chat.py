@@ -208,21 +208,28 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool 
 
 def _tag_final_content(template: str, messages: list[dict]) -> str:
     """Appends transformers' marker to the final message's content (its last text part, for a list) in place, so
-    the rendered text can be cut there; returns that content as it was."""
+    the rendered text can be cut there; returns that text as it was."""
     if "content" not in template:
         raise _CannotContinue("continue_final_message: the model's chat template never reads a message's content")
     last = messages[-1] = dict(messages[-1])
-    content = last["content"]
+    found = extend_content(last["content"], _CONTINUE_TAG)
+    if found is None:
+        raise _CannotContinue("continue_final_message: the final message holds no text to continue")
+    last["content"], final = found
+    return final
+
+
+def extend_content(content, text: str) -> tuple[str | list, str] | None:
+    """A message's content with `text` appended where continue_final_message continues it (a string: at its end; a
+    list of parts: to its last text part), and the text it extended; None where it holds no text."""
     if isinstance(content, str):
-        last["content"] = content + _CONTINUE_TAG
-        return content
+        return content + text, content
     if isinstance(content, list):
         for i in reversed(range(len(content))):
             if isinstance(content[i], dict) and "text" in content[i]:
                 final = content[i]["text"]
-                last["content"] = [*content[:i], {**content[i], "text": final + _CONTINUE_TAG}, *content[i + 1:]]
-                return final
-    raise _CannotContinue("continue_final_message: the final message holds no text to continue")
+                return [*content[:i], {**content[i], "text": final + text}, *content[i + 1:]], final
+    return None
 
 
 def _cut_after_final(text: str, final: str) -> str:
