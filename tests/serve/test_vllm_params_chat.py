@@ -77,7 +77,7 @@ def test_truncate_prompt_tokens_cuts_the_rendered_prompt(client, loaded):
 @pytest.mark.parametrize("name, default", [
     ("add_generation_prompt", True), ("continue_final_message", False), ("chat_template_kwargs", {})])
 def test_template_options_at_their_default_change_nothing(client, name, default):
-    """(Their other values: tests/serve/test_chat30_template_options.py.)"""
+    """(Their other values: tests/serve/test_chat_template_options.py.)"""
     assert chat(client, **{name: default}).choices[0].message.content == chat(client).choices[0].message.content
 
 

@@ -12,7 +12,7 @@ openai = pytest.importorskip("openai")
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return write_run_dir(tmp_path_factory.mktemp("hunt30b_trunc") / "tiny-char")
+    return write_run_dir(tmp_path_factory.mktemp("prompt_trunc") / "tiny-char")
 
 
 def complete(client, prompt, **extra):

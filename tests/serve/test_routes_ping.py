@@ -10,7 +10,7 @@ from nl_serve_helpers import serving, write_run_dir
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with serving(write_run_dir(tmp_path_factory.mktemp("hunt30b_ping") / "tiny-char"), api_key="sk-test") as srv:
+    with serving(write_run_dir(tmp_path_factory.mktemp("routes_ping") / "tiny-char"), api_key="sk-test") as srv:
         yield srv
 
 
