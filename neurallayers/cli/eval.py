@@ -1,6 +1,8 @@
 """`neurallayers eval`: loss and perplexity of a model on a corpus (a run's own validation split by default).
 
-A decoder is scored by its next-token loss, a masked LM (an encoder with head 'mlm') by its masked-LM loss.
+A decoder is scored by its next-token loss, a masked LM (an encoder with head 'mlm') by its masked-LM loss. A
+decoder's windows are training's evaluation windows (non-overlapping, so that eval gives the val loss training
+logged), or with --stride transformers' sliding windows, which also give lm-evaluation-harness's bits per byte.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="windows scored together")
     parser.add_argument("--max-batches", type=positive_int, default=None, help="default: every window")
     parser.add_argument("--block-size", type=positive_int, default=None, help="window length (default: the model's)")
+    parser.add_argument("--stride", type=positive_int, default=None,
+                        help="a decoder: windows of --block-size tokens every N tokens, each token scored once with "
+                        "at least block_size - N tokens before it (transformers' sliding-window perplexity), and "
+                        "bits per byte, byte and word perplexity as lm-evaluation-harness defines them; "
+                        "--max-batches keeps the first windows (default: non-overlapping windows, training's)")
     parser.add_argument("--mask-prob", type=_probability, default=None,
                         help="a masked LM: the share of tokens masked, with the same masks for every model (default: "
                         "on a run's own split, the run's train.mask_prob and seed, so that --batch-size and "
@@ -72,12 +79,21 @@ def run(args: argparse.Namespace) -> int:
         if model.config.head != "mlm":
             raise ValueError(f"{args.path} is an encoder with head={model.config.head!r}: eval scores a decoder's "
                              "next-token loss or a masked LM's (head 'mlm')")
+        if args.stride is not None:
+            raise ValueError("--stride applies to a decoder's next-token loss; this model is a masked LM, scored on "
+                             "the tokens it masks (--mask-prob)")
         # on its own split, the masks the run's evaluations drew; the whole of a corpus, those any model gets
         split_of_run = own and split != "all"
         prob = args.mask_prob or (run_cfg.train.mask_prob if split_of_run else MASK_PROB)
         masker = Masker.for_tokenizer(tokenizer, prob=prob, seed=run_cfg.train.seed if split_of_run else 0)
     elif args.mask_prob is not None:
         raise ValueError("--mask-prob applies to masked LMs (encoders); this model is a decoder")
+    window = args.block_size or model.config.block_size
+    if window > model.config.block_size:  # before tokenizing a corpus (minutes for a large one)
+        raise ValueError(f"--block-size {window} is over the model's context length {model.config.block_size}")
+    if args.stride is not None and args.stride > window:  # before tokenizing: tokens between windows go unscored
+        raise ValueError(f"--stride {args.stride} is over the window length {window} (--block-size, default the "
+                         "model's context): it must be at most the window")
     data = run_cfg.data if own else DataConfig(source=args.data)
     if run_cfg is not None:  # any corpus is tokenized as the run's was: a bos before each document or none
         # (a run from before config.yaml recorded it had none)
@@ -99,13 +115,17 @@ def run(args: argparse.Namespace) -> int:
     tokens = tokenize_corpus(data, corpus, tokenizer, seed=seed, val_fraction=val_fraction,
                              show_progress=not args.no_progress)
     arr = {"val": tokens.val, "train": tokens.train, "all": np.concatenate([tokens.train, tokens.val])}[split]
-    block = args.block_size or model.config.block_size
-    if block > model.config.block_size:
-        raise ValueError(f"--block-size {block} is over the model's context length {model.config.block_size}")
+    block = window
+    if args.stride is not None:
+        return _sliding(args, model, tokenizer, arr, block=block, name=args.data or data.source, split=split,
+                        val_fraction=val_fraction)
     if len(arr) < block + 1 and args.block_size is None and len(arr) >= 2:
         block = len(arr) - 1  # a text shorter than the context: one window of all of it
     if len(arr) < block + 1:
-        hint = " (try --block-size)" if len(arr) >= 2 else ""
+        hint = ""
+        if len(arr) >= 2:  # only an explicit --block-size gets here: "(try --block-size)" alone named the flag set
+            shorter = "" if masker is not None else ", or --stride, whose windows may be shorter"
+            hint = f" (try --block-size): {len(arr) - 1} or less{shorter}"
         if split == "val" and not len(arr):  # a run trained with data.val_fraction 0: it has only a train split
             hint = f" (the run's data.val_fraction is {val_fraction}: try --split train)"
         raise ValueError(f"the {split} split has {len(arr)} tokens; a window needs {block + 1}{hint}")
@@ -119,6 +139,32 @@ def run(args: argparse.Namespace) -> int:
     what = "masked tokens scored" if masker is not None else "tokens scored"
     print(f"corpus: {args.data or data.source}  split: {split}  {what}: {count:,}  loss: {loss:.4f}  "
           f"perplexity: {perplexity_text(loss)}")
+    return 0
+
+
+def _sliding(args: argparse.Namespace, model, tokenizer, arr, *, block: int, name: str, split: str,
+             val_fraction: float) -> int:
+    """--stride: transformers' sliding windows, and lm-evaluation-harness's scores of the text they covered."""
+    from neurallayers.training.evaluate import TextScores, sliding_window_score, text_size
+    from neurallayers.training.trainer import perplexity_text
+
+    if len(arr) < 2:
+        hint = f" (the run's data.val_fraction is {val_fraction}: try --split train)" if split == "val" else ""
+        raise ValueError(f"the {split} split has {len(arr)} tokens; scoring needs at least 2{hint}")
+    score = sliding_window_score(model, arr, max_length=block, stride=args.stride, batch_size=args.batch_size,
+                                 max_batches=args.max_batches, special_ids=tokenizer.special_ids,
+                                 device=next(model.parameters()).device, progress=not args.no_progress)
+    print(f"corpus: {name}  split: {split}  stride: {args.stride}  window: {block}  tokens scored: {score.tokens:,}  "
+          f"loss: {score.loss:.4f}  perplexity: {perplexity_text(score.loss)}")
+    if not score.whole:
+        print(f"bits per byte: not scored: with --stride {args.stride} = the window, each window's first token has no "
+              "prediction; a stride below the window scores every token")
+        return 0
+    n_bytes, n_words = text_size(tokenizer, arr[1 : score.scored_end])  # the text of the targets scored
+    if n_bytes:
+        text = TextScores(score.text_nll, n_bytes, n_words)
+        print(f"bytes: {n_bytes:,}  words: {n_words:,}  bits per byte: {text.bits_per_byte:.4f}  "
+              f"byte perplexity: {text.byte_perplexity:.4f}  word perplexity: {text.word_perplexity:.2f}")
     return 0
 
 

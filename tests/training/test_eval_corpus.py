@@ -3,6 +3,7 @@ or none, as its config.yaml says) and scored as a plain PyTorch loop scores the 
 that has gone, or a val split it does not have, is one line that says what to pass instead."""
 
 import dataclasses
+import json
 import re
 
 import numpy as np
@@ -80,6 +81,25 @@ def test_a_run_without_a_validation_split_points_to_the_train_split(tmp_path, ca
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, val_fraction=0.0))
     fit(run, tmp_path / "run", progress=False)
     monkeypatch.setenv("NEURALLAYERS_CACHE", str(tmp_path / "cache"))
-    assert main(["eval", str(tmp_path / "run"), "--no-progress"]) == 2
-    assert "val_fraction is 0.0: try --split train" in capsys.readouterr().err
+    for stride in ([], ["--stride", "8"]):
+        assert main(["eval", str(tmp_path / "run"), "--no-progress", *stride]) == 2
+        assert "val_fraction is 0.0: try --split train" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "run"), "--split", "train", "--max-batches", "1", "--no-progress"]) == 0
+
+
+def test_a_checkpoint_folder_scores_its_step_as_training_logged_it(tmp_path, capsys, monkeypatch):
+    """`eval RUN/checkpoints/step-N` scores that step's weights on the run's own val split: with training's batches
+    (batch_size x eval_batches windows) it prints the val loss step N logged; --stride scores the same split."""
+    run = tiny_run(tmp_path, max_steps=4, save_interval=2, eval_interval=2, eval_batches=2, warmup_steps=0)
+    fit(run, tmp_path / "run", progress=False)
+    monkeypatch.setenv("NEURALLAYERS_CACHE", str(tmp_path / "cache"))
+    logged = {r["step"]: r["val_loss"] for r in map(json.loads, (tmp_path / "run/metrics.jsonl").open())
+              if "val_loss" in r}
+    assert len(logged) == 2 and logged[2] != logged[4]
+    for step, loss in logged.items():
+        folder = tmp_path / f"run/checkpoints/step-{step}"
+        assert main(["eval", str(folder), "--batch-size", "4", "--max-batches", "2", "--no-progress"]) == 0
+        assert f"split: val  tokens scored: 256  loss: {loss:.4f}" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "run/checkpoints/step-2"), "--stride", "16", "--no-progress"]) == 0
+    val_tokens = json.loads(next((tmp_path / "cache/tokens").glob("*/meta.json")).read_text())["val_tokens"]
+    assert f"split: val  stride: 16  window: 32  tokens scored: {val_tokens - 1:,}" in capsys.readouterr().out

@@ -1,0 +1,161 @@
+"""Sliding-window evaluation of a decoder and the scores that compare models across tokenizers.
+
+The windows are those of transformers' guide "Perplexity of fixed-length models": a window of `max_length` tokens
+starts every `stride` tokens, and only the tokens no earlier window scored are scored (the earlier ones are context,
+labelled -100), so each token after the first is scored once, with at least max_length - stride tokens before it.
+The guide weights each window's mean loss by its label count less one, one fewer than it scores when
+stride < max_length; here the loss is the plain mean over the tokens scored.
+
+Bits per byte, byte perplexity and word perplexity are lm-evaluation-harness's: the negative log-likelihood of the
+text's tokens over its UTF-8 bytes (in bits), or over its words, `len(re.split(r"\\s+", document))` per document.
+The boundary tokens training put between documents (eos, and bos where the run has them) are context, never text:
+lm-evaluation-harness scores a document's own tokens only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from neurallayers.training.trainer import perplexity
+
+
+@dataclass(frozen=True)
+class Window:
+    """Tokens [begin, end) go in; the targets at positions [first, end) are scored."""
+
+    begin: int
+    end: int
+    first: int
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """Sums over the scored targets: all of them (`tokens`, `nll` in nats) and those that are text."""
+
+    tokens: int
+    nll: float
+    text_tokens: int
+    text_nll: float
+    windows: int
+    scored_end: int  # the scored targets lie in positions [1, scored_end) of the stream
+
+    @property
+    def loss(self) -> float:
+        return self.nll / self.tokens
+
+    @property
+    def whole(self) -> bool:
+        """Every target in [1, scored_end) scored: not so where stride == max_length leaves each window's first
+        token without a prediction, and the text's bytes would then count tokens whose loss is not in `text_nll`."""
+        return self.tokens == self.scored_end - 1
+
+
+@dataclass(frozen=True)
+class TextScores:
+    """lm-evaluation-harness's scores of a text whose tokens' negative log-likelihood is `nll` (nats)."""
+
+    nll: float
+    bytes: int
+    words: int
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / (self.bytes * math.log(2))
+
+    @property
+    def byte_perplexity(self) -> float:
+        return perplexity(self.nll / self.bytes)
+
+    @property
+    def word_perplexity(self) -> float:
+        return perplexity(self.nll / self.words)
+
+
+def stride_windows(n_tokens: int, *, max_length: int, stride: int) -> list[Window]:
+    """The windows of transformers' loop over a stream of `n_tokens` tokens (the last one ends at the stream's end)."""
+    if n_tokens < 2:
+        raise ValueError(f"a stream of {n_tokens} token(s) has nothing to score: it needs at least 2")
+    if not 1 <= stride <= max_length:
+        # past max_length, the tokens between two windows would never be scored
+        raise ValueError(f"stride {stride} must be in [1, max_length {max_length}]")
+    windows, prev_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + max_length, n_tokens)
+        windows.append(Window(begin, end, max(prev_end, begin + 1)))  # the window's first token has no prediction
+        prev_end = end
+        if end == n_tokens:
+            break
+    return windows
+
+
+def _batches(windows: list[Window], batch_size: int) -> Iterator[list[Window]]:
+    """Consecutive windows, batch_size at a time; only the last window can be shorter, so it goes alone."""
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i : i + batch_size]
+        full = [w for w in chunk if w.end - w.begin == chunk[0].end - chunk[0].begin]
+        yield full
+        if len(full) < len(chunk):
+            yield chunk[len(full) :]
+
+
+def sliding_window_score(model: torch.nn.Module, tokens: np.ndarray, *, max_length: int, stride: int,
+                         batch_size: int, max_batches: int | None = None, special_ids: Iterable[int] = (),
+                         device: torch.device, progress: bool = False) -> WindowScore:
+    """Scores a decoder on `tokens` (1-D) in transformers' sliding windows; with `max_batches`, the first
+    max_batches x batch_size windows (a prefix of the stream). The caller puts the model in eval mode.
+
+    Args:
+        special_ids: the tokens that are not text (bos, eos ...): scored in `tokens`/`nll`, left out of `text_*`.
+    """
+    windows = stride_windows(len(tokens), max_length=max_length, stride=stride)
+    if max_batches is not None:
+        windows = windows[: max_batches * batch_size]
+    special = torch.tensor(sorted(set(special_ids)), dtype=torch.long)
+    nll = text_nll = 0.0
+    count = text_count = 0
+    batches = list(_batches(windows, batch_size))  # counted: the short last window may make one batch more
+    if progress:
+        batches = tqdm(batches, unit="batch", desc="eval", dynamic_ncols=True)
+    with torch.no_grad():
+        for batch in batches:
+            x = torch.from_numpy(np.stack([np.asarray(tokens[w.begin : w.end], dtype=np.int64) for w in batch]))
+            y = x[:, 1:].clone()  # (B, T-1): position t predicts token t + 1
+            for row, w in enumerate(batch):
+                y[row, : w.first - w.begin - 1] = -100  # context: scored by an earlier window
+            # logits only where a target is scored (the output layer is a large share of the cost), and the whole
+            # window in, as in transformers' loop (a length-dependent RoPE scaling sees the same length)
+            keep = max(w.end - w.first for w in batch)
+            logits = model(x.to(device), logits_to_keep=keep + 1).logits[:, :-1].float()  # (B, keep, V)
+            y = y[:, y.shape[1] - keep :]
+            per_token = F.cross_entropy(logits.transpose(1, 2), y.to(device), ignore_index=-100,
+                                        reduction="none").double().cpu()  # (B, keep)
+            scored = y != -100
+            text = scored & ~torch.isin(y, special)
+            nll += float(per_token[scored].sum())
+            text_nll += float(per_token[text].sum())
+            count += int(scored.sum())
+            text_count += int(text.sum())
+    return WindowScore(count, nll, text_count, text_nll, len(windows), windows[-1].end)
+
+
+def text_size(tokenizer: object, ids: np.ndarray) -> tuple[int, int]:
+    """(UTF-8 bytes, words) of the text of `ids`: special tokens separate documents and count for nothing; a
+    document's words are lm-evaluation-harness's, `len(re.split(r"\\s+", text))`."""
+    ids = np.asarray(ids, dtype=np.int64)
+    is_special = np.isin(ids, np.asarray(tokenizer.special_ids, dtype=np.int64))
+    # runs of text tokens between special ones: [starts[i], ends[i])
+    edges = np.flatnonzero(np.diff(np.concatenate([[1], is_special.astype(np.int8), [1]])))
+    n_bytes = n_words = 0
+    for start, end in zip(edges[0::2], edges[1::2], strict=True):
+        text = tokenizer.decode(ids[start:end].tolist(), clean_up_tokenization_spaces=False)  # the text's own spaces
+        n_bytes += len(text.encode("utf-8"))
+        n_words += len(re.split(r"\s+", text))
+    return n_bytes, n_words

@@ -1,0 +1,117 @@
+"""`neurallayers eval --stride`: what it refuses (a masked LM, a stride over the window), in one line and before a
+corpus is read; what it takes (a split shorter than the window, any batch size, bf16 weights)."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from nl_cli_helpers import assert_user_error, in_process
+
+from neurallayers import ModelConfig
+from neurallayers.training import DataConfig, RunConfig, TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A tiny char-level decoder run (context 32) on its own corpus, with a val split."""
+    tmp = tmp_path_factory.mktemp("stride")
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog".split()
+    (tmp / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(8)) for _ in range(200)))
+    run = RunConfig(
+        model=ModelConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=16),
+        train=TrainConfig(max_steps=2, batch_size=4, warmup_steps=0, eval_interval=0, save_interval=2, sample_tokens=0,
+                          device="cpu", precision="fp32"),
+        data=DataConfig(source=str(tmp / "corpus.txt"), tokenizer="char", val_fraction=0.1,
+                        cache_dir=str(tmp / "cache")),
+    )
+    fit(run, tmp / "run", progress=False)
+    return tmp / "run"
+
+
+def scores(proc) -> dict[str, str]:
+    assert proc.returncode == 0, proc.stderr
+    return dict(re.findall(r"([a-z][a-z ]*): (\S+)", proc.stdout))
+
+
+def test_a_masked_lm_refuses_stride_in_one_line(tmp_path: Path, monkeypatch):
+    from neurallayers import ModelConfig, Tokenizer, build_model
+    from neurallayers.interop.hf import save_hf
+
+    tokenizer = Tokenizer.load("gpt2").with_mask_token()
+    cfg = ModelConfig.from_name("bert-tiny").replace(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1,
+                                                     n_embd=8, n_head=2, intermediate_size=16, head="mlm",
+                                                     pad_token_id=None)
+    save_hf(build_model(cfg), tokenizer, tmp_path / "mlm")
+    (tmp_path / "text.txt").write_text("To be, or not to be, that is the question.")
+    proc = in_process("eval", "mlm", "--data", "text.txt", "--stride", "8", "--no-progress", cwd=tmp_path,
+                      monkeypatch=monkeypatch)
+    assert_user_error(proc, "--stride applies to a decoder's next-token loss", "masked LM")
+    # its own eval is as it was
+    proc = in_process("eval", "mlm", "--data", "text.txt", "--no-progress", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert proc.returncode == 0 and "masked tokens scored" in proc.stdout and "bits per byte" not in proc.stdout
+
+
+def test_a_stride_over_the_window_is_refused_before_the_corpus_is_read(run_dir: Path, tmp_path: Path, monkeypatch):
+    # the corpus does not exist: the stride is named first, as it would be before a long tokenization
+    for args, needle in ((["--stride", "33"], "--stride 33 is over the window length 32"),
+                         (["--block-size", "16", "--stride", "17"], "--stride 17 is over the window length 16")):
+        proc = in_process("eval", str(run_dir), "--data", "missing.txt", *args, cwd=tmp_path, monkeypatch=monkeypatch)
+        assert_user_error(proc, needle)
+    assert_user_error(in_process("eval", str(run_dir), "--stride", "0", cwd=tmp_path, monkeypatch=monkeypatch),
+                      "--stride", "must be >= 1, got 0")
+
+
+def test_a_block_size_over_the_context_is_refused_before_the_corpus_is_read(run_dir: Path, tmp_path: Path,
+                                                                            monkeypatch):
+    """It was checked after the corpus had been read and tokenized (minutes for a large one): with a corpus that is
+    not there, the line named the corpus, not the --block-size."""
+    proc = in_process("eval", str(run_dir), "--data", "missing.txt", "--block-size", "40", cwd=tmp_path,
+                      monkeypatch=monkeypatch)
+    assert_user_error(proc, "--block-size 40 is over the model's context length 32")
+
+
+def test_a_text_shorter_than_the_window_is_scored_whole(run_dir: Path, tmp_path: Path, monkeypatch):
+    (tmp_path / "short.txt").write_text("the lazy dog")  # 12 characters and an eos: 12 targets, the window is 32
+    got = scores(in_process("eval", str(run_dir), "--data", "short.txt", "--stride", "16", "--no-progress",
+                            cwd=tmp_path, monkeypatch=monkeypatch))
+    assert got["tokens scored"] == "12" and got["bytes"] == "11"  # the first character has no prediction
+    assert got["words"] == "3"
+
+
+def test_an_explicit_block_size_over_a_short_text_names_what_fits(run_dir: Path, tmp_path: Path, monkeypatch):
+    """Non-overlapping windows of an explicit --block-size over a shorter text: the line said "(try --block-size)",
+    the flag the user had just set, and not which size fits."""
+    (tmp_path / "short.txt").write_text("the lazy dog")  # 13 tokens
+    proc = in_process("eval", str(run_dir), "--data", "short.txt", "--block-size", "20", "--no-progress",
+                      cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_user_error(proc, "the all split has 13 tokens; a window needs 21",
+                      "--block-size): 12 or less", "--stride")
+    ok = in_process("eval", str(run_dir), "--data", "short.txt", "--block-size", "12", "--no-progress", cwd=tmp_path,
+                    monkeypatch=monkeypatch)
+    assert scores(ok)["tokens scored"] == "12"
+
+
+def test_the_batch_size_changes_nothing_and_bf16_stays_close(run_dir: Path, tmp_path: Path, monkeypatch):
+    """The run's own val split in windows of 32 every 5 tokens: one window a batch, or 7 (the last window, shorter,
+    goes alone), print the same; bf16 weights score within bf16's precision of fp32 (logits cast to fp32)."""
+    procs = [in_process("eval", str(run_dir), "--stride", "5", "--batch-size", b, cwd=tmp_path,
+                        monkeypatch=monkeypatch) for b in ("1", "7")]
+    outs = [scores(proc) for proc in procs]
+    assert outs[0] == outs[1] and outs[0]["split"] == "val"
+    for proc in procs:  # a progress bar that reaches its total (the short last window is a batch of its own)
+        assert re.search(r"eval: 100%.*\| (\d+)/\1 ", proc.stderr), proc.stderr
+    bf16 = scores(in_process("eval", str(run_dir), "--stride", "5", "--dtype", "bf16", "--no-progress", cwd=tmp_path,
+                             monkeypatch=monkeypatch))
+    assert bf16["tokens scored"] == outs[0]["tokens scored"] and bf16["bytes"] == outs[0]["bytes"]
+    assert abs(float(bf16["loss"]) - float(outs[0]["loss"])) < 0.02
+    assert torch.isfinite(torch.tensor(float(bf16["bits per byte"])))
+
+
+def test_a_stride_of_the_window_names_why_bits_per_byte_is_missing(run_dir: Path, tmp_path: Path, monkeypatch):
+    proc = in_process("eval", str(run_dir), "--stride", "32", "--no-progress", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert proc.returncode == 0 and "bits per byte: not scored" in proc.stdout and "bytes:" not in proc.stdout
