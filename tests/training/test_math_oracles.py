@@ -113,3 +113,35 @@ def test_bf16_autocast_runs_the_matmuls_in_bf16_and_the_loss_in_fp32(tmp_path, m
     assert seen == {"train": want, "eval": want}
     moments = torch_load_safe(tmp_path / "run/checkpoints/step-2/state.pt")["optimizer"]["state"]
     assert {s["exp_avg"].dtype for s in moments.values()} == {torch.float32}
+
+
+@pytest.mark.parametrize(("name", "family", "hf_class"), [("gpt2", "gpt2", "GPT2LMHeadModel"),
+                                                          ("llama-tiny", "llama", "LlamaForCausalLM"),
+                                                          ("bert-tiny", "bert", "BertForMaskedLM")])
+def test_weight_decay_groups_equal_transformers_trainers(name, family, hf_class):
+    """The parameters AdamW decays are the ones transformers' Trainer decays on the same model (it leaves out biases
+    and norm weights by module type and name, and decays the embeddings): each of our parameters is marked 1 (decay)
+    or 0 in a state dict, which the interop map carries to transformers' names, transposed or split as it is."""
+    import importlib
+
+    transformers = pytest.importorskip("transformers")
+    from neurallayers import ModelConfig, build_model
+    from neurallayers.training.runtime import param_groups
+
+    cfg = ModelConfig.from_name(name).replace(n_layer=2, n_embd=64, n_head=4, n_kv_head=None, vocab_size=100)
+    if not cfg.causal:
+        cfg = cfg.replace(head="mlm")
+    ours = build_model(cfg)
+    decay, _ = param_groups(ours, 0.1)
+    decayed = {p.data_ptr() for p in decay["params"]}
+    marks = {k: torch.full_like(t, float(t.data_ptr() in decayed)) for k, t in ours.state_dict().items()}
+    interop = importlib.import_module(f"neurallayers.interop.{family}")
+    hf_marks = interop.to_hf(marks, cfg)
+    hf = getattr(transformers, hf_class)(transformers.AutoConfig.for_model(**interop.config_to_hf(cfg)))
+    # its `self` is not read; it may list a tied weight's second name, which its optimizer never sees
+    names = [n for n, _ in hf.named_parameters()]
+    want = set(transformers.Trainer.get_decay_parameter_names(None, hf)) & set(names)
+    assert set(names) <= hf_marks.keys(), set(names) - hf_marks.keys()
+    assert all(hf_marks[n].unique().numel() == 1 for n in names)
+    got = {n for n in names if hf_marks[n].flatten()[0] == 1}
+    assert got == want and 0 < len(got) < len(names), (got ^ want)
