@@ -29,12 +29,22 @@ def shell_command() -> str:
     started by (`make demo` runs .venv/bin/neurallayers in a shell without the environment active, where the hint
     `neurallayers generate runs/demo ...` was "command not found"). For the hints of demo and train."""
     script = Path(sys.argv[0])
+    if script.name == "__main__.py":  # `python -m neurallayers`: this interpreter, whose scripts need not be on PATH
+        python = shutil.which("python")
+        # unresolved: a virtual environment's python is a link to the system's, whose packages differ
+        same = python and os.path.abspath(python) == os.path.abspath(sys.executable)
+        return f"{'python' if same else _shell_path(Path(sys.executable))} -m neurallayers"
     on_path = shutil.which("neurallayers")
     if script.name != "neurallayers" or (on_path and Path(on_path).resolve() == script.resolve()):
         return "neurallayers"
-    where = os.path.relpath(script)
+    return _shell_path(script)
+
+
+def _shell_path(program: Path) -> str:
+    """The path of `program` as a shell runs it from the current folder."""
+    where = os.path.relpath(program)
     if where.startswith(os.pardir):  # outside the current folder: its own path reads better than ../../..
-        where = str(script.absolute())
+        where = str(program.absolute())
     elif os.sep not in where:  # a bare name is looked up on PATH, not in the current folder: ./neurallayers
         where = os.path.join(os.curdir, where)
     return shlex.quote(where)

@@ -38,3 +38,20 @@ def test_a_cli_outside_the_current_folder_is_named_by_its_own_path(tmp_path, mon
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     assert demo_command("--resume") == f"{path} demo --resume"  # not ../env/bin/neurallayers
+
+
+def test_a_cli_run_as_a_module_is_named_with_its_interpreter(tmp_path, monkeypatch):
+    """`.venv/bin/python -m neurallayers train ...` with no environment active: `neurallayers` is on no PATH."""
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "neurallayers" / "__main__.py"), "train"])
+    monkeypatch.setattr(sys, "executable", str(python))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert _launcher() == ".venv/bin/python -m neurallayers"
+    monkeypatch.setenv("PATH", str(python.parent))  # the environment active: `python` is this one
+    assert demo_command("--resume") == "python -m neurallayers demo --resume"
