@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -61,7 +62,7 @@ class TrainConfig:
     nan_policy: NanPolicy = "skip"
     max_consecutive_skips: int | None = 10  # skip: this many non-finite steps in a row stop the run; None: never
     seed: int = 1337
-    device: Device = "auto"
+    device: str = "auto"  # one of Device, or "cuda:N" for one process on GPU N (torchrun gives each its own)
     compile: bool = False
     gradient_checkpointing: bool = False
     save_interval: int = 500  # steps between checkpoints; 0 = only at the end
@@ -94,6 +95,8 @@ class TrainConfig:
         _require(self, "eps", self.eps > 0, "must be > 0")
         _require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 turns clipping off)")
         _require(self, "mask_prob", 0 < self.mask_prob < 1, "must be in (0, 1)")
+        _require(self, "device", self.device in get_args(Device) or re.fullmatch(r"cuda:\d+", self.device) is not None,
+                 "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         if self.init_from is not None:
             _require(self, "init_from", bool(self.init_from.strip()), "must be a run or model folder, or None")
         for name in ("beta1", "beta2"):

@@ -130,6 +130,9 @@ class _Fit:
 
         # config.yaml names the corpus by an absolute path: eval and --resume find it from any directory
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, source=absolute_spec(run.data.source)))
+        if info.enabled and ":" in run.train.device:  # one GPU named for every process
+            raise ValueError(f"TrainConfig.device={run.train.device!r} under torchrun: use 'cuda', which gives each "
+                             "process its LOCAL_RANK's GPU (CUDA_VISIBLE_DEVICES picks which GPUs)")
         self.device = resolve_device(run.train.device, local_rank=info.local_rank)
         self.amp_dtype, use_scaler = resolve_precision(run.train.precision, self.device)
         target = _resume_target(out, resume)

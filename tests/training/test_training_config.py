@@ -18,6 +18,8 @@ from neurallayers.training import DataConfig, RunConfig, TrainConfig, apply_over
         ("nan_policy", "ignore", "nan_policy"),
         ("max_consecutive_skips", 0, "must be >= 1 or None"),
         ("device", "tpu", "device"),
+        ("device", "cuda:x", "'cuda:N'"),
+        ("device", 1, "device"),
         ("beta2", 1.0, "beta2"),
         ("grad_clip", -0.5, "grad_clip"),
         ("early_stopping_patience", 0, "early_stopping_patience"),
@@ -35,6 +37,13 @@ def test_train_config_errors_name_the_field(field, value, needle):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}") as e:
         TrainConfig(**{field: value})
     assert needle in str(e.value)
+
+
+def test_one_gpu_of_several_is_a_device():
+    """`--train.device cuda:1`: one process on the second GPU (resolve_device takes it; the config refused it)."""
+    assert TrainConfig(device="cuda:1").device == "cuda:1"
+    d = apply_overrides({"model": {"preset": "tiny"}}, ["--train.device", "cuda:0"])
+    assert RunConfig.from_dict(d).train.device == "cuda:0"
 
 
 def test_data_config_errors():
