@@ -98,7 +98,7 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: bad JSON, a missing or empty prompt, an unknown or bad field, a duplicate id, no records.
+        ValueError: bad JSON, a missing text or an empty prompt, an unknown or bad field, a duplicate id, no records.
     """
     path = Path(path)
     if not path.is_file():
@@ -135,8 +135,10 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
             if len(texts) != 1:
                 raise ValueError(f"{where}: needs exactly one of 'prompt' or 'text', got {texts or 'neither'}")
             text = record[texts[0]]
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{where}: {texts[0]!r} must be a non-empty string, got {text!r}")
+            # a blank text embeds as sentence-transformers embeds it (nl.embed does too); a blank prompt is a mistake
+            if not isinstance(text, str) or (mode == "generate" and not text.strip()):
+                need = "a non-empty string" if mode == "generate" else "a string"
+                raise ValueError(f"{where}: {texts[0]!r} must be {need}, got {text!r}")
             rid = record.get("id", n)
             if not (isinstance(rid, str) or is_int(rid)):
                 raise ValueError(f"{where}: 'id' must be a string or an integer, got {rid!r}")

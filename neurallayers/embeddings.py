@@ -47,7 +47,9 @@ def _raw(tokenizer: Tokenizer, max_length: int | None) -> HFTokenizer:
     return per_length[max_length]
 
 
-def _check_texts(texts: object, name: str = "texts") -> list[str]:
+def _check_texts(texts: object, name: str = "texts", *, empty_ok: bool = False) -> list[str]:
+    """`texts` as a list of strings; empty_ok: "" and whitespace are texts too (embed reads them as
+    sentence-transformers does: the special tokens alone)."""
     if isinstance(texts, str) or not isinstance(texts, list | tuple):
         raise ValueError(f"{name} must be a list of strings, got {type(texts).__name__}")
     if not texts:
@@ -55,7 +57,7 @@ def _check_texts(texts: object, name: str = "texts") -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise ValueError(f"{name}[{i}] must be a str, got {type(t).__name__}")
-        if not t.strip():
+        if not t.strip() and not empty_ok:
             raise ValueError(f"{name}[{i}] is empty or whitespace: give some text")
         if bad := lone_surrogate(t):  # HF's TypeError for it names no text ("TextEncodeInput must be Union[...]")
             raise ValueError(f"{name}[{i}] has a character that is not valid Unicode at position {bad.start()} "
@@ -233,7 +235,8 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
     if normalize is not None and not isinstance(normalize, bool):  # "no" is truthy: it normalised
         raise ValueError(f"normalize={normalize!r}: must be True, False or None (the model's own)")
-    texts = _check_texts(texts)
+    # an empty text embeds as in sentence-transformers ([CLS] [SEP] pooled): a corpus with blank rows embeds whole
+    texts = _check_texts(texts, empty_ok=True)
     encoder = _encoder_of(model)
     check_tokenizer(tokenizer)
     texts = read_as(encoder, texts)
@@ -249,6 +252,9 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         normalize = bool(encoder.config.extra.get("normalize", True))
     device = next(encoder.parameters()).device
     encodings = _raw(tokenizer, max_length).encode_batch(texts, add_special_tokens=True)
+    if (blank := next((i for i, e in enumerate(encodings) if not e.ids), None)) is not None:
+        raise ValueError(f"texts[{blank}] is {texts[blank]!r}, which this tokenizer encodes to no tokens (it adds no "
+                         "special tokens): give some text")
     # an ordinary tensor, filled in inference mode: an inference tensor failed backward through a probe on top of it
     out = torch.empty(len(texts), width, dtype=torch.float32, device=device)
     with torch.inference_mode(), eval_mode(encoder):  # no dropout, even mid-training; the model's own mode after

@@ -9,6 +9,7 @@ A pipeline called with one string returns that string's result; called with a li
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -57,8 +58,17 @@ class Pipeline(ABC):
         if not isinstance(items, list | tuple):
             raise ValueError(f"{self.task}: inputs must be a string or a list of strings, "
                              f"got {type(inputs).__name__}")
+        # batch_size per call, as transformers' pipelines take it (results do not depend on it); a copy runs with it, so
+        # the pipeline keeps its own, even for a call from another thread
+        runner = self
+        if "batch_size" in kwargs:
+            batch_size = kwargs.pop("batch_size")
+            if not is_int(batch_size) or batch_size < 1:
+                raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+            runner = copy.copy(self)
+            runner.batch_size = batch_size
         check_options(self.task, kwargs, self._run)
-        results = self._run(list(items), **kwargs)
+        results = runner._run(list(items), **kwargs)
         return results[0] if single else results
 
     @abstractmethod
@@ -267,7 +277,11 @@ class TextGenerationPipeline(Pipeline):
     transformers' pipeline takes it: "generated_text" is then the messages with the assistant's reply appended, or
     the reply alone with return_full_text=False. A chat that ends with the assistant's message is continued, as
     transformers' pipeline does (`continue_final_message`; None: whether the last message is the assistant's): the
-    prompt ends with that message's content and the full text extends it instead of adding a reply."""
+    prompt ends with that message's content and the full text extends it instead of adding a reply.
+
+    transformers' length options too: `max_length` (prompt and new tokens together, per prompt; max_new_tokens wins
+    over it), `prefix` (a text put before each prompt to generate from, left out of the result) and
+    `handle_long_generation="hole"` (a prompt too long to leave room for the new tokens loses its oldest ones)."""
 
     task = "text-generation"
 
@@ -299,9 +313,9 @@ class TextGenerationPipeline(Pipeline):
         return super().__call__(inputs, **kwargs)
 
     def _run(self, items: list, *, return_full_text: bool | None = True, continue_final_message: bool | None = None,
+             prefix: str = "", handle_long_generation: str | None = None, max_length: int | None = None,
              **gen_kwargs: Any) -> list[list[dict]]:
         from neurallayers.generation.config import GenerationConfig
-        from neurallayers.generation.generate import generate
 
         chats = [item for item in items if _is_chat(item)]
         if chats and len(chats) < len(items):
@@ -310,10 +324,20 @@ class TextGenerationPipeline(Pipeline):
         # per chat, as transformers decides it: a chat ending with the assistant's message is a prefill to continue
         continued = [m[-1]["role"] == "assistant" if continue_final_message is None else continue_final_message
                      for m in chats]
-        prompts = self._chat_prompts(chats, continued) if chats else _check_texts(items, "inputs")
         _check_generation_options(gen_kwargs)
-        if "max_length" in gen_kwargs:
-            raise ValueError("max_length: this pipeline counts new tokens only; give max_new_tokens instead")
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix={prefix!r}: must be a string (prepended to each text prompt, not returned)")
+        if handle_long_generation not in (None, "hole"):
+            raise ValueError(f"handle_long_generation={handle_long_generation!r}: must be None or 'hole' (drop the "
+                             "prompt's oldest tokens to leave room for the new ones)")
+        if max_length is not None and (not is_int(max_length) or max_length < 1):
+            raise ValueError(f"max_length={max_length!r}: must be an int >= 1 (prompt and new tokens together)")
+        # a blank prompt is one, as in transformers' pipeline and `neurallayers generate` ("\n" starts a fresh line)
+        texts = None if chats else _check_texts(items, "inputs", empty_ok=True)
+        # token ids, as transformers' pipeline encodes them (a Llama tokenizer's bos first, as generate() adds it): the
+        # prefix is generated from, never returned
+        prompts = (self._chat_prompts(chats, continued) if chats
+                   else [self._start(i, prefix + t) for i, t in enumerate(texts)])
         do_sample = _switch("do_sample", gen_kwargs.pop("do_sample", None))
         return_full_text = _switch("return_full_text", return_full_text) is not False  # None: the default, as there
         if do_sample is False:  # transformers' switch for greedy decoding
@@ -326,14 +350,68 @@ class TextGenerationPipeline(Pipeline):
             from neurallayers.data.chat import DEFAULT_STOP
 
             gen_config = gen_config.replace(stop=[*gen_config.stop, DEFAULT_STOP])
+        extra = len(self.tokenizer.encode(prefix, add_special_tokens=False)) if prefix and not chats else 0
+        if max_length is not None and "max_new_tokens" in gen_kwargs:  # transformers' generate warns the same
+            log.warning("text-generation: both max_new_tokens and max_length given; max_new_tokens wins")
+        budgets = [self._budget(i, len(ids), gen_config, max_length if "max_new_tokens" not in gen_kwargs else None,
+                                extra) for i, ids in enumerate(prompts)]
+        if handle_long_generation == "hole":
+            prompts = [self._hole(i, ids, new) for i, (ids, new) in enumerate(zip(prompts, budgets, strict=True))]
         n = gen_config.num_return_sequences
-        outs = generate(self.model, self.tokenizer, prompts, gen_config)  # prompt-major, n per prompt
+        outs = self._generate(prompts, gen_config, budgets)  # prompt-major, n per prompt
         if chats:  # the default template's "assistant:" cue leaves a new reply a leading blank (`chat` drops it too)
             replies = [g.text if templated or continued[k // n] else g.text.lstrip() for k, g in enumerate(outs)]
             return [[{"generated_text": _full_chat(chat, r, continued[i]) if return_full_text else r}
                      for r in replies[i * n:(i + 1) * n]] for i, chat in enumerate(chats)]
-        return [[{"generated_text": (prompt + g.text) if return_full_text else g.text} for g in outs[i * n:(i + 1) * n]]
-                for i, prompt in enumerate(prompts)]
+        return [[{"generated_text": (text + g.text) if return_full_text else g.text} for g in outs[i * n:(i + 1) * n]]
+                for i, text in enumerate(texts)]
+
+    def _start(self, i: int, text: str) -> list[int]:
+        """The ids a text prompt starts from: its tokens, or for one that has none (""), the bos token alone, from
+        which transformers' pipeline generates unconditionally (GPT-2's <|endoftext|>)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=True)
+        if ids:
+            return ids
+        if self.tokenizer.bos_id is None:
+            raise ValueError(f"inputs[{i}] is empty, and the tokenizer has no bos token to start from: give some text")
+        return [self.tokenizer.bos_id]
+
+    def _budget(self, i: int, prompt_len: int, config: Any, max_length: int | None, prefix_len: int) -> int:
+        """New tokens for prompt i: max_new_tokens, or what transformers' max_length (a total of prompt and new
+        tokens, the prefix not counted) leaves after the prompt."""
+        if max_length is None:
+            return config.max_new_tokens
+        new = max_length + prefix_len - prompt_len
+        if new < 1:
+            raise ValueError(f"max_length={max_length}: inputs[{i}] already has {prompt_len - prefix_len} tokens, "
+                             "leaving no room for new ones; raise it or give max_new_tokens")
+        return new
+
+    def _hole(self, i: int, ids: list[int], new_tokens: int) -> list[int]:
+        """transformers' handle_long_generation="hole": a prompt that leaves no room for new_tokens in the context
+        loses its oldest tokens."""
+        limit = input_limit(self.tokenizer, self.config.block_size)
+        if len(ids) + new_tokens <= limit:
+            return ids
+        keep = limit - new_tokens
+        if keep <= 0:
+            raise ValueError(f"handle_long_generation='hole': {new_tokens} new tokens fill the whole context of "
+                             f"{limit} tokens, leaving none of inputs[{i}]; ask for fewer")
+        return ids[-keep:]
+
+    def _generate(self, prompts: list[list[int]], config: Any, budgets: list[int]) -> list:
+        """generate() on each group of prompts with the same budget of new tokens, results in input order (each
+        prompt generates as it would alone, so grouping changes no token)."""
+        from neurallayers.generation.generate import generate
+
+        n, outs = config.num_return_sequences, [None] * (len(prompts) * config.num_return_sequences)
+        for budget in dict.fromkeys(budgets):
+            idx = [i for i, b in enumerate(budgets) if b == budget]
+            gens = generate(self.model, self.tokenizer, [prompts[i] for i in idx],
+                            config.replace(max_new_tokens=budget))
+            for j, i in enumerate(idx):
+                outs[i * n:(i + 1) * n] = gens[j * n:(j + 1) * n]
+        return outs
 
     def _chat_prompts(self, chats: list[list[dict]], continued: list[bool]) -> list[list[int]]:
         """Token ids of each rendered chat (ending with the reply's cue, or with its final message's content where it
@@ -368,9 +446,12 @@ def _check_generation_options(gen_kwargs: dict) -> None:
     from neurallayers.generation.config import GenerationConfig
 
     fields = [f.name for f in dataclasses.fields(GenerationConfig)]
-    own = ["return_full_text", "do_sample"]
+    own = ["return_full_text", "do_sample", "continue_final_message", "prefix", "handle_long_generation", "max_length"]
+    if "stop_sequence" in gen_kwargs:  # transformers' name; its stop string is kept in the text, ours is not
+        raise ValueError("stop_sequence: give stop=[...] instead (generation ends before the stop string, which is "
+                         "not included, as in `neurallayers generate` and the server)")
     for name in gen_kwargs:
-        if name not in fields and name not in own and name != "max_length":  # max_length: refused with its advice
+        if name not in fields and name not in own:
             hint = difflib.get_close_matches(str(name), own + fields, n=1)
             did = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ValueError(f"text-generation: unknown option {name!r}{did}; options: {', '.join(own)} and "

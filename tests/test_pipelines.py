@@ -90,8 +90,7 @@ def test_feature_extraction_is_the_sentence_embedding():
     assert many.shape == (2, 384) and one.shape == (384,)
     assert torch.allclose(many, embed(model, tok, texts), atol=1e-6)
     assert torch.allclose(one, many[0], atol=1e-6)
-    with pytest.raises(ValueError, match="empty"):
-        fe("")
+    assert fe("").shape == (384,)  # as sentence-transformers embeds it (test_embedding_recipe holds the values)
     with pytest.raises(ValueError, match="empty"):
         fe([])
 
@@ -229,21 +228,29 @@ def test_text_generation_runs_on_a_decoder():
                                                                               temperature=0)
     two = gen(["hello", "world"], max_new_tokens=3, temperature=1.0, num_return_sequences=2, seed=0)
     assert [len(r) for r in two] == [2, 2] and two[1][0]["generated_text"].startswith("world")
-    with pytest.raises(ValueError, match="empty"):
-        gen("")
+    # "" generates from the bos token alone, as transformers' pipeline does (test_text_generation_hf_pipeline)
+    from neurallayers.generation import generate
+
+    start = generate(model, tok, [[tok.bos_id]], max_new_tokens=3, temperature=0)[0].text
+    assert gen("", max_new_tokens=3, temperature=0) == [{"generated_text": start}]
+    tok.bos_token = None
+    with pytest.raises(ValueError, match=r"^inputs\[1\] is empty, and the tokenizer has no bos token to start from"):
+        gen(["hello", ""])
+    tok.bos_token = tok.eos_token
     with pytest.raises(ValueError, match="max_new_tokens"):
         gen("hello", max_new_tokens=0)
     greedy = gen("hello", max_new_tokens=4, temperature=0)[0]["generated_text"]
     assert gen("hello", max_new_tokens=4, do_sample=False)[0]["generated_text"] == greedy  # transformers' names
     tail = gen("hello", max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
     assert "hello" + tail == greedy
-    with pytest.raises(ValueError, match="max_length: .* give max_new_tokens"):
-        gen("hello", max_length=10)
+    # max_length is transformers' total of prompt and new tokens (test_text_generation_hf_pipeline holds it to theirs)
+    assert gen("hello", max_length=9, do_sample=False)[0]["generated_text"] == greedy
     with pytest.raises(ValueError, match="do_sample=True with temperature=0"):  # it ran greedy, silently
         gen("hello", max_new_tokens=4, do_sample=True, temperature=0)
     # a typo of the pipeline's own option was "GenerationConfig has no field 'return_fulltext'", with no hint
     with pytest.raises(ValueError, match=r"^text-generation: unknown option 'return_fulltext' \(did you mean "
-                                         r"'return_full_text'\?\); options: return_full_text, do_sample and "
+                                         r"'return_full_text'\?\); options: return_full_text, do_sample, "
+                                         r"continue_final_message, prefix, handle_long_generation, max_length and "
                                          r"GenerationConfig's fields \(max_new_tokens, "):
         gen("hello", return_fulltext=False)
 
@@ -433,3 +440,26 @@ def test_text_generation_takes_chats_as_transformers_pipeline_does():
     ids = tok.encode("<system>tiny<user>hello<assistant>")
     want = generate(model, tok, [ids], max_new_tokens=6, temperature=0)[0].text
     assert gen(chat, max_new_tokens=6, temperature=0, return_full_text=False) == [{"generated_text": want}]
+
+
+def test_batch_size_per_call_as_transformers_pipelines_take_it(wordpiece):
+    """`pipe(texts, batch_size=8)` is transformers' idiom; it was "unknown option 'batch_size'". The results do not
+    depend on it, and the pipeline's own batch size stays for the next call."""
+    texts = ["a [MASK] sat on the mat.", "the [MASK] is blue, the grass green and the sun is hot", "[MASK]."]
+    fill = pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece), batch_size=3)
+    want = fill(texts)
+    sizes = []
+    forward = fill._forward
+    fill._forward = lambda batch: sizes.append(len(batch["input_ids"])) or forward(batch)
+    got = fill(texts, batch_size=1)
+    assert sizes == [1, 1, 1]
+    assert [[p["token"] for p in r] for r in got] == [[p["token"] for p in r] for r in want]
+    assert all(abs(a["score"] - b["score"]) < 1e-5 for r, s in zip(got, want, strict=True)
+               for a, b in zip(r, s, strict=True))
+    assert fill.batch_size == 3
+    fe = pipeline("feature-extraction", model=(tiny_bert("none"), wordpiece))
+    assert torch.allclose(fe(texts, batch_size=2), fe(texts), atol=1e-6)
+    for bad in (0, 1.5, "8"):
+        with pytest.raises(ValueError, match=rf"^batch_size={bad!r}: must be an int >= 1$"):
+            fe(texts, batch_size=bad)
+    assert fill.batch_size == 3

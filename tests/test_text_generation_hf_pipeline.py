@@ -1,0 +1,108 @@
+"""The text-generation pipeline against transformers' own pipeline on the same Hugging Face folder: the same text for
+the same arguments (greedy and beam search, so no random draws differ)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from neurallayers.config import ModelConfig  # noqa: E402
+from neurallayers.data.tokenizers import Tokenizer  # noqa: E402
+from neurallayers.interop.hf import save_hf  # noqa: E402
+from neurallayers.models import build_model  # noqa: E402
+from neurallayers.pipelines import pipeline  # noqa: E402
+
+CORPUS = ["the cat sat on the mat. a dog ran in the park, héllo wörld 😀 ünïcode!"] * 20
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+LONG = "the cat sat on the mat. a dog ran in the park. the cat sat on the mat."  # 20+ of the 32 positions
+
+
+def gpt2_folder(folder) -> None:
+    """Our GPT-2 and byte-level BPE, written by save_hf (model_max_length 32 in tokenizer_config.json: what "hole"
+    reads there)."""
+    tok = Tokenizer.train_bpe(CORPUS, vocab_size=300, show_progress=False)
+    tok.chat_template = TEMPLATE
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    save_hf(model, tok, folder)
+
+
+def llama_folder(folder) -> None:
+    """transformers' Llama and a tokenizer that puts <s> first, as Llama's does: "hole" and the prefix see it too."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    hf.train_from_iterator(CORPUS, trainer)
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=hf, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                         model_max_length=32, chat_template=TEMPLATE).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                      bos_token_id=1, eos_token_id=2)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module", params=[gpt2_folder, llama_folder], ids=["gpt2", "llama"])
+def pipelines(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param.__name__)
+    request.param(folder)
+    theirs = transformers.pipeline("text-generation", model=str(folder), device="cpu")
+    return pipeline("text-generation", model=folder), theirs
+
+
+CASES = [
+    ("hello", dict(max_new_tokens=6)),
+    ("", dict(max_new_tokens=6)),  # generated from the bos token alone
+    (["\n", " "], dict(max_new_tokens=6)),
+    ("héllo wörld 😀", dict(max_new_tokens=6, return_full_text=False)),
+    (["the cat", "a dog ran in the park"], dict(max_new_tokens=5)),
+    (["the cat", "a dog ran in the park"], dict(max_new_tokens=5, return_full_text=False)),
+    # max_length counts prompt and new tokens together, per prompt; max_new_tokens wins over it
+    ("the cat", dict(max_length=9)),
+    (["the cat", "a dog ran in the park"], dict(max_length=14, return_full_text=False)),
+    ("the cat", dict(max_length=9, max_new_tokens=3)),
+    (["the cat", "a dog"], dict(max_new_tokens=5, num_beams=3, num_return_sequences=2)),
+    # a prompt that leaves too little room: "hole" drops its oldest tokens, the full text keeps it whole
+    (LONG, dict(max_new_tokens=14, handle_long_generation="hole")),
+    (LONG, dict(max_new_tokens=14, handle_long_generation="hole", return_full_text=False)),
+    ("hello", dict(max_new_tokens=14, handle_long_generation="hole")),  # room enough: nothing dropped
+    # the prefix is generated from but not returned; max_length does not count it
+    ("sat on", dict(max_new_tokens=5, prefix="the cat ")),
+    ("sat on", dict(max_length=8, prefix="the cat ")),
+    ([{"role": "user", "content": "the cat"}], dict(max_new_tokens=5)),
+    ([{"role": "user", "content": "the cat"}], dict(max_length=24, return_full_text=False)),
+    ([{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat"}], dict(max_new_tokens=5)),
+]
+
+
+@pytest.mark.parametrize("inputs, kwargs", CASES, ids=[f"{str(x)[:24]!r} {kw}" for x, kw in CASES])
+def test_equals_transformers_pipeline(pipelines, inputs, kwargs):
+    ours, theirs = pipelines
+    assert ours(inputs, do_sample=False, **kwargs) == theirs(inputs, do_sample=False, **kwargs)
+
+
+def test_its_length_options_refuse_what_cannot_run(pipelines):
+    ours, _ = pipelines
+    with pytest.raises(ValueError, match=r"^max_length=3: inputs\[1\] already has \d+ tokens, leaving no room"):
+        ours(["the", "a dog ran in the park"], max_length=3)
+    with pytest.raises(ValueError, match=r"^max_length=0: must be an int >= 1"):
+        ours("the cat", max_length=0)
+    with pytest.raises(ValueError, match=r"^handle_long_generation='hole': 32 new tokens fill the whole context"):
+        ours("the cat", max_new_tokens=32, handle_long_generation="hole")
+    with pytest.raises(ValueError, match=r"^handle_long_generation='cut': must be None or 'hole'"):
+        ours("the cat", handle_long_generation="cut")
+    with pytest.raises(ValueError, match=r"^prefix=3: must be a string"):
+        ours("the cat", prefix=3)
+    # transformers' stop_sequence keeps the stop string in the text; pointed at stop=, not at num_return_sequences
+    with pytest.raises(ValueError, match=r"^stop_sequence: give stop=\[\.\.\.\] instead"):
+        ours("the cat", stop_sequence=".")
