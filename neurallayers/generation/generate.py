@@ -297,12 +297,15 @@ class _RowText:
     """The text of one sequence as its tokens arrive: never half a UTF-8 character (StreamDecoder), cut before
     the first stop string, and holding back a tail that could still become a stop string."""
 
-    def __init__(self, tokenizer, stops: list[str], context: list[int]) -> None:
+    def __init__(self, tokenizer, stops: list[str], context: list[int], *, search_after: int = 0) -> None:
         from neurallayers.data.tokenizers import StreamDecoder
 
         self.context = context  # the prompt's ids: the text is what the tokens add after it (continuation_text)
         self.decoder = StreamDecoder(tokenizer, context=context)
         self.stops = stops
+        # a stop string counts only where it ends in the text of a token after the first `search_after` (vLLM's
+        # min_tokens: its stop checker skips them); one wholly in their text stays in the output
+        self.search_after = search_after
         self.longest = max((len(s) for s in stops), default=0)
         self.text = ""
         self.sent = 0  # characters already handed out by push()
@@ -338,9 +341,12 @@ class _RowText:
     def _add(self, piece: str) -> None:
         if self.stopped or not piece:
             return
-        start = max(0, len(self.text) - self.longest + 1)
+        before = len(self.text)
         self.text += piece
-        found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if len(self.ids) <= self.search_after:
+            return
+        # each stop string where it ends in the new piece (it may start before it)
+        found = [i for i in (self.text.find(s, max(0, before - len(s) + 1)) for s in self.stops) if i >= 0]
         if found:
             self.text, self.stopped = self.text[:min(found)], True
 
@@ -410,13 +416,20 @@ class _HeldEvents:
         return [StreamEvent(text="", token_id=e.token_id, logprob=e.logprob) for e in keep], text
 
 
-def _apply_stop_strings(gen: Generation, tokenizer, stops: list[str], context: list[int]) -> Generation:
+def stop_search_after(config: GenerationConfig) -> int:
+    """How many generated tokens come before stop strings are looked for: min_new_tokens where they wait for it
+    (stop_strings_after_min_new_tokens, vLLM's min_tokens), else none."""
+    return config.min_new_tokens if config.stop_strings_after_min_new_tokens else 0
+
+
+def _apply_stop_strings(gen: Generation, tokenizer, stops: list[str], context: list[int], *,
+                        search_after: int = 0) -> Generation:
     """Decode gen's tokens (after its prompt's, `context`) into gen.text, cutting at the first stop string (tokens
     and logprobs trimmed)."""
     if not stops:
         gen.text = continuation_text(tokenizer, context, gen.token_ids)
         return gen
-    row = _RowText(tokenizer, stops, context)
+    row = _RowText(tokenizer, stops, context, search_after=search_after)
     for t in gen.token_ids:
         row.push(t)
         if row.stopped:
@@ -470,7 +483,8 @@ def _eos_ids(tokenizer, model: nn.Module) -> list[int]:
     return list(tokenizer.eos_ids)
 
 
-def _stop_check(tokenizer, stops: list[str], input_ids: list[list[int]]) -> Callable[[int, list[int]], bool] | None:
+def _stop_check(tokenizer, stops: list[str], input_ids: list[list[int]], *,
+                search_after: int = 0) -> Callable[[int, list[int]], bool] | None:
     """Whether prompt i's generated tokens' text holds a stop string (None without stop strings); the text is
     theirs after the prompt (continuation_text), as the final text is cut, so " br" is found after a SentencePiece
     prompt too.
@@ -479,18 +493,25 @@ def _stop_check(tokenizer, stops: list[str], input_ids: list[list[int]]) -> Call
     have finished): so only the text near its end is decoded, the last tokens doubling until the text before the
     newest token's is longer than any stop string (plus STOP_MARGIN characters a token boundary may garble): a stop
     string ends in the newest token's text, and may start before it however long that text is. Decoding all of it
-    made a beam search with stop strings quadratic in its length (400 tokens with 2 beams: 670,000 tokens decoded)."""
+    made a beam search with stop strings quadratic in its length (400 tokens with 2 beams: 670,000 tokens decoded).
+
+    search_after (as _RowText's): none within the first that many tokens, and later only one that ends in the newest
+    token's text (a parent may hold one from before)."""
     if not stops:
         return None
     need = max(len(s) for s in stops) + STOP_MARGIN
 
     def holds_stop(i: int, ids: list[int]) -> bool:
+        if len(ids) <= search_after:
+            return False
         m, newest = 1, None
         while True:
             m = min(m, len(ids))
             text = continuation_text(tokenizer, input_ids[i] + ids[:len(ids) - m], ids[len(ids) - m:])
             newest = len(text) if newest is None else newest  # m == 1: the newest token's text
             if m == len(ids) or len(text) - newest >= need:
+                if search_after:
+                    return any(text.find(s, max(0, len(text) - newest - len(s) + 1)) >= 0 for s in stops)
                 return any(s in text for s in stops)
             m *= 2
 
@@ -619,9 +640,11 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
                     for g in generate(model, tokenizer, [ids], config.replace(seed=seed), draft_model=draft_model,
                                       amateur_model=amateur_model)]
     searched = _search(model, input_ids, config, eos_ids=eos_ids, draft_model=draft_model,
-                       amateur_model=amateur_model, holds_stop=_stop_check(tokenizer, stops, input_ids))
+                       amateur_model=amateur_model,
+                       holds_stop=_stop_check(tokenizer, stops, input_ids, search_after=stop_search_after(config)))
     if searched is not None:
-        return [_apply_stop_strings(g, tokenizer, stops, ids) if tokenizer is not None else g
+        return [_apply_stop_strings(g, tokenizer, stops, ids, search_after=stop_search_after(config))
+                if tokenizer is not None else g
                 for per_prompt, ids in zip(searched, input_ids, strict=True) for g in per_prompt]
     if not stops:
         gens = generate_ids(model, input_ids, config, eos_ids=eos_ids, seeds=seeds)
@@ -630,7 +653,8 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
                 g.text = continuation_text(tokenizer, input_ids[i // config.num_return_sequences], g.token_ids)
         return gens
     # Stop strings: follow each row's text as it grows and end the row at its first stop string.
-    texts = [_RowText(tokenizer, stops, input_ids[i // config.num_return_sequences])
+    texts = [_RowText(tokenizer, stops, input_ids[i // config.num_return_sequences],
+                      search_after=stop_search_after(config))
              for i in range(len(input_ids) * config.num_return_sequences)]
     run = None
     for run in _decode_steps(model, input_ids, config, eos_ids=eos_ids, seeds=seeds):
@@ -674,7 +698,7 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
         raise ValueError("stream() takes one prompt (a string or a list of token ids); use generate() for several")
     (input_ids,) = _encode_prompts(tokenizer, [prompt])
     with eval_mode(model):  # restored when the stream ends or is closed
-        row = _RowText(tokenizer, config.stop, input_ids)
+        row = _RowText(tokenizer, config.stop, input_ids, search_after=stop_search_after(config))
         held = _HeldEvents(row)
         reason, pending = "length", ""
         for run in _decode_steps(model, [input_ids], config, eos_ids=_eos_ids(tokenizer, model)):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from neurallayers.generation.config import GenerationConfig, StreamEvent, TokenLogprob
-from neurallayers.generation.generate import _choose, _HeldEvents, _row_seed, _RowText
+from neurallayers.generation.generate import _choose, _HeldEvents, _row_seed, _RowText, stop_search_after
 from neurallayers.generation.processors import apply_processors, build_processors
 from neurallayers.generation.search import stop_ids
 
@@ -178,7 +178,7 @@ class _Sequence:
         if self.procs:
             self.tokens = torch.zeros(1, req.prompt_tokens + self.budget, dtype=torch.long, device=device)
             self.tokens[0, :req.prompt_tokens] = torch.tensor(req.prompt_ids, dtype=torch.long, device=device)
-        self.text = _RowText(tokenizer, cfg.stop, req.prompt_ids)
+        self.text = _RowText(tokenizer, cfg.stop, req.prompt_ids, search_after=stop_search_after(cfg))
         self.held = _HeldEvents(self.text)  # token events wait while their text could be a stop string's
         self.n = 0  # tokens chosen so far
         self.last = -1  # the last chosen token: the input of the next decode step

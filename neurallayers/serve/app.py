@@ -1,9 +1,10 @@
 """`create_app`: the FastAPI application that serves one model over an OpenAI-compatible HTTP API.
 
 Middleware, outermost first: metrics (every request, by route and status) -> CORS (only with `cors_origins`) ->
-gate (503 while draining, 401 without the API key; /health stays open) -> the routes. The engine starts with the
-server (lifespan) and drains when it stops; `mark_draining()` (the CLI calls it on SIGTERM) refuses new requests and
-ends what is still running shutdown_timeout later with a 503, before the server's own deadline cancels it.
+gate (503 while draining, 401 without the API key; /health and /ping stay open) -> the routes.
+The engine starts with the server (lifespan) and drains when it stops; `mark_draining()` (the CLI calls it on
+SIGTERM) refuses new requests and ends what is still running shutdown_timeout later with a 503, before the server's
+own deadline cancels it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
         model: a run directory or Hugging Face folder (loaded with `neurallayers.load`), or a (model, tokenizer)
             pair already loaded. Decoder models generate (completions, chat); encoder models embed.
         model_name: the id clients name in `model` (default: the folder's name, or "model" for a pair).
-        api_key: when set, every route but /health needs `Authorization: Bearer <api_key>`.
+        api_key: when set, every route but /health and /ping needs `Authorization: Bearer <api_key>`.
         max_concurrency: sequences the engine decodes together (its max_batch).
         max_queue: sequences that may wait for a slot; beyond running + waiting, requests get 429 at once.
         cors_origins: origins allowed to call from a browser; CORS is off when None or empty.

@@ -7,7 +7,10 @@ import json
 
 from neurallayers.serve.errors import error_body
 
-OPEN_PATHS = frozenset({"/health", "/ping"})  # answer without a key (load balancers, liveness probes)
+# Paths that answer without the API key, and while draining: liveness probes (load balancers; /ping is vLLM's and
+# SageMaker's name for /health). Every other path needs the key (RELIABILITY item 18), a route added later too, where
+# vLLM leaves every path outside /v1 open (/version, /metrics, /tokenize): those show the model, its load or its text.
+OPEN_PATHS = frozenset({"/health", "/ping"})
 MAX_BODY_BYTES = 32 * 2**20  # a request body larger than this is refused (413) before it is read
 
 
@@ -20,8 +23,9 @@ async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, b
 
 
 class GateMiddleware:
-    """Refuses requests before any route runs: 503 while the server drains, 401 without the right key, 413 when the
-    body is over `max_body_bytes` (a declared Content-Length at once, a chunked body as soon as it passes the limit).
+    """Refuses requests before any route runs: 503 while the server drains, 401 without the right key (on every path
+    but OPEN_PATHS), 413 when the body is over `max_body_bytes` (a declared Content-Length at once, a chunked body
+    as soon as it passes the limit).
 
     The key is compared with hmac.compare_digest (constant time), so response timing does not reveal how much of a
     guess was right.
@@ -51,7 +55,9 @@ class GateMiddleware:
                               code="shutting_down")
             await _send_json(send, 503, body, [(b"connection", b"close"), (b"retry-after", b"1")])
             return
-        if self.key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+        # a CORS preflight carries no Authorization header (a browser sends none), as vLLM lets OPTIONS through
+        keyless = path in OPEN_PATHS or scope.get("method") == "OPTIONS"
+        if self.key is not None and not keyless and not self._authorized(scope):
             body = error_body("missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                               type="authentication_error", code="invalid_api_key")
             await _send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])

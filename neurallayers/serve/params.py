@@ -246,7 +246,7 @@ def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, l
                                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                                 logit_bias=logit_bias(served, req.logit_bias), stop=stop_list(req.stop),
                                 stop_token_ids=req.stop_token_ids or [], ignore_eos=req.ignore_eos, seed=seed,
-                                logprobs=logprobs)
+                                logprobs=logprobs, stop_strings_after_min_new_tokens=True)  # vLLM's min_tokens
         base.check_vocab(vocab)  # the engine does not check stop_token_ids
     except ValueError as e:
         name = re.match(r"GenerationConfig\.(\w+)[= ]", str(e))

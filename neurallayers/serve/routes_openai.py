@@ -103,19 +103,35 @@ def register(app, *, holder, metrics) -> None:
             params.refuse_unsupported(req)
             prompts = await params.prompt_ids(served, req.prompt, special=req.add_special_tokens,
                                               truncate=req.truncate_prompt_tokens)
-            max_tokens = req.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
+            max_tokens = COMPLETION_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+            if max_tokens == 0 and not req.echo:
+                raise bad_request("max_tokens=0 generates nothing: it is taken only with echo (the prompt alone, "
+                                  "with its logprobs); give at least 1", "max_tokens")
+            if max_tokens == 0 and req.min_tokens:
+                raise bad_request(f"min_tokens={req.min_tokens} with max_tokens=0: nothing is generated",
+                                  "min_tokens")
             params.check_length(served, prompts, max_tokens)
-            configs = params.generation_configs(served, req, max_tokens=max_tokens, logprobs=req.logprobs,
+            # max_tokens 0 (echo alone) is checked as vLLM checks it, with one token to generate
+            configs = params.generation_configs(served, req, max_tokens=max(max_tokens, 1), logprobs=req.logprobs,
                                                 count=req.n)
             echo_lps = None
             if req.echo and req.logprobs is not None:
                 from starlette.concurrency import run_in_threadpool
 
                 echo_lps = [await run_in_threadpool(prompt_logprobs, served, ids, req.logprobs) for ids in prompts]
-            requests = submit_all(served, prompts, configs, metrics=metrics)
             meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
             echoes = echo_texts(served.tokenizer, req.prompt, prompts) if req.echo else [""] * len(prompts)
             n_prompt = sum(len(ids) for ids in prompts)
+            if max_tokens == 0:
+                choices = [{"index": i, "text": echoes[p], "finish_reason": "length",
+                            "logprobs": None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()}}
+                           for i, p in enumerate(p for p in range(len(prompts)) for _ in range(req.n))]
+                body = {**meta, "object": "text_completion", "choices": choices, "usage": usage(n_prompt, 0)}
+                if not req.stream:
+                    return body
+                response, lease = streaming_response(_echo_chunks(body, req), lease), None
+                return response
+            requests = submit_all(served, prompts, configs, metrics=metrics)
             if req.stream:
                 chunks = _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started)
                 response, lease = streaming_response(chunks, lease), None
@@ -136,6 +152,18 @@ def register(app, *, holder, metrics) -> None:
         finally:
             if lease is not None:
                 lease.release()
+
+    async def _echo_chunks(body: dict, req):
+        """The stream of an echo without generation: each choice's prompt in one chunk that ends it, then the usage
+        when asked for."""
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        extra = {"usage": None} if include_usage else {}
+        base = {k: v for k, v in body.items() if k not in ("choices", "usage")}
+        for c in body["choices"]:
+            yield sse({**base, "choices": [c], **extra})
+        if include_usage:
+            yield sse({**base, "choices": [], "usage": body["usage"]})
+        yield SSE_DONE
 
     def _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started):
         head = []
@@ -253,7 +281,9 @@ def register(app, *, holder, metrics) -> None:
             if req.dimensions is not None and req.dimensions != width:
                 raise bad_request(f"dimensions={req.dimensions}: this model's embeddings have {width} dimensions",
                                   "dimensions")
-            vectors, n_tokens = await embed_texts(served, texts)
+            keep = embedding_truncation(served, req.truncate_prompt_tokens)
+            vectors, n_tokens = await embed_texts(served, texts, max_length=keep, normalize=req.normalize,
+                                                  truncation_side="right" if keep is None else "left")
             data = []
             for i, v in enumerate(vectors):
                 value = base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() \
@@ -302,16 +332,36 @@ def embedding_texts(value) -> list[str]:
     return texts
 
 
-async def embed_texts(served: ServedModel, texts: list[str]):
-    """(N, C) float32 CPU embeddings and the number of tokens read, computed in a worker thread."""
+def embedding_truncation(served: ServedModel, truncate: int | None) -> int | None:
+    """The tokens an input keeps under vLLM's truncate_prompt_tokens (-1: max_model_len; None: None), checked: at
+    most max_model_len, as vLLM refuses more, and room for a text token beside the special tokens."""
+    if truncate is None:
+        return None
+    limit = served.max_model_len
+    keep = limit if truncate == -1 else truncate
+    if keep > limit:
+        raise bad_request(f"truncate_prompt_tokens={keep} is over the model's input limit (max_model_len) {limit}",
+                          "truncate_prompt_tokens")
+    least = max(2, served.tokenizer.hf.num_special_tokens_to_add(False) + 1)
+    if keep < least:
+        raise bad_request(f"truncate_prompt_tokens={keep} leaves no room for the text beside the special tokens: "
+                          f"give at least {least}", "truncate_prompt_tokens")
+    return keep
+
+
+async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int | None = None,
+                      normalize: bool | None = None, truncation_side: str = "right"):
+    """(N, C) float32 CPU embeddings and the number of tokens read, computed in a worker thread; max_length:
+    tokens each text keeps (default max_model_len), cut on `truncation_side`; normalize: None, the model's own."""
     from starlette.concurrency import run_in_threadpool
 
     from neurallayers.embeddings import embed, read_as, tokenize_batch
 
-    max_length = served.max_model_len
+    max_length = served.max_model_len if max_length is None else max_length
 
     def work():
-        vectors = embed(served.model, served.tokenizer, texts, max_length=max_length).cpu()
+        vectors = embed(served.model, served.tokenizer, texts, max_length=max_length, normalize=normalize,
+                        truncation_side=truncation_side).cpu()
         read = read_as(served.model, texts)  # lowercased where embed lowercases: the tokens it read
         n_tokens = int(tokenize_batch(served.tokenizer, read, max_length=max_length)["attention_mask"].sum())
         return vectors, n_tokens

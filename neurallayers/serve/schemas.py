@@ -73,6 +73,9 @@ UNSUPPORTED = frozenset({
     "prompt_logprobs", "logits_processors", "chat_template", "documents", "mm_processor_kwargs",
     "return_tokens_as_token_ids", "vllm_xargs",
     "tool_calls", "tool_call_id"})  # the last two: fields of a message
+# Values of unimplemented fields that ask for what this server does anyway (no tools, no tool call), as vLLM takes them:
+# some clients send them on every request
+NO_TOOLS = {"tools": [], "functions": [], "tool_choice": "none", "function_call": "none"}
 # vLLM's extra parameters taken at their default value only (the behaviour this server has), refused at any other
 VLLM_DEFAULT_ONLY = {"use_beam_search": False, "length_penalty": 1.0, "include_stop_str_in_output": False,
                      "skip_special_tokens": True, "spaces_between_special_tokens": True}
@@ -95,7 +98,9 @@ class OpenAIRequest(Strict):
         if not isinstance(data, dict):
             return data
         optional = {name for name, field in cls.model_fields.items() if not field.is_required()}
-        return {k: v for k, v in data.items() if v is not None or (k not in optional and k not in UNSUPPORTED)}
+        return {k: v for k, v in data.items()
+                if (v is not None or (k not in optional and k not in UNSUPPORTED))
+                and not (k in NO_TOOLS and k not in cls.model_fields and v == NO_TOOLS[k])}
 
 
 class Sampling(OpenAIRequest):
@@ -112,7 +117,7 @@ class Sampling(OpenAIRequest):
     best_of: int | None = Field(None, ge=1, le=MAX_N, description="only equal to n: choosing the best of more is not "
                                 "supported")
     min_tokens: int = Field(0, ge=0, description="end-of-text and stop_token_ids are held back until this many "
-                            "tokens are generated (vLLM's)")
+                            "tokens are generated, and a stop string counts only where it ends after them (vLLM's)")
     truncate_prompt_tokens: Truncation | None = Field(None, description="keep only the last k tokens of each prompt; "
                                                       "-1: as many as the context length holds (vLLM's)")
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = Field(
@@ -142,6 +147,9 @@ class Sampling(OpenAIRequest):
 
 class CompletionRequest(Sampling):
     prompt: Prompt = Field(description="a string, a list of strings, a list of token ids or a list of token-id lists")
+    max_tokens: int | None = Field(None, ge=0, description="tokens to generate at most (default 16); prompt + "
+                                   "max_tokens must fit the context length; 0 only with echo: the prompt alone, "
+                                   "scored with logprobs, nothing generated (OpenAI's legacy API and vLLM)")
     echo: bool = Field(False, description="return the prompt before the completion")
     add_special_tokens: bool = Field(True, description="run a text prompt through the tokenizer's post-processor (a "
                                      "bos), as vLLM does")
@@ -193,6 +201,10 @@ class EmbeddingRequest(OpenAIRequest):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, description="must equal the model's width when given")
     user: str | None = None
+    truncate_prompt_tokens: Truncation | None = Field(None, description="keep only the last k tokens of each input, "
+                                                      "its special tokens among them; -1: max_model_len (vLLM's)")
+    normalize: bool | None = Field(None, description="L2-normalize each vector (vLLM's); default: the model's own "
+                                   "(a sentence-transformers folder without Normalize gives raw vectors)")
 
 
 class TokenizeRequest(OpenAIRequest):
