@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="(default 8000; 0 picks a free one)")
     # read from the environment in run(), not as the default: --help prints defaults, and must not print a key
     parser.add_argument("--api-key", default=None,
-                        help=f"require 'Authorization: Bearer KEY' on every route but /health and /ping; or set ${API_KEY_ENV}")
+                        help="require 'Authorization: Bearer KEY' on every route but /health and /ping; or set "
+                        f"${API_KEY_ENV}")
     parser.add_argument("--max-concurrency", type=positive_int, default=8,
                         help="sequences decoded together (the engine's batch)")
     parser.add_argument("--max-queue", type=int, default=32,
