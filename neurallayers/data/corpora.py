@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ _SPEC_FORMS = (f"a built-in corpus {BUILTIN_CORPORA}, a text file, a folder, a g
 _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 # A file's fingerprint hashes the whole file up to _SAMPLES blocks of _SAMPLE_BYTES (1 MiB), and that many blocks spread
 # from its start to its end beyond: cheap for a big file, and an edit anywhere in a smaller one is seen.
+_BLOCK_CHARS = 1 << 20  # a text file is read this many characters at a time
 _SAMPLE_BYTES = 64 * 1024
 _SAMPLES = 16
 # UTF-32 before UTF-16: the UTF-32 LE BOM starts with the UTF-16 LE one.
@@ -40,6 +42,9 @@ _WORD_END = re.compile(r"(?<=\S) ")  # a long line's cut: the space before a wor
 # whitespace is joined with it by GPT-2's and Llama 3's pre-tokenizers ("\n\n    " before an indented line of code is
 # one piece, "\n\n" at a piece's end another than before a word), so a cut there gave other tokens than the document's.
 _LINE_END = re.compile(r"(?<=\S)\n")  # and no whitespace after it: see _clean_cut
+# Whitespace after a word, where GPT-2's split always starts a pre-token. Not Python's \s: it holds "\x1c", which a
+# punctuation pre-token may end in.
+_SPACE_RUN = re.compile(r"(?<=\S)[ \t\r\n]")
 # Magic numbers of the formats real corpora ship compressed in (C4's .json.gz, the Pile's .jsonl.zst): not read here.
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
                (b"PK\x03\x04", "zip"))
@@ -60,6 +65,30 @@ class Document:
 
     name: str
     text: str
+
+    def blocks(self) -> Iterator[str]:
+        """The text in consecutive non-empty blocks: whole here, as read for a file (`FileDocument`)."""
+        if self.text:
+            yield self.text
+
+
+class FileDocument(Document):
+    """A text file's document, read when its text is asked for; `blocks` reads it a block at a time, so that a big
+    file's pieces are tokenized without its bytes and its text held whole (~2 bytes a character above the tokens)."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        object.__setattr__(self, "name", name)  # frozen, as Document
+        object.__setattr__(self, "path", path)
+
+    @property
+    def text(self) -> str:
+        return _read_text(self.path)
+
+    def blocks(self) -> Iterator[str]:
+        yield from _text_blocks(self.path)
+
+    def __repr__(self) -> str:  # not the text: a file of gigabytes
+        return f"FileDocument(name={self.name!r}, path={str(self.path)!r})"
 
 
 class Corpus:
@@ -133,7 +162,7 @@ class FileCorpus(Corpus):
             elif path.suffix.lower() in JSONL_SUFFIXES:
                 yield from _jsonl_documents(path, rel, self.text_field)
             else:
-                yield Document(rel, _read_text(path))
+                yield FileDocument(rel, path)
 
     def fingerprint(self) -> str:
         # Names, sizes, modification times and a sample of the bytes: same-named files of equal size and mtime in
@@ -259,35 +288,71 @@ def _glob_root(spec: str) -> Path:
     return Path(*parts[:next(i for i, part in enumerate(parts) if glob.has_magic(part))])
 
 
-def chunk_document(doc: Document, max_chars: int) -> list[Document]:
-    """Splits a document into pieces of about `max_chars` characters, cut just after a newline (one between two words
-    where there is one within twice `max_chars`).
-
-    The pieces concatenate back to the document. A line over twice `max_chars` is cut just before a space that follows
-    a word, where byte-level BPE, char-level and SentencePiece tokenizers start a token anyway (text8 is one line of
-    100M characters: tokenized whole, it took tens of GB). A line with no such space stays whole.
-    Piece names are "<name>#<i>" (or the document's own name when it is not split).
-    """
-    if len(doc.text) <= max_chars:
-        return [doc]
-    pieces, start = [], 0
-    while start < len(doc.text):
-        end = _piece_end(doc.text, start, max_chars)
-        pieces.append(doc.text[start:end])
-        start = end
-    if len(pieces) == 1:
+def chunk_document(doc: Document, max_chars: int, *, byte_level: bool = False) -> list[Document]:
+    """Splits a document into the pieces `chunk_text` cuts its text into, named "<name>#<i>" (or the document itself
+    when it is not split). The pieces concatenate back to the document."""
+    pieces = list(chunk_text(doc.blocks(), max_chars, byte_level=byte_level))
+    if len(pieces) <= 1:
         return [doc]
     return [Document(f"{doc.name}#{i}", piece) for i, piece in enumerate(pieces)]
 
 
-def _piece_end(text: str, start: int, max_chars: int) -> int:
-    """Where the piece of `text` starting at `start` ends: after the first newline between two words from `max_chars`
-    on, else after any newline, within twice `max_chars`; past that, before the first space after a word from
-    `max_chars` on, else at the line's end."""
+def chunk_text(blocks: Iterable[str], max_chars: int, *, byte_level: bool = False) -> Iterator[str]:
+    """A text, given in consecutive blocks (a file as it is read), in pieces of about `max_chars` characters, cut
+    where the tokenizers start a token anyway; the same pieces however the text is cut into blocks, holding about
+    twice `max_chars` characters and a block at a time.
+
+    A piece ends just after the first newline between two words from `max_chars` on, within twice `max_chars`; else
+    (`byte_level`) just before the first whitespace that follows a word, however far; else after any newline within
+    twice `max_chars`; past that, before the first space after a word (text8 is one line of 100M characters: tokenized
+    whole, it took tens of GB), else at the line's end. A newline between two words starts a token in byte-level BPE
+    (GPT-2's, Llama 3's), char-level and SentencePiece tokenizers, a space after a word too, and in GPT-2's split any
+    whitespace after a word, and nothing within a run of whitespace: a newline beside other whitespace is joined with
+    it ("\\n    " before an indented line is one pre-token, "\\n\\n" or "\\r\\n" at a text's end another), so a
+    text without a newline between two words (pretty-printed JSON, blank-line paragraphs) got other ids in pieces cut
+    after a newline than whole.
+
+    Args:
+        byte_level: the text is for a byte-level BPE with GPT-2's split and no prefix space (`byte_level_split`).
+    """
+    if max_chars < 1:  # a piece of none would be cut at its own start, forever
+        raise ValueError(f"max_chars={max_chars} must be >= 1")
+    blocks = iter(blocks)
+    max_chars = min(max_chars, sys.maxsize >> 2)  # "no cut" (2**62) as regex positions take it
+    text, start, final = "", 0, False
+    while True:
+        end = _piece_end(text, start, max_chars, final, byte_level) if start < len(text) else None
+        if end is not None:
+            yield text[start:end]
+            start = end
+            continue
+        if final:
+            return
+        if start > 1:  # keep the character before the piece: the cuts look behind
+            text, start = text[start - 1 :], 1
+        want = max(2 * (len(text) - start), 1)  # a line without a cut reads twice as much each time: linear
+        while not final and len(text) - start < want:
+            block = next(blocks, None)
+            final = block is None
+            text += block or ""
+
+
+def _piece_end(text: str, start: int, max_chars: int, final: bool, byte_level: bool) -> int | None:
+    """Where the piece of `text` starting at `start` ends (see `chunk_text`); None when that depends on text not read
+    yet (`final`: `text` is all there is)."""
     low, high = start + max_chars - 1, start + 2 * max_chars
+    if not final and len(text) <= high:
+        return None  # a clean cut looks at the character after its newline, up to text[high]
     if clean := _clean_cut(text, low, high):
         return clean
-    line_end = text.find("\n", low) + 1 or len(text)
+    if byte_level:  # GPT-2's split has no cut within a run of whitespace: the first one after a word, however far
+        run = _SPACE_RUN.search(text, max(low, start + 1))
+        return run.start() if run else None if not final else len(text)
+    newline = text.find("\n", low)
+    if newline < 0 and not final:  # the line goes on past what is read, over twice max_chars
+        word_end = _WORD_END.search(text, start + max_chars)
+        return word_end.start() if word_end else None
+    line_end = newline + 1 or len(text)
     if line_end - start <= 2 * max_chars:
         return line_end
     word_end = _WORD_END.search(text, start + max_chars, line_end)
@@ -414,6 +479,20 @@ def _read_text(path: Path) -> str:
                              f"decompress it first") from None
         name = encoding.removesuffix("-sig").upper()
         raise ValueError(f"{str(path)!r} is not {name} ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+
+
+def _text_blocks(path: Path) -> Iterator[str]:
+    """The text `_read_text` gives, in blocks of _BLOCK_CHARS characters, decoded as read: its newlines are made "\\n"
+    as there (CRLF and CR: Python's universal newlines, as nanoGPT reads text)."""
+    with open(path, "rb") as f:
+        encoding = _text_encoding(f.read(4))
+    try:
+        with open(path, encoding=encoding) as f:
+            while block := f.read(_BLOCK_CHARS):
+                yield block
+    except UnicodeDecodeError:
+        _read_text(path)  # the error naming the byte (or the compression) the whole read names
+        raise
 
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -8,6 +8,7 @@ documents separated by eos) and memory-maps them afterwards. `RandomWindows.batc
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import numbers
@@ -27,20 +28,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from neurallayers.data.corpora import Corpus, Document, chunk_document
+from neurallayers.data.corpora import Corpus, Document, FileDocument, chunk_text
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.files import WriteError
 
 log = logging.getLogger("neurallayers.data")
 
 # Bump when the file layout or the split rule changes: old caches are then ignored. 3: long lines are cut at spaces;
-# 4: a newline is a cut only between two words (beside other whitespace it joins it in a token).
-CACHE_VERSION = 4
+# 4: a newline is a cut only between two words (beside other whitespace it joins it in a token); 5: for GPT-2's split,
+# where there is none near, whitespace after a word is, before any newline.
+CACHE_VERSION = 5
 CHUNK_CHARS = 50_000
 _BATCH_CHARS = 1_000_000  # text handed to the tokenizer per call: big enough for its thread pool
 # A piece longer than this is encoded in parts cut as pieces are (a tail split's one piece is the whole corpus, and
 # encoded whole it took ~300 bytes a character: 1.4 GB for 3 MB of text); its tokens stay one piece for the split.
 _ENCODE_CHARS = 1_000_000
+_COPY_BYTES = 1 << 24
 _Part = tuple[Document, bool, bool, bool]  # (part of a piece, first part of its document, last, starts its piece)
 _STALE_SECONDS = 24 * 3600  # a build folder whose owner cannot be checked is dead after this long without a write
 _IDLE_SECONDS = 600  # a live build writes every few seconds
@@ -274,16 +277,17 @@ def _last_write(folder: Path) -> float:
 def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, show_progress: bool) -> None:
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
     eos, bos = tokenizer.eos_id, tokenizer.bos_id if sources.get("document_bos") else None
-    # Per piece: hash(seed, name), start and length in all.bin, 8 bytes each. A list of names and one array view per
-    # piece took ~600 bytes a piece: GBs for a JSON-lines corpus of millions of records.
-    hashes, starts, lengths = array("Q"), array("q"), array("q")
+    # Per piece: hash(seed, name) and length in all.bin, 8 bytes each. A list of names and one array view per piece
+    # took ~600 bytes a piece: GBs for a JSON-lines corpus of millions of records.
+    hashes, lengths = array("Q"), array("q")
     total = 0
     encode = _piece_encoder(tokenizer)
     with open(out / "all.bin", "wb") as f, tqdm(
         desc=f"tokenizing {corpus.name}", unit="char", unit_scale=True, disable=not show_progress,
         delay=1,  # shown only when it takes a while: a corpus refused at once leaves just its one-line error
     ) as bar:
-        for batch in _batches(_pieces(corpus.documents(), sources["chunk_chars"])):
+        pieces = _pieces(corpus.documents(), sources["chunk_chars"], byte_level=byte_level_split(tokenizer))
+        for batch in _batches(pieces):
             for (piece, first, last, new), ids in zip(batch, encode(batch), strict=True):
                 if first and bos is not None:
                     ids.insert(0, bos)
@@ -292,7 +296,6 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
                 _write(f, np.asarray(ids, dtype=dtype))
                 if new:
                     hashes.append(_hash(f"{sources['seed']}\0{piece.name}"))
-                    starts.append(total)
                     lengths.append(len(ids))
                 else:  # a later part of the same piece
                     lengths[-1] += len(ids)
@@ -301,26 +304,25 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
     if total == 0:
         raise ValueError(f"corpus {corpus.name!r} has no text to tokenize")
 
-    tokens = np.asarray(np.memmap(out / "all.bin", dtype=dtype, mode="r"))  # a plain view: slices made quickly
     fraction = sources["val_fraction"]
-    with open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
+    # all.bin is read in order, not mapped: its mapped pages counted in the process's memory (116 MB for 100 MB of text)
+    with open(out / "all.bin", "rb") as src, open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
         if sources.get("split") == "tail" or not round(fraction * len(lengths)):
             # Whole pieces cannot give the fraction: split_names' one val piece of two made val 83% of a 60k-character
             # file (its 50k piece) or 17%, by the seed. A single piece always comes here.
             cut = total - (min(max(round(total * fraction), 1), total - 1) if fraction else 0)
-            _write(train, tokens[:cut])
-            _write(val, tokens[cut:])
+            _copy(src, train, cut * dtype.itemsize)
+            _copy(src, val, (total - cut) * dtype.itemsize)
             val_tokens, n_val_docs = total - cut, int(cut < total)
         else:
             to_val = _val_mask(np.frombuffer(hashes, dtype=np.uint64), fraction)
-            for start, length, v in zip(starts, lengths, to_val.tolist(), strict=True):
-                _write(val if v else train, tokens[start : start + length])
+            for v, run in itertools.groupby(zip(to_val.tolist(), lengths, strict=True), key=lambda p: p[0]):
+                _copy(src, val if v else train, sum(length for _, length in run) * dtype.itemsize)
             val_tokens, n_val_docs = int(np.frombuffer(lengths, dtype=np.int64)[to_val].sum()), int(to_val.sum())
         for f in (train, val):
             f.flush()
             os.fsync(f.fileno())
     counts = {"train_tokens": total - val_tokens, "val_tokens": val_tokens}
-    del tokens
     (out / "all.bin").unlink()
     meta = {**sources, "dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": eos, **counts,
             "pieces": len(lengths), "val_pieces": n_val_docs}
@@ -328,6 +330,16 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
         json.dump(meta, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _copy(src: BinaryIO, dst: BinaryIO, size: int) -> None:
+    """Copies the next `size` bytes of `src` to `dst`, a block at a time."""
+    while size > 0:
+        block = src.read(min(size, _COPY_BYTES))
+        if not block:
+            raise ValueError("the token file ended early")  # never: it was written whole just before
+        dst.write(block)
+        size -= len(block)
 
 
 def _write(f: BinaryIO, ids: np.ndarray) -> None:
@@ -370,16 +382,35 @@ def starts_with_bos(tokenizer: Tokenizer) -> bool:
     return tokenizer.encode("a", add_special_tokens=True)[:1] == [bos] and tokenizer.encode("a")[:1] != [bos]
 
 
-def _pieces(documents: Iterable[Document], chunk_chars: int) -> Iterator[_Part]:
-    """The pieces of the documents, each in one part or, past _ENCODE_CHARS, several; empty documents skipped."""
+def byte_level_split(tokenizer: Tokenizer) -> bool:
+    """Whether `tokenizer` splits text as GPT-2's does (byte-level, its regex, no prefix space nor normalizer): any
+    whitespace after a word starts a pre-token there, and `chunk_text` may cut before it."""
+    from tokenizers import pre_tokenizers
+
+    pre = tokenizer.hf.pre_tokenizer
+    return (tokenizer.hf.normalizer is None and isinstance(pre, pre_tokenizers.ByteLevel) and pre.use_regex
+            and not pre.add_prefix_space)
+
+
+def _pieces(documents: Iterable[Document], chunk_chars: int, *, byte_level: bool) -> Iterator[_Part]:
+    """The pieces of the documents, each in one part or, past _ENCODE_CHARS, several; empty documents skipped. A
+    document's text is cut as it is read (a file's a block at a time), and a piece is named as `chunk_document` names
+    it."""
     for doc in documents:
-        if doc.text:
-            pieces = chunk_document(doc, chunk_chars)
-            for i, piece in enumerate(pieces):
-                parts = chunk_document(piece, _ENCODE_CHARS)
-                for j, part in enumerate(parts):
-                    first, last = i == j == 0, i == len(pieces) - 1 and j == len(parts) - 1
-                    yield Document(piece.name, part.text), first, last, j == 0
+        if not isinstance(doc, FileDocument) and len(doc.text) <= min(chunk_chars, _ENCODE_CHARS):
+            if doc.text:  # one piece of one part, as chunk_text gives it: millions of JSON-lines records come here
+                yield Document(doc.name, doc.text), True, True, True
+            continue
+        pieces = chunk_text(doc.blocks(), chunk_chars, byte_level=byte_level)
+        piece, i = next(pieces, None), 0
+        while piece is not None:
+            after = next(pieces, None)
+            name = doc.name if i == 0 and after is None else f"{doc.name}#{i}"
+            parts = [piece] if len(piece) <= _ENCODE_CHARS else list(chunk_text([piece], _ENCODE_CHARS,
+                                                                                 byte_level=byte_level))
+            for j, part in enumerate(parts):
+                yield Document(name, part), i == j == 0, after is None and j == len(parts) - 1, j == 0
+            piece, i = after, i + 1
 
 
 def _batches(pieces: Iterator[_Part]) -> Iterator[list[_Part]]:

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_
         if mask and kind == "bpe":  # cached before <mask> took the space before it: it does now
             mask_takes_its_space(tok.hf)
         return tok
-    if not any(doc.text for doc in corpus.documents()):  # stops at the first document with text
+    if not any(next(doc.blocks(), "") for doc in corpus.documents()):  # stops at the first document with text
         raise ValueError(f"corpus {corpus.name!r} has no text to tokenize")
     texts = _training_texts(corpus)
     if kind == "char":
@@ -77,20 +76,16 @@ def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_
     return tok
 
 
-def _training_texts(corpus: object, size: int = 50_000) -> Iterator[str]:
-    """The corpus's texts in pieces of about `size` characters, for the tokenizer trainers: HF's BPE trainer took ~90
-    bytes a character of a text given whole (1.8 GB for a 20 MB file). A piece ends before a space or newline that
-    follows a non-space, which no pre-token of the byte-level split (GPT-2's) spans: the trainer counts the same
-    words."""
+def _training_texts(corpus: object) -> Iterator[str]:
+    """The corpus's texts in the pieces a byte-level BPE's token cache cuts (`chunk_text`), for the tokenizer
+    trainers: HF's BPE trainer took ~90 bytes a character of a text given whole (1.8 GB for a 20 MB file). A piece
+    ends where GPT-2's split, the trained BPE's, starts a pre-token anyway (but in a text with no whitespace after a
+    word for twice CHUNK_CHARS), so the trainer counts the same words; a file is read a block at a time."""
+    from neurallayers.data.corpora import chunk_text
+    from neurallayers.data.datasets import CHUNK_CHARS
+
     for doc in corpus.documents():
-        text, start = doc.text, 0
-        while len(text) - start > size and (cut := _TRAIN_CUT.search(text, start + size)):
-            yield text[start : cut.start()]
-            start = cut.start()
-        yield text[start:]
-
-
-_TRAIN_CUT = re.compile(r"(?<=\S)[ \n]")  # not any \s: Python's holds "\x1c", which a punctuation pre-token may end in
+        yield from chunk_text(doc.blocks(), CHUNK_CHARS, byte_level=True)
 
 
 def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progress: bool = False,
