@@ -396,7 +396,7 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     tokenizer_config.json when a tokenizer is given. Stale weight files of an earlier save are removed.
 
     Args:
-        model: a NeuralLayers model with a `config` (DecoderLM, or an encoder).
+        model: a NeuralLayers model with a `config` (DecoderLM, or an encoder), or torch.compile's wrapper of one.
         tokenizer: a `neurallayers.data.Tokenizer`, or None to write weights only.
         folder: created if needed.
         max_shard_size: largest shard in bytes; None writes one file.
@@ -409,6 +409,9 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
             ids than the model's vocabulary, a bad max_shard_size, or an embedding model whose sentence-transformers
             pipeline has a module this folder cannot hold (a Dense projection; a classifier trained from it is written).
     """
+    # torch.compile's wrapper forwards .config, but its state dict names every weight "_orig_mod.<name>": the save
+    # failed naming them all as unexpected (transformers' save_pretrained writes a compiled model's weights)
+    model = getattr(model, "_orig_mod", model)
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, ModelConfig):
         raise ValueError(f"model must be a NeuralLayers model with a ModelConfig .config, got {type(model).__name__}")

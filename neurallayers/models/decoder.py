@@ -199,6 +199,7 @@ class DecoderLM(nn.Module):
         """
         cfg = self.config
         b, t = _check_ids(input_ids)
+        input_pos = _check_input_pos(input_pos, b)
         if cache is None and (not self.training or input_ids.device.type == "cpu"):
             # A user's forward (scoring) or own training loop: the ids may be another tokenizer's. The trainer's token
             # cache is checked when built and generation checks its prompts: a GPU training step or a decode step pays
@@ -207,6 +208,8 @@ class DecoderLM(nn.Module):
         if targets is not None and targets.shape != input_ids.shape:  # a flat view of another shape pairs wrong ids
             raise ValueError(f"targets must have the shape of input_ids {tuple(input_ids.shape)} (already shifted), "
                              f"got {tuple(targets.shape)}")
+        if targets is not None:  # checked as the ids are: not in a GPU training step (a host sync)
+            targets = _check_targets(targets, cfg.vocab_size, not self.training or input_ids.device.type == "cpu")
         _check_logits_to_keep(logits_to_keep, targets)
         device = input_ids.device
         per_row = isinstance(input_pos, torch.Tensor)
@@ -321,6 +324,35 @@ def _check_ids(input_ids: torch.Tensor) -> tuple[int, int]:
     if input_ids.shape[1] == 0:  # empty logits and a NaN loss, or (ALiBi with a cache) a bare error from torch.max
         raise ValueError("input_ids is empty: need at least one token per row")
     return input_ids.shape
+
+
+def _check_targets(targets: torch.Tensor, vocab_size: int, check_range: bool) -> torch.Tensor:
+    """Targets as cross-entropy takes them: int32 ids too (as input_ids), and the others one line naming them, not the
+    loss's "expected target dtype to be Long or Byte, but got Int" or its bare "Target 50 is out of bounds"."""
+    if targets.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"targets must be integer ids (-100 where ignored), got a {targets.dtype} tensor")
+    if check_range and not torch.compiler.is_compiling():
+        bad = (targets != -100) & ((targets < 0) | (targets >= vocab_size))
+        if bool(bad.any()):
+            raise ValueError(f"targets must be in [0, vocab_size={vocab_size}), or -100 where ignored, got "
+                             f"{int(targets[bad][0])}")
+    return targets.long()
+
+
+def _check_input_pos(input_pos: object, b: int) -> int | torch.Tensor:
+    """An int for every row (a numpy integer too), or a (B,) integer tensor, one start per row. Others failed deep in
+    the cache or the position table with torch's bare errors (a numpy int, a 0-d, float or (B, 1) tensor), and a bool
+    was taken as the position 0 or 1."""
+    if isinstance(input_pos, torch.Tensor):
+        if input_pos.dtype in (torch.long, torch.int32) and input_pos.shape == (b,):
+            return input_pos
+        got = f"a {input_pos.dtype} tensor of shape {tuple(input_pos.shape)}"
+    elif isinstance(input_pos, numbers.Integral) and not isinstance(input_pos, bool):
+        return int(input_pos)
+    else:
+        got = repr(input_pos)
+    raise ValueError(f"input_pos must be an int (where these tokens start in the cache, for every row) or an integer "
+                     f"tensor of shape (B,)={(b,)} (each row's start), got {got}")
 
 
 def _check_logits_to_keep(logits_to_keep: int, targets: torch.Tensor | None) -> None:

@@ -3,6 +3,7 @@ table or a mask that broadcasts silently into wrong logits."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from nl_model_helpers import VOCAB, config, model, random_ids
@@ -61,6 +62,29 @@ def test_a_negative_cache_position_is_refused(input_pos):
         net(random_ids(rows, 3), cache=net.new_cache(rows, 8), input_pos=input_pos)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("input_pos", [1.0, True, torch.tensor(1), torch.tensor([1.0, 1.0]), torch.tensor([[1], [1]]),
+                                       torch.tensor([1, 1, 1])])
+def test_a_cache_position_that_is_no_int_nor_one_per_row_is_one_clear_line(name, input_pos):
+    """These failed deep in the cache or the position table with torch's bare errors; True was taken as position 1."""
+    net = model(name)
+    cache = net.new_cache(2, 8)
+    net(random_ids(2, 1), cache=cache)
+    with pytest.raises(ValueError, match=r"input_pos must be an int .* or an integer tensor of shape \(B,\)=\(2,\)"):
+        net(random_ids(2, 1), cache=cache, input_pos=input_pos)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa"])
+def test_a_numpy_int_cache_position_is_that_int(name):
+    net = model(name)
+    ids = random_ids(2, 4)
+    want = net(ids).logits[:, -1]
+    cache = net.new_cache(2, 8)
+    net(ids[:, :3], cache=cache)
+    for pos in (np.int64(3), torch.tensor([3, 3]), torch.tensor([3, 3], dtype=torch.int32)):
+        torch.testing.assert_close(net(ids[:, 3:], cache=cache, input_pos=pos).logits[:, -1], want, atol=1e-5, rtol=0)
+
+
 def test_rope_positions_may_go_past_block_size_with_a_longer_cache():
     net = model("llama-gqa")
     cache = net.new_cache(1, 64)
@@ -72,6 +96,28 @@ def test_targets_of_another_shape_are_refused(targets):
     """(4, 2) against ids (2, 4) has the same number of elements: flattened, it would pair the wrong tokens."""
     with pytest.raises(ValueError, match=r"targets must have the shape of input_ids \(2, 4\)"):
         model("gpt2")(random_ids(2, 4), targets=targets)
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("value, match", [
+    (VOCAB, f"targets must be in \\[0, vocab_size={VOCAB}\\), or -100 where ignored, got {VOCAB}"),
+    (-5, "targets must be in .* got -5"),
+    (1.0, "targets must be integer ids .* got a torch.float32 tensor"),
+])
+def test_targets_outside_the_vocabulary_or_not_ids_are_one_clear_line(value, match, training):
+    """They were the loss's bare "Target 96 is out of bounds" or "expected target dtype to be Long or Byte"."""
+    net = DecoderLM(config("gpt2")).train(training)
+    targets = torch.full((2, 4), -100, dtype=torch.long if isinstance(value, int) else torch.float32)
+    targets[1, 2] = value
+    with pytest.raises(ValueError, match=match):
+        net(random_ids(2, 4), targets=targets)
+
+
+def test_int32_targets_give_the_loss_of_int64_ones():
+    net = model("llama-gqa")
+    ids = random_ids(2, 5)
+    targets = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
+    torch.testing.assert_close(net(ids, targets=targets.int()).loss, net(ids, targets=targets).loss, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("ids", [torch.tensor([1, 2, 3]), torch.ones(1, 3), [[1, 2, 3]]])
