@@ -208,6 +208,41 @@ class Tokenizer:
         return out
 
     @property
+    def adds_bos(self) -> bool:
+        """Whether its own encoding (add_special_tokens=True, as prompts are encoded) puts the bos first."""
+        bos = self.bos_id
+        if bos is None:
+            return False
+        return self.encode("a", add_special_tokens=True)[:1] == [bos] and self.encode("a")[:1] != [bos]
+
+    def with_bos(self, add: bool) -> Tokenizer:
+        """This tokenizer when its own encoding puts the bos first exactly when `add`, else a copy whose post-processor
+        does (a bos before each text of a single text or a pair, as Llama's template) or no longer does: a run whose
+        documents start with bos is prompted so, here and in transformers.
+
+        Raises:
+            ValueError: `add` and no bos token, or a post-processor whose bos cannot be dropped alone (BERT's kind).
+        """
+        if add == self.adds_bos:
+            return self
+        bos = self.bos_token
+        if add and bos is None:
+            raise ValueError("data.document_bos=true: the tokenizer has no bos token; use false, or a tokenizer with "
+                             "one")
+        spec = json.loads(self.hf.to_str())
+        processor = (_with_bos if add else _without_bos)(spec["post_processor"], bos, self.bos_id)
+        out = copy.copy(self)
+        out.extra_eos_ids, out.hf_settings = list(self.extra_eos_ids), dict(self.hf_settings)
+        if processor is not False:
+            out.hf = HFTokenizer.from_str(json.dumps({**spec, "post_processor": processor}))
+        if processor is False or out.adds_bos != add:
+            kind = type(self.hf.post_processor).__name__
+            raise ValueError(f"data.document_bos={str(add).lower()}: the tokenizer's post-processor ({kind}) cannot "
+                             f"be made to {'add' if add else 'drop'} its bos {bos!r} alone; use "
+                             f"data.document_bos={str(not add).lower()}")
+        return out
+
+    @property
     def named_tokens(self) -> dict[str, str]:
         """The unk, cls and sep tokens transformers names (see NAMED_TOKENS): those tokenizer_config.json named, else
         the special tokens spelt as BERT's; a key is absent where there is none."""
@@ -331,6 +366,9 @@ class Tokenizer:
             # token_type_ids: a converted BERT pair classifier (a cross-encoder) scored every pair as one text. Only
             # BERT's kind ([SEP]): Llama's post-processor types pairs too, and its generate() refuses token_type_ids
             config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+        if self.bos_id is not None:  # what the post-processor does: a Llama-class tokenizer in transformers rebuilds
+            # its post-processor from this flag, and takes it as true where it is missing
+            config["add_bos_token"] = self.adds_bos
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
         if self.clean_up_tokenization_spaces:
@@ -725,6 +763,64 @@ def _last_clean_cut(text: str) -> int:
             return p
         p = text.rfind(" ", 0, p)
     return 0
+
+
+def _with_bos(processor: dict | None, bos: str, bos_id: int) -> dict | bool | None:
+    """A post-processor's JSON that also puts `bos` before the text, and before a pair's second text (Llama's
+    "<s> $A <s>:1 $B:1"); False for one that takes no template (BERT's kind). A template already there gets it (two
+    templates in one Sequence fail on pairs); a ByteLevel processor (offsets only) is kept before the new template."""
+    if processor is None:
+        return _with_bos({"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+                          "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                          "special_tokens": {}}, bos, bos_id)
+    kind = processor.get("type")
+    if kind == "TemplateProcessing":
+        def before(piece: dict) -> list[dict]:
+            seq = piece.get("Sequence")
+            return [{"SpecialToken": {"id": bos, "type_id": seq["type_id"]}}, piece] if seq else [piece]
+
+        return {**processor, "single": [p for piece in processor["single"] for p in before(piece)],
+                "pair": [p for piece in processor["pair"] for p in before(piece)],
+                "special_tokens": {**processor.get("special_tokens", {}),
+                                   bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+    if kind == "Sequence":
+        inner = processor["processors"]
+        at = next((i for i, p in enumerate(inner) if p.get("type") == "TemplateProcessing"), None)
+        if at is None:
+            return {**processor, "processors": [*inner, _with_bos(None, bos, bos_id)]}
+        edited = _with_bos(inner[at], bos, bos_id)
+        return {**processor, "processors": [*inner[:at], edited, *inner[at + 1:]]}
+    if kind == "ByteLevel":
+        return {"type": "Sequence", "processors": [processor, _with_bos(None, bos, bos_id)]}
+    return False
+
+
+def _without_bos(processor: dict | None, bos: str, bos_id: int) -> dict | bool | None:
+    """A post-processor's JSON without the bos its templates put before the text (and before a pair's second text,
+    as Llama's "<s> $A <s>:1 $B:1"); a bos elsewhere (GPT-2's "<|endoftext|>" is bos and eos) stays. False for one
+    whose bos cannot be dropped alone (BERT's kind)."""
+    if processor is None:
+        return None
+    kind = processor.get("type")
+    if kind == "Sequence":
+        inner = [_without_bos(p, bos, bos_id) for p in processor["processors"]]
+        return False if False in inner else {**processor, "processors": inner}
+    if kind != "TemplateProcessing":
+        return processor if kind == "ByteLevel" else False
+
+    def is_bos(piece: dict) -> bool:
+        return piece.get("SpecialToken", {}).get("id") == bos
+
+    def trimmed(pieces: list[dict]) -> list[dict]:
+        if not pieces or not is_bos(pieces[0]):
+            return pieces
+        return [p for i, p in enumerate(pieces[1:], 1)
+                if not (is_bos(p) and i + 1 < len(pieces) and pieces[i + 1].get("Sequence", {}).get("id") == "B")]
+
+    out = {**processor, "single": trimmed(processor["single"]), "pair": trimmed(processor["pair"])}
+    used = {p["SpecialToken"]["id"] for p in out["single"] + out["pair"] if "SpecialToken" in p}
+    out["special_tokens"] = {k: v for k, v in processor.get("special_tokens", {}).items() if k in used}
+    return out
 
 
 def mask_takes_its_space(hf: HFTokenizer) -> None:

@@ -124,6 +124,7 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
         from neurallayers.data.datasets import starts_with_bos
 
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, document_bos=starts_with_bos(tokenizer)))
+    tokenizer = _prompted_as_documents(tokenizer, run.data.document_bos)
     tokens = tokenize_corpus(run.data, corpus, tokenizer, seed=run.train.seed, show_progress=show_progress)
     need = run.model.block_size + 1
     if len(tokens.train) < need:
@@ -132,6 +133,16 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
     if not own:
         _warn_if_unknown(tokenizer, tokens.train, run.data.source)
     return tokenizer, tokens, run
+
+
+def _prompted_as_documents(tokenizer: object, document_bos: bool) -> object:
+    """The run's tokenizer, whose own encoding (prompts: generate, serve, eval, the Hugging Face export) starts with
+    bos exactly when its documents do; one line when data.document_bos changes what the tokenizer did."""
+    out = tokenizer.with_bos(document_bos)
+    if out is not tokenizer:
+        log.info("data.document_bos=%s: the run's tokenizer %s a bos before each prompt, as before each document",
+                 str(document_bos).lower(), "now puts" if document_bos else "no longer puts")
+    return out
 
 
 def token_sample(split: object) -> object:
