@@ -371,6 +371,12 @@ class Tokenizer:
             config["add_bos_token"] = self.adds_bos
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
+        named = {v for v in config.values() if isinstance(v, str)}
+        # the other special tokens (Qwen's <|im_start|>): else transformers' all_special_tokens lacks them (4 and 5
+        # read this key)
+        if more := [t.content for _, t in sorted(self.hf.get_added_tokens_decoder().items())
+                    if t.special and t.content not in named]:
+            config["additional_special_tokens"] = more
         if self.clean_up_tokenization_spaces:
             config["clean_up_tokenization_spaces"] = True
         config.update(self.hf_settings)
