@@ -28,10 +28,11 @@ Where the speed comes from on CPU, where batch-1 decode streams every weight onc
 
 Costs: the first batch-1 call and the first batched call each compile (15-70 s for GPT-2 124M on 2 cores; a later
 process loads unfrozen CPU graphs from torch's on-disk caches: 6-11 s a graph on 2 Zen 3 cores, 15-35 frozen). Frozen
-graphs hold their own copy of the weights and do not see later changes to the model's weights, and no graph sees
-changes to its modules' attributes (they skip dynamo's guards on the model's modules): call prepare_for_decode again
-after training, loading weights or changing the model. Each call compiles afresh, into a step with its own copy of
-the step's code, so torch's recompile limit (torch._dynamo.config.recompile_limit, 8) applies to each step alone.
+graphs hold their own copy of the weights: when the weights change (training, loading weights) the next step that
+uses one compiles it afresh, with a warning. No graph sees changes to its modules' attributes (they skip dynamo's
+guards on the model's modules): call prepare_for_decode again after changing the model, or after changing weights to
+compile before decoding. Each call compiles afresh, into a step with its own copy of the step's code, so torch's
+recompile limit (torch._dynamo.config.recompile_limit, 8) applies to each step alone.
 Memory: torch keeps the modules it compiled, and frozen weights, loaded for the life of the process, even after the
 model and its step are gone (torch._dynamo.reset() does not free them): a process that prepares model after model
 (a server reloading with --compile) grows by one copy of the weights each time it freezes them (GPU graphs, and batched
@@ -44,6 +45,7 @@ import contextlib
 import types
 import warnings
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -129,26 +131,53 @@ class DecodeStep:
         self.compiled = compile
         self._ones: torch.Tensor | None = None
         self._fn = _step
+        self._options: dict = {}
         if compile:
-            # The step's own copy of _step's code: dynamo keeps compiled graphs and counts recompilations per code
-            # object, so each model's step has its own recompile limit (past it, fullgraph=True raises).
-            own = types.FunctionType(_step.__code__.replace(), _step.__globals__, _step.__name__)
             from torch._inductor import list_mode_options
 
-            # No guards on the model's modules: ~1,000 checks of module attributes took 0.4 ms a step, and frozen
-            # graphs ignore later changes to the model anyway (see the module docstring).
-            options = {**list_mode_options(mode), "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+            # No guards on the model's modules: ~1,000 checks of module attributes took 0.4 ms a step (a frozen
+            # graph is remade when the weights change, see _frozen; other changes need prepare_for_decode again).
+            self._options = {**list_mode_options(mode),
+                             "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
             if next(model.parameters()).device.type == "cpu":
                 # A C++ wrapper calls the step's ~110 kernels and ops instead of Python: 0.5-1 ms less a step for
                 # GPT-2 124M on 2 Zen 3 cores (fp32 23.5 vs 24.6 ms, bf16 15.1 vs 15.6), at no extra compile time.
-                options["cpp_wrapper"] = True
-            self._fn = torch.compile(own, options=options, fullgraph=True)
+                self._options["cpp_wrapper"] = True
+            self._fn = self._compile()
+        # Graphs that freeze the weights have their own compiled step, remade when the weights change (see _frozen).
+        self._frozen_fn: Callable | None = None
+        self._frozen_weights: tuple | None = None
+        self._checked_cache: Callable[[], KVCache | None] = lambda: None  # the cache the weights were last checked for
         if compile and RowLinear.realize is None:
             RowLinear.realize = _inductor_realize()
         if not RowLinear.kernel_dtypes:
             RowLinear.kernel_dtypes = rowdot.dtypes()  # the first step on a machine builds the kernels (~15 s)
             RowLinear.batch_dtypes = rowdot.batch_dtypes()
             Attention.decode_dtypes = rowdot.attention_dtypes()
+
+    def _compile(self) -> Callable:
+        """A compiled copy of _step's code: dynamo keeps compiled graphs and counts recompilations per code object, so
+        each compiled step has its own recompile limit (past it, fullgraph=True raises)."""
+        own = types.FunctionType(_step.__code__.replace(), _step.__globals__, _step.__name__)
+        return torch.compile(own, options=self._options, fullgraph=True)
+
+    def _frozen(self, cache: KVCache) -> Callable:
+        """The compiled step for graphs that freeze the weights. A frozen graph holds a copy of the weights it was
+        compiled with: when the model's weights changed since (an optimizer step, load_state_dict, an in-place edit)
+        it decoded with the old ones while the eager prefill used the new ones; now it is compiled afresh, with a
+        warning (the compile takes as long as the first one). Checked once per cache (each generate() call makes its
+        own): the check reads every tensor's version, 0.3 ms for GPT-2 124M, too much for every step."""
+        if self._frozen_fn is not None and self._checked_cache() is cache:
+            return self._frozen_fn
+        self._checked_cache = weakref.ref(cache)
+        weights = _weights_state(self.model)
+        if self._frozen_fn is None or weights != self._frozen_weights:
+            if self._frozen_fn is not None:
+                warnings.warn("the model's weights changed since its compiled decode step froze them: compiling the "
+                              "step again (call prepare_for_decode after changing weights to do it before decoding)",
+                              stacklevel=3)
+            self._frozen_fn, self._frozen_weights = self._compile(), weights
+        return self._frozen_fn
 
     @property
     def model(self) -> nn.Module:
@@ -182,7 +211,7 @@ class DecodeStep:
         if not is_int(attend) or not 1 <= attend <= cache.max_len:
             raise ValueError(f"attend={attend!r}: must be an int in [1, {cache.max_len}] (the cache's positions)")
         _check_inputs(tok, cache, input_pos, attention_mask, attend)
-        length = _window(attend, cache.max_len)
+        length, full = _window(attend, cache.max_len), cache
         if length < cache.max_len:  # writes past the window fail in the step's index checks, never silently
             cache = cache.window(length)
         rows = tok.shape[0]
@@ -210,8 +239,9 @@ class DecodeStep:
             # specialised (RowLinear).
             for t, dim in ((tok, 0), (pos, 0), (positions, 0), (mask, 0), (cache.k, 1), (cache.v, 1)):
                 torch._dynamo.mark_dynamic(t, dim)
+        fn = self._frozen(full) if frozen else self._fn
         with freezing, attention:
-            return self._fn(self.model, tok, cache, pos, positions, mask)
+            return fn(self.model, tok, cache, pos, positions, mask)
 
     def _mask(self, attention_mask: torch.Tensor | None, rows: int, length: int, device: torch.device) -> torch.Tensor:
         """(rows, length) contiguous padding mask over the window's columns: always a tensor of one layout, so one
@@ -225,6 +255,19 @@ class DecodeStep:
         if attention_mask.shape[1] >= length:
             return attention_mask[:, :length].contiguous()
         return F.pad(attention_mask, (0, length - attention_mask.shape[1]))  # columns past it: hidden by position
+
+
+def _weights_state(model: nn.Module) -> tuple:
+    """Where each parameter and buffer of `model` lives and how often it was changed in place: equal while the weights
+    are the ones a graph froze (tensors made under inference_mode count no changes: only a new storage shows)."""
+    state = []
+    for t in (*model.parameters(), *model.buffers()):
+        try:
+            version = t._version
+        except RuntimeError:  # an inference tensor has no version counter
+            version = -1
+        state.append((t.data_ptr(), t.dtype, t.device, version))
+    return tuple(state)
 
 
 def _check_inputs(tok: torch.Tensor, cache: KVCache, input_pos: int | torch.Tensor,
