@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from neurallayers.data.corpora import Corpus, Document, FileDocument, chunk_text
+from neurallayers.data.corpora import Corpus, Document, FileDocument, SafeCut, chunk_text
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.files import WriteError
 
@@ -36,8 +36,9 @@ log = logging.getLogger("neurallayers.data")
 
 # Bump when the file layout or the split rule changes: old caches are then ignored. 3: long lines are cut at spaces;
 # 4: a newline is a cut only between two words (beside other whitespace it joins it in a token); 5: for GPT-2's split,
-# where there is none near, whitespace after a word is, before any newline.
-CACHE_VERSION = 5
+# where there is none near, whitespace after a word is, before any newline; 6: a cut is one the tokenizer itself
+# keeps the ids across (`safe_cut`), for every tokenizer.
+CACHE_VERSION = 6
 CHUNK_CHARS = 50_000
 _BATCH_CHARS = 1_000_000  # text handed to the tokenizer per call: big enough for its thread pool
 # A piece longer than this is encoded in parts cut as pieces are (a tail split's one piece is the whole corpus, and
@@ -286,7 +287,8 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
         desc=f"tokenizing {corpus.name}", unit="char", unit_scale=True, disable=not show_progress,
         delay=1,  # shown only when it takes a while: a corpus refused at once leaves just its one-line error
     ) as bar:
-        pieces = _pieces(corpus.documents(), sources["chunk_chars"], byte_level=byte_level_split(tokenizer))
+        pieces = _pieces(corpus.documents(), sources["chunk_chars"], byte_level=byte_level_split(tokenizer),
+                         safe_cut=safe_cut(tokenizer))
         for batch in _batches(pieces):
             for (piece, first, last, new), ids in zip(batch, encode(batch), strict=True):
                 if first and bos is not None:
@@ -348,7 +350,24 @@ def _write(f: BinaryIO, ids: np.ndarray) -> None:
 
 
 def _piece_encoder(tokenizer: Tokenizer) -> Callable[[list[_Part]], list[list[int]]]:
-    """encode_batch for the items of `_pieces`, giving a document's later pieces the ids they have within it.
+    """encode_batch for the items of `_pieces`, giving a document's later pieces the ids they have within it
+    (`_later_prefix`)."""
+    prefix = _later_prefix(tokenizer)
+
+    def encode(batch: list[_Part]) -> list[list[int]]:
+        shift = [prefix is not None and not first for _, first, *_ in batch]
+        texts = ["\n" + p.text if s else p.text for (p, *_), s in zip(batch, shift, strict=True)]
+        out = tokenizer.encode_batch(texts)
+        for i in (i for i, s in enumerate(shift) if s):
+            # a piece starting with a newline may merge it with the one added ("\n\n"): encoded alone, as before
+            out[i] = out[i][len(prefix):] if out[i][:len(prefix)] == prefix else tokenizer.encode(batch[i][0].text)
+        return out
+
+    return encode
+
+
+def _later_prefix(tokenizer: Tokenizer) -> list[int] | None:
+    """The ids of "\n", where a later piece is encoded after it (None where it is encoded as it is).
 
     A SentencePiece normalizer puts "▁" before every text it encodes, so a piece encoded alone started with a space
     its document does not have there (one per cut). Where that is so, a later piece is encoded after the newline it
@@ -361,17 +380,54 @@ def _piece_encoder(tokenizer: Tokenizer) -> Callable[[list[_Part]], list[list[in
         shifts = enc("b") != after_cut and enc("\nb") == prefix + after_cut
     except Exception:  # a word-level vocabulary without these nor an unknown token: encoded as they are
         shifts = False
+    return prefix if shifts else None
 
-    def encode(batch: list[_Part]) -> list[list[int]]:
-        shift = [shifts and not first for _, first, *_ in batch]
-        texts = ["\n" + p.text if s else p.text for (p, *_), s in zip(batch, shift, strict=True)]
-        out = tokenizer.encode_batch(texts)
-        for i in (i for i, s in enumerate(shift) if s):
-            # a piece starting with a newline may merge it with the one added ("\n\n"): encoded alone, as before
-            out[i] = out[i][len(prefix):] if out[i][:len(prefix)] == prefix else tokenizer.encode(batch[i][0].text)
-        return out
 
-    return encode
+def safe_cut(tokenizer: Tokenizer) -> SafeCut:
+    """Whether `chunk_text` may cut a text between two strings for `tokenizer`, asked of the tokenizer itself: the ids
+    of both strings together are those of the first then those of the second as a later piece (as `_piece_encoder`
+    encodes it), and no token of the whole text can span the cut: it falls between two of its pre-tokens (after its
+    normalizer), or, for a BPE, between two characters that no token of its vocabulary holds side by side (a legacy
+    Llama 2 tokenizer.json has no pre-tokenizer, and its merges never join a "\n" or a "▁" after a word). Its model
+    sees one pre-token at a time, so that holds in the whole text wherever the pre-tokenizer's splits are local
+    (GPT-2's, Llama 3's and Qwen2's regex, Metaspace, BERT's, Whitespace, Sequences of them): no rule per family to
+    keep in step with theirs."""
+    prefix = _later_prefix(tokenizer)
+    lead, skip = ("\n", len(prefix)) if prefix is not None else ("", 0)
+    joined = _joined_pairs(tokenizer)
+
+    def apart(encoding, n: int) -> bool:  # no token can span the place between its tokens n - 1 and n
+        if n in (0, len(encoding.ids)):
+            return True
+        words, tokens = encoding.word_ids, encoding.tokens
+        return words[n - 1] != words[n] or (joined is not None and tokens[n - 1][-1] + tokens[n][0] not in joined)
+
+    def safe(left: str, right: str) -> bool:
+        try:
+            whole, first, second = tokenizer.hf.encode_batch([lead + left + right, lead + left, lead + right],
+                                                             add_special_tokens=False)
+        except Exception:  # a word-level vocabulary without an unknown token, and a window that ends inside a word
+            return False
+        if any(e.ids[:skip] != (prefix or []) for e in (whole, first, second)):
+            return False
+        n = len(first.ids)  # whole's ids from `left` end here
+        return (whole.ids[skip:] == first.ids[skip:] + second.ids[skip:] and apart(whole, n)
+                and (not skip or apart(second, skip)))  # nor across the newline a later piece is encoded after
+
+    return safe
+
+
+def _joined_pairs(tokenizer: Tokenizer) -> set[str] | None:
+    """For a BPE, every two characters that a token of its vocabulary holds side by side (a merge may join them; its
+    byte-fallback tokens, <0x0A>, are never merged); None for other models, whose tokens need not be merges."""
+    from tokenizers import models
+
+    model = tokenizer.hf.model
+    if not isinstance(model, models.BPE):
+        return None
+    fallback = re.compile(r"<0x[0-9A-F]{2}>") if model.byte_fallback else None
+    vocab = tokenizer.hf.get_vocab(with_added_tokens=False)
+    return {t[i : i + 2] for t in vocab if not (fallback and fallback.fullmatch(t)) for i in range(len(t) - 1)}
 
 
 def starts_with_bos(tokenizer: Tokenizer) -> bool:
@@ -392,7 +448,8 @@ def byte_level_split(tokenizer: Tokenizer) -> bool:
             and not pre.add_prefix_space)
 
 
-def _pieces(documents: Iterable[Document], chunk_chars: int, *, byte_level: bool) -> Iterator[_Part]:
+def _pieces(documents: Iterable[Document], chunk_chars: int, *, byte_level: bool,
+            safe_cut: SafeCut | None = None) -> Iterator[_Part]:
     """The pieces of the documents, each in one part or, past _ENCODE_CHARS, several; empty documents skipped. A
     document's text is cut as it is read (a file's a block at a time), and a piece is named as `chunk_document` names
     it."""
@@ -401,13 +458,13 @@ def _pieces(documents: Iterable[Document], chunk_chars: int, *, byte_level: bool
             if doc.text:  # one piece of one part, as chunk_text gives it: millions of JSON-lines records come here
                 yield Document(doc.name, doc.text), True, True, True
             continue
-        pieces = chunk_text(doc.blocks(), chunk_chars, byte_level=byte_level)
+        pieces = chunk_text(doc.blocks(), chunk_chars, byte_level=byte_level, safe_cut=safe_cut)
         piece, i = next(pieces, None), 0
         while piece is not None:
             after = next(pieces, None)
             name = doc.name if i == 0 and after is None else f"{doc.name}#{i}"
-            parts = [piece] if len(piece) <= _ENCODE_CHARS else list(chunk_text([piece], _ENCODE_CHARS,
-                                                                                 byte_level=byte_level))
+            parts = [piece] if len(piece) <= _ENCODE_CHARS else list(chunk_text(
+                [piece], _ENCODE_CHARS, byte_level=byte_level, safe_cut=safe_cut))
             for j, part in enumerate(parts):
                 yield Document(name, part), i == j == 0, after is None and j == len(parts) - 1, j == 0
             piece, i = after, i + 1

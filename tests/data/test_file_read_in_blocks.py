@@ -25,17 +25,29 @@ _ALPHABET = ["a", "b", "it", "'s", " ", " ", "\n", "\n", "\r", "\r\n", "\t", "."
 TEXTS = st.lists(st.sampled_from(_ALPHABET), max_size=120).map("".join)
 
 
+def _picky(left: str, right: str) -> bool:
+    """A tokenizer's `safe_cut` as chunk_text sees one: a verdict on the characters each side of a cut, here refusing
+    many (and by their number, so that a window cut short by a block end would be seen)."""
+    return (len(left) + len(right)) % 3 != 0 and not left.endswith(".") and right[:1] != "\n"
+
+
 @settings(max_examples=300, deadline=None)
-@given(TEXTS, st.integers(1, 12), st.lists(st.integers(1, 9), min_size=1), st.booleans())
-def test_pieces_of_a_text_in_blocks_are_those_of_the_whole_text(text, max_chars, sizes, byte_level):
+@given(TEXTS, st.integers(1, 12), st.lists(st.integers(1, 9), min_size=1), st.booleans(),
+       st.sampled_from([None, _picky]))
+def test_pieces_of_a_text_in_blocks_are_those_of_the_whole_text(text, max_chars, sizes, byte_level, safe_cut):
     blocks, at = [], 0
     while at < len(text):  # cut into blocks of the drawn sizes, in turn
         size = sizes[len(blocks) % len(sizes)]
         blocks.append(text[at : at + size])
         at += size
-    whole = list(chunk_text([text], max_chars, byte_level=byte_level))
+    whole = list(chunk_text([text], max_chars, byte_level=byte_level, safe_cut=safe_cut))
     assert "".join(whole) == text and all(whole)
-    assert list(chunk_text(iter(blocks), max_chars, byte_level=byte_level)) == whole
+    assert list(chunk_text(iter(blocks), max_chars, byte_level=byte_level, safe_cut=safe_cut)) == whole
+    if safe_cut is not None and not byte_level:  # each cut one it accepted, seen within its piece (none is near)
+        at, window = 0, corpora._CUT_WINDOW
+        for piece in whole[:-1]:
+            at += len(piece)
+            assert safe_cut(text[max(at - len(piece), at - window) : at], text[at : at + window]), at
 
 
 def test_pieces_of_no_characters_are_refused():

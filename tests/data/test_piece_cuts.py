@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from neurallayers.data.corpora import load_corpus
+from neurallayers.data import corpora
+from neurallayers.data.corpora import chunk_text, load_corpus
 from neurallayers.data.datasets import prepare_tokens
 from neurallayers.data.tokenizers import Tokenizer
 
@@ -31,3 +32,34 @@ def test_a_text_without_a_newline_between_words_gets_the_whole_texts_ids(tmp_pat
                               chunk_chars=chunk_chars, show_progress=False)
         assert data.meta["pieces"] > 20
         assert data.train.tolist() == want, chunk_chars
+
+
+def test_where_no_cut_is_safe_a_short_text_stays_whole_and_a_long_one_is_cut_as_before():
+    # A tokenizer that merges across every cut (no pre-tokenizer, say): a text within reach is one piece, its ids
+    # exact; past that, the pieces end at line ends, as without a check, and never grow without bound.
+    short = "word\n\n" * 20  # fewer cuts than are tried
+    assert list(chunk_text([short], 10, safe_cut=lambda left, right: False)) == [short]
+    text = "".join(f"line {i} of the text.\n\n" for i in range(3 * corpora._CUT_REACH // 20))
+    pieces = list(chunk_text([text], 100, safe_cut=lambda left, right: False))
+    assert "".join(pieces) == text and len(pieces) > 2
+    assert max(map(len, pieces)) <= corpora._CUT_REACH + 200
+    assert all(piece.endswith("\n") for piece in pieces)
+
+
+def test_a_cut_is_checked_on_the_characters_around_it_within_its_piece():
+    seen = []
+
+    def safe_cut(left, right):
+        seen.append((left, right))
+        return not left.endswith(".")  # Llama 3 joins ".\n\n" in one pre-token
+
+    text = "One line ends.\n\nAnd the next\n\none too.\n\nLast" * 3
+    pieces = list(chunk_text([text], 10, safe_cut=safe_cut))
+    assert "".join(pieces) == text and len(pieces) > 5
+    assert not any(piece.endswith(".") for piece in pieces)
+    assert seen[0] == ("One line ", text[9 : 9 + corpora._CUT_WINDOW])  # the first cut from max_chars on
+    accepted = [(left, right) for left, right in seen if not left.endswith(".")]
+    window, at = corpora._CUT_WINDOW, 0
+    for piece, (left, right) in zip(pieces, accepted, strict=False):  # within the piece, not before it
+        at += len(piece)
+        assert (left, right) == (piece[-window:], text[at : at + window])
