@@ -144,7 +144,7 @@ def prepare_tokens(
     if tail:  # only then: the caches of the documents split keep their keys
         sources["split"] = "tail"
     if document_bos is None:
-        document_bos = starts_with_bos(tokenizer)
+        document_bos = tokenizer.adds_bos
     if document_bos and tokenizer.bos_id is None:
         raise ValueError("document_bos=True: the tokenizer has no bos token")
     if document_bos:  # a key of its own (caches written before did not add it)
@@ -428,14 +428,6 @@ def _joined_pairs(tokenizer: Tokenizer) -> set[str] | None:
     fallback = re.compile(r"<0x[0-9A-F]{2}>") if model.byte_fallback else None
     vocab = tokenizer.hf.get_vocab(with_added_tokens=False)
     return {t[i : i + 2] for t in vocab if not (fallback and fallback.fullmatch(t)) for i in range(len(t) - 1)}
-
-
-def starts_with_bos(tokenizer: Tokenizer) -> bool:
-    """Whether the tokenizer's own encoding (add_special_tokens=True, as prompts are encoded) starts with its bos."""
-    bos = tokenizer.bos_id
-    if bos is None:
-        return False
-    return tokenizer.encode("a", add_special_tokens=True)[:1] == [bos] and tokenizer.encode("a")[:1] != [bos]
 
 
 def byte_level_split(tokenizer: Tokenizer) -> bool:

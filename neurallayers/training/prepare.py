@@ -121,9 +121,7 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
     if changes:
         run = RunConfig(model=run.model.replace(**changes), train=run.train, data=run.data)
     if run.data.document_bos is None:  # decided once, and recorded: a resume tokenizes as the run began
-        from neurallayers.data.datasets import starts_with_bos
-
-        run = dataclasses.replace(run, data=dataclasses.replace(run.data, document_bos=starts_with_bos(tokenizer)))
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, document_bos=tokenizer.adds_bos))
     tokenizer = _prompted_as_documents(tokenizer, run.data.document_bos)
     tokens = tokenize_corpus(run.data, corpus, tokenizer, seed=run.train.seed, show_progress=show_progress)
     need = run.model.block_size + 1
