@@ -29,7 +29,8 @@ def shell_command() -> str:
     started by (`make demo` runs .venv/bin/neurallayers in a shell without the environment active, where the hint
     `neurallayers generate runs/demo ...` was "command not found"). For the hints of demo and train."""
     script = Path(sys.argv[0])
-    if script.name == "__main__.py":  # `python -m neurallayers`: this interpreter, whose scripts need not be on PATH
+    if script.name == "__main__.py" and script.parent.name == "neurallayers":  # `python -m neurallayers`: this
+        # interpreter, whose scripts need not be on PATH (another module's __main__, pytest's, is no CLI of ours)
         python = shutil.which("python")
         # unresolved: a virtual environment's python is a link to the system's, whose packages differ
         same = python and os.path.abspath(python) == os.path.abspath(sys.executable)
