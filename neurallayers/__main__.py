@@ -11,6 +11,7 @@ import difflib
 import importlib
 import os
 import sys
+import warnings
 
 # verb -> module under neurallayers.cli (imported only when its verb runs, so `--help` stays fast)
 VERBS = {
@@ -108,7 +109,11 @@ class _Parser(argparse.ArgumentParser):
                 continue
             typed = name[2:].replace("_", "-")
             # the names without their dashes: with them, '--bogus' is close to '--out'
-            hint = [k for k in known if k.startswith(typed)] or difflib.get_close_matches(typed, known, n=1)
+            hint = [k for k in known if k.startswith(typed)]
+            if not hint and (verbs := _verbs_with(f"--{typed}", besides=self.prog)):
+                # `generate RUN --port 8000`: the flag of another verb, typed after the wrong one
+                return f" (--{typed} belongs to {_listed(verbs)})"
+            hint = hint or difflib.get_close_matches(typed, known, n=1)
             if hint:
                 return f" (did you mean {' or '.join(f'--{h}' for h in hint)}?)"
         return ""
@@ -124,6 +129,19 @@ def _separator_lost(args: list[str], rest: list[str]) -> bool:
     cut = args.index("--")
     after = set(args[cut + 1:]) - set(args[:cut])
     return any(arg.startswith("-") and arg in after for arg in rest)
+
+
+def _verbs_with(flag: str, *, besides: str) -> list[str]:
+    """The verbs, other than the parser named `besides`, that take `flag`."""
+    found = []
+    for verb in VERBS:
+        if f"neurallayers {verb}" != besides and flag in build_verb_parser(verb)[1]._option_string_actions:
+            found.append(verb)
+    return found
+
+
+def _listed(verbs: list[str]) -> str:
+    return verbs[0] if len(verbs) == 1 else f"{', '.join(verbs[:-1])} and {verbs[-1]}"
 
 
 def _config_field(name: str) -> bool:
@@ -172,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from neurallayers.cli.common import USER_ERRORS
 
+    formatwarning = warnings.formatwarning
+    # a warning as one line in the CLI's words: Python's form named a file of the package and printed its source line
+    # ("common.py:120: UserWarning: fp16 weights on a CPU ..." and then "  model, tokenizer = load(...)")
+    warnings.formatwarning = lambda message, category, *_, **__: f"neurallayers {verb}: warning: {message}\n"
     try:
         module, verb_parser = build_verb_parser(verb)  # imports torch: seconds in which Ctrl-C is likely
         if getattr(module, "ACCEPTS_OVERRIDES", False):  # train: --section.field value pairs pass through
@@ -194,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def _os_message(e: BaseException) -> object:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, non_empty, positive_int
-from neurallayers.cli.generate import add_sampling_arguments, generation_config, use_model_defaults
+from neurallayers.cli.generate import add_sampling_arguments, check_vocab, generation_config, use_model_defaults
 
 EPILOG = """input: one JSON object per line, e.g.
   {"id": "q1", "prompt": "Once upon a time", "max_new_tokens": 32, "temperature": 0}
@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if model.config.causal:
         use_model_defaults(args, args.path)
     config = generation_config(args) if model.config.causal else None
+    if config is not None:
+        check_vocab(config, model)
     try:
         result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
                            pooling=args.pooling, normalize=False if args.no_normalize else None,

@@ -15,7 +15,7 @@ import re
 import sys
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model
-from neurallayers.cli.generate import add_sampling_arguments, generation_config, use_model_defaults
+from neurallayers.cli.generate import add_sampling_arguments, check_vocab, generation_config, use_model_defaults
 
 HINT = "type a message and press Enter; /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops a reply"
 
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if not model.config.causal:
         raise ValueError(f"{args.path} is an encoder model: chat needs a decoder (encoders embed: neurallayers serve "
                          "... /v1/embeddings, or neurallayers.embed)")
+    check_vocab(config, model)
     if not getattr(tokenizer, "chat_template", None):
         config = config.replace(stop=[*config.stop, DEFAULT_STOP])
     if args.compile:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import re
 import sys
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, non_empty
@@ -65,18 +67,49 @@ def generation_config(args: argparse.Namespace):
         why = ("contrastive decoding (--amateur) chooses by its own score" if contrasting
                else "beam search and contrastive search are deterministic")
         print(f"note: {why}: {flags} {'is' if len(unused) == 1 else 'are'} not used", file=sys.stderr)
-    return GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=_given(args.top_k, 0),
-        top_p=_given(args.top_p, 1.0), min_p=_given(args.min_p, 0.0),
-        repetition_penalty=_given(args.repetition_penalty, 1.0), presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
-        seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
-        penalty_alpha=args.penalty_alpha, ignore_eos=args.ignore_eos, min_new_tokens=args.min_new_tokens,
-        num_return_sequences=getattr(args, "num_return_sequences", 1), stop_token_ids=args.stop_token_ids,
-        logit_bias=_logit_bias(args.logit_bias),  # and generate's own flags (--amateur, --draft), unset elsewhere
-        contrastive_alpha=_given(getattr(args, "contrastive_alpha", None), 0.1),
-        num_speculative_tokens=_given(getattr(args, "num_speculative_tokens", None), 4),
-        early_stopping={"false": False, "true": True, "never": "never"}[args.early_stopping])
+    with flag_names():
+        return GenerationConfig(
+            max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=_given(args.top_k, 0),
+            top_p=_given(args.top_p, 1.0), min_p=_given(args.min_p, 0.0),
+            repetition_penalty=_given(args.repetition_penalty, 1.0), presence_penalty=args.presence_penalty,
+            frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
+            seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
+            penalty_alpha=args.penalty_alpha, ignore_eos=args.ignore_eos, min_new_tokens=args.min_new_tokens,
+            num_return_sequences=getattr(args, "num_return_sequences", 1), stop_token_ids=args.stop_token_ids,
+            logit_bias=_logit_bias(args.logit_bias),  # and generate's own flags (--amateur, --draft), unset elsewhere
+            contrastive_alpha=_given(getattr(args, "contrastive_alpha", None), 0.1),
+            num_speculative_tokens=_given(getattr(args, "num_speculative_tokens", None), 4),
+            early_stopping={"false": False, "true": True, "never": "never"}[args.early_stopping])
+
+
+@contextlib.contextmanager
+def flag_names():
+    """GenerationConfig's errors in the words of the command line: "--top-p 2.0: must be in (0, 1]", not
+    "GenerationConfig.top_p=2.0: ..." (a field name the user never typed)."""
+    try:
+        yield
+    except ValueError as e:
+        message = str(e)
+        named = re.sub(r"GenerationConfig\.(\w+)(=?)", _as_flag, message)
+        if named == message:
+            raise
+        # the bound another field sets: "must be <= num_beams=2", "in [0, max_new_tokens=5]"
+        raise ValueError(re.sub(r"\b(num_beams|max_new_tokens)(=)", _as_flag, named)) from None
+
+
+def check_vocab(config, model) -> None:
+    """--stop-token-id and --logit-bias ids the model's vocabulary has, refused by their flags' names."""
+    with flag_names():
+        config.check_vocab(model.config.vocab_size)
+
+
+# GenerationConfig fields whose flag is not the field's name with dashes
+_FLAGS = {"stop_token_ids": "--stop-token-id"}
+
+
+def _as_flag(match: re.Match) -> str:
+    flag = _FLAGS.get(match[1], "--" + match[1].replace("_", "-"))
+    return f"{flag} " if match[2] else flag
 
 
 def _unused_sampling_flags(args: argparse.Namespace) -> list[str]:
@@ -157,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
     if any(not p for p in prompts):
         raise ValueError("empty prompt; give some text (a single newline is fine: $'\\n')")
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    check_vocab(config, model)
     draft = _helper_model("draft", args, tokenizer) if args.draft else None
     amateur = _helper_model("amateur", args, tokenizer) if args.amateur else None
     if args.compile:

@@ -451,7 +451,7 @@ def in_process(*args: str, cwd: Path, monkeypatch) -> subprocess.CompletedProces
 
 def test_generate_bad_sampling_value(run_dir: Path, monkeypatch):
     assert_user_error(in_process("generate", str(run_dir), "hi", "--top-p", "1.5", cwd=run_dir.parent,
-                                 monkeypatch=monkeypatch), "top_p")
+                                 monkeypatch=monkeypatch), "--top-p 1.5")
 
 
 def test_generate_with_a_compiled_step_prints_the_same_text(run_dir: Path):
@@ -606,6 +606,9 @@ def test_the_continue_hint_of_a_torchrun_run_is_a_torchrun_command(monkeypatch):
     resume then warned about."""
     from neurallayers.cli.train import _launcher
 
+    # as the console script starts it (under `python -m pytest`, argv[0] is pytest's __main__.py: a `-m` launch)
+    monkeypatch.setattr(sys, "argv", ["/somewhere/bin/neurallayers"])
+    monkeypatch.setattr("shutil.which", lambda name: "/somewhere/bin/neurallayers")
     assert _launcher() == "neurallayers"
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
