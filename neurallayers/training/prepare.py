@@ -110,14 +110,13 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
     if tokenizer is None:
         tokenizer = build_tokenizer(run.data, corpus, model_vocab=run.model.vocab_size, show_progress=show_progress,
                                     mask=encoder)
-    changes = _masked_lm_changes(run, tokenizer) if encoder else {}
-    if pretrained and tokenizer.vocab_size > run.model.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens and the init_from model's vocabulary "
-                         f"{run.model.vocab_size}: they do not belong together")
-    if tokenizer.vocab_size != run.model.vocab_size and not pretrained:
+    changes = model_changes(run, tokenizer, pretrained=pretrained)
+    if "pad_token_id" in changes:
+        log.info("model.pad_token_id set to %s from the tokenizer (config said %s)", tokenizer.pad_id,
+                 run.model.pad_token_id)
+    if "vocab_size" in changes:
         log.info("model.vocab_size set to %d from the tokenizer (config said %d; the tokenizer wins)",
                  tokenizer.vocab_size, run.model.vocab_size)
-        changes["vocab_size"] = tokenizer.vocab_size
     if changes:
         run = RunConfig(model=run.model.replace(**changes), train=run.train, data=run.data)
     if run.data.document_bos is None:  # decided once, and recorded: a resume tokenizes as the run began
@@ -164,17 +163,22 @@ def _warn_if_unknown(tokenizer: object, train: object, source: str) -> None:
                     "predict %s there", 100 * share, source, name, name)
 
 
-def _masked_lm_changes(run: RunConfig, tokenizer: object) -> dict:
-    """The model-config changes a masked-LM run makes (see prepare_data)."""
-    if tokenizer.mask_id is None:
-        raise ValueError("masked-LM training needs a mask token ([MASK] or <mask>) in the run's tokenizer")
+def model_changes(run: RunConfig, tokenizer: object, *, pretrained: bool = False) -> dict:
+    """The ModelConfig fields prepare_data sets from the tokenizer, before any corpus is read: vocab_size (not for
+    pretrained weights, whose table may be larger), and a masked LM's head and pad_token_id."""
     changes = {}
-    if run.model.head == "none":
-        changes["head"] = "mlm"
-    if run.model.pad_token_id != tokenizer.pad_id:
-        log.info("model.pad_token_id set to %s from the tokenizer (config said %s)", tokenizer.pad_id,
-                 run.model.pad_token_id)
-        changes["pad_token_id"] = tokenizer.pad_id
+    if not run.model.causal:
+        if tokenizer.mask_id is None:
+            raise ValueError("masked-LM training needs a mask token ([MASK] or <mask>) in the run's tokenizer")
+        if run.model.head == "none":
+            changes["head"] = "mlm"
+        if run.model.pad_token_id != tokenizer.pad_id:
+            changes["pad_token_id"] = tokenizer.pad_id
+    if pretrained and tokenizer.vocab_size > run.model.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens and the init_from model's vocabulary "
+                         f"{run.model.vocab_size}: they do not belong together")
+    if tokenizer.vocab_size != run.model.vocab_size and not pretrained:
+        changes["vocab_size"] = tokenizer.vocab_size
     return changes
 
 

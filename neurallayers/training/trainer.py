@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from neurallayers.config import ModelConfig
 from neurallayers.files import exclusive, file_in_the_way, write_text_atomic
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
@@ -122,7 +123,7 @@ class _Fit:
         from neurallayers.data import RandomWindows, Tokenizer
         from neurallayers.models import build_model
         from neurallayers.models.encoder import drop_unused_pooler
-        from neurallayers.training.prepare import prepare_data
+        from neurallayers.training.prepare import model_changes, prepare_data
 
         self.info, self.out, self.progress, self.until_step = info, out, progress, until_step
         self.run_lock = run_lock
@@ -144,6 +145,8 @@ class _Fit:
         source = _init_source(run) if target is None and run.train.init_from else None
         tokenizer = Tokenizer.load(out) if target is not None else source.tokenizer if source else None
         pretrained = bool(run.train.init_from)
+        if saved is not None:  # before the corpus is read and tokenized (minutes for a large one)
+            _check_same_model(out, saved, run.model.replace(**model_changes(run, tokenizer, pretrained=pretrained)))
         # Data: rank 0 builds tokenizer and token cache first; the others then find them cached (or raise its error).
         prepared = dist.on_rank_zero(lambda: prepare_data(run, tokenizer=tokenizer, show_progress=progress,
                                                           pretrained=pretrained), info)
@@ -923,14 +926,18 @@ def _as_saved(saved: RunConfig, run: RunConfig) -> RunConfig:
     return dataclasses.replace(run, data=data, train=dataclasses.replace(run.train, init_from=saved.train.init_from))
 
 
+def _check_same_model(out: Path, saved: RunConfig, model: ModelConfig) -> None:
+    if saved.model != model:
+        diff = _changes(saved.model.to_dict(), model.to_dict())
+        raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
+
+
 def _check_resume(out: Path, target: Path, run: RunConfig, saved: RunConfig) -> tuple[dict, dict, RunConfig, bool]:
     """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training), `saved` being
     the run's config.yaml (_saved_config). Returns the weights, the training state, the run config, whose
     data.tokenizer / vocab_size stay the saved ones (the run keeps its tokenizer whatever a resume asks for, and
     config.yaml says so), and whether the data changed."""
-    if saved.model != run.model:
-        diff = _changes(saved.model.to_dict(), run.model.to_dict())
-        raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
+    _check_same_model(out, saved, run.model)
     # where the token cache lives changes no token: a moved cache is the same data
     same_cache = dataclasses.replace(saved.data, cache_dir=run.data.cache_dir)
     changed = same_cache != run.data

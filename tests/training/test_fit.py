@@ -340,6 +340,11 @@ def test_bad_resume_targets_fail_before_training(tmp_path):
     other = RunConfig(model=run.model.replace(n_embd=48), train=run.train, data=run.data)
     with pytest.raises(ValueError, match=r"model config differs .*n_embd: 32 -> 48"):
         fit(other, tmp_path / "run", resume=True, progress=False)
+    # refused before the corpus is read (a large one takes minutes to tokenize), with a model its tokenizer resized
+    moved = dataclasses.replace(other, model=other.model.replace(vocab_size=7),
+                                data=dataclasses.replace(run.data, source=str(tmp_path / "gone.txt")))
+    with pytest.raises(ValueError, match=r"model config differs .*n_embd: 32 -> 48"):
+        fit(moved, tmp_path / "run", resume=True, progress=False)
     # another vocabulary: a tokenizer with more characters
     from neurallayers.data import Tokenizer
 
