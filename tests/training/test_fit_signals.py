@@ -1,6 +1,8 @@
 """Ctrl-C and SIGTERM during training: stop at a step boundary, save a checkpoint, resume exactly."""
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,7 +89,12 @@ def test_sigterm_to_the_cli_saves_and_exits_143_with_the_resume_command(tmp_path
     step = int(ckpt.latest_checkpoint(out).name.split("-")[1])
     assert step in (20, 21)  # after the step the signal landed in
     assert f"stopped at step {step} (terminated): saving a checkpoint" in rest
-    assert "stopped: terminated" in rest and f"continue with: neurallayers train --out {out} --resume" in rest
+    assert "stopped: terminated" in rest
+    # started as `python -m neurallayers`: the hint names this interpreter as the shell finds it (PATH or its path)
+    launcher = re.search(rf"continue with: (\S+) -m neurallayers train --out {re.escape(str(out))} --resume", rest)
+    assert launcher, rest
+    found = shutil.which(launcher[1], path=child_env(tmp_path)["PATH"]) if os.sep not in launcher[1] else launcher[1]
+    assert found and os.path.abspath(found) == os.path.abspath(sys.executable)
 
 
 def test_the_handlers_go_when_training_fails(tmp_path, monkeypatch):
