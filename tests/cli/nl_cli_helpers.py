@@ -31,3 +31,24 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert len(lines) == 1, proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
+
+
+def tiny_char_run(root: Path, **train) -> Path:
+    """A tiny character-level run on TEXT in root/run (root/.nlcache its cache); `train` overrides its steps and the
+    rest of its train section (max_steps 2 by default)."""
+    import pytest
+
+    import neurallayers as nl
+
+    (root / "text.txt").write_text(TEXT)
+    config = {"model": {"preset": "tiny", "block_size": 16, "n_layer": 1},
+              "train": {"max_steps": 2, "batch_size": 2, "eval_interval": 2, "eval_batches": 1, "warmup_steps": 0,
+                        "sample_tokens": 0, **train},
+              "data": {"source": str(root / "text.txt"), "tokenizer": "char"}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NEURALLAYERS_CACHE", str(root / ".nlcache"))
+        nl.train(config, root / "run", progress=False)
+    return root / "run"

@@ -9,26 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from nl_cli_helpers import assert_user_error, in_process
-
-TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
+from nl_cli_helpers import assert_user_error, in_process, tiny_char_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A tiny character-level run (2 steps)."""
-    import neurallayers as nl
-
-    root = tmp_path_factory.mktemp("flags")
-    (root / "text.txt").write_text(TEXT)
-    config = {"model": {"preset": "tiny", "block_size": 16, "n_layer": 1},
-              "train": {"max_steps": 2, "batch_size": 2, "eval_interval": 2, "eval_batches": 1, "warmup_steps": 0,
-                        "sample_tokens": 0},
-              "data": {"source": str(root / "text.txt"), "tokenizer": "char"}}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("NEURALLAYERS_CACHE", str(root / ".nlcache"))
-        nl.train(config, root / "run", progress=False)
-    return root / "run"
+    return tiny_char_run(tmp_path_factory.mktemp("flags"))
 
 
 @pytest.mark.parametrize(("flags", "needle"), [

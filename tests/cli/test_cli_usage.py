@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from nl_cli_helpers import assert_user_error, in_process
+from nl_cli_helpers import assert_user_error, in_process, tiny_char_run
 
 from neurallayers.__main__ import build_verb_parser
-
-TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 
 
 def test_a_mistyped_verb_names_the_verb_meant(tmp_path: Path, monkeypatch):
@@ -80,18 +78,7 @@ def test_a_closed_stdout_is_one_line_not_lost_output(tmp_path: Path):
 @pytest.fixture(scope="module")
 def two_checkpoints(tmp_path_factory) -> Path:
     """A tiny run with checkpoints at steps 2 and 4 (whose weights differ)."""
-    import neurallayers as nl
-
-    root = tmp_path_factory.mktemp("ckpt")
-    (root / "text.txt").write_text(TEXT)
-    config = {"model": {"preset": "tiny", "block_size": 16, "n_layer": 1},
-              "train": {"max_steps": 4, "batch_size": 2, "eval_interval": 4, "eval_batches": 1, "warmup_steps": 0,
-                        "save_interval": 2, "sample_tokens": 0, "lr": 1e-2},
-              "data": {"source": str(root / "text.txt"), "tokenizer": "char"}}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("NEURALLAYERS_CACHE", str(root / ".nlcache"))
-        nl.train(config, root / "run", progress=False)
-    return root / "run"
+    return tiny_char_run(tmp_path_factory.mktemp("ckpt"), max_steps=4, eval_interval=4, save_interval=2, lr=1e-2)
 
 
 def test_load_reads_a_checkpoint_folder_with_its_runs_config_and_tokenizer(two_checkpoints: Path, monkeypatch):
