@@ -38,13 +38,11 @@ class Window:
 
 @dataclass(frozen=True)
 class WindowScore:
-    """Sums over the scored targets: all of them (`tokens`, `nll` in nats) and those that are text."""
+    """Sums over the scored targets: all of them (`tokens`, `nll` in nats) and the text's (`text_nll`)."""
 
     tokens: int
     nll: float
-    text_tokens: int
     text_nll: float
-    windows: int
     scored_end: int  # the scored targets lie in positions [1, scored_end) of the stream
 
     @property
@@ -120,7 +118,7 @@ def sliding_window_score(model: torch.nn.Module, tokens: np.ndarray, *, max_leng
         windows = windows[: max_batches * batch_size]
     special = torch.tensor(sorted(set(special_ids)), dtype=torch.long)
     nll = text_nll = 0.0
-    count = text_count = 0
+    count = 0
     batches = list(_batches(windows, batch_size))  # counted: the short last window may make one batch more
     if progress:
         batches = tqdm(batches, unit="batch", desc="eval", dynamic_ncols=True)
@@ -142,8 +140,7 @@ def sliding_window_score(model: torch.nn.Module, tokens: np.ndarray, *, max_leng
             nll += float(per_token[scored].sum())
             text_nll += float(per_token[text].sum())
             count += int(scored.sum())
-            text_count += int(text.sum())
-    return WindowScore(count, nll, text_count, text_nll, len(windows), windows[-1].end)
+    return WindowScore(count, nll, text_nll, windows[-1].end)
 
 
 def text_size(tokenizer: object, ids: np.ndarray) -> tuple[int, int]:
