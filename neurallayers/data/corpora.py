@@ -506,36 +506,43 @@ def _looks_binary(path: Path) -> bool:
 def _not_text(path: Path) -> str:
     """Why a file named as the corpus, which `_looks_binary`, is not read."""
     if kind := _compression(path):
-        return f"{str(path)!r} is {kind}-compressed, and compressed files are not read: decompress it first"
+        return _compressed(path, kind)
     return (f"{str(path)!r} is not text: a NUL byte in its first 8 KiB (a binary file, token ids such as nanoGPT's "
             f"train.bin, or UTF-16/32 without its byte-order mark); give a text file, or convert it to UTF-8")
 
 
+def _compressed(path: Path, kind: str) -> str:
+    return f"{str(path)!r} is {kind}-compressed, and compressed files are not read: decompress it first"
+
+
 def _read_text(path: Path) -> str:
-    with open(path, "rb") as f:
-        encoding = _text_encoding(f.read(4))
-    try:
-        return path.read_text(encoding=encoding)
-    except UnicodeDecodeError as e:
-        if kind := _compression(path):  # "convert it to UTF-8" sent the user looking for the wrong tool
-            raise ValueError(f"{str(path)!r} is {kind}-compressed, and compressed files are not read: "
-                             f"decompress it first") from None
-        name = encoding.removesuffix("-sig").upper()
-        raise ValueError(f"{str(path)!r} is not {name} ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+    return "".join(_text_blocks(path))
 
 
 def _text_blocks(path: Path) -> Iterator[str]:
-    """The text `_read_text` gives, in blocks of _BLOCK_CHARS characters, decoded as read: its newlines are made "\\n"
-    as there (CRLF and CR: Python's universal newlines, as nanoGPT reads text)."""
+    """A text file's text in blocks of _BLOCK_CHARS characters, decoded as read: UTF-8, or UTF-16 / UTF-32 after their
+    byte-order mark; its newlines are made "\\n" (CRLF and CR: Python's universal newlines, as nanoGPT reads text)."""
     with open(path, "rb") as f:
         encoding = _text_encoding(f.read(4))
     try:
         with open(path, encoding=encoding) as f:
             while block := f.read(_BLOCK_CHARS):
                 yield block
-    except UnicodeDecodeError:
-        _read_text(path)  # the error naming the byte (or the compression) the whole read names
-        raise
+    except UnicodeDecodeError as e:
+        raise _undecodable(path, encoding, e) from None
+
+
+def _undecodable(path: Path, encoding: str, error: UnicodeDecodeError) -> ValueError:
+    """The error of a file that is not `encoding`, naming its first bad byte (a block's error counts from the block,
+    so the file is decoded whole to find it), or that it is compressed."""
+    if kind := _compression(path):  # "convert it to UTF-8" sent the user looking for the wrong tool
+        return ValueError(_compressed(path, kind))
+    try:
+        path.read_text(encoding=encoding)
+    except UnicodeDecodeError as e:
+        error = e
+    name = encoding.removesuffix("-sig").upper()
+    return ValueError(f"{str(path)!r} is not {name} ({error.reason} at byte {error.start}); convert it to UTF-8")
 
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
