@@ -301,10 +301,20 @@ def chunk_document(doc: Document, max_chars: int, *, byte_level: bool = False,
                    safe_cut: SafeCut | None = None) -> list[Document]:
     """Splits a document into the pieces `chunk_text` cuts its text into, named "<name>#<i>" (or the document itself
     when it is not split). The pieces concatenate back to the document."""
-    pieces = list(chunk_text(doc.blocks(), max_chars, byte_level=byte_level, safe_cut=safe_cut))
-    if len(pieces) <= 1:
-        return [doc]
-    return [Document(f"{doc.name}#{i}", piece) for i, piece in enumerate(pieces)]
+    pieces = [piece for piece, _ in named_pieces(doc, max_chars, byte_level=byte_level, safe_cut=safe_cut)]
+    return pieces if len(pieces) > 1 else [doc]
+
+
+def named_pieces(doc: Document, max_chars: int, *, byte_level: bool = False,
+                 safe_cut: SafeCut | None = None) -> Iterator[tuple[Document, bool]]:
+    """(piece, whether it is the last) for the pieces `chunk_text` cuts `doc`'s text into as it is read, named
+    "<name>#<i>", or the document's own name when it is one piece."""
+    pieces = chunk_text(doc.blocks(), max_chars, byte_level=byte_level, safe_cut=safe_cut)
+    piece, i = next(pieces, None), 0
+    while piece is not None:
+        after = next(pieces, None)  # one ahead: a document of one piece keeps its name
+        yield Document(doc.name if i == 0 and after is None else f"{doc.name}#{i}", piece), after is None
+        piece, i = after, i + 1
 
 
 def chunk_text(blocks: Iterable[str], max_chars: int, *, byte_level: bool = False,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from neurallayers.data.corpora import Corpus, Document, FileDocument, SafeCut, chunk_text
+from neurallayers.data.corpora import Corpus, Document, FileDocument, SafeCut, chunk_text, named_pieces
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.files import WriteError
 
@@ -443,23 +443,18 @@ def byte_level_split(tokenizer: Tokenizer) -> bool:
 def _pieces(documents: Iterable[Document], chunk_chars: int, *, byte_level: bool,
             safe_cut: SafeCut | None = None) -> Iterator[_Part]:
     """The pieces of the documents, each in one part or, past _ENCODE_CHARS, several; empty documents skipped. A
-    document's text is cut as it is read (a file's a block at a time), and a piece is named as `chunk_document` names
-    it."""
+    document's text is cut as it is read (a file's a block at a time), its pieces named by `named_pieces`."""
     for doc in documents:
         if not isinstance(doc, FileDocument) and len(doc.text) <= min(chunk_chars, _ENCODE_CHARS):
             if doc.text:  # one piece of one part, as chunk_text gives it: millions of JSON-lines records come here
-                yield Document(doc.name, doc.text), True, True, True
+                yield doc, True, True, True
             continue
-        pieces = chunk_text(doc.blocks(), chunk_chars, byte_level=byte_level, safe_cut=safe_cut)
-        piece, i = next(pieces, None), 0
-        while piece is not None:
-            after = next(pieces, None)
-            name = doc.name if i == 0 and after is None else f"{doc.name}#{i}"
-            parts = [piece] if len(piece) <= _ENCODE_CHARS else list(chunk_text(
-                [piece], _ENCODE_CHARS, byte_level=byte_level, safe_cut=safe_cut))
+        for i, (piece, last_piece) in enumerate(named_pieces(doc, chunk_chars, byte_level=byte_level,
+                                                             safe_cut=safe_cut)):
+            parts = [piece.text] if len(piece.text) <= _ENCODE_CHARS else list(chunk_text(
+                [piece.text], _ENCODE_CHARS, byte_level=byte_level, safe_cut=safe_cut))
             for j, part in enumerate(parts):
-                yield Document(name, part), i == j == 0, after is None and j == len(parts) - 1, j == 0
-            piece, i = after, i + 1
+                yield Document(piece.name, part), i == j == 0, last_piece and j == len(parts) - 1, j == 0
 
 
 def _batches(pieces: Iterator[_Part]) -> Iterator[list[_Part]]:
