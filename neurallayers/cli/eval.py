@@ -2,7 +2,8 @@
 
 A decoder is scored by its next-token loss, a masked LM (an encoder with head 'mlm') by its masked-LM loss. A
 decoder's windows are training's evaluation windows (non-overlapping, so that eval gives the val loss training
-logged), or with --stride transformers' sliding windows, which also give lm-evaluation-harness's bits per byte.
+logged), or with --stride transformers' sliding windows, which also give lm-evaluation-harness's bits per byte; or with
+--per-document each document on its own, as lm-evaluation-harness's perplexity tasks (wikitext) score them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "at least block_size - N tokens before it (transformers' sliding-window perplexity), and "
                         "bits per byte, byte and word perplexity as lm-evaluation-harness defines them; "
                         "--max-batches keeps the first windows (default: non-overlapping windows, training's)")
+    parser.add_argument("--per-document", action="store_true",
+                        help="a decoder: each document of the corpus scored on its own from its start, after the bos "
+                        "(else eos), in disjoint windows of --block-size tokens, with word and byte perplexity and "
+                        "bits per byte over the documents' own text: lm-evaluation-harness's loglikelihood_rolling "
+                        "(its wikitext task); the whole corpus (--split all)")
     parser.add_argument("--mask-prob", type=_probability, default=None,
                         help="a masked LM: the share of tokens masked, with the same masks for every model (default: "
                         "on a run's own split, the run's train.mask_prob and seed, so that --batch-size and "
@@ -88,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         masker = Masker.for_tokenizer(tokenizer, prob=prob, seed=run_cfg.train.seed if split_of_run else 0)
     elif args.mask_prob is not None:
         raise ValueError("--mask-prob applies to masked LMs (encoders); this model is a decoder")
+    if args.per_document:
+        _check_per_document(args, masked=masker is not None, split=split)
     window = args.block_size or model.config.block_size
     if window > model.config.block_size:  # before tokenizing a corpus (minutes for a large one)
         raise ValueError(f"--block-size {window} is over the model's context length {model.config.block_size}")
@@ -110,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
                                 "name the corpus with --data") from None
     if args.text_field is not None:
         _check_text_field(corpus, args.text_field)
+    if args.per_document:  # the documents' own text: no token cache, whose streams join them
+        return _per_document(args, model, tokenizer, corpus, block=window, name=args.data or data.source)
     val_fraction = data.val_fraction if own else 0.0
     seed = run_cfg.train.seed if own else 0
     tokens = tokenize_corpus(data, corpus, tokenizer, seed=seed, val_fraction=val_fraction,
@@ -117,8 +127,10 @@ def run(args: argparse.Namespace) -> int:
     arr = {"val": tokens.val, "train": tokens.train, "all": np.concatenate([tokens.train, tokens.val])}[split]
     block = window
     if args.stride is not None:
+        # the whole corpus in its order: its documents' own text gives the bytes and words
+        documents = corpus if split == "all" and not len(tokens.val) else None
         return _sliding(args, model, tokenizer, arr, block=block, name=args.data or data.source, split=split,
-                        val_fraction=val_fraction)
+                        val_fraction=val_fraction, documents=documents)
     if len(arr) < block + 1 and args.block_size is None and len(arr) >= 2:
         block = len(arr) - 1  # a text shorter than the context: one window of all of it
     if len(arr) < block + 1:
@@ -143,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sliding(args: argparse.Namespace, model, tokenizer, arr, *, block: int, name: str, split: str,
-             val_fraction: float) -> int:
+             val_fraction: float, documents=None) -> int:
     """--stride: transformers' sliding windows, and lm-evaluation-harness's scores of the text they covered."""
     from neurallayers.training.evaluate import TextScores, sliding_window_score, text_size
     from neurallayers.training.trainer import perplexity_text
@@ -158,14 +170,82 @@ def _sliding(args: argparse.Namespace, model, tokenizer, arr, *, block: int, nam
           f"loss: {score.loss:.4f}  perplexity: {perplexity_text(score.loss)}")
     if not score.whole:
         print(f"bits per byte: not scored: with --stride {args.stride} = the window, each window's first token has no "
-              "prediction; a stride below the window scores every token")
+              "prediction; a stride below the window scores every token, and so do --per-document's disjoint "
+              "windows (lm-evaluation-harness's)")
         return 0
-    n_bytes, n_words = text_size(tokenizer, arr[1 : score.scored_end])  # the text of the targets scored
+    texts = (doc.text for doc in documents.documents()) if documents is not None else None
+    # the text of the targets scored, read after the first token
+    n_bytes, n_words = text_size(tokenizer, arr[1 : score.scored_end], before=arr[:1], documents=texts)
     if n_bytes:
         text = TextScores(score.text_nll, n_bytes, n_words)
         print(f"bytes: {n_bytes:,}  words: {n_words:,}  bits per byte: {text.bits_per_byte:.4f}  "
               f"byte perplexity: {text.byte_perplexity:.4f}  word perplexity: {text.word_perplexity:.2f}")
     return 0
+
+
+def _check_per_document(args: argparse.Namespace, *, masked: bool, split: str) -> None:
+    """What --per-document cannot take, named before a corpus is read."""
+    if masked:
+        raise ValueError("--per-document applies to a decoder's next-token loss; this model is a masked LM, scored on "
+                         "the tokens it masks (--mask-prob)")
+    if args.stride is not None:
+        raise ValueError("--per-document scores each document in disjoint windows of --block-size "
+                         "(lm-evaluation-harness); --stride slides windows over one stream (transformers' guide): "
+                         "use one of them")
+    if args.max_batches is not None:
+        raise ValueError("--max-batches keeps the first windows of one stream; --per-document scores every document "
+                         "whole: leave it out")
+    if split != "all":
+        raise ValueError(f"--per-document scores whole documents, and the run's {split} split holds pieces of them: "
+                         "use --split all, or name the corpus with --data")
+
+
+def _per_document(args: argparse.Namespace, model, tokenizer, corpus, *, block: int, name: str) -> int:
+    """--per-document: lm-evaluation-harness's rolling log-likelihood of each document, and its weighted scores."""
+    from tqdm.auto import tqdm
+
+    from neurallayers.training.evaluate import TextScores, document_scores, document_size
+    from neurallayers.training.trainer import perplexity_text
+
+    prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id  # lm-eval's prefix_token_id
+    if prefix is None:
+        raise ValueError("--per-document starts each document after the tokenizer's bos (else its eos), as "
+                         "lm-evaluation-harness does; this tokenizer has neither")
+    device = next(model.parameters()).device
+    n_docs = tokens = n_bytes = n_words = 0
+    nll = 0.0
+    with tqdm(desc="eval", unit="char", unit_scale=True, dynamic_ncols=True, disable=args.no_progress) as bar:
+        for texts in _document_groups(corpus):  # a group at a time: a large corpus's ids are never all held
+            ids = tokenizer.encode_batch(texts)
+            nll += sum(document_scores(model, ids, prefix_id=prefix, max_length=block, batch_size=args.batch_size,
+                                       device=device))
+            for text in texts:
+                size = document_size(text)
+                n_bytes, n_words = n_bytes + size[0], n_words + size[1]
+            n_docs, tokens = n_docs + len(texts), tokens + sum(map(len, ids))
+            bar.update(sum(map(len, texts)))
+    if not tokens:
+        raise ValueError(f"corpus {name!r} has no text to score")
+    loss = nll / tokens
+    print(f"corpus: {name}  split: all  documents: {n_docs:,}  window: {block}  tokens scored: {tokens:,}  "
+          f"loss: {loss:.4f}  perplexity: {perplexity_text(loss)}")
+    text = TextScores(nll, n_bytes, n_words)
+    print(f"bytes: {n_bytes:,}  words: {n_words:,}  bits per byte: {text.bits_per_byte:.4f}  "
+          f"byte perplexity: {text.byte_perplexity:.4f}  word perplexity: {text.word_perplexity:.4f}")
+    return 0
+
+
+def _document_groups(corpus, chars: int = 1 << 22):
+    """The corpus's document texts, in lists that end once they hold `chars` characters (the last may hold fewer)."""
+    group, size = [], 0
+    for doc in corpus.documents():
+        group.append(doc.text)
+        size += len(group[-1])
+        if size >= chars:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 def _check_text_field(corpus, field: str) -> None:

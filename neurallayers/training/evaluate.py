@@ -10,10 +10,16 @@ Bits per byte, byte perplexity and word perplexity are lm-evaluation-harness's: 
 text's tokens over its UTF-8 bytes (in bits), or over its words, `len(re.split(r"\\s+", document))` per document.
 The boundary tokens training put between documents (eos, and bos where the run has them) are context, never text:
 lm-evaluation-harness scores a document's own tokens only.
+
+`document_scores` is lm-evaluation-harness's `loglikelihood_rolling` (its wikitext task): each document scored on its
+own, from its start, after one prefix token (the bos, else the eos), in the disjoint windows of
+`get_rolling_token_windows` with context_len=1 then `make_disjoint_window`; their sums over documents give its
+weighted perplexities.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -143,16 +149,102 @@ def sliding_window_score(model: torch.nn.Module, tokens: np.ndarray, *, max_leng
     return WindowScore(count, nll, text_nll, windows[-1].end)
 
 
-def text_size(tokenizer: object, ids: np.ndarray) -> tuple[int, int]:
+def text_size(tokenizer: object, ids: np.ndarray, *, before: Iterable[int] = (),
+              documents: Iterable[str] | None = None) -> tuple[int, int]:
     """(UTF-8 bytes, words) of the text of `ids`: special tokens separate documents and count for nothing; a
-    document's words are lm-evaluation-harness's, `len(re.split(r"\\s+", text))`."""
+    document's words are lm-evaluation-harness's, `len(re.split(r"\\s+", text))`.
+
+    Args:
+        before: the ids before `ids` in the stream: a text that starts within a document is read after them, as a
+            SentencePiece decoder strips the space of a text's first token ("▁world" alone is "world").
+        documents: the texts of the documents whose tokens the runs between special tokens are, in order (the first
+            run may be the end of the first). A run whose decoding differs from its document only in leading
+            whitespace counts the document's own text, as lm-eval does: a SentencePiece tokenizer encodes " x" and "x"
+            alike ("▁x"), and decodes the first without its space or the second with one. Ignored when the runs and
+            the documents do not pair up (a document holding a special token's text).
+    """
+    from neurallayers.data.tokenizers import continuation_text
+
     ids = np.asarray(ids, dtype=np.int64)
     is_special = np.isin(ids, np.asarray(tokenizer.special_ids, dtype=np.int64))
     # runs of text tokens between special ones: [starts[i], ends[i])
     edges = np.flatnonzero(np.diff(np.concatenate([[1], is_special.astype(np.int8), [1]])))
+    runs = list(zip(edges[0::2], edges[1::2], strict=True))
+    before = [int(i) for i in before]
+    partial = bool(before) and before[-1] not in tokenizer.special_ids and bool(runs) and runs[0][0] == 0
+    texts = [t for t in documents if t] if documents is not None else None  # empty documents have no tokens
+    if texts is not None and len(texts) != len(runs):
+        texts = None
     n_bytes = n_words = 0
-    for start, end in zip(edges[0::2], edges[1::2], strict=True):
-        text = tokenizer.decode(ids[start:end].tolist(), clean_up_tokenization_spaces=False)  # the text's own spaces
+    for i, (start, end) in enumerate(runs):
+        run = ids[start:end].tolist()
+        if i == 0 and partial:  # the end of a document whose first tokens are not counted
+            text = continuation_text(tokenizer, before, run)
+        else:
+            text = tokenizer.decode(run, clean_up_tokenization_spaces=False)  # the text's own spaces
+            if texts is not None and text.lstrip() == texts[i].lstrip():
+                text = texts[i]
         n_bytes += len(text.encode("utf-8"))
         n_words += len(re.split(r"\s+", text))
     return n_bytes, n_words
+
+
+@dataclass(frozen=True)
+class DocumentWindow:
+    """lm-evaluation-harness's window on the stream [prefix] + a document's tokens: the model reads [begin, end) and
+    its last `scored` predictions are scored (the targets [end - scored + 1, end + 1))."""
+
+    doc: int
+    begin: int
+    end: int
+    scored: int
+
+
+def rolling_windows(n_tokens: int, *, max_length: int) -> list[tuple[int, int, int]]:
+    """(begin, end, scored) of `get_rolling_token_windows(context_len=1)` + `make_disjoint_window` for a document of
+    `n_tokens` tokens, on the stream [prefix] + document: the first window reads the prefix and max_length - 1 tokens
+    and scores them all with the next; each later one scores the next max_length tokens after one token of context,
+    but the last, which reads max_length tokens ending before its last target (more context, as lm-eval's does)."""
+    if max_length < 1:
+        raise ValueError(f"max_length {max_length} must be at least 1")
+    if n_tokens == 0:
+        return []  # lm-eval's generator yields nothing: a log-likelihood of 0
+    first = min(max_length, n_tokens)
+    windows, done = [(0, first, first)], first
+    while done < n_tokens:
+        scored = min(n_tokens - done, max_length)
+        done += scored
+        windows.append((done - max_length, done, scored))
+    return windows
+
+
+def document_scores(model: torch.nn.Module, documents: list[list[int]], *, prefix_id: int, max_length: int,
+                    batch_size: int, device: torch.device, progress: bool = False) -> list[float]:
+    """The negative log-likelihood (nats) of each document's tokens, each document scored on its own after
+    `prefix_id` in lm-evaluation-harness's rolling windows (see `rolling_windows`). Windows of one length are scored
+    together, batch_size at a time (no padding: a length-dependent RoPE scaling sees each window's own length). The
+    caller puts the model in eval mode."""
+    streams = [np.asarray([prefix_id, *doc], dtype=np.int64) for doc in documents]
+    windows = [DocumentWindow(d, *w) for d, doc in enumerate(documents)
+               for w in rolling_windows(len(doc), max_length=max_length)]
+    windows.sort(key=lambda w: w.begin - w.end)  # longest first, each length's windows together
+    groups = [list(same) for _, same in itertools.groupby(windows, key=lambda w: w.end - w.begin)]
+    batches = [group[i : i + batch_size] for group in groups for i in range(0, len(group), batch_size)]
+    nll = [0.0] * len(documents)
+    if progress:
+        batches = tqdm(batches, unit="batch", desc="eval", dynamic_ncols=True)
+    with torch.no_grad():
+        for batch in batches:
+            keep = max(w.scored for w in batch)
+            x = torch.from_numpy(np.stack([streams[w.doc][w.begin : w.end] for w in batch]))  # (B, T)
+            y = torch.from_numpy(np.stack([streams[w.doc][w.end - keep + 1 : w.end + 1] for w in batch]))  # (B, keep)
+            logits = model(x.to(device), logits_to_keep=keep).logits.float()  # (B, keep, V)
+            per_token = F.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none").double().cpu()
+            for row, w in enumerate(batch):
+                nll[w.doc] += float(per_token[row, keep - w.scored :].sum())
+    return nll
+
+
+def document_size(text: str) -> tuple[int, int]:
+    """(UTF-8 bytes, words) of a document as lm-evaluation-harness's wikitext task counts them, on its own text."""
+    return len(text.encode("utf-8")), len(re.split(r"\s+", text))

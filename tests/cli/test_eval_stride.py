@@ -115,3 +115,4 @@ def test_the_batch_size_changes_nothing_and_bf16_stays_close(run_dir: Path, tmp_
 def test_a_stride_of_the_window_names_why_bits_per_byte_is_missing(run_dir: Path, tmp_path: Path, monkeypatch):
     proc = in_process("eval", str(run_dir), "--stride", "32", "--no-progress", cwd=tmp_path, monkeypatch=monkeypatch)
     assert proc.returncode == 0 and "bits per byte: not scored" in proc.stdout and "bytes:" not in proc.stdout
+    assert "a stride below the window scores every token, and so do --per-document's" in proc.stdout
