@@ -84,7 +84,8 @@ def _max_length(max_length: object) -> int | None:
 
 
 def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[str] | None = None,
-                   max_length: int | None = None, return_offsets: bool = False) -> dict[str, torch.Tensor]:
+                   max_length: int | None = None, return_offsets: bool = False,
+                   add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
     """Encode texts (and optional second segments) with the tokenizer's special tokens, right-padded.
 
     Args:
@@ -93,6 +94,8 @@ def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[s
         text_pairs: N second segments (token type 1), e.g. for sentence-pair classification.
         max_length: truncate each encoding to this many tokens (special tokens included); None: no limit.
         return_offsets: also return "offsets" (N, T, 2) character spans and "special_tokens_mask" (N, T).
+        add_special_tokens: False leaves the post-processor's tokens ([CLS], [SEP]) out, as transformers' tokenizers
+            and vLLM's embeddings read it.
 
     Returns:
         "input_ids", "attention_mask", "token_type_ids": LongTensors (N, T), T the longest encoding.
@@ -105,8 +108,22 @@ def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[s
             raise ValueError(f"text_pairs has {len(text_pairs)} items, texts has {len(texts)}: they must match")
     max_length = _max_length(max_length)
     inputs = list(zip(texts, text_pairs, strict=True)) if text_pairs is not None else texts
-    encodings = _raw(tokenizer, max_length).encode_batch(inputs, add_special_tokens=True)
+    encodings = _raw(tokenizer, max_length).encode_batch(inputs, add_special_tokens=_flag(add_special_tokens))
     return _collate(encodings, pad_id=tokenizer.pad_id, return_offsets=return_offsets)
+
+
+def _flag(add_special_tokens: object) -> bool:
+    if not isinstance(add_special_tokens, bool):  # "no" is truthy: it added them
+        raise ValueError(f"add_special_tokens={add_special_tokens!r}: must be True or False")
+    return add_special_tokens
+
+
+def token_counts(tokenizer: Tokenizer, texts: list[str], *, add_special_tokens: bool = True) -> list[int]:
+    """How many tokens each text has, uncut (special tokens included unless add_special_tokens is False): what an
+    input limit is checked against."""
+    check_tokenizer(tokenizer)
+    texts = _check_texts(texts, empty_ok=True)
+    return [len(e.ids) for e in _raw(tokenizer, None).encode_batch(texts, add_special_tokens=_flag(add_special_tokens))]
 
 
 def _collate(encodings: list, *, pad_id: int | None, return_offsets: bool = False) -> dict[str, torch.Tensor]:
@@ -216,7 +233,7 @@ def read_as(model: nn.Module, texts: list[str]) -> list[str]:
 
 def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: str | None = None,
           normalize: bool | None = None, batch_size: int = 32, max_length: int | None = None,
-          truncation_side: Literal["right", "left"] = "right") -> torch.Tensor:
+          truncation_side: Literal["right", "left"] = "right", add_special_tokens: bool = True) -> torch.Tensor:
     """Sentence embeddings (N, C), float32, on the model's device, in the order of `texts`.
 
     Texts are batched by length (less padding), run through the encoder, pooled, then L2-normalised.
@@ -235,6 +252,8 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         truncation_side: which end of a longer text is cut, as transformers' tokenizers name it: "right" (the
             end, as sentence-transformers cuts) or "left" (the start, as vLLM's truncate_prompt_tokens does); the
             special tokens ([CLS], [SEP]) stay either way.
+        add_special_tokens: False embeds the text's own tokens without [CLS] / [SEP] (vLLM's add_special_tokens
+            on /v1/embeddings; a "cls" pooling then reads the first text token).
     """
     if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
@@ -258,10 +277,12 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
     if normalize is None:
         normalize = bool(encoder.config.extra.get("normalize", True))
     device = next(encoder.parameters()).device
-    encodings = _raw(tokenizer, max_length, truncation_side).encode_batch(texts, add_special_tokens=True)
+    special = _flag(add_special_tokens)
+    encodings = _raw(tokenizer, max_length, truncation_side).encode_batch(texts, add_special_tokens=special)
     if (blank := next((i for i, e in enumerate(encodings) if not e.ids), None)) is not None:
-        raise ValueError(f"texts[{blank}] is {texts[blank]!r}, which this tokenizer encodes to no tokens (it adds no "
-                         "special tokens): give some text")
+        adds = "add_special_tokens is False" if not special else "it adds no special tokens"
+        raise ValueError(f"texts[{blank}] is {texts[blank]!r}, which this tokenizer encodes to no tokens ({adds}): "
+                         "give some text")
     # an ordinary tensor, filled in inference mode: an inference tensor failed backward through a probe on top of it
     out = torch.empty(len(texts), width, dtype=torch.float32, device=device)
     with torch.inference_mode(), eval_mode(encoder):  # no dropout, even mid-training; the model's own mode after

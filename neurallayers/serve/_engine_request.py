@@ -8,16 +8,52 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from neurallayers.data.tokenizers import StreamDecoder
 from neurallayers.generation.config import GenerationConfig, StreamEvent, TokenLogprob
 from neurallayers.generation.generate import _choose, _HeldEvents, _row_seed, _RowText, stop_search_after
 from neurallayers.generation.processors import apply_processors, build_processors
 from neurallayers.generation.search import stop_ids
 
 _ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """How a request's text is written, as vLLM's sampling parameters of these names say.
+
+    Attributes:
+        skip_special_tokens: drop special tokens from the text (false: they are written, as vLLM writes them).
+        include_stop_str_in_output: a stop string that ends the text is written too (the text after it is not).
+        reported_stops: the stop strings `stop_reason` names and include_stop_str_in_output writes (the client's);
+            None: all of config.stop. Another (the chat template's own end of a reply) ends the text as eos does.
+    """
+
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    reported_stops: tuple[str, ...] | None = None
+
+
+class _RecordingDecoder:
+    """A StreamDecoder that keeps its last piece: the text a stop string was found in, before _RowText cuts it."""
+
+    def __init__(self, decoder: StreamDecoder) -> None:
+        self.decoder, self.last = decoder, ""
+
+    def push(self, token_id: int) -> str:
+        self.last = self.decoder.push(token_id)
+        return self.last
+
+    def flush(self) -> str:
+        self.last = self.decoder.flush()
+        return self.last
+
+    def __getattr__(self, name: str):
+        return getattr(self.decoder, name)
 
 
 class Request:
@@ -40,12 +76,17 @@ class Request:
         stop_logprob: with config.logprobs, the log-probabilities of the stop token (eos) that ended the request,
             which sends no event of its own (as in stream()); OpenAI's completions list it last.
         finish_reason: None until the request has ended.
+        stop_reason: vLLM's: the stop string (of text.reported_stops) or the stop_token_ids id that ended the
+            request; None when it ended on eos, on its length, or has not ended. Set before the final event.
     """
 
-    def __init__(self, prompt_ids: list[int], config: GenerationConfig, *, on_cancel: Callable[[], None]) -> None:
+    def __init__(self, prompt_ids: list[int], config: GenerationConfig, *, on_cancel: Callable[[], None],
+                 text: TextOptions | None = None) -> None:
         self.id = next(_ids)
         self.prompt_ids = prompt_ids
         self.config = config
+        self.text = text or TextOptions()
+        self.stop_reason: str | int | None = None
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.stop_logprob: TokenLogprob | None = None
@@ -169,6 +210,7 @@ class _Sequence:
         self.req = req
         self.procs = build_processors(cfg, eos_ids=eos_ids, prompt_lens=req.prompt_tokens)
         self.stops = set(stop_ids(cfg, eos_ids))
+        self.eos_ids = set(eos_ids)
         self.budget = cfg.max_new_tokens  # submit() checked that prompt + max_new_tokens fits the context
         self.gens = None
         if not cfg.greedy:
@@ -179,6 +221,8 @@ class _Sequence:
             self.tokens = torch.zeros(1, req.prompt_tokens + self.budget, dtype=torch.long, device=device)
             self.tokens[0, :req.prompt_tokens] = torch.tensor(req.prompt_ids, dtype=torch.long, device=device)
         self.text = _RowText(tokenizer, cfg.stop, req.prompt_ids, search_after=stop_search_after(cfg))
+        self.text.decoder = _RecordingDecoder(StreamDecoder(
+            tokenizer, skip_special_tokens=req.text.skip_special_tokens, context=req.prompt_ids))
         self.held = _HeldEvents(self.text)  # token events wait while their text could be a stop string's
         self.n = 0  # tokens chosen so far
         self.last = -1  # the last chosen token: the input of the next decode step
@@ -216,9 +260,17 @@ class _Sequence:
         self.last = tok
         if tok in self.stops:
             self.req.stop_logprob = logprob  # before the final event, which readers take as the end
-            return self.finish("stop")
+            # vLLM's check_stop: eos first (unless ignore_eos), then stop_token_ids, which stop_reason names
+            if tok in cfg.stop_token_ids and (cfg.ignore_eos or tok not in self.eos_ids):
+                self.req.stop_reason = tok
+            # vLLM writes the stop token's text only with include_stop_str_in_output (eos, a special token, is "")
+            return self.finish("stop", pending=self.text.push(tok) if self.req.text.include_stop_str_in_output else "")
+        prior = self.text.text
         text = self.text.push(tok)
         if self.text.stopped:  # a stop string's tokens are not output; the text before it is
+            stop = self._stop_string(prior)
+            if stop is not None and self.req.text.include_stop_str_in_output:
+                return self._finish_with_stop_string(text, stop, StreamEvent(text="", token_id=tok, logprob=logprob))
             events, pending = self.held.stopped(text)
             for event in events:
                 self.req._push(event)
@@ -230,8 +282,37 @@ class _Sequence:
         return False
 
     def finish(self, reason: str, *, pending: str = "") -> bool:
+        prior, was_stopped, held = self.text.text, self.text.stopped, list(self.held.held)
         events, text, reason = self.held.finish(reason, pending)
+        # a stop string in the text the decoder held to the end (a last word waiting for its spaces)
+        if self.text.stopped and not was_stopped and (stop := self._stop_string(prior)) is not None \
+                and self.req.text.include_stop_str_in_output:
+            events, text = [StreamEvent(text="", token_id=e.token_id, logprob=e.logprob) for e in held], text + stop
         for event in events:
             self.req._push(event)
         self.req._push(StreamEvent(text=text, finish_reason=reason))
+        return True
+
+    def _stop_string(self, prior: str) -> str | None:
+        """The client's stop string that the text just met, given the text before the last piece (req.stop_reason is
+        set to it); None for another (the chat template's own).
+
+        The text is cut where the earliest stop string starts (several may end in one token's text); of those that
+        start there and end in the new piece, the first listed is named, as vLLM's stop checker names the first
+        listed that it finds."""
+        cut, full = len(self.text.text), prior + self.text.decoder.last
+        reported = self.req.text.reported_stops
+        for s in self.text.stops:
+            if full.startswith(s, cut) and cut + len(s) > len(prior) and (reported is None or s in reported):
+                self.req.stop_reason = s
+                return s
+        return None
+
+    def _finish_with_stop_string(self, text: str, stop: str, last: StreamEvent) -> bool:
+        """include_stop_str_in_output: the text up to the stop string's end, and every token event (the stop
+        string's tokens' log-probabilities too), as vLLM returns them."""
+        held, self.held.held = self.held.held, []
+        for event in [*held, last]:
+            self.req._push(StreamEvent(text="", token_id=event.token_id, logprob=event.logprob))
+        self.req._push(StreamEvent(text="".join(e.text for e in held) + text + stop, finish_reason="stop"))
         return True

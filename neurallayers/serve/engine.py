@@ -39,7 +39,7 @@ from neurallayers.checks import is_int
 from neurallayers.generation.config import GenerationConfig, StreamEvent
 from neurallayers.generation.fast import decode_step_for
 from neurallayers.generation.generate import forward_step
-from neurallayers.serve._engine_request import Request, _Sequence
+from neurallayers.serve._engine_request import Request, TextOptions, _Sequence
 
 PREFILL_TOKENS = 512  # padded prompt tokens prefilled between two decode steps (at least one request): bounds the stall
 MAX_RETRY_AFTER = 60.0
@@ -131,8 +131,9 @@ class Engine:
                 # the rows' prefill overwrites what this writes; attend=1: a window, as every decode step reads
                 self._fast(tok, cache=self._cache.rows(0, rows), input_pos=pos, attend=1)
 
-    def submit(self, prompt_ids: list[int], config: GenerationConfig) -> Request:
-        """Queue a request; its events stream as soon as it is prefilled.
+    def submit(self, prompt_ids: list[int], config: GenerationConfig, *, text: TextOptions | None = None) -> Request:
+        """Queue a request; its events stream as soon as it is prefilled. `text`: how its text is written (special
+        tokens, stop strings), vLLM's options; default as stream() writes it.
 
         Raises:
             ValueError: bad prompt or config (empty prompt, ids outside the vocabulary, prompt + max_new_tokens over
@@ -141,7 +142,7 @@ class Engine:
             EngineClosed: shutdown has started.
         """
         prompt_ids = self._check(prompt_ids, config)
-        req = Request(prompt_ids, config, on_cancel=self._wake)
+        req = Request(prompt_ids, config, on_cancel=self._wake, text=text)
         with self._cond:
             if self._closing:
                 raise EngineClosed("the engine is shutting down and takes no new requests")

@@ -13,6 +13,7 @@ import re
 
 from neurallayers.generation import GenerationConfig
 from neurallayers.interop.hf import SAMPLING_DEFAULTS
+from neurallayers.serve._engine_request import TextOptions
 from neurallayers.serve.errors import bad_request
 from neurallayers.serve.schemas import MAX_SEED, VLLM_DEFAULT_ONLY, Sampling
 from neurallayers.serve.state import ServedModel
@@ -207,6 +208,11 @@ def refuse_unsupported(req: Sampling) -> None:
         if name in fields and getattr(req, name) != default:
             raise bad_request(f"{name}={json.dumps(getattr(req, name))} is not supported by this server (only its "
                               f"default, {json.dumps(default)})", name)
+    if not req.spaces_between_special_tokens and not req.skip_special_tokens:
+        # vLLM then writes adjacent special tokens without the decoder's spaces; with them skipped it changes nothing
+        raise bad_request("spaces_between_special_tokens=false with skip_special_tokens=false is not supported by this "
+                          "server (special tokens are written as the tokenizer decodes them)",
+                          "spaces_between_special_tokens")
     if "prompt" in fields and req.echo and req.truncate_prompt_tokens is not None:
         # the echoed text would not be what the model read, and its logprobs' text offsets would not fit it
         raise bad_request("echo with truncate_prompt_tokens is not supported by this server: the prompt echoed would "
@@ -217,6 +223,14 @@ def refuse_unsupported(req: Sampling) -> None:
     if req.response_format is not None and req.response_format != {"type": "text"}:
         raise bad_request(f"response_format {json.dumps(req.response_format)[:80]} is not supported by this server: "
                           'it does not constrain output (only {"type": "text"})', "response_format")
+
+
+def text_options(req: Sampling) -> TextOptions:
+    """How each choice's text is written: vLLM's skip_special_tokens and include_stop_str_in_output; stop_reason
+    names the request's own stop strings (not a chat template's)."""
+    return TextOptions(skip_special_tokens=req.skip_special_tokens,
+                       include_stop_str_in_output=req.include_stop_str_in_output,
+                       reported_stops=tuple(stop_list(req.stop)))
 
 
 def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, logprobs: int | None,

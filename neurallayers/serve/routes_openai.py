@@ -123,17 +123,18 @@ def register(app, *, holder, metrics) -> None:
             echoes = echo_texts(served.tokenizer, req.prompt, prompts) if req.echo else [""] * len(prompts)
             n_prompt = sum(len(ids) for ids in prompts)
             if max_tokens == 0:
-                choices = [{"index": i, "text": echoes[p], "finish_reason": "length",
+                choices = [{"index": i, "text": echoes[p], "finish_reason": "length", "stop_reason": None,
                             "logprobs": None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()}}
                            for i, p in enumerate(p for p in range(len(prompts)) for _ in range(req.n))]
                 body = {**meta, "object": "text_completion", "choices": choices, "usage": usage(n_prompt, 0)}
                 if not req.stream:
                     return body
-                response, lease = streaming_response(_echo_chunks(body, req), lease), None
+                response, lease = streaming_response(_echo_chunks(body, req, prompts), lease), None
                 return response
-            requests = submit_all(served, prompts, configs, metrics=metrics)
+            requests = submit_all(served, prompts, configs, metrics=metrics, text=params.text_options(req))
             if req.stream:
-                chunks = _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started)
+                chunks = _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started,
+                                            prompts)
                 response, lease = streaming_response(chunks, lease), None
                 return response
             results = await collect(requests, metrics=metrics, started=started, gone=raw.is_disconnected)
@@ -146,32 +147,34 @@ def register(app, *, holder, metrics) -> None:
                     lps = completion_logprobs(served.tokenizer, res.logprobs + stop_token(requests[i]),
                                               offset=len(echoes[p]), prompt=prompt_part)
                 choices.append({"index": i, "text": echoes[p] + res.text, "logprobs": lps,
-                                "finish_reason": res.finish_reason})
+                                "finish_reason": res.finish_reason, "stop_reason": requests[i].stop_reason})
             n_gen = sum(r.completion_tokens for r in requests)
             return {**meta, "object": "text_completion", "choices": choices, "usage": usage(n_prompt, n_gen)}
         finally:
             if lease is not None:
                 lease.release()
 
-    async def _echo_chunks(body: dict, req):
+    async def _echo_chunks(body: dict, req, prompts: list[list[int]]):
         """The stream of an echo without generation: each choice's prompt in one chunk that ends it, then the usage
         when asked for."""
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        extra = {"usage": None} if include_usage else {}
+        include_usage, continuous = _usage_options(req)
         base = {k: v for k, v in body.items() if k not in ("choices", "usage")}
         for c in body["choices"]:
+            extra = {"usage": usage(len(prompts[c["index"] // req.n]), 0) if continuous else None} \
+                if include_usage else {}
             yield sse({**base, "choices": [c], **extra})
         if include_usage:
             yield sse({**base, "choices": [], "usage": body["usage"]})
         yield SSE_DONE
 
-    def _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started):
+    def _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started, prompts):
         head = []
         if req.echo:
             for i in range(len(requests)):
                 p = i // req.n
                 lps = None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()}
-                head.append({"index": i, "text": echoes[p], "logprobs": lps, "finish_reason": None})
+                head.append({"index": i, "text": echoes[p], "logprobs": lps, "finish_reason": None,
+                             "stop_reason": None})
         offsets = [len(echoes[i // req.n]) for i in range(len(requests))]
 
         def choice(i: int, ev) -> dict:
@@ -184,10 +187,13 @@ def register(app, *, holder, metrics) -> None:
                 # a token's offset follows the tokens before it, as in the non-streaming answer: an event's text
                 # lags its token while it could still be a stop string's start
                 offsets[i] += sum(map(len, lps["tokens"]))
-            return {"index": i, "text": ev.text, "logprobs": lps, "finish_reason": ev.finish_reason}
+            # vLLM's completion chunks all carry stop_reason: null until the one that ends the choice
+            return {"index": i, "text": ev.text, "logprobs": lps, "finish_reason": ev.finish_reason,
+                    "stop_reason": None if ev.finish_reason is None else requests[i].stop_reason}
 
-        return _sse_chunks(requests, req, {**meta, "object": "text_completion"}, head, choice, n_prompt, metrics,
-                           started)
+        prompt_lens = [len(ids) for ids in prompts for _ in range(req.n)]
+        return _sse_chunks(requests, req, {**meta, "object": "text_completion"}, head, choice, n_prompt, prompt_lens,
+                           metrics, started)
 
     @app.post("/v1/chat/completions", response_model=ChatResponse, tags=["openai"],
               responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}})
@@ -215,7 +221,8 @@ def register(app, *, holder, metrics) -> None:
             configs = params.generation_configs(served, req, max_tokens=max_tokens, logprobs=logprobs, count=req.n)
             if stops := chat_template.reply_stops(served.tokenizer):
                 configs = [c.replace(stop=[*c.stop, *stops]) for c in configs]
-            requests = submit_all(served, prompts, configs, metrics=metrics, param="messages")
+            requests = submit_all(served, prompts, configs, metrics=metrics, param="messages",
+                                  text=params.text_options(req))
             meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
             n_prompt = len(prompts[0])
             role = chat_template.reply_role(req.messages, add_generation_prompt=options["add_generation_prompt"])
@@ -227,7 +234,8 @@ def register(app, *, holder, metrics) -> None:
             results = await collect(requests, metrics=metrics, started=started, gone=raw.is_disconnected)
             choices = [{"index": i, "message": {"role": role, "content": echo + res.text},
                         "logprobs": chat_logprobs(served.tokenizer, res.logprobs) if req.logprobs else None,
-                        "finish_reason": res.finish_reason} for i, res in enumerate(results)]
+                        "finish_reason": res.finish_reason, "stop_reason": requests[i].stop_reason}
+                       for i, res in enumerate(results)]
             n_gen = sum(r.completion_tokens for r in requests)
             return {**meta, "object": "chat.completion", "choices": choices, "usage": usage(n_prompt, n_gen)}
         finally:
@@ -245,23 +253,36 @@ def register(app, *, holder, metrics) -> None:
         def choice(i: int, ev) -> dict:
             lps = chat_logprobs(served.tokenizer, [ev.logprob]) if req.logprobs and ev.logprob else None
             delta = {"content": ev.text} if ev.text or ev.finish_reason is None else {}
-            return {"index": i, "delta": delta, "logprobs": lps, "finish_reason": ev.finish_reason}
+            out = {"index": i, "delta": delta, "logprobs": lps, "finish_reason": ev.finish_reason}
+            if ev.finish_reason is not None:  # vLLM's chat chunks carry stop_reason on the last one only
+                out["stop_reason"] = requests[i].stop_reason
+            return out
 
         return _sse_chunks(requests, req, {**meta, "object": "chat.completion.chunk"}, head, choice, n_prompt,
-                           metrics, started)
+                           [n_prompt] * len(requests), metrics, started)
 
-    async def _sse_chunks(requests, req, base, head, choice, n_prompt, metrics, started):
+    async def _sse_chunks(requests, req, base, head, choice, n_prompt, prompt_lens, metrics, started):
         """OpenAI SSE chunks: the `head` choices, then choice(i, event) for each event that says something, the
-        usage chunk when asked for, and [DONE]."""
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        extra = {"usage": None} if include_usage else {}
+        usage chunk when asked for, and [DONE]. With vLLM's continuous_usage_stats each chunk carries its choice's
+        usage so far (prompt_lens: each choice's prompt tokens): the tokens of the events read, then, on the last
+        chunk, all the choice's tokens (a stop token's and a stop string's too, as the final usage counts them)."""
+        include_usage, continuous = _usage_options(req)
+        made = [0] * len(requests)
+
+        def extra(i: int) -> dict:
+            if not include_usage:
+                return {}
+            return {"usage": usage(prompt_lens[i], made[i]) if continuous else None}
+
         try:
             for c in head:
-                yield sse({**base, "choices": [c], **extra})
+                yield sse({**base, "choices": [c], **extra(c["index"])})
             async for i, ev in merged(requests, metrics=metrics, started=started):
+                made[i] = requests[i].completion_tokens if ev.finish_reason is not None \
+                    else made[i] + (ev.token_id is not None)
                 if not ev.text and ev.logprob is None and ev.finish_reason is None:
                     continue  # held-back text (half a character, a possible stop string): nothing to say yet
-                yield sse({**base, "choices": [choice(i, ev)], **extra})
+                yield sse({**base, "choices": [choice(i, ev)], **extra(i)})
             if include_usage:
                 yield sse({**base, "choices": [],
                            "usage": usage(n_prompt, sum(r.completion_tokens for r in requests))})
@@ -281,9 +302,11 @@ def register(app, *, holder, metrics) -> None:
             if req.dimensions is not None and req.dimensions != width:
                 raise bad_request(f"dimensions={req.dimensions}: this model's embeddings have {width} dimensions",
                                   "dimensions")
-            keep = embedding_truncation(served, req.truncate_prompt_tokens)
+            keep = embedding_truncation(served, req.truncate_prompt_tokens, special=req.add_special_tokens)
             vectors, n_tokens = await embed_texts(served, texts, max_length=keep, normalize=req.normalize,
-                                                  truncation_side="right" if keep is None else "left")
+                                                  truncation_side="right" if keep is None else "left",
+                                                  add_special_tokens=req.add_special_tokens,
+                                                  refuse_longer=keep is None)
             data = []
             for i, v in enumerate(vectors):
                 value = base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() \
@@ -293,6 +316,12 @@ def register(app, *, holder, metrics) -> None:
                     "usage": {"prompt_tokens": n_tokens, "completion_tokens": 0, "total_tokens": n_tokens}}
         finally:
             lease.release()
+
+
+def _usage_options(req) -> tuple[bool, bool]:
+    """(a usage chunk at the end, usage in every chunk: vLLM's continuous_usage_stats) for a streamed request."""
+    options = req.stream_options
+    return (False, False) if options is None else (options.usage, options.continuous_usage_stats)
 
 
 def stop_token(request) -> list:
@@ -332,9 +361,9 @@ def embedding_texts(value) -> list[str]:
     return texts
 
 
-def embedding_truncation(served: ServedModel, truncate: int | None) -> int | None:
+def embedding_truncation(served: ServedModel, truncate: int | None, *, special: bool = True) -> int | None:
     """The tokens an input keeps under vLLM's truncate_prompt_tokens (-1: max_model_len; None: None), checked: at
-    most max_model_len, as vLLM refuses more, and room for a text token beside the special tokens."""
+    most max_model_len, as vLLM refuses more, and room for a text token beside the special tokens (when added)."""
     if truncate is None:
         return None
     limit = served.max_model_len
@@ -342,7 +371,7 @@ def embedding_truncation(served: ServedModel, truncate: int | None) -> int | Non
     if keep > limit:
         raise bad_request(f"truncate_prompt_tokens={keep} is over the model's input limit (max_model_len) {limit}",
                           "truncate_prompt_tokens")
-    least = max(2, served.tokenizer.hf.num_special_tokens_to_add(False) + 1)
+    least = max(2, served.tokenizer.hf.num_special_tokens_to_add(False) + 1) if special else 2
     if keep < least:
         raise bad_request(f"truncate_prompt_tokens={keep} leaves no room for the text beside the special tokens: "
                           f"give at least {least}", "truncate_prompt_tokens")
@@ -350,20 +379,35 @@ def embedding_truncation(served: ServedModel, truncate: int | None) -> int | Non
 
 
 async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int | None = None,
-                      normalize: bool | None = None, truncation_side: str = "right"):
+                      normalize: bool | None = None, truncation_side: str = "right", add_special_tokens: bool = True,
+                      refuse_longer: bool = False):
     """(N, C) float32 CPU embeddings and the number of tokens read, computed in a worker thread; max_length:
-    tokens each text keeps (default max_model_len), cut on `truncation_side`; normalize: None, the model's own."""
+    tokens each text keeps (default max_model_len), cut on `truncation_side`; normalize: None, the model's own.
+
+    refuse_longer: a text with more tokens than max_model_len is a 400 naming both numbers, as vLLM (without
+    truncate_prompt_tokens) and OpenAI answer it, instead of being cut silently."""
     from starlette.concurrency import run_in_threadpool
 
-    from neurallayers.embeddings import embed, read_as, tokenize_batch
+    from neurallayers.embeddings import embed, read_as, token_counts, tokenize_batch
 
-    max_length = served.max_model_len if max_length is None else max_length
+    limit = served.max_model_len
+    max_length = limit if max_length is None else max_length
 
     def work():
-        vectors = embed(served.model, served.tokenizer, texts, max_length=max_length, normalize=normalize,
-                        truncation_side=truncation_side).cpu()
         read = read_as(served.model, texts)  # lowercased where embed lowercases: the tokens it read
-        n_tokens = int(tokenize_batch(served.tokenizer, read, max_length=max_length)["attention_mask"].sum())
+        if refuse_longer:
+            counts = token_counts(served.tokenizer, read, add_special_tokens=add_special_tokens)
+            if (i := next((i for i, n in enumerate(counts) if n > limit), None)) is not None:
+                where = "input" if len(texts) == 1 else f"input[{i}]"
+                # vLLM's wording, which clients (LiteLLM, LangChain) recognise as a context-length error
+                raise bad_request(f"This model's maximum context length is {limit} tokens. However, you requested "
+                                  f"{counts[i]} tokens in {where} for embedding generation. Please reduce the length "
+                                  "of the input, or send truncate_prompt_tokens (-1: keep the last "
+                                  f"{limit}).", "input", code="context_length_exceeded")
+        vectors = embed(served.model, served.tokenizer, texts, max_length=max_length, normalize=normalize,
+                        truncation_side=truncation_side, add_special_tokens=add_special_tokens).cpu()
+        n_tokens = int(tokenize_batch(served.tokenizer, read, max_length=max_length,
+                                      add_special_tokens=add_special_tokens)["attention_mask"].sum())
         return vectors, n_tokens
 
     async with encoder_slot(served):

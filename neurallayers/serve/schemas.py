@@ -72,21 +72,22 @@ UNSUPPORTED = frozenset({
     "guided_whitespace_pattern", "structural_tag", "structured_outputs", "allowed_token_ids", "bad_words",
     "prompt_logprobs", "logits_processors", "chat_template", "documents", "mm_processor_kwargs",
     "return_tokens_as_token_ids", "vllm_xargs",
+    # vLLM's request fields for what this server has no part of (scheduling, tracing, disaggregation, token ids
+    # returned, reasoning): named as unsupported, not as a misspelling
+    "priority", "request_id", "session_id", "cache_salt", "kv_transfer_params", "ec_transfer_params",
+    "return_token_ids", "return_token_offsets", "logprob_token_ids", "prompt_embeds", "truncation_side",
+    "watermarking", "repetition_detection", "thinking_token_budget", "stream_interval", "include_reasoning",
+    "media_io_kwargs", "embed_dtype",
     "tool_calls", "tool_call_id"})  # the last two: fields of a message
 # Values of unimplemented fields that ask for what this server does anyway (no tools, no tool call), as vLLM takes them:
 # some clients send them on every request
 NO_TOOLS = {"tools": [], "functions": [], "tool_choice": "none", "function_call": "none"}
 # vLLM's extra parameters taken at their default value only (the behaviour this server has), refused at any other
-VLLM_DEFAULT_ONLY = {"use_beam_search": False, "length_penalty": 1.0, "include_stop_str_in_output": False,
-                     "skip_special_tokens": True, "spaces_between_special_tokens": True}
+VLLM_DEFAULT_ONLY = {"use_beam_search": False, "length_penalty": 1.0}
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
-
-
-class StreamOptions(Strict):
-    include_usage: bool = Field(False, description="send a last chunk with the usage of the whole request")
 
 
 class OpenAIRequest(Strict):
@@ -101,6 +102,24 @@ class OpenAIRequest(Strict):
         return {k: v for k, v in data.items()
                 if (v is not None or (k not in optional and k not in UNSUPPORTED))
                 and not (k in NO_TOOLS and k not in cls.model_fields and v == NO_TOOLS[k])}
+
+
+class StreamOptions(OpenAIRequest):
+    include_usage: bool | None = Field(None, description="send a last chunk with the usage of the whole request; "
+                                       "default: only with continuous_usage_stats")
+    continuous_usage_stats: bool = Field(False, description="vLLM's: every chunk also carries its choice's usage so "
+                                         "far (needs include_usage, which it turns on when that is not sent)")
+
+    @model_validator(mode="after")
+    def _continuous_needs_usage(self) -> StreamOptions:
+        if self.continuous_usage_stats and self.include_usage is False:  # vLLM sends neither then, silently
+            raise PydanticCustomError("continuous_usage", "continuous_usage_stats needs include_usage: true (or "
+                                      "include_usage left out)", {})
+        return self
+
+    @property
+    def usage(self) -> bool:
+        return bool(self.include_usage) or self.continuous_usage_stats
 
 
 class Sampling(OpenAIRequest):
@@ -121,9 +140,11 @@ class Sampling(OpenAIRequest):
     truncate_prompt_tokens: Truncation | None = Field(None, description="keep only the last k tokens of each prompt; "
                                                       "-1: as many as the context length holds (vLLM's)")
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = Field(
-        None, description="generation ends before the first of these strings, which is not returned")
+        None, description="generation ends before the first of these strings, which is not returned (unless "
+        "include_stop_str_in_output); stop_reason names it")
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, description="token ids that end generation, as eos does (vLLM's); the token is not returned")
+        None, description="token ids that end generation, as eos does (vLLM's); the token's text is not returned "
+        "(unless include_stop_str_in_output); stop_reason names it")
     ignore_eos: bool = Field(False, description="generate past end-of-text (vLLM's)")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -138,11 +159,11 @@ class Sampling(OpenAIRequest):
     # vLLM's parameters taken at their default only: the schema says so (enum), the check names the field
     use_beam_search: bool = Field(False, description="vLLM's; only false", json_schema_extra={"enum": [False]})
     length_penalty: float = Field(1.0, description="vLLM's (beam search); only 1", json_schema_extra={"enum": [1.0]})
-    include_stop_str_in_output: bool = Field(False, description="vLLM's; only false",
-                                             json_schema_extra={"enum": [False]})
-    skip_special_tokens: bool = Field(True, description="vLLM's; only true", json_schema_extra={"enum": [True]})
-    spaces_between_special_tokens: bool = Field(True, description="vLLM's; only true",
-                                                json_schema_extra={"enum": [True]})
+    include_stop_str_in_output: bool = Field(False, description="vLLM's: the stop string that ends a choice is "
+                                             "returned too, and a stop_token_ids token's text")
+    skip_special_tokens: bool = Field(True, description="vLLM's: false writes special tokens in the text")
+    spaces_between_special_tokens: bool = Field(True, description="vLLM's: false only with skip_special_tokens "
+                                                "true, where it changes nothing (as in vLLM)")
 
 
 class CompletionRequest(Sampling):
@@ -202,9 +223,12 @@ class EmbeddingRequest(OpenAIRequest):
     dimensions: int | None = Field(None, ge=1, description="must equal the model's width when given")
     user: str | None = None
     truncate_prompt_tokens: Truncation | None = Field(None, description="keep only the last k tokens of each input, "
-                                                      "its special tokens among them; -1: max_model_len (vLLM's)")
+                                                      "its special tokens among them; -1: max_model_len (vLLM's); "
+                                                      "without it a longer input is refused, as vLLM and OpenAI do")
     normalize: bool | None = Field(None, description="L2-normalize each vector (vLLM's); default: the model's own "
                                    "(a sentence-transformers folder without Normalize gives raw vectors)")
+    add_special_tokens: bool = Field(True, description="vLLM's: the tokenizer's special tokens ([CLS], [SEP]) frame "
+                                     "each input; false embeds the text's own tokens alone")
 
 
 class TokenizeRequest(OpenAIRequest):
@@ -269,11 +293,15 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
+STOP_REASON = "vLLM's: the stop string or stop_token_ids id that ended the choice; null on eos or length"
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
+    stop_reason: str | int | None = Field(None, description=STOP_REASON)
 
 
 class CompletionResponse(BaseModel):
@@ -310,6 +338,7 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None
+    stop_reason: str | int | None = Field(None, description=STOP_REASON)
 
 
 class ChatResponse(BaseModel):

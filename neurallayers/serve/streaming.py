@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from neurallayers.data.tokenizers import anchor_id
 from neurallayers.generation import GenerationConfig, StreamEvent, TokenLogprob
+from neurallayers.serve._engine_request import TextOptions
 from neurallayers.serve.errors import APIError, bad_request, error_body, overloaded, unavailable
 from neurallayers.serve.metrics import Metrics, TokenClock
 from neurallayers.serve.state import ServedModel
@@ -30,8 +31,9 @@ def finite(lp: float) -> float:
 
 
 def submit_all(served: ServedModel, prompts: list[list[int]], configs: list[GenerationConfig], *,
-               metrics: Metrics, param: str = "prompt") -> list:
-    """Submits len(configs) choices of every prompt (prompt-major); on any refusal cancels those already in.
+               metrics: Metrics, param: str = "prompt", text: TextOptions | None = None) -> list:
+    """Submits len(configs) choices of every prompt (prompt-major); on any refusal cancels those already in. `text`:
+    how their text is written (vLLM's options).
 
     Raises:
         APIError: 429 (engine full, with Retry-After), 503 (engine closed), 400 (the engine refused a prompt).
@@ -45,7 +47,7 @@ def submit_all(served: ServedModel, prompts: list[list[int]], configs: list[Gene
     try:
         for ids in prompts:
             for config in configs:
-                requests.append(served.engine.submit(ids, config))
+                requests.append(served.engine.submit(ids, config, text=text))
     except EngineFull as e:
         _cancel(requests)
         raise overloaded(getattr(e, "retry_after", 1.0)) from None

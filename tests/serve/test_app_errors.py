@@ -283,7 +283,7 @@ def test_empty_and_non_ascii_outputs_are_valid_json(server, run_dir):
     r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "日本 🙂", "max_tokens": 5, "logit_bias": force_eos})
     assert r.status_code == 200
     assert json.loads(r.content.decode("utf-8"))["choices"][0] == {"index": 0, "text": "", "logprobs": None,
-                                                                    "finish_reason": "stop"}
+                                                                    "finish_reason": "stop", "stop_reason": None}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={
             "messages": [{"role": "user", "content": "é"}], "max_tokens": 5, "logit_bias": force_eos,
             "stream": True}) as s:

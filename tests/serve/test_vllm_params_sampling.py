@@ -164,9 +164,6 @@ def test_the_other_sampling_parameters_equal_generate(client, loaded):
 DEFAULT_ONLY = [
     ("use_beam_search", False, True),
     ("length_penalty", 1.0, 2.0),
-    ("include_stop_str_in_output", False, True),
-    ("skip_special_tokens", True, False),
-    ("spaces_between_special_tokens", True, False),
     ("best_of", 1, 2),
     ("response_format", {"type": "text"}, {"type": "json_object"}),
 ]
@@ -189,7 +186,10 @@ def test_best_of_equal_to_n_returns_the_n_choices(client):
 @pytest.mark.parametrize("name, value", [
     ("guided_json", {"type": "object"}), ("guided_regex", "a+"), ("guided_choice", ["yes", "no"]),
     ("guided_grammar", "root ::= 'a'"), ("structural_tag", "{}"), ("allowed_token_ids", [1, 2]),
-    ("bad_words", ["fox"]), ("prompt_logprobs", 1), ("logits_processors", ["x.y"])])
+    ("bad_words", ["fox"]), ("prompt_logprobs", 1), ("logits_processors", ["x.y"]),
+    # vLLM's scheduling / tracing / token-id fields: "not supported", not "unknown field (did you mean ...)"
+    ("priority", 1), ("request_id", "abc"), ("return_token_ids", True), ("truncation_side", "right"),
+    ("cache_salt", "s" * 43), ("include_reasoning", False)])
 def test_structured_output_and_other_vllm_parameters_are_refused_as_unsupported(client, server, name, value):
     assert "not supported" in refused(lambda: complete(client, **{name: value}), name)
     assert complete(client, **{name: None}).choices[0].text == complete(client).choices[0].text  # null: absent
