@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from neurallayers.data.corpora import Corpus, Document, FileDocument, SafeCut, chunk_text, named_pieces
+from neurallayers.data.chunking import SafeCut, chunk_text
+from neurallayers.data.corpora import Corpus, Document, FileDocument, named_pieces
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.files import WriteError
 

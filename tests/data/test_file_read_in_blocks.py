@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neurallayers.data import corpora
+from neurallayers.data import chunking, corpora, text_files
 from neurallayers.data.corpora import chunk_text, load_corpus
 from neurallayers.data.datasets import prepare_tokens
 from neurallayers.data.tokenizers import Tokenizer
@@ -44,7 +44,7 @@ def test_pieces_of_a_text_in_blocks_are_those_of_the_whole_text(text, max_chars,
     assert "".join(whole) == text and all(whole)
     assert list(chunk_text(iter(blocks), max_chars, byte_level=byte_level, safe_cut=safe_cut)) == whole
     if safe_cut is not None and not byte_level:  # each cut one it accepted, seen within its piece (none is near)
-        at, window = 0, corpora._CUT_WINDOW
+        at, window = 0, chunking._CUT_WINDOW
         for piece in whole[:-1]:
             at += len(piece)
             assert safe_cut(text[max(at - len(piece), at - window) : at], text[at : at + window]), at
@@ -59,7 +59,7 @@ def test_pieces_of_no_characters_are_refused():
 @given(TEXTS, st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32"]), st.integers(1, 7))
 def test_a_file_read_in_blocks_is_the_text_python_reads(monkeypatch_module, text, encoding, block):
     # the oracle: Python's own read, universal newlines (CRLF and CR become "\n") and the BOM dropped
-    monkeypatch_module.setattr(corpora, "_BLOCK_CHARS", block)
+    monkeypatch_module.setattr(text_files, "_BLOCK_CHARS", block)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "t.txt"
         path.write_bytes(text.encode(encoding))
@@ -90,7 +90,7 @@ def gpt2_pair(tmp_path_factory):
 @given(TEXTS, st.integers(2, 15), st.integers(1, 9))
 def test_a_file_tokenized_in_blocks_and_pieces_gets_the_whole_texts_ids(gpt2_pair, monkeypatch_module, text,
                                                                          chunk_chars, block):
-    monkeypatch_module.setattr(corpora, "_BLOCK_CHARS", block)
+    monkeypatch_module.setattr(text_files, "_BLOCK_CHARS", block)
     tok, reference = gpt2_pair
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "t.txt"
@@ -109,17 +109,17 @@ def test_a_big_file_is_never_read_whole(tmp_path, monkeypatch):
     text = "".join(f"line {i} of a file, with words.\r\n\n" for i in range(3000))
     path = tmp_path / "big.txt"
     path.write_bytes(codecs.BOM_UTF8 + text.encode())
-    monkeypatch.setattr(corpora, "_BLOCK_CHARS", 4096)
+    monkeypatch.setattr(text_files, "_BLOCK_CHARS", 4096)
     read = []
-    text_blocks = corpora._text_blocks
+    text_blocks = text_files.text_blocks
 
     def spy(p):
         for block in text_blocks(p):
             read.append(len(block))
             yield block
 
-    monkeypatch.setattr(corpora, "_text_blocks", spy)
-    monkeypatch.setattr(corpora, "_read_text", lambda p: pytest.fail("the file was read whole"))
+    monkeypatch.setattr(corpora, "text_blocks", spy)  # where FileDocument reads it
+    monkeypatch.setattr(corpora, "read_text", lambda p: pytest.fail("the file was read whole"))
     tok = Tokenizer.train_char([text])
     data = prepare_tokens(load_corpus(path), tok, tmp_path / "cache", val_fraction=0, chunk_chars=1000,
                           show_progress=False)
@@ -128,7 +128,7 @@ def test_a_big_file_is_never_read_whole(tmp_path, monkeypatch):
 
 
 def test_invalid_utf8_read_in_blocks_names_the_byte(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpora, "_BLOCK_CHARS", 16)
+    monkeypatch.setattr(text_files, "_BLOCK_CHARS", 16)
     path = tmp_path / "latin1.txt"
     path.write_bytes(b"x" * 100 + "caf\xe9 au lait\n".encode("latin-1"))
     (doc,) = load_corpus(path).documents()
@@ -148,7 +148,7 @@ def test_built_in_corpora_read_in_blocks_get_the_ids_of_each_document_whole(tmp_
     for i, source in enumerate(sources):
         (tmp_path / "corpus").mkdir(exist_ok=True)
         (tmp_path / "corpus" / f"{i}.txt").write_bytes(source.read_bytes())
-    monkeypatch.setattr(corpora, "_BLOCK_CHARS", 1000)
+    monkeypatch.setattr(text_files, "_BLOCK_CHARS", 1000)
     tok = Tokenizer.load("gpt2")
     data = prepare_tokens(load_corpus(tmp_path / "corpus"), tok, tmp_path / "cache", val_fraction=0, chunk_chars=3000,
                           show_progress=False)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from neurallayers.data import corpora
+from neurallayers.data import chunking
 from neurallayers.data.corpora import chunk_text, load_corpus
 from neurallayers.data.datasets import prepare_tokens
 from neurallayers.data.tokenizers import Tokenizer
@@ -39,10 +39,10 @@ def test_where_no_cut_is_safe_a_short_text_stays_whole_and_a_long_one_is_cut_as_
     # exact; past that, the pieces end at line ends, as without a check, and never grow without bound.
     short = "word\n\n" * 20  # fewer cuts than are tried
     assert list(chunk_text([short], 10, safe_cut=lambda left, right: False)) == [short]
-    text = "".join(f"line {i} of the text.\n\n" for i in range(3 * corpora._CUT_REACH // 20))
+    text = "".join(f"line {i} of the text.\n\n" for i in range(3 * chunking._CUT_REACH // 20))
     pieces = list(chunk_text([text], 100, safe_cut=lambda left, right: False))
     assert "".join(pieces) == text and len(pieces) > 2
-    assert max(map(len, pieces)) <= corpora._CUT_REACH + 200
+    assert max(map(len, pieces)) <= chunking._CUT_REACH + 200
     assert all(piece.endswith("\n") for piece in pieces)
 
 
@@ -57,9 +57,9 @@ def test_a_cut_is_checked_on_the_characters_around_it_within_its_piece():
     pieces = list(chunk_text([text], 10, safe_cut=safe_cut))
     assert "".join(pieces) == text and len(pieces) > 5
     assert not any(piece.endswith(".") for piece in pieces)
-    assert seen[0] == ("One line ", text[9 : 9 + corpora._CUT_WINDOW])  # the first cut from max_chars on
+    assert seen[0] == ("One line ", text[9 : 9 + chunking._CUT_WINDOW])  # the first cut from max_chars on
     accepted = [(left, right) for left, right in seen if not left.endswith(".")]
-    window, at = corpora._CUT_WINDOW, 0
+    window, at = chunking._CUT_WINDOW, 0
     for piece, (left, right) in zip(pieces, accepted, strict=False):  # within the piece, not before it
         at += len(piece)
         assert (left, right) == (piece[-window:], text[at : at + window])

@@ -1,0 +1,345 @@
+"""Hugging Face tokenizer folders, read and written as transformers does: tokenizer.json or the vocabulary files
+(vocab.json + merges.txt, BERT's vocab.txt), tokenizer_config.json, special_tokens_map.json, added tokens and chat
+templates."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer as HFTokenizer
+
+from neurallayers.checks import is_int
+from neurallayers.data.special_tokens import ENDOFTEXT, NAMED_TOKENS, UNK, make_special
+from neurallayers.files import write_text_atomic
+
+if TYPE_CHECKING:
+    from neurallayers.data.tokenizers import Tokenizer
+
+KINDS = ("bpe", "char", "gpt2", "file")  # a Tokenizer's kind, kept in tokenizer_config.json as neurallayers_kind
+_LOAD_FORMS = ("'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt, or a BERT vocab.txt), or a path to "
+               "a tokenizer.json file")
+HF_SETTINGS = ("padding_side", "truncation_side")  # read by transformers only; "left" or "right"
+SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+
+# Fallbacks for a bare tokenizer.json without tokenizer_config.json: common spellings, first match wins.
+_EOS_GUESSES = (ENDOFTEXT, "</s>", "<|end_of_text|>", "<eos>")
+_BOS_GUESSES = ("<s>", "<|begin_of_text|>", "<bos>")
+_PAD_GUESSES = ("<pad>", "[PAD]", "<|pad|>")
+
+
+def is_id_list(value, vocab_size: int) -> bool:
+    """Whether `value` is a list of int token ids in [0, vocab_size) (bools are not ids)."""
+    return isinstance(value, list) and all(is_int(t) and 0 <= t < vocab_size for t in value)
+
+
+def save_folder(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
+    """`Tokenizer.save`: tokenizer.json and tokenizer_config.json (and the chat template and special tokens map files
+    a folder transformers wrote holds, brought up to date)."""
+    path = Path(path)
+    json_path = path if path.suffix == ".json" else path / "tokenizer.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",  # lets transformers.AutoTokenizer open the folder
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "chat_template": tokenizer.chat_template,
+        "neurallayers_kind": tokenizer.kind,
+    }
+    if tokenizer.kind == "char":
+        config["unk_token"] = UNK
+    for key, token in tokenizer.named_tokens.items():
+        config.setdefault(key, token)
+    if tokenizer.mask_token is not None:  # transformers' fill-mask pipeline reads it from here
+        config["mask_token"] = tokenizer.mask_token
+    if "sep_token" in config and _types_pairs(tokenizer.hf):  # else transformers' PreTrainedTokenizerFast returns no
+        # token_type_ids: a converted BERT pair classifier (a cross-encoder) scored every pair as one text. Only
+        # BERT's kind ([SEP]): Llama's post-processor types pairs too, and its generate() refuses token_type_ids
+        config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+    if tokenizer.bos_id is not None:  # what the post-processor does: a Llama-class tokenizer in transformers rebuilds
+        # its post-processor from this flag, and takes it as true where it is missing
+        config["add_bos_token"] = tokenizer.adds_bos
+    if tokenizer.model_max_length is not None:
+        config["model_max_length"] = tokenizer.model_max_length
+    named = {v for v in config.values() if isinstance(v, str)}
+    # the other special tokens (Qwen's <|im_start|>): else transformers' all_special_tokens lacks them (4 and 5
+    # read this key)
+    if more := [t.content for _, t in sorted(tokenizer.hf.get_added_tokens_decoder().items())
+                if t.special and t.content not in named]:
+        config["additional_special_tokens"] = more
+    if tokenizer.clean_up_tokenization_spaces:
+        config["clean_up_tokenization_spaces"] = True
+    config.update(tokenizer.hf_settings)
+    if tokenizer.extra_eos_ids:  # kept with the tokenizer, so a run directory converted from HF still stops there
+        config["neurallayers_extra_eos_ids"] = list(tokenizer.extra_eos_ids)
+    write_text_atomic(json_path, tokenizer.hf.to_str(pretty=True))
+    write_text_atomic(json_path.parent / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
+    jinja = json_path.parent / "chat_template.jinja"
+    if jinja.exists():  # a folder transformers wrote: it reads this file first, so a stale one would win
+        if tokenizer.chat_template is None:
+            jinja.unlink()
+        else:
+            write_text_atomic(jinja, tokenizer.chat_template)
+    _refresh_special_tokens_map(json_path.parent, config)
+    return json_path
+
+
+def read_folder(path_or_name: str | os.PathLike) -> tuple[HFTokenizer, dict]:
+    """The HF tokenizer and the tokenizer_config.json settings (special_tokens_map.json's and the chat template files'
+    merged in, as transformers reads them) of a folder or tokenizer.json file, for `Tokenizer.load`."""
+    path = Path(path_or_name)
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer at {str(path)!r}; expected {_LOAD_FORMS}")
+    folder = path if path.is_dir() else path.parent
+    config = _read_config(folder / "tokenizer_config.json")
+    if "added_tokens_decoder" not in config:  # an older folder: transformers reads its specials from there
+        config.update(_read_config(folder / "special_tokens_map.json"))
+    if path.is_dir():
+        _read_chat_templates(path, config)
+    if path.is_dir() and not (path / "tokenizer.json").exists():
+        if (path / "vocab.json").exists() and (path / "merges.txt").exists():
+            # add_prefix_space: a space before the text, as transformers' GPT-2 tokenizer reads the setting (the
+            # class's default where it names none: Blenderbot's is on)
+            prefix = _prefix_space(config) or config.get("add_prefix_space") is True
+            hf = byte_level_bpe_from_files(path / "vocab.json", path / "merges.txt", add_prefix_space=prefix)
+            hf = _with_added_tokens(hf, path, config)
+            default = ENDOFTEXT if hf.token_to_id(ENDOFTEXT) is not None else None  # GPT-2's defaults
+            config.setdefault("bos_token", default)
+            config.setdefault("eos_token", default)
+            return hf, config
+        if (path / "vocab.txt").exists():  # a BERT folder written without tokenizer.json (older fine-tunes)
+            hf = _with_added_tokens(_wordpiece_from_vocab(path / "vocab.txt", config), path, config)
+            return hf, config
+        raise ValueError(f"{str(path)!r} holds neither tokenizer.json nor vocab.json + merges.txt; "
+                         f"expected {_LOAD_FORMS}")
+    json_path = path / "tokenizer.json" if path.is_dir() else path
+    if json_path.suffix != ".json":
+        raise ValueError(f"{str(path)!r} is not a .json file; expected {_LOAD_FORMS}")
+    try:
+        hf = HFTokenizer.from_file(str(json_path))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+        raise ValueError(f"{str(json_path)!r} is not a valid tokenizer.json: {e}") from None
+    without_padding(hf)
+    prefix = _prefix_space(config)
+    if prefix is not None and isinstance(hf.pre_tokenizer, pre_tokenizers.ByteLevel):
+        # transformers' GPT-2 style classes set the prefix space from tokenizer_config.json (or their default) over
+        # tokenizer.json's, and transformers 5 saves such a class's add_prefix_space=True to the config only
+        hf.pre_tokenizer.add_prefix_space = prefix
+    return hf, config
+
+
+def from_config(cls: type[Tokenizer], hf: HFTokenizer, config: dict) -> Tokenizer:
+    """A `cls` over `hf` with the special tokens and settings `config` (as `read_folder` gives it) names."""
+
+    def special(key: str, guesses: tuple[str, ...]) -> str | None:
+        if key in config:  # an explicit null means "none", so no guessing then
+            token = config[key]
+            token = token.get("content") if isinstance(token, dict) else token  # old HF AddedToken form
+            if token is not None and hf.token_to_id(token) is None:  # transformers adds it past the embeddings
+                warnings.warn(f"tokenizer_config.json: {key}={token!r} is not in the vocabulary, so the "
+                              f"tokenizer has no {key} (transformers would add it as a new id the model has no "
+                              "embedding for)", stacklevel=4)
+                return None
+            return token
+        added = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
+        return next((g for g in guesses if g in added), None)
+
+    named = [config.get(key) for key in SPECIAL_KEYS]
+    # transformers 5 writes additional specials as extra_special_tokens: a list, or a dict of names (image tokens)
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        more = config.get(key)
+        named += list(more.values()) if isinstance(more, dict) else more if isinstance(more, list) else []
+    make_special(hf, [t.get("content") if isinstance(t, dict) else t for t in named])
+    max_len = config.get("model_max_length")
+    kind = config.get("neurallayers_kind", "file")
+    tokenizer = cls(
+        hf,
+        kind=kind if kind in KINDS else "file",
+        bos_token=special("bos_token", _BOS_GUESSES),
+        eos_token=special("eos_token", _EOS_GUESSES),
+        pad_token=special("pad_token", _PAD_GUESSES),
+        chat_template=_default_template(config.get("chat_template")),
+        # HF writes a 1e30 sentinel when the length is unknown.
+        model_max_length=int(max_len) if isinstance(max_len, int | float) and max_len < 1e12 else None,
+        clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces") is True,
+    )
+    extra = config.get("neurallayers_extra_eos_ids", [])
+    if not is_id_list(extra, tokenizer.vocab_size):
+        raise ValueError(f"tokenizer_config.json: neurallayers_extra_eos_ids={extra!r} is not a list of ids "
+                         f"in [0, {tokenizer.vocab_size})")
+    tokenizer.extra_eos_ids = list(extra)
+    tokenizer.hf_settings = {k: config[k] for k in HF_SETTINGS if config.get(k) in ("left", "right")}
+    for key in NAMED_TOKENS:  # kept, so a save writes them back (a RoBERTa-style sep "</s>" was lost)
+        token = config.get(key)
+        token = token.get("content") if isinstance(token, dict) else token
+        if isinstance(token, str) and hf.token_to_id(token) is not None:
+            tokenizer.hf_settings[key] = token
+    return tokenizer
+
+
+def _types_pairs(hf: HFTokenizer) -> bool:
+    """Whether encoding a pair of texts gives the second its own token type (BERT's post-processor)."""
+    try:
+        return any(hf.encode("a", "b").type_ids)
+    except Exception:  # a processor that takes no pairs
+        return False
+
+
+def _default_template(template) -> str | None:
+    """tokenizer_config.json's chat_template (or the template files'): a string, or a list of named templates
+    (transformers' form for models with tool-use or RAG variants) of which chat uses "default"."""
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+        if template is None:  # transformers refuses to choose; chat would silently use `role: content` lines
+            import logging
+
+            logging.getLogger("neurallayers").warning(
+                "the tokenizer lists chat templates %s and none named 'default': chats use `role: content` lines "
+                "instead", ", ".join(repr(k) for k in named))
+    return template if isinstance(template, str) else None
+
+
+def _wordpiece_from_vocab(vocab: Path, config: dict) -> HFTokenizer:
+    """BERT's WordPiece from its vocab.txt and tokenizer_config.json settings, as transformers' BertTokenizerFast
+    builds it: normalizer (clean text, Chinese characters, lowercase and accents), pre-tokenizer, [CLS] ... [SEP]."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    def token(key: str, default: str) -> str:
+        value = config.get(key, default)
+        return value.get("content", default) if isinstance(value, dict) else value or default
+
+    lowercase = bool(config.get("do_lower_case", True))
+    wp = BertWordPieceTokenizer(
+        str(vocab), clean_text=True, handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
+        strip_accents=config.get("strip_accents"), lowercase=lowercase, unk_token=token("unk_token", "[UNK]"),
+        sep_token=token("sep_token", "[SEP]"), cls_token=token("cls_token", "[CLS]"),
+        pad_token=token("pad_token", "[PAD]"), mask_token=token("mask_token", "[MASK]"))
+    return wp._tokenizer
+
+
+def byte_level_bpe_from_files(vocab: Path, merges: Path, *, add_prefix_space: bool = False) -> HFTokenizer:
+    """GPT-2 style byte-level BPE from a vocab JSON and a merges file, configured like transformers' GPT-2
+    (add_prefix_space: encode the text as if it began with a space, as a tokenizer_config.json may ask)."""
+    try:
+        vocab_map, merge_list = models.BPE.read_file(str(vocab), str(merges))
+    except Exception as e:
+        raise ValueError(f"cannot read BPE files {str(vocab)!r} / {str(merges)!r}: {e}") from None
+    hf = HFTokenizer(models.BPE(vocab_map, merge_list))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    hf.decoder = decoders.ByteLevel()
+    hf.post_processor = processors.ByteLevel(trim_offsets=False)
+    if ENDOFTEXT in vocab_map:
+        hf.add_special_tokens([ENDOFTEXT])
+    return hf
+
+
+def _with_added_tokens(hf: HFTokenizer, folder: Path, config: dict) -> HFTokenizer:
+    """`hf` (read from vocabulary files) with the tokens the folder adds past them, at the ids it gives, as transformers
+    reads them: tokenizer_config.json's added_tokens_decoder, else added_tokens.json (a pad token a fine-tune added:
+    without it "<pad>" was encoded as text, and the tokenizer had no pad).
+
+    Raises:
+        ValueError: an added token whose id is neither its id in the vocabulary nor the next free one.
+    """
+    decoder = config.get("added_tokens_decoder")
+    if isinstance(decoder, dict) and decoder:
+        listed = {int(i): t for i, t in decoder.items()
+                  if str(i).isdigit() and isinstance(t, dict) and isinstance(t.get("content"), str)}
+        source = "tokenizer_config.json added_tokens_decoder"
+    else:
+        more = config.get("additional_special_tokens")
+        values = [*config.values(), *(more if isinstance(more, list) else [])]
+        named = {v.get("content") if isinstance(v, dict) else v for v in values if isinstance(v, dict | str)}
+        listed = {i: {"content": t, "special": t in named}
+                  for t, i in _read_config(folder / "added_tokens.json").items() if isinstance(i, int)}
+        source = "added_tokens.json"
+    for token_id, spec in sorted(listed.items()):
+        content, known = spec["content"], hf.token_to_id(spec["content"])
+        if token_id != (hf.get_vocab_size(with_added_tokens=True) if known is None else known):
+            raise ValueError(f"{str(folder)!r}: {source} gives {content!r} id {token_id}, which is neither its id in "
+                             "the vocabulary nor the next free one")
+        flags = {k: bool(spec[k]) for k in ("lstrip", "rstrip", "single_word", "normalized") if k in spec}
+        token = AddedToken(content, special=bool(spec.get("special", False)), **flags)
+        if token.special:
+            hf.add_special_tokens([token])
+        else:
+            hf.add_tokens([token])
+    return hf
+
+
+# transformers' byte-level BPE tokenizer classes that build their pre-tokenizer from add_prefix_space, with its default
+# (DeBERTa's, LED's, MVP's, LUKE's and Whisper's read it too: they were left at tokenizer.json's; Blenderbot's is on)
+_BYTE_LEVEL_CLASSES = {name: False for name in ("GPT2Tokenizer", "RobertaTokenizer", "BartTokenizer",
+                                                "LongformerTokenizer", "GPTNeoXTokenizer", "CodeGenTokenizer",
+                                                "DebertaTokenizer", "LEDTokenizer", "MvpTokenizer", "LukeTokenizer",
+                                                "WhisperTokenizer")} | {"BlenderbotTokenizer": True}
+
+
+def _prefix_space(config: dict) -> bool | None:
+    """The add_prefix_space transformers gives the ByteLevel pre-tokenizer of the folder's class: the config's, else the
+    class's default; None for a class that keeps tokenizer.json's."""
+    name = config.get("tokenizer_class")
+    default = _BYTE_LEVEL_CLASSES.get(name.removesuffix("Fast")) if isinstance(name, str) else None
+    if default is None:
+        return None
+    value = config.get("add_prefix_space")
+    return value if isinstance(value, bool) else default
+
+
+def _read_chat_templates(folder: Path, config: dict) -> None:
+    """The chat templates newer transformers keep in files of their own, which it reads over tokenizer_config.json's (a
+    model whose template was updated may still hold the old one there): chat_template.jinja, the default, and the named
+    ones of additional_chat_templates/, where transformers 5 writes them (without a default, chats fell back to
+    `role: content` lines with no warning; a vocab.json + merges.txt folder ignored its template file)."""
+    named = {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("additional_chat_templates/*.jinja"))}
+    if (folder / "chat_template.jinja").is_file():
+        named["default"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if list(named) == ["default"]:
+        config["chat_template"] = named["default"]
+    elif named:  # as tokenizer_config.json lists named ones
+        config["chat_template"] = [{"name": name, "template": text} for name, text in named.items()]
+
+
+def without_padding(hf: HFTokenizer) -> HFTokenizer:
+    """Turns off the padding and truncation a tokenizer.json may carry (MiniLM's pads every input to 128): encode()
+    gives the text's ids only; batching code (embeddings.tokenize_batch) pads and truncates on its own."""
+    hf.no_padding()
+    hf.no_truncation()
+    return hf
+
+
+def _refresh_special_tokens_map(folder: Path, config: dict) -> None:
+    """An older folder's special_tokens_map.json wins over a tokenizer_config.json without added_tokens_decoder (as
+    `save` writes it), in transformers and in `load`: saving over such a folder brought its stale tokens back (a
+    pad_token set to None returned). The tokens this save names replace it; the file's other keys stay."""
+    path = folder / "special_tokens_map.json"
+    if not path.exists():
+        return
+    try:
+        tokens = _read_config(path)
+    except ValueError:  # unreadable: nothing of it is worth keeping
+        tokens = {}
+    for key in SPECIAL_KEYS:
+        if key in config:
+            tokens.pop(key, None)
+            if config[key] is not None:
+                tokens[key] = config[key]
+    write_text_atomic(path, json.dumps(tokens, indent=2, ensure_ascii=False))
+
+
+def _read_config(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object")
+    return config

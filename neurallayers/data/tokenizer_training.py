@@ -1,0 +1,77 @@
+"""Training a tokenizer on texts: byte-level BPE (GPT-2 style) and character level. `Tokenizer.train_bpe` and
+`Tokenizer.train_char` wrap what these build."""
+
+from __future__ import annotations
+
+import operator
+import sys
+from collections.abc import Iterable
+
+from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from neurallayers.data.special_tokens import ENDOFTEXT, MASK, UNK, mask_takes_its_space
+from neurallayers.data.text_checks import check_text
+
+
+def train_bpe(texts: Iterable[str], *, vocab_size: int, special_tokens: Iterable[str],
+              show_progress: bool) -> tuple[HFTokenizer, dict[str, str | None]]:
+    """The byte-level BPE `Tokenizer.train_bpe` describes, and its bos, eos and pad tokens (constructor keywords)."""
+    special_tokens = list(special_tokens)
+    if isinstance(texts, str):
+        raise TypeError("train_bpe expects an iterable of texts, not a single str (wrap it in a list)")
+    if isinstance(vocab_size, bool) or not hasattr(vocab_size, "__index__"):  # "300.0 is too small" misled
+        raise ValueError(f"vocab_size={vocab_size!r} must be an int, not {type(vocab_size).__name__}")
+    vocab_size = operator.index(vocab_size)  # a numpy integer too
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(f"vocab_size={vocab_size!r} is too small: byte-level BPE needs at least "
+                         f"256 bytes + {len(special_tokens)} special tokens = {256 + len(special_tokens)}")
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        # HF's bars write blank lines to stdout when it is not a terminal (`prepare ... > out.txt`)
+        show_progress=show_progress and sys.stdout.isatty(),
+    )
+    chars = 0
+
+    def counted():  # texts may be a one-pass stream: count what the trainer reads
+        nonlocal chars
+        for i, text in enumerate(texts):
+            check_text(text, f"train_bpe: texts[{i}]")  # HF fails with a UnicodeEncodeError naming no text
+            chars += len(text)
+            yield text
+
+    hf.train_from_iterator(counted(), trainer=trainer)
+    if chars == 0:
+        raise ValueError("train_bpe got no text: the texts are empty")
+    eos = ENDOFTEXT if ENDOFTEXT in special_tokens else None
+    pad = "<pad>" if "<pad>" in special_tokens else None
+    if MASK in special_tokens:
+        mask_takes_its_space(hf)
+    return hf, {"bos_token": eos, "eos_token": eos, "pad_token": pad}
+
+
+def train_char(texts: Iterable[str]) -> HFTokenizer:
+    """The character-level tokenizer `Tokenizer.train_char` describes; its bos and eos are ENDOFTEXT."""
+    if isinstance(texts, str):
+        raise TypeError("train_char expects an iterable of texts, not a single str (wrap it in a list)")
+    chars: set[str] = set()
+    for i, text in enumerate(texts):
+        check_text(text, f"train_char: texts[{i}]")  # HF's vocabulary would refuse it, naming no text
+        chars.update(text)
+    if not chars:
+        raise ValueError("train_char got no characters: the texts are empty")
+    vocab = {c: i for i, c in enumerate(sorted(chars))}
+    vocab[ENDOFTEXT] = len(vocab)
+    vocab[UNK] = len(vocab)
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
+    # [\s\S] rather than "." so newlines are characters too (Oniguruma's "." skips "\n").
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    hf.decoder = decoders.Fuse()  # join characters without spaces
+    hf.add_special_tokens([ENDOFTEXT, UNK])  # special, as transformers makes the unk_token the config names
+    return hf
