@@ -429,7 +429,9 @@ def test_health_answers_while_tokenize_reads_a_huge_prompt(server):
         time.sleep(0.05)
     t.join()
     assert out["r"].status_code == 200 and out["r"].json()["count"] == n
-    assert len(gaps) >= 3 and max(gaps) < 1.0, [round(g, 2) for g in gaps]
+    # relative to the whole call, not a clock figure: a loop or GIL held through the tokenizing shows as one gap as
+    # long as the call, however loaded the machine
+    assert len(gaps) >= 3 and max(gaps) < sum(gaps) / 2, [round(g, 2) for g in gaps]
 
 
 def test_api_key_guards_every_route_but_health(run_dir, monkeypatch):
