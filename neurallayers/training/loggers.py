@@ -106,13 +106,14 @@ class TensorBoardLogger:
         except ImportError:
             raise ImportError(f"the tensorboard logger needs the tensorboard package: {_EXTRA}") from None
         self.log_dir = Path(run_dir) / "tensorboard"
-        # purge_step: TensorBoard drops the earlier files' events from this step on (a killed session's tail, or
-        # all of an aborted start's when the run starts afresh)
-        self._w = SummaryWriter(log_dir=str(self.log_dir), purge_step=start_step + 1)
-        if config is not None:  # the run's settings, as text (TEXT tab), at the step this session starts from
+        # purge_step: TensorBoard drops the earlier files' events from this step on: a killed session's tail past the
+        # checkpoint, or all of an aborted start's (its settings at step 0 included) when the run starts afresh
+        first = start_step + 1 if start_step else 0
+        self._w = SummaryWriter(log_dir=str(self.log_dir), purge_step=first)
+        if config is not None:  # the settings (TEXT tab) at this session's first step: what it purges, it replaces
             import yaml
 
-            self._w.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", start_step)
+            self._w.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", first)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         for k, v in _scalars(metrics).items():
@@ -153,16 +154,13 @@ class MLflowLogger:
             uri = own if importlib.util.find_spec("sqlalchemy") else (run_dir / "mlruns").as_uri()
             _URIS_SET_HERE.add(uri)
         mlflow.set_tracking_uri(uri)  # the user's too: mlflow keeps the one an earlier run here set over the variable
-        own_db = run_dir / "mlflow.db" if uri == own else None  # the run directory's own store is the one used
         self._run = None
-        if start_step == 0 and (own_db is not None or uri == (run_dir / "mlruns").as_uri()):
+        if start_step == 0 and uri in (own, (run_dir / "mlruns").as_uri()):  # the run directory's own store
             _delete_aborted_start(mlflow, run_dir)
         earlier = _run_id(run_dir, "mlflow_run_id", start_step)
-        if earlier and own_db is not None and own_db.is_file():
-            _prune_after(own_db, earlier, start_step)
-        elif earlier and uri == (run_dir / "mlruns").as_uri():
-            _prune_files_after(run_dir / "mlruns", earlier, start_step)
         if earlier:
+            # the user's local store too (MLFLOW_TRACKING_URI): the run is this run directory's, its killed tail as much
+            _prune_store(uri, earlier, start_step)
             try:
                 self._run = mlflow.start_run(run_id=earlier)
             except mlflow.exceptions.MlflowException as e:
@@ -230,8 +228,28 @@ def _delete_aborted_start(mlflow: Any, run_dir: Path) -> None:
         log.warning("mlflow: could not delete run %s of the earlier start (%s)", old, str(e)[:200])
 
 
+def _prune_store(uri: str, run_id: str, step: int) -> None:
+    """Drops the metrics a killed session logged past `step` from the store at `uri`: a sqlite database or a file
+    store on this machine (the run directory's own, or one the user named in MLFLOW_TRACKING_URI). A server's store
+    cannot be pruned (MLflow has no API that deletes metric history): a warning says so."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):].split("?")[0])
+        if db.is_file():
+            _prune_after(db, run_id, step)
+    elif is_local_uri(uri):
+        root = Path(local_file_uri_to_path(uri))
+        if root.is_dir():
+            _prune_files_after(root, run_id, step)
+    else:
+        log.warning("mlflow: the store %s cannot drop metrics a stopped session logged after step %d: any such "
+                    "steps show twice", uri.split("@")[-1], step)
+
+
 def _prune_after(db: Path, run_id: str, step: int) -> None:
-    """Drops a killed session's metrics past the resumed `step` from the run directory's own MLflow store, so that
+    """Drops a killed session's metrics past the resumed `step` from a sqlite MLflow store, so that
     the run's history holds each step once, as TensorBoard's purge_step does (MLflow has no API that deletes metric
     history). A store it cannot read is left as it is, with a warning."""
     import contextlib
@@ -286,10 +304,14 @@ class WandbLogger:
         mode = os.environ.get("WANDB_MODE") or "offline"
         if mode not in _WANDB_MODES:  # wandb's own error said only "1 validation error for Settings"
             raise ValueError(f"WANDB_MODE={mode!r}: expected one of {', '.join(_WANDB_MODES)}")
+        if start_step == 0:
+            _delete_aborted_offline_run(Path(run_dir))
         earlier = _run_id(run_dir, "wandb_run_id", start_step)
         # resume="allow": the earlier session's run continues; W&B skips steps it already holds (a killed
         # session's tail, which an exact resume logs again with the same values)
-        self._run = wandb.init(dir=str(run_dir), name=run_name or Path(run_dir).name, id=earlier,
+        # WANDB_NAME, where the user set it, names the run (an argument here overrode it)
+        name = run_name or os.environ.get("WANDB_NAME") or Path(run_dir).name
+        self._run = wandb.init(dir=str(run_dir), name=name, id=earlier,
                                resume="allow" if earlier else None, mode=mode)
         (Path(run_dir) / "wandb_run_id").write_text(self._run.id + "\n")
         if config is not None:  # the run's settings (a resume's changes replace them)
@@ -303,6 +325,18 @@ class WandbLogger:
 
     def close(self) -> None:
         self._run.finish(exit_code=getattr(self, "_exit_code", 0))
+
+
+def _delete_aborted_offline_run(run_dir: Path) -> None:
+    """A fresh start after an aborted one (see _delete_aborted_start): the aborted start's offline run goes, or
+    `wandb sync` uploaded it as a second run of the same training. A run it sent online stays on the server."""
+    import shutil
+
+    path = run_dir / "wandb_run_id"
+    old = path.read_text().strip() if path.is_file() else ""
+    if old:
+        for folder in (run_dir / "wandb").glob(f"offline-run-*-{old}"):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 LOGGERS = {"jsonl": JSONLLogger, "tensorboard": TensorBoardLogger, "mlflow": MLflowLogger, "wandb": WandbLogger}
