@@ -14,9 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from neurallayers import batch as batch_mod
 from neurallayers.api import load
-from neurallayers.batch import line_seed, model_files_identity, read_inputs, run_batch
+from neurallayers.batch import (
+    decoding,
+    fingerprint,
+    inputs,
+    journal,
+    line_seed,
+    model_files_identity,
+    read_inputs,
+    run,
+    run_batch,
+    vectors,
+)
 from neurallayers.config import ModelConfig
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.generation import GenerationConfig, generate
@@ -63,9 +73,14 @@ class Interrupt(Exception):
     pass
 
 
+BATCH_MODULES = (decoding, fingerprint, inputs, journal, run, vectors)
+
+
 def interrupt_after(monkeypatch, name: str, calls: int) -> None:
-    """Make neurallayers.batch.<name> raise after `calls` successful calls: an in-process stand-in for a kill."""
-    real, count = getattr(batch_mod, name), [0]
+    """Make `name` in the modules of neurallayers.batch raise after `calls` successful calls, counted across them
+    all: an in-process stand-in for a kill."""
+    users = [m for m in BATCH_MODULES if hasattr(m, name)]
+    real, count = getattr(users[0], name), [0]
 
     def wrapped(*a, **k):
         if count[0] == calls:
@@ -73,11 +88,13 @@ def interrupt_after(monkeypatch, name: str, calls: int) -> None:
         count[0] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(batch_mod, name, wrapped)
+    for module in users:
+        assert getattr(module, name) is real
+        monkeypatch.setattr(module, name, wrapped)
 
 
 def run_interrupted(monkeypatch, name: str, calls: int, *args, **kwargs) -> None:
-    """run_batch(*args, **kwargs), killed (interrupt_after) once neurallayers.batch.<name> has run `calls` times."""
+    """run_batch(*args, **kwargs), killed (interrupt_after) once <name> has run `calls` times."""
     with monkeypatch.context() as m:
         interrupt_after(m, name, calls)
         with pytest.raises(Interrupt):
@@ -197,8 +214,8 @@ BAD_LINES = [
     ('{"prompt": "a", "temprature": 0}\n', "line 1: unknown field 'temprature' \\(did you mean 'temperature'\\?\\)"),
     ('{"prompt": "a", "id": 1.5}\n', "line 1: 'id' must be a string or an integer"),
     ('{"id": "x", "prompt": "a"}\n\n{"id": "x", "prompt": "b"}\n', "line 3: id 'x' is already used on line 1"),
-    ('{"prompt": "a", "temperature": -1}\n', "line 1: GenerationConfig.temperature=-1: must be >= 0"),
-    ('{"prompt": "a", "top_p": "high"}\n', "line 1: GenerationConfig.top_p='high'"),
+    ('{"prompt": "a", "temperature": -1}\n', "line 1: temperature=-1: must be >= 0"),
+    ('{"prompt": "a", "top_p": "high"}\n', "line 1: top_p='high': must be a finite number"),
     ('{"prompt": "' + "ab" * 40 + '"}\n', "line 1: the prompt has 80 tokens but the model's context length is 64"),
     ("\n\n", "holds no records"),
     (b'{"prompt": "\xff"}\n', "line 1: not valid UTF-8"),
@@ -249,7 +266,7 @@ def test_a_line_whose_setting_fails_while_decoding_is_named(lm, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": "a", "prompt": "the"}) + "\n" + json.dumps(
         {"id": "b", "prompt": "fox", "no_repeat_ngram_size": 1, "max_new_tokens": 60, "ignore_eos": True}) + "\n")
-    with pytest.raises(ValueError, match=r"in\.jsonl line 2: GenerationConfig\.no_repeat_ngram_size=1 bans every "):
+    with pytest.raises(ValueError, match=r"in\.jsonl line 2: no_repeat_ngram_size=1 bans every "):
         run_batch(model, tok, inp, tmp_path / "out.jsonl", config=GREEDY, progress=False)
     assert [r["id"] for r in results(tmp_path / "out.jsonl")] == ["a"]
 
@@ -451,7 +468,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_goes_on(lm, tmp_path, monkeypatch
         fsync(fd)
 
     with monkeypatch.context() as m:
-        m.setattr(batch_mod.os, "fsync", full_after_two)
+        m.setattr(os, "fsync", full_after_two)
         with pytest.raises(WriteError, match=r"out.jsonl.*: No space left on device; the results written before are "
                                              r"kept: run the same command again"):
             run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, progress=False)

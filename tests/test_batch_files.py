@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurallayers import batch as batch_mod
+from neurallayers.batch import run_batch
 from neurallayers.config import ModelConfig
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.models import build_model
@@ -75,19 +76,19 @@ def test_a_kill_after_the_run_is_recorded_complete_leaves_no_parts_behind(encode
     model, tok = load(encoder_dir)
     inp, out = texts_file(tmp_path / "texts.jsonl"), tmp_path / "vectors.npy"
 
-    rmtree, record = batch_mod.shutil.rmtree, tmp_path / "vectors.npy.progress.json"
+    rmtree, record = shutil.rmtree, tmp_path / "vectors.npy.progress.json"
 
     def killed(path, **kwargs):  # the kill lands after the complete record, before the parts are removed
         if record.is_file() and json.loads(record.read_text())["complete"]:
             raise KeyboardInterrupt
         rmtree(path, **kwargs)
 
-    monkeypatch.setattr(batch_mod.shutil, "rmtree", killed)
+    monkeypatch.setattr(shutil, "rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
-        batch_mod.run_batch(model, tok, inp, out, progress=False)
+        run_batch(model, tok, inp, out, progress=False)
     monkeypatch.undo()
     parts = tmp_path / "vectors.npy.parts"
     assert any(parts.iterdir())
-    result = batch_mod.run_batch(model, tok, inp, out, progress=False)
+    result = run_batch(model, tok, inp, out, progress=False)
     assert result.computed == 0 and not parts.exists()
     assert np.load(out).shape == (60, 32)

@@ -11,8 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from neurallayers import batch as batch_mod
-from neurallayers.batch import read_inputs, run_batch
+from neurallayers.batch import decoding, read_inputs, run, run_batch
 from neurallayers.config import ModelConfig
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.generation import GenerationConfig, generate
@@ -52,9 +51,9 @@ def test_prompts_are_tokenized_in_chunks_and_lines_share_their_settings(lm, tmp_
         type(tok), "encode_batch", lambda self, texts, **kw: sizes.append(len(texts)) or encode_batch(self, texts, **kw)
     )
     monkeypatch.setattr(GenerationConfig, "replace", lambda self, **kw: replaced.append(kw) or replace(self, **kw))
-    monkeypatch.setattr(batch_mod, "ENCODE_CHUNK", 4, raising=False)
+    monkeypatch.setattr(decoding, "ENCODE_CHUNK", 4)
     config = GenerationConfig(temperature=0.8, max_new_tokens=5, seed=3)
-    prompts, configs, seeds = batch_mod._check_prompts(items, tok, config, 32, source=source)
+    prompts, configs, seeds = decoding._check_prompts(items, tok, config, 32, source=source)
     assert sizes == [4, 4, 3]
     assert [prompts[it.index] for it in items] == [tok.encode(it.text, add_special_tokens=True) for it in items]
     assert len(replaced) <= 4  # two settings (the run's, and temperature 0), each made once, not once per line
@@ -81,7 +80,7 @@ def test_putting_the_results_in_input_order_holds_no_copy_of_them(lm, tmp_path, 
             for it in batch
         ]
 
-    finish, peak = batch_mod._finish_jsonl, []
+    finish, peak = run._finish_jsonl, []
 
     def measured(progress, items):
         tracemalloc.start()
@@ -91,8 +90,8 @@ def test_putting_the_results_in_input_order_holds_no_copy_of_them(lm, tmp_path, 
         finally:
             tracemalloc.stop()
 
-    monkeypatch.setattr(batch_mod, "_generate", fake_generate)
-    monkeypatch.setattr(batch_mod, "_finish_jsonl", measured)
+    monkeypatch.setattr(run, "_generate", fake_generate)
+    monkeypatch.setattr(run, "_finish_jsonl", measured)
     out = run_batch(model, tok, source, tmp_path / "out.jsonl", config=GREEDY, batch_size=8, progress=False).output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"p{i}" for i in range(64)]  # input order (batches ran shortest prompts first)

@@ -215,3 +215,19 @@ def test_a_long_system_message_is_named_once_under_a_template_that_refuses_an_em
     assert "--system: the system message with a user message 'Hello' takes " in err and "context of 128" in err
     prompts = chat_prompts(folder, monkeypatch, ["hi"], "--system", "the fox")  # a short one still opens the chat
     assert prompts == ["system: the fox\nuser: hi\nassistant: "]
+
+
+def test_reset_starts_the_seeds_over(run_dir, monkeypatch):
+    """With --seed, reply k samples with a seed made from the seed and k; /reset cleared the history but kept counting,
+    so the same messages after /reset got other replies than at the start (--help: the same messages, the same
+    replies)."""
+    from neurallayers.__main__ import main
+    from neurallayers.cli import chat
+
+    replies, real = [], chat.reply
+    monkeypatch.setattr(chat, "reply", lambda *args: replies.append(real(*args)) or replies[-1])
+    lines = ["the fox", "the dog", "/reset", "the fox", "the dog"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    assert main(["chat", str(run_dir), "--seed", "7", "--temperature", "1", "--max-new-tokens", "12"]) == 0
+    assert len(replies) == 4 and replies[:2] == replies[2:], replies
+    assert replies[0] != replies[1]  # each turn still draws its own numbers

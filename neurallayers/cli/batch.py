@@ -1,7 +1,7 @@
 """`neurallayers batch`: offline, resumable generation (decoder) or embedding (encoder) of a JSONL file.
 
 Input lines: {"id": optional, "prompt": "...", per-line settings such as "max_new_tokens"} ("text" works too);
-the full format, the outputs and how resuming works are described in neurallayers/batch.py.
+the full format, the outputs and how resuming works are described in the docstring of neurallayers.batch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, non_empty, positive_int
-from neurallayers.cli.generate import add_sampling_arguments, check_vocab, generation_config, use_model_defaults
+from neurallayers.cli.generate import (
+    add_sampling_arguments,
+    check_vocab,
+    flag_names,
+    generation_config,
+    use_model_defaults,
+)
 
 EPILOG = """input: one JSON object per line, e.g.
   {"id": "q1", "prompt": "Once upon a time", "max_new_tokens": 32, "temperature": 0}
@@ -73,10 +79,12 @@ def run(args: argparse.Namespace) -> int:
     if config is not None:
         check_vocab(config, model)
     try:
-        result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
-                           pooling=args.pooling, normalize=False if args.no_normalize else None,
-                           max_length=args.max_length, model_files=model_files_identity(resolve_model_path(args.path)),
-                           overwrite=args.overwrite, progress=not args.no_progress)
+        with flag_names(bounds=False):  # the run's settings by their flags; a line's fields keep the line's names
+            result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
+                               pooling=args.pooling, normalize=False if args.no_normalize else None,
+                               max_length=args.max_length,
+                               model_files=model_files_identity(resolve_model_path(args.path)),
+                               overwrite=args.overwrite, progress=not args.no_progress)
     except KeyboardInterrupt:  # what is written stays: say how to go on (the CLI then prints "interrupted")
         print(_interrupted_note(Path(args.output), overwrite=args.overwrite), file=sys.stderr)
         raise

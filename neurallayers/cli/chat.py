@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step first (15-60 s): faster replies on CPU")
     add_device_dtype(parser, compiles=True)
-    add_sampling_arguments(parser, search=False)
+    add_sampling_arguments(parser, search=False, seed_help="sampling seed: each reply of a conversation samples "
+                           "with a seed made from this one and its turn, so the same messages get the same replies; "
+                           "/reset starts the turns over (unset: new draws)")
 
 
 def _json_object(text: str) -> dict:
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             break
         if line.strip() == "/reset":
             history = list(opening)
+            replies = 0  # the seeds start over too: the same messages then get the first conversation's replies
             print("(a new conversation)", file=sys.stderr)
             continue
         if re.fullmatch(r"/\w+", line.strip()):  # a mistyped command ("/rest") went to the model as a message

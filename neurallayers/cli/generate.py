@@ -83,9 +83,10 @@ def generation_config(args: argparse.Namespace):
 
 
 @contextlib.contextmanager
-def flag_names():
+def flag_names(*, bounds: bool = True):
     """GenerationConfig's errors in the words of the command line: "--top-p 2.0: must be in (0, 1]", not
-    "GenerationConfig.top_p=2.0: ..." (a field name the user never typed)."""
+    "GenerationConfig.top_p=2.0: ..." (a field name the user never typed). `bounds=False`: a bare field name is not
+    the command line's (batch: a JSONL line's field, named as the line writes it)."""
     try:
         yield
     except ValueError as e:
@@ -93,8 +94,9 @@ def flag_names():
         named = re.sub(r"GenerationConfig\.(\w+)(=?)", _as_flag, message)
         if named == message:
             raise
-        # the bound another field sets: "must be <= num_beams=2", "in [0, max_new_tokens=5]"
-        raise ValueError(re.sub(r"\b(num_beams|max_new_tokens)(=)", _as_flag, named)) from None
+        if bounds:  # the bound another field sets: "must be <= num_beams=2", "in [0, max_new_tokens=5]"
+            named = re.sub(r"\b(num_beams|max_new_tokens)(=)", _as_flag, named)
+        raise ValueError(named) from None
 
 
 def check_vocab(config, model) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from neurallayers.cli.common import non_empty
+from neurallayers.cli.field_origins import FieldOrigins
 from neurallayers.cli.train import build_run_config
 
 ACCEPTS_OVERRIDES = True
@@ -30,22 +31,24 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.training.init_from import data_conflicts, source_tokenizer
     from neurallayers.training.prepare import prepare_data
 
-    extra = []
+    flags = []
     if args.tokenizer:
-        extra += ["--data.tokenizer", args.tokenizer]
-    if args.vocab_size is not None:  # 0 too: DataConfig refuses it, naming the field
-        extra += ["--data.vocab_size", str(args.vocab_size)]
-    args.overrides = list(getattr(args, "overrides", [])) + extra
+        flags.append(("--tokenizer", "data", "tokenizer", args.tokenizer))
+    if args.vocab_size is not None:  # 0 too: DataConfig refuses it, named by the flag
+        flags.append(("--vocab-size", "data", "vocab_size", args.vocab_size))
+    args.overrides = list(getattr(args, "overrides", []))
     fine_tune = args.init_from or any(a.startswith("--train.init_from") for a in args.overrides)
     if not (args.config or args.preset or fine_tune or any(a.startswith("--model.") for a in args.overrides)):
         args.preset = "demo"
-    run_cfg = build_run_config(args)
+    origins = FieldOrigins()
+    run_cfg = build_run_config(args, flags=tuple(flags), origins=origins)
     init_from = run_cfg.train.init_from
-    if init_from:  # the tokens train will read: the source's tokenizer's
-        data_conflicts(run_cfg.data)
-    tokenizer = source_tokenizer(init_from) if init_from else None
-    tokenizer, tokens, run_cfg = prepare_data(run_cfg, tokenizer=tokenizer, show_progress=True,
-                                              pretrained=bool(init_from))
+    with origins.naming():
+        if init_from:  # the tokens train will read: the source's tokenizer's
+            data_conflicts(run_cfg.data)
+        tokenizer = source_tokenizer(init_from) if init_from else None
+        tokenizer, tokens, run_cfg = prepare_data(run_cfg, tokenizer=tokenizer, show_progress=True,
+                                                  pretrained=bool(init_from))
     state = "reused" if tokens.cached else "built"
     name = "the init_from model's" if init_from else run_cfg.data.tokenizer
     print(f"corpus: {run_cfg.data.source}  tokenizer: {name} (vocab {tokenizer.vocab_size:,})  "

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from neurallayers.cli.common import non_empty, shell_command
+from neurallayers.cli.field_origins import FieldOrigins
 
 ACCEPTS_OVERRIDES = True  # unknown `--model.x / --train.x / --data.x` arguments are config overrides
 
@@ -42,29 +43,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
-def build_run_config(args: argparse.Namespace, *, base: Path | None = None):
-    """RunConfig from --config (or the YAML file `base` without it), --preset, --data, --init-from and the
-    overrides, in that order of precedence (last wins)."""
+def build_run_config(args: argparse.Namespace, *, base: Path | None = None,
+                     flags: tuple[tuple[str, str, str, object], ...] = (), origins: FieldOrigins | None = None):
+    """RunConfig from --config (or the YAML file `base` without it), --preset, --data, --init-from, the overrides and
+    then `flags`, a verb's own (flag, section, field, value), in that order of precedence (last wins). A bad field is
+    named as the user gave it (`--train.lr=-1: must be > 0`, not `TrainConfig.lr=-1: ...`); `origins`, when given,
+    learns where each field came from, to name the fields of later errors so too."""
     from neurallayers.training.config import RunConfig, apply_overrides, read_yaml
 
-    data = read_yaml(args.config) if args.config else read_yaml(base) if base is not None else {}
-    if args.preset:  # as --model.preset: the config's own model fields stay (they were all dropped)
-        data["model"] = {**(data.get("model") or {}), "preset": args.preset}
-    if args.data:
-        data.setdefault("data", {})
-        data["data"] = {**(data["data"] or {}), "source": args.data}
-    if getattr(args, "init_from", None):
-        data["train"] = {**(data.get("train") or {}), "init_from": args.init_from}
-    data = apply_overrides(data, list(getattr(args, "overrides", [])))
+    source = args.config or base
+    data = read_yaml(source) if source is not None else {}
+    origins = FieldOrigins() if origins is None else origins
+    origins.file(source, data)
+    shortcuts = [("--preset", "model", "preset", args.preset), ("--data", "data", "source", args.data),
+                 ("--init-from", "train", "init_from", getattr(args, "init_from", None))]
+    for flag, section, field, value in shortcuts:
+        if value:  # as --model.preset: the config's own model fields stay (they were all dropped)
+            data[section] = {**(data.get(section) or {}), field: value}
+            origins.flag(flag, section, field)
+    overrides = list(getattr(args, "overrides", []))
+    data = apply_overrides(data, overrides)
+    origins.overrides(overrides)
+    for flag, section, field, value in flags:
+        data[section] = {**(data.get(section) or {}), field: value}
+        origins.flag(flag, section, field)
     if "model" not in data and not (data.get("train") or {}).get("init_from"):
         raise ValueError("no model: give --preset NAME, --config FILE with a model section, --model.preset NAME, "
                          "--init-from RUN_OR_MODEL_FOLDER, or --out RUN --resume to continue a run with its saved "
                          "config")
     try:
         return RunConfig.from_dict(data)
-    except ValueError as e:  # name the file a bad field may sit in (or came from, with an override)
-        source = args.config or base
-        raise ValueError(f"{e} (config: {source})" if source else str(e)) from None
+    except (ValueError, FileNotFoundError) as e:  # FileNotFoundError: a train.init_from that is not there
+        if (named := origins.renamed(e)) is not None:
+            raise named from None
+        if source is not None and isinstance(e, ValueError):  # name the file a bad field may sit in
+            raise ValueError(f"{e} (config: {source})") from None
+        raise
 
 
 def default_out(args: argparse.Namespace, run) -> Path:
@@ -98,10 +112,12 @@ def run(args: argparse.Namespace) -> int:
         base = Path(args.out) / "config.yaml"
         if not base.is_file():
             raise FileNotFoundError(f"cannot resume: {args.out} holds no run (no config.yaml)")
-    run_cfg = build_run_config(args, base=base)
+    origins = FieldOrigins()
+    run_cfg = build_run_config(args, base=base, origins=origins)
     out = Path(args.out) if args.out else default_out(args, run_cfg)
     # fit refuses an --out it must not train into (a file, a run without --resume, a model), before any data work
-    result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
+    with origins.naming():
+        result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
     if main_rank:  # under torchrun, one summary
         print(summary(result))
         if result.stopped_reason in EXIT_CODES:

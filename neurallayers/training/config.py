@@ -300,13 +300,16 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
                              f"valid fields: {', '.join(sorted(known))}")
         text = not subkeys and _text_field(section, name)
         try:
-            parsed = yaml.safe_load(value) if value != "" else ""
+            # a list of text reads each item as typed: `[yes, 2024]` is ["yes", "2024"], not [True, 2024]
+            parsed = "" if value == "" else yaml.load(value, Loader=_text_loader()) if text == "list" \
+                else yaml.safe_load(value)
         except yaml.YAMLError as e:
             if not text:  # a text field takes what YAML cannot read: a glob '*.txt' (an alias to YAML), '@notes.txt'
                 raise ValueError(f"cannot parse the value of {arg!r}: {e}") from None
             parsed = value
-        if text and not isinstance(parsed, str) and not (parsed is None and text == "opt"):
-            parsed = value  # a text field keeps the text: `--data.source 2024` (a file) or `--model.name yes`
+        quoted = isinstance(parsed, str) and value.lstrip()[:1] in ("'", '"')  # `--data.tokenizer "'char'"`: char
+        if text in ("text", "opt") and not quoted and not (parsed is None and text == "opt"):
+            parsed = value  # a text field keeps the text: `--data.source 2024` (a file), `"notes #1.txt"` (no comment)
         sec = out.get(section)
         if not isinstance(sec, dict):
             sec = out[section] = {}
@@ -366,12 +369,22 @@ def _bare_override_hint(arg: str) -> str:
 
 
 def _text_field(section: str, name: str) -> str | None:
-    """"text" for a field of type str, "opt" for str | None (whose null stays None), else None: YAML would read a
-    file named 2024 as an int, and the field refused it ("expected str")."""
+    """"text" for a field of type str, "opt" for str | None (whose null stays None), "list" for list[str], else None:
+    YAML 1.1 would read a file named 2024 as an int, `yes` as True, a date as a date, ` #1` as a comment."""
     if section == "model" and name == "preset":
         return "text"
     kind = next((f.type for f in dataclasses.fields(SECTIONS[section]) if f.name == name), None)
-    return {"str": "text", "str | None": "opt"}.get(kind)
+    return {"str": "text", "str | None": "opt", "list[str]": "list"}.get(kind)
+
+
+def _text_loader():
+    """A YAML loader that keeps structure (lists, quotes) and reads every plain scalar as the text it is."""
+    import yaml
+
+    class TextLoader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {}  # no bool/int/float/null/timestamp guessing from a scalar's look
+
+    return TextLoader
 
 
 def _field_names(klass: type) -> set[str]:

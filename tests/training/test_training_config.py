@@ -248,3 +248,16 @@ def test_run_config_keys_that_are_not_names_are_named(data, needle):
     """A YAML key such as `1:` was a TypeError from difflib."""
     with pytest.raises(ValueError, match=needle):
         RunConfig.from_dict(data)
+
+
+def test_overrides_of_text_fields_keep_the_text_typed():
+    """YAML 1.1 read `[yes, 2024]` as [True, 2024], a date-looking item as a date, and ` #1.txt` as a comment: the
+    Python API's overrides (nl.train(overrides=...)) take text fields as typed, as the CLI does."""
+    from neurallayers.training.config import apply_overrides
+
+    out = apply_overrides({}, ["--train.sample_prompts", "[yes, 2024, 2024-01-01, 'on', \"a, b\"]",
+                               "--data.source", "notes #1.txt", "--train.init_from", "null", "--train.lr", "3e-4",
+                               "--train.compile", "yes"])
+    assert out["train"]["sample_prompts"] == ["yes", "2024", "2024-01-01", "on", "a, b"]
+    assert out["data"]["source"] == "notes #1.txt" and out["train"]["init_from"] is None
+    assert out["train"]["lr"] == "3e-4" and out["train"]["compile"] is True  # typed fields keep YAML's reading
