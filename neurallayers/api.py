@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -12,8 +13,16 @@ from torch import nn
 BUNDLED = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 
 
+def check_path(value: object, name: str) -> None:
+    """A str or os.PathLike, refused in one line naming the argument: load(5) was "expected str, bytes or
+    os.PathLike object, not int", naming nothing."""
+    if not isinstance(value, str | os.PathLike):
+        raise ValueError(f"{name}={value!r}: must be a path (a str or pathlib.Path), got {type(value).__name__}")
+
+
 def resolve_model_path(path: str | Path) -> Path:
     """`path`, or the bundled folder where `path` is a bundled model's name and no such file or folder exists."""
+    check_path(path, "path")
     if isinstance(path, str) and not path.strip():  # Path("") is the current folder: an unset variable loaded it
         raise ValueError("the model path is empty; give a run directory (config.yaml) or a Hugging Face folder "
                          "(config.json)")
@@ -202,6 +211,9 @@ def train(config: object, out_dir: str | Path, *, resume: bool | str | Path = Fa
     from neurallayers.training.config import RunConfig, apply_overrides
     from neurallayers.training.trainer import fit
 
+    check_path(out_dir, "out_dir")
+    if not isinstance(resume, bool):
+        check_path(resume, "resume")  # True/False, or a checkpoint's path
     if isinstance(out_dir, str) and not out_dir.strip():  # Path("") is the current folder: the run would land there
         raise ValueError("out_dir is empty; name the run directory to write")
     if isinstance(overrides, str):  # read letter by letter, it failed as "override '-' must look like ..."

@@ -100,18 +100,46 @@ def label_names(config: Any) -> list[str]:
 
 
 class FeatureExtractionPipeline(Pipeline):
-    """One sentence embedding per text: a (C,) tensor for a string, (N, C) for a list."""
+    """One sentence embedding per text: a (C,) tensor for a string, (N, C) for a list. transformers' options:
+    `tokenize_kwargs` (max_length, truncation=True, add_special_tokens) and `return_tensors` (False: nested lists)."""
 
     task = "feature-extraction"
     heads = ("none", "mlm", "sequence_classification", "token_classification")
 
-    def __call__(self, inputs: str | list[str], **kwargs: Any) -> torch.Tensor:
+    def __call__(self, inputs: str | list[str], **kwargs: Any) -> torch.Tensor | list:
+        as_tensor = _switch("return_tensors", kwargs.pop("return_tensors", None)) is not False
         out = super().__call__(inputs, **kwargs)
-        return out if isinstance(inputs, str) else torch.stack(out)
+        out = out if isinstance(inputs, str) else torch.stack(out)
+        return out if as_tensor else out.tolist()
 
-    def _run(self, items: list, *, pooling: str | None = None, normalize: bool | None = None) -> list[torch.Tensor]:
+    def _run(self, items: list, *, pooling: str | None = None, normalize: bool | None = None,
+             tokenize_kwargs: dict | None = None) -> list[torch.Tensor]:
+        limit, special = self._tokenize_options(tokenize_kwargs or {})
         return list(embed(self.model, self.tokenizer, items, pooling=pooling, normalize=normalize,
-                          batch_size=self.batch_size, max_length=self._max_length()))
+                          batch_size=self.batch_size, max_length=limit, add_special_tokens=special))
+
+    def _tokenize_options(self, options: Any) -> tuple[int, bool]:
+        """(max_length, add_special_tokens) from transformers' tokenize_kwargs; a text longer than the model reads is
+        always cut (truncation=False would index past its positions)."""
+        if not isinstance(options, dict):
+            raise ValueError(f"tokenize_kwargs={options!r}: must be a dict (max_length, truncation, "
+                             "add_special_tokens)")
+        unknown = set(options) - {"max_length", "truncation", "add_special_tokens"}
+        if unknown:
+            raise ValueError(f"tokenize_kwargs: unknown key {sorted(unknown)[0]!r}; keys: max_length, truncation, "
+                             "add_special_tokens")
+        limit = self._max_length()
+        max_length = options.get("max_length", limit)
+        if not is_int(max_length) or not 1 <= max_length <= limit:
+            raise ValueError(f"tokenize_kwargs max_length={max_length!r}: must be an int in [1, {limit}] (the "
+                             "tokens this model reads)")
+        if options.get("truncation", True) is not True:
+            raise ValueError(f"tokenize_kwargs truncation={options['truncation']!r}: only True; a text longer than "
+                             "max_length is always cut to it")
+        special = options.get("add_special_tokens", True)
+        if not isinstance(special, bool):
+            raise ValueError(f"tokenize_kwargs add_special_tokens={special!r}: must be True or False")
+        return max_length, special
 
 
 class FillMaskPipeline(Pipeline):
@@ -281,7 +309,10 @@ class TextGenerationPipeline(Pipeline):
 
     transformers' length options too: `max_length` (prompt and new tokens together, per prompt; max_new_tokens wins
     over it), `prefix` (a text put before each prompt to generate from, left out of the result) and
-    `handle_long_generation="hole"` (a prompt too long to leave room for the new tokens loses its oldest ones)."""
+    `handle_long_generation="hole"` (a prompt too long to leave room for the new tokens loses its oldest ones).
+    `return_tensors=True` gives [{"generated_token_ids": prompt ids + new ids}] instead of text (the eos that ended a
+    sequence included, as transformers' ids; a stop string's tokens are not), `clean_up_tokenization_spaces` decodes
+    the new text with or without transformers' space clean-up (ignored for a BPE tokenizer, as transformers 5 does)."""
 
     task = "text-generation"
 
@@ -312,9 +343,10 @@ class TextGenerationPipeline(Pipeline):
             return super().__call__([inputs], **kwargs)[0]
         return super().__call__(inputs, **kwargs)
 
-    def _run(self, items: list, *, return_full_text: bool | None = True, continue_final_message: bool | None = None,
+    def _run(self, items: list, *, return_full_text: bool | None = None, continue_final_message: bool | None = None,
              prefix: str = "", handle_long_generation: str | None = None, max_length: int | None = None,
-             **gen_kwargs: Any) -> list[list[dict]]:
+             return_tensors: bool | None = None, return_text: bool | None = None,
+             clean_up_tokenization_spaces: bool | None = None, **gen_kwargs: Any) -> list[list[dict]]:
         from neurallayers.generation.config import GenerationConfig
 
         chats = [item for item in items if _is_chat(item)]
@@ -339,7 +371,9 @@ class TextGenerationPipeline(Pipeline):
         prompts = (self._chat_prompts(chats, continued) if chats
                    else [self._start(i, prefix + t) for i, t in enumerate(texts)])
         do_sample = _switch("do_sample", gen_kwargs.pop("do_sample", None))
+        tensors = _return_tensors(return_full_text, return_tensors, return_text)
         return_full_text = _switch("return_full_text", return_full_text) is not False  # None: the default, as there
+        clean_up = _switch("clean_up_tokenization_spaces", clean_up_tokenization_spaces)
         if do_sample is False:  # transformers' switch for greedy decoding
             gen_kwargs["temperature"] = 0.0
         elif do_sample is True and gen_kwargs.get("temperature", 1.0) == 0:  # transformers refuses it too
@@ -358,7 +392,11 @@ class TextGenerationPipeline(Pipeline):
         if handle_long_generation == "hole":
             prompts = [self._hole(i, ids, new) for i, (ids, new) in enumerate(zip(prompts, budgets, strict=True))]
         n = gen_config.num_return_sequences
-        outs = self._generate(prompts, gen_config, budgets)  # prompt-major, n per prompt
+        outs = self._generate(prompts, gen_config, budgets, clean_up)  # prompt-major, n per prompt
+        if tensors:  # transformers' generated_token_ids: the prompt's ids (prefix, bos) and the new ones, eos included
+            end = self._end_token(gen_config)
+            return [[{"generated_token_ids": prompts[i] + g.token_ids + _ended_by(g, end)}
+                     for g in outs[i * n:(i + 1) * n]] for i in range(len(prompts))]
         if chats:  # the default template's "assistant:" cue leaves a new reply a leading blank (`chat` drops it too)
             replies = [g.text if templated or continued[k // n] else g.text.lstrip() for k, g in enumerate(outs)]
             return [[{"generated_text": _full_chat(chat, r, continued[i]) if return_full_text else r}
@@ -399,19 +437,35 @@ class TextGenerationPipeline(Pipeline):
                              f"{limit} tokens, leaving none of inputs[{i}]; ask for fewer")
         return ids[-keep:]
 
-    def _generate(self, prompts: list[list[int]], config: Any, budgets: list[int]) -> list:
+    def _generate(self, prompts: list[list[int]], config: Any, budgets: list[int], clean_up: bool | None) -> list:
         """generate() on each group of prompts with the same budget of new tokens, results in input order (each
-        prompt generates as it would alone, so grouping changes no token)."""
+        prompt generates as it would alone, so grouping changes no token). clean_up: transformers'
+        clean_up_tokenization_spaces for the new text (None: the tokenizer's own setting)."""
         from neurallayers.generation.generate import generate
+
+        tokenizer = self.tokenizer
+        if clean_up is not None and clean_up != tokenizer.clean_up_tokenization_spaces:
+            tokenizer = copy.copy(tokenizer)  # decodes (and finds stop strings in) the text as asked
+            tokenizer.clean_up_tokenization_spaces = clean_up
+        if clean_up and not tokenizer.cleans_up_spaces:  # transformers 5 ignores it too, with this warning
+            log.warning("text-generation: clean_up_tokenization_spaces=True is ignored for a BPE tokenizer (it would "
+                        "strip the spaces before punctuation that BPE text really has)")
 
         n, outs = config.num_return_sequences, [None] * (len(prompts) * config.num_return_sequences)
         for budget in dict.fromkeys(budgets):
             idx = [i for i, b in enumerate(budgets) if b == budget]
-            gens = generate(self.model, self.tokenizer, [prompts[i] for i in idx],
+            gens = generate(self.model, tokenizer, [prompts[i] for i in idx],
                             config.replace(max_new_tokens=budget))
             for j, i in enumerate(idx):
                 outs[i * n:(i + 1) * n] = gens[j * n:(j + 1) * n]
         return outs
+
+    def _end_token(self, config: Any) -> int | None:
+        """The one token that can end a generation (eos, or a lone stop_token_id), which transformers keeps at the end
+        of its ids; None where several can (which one did is not recorded) or where stop strings end it (their tokens
+        are trimmed, as from the text)."""
+        ends = {*self.tokenizer.eos_ids, *config.stop_token_ids}
+        return next(iter(ends)) if len(ends) == 1 and not config.stop else None
 
     def _chat_prompts(self, chats: list[list[dict]], continued: list[bool]) -> list[list[int]]:
         """Token ids of each rendered chat (ending with the reply's cue, or with its final message's content where it
@@ -422,6 +476,24 @@ class TextGenerationPipeline(Pipeline):
         return [self.tokenizer.encode(render_chat(self.tokenizer, chat, add_generation_prompt=not cont,
                                                   continue_final_message=cont))
                 for chat, cont in zip(chats, continued, strict=True)]
+
+
+def _ended_by(gen: Any, end: int | None) -> list[int]:
+    """[end] where `gen` stopped on its end token (one more token chosen than kept), else []."""
+    return [end] if end is not None and gen.finish_reason == "stop" and gen.completion_tokens > len(gen.token_ids) \
+        else []
+
+
+def _return_tensors(return_full_text: Any, return_tensors: Any, return_text: Any) -> bool:
+    """Whether results are token ids (transformers' return_tensors=True) rather than text; the three switches are
+    mutually exclusive there too (return_text=True is the default, text)."""
+    given = [name for name, value in (("return_full_text", return_full_text), ("return_tensors", return_tensors),
+                                      ("return_text", return_text)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"{given[0]} and {given[1]}: give one of return_full_text, return_tensors and return_text")
+    if _switch("return_text", return_text) is False:  # transformers returns the text anyway; nothing else to give
+        raise ValueError("return_text=False: give return_tensors=True for token ids instead of text")
+    return _switch("return_tensors", return_tensors) is True
 
 
 def _full_chat(chat: list[dict], reply: str, continued: bool) -> list[dict]:
@@ -446,7 +518,8 @@ def _check_generation_options(gen_kwargs: dict) -> None:
     from neurallayers.generation.config import GenerationConfig
 
     fields = [f.name for f in dataclasses.fields(GenerationConfig)]
-    own = ["return_full_text", "do_sample", "continue_final_message", "prefix", "handle_long_generation", "max_length"]
+    own = ["return_full_text", "return_tensors", "return_text", "clean_up_tokenization_spaces", "do_sample",
+           "continue_final_message", "prefix", "handle_long_generation", "max_length"]
     if "stop_sequence" in gen_kwargs:  # transformers' name; its stop string is kept in the text, ours is not
         raise ValueError("stop_sequence: give stop=[...] instead (generation ends before the stop string, which is "
                          "not included, as in `neurallayers generate` and the server)")

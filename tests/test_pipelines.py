@@ -249,7 +249,8 @@ def test_text_generation_runs_on_a_decoder():
         gen("hello", max_new_tokens=4, do_sample=True, temperature=0)
     # a typo of the pipeline's own option was "GenerationConfig has no field 'return_fulltext'", with no hint
     with pytest.raises(ValueError, match=r"^text-generation: unknown option 'return_fulltext' \(did you mean "
-                                         r"'return_full_text'\?\); options: return_full_text, do_sample, "
+                                         r"'return_full_text'\?\); options: return_full_text, return_tensors, "
+                                         r"return_text, clean_up_tokenization_spaces, do_sample, "
                                          r"continue_final_message, prefix, handle_long_generation, max_length and "
                                          r"GenerationConfig's fields \(max_new_tokens, "):
         gen("hello", return_fulltext=False)

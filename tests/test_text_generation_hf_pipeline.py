@@ -106,3 +106,71 @@ def test_its_length_options_refuse_what_cannot_run(pipelines):
     # transformers' stop_sequence keeps the stop string in the text; pointed at stop=, not at num_return_sequences
     with pytest.raises(ValueError, match=r"^stop_sequence: give stop=\[\.\.\.\] instead"):
         ours("the cat", stop_sequence=".")
+
+
+TENSOR_CASES = [
+    ("hello", dict(max_new_tokens=6)),
+    (["the cat", "a dog ran"], dict(max_new_tokens=4)),
+    ("sat on", dict(max_new_tokens=4, prefix="the cat ")),  # the prefix's ids are in them
+    ([{"role": "user", "content": "the cat"}], dict(max_new_tokens=4)),  # the rendered chat's ids
+    (["the cat"], dict(max_new_tokens=4, num_beams=3, num_return_sequences=2)),
+]
+
+
+@pytest.mark.parametrize("inputs, kwargs", TENSOR_CASES, ids=[f"{str(x)[:24]!r} {kw}" for x, kw in TENSOR_CASES])
+def test_return_tensors_gives_transformers_token_ids(pipelines, inputs, kwargs):
+    ours, theirs = pipelines
+    got = ours(inputs, do_sample=False, return_tensors=True, **kwargs)
+    assert got == theirs(inputs, do_sample=False, return_tensors=True, **kwargs)
+    assert "generated_token_ids" in (got[0] if isinstance(got[0], dict) else got[0][0])
+    # return_text=True is the default: text
+    assert ours(inputs, do_sample=False, return_text=True, **kwargs) == theirs(inputs, do_sample=False,
+                                                                               return_text=True, **kwargs)
+
+
+def test_return_tensors_ends_with_the_eos_that_stopped_it(pipelines):
+    ours, theirs = pipelines
+    eos = ours.tokenizer.eos_id
+    got = ours("hello", do_sample=False, max_new_tokens=6, logit_bias={eos: 100.0}, return_tensors=True)
+    assert got[0]["generated_token_ids"][-1] == eos
+    assert got == theirs("hello", do_sample=False, max_new_tokens=6, sequence_bias={(eos,): 100.0},
+                         return_tensors=True)
+
+
+@pytest.mark.parametrize("clean_up", [None, True, False])
+def test_clean_up_tokenization_spaces_as_transformers_decodes(pipelines, clean_up):
+    ours, theirs = pipelines
+    space, dot = ours.tokenizer.token_to_id("Ġ"), ours.tokenizer.token_to_id(".")  # text with spaces before dots
+    got = ours("hello", do_sample=False, max_new_tokens=12, logit_bias={space: 9.0, dot: 9.0},
+               return_full_text=False, clean_up_tokenization_spaces=clean_up)
+    assert got == theirs("hello", do_sample=False, max_new_tokens=12, sequence_bias={(space,): 9.0, (dot,): 9.0},
+                         return_full_text=False, clean_up_tokenization_spaces=clean_up)
+
+
+def test_return_switches_are_exclusive_as_in_transformers(pipelines):
+    ours, _ = pipelines
+    with pytest.raises(ValueError, match=r"^return_full_text and return_tensors: give one of"):
+        ours("the cat", return_full_text=False, return_tensors=True)
+    with pytest.raises(ValueError, match=r"^return_tensors and return_text: give one of"):
+        ours("the cat", return_tensors=True, return_text=True)
+    with pytest.raises(ValueError, match=r"^return_text=False: give return_tensors=True"):
+        ours("the cat", return_text=False)
+    with pytest.raises(ValueError, match=r"^return_tensors=1: must be True or False"):
+        ours("the cat", return_tensors=1)
+    with pytest.raises(ValueError, match=r"^clean_up_tokenization_spaces='no': must be True or False"):
+        ours("the cat", clean_up_tokenization_spaces="no")
+
+
+def test_sampled_return_sequences_with_a_seed_are_generates_and_batch_alike(pipelines):
+    # transformers' draws differ from ours: the oracle is generate() with the same seed, and the prompt alone
+    from neurallayers.generation import GenerationConfig, generate
+
+    ours, _ = pipelines
+    kw = dict(do_sample=True, num_return_sequences=3, seed=5, max_new_tokens=8, return_full_text=False)
+    got = ours(["the cat", "a dog"], **kw)
+    gens = generate(ours.model, ours.tokenizer, ["the cat", "a dog"],
+                    GenerationConfig(num_return_sequences=3, seed=5, max_new_tokens=8))
+    assert [[r["generated_text"] for r in rows] for rows in got] == [[g.text for g in gens[:3]],
+                                                                     [g.text for g in gens[3:]]]
+    assert len({r["generated_text"] for r in got[0]}) > 1  # three draws, not one copied
+    assert ours("the cat", **kw) == got[0]
