@@ -103,10 +103,19 @@ class TextCorpus(Corpus):
     """
 
     def __init__(self, texts: Iterable[str] | dict[str, str], *, name: str = "texts") -> None:
-        if isinstance(texts, str):
-            raise TypeError("TextCorpus expects a list or dict of texts, not a single str")
-        items = texts.items() if isinstance(texts, dict) else ((str(i), t) for i, t in enumerate(texts))
+        if isinstance(texts, str | bytes):
+            raise TypeError(f"TextCorpus expects a list or dict of texts, not a single {type(texts).__name__}")
+        if isinstance(texts, dict):
+            items, label = list(texts.items()), "texts[{!r}]"
+        else:
+            items, label = [(str(i), t) for i, t in enumerate(texts)], "texts[{}]"
+        for n, t in items:  # here, not at the first read: bytes or None failed later, far from their cause
+            if not isinstance(t, str):
+                hint = " (decode it first)" if isinstance(t, bytes | bytearray) else ""
+                raise TypeError(f"{label.format(n)} is {type(t).__name__}; each text must be a str{hint}")
         self._docs = [Document(str(n), t) for n, t in items]
+        if len({d.name for d in self._docs}) < len(self._docs):  # {1: ..., "1": ...}: names decide the split
+            raise ValueError("TextCorpus: two texts have the same name once made str; each name must be unique")
         self.name = name
 
     def documents(self) -> Iterator[Document]:

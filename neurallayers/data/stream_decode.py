@@ -8,6 +8,8 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from neurallayers.data.token_ids import check_id, token_id
+
 if TYPE_CHECKING:
     from neurallayers.data.tokenizers import Tokenizer
 
@@ -72,8 +74,15 @@ class StreamDecoder:
         return self._unclean
 
     def push(self, token_id: int) -> str:
-        """Adds one token; returns the text it completes (often "", never half a character)."""
-        self._ids.append(int(token_id))
+        """Adds one token; returns the text it completes (often "", never half a character).
+
+        Raises:
+            TypeError: `token_id` is not an integer (a float or a bool), as `Tokenizer.decode` refuses it.
+            ValueError: `token_id` is outside the vocabulary (a model's padded rows: 50304 for GPT-2's 50257). The
+                decoder is left as it was, so the stream goes on with the next id.
+        """
+        # checked before it is kept: a kept bad id made every later push and flush raise the same error
+        self._ids.append(check_id(token_id, self.tokenizer.vocab_size))
         if self._ids[-1] in self._byte_ids or self._ids[-1] in self._skipped:
             return ""
         prefix_text = self._decode(self._prefix, self._read)
@@ -137,7 +146,7 @@ def _context_tail(tokenizer: Tokenizer, context: Iterable[int]) -> list[int]:
     text would not start with the prompt's (U+FFFD there), and a stream would drop the completed character. A
     prompt's last byte-fallback tokens go too: the continuation's byte tokens would join their run, and one stray
     byte then turned the prompt's own characters into U+FFFD, so generate() and a stream cut that text differently."""
-    context, byte_ids = [int(i) for i in context], _byte_fallback_ids(tokenizer)
+    context, byte_ids = [token_id(i) for i in context], _byte_fallback_ids(tokenizer)
     end = len(context)
     while end and context[end - 1] in byte_ids:
         end -= 1

@@ -41,6 +41,8 @@ def save_folder(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
     """`Tokenizer.save`: tokenizer.json and tokenizer_config.json (and the chat template and special tokens map files
     a folder transformers wrote holds, brought up to date)."""
     path = Path(path)
+    for name in tokenizer.named_chat_templates:  # before anything is written: not half a folder
+        _template_file_name(name)
     json_path = path if path.suffix == ".json" else path / "tokenizer.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     config = {
@@ -48,7 +50,7 @@ def save_folder(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
         "bos_token": tokenizer.bos_token,
         "eos_token": tokenizer.eos_token,
         "pad_token": tokenizer.pad_token,
-        "chat_template": tokenizer.chat_template,
+        "chat_template": _config_templates(tokenizer),
         "neurallayers_kind": tokenizer.kind,
     }
     if tokenizer.kind == "char":
@@ -79,12 +81,7 @@ def save_folder(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
         config["neurallayers_extra_eos_ids"] = list(tokenizer.extra_eos_ids)
     write_text_atomic(json_path, tokenizer.hf.to_str(pretty=True))
     write_text_atomic(json_path.parent / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
-    jinja = json_path.parent / "chat_template.jinja"
-    if jinja.exists():  # a folder transformers wrote: it reads this file first, so a stale one would win
-        if tokenizer.chat_template is None:
-            jinja.unlink()
-        else:
-            write_text_atomic(jinja, tokenizer.chat_template)
+    _write_template_files(json_path.parent, tokenizer)
     _refresh_special_tokens_map(json_path.parent, config)
     return json_path
 
@@ -157,13 +154,14 @@ def from_config(cls: type[Tokenizer], hf: HFTokenizer, config: dict) -> Tokenize
     make_special(hf, [t.get("content") if isinstance(t, dict) else t for t in named])
     max_len = config.get("model_max_length")
     kind = config.get("neurallayers_kind", "file")
+    templates = _chat_templates(config.get("chat_template"))
     tokenizer = cls(
         hf,
         kind=kind if kind in KINDS else "file",
         bos_token=special("bos_token", _BOS_GUESSES),
         eos_token=special("eos_token", _EOS_GUESSES),
         pad_token=special("pad_token", _PAD_GUESSES),
-        chat_template=_default_template(config.get("chat_template")),
+        chat_template=templates.pop("default", None),
         # HF writes a 1e30 sentinel when the length is unknown.
         model_max_length=int(max_len) if isinstance(max_len, int | float) and max_len < 1e12 else None,
         clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces") is True,
@@ -173,6 +171,7 @@ def from_config(cls: type[Tokenizer], hf: HFTokenizer, config: dict) -> Tokenize
         raise ValueError(f"tokenizer_config.json: neurallayers_extra_eos_ids={extra!r} is not a list of ids "
                          f"in [0, {tokenizer.vocab_size})")
     tokenizer.extra_eos_ids = list(extra)
+    tokenizer.named_chat_templates = templates
     tokenizer.hf_settings = {k: config[k] for k in HF_SETTINGS if config.get(k) in ("left", "right")}
     for key in NAMED_TOKENS:  # kept, so a save writes them back (a RoBERTa-style sep "</s>" was lost)
         token = config.get(key)
@@ -190,19 +189,75 @@ def _types_pairs(hf: HFTokenizer) -> bool:
         return False
 
 
-def _default_template(template) -> str | None:
-    """tokenizer_config.json's chat_template (or the template files'): a string, or a list of named templates
-    (transformers' form for models with tool-use or RAG variants) of which chat uses "default"."""
-    if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-        if template is None:  # transformers refuses to choose; chat would silently use `role: content` lines
-            import logging
+def _chat_templates(template) -> dict[str, str]:
+    """tokenizer_config.json's chat_template (or the template files'), by name: a string is the "default"; a list of
+    {"name", "template"} is transformers' form for models with tool-use or RAG variants, all of them kept (only the
+    default was, so load -> save lost the others), of which chat uses "default".
 
-            logging.getLogger("neurallayers").warning(
-                "the tokenizer lists chat templates %s and none named 'default': chats use `role: content` lines "
-                "instead", ", ".join(repr(k) for k in named))
-    return template if isinstance(template, str) else None
+    Raises:
+        ValueError: a list entry that is not {"name": str, "template": str} (transformers fails on it with a KeyError).
+    """
+    if isinstance(template, str):
+        return {"default": template}
+    if not isinstance(template, list):
+        return {}
+    named = {}
+    for i, entry in enumerate(template):
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("template"), str)):
+            raise ValueError(f"tokenizer_config.json: chat_template[{i}] must be {{\"name\": str, \"template\": str}}, "
+                             f"got {str(entry)[:80]}")
+        named[entry["name"]] = entry["template"]
+    if named and "default" not in named:  # transformers refuses to choose; chat would use `role: content` lines
+        import logging
+
+        logging.getLogger("neurallayers").warning(
+            "the tokenizer lists chat templates %s and none named 'default': chats use `role: content` lines "
+            "instead", ", ".join(repr(k) for k in named))
+    return named
+
+
+def _config_templates(tokenizer: Tokenizer) -> str | list[dict] | None:
+    """The chat templates as tokenizer_config.json holds them: a string, or with named ones transformers' list (which
+    transformers before 4.5x reads; later ones read the files `_write_template_files` writes beside it first)."""
+    named = tokenizer.named_chat_templates
+    if not named:
+        return tokenizer.chat_template
+    default = [] if tokenizer.chat_template is None else [{"name": "default", "template": tokenizer.chat_template}]
+    return default + [{"name": name, "template": text} for name, text in named.items()]
+
+
+def _write_template_files(folder: Path, tokenizer: Tokenizer) -> None:
+    """chat_template.jinja and additional_chat_templates/<name>.jinja, as transformers 5 saves named templates (its
+    loader reads these over tokenizer_config.json, so stale files of an earlier save are rewritten or removed)."""
+    jinja, named_dir = folder / "chat_template.jinja", folder / "additional_chat_templates"
+    named = tokenizer.named_chat_templates
+    files = {name: named_dir / _template_file_name(name) for name in named}
+    if jinja.exists() or named:  # written for named ones: else transformers 5 reads the named files without a default
+        if tokenizer.chat_template is None:
+            jinja.unlink(missing_ok=True)
+        else:
+            write_text_atomic(jinja, tokenizer.chat_template)
+    if named:
+        named_dir.mkdir(exist_ok=True)
+    for name, path in files.items():
+        write_text_atomic(path, named[name])
+    if named_dir.is_dir():
+        for stale in set(named_dir.glob("*.jinja")) - set(files.values()):
+            stale.unlink()
+        if not any(named_dir.iterdir()):
+            named_dir.rmdir()
+
+
+def _template_file_name(name: str) -> str:
+    """The file a named chat template is saved to; refuses a name that is not a plain file name ("../x" wrote outside
+    the folder)."""
+    if name == "default":
+        raise ValueError("named_chat_templates holds 'default': the default template is chat_template")
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"chat template name {name!r} cannot be saved as additional_chat_templates/<name>.jinja; a "
+                         "name must be a plain file name (no '/' or '\\')")
+    return f"{name}.jinja"
 
 
 def _wordpiece_from_vocab(vocab: Path, config: dict) -> HFTokenizer:

@@ -12,7 +12,6 @@ import copy
 import hashlib
 import importlib.metadata
 import json
-import operator
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +32,7 @@ from neurallayers.data.special_tokens import (
 )
 from neurallayers.data.stream_decode import CONTEXT_TOKENS, StreamDecoder, anchor_id, clean_up_spaces, continuation_text
 from neurallayers.data.text_checks import check_unicode
+from neurallayers.data.token_ids import token_id
 from neurallayers.data.tokenizer_files import HF_SETTINGS, KINDS, SPECIAL_KEYS, is_id_list
 
 __all__ = ["CONTEXT_TOKENS", "ENDOFTEXT", "HF_SETTINGS", "KINDS", "MASK", "MASK_TOKENS", "NAMED_TOKENS", "SPECIAL_KEYS",
@@ -40,12 +40,8 @@ __all__ = ["CONTEXT_TOKENS", "ENDOFTEXT", "HF_SETTINGS", "KINDS", "MASK", "MASK_
            "mask_takes_its_space"]
 
 
-def _token_id(value) -> int:
-    """An int, numpy integer or integer tensor element as an id; a float id is a caller's bug, not truncated."""
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"token ids must be integers, got {value!r}") from None
+def _decode_hint(value) -> str:
+    return " (decode it first)" if isinstance(value, bytes | bytearray) else ""
 
 
 class Tokenizer:
@@ -100,6 +96,8 @@ class Tokenizer:
         # tokenizer_config.json settings only transformers reads (padding_side: left for a decoder's batches), kept
         # so that a folder converted here and back loads in transformers as it did
         self.hf_settings: dict = {}
+        # the chat templates besides the default, by name (transformers' "tool_use", "rag"): kept so a save writes them
+        self.named_chat_templates: dict[str, str] = {}
 
     @classmethod
     def from_hf(cls, hf: HFTokenizer, **specials: str | int | None) -> Tokenizer:
@@ -169,6 +167,7 @@ class Tokenizer:
                          clean_up_tokenization_spaces=self.clean_up_tokenization_spaces)
         copy.extra_eos_ids = list(self.extra_eos_ids)
         copy.hf_settings = dict(self.hf_settings)
+        copy.named_chat_templates = dict(self.named_chat_templates)
         return copy
 
     def for_model(self, *, block_size: int, causal: bool) -> Tokenizer:
@@ -176,11 +175,20 @@ class Tokenizer:
         most the model's context (where transformers truncates and warns; it read 1e30, or GPT-2's 1024, whatever the
         model's), and a decoder's padding on the left, as its generate() needs for a batch of prompts, unless the
         tokenizer names a side."""
-        out = copy.copy(self)
+        out = self._copy()
         if self.model_max_length is None or self.model_max_length > block_size:
             out.model_max_length = block_size
         if causal:
             out.hf_settings = {"padding_side": "left", **self.hf_settings}
+        return out
+
+    def _copy(self) -> Tokenizer:
+        """A shallow copy that owns its lists and dicts: a shared extra_eos_ids or hf_settings was edited through the
+        copy (for_model's). The HF tokenizer stays shared (copying GPT-2's takes ~0.4 s); nothing here changes it after
+        __init__."""
+        out = copy.copy(self)
+        out.extra_eos_ids, out.hf_settings = list(self.extra_eos_ids), copy.deepcopy(self.hf_settings)
+        out.named_chat_templates = dict(self.named_chat_templates)
         return out
 
     @property
@@ -207,8 +215,7 @@ class Tokenizer:
                              "one")
         spec = json.loads(self.hf.to_str())
         processor = (processor_with_bos if add else processor_without_bos)(spec["post_processor"], bos, self.bos_id)
-        out = copy.copy(self)
-        out.extra_eos_ids, out.hf_settings = list(self.extra_eos_ids), dict(self.hf_settings)
+        out = self._copy()
         if processor is not False:
             out.hf = HFTokenizer.from_str(json.dumps({**spec, "post_processor": processor}))
         if processor is False or out.adds_bos != add:
@@ -244,7 +251,7 @@ class Tokenizer:
         post-processor, as transformers' tokenizers do by default: a Llama tokenizer.json puts its bos first (prompts
         are encoded so; training text is not, and ours add nothing)."""
         if not isinstance(text, str):
-            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+            raise TypeError(f"encode expects a str, got {type(text).__name__}{_decode_hint(text)}")
         try:
             ids = self.hf.encode(text, add_special_tokens=add_special_tokens).ids
         except TypeError:
@@ -255,9 +262,12 @@ class Tokenizer:
     def encode_batch(self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False,
                      add_special_tokens: bool = False) -> list[list[int]]:
         """`encode` over many texts; HF runs them in parallel."""
+        if isinstance(texts, str | bytes):  # a str is an iterable of str: it was encoded one character at a time
+            raise TypeError(f"encode_batch expects a list of texts, not a single {type(texts).__name__}; use encode")
         texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError("encode_batch expects an iterable of str")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}; each text must be a str{_decode_hint(t)}")
         try:
             encodings = self.hf.encode_batch(texts, add_special_tokens=add_special_tokens)
         except TypeError:
@@ -280,7 +290,7 @@ class Tokenizer:
                clean_up_tokenization_spaces: bool | None = None) -> str:
         """Text of `ids`. Bytes that do not form complete UTF-8 characters decode to U+FFFD.
         clean_up_tokenization_spaces: None follows the tokenizer's setting (see the class)."""
-        ids = [_token_id(i) for i in ids]
+        ids = [token_id(i) for i in ids]
         if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
             bad = next(i for i in ids if not 0 <= i < self.vocab_size)
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
