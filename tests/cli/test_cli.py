@@ -107,7 +107,8 @@ def test_generate_eval_info_convert(run_dir: Path, tmp_path: Path, monkeypatch):
     streamed = cli("generate", str(run_dir), "--stream", "--max-new-tokens", "5", "--temperature", "0",
                    stdin="To be")
     assert streamed.returncode == 0, streamed.stderr
-    one = cli("generate", str(run_dir), "To be", "--max-new-tokens", "5", "--temperature", "0")
+    one = in_process("generate", str(run_dir), "To be", "--max-new-tokens", "5", "--temperature", "0", cwd=tmp_path,
+                     monkeypatch=monkeypatch)
     assert streamed.stdout.strip() == one.stdout.strip()  # streaming prints the same text
     samples = in_process("generate", str(run_dir), "To be", "--max-new-tokens", "4", "--min-new-tokens", "4", "--seed",
                          "1", "--num-return-sequences", "2", "--amateur", str(run_dir), "--temperature", "0",
@@ -266,7 +267,7 @@ def test_a_folder_without_a_tokenizer_is_one_line(run_dir: Path, tmp_path: Path,
         assert err.count("\n") == 1 and "has no tokenizer (tokenizer.json, or vocab.json + merges.txt)" in err, err
 
 
-def test_a_draft_with_another_tokenizer_is_refused(run_dir: Path, tmp_path: Path):
+def test_a_draft_with_another_tokenizer_is_refused(run_dir: Path, tmp_path: Path, monkeypatch):
     other = tmp_path / "other"  # the same model with two tokens swapped: the same vocabulary size, other ids
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("checkpoints"))
     tok = json.loads((other / "tokenizer.json").read_text())
@@ -274,12 +275,18 @@ def test_a_draft_with_another_tokenizer_is_refused(run_dir: Path, tmp_path: Path
     (a, i), (b, j) = sorted(vocab.items(), key=lambda kv: kv[1])[5:7]
     vocab[a], vocab[b] = j, i
     (other / "tokenizer.json").write_text(json.dumps(tok))
-    assert_user_error(cli("generate", str(run_dir), "To be", "--draft", str(other), "--max-new-tokens", "2"),
+    assert_user_error(in_process("generate", str(run_dir), "To be", "--draft", str(other), "--max-new-tokens", "2",
+                                 cwd=tmp_path, monkeypatch=monkeypatch),
                       f"--draft {other} has another tokenizer than {run_dir}: id {i} is {b!r} there and {a!r} here")
 
 
-def test_a_start_that_never_saved_is_started_afresh_and_a_saved_run_is_kept(run_dir: Path):
+def test_a_start_that_never_saved_is_started_afresh_and_a_saved_run_is_kept(run_dir: Path, monkeypatch):
+    # the start afresh through a real process; the refusals through main() (4 s a process)
     root = run_dir.parent
+
+    def refused(*args: str) -> subprocess.CompletedProcess:
+        return in_process(*args, cwd=root, monkeypatch=monkeypatch)
+
     aborted = root / "aborted"  # a start killed before its first checkpoint, after an evaluation saved the best
     aborted.mkdir()
     shutil.copy(run_dir / "config.yaml", aborted / "config.yaml")
@@ -287,26 +294,26 @@ def test_a_start_that_never_saved_is_started_afresh_and_a_saved_run_is_kept(run_
     (aborted / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n')
     args = ("train", "--config", "run.yaml", "--data", "text.txt", "--out", "aborted", "--train.max_steps", "2",
             "--train.sample_tokens", "0", "--no-progress")
-    assert_user_error(cli(*args, "--resume", cwd=root), "stopped before its first checkpoint", "without --resume")
+    assert_user_error(refused(*args, "--resume"), "stopped before its first checkpoint", "without --resume")
     proc = cli(*args, cwd=root)
     assert proc.returncode == 0, proc.stderr
     # once: the check again under the run's lock said it a second time
     assert proc.stderr.count("holds no checkpoint (the run stopped before its first one): starting the run afresh") == 1
     assert '"loss": 99.0' not in (aborted / "metrics.jsonl").read_text()  # the aborted start's lines are gone
     assert (aborted / "model.safetensors").read_bytes() != (run_dir / "model.safetensors").read_bytes()
-    assert_user_error(cli(*args, cwd=root), "already holds a run; pass --resume")
+    assert_user_error(refused(*args), "already holds a run; pass --resume")
     # a model folder that is no run (converted weights): never trained over, from the CLI or the API
     model_only = root / "model-only"
     model_only.mkdir()
     for name in ("config.yaml", "model.safetensors", "tokenizer.json"):
         shutil.copy(run_dir / name, model_only / name)
-    assert_user_error(cli(*args[:5], "--out", "model-only", *args[7:], cwd=root), "already holds a model")
+    assert_user_error(refused(*args[:5], "--out", "model-only", *args[7:]), "already holds a model")
     from neurallayers.training import fit
     from neurallayers.training.config import RunConfig
 
     with pytest.raises(ValueError, match="already holds a model"):
         fit(RunConfig.from_yaml(run_dir / "config.yaml"), model_only, progress=False)
-    assert_user_error(cli(*args[:5], "--out", "text.txt", *args[7:], cwd=root), "is a file")
+    assert_user_error(refused(*args[:5], "--out", "text.txt", *args[7:]), "is a file")
 
 
 def test_resume_continues(run_dir: Path):
@@ -410,15 +417,17 @@ def test_bad_yaml_is_one_line_naming_where(tmp_path: Path, monkeypatch):
         assert_user_error(in_process("train", "--config", name, cwd=tmp_path, monkeypatch=monkeypatch), *needles)
 
 
-def test_prepare_builds_the_token_cache_train_then_reuses(tmp_path: Path):
+def test_prepare_builds_the_token_cache_train_then_reuses(tmp_path: Path, monkeypatch):
     (tmp_path / "text.txt").write_text(TEXT)
     args = ("--preset", "tiny", "--data", "text.txt", "--data.tokenizer", "char")
     prep = cli("prepare", *args, cwd=tmp_path)
     assert prep.returncode == 0, prep.stderr
     assert "train tokens" in prep.stdout and "cache (built)" in prep.stdout
-    again = cli("prepare", *args, cwd=tmp_path)
+    # the reuse and the BPE cache through main() (4 s a process)
+    again = in_process("prepare", *args, cwd=tmp_path, monkeypatch=monkeypatch)
     assert again.returncode == 0 and "cache (built)" not in again.stdout, again.stdout
-    bpe = cli("prepare", *args[:4], "--data.tokenizer", "bpe", "--data.vocab_size", "300", cwd=tmp_path)
+    bpe = in_process("prepare", *args[:4], "--data.tokenizer", "bpe", "--data.vocab_size", "300", cwd=tmp_path,
+                     monkeypatch=monkeypatch)
     assert bpe.returncode == 0 and bpe.stdout.startswith("corpus: text.txt"), bpe.stdout  # no blank lines first
 
 
@@ -454,13 +463,16 @@ def test_generate_bad_sampling_value(run_dir: Path, monkeypatch):
                                  monkeypatch=monkeypatch), "--top-p 1.5")
 
 
-def test_generate_with_a_compiled_step_prints_the_same_text(run_dir: Path):
+def test_generate_with_a_compiled_step_prints_the_same_text(run_dir: Path, monkeypatch):
+    # the compiled step through a real process; the plain text and the refusal through main() (4 s a process)
     args = ("To be", "--max-new-tokens", "6", "--temperature", "0")
-    plain = cli("generate", str(run_dir), *args)
+    plain = in_process("generate", str(run_dir), *args, cwd=run_dir.parent, monkeypatch=monkeypatch)
+    assert plain.returncode == 0, plain.stderr
     compiled = cli("generate", str(run_dir), *args, "--compile")
     assert compiled.returncode == 0, compiled.stderr
     assert compiled.stdout == plain.stdout
-    assert_user_error(cli("generate", str(run_dir), "hi", "--compile", "--num-beams", "2"), "--compile")
+    assert_user_error(in_process("generate", str(run_dir), "hi", "--compile", "--num-beams", "2", cwd=run_dir.parent,
+                                 monkeypatch=monkeypatch), "--compile")
 
 
 def test_an_output_cut_by_the_context_says_so(run_dir: Path, monkeypatch):

@@ -224,10 +224,12 @@ def test_a_compiled_masked_lm_resumes_exactly(tmp_path):
     name = "compiled-masked-lm"
     cfg = _config(tmp_path, name, dict(compile=True), MASKED_LM)
     out = tmp_path / "split"
-    straight = _run_jobs(tmp_path, "straight", [dict(argv=["--config", str(cfg), "--out", str(tmp_path / "straight")])])
-    first = _run_jobs(tmp_path, "first", [dict(argv=["--config", str(cfg), "--out", str(out)], stop_at=4,
-                                               signal="SIGTERM")])
-    assert _wait(straight)[0] == [0] and _wait(first)[0] == [143]
+    # the straight run and the stopped one in one process, one after the other: the second reuses the first's
+    # compiled graph instead of compiling it again beside it; the resume, where the bug was, is a fresh process
+    codes, err = _wait(_run_jobs(tmp_path, "sessions", [
+        dict(argv=["--config", str(cfg), "--out", str(tmp_path / "straight")]),
+        dict(argv=["--config", str(cfg), "--out", str(out)], stop_at=4, signal="SIGTERM")]))
+    assert codes == [0, 143], err[-3000:]
     codes, err = _wait(_run_jobs(tmp_path, "resume", [dict(argv=["--out", str(out), "--resume"])]))
     assert codes == [0], err[-3000:]
     assert_same_run(tmp_path / "straight", out)

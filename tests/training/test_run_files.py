@@ -5,6 +5,7 @@ import errno
 import importlib.util
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -262,7 +263,7 @@ T._Fit._evaluate, T._Fit._train_step = _eval, _step
 """
 
 
-def test_a_kill_after_a_new_best_resumes_with_the_best_weights_of_the_checkpoint(tmp_path, monkeypatch):
+def test_a_kill_after_a_new_best_resumes_with_the_best_weights_of_the_checkpoint(tmp_path):
     """Best at step 2 (no checkpoint of it), checkpoint at 3, a better evaluation at 5 replaced model.safetensors,
     then a SIGKILL: step 2's weights were gone, so the resume from step 3 made step 3's weights the model, started
     the best val loss over and logged step 4 as a best, which the uninterrupted run did not (early stopping counted
@@ -273,13 +274,20 @@ def test_a_kill_after_a_new_best_resumes_with_the_best_weights_of_the_checkpoint
     run = tiny_run(tmp_path, max_steps=6, eval_interval=1, save_interval=3, early_stopping_patience=3)
     cfg = run.to_yaml(tmp_path / "config.yaml")
     full, out = tmp_path / "full", tmp_path / "run"
-    assert run_fit_process(tmp_path, cfg, full, until=4, prelude=SCRIPTED_EVALS).returncode == 0
-    best_at_4 = weights(full)  # step 2's
-    assert run_fit_process(tmp_path, cfg, full, resume=True, prelude=SCRIPTED_EVALS).returncode == 0
-    monkeypatch.setenv("KILL_AT", "5")
-    assert run_fit_process(tmp_path, cfg, out, prelude=SCRIPTED_EVALS).returncode == -signal.SIGKILL
+
+    def uninterrupted():  # the two sessions of the run to compare with, beside the killed run
+        first = run_fit_process(tmp_path, cfg, full, until=4, prelude=SCRIPTED_EVALS)
+        best_at_4 = weights(full)  # step 2's
+        return first, best_at_4, run_fit_process(tmp_path, cfg, full, resume=True, prelude=SCRIPTED_EVALS)
+
+    with ThreadPoolExecutor(1) as pool:
+        side = pool.submit(uninterrupted)
+        kill_at_5 = 'import os\nos.environ["KILL_AT"] = "5"\n'  # in the child: the other thread's child must not see it
+        killed = run_fit_process(tmp_path, cfg, out, prelude=kill_at_5 + SCRIPTED_EVALS)
+        first, best_at_4, second = side.result()
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr + second.stderr)[-3000:]
+    assert killed.returncode == -signal.SIGKILL
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r.get("best")] == [1, 2, 5]
-    monkeypatch.delenv("KILL_AT")
     proc = run_fit_process(tmp_path, cfg, out, resume=True, until=4, prelude=SCRIPTED_EVALS)
     assert proc.returncode == 0 and "no longer kept" not in proc.stderr, proc.stderr[-2000:]
     assert all(torch.equal(best_at_4[k], v) for k, v in weights(out).items())
