@@ -22,20 +22,26 @@ Position = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 NormPlacement = Literal["pre", "post"]
 AttentionKernel = Literal["sdpa", "eager"]
 GeluApprox = Literal["tanh", "none"]
-RopeScalingType = Literal["linear", "dynamic", "llama3"]
+RopeScalingType = Literal["linear", "dynamic", "llama3", "yarn"]
 Head = Literal["none", "mlm", "sequence_classification", "token_classification"]
 DERIVED = ("n_kv_head", "head_dim", "intermediate_size")  # None: computed from other fields in __post_init__
 # Fields added after runs (config.yaml) and batch progress records were first saved: an older file lacks them, and
 # their None default keeps the shape models had before them, so such a file still describes the whole model.
-NEWER_FIELDS = frozenset({"final_norm", "qkv_bias"})
+NEWER_FIELDS = frozenset({"final_norm", "qkv_bias", "sliding_window_layers"})
 FP32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 
 _ROPE_SCALING_KEYS = {
     "linear": {"type", "factor"},
     "dynamic": {"type", "factor", "original_max_position_embeddings"},
     "llama3": {"type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+    # transformers' keys (_compute_yarn_parameters); those after the first three are optional, None as if left out
+    "yarn": {"type", "factor", "original_max_position_embeddings", "attention_factor", "beta_fast", "beta_slow",
+             "mscale", "mscale_all_dim", "truncate"},
 }
-_ROPE_SCALING_FLOATS = ("factor", "low_freq_factor", "high_freq_factor")
+_ROPE_SCALING_FLOATS = ("factor", "low_freq_factor", "high_freq_factor", "attention_factor", "beta_fast", "beta_slow",
+                        "mscale", "mscale_all_dim")
+_ROPE_SCALING_NEEDS = {"llama3": ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                       "yarn": ("original_max_position_embeddings",)}
 
 
 @dataclass
@@ -69,8 +75,11 @@ class ModelConfig:
     gelu_approx: GeluApprox = "tanh"  # GPT-2 uses the tanh approximation, BERT the exact erf form
     position: Position = "learned"
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None  # {"type": "linear" | "dynamic" | "llama3", "factor": ..., ...}
+    rope_scaling: dict | None = None  # {"type": "linear" | "dynamic" | "llama3" | "yarn", "factor": ..., ...}
     sliding_window: int | None = None  # Mistral style: attend to at most this many previous tokens
+    # The layers (0-based, increasing) that attend within sliding_window, the others to every token (Qwen2's
+    # max_window_layers, transformers' layer_types); None: every layer (see `window_of`).
+    sliding_window_layers: list[int] | None = None
     bias: bool = True
     # Biases on the q, k and v projections alone (see `has_qkv_bias`); None: as `bias`. True with bias False is Qwen2.
     qkv_bias: bool | None = None
@@ -137,6 +146,14 @@ class ModelConfig:
         if self.sliding_window is not None:
             _require("sliding_window", self.sliding_window, self.sliding_window >= 1, "must be >= 1 or None")
             _require("sliding_window", self.sliding_window, self.causal, "needs causal=True")
+        if self.sliding_window_layers is not None:
+            layers = self.sliding_window_layers
+            _require("sliding_window_layers", layers, self.sliding_window is not None, "needs a sliding_window")
+            ok = all(0 <= i < self.n_layer for i in layers) and layers == sorted(set(layers))
+            _require("sliding_window_layers", layers, ok and len(layers) >= 1,
+                     f"must list layer indices in [0, n_layer={self.n_layer}), increasing, at least one")
+            _require("sliding_window_layers", layers, len(layers) < self.n_layer,
+                     "lists every layer: leave it None (every layer slides)")
         if self.layer_scale is not None:
             ok = is_finite(self.layer_scale) and self.layer_scale > 0
             _require("layer_scale", self.layer_scale, ok, "must be > 0 or None, and finite")
@@ -149,6 +166,8 @@ class ModelConfig:
             self.rope_scaling = _check_rope_scaling(self.rope_scaling, self.position)
             if self.rope_scaling["type"] == "dynamic":  # its base grows by the power head_dim / (head_dim - 2)
                 _require("head_dim", self.head_dim, self.head_dim > 2, "must be > 2 for dynamic rope scaling")
+            if self.rope_scaling["type"] == "yarn":  # its ramp divides by log(rope_theta)
+                _require("rope_theta", self.rope_theta, self.rope_theta != 1, "must not be 1 with yarn rope scaling")
         if self.pad_token_id is not None:
             _require(
                 "pad_token_id", self.pad_token_id, 0 <= self.pad_token_id < self.vocab_size,
@@ -167,6 +186,12 @@ class ModelConfig:
     def kv_dim(self) -> int:
         return self.n_kv_head * self.head_dim
 
+    def window_of(self, layer: int) -> int | None:
+        """The attention window of block `layer`: sliding_window where that layer slides, else None (every token)."""
+        if self.sliding_window_layers is None or layer in self.sliding_window_layers:
+            return self.sliding_window
+        return None
+
     def param_count(self, *, include_embeddings: bool = True) -> int:
         """Exact parameter count of the model this config builds (embeddings counted once when tied).
 
@@ -181,7 +206,8 @@ class ModelConfig:
         from neurallayers.models import build_model  # local: models import config
 
         with torch.device("meta"):
-            model = build_model(dataclasses.replace(self, n_layer=n_layer))
+            # every layer has the same parameters whichever slide (the list would name layers past n_layer)
+            model = build_model(dataclasses.replace(self, n_layer=n_layer, sliding_window_layers=None))
         n = sum(p.numel() for p in model.parameters())
         if not include_embeddings:  # token, position and (BERT's) token-type tables, as transformers counts them
             n -= sum(p.numel() for name, p in model.named_parameters()
@@ -195,24 +221,28 @@ class ModelConfig:
         PaLM's and nanoGPT's convention, 2N + 4 L H Q T forward (6N + 12 L H Q T training): 2 FLOPs per weight of
         every linear layer (the LM or MLM head included; embedding lookups, norms, biases, activations and RoPE
         none), and QK^T and AV against all `seq_len` keys for every token, though a causal query attends to half of
-        them on average; in a window, against min(seq_len, sliding_window) (the model scores all keys and masks the
-        rest: FLOPs it does not use). An encoder's pooler and classifiers are left out (a sequence classifier runs
-        once a sequence, a token classifier costs 2 x n_embd x num_labels a token). torch's FlopCounterMode counts
-        the same on an "eager" attention model, forward and backward (it counts nothing for the CPU sdpa kernel)."""
+        them on average; in a sliding layer, against min(seq_len, sliding_window) (the model scores all keys and
+        masks the rest: FLOPs it does not use). An encoder's pooler and classifiers are left out (a sequence
+        classifier runs once a sequence, a token classifier costs 2 x n_embd x num_labels a token). torch's
+        FlopCounterMode counts the same on an "eager" attention model, forward and backward (it counts nothing for the
+        CPU sdpa kernel)."""
         t = seq_len or self.block_size
         d, h = self.n_embd, self.n_head * self.head_dim
         attn_proj = 2 * d * (h + 2 * self.kv_dim) + 2 * h * d
         mlp_mult = 3 if self.mlp in ("swiglu", "geglu") else 2
         mlp = 2 * mlp_mult * d * self.intermediate_size
-        keys = min(t, self.sliding_window) if self.sliding_window else t  # a window's model sees no more keys
-        attn_scores = 2 * 2 * h * keys  # QK^T and AV, per token, against that many keys
+        # QK^T and AV, per token, against as many keys as each layer sees: a sliding layer no more than its window
+        sliding = self.n_layer if self.sliding_window_layers is None else len(self.sliding_window_layers)
+        sliding *= 1 if self.sliding_window else 0
+        keys = sliding * min(t, self.sliding_window or t) + (self.n_layer - sliding) * t  # summed over the layers
+        attn_scores = 2 * 2 * h * keys
         if self.causal:
             head = 2 * d * self.vocab_size
         elif self.head == "mlm":  # BERT's prediction head: a d x d transform, then the vocabulary projection
             head = 2 * d * (d + self.vocab_size)
         else:
             head = 0
-        body = self.n_layer * (attn_proj + mlp + attn_scores)
+        body = self.n_layer * (attn_proj + mlp) + attn_scores
         if not training:
             return body + head
         if not self.causal and self.head == "mlm":  # training scores only the masked positions
@@ -394,9 +424,8 @@ def _check_rope_scaling(scaling: dict, position: str) -> dict:
     extra = set(scaling) - _ROPE_SCALING_KEYS[kind]
     _require("rope_scaling", scaling, not extra,
              f"unknown keys {sorted(extra, key=str)} for type {kind!r}{_key_hint(extra, _ROPE_SCALING_KEYS[kind])}")
-    if kind == "llama3":
-        missing = _ROPE_SCALING_KEYS["llama3"] - set(scaling)
-        _require("rope_scaling", scaling, not missing, f"llama3 scaling needs {sorted(missing)}")
+    missing = set(_ROPE_SCALING_NEEDS.get(kind, ())) - set(scaling)
+    _require("rope_scaling", scaling, not missing, f"{kind} scaling needs {sorted(missing)}")
     # Checked here, as the rotation reads them: a bad value there is a traceback, NaN or zero rotations.
     factor = scaling.get("factor")
     _require("rope_scaling.factor", factor, is_finite(factor) and factor >= 1, "must be a finite number >= 1")
@@ -410,7 +439,25 @@ def _check_rope_scaling(scaling: dict, position: str) -> dict:
             _require(f"rope_scaling.{key}", v, is_finite(v) and v > 0, "must be a finite number > 0")
         low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
         _require("rope_scaling.high_freq_factor", high, high > low, f"must be > low_freq_factor={low!r}")
+    if kind == "yarn":
+        _check_yarn(scaling)
     return scaling
+
+
+def _check_yarn(scaling: dict) -> None:
+    """YaRN's optional keys; transformers only warns on most of these, then divides by zero (beta 0 is its default,
+    but a negative one is log of a negative), takes a log of one, or zeroes q and k (attention_factor 0)."""
+    for key, low, default in (("attention_factor", "> 0", "from factor"), ("beta_fast", "> 0", "32"),
+                              ("beta_slow", "> 0", "1"), ("mscale", ">= 0", "unused"),
+                              ("mscale_all_dim", ">= 0", "unused")):
+        v = scaling.get(key)
+        ok = v is None or (is_finite(v) and (v > 0 if low == "> 0" else v >= 0))
+        _require(f"rope_scaling.{key}", v, ok, f"must be a finite number {low}, or None ({default})")
+    fast, slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+    _require("rope_scaling.beta_fast", scaling.get("beta_fast"), fast >= slow,
+             f"must be >= beta_slow={slow!r} (the ramp runs from the fast-turning dims to the slow ones)")
+    truncate = scaling.get("truncate", True)
+    _require("rope_scaling.truncate", truncate, isinstance(truncate, bool), "must be true or false")
 
 
 def _key_hint(unknown: set, valid: set[str]) -> str:

@@ -9,8 +9,11 @@ Face, so q/k need no permutation. Mistral is Llama with a sliding attention wind
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from neurallayers.checks import is_int
 from neurallayers.config import ModelConfig
 from neurallayers.interop.hf import (
     config_architecture,
@@ -51,9 +54,9 @@ FAMILY_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}  # for
 MISTRAL_DEFAULTS = {"sliding_window": 4096, "num_key_value_heads": 8, "intermediate_size": 14336,
                     "max_position_embeddings": 4096 * 32}
 SILU_NAMES = ("silu", "swish")  # transformers' two names for SiLU (ACT2FN)
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3")  # rope_type values we build ("default" = unscaled)
-# config.json key for a dynamic-NTK model's context when it is not factor x the original length (transformers keeps
-# unknown keys as attributes and writes them back)
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")  # rope_type values we build ("default" = unscaled)
+# config.json key for a dynamic-NTK or YaRN model's context when it is not the one read back from the other keys
+# (transformers keeps unknown keys as attributes and writes them back)
 BLOCK_SIZE_KEY = "neurallayers_block_size"
 
 
@@ -62,7 +65,9 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
     RoPE settings are read from `rope_parameters` (transformers 5) or from `rope_scaling` + `rope_theta` (older; it
     wins where both are set, as in transformers). With dynamic NTK scaling, max_position_embeddings is the original
-    length and block_size becomes factor times it. Keys a Mistral config.json leaves out take MistralConfig's defaults.
+    length and block_size becomes factor times it; with YaRN, block_size is factor times the original length (vLLM's
+    rule) or max_position_embeddings where that is longer. Keys a Mistral config.json leaves out take MistralConfig's
+    defaults.
 
     Raises:
         ValueError: not a Llama/Mistral config, or a variant DecoderLM does not build (an activation other than
@@ -88,9 +93,9 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
 
 def llama_shaped_config(hf: dict, model_type: str, architecture: str, *, bias: bool, qkv_bias: bool | None = None,
-                        sliding_window: int | None) -> ModelConfig:
+                        sliding_window: int | None, sliding_window_layers: list[int] | None = None) -> ModelConfig:
     """The ModelConfig of a Llama-shaped config.json (Llama's defaults for the keys it leaves out), given what the
-    family decides: its biases and its attention window.
+    family decides: its biases and its attention window (and the layers that slide, None for every one).
 
     Raises:
         ValueError: an architecture other than a causal LM, an activation other than SiLU, a RoPE type other than
@@ -112,13 +117,18 @@ def llama_shaped_config(hf: dict, model_type: str, architecture: str, *, bias: b
         scaling["original_max_position_embeddings"] = block_size
         # the context: what an export of ours recorded (config_to_hf), else factor times the original
         block_size = int(hf.get(BLOCK_SIZE_KEY) or block_size * scaling["factor"])
+    elif scaling and scaling["type"] == "yarn" and is_int(block_size) and is_int(
+            scaling["original_max_position_embeddings"]):  # else ModelConfig names the bad one
+        # Qwen2.5's long-context recipe leaves max_position_embeddings at the original length; DeepSeek's states both
+        block_size = hf.get(BLOCK_SIZE_KEY) or max(block_size, _yarn_context(scaling))
     return ModelConfig(
         name=str(hf.get("_name_or_path") or model_type), causal=True, vocab_size=hf.get("vocab_size", 32000),
         block_size=block_size, n_layer=hf.get("num_hidden_layers", 32),
         n_head=n_head, n_embd=n_embd, n_kv_head=hf.get("num_key_value_heads") or n_head,
         head_dim=hf.get("head_dim") or n_embd // n_head, intermediate_size=hf.get("intermediate_size", 11008),
         norm="rmsnorm", norm_eps=config_number(hf, "rms_norm_eps", 1e-6), norm_placement="pre", mlp="swiglu",
-        position="rope", rope_theta=theta, rope_scaling=scaling, sliding_window=sliding_window, bias=bias,
+        position="rope", rope_theta=theta, rope_scaling=scaling, sliding_window=sliding_window,
+        sliding_window_layers=sliding_window_layers, bias=bias,
         qkv_bias=qkv_bias, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attn_dropout=config_number(hf, "attention_dropout", 0.0),
         init_std=config_number(hf, "initializer_range", 0.02),
@@ -141,12 +151,28 @@ def _rope_from_hf(hf: dict) -> tuple[float, dict | None]:
     if kind == "default":
         return theta, None
     scaling = {k: v for k, v in params.items() if k not in ("rope_type", "type", "rope_theta")}
+    if kind in ("llama3", "yarn"):
+        # transformers' pretraining length: a top-level original_max_position_embeddings (Phi-3's place) overrides the
+        # one in the RoPE dict, which else defaults to max_position_embeddings
+        if hf.get("original_max_position_embeddings") is not None:
+            scaling["original_max_position_embeddings"] = hf["original_max_position_embeddings"]
+        scaling.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
+    if kind == "yarn" and scaling.get("factor", 0) is None:  # DeepSeek-V3's form: the ratio of the two lengths
+        old_len, new_len = scaling["original_max_position_embeddings"], hf.get("max_position_embeddings", 2048)
+        if is_int(old_len) and old_len >= 1 and is_int(new_len):  # else ModelConfig names the bad one
+            scaling["factor"] = new_len / old_len
+    if kind == "yarn" and "truncate" in scaling and scaling["truncate"] is None:
+        scaling["truncate"] = False  # transformers tests `if truncate`, so null does not truncate
     if "factor" not in scaling or isinstance(scaling["factor"], bool) or not isinstance(scaling["factor"], int | float):
         # read before ModelConfig checks it (dynamic scaling sizes the context by it): a KeyError said only 'factor'
         raise ValueError(f"config {field} factor={scaling.get('factor')!r}: rope_type {kind!r} needs a number >= 1")
-    if kind == "llama3":  # transformers' fallback for the pretraining length
-        scaling.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
     return theta, {"type": kind, **scaling}  # ModelConfig names any key it does not know
+
+
+def _yarn_context(scaling: dict) -> int:
+    """The context a YaRN scaling is made for: factor times the original length."""
+    context = scaling["original_max_position_embeddings"] * scaling["factor"]
+    return int(context) if math.isfinite(context) else 0  # an infinite factor: ModelConfig names it
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
@@ -163,6 +189,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     # Llama's attention_bias puts biases on q, k, v and the output projection alike (with the MLP's: one `bias`);
     # Mistral has none
     wanted = {"bias": False} if model_type == "mistral" else {}
+    wanted["sliding_window_layers"] = None  # Mistral's window is on every layer
     out = llama_shaped_hf_config(cfg, model_type, ARCHITECTURES[model_type], wanted, qkv_bias=cfg.bias)
     if model_type == "mistral":
         out["sliding_window"] = cfg.sliding_window
@@ -206,6 +233,8 @@ def llama_shaped_hf_config(cfg: ModelConfig, model_type: str, architecture: str,
     }
     if scaling_type == "dynamic" and cfg.block_size != int(max_positions * cfg.rope_scaling["factor"]):
         out[BLOCK_SIZE_KEY] = cfg.block_size  # HF keeps one length (the original): ours comes back on import
+    if scaling_type == "yarn" and cfg.block_size < _yarn_context(cfg.rope_scaling):
+        out[BLOCK_SIZE_KEY] = cfg.block_size  # shorter than the import's rule reads back
     return out
 
 

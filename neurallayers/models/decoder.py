@@ -133,6 +133,7 @@ class DecoderLM(nn.Module):
             self.alibi = FixedTable(functools.partial(alibi_slopes, cfg.n_head))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = build_blocks(cfg)
+        self.layer_windows = tuple(cfg.window_of(i) for i in range(cfg.n_layer))  # each block's attention window
         self.norm_f = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias) if cfg.has_final_norm else None
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.gradient_checkpointing = False
@@ -232,7 +233,9 @@ class DecoderLM(nn.Module):
             x = x + self.sinusoid.table[position_ids].to(x.dtype)
         x = self.drop(x)
         table_dtype = rope_dtype(x)
-        mask, is_causal = self._mask(b, t, input_pos, attention_mask, cache, x.dtype, device)  # checks the mask
+        # one mask per window: the layers that slide and those that attend to every token (Qwen2) differ
+        masks = {w: self._mask(b, t, input_pos, attention_mask, cache, x.dtype, device, w)
+                 for w in dict.fromkeys(self.layer_windows)}
         dynamic = (cfg.rope_scaling or {}).get("type") == "dynamic"
         if dynamic and attention_mask is not None and not per_row:
             rope = self.rope(_unpadded_positions(position_ids, attention_mask, input_pos), table_dtype)
@@ -242,6 +245,7 @@ class DecoderLM(nn.Module):
             rope = None
         attentions = [] if output_attentions else None
         for i, block in enumerate(self.blocks):
+            mask, is_causal = masks[self.layer_windows[i]]
             kw = dict(rope=rope, mask=mask, is_causal=is_causal, cache=cache, layer=i, input_pos=input_pos,
                       need_weights=output_attentions)
             if self.gradient_checkpointing and self.training:
@@ -282,11 +286,13 @@ class DecoderLM(nn.Module):
                              f"< block_size={self.config.block_size}")
 
     def _mask(self, b: int, t: int, input_pos: int | torch.Tensor, attention_mask: torch.Tensor | None,
-              cache: KVCache | None, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor | None, bool]:
-        """One mask for all layers: (B|1, 1|H, T, S) bool or additive float, or None with is_causal."""
+              cache: KVCache | None, dtype: torch.dtype, device: torch.device,
+              window: int | None) -> tuple[torch.Tensor | None, bool]:
+        """The mask of the layers with this attention `window` (None: every token): (B|1, 1|H, T, S) bool or additive
+        float, or None with is_causal."""
         cfg = self.config
         per_row = isinstance(input_pos, torch.Tensor)
-        plain = attention_mask is None and cfg.position != "alibi" and cfg.sliding_window is None
+        plain = attention_mask is None and cfg.position != "alibi" and window is None
         if plain and cache is None:
             return None, True  # the kernel's own causal mask: fastest path
         if plain and not per_row and (t == 1 or input_pos == 0):
@@ -301,8 +307,8 @@ class DecoderLM(nn.Module):
             _check_attention_mask(attention_mask, b, s)
         k_pos = torch.arange(s, device=device)
         allowed = k_pos[None, None, :] <= q_pos[:, :, None]  # (B|1, T, S)
-        if cfg.sliding_window is not None:
-            allowed &= q_pos[:, :, None] - k_pos[None, None, :] < cfg.sliding_window
+        if window is not None:
+            allowed &= q_pos[:, :, None] - k_pos[None, None, :] < window
         if attention_mask is not None:
             allowed = allowed & attention_mask[:, None, :s].bool()
             # A padding query would see nothing and give NaN; let every query see itself.

@@ -1,4 +1,4 @@
-"""Position encodings: sinusoidal table, RoPE (with linear, dynamic-NTK and Llama-3 scaling), ALiBi slopes.
+"""Position encodings: sinusoidal table, RoPE (with linear, dynamic-NTK, Llama-3 and YaRN scaling), ALiBi slopes.
 
 Learned positions are a plain nn.Embedding in the model.
 """
@@ -62,11 +62,13 @@ class FixedTable(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
-    """Inverse frequencies (head_dim/2,), with static scaling (linear, llama3) folded in."""
+    """Inverse frequencies (head_dim/2,), with static scaling (linear, llama3, yarn) folded in."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     if not scaling:
         return inv_freq
     kind, factor = scaling["type"], float(scaling["factor"])
+    if kind == "yarn":
+        return _yarn_inv_freq(head_dim, theta, scaling)
     if kind == "linear":
         return inv_freq / factor
     if kind == "llama3":
@@ -82,6 +84,46 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> t
     return inv_freq  # dynamic: depends on the sequence length, applied in RotaryEmbedding.forward
 
 
+def _yarn_inv_freq(head_dim: int, theta: float, scaling: dict) -> torch.Tensor:
+    """YaRN (arXiv 2309.00071) rates, operation for operation as transformers computes them (its float32 roundings
+    too): the fast-rotating dims keep their rates, the slow ones are divided by `factor`, with a linear ramp between
+    the dims that turn beta_fast and beta_slow times over the original context. A beta of 0 or None is its default
+    there (32 and 1); a truncated ramp starts and ends on whole dims."""
+    factor = scaling["factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+    def dim_of(rotations: float) -> float:  # the dim that turns `rotations` times over old_len positions
+        return (head_dim * math.log(old_len / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = dim_of(beta_fast), dim_of(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: no division by zero
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # 1: the rate extrapolates (kept), 0: it interpolates (divided by factor)
+    pos_freqs = theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    return (1.0 / (factor * pos_freqs)) * (1 - keep) + (1.0 / pos_freqs) * keep
+
+
+def rope_attention_factor(scaling: dict | None) -> float:
+    """The factor YaRN multiplies cos and sin by (so q.k by its square): `attention_factor`, else the paper's
+    0.1 ln(factor) + 1, or with both mscale and mscale_all_dim (DeepSeek) the ratio of that rule at each; 1 for the
+    other scalings."""
+    if not scaling or scaling["type"] != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return scaling["attention_factor"]
+    factor, mscale, mscale_all_dim = scaling["factor"], scaling.get("mscale"), scaling.get("mscale_all_dim")
+
+    def rule(m: float = 1) -> float:
+        return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+    return float(rule(mscale) / rule(mscale_all_dim)) if mscale and mscale_all_dim else rule()
+
+
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for given positions. Half-split layout (rotate_half), the Hugging Face Llama convention,
     so Llama checkpoints load without permuting q/k weights."""
@@ -90,6 +132,7 @@ class RotaryEmbedding(nn.Module):
                  max_position: int = 2048) -> None:
         super().__init__()
         self.head_dim, self.theta, self.scaling, self.max_position = head_dim, theta, scaling, max_position
+        self.attention_factor = rope_attention_factor(scaling)
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
 
     def reset_parameters(self) -> None:
@@ -126,7 +169,10 @@ class RotaryEmbedding(nn.Module):
             inv_freq = self._dynamic_inv_freq(position_ids.amax(dim=-1, keepdim=True) + 1)[:, None, :]
         freqs = position_ids[..., None].float() * inv_freq.float()  # (B, T, head_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, head_dim)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        cos, sin = emb.cos(), emb.sin()
+        if self.attention_factor != 1.0:  # YaRN: in float32 before the cast, as transformers
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

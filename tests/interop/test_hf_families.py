@@ -86,11 +86,12 @@ def test_a_family_we_do_not_build_is_refused_in_one_line_naming_it(tmp_path, nam
     ("GPT2", {"activation_function": "quick_gelu"}, "activation_function"),
     ("Llama", {"hidden_act": "gelu"}, "hidden_act"),
     ("Llama", {"attention_bias": True}, "attention_bias"),
-    ("Llama", {"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "rope_type='yarn'"),
     ("Llama", {"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 4,
                                    "long_factor": [2.0] * 4, "original_max_position_embeddings": 20}},
      "rope_type='longrope'"),
-    ("Mistral", {"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "rope_type='yarn'"),
+    ("Mistral", {"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 4,
+                                     "long_factor": [2.0] * 4, "original_max_position_embeddings": 20}},
+     "rope_type='longrope'"),
 ])
 def test_a_field_we_do_not_build_is_refused_naming_it(tmp_path, cls, change, field):
     kwargs = GPT2 if cls == "GPT2" else LLAMA

@@ -164,14 +164,14 @@ def test_legacy_rope_scaling_config_is_read(tmp_path):
 
 @pytest.mark.parametrize("change, match", [
     ({"hidden_act": "gelu"}, "hidden_act"),
-    ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "yarn"),
+    ({"rope_parameters": {"rope_type": "proportional", "factor": 2.0, "rope_theta": 1e4}}, "proportional"),
     ({"attention_bias": True, "mlp_bias": False}, "attention_bias"),
     ({"model_type": "qwen2"}, "model_type"),
     ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "beta": 1}}, "beta"),
     # the refusal names the field the type came from
     ({"rope_parameters": {"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4}},
      "rope_parameters rope_type='longrope'"),
-    ({"rope_scaling": {"type": "yarn", "factor": 2.0}}, "rope_scaling rope_type='yarn'"),
+    ({"rope_scaling": {"type": "longrope", "factor": 2.0}}, "rope_scaling rope_type='longrope'"),
 ])
 def test_config_from_hf_refuses_what_we_do_not_build(change, match):
     hf = llama.config_to_hf(llama.config_from_hf(dict(BASE, model_type="llama"))) | change

@@ -29,6 +29,11 @@ CONFIGS: dict[str, dict] = {
     "post-norm": dict(norm_placement="post"),
     "gpt1": dict(norm_placement="post", final_norm=False, gelu_approx="none"),
     "sliding-window": dict(LLAMA, sliding_window=5),
+    # Qwen2's form: layers 0 and 2 slide, layer 1 attends to every token
+    "window-layers": dict(LLAMA, n_layer=3, sliding_window=5, sliding_window_layers=[0, 2]),
+    # the original length is below the test sequences; betas that put YaRN's ramp inside the 8-dim head
+    "rope-yarn": dict(LLAMA, n_kv_head=2, rope_scaling={"type": "yarn", "factor": 4.0, "beta_fast": 4,
+                                                        "beta_slow": 0.5, "original_max_position_embeddings": 12}),
     "layer-scale-no-pos": dict(position="none", layer_scale=0.5, bias=False),
 }
 CACHED = [name for name in CONFIGS if name != "rope-dynamic"]

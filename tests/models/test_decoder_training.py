@@ -38,15 +38,15 @@ def test_eager_equals_sdpa_and_returns_attention_distributions(name):
     torch.testing.assert_close(out.logits, want, atol=1e-5, rtol=0)
     n_head = eager.config.n_head
     assert len(out.attentions) == eager.config.n_layer
-    for w in out.attentions:
+    for i, w in enumerate(out.attentions):
         assert w.shape == (2, n_head, 12, 12)
         torch.testing.assert_close(w.sum(-1), torch.ones(2, n_head, 12), atol=1e-5, rtol=0)
         future = torch.ones(12, 12, dtype=torch.bool).triu(1)
         assert (w[:, :, future] == 0).all()
         assert (w[1, :, 4:, :4] == 0).all()  # real tokens never attend to padding
-        if eager.config.sliding_window:
+        if eager.config.sliding_window:  # each layer within its own window; a full one (window-layers) past it
             far = torch.ones(12, 12, dtype=torch.bool).tril(-eager.config.sliding_window)
-            assert (w[:, :, far] == 0).all()
+            assert (w[:, :, far] == 0).all() == (eager.config.window_of(i) is not None)
     # the sdpa model hands back the same weights when asked (it takes the eager path for them)
     same = sdpa(ids, attention_mask=mask, position_ids=pos, output_attentions=True).attentions
     for a, b in zip(same, out.attentions, strict=True):

@@ -15,6 +15,7 @@ from neurallayers.presets import PRESETS
 ROPE = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False)
 LLAMA3 = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 64}
+YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
 
 # (case id, fields, field named in the message, what the message says is allowed)
 BAD = [
@@ -58,8 +59,30 @@ BAD = [
     ("rope_theta", dict(rope_theta=-1.0), "rope_theta", "must be > 0"),
     ("rope_scaling-position", dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling",
      "needs position='rope'"),
-    ("rope_scaling-type", dict(rope_scaling={"type": "yarn", "factor": 2.0}, **ROPE), "rope_scaling",
-     "'type' must be one of 'linear', 'dynamic', 'llama3'"),
+    ("rope_scaling-type", dict(rope_scaling={"type": "longrope", "factor": 2.0}, **ROPE), "rope_scaling",
+     "'type' must be one of 'linear', 'dynamic', 'llama3', 'yarn'"),
+    # YaRN: transformers only warns on most of these, then divides by zero, takes a log of a negative or zeroes q, k
+    ("rope_scaling-yarn-original", dict(rope_scaling={"type": "yarn", "factor": 2.0}, **ROPE), "rope_scaling",
+     "yarn scaling needs ['original_max_position_embeddings']"),
+    ("rope_scaling-yarn-keys", dict(rope_scaling={**YARN, "low_freq_factor": 1.0}, **ROPE), "rope_scaling",
+     "unknown keys ['low_freq_factor'] for type 'yarn'"),
+    *[(f"rope_scaling-yarn-{key}-{v}", dict(rope_scaling={**YARN, key: v}, **ROPE), f"rope_scaling.{key}",
+       f"must be a finite number {low}, or None") for key, low, values in (
+        ("attention_factor", "> 0", (0.0, -1.0, math.inf, "x")), ("beta_fast", "> 0", (0, -32.0, math.nan)),
+        ("beta_slow", "> 0", (0.0, True)), ("mscale", ">= 0", (-0.5, math.inf)), ("mscale_all_dim", ">= 0", (-1,)))
+      for v in values],
+    ("rope_scaling-yarn-betas", dict(rope_scaling={**YARN, "beta_fast": 2.0, "beta_slow": 4.0}, **ROPE),
+     "rope_scaling.beta_fast", "must be >= beta_slow=4.0"),
+    ("rope_scaling-yarn-betas-default", dict(rope_scaling={**YARN, "beta_slow": 64}, **ROPE),
+     "rope_scaling.beta_fast", "must be >= beta_slow=64"),
+    ("rope_scaling-yarn-truncate", dict(rope_scaling={**YARN, "truncate": None}, **ROPE), "rope_scaling.truncate",
+     "must be true or false"),
+    ("rope_scaling-yarn-factor", dict(rope_scaling={**YARN, "factor": 0.5}, **ROPE), "rope_scaling.factor",
+     "must be a finite number >= 1"),
+    ("rope_scaling-yarn-original-float", dict(rope_scaling={**YARN, "original_max_position_embeddings": 64.0}, **ROPE),
+     "rope_scaling.original_max_position_embeddings", "must be a positive int"),
+    ("rope_theta-yarn", dict(rope_theta=1.0, rope_scaling=YARN, **ROPE), "rope_theta",
+     "must not be 1 with yarn rope scaling"),
     ("rope_scaling-keys", dict(rope_scaling={"type": "linear", "factor": 2.0, "beta": 1}, **ROPE), "rope_scaling",
      "unknown keys ['beta'] for type 'linear'"),
     ("rope_scaling-factor", dict(rope_scaling={"type": "linear", "factor": 0.5}, **ROPE), "rope_scaling.factor",
@@ -84,6 +107,15 @@ BAD = [
     ("rope_scaling-type-of", dict(rope_scaling=[2.0], **ROPE), "rope_scaling", "expected dict or None"),
     ("sliding_window", dict(sliding_window=0), "sliding_window", "must be >= 1 or None"),
     ("sliding_window-causal", dict(sliding_window=8, causal=False), "sliding_window", "needs causal=True"),
+    ("sliding_window_layers-type", dict(n_layer=4, sliding_window=8, sliding_window_layers=[1, "2"]),
+     "sliding_window_layers", "expected a list of int or None"),
+    ("sliding_window_layers-window", dict(n_layer=4, sliding_window_layers=[1]), "sliding_window_layers",
+     "needs a sliding_window"),
+    *[(f"sliding_window_layers-{layers}", dict(n_layer=4, sliding_window=8, sliding_window_layers=layers),
+       "sliding_window_layers", "must list layer indices in [0, n_layer=4), increasing, at least one")
+      for layers in ([], [4], [-1, 2], [2, 1], [1, 1])],
+    ("sliding_window_layers-all", dict(n_layer=2, sliding_window=8, sliding_window_layers=[0, 1]),
+     "sliding_window_layers", "lists every layer: leave it None"),
     ("bias", dict(bias="no"), "bias", "expected bool"),
     ("qkv_bias", dict(qkv_bias="no"), "qkv_bias", "expected bool or None"),
     ("qkv_bias-bias", dict(qkv_bias=False), "qkv_bias", "False needs bias=False"),

@@ -1,5 +1,6 @@
 """Position encodings: RoPE attention scores depend only on relative position (for every scaling where that
-holds), the sinusoidal table is the paper's formula, ALiBi slopes equal the reference (BLOOM's in transformers)."""
+holds), YaRN's rates and attention factor are transformers' to the bit, the sinusoidal table is the paper's formula,
+ALiBi slopes equal the reference (BLOOM's in transformers)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ SCALINGS = {
                "original_max_position_embeddings": 32},
     # dynamic NTK keeps its base while the sequence stays within the trained length
     "dynamic": {"type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 512},
+    # YaRN's attention factor scales every score alike (by its square), so they stay relative
+    "yarn": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "beta_fast": 8, "beta_slow": 0.5},
 }
 
 
@@ -114,3 +117,40 @@ def test_alibi_slopes_equal_transformers_bloom(n_head):
     torch.testing.assert_close(alibi_slopes(n_head), alibi[:, 0, 1])
     if n_head == 8:
         assert alibi_slopes(8).tolist() == [2.0**-i for i in range(1, 9)]  # the paper's geometric sequence
+
+
+# (head_dim, theta, rope_scaling): real shapes (Qwen2.5's 128-dim heads over 32768 positions, DeepSeek's mscale pair)
+# and small ones whose ramp falls inside the head; truncated or not, the betas and attention factor given or not
+YARN_SETS = [
+    (128, 1e6, {"factor": 4.0, "original_max_position_embeddings": 32768}),
+    (64, 1e4, {"factor": 40, "original_max_position_embeddings": 4096, "mscale": 1.0, "mscale_all_dim": 0.707,
+               "beta_fast": 32, "beta_slow": 1}),
+    (64, 1e4, {"factor": 16.0, "original_max_position_embeddings": 4096, "mscale": 0.707, "mscale_all_dim": 0.707}),
+    (16, 10.0, {"factor": 2.5, "original_max_position_embeddings": 12, "beta_fast": 2.0, "beta_slow": 0.5,
+                "truncate": False}),
+    (16, 500.0, {"factor": 8, "original_max_position_embeddings": 64, "beta_fast": 4, "beta_slow": 0.25,
+                 "attention_factor": 0.75}),
+    (32, 1e4, {"factor": 1.0, "original_max_position_embeddings": 8, "beta_fast": None, "mscale": 0.0,
+               "mscale_all_dim": 1.0}),  # None and 0: transformers' defaults and its `mscale and mscale_all_dim`
+]
+
+
+@pytest.mark.parametrize("head_dim, theta, params", YARN_SETS)
+def test_yarn_rates_and_attention_factor_are_transformers(head_dim, theta, params):
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import _compute_yarn_parameters
+
+    config = transformers.LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim,
+                                      num_hidden_layers=1, max_position_embeddings=4 * params[
+                                          "original_max_position_embeddings"],
+                                      rope_parameters={"rope_type": "yarn", "rope_theta": theta, **params})
+    inv_freq, attention_factor = _compute_yarn_parameters(config)
+    rope = RotaryEmbedding(head_dim, theta=theta, scaling={"type": "yarn", **params})
+    torch.testing.assert_close(rope.inv_freq, inv_freq, atol=0, rtol=0)
+    assert rope.attention_factor == attention_factor
+    # and the tables carry it, as transformers' rotary embedding multiplies cos and sin by it
+    positions = torch.arange(0, 5000, 97)[None]
+    cos, sin = rope(positions, torch.float32)
+    angles = positions[0, :, None].float() * torch.cat([inv_freq, inv_freq])
+    torch.testing.assert_close(cos[0, 0], angles.cos() * attention_factor, atol=0, rtol=0)
+    torch.testing.assert_close(sin[0, 0], angles.sin() * attention_factor, atol=0, rtol=0)
