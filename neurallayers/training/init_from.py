@@ -24,7 +24,7 @@ log = logging.getLogger("neurallayers.training")
 
 # Fields a run may set differently from its source: none of them changes what the source's weights mean.
 MAY_CHANGE = ("name", "extra", "dropout", "attn_dropout", "drop_path", "attention", "init_std", "scale_residual_init",
-              "block_size", "rope_theta", "rope_scaling", "sliding_window")
+              "block_size", "rope_theta", "rope_scaling", "sliding_window", "sliding_window_layers")
 # ... and for an encoder trained as a masked LM, which prepare_data sets from the tokenizer
 MAY_CHANGE_ENCODER = ("head", "pad_token_id")
 

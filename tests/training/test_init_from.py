@@ -9,7 +9,7 @@ import pytest
 import torch
 from nl_train_helpers import ENCODER, step_losses, tiny_run, write_corpus
 
-from neurallayers import load
+from neurallayers import ModelConfig, load
 from neurallayers.data import RandomWindows, Tokenizer
 from neurallayers.training import RunConfig, fit
 from neurallayers.training.prepare import prepare_data
@@ -280,3 +280,17 @@ def test_an_optimizer_state_that_does_not_fit_is_refused_and_init_from_goes_on(t
     with pytest.raises(CheckpointError, match="step-2: its optimizer state does not fit .* --init-from"):
         fit(run, tmp_path / "run", resume=True, progress=False)
     assert fit(fine_tune(tmp_path, tmp_path / "run", max_steps=1), tmp_path / "ft", progress=False).steps == 1
+
+
+def test_a_fine_tune_may_change_which_layers_slide():
+    """As the window itself, which layers slide fixes no weight (Qwen2's max_window_layers)."""
+    from pathlib import Path
+
+    from neurallayers.training.init_from import Source
+
+    base = ModelConfig.from_name("llama-tiny").replace(n_layer=3, sliding_window=8, sliding_window_layers=[2])
+    source = Source(Path("src"), base, {}, None)
+    source.check_model(base.replace(sliding_window_layers=[1, 2]))
+    source.check_model(base.replace(sliding_window=None, sliding_window_layers=None))
+    with pytest.raises(ValueError, match="ModelConfig.n_layer=4 differs"):
+        source.check_model(base.replace(n_layer=4))
