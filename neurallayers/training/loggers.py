@@ -330,13 +330,16 @@ class WandbLogger:
 def _delete_aborted_offline_run(run_dir: Path) -> None:
     """A fresh start after an aborted one (see _delete_aborted_start): the aborted start's offline run goes, or
     `wandb sync` uploaded it as a second run of the same training. A run it sent online stays on the server."""
+    import re
     import shutil
 
     path = run_dir / "wandb_run_id"
     old = path.read_text().strip() if path.is_file() else ""
     if old:
-        for folder in (run_dir / "wandb").glob(f"offline-run-*-{old}"):
-            shutil.rmtree(folder, ignore_errors=True)
+        # offline-run-<time>-<id>, or -<id>-<n> where wandb opened that run twice within one second
+        for folder in (run_dir / "wandb").glob("offline-run-*"):
+            if re.fullmatch(rf"offline-run-[0-9_]+-{re.escape(old)}(-\d+)?", folder.name):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 LOGGERS = {"jsonl": JSONLLogger, "tensorboard": TensorBoardLogger, "mlflow": MLflowLogger, "wandb": WandbLogger}

@@ -10,10 +10,10 @@ from neurallayers.training import fit
 
 def test_a_worse_evaluation_at_max_steps_is_no_early_stop(tmp_path, monkeypatch):
     # the evaluation at step 6 of 6 was reported as "stopped: early_stopping", and its checkpoint said so to a resume
-    import neurallayers.training.trainer as trainer
+    from neurallayers.training import losses
 
     vals = iter([5.0, 6.0])
-    monkeypatch.setattr(trainer, "mean_loss", lambda *a, **k: (next(vals), 1))
+    monkeypatch.setattr(losses, "mean_loss", lambda *a, **k: (next(vals), 1))
     run = tiny_run(tmp_path, max_steps=6, eval_interval=3, early_stopping_patience=1, save_interval=0)
     result = fit(run, tmp_path / "run", progress=False)
     assert (result.stopped_reason, result.steps, result.best_val_loss) == ("max_steps", 6, 5.0)

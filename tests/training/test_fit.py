@@ -143,8 +143,9 @@ def test_nan_loss_stops_and_logged(tmp_path, monkeypatch):
 def _nan_from_step(monkeypatch, first):
     """Every training loss from step `first` (1-based) on is NaN, as after a divergence (lr 1e30, say)."""
     import neurallayers.training.trainer as trainer
+    from neurallayers.training import losses
 
-    real_step, real_loss, now = trainer._Fit._train_step, trainer._loss, {}
+    real_step, real_loss, now = trainer._Fit._train_step, losses.model_loss, {}
 
     def train_step(self):
         now["step"] = self.step + 1
@@ -155,7 +156,7 @@ def _nan_from_step(monkeypatch, first):
         return value * float("nan") if torch.is_grad_enabled() and now["step"] >= first else value  # not eval's
 
     monkeypatch.setattr(trainer._Fit, "_train_step", train_step)
-    monkeypatch.setattr(trainer, "_loss", loss)
+    monkeypatch.setattr(losses, "model_loss", loss)
 
 
 def _guard_notes(run_dir):
@@ -229,10 +230,10 @@ def test_the_skip_streak_is_resumed_exactly(tmp_path, monkeypatch):
 
 def test_a_nan_validation_loss_is_never_the_best(tmp_path, monkeypatch):
     """Before, a NaN first evaluation was marked best and saved, and no later `val < nan` could replace it."""
-    import neurallayers.training.trainer as trainer
+    from neurallayers.training import losses
 
     vals = iter([float("nan"), 5.0, 6.0])
-    monkeypatch.setattr(trainer, "mean_loss", lambda *a, **k: (next(vals), 1))
+    monkeypatch.setattr(losses, "mean_loss", lambda *a, **k: (next(vals), 1))
     result = fit(tiny_run(tmp_path, max_steps=9, eval_interval=3, save_interval=0), tmp_path / "run", progress=False)
     evals = [(r["val_loss"], r["best"]) for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "val_loss" in r]
     assert [best for _, best in evals] == [False, True, False] and evals[0][0] == "nan"

@@ -24,10 +24,10 @@ DRIVER = """
 import os, sys
 from pathlib import Path
 import torch
-from neurallayers.training import RunConfig, fit, trainer
+from neurallayers.training import RunConfig, fit, losses, trainer
 root, nan_step, rank = Path(sys.argv[1]), int(sys.argv[2]), os.environ["RANK"]
 now = {}
-step, loss, finish = trainer._Fit._train_step, trainer._loss, trainer._Fit._finish
+step, loss, finish = trainer._Fit._train_step, losses.model_loss, trainer._Fit._finish
 def counting_step(self):
     now["step"], now["micro"] = self.step + 1, 0
     return step(self)
@@ -39,7 +39,7 @@ def saving_finish(self):
     finish(self)
     if self.info.mode == "ddp":  # (FSDP's ranks hold shards: the checkpoint shows both took their part alike)
         torch.save(self.model.state_dict(), self.out / f"rank{rank}.pt")
-trainer._Fit._train_step, trainer._loss, trainer._Fit._finish = counting_step, nan_on_rank_1, saving_finish
+trainer._Fit._train_step, losses.model_loss, trainer._Fit._finish = counting_step, nan_on_rank_1, saving_finish
 for case in sys.argv[3:]:
     fit(RunConfig.from_yaml(root / f"{case}.yaml"), root / f"{case}-dist", progress=False)
 """
@@ -59,8 +59,9 @@ def _config(tmp_path: Path, model: dict, precision: str, strategy: str) -> RunCo
 def _one_process(run: RunConfig, out: Path, monkeypatch) -> None:
     """The same run in this process on batches of 4 (the two ranks' batch), the step's loss made NaN as rank 1's is."""
     import neurallayers.training.trainer as trainer
+    from neurallayers.training import losses
 
-    step, loss, now = trainer._Fit._train_step, trainer._loss, {}
+    step, loss, now = trainer._Fit._train_step, losses.model_loss, {}
 
     def counting_step(self):
         now["step"] = self.step + 1
@@ -72,7 +73,7 @@ def _one_process(run: RunConfig, out: Path, monkeypatch) -> None:
 
     with monkeypatch.context() as m:
         m.setattr(trainer._Fit, "_train_step", counting_step)
-        m.setattr(trainer, "_loss", nan_at_step)
+        m.setattr(losses, "model_loss", nan_at_step)
         fit(dataclasses.replace(run, train=dataclasses.replace(run.train, batch_size=4, distributed="none")), out,
             progress=False)
 

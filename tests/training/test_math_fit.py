@@ -194,10 +194,10 @@ def test_patience_counts_evaluations_and_a_run_out_of_steps_did_not_stop_early(t
     """Patience 2: evaluations at steps 3 (best), 6 and the final one at 7 (worse) end the run at max_steps with two
     bad evaluations; its resume said "the run stopped early ... stops it again". Trained on, an improvement resets
     the count and two worse evaluations after it stop the run."""
-    import neurallayers.training.trainer as trainer
+    from neurallayers.training import losses
 
     vals = iter([5.0, 6.0, 7.0, 4.0, 6.0, 6.0])
-    monkeypatch.setattr(trainer, "mean_loss", lambda *a, **k: (next(vals), 1))
+    monkeypatch.setattr(losses, "mean_loss", lambda *a, **k: (next(vals), 1))
     run = tiny_run(tmp_path, max_steps=7, eval_interval=3, early_stopping_patience=2, save_interval=0)
     assert fit(run, tmp_path / "run", progress=False).stopped_reason == "max_steps"
     longer = tiny_run(tmp_path, max_steps=20, eval_interval=3, early_stopping_patience=2, save_interval=0)

@@ -29,10 +29,10 @@ from neurallayers.weights import read_safetensors
 CHILD = r"""
 import json, os, signal, sys
 from neurallayers.__main__ import main
-from neurallayers.training import trainer
+from neurallayers.training import losses, trainer
 
 job = {}
-train_step, loss = trainer._Fit._train_step, trainer._loss
+train_step, loss = trainer._Fit._train_step, losses.model_loss
 
 def step(self):
     job["step"] = self.step + 1
@@ -45,7 +45,7 @@ def nan_loss(*args, **kwargs):
     value = loss(*args, **kwargs)
     return value * float("nan") if job.get("step") in job.get("nan_at", ()) else value
 
-trainer._Fit._train_step, trainer._loss = step, nan_loss
+trainer._Fit._train_step, losses.model_loss = step, nan_loss
 for spec in json.loads(open(sys.argv[1]).read()):
     job.clear()
     job.update(spec)

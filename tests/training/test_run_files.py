@@ -46,16 +46,16 @@ def test_a_failed_loss_plot_keeps_the_old_plot_and_the_finished_run(tmp_path, mo
 def test_a_failed_samples_write_warns_and_the_run_finishes(tmp_path, monkeypatch, caplog, model):
     """samples.txt, like the plot, comes after the run's last checkpoint: a full disk there raised out of fit(), so
     the CLI reported a finished run failed and its loss plot was never drawn."""
-    from neurallayers.training import trainer
+    from neurallayers.training import samples
 
-    real = trainer.write_text_atomic
+    real = samples.write_text_atomic
 
     def full_disk(path, text):
         if Path(path).name == "samples.txt":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, text)
 
-    monkeypatch.setattr(trainer, "write_text_atomic", full_disk)
+    monkeypatch.setattr(samples, "write_text_atomic", full_disk)
     run = tiny_run(
         tmp_path,
         model=model,
@@ -146,7 +146,7 @@ def test_fixed_length_samples_keep_the_space_after_their_prompt(tmp_path, monkey
     from tokenizers import decoders, models, pre_tokenizers
 
     from neurallayers.data.tokenizers import Tokenizer
-    from neurallayers.training.trainer import _write_samples
+    from neurallayers.training.samples import write_samples
 
     vocab = {"</s>": 0, "▁Hello": 1, "▁world": 2, "▁x": 3}
     hf = HFTokenizer(models.WordLevel(vocab, unk_token="</s>"))
@@ -160,7 +160,7 @@ def test_fixed_length_samples_keep_the_space_after_their_prompt(tmp_path, monkey
     model = SimpleNamespace(config=SimpleNamespace(block_size=16), eval=lambda: None)
     cfg = SimpleNamespace(sample_prompts=["Hello"], sample_tokens=3, seed=0)
     path = tmp_path / "samples.txt"
-    _write_samples(model, tok, cfg, path, torch.device("cpu"), fixed_length=True)
+    write_samples(model, tok, cfg, path, torch.device("cpu"), fixed_length=True)
     assert "\nHello world\n" in path.read_text()
 
 
@@ -248,9 +248,9 @@ def test_a_full_disk_under_metrics_jsonl_is_one_line_and_the_run_resumes(tmp_pat
 # evaluations give these val losses by step; a SIGKILL before the training of step $KILL_AT + 1 (unset: none)
 SCRIPTED_EVALS = """
 import os, signal
-from neurallayers.training import trainer as T
+from neurallayers.training import losses, trainer as T
 VALS = {1: 3.0, 2: 2.0, 3: 2.5, 4: 2.6, 5: 1.0, 6: 1.5}
-T.mean_loss = lambda model, tokens, **kw: (VALS[T._STEP], 1)
+losses.mean_loss = lambda model, tokens, **kw: (VALS[T._STEP], 1)
 _evaluate, _train_step = T._Fit._evaluate, T._Fit._train_step
 def _eval(self):
     T._STEP = self.step

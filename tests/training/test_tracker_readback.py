@@ -4,6 +4,7 @@ rank 0 writes to the trackers."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -91,8 +92,10 @@ def test_a_fresh_start_after_an_aborted_one_leaves_one_wandb_offline_run(tmp_pat
     resumed = WandbLogger(tmp_path, start_step=1)  # a resume keeps the run it continues
     resumed.close()
     assert fresh._run.id != aborted._run.id
-    assert [p.name.rsplit("-", 1)[1] for p in sorted((tmp_path / "wandb").glob("offline-run-*"))] == [
-        fresh._run.id] * 2
+    # offline-run-<time>-<id>, with -<n> after the id where wandb opened the run twice within one second
+    ids = [re.fullmatch(r"offline-run-[0-9_]+-([^-]+)(-\d+)?", p.name)[1]
+           for p in sorted((tmp_path / "wandb").glob("offline-run-*"))]
+    assert ids == [fresh._run.id] * 2
 
 def test_a_killed_and_resumed_run_reads_back_as_one_history(tmp_path, monkeypatch):
     """Every scalar of metrics.jsonl, in TensorBoard (the folder of both sessions' event files) and in the user's
@@ -195,3 +198,20 @@ def test_only_rank_zero_writes_to_the_trackers_under_torchrun(tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.run_id for r in runs] == [(out / "mlflow_run_id").read_text().strip()]
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [1, 2, 3, 4]
+
+
+def test_an_aborted_wandb_run_opened_twice_in_one_second_goes_whole(tmp_path, monkeypatch):
+    """wandb names a run's second folder within one second offline-run-<time>-<id>-1: it is the aborted run's too."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    aborted = WandbLogger(tmp_path)
+    aborted.failed()
+    aborted.close()
+    old = aborted._run.id
+    for name in (f"offline-run-20261207_000000-{old}-1", f"offline-run-20261207_000000-{old}x"):
+        (tmp_path / "wandb" / name).mkdir()
+    fresh = WandbLogger(tmp_path)
+    fresh.close()
+    left = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
+    assert f"offline-run-20261207_000000-{old}x" in left and not any(n.endswith((old, f"{old}-1")) for n in left)

@@ -1,0 +1,157 @@
+"""Before a resume builds anything: which checkpoint it goes on from, whether it belongs to this run's model and
+vocabulary, the config it runs under, and the run's metrics.jsonl as of that checkpoint. Failures are one clear line,
+before the first step (and, for a changed model config, before the corpus is tokenized)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from neurallayers.config import ModelConfig
+from neurallayers.files import file_in_the_way, write_text_atomic
+from neurallayers.training import checkpoint as ckpt
+from neurallayers.training.config import RunConfig
+from neurallayers.weights import CheckpointError
+
+log = logging.getLogger("neurallayers.training")
+
+
+def resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
+    """The checkpoint folder to resume from, or None for a fresh run. Fails early with one clear line."""
+    # the messages name the CLI's flags and the API's arguments alike: `train` leaves these checks to this one place
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a run directory; choose another output directory (--out)")
+    if (blocker := file_in_the_way(out)) is not None:
+        raise ValueError(f"{out}: {blocker} is a file, not a folder; choose another output directory (--out)")
+    if resume is False:
+        if ckpt.latest_checkpoint(out) is not None:
+            raise ValueError(f"{out} already holds a run; pass --resume (resume=True) to continue it or choose "
+                             "another output directory (--out)")
+        if ckpt.stopped_before_first_checkpoint(out):  # killed, or failed, before it saved
+            log.info("%s holds no checkpoint (the run stopped before its first one): starting the run afresh", out)
+        elif (out / "model.safetensors").exists():
+            raise ValueError(f"{out} already holds a model (model.safetensors) but no run to resume; choose another "
+                             "output directory (--out; --init-from, train.init_from, starts a run from its weights)")
+        return None
+    if resume is True:
+        target = ckpt.latest_checkpoint(out)
+        if target is None and ckpt.stopped_before_first_checkpoint(out):
+            raise FileNotFoundError(f"cannot resume: {out} stopped before its first checkpoint (train.save_interval); "
+                                    "run the same command without --resume (resume=False) to start it again")
+        if target is None:
+            raise FileNotFoundError(f"cannot resume: {out} has no complete checkpoint under checkpoints/")
+        return target
+    target = Path(resume)
+    if not target.exists():
+        raise FileNotFoundError(f"cannot resume: {resume} does not exist")
+    if (target / "checkpoints").is_dir() and not (target / ckpt.COMPLETE).exists():
+        found = ckpt.latest_checkpoint(target)
+        if found is None:
+            raise FileNotFoundError(f"cannot resume: {target} has no complete checkpoint")
+        target = found
+    if not (target / ckpt.COMPLETE).is_file():
+        raise CheckpointError(f"cannot resume from {target}: not a complete checkpoint folder (no COMPLETE marker)")
+    # its run as `train --resume` found it: through a symlink or `..` ("step-2" typed inside checkpoints/) too
+    found = ckpt.run_checkpoint(target)
+    if found is None and target.resolve().parent.name == "abandoned":  # another history, whose files are set aside
+        raise ValueError(f"cannot resume from {target}: a run resumes from its checkpoints/ folder; to go back to "
+                         f"a history set aside in {target.resolve().parent}, move its step folders back into "
+                         f"{out}/checkpoints (and the others out)")
+    if found is None:
+        raise ValueError(f"cannot resume from {target}: not a run's checkpoints/step-N folder (a run directory with "
+                         "config.yaml holds them)")
+    run = found.parent.parent
+    if not (out.is_dir() and os.path.samefile(run, out)):
+        raise ValueError(f"cannot resume from {target}: it belongs to run {run}, not {out}")
+    return out / "checkpoints" / found.name  # the run's own spelling: its step is in the name
+
+
+def saved_config(out: Path) -> RunConfig:
+    """The run's config.yaml, read once for a resume; a run from before data.document_bos was recorded had no bos."""
+    saved = RunConfig.from_yaml(out / "config.yaml")
+    saved.data.document_bos = bool(saved.data.document_bos)
+    return saved
+
+
+def as_saved(saved: RunConfig, run: RunConfig) -> RunConfig:
+    """A resume's run config: tokenized as the run began (data.document_bos, unless told: as `saved` says), and
+    started from what the run started from (train.init_from: a resume goes on from its own checkpoint, so another
+    source would only make config.yaml and `info` name the wrong one)."""
+    if run.train.init_from not in (None, saved.train.init_from):
+        log.warning("train.init_from=%s is not used: a resume goes on from the run's own checkpoint (the run started "
+                    "from %s)", run.train.init_from, saved.train.init_from or "scratch")
+    data = run.data
+    if data.document_bos is None:
+        data = dataclasses.replace(data, document_bos=saved.data.document_bos)
+    return dataclasses.replace(run, data=data, train=dataclasses.replace(run.train, init_from=saved.train.init_from))
+
+
+def check_same_model(out: Path, saved: RunConfig, model: ModelConfig) -> None:
+    if saved.model != model:
+        diff = changes(saved.model.to_dict(), model.to_dict())
+        raise ValueError(f"cannot resume {out}: the model config differs from the saved one ({diff})")
+
+
+def check_resume(out: Path, target: Path, run: RunConfig, saved: RunConfig) -> tuple[dict, dict, RunConfig, bool]:
+    """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training), `saved` being
+    the run's config.yaml (saved_config). Returns the weights, the training state, the run config, whose
+    data.tokenizer / vocab_size stay the saved ones (the run keeps its tokenizer whatever a resume asks for, and
+    config.yaml says so), and whether the data changed."""
+    check_same_model(out, saved, run.model)
+    # where the token cache lives changes no token: a moved cache is the same data
+    same_cache = dataclasses.replace(saved.data, cache_dir=run.data.cache_dir)
+    changed = same_cache != run.data
+    if changed:
+        diff = changes(dataclasses.asdict(same_cache), dataclasses.asdict(run.data))
+        log.warning("the data settings differ from the saved run (%s): training continues on the new data, with the "
+                    "run's tokenizer", diff)
+        kept = {k: getattr(saved.data, k) for k in ("tokenizer", "vocab_size")}
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, **kept))
+    try:
+        model_sd, state = ckpt.load_checkpoint(target)
+    except CheckpointError as e:
+        older = [p for p in ckpt.list_checkpoints(out) if ckpt.checkpoint_step(p) < ckpt.checkpoint_step(target)]
+        if not older:
+            raise
+        raise CheckpointError(f"{e}; an older checkpoint may load: --resume {older[-1]}") from None
+    if int(state["step"]) != ckpt.checkpoint_step(target):
+        raise CheckpointError(f"{target}: state.pt says step {state['step']}, the folder name another")
+    # checkpoints from before it was recorded: from the saved run's settings
+    state.setdefault("global_batch", saved.train.batch_size * int(state.get("world_size", 1)))
+    state.setdefault("grad_accum", saved.train.grad_accum)
+    state.setdefault("seed", saved.train.seed)
+    state.setdefault("mask_prob", saved.train.mask_prob)
+    return model_sd, state, run, changed
+
+
+def changes(old: dict, new: dict) -> str:
+    """"field: old -> new; ..." for the fields whose values differ."""
+    return "; ".join(f"{k}: {old[k]!r} -> {new.get(k)!r}" for k in old if old[k] != new.get(k))
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keeps only metrics.jsonl lines up to `step` (atomic rewrite)."""
+    import json
+
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the crash
+    write_text_atomic(path, "".join(x + "\n" for x in keep))
+
+
+def logged_val_loss(path: Path, step: int) -> float | None:
+    """The val loss metrics.jsonl holds for `step` (the last such line), or None."""
+    from neurallayers.training.loggers import read_metrics
+
+    vals = [float(r["val_loss"]) for r in read_metrics(path)
+            if r.get("step") == step and isinstance(r.get("val_loss"), (int, float))]
+    return vals[-1] if vals else None
+
