@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.data import load_corpus
     from neurallayers.data.corpora import absolute_spec
     from neurallayers.training.config import DataConfig, RunConfig
+    from neurallayers.training.losses import mean_loss, perplexity_text
     from neurallayers.training.prepare import tokenize_corpus
-    from neurallayers.training.trainer import mean_loss, perplexity_text
 
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     run_dir = Path(args.path)
@@ -158,7 +158,7 @@ def _sliding(args: argparse.Namespace, model, tokenizer, arr, *, block: int, nam
              val_fraction: float, documents=None) -> int:
     """--stride: transformers' sliding windows, and lm-evaluation-harness's scores of the text they covered."""
     from neurallayers.training.evaluate import TextScores, sliding_window_score, text_size
-    from neurallayers.training.trainer import perplexity_text
+    from neurallayers.training.losses import perplexity_text
 
     if len(arr) < 2:
         hint = f" (the run's data.val_fraction is {val_fraction}: try --split train)" if split == "val" else ""
@@ -205,7 +205,7 @@ def _per_document(args: argparse.Namespace, model, tokenizer, corpus, *, block: 
     from tqdm.auto import tqdm
 
     from neurallayers.training.evaluate import TextScores, document_scores, document_size
-    from neurallayers.training.trainer import perplexity_text
+    from neurallayers.training.losses import perplexity_text
 
     prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id  # lm-eval's prefix_token_id
     if prefix is None:

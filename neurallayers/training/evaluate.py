@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from neurallayers.training.trainer import perplexity
+from neurallayers.training.losses import perplexity
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ Decisions worth knowing:
   pruning keeps the newest from before it beyond keep_last (_keep_before), and the stop names it.
 
 Where the parts of a session live: startup (config, data, model, optimizer), restore (a resume's training state),
-step (one optimizer step, the NaN guard), checkpointing (evaluations, checkpoints, pruning), resume (the checks a
+step (one optimizer step, the NaN guard), eval_and_save (evaluations, checkpoints, pruning), resume (the checks a
 resume passes before anything is built), losses and samples; this file holds fit() and the loop.
 """
 
@@ -37,8 +37,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from neurallayers.files import exclusive
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
-from neurallayers.training.checkpointing import CheckpointMixin
 from neurallayers.training.config import RunConfig
+from neurallayers.training.eval_and_save import CheckpointMixin
 from neurallayers.training.losses import mean_loss, perplexity, perplexity_text
 from neurallayers.training.restore import RestoreMixin
 from neurallayers.training.resume import logged_val_loss, truncate_metrics
