@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
-from neurallayers.generation.generate import _check_decoder, _choose, _row_seed
+from neurallayers.generation.generate import _choose, _row_seed
+from neurallayers.generation.inputs import _check_decoder
 from neurallayers.generation.processors import apply_processors, check_some_token_left, divide_by_temperature
 from neurallayers.generation.search import (
     LogprobTrail,

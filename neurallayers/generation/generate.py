@@ -10,14 +10,15 @@ compiled one-token step needs, and the cache rows never have to be moved; the ba
 Beam search, contrastive search/decoding and speculative decoding live in search.py; generate() dispatches to them
 and decodes their tokens (stop strings are applied to their text afterwards; beam search also finishes a hypothesis
 at one, as transformers does, so that it competes with its own score).
+
+The checks of the inputs and the padded batch live in inputs.py, stop strings in stop_strings.py, and a stream's
+held-back events in stream_events.py.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import math
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,65 +27,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurallayers.checks import is_int
 from neurallayers.data.tokenizers import continuation_text
 from neurallayers.generation.config import Generation, GenerationConfig, StreamEvent, TokenLogprob, valid_seed
 from neurallayers.generation.fast import decode_step_for
+from neurallayers.generation.inputs import (
+    _check_decoder,
+    _check_ids,
+    _check_length,
+    _config,
+    _encode_prompts,
+    _eos_ids,
+    _left_padded,
+    _room,
+)
 from neurallayers.generation.processors import apply_processors, build_processors, check_some_token_left
 from neurallayers.generation.search import stop_ids
+from neurallayers.generation.stop_strings import (
+    STOP_MARGIN,
+    _apply_stop_strings,
+    _finish,
+    _RowText,
+    _stop_check,
+    stop_search_after,
+)
+from neurallayers.generation.stream_events import _HeldEvents
 from neurallayers.nn.modes import eval_mode
 
+# the public names, with two that moved to stop_strings.py and stay importable from here
+__all__ = ["STOP_MARGIN", "SYNC_EVERY", "forward_step", "generate", "generate_ids", "stop_search_after", "stream"]
+
 SYNC_EVERY = 8  # without stop strings, look at the host-side "all rows done?" flag only every few steps
-STOP_MARGIN = 8  # characters that decoding a text's last tokens alone may get wrong at its start (split UTF-8, spaces)
-
-
-# ----- checks -----
-def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfig:
-    if config is not None and not isinstance(config, GenerationConfig):
-        raise ValueError(f"config must be a GenerationConfig or None, got {type(config).__name__}")
-    config = config or GenerationConfig()
-    return config.replace(**overrides) if overrides else config
-
-
-def _check_decoder(model: nn.Module, role: str = "model") -> None:
-    """Generation needs a causal LM with a KV cache; an encoder gets a one-line error, not an AttributeError. `role`
-    names the argument: a draft or amateur model that is no decoder (an encoder, a run's path) failed deep inside
-    the search with an AttributeError."""
-    config = getattr(model, "config", None)
-    which = "" if role == "model" else f"{role}: "
-    if getattr(config, "causal", None) is False:
-        raise ValueError(f"{which}{type(model).__name__} is an encoder (config.causal=False): it embeds "
-                         "(neurallayers.embed) or fills masks (pipeline('fill-mask')), and does not generate text")
-    if config is None or not hasattr(model, "new_cache"):
-        path = " (a path: load the model first, with neurallayers.load)" if isinstance(model, str | os.PathLike) else ""
-        raise ValueError(f"{which}generation needs a causal decoder (DecoderLM), got {type(model).__name__}{path}")
-
-
-def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int]) -> None:
-    vocab, block = model.config.vocab_size, model.config.block_size
-    if not isinstance(input_ids, list) or not input_ids:
-        raise ValueError("input_ids must be a non-empty list of prompts (lists of token ids)")
-    for i, ids in enumerate(input_ids):
-        if not isinstance(ids, list) or not ids:
-            raise ValueError(f"prompt {i} is empty: a prompt needs at least one token")
-        bad = [t for t in ids if not is_int(t) or not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
-        _check_length(i, ids, block)
-    if not isinstance(eos_ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in eos_ids):
-        raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
-
-
-def _check_length(i: int, ids: list[int], block: int, whose: str = "the model's") -> None:
-    if len(ids) > block:
-        raise ValueError(f"prompt {i} has {len(ids)} tokens but {whose} context length (block_size) is "
-                         f"{block}: shorten the prompt to at most {block} tokens")
-
-
-def _room(config: GenerationConfig, block: int, prompt_len: int, *, fed: int = 0) -> int:
-    """How many tokens a prompt gets: max_new_tokens, or fewer where its context fills (the last token needs no
-    position, unless a method feeds it: `fed`)."""
-    return min(config.max_new_tokens, block - prompt_len + 1 - fed)
 
 
 def _row_seed(seed: int, k: int) -> int:
@@ -190,17 +162,8 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
     budget = max(limits)
     rows = b * n_ret
 
-    tokens = torch.zeros(rows, width + budget, dtype=torch.long, device=device)
-    pads = [width - n for n in lens for _ in range(n_ret)]
-    for r, p in enumerate(pads):
-        tokens[r, p:width] = torch.tensor(input_ids[r // n_ret], dtype=torch.long)
-    padded = any(pads)
-    mask = None  # (R, P + budget) over every cache column; None when no row is padded (the fast, mask-free path)
-    base_pos = None  # (R, 1) position id of column 0 of the generated tokens
-    if padded:
-        pads_t = torch.tensor(pads, device=device)
-        mask = (torch.arange(width + budget, device=device)[None, :] >= pads_t[:, None]).long()
-        base_pos = (width - pads_t)[:, None]
+    tokens, pads, mask, base_pos = _left_padded(input_ids, rows_per_prompt=n_ret, width=width, budget=budget,
+                                                device=device)
     run = _Run(tokens=tokens, width=width, prompt_lens=[n for n in lens for _ in range(n_ret)], n=0,
                done=torch.zeros(rows, dtype=torch.bool, device=device),
                stopped=torch.zeros(rows, dtype=torch.bool, device=device),
@@ -212,7 +175,7 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
 
     # rows whose context fills before the longest budget ends: done after their own last token
     limit_t = torch.tensor(limits, device=device) if min(limits) < budget else None
-    procs = build_processors(config, eos_ids=eos_ids, prompt_lens=width, pad_lens=pads if padded else None)
+    procs = build_processors(config, eos_ids=eos_ids, prompt_lens=width, pad_lens=pads if mask is not None else None)
     stops = torch.tensor(stop_ids(config, eos_ids), dtype=torch.long, device=device)
     gens = None
     if not config.greedy:
@@ -290,232 +253,6 @@ def generate_ids(model: nn.Module, input_ids: list[list[int]], config: Generatio
         (run,) = deque(_decode_steps(model, input_ids, config, eos_ids=eos_ids, sync_every=SYNC_EVERY, seeds=seeds),
                        maxlen=1)
     return run.generations()
-
-
-# ----- text: stop strings and streaming -----
-class _RowText:
-    """The text of one sequence as its tokens arrive: never half a UTF-8 character (StreamDecoder), cut before
-    the first stop string, and holding back a tail that could still become a stop string."""
-
-    def __init__(self, tokenizer, stops: list[str], context: list[int], *, search_after: int = 0) -> None:
-        from neurallayers.data.tokenizers import StreamDecoder
-
-        self.context = context  # the prompt's ids: the text is what the tokens add after it (continuation_text)
-        self.decoder = StreamDecoder(tokenizer, context=context)
-        self.stops = stops
-        # a stop string counts only where it ends in the text of a token after the first `search_after` (vLLM's
-        # min_tokens: its stop checker skips them); one wholly in their text stays in the output
-        self.search_after = search_after
-        self.longest = max((len(s) for s in stops), default=0)
-        self.text = ""
-        self.sent = 0  # characters already handed out by push()
-        self.ids: list[int] = []
-        self.ends: list[float] = []  # len(text) after each token (before any cut; inf once stopped)
-        self.stopped = False
-
-    def push(self, token_id: int) -> str:
-        """Add a token; returns the text that is now final (may be "")."""
-        piece = self.decoder.push(token_id)
-        self.ids.append(token_id)
-        self.ends.append(len(self.text) + len(piece) if not self.stopped else math.inf)
-        self._add(piece)
-        return self._release(final=False)
-
-    def finish(self) -> str:
-        """End of sequence: the rest of the text (a stop string in the flushed tail still cuts it)."""
-        if not self.stopped:
-            self._add(self.decoder.flush())
-        return self._release(final=True)
-
-    def kept_tokens(self) -> int:
-        """How many tokens lie entirely before the stop string (all of them when none was found)."""
-        if not self.stopped:
-            return len(self.ends)
-        k = sum(1 for e in self.ends if e <= len(self.text))
-        # a token just before the cut may also hold the first bytes of a character after it: drop such tokens
-        while k > 0 and not self.text.startswith(continuation_text(self.decoder.tokenizer, self.context,
-                                                                   self.ids[:k])):
-            k -= 1
-        return k
-
-    def _add(self, piece: str) -> None:
-        if self.stopped or not piece:
-            return
-        before = len(self.text)
-        self.text += piece
-        if len(self.ids) <= self.search_after:
-            return
-        # each stop string where it ends in the new piece (it may start before it)
-        found = [i for i in (self.text.find(s, max(0, before - len(s) + 1)) for s in self.stops) if i >= 0]
-        if found:
-            self.text, self.stopped = self.text[:min(found)], True
-
-    def _release(self, *, final: bool) -> str:
-        safe = len(self.text)
-        if not final and not self.stopped:
-            # hold back the longest tail that is the start of some stop string
-            for k in range(min(self.longest - 1, len(self.text)), 0, -1):
-                if any(s.startswith(self.text[-k:]) for s in self.stops):
-                    safe -= k
-                    break
-        out, self.sent = self.text[self.sent:safe], max(self.sent, safe)
-        return out
-
-
-class _HeldEvents:
-    """A sequence's token events, held back while their row holds back text that could still become a stop string:
-    the tokens of a stop string then never reach a stream, so a stream's token events (and log-probabilities) are
-    generate()'s token_ids; their text only waits, as it would anyway."""
-
-    def __init__(self, row: _RowText) -> None:
-        self.row, self.held, self.sent = row, [], 0
-
-    def push(self, event: StreamEvent) -> list[StreamEvent]:
-        """The events to send now (maybe none, maybe several) after `event`, a token the row has taken."""
-        self.held.append(event)
-        # a tail held back as the start of a stop string, or the first bytes of a character that may start one
-        if self.row.stops and (len(self.row.text) > self.row.sent or self._may_stop()):
-            return []
-        return self.flush()
-
-    def _may_stop(self) -> bool:
-        """Whether text the decoder still holds may hold or start a stop string: an incomplete character, or text
-        waiting for its spaces to be cleaned up (a word-piece tokenizer holds its last word so: holding its tokens
-        for that alone held every event of the stream until its end). Cleaning up only drops spaces, so the text
-        and stop strings are compared without them."""
-        decoder = self.row.decoder
-        if decoder.incomplete or decoder.uncleaned.endswith(" "):  # a stop string next may take that space: " ,"
-            return True
-        text = decoder.uncleaned.replace(" ", "")
-        stops = [s.replace(" ", "") for s in self.row.stops] if decoder.uncleaned else []
-        return any(not s or s in text or any(s.startswith(text[-k:]) for k in range(1, len(text) + 1)) for s in stops)
-
-    def flush(self) -> list[StreamEvent]:
-        out, self.held = self.held, []
-        self.sent += len(out)
-        return out
-
-    def finish(self, reason: str, pending: str = "") -> tuple[list[StreamEvent], str, str]:
-        """The sequence ended (`reason`): the events still to send, the last event's text and its finish reason. The
-        text the decoder held to the end (a last word waiting for its spaces to be cleaned up) may hold a stop string:
-        its tokens are then not sent and the reason is "stop", as generate() cuts it."""
-        if not self.row.stopped:
-            text = self.row.finish()
-            if self.row.stopped:
-                events, text = self.stopped(text)
-                return events, text, "stop"
-            return self.flush(), pending + text, reason
-        return self.flush(), pending + self.row.finish(), reason
-
-    def stopped(self, pending: str) -> tuple[list[StreamEvent], str]:
-        """The row met a stop string: the held tokens before it (their text moved to the last event) and the text
-        of the last event."""
-        keep = self.held[:max(0, self.row.kept_tokens() - self.sent)]
-        text = "".join(e.text for e in self.held) + pending
-        self.held = []
-        return [StreamEvent(text="", token_id=e.token_id, logprob=e.logprob) for e in keep], text
-
-
-def stop_search_after(config: GenerationConfig) -> int:
-    """How many generated tokens come before stop strings are looked for: min_new_tokens where they wait for it
-    (stop_strings_after_min_new_tokens, vLLM's min_tokens), else none."""
-    return config.min_new_tokens if config.stop_strings_after_min_new_tokens else 0
-
-
-def _apply_stop_strings(gen: Generation, tokenizer, stops: list[str], context: list[int], *,
-                        search_after: int = 0) -> Generation:
-    """Decode gen's tokens (after its prompt's, `context`) into gen.text, cutting at the first stop string (tokens
-    and logprobs trimmed)."""
-    if not stops:
-        gen.text = continuation_text(tokenizer, context, gen.token_ids)
-        return gen
-    row = _RowText(tokenizer, stops, context, search_after=search_after)
-    for t in gen.token_ids:
-        row.push(t)
-        if row.stopped:
-            break
-    _finish(gen, row)
-    return gen
-
-
-def _finish(gen: Generation, row: _RowText) -> None:
-    """`gen`'s text from `row`, and where a stop string completed, its tokens cut after the one that completed it."""
-    row.finish()
-    gen.text = row.text
-    if row.stopped:
-        k = row.kept_tokens()
-        gen.generated_tokens = len(row.ids)  # up to the token that completed the stop string
-        gen.token_ids, gen.finish_reason = gen.token_ids[:k], "stop"
-        gen.logprobs = None if gen.logprobs is None else gen.logprobs[:k]
-
-
-def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not isinstance(prompts, list) or not prompts:
-        raise ValueError("prompts must be a string, a non-empty list of strings or a non-empty list of token id lists")
-    if all(isinstance(p, str) for p in prompts):
-        if tokenizer is None:
-            raise ValueError("text prompts need a tokenizer; pass one, or give prompts as lists of token ids")
-        return [tokenizer.encode(p, add_special_tokens=True) for p in prompts]  # a Llama tokenizer's bos first
-    if all(isinstance(p, list) for p in prompts):
-        for i, ids in enumerate(prompts):
-            odd = [t for t in ids if not is_int(t)]
-            if odd:  # else "outside the vocabulary", though a numpy or torch integer may well be inside it
-                raise ValueError(f"prompt {i} holds {type(odd[0]).__name__} values, not token ids (Python ints): "
-                                 f"{odd[:5]}; convert an array or tensor with .tolist()")
-        return prompts
-    kinds = {type(p).__name__ for p in prompts}
-    if kinds == {"int"}:  # one prompt's ids, as stream() takes them: .tolist() is no help there
-        raise ValueError("prompts is a list of ints: generate() takes a list of prompts, so give one prompt of "
-                         "token ids as [ids]")
-    if len(kinds) == 1:  # a list of tensors or arrays is no mix of strings and lists
-        raise ValueError(f"prompts must be strings or lists of token ids, got a list of {kinds.pop()}; convert an "
-                         "array or tensor with .tolist()")
-    raise ValueError("prompts must be all strings or all lists of token ids, not a mix")
-
-
-def _eos_ids(tokenizer, model: nn.Module) -> list[int]:
-    """The ids that end a generation: the tokenizer's; without one, those a Hugging Face folder's generation_config
-    (or config.json) names, which load() keeps on the model (transformers' generate stops at them too)."""
-    if tokenizer is None:
-        return list(getattr(model, "generation_eos_ids", []))
-    return list(tokenizer.eos_ids)
-
-
-def _stop_check(tokenizer, stops: list[str], input_ids: list[list[int]], *,
-                search_after: int = 0) -> Callable[[int, list[int]], bool] | None:
-    """Whether prompt i's generated tokens' text holds a stop string (None without stop strings); the text is
-    theirs after the prompt (continuation_text), as the final text is cut, so " br" is found after a SentencePiece
-    prompt too.
-
-    Beam search asks this of every candidate at every step, and a candidate's parent holds no stop string (it would
-    have finished): so only the text near its end is decoded, the last tokens doubling until the text before the
-    newest token's is longer than any stop string (plus STOP_MARGIN characters a token boundary may garble): a stop
-    string ends in the newest token's text, and may start before it however long that text is. Decoding all of it
-    made a beam search with stop strings quadratic in its length (400 tokens with 2 beams: 670,000 tokens decoded).
-
-    search_after (as _RowText's): none within the first that many tokens, and later only one that ends in the newest
-    token's text (a parent may hold one from before)."""
-    if not stops:
-        return None
-    need = max(len(s) for s in stops) + STOP_MARGIN
-
-    def holds_stop(i: int, ids: list[int]) -> bool:
-        if len(ids) <= search_after:
-            return False
-        m, newest = 1, None
-        while True:
-            m = min(m, len(ids))
-            text = continuation_text(tokenizer, input_ids[i] + ids[:len(ids) - m], ids[len(ids) - m:])
-            newest = len(text) if newest is None else newest  # m == 1: the newest token's text
-            if m == len(ids) or len(text) - newest >= need:
-                if search_after:
-                    return any(text.find(s, max(0, len(text) - newest - len(s) + 1)) >= 0 for s in stops)
-                return any(s in text for s in stops)
-            m *= 2
-
-    return holds_stop
 
 
 def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *, eos_ids: list[int],

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
-from neurallayers.generation.generate import _check_decoder
+from neurallayers.generation.inputs import _check_decoder
 from neurallayers.generation.processors import apply_processors, check_some_token_left
 from neurallayers.generation.search import LogprobTrail, build_processors, check_request, generations, stop_ids
 

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 
 from neurallayers.data.tokenizers import StreamDecoder
 from neurallayers.generation.config import GenerationConfig, StreamEvent, TokenLogprob
-from neurallayers.generation.generate import _choose, _HeldEvents, _row_seed, _RowText, stop_search_after
+from neurallayers.generation.generate import _choose, _row_seed
 from neurallayers.generation.processors import apply_processors, build_processors
 from neurallayers.generation.search import stop_ids
+from neurallayers.generation.stop_strings import _RowText, stop_search_after
+from neurallayers.generation.stream_events import _HeldEvents
 
 _ids = itertools.count(1)
 

@@ -366,7 +366,7 @@ def test_a_prompt_ending_inside_a_character_streams_as_generate_decodes(root, ki
     prompt's U+FFFD and dropped the character the continuation completed ("本 x" for generate's "\ufffd本 x"), so a
     stream, stop strings and the server's text lost it while generate() without stop strings kept it."""
     from neurallayers.data.tokenizers import continuation_text
-    from neurallayers.generation.generate import _RowText
+    from neurallayers.generation.stop_strings import _RowText
 
     tok, _ = folder(kind, root)
     ids = tok.encode("ab 日本 x \U0001f389 y", add_special_tokens=False)
@@ -385,7 +385,7 @@ def test_a_stray_byte_after_a_prompts_byte_tokens_streams_as_generate_decodes(ro
     byte: the bytes joined one run, which the decoder turned into U+FFFD whole, prompt's bytes included; generate()
     gave "\ufffd x y" and a stream (or generate with a stop string, or the server) "\ufffd\ufffd\ufffd\ufffd x y"."""
     from neurallayers.data.tokenizers import continuation_text
-    from neurallayers.generation.generate import _RowText
+    from neurallayers.generation.stop_strings import _RowText
 
     tok, _ = folder("llama", root)
     prompt = tok.encode("ab \U0001f642", add_special_tokens=False)
@@ -402,7 +402,7 @@ def test_a_continuation_after_a_prompt_of_byte_tokens_only_keeps_its_space(root)
     bytes left out of the context nothing was left to decode after, and Llama's decoder stripped the continuation's
     first space: "x y" where transformers (decode of all less decode of the prompt) gives " x y"."""
     from neurallayers.data.tokenizers import continuation_text
-    from neurallayers.generation.generate import _RowText
+    from neurallayers.generation.stop_strings import _RowText
 
     tok, ref = folder("llama", root)
     emoji = tok.encode("\U0001f642", add_special_tokens=False)[1:]  # without the "▁" before it
@@ -424,7 +424,7 @@ def test_a_continuation_is_cleaned_up_as_its_stream_is(root, prompt):
     does not start with the prompt's text, so generate() fell back to the continuation alone ("hello world") while a
     stream, which cleans only its own pieces, gave " hello world", and so did generate() with any stop string."""
     from neurallayers.data.tokenizers import continuation_text
-    from neurallayers.generation.generate import _RowText
+    from neurallayers.generation.stop_strings import _RowText
 
     tok, _ = folder("wordpiece", root)
     ids, cont = tok.encode(prompt, add_special_tokens=False), tok.encode("hello world", add_special_tokens=False)
@@ -580,7 +580,7 @@ def test_a_saved_llama_tokenizer_gives_transformers_no_token_type_ids(tmp_path):
 def test_beam_search_sees_a_stop_string_that_begins_with_the_first_words_space(root):
     """Beam search finishes a hypothesis whose text holds a stop string; it decoded the tokens alone, so after a
     SentencePiece prompt " the" never matched "▁the" (the final text, decoded after the prompt, was cut there)."""
-    from neurallayers.generation.generate import _stop_check
+    from neurallayers.generation.stop_strings import _stop_check
 
     tok, _ = folder("llama", root)
     piece = max((t for t in tok.hf.get_vocab() if t.startswith("▁") and t[1:].isalpha()), key=len)  # "▁quick"...

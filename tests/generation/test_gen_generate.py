@@ -286,9 +286,8 @@ def test_beam_stop_strings_decode_only_the_text_near_the_end(monkeypatch) -> Non
     """Beam search asks every candidate at every step whether its text holds a stop string: decoding its whole text
     each time made the search quadratic in its length; now each check decodes a few of its last tokens, and the
     hypotheses are those the whole-text check gives."""
-    import importlib
+    from neurallayers.generation import stop_strings
 
-    gen_module = importlib.import_module("neurallayers.generation.generate")  # the package's `generate` is the function
     tok = unicode_tokenizer()
     lm = tiny_lm(seed=3, vocab=tok.vocab_size, init_std=0.05, block_size=160)
     cfg = GenerationConfig(temperature=0, num_beams=2, num_return_sequences=2, max_new_tokens=80, ignore_eos=True)
@@ -306,9 +305,9 @@ def test_beam_stop_strings_decode_only_the_text_near_the_end(monkeypatch) -> Non
     text, reasons = gens[0].text, []
     for stops in ([text[40:43]], [text[60:70], text[5:6]]):
         near = generate(lm, tok, "héllo", cfg, stop=stops)
-        monkeypatch.setattr(gen_module, "STOP_MARGIN", 10**9)  # the tail is then always the whole text
+        monkeypatch.setattr(stop_strings, "STOP_MARGIN", 10**9)  # the tail is then always the whole text
         whole = generate(lm, tok, "héllo", cfg, stop=stops)
-        monkeypatch.setattr(gen_module, "STOP_MARGIN", 8)
+        monkeypatch.setattr(stop_strings, "STOP_MARGIN", 8)
         assert [(g.token_ids, g.text, g.finish_reason, g.score) for g in near] == \
             [(g.token_ids, g.text, g.finish_reason, g.score) for g in whole]
         reasons += [g.finish_reason for g in near]
@@ -320,7 +319,7 @@ def test_beam_stop_check_finds_a_stop_string_that_a_long_token_completes() -> No
     token longer than that ("................", 16 characters) was decoded alone, and "D." across " END" and it
     went unseen, so the hypothesis ran on where transformers finishes it."""
     from neurallayers.data.tokenizers import Tokenizer, continuation_text
-    from neurallayers.generation.generate import _stop_check
+    from neurallayers.generation.stop_strings import _stop_check
 
     tok = Tokenizer.load("gpt2")
     prompt = tok.encode("The last words:")

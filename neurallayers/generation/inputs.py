@@ -1,0 +1,117 @@
+"""What generation takes in, checked: the model (a causal decoder), the settings, the prompts (encoded, each in the
+vocabulary and within the context) and the ids that end a sequence; and the left-padded batch the decode loop runs
+on, every row at its own positions.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from neurallayers.checks import is_int
+from neurallayers.generation.config import GenerationConfig
+
+
+def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfig:
+    if config is not None and not isinstance(config, GenerationConfig):
+        raise ValueError(f"config must be a GenerationConfig or None, got {type(config).__name__}")
+    config = config or GenerationConfig()
+    return config.replace(**overrides) if overrides else config
+
+
+def _check_decoder(model: nn.Module, role: str = "model") -> None:
+    """Generation needs a causal LM with a KV cache; an encoder gets a one-line error, not an AttributeError. `role`
+    names the argument: a draft or amateur model that is no decoder (an encoder, a run's path) failed deep inside
+    the search with an AttributeError."""
+    config = getattr(model, "config", None)
+    which = "" if role == "model" else f"{role}: "
+    if getattr(config, "causal", None) is False:
+        raise ValueError(f"{which}{type(model).__name__} is an encoder (config.causal=False): it embeds "
+                         "(neurallayers.embed) or fills masks (pipeline('fill-mask')), and does not generate text")
+    if config is None or not hasattr(model, "new_cache"):
+        path = " (a path: load the model first, with neurallayers.load)" if isinstance(model, str | os.PathLike) else ""
+        raise ValueError(f"{which}generation needs a causal decoder (DecoderLM), got {type(model).__name__}{path}")
+
+
+def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int]) -> None:
+    vocab, block = model.config.vocab_size, model.config.block_size
+    if not isinstance(input_ids, list) or not input_ids:
+        raise ValueError("input_ids must be a non-empty list of prompts (lists of token ids)")
+    for i, ids in enumerate(input_ids):
+        if not isinstance(ids, list) or not ids:
+            raise ValueError(f"prompt {i} is empty: a prompt needs at least one token")
+        bad = [t for t in ids if not is_int(t) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        _check_length(i, ids, block)
+    if not isinstance(eos_ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in eos_ids):
+        raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
+
+
+def _check_length(i: int, ids: list[int], block: int, whose: str = "the model's") -> None:
+    if len(ids) > block:
+        raise ValueError(f"prompt {i} has {len(ids)} tokens but {whose} context length (block_size) is "
+                         f"{block}: shorten the prompt to at most {block} tokens")
+
+
+def _room(config: GenerationConfig, block: int, prompt_len: int, *, fed: int = 0) -> int:
+    """How many tokens a prompt gets: max_new_tokens, or fewer where its context fills (the last token needs no
+    position, unless a method feeds it: `fed`)."""
+    return min(config.max_new_tokens, block - prompt_len + 1 - fed)
+
+
+def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, list) or not prompts:
+        raise ValueError("prompts must be a string, a non-empty list of strings or a non-empty list of token id lists")
+    if all(isinstance(p, str) for p in prompts):
+        if tokenizer is None:
+            raise ValueError("text prompts need a tokenizer; pass one, or give prompts as lists of token ids")
+        return [tokenizer.encode(p, add_special_tokens=True) for p in prompts]  # a Llama tokenizer's bos first
+    if all(isinstance(p, list) for p in prompts):
+        for i, ids in enumerate(prompts):
+            odd = [t for t in ids if not is_int(t)]
+            if odd:  # else "outside the vocabulary", though a numpy or torch integer may well be inside it
+                raise ValueError(f"prompt {i} holds {type(odd[0]).__name__} values, not token ids (Python ints): "
+                                 f"{odd[:5]}; convert an array or tensor with .tolist()")
+        return prompts
+    kinds = {type(p).__name__ for p in prompts}
+    if kinds == {"int"}:  # one prompt's ids, as stream() takes them: .tolist() is no help there
+        raise ValueError("prompts is a list of ints: generate() takes a list of prompts, so give one prompt of "
+                         "token ids as [ids]")
+    if len(kinds) == 1:  # a list of tensors or arrays is no mix of strings and lists
+        raise ValueError(f"prompts must be strings or lists of token ids, got a list of {kinds.pop()}; convert an "
+                         "array or tensor with .tolist()")
+    raise ValueError("prompts must be all strings or all lists of token ids, not a mix")
+
+
+def _eos_ids(tokenizer, model: nn.Module) -> list[int]:
+    """The ids that end a generation: the tokenizer's; without one, those a Hugging Face folder's generation_config
+    (or config.json) names, which load() keeps on the model (transformers' generate stops at them too)."""
+    if tokenizer is None:
+        return list(getattr(model, "generation_eos_ids", []))
+    return list(tokenizer.eos_ids)
+
+
+def _left_padded(input_ids: list[list[int]], *, rows_per_prompt: int, width: int, budget: int,
+                 device: torch.device) -> tuple[torch.Tensor, list[int], torch.Tensor | None, torch.Tensor | None]:
+    """The prompts left-padded into one batch of rows_per_prompt rows a prompt (prompt-major), room left for
+    `budget` generated tokens after the `width` prompt columns.
+
+    Returns:
+        tokens (R, width + budget): pad id 0, then the prompt, then zeros; pads: each row's padding columns;
+        mask (R, width + budget) over every cache column, and base_pos (R, 1) the position id of the first generated
+        token: both None when no row is padded (the fast, mask-free path).
+    """
+    pads = [width - len(ids) for ids in input_ids for _ in range(rows_per_prompt)]
+    tokens = torch.zeros(len(pads), width + budget, dtype=torch.long, device=device)
+    for r, p in enumerate(pads):
+        tokens[r, p:width] = torch.tensor(input_ids[r // rows_per_prompt], dtype=torch.long)
+    if not any(pads):
+        return tokens, pads, None, None
+    pads_t = torch.tensor(pads, device=device)
+    mask = (torch.arange(width + budget, device=device)[None, :] >= pads_t[:, None]).long()
+    return tokens, pads, mask, (width - pads_t)[:, None]
