@@ -1,0 +1,72 @@
+"""`pipeline(task, model)`: text in, task results out, in the shape `transformers.pipeline` returns.
+
+    fill = pipeline("fill-mask", model="runs/my-bert")          # a run directory or a Hugging Face folder
+    fill("Paris is the [MASK] of France.")                       # [{"score", "token", "token_str", "sequence"}, ...]
+    embed = pipeline("feature-extraction", model=load_minilm())  # or a (model, tokenizer) pair
+
+A pipeline called with one string returns that string's result; called with a list, a list of results.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.pipelines.base import Pipeline, check_options
+from neurallayers.pipelines.encoder_tasks import (
+    FeatureExtractionPipeline,
+    FillMaskPipeline,
+    TextClassificationPipeline,
+    TokenClassificationPipeline,
+    label_names,
+)
+from neurallayers.pipelines.text_generation import TextGenerationPipeline
+
+__all__ = ["PIPELINES", "FeatureExtractionPipeline", "FillMaskPipeline", "Pipeline", "TextClassificationPipeline",
+           "TextGenerationPipeline", "TokenClassificationPipeline", "check_options", "label_names", "pipeline"]
+
+
+PIPELINES: dict[str, type[Pipeline]] = {
+    "feature-extraction": FeatureExtractionPipeline,
+    "fill-mask": FillMaskPipeline,
+    "text-classification": TextClassificationPipeline,
+    "token-classification": TokenClassificationPipeline,
+    "text-generation": TextGenerationPipeline,
+}
+
+
+def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], **kwargs: Any) -> Pipeline:
+    """A ready-to-call pipeline for `task`.
+
+    Args:
+        task: one of "feature-extraction", "fill-mask", "text-classification", "token-classification",
+            "text-generation".
+        model: a run directory or Hugging Face folder (loaded with `neurallayers.load`), or (model, tokenizer).
+        **kwargs: options of the task's pipeline: batch_size (all), mask_token (fill-mask).
+
+    Raises:
+        ValueError: an unknown task (the message lists the tasks), or a model without the head the task needs.
+    """
+    if task not in PIPELINES:
+        hint = difflib.get_close_matches(str(task), list(PIPELINES), n=1)
+        did = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ValueError(f"unknown task {task!r}{did}; tasks: {', '.join(PIPELINES)}")
+    path = model if isinstance(model, str | Path) else None
+    if path is not None:
+        from neurallayers.api import load
+
+        model = load(path)
+    if not (isinstance(model, tuple | list) and len(model) == 2 and isinstance(model[0], nn.Module)):
+        raise ValueError("model must be a path (run directory or Hugging Face folder) or a (model, tokenizer) pair")
+    check_options(task, kwargs, PIPELINES[task].__init__)
+    pipe = PIPELINES[task](model[0], model[1], **kwargs)
+    if path is not None and isinstance(pipe, TextGenerationPipeline):
+        from neurallayers.api import generation_defaults
+
+        pipe.sampling_defaults = generation_defaults(path)
+        pipe.do_sample_defaults = generation_defaults(path, sampling=True)
+    return pipe

@@ -1,0 +1,252 @@
+"""text-generation: transformers' TextGenerationPipeline over generate(), chats included."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from typing import Any
+
+from torch import nn
+
+from neurallayers.checks import is_int
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.embeddings import _check_texts, input_limit
+from neurallayers.pipelines.base import Pipeline, _switch, log
+
+
+class TextGenerationPipeline(Pipeline):
+    """[{"generated_text": prompt + continuation}] per prompt; keyword arguments are GenerationConfig fields, plus
+    transformers' `return_full_text` (False: the continuation alone) and `do_sample` (False: greedy). A pipeline made
+    from a model folder samples as its generation_config.json recommends for the knobs left unset (`sampling_defaults`;
+    transformers' pipeline and the CLI do too).
+
+    A chat (a list of {"role", "content"} messages), or a list of chats, is rendered with the tokenizer's chat
+    template (else `role: content` lines, the reply ending at the next `user:` line, as `neurallayers chat`), as
+    transformers' pipeline takes it: "generated_text" is then the messages with the assistant's reply appended, or
+    the reply alone with return_full_text=False. A chat that ends with the assistant's message is continued, as
+    transformers' pipeline does (`continue_final_message`; None: whether the last message is the assistant's): the
+    prompt ends with that message's content and the full text extends it instead of adding a reply.
+
+    transformers' length options too: `max_length` (prompt and new tokens together, per prompt; max_new_tokens wins
+    over it), `prefix` (a text put before each prompt to generate from, left out of the result) and
+    `handle_long_generation="hole"` (a prompt too long to leave room for the new tokens loses its oldest ones).
+    `return_tensors=True` gives [{"generated_token_ids": prompt ids + new ids}] instead of text (the eos that ended a
+    sequence included, as transformers' ids; a stop string's tokens are not), `clean_up_tokenization_spaces` decodes
+    the new text with or without transformers' space clean-up (ignored for a BPE tokenizer, as transformers 5 does)."""
+
+    task = "text-generation"
+
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, batch_size: int = 32) -> None:
+        super().__init__(model, tokenizer, batch_size=batch_size)
+        if not self.config.causal:
+            raise ValueError("text-generation needs a causal decoder model (config.causal=True), got an encoder")
+        self.sampling_defaults: dict = {}  # api.generation_defaults of the folder; pipeline() sets it
+        self.do_sample_defaults: dict = {}  # the same with sampling=True: for do_sample=True on a do_sample-false file
+
+    def _model_defaults(self, gen_kwargs: dict, do_sample: bool | None) -> dict:
+        """The folder's settings for the knobs `gen_kwargs` leaves unset, as the CLI takes them: none for beam search
+        (deterministic), only top_k for contrastive search; its `do_sample: false` (temperature 0) yields to
+        do_sample=True, which samples at the file's temperature and top_p, as transformers does."""
+        from neurallayers.interop.hf import defaults_for_method
+
+        beams, alpha = gen_kwargs.get("num_beams", 1), gen_kwargs.get("penalty_alpha", 0.0)
+        defaults = self.do_sample_defaults if do_sample is True else self.sampling_defaults
+        usable = defaults_for_method(defaults, num_beams=beams if isinstance(beams, int) else 1,
+                                     penalty_alpha=alpha if isinstance(alpha, int | float) else 0.0)
+        chosen = {k: v for k, v in usable.items() if k not in gen_kwargs}
+        if do_sample is True and chosen.get("temperature") == 0:
+            del chosen["temperature"]
+        return chosen
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        if _is_chat(inputs):  # one conversation: a list of messages, not a list of inputs
+            return super().__call__([inputs], **kwargs)[0]
+        return super().__call__(inputs, **kwargs)
+
+    def _run(self, items: list, *, return_full_text: bool | None = None, continue_final_message: bool | None = None,
+             prefix: str = "", handle_long_generation: str | None = None, max_length: int | None = None,
+             return_tensors: bool | None = None, return_text: bool | None = None,
+             clean_up_tokenization_spaces: bool | None = None, **gen_kwargs: Any) -> list[list[dict]]:
+        from neurallayers.generation.config import GenerationConfig
+
+        chats = [item for item in items if _is_chat(item)]
+        if chats and len(chats) < len(items):
+            raise ValueError("inputs: give prompts (strings) or chats (lists of role/content messages), not both")
+        continue_final_message = _switch("continue_final_message", continue_final_message)
+        # per chat, as transformers decides it: a chat ending with the assistant's message is a prefill to continue
+        continued = [m[-1]["role"] == "assistant" if continue_final_message is None else continue_final_message
+                     for m in chats]
+        _check_generation_options(gen_kwargs)
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix={prefix!r}: must be a string (prepended to each text prompt, not returned)")
+        if handle_long_generation not in (None, "hole"):
+            raise ValueError(f"handle_long_generation={handle_long_generation!r}: must be None or 'hole' (drop the "
+                             "prompt's oldest tokens to leave room for the new ones)")
+        if max_length is not None and (not is_int(max_length) or max_length < 1):
+            raise ValueError(f"max_length={max_length!r}: must be an int >= 1 (prompt and new tokens together)")
+        # a blank prompt is one, as in transformers' pipeline and `neurallayers generate` ("\n" starts a fresh line)
+        texts = None if chats else _check_texts(items, "inputs", empty_ok=True)
+        # token ids, as transformers' pipeline encodes them (a Llama tokenizer's bos first, as generate() adds it): the
+        # prefix is generated from, never returned
+        prompts = (self._chat_prompts(chats, continued) if chats
+                   else [self._start(i, prefix + t) for i, t in enumerate(texts)])
+        do_sample = _switch("do_sample", gen_kwargs.pop("do_sample", None))
+        tensors = _return_tensors(return_full_text, return_tensors, return_text)
+        return_full_text = _switch("return_full_text", return_full_text) is not False  # None: the default, as there
+        clean_up = _switch("clean_up_tokenization_spaces", clean_up_tokenization_spaces)
+        if do_sample is False:  # transformers' switch for greedy decoding
+            gen_kwargs["temperature"] = 0.0
+        elif do_sample is True and gen_kwargs.get("temperature", 1.0) == 0:  # transformers refuses it too
+            raise ValueError("do_sample=True with temperature=0: sampling needs a temperature > 0 (or do_sample=False)")
+        gen_config = GenerationConfig.from_dict({**self._model_defaults(gen_kwargs, do_sample), **gen_kwargs})
+        templated = bool(getattr(self.tokenizer, "chat_template", None))
+        if chats and not templated:
+            from neurallayers.data.chat import DEFAULT_STOP
+
+            gen_config = gen_config.replace(stop=[*gen_config.stop, DEFAULT_STOP])
+        extra = len(self.tokenizer.encode(prefix, add_special_tokens=False)) if prefix and not chats else 0
+        if max_length is not None and "max_new_tokens" in gen_kwargs:  # transformers' generate warns the same
+            log.warning("text-generation: both max_new_tokens and max_length given; max_new_tokens wins")
+        budgets = [self._budget(i, len(ids), gen_config, max_length if "max_new_tokens" not in gen_kwargs else None,
+                                extra) for i, ids in enumerate(prompts)]
+        if handle_long_generation == "hole":
+            prompts = [self._hole(i, ids, new) for i, (ids, new) in enumerate(zip(prompts, budgets, strict=True))]
+        n = gen_config.num_return_sequences
+        outs = self._generate(prompts, gen_config, budgets, clean_up)  # prompt-major, n per prompt
+        if tensors:  # transformers' generated_token_ids: the prompt's ids (prefix, bos) and the new ones, eos included
+            end = self._end_token(gen_config)
+            return [[{"generated_token_ids": prompts[i] + g.token_ids + _ended_by(g, end)}
+                     for g in outs[i * n:(i + 1) * n]] for i in range(len(prompts))]
+        if chats:  # the default template's "assistant:" cue leaves a new reply a leading blank (`chat` drops it too)
+            replies = [g.text if templated or continued[k // n] else g.text.lstrip() for k, g in enumerate(outs)]
+            return [[{"generated_text": _full_chat(chat, r, continued[i]) if return_full_text else r}
+                     for r in replies[i * n:(i + 1) * n]] for i, chat in enumerate(chats)]
+        return [[{"generated_text": (text + g.text) if return_full_text else g.text} for g in outs[i * n:(i + 1) * n]]
+                for i, text in enumerate(texts)]
+
+    def _start(self, i: int, text: str) -> list[int]:
+        """The ids a text prompt starts from: its tokens, or for one that has none (""), the bos token alone, from
+        which transformers' pipeline generates unconditionally (GPT-2's <|endoftext|>)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=True)
+        if ids:
+            return ids
+        if self.tokenizer.bos_id is None:
+            raise ValueError(f"inputs[{i}] is empty, and the tokenizer has no bos token to start from: give some text")
+        return [self.tokenizer.bos_id]
+
+    def _budget(self, i: int, prompt_len: int, config: Any, max_length: int | None, prefix_len: int) -> int:
+        """New tokens for prompt i: max_new_tokens, or what transformers' max_length (a total of prompt and new
+        tokens, the prefix not counted) leaves after the prompt."""
+        if max_length is None:
+            return config.max_new_tokens
+        new = max_length + prefix_len - prompt_len
+        if new < 1:
+            raise ValueError(f"max_length={max_length}: inputs[{i}] already has {prompt_len - prefix_len} tokens, "
+                             "leaving no room for new ones; raise it or give max_new_tokens")
+        return new
+
+    def _hole(self, i: int, ids: list[int], new_tokens: int) -> list[int]:
+        """transformers' handle_long_generation="hole": a prompt that leaves no room for new_tokens in the context
+        loses its oldest tokens."""
+        limit = input_limit(self.tokenizer, self.config.block_size)
+        if len(ids) + new_tokens <= limit:
+            return ids
+        keep = limit - new_tokens
+        if keep <= 0:
+            raise ValueError(f"handle_long_generation='hole': {new_tokens} new tokens fill the whole context of "
+                             f"{limit} tokens, leaving none of inputs[{i}]; ask for fewer")
+        return ids[-keep:]
+
+    def _generate(self, prompts: list[list[int]], config: Any, budgets: list[int], clean_up: bool | None) -> list:
+        """generate() on each group of prompts with the same budget of new tokens, results in input order (each
+        prompt generates as it would alone, so grouping changes no token). clean_up: transformers'
+        clean_up_tokenization_spaces for the new text (None: the tokenizer's own setting)."""
+        from neurallayers.generation.generate import generate
+
+        tokenizer = self.tokenizer
+        if clean_up is not None and clean_up != tokenizer.clean_up_tokenization_spaces:
+            tokenizer = copy.copy(tokenizer)  # decodes (and finds stop strings in) the text as asked
+            tokenizer.clean_up_tokenization_spaces = clean_up
+        if clean_up and not tokenizer.cleans_up_spaces:  # transformers 5 ignores it too, with this warning
+            log.warning("text-generation: clean_up_tokenization_spaces=True is ignored for a BPE tokenizer (it would "
+                        "strip the spaces before punctuation that BPE text really has)")
+
+        n, outs = config.num_return_sequences, [None] * (len(prompts) * config.num_return_sequences)
+        for budget in dict.fromkeys(budgets):
+            idx = [i for i, b in enumerate(budgets) if b == budget]
+            gens = generate(self.model, tokenizer, [prompts[i] for i in idx],
+                            config.replace(max_new_tokens=budget))
+            for j, i in enumerate(idx):
+                outs[i * n:(i + 1) * n] = gens[j * n:(j + 1) * n]
+        return outs
+
+    def _end_token(self, config: Any) -> int | None:
+        """The one token that can end a generation (eos, or a lone stop_token_id), which transformers keeps at the end
+        of its ids; None where several can (which one did is not recorded) or where stop strings end it (their tokens
+        are trimmed, as from the text)."""
+        ends = {*self.tokenizer.eos_ids, *config.stop_token_ids}
+        return next(iter(ends)) if len(ends) == 1 and not config.stop else None
+
+    def _chat_prompts(self, chats: list[list[dict]], continued: list[bool]) -> list[list[int]]:
+        """Token ids of each rendered chat (ending with the reply's cue, or with its final message's content where it
+        is `continued`): encoded without the tokenizer's own bos, which a template writes itself (as `neurallayers
+        chat` and the server encode them; a Llama 3 prompt got two)."""
+        from neurallayers.data.chat import render_chat
+
+        return [self.tokenizer.encode(render_chat(self.tokenizer, chat, add_generation_prompt=not cont,
+                                                  continue_final_message=cont))
+                for chat, cont in zip(chats, continued, strict=True)]
+
+
+def _ended_by(gen: Any, end: int | None) -> list[int]:
+    """[end] where `gen` stopped on its end token (one more token chosen than kept), else []."""
+    return [end] if end is not None and gen.finish_reason == "stop" and gen.completion_tokens > len(gen.token_ids) \
+        else []
+
+
+def _return_tensors(return_full_text: Any, return_tensors: Any, return_text: Any) -> bool:
+    """Whether results are token ids (transformers' return_tensors=True) rather than text; the three switches are
+    mutually exclusive there too (return_text=True is the default, text)."""
+    given = [name for name, value in (("return_full_text", return_full_text), ("return_tensors", return_tensors),
+                                      ("return_text", return_text)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"{given[0]} and {given[1]}: give one of return_full_text, return_tensors and return_text")
+    if _switch("return_text", return_text) is False:  # transformers returns the text anyway; nothing else to give
+        raise ValueError("return_text=False: give return_tensors=True for token ids instead of text")
+    return _switch("return_tensors", return_tensors) is True
+
+
+def _full_chat(chat: list[dict], reply: str, continued: bool) -> list[dict]:
+    """transformers' full text of a chat: the reply as a new assistant message, or, continuing the final message,
+    appended to its content (a list of parts: to its last text part, the one the prompt ends with)."""
+    if not continued:
+        return [*chat, {"role": "assistant", "content": reply}]
+    from neurallayers.data.chat import extend_content
+
+    content, _ = extend_content(chat[-1]["content"], reply)  # render_chat continued that text: it has one
+    return [*chat[:-1], {"role": chat[-1]["role"], "content": content}]
+
+
+def _is_chat(item: Any) -> bool:
+    """A conversation: a non-empty list of message dicts with a role (transformers' pipeline's test too)."""
+    return isinstance(item, list | tuple) and bool(item) and all(isinstance(m, dict) and "role" in m for m in item)
+
+
+def _check_generation_options(gen_kwargs: dict) -> None:
+    """An option that is neither a GenerationConfig field nor one of the pipeline's own, named with the valid ones:
+    `return_fulltext=False` was "GenerationConfig has no field 'return_fulltext'", with no hint of return_full_text."""
+    from neurallayers.generation.config import GenerationConfig
+
+    fields = [f.name for f in dataclasses.fields(GenerationConfig)]
+    own = ["return_full_text", "return_tensors", "return_text", "clean_up_tokenization_spaces", "do_sample",
+           "continue_final_message", "prefix", "handle_long_generation", "max_length"]
+    if "stop_sequence" in gen_kwargs:  # transformers' name; its stop string is kept in the text, ours is not
+        raise ValueError("stop_sequence: give stop=[...] instead (generation ends before the stop string, which is "
+                         "not included, as in `neurallayers generate` and the server)")
+    for name in gen_kwargs:
+        if name not in fields and name not in own:
+            hint = difflib.get_close_matches(str(name), own + fields, n=1)
+            did = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"text-generation: unknown option {name!r}{did}; options: {', '.join(own)} and "
+                             f"GenerationConfig's fields ({', '.join(fields)})")
