@@ -5,38 +5,19 @@ a corpus of files)."""
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 
 import pytest
 from nl_cli_helpers import assert_user_error, in_process
+from test_eval_stride import scores, tiny_char_run
 
 from neurallayers import ModelConfig
-from neurallayers.training import DataConfig, RunConfig, TrainConfig, fit
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A tiny char-level decoder run (context 32) on its own corpus, with a val split."""
-    tmp = tmp_path_factory.mktemp("per_document")
-    rng = random.Random(0)
-    words = "the quick brown fox jumps over a lazy dog".split()
-    (tmp / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(8)) for _ in range(200)))
-    run = RunConfig(
-        model=ModelConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=16),
-        train=TrainConfig(max_steps=2, batch_size=4, warmup_steps=0, eval_interval=0, save_interval=2, sample_tokens=0,
-                          device="cpu", precision="fp32"),
-        data=DataConfig(source=str(tmp / "corpus.txt"), tokenizer="char", val_fraction=0.1,
-                        cache_dir=str(tmp / "cache")),
-    )
-    fit(run, tmp / "run", progress=False)
-    return tmp / "run"
-
-
-def scores(proc) -> dict[str, str]:
-    assert proc.returncode == 0, proc.stderr
-    return dict(re.findall(r"([a-z][a-z ]*): (\S+)", proc.stdout))
+    return tiny_char_run(tmp_path_factory.mktemp("per_document"))
 
 
 @pytest.mark.parametrize(("args", "needles"), [

@@ -17,8 +17,11 @@ from neurallayers.training import DataConfig, RunConfig, TrainConfig, fit
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
+    return tiny_char_run(tmp_path_factory.mktemp("stride"))
+
+
+def tiny_char_run(tmp: Path) -> Path:
     """A tiny char-level decoder run (context 32) on its own corpus, with a val split."""
-    tmp = tmp_path_factory.mktemp("stride")
     rng = random.Random(0)
     words = "the quick brown fox jumps over a lazy dog".split()
     (tmp / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(8)) for _ in range(200)))

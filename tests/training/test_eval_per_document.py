@@ -20,9 +20,8 @@ from nl_train_helpers import tiny_run
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from test_eval_sliding_window import LLAMA, cli_scores, llama_tokenizer  # noqa: E402
+from test_eval_sliding_window import LLAMA, cli_scores, llama_tokenizer, small_gpt2_folder  # noqa: E402
 
-from neurallayers import ModelConfig, build_model  # noqa: E402
 from neurallayers.api import load  # noqa: E402
 from neurallayers.data import Tokenizer  # noqa: E402
 from neurallayers.interop.hf import save_hf  # noqa: E402
@@ -106,18 +105,7 @@ def test_windows_are_lm_evals():
 @pytest.fixture(scope="module")
 def gpt2_folder(tmp_path_factory):
     """A small GPT-2 (context 16) with GPT-2's own tokenizer, saved as a Hugging Face folder."""
-    tok = Tokenizer.load("gpt2")
-    cfg = ModelConfig.from_name("gpt2").replace(n_layer=2, n_head=2, n_embd=16, block_size=16,
-                                                vocab_size=tok.vocab_size)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    with torch.no_grad():  # random norms and biases, so a dropped one cannot pass
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    folder = tmp_path_factory.mktemp("gpt2") / "hf"
-    save_hf(model, tok, folder)
-    return folder
+    return small_gpt2_folder(tmp_path_factory, block_size=16)
 
 
 # (--block-size or the model's 16, --batch-size)

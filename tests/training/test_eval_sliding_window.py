@@ -76,9 +76,13 @@ def cli_scores(*args: str, capsys) -> tuple[dict[str, float], str]:
 
 @pytest.fixture(scope="module")
 def gpt2_folder(tmp_path_factory):
+    return small_gpt2_folder(tmp_path_factory, block_size=32)
+
+
+def small_gpt2_folder(tmp_path_factory, *, block_size: int):
     """A small GPT-2 with GPT-2's own tokenizer, saved as a Hugging Face folder."""
     tok = Tokenizer.load("gpt2")
-    cfg = ModelConfig.from_name("gpt2").replace(n_layer=2, n_head=2, n_embd=16, block_size=32,
+    cfg = ModelConfig.from_name("gpt2").replace(n_layer=2, n_head=2, n_embd=16, block_size=block_size,
                                                 vocab_size=tok.vocab_size)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
