@@ -53,20 +53,6 @@ def folder_model_config(path: Path) -> object:
     raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
 
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
-
-
-def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:  # refused before the weights are read
-        raise ValueError(f"dtype={dtype}: weights need a floating-point dtype (float32, bfloat16, float16)")
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
-        return _DTYPES[dtype.removeprefix("torch.")]
-    raise ValueError(f"dtype={dtype!r}: expected a torch.dtype or one of {', '.join(_DTYPES)}")
-
-
 def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
          allow_pickle: bool = False) -> tuple[nn.Module, object]:
     """Model (in eval mode) and tokenizer from a run directory (config.yaml, model.safetensors, tokenizer.json), one
@@ -82,7 +68,9 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin or its shards). Off by
             default: a pickle can run code when loaded.
     """
-    dtype = _dtype(dtype)
+    from neurallayers.weights import weight_dtype
+
+    dtype = weight_dtype(dtype)
     if device is not None:
         from neurallayers.training.runtime import resolve_device
 

@@ -108,9 +108,9 @@ def add_device_dtype(parser: argparse.ArgumentParser, *, compiles: bool = False)
 
 
 def torch_dtype(name: str):
-    from neurallayers.api import _dtype  # one table of dtype names, the one load() reads
+    from neurallayers.weights import weight_dtype  # one table of dtype names, the one load() reads
 
-    return _dtype(name)
+    return weight_dtype(name)
 
 
 def load_model(path: str, *, device: str = "auto", dtype: str = "fp32", allow_pickle: bool = False):

@@ -14,6 +14,7 @@ literal weight-name map, applied in either direction).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ from neurallayers.interop.weight_maps import (
     rename_to_hf,
     rename_to_ours,
 )
-from neurallayers.weights import CheckpointError, check_state_dict
+from neurallayers.weights import CheckpointError, check_state_dict, weight_dtype
 
 __all__ = [
     "FAMILIES", "PICKLE_INDEX", "PICKLE_WEIGHTS", "SAFE_INDEX", "SAFE_WEIGHTS", "SAMPLING_DEFAULTS", "TransformIn",
@@ -67,14 +68,16 @@ __all__ = [
 
 # ----- loading -----
 
-def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = None,
+            dtype: torch.dtype | str | None = None,
             allow_pickle: bool = False) -> tuple[nn.Module, object]:
     """Model (eval mode) and tokenizer from a Hugging Face model folder.
 
     Args:
         folder: holds config.json, weights and (optionally) tokenizer files.
         device: where the model goes (default CPU).
-        dtype: parameter dtype (default float32, whatever the checkpoint stores).
+        dtype: parameter dtype (default float32, whatever the checkpoint stores): a torch.dtype or its name
+            ("float32"/"fp32", "bfloat16"/"bf16", "float16"/"fp16").
         allow_pickle: accept a folder whose only weights are pytorch_model.bin. Even then the file is read
             with `torch.load(weights_only=True)`, which refuses anything but plain tensors.
 
@@ -84,11 +87,12 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
 
     Raises:
         FileNotFoundError: no folder, no config.json or no weights.
-        ValueError: an unsupported model_type or config.
+        ValueError: an unsupported model_type or config, or a dtype that is no floating-point dtype.
         CheckpointError: corrupt weights or weights that do not fit the config, naming the keys.
     """
     from neurallayers.models import build_model
 
+    dtype = weight_dtype(dtype)  # a name ("float16") failed in torch's .to(), after every weight was read
     folder = _folder(folder)
     hf_cfg = read_json(folder / "config.json")
     _refuse_quantized(hf_cfg, folder)
@@ -161,7 +165,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
 
     Args:
         model: a NeuralLayers model with a `config` (DecoderLM, or an encoder), or torch.compile's wrapper of one.
-        tokenizer: a `neurallayers.data.Tokenizer`, or None to write weights only.
+        tokenizer: a `neurallayers.data.Tokenizer` (`Tokenizer.load(path)` wraps a tokenizer.json or a Hugging Face
+            tokenizer folder), or None to write weights only.
         folder: created if needed.
         max_shard_size: largest shard in bytes; None writes one file.
 
@@ -169,9 +174,11 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
         The folder.
 
     Raises:
-        ValueError: a model without a ModelConfig, a config no supported family expresses, a tokenizer with more
-            ids than the model's vocabulary, a bad max_shard_size, or an embedding model whose sentence-transformers
-            pipeline has a module this folder cannot hold (a Dense projection; a classifier trained from it is written).
+        ValueError: a model without a ModelConfig, a tokenizer that is not a neurallayers Tokenizer, a config no
+            supported family expresses, a tokenizer with more ids than the model's vocabulary, a bad max_shard_size,
+            or an embedding model whose sentence-transformers pipeline has a module this folder cannot hold (a Dense
+            projection; a classifier trained from it is written).
+        OSError: a write error (disk full, permissions), after which the folder's earlier weights still load.
     """
     # torch.compile's wrapper forwards .config, but its state dict names every weight "_orig_mod.<name>": the save
     # failed naming them all as unexpected (transformers' save_pretrained writes a compiled model's weights)
@@ -181,6 +188,7 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
         raise ValueError(f"model must be a NeuralLayers model with a ModelConfig .config, got {type(model).__name__}")
     if max_shard_size is not None and (not is_int(max_shard_size) or max_shard_size < 1):
         raise ValueError(f"max_shard_size={max_shard_size!r}: must be a positive number of bytes or None")
+    _check_tokenizer(tokenizer)
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}; "
                          "they do not belong together")
@@ -199,6 +207,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     hf_cfg["dtype"] = str(dtype).removeprefix("torch.")
     specials = _special_ids(tokenizer)
     hf_cfg.update(specials)
+    # an encoder from a sentence-transformers folder
+    writes_sentence = not cfg.causal and bool({"pooling", "normalize", "lowercase"} & set(cfg.extra)) and not unbuilt
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _write_weights(hf_sd, folder, max_shard_size)
@@ -211,11 +221,38 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
         if eos_ids and eos_ids != [specials["eos_token_id"]]:
             settings["eos_token_id"] = eos_ids if len(eos_ids) > 1 else eos_ids[0]
         write_json(folder / "generation_config.json", settings)
-    elif {"pooling", "normalize", "lowercase"} & set(cfg.extra) and not unbuilt:  # from a sentence-transformers folder
+    elif writes_sentence:
         _write_sentence_transformers(cfg, tokenizer, folder)
     if tokenizer is not None:
         tokenizer.for_model(block_size=cfg.block_size, causal=cfg.causal).save(folder)
+    _warn_stale(folder, tokenizer is None, not writes_sentence)
     return folder
+
+
+# files an earlier save (ours, transformers' or sentence-transformers') may have left that load_hf reads with the model
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "vocab.txt")
+SENTENCE_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+
+
+def _check_tokenizer(tokenizer: object) -> None:
+    from neurallayers.data.tokenizers import Tokenizer
+
+    if tokenizer is not None and not isinstance(tokenizer, Tokenizer):  # was AttributeError: 'vocab_size' or 'bos_id'
+        kind = f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}"
+        raise ValueError(f"tokenizer: expected a neurallayers Tokenizer or None, got {kind}; wrap a tokenizer.json "
+                         "or a Hugging Face tokenizer folder with neurallayers.data.tokenizers.Tokenizer.load(path)")
+
+
+def _warn_stale(folder: Path, no_tokenizer: bool, no_sentence: bool) -> None:
+    """A model saved alone into a folder of an earlier save: transformers leaves the other files, and so does this
+    (a fine-tuned model saved beside its unchanged tokenizer is a normal use), but load_hf would pair them with the
+    new model without a word, so they are named. Removing them could delete a tokenizer the user means to keep."""
+    stale = [name for name in TOKENIZER_FILES if no_tokenizer and (folder / name).is_file()]
+    stale += [name for name in SENTENCE_FILES if no_sentence and (folder / name).is_file()]
+    if stale:
+        warnings.warn(f"{folder} keeps {', '.join(stale)} from an earlier save, which load_hf pairs with this model; "
+                      "remove them if they do not belong to it, or pass its tokenizer", UserWarning, stacklevel=3)
 
 
 def _special_ids(tokenizer: object) -> dict[str, int | None]:
