@@ -183,7 +183,7 @@ def generation_defaults(path: str | Path, *, sampling: bool = False) -> dict:
     return hf_defaults(path, sampling=sampling)
 
 
-def train(config: object, out_dir: str | Path, *, resume: bool | str | Path = False, progress: bool = True,
+def train(config: object, out_dir: str | Path, *, resume: bool | str | Path | None = False, progress: bool = True,
           overrides: list[str] | None = None, loggers: list | None = None):
     """Train a model into the run directory `out_dir`, as `neurallayers train` does.
 
@@ -191,17 +191,18 @@ def train(config: object, out_dir: str | Path, *, resume: bool | str | Path = Fa
         config: a RunConfig, a dict with sections model/train/data (model may be `{"preset": name}`), or the path
             of a YAML run config.
         overrides: CLI-style overrides, e.g. `["--train.lr", "3e-4", "--model.n_layer=6"]`.
-        resume: True continues from the newest complete checkpoint in out_dir; a path names a checkpoint.
+        resume: True continues from the newest complete checkpoint in out_dir; a path names a checkpoint; False or
+            None starts a fresh run.
 
     Returns:
         TrainResult (run_dir, steps, best/final val loss, tokens/s, wall time, why it stopped).
     """
     from neurallayers.training.config import RunConfig, apply_overrides
+    from neurallayers.training.resume import resume_arg
     from neurallayers.training.trainer import fit
 
     check_path(out_dir, "out_dir")
-    if not isinstance(resume, bool):
-        check_path(resume, "resume")  # True/False, or a checkpoint's path
+    resume = resume_arg(resume)  # True/False (None: False), or a checkpoint's path
     if isinstance(out_dir, str) and not out_dir.strip():  # Path("") is the current folder: the run would land there
         raise ValueError("out_dir is empty; name the run directory to write")
     if isinstance(overrides, str):  # read letter by letter, it failed as "override '-' must look like ..."

@@ -67,7 +67,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     save_interval: int = 500  # steps between checkpoints; 0 = only at the end
     keep_last: int = 2  # complete checkpoints kept under checkpoints/ (+1 to go back to, from before a divergence)
-    max_minutes: float | None = None  # wall-clock budget: stop cleanly, evaluate and save when it runs out
+    # wall-clock budget of each session: stop cleanly, evaluate and save when it runs out; a resume gets it afresh
+    # (a job with a time limit resumes in the next), the checkpoint's `elapsed` and the logs count the whole run
+    max_minutes: float | None = None
     sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
     sample_tokens: int = 200
     mask_prob: float = 0.15  # encoders (masked-LM training): share of the tokens of a window to predict
@@ -108,6 +110,12 @@ class TrainConfig:
         if self.max_minutes is not None:
             _require(self, "max_minutes", self.max_minutes > 0 and math.isfinite(self.max_minutes),
                      "must be a positive number of minutes or None")
+        # generate refuses a prompt of no tokens, which failed every sample, and only after training; whitespace
+        # ("\n", the default) is text a tokenizer encodes
+        for i, prompt in enumerate(self.sample_prompts):
+            if not prompt:
+                raise ValueError(f"TrainConfig.sample_prompts[{i}]='': a sample prompt needs at least one character "
+                                 "(whitespace such as '\\n' will do); sample_prompts: [] writes no samples")
         allowed = get_args(LoggerName)
         bad = [n for n in self.loggers if n not in allowed and n != "jsonl"]
         _require(self, "loggers", not bad, f"unknown {bad}; allowed: {', '.join(allowed)} (jsonl is always on)")

@@ -18,8 +18,23 @@ from neurallayers.weights import CheckpointError
 log = logging.getLogger("neurallayers.training")
 
 
-def resume_target(out: Path, resume: bool | str | os.PathLike) -> Path | None:
+def resume_arg(resume: object) -> bool | str | os.PathLike:
+    """`resume` as fit() reads it: None is False (no resume, as transformers' resume_from_checkpoint=None); anything
+    but a bool or a path is refused in one line (None and 0 reached Path() as "expected str, bytes or os.PathLike")."""
+    if resume is None:
+        return False
+    if not isinstance(resume, bool | str | os.PathLike):
+        raise ValueError(f"resume={resume!r}: must be a path (a str or pathlib.Path) of a checkpoint or run, True "
+                         f"(the newest checkpoint) or False/None (a fresh run), got {type(resume).__name__}")
+    if isinstance(resume, str) and not resume.strip():  # Path("") is the current folder
+        raise ValueError(f"resume={resume!r}: name a checkpoint or run folder, or pass True (the newest checkpoint) "
+                         "or False")
+    return resume
+
+
+def resume_target(out: Path, resume: bool | str | os.PathLike | None) -> Path | None:
     """The checkpoint folder to resume from, or None for a fresh run. Fails early with one clear line."""
+    resume = resume_arg(resume)
     # the messages name the CLI's flags and the API's arguments alike: `train` leaves these checks to this one place
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a run directory; choose another output directory (--out)")

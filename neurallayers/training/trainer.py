@@ -41,7 +41,7 @@ from neurallayers.training.config import RunConfig
 from neurallayers.training.eval_and_save import CheckpointMixin
 from neurallayers.training.losses import mean_loss, perplexity, perplexity_text
 from neurallayers.training.restore import RestoreMixin
-from neurallayers.training.resume import logged_val_loss, truncate_metrics
+from neurallayers.training.resume import logged_val_loss, resume_arg, truncate_metrics
 from neurallayers.training.runtime import resolve_device
 from neurallayers.training.samples import save_samples, write_samples
 from neurallayers.training.signals import StopRequest
@@ -67,7 +67,7 @@ class TrainResult:
     stopped_reason: str  # max_steps | until_step | early_stopping | time_budget | nan | interrupted | terminated
 
 
-def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.PathLike = False,
+def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.PathLike | None = False,
         loggers: list | None = None, progress: bool = True, until_step: int | None = None) -> TrainResult:
     """Trains `run.model` on `run.data` with `run.train` and writes the run directory `out_dir`.
 
@@ -79,7 +79,7 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
         out_dir: the run directory (config.yaml, tokenizer.json, model.safetensors, checkpoints/, metrics.jsonl,
             samples.txt, loss.png).
         resume: True continues from the newest complete checkpoint in out_dir; a path names a checkpoint folder
-            (`.../checkpoints/step-N`). The saved config's model must equal `run.model`.
+            (`.../checkpoints/step-N`). The saved config's model must equal `run.model`. False or None: a fresh run.
         loggers: tracker names ("tensorboard", "mlflow", "wandb") or logger objects with log()/close();
             None takes `run.train.loggers`. metrics.jsonl is always written.
         progress: show a tqdm bar (rank 0 only).
@@ -96,6 +96,7 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
     """
     if until_step is not None and until_step < 1:
         raise ValueError(f"until_step={until_step} must be >= 1 or None")
+    resume = resume_arg(resume)
     if not run.model.causal and run.model.head not in ("none", "mlm"):
         raise ValueError(f"ModelConfig.head={run.model.head!r}: training an encoder pretrains it as a masked LM, "
                          "with head 'mlm' (or 'none', which trains one); a classification head needs labelled data")
