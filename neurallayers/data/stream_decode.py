@@ -160,17 +160,20 @@ def _context_tail(tokenizer: Tokenizer, context: Iterable[int]) -> list[int]:
     return tail
 
 
-def continuation_text(tokenizer: Tokenizer, context: Iterable[int], ids: Iterable[int]) -> str:
+def continuation_text(tokenizer: Tokenizer, context: Iterable[int], ids: Iterable[int], *,
+                      skip_special_tokens: bool = True) -> str:
     """The text `ids` add after `context` (a prompt's ids): decode(context + ids) less decode(context). Decoded
     alone, a SentencePiece (Llama) continuation loses the space of its first token, "Hello" + "spac", where
     transformers' pipeline and vLLM give "Hello" + " spac"; for byte-level BPE both are the same. Spaces are cleaned
     up (clean_up_tokenization_spaces) in the continuation alone, as a stream cleans its pieces: cleaned with the
-    prompt, "dog '" + " x" became "dog'x", which no longer starts with the prompt's text."""
+    prompt, "dog '" + " x" became "dog'x", which no longer starts with the prompt's text. skip_special_tokens: as
+    Tokenizer.decode (False: a StreamDecoder that writes special tokens gets the same text)."""
     ids, tail = list(ids), _context_tail(tokenizer, context)
-    text = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    kw = {"clean_up_tokenization_spaces": False, "skip_special_tokens": skip_special_tokens}
+    text = tokenizer.decode(ids, **kw)
     if tail:
-        head = tokenizer.decode(tail, clean_up_tokenization_spaces=False)
-        whole = tokenizer.decode(tail + ids, clean_up_tokenization_spaces=False)
+        head = tokenizer.decode(tail, **kw)
+        whole = tokenizer.decode(tail + ids, **kw)
         text = whole[len(head):] if whole.startswith(head) else text
     return clean_up_spaces(text) if tokenizer.cleans_up_spaces else text
 

@@ -51,9 +51,11 @@ class _RowText:
         if not self.stopped:
             return len(self.ends)
         k = sum(1 for e in self.ends if e <= len(self.text))
-        # a token just before the cut may also hold the first bytes of a character after it: drop such tokens
+        # a token just before the cut may also hold the first bytes of a character after it: drop such tokens (the
+        # text decoded as the decoder writes it: a server's skip_special_tokens false writes special tokens too)
+        skip = getattr(self.decoder, "skip_special_tokens", True)
         while k > 0 and not self.text.startswith(continuation_text(self.decoder.tokenizer, self.context,
-                                                                   self.ids[:k])):
+                                                                   self.ids[:k], skip_special_tokens=skip)):
             k -= 1
         return k
 
