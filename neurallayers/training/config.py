@@ -315,6 +315,13 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
             if not text:  # a text field takes what YAML cannot read: a glob '*.txt' (an alias to YAML), '@notes.txt'
                 raise ValueError(f"cannot parse the value of {arg!r}: {e}") from None
             parsed = value
+        if _number_field(section, name) and not subkeys:
+            # YAML 1.1 reads `010` as 8 (octal) and `1:30` as 90 (base 60): a count is the decimal typed, and a
+            # sexagesimal stays text for the field to refuse
+            if re.fullmatch(r"[-+]?\d+", value.strip()):
+                parsed = int(value)
+            elif re.fullmatch(r"[-+]?\d+(:[0-5]?\d)+(\.\d*)?", value.strip()):
+                parsed = value
         quoted = isinstance(parsed, str) and value.lstrip()[:1] in ("'", '"')  # `--data.tokenizer "'char'"`: char
         if text in ("text", "opt") and not quoted and not (parsed is None and text == "opt"):
             parsed = value  # a text field keeps the text: `--data.source 2024` (a file), `"notes #1.txt"` (no comment)
@@ -383,6 +390,12 @@ def _text_field(section: str, name: str) -> str | None:
         return "text"
     kind = next((f.type for f in dataclasses.fields(SECTIONS[section]) if f.name == name), None)
     return {"str": "text", "str | None": "opt", "list[str]": "list"}.get(kind)
+
+
+def _number_field(section: str, name: str) -> bool:
+    """A field typed int or float (or either | None)."""
+    kind = next((f.type for f in dataclasses.fields(SECTIONS[section]) if f.name == name), None)
+    return kind in ("int", "int | None", "float", "float | None")
 
 
 def _text_loader():

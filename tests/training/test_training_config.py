@@ -261,3 +261,14 @@ def test_overrides_of_text_fields_keep_the_text_typed():
     assert out["train"]["sample_prompts"] == ["yes", "2024", "2024-01-01", "on", "a, b"]
     assert out["data"]["source"] == "notes #1.txt" and out["train"]["init_from"] is None
     assert out["train"]["lr"] == "3e-4" and out["train"]["compile"] is True  # typed fields keep YAML's reading
+
+
+def test_number_overrides_read_the_decimal_typed():
+    """YAML 1.1 read `--train.seed 010` as 8 (octal) and `--train.max_steps 1:30` as 90 (base 60)."""
+    from neurallayers.training.config import RunConfig, apply_overrides
+
+    out = apply_overrides({}, ["--train.seed", "010", "--train.max_steps", "08", "--train.lr", "1e-3",
+                               "--model.n_layer", "+2"])
+    assert out["train"]["seed"] == 10 and out["train"]["max_steps"] == 8 and out["model"]["n_layer"] == 2
+    with pytest.raises(ValueError, match=r"TrainConfig.max_steps='1:30'"):
+        RunConfig.from_dict(apply_overrides({}, ["--model.preset", "tiny", "--train.max_steps", "1:30"]))
