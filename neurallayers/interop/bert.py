@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from neurallayers.config import ModelConfig
-from neurallayers.interop.hf import config_architecture, config_number
+from neurallayers.interop.hf_config import config_architecture, config_number
 
 # ours <-> Hugging Face. "{i}" is the layer index. A tuple on the HF side is concatenated along dim 0 on ours:
 # BERT's separate query, key and value become the rows of our fused qkv projection.

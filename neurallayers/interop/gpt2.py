@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 
 from neurallayers.config import ModelConfig
-from neurallayers.interop.hf import (
-    config_architecture,
-    config_number,
+from neurallayers.interop.hf_config import config_architecture, config_number
+from neurallayers.interop.weight_maps import (
     drop_tied_lm_head,
     expand_map,
     hf_shapes,
