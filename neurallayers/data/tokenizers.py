@@ -32,7 +32,7 @@ from neurallayers.data.special_tokens import (
 )
 from neurallayers.data.stream_decode import CONTEXT_TOKENS, StreamDecoder, anchor_id, clean_up_spaces, continuation_text
 from neurallayers.data.text_checks import check_unicode
-from neurallayers.data.token_ids import token_id
+from neurallayers.data.token_ids import check_id
 from neurallayers.data.tokenizer_files import HF_SETTINGS, KINDS, SPECIAL_KEYS, is_id_list
 
 __all__ = ["CONTEXT_TOKENS", "ENDOFTEXT", "HF_SETTINGS", "KINDS", "MASK", "MASK_TOKENS", "NAMED_TOKENS", "SPECIAL_KEYS",
@@ -290,10 +290,7 @@ class Tokenizer:
                clean_up_tokenization_spaces: bool | None = None) -> str:
         """Text of `ids`. Bytes that do not form complete UTF-8 characters decode to U+FFFD.
         clean_up_tokenization_spaces: None follows the tokenizer's setting (see the class)."""
-        ids = [token_id(i) for i in ids]
-        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        ids = [check_id(i, self.vocab_size) for i in ids]
         text = self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.cleans_up_spaces
