@@ -8,8 +8,7 @@ import json
 import os
 
 import pytest
-from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from test_chat_template_files import byte_level
 
 from neurallayers.data.tokenizers import Tokenizer
 
@@ -23,16 +22,6 @@ TEMPLATES = {
     "rag": "{% for m in messages %}«rag» {{ m.role }}: {{ m.content }}  {% endfor %}",
 }
 MESSAGES = [{"role": "user", "content": "héllo"}, {"role": "assistant", "content": "hi"}]
-
-
-def byte_level() -> HFTokenizer:
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    hf.train_from_iterator(["hello world, the quick brown fox\n"] * 20,
-                           trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"], show_progress=False,
-                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return hf
 
 
 def transformers_folder(folder, templates: dict[str, str], *, jinja_files: bool) -> None:

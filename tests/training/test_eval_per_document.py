@@ -7,7 +7,6 @@ byte_perplexity and bits_per_byte as its weighted means over documents of the do
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -15,17 +14,14 @@ import re
 
 import pytest
 import torch
-from nl_train_helpers import tiny_run
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from test_eval_sliding_window import LLAMA, cli_scores, llama_tokenizer, small_gpt2_folder  # noqa: E402
+from test_eval_sliding_window import bos_llama_run, cli_scores, small_gpt2_folder  # noqa: E402
 
 from neurallayers.api import load  # noqa: E402
 from neurallayers.data import Tokenizer  # noqa: E402
-from neurallayers.interop.hf import save_hf  # noqa: E402
-from neurallayers.training import fit, load_run  # noqa: E402
 from neurallayers.training.evaluate import document_scores, rolling_windows  # noqa: E402
 
 # lengths around the window: shorter, one window exactly, one token over (a last window of one target), several
@@ -132,13 +128,7 @@ def test_gpt2_equals_lm_evals_rolling_loglikelihood(gpt2_folder, tmp_path, capsy
 def test_llama_run_with_a_bos_equals_lm_evals_rolling_loglikelihood(tmp_path, capsys, monkeypatch):
     """A run whose documents start with bos: lm-eval's prefix is the bos, and the documents' tokens are their text's
     (the bos is the prefix, never a target)."""
-    monkeypatch.setenv("NEURALLAYERS_CACHE", str(tmp_path / "cache"))
-    run = tiny_run(tmp_path, model=LLAMA, max_steps=1, save_interval=1, eval_interval=0, warmup_steps=0)
-    tok_dir = llama_tokenizer([(tmp_path / "corpus.txt").read_text(), *DOCS], tmp_path / "tok")
-    run = dataclasses.replace(run, data=dataclasses.replace(run.data, tokenizer=str(tok_dir), document_bos=True))
-    fit(run, tmp_path / "run", progress=False)
-    model, tok, _ = load_run(tmp_path / "run")
-    save_hf(model, tok, tmp_path / "hf")
+    model, tok = bos_llama_run(tmp_path, monkeypatch, DOCS)
     docs = write_docs(tmp_path / "docs.jsonl", DOCS)
     got, out = cli_scores(str(tmp_path / "run"), "--data", str(docs), "--per-document", "--block-size", "12",
                           "--batch-size", "4", capsys=capsys)

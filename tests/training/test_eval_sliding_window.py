@@ -169,15 +169,22 @@ LLAMA = dict(norm="rmsnorm", position="rope", mlp="swiglu", bias=False, n_kv_hea
              intermediate_size=48)
 
 
-@pytest.mark.parametrize("stride", [12, 5])
-def test_llama_run_with_a_bos_per_document_equals_the_guide_loop(tmp_path, capsys, monkeypatch, stride):
+def bos_llama_run(tmp_path, monkeypatch, docs: list[str]):
+    """A one-step Llama run with a bos before each document (its own SentencePiece-style tokenizer, trained on the
+    corpus and `docs`) at tmp_path/run, exported to tmp_path/hf: (model, tokenizer)."""
     monkeypatch.setenv("NEURALLAYERS_CACHE", str(tmp_path / "cache"))
     run = tiny_run(tmp_path, model=LLAMA, max_steps=1, save_interval=1, eval_interval=0, warmup_steps=0)
-    tok_dir = llama_tokenizer([(tmp_path / "corpus.txt").read_text(), *DOCS], tmp_path / "tok")
+    tok_dir = llama_tokenizer([(tmp_path / "corpus.txt").read_text(), *docs], tmp_path / "tok")
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, tokenizer=str(tok_dir), document_bos=True))
     fit(run, tmp_path / "run", progress=False)
     model, tok, _ = load_run(tmp_path / "run")
     save_hf(model, tok, tmp_path / "hf")
+    return model, tok
+
+
+@pytest.mark.parametrize("stride", [12, 5])
+def test_llama_run_with_a_bos_per_document_equals_the_guide_loop(tmp_path, capsys, monkeypatch, stride):
+    model, tok = bos_llama_run(tmp_path, monkeypatch, DOCS)
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS), encoding="utf-8")
     got, _ = cli_scores(str(tmp_path / "run"), "--data", str(tmp_path / "docs.jsonl"), "--block-size", "24",
                         "--stride", str(stride), "--batch-size", "4", capsys=capsys)
