@@ -31,6 +31,7 @@ class _RowText:
         self.ids: list[int] = []
         self.ends: list[float] = []  # len(text) after each token (before any cut; inf once stopped)
         self.stopped = False
+        self.stops_at_cut: list[str] = []  # once stopped: the stop strings that start at the cut, in listed order
 
     def push(self, token_id: int) -> str:
         """Add a token; returns the text that is now final (may be "")."""
@@ -67,9 +68,11 @@ class _RowText:
         if len(self.ids) <= self.search_after:
             return
         # each stop string where it ends in the new piece (it may start before it)
-        found = [i for i in (self.text.find(s, max(0, before - len(s) + 1)) for s in self.stops) if i >= 0]
+        found = [(i, s) for s in self.stops if (i := self.text.find(s, max(0, before - len(s) + 1))) >= 0]
         if found:
-            self.text, self.stopped = self.text[:min(found)], True
+            cut = min(i for i, _ in found)
+            self.text, self.stopped = self.text[:cut], True
+            self.stops_at_cut = [s for i, s in found if i == cut]
 
     def _release(self, *, final: bool) -> str:
         safe = len(self.text)

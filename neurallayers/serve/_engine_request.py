@@ -40,24 +40,6 @@ class TextOptions:
     reported_stops: tuple[str, ...] | None = None
 
 
-class _RecordingDecoder:
-    """A StreamDecoder that keeps its last piece: the text a stop string was found in, before _RowText cuts it."""
-
-    def __init__(self, decoder: StreamDecoder) -> None:
-        self.decoder, self.last = decoder, ""
-
-    def push(self, token_id: int) -> str:
-        self.last = self.decoder.push(token_id)
-        return self.last
-
-    def flush(self) -> str:
-        self.last = self.decoder.flush()
-        return self.last
-
-    def __getattr__(self, name: str):
-        return getattr(self.decoder, name)
-
-
 class Request:
     """A submitted generation: iterate it for its StreamEvents (the last one carries finish_reason).
 
@@ -223,8 +205,8 @@ class _Sequence:
             self.tokens = torch.zeros(1, req.prompt_tokens + self.budget, dtype=torch.long, device=device)
             self.tokens[0, :req.prompt_tokens] = torch.tensor(req.prompt_ids, dtype=torch.long, device=device)
         self.text = _RowText(tokenizer, cfg.stop, req.prompt_ids, search_after=stop_search_after(cfg))
-        self.text.decoder = _RecordingDecoder(StreamDecoder(
-            tokenizer, skip_special_tokens=req.text.skip_special_tokens, context=req.prompt_ids))
+        self.text.decoder = StreamDecoder(tokenizer, skip_special_tokens=req.text.skip_special_tokens,
+                                          context=req.prompt_ids)
         self.held = _HeldEvents(self.text)  # token events wait while their text could be a stop string's
         self.n = 0  # tokens chosen so far
         self.last = -1  # the last chosen token: the input of the next decode step
@@ -267,10 +249,9 @@ class _Sequence:
                 self.req.stop_reason = tok
             # vLLM writes the stop token's text only with include_stop_str_in_output (eos, a special token, is "")
             return self.finish("stop", pending=self.text.push(tok) if self.req.text.include_stop_str_in_output else "")
-        prior = self.text.text
         text = self.text.push(tok)
         if self.text.stopped:  # a stop string's tokens are not output; the text before it is
-            stop = self._stop_string(prior)
+            stop = self._stop_string()
             if stop is not None and self.req.text.include_stop_str_in_output:
                 return self._finish_with_stop_string(text, stop, StreamEvent(text="", token_id=tok, logprob=logprob))
             events, pending = self.held.stopped(text)
@@ -284,10 +265,10 @@ class _Sequence:
         return False
 
     def finish(self, reason: str, *, pending: str = "") -> bool:
-        prior, was_stopped, held = self.text.text, self.text.stopped, list(self.held.held)
+        was_stopped, held = self.text.stopped, list(self.held.held)
         events, text, reason = self.held.finish(reason, pending)
         # a stop string in the text the decoder held to the end (a last word waiting for its spaces)
-        if self.text.stopped and not was_stopped and (stop := self._stop_string(prior)) is not None \
+        if self.text.stopped and not was_stopped and (stop := self._stop_string()) is not None \
                 and self.req.text.include_stop_str_in_output:
             events, text = [StreamEvent(text="", token_id=e.token_id, logprob=e.logprob) for e in held], text + stop
         for event in events:
@@ -295,20 +276,17 @@ class _Sequence:
         self.req._push(StreamEvent(text=text, finish_reason=reason))
         return True
 
-    def _stop_string(self, prior: str) -> str | None:
-        """The client's stop string that the text just met, given the text before the last piece (req.stop_reason is
-        set to it); None for another (the chat template's own).
+    def _stop_string(self) -> str | None:
+        """The client's stop string that the text just met (req.stop_reason is set to it); None for another (the chat
+        template's own).
 
         The text is cut where the earliest stop string starts (several may end in one token's text); of those that
-        start there and end in the new piece, the first listed is named, as vLLM's stop checker names the first
-        listed that it finds."""
-        cut, full = len(self.text.text), prior + self.text.decoder.last
+        start there, the first listed is named, as vLLM's stop checker names the first listed that it finds."""
         reported = self.req.text.reported_stops
-        for s in self.text.stops:
-            if full.startswith(s, cut) and cut + len(s) > len(prior) and (reported is None or s in reported):
-                self.req.stop_reason = s
-                return s
-        return None
+        stop = next((s for s in self.text.stops_at_cut if reported is None or s in reported), None)
+        if stop is not None:
+            self.req.stop_reason = stop
+        return stop
 
     def _finish_with_stop_string(self, text: str, stop: str, last: StreamEvent) -> bool:
         """include_stop_str_in_output: the text up to the stop string's end, and every token event (the stop
