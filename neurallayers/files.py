@@ -131,3 +131,17 @@ def _try_lock(f) -> bool | None:
     except OSError:  # ENOLCK, EOPNOTSUPP: a file system without flock
         return None
     return True
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host; True where that cannot be told (another user's process, or Windows,
+    where os.kill ends the process whatever the signal), so that its files are left alone."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user's process
+        return True
+    return True

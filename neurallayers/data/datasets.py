@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from neurallayers.data.chunking import SafeCut, chunk_text
 from neurallayers.data.corpora import Corpus, Document, FileDocument, named_pieces
 from neurallayers.data.tokenizers import Tokenizer
-from neurallayers.files import WriteError
+from neurallayers.files import WriteError, process_alive
 
 log = logging.getLogger("neurallayers.data")
 
@@ -252,21 +252,11 @@ def _remove_dead_builds(parent: Path, key: str) -> None:
         owner = re.fullmatch(r"(\d+)@(.+)-[^-]*", build[2])
         idle = time.time() - _last_write(tmp)
         if owner and owner[2] == _host() and os.name == "posix":  # os.kill(pid, 0) would end the process on Windows
-            dead = not _alive(int(owner[1])) and (build[1] == key or idle > _IDLE_SECONDS)
+            dead = not process_alive(int(owner[1])) and (build[1] == key or idle > _IDLE_SECONDS)
         else:
             dead = idle > _STALE_SECONDS
         if dead:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's process
-        pass
-    return True
 
 
 def _last_write(folder: Path) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from neurallayers.files import fsync_dir, write_text_atomic
+from neurallayers.files import fsync_dir, process_alive, write_text_atomic
 from neurallayers.weights import CheckpointError, read_safetensors, save_safetensors, torch_load_safe
 
 SAFE_WEIGHTS = "model.safetensors"
@@ -196,7 +196,7 @@ def _remove_killed_saves(folder: Path) -> None:
     """The temporary weight files of a save that was killed: no process of that id runs any more."""
     for path in folder.iterdir():
         match = _NEW_NAME.fullmatch(path.name)
-        if match is None or _alive(int(match[2])):
+        if match is None or process_alive(int(match[2])):
             continue
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():
@@ -205,13 +205,3 @@ def _remove_killed_saves(folder: Path) -> None:
                 path.unlink()
 
 
-def _alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill there ends the process whatever the signal
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process, or no way to ask: left alone
-        return True
-    return True
