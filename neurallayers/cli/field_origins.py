@@ -38,13 +38,11 @@ class FieldOrigins:
     def overrides(self, args: list[str]) -> None:
         """`--section.field VALUE` and `--section.field=VALUE` pairs, read as training.config.apply_overrides reads
         them (a value is the next argument, whatever it looks like)."""
-        i = 0
-        while i < len(args):
-            key, sep, _ = args[i].partition("=")
-            i += 1 if sep else 2
-            section, _, path = key.removeprefix("--").partition(".")
-            if key.startswith("--") and path:
-                self._words[(section, path)] = key
+        from neurallayers.training.config import override_pairs
+
+        for _, key, _ in override_pairs(args):
+            section, _, path = key.partition(".")
+            self._words[(section, path)] = f"--{key}"
 
     def name(self, section: str, path: str) -> str:
         """How the user gave `section.path`: the source of the field, or of the mapping that holds the key; else the

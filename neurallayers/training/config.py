@@ -12,6 +12,7 @@ import difflib
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -284,19 +285,7 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
     import yaml
 
     out = copy.deepcopy(config) if config else {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or "." not in arg.partition("=")[0]:  # a value's dot (--lr=0.001) is no section's
-            raise ValueError(f"override {arg!r} must look like --section.field VALUE or --section.field=VALUE"
-                             f"{_bare_override_hint(arg)}")
-        key, sep, value = arg[2:].partition("=")
-        if not sep:
-            if i + 1 >= len(args):
-                raise ValueError(f"override {arg!r} has no value")
-            value = args[i + 1]
-            i += 1
-        i += 1
+    for arg, key, value in override_pairs(args):
         section, _, name = key.partition(".")
         name, _, subkeys = name.partition(".")
         if section not in SECTIONS:
@@ -333,6 +322,28 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
         else:
             sec[name] = parsed
     return out
+
+
+def override_pairs(args: list[str]) -> Iterator[tuple[str, str, str]]:
+    """(argument, "section.field[.key]", value) of each `--section.field VALUE` or `--section.field=VALUE` in `args`.
+
+    Raises:
+        ValueError: an argument of another shape, or one with no value after it.
+    """
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.partition("=")[0]:  # a value's dot (--lr=0.001) is no section's
+            raise ValueError(f"override {arg!r} must look like --section.field VALUE or --section.field=VALUE"
+                             f"{_bare_override_hint(arg)}")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args):
+                raise ValueError(f"override {arg!r} has no value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        yield arg, key, value
 
 
 def _set_nested(sec: dict, section: str, name: str, path: list[str], value: Any, arg: str) -> None:
