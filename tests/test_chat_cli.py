@@ -231,3 +231,96 @@ def test_reset_starts_the_seeds_over(run_dir, monkeypatch):
     assert main(["chat", str(run_dir), "--seed", "7", "--temperature", "1", "--max-new-tokens", "12"]) == 0
     assert len(replies) == 4 and replies[:2] == replies[2:], replies
     assert replies[0] != replies[1]  # each turn still draws its own numbers
+
+
+# written in the characters of the run's char-level vocabulary, so the prompts decode back to their text
+NAMED = {"default": "{% for m in messages %}{{ m.role }}. {{ m.content }}\n{% endfor %}assistant.",
+         "rag": "{% for m in messages %}{{ m.role }}!{{ m.content }}!{% endfor %}{% if add_generation_prompt %}answer:"
+                "{% endif %}"}
+
+
+@pytest.fixture(scope="module")
+def named_run(run_dir, tmp_path_factory) -> Path:
+    """The run with a default and a "rag" chat template (transformers' additional_chat_templates/ layout)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("named") / "run"
+    shutil.copytree(run_dir, folder)
+    tok = Tokenizer.load(folder)
+    tok.chat_template, tok.named_chat_templates = NAMED["default"], {"rag": NAMED["rag"]}
+    tok.save(folder)
+    return folder
+
+
+@pytest.mark.parametrize("choice", [None, "default", "rag", "jinja", "file"])
+def test_chat_template_picks_the_template_as_transformers(named_run, tmp_path, monkeypatch, choice):
+    """--chat-template did not exist: only the default template could be used; transformers' apply_chat_template on
+    the same tokenizer folder is the oracle (a name, a Jinja text, a .jinja file as vLLM's --chat-template takes)."""
+    transformers = pytest.importorskip("transformers")
+    inline = ("{% for m in messages %}{{ m.role }}: {{ m.content }}.{% endfor %}"
+              "{% if add_generation_prompt %}go!{% endif %}")
+    (tmp_path / "t.jinja").write_text(inline, encoding="utf-8")
+    given = {"jinja": inline, "file": str(tmp_path / "t.jinja")}.get(choice, choice)
+    args = ["--system", "be terse", "--max-new-tokens", "4"] + (["--chat-template", given] if given else [])
+    prompts = chat_prompts(named_run, monkeypatch, ["the fox", "the dog"], *args)
+    theirs = transformers.PreTrainedTokenizerFast(tokenizer_file=str(named_run / "tokenizer.json"))
+    theirs.chat_template = NAMED
+    template = inline if choice in ("jinja", "file") else choice
+    chat = [{"role": "system", "content": "be terse"}, {"role": "user", "content": "the fox"}]
+    want = [theirs.apply_chat_template(chat, chat_template=template, add_generation_prompt=True, tokenize=False)]
+    chat += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "the dog"}]
+    want.append(theirs.apply_chat_template(chat, chat_template=template, add_generation_prompt=True, tokenize=False))
+    assert prompts == want
+
+
+def test_a_template_given_to_a_tokenizer_without_one_ends_no_reply_at_user_lines(run_dir, monkeypatch):
+    """The plain `role: content` format stops a reply at the next "\\nuser:"; a template given by --chat-template
+    writes its own turn ends, so that stop string must not cut its replies."""
+    from neurallayers.cli import chat
+
+    stops = []
+    monkeypatch.setattr(chat, "reply", lambda model, tok, prompt, config: stops.append(config.stop) or "ok")
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    from neurallayers.__main__ import main
+
+    assert main(["chat", str(run_dir), "--temperature", "0", "--chat-template", "{{ messages[0].content }}:"]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    assert main(["chat", str(run_dir), "--temperature", "0"]) == 0
+    assert stops == [[], ["\nuser:"]]
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ("rga", "--chat-template 'rga' is not a template name of this tokenizer (its templates: default, rag), a file or "
+            "a Jinja template"),
+    ("", "--chat-template '' is not a template name"),
+])
+def test_an_unknown_template_name_is_one_line_before_the_model_loads(named_run, monkeypatch, capsys, given, message):
+    from neurallayers.__main__ import main
+    from neurallayers.cli import chat
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded before --chat-template was checked")
+
+    monkeypatch.setattr(chat, "load_model", no_model)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    assert main(["chat", str(named_run), "--chat-template", given]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"neurallayers chat: error: {message}") and err.count("\n") == 1
+
+
+def test_an_unknown_template_name_names_none_where_the_tokenizer_has_none(run_dir, monkeypatch, capsys):
+    from neurallayers.__main__ import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    assert main(["chat", str(run_dir), "--chat-template", "rag"]) == 2
+    assert "--chat-template 'rag' is not a template name of this tokenizer (it has no templates)" in (
+        capsys.readouterr().err)
+
+
+def test_help_names_the_chat_template_option(capsys):
+    from neurallayers.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--chat-template NAME|FILE|JINJA" in out and "tool_use, rag" in out

@@ -2,7 +2,9 @@
 
 Each turn renders the whole conversation with the tokenizer's chat template (or `role: content` lines then
 `assistant:` when it has none, the reply ending where the model starts the next `user:` line). When the conversation
-outgrows the model's context, the oldest turns are dropped (the system message stays). --chat-template-kwargs gives the
+outgrows the model's context, the oldest turns are dropped (the system message stays). --chat-template picks another
+of the tokenizer's templates by name (tool_use, rag ...), or gives one (a .jinja file or the Jinja text), as
+transformers' apply_chat_template(chat_template=...) and vLLM's --chat-template do. --chat-template-kwargs gives the
 template extra variables, as transformers' apply_chat_template and vLLM's chat_template_kwargs do (Qwen3's
 '{"enable_thinking": false}').
 """
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+from pathlib import Path
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model
 from neurallayers.cli.generate import add_sampling_arguments, check_vocab, generation_config, use_model_defaults
@@ -23,6 +27,9 @@ HINT = "type a message and press Enter; /reset starts over, /exit or Ctrl-D leav
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
     parser.add_argument("--system", help="a system message that opens the conversation")
+    parser.add_argument("--chat-template", metavar="NAME|FILE|JINJA",
+                        help="the chat template: one of the tokenizer's by name (default, tool_use, rag ...), a "
+                        ".jinja file, or the template's text (default: the tokenizer's own)")
     parser.add_argument("--chat-template-kwargs", type=_json_object, default=None, metavar="JSON",
                         help='extra variables for the chat template, a JSON object: \'{"enable_thinking": false}\'')
     parser.add_argument("--compile", action="store_true",
@@ -49,17 +56,20 @@ def _json_object(text: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from neurallayers.data.chat import DEFAULT_STOP
+    from neurallayers.data.chat import DEFAULT_STOP, resolve_chat_template
     from neurallayers.generation.generate import _row_seed
 
     use_model_defaults(args, args.path)
     config = generation_config(args)
+    if args.chat_template is not None:  # a mistyped name fails before a large model loads
+        _template_choice(args.chat_template, _tokenizer_before_model(args.path))
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     if not model.config.causal:
         raise ValueError(f"{args.path} is an encoder model: chat needs a decoder (encoders embed: neurallayers serve "
                          "... /v1/embeddings, or neurallayers.embed)")
     check_vocab(config, model)
-    if not getattr(tokenizer, "chat_template", None):
+    chosen = _template_choice(args.chat_template, tokenizer)
+    if not resolve_chat_template(tokenizer, chosen):
         config = config.replace(stop=[*config.stop, DEFAULT_STOP])
     if args.compile:
         from neurallayers.generation.fast import prepare_for_decode
@@ -70,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
               "cache)", file=sys.stderr, flush=True)
     opening = [{"role": "system", "content": args.system}] if args.system else []
     extra = args.chat_template_kwargs
-    _check_opening(tokenizer, opening, model.config.block_size, template_kwargs=extra)
+    _check_opening(tokenizer, opening, model.config.block_size, template_kwargs=extra, chat_template=chosen)
     interactive = sys.stdin.isatty()
     if interactive:
         _line_editing()
@@ -100,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         history.append({"role": "user", "content": line})
         try:
             prompt, turn_config = fit_context(tokenizer, history, model.config.block_size, config, keep=len(opening),
-                                              template_kwargs=extra)
+                                              template_kwargs=extra, chat_template=chosen)
         except ValueError as e:  # the chat template refused the conversation: say so, keep talking
             history.pop()
             print(f"({e})", file=sys.stderr)
@@ -124,6 +134,47 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenizer_before_model(path: str):
+    """The folder's tokenizer, read alone so that a mistyped --chat-template name fails before a large model loads;
+    None where it is not there (a run's checkpoint folder): the name is checked once the model has loaded."""
+    from neurallayers.api import resolve_model_path
+    from neurallayers.data.tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.load(resolve_model_path(path))
+    except (OSError, ValueError):  # load_model names the folder's problem
+        return None
+
+
+def _template_choice(value: str | None, tokenizer) -> str | None:
+    """--chat-template as render_chat takes it: a name of the tokenizer's templates or a template's text (a file's,
+    for a path to a file). Where `tokenizer` is None only a file is read.
+
+    Raises:
+        ValueError: (one line) a file that cannot be read, or neither a name, a file nor Jinja text.
+    """
+    from neurallayers.data.chat import chat_template_names, resolve_chat_template
+
+    if value is None:
+        return None
+    names = chat_template_names(tokenizer) if tokenizer is not None else []
+    # vLLM's --chat-template takes a file; os.path.isfile, not Path.is_file: a long template's text raised
+    # "File name too long"
+    if value not in names and os.path.isfile(value):
+        try:
+            value = Path(value).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--chat-template {value}: cannot read it ({e})") from None
+    if tokenizer is not None:
+        try:
+            resolve_chat_template(tokenizer, value)
+        except ValueError:
+            have = f"its templates: {', '.join(names)}" if names else "it has no templates"
+            raise ValueError(f"--chat-template {value!r:.80} is not a template name of this tokenizer ({have}), a file "
+                             "or a Jinja template") from None
+    return value
+
+
 def _line_editing() -> None:
     """Arrow keys, history and Ctrl-A/E for input(): without readline a left arrow put "^[[D" into the message."""
     try:
@@ -132,7 +183,8 @@ def _line_editing() -> None:
         pass
 
 
-def _check_opening(tokenizer, opening: list[dict], block: int, *, template_kwargs: dict | None = None) -> None:
+def _check_opening(tokenizer, opening: list[dict], block: int, *, template_kwargs: dict | None = None,
+                   chat_template: str | None = None) -> None:
     """A --system message that leaves no room for a user's turn would make every message "too long": say so once."""
     from neurallayers.data.chat import render_chat
 
@@ -140,7 +192,8 @@ def _check_opening(tokenizer, opening: list[dict], block: int, *, template_kwarg
         return
     def size(probe: str) -> int:
         chat = [*opening, {"role": "user", "content": probe}]
-        return len(tokenizer.encode(render_chat(tokenizer, chat, template_kwargs=template_kwargs)))
+        return len(tokenizer.encode(render_chat(tokenizer, chat, template_kwargs=template_kwargs,
+                                                chat_template=chat_template)))
 
     probe = ""
     try:
@@ -158,7 +211,7 @@ def _check_opening(tokenizer, opening: list[dict], block: int, *, template_kwarg
 
 
 def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int,
-                template_kwargs: dict | None = None):
+                template_kwargs: dict | None = None, chat_template: str | None = None):
     """(prompt ids, config) for the conversation: its oldest turns after the first `keep` messages are dropped (in
     `history` too) until the prompt leaves room for a reply of max_new_tokens, or of half the context where that is
     less (a max_new_tokens as long as the context would drop every earlier turn: a chat without memory). The reply
@@ -169,7 +222,8 @@ def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int
     room = min(config.max_new_tokens, block // 2)
     kept, dropped = list(history), 0
     while True:
-        ids = tokenizer.encode(render_chat(tokenizer, kept, template_kwargs=template_kwargs))
+        ids = tokenizer.encode(render_chat(tokenizer, kept, template_kwargs=template_kwargs,
+                                           chat_template=chat_template))
         if len(ids) + room <= block or len(kept) <= keep + 1:
             break
         del kept[keep:keep + 2 if len(kept) > keep + 2 else keep + 1]  # a user message and its reply

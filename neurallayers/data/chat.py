@@ -10,15 +10,20 @@ The default template writes one line per message, then the cue for the reply:
 Without the generation prompt it stops after the last message's line (newline included); continuing the final message
 it stops right after that message's content (`assistant: Once upon`), as transformers cuts a rendered template there.
 
-Used by the server's chat routes and by `neurallayers chat`; messages are dicts with role and content, a string or
-a list of OpenAI's text parts ({"type": "text", "text": ...}). A template that loops over a message's content
-(Gemma 3's, Qwen2-VL's ...) gets the parts as they are, as transformers passes them; any other gets their texts
-joined by newlines, as vLLM does (transformers would render the list's Python repr).
+A tokenizer may hold named templates besides its default (tool_use, rag ...: transformers' additional_chat_templates/);
+render_chat's chat_template picks one by name, or is a template's text, and tools and documents reach the template as
+transformers passes them (the "tool_use" template is the default when tools are given and the tokenizer has one).
+
+Used by the server's chat routes, `neurallayers chat` and the playground's Chat tab; messages are dicts with role and
+content, a string or a list of OpenAI's text parts ({"type": "text", "text": ...}). A template that loops over a
+message's content (Gemma 3's, Qwen2-VL's ...) gets the parts as they are, as transformers passes them; any other gets
+their texts joined by newlines, as vLLM does (transformers would render the list's Python repr).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from datetime import datetime
 
 # where the default template's reply ends: the model starting the next user line
@@ -164,10 +169,61 @@ def special_tokens(tokenizer) -> dict[str, str]:
     return out
 
 
+def chat_template_names(tokenizer) -> list[str]:
+    """The names render_chat's chat_template takes for this tokenizer: "default" where it has a template of its own,
+    then its named ones (tool_use, rag ...), sorted."""
+    named = sorted(getattr(tokenizer, "named_chat_templates", None) or {})
+    return (["default"] if getattr(tokenizer, "chat_template", None) else []) + named
+
+
+# Jinja's delimiters: a text holding none is no template, so it is read as a (misspelt) name
+_JINJA = re.compile(r"\{\{|\{%|\{#")
+
+
+def resolve_chat_template(tokenizer, chat_template: str | None = None, *, tools: list | None = None) -> str | None:
+    """The template text render_chat uses, picked as transformers' get_chat_template picks it: `chat_template` as a
+    name of the tokenizer's templates ("default", "tool_use", "rag" ...), else as a Jinja template itself; unset, the
+    "tool_use" template when tools are given and the tokenizer has one, else its default. None: the plain
+    `role: content` lines (a tokenizer without a default template, no chat_template given).
+
+    Raises:
+        ValueError: chat_template is not text, or is neither a name of the tokenizer's templates nor Jinja (a text
+            without {{, {% or {#: transformers would render a misspelt name as the prompt itself); the line lists
+            the names there are.
+    """
+    named = dict(getattr(tokenizer, "named_chat_templates", None) or {})
+    default = getattr(tokenizer, "chat_template", None)
+    if default:
+        named["default"] = default
+    if chat_template is None:
+        return named["tool_use"] if tools is not None and "tool_use" in named else default
+    if not isinstance(chat_template, str):
+        raise ValueError(f"chat_template must be a template name or a Jinja template, got "
+                         f"{type(chat_template).__name__}")
+    if chat_template in named:
+        return named[chat_template]
+    if _JINJA.search(chat_template):
+        return chat_template
+    names = chat_template_names(tokenizer)
+    have = f"its templates are {', '.join(names)}" if names else "it has none; it renders `role: content` lines"
+    raise ValueError(f"chat_template {chat_template!r:.80} is neither a chat template of this tokenizer ({have}) nor "
+                     "a Jinja template")
+
+
+def _check_list_of_dicts(value, name: str, what: str) -> list | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, dict) for v in value):
+        raise ValueError(f"{name} must be a list of {what} (dicts), got {value!r:.80}")
+    return list(value)
+
+
 def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True,
-                continue_final_message: bool = False, template_kwargs: dict | None = None) -> str:
+                continue_final_message: bool = False, template_kwargs: dict | None = None,
+                chat_template: str | None = None, tools: list[dict] | None = None,
+                documents: list[dict] | None = None) -> str:
     """The prompt text for `messages` (dicts with "role" and "content"), rendered with the variables transformers'
-    apply_chat_template passes (no tools, no documents).
+    apply_chat_template passes.
 
     Args:
         add_generation_prompt: end with the cue for the assistant's reply (the template's, or "assistant:").
@@ -175,28 +231,41 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool 
             message (a prefilled reply); not with add_generation_prompt, as in transformers.
         template_kwargs: extra variables for the template (Qwen3's `enable_thinking`, ...); the default template
             reads none. They may not replace the messages, the switches above or the special tokens.
+        chat_template: a name of the tokenizer's templates ("default", "tool_use", "rag" ...: chat_template_names)
+            or a Jinja template's text, as transformers' apply_chat_template(chat_template=...) reads it; None: the
+            tokenizer's default (the "tool_use" one when tools are given and it has one).
+        tools: the tools the model may call, as JSON schemas (the template's `tools`; transformers also converts
+            Python functions, which this does not).
+        documents: documents for retrieval-augmented generation, dicts such as {"title": ..., "text": ...} (the
+            template's `documents`).
 
     Raises:
         ValueError: the template refuses the conversation (e.g. roles must alternate), or fails (a template that
-            does not parse or breaks while rendering: the model's, not the messages'); bad options; the final message
-            has no content to continue, or the template does not render it as it is.
+            does not parse or breaks while rendering: the model's, not the messages'); bad options; an unknown
+            template name; tools or documents without a template to read them; the final message has no content to
+            continue, or the template does not render it as it is.
     """
     extra = check_template_kwargs(template_kwargs)
+    tools = _check_list_of_dicts(tools, "tools", "JSON schemas")
+    documents = _check_list_of_dicts(documents, "documents", "documents")
+    template = resolve_chat_template(tokenizer, chat_template, tools=tools)
     if continue_final_message:
         if add_generation_prompt:
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true: the first "
                              "continues the final message, the second starts a new assistant message")
         if not messages or not isinstance(messages[-1], dict) or messages[-1].get("content") is None:
             raise ValueError("continue_final_message: the final message has no content to continue")
-    template = getattr(tokenizer, "chat_template", None)
     if not template:
+        if tools is not None or documents is not None:  # the plain lines would drop them without a word
+            raise ValueError(f"{'tools' if tools is not None else 'documents'} need a chat template that reads them; "
+                             "this tokenizer has none (give chat_template)")
         return default_render(template_messages(messages, parts=False), add_generation_prompt=add_generation_prompt,
                               continue_final_message=continue_final_message)
     try:
         messages = template_messages(messages, parts=_takes_content_parts(template))
         final = _tag_final_content(template, messages) if continue_final_message else None
-        text = _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
-                                         documents=None, **special_tokens(tokenizer), **extra)
+        text = _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                         documents=documents, **special_tokens(tokenizer), **extra)
     except _Refused as e:
         raise ValueError(f"the model's chat template refused these messages: {e}") from None
     except _CannotContinue:

@@ -1,6 +1,7 @@
-"""The Gradio app of `neurallayers ui`: a Generate tab (prompt, sampling controls, streamed output) and an Attention
+"""The Gradio app of `neurallayers ui`: a Generate tab (prompt, sampling controls, streamed output), a Chat tab (a
+system prompt, the conversation through the chat template, replies streamed, Clear to start over) and an Attention
 tab (heatmaps of the attention weights per layer and head). Gradio is an optional extra (`ui`), imported inside the
-functions that need it; the work itself lives in logic.py.
+functions that need it; the work itself lives in logic.py and chat.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import time
 from torch import nn
 
 from neurallayers.cli.common import url_host
+from neurallayers.data.chat import chat_template_names
+from neurallayers.ui.chat import ChatRecord, chat_history, stream_chat
 from neurallayers.ui.logic import (
     ALL_LAYERS,
     StreamRecord,
@@ -24,6 +27,8 @@ from neurallayers.ui.logic import (
 # The events that run the model share one queue: Gradio limits each event on its own, so an attention request ran
 # beside a generation (two forwards at once on the CPU's cores)
 MODEL_QUEUE = "model"
+# the sampling controls' order, as the API routes take them after their own inputs
+SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "stop")
 
 
 def _gradio():
@@ -51,6 +56,21 @@ def _slider(gr, defaults: dict, key: str, default: float, low: float, high: floa
     return gr.Slider(min(low, value), max(high, value), value=value, step=step, label=label)
 
 
+def _sampling_controls(gr, cfg, defaults: dict) -> list:
+    """Sliders and boxes for SAMPLING, in that order, starting at the folder's values."""
+    return [
+        gr.Slider(1, cfg.block_size, value=min(128, cfg.block_size), step=1, label="Max new tokens"),
+        _slider(gr, defaults, "temperature", 0.8, 0, 2, 0.05, "Temperature (0 = greedy)"),
+        _slider(gr, defaults, "top_k", 0, 0, min(cfg.vocab_size, 200), 1, "Top-k (0 = off)"),
+        _slider(gr, defaults, "top_p", 1.0, 0.01, 1, 0.01, "Top-p (1 = off)"),
+        _slider(gr, defaults, "min_p", 0.0, 0, 1, 0.01, "Min-p (0 = off)"),
+        _slider(gr, defaults, "repetition_penalty", 1.0, 0.5, 2, 0.05, "Repetition penalty (1 = off)"),
+        gr.Number(value=-1, precision=0, label="Seed (-1 = random)"),
+        gr.Textbox(value="", label="Stop strings", lines=2,  # "": API callers may omit it
+                   placeholder="one per line; \\n means a newline"),
+    ]
+
+
 def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: str = "NeuralLayers playground",
               defaults: dict | None = None):
     """A gradio.Blocks playground for one model.
@@ -64,7 +84,8 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
             generation_config.json), as `neurallayers generate` and the server use them for knobs left unset.
 
     Returns:
-        The gradio.Blocks app; its API routes are /generate (streams the text) and /attention (a figure).
+        The gradio.Blocks app; its API routes are /generate (streams the text), /chat (streams the conversation
+        with the reply) and /attention (a figure).
     """
     gr = _gradio()
     cfg = model.config
@@ -84,6 +105,25 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
         shown = record.after_stop()
         return shown if shown is not None else (gr.skip(), gr.skip())
 
+    def chat_fn(message, history, system, template, *args):
+        *values, record = args
+        try:
+            config = sampling_config(**dict(zip(SAMPLING, values, strict=True)))
+            updates = stream_chat(model, tokenizer, chat_history(history), message, config, system=system,
+                                  template=template)
+            yield from record.follow(updates)
+        except ValueError as e:
+            record.refused = message if isinstance(message, str) else None  # for the box, which emptied on Send
+            raise gr.Error(str(e), print_exception=False) from None
+
+    def refused_fn(record):
+        text, record.refused = record.refused, None
+        return text if text is not None else gr.skip()
+
+    def clear_fn(record):
+        record.clear()  # a reply streaming now is cancelled; its last step must not put the chat back
+        return [], ""
+
     def attention_fn(text, layer):
         try:
             labels, maps = attention_maps(model, tokenizer, text)
@@ -92,7 +132,6 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
             raise gr.Error(str(e), print_exception=False) from None
 
     choices = layer_choices(cfg.n_layer)
-    top_k_max = min(cfg.vocab_size, 200)
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         recommended = ", ".join(f"{k}={v}" for k, v in defaults.items())
         gr.Markdown(f"## {title}\n{_summary(model, name)}"
@@ -111,17 +150,7 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                     output = gr.Textbox(label="Output", lines=10, interactive=False, elem_id="output")
                     status = gr.Markdown(label="Status", elem_id="status")
                 with gr.Column(scale=2):
-                    controls = [
-                        gr.Slider(1, cfg.block_size, value=min(128, cfg.block_size), step=1, label="Max new tokens"),
-                        _slider(gr, defaults, "temperature", 0.8, 0, 2, 0.05, "Temperature (0 = greedy)"),
-                        _slider(gr, defaults, "top_k", 0, 0, top_k_max, 1, "Top-k (0 = off)"),
-                        _slider(gr, defaults, "top_p", 1.0, 0.01, 1, 0.01, "Top-p (1 = off)"),
-                        _slider(gr, defaults, "min_p", 0.0, 0, 1, 0.01, "Min-p (0 = off)"),
-                        _slider(gr, defaults, "repetition_penalty", 1.0, 0.5, 2, 0.05, "Repetition penalty (1 = off)"),
-                        gr.Number(value=-1, precision=0, label="Seed (-1 = random)"),
-                        gr.Textbox(value="", label="Stop strings", lines=2,  # "": API callers may omit it
-                                   placeholder="one per line; \\n means a newline"),
-                    ]
+                    controls = _sampling_controls(gr, cfg, defaults)
             # preprocess=False: sampling_config checks the values and names the control (Gradio's checks said
             # "Value 1.5 is greater than maximum value 0.99." or "input component at index 2", with a traceback)
             record = gr.State(StreamRecord())  # per session, on the server; no API input
@@ -132,6 +161,41 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
             # closed the stream's generator; queued, its reply follows the stream's last updates on the session's
             # one message stream. A status sent by Stop itself could arrive before them and be overwritten.
             event.then(after_fn, record, [output, status], api_name=False, show_progress="hidden")
+        with gr.Tab("Chat"):
+            if not cfg.causal:
+                gr.Markdown("This is an encoder model: it does not chat. The Attention tab works.")
+            names = chat_template_names(tokenizer)
+            with gr.Row(visible=bool(cfg.causal)):
+                with gr.Column(scale=3):
+                    system = gr.Textbox(value="", label="System prompt", lines=2, elem_id="chat-system",
+                                        placeholder="Optional: instructions the chat template puts first")
+                    chatbot = gr.Chatbot(label="Conversation", height=360, elem_id="chatbot")
+                    message = gr.Textbox(label="Message", placeholder="Type a message, then Enter or Send",
+                                         elem_id="chat-message")
+                    with gr.Row():
+                        send = gr.Button("Send", variant="primary", elem_id="chat-send")
+                        chat_halt = gr.Button("Stop", elem_id="chat-stop")
+                        clear = gr.Button("Clear", elem_id="chat-clear")
+                    chat_status = gr.Markdown(elem_id="chat-status")
+                with gr.Column(scale=2, elem_id="chat-controls"):
+                    # shown where there is a choice (the tokenizer's named templates: tool_use, rag ...); a value
+                    # always, so API callers may leave it out: "" where there is none to choose
+                    template = gr.Dropdown(names or [("role: content lines", "")], value=names[0] if names else "",
+                                           label="Chat template", visible=len(names) > 1)
+                    chat_controls = _sampling_controls(gr, cfg, defaults)
+            chat_record = gr.State(ChatRecord())
+            sent = [send.click, message.submit]
+            chat_event = gr.on(sent, chat_fn, [message, chatbot, system, template, *chat_controls, chat_record],
+                               [chatbot, chat_status], api_name="chat", preprocess=False, concurrency_id=MODEL_QUEUE)
+            # the box empties in the browser once the message is on its way (registered after the chat: its
+            # inputs are read first; a refused message comes back, refused_fn); a streaming reply leaves it alone
+            gr.on(sent, None, None, message, js="() => ''", api_name=False, queue=False)
+            chat_event.failure(refused_fn, chat_record, message, api_name=False, show_progress="hidden", queue=False)
+            chat_halt.click(None, cancels=[chat_event])
+            chat_event.then(after_fn, chat_record, [chatbot, chat_status], api_name=False, show_progress="hidden")
+            # the Chatbot's own trash button too: alone it emptied the chat in the browser while a reply streamed on
+            gr.on([clear.click, chatbot.clear], clear_fn, chat_record, [chatbot, chat_status], cancels=[chat_event],
+                  api_name=False, queue=False)
         with gr.Tab("Attention"):
             gr.Markdown("Attention weights of every head for one text (query tokens down, key tokens across).")
             with gr.Row():

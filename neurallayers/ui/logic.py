@@ -100,11 +100,16 @@ def stream_text(model: nn.Module, tokenizer, prompt: str, config: GenerationConf
         if event.token_id is not None:
             n += 1
         if event.finish_reason is not None:
-            seconds = time.perf_counter() - start
-            yield text, (f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):.1f} tokens/s); "
-                         f"stopped by {_why(event.finish_reason, n, config.max_new_tokens, block)}")
+            yield text, finished_status(n, time.perf_counter() - start, event.finish_reason, config.max_new_tokens,
+                                        block)
         elif event.text:
             yield text, f"generating... {n} tokens"
+
+
+def finished_status(n: int, seconds: float, reason: str, max_new_tokens: int, block: int) -> str:
+    """The status line of a stream that ended: its tokens, time and speed, and what ended it."""
+    return (f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):.1f} tokens/s); "
+            f"stopped by {_why(reason, n, max_new_tokens, block)}")
 
 
 def stopped_status(status: str | None) -> str:

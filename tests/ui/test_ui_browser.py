@@ -119,3 +119,63 @@ def test_stop_says_so_and_frees_the_model(browser, playground, tiny):
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('tokens in')", timeout=30_000)
     assert page.locator("#output textarea").input_value() == want.text and want.text.startswith(cut)
     page.close()
+
+
+CHAT_TEXTS = """() => Array.from(document.querySelectorAll('#chatbot .message-row')).map(m => m.innerText.trim())"""
+
+
+def test_chat_with_a_system_prompt_then_clear(browser, playground, tiny, tmp_path):
+    from neurallayers.ui.chat import chat_history, stream_chat
+    from neurallayers.ui.logic import sampling_config
+
+    page = browser.new_page()
+    page.goto(playground)
+    page.get_by_role("tab", name="Chat").click()
+    message = page.locator("#chat-message textarea")
+    message.wait_for(timeout=30_000)
+    # a message the chat refuses (here: the system prompt leaves it no room) comes back to the box with the error
+    page.locator("#chat-system textarea").fill("the fox " * 12)
+    message.fill("the fox")
+    message.press("Enter")
+    page.get_by_text("The conversation has 129 tokens").first.wait_for(timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#chat-message textarea').value === 'the fox'",
+                           timeout=10_000)
+    assert page.evaluate(CHAT_TEXTS) == []
+    page.locator("#chat-system textarea").fill("be lazy")
+    controls = page.locator("#chat-controls")
+    controls.get_by_label("Temperature (0 = greedy)").first.fill("0")
+    controls.get_by_label("Max new tokens").first.fill("20")
+    message.fill("the fox")
+    message.press("Enter")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
+                           timeout=30_000)
+    assert message.input_value() == ""  # the message went into the chat
+    config = sampling_config(max_new_tokens=20, temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+                             seed=-1, stop="")
+    *_, (want, _) = stream_chat(*tiny, [], "the fox", config, system="be lazy")
+    reply = chat_history(want)[-1]["content"]
+    texts = page.evaluate(CHAT_TEXTS)
+    assert texts[0] == "the fox" and len(texts) == 2 and texts[1] == reply.strip()
+    page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+
+    # Clear while a long reply streams (the button, then the Chatbot's own trash icon): the reply stops and the
+    # chat stays empty; the system prompt stays
+    controls.get_by_label("Max new tokens").first.fill("60")
+    for button in ("#chat-clear", "#chatbot button[aria-label='Clear']"):
+        message.fill("the dog")
+        page.locator("#chat-send").click()
+        page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('generating')",
+                               timeout=30_000)
+        page.locator(button).click()
+        page.wait_for_function(f"() => ({CHAT_TEXTS})().length === 0", timeout=30_000)
+        time.sleep(1.5)
+        assert page.evaluate(CHAT_TEXTS) == [], button
+        assert "generating" not in page.locator("#chat-status").inner_text()
+    assert page.locator("#chat-system textarea").input_value() == "be lazy"
+    message.fill("the fox")  # the model is free, and the new conversation starts from the system prompt alone
+    page.locator("#chat-send").click()
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
+                           timeout=30_000)
+    *_, (want, _) = stream_chat(*tiny, [], "the fox", config.replace(max_new_tokens=60), system="be lazy")
+    assert page.evaluate(CHAT_TEXTS) == ["the fox", chat_history(want)[-1]["content"].strip()]
+    page.close()

@@ -1,0 +1,148 @@
+"""What the playground's Chat tab does, without Gradio: a conversation rendered with the chat template (a system
+prompt first, when one is given), the reply streamed, as `neurallayers chat` does it. Bad input raises ValueError with a
+message for the user (app.py shows it)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from neurallayers.data.chat import DEFAULT_STOP, chat_template_names, render_chat, resolve_chat_template
+from neurallayers.generation import GenerationConfig, stream
+from neurallayers.generation.generate import _row_seed
+from neurallayers.ui.logic import StreamRecord, finished_status
+
+ROLES = ("user", "assistant")
+
+
+def chat_history(value: Any) -> list[dict]:
+    """The Chatbot's value as messages {"role", "content": str}: the browser sends each content as a list of text
+    parts ({"type": "text", "text": ...}); an API caller may send plain strings.
+
+    Raises:
+        ValueError: not a list of user and assistant messages with text content.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"The chat history must be a list of messages, got {type(value).__name__}")
+    out = []
+    for i, m in enumerate(value):
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                             and isinstance(p.get("text"), str) for p in content):
+            content = "".join(p["text"] for p in content)
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(content, str):
+            raise ValueError(f"The chat history's message {i} must be {{\"role\": \"user\" or \"assistant\", "
+                             f"\"content\": text}}, got {m!r:.80}")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def shown(messages: list[dict]) -> list[dict]:
+    """Messages as the Chatbot is given them: each content as one text part, which it shows as it is (a plain string
+    went through inspect.cleandoc: its indentation and blank edge lines were lost, and the next turn's prompt with
+    them)."""
+    return [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in messages]
+
+
+def chat_messages(history: list[dict], message: Any, system: Any) -> list[dict]:
+    """The conversation the template renders: the system prompt (unless blank), the history, the new message.
+
+    Raises:
+        ValueError: a message that is empty or not text, a system prompt that is not text.
+    """
+    if not isinstance(message, str):
+        raise ValueError(f"The message must be text, got {type(message).__name__}")
+    if not message.strip():  # `neurallayers chat` skips a blank line too
+        raise ValueError("The message is empty: type a message first")
+    if system is not None and not isinstance(system, str):
+        raise ValueError(f"The system prompt must be text, got {type(system).__name__}")
+    opening = [{"role": "system", "content": system}] if system and system.strip() else []
+    return [*opening, *history, {"role": "user", "content": message}]
+
+
+def check_template(tokenizer, template: Any) -> str | None:
+    """The Chat template control's value: one of the tokenizer's template names, or None (its default; also "",
+    the control's value where the tokenizer has none to choose from).
+
+    Raises:
+        ValueError: another value, listing the names.
+    """
+    names = chat_template_names(tokenizer)
+    if template is None or template == "":
+        return None
+    if template in names:
+        return template
+    listed = ", ".join(names) if names else "none: leave it empty"
+    raise ValueError(f"Chat template must be one of the tokenizer's templates ({listed}), got {template!r:.80}")
+
+
+def stream_chat(model: nn.Module, tokenizer, history: list[dict], message: str, config: GenerationConfig, *,
+                system: str | None = None, template: str | None = None) -> Iterator[tuple[list[dict], str]]:
+    """(the Chatbot's messages, status line): the history with the new message first, then with the reply so far
+    after every token that adds text, and once more at the end with the count of tokens, the finish reason and the
+    speed. The reply is what `neurallayers chat` gives for the same messages and settings: leading blanks dropped,
+    trimmed at the end, a seed made from the seed and the turn (the number of replies before it), the default
+    template's replies ending at the next `user:` line.
+
+    Raises:
+        ValueError: a bad message, system prompt or template name; a conversation the template refuses; one that
+            fills the model's context.
+    """
+    if not model.config.causal:
+        raise ValueError("This is an encoder model: it does not chat (the Attention tab works)")
+    template = check_template(tokenizer, template)
+    messages = chat_messages(history, message, system)
+    block = model.config.block_size
+    ids = tokenizer.encode(render_chat(tokenizer, messages, chat_template=template))
+    if len(ids) >= block:
+        raise ValueError(f"The conversation has {len(ids)} tokens and the model's context length is {block}: press "
+                         "Clear to start a new one" + (" or shorten the system prompt" if messages[0]["role"] ==
+                                                       "system" else ""))
+    if config.max_new_tokens > block:
+        raise ValueError(f"Max new tokens must be at most {block} (the model's context length), "
+                         f"got {config.max_new_tokens}")
+    if resolve_chat_template(tokenizer, template) is None:  # the plain lines: the model goes on with the user's turn
+        config = config.replace(stop=[*config.stop, DEFAULT_STOP])
+    if config.seed is not None:
+        config = config.replace(seed=_row_seed(config.seed, sum(m["role"] == "assistant" for m in history)))
+    turns = [*history, messages[-1]]
+    yield shown(turns), "generating... 0 tokens"
+    text, n, start = "", 0, time.perf_counter()
+    for event in stream(model, tokenizer, ids, config):
+        text += event.text
+        n += event.token_id is not None
+        if event.finish_reason is not None:
+            status = finished_status(n, time.perf_counter() - start, event.finish_reason, config.max_new_tokens,
+                                     block)
+            yield shown([*turns, {"role": "assistant", "content": text.strip()}]), status
+        elif event.text:
+            yield shown([*turns, {"role": "assistant", "content": text.lstrip()}]), f"generating... {n} tokens"
+
+
+@dataclass
+class ChatRecord(StreamRecord):
+    """The Chat tab's StreamRecord: Clear may come while a reply streams, and the step after the cancelled stream
+    must then leave the chat empty, not put the cut conversation back. `refused` keeps a message the chat refused
+    (the conversation too long, a template that refuses it ...), to put back into the message box."""
+
+    cleared: bool = False
+    refused: str | None = None
+
+    def follow(self, updates):
+        self.cleared = False
+        yield from super().follow(updates)
+
+    def clear(self) -> None:
+        self.cleared, self.text, self.status = True, [], ""
+
+    def after_stop(self) -> tuple[Any, str] | None:
+        if self.cleared and self.cut:
+            self.cut = False
+            return [], ""
+        return super().after_stop()

@@ -1,0 +1,189 @@
+"""The Chat tab's logic without a server: the conversation (system prompt first) rendered with the chat template as
+transformers renders it, replies equal to `neurallayers chat`'s, the Chatbot's value read back, Clear."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+
+from neurallayers.generation import GenerationConfig, generate
+from neurallayers.generation.config import StreamEvent
+from neurallayers.ui import chat as ui_chat
+from neurallayers.ui.chat import ChatRecord, chat_history, shown, stream_chat
+from neurallayers.ui.logic import sampling_config
+
+CONTROLS = dict(max_new_tokens=12, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=-1,
+                stop="")
+# in the characters of the tiny model's vocabulary, so prompts decode back to their text
+TEMPLATE = ("{% for m in messages %}{{ m.role }}. {{ m.content }}\n{% endfor %}"
+            "{% if add_generation_prompt %}assistant.{% endif %}")
+JUGS = "{% for m in messages %}{{ m.content }}!{% endfor %}jugs."
+
+
+def replies(turns) -> list[str]:
+    return [m["content"][0]["text"] for m in turns if m["role"] == "assistant"]
+
+
+def prompts_of(monkeypatch, tok) -> list[str]:
+    """Record the prompt text of every reply (each reply then ends at once)."""
+    seen: list[str] = []
+
+    def fake_stream(model, tokenizer, ids, config):
+        seen.append(tokenizer.decode(ids))
+        yield StreamEvent(text="", token_id=None, finish_reason="stop")
+
+    monkeypatch.setattr(ui_chat, "stream", fake_stream)
+    return seen
+
+
+def test_a_reply_is_generate_on_the_rendered_conversation(tiny):
+    """No template: `role: content` lines, the system prompt first, the reply cut at the next `user:` line."""
+    model, tok = tiny
+    history = [{"role": "user", "content": "the fox"}, {"role": "assistant", "content": "jumps"}]
+    config = sampling_config(**CONTROLS)
+    steps = list(stream_chat(model, tok, history, "the dog", config, system="be lazy"))
+    assert steps[0] == (shown([*history, {"role": "user", "content": "the dog"}]), "generating... 0 tokens")
+    prompt = "system: be lazy\nuser: the fox\nassistant: jumps\nuser: the dog\nassistant:"
+    (want,) = generate(model, tok, [tok.encode(prompt)], config.replace(stop=["\nuser:"]))
+    turns, status = steps[-1]
+    assert turns[:-1] == steps[0][0] and replies(turns)[-1] == want.text.strip()
+    assert status.startswith(f"{len(want.token_ids)} tokens in")
+    texts = [replies(t)[-1] for t, _ in steps[1:-1]]
+    assert len(texts) > 3 and all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
+
+
+@pytest.mark.parametrize("system", ["be lazy", "", "  ", None])
+def test_the_system_prompt_is_rendered_by_the_template_as_transformers(tiny, monkeypatch, system):
+    transformers = pytest.importorskip("transformers")
+    model, tok = tiny
+    tok = copy.copy(tok)  # the session's tokenizer keeps no template
+    tok.chat_template = TEMPLATE
+    seen = prompts_of(monkeypatch, tok)
+    history = [{"role": "user", "content": "the fox"}, {"role": "assistant", "content": "jumps"}]
+    list(stream_chat(model, tok, history, "the dog", sampling_config(**CONTROLS), system=system))
+    theirs = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=TEMPLATE)
+    opening = [{"role": "system", "content": system}] if system and system.strip() else []
+    want = theirs.apply_chat_template([*opening, *history, {"role": "user", "content": "the dog"}], tokenize=False,
+                                      add_generation_prompt=True)
+    assert seen == [want]
+
+
+def test_the_template_control_picks_a_named_template(tiny, monkeypatch):
+    model, tok = tiny
+    tok = copy.copy(tok)
+    tok.chat_template, tok.named_chat_templates = TEMPLATE, {"jugs": JUGS}
+    seen = prompts_of(monkeypatch, tok)
+    for name in ("jugs", "default", None, ""):
+        list(stream_chat(model, tok, [], "the dog", sampling_config(**CONTROLS), system="be", template=name))
+    assert seen == ["be!the dog!jugs.", *["system. be\nuser. the dog\nassistant."] * 3]
+    with pytest.raises(ValueError, match="Chat template must be one of the tokenizer's templates \\(default, jugs\\), "
+                                         "got 'rag'"):
+        next(stream_chat(model, tok, [], "the dog", sampling_config(**CONTROLS), template="rag"))
+
+
+def test_replies_are_those_of_neurallayers_chat(tiny, tmp_path, monkeypatch):
+    """The same messages, system prompt and seed give the terminal chat's replies, turn by turn (each turn samples
+    with a seed made from the seed and its number)."""
+    from neurallayers.__main__ import main
+    from neurallayers.cli import chat as cli_chat
+    from neurallayers.training.checkpoint import save_model
+    from neurallayers.training.config import RunConfig
+
+    model, tok = tiny
+    RunConfig(model=model.config).to_yaml(tmp_path / "config.yaml")
+    tok.save(tmp_path)
+    save_model(tmp_path, model.state_dict())
+    cli_replies, real = [], cli_chat.reply
+    monkeypatch.setattr(cli_chat, "reply", lambda *args: cli_replies.append(real(*args)) or cli_replies[-1])
+    monkeypatch.setattr("sys.stdin", io.StringIO("the fox\nthe dog\n"))
+    args = ["--system", "be", "--seed", "5", "--temperature", "1", "--max-new-tokens", "10"]
+    assert main(["chat", str(tmp_path), *args]) == 0
+    config = sampling_config(**{**CONTROLS, "temperature": 1.0, "seed": 5, "max_new_tokens": 10})
+    *_, (turns, _) = stream_chat(model, tok, [], "the fox", config, system="be")
+    *_, (turns, _) = stream_chat(model, tok, chat_history(turns), "the dog", config, system="be")
+    assert replies(turns) == cli_replies and cli_replies[0] != cli_replies[1]
+
+
+def test_the_chatbot_value_reads_back_as_it_was_shown():
+    """Gradio hands a plain string through inspect.cleandoc: a reply's indentation and blank edge lines were lost, so
+    the next turn's prompt held other text than the model wrote."""
+    messages = [{"role": "user", "content": "  x\n\n   y\n"}, {"role": "assistant", "content": "\n  a\n    b  "}]
+    assert chat_history(shown(messages)) == messages
+    assert chat_history(messages) == messages and chat_history(None) == []  # an API caller's plain strings
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("hi", "The chat history must be a list of messages, got str"),
+    ([{"role": "system", "content": "x"}], "The chat history's message 0 must be"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": 3}], "The chat history's message 1 must be"),
+    ([{"role": "user", "content": [{"type": "file", "file": {}}]}], "message 0 must be"),
+    (["hi"], "message 0 must be"),
+])
+def test_a_bad_history_is_named(value, message):
+    with pytest.raises(ValueError, match=message):
+        chat_history(value)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"message": ""}, "The message is empty: type a message first"),
+    ({"message": " \n"}, "The message is empty"),
+    ({"message": 3}, "The message must be text, got int"),
+    ({"system": 3}, "The system prompt must be text, got int"),
+    ({"system": "the fox " * 12}, "The conversation has 124 tokens and the model's context length is 96: press Clear "
+                                  "to start a new one or shorten the system prompt"),
+    ({"config": GenerationConfig(max_new_tokens=500)}, "Max new tokens must be at most 96"),
+])
+def test_bad_input_is_named(tiny, kwargs, message):
+    model, tok = tiny
+    call = {"message": "hi", "config": sampling_config(**CONTROLS), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        next(stream_chat(model, tok, [], call.pop("message"), call.pop("config"), **call))
+
+
+def test_a_template_that_refuses_the_system_prompt_says_so(tiny):
+    model, tok = tiny
+    tok = copy.copy(tok)
+    tok.chat_template = "{% if messages[0].role == 'system' %}{{ raise_exception('no system role') }}{% endif %}x"
+    with pytest.raises(ValueError, match="the model's chat template refused these messages: no system role"):
+        next(stream_chat(model, tok, [], "hi", sampling_config(**CONTROLS), system="be"))
+
+
+def test_clear_during_a_reply_leaves_the_chat_empty(tiny):
+    """Clear cancels the streaming reply; the step after the cancelled stream put the cut conversation back."""
+    model, tok = tiny
+    config = sampling_config(**{**CONTROLS, "max_new_tokens": 30})
+    for clear_first in (True, False):  # Clear's reply and the stream's close come in either order
+        record = ChatRecord()
+        updates = record.follow(stream_chat(model, tok, [], "the fox", config))
+        [next(updates) for _ in range(4)]
+        if clear_first:
+            record.clear()
+        updates.close()
+        if not clear_first:
+            record.clear()
+        assert record.after_stop() == ([], "") and record.after_stop() is None
+    record = ChatRecord()  # Stop, without Clear: the conversation so far and a stopped status
+    updates = record.follow(stream_chat(model, tok, [], "the fox", config))
+    turns, status = [next(updates) for _ in range(4)][-1]
+    updates.close()
+    assert record.after_stop() == (turns, status.replace("generating...", "stopped (Stop pressed) after"))
+    record.clear()  # Clear with no reply streaming; the next conversation streams as usual
+    *_, last = record.follow(stream_chat(model, tok, [], "the fox", config))
+    assert record.after_stop() is None and (record.text, record.status) == last
+
+
+def test_an_encoder_does_not_chat():
+    import torch
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.data.tokenizers import Tokenizer
+    from neurallayers.models import build_model
+
+    tok = Tokenizer.train_char(["some text"])
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("bert-mini").replace(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2,
+                                                     n_embd=16)
+    with pytest.raises(ValueError, match="encoder model: it does not chat"):
+        next(stream_chat(build_model(cfg).eval(), tok, [], "text", sampling_config(**CONTROLS)))
