@@ -57,6 +57,9 @@ class Request:
         completion_tokens: tokens the model has chosen so far, as OpenAI and vLLM count them: a final stop token
             (eos) and the tokens of a stop string count, though their text is not returned
             (Generation.completion_tokens).
+        token_ids: those tokens (vLLM's return_token_ids): the engine thread appends to it, so read it whole only
+            once the request has ended; a token event's token_id comes in this order, and the tokens that send no
+            event of their own (a stop token, a stop string's) are the last ones.
         stop_logprob: with config.logprobs, the log-probabilities of the stop token (eos) that ended the request,
             which sends no event of its own (as in stream()); OpenAI's completions list it last.
         finish_reason: None until the request has ended.
@@ -73,6 +76,7 @@ class Request:
         self.stop_reason: str | int | None = None
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
+        self.token_ids: list[int] = []
         self.stop_logprob: TokenLogprob | None = None
         self.finish_reason: str | None = None
         self.cancel_requested = False
@@ -240,6 +244,7 @@ class _Sequence:
         if self.tokens is not None:
             self.tokens[0, self.req.prompt_tokens + self.n] = tok
         self.n += 1
+        self.req.token_ids.append(tok)
         self.req.completion_tokens = self.n
         self.last = tok
         if tok in self.stops:

@@ -31,18 +31,24 @@ _ONE_CHARACTER = {"[\\s\\S]"}  # Split patterns whose pieces are single characte
 
 
 async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", special: bool = True,
-                     truncate: int | None = None) -> list[list[int]]:
+                     truncate: int | None = None, side: str | None = None, reserve: int = 0,
+                     reserve_param: str = "max_tokens") -> list[list[int]]:
     """A completions prompt (string, strings, token ids, token-id lists) -> one id list per prompt. Text goes through
     the tokenizer's post-processor unless `special` is False (a rendered chat template holds its own bos), as vLLM
-    does. `truncate` (vLLM's truncate_prompt_tokens): keep only the last that many tokens of each prompt (-1: the
-    context length).
+    does.
+
+    truncate (vLLM's truncate_prompt_tokens): keep only that many tokens of each prompt; -1: as many as the context
+    holds beside the `reserve` tokens the client asked to generate (`reserve_param`; 0: none asked), and a larger
+    number is refused, as vLLM's renderer takes them. side (vLLM's truncation_side): None cuts as vLLM's tokenizer
+    (truncation_side "left") does, the text's own tokens from the start with a bos kept first; "left" / "right" keep
+    the last / first k ids of the encoded prompt, special tokens counted as tokens, as vLLM slices them.
 
     Text is tokenized in a worker thread, so a huge prompt does not stall the event loop (and /health); a text that
     certainly has more tokens than the context holds is refused before it is tokenized (unless it is truncated).
 
     Raises:
-        APIError: 400 for an empty prompt, one over the context length, ids outside the vocabulary, or more prompts
-            than the server holds.
+        APIError: 400 for an empty prompt, one over the context length, ids outside the vocabulary, a truncation
+            over what the context holds, or more prompts than the server holds.
     """
     from starlette.concurrency import run_in_threadpool
 
@@ -51,11 +57,7 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
         prompt = [prompt]  # one prompt: a flat id list too, not one prompt per id
     if not prompt:
         raise bad_request(f"{param} is empty: give at least one prompt", param)
-    if truncate == -1:
-        truncate = block  # vLLM's "the context length"
-    if truncate is not None and truncate > block:  # as vLLM refuses it
-        raise bad_request(f"truncate_prompt_tokens={truncate} is over the model's context length {block}",
-                          "truncate_prompt_tokens")
+    truncate = truncation(block, truncate, reserve, reserve_param)
     if len(prompt) > served.limits.capacity:
         raise bad_request(f"{param} holds {len(prompt)} prompts; this server takes at most "
                           f"{served.limits.capacity} sequences at a time", param)
@@ -71,11 +73,15 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
                 if least >= block:
                     where = param if len(prompt) == 1 else f"{param}[{i}]"
                     raise _over_context(where, f"{len(text)} characters, so at least {least} tokens,", block, param)
-        encode = functools.partial(served.tokenizer.encode_batch, add_special_tokens=special) if truncate is None \
-            else functools.partial(_encode_left_truncated, served.tokenizer, keep=truncate, special=special)
+        # without a side the tokenizer cuts, keeping its bos, as vLLM's does; with one the whole prompt is sliced
+        encode = functools.partial(_encode_left_truncated, served.tokenizer, keep=truncate, special=special) \
+            if truncate is not None and side is None \
+            else functools.partial(served.tokenizer.encode_batch, add_special_tokens=special)
         ids = await run_in_threadpool(encode, prompt)
     else:
-        ids = prompt if truncate is None else [row[-truncate:] for row in prompt]
+        ids = prompt
+    if truncate is not None:  # vLLM's slice: the first k for "right", else the last k (a text cut already fits)
+        ids = [row[:truncate] if side == "right" else row[-truncate:] for row in ids]
     for i, row in enumerate(ids):
         where = param if len(ids) == 1 else f"{param}[{i}]"
         if not row:
@@ -87,6 +93,25 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
             raise bad_request(f"{where} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}", param,
                               code="invalid_token_id")
     return ids
+
+
+def truncation(block: int, truncate: int | None, reserve: int, reserve_param: str) -> int | None:
+    """The tokens vLLM's truncate_prompt_tokens keeps: -1 is what the context holds beside the `reserve` tokens asked
+    for; a number over that is refused, as vLLM's renderer refuses it (a prompt cut to it could not take them)."""
+    if truncate is None:
+        return None
+    room = block - reserve
+    if room < 1:
+        raise bad_request(f"{reserve_param}={reserve} leaves no room for a prompt in the model's context length "
+                          f"{block}", reserve_param, code="context_length_exceeded")
+    if truncate == -1:
+        return room
+    if truncate > room:
+        beside = f" beside {reserve_param}={reserve}" if reserve else ""
+        raise bad_request(f"truncate_prompt_tokens={truncate} is more than the model's context length {block} holds"
+                          f"{beside}: keep at most {room} tokens (or send -1 for that many)",
+                          "truncate_prompt_tokens")
+    return truncate
 
 
 def _encode_left_truncated(tokenizer, texts: list[str], *, keep: int, special: bool) -> list[list[int]]:

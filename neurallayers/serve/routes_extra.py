@@ -117,7 +117,9 @@ def register(app, *, holder, metrics, draining) -> None:
         try:
             served = lease.served
             if served.kind == "encoder":
-                vectors, _ = await embed_texts(served, prompts)
+                # refused, as /v1/embeddings refuses it, rather than cut at max_model_len without a word
+                vectors, _ = await embed_texts(served, prompts, refuse_longer=True, param=param,
+                                               hint=" (POST /v1/embeddings takes truncate_prompt_tokens to cut it)")
                 counts = [len(ids) for ids in await run_in_threadpool(
                     functools.partial(served.tokenizer.encode_batch, add_special_tokens=True),
                     read_as(served.model, prompts))]  # lowercased where embed lowercases them

@@ -101,9 +101,10 @@ def register(app, *, holder, metrics) -> None:
             served = lease.served
             check_model(served, req.model, need="decoder")
             params.refuse_unsupported(req)
-            prompts = await params.prompt_ids(served, req.prompt, special=req.add_special_tokens,
-                                              truncate=req.truncate_prompt_tokens)
             max_tokens = COMPLETION_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+            prompts = await params.prompt_ids(served, req.prompt, special=req.add_special_tokens,
+                                              truncate=req.truncate_prompt_tokens, side=req.truncation_side,
+                                              reserve=max_tokens)
             if max_tokens == 0 and not req.echo:
                 raise bad_request("max_tokens=0 generates nothing: it is taken only with echo (the prompt alone, "
                                   "with its logprobs); give at least 1", "max_tokens")
@@ -124,7 +125,8 @@ def register(app, *, holder, metrics) -> None:
             n_prompt = sum(len(ids) for ids in prompts)
             if max_tokens == 0:
                 choices = [{"index": i, "text": echoes[p], "finish_reason": "length", "stop_reason": None,
-                            "logprobs": None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()}}
+                            "logprobs": None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()},
+                            **token_ids(req, prompts[p], [])}
                            for i, p in enumerate(p for p in range(len(prompts)) for _ in range(req.n))]
                 body = {**meta, "object": "text_completion", "choices": choices, "usage": usage(n_prompt, 0)}
                 if not req.stream:
@@ -147,7 +149,8 @@ def register(app, *, holder, metrics) -> None:
                     lps = completion_logprobs(served.tokenizer, res.logprobs + stop_token(requests[i]),
                                               offset=len(echoes[p]), prompt=prompt_part)
                 choices.append({"index": i, "text": echoes[p] + res.text, "logprobs": lps,
-                                "finish_reason": res.finish_reason, "stop_reason": requests[i].stop_reason})
+                                "finish_reason": res.finish_reason, "stop_reason": requests[i].stop_reason,
+                                **token_ids(req, prompts[p], requests[i].token_ids)})
             n_gen = sum(r.completion_tokens for r in requests)
             return {**meta, "object": "text_completion", "choices": choices, "usage": usage(n_prompt, n_gen)}
         finally:
@@ -169,12 +172,13 @@ def register(app, *, holder, metrics) -> None:
 
     def _completion_chunks(requests, req, meta, echoes, echo_lps, n_prompt, served, metrics, started, prompts):
         head = []
+        ids = ChunkIds(requests, req.return_token_ids)
         if req.echo:
             for i in range(len(requests)):
                 p = i // req.n
                 lps = None if echo_lps is None else {k: list(v) for k, v in echo_lps[p].items()}
-                head.append({"index": i, "text": echoes[p], "logprobs": lps, "finish_reason": None,
-                             "stop_reason": None})
+                head.append(({"index": i, "text": echoes[p], "logprobs": lps, "finish_reason": None,
+                              "stop_reason": None, **ids.first(i, prompts[p], echo=True)}, {}))
         offsets = [len(echoes[i // req.n]) for i in range(len(requests))]
 
         def choice(i: int, ev) -> dict:
@@ -187,11 +191,13 @@ def register(app, *, holder, metrics) -> None:
                 # a token's offset follows the tokens before it, as in the non-streaming answer: an event's text
                 # lags its token while it could still be a stop string's start
                 offsets[i] += sum(map(len, lps["tokens"]))
-            # vLLM's completion chunks all carry stop_reason: null until the one that ends the choice
+            # vLLM's completion chunks all carry stop_reason: null until the one that ends the choice; with
+            # return_token_ids a choice's first chunk also its prompt's ids, and each its new token ids
             return {"index": i, "text": ev.text, "logprobs": lps, "finish_reason": ev.finish_reason,
-                    "stop_reason": None if ev.finish_reason is None else requests[i].stop_reason}
+                    "stop_reason": None if ev.finish_reason is None else requests[i].stop_reason,
+                    **ids.first(i, prompts[i // req.n]), **ids.delta(i, ev)}
 
-        prompt_lens = [len(ids) for ids in prompts for _ in range(req.n)]
+        prompt_lens = [len(p) for p in prompts for _ in range(req.n)]
         return _sse_chunks(requests, req, {**meta, "object": "text_completion"}, head, choice, n_prompt, prompt_lens,
                            metrics, started)
 
@@ -212,9 +218,11 @@ def register(app, *, holder, metrics) -> None:
             text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages, **options)
             if not text:
                 raise bad_request("the chat template rendered these messages as an empty prompt", "messages")
-            prompts = await params.prompt_ids(served, text, param="messages", special=req.add_special_tokens,
-                                              truncate=req.truncate_prompt_tokens)
             name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+            prompts = await params.prompt_ids(served, text, param="messages", special=req.add_special_tokens,
+                                              truncate=req.truncate_prompt_tokens, side=req.truncation_side,
+                                              reserve=req.max_completion_tokens or req.max_tokens or 0,
+                                              reserve_param=name)
             max_tokens = req.max_completion_tokens or req.max_tokens or max(1, served.block_size - len(prompts[0]))
             params.check_length(served, prompts, max_tokens, param="messages", max_param=name)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -228,26 +236,33 @@ def register(app, *, holder, metrics) -> None:
             role = chat_template.reply_role(req.messages, add_generation_prompt=options["add_generation_prompt"])
             echo = chat_template.echo_text(req.messages, role) if req.echo else ""
             if req.stream:
-                chunks = _chat_chunks(requests, req, meta, n_prompt, served, metrics, started, echo, role)
+                chunks = _chat_chunks(requests, req, meta, prompts[0], served, metrics, started, echo, role)
                 response, lease = streaming_response(chunks, lease), None
                 return response
             results = await collect(requests, metrics=metrics, started=started, gone=raw.is_disconnected)
+            # vLLM's return_token_ids: each choice's ids in it, the prompt's (one for all) beside usage
             choices = [{"index": i, "message": {"role": role, "content": echo + res.text},
                         "logprobs": chat_logprobs(served.tokenizer, res.logprobs) if req.logprobs else None,
-                        "finish_reason": res.finish_reason, "stop_reason": requests[i].stop_reason}
+                        "finish_reason": res.finish_reason, "stop_reason": requests[i].stop_reason,
+                        **({"token_ids": list(requests[i].token_ids)} if req.return_token_ids else {})}
                        for i, res in enumerate(results)]
             n_gen = sum(r.completion_tokens for r in requests)
-            return {**meta, "object": "chat.completion", "choices": choices, "usage": usage(n_prompt, n_gen)}
+            return {**meta, "object": "chat.completion", "choices": choices, "usage": usage(n_prompt, n_gen),
+                    **({"prompt_token_ids": prompts[0]} if req.return_token_ids else {})}
         finally:
             if lease is not None:
                 lease.release()
 
-    def _chat_chunks(requests, req, meta, n_prompt, served, metrics, started, echo, role):
-        # the first delta of each choice names the role; then, as vLLM sends it, the echoed text
-        head = [{"index": i, "delta": {"role": role, "content": ""}, "logprobs": None, "finish_reason": None}
+    def _chat_chunks(requests, req, meta, prompt, served, metrics, started, echo, role):
+        # the first delta of each choice names the role (its chunk carries the prompt's ids with return_token_ids,
+        # as vLLM's does); then, as vLLM sends it, the echoed text
+        n_prompt = len(prompt)
+        ids = ChunkIds(requests, req.return_token_ids)
+        top = {"prompt_token_ids": prompt} if req.return_token_ids else {}
+        head = [({"index": i, "delta": {"role": role, "content": ""}, "logprobs": None, "finish_reason": None}, top)
                 for i in range(len(requests))]
         if echo:
-            head += [{"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None}
+            head += [({"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None}, {})
                      for i in range(len(requests))]
 
         def choice(i: int, ev) -> dict:
@@ -256,7 +271,7 @@ def register(app, *, holder, metrics) -> None:
             out = {"index": i, "delta": delta, "logprobs": lps, "finish_reason": ev.finish_reason}
             if ev.finish_reason is not None:  # vLLM's chat chunks carry stop_reason on the last one only
                 out["stop_reason"] = requests[i].stop_reason
-            return out
+            return {**out, **ids.delta(i, ev)}
 
         return _sse_chunks(requests, req, {**meta, "object": "chat.completion.chunk"}, head, choice, n_prompt,
                            [n_prompt] * len(requests), metrics, started)
@@ -275,12 +290,13 @@ def register(app, *, holder, metrics) -> None:
             return {"usage": usage(prompt_lens[i], made[i]) if continuous else None}
 
         try:
-            for c in head:
-                yield sse({**base, "choices": [c], **extra(c["index"])})
+            for c, top in head:
+                yield sse({**base, "choices": [c], **top, **extra(c["index"])})
             async for i, ev in merged(requests, metrics=metrics, started=started):
                 made[i] = requests[i].completion_tokens if ev.finish_reason is not None \
                     else made[i] + (ev.token_id is not None)
-                if not ev.text and ev.logprob is None and ev.finish_reason is None:
+                if not ev.text and ev.logprob is None and ev.finish_reason is None \
+                        and not (req.return_token_ids and ev.token_id is not None):
                     continue  # held-back text (half a character, a possible stop string): nothing to say yet
                 yield sse({**base, "choices": [choice(i, ev)], **extra(i)})
             if include_usage:
@@ -304,7 +320,7 @@ def register(app, *, holder, metrics) -> None:
                                   "dimensions")
             keep = embedding_truncation(served, req.truncate_prompt_tokens, special=req.add_special_tokens)
             vectors, n_tokens = await embed_texts(served, texts, max_length=keep, normalize=req.normalize,
-                                                  truncation_side="right" if keep is None else "left",
+                                                  truncation_side=req.truncation_side or "left",
                                                   add_special_tokens=req.add_special_tokens,
                                                   refuse_longer=keep is None)
             data = []
@@ -316,6 +332,39 @@ def register(app, *, holder, metrics) -> None:
                     "usage": {"prompt_tokens": n_tokens, "completion_tokens": 0, "total_tokens": n_tokens}}
         finally:
             lease.release()
+
+
+def token_ids(req, prompt: list[int], generated: list[int]) -> dict:
+    """A completion choice's vLLM return_token_ids fields (none unless asked for)."""
+    return {"prompt_token_ids": prompt, "token_ids": list(generated)} if req.return_token_ids else {}
+
+
+class ChunkIds:
+    """vLLM's return_token_ids in a stream: a choice's first chunk carries its prompt's ids (completions), and each
+    chunk the ids of the tokens it reports; the last chunk the rest (a stop token, a stop string's tokens, which
+    send no event of their own), so a choice's chunks join into the token_ids the unstreamed answer gives."""
+
+    def __init__(self, requests: list, on: bool) -> None:
+        self.requests, self.on = requests, on
+        self.sent = [0] * len(requests)
+        self.started: set[int] = set()
+
+    def first(self, i: int, prompt: list[int], *, echo: bool = False) -> dict:
+        """The prompt's ids on choice i's first chunk; `echo`: that chunk is the echoed prompt's, with no new ids."""
+        if not self.on or i in self.started:
+            return {}
+        self.started.add(i)
+        return {"prompt_token_ids": prompt, **({"token_ids": []} if echo else {})}
+
+    def delta(self, i: int, ev) -> dict:
+        if not self.on:
+            return {}
+        if ev.finish_reason is not None:  # the request has ended: its list is whole
+            new = self.requests[i].token_ids[self.sent[i]:]
+        else:
+            new = [] if ev.token_id is None else [ev.token_id]
+        self.sent[i] += len(new)
+        return {"token_ids": list(new)}
 
 
 def _usage_options(req) -> tuple[bool, bool]:
@@ -380,12 +429,13 @@ def embedding_truncation(served: ServedModel, truncate: int | None, *, special: 
 
 async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int | None = None,
                       normalize: bool | None = None, truncation_side: str = "right", add_special_tokens: bool = True,
-                      refuse_longer: bool = False):
+                      refuse_longer: bool = False, param: str = "input", hint: str | None = None):
     """(N, C) float32 CPU embeddings and the number of tokens read, computed in a worker thread; max_length:
     tokens each text keeps (default max_model_len), cut on `truncation_side`; normalize: None, the model's own.
 
-    refuse_longer: a text with more tokens than max_model_len is a 400 naming both numbers, as vLLM (without
-    truncate_prompt_tokens) and OpenAI answer it, instead of being cut silently."""
+    refuse_longer: a text with more tokens than max_model_len is a 400 naming both numbers and the request field
+    `param` that holds the texts, as vLLM (without truncate_prompt_tokens) and OpenAI answer it, instead of being
+    cut silently; hint: how the route's client may cut it instead (default: /v1/embeddings' truncate_prompt_tokens)."""
     from starlette.concurrency import run_in_threadpool
 
     from neurallayers.embeddings import embed, read_as, token_counts, tokenize_batch
@@ -398,12 +448,12 @@ async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int 
         if refuse_longer:
             counts = token_counts(served.tokenizer, read, add_special_tokens=add_special_tokens)
             if (i := next((i for i, n in enumerate(counts) if n > limit), None)) is not None:
-                where = "input" if len(texts) == 1 else f"input[{i}]"
+                where = param if len(texts) == 1 else f"{param}[{i}]"
+                how = hint or f", or send truncate_prompt_tokens (-1: keep the last {limit})"
                 # vLLM's wording, which clients (LiteLLM, LangChain) recognise as a context-length error
                 raise bad_request(f"This model's maximum context length is {limit} tokens. However, you requested "
                                   f"{counts[i]} tokens in {where} for embedding generation. Please reduce the length "
-                                  "of the input, or send truncate_prompt_tokens (-1: keep the last "
-                                  f"{limit}).", "input", code="context_length_exceeded")
+                                  f"of the input{how}.", param, code="context_length_exceeded")
         vectors = embed(served.model, served.tokenizer, texts, max_length=max_length, normalize=normalize,
                         truncation_side=truncation_side, add_special_tokens=add_special_tokens).cpu()
         n_tokens = int(tokenize_batch(served.tokenizer, read, max_length=max_length,

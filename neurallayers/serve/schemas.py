@@ -43,6 +43,9 @@ def _keeps_a_token(value: int) -> int:
 
 
 Truncation = Annotated[int, Field(ge=-1), AfterValidator(_keeps_a_token)]  # -1 as vLLM takes it, or at least 1
+TruncationSide = Literal["left", "right"]
+SIDE = ("vLLM's: which end truncate_prompt_tokens cuts: \"left\" keeps the last k tokens, \"right\" the first k, both "
+        "counting the special tokens as tokens; default: the tokenizer's cut (the last k, a bos kept first)")
 Bias = Annotated[float, Field(ge=-100, le=100)]
 
 
@@ -72,10 +75,10 @@ UNSUPPORTED = frozenset({
     "guided_whitespace_pattern", "structural_tag", "structured_outputs", "allowed_token_ids", "bad_words",
     "prompt_logprobs", "logits_processors", "chat_template", "documents", "mm_processor_kwargs",
     "return_tokens_as_token_ids", "vllm_xargs",
-    # vLLM's request fields for what this server has no part of (scheduling, tracing, disaggregation, token ids
-    # returned, reasoning): named as unsupported, not as a misspelling
+    # vLLM's request fields for what this server has no part of (scheduling, tracing, disaggregation, token offsets,
+    # reasoning): named as unsupported, not as a misspelling
     "priority", "request_id", "session_id", "cache_salt", "kv_transfer_params", "ec_transfer_params",
-    "return_token_ids", "return_token_offsets", "logprob_token_ids", "prompt_embeds", "truncation_side",
+    "return_token_offsets", "logprob_token_ids", "prompt_embeds",
     "watermarking", "repetition_detection", "thinking_token_budget", "stream_interval", "include_reasoning",
     "media_io_kwargs", "embed_dtype",
     "tool_calls", "tool_call_id"})  # the last two: fields of a message
@@ -138,7 +141,12 @@ class Sampling(OpenAIRequest):
     min_tokens: int = Field(0, ge=0, description="end-of-text and stop_token_ids are held back until this many "
                             "tokens are generated, and a stop string counts only where it ends after them (vLLM's)")
     truncate_prompt_tokens: Truncation | None = Field(None, description="keep only the last k tokens of each prompt; "
-                                                      "-1: as many as the context length holds (vLLM's)")
+                                                      "-1: as many as the context length holds beside max_tokens "
+                                                      "(vLLM's)")
+    truncation_side: TruncationSide | None = Field(None, description=SIDE)
+    return_token_ids: bool = Field(False, description="vLLM's: also return the prompt's token ids "
+                                   "(prompt_token_ids) and each choice's generated ones (token_ids); streamed: the "
+                                   "prompt's on a choice's first chunk, each chunk's new ids")
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = Field(
         None, description="generation ends before the first of these strings, which is not returned (unless "
         "include_stop_str_in_output); stop_reason names it")
@@ -225,6 +233,8 @@ class EmbeddingRequest(OpenAIRequest):
     truncate_prompt_tokens: Truncation | None = Field(None, description="keep only the last k tokens of each input, "
                                                       "its special tokens among them; -1: max_model_len (vLLM's); "
                                                       "without it a longer input is refused, as vLLM and OpenAI do")
+    truncation_side: TruncationSide | None = Field(None, description="vLLM's: which end truncate_prompt_tokens "
+                                                   "cuts (the special tokens stay, as transformers cuts); default left")
     normalize: bool | None = Field(None, description="L2-normalize each vector (vLLM's); default: the model's own "
                                    "(a sentence-transformers folder without Normalize gives raw vectors)")
     add_special_tokens: bool = Field(True, description="vLLM's: the tokenizer's special tokens ([CLS], [SEP]) frame "
@@ -296,12 +306,22 @@ class CompletionLogprobs(BaseModel):
 STOP_REASON = "vLLM's: the stop string or stop_token_ids id that ended the choice; null on eos or length"
 
 
+TOKEN_IDS = "vLLM's, with return_token_ids: every token the model chose (a final stop token and a stop string's too)"
+PROMPT_IDS = "vLLM's, with return_token_ids: the prompt's token ids, as the model read them"
+
+
+def _only_sent(value) -> bool:
+    return value is None  # a field sent only when asked for (return_token_ids): absent, not null, otherwise
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
     stop_reason: str | int | None = Field(None, description=STOP_REASON)
+    prompt_token_ids: list[int] | None = Field(None, description=PROMPT_IDS, exclude_if=_only_sent)
+    token_ids: list[int] | None = Field(None, description=TOKEN_IDS, exclude_if=_only_sent)
 
 
 class CompletionResponse(BaseModel):
@@ -339,6 +359,7 @@ class ChatChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None
     stop_reason: str | int | None = Field(None, description=STOP_REASON)
+    token_ids: list[int] | None = Field(None, description=TOKEN_IDS, exclude_if=_only_sent)
 
 
 class ChatResponse(BaseModel):
@@ -348,6 +369,7 @@ class ChatResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    prompt_token_ids: list[int] | None = Field(None, description=PROMPT_IDS, exclude_if=_only_sent)
 
 
 class ModelCard(BaseModel):

@@ -44,9 +44,9 @@ def hf(folder):
     return transformers.AutoTokenizer.from_pretrained(folder), transformers.AutoModel.from_pretrained(folder).eval()
 
 
-def oracle(hf, texts, *, special: bool = True, keep: int | None = None) -> tuple[np.ndarray, int]:
+def oracle(hf, texts, *, special: bool = True, keep: int | None = None, side: str = "left") -> tuple[np.ndarray, int]:
     tok, model = hf
-    tok.truncation_side = "left"
+    tok.truncation_side = side
     cut = {} if keep is None else {"truncation": True, "max_length": keep}
     batch = tok(texts, padding=True, return_tensors="pt", add_special_tokens=special, **cut)
     with torch.no_grad():
@@ -96,6 +96,40 @@ def test_truncate_prompt_tokens_takes_a_longer_input(client, hf, keep):
     want, tokens = oracle(hf, [text], keep=LIMIT if keep == -1 else keep)
     assert np.abs(np.array(out.data[0].embedding) - want[0]).max() < 1e-5
     assert out.usage.prompt_tokens == tokens == (LIMIT if keep == -1 else keep)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_truncation_side_picks_the_end_that_is_cut(client, hf, side):
+    text = "the start of it " + words(LIMIT) + " and its very end"
+    out = client.embeddings.create(model="minilm", input=text,
+                                   extra_body={"truncate_prompt_tokens": 100, "truncation_side": side})
+    want, tokens = oracle(hf, [text], keep=100, side=side)
+    assert np.abs(np.array(out.data[0].embedding) - want[0]).max() < 1e-5
+    other = oracle(hf, [text], keep=100, side={"left": "right", "right": "left"}[side])[0]
+    assert np.abs(want[0] - other[0]).max() > 1e-3  # the two ends embed differently: the test tells them apart
+    assert out.usage.prompt_tokens == tokens == 100
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="minilm", input="hello", extra_body={"truncation_side": "both"})
+    assert e.value.body["param"] == "truncation_side"
+
+
+@pytest.mark.parametrize("route, field", [("predict", "prompt"), ("batch_predict", "prompts")])
+def test_predict_refuses_a_text_over_max_model_len_instead_of_cutting_it(server, hf, route, field):
+    import httpx
+
+    text = words(LIMIT)  # LIMIT + 2 tokens with [CLS] and [SEP]
+    r = httpx.post(f"{server.url}/{route}", json={field: text if route == "predict" else ["hello", text]}, timeout=60)
+    assert r.status_code == 400, r.text
+    body = r.json()["error"]
+    where = field if route == "predict" else f"{field}[1]"
+    assert (body["param"], body["code"]) == (field, "context_length_exceeded")
+    assert (f"maximum context length is {LIMIT} tokens. However, you requested {LIMIT + 2} tokens in {where}"
+            in body["message"])
+    fits = words(LIMIT - 2)
+    r = httpx.post(f"{server.url}/{route}", json={field: fits if route == "predict" else [fits]}, timeout=60)
+    got = r.json() if route == "predict" else r.json()["predictions"][0]
+    assert np.abs(np.array(got["embedding"]) - oracle(hf, [fits])[0][0]).max() < 1e-5
+    assert got["usage"]["prompt_tokens"] == LIMIT
 
 
 def test_add_special_tokens_must_be_a_boolean(client):

@@ -1,6 +1,6 @@
-"""vLLM's truncate_prompt_tokens=-1 (as many tokens as the context length holds) through the real `openai` client
-against a real server on 127.0.0.1: a prompt that fits is read whole, on both routes and for token-id prompts; 0 is
-still refused naming the field."""
+"""vLLM's truncate_prompt_tokens=-1 (as many tokens as the context length holds beside max_tokens) through the real
+`openai` client against a real server on 127.0.0.1: a prompt that fits is read whole, on both routes and for token-id
+prompts; 0 is still refused naming the field."""
 
 from __future__ import annotations
 
@@ -31,9 +31,12 @@ def test_minus_one_reads_a_fitting_prompt_whole(client, loaded):
     assert (cut.usage, cut.choices[0].message.content) == (plain.usage, plain.choices[0].message.content)
 
 
-def test_minus_one_cuts_a_long_prompt_to_the_context_length(client):
-    with pytest.raises(openai.BadRequestError) as e:  # then the context has no room left for a reply, as in vLLM
-        complete(client, "the quick brown fox " * 10, truncate_prompt_tokens=-1)
+def test_minus_one_cuts_a_long_prompt_to_what_the_context_holds_beside_max_tokens(client):
+    # vLLM's renderer: -1 is max_model_len - max_tokens (it was the whole context here, which left no room: a 400)
+    assert complete(client, "the quick brown fox " * 10, truncate_prompt_tokens=-1).usage.prompt_tokens == 64 - 3
+    with pytest.raises(openai.BadRequestError) as e:  # chat without max_tokens asks for none: the whole context
+        client.chat.completions.create(model="tiny-char", messages=[{"role": "user", "content": "the quick " * 10}],
+                                       extra_body={"truncate_prompt_tokens": -1})
     assert "has 64 tokens" in e.value.body["message"]
 
 

@@ -188,7 +188,7 @@ def test_best_of_equal_to_n_returns_the_n_choices(client):
     ("guided_grammar", "root ::= 'a'"), ("structural_tag", "{}"), ("allowed_token_ids", [1, 2]),
     ("bad_words", ["fox"]), ("prompt_logprobs", 1), ("logits_processors", ["x.y"]),
     # vLLM's scheduling / tracing / token-id fields: "not supported", not "unknown field (did you mean ...)"
-    ("priority", 1), ("request_id", "abc"), ("return_token_ids", True), ("truncation_side", "right"),
+    ("priority", 1), ("request_id", "abc"), ("return_token_offsets", True), ("session_id", "abc"),
     ("cache_salt", "s" * 43), ("include_reasoning", False)])
 def test_structured_output_and_other_vllm_parameters_are_refused_as_unsupported(client, server, name, value):
     assert "not supported" in refused(lambda: complete(client, **{name: value}), name)

@@ -110,3 +110,15 @@ def test_echo_without_generation_streams_continuous_usage(client, loaded):
                                             stream=True, stream_options={"continuous_usage_stats": True}))
     assert [(c.usage.prompt_tokens, c.usage.completion_tokens) for c in chunks] == [(n_prompt, 0)] * 2
     assert chunks[0].choices[0].text == "The quick" and chunks[0].choices[0].model_extra["stop_reason"] is None
+
+
+@pytest.mark.parametrize("route", ["completions", "chat"])
+def test_empty_stream_options_send_no_usage_chunk_as_openai_reads_them(client, route):
+    """vLLM defaults include_usage to true, so `{}` gets a last chunk with no choices there, which client code
+    written for OpenAI (`chunk.choices[0]`) fails on; here `{}` means what OpenAI reads: no usage."""
+    create, kw = (client.completions.create, dict(prompt="ab")) if route == "completions" else \
+        (client.chat.completions.create, dict(messages=[{"role": "user", "content": "ab"}]))
+    chunks = list(create(model="tiny-char", max_tokens=3, stream=True, stream_options={}, **kw))
+    assert all(c.choices and c.usage is None for c in chunks)
+    asked = list(create(model="tiny-char", max_tokens=3, stream=True, stream_options={"include_usage": True}, **kw))
+    assert not asked[-1].choices and asked[-1].usage.completion_tokens >= 1
