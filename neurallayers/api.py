@@ -44,7 +44,8 @@ def folder_model_config(path: Path) -> object:
     if (path / "config.yaml").is_file():
         from neurallayers.training.config import RunConfig
 
-        return RunConfig.from_yaml(path / "config.yaml").model
+        # only the model section must validate: a train or data value a later version refuses only warns
+        return RunConfig.from_yaml(path / "config.yaml", saved=True).model
     if (path / "config.json").is_file():
         from neurallayers.interop.hf import family, read_json
 
@@ -207,8 +208,8 @@ def train(config: object, out_dir: str | Path, *, resume: bool | str | Path | No
         raise ValueError("out_dir is empty; name the run directory to write")
     if isinstance(overrides, str):  # read letter by letter, it failed as "override '-' must look like ..."
         raise ValueError(f"overrides={overrides!r}: give a list, e.g. {overrides.split()!r}")
-    if isinstance(config, (str, Path)):
-        config = RunConfig.from_yaml(config)
+    if isinstance(config, (str, Path)):  # a config to train with: its first bad field is an error, wherever it lies
+        config = RunConfig.from_yaml(config, saved=False)
     if isinstance(config, RunConfig):
         config = config.to_dict() if overrides else config
     if isinstance(config, dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
@@ -517,8 +518,9 @@ def _float_or_same(value: str) -> float | str:
         return value  # left for validation to report
 
 
-def read_yaml_file(path: str | Path, *, what: str = "config file") -> Any:
-    """The YAML document in `path`; a missing file or bad YAML is one clear line (file, problem, line, column)."""
+def read_yaml_file(path: str | Path, *, what: str = "config file", load: Callable[[str], Any] | None = None) -> Any:
+    """The YAML document in `path`, read by `load` (default yaml.safe_load); a missing file or bad YAML is one clear
+    line (file, problem, line, column)."""
     import yaml
 
     path = Path(path)
@@ -527,7 +529,7 @@ def read_yaml_file(path: str | Path, *, what: str = "config file") -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return (load or yaml.safe_load)(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text (byte {e.start}); a {what} is a YAML file") from None
     except yaml.YAMLError as e:

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.path)
     if is_checkpoint_folder(run_dir):  # a run's checkpoints/step-N: that step's weights on the run's own split
         run_dir = checkpoint_run(run_dir)
-    run_cfg = RunConfig.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    # a saved run: its data and split settings, where a value this version refuses only warns
+    run_cfg = RunConfig.from_yaml(run_dir / "config.yaml", saved=True) if (run_dir / "config.yaml").is_file() else None
     own = run_cfg is not None and (args.data is None or absolute_spec(args.data) == absolute_spec(run_cfg.data.source))
     if args.data is None and not own:
         raise ValueError(f"{args.path} is not a run directory: name the corpus with --data")

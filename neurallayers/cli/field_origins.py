@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,11 +71,26 @@ class FieldOrigins:
 
     @contextlib.contextmanager
     def naming(self) -> Iterator[None]:
-        """Errors raised inside, in the user's words: training and data preparation check fields too (a missing
-        `TrainConfig.init_from`, a `DataConfig.tokenizer` that names no file)."""
+        """Errors raised and warnings shown inside, in the user's words: training and data preparation check fields
+        too (a missing `TrainConfig.init_from`, a `DataConfig.tokenizer` that names no file, bf16 on a CPU without
+        bf16 dot products: `TrainConfig.precision='bf16'`)."""
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            text = str(message)
+            if (named := self.words(text)) != text:
+                try:
+                    message = category(named)
+                except TypeError:  # a category that takes other arguments: the text is what is shown
+                    message = named
+            shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
         try:
             yield
         except (ValueError, FileNotFoundError) as e:
             if (named := self.renamed(e)) is None:
                 raise
             raise named from None
+        finally:
+            warnings.showwarning = shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -75,10 +76,21 @@ def build_run_config(args: argparse.Namespace, *, base: Path | None = None,
         return RunConfig.from_dict(data)
     except (ValueError, FileNotFoundError) as e:  # FileNotFoundError: a train.init_from that is not there
         if (named := origins.renamed(e)) is not None:
-            raise named from None
+            raise _resume_hint(named, base) from None
         if source is not None and isinstance(e, ValueError):  # name the file a bad field may sit in
             raise ValueError(f"{e} (config: {source})") from None
         raise
+
+
+def _resume_hint(error: BaseException, base: Path | None) -> BaseException:
+    """`error`, where it names a field of the resumed run's own config.yaml (`base`), with what to do: a value this
+    version refuses (an older version wrote it) is fixed in the file or by an override, as generate and eval warn."""
+    message = str(error)
+    found = re.match(rf"{re.escape(str(base))}: ((?:train|data)\.\w+)", message) if base is not None else None
+    if found is None:
+        return error
+    return type(error)(f"{message} (the run's saved config: to resume, fix {found[1]} in {base}, or give "
+                       f"--{found[1]} VALUE)")
 
 
 def default_out(args: argparse.Namespace, run) -> Path:

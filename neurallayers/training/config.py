@@ -196,8 +196,12 @@ class RunConfig:
                 "data": dataclasses.asdict(self.data)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, data: dict[str, Any], *, saved: str | os.PathLike | None = None) -> RunConfig:
         """Builds from `{model: {...}, train: {...}, data: {...}}`; `model` may be `{preset: name, ...overrides}`.
+
+        Args:
+            saved: the path of the saved run's config.yaml that `data` was read from (see from_yaml): a train or data
+                field (or a section) this version refuses or does not know warns, naming it, and takes its default.
 
         Raises:
             ValueError: an unknown section or field (naming it and the closest valid name), or a bad value.
@@ -207,8 +211,11 @@ class RunConfig:
                              f"got {type(data).__name__}")
         for key in data:
             if key not in SECTIONS:
-                raise ValueError(f"unknown config section {key!r}{_did_you_mean(key, SECTIONS)}; "
-                                 f"valid sections: {', '.join(SECTIONS)}")
+                problem = f"unknown config section {key!r}{_did_you_mean(key, SECTIONS)}"
+                if saved is None:
+                    raise ValueError(f"{problem}; valid sections: {', '.join(SECTIONS)}")
+                _warn_saved(saved, f"{problem}: not read (to resume training, remove it from the file)")
+        data = {key: value for key, value in data.items() if key in SECTIONS}
         train = data.get("train")
         init_from = train.get("init_from") if isinstance(train, dict) else None
         if "model" not in data and not init_from:
@@ -223,6 +230,8 @@ class RunConfig:
             # `preset:` left empty is a preset of None, refused by name: read as no preset, it trained GPT-2's shape
             has_preset = name == "model" and "preset" in raw
             preset = raw.pop("preset") if has_preset else None
+            if saved is not None and name != "model":
+                raw = _known_keys(klass, raw, name, saved)
             _check_keys(klass, raw, name)
             raw = coerce_float_strings(klass, raw)
             if name == "model" and init_from and has_preset:
@@ -240,17 +249,32 @@ class RunConfig:
                                      "run's config.yaml), which would override all of the preset's; leave out the "
                                      "preset, or the model section")
                 sections[name] = ModelConfig.from_name(preset).replace(**raw)
+            elif saved is not None and name != "model":
+                sections[name] = _lenient_section(klass, raw, name, saved)
             else:
                 sections[name] = klass(**raw)
         return cls(**sections)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> RunConfig:
+    def from_yaml(cls, path: str | os.PathLike, *, saved: bool | None = None) -> RunConfig:
+        """A run config from a YAML file; an error names the file and the key as written there
+        (`my.yaml: train.lr=-1: must be > 0`).
+
+        Args:
+            saved: read the file as a saved run's record, which load, eval, generate and serve read for its model
+                section: a train or data field this version refuses or does not know (a rule added since the run
+                was trained) warns, naming the key, and takes its default; the model section, which the weights
+                depend on, must validate. None: True for a run directory's own config.yaml (one beside a
+                tokenizer.json), False for any other file: a config to train with is refused at its first bad field.
+        """
+        path = Path(path)
+        if saved is None:
+            saved = path.name == "config.yaml" and (path.parent / "tokenizer.json").is_file()
         data = read_yaml(path)
         try:
-            return cls.from_dict(data)
+            return cls.from_dict(data, saved=path if saved else None)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise ValueError(f"{path}: {file_words(str(e))}") from None
 
     def to_yaml(self, path: str | os.PathLike) -> Path:
         """Writes the config atomically (files.write_text_atomic)."""
@@ -265,10 +289,53 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping in a YAML run-config file (empty file: {}), with clear errors for a missing or bad file."""
     from neurallayers.config import read_yaml_file
 
-    data = read_yaml_file(path, what="run config") or {}
+    data = read_yaml_file(path, what="run config", load=_load_typed) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a run config is a mapping with sections {', '.join(SECTIONS)}")
     return data
+
+
+def _load_typed(text: str) -> Any:
+    """The YAML document `text`, each field's plain scalars read as its type wants, as apply_overrides reads an
+    override: a text field (or list of texts) keeps the text written (YAML 1.1 read `[yes, 2024]` as [True, 2024] and
+    `source: 2024` as an int), a count the decimal written (`010` is not 8, `1:30` not 90)."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if isinstance(node, yaml.MappingNode):
+            for key, section in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value in SECTIONS and isinstance(section, yaml.MappingNode):
+                    for field_key, value in section.value:
+                        if isinstance(field_key, yaml.ScalarNode):
+                            _type_node(key.value, field_key.value, value)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _type_node(section: str, name: str, node: Any) -> None:
+    """Retags the plain scalars of the value node of `section.name` (see _load_typed) before it is constructed."""
+    import yaml
+
+    text_tag = "tag:yaml.org,2002:str"
+    kind = _text_field(section, name)
+    plain = [node] if isinstance(node, yaml.ScalarNode) else []
+    if kind == "list" and isinstance(node, yaml.SequenceNode):
+        plain = [n for n in node.value if isinstance(n, yaml.ScalarNode)]
+    for scalar in plain:
+        if scalar.style is not None:  # quoted: a string already
+            continue
+        if kind in ("text", "list") or (kind == "opt" and scalar.tag != "tag:yaml.org,2002:null"):
+            scalar.tag = text_tag
+        elif _number_field(section, name) and scalar.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+            if re.fullmatch(r"[-+]?\d+", scalar.value):
+                scalar.value = str(int(scalar.value))  # decimal, not YAML 1.1's octal
+            elif ":" in scalar.value:  # base 60: text, for the field's check to refuse
+                scalar.tag = text_tag
 
 
 def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
@@ -455,6 +522,65 @@ def _check_keys(klass: type, raw: dict, section: str) -> None:
         if key not in known:
             raise ValueError(f"{section} has no field {key!r}{_field_hint(key, known, section)}; "
                              f"valid fields: {', '.join(sorted(known))}")
+
+
+_SECTION_OF = {klass.__name__: name for name, klass in SECTIONS.items()}
+_CLASS_FIELD = re.compile(r"\b(ModelConfig|TrainConfig|DataConfig)\.(\w+)")
+
+
+def file_words(message: str) -> str:
+    """`message` with each config field it names as its class does (`TrainConfig.lr`) named as a run-config file
+    writes it (`train.lr`); `ModelConfig.from_dict`, no field, stays."""
+    def named(m: re.Match) -> str:
+        section = _SECTION_OF[m[1]]
+        return f"{section}.{m[2]}" if m[2] in _field_names(SECTIONS[section]) else m[0]
+
+    return _CLASS_FIELD.sub(named, message)
+
+
+def _known_keys(klass: type, raw: dict, section: str, saved: str | os.PathLike) -> dict:
+    """A saved run's section without the fields this version does not know (removed or renamed since), each named
+    in a warning."""
+    known = _field_names(klass)
+    for key in raw:
+        if key not in known:
+            _warn_saved(saved, f"{section} has no field {key!r}{_field_hint(key, known, section)}: not read (to "
+                        "resume training, remove it from the file)")
+    return {key: value for key, value in raw.items() if key in known}
+
+
+def _lenient_section(klass: type, raw: dict, section: str, saved: str | os.PathLike) -> Any:
+    """A saved run's train or data section, each field this version refuses left at its default with a warning; an
+    error that names no single field of the section is raised."""
+    while True:
+        try:
+            return klass(**raw)
+        except ValueError as e:
+            found = re.match(rf"{klass.__name__}\.(\w+)", str(e))
+            if found is None or found[1] not in raw:
+                raise
+            del raw[found[1]]
+            key, default = f"{section}.{found[1]}", _section_default(raw, section, found[1])
+            _warn_saved(saved, f"{file_words(str(e))}; {key} takes its default {default!r} here (to resume "
+                        f"training, set it in the file or with --{key})")
+
+
+class SavedConfigWarning(UserWarning):
+    """A field of a saved run's config.yaml that this version refuses or does not know (see RunConfig.from_yaml)."""
+
+
+_WARNED_SAVED: set[str] = set()
+
+
+def _warn_saved(saved: str | os.PathLike, message: str) -> None:
+    """A field of a saved run's config.yaml that this version cannot use, named once a process (eval reads the file
+    twice, a server on each reload): the model and tokenizer load regardless."""
+    import warnings
+
+    key = f"{os.path.abspath(saved)}: {message}"  # another folder's file of the same name is another run
+    if key not in _WARNED_SAVED:
+        _WARNED_SAVED.add(key)
+        warnings.warn(f"{saved}: {message}", SavedConfigWarning, stacklevel=2)
 
 
 def _require(obj: Any, name: str, ok: bool, what: str) -> None:

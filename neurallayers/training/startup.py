@@ -7,13 +7,14 @@ import dataclasses
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
-from neurallayers.training.config import RunConfig
+from neurallayers.training.config import RunConfig, SavedConfigWarning
 from neurallayers.training.resume import as_saved, check_resume, check_same_model, resume_target, saved_config
 from neurallayers.training.runtime import build_optimizer, resolve_device, resolve_precision, seed_all
 from neurallayers.weights import check_state_dict
@@ -44,7 +45,9 @@ class StartupMixin:
         self.amp_dtype, self.use_scaler = resolve_precision(run.train.precision, self.device)
         target = resume_target(out, resume)
         self.checkpoints = ckpt.checkpoint_identities(out)  # as read here: _open_loggers checks them under the lock
-        saved = saved_config(out) if target is not None else None
+        with warnings.catch_warnings():  # a resume trains with `run`: what the saved file alone would lack is no news
+            warnings.simplefilter("ignore", SavedConfigWarning)
+            saved = saved_config(out) if target is not None else None
         if saved is not None:
             run = as_saved(saved, run)
         # A fresh start from pretrained weights takes the source's tokenizer; a resume, the run's own.
