@@ -68,8 +68,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     save_interval: int = 500  # steps between checkpoints; 0 = only at the end
     keep_last: int = 2  # complete checkpoints kept under checkpoints/ (+1 to go back to, from before a divergence)
-    # wall-clock budget of each session: stop cleanly, evaluate and save when it runs out; a resume gets it afresh
-    # (a job with a time limit resumes in the next), the checkpoint's `elapsed` and the logs count the whole run
+    # wall-clock budget of each session: stop cleanly, save, then evaluate (a row marked `time_budget`, which a resume
+    # undoes) when it runs out; a resume gets it afresh (a job with a time limit resumes in the next), the
+    # checkpoint's `elapsed` and the logs count the whole run
     max_minutes: float | None = None
     sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
     sample_tokens: int = 200

@@ -20,8 +20,10 @@ class CheckpointMixin:
     """_Fit's evaluations and checkpoints."""
 
     @torch.no_grad()
-    def _evaluate(self) -> float:
-        """Mean validation loss over eval_batches; updates best weights and the early-stopping counter."""
+    def _evaluate(self, *, time_budget: bool = False) -> float:
+        """Mean validation loss over eval_batches; updates best weights and the early-stopping counter.
+        `time_budget`: the evaluation on the way out of a session that ran out of train.max_minutes, after its
+        checkpoint; its row says so, and a resume undoes it (resume.truncate_metrics, restore._roll_back_plan)."""
         cfg = self.cfg
         self.wrapped.eval()
         val, _ = losses.mean_loss(self.wrapped, self.tokens.val, block_size=self.run_cfg.model.block_size,
@@ -29,7 +31,8 @@ class CheckpointMixin:
                                   amp_dtype=self.amp_dtype, masker=self.masker, info=self.info)
         self.wrapped.train()
         improved = math.isfinite(val) and (self.best_val is None or val < self.best_val)  # NaN is never the best
-        self._log({"val_loss": val, "perplexity": losses.perplexity(val), "best": improved})
+        self._log({"val_loss": val, "perplexity": losses.perplexity(val), "best": improved,
+                   **({"time_budget": True} if time_budget else {})})
         if self.info.is_main:
             log.info("step %d: val loss %.4f  perplexity %s%s", self.step, val, losses.perplexity_text(val),
                      "  (best)" if improved else "")

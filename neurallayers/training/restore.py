@@ -14,6 +14,7 @@ import numpy as np
 
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
+from neurallayers.training.resume import after_checkpoint
 from neurallayers.weights import CheckpointError
 
 log = logging.getLogger("neurallayers.training")
@@ -158,23 +159,24 @@ class RestoreMixin:
         self.weights_are_later = False
         if not (self.out / "model.safetensors").is_file():
             return
-        bests = [int(r["step"]) for r in read_metrics(self.out / "metrics.jsonl") if r.get("best")]
+        rows = [r for r in read_metrics(self.out / "metrics.jsonl") if r.get("best")]
+        bests = [int(r["step"]) for r in rows if not after_checkpoint(r, self.step)]
         # a session killed after a better evaluation and before its next checkpoint left that evaluation's weights,
-        # which no checkpoint leads to: they are later too
-        if not self.newer_checkpoints and not (bests and bests[-1] > self.step):
+        # which no checkpoint leads to: they are later too, as are those of a time budget's evaluation after this one
+        later = len(bests) < len(rows)
+        if not self.newer_checkpoints and not later:
             return
         target = self.out / "checkpoints" / f"step-{self.step}"
-        if not bests:  # no evaluations: model.safetensors is the newer history's final weights; now this step's
+        if not rows:  # no evaluations: model.safetensors is the newer history's final weights; now this step's
             self.weights_are_later, self.weights_from = True, target
             return
-        if bests[-1] <= self.step:
+        if not later:
             return
         self.weights_are_later = True
         if self.best_val is not None and (target / ckpt.BEST).is_file():  # the best weights as of this step
             self.weights_from, self.weights_name = target, ckpt.BEST
             return
-        earlier = [b for b in bests if b <= self.step]
-        source = self.out / "checkpoints" / f"step-{earlier[-1]}" if earlier else None
+        source = self.out / "checkpoints" / f"step-{bests[-1]}" if bests else None
         if source is not None and source in ckpt.list_checkpoints(self.out):
             self.weights_from = source
             return
@@ -182,7 +184,7 @@ class RestoreMixin:
         if self.best_val is not None:
             log.warning("the best weights of this history (val loss %.4f, step %s) are no longer kept: "
                         "model.safetensors becomes step %d's weights, and the best weights and early stopping start "
-                        "over", self.best_val, earlier[-1] if earlier else "?", self.step)
+                        "over", self.best_val, bests[-1] if bests else "?", self.step)
             self.best_val, self.bad_evals = None, 0
 
     def _roll_back_files(self) -> None:
@@ -193,8 +195,8 @@ class RestoreMixin:
                         "to %s, so that a later --resume goes on from here", self.step, self.newer_checkpoints[-1].name,
                         " and the weights they led to (model.safetensors)" if later else "", folder)
         elif self.weights_are_later:  # a stopped session's: not set aside, or every kill would leave a model's size
-            log.info("model.safetensors held weights evaluated after step %d, which no checkpoint kept: it becomes "
-                     "%s's %s again", self.step, self.weights_from.name,
+            log.info("model.safetensors held weights evaluated after step %d's checkpoint, which the run goes on "
+                     "without: it becomes %s's %s again", self.step, self.weights_from.name,
                      "best weights" if self.weights_name == ckpt.BEST else "weights")
         if self.weights_from is not None:
             ckpt.copy_model(self.weights_from, self.out, name=self.weights_name)

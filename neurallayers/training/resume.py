@@ -147,7 +147,8 @@ def changes(old: dict, new: dict) -> str:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Keeps only metrics.jsonl lines up to `step` (atomic rewrite)."""
+    """Keeps only metrics.jsonl lines up to `step` (atomic rewrite), less the evaluation a session that ran out of
+    its time budget made after its checkpoint of `step` (an uninterrupted run makes none there)."""
     import json
 
     if not path.is_file():
@@ -155,11 +156,17 @@ def truncate_metrics(path: Path, step: int) -> None:
     keep = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
+            if not after_checkpoint(json.loads(line), step):
                 keep.append(line)
         except json.JSONDecodeError:
             continue  # a line torn by the crash
     write_text_atomic(path, "".join(x + "\n" for x in keep))
+
+
+def after_checkpoint(row: dict, step: int) -> bool:
+    """Whether metrics row `row` was logged after the checkpoint of `step` was written: a later step's, or the time
+    budget's evaluation on the way out of the session that wrote it (trainer._end_session)."""
+    return row.get("step", 0) > step or (row.get("step") == step and row.get("time_budget") is True)
 
 
 def logged_val_loss(path: Path, step: int) -> float | None:

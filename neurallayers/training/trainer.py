@@ -340,16 +340,22 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         """A finished run's final evaluation and weights; the session's last checkpoint; samples and the plot."""
         cfg, info = self.cfg, self.info
         terminal = s.reason not in ("until_step", "interrupted", "terminated")
+        self.early_stopped = s.reason == "early_stopping"
         if terminal and self.has_val:
             if self.step == s.start_step > 0:  # a resume with nothing to train: the step's evaluation stands
                 s.final_val = logged_val_loss(self.out / "metrics.jsonl", self.step)
             if s.final_val is None or (self.step > s.start_step and (cfg.eval_interval == 0
                                                                      or self.step % cfg.eval_interval)):
-                s.final_val = self._evaluate()
+                # the time budget pauses a run that a resume goes on with: its checkpoint holds what an uninterrupted
+                # run holds at this step, so it is written before this evaluation, which a resume undoes (an extra
+                # evaluation changed the best weights and the early-stopping count, and the later steps' log)
+                paused = s.reason == "time_budget" and self.step < cfg.max_steps
+                if paused and self.last_saved != self.step:
+                    self._save(s.t0, going_on=False)
+                s.final_val = self._evaluate(time_budget=paused)
         if terminal and self.best_val is None:  # never evaluated: the final weights are the model
             state = dist.model_state(self.wrapped, info)
             dist.on_rank_zero(lambda: ckpt.save_model(self.out, state), info)
-        self.early_stopped = s.reason == "early_stopping"
         if self.last_saved != self.step and not abandoned:
             self._save(s.t0, going_on=False)
         elif self.last_saved == self.step:  # the loop's checkpoint is the session's last (until_step, a signal after

@@ -494,8 +494,9 @@ def test_resume_on_other_data_says_so(tmp_path, caplog):
 
 @pytest.mark.parametrize("save_interval", [1000, 1])
 def test_time_budget_stops_evaluates_saves_and_samples(tmp_path, save_interval):
-    """Also when the step it stops at is a save step: its checkpoint holds the final evaluation's best (it was
-    written before it, without one, and a resume then took a worse val loss for the best)."""
+    """Also when the step it stops at is a save step. Its checkpoint holds what an uninterrupted run holds at that
+    step (no evaluation yet here), written before the evaluation on the way out, which a resume undoes
+    (test_resume_matrix's time-budget cell); model.safetensors holds the evaluated weights meanwhile."""
     from neurallayers.weights import torch_load_safe
 
     run = tiny_run(tmp_path, max_steps=10_000, max_minutes=1e-6, eval_interval=1000, save_interval=save_interval,
@@ -504,8 +505,14 @@ def test_time_budget_stops_evaluates_saves_and_samples(tmp_path, save_interval):
     assert result.stopped_reason == "time_budget" and result.steps < 10_000
     assert result.final_val_loss is not None  # evaluated on the way out
     assert ckpt.latest_checkpoint(tmp_path / "run").name == f"step-{result.steps}"
-    state = torch_load_safe(ckpt.latest_checkpoint(tmp_path / "run") / "state.pt")
-    assert state["best_val_loss"] == result.best_val_loss == result.final_val_loss
+    last = ckpt.latest_checkpoint(tmp_path / "run")
+    state = torch_load_safe(last / "state.pt")
+    assert math.isnan(state["best_val_loss"]) and result.best_val_loss == result.final_val_loss
+    evals = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "val_loss" in r]
+    assert [(r["step"], r["val_loss"], r.get("time_budget")) for r in evals] == [(result.steps, result.final_val_loss,
+                                                                                  True)]
+    weights, evaluated = (read_safetensors(p) for p in (last / "model.safetensors", tmp_path / "run/model.safetensors"))
+    assert all(torch.equal(weights[k], evaluated[k]) for k in weights)
     samples = (tmp_path / "run/samples.txt").read_text()
     assert "=== prompt: 'the '" in samples and "=== prompt: 'fox'" in samples
 

@@ -1,10 +1,11 @@
 """Exact resume in every training mode, through the CLI in fresh processes (RELIABILITY item 8).
 
 Each cell trains a tiny run twice: straight to max_steps, and stopped at step K by a real signal (SIGTERM, Ctrl-C's
-SIGINT, or SIGKILL between checkpoints), then `train --out RUN --resume` in a new process. Both must log the same
-metrics.jsonl rows (loss, lr, grad norm, val loss, skips, early stop) and end with bit-equal weights, optimizer state
-and samples. The processes run every cell's session of one kind in turn (a fresh process per kind, the straight runs
-beside the stopped ones), which keeps the matrix to a few processes.
+SIGINT, SIGKILL between checkpoints or right after one) or by train.max_minutes, then `train --out RUN --resume` in a
+new process. Both must log the same metrics.jsonl rows (loss, lr, grad norm, val loss, skips, early stop) and end with
+bit-equal weights, optimizer state and samples, the split run keeping keep_last checkpoints. The processes run every
+cell's session of one kind in turn (a fresh process per kind, the straight runs beside the stopped ones; a SIGKILL
+ends its own), which keeps the matrix to a few processes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from neurallayers.training import fit
 from neurallayers.weights import read_safetensors
 
 # Runs `neurallayers train` once per job of the JSON list in argv[1], in this one process. A job may stop its run with
-# a real signal right after step `stop_at` (as `kill` would, between steps) and make the loss of the steps `nan_at`
+# a real signal right after step `stop_at` (as `kill` would, between steps), or right after that step's checkpoint
+# ("SIGKILL@save"), or spend its time budget in that step ("budget"); and make the loss of the steps `nan_at`
 # non-finite.
 CHILD = r"""
 import json, os, signal, sys
@@ -33,19 +35,31 @@ from neurallayers.training import losses, trainer
 
 job = {}
 train_step, loss = trainer._Fit._train_step, losses.model_loss
+save, elapsed = trainer._Fit._save, trainer._Fit._elapsed
 
 def step(self):
     job["step"] = self.step + 1
     out = train_step(self)
-    if job["step"] == job.get("stop_at"):
+    if job["step"] == job.get("stop_at") and job["signal"] == "budget":
+        job["spent"] = True  # train.max_minutes runs out in this step
+    elif job["step"] == job.get("stop_at") and not job["signal"].endswith("@save"):
         os.kill(os.getpid(), getattr(signal, job["signal"]))
     return out
+
+def save_then_kill(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    if self.step == job.get("stop_at") and job["signal"].endswith("@save"):
+        os.kill(os.getpid(), getattr(signal, job["signal"].removesuffix("@save")))
+
+def clock(self, t0):
+    return elapsed(self, t0) + (1e9 if job.get("spent") else 0.0)
 
 def nan_loss(*args, **kwargs):
     value = loss(*args, **kwargs)
     return value * float("nan") if job.get("step") in job.get("nan_at", ()) else value
 
 trainer._Fit._train_step, losses.model_loss = step, nan_loss
+trainer._Fit._save, trainer._Fit._elapsed = save_then_kill, clock
 for spec in json.loads(open(sys.argv[1]).read()):
     job.clear()
     job.update(spec)
@@ -75,6 +89,16 @@ CELLS = {
     "older-checkpoint": (dict(max_steps=12, save_interval=2), {}, 8, "SIGTERM", 143),
     # killed at step 5, after step 4's evaluation wrote better weights than the step-3 checkpoint's
     "sigkill-between-checkpoints": (dict(save_interval=3), {}, 5, "SIGKILL", -9),
+    # killed as soon as step 4's checkpoint is on disk, before step 5 prunes the one kept beside it (step 2, past
+    # keep_last=1: the newest before the last update)
+    "sigkill-right-after-a-checkpoint": (dict(save_interval=2, keep_last=1), {}, 4, "SIGKILL@save", -9),
+    # the budget runs out at step 3, between evaluations (every 2 steps): the session saves, then evaluates on the
+    # way out, and finds weights better than any the run evaluates later (at lr 3e-2)
+    "time-budget-between-evaluations": (dict(EARLY, eval_interval=2, max_steps=4, early_stopping_patience=2,
+                                             max_minutes=60.0), {}, 3, "budget", 0),
+    # every step clipped (grad norms ~1 at lr 3e-3), and only the newest checkpoint kept
+    "tight-grad-clip-keep-last-1": (dict(grad_clip=0.05, keep_last=1, save_interval=2), {}, 5, "SIGTERM", 143),
+    "fine-tune-hugging-face-folder": ({}, None, 4, "SIGTERM", 143),
 }
 NAN_AT = {"nan-skip-before-resume-constant": [3]}
 
@@ -90,7 +114,7 @@ def _config(root: Path, name: str, train: dict, model: dict | None) -> Path:
     cfg["train"].update(train)
     if model is None:  # a fine-tune: the source's model and tokenizer
         del cfg["model"], cfg["data"]["tokenizer"]
-        cfg["train"]["init_from"] = str(_source(root))
+        cfg["train"]["init_from"] = str(_source(root, hf=name.endswith("hugging-face-folder")))
     else:
         cfg["model"].update(model)
     if name == "folder-corpus-bpe":  # a folder with a subfolder, read as documents, and a BPE trained on it
@@ -104,10 +128,15 @@ def _config(root: Path, name: str, train: dict, model: dict | None) -> Path:
     return path
 
 
-def _source(root: Path) -> Path:
-    """A 4-step run to fine-tune from (in this process: the source is not what the cell tests)."""
+def _source(root: Path, *, hf: bool = False) -> Path:
+    """A 4-step run to fine-tune from (in this process: the source is not what the cell tests), or its conversion to a
+    Hugging Face folder."""
+    from neurallayers.interop.convert import convert
+
     fit(tiny_run(root, max_steps=4, eval_interval=2), root / "source", progress=False)
-    return root / "source"
+    if hf:
+        convert(root / "source", root / "hf")
+    return root / "hf" if hf else root / "source"
 
 
 def _run_jobs(root: Path, name: str, jobs: list[dict]) -> subprocess.Popen:
@@ -134,14 +163,19 @@ def matrix(tmp_path_factory) -> dict[str, dict]:
         cells[name] = dict(cfg=cfg, dir=root / name, stop_at=stop_at, code=code,
                            first=dict(argv=["--config", str(cfg), "--out", str(root / name / "split")],
                                       stop_at=stop_at, signal=signal, nan_at=NAN_AT.get(name, [])))
-    # SIGKILL ends its process: that session goes last
-    order = sorted(cells, key=lambda n: cells[n]["first"]["signal"] == "SIGKILL")
+    # SIGKILL ends its process: each such session has one of its own
+    killed = [n for n in cells if cells[n]["first"]["signal"].startswith("SIGKILL")]
+    order = [n for n in cells if n not in killed] + killed
     straight = _run_jobs(root, "straight", [dict(argv=["--config", str(cells[n]["cfg"]), "--out",
                                                        str(root / n / "straight")], nan_at=NAN_AT.get(n, []))
                                             for n in order])
-    first = _run_jobs(root, "first", [cells[n]["first"] for n in order])
+    firsts = [_run_jobs(root, "first", [cells[n]["first"] for n in order if n not in killed])]
+    firsts += [_run_jobs(root, f"first-{n}", [cells[n]["first"]]) for n in killed]
     straight_codes, straight_err = _wait(straight)
-    first_codes, first_err = _wait(first)
+    first_codes, first_err = [], ""
+    for proc in firsts:
+        codes, err = _wait(proc)
+        first_codes, first_err = first_codes + codes, first_err + err
     assert straight_codes == [0] * len(order), straight_err[-3000:]
     assert first_codes == [cells[n]["code"] for n in order], first_err[-3000:]
     resumes = []
@@ -149,6 +183,7 @@ def matrix(tmp_path_factory) -> dict[str, dict]:
         target = (["--resume", str(root / n / "split" / "checkpoints" / "step-4")] if n == "older-checkpoint"
                   else ["--out", str(root / n / "split"), "--resume"])
         cells[n]["after_stop"] = [p.name for p in ckpt.list_checkpoints(root / n / "split")]
+        cells[n]["rows_after_stop"] = _rows(root / n / "split")
         resumes.append(dict(argv=target, nan_at=NAN_AT.get(n, [])))
     resume_codes, resume_err = _wait(_run_jobs(root, "resume", resumes))
     assert resume_codes == [0] * len(order), resume_err[-3000:]
@@ -201,13 +236,26 @@ def test_a_resumed_run_equals_an_uninterrupted_one(matrix, name):
     losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
     assert len(set(losses.values())) == len(losses) > cell["stop_at"]  # steps on both sides of the stop, all logged
     # where the first session stopped: step K's checkpoint (a signal), or the last one before K (SIGKILL)
-    stopped = "step-3" if name.startswith("sigkill") else f"step-{cell['stop_at']}"
+    stopped = "step-3" if name == "sigkill-between-checkpoints" else f"step-{cell['stop_at']}"
     assert cell["after_stop"][-1] == stopped
+    # keep_last: the straight run's newest checkpoints, the stop's own among them while it is one of the newest
+    kept = {ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(straight)} | {ckpt.checkpoint_step(stopped)}
+    keep_last = CELLS[name][0].get("keep_last", 3)
+    assert [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(split)] == sorted(kept)[-keep_last:]
     if name.startswith("nan-skip"):
         assert [r["step"] for r in rows if "nan_guard" in r] == [3]
     if name.startswith("early-stopping"):  # stopped early after the resume point, with bad evaluations carried over
         stops = [r["step"] for r in rows if "early_stopping" in r]
         assert len(stops) == 1 and cell["stop_at"] < stops[0] < EARLY["max_steps"]
+    if name == "sigkill-right-after-a-checkpoint":  # the kill left the one kept beside it past keep_last
+        assert cell["after_stop"] == ["step-2", "step-4"]
+    if name.startswith("time-budget"):  # the session's evaluation on the way out, undone by the resume
+        undone = [r for r in cell["rows_after_stop"] if r.get("time_budget")]
+        assert [(r["step"], r["best"]) for r in undone] == [(cell["stop_at"], True)]
+        later = [r["val_loss"] for r in rows if "val_loss" in r and r["step"] > cell["stop_at"]]
+        assert later and min(later) > undone[0]["val_loss"]  # its weights would have stayed model.safetensors
+    if name.startswith("tight-grad-clip"):  # clipping acted on every step (the logged norm is before clipping)
+        assert all(r["grad_norm"] > 0.05 for r in rows if "grad_norm" in r)
     if name == "older-checkpoint":
         # the newer history set aside: its checkpoints and the best weights it led to
         assert sorted(p.name for p in (split / "abandoned").iterdir()) == ["model.safetensors", "step-6", "step-8"]
