@@ -405,7 +405,7 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml")
-    run = RunConfig.from_yaml(run_dir / "config.yaml")
+    run = RunConfig.from_yaml(run_dir / "config.yaml", saved=True)
     weights = run_dir / "model.safetensors" if weights is None else Path(weights)
     # only when nothing is there: a folder, FIFO or broken link is refused below, not swapped for other weights
     if not os.path.lexists(weights) and weights == run_dir / "model.safetensors":

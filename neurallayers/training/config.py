@@ -257,7 +257,7 @@ class RunConfig:
         return cls(**sections)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, *, saved: bool | None = None) -> RunConfig:
+    def from_yaml(cls, path: str | os.PathLike, *, saved: bool = False) -> RunConfig:
         """A run config from a YAML file; an error names the file and the key as written there
         (`my.yaml: train.lr=-1: must be > 0`).
 
@@ -265,12 +265,9 @@ class RunConfig:
             saved: read the file as a saved run's record, which load, eval, generate and serve read for its model
                 section: a train or data field this version refuses or does not know (a rule added since the run
                 was trained) warns, naming the key, and takes its default; the model section, which the weights
-                depend on, must validate. None: True for a run directory's own config.yaml (one beside a
-                tokenizer.json), False for any other file: a config to train with is refused at its first bad field.
+                depend on, must validate. False (a config to train with): refused at its first bad field.
         """
         path = Path(path)
-        if saved is None:
-            saved = path.name == "config.yaml" and (path.parent / "tokenizer.json").is_file()
         data = read_yaml(path)
         try:
             return cls.from_dict(data, saved=path if saved else None)

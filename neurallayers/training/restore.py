@@ -150,7 +150,7 @@ class RestoreMixin:
         """A resume from a checkpoint older than the run's newest (after a loss spike, say) starts another history
         from it: the newer checkpoints, and model.safetensors if the newer history wrote it, belong to the old one.
         So does a model.safetensors that a session stopped (killed) after its last checkpoint wrote. Decided here on
-        every rank (they must agree on the best val loss); rank 0 moves the files (_open_loggers)."""
+        every rank (they must agree on the best val loss); rank 0 moves the files (_claim_run_dir)."""
         from neurallayers.training.loggers import read_metrics
 
         self.newer_checkpoints = [p for p in ckpt.list_checkpoints(self.out) if ckpt.checkpoint_step(p) > self.step]

@@ -85,7 +85,7 @@ def resume_target(out: Path, resume: bool | str | os.PathLike | None) -> Path | 
 
 def saved_config(out: Path) -> RunConfig:
     """The run's config.yaml, read once for a resume; a run from before data.document_bos was recorded had no bos."""
-    saved = RunConfig.from_yaml(out / "config.yaml")
+    saved = RunConfig.from_yaml(out / "config.yaml", saved=True)
     saved.data.document_bos = bool(saved.data.document_bos)
     return saved
 

@@ -44,7 +44,7 @@ class StartupMixin:
         self.device = resolve_device(run.train.device, local_rank=info.local_rank)
         self.amp_dtype, self.use_scaler = resolve_precision(run.train.precision, self.device)
         target = resume_target(out, resume)
-        self.checkpoints = ckpt.checkpoint_identities(out)  # as read here: _open_loggers checks them under the lock
+        self.checkpoints = ckpt.checkpoint_identities(out)  # as read here: _claim_run_dir checks them under the lock
         with warnings.catch_warnings():  # a resume trains with `run`: what the saved file alone would lack is no news
             warnings.simplefilter("ignore", SavedConfigWarning)
             saved = saved_config(out) if target is not None else None

@@ -137,10 +137,12 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         self._build_training_state(target, model_sd, state)
         self._build_data()
         dist.barrier(info)  # every rank has read the run's files (_restore) before rank 0 changes them
-        self.loggers = dist.on_rank_zero(lambda: self._open_loggers(loggers), info) or []
+        self.loggers = dist.on_rank_zero(lambda: self._claim_run_dir(loggers), info) or []
         self.last_saved = self.step if state is not None else -1
 
-    def _open_loggers(self, loggers: list | None) -> list:
+    def _claim_run_dir(self, loggers: list | None) -> list:
+        """Rank 0's hold on the run directory: takes its lock, clears an aborted fresh start or rolls a resume back
+        to its checkpoint, writes config.yaml and the tokenizer; returns the opened loggers."""
         from neurallayers.training.loggers import build_loggers
 
         self.out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ def saved_run(folder: Path, *, train: dict | None = None, data: dict | None = No
 def test_a_value_refused_since_warns_naming_the_key_and_the_model_reads(tmp_path):
     path = saved_run(tmp_path / "run")
     with pytest.warns(SavedConfigWarning) as caught:
-        run = RunConfig.from_yaml(path)
+        run = RunConfig.from_yaml(path, saved=True)
     (message,) = [str(w.message) for w in caught]
     assert message.startswith(f"{path}: train.sample_prompts[0]='': a sample prompt needs at least one character")
     assert "--train.sample_prompts" in message and "TrainConfig" not in message
@@ -45,7 +45,7 @@ def test_each_refused_field_warns_and_the_others_are_kept(tmp_path):
     path = saved_run(tmp_path / "run", train={**EMPTY_PROMPT, "lr": 0.5, "loggers": ["tensorboard", "csv"]},
                      data={"val_fraction": 1.5})
     with pytest.warns(SavedConfigWarning) as caught:
-        run = RunConfig.from_yaml(path)
+        run = RunConfig.from_yaml(path, saved=True)
     keys = sorted(str(w.message).split(": ")[1].split("=")[0] for w in caught)
     assert keys == ["data.val_fraction", "train.loggers", "train.sample_prompts[0]"]
     assert run.train.lr == 0.5 and run.train.loggers == [] and run.data.val_fraction == 0.1
@@ -54,7 +54,7 @@ def test_each_refused_field_warns_and_the_others_are_kept(tmp_path):
 def test_a_field_or_section_this_version_does_not_know_is_not_read(tmp_path):
     path = saved_run(tmp_path / "run", train={"label_smoothing": 0.1}, eval={"tasks": ["wikitext"]})
     with pytest.warns(SavedConfigWarning) as caught:
-        run = RunConfig.from_yaml(path)
+        run = RunConfig.from_yaml(path, saved=True)
     messages = sorted(str(w.message) for w in caught)
     assert len(messages) == 2
     assert "train has no field 'label_smoothing'" in messages[0] and "remove it from the file" in messages[0]
@@ -65,15 +65,15 @@ def test_a_field_or_section_this_version_does_not_know_is_not_read(tmp_path):
 def test_the_model_section_must_still_validate_named_as_the_file_writes_it(tmp_path):
     path = saved_run(tmp_path / "run", model={"n_embd": 65})
     with pytest.raises(ValueError, match=rf"^{path}: model.n_embd=65: must be divisible by n_head"):
-        RunConfig.from_yaml(path)
+        RunConfig.from_yaml(path, saved=True)
 
 
 def test_a_users_config_file_is_refused_at_its_first_bad_field(tmp_path):
-    """Any other file, or the run's own file read to train from: strict, named by file and key."""
+    """Read as a config to train with (the default), a run's own file too: strict, named by file and key."""
     path = saved_run(tmp_path / "run")
     user = tmp_path / "my.yaml"
     user.write_text(path.read_text())
-    for source, saved in ((user, None), (path, False)):
+    for source, saved in ((user, False), (path, False)):
         with pytest.raises(ValueError, match=rf"^{source}: train.sample_prompts\[0\]='': a sample prompt needs"):
             RunConfig.from_yaml(source, saved=saved)
     with pytest.raises(ValueError, match=rf"^{path}: train.sample_prompts\[0\]=''"):  # nl.train from the file
@@ -85,7 +85,7 @@ def test_a_valid_saved_config_warns_nothing(tmp_path):
     path = saved_run(tmp_path / "run", train={})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert RunConfig.from_yaml(path).train == TrainConfig()
+        assert RunConfig.from_yaml(path, saved=True).train == TrainConfig()
 
 
 def test_file_words_names_fields_only():
