@@ -86,11 +86,14 @@ def materialize_tables(model: nn.Module, device: torch.device) -> None:
 def _tied_from_either(model: DecoderLM, state_dict: dict, prefix: str, *args) -> None:
     """Under a tie, a state dict that names only one of the two tied weights loads it into both (torch's own copy of
     the dict): with assign=True a head-only one (`lm_head.weight`) was assigned to the head, which _after_load then
-    tied back to the old embedding, dropping the loaded values silently."""
+    tied back to the old embedding, dropping the loaded values silently; an embedding-only one (`wte.weight`, as
+    Hugging Face's GPT-2 stores it) was refused by a strict load for the missing head."""
     head, wte = prefix + "lm_head.weight", prefix + "wte.weight"
     tied = model.config.tie_embeddings and isinstance(model.lm_head, nn.Linear)  # not a quantized head (see below)
     if tied and head in state_dict and wte not in state_dict:
         state_dict[wte] = state_dict[head]
+    elif tied and wte in state_dict and head not in state_dict:
+        state_dict[head] = state_dict[wte]
 
 
 def _retie(model: DecoderLM) -> None:
@@ -201,6 +204,12 @@ class DecoderLM(nn.Module):
         cfg = self.config
         b, t = _check_ids(input_ids)
         input_pos = _check_input_pos(input_pos, b)
+        per_row = isinstance(input_pos, torch.Tensor)
+        if (cache is not None and cache.static and per_row and input_pos.device.type == "cpu"
+                and not torch.compiler.is_compiling()):
+            # Its writes read no position back: past the end was torch's bare IndexError, a negative position wrote the
+            # last column silently. One read a forward (free on the CPU; a GPU decode step keeps its no-sync path).
+            cache.check_positions(input_pos, t)
         if cache is None and (not self.training or input_ids.device.type == "cpu"):
             # A user's forward (scoring) or own training loop: the ids may be another tokenizer's. The trainer's token
             # cache is checked when built and generation checks its prompts: a GPU training step or a decode step pays
@@ -213,7 +222,6 @@ class DecoderLM(nn.Module):
             targets = _check_targets(targets, cfg.vocab_size, not self.training or input_ids.device.type == "cpu")
         _check_logits_to_keep(logits_to_keep, targets)
         device = input_ids.device
-        per_row = isinstance(input_pos, torch.Tensor)
         if position_ids is not None:
             position_ids = check_position_ids(position_ids, b, t)
             if cfg.position in ("learned", "sinusoidal"):  # they index a table
@@ -222,7 +230,9 @@ class DecoderLM(nn.Module):
         if cache is None and t > cfg.block_size:
             raise ValueError(f"sequence length {t} exceeds the context length block_size={cfg.block_size}")
         if cfg.position in ("learned", "sinusoidal"):  # a table of block_size rows: past it, an IndexError
-            self._check_table_positions(t, input_pos, position_ids, static=cache is not None and cache.static)
+            # a static cache reads no position back, but on the CPU a read costs nothing (see check_positions above)
+            no_sync = cache is not None and cache.static and device.type != "cpu"
+            self._check_table_positions(t, input_pos, position_ids, static=no_sync)
         if position_ids is None:
             start = input_pos[:, None] if per_row else input_pos
             position_ids = start + torch.arange(t, device=device)[None, :].expand(b, t)
@@ -270,7 +280,8 @@ class DecoderLM(nn.Module):
     def _check_table_positions(self, t: int, input_pos: int | torch.Tensor, position_ids: torch.Tensor | None, *,
                                static: bool) -> None:
         """Positions of a learned or sinusoidal table must be in [0, block_size). Int positions cost nothing to check;
-        tensor ones are read back (one sync), except with a static cache or in a compiled step (no host sync there)."""
+        tensor ones are read back (one sync), except with `static` (a static cache off the CPU) or in a compiled step
+        (no host sync there)."""
         if position_ids is None and not isinstance(input_pos, torch.Tensor):
             first, last = input_pos, input_pos + t - 1
         elif static or torch.compiler.is_compiling():

@@ -7,6 +7,11 @@ import numbers
 import torch
 
 
+class CachePositionError(ValueError, IndexError):
+    """A write outside the cache's positions. An IndexError too: torch's own indexing raised that for a static cache
+    before its positions were checked, and callers catch it."""
+
+
 class KVCache:
     """Keys and values for every layer: `k`, `v` of shape (n_layer, B, n_kv_head, max_len, head_dim).
 
@@ -66,14 +71,13 @@ class KVCache:
         ck, cv = self.k[layer], self.v[layer]
         if isinstance(input_pos, int):
             end = input_pos + t
-            _check_start(input_pos)
-            if end > self.max_len:
-                raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
+            self._check_range(input_pos, end)
             ck[:, :, input_pos:end] = k
             cv[:, :, input_pos:end] = v
         elif self.static:
             # Index the whole (n_layer, ...) tensors, not a layer's view: a compiled step then writes in place
-            # instead of copying the layer. Positions are not read back; out of range raises in the indexing.
+            # instead of copying the layer. Positions are not read back here (see check_positions): out of range raises
+            # in the indexing, and a negative position writes from the end.
             idx = input_pos[:, None] + torch.arange(t, device=input_pos.device)  # (B, T)
             rows = torch.arange(k.shape[0], device=k.device)[:, None]
             at = torch.full((1, 1), layer, device=k.device)
@@ -83,14 +87,25 @@ class KVCache:
         else:
             idx = input_pos[:, None] + torch.arange(t, device=input_pos.device)  # (B, T)
             first, last = torch.stack(torch.aminmax(idx)).tolist()  # one read back for both bounds
-            _check_start(first)
             end = last + 1
-            if end > self.max_len:
-                raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
+            self._check_range(first, end)
             rows = torch.arange(k.shape[0], device=k.device)[:, None]
             ck[rows, :, idx] = k.transpose(1, 2)  # indexed view is (B, T, H, D)
             cv[rows, :, idx] = v.transpose(1, 2)
         return ck[:, :, :end], cv[:, :, :end]
+
+    def check_positions(self, input_pos: torch.Tensor, t: int) -> None:
+        """Raise CachePositionError unless `t` tokens from each row's start in `input_pos` (B,) fit [0, max_len): one
+        read back of the starts, for a static cache, whose writes at tensor positions read none (the model calls this
+        once a forward, not each layer)."""
+        first, last = torch.stack(torch.aminmax(input_pos)).tolist()
+        self._check_range(first, last + t)
+
+    def _check_range(self, first: int, end: int) -> None:
+        if first < 0:  # it would index from the end of the cache: keys written where no query looks for them
+            raise CachePositionError(f"KV cache positions start at 0; writing at {first}")
+        if end > self.max_len:
+            raise CachePositionError(f"KV cache holds {self.max_len} positions; writing up to {end}")
 
     def reorder(self, index: torch.Tensor) -> None:
         """Reorder rows in place (beam search keeps the cache rows of the beams that survive)."""
@@ -123,9 +138,3 @@ def _check_shape(cache: torch.Tensor, k: torch.Tensor, layer: int) -> None:
         raise ValueError(f"KV cache holds {have[0]} rows of {have[1]} key/value heads of size {have[2]}, but layer "
                          f"{layer}'s keys are {got[0]} rows of {got[1]} of size {got[2]}: make the cache for this "
                          "batch and model (model.new_cache(batch_size), cache.rows(start, stop) for some rows)")
-
-
-def _check_start(position: int) -> None:
-    """A negative position would index from the end of the cache: keys written where no query looks for them."""
-    if position < 0:
-        raise ValueError(f"KV cache positions start at 0; writing at {position}")

@@ -131,7 +131,7 @@ def test_a_cache_of_another_dtype_than_the_model_is_a_clear_error():
     """A cache made before the model was cast: torch failed in the write or in attention ("expected scalar type
     BFloat16 but found Float"), naming neither the cache nor the cure. Under autocast the keys come out in bf16 and a
     float32 cache stores them, as before."""
-    net = model("gpt2")
+    net = DecoderLM(config("gpt2")).eval()  # not the shared model: the casts below round its weights
     ids = random_ids(1, 5)
     for cache_dtype, model_dtype in ((torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)):
         cache = net.new_cache(1, 8, dtype=cache_dtype)
@@ -166,3 +166,46 @@ def test_rows_outside_the_cache_are_refused():
         with pytest.raises(ValueError, match=rf"rows\({start}, {stop}\) must satisfy 0 <= start < stop <= 2"):
             cache.rows(start, stop)
     assert cache.rows(1, 2).batch_size == 1
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "alibi"])
+@torch.no_grad()
+def test_a_static_cache_names_per_row_positions_outside_it(name):
+    """Per-row (tensor) positions into a static cache were never read back: past its end torch's bare "index 8 is out of
+    bounds for dimension 2 with size 8", and a negative one wrote the cache's last column and returned logits,
+    silently (a learned table's bare IndexError). Now the lengths are named as for a dynamic cache, and nothing is
+    written."""
+    net = model(name)
+    cache = net.new_cache(2, 8, static=True)
+    net(random_ids(2, 4), cache=cache)
+    before = cache.k.clone()
+    with pytest.raises(ValueError, match="KV cache holds 8 positions; writing up to 11"):
+        net(random_ids(2, 3), cache=cache, input_pos=torch.tensor([4, 8]))
+    with pytest.raises(ValueError, match="KV cache positions start at 0; writing at -1"):
+        net(random_ids(2, 1), cache=cache, input_pos=torch.tensor([-1, 3]))
+    assert torch.equal(cache.k, before)
+    # the last column is still writable, row by row
+    ids = random_ids(2, 8, seed=3)
+    fresh = net.new_cache(2, 8, static=True)
+    net(ids[:, :7], cache=fresh)
+    last = net(ids[:, 7:], cache=fresh, input_pos=torch.tensor([7, 7])).logits
+    torch.testing.assert_close(last[:, 0], net(ids).logits[:, 7], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", CACHED)
+@torch.no_grad()
+def test_a_cache_reused_for_a_shorter_sequence_gives_its_full_forward(name):
+    """A cache filled by an 18-token sequence, then reused from position 0 for a 9-token one: the stale keys past the
+    new positions are never seen (a dynamic cache returns only the written columns, a static one masks the rest), at
+    int and per-row positions alike."""
+    net = model(name)
+    old, new = random_ids(2, 18, seed=1), random_ids(2, 9, seed=2)
+    full = net(new).logits
+    for static in (False, True):
+        cache = net.new_cache(2, 24, static=static)
+        net(old, cache=cache)
+        for per_row in (False, True):
+            at = (lambda p: torch.tensor([p, p])) if per_row else (lambda p: p)
+            got = [net(new[:, :5], cache=cache, input_pos=at(0)).logits]
+            got += [net(new[:, t:t + 1], cache=cache, input_pos=at(t)).logits for t in range(5, 9)]
+            torch.testing.assert_close(torch.cat(got, 1), full, atol=ATOL, rtol=0, msg=f"{static=} {per_row=}")

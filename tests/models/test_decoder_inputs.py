@@ -44,6 +44,21 @@ def test_positions_past_a_position_table_are_a_clear_error(name):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "sinusoidal-geglu"])
+@torch.no_grad()
+def test_positions_outside_a_position_table_are_a_clear_error_with_a_static_cache(name):
+    """A static cache skipped the table's check (to read no position back): past the table the embedding's bare
+    IndexError, and a negative position id read the sinusoidal table's last row, silently. On the CPU the positions
+    are read back anyway (the cache's own check), so the table is checked as without a static cache."""
+    net = model(name)  # block_size 48
+    cache = net.new_cache(1, 64, static=True)  # a cache longer than the table
+    with pytest.raises(ValueError, match="position 48 is past the .* position table.*block_size=48"):
+        net(random_ids(1, 1), cache=cache, input_pos=torch.tensor([48]))
+    with pytest.raises(ValueError, match=r"position -1 is negative: .* must be in \[0, block_size=48\)"):
+        net(random_ids(1, 1), cache=cache, input_pos=torch.tensor([3]), position_ids=torch.tensor([[-1]]))
+    net(random_ids(1, 1), cache=cache, input_pos=torch.tensor([47]))  # the last row of the table is fine
+
+
+@pytest.mark.parametrize("name", ["gpt2", "sinusoidal-geglu"])
 def test_negative_positions_of_a_position_table_are_a_clear_error(name):
     """A learned table raised IndexError; the sinusoidal one read its last rows, silently wrong logits."""
     net = model(name)

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nl_model_helpers import CONFIGS, VOCAB, model, random_ids
+from nl_model_helpers import CONFIGS, VOCAB, config, model, random_ids
+
+from neurallayers.models.decoder import DecoderLM
 
 ATOL = 1e-5
 
@@ -66,6 +68,23 @@ def test_right_padded_rows_equal_each_row_alone(name):
     out = net(ids.masked_fill(mask == 0, 0), attention_mask=mask).logits
     for r, n in enumerate(lens):
         torch.testing.assert_close(out[r, :n], net(ids[r:r + 1, :n]).logits[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "alibi", "sliding-window"])
+@torch.no_grad()
+def test_a_row_of_padding_alone_stays_finite_and_leaves_the_other_rows_alone(name):
+    """A row whose attention_mask is all 0 (a batch's empty slot): every query sees only itself, in both kernels, so
+    its logits are finite and the sdpa and eager models agree on them, and the real row beside it is its own."""
+    net = model(name)
+    eager = DecoderLM(config(name, attention="eager")).eval()
+    eager.load_state_dict(net.state_dict())
+    ids = random_ids(2, 9, seed=6)
+    mask = torch.ones_like(ids)
+    mask[1] = 0
+    out = net(ids, attention_mask=mask).logits
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(eager(ids, attention_mask=mask).logits, out, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out[0], net(ids[:1]).logits[0], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "alibi"])

@@ -218,19 +218,27 @@ def test_dynamic_ntk_rope_scales_a_padded_row_by_its_own_length():
             torch.testing.assert_close(batch[row, :n], model(ids[row:row + 1, :n]).hidden[0], atol=1e-5, rtol=0)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    cfg = tiny("mlm")
-    ids, mask, _ = padded_batch()
-    labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
-    grads = []
+@pytest.mark.parametrize("head", ["mlm", "sequence_classification"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(head):
+    """With every dropout on: the recomputed forward replays the same dropout masks (torch's RNG state restored)."""
+    cfg = tiny(head, dropout=0.1, attn_dropout=0.1, drop_path=0.1)
+    ids, mask, types = padded_batch()
+    labels = torch.where(mask.bool(), ids, -100) if head == "mlm" else torch.tensor([0, 2, 1])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    runs = []
     for on in (False, True):
-        torch.manual_seed(0)
-        model = build_model(cfg).train()
         model.gradient_checkpointing = on
         assert model.encoder.gradient_checkpointing is on
-        model(ids, attention_mask=mask, labels=labels).loss.backward()
-        grads.append(model.encoder.blocks[0].attn.qkv.weight.grad)
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+        model.zero_grad()
+        torch.manual_seed(3)
+        loss = model(ids, attention_mask=mask, token_type_ids=types, labels=labels).loss
+        loss.backward()
+        runs.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, a), (loss_b, b) = runs
+    assert torch.equal(loss_a, loss_b) and a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], atol=1e-6, rtol=1e-5, msg=n)
 
 
 def test_ids_past_their_embedding_tables_are_clear_errors():

@@ -56,6 +56,24 @@ def test_a_head_only_state_dict_loads_into_both_tied_weights(assign):
     assert "wte.weight" not in result.missing_keys
 
 
+@pytest.mark.parametrize("assign", [False, True])
+@pytest.mark.parametrize("kept", ["wte.weight", "lm_head.weight"])
+def test_tied_weights_saved_under_either_name_load_strictly(kept, assign):
+    """A tied model's weights under one name: the head's alone (safetensors' save_model keeps that one) loaded, the
+    embedding's alone (a conversion from Hugging Face's GPT-2 or MPT, which store only it) was refused by a strict
+    load ("Missing key(s): lm_head.weight"), though the tie makes the two one tensor."""
+    net = build_model(config("gpt2"))
+    sd = {k: torch.randn_like(v) for k, v in net.state_dict().items() if k not in ("wte.weight", "lm_head.weight")}
+    sd[kept] = torch.randn_like(net.wte.weight)
+    result = net.load_state_dict(sd, assign=assign)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert net.lm_head.weight is net.wte.weight
+    torch.testing.assert_close(net.wte.weight, sd[kept], rtol=0, atol=0)
+    untied = build_model(config("gpt2", tie_embeddings=False))  # untied, the head is a weight of its own: required
+    with pytest.raises(RuntimeError, match="Missing key.*lm_head.weight"):
+        untied.load_state_dict({k: v for k, v in untied.state_dict().items() if k != "lm_head.weight"})
+
+
 @pytest.mark.parametrize("position", ["sinusoidal", "rope"])
 def test_encoder_from_meta_gives_the_built_logits(position):
     cfg = ModelConfig.resolve({**ENCODER, "position": position, "head": "mlm"})
