@@ -150,12 +150,15 @@ def _undecodable(path: Path, encoding: str, error: UnicodeDecodeError) -> ValueE
     so the file is decoded whole to find it), or that it is compressed."""
     if kind := _compression(path):  # "convert it to UTF-8" sent the user looking for the wrong tool
         return ValueError(_compressed(path, kind))
+    data = path.read_bytes()
     try:
-        path.read_text(encoding=encoding)
+        data.decode(encoding)
     except UnicodeDecodeError as e:
         error = e
+    # utf-8-sig counts from after the BOM it drops: the byte is the file's, as a hex editor shows it
+    at = error.start + (len(codecs.BOM_UTF8) if encoding == "utf-8-sig" and data.startswith(codecs.BOM_UTF8) else 0)
     name = encoding.removesuffix("-sig").upper()
-    return ValueError(f"{str(path)!r} is not {name} ({error.reason} at byte {error.start}); convert it to UTF-8")
+    return ValueError(f"{str(path)!r} is not {name} ({error.reason} at byte {at}); convert it to UTF-8")
 
 
 def jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -175,9 +178,10 @@ def jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 yield lineno, raw.decode("utf-8-sig")  # a BOM before the first line is not JSON
             except UnicodeDecodeError as e:
+                at = e.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)  # counted after it
                 if lineno == 1 and (kind := _compression(path)):
                     raise ValueError(f"{str(path)!r} is {kind}-compressed, and compressed files are not read: "
                                      f"decompress it first") from None
-                raise ValueError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start} of the line); "
+                raise ValueError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {at} of the line); "
                                  f"convert the file to UTF-8") from None
 

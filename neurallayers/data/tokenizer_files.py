@@ -76,6 +76,8 @@ def save_folder(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
         config["additional_special_tokens"] = more
     if tokenizer.clean_up_tokenization_spaces:
         config["clean_up_tokenization_spaces"] = True
+    if tokenizer.hf.encode_special_tokens:
+        config["split_special_tokens"] = True
     config.update(tokenizer.hf_settings)
     if tokenizer.extra_eos_ids:  # kept with the tokenizer, so a run directory converted from HF still stops there
         config["neurallayers_extra_eos_ids"] = list(tokenizer.extra_eos_ids)
@@ -122,6 +124,12 @@ def read_folder(path_or_name: str | os.PathLike) -> tuple[HFTokenizer, dict]:
     except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
         raise ValueError(f"{str(json_path)!r} is not a valid tokenizer.json: {e}") from None
     without_padding(hf)
+    if isinstance(config.get("added_tokens_decoder"), dict):
+        # transformers re-adds these over tokenizer.json's: their flags win (a token marked special only there is
+        # skipped by decode; an lstrip set only there takes the space before the token)
+        hf = _with_added_tokens(hf, folder, config, strict=False)
+    if config.get("add_prefix_space") is False and _class_name(config) in _SENTENCEPIECE_CLASSES:
+        hf = _without_metaspace_prefix(hf)
     prefix = _prefix_space(config)
     if prefix is not None and isinstance(hf.pre_tokenizer, pre_tokenizers.ByteLevel):
         # transformers' GPT-2 style classes set the prefix space from tokenizer_config.json (or their default) over
@@ -152,6 +160,8 @@ def from_config(cls: type[Tokenizer], hf: HFTokenizer, config: dict) -> Tokenize
         more = config.get(key)
         named += list(more.values()) if isinstance(more, dict) else more if isinstance(more, list) else []
     make_special(hf, [t.get("content") if isinstance(t, dict) else t for t in named])
+    # transformers then encodes special tokens typed in a text as text (its tokenizer.json does not say so)
+    hf.encode_special_tokens = config.get("split_special_tokens") is True
     max_len = config.get("model_max_length")
     kind = config.get("neurallayers_kind", "file")
     templates = _chat_templates(config.get("chat_template"))
@@ -294,13 +304,16 @@ def byte_level_bpe_from_files(vocab: Path, merges: Path, *, add_prefix_space: bo
     return hf
 
 
-def _with_added_tokens(hf: HFTokenizer, folder: Path, config: dict) -> HFTokenizer:
-    """`hf` (read from vocabulary files) with the tokens the folder adds past them, at the ids it gives, as transformers
-    reads them: tokenizer_config.json's added_tokens_decoder, else added_tokens.json (a pad token a fine-tune added:
-    without it "<pad>" was encoded as text, and the tokenizer had no pad).
+def _with_added_tokens(hf: HFTokenizer, folder: Path, config: dict, *, strict: bool = True) -> HFTokenizer:
+    """`hf` with the tokens the folder adds, at the ids it gives and with the flags (special, lstrip, rstrip,
+    single_word, normalized) it gives them, as transformers reads them: tokenizer_config.json's added_tokens_decoder,
+    else added_tokens.json (a pad token a fine-tune added: without it "<pad>" was encoded as text, and the tokenizer had
+    no pad).
 
     Raises:
-        ValueError: an added token whose id is neither its id in the vocabulary nor the next free one.
+        ValueError: where `strict` (a folder of vocabulary files), an added token whose id is neither its id in the
+            vocabulary nor the next free one; else (over a tokenizer.json) that token is left as the file has it, with
+            a warning.
     """
     decoder = config.get("added_tokens_decoder")
     if isinstance(decoder, dict) and decoder:
@@ -314,18 +327,29 @@ def _with_added_tokens(hf: HFTokenizer, folder: Path, config: dict) -> HFTokeniz
         listed = {i: {"content": t, "special": t in named}
                   for t, i in _read_config(folder / "added_tokens.json").items() if isinstance(i, int)}
         source = "added_tokens.json"
+    had = {i: _flags(t) for i, t in hf.get_added_tokens_decoder().items()}
     for token_id, spec in sorted(listed.items()):
         content, known = spec["content"], hf.token_to_id(spec["content"])
         if token_id != (hf.get_vocab_size(with_added_tokens=True) if known is None else known):
-            raise ValueError(f"{str(folder)!r}: {source} gives {content!r} id {token_id}, which is neither its id in "
-                             "the vocabulary nor the next free one")
+            problem = (f"{str(folder)!r}: {source} gives {content!r} id {token_id}, which is neither its id in the "
+                       "vocabulary nor the next free one")
+            if strict:
+                raise ValueError(problem)
+            warnings.warn(f"{problem}; kept as tokenizer.json has it", stacklevel=4)
+            continue
         flags = {k: bool(spec[k]) for k in ("lstrip", "rstrip", "single_word", "normalized") if k in spec}
         token = AddedToken(content, special=bool(spec.get("special", False)), **flags)
+        if had.get(token_id) == _flags(token):  # as tokenizer.json has it (nearly always): re-adding costs time
+            continue
         if token.special:
             hf.add_special_tokens([token])
         else:
             hf.add_tokens([token])
     return hf
+
+
+def _flags(token: AddedToken) -> tuple:
+    return token.content, token.special, token.lstrip, token.rstrip, token.single_word, token.normalized
 
 
 # transformers' byte-level BPE tokenizer classes that build their pre-tokenizer from add_prefix_space, with its default
@@ -336,11 +360,44 @@ _BYTE_LEVEL_CLASSES = {name: False for name in ("GPT2Tokenizer", "RobertaTokeniz
                                                 "WhisperTokenizer")} | {"BlenderbotTokenizer": True}
 
 
+# transformers' SentencePiece-style BPE classes that build their "▁" prefix and decoder from add_prefix_space
+_SENTENCEPIECE_CLASSES = ("LlamaTokenizer",)  # CodeLlama's keeps its decoder's strip
+
+
+def _class_name(config: dict) -> str | None:
+    name = config.get("tokenizer_class")
+    return name.removesuffix("Fast") if isinstance(name, str) else None
+
+
+def _without_metaspace_prefix(hf: HFTokenizer) -> HFTokenizer:
+    """`hf` without the "▁" a SentencePiece-style tokenizer.json puts before the text (Metaspace's prepend scheme, or
+    the Prepend normalizer of older files) and without the decoder's strip of it, as transformers' LlamaTokenizer
+    builds itself for add_prefix_space=false: "Hello" encoded as "▁Hello" and " Hello" decoded as "Hello" here."""
+    spec = json.loads(hf.to_str())
+
+    def edit(part: dict | None, key: str, drop) -> dict | None:
+        if part is None:
+            return None
+        if part.get("type") == "Sequence":
+            kept = [edit(p, key, drop) for p in part[key] if not drop(p)]
+            return {**part, key: kept}
+        if drop(part):
+            return None
+        return {**part, "prepend_scheme": "never"} if part.get("type") == "Metaspace" else part
+
+    spec["normalizer"] = edit(spec["normalizer"], "normalizers",
+                              lambda p: p.get("type") == "Prepend" and p.get("prepend") == "▁")
+    spec["pre_tokenizer"] = edit(spec["pre_tokenizer"], "pretokenizers", lambda p: False)
+    spec["decoder"] = edit(spec["decoder"], "decoders", lambda p: p.get("type") == "Strip" and p.get("content") == " "
+                           and (p.get("start"), p.get("stop")) == (1, 0))
+    return copy_hf(hf, json.dumps(spec))
+
+
 def _prefix_space(config: dict) -> bool | None:
     """The add_prefix_space transformers gives the ByteLevel pre-tokenizer of the folder's class: the config's, else the
     class's default; None for a class that keeps tokenizer.json's."""
-    name = config.get("tokenizer_class")
-    default = _BYTE_LEVEL_CLASSES.get(name.removesuffix("Fast")) if isinstance(name, str) else None
+    name = _class_name(config)
+    default = _BYTE_LEVEL_CLASSES.get(name) if name is not None else None
     if default is None:
         return None
     value = config.get("add_prefix_space")
@@ -359,6 +416,14 @@ def _read_chat_templates(folder: Path, config: dict) -> None:
         config["chat_template"] = named["default"]
     elif named:  # as tokenizer_config.json lists named ones
         config["chat_template"] = [{"name": name, "template": text} for name, text in named.items()]
+
+
+def copy_hf(hf: HFTokenizer, spec: str | None = None) -> HFTokenizer:
+    """A copy of `hf` (or a tokenizer read from `spec`, its edited JSON) that keeps whether special tokens typed in a
+    text are encoded as text, which tokenizer.json does not hold (split_special_tokens)."""
+    out = HFTokenizer.from_str(hf.to_str() if spec is None else spec)
+    out.encode_special_tokens = hf.encode_special_tokens
+    return out
 
 
 def without_padding(hf: HFTokenizer) -> HFTokenizer:

@@ -49,7 +49,8 @@ class Tokenizer:
 
     `encode` never adds special tokens on its own (HF post-processors such as BERT's [CLS]/[SEP] are
     bypassed); ask for them with `add_bos` / `add_eos`. Special tokens written literally in the text
-    (e.g. "<|endoftext|>") are encoded as their special id, as HF does.
+    (e.g. "<|endoftext|>") are encoded as their special id, as HF does, unless tokenizer_config.json says
+    split_special_tokens (then as text, as transformers reads it).
 
     Args:
         hf: The underlying `tokenizers.Tokenizer`.
@@ -104,7 +105,7 @@ class Tokenizer:
         """Wraps a copy of an HF `tokenizers.Tokenizer` with its padding and truncation turned off (so `encode`
         returns exactly the text's ids; the caller's object is left as it is). Keyword arguments as in the
         constructor."""
-        return cls(tokenizer_files.without_padding(HFTokenizer.from_str(hf.to_str())), **specials)
+        return cls(tokenizer_files.without_padding(tokenizer_files.copy_hf(hf)), **specials)
 
     # -- special tokens ---------------------------------------------------------------------------
 
@@ -157,7 +158,7 @@ class Tokenizer:
         the old vocab_size), for masked-LM training."""
         if self.mask_token is not None:
             return self
-        hf = HFTokenizer.from_str(self.hf.to_str())
+        hf = tokenizer_files.copy_hf(self.hf)
         hf.add_special_tokens([MASK])
         if self.kind != "char":  # word tokens carry their space: one before <mask> is the masked word's
             mask_takes_its_space(hf)
@@ -217,7 +218,7 @@ class Tokenizer:
         processor = (processor_with_bos if add else processor_without_bos)(spec["post_processor"], bos, self.bos_id)
         out = self._copy()
         if processor is not False:
-            out.hf = HFTokenizer.from_str(json.dumps({**spec, "post_processor": processor}))
+            out.hf = tokenizer_files.copy_hf(self.hf, json.dumps({**spec, "post_processor": processor}))
         if processor is False or out.adds_bos != add:
             kind = type(self.hf.post_processor).__name__
             raise ValueError(f"data.document_bos={str(add).lower()}: the tokenizer's post-processor ({kind}) cannot "
@@ -289,11 +290,14 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True,
                clean_up_tokenization_spaces: bool | None = None) -> str:
         """Text of `ids`. Bytes that do not form complete UTF-8 characters decode to U+FFFD.
-        clean_up_tokenization_spaces: None follows the tokenizer's setting (see the class)."""
+        clean_up_tokenization_spaces: None follows the tokenizer's setting (see the class); True is ignored for a BPE
+        model, as transformers 5 ignores it (it would drop the real spaces of "Hello , world")."""
         ids = [check_id(i, self.vocab_size) for i in ids]
         text = self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.cleans_up_spaces
+        elif clean_up_tokenization_spaces:
+            clean_up_tokenization_spaces = not isinstance(self.hf.model, models.BPE)
         return clean_up_spaces(text) if clean_up_tokenization_spaces else text
 
     @property
@@ -302,13 +306,25 @@ class Tokenizer:
         return self.clean_up_tokenization_spaces and not isinstance(self.hf.model, models.BPE)
 
     def fingerprint(self) -> str:
-        """Hash of the tokenizer's full JSON and special tokens: equal fingerprints tokenize equally."""
+        """Hash of the tokenizer's full JSON, special tokens and split_special_tokens: equal fingerprints tokenize
+        equally."""
         h = hashlib.sha256(self.hf.to_str().encode())
         h.update(repr((self.bos_token, self.eos_token, self.pad_token)).encode())
+        if self.hf.encode_special_tokens:  # only then: the caches of other tokenizers keep their keys
+            h.update(b"split_special_tokens")
         return h.hexdigest()[:16]
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, eos_token={self.eos_token!r})"
+
+    def __getstate__(self) -> dict:
+        # an HF tokenizer pickles (and deep-copies) as its JSON, which lacks split_special_tokens: kept beside it
+        return {**self.__dict__, "_split_special_tokens": self.hf.encode_special_tokens}
+
+    def __setstate__(self, state: dict) -> None:
+        split = state.pop("_split_special_tokens", False)
+        self.__dict__.update(state)
+        self.hf.encode_special_tokens = split
 
     # -- save / load ------------------------------------------------------------------------------
 

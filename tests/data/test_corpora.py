@@ -194,3 +194,17 @@ def test_home_is_expanded(tmp_path, monkeypatch):
     assert [d.text for d in load_corpus("~/small.txt").documents()] == ["hi\n"]
     assert [d.text for d in load_corpus("~/*.txt").documents()] == ["hi\n"]
     assert absolute_spec("~/small.txt") == str(tmp_path / "small.txt")
+
+
+def test_an_encoding_error_after_a_utf8_bom_names_the_files_byte(tmp_path):
+    """UTF-8 with a BOM is decoded after the BOM, so the error counted 3 bytes short: "at byte 3" sent the user to the
+    "a" of "abc", not to the bad byte 0xFF at 6 (of the file, and of a JSON-lines file's first line)."""
+    (tmp_path / "a.txt").write_bytes(codecs.BOM_UTF8 + b"abc\xffdef\n")
+    with pytest.raises(ValueError, match=r"a.txt' is not UTF-8 \(invalid start byte at byte 6\)"):
+        _ = next(load_corpus(tmp_path / "a.txt").documents()).text
+    (tmp_path / "b.jsonl").write_bytes(codecs.BOM_UTF8 + b'{"t": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"b.jsonl:1: not UTF-8 \(invalid start byte at byte 10 of the line\)"):
+        list(load_corpus(tmp_path / "b.jsonl", text_field="t").documents())
+    (tmp_path / "c.jsonl").write_bytes(b'{"t": "ok"}\n{"t": "\xff"}\n')  # no BOM: counted from the line's start
+    with pytest.raises(ValueError, match=r"c.jsonl:2: not UTF-8 \(invalid start byte at byte 7 of the line\)"):
+        list(load_corpus(tmp_path / "c.jsonl", text_field="t").documents())
