@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accept an HF folder that only has pytorch_model.bin or its shards (read with "
                              "weights_only=True)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty dst")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "float32", "bfloat16", "float16"], default=None,
+                        help="the written weights' dtype (default: the source's, as transformers keeps it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +30,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-shard-size {args.max_shard_size}: must be a positive number of MB")
     shard = None if args.max_shard_size is None else args.max_shard_size * 1024 * 1024
     out = convert(args.src, args.dst, to=args.to, max_shard_size=shard, allow_pickle=args.allow_pickle,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, dtype=args.dtype)
     print(f"wrote {out}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import math
 import os
 import sys
@@ -93,7 +94,9 @@ def _div(n: float, scale: int) -> float | Decimal:
         return Decimal(n) / scale
 
 
-def describe(cfg, *, context: int | None = None, batch_size: int = 1, mask_prob: float = 0.15) -> str:
+def describe(cfg, *, context: int | None = None, batch_size: int = 1, mask_prob: float = 0.15,
+             stored: str | None = None) -> str:
+    """The cost table; `stored` replaces the weights row's dtype sizes (a quantized folder's own)."""
     t = context or cfg.block_size
     masked = not cfg.causal and cfg.head == "mlm"
     training = cfg.flops_per_token(t, training=True, mask_prob=mask_prob)
@@ -107,7 +110,7 @@ def describe(cfg, *, context: int | None = None, batch_size: int = 1, mask_prob:
         ("parameters", f"{n:,} ({_div(n, 10**6):.2f} M); {n_body:,} without embeddings"),
         ("FLOPs per token", f"forward {_flops(cfg.flops_per_token(t))}, training {_flops(training)} (context {t:,}"
                             + (f"; the masked-LM head at {100 * mask_prob:.3g}% of the tokens)" if masked else ")")),
-        ("weights", f"fp32 {_size(4 * n)}, bf16/fp16 {_size(2 * n)}"),
+        ("weights", stored or f"fp32 {_size(4 * n)}, bf16/fp16 {_size(2 * n)}"),
     ]
     if cfg.causal:
         per_token = cfg.kv_cache_bytes(1, bytes_per_value=2)
@@ -217,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: --context {args.context:,} is past the model's context, block_size={cfg.block_size:,}",
               file=sys.stderr)
     folder = resolve_model_path(args.target)
-    print(describe(cfg, context=args.context, batch_size=args.batch_size, mask_prob=_mask_prob(folder)))
+    stored = describe_quantized(folder, cfg.param_count()) if (folder / "config.json").is_file() else None
+    print(describe(cfg, context=args.context, batch_size=args.batch_size, mask_prob=_mask_prob(folder),
+                   stored=stored))
     if (folder / "config.yaml").is_file():
         print(describe_run(folder))
     elif is_checkpoint_folder(folder):
@@ -242,6 +247,42 @@ def _mask_prob(path: Path) -> float:
     if isinstance(data, dict) and data.keys() & {"model", "train", "data"}:
         return RunConfig.from_dict(data).train.mask_prob
     return TrainConfig.mask_prob
+
+
+def describe_quantized(folder: Path, n_params: int) -> str | None:
+    """The weights row of an HF folder whose config.json has a quantization_config (GPTQ, AWQ, bitsandbytes, fp8
+    ...): its method, bits and size on disk, and the unquantized sizes as such; None for an unquantized folder. The
+    row showed the fp32 and bf16 sizes alone, as if the folder held them."""
+    from neurallayers.interop.hf import read_json
+
+    quant = read_json(folder / "config.json").get("quantization_config")
+    if not quant:
+        return None
+    quant = quant if isinstance(quant, dict) else {"quant_method": quant}
+    bits = quant.get("bits") or quant.get("weight_bits") or (4 if quant.get("load_in_4bit") else None) or \
+        (8 if quant.get("load_in_8bit") or quant.get("quant_method") == "fp8" else None)
+    method = f"{quant.get('quant_method', 'unknown method')}" + (f", {bits}-bit" if bits else "")
+    on_disk = _weight_files_size(folder)
+    where = f"{_size(on_disk)} of weight files" if on_disk else "no weight files found"
+    return (f"quantized ({method}): {where}; unquantized fp32 {_size(4 * n_params)}, bf16/fp16 "
+            f"{_size(2 * n_params)} (NeuralLayers does not load quantized checkpoints)")
+
+
+def _weight_files_size(folder: Path) -> int:
+    """Bytes of an HF folder's weights: model.safetensors, or the files its index names."""
+    from neurallayers.interop.hf import PICKLE_INDEX, PICKLE_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
+
+    for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (PICKLE_WEIGHTS, PICKLE_INDEX)):
+        if (folder / single).is_file():
+            return (folder / single).stat().st_size
+        if (folder / index).is_file():
+            try:
+                names = set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values())
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return 0
+            return sum((folder / name).stat().st_size for name in names
+                       if isinstance(name, str) and Path(name).name == name and (folder / name).is_file())
+    return 0
 
 
 def describe_sentence_transformers(folder: Path) -> str:

@@ -25,7 +25,8 @@ LOCK = f"{TEMP}lock"  # held while a conversion fills an existing folder; a kill
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf", "run"] | None = None,
-            max_shard_size: int | None = None, allow_pickle: bool = False, overwrite: bool = False) -> Path:
+            max_shard_size: int | None = None, allow_pickle: bool = False, overwrite: bool = False,
+            dtype: torch.dtype | str | None = None) -> Path:
     """Converts a run directory or an HF folder `src` into `dst`.
 
     Args:
@@ -38,19 +39,24 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         allow_pickle: accept an HF `src` whose only weights are pickles (pytorch_model.bin, or its shards with
             pytorch_model.bin.index.json), read with weights_only=True.
         overwrite: replace a non-empty `dst`.
+        dtype: the weights' dtype in `dst` (a torch.dtype, or "fp32" / "float32", "bf16" / "bfloat16", "fp16" /
+            "float16"). None (the default): the source's, as transformers 5 loads and saves a folder: an HF folder's
+            config.json `dtype` (or `torch_dtype`; where it names none, its weights' own), a run's stored weights.
 
     Returns:
         The `dst` folder.
 
     Raises:
-        ValueError: a bad `to`, a `src` that is neither kind, a non-empty `dst` without `overwrite`, a `dst` that
-            is or holds `src`, a `max_shard_size` with to="run", a run target from a source without a tokenizer,
-            or another conversion filling `dst` meanwhile.
+        ValueError: a bad `to` or `dtype`, a `src` that is neither kind, a non-empty `dst` without `overwrite`, a
+            `dst` that is or holds `src`, a `max_shard_size` with to="run", a run target from a source without a
+            tokenizer, or another conversion filling `dst` meanwhile.
         FileNotFoundError: `src` does not exist.
         WriteError: `dst` could not be written (a full or read-only disk); nothing of it is left behind.
     """
     from neurallayers.api import checkpoint_run, is_checkpoint_folder, load, resolve_model_path
+    from neurallayers.weights import weight_dtype
 
+    dtype = weight_dtype(dtype)
     if to is not None and to not in TARGETS:
         raise ValueError(f"to={to!r}: must be one of {', '.join(map(repr, TARGETS))}")
     src, dst = resolve_model_path(src), Path(dst)
@@ -79,9 +85,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
     if overwrite and (training := _training_state(dst)):  # not ours to delete
         raise ValueError(f"dst {dst} {training}")
     model, tokenizer = load(src, allow_pickle=allow_pickle)
-    stored = _stored_dtype(src) if to == "hf" and not run_like else None
-    if stored is not None:  # load() reads an HF folder as float32, so a resharded bf16 folder came out twice its size
-        model.to(stored)  # exact: float32 holds every bf16 and fp16 value
+    # load() reads an HF folder (and a run) as float32: a resharded bf16 folder came out twice its size, and HF -> run
+    # -> HF wrote float32 where transformers' from_pretrained and save_pretrained keep bf16
+    stored = _stored_dtype(src, run=run_like)
+    if dtype or stored:
+        model.to(dtype or stored)  # from the stored dtype exact: float32 holds every bf16 and fp16 value
     if to == "run" and tokenizer is None:
         raise ValueError(f"src {src} has no tokenizer files (tokenizer.json or vocab.json + merges.txt); "
                          "a run directory needs one")
@@ -142,16 +150,30 @@ def _training_state(dst: Path) -> str | None:
 
 def _fill(folder: Path, tmp: Path) -> None:
     """`folder`'s entries replaced by those of `tmp`, a folder inside it, the folder itself kept: replaced by another
-    folder, `convert SRC .` left the shell that ran it in a deleted folder, where `ls` showed nothing."""
+    folder, `convert SRC .` left the shell that ran it in a deleted folder, where `ls` showed nothing. The new files go
+    in as save_hf puts a save in place (hf_write.commit: renames, the weights' switch last), and only then the old
+    entries the conversion did not write are removed: they were deleted first, and a kill before the renames left a
+    folder of no model, or of half the new one."""
+    from neurallayers.interop.hf_write import adopt_shard_names, commit
+
+    adopt_shard_names(tmp, folder)
+    written = {p.relative_to(tmp) for p in tmp.rglob("*")}
+    commit(tmp, folder, set())
+    _remove_unwritten(folder, folder, written, keep={tmp, folder / LOCK})
+
+
+def _remove_unwritten(top: Path, folder: Path, written: set[Path], *, keep: set[Path]) -> None:
     for old in folder.iterdir():
-        if old in (tmp, folder / LOCK):
+        rel = old.relative_to(top)
+        if old in keep:
             continue
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
-    for new in tmp.iterdir():
-        os.replace(new, folder / new.name)  # renames within one file system: nothing left to run out of space
+        if rel not in written:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        elif old.is_dir() and not old.is_symlink():  # a folder both have (1_Pooling/): its old files go too
+            _remove_unwritten(top, old, written, keep=keep)
 
 
 def _keep_sampling(src: Path, folder: Path) -> None:
@@ -172,14 +194,31 @@ def _keep_sampling(src: Path, folder: Path) -> None:
     write_text_atomic(out, json.dumps({**written, **kept}, indent=2) + "\n")
 
 
-def _stored_dtype(src: Path) -> torch.dtype | None:
-    """The half-precision dtype an HF folder's config.json names (`dtype`, or transformers 4's `torch_dtype`), which
-    transformers loads it in; None for float32 or none named."""
-    from neurallayers.interop.hf import read_json
+def _stored_dtype(src: Path, *, run: bool) -> torch.dtype | None:
+    """The half-precision dtype of a source's weights, which transformers 5 loads and saves an HF folder in: the one
+    an HF folder's config.json names (`dtype`, or transformers 4's `torch_dtype`), else its first weight's; a run's
+    (or checkpoint's) model.safetensors' own. None for float32. The files were read and checked by load() already."""
+    from neurallayers.interop.hf import SAFE_INDEX, SAFE_WEIGHTS, read_json
 
+    if run:
+        return _weights_dtype(src / "model.safetensors")
     hf = read_json(src / "config.json")
     name = hf.get("dtype") or hf.get("torch_dtype")
+    if name is None:  # an older folder: its weights say
+        first = src / SAFE_WEIGHTS
+        if not first.is_file() and (src / SAFE_INDEX).is_file():
+            first = src / sorted(read_json(src / SAFE_INDEX)["weight_map"].values())[0]
+        return _weights_dtype(first)
     return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name) if isinstance(name, str) else None
+
+
+def _weights_dtype(path: Path) -> torch.dtype | None:
+    """The first floating-point dtype stored in safetensors file `path`, where half precision; None otherwise."""
+    from neurallayers.weights import validate_safetensors
+
+    stored = [entry["dtype"] for entry in (validate_safetensors(path)[0] if path.is_file() else {}).values()]
+    return {"BF16": torch.bfloat16, "F16": torch.float16}.get(next((d for d in stored if d in ("BF16", "F16", "F32")),
+                                                                   ""))
 
 
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")

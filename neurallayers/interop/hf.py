@@ -6,9 +6,9 @@ tokenizer files. The family module picked by config.json's `model_type` translat
 `FAMILIES`.
 
 The parts live beside this file, and their public names are importable from here too: hf_config.py (model_type ->
-family module, config.json values), hf_files.py (the folder's files, read and written), hf_generation.py
-(generation_config.json), sentence_pipeline.py (a sentence-transformers pipeline) and weight_maps.py (a family's
-literal weight-name map, applied in either direction).
+family module, config.json values), hf_files.py (the folder's files, read and written), hf_write.py (a save's files
+put in place, all or nothing), hf_generation.py (generation_config.json), sentence_pipeline.py (a sentence-transformers
+pipeline) and weight_maps.py (a family's literal weight-name map, applied in either direction).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 
 from neurallayers.checks import is_int
 from neurallayers.config import ModelConfig
+from neurallayers.files import WriteError
 from neurallayers.interop.hf_config import FAMILIES, config_architecture, config_number, family, family_for_config
 from neurallayers.interop.hf_files import (
     PICKLE_INDEX,
@@ -29,7 +30,6 @@ from neurallayers.interop.hf_files import (
     SAFE_INDEX,
     SAFE_WEIGHTS,
     _folder,
-    _write_weights,
     load_tokenizer,
     read_hf_weights,
     read_json,
@@ -43,6 +43,7 @@ from neurallayers.interop.hf_generation import (
     defaults_for_method,
     generation_defaults,
 )
+from neurallayers.interop.hf_write import staged, write_weights
 from neurallayers.interop.sentence_pipeline import _write_sentence_transformers, sentence_transformers_settings
 from neurallayers.interop.weight_maps import (
     TransformIn,
@@ -161,7 +162,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
 
     Writes config.json, generation_config.json (decoders), model.safetensors (or model-0000k-of-0000n.safetensors shards
     and model.safetensors.index.json when the weights exceed `max_shard_size` bytes), and tokenizer.json +
-    tokenizer_config.json when a tokenizer is given. Stale weight files of an earlier save are removed.
+    tokenizer_config.json when a tokenizer is given. Every file is written whole before any is put in place, the
+    weights last; stale weight files of an earlier save are removed after.
 
     Args:
         model: a NeuralLayers model with a `config` (DecoderLM, or an encoder), or torch.compile's wrapper of one.
@@ -178,7 +180,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
             supported family expresses, a tokenizer with more ids than the model's vocabulary, a bad max_shard_size,
             or an embedding model whose sentence-transformers pipeline has a module this folder cannot hold (a Dense
             projection; a classifier trained from it is written).
-        OSError: a write error (disk full, permissions), after which the folder's earlier weights still load.
+        WriteError: (an OSError) a write error (disk full, permissions), naming the folder; every file of an earlier
+            save there is as it was.
     """
     # torch.compile's wrapper forwards .config, but its state dict names every weight "_orig_mod.<name>": the save
     # failed naming them all as unexpected (transformers' save_pretrained writes a compiled model's weights)
@@ -210,21 +213,26 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     # an encoder from a sentence-transformers folder
     writes_sentence = not cfg.causal and bool({"pooling", "normalize", "lowercase"} & set(cfg.extra)) and not unbuilt
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_weights(hf_sd, folder, max_shard_size)
-    write_json(folder / "config.json", hf_cfg)
-    if cfg.causal:  # generation settings only mean something for a language model
-        settings = {"_from_model_config": True, **specials}
-        # every id that ends a generation here: the extra ids that end a turn, as read from a Hugging Face folder, or
-        # its only ones where its tokenizer names no eos token (written as null, generation never stopped)
-        eos_ids = list(getattr(tokenizer, "eos_ids", None) or getattr(model, "generation_eos_ids", None) or [])
-        if eos_ids and eos_ids != [specials["eos_token_id"]]:
-            settings["eos_token_id"] = eos_ids if len(eos_ids) > 1 else eos_ids[0]
-        write_json(folder / "generation_config.json", settings)
-    elif writes_sentence:
-        _write_sentence_transformers(cfg, tokenizer, folder)
-    if tokenizer is not None:
-        tokenizer.for_model(block_size=cfg.block_size, causal=cfg.causal).save(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only parent: OSError's "[Errno 30]" named no field
+        raise WriteError(e.errno, f"could not write the Hugging Face folder {folder}: {e.strerror or e}") from e
+    # written whole into a staging folder, then renamed into place, the weights last: see hf_write
+    with staged(folder, tokenizer_state=tokenizer is not None) as stage:
+        write_weights(hf_sd, stage, folder, max_shard_size)
+        write_json(stage / "config.json", hf_cfg)
+        if cfg.causal:  # generation settings only mean something for a language model
+            settings = {"_from_model_config": True, **specials}
+            # every id that ends a generation here: the extra ids that end a turn, as read from a Hugging Face folder,
+            # or its only ones where its tokenizer names no eos token (written as null, generation never stopped)
+            eos_ids = list(getattr(tokenizer, "eos_ids", None) or getattr(model, "generation_eos_ids", None) or [])
+            if eos_ids and eos_ids != [specials["eos_token_id"]]:
+                settings["eos_token_id"] = eos_ids if len(eos_ids) > 1 else eos_ids[0]
+            write_json(stage / "generation_config.json", settings)
+        elif writes_sentence:
+            _write_sentence_transformers(cfg, tokenizer, stage)
+        if tokenizer is not None:
+            tokenizer.for_model(block_size=cfg.block_size, causal=cfg.causal).save(stage)
     _warn_stale(folder, tokenizer is None, not writes_sentence)
     return folder
 

@@ -1,31 +1,25 @@
 """The files of a Hugging Face model folder, read and written: JSON, weights (model.safetensors, safetensors shards
 listed in model.safetensors.index.json, or, opted into, a pickle `pytorch_model.bin`, whole or sharded) and, read
-only, the tokenizer files.
+only, the tokenizer files (hf_write.py writes a whole folder).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from neurallayers.files import fsync_dir, process_alive, write_text_atomic
-from neurallayers.weights import CheckpointError, read_safetensors, save_safetensors, torch_load_safe
+from neurallayers.files import write_text_atomic
+from neurallayers.weights import CheckpointError, read_safetensors, torch_load_safe
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_WEIGHTS = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"  # older sharded checkpoints: pytorch_model-0000k-of-0000n.bin
-# the shard names transformers (and save_hf) write; a user's model-best-of-3.safetensors is not one of them
-SHARD_NAME = re.compile(r"model-\d{5,}-of-\d{5,}\.safetensors")
-# a new weight file while it is written (save_safetensors' own temp folder beside it ends in .tmp-<pid>)
-_NEW_NAME = re.compile(r"\.(model\.safetensors|model-\d{5,}-of-\d{5,}\.safetensors)\.new-(\d+)(\.tmp-\d+)?")
+
 
 
 def _folder(folder: str | os.PathLike) -> Path:
@@ -145,63 +139,5 @@ def load_tokenizer(folder: Path) -> object:
     has_json = (folder / "tokenizer.json").is_file()
     has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     return Tokenizer.load(folder) if has_json or has_bpe or (folder / "vocab.txt").is_file() else None
-
-
-def _write_weights(hf_sd: dict[str, torch.Tensor], folder: Path, max_shard_size: int | None) -> None:
-    sizes = {k: v.numel() * v.element_size() for k, v in hf_sd.items()}
-    shards: list[list[str]] = [[]]
-    used = 0
-    for key in hf_sd:  # greedy, in state-dict order, so a layer's weights stay together
-        if max_shard_size is not None and shards[-1] and used + sizes[key] > max_shard_size:
-            shards.append([])
-            used = 0
-        shards[-1].append(key)
-        used += sizes[key]
-    _remove_killed_saves(folder)
-    meta = {"format": "pt"}  # transformers refuses safetensors files without it
-    if len(shards) == 1:
-        files = {SAFE_WEIGHTS: hf_sd}
-    else:
-        names = [f"model-{n:05d}-of-{len(shards):05d}.safetensors" for n in range(1, len(shards) + 1)]
-        files = {name: {k: hf_sd[k] for k in keys} for name, keys in zip(names, shards, strict=True)}
-    # every new file is written whole under a temporary name before any old one is touched: a full disk or a kill
-    # while writing leaves the earlier save as it was (its files were deleted first, leaving no weights at all)
-    written: list[Path] = []
-    try:
-        for name, part in files.items():
-            tmp = folder / f".{name}.new-{os.getpid()}"
-            written.append(tmp)
-            save_safetensors(part, tmp, metadata=meta)
-    except BaseException:
-        for tmp in written:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-        raise
-    for tmp, name in zip(written, files, strict=True):
-        os.replace(tmp, folder / name)  # shards named as the old ones replace them here, in a moment, not while written
-    fsync_dir(folder)
-    if len(shards) > 1:  # the index last: until it names the new shards, the old index (or file) is what loads
-        weight_map = {k: name for name, part in files.items() for k in part}
-        write_json(folder / SAFE_INDEX, {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map})
-    # only now the old weight files this save does not have: an old single file would shadow new shards, an old
-    # index would name shards that are gone
-    keep = {*files, SAFE_INDEX} if len(shards) > 1 else {SAFE_WEIGHTS}
-    candidates = [folder / SAFE_WEIGHTS, folder / SAFE_INDEX, *folder.glob("model-*-of-*.safetensors")]
-    for path in candidates:
-        if path.name not in keep and (path.name in (SAFE_WEIGHTS, SAFE_INDEX) or SHARD_NAME.fullmatch(path.name)):
-            path.unlink(missing_ok=True)
-
-
-def _remove_killed_saves(folder: Path) -> None:
-    """The temporary weight files of a save that was killed: no process of that id runs any more."""
-    for path in folder.iterdir():
-        match = _NEW_NAME.fullmatch(path.name)
-        if match is None or process_alive(int(match[2])):
-            continue
-        with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
 
 

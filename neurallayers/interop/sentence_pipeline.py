@@ -3,6 +3,7 @@ and written back, so that an embedding model embeds the same here, in transforme
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from neurallayers.config import ModelConfig
@@ -38,8 +39,9 @@ def sentence_transformers_settings(folder: Path) -> dict:
             if not isinstance(module, dict):
                 continue
             kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+            path = _module_path(folder, kind, module.get("path"))
             if kind == "Pooling":
-                pooling_dir = folder / str(module.get("path", ""))
+                pooling_dir = path
             elif kind == "Normalize":
                 out["normalize"] = True
             elif kind not in ("Transformer", "Normalize", "Dropout"):  # Dropout: nothing at inference
@@ -52,6 +54,25 @@ def sentence_transformers_settings(folder: Path) -> dict:
         if modes:
             out["pooling"] = "+".join(modes)
     return out
+
+
+def _module_path(folder: Path, kind: str, path: object) -> Path:
+    """The folder a modules.json entry names, inside `folder`. The name is checked, not where links lead: a folder of
+    links (as the Hugging Face cache keeps its files) is the user's arrangement; a name in the file is the folder's.
+
+    Raises:
+        ValueError: a path that is not a string, or names a place outside the model folder (`../x`, an absolute
+            path): its config was read from wherever it pointed.
+    """
+    if path is None:
+        path = ""
+    if not isinstance(path, str):
+        raise ValueError(f"{folder / 'modules.json'}: the {kind} module's path must be a string, got {path!r}")
+    normal = os.path.normpath(path)
+    if os.path.isabs(path) or normal == ".." or normal.startswith(".." + os.sep):
+        raise ValueError(f"{folder / 'modules.json'}: the {kind} module's path {path!r} leads outside the model "
+                         "folder; a module's files must be inside it (as 1_Pooling is)")
+    return folder / path
 
 
 def _write_sentence_transformers(cfg: ModelConfig, tokenizer: object, folder: Path) -> None:
