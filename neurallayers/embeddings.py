@@ -233,7 +233,8 @@ def read_as(model: nn.Module, texts: list[str]) -> list[str]:
 
 def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: str | None = None,
           normalize: bool | None = None, batch_size: int = 32, max_length: int | None = None,
-          truncation_side: Literal["right", "left"] = "right", add_special_tokens: bool = True) -> torch.Tensor:
+          truncation_side: Literal["right", "left"] = "right", add_special_tokens: bool = True,
+          cut_special_tokens: bool = False) -> torch.Tensor:
     """Sentence embeddings (N, C), float32, on the model's device, in the order of `texts`.
 
     Texts are batched by length (less padding), run through the encoder, pooled, then L2-normalised.
@@ -254,6 +255,8 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
             special tokens ([CLS], [SEP]) stay either way.
         add_special_tokens: False embeds the text's own tokens without [CLS] / [SEP] (vLLM's add_special_tokens
             on /v1/embeddings; a "cls" pooling then reads the first text token).
+        cut_special_tokens: cut the whole encoding as a list of ids instead, its special tokens counted and cut like
+            any other (vLLM's explicit truncation_side "left" keeps the last max_length ids, so [CLS] goes).
     """
     if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
@@ -278,7 +281,12 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         normalize = bool(encoder.config.extra.get("normalize", True))
     device = next(encoder.parameters()).device
     special = _flag(add_special_tokens)
-    encodings = _raw(tokenizer, max_length, truncation_side).encode_batch(texts, add_special_tokens=special)
+    if cut_special_tokens:
+        encodings = _raw(tokenizer, None).encode_batch(texts, add_special_tokens=special)
+        for e in encodings:
+            e.truncate(max_length, direction=truncation_side)  # in place; a shorter one stays as it is
+    else:
+        encodings = _raw(tokenizer, max_length, truncation_side).encode_batch(texts, add_special_tokens=special)
     if (blank := next((i for i, e in enumerate(encodings) if not e.ids), None)) is not None:
         adds = "add_special_tokens is False" if not special else "it adds no special tokens"
         raise ValueError(f"texts[{blank}] is {texts[blank]!r}, which this tokenizer encodes to no tokens ({adds}): "

@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "15-60 s to start, then 1.3-2x the decode tokens/s on CPU")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds to let requests in flight finish after SIGTERM; those left then get 503")
+    parser.add_argument("--chat-template", metavar="NAME|FILE|JINJA",
+                        help="the chat routes' template: one of the tokenizer's by name (default, tool_use, rag ...), "
+                        "a .jinja file, or the template's text (default: the tokenizer's own)")
+    parser.add_argument("--trust-request-chat-template", action="store_true",
+                        help="let requests bring their own chat template (chat_template); refused without it")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -84,10 +89,14 @@ def run(args: argparse.Namespace) -> int:
     sock = bind_socket(args.host, args.port)  # before loading the model: a port in use fails at once, in one line
     if args.compile:
         print("neurallayers serve: compiling the decode step before serving (15-60 s)", file=sys.stderr, flush=True)
+    from neurallayers.cli.chat import _template_choice
+
     app = create_app(args.path, model_name=args.model_name, api_key=api_key,
                      max_concurrency=args.max_concurrency, max_queue=args.max_queue, cors_origins=args.cors_origin,
                      model_root=args.model_root, shutdown_timeout=args.shutdown_timeout, device=args.device,
-                     dtype=torch_dtype(args.dtype), compile=args.compile, allow_pickle=args.allow_pickle)
+                     dtype=torch_dtype(args.dtype), compile=args.compile, allow_pickle=args.allow_pickle,
+                     chat_template=_template_choice(args.chat_template, None),  # a file's text; names: create_app
+                     trust_request_chat_template=args.trust_request_chat_template)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

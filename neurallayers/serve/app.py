@@ -36,7 +36,8 @@ def _fastapi(**kwargs):
 def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_key: str | None = None,
                max_concurrency: int = 8, max_queue: int = 32, cors_origins: list[str] | None = None,
                model_root: str | Path | None = None, shutdown_timeout: float | None = 30.0, device: str | None = None,
-               dtype: torch.dtype | None = None, compile: bool = False, allow_pickle: bool = False):
+               dtype: torch.dtype | None = None, compile: bool = False, allow_pickle: bool = False,
+               chat_template: str | None = None, trust_request_chat_template: bool = False):
     """The server's ASGI app.
 
     Args:
@@ -56,11 +57,20 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
         compile: decoders (and reloads) decode with generation.fast's compiled one-token step, compiled here,
             before the app serves (15-60 s for GPT-2 124M on 2 cores).
         allow_pickle: accept a Hugging Face folder `model` that only has pytorch_model.bin (reloads never do).
+        chat_template: the chat routes' template (and /tokenize's): a name of the tokenizer's templates (default,
+            tool_use, rag ...) or Jinja text, as vLLM's --chat-template; None: the tokenizer's own.
+        trust_request_chat_template: let requests bring their own template (chat_template), as vLLM's flag of that
+            name; refused with a 400 otherwise.
 
     Returns:
         A FastAPI app; serve it with uvicorn (`neurallayers serve` does).
+
+    Raises:
+        ValueError: a bad argument (one line), chat_template among them: neither a template name of the tokenizer nor
+            Jinja text.
     """
     from neurallayers.serve import errors, routes_extra, routes_openai
+    from neurallayers.serve.chat import ChatTemplates
     from neurallayers.serve.metrics import Metrics, MetricsMiddleware
     from neurallayers.serve.middleware import GateMiddleware
 
@@ -84,10 +94,15 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
         loaded, tokenizer = load(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
         name = model_name or Path(model).resolve().name
         defaults = generation_defaults(model)
+    templates = ChatTemplates(chat_template, bool(trust_request_chat_template))
+    try:
+        templates.check(tokenizer)
+    except ValueError as e:  # the user's flag is --chat-template, the line names it as such
+        raise ValueError(str(e).replace("chat_template", "--chat-template", 1)) from None
     limits = Limits(max_batch=max_concurrency, max_queue=max_queue, shutdown_timeout=shutdown_timeout,
                     compile=compile)
     holder = ModelHolder(build_served(loaded, tokenizer, name, limits, defaults), model_root=model_root, device=device,
-                         dtype=dtype)
+                         dtype=dtype, templates=templates)
     draining = {"on": False}
 
     @asynccontextmanager

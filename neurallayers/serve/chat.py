@@ -1,15 +1,42 @@
 """Chat messages of the OpenAI routes -> prompt text, through neurallayers.data.chat (the tokenizer's template, or
 `role: content` lines then `assistant:`, where a reply ends at the next `user:` line, as in `neurallayers chat`).
 A `content` given as a list of text parts reaches a template that loops over content as that list, and any other as
-the texts joined by newlines (as vLLM does). vLLM's add_generation_prompt, continue_final_message and
-chat_template_kwargs reach the renderer as its options (template_options).
+the texts joined by newlines (as vLLM does). vLLM's add_generation_prompt, continue_final_message,
+chat_template_kwargs, chat_template, documents and tools reach the renderer as its options (template_options).
+
+The template is the request's (chat_template, else chat_template_kwargs' "chat_template", as vLLM reads them), else
+the server's (`serve --chat-template`), else the tokenizer's. As in vLLM, a request's own template is refused unless the
+server trusts them (--trust-request-chat-template); a trusted one still renders in Jinja's sandbox, and within
+RENDER_SECONDS.
 """
 
 from __future__ import annotations
 
-from neurallayers.data.chat import DEFAULT_STOP, check_template_kwargs, render_chat
+import sys
+import time
+from dataclasses import dataclass
+
+from neurallayers.data.chat import DEFAULT_STOP, check_template_kwargs, render_chat, resolve_chat_template
 from neurallayers.serve.errors import bad_request
 from neurallayers.serve.schemas import ChatMessage, ChatRequest, TokenizeRequest
+
+# a request's template may loop for ever (nested range()s): its rendering is cut off after this long
+RENDER_SECONDS = 2.0
+TRUST_FLAG = "--trust-request-chat-template"
+
+
+@dataclass(frozen=True)
+class ChatTemplates:
+    """The server's template settings: `default` (a name of the tokenizer's templates or Jinja text; None: the
+    tokenizer's own) and whether requests may bring their own (`trust_request`)."""
+
+    default: str | None = None
+    trust_request: bool = False
+
+    def check(self, tokenizer) -> None:
+        """Raises ValueError (one line) where `default` is neither a template name of `tokenizer` nor Jinja."""
+        if self.default is not None:
+            resolve_chat_template(tokenizer, self.default)
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict]:
@@ -25,12 +52,14 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict]:
     return out
 
 
-def template_options(req: ChatRequest | TokenizeRequest) -> dict:
+def template_options(req: ChatRequest | TokenizeRequest, tokenizer, templates: ChatTemplates) -> dict:
     """render()'s options from a chat request (or a /tokenize of messages), checked as vLLM checks them.
 
     Raises:
         APIError: 400 naming the field: continue_final_message with add_generation_prompt sent true, or with a last
-            message that is not the assistant's; chat_template_kwargs setting a name the renderer passes itself.
+            message that is not the assistant's; chat_template_kwargs setting a name the renderer passes itself; a
+            request template on a server that does not trust them, or one that is neither a name nor Jinja; tools
+            with a tool_choice other than "none".
     """
     cont = req.continue_final_message
     # vLLM refuses the two together only when both are sent; continue_final_message alone means no generation prompt
@@ -41,24 +70,85 @@ def template_options(req: ChatRequest | TokenizeRequest) -> dict:
     if cont and req.messages[-1].role != "assistant":
         raise bad_request(f"continue_final_message needs the last message to be the assistant's, not the "
                           f"{req.messages[-1].role}'s", "continue_final_message")
+    kwargs = dict(req.chat_template_kwargs) if isinstance(req.chat_template_kwargs, dict) else req.chat_template_kwargs
+    # vLLM passes chat_template_kwargs to apply_chat_template, so a "chat_template" there is the template (its
+    # renderer lets the request's own chat_template field win over it)
+    own, param = req.chat_template, "chat_template"
+    theirs = kwargs.pop("chat_template", None) if isinstance(kwargs, dict) else None
+    if own is None and theirs is not None:
+        own, param = theirs, "chat_template_kwargs"
     try:
-        kwargs = check_template_kwargs(req.chat_template_kwargs, name="chat_template_kwargs")
+        kwargs = check_template_kwargs(kwargs, name="chat_template_kwargs")
     except ValueError as e:
         raise bad_request(str(e), "chat_template_kwargs") from None
-    return {"add_generation_prompt": add, "continue_final_message": cont, "template_kwargs": kwargs}
+    if own is not None and not templates.trust_request:
+        raise bad_request(f"{param}: a request's own chat template is refused: the server must be started with "
+                          f"{TRUST_FLAG} to take one", param)
+    tools = _tools(req)
+    chosen = own if own is not None else templates.default
+    try:
+        plain = resolve_chat_template(tokenizer, chosen, tools=tools) is None
+    except ValueError as e:
+        raise bad_request(str(e), param) from None
+    return {"add_generation_prompt": add, "continue_final_message": cont, "template_kwargs": kwargs,
+            "chat_template": chosen, "tools": tools, "documents": req.documents, "plain": plain,
+            "bounded": own is not None}
 
 
-def render(tokenizer, messages: list[ChatMessage], **options) -> str:
+def _tools(req: ChatRequest | TokenizeRequest) -> list[dict] | None:
+    """The tools for the template, as sent; an empty list is none (clients send [] with every request). As vLLM
+    without a tool-call parser: tool_choice left out means "auto", which needs one, so only "none" is taken."""
+    choice = getattr(req, "tool_choice", "none")
+    if choice is None and not req.tools:
+        choice = "none"
+    if choice != "none":  # also without tools, where vLLM refuses any other choice too
+        shown = "left out (vLLM's \"auto\")" if choice is None else f"{choice!r:.60}"
+        raise bad_request(f"tool_choice {shown} is not supported by this server: it does not parse replies into "
+                          "tool_calls; send tool_choice \"none\" to show the tools to the template and get the reply "
+                          "as plain text", "tool_choice")
+    return [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+
+
+def render(tokenizer, messages: list[ChatMessage], *, plain: bool = False, bounded: bool = False, **options) -> str:
     """The prompt text for `messages`; `options` are render_chat's (by default: ending with the assistant's cue).
+    bounded: a request's own template, cut off after RENDER_SECONDS (plain is template_options' and unused here).
 
     Raises:
         APIError: 400 (param "messages") when the template refuses the conversation (e.g. roles must alternate) or
-            cannot continue its final message.
+            cannot continue its final message; (param "chat_template") a request's template past RENDER_SECONDS.
     """
     try:
+        if bounded:
+            return _within(RENDER_SECONDS, render_chat, tokenizer, message_dicts(messages), **options)
         return render_chat(tokenizer, message_dicts(messages), **options)
     except ValueError as e:
         raise bad_request(str(e), "messages") from None
+    except _TooSlow:
+        raise bad_request(f"chat_template: the request's chat template took more than {RENDER_SECONDS:g} s to "
+                          "render", "chat_template") from None
+
+
+class _TooSlow(BaseException):
+    """Raised inside a template's rendering at its deadline; a BaseException, so the renderer's `except Exception`
+    (which turns a template's own errors into ValueError) lets it through."""
+
+
+def _within(seconds: float, fn, *args, **kwargs):
+    """fn(*args, **kwargs) in this thread, stopped with _TooSlow once it has run `seconds`: a trace function checks
+    the clock on every line Jinja's compiled template runs (a thread cannot be killed from outside)."""
+    deadline = time.monotonic() + seconds
+
+    def trace(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise _TooSlow
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        sys.settrace(previous)
 
 
 def reply_role(messages: list[ChatMessage], *, add_generation_prompt: bool) -> str:
@@ -77,8 +167,8 @@ def echo_text(messages: list[ChatMessage], role: str = "assistant") -> str:
     return "\n".join(p.text for p in last.content) if isinstance(last.content, list) else last.content
 
 
-def reply_stops(tokenizer) -> list[str]:
-    """Stop strings the template implies: the default template's next `user:` line (a model that learnt that format
-    goes on to write the user's turn; `neurallayers chat` stops there too); none for a tokenizer's own template,
-    whose turns end with a token the model emits (eos)."""
-    return [] if getattr(tokenizer, "chat_template", None) else [DEFAULT_STOP]
+def reply_stops(options: dict) -> list[str]:
+    """Stop strings the template used (template_options' `plain`) implies: the plain `role: content` lines' next
+    `user:` line (a model that learnt that format goes on to write the user's turn; `neurallayers chat` stops there
+    too); none for a Jinja template, whose turns end with a token the model emits (eos)."""
+    return [DEFAULT_STOP] if options["plain"] else []

@@ -32,7 +32,8 @@ from neurallayers.serve.schemas import (
 from neurallayers.serve.streaming import collect, submit_all
 
 # /tokenize fields that only mean something for messages: with a prompt they are refused, not ignored
-CHAT_ONLY = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs")
+CHAT_ONLY = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs", "chat_template", "documents",
+             "tools")
 
 
 def register(app, *, holder, metrics, draining) -> None:
@@ -78,7 +79,7 @@ def register(app, *, holder, metrics, draining) -> None:
             if not req.messages:
                 raise bad_request("messages is empty", "messages")
             # the chat route's options and checks, so these are the ids it counts in usage.prompt_tokens
-            options = chat_template.template_options(req)
+            options = chat_template.template_options(req, served.tokenizer, holder.templates)
             text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages, **options)
         elif sent := [name for name in CHAT_ONLY if name in req.model_fields_set]:
             raise bad_request(f"{sent[0]} applies to messages, not to a prompt", sent[0])

@@ -214,7 +214,7 @@ def register(app, *, holder, metrics) -> None:
             params.refuse_unsupported(req)
             if req.top_logprobs is not None and not req.logprobs:
                 raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
-            options = chat_template.template_options(req)
+            options = chat_template.template_options(req, served.tokenizer, holder.templates)
             text = await run_in_threadpool(chat_template.render, served.tokenizer, req.messages, **options)
             if not text:
                 raise bad_request("the chat template rendered these messages as an empty prompt", "messages")
@@ -227,7 +227,7 @@ def register(app, *, holder, metrics) -> None:
             params.check_length(served, prompts, max_tokens, param="messages", max_param=name)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
             configs = params.generation_configs(served, req, max_tokens=max_tokens, logprobs=logprobs, count=req.n)
-            if stops := chat_template.reply_stops(served.tokenizer):
+            if stops := chat_template.reply_stops(options):
                 configs = [c.replace(stop=[*c.stop, *stops]) for c in configs]
             requests = submit_all(served, prompts, configs, metrics=metrics, param="messages",
                                   text=params.text_options(req))
@@ -319,8 +319,11 @@ def register(app, *, holder, metrics) -> None:
                 raise bad_request(f"dimensions={req.dimensions}: this model's embeddings have {width} dimensions",
                                   "dimensions")
             keep = embedding_truncation(served, req.truncate_prompt_tokens, special=req.add_special_tokens)
+            # vLLM's rule: its tokenizer cuts (keeping [CLS] / [SEP]), unless truncation_side "left" is sent, where
+            # it slices the encoded ids (the last k, [CLS] gone)
             vectors, n_tokens = await embed_texts(served, texts, max_length=keep, normalize=req.normalize,
                                                   truncation_side=req.truncation_side or "left",
+                                                  cut_special_tokens=req.truncation_side == "left",
                                                   add_special_tokens=req.add_special_tokens,
                                                   refuse_longer=keep is None)
             data = []
@@ -429,9 +432,11 @@ def embedding_truncation(served: ServedModel, truncate: int | None, *, special: 
 
 async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int | None = None,
                       normalize: bool | None = None, truncation_side: str = "right", add_special_tokens: bool = True,
-                      refuse_longer: bool = False, param: str = "input", hint: str | None = None):
+                      cut_special_tokens: bool = False, refuse_longer: bool = False, param: str = "input",
+                      hint: str | None = None):
     """(N, C) float32 CPU embeddings and the number of tokens read, computed in a worker thread; max_length:
-    tokens each text keeps (default max_model_len), cut on `truncation_side`; normalize: None, the model's own.
+    tokens each text keeps (default max_model_len), cut on `truncation_side` (cut_special_tokens: as ids, see
+    embed); normalize: None, the model's own.
 
     refuse_longer: a text with more tokens than max_model_len is a 400 naming both numbers and the request field
     `param` that holds the texts, as vLLM (without truncate_prompt_tokens) and OpenAI answer it, instead of being
@@ -455,7 +460,8 @@ async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int 
                                   f"{counts[i]} tokens in {where} for embedding generation. Please reduce the length "
                                   f"of the input{how}.", param, code="context_length_exceeded")
         vectors = embed(served.model, served.tokenizer, texts, max_length=max_length, normalize=normalize,
-                        truncation_side=truncation_side, add_special_tokens=add_special_tokens).cpu()
+                        truncation_side=truncation_side, add_special_tokens=add_special_tokens,
+                        cut_special_tokens=cut_special_tokens).cpu()
         n_tokens = int(tokenize_batch(served.tokenizer, read, max_length=max_length,
                                       add_special_tokens=add_special_tokens)["attention_mask"].sum())
         return vectors, n_tokens

@@ -206,6 +206,28 @@ class ChatMessage(Strict):
         return {k: v for k, v in data.items() if v is not None or k in cls.model_fields}
 
 
+class FunctionSpec(Strict):
+    name: Text = Field(min_length=1)
+    description: Text | None = None
+    parameters: dict | None = Field(None, description="the arguments' JSON schema")
+    strict: bool | None = None
+
+
+class ChatTool(Strict):
+    """A tool as OpenAI's API describes one; it reaches the chat template's `tools` as it was sent."""
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+Documents = list[dict[str, Text]]  # vLLM's documents: {"title": ..., "text": ...}
+TEMPLATE = ("vLLM's: the chat template for this request, a name of the tokenizer's (tool_use, rag ...) or Jinja text; "
+            "needs the server started with --trust-request-chat-template")
+DOCUMENTS = "vLLM's: documents for the template's `documents` (retrieval-augmented templates), e.g. {title, text}"
+TOOLS = ("tools the chat template shows the model; only with tool_choice \"none\": the reply is plain text, never "
+         "parsed into tool_calls")
+
+
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="the newer name of max_tokens")
@@ -222,6 +244,11 @@ class ChatRequest(Sampling):
                                          "add_generation_prompt true, which it turns off when that is not sent")
     chat_template_kwargs: dict | None = Field(None, description="vLLM's: extra variables for the chat template, e.g. "
                                               '{"enable_thinking": false}; not messages or special-token names')
+    chat_template: Text | None = Field(None, description=TEMPLATE)
+    documents: Documents | None = Field(None, description=DOCUMENTS)
+    tools: list[ChatTool] | None = Field(None, description=TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | dict | None = Field(
+        None, description='only "none" (vLLM without a tool-call parser): tools reach the template, the reply is text')
 
 
 class EmbeddingRequest(OpenAIRequest):
@@ -234,7 +261,9 @@ class EmbeddingRequest(OpenAIRequest):
                                                       "its special tokens among them; -1: max_model_len (vLLM's); "
                                                       "without it a longer input is refused, as vLLM and OpenAI do")
     truncation_side: TruncationSide | None = Field(None, description="vLLM's: which end truncate_prompt_tokens "
-                                                   "cuts (the special tokens stay, as transformers cuts); default left")
+                                                   "cuts: \"left\" keeps the last k ids ([CLS] among those cut), "
+                                                   "\"right\" cuts the end as the tokenizer does ([CLS] and [SEP] "
+                                                   "kept); default: the tokenizer's cut of the start")
     normalize: bool | None = Field(None, description="L2-normalize each vector (vLLM's); default: the model's own "
                                    "(a sentence-transformers folder without Normalize gives raw vectors)")
     add_special_tokens: bool = Field(True, description="vLLM's: the tokenizer's special tokens ([CLS], [SEP]) frame "
@@ -255,6 +284,9 @@ class TokenizeRequest(OpenAIRequest):
     add_generation_prompt: bool = Field(True, description="messages only: as in /v1/chat/completions")
     continue_final_message: bool = Field(False, description="messages only: as in /v1/chat/completions")
     chat_template_kwargs: dict | None = Field(None, description="messages only: as in /v1/chat/completions")
+    chat_template: Text | None = Field(None, description="messages only: as in /v1/chat/completions")
+    documents: Documents | None = Field(None, description="messages only: as in /v1/chat/completions")
+    tools: list[ChatTool] | None = Field(None, description="messages only: the tools the chat template shows")
 
 
 class DetokenizeRequest(Strict):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from neurallayers.serve.chat import ChatTemplates
 from neurallayers.serve.errors import APIError, bad_request, overloaded
 
 log = logging.getLogger("neurallayers.serve")
@@ -137,8 +138,9 @@ class ModelHolder:
     """The current ServedModel, leases on it, and reloads from under `model_root`."""
 
     def __init__(self, served: ServedModel, *, model_root: str | Path | None = None,
-                 device: str | None = None, dtype=None) -> None:
+                 device: str | None = None, dtype=None, templates: ChatTemplates | None = None) -> None:
         self.current = served
+        self.templates = templates or ChatTemplates()  # the server's chat template settings, for every model it loads
         self.device, self.dtype = device, dtype
         self.model_root = Path(model_root).resolve() if model_root is not None else None
         self._reload_lock: asyncio.Lock | None = None
@@ -244,6 +246,7 @@ class ModelHolder:
                 from neurallayers.api import load as load_model
 
                 model, tokenizer = load_model(path, device=self.device, dtype=self.dtype)
+                self.templates.check(tokenizer)  # --chat-template names one of the first model's templates
                 name = os.path.normpath(relative).strip("/")  # "a/../b" is served as "b"
                 served = build_served(model, tokenizer, name, old.limits, generation_defaults(path))
                 served.start()

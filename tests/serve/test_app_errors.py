@@ -207,8 +207,8 @@ def test_unknown_fields_are_told_apart_from_unsupported_ones(server):
     err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [
         {"role": "tool", "content": "42", "tool_call_id": "call_1"}]}), 400, "messages[0].tool_call_id")
     assert err["message"] == "messages[0].tool_call_id: not supported by this server (send null or leave it out)"
-    err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}), 400, "tools")
+    err = assert_error(httpx.post(f"{server.url}/v1/completions", json={  # chat takes tools (with tool_choice "none")
+        "prompt": "x", "tools": [{"type": "function"}]}), 400, "tools")
     assert err["message"] == "tools: not supported by this server (send null or leave it out)"
     err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "x"}], "dimensions": 8}), 400, "dimensions")

@@ -44,11 +44,19 @@ def hf(folder):
     return transformers.AutoTokenizer.from_pretrained(folder), transformers.AutoModel.from_pretrained(folder).eval()
 
 
-def oracle(hf, texts, *, special: bool = True, keep: int | None = None, side: str = "left") -> tuple[np.ndarray, int]:
+def oracle(hf, texts, *, special: bool = True, keep: int | None = None, side: str = "left",
+           slice_ids: bool = False) -> tuple[np.ndarray, int]:
+    """transformers' embeddings of texts cut to `keep` tokens on `side` by the tokenizer (its special tokens kept) or,
+    slice_ids, as vLLM's renderer cuts for an explicit truncation_side "left": the whole encoding's last keep ids."""
     tok, model = hf
     tok.truncation_side = side
-    cut = {} if keep is None else {"truncation": True, "max_length": keep}
-    batch = tok(texts, padding=True, return_tensors="pt", add_special_tokens=special, **cut)
+    if slice_ids:
+        ids = [tok(t, add_special_tokens=special)["input_ids"][-keep:] for t in texts]
+        batch = tok.pad({"input_ids": ids}, return_tensors="pt")
+        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    else:
+        cut = {} if keep is None else {"truncation": True, "max_length": keep}
+        batch = tok(texts, padding=True, return_tensors="pt", add_special_tokens=special, **cut)
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
@@ -98,15 +106,19 @@ def test_truncate_prompt_tokens_takes_a_longer_input(client, hf, keep):
     assert out.usage.prompt_tokens == tokens == (LIMIT if keep == -1 else keep)
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("side", ["left", "right", None])
 def test_truncation_side_picks_the_end_that_is_cut(client, hf, side):
+    """vLLM's renderer: "left" sent slices the encoded ids (the last 100: [CLS] cut, [SEP] kept); "right" sent, or
+    none (then the start is cut), the tokenizer cuts, keeping both."""
     text = "the start of it " + words(LIMIT) + " and its very end"
     out = client.embeddings.create(model="minilm", input=text,
                                    extra_body={"truncate_prompt_tokens": 100, "truncation_side": side})
-    want, tokens = oracle(hf, [text], keep=100, side=side)
+    want, tokens = oracle(hf, [text], keep=100, side=side or "left", slice_ids=side == "left")
     assert np.abs(np.array(out.data[0].embedding) - want[0]).max() < 1e-5
-    other = oracle(hf, [text], keep=100, side={"left": "right", "right": "left"}[side])[0]
-    assert np.abs(want[0] - other[0]).max() > 1e-3  # the two ends embed differently: the test tells them apart
+    others = [oracle(hf, [text], keep=100, side=s, slice_ids=ids)[0] for s, ids in
+              (("left", True), ("right", False), ("left", False)) if (s, ids) != (side or "left", side == "left")]
+    for other in others:  # the three cuts embed differently: the test tells them apart
+        assert np.abs(want[0] - other[0]).max() > 1e-3
     assert out.usage.prompt_tokens == tokens == 100
     with pytest.raises(openai.BadRequestError) as e:
         client.embeddings.create(model="minilm", input="hello", extra_body={"truncation_side": "both"})
