@@ -9,7 +9,6 @@ gets them from the underlying Hugging Face `tokenizers` object.
 
 from __future__ import annotations
 
-import copy
 import importlib.resources
 import weakref
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 from neurallayers.checks import is_int
 from neurallayers.data.corpora import lone_surrogate
+from neurallayers.data.tokenizer_files import copy_hf
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.nn.modes import eval_mode
 
@@ -38,7 +38,7 @@ def _raw(tokenizer: Tokenizer, max_length: int | None, side: str = "right") -> H
     cached, so the caller's tokenizer is unchanged."""
     per_length = _RAW.setdefault(tokenizer, {})
     if (max_length, side) not in per_length:
-        hf = copy.deepcopy(tokenizer.hf)
+        hf = copy_hf(tokenizer.hf)  # a deepcopy dropped split_special_tokens
         hf.no_padding()
         if max_length is None:
             hf.no_truncation()

@@ -81,3 +81,15 @@ def test_split_special_tokens_survives_save_copies_and_keys_the_cache(tmp_path):
     for other in copies:
         assert im_end not in other.encode("a<|im_end|>b")
     assert im_end in pickle.loads(pickle.dumps(Tokenizer.load(tmp_path / "whole"))).encode("a<|im_end|>b")
+
+
+def test_the_embedding_batches_keep_split_special_tokens(tmp_path):
+    """embeddings.tokenize_batch encodes with a private copy of the tokenizer: a deepcopy of it dropped the setting."""
+    from neurallayers.embeddings import tokenize_batch
+
+    _folder(tmp_path, True)
+    ours = Tokenizer.load(tmp_path)
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for max_length in (None, 64):
+        ids = tokenize_batch(ours, ["a<|im_end|>b"], max_length=max_length)["input_ids"][0].tolist()
+        assert ids == ref("a<|im_end|>b")["input_ids"]
