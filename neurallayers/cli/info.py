@@ -141,7 +141,7 @@ def describe_run(folder: Path) -> str:
     from neurallayers.training.config import RunConfig
     from neurallayers.training.loggers import read_metrics
 
-    run_cfg = RunConfig.from_yaml(folder / "config.yaml")
+    run_cfg = RunConfig.from_yaml(folder / "config.yaml", saved=True)  # a refused train/data value only warns
     metrics = folder / "metrics.jsonl"
     if not metrics.is_file():  # converted from a Hugging Face folder, or written by hand: its data section is a default
         return _table([("training", "none recorded here (no metrics.jsonl)")])
@@ -245,7 +245,7 @@ def _mask_prob(path: Path) -> float:
         run_file = path if path.suffix.lower() in (".yaml", ".yml") else None
     data = read_yaml_file(run_file) if run_file and run_file.is_file() else None
     if isinstance(data, dict) and data.keys() & {"model", "train", "data"}:
-        return RunConfig.from_dict(data).train.mask_prob
+        return RunConfig.from_dict(data, saved=run_file if path.is_dir() else None).train.mask_prob
     return TrainConfig.mask_prob
 
 

@@ -29,7 +29,8 @@ def edited(run: Path, root: Path, section: str, **fields) -> Path:
 
 
 @pytest.mark.parametrize("verb", [["eval", "--no-progress"], ["generate", "To", "--temperature", "0",
-                                                             "--max-new-tokens", "6"]], ids=["eval", "generate"])
+                                                             "--max-new-tokens", "6"], ["info"]],
+                         ids=["eval", "generate", "info"])
 def test_a_value_refused_since_warns_and_the_verb_gives_the_unedited_runs_output(verb, trained, tmp_path,
                                                                                  monkeypatch):
     edited(trained, tmp_path, "train", sample_prompts=[""])
