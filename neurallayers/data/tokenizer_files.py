@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
 from neurallayers.checks import is_int
@@ -130,6 +130,8 @@ def read_folder(path_or_name: str | os.PathLike) -> tuple[HFTokenizer, dict]:
         hf = _with_added_tokens(hf, folder, config, strict=False)
     if config.get("add_prefix_space") is False and _class_name(config) in _SENTENCEPIECE_CLASSES:
         hf = _without_metaspace_prefix(hf)
+    if _class_name(config) in _BERT_CLASSES and isinstance(hf.normalizer, normalizers.BertNormalizer):
+        hf.normalizer = _bert_normalizer(hf.normalizer, config)
     prefix = _prefix_space(config)
     if prefix is not None and isinstance(hf.pre_tokenizer, pre_tokenizers.ByteLevel):
         # transformers' GPT-2 style classes set the prefix space from tokenizer_config.json (or their default) over
@@ -391,6 +393,28 @@ def _without_metaspace_prefix(hf: HFTokenizer) -> HFTokenizer:
     spec["decoder"] = edit(spec["decoder"], "decoders", lambda p: p.get("type") == "Strip" and p.get("content") == " "
                            and (p.get("start"), p.get("stop")) == (1, 0))
     return copy_hf(hf, json.dumps(spec))
+
+
+# transformers' BERT-style classes that build their normalizer from tokenizer_config.json (do_lower_case, strip_accents,
+# tokenize_chinese_chars; lowercase when it names none) over tokenizer.json's, as transformers 4's fast classes did too
+_BERT_CLASSES = ("BertTokenizer", "DistilBertTokenizer", "ElectraTokenizer", "MPNetTokenizer", "FunnelTokenizer",
+                 "SqueezeBertTokenizer", "MobileBertTokenizer", "LayoutLMTokenizer", "LxmertTokenizer",
+                 "SplinterTokenizer")
+
+
+def _bert_normalizer(old: normalizers.BertNormalizer, config: dict) -> normalizers.BertNormalizer:
+    """The BertNormalizer transformers gives a BERT-style class: a cased tokenizer.json under a config without
+    do_lower_case is lowercased there (the model was trained so), and a config's do_lower_case=false edited to fix
+    casing wins. A value that is not a bool (transformers fails on it) keeps tokenizer.json's."""
+
+    def flag(key: str, default, current, allowed: tuple) -> object:
+        value = config.get(key, default)
+        return value if isinstance(value, bool) or value in allowed else current
+
+    return normalizers.BertNormalizer(
+        clean_text=old.clean_text, lowercase=flag("do_lower_case", True, old.lowercase, ()),
+        strip_accents=flag("strip_accents", None, old.strip_accents, (None,)),
+        handle_chinese_chars=flag("tokenize_chinese_chars", True, old.handle_chinese_chars, ()))
 
 
 def _prefix_space(config: dict) -> bool | None:

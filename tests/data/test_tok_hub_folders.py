@@ -222,3 +222,23 @@ def test_a_llama_class_without_a_prefix_space_saves_as_it_reads(root, tmp_path):
         for text in ("Hello world", " Hello", "a</s> b"):
             assert again(text)["input_ids"] == ref(text)["input_ids"] == Tokenizer.load(tmp_path / kind).encode(
                 text, add_special_tokens=True)
+
+
+@pytest.mark.parametrize("cls", ["BertTokenizer", "DistilBertTokenizer", "ElectraTokenizer", "MPNetTokenizer"])
+@pytest.mark.parametrize(("json_lowercase", "config"), [
+    (False, {}), (True, {"do_lower_case": False}), (False, {"do_lower_case": True}), (True, {"strip_accents": False}),
+    (False, {"do_lower_case": False, "tokenize_chinese_chars": False}), (True, {"do_lower_case": True})])
+def test_a_bert_class_normalizes_as_its_config_says_as_in_transformers(tmp_path, cls, json_lowercase, config):
+    """transformers' BERT-style classes build their normalizer from tokenizer_config.json (do_lower_case, lowercase
+    when it is absent; strip_accents; tokenize_chinese_chars) over tokenizer.json's: a cased tokenizer.json under a
+    config without do_lower_case was read cased here ("Hello" one token, where transformers reads "hello"), and a
+    do_lower_case=false edited in to fix casing was ignored."""
+    wp = BertWordPieceTokenizer(lowercase=json_lowercase)
+    wp.train_from_iterator(CORPUS, vocab_size=400, show_progress=False)
+    wp._tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": cls, **config}))
+    ours, ref = Tokenizer.load(tmp_path), transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for text in ("Hello Étude 日本語 CAFÉ naïve", "THE Quick brown fox.", "Привет мир"):
+        assert ours.encode(text) == ref(text, add_special_tokens=False)["input_ids"], text
+        ids = ref(text, add_special_tokens=False)["input_ids"]
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True)

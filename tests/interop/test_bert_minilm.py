@@ -189,6 +189,10 @@ def test_a_folder_that_lowercases_its_texts_embeds_them_lowercased(tmp_path):
     spec["normalizer"]["lowercase"] = False  # a cased WordPiece
     (folder / "tokenizer.json").unlink()
     (folder / "tokenizer.json").write_text(json.dumps(spec))
+    # transformers' BertTokenizer builds its normalizer from tokenizer_config.json's do_lower_case (true by default)
+    config = json.loads((minilm_folder() / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
     cased_model, cased_tok = load(folder)
     lowered = embed(cased_model, cased_tok, [t.lower() for t in TEXTS])
     assert not torch.equal(embed(cased_model, cased_tok, TEXTS), lowered)
