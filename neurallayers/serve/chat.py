@@ -2,7 +2,8 @@
 `role: content` lines then `assistant:`, where a reply ends at the next `user:` line, as in `neurallayers chat`).
 A `content` given as a list of text parts reaches a template that loops over content as that list, and any other as
 the texts joined by newlines (as vLLM does). vLLM's add_generation_prompt, continue_final_message,
-chat_template_kwargs, chat_template, documents and tools reach the renderer as its options (template_options).
+chat_template_kwargs, chat_template, documents and tools reach the renderer as its options (template_options); a tool
+conversation's messages (tool_calls, tool_call_id, reasoning) reach the template as vLLM hands them (message_dicts).
 
 The template is the request's (chat_template, else chat_template_kwargs' "chat_template", as vLLM reads them), else
 the server's (`serve --chat-template`), else the tokenizer's. As in vLLM, a request's own template is refused unless the
@@ -12,6 +13,7 @@ RENDER_SECONDS.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -40,16 +42,44 @@ class ChatTemplates:
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict]:
-    """The messages as plain dicts (role, content: a string or a list of text parts, name when given). A null content
-    stays None, which the renderer drops as transformers does: a template that tests for the key sees it missing."""
+    """The messages as vLLM hands them to the template: role, content (a string or a list of text parts, a refusal
+    part among them as one; a tool message's parts joined by newlines), and name, tool_calls (their arguments parsed
+    from JSON), tool_call_id and reasoning where given (a refusal field is not shown, as in vLLM). A null content
+    stays None, which the renderer drops as transformers does: a template that tests for the key sees it missing.
+
+    Raises:
+        APIError: 400 naming the field: a tool call's arguments that are not JSON.
+    """
     out = []
-    for m in messages:
-        content = [p.model_dump() for p in m.content] if isinstance(m.content, list) else m.content
+    for i, m in enumerate(messages):
+        content = [{"type": "text", "text": p.text} for p in m.content] if isinstance(m.content, list) else m.content
+        if m.role == "tool" and isinstance(content, list):  # vLLM's: tool templates read a string
+            content = "\n".join(p["text"] for p in content)
         d = {"role": m.role, "content": content}
-        if m.name is not None:
-            d["name"] = m.name
+        for field in ("name", "tool_call_id"):
+            if getattr(m, field) is not None:
+                d[field] = getattr(m, field)
+        if (reasoning := m.reasoning if m.reasoning is not None else m.reasoning_content) is not None:
+            d["reasoning"] = d["reasoning_content"] = reasoning  # vLLM's name and the older one templates read
+        if m.tool_calls:  # an empty list is none, as vLLM drops it (templates then take the plain assistant path)
+            d["tool_calls"] = [{"id": c.id, "type": c.type, "function": {
+                "name": c.function.name, "arguments": _arguments(c.function.arguments, f"messages[{i}].tool_calls[{j}]")
+            }} for j, c in enumerate(m.tool_calls)]
         out.append(d)
     return out
+
+
+def _arguments(text: str, where: str):
+    """A tool call's arguments as the template reads them: the JSON text parsed (vLLM's and transformers' convention);
+    empty or blank is {} (no arguments), as vLLM reads it."""
+    if not text.strip():
+        return {}
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # vLLM puts {} for malformed JSON, which would show the model no call
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+        raise bad_request(f"{where}.function.arguments is not valid JSON ({reason}): send the arguments as a JSON "
+                          f"text, e.g. '{{\"city\": \"Paris\"}}'", f"{where}.function.arguments") from None
 
 
 def template_options(req: ChatRequest | TokenizeRequest, tokenizer, templates: ChatTemplates) -> dict:
@@ -111,16 +141,22 @@ def _tools(req: ChatRequest | TokenizeRequest) -> list[dict] | None:
 
 def render(tokenizer, messages: list[ChatMessage], *, plain: bool = False, bounded: bool = False, **options) -> str:
     """The prompt text for `messages`; `options` are render_chat's (by default: ending with the assistant's cue).
-    bounded: a request's own template, cut off after RENDER_SECONDS (plain is template_options' and unused here).
+    bounded: a request's own template, cut off after RENDER_SECONDS; plain: template_options' (no Jinja template).
 
     Raises:
         APIError: 400 (param "messages") when the template refuses the conversation (e.g. roles must alternate) or
-            cannot continue its final message; (param "chat_template") a request's template past RENDER_SECONDS.
+            cannot continue its final message; (param messages[i]...) tool calls with the plain lines, or arguments
+            that are not JSON; (param "chat_template") a request's template past RENDER_SECONDS.
     """
+    if plain and (i := next((i for i, m in enumerate(messages) if m.tool_calls), None)) is not None:
+        # the plain `role: content` lines have no place for a call: dropping it would show the model a turn it skipped
+        raise bad_request(f"messages[{i}].tool_calls need a chat template that reads them; this model has none (give "
+                          "chat_template)", f"messages[{i}].tool_calls")
+    dicts = message_dicts(messages)
     try:
         if bounded:
-            return _within(RENDER_SECONDS, render_chat, tokenizer, message_dicts(messages), **options)
-        return render_chat(tokenizer, message_dicts(messages), **options)
+            return _within(RENDER_SECONDS, render_chat, tokenizer, dicts, **options)
+        return render_chat(tokenizer, dicts, **options)
     except ValueError as e:
         raise bad_request(str(e), "messages") from None
     except _TooSlow:

@@ -19,7 +19,8 @@ UNION_HINTS = {
     "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
     "input": "a string, a list of strings, a list of token ids or a list of token-id lists",
     "stop": "a non-empty string or a list of at most 16 non-empty strings",
-    "content": "a string or a list of {\"type\": \"text\", \"text\": ...} parts",
+    "content": "a string or a list of {\"type\": \"text\", \"text\": ...} (or {\"type\": \"refusal\", \"refusal\": "
+               "...}) parts",
 }
 # pydantic writes union members and wrappers into `loc`; they are not field names
 _TYPE_TAG_CHARS = "[]-"

@@ -265,7 +265,8 @@ def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, l
     Raises:
         APIError: 400 naming the request field when GenerationConfig refuses a value.
     """
-    if req.stream_options is not None and not req.stream:  # as OpenAI answers it
+    # as vLLM answers it: options without stream are refused, an empty {} (some clients send it on every call) is none
+    if req.stream_options is not None and req.stream_options.model_fields_set and not req.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
     vocab = served.model.config.vocab_size
     if req.min_tokens > max_tokens:

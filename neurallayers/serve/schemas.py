@@ -80,8 +80,7 @@ UNSUPPORTED = frozenset({
     "priority", "request_id", "session_id", "cache_salt", "kv_transfer_params", "ec_transfer_params",
     "return_token_offsets", "logprob_token_ids", "prompt_embeds",
     "watermarking", "repetition_detection", "thinking_token_budget", "stream_interval", "include_reasoning",
-    "media_io_kwargs", "embed_dtype",
-    "tool_calls", "tool_call_id"})  # the last two: fields of a message
+    "media_io_kwargs", "embed_dtype"})
 # Values of unimplemented fields that ask for what this server does anyway (no tools, no tool call), as vLLM takes them:
 # some clients send them on every request
 NO_TOOLS = {"tools": [], "functions": [], "tool_choice": "none", "function_call": "none"}
@@ -191,10 +190,57 @@ class TextPart(Strict):
     text: Text
 
 
+class RefusalPart(Strict):
+    """An assistant's refusal as OpenAI writes it in content; a text part to the template, as vLLM reads it."""
+
+    type: Literal["refusal"]
+    refusal: Text
+
+    @property
+    def text(self) -> str:
+        return self.refusal
+
+
+Part = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+
+
+class FunctionCall(Strict):
+    name: Text = Field(min_length=1)
+    arguments: Text = Field(description="the arguments as JSON text, as OpenAI returns them; the template gets them "
+                            "parsed (an empty text: {}), as vLLM hands them over")
+
+
+class ToolCall(Strict):
+    """A tool call of an assistant message, as OpenAI returns it and a client sends it back as history."""
+
+    id: Text
+    type: Literal["function"]
+    function: FunctionCall
+
+
+# a message's fields that only one role has, as OpenAI's message types hold them
+ROLE_FIELDS = {"tool_calls": "assistant", "refusal": "assistant", "reasoning": "assistant",
+               "reasoning_content": "assistant", "tool_call_id": "tool"}
+
+
 class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | list[TextPart] | None = None
+    content: Text | list[Part] | None = None
     name: Text | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls, passed to the template")
+    tool_call_id: Text | None = Field(None, description="a tool message's: the call it answers")
+    refusal: Text | None = Field(None, description="an assistant's, as OpenAI returns it; not shown to the template "
+                                 "(as in vLLM)")
+    reasoning: Text | None = Field(None, description="an assistant's reasoning (vLLM's), for templates that show it")
+    reasoning_content: Text | None = Field(None, description="the older name of reasoning")
+
+    @model_validator(mode="after")
+    def _fields_of_the_role(self) -> ChatMessage:
+        for field, role in ROLE_FIELDS.items():
+            if getattr(self, field) is not None and self.role != role:
+                raise PydanticCustomError("role_field", "{field} belongs to a message of role \"{role}\", not "
+                                          "\"{got}\"", {"field": field, "role": role, "got": self.role})
+        return self
 
     @model_validator(mode="before")
     @classmethod
