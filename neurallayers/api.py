@@ -64,8 +64,10 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     Args:
         device: where the weights go; "auto" picks cuda, then mps, then cpu; None: cpu.
         dtype: the weights' dtype (a torch.dtype, or "fp32" / "float32", "bf16" / "bfloat16", "fp16" / "float16");
-            None: float32 for a Hugging Face folder (as transformers 4 loads one; 5 keeps the stored dtype), the stored
-            dtype for a run.
+            None: float32 for a Hugging Face folder, whatever its config.json or weights say (as transformers 4 loads
+            one; 5 keeps the stored dtype); for a run or checkpoint the dtype its weights file stores, bit for bit (a
+            run trained here stores float32 master weights, bf16 autocast or not; `convert` keeps a bf16 source's
+            bf16), or for a file mixing dtypes the narrowest holding each exactly (bf16 and fp16: float32).
         allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin or its shards). Off by
             default: a pickle can run code when loaded.
     """
@@ -95,7 +97,9 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
     from neurallayers.training.runtime import warn_if_slow_bf16
 
-    warn_if_slow_bf16(dtype, device)
+    weight = next(model.parameters(), None)  # the dtype loaded, asked for or stored: a bf16 run loads as bf16
+    if weight is not None:
+        warn_if_slow_bf16(weight.dtype, weight.device)
     _warn_if_fp16_on_cpu(model)
     return model.eval(), tokenizer
 

@@ -328,6 +328,24 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+# the dtypes a model's weights are kept in; a file's others (float8) load as float32, which holds their values exactly
+_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def stored_dtype(sd: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The dtype to keep weights read from a file in: the one its floating-point tensors share, or for a mix the
+    narrowest that holds all of them exactly (bf16 + fp16: float32); None without floating-point tensors."""
+    found = {t.dtype for t in sd.values() if t.is_floating_point()}
+    if not found:
+        return None
+    if not found <= set(_WEIGHT_DTYPES):
+        found = (found & set(_WEIGHT_DTYPES)) | {torch.float32}
+    dtype = found.pop()
+    for other in found:
+        dtype = torch.promote_types(dtype, other)
+    return dtype
+
+
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
 

@@ -34,6 +34,7 @@ from neurallayers.weights import (
     fsync_file,
     read_safetensors,
     save_safetensors,
+    stored_dtype,
     torch_load_safe,
 )
 
@@ -392,7 +393,8 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = 
     """Model (eval mode), tokenizer and RunConfig of a finished or running run directory.
 
     The weights are `weights` (a checkpoint's model.safetensors) where given, else `model.safetensors` (best/final),
-    or the newest complete checkpoint's when that is missing.
+    or the newest complete checkpoint's when that is missing. They keep their stored dtype (weights.stored_dtype: a
+    bf16 file loads as bf16, bit for bit; training saves float32 master weights) unless `dtype` names another.
 
     Raises:
         FileNotFoundError: no config.yaml or no weights.
@@ -418,8 +420,9 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = 
         check_state_dict(build_model(run.model), sd, source=str(weights))
     with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
         model = build_model(run.model)
+    # cast before the copy: a float32 model in between turned a bf16 run into float32 (and would round float64)
+    model.to(device=device or "cpu", dtype=dtype or stored_dtype(sd))
     model.load_state_dict(sd)  # copies in place, so tied weights stay tied
-    model.to(device=device or "cpu", dtype=dtype)
     tok_path = run_dir / "tokenizer.json"
     if not tok_path.is_file():
         raise FileNotFoundError(f"{run_dir} has no tokenizer.json")

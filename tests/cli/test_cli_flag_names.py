@@ -48,7 +48,7 @@ def test_chat_and_batch_name_the_flag_too(run_dir: Path, monkeypatch):
 @pytest.mark.parametrize(("args", "needle"), [
     (["generate", "run", "To", "--port", "8000"],
      "unrecognized arguments: --port 8000 (--port belongs to serve and ui)"),
-    (["info", "tiny", "--dtype", "bf16"], "(--dtype belongs to generate, chat, eval, serve, batch and ui)"),
+    (["info", "tiny", "--dtype", "bf16"], "(--dtype belongs to generate, chat, eval, convert, serve, batch and ui)"),
     (["train", "--preset", "tiny", "--temperature", "0"],
      "unrecognized argument --temperature (--temperature belongs to generate, chat and batch)"),
     (["serve", "run", "--input", "x.jsonl"], "(--input belongs to batch)"),
