@@ -24,6 +24,9 @@ NPY/NPZ file, again atomically, at the end. The progress record holds a fingerpr
 settings and the model (its config, tokenizer, files, dtype and end-of-text ids; without `model_files`, a digest of
 its weights); a resume with any of them changed is refused, naming what changed.
 
+An OpenAI Batch API file ({"custom_id", "method", "url", "body"} per line) is answered by the server instead, through
+run_requests (module requests; the CLI supplies the server).
+
 Modules: inputs (reading and checking the JSONL), decoding (per-line settings, seeds, batches of generation), vectors
 (embeddings), journal (the progress record and the output files), fingerprint (what a resume must find unchanged), run
 (run_batch).

@@ -84,6 +84,10 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
                 raise ValueError(f"{where}: 'id' must be a string or an integer, got {rid!r}")
             # as the server reads them: null is the default, and one stop string may stand for a list of it
             params = {k: v for k, v in record.items() if k in LINE_PARAMS and v is not None}
+            if is_int(params.get("seed")) and params["seed"] == -1:
+                # the server's (and vLLM's) "no seed": every such line drew the same numbers from seed -1, equal
+                # prompts giving one sample where the server gives independent ones; it takes the line's default
+                del params["seed"]
             if isinstance(params.get("stop"), str):
                 params["stop"] = [params["stop"]]
             item = BatchItem(index=len(items), line=n, id=rid, text=text, params=params)

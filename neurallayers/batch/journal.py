@@ -85,9 +85,10 @@ class _Progress:
         _write_json(self.path, self.data)
 
 
-def _resume_jsonl(progress: _Progress, items: list[BatchItem]) -> tuple[dict[str, tuple[int, int]], int]:
-    """Where the earlier run's result lines are, by id key: (offset, length) in the output, after cutting it back to
-    its committed length."""
+def _resume_jsonl(progress: _Progress, items: list[BatchItem], *,
+                  key: str = "id") -> tuple[dict[str, tuple[int, int]], int]:
+    """Where the earlier run's result lines are, by the JSON of their `key` field ("custom_id" for OpenAI Batch
+    results): (offset, length) in the output, after cutting it back to its committed length."""
     out, committed = progress.output, progress.data["committed_bytes"]
     out.touch()
     size = out.stat().st_size
@@ -105,12 +106,13 @@ def _resume_jsonl(progress: _Progress, items: list[BatchItem]) -> tuple[dict[str
     with out.open("rb") as f:
         for n, line in enumerate(f, start=1):
             try:
-                key = json.dumps(json.loads(line)["id"])
+                rid = json.dumps(json.loads(line)[key])
             except (ValueError, KeyError, TypeError):
                 raise ValueError(f"{out} line {n} is not a batch result; pass --overwrite to start again") from None
-            if key not in known or key in done:
-                raise ValueError(f"{out} line {n}: id {key} is not in the input or answered twice; pass --overwrite")
-            done[key] = offset, len(line)
+            if rid not in known or rid in done:
+                raise ValueError(f"{out} line {n}: {key} {rid} is not in the input or answered twice; pass "
+                                 "--overwrite")
+            done[rid] = offset, len(line)
             offset += len(line)
     return done, repaired
 
@@ -128,10 +130,10 @@ def _append(progress: _Progress, lines: list[bytes]) -> None:
     progress.save()
 
 
-def _finish_jsonl(progress: _Progress, items: list[BatchItem]) -> None:
+def _finish_jsonl(progress: _Progress, items: list[BatchItem], *, key: str = "id") -> None:
     """Rewrite the output in input order (atomically) and mark the run complete. Line by line: the results of a large
     file were held in memory twice over."""
-    done, _ = _resume_jsonl(progress, items)
+    done, _ = _resume_jsonl(progress, items, key=key)
 
     def write(f) -> None:
         with progress.output.open("rb") as results:

@@ -15,7 +15,14 @@ from neurallayers.batch.decoding import _check_prompts, _generate, _plan
 from neurallayers.batch.fingerprint import _fingerprint
 from neurallayers.batch.inputs import read_inputs
 from neurallayers.batch.journal import _append, _finish_jsonl, _line, _Progress, _resume_jsonl
-from neurallayers.batch.vectors import VECTOR_SUFFIXES, _embed_todo, _finish_vectors, _npz_ids, _resume_parts
+from neurallayers.batch.vectors import (
+    VECTOR_SUFFIXES,
+    _check_texts,
+    _embed_todo,
+    _finish_vectors,
+    _npz_ids,
+    _resume_parts,
+)
 from neurallayers.checks import is_int
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.files import exclusive
@@ -98,6 +105,7 @@ def run_batch(model: nn.Module, tokenizer: Tokenizer, input_path: str | os.PathL
 
         pooling = pooling or model_pooling(model)
         pooling_modes(pooling)  # checked before any work
+        _check_texts(items, tokenizer, source=input_path)
         if max_length is not None and (not is_int(max_length)
                                        or not 2 <= max_length <= model.config.block_size):  # before any file
             raise ValueError(f"max_length={max_length!r}: must be in [2, {model.config.block_size}] (a whole number of "

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from neurallayers.batch.decoding import _encoded
 from neurallayers.batch.inputs import BatchItem
 from neurallayers.batch.journal import _append, _line, _Progress, _write_atomic
 from neurallayers.data.tokenizers import Tokenizer
@@ -56,6 +57,15 @@ def _resume_parts(record: _Progress, total: int) -> dict[int, Any]:
                 raise ValueError(f"{part}: record {i} is out of range or answered twice; pass --overwrite")
             done[i] = v
     return done
+
+
+def _check_texts(items: list[BatchItem], tokenizer: Tokenizer, *, source: Path) -> None:
+    """Every text gives at least one token: embed() refuses one that gives none (a blank text where the tokenizer
+    adds no [CLS]/[SEP]), and it did so mid-run, naming "texts[0]" of its batch, not the input line."""
+    for it, ids in zip(items, _encoded(tokenizer, items), strict=True):
+        if not ids:
+            raise ValueError(f"{source} line {it.line}: the text {it.text!r} encodes to no tokens with this tokenizer "
+                             "(it adds no special tokens); give some text")
 
 
 def _npz_ids(items: list[BatchItem], *, source: Path) -> list[str | int]:

@@ -7,7 +7,10 @@ the full format, the outputs and how resuming works are described in the docstri
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 from neurallayers.cli.common import add_device_dtype, add_model_path, load_model, non_empty, positive_int
@@ -25,6 +28,9 @@ EPILOG = """input: one JSON object per line, e.g.
 min_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty,
 no_repeat_ngram_size, stop, seed and ignore_eos. An encoder model embeds each "text" instead. A bad line (not JSON,
 an unknown field, no prompt, a bad value) stops the run before any work, naming its line number.
+
+An OpenAI Batch API file ({"custom_id", "method": "POST", "url", "body"} per line, as vllm run-batch reads) is
+answered line by line by the `neurallayers serve` server, run in-process: {"id", "custom_id", "response", "error"}.
 
 output: .jsonl (one result per input line, in input order when done); .npy / .npz for embeddings.
 Interrupted? Run the same command again: finished batches are kept, the rest is computed. A resume with a changed
@@ -71,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"--input: no such file: {args.input}")
     _check_output_folder(args.output)
+    from neurallayers.batch.requests import is_request_file
+
+    if is_request_file(args.input):
+        return _run_openai_batch(args)
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     _check_flags_apply(args, causal=model.config.causal)
     if model.config.causal:
@@ -92,6 +102,98 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.output}: {result.total} records ({result.computed} computed now, {result.resumed} from an "
           f"earlier run{note})")
     return 0
+
+
+def _run_openai_batch(args: argparse.Namespace) -> int:
+    """An OpenAI Batch API file (custom_id, method, url, body): each body goes to the server `neurallayers serve`
+    runs, here in-process on a loopback port, so every line gets that server's answer (its routes, defaults, model
+    name and errors)."""
+    from neurallayers.api import resolve_model_path
+    from neurallayers.batch import model_files_identity
+    from neurallayers.batch.requests import run_requests
+
+    given = _given(args, _add_decoding) + _given(args, _add_embedding)
+    if given:
+        raise ValueError(f"{args.input} is an OpenAI Batch file, whose bodies hold their own settings: "
+                         f"{', '.join(given)} {'do' if len(given) > 1 else 'does'} not apply; leave "
+                         f"{'them' if len(given) > 1 else 'it'} out")
+    from neurallayers.cli.common import UserError, torch_dtype
+
+    try:  # every library of the serve extra, as `neurallayers serve` checks them
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from neurallayers.serve.app import create_app
+    except ImportError as e:
+        what = f"{e.name} is missing" if isinstance(e, ModuleNotFoundError) else f"an older library: {e}"
+        raise UserError(f"an OpenAI Batch file is answered by the server, which needs the 'serve' extra ({what}): "
+                        "pip install -U 'neurallayers[serve]'") from None
+
+    # room for every sequence a chunk of requests can ask for (n up to the server's limit each): never a 429
+    app = create_app(args.path, max_concurrency=args.batch_size, max_queue=args.batch_size * 128, device=args.device,
+                     dtype=torch_dtype(args.dtype), allow_pickle=args.allow_pickle)
+    folder = resolve_model_path(args.path)
+    # the server also takes its sampling defaults from generation_config.json: a changed one is another run
+    defaults = folder / "generation_config.json"
+    identity = {"model": str(folder.resolve()), "dtype": args.dtype, "files": model_files_identity(folder),
+                "generation_config": defaults.read_text() if defaults.is_file() else None}
+    with _Loopback(app) as post:
+        try:
+            result = run_requests(args.input, args.output, post, model_identity=identity, batch_size=args.batch_size,
+                                  overwrite=args.overwrite, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(_interrupted_note(Path(args.output), overwrite=args.overwrite), file=sys.stderr)
+            raise
+    note = f", {result.repaired_bytes} bytes of an unfinished batch redone" if result.repaired_bytes else ""
+    print(f"{result.output}: {result.total} requests ({result.computed} computed now, {result.resumed} from an "
+          f"earlier run{note})")
+    return 0
+
+
+class _Loopback:
+    """uvicorn serving `app` on 127.0.0.1 (a free port) in a thread; calling it posts requests concurrently."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the in-process server did not start")
+            time.sleep(0.01)
+        import urllib.request
+
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy for loopback
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join()
+
+    def __call__(self, requests) -> list[tuple[int, dict]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            return list(pool.map(self._post, requests))
+
+    def _post(self, request) -> tuple[int, dict]:
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(request.body).encode()
+        req = urllib.request.Request(self.url + request.url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with self.opener.open(req) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:  # the server's 4xx/5xx, with its OpenAI error body
+            return e.code, json.loads(e.read())
 
 
 def _interrupted_note(output: Path, *, overwrite: bool) -> str:

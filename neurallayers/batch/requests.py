@@ -1,0 +1,173 @@
+"""The OpenAI Batch API's input format, which `vllm run-batch` reads too: one request per line,
+
+    {"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": [...]}}
+
+answered, in input order, as `neurallayers serve` answers that body at that url:
+
+    {"id": "batch_req_...", "custom_id": "q1", "response": {"status_code": 200, "request_id": "req_...",
+     "body": {...}}, "error": null}
+
+A body the server refuses (a bad temperature, another model's name) does not stop the others: its line has the
+server's status code, a null body and the server's error object in "error", as vllm run-batch writes it. A bad
+envelope (not JSON, a missing or repeated custom_id, another method or url, a streamed body) stops the run before any
+work, naming its line, as OpenAI refuses such a file at upload. The file is journalled and resumed as the
+{"prompt": ...} format is (neurallayers.batch.journal), keyed by custom_id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from neurallayers.batch.fingerprint import _sha256
+from neurallayers.batch.journal import _append, _finish_jsonl, _line, _Progress, _resume_jsonl
+from neurallayers.batch.run import LINE_SUFFIXES, BatchResult
+from neurallayers.files import exclusive
+
+URLS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
+ENVELOPE = ("custom_id", "method", "url", "body")
+
+
+@dataclass
+class Request:
+    """One input line: its 0-based index among the requests, 1-based line number, custom_id, url and body."""
+
+    index: int
+    line: int
+    custom_id: str
+    url: str
+    body: dict
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.custom_id)
+
+
+def is_request_file(path: str | os.PathLike) -> bool:
+    """Whether the first record of a JSONL file is an OpenAI Batch request (it has a custom_id)."""
+    with Path(path).open("rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    record = json.loads(raw.decode("utf-8-sig"))
+                except ValueError:
+                    return False  # read_inputs names the line
+                return isinstance(record, dict) and "custom_id" in record
+    return False
+
+
+def read_requests(path: str | os.PathLike) -> list[Request]:
+    """Parse and check the envelopes of an OpenAI Batch input file (blank lines skipped); bodies are the server's to
+    check, line by line.
+
+    Raises:
+        ValueError: a line that is not a JSON object, lacks or repeats a custom_id, names another method or url,
+            has a body that is not an object or asks to stream; no requests.
+    """
+    path = Path(path)
+    requests: list[Request] = []
+    seen: dict[str, int] = {}
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            where = f"{path} line {n}"
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise ValueError(f"{where}: not valid UTF-8") from None
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except ValueError as e:
+                raise ValueError(f"{where}: not valid JSON ({e})") from None
+            if not isinstance(record, dict) or sorted(record) != sorted(ENVELOPE):
+                got = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise ValueError(f"{where}: an OpenAI Batch request has exactly the fields {', '.join(ENVELOPE)}; "
+                                 f"got {got}")
+            cid, method, url, body = (record[k] for k in ENVELOPE)
+            if not isinstance(cid, str) or not cid:
+                raise ValueError(f"{where}: custom_id must be a non-empty string, got {cid!r}")
+            if cid in seen:
+                raise ValueError(f"{where}: custom_id {cid!r} is already used on line {seen[cid]}; custom_ids must "
+                                 "be unique")
+            if method != "POST":
+                raise ValueError(f"{where}: method must be 'POST', got {method!r}")
+            if url not in URLS:
+                raise ValueError(f"{where}: url {url!r} is not served; allowed: {', '.join(URLS)}")
+            if not isinstance(body, dict):
+                raise ValueError(f"{where}: body must be a JSON object, got {type(body).__name__}")
+            if body.get("stream"):
+                raise ValueError(f"{where}: body.stream is true; a batch answers each request whole: leave it out")
+            seen[cid] = n
+            requests.append(Request(index=len(requests), line=n, custom_id=cid, url=url, body=body))
+    if not requests:
+        raise ValueError(f"{path} holds no requests")
+    return requests
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def result_line(request: Request, status: int, body: dict) -> dict:
+    """The output record of one request; its ids come from its custom_id, so a resumed run writes what a straight one
+    would."""
+    ok = status == 200
+    return {"id": f"batch_req_{_digest('batch', request.custom_id)}", "custom_id": request.custom_id,
+            "response": {"status_code": status, "request_id": f"req_{_digest('request', request.custom_id)}",
+                         "body": body if ok else None},
+            "error": None if ok else body.get("error", body)}
+
+
+def run_requests(input_path: str | os.PathLike, output_path: str | os.PathLike,
+                 post: Callable[[list[Request]], list[tuple[int, dict]]], *, model_identity: dict,
+                 batch_size: int = 8, overwrite: bool = False, progress: bool = True) -> BatchResult:
+    """Answer every request of an OpenAI Batch input file once, resumably.
+
+    Args:
+        input_path: the input JSONL (see read_requests).
+        output_path: the `.jsonl` results.
+        post: sends a list of requests to the server at once, returning (status code, JSON body) for each.
+        model_identity: what a resume must find unchanged about the served model (its files, dtype ...).
+        batch_size: requests sent to the server together.
+        overwrite: discard an earlier run's output and progress instead of resuming.
+        progress: show a tqdm progress bar.
+    """
+    input_path, output = Path(input_path), Path(output_path)
+    if output.is_dir():
+        raise ValueError(f"output {output} is a folder; name a file, e.g. {output / 'results.jsonl'}")
+    if output.suffix.lower() not in LINE_SUFFIXES:
+        raise ValueError(f"output {output.name}: results are written as JSON lines: name the file .jsonl")
+    if output.exists() and output.resolve() == input_path.resolve():
+        raise ValueError(f"output {output} is the input file; choose another --output")
+    requests = read_requests(input_path)
+    # the fields _changes compares, the model's described by what serves it
+    fingerprint = {"input_sha256": _sha256(input_path), "settings": {"mode": "openai-batch", **model_identity},
+                   "model": {"config": {}, "tokenizer": None, "files": None, "weights": None}}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    busy = f"another batch run is writing {output}; wait for it to end or choose another --output"
+    with exclusive(output.with_name(output.name + ".lock"), busy):
+        record = _Progress(output, fingerprint, len(requests))
+        earlier = record.open(overwrite=overwrite)
+        if earlier is not None and earlier["complete"]:
+            return BatchResult(output=output, total=len(requests), resumed=len(requests), computed=0)
+        done, repaired = _resume_jsonl(record, requests, key="custom_id")
+        todo = [r for r in requests if r.key not in done]
+
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(requests), initial=len(done), unit=" requests", disable=not progress,
+                  desc=output.name) as bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                answers = post(chunk)
+                _append(record, [_line(result_line(r, status, body))
+                                 for r, (status, body) in zip(chunk, answers, strict=True)])
+                bar.update(len(chunk))
+        _finish_jsonl(record, requests, key="custom_id")
+        return BatchResult(output=output, total=len(requests), resumed=len(done), computed=len(todo),
+                           repaired_bytes=repaired)

@@ -1,0 +1,175 @@
+"""`neurallayers batch` on an OpenAI Batch API file (custom_id, method, url, body), as `vllm run-batch` reads it: each
+line's response equals what `neurallayers serve` answers for that body (the server, in-process, is the oracle), bad
+bodies answer with the server's error while the others succeed, a killed run resumes to the same file, and a bad
+envelope stops the run before any work, naming its line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from neurallayers.config import ModelConfig
+from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.models import build_model
+from neurallayers.training.checkpoint import save_model
+from neurallayers.training.config import RunConfig
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+TEXT = "The quick brown fox jumps over the lazy dog. héllo wörld, naïve café 0123456789\n"
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+BODIES = [
+    ("/v1/completions", {"prompt": "The quick", "max_tokens": 12, "temperature": 0}),
+    ("/v1/completions", {"model": "run", "prompt": "héllo", "max_tokens": 20, "temperature": 1.2, "top_p": 0.9,
+                         "seed": 7, "n": 3, "stop": ["o"]}),
+    ("/v1/completions", {"prompt": ["The", "dog. "], "max_tokens": 6, "temperature": 0.8, "seed": 1,
+                         "logprobs": 2}),
+    ("/v1/completions", {"prompt": "The", "temperature": -1}),  # the server's 400; the other lines go on
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "seed": 3,
+                              "temperature": 1.0, "n": 2}),
+    ("/v1/completions", {"model": "gpt-4o", "prompt": "The"}),  # another model: the server's 404
+]
+
+
+def _run_dir(path: Path, *, causal: bool) -> Path:
+    tok = Tokenizer.train_char([TEXT])
+    tok.chat_template = TEMPLATE
+    torch.manual_seed(0)
+    base = ModelConfig() if causal else ModelConfig.from_name("bert-mini")
+    cfg = base.replace(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32, init_std=0.3)
+    path.mkdir(parents=True)
+    RunConfig(model=cfg).to_yaml(path / "config.yaml")
+    tok.save(path)
+    save_model(path, build_model(cfg).state_dict())
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return _run_dir(tmp_path_factory.mktemp("models") / "run", causal=True)
+
+
+def _write(path: Path, bodies) -> Path:
+    lines = [json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": url, "body": body})
+             for i, (url, body) in enumerate(bodies)]
+    path.write_text("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n")  # a blank line is skipped
+    return path
+
+
+def _batch(model: Path, source: Path, output: Path, *extra: str) -> int:
+    from neurallayers.__main__ import main
+
+    return main(["batch", str(model), "--input", str(source), "--output", str(output), "--no-progress", *extra])
+
+
+def _served(model: Path):
+    from fastapi.testclient import TestClient
+
+    from neurallayers.serve.app import create_app
+
+    return TestClient(create_app(model))
+
+
+def _same(body):
+    """A response body without what differs between two calls: its random id, its time, and the last bits of a float
+    (log-probabilities and vectors of requests decoded together round differently, about 1e-6)."""
+    if isinstance(body, dict):
+        return {k: _same(v) for k, v in body.items() if k not in ("id", "created")}
+    if isinstance(body, list):
+        return [_same(v) for v in body]
+    return round(body, 4) if isinstance(body, float) else body
+
+
+def test_each_line_is_answered_as_the_server_answers_its_body(run_dir, tmp_path):
+    source, output = _write(tmp_path / "in.jsonl", BODIES), tmp_path / "out.jsonl"
+    assert _batch(run_dir, source, output, "--batch-size", "4") == 0
+    results = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["custom_id"] for r in results] == [f"req-{i}" for i in range(len(BODIES))]  # input order
+    assert len({r["id"] for r in results}) == len(results)
+    with _served(run_dir) as client:
+        for (url, body), result in zip(BODIES, results, strict=True):
+            r = client.post(url, json=body)
+            assert result["response"]["status_code"] == r.status_code, result
+            assert result["response"]["request_id"].startswith("req_")
+            if r.status_code == 200:
+                assert result["error"] is None
+                assert _same(result["response"]["body"]) == _same(r.json()), body
+            else:
+                assert result["response"]["body"] is None and result["error"] == r.json()["error"], body
+    assert [r["response"]["status_code"] for r in results] == [200, 200, 200, 400, 200, 404]
+    assert len(results[1]["response"]["body"]["choices"]) == 3
+
+
+def test_embedding_requests_equal_the_servers(tmp_path):
+    encoder = _run_dir(tmp_path / "enc", causal=False)
+    bodies = [("/v1/embeddings", {"input": "A man is eating food."}),
+              ("/v1/embeddings", {"input": ["Rain.", "naïve café"], "encoding_format": "float"}),
+              ("/v1/embeddings", {"input": ""})]
+    source, output = _write(tmp_path / "in.jsonl", bodies), tmp_path / "out.jsonl"
+    assert _batch(encoder, source, output) == 0
+    results = [json.loads(line) for line in output.read_text().splitlines()]
+    with _served(encoder) as client:
+        for (url, body), result in zip(bodies, results, strict=True):
+            r = client.post(url, json=body)
+            assert result["response"]["status_code"] == r.status_code
+            got = result["response"]["body"] if r.status_code == 200 else {"error": result["error"]}
+            assert _same(got) == _same(r.json())
+
+
+def test_a_killed_run_resumes_to_the_same_file(run_dir, tmp_path, monkeypatch, capsys):
+    import neurallayers.batch.requests as requests_module
+
+    source = _write(tmp_path / "in.jsonl", BODIES)  # each answer is determined: greedy, seeded or an error
+    straight, resumed = tmp_path / "straight.jsonl", tmp_path / "resumed.jsonl"
+    assert _batch(run_dir, source, straight, "--batch-size", "1") == 0
+    real, calls = requests_module._append, []
+
+    def append_then_die(record, lines):
+        real(record, lines)
+        calls.append(1)
+        if len(calls) == 2:
+            with record.output.open("ab") as f:
+                f.write(b'{"id": "torn')  # a line cut off mid-write
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(requests_module, "_append", append_then_die)
+    assert _batch(run_dir, source, resumed, "--batch-size", "1") == 130
+    monkeypatch.setattr(requests_module, "_append", real)
+    capsys.readouterr()
+    assert _batch(run_dir, source, resumed, "--batch-size", "1") == 0
+    assert "4 computed now, 2 from an earlier run, 12 bytes of an unfinished batch redone" in capsys.readouterr().out
+    a, b = ([json.loads(line) for line in p.read_text().splitlines()] for p in (straight, resumed))
+    assert [(r["id"], r["custom_id"], _same(r["response"]["body"])) for r in a] == \
+        [(r["id"], r["custom_id"], _same(r["response"]["body"])) for r in b]
+    source.write_text(source.read_text().replace('"seed": 7', '"seed": 8'))
+    assert _batch(run_dir, source, resumed) == 2  # a changed input is refused
+
+
+@pytest.mark.parametrize(("line", "said"), [
+    ('{"method": "POST", "url": "/v1/completions", "body": {}}', "exactly the fields custom_id, method, url, body"),
+    ('{"custom_id": "req-0", "method": "POST", "url": "/v1/completions", "body": {}}', "custom_id 'req-0' is already"),
+    ('{"custom_id": 5, "method": "POST", "url": "/v1/completions", "body": {}}', "custom_id must be a non-empty"),
+    ('{"custom_id": "x", "method": "GET", "url": "/v1/completions", "body": {}}', "method must be 'POST'"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/responses", "body": {}}', "url '/v1/responses' is not served"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": []}', "body must be a JSON object"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": {"stream": true}}', "body.stream"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": {}', "not valid JSON"),
+])
+def test_a_bad_envelope_stops_the_run_before_any_work_naming_its_line(run_dir, tmp_path, capsys, line, said):
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    first = json.dumps({"custom_id": "req-0", "method": "POST", "url": "/v1/completions", "body": {"prompt": "a"}})
+    source.write_text(f"{first}\n{line}\n")
+    assert _batch(run_dir, source, output) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "in.jsonl line 2: " in err and said in err, err
+    assert not output.exists()
+
+
+def test_sampling_flags_do_not_apply_to_an_openai_batch_file(run_dir, tmp_path, capsys):
+    source = _write(tmp_path / "in.jsonl", BODIES[:1])
+    assert _batch(run_dir, source, tmp_path / "out.jsonl", "--temperature", "0.5") == 2
+    assert "--temperature does not apply" in capsys.readouterr().err
