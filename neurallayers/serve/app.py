@@ -95,10 +95,7 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
         name = model_name or Path(model).resolve().name
         defaults = generation_defaults(model)
     templates = ChatTemplates(chat_template, bool(trust_request_chat_template))
-    try:
-        templates.check(tokenizer)
-    except ValueError as e:  # the user's flag is --chat-template, the line names it as such
-        raise ValueError(str(e).replace("chat_template", "--chat-template", 1)) from None
+    templates.check(tokenizer)
     limits = Limits(max_batch=max_concurrency, max_queue=max_queue, shutdown_timeout=shutdown_timeout,
                     compile=compile)
     holder = ModelHolder(build_served(loaded, tokenizer, name, limits, defaults), model_root=model_root, device=device,

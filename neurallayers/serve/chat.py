@@ -36,9 +36,13 @@ class ChatTemplates:
     trust_request: bool = False
 
     def check(self, tokenizer) -> None:
-        """Raises ValueError (one line) where `default` is neither a template name of `tokenizer` nor Jinja."""
+        """Raises ValueError (one line, naming --chat-template: the server's flag, at start and on /reload) where
+        `default` is neither a template name of `tokenizer` nor Jinja."""
         if self.default is not None:
-            resolve_chat_template(tokenizer, self.default)
+            try:
+                resolve_chat_template(tokenizer, self.default)
+            except ValueError as e:
+                raise ValueError(str(e).replace("chat_template", "--chat-template", 1)) from None
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict]:
@@ -120,6 +124,11 @@ def template_options(req: ChatRequest | TokenizeRequest, tokenizer, templates: C
         plain = resolve_chat_template(tokenizer, chosen, tools=tools) is None
     except ValueError as e:
         raise bad_request(str(e), param) from None
+    for field, value in (("tools", tools), ("documents", req.documents)):
+        if plain and value is not None:  # the plain lines would drop them without a word
+            how = "send chat_template" if templates.trust_request else "start the server with --chat-template"
+            raise bad_request(f"{field} need a chat template that reads them; this model's tokenizer has none ({how})",
+                              field)
     return {"add_generation_prompt": add, "continue_final_message": cont, "template_kwargs": kwargs,
             "chat_template": chosen, "tools": tools, "documents": req.documents, "plain": plain,
             "bounded": own is not None}

@@ -214,9 +214,12 @@ def test_a_bad_server_template_fails_at_start_up_in_one_line(model, tok, kwargs,
 def test_documents_without_a_template_are_refused(model):
     plain = tokenizer(None)
     with serving((looping_model(plain), plain)) as srv:
-        r = httpx.post(f"{srv.url}/v1/chat/completions", json={"messages": HI, "documents": DOCS, "max_tokens": 1})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
-        assert "documents need a chat template" in r.json()["error"]["message"]
+        for field, value in (("documents", DOCS), ("tools", [WEATHER])):
+            for route, body in (("/v1/chat/completions", {"max_tokens": 1}), ("/tokenize", {})):
+                r = httpx.post(f"{srv.url}{route}", json={"messages": HI, field: value, "tool_choice": "none", **body})
+                assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+                message = r.json()["error"]["message"]
+                assert f"{field} need a chat template" in message and "--chat-template" in message, message
         r = httpx.post(f"{srv.url}/tokenize", json={"prompt": "hi", "documents": DOCS})
         assert r.status_code == 400 and r.json()["error"]["param"] == "documents"
 
@@ -263,7 +266,7 @@ def test_a_reload_keeps_the_servers_template_or_is_refused(tmp_path, model, tok)
     write_run_dir(tmp_path / "inline", chat_template=INLINE)
     with serving((model, tok), chat_template="rag", model_root=tmp_path) as srv:
         r = httpx.post(f"{srv.url}/reload", json={"model": "plain"}, timeout=60)
-        assert r.status_code == 400 and "chat_template 'rag' is neither" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "--chat-template 'rag' is neither" in r.json()["error"]["message"]
         assert httpx.get(f"{srv.url}/health").json()["model"] == "model"
     with serving((model, tok), chat_template=INLINE, model_root=tmp_path) as srv:
         assert httpx.post(f"{srv.url}/reload", json={"model": "plain"}, timeout=60).status_code == 200
