@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -84,9 +85,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         raise ValueError(f"dst {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
     if overwrite and (training := _training_state(dst)):  # not ours to delete
         raise ValueError(f"dst {dst} {training}")
-    model, tokenizer = load(src, allow_pickle=allow_pickle)
-    # load() reads an HF folder (and a run) as float32: a resharded bf16 folder came out twice its size, and HF -> run
-    # -> HF wrote float32 where transformers' from_pretrained and save_pretrained keep bf16
+    with warnings.catch_warnings():  # load()'s "slow on this CPU" warnings: convert computes nothing
+        warnings.filterwarnings("ignore", message=r"(fp16|bf16) weights on a CPU")
+        model, tokenizer = load(src, allow_pickle=allow_pickle)
+    # load() reads an HF folder as float32 (a run in its stored dtype): a resharded bf16 folder came out twice its
+    # size, and HF -> run -> HF wrote float32 where transformers' from_pretrained and save_pretrained keep bf16
     stored = _stored_dtype(src, run=run_like)
     if dtype or stored:
         model.to(dtype or stored)  # from the stored dtype exact: float32 holds every bf16 and fp16 value
@@ -195,13 +198,13 @@ def _keep_sampling(src: Path, folder: Path) -> None:
 
 
 def _stored_dtype(src: Path, *, run: bool) -> torch.dtype | None:
-    """The half-precision dtype of a source's weights, which transformers 5 loads and saves an HF folder in: the one
-    an HF folder's config.json names (`dtype`, or transformers 4's `torch_dtype`), else its first weight's; a run's
-    (or checkpoint's) model.safetensors' own. None for float32. The files were read and checked by load() already."""
+    """The half-precision dtype of an HF folder's weights, which transformers 5 loads and saves it in: the one its
+    config.json names (`dtype`, or transformers 4's `torch_dtype`), else its first weight's. None for float32, and
+    for a run (or checkpoint), which load() reads in its stored dtype. The files were read and checked by load()."""
     from neurallayers.interop.hf import SAFE_INDEX, SAFE_WEIGHTS, read_json
 
-    if run:
-        return _weights_dtype(src / "model.safetensors")
+    if run:  # load() keeps a run's stored dtype (a mix of dtypes: the narrowest that holds each, weights.stored_dtype)
+        return None
     hf = read_json(src / "config.json")
     name = hf.get("dtype") or hf.get("torch_dtype")
     if name is None:  # an older folder: its weights say
