@@ -174,3 +174,66 @@ def test_sampled_return_sequences_with_a_seed_are_generates_and_batch_alike(pipe
                                                                      [g.text for g in gens[3:]]]
     assert len({r["generated_text"] for r in got[0]}) > 1  # three draws, not one copied
     assert ours("the cat", **kw) == got[0]
+
+
+@pytest.fixture(scope="module")
+def two_eos(tmp_path_factory):
+    """The Llama folder with generation_config.json's eos_token_id [</s>, end], `end` the third token greedy decoding
+    gives "hello" (so the second of the two ids ends a generation), and both libraries' pipelines on it."""
+    folder = tmp_path_factory.mktemp("two_eos")
+    llama_folder(folder)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    ids = tok("hello", return_tensors="pt").input_ids
+    new = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:].tolist()
+    end = new[2]
+    assert end != 2 and end not in new[:2]
+    transformers.GenerationConfig(bos_token_id=1, eos_token_id=[2, end]).save_pretrained(folder)
+    theirs = transformers.pipeline("text-generation", model=str(folder), device="cpu")
+    return pipeline("text-generation", model=folder), theirs, end
+
+
+TWO_EOS_CASES = [
+    ("hello", dict(max_new_tokens=8)),
+    (["hello", "the cat", "a dog ran"], dict(max_new_tokens=8)),
+    ("the cat", dict(max_new_tokens=8, num_beams=3, num_return_sequences=2)),
+    ([{"role": "user", "content": "hello"}], dict(max_new_tokens=8)),
+]
+
+
+@pytest.mark.parametrize("inputs, kwargs", TWO_EOS_CASES, ids=[f"{str(x)[:24]!r} {kw}" for x, kw in TWO_EOS_CASES])
+def test_return_tensors_keeps_whichever_eos_ended_it(two_eos, inputs, kwargs):
+    """With several ids that end a generation (Llama 3's eos and <|eot_id|>), the one that ended each sequence closes
+    its ids, as in transformers' pipeline: it was left out, since which one it was went unrecorded. The text holds
+    the ending token's text too, as transformers' does where it is no special token."""
+    ours, theirs, _ = two_eos
+    got = ours(inputs, do_sample=False, return_tensors=True, **kwargs)
+    assert got == theirs(inputs, do_sample=False, return_tensors=True, **kwargs)
+    assert ours(inputs, do_sample=False, **kwargs) == theirs(inputs, do_sample=False, **kwargs)
+
+
+def test_generate_records_the_eos_that_ended_it(two_eos):
+    """Generation.stopped_by names the token (either eos id, or a stop_token_id) or the stop string that ended a
+    sequence, None where it ran to its length."""
+    from neurallayers.generation import GenerationConfig, generate, stream
+
+    ours, _, end = two_eos
+    model, tok = ours.model, ours.tokenizer
+    assert sorted(tok.eos_ids) == sorted([2, end])
+    (g,) = generate(model, tok, "hello", GenerationConfig(temperature=0, max_new_tokens=8))
+    assert (g.finish_reason, g.stopped_by, len(g.token_ids), g.completion_tokens) == ("stop", end, 2, 3)
+    (by_id,) = generate(model, tok, "hello", GenerationConfig(temperature=0, max_new_tokens=8, ignore_eos=True,
+                                                              stop_token_ids=[g.token_ids[1]]))
+    assert (by_id.finish_reason, by_id.stopped_by, by_id.token_ids) == ("stop", g.token_ids[1], g.token_ids[:1])
+    (by_len,) = generate(model, tok, "hello", GenerationConfig(temperature=0, max_new_tokens=2))
+    assert (by_len.finish_reason, by_len.stopped_by) == ("length", None)
+    for method in ({"num_beams": 2}, {"penalty_alpha": 0.5, "top_k": 3}, {}):  # greedy's stop string last: stream's
+        cfg = GenerationConfig(temperature=0, max_new_tokens=8, ignore_eos=True, **method)
+        text = generate(model, tok, "hello", cfg)[0].text
+        stop = text[1:3]
+        (by_str,) = generate(model, tok, "hello", cfg.replace(stop=["never", stop]))
+        assert (by_str.finish_reason, by_str.stopped_by, by_str.text) == ("stop", stop, text[:text.index(stop)])
+    last = list(stream(model, tok, "hello", temperature=0, max_new_tokens=8))[-1]
+    assert (last.finish_reason, last.stopped_by) == ("stop", end)
+    last = list(stream(model, tok, "hello", temperature=0, max_new_tokens=8, ignore_eos=True, stop=[stop]))[-1]
+    assert (last.finish_reason, last.stopped_by) == ("stop", stop)

@@ -211,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
         if config.num_beams > 1 or config.penalty_alpha > 0 or config.num_return_sequences > 1:
             raise ValueError("--stream prints one greedy or sampled sequence: no --num-beams, --penalty-alpha or "
                              "--num-return-sequences")
-        events = stream(model, tokenizer, prompts[0], config)
-        first = next(events)  # the request's checks run here: a refused prompt prints nothing
+        events = stream(model, tokenizer, prompts[0], config)  # checks the request: a refused prompt prints nothing
+        first = next(events)
         sys.stdout.write(prompts[0])
         count, reason = 0, None
         for event in itertools.chain([first], events):

@@ -152,6 +152,9 @@ class Generation:
     # every token the model chose, as OpenAI and vLLM count completion tokens: token_ids plus a final stop token
     # (eos, stop_token_ids) and the tokens of a stop string; None: the same as len(token_ids)
     generated_tokens: int | None = None
+    # what ended it: the token id (an eos id or one of stop_token_ids: chosen, but not in token_ids), the stop string
+    # (cut from the text), or None where it ran to its length; vLLM's stop_reason, but naming an eos too
+    stopped_by: int | str | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -167,3 +170,4 @@ class StreamEvent:
     token_id: int | None = None
     logprob: TokenLogprob | None = None
     finish_reason: str | None = None
+    stopped_by: int | str | None = None  # on the last event: as Generation.stopped_by

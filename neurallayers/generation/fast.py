@@ -148,6 +148,8 @@ class DecodeStep:
         self._frozen_fn: Callable | None = None
         self._frozen_weights: tuple | None = None
         self._checked_cache: Callable[[], KVCache | None] = lambda: None  # the cache the weights were last checked for
+        self._frozen_checked = False  # whether they could be checked then (no inference tensors)
+        self._warned_unchecked = False
         if compile and RowLinear.realize is None:
             RowLinear.realize = _inductor_realize()
         if not RowLinear.kernel_dtypes:
@@ -161,16 +163,31 @@ class DecodeStep:
         own = types.FunctionType(_step.__code__.replace(), _step.__globals__, _step.__name__)
         return torch.compile(own, options=self._options, fullgraph=True)
 
-    def _frozen(self, cache: KVCache) -> Callable:
+    def _frozen(self, cache: KVCache) -> Callable | None:
         """The compiled step for graphs that freeze the weights. A frozen graph holds a copy of the weights it was
         compiled with: when the model's weights changed since (an optimizer step, load_state_dict, an in-place edit)
         it decoded with the old ones while the eager prefill used the new ones; now it is compiled afresh, with a
         warning (the compile takes as long as the first one). Checked once per cache (each generate() call makes its
-        own): the check reads every tensor's version, 0.3 ms for GPT-2 124M, too much for every step."""
-        if self._frozen_fn is not None and self._checked_cache() is cache:
-            return self._frozen_fn
+        own): the check reads every tensor's version, 0.3 ms for GPT-2 124M, too much for every step.
+
+        None where the weights cannot be checked: an inference tensor (one made under torch.inference_mode, as
+        prepare_for_decode's cast or a load there makes them) has no version counter, so an in-place edit of it shows
+        nowhere, and a frozen copy went on decoding with the old values. The step then reads the weights as they are
+        (the unfrozen graph), with a warning once. An edit through `.data` bypasses every version counter (as it does
+        autograd's checks): call prepare_for_decode again after one."""
+        if self._checked_cache() is cache:
+            return self._frozen_fn if self._frozen_checked else None
         self._checked_cache = weakref.ref(cache)
         weights = _weights_state(self.model)
+        self._frozen_checked = weights is not None
+        if weights is None:
+            if not self._warned_unchecked:
+                self._warned_unchecked = True
+                warnings.warn("the model's weights are inference tensors (made under torch.inference_mode), whose "
+                              "in-place changes cannot be seen: the decode step reads them as they are instead of "
+                              "freezing a copy, which is slower for batches; make or cast the model outside "
+                              "inference_mode for the frozen graph", stacklevel=3)
+            return None
         if self._frozen_fn is None or weights != self._frozen_weights:
             if self._frozen_fn is not None:
                 warnings.warn("the model's weights changed since its compiled decode step froze them: compiling the "
@@ -227,8 +244,9 @@ class DecodeStep:
         from torch._inductor import config as inductor_config
 
         attention = sdpa_kernel(SDPBackend.MATH) if tok.device.type == "cpu" else contextlib.nullcontext()
-        frozen = self.compiled and _freezes(rows, cache.k.dtype, tok.device)
-        freezing = inductor_config.patch(freezing=True) if frozen else contextlib.nullcontext()
+        # a graph that would freeze weights it cannot check reads them live instead (_frozen gives None)
+        frozen_fn = self._frozen(full) if self.compiled and _freezes(rows, cache.k.dtype, tok.device) else None
+        freezing = inductor_config.patch(freezing=True) if frozen_fn is not None else contextlib.nullcontext()
         if self.compiled:
             # The window length is dynamic: one graph serves every prompt and output length.
             for t, dim in ((mask, 1), (cache.k, 3), (cache.v, 3)):
@@ -239,7 +257,7 @@ class DecodeStep:
             # specialised (RowLinear).
             for t, dim in ((tok, 0), (pos, 0), (positions, 0), (mask, 0), (cache.k, 1), (cache.v, 1)):
                 torch._dynamo.mark_dynamic(t, dim)
-        fn = self._frozen(full) if frozen else self._fn
+        fn = frozen_fn if frozen_fn is not None else self._fn
         with freezing, attention:
             return fn(self.model, tok, cache, pos, positions, mask)
 
@@ -257,17 +275,14 @@ class DecodeStep:
         return F.pad(attention_mask, (0, length - attention_mask.shape[1]))  # columns past it: hidden by position
 
 
-def _weights_state(model: nn.Module) -> tuple:
+def _weights_state(model: nn.Module) -> tuple | None:
     """Where each parameter and buffer of `model` lives and how often it was changed in place: equal while the weights
-    are the ones a graph froze (tensors made under inference_mode count no changes: only a new storage shows)."""
-    state = []
-    for t in (*model.parameters(), *model.buffers()):
-        try:
-            version = t._version
-        except RuntimeError:  # an inference tensor has no version counter
-            version = -1
-        state.append((t.data_ptr(), t.dtype, t.device, version))
-    return tuple(state)
+    are the ones a graph froze (an in-place change counts under torch.inference_mode too). None when one is an
+    inference tensor, which has no version counter: its changes cannot be seen."""
+    tensors = (*model.parameters(), *model.buffers())
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in tensors)
 
 
 def _check_inputs(tok: torch.Tensor, cache: KVCache, input_pos: int | torch.Tensor,

@@ -37,8 +37,10 @@ from neurallayers.generation.inputs import (
     _config,
     _encode_prompts,
     _eos_ids,
-    _left_padded,
     _room,
+    full_mask,
+    left_pad,
+    positions,
 )
 from neurallayers.generation.processors import apply_processors, build_processors, check_some_token_left
 from neurallayers.generation.search import stop_ids
@@ -92,13 +94,14 @@ class _Run:
             self.done[rows] = True
 
     def generations(self) -> list[Generation]:
-        """One Generation per row, token ids without padding and without the stop token."""
+        """One Generation per row, token ids without padding and without the stop token (its stopped_by)."""
         tokens = self.tokens[:, self.width:self.width + self.n].tolist()
         lengths, stopped = self.lengths.tolist(), self.stopped.tolist()
         lps = _logprob_lists(self, lengths)
         return [Generation(token_ids=tokens[r][:lengths[r]], finish_reason="stop" if stopped[r] else "length",
                            prompt_tokens=self.prompt_lens[r], logprobs=None if lps is None else lps[r],
-                           generated_tokens=lengths[r] + stopped[r])
+                           generated_tokens=lengths[r] + stopped[r],
+                           stopped_by=tokens[r][lengths[r]] if stopped[r] else None)
                 for r in range(len(tokens))]
 
 
@@ -162,8 +165,13 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
     budget = max(limits)
     rows = b * n_ret
 
-    tokens, pads, mask, base_pos = _left_padded(input_ids, rows_per_prompt=n_ret, width=width, budget=budget,
-                                                device=device)
+    # (R, width + budget): the left-padded prompts, then the tokens generated; mask over every cache column and
+    # base_pos (R, 1), the position of the first generated token: both None when no row is padded
+    batch = left_pad(input_ids, device)
+    tokens = torch.zeros(rows, width + budget, dtype=torch.long, device=device)
+    tokens[:, :width] = batch.ids.repeat_interleave(n_ret, dim=0)
+    mask, base_pos = full_mask(batch, width + budget, n_ret), positions(batch, width, 1, n_ret)
+    pads = batch.pads.repeat_interleave(n_ret).tolist()
     run = _Run(tokens=tokens, width=width, prompt_lens=[n for n in lens for _ in range(n_ret)], n=0,
                done=torch.zeros(rows, dtype=torch.bool, device=device),
                stopped=torch.zeros(rows, dtype=torch.bool, device=device),
@@ -191,9 +199,7 @@ def _decode_steps(model: nn.Module, input_ids: list[list[int]], config: Generati
     step = fast if fast is not None else functools.partial(forward_step, model)
     # Prefill each prompt once; its sampled sequences then copy its cache rows.
     cache = (fast or model).new_cache(rows, width + budget - 1)
-    prompt_ids, prompt_mask = tokens[::n_ret, :width], None if mask is None else mask[::n_ret, :width]
-    positions = None if mask is None else (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(prompt_ids, cache=cache.rows(0, b), attention_mask=prompt_mask, position_ids=positions,
+    out = model(batch.ids, cache=cache.rows(0, b), attention_mask=batch.mask, position_ids=positions(batch, 0, width),
                 logits_to_keep=1)
     logits = out.logits[:, -1].float()
     if n_ret > 1:
@@ -417,6 +423,9 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
 
     Event text never holds half a UTF-8 character nor text that could be the start of a stop string; the
     concatenated text equals generate()'s. The last event has token_id None and the finish_reason.
+
+    The arguments are checked here, when stream() is called (a bad setting, an empty prompt or one longer than the
+    context raises at once, not at the first next()); the model decodes as the events are taken.
     """
     _check_decoder(model)
     helpers = [name for name in ("draft_model", "amateur_model") if name in overrides]
@@ -434,13 +443,22 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
     if isinstance(prompt, list) and any(isinstance(p, str | list) for p in prompt):  # else "ids outside the vocab"
         raise ValueError("stream() takes one prompt (a string or a list of token ids); use generate() for several")
     (input_ids,) = _encode_prompts(tokenizer, [prompt])
+    eos_ids = _eos_ids(tokenizer, model)
+    _check_ids(model, [input_ids], eos_ids)  # what the decode loop checks again, before its first step
+    config.check_vocab(model.config.vocab_size)
+    return _stream_events(model, tokenizer, input_ids, config, eos_ids)
+
+
+def _stream_events(model: nn.Module, tokenizer, input_ids: list[int], config: GenerationConfig,
+                   eos_ids: list[int]) -> Iterator[StreamEvent]:
+    """stream()'s events, for arguments it has checked."""
     with eval_mode(model):  # restored when the stream ends or is closed
         row = _RowText(tokenizer, config.stop, input_ids, search_after=stop_search_after(config))
         held = _HeldEvents(row)
-        reason, pending = "length", ""
-        for run in _decode_steps(model, [input_ids], config, eos_ids=_eos_ids(tokenizer, model)):
+        reason, pending, stopped_by = "length", "", None
+        for run in _decode_steps(model, [input_ids], config, eos_ids=eos_ids):
             if bool(run.stopped[0]):
-                reason = "stop"
+                reason, stopped_by = "stop", int(run.tokens[0, run.width + run.n - 1])
                 break
             i = run.n - 1
             tok = int(run.tokens[0, run.width + i])
@@ -456,5 +474,7 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
                 logprob = TokenLogprob(token_id=tok, logprob=float(run.chosen[0, i]), top=top)
             yield from held.push(StreamEvent(text=text, token_id=tok, logprob=logprob))
         events, text, reason = held.finish(reason, pending)
+        if row.stopped:  # a stop string, found as the tokens came or in the decoder's flushed tail, as generate() cuts
+            stopped_by = row.stops_at_cut[0]
         yield from events
-        yield StreamEvent(text=text, finish_reason=reason)
+        yield StreamEvent(text=text, finish_reason=reason, stopped_by=stopped_by)

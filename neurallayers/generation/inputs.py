@@ -1,11 +1,12 @@
 """What generation takes in, checked: the model (a causal decoder), the settings, the prompts (encoded, each in the
-vocabulary and within the context) and the ids that end a sequence; and the left-padded batch the decode loop runs
+vocabulary and within the context) and the ids that end a sequence; and the left-padded batch every decoding method runs
 on, every row at its own positions.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -96,22 +97,49 @@ def _eos_ids(tokenizer, model: nn.Module) -> list[int]:
     return list(tokenizer.eos_ids)
 
 
-def _left_padded(input_ids: list[list[int]], *, rows_per_prompt: int, width: int, budget: int,
-                 device: torch.device) -> tuple[torch.Tensor, list[int], torch.Tensor | None, torch.Tensor | None]:
-    """The prompts left-padded into one batch of rows_per_prompt rows a prompt (prompt-major), room left for
-    `budget` generated tokens after the `width` prompt columns.
+@dataclass
+class Batch:
+    """Left-padded prompts: ids (B, P), mask (B, P) 1 on real tokens (None when no row is padded), lens (B,).
 
-    Returns:
-        tokens (R, width + budget): pad id 0, then the prompt, then zeros; pads: each row's padding columns;
-        mask (R, width + budget) over every cache column, and base_pos (R, 1) the position id of the first generated
-        token: both None when no row is padded (the fast, mask-free path).
+    The one padded layout of every decoding method: the plain loop, beam search and the contrastive methods; each row
+    sees only its own tokens (`full_mask`) at its own positions (`positions`, 0 on its first real token).
     """
-    pads = [width - len(ids) for ids in input_ids for _ in range(rows_per_prompt)]
-    tokens = torch.zeros(len(pads), width + budget, dtype=torch.long, device=device)
-    for r, p in enumerate(pads):
-        tokens[r, p:width] = torch.tensor(input_ids[r // rows_per_prompt], dtype=torch.long)
-    if not any(pads):
-        return tokens, pads, None, None
-    pads_t = torch.tensor(pads, device=device)
-    mask = (torch.arange(width + budget, device=device)[None, :] >= pads_t[:, None]).long()
-    return tokens, pads, mask, (width - pads_t)[:, None]
+
+    ids: torch.Tensor
+    mask: torch.Tensor | None
+    lens: list[int]
+
+    @property
+    def pads(self) -> torch.Tensor:
+        """(B,) number of padding positions at the left of each row."""
+        return self.ids.shape[1] - torch.tensor(self.lens, device=self.ids.device)
+
+
+def left_pad(input_ids: list[list[int]], device: torch.device) -> Batch:
+    """The prompts left-padded with id 0 to the longest one's length."""
+    lens = [len(ids) for ids in input_ids]
+    width = max(lens)
+    ids = torch.zeros(len(input_ids), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(input_ids), width, dtype=torch.long, device=device)
+    for i, row in enumerate(input_ids):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long, device=device)
+        mask[i, width - len(row):] = 1
+    return Batch(ids=ids, mask=None if min(lens) == width else mask, lens=lens)
+
+
+def positions(batch: Batch, start: int, length: int, rows_per_prompt: int = 1) -> torch.Tensor | None:
+    """Position ids (B*rows_per_prompt, length) for slots start.. of a left-padded batch; None when unpadded."""
+    if batch.mask is None:
+        return None
+    pads = batch.pads.repeat_interleave(rows_per_prompt)
+    slots = start + torch.arange(length, device=pads.device)
+    return (slots[None, :] - pads[:, None]).clamp(min=0)
+
+
+def full_mask(batch: Batch, total: int, rows_per_prompt: int = 1) -> torch.Tensor | None:
+    """Attention mask (B*rows_per_prompt, total) over every cache slot: prompt padding 0, the rest 1."""
+    if batch.mask is None:
+        return None
+    mask = torch.ones(batch.ids.shape[0], total, dtype=torch.long, device=batch.ids.device)
+    mask[:, :batch.ids.shape[1]] = batch.mask
+    return mask.repeat_interleave(rows_per_prompt, dim=0)

@@ -2,14 +2,14 @@
 other search methods, which live in their own files and are re-exported here so generate() finds every method in
 one module: contrastive search and contrastive decoding (contrastive.py), speculative decoding (speculative.py).
 
-Prompts of different lengths are left-padded into one batch over a static KV cache; every row sees only its own
-tokens (attention mask) at its own positions (position ids start at 0 on the first real token).
+Prompts of different lengths are left-padded into one batch over a static KV cache, as the plain loop pads them
+(inputs.left_pad); every row sees only its own tokens (attention mask) at its own positions (position ids start at 0
+on the first real token).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,26 +18,13 @@ from torch import nn
 from neurallayers.checks import is_int
 from neurallayers.generation import processors
 from neurallayers.generation.config import Generation, GenerationConfig, TokenLogprob
+from neurallayers.generation.inputs import Batch, full_mask, left_pad, positions
 from neurallayers.generation.processors import apply_processors, check_some_token_left
 
 NEG = -1.0e9  # Hugging Face's "impossible" score; kept identical so ties break the same way
 
 
 # ----- shared plumbing -----
-@dataclass
-class Batch:
-    """Left-padded prompts: ids (B, P), mask (B, P) 1 on real tokens (None when no row is padded), lens (B,)."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor | None
-    lens: list[int]
-
-    @property
-    def pads(self) -> torch.Tensor:
-        """(B,) number of padding positions at the left of each row."""
-        return self.ids.shape[1] - torch.tensor(self.lens, device=self.ids.device)
-
-
 def check_request(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, eos_ids: list[int], *,
                   extra_positions: int = 0) -> None:
     """Reject malformed prompts, eos ids or a request longer than the model's context, naming what is wrong.
@@ -72,35 +59,6 @@ def stop_ids(config: GenerationConfig, eos_ids: list[int]) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def left_pad(input_ids: list[list[int]], device: torch.device) -> Batch:
-    lens = [len(ids) for ids in input_ids]
-    width = max(lens)
-    ids = torch.zeros(len(input_ids), width, dtype=torch.long, device=device)
-    mask = torch.zeros(len(input_ids), width, dtype=torch.long, device=device)
-    for i, row in enumerate(input_ids):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long, device=device)
-        mask[i, width - len(row):] = 1
-    return Batch(ids=ids, mask=None if min(lens) == width else mask, lens=lens)
-
-
-def positions(batch: Batch, start: int, length: int, rows_per_prompt: int = 1) -> torch.Tensor | None:
-    """Position ids (B*rows_per_prompt, length) for slots start.. of a left-padded batch; None when unpadded."""
-    if batch.mask is None:
-        return None
-    pads = batch.pads.repeat_interleave(rows_per_prompt)
-    slots = start + torch.arange(length, device=pads.device)
-    return (slots[None, :] - pads[:, None]).clamp(min=0)
-
-
-def full_mask(batch: Batch, total: int, rows_per_prompt: int = 1) -> torch.Tensor | None:
-    """Attention mask (B*rows_per_prompt, total) over every cache slot: prompt padding 0, the rest 1."""
-    if batch.mask is None:
-        return None
-    mask = torch.ones(batch.ids.shape[0], total, dtype=torch.long, device=batch.ids.device)
-    mask[:, :batch.ids.shape[1]] = batch.mask
-    return mask.repeat_interleave(rows_per_prompt, dim=0)
-
-
 def build_processors(config: GenerationConfig, eos_ids: list[int], *, prompt_width: int,
                      pad_lens: list[int] | None = None, sampling: bool) -> list:
     """The logits processors for `config` over rows whose first `prompt_width` columns are the (left-padded)
@@ -116,17 +74,18 @@ def build_processors(config: GenerationConfig, eos_ids: list[int], *, prompt_wid
 def generations(tokens: list[list[int]], *, stops: list[int], prompt_lens: list[int],
                 scores: list[float | None] | None = None,
                 logprobs: list[list[TokenLogprob]] | None = None) -> list[Generation]:
-    """Generation records for one prompt's sequences: a trailing stop token is removed (finish_reason "stop");
-    logprobs (one list per sequence, at least as long as its tokens) are cut to the kept tokens."""
+    """Generation records for one prompt's sequences: a trailing stop token is removed (finish_reason "stop",
+    stopped_by that token); logprobs (one list per sequence, at least as long as its tokens) are cut to the kept
+    tokens."""
     out = []
     for i, toks in enumerate(tokens):
-        reason, generated = "length", len(toks)
+        reason, generated, by = "length", len(toks), None
         if toks and toks[-1] in stops:
-            toks, reason = toks[:-1], "stop"
+            toks, reason, by = toks[:-1], "stop", toks[-1]
         out.append(Generation(token_ids=toks, finish_reason=reason, prompt_tokens=prompt_lens[i],
                               score=None if scores is None else scores[i],
                               logprobs=None if logprobs is None else logprobs[i][:len(toks)],
-                              generated_tokens=generated))
+                              generated_tokens=generated, stopped_by=by))
     return out
 
 
@@ -340,7 +299,8 @@ def _hypothesis_logprobs(hist: tuple[torch.Tensor, ...], i: int, j: int, tokens:
 # are loaded on first use (PEP 562) rather than imported at the top, which would be circular.
 _ELSEWHERE = {"contrastive_search": "contrastive", "contrastive_decoding": "contrastive",
               "speculative_decode": "speculative"}
-__all__ = ["beam_search", *_ELSEWHERE]
+# the padded-batch plumbing lives in inputs.py (the plain loop uses it too) and stays importable from here
+__all__ = ["Batch", "beam_search", "full_mask", "left_pad", "positions", *_ELSEWHERE]
 
 
 def __getattr__(name: str):

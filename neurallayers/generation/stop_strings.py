@@ -115,7 +115,7 @@ def _finish(gen: Generation, row: _RowText) -> None:
     if row.stopped:
         k = row.kept_tokens()
         gen.generated_tokens = len(row.ids)  # up to the token that completed the stop string
-        gen.token_ids, gen.finish_reason = gen.token_ids[:k], "stop"
+        gen.token_ids, gen.finish_reason, gen.stopped_by = gen.token_ids[:k], "stop", row.stops_at_cut[0]
         gen.logprobs = None if gen.logprobs is None else gen.logprobs[:k]
 
 

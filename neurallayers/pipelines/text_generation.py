@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from neurallayers.checks import is_int
-from neurallayers.data.tokenizers import Tokenizer
+from neurallayers.data.tokenizers import Tokenizer, continuation_text
 from neurallayers.embeddings import _check_texts, input_limit
 from neurallayers.pipelines.base import Pipeline, _switch, log
 
@@ -115,8 +115,7 @@ class TextGenerationPipeline(Pipeline):
         n = gen_config.num_return_sequences
         outs = self._generate(prompts, gen_config, budgets, clean_up)  # prompt-major, n per prompt
         if tensors:  # transformers' generated_token_ids: the prompt's ids (prefix, bos) and the new ones, eos included
-            end = self._end_token(gen_config)
-            return [[{"generated_token_ids": prompts[i] + g.token_ids + _ended_by(g, end)}
+            return [[{"generated_token_ids": prompts[i] + g.token_ids + _end_token(g)}
                      for g in outs[i * n:(i + 1) * n]] for i in range(len(prompts))]
         if chats:  # the default template's "assistant:" cue leaves a new reply a leading blank (`chat` drops it too)
             replies = [g.text if templated or continued[k // n] else g.text.lstrip() for k, g in enumerate(outs)]
@@ -179,14 +178,10 @@ class TextGenerationPipeline(Pipeline):
                             config.replace(max_new_tokens=budget))
             for j, i in enumerate(idx):
                 outs[i * n:(i + 1) * n] = gens[j * n:(j + 1) * n]
+                for g in outs[i * n:(i + 1) * n]:
+                    if isinstance(g.stopped_by, int):  # transformers' text holds it, unless it is a special token
+                        g.text = continuation_text(tokenizer, prompts[i], [*g.token_ids, g.stopped_by])
         return outs
-
-    def _end_token(self, config: Any) -> int | None:
-        """The one token that can end a generation (eos, or a lone stop_token_id), which transformers keeps at the end
-        of its ids; None where several can (which one did is not recorded) or where stop strings end it (their tokens
-        are trimmed, as from the text)."""
-        ends = {*self.tokenizer.eos_ids, *config.stop_token_ids}
-        return next(iter(ends)) if len(ends) == 1 and not config.stop else None
 
     def _chat_prompts(self, chats: list[list[dict]], continued: list[bool]) -> list[list[int]]:
         """Token ids of each rendered chat (ending with the reply's cue, or with its final message's content where it
@@ -199,10 +194,10 @@ class TextGenerationPipeline(Pipeline):
                 for chat, cont in zip(chats, continued, strict=True)]
 
 
-def _ended_by(gen: Any, end: int | None) -> list[int]:
-    """[end] where `gen` stopped on its end token (one more token chosen than kept), else []."""
-    return [end] if end is not None and gen.finish_reason == "stop" and gen.completion_tokens > len(gen.token_ids) \
-        else []
+def _end_token(gen: Any) -> list[int]:
+    """[the token that ended `gen`] (any of several eos ids, or a stop_token_id), which transformers keeps at the end of
+    its ids; [] where it ran to its length or a stop string ended it (its tokens are trimmed, as from the text)."""
+    return [gen.stopped_by] if isinstance(gen.stopped_by, int) else []
 
 
 def _return_tensors(return_full_text: Any, return_tensors: Any, return_text: Any) -> bool:

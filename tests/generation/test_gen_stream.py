@@ -74,16 +74,51 @@ def test_stream_sampling_matches_generate(lm_tok) -> None:
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_beams=2), "num_beams"),
     (dict(num_return_sequences=2), "num_return_sequences"),
-    (dict(top_k=-1), "top_k"),
+    (dict(top_k=-1), r"GenerationConfig\.top_k=-1: must be >= 0"),
+    (dict(stop=[""]), r"GenerationConfig\.stop=\[''\]: must be a list of non-empty strings"),
+    (dict(stop="\n"), r"GenerationConfig\.stop='\\n': must be a list"),
+    (dict(tempurature=0.5), r"GenerationConfig has no field 'tempurature' \(did you mean 'temperature'\?\)"),
+    (dict(stop_token_ids=[10**6]), r"GenerationConfig\.stop_token_ids holds token ids outside the model's vocab"),
     # a draft or amateur model was refused as a misspelt field: "GenerationConfig has no field 'draft_model'"
     (dict(draft_model=tiny_lm()), r"stream\(\) .* takes no draft_model \(speculative decoding .* generate\(\)\)"),
     (dict(amateur_model=tiny_lm()), r"takes no amateur_model"),
 ])
-def test_stream_rejects_bad_input(lm_tok, kwargs: dict, match: str) -> None:
+def test_stream_rejects_bad_input_when_called(lm_tok, kwargs: dict, match: str) -> None:
+    """The call itself raises, as generate() does: a stream that raised only at its first next() let a caller (a
+    server, a UI) start answering before the request was refused."""
     lm, tok = lm_tok
     with pytest.raises(ValueError, match=match):
-        next(stream(lm, tok, "héllo", **kwargs))
+        stream(lm, tok, "héllo", **kwargs)
+
+
+def test_stream_rejects_bad_prompts_when_called(lm_tok) -> None:
+    lm, tok = lm_tok
+    block = lm.config.block_size
     with pytest.raises(ValueError, match="tokenizer"):
-        next(stream(tiny_lm(), None, [1, 2]))
+        stream(tiny_lm(), None, [1, 2])
     with pytest.raises(ValueError, match="prompt must be"):
-        next(stream(lm, tok, 5))
+        stream(lm, tok, 5)
+    with pytest.raises(ValueError, match=r"^prompt 0 is empty: a prompt needs at least one token"):
+        stream(lm, tok, "")
+    with pytest.raises(ValueError, match=rf"^prompt 0 has {block + 1} tokens but the model's context length "
+                                         rf"\(block_size\) is {block}"):
+        stream(lm, tok, [1] * (block + 1))
+    with pytest.raises(ValueError, match=r"^prompt 0 holds token ids outside the vocabulary"):
+        stream(lm, tok, [1, 10**6])
+    with pytest.raises(ValueError, match=r"^stream\(\) takes one prompt"):
+        stream(lm, tok, ["a", "b"])
+
+
+def test_a_checked_stream_decodes_only_when_iterated(lm_tok) -> None:
+    """Checking the arguments at the call runs no step and leaves the model's mode alone; the events then come as
+    before (generate()'s text)."""
+    lm, tok = lm_tok
+    lm.train()
+    try:
+        events = stream(lm, tok, "héllo", temperature=0, max_new_tokens=12)
+        assert lm.training  # nothing decoded yet: eval mode comes with the first event
+        text = "".join(e.text for e in events)
+        assert lm.training  # the caller's mode is back once the stream ends
+    finally:
+        lm.eval()
+    assert text == generate(lm, tok, "héllo", temperature=0, max_new_tokens=12)[0].text
