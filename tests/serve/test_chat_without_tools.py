@@ -28,7 +28,7 @@ def test_no_tools_is_the_plain_chat(client, extra):
 
 
 # a tool without tool_choice is vLLM's "auto", which needs the tool-call parsing this server lacks (tool_choice "none"
-# shows it to the template: tests/serve/test_chat_template_choice.py)
+# shows it to the template: tests/serve/test_serve_chat_template_choice.py)
 @pytest.mark.parametrize(("extra", "param"), [({"tools": [{"type": "function", "function": {"name": "f"}}]},
                                                "tool_choice"),
                                               ({"tool_choice": "auto"}, "tool_choice"),

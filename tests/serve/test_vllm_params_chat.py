@@ -81,7 +81,7 @@ def test_template_options_at_their_default_change_nothing(client, name, default)
     assert chat(client, **{name: default}).choices[0].message.content == chat(client).choices[0].message.content
 
 
-@pytest.mark.parametrize("name, value", [  # a request's chat_template: tests/serve/test_chat_template_choice.py
+@pytest.mark.parametrize("name, value", [  # a request's chat_template: tests/serve/test_serve_chat_template_choice.py
     ("guided_choice", ["yes", "no"]),
     ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})])
 def test_a_chat_field_that_would_change_the_output_unseen_is_refused(client, name, value):
