@@ -293,6 +293,8 @@ def test_a_template_given_to_a_tokenizer_without_one_ends_no_reply_at_user_lines
     ("rga", "--chat-template 'rga' is not a template name of this tokenizer (its templates: default, rag), a file or "
             "a Jinja template"),
     ("", "--chat-template '' is not a template name"),
+    ("{% for m in messages %}{{ m.content }", "--chat-template does not parse as a Jinja template (line 1: "
+                                             "unexpected '}')"),
 ])
 def test_an_unknown_template_name_is_one_line_before_the_model_loads(named_run, monkeypatch, capsys, given, message):
     from neurallayers.__main__ import main

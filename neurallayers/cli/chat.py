@@ -153,7 +153,7 @@ def _template_choice(value: str | None, tokenizer) -> str | None:
     Raises:
         ValueError: (one line) a file that cannot be read, or neither a name, a file nor Jinja text.
     """
-    from neurallayers.data.chat import chat_template_names, resolve_chat_template
+    from neurallayers.data.chat import ChatTemplateSyntaxError, chat_template_names, resolve_chat_template
 
     if value is None:
         return None
@@ -168,6 +168,8 @@ def _template_choice(value: str | None, tokenizer) -> str | None:
     if tokenizer is not None:
         try:
             resolve_chat_template(tokenizer, value)
+        except ChatTemplateSyntaxError as e:
+            raise ValueError(str(e).replace("chat_template", "--chat-template", 1)) from None
         except ValueError:
             have = f"its templates: {', '.join(names)}" if names else "it has no templates"
             raise ValueError(f"--chat-template {value!r:.80} is not a template name of this tokenizer ({have}), a file "

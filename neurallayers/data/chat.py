@@ -24,7 +24,18 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime
+
+from neurallayers.data.template_sandbox import (  # noqa: F401 (the limits and errors are chat's public names too)
+    MAX_TEMPLATE_CHARS,
+    MAX_TEMPLATE_INT_DIGITS,
+    MAX_TEMPLATE_TOTAL,
+    TemplateRefused,
+    TemplateTooLarge,
+    TemplateTooSlow,
+    budget,
+    compile_template,
+    parse_template,
+)
 
 # where the default template's reply ends: the model starting the next user line
 DEFAULT_STOP = "\nuser:"
@@ -91,17 +102,8 @@ def _text_parts(content) -> bool:
                                              and isinstance(p.get("text"), str) for p in content)
 
 
-class _Refused(Exception):
-    """raise_exception() in a template: it refuses the conversation."""
-
-
 class _CannotContinue(ValueError):
     """continue_final_message on a conversation or template that gives no final content to continue."""
-
-
-@functools.lru_cache(maxsize=8)
-def _compile(template: str):
-    return _environment().from_string(template)
 
 
 @functools.lru_cache(maxsize=8)
@@ -118,40 +120,7 @@ def _takes_content_parts(template: str) -> bool:
             return isinstance(node.arg, nodes.Const) and node.arg.value == "content"
         return isinstance(node, nodes.Getattr) and node.attr == "content"
 
-    return any(is_content(loop.iter) for loop in _environment().parse(template).find_all(nodes.For))
-
-
-@functools.cache
-def _environment():
-    from jinja2 import nodes  # jinja2 comes with torch
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise _Refused(message)
-
-    class Generation(Extension):
-        """transformers' {% generation %}...{% endgeneration %} (it marks the assistant's tokens for training
-        masks): renders its body as it is."""
-
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return nodes.Scope(body, lineno=lineno)
-
-    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        import json  # transformers' options: templates pass separators=(",", ":") or sort_keys=true
-
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    # the settings transformers uses, so templates written for it render the same here
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
+    return any(is_content(loop.iter) for loop in parse_template(template).find_all(nodes.For))
 
 
 def special_tokens(tokenizer) -> dict[str, str]:
@@ -176,6 +145,10 @@ def chat_template_names(tokenizer) -> list[str]:
     return (["default"] if getattr(tokenizer, "chat_template", None) else []) + named
 
 
+class ChatTemplateSyntaxError(ValueError):
+    """A chat template given by the caller (not the tokenizer's own) that does not parse as Jinja."""
+
+
 # Jinja's delimiters: a text holding none is no template, so it is read as a (misspelt) name
 _JINJA = re.compile(r"\{\{|\{%|\{#")
 
@@ -188,8 +161,8 @@ def resolve_chat_template(tokenizer, chat_template: str | None = None, *, tools:
 
     Raises:
         ValueError: chat_template is not text, or is neither a name of the tokenizer's templates nor Jinja (a text
-            without {{, {% or {#: transformers would render a misspelt name as the prompt itself); the line lists
-            the names there are.
+            without {{, {% or {#: transformers would render a misspelt name as the prompt itself; the line lists
+            the names there are), or is Jinja that does not parse.
     """
     named = dict(getattr(tokenizer, "named_chat_templates", None) or {})
     default = getattr(tokenizer, "chat_template", None)
@@ -203,6 +176,13 @@ def resolve_chat_template(tokenizer, chat_template: str | None = None, *, tools:
     if chat_template in named:
         return named[chat_template]
     if _JINJA.search(chat_template):
+        from jinja2 import TemplateSyntaxError
+
+        try:  # a template given here is the caller's (a flag, a request): its syntax error is theirs, named now
+            compile_template(chat_template)
+        except TemplateSyntaxError as e:
+            raise ChatTemplateSyntaxError(f"chat_template does not parse as a Jinja template (line {e.lineno}: "
+                                          f"{e.message})") from None
         return chat_template
     names = chat_template_names(tokenizer)
     have = f"its templates are {', '.join(names)}" if names else "it has none; it renders `role: content` lines"
@@ -221,7 +201,7 @@ def _check_list_of_dicts(value, name: str, what: str) -> list | None:
 def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True,
                 continue_final_message: bool = False, template_kwargs: dict | None = None,
                 chat_template: str | None = None, tools: list[dict] | None = None,
-                documents: list[dict] | None = None) -> str:
+                documents: list[dict] | None = None, max_seconds: float | None = None) -> str:
     """The prompt text for `messages` (dicts with "role" and "content"), rendered with the variables transformers'
     apply_chat_template passes.
 
@@ -238,13 +218,20 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool 
             Python functions, which this does not).
         documents: documents for retrieval-augmented generation, dicts such as {"title": ..., "text": ...} (the
             template's `documents`).
+        max_seconds: stop a template that renders longer (TemplateTooSlow); None: no deadline. Every template is
+            bounded in size (MAX_TEMPLATE_CHARS, MAX_TEMPLATE_TOTAL: TemplateTooLarge) either way.
 
     Raises:
         ValueError: the template refuses the conversation (e.g. roles must alternate), or fails (a template that
             does not parse or breaks while rendering: the model's, not the messages'); bad options; an unknown
             template name; tools or documents without a template to read them; the final message has no content to
-            continue, or the template does not render it as it is.
+            continue, or the template does not render it as it is; max_seconds not a positive number.
+        TemplateTooLarge: (a ValueError) the template makes a value or a text past MAX_TEMPLATE_CHARS, or values past
+            MAX_TEMPLATE_TOTAL, or a number past MAX_TEMPLATE_INT_DIGITS digits.
+        TemplateTooSlow: (a ValueError) the template renders longer than max_seconds.
     """
+    if max_seconds is not None and not (isinstance(max_seconds, int | float) and 0 < max_seconds < float("inf")):
+        raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r:.40}")
     extra = check_template_kwargs(template_kwargs)
     tools = _check_list_of_dicts(tools, "tools", "JSON schemas")
     documents = _check_list_of_dicts(documents, "documents", "documents")
@@ -264,11 +251,12 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool 
     try:
         messages = template_messages(messages, parts=_takes_content_parts(template))
         final = _tag_final_content(template, messages) if continue_final_message else None
-        text = _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                                         documents=documents, **special_tokens(tokenizer), **extra)
-    except _Refused as e:
+        with budget(max_seconds):
+            text = compile_template(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                             tools=tools, documents=documents, **special_tokens(tokenizer), **extra)
+    except TemplateRefused as e:
         raise ValueError(f"the model's chat template refused these messages: {e}") from None
-    except _CannotContinue:
+    except (_CannotContinue, TemplateTooLarge, TemplateTooSlow):
         raise
     except Exception as e:  # a template error of its own (syntax, a type error while rendering)
         raise ValueError(f"the model's chat template failed ({type(e).__name__}: {e})") from None

@@ -7,22 +7,27 @@ conversation's messages (tool_calls, tool_call_id, reasoning) reach the template
 
 The template is the request's (chat_template, else chat_template_kwargs' "chat_template", as vLLM reads them), else
 the server's (`serve --chat-template`), else the tokenizer's. As in vLLM, a request's own template is refused unless the
-server trusts them (--trust-request-chat-template); a trusted one still renders in Jinja's sandbox, and within
-RENDER_SECONDS.
+server trusts them (--trust-request-chat-template); every template renders in the bounded sandbox
+(data.template_sandbox: sizes checked before they are allocated) and within RENDER_SECONDS.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-import time
 from dataclasses import dataclass
 
-from neurallayers.data.chat import DEFAULT_STOP, check_template_kwargs, render_chat, resolve_chat_template
+from neurallayers.data.chat import (
+    DEFAULT_STOP,
+    TemplateTooLarge,
+    TemplateTooSlow,
+    check_template_kwargs,
+    render_chat,
+    resolve_chat_template,
+)
 from neurallayers.serve.errors import bad_request
 from neurallayers.serve.schemas import ChatMessage, ChatRequest, TokenizeRequest
 
-# a request's template may loop for ever (nested range()s): its rendering is cut off after this long
+# a template may loop for ever (nested range()s): its rendering is cut off after this long
 RENDER_SECONDS = 2.0
 TRUST_FLAG = "--trust-request-chat-template"
 
@@ -150,50 +155,24 @@ def _tools(req: ChatRequest | TokenizeRequest) -> list[dict] | None:
 
 def render(tokenizer, messages: list[ChatMessage], *, plain: bool = False, bounded: bool = False, **options) -> str:
     """The prompt text for `messages`; `options` are render_chat's (by default: ending with the assistant's cue).
-    bounded: a request's own template, cut off after RENDER_SECONDS; plain: template_options' (no Jinja template).
+    bounded: a request's own template (its size or time limit names chat_template); plain: template_options' (no
+    Jinja template). Every template renders bounded in size (data.template_sandbox) and within RENDER_SECONDS.
 
     Raises:
         APIError: 400 (param "messages") when the template refuses the conversation (e.g. roles must alternate) or
             cannot continue its final message; (param messages[i]...) tool calls with the plain lines, or arguments
-            that are not JSON; (param "chat_template") a request's template past RENDER_SECONDS.
+            that are not JSON; (param "chat_template") a request's template past RENDER_SECONDS or the size limits.
     """
     if plain and (i := next((i for i, m in enumerate(messages) if m.tool_calls), None)) is not None:
         # the plain `role: content` lines have no place for a call: dropping it would show the model a turn it skipped
         raise bad_request(f"messages[{i}].tool_calls need a chat template that reads them; this model has none (give "
                           "chat_template)", f"messages[{i}].tool_calls")
-    dicts = message_dicts(messages)
     try:
-        if bounded:
-            return _within(RENDER_SECONDS, render_chat, tokenizer, dicts, **options)
-        return render_chat(tokenizer, dicts, **options)
+        return render_chat(tokenizer, message_dicts(messages), max_seconds=RENDER_SECONDS, **options)
+    except (TemplateTooSlow, TemplateTooLarge) as e:  # the request's own template, or the model's
+        raise bad_request(str(e), "chat_template" if bounded else "messages") from None
     except ValueError as e:
         raise bad_request(str(e), "messages") from None
-    except _TooSlow:
-        raise bad_request(f"chat_template: the request's chat template took more than {RENDER_SECONDS:g} s to "
-                          "render", "chat_template") from None
-
-
-class _TooSlow(BaseException):
-    """Raised inside a template's rendering at its deadline; a BaseException, so the renderer's `except Exception`
-    (which turns a template's own errors into ValueError) lets it through."""
-
-
-def _within(seconds: float, fn, *args, **kwargs):
-    """fn(*args, **kwargs) in this thread, stopped with _TooSlow once it has run `seconds`: a trace function checks
-    the clock on every line Jinja's compiled template runs (a thread cannot be killed from outside)."""
-    deadline = time.monotonic() + seconds
-
-    def trace(frame, event, arg):
-        if time.monotonic() > deadline:
-            raise _TooSlow
-        return trace
-
-    previous = sys.gettrace()
-    sys.settrace(trace)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        sys.settrace(previous)
 
 
 def reply_role(messages: list[ChatMessage], *, add_generation_prompt: bool) -> str:
