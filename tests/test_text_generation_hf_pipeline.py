@@ -18,6 +18,11 @@ from neurallayers.pipelines import pipeline  # noqa: E402
 CORPUS = ["the cat sat on the mat. a dog ran in the park, héllo wörld 😀 ünïcode!"] * 20
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
+# reads the tools, documents and an extra variable, as transformers' pipeline hands them to apply_chat_template
+# (short: the models read 32 positions)
+TOOLS_TEMPLATE = ("{% if tools %}{{ tools[0].function.name[0] }}{% endif %}{% for d in documents or [] %}{{ d.title }}"
+                  "{% endfor %}{{ greeting | default('') }}" + TEMPLATE)
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
 LONG = "the cat sat on the mat. a dog ran in the park. the cat sat on the mat."  # 20+ of the 32 positions
 
 
@@ -82,6 +87,12 @@ CASES = [
     ([{"role": "user", "content": "the cat"}], dict(max_new_tokens=5)),
     ([{"role": "user", "content": "the cat"}], dict(max_length=24, return_full_text=False)),
     ([{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat"}], dict(max_new_tokens=5)),
+    # tools, documents and tokenizer_encode_kwargs (a chat_template, a template variable) reach the template
+    ([{"role": "user", "content": "the cat"}], dict(max_new_tokens=5, tools=[WEATHER], documents=[{"title": "mat"}],
+                                                    tokenizer_encode_kwargs={"chat_template": TOOLS_TEMPLATE,
+                                                                             "greeting": "hi"})),
+    ([{"role": "user", "content": "the cat"}], dict(max_new_tokens=5, return_full_text=False,
+                                                    tokenizer_encode_kwargs={"chat_template": TOOLS_TEMPLATE})),
 ]
 
 

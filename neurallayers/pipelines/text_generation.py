@@ -26,7 +26,9 @@ class TextGenerationPipeline(Pipeline):
     transformers' pipeline takes it: "generated_text" is then the messages with the assistant's reply appended, or
     the reply alone with return_full_text=False. A chat that ends with the assistant's message is continued, as
     transformers' pipeline does (`continue_final_message`; None: whether the last message is the assistant's): the
-    prompt ends with that message's content and the full text extends it instead of adding a reply.
+    prompt ends with that message's content and the full text extends it instead of adding a reply. A chat's `tools`,
+    `documents` and `tokenizer_encode_kwargs` (`chat_template`: a template name or Jinja text; other keys are template
+    variables) reach the template as transformers' pipeline passes them to apply_chat_template.
 
     transformers' length options too: `max_length` (prompt and new tokens together, per prompt; max_new_tokens wins
     over it), `prefix` (a text put before each prompt to generate from, left out of the result) and
@@ -67,7 +69,9 @@ class TextGenerationPipeline(Pipeline):
     def _run(self, items: list, *, return_full_text: bool | None = None, continue_final_message: bool | None = None,
              prefix: str = "", handle_long_generation: str | None = None, max_length: int | None = None,
              return_tensors: bool | None = None, return_text: bool | None = None,
-             clean_up_tokenization_spaces: bool | None = None, **gen_kwargs: Any) -> list[list[dict]]:
+             clean_up_tokenization_spaces: bool | None = None, tools: list[dict] | None = None,
+             documents: list[dict] | None = None, tokenizer_encode_kwargs: dict | None = None,
+             **gen_kwargs: Any) -> list[list[dict]]:
         from neurallayers.generation.config import GenerationConfig
 
         chats = [item for item in items if _is_chat(item)]
@@ -89,7 +93,8 @@ class TextGenerationPipeline(Pipeline):
         texts = None if chats else _check_texts(items, "inputs", empty_ok=True)
         # token ids, as transformers' pipeline encodes them (a Llama tokenizer's bos first, as generate() adds it): the
         # prefix is generated from, never returned
-        prompts = (self._chat_prompts(chats, continued) if chats
+        template = _template_options(bool(chats), tools, documents, tokenizer_encode_kwargs)
+        prompts = (self._chat_prompts(chats, continued, template) if chats
                    else [self._start(i, prefix + t) for i, t in enumerate(texts)])
         do_sample = _switch("do_sample", gen_kwargs.pop("do_sample", None))
         tensors = _return_tensors(return_full_text, return_tensors, return_text)
@@ -100,7 +105,7 @@ class TextGenerationPipeline(Pipeline):
         elif do_sample is True and gen_kwargs.get("temperature", 1.0) == 0:  # transformers refuses it too
             raise ValueError("do_sample=True with temperature=0: sampling needs a temperature > 0 (or do_sample=False)")
         gen_config = GenerationConfig.from_dict({**self._model_defaults(gen_kwargs, do_sample), **gen_kwargs})
-        templated = bool(getattr(self.tokenizer, "chat_template", None))
+        templated = bool(chats) and self._templated(template)
         if chats and not templated:
             from neurallayers.data.chat import DEFAULT_STOP
 
@@ -183,15 +188,22 @@ class TextGenerationPipeline(Pipeline):
                         g.text = continuation_text(tokenizer, prompts[i], [*g.token_ids, g.stopped_by])
         return outs
 
-    def _chat_prompts(self, chats: list[list[dict]], continued: list[bool]) -> list[list[int]]:
+    def _chat_prompts(self, chats: list[list[dict]], continued: list[bool], template: dict) -> list[list[int]]:
         """Token ids of each rendered chat (ending with the reply's cue, or with its final message's content where it
         is `continued`): encoded without the tokenizer's own bos, which a template writes itself (as `neurallayers
-        chat` and the server encode them; a Llama 3 prompt got two)."""
+        chat` and the server encode them; a Llama 3 prompt got two). `template`: render_chat's template options."""
         from neurallayers.data.chat import render_chat
 
         return [self.tokenizer.encode(render_chat(self.tokenizer, chat, add_generation_prompt=not cont,
-                                                  continue_final_message=cont))
+                                                  continue_final_message=cont, **template))
                 for chat, cont in zip(chats, continued, strict=True)]
+
+    def _templated(self, template: dict) -> bool:
+        """Whether the chats render through a Jinja template (else the plain lines, whose reply ends at `user:`)."""
+        from neurallayers.data.chat import resolve_chat_template
+
+        return resolve_chat_template(self.tokenizer, template.get("chat_template"),
+                                     tools=template.get("tools")) is not None
 
 
 def _end_token(gen: Any) -> list[int]:
@@ -226,6 +238,32 @@ def _full_chat(chat: list[dict], reply: str, continued: bool) -> list[dict]:
 def _is_chat(item: Any) -> bool:
     """A conversation: a non-empty list of message dicts with a role (transformers' pipeline's test too)."""
     return isinstance(item, list | tuple) and bool(item) and all(isinstance(m, dict) and "role" in m for m in item)
+
+
+# apply_chat_template's own arguments that tokenizer_encode_kwargs could pass, which this pipeline sets itself
+_ENCODING_KWARGS = ("tokenize", "return_dict", "return_tensors", "padding", "truncation", "max_length",
+                    "add_generation_prompt", "continue_final_message", "tools", "documents")
+
+
+def _template_options(chats: bool, tools: Any, documents: Any, encode_kwargs: Any) -> dict:
+    """render_chat's options from transformers' pipeline arguments: `tools` and `documents` (chats only, as
+    transformers passes them to apply_chat_template) and `tokenizer_encode_kwargs` (its `chat_template`, and extra
+    template variables such as Qwen3's enable_thinking, which apply_chat_template hands to the template)."""
+    given = [name for name, v in (("tools", tools), ("documents", documents),
+                                  ("tokenizer_encode_kwargs", encode_kwargs)) if v is not None]
+    if not chats:
+        if given:  # transformers passes them to a chat's template only
+            raise ValueError(f"text-generation: {given[0]} applies to chats (lists of role/content messages), not to "
+                             "text prompts")
+        return {}
+    extra = dict(encode_kwargs or {})
+    if not isinstance(encode_kwargs, dict | None):
+        raise ValueError(f"tokenizer_encode_kwargs={encode_kwargs!r:.60}: must be a dict")
+    if taken := [k for k in extra if k in _ENCODING_KWARGS]:
+        raise ValueError(f"tokenizer_encode_kwargs: {taken[0]!r} is set by the pipeline (give tools and documents "
+                         "as the pipeline's own arguments)")
+    chat_template = extra.pop("chat_template", None)
+    return {"tools": tools, "documents": documents, "chat_template": chat_template, "template_kwargs": extra or None}
 
 
 def _check_generation_options(gen_kwargs: dict) -> None:
