@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
     parser.add_argument("--system", help="a system message that opens the conversation")
     parser.add_argument("--chat-template", metavar="NAME|FILE|JINJA",
-                        help="the chat template: one of the tokenizer's by name (default, tool_use, rag ...), a "
+                        help="the chat template: one of the tokenizer's by name (tool_use, rag ...), a "
                         ".jinja file, or the template's text (default: the tokenizer's own)")
     parser.add_argument("--chat-template-kwargs", type=_json_object, default=None, metavar="JSON",
                         help='extra variables for the chat template, a JSON object: \'{"enable_thinking": false}\'')

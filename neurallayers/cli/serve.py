@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds to let requests in flight finish after SIGTERM; those left then get 503")
     parser.add_argument("--chat-template", metavar="NAME|FILE|JINJA",
-                        help="the chat routes' template: one of the tokenizer's by name (default, tool_use, rag ...), "
+                        help="the chat routes' template: one of the tokenizer's by name (tool_use, rag ...), "
                         "a .jinja file, or the template's text (default: the tokenizer's own)")
     parser.add_argument("--trust-request-chat-template", action="store_true",
                         help="let requests bring their own chat template (chat_template); refused without it")
