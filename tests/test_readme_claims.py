@@ -1,5 +1,5 @@
-"""Defaults and figures the README states, read from its sentences and checked against the code (parsing and constants
-only: no model is trained or loaded)."""
+"""Defaults and figures the README states, read from its sentences and checked against the code (parsing and constants;
+no model is trained, and only a tiny random one is served, where the claim is what a server answers)."""
 
 from __future__ import annotations
 
@@ -179,3 +179,45 @@ def test_the_server_has_the_routes_the_readme_lists_and_no_others():
     model = DecoderLM(ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8))
     served = {re.sub(r"\{\w+(:\w+)?\}", "{id}", route.path) for route in create_app((model.eval(), tok)).routes}
     assert listed == served - {"/docs", "/docs/oauth2-redirect", "/redoc"}  # FastAPI's own pages
+
+
+def test_the_eval_that_repeats_trainings_val_loss_takes_the_configs_batches():
+    import yaml
+
+    from neurallayers.training.config import TrainConfig
+
+    batch, batches = stated(r"neurallayers eval runs/llama --batch-size (\d+) --max-batches (\d+)")
+    assert "neurallayers train --config configs/llama-shakespeare.yaml --out runs/llama" in README
+    train = yaml.safe_load((ROOT / "configs" / "llama-shakespeare.yaml").read_text(encoding="utf-8"))["train"]
+    assert int(batch) == train["batch_size"]
+    assert "eval_batches" not in train and int(batches) == TrainConfig().eval_batches
+
+
+def test_a_served_model_is_named_by_its_folder(tmp_path):
+    # the CLI tour serves runs/llama while the Serving examples send "demo": a newcomer's first request got a 404
+    import torch
+    from fastapi.testclient import TestClient
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.data.tokenizers import Tokenizer
+    from neurallayers.models import build_model
+    from neurallayers.serve.app import create_app
+    from neurallayers.training.checkpoint import save_model
+    from neurallayers.training.config import RunConfig
+
+    name, other = stated(r'requests name the model by its folder.s name, "(\w+)" here, "(\w+)" in Serving')
+    assert f"neurallayers serve runs/{name} " in README and f"neurallayers serve runs/{other} " in README
+    assert f'"model": "{other}"' in README and f'model="{other}"' in README
+    run = tmp_path / name
+    tok = Tokenizer.train_char(["To be, or not to be, that is the question.\n"])
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    run.mkdir()
+    RunConfig(model=cfg).to_yaml(run / "config.yaml")
+    save_model(run, build_model(cfg).state_dict())
+    tok.save(run)
+    with TestClient(create_app(str(run))) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [name]
+        asked = {"model": other, "prompt": "To", "max_tokens": 1}
+        assert client.post("/v1/completions", json=asked).json()["error"]["param"] == "model"
+        assert client.post("/v1/completions", json={**asked, "model": name}).status_code == 200
