@@ -143,7 +143,7 @@ class StartupMixin:
         cfg = self.cfg
         if cfg.warmup_steps >= cfg.max_steps > self.step and self.info.is_main:
             log.warning("train.warmup_steps=%d >= max_steps=%d: the learning rate is still warming up when training "
-                        "ends (it reaches %.3g of lr=%.3g) and never decays; set --train.warmup_steps lower",
+                        "ends (it reaches %.3g, short of lr=%.3g) and never decays; set --train.warmup_steps lower",
                         cfg.warmup_steps, cfg.max_steps, cfg.lr_at(cfg.max_steps - 1), cfg.lr)
         for group in self.optimizer.param_groups:  # a checkpoint's groups carry its own
             group["initial_lr"] = cfg.lr
