@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,55 +47,40 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
     allowed = ("id", *TEXT_KEYS, *(LINE_PARAMS if mode == "generate" else ()))
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            where = f"{path} line {n}"
-            try:
-                line = raw.decode("utf-8-sig")  # a BOM (Notepad writes one) before the first line is not JSON
-            except UnicodeDecodeError:
-                raise ValueError(f"{where}: not valid UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:  # a plain-text prompt file is the likely cause: say what a line is
-                hint = "" if line.lstrip().startswith("{") else '; each line is a JSON object such as {"prompt": "..."}'
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
-            except ValueError as e:  # an integer of over 4300 digits (Python's limit): the error named no line
-                raise ValueError(f"{where}: {e}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object like {{\"prompt\": \"...\"}}, "
-                                 f"got {type(record).__name__}")
-            _check_unicode(record, where)
-            for key in record:
-                if key not in allowed:
-                    hint = difflib.get_close_matches(key, allowed, n=1)
-                    did = f" (did you mean {hint[0]!r}?)" if hint else ""
-                    raise ValueError(f"{where}: unknown field {key!r}{did}; allowed: {', '.join(allowed)}")
-            texts = [k for k in TEXT_KEYS if k in record]
-            if len(texts) != 1:
-                raise ValueError(f"{where}: needs exactly one of 'prompt' or 'text', got {texts or 'neither'}")
-            text = record[texts[0]]
-            # a blank text embeds as sentence-transformers embeds it (nl.embed does too); a blank prompt is a mistake
-            if not isinstance(text, str) or (mode == "generate" and not text.strip()):
-                need = "a non-empty string" if mode == "generate" else "a string"
-                raise ValueError(f"{where}: {texts[0]!r} must be {need}, got {text!r}")
-            rid = record.get("id", n)
-            if not (isinstance(rid, str) or is_int(rid)):
-                raise ValueError(f"{where}: 'id' must be a string or an integer, got {rid!r}")
-            # as the server reads them: null is the default, and one stop string may stand for a list of it
-            params = {k: v for k, v in record.items() if k in LINE_PARAMS and v is not None}
-            if is_int(params.get("seed")) and params["seed"] == -1:
-                # the server's (and vLLM's) "no seed": every such line drew the same numbers from seed -1, equal
-                # prompts giving one sample where the server gives independent ones; it takes the line's default
-                del params["seed"]
-            if isinstance(params.get("stop"), str):
-                params["stop"] = [params["stop"]]
-            item = BatchItem(index=len(items), line=n, id=rid, text=text, params=params)
-            if item.key in seen:
-                raise ValueError(f"{where}: id {rid!r} is already used on line {seen[item.key]}; ids must be unique")
-            seen[item.key] = n
-            items.append(item)
+    for n, where, record in json_lines(path, example='{"prompt": "..."}'):
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object like {{\"prompt\": \"...\"}}, "
+                             f"got {type(record).__name__}")
+        _check_unicode(record, where)
+        for key in record:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, allowed, n=1)
+                did = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ValueError(f"{where}: unknown field {key!r}{did}; allowed: {', '.join(allowed)}")
+        texts = [k for k in TEXT_KEYS if k in record]
+        if len(texts) != 1:
+            raise ValueError(f"{where}: needs exactly one of 'prompt' or 'text', got {texts or 'neither'}")
+        text = record[texts[0]]
+        # a blank text embeds as sentence-transformers embeds it (nl.embed does too); a blank prompt is a mistake
+        if not isinstance(text, str) or (mode == "generate" and not text.strip()):
+            need = "a non-empty string" if mode == "generate" else "a string"
+            raise ValueError(f"{where}: {texts[0]!r} must be {need}, got {text!r}")
+        rid = record.get("id", n)
+        if not (isinstance(rid, str) or is_int(rid)):
+            raise ValueError(f"{where}: 'id' must be a string or an integer, got {rid!r}")
+        # as the server reads them: null is the default, and one stop string may stand for a list of it
+        params = {k: v for k, v in record.items() if k in LINE_PARAMS and v is not None}
+        if is_int(params.get("seed")) and params["seed"] == -1:
+            # the server's (and vLLM's) "no seed": every such line drew the same numbers from seed -1, equal
+            # prompts giving one sample where the server gives independent ones; it takes the line's default
+            del params["seed"]
+        if isinstance(params.get("stop"), str):
+            params["stop"] = [params["stop"]]
+        item = BatchItem(index=len(items), line=n, id=rid, text=text, params=params)
+        if item.key in seen:
+            raise ValueError(f"{where}: id {rid!r} is already used on line {seen[item.key]}; ids must be unique")
+        seen[item.key] = n
+        items.append(item)
     if not items:
         raise ValueError(f"{path} holds no records: give one JSON object per line, e.g. {{\"prompt\": \"Hello\"}}")
     return items
@@ -108,3 +94,29 @@ def _check_unicode(record: dict, where: str) -> None:
             if isinstance(text, str) and (bad := lone_surrogate(text)):
                 raise ValueError(f"{where}: {key!r} has a lone surrogate (U+{ord(bad[0]):04X}) at position "
                                  f"{bad.start()}: not valid Unicode text")
+
+
+def json_lines(path: Path, *, example: str) -> Iterator[tuple[int, str, Any]]:
+    """(line number, where, value) for each non-blank line of the JSON-lines file `path`, `where` naming the file and
+    the line.
+
+    Raises:
+        ValueError: a line that is not UTF-8 or not JSON (pointing to `example`, a line's shape, where the line does
+            not even start like an object: a plain-text prompt file is the likely cause).
+    """
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            where = f"{path} line {n}"
+            try:
+                line = raw.decode("utf-8-sig")  # a BOM (Notepad writes one) before the first line is not JSON
+            except UnicodeDecodeError:
+                raise ValueError(f"{where}: not valid UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                yield n, where, json.loads(line)
+            except json.JSONDecodeError as e:
+                hint = "" if line.lstrip().startswith("{") else f"; each line is a JSON object such as {example}"
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+            except ValueError as e:  # an integer of over 4300 digits (Python's limit): the error named no line
+                raise ValueError(f"{where}: {e}") from None

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neurallayers.batch.fingerprint import _sha256
+from neurallayers.batch.inputs import json_lines
 from neurallayers.batch.journal import _append, _finish_jsonl, _line, _Progress, _resume_jsonl
 from neurallayers.batch.run import LINE_SUFFIXES, BatchResult
 from neurallayers.files import exclusive
@@ -71,39 +72,27 @@ def read_requests(path: str | os.PathLike) -> list[Request]:
     path = Path(path)
     requests: list[Request] = []
     seen: dict[str, int] = {}
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            where = f"{path} line {n}"
-            try:
-                text = raw.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                raise ValueError(f"{where}: not valid UTF-8") from None
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except ValueError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(record, dict) or sorted(record) != sorted(ENVELOPE):
-                got = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(f"{where}: an OpenAI Batch request has exactly the fields {', '.join(ENVELOPE)}; "
-                                 f"got {got}")
-            cid, method, url, body = (record[k] for k in ENVELOPE)
-            if not isinstance(cid, str) or not cid:
-                raise ValueError(f"{where}: custom_id must be a non-empty string, got {cid!r}")
-            if cid in seen:
-                raise ValueError(f"{where}: custom_id {cid!r} is already used on line {seen[cid]}; custom_ids must "
-                                 "be unique")
-            if method != "POST":
-                raise ValueError(f"{where}: method must be 'POST', got {method!r}")
-            if url not in URLS:
-                raise ValueError(f"{where}: url {url!r} is not served; allowed: {', '.join(URLS)}")
-            if not isinstance(body, dict):
-                raise ValueError(f"{where}: body must be a JSON object, got {type(body).__name__}")
-            if body.get("stream"):
-                raise ValueError(f"{where}: body.stream is true; a batch answers each request whole: leave it out")
-            seen[cid] = n
-            requests.append(Request(index=len(requests), line=n, custom_id=cid, url=url, body=body))
+    for n, where, record in json_lines(path, example='{"custom_id": "r1", "method": "POST", "url": ..., "body": {}}'):
+        if not isinstance(record, dict) or sorted(record) != sorted(ENVELOPE):
+            got = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{where}: an OpenAI Batch request has exactly the fields {', '.join(ENVELOPE)}; "
+                             f"got {got}")
+        cid, method, url, body = (record[k] for k in ENVELOPE)
+        if not isinstance(cid, str) or not cid:
+            raise ValueError(f"{where}: custom_id must be a non-empty string, got {cid!r}")
+        if cid in seen:
+            raise ValueError(f"{where}: custom_id {cid!r} is already used on line {seen[cid]}; custom_ids must "
+                             "be unique")
+        if method != "POST":
+            raise ValueError(f"{where}: method must be 'POST', got {method!r}")
+        if url not in URLS:
+            raise ValueError(f"{where}: url {url!r} is not served; allowed: {', '.join(URLS)}")
+        if not isinstance(body, dict):
+            raise ValueError(f"{where}: body must be a JSON object, got {type(body).__name__}")
+        if body.get("stream"):
+            raise ValueError(f"{where}: body.stream is true; a batch answers each request whole: leave it out")
+        seen[cid] = n
+        requests.append(Request(index=len(requests), line=n, custom_id=cid, url=url, body=body))
     if not requests:
         raise ValueError(f"{path} holds no requests")
     return requests
