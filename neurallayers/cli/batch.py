@@ -7,6 +7,7 @@ the full format, the outputs and how resuming works are described in the docstri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -88,18 +89,28 @@ def run(args: argparse.Namespace) -> int:
     config = generation_config(args) if model.config.causal else None
     if config is not None:
         check_vocab(config, model)
+    # the run's settings by their flags; a line's fields keep the line's names
+    with _noting_interrupt(args), flag_names(bounds=False):
+        result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
+                           pooling=args.pooling, normalize=False if args.no_normalize else None,
+                           max_length=args.max_length, model_files=model_files_identity(resolve_model_path(args.path)),
+                           overwrite=args.overwrite, progress=not args.no_progress)
+    return _report(result, "records")
+
+
+@contextlib.contextmanager
+def _noting_interrupt(args: argparse.Namespace):
+    """Ctrl-C: what is written stays; say how to go on (the CLI then prints "interrupted")."""
     try:
-        with flag_names(bounds=False):  # the run's settings by their flags; a line's fields keep the line's names
-            result = run_batch(model, tokenizer, args.input, args.output, config=config, batch_size=args.batch_size,
-                               pooling=args.pooling, normalize=False if args.no_normalize else None,
-                               max_length=args.max_length,
-                               model_files=model_files_identity(resolve_model_path(args.path)),
-                               overwrite=args.overwrite, progress=not args.no_progress)
-    except KeyboardInterrupt:  # what is written stays: say how to go on (the CLI then prints "interrupted")
+        yield
+    except KeyboardInterrupt:
         print(_interrupted_note(Path(args.output), overwrite=args.overwrite), file=sys.stderr)
         raise
+
+
+def _report(result, what: str) -> int:
     note = f", {result.repaired_bytes} bytes of an unfinished batch redone" if result.repaired_bytes else ""
-    print(f"{result.output}: {result.total} records ({result.computed} computed now, {result.resumed} from an "
+    print(f"{result.output}: {result.total} {what} ({result.computed} computed now, {result.resumed} from an "
           f"earlier run{note})")
     return 0
 
@@ -138,17 +149,10 @@ def _run_openai_batch(args: argparse.Namespace) -> int:
     defaults = folder / "generation_config.json"
     identity = {"model": str(folder.resolve()), "dtype": args.dtype, "files": model_files_identity(folder),
                 "generation_config": defaults.read_text() if defaults.is_file() else None}
-    with _Loopback(app) as post:
-        try:
-            result = run_requests(args.input, args.output, post, model_identity=identity, batch_size=args.batch_size,
-                                  overwrite=args.overwrite, progress=not args.no_progress)
-        except KeyboardInterrupt:
-            print(_interrupted_note(Path(args.output), overwrite=args.overwrite), file=sys.stderr)
-            raise
-    note = f", {result.repaired_bytes} bytes of an unfinished batch redone" if result.repaired_bytes else ""
-    print(f"{result.output}: {result.total} requests ({result.computed} computed now, {result.resumed} from an "
-          f"earlier run{note})")
-    return 0
+    with _Loopback(app) as post, _noting_interrupt(args):
+        result = run_requests(args.input, args.output, post, model_identity=identity, batch_size=args.batch_size,
+                              overwrite=args.overwrite, progress=not args.no_progress)
+    return _report(result, "requests")
 
 
 class _Loopback:
