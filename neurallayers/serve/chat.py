@@ -136,7 +136,7 @@ def template_options(req: ChatRequest | TokenizeRequest, tokenizer, templates: C
                               field)
     return {"add_generation_prompt": add, "continue_final_message": cont, "template_kwargs": kwargs,
             "chat_template": chosen, "tools": tools, "documents": req.documents, "plain": plain,
-            "bounded": own is not None}
+            "own_template": own is not None}
 
 
 def _tools(req: ChatRequest | TokenizeRequest) -> list[dict] | None:
@@ -153,9 +153,10 @@ def _tools(req: ChatRequest | TokenizeRequest) -> list[dict] | None:
     return [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
 
 
-def render(tokenizer, messages: list[ChatMessage], *, plain: bool = False, bounded: bool = False, **options) -> str:
+def render(tokenizer, messages: list[ChatMessage], *, plain: bool = False, own_template: bool = False,
+           **options) -> str:
     """The prompt text for `messages`; `options` are render_chat's (by default: ending with the assistant's cue).
-    bounded: a request's own template (its size or time limit names chat_template); plain: template_options' (no
+    own_template: the request's own template (its size or time limit names chat_template); plain: template_options' (no
     Jinja template). Every template renders bounded in size (data.template_sandbox) and within RENDER_SECONDS.
 
     Raises:
@@ -170,7 +171,7 @@ def render(tokenizer, messages: list[ChatMessage], *, plain: bool = False, bound
     try:
         return render_chat(tokenizer, message_dicts(messages), max_seconds=RENDER_SECONDS, **options)
     except (TemplateTooSlow, TemplateTooLarge) as e:  # the request's own template, or the model's
-        raise bad_request(str(e), "chat_template" if bounded else "messages") from None
+        raise bad_request(str(e), "chat_template" if own_template else "messages") from None
     except ValueError as e:
         raise bad_request(str(e), "messages") from None
 
