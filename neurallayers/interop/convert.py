@@ -90,7 +90,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         model, tokenizer = load(src, allow_pickle=allow_pickle)
     # load() reads an HF folder as float32 (a run in its stored dtype): a resharded bf16 folder came out twice its
     # size, and HF -> run -> HF wrote float32 where transformers' from_pretrained and save_pretrained keep bf16
-    stored = _stored_dtype(src, run=run_like)
+    stored = None if run_like else _hf_stored_dtype(src)  # load() keeps a run's own
     if dtype or stored:
         model.to(dtype or stored)  # from the stored dtype exact: float32 holds every bf16 and fp16 value
     if to == "run" and tokenizer is None:
@@ -197,14 +197,12 @@ def _keep_sampling(src: Path, folder: Path) -> None:
     write_text_atomic(out, json.dumps({**written, **kept}, indent=2) + "\n")
 
 
-def _stored_dtype(src: Path, *, run: bool) -> torch.dtype | None:
+def _hf_stored_dtype(src: Path) -> torch.dtype | None:
     """The half-precision dtype of an HF folder's weights, which transformers 5 loads and saves it in: the one its
-    config.json names (`dtype`, or transformers 4's `torch_dtype`), else its first weight's. None for float32, and
-    for a run (or checkpoint), which load() reads in its stored dtype. The files were read and checked by load()."""
+    config.json names (`dtype`, or transformers 4's `torch_dtype`), else its first weight's; None for float32. The
+    files were read and checked by load()."""
     from neurallayers.interop.hf import SAFE_INDEX, SAFE_WEIGHTS, read_json
 
-    if run:  # load() keeps a run's stored dtype (a mix of dtypes: the narrowest that holds each, weights.stored_dtype)
-        return None
     hf = read_json(src / "config.json")
     name = hf.get("dtype") or hf.get("torch_dtype")
     if name is None:  # an older folder: its weights say
