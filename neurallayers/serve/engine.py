@@ -101,6 +101,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._closing = False  # no new requests
         self._abort: BaseException | None = None  # end every request with this error and stop
+        self._failure: RuntimeError | None = None  # why the engine thread died (a bug in its loop), if it did
         self._step_time = 0.0  # moving average of a decode step, seconds
         self._stats = dict(steps=0, last_batch_size=0, prefills=0, prompt_tokens=0, tokens_generated=0,
                            requests_finished=0, requests_cancelled=0, requests_failed=0)
@@ -144,6 +145,8 @@ class Engine:
         prompt_ids = self._check(prompt_ids, config)
         req = Request(prompt_ids, config, on_cancel=self._wake, text=text)
         with self._cond:
+            if self._failure is not None:
+                raise EngineClosed(f"{self._failure}; it takes no requests until the server restarts or reloads")
             if self._closing:
                 raise EngineClosed("the engine is shutting down and takes no new requests")
             if len(self._running) + len(self._admitting) + len(self._waiting) >= self.max_batch + self.max_queue:
@@ -178,6 +181,12 @@ class Engine:
             for req in left:
                 req._fail(self._abort)
             thread.join()
+
+    @property
+    def failure(self) -> RuntimeError | None:
+        """The error that stopped the engine thread (a bug in its loop, not a request's), or None: it runs, or it
+        was shut down. A failed engine takes no requests (submit raises EngineClosed naming it)."""
+        return self._failure
 
     def stats(self) -> dict:
         """Counters: running, waiting, steps (decode steps), last_batch_size, prefills, prompt_tokens,
@@ -240,7 +249,7 @@ class Engine:
         except BaseException as e:  # a bug in the loop itself: end every request rather than leave it hanging
             with self._cond:
                 self._closing = True
-                self._abort = RuntimeError(f"the engine stopped: {type(e).__name__}: {e}")
+                self._abort = self._failure = RuntimeError(f"the engine stopped: {type(e).__name__}: {e}")
                 self._abort.__cause__ = e
             self._end_all()
             raise
@@ -290,9 +299,19 @@ class Engine:
         row's position, where the per-row decode mask never looks until the row's own tokens overwrite them. Each
         row's logits come from the hidden state at its last prompt token.
         """
+        seqs = []
+        for r in reqs:
+            try:
+                seqs.append(_Sequence(r, eos_ids=self._eos_ids, tokenizer=self.tokenizer, device=self._device))
+            except Exception as e:  # this request fails alone (one admitted with it failed them all)
+                self._fail([r], e)
+        reqs = [seq.req for seq in seqs]
         row0, k = len(self._running), len(reqs)
+        if not reqs:
+            with self._cond:
+                self._admitting = []
+            return
         try:
-            seqs = [_Sequence(r, eos_ids=self._eos_ids, tokenizer=self.tokenizer, device=self._device) for r in reqs]
             self._clear(row0, row0 + k, max(r.prompt_tokens for r in reqs))  # the prefill writes the columns before
             cache = self._cache.rows(row0, row0 + k)
             if k == 1:
@@ -320,7 +339,7 @@ class Engine:
                 self._admitting = []
             self._fail(reqs, e)
             return
-        done = []
+        done, failed = [], 0
         for i, seq in enumerate(seqs):
             try:
                 if seq.step(logits[i:i + 1]):
@@ -328,8 +347,9 @@ class Engine:
             except Exception as e:  # this request fails alone
                 self._fail([seq.req], e)
                 done.append(row0 + i)
+                failed += 1
         self._count_tokens(k)
-        self._finished(done)
+        self._finished(done, failed=failed)
 
     def _decode(self) -> None:
         """One token for every running row."""
@@ -346,22 +366,27 @@ class Engine:
                                 attention_mask=None, **window)  # (B, V) float32
             plain = [s.plain_greedy for s in seqs]
             argmax = logits.max(dim=-1).indices.tolist() if any(plain) else None  # argmax's ids, faster
-            done = []
-            for r, s in enumerate(seqs):
-                s.pos += 1
-                if s.step(logits[r:r + 1], argmax[r] if plain[r] else None):
-                    done.append(r)
         except Exception as e:  # the batch is lost: fail its requests, keep serving new ones
             self._fail([s.req for s in seqs], e)
             self._remove(list(range(b)))
             return
+        done, failed = [], 0
+        for r, s in enumerate(seqs):
+            s.pos += 1
+            try:
+                if s.step(logits[r:r + 1], argmax[r] if plain[r] else None):
+                    done.append(r)
+            except Exception as e:  # one row's choice (its text, its processors) fails that request alone, as in
+                self._fail([s.req], e)  # _prefill; it failed every request of the batch
+                done.append(r)
+                failed += 1
         dt = time.perf_counter() - t0
         with self._cond:
             self._step_time = dt if self._stats["steps"] == 0 else 0.9 * self._step_time + 0.1 * dt
             self._stats["steps"] += 1
             self._stats["last_batch_size"] = b
         self._count_tokens(b)
-        self._finished(done)
+        self._finished(done, failed=failed)
 
     def _count_tokens(self, n: int) -> None:
         with self._cond:
@@ -373,9 +398,10 @@ class Engine:
             self._end(self._running[r].req, "cancelled")
         self._remove(rows)
 
-    def _finished(self, rows: list[int]) -> None:
+    def _finished(self, rows: list[int], *, failed: int = 0) -> None:
+        """Free the rows of ended requests; `failed` of them failed (requests_failed counts those)."""
         with self._cond:
-            self._stats["requests_finished"] += len(rows)
+            self._stats["requests_finished"] += len(rows) - failed
         self._remove(rows)
 
     def _remove(self, rows: list[int]) -> None:
@@ -414,11 +440,14 @@ class Engine:
             self._stats["requests_failed"] += len(reqs)
 
     def _end_all(self) -> None:
-        """End every running and waiting request with the abort error (EngineClosed unless the loop failed)."""
+        """End every running, admitted and waiting request with the abort error (EngineClosed unless the loop
+        failed)."""
         with self._cond:
             error = self._abort or EngineClosed("the engine shut down before the request finished")
-            reqs = [s.req for s in self._running] + list(self._waiting)
+            # the admitted too: the loop may fail between popping them from the queue and prefilling them
+            reqs = [s.req for s in self._running] + self._admitting + list(self._waiting)
             self._running.clear()
+            self._admitting = []
             self._waiting.clear()
         for req in reqs:
             req._fail(error)

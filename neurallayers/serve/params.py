@@ -52,7 +52,9 @@ async def prompt_ids(served: ServedModel, prompt, *, param: str = "prompt", spec
     """
     from starlette.concurrency import run_in_threadpool
 
-    vocab, block = served.model.config.vocab_size, served.block_size
+    # ids the tokenizer can read too: a model's vocabulary may be padded past the tokenizer's (Qwen2's 151936 rows for
+    # 151665 tokens), and a prompt id there has no text, which failed the request in the engine; vLLM refuses it too
+    vocab, block = min(served.model.config.vocab_size, served.tokenizer.vocab_size), served.block_size
     if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
         prompt = [prompt]  # one prompt: a flat id list too, not one prompt per id
     if not prompt:

@@ -42,14 +42,20 @@ def register(app, *, holder, metrics, draining) -> None:
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
-    @app.get("/health", response_model=Health, tags=["ops"], responses={503: {"description": "shutting down"}})
+    @app.get("/health", response_model=Health, tags=["ops"],
+             responses={503: {"description": "shutting down, or the engine stopped after an error"}})
     async def health():
-        # Cheap on purpose: no engine call, no lock; the event loop answering is the health signal.
+        # Cheap on purpose: no engine call, no lock; the event loop answering is the health signal, and an engine
+        # thread that died (every request would get 503) makes it 503 too, as vLLM's /health answers a dead engine.
+        served = holder.current
         if draining():
-            return JSONResponse({"status": "draining", "model": holder.current.name}, status_code=503)
-        return {"status": "ok", "model": holder.current.name}
+            return JSONResponse({"status": "draining", "model": served.name}, status_code=503)
+        if served.engine is not None and served.engine.failure is not None:
+            return JSONResponse({"status": "error", "model": served.name}, status_code=503)
+        return {"status": "ok", "model": served.name}
 
-    @app.get("/ping", response_model=Health, tags=["ops"], responses={503: {"description": "shutting down"}})
+    @app.get("/ping", response_model=Health, tags=["ops"],
+             responses={503: {"description": "shutting down, or the engine stopped after an error"}})
     async def ping():
         """/health under vLLM's other name for it (SageMaker probes GET /ping)."""
         return await health()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import re
 import time
@@ -21,6 +22,8 @@ from neurallayers.serve._engine_request import TextOptions
 from neurallayers.serve.errors import APIError, bad_request, error_body, overloaded, unavailable
 from neurallayers.serve.metrics import Metrics, TokenClock
 from neurallayers.serve.state import ServedModel
+
+log = logging.getLogger("neurallayers.serve")
 
 DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 LOGPROB_FLOOR = -9999.0  # JSON has no -Infinity: a token the model deems impossible gets this instead
@@ -51,8 +54,10 @@ def submit_all(served: ServedModel, prompts: list[list[int]], configs: list[Gene
     except EngineFull as e:
         _cancel(requests)
         raise overloaded(getattr(e, "retry_after", 1.0)) from None
-    except EngineClosed:
+    except EngineClosed as e:
         _cancel(requests)
+        if served.engine.failure is not None:  # no Retry-After: a retry here cannot succeed until a restart or reload
+            raise APIError(503, str(e), type="service_unavailable", code="engine_failed") from None
         raise unavailable("the model is shutting down; retry") from None
     except ValueError as e:
         _cancel(requests)
@@ -184,7 +189,10 @@ def sse_error(exc: BaseException) -> str:
         exc = unavailable("the server stopped before the request finished; retry")
     if isinstance(exc, APIError):
         return sse(exc.body())
-    return sse(error_body(f"generation failed: {type(exc).__name__}: {exc}", type="server_error",
+    # a model failure or a bug, answered as errors.install's handler answers it unstreamed: the traceback in the
+    # server's log (a stream's failure left none there), its text (paths, internals) not in the answer
+    log.error("generation failed in a stream", exc_info=exc)
+    return sse(error_body(f"internal error ({type(exc).__name__}); see the server log", type="server_error",
                           code="internal_error"))
 
 
@@ -196,7 +204,12 @@ def now() -> int:
 def token_text(tokenizer, token_id: int) -> str:
     """A token's text as it reads inside a text: decoded after an anchor token ("a"), since a SentencePiece decoder
     strips the space of a text's first token: Llama's "▁world" alone read "world", so the logprobs' tokens (and
-    chat `bytes`) of " world" lost their spaces and no longer joined into the reply."""
+    chat `bytes`) of " world" lost their spaces and no longer joined into the reply.
+
+    An id past the tokenizer's vocabulary (a row of a model's vocabulary padded past it, as Qwen2's) has no text: "",
+    as vLLM's transformers tokenizer decodes it (an alternative among the top logprobs made the request a 500)."""
+    if not 0 <= token_id < tokenizer.vocab_size:
+        return ""
     anchor = anchor_id(tokenizer)
     alone = tokenizer.decode([token_id], skip_special_tokens=False)
     if anchor is None:
