@@ -78,7 +78,8 @@ STATE_KEYS = ("step", "optimizer", "scheduler", "best_val_loss", "bad_evals", "e
 # a hand-edited or foreign file, failed later with a bare TypeError or AttributeError that named no file
 _STATE_TYPES = {"step": int, "optimizer": dict, "scheduler": dict, "best_val_loss": (int, float), "bad_evals": int,
                 "elapsed": (int, float), "rng": dict, "scaler": dict, "world_size": int, "global_batch": int,
-                "grad_accum": int, "eval_windows": int, "seed": int, "mask_prob": (int, float), "data_digest": str}
+                "grad_accum": int, "eval_windows": int, "seed": int, "mask_prob": (int, float), "data_digest": str,
+                "tokens_seen": int}
 
 
 def set_rng_state(state: dict[str, torch.Tensor]) -> None:

@@ -60,6 +60,9 @@ class TrainConfig:
     eval_batches: int = 20
     log_interval: int = 10
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    # how far below the best val loss an evaluation must be to reset the patience count (transformers'
+    # early_stopping_threshold, Lightning's min_delta); the best weights still follow any improvement
+    early_stopping_min_delta: float = 0.0
     nan_policy: NanPolicy = "skip"
     max_consecutive_skips: int | None = 10  # skip: this many non-finite steps in a row stop the run; None: never
     seed: int = 1337
@@ -89,7 +92,7 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_interval", "save_interval", "sample_tokens", "seed"):
             _require(self, name, getattr(self, name) >= 0, "must be >= 0")
         _require(self, "seed", self.seed < 2**64, "must be < 2**64 (torch's seed range)")
-        for name in ("lr", "weight_decay", "eps", "grad_clip"):
+        for name in ("lr", "weight_decay", "eps", "grad_clip", "early_stopping_min_delta"):
             _require(self, name, math.isfinite(getattr(self, name)), "must be a finite number")
         _require(self, "lr", self.lr > 0, "must be > 0")
         if self.min_lr is not None:
@@ -98,6 +101,7 @@ class TrainConfig:
         _require(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
         _require(self, "eps", self.eps > 0, "must be > 0")
         _require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 turns clipping off)")
+        _require(self, "early_stopping_min_delta", self.early_stopping_min_delta >= 0, "must be >= 0")
         _require(self, "mask_prob", 0 < self.mask_prob < 1, "must be in (0, 1)")
         _require(self, "device", self.device in get_args(Device) or re.fullmatch(r"cuda:\d+", self.device) is not None,
                  "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")

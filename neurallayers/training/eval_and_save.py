@@ -31,17 +31,19 @@ class CheckpointMixin:
                                   amp_dtype=self.amp_dtype, masker=self.masker, info=self.info)
         self.wrapped.train()
         improved = math.isfinite(val) and (self.best_val is None or val < self.best_val)  # NaN is never the best
-        self._log({"val_loss": val, "perplexity": losses.perplexity(val), "best": improved,
+        # patience restarts only on an improvement of more than min_delta over the best before this evaluation, as
+        # transformers' EarlyStoppingCallback compares (its threshold); the best weights follow any improvement
+        progress = improved and (self.best_val is None or self.best_val - val > cfg.early_stopping_min_delta)
+        self._log({"val_loss": val, "perplexity": losses.perplexity(val), "best": improved, "tokens": self.tokens_seen,
                    **({"time_budget": True} if time_budget else {})})
         if self.info.is_main:
             log.info("step %d: val loss %.4f  perplexity %s%s", self.step, val, losses.perplexity_text(val),
                      "  (best)" if improved else "")
+        self.bad_evals = 0 if progress else self.bad_evals + 1
         if improved:
-            self.best_val, self.bad_evals = val, 0
+            self.best_val = val
             state = dist.model_state(self.wrapped, self.info)
             dist.on_rank_zero(lambda: ckpt.save_model(self.out, state), self.info)
-        else:
-            self.bad_evals += 1
         return val
 
     def _save(self, t0: float, *, going_on: bool) -> None:
@@ -65,6 +67,7 @@ class CheckpointMixin:
             "elapsed": self._elapsed(t0),
             "rng": ckpt.rng_state(),
             "data_position": self.step * cfg.grad_accum,  # micro-batches consumed
+            "tokens_seen": self.tokens_seen,  # a resume under another batch size counts on from it
             "world_size": info.world_size,
             "global_batch": cfg.batch_size * info.world_size,
             "grad_accum": cfg.grad_accum,

@@ -27,7 +27,7 @@ class RestoreMixin:
         self._restore_optimizer(model_sd, state, target)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self._restore_best(state)
         self.elapsed_before = float(state["elapsed"])
         try:

@@ -138,6 +138,8 @@ def check_resume(out: Path, target: Path, run: RunConfig, saved: RunConfig) -> t
     state.setdefault("grad_accum", saved.train.grad_accum)
     state.setdefault("seed", saved.train.seed)
     state.setdefault("mask_prob", saved.train.mask_prob)
+    state.setdefault("tokens_seen", int(state["step"]) * state["global_batch"] * state["grad_accum"]
+                     * saved.model.block_size)
     return model_sd, state, run, changed
 
 

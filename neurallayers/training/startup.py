@@ -102,6 +102,7 @@ class StartupMixin:
             group["initial_lr"] = cfg.lr             # keys to match
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_scaler)
         self.step, self.best_val, self.bad_evals, self.elapsed_before = 0, None, 0, 0.0
+        self.tokens_seen = 0  # input tokens of the steps so far, all processes (skipped steps too: their data is read)
         self.skips_in_a_row = 0  # the NaN guard's streak (max_consecutive_skips): training state, kept by checkpoints
         self.early_stopped = False  # the session ended by early stopping (its last checkpoint says so)
         if state is not None:
@@ -142,9 +143,12 @@ class StartupMixin:
         numbers as an uninterrupted run's."""
         cfg = self.cfg
         if cfg.warmup_steps >= cfg.max_steps > self.step and self.info.is_main:
+            # warmup_steps == max_steps reaches lr at the last step: "short of lr" was false there
+            reach = (f"it reaches lr={cfg.lr:.3g} only at the last step" if cfg.warmup_steps == cfg.max_steps else
+                     f"it reaches {cfg.lr_at(cfg.max_steps - 1):.3g}, short of lr={cfg.lr:.3g}")
             log.warning("train.warmup_steps=%d >= max_steps=%d: the learning rate is still warming up when training "
-                        "ends (it reaches %.3g, short of lr=%.3g) and never decays; set --train.warmup_steps lower",
-                        cfg.warmup_steps, cfg.max_steps, cfg.lr_at(cfg.max_steps - 1), cfg.lr)
+                        "ends (%s) and never decays; set --train.warmup_steps lower", cfg.warmup_steps, cfg.max_steps,
+                        reach)
         for group in self.optimizer.param_groups:  # a checkpoint's groups carry its own
             group["initial_lr"] = cfg.lr
         scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cfg.lr_at(s) / cfg.lr,

@@ -233,6 +233,7 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
                 s.step_times.append(time.monotonic() - t_step)
                 s.train_time += s.step_times[-1]
                 self.step += 1
+                self.tokens_seen += self.tokens_per_step
                 in_step = False
                 bar.update(1)
                 if (reason := self._after_step(s, bar, loss=loss, grad_norm=grad_norm, ok=ok, lr=lr)) is not None:
@@ -321,7 +322,7 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         if self.step % cfg.log_interval == 0 or self.step == 1:
             # a session's first step shows on the console only: a resumed run's metrics.jsonl and
             # trackers hold the rows of an uninterrupted one
-            self._log({"loss": loss, "lr": lr, "grad_norm": grad_norm,
+            self._log({"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self.tokens_seen,
                        "tokens_per_sec": tps, "elapsed": self._elapsed(s.t0)})
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
         if bar.disable and self.info.is_main:
@@ -332,6 +333,9 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         cfg = self.cfg
         # every evaluation so far non-finite (a diverged run): there is no best to name
         than = "a finite val loss" if self.best_val is None else f"a better val loss than {self.best_val:.4f}"
+        if self.best_val is not None and cfg.early_stopping_min_delta:
+            than = (f"a val loss more than early_stopping_min_delta={cfg.early_stopping_min_delta:g} below the best "
+                    f"before it (now {self.best_val:.4f})")
         note = (f"stopped at step {self.step}: {self.bad_evals} evaluations without {than} "
                 f"(early_stopping_patience={cfg.early_stopping_patience})")
         if self.info.is_main:
