@@ -36,18 +36,28 @@ def _check_decoder(model: nn.Module, role: str = "model") -> None:
         raise ValueError(f"{which}generation needs a causal decoder (DecoderLM), got {type(model).__name__}{path}")
 
 
-def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int]) -> None:
+def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int], *, name: str = "prompt {}",
+               each_fits: bool = True) -> None:
+    """The one check of prompt ids and eos ids, for every decoding method (generate, stream, the searches).
+
+    `name` spells prompt i for the error (generate() calls it "prompt i"; the search functions, which take
+    `input_ids`, "input_ids[i]"). each_fits: refuse a prompt longer than the context (the plain loop stops where a
+    prompt's context is full; a search checks prompt + max_new_tokens itself, in check_request)."""
     vocab, block = model.config.vocab_size, model.config.block_size
     if not isinstance(input_ids, list) or not input_ids:
         raise ValueError("input_ids must be a non-empty list of prompts (lists of token ids)")
     for i, ids in enumerate(input_ids):
-        if not isinstance(ids, list) or not ids:
-            raise ValueError(f"prompt {i} is empty: a prompt needs at least one token")
+        which = name.replace("{}", str(i))
+        if not isinstance(ids, list):  # a tensor row was "empty"
+            raise ValueError(f"{which} must be a list of token ids, got {type(ids).__name__}")
+        if not ids:
+            raise ValueError(f"{which} is empty: a prompt needs at least one token")
         bad = [t for t in ids if not is_int(t) or not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
-        _check_length(i, ids, block)
-    if not isinstance(eos_ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in eos_ids):
+            raise ValueError(f"{which} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        if each_fits:
+            _check_length(i, ids, block)
+    if not isinstance(eos_ids, list) or not all(is_int(t) and 0 <= t < vocab for t in eos_ids):
         raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
 
 

@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurallayers.checks import is_int
 from neurallayers.generation import processors
 from neurallayers.generation.config import Generation, GenerationConfig, TokenLogprob
-from neurallayers.generation.inputs import Batch, full_mask, left_pad, positions
+from neurallayers.generation.inputs import Batch, _check_ids, full_mask, left_pad, positions
 from neurallayers.generation.processors import apply_processors, check_some_token_left
 
 NEG = -1.0e9  # Hugging Face's "impossible" score; kept identical so ties break the same way
@@ -27,24 +26,15 @@ NEG = -1.0e9  # Hugging Face's "impossible" score; kept identical so ties break 
 # ----- shared plumbing -----
 def check_request(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, eos_ids: list[int], *,
                   extra_positions: int = 0) -> None:
-    """Reject malformed prompts, eos ids or a request longer than the model's context, naming what is wrong.
+    """Reject malformed prompts, eos ids or a request longer than the model's context, naming what is wrong. The
+    prompts and eos ids go through generate's own check (inputs._check_ids), so both say the same of a fault.
 
     A request needs prompt + max_new_tokens - 1 positions (the last token is never fed back), plus
     `extra_positions` for a method that does feed it (contrastive search scores each candidate's hidden state)."""
     if not isinstance(config, GenerationConfig):
         raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
-    vocab = model.config.vocab_size
-    if not isinstance(input_ids, list) or not input_ids:
-        raise ValueError("input_ids must be a non-empty list of prompts (lists of token ids)")
-    for i, ids in enumerate(input_ids):
-        if not isinstance(ids, list) or not ids:
-            raise ValueError(f"input_ids[{i}] must be a non-empty list of token ids")
-        bad = [t for t in ids if not is_int(t) or not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"input_ids[{i}] holds ids outside the vocabulary [0, {vocab}): {bad[:5]}")
-    if not isinstance(eos_ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in eos_ids):
-        raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
-    config.check_vocab(vocab)
+    _check_ids(model, input_ids, eos_ids, name="input_ids[{}]", each_fits=False)
+    config.check_vocab(model.config.vocab_size)
     lens = [len(ids) for ids in input_ids]
     i = lens.index(max(lens))  # the prompt to shorten
     longest = lens[i] + config.max_new_tokens - 1 + extra_positions

@@ -39,6 +39,7 @@ from neurallayers.checks import is_int
 from neurallayers.generation.config import GenerationConfig, StreamEvent
 from neurallayers.generation.fast import decode_step_for
 from neurallayers.generation.generate import forward_step
+from neurallayers.generation.inputs import _check_ids
 from neurallayers.serve._engine_request import Request, TextOptions, _Sequence
 
 PREFILL_TOKENS = 512  # padded prompt tokens prefilled between two decode steps (at least one request): bounds the stall
@@ -207,12 +208,9 @@ class Engine:
                              "requests for n choices)")
         if config.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
-        if not isinstance(prompt_ids, (list, tuple)) or not prompt_ids:
-            raise ValueError("prompt_ids is empty: a prompt needs at least one token")
+        prompt_ids = list(prompt_ids) if isinstance(prompt_ids, tuple) else prompt_ids
+        _check_ids(self.model, [prompt_ids], [], name="prompt_ids", each_fits=False)  # generate()'s own check
         vocab = self.model.config.vocab_size
-        bad = [t for t in prompt_ids if not is_int(t) or not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt_ids holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
         bias = [t for t in config.logit_bias if t >= vocab]
         if bias:
             raise ValueError(f"logit_bias names token ids outside the vocabulary [0, {vocab}): {bias[:5]}")

@@ -190,8 +190,8 @@ def models():
 @pytest.mark.parametrize("seed", range(3))
 def test_greedy_and_beam_search_equal_transformers_on_random_batches(models, seed: int) -> None:
     """Prompts of different lengths, left-padded; one to three eos ids the model does produce; random num_beams,
-    num_return_sequences, length_penalty, early_stopping and max_new_tokens. The n-gram ban runs one prompt at a
-    time: transformers counts the padding as history there."""
+    num_return_sequences, length_penalty, early_stopping, max_new_tokens and processors (logit_bias too). The n-gram
+    ban runs one prompt at a time: transformers counts the padding as history there."""
     hf, ours = models
     rng = random.Random(seed)
     stopped = 0
@@ -206,11 +206,14 @@ def test_greedy_and_beam_search_equal_transformers_on_random_batches(models, see
             kw["length_penalty"] = rng.choice([-0.5, 0.0, 0.7, 1.0, 2.0])
             kw["early_stopping"] = rng.choice([True, False, "never"])
         kw |= rng.choice([{}, {"min_new_tokens": min(kw["max_new_tokens"], 3)}, {"repetition_penalty": 1.3},
-                          {"no_repeat_ngram_size": 2}])
+                          {"no_repeat_ngram_size": 2}, {"logit_bias": {rng.randrange(48): 2.0}}])
         groups = [[p] for p in prompts] if "no_repeat_ngram_size" in kw else [prompts]
         cfg = GenerationConfig(**kw)
+        hf_kw = dict(kw)  # logit_bias of single tokens is transformers' sequence_bias
+        if "logit_bias" in hf_kw:
+            hf_kw["sequence_bias"] = {(t,): b for t, b in hf_kw.pop("logit_bias").items()}
         for group in groups:
-            want, want_scores = hf_generate(hf, group, eos=eos, **kw)
+            want, want_scores = hf_generate(hf, group, eos=eos, **hf_kw)
             if nb > 1:
                 got = [g for per in beam_search(ours, group, cfg, eos_ids=eos) for g in per]
                 assert [g.score for g in got] == pytest.approx(want_scores, abs=1e-4)
