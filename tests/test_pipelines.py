@@ -62,15 +62,16 @@ def test_bad_model_argument_and_wrong_head(wordpiece, tmp_path):
 
 
 def test_an_option_a_pipeline_does_not_have_is_named_with_the_valid_ones(wordpiece):
-    """transformers' options that are not built here (device=, aggregation_strategy=) and typos get one line naming
-    the option and the valid ones, not a TypeError from inside the pipeline."""
-    with pytest.raises(ValueError, match=r"fill-mask: unknown option 'device'; options: batch_size, mask_token"):
-        pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece), device="cpu")
+    """transformers' options that are not built here (num_workers=, aggregation_strategy=) and typos get one line
+    naming the option and the valid ones, not a TypeError from inside the pipeline."""
+    with pytest.raises(ValueError, match=r"fill-mask: unknown option 'num_workers'; options: batch_size, mask_token"):
+        pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece), num_workers=2)
     fill = pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece))
     with pytest.raises(ValueError, match=r"unknown option 'topk' \(did you mean 'top_k'\?\); options: top_k, targets$"):
         fill("a [MASK] b", topk=2)
     classify = pipeline("text-classification", model=(tiny_bert("sequence_classification"), wordpiece))
-    with pytest.raises(ValueError, match="text-classification: unknown option 'return_all_scores'; options: top_k$"):
+    with pytest.raises(ValueError, match="text-classification: unknown option 'return_all_scores'; options: top_k, "
+                                         "truncation$"):
         classify("hello", return_all_scores=True)
     tag = pipeline("token-classification", model=(tiny_bert("token_classification"), wordpiece))
     with pytest.raises(ValueError, match="unknown option 'aggregation_strategy'; options: ignore_labels$"):
@@ -175,8 +176,11 @@ def test_text_classification_labels_scores_and_pairs(wordpiece):
     assert [scores[f"LABEL_{i}"] for i in range(3)] == pytest.approx(logits.sigmoid().tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="text_pair"):
         clf([{"text": "a"}])
-    with pytest.raises(ValueError, match="top_k"):
-        clf("x", top_k=4)
+    # transformers gives every label for a top_k past their number (it was refused)
+    assert clf("great film", top_k=4) == clf("great film", top_k=None) == clf("great film", top_k=3)
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match=rf"^top_k={bad!r}: must be None \(all labels\) or an int >= 1"):
+            clf("x", top_k=bad)
     assert label_names(tiny_bert("sequence_classification").config) == ["LABEL_0", "LABEL_1"]
     regression = pipeline("text-classification", model=(tiny_bert("sequence_classification", num_labels=1), wordpiece))
     assert 0.0 < regression("fine")[0]["score"] < 1.0  # a sigmoid for a single output
@@ -193,9 +197,11 @@ def test_text_classification_scores_equal_transformers_pipeline(wordpiece, tmp_p
     torch.manual_seed(0)
     transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
     wordpiece.save(tmp_path)
-    texts = ["great film", "terrible acting and a dull plot"]
-    want = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu")(texts, top_k=None)
-    got = pipeline("text-classification", model=tmp_path)(texts, top_k=None)
+    # blank rows are labelled from [CLS] [SEP] (one failed the whole call); truncation=True is transformers' switch
+    texts = ["great film", "terrible acting and a dull plot", "", "   "]
+    want = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu")(texts, top_k=None,
+                                                                                           truncation=True)
+    got = pipeline("text-classification", model=tmp_path)(texts, top_k=None, truncation=True)
     assert [[r["label"] for r in row] for row in got] == [[r["label"] for r in row] for row in want]
     scores = [r["score"] for row in got for r in row]
     assert scores == pytest.approx([r["score"] for row in want for r in row], abs=1e-5)
@@ -248,11 +254,13 @@ def test_text_generation_runs_on_a_decoder():
     with pytest.raises(ValueError, match="do_sample=True with temperature=0"):  # it ran greedy, silently
         gen("hello", max_new_tokens=4, do_sample=True, temperature=0)
     # a typo of the pipeline's own option was "GenerationConfig has no field 'return_fulltext'", with no hint
+    # the options are _run's keywords (a hand-kept copy lacked tools, documents, tokenizer_encode_kwargs)
     with pytest.raises(ValueError, match=r"^text-generation: unknown option 'return_fulltext' \(did you mean "
-                                         r"'return_full_text'\?\); options: return_full_text, return_tensors, "
-                                         r"return_text, clean_up_tokenization_spaces, do_sample, "
-                                         r"continue_final_message, prefix, handle_long_generation, max_length and "
-                                         r"GenerationConfig's fields \(max_new_tokens, "):
+                                         r"'return_full_text'\?\); options: return_full_text, continue_final_message, "
+                                         r"prefix, handle_long_generation, max_length, return_tensors, return_text, "
+                                         r"clean_up_tokenization_spaces, tools, documents, tokenizer_encode_kwargs, "
+                                         r"do_sample, add_special_tokens, pad_token_id and GenerationConfig's fields "
+                                         r"\(max_new_tokens, "):
         gen("hello", return_fulltext=False)
 
 
@@ -296,8 +304,9 @@ def test_text_generation_from_a_folder_samples_as_its_generation_config_says(tmp
     prompt = tok.encode("hello")
     want = hf.generate(torch.tensor([prompt]), max_new_tokens=12, pad_token_id=0)[0, len(prompt):].tolist()
     assert piped() == tok.decode(want) == text(temperature=0, repetition_penalty=3.0) != text(temperature=0)
-    assert pipeline("text-generation", model=(model, tok))("hello", max_new_tokens=12, seed=1,
-                                                            return_full_text=False)[0]["generated_text"] == text()
+    # a (model, tokenizer) pair samples as transformers' pipeline does without a file: at 0.7 with top_k 50
+    assert pipeline("text-generation", model=(model, tok))("hello", max_new_tokens=12, seed=1, return_full_text=False
+                                                            )[0]["generated_text"] == text(temperature=0.7, top_k=50)
 
 
 def test_a_lone_surrogate_is_named_not_a_tokenizers_type_error(wordpiece):
@@ -315,7 +324,7 @@ def test_a_lone_surrogate_is_named_not_a_tokenizers_type_error(wordpiece):
         pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece))(["[MASK] is", bad[1]])
     with pytest.raises(ValueError, match="inputs" + where):
         pipeline("token-classification", model=(tiny_bert("token_classification"), wordpiece))(bad)
-    with pytest.raises(ValueError, match="texts" + where):
+    with pytest.raises(ValueError, match="inputs" + where):
         pipeline("feature-extraction", model=(tiny_bert("none"), wordpiece))(bad)
     assert embed(tiny_bert("none"), wordpiece, ["a whole emoji \U0001f600"]).shape == (1, 16)
 
@@ -464,3 +473,47 @@ def test_batch_size_per_call_as_transformers_pipelines_take_it(wordpiece):
         with pytest.raises(ValueError, match=rf"^batch_size={bad!r}: must be an int >= 1$"):
             fe(texts, batch_size=bad)
     assert fill.batch_size == 3
+
+
+def test_blank_rows_have_no_entities_as_in_transformers(wordpiece, tmp_path):
+    """A blank row failed the whole token-classification call ("inputs[1] is empty"); transformers finds no entities
+    in it (text-classification's blank rows: test_text_classification_scores_equal_transformers_pipeline)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+    transformers.BertForTokenClassification(cfg).save_pretrained(tmp_path)
+    wordpiece.save(tmp_path)
+    texts = ["great film", "", "   "]
+    got = pipeline("token-classification", model=tmp_path)(texts, ignore_labels=[])
+    want = transformers.pipeline("token-classification", model=str(tmp_path), device="cpu")(texts, ignore_labels=[])
+    assert [[r["entity"] for r in row] for row in got] == [[r["entity"] for r in row] for row in want]
+    assert [r["score"] for row in got for r in row] == pytest.approx([r["score"] for row in want for r in row],
+                                                                     abs=1e-5)
+    assert got[1:] == [[], []] and got[0]
+    clf = pipeline("text-classification", model=(tiny_bert("sequence_classification"), wordpiece))
+    with pytest.raises(ValueError, match=r"^truncation=False: only True; a text longer than the model reads"):
+        clf(texts, truncation=False)
+
+
+def test_device_and_dtype_load_the_model_and_options_are_checked_first(tmp_path, monkeypatch):
+    """pipeline(device=...) loaded the model, then refused "unknown option 'device'"; now device and dtype go to
+    load(), a (model, tokenizer) pair refuses them, and a bad option fails before anything loads."""
+    import neurallayers.api as api
+    from neurallayers.interop.hf import save_hf
+
+    model = tiny_bert("mlm")
+    save_hf(model, Tokenizer.load(minilm_folder()), tmp_path)
+    loads = []
+    real = api.load
+    monkeypatch.setattr(api, "load", lambda path, **kw: loads.append(kw) or real(path, **kw))
+    with pytest.raises(ValueError, match=r"^fill-mask: unknown option 'topk'"):
+        pipeline("fill-mask", model=tmp_path, topk=2)
+    assert loads == []
+    fill = pipeline("fill-mask", model=tmp_path, device="cpu", dtype="bf16")
+    assert loads == [{"device": "cpu", "dtype": "bf16"}]
+    assert next(fill.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"^device= applies to a model loaded from a path"):
+        pipeline("fill-mask", model=(model, fill.tokenizer), device="cpu")
+    with pytest.raises(ValueError, match=r"^dtype= applies to a model loaded from a path"):
+        pipeline("fill-mask", model=(model, fill.tokenizer), dtype=torch.float32)

@@ -1,6 +1,7 @@
 """The text-generation pipeline against transformers' own pipeline on the same Hugging Face folder: the same text for
 the same arguments (greedy and beam search, so no random draws differ)."""
 
+import importlib
 import os
 
 import pytest
@@ -179,8 +180,8 @@ def test_sampled_return_sequences_with_a_seed_are_generates_and_batch_alike(pipe
     ours, _ = pipelines
     kw = dict(do_sample=True, num_return_sequences=3, seed=5, max_new_tokens=8, return_full_text=False)
     got = ours(["the cat", "a dog"], **kw)
-    gens = generate(ours.model, ours.tokenizer, ["the cat", "a dog"],
-                    GenerationConfig(num_return_sequences=3, seed=5, max_new_tokens=8))
+    gens = generate(ours.model, ours.tokenizer, ["the cat", "a dog"],  # the pipeline's defaults: 0.7, top_k 50
+                    GenerationConfig(num_return_sequences=3, seed=5, max_new_tokens=8, temperature=0.7, top_k=50))
     assert [[r["generated_text"] for r in rows] for rows in got] == [[g.text for g in gens[:3]],
                                                                      [g.text for g in gens[3:]]]
     assert len({r["generated_text"] for r in got[0]}) > 1  # three draws, not one copied
@@ -248,3 +249,97 @@ def test_generate_records_the_eos_that_ended_it(two_eos):
     assert (last.finish_reason, last.stopped_by) == ("stop", end)
     last = list(stream(model, tok, "hello", temperature=0, max_new_tokens=8, ignore_eos=True, stop=[stop]))[-1]
     assert (last.finish_reason, last.stopped_by) == ("stop", stop)
+
+
+class _Called(Exception):
+    """Raised by a stand-in for generate(), once it has the settings: no tokens are needed to compare them."""
+
+
+FOLDER_SETTINGS = [{}, {"do_sample": False}, {"temperature": 0.6, "top_p": 0.9},
+                   {"do_sample": True, "top_k": 7, "repetition_penalty": 1.3}, {"max_new_tokens": 12},
+                   {"max_length": 20}, {"do_sample": False, "repetition_penalty": 1.5, "max_new_tokens": 9}]
+CALLS = [{}, {"do_sample": True}, {"do_sample": False}, {"max_new_tokens": 5}, {"temperature": 0.9},
+         {"max_length": 9}, {"do_sample": True, "top_k": 3}]
+
+
+@pytest.fixture(scope="module")
+def defaults_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("defaults")
+    gpt2_folder(folder)
+    return folder, transformers.pipeline("text-generation", model=str(folder), device="cpu")
+
+
+@pytest.mark.parametrize("settings", FOLDER_SETTINGS, ids=[str(s) for s in FOLDER_SETTINGS])
+def test_unset_options_default_as_transformers_pipeline_layers_them(defaults_folder, settings, tmp_path, monkeypatch):
+    """The settings generate() gets, against those transformers' pipeline hands its generate(): the call's options over
+    the folder's generation_config.json over the pipeline's own (256 new tokens, sampling at 0.7) over generate()'s
+    (top_k 50). Ours sampled at 1.0 without top_k for 128 tokens, and ignored the file's lengths."""
+    import json
+    import shutil
+
+    generate_module = importlib.import_module("neurallayers.generation.generate")  # the package shadows it
+
+    base, theirs = defaults_folder
+    shutil.copytree(base, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **settings}))
+    ours = pipeline("text-generation", model=tmp_path)
+    theirs.model.generation_config = transformers.GenerationConfig.from_pretrained(tmp_path)
+
+    def ours_gets(config=None, **_):
+        raise _Called(config)
+
+    def theirs_gets(**kwargs):
+        raise _Called(kwargs)
+
+    monkeypatch.setattr(generate_module, "generate", lambda model, tok, prompts, config: ours_gets(config))
+    monkeypatch.setattr(theirs.model, "generate", theirs_gets)
+    for call in CALLS:
+        with pytest.raises(_Called) as got:
+            ours("the cat", **call)
+        with pytest.raises(_Called) as want:
+            theirs("the cat", **call)
+        kwargs = dict(want.value.args[0])
+        prompt_len = kwargs["input_ids"].shape[1]
+        cfg, _ = theirs.model._prepare_generation_config(kwargs.pop("generation_config", None), **{
+            k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")})
+        new = cfg.max_new_tokens if cfg.max_new_tokens is not None else cfg.max_length - prompt_len
+        c = got.value.args[0]
+        assert (c.temperature > 0, c.max_new_tokens, c.repetition_penalty) == (
+            bool(cfg.do_sample), new, cfg.repetition_penalty), call
+        if cfg.do_sample:
+            assert (c.temperature, c.top_k, c.top_p) == pytest.approx((cfg.temperature, cfg.top_k, cfg.top_p)), call
+
+
+def test_batch_size_chunks_the_generate_calls(pipelines, monkeypatch):
+    """batch_size was taken and never used: every prompt went to one generate() call. Chunks change no greedy text."""
+    generate_module = importlib.import_module("neurallayers.generation.generate")  # the package shadows it
+
+    ours, _ = pipelines
+    prompts = ["the cat", "a dog ran", "hello", "the mat", "sat on"]
+    whole = ours(prompts, do_sample=False, max_new_tokens=4)
+    sizes, real = [], generate_module.generate
+    monkeypatch.setattr(generate_module, "generate", lambda m, t, p, c: sizes.append(len(p)) or real(m, t, p, c))
+    assert ours(prompts, do_sample=False, max_new_tokens=4, batch_size=2) == whole
+    assert sizes == [2, 2, 1]
+
+
+def test_transformers_call_options_are_taken_or_refused_as_there(pipelines):
+    """pad_token_id was refused with "did you mean 'stop_token_ids'", add_special_tokens with "did you mean
+    'num_speculative_tokens'"; greedy num_return_sequences=2 gave two copies of one text, where transformers refuses."""
+    ours, theirs = pipelines
+    for kw in (dict(add_special_tokens=False), dict(add_special_tokens=True), dict(pad_token_id=0)):
+        assert ours("the cat", do_sample=False, max_new_tokens=4, **kw) == theirs("the cat", do_sample=False,
+                                                                                  max_new_tokens=4, **kw)
+    with pytest.raises(ValueError, match=r"^num_return_sequences=2 with greedy decoding"):
+        ours("the cat", do_sample=False, num_return_sequences=2)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        theirs("the cat", do_sample=False, num_return_sequences=2, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"^pad_token_id=-1: must be a token id in \[0, 300\)$"):
+        ours("the cat", pad_token_id=-1)
+    with pytest.raises(ValueError, match=r"^do_sample=True with num_beams=2: beam sampling is not built here"):
+        ours("the cat", do_sample=True, num_beams=2)
+    with pytest.raises(ValueError, match=r"^eos_token_id: give stop_token_ids=\[\.\.\.\] instead"):
+        ours("the cat", eos_token_id=2)
+    with pytest.raises(ValueError, match=r"^min_length: give min_new_tokens instead"):
+        ours("the cat", min_length=4)

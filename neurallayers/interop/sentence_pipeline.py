@@ -4,6 +4,7 @@ and written back, so that an embedding model embeds the same here, in transforme
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from neurallayers.config import ModelConfig
@@ -23,6 +24,7 @@ def sentence_transformers_settings(folder: Path) -> dict:
     where it lowercases texts before tokenizing (do_lower_case)}; a key is absent where the folder does not say (a
     plain Hugging Face folder says none)."""
     out: dict = {}
+    _warn_default_prompt(folder / "config_sentence_transformers.json")
     st_config = folder / "sentence_bert_config.json"
     if st_config.is_file():
         settings = read_json(st_config)
@@ -54,6 +56,23 @@ def sentence_transformers_settings(folder: Path) -> dict:
         if modes:
             out["pooling"] = "+".join(modes)
     return out
+
+
+def _warn_default_prompt(path: Path) -> None:
+    """sentence-transformers' encode puts the folder's default prompt (`prompts[default_prompt_name]`, an E5 model's
+    "passage: ") before each text; embed does not, so its vectors differ: said at load, not left silent."""
+    if not path.is_file():
+        return
+    settings = read_json(path)
+    name, prompts = settings.get("default_prompt_name"), settings.get("prompts")
+    if name is None:
+        return
+    prompt = prompts.get(name) if isinstance(prompts, dict) else None
+    if prompt is None:  # sentence-transformers refuses to load such a folder
+        warnings.warn(f"{path}: default_prompt_name {name!r} names no entry of its prompts", stacklevel=3)
+    elif prompt:
+        warnings.warn(f"{path}: the default prompt {name!r} ({prompt!r}) is not applied here; sentence-transformers' "
+                      "encode puts it before each text: put it there yourself for the same embeddings", stacklevel=3)
 
 
 def _module_path(folder: Path, kind: str, path: object) -> Path:

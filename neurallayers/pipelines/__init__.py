@@ -13,6 +13,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from neurallayers.data.tokenizers import Tokenizer
@@ -24,7 +25,7 @@ from neurallayers.pipelines.encoder_tasks import (
     TokenClassificationPipeline,
     label_names,
 )
-from neurallayers.pipelines.text_generation import TextGenerationPipeline
+from neurallayers.pipelines.text_generation import TextGenerationPipeline, folder_generation
 
 __all__ = ["PIPELINES", "FeatureExtractionPipeline", "FillMaskPipeline", "Pipeline", "TextClassificationPipeline",
            "TextGenerationPipeline", "TokenClassificationPipeline", "check_options", "label_names", "pipeline"]
@@ -39,34 +40,41 @@ PIPELINES: dict[str, type[Pipeline]] = {
 }
 
 
-def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], **kwargs: Any) -> Pipeline:
+def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], *, device: str | torch.device | None = None,
+             dtype: torch.dtype | str | None = None, **kwargs: Any) -> Pipeline:
     """A ready-to-call pipeline for `task`.
 
     Args:
         task: one of "feature-extraction", "fill-mask", "text-classification", "token-classification",
             "text-generation".
         model: a run directory or Hugging Face folder (loaded with `neurallayers.load`), or (model, tokenizer).
+        device, dtype: where and in which dtype `neurallayers.load` puts a model loaded from a path (as load takes
+            them); a (model, tokenizer) pair stays as it is.
         **kwargs: options of the task's pipeline: batch_size (all), mask_token (fill-mask).
 
     Raises:
-        ValueError: an unknown task (the message lists the tasks), or a model without the head the task needs.
+        ValueError: an unknown task (the message lists the tasks) or option, checked before the model loads, or a
+            model without the head the task needs.
     """
     if task not in PIPELINES:
         hint = difflib.get_close_matches(str(task), list(PIPELINES), n=1)
         did = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ValueError(f"unknown task {task!r}{did}; tasks: {', '.join(PIPELINES)}")
+    check_options(task, kwargs, PIPELINES[task].__init__)
     path = model if isinstance(model, str | Path) else None
+    if path is None and not (isinstance(model, tuple | list) and len(model) == 2 and isinstance(model[0], nn.Module)):
+        raise ValueError("model must be a path (run directory or Hugging Face folder) or a (model, tokenizer) pair")
+    if path is None and (device is not None or dtype is not None):
+        given = "device" if device is not None else "dtype"
+        raise ValueError(f"{given}= applies to a model loaded from a path; move a (model, tokenizer) pair's model "
+                         "yourself (model.to(...))")
     if path is not None:
         from neurallayers.api import load
 
-        model = load(path)
-    if not (isinstance(model, tuple | list) and len(model) == 2 and isinstance(model[0], nn.Module)):
-        raise ValueError("model must be a path (run directory or Hugging Face folder) or a (model, tokenizer) pair")
-    check_options(task, kwargs, PIPELINES[task].__init__)
+        model = load(path, device=device, dtype=dtype)
     pipe = PIPELINES[task](model[0], model[1], **kwargs)
     if path is not None and isinstance(pipe, TextGenerationPipeline):
-        from neurallayers.api import generation_defaults
+        from neurallayers.api import settings_folder
 
-        pipe.sampling_defaults = generation_defaults(path)
-        pipe.do_sample_defaults = generation_defaults(path, sampling=True)
+        pipe.folder_generation = folder_generation(settings_folder(path))
     return pipe

@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurallayers.checks import is_int
 from neurallayers.data.tokenizers import Tokenizer
-from neurallayers.embeddings import check_tokenizer, input_limit, tokenize_batch
+from neurallayers.embeddings import check_batch_size, check_tokenizer, input_limit, tokenize_batch
 from neurallayers.nn.modes import eval_mode
 
 log = logging.getLogger("neurallayers.pipelines")
@@ -34,8 +33,7 @@ class Pipeline(ABC):
         if self.heads and (cfg.causal or cfg.head not in self.heads):
             have = "a causal decoder" if cfg.causal else f"an encoder with head={cfg.head!r}"
             raise ValueError(f"{self.task} needs an encoder with config.head in {self.heads}, got {have}")
-        if not is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+        check_batch_size(batch_size)
         check_tokenizer(tokenizer)
         # the caller's model keeps its mode: each call runs in eval mode (as embed and generate do), so a pipeline made
         # in the middle of training does not leave its dropout off
@@ -53,8 +51,7 @@ class Pipeline(ABC):
         runner = self
         if "batch_size" in kwargs:
             batch_size = kwargs.pop("batch_size")
-            if not is_int(batch_size) or batch_size < 1:
-                raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+            check_batch_size(batch_size)
             runner = copy.copy(self)
             runner.batch_size = batch_size
         check_options(self.task, kwargs, self._run)
@@ -101,6 +98,12 @@ def check_options(task: str, options: dict, function: Any) -> None:
     valid = [n for n in names if not n.startswith("_")]  # a private one is the pipeline's own
     for name in options:
         if name not in names:
-            hint = difflib.get_close_matches(str(name), valid, n=1)
-            did = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ValueError(f"{task}: unknown option {name!r}{did}; options: {', '.join(valid) or 'none'}")
+            raise unknown_option(task, name, valid)
+
+
+def unknown_option(task: str, name: object, valid: list[str], listed: str | None = None) -> ValueError:
+    """The error for an option `task` does not take: its name, the closest valid one, and the valid ones (`listed`:
+    how to list them, default all of `valid`)."""
+    hint = difflib.get_close_matches(str(name), valid, n=1)
+    did = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return ValueError(f"{task}: unknown option {name!r}{did}; options: {listed or ', '.join(valid) or 'none'}")

@@ -10,7 +10,7 @@ from torch import nn
 
 from neurallayers.checks import is_int
 from neurallayers.data.tokenizers import MASK_TOKENS, Tokenizer
-from neurallayers.embeddings import _check_texts, embed
+from neurallayers.embeddings import _check_texts, _embed
 from neurallayers.pipelines.base import Pipeline, _switch, log
 
 
@@ -36,10 +36,14 @@ class FeatureExtractionPipeline(Pipeline):
     def _run(self, items: list, *, pooling: str | None = None, normalize: bool | None = None,
              tokenize_kwargs: dict | None = None) -> list[torch.Tensor]:
         limit, special = self._tokenize_options(tokenize_kwargs or {})
-        return list(embed(self.model, self.tokenizer, items, pooling=pooling, normalize=normalize,
-                          batch_size=self.batch_size, max_length=limit, add_special_tokens=special))
+        # embed's own checks (max_length in [2, block_size], as nl.embed takes it), naming what the caller gave
+        return list(_embed(self.model, self.tokenizer, items, pooling=pooling, normalize=normalize,
+                           batch_size=self.batch_size, max_length=limit, truncation_side="right",
+                           add_special_tokens=special, cut_special_tokens=False,
+                           names=("inputs", "tokenize_kwargs max_length")))
 
-    def _tokenize_options(self, options: Any) -> tuple[int, bool]:
+    @staticmethod
+    def _tokenize_options(options: Any) -> tuple[int | None, bool]:
         """(max_length, add_special_tokens) from transformers' tokenize_kwargs; a text longer than the model reads is
         always cut (truncation=False would index past its positions)."""
         if not isinstance(options, dict):
@@ -49,18 +53,11 @@ class FeatureExtractionPipeline(Pipeline):
         if unknown:
             raise ValueError(f"tokenize_kwargs: unknown key {sorted(unknown)[0]!r}; keys: max_length, truncation, "
                              "add_special_tokens")
-        limit = self._max_length()
-        max_length = options.get("max_length", limit)
-        if not is_int(max_length) or not 1 <= max_length <= limit:
-            raise ValueError(f"tokenize_kwargs max_length={max_length!r}: must be an int in [1, {limit}] (the "
-                             "tokens this model reads)")
-        if options.get("truncation", True) is not True:
-            raise ValueError(f"tokenize_kwargs truncation={options['truncation']!r}: only True; a text longer than "
-                             "max_length is always cut to it")
+        _check_truncation(options.get("truncation"), "tokenize_kwargs ")
         special = options.get("add_special_tokens", True)
         if not isinstance(special, bool):
             raise ValueError(f"tokenize_kwargs add_special_tokens={special!r}: must be True or False")
-        return max_length, special
+        return options.get("max_length"), special
 
 
 class FillMaskPipeline(Pipeline):
@@ -168,14 +165,16 @@ class TextClassificationPipeline(Pipeline):
         out = super().__call__(inputs, _legacy=legacy, **kwargs)
         return [out] if isinstance(inputs, str) and legacy else out
 
-    def _run(self, items: list, *, top_k: int | None = 1, _legacy: bool = True) -> list:
-        n = self.config.num_labels
-        if top_k is not None and (not isinstance(top_k, int) or not 1 <= top_k <= n):
-            raise ValueError(f"top_k={top_k!r}: must be None (all labels) or an int in [1, num_labels={n}]")
+    def _run(self, items: list, *, top_k: int | None = 1, truncation: bool | None = None,
+             _legacy: bool = True) -> list:
+        if top_k is not None and (not is_int(top_k) or top_k < 1):
+            raise ValueError(f"top_k={top_k!r}: must be None (all labels) or an int >= 1 (more than num_labels="
+                             f"{self.config.num_labels} gives them all)")
+        _check_truncation(truncation)
         texts, pairs = _split_pairs(items)
         names = label_names(self.config)
         results = []
-        for batch in self._batches(texts, pairs):
+        for batch in self._batches(texts, pairs, empty_ok=True):
             logits = self._forward(batch)  # (B, num_labels)
             probs = _scores(logits, self.config.extra.get("problem_type"))
             for row in probs:
@@ -193,10 +192,10 @@ class TokenClassificationPipeline(Pipeline):
 
     def _run(self, items: list, *, ignore_labels: tuple[str, ...] | None = ("O",)) -> list[list[dict]]:
         ignore_labels = _label_set(ignore_labels)
-        texts = _check_texts(items, "inputs")
+        texts = _check_texts(items, "inputs", empty_ok=True)  # a blank row has no entities, as in transformers
         names = label_names(self.config)
         results = []
-        for batch in self._batches(texts, return_offsets=True):
+        for batch in self._batches(texts, return_offsets=True, empty_ok=True):
             probs = self._forward(batch).softmax(-1)  # (B, T, num_labels)
             for row in range(len(probs)):
                 entities = []
@@ -238,9 +237,20 @@ def _scores(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
 
 
 def _split_pairs(items: list) -> tuple[list[str], list[str] | None]:
+    """Texts (and second segments) to classify; a blank one is labelled from its special tokens, as transformers
+    labels it (a blank row failed the whole call)."""
     if not any(isinstance(x, dict) for x in items):
-        return _check_texts(items, "inputs"), None
+        return _check_texts(items, "inputs", empty_ok=True), None
     for i, x in enumerate(items):
         if not isinstance(x, dict) or set(x) != {"text", "text_pair"}:
             raise ValueError(f"inputs[{i}]: give all inputs as strings or all as {{'text': ..., 'text_pair': ...}}")
-    return _check_texts([x["text"] for x in items]), _check_texts([x["text_pair"] for x in items], "text_pair")
+    return (_check_texts([x["text"] for x in items], empty_ok=True),
+            _check_texts([x["text_pair"] for x in items], "text_pair", empty_ok=True))
+
+
+def _check_truncation(truncation: Any, where: str = "") -> None:
+    """transformers' truncation switch: True (or unset) is what runs here, a text longer than the model reads being
+    always cut; False would index past the model's positions."""
+    if truncation not in (None, True) or (truncation is not None and not isinstance(truncation, bool)):
+        raise ValueError(f"{where}truncation={truncation!r}: only True; a text longer than the model reads is "
+                         "always cut to it")

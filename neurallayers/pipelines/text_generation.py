@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
+import inspect
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -12,14 +13,16 @@ from torch import nn
 from neurallayers.checks import is_int
 from neurallayers.data.tokenizers import Tokenizer, continuation_text
 from neurallayers.embeddings import _check_texts, input_limit
-from neurallayers.pipelines.base import Pipeline, _switch, log
+from neurallayers.pipelines.base import Pipeline, _switch, log, unknown_option
 
 
 class TextGenerationPipeline(Pipeline):
     """[{"generated_text": prompt + continuation}] per prompt; keyword arguments are GenerationConfig fields, plus
-    transformers' `return_full_text` (False: the continuation alone) and `do_sample` (False: greedy). A pipeline made
-    from a model folder samples as its generation_config.json recommends for the knobs left unset (`sampling_defaults`;
-    transformers' pipeline and the CLI do too).
+    transformers' `return_full_text` (False: the continuation alone), `do_sample` (False: greedy), `add_special_tokens`
+    (for text prompts) and `pad_token_id` (accepted; padding is masked, so it changes nothing). The settings a call
+    leaves unset come as transformers 5's pipeline layers them: the model folder's generation_config.json (sampling
+    knobs, do_sample, max_new_tokens, max_length), then the pipeline's defaults (256 new tokens, sampling at
+    temperature 0.7 with top_k 50), a (model, tokenizer) pair taking those alone.
 
     A chat (a list of {"role", "content"} messages), or a list of chats, is rendered with the tokenizer's chat
     template (else `role: content` lines, the reply ending at the next `user:` line, as `neurallayers chat`), as
@@ -43,23 +46,41 @@ class TextGenerationPipeline(Pipeline):
         super().__init__(model, tokenizer, batch_size=batch_size)
         if not self.config.causal:
             raise ValueError("text-generation needs a causal decoder model (config.causal=True), got an encoder")
-        self.sampling_defaults: dict = {}  # api.generation_defaults of the folder; pipeline() sets it
-        self.do_sample_defaults: dict = {}  # the same with sampling=True: for do_sample=True on a do_sample-false file
+        self.folder_generation: dict = {}  # folder_generation() of the model's folder; pipeline() sets it
 
-    def _model_defaults(self, gen_kwargs: dict, do_sample: bool | None) -> dict:
-        """The folder's settings for the knobs `gen_kwargs` leaves unset, as the CLI takes them: none for beam search
-        (deterministic), only top_k for contrastive search; its `do_sample: false` (temperature 0) yields to
-        do_sample=True, which samples at the file's temperature and top_p, as transformers does."""
+    def _settings(self, gen_kwargs: dict, do_sample: bool | None, max_length: int | None) -> tuple[dict, int | None]:
+        """GenerationConfig fields and the max_length that sets each prompt's new tokens (None: max_new_tokens does),
+        layered as transformers 5's pipeline does: the call's options, over the folder's generation_config.json, over
+        the pipeline's defaults (max_new_tokens 256, unless a max_length is set; do_sample with temperature 0.7), over
+        generate()'s (top_k 50 when sampling). Beam search takes no sampling knob (beam sampling is not built here),
+        contrastive search only the folder's top_k."""
         from neurallayers.interop.hf import defaults_for_method
 
+        folder = self.folder_generation
         beams, alpha = gen_kwargs.get("num_beams", 1), gen_kwargs.get("penalty_alpha", 0.0)
-        defaults = self.do_sample_defaults if do_sample is True else self.sampling_defaults
-        usable = defaults_for_method(defaults, num_beams=beams if isinstance(beams, int) else 1,
-                                     penalty_alpha=alpha if isinstance(alpha, int | float) else 0.0)
-        chosen = {k: v for k, v in usable.items() if k not in gen_kwargs}
-        if do_sample is True and chosen.get("temperature") == 0:
-            del chosen["temperature"]
-        return chosen
+        beams = beams if is_int(beams) else 1
+        if do_sample is None and gen_kwargs.get("temperature") == 0:  # temperature 0 is greedy here
+            do_sample = False
+        if do_sample is True and gen_kwargs.get("temperature", 1.0) == 0:  # transformers refuses it too
+            raise ValueError("do_sample=True with temperature=0: sampling needs a temperature > 0 (or do_sample=False)")
+        if do_sample is True and beams > 1:
+            raise ValueError(f"do_sample=True with num_beams={beams}: beam sampling is not built here; give "
+                             "do_sample=False for beam search")
+        sampling = beams == 1 and (do_sample if do_sample is not None else folder.get("do_sample", True))
+        settings = dict(_SAMPLING_DEFAULTS) if sampling and not alpha else {}
+        knobs = defaults_for_method(folder.get("sampling", {}), num_beams=beams,
+                                    penalty_alpha=alpha if isinstance(alpha, int | float) else 0.0)
+        if knobs.get("temperature") == 0:  # a greedy file's temperature is do_sample's business
+            del knobs["temperature"]
+        settings.update(knobs)
+        settings.update(gen_kwargs)
+        if not sampling and beams == 1:  # greedy whatever temperature is given, as transformers' do_sample=False
+            settings["temperature"] = 0.0
+        new = gen_kwargs.get("max_new_tokens", folder.get("max_new_tokens"))
+        length = None if new is not None else max_length if max_length is not None else folder.get("max_length")
+        # max_length decides per prompt (see _budget); the config still needs a valid count meanwhile
+        settings["max_new_tokens"] = new if new is not None else length if length is not None else _MAX_NEW_TOKENS
+        return settings, length
 
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
         if _is_chat(inputs):  # one conversation: a list of messages, not a list of inputs
@@ -71,6 +92,7 @@ class TextGenerationPipeline(Pipeline):
              return_tensors: bool | None = None, return_text: bool | None = None,
              clean_up_tokenization_spaces: bool | None = None, tools: list[dict] | None = None,
              documents: list[dict] | None = None, tokenizer_encode_kwargs: dict | None = None,
+             do_sample: bool | None = None, add_special_tokens: bool | None = None, pad_token_id: int | None = None,
              **gen_kwargs: Any) -> list[list[dict]]:
         from neurallayers.generation.config import GenerationConfig
 
@@ -89,35 +111,43 @@ class TextGenerationPipeline(Pipeline):
                              "prompt's oldest tokens to leave room for the new ones)")
         if max_length is not None and (not is_int(max_length) or max_length < 1):
             raise ValueError(f"max_length={max_length!r}: must be an int >= 1 (prompt and new tokens together)")
+        if max_length is not None and "max_new_tokens" in gen_kwargs:  # transformers' generate warns the same
+            log.warning("text-generation: both max_new_tokens and max_length given; max_new_tokens wins")
         # a blank prompt is one, as in transformers' pipeline and `neurallayers generate` ("\n" starts a fresh line)
         texts = None if chats else _check_texts(items, "inputs", empty_ok=True)
         # token ids, as transformers' pipeline encodes them (a Llama tokenizer's bos first, as generate() adds it): the
         # prefix is generated from, never returned
         template = _template_options(bool(chats), tools, documents, tokenizer_encode_kwargs)
+        # transformers passes add_special_tokens to the tokenizer for text prompts only (a template writes its own)
+        special = _switch("add_special_tokens", add_special_tokens) is not False
+        _check_pad_token_id(pad_token_id, self.config.vocab_size)
         prompts = (self._chat_prompts(chats, continued, template) if chats
-                   else [self._start(i, prefix + t) for i, t in enumerate(texts)])
-        do_sample = _switch("do_sample", gen_kwargs.pop("do_sample", None))
+                   else [self._start(i, prefix + t, special) for i, t in enumerate(texts)])
+        do_sample = _switch("do_sample", do_sample)
         tensors = _return_tensors(return_full_text, return_tensors, return_text)
         return_full_text = _switch("return_full_text", return_full_text) is not False  # None: the default, as there
         clean_up = _switch("clean_up_tokenization_spaces", clean_up_tokenization_spaces)
         if do_sample is False:  # transformers' switch for greedy decoding
             gen_kwargs["temperature"] = 0.0
-        elif do_sample is True and gen_kwargs.get("temperature", 1.0) == 0:  # transformers refuses it too
-            raise ValueError("do_sample=True with temperature=0: sampling needs a temperature > 0 (or do_sample=False)")
-        gen_config = GenerationConfig.from_dict({**self._model_defaults(gen_kwargs, do_sample), **gen_kwargs})
+        settings, max_length = self._settings(gen_kwargs, do_sample, max_length)
+        gen_config = GenerationConfig.from_dict(settings)
+        n = gen_config.num_return_sequences
+        if n > 1 and gen_config.num_beams == 1 and (gen_config.greedy or gen_config.penalty_alpha > 0):
+            # every sequence would be the same one; transformers' generate refuses it too
+            raise ValueError(f"num_return_sequences={n} with greedy decoding (do_sample=False or temperature=0, or "
+                             f"contrastive search): the sequences would all be the same; sample, or give num_beams "
+                             f">= {n}")
         templated = bool(chats) and self._templated(template)
         if chats and not templated:
             from neurallayers.data.chat import DEFAULT_STOP
 
             gen_config = gen_config.replace(stop=[*gen_config.stop, DEFAULT_STOP])
-        extra = len(self.tokenizer.encode(prefix, add_special_tokens=False)) if prefix and not chats else 0
-        if max_length is not None and "max_new_tokens" in gen_kwargs:  # transformers' generate warns the same
-            log.warning("text-generation: both max_new_tokens and max_length given; max_new_tokens wins")
-        budgets = [self._budget(i, len(ids), gen_config, max_length if "max_new_tokens" not in gen_kwargs else None,
-                                extra) for i, ids in enumerate(prompts)]
+        # transformers counts the prefix's tokens as its tokenizer call encodes them (add_special_tokens only if given)
+        extra = (len(self.tokenizer.encode(prefix, add_special_tokens=add_special_tokens is True))
+                 if prefix and not chats else 0)
+        budgets = [self._budget(i, len(ids), gen_config, max_length, extra) for i, ids in enumerate(prompts)]
         if handle_long_generation == "hole":
             prompts = [self._hole(i, ids, new) for i, (ids, new) in enumerate(zip(prompts, budgets, strict=True))]
-        n = gen_config.num_return_sequences
         outs = self._generate(prompts, gen_config, budgets, clean_up)  # prompt-major, n per prompt
         if tensors:  # transformers' generated_token_ids: the prompt's ids (prefix, bos) and the new ones, eos included
             return [[{"generated_token_ids": prompts[i] + g.token_ids + _end_token(g)}
@@ -129,10 +159,10 @@ class TextGenerationPipeline(Pipeline):
         return [[{"generated_text": (text + g.text) if return_full_text else g.text} for g in outs[i * n:(i + 1) * n]]
                 for i, text in enumerate(texts)]
 
-    def _start(self, i: int, text: str) -> list[int]:
+    def _start(self, i: int, text: str, special: bool = True) -> list[int]:
         """The ids a text prompt starts from: its tokens, or for one that has none (""), the bos token alone, from
         which transformers' pipeline generates unconditionally (GPT-2's <|endoftext|>)."""
-        ids = self.tokenizer.encode(text, add_special_tokens=True)
+        ids = self.tokenizer.encode(text, add_special_tokens=special)
         if ids:
             return ids
         if self.tokenizer.bos_id is None:
@@ -166,8 +196,6 @@ class TextGenerationPipeline(Pipeline):
         """generate() on each group of prompts with the same budget of new tokens, results in input order (each
         prompt generates as it would alone, so grouping changes no token). clean_up: transformers'
         clean_up_tokenization_spaces for the new text (None: the tokenizer's own setting)."""
-        from neurallayers.generation.generate import generate
-
         tokenizer = self.tokenizer
         if clean_up is not None and clean_up != tokenizer.clean_up_tokenization_spaces:
             tokenizer = copy.copy(tokenizer)  # decodes (and finds stop strings in) the text as asked
@@ -176,17 +204,26 @@ class TextGenerationPipeline(Pipeline):
             log.warning("text-generation: clean_up_tokenization_spaces=True is ignored for a BPE tokenizer (it would "
                         "strip the spaces before punctuation that BPE text really has)")
 
-        n, outs = config.num_return_sequences, [None] * (len(prompts) * config.num_return_sequences)
+        outs = [None] * (len(prompts) * config.num_return_sequences)
         for budget in dict.fromkeys(budgets):
-            idx = [i for i, b in enumerate(budgets) if b == budget]
-            gens = generate(self.model, tokenizer, [prompts[i] for i in idx],
-                            config.replace(max_new_tokens=budget))
-            for j, i in enumerate(idx):
-                outs[i * n:(i + 1) * n] = gens[j * n:(j + 1) * n]
-                for g in outs[i * n:(i + 1) * n]:
-                    if isinstance(g.stopped_by, int):  # transformers' text holds it, unless it is a special token
-                        g.text = continuation_text(tokenizer, prompts[i], [*g.token_ids, g.stopped_by])
+            group = [i for i, b in enumerate(budgets) if b == budget]
+            for start in range(0, len(group), self.batch_size):  # batch_size prompts per generate() call, at most
+                self._generate_group(group[start:start + self.batch_size], prompts,
+                                     config.replace(max_new_tokens=budget), tokenizer, outs)
         return outs
+
+    def _generate_group(self, idx: list[int], prompts: list[list[int]], config: Any, tokenizer: Tokenizer,
+                        outs: list) -> None:
+        """generate() on prompts[idx], the results put at their places in `outs` (n per prompt)."""
+        from neurallayers.generation.generate import generate
+
+        n = config.num_return_sequences
+        gens = generate(self.model, tokenizer, [prompts[i] for i in idx], config)
+        for j, i in enumerate(idx):
+            outs[i * n:(i + 1) * n] = gens[j * n:(j + 1) * n]
+            for g in outs[i * n:(i + 1) * n]:
+                if isinstance(g.stopped_by, int):  # transformers' text holds it, unless it is a special token
+                    g.text = continuation_text(tokenizer, prompts[i], [*g.token_ids, g.stopped_by])
 
     def _chat_prompts(self, chats: list[list[dict]], continued: list[bool], template: dict) -> list[list[int]]:
         """Token ids of each rendered chat (ending with the reply's cue, or with its final message's content where it
@@ -204,6 +241,43 @@ class TextGenerationPipeline(Pipeline):
 
         return resolve_chat_template(self.tokenizer, template.get("chat_template"),
                                      tools=template.get("tools")) is not None
+
+
+# transformers 5's text-generation pipeline defaults (its _default_generation_config), and generate()'s top_k when
+# sampling; a folder's generation_config.json and the call's options come over them
+_MAX_NEW_TOKENS = 256
+_SAMPLING_DEFAULTS = {"temperature": 0.7, "top_k": 50}
+
+
+def folder_generation(folder: Path) -> dict:
+    """What a model folder's generation_config.json sets for the pipeline: "sampling" (its knobs, as
+    generation_defaults(sampling=True) reads them), and "do_sample", "max_new_tokens", "max_length" where it sets
+    them. A value of the wrong kind is left out with a warning, as generation_defaults leaves one out."""
+    from neurallayers.interop.hf import generation_defaults, read_json
+
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return {}
+    out: dict = {"sampling": generation_defaults(folder, sampling=True)}
+    settings = read_json(path)
+    for name, ok, what in (("do_sample", lambda v: isinstance(v, bool), "must be true or false"),
+                           ("max_new_tokens", lambda v: is_int(v) and v >= 1, "must be an integer >= 1"),
+                           ("max_length", lambda v: is_int(v) and v >= 1, "must be an integer >= 1")):
+        value = settings.get(name)
+        if value is None:
+            continue
+        if ok(value):
+            out[name] = value
+        else:
+            log.warning("%s: %s=%r is not used (%s)", path, name, value, what)
+    return out
+
+
+def _check_pad_token_id(pad_token_id: Any, vocab_size: int) -> None:
+    """transformers' pad_token_id: an id of the vocabulary. Prompts are padded under a mask here, so which id pads
+    changes no token."""
+    if pad_token_id is not None and (not is_int(pad_token_id) or not 0 <= pad_token_id < vocab_size):
+        raise ValueError(f"pad_token_id={pad_token_id!r}: must be a token id in [0, {vocab_size})")
 
 
 def _end_token(gen: Any) -> list[int]:
@@ -266,20 +340,28 @@ def _template_options(chats: bool, tools: Any, documents: Any, encode_kwargs: An
     return {"tools": tools, "documents": documents, "chat_template": chat_template, "template_kwargs": extra or None}
 
 
+# transformers' generate() options not taken here, and what to give instead
+_INSTEAD = {
+    "stop_sequence": "give stop=[...] instead (generation ends before the stop string, which is not included, as in "
+                     "`neurallayers generate` and the server)",
+    "eos_token_id": "give stop_token_ids=[...] instead (ids that end a generation, beside the tokenizer's eos)",
+    "min_length": "give min_new_tokens instead (it counts the new tokens only; min_length counts the prompt's too)",
+    "generation_config": "give its settings as options instead (GenerationConfig's fields)",
+}
+
+
 def _check_generation_options(gen_kwargs: dict) -> None:
-    """An option that is neither a GenerationConfig field nor one of the pipeline's own, named with the valid ones:
-    `return_fulltext=False` was "GenerationConfig has no field 'return_fulltext'", with no hint of return_full_text."""
+    """An option that is neither a GenerationConfig field nor one of the pipeline's own (the keywords of
+    TextGenerationPipeline._run), named with the valid ones: `return_fulltext=False` was "GenerationConfig has no
+    field 'return_fulltext'", with no hint of return_full_text."""
     from neurallayers.generation.config import GenerationConfig
 
     fields = [f.name for f in dataclasses.fields(GenerationConfig)]
-    own = ["return_full_text", "return_tensors", "return_text", "clean_up_tokenization_spaces", "do_sample",
-           "continue_final_message", "prefix", "handle_long_generation", "max_length"]
-    if "stop_sequence" in gen_kwargs:  # transformers' name; its stop string is kept in the text, ours is not
-        raise ValueError("stop_sequence: give stop=[...] instead (generation ends before the stop string, which is "
-                         "not included, as in `neurallayers generate` and the server)")
+    own = [p.name for p in inspect.signature(TextGenerationPipeline._run).parameters.values()
+           if p.kind is p.KEYWORD_ONLY]
     for name in gen_kwargs:
-        if name not in fields and name not in own:
-            hint = difflib.get_close_matches(str(name), own + fields, n=1)
-            did = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ValueError(f"text-generation: unknown option {name!r}{did}; options: {', '.join(own)} and "
-                             f"GenerationConfig's fields ({', '.join(fields)})")
+        if name in _INSTEAD:
+            raise ValueError(f"{name}: {_INSTEAD[name]}")
+        if name not in fields:
+            raise unknown_option("text-generation", name, own + fields,
+                                 f"{', '.join(own)} and GenerationConfig's fields ({', '.join(fields)})")
