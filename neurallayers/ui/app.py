@@ -6,6 +6,7 @@ functions that need it; the work itself lives in logic.py and chat.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from neurallayers.cli.common import url_host
 from neurallayers.data.chat import chat_template_names
-from neurallayers.ui.chat import ChatRecord, chat_history, stream_chat
+from neurallayers.ui.chat import ChatRecord, chat_history, for_page, stream_chat
 from neurallayers.ui.logic import (
     ALL_LAYERS,
     StreamRecord,
@@ -27,6 +28,20 @@ from neurallayers.ui.logic import (
 # The events that run the model share one queue: Gradio limits each event on its own, so an attention request ran
 # beside a generation (two forwards at once on the CPU's cores)
 MODEL_QUEUE = "model"
+# A stream that fails: when the server does not answer any more (stopped, crashed), the status said "generating... N
+# tokens" for good under Gradio's bare "Error" badge. The page asks the server; a refusal (gr.Error) leaves it as it is.
+GONE_JS = """async (status) => {
+  try { await fetch(window.location.href, {method: "HEAD", cache: "no-store"}); return status; }
+  catch (e) {
+    const n = /^generating\\.\\.\\. (\\d+) tokens/.exec(status || "");
+    return (n ? `cut off after ${n[1]} tokens: ` : "") +
+      "the server stopped answering (start neurallayers ui again, then reload the page)";
+  }
+}"""
+# The Chatbot's messages keep their spaces, indentation and blank lines, as the Output box does. A failed event's
+# "Error" overlay hid the text so far and covered the status line that says what failed (a refusal has its toast)
+CSS = """#chatbot .message-content span.md { white-space: pre-wrap; }
+:is(#output, #status, #chatbot, #chat-status) .wrap:has(span.error) { display: none; }"""
 # the sampling controls' order, as the API routes take them after their own inputs
 SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "stop")
 
@@ -105,20 +120,29 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
         shown = record.after_stop()
         return shown if shown is not None else (gr.skip(), gr.skip())
 
-    def chat_fn(message, history, system, template, *args):
-        *values, record = args
+    def chat_turn(message, history, system, template, values, record, *, page: bool):
         try:
             config = sampling_config(**dict(zip(SAMPLING, values, strict=True)))
-            updates = stream_chat(model, tokenizer, chat_history(history), message, config, system=system,
+            updates = stream_chat(model, tokenizer, chat_history(history, page=page), message, config, system=system,
                                   template=template)
-            yield from record.follow(updates)
+            yield from record.follow(for_page(updates) if page else updates)
         except ValueError as e:
-            record.refused = message if isinstance(message, str) else None  # for the box, which emptied on Send
             raise gr.Error(str(e), print_exception=False) from None
 
-    def refused_fn(record):
-        text, record.refused = record.refused, None
-        return text if text is not None else gr.skip()
+    def chat_fn(message, history, system, template, *args):  # the /chat API route: the text as it is
+        *values, record = args
+        yield from chat_turn(message, history, system, template, values, record, page=False)
+
+    def page_chat_fn(message, history, system, template, *args):  # the page: its text escaped (chat.for_page)
+        *values, record = args
+        # The message box empties with the turn's first update, so a message stays in it unless it was taken: one
+        # the chat refuses, or one sent while a reply streams (Gradio runs one turn at a time and drops the other;
+        # emptied in the browser on Enter, it was lost)
+        box, turn = "", chat_turn(message, history, system, template, values, record, page=True)
+        with contextlib.closing(turn):  # a Stop closes this generator: the turn's with it, now (StreamRecord.follow)
+            for chat, status in turn:
+                yield chat, status, box
+                box = gr.skip()
 
     def clear_fn(record):
         record.clear()  # a reply streaming now is cancelled; its last step must not put the chat back
@@ -142,8 +166,8 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                 gr.Markdown("This is an encoder model: it does not generate text. The Attention tab works.")
             with gr.Row(visible=bool(cfg.causal)):
                 with gr.Column(scale=3):
-                    prompt = gr.Textbox(label="Prompt", lines=5, placeholder="Type a prompt, then Generate",
-                                        elem_id="prompt")
+                    prompt = gr.Textbox(label="Prompt", lines=5, elem_id="prompt",
+                                        placeholder="Type a prompt, then Generate (or Shift+Enter)")
                     with gr.Row():
                         go = gr.Button("Generate", variant="primary", elem_id="generate")
                         halt = gr.Button("Stop", elem_id="stop")
@@ -154,13 +178,16 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
             # preprocess=False: sampling_config checks the values and names the control (Gradio's checks said
             # "Value 1.5 is greater than maximum value 0.99." or "input component at index 2", with a traceback)
             record = gr.State(StreamRecord())  # per session, on the server; no API input
-            event = go.click(generate_fn, [prompt, *controls, record], [output, status], api_name="generate",
-                             preprocess=False, concurrency_id=MODEL_QUEUE)
+            # Shift+Enter too: a many-line box sends it as submit (Enter makes a new line); with no listener it was
+            # swallowed, neither a new line nor a generation
+            event = gr.on([go.click, prompt.submit], generate_fn, [prompt, *controls, record], [output, status],
+                          api_name="generate", preprocess=False, concurrency_id=MODEL_QUEUE)
             halt.click(None, cancels=[event])
             # The browser runs .then() steps of a cancelled event once /cancel has returned, i.e. once the server
             # closed the stream's generator; queued, its reply follows the stream's last updates on the session's
             # one message stream. A status sent by Stop itself could arrive before them and be overwritten.
             event.then(after_fn, record, [output, status], api_name=False, show_progress="hidden")
+            event.failure(None, status, status, js=GONE_JS, api_name=False, queue=False, show_progress="hidden")
         with gr.Tab("Chat"):
             if not cfg.causal:
                 gr.Markdown("This is an encoder model: it does not chat. The Attention tab works.")
@@ -169,7 +196,10 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                 with gr.Column(scale=3):
                     system = gr.Textbox(value="", label="System prompt", lines=2, elem_id="chat-system",
                                         placeholder="Optional: instructions the chat template puts first")
-                    chatbot = gr.Chatbot(label="Conversation", height=360, elem_id="chatbot")
+                    # shown as text (chat.for_page): a model's output is not markdown, HTML or LaTeX ("$$x$$" was
+                    # typeset) for the page. Its copy buttons would copy the escaped text: selecting copies it right
+                    chatbot = gr.Chatbot(label="Conversation", height=360, elem_id="chatbot", render_markdown=False,
+                                         latex_delimiters=[], buttons=[])
                     message = gr.Textbox(label="Message", placeholder="Type a message, then Enter or Send",
                                          elem_id="chat-message")
                     with gr.Row():
@@ -185,14 +215,16 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                     chat_controls = _sampling_controls(gr, cfg, defaults)
             chat_record = gr.State(ChatRecord())
             sent = [send.click, message.submit]
-            chat_event = gr.on(sent, chat_fn, [message, chatbot, system, template, *chat_controls, chat_record],
-                               [chatbot, chat_status], api_name="chat", preprocess=False, concurrency_id=MODEL_QUEUE)
-            # the box empties in the browser once the message is on its way (registered after the chat: its
-            # inputs are read first; a refused message comes back, refused_fn); a streaming reply leaves it alone
-            gr.on(sent, None, None, message, js="() => ''", api_name=False, queue=False)
-            chat_event.failure(refused_fn, chat_record, message, api_name=False, show_progress="hidden", queue=False)
+            chat_inputs = [message, chatbot, system, template, *chat_controls, chat_record]
+            chat_event = gr.on(sent, page_chat_fn, chat_inputs, [chatbot, chat_status, message], api_name=False,
+                               preprocess=False, concurrency_id=MODEL_QUEUE, show_progress_on=[chatbot, chat_status])
+            # the API route, with no trigger in the page: the same turn, its text not escaped
+            gr.on([], chat_fn, chat_inputs, [chatbot, chat_status], api_name="chat", preprocess=False,
+                  concurrency_id=MODEL_QUEUE)
             chat_halt.click(None, cancels=[chat_event])
             chat_event.then(after_fn, chat_record, [chatbot, chat_status], api_name=False, show_progress="hidden")
+            chat_event.failure(None, chat_status, chat_status, js=GONE_JS, api_name=False, queue=False,
+                               show_progress="hidden")
             # the Chatbot's own trash button too: alone it emptied the chat in the browser while a reply streamed on
             gr.on([clear.click, chatbot.clear], clear_fn, chat_record, [chatbot, chat_status], cancels=[chat_event],
                   api_name=False, queue=False)
@@ -224,7 +256,7 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True
     # an IPv6 address goes in brackets: Gradio puts the name as it is into the URL it checks ("http://::1:7860/"
     # failed in httpx with a traceback) and takes the brackets off to bind
     _, url, _ = app.launch(server_name=url_host(host), server_port=port, prevent_thread_lock=True, ssr_mode=False,
-                           mcp_server=False, quiet=True, show_error=True)
+                           mcp_server=False, quiet=True, show_error=True, css=CSS)
     if not quiet:
         print(f"* Running on {url} (Ctrl-C to stop)", flush=True)
     if block:

@@ -4,8 +4,9 @@ message for the user (app.py shows it)."""
 
 from __future__ import annotations
 
+import html
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,10 @@ from neurallayers.ui.logic import StreamRecord, finished_status
 ROLES = ("user", "assistant")
 
 
-def chat_history(value: Any) -> list[dict]:
+def chat_history(value: Any, *, page: bool = False) -> list[dict]:
     """The Chatbot's value as messages {"role", "content": str}: the browser sends each content as a list of text
-    parts ({"type": "text", "text": ...}); an API caller may send plain strings.
+    parts ({"type": "text", "text": ...}); an API caller may send plain strings. `page`: the value the page holds,
+    its text escaped (for_page), read back as it was written.
 
     Raises:
         ValueError: not a list of user and assistant messages with text content.
@@ -39,7 +41,7 @@ def chat_history(value: Any) -> list[dict]:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(content, str):
             raise ValueError(f"The chat history's message {i} must be {{\"role\": \"user\" or \"assistant\", "
                              f"\"content\": text}}, got {m!r:.80}")
-        out.append({"role": m["role"], "content": content})
+        out.append({"role": m["role"], "content": html.unescape(content) if page else content})
     return out
 
 
@@ -48,6 +50,16 @@ def shown(messages: list[dict]) -> list[dict]:
     went through inspect.cleandoc: its indentation and blank edge lines were lost, and the next turn's prompt with
     them)."""
     return [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in messages]
+
+
+def for_page(updates: Iterable[tuple[list[dict], str]]) -> Iterator[tuple[list[dict], str]]:
+    """stream_chat's updates with every text's &, < and > as entities, for the page's Chatbot. It puts a message into
+    the page as HTML (sanitized, rendered even with render_markdown=False): a model's "<b>x</b>" showed a bold x, its
+    "<script>...</script>" nothing at all. The API route keeps the text as it is; chat_history(page=True) reads it
+    back exactly."""
+    for messages, status in updates:
+        yield [{**m, "content": [{**p, "text": html.escape(p["text"], quote=False)} for p in m["content"]]}
+               for m in messages], status
 
 
 def chat_messages(history: list[dict], message: Any, system: Any) -> list[dict]:
@@ -128,11 +140,9 @@ def stream_chat(model: nn.Module, tokenizer, history: list[dict], message: str, 
 @dataclass
 class ChatRecord(StreamRecord):
     """The Chat tab's StreamRecord: Clear may come while a reply streams, and the step after the cancelled stream
-    must then leave the chat empty, not put the cut conversation back. `refused` keeps a message the chat refused
-    (the conversation too long, a template that refuses it ...), to put back into the message box."""
+    must then leave the chat empty, not put the cut conversation back."""
 
     cleared: bool = False
-    refused: str | None = None
 
     def follow(self, updates):
         self.cleared = False

@@ -3,6 +3,7 @@ stream in, take a screenshot."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -52,13 +53,18 @@ class PacedLM(DecoderLM):
 
 
 @pytest.fixture(scope="module")
-def playground(tiny):
-    """The playground over the paced tiny model (its own server, closed with the module)."""
+def paced(tiny):
     model, tok = tiny
-    paced = PacedLM(model.config).eval()
+    slow = PacedLM(model.config).eval()
     with torch.no_grad():
-        paced.load_state_dict(model.state_dict())
-    with running_playground(paced, tok) as url:
+        slow.load_state_dict(model.state_dict())
+    return slow, tok
+
+
+@pytest.fixture(scope="module")
+def playground(paced):
+    """The playground over the paced tiny model (its own server, closed with the module)."""
+    with running_playground(*paced) as url:
         yield url
 
 
@@ -70,13 +76,13 @@ def test_type_generate_and_see_the_text_stream_in(browser, playground, tmp_path)
     page.evaluate(WATCH_OUTPUT)
     prompt.fill("the quick brown fox")
     page.get_by_label("Seed (-1 = random)").fill("3")  # a seed whose sample runs to the token limit (no EOS)
-    page.locator("#generate").click()
+    prompt.press("Shift+Enter")  # the keyboard's Generate (Enter makes a new line; this was swallowed)
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('tokens in')", timeout=30_000)
     seen = page.evaluate("window.__seen")
     final = page.locator("#output textarea").input_value()
     assert final and seen[-1] == final
     assert len(seen) >= 3 and all(final.startswith(s) for s in seen)  # it grew in steps: streamed
-    assert len(seen[0]) < len(final)
+    assert len(seen[0]) < len(final) and prompt.input_value() == "the quick brown fox"
     shot = tmp_path / "playground.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
@@ -166,6 +172,10 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, tiny, tmp_pat
         page.locator("#chat-send").click()
         page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('generating')",
                                timeout=30_000)
+        message.fill("the cat")  # sent while the reply streams: not taken (one turn at a time), so it stays
+        message.press("Enter")
+        time.sleep(0.5)
+        assert message.input_value() == "the cat", "a message sent mid-reply was lost"
         page.locator(button).click()
         page.wait_for_function(f"() => ({CHAT_TEXTS})().length === 0", timeout=30_000)
         time.sleep(1.5)
@@ -179,3 +189,72 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, tiny, tmp_pat
     *_, (want, _) = stream_chat(*tiny, [], "the fox", config.replace(max_new_tokens=60), system="be lazy")
     assert page.evaluate(CHAT_TEXTS) == ["the fox", chat_history(want)[-1]["content"].strip()]
     page.close()
+
+
+def test_chat_shows_html_markdown_and_spaces_as_text(browser, playground, tiny):
+    """The Chatbot put a message into the page as HTML and markdown: "<b>a</b>" showed a bold a, an <img> vanished,
+    "*b*" lost its stars, "$$c$$" was typeset, runs of spaces and a line's indent collapsed. The page's value comes
+    back for the next turn as it was written (the reply is stream_chat's on the plain history)."""
+    from neurallayers.ui.chat import chat_history, stream_chat
+    from neurallayers.ui.logic import sampling_config
+
+    page = browser.new_page()
+    page.goto(playground)
+    page.get_by_role("tab", name="Chat").click()
+    message = page.locator("#chat-message textarea")
+    message.wait_for(timeout=30_000)
+    controls = page.locator("#chat-controls")
+    controls.get_by_label("Temperature (0 = greedy)").first.fill("0")
+    controls.get_by_label("Max new tokens").first.fill("4")  # both turns fit the tiny model's context of 96
+    message.fill("<b>a</b> *b*  $$c$$ &")
+    message.press("Shift+Enter")  # a new line in the message; Enter sends it
+    message.press_sequentially(" <img src=x onerror=shown=1>")
+    message.press("Enter")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
+                           timeout=30_000)
+    sent = "<b>a</b> *b*  $$c$$ &\n <img src=x onerror=shown=1>"
+    assert page.evaluate(CHAT_TEXTS)[0] == sent
+    assert page.locator("#chatbot .message-content").first.evaluate("e => e.querySelectorAll('*').length") == 1
+    assert page.evaluate("window.shown") is None
+    message.fill("the")
+    message.press("Enter")
+    page.wait_for_function(f"() => ({CHAT_TEXTS})().length === 4", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
+                           timeout=30_000)
+    config = sampling_config(max_new_tokens=4, temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+                             seed=-1, stop="")
+    *_, (first, _) = stream_chat(*tiny, [], sent, config)
+    *_, (want, _) = stream_chat(*tiny, chat_history(first), "the", config)
+    assert page.evaluate(CHAT_TEXTS) == [m["content"].strip() for m in chat_history(want)]
+    page.close()
+
+
+def test_the_server_going_away_mid_stream_is_said(browser, paced):
+    """The server stops while a text streams: the status said "generating... N tokens" for good under a bare "Error"
+    badge, and an overlay hid the text. The text so far shows; the status says the server stopped answering."""
+    from nl_ui_helpers import free_port
+
+    from neurallayers.ui import build_app, launch
+
+    app = build_app(*paced)
+    page = browser.new_page()
+    try:
+        page.goto(launch(app, port=free_port(), block=False, quiet=True))
+        page.locator("#prompt textarea").fill("the quick")
+        page.get_by_label("Max new tokens").first.fill("90")
+        page.locator("#generate").click()
+        page.wait_for_function("() => /generating... [1-9]/.test(document.querySelector('#status').innerText)",
+                               timeout=30_000)
+        app.server.should_exit = app.server.force_exit = True  # as a killed process: no goodbye to the page
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('stopped answering')",
+                               timeout=30_000)
+        status = page.locator("#status").inner_text()
+        assert re.search(r"cut off after \d+ tokens: the server stopped answering", status), status
+        # the text so far shows, not under Gradio's error overlay, nor the status line under its "Error" badge
+        on_top = "e => {const r = e.getBoundingClientRect(); return document.elementFromPoint(r.x + 9, r.y + 9) === e}"
+        output = page.locator("#output textarea")
+        assert output.input_value() and output.evaluate(on_top)
+        assert not page.locator("#status span.error").is_visible()
+    finally:
+        page.close()
+        app.close()

@@ -11,7 +11,7 @@ import pytest
 from neurallayers.generation import GenerationConfig, generate
 from neurallayers.generation.config import StreamEvent
 from neurallayers.ui import chat as ui_chat
-from neurallayers.ui.chat import ChatRecord, chat_history, shown, stream_chat
+from neurallayers.ui.chat import ChatRecord, chat_history, for_page, shown, stream_chat
 from neurallayers.ui.logic import sampling_config
 
 CONTROLS = dict(max_new_tokens=12, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=-1,
@@ -112,6 +112,11 @@ def test_the_chatbot_value_reads_back_as_it_was_shown():
     messages = [{"role": "user", "content": "  x\n\n   y\n"}, {"role": "assistant", "content": "\n  a\n    b  "}]
     assert chat_history(shown(messages)) == messages
     assert chat_history(messages) == messages and chat_history(None) == []  # an API caller's plain strings
+    # the page's value holds no markup (the Chatbot put "<b>" into the page as HTML) and reads back exactly
+    marked = [{"role": "user", "content": "<b>x</b> &amp; &lt;"}, {"role": "assistant", "content": "<i>a</i>&"}]
+    ((page, status),) = for_page([(shown(marked), "12 tokens")])
+    assert chat_history(page, page=True) == marked and status == "12 tokens"
+    assert page[1]["content"][0]["text"] == "&lt;i&gt;a&lt;/i&gt;&amp;"
 
 
 @pytest.mark.parametrize(("value", "message"), [

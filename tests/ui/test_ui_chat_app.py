@@ -33,11 +33,13 @@ def test_chat_streams_the_conversation_and_takes_it_back(client, tiny):
     assert chat_history(turns) == chat_history(want) and status.startswith("12 tokens in")
     updates = [chat_history(t) for t, _ in job.outputs()]
     assert updates[0] == [{"role": "user", "content": "the fox"}] and len(updates) > 3
-    # the next turn: the value sent back is the one shown, indentation and blank lines too
-    turns[-1]["content"][0]["text"] = "  jumps\n\n    over"
+    # the next turn: the value sent back is the one shown, indentation, blank lines and markup too (the API's text
+    # is not escaped as the page's is)
+    turns[-1]["content"][0]["text"] = "  <b>jumps</b> &\n\n    over"
     again, _ = client.predict("the dog", turns, "be lazy", *GREEDY[3:], api_name="/chat")
     *_, (want, _) = stream_chat(model, tok, chat_history(turns), "the dog", CONFIG, system="be lazy")
-    assert chat_history(again) == chat_history(want) and chat_history(again)[1]["content"] == "  jumps\n\n    over"
+    assert chat_history(again) == chat_history(want)
+    assert chat_history(again)[1]["content"] == "  <b>jumps</b> &\n\n    over"
     # every input after the message has a default
     assert chat_history(client.predict("the dog", api_name="/chat")[0])[0] == {"role": "user", "content": "the dog"}
 
