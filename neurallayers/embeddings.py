@@ -392,6 +392,6 @@ def load_minilm(*, device: str | torch.device | None = None,
 
     The tokenizer's `model_max_length` is the 256 tokens sentence-transformers uses for this model.
     """
-    from neurallayers.interop.hf import load_hf
+    from neurallayers.api import load  # its checks of device and dtype (load_hf alone gave torch's own errors)
 
-    return load_hf(minilm_folder(), device=device, dtype=dtype)  # 256 tokens: its sentence_bert_config.json
+    return load(minilm_folder(), device=device, dtype=dtype)  # 256 tokens: its sentence_bert_config.json

@@ -60,6 +60,8 @@ def read_hf_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, to
         FileNotFoundError: no weights file.
         CheckpointError: a corrupt file or index, or a pickle when `allow_pickle` is False.
     """
+    if not isinstance(allow_pickle, bool):  # "false" is truthy: it opted in to unpickling
+        raise ValueError(f"allow_pickle={allow_pickle!r}: must be True or False")
     if os.path.lexists(folder / SAFE_WEIGHTS):  # a folder, FIFO or broken link by that name is named as such (it
         return read_safetensors(folder / SAFE_WEIGHTS)  # was "has no weights", or fell through to the pickle)
     if (folder / SAFE_INDEX).is_file():

@@ -244,6 +244,8 @@ def refuse_unsupported(req: Sampling) -> None:
         # the echoed text would not be what the model read, and its logprobs' text offsets would not fit it
         raise bad_request("echo with truncate_prompt_tokens is not supported by this server: the prompt echoed would "
                           "not be the tokens the model read", "truncate_prompt_tokens")
+    if req.best_of is not None and req.best_of < req.n:  # OpenAI's and vLLM's rule; the message said "more"
+        raise bad_request(f"best_of={req.best_of} must be >= n={req.n}", "best_of")
     if req.best_of is not None and req.best_of != req.n:
         raise bad_request(f"best_of={req.best_of}: choosing the best of more candidates than n is not supported by "
                           "this server (send null, or best_of equal to n)", "best_of")

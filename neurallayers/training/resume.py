@@ -111,19 +111,23 @@ def check_same_model(out: Path, saved: RunConfig, model: ModelConfig) -> None:
 
 def check_resume(out: Path, target: Path, run: RunConfig, saved: RunConfig) -> tuple[dict, dict, RunConfig, bool]:
     """Loads the checkpoint and checks it belongs to this model and vocabulary (before any training), `saved` being
-    the run's config.yaml (saved_config). Returns the weights, the training state, the run config, whose
-    data.tokenizer / vocab_size stay the saved ones (the run keeps its tokenizer whatever a resume asks for, and
-    config.yaml says so), and whether the data changed."""
+    the run's config.yaml (saved_config). Returns the weights, the training state, the run config and
+    whether the data changed. A resume asking for another data.tokenizer or vocab_size is refused."""
     check_same_model(out, saved, run.model)
+    # the run's token ids mean its tokenizer's tokens: another one is refused (RELIABILITY 9). It was set aside with
+    # a warning, but the data still counted as changed, so the best weights started over on unchanged data and a
+    # diverging resume overwrote model.safetensors
+    for name in ("tokenizer", "vocab_size"):
+        if getattr(run.data, name) != getattr(saved.data, name):
+            raise ValueError(f"cannot resume {out}: data.{name}={getattr(run.data, name)!r} differs from the run's "
+                             f"{getattr(saved.data, name)!r}; a run keeps the tokenizer it was trained with (drop "
+                             f"--data.{name}, or start a new run for another tokenizer)")
     # where the token cache lives changes no token: a moved cache is the same data
     same_cache = dataclasses.replace(saved.data, cache_dir=run.data.cache_dir)
     changed = same_cache != run.data
     if changed:
         diff = changes(dataclasses.asdict(same_cache), dataclasses.asdict(run.data))
-        log.warning("the data settings differ from the saved run (%s): training continues on the new data, with the "
-                    "run's tokenizer", diff)
-        kept = {k: getattr(saved.data, k) for k in ("tokenizer", "vocab_size")}
-        run = dataclasses.replace(run, data=dataclasses.replace(run.data, **kept))
+        log.warning("the data settings differ from the saved run (%s): training continues on the new data", diff)
     try:
         model_sd, state = ckpt.load_checkpoint(target)
     except CheckpointError as e:

@@ -181,6 +181,8 @@ def test_best_of_equal_to_n_returns_the_n_choices(client):
     kw = dict(n=2, temperature=1.0, seed=3)
     texts = [c.text for c in complete(client, best_of=2, **kw).choices]
     assert len(texts) == 2 and texts == [c.text for c in complete(client, **kw).choices]
+    # fewer candidates than choices: OpenAI's rule, named as such (it said "more candidates than n")
+    assert refused(lambda: complete(client, best_of=1, **kw), "best_of") == "best_of=1 must be >= n=2"
 
 
 @pytest.mark.parametrize("name, value", [

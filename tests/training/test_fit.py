@@ -484,12 +484,13 @@ def test_resume_on_other_data_says_so(tmp_path, caplog):
     # the old data's best val loss does not compare with the new data's: the best starts over
     assert f"the best val loss so far ({first.best_val_loss:.4f}) was measured on the saved run's data" in caplog.text
     assert result.best_val_loss == result.final_val_loss
-    # asked for another tokenizer, the run keeps its own, and its config.yaml still says which
+    # asked for another tokenizer, the resume is refused (test_resume_changes) and config.yaml still says the run's
     run = tiny_run(tmp_path, corpus=other, max_steps=7, eval_interval=0)
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, tokenizer="bpe", vocab_size=300))
-    fit(run, tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(ValueError, match="keeps the tokenizer it was trained with"):
+        fit(run, tmp_path / "run", resume=True, progress=False)
     saved = RunConfig.from_yaml(tmp_path / "run/config.yaml")
-    assert (saved.data.tokenizer, saved.data.vocab_size, saved.train.max_steps) == ("char", None, 7)
+    assert (saved.data.tokenizer, saved.data.vocab_size, saved.train.max_steps) == ("char", None, 6)
 
 
 @pytest.mark.parametrize("save_interval", [1000, 1])

@@ -74,3 +74,20 @@ def test_a_moved_token_cache_is_the_same_data(tmp_path, caplog):
         fit(moved, tmp_path / "run", resume=True, progress=False)
     assert "data settings differ" not in caplog.text and "start over" not in caplog.text
     assert (tmp_path / "moved").is_dir()  # the tokens were read from there
+
+
+def test_a_resume_asking_for_another_tokenizer_is_refused_and_keeps_the_best_weights(tmp_path):
+    """--data.vocab_size (or data.tokenizer) on a resume was set aside with a warning, yet counted as other data: the
+    best val loss started over on the same tokens, and a diverging resume's first evaluation replaced the run's best
+    weights (model.safetensors)."""
+    import pytest
+
+    run = tiny_run(tmp_path, max_steps=8, eval_interval=4, save_interval=4)
+    fit(run, tmp_path / "run", progress=False, until_step=4)
+    best = (tmp_path / "run" / "model.safetensors").read_bytes()
+    for name, value in (("vocab_size", 400), ("tokenizer", "bpe")):
+        asked = dataclasses.replace(run, data=dataclasses.replace(run.data, **{name: value}))
+        with pytest.raises(ValueError, match=rf"cannot resume .*: data.{name}=.* differs from the run's .*keeps the "
+                                             "tokenizer it was trained with"):
+            fit(asked, tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == best
