@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from neurallayers.data.token_ids import check_id, token_id
+from neurallayers.data.token_ids import check_id, text_id, text_ids, token_id
 
 if TYPE_CHECKING:
     from neurallayers.data.tokenizers import Tokenizer
@@ -30,12 +30,17 @@ class StreamDecoder:
         context: ids before the pushed ones (a prompt), read as the text's start but never emitted: a SentencePiece
             decoder strips the space of the text's first token ("▁world" alone is "world"), so a continuation decoded
             alone lost the space after its prompt; the pieces then join to `continuation_text(context, ids)`.
+        skip_padded_ids: an id past the tokenizer's vocabulary (a row of a model's vocabulary padded past it) adds no
+            text, in a push or the context, as transformers' decode skips it; False: refused, as Tokenizer.decode
+            refuses it. Generation sets it: a model may choose such an id.
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, skip_special_tokens: bool = True, context: Iterable[int] = ()) -> None:
+    def __init__(self, tokenizer: Tokenizer, *, skip_special_tokens: bool = True, context: Iterable[int] = (),
+                 skip_padded_ids: bool = False) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self._context = _context_tail(tokenizer, context)
+        self.skip_padded_ids = skip_padded_ids
+        self._context = _context_tail(tokenizer, context, skip_padded_ids=skip_padded_ids)
         # the ids decode drops: held with the text before them, so that a window never starts with them alone (the
         # token after one decoded as the first of the text and lost its space: "x</s> y" streamed as "xy") and bytes
         # on both sides of one stay one run
@@ -78,9 +83,12 @@ class StreamDecoder:
 
         Raises:
             TypeError: `token_id` is not an integer (a float or a bool), as `Tokenizer.decode` refuses it.
-            ValueError: `token_id` is outside the vocabulary (a model's padded rows: 50304 for GPT-2's 50257). The
+            ValueError: `token_id` is outside the vocabulary (a model's padded rows: 50304 for GPT-2's 50257), unless
+                skip_padded_ids (then such an id returns "" and is not kept, so the bytes around it still join). The
                 decoder is left as it was, so the stream goes on with the next id.
         """
+        if self.skip_padded_ids and text_id(token_id, self.tokenizer.vocab_size) is None:
+            return ""
         # checked before it is kept: a kept bad id made every later push and flush raise the same error
         self._ids.append(check_id(token_id, self.tokenizer.vocab_size))
         if self._ids[-1] in self._byte_ids or self._ids[-1] in self._skipped:
@@ -141,12 +149,14 @@ def anchor_id(tokenizer: Tokenizer) -> int | None:
 _ANCHORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _context_tail(tokenizer: Tokenizer, context: Iterable[int]) -> list[int]:
+def _context_tail(tokenizer: Tokenizer, context: Iterable[int], *, skip_padded_ids: bool = False) -> list[int]:
     """The prompt's last ids, less those holding the first bytes of a character the continuation may complete: its
     text would not start with the prompt's (U+FFFD there), and a stream would drop the completed character. A
     prompt's last byte-fallback tokens go too: the continuation's byte tokens would join their run, and one stray
-    byte then turned the prompt's own characters into U+FFFD, so generate() and a stream cut that text differently."""
-    context, byte_ids = [token_id(i) for i in context], _byte_fallback_ids(tokenizer)
+    byte then turned the prompt's own characters into U+FFFD, so generate() and a stream cut that text differently.
+    skip_padded_ids: a prompt's ids past the vocabulary are dropped first (as decoding the whole would skip them)."""
+    context = text_ids(context, tokenizer.vocab_size) if skip_padded_ids else [token_id(i) for i in context]
+    byte_ids = _byte_fallback_ids(tokenizer)
     end = len(context)
     while end and context[end - 1] in byte_ids:
         end -= 1
@@ -161,14 +171,16 @@ def _context_tail(tokenizer: Tokenizer, context: Iterable[int]) -> list[int]:
 
 
 def continuation_text(tokenizer: Tokenizer, context: Iterable[int], ids: Iterable[int], *,
-                      skip_special_tokens: bool = True) -> str:
+                      skip_special_tokens: bool = True, skip_padded_ids: bool = False) -> str:
     """The text `ids` add after `context` (a prompt's ids): decode(context + ids) less decode(context). Decoded
     alone, a SentencePiece (Llama) continuation loses the space of its first token, "Hello" + "spac", where
     transformers' pipeline and vLLM give "Hello" + " spac"; for byte-level BPE both are the same. Spaces are cleaned
     up (clean_up_tokenization_spaces) in the continuation alone, as a stream cleans its pieces: cleaned with the
     prompt, "dog '" + " x" became "dog'x", which no longer starts with the prompt's text. skip_special_tokens: as
-    Tokenizer.decode (False: a StreamDecoder that writes special tokens gets the same text)."""
-    ids, tail = list(ids), _context_tail(tokenizer, context)
+    Tokenizer.decode (False: a StreamDecoder that writes special tokens gets the same text). skip_padded_ids: ids past
+    the tokenizer's vocabulary (a model's padded rows) have no text, as in StreamDecoder, instead of being refused."""
+    ids = text_ids(ids, tokenizer.vocab_size) if skip_padded_ids else list(ids)
+    tail = _context_tail(tokenizer, context, skip_padded_ids=skip_padded_ids)
     kw = {"clean_up_tokenization_spaces": False, "skip_special_tokens": skip_special_tokens}
     text = tokenizer.decode(ids, **kw)
     if tail:

@@ -23,3 +23,17 @@ def check_id(value, vocab_size: int) -> int:
         raise ValueError(f"token id {i} is outside the vocabulary [0, {vocab_size})")
     return i
 
+
+def text_id(value, vocab_size: int) -> int | None:
+    """`check_id` for an id a model chose: one at or past vocab_size (a row of a model's vocabulary padded past its
+    tokenizer's, as Qwen2's 151936 rows for 151665 tokens) has no text and reads as None, as transformers' and vLLM's
+    decode skip an id their tokenizer lacks. A negative id or a non-integer is refused as check_id refuses it."""
+    i = token_id(value)
+    if i < 0:
+        raise ValueError(f"token id {i} is outside the vocabulary [0, {vocab_size})")
+    return i if i < vocab_size else None
+
+
+def text_ids(values, vocab_size: int) -> list[int]:
+    """The ids of `values` that have text (`text_id`): the padded ones dropped, the rest in order."""
+    return [i for v in values if (i := text_id(v, vocab_size)) is not None]

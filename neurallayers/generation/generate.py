@@ -393,7 +393,8 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
         gens = generate_ids(model, input_ids, config, eos_ids=eos_ids, seeds=seeds)
         if tokenizer is not None:  # prompt-major, num_return_sequences a prompt
             for i, g in enumerate(gens):
-                g.text = continuation_text(tokenizer, input_ids[i // config.num_return_sequences], g.token_ids)
+                g.text = continuation_text(tokenizer, input_ids[i // config.num_return_sequences], g.token_ids,
+                                           skip_padded_ids=True)  # a padded vocabulary's ids: no text
         return gens
     # Stop strings: follow each row's text as it grows and end the row at its first stop string.
     texts = [_RowText(tokenizer, stops, input_ids[i // config.num_return_sequences],

@@ -20,7 +20,8 @@ class _RowText:
 
     def __init__(self, tokenizer, stops: list[str], context: list[int], *, search_after: int = 0) -> None:
         self.context = context  # the prompt's ids: the text is what the tokens add after it (continuation_text)
-        self.decoder = StreamDecoder(tokenizer, context=context)
+        # a model's vocabulary may be padded past its tokenizer's: an id there has no text (as transformers decodes it)
+        self.decoder = StreamDecoder(tokenizer, context=context, skip_padded_ids=True)
         self.stops = stops
         # a stop string counts only where it ends in the text of a token after the first `search_after` (vLLM's
         # min_tokens: its stop checker skips them); one wholly in their text stays in the output
@@ -55,8 +56,8 @@ class _RowText:
         # a token just before the cut may also hold the first bytes of a character after it: drop such tokens (the
         # text decoded as the decoder writes it: a server's skip_special_tokens false writes special tokens too)
         skip = getattr(self.decoder, "skip_special_tokens", True)
-        while k > 0 and not self.text.startswith(continuation_text(self.decoder.tokenizer, self.context,
-                                                                   self.ids[:k], skip_special_tokens=skip)):
+        while k > 0 and not self.text.startswith(continuation_text(self.decoder.tokenizer, self.context, self.ids[:k],
+                                                                   skip_special_tokens=skip, skip_padded_ids=True)):
             k -= 1
         return k
 
@@ -97,7 +98,7 @@ def _apply_stop_strings(gen: Generation, tokenizer, stops: list[str], context: l
     """Decode gen's tokens (after its prompt's, `context`) into gen.text, cutting at the first stop string (tokens
     and logprobs trimmed)."""
     if not stops:
-        gen.text = continuation_text(tokenizer, context, gen.token_ids)
+        gen.text = continuation_text(tokenizer, context, gen.token_ids, skip_padded_ids=True)
         return gen
     row = _RowText(tokenizer, stops, context, search_after=search_after)
     for t in gen.token_ids:
@@ -143,7 +144,8 @@ def _stop_check(tokenizer, stops: list[str], input_ids: list[list[int]], *,
         m, newest = 1, None
         while True:
             m = min(m, len(ids))
-            text = continuation_text(tokenizer, input_ids[i] + ids[:len(ids) - m], ids[len(ids) - m:])
+            text = continuation_text(tokenizer, input_ids[i] + ids[:len(ids) - m], ids[len(ids) - m:],
+                                     skip_padded_ids=True)
             newest = len(text) if newest is None else newest  # m == 1: the newest token's text
             if m == len(ids) or len(text) - newest >= need:
                 if search_after:

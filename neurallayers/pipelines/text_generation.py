@@ -223,7 +223,8 @@ class TextGenerationPipeline(Pipeline):
             outs[i * n:(i + 1) * n] = gens[j * n:(j + 1) * n]
             for g in outs[i * n:(i + 1) * n]:
                 if isinstance(g.stopped_by, int):  # transformers' text holds it, unless it is a special token
-                    g.text = continuation_text(tokenizer, prompts[i], [*g.token_ids, g.stopped_by])
+                    g.text = continuation_text(tokenizer, prompts[i], [*g.token_ids, g.stopped_by],
+                                               skip_padded_ids=True)
 
     def _chat_prompts(self, chats: list[list[dict]], continued: list[bool], template: dict) -> list[list[int]]:
         """Token ids of each rendered chat (ending with the reply's cue, or with its final message's content where it

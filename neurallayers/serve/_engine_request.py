@@ -210,7 +210,7 @@ class _Sequence:
             self.tokens[0, :req.prompt_tokens] = torch.tensor(req.prompt_ids, dtype=torch.long, device=device)
         self.text = _RowText(tokenizer, cfg.stop, req.prompt_ids, search_after=stop_search_after(cfg))
         self.text.decoder = StreamDecoder(tokenizer, skip_special_tokens=req.text.skip_special_tokens,
-                                          context=req.prompt_ids)
+                                          context=req.prompt_ids, skip_padded_ids=True)
         self.held = _HeldEvents(self.text)  # token events wait while their text could be a stop string's
         self.n = 0  # tokens chosen so far
         self.last = -1  # the last chosen token: the input of the next decode step

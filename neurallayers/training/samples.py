@@ -44,7 +44,7 @@ def write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path: 
         from neurallayers.data.tokenizers import continuation_text  # (a SentencePiece first word keeps its space)
 
         texts = [continuation_text(tokenizer, tokenizer.encode(p, add_special_tokens=True),
-                                   o.token_ids[:o.token_ids.index(tokenizer.eos_id)])
+                                   o.token_ids[:o.token_ids.index(tokenizer.eos_id)], skip_padded_ids=True)
                  if tokenizer.eos_id in o.token_ids else o.text for p, o in zip(cfg.sample_prompts, outs, strict=False)]
     parts = [f"=== prompt: {p!r}\n{p}{t}\n" for p, t in zip(cfg.sample_prompts, texts, strict=False)]
     save_samples(path, "\n".join(parts))
