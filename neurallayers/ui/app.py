@@ -144,9 +144,15 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                 yield chat, status, box
                 box = gr.skip()
 
-    def clear_fn(record):
-        record.clear()  # a reply streaming now is cancelled; its last step must not put the chat back
-        return [], ""
+    def clear_fn(record):  # a reply streaming now stops before its next update (ChatRecord)
+        chat, status = record.clear()
+        return chat, gr.skip() if status is None else status
+
+    def after_clear_fn(record):
+        shown = record.after_clear()
+        if shown is None:
+            return gr.skip(), gr.skip()
+        return shown[0], gr.skip() if shown[1] is None else shown[1]
 
     def attention_fn(text, layer):
         try:
@@ -226,8 +232,11 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
             chat_event.failure(None, chat_status, chat_status, js=GONE_JS, api_name=False, queue=False,
                                show_progress="hidden")
             # the Chatbot's own trash button too: alone it emptied the chat in the browser while a reply streamed on
-            gr.on([clear.click, chatbot.clear], clear_fn, chat_record, [chatbot, chat_status], cancels=[chat_event],
-                  api_name=False, queue=False)
+            # queue=False: the chat empties at once. Its reply and the stream's updates come by separate ways, so
+            # a step on the session's message stream, after them, empties it again
+            cleared = gr.on([clear.click, chatbot.clear], clear_fn, chat_record, [chatbot, chat_status],
+                            cancels=[chat_event], api_name=False, queue=False, show_progress="hidden")
+            cleared.then(after_clear_fn, chat_record, [chatbot, chat_status], api_name=False, show_progress="hidden")
         with gr.Tab("Attention"):
             gr.Markdown("Attention weights of every head for one text (query tokens down, key tokens across).")
             with gr.Row():

@@ -15,7 +15,7 @@ from torch import nn
 from neurallayers.data.chat import DEFAULT_STOP, chat_template_names, render_chat, resolve_chat_template
 from neurallayers.generation import GenerationConfig, stream
 from neurallayers.generation.generate import _row_seed
-from neurallayers.ui.logic import StreamRecord, finished_status
+from neurallayers.ui.logic import StreamRecord, finished_status, stopped_status
 
 ROLES = ("user", "assistant")
 
@@ -139,20 +139,50 @@ def stream_chat(model: nn.Module, tokenizer, history: list[dict], message: str, 
 
 @dataclass
 class ChatRecord(StreamRecord):
-    """The Chat tab's StreamRecord: Clear may come while a reply streams, and the step after the cancelled stream
-    must then leave the chat empty, not put the cut conversation back."""
+    """The Chat tab's StreamRecord, with Clear. Clear's reply raced the streaming reply: Gradio's cancel of the
+    stream is a separate request, late on a loaded machine (or lost), and the updates sent meanwhile, or the whole
+    reply when it ended first, put the conversation back after Clear's empty chat. So Clear stops the stream itself
+    before its next update, and the steps after the stream and after Clear give the empty chat again: each comes
+    after the updates sent before it, on the session's one message stream."""
 
-    cleared: bool = False
+    cleared: bool = False  # Clear came during the latest turn
+    streaming: bool = False
+    turn: int = 0  # turns started: Clear's later step leaves a turn started after it alone
+    cleared_turn: int = -1
+    cut_by_clear: bool = False  # Clear came while the latest turn streamed
+    shown_status: str = ""  # the status of the latest update passed on
 
     def follow(self, updates):
-        self.cleared = False
-        yield from super().follow(updates)
+        self.cleared, self.cut_by_clear, self.shown_status = False, False, ""
+        self.streaming, self.turn = True, self.turn + 1
+        inner = super().follow(updates)
+        try:
+            for update in inner:
+                if self.cleared:  # the update after Clear is not shown; the model's stream ends here
+                    return
+                self.shown_status = update[1]
+                yield update
+        finally:
+            inner.close()  # a Clear, Stop or Gradio's cancel: the model's stream closed now (StreamRecord.follow)
+            self.streaming = False
 
-    def clear(self) -> None:
-        self.cleared, self.text, self.status = True, [], ""
+    def clear(self) -> tuple[list, str | None]:
+        """Clear pressed: the empty chat and its status, None (left as it is) while a reply streams: the step
+        after the stream says it stopped, once it has."""
+        # a reply streams, or Gradio's cancel has just cut it (the step after it is still to come)
+        self.cleared, self.cleared_turn, self.cut_by_clear = True, self.turn, self.streaming or self.cut
+        return self._cleared()
+
+    def after_clear(self) -> tuple[list, str | None] | None:
+        """Clear's step after its reply: the empty chat again (an update of the stream sent before Clear may have
+        come after its reply), unless a new turn has started since."""
+        return self._cleared() if self.cleared and self.turn == self.cleared_turn else None
+
+    def _cleared(self) -> tuple[list, str | None]:
+        return [], None if self.cut_by_clear else ""
 
     def after_stop(self) -> tuple[Any, str] | None:
-        if self.cleared and self.cut:
+        if self.cleared:  # Clear ended the stream, or Gradio's cancel did, or it ended by itself meanwhile
             self.cut = False
-            return [], ""
+            return [], stopped_status(self.shown_status, "Clear") if self.cut_by_clear else ""
         return super().after_stop()

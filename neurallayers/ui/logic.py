@@ -112,10 +112,10 @@ def finished_status(n: int, seconds: float, reason: str, max_new_tokens: int, bl
             f"stopped by {_why(reason, n, max_new_tokens, block)}")
 
 
-def stopped_status(status: str | None) -> str:
-    """The status line once the Stop button cancelled a stream (between two tokens): its last line said
+def stopped_status(status: str | None, button: str = "Stop") -> str:
+    """The status line once the Stop (or Clear) button cancelled a stream (between two tokens): its last line said
     "generating... N tokens" for ever. A stream that had already ended keeps its final line."""
-    return (status or "").replace("generating...", "stopped (Stop pressed) after", 1)
+    return (status or "").replace("generating...", f"stopped ({button} pressed) after", 1)
 
 
 @dataclass

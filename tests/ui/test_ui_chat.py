@@ -156,26 +156,40 @@ def test_a_template_that_refuses_the_system_prompt_says_so(tiny):
 
 
 def test_clear_during_a_reply_leaves_the_chat_empty(tiny):
-    """Clear cancels the streaming reply; the step after the cancelled stream put the cut conversation back."""
+    """Clear's reply raced the streaming reply: Gradio's cancel came late (or never), the stream went on and put the
+    conversation back. Clear now stops the stream itself before its next update, and both steps after it give the
+    empty chat, whichever order the stream's close and Clear come in."""
     model, tok = tiny
     config = sampling_config(**{**CONTROLS, "max_new_tokens": 30})
-    for clear_first in (True, False):  # Clear's reply and the stream's close come in either order
+    stopped = "stopped (Clear pressed) after 3 tokens"
+    for cancel_first in (None, True, False):  # Gradio's cancel: never, before Clear reaches the server, after
         record = ChatRecord()
         updates = record.follow(stream_chat(model, tok, [], "the fox", config))
-        [next(updates) for _ in range(4)]
-        if clear_first:
-            record.clear()
-        updates.close()
-        if not clear_first:
-            record.clear()
-        assert record.after_stop() == ([], "") and record.after_stop() is None
+        assert [next(updates) for _ in range(4)][-1][1] == "generating... 3 tokens"
+        if cancel_first:
+            updates.close()
+        shown = record.clear()
+        if cancel_first is None:
+            assert next(updates, "ended") == "ended", "the stream went on after Clear"  # the model is free
+        elif not cancel_first:
+            updates.close()
+        assert shown == ([], None)  # the status: left to the step after the stream, which says it stopped
+        assert record.after_stop() == ([], stopped) and record.after_clear() == ([], None)
+    record = ChatRecord()  # the reply's last update was on its way as Clear came: the chat stays empty all the same
+    updates = record.follow(stream_chat(model, tok, [], "the fox", config))
+    final = next(u for u in updates if "tokens in" in u[1])
+    assert record.clear() == ([], None) and next(updates, "ended") == "ended"
+    assert record.after_stop() == ([], final[1]) and record.after_clear() == ([], None)
     record = ChatRecord()  # Stop, without Clear: the conversation so far and a stopped status
     updates = record.follow(stream_chat(model, tok, [], "the fox", config))
     turns, status = [next(updates) for _ in range(4)][-1]
     updates.close()
     assert record.after_stop() == (turns, status.replace("generating...", "stopped (Stop pressed) after"))
-    record.clear()  # Clear with no reply streaming; the next conversation streams as usual
-    *_, last = record.follow(stream_chat(model, tok, [], "the fox", config))
+    assert record.clear() == ([], "") and record.after_clear() == ([], "")  # Clear with no reply streaming
+    updates = record.follow(stream_chat(model, tok, [], "the fox", config))  # the next conversation as usual
+    first = next(updates)
+    assert record.after_clear() is None  # Clear's late step leaves a turn started after it alone
+    *_, last = [first, *updates]
     assert record.after_stop() is None and (record.text, record.status) == last
 
 
