@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from neurallayers.checks import is_int
+from neurallayers.data.token_ids import text_ids
 from neurallayers.data.tokenizers import MASK_TOKENS, Tokenizer
 from neurallayers.embeddings import _check_texts, _embed
 from neurallayers.pipelines.base import Pipeline, _switch, log
@@ -121,9 +122,12 @@ class FillMaskPipeline(Pipeline):
             filled[pos] = token
             if self.tokenizer.pad_id is not None:
                 filled = filled[filled != self.tokenizer.pad_id]
+            # an id past the tokenizer's vocabulary (a model's padded rows) reads as "", as transformers decodes it
+            vocab = self.tokenizer.vocab_size
             preds.append({"score": score, "token": token,
-                          "token_str": self.tokenizer.decode([token], skip_special_tokens=False),
-                          "sequence": self.tokenizer.decode(filled.tolist(), skip_special_tokens=single)})
+                          "token_str": self.tokenizer.decode(text_ids([token], vocab), skip_special_tokens=False),
+                          "sequence": self.tokenizer.decode(text_ids(filled.tolist(), vocab),
+                                                            skip_special_tokens=single)})
         return preds
 
     def _target_ids(self, targets: str | list[str]) -> torch.Tensor:

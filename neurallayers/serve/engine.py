@@ -141,7 +141,7 @@ class Engine:
             ValueError: bad prompt or config (empty prompt, ids outside the vocabulary, prompt + max_new_tokens over
                 the context length, beam search / contrastive search / several return sequences).
             EngineFull: max_batch requests run and max_queue wait (see .retry_after).
-            EngineClosed: shutdown has started.
+            EngineClosed: shutdown has started, or the engine thread failed (`failure` says why).
         """
         prompt_ids = self._check(prompt_ids, config)
         req = Request(prompt_ids, config, on_cancel=self._wake, text=text)
@@ -443,9 +443,11 @@ class Engine:
         with self._cond:
             error = self._abort or EngineClosed("the engine shut down before the request finished")
             # the admitted too: the loop may fail between popping them from the queue and prefilling them
-            reqs = [s.req for s in self._running] + self._admitting + list(self._waiting)
+            reqs = [r for r in [s.req for s in self._running] + self._admitting + list(self._waiting) if not r.done]
             self._running.clear()
             self._admitting = []
             self._waiting.clear()
+            if self._abort is not None:  # the loop failed: each of them failed (stats and /metrics say so)
+                self._stats["requests_failed"] += len(reqs)
         for req in reqs:
             req._fail(error)

@@ -12,6 +12,8 @@ import logging
 
 import torch
 
+from neurallayers.data.token_ids import text_ids
+
 log = logging.getLogger("neurallayers.training")
 
 WINDOWS, WIDTH = 3, 64  # how many windows, of at most how many tokens
@@ -54,7 +56,7 @@ def prompt_fills(model: torch.nn.Module, tokenizer: object, prompts: list[str], 
         lines = [f"=== prompt: {prompt!r}"]
         for n, row in enumerate(probs, 1):
             scores, top = row.topk(min(top_k, len(row)))
-            lines.append(f"mask {n}: " + "  ".join(f"{tokenizer.decode([t])!r} {p:.3f}"
+            lines.append(f"mask {n}: " + "  ".join(f"{tokenizer.decode(text_ids([t], tokenizer.vocab_size))!r} {p:.3f}"
                                                    for t, p in zip(top.tolist(), scores.tolist(), strict=True)))
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)

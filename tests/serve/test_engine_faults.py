@@ -18,7 +18,6 @@ from neurallayers.config import ModelConfig
 from neurallayers.data.tokenizers import Tokenizer
 from neurallayers.generation import GenerationConfig
 from neurallayers.models import build_model
-from neurallayers.serve._engine_request import TextOptions
 from neurallayers.serve.engine import Engine
 
 PADDING = 12  # model rows past the tokenizer's vocabulary
@@ -48,9 +47,13 @@ def server(padded):
         yield srv
 
 
-def test_a_request_whose_own_choice_fails_fails_alone(padded):
+def test_a_request_whose_own_choice_fails_fails_alone(padded, monkeypatch):
+    """A request that cannot be prefilled (its _Sequence fails to build) and one whose first decode step fails each
+    fail alone: either failed every request prefilled or decoded beside it. (Padded-vocabulary ids, which once made
+    them fail, now decode as "": test_padded_vocab_serve.py.)"""
+    from neurallayers.serve import _engine_request
+
     model, tok, _ = padded
-    pad = tok.vocab_size + 1  # an id without text
     prompt = tok.encode("The")
     config = GenerationConfig(max_new_tokens=8, temperature=0, logit_bias={tok.eos_id: -100})
     alone = Engine(model, tok, max_batch=1)
@@ -58,20 +61,28 @@ def test_a_request_whose_own_choice_fails_fails_alone(padded):
     expected = "".join(e.text for e in alone.submit(prompt, config))
     alone.shutdown()
 
+    init, step = _engine_request._Sequence.__init__, _engine_request._Sequence.step
+
+    def failing_init(self, req, **kw):
+        if req.config.seed == 11:
+            raise ValueError("cannot build this one")
+        init(self, req, **kw)
+
+    def failing_step(self, *args, **kw):
+        if self.req.config.seed == 22 and self.n >= 1:  # at its first decode step, beside the innocent one
+            raise ValueError("cannot choose for this one")
+        return step(self, *args, **kw)
+
+    monkeypatch.setattr(_engine_request._Sequence, "__init__", failing_init)
+    monkeypatch.setattr(_engine_request._Sequence, "step", failing_step)
     engine = Engine(model, tok, max_batch=3)
     innocent = engine.submit(prompt, config)
-    # admitted and prefilled with the others: its text cannot be read (it failed all three)
-    unreadable = engine.submit([5, pad], config)
-    # prefilled beside the innocent one, then chooses the padding id at its first decode step, as a stop token whose
-    # text is asked for (min_tokens holds it back until then): it failed both
-    chooses = engine.submit(prompt, GenerationConfig(max_new_tokens=5, temperature=0, logit_bias={pad: 100},
-                                                     stop_token_ids=[pad], min_new_tokens=2),
-                            text=TextOptions(include_stop_str_in_output=True))
+    unbuilt, unchosen = (engine.submit(prompt, config.replace(seed=seed)) for seed in (11, 22))
     engine.start()
     try:
         assert "".join(e.text for e in innocent) == expected and innocent.finish_reason == "length"
-        for req in (unreadable, chooses):
-            with pytest.raises(RuntimeError, match="outside the vocabulary"):
+        for req, why in ((unbuilt, "cannot build"), (unchosen, "cannot choose")):
+            with pytest.raises(RuntimeError, match=why):
                 list(req)
         # the last event goes out before the engine counts the step's ended requests
         wait_for(lambda: engine.stats()["running"] == 0, what="the rows to be freed")
@@ -142,6 +153,7 @@ def test_a_dead_engine_ends_its_requests_and_health_says_so(padded):
         r = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 3}, timeout=10)
         assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
         assert requests_running(srv.url) == 0
+        assert engine.stats()["requests_failed"] == 1  # ended by the dying loop: it counted none
 
         health = httpx.get(f"{srv.url}/health", timeout=5)  # was 200 "ok" while every request got 503
         assert (health.status_code, health.json()) == (503, {"status": "error", "model": "tiny"})
