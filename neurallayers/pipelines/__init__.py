@@ -49,7 +49,8 @@ def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], *, devi
             "text-generation".
         model: a run directory or Hugging Face folder (loaded with `neurallayers.load`), or (model, tokenizer).
         device, dtype: where and in which dtype `neurallayers.load` puts a model loaded from a path (as load takes
-            them); a (model, tokenizer) pair stays as it is.
+            them; an int device as transformers reads it: -1 the CPU, N "cuda:N"); a (model, tokenizer) pair stays
+            as it is.
         **kwargs: options of the task's pipeline: batch_size (all), mask_token (fill-mask).
 
     Raises:
@@ -68,6 +69,8 @@ def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], *, devi
         given = "device" if device is not None else "dtype"
         raise ValueError(f"{given}= applies to a model loaded from a path; move a (model, tokenizer) pair's model "
                          "yourself (model.to(...))")
+    if isinstance(device, int) and not isinstance(device, bool):  # transformers' spelling: -1 the CPU, N cuda:N
+        device = "cpu" if device < 0 else f"cuda:{device}"
     if path is not None:
         from neurallayers.api import load
 
