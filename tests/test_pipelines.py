@@ -513,7 +513,7 @@ def test_device_and_dtype_load_the_model_and_options_are_checked_first(tmp_path,
     fill = pipeline("fill-mask", model=tmp_path, device="cpu", dtype="bf16")
     assert loads == [{"device": "cpu", "dtype": "bf16"}]
     assert next(fill.model.parameters()).dtype == torch.bfloat16
-    pipeline("fill-mask", model=tmp_path, device=-1)  # transformers' int spelling of the CPU ("device='-1'" was refused)
+    pipeline("fill-mask", model=tmp_path, device=-1)  # transformers' int spelling of the CPU (was refused)
     assert loads[-1]["device"] == "cpu"
     with pytest.raises(ValueError, match=r"^device= applies to a model loaded from a path"):
         pipeline("fill-mask", model=(model, fill.tokenizer), device="cpu")
