@@ -28,15 +28,23 @@ from neurallayers.ui.logic import (
 # The events that run the model share one queue: Gradio limits each event on its own, so an attention request ran
 # beside a generation (two forwards at once on the CPU's cores)
 MODEL_QUEUE = "model"
-# A stream that fails: when the server does not answer any more (stopped, crashed), the status said "generating... N
-# tokens" for good under Gradio's bare "Error" badge. The page asks the server; a refusal (gr.Error) leaves it as it is.
-GONE_JS = """async (status) => {
-  try { await fetch(window.location.href, {method: "HEAD", cache: "no-store"}); return status; }
-  catch (e) {
-    const n = /^generating\\.\\.\\. (\\d+) tokens/.exec(status || "");
-    return (n ? `cut off after ${n[1]} tokens: ` : "") +
-      "the server stopped answering (start neurallayers ui again, then reload the page)";
-  }
+# A server that stops answering (stopped, killed) mid-stream: the status said "generating... N tokens" for good.
+# Gradio runs no step of the page's own when its stream breaks: only a .failure() step where the server said goodbye
+# first, none where the connection just broke (a killed process; now and then a stopped one), and a .failure()
+# step also ran on every Stop, writing back the status it read before. So the page asks the server itself, once a
+# second while a status says "generating...", and says it on that line once it does not answer.
+GONE_JS = """() => {
+  setInterval(async () => {
+    const live = ["#status", "#chat-status"].map(s => document.querySelector(s))
+      .filter(e => e && /^generating\\.\\.\\. /.test(e.innerText.trim()));
+    if (!live.length) return;
+    try { await fetch(window.location.href, {method: "HEAD", cache: "no-store"}); return; } catch (e) {}
+    for (const e of live) {
+      const n = /^generating\\.\\.\\. (\\d+) tokens/.exec(e.innerText.trim());
+      (e.querySelector(".md") || e).textContent = (n ? `cut off after ${n[1]} tokens: ` : "") +
+        "the server stopped answering (start neurallayers ui again, then reload the page)";
+    }
+  }, 1000);
 }"""
 # The Chatbot's messages keep their spaces, indentation and blank lines, as the Output box does. A failed event's
 # "Error" overlay hid the text so far and covered the status line that says what failed (a refusal has its toast)
@@ -123,8 +131,9 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
     def chat_turn(message, history, system, template, values, record, *, page: bool):
         try:
             config = sampling_config(**dict(zip(SAMPLING, values, strict=True)))
-            updates = stream_chat(model, tokenizer, chat_history(history, page=page), message, config, system=system,
-                                  template=template)
+            history = chat_history(history, page=page)
+            updates = stream_chat(model, tokenizer, record.history(history) if page else history, message, config,
+                                  system=system, template=template)
             yield from record.follow(for_page(updates) if page else updates)
         except ValueError as e:
             raise gr.Error(str(e), print_exception=False) from None
@@ -193,7 +202,6 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
             # closed the stream's generator; queued, its reply follows the stream's last updates on the session's
             # one message stream. A status sent by Stop itself could arrive before them and be overwritten.
             event.then(after_fn, record, [output, status], api_name=False, show_progress="hidden")
-            event.failure(None, status, status, js=GONE_JS, api_name=False, queue=False, show_progress="hidden")
         with gr.Tab("Chat"):
             if not cfg.causal:
                 gr.Markdown("This is an encoder model: it does not chat. The Attention tab works.")
@@ -229,8 +237,6 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                   concurrency_id=MODEL_QUEUE)
             chat_halt.click(None, cancels=[chat_event])
             chat_event.then(after_fn, chat_record, [chatbot, chat_status], api_name=False, show_progress="hidden")
-            chat_event.failure(None, chat_status, chat_status, js=GONE_JS, api_name=False, queue=False,
-                               show_progress="hidden")
             # the Chatbot's own trash button too: alone it emptied the chat in the browser while a reply streamed on
             # queue=False: the chat empties at once. Its reply and the stream's updates come by separate ways, so
             # a step on the session's message stream, after them, empties it again
@@ -265,7 +271,7 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True
     # an IPv6 address goes in brackets: Gradio puts the name as it is into the URL it checks ("http://::1:7860/"
     # failed in httpx with a traceback) and takes the brackets off to bind
     _, url, _ = app.launch(server_name=url_host(host), server_port=port, prevent_thread_lock=True, ssr_mode=False,
-                           mcp_server=False, quiet=True, show_error=True, css=CSS)
+                           mcp_server=False, quiet=True, show_error=True, css=CSS, js=GONE_JS)
     if not quiet:
         print(f"* Running on {url} (Ctrl-C to stop)", flush=True)
     if block:

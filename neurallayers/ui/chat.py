@@ -4,10 +4,12 @@ message for the user (app.py shows it)."""
 
 from __future__ import annotations
 
+import copy
 import html
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from torch import nn
@@ -143,7 +145,14 @@ class ChatRecord(StreamRecord):
     stream is a separate request, late on a loaded machine (or lost), and the updates sent meanwhile, or the whole
     reply when it ended first, put the conversation back after Clear's empty chat. So Clear stops the stream itself
     before its next update, and the steps after the stream and after Clear give the empty chat again: each comes
-    after the updates sent before it, on the session's one message stream."""
+    after the updates sent before it, on the session's one message stream.
+
+    The browser runs the step after a cancelled stream as soon as its /cancel request returns, failed or not, while
+    the server may still be sending the stream's update of the moment; and it takes the next message at once, with
+    the chat it holds then. So the steps after Clear wait for the stream to end (its last update sent first), and
+    the first turn after Clear starts from the system prompt alone whatever chat the page sent (history)."""
+
+    CLEAR_WAIT_S = 30.0  # the longest a step after Clear waits for the stream's next update, where it ends
 
     cleared: bool = False  # Clear came during the latest turn
     streaming: bool = False
@@ -152,9 +161,22 @@ class ChatRecord(StreamRecord):
     cut_by_clear: bool = False  # Clear came while the latest turn streamed
     shown_status: str = ""  # the status of the latest update passed on
 
+    def __post_init__(self):
+        self.idle = threading.Event()  # set while no turn streams; not a field: Gradio deep-copies the fields
+        self.idle.set()
+
+    def __deepcopy__(self, memo):  # gr.State copies the first value for each session: a new Event (a lock) each
+        return replace(self, **{f.name: copy.deepcopy(getattr(self, f.name), memo) for f in fields(self)})
+
+    def history(self, history: list[dict]) -> list[dict]:
+        """The history a new turn from the page starts from: none after Clear, whatever the page sent (an update of
+        the stream cut by Clear may have put the old chat back there after Clear's reply)."""
+        return [] if self.cleared and self.turn == self.cleared_turn else history
+
     def follow(self, updates):
         self.cleared, self.cut_by_clear, self.shown_status = False, False, ""
         self.streaming, self.turn = True, self.turn + 1
+        self.idle.clear()
         inner = super().follow(updates)
         try:
             for update in inner:
@@ -165,6 +187,7 @@ class ChatRecord(StreamRecord):
         finally:
             inner.close()  # a Clear, Stop or Gradio's cancel: the model's stream closed now (StreamRecord.follow)
             self.streaming = False
+            self.idle.set()
 
     def clear(self) -> tuple[list, str | None]:
         """Clear pressed: the empty chat and its status, None (left as it is) while a reply streams: the step
@@ -175,13 +198,20 @@ class ChatRecord(StreamRecord):
 
     def after_clear(self) -> tuple[list, str | None] | None:
         """Clear's step after its reply: the empty chat again (an update of the stream sent before Clear may have
-        come after its reply), unless a new turn has started since."""
+        come after its reply), unless a new turn has started since. Once the stream cut by Clear has ended."""
+        self._wait_for_clear()
         return self._cleared() if self.cleared and self.turn == self.cleared_turn else None
+
+    def _wait_for_clear(self) -> None:
+        """Until a stream that Clear stops has ended: it does at its next update, sent before the step's reply."""
+        if self.cleared and self.turn == self.cleared_turn:
+            self.idle.wait(self.CLEAR_WAIT_S)
 
     def _cleared(self) -> tuple[list, str | None]:
         return [], None if self.cut_by_clear else ""
 
     def after_stop(self) -> tuple[Any, str] | None:
+        self._wait_for_clear()
         if self.cleared:  # Clear ended the stream, or Gradio's cancel did, or it ended by itself meanwhile
             self.cut = False
             return [], stopped_status(self.shown_status, "Clear") if self.cut_by_clear else ""

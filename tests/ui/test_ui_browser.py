@@ -3,6 +3,7 @@ stream in, take a screenshot."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import time
@@ -132,7 +133,22 @@ def test_stop_says_so_and_frees_the_model(browser, playground, tiny):
 CHAT_TEXTS = """() => Array.from(document.querySelectorAll('#chatbot .message-row')).map(m => m.innerText.trim())"""
 
 
+def wait_for_chat(page, want: list[str]) -> None:
+    """Until the chat shows `want` (the Chatbot draws a message after the status line has its final text: read at
+    once, it could still show the reply of a step before), or its value then when it never does."""
+    import json
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(f"() => JSON.stringify(({CHAT_TEXTS})()) === {json.dumps(json.dumps(want))}",
+                               timeout=30_000)
+    assert page.evaluate(CHAT_TEXTS) == want
+
+
 def test_chat_with_a_system_prompt_then_clear(browser, playground, paced, tiny, tmp_path, monkeypatch):
+    import gradio as gr
+
     from neurallayers.ui.chat import chat_history, stream_chat
     from neurallayers.ui.logic import sampling_config
 
@@ -162,8 +178,7 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, paced, tiny, 
                              seed=-1, stop="")
     *_, (want, _) = stream_chat(*tiny, [], "the fox", config, system="be lazy")
     reply = chat_history(want)[-1]["content"]
-    texts = page.evaluate(CHAT_TEXTS)
-    assert texts[0] == "the fox" and len(texts) == 2 and texts[1] == reply.strip()
+    wait_for_chat(page, ["the fox", reply.strip()])
     page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
 
     page.locator("#chat-clear").click()  # no reply streams: the chat and the status empty
@@ -173,10 +188,20 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, paced, tiny, 
     # Clear while a long reply streams (the button, then the Chatbot's own trash icon): the reply stops, the chat
     # stays empty, the status says so; the system prompt stays. Gradio's cancel request is dropped here, as when it
     # comes late on a loaded machine: the stream went on after Clear's reply, put the conversation back and ended
-    # "N tokens in". The model is slower meanwhile, so that the reply cannot end by itself before Clear
+    # "N tokens in". The model is slower meanwhile, so that the reply cannot end by itself before Clear, and each
+    # update of the chat is long on its way, as on a loaded machine: the browser ran the step after the stream as
+    # soon as /cancel failed, its empty chat came first, and the update then put the conversation back (2 runs in 7)
     controls.get_by_label("Max new tokens").first.fill("60")
     page.route("**/cancel", lambda route: route.abort())
     monkeypatch.setattr(paced[0], "delay", 0.2)
+    postprocess = gr.Chatbot.postprocess
+
+    def slow_postprocess(self, value):
+        if value:  # an empty chat (Clear's) goes at once
+            time.sleep(0.3)
+        return postprocess(self, value)
+
+    monkeypatch.setattr(gr.Chatbot, "postprocess", slow_postprocess)
     for button in ("#chat-clear", "#chatbot button[aria-label='Clear']"):
         message.fill("the dog")
         page.locator("#chat-send").click()
@@ -198,7 +223,7 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, paced, tiny, 
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
                            timeout=30_000)
     *_, (want, _) = stream_chat(*tiny, [], "the fox", config.replace(max_new_tokens=60), system="be lazy")
-    assert page.evaluate(CHAT_TEXTS) == ["the fox", chat_history(want)[-1]["content"].strip()]
+    wait_for_chat(page, ["the fox", chat_history(want)[-1]["content"].strip()])
     page.close()
 
 
@@ -229,20 +254,22 @@ def test_chat_shows_html_markdown_and_spaces_as_text(browser, playground, tiny):
     assert page.evaluate("window.shown") is None
     message.fill("the")
     message.press("Enter")
-    page.wait_for_function(f"() => ({CHAT_TEXTS})().length === 4", timeout=30_000)
-    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
-                           timeout=30_000)
     config = sampling_config(max_new_tokens=4, temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
                              seed=-1, stop="")
     *_, (first, _) = stream_chat(*tiny, [], sent, config)
     *_, (want, _) = stream_chat(*tiny, chat_history(first), "the", config)
-    assert page.evaluate(CHAT_TEXTS) == [m["content"].strip() for m in chat_history(want)]
+    wait_for_chat(page, [m["content"].strip() for m in chat_history(want)])
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
+                           timeout=30_000)
     page.close()
 
 
-def test_the_server_going_away_mid_stream_is_said(browser, paced):
+def test_the_server_going_away_mid_stream_is_said(browser, paced, monkeypatch):
     """The server stops while a text streams: the status said "generating... N tokens" for good under a bare "Error"
-    badge, and an overlay hid the text. The text so far shows; the status says the server stopped answering."""
+    badge, and an overlay hid the text. The text so far shows; the status says the server stopped answering.
+    It goes as a killed process does, without a last word on the page's stream: Gradio's goodbye ("Server stopped
+    unexpectedly") got there first now and then, and only then did the page say anything (the test failed 1 in 5)."""
+    import gradio.routes
     from nl_ui_helpers import free_port
 
     from neurallayers.ui import build_app, launch
@@ -256,7 +283,11 @@ def test_the_server_going_away_mid_stream_is_said(browser, paced):
         page.locator("#generate").click()
         page.wait_for_function("() => /generating... [1-9]/.test(document.querySelector('#status').innerText)",
                                timeout=30_000)
-        app.server.should_exit = app.server.force_exit = True  # as a killed process: no goodbye to the page
+        def no_goodbye(*args, **kwargs):
+            raise ConnectionResetError("killed")
+
+        monkeypatch.setattr(gradio.routes, "UnexpectedErrorMessage", no_goodbye)  # the stream just breaks
+        app.server.should_exit = app.server.force_exit = True
         page.wait_for_function("() => document.querySelector('#status').innerText.includes('stopped answering')",
                                timeout=30_000)
         status = page.locator("#status").inner_text()

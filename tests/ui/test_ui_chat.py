@@ -193,6 +193,37 @@ def test_clear_during_a_reply_leaves_the_chat_empty(tiny):
     assert record.after_stop() is None and (record.text, record.status) == last
 
 
+def test_the_steps_after_clear_wait_for_the_stream_and_the_next_turn_starts_anew(tiny):
+    """The browser runs the step after a cancelled stream as soon as its /cancel returns (or fails), while the server
+    may still be sending the stream's update of the moment: it came after the step's empty chat and put the old
+    conversation back, and the next turn was sent with it. The steps after Clear now wait for the stream to end
+    (it does at its next update), and a turn after Clear starts from no history whatever the page sent."""
+    import copy
+    import threading
+
+    model, tok = tiny
+    config = sampling_config(**{**CONTROLS, "max_new_tokens": 30})
+    for step in ("after_stop", "after_clear"):
+        record = copy.deepcopy(ChatRecord())  # as gr.State gives it to a session
+        updates = record.follow(stream_chat(model, tok, [], "the fox", config))
+        old = [next(updates) for _ in range(4)][-1][0]  # this update is on its way to the page
+        record.clear()
+        shown, ended = [], []
+        waiting = threading.Thread(target=lambda: shown.append((getattr(record, step)(), bool(ended))))  # noqa: B023
+        waiting.start()
+        waiting.join(0.3)  # the step returned at once, before the stream's next update, which ends it
+        ended.append(next(updates, "ended"))
+        waiting.join()
+        assert ended == ["ended"] and shown[0][1], f"{step} returned while the stream went on"
+        assert shown[0][0][0] == []
+        assert record.history(chat_history(old)) == []  # the chat the page may hold again
+    updates = record.follow(stream_chat(model, tok, [], "the fox", config))
+    turns = next(updates)[0]
+    assert record.history(chat_history(turns)) == chat_history(turns)  # a later turn: the page's chat as it is
+    updates.close()
+    assert record.idle.is_set() and copy.deepcopy(record).idle is not record.idle
+
+
 def test_an_encoder_does_not_chat():
     import torch
 
