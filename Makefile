@@ -38,8 +38,8 @@ demo: $(VENV)/.core
 	$(BIN)/neurallayers demo $(DEMO_ARGS)
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them (its module fixtures
-# built once), one thread each: on 2 cores most tests are single-threaded Python, and 2 workers finish in about
-# half the time of one. TEST_WORKERS=0 runs it in this process alone.
+# built once), one thread each: most tests are single-threaded Python, so on 2 cores 2 workers finish sooner than one
+# process (see the README's figures). TEST_WORKERS=0 runs it in this process alone.
 TEST_WORKERS ?= 2
 test: $(VENV)/.dev $(BROWSER)
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile tests
