@@ -155,7 +155,6 @@ class ChatRecord(StreamRecord):
     CLEAR_WAIT_S = 30.0  # the longest a step after Clear waits for the stream's next update, where it ends
 
     cleared: bool = False  # Clear came during the latest turn
-    streaming: bool = False
     turn: int = 0  # turns started: Clear's later step leaves a turn started after it alone
     cleared_turn: int = -1
     cut_by_clear: bool = False  # Clear came while the latest turn streamed
@@ -168,14 +167,23 @@ class ChatRecord(StreamRecord):
     def __deepcopy__(self, memo):  # gr.State copies the first value for each session: a new Event (a lock) each
         return replace(self, **{f.name: copy.deepcopy(getattr(self, f.name), memo) for f in fields(self)})
 
+    @property
+    def streaming(self) -> bool:
+        return not self.idle.is_set()
+
+    @property
+    def _cleared_latest(self) -> bool:
+        """Clear came during the latest turn, and no turn has started since."""
+        return self.cleared and self.turn == self.cleared_turn
+
     def history(self, history: list[dict]) -> list[dict]:
         """The history a new turn from the page starts from: none after Clear, whatever the page sent (an update of
         the stream cut by Clear may have put the old chat back there after Clear's reply)."""
-        return [] if self.cleared and self.turn == self.cleared_turn else history
+        return [] if self._cleared_latest else history
 
     def follow(self, updates):
         self.cleared, self.cut_by_clear, self.shown_status = False, False, ""
-        self.streaming, self.turn = True, self.turn + 1
+        self.turn += 1
         self.idle.clear()
         inner = super().follow(updates)
         try:
@@ -186,7 +194,6 @@ class ChatRecord(StreamRecord):
                 yield update
         finally:
             inner.close()  # a Clear, Stop or Gradio's cancel: the model's stream closed now (StreamRecord.follow)
-            self.streaming = False
             self.idle.set()
 
     def clear(self) -> tuple[list, str | None]:
@@ -200,11 +207,11 @@ class ChatRecord(StreamRecord):
         """Clear's step after its reply: the empty chat again (an update of the stream sent before Clear may have
         come after its reply), unless a new turn has started since. Once the stream cut by Clear has ended."""
         self._wait_for_clear()
-        return self._cleared() if self.cleared and self.turn == self.cleared_turn else None
+        return self._cleared() if self._cleared_latest else None
 
     def _wait_for_clear(self) -> None:
         """Until a stream that Clear stops has ended: it does at its next update, sent before the step's reply."""
-        if self.cleared and self.turn == self.cleared_turn:
+        if self._cleared_latest:
             self.idle.wait(self.CLEAR_WAIT_S)
 
     def _cleared(self) -> tuple[list, str | None]:
