@@ -153,6 +153,9 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
                 yield chat, status, box
                 box = gr.skip()
 
+    def stop_fn(record):  # a stream going on ends before its next update, saying it stopped
+        record.stop()
+
     def clear_fn(record):  # a reply streaming now stops before its next update (ChatRecord)
         chat, status = record.clear()
         return chat, gr.skip() if status is None else status
@@ -197,7 +200,8 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
             # swallowed, neither a new line nor a generation
             event = gr.on([go.click, prompt.submit], generate_fn, [prompt, *controls, record], [output, status],
                           api_name="generate", preprocess=False, concurrency_id=MODEL_QUEUE)
-            halt.click(None, cancels=[event])
+            # Stop tells the stream itself too (StreamRecord.stop): Gradio's cancel may come late, or never
+            halt.click(stop_fn, record, None, cancels=[event], api_name=False, queue=False, show_progress="hidden")
             # The browser runs .then() steps of a cancelled event once /cancel has returned, i.e. once the server
             # closed the stream's generator; queued, its reply follows the stream's last updates on the session's
             # one message stream. A status sent by Stop itself could arrive before them and be overwritten.
@@ -235,7 +239,8 @@ def build_app(model: nn.Module, tokenizer, *, name: str | None = None, title: st
             # the API route, with no trigger in the page: the same turn, its text not escaped
             gr.on([], chat_fn, chat_inputs, [chatbot, chat_status], api_name="chat", preprocess=False,
                   concurrency_id=MODEL_QUEUE)
-            chat_halt.click(None, cancels=[chat_event])
+            chat_halt.click(stop_fn, chat_record, None, cancels=[chat_event], api_name=False, queue=False,
+                            show_progress="hidden")
             chat_event.then(after_fn, chat_record, [chatbot, chat_status], api_name=False, show_progress="hidden")
             # the Chatbot's own trash button too: alone it emptied the chat in the browser while a reply streamed on
             # queue=False: the chat empties at once. Its reply and the stream's updates come by separate ways, so

@@ -144,8 +144,10 @@ class ChatRecord(StreamRecord):
     """The Chat tab's StreamRecord, with Clear. Clear's reply raced the streaming reply: Gradio's cancel of the
     stream is a separate request, late on a loaded machine (or lost), and the updates sent meanwhile, or the whole
     reply when it ended first, put the conversation back after Clear's empty chat. So Clear stops the stream itself
-    before its next update, and the steps after the stream and after Clear give the empty chat again: each comes
-    after the updates sent before it, on the session's one message stream.
+    before its next update, whose last update is then the empty chat (Gradio's message that closes the stream
+    repeats it, and the page applies it after the steps that followed Clear: the conversation came back for a
+    moment), and the steps after the stream and after Clear give the empty chat again: each comes after the
+    updates sent before it, on the session's one message stream.
 
     The browser runs the step after a cancelled stream as soon as its /cancel request returns, failed or not, while
     the server may still be sending the stream's update of the moment; and it takes the next message at once, with
@@ -158,7 +160,6 @@ class ChatRecord(StreamRecord):
     turn: int = 0  # turns started: Clear's later step leaves a turn started after it alone
     cleared_turn: int = -1
     cut_by_clear: bool = False  # Clear came while the latest turn streamed
-    shown_status: str = ""  # the status of the latest update passed on
 
     def __post_init__(self):
         self.idle = threading.Event()  # set while no turn streams; not a field: Gradio deep-copies the fields
@@ -182,19 +183,23 @@ class ChatRecord(StreamRecord):
         return [] if self._cleared_latest else history
 
     def follow(self, updates):
-        self.cleared, self.cut_by_clear, self.shown_status = False, False, ""
+        self.cleared, self.cut_by_clear = False, False
         self.turn += 1
         self.idle.clear()
-        inner = super().follow(updates)
         try:
-            for update in inner:
-                if self.cleared:  # the update after Clear is not shown; the model's stream ends here
-                    return
-                self.shown_status = update[1]
-                yield update
-        finally:
-            inner.close()  # a Clear, Stop or Gradio's cancel: the model's stream closed now (StreamRecord.follow)
+            yield from super().follow(updates)
+        finally:  # a Clear, Stop or Gradio's cancel: the model's stream closed now (StreamRecord.follow)
             self.idle.set()
+
+    @property
+    def _halted(self) -> bool:
+        return self.cleared or self.stop_pressed
+
+    def _last_update(self) -> tuple[Any, str]:
+        return ([], self._clear_status()) if self.cleared else super()._last_update()
+
+    def _clear_status(self) -> str:
+        return stopped_status(self.status, "Clear") if self.cut_by_clear else ""
 
     def clear(self) -> tuple[list, str | None]:
         """Clear pressed: the empty chat and its status, None (left as it is) while a reply streams: the step
@@ -221,5 +226,5 @@ class ChatRecord(StreamRecord):
         self._wait_for_clear()
         if self.cleared:  # Clear ended the stream, or Gradio's cancel did, or it ended by itself meanwhile
             self.cut = False
-            return [], stopped_status(self.shown_status, "Clear") if self.cut_by_clear else ""
+            return [], self._clear_status()
         return super().after_stop()

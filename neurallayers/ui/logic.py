@@ -122,29 +122,53 @@ def stopped_status(status: str | None, button: str = "Stop") -> str:
 class StreamRecord:
     """What one browser session's latest stream has produced, kept on the server (a gr.State), so that the
     step after a cancelled stream can show its text and a stopped status line: Stop's own reply raced the
-    stream's updates still on their way and lost 1 time in 7 ("generating... N tokens" for good)."""
+    stream's updates still on their way and lost 1 time in 7 ("generating... N tokens" for good).
 
-    text: str = ""
+    Stop also tells the record itself (stop()): Gradio's cancel is a separate request, late on a loaded machine or
+    lost, and a stream it never reached ran to its end. The stream then ends at its next update with one more: the
+    text so far and the stopped status. Gradio's message that closes a stream repeats the stream's last update, and
+    the page applies it even to a stream it cancelled: this one, not an update from before Stop."""
+
+    text: Any = ""
     status: str = ""
     cut: bool = False  # closed before its final line: cancelled by Stop (or a closed tab)
+    stop_pressed: bool = False  # Stop came while it streamed
 
-    def follow(self, updates: Generator[tuple[str, str], None, None]) -> Iterator[tuple[str, str]]:
+    def follow(self, updates: Generator[tuple[Any, str], None, None]) -> Iterator[tuple[Any, str]]:
         """Pass the (text, status) updates of stream_text on, recording each."""
-        self.text, self.status, self.cut = "", "", False
+        self.text, self.status, self.cut, self.stop_pressed = "", "", False, False
         try:
-            for self.text, self.status in updates:
-                yield self.text, self.status
+            for update in updates:
+                if self._halted:
+                    break
+                self.text, self.status = update
+                yield update
+            if self._halted:  # before its next update, or as its last was on its way
+                updates.close()  # the model's stream, now
+                self.cut = True
+                yield self._last_update()
         except GeneratorExit:  # Gradio closes a cancelled stream's generator between two tokens
             self.cut = True
             updates.close()  # the model's stream with it, now
             raise
 
-    def after_stop(self) -> tuple[str, str] | None:
+    def stop(self) -> None:
+        """Stop pressed: a stream going on ends before its next update (the next stream starts afresh)."""
+        self.stop_pressed = True
+
+    @property
+    def _halted(self) -> bool:
+        return self.stop_pressed
+
+    def _last_update(self) -> tuple[Any, str]:
+        return self.text, stopped_status(self.status)
+
+    def after_stop(self) -> tuple[Any, str] | None:
         """(text, stopped status) once, after the stream was cut; None when it ended by itself or failed."""
         if not self.cut:
             return None
         self.cut = False
-        return self.text, stopped_status(self.status)
+        return self._last_update()
 
 
 def _why(reason: str, n: int, max_new_tokens: int, block: int) -> str:

@@ -157,8 +157,10 @@ def test_a_template_that_refuses_the_system_prompt_says_so(tiny):
 
 def test_clear_during_a_reply_leaves_the_chat_empty(tiny):
     """Clear's reply raced the streaming reply: Gradio's cancel came late (or never), the stream went on and put the
-    conversation back. Clear now stops the stream itself before its next update, and both steps after it give the
-    empty chat, whichever order the stream's close and Clear come in."""
+    conversation back. Clear now stops the stream itself before its next update, whose last update is then the empty
+    chat (Gradio's message that closes a stream repeats its last update: the conversation came back for a moment
+    after the step saying Clear stopped it), and both steps after it give the empty chat, whichever order the
+    stream's close and Clear come in."""
     model, tok = tiny
     config = sampling_config(**{**CONTROLS, "max_new_tokens": 30})
     stopped = "stopped (Clear pressed) after 3 tokens"
@@ -169,8 +171,8 @@ def test_clear_during_a_reply_leaves_the_chat_empty(tiny):
         if cancel_first:
             updates.close()
         shown = record.clear()
-        if cancel_first is None:
-            assert next(updates, "ended") == "ended", "the stream went on after Clear"  # the model is free
+        if cancel_first is None:  # the model is free, the stream's last update the empty chat
+            assert list(updates) == [([], stopped)], "the stream went on after Clear"
         elif not cancel_first:
             updates.close()
         assert shown == ([], None)  # the status: left to the step after the stream, which says it stopped
@@ -178,7 +180,7 @@ def test_clear_during_a_reply_leaves_the_chat_empty(tiny):
     record = ChatRecord()  # the reply's last update was on its way as Clear came: the chat stays empty all the same
     updates = record.follow(stream_chat(model, tok, [], "the fox", config))
     final = next(u for u in updates if "tokens in" in u[1])
-    assert record.clear() == ([], None) and next(updates, "ended") == "ended"
+    assert record.clear() == ([], None) and list(updates) == [([], final[1])]
     assert record.after_stop() == ([], final[1]) and record.after_clear() == ([], None)
     record = ChatRecord()  # Stop, without Clear: the conversation so far and a stopped status
     updates = record.follow(stream_chat(model, tok, [], "the fox", config))
@@ -212,6 +214,9 @@ def test_the_steps_after_clear_wait_for_the_stream_and_the_next_turn_starts_anew
         waiting = threading.Thread(target=lambda: shown.append((getattr(record, step)(), bool(ended))))  # noqa: B023
         waiting.start()
         waiting.join(0.3)  # the step returned at once, before the stream's next update, which ends it
+        last = next(updates)  # the stream's last update, the empty chat: the step waits until it has been sent
+        waiting.join(0.3)
+        assert not shown and last[0] == [], f"{step} returned while the stream's last update was on its way"
         ended.append(next(updates, "ended"))
         waiting.join()
         assert ended == ["ended"] and shown[0][1], f"{step} returned while the stream went on"

@@ -155,6 +155,14 @@ def test_a_stream_closed_by_stop_leaves_its_text_and_a_stopped_status(tiny):
     assert shown[-1][1] == "generating... 5 tokens"
     *_, (text, status) = record.follow(stream_text(model, tok, "the quick", sampling_config(**CONTROLS)))
     assert record.after_stop() is None and (record.text, record.status) == (text, status)  # it ended by itself
+    # Stop's own request, Gradio's cancel late or lost: the stream ends before its next update, and its last update
+    # (what Gradio's closing message repeats, applied by the page after Stop's step) says it stopped
+    record.stop()  # with no stream: the next one starts afresh
+    updates = record.follow(stream_text(model, tok, "the quick", sampling_config(**{**CONTROLS, "max_new_tokens": 30})))
+    shown = [next(updates) for _ in range(5)]
+    record.stop()
+    assert list(updates) == [(shown[-1][0], stopped_status(shown[-1][1]))]
+    assert record.after_stop() == (shown[-1][0], "stopped (Stop pressed) after 5 tokens")
 
 
 def test_attention_maps_of_a_model_in_training_run_without_dropout_and_keep_its_mode():
