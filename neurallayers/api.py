@@ -106,7 +106,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         model, tokenizer = _load_checkpoint(path, device=device, dtype=dtype)
     else:
         raise _no_config(path)
-    from neurallayers.training.runtime import warn_if_slow_bf16
+    from neurallayers.nn.cpu import warn_if_slow_bf16
 
     weight = next(model.parameters(), None)  # the dtype loaded, asked for or stored: a bf16 run loads as bf16
     if weight is not None:

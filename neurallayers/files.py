@@ -1,4 +1,5 @@
-"""Writing a text file so that no reader, and no crash, ever sees half of it (weights: `weights.save_safetensors`)."""
+"""Where the caches live, and writing a text file so that no reader, and no crash, ever sees half of it (weights:
+`weights.save_safetensors`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger("neurallayers")
+
+
+def default_cache_dir() -> str:
+    """Token caches and built kernels: $NEURALLAYERS_CACHE, else ~/.cache/neurallayers (DataConfig.cache_dir
+    overrides it for a run's tokens)."""
+    return os.environ.get("NEURALLAYERS_CACHE") or str(Path.home() / ".cache" / "neurallayers")
 
 
 class WriteError(OSError):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from neurallayers import ModelConfig, build_model, load
 from neurallayers.data import Tokenizer
 from neurallayers.interop import convert, save_hf
-from neurallayers.training import runtime
+from neurallayers.nn import cpu
 from neurallayers.weights import read_safetensors, save_safetensors
 
 CFG = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16, norm="rmsnorm", mlp="swiglu",
@@ -85,8 +85,8 @@ def test_dtype_names_another_as_a_plain_cast_would(fp32_run, tmp_path):
 
 def test_a_bf16_run_on_a_cpu_without_bf16_dot_products_warns(fp32_run, tmp_path, monkeypatch):
     """The warning read the `dtype` argument only: a run stored in bf16 loaded as bf16 without it."""
-    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
-    monkeypatch.setattr(runtime, "_WARNED_BF16", set())
+    monkeypatch.setattr(cpu, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "_WARNED_BF16", set())
     _run_storing(fp32_run, tmp_path / "bf16", lambda _: torch.bfloat16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -1,5 +1,6 @@
 """DESIGN.md's import arrows, read from the code (function-level imports too: a lazy import is still a dependency):
-nn/ uses only torch, models/ use nn/ and the config, and only the CLI uses serve/."""
+nn/ uses only torch, models/ use nn/ and the config, generation/ and data/ use no training/, and only the CLI
+uses serve/."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ def allowed(name: str, prefixes: tuple[str, ...]) -> bool:
 @pytest.mark.parametrize(("folder", "may_use"), [
     ("nn", ("neurallayers.nn",)),
     ("models", ("neurallayers.nn", "neurallayers.models", "neurallayers.config", "neurallayers.checks")),
+    # generation/ and data/ use the centre, never training, interop, serving or the CLI (the bf16 warning and the
+    # cache folder they need live in nn/cpu.py and files.py)
+    ("generation", ("neurallayers.generation", "neurallayers.data", "neurallayers.models", "neurallayers.nn",
+                    "neurallayers.config", "neurallayers.checks", "neurallayers.files")),
+    ("data", ("neurallayers.data", "neurallayers.checks", "neurallayers.files")),
 ])
 def test_the_centre_imports_nothing_from_the_edges(folder, may_use):
     bad = {f"{path.relative_to(PACKAGE)}: {name}" for path in files(folder) for name in internal_imports(path)

@@ -87,7 +87,7 @@ def test_eval_masks_other_data_at_the_stated_rate():
 
 
 def test_the_token_cache_lives_where_the_readme_says(monkeypatch):
-    from neurallayers.training.config import default_cache_dir
+    from neurallayers.files import default_cache_dir
 
     home, env = stated(r"into a token cache \(`([^`]+)`, `\$(\w+)`\)")
     monkeypatch.delenv(env, raising=False)

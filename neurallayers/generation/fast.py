@@ -373,7 +373,7 @@ def prepare_for_decode(model: nn.Module, *, dtype: torch.dtype | None = None, co
             module.__class__ = RowLinear
     _STEPS[model] = DecodeStep(model, compile=compile, mode=mode)
     if torch.bfloat16 not in RowLinear.batch_dtypes:  # where they run, rowdot's batch loops make bf16 fast
-        from neurallayers.training.runtime import warn_if_slow_bf16
+        from neurallayers.nn.cpu import warn_if_slow_bf16
 
         warn_if_slow_bf16(dtype, next(model.parameters()).device, advice="prompts and batches will be slow; use fp32 "
                           "(batch-1 decode steps still read bf16 weights at memory speed)")

@@ -108,7 +108,7 @@ def _build(cxx: str) -> Path:
     """The kernel's shared library, compiled unless a build of the same source, flags and torch is cached."""
     from torch.utils import cpp_extension
 
-    from neurallayers.training.config import default_cache_dir
+    from neurallayers.files import default_cache_dir
 
     includes = [f"-I{p}" for p in cpp_extension.include_paths()]
     libs = cpp_extension.library_paths()

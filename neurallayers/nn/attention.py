@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neurallayers.nn.cpu import cpu_has_fast_bf16
 from neurallayers.nn.kv_cache import KVCache
 from neurallayers.nn.positions import apply_rotary
 
@@ -48,8 +49,6 @@ class Attention(nn.Module):
         self.dropout = dropout
         global _FAST_CPU_BF16
         if _FAST_CPU_BF16 is None:  # here, not in forward: a compiled forward reads a plain bool
-            from neurallayers.nn.cpu import cpu_has_fast_bf16
-
             _FAST_CPU_BF16 = cpu_has_fast_bf16()
         self.q_dim, self.kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         self.qkv = nn.Linear(dim, self.q_dim + 2 * self.kv_dim, bias=bias if qkv_bias is None else qkv_bias)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,3 +31,20 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
         if key.strip() == "flags":
             flags.update(value.split())
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+_WARNED_BF16: set[str] = set()
+
+
+def warn_if_slow_bf16(dtype: torch.dtype | None, device: torch.device | str | None, *, what: str = "bf16 weights",
+                      advice: str = "use fp32, or decode with prepare_for_decode (CLI generate/serve --compile), "
+                      "whose kernel (x86 with AVX2, built with the C++ compiler) runs bf16 at fp32's speed or "
+                      "better here") -> None:
+    """Warn, once a process for each `what`, about bf16 on a CPU without bf16 dot products, where every matrix
+    product runs ~100x slower than in fp32."""
+    if (dtype != torch.bfloat16 or torch.device(device or "cpu").type != "cpu" or what in _WARNED_BF16
+            or cpu_has_fast_bf16()):
+        return
+    _WARNED_BF16.add(what)
+    warnings.warn(f"{what} on a CPU without bf16 dot products (AVX512-BF16 or AMX): torch's bf16 matrix products run "
+                  f"~100x slower than fp32 here; {advice}", stacklevel=3)

@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 
 from neurallayers.checks import check_types
 from neurallayers.config import NEWER_FIELDS, ModelConfig, coerce_float_strings
+from neurallayers.files import default_cache_dir
 
 Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -148,10 +149,6 @@ class TrainConfig:
         if self.schedule == "linear":
             return self.lr - (self.lr - low) * progress
         return low + 0.5 * (1 + math.cos(math.pi * progress)) * (self.lr - low)
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("NEURALLAYERS_CACHE") or str(Path.home() / ".cache" / "neurallayers")
 
 
 @dataclass

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from neurallayers.nn.cpu import cpu_has_fast_bf16
+from neurallayers.nn.cpu import cpu_has_fast_bf16, warn_if_slow_bf16
 from neurallayers.training.config import TrainConfig
 
 
@@ -37,23 +36,6 @@ def resolve_device(name: str | torch.device, *, local_rank: int = 0, what: str =
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{what}={name!r} but MPS is not available; use 'auto' or 'cpu'")
     return device
-
-
-_WARNED_BF16: set[str] = set()
-
-
-def warn_if_slow_bf16(dtype: torch.dtype | None, device: torch.device | str | None, *, what: str = "bf16 weights",
-                      advice: str = "use fp32, or decode with prepare_for_decode (CLI generate/serve --compile), "
-                      "whose kernel (x86 with AVX2, built with the C++ compiler) runs bf16 at fp32's speed or "
-                      "better here") -> None:
-    """Warn, once a process for each `what`, about bf16 on a CPU without bf16 dot products, where every matrix
-    product runs ~100x slower than in fp32."""
-    if (dtype != torch.bfloat16 or torch.device(device or "cpu").type != "cpu" or what in _WARNED_BF16
-            or cpu_has_fast_bf16()):
-        return
-    _WARNED_BF16.add(what)
-    warnings.warn(f"{what} on a CPU without bf16 dot products (AVX512-BF16 or AMX): torch's bf16 matrix products run "
-                  f"~100x slower than fp32 here; {advice}", stacklevel=3)
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:

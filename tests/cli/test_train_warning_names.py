@@ -12,6 +12,7 @@ import yaml
 from nl_cli_helpers import TEXT, in_process
 
 import neurallayers.training.runtime as runtime
+from neurallayers.nn import cpu
 
 SLOW_BF16 = "on a CPU without bf16 dot products"
 
@@ -20,7 +21,8 @@ SLOW_BF16 = "on a CPU without bf16 dot products"
 def slow_bf16_cpu(monkeypatch):
     """A CPU without bf16 dot products (this one may have them), warned afresh."""
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
-    monkeypatch.setattr(runtime, "_WARNED_BF16", set())
+    monkeypatch.setattr(cpu, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "_WARNED_BF16", set())
 
 
 def train(tmp_path: Path, monkeypatch, *args: str, train: dict | None = None):

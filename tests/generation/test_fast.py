@@ -258,10 +258,10 @@ def test_bf16_on_a_cpu_without_bf16_dot_products_warns_unless_rowdot_runs_its_ba
     import warnings
 
     from neurallayers.generation.fast import RowLinear
-    from neurallayers.training import runtime
+    from neurallayers.nn import cpu
 
-    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
-    monkeypatch.setattr(runtime, "_WARNED_BF16", set())
+    monkeypatch.setattr(cpu, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "_WARNED_BF16", set())
     prepare_for_decode(tiny_lm(), compile=False)  # sets RowLinear's dtypes (the first step on a machine)
     monkeypatch.setattr(RowLinear, "batch_dtypes", (torch.float32, torch.bfloat16))
     with warnings.catch_warnings():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from neurallayers.nn import cpu
 from neurallayers.training import TrainConfig, runtime
 from neurallayers.training.runtime import build_optimizer, cpu_has_fast_bf16, resolve_precision
 
@@ -19,7 +20,8 @@ def test_cpu_bf16_detection_reads_the_flags_line(cpuinfo, fast):
 @pytest.mark.parametrize("fast", [True, False])
 def test_auto_precision_on_cpu_follows_bf16_support(monkeypatch, fast):
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: fast)
-    monkeypatch.setattr(runtime, "_WARNED_BF16", {"TrainConfig.precision='bf16'"})  # warned already (tested below)
+    monkeypatch.setattr(cpu, "cpu_has_fast_bf16", lambda: fast)
+    monkeypatch.setattr(cpu, "_WARNED_BF16", {"TrainConfig.precision='bf16'"})  # warned already (tested below)
     dtype, scaler = resolve_precision("auto", torch.device("cpu"))
     assert dtype == (torch.bfloat16 if fast else None) and scaler is False
     assert resolve_precision("fp32", torch.device("cpu")) == (None, False)
@@ -39,7 +41,8 @@ def test_auto_optimizer_is_fused_adamw_on_cpu_with_nanogpt_weight_decay_groups()
 def test_bf16_on_a_cpu_without_bf16_dot_products_warns_once(monkeypatch, recwarn, fast):
     """bf16 matmuls without AVX512-BF16/AMX ran 1 GFLOP/s against fp32's 135 (Zen 3): say so, once per process."""
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: fast)
-    monkeypatch.setattr(runtime, "_WARNED_BF16", set())
+    monkeypatch.setattr(cpu, "cpu_has_fast_bf16", lambda: fast)
+    monkeypatch.setattr(cpu, "_WARNED_BF16", set())
     for _ in range(2):
         resolve_precision("bf16", torch.device("cpu"))
         runtime.warn_if_slow_bf16(torch.bfloat16, "cpu")
