@@ -107,9 +107,13 @@ def read_folder(path_or_name: str | os.PathLike) -> tuple[HFTokenizer, dict]:
             prefix = _prefix_space(config) or config.get("add_prefix_space") is True
             hf = byte_level_bpe_from_files(path / "vocab.json", path / "merges.txt", add_prefix_space=prefix)
             hf = _with_added_tokens(hf, path, config)
+            roberta = _class_name(config) in _ROBERTA_CLASSES
             default = ENDOFTEXT if hf.token_to_id(ENDOFTEXT) is not None else None  # GPT-2's defaults
-            config.setdefault("bos_token", default)
-            config.setdefault("eos_token", default)
+            defaults = {"bos_token": default, "eos_token": default} if not roberta else {  # the class's, where known
+                key: token for key, token in _ROBERTA_DEFAULTS.items() if hf.token_to_id(token) is not None}
+            for key, token in defaults.items():
+                config.setdefault(key, token)
+            hf.post_processor = _vocab_files_processor(hf, config, roberta=roberta, prefix=prefix)
             return hf, config
         if (path / "vocab.txt").exists():  # a BERT folder written without tokenizer.json (older fine-tunes)
             hf = _with_added_tokens(_wordpiece_from_vocab(path / "vocab.txt", config), path, config)
@@ -360,6 +364,43 @@ _BYTE_LEVEL_CLASSES = {name: False for name in ("GPT2Tokenizer", "RobertaTokeniz
                                                 "LongformerTokenizer", "GPTNeoXTokenizer", "CodeGenTokenizer",
                                                 "DebertaTokenizer", "LEDTokenizer", "MvpTokenizer", "LukeTokenizer",
                                                 "WhisperTokenizer")} | {"BlenderbotTokenizer": True}
+
+
+# transformers' classes that frame a text as RoBERTa does, "<s> $A </s>" (BART's, Longformer's, LED's and MVP's are
+# RoBERTa's there), with their default special tokens
+_ROBERTA_CLASSES = ("RobertaTokenizer", "BartTokenizer", "LongformerTokenizer", "LEDTokenizer", "MvpTokenizer")
+_ROBERTA_DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+                     "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}
+
+
+def _vocab_files_processor(hf: HFTokenizer, config: dict, *, roberta: bool, prefix: bool):
+    """The post-processor transformers' class gives a folder of vocab.json + merges.txt (add_special_tokens=True):
+    RoBERTa's kind "<s> $A </s>" (a pair "<s> $A </s> </s> $B </s>"); else bos / eos as tokenizer_config.json's
+    add_bos_token / add_eos_token say (OPT's folders set add_bos_token: its prompts start with "</s>"), which
+    transformers reads only where there is no tokenizer.json. Here neither was added."""
+
+    def token_id(key: str) -> tuple[str, int] | None:
+        token = config.get(key)
+        token = token.get("content") if isinstance(token, dict) else token
+        i = hf.token_to_id(token) if isinstance(token, str) else None
+        return None if i is None else (token, i)
+
+    if roberta:
+        sep, cls = token_id("sep_token"), token_id("cls_token")
+        if sep is None or cls is None:
+            return hf.post_processor
+        return processors.RobertaProcessing(sep, cls, trim_offsets=config.get("trim_offsets") is not False,
+                                            add_prefix_space=prefix)
+    bos = token_id("bos_token") if config.get("add_bos_token") is True else None
+    eos = token_id("eos_token") if config.get("add_eos_token") is True else None
+    if bos is None and eos is None:
+        return hf.post_processor
+
+    def framed(seq: str, type_id: int) -> list[str]:  # as transformers' update_post_processor writes it
+        return [f"{token}:{type_id}" for token in (bos and bos[0], seq, eos and eos[0]) if token]
+
+    return processors.TemplateProcessing(single=framed("$A", 0), pair=framed("$A", 0) + framed("$B", 1),
+                                         special_tokens=list(dict.fromkeys(t for t in (bos, eos) if t)))
 
 
 # transformers' SentencePiece-style BPE classes that build their "▁" prefix and decoder from add_prefix_space
