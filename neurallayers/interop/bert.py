@@ -11,6 +11,7 @@ import torch
 
 from neurallayers.config import ModelConfig
 from neurallayers.interop.hf_config import config_architecture, config_number
+from neurallayers.interop.weight_maps import check_floating
 
 # ours <-> Hugging Face. "{i}" is the layer index. A tuple on the HF side is concatenated along dim 0 on ours:
 # BERT's separate query, key and value become the rows of our fused qkv projection.
@@ -48,10 +49,11 @@ HEAD_MAP: tuple[tuple[str, str], ...] = (
     ("classifier.weight", "classifier.weight"),
     ("classifier.bias", "classifier.bias"),
 )
-# Hugging Face keys that carry no weights of ours: buffers, aliases of tied weights, the pretraining NSP head,
-# and BERT keys of parts this model does not have (a pooler or a head other than config.head).
+# Hugging Face keys that carry no weights of ours: buffers, aliases of tied weights, the pretraining NSP head.
 _IGNORED_PREFIXES = ("embeddings.position_ids", "cls.predictions.decoder.bias", "cls.seq_relationship.")
-_KNOWN_OPTIONAL_PREFIXES = ("pooler.", "cls.predictions.", "classifier.")
+# BERT keys of parts this model may not have (a pooler, a head other than config.head), skipped by their exact names:
+# any key under their prefixes was skipped, so an extra layer of a custom head was dropped without a word
+_OPTIONAL_KEYS = frozenset(["pooler.dense.weight", "pooler.dense.bias", *(hf for _, hf in HEAD_MAP)])
 # An untied masked-LM head: transformers 5 adds `cls.predictions.decoder.bias` (its own parameter then), older
 # versions always tie it to `cls.predictions.bias`. Read either, write both.
 _UNTIED_BIAS = ("cls.predictions.decoder.bias", "cls.predictions.bias")
@@ -198,14 +200,14 @@ def to_ours(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch
     Raises:
         ValueError: missing keys, unknown keys or wrong shapes, each named.
     """
-    sd = {}
+    sd, file_key = {}, {}  # canonical name -> tensor, and -> the file's own name of it (for messages)
     for key, value in hf_sd.items():
         canon = _canonical(key)
         if canon in sd:
             raise ValueError(f"weight {canon!r} appears both with and without the 'bert.' prefix")
-        sd[canon] = value
+        sd[canon], file_key[canon] = value, key
     if _UNTIED_BIAS[0] not in sd and _UNTIED_BIAS[1] in sd:
-        sd[_UNTIED_BIAS[0]] = sd[_UNTIED_BIAS[1]]
+        sd[_UNTIED_BIAS[0]], file_key[_UNTIED_BIAS[0]] = sd[_UNTIED_BIAS[1]], file_key[_UNTIED_BIAS[1]]
     ref = _reference(cfg)
     out, used, missing = {}, set(), []
     for our, hf in _entries(cfg, ref):
@@ -218,7 +220,8 @@ def to_ours(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch
         out[our] = torch.cat([sd[n] for n in names], dim=0) if isinstance(hf, tuple) else sd[hf]
     if missing:
         raise ValueError(f"BERT checkpoint is missing {len(missing)} weights: {missing[:8]}")
-    unknown = [k for k in sd if k not in used and not k.startswith(_IGNORED_PREFIXES + _KNOWN_OPTIONAL_PREFIXES)]
+    check_floating({file_key[k]: sd[k] for k in used}, [file_key[k] for k in used], "BERT weights")
+    unknown = [k for k in sd if k not in used and not k.startswith(_IGNORED_PREFIXES) and k not in _OPTIONAL_KEYS]
     if unknown:
         raise ValueError(f"BERT checkpoint has {len(unknown)} weights with no place in this model: {unknown[:8]}")
     _check_shapes(out, ref)

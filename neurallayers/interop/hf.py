@@ -209,6 +209,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     dtype = next(iter(hf_sd.values())).dtype
     hf_cfg["dtype"] = str(dtype).removeprefix("torch.")
     specials = _special_ids(tokenizer)
+    if not cfg.causal and cfg.pad_token_id is not None:  # the encoder's padding row (transformers' padding_idx): a
+        specials["pad_token_id"] = cfg.pad_token_id  # save without a tokenizer wrote null, and the reload lost it
     hf_cfg.update(specials)
     # an encoder from a sentence-transformers folder
     writes_sentence = not cfg.causal and bool({"pooling", "normalize", "lowercase"} & set(cfg.extra)) and not unbuilt

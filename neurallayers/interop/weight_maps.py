@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from neurallayers.config import ModelConfig
-from neurallayers.weights import check_state_dict
+from neurallayers.weights import CheckpointError, check_state_dict
 
 WeightMap = tuple[tuple[str, "str | tuple[str, ...]"], ...]
 TransformIn = Callable[[str, list[torch.Tensor], ModelConfig], torch.Tensor]
@@ -62,10 +62,21 @@ def rename_to_ours(hf_sd: dict[str, torch.Tensor], entries: list[tuple[str, tupl
                    family: str) -> dict[str, torch.Tensor]:
     """Applies a map HF -> ours after checking `hf_sd` against the `expected` HF keys and shapes."""
     check_state_dict(expected, hf_sd, finite=False, source=f"Hugging Face {family} weights")
+    check_floating(hf_sd, [t for _, theirs in entries for t in theirs], f"Hugging Face {family} weights")
     out = {ours: transform(ours, [hf_sd[t] for t in theirs], cfg) for ours, theirs in entries}
     if cfg.tie_embeddings:
         out["lm_head.weight"] = out["wte.weight"]
     return out
+
+
+def check_floating(hf_sd: dict[str, torch.Tensor], names: list[str], source: str) -> None:
+    """Refuses integer or bool tensors among the weights `names`, naming them. The model's own check comes after a
+    fused weight (Llama's q, k and v, BERT's query, key and value) is concatenated, and torch.cat made floats of an
+    integer part: such a file loaded, with that part rounded to whole numbers."""
+    typed = sorted(f"{k} ({str(hf_sd[k].dtype).removeprefix('torch.')})" for k in names
+                   if not hf_sd[k].is_floating_point())
+    if typed:
+        raise CheckpointError(f"{source} do not fit the model: {len(typed)} not floating point: {', '.join(typed[:5])}")
 
 
 def rename_to_hf(sd: dict[str, torch.Tensor], entries: list[tuple[str, tuple[str, ...]]],
