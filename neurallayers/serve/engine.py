@@ -28,6 +28,7 @@ invariant kernels; one row at a time (max_batch=1) is bitwise equal, at one-row 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections import deque
@@ -42,8 +43,13 @@ from neurallayers.generation.generate import forward_step
 from neurallayers.generation.inputs import _check_ids
 from neurallayers.serve._engine_request import Request, TextOptions, _Sequence
 
+log = logging.getLogger("neurallayers.serve")
+
 PREFILL_TOKENS = 512  # padded prompt tokens prefilled between two decode steps (at least one request): bounds the stall
 MAX_RETRY_AFTER = 60.0
+# seconds shutdown waits for the step in progress once it has ended the requests: a step takes milliseconds to a
+# second here; one that never returns (a hung device) cannot be interrupted, and its daemon thread is left behind
+STOP_GRACE_S = 2.0
 
 
 class EngineFull(Exception):
@@ -103,6 +109,7 @@ class Engine:
         self._closing = False  # no new requests
         self._abort: BaseException | None = None  # end every request with this error and stop
         self._failure: RuntimeError | None = None  # why the engine thread died (a bug in its loop), if it did
+        self._left_behind = False  # shutdown gave up waiting for a model step that did not return
         self._step_time = 0.0  # moving average of a decode step, seconds
         self._stats = dict(steps=0, last_batch_size=0, prefills=0, prompt_tokens=0, tokens_generated=0,
                            requests_finished=0, requests_cancelled=0, requests_failed=0)
@@ -158,9 +165,12 @@ class Engine:
             self._cond.notify_all()
         return req
 
-    def shutdown(self, *, drain: bool = True, timeout: float | None = None) -> None:
+    def shutdown(self, *, drain: bool = True, timeout: float | None = None) -> bool:
         """Refuse new requests; with drain, finish the running and waiting ones first (up to `timeout` seconds),
-        then end whatever is left: its iterators raise EngineClosed. Returns once the engine thread has stopped."""
+        then end whatever is left: its iterators raise EngineClosed. Returns once the engine thread has stopped, or
+        STOP_GRACE_S after ending the requests when it has not (a model step that never returns: it cannot be
+        interrupted, so it is left behind, with a warning in the log, rather than hold the server's exit forever);
+        True when it stopped. With drain and timeout None it waits for the requests as long as they take."""
         with self._cond:
             self._closing = True
             thread = self._thread
@@ -169,7 +179,7 @@ class Engine:
             self._cond.notify_all()
         if thread is None:
             self._end_all()
-            return
+            return True
         if drain:
             thread.join(timeout)
         if thread.is_alive():
@@ -181,7 +191,15 @@ class Engine:
             # end them now, not after the step in progress: the server answers them before its own deadline
             for req in left:
                 req._fail(self._abort)
-            thread.join()
+            thread.join(STOP_GRACE_S)
+            if thread.is_alive():
+                with self._cond:  # the SIGTERM timer and the server's exit both get here: say it once
+                    first, self._left_behind = not self._left_behind, True
+                if first:
+                    log.warning("the engine's model step has not returned %.1f s after shutdown ended its requests; "
+                                "leaving it behind", STOP_GRACE_S)
+                return False
+        return True
 
     @property
     def failure(self) -> RuntimeError | None:

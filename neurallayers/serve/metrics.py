@@ -9,6 +9,9 @@ from collections.abc import Callable
 # seconds; generation latencies on CPU range from milliseconds (one token) to minutes (long completions)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+# the status of a request whose client left before its response ended: nginx's "client closed request", as
+# starlette_exporter and SGLang count it; vLLM counts such a request as aborted, never among its successes
+CLIENT_CLOSED = 499
 
 
 class Metrics:
@@ -18,7 +21,8 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("neurallayers_requests", "HTTP requests by route and status",
+        self.requests = Counter("neurallayers_requests", "HTTP requests by route and status; a client that "
+                                f"disconnected before its response ended counts as {CLIENT_CLOSED} (not a success)",
                                 ["route", "status"], registry=r)
         self.e2e = Histogram("neurallayers_request_latency_seconds", "end-to-end request latency", ["route"],
                              buckets=LATENCY_BUCKETS, registry=r)
@@ -59,7 +63,11 @@ class TokenClock:
 class MetricsMiddleware:
     """Counts requests by (route template, status) and times them end to end, streams included.
 
-    Paths that match no route are counted as "other", so scanners cannot blow up the label set.
+    Paths that match no route are counted as "other", so scanners cannot blow up the label set. A request whose
+    client disconnected before the last byte of its response was sent counts as CLIENT_CLOSED (499), whatever status
+    the server had sent or was about to send: a stream's 200 went out with its first chunk, and a non-streaming
+    handler answers (to nobody) after its generation was cancelled. The disconnect is seen as the server sees it: an
+    `http.disconnect` the app read (streams and generation routes watch for it) or a send that failed.
     """
 
     def __init__(self, app, *, metrics: Metrics, routes: set[str]) -> None:
@@ -69,20 +77,34 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        status, ended, gone = 500, False, False
         started = time.perf_counter()
 
+        async def watch_receive():
+            nonlocal gone
+            message = await receive()
+            # the server also reports a disconnect once the response has ended: that one is no early leave
+            if message["type"] == "http.disconnect" and not ended:
+                gone = True
+            return message
+
         async def send_status(message) -> None:
-            nonlocal status
+            nonlocal status, ended, gone
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            try:
+                await send(message)
+            except OSError:  # the connection is gone (ASGI 2.4 servers raise here)
+                gone = True
+                raise
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended = True
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, watch_receive, send_status)
         finally:
             route = self._route(scope)
-            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.requests.labels(route, str(CLIENT_CLOSED if gone else status)).inc()
             self.metrics.e2e.labels(route).observe(time.perf_counter() - started)
 
     def _route(self, scope) -> str:

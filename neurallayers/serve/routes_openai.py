@@ -117,9 +117,7 @@ def register(app, *, holder, metrics) -> None:
                                                 count=req.n)
             echo_lps = None
             if req.echo and req.logprobs is not None:
-                from starlette.concurrency import run_in_threadpool
-
-                echo_lps = [await run_in_threadpool(prompt_logprobs, served, ids, req.logprobs) for ids in prompts]
+                echo_lps = [await served.call(prompt_logprobs, served, ids, req.logprobs) for ids in prompts]
             meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
             echoes = echo_texts(served.tokenizer, req.prompt, prompts) if req.echo else [""] * len(prompts)
             n_prompt = sum(len(ids) for ids in prompts)
@@ -441,8 +439,6 @@ async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int 
     refuse_longer: a text with more tokens than max_model_len is a 400 naming both numbers and the request field
     `param` that holds the texts, as vLLM (without truncate_prompt_tokens) and OpenAI answer it, instead of being
     cut silently; hint: how the route's client may cut it instead (default: /v1/embeddings' truncate_prompt_tokens)."""
-    from starlette.concurrency import run_in_threadpool
-
     from neurallayers.embeddings import embed, read_as, token_counts, tokenize_batch
 
     limit = served.max_model_len
@@ -467,4 +463,4 @@ async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int 
         return vectors, n_tokens
 
     async with encoder_slot(served):
-        return await run_in_threadpool(work)
+        return await served.call(work)

@@ -70,6 +70,7 @@ Prompt = Annotated[
 UNSUPPORTED = frozenset({
     "audio", "function_call", "functions", "metadata", "modalities", "parallel_tool_calls", "prediction",
     "reasoning_effort", "service_tier", "store", "suffix", "tool_choice", "tools", "web_search_options",
+    "moderation", "prompt_cache_options", "prompt_cache_retention", "verbosity",
     # vLLM's extra parameters that have no rule here: structured output, token filters, prompt logprobs, templates
     "guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
     "guided_whitespace_pattern", "structural_tag", "structured_outputs", "allowed_token_ids", "bad_words",
@@ -81,9 +82,10 @@ UNSUPPORTED = frozenset({
     "return_token_offsets", "logprob_token_ids", "prompt_embeds",
     "watermarking", "repetition_detection", "thinking_token_budget", "stream_interval", "include_reasoning",
     "media_io_kwargs", "embed_dtype"})
-# Values of unimplemented fields that ask for what this server does anyway (no tools, no tool call), as vLLM takes them:
-# some clients send them on every request
-NO_TOOLS = {"tools": [], "functions": [], "tool_choice": "none", "function_call": "none"}
+# Values of unimplemented fields that ask for what this server does anyway (no tools, no tool call, nothing stored, text
+# only), as vLLM takes them: some clients send them on every request
+AS_SERVED = {"tools": [], "functions": [], "tool_choice": "none", "function_call": "none", "store": False,
+             "modalities": ["text"]}
 # vLLM's extra parameters taken at their default value only (the behaviour this server has), refused at any other
 VLLM_DEFAULT_ONLY = {"use_beam_search": False, "length_penalty": 1.0}
 
@@ -103,12 +105,23 @@ class OpenAIRequest(Strict):
         optional = {name for name, field in cls.model_fields.items() if not field.is_required()}
         return {k: v for k, v in data.items()
                 if (v is not None or (k not in optional and k not in UNSUPPORTED))
-                and not (k in NO_TOOLS and k not in cls.model_fields and v == NO_TOOLS[k])}
+                and not (k in AS_SERVED and k not in cls.model_fields and v == AS_SERVED[k])}
+
+
+def _no_obfuscation(value: bool) -> bool:
+    if value:
+        raise PydanticCustomError("obfuscation", "not supported by this server: its chunks carry no obfuscation "
+                                  "field (only false)", {})
+    return value
 
 
 class StreamOptions(OpenAIRequest):
     include_usage: bool | None = Field(None, description="send a last chunk with the usage of the whole request; "
                                        "default: only with continuous_usage_stats")
+    # OpenAI's padding of chunks against length side channels: false asks for what this server sends
+    include_obfuscation: Annotated[bool, AfterValidator(_no_obfuscation)] = Field(
+        False, description="OpenAI's; only false: chunks carry no obfuscation field",
+        json_schema_extra={"enum": [False]})
     continuous_usage_stats: bool = Field(False, description="vLLM's: every chunk also carries its choice's usage so "
                                          "far (needs include_usage, which it turns on when that is not sent)")
 
@@ -295,6 +308,9 @@ class ChatRequest(Sampling):
     tools: list[ChatTool] | None = Field(None, description=TOOLS)
     tool_choice: Literal["none", "auto", "required"] | dict | None = Field(
         None, description='only "none" (vLLM without a tool-call parser): tools reach the template, the reply is text')
+    # OpenAI's replacements of `user`: labels of the caller, which change no output (there is no prompt cache here)
+    safety_identifier: str | None = Field(None, description="accepted and ignored, as user")
+    prompt_cache_key: str | None = Field(None, description="accepted and ignored: this server keeps no prompt cache")
 
 
 class EmbeddingRequest(OpenAIRequest):

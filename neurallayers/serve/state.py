@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Literal
 
 from neurallayers.serve.chat import ChatTemplates
-from neurallayers.serve.errors import APIError, bad_request, overloaded
+from neurallayers.serve.errors import APIError, bad_request, overloaded, unavailable
 
 log = logging.getLogger("neurallayers.serve")
+
+MODEL_CALLS = 40  # model forwards outside the engine that run at once per model, as anyio's thread limit had them
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Limits:
 
 @dataclass
 class ServedModel:
-    """One loaded model. `engine` is None for encoders (they embed in a thread pool, bounded by `limits`)."""
+    """One loaded model. `engine` is None for encoders (they embed in daemon threads, `call`, bounded by `limits`)."""
 
     name: str
     model: object
@@ -57,6 +59,9 @@ class ServedModel:
     busy: int = 0  # encoder requests in flight
     sampling_defaults: dict = field(default_factory=dict)  # api.generation_defaults: for fields a request leaves out
     _slots: asyncio.Semaphore | None = None
+    _calls: dict = field(default_factory=dict)  # future -> its loop: the calls (`call`) in flight
+    _call_slots: asyncio.Semaphore | None = None
+    _calls_ended: bool = False
 
     @property
     def kind(self) -> Literal["decoder", "encoder"]:
@@ -95,9 +100,71 @@ class ServedModel:
         if self.engine is not None:
             self.engine.start()
 
-    def shutdown(self, *, drain: bool = True) -> None:
+    def shutdown(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Stops the engine, draining it for `timeout` seconds (default: limits.shutdown_timeout), then ends the
+        model calls still running (`call`) with a 503."""
         if self.engine is not None:
-            self.engine.shutdown(drain=drain, timeout=self.limits.shutdown_timeout)
+            self.engine.shutdown(drain=drain, timeout=self.limits.shutdown_timeout if timeout is None else timeout)
+        self.end_calls()
+
+    async def call(self, fn, /, *args):
+        """fn(*args), a model forward outside the engine (an encoder's embeddings, echo's prompt scoring), in a daemon
+        thread: anyio's worker threads are joined when the process exits, so a forward that never returns (a hung
+        device) held the server's exit forever. end_calls() answers the calls still waiting with a 503.
+
+        Raises:
+            APIError: 503 once end_calls() has run (shutdown).
+        """
+        if self._call_slots is None:
+            self._call_slots = asyncio.Semaphore(MODEL_CALLS)
+        async with self._call_slots:
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            self._calls[future] = loop
+            if self._calls_ended:  # after adding it: end_calls sets this before it settles the calls it sees
+                self._calls.pop(future)
+                raise _stopped()
+
+            def run() -> None:
+                try:
+                    result, error = fn(*args), None
+                except BaseException as e:  # handed to the waiting request
+                    result, error = None, e
+                _settle(loop, future, result, error)
+
+            threading.Thread(target=run, name="neurallayers-model-call", daemon=True).start()
+            try:
+                return await future
+            finally:
+                self._calls.pop(future, None)
+
+    def end_calls(self) -> None:
+        """Ends the model calls in flight, and refuses new ones, with a 503 (from any thread); a forward still running
+        is left to its daemon thread."""
+        self._calls_ended = True
+        for future, loop in list(self._calls.items()):
+            _settle(loop, future, None, _stopped())
+
+
+def _stopped() -> APIError:
+    return unavailable("the server stopped before the request finished; retry")
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result, error: BaseException | None) -> None:
+    """Gives `future` its result or error on its loop, from any thread; the first to settle it wins."""
+
+    def settle() -> None:
+        if future.done():  # ended by end_calls, or its request was cancelled
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop has closed: nobody waits for it any more
+        pass
 
 
 def build_served(model, tokenizer, name: str, limits: Limits, sampling_defaults: dict | None = None) -> ServedModel:
@@ -147,6 +214,7 @@ class ModelHolder:
         self._retiring: dict[asyncio.Task, ServedModel] = {}
         self._idle: dict[int, asyncio.Event] = {}
         self._cut_timer: threading.Timer | None = None
+        self._cut_at: float | None = None  # time.monotonic() when cut_after ends what is left
 
     def stats(self) -> dict:
         """The current model's stats, with running and waiting summed over the models a reload retired too: their
@@ -291,23 +359,28 @@ class ModelHolder:
             for served in models:
                 served.shutdown(drain=False)
 
+        self._cut_at = time.monotonic() + seconds
         self._cut_timer = threading.Timer(seconds, cut)
         self._cut_timer.daemon = True
         self._cut_timer.start()
 
     async def close(self) -> None:
-        """Server shutdown: drain and stop the current engine and any still retiring."""
+        """Server shutdown: drain and stop the current engine and any still retiring, within the drain time
+        cut_after started (SIGTERM), else each within limits.shutdown_timeout."""
         from starlette.concurrency import run_in_threadpool
 
         if self._cut_timer is not None:  # everything finished in time
             self._cut_timer.cancel()
 
+        def left() -> float | None:  # the drain time SIGTERM gave, not a second one of the same length
+            return None if self._cut_at is None else max(0.0, self._cut_at - time.monotonic())
+
         retiring = list(self._retiring.items())
         for task, _ in retiring:
             task.cancel()
         for _, old in retiring:
-            await run_in_threadpool(old.shutdown, drain=True)
-        await run_in_threadpool(self.current.shutdown, drain=True)
+            await run_in_threadpool(functools.partial(old.shutdown, drain=True, timeout=left()))
+        await run_in_threadpool(functools.partial(self.current.shutdown, drain=True, timeout=left()))
 
 
 @asynccontextmanager

@@ -155,3 +155,12 @@ def requests_running(url: str) -> int:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     line = next(x for x in text.splitlines() if x.startswith("neurallayers_requests_running "))
     return int(float(line.split()[1]))
+
+
+def request_count(url: str, route: str, status: int) -> float:
+    """The server's neurallayers_requests_total for (route, status), read from /metrics (0 when never counted)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "neurallayers_requests_total" and s.labels == {"route": route, "status": str(status)})

@@ -10,7 +10,7 @@ import threading
 
 import httpx
 import pytest
-from nl_serve_helpers import Gate, assert_ok_after, serving, wait_for, write_run_dir
+from nl_serve_helpers import Gate, assert_ok_after, request_count, serving, wait_for, write_run_dir
 
 import neurallayers
 
@@ -355,8 +355,13 @@ def test_client_disconnect_mid_stream_cancels_and_frees_the_slot(gated):
     wait_for(lambda: engine.stats()["requests_cancelled"] == 1 and engine.stats()["running"] == 0,
              what="the abandoned request to be cancelled")
     assert engine.stats()["tokens_generated"] < 50
+    # counted as a client that closed the request (nginx's 499), not as the 200 its stream had begun with
+    wait_for(lambda: request_count(srv.url, "/v1/completions", 499) == 1, timeout=10,
+             what="the request to be counted")
+    assert request_count(srv.url, "/v1/completions", 200) == 0
     gate.delay = 0.0
     assert_ok_after(srv.url)  # the slot (the only one) is free again
+    assert request_count(srv.url, "/v1/completions", 200) == 1
 
 
 def test_client_that_gives_up_on_a_non_streaming_request_frees_the_slot(gated):
@@ -368,6 +373,10 @@ def test_client_that_gives_up_on_a_non_streaming_request_frees_the_slot(gated):
     wait_for(lambda: engine.stats()["requests_cancelled"] == 1 and engine.stats()["running"] == 0,
              what="the abandoned request to be cancelled")
     assert engine.stats()["tokens_generated"] < 40
+    # the answer its handler still made for nobody is not a success
+    wait_for(lambda: request_count(srv.url, "/v1/chat/completions", 499) == 1, timeout=10,
+             what="the request to be counted")
+    assert request_count(srv.url, "/v1/chat/completions", 200) == 0
     gate.delay = 0.0
     assert_ok_after(srv.url)
 
@@ -599,5 +608,7 @@ def test_a_client_that_gives_up_on_predict_frees_the_slot(gated, route, body):
     wait_for(lambda: engine.stats()["requests_cancelled"] == 1 and engine.stats()["running"] == 0,
              what="the abandoned request to be cancelled")
     assert engine.stats()["tokens_generated"] < 40
+    wait_for(lambda: request_count(srv.url, route, 499) == 1, timeout=10, what="the request to be counted")
+    assert request_count(srv.url, route, 200) == 0
     gate.delay = 0.0
     assert_ok_after(srv.url)

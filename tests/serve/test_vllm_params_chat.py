@@ -88,3 +88,28 @@ def test_a_chat_field_that_would_change_the_output_unseen_is_refused(client, nam
     with pytest.raises(openai.BadRequestError) as e:
         chat(client, **{name: value})
     assert e.value.body["param"] == name and "not supported" in e.value.body["message"]
+
+
+def test_openais_newer_chat_fields_are_taken_as_labels_or_refused_as_unsupported(client, server):
+    """The `openai` client's own keyword arguments: safety_identifier and prompt_cache_key, OpenAI's replacements of
+    `user`, label the caller and change no output, so they are taken as `user` is; the fields that ask for what this
+    server does not do are refused as not supported (the newer ones were called misspellings), and taken at the value
+    that asks for what it does (store false, text only, stream_options' include_obfuscation false)."""
+    kw = dict(model="tiny-char", messages=HI, max_tokens=6, temperature=0)
+    plain = client.chat.completions.create(**kw).choices[0].message.content
+    labelled = client.chat.completions.create(**kw, user="u", safety_identifier="u-hash", prompt_cache_key="k",
+                                              store=False, modalities=["text"])  # what this server does anyway
+    assert labelled.choices[0].message.content == plain
+    for name, value in (("verbosity", "low"), ("moderation", {"input": {"mode": "score"}}), ("store", True),
+                        ("modalities", ["text", "audio"]),
+                        ("prompt_cache_retention", "24h"), ("prompt_cache_options", {"mode": "explicit"})):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(**kw, **{name: value})
+        assert e.value.body["param"] == name and "not supported" in e.value.body["message"], e.value.body
+    chunks = client.chat.completions.create(**kw, stream=True, stream_options={"include_obfuscation": False})
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**kw, stream=True, stream_options={"include_obfuscation": True})
+    assert e.value.body["param"] == "stream_options.include_obfuscation", e.value.body
+    assert "not supported" in e.value.body["message"]
+    assert httpx.post(f"{server.url}/v1/chat/completions", json={"messages": HI, "max_tokens": 1}).status_code == 200
