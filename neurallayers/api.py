@@ -69,7 +69,7 @@ def _existing_folder(path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
          allow_pickle: bool = False) -> tuple[nn.Module, object]:
     """Model (in eval mode) and tokenizer from a run directory (config.yaml, model.safetensors, tokenizer.json), one
     of its checkpoints (`run/checkpoints/step-N`: that step's weights) or a Hugging Face folder (config.json,
@@ -80,30 +80,34 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         device: where the weights go; "auto" picks cuda, then mps, then cpu; None: cpu.
         dtype: the weights' dtype (a torch.dtype, or "fp32" / "float32", "bf16" / "bfloat16", "fp16" / "float16");
             None: float32 for a Hugging Face folder, whatever its config.json or weights say (as transformers 4 loads
-            one; 5 keeps the stored dtype); for a run or checkpoint the dtype its weights file stores, bit for bit (a
-            run trained here stores float32 master weights, bf16 autocast or not; `convert` keeps a bf16 source's
-            bf16), or for a file mixing dtypes the narrowest holding each exactly (bf16 and fp16: float32).
+            one); for a run or checkpoint the dtype its weights file stores, bit for bit (a run trained here stores
+            float32 master weights, bf16 autocast or not; `convert` keeps a bf16 source's bf16), or for a file mixing
+            dtypes the narrowest holding each exactly (bf16 and fp16: float32). "auto": the stored dtype, as
+            transformers 5's default dtype="auto" reads it: for a Hugging Face folder the `dtype` (or `torch_dtype`)
+            its config.json names, else its first weight file's first floating-point tensor's; for a run or
+            checkpoint as None.
         allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin or its shards). Off by
             default: a pickle can run code when loaded.
     """
     from neurallayers.weights import weight_dtype
 
-    dtype = weight_dtype(dtype)
+    dtype = weight_dtype(dtype, auto=True)
     if device is not None:
         from neurallayers.training.runtime import resolve_device
 
         device = resolve_device(device, what="device")
     path = _existing_folder(path)
+    kept = None if dtype == "auto" else dtype  # a run and a checkpoint keep their stored dtype by default
     if (path / "config.yaml").is_file():
         from neurallayers.training.checkpoint import load_run
 
-        model, tokenizer, _ = load_run(path, device=device, dtype=dtype)
+        model, tokenizer, _ = load_run(path, device=device, dtype=kept)
     elif (path / "config.json").is_file():
         from neurallayers.interop.hf import load_hf
 
         model, tokenizer = load_hf(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
     elif is_checkpoint_folder(path):
-        model, tokenizer = _load_checkpoint(path, device=device, dtype=dtype)
+        model, tokenizer = _load_checkpoint(path, device=device, dtype=kept)
     else:
         raise _no_config(path)
     from neurallayers.nn.cpu import warn_if_slow_bf16

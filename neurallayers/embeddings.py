@@ -214,8 +214,9 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
         elif mode == "weightedmean":  # token i of the text weighs i (1-based)
             w = m * torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype).view(1, -1, 1)
             out.append((hidden * w).sum(dim=1) / w.sum(dim=1).clamp(min=1e-9))
-        else:  # lasttoken: the last real token's state
-            last = attention_mask.sum(dim=1).clamp(min=1) - 1
+        else:  # lasttoken: the last real token's state (a mask may open late: a prompt left out of the pooling)
+            positions = torch.arange(hidden.shape[1], device=hidden.device)
+            last = (attention_mask.to(torch.long) * positions).max(dim=1).values
             out.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
     return torch.cat(out, dim=-1)
 
@@ -258,18 +259,41 @@ def model_pooling(model: nn.Module) -> str:
     return pooling
 
 
-def read_as(model: nn.Module, texts: list[str]) -> list[str]:
-    """`texts` as the encoder reads them: lowercased where its sentence-transformers folder says do_lower_case (its
-    Transformer module lowercases before tokenizing). Token counts (usage) must count these."""
+def read_as(model: nn.Module, texts: list[str], *, prompt: str | None = None,
+            prompt_name: str | None = None) -> list[str]:
+    """`texts` as the encoder reads them (embed's `prompt` and `prompt_name` as it takes them): the prompt first (the
+    model's default prompt unless one is given), then lowercased where its sentence-transformers folder says
+    do_lower_case (its Transformer module lowercases before tokenizing). Token counts (usage) must count these."""
+    prompt = resolve_prompt(model, prompt, prompt_name)
+    if prompt:
+        texts = [prompt + t for t in texts]
     if model.config.extra.get("lowercase"):
         return [t.lower() for t in texts]
     return texts
 
 
+def resolve_prompt(model: nn.Module, prompt: str | None, prompt_name: str | None) -> str | None:
+    """The prompt sentence-transformers' encode puts before each text: `prompt`, else the model's prompt named
+    `prompt_name`, else its default prompt (config_sentence_transformers.json's default_prompt_name); None without
+    one. `prompt=""` embeds without the default, as in encode."""
+    prompts = model.config.extra.get("prompts") or {}
+    if prompt is not None and prompt_name is not None:  # encode ignores prompt_name then, with a warning
+        raise ValueError(f"prompt={prompt!r} and prompt_name={prompt_name!r}: give one of them, not both")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ValueError(f"prompt={prompt!r}: must be a str (the text put before each input) or None")
+    if prompt_name is not None and prompt_name not in prompts:
+        known = ", ".join(map(repr, prompts)) or "none (its folder has no config_sentence_transformers.json prompts)"
+        raise ValueError(f"prompt_name={prompt_name!r}: this model's prompts are {known}")
+    if prompt is None:
+        name = prompt_name if prompt_name is not None else model.config.extra.get("default_prompt_name")
+        prompt = prompts.get(name) if name is not None else None
+    return prompt
+
+
 def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: str | None = None,
           normalize: bool | None = None, batch_size: int = 32, max_length: int | None = None,
           truncation_side: Literal["right", "left"] = "right", add_special_tokens: bool = True,
-          cut_special_tokens: bool = False) -> torch.Tensor:
+          cut_special_tokens: bool = False, prompt: str | None = None, prompt_name: str | None = None) -> torch.Tensor:
     """Sentence embeddings (N, C), float32, on the model's device, in the order of `texts`.
 
     Texts are batched by length (less padding), run through the encoder, pooled, then L2-normalised.
@@ -292,17 +316,23 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: 
             on /v1/embeddings; a "cls" pooling then reads the first text token).
         cut_special_tokens: cut the whole encoding as a list of ids instead, its special tokens counted and cut like
             any other (vLLM's explicit truncation_side "left" keeps the last max_length ids, so [CLS] goes).
+        prompt: text put before each input, as sentence-transformers' encode takes it ("": none, not the default).
+        prompt_name: the model's prompt of that name (its config_sentence_transformers.json `prompts`, e.g. "query").
+            With neither, the model's default prompt (`default_prompt_name`) is put first, as encode does; where its
+            Pooling says `include_prompt: false`, the prompt's tokens (and [CLS]) are left out of the pooling.
     """
+    encoder = _encoder_of(model)
     return _embed(model, tokenizer, texts, pooling=pooling, normalize=normalize, batch_size=batch_size,
                   max_length=max_length, truncation_side=truncation_side, add_special_tokens=add_special_tokens,
-                  cut_special_tokens=cut_special_tokens)
+                  cut_special_tokens=cut_special_tokens, prompt=resolve_prompt(encoder, prompt, prompt_name))
 
 
 def _embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling: str | None, normalize: bool | None,
            batch_size: int, max_length: int | None, truncation_side: str, add_special_tokens: bool,
-           cut_special_tokens: bool, names: tuple[str, str] = ("texts", "max_length")) -> torch.Tensor:
+           cut_special_tokens: bool, names: tuple[str, str] = ("texts", "max_length"),
+           prompt: str | None = None) -> torch.Tensor:
     """embed, its errors naming the texts and the max_length as the caller knows them (`names`: the
-    feature-extraction pipeline's "inputs" and "tokenize_kwargs max_length")."""
+    feature-extraction pipeline's "inputs" and "tokenize_kwargs max_length"); `prompt` as resolve_prompt gives it."""
     check_batch_size(batch_size)
     if truncation_side not in ("right", "left"):
         raise ValueError(f"truncation_side={truncation_side!r}: must be 'right' or 'left'")
@@ -312,7 +342,7 @@ def _embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling:
     texts = _check_texts(texts, names[0], empty_ok=True)
     encoder = _encoder_of(model)
     check_tokenizer(tokenizer)
-    texts = read_as(encoder, texts)
+    texts = read_as(encoder, texts, prompt=prompt or "")
     pooling = model_pooling(encoder) if pooling is None else pooling  # "" is a mistake, not the default
     width = encoder.config.n_embd * len(pooling_modes(pooling))
     block = encoder.config.block_size
@@ -331,6 +361,11 @@ def _embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling:
             e.truncate(max_length, direction=truncation_side)  # in place; a shorter one stays as it is
     else:
         encodings = _encode(tokenizer, texts, max_length=max_length, side=truncation_side, special=special)
+    skip = 0
+    if prompt and encoder.config.extra.get("include_prompt") is False:
+        # sentence-transformers' prompt_length: the prompt tokenized alone, less a closing special token ([SEP])
+        alone = _encode(tokenizer, read_as(encoder, [prompt], prompt=""), max_length=max_length, special=special)[0]
+        skip = len(alone.ids) - (1 if alone.special_tokens_mask and alone.special_tokens_mask[-1] else 0)
     if (blank := next((i for i, e in enumerate(encodings) if not e.ids), None)) is not None:
         adds = "add_special_tokens is False" if not special else "it adds no special tokens"
         raise ValueError(f"{names[0]}[{blank}] is {texts[blank]!r}, which this tokenizer encodes to no tokens "
@@ -338,13 +373,14 @@ def _embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling:
     # an ordinary tensor, filled in inference mode: an inference tensor failed backward through a probe on top of it
     out = torch.empty(len(texts), width, dtype=torch.float32, device=device)
     with torch.inference_mode(), eval_mode(encoder):  # no dropout, even mid-training; the model's own mode after
-        _embed_batches(encoder, tokenizer, encodings, out, pooling=pooling, batch_size=batch_size)
+        _embed_batches(encoder, tokenizer, encodings, out, pooling=pooling, batch_size=batch_size, skip=skip)
     return F.normalize(out, dim=-1) if normalize else out
 
 
 def _embed_batches(encoder: nn.Module, tokenizer: Tokenizer, encodings: list, out: torch.Tensor, *, pooling: str,
-                   batch_size: int) -> None:
-    """Fills `out` with the pooled states of `encodings`, longest first (less padding)."""
+                   batch_size: int, skip: int = 0) -> None:
+    """Fills `out` with the pooled states of `encodings`, longest first (less padding); the first `skip` positions
+    are attended to but left out of the pooling (a prompt with include_prompt false)."""
     device = out.device
     order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
     for start in range(0, len(encodings), batch_size):
@@ -354,7 +390,9 @@ def _embed_batches(encoder: nn.Module, tokenizer: Tokenizer, encodings: list, ou
         hidden = encoder(batch["input_ids"], attention_mask=batch["attention_mask"],
                          token_type_ids=batch["token_type_ids"] if encoder.wtt is not None else None).hidden
         hidden = hidden.float()
-        out[torch.tensor(idx, device=device)] = pool(hidden, batch["attention_mask"], pooling)
+        mask = batch["attention_mask"].clone()
+        mask[:, :skip] = 0
+        out[torch.tensor(idx, device=device)] = pool(hidden, mask, pooling)
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -386,7 +424,7 @@ def minilm_folder() -> Path:
 
 
 def load_minilm(*, device: str | torch.device | None = None,
-                dtype: torch.dtype | None = None) -> tuple[nn.Module, Tokenizer]:
+                dtype: torch.dtype | str | None = None) -> tuple[nn.Module, Tokenizer]:
     """all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide) in eval mode and its WordPiece tokenizer, from the
     bundled folder. Embed with `embed(model, tokenizer, texts)` (mean pooling, normalised, as trained).
 

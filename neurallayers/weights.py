@@ -350,13 +350,16 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
            "fp16": torch.float16, "float16": torch.float16}
 
 
-def weight_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+def weight_dtype(dtype: torch.dtype | str | None, *, auto: bool = False) -> torch.dtype | str | None:
     """A dtype for weights from a torch.dtype or its name ("fp32"/"float32", "bf16"/"bfloat16", "fp16"/"float16", an
-    optional "torch." prefix); None stays None. One table, read by load(), load_hf() and the CLI's --dtype."""
+    optional "torch." prefix); None stays None, and with `auto` "auto" stays "auto" (transformers 5's dtype="auto":
+    the dtype the checkpoint stores, which only a loader can read). One table, read by load(), load_hf() and the CLI's
+    --dtype."""
     if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:  # refused before the weights are read
         raise ValueError(f"dtype={dtype}: weights need a floating-point dtype (float32, bfloat16, float16)")
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if dtype is None or isinstance(dtype, torch.dtype) or (auto and dtype == "auto"):
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
         return _DTYPES[dtype.removeprefix("torch.")]
-    raise ValueError(f"dtype={dtype!r}: expected a torch.dtype or one of {', '.join(_DTYPES)}")
+    names = ", ".join((*_DTYPES, "auto") if auto else _DTYPES)
+    raise ValueError(f"dtype={dtype!r}: expected a torch.dtype or one of {names}")

@@ -517,17 +517,22 @@ def test_npz_ids_that_are_equal_as_text_are_refused_before_any_work(encoder, tmp
     assert [r["id"] for r in results(tmp_path / "v.jsonl")] == [1, "1"]
 
 
-def test_cli_refuses_the_other_kind_of_models_flags(encoder, run_dir, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def enc_dir(encoder, tmp_path_factory) -> Path:
+    """The encoder as a run directory, for the CLI."""
+    model, tok = encoder
+    out = tmp_path_factory.mktemp("enc")
+    RunConfig(model=model.config).to_yaml(out / "config.yaml")
+    tok.save(out)
+    save_model(out, model.state_dict())
+    return out
+
+
+def test_cli_refuses_the_other_kind_of_models_flags(enc_dir, run_dir, tmp_path, capsys):
     """An encoder embeds: batch read --temperature or --top-k and ignored them without a word; a decoder ignored
     --pooling. Defaults (batch's own --seed 0 too) still pass."""
     from neurallayers.__main__ import main
 
-    model, tok = encoder
-    enc_dir = tmp_path / "enc"
-    enc_dir.mkdir()
-    RunConfig(model=model.config).to_yaml(enc_dir / "config.yaml")
-    tok.save(enc_dir)
-    save_model(enc_dir, model.state_dict())
     inp = write_texts(tmp_path / "in.jsonl")
     args = ["--input", str(inp), "--no-progress"]
     out = tmp_path / "v.npy"
@@ -542,6 +547,24 @@ def test_cli_refuses_the_other_kind_of_models_flags(encoder, run_dir, tmp_path, 
         capsys.readouterr().err
     assert main(["batch", str(enc_dir), *args, "--output", str(out), "--seed", "0", "--pooling", "cls"]) == 0
     assert np.load(out).shape == (len(SENTENCES), 32)
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--max-length", "1"], "--max-length 1: must be in [2, 64]"),
+    (["--max-length", "65"], "--max-length 65: must be in [2, 64]"),
+    (["--pooling", "mean+avg"], "--pooling mean+avg: valid are mean, cls, max"),
+])
+def test_cli_names_the_embedding_flag_it_refuses(enc_dir, tmp_path, capsys, flags, said):
+    """The errors named run_batch's arguments ("max_length=1: must be in [2, 64]", "pooling='mean+avg': ..."), which
+    the command line never typed."""
+    from neurallayers.__main__ import main
+
+    out = tmp_path / "v.npy"
+    assert main(["batch", str(enc_dir), "--input", str(write_texts(tmp_path / "in.jsonl")), "--output", str(out),
+                 "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"neurallayers batch: error: {said}") and err.count("\n") == 1, err
+    assert not out.exists()
 
 
 def test_a_platform_that_cannot_open_folders_still_runs(lm, tmp_path, monkeypatch):

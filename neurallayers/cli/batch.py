@@ -66,7 +66,8 @@ def _add_embedding(parser: argparse.ArgumentParser) -> None:
                    "(default: the model's sentence-transformers pooling, else mean)")
     e.add_argument("--no-normalize", action="store_true", help="keep raw vectors instead of L2-normalising them")
     e.add_argument("--max-length", type=positive_int, default=None,
-                   help="truncate texts to this many tokens (None: the tokenizer's limit)")
+                   help="truncate texts to this many tokens (unset: the tokenizer's limit, at most the model's "
+                   "context length)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     _check_flags_apply(args, causal=model.config.causal)
     if model.config.causal:
         use_model_defaults(args, args.path)
+    else:
+        _check_embedding_flags(args, block_size=model.config.block_size)
     config = generation_config(args) if model.config.causal else None
     if config is not None:
         check_vocab(config, model)
@@ -228,6 +231,21 @@ def _check_flags_apply(args: argparse.Namespace, *, causal: bool) -> None:
             ("an encoder, which embeds", "a decoder's generation")
         raise ValueError(f"{args.path} is {kind}: {', '.join(unused)} {'are' if len(unused) > 1 else 'is'} for {use}; "
                          f"leave {'them' if len(unused) > 1 else 'it'} out")
+
+
+def _check_embedding_flags(args: argparse.Namespace, *, block_size: int) -> None:
+    """--pooling and --max-length refused by their flags: run_batch named its own arguments ("max_length=1: must be
+    in [2, 512]"), which the command line never typed."""
+    from neurallayers.embeddings import pooling_modes
+
+    if args.pooling is not None:
+        try:
+            pooling_modes(args.pooling)
+        except ValueError as e:
+            raise ValueError(str(e).replace(f"pooling={args.pooling!r}", f"--pooling {args.pooling}", 1)) from None
+    if args.max_length is not None and not 2 <= args.max_length <= block_size:
+        raise ValueError(f"--max-length {args.max_length}: must be in [2, {block_size}] (tokens, up to the model's "
+                         "context length)")
 
 
 def _given(args: argparse.Namespace, add) -> list[str]:

@@ -90,9 +90,11 @@ def run(args: argparse.Namespace) -> int:
     while True:
         try:
             line = input("> " if interactive else "")
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, KeyboardInterrupt) as e:
             if interactive:  # the shell's prompt on a line of its own, not after "> "
                 print(file=sys.stderr)
+            if isinstance(e, KeyboardInterrupt):  # as any interrupted command: status 130, not a finished chat's 0
+                raise
             break
         if not line.strip():
             continue

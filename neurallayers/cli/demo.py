@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.api import load
     from neurallayers.cli.train import summary
     from neurallayers.generation import generate
-    from neurallayers.training.checkpoint import latest_checkpoint
+    from neurallayers.training.checkpoint import latest_checkpoint, stopped_before_first_checkpoint
+    from neurallayers.training.resume import resume_target
     from neurallayers.training.signals import EXIT_CODES
     from neurallayers.training.trainer import fit
 
@@ -111,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     # `train` does (refusing it here and refusing --resume there left only `rm -rf`)
     if latest_checkpoint(out) is not None and not args.resume:
         raise ValueError(f"{out} already holds a run; remove it, continue it ({resume}) or choose another --out")
+    if not args.resume and not stopped_before_first_checkpoint(out):
+        # an --out fit() refuses (a file, a path through one, a folder holding a model): before the speed probe's
+        # seconds and its plan line, not after them
+        resume_target(out, False)
     t0 = time.perf_counter()
     run_cfg = demo_config(max_steps=args.max_steps or 1, max_minutes=args.minutes + 0.75)
     if args.max_steps is None and not args.resume:

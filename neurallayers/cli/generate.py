@@ -38,10 +38,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, search: bool = Tr
     g.add_argument("--seed", type=int, default=seed, help=seed_help)
     if search:
         g.add_argument("--num-beams", type=int, default=1, help="beam search when > 1")
-        g.add_argument("--length-penalty", type=float, default=1.0)
+        g.add_argument("--length-penalty", type=float, default=1.0,
+                       help="beam search: a beam's score is its log-probability over its length to this power (> 0 "
+                       "favours longer outputs, as in transformers)")
         g.add_argument("--penalty-alpha", type=float, default=0.0,
                        help="contrastive search when > 0 (with --top-k > 1)")
-    g.add_argument("--ignore-eos", action="store_true")
+    g.add_argument("--ignore-eos", action="store_true",
+                   help="go on past the end-of-text token (it is generated as any other token) to --max-new-tokens")
     g.add_argument("--stop-token-id", type=int, action="append", default=[], dest="stop_token_ids",
                    help="a token id that ends the output (repeatable)")
     g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
@@ -68,7 +71,7 @@ def generation_config(args: argparse.Namespace):
                else "beam search and contrastive search are deterministic")
         print(f"note: {why}: {flags} {'is' if len(unused) == 1 else 'are'} not used", file=sys.stderr)
     with flag_names():
-        return GenerationConfig(
+        config = GenerationConfig(
             max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=_given(args.top_k, 0),
             top_p=_given(args.top_p, 1.0), min_p=_given(args.min_p, 0.0),
             repetition_penalty=_given(args.repetition_penalty, 1.0), presence_penalty=args.presence_penalty,
@@ -80,6 +83,19 @@ def generation_config(args: argparse.Namespace):
             contrastive_alpha=_given(getattr(args, "contrastive_alpha", None), 0.1),
             num_speculative_tokens=_given(getattr(args, "num_speculative_tokens", None), 4),
             early_stopping={"false": False, "true": True, "never": "never"}[args.early_stopping])
+    _check_beam_flags(args)
+    return config
+
+
+def _check_beam_flags(args: argparse.Namespace) -> None:
+    """--length-penalty and --early-stopping tune beam search: without --num-beams > 1 they did nothing, silently, as
+    --num-speculative-tokens without --draft did."""
+    given = [flag for flag, on in (("--length-penalty", args.length_penalty != 1.0),
+                                   ("--early-stopping", args.early_stopping != "false")) if on]
+    if given and args.num_beams <= 1:
+        them = "them" if len(given) > 1 else "it"
+        raise ValueError(f"{' and '.join(given)} {'tune' if len(given) > 1 else 'tunes'} beam search, which is not on: "
+                         f"add --num-beams N (N > 1) or leave {them} out")
 
 
 @contextlib.contextmanager
@@ -188,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
     _check_method_flags(args)
     use_model_defaults(args, args.path)
     config = generation_config(args)
+    if not args.prompts and sys.stdin.isatty():  # a forgotten prompt: the command sat waiting without a word
+        print("neurallayers generate: no prompt given: type one and end it with Ctrl-D on a line of its own (or give "
+              "it as an argument, or pipe it in)", file=sys.stderr, flush=True)
     prompts = args.prompts or [sys.stdin.read()]
     if any(not p for p in prompts):
         raise ValueError("empty prompt; give some text (a single newline is fine: $'\\n')")

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a preset name, a YAML config (model or run config), a run "
                         "directory or one of its checkpoints/step-N, or a Hugging Face folder; none lists the presets")
     parser.add_argument("--context", type=positive_int, default=None, help="sequence length (default: the model's)")
-    parser.add_argument("--batch-size", type=positive_int, default=1, help="for the KV-cache figure")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="sequences, for a decoder's KV-cache figure")
 
 
 def resolve_config(target: str):
@@ -209,13 +209,23 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.api import is_checkpoint_folder, resolve_model_path
     from neurallayers.config import ModelConfig
 
+    # each sizes one model's figures; the preset list and an encoder's table (no KV cache) ignored them, silently
+    sizing = [f"{flag} {value}" for flag, value, given in (("--context", args.context, args.context is not None),
+                                                            ("--batch-size", args.batch_size, args.batch_size != 1))
+              if given]
     if args.target is None:
+        if sizing:
+            raise ValueError(f"{' and '.join(sizing)}: the list of presets has no figures to size; name the model "
+                             f"too, e.g. `neurallayers info gpt2 {' '.join(sizing)}`")
         for name in presets.PRESETS:
             cfg = ModelConfig.from_name(name)
             shape = f"{cfg.n_layer} x {cfg.n_embd}, context {cfg.block_size}"
             print(f"{name:<18} {cfg.param_count() / 1e6:8.2f} M  {shape}")
         return 0
     cfg = resolve_config(args.target)
+    if not cfg.causal and args.batch_size != 1:
+        raise ValueError(f"--batch-size {args.batch_size} sizes the KV-cache figure, and an encoder has no KV cache: "
+                         "leave it out")
     if args.context and args.context > cfg.block_size:  # the figures still print: what such a length would cost
         print(f"note: --context {args.context:,} is past the model's context, block_size={cfg.block_size:,}",
               file=sys.stderr)

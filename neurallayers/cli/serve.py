@@ -31,7 +31,8 @@ ANSWER_GRACE_S = 1.0  # after --shutdown-timeout, for the answers to requests th
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_path(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)")
+    parser.add_argument("--host", default="127.0.0.1", type=non_empty,
+                        help="address to listen on (0.0.0.0 exposes it to the network)")
     parser.add_argument("--port", type=int, default=8000, help="(default 8000; 0 picks a free one)")
     # read from the environment in run(), not as the default: --help prints defaults, and must not print a key
     parser.add_argument("--api-key", default=None,
@@ -41,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sequences decoded together (the engine's batch)")
     parser.add_argument("--max-queue", type=int, default=32,
                         help="sequences that may wait for a slot; more get 429 with Retry-After")
-    parser.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
-                        help="allow browser calls from this origin (repeatable); CORS is off without it")
+    parser.add_argument("--cors-origin", action="append", type=_origin, default=None, metavar="ORIGIN",
+                        help="allow browser calls from this origin, scheme://host[:port] as a browser sends it "
+                        "(http://localhost:3000), or * for any (repeatable); CORS is off without it")
     parser.add_argument("--model-root", type=non_empty, default=None,  # "" is the current folder to pathlib
                         help="folder that POST /reload may load models from (relative paths only); off without it")
     parser.add_argument("--model-name", type=non_empty, default=None,
@@ -59,6 +61,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-request-chat-template", action="store_true",
                         help="let requests bring their own chat template (chat_template); refused without it")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _origin(text: str) -> str:
+    """argparse type: an origin as a browser's Origin header writes it, which CORS compares as text: a trailing slash
+    or a path (`http://localhost:3000/`, copied from the address bar), capitals, a default port or "" (an unset
+    variable) matched no browser's call, and every call from the page failed with only the browser's CORS error."""
+    from urllib.parse import urlsplit
+
+    if text in ("*", "null"):  # any origin; the one a file:// page or a sandboxed frame sends
+        return text
+    try:
+        parts = urlsplit(text)
+        bare = parts.scheme and parts.hostname and "@" not in parts.netloc and parts.port != 0
+    except ValueError:  # a port that is not a number, or out of range
+        bare = False
+    origin = None
+    if bare:  # as a browser writes it: the scheme and host in lower case, no port where it is the scheme's default
+        scheme, netloc = parts.scheme.lower(), parts.netloc.lower()
+        default = {"http": ":80", "https": ":443"}.get(scheme)
+        origin = f"{scheme}://{netloc.removesuffix(default) if default else netloc}"
+    if text == origin:
+        return text
+    hint = f" (did you mean {origin}?)" if origin else ""
+    raise argparse.ArgumentTypeError(f"{text!r} is not an origin: scheme://host[:port] with no path, as a browser "
+                                     f"sends it (http://localhost:3000), or *{hint}")
 
 
 def run(args: argparse.Namespace) -> int:

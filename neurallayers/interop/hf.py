@@ -78,7 +78,8 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
         folder: holds config.json, weights and (optionally) tokenizer files.
         device: where the model goes (default CPU).
         dtype: parameter dtype (default float32, whatever the checkpoint stores): a torch.dtype or its name
-            ("float32"/"fp32", "bfloat16"/"bf16", "float16"/"fp16").
+            ("float32"/"fp32", "bfloat16"/"bf16", "float16"/"fp16"), or "auto": the stored dtype as transformers 5
+            reads it (see `auto_dtype`).
         allow_pickle: accept a folder whose only weights are pytorch_model.bin. Even then the file is read
             with `torch.load(weights_only=True)`, which refuses anything but plain tensors.
 
@@ -93,9 +94,11 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     """
     from neurallayers.models import build_model
 
-    dtype = weight_dtype(dtype)  # a name ("float16") failed in torch's .to(), after every weight was read
+    dtype = weight_dtype(dtype, auto=True)  # a name ("float16") failed in torch's .to(), after every weight was read
     folder = _folder(folder)
     hf_cfg = read_json(folder / "config.json")
+    if dtype == "auto":  # before the weights are read: a bad config dtype is refused first
+        dtype = _config_dtype(hf_cfg, folder)
     _refuse_quantized(hf_cfg, folder)
     fam = family(hf_cfg.get("model_type"))
     cfg = fam.config_from_hf(hf_cfg)
@@ -108,7 +111,12 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
         cfg = cfg.replace(extra={**cfg.extra, "unbuilt_modules": sentence["unbuilt_modules"]})
     if sentence.get("lowercase"):  # embed() lowercases texts, as its Transformer module does
         cfg = cfg.replace(extra={**cfg.extra, "lowercase": True})
+    for key in ("prompts", "default_prompt_name", "include_prompt"):  # embed() applies them, as encode does
+        if key in sentence:
+            cfg = cfg.replace(extra={**cfg.extra, key: sentence[key]})
     hf_sd = read_hf_weights(folder, allow_pickle=allow_pickle)
+    if dtype == "auto":
+        dtype = _stored_weights_dtype(folder, hf_sd)
     check_state_dict({k: tuple(v.shape) for k, v in hf_sd.items()}, hf_sd, source=str(folder))  # NaN/Inf only
     try:
         sd = fam.to_ours(hf_sd, cfg)
@@ -131,6 +139,48 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     if eos_ids is not None and tokenizer is not None:  # without either file's ids, the tokenizer's own (a converted
         tokenizer.extra_eos_ids = [t for t in eos_ids if t != tokenizer.eos_id]  # run's, in tokenizer_config)
     return model.eval(), tokenizer
+
+
+# the dtypes a config.json's dtype may name for dtype="auto": torch's names, as transformers reads them
+_AUTO_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
+
+
+def _config_dtype(hf_cfg: dict, folder: Path) -> torch.dtype | str:
+    """dtype="auto"'s first source, as transformers 5 reads it: config.json's `dtype`, else transformers 4's
+    `torch_dtype`; "auto" where it names neither (the weights then say)."""
+    key = "dtype" if hf_cfg.get("dtype") is not None else "torch_dtype"
+    name = hf_cfg.get(key)
+    if name is None:
+        return "auto"
+    if name not in _AUTO_DTYPES:  # transformers failed in torch (getattr(torch, "half16"))
+        raise ValueError(f"{folder / 'config.json'}: {key}={name!r} is no weight dtype dtype='auto' can load; "
+                         f"expected one of {', '.join(_AUTO_DTYPES)} (or pass dtype= yourself)")
+    return _AUTO_DTYPES[name]
+
+
+def _stored_weights_dtype(folder: Path, hf_sd: dict[str, torch.Tensor]) -> torch.dtype:
+    """dtype="auto" for a config.json that names no dtype, as transformers 5 reads it: a sharded index's metadata
+    `dtype`, else the first floating-point tensor (float8 aside) of the first weight file, in safetensors' key
+    order (sorted names); float32 without one."""
+    from neurallayers.weights import validate_safetensors
+
+    first: dict[str, torch.dtype] = {}
+    if (folder / SAFE_INDEX).is_file():
+        index = read_json(folder / SAFE_INDEX)
+        named = (index.get("metadata") or {}).get("dtype")
+        if named in _AUTO_DTYPES:
+            return _AUTO_DTYPES[named]
+        shard = folder / sorted(set(index["weight_map"].values()))[0]  # read and checked by read_hf_weights
+        first = {k: _ST_DTYPES.get(v["dtype"], torch.int8) for k, v in sorted(validate_safetensors(shard)[0].items())}
+    elif (folder / SAFE_WEIGHTS).is_file():
+        first = {k: v.dtype for k, v in sorted(hf_sd.items())}
+    else:  # pickle weights: torch.load's order
+        first = {k: v.dtype for k, v in hf_sd.items()}
+    return next((d for d in first.values() if d in _AUTO_DTYPES.values()), torch.float32)
+
+
+_ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
 
 def _refuse_quantized(hf_cfg: dict, folder: Path) -> None:
@@ -213,7 +263,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
         specials["pad_token_id"] = cfg.pad_token_id  # save without a tokenizer wrote null, and the reload lost it
     hf_cfg.update(specials)
     # an encoder from a sentence-transformers folder
-    writes_sentence = not cfg.causal and bool({"pooling", "normalize", "lowercase"} & set(cfg.extra)) and not unbuilt
+    writes_sentence = not cfg.causal and bool({"pooling", "normalize", "lowercase", "prompts", "include_prompt"}
+                                              & set(cfg.extra)) and not unbuilt
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -242,7 +293,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
 # files an earlier save (ours, transformers' or sentence-transformers') may have left that load_hf reads with the model
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "vocab.txt")
-SENTENCE_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+SENTENCE_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json",
+                  "config_sentence_transformers.json")
 
 
 def _check_tokenizer(tokenizer: object) -> None:

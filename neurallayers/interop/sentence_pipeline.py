@@ -21,10 +21,10 @@ def sentence_transformers_settings(folder: Path) -> dict:
     the model's own limit), "pooling": "mean", "cls", or the other mode(s) it names, joined by "+", "unbuilt_modules":
     the modules of its pipeline after the encoder other than Pooling, Normalize and Dropout (a Dense projection), which
     embed() does not apply, "normalize": whether its pipeline L2-normalises (a Normalize module), "lowercase": True
-    where it lowercases texts before tokenizing (do_lower_case)}; a key is absent where the folder does not say (a
-    plain Hugging Face folder says none)."""
-    out: dict = {}
-    _warn_default_prompt(folder / "config_sentence_transformers.json")
+    where it lowercases texts before tokenizing (do_lower_case), "prompts" {name: text} and "default_prompt_name" (the
+    one encode puts before each text unless told another), "include_prompt": False where its Pooling leaves the prompt's
+    tokens out}; a key is absent where the folder does not say (a plain Hugging Face folder says none)."""
+    out: dict = _prompts(folder / "config_sentence_transformers.json")
     st_config = folder / "sentence_bert_config.json"
     if st_config.is_file():
         settings = read_json(st_config)
@@ -55,24 +55,28 @@ def sentence_transformers_settings(folder: Path) -> dict:
             [name for flag, name in _POOLING_FLAGS.items() if flags.get(flag)]
         if modes:
             out["pooling"] = "+".join(modes)
+        if flags.get("include_prompt") is False:  # INSTRUCTOR-style: the prompt conditions, its tokens are not pooled
+            out["include_prompt"] = False
     return out
 
 
-def _warn_default_prompt(path: Path) -> None:
-    """sentence-transformers' encode puts the folder's default prompt (`prompts[default_prompt_name]`, an E5 model's
-    "passage: ") before each text; embed does not, so its vectors differ: said at load, not left silent."""
+def _prompts(path: Path) -> dict:
+    """{"prompts", "default_prompt_name"} of a config_sentence_transformers.json (see sentence_transformers_settings):
+    encode puts `prompts[default_prompt_name]` (an E5 model's "passage: ") before each text. Entries that are not
+    strings are refused by name; a default naming no prompt is warned about and left out (sentence-transformers
+    refuses to load such a folder)."""
     if not path.is_file():
-        return
+        return {}
     settings = read_json(path)
-    name, prompts = settings.get("default_prompt_name"), settings.get("prompts")
-    if name is None:
-        return
-    prompt = prompts.get(name) if isinstance(prompts, dict) else None
-    if prompt is None:  # sentence-transformers refuses to load such a folder
+    name, prompts = settings.get("default_prompt_name"), settings.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ValueError(f"{path}: prompts must be an object of strings (a name: its text), got {prompts!r}")
+    out: dict = {"prompts": dict(prompts)} if prompts else {}
+    if name is not None and name not in prompts:
         warnings.warn(f"{path}: default_prompt_name {name!r} names no entry of its prompts", stacklevel=3)
-    elif prompt:
-        warnings.warn(f"{path}: the default prompt {name!r} ({prompt!r}) is not applied here; sentence-transformers' "
-                      "encode puts it before each text: put it there yourself for the same embeddings", stacklevel=3)
+    elif name is not None:
+        out["default_prompt_name"] = name
+    return out
 
 
 def _module_path(folder: Path, kind: str, path: object) -> Path:
@@ -108,7 +112,12 @@ def _write_sentence_transformers(cfg: ModelConfig, tokenizer: object, folder: Pa
     pooling = {"word_embedding_dimension": cfg.n_embd, **{flag: name in modes for flag, name in _POOLING_FLAGS.items()}}
     if modes != [name for name in _POOLING_FLAGS.values() if name in modes]:  # the flags fix another order
         pooling["pooling_mode"] = modes  # sentence-transformers 6's form, which keeps it
+    if cfg.extra.get("include_prompt") is False:
+        pooling["include_prompt"] = False
     write_json(folder / "1_Pooling" / "config.json", pooling)
+    if cfg.extra.get("prompts"):  # encode's prompts and default, as read
+        prompts = {"prompts": cfg.extra["prompts"], "default_prompt_name": cfg.extra.get("default_prompt_name")}
+        write_json(folder / "config_sentence_transformers.json", prompts)
     settings = {"do_lower_case": bool(cfg.extra.get("lowercase"))}
     if getattr(tokenizer, "model_max_length", None) is not None:
         settings["max_seq_length"] = tokenizer.model_max_length

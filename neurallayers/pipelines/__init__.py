@@ -49,8 +49,8 @@ def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], *, devi
             "text-generation".
         model: a run directory or Hugging Face folder (loaded with `neurallayers.load`), or (model, tokenizer).
         device, dtype: where and in which dtype `neurallayers.load` puts a model loaded from a path (as load takes
-            them; an int device as transformers reads it: -1 the CPU, N "cuda:N"); a (model, tokenizer) pair stays
-            as it is.
+            them, dtype="auto" too; an int device as transformers reads it: -1 the CPU, N "cuda:N"); a (model,
+            tokenizer) pair stays as it is.
         **kwargs: options of the task's pipeline: batch_size (all), mask_token (fill-mask).
 
     Raises:
@@ -65,7 +65,7 @@ def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], *, devi
     path = model if isinstance(model, str | Path) else None
     if path is None and not (isinstance(model, tuple | list) and len(model) == 2 and isinstance(model[0], nn.Module)):
         raise ValueError("model must be a path (run directory or Hugging Face folder) or a (model, tokenizer) pair")
-    if path is None and (device is not None or dtype is not None):
+    if path is None and (device is not None or dtype not in (None, "auto")):  # "auto": as it is, as transformers
         given = "device" if device is not None else "dtype"
         raise ValueError(f"{given}= applies to a model loaded from a path; move a (model, tokenizer) pair's model "
                          "yourself (model.to(...))")

@@ -77,3 +77,34 @@ def test_a_warning_is_one_line_in_the_clis_words(run_dir: Path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("neurallayers generate: warning: fp16 weights on a CPU"), lines
+
+
+@pytest.mark.parametrize(("verb", "flags", "needle"), [
+    ("generate", ["--length-penalty", "2"], "--length-penalty tunes beam search, which is not on: add --num-beams N"),
+    ("generate", ["--early-stopping", "true"], "--early-stopping tunes beam search, which is not on"),
+    ("batch", ["--length-penalty", "0.5", "--early-stopping", "never"],
+     "--length-penalty and --early-stopping tune beam search, which is not on: add --num-beams N (N > 1) or leave "
+     "them out"),
+])
+def test_a_beam_search_flag_without_beam_search_is_refused(verb: str, flags: list[str], needle: str, run_dir: Path,
+                                                           monkeypatch):
+    """Without --num-beams > 1 they were ignored, silently (as --num-speculative-tokens without --draft was): the
+    output sampled as if they had not been given."""
+    (run_dir.parent / "in.jsonl").write_text('{"prompt": "To"}\n')
+    where = ["To"] if verb == "generate" else ["--input", "in.jsonl", "--output", "beams.jsonl"]
+    assert_user_error(in_process(verb, str(run_dir), *where, *flags, cwd=run_dir.parent, monkeypatch=monkeypatch),
+                      needle)
+    assert not (run_dir.parent / "beams.jsonl").exists()
+
+
+def test_with_beam_search_they_decode_as_the_api_does(run_dir: Path, monkeypatch):
+    import neurallayers as nl
+    from neurallayers.generation import GenerationConfig
+
+    flags = ["--num-beams", "2", "--length-penalty", "0.5", "--early-stopping", "never", "--max-new-tokens", "6"]
+    proc = in_process("generate", str(run_dir), "To", *flags, cwd=run_dir.parent, monkeypatch=monkeypatch)
+    assert proc.returncode == 0, proc.stderr
+    model, tok = nl.load(run_dir)
+    want = nl.generate(model, tok, ["To"], GenerationConfig(num_beams=2, length_penalty=0.5, early_stopping="never",
+                                                             temperature=0, max_new_tokens=6))
+    assert proc.stdout == f"To{want[0].text}\n"

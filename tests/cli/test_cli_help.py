@@ -29,3 +29,13 @@ def test_prepare_help_states_the_model_and_corpus_it_prepares_for_by_default():
     # with nothing in --help to say so
     assert "default: demo" in option_help("prepare", "--preset")
     assert "else shakespeare" in option_help("prepare", "--data")
+
+
+def test_every_beam_search_and_eos_flag_says_what_it_does():
+    # --length-penalty and --ignore-eos had no help at all, so --help stated neither what they do nor
+    # --length-penalty's default
+    for verb in ("generate", "batch"):
+        assert "beam search" in option_help(verb, "--length-penalty"), verb
+        assert "(default: 1.0)" in option_help(verb, "--length-penalty"), verb
+    for verb in ("generate", "batch", "chat"):
+        assert "end-of-text token" in option_help(verb, "--ignore-eos"), verb

@@ -29,6 +29,8 @@ from neurallayers.__main__ import build_verb_parser
     (["batch", "nosuch", "--input", "in.jsonl", "--output", "o.npy", "--pooling", ""], "--pooling"),
     # `--model-root "$MODELS"` with the variable unset let POST /reload load any model under the current folder
     (["serve", "nosuch", "--port", "0", "--model-root", ""], "--model-root"),
+    # said "--host : not a known host name or address"; ui's --host refused it so
+    (["serve", "nosuch", "--port", "0", "--host", ""], "--host"),
 ])
 def test_an_empty_value_is_refused_not_taken_for_the_default(args: list[str], flag: str, tmp_path: Path,
                                                              monkeypatch):
@@ -47,6 +49,28 @@ def test_demo_refuses_a_step_count_or_a_time_it_cannot_use(args: list[str], need
                                                            monkeypatch):
     (tmp_path / "file.txt").write_text("x")  # an --out the old code refused quickly, after taking the value
     assert_user_error(in_process("demo", "--out", "file.txt", *args, cwd=tmp_path, monkeypatch=monkeypatch), needle)
+
+
+@pytest.mark.parametrize(("out", "needle"), [
+    ("file.txt", "file.txt is a file, not a run directory"),
+    ("file.txt/run", "file.txt/run: file.txt is a file, not a folder"),
+    ("model", "model already holds a model (model.safetensors) but no run to resume"),
+])
+def test_demo_refuses_an_out_it_cannot_train_into_before_measuring(out: str, needle: str, tmp_path: Path,
+                                                                   monkeypatch):
+    """The demo measured this machine's step time first (seconds, more on a slow CPU) and printed its plan, and only
+    then did training refuse the --out."""
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"")
+
+    def measured(*_, **__):
+        raise AssertionError("the speed probe ran")
+
+    monkeypatch.setattr("neurallayers.cli.demo.measure_step_seconds", measured)
+    proc = in_process("demo", "--out", out, cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_user_error(proc, needle, "choose another output directory (--out")
+    assert proc.stdout == ""
 
 
 def test_batch_names_a_folder_given_for_its_input_or_standing_in_its_output_path(tmp_path: Path, monkeypatch):

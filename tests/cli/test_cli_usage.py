@@ -173,6 +173,43 @@ def test_a_closed_stdin_reads_as_empty(two_checkpoints: Path, tmp_path: Path):
     assert_user_error(proc, "empty prompt")
 
 
+def test_a_prompt_read_from_the_terminal_is_asked_for(two_checkpoints: Path, monkeypatch):
+    """`generate RUN` without a prompt reads one from stdin: at a terminal it sat waiting without a word, as if hung.
+    Typed there it says what it waits for, and generates from what was typed as from the argument."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    flags = ("--temperature", "0", "--max-new-tokens", "3")
+    monkeypatch.setattr("sys.stdin", Terminal("To"))
+    typed = in_process("generate", str(two_checkpoints), *flags, cwd=two_checkpoints.parent, monkeypatch=monkeypatch)
+    assert typed.returncode == 0, typed.stderr
+    assert typed.stderr == ("neurallayers generate: no prompt given: type one and end it with Ctrl-D on a line of its "
+                            "own (or give it as an argument, or pipe it in)\n")
+    given = in_process("generate", str(two_checkpoints), "To", *flags, cwd=two_checkpoints.parent,
+                       monkeypatch=monkeypatch)
+    assert typed.stdout == given.stdout and given.stderr == ""
+    monkeypatch.setattr("sys.stdin", io.StringIO("To"))  # piped: nothing to ask
+    assert in_process("generate", str(two_checkpoints), *flags, cwd=two_checkpoints.parent,
+                      monkeypatch=monkeypatch).stderr == ""
+
+
+@pytest.mark.parametrize(("ending", "code", "said"), [(KeyboardInterrupt, 130, "neurallayers chat: interrupted\n"),
+                                                    (EOFError, 0, "")])
+def test_chat_left_with_ctrl_c_exits_as_an_interrupted_command(ending, code: int, said: str, two_checkpoints: Path,
+                                                               monkeypatch):
+    """Ctrl-C at chat's prompt ended it with status 0, as Ctrl-D does: a script could not tell it from a finished
+    conversation, where every other verb exits 130 after one line."""
+    def typed(prompt: str = "") -> str:
+        raise ending
+
+    monkeypatch.setattr("builtins.input", typed)
+    proc = in_process("chat", str(two_checkpoints), cwd=two_checkpoints.parent, monkeypatch=monkeypatch)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (code, said, "")
+
+
 def test_convert_exports_a_checkpoint_folder_as_load_reads_it(two_checkpoints: Path, tmp_path: Path):
     """`convert run/checkpoints/step-2 out` was refused as "neither a run nor a Hugging Face folder" while load() and
     every other verb read it: an earlier step of a run could not be exported."""

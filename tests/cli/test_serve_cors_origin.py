@@ -1,0 +1,46 @@
+"""`serve --cors-origin`: CORS compares the browser's Origin header as text, so a value no browser sends (a trailing
+slash, a path, capitals, a default port, "") turned CORS on for no page at all; it is refused in one line instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from nl_cli_helpers import assert_user_error, in_process
+
+
+def _allowed(allow: str, origin: str) -> bool:
+    """Whether Starlette's CORSMiddleware, as the server adds it, lets a page at `origin` read the answer."""
+    from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+    app.add_middleware(CORSMiddleware, allow_origins=[allow], allow_methods=["GET", "POST"])
+    app.get("/")(lambda: {})
+    return "access-control-allow-origin" in TestClient(app).get("/", headers={"Origin": origin}).headers
+
+
+@pytest.mark.parametrize(("given", "meant"), [
+    ("http://localhost:3000/", "http://localhost:3000"),  # copied from the address bar
+    ("http://localhost:3000/app", "http://localhost:3000"),
+    ("HTTP://LocalHost:3000", "http://localhost:3000"),
+    ("https://ui.example:443", "https://ui.example"),
+    ("", None),  # an unset variable
+    ("localhost:3000", None),
+])
+def test_an_origin_no_browser_sends_is_refused(given: str, meant: str | None, tmp_path: Path, monkeypatch):
+    if meant is not None:  # the oracle: the page the user meant was never let through
+        assert not _allowed(given, meant) and _allowed(meant, meant)
+    proc = in_process("serve", "nosuch", "--port", "0", "--cors-origin", given, cwd=tmp_path, monkeypatch=monkeypatch)
+    hint = f" (did you mean {meant}?)" if meant else ""
+    assert_user_error(proc, f"argument --cors-origin: {given!r} is not an origin: scheme://host[:port] with no path",
+                      f"or *{hint}")
+
+
+@pytest.mark.parametrize("given", ["http://localhost:3000", "https://ui.example", "http://[::1]:8080", "*", "null"])
+def test_an_origin_as_a_browser_sends_it_passes(given: str):
+    from neurallayers.__main__ import build_verb_parser
+
+    args = build_verb_parser("serve")[1].parse_args(["run", "--cors-origin", given, "--cors-origin", "http://a.b"])
+    assert args.cors_origin == [given, "http://a.b"]
