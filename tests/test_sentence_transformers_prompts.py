@@ -172,3 +172,18 @@ def test_no_default_prompt_reads_quietly(tmp_path, settings):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert sentence_transformers_settings(tmp_path)["pooling"] == "mean"
+
+
+def test_the_servers_embeddings_apply_no_prompt_as_vllm(folders):
+    """/v1/embeddings reads the text as sent, as vLLM's does: a client writes "query: ..." itself, as the model card
+    says, and a default "passage: " put before it gave "passage: query: ..."."""
+    from fastapi.testclient import TestClient
+
+    from neurallayers.serve.app import create_app
+
+    _, (model, tokenizer) = folders[False, "mean"]
+    with TestClient(create_app((model, tokenizer))) as client:
+        got = client.post("/v1/embeddings", json={"model": "model", "input": TEXTS[:2]}).json()
+    want = embed(model, tokenizer, TEXTS[:2], prompt="")
+    torch.testing.assert_close(torch.tensor([d["embedding"] for d in got["data"]]), want, atol=1e-5, rtol=1e-4)
+    assert got["usage"]["prompt_tokens"] == sum(len(tokenizer.encode(t, add_special_tokens=True)) for t in TEXTS[:2])

@@ -129,7 +129,7 @@ def register(app, *, holder, metrics, draining) -> None:
                                                hint=" (POST /v1/embeddings takes truncate_prompt_tokens to cut it)")
                 counts = [len(ids) for ids in await run_in_threadpool(
                     functools.partial(served.tokenizer.encode_batch, add_special_tokens=True),
-                    read_as(served.model, prompts))]  # lowercased where embed lowercases them
+                    read_as(served.model, prompts, prompt=""))]  # lowercased where embed lowercases them
                 return [{"embedding": v.tolist(), "usage": usage(c, 0)} for v, c in zip(vectors, counts, strict=True)]
             started = time.perf_counter()
             ids = await params.prompt_ids(served, prompts, param=param)

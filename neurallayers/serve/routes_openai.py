@@ -445,7 +445,8 @@ async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int 
     max_length = limit if max_length is None else max_length
 
     def work():
-        read = read_as(served.model, texts)  # lowercased where embed lowercases: the tokens it read
+        # no sentence-transformers prompt, as vLLM: a client writes "query: ..." itself, as the model card says
+        read = read_as(served.model, texts, prompt="")  # lowercased where embed lowercases: the tokens it read
         if refuse_longer:
             counts = token_counts(served.tokenizer, read, add_special_tokens=add_special_tokens)
             if (i := next((i for i, n in enumerate(counts) if n > limit), None)) is not None:
@@ -457,7 +458,7 @@ async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int 
                                   f"of the input{how}.", param, code="context_length_exceeded")
         vectors = embed(served.model, served.tokenizer, texts, max_length=max_length, normalize=normalize,
                         truncation_side=truncation_side, add_special_tokens=add_special_tokens,
-                        cut_special_tokens=cut_special_tokens).cpu()
+                        cut_special_tokens=cut_special_tokens, prompt="").cpu()
         n_tokens = int(tokenize_batch(served.tokenizer, read, max_length=max_length,
                                       add_special_tokens=add_special_tokens)["attention_mask"].sum())
         return vectors, n_tokens
