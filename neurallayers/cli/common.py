@@ -99,9 +99,10 @@ def add_device_dtype(parser: argparse.ArgumentParser, *, compiles: bool = False)
     products too (the other verbs' help named a flag they lack)."""
     unless = " unless decoded with --compile" if compiles else ""
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
                         help="weights dtype (bf16 is fast on CPUs with bf16 dot products, AVX512-BF16 or AMX; on "
-                             f"other CPUs far slower than fp32{unless}; fp16 only on GPUs)")
+                             f"other CPUs far slower than fp32{unless}; fp16 only on GPUs); auto: the dtype the "
+                             "model stores, as transformers 5's dtype=\"auto\" reads it")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="accept a Hugging Face folder that only has pytorch_model.bin (read with "
                         "weights_only=True; a pickle can run code: only for files you trust)")
@@ -110,7 +111,7 @@ def add_device_dtype(parser: argparse.ArgumentParser, *, compiles: bool = False)
 def torch_dtype(name: str):
     from neurallayers.weights import weight_dtype  # one table of dtype names, the one load() reads
 
-    return weight_dtype(name)
+    return weight_dtype(name, auto=True)
 
 
 def load_model(path: str, *, device: str = "auto", dtype: str = "fp32", allow_pickle: bool = False):

@@ -113,6 +113,9 @@ def test_the_batch_size_changes_nothing_and_bf16_stays_close(run_dir: Path, tmp_
     assert bf16["tokens scored"] == outs[0]["tokens scored"] and bf16["bytes"] == outs[0]["bytes"]
     assert abs(float(bf16["loss"]) - float(outs[0]["loss"])) < 0.02
     assert torch.isfinite(torch.tensor(float(bf16["bits per byte"])))
+    # auto: the dtype the run stores, float32 master weights
+    assert scores(in_process("eval", str(run_dir), "--stride", "5", "--dtype", "auto", "--no-progress", cwd=tmp_path,
+                             monkeypatch=monkeypatch)) == outs[0]
 
 
 def test_a_stride_of_the_window_names_why_bits_per_byte_is_missing(run_dir: Path, tmp_path: Path, monkeypatch):
