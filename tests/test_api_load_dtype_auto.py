@@ -52,7 +52,8 @@ def _transformers_dtype(path) -> torch.dtype:
 CASES = [({"dtype": "float32"}, F32), ({"dtype": "bfloat16"}, BF16), ({"dtype": "float16"}, F16),
          ({"dtype": "bfloat16"}, F32), ({"torch_dtype": "float16"}, BF16),
          ({"dtype": "float32", "torch_dtype": "bfloat16"}, BF16),
-         ({}, BF16), ({}, F16), ({}, (F16, F32)), ({}, (F32, BF16))]
+         ({}, BF16), ({}, F16), ({}, (F16, F32)), ({}, (F32, BF16)),
+         ({"dtype": "half"}, F32)]  # torch's alias, read as transformers reads it: getattr(torch, name)
 
 
 @pytest.mark.parametrize(("config", "stored"), CASES)

@@ -77,10 +77,16 @@ def _origin(text: str) -> str:
     except ValueError:  # a port that is not a number, or out of range
         bare = False
     origin = None
-    if bare:  # as a browser writes it: the scheme and host in lower case, no port where it is the scheme's default
-        scheme, netloc = parts.scheme.lower(), parts.netloc.lower()
-        default = {"http": ":80", "https": ":443"}.get(scheme)
-        origin = f"{scheme}://{netloc.removesuffix(default) if default else netloc}"
+    if bare:  # as a browser writes it: the scheme and host in lower case, no port where it is the scheme's default, a
+        # port without leading zeros, a host name in its IDNA (punycode) form
+        scheme, port = parts.scheme.lower(), parts.port
+        try:
+            host = parts.hostname.encode("idna").decode("ascii")
+        except UnicodeError:
+            host = parts.hostname
+        host = f"[{host}]" if ":" in host else host
+        shown = port is not None and port != {"http": 80, "https": 443}.get(scheme)
+        origin = f"{scheme}://{host}" + (f":{port}" if shown else "")
     if text == origin:
         return text
     hint = f" (did you mean {origin}?)" if origin else ""

@@ -107,7 +107,7 @@ def read_folder(path_or_name: str | os.PathLike) -> tuple[HFTokenizer, dict]:
             prefix = _prefix_space(config) or config.get("add_prefix_space") is True
             hf = byte_level_bpe_from_files(path / "vocab.json", path / "merges.txt", add_prefix_space=prefix)
             hf = _with_added_tokens(hf, path, config)
-            roberta = _class_name(config) in _ROBERTA_CLASSES
+            roberta = (_class_name(config) or _class_of_model(folder)) in _ROBERTA_CLASSES
             default = ENDOFTEXT if hf.token_to_id(ENDOFTEXT) is not None else None  # GPT-2's defaults
             defaults = {"bos_token": default, "eos_token": default} if not roberta else {  # the class's, where known
                 key: token for key, token in _ROBERTA_DEFAULTS.items() if hf.token_to_id(token) is not None}
@@ -405,6 +405,20 @@ def _vocab_files_processor(hf: HFTokenizer, config: dict, *, roberta: bool, pref
 
 # transformers' SentencePiece-style BPE classes that build their "▁" prefix and decoder from add_prefix_space
 _SENTENCEPIECE_CLASSES = ("LlamaTokenizer",)  # CodeLlama's keeps its decoder's strip
+
+
+def _class_of_model(folder: Path) -> str | None:
+    """The tokenizer class transformers' AutoTokenizer picks from config.json's model_type where tokenizer_config.json
+    names none (folders written before transformers saved tokenizer_class): here, RoBERTa's kind."""
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):  # no config.json, or not an object: no class to read
+        return None
+    return _MODEL_TYPE_CLASSES.get(model_type) if isinstance(model_type, str) else None
+
+
+_MODEL_TYPE_CLASSES = {"roberta": "RobertaTokenizer", "bart": "BartTokenizer", "longformer": "LongformerTokenizer",
+                       "led": "LEDTokenizer", "mvp": "MvpTokenizer"}
 
 
 def _class_name(config: dict) -> str | None:

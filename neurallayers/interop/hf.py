@@ -153,10 +153,12 @@ def _config_dtype(hf_cfg: dict, folder: Path) -> torch.dtype | str:
     name = hf_cfg.get(key)
     if name is None:
         return "auto"
-    if name not in _AUTO_DTYPES:  # transformers failed in torch (getattr(torch, "half16"))
+    # transformers reads the name as getattr(torch, name): torch's aliases too ("half", "float", "double")
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if dtype not in _AUTO_DTYPES.values():  # transformers failed in torch (getattr(torch, "half16"))
         raise ValueError(f"{folder / 'config.json'}: {key}={name!r} is no weight dtype dtype='auto' can load; "
                          f"expected one of {', '.join(_AUTO_DTYPES)} (or pass dtype= yourself)")
-    return _AUTO_DTYPES[name]
+    return dtype
 
 
 def _stored_weights_dtype(folder: Path, hf_sd: dict[str, torch.Tensor]) -> torch.dtype:

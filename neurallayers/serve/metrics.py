@@ -60,6 +60,18 @@ class TokenClock:
         self.last = now
 
 
+async def _client_left(receive) -> bool:
+    """Whether the client has disconnected, without waiting: the server has its http.disconnect ready at once then,
+    else the receive is cancelled (as Starlette's Request.is_disconnected asks). Called once the app has read its
+    body: a message it would have wanted is not taken from it."""
+    import anyio
+
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        return (await receive())["type"] == "http.disconnect"
+    return False
+
+
 class MetricsMiddleware:
     """Counts requests by (route template, status) and times them end to end, streams included.
 
@@ -67,7 +79,8 @@ class MetricsMiddleware:
     client disconnected before the last byte of its response was sent counts as CLIENT_CLOSED (499), whatever status
     the server had sent or was about to send: a stream's 200 went out with its first chunk, and a non-streaming
     handler answers (to nobody) after its generation was cancelled. The disconnect is seen as the server sees it: an
-    `http.disconnect` the app read (streams and generation routes watch for it) or a send that failed.
+    `http.disconnect` the app read (streams and generation routes watch for it), one the server holds when the
+    response's last part goes out (routes that never read it: embeddings, tokenize), or a send that failed.
     """
 
     def __init__(self, app, *, metrics: Metrics, routes: set[str]) -> None:
@@ -92,12 +105,15 @@ class MetricsMiddleware:
             nonlocal status, ended, gone
             if message["type"] == "http.response.start":
                 status = message["status"]
+            last = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if last and not gone:  # a route that never reads `receive` (embeddings, tokenize) sees no disconnect
+                gone = await _client_left(receive)
             try:
                 await send(message)
             except OSError:  # the connection is gone (ASGI 2.4 servers raise here)
                 gone = True
                 raise
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
+            if last:
                 ended = True
 
         try:

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -58,9 +59,11 @@ class ServedModel:
     retired: bool = False
     busy: int = 0  # encoder requests in flight
     sampling_defaults: dict = field(default_factory=dict)  # api.generation_defaults: for fields a request leaves out
-    _slots: asyncio.Semaphore | None = None
+    # per event loop (an asyncio.Semaphore binds to the first loop that waits on it: a model served under a second
+    # loop, a test client's or a server restarted in the process, failed once requests queued there)
+    _slots: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     _calls: dict = field(default_factory=dict)  # future -> its loop: the calls (`call`) in flight
-    _call_slots: asyncio.Semaphore | None = None
+    _call_slots: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     _calls_ended: bool = False
 
     @property
@@ -115,9 +118,7 @@ class ServedModel:
         Raises:
             APIError: 503 once end_calls() has run (shutdown).
         """
-        if self._call_slots is None:
-            self._call_slots = asyncio.Semaphore(MODEL_CALLS)
-        async with self._call_slots:
+        async with _loop_semaphore(self._call_slots, MODEL_CALLS):
             loop = asyncio.get_running_loop()
             future = loop.create_future()
             self._calls[future] = loop
@@ -144,6 +145,14 @@ class ServedModel:
         self._calls_ended = True
         for future, loop in list(self._calls.items()):
             _settle(loop, future, None, _stopped())
+
+
+def _loop_semaphore(slots: weakref.WeakKeyDictionary, size: int) -> asyncio.Semaphore:
+    """The running event loop's semaphore of `size` in `slots`, made on first use."""
+    loop = asyncio.get_running_loop()
+    if (semaphore := slots.get(loop)) is None:
+        semaphore = slots[loop] = asyncio.Semaphore(size)
+    return semaphore
 
 
 def _stopped() -> APIError:
@@ -388,11 +397,10 @@ async def encoder_slot(served: ServedModel) -> AsyncIterator[None]:
     """Bounds encoder work as the engine bounds decoding: max_batch run, max_queue wait, the rest get 429 at once."""
     if served.busy >= served.limits.capacity:
         raise overloaded(1.0)
-    if served._slots is None:
-        served._slots = asyncio.Semaphore(served.limits.max_batch)
+    slots = _loop_semaphore(served._slots, served.limits.max_batch)
     served.busy += 1
     try:
-        async with served._slots:
+        async with slots:
             yield
     finally:
         served.busy -= 1

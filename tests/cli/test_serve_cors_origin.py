@@ -26,6 +26,9 @@ def _allowed(allow: str, origin: str) -> bool:
     ("http://localhost:3000/app", "http://localhost:3000"),
     ("HTTP://LocalHost:3000", "http://localhost:3000"),
     ("https://ui.example:443", "https://ui.example"),
+    ("http://localhost:080", "http://localhost"),  # a browser drops a port's leading zeros, then the default port
+    ("http://localhost:03000", "http://localhost:3000"),
+    ("http://bücher.example", "http://xn--bcher-kva.example"),  # and sends a host name in its punycode form
     ("", None),  # an unset variable
     ("localhost:3000", None),
 ])

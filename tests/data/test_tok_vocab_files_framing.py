@@ -42,9 +42,14 @@ def vocab_files(tmp_path_factory):
 
 
 def folder_with(vocab_files, path, config: dict):
+    """config's "model_type" goes to config.json: transformers picks the class from it where tokenizer_config.json
+    names none (folders written before it saved tokenizer_class)."""
     path.mkdir()
     for name in ("vocab.json", "merges.txt"):
         (path / name).write_bytes((vocab_files / name).read_bytes())
+    config = dict(config)
+    if "model_type" in config:
+        (path / "config.json").write_text(json.dumps({"model_type": config.pop("model_type")}))
     (path / "tokenizer_config.json").write_text(json.dumps(config))
     return Tokenizer.load(path), transformers.AutoTokenizer.from_pretrained(path)
 
@@ -63,7 +68,8 @@ OPT = {"tokenizer_class": "GPT2Tokenizer", "eos_token": "</s>", "unk_token": "</
     {"tokenizer_class": "BartTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
      "cls_token": "<s>", "pad_token": "<pad>", "mask_token": "<mask>", "unk_token": "<unk>"},
     {"tokenizer_class": "LongformerTokenizer", "add_prefix_space": True, "trim_offsets": False},
-], ids=["opt", "bos-and-eos", "eos", "no-bos", "roberta", "bart", "longformer"])
+    {"model_type": "roberta", "model_max_length": 512},
+], ids=["opt", "bos-and-eos", "eos", "no-bos", "roberta", "bart", "longformer", "roberta-by-model-type"])
 def test_a_vocab_files_folder_frames_a_text_as_transformers(vocab_files, tmp_path, texts, config):
     ours, ref = folder_with(vocab_files, tmp_path / "folder", config)
     for text in texts:

@@ -381,6 +381,32 @@ def test_client_that_gives_up_on_a_non_streaming_request_frees_the_slot(gated):
     assert_ok_after(srv.url)
 
 
+def test_an_embeddings_client_that_left_is_not_a_success():
+    """/v1/embeddings reads no disconnect while its forward runs, and the server drops its answer to a closed
+    connection without a word: the request was counted a 200."""
+    import time
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.data.tokenizers import Tokenizer
+    from neurallayers.models import build_model
+
+    tok = Tokenizer.train_char(["the quick brown fox"])
+    cfg = ModelConfig.from_name("bert-mini").replace(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2,
+                                                     n_embd=16)
+    model = build_model(cfg).eval()
+    done = threading.Event()
+    model.register_forward_pre_hook(lambda m, a: time.sleep(0.6))
+    model.register_forward_hook(lambda m, a, o: done.set())
+    with serving((model, tok), model_name="tiny") as srv:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+            httpx.post(f"{srv.url}/v1/embeddings", json={"input": "the fox"}, timeout=0.2)
+        wait_for(done.is_set, what="the forward to end")
+        wait_for(lambda: request_count(srv.url, "/v1/embeddings", 499) == 1, timeout=10, what="the count")
+        assert request_count(srv.url, "/v1/embeddings", 200) == 0
+        httpx.post(f"{srv.url}/v1/embeddings", json={"input": "the fox"}, timeout=30).raise_for_status()
+        wait_for(lambda: request_count(srv.url, "/v1/embeddings", 200) == 1, timeout=10, what="a served one counted")
+
+
 def test_health_answers_while_a_huge_prompt_is_tokenized(run_dir):
     model, tok = neurallayers.load(run_dir)
     entered, release = threading.Event(), threading.Event()

@@ -115,3 +115,31 @@ def test_a_forward_that_never_returns_is_given_up_after_the_shutdown_timeout(tmp
     finally:
         release.set()  # the hung forward returns and its thread ends
         srv.__exit__(None, None, None)
+
+
+def test_model_calls_queue_under_a_second_event_loop():
+    """The bound on model calls (and on encoder requests) was one asyncio.Semaphore, bound to the first event loop
+    that waited on it: the same model under a later loop (a test client's, a server restarted in the process) failed
+    every queued call with "bound to a different event loop"."""
+    import asyncio
+    import time
+
+    from neurallayers.serve import state
+
+    served = state.ServedModel(name="m", model=None, tokenizer=None, engine=None, limits=state.Limits(max_batch=1))
+
+    def slow():
+        time.sleep(0.002)
+        return 1
+
+    async def many():
+        async def embed_like():
+            async with state.encoder_slot(served):
+                return await served.call(slow)
+
+        calls = [served.call(slow) for _ in range(state.MODEL_CALLS + 2)] + [embed_like() for _ in range(2)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    for _ in range(2):  # two loops, one after the other
+        out = asyncio.run(many())
+        assert out == [1] * len(out), [repr(e) for e in out if isinstance(e, BaseException)][:1]
