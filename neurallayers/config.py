@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ _ROPE_SCALING_KEYS = {
 }
 _ROPE_SCALING_FLOATS = ("factor", "low_freq_factor", "high_freq_factor", "attention_factor", "beta_fast", "beta_slow",
                         "mscale", "mscale_all_dim")
+# transformers 5 writes rope_theta inside its rope_parameters; here it is a field beside rope_scaling
+_THETA_HINT = " (rope_theta is a field of its own, beside rope_scaling)"
 _ROPE_SCALING_NEEDS = {"llama3": ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
                        "yarn": ("original_max_position_embeddings",)}
 
@@ -181,6 +184,10 @@ class ModelConfig:
             _require("pooler", self.pooler, not self.pooler, f"{encoders}; a decoder needs False")
             _require("type_vocab_size", self.type_vocab_size, self.type_vocab_size == 0,
                      f"{encoders}; a decoder needs 0")
+        else:  # the encoder builds no ALiBi bias: such a config validated, then failed when built (info, train)
+            allowed = ", ".join(repr(p) for p in get_args(Position) if p != "alibi")
+            _require("position", self.position, self.position != "alibi",
+                     f"an encoder (causal=False) takes {allowed}; ALiBi is a decoder's")
 
     # ----- derived figures -----
     @property
@@ -227,7 +234,9 @@ class ModelConfig:
         classifier runs once a sequence, a token classifier costs 2 x n_embd x num_labels a token). torch's
         FlopCounterMode counts the same on an "eager" attention model, forward and backward (it counts nothing for the
         CPU sdpa kernel)."""
-        t = seq_len or self.block_size
+        t = self._tokens("flops_per_token", seq_len)
+        _require("flops_per_token mask_prob", mask_prob, is_finite(mask_prob) and 0 <= mask_prob <= 1,
+                 "must be a number in [0, 1] (the share of tokens a masked LM predicts)")
         d, h = self.n_embd, self.n_head * self.head_dim
         attn_proj = 2 * d * (h + 2 * self.kv_dim) + 2 * h * d
         mlp_mult = 3 if self.mlp in ("swiglu", "geglu") else 2
@@ -251,8 +260,19 @@ class ModelConfig:
         return 3 * (body + head)
 
     def kv_cache_bytes(self, seq_len: int | None = None, *, batch_size: int = 1, bytes_per_value: int = 2) -> int:
-        t = seq_len or self.block_size
+        t = self._tokens("kv_cache_bytes", seq_len)
+        for name, v in (("batch_size", batch_size), ("bytes_per_value", bytes_per_value)):
+            _require(f"kv_cache_bytes {name}", v, _count(v), "must be an int >= 1")
         return 2 * self.n_layer * batch_size * t * self.kv_dim * bytes_per_value
+
+    def _tokens(self, method: str, seq_len: int | None) -> int:
+        """seq_len, or block_size for None: 0 once meant block_size too (a computed length of 0 counted a full
+        context, silently), and a negative or fractional length gave a negative or fractional count."""
+        if seq_len is None:
+            return self.block_size
+        _require(f"{method} seq_len", seq_len, _count(seq_len),
+                 f"must be an int >= 1, or None for block_size={self.block_size}")
+        return int(seq_len)
 
     # ----- (de)serialisation -----
     @property
@@ -364,6 +384,11 @@ def default_intermediate_size(n_embd: int, mlp: str) -> int:
     return 64 * math.ceil(hidden / 64)
 
 
+def _count(value: Any) -> bool:
+    """An int >= 1 (a numpy one too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
 def _require(name: str, value: Any, ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(f"ModelConfig.{name}={value!r}: {what}")
@@ -415,6 +440,8 @@ def _check_rope_scaling(scaling: dict, position: str) -> dict:
     kind = scaling.get("type", scaling.get("rope_type"))
     allowed = get_args(RopeScalingType)
     typo = "" if "type" in scaling or "rope_type" in scaling else _key_hint(set(scaling), {"type"})
+    if kind == "default":  # transformers 5's rope_parameters of plain RoPE
+        typo = " ('default' is plain RoPE: leave rope_scaling None and set rope_theta)"
     _require("rope_scaling", scaling, kind in allowed,
              f"'type' must be one of {', '.join(map(repr, allowed))}{typo}")
     # transformers writes both spellings in some configs; two that disagree were resolved silently to the later one
@@ -424,7 +451,8 @@ def _check_rope_scaling(scaling: dict, position: str) -> dict:
     scaling = {("type" if k == "rope_type" else k): v for k, v in scaling.items()}
     extra = set(scaling) - _ROPE_SCALING_KEYS[kind]
     _require("rope_scaling", scaling, not extra,
-             f"unknown keys {sorted(extra, key=str)} for type {kind!r}{_key_hint(extra, _ROPE_SCALING_KEYS[kind])}")
+             f"unknown keys {sorted(extra, key=str)} for type {kind!r}{_key_hint(extra, _ROPE_SCALING_KEYS[kind])}"
+             + _THETA_HINT * ("rope_theta" in extra))
     missing = set(_ROPE_SCALING_NEEDS.get(kind, ())) - set(scaling)
     _require("rope_scaling", scaling, not missing, f"{kind} scaling needs {sorted(missing)}")
     # Checked here, as the rotation reads them: a bad value there is a traceback, NaN or zero rotations.

@@ -247,7 +247,7 @@ class DecoderLM(nn.Module):
         masks = {w: self._mask(b, t, input_pos, attention_mask, cache, x.dtype, device, w)
                  for w in dict.fromkeys(self.layer_windows)}
         dynamic = (cfg.rope_scaling or {}).get("type") == "dynamic"
-        if dynamic and attention_mask is not None and not per_row:
+        if dynamic and attention_mask is not None:
             rope = self.rope(_unpadded_positions(position_ids, attention_mask, input_pos), table_dtype)
         elif self.rope is not None:  # one row of tables when the rows share positions, broadcast over the batch
             rope = self.rope(position_ids[:1] if shared_positions else position_ids, table_dtype)
@@ -407,10 +407,18 @@ def check_position_ids(position_ids: torch.Tensor, b: int, t: int) -> torch.Tens
     return position_ids
 
 
-def _unpadded_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor, input_pos: int) -> torch.Tensor:
+def _unpadded_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        input_pos: int | torch.Tensor) -> torch.Tensor:
     """position_ids with padding (a 0 in attention_mask) at 0: no real token attends to it, and dynamic NTK, which
-    grows the base with a row's largest position, then scales a right-padded row by its own length, as alone."""
-    return position_ids.masked_fill(attention_mask[:, input_pos:input_pos + position_ids.shape[1]] == 0, 0)
+    grows the base with a row's largest position, then scales a right-padded row by its own length, as alone. The
+    mask is read at each row's own columns (input_pos may be one start per row: a right-padded row of such a prefill
+    was scaled by the batch's padded length). The mask is already checked to cover them."""
+    t = position_ids.shape[1]
+    start = input_pos[:, None] if isinstance(input_pos, torch.Tensor) else input_pos
+    cols = start + torch.arange(t, device=attention_mask.device)[None, :]  # (B|1, T) each query's key column
+    b = max(attention_mask.shape[0], cols.shape[0], position_ids.shape[0])
+    padded = attention_mask.expand(b, -1).gather(1, cols.expand(b, t)) == 0  # (B, T)
+    return torch.where(padded, 0, position_ids)
 
 
 def _check_attention_mask(attention_mask: torch.Tensor, b: int, s: int) -> None:

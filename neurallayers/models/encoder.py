@@ -29,7 +29,6 @@ from neurallayers.models.decoder import (
 from neurallayers.nn import RotaryEmbedding, build_norm, sinusoidal_table
 from neurallayers.nn.positions import FixedTable, rope_dtype
 
-ENCODER_POSITIONS = ("learned", "sinusoidal", "rope", "none")
 POOLERLESS_HEADS = ("mlm", "token_classification")  # heads that never read the pooler, as in transformers
 log = logging.getLogger("neurallayers.models")
 
@@ -51,9 +50,6 @@ class EncoderModel(nn.Module):
         super().__init__()
         if config.causal:
             raise ValueError("EncoderModel needs causal=False; build_model picks DecoderLM for causal=True")
-        if config.position not in ENCODER_POSITIONS:
-            raise ValueError(f"ModelConfig.position={config.position!r}: the encoder supports "
-                             f"{', '.join(map(repr, ENCODER_POSITIONS))}")
         self.config = cfg = config
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, padding_idx=cfg.pad_token_id)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None

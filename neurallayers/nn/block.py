@@ -12,7 +12,8 @@ class LayerScale(nn.Module):
     def __init__(self, dim: int, init: float) -> None:
         super().__init__()
         self.init = init
-        self.gamma = nn.Parameter(torch.full((dim,), init))
+        # float(): an int (`layer_scale: 1` in YAML) made an int64 tensor, which no Parameter with a gradient can be
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
 
     def reset_parameters(self) -> None:
         """As built (FSDP's per-module reset after to_empty calls this: the meta device holds no values)."""

@@ -60,7 +60,8 @@ def test_left_padding_is_invisible(name):
 @torch.no_grad()
 def test_right_padded_rows_equal_each_row_alone(name):
     """Rows of lengths 20, 13 and 6 right-padded with an attention_mask give each row's own logits: dynamic NTK took
-    the padded width for every row's length (its base grows past 8 positions here)."""
+    the padded width for every row's length (its base grows past 8 positions here). So does the same prefill into a
+    cache at one start per row (a (B,) input_pos), where dynamic NTK still took the padded width."""
     net = model(name)
     lens = [20, 13, 6]
     ids = random_ids(3, 20, seed=5)
@@ -68,6 +69,10 @@ def test_right_padded_rows_equal_each_row_alone(name):
     out = net(ids.masked_fill(mask == 0, 0), attention_mask=mask).logits
     for r, n in enumerate(lens):
         torch.testing.assert_close(out[r, :n], net(ids[r:r + 1, :n]).logits[0], atol=ATOL, rtol=0)
+    for static in (False, True):
+        cached = net(ids.masked_fill(mask == 0, 0), attention_mask=mask, cache=net.new_cache(3, 20, static=static),
+                     input_pos=torch.zeros(3, dtype=torch.long)).logits
+        torch.testing.assert_close(cached[mask.bool()], out[mask.bool()], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "alibi", "sliding-window"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,6 +86,11 @@ BAD = [
      "must not be 1 with yarn rope scaling"),
     ("rope_scaling-keys", dict(rope_scaling={"type": "linear", "factor": 2.0, "beta": 1}, **ROPE), "rope_scaling",
      "unknown keys ['beta'] for type 'linear'"),
+    # transformers 5's rope_parameters pasted in: rope_theta inside, or the plain rope of type 'default'
+    ("rope_scaling-rope_theta", dict(rope_scaling={**LLAMA3, "rope_theta": 5e5}, **ROPE), "rope_scaling",
+     "unknown keys ['rope_theta'] for type 'llama3' (rope_theta is a field of its own, beside rope_scaling)"),
+    ("rope_scaling-default", dict(rope_scaling={"rope_type": "default", "rope_theta": 5e5}, **ROPE), "rope_scaling",
+     "('default' is plain RoPE: leave rope_scaling None and set rope_theta)"),
     ("rope_scaling-factor", dict(rope_scaling={"type": "linear", "factor": 0.5}, **ROPE), "rope_scaling.factor",
      "must be a finite number >= 1"),
     ("rope_scaling-factor-inf", dict(rope_scaling={"type": "linear", "factor": math.inf}, **ROPE),
@@ -153,6 +159,9 @@ BAD = [
     ("head-causal", dict(head="mlm"), "head", "is an encoder's (causal=False); a decoder has its LM head"),
     ("pooler-causal", dict(pooler=True), "pooler", "is an encoder's (causal=False)"),
     ("type_vocab_size-causal", dict(type_vocab_size=2), "type_vocab_size", "is an encoder's (causal=False)"),
+    # the encoder builds no ALiBi bias: the config validated and `info` or training failed when building it
+    ("position-alibi-encoder", dict(causal=False, norm_placement="post", position="alibi"), "position",
+     "an encoder (causal=False) takes 'learned', 'sinusoidal', 'rope', 'none'; ALiBi is a decoder's"),
 ]
 
 
@@ -315,6 +324,25 @@ def test_kv_cache_bytes_by_hand():
     assert gpt2.kv_cache_bytes(100, batch_size=4, bytes_per_value=4) == 2 * 12 * 4 * 100 * 768 * 4
     llama = ModelConfig.from_name("llama-110m")  # GQA: only 4 of 12 heads are cached
     assert llama.kv_cache_bytes(1) == 2 * 12 * 4 * 64 * 2 == gpt2.replace(vocab_size=32000).kv_cache_bytes(1) // 3
+
+
+@pytest.mark.parametrize(("count", "kwargs", "named", "allowed"), [
+    ("flops_per_token", dict(seq_len=0), "flops_per_token seq_len=0",
+     "must be an int >= 1, or None for block_size=128"),
+    ("flops_per_token", dict(seq_len=-5), "flops_per_token seq_len=-5", "must be an int >= 1"),
+    ("flops_per_token", dict(seq_len=2.5), "flops_per_token seq_len=2.5", "must be an int >= 1"),
+    ("flops_per_token", dict(seq_len=8, mask_prob=1.5), "flops_per_token mask_prob=1.5", "must be a number in [0, 1]"),
+    ("kv_cache_bytes", dict(seq_len=0), "kv_cache_bytes seq_len=0", "must be an int >= 1, or None"),
+    ("kv_cache_bytes", dict(seq_len=8, batch_size=-2), "kv_cache_bytes batch_size=-2", "must be an int >= 1"),
+    ("kv_cache_bytes", dict(seq_len=8, bytes_per_value=0), "kv_cache_bytes bytes_per_value=0", "must be an int >= 1"),
+])
+def test_count_arguments_that_are_no_count_are_named(count, kwargs, named, allowed):
+    """A length of 0 counted the full context (block_size) silently, a negative one a negative count."""
+    cfg = ModelConfig.from_name("tiny")
+    with pytest.raises(ValueError) as err:
+        getattr(cfg, count)(**kwargs)
+    assert str(err.value).startswith(f"ModelConfig.{named}: {allowed}"), str(err.value)
+    assert getattr(cfg, count)(np.int64(8)) == getattr(cfg, count)(8)  # a numpy length is a length
 
 
 def test_build_model_takes_a_mapping_as_a_run_configs_model_section():

@@ -72,6 +72,19 @@ def test_decoder_drop_path_rates_grow_linearly_from_zero():
     assert all((b.ls1.gamma == 1e-4).all() and (b.ls2.gamma == 1e-4).all() for b in net.blocks)
 
 
+def test_an_integer_layer_scale_builds_float_scales():
+    """`layer_scale: 1` in a YAML config is an int: the model failed to build ("Only Tensors of floating point ...
+    can require gradients"); it is the model of 1.0, whose scales train."""
+    fields = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
+    torch.manual_seed(0)
+    net = DecoderLM(ModelConfig(**fields, layer_scale=1))
+    torch.manual_seed(0)
+    ref = DecoderLM(ModelConfig(**fields, layer_scale=1.0))
+    assert net.blocks[0].ls1.gamma.dtype == torch.float32 and net.blocks[0].ls1.gamma.requires_grad
+    ids = torch.randint(0, 11, (1, 6), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(net(ids).logits, ref(ids).logits, atol=0, rtol=0)
+
+
 def test_drop_path_is_deterministic_under_a_seed():
     net = block(drop_path=0.5, dropout=0.2).train()
     x = torch.randn(64, 3, 4, generator=torch.Generator().manual_seed(1))
