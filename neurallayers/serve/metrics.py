@@ -60,16 +60,13 @@ class TokenClock:
         self.last = now
 
 
-async def _client_left(receive) -> bool:
-    """Whether the client has disconnected, without waiting: the server has its http.disconnect ready at once then,
-    else the receive is cancelled (as Starlette's Request.is_disconnected asks). Called once the app has read its
-    body: a message it would have wanted is not taken from it."""
-    import anyio
+async def _client_left(scope, receive) -> bool:
+    """Whether the client has disconnected, without waiting (Starlette's Request.is_disconnected: the server has its
+    http.disconnect ready at once then, else the receive is cancelled). Called once the app has read its body: a
+    message it would have wanted is not taken from it."""
+    from starlette.requests import Request
 
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        return (await receive())["type"] == "http.disconnect"
-    return False
+    return await Request(scope, receive).is_disconnected()
 
 
 class MetricsMiddleware:
@@ -107,7 +104,7 @@ class MetricsMiddleware:
                 status = message["status"]
             last = message["type"] == "http.response.body" and not message.get("more_body", False)
             if last and not gone:  # a route that never reads `receive` (embeddings, tokenize) sees no disconnect
-                gone = await _client_left(receive)
+                gone = await _client_left(scope, receive)
             try:
                 await send(message)
             except OSError:  # the connection is gone (ASGI 2.4 servers raise here)
