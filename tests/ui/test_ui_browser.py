@@ -20,6 +20,11 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
+# A status line's text: its markdown alone. The element also holds Gradio's progress tracker, whose text ("0.0s",
+# "queue: 1/1") stays in innerText while the tracker is hidden (a step after a stream, show_progress="hidden")
+STATUS_TEXT = """window.statusText = id =>
+  (document.querySelector('#' + id + ' [data-testid="markdown"]') || {innerText: ''}).innerText;"""
+
 # Records every distinct value the output box shows, so the test sees the text arrive piece by piece.
 WATCH_OUTPUT = """() => {
   window.__seen = [];
@@ -40,6 +45,7 @@ def browser(tmp_path_factory):
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
                                                         args=FLAGS, viewport={"width": 1280, "height": 900})
+        context.add_init_script(STATUS_TEXT)
         yield context
         context.close()
     shutil.rmtree(profile, ignore_errors=True)
@@ -81,7 +87,7 @@ def test_type_generate_and_see_the_text_stream_in(browser, playground, tmp_path)
     prompt.fill("the quick brown fox")
     page.get_by_label("Seed (-1 = random)").fill("3")  # a seed whose sample runs to the token limit (no EOS)
     prompt.press("Shift+Enter")  # the keyboard's Generate (Enter makes a new line; this was swallowed)
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('tokens in')", timeout=30_000)
+    page.wait_for_function("() => statusText('status').includes('tokens in')", timeout=30_000)
     seen = page.evaluate("window.__seen")
     final = page.locator("#output textarea").input_value()
     assert final and seen[-1] == final
@@ -114,22 +120,22 @@ def test_stop_says_so_and_frees_the_model(browser, playground, tiny):
     page.locator("#generate").click()
     (want,) = generate(*tiny, "the quick", GenerationConfig(temperature=0, max_new_tokens=80))
     for cancel in ("late", "lost"):
-        page.wait_for_function("() => document.querySelector('#status').innerText.includes('generating')",
+        page.wait_for_function("() => statusText('status').includes('generating')",
                                timeout=30_000)
         page.locator("#stop").click()
         # the stream has ended (its timer gone) and nothing later overwrites the status or the text
-        page.wait_for_function("() => /^stopped \\(Stop pressed\\)/.test(document.querySelector('#status').innerText)",
+        page.wait_for_function("() => /^stopped \\(Stop pressed\\)/.test(statusText('status'))",
                                timeout=30_000)
-        cut, status = page.locator("#output textarea").input_value(), page.locator("#status").inner_text()
+        cut, status = page.locator("#output textarea").input_value(), page.evaluate("statusText('status')")
         time.sleep(1.5)
-        assert page.locator("#status").inner_text() == status, f"a stream update came after Stop's status ({cancel})"
+        assert page.evaluate("statusText('status')") == status, f"a stream update came after Stop's status ({cancel})"
         assert page.locator("#output textarea").input_value() == cut
         # the status counts the tokens of the text shown, which is greedy decoding's text cut there
         n = int(status.removeprefix("stopped (Stop pressed) after ").removesuffix(" tokens"))
         assert 0 < n < 80 and cut == generate(*tiny, "the quick", GenerationConfig(temperature=0,
                                                                                     max_new_tokens=n))[0].text
         page.locator("#generate").click()  # the model is free for the next request
-        page.wait_for_function("() => document.querySelector('#status').innerText.includes('tokens in')",
+        page.wait_for_function("() => statusText('status').includes('tokens in')",
                                timeout=30_000)
         assert page.locator("#output textarea").input_value() == want.text and want.text.startswith(cut)
         if cancel == "late":  # Gradio's cancel lost: Stop itself ends the stream at its next token (it ran on)
@@ -196,7 +202,7 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, paced, tiny, 
     controls.get_by_label("Max new tokens").first.fill("20")
     message.fill("the fox")
     message.press("Enter")
-    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
+    page.wait_for_function("() => statusText('chat-status').includes('tokens in')",
                            timeout=30_000)
     assert message.input_value() == ""  # the message went into the chat
     config = sampling_config(max_new_tokens=20, temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
@@ -208,7 +214,7 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, paced, tiny, 
 
     page.locator("#chat-clear").click()  # no reply streams: the chat and the status empty
     page.wait_for_function(f"() => ({CHAT_TEXTS})().length === 0", timeout=30_000)
-    page.wait_for_function("() => document.querySelector('#chat-status').innerText === ''", timeout=30_000)
+    page.wait_for_function("() => statusText('chat-status') === ''", timeout=30_000)
 
     # Clear while a long reply streams (the button, then the Chatbot's own trash icon): the reply stops, the chat
     # stays empty, the status says so; the system prompt stays. Gradio's cancel request is dropped here, as when it
@@ -233,7 +239,7 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, paced, tiny, 
     for button in ("#chat-clear", "#chatbot button[aria-label='Clear']"):
         message.fill("the dog")
         page.locator("#chat-send").click()
-        page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('generating')",
+        page.wait_for_function("() => statusText('chat-status').includes('generating')",
                                timeout=30_000)
         message.fill("the cat")  # sent while the reply streams: not taken (one turn at a time), so it stays
         message.press("Enter")
@@ -242,7 +248,7 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, paced, tiny, 
         page.locator(button).click()
         # the step after the turn says it stopped: the turn is over, nothing of it comes later
         page.wait_for_function("() => /^stopped \\(Clear pressed\\) after [1-9]\\d* tokens$/"
-                               ".test(document.querySelector('#chat-status').innerText)", timeout=30_000)
+                               ".test(statusText('chat-status'))", timeout=30_000)
         page.evaluate(WATCH_CHAT)  # the conversation never comes back, not even for a moment
         time.sleep(1.0)  # the stream's closing message has come
         assert not any(page.evaluate(SEEN_CHATS)) and page.evaluate(CHAT_TEXTS) == [], button
@@ -250,7 +256,7 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, paced, tiny, 
     assert page.locator("#chat-system textarea").input_value() == "be lazy"
     message.fill("the fox")  # the model is free, and the new conversation starts from the system prompt alone
     page.locator("#chat-send").click()
-    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
+    page.wait_for_function("() => statusText('chat-status').includes('tokens in')",
                            timeout=30_000)
     *_, (want, _) = stream_chat(*tiny, [], "the fox", config.replace(max_new_tokens=60), system="be lazy")
     wait_for_chat(page, ["the fox", chat_history(want)[-1]["content"].strip()])
@@ -259,13 +265,13 @@ def test_chat_with_a_system_prompt_then_clear(browser, playground, paced, tiny, 
     page.wait_for_function(f"() => ({CHAT_TEXTS})().length === 0", timeout=30_000)
     message.fill("the dog")
     page.locator("#chat-send").click()
-    page.wait_for_function("() => /generating... [1-9]/.test(document.querySelector('#chat-status').innerText)",
+    page.wait_for_function("() => /generating... [1-9]/.test(statusText('chat-status'))",
                            timeout=30_000)
     page.locator("#chat-stop").click()
     page.wait_for_function("() => /^stopped \\(Stop pressed\\) after [1-9]\\d* tokens$/"
-                           ".test(document.querySelector('#chat-status').innerText)", timeout=30_000)
+                           ".test(statusText('chat-status'))", timeout=30_000)
     time.sleep(1.0)
-    shown, status = page.evaluate(CHAT_TEXTS), page.locator("#chat-status").inner_text()
+    shown, status = page.evaluate(CHAT_TEXTS), page.evaluate("statusText('chat-status')")
     n = int(status.removeprefix("stopped (Stop pressed) after ").removesuffix(" tokens"))
     *_, (want, _) = stream_chat(*tiny, [], "the dog", config.replace(max_new_tokens=n), system="be lazy")
     assert shown == ["the dog", chat_history(want)[-1]["content"].strip()] and n < 60
@@ -291,7 +297,7 @@ def test_chat_shows_html_markdown_and_spaces_as_text(browser, playground, tiny):
     message.press("Shift+Enter")  # a new line in the message; Enter sends it
     message.press_sequentially(" <img src=x onerror=shown=1>")
     message.press("Enter")
-    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
+    page.wait_for_function("() => statusText('chat-status').includes('tokens in')",
                            timeout=30_000)
     sent = "<b>a</b> *b*  $$c$$ &\n <img src=x onerror=shown=1>"
     assert page.evaluate(CHAT_TEXTS)[0] == sent
@@ -304,7 +310,7 @@ def test_chat_shows_html_markdown_and_spaces_as_text(browser, playground, tiny):
     *_, (first, _) = stream_chat(*tiny, [], sent, config)
     *_, (want, _) = stream_chat(*tiny, chat_history(first), "the", config)
     wait_for_chat(page, [m["content"].strip() for m in chat_history(want)])
-    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('tokens in')",
+    page.wait_for_function("() => statusText('chat-status').includes('tokens in')",
                            timeout=30_000)
     page.close()
 
@@ -326,16 +332,16 @@ def test_the_server_going_away_mid_stream_is_said(browser, paced, monkeypatch):
         page.locator("#prompt textarea").fill("the quick")
         page.get_by_label("Max new tokens").first.fill("90")
         page.locator("#generate").click()
-        page.wait_for_function("() => /generating... [1-9]/.test(document.querySelector('#status').innerText)",
+        page.wait_for_function("() => /generating... [1-9]/.test(statusText('status'))",
                                timeout=30_000)
         def no_goodbye(*args, **kwargs):
             raise ConnectionResetError("killed")
 
         monkeypatch.setattr(gradio.routes, "UnexpectedErrorMessage", no_goodbye)  # the stream just breaks
         app.server.should_exit = app.server.force_exit = True
-        page.wait_for_function("() => document.querySelector('#status').innerText.includes('stopped answering')",
+        page.wait_for_function("() => statusText('status').includes('stopped answering')",
                                timeout=30_000)
-        status = page.locator("#status").inner_text()
+        status = page.evaluate("statusText('status')")
         assert re.search(r"cut off after \d+ tokens: the server stopped answering", status), status
         # the text so far shows, not under Gradio's error overlay, nor the status line under its "Error" badge
         on_top = "e => {const r = e.getBoundingClientRect(); return document.elementFromPoint(r.x + 9, r.y + 9) === e}"
