@@ -164,25 +164,20 @@ def _config_dtype(hf_cfg: dict, folder: Path) -> torch.dtype | str:
 def _stored_weights_dtype(folder: Path, hf_sd: dict[str, torch.Tensor]) -> torch.dtype:
     """dtype="auto" for a config.json that names no dtype, as transformers 5 reads it: a sharded index's metadata
     `dtype`, else the first floating-point tensor (float8 aside) of the first weight file, in safetensors' key
-    order (sorted names); float32 without one."""
-    from neurallayers.weights import validate_safetensors
-
-    first: dict[str, torch.dtype] = {}
+    order (sorted names); float32 without one. The tensors are those read already (read_hf_weights checked the
+    index against its shards)."""
     if (folder / SAFE_INDEX).is_file():
         index = read_json(folder / SAFE_INDEX)
         named = (index.get("metadata") or {}).get("dtype")
         if named in _AUTO_DTYPES:
             return _AUTO_DTYPES[named]
-        shard = folder / sorted(set(index["weight_map"].values()))[0]  # read and checked by read_hf_weights
-        first = {k: _ST_DTYPES.get(v["dtype"], torch.int8) for k, v in sorted(validate_safetensors(shard)[0].items())}
+        shard = min(index["weight_map"].values())
+        keys = sorted(k for k, file in index["weight_map"].items() if file == shard)
     elif (folder / SAFE_WEIGHTS).is_file():
-        first = {k: v.dtype for k, v in sorted(hf_sd.items())}
+        keys = sorted(hf_sd)
     else:  # pickle weights: torch.load's order
-        first = {k: v.dtype for k, v in hf_sd.items()}
-    return next((d for d in first.values() if d in _AUTO_DTYPES.values()), torch.float32)
-
-
-_ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+        keys = list(hf_sd)
+    return next((hf_sd[k].dtype for k in keys if hf_sd[k].dtype in _AUTO_DTYPES.values()), torch.float32)
 
 
 def _refuse_quantized(hf_cfg: dict, folder: Path) -> None:
