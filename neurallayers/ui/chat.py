@@ -196,10 +196,9 @@ class ChatRecord(StreamRecord):
         return self.cleared or self.stop_pressed
 
     def _last_update(self) -> tuple[Any, str]:
-        return ([], self._clear_status()) if self.cleared else super()._last_update()
-
-    def _clear_status(self) -> str:
-        return stopped_status(self.status, "Clear") if self.cut_by_clear else ""
+        if self.cleared:  # the empty chat, and a stopped status where Clear cut a reply
+            return [], stopped_status(self.status, "Clear") if self.cut_by_clear else ""
+        return super()._last_update()
 
     def clear(self) -> tuple[list, str | None]:
         """Clear pressed: the empty chat and its status, None (left as it is) while a reply streams: the step
@@ -226,5 +225,5 @@ class ChatRecord(StreamRecord):
         self._wait_for_clear()
         if self.cleared:  # Clear ended the stream, or Gradio's cancel did, or it ended by itself meanwhile
             self.cut = False
-            return [], self._clear_status()
+            return self._last_update()
         return super().after_stop()
