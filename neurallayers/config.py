@@ -188,6 +188,7 @@ class ModelConfig:
             allowed = ", ".join(repr(p) for p in get_args(Position) if p != "alibi")
             _require("position", self.position, self.position != "alibi",
                      f"an encoder (causal=False) takes {allowed}; ALiBi is a decoder's")
+        _ints_as_floats(self)  # last: an error quotes the value as it was typed
 
     # ----- derived figures -----
     @property
@@ -539,10 +540,23 @@ def _coerce_float_strings(cfg: ModelConfig) -> None:
                             for k, v in cfg.rope_scaling.items()}
 
 
-def _float_or_same(value: str) -> float | str:
+def _ints_as_floats(cfg: ModelConfig) -> None:
+    """A float field given an int holds the float: torch's `10**30 ** tensor` (RoPE's theta) overflows where the
+    float does not. Runs after validation, which refused ints past float's range."""
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, tp = getattr(cfg, f.name), hints.get(f.name)
+        if type(value) is int and (tp is float or float in get_args(tp)):
+            setattr(cfg, f.name, float(value))
+    if isinstance(cfg.rope_scaling, dict):  # yarn's factor too; one past float's range is left for validation
+        cfg.rope_scaling = {k: _float_or_same(v) if k in _ROPE_SCALING_FLOATS and type(v) is int else v
+                            for k, v in cfg.rope_scaling.items()}
+
+
+def _float_or_same(value: str | int) -> float | str | int:
     try:
         return float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         return value  # left for validation to report
 
 

@@ -558,3 +558,18 @@ def test_mappings_name_a_missing_or_empty_preset_and_from_dict_takes_only_a_mapp
         ModelConfig.from_dict(None)
     same = {"type": "linear", "rope_type": "linear", "factor": 2.0}  # both spellings, agreeing: transformers writes it
     assert ModelConfig(rope_scaling=same, **ROPE).rope_scaling == {"type": "linear", "factor": 2.0}
+
+
+@pytest.mark.parametrize("fields", [
+    dict(rope_theta=10**30),  # torch's `int ** tensor` overflowed at build ("int too big to convert")
+    dict(rope_scaling={"type": "yarn", "factor": 10**30, "original_max_position_embeddings": 4}),
+    dict(rope_scaling={"type": "linear", "factor": 2}, layer_scale=1, norm_eps=1),
+])
+def test_ints_in_float_fields_are_held_as_floats_and_build(fields):
+    cfg = ModelConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8, **{**ROPE, **fields})
+    for name in ("rope_theta", "layer_scale", "norm_eps"):
+        assert getattr(cfg, name) is None or type(getattr(cfg, name)) is float
+    assert type(cfg.rope_scaling and cfg.rope_scaling["factor"]) in (float, type(None))
+    logits = build_model(cfg)(torch.tensor([[1, 2, 3, 4, 5, 6]])).logits
+    assert torch.isfinite(logits).all()
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
