@@ -115,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and not stopped_before_first_checkpoint(out):
         # an --out fit() refuses (a file, a path through one, a folder holding a model): before the speed probe's
         # seconds and its plan line, not after them
+        if (out / "model.safetensors").is_file():  # train's message names --init-from, which demo has not
+            raise ValueError(f"{out} already holds a model (model.safetensors); choose another output directory "
+                             "(--out)")
         resume_target(out, False)
     t0 = time.perf_counter()
     run_cfg = demo_config(max_steps=args.max_steps or 1, max_minutes=args.minutes + 0.75)

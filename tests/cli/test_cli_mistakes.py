@@ -54,7 +54,7 @@ def test_demo_refuses_a_step_count_or_a_time_it_cannot_use(args: list[str], need
 @pytest.mark.parametrize(("out", "needle"), [
     ("file.txt", "file.txt is a file, not a run directory"),
     ("file.txt/run", "file.txt/run: file.txt is a file, not a folder"),
-    ("model", "model already holds a model (model.safetensors) but no run to resume"),
+    ("model", "model already holds a model (model.safetensors); choose"),  # not train's hint of --init-from
 ])
 def test_demo_refuses_an_out_it_cannot_train_into_before_measuring(out: str, needle: str, tmp_path: Path,
                                                                    monkeypatch):
@@ -70,7 +70,7 @@ def test_demo_refuses_an_out_it_cannot_train_into_before_measuring(out: str, nee
     monkeypatch.setattr("neurallayers.cli.demo.measure_step_seconds", measured)
     proc = in_process("demo", "--out", out, cwd=tmp_path, monkeypatch=monkeypatch)
     assert_user_error(proc, needle, "choose another output directory (--out")
-    assert proc.stdout == ""
+    assert proc.stdout == "" and "--init-from" not in proc.stderr  # a flag demo has not
 
 
 def test_batch_names_a_folder_given_for_its_input_or_standing_in_its_output_path(tmp_path: Path, monkeypatch):
