@@ -84,14 +84,30 @@ def _origin(text: str) -> str:
             host = parts.hostname.encode("idna").decode("ascii")
         except UnicodeError:
             host = parts.hostname
-        host = f"[{host}]" if ":" in host else host
+        host = f"[{host}]" if ":" in host else _ipv4_as_browsers_write_it(host)
         shown = port is not None and port != {"http": 80, "https": 443}.get(scheme)
-        origin = f"{scheme}://{host}" + (f":{port}" if shown else "")
+        origin = f"{scheme}://{host}" + (f":{port}" if shown else "") if host is not None else None
     if text == origin:
         return text
     hint = f" (did you mean {origin}?)" if origin else ""
     raise argparse.ArgumentTypeError(f"{text!r} is not an origin: scheme://host[:port] with no path, as a browser "
                                      f"sends it (http://localhost:3000), or *{hint}")
+
+
+def _ipv4_as_browsers_write_it(host: str) -> str | None:
+    """A host whose last label is a number is an IPv4 address to a browser (the URL standard), which writes it in
+    dotted decimal: 0x7f.0.0.1, 0177.0.0.1, 127.1 and 2130706433 all send Origin http://127.0.0.1. None: no
+    address (256.1.1.1, 1.2.3.4.5), a URL no browser loads."""
+    import re
+    import socket
+
+    bare = host.removesuffix(".")
+    if not re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]*", bare.rsplit(".", 1)[-1]):
+        return host  # a name
+    try:
+        return socket.inet_ntoa(socket.inet_aton(bare))
+    except OSError:
+        return None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,14 @@ def _allowed(allow: str, origin: str) -> bool:
     ("http://localhost:080", "http://localhost"),  # a browser drops a port's leading zeros, then the default port
     ("http://localhost:03000", "http://localhost:3000"),
     ("http://bücher.example", "http://xn--bcher-kva.example"),  # and sends a host name in its punycode form
+    # a browser writes an IPv4 address in dotted decimal, whatever form the address bar had (the URL standard)
+    ("http://0x7f.0.0.1:3000", "http://127.0.0.1:3000"),
+    ("http://0177.0.0.1", "http://127.0.0.1"),
+    ("http://127.1:8080", "http://127.0.0.1:8080"),
+    ("http://2130706433", "http://127.0.0.1"),
+    ("http://127.0.0.1.:3000", "http://127.0.0.1:3000"),
+    ("http://256.1.1.1", None),  # no address: no browser loads it
+    ("http://1.2.3.4.5", None),
     ("", None),  # an unset variable
     ("localhost:3000", None),
 ])
@@ -41,7 +49,8 @@ def test_an_origin_no_browser_sends_is_refused(given: str, meant: str | None, tm
                       f"or *{hint}")
 
 
-@pytest.mark.parametrize("given", ["http://localhost:3000", "https://ui.example", "http://[::1]:8080", "*", "null"])
+@pytest.mark.parametrize("given", ["http://localhost:3000", "https://ui.example", "http://[::1]:8080", "*", "null",
+                                   "http://10.0.0.7:3000", "http://1.example", "http://0x.example"])
 def test_an_origin_as_a_browser_sends_it_passes(given: str):
     from neurallayers.__main__ import build_verb_parser
 
