@@ -362,7 +362,7 @@ def test_model_change_is_refused(lm, run_dir, tmp_path, monkeypatch):
     run_interrupted(monkeypatch, "generate", 1, model, tok, inp, out, config=GREEDY, batch_size=2,
                     model_files=model_files_identity(run_dir), progress=False)
     files = {**model_files_identity(run_dir), "model.safetensors": [1, 2]}
-    with pytest.raises(ValueError, match="the model's files"):
+    with pytest.raises(ValueError, match=r"the model.s files: model\.safetensors \(changed\)\. "):
         run_batch(model, tok, inp, out, config=GREEDY, model_files=files, progress=False)
 
 

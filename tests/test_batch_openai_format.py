@@ -66,12 +66,12 @@ def _batch(model: Path, source: Path, output: Path, *extra: str) -> int:
     return main(["batch", str(model), "--input", str(source), "--output", str(output), "--no-progress", *extra])
 
 
-def _served(model: Path):
+def _served(model: Path, **options):
     from fastapi.testclient import TestClient
 
     from neurallayers.serve.app import create_app
 
-    return TestClient(create_app(model))
+    return TestClient(create_app(model, **options))
 
 
 def _same(body):
@@ -173,3 +173,107 @@ def test_sampling_flags_do_not_apply_to_an_openai_batch_file(run_dir, tmp_path, 
     source = _write(tmp_path / "in.jsonl", BODIES[:1])
     assert _batch(run_dir, source, tmp_path / "out.jsonl", "--temperature", "0.5") == 2
     assert "--temperature does not apply" in capsys.readouterr().err
+
+
+def test_no_request_is_refused_for_the_in_process_servers_capacity(run_dir, tmp_path):
+    # the server was sized by --batch-size (1 + 128 queued sequences at 1): a request of 13 prompts x n=10 got the
+    # server's 400 "takes at most 129", and two of them sent together (2 + 256) a 429 "retry in 1 s", as their answers
+    prompts = ["The", "dog", "fox", "The q", "lazy", "héllo", "naïve", "café", "0123", "a", "b", "c", "d"]
+    bodies = [("/v1/completions", {"prompt": prompts, "n": 10, "max_tokens": 1, "temperature": 1.0, "seed": seed})
+              for seed in range(2)]
+    source = _write(tmp_path / "in.jsonl", bodies)
+    with _served(run_dir, max_queue=300) as client:  # ... where a server with room for them answers them
+        expected = [_same(client.post(url, json=body).json()) for url, body in bodies]
+    for size in ("1", "2"):
+        output = tmp_path / f"out-{size}.jsonl"
+        assert _batch(run_dir, source, output, "--batch-size", size) == 0
+        results = [json.loads(line) for line in output.read_text().splitlines()]
+        assert [r["response"]["status_code"] for r in results] == [200, 200], [r["error"] for r in results]
+        assert [_same(r["response"]["body"]) for r in results] == expected
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("chat_template.jinja", "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"),  # read over tokenizer_config's
+    ("additional_chat_templates/tool_use.jinja", "{{ messages[0]['content'] }}"),
+    ("special_tokens_map.json", '{"eos_token": "."}'),
+])
+def test_a_resume_after_the_tokenizers_files_changed_is_refused(run_dir, tmp_path, monkeypatch, capsys, name, text):
+    # size and mtime of config, tokenizer.json, tokenizer_config.json and weights were compared: a chat template file
+    # written between the kill and the rerun answered the rest of the file's chats with the new template
+    import shutil
+
+    import neurallayers.batch.requests as requests_module
+
+    model = shutil.copytree(run_dir, tmp_path / "model")
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    source = _write(tmp_path / "in.jsonl", [("/v1/chat/completions", chat)] * 3)
+    real = requests_module._append
+
+    def append_then_die(record, lines):
+        real(record, lines)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(requests_module, "_append", append_then_die)
+    output = tmp_path / "out.jsonl"
+    assert _batch(model, source, output, "--batch-size", "1") == 130
+    monkeypatch.setattr(requests_module, "_append", real)
+    (model / name).parent.mkdir(exist_ok=True)
+    (model / name).write_text(text)
+    capsys.readouterr()
+    assert _batch(model, source, output, "--batch-size", "1") == 2
+    assert f"changed since that run started: files: {name} (new)." in capsys.readouterr().err
+
+
+def test_a_server_fault_is_not_written_as_an_answer_and_the_rerun_redoes_it(run_dir, tmp_path, monkeypatch, capsys):
+    # a model step that fails (a GPU out of memory) made the server answer 500 "internal error": that was written as
+    # the request's answer, the run ended "complete", and a rerun redid nothing
+    import neurallayers.batch.requests as requests_module
+    import neurallayers.serve.engine as engine_module
+
+    source = _write(tmp_path / "in.jsonl", BODIES)
+    straight, faulted = tmp_path / "straight.jsonl", tmp_path / "faulted.jsonl"
+    assert _batch(run_dir, source, straight, "--batch-size", "1") == 0
+    real_append, real_step, fault = requests_module._append, engine_module.forward_step, []
+
+    def append_then_arm(record, lines):
+        real_append(record, lines)
+        fault.append("armed")
+
+    def step(*args, **kwargs):
+        if fault == ["armed"]:  # the first model step after the first answer is written fails, once
+            fault.append("raised")
+            raise RuntimeError("CUDA out of memory")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(requests_module, "_append", append_then_arm)
+    monkeypatch.setattr(engine_module, "forward_step", step)
+    capsys.readouterr()
+    assert _batch(run_dir, source, faulted, "--batch-size", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the server's log of its error (uvicorn's)
+    assert err.startswith("neurallayers batch: error: ") and "in.jsonl line 2 (custom_id 'req-1'): the server " \
+        "failed it (500: internal error (RuntimeError)" in err and "run the same command again" in err, err
+    assert len(faulted.read_text().splitlines()) == 1  # req-0's answer is kept
+    monkeypatch.undo()
+    assert _batch(run_dir, source, faulted, "--batch-size", "1") == 0
+    assert "5 computed now, 1 from an earlier run" in capsys.readouterr().out
+    a, b = ([json.loads(line) for line in p.read_text().splitlines()] for p in (straight, faulted))
+    assert [(r["id"], r["response"]["status_code"], _same(r["response"]["body"])) for r in a] == \
+        [(r["id"], r["response"]["status_code"], _same(r["response"]["body"])) for r in b]
+
+
+@pytest.mark.parametrize(("first", "said"), [
+    ({"method": "POST", "url": "/v1/completions", "body": {}}, "missing custom_id"),
+    ({"customId": "a", "method": "POST", "url": "/v1/completions", "body": {}},
+     "missing custom_id; unknown customId (did you mean 'custom_id'?)"),
+    ({"custom_id": "a", "url": "/v1/completions", "body": {}, "prompt": "x"}, "missing method; unknown prompt"),
+])
+def test_a_first_request_without_its_custom_id_is_named_as_a_request(run_dir, tmp_path, capsys, first, said):
+    # the format was told by the first record's custom_id: without it the file was read as {"prompt": ...} lines,
+    # and line 1 was refused for an "unknown field 'method'; allowed: id, prompt, text, max_new_tokens ..."
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    second = {"custom_id": "b", "method": "POST", "url": "/v1/completions", "body": {"prompt": "a"}}
+    source.write_text(f"{json.dumps(first)}\n{json.dumps(second)}\n")
+    assert _batch(run_dir, source, output) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "in.jsonl line 1: an OpenAI Batch request has exactly the fields custom_id, method, " \
+        f"url, body; {said}" in err, err

@@ -13,9 +13,14 @@ from torch import nn
 from neurallayers.config import NEWER_FIELDS
 from neurallayers.data.tokenizers import Tokenizer
 
-# Files whose change means another model (size and mtime are compared, not contents: weights can be large).
-MODEL_FILES = ("config.yaml", "config.json", "tokenizer.json", "tokenizer_config.json",
-               "model.safetensors.index.json")
+# Files whose change means another model (size and mtime are compared, not contents: weights can be large): the
+# config, every file a tokenizer is read from (its chat templates too: the served chat routes apply them) and the
+# sentence-transformers settings /v1/embeddings pools and prompts by
+MODEL_FILES = ("config.yaml", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "vocab.json", "merges.txt", "vocab.txt", "chat_template.jinja", "model.safetensors.index.json",
+               "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+# ... and those of subfolders and of names a model chooses (relative to the model's folder)
+MODEL_FILE_PATTERNS = ("*.safetensors", "additional_chat_templates/*.jinja", "[0-9]*_*/config.json")
 
 
 def _sha256(path: Path) -> str:
@@ -27,10 +32,13 @@ def _sha256(path: Path) -> str:
 
 
 def model_files_identity(path: str | os.PathLike) -> dict[str, list[int]]:
-    """Size and mtime (ns) of a run directory's or HF folder's config, tokenizer and weight files."""
+    """Size and mtime (ns) of a run directory's or HF folder's config, tokenizer, chat template, sentence-transformers
+    and weight files, by their paths in the folder."""
     folder = Path(path)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name in MODEL_FILES or p.suffix == ".safetensors"))
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+    files = {folder / name for name in MODEL_FILES}
+    files |= {p for pattern in MODEL_FILE_PATTERNS for p in folder.glob(pattern)}
+    return {p.relative_to(folder).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(files) if p.is_file()}
 
 
 def _fingerprint(input_path: Path, settings: dict, model: nn.Module, tokenizer: Tokenizer,
@@ -62,17 +70,33 @@ def _changes(old: dict, new: dict) -> list[str]:
     if old.get("input_sha256") != new["input_sha256"]:
         out.append("the input file's contents")
     old_s, new_s = old.get("settings", {}), new["settings"]
-    out += [f"{k}: {old_s.get(k)!r} -> {new_s.get(k)!r}" for k in sorted(set(old_s) | set(new_s))
+    out += [_setting_change(k, old_s.get(k), new_s.get(k)) for k in sorted(set(old_s) | set(new_s))
             if old_s.get(k) != new_s.get(k)]
     old_m, new_m = old.get("model", {}), new["model"]
     same = {"config": _same_config}
-    out += [f"the model's {k}" for k in ("config", "tokenizer", "files")
-            if not same.get(k, operator.eq)(old_m.get(k), new_m.get(k))]
+    out += [f"the model's {k}" + (f": {_changed_keys(old_m.get(k), new_m[k])}" if k == "files" else "")
+            for k in ("config", "tokenizer", "files") if not same.get(k, operator.eq)(old_m.get(k), new_m.get(k))]
     out += [f"the model's {k}: {old_m[k]} -> {new_m[k]}" for k in ("dtype", "eos_ids")
             if k in old_m and old_m[k] != new_m[k]]  # records written before these were kept have neither
     if old_m.get("weights") not in (None, new_m["weights"]):
         out.append("the model's weights")
     return out
+
+
+def _setting_change(key: str, old, new) -> str:
+    """One changed setting; of a table (an OpenAI Batch run's model files) the entries that changed, not both tables
+    whole (a line of every file's size and time)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return f"{key}: {_changed_keys(old, new)}"
+    return f"{key}: {old!r} -> {new!r}"
+
+
+def _changed_keys(old, new: dict | None) -> str:
+    """The entries two tables (files by name) differ in: 'a (changed), b (new), c (gone)'."""
+    old, new = old if isinstance(old, dict) else {}, new or {}
+    words = [f"{k} ({'new' if k not in old else 'gone' if k not in new else 'changed'})"
+             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(words)
 
 
 def _same_config(old: dict | None, new: dict) -> bool:

@@ -8,14 +8,17 @@ answered, in input order, as `neurallayers serve` answers that body at that url:
      "body": {...}}, "error": null}
 
 A body the server refuses (a bad temperature, another model's name) does not stop the others: its line has the
-server's status code, a null body and the server's error object in "error", as vllm run-batch writes it. A bad
-envelope (not JSON, a missing or repeated custom_id, another method or url, a streamed body) stops the run before any
-work, naming its line, as OpenAI refuses such a file at upload. The file is journalled and resumed as the
-{"prompt": ...} format is (neurallayers.batch.journal), keyed by custom_id.
+server's status code, a null body and the server's error object in "error", as vllm run-batch writes it. A server
+fault (a 5xx: a model step out of memory, an engine that stopped) is no answer to the body: the run stops there with
+ServerFault, keeping the answers written, and a rerun asks again. A bad envelope (not JSON, a missing or repeated
+custom_id, another method or url, a streamed body) stops the run before any work, naming its line, as OpenAI refuses
+such a file at upload. The file is journalled and resumed as the {"prompt": ...} format is
+(neurallayers.batch.journal), keyed by custom_id.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -49,7 +52,9 @@ class Request:
 
 
 def is_request_file(path: str | os.PathLike) -> bool:
-    """Whether the first record of a JSONL file is an OpenAI Batch request (it has a custom_id)."""
+    """Whether the first record of a JSONL file is an OpenAI Batch request: it has a custom_id, a method or a url (no
+    {"prompt": ...} line has these; one without its custom_id was read as such a line, refused for "unknown field
+    'method'; allowed: id, prompt, ...", where read_requests names what the request lacks)."""
     with Path(path).open("rb") as f:
         for raw in f:
             if raw.strip():
@@ -57,7 +62,7 @@ def is_request_file(path: str | os.PathLike) -> bool:
                     record = json.loads(raw.decode("utf-8-sig"))
                 except ValueError:
                     return False  # read_inputs names the line
-                return isinstance(record, dict) and "custom_id" in record
+                return isinstance(record, dict) and any(k in record for k in ("custom_id", "method", "url"))
     return False
 
 
@@ -74,9 +79,8 @@ def read_requests(path: str | os.PathLike) -> list[Request]:
     seen: dict[str, int] = {}
     for n, where, record in json_lines(path, example='{"custom_id": "r1", "method": "POST", "url": ..., "body": {}}'):
         if not isinstance(record, dict) or sorted(record) != sorted(ENVELOPE):
-            got = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise ValueError(f"{where}: an OpenAI Batch request has exactly the fields {', '.join(ENVELOPE)}; "
-                             f"got {got}")
+                             f"{_envelope_words(record)}")
         cid, method, url, body = (record[k] for k in ENVELOPE)
         if not isinstance(cid, str) or not cid:
             raise ValueError(f"{where}: custom_id must be a non-empty string, got {cid!r}")
@@ -96,6 +100,37 @@ def read_requests(path: str | os.PathLike) -> list[Request]:
     if not requests:
         raise ValueError(f"{path} holds no requests")
     return requests
+
+
+def _envelope_words(record) -> str:
+    """What a record lacks and has beyond the envelope ("missing custom_id; unknown customId (did you mean
+    'custom_id'?)"), or what it is when not an object."""
+    if not isinstance(record, dict):
+        return f"got {type(record).__name__}"
+    missing = [k for k in ENVELOPE if k not in record]
+    words = [f"missing {', '.join(missing)}"] if missing else []
+    unknown = []
+    for key in record:
+        if key not in ENVELOPE:
+            hint = difflib.get_close_matches(key, missing or ENVELOPE, n=1)
+            unknown.append(f"{key} (did you mean {hint[0]!r}?)" if hint else key)
+    return "; ".join(words + ([f"unknown {', '.join(unknown)}"] if unknown else []))
+
+
+class ServerFault(RuntimeError):
+    """The server failed a request (a 5xx: a model step out of memory, an engine that stopped; a 429): no answer to
+    its body, so it is not written as one, and a rerun asks again."""
+
+
+def is_server_fault(status: int) -> bool:
+    """A status that says the server could not answer now, not that the body is wrong (OpenAI's clients retry
+    these)."""
+    return status >= 500 or status == 429
+
+
+def _message(body: dict) -> str:
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("message") if isinstance(error, dict) else error or body)
 
 
 def _digest(*parts: str) -> str:
@@ -125,6 +160,10 @@ def run_requests(input_path: str | os.PathLike, output_path: str | os.PathLike,
         batch_size: requests sent to the server together.
         overwrite: discard an earlier run's output and progress instead of resuming.
         progress: show a tqdm progress bar.
+
+    Raises:
+        ValueError: a bad envelope (naming its line), a bad output, or a resume whose input or model changed.
+        ServerFault: the server failed a request (a 5xx or 429); the answers before it are kept for a rerun.
     """
     input_path, output = Path(input_path), Path(output_path)
     if output.is_dir():
@@ -153,10 +192,16 @@ def run_requests(input_path: str | os.PathLike, output_path: str | os.PathLike,
                   desc=output.name) as bar:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]
-                answers = post(chunk)
-                _append(record, [_line(result_line(r, status, body))
-                                 for r, (status, body) in zip(chunk, answers, strict=True)])
-                bar.update(len(chunk))
+                answers = [(r, status, body) for r, (status, body) in zip(chunk, post(chunk), strict=True)]
+                kept = [a for a in answers if not is_server_fault(a[1])]
+                if kept:
+                    _append(record, [_line(result_line(*a)) for a in kept])
+                    bar.update(len(kept))
+                if len(kept) < len(answers):
+                    r, status, body = next(a for a in answers if is_server_fault(a[1]))
+                    raise ServerFault(f"{input_path} line {r.line} (custom_id {r.custom_id!r}): the server failed it "
+                                      f"({status}: {_message(body)}); the answers written before are kept: run the "
+                                      "same command again to go on")
         _finish_jsonl(record, requests, key="custom_id")
         return BatchResult(output=output, total=len(requests), resumed=len(done), computed=len(todo),
                            repaired_bytes=repaired)

@@ -39,6 +39,10 @@ input file, settings or model is refused (pass --overwrite to start again), and 
 interrupted run left (--overwrite replaces it)."""
 
 
+# The in-process server's queue: a batch's requests are sent a chunk at a time, so this bounds nothing but refusals
+UNBOUNDED_QUEUE = 2**62
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     add_model_path(parser)
@@ -124,7 +128,7 @@ def _run_openai_batch(args: argparse.Namespace) -> int:
     name and errors)."""
     from neurallayers.api import resolve_model_path
     from neurallayers.batch import model_files_identity
-    from neurallayers.batch.requests import run_requests
+    from neurallayers.batch.requests import ServerFault, run_requests
 
     given = _given(args, _add_decoding) + _given(args, _add_embedding)
     if given:
@@ -144,17 +148,22 @@ def _run_openai_batch(args: argparse.Namespace) -> int:
         raise UserError(f"an OpenAI Batch file is answered by the server, which needs the 'serve' extra ({what}): "
                         "pip install -U 'neurallayers[serve]'") from None
 
-    # room for every sequence a chunk of requests can ask for (n up to the server's limit each): never a 429
-    app = create_app(args.path, max_concurrency=args.batch_size, max_queue=args.batch_size * 128, device=args.device,
+    # --batch-size sequences decode together and the rest wait their turn: a queue sized by --batch-size refused a
+    # request of many prompts x n (the server's 400 "takes at most N sequences") or, sent with others, gave it a 429,
+    # written as its answer, where vllm run-batch answers each request
+    app = create_app(args.path, max_concurrency=args.batch_size, max_queue=UNBOUNDED_QUEUE, device=args.device,
                      dtype=torch_dtype(args.dtype), allow_pickle=args.allow_pickle)
     folder = resolve_model_path(args.path)
     # the server also takes its sampling defaults from generation_config.json: a changed one is another run
     defaults = folder / "generation_config.json"
     identity = {"model": str(folder.resolve()), "dtype": args.dtype, "files": model_files_identity(folder),
                 "generation_config": defaults.read_text() if defaults.is_file() else None}
-    with _Loopback(app) as post, _noting_interrupt(args):
-        result = run_requests(args.input, args.output, post, model_identity=identity, batch_size=args.batch_size,
-                              overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        with _Loopback(app) as post, _noting_interrupt(args):
+            result = run_requests(args.input, args.output, post, model_identity=identity, batch_size=args.batch_size,
+                                  overwrite=args.overwrite, progress=not args.no_progress)
+    except ServerFault as e:  # one line, as a full disk is: what was written stays, the rerun goes on
+        raise UserError(str(e)) from None
     return _report(result, "requests")
 
 
