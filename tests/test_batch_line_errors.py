@@ -100,3 +100,25 @@ def test_the_cli_names_the_lines_field_and_the_runs_flag(run_dir, tmp_path, monk
     assert main(["batch", str(run_dir), "--input", "in.jsonl", "--output", "out.jsonl", *flags]) == 2
     assert capsys.readouterr().err == f"neurallayers batch: error: {said}\n"
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ('{"prompt": "the"}\n{"prompt": "a", "temprature": 1}\n', "in.jsonl line 2"),
+    ('{"prompt": "the"}\nnot json\n', "in.jsonl line 2"),
+    ('{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {}}\n{"custom_id": "a"}\n',
+     "in.jsonl line 2"),
+])
+def test_a_bad_line_is_named_before_the_model_loads(run_dir, tmp_path, monkeypatch, capsys, text, said):
+    """A large model's load took its minute, then line 2 was refused."""
+    from neurallayers.__main__ import main
+
+    def loaded(*_, **__):
+        raise AssertionError("the model loaded before the lines were read")
+
+    monkeypatch.setattr("neurallayers.cli.batch.load_model", loaded)
+    monkeypatch.setattr("neurallayers.serve.app.create_app", loaded)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.jsonl").write_text(text)
+    assert main(["batch", str(run_dir), "--input", "in.jsonl", "--output", "out.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"neurallayers batch: error: {said}") and err.count("\n") == 1, err

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     if is_request_file(args.input):
         return _run_openai_batch(args)
+    _check_lines_before_loading(args)
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     _check_flags_apply(args, causal=model.config.causal)
     if model.config.causal:
@@ -103,6 +104,19 @@ def run(args: argparse.Namespace) -> int:
                            max_length=args.max_length, model_files=model_files_identity(resolve_model_path(args.path)),
                            overwrite=args.overwrite, progress=not args.no_progress)
     return _report(result, "records")
+
+
+def _check_lines_before_loading(args: argparse.Namespace) -> None:
+    """A bad line named before the model loads (a large model's load took a minute, then line 3 was refused): the
+    lines are read as run_batch reads them, for generation or embedding as the model's config says."""
+    from neurallayers.api import folder_model_config, resolve_model_path
+    from neurallayers.batch.inputs import read_inputs
+
+    try:
+        causal = folder_model_config(resolve_model_path(args.path)).causal
+    except Exception:  # noqa: BLE001 - no readable config: load_model names what is wrong with the model
+        return
+    read_inputs(args.input, mode="generate" if causal else "embed")
 
 
 @contextlib.contextmanager
@@ -128,7 +142,7 @@ def _run_openai_batch(args: argparse.Namespace) -> int:
     name and errors)."""
     from neurallayers.api import resolve_model_path
     from neurallayers.batch import model_files_identity
-    from neurallayers.batch.requests import ServerFault, run_requests
+    from neurallayers.batch.requests import ServerFault, read_requests, run_requests
 
     given = _given(args, _add_decoding) + _given(args, _add_embedding)
     if given:
@@ -148,6 +162,7 @@ def _run_openai_batch(args: argparse.Namespace) -> int:
         raise UserError(f"an OpenAI Batch file is answered by the server, which needs the 'serve' extra ({what}): "
                         "pip install -U 'neurallayers[serve]'") from None
 
+    read_requests(args.input)  # a bad envelope is named before the server loads the model
     # --batch-size sequences decode together and the rest wait their turn: a queue sized by --batch-size refused a
     # request of many prompts x n (the server's 400 "takes at most N sequences") or, sent with others, gave it a 429,
     # written as its answer, where vllm run-batch answers each request
