@@ -198,6 +198,16 @@ def _check_list_of_dicts(value, name: str, what: str) -> list | None:
     return list(value)
 
 
+def _check_messages(messages) -> None:
+    """A conversation is a list of dicts, each with a string role: a message without one was a KeyError from the plain
+    lines, a string a TypeError ("string indices must be integers"), far from the caller's mistake."""
+    if not isinstance(messages, list | tuple):
+        raise ValueError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ValueError(f"messages[{i}] must be a dict with a string 'role' (and a 'content'), got {m!r:.80}")
+
+
 def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True,
                 continue_final_message: bool = False, template_kwargs: dict | None = None,
                 chat_template: str | None = None, tools: list[dict] | None = None,
@@ -222,8 +232,9 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool 
             bounded in size (MAX_TEMPLATE_CHARS, MAX_TEMPLATE_TOTAL: TemplateTooLarge) either way.
 
     Raises:
-        ValueError: the template refuses the conversation (e.g. roles must alternate), or fails (a template that
-            does not parse or breaks while rendering: the model's, not the messages'); bad options; an unknown
+        ValueError: messages is not a list of dicts with a string role; the template refuses the conversation (e.g.
+            roles must alternate), or fails (a template that does not parse or breaks while rendering: the model's,
+            not the messages'); bad options; an unknown
             template name; tools or documents without a template to read them; the final message has no content to
             continue, or the template does not render it as it is; max_seconds not a positive number.
         TemplateTooLarge: (a ValueError) the template makes a value or a text past MAX_TEMPLATE_CHARS, or values past
@@ -232,6 +243,7 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool 
     """
     if max_seconds is not None and not (isinstance(max_seconds, int | float) and 0 < max_seconds < float("inf")):
         raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r:.40}")
+    _check_messages(messages)
     extra = check_template_kwargs(template_kwargs)
     tools = _check_list_of_dicts(tools, "tools", "JSON schemas")
     documents = _check_list_of_dicts(documents, "documents", "documents")

@@ -24,6 +24,7 @@ from neurallayers.data.text_checks import lone_surrogate
 from neurallayers.data.text_files import (
     binary_note,
     content_sample,
+    glob_files,
     looks_binary,
     not_text,
     read_text,
@@ -228,7 +229,8 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
     Args:
         spec: "shakespeare" or "python-stdlib"; a text file (one document); a folder (every text file
             below it, recursively, symlinked folders too, sorted; hidden and binary files skipped); a glob pattern
-            ("data/*.txt", "**" allowed); or a JSON-lines file (one document per line, see `text_field`). JSON-lines
+            ("data/*.txt", "**" allowed: it follows symlinked folders as a folder's search does, never round a loop);
+            or a JSON-lines file (one document per line, see `text_field`). JSON-lines
             files inside a folder or glob are read as JSON lines too. A .json file named or globbed is records as
             the `datasets` library reads it (an array of them, or JSON lines); in a folder it is text. `~` is
             expanded. Text is UTF-8, or UTF-16 / UTF-32 after their byte-order mark; a file reached by several names
@@ -263,8 +265,8 @@ def load_corpus(spec: str | os.PathLike, *, text_field: str = "text") -> Corpus:
         warn_compressed(spec, found, files)
         return FileCorpus(path.name or spec, files, root=path, text_field=text_field)
     if glob.has_magic(spec):
-        # "**" follows symlinked folders, so one file can match under several names (endlessly in a loop).
-        matched = unique(sorted(p for p in map(Path, glob.glob(spec, recursive=True)) if p.is_file()))
+        # "**" follows symlinked folders, so one file can match under several names (but never round a loop).
+        matched = unique(sorted(glob_files(spec, _glob_root(spec))))
         files = [p for p in matched if not looks_binary(p)]
         if not files:
             if matched:  # "matches no files" hid the 100 .json.gz shards it did match

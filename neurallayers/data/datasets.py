@@ -120,19 +120,26 @@ def prepare_tokens(
         tokenizer: The tokenizer; a different one (or different specials) gives a different cache.
         cache_dir: Parent folder of the caches; each lives in `cache_dir/<key>/`.
         val_fraction: Share of pieces for validation, in [0, 1).
-        seed: Chooses the split.
+        seed: Chooses the split (where val_fraction is not 0).
         chunk_chars: Target size of a piece in characters.
         show_progress: Show a progress bar while tokenizing.
         tail: Split by position whatever the pieces: the last val_fraction of the tokens, in the corpus's order, go
             to val (nanoGPT's contiguous split); each document still ends with eos.
 
     Raises:
-        ValueError: Bad val_fraction / chunk_chars, or a corpus with no text.
+        ValueError: Bad val_fraction / chunk_chars / seed, or a corpus with no text.
     """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction={val_fraction!r} must be a number in [0, 1)")  # "0.1" was a TypeError
     if chunk_chars < 1:
         raise ValueError(f"chunk_chars={chunk_chars} must be >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed={seed!r} must be an integer")
+    # The key holds what chooses the tokens, as plain numbers: 0 (YAML's) and 0.0 (eval's) or a numpy seed were other
+    # keys, and with nothing for val each seed and either split made the same cache again (or crashed the JSON).
+    val_fraction, seed = float(val_fraction), int(seed)
+    if val_fraction == 0:
+        seed, tail = 0, False
     sources = {
         "version": CACHE_VERSION,
         "corpus": corpus.name,
@@ -469,9 +476,16 @@ def _map(path: Path, dtype: np.dtype) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.empty(0, dtype=dtype)
 
 
+def _check_count(value: object, name: str, *, least: int) -> None:
+    """`value` must be an int (a numpy one too; not a bool) >= least: else numpy failed at the first batch, far from
+    the cause ("seed must be integer", "arrays used as indices must be of integer type"), or took True as 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name}={value!r} must be an int >= {least}")
+
+
 def _check_windows(tokens: np.ndarray, block_size: int, batch_size: int) -> None:
-    if block_size < 1 or batch_size < 1:
-        raise ValueError(f"block_size={block_size} and batch_size={batch_size} must be >= 1")
+    _check_count(block_size, "block_size", least=1)
+    _check_count(batch_size, "batch_size", least=1)
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be a 1-D array, got shape {tokens.shape}")
     if len(tokens) < block_size + 1:
@@ -497,6 +511,7 @@ class RandomWindows:
 
     def __init__(self, tokens: np.ndarray, *, block_size: int, batch_size: int, seed: int) -> None:
         _check_windows(tokens, block_size, batch_size)
+        _check_count(seed, "seed", least=0)
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size
@@ -504,8 +519,7 @@ class RandomWindows:
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch for `step`: x (B, T) int64 and y (B, T) int64, y being x shifted left by one token."""
-        if step < 0:
-            raise ValueError(f"step={step} must be >= 0")
+        _check_count(step, "step", least=0)
         # A fresh generator per step: no hidden state, so resuming at step n needs nothing but n.
         rng = np.random.Generator(np.random.PCG64([self.seed, step]))
         starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
@@ -554,7 +568,8 @@ def sft_collate(
 
     Args:
         examples: The pairs.
-        tokenizer: Encodes prompt and response separately, so the boundary is exact.
+        tokenizer: Encodes prompt and response separately, so the boundary is exact: the prompt as `generate` encodes
+            one (with the tokenizer's own special tokens: a Llama tokenizer's bos first), the response as plain text.
         max_length: Keep at most this many input tokens per example (the response end is cut first).
         add_eos: End each response with eos so the model learns to stop.
 
@@ -565,7 +580,8 @@ def sft_collate(
         raise ValueError("sft_collate got no examples")
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length={max_length} must be >= 1 or None")
-    prompts = tokenizer.encode_batch([e.prompt for e in examples])
+    # As generate() will prompt the model: without its bos, a Llama's fine-tune learned replies to prompts it never sees
+    prompts = tokenizer.encode_batch([e.prompt for e in examples], add_special_tokens=True)
     responses = tokenizer.encode_batch([e.response for e in examples], add_eos=add_eos)
     rows = []
     for p, r in zip(prompts, responses, strict=True):

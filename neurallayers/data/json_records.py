@@ -14,6 +14,10 @@ from neurallayers.data.text_files import jsonl_lines, read_text
 _WHOLE_JSON = ("; JSON lines holds one object per line, and this looks like one whole JSON document "
                "(an array converts with: jq -c '.[]' FILE > FILE.jsonl)")
 
+# A record that runs past a lone CR: that ends a line, as in Python's text reading (a CR-only file's lines).
+_LONE_CR = ("; its line ends at a lone carriage return (\\r), which ends a line as \\n does: keep each record on "
+            "one line")
+
 
 def jsonl_texts(path: Path, rel: str, text_field: str) -> Iterator[tuple[str, str]]:
     for lineno, line in jsonl_lines(path):
@@ -23,6 +27,8 @@ def jsonl_texts(path: Path, rel: str, text_field: str) -> Iterator[tuple[str, st
             record = json.loads(line)
         except json.JSONDecodeError as e:
             hint = _WHOLE_JSON if lineno == 1 and line.strip() in ("[", "{") else ""
+            if not hint and line.endswith("\r") and e.pos >= len(line.rstrip()):  # cut short by a lone CR
+                hint = _LONE_CR
             raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}){hint}") from None
         if isinstance(record, list):  # "found list" sent the user looking for a field
             hint = _WHOLE_JSON if lineno == 1 else ""

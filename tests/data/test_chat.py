@@ -93,3 +93,17 @@ def test_messages_reach_a_template_as_transformers_passes_them():
     assert want == "user:Hi[|];assistant:[hmm|hmm];user:?[|];"
     assert render_chat(tok, messages) == want
     assert messages[1] == {"role": "assistant", "content": None, "reasoning": "hmm"}  # the caller's are left alone
+
+
+@pytest.mark.parametrize(("messages", "message"), [
+    ("hello", r"^messages must be a list of \{'role', 'content'\} dicts, got str"),
+    (None, r"^messages must be a list of \{'role', 'content'\} dicts, got NoneType"),
+    ([{"content": "hi"}], r"^messages\[0\] must be a dict with a string 'role' \(and a 'content'\), got \{'content'"),
+    ([{"role": "user", "content": "hi"}, "hi"], r"^messages\[1\] must be a dict with a string 'role'"),
+    ([{"role": None, "content": "hi"}], r"^messages\[0\] must be a dict with a string 'role'")])
+@pytest.mark.parametrize("template", [None, "{% for m in messages %}{{ m.role }}{{ m.content }}{% endfor %}"])
+def test_messages_that_are_not_a_conversation_are_one_clear_error(messages, message, template):
+    # The plain lines raised KeyError 'role' or "string indices must be integers"; a template rendered them blank.
+    tok = Tokenizer.train_char(["hi user"])
+    with pytest.raises(ValueError, match=message):
+        render_chat(tok, messages, chat_template=template)

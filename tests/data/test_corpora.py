@@ -208,3 +208,31 @@ def test_an_encoding_error_after_a_utf8_bom_names_the_files_byte(tmp_path):
     (tmp_path / "c.jsonl").write_bytes(b'{"t": "ok"}\n{"t": "\xff"}\n')  # no BOM: counted from the line's start
     with pytest.raises(ValueError, match=r"c.jsonl:2: not UTF-8 \(invalid start byte at byte 7 of the line\)"):
         list(load_corpus(tmp_path / "c.jsonl", text_field="t").documents())
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16"])
+def test_jsonl_lines_end_as_pythons_universal_newlines_end_them(tmp_path, encoding):
+    """A file of CR line ends (an old Mac's, some exporters') was one line of "invalid JSON (Extra data)". JSON holds no
+    raw CR within a value, so a lone CR ends a record as Python's text reading (the oracle) and editors take it."""
+    records = [{"text": "first\r\nline"}, {"text": "second"}, {"text": "caf\u00e9 \U0001f600"}, {"text": "last"}]
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes((lines[0] + "\r" + lines[1] + "\r\r" + lines[2] + "\r\n" + lines[3] + "\n").encode(encoding))
+    with open(path, encoding="utf-16" if encoding == "utf-16" else "utf-8-sig") as f:  # universal newlines
+        want = [(f"d.jsonl:{n}", json.loads(line)["text"]) for n, line in enumerate(f, start=1) if line.strip()]
+    assert [(d.name, d.text) for d in load_corpus(path).documents()] == want
+    assert [name for name, _ in want] == ["d.jsonl:1", "d.jsonl:2", "d.jsonl:4", "d.jsonl:5"]
+
+
+def test_jsonl_of_cr_line_ends_names_the_line_of_an_error(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "ok"}\r{"text": "caf\xe9"}\r')  # Latin-1 on line 2, counted from that line's start
+    with pytest.raises(ValueError, match=r"d.jsonl:2: not UTF-8 \(invalid continuation byte at byte 13 of the line\)"):
+        list(load_corpus(path).documents())
+    path.write_bytes(b'{"text": "ok"}\r{"n": 1}\r')
+    with pytest.raises(ValueError, match=r"d.jsonl:2: no string field 'text' \(found \['n'\]\)"):
+        list(load_corpus(path).documents())
+    path.write_bytes(b'{"text":\r"ok"}\n')  # a record a lone CR runs through is cut there: said so
+    with pytest.raises(ValueError, match=r"d.jsonl:1: invalid JSON \(Expecting value\); its line ends at a lone "
+                                         r"carriage return \(\\r\)"):
+        list(load_corpus(path).documents())

@@ -1,6 +1,8 @@
 """Which documents a corpus holds and what they are named, as files are added or linked: the split is drawn by name."""
 
+import glob
 import os
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +56,54 @@ def test_a_binary_file_named_as_the_corpus_is_refused(tmp_path):
         load_corpus(path)
     path.write_bytes("UTF-16 after its byte-order mark\n".encode("utf-16"))
     assert [d.text for d in load_corpus(path).documents()] == ["UTF-16 after its byte-order mark\n"]
+
+
+def _symlink(target: str, link) -> None:
+    try:
+        os.symlink(target, link, target_is_directory=True)
+    except (OSError, NotImplementedError):
+        pytest.skip("no symlinks here")
+
+
+@pytest.mark.parametrize("pattern", ["**/*.txt", "**", "**/deep/*", "*/*.txt", "sub/**/*.md", "**/b.txt", "**/"])
+def test_a_glob_matches_the_files_pythons_glob_matches(tmp_path, pattern):
+    # The oracle: glob.glob(recursive=True), each real file once, named from the folder before the first wildcard.
+    for rel in ("a.txt", "sub/b.txt", "sub/deep/c.md", "sub/deep/e.txt", "a-b/d.txt", ".hidden/x.txt", "sub/.h.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f"{rel}\n")
+    _symlink("sub", tmp_path / "linked")  # a symlinked folder, not a loop: its files are found under both names
+    spec = str(tmp_path / pattern) + ("/" if pattern.endswith("/") else "")  # a Path drops it
+    parts = Path(spec).parts
+    root = Path(*parts[:next(i for i, part in enumerate(parts) if glob.has_magic(part))])
+    seen, want = set(), []
+    for path in sorted(p for p in map(Path, glob.glob(spec, recursive=True)) if p.is_file()):
+        if os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            want.append(path.relative_to(root).as_posix())
+    if not want:  # "**/" matches folders only
+        with pytest.raises(FileNotFoundError, match="matches no files"):
+            load_corpus(spec)
+        return
+    assert [d.name for d in load_corpus(spec).documents()] == want
+
+
+def test_a_glob_through_symlinks_to_folders_above_it_ends(tmp_path, monkeypatch):
+    # glob's "**" followed each link back up the tree to the system's limit of 40 links: two such links were 2**40
+    # paths to list, and the run never started. The folder form stops at a loop; the glob now does too.
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "data" / "sub" / "a.txt").write_text("one\n")
+    (tmp_path / "data" / "b.txt").write_text("two\n")
+    _symlink("..", tmp_path / "data" / "sub" / "up")
+    _symlink("..", tmp_path / "data" / "sub" / "up2")
+    _symlink(".", tmp_path / "data" / "here")
+    listed, scandir = [], os.scandir
+
+    def counting_scandir(path="."):
+        listed.append(path)
+        if len(listed) > 1000:  # a few are enough for this tree; glob listed millions
+            raise RuntimeError("listed more than 1000 folders")
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    spec = str(tmp_path / "data" / "**" / "*.txt")
+    assert [d.name for d in load_corpus(spec).documents()] == ["b.txt", "sub/a.txt"]

@@ -84,6 +84,26 @@ def test_cache_reused_and_rebuilt_when_corpus_changes(tmp_path, monkeypatch):
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary folders left behind
 
 
+def test_a_cache_is_reused_where_no_option_changes_its_tokens(tmp_path):
+    """val_fraction 0 (YAML's int) and 0.0 (eval's), or 0 under any seed or either split, give the same tokens; each
+    re-tokenized the whole corpus under a key of its own. A numpy seed or fraction crashed writing the key."""
+    corpus = TextCorpus(DOCS)
+    first = prepare_tokens(corpus, char_tok(), tmp_path, val_fraction=0, show_progress=False)
+    assert not first.cached and len(first.val) == 0
+    for kwargs in ({"val_fraction": 0.0}, {"val_fraction": 0, "seed": 1337}, {"val_fraction": 0.0, "tail": True}):
+        again = prepare_tokens(corpus, char_tok(), tmp_path, show_progress=False, **kwargs)
+        assert again.cached and again.path == first.path, kwargs
+        np.testing.assert_array_equal(again.train, first.train)
+    split = prepare_tokens(corpus, char_tok(), tmp_path, val_fraction=0.25, seed=3, show_progress=False)
+    same = prepare_tokens(corpus, char_tok(), tmp_path, val_fraction=np.float32(0.25), seed=np.int64(3),
+                          show_progress=False)
+    assert same.cached and same.path == split.path
+    other = prepare_tokens(corpus, char_tok(), tmp_path, val_fraction=0.25, seed=4, show_progress=False)
+    assert other.path != split.path  # the seed chooses the split where there is one
+    with pytest.raises(ValueError, match=r"^seed=1.5 must be an integer"):
+        prepare_tokens(corpus, char_tok(), tmp_path, seed=1.5)
+
+
 def test_single_file_is_chunked_and_split(tmp_path):
     path = tmp_path / "one.txt"
     path.write_text("".join(DOCS.values()))
@@ -130,6 +150,25 @@ def test_random_windows():
         windows.batch(-1)
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"seed": -1}, r"seed=-1 must be an int >= 0"), ({"seed": 1.5}, r"seed=1.5 must be an int >= 0"),
+    ({"seed": "1"}, r"seed='1' must be an int >= 0"), ({"seed": True}, r"seed=True must be an int >= 0"),
+    ({"block_size": 8.0}, r"block_size=8.0 must be an int >= 1"),
+    ({"batch_size": True}, r"batch_size=True must be an int >= 1")])
+def test_random_windows_refuse_bad_arguments_when_made(kwargs, message):
+    # Masker refuses them so: here numpy refused a seed only at the first batch ("expected non-negative integer",
+    # "seed must be integer"), a float block_size was an IndexError there, and "1" or True trained as the seed 1.
+    tokens = np.arange(100, dtype=np.uint16)
+    with pytest.raises(ValueError, match=rf"^{message}"):
+        RandomWindows(tokens, **{"block_size": 8, "batch_size": 2, "seed": 0, **kwargs})
+    windows = RandomWindows(tokens, block_size=8, batch_size=2, seed=np.int64(0))  # a numpy int is an int
+    assert torch.equal(windows.batch(np.int64(3))[0], RandomWindows(tokens, block_size=8, batch_size=2,
+                                                                     seed=0).batch(3)[0])
+    for step in (1.5, True, "2"):
+        with pytest.raises(ValueError, match=rf"^step={step!r} must be an int >= 0"):
+            windows.batch(step)
+
+
 def test_eval_batches():
     tokens = np.arange(1001, dtype=np.uint32)
     batches = list(eval_batches(tokens, block_size=100, batch_size=4, max_batches=None))
@@ -157,6 +196,38 @@ def test_sft_collate_masks_prompt_and_padding():
     assert short_x.shape == (2, 3) and short_y[0].tolist() == [-100] * 3
     with pytest.raises(ValueError, match="no examples"):
         sft_collate([], tok)
+
+
+def _llama_like(text: str) -> Tokenizer:
+    """A byte-level BPE with Llama's post-processor: its own encoding (a prompt's) puts the bos first."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, processors, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return Tokenizer.from_hf(hf, bos_token="<s>", eos_token="</s>")
+
+
+def test_sft_prompts_are_encoded_as_transformers_and_generate_encode_them(tmp_path):
+    """A Llama tokenizer's prompt starts with its bos in transformers (TRL tokenizes a prompt so) and in generate(); the
+    SFT rows had none, so the fine-tune learned its replies after prompts it is never given."""
+    transformers = pytest.importorskip("transformers")
+    tok = _llama_like("the quick brown fox jumps over the lazy dog\n" * 20)
+    tok.save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    examples = [SFTExample("the quick brown", " fox jumps"), SFTExample("the lazy", " dog\n")]
+    x, y = sft_collate(examples, tok)
+    for b, e in enumerate(examples):
+        prompt = hf(e.prompt)["input_ids"]  # the oracle: transformers' own encoding of a prompt
+        assert prompt[0] == tok.bos_id and prompt == tok.encode(e.prompt, add_special_tokens=True)  # generate's
+        ids = prompt + hf(e.response, add_special_tokens=False)["input_ids"] + [hf.eos_token_id]
+        n = len(ids) - 1
+        assert x[b, :n].tolist() == ids[:-1]
+        assert y[b, :n].tolist() == [-100] * (len(prompt) - 1) + ids[len(prompt):]  # the reply and its eos learned
+        assert (y[b, n:] == -100).all()
 
 
 _BUILDER = """

@@ -5,6 +5,7 @@ import codecs
 import importlib.metadata
 import importlib.resources
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -134,6 +135,27 @@ def test_invalid_utf8_read_in_blocks_names_the_byte(tmp_path, monkeypatch):
     (doc,) = load_corpus(path).documents()
     with pytest.raises(ValueError, match=r"latin1.txt' is not UTF-8 \(invalid continuation byte at byte 103\)"):
         list(doc.blocks())
+
+
+@pytest.mark.parametrize("scan", [1, 2, 3, 5, 64])
+@pytest.mark.parametrize(("encoding", "bad"), [("utf-8", b"\xe9 au lait"), ("utf-8-sig", b"\xf0\x9f\x98"),
+                                               ("utf-16", b"\x00\xd8A\x00"), ("utf-32", b"\x00\x00\x11\x00")])
+def test_the_bad_byte_of_a_file_is_found_without_reading_it_whole(tmp_path, monkeypatch, encoding, bad, scan):
+    # The byte was found by reading and decoding the whole file at once: a stray byte deep in a file of gigabytes
+    # asked for that much memory, where the text itself is read a block at a time. Oracle: Python decoding it whole.
+    after = {"utf-16": "utf-16-le", "utf-32": "utf-32-le"}.get(encoding, "utf-8")  # no second BOM
+    data = ("line of text, é 日本\r\n" * 40).encode(encoding) + bad + "tail\n".encode(after)
+    path = tmp_path / "bad.txt"
+    path.write_bytes(data)
+    with pytest.raises(UnicodeDecodeError) as oracle:
+        data.decode(encoding.removesuffix("-sig"))  # as a hex editor counts: the BOM is the file's bytes too
+    monkeypatch.setattr(text_files, "_BLOCK_CHARS", 7)
+    monkeypatch.setattr(text_files, "_SCAN_BYTES", scan)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("the file was read whole"))
+    name = encoding.removesuffix("-sig").upper()
+    want = f"bad.txt' is not {name} ({oracle.value.reason} at byte {oracle.value.start}); convert it to UTF-8"
+    with pytest.raises(ValueError, match=re.escape(want)):
+        list(next(load_corpus(path).documents()).blocks())
 
 
 @pytest.mark.parametrize("corpus", ["shakespeare", "python-stdlib"])
