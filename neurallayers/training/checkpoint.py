@@ -45,6 +45,7 @@ COMPLETE = "COMPLETE"
 # model.safetensors, and a kill before the next checkpoint left no copy of the best a resume must go on from
 BEST = "best.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_SET_ASIDE = re.compile(r"^\.tmp-old-step-(\d+)-\d+$")  # a complete step save_checkpoint is replacing
 # the temp names (files.write_text_atomic's, weights.save_safetensors's, plots') of the files a run writes
 _TEMP_FILE = re.compile(r"^\.(config\.yaml|tokenizer(_config)?\.json|model\.safetensors|metrics\.jsonl|samples\.txt|"
                         r"loss\.png)\.tmp-\d+$")
@@ -179,6 +180,28 @@ def set_aside(run_dir: str | os.PathLike, paths: list[Path]) -> Path:
         # a rename, or a copy where checkpoints/ is a link to another file system (os.replace: "cross-device link")
         shutil.move(path, dest)
     return folder
+
+
+def recover_set_aside(run_dir: str | os.PathLike) -> list[Path]:
+    """Puts back under its name each complete step that save_checkpoint moved aside to replace it, killed before the
+    new one took its place (`.tmp-old-step-N-<pid>` and no `step-N`): a resume went on from an older checkpoint, and
+    clean_incomplete deleted the step as a leftover. Every process of a run calls this: one of them moves each.
+    Returns the steps this call put back."""
+    root = Path(run_dir) / "checkpoints"
+    back = []
+    for p in sorted(root.glob(".tmp-old-step-*")) if root.is_dir() else []:
+        found = _SET_ASIDE.match(p.name)
+        final = root / f"step-{found[1]}" if found else None
+        if final is not None and p.is_dir() and (p / COMPLETE).is_file() and not final.exists():
+            try:
+                os.replace(p, final)
+            except FileNotFoundError:  # another process of the run put it back first
+                continue
+            back.append(final)
+    if back:
+        fsync_dir(root)
+        log.info("put back %s, which a save killed mid-way had moved aside", ", ".join(p.name for p in back))
+    return back
 
 
 def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:

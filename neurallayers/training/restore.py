@@ -91,7 +91,24 @@ class RestoreMixin:
                         "weights and early stopping start over", self.best_val, int(saved_windows),
                         self._eval_windows())
             self.best_val, self.bad_evals = None, 0
+        masked = self._eval_mask_batches(state)
+        if masked is not None and self.best_val is not None:
+            log.warning("the best val loss so far (%.4f) was measured with validation masks drawn for batches of %d "
+                        "windows, and this run's evaluations draw them for batches of %d (train.batch_size or the "
+                        "process count changed): the best weights and early stopping start over", self.best_val,
+                        *masked)
+            self.best_val, self.bad_evals = None, 0
         self._check_seed(state)
+
+    def _eval_mask_batches(self, state: dict) -> tuple[int, int] | None:
+        """(the checkpoint's, this run's) evaluation batch of an encoder where they mask the validation windows
+        differently, else None. A Masker draws a batch's masks by its index and shape, and evaluation batches are
+        batch_size x processes windows: the same windows in batches of another size get other masks."""
+        if self.run_cfg.model.causal:
+            return None
+        windows = self._eval_windows()
+        before, now = int(state["global_batch"]), self.cfg.batch_size * self.info.world_size
+        return (min(before, windows), min(now, windows)) if min(before, windows) != min(now, windows) else None
 
     def _check_batches(self, state: dict) -> None:
         """Says where this run's batches or dropout masks differ from the checkpoint's run's."""

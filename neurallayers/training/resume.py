@@ -40,6 +40,7 @@ def resume_target(out: Path, resume: bool | str | os.PathLike | None) -> Path | 
         raise ValueError(f"{out} is a file, not a run directory; choose another output directory (--out)")
     if (blocker := file_in_the_way(out)) is not None:
         raise ValueError(f"{out}: {blocker} is a file, not a folder; choose another output directory (--out)")
+    ckpt.recover_set_aside(out)  # before the checkpoints are listed, so that the newest is the run's newest
     if resume is False:
         if ckpt.latest_checkpoint(out) is not None:
             raise ValueError(f"{out} already holds a run; pass --resume (resume=True) to continue it or choose "

@@ -26,7 +26,9 @@ class StepMixin:
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), max_norm, foreach=True)
+        # foreach=None: torch's foreach kernels where the device has them (cpu, cuda), tensor by tensor elsewhere;
+        # foreach=True raised at every step on MPS, which has none
+        norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), max_norm, foreach=None)
         if hasattr(norm, "full_tensor"):  # FSDP2 returns a DTensor
             norm = norm.full_tensor()
         loss_v, norm_v = torch.stack([total.float(), norm.float()]).tolist()  # one device sync for both

@@ -94,8 +94,7 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
         ValueError / FileNotFoundError / CheckpointError: bad config or resume target, before the first step.
         KeyboardInterrupt: a second Ctrl-C.
     """
-    if until_step is not None and until_step < 1:
-        raise ValueError(f"until_step={until_step} must be >= 1 or None")
+    _check_arguments(run, loggers, until_step)
     resume = resume_arg(resume)
     if not run.model.causal and run.model.head not in ("none", "mlm"):
         raise ValueError(f"ModelConfig.head={run.model.head!r}: training an encoder pretrains it as a masked LM, "
@@ -110,6 +109,30 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
         return result
     finally:
         dist.cleanup(info)
+
+
+def _check_arguments(run: object, loggers: object, until_step: object) -> None:
+    """fit()'s own arguments, each refused in one line before any work: one tracker name was read letter by letter
+    ("unknown logger(s) ['t', 'e', ...]") once the corpus was tokenized, an object without log() and close() failed
+    after the first step, and until_step=2.5 stopped after step 3."""
+    from neurallayers.training.loggers import LOGGERS
+
+    if not isinstance(run, RunConfig):
+        raise ValueError(f"run: expected a RunConfig (RunConfig.from_yaml(path), or RunConfig(model=...)), got "
+                         f"{type(run).__name__}")
+    if until_step is not None and (isinstance(until_step, bool) or not isinstance(until_step, int) or until_step < 1):
+        raise ValueError(f"until_step={until_step!r} must be an int >= 1 or None")
+    if loggers is None:
+        return
+    if not isinstance(loggers, list | tuple):  # a str above all: transformers' report_to takes one name so
+        raise ValueError(f"loggers={loggers!r}: expected a list of tracker names ({', '.join(LOGGERS)}) or logger "
+                         "objects, e.g. ['tensorboard']")
+    for i, logger in enumerate(loggers):
+        if isinstance(logger, str) and logger not in LOGGERS:
+            raise ValueError(f"loggers[{i}]={logger!r}: unknown logger; allowed: {', '.join(LOGGERS)}")
+        if not isinstance(logger, str) and not all(callable(getattr(logger, m, None)) for m in ("log", "close")):
+            raise ValueError(f"loggers[{i}]: a {type(logger).__name__} has no log(metrics, step) and close() methods, "
+                             "which a logger object needs")
 
 
 @dataclass
@@ -191,12 +214,15 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
                 failed = False
                 raise
             finally:
-                # whatever ended the loop: an error in a step left an MLflow run RUNNING and W&B's unfinished
-                self._close_loggers(failed)
+                # whatever ended the loop: an error in a step left an MLflow run RUNNING and W&B's unfinished. The
+                # error (or Ctrl-C) on its way out is the one to report: a close failing as well (a tracker's store
+                # on the same full disk) replaced it, and the CLI named the wrong failure
+                self._close_loggers(failed, raise_errors=False)
 
-    def _close_loggers(self, failed: bool) -> None:
+    def _close_loggers(self, failed: bool, *, raise_errors: bool = True) -> None:
         """Closes every logger (an MLflow / W&B run ends as failed when the training raised), then raises the
-        first error a close met (a full disk under metrics.jsonl). A second call closes nothing."""
+        first error a close met (a full disk under metrics.jsonl), or with `raise_errors=False` (another error is on
+        its way out) logs each as a warning. A second call closes nothing."""
         errors = []
         loggers, self.loggers = self.loggers, []
         for lg in loggers:
@@ -206,8 +232,10 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
                 lg.close()
             except Exception as e:  # the others still close
                 errors.append(e)
-        if errors:
+        if errors and raise_errors:
             raise errors[0]
+        for e in errors:
+            log.warning("closing a logger failed too (%s: %s)", type(e).__name__, e)
 
     def _loop(self, stop: StopRequest) -> TrainResult:
         cfg, info = self.cfg, self.info
@@ -359,6 +387,11 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
                 if paused and self.last_saved != self.step:
                     self._save(s.t0, going_on=False)
                 s.final_val = self._evaluate(time_budget=paused)
+                if not paused and self.last_saved == self.step:
+                    # a resume with nothing to train, of a checkpoint with no evaluation (stopped there, then ended
+                    # with max_steps at it): written again, it holds this evaluation's best val loss, early-stopping
+                    # count and best weights, as a run's last checkpoint does, and the next resume goes on from them
+                    self.last_saved = -1
         if terminal and self.best_val is None:  # never evaluated: the final weights are the model
             state = dist.model_state(self.wrapped, info)
             dist.on_rank_zero(lambda: ckpt.save_model(self.out, state), info)

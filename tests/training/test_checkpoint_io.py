@@ -300,6 +300,34 @@ def test_a_failed_replace_of_a_saved_step_puts_the_old_one_back(base_run, tmp_pa
     ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
 
 
+def test_a_kill_between_the_renames_of_a_saved_step_keeps_the_step(base_run, tmp_path, monkeypatch, caplog):
+    """Saving a step again (a run ended at a checkpoint it then evaluated) moves the old folder aside, then renames
+    the new one in: a kill between the two left both under .tmp- names, and the next resume went on from the step
+    before and deleted them, the step with them (RELIABILITY 6: the previous checkpoint stays whole)."""
+    import os
+
+    run_dir = _copy(base_run, tmp_path)
+    model_sd, state = ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
+    real_replace, calls = os.replace, []
+
+    def killed_before_the_second_rename(src, dst):
+        if Path(src).parent.name == "checkpoints":
+            calls.append(dst)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # stands for the kill
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(run_dir, step=8, model_state=model_sd, state=state, keep_last=2)
+    monkeypatch.setattr(os, "replace", real_replace)
+    with caplog.at_level("INFO", logger="neurallayers"):
+        fit(base_run[1], run_dir, resume=True, progress=False)
+    assert "resumed from step 8" in caplog.text and "nothing to train" in caplog.text  # not from step 4, again
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-4", "step-8"]
+    ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
+
+
 def test_pruning_unmarks_a_checkpoint_before_deleting_it(base_run, tmp_path, monkeypatch):
     """rmtree deletes in directory order: a kill after state.pt went and before COMPLETE did left a folder listed as
     complete without its state (and offered by a failed resume as "an older checkpoint may load")."""

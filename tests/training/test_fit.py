@@ -539,6 +539,31 @@ def test_bad_fit_arguments(tmp_path):
         fit(tiny_run(tmp_path, corpus=tmp_path / "tiny.txt"), tmp_path / "d", progress=False)
 
 
+def test_fit_arguments_of_the_wrong_kind_are_refused_before_any_work(tmp_path):
+    """One tracker name (transformers' report_to takes one as a str) was read letter by letter, "unknown logger(s)
+    ['t', 'e', 'n', ...]", once the corpus was tokenized and the run directory written; an object without log() and
+    close() failed after the first step with an AttributeError; until_step=2.5 stopped after step 3."""
+    run = tiny_run(tmp_path)
+
+    class NoClose:
+        def log(self, metrics, step):
+            pass
+
+    cases = [
+        (dict(loggers="tensorboard"), r"loggers='tensorboard': expected a list .*, e\.g\. \['tensorboard'\]"),
+        (dict(loggers=[NoClose()]), r"loggers\[0\]: a NoClose has no log\(metrics, step\) and close\(\) methods"),
+        (dict(loggers=["jsonl", "tensorbored"]), r"loggers\[1\]='tensorbored': unknown logger; allowed: jsonl, "),
+        (dict(until_step=2.5), r"until_step=2\.5 must be an int >= 1 or None"),
+        (dict(until_step=True), r"until_step=True must be an int >= 1 or None"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            fit(run, tmp_path / "out", progress=False, **kwargs)
+    with pytest.raises(ValueError, match=r"run: expected a RunConfig .*, got dict"):
+        fit(run.to_dict(), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_settings_that_cannot_do_what_they_say_are_warned_about(tmp_path, caplog):
     """A warmup as long as the run (the default 100 steps with max_steps 4) never reaches lr; distributed: ddp
     outside torchrun trains one process. Both used to pass without a word."""
@@ -677,6 +702,58 @@ def test_an_error_in_training_closes_the_loggers_and_fails_the_mlflow_run(tmp_pa
         run_id = (tmp_path / name / "mlflow_run_id").read_text().strip()
         assert client.get_run(run_id).info.status == status, name
     assert mlflow.active_run() is None
+
+
+def test_a_tracker_failing_to_close_after_an_error_leaves_that_error_to_report(tmp_path, monkeypatch, caplog):
+    """A full disk stops training with a one-line CheckpointWriteError; a tracker whose close then failed too (its
+    store on the same disk) raised its own error in its place, and the CLI printed "[Errno 28] No space left on
+    device" instead of which checkpoint failed and that the previous one is intact. That close's failure is a warning
+    now; after a run that ended well it is still the error."""
+    import errno
+
+    from neurallayers.training import trainer
+    from neurallayers.training.checkpoint import CheckpointWriteError
+
+    class Tracker:
+        def log(self, metrics, step):
+            pass
+
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_disk(self, *args, **kwargs):
+        raise CheckpointWriteError("could not write checkpoint step-2: the disk is full (simulated)")
+
+    run = tiny_run(tmp_path, max_steps=4, eval_interval=0, save_interval=2)
+    monkeypatch.setattr(trainer._Fit, "_save", full_disk)
+    with caplog.at_level("WARNING", logger="neurallayers"), pytest.raises(CheckpointWriteError, match="simulated"):
+        fit(run, tmp_path / "a", loggers=[Tracker()], progress=False)
+    assert "No space left on device" in caplog.text
+    monkeypatch.undo()
+    with pytest.raises(OSError, match="No space left on device"):
+        fit(run, tmp_path / "b", loggers=[Tracker()], progress=False)
+
+
+def test_a_run_ended_at_its_last_checkpoint_keeps_its_final_evaluation(tmp_path):
+    """Stopped at step 6 and resumed with max_steps 6 (to end it there: nothing to train), the run evaluated step 6
+    after that step's checkpoint was written, which kept the best val loss of step 4 and its weights. The next resume
+    went on from them: it said best val loss 3.19 where the session before said 3.12 and model.safetensors held the
+    3.12 weights, and a val loss between the two would have replaced them as the best."""
+    from neurallayers.weights import torch_load_safe
+
+    out = tmp_path / "run"
+    run = tiny_run(tmp_path, max_steps=12, eval_interval=4, save_interval=4)
+    fit(run, out, progress=False, until_step=6)
+    short = dataclasses.replace(run, train=dataclasses.replace(run.train, max_steps=6))
+    ended = fit(short, out, resume=True, progress=False)
+    vals = {r["step"]: r["val_loss"] for r in read_jsonl(out / "metrics.jsonl") if "val_loss" in r}
+    assert ended.best_val_loss == vals[6] < vals[4]  # the final evaluation is the run's best
+    state = torch_load_safe(out / "checkpoints/step-6/state.pt")
+    assert state["best_val_loss"] == vals[6]
+    best = out / "checkpoints/step-6" / ckpt.BEST
+    assert best.read_bytes() == (out / "model.safetensors").read_bytes()
+    assert fit(short, out, resume=True, progress=False).best_val_loss == vals[6]
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-4", "step-6"]
 
 
 def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one(tmp_path):

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from nl_train_helpers import ENCODER, tiny_run, val_losses, write_corpus
+from nl_train_helpers import ENCODER, read_jsonl, tiny_run, val_losses, write_corpus
 
 from neurallayers.training import fit
 
@@ -37,6 +37,36 @@ def test_an_encoder_resumed_with_another_mask_prob_starts_the_best_over(tmp_path
     assert "train.mask_prob 0.15 -> 0.5 since the checkpoint: the batches and their masks differ" in caplog.text
     assert "measured on the validation masks of the checkpoint's settings" in caplog.text
     assert result.best_val_loss == val_losses(tmp_path / "run")[8]
+
+
+def test_an_encoder_resumed_with_other_evaluation_batches_starts_the_best_over(tmp_path, caplog):
+    """An encoder's validation masks are drawn per evaluation batch (batch_size x processes windows): the same 8
+    windows in one batch of 8 rather than two of 4 get other masks, so the step-4 weights score another val loss.
+    The resume kept the best val loss measured on the old masks (the window count was the same), and a step-8 val
+    loss above it on the new masks was not the best, though nothing measured those weights on them."""
+    import functools
+
+    import torch
+
+    from neurallayers.data.masking import Masker
+    from neurallayers.training import load_run, losses
+    from neurallayers.training.prepare import prepare_data
+
+    run = tiny_run(tmp_path, model=ENCODER, max_steps=8, eval_interval=4, eval_batches=2, batch_size=4, save_interval=4)
+    fit(run, tmp_path / "run", progress=False, until_step=4)
+    model, tokenizer, saved = load_run(tmp_path / "run")
+    _, tokens, _ = prepare_data(saved, tokenizer=tokenizer)
+    masker = Masker.for_tokenizer(tokenizer, prob=saved.train.mask_prob, seed=saved.train.seed)
+    score = functools.partial(losses.mean_loss, model, tokens.val, block_size=saved.model.block_size,
+                              device=torch.device("cpu"), masker=masker)
+    scored = {b: score(batch_size=b, max_batches=8 // b)[0] for b in (4, 8)}
+    assert scored[4] == val_losses(tmp_path / "run")[4] and scored[8] != scored[4]
+    result = _resume_with(run, tmp_path / "run", caplog, batch_size=8, eval_batches=1)
+    assert "validation masks drawn for batches of 4 windows" in caplog.text
+    assert "the best weights and early stopping start over" in caplog.text
+    assert result.best_val_loss == val_losses(tmp_path / "run")[8]
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["best"] for r in rows if r.get("step") == 8 and "best" in r] == [True]
 
 
 def test_an_unchanged_resume_says_nothing_of_seeds(tmp_path, caplog):

@@ -94,3 +94,20 @@ def test_fp16_grad_scaler_steps_equal_a_plain_amp_loop(tmp_path, monkeypatch):
     finite = [math.isfinite(norm) for _, norm, _ in expected]
     assert finite == [False, True]  # both kinds of step are compared
     assert_same(tmp_path / "run", run, expected, weights)
+
+
+def test_a_device_without_foreach_kernels_clips_and_trains(tmp_path, monkeypatch):
+    """torch has no foreach kernels for MPS, and clip_grad_norm_(foreach=True) raises there ("can't use the foreach
+    API on mps tensors") at every step. CPU stands in for such a device (torch's support checks patched): the steps
+    clip tensor by tensor, to the plain loop's losses, norms and weights."""
+    from torch.nn.utils import clip_grad
+
+    no_kernels = lambda device: device.type != "cpu"  # noqa: E731
+    monkeypatch.setattr(clip_grad, "_device_has_foreach_support", no_kernels)
+    monkeypatch.setattr(clip_grad, "_has_foreach_support", lambda tensors, device: no_kernels(device))
+    shape = dict(max_steps=2, batch_size=2, warmup_steps=1, grad_clip=0.5, eval_interval=0, save_interval=0)
+    run = tiny_run(tmp_path, optimizer_impl="loop", **shape)
+    fit(run, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    expected, weights = plain_loop(run, fp16=False)
+    assert_same(tmp_path / "run", run, expected, weights)
