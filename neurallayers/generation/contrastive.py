@@ -25,6 +25,7 @@ from neurallayers.generation.processors import apply_processors, check_some_toke
 from neurallayers.generation.search import (
     LogprobTrail,
     build_processors,
+    check_method,
     check_request,
     full_mask,
     generations,
@@ -42,6 +43,11 @@ def _finish(tokens: torch.Tensor, stops: list[int], lens: list[int], trail: Logp
         lps = None if trail.rows is None else [trail.row(r)]
         out.append(generations([row[:cut]], stops=stops, prompt_lens=[n], logprobs=lps))
     return out
+
+
+def _copies(gens: list[Generation], n: int) -> list[Generation]:
+    """n independent copies of a prompt's one sequence (a deterministic method's num_return_sequences)."""
+    return [copy.deepcopy(g) for _ in range(n) for g in gens]
 
 
 def _done(tokens: list[torch.Tensor], stop_t: torch.Tensor) -> bool:
@@ -72,16 +78,22 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
         model: a DecoderLM.
         input_ids: B prompts of token ids.
         config: top_k (> 1), penalty_alpha in [0, 1] (0 is greedy), max_new_tokens, processors, logprobs (the
-            model's own log-probabilities of the chosen tokens, before processors, as generate() reports them).
+            model's own log-probabilities of the chosen tokens, before processors, as generate() reports them),
+            num_return_sequences.
         eos_ids: token ids that end a sequence (unless config.ignore_eos).
 
     Returns:
-        Per prompt one Generation (token_ids without the prompt and a final stop token).
+        Per prompt config.num_return_sequences Generations (token_ids without the prompt and a final stop token):
+        copies of its one sequence, the method being deterministic, as the plain greedy path gives them.
     """
     if config.top_k < 2:
         raise ValueError(f"GenerationConfig.top_k={config.top_k}: contrastive search needs top_k > 1 candidates "
                          "per step (penalty_alpha weighs them)")
     check_request(model, input_ids, config, eos_ids, extra_positions=1)  # the last token's candidates are fed
+    check_method(config, "contrastive_search", own="penalty_alpha")
+    if config.num_return_sequences > 1:
+        one = contrastive_search(model, input_ids, config.replace(num_return_sequences=1), eos_ids=eos_ids)
+        return [_copies(gens, config.num_return_sequences) for gens in one]
     model.eval()
     device = model.wte.weight.device
     k = min(config.top_k, model.config.vocab_size)
@@ -164,12 +176,13 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
                          f"vocab_size={expert.config.vocab_size}; both must share one tokenizer")
     check_request(expert, input_ids, config, eos_ids)
     check_request(amateur, input_ids, config, eos_ids)
+    check_method(config, "contrastive_decoding")
     n_ret = config.num_return_sequences
     if n_ret > 1:
         if config.greedy:
             one = contrastive_decoding(expert, amateur, input_ids, config.replace(num_return_sequences=1),
                                        eos_ids=eos_ids)
-            return [[copy.deepcopy(g) for _ in range(n_ret) for g in gens] for gens in one]
+            return [_copies(gens, n_ret) for gens in one]
         input_ids = [ids for ids in input_ids for _ in range(n_ret)]  # prompt-major rows
     expert.eval()
     amateur.eval()

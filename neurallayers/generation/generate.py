@@ -17,7 +17,6 @@ held-back events in stream_events.py.
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -310,26 +309,11 @@ def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConf
         kw = {}
         if name == "beam_search" and holds_stop is not None:  # the search's row b is prompt idx[b]
             kw["holds_stop"] = functools.partial(lambda rows, b, ids: holds_stop(rows[b], ids), idx)
-        for i, gens in zip(idx, _search_batch(fn, name, model, extra, [input_ids[i] for i in idx], cfg, eos_ids, kw),
+        # every search returns num_return_sequences Generations a prompt
+        for i, gens in zip(idx, fn(model, *extra, [input_ids[i] for i in idx], cfg, eos_ids=eos_ids, **kw),
                            strict=True):
             out[i] = gens
     return out
-
-
-def _search_batch(fn, name: str, model: nn.Module, extra: tuple, input_ids: list[list[int]],
-                  config: GenerationConfig, eos_ids: list[int], kw: dict) -> list[list[Generation]]:
-    """One search call over prompts (one for speculative decoding): num_return_sequences Generations a prompt."""
-    n = config.num_return_sequences
-    if name in ("beam_search", "contrastive_decoding") or n == 1:
-        return fn(model, *extra, input_ids, config, eos_ids=eos_ids, **kw)
-    # The other searches decode one sequence per row: a deterministic method (contrastive search, or greedy) gives
-    # n copies of its one, as the plain greedy path does; speculative sampling draws sequence k with seed (seed, k).
-    config = config.replace(num_return_sequences=1)
-    if name == "contrastive_search" or config.greedy:
-        return [[copy.deepcopy(g) for _ in range(n) for g in one]
-                for one in fn(model, *extra, input_ids, config, eos_ids=eos_ids)]
-    return [[g for k in range(n) for g in fn(model, *extra, input_ids, config.replace(
-        seed=None if config.seed is None else _row_seed(config.seed, k)), eos_ids=eos_ids)[0]]]
 
 
 def generate(model: nn.Module, tokenizer, prompts: str | list[str] | list[list[int]],

@@ -43,6 +43,20 @@ def check_request(model: nn.Module, input_ids: list[list[int]], config: Generati
                          f"{longest} positions; the model's context block_size is {model.config.block_size}")
 
 
+# the settings that choose a search method: generate() refuses two at once, and each search refuses the others'
+_CHOOSERS = {"num_beams": ("beam search", lambda c: c.num_beams > 1, 1),
+             "penalty_alpha": ("contrastive search", lambda c: c.penalty_alpha > 0, 0)}
+
+
+def check_method(config: GenerationConfig, method: str, *, own: str | None = None) -> None:
+    """Refuse a setting that chooses another decoding method than `method` (whose own choosing setting is `own`):
+    called directly, a search ignored it (speculative_decode with num_beams=4 sampled one sequence)."""
+    for name, (what, chosen, off) in _CHOOSERS.items():
+        if name != own and chosen(config):
+            raise ValueError(f"{method} got GenerationConfig.{name}={getattr(config, name)!r}, which chooses {what}: "
+                             f"choose one decoding method (leave {name} at {off})")
+
+
 def stop_ids(config: GenerationConfig, eos_ids: list[int]) -> list[int]:
     """Token ids that end a sequence: eos (unless ignore_eos) and config.stop_token_ids."""
     ids = ([] if config.ignore_eos else list(eos_ids)) + list(config.stop_token_ids)
@@ -161,6 +175,7 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
             fewer than num_return_sequences finished hypotheses (as the other methods refuse a step with no token).
     """
     check_request(model, input_ids, config, eos_ids)
+    check_method(config, "beam_search", own="num_beams")
     model.eval()
     device = model.wte.weight.device
     nb, n_ret, lp_pen = config.num_beams, config.num_return_sequences, config.length_penalty

@@ -4,13 +4,23 @@ target's."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from neurallayers.generation.config import Generation, GenerationConfig
+from neurallayers.generation.generate import _row_seed
 from neurallayers.generation.inputs import _check_decoder
 from neurallayers.generation.processors import apply_processors, check_some_token_left
-from neurallayers.generation.search import LogprobTrail, build_processors, check_request, generations, stop_ids
+from neurallayers.generation.search import (
+    LogprobTrail,
+    build_processors,
+    check_method,
+    check_request,
+    generations,
+    stop_ids,
+)
 
 
 def _scores(model: nn.Module, cache, tokens: list[int], pos: int, keep: int) -> torch.Tensor:
@@ -63,13 +73,15 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
         input_ids: exactly one prompt, [[token ids]].
         config: num_speculative_tokens (k), max_new_tokens, temperature (0 = greedy), processors, seed, logprobs
             (each token's log-probability under the target's own distribution, before processors, as generate()
-            reports them: the target scores every emitted token in its verifying forward).
+            reports them: the target scores every emitted token in its verifying forward), num_return_sequences
+            (sequence k sampled with the seed (seed, k), as generate() seeds a prompt's k-th sample; greedy: copies).
         eos_ids: token ids that end the sequence (unless config.ignore_eos).
         stats: if given, filled with rounds, drafted, accepted, acceptance_rate (accepted / drafted),
-            target_forwards, draft_forwards and new_tokens.
+            target_forwards, draft_forwards and new_tokens (summed over the sequences sampled).
 
     Returns:
-        [[Generation]]: one prompt, one sequence (token_ids exclude the prompt and a final stop token).
+        [[Generation] * num_return_sequences]: one prompt, its sequences (token_ids exclude the prompt and a final
+        stop token).
 
     Raises:
         ValueError: more than one prompt, a draft that is no causal decoder, vocabularies that differ, or the usual
@@ -83,7 +95,10 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
         raise ValueError(f"draft vocab_size={draft.config.vocab_size} differs from the target's "
                          f"vocab_size={target.config.vocab_size}; the draft must share the target's tokenizer")
     check_request(target, input_ids, config, eos_ids)
+    check_method(config, "speculative_decode")
     _check_chunk_invariant(target, len(input_ids[0]) + config.max_new_tokens)
+    if config.num_return_sequences > 1:
+        return [_sequences(target, draft, input_ids, config, eos_ids=eos_ids, stats=stats)]
     target.eval()
     draft.eval()
     greedy = config.greedy
@@ -177,3 +192,26 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
                      new_tokens=len(seq) - len(prompt))
     lps = None if trail.rows is None else trail.rows
     return [generations([seq[len(prompt):]], stops=stops, prompt_lens=[len(prompt)], logprobs=lps)]
+
+
+def _sequences(target: nn.Module, draft: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
+               eos_ids: list[int], stats: dict | None) -> list[Generation]:
+    """The prompt's config.num_return_sequences sequences, one speculative_decode each: sequence k sampled with the
+    seed (seed, k) (unseeded: a fresh seed each), greedy decoding's one sequence copied; stats summed over the runs."""
+    one = config.replace(num_return_sequences=1)
+    n = config.num_return_sequences
+    if config.greedy:
+        ((gen,),) = speculative_decode(target, draft, input_ids, one, eos_ids=eos_ids, stats=stats)
+        return [copy.deepcopy(gen) for _ in range(n)]
+    gens, totals = [], {}
+    for k in range(n):
+        run: dict = {}
+        seed = None if config.seed is None else _row_seed(config.seed, k)
+        ((gen,),) = speculative_decode(target, draft, input_ids, one.replace(seed=seed), eos_ids=eos_ids, stats=run)
+        gens.append(gen)
+        run.pop("acceptance_rate")
+        totals = {key: totals.get(key, 0) + value for key, value in run.items()}
+    if stats is not None:
+        drafted = totals["drafted"]
+        stats.update(totals, acceptance_rate=totals["accepted"] / drafted if drafted else 0.0)
+    return gens

@@ -26,6 +26,7 @@ class _RowText:
         # a stop string counts only where it ends in the text of a token after the first `search_after` (vLLM's
         # min_tokens: its stop checker skips them); one wholly in their text stays in the output
         self.search_after = search_after
+        self.after = 0  # where the text of the first `search_after` tokens ends, once they have come
         self.longest = max((len(s) for s in stops), default=0)
         self.text = ""
         self.sent = 0  # characters already handed out by push()
@@ -40,6 +41,13 @@ class _RowText:
         self.ids.append(token_id)
         self.ends.append(len(self.text) + len(piece) if not self.stopped else math.inf)
         self._add(piece)
+        if len(self.ids) == self.search_after:
+            # their text as vLLM reads it, decoded whole: the decoder may still hold some of it back (a word-piece
+            # tokenizer's last word, for cleaning up spaces; a run of byte tokens), which then came out with a later
+            # token and was searched as that token's; the first bytes of a character a later token completes are not
+            skip = getattr(self.decoder, "skip_special_tokens", True)
+            self.after = len(continuation_text(self.decoder.tokenizer, self.context, self.ids, skip_special_tokens=skip,
+                                               skip_padded_ids=True).rstrip("\ufffd"))
         return self._release(final=False)
 
     def finish(self) -> str:
@@ -56,10 +64,19 @@ class _RowText:
         # a token just before the cut may also hold the first bytes of a character after it: drop such tokens (the
         # text decoded as the decoder writes it: a server's skip_special_tokens false writes special tokens too)
         skip = getattr(self.decoder, "skip_special_tokens", True)
-        while k > 0 and not self.text.startswith(continuation_text(self.decoder.tokenizer, self.context, self.ids[:k],
-                                                                   skip_special_tokens=skip, skip_padded_ids=True)):
+        while k > 0 and not self._before_cut(continuation_text(self.decoder.tokenizer, self.context, self.ids[:k],
+                                                               skip_special_tokens=skip, skip_padded_ids=True)):
             k -= 1
         return k
+
+    def _before_cut(self, prefix: str) -> bool:
+        """Whether `prefix`, the text of the first tokens decoded alone, lies within the cut text. Cleaning up spaces
+        (a word-piece tokenizer's " ' " to "'") depends on the text after a token: alone, a quote before the stop
+        string keeps the space the cut text lost, and was dropped with its logprob while a stream sent it. Cleaning
+        up only drops spaces, so there the texts are compared without them."""
+        if self.decoder.tokenizer.cleans_up_spaces:
+            return self.text.replace(" ", "").startswith(prefix.replace(" ", ""))
+        return self.text.startswith(prefix)
 
     def _add(self, piece: str) -> None:
         if self.stopped or not piece:
@@ -68,8 +85,9 @@ class _RowText:
         self.text += piece
         if len(self.ids) <= self.search_after:
             return
-        # each stop string where it ends in the new piece (it may start before it)
-        found = [(i, s) for s in self.stops if (i := self.text.find(s, max(0, before - len(s) + 1))) >= 0]
+        # each stop string where it ends in the new piece (it may start before it), after the first tokens' text
+        start = max(before, self.after)
+        found = [(i, s) for s in self.stops if (i := self.text.find(s, max(0, start - len(s) + 1))) >= 0]
         if found:
             cut = min(i for i, _ in found)
             self.text, self.stopped = self.text[:cut], True

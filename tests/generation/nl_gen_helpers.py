@@ -124,3 +124,37 @@ class MarkovLM(nn.Module):
     def forward(self, ids: torch.Tensor, *, logits_to_keep: int = 0, **_) -> SimpleNamespace:
         logits = self.table[ids]  # (B, T, V)
         return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+
+
+def wordpiece_tokenizer():
+    """A BERT-style word-piece tokenizer that cleans up spaces on decode ("hello ' and" reads "hello'and")."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from neurallayers.data.tokenizers import Tokenizer
+
+    vocab = {t: i for i, t in enumerate(["[UNK]", "[SEP]", "hello", "'", "and", "do", "."])}
+    hf = HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    hf.decoder = decoders.WordPiece()
+    return Tokenizer(hf, eos_token="[SEP]", clean_up_tokenization_spaces=True)
+
+
+class ScriptLM(nn.Module):
+    """A stub decoder that chooses the tokens of `script` in turn (its logits make each the only likely one)."""
+
+    def __init__(self, script: list[int], vocab: int, prompt_len: int) -> None:
+        super().__init__()
+        self.script, self.prompt_len = script, prompt_len
+        self.wte = nn.Embedding(vocab, 1)
+        self.config = SimpleNamespace(vocab_size=vocab, block_size=32, causal=True, position="learned",
+                                      rope_scaling=None)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> SimpleNamespace:
+        return SimpleNamespace(rows=lambda start, stop: None, reorder=lambda index: None)
+
+    def forward(self, ids: torch.Tensor, *, input_pos: int | None = None, **_) -> SimpleNamespace:
+        step = 0 if input_pos is None else input_pos - self.prompt_len + 1
+        logits = torch.full((ids.shape[0], 1, self.wte.num_embeddings), -10.0)
+        logits[:, :, self.script[min(step, len(self.script) - 1)]] = 10.0
+        return SimpleNamespace(logits=logits)

@@ -6,7 +6,7 @@ written out in plain Python over the tokens of the same generation without stop 
 from __future__ import annotations
 
 import pytest
-from nl_gen_helpers import memorized_lm, unicode_tokenizer
+from nl_gen_helpers import ScriptLM, memorized_lm, unicode_tokenizer, wordpiece_tokenizer
 
 from neurallayers.data.tokenizers import continuation_text
 from neurallayers.generation import GenerationConfig, generate, stream
@@ -83,3 +83,23 @@ def test_beam_search_and_batches_follow_the_same_rule(lm_tok, unstopped) -> None
 def test_the_option_must_be_a_bool() -> None:
     with pytest.raises(ValueError, match="stop_strings_after_min_new_tokens=1: must be True or False"):
         GenerationConfig(stop_strings_after_min_new_tokens=1)
+
+
+@pytest.mark.parametrize(("stop", "min_tokens"), [(["and"], 2), (["do and"], 2), (["and do"], 2), (["do"], 1)])
+def test_a_word_held_for_space_clean_up_still_counts_as_its_own_tokens_text(stop, min_tokens) -> None:
+    """A word-piece tokenizer's decoder holds a word back until the next comes (cleaning up may still drop the space
+    before it): the stop string in the text of the first min_new_tokens tokens was searched when that text came out,
+    after the next token, and ended the generation there; generate() and stream() now follow vLLM's rule, as beam
+    search did."""
+    tok = wordpiece_tokenizer()
+    prompt, script = tok.encode("hello"), [tok.token_to_id(t) for t in ("do", "and", "do", "do", "do")]
+    model = ScriptLM(script, tok.vocab_size, len(prompt))
+    cfg = GenerationConfig(temperature=0, max_new_tokens=5, min_new_tokens=min_tokens, stop=stop,
+                           stop_strings_after_min_new_tokens=True)
+    text, chosen = vllm_stop(tok, prompt, script, stop, min_tokens)
+    (g,) = generate(model, tok, [prompt], cfg)
+    assert (g.text, g.finish_reason) == (text, "length" if chosen is None else "stop")
+    events = list(stream(model, tok, prompt, cfg))
+    assert "".join(e.text for e in events) == g.text and [e.token_id for e in events[:-1]] == g.token_ids
+    (beam,) = generate(model, tok, [prompt], cfg, num_beams=2)
+    assert beam.text == g.text

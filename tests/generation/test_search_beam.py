@@ -115,3 +115,24 @@ def test_rejects_bad_input(models):
         beam_search(ours, [[1] * 60], cfg.replace(max_new_tokens=10), eos_ids=[1])
     with pytest.raises(ValueError, match="num_return_sequences"):
         GenerationConfig(num_beams=2, num_return_sequences=3)
+
+
+@pytest.mark.parametrize(("method", "settings"), [
+    ("beam_search", dict(num_beams=2, penalty_alpha=0.6, top_k=4)),
+    ("contrastive_search", dict(num_beams=3, penalty_alpha=0.6, top_k=4)),
+    ("contrastive_decoding", dict(num_beams=2)),
+    ("contrastive_decoding", dict(penalty_alpha=0.6, top_k=4)),
+    ("speculative_decode", dict(num_beams=4)),
+    ("speculative_decode", dict(penalty_alpha=0.6, top_k=4)),
+], ids=str)
+def test_a_search_refuses_the_settings_of_another_method(models, method, settings):
+    """Called directly, a search ignored a setting that chooses another method (speculative_decode with num_beams=4
+    sampled one sequence; beam_search with penalty_alpha ran plain beam search): the error generate() gives when two
+    methods are asked for at once."""
+    from neurallayers.generation import search
+
+    _, ours = models
+    helper = () if method in ("beam_search", "contrastive_search") else (ours,)
+    cfg = GenerationConfig(max_new_tokens=3, temperature=0, **settings)
+    with pytest.raises(ValueError, match=f"^{method} .*choose one decoding method"):
+        getattr(search, method)(ours, *helper, [[1, 2]], cfg, eos_ids=[])

@@ -121,3 +121,14 @@ def test_rejects_bad_input(model, expert_amateur):
     with pytest.raises(ValueError, match="block_size"):
         contrastive_search(model, [[1] * 60], GenerationConfig(top_k=3, penalty_alpha=0.5, max_new_tokens=10),
                            eos_ids=[])
+
+
+def test_contrastive_search_returns_num_return_sequences(model):
+    """contrastive_search returned one sequence a prompt whatever num_return_sequences asked for (only generate()
+    copied it): a deterministic method gives n copies of its one sequence, as beam_search gives n hypotheses."""
+    cfg = GenerationConfig(max_new_tokens=6, top_k=3, penalty_alpha=0.6)
+    one = contrastive_search(model, PROMPTS[:2], cfg, eos_ids=[])
+    got = contrastive_search(model, PROMPTS[:2], cfg.replace(num_return_sequences=3), eos_ids=[])
+    assert [[g.token_ids for g in gens] for gens in got] == [[g.token_ids] * 3 for (g,) in one]
+    got[0][0].token_ids.append(0)  # copies, not one object three times
+    assert got[0][1].token_ids == one[0][0].token_ids

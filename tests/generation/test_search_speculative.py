@@ -10,6 +10,7 @@ import torch
 from nl_search_helpers import chi2, chi2_threshold, plain_greedy, tiny
 
 from neurallayers.generation.config import GenerationConfig
+from neurallayers.generation.generate import _row_seed
 from neurallayers.generation.search import build_processors, contrastive_search
 from neurallayers.generation.speculative import speculative_decode
 
@@ -205,3 +206,23 @@ def test_unseeded_sampling_draws_from_torch_global_rng_as_plain_sampling_does(pa
     draws = {tuple(speculative_decode(target, draft, [PROMPTS[0]], cfg, eos_ids=[])[0][0].token_ids)
              for _ in range(4)}
     assert len(draws) > 1  # still a fresh seed per call
+
+
+def test_returns_num_return_sequences_as_beam_search_does(pair):
+    """speculative_decode returned one sequence whatever num_return_sequences asked for (only generate() looped over
+    it): sequence k is now drawn with the seed (seed, k), as generate() seeds a prompt's k-th sample; greedy gives n
+    copies; stats count every sequence's rounds and tokens."""
+    target, draft = pair
+    cfg = GenerationConfig(max_new_tokens=8, temperature=1.5, seed=3, num_speculative_tokens=2, num_return_sequences=3)
+    stats: dict = {}
+    (got,) = speculative_decode(target, draft, [PROMPTS[1]], cfg, eos_ids=[], stats=stats)
+    one = cfg.replace(num_return_sequences=1)
+    want = [speculative_decode(target, draft, [PROMPTS[1]], one.replace(seed=_row_seed(3, k)), eos_ids=[])[0][0]
+            for k in range(3)]
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    assert len({tuple(g.token_ids) for g in got}) > 1, "the samples must differ"
+    assert stats["new_tokens"] == 24 and stats["target_forwards"] == stats["rounds"] >= 3
+    (got,) = speculative_decode(target, draft, [PROMPTS[1]], cfg.replace(temperature=0), eos_ids=[])
+    assert [g.token_ids for g in got] == [plain_greedy(target, PROMPTS[1], 8)] * 3
+    got[0].token_ids.append(0)  # copies, not one object three times
+    assert len(got[1].token_ids) == 8
