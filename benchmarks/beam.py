@@ -53,12 +53,15 @@ def compare(fn_a, fn_b, *, budget: float, min_pairs: int = 3) -> tuple[float, fl
 
 @torch.inference_mode()
 def main() -> None:
+    from bench_common import names_of
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--beams", type=int, default=4)
     p.add_argument("--prompt", type=int, default=32, help="prompt tokens")
     p.add_argument("--new", type=int, default=32, help="new tokens per sequence")
     p.add_argument("--budget", type=float, default=6.0, help="seconds of timing per shape")
-    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--shapes", type=names_of(*SHAPES), default=",".join(SHAPES),
+                   help=f"GPT-2 shapes, comma separated: {', '.join(SHAPES)}")
     args = p.parse_args()
 
     from neurallayers.generation.config import GenerationConfig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -19,6 +20,29 @@ def default_precisions(device: str = "cpu") -> str:
     print("this CPU has no bf16 dot products (AVX512-BF16 or AMX), where bf16 matmuls are ~100x slower than fp32: "
           "fp32 rows only (ask for bf16 by name to run it anyway)")
     return "fp32"
+
+
+def names_of(*allowed: str):
+    """An argparse `type` for a comma separated list of `allowed` names, given back as the same text: an unknown name
+    is refused in one line before anything runs (it was run as fp32 under its own label, gave an empty table, or died
+    with a KeyError after minutes of setup)."""
+
+    def parse(text: str) -> str:
+        names = [name.strip() for name in text.split(",")]
+        if not all(names) or any(name not in allowed for name in names):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma separated list of {', '.join(allowed)}")
+        return ",".join(names)
+
+    return parse
+
+
+def counts(text: str) -> str:
+    """An argparse `type` for a comma separated list of whole numbers >= 1 (batch sizes, draft lengths), given back as
+    the same text."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma separated list of whole numbers >= 1")
+    return ",".join(str(int(part)) for part in parts)
 
 
 def sync(device: str) -> None:

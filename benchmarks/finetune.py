@@ -58,9 +58,12 @@ def main() -> None:
     p.add_argument("--block-size", type=int, help="a shorter context than the source's")
     p.add_argument("--out", help="keep the two run directories here (default: a temporary folder)")
     args = p.parse_args()
-
+    from neurallayers.api import resolve_model_path
     from neurallayers.training import RunConfig, fit
     from neurallayers.training.init_from import source_path
+
+    if not resolve_model_path(args.source).exists():  # all-MiniLM-L6-v2 names the bundled encoder
+        p.error(f"source {args.source}: no such run directory or model folder (`make demo` writes runs/demo)")
 
     logging.basicConfig(level=logging.WARNING)
     source = source_path(args.source)

@@ -390,11 +390,13 @@ def soak(model: Path, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from bench_common import counts
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a run directory or HF folder (default: a random --preset)")
     parser.add_argument("--preset", default="gpt2", help="the random model's shape (with the GPT-2 tokenizer)")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "neurallayers-bench")
-    parser.add_argument("--clients", default="1,4,8,16", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--clients", default="1,4,8,16", type=lambda s: [int(x) for x in counts(s).split(",")])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per server and client count")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -24,13 +25,18 @@ PROMPTS = ["ROMEO:\nBut soft, what light", "KING HENRY:\nOnce more unto the brea
 
 def trained(cache: Path, name: str, model: dict, *, steps: int, minutes: float, lr: float, batch: int,
             retrain: bool):
-    """(model, tokenizer) of run `cache/name`, training it first when missing."""
+    """(model, tokenizer) of run `cache/name`, training it first when missing: afresh with `retrain`, else going on
+    from the checkpoint of a training that was stopped (fit refuses to start a new run over either)."""
     from neurallayers.api import load
     from neurallayers.config import ModelConfig
     from neurallayers.training import DataConfig, RunConfig, TrainConfig, fit
+    from neurallayers.training.checkpoint import latest_checkpoint
+    from neurallayers.training.signals import EXIT_CODES
 
     run_dir = cache / name
-    if retrain or not (run_dir / "model.safetensors").is_file():
+    if retrain:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if not (run_dir / "model.safetensors").is_file():
         run = RunConfig(
             model=ModelConfig(vocab_size=128, block_size=256, dropout=0.0, **model),
             train=TrainConfig(max_steps=steps, max_minutes=minutes, batch_size=batch, lr=lr, min_lr=lr / 10,
@@ -39,7 +45,10 @@ def trained(cache: Path, name: str, model: dict, *, steps: int, minutes: float, 
             data=DataConfig(source="shakespeare", tokenizer="char", cache_dir=str(cache / "data")),
         )
         t0 = time.perf_counter()
-        result = fit(run, run_dir, progress=False)
+        result = fit(run, run_dir, progress=False, resume=latest_checkpoint(run_dir) is not None)
+        if result.stopped_reason in EXIT_CODES:  # Ctrl-C or SIGTERM: a checkpoint saved, no model, no val loss
+            raise SystemExit(f"training {name} stopped ({result.stopped_reason}) at step {result.steps}; run the "
+                             "same command to go on from there")
         print(f"trained {name}: {result.steps} steps in {time.perf_counter() - t0:.0f}s, "
               f"val loss {result.final_val_loss:.3f}", flush=True)
     return load(run_dir)
@@ -67,12 +76,14 @@ def plain_decode(model, prompt: list[int], cfg) -> list[int]:
 
 
 def main() -> None:
+    from bench_common import counts
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache-dir", default=os.path.join(os.environ.get("NEURALLAYERS_CACHE")
                                                         or os.path.expanduser("~/.cache/neurallayers"),
                                                         "bench-speculative"))
     p.add_argument("--new", type=int, default=160, help="new tokens per prompt")
-    p.add_argument("--ks", default="2,4,6", help="draft tokens per round to try")
+    p.add_argument("--ks", type=counts, default="2,4,6", help="draft tokens per round to try")
     p.add_argument("--temperature", type=float, default=0.8, help="for the sampled rows")
     p.add_argument("--target-minutes", type=float, default=4.0)
     p.add_argument("--draft-minutes", type=float, default=1.5)

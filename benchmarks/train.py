@@ -277,6 +277,8 @@ def recipe(args: argparse.Namespace, data: str) -> None:
 
 
 def main() -> None:
+    from bench_common import default_precisions, names_of
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="tinyshakespeare.txt (default: %(default)s)")
     p.add_argument("--recipe", action="store_true", help="run nanoGPT's 2000-step recipe instead of the speed table")
@@ -285,6 +287,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="recipe: keep the run directories here (default: a temp folder)")
     p.add_argument(
         "--positions",
+        type=names_of("learned", "rope", "alibi"),
         default="learned,rope,alibi",
         help="recipe: position encodings to train, comma separated (learned: nanoGPT's model; rope, alibi: its shape "
         "with rotary positions or ALiBi biases)",
@@ -298,10 +301,11 @@ def main() -> None:
     p.add_argument("--cache-dir", default=None, help="token/tokenizer cache (default: the framework's)")
     p.add_argument(
         "--shapes",
+        type=names_of("nanogpt", "rope", "alibi", "gpt2"),
         default="nanogpt,rope,alibi,gpt2",
         help="speed: nanogpt, rope and alibi (nanogpt's shape with those positions), gpt2; comma separated",
     )
-    p.add_argument("--precisions", default=None,
+    p.add_argument("--precisions", type=names_of("fp32", "bf16"), default=None,
                    help="speed: comma separated (default fp32,bf16; fp32 alone on a CPU without bf16 dot products)")
     p.add_argument("--no-plain", action="store_true", help="speed: leave out the plain-PyTorch baseline loop")
     p.add_argument("--rounds", type=int, default=7, help="speed: alternating rounds of the nanogpt shape")
@@ -311,8 +315,6 @@ def main() -> None:
     p.add_argument("--gpt2-batch", type=int, default=1)
     p.add_argument("--gpt2-context", type=int, default=1024)
     args = p.parse_args()
-    from bench_common import default_precisions
-
     args.precisions = args.precisions or default_precisions()
     logging.basicConfig(level=logging.WARNING)
     data = args.data if Path(args.data).is_file() else "shakespeare"

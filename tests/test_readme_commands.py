@@ -249,6 +249,7 @@ BENCHMARKS = sorted(path for path in (ROOT / "benchmarks").glob("*.py") if "__ma
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda path: path.name)
 def test_each_benchmark_help_says_what_it_measures(script, monkeypatch, capsys):
     # the docstring's first paragraph names what is timed and against what; its first line alone stops mid-sentence
+    monkeypatch.syspath_prepend(str(script.parent))  # as when the script runs: bench_common beside it
     monkeypatch.setattr(sys, "argv", [str(script), "--help"])
     with pytest.raises(SystemExit):
         runpy.run_path(str(script), run_name="__main__")
@@ -384,7 +385,110 @@ def test_speculative_benchmark_refuses_more_new_tokens_than_the_context_holds(mo
     tok = SimpleNamespace(encode=lambda text: list(text.encode()), vocab_size=256)
     target = SimpleNamespace(config=SimpleNamespace(block_size=100))
     main = benchmark_main("speculative")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when the script runs: bench_common beside it
     monkeypatch.setitem(main.__globals__, "trained", lambda *args, **kwargs: (target, tok))
     monkeypatch.setattr(sys, "argv", ["speculative.py", "--new", "50"])
     with pytest.raises(SystemExit, match=r"--new 50: the longest prompt leaves room for 40 new tokens"):
         main()
+
+
+# each benchmark's comma separated list flags, with an entry it does not have
+BAD_LISTS = [
+    ("beam", ["--shapes", "small"]),
+    ("decode", ["--dtypes", "fp16"]),
+    ("decode", ["--batches", "0,8"]),
+    ("train", ["--shapes", "nanogpt,foo"]),
+    ("train", ["--precisions", "fp16"]),
+    ("train", ["--recipe", "--positions", "learnt"]),
+    ("encoder", ["--precisions", "fp16"]),
+    ("mlm_train", ["--precisions", "fp16"]),
+    ("speculative", ["--ks", "0"]),
+    ("serve", ["--clients", "0,4"]),
+]
+
+
+@pytest.mark.parametrize(("name", "args"), BAD_LISTS, ids=lambda value: value if isinstance(value, str) else value[-1])
+def test_each_benchmark_refuses_an_unknown_list_entry_before_it_runs(name, args, monkeypatch, capsys):
+    # `train.py --shapes foo` printed an empty table, `encoder.py --precisions fp16` timed fp32 rows labelled fp16,
+    # `beam.py --shapes small` died with a KeyError and `speculative.py --ks 0` after minutes of training: a list
+    # flag names what it takes, in one line, before any work
+    main = benchmark_main(name)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when the script runs: bench_common beside it
+    if name == "speculative":
+        monkeypatch.setitem(main.__globals__, "trained", lambda *a, **k: pytest.fail("trained before refusing"))
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert f"argument {args[-2]}: {args[-1]!r}: expected a comma separated list of" in error
+
+
+def fake_speculative_fit(calls: list, *, final_val_loss: float | None = 1.0, reason: str = "max_steps"):
+    """fit() as the speculative benchmark calls it: the real check of its run directory first (what refused a cached
+    run), then a model.safetensors where a run finishes."""
+    from neurallayers.training.resume import resume_target
+
+    def fit(run, run_dir, progress, resume=False):
+        resume_target(Path(run_dir), resume)
+        calls.append((Path(run_dir).name, resume))
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        if final_val_loss is not None:
+            (Path(run_dir) / "model.safetensors").write_bytes(b"weights")
+        return SimpleNamespace(steps=5, final_val_loss=final_val_loss, stopped_reason=reason)
+
+    return fit
+
+
+def cached_speculative_run(run_dir: Path, *, finished: bool) -> None:
+    """A run directory as fit() leaves it: a complete checkpoint, and model.safetensors when it finished."""
+    from neurallayers.training.checkpoint import COMPLETE
+
+    (run_dir / "checkpoints" / "step-5").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-5" / COMPLETE).write_text("")
+    (run_dir / "config.yaml").write_text("{}\n")
+    (run_dir / "metrics.jsonl").write_text('{"step": 5, "loss": 3.0}\n')
+    if finished:
+        (run_dir / "model.safetensors").write_bytes(b"old weights")
+
+
+def test_speculative_benchmark_retrains_and_goes_on_with_a_stopped_run(tmp_path, monkeypatch):
+    # `--retrain` called fit() on the cached run it was to replace, and a training stopped by Ctrl-C left checkpoints
+    # without model.safetensors: fit refused both ("already holds a run"), with a traceback, on every later start
+    import neurallayers.api as api
+    import neurallayers.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "fit", fake_speculative_fit(calls))
+    monkeypatch.setattr(api, "load", lambda run_dir: run_dir)
+    trained = benchmark_main("speculative").__globals__["trained"]
+    shape = dict(n_layer=1, n_embd=8, n_head=1)
+    cached_speculative_run(tmp_path / "done", finished=True)
+    cached_speculative_run(tmp_path / "stopped", finished=False)
+    trained(tmp_path, "done", shape, steps=5, minutes=1.0, lr=1e-3, batch=2, retrain=True)
+    trained(tmp_path, "stopped", shape, steps=5, minutes=1.0, lr=1e-3, batch=2, retrain=False)
+    assert calls == [("done", False), ("stopped", True)]  # trained afresh; the stopped run went on
+    assert (tmp_path / "done" / "model.safetensors").read_bytes() == b"weights"
+    trained(tmp_path, "done", shape, steps=5, minutes=1.0, lr=1e-3, batch=2, retrain=False)
+    assert len(calls) == 2  # a finished run is loaded, not trained again
+
+
+def test_speculative_benchmark_stopped_while_training_says_so(tmp_path, monkeypatch):
+    # Ctrl-C while training returned a run with no val loss, and the script died formatting it (a TypeError)
+    import neurallayers.training as training
+
+    monkeypatch.setattr(training, "fit", fake_speculative_fit([], final_val_loss=None, reason="interrupted"))
+    trained = benchmark_main("speculative").__globals__["trained"]
+    with pytest.raises(SystemExit, match=r"training target stopped \(interrupted\) at step 5; run the same command"):
+        trained(tmp_path, "target", dict(n_layer=1, n_embd=8, n_head=1), steps=5, minutes=1.0, lr=1e-3, batch=2,
+                retrain=False)
+
+
+def test_finetune_benchmark_names_a_missing_source_in_one_line(tmp_path, monkeypatch, capsys):
+    # `benchmarks/finetune.py runs/demo` (the README's) before any `make demo` wrote it: a FileNotFoundError traceback
+    main = benchmark_main("finetune")
+    monkeypatch.setattr(sys, "argv", ["finetune.py", str(tmp_path / "demo")])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    assert f"source {tmp_path / 'demo'}: no such run directory or model folder" in capsys.readouterr().err

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from neurallayers.cli.common import non_empty
+
+# transformers' units (save_pretrained's max_shard_size="5GB"): KB, MB, GB are powers of 10, KiB, MiB, GiB of 2
+SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def shard_size(text: str) -> int:
+    """--max-shard-size in bytes: a whole number of MB, or a whole number with its unit as transformers reads one
+    (500MB, 2GB, 1GiB). A plain number was read as MiB, 4.9% past the MB the help names."""
+    found = re.fullmatch(r"\s*(\d+)\s*([KkMmGg][Ii]?B)?\s*", text)  # 5mb: megabits to transformers
+    if found is None or int(found[1]) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of MB >= 1, or one with its unit: "
+                                         f"{', '.join(SIZE_UNITS).replace('I', 'i')} (500MB, 2GB, 1GiB)")
+    return int(found[1]) * SIZE_UNITS[(found[2] or "MB").upper()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the folder to write (must not exist or be empty, unless --overwrite)")
     parser.add_argument("--to", choices=["hf", "run"], default=None,
                         help="what to write (default: the other kind: a run becomes an HF folder and back)")
-    parser.add_argument("--max-shard-size", type=int, default=None, help="largest HF weight shard, in MB")
+    parser.add_argument("--max-shard-size", type=shard_size, default=None,
+                        help="largest HF weight shard: MB, or a size with its unit as transformers takes it (500MB, "
+                        "2GB, 1GiB) (default: one file)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="accept an HF folder that only has pytorch_model.bin or its shards (read with "
                              "weights_only=True)")
@@ -26,10 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from neurallayers.interop.convert import convert
 
-    if args.max_shard_size is not None and args.max_shard_size < 1:
-        raise ValueError(f"--max-shard-size {args.max_shard_size}: must be a positive number of MB")
-    shard = None if args.max_shard_size is None else args.max_shard_size * 1024 * 1024
-    out = convert(args.src, args.dst, to=args.to, max_shard_size=shard, allow_pickle=args.allow_pickle,
+    out = convert(args.src, args.dst, to=args.to, max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle,
                   overwrite=args.overwrite, dtype=args.dtype)
     print(f"wrote {out}")
     return 0

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tune: start from the weights, model config and tokenizer of this "
                         "run directory (or one of its checkpoints/step-N) or Hugging Face model folder "
                         "(shortcut for --train.init_from)")
-    parser.add_argument("--out", type=non_empty, help="run directory to write (default: runs/<preset or config name>)")
+    parser.add_argument("--out", type=non_empty, help="run directory to write (default: runs/<preset or config name>, "
+                        "or runs/<source>-ft for --init-from)")
     parser.add_argument("--resume", nargs="?", const=True, default=False,
                         help="continue the run in --out from its newest complete checkpoint, or from the "
                         "checkpoint folder given (whose run is then the default --out)")
@@ -95,9 +96,18 @@ def _resume_hint(error: BaseException, base: Path | None) -> BaseException:
 
 def default_out(args: argparse.Namespace, run) -> Path:
     init_from = run.train.init_from
-    name = args.preset or (Path(args.config).stem if args.config else f"{_source_name(init_from)}-ft" if init_from
-                           else "run")
+    name = _preset_given(args) or (Path(args.config).stem if args.config else f"{_source_name(init_from)}-ft"
+                                   if init_from else "run")
     return Path("runs") / name
+
+
+def _preset_given(args: argparse.Namespace) -> str | None:
+    """The preset the command line names: `--model.preset NAME`, which wins over `--preset` in the model too, or
+    `--preset` (the first went unseen here, and its runs all went to runs/run)."""
+    from neurallayers.training.config import apply_overrides
+
+    overridden = apply_overrides({}, list(getattr(args, "overrides", []))).get("model") or {}
+    return overridden.get("preset") or args.preset
 
 
 def _source_name(init_from: str) -> str:

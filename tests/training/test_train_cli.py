@@ -1,5 +1,8 @@
 """`neurallayers train` resume arguments, through the CLI's own entry point."""
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 from nl_train_helpers import step_losses, tiny_run
 
@@ -170,3 +173,35 @@ def test_a_resume_from_an_older_checkpoint_is_refused_when_another_train_wrote_m
     with pytest.raises(ValueError, match="changed while this run was starting"):
         fit(run, out, resume=out / "checkpoints/step-2", progress=False)
     assert _snapshot(out) == (metrics, ["step-2", "step-4", "step-6"]) and not (out / "abandoned").exists()
+
+
+@pytest.mark.parametrize(
+    ("words", "out"),
+    [
+        (["--preset", "tiny"], "runs/tiny"),
+        (["--model.preset", "tiny"], "runs/tiny"),
+        (["--model.preset=llama-tiny", "--model.n_layer", "1"], "runs/llama-tiny"),
+        (["--preset", "tiny", "--model.preset", "llama-tiny"], "runs/llama-tiny"),  # the override wins, as in the model
+        (["--config", "my.yaml"], "runs/my"),
+        (["--config", "my.yaml", "--model.preset", "tiny"], "runs/tiny"),
+    ],
+)
+def test_the_default_out_is_named_after_the_preset_or_config(words, out, tmp_path, monkeypatch):
+    """`train --help`: "--out: run directory to write (default: runs/<preset or config name>)". A preset named by
+    `--model.preset`, which the "no model" error offers beside `--preset`, wrote runs/run, where the next run of any
+    other preset was then refused ("runs/run already holds a run")."""
+    import neurallayers.training.trainer as trainer
+
+    written = []
+
+    def fake_fit(run, run_dir, **kwargs):
+        written.append((Path(run_dir).as_posix(), run.model.name))
+        return SimpleNamespace(run_dir=run_dir, steps=1, final_val_loss=1.0, best_val_loss=1.0, tokens_per_second=1.0,
+                               wall_seconds=1.0, stopped_reason="max_steps", first_step_seconds=0.1,
+                               median_step_seconds=0.1)
+
+    monkeypatch.setattr(trainer, "fit", fake_fit)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.yaml").write_text("model:\n  preset: demo\n")
+    assert main(["train", *words]) == 0
+    assert [path for path, _ in written] == [out]
