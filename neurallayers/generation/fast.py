@@ -59,6 +59,8 @@ from neurallayers.nn.attention import Attention
 from neurallayers.nn.kv_cache import KVCache
 
 MODES = ("default", "max-autotune-no-cudagraphs")
+# the dtypes weights can be decoded in (float16 and float64 slowly on CPU); float8 ones are floating point but not these
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _STEPS: weakref.WeakKeyDictionary[nn.Module, DecodeStep] = weakref.WeakKeyDictionary()
 
 
@@ -294,8 +296,11 @@ def _check_inputs(tok: torch.Tensor, cache: KVCache, input_pos: int | torch.Tens
     if not isinstance(tok, torch.Tensor) or tok.shape != (rows, 1):
         got = tuple(tok.shape) if isinstance(tok, torch.Tensor) else type(tok).__name__
         raise ValueError(f"tok must have shape (R, 1) with R={rows}, the cache's rows; got {got}")
-    if isinstance(input_pos, torch.Tensor) and input_pos.shape != (rows,):
-        raise ValueError(f"input_pos must be an int or a tensor of shape (R,)=({rows},), got {tuple(input_pos.shape)}")
+    if isinstance(input_pos, torch.Tensor) and (input_pos.shape != (rows,)
+                                                or input_pos.dtype not in (torch.long, torch.int32)):
+        # a float tensor was truncated to a column silently (6.7 wrote at 6), where DecoderLM.forward refuses it
+        raise ValueError(f"input_pos must be an int or an integer tensor of shape (R,)=({rows},), got a "
+                         f"{input_pos.dtype} tensor of shape {tuple(input_pos.shape)}")
     if attention_mask is not None and (attention_mask.ndim != 2 or attention_mask.shape[0] not in (1, rows)
                                        or attention_mask.shape[1] < attend):
         raise ValueError(f"attention_mask must have shape (R={rows}, S>={attend}): 1/0 for every cache column the step "
@@ -344,8 +349,9 @@ def prepare_for_decode(model: nn.Module, *, dtype: torch.dtype | None = None, co
 
     Args:
         model: a DecoderLM; it is put in eval mode and, when `dtype` is given, cast in place.
-        dtype: the weight (and KV cache) dtype, e.g. torch.bfloat16 (fast on CPUs with bf16 dot products and on
-            GPUs); None keeps the model's dtype. Never float16 on CPU (no fast kernels).
+        dtype: the weight (and KV cache) dtype: torch.float32, torch.bfloat16 (fast on CPUs with bf16 dot products
+            and on GPUs), torch.float16 or torch.float64; None keeps the model's dtype. Never float16 on CPU (no fast
+            kernels).
         compile: compile the step with torch.compile (inductor freezing where it packs GEMMs); False runs the same
             static-shape step eagerly: no compile time, and where the rowdot kernel runs, batch-1 steps about half as
             fast as compiled ones (GPT-2 124M on 2 cores: fp32 17.4 vs 11.7 ms, bf16 11.9 vs 6.4 ms; the plain path
@@ -357,8 +363,9 @@ def prepare_for_decode(model: nn.Module, *, dtype: torch.dtype | None = None, co
     """
     if not isinstance(model, nn.Module) or not hasattr(model, "new_cache") or not hasattr(model, "config"):
         raise ValueError(f"model must be a DecoderLM (a causal LM with new_cache), got {type(model).__name__}")
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
+    if dtype is not None and dtype not in WEIGHT_DTYPES:  # float8 too: cast in place, then no op of a step runs it
+        raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(map(str, WEIGHT_DTYPES))} (the dtypes weights "
+                         "decode in)")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: valid modes are {', '.join(MODES)}")
     model.eval()

@@ -16,9 +16,10 @@ fast decode step.
 
 The kernels are compiled with the C++ compiler torch.compile already needs on CPU ($CXX, else c++), once per machine and
 torch version, into $NEURALLAYERS_CACHE/kernels (default ~/.cache/neurallayers/kernels), and loaded with
-torch.ops.load_library. Where it cannot be used (not x86-64, no AVX2, no compiler, NEURALLAYERS_ROWDOT=0) the step
-falls back to inductor's multiply-sum when compiled and to F.linear when eager, with a warning only when the build
-itself failed.
+torch.ops.load_library; the library's SHA-256 is written beside it last, and a cached library that does not match it
+(cut short by a copy or a crash) is built again rather than loaded. Where it cannot be used (not x86-64, no AVX2, no
+compiler, NEURALLAYERS_ROWDOT=0) the step falls back to inductor's multiply-sum when compiled and to F.linear when
+eager, with a warning only when the build itself failed.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _build(cxx: str) -> Path:
     """The kernel's shared library, compiled unless a build of the same source, flags and torch is cached."""
     from torch.utils import cpp_extension
 
-    from neurallayers.files import default_cache_dir
+    from neurallayers.files import default_cache_dir, fsync_dir, write_text_atomic
 
     includes = [f"-I{p}" for p in cpp_extension.include_paths()]
     libs = cpp_extension.library_paths()
@@ -118,19 +119,45 @@ def _build(cxx: str) -> Path:
     sources = [path.read_bytes() for path in SOURCES]
     key = hashlib.sha256(b"\0".join([*sources, torch.__version__.encode(), cxx.encode(), *map(str.encode, flags)]))
     out = Path(default_cache_dir()).expanduser() / "kernels" / f"rowdot-{key.hexdigest()[:16]}.so"
-    if out.exists():
+    if _intact(out):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Compile under a temporary name and rename: a concurrent or killed build never leaves a half-written library.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    # Compile under a temporary name, fsync and rename: a concurrent or killed build, or a power cut, never leaves a
+    # half-written library under the final name.
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    except OSError:
+        if out.is_file() and not _digest_path(out).exists():
+            return out  # built before digests were written, in a folder this process cannot write to: as before
+        raise
     os.close(fd)
     try:
         done = subprocess.run([cxx, *flags, *includes, *map(str, SOURCES), "-o", tmp, *links], capture_output=True,
                               text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {done.stderr.strip()[-2000:]}")
+        with open(tmp, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+            os.fsync(f.fileno())
         os.replace(tmp, out)
+        fsync_dir(out.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    write_text_atomic(_digest_path(out), digest)  # last: it vouches for the whole library
     return out
+
+
+def _digest_path(library: Path) -> Path:
+    return library.with_suffix(".sha256")
+
+
+def _intact(library: Path) -> bool:
+    """Whether `library` is the whole file a finished build wrote: its SHA-256 is the one written beside it after it.
+    A cached library cut short (a copy, a crash before the disk held it) crashed the process in dlopen with SIGBUS,
+    or, empty, failed to load with a warning in every process, for good; now it is built again."""
+    try:
+        want = _digest_path(library).read_text(encoding="utf-8").strip()
+        return want == hashlib.sha256(library.read_bytes()).hexdigest()
+    except OSError:
+        return False

@@ -83,7 +83,7 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         # Not in a compiled decode step (generation.fast): there inductor fuses sdpa's math form into its kernels.
         compiled_step = cache is not None and torch.compiler.is_compiling()
-        if self.kernel == "sdpa" and not need_weights and self._one_query(q, cache, mask, dropout):
+        if self.kernel == "sdpa" and not need_weights and self._one_query(q, k, cache, mask, dropout):
             y = torch.ops.neurallayers.decode_attention(q, k, v, mask, 1 / math.sqrt(self.head_dim))
             weights = None
         elif self.kernel == "sdpa" and not need_weights and not compiled_step and _short_cpu_half(q, k):
@@ -100,11 +100,13 @@ class Attention(nn.Module):
         return self.proj(y), (weights if need_weights else None)
 
 
-    def _one_query(self, q: torch.Tensor, cache: KVCache | None, mask: torch.Tensor | None, dropout: float) -> bool:
+    def _one_query(self, q: torch.Tensor, k: torch.Tensor, cache: KVCache | None, mask: torch.Tensor | None,
+                   dropout: float) -> bool:
         """Whether the decode kernel takes this call: one query over a static cache (the fast decode step's, eager
-        or compiled) on a CPU where it runs, a head dim it takes, a bool or float mask, and no gradients."""
+        or compiled) on a CPU where it runs, a head dim it takes, keys of the query's dtype (under autocast a bf16
+        query meets the float32 cache's keys, which sdpa casts), a bool or float mask, and no gradients."""
         return (cache is not None and cache.static and q.shape[2] == 1 and q.device.type == "cpu"
-                and q.dtype in self.decode_dtypes and self.head_dim <= 256 and not dropout
+                and q.dtype in self.decode_dtypes and k.dtype == q.dtype and self.head_dim <= 256 and not dropout
                 and (mask is None or mask.dtype in (torch.bool, torch.float32, torch.bfloat16))
                 and not (torch.is_grad_enabled() and q.requires_grad))
 

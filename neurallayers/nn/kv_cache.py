@@ -67,6 +67,10 @@ class KVCache:
         return this layer's keys and values for positions [0, end), end = last written position + 1 (all max_len
         positions when the cache is static and input_pos a tensor)."""
         _check_like(self.k, k, layer)
+        # Under autocast the keys come out in its dtype: stored as the cache's own (a slice assignment casts, but the
+        # indexed writes at per-row positions below failed with "Index put requires the source and destination
+        # dtypes match"). A no-op otherwise.
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
         t = k.shape[2]
         ck, cv = self.k[layer], self.v[layer]
         if isinstance(input_pos, int):

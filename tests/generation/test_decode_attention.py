@@ -152,19 +152,23 @@ def test_compiled_step_calls_the_kernel_on_the_caches_own_columns():
 
 
 def test_other_calls_keep_sdpa():
-    """The kernel takes only one query over a static cache without gradients: prompts, the plain path's growing
-    cache and training keep torch's attention."""
+    """The kernel takes only one query over a static cache without gradients, with keys of its dtype: prompts, the
+    plain path's growing cache, training and a bf16 query under autocast over a float32 cache keep torch's
+    attention."""
     _needs(torch.float32)
     prepare_for_decode(tiny_lm(), compile=False)  # loads the kernels and sets the dtypes they run
     layer = Attention(64, n_head=4)
-    q = torch.randn(1, 4, 1, 16)
+    q, k = torch.randn(1, 4, 1, 16), torch.randn(1, 4, 8, 16)
     static = tiny_lm().new_cache(1, 8, static=True)
-    assert layer._one_query(q, static, None, 0.0)
-    assert not layer._one_query(torch.randn(1, 4, 2, 16), static, None, 0.0)  # a prompt
-    assert not layer._one_query(q, tiny_lm().new_cache(1, 8), None, 0.0)  # the plain path's cache
-    assert not layer._one_query(q, static, None, 0.1)  # dropout
-    assert not layer._one_query(q.requires_grad_(), static, None, 0.0)  # gradients: the op has no backward
-    assert not layer._one_query(q.detach().half(), static, None, 0.0)
+    assert layer._one_query(q, k, static, None, 0.0)
+    assert not layer._one_query(torch.randn(1, 4, 2, 16), k, static, None, 0.0)  # a prompt
+    assert not layer._one_query(q, k, tiny_lm().new_cache(1, 8), None, 0.0)  # the plain path's cache
+    assert not layer._one_query(q, k, static, None, 0.1)  # dropout
+    assert not layer._one_query(q.requires_grad_(), k, static, None, 0.0)  # gradients: the op has no backward
+    assert not layer._one_query(q.detach().half(), k.half(), static, None, 0.0)
+    if torch.bfloat16 in DTYPES:  # autocast: the kernel refused the mix ("q, k and v must all be float32 or ...")
+        assert layer._one_query(q.detach().bfloat16(), k.bfloat16(), static, None, 0.0)
+        assert not layer._one_query(q.detach().bfloat16(), k, static, None, 0.0)
 
 
 def test_static_cache_without_a_fast_step():

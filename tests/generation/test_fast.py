@@ -118,6 +118,18 @@ def test_static_step_logprobs_and_stream():
     assert texts[0] == texts[1]
 
 
+def test_static_step_under_autocast_equals_plain():
+    """Decoding inside torch.autocast (as nanoGPT's sample.py does): the plain path stores the bf16 keys in its
+    float32 cache, but the fast step failed on a batch, its per-row cache writes with torch's "Index put requires the
+    source and destination dtypes match", then the decode attention kernel on a bf16 query over float32 keys."""
+    plain, fast = _pair(compile=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for rows in (1, 3):  # one row's linear layers run in float32 (rowdot), not bf16: within bf16's precision
+            want = next_logits(plain, functools.partial(forward_step, plain), rows)
+            torch.testing.assert_close(next_logits(fast, decode_step_for(fast), rows), want, atol=0.1, rtol=0)
+        assert _ids(fast, PROMPTS, temperature=0.0) == _ids(plain, PROMPTS, temperature=0.0)
+
+
 def test_bf16_static_step_equals_plain_within_bf16():
     """The eager bf16 step against float32: logits within bf16's precision, as the plain bf16 path's are, and the
     same tokens (where the decode attention kernel runs, its float32 softmax keeps a near tie in this sequence that
@@ -252,6 +264,20 @@ def test_bad_arguments(kwargs, match):
         prepare_for_decode(tiny_lm(), compile=False, **kwargs)
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_a_dtype_no_weight_is_kept_in_is_refused_before_the_cast(dtype):
+    """A float8 dtype is floating point, so it was taken: the model was cast in place (its weights rounded to 3 or 2
+    bits of mantissa, for good) and the first step failed deep in torch ('"add_stub" not implemented for
+    'Float8_e4m3fn''). Now it is refused first, naming the dtypes allowed, and the weights are left as they were."""
+    model = tiny_lm(seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"dtype=torch.float8_\w+: .*torch.float32, torch.bfloat16"):
+        prepare_for_decode(model, dtype=dtype, compile=False)
+    assert decode_step_for(model) is None
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
 def test_bf16_on_a_cpu_without_bf16_dot_products_warns_unless_rowdot_runs_its_batches(monkeypatch):
     """Without bf16 dot products torch's bf16 matrix products are slow; rowdot's batch loops (AVX2) replace them in a
     prepared model, so the warning is for CPUs where those loops cannot run."""
@@ -343,6 +369,17 @@ def test_step_refuses_tokens_that_do_not_fit_its_cache(shape):
         step(torch.ones(shape, dtype=torch.long), cache=step.new_cache(2, 16), input_pos=0)
     with torch.inference_mode(), pytest.raises(ValueError, match=r"input_pos must be .* \(R,\)=\(2,\)"):
         step(torch.ones(2, 1, dtype=torch.long), cache=step.new_cache(2, 16), input_pos=torch.tensor([[1, 2]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_step_refuses_positions_that_are_not_integers(dtype):
+    """DecoderLM.forward refuses an input_pos tensor that does not hold integers; the step cast it to long, silently
+    (a float 6.7 wrote and attended at column 6, True at 1)."""
+    _, fast = _pair(compile=False)
+    step = decode_step_for(fast)
+    with torch.inference_mode(), pytest.raises(ValueError, match=f"input_pos must be .*integer.*got a {dtype}"):
+        step(torch.ones(2, 1, dtype=torch.long), cache=step.new_cache(2, 16),
+             input_pos=torch.tensor([6.7, 1]).to(dtype))
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,6 +134,48 @@ def test_failed_build_names_the_compiler(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="false failed"):
         rowdot._build("false")
     assert list((tmp_path / "kernels").iterdir()) == []
+
+
+def _counting_compiler(folder) -> tuple[str, Path]:
+    """A stand-in for the C++ compiler (a real build takes 10-15 s): it writes b"library" to the file after -o and
+    a line to its log per build. Returns its path and the log's."""
+    cxx, log = folder / "fake-c++", folder / "builds.log"
+    cxx.write_text(f'#!/bin/sh\necho build >> "{log}"\nwhile [ "$1" != "-o" ]; do shift; done\n'
+                   'printf library > "$2"\n')
+    cxx.chmod(0o755)
+    return str(cxx), log
+
+
+def test_a_damaged_cached_library_is_built_again(tmp_path, monkeypatch):
+    """A cached library cut short (a copy, a crash before the disk held it) was loaded as it was: truncated, dlopen
+    crashed the process with SIGBUS; empty, every process warned and decoded without the kernels, for good. The
+    build writes the library's digest after it and rebuilds a library that does not match it."""
+    monkeypatch.setenv("NEURALLAYERS_CACHE", str(tmp_path / "cache"))
+    cxx, log = _counting_compiler(tmp_path)
+
+    def builds() -> int:
+        return len(log.read_text().splitlines())
+
+    lib = rowdot._build(cxx)
+    assert lib.read_bytes() == b"library" and builds() == 1
+    assert rowdot._build(cxx) == lib and builds() == 1  # whole: taken from the cache
+    for damaged in (b"libr", b""):
+        lib.write_bytes(damaged)
+        assert rowdot._build(cxx) == lib and lib.read_bytes() == b"library"
+    assert builds() == 3
+    assert sorted(p.name for p in lib.parent.iterdir()) == sorted([lib.name, lib.with_suffix(".sha256").name])
+    # a library built before digests were written, in a cache folder this process cannot write to: loaded as before
+    lib.with_suffix(".sha256").unlink()
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rowdot.tempfile, "mkstemp", read_only)
+    assert rowdot._build(cxx) == lib and builds() == 3
+    lib.write_bytes(b"libr")  # damaged, with its digest beside it: an error (a warning in _load), not a load
+    rowdot._digest_path(lib).write_text("0" * 64)
+    with pytest.raises(PermissionError):
+        rowdot._build(cxx)
 
 
 def test_unbuildable_kernel_falls_back_with_a_warning(monkeypatch):

@@ -86,6 +86,23 @@ def test_multi_query_shapes_and_cached_decoding():
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("static", [False, True])
+@torch.no_grad()
+def test_under_autocast_a_float32_cache_stores_the_keys_at_per_row_positions_too(static):
+    """Under autocast keys come out in bf16, which a float32 cache stored at an int position; at per-row positions (a
+    server's rows, every fast decode step) the write failed: "Index put requires the source and destination dtypes
+    match". Both now store the same keys."""
+    attn = attention(2)
+    x = torch.randn(2, 3, DIM, generator=torch.Generator().manual_seed(4))
+    caches = [KVCache(n_layer=1, batch_size=2, n_kv_head=2, max_len=6, head_dim=HEAD_DIM, static=static)
+              for _ in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(x, cache=caches[0], input_pos=2, is_causal=True)
+        attn(x, cache=caches[1], input_pos=torch.tensor([2, 2]), is_causal=True)
+    assert caches[0].k.dtype == torch.float32 and caches[0].k[:, :, :, 2:5].abs().sum() > 0
+    assert torch.equal(caches[1].k, caches[0].k) and torch.equal(caches[1].v, caches[0].v)
+
+
 @pytest.mark.parametrize("n_kv_head", [HEADS, 1])
 @pytest.mark.parametrize("kernel", ["sdpa", "eager"])
 @torch.no_grad()
