@@ -355,7 +355,8 @@ def weight_dtype(dtype: torch.dtype | str | None, *, auto: bool = False) -> torc
     optional "torch." prefix); None stays None, and with `auto` "auto" stays "auto" (transformers 5's dtype="auto":
     the dtype the checkpoint stores, which only a loader can read). One table, read by load(), load_hf() and the CLI's
     --dtype."""
-    if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:  # refused before the weights are read
+    # refused before the weights are read; float8 is floating point, but no op of a forward runs in it
+    if isinstance(dtype, torch.dtype) and dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise ValueError(f"dtype={dtype}: weights need a floating-point dtype (float32, bfloat16, float16)")
     if dtype is None or isinstance(dtype, torch.dtype) or (auto and dtype == "auto"):
         return dtype

@@ -213,6 +213,8 @@ def test_dtype_and_device_arguments(tmp_path):
         assert next(load(tmp_path, dtype="fp16")[0].parameters()).dtype == torch.float16
     with pytest.raises(ValueError, match=r"dtype=torch.int8: weights need a floating-point dtype"):
         load(tmp_path, dtype=torch.int8)  # not torch's TypeError after every weight was read
+    with pytest.raises(ValueError, match=r"dtype=torch.float8_e4m3fn: weights need a floating-point dtype"):
+        load(tmp_path, dtype=torch.float8_e4m3fn)  # loaded, then failed in the first forward ("not implemented")
 
 
 # ----- sharded index -----
