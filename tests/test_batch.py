@@ -583,3 +583,53 @@ def test_a_platform_that_cannot_open_folders_still_runs(lm, tmp_path, monkeypatc
     monkeypatch.setattr(os, "open", windows_open)
     assert run_batch(model, tok, inp, out, config=GREEDY, progress=False).computed == 3
     assert len(results(out)) == 3
+
+
+def test_a_run_interrupted_before_more_model_files_were_compared_resumes(lm, run_dir, tmp_path, monkeypatch):
+    """A progress record written when only the config, tokenizer.json/tokenizer_config.json, the index and the
+    top-level weights were compared lacks an HF folder's vocab.json, merges.txt, special_tokens_map.json ...: the
+    same unchanged folder resumes (it was refused as "the model's files: merges.txt (new), vocab.json (new)"), and
+    a file that did change is still refused."""
+    import shutil
+
+    model, tok = lm
+    folder = tmp_path / "model"
+    shutil.copytree(run_dir, folder)
+    for name in ("vocab.json", "merges.txt", "special_tokens_map.json"):  # as an HF GPT-2 folder ships them
+        (folder / name).write_text("{}\n")
+    old_names = ("config.yaml", "config.json", "tokenizer.json", "tokenizer_config.json",
+                 "model.safetensors.index.json")
+    old = {name: value for name, value in model_files_identity(folder).items()
+           if name in old_names or ("/" not in name and name.endswith(".safetensors"))}
+    inp = write_prompts(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out.jsonl"
+    run_interrupted(monkeypatch, "generate", 1, model, tok, inp, out, config=GREEDY, batch_size=2,
+                    model_files=old, progress=False)
+    record_path = tmp_path / "out.jsonl.progress.json"
+    record = json.loads(record_path.read_text())
+    record["fingerprint"].pop("files_scheme", None)  # as that version wrote it
+    record_path.write_text(json.dumps(record))
+    res = run_batch(model, tok, inp, out, config=GREEDY, batch_size=2, model_files=model_files_identity(folder),
+                    progress=False)
+    assert (res.resumed, res.computed) == (2, 2)
+    changed = {**model_files_identity(folder), "tokenizer.json": [1, 2]}
+    with pytest.raises(ValueError, match=r"the model.s files: tokenizer\.json \(changed\)"):
+        run_batch(model, tok, inp, out, config=GREEDY, model_files=changed, progress=False)
+
+
+def test_the_model_files_identity_holds_added_tokens_json(tmp_path):
+    """A folder of vocab.json + merges.txt takes the tokens added_tokens.json adds (a fine-tune's pad token): another
+    tokenizer, which an OpenAI Batch file's resume, keyed by the model files alone, must notice."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"])
+    hf.train_from_iterator([TEXT] * 4, trainer)
+    hf.model.save(str(tmp_path))  # vocab.json and merges.txt
+    before, plain = model_files_identity(tmp_path), Tokenizer.load(tmp_path).encode("a <pad>")
+    (tmp_path / "added_tokens.json").write_text(json.dumps({"<pad>": hf.get_vocab_size()}))
+    assert Tokenizer.load(tmp_path).encode("a <pad>") != plain  # the file is read ...
+    assert model_files_identity(tmp_path) != before  # ... and compared

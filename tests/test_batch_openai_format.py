@@ -277,3 +277,37 @@ def test_a_first_request_without_its_custom_id_is_named_as_a_request(run_dir, tm
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "in.jsonl line 1: an OpenAI Batch request has exactly the fields custom_id, method, " \
         f"url, body; {said}" in err, err
+
+
+def test_a_run_interrupted_before_more_model_files_were_compared_resumes(run_dir, tmp_path, monkeypatch, capsys):
+    # a progress record written when only the config, tokenizer.json, tokenizer_config.json, the index and the weights
+    # were compared: the same model folder, holding a chat template file then too, was refused as "files:
+    # chat_template.jinja (new)"; a file that did change since is still refused
+    import shutil
+
+    import neurallayers.batch.requests as requests_module
+
+    model = shutil.copytree(run_dir, tmp_path / "model")
+    (model / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    source = _write(tmp_path / "in.jsonl", [("/v1/chat/completions", chat)] * 3)
+    real = requests_module._append
+
+    def append_then_die(record, lines):
+        real(record, lines)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(requests_module, "_append", append_then_die)
+    output = tmp_path / "out.jsonl"
+    assert _batch(model, source, output, "--batch-size", "1") == 130
+    monkeypatch.setattr(requests_module, "_append", real)
+    record_path = tmp_path / "out.jsonl.progress.json"
+    record = json.loads(record_path.read_text())
+    fingerprint = record["fingerprint"]
+    fingerprint.pop("files_scheme", None)  # as that version wrote it, without the files it did not compare
+    del fingerprint["settings"]["files"]["chat_template.jinja"]
+    record_path.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert _batch(model, source, output, "--batch-size", "1") == 0, capsys.readouterr().err
+    assert "2 computed now, 1 from an earlier run" in capsys.readouterr().out
+    assert "files_scheme" in json.loads(record_path.read_text())["fingerprint"]  # the next resume compares them all

@@ -17,10 +17,17 @@ from neurallayers.data.tokenizers import Tokenizer
 # config, every file a tokenizer is read from (its chat templates too: the served chat routes apply them) and the
 # sentence-transformers settings /v1/embeddings pools and prompts by
 MODEL_FILES = ("config.yaml", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "vocab.json", "merges.txt", "vocab.txt", "chat_template.jinja", "model.safetensors.index.json",
-               "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+               "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja",
+               "model.safetensors.index.json", "modules.json", "sentence_bert_config.json",
+               "config_sentence_transformers.json")
 # ... and those of subfolders and of names a model chooses (relative to the model's folder)
 MODEL_FILE_PATTERNS = ("*.safetensors", "additional_chat_templates/*.jinja", "[0-9]*_*/config.json")
+# A progress record without "files_scheme" was written when only FIRST_SCHEME_FILES and the top-level weights were
+# compared: a resume of its run compares those alone (the other files were unlisted, not absent: "vocab.json (new)"
+# refused every interrupted run of an unchanged HF folder), and the resumed run's record lists them all.
+FILES_SCHEME = 2
+FIRST_SCHEME_FILES = ("config.yaml", "config.json", "tokenizer.json", "tokenizer_config.json",
+                      "model.safetensors.index.json")
 
 
 def _sha256(path: Path) -> str:
@@ -46,7 +53,7 @@ def _fingerprint(input_path: Path, settings: dict, model: nn.Module, tokenizer: 
     # bf16 results differ from fp32 ones; the ids that end a generation come from generation_config.json too
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     weights = _weights_sha256(model) if model_files is None else None  # the files say it, without a pass over them
-    return {"input_sha256": _sha256(input_path), "settings": settings,
+    return {"input_sha256": _sha256(input_path), "settings": settings, "files_scheme": FILES_SCHEME,
             "model": {"config": model.config.to_dict(), "tokenizer": tokenizer.fingerprint(),
                       "files": model_files, "dtype": dtype, "eos_ids": tokenizer.eos_ids, "weights": weights}}
 
@@ -66,6 +73,8 @@ def _weights_sha256(model: nn.Module) -> str:
 
 def _changes(old: dict, new: dict) -> list[str]:
     """What differs between two fingerprints, in words."""
+    if "files_scheme" not in old:  # both sides as that scheme saw them
+        old, new = _first_scheme(old), _first_scheme(new)
     out = []
     if old.get("input_sha256") != new["input_sha256"]:
         out.append("the input file's contents")
@@ -80,6 +89,22 @@ def _changes(old: dict, new: dict) -> list[str]:
             if k in old_m and old_m[k] != new_m[k]]  # records written before these were kept have neither
     if old_m.get("weights") not in (None, new_m["weights"]):
         out.append("the model's weights")
+    return out
+
+
+def _first_scheme(fingerprint: dict) -> dict:
+    """`fingerprint` with its model files (the model's, or an OpenAI Batch run's settings') cut to those the first
+    scheme compared: FIRST_SCHEME_FILES and the weights beside them."""
+    def cut(files):
+        if not isinstance(files, dict):
+            return files
+        return {k: v for k, v in files.items()
+                if k in FIRST_SCHEME_FILES or ("/" not in k and k.endswith(".safetensors"))}
+
+    out = dict(fingerprint)
+    for key in ("settings", "model"):
+        if isinstance(out.get(key), dict) and "files" in out[key]:
+            out[key] = {**out[key], "files": cut(out[key]["files"])}
     return out
 
 

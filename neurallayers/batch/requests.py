@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from neurallayers.batch.fingerprint import _sha256
+from neurallayers.batch.fingerprint import FILES_SCHEME, _sha256
 from neurallayers.batch.inputs import json_lines
 from neurallayers.batch.journal import _append, _finish_jsonl, _line, _Progress, _resume_jsonl
 from neurallayers.batch.run import LINE_SUFFIXES, BatchResult
@@ -175,6 +175,7 @@ def run_requests(input_path: str | os.PathLike, output_path: str | os.PathLike,
     requests = read_requests(input_path)
     # the fields _changes compares, the model's described by what serves it
     fingerprint = {"input_sha256": _sha256(input_path), "settings": {"mode": "openai-batch", **model_identity},
+                   "files_scheme": FILES_SCHEME,
                    "model": {"config": {}, "tokenizer": None, "files": None, "weights": None}}
     output.parent.mkdir(parents=True, exist_ok=True)
     busy = f"another batch run is writing {output}; wait for it to end or choose another --output"
