@@ -96,6 +96,18 @@ def _check_unicode(record: dict, where: str) -> None:
                                  f"{bad.start()}: not valid Unicode text")
 
 
+def _numbered_lines(f) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of a binary file's lines, ended by "\n", "\r\n" or a lone "\r" as Python's universal
+    newlines and the corpus reader (data.text_files.jsonl_lines) end them: a file of CR line ends was one line of
+    "not valid JSON (Extra data)". JSON holds no raw CR inside a value, so a CR ends a line."""
+    n = 0
+    for raw in f:
+        body = raw[:-2] if raw.endswith(b"\r\n") else raw.removesuffix(b"\n")
+        for piece in body.split(b"\r"):
+            n += 1
+            yield n, piece
+
+
 def json_lines(path: Path, *, example: str) -> Iterator[tuple[int, str, Any]]:
     """(line number, where, value) for each non-blank line of the JSON-lines file `path`, `where` naming the file and
     the line.
@@ -105,7 +117,7 @@ def json_lines(path: Path, *, example: str) -> Iterator[tuple[int, str, Any]]:
             not even start like an object: a plain-text prompt file is the likely cause).
     """
     with path.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
+        for n, raw in _numbered_lines(f):
             where = f"{path} line {n}"
             try:
                 line = raw.decode("utf-8-sig")  # a BOM (Notepad writes one) before the first line is not JSON
