@@ -74,9 +74,21 @@ class _RowText:
         (a word-piece tokenizer's " ' " to "'") depends on the text after a token: alone, a quote before the stop
         string keeps the space the cut text lost, and was dropped with its logprob while a stream sent it. Cleaning
         up only drops spaces, so there the texts are compared without them."""
-        if self.decoder.tokenizer.cleans_up_spaces:
-            return self.text.replace(" ", "").startswith(prefix.replace(" ", ""))
-        return self.text.startswith(prefix)
+        if not self.decoder.tokenizer.cleans_up_spaces:
+            return self.text.startswith(prefix)
+        squeezed = prefix.replace(" ", "")
+        if not self.text.replace(" ", "").startswith(squeezed):
+            return False
+        if not prefix.endswith(" "):
+            return True
+        # a token of spaces alone (SentencePiece's "▁" before ","): before the cut only where a space it wrote is
+        # still there, not where cleaning up took it away with the stop string's punctuation
+        seen = 0
+        for char in self.text:
+            if seen == len(squeezed):
+                return char == " "
+            seen += char != " "
+        return False
 
     def _add(self, piece: str) -> None:
         if self.stopped or not piece:
