@@ -16,6 +16,18 @@ def token_id(value) -> int:
         raise TypeError(f"token ids must be integers, got {value!r}") from None
 
 
+def id_list(ids, caller: str) -> list:
+    """`ids` as a list, unchecked; one id (an int, a numpy integer, a 0-d array or tensor: `logits.argmax()`) is a list
+    of one, as transformers' decode takes it. Else a TypeError naming `caller`, not "'NoneType' object is not
+    iterable"."""
+    if isinstance(ids, int) or getattr(ids, "ndim", None) == 0:
+        return [ids]
+    try:
+        return list(ids)
+    except TypeError:
+        raise TypeError(f"{caller} expects token ids (a list of int, or one int), got {type(ids).__name__}") from None
+
+
 def check_id(value, vocab_size: int) -> int:
     """`token_id(value)`, checked to lie in [0, vocab_size)."""
     i = token_id(value)

@@ -151,6 +151,10 @@ def from_config(cls: type[Tokenizer], hf: HFTokenizer, config: dict) -> Tokenize
         if key in config:  # an explicit null means "none", so no guessing then
             token = config[key]
             token = token.get("content") if isinstance(token, dict) else token  # old HF AddedToken form
+            # an id was HF's TypeError naming neither file nor key; a dict without "content" was read as no token
+            if config[key] is not None and not isinstance(token, str):
+                raise ValueError(f"tokenizer_config.json: {key}={config[key]!r} must be a token's text (a str, or "
+                                 '{"content": str}) or null')
             if token is not None and hf.token_to_id(token) is None:  # transformers adds it past the embeddings
                 warnings.warn(f"tokenizer_config.json: {key}={token!r} is not in the vocabulary, so the "
                               f"tokenizer has no {key} (transformers would add it as a new id the model has no "

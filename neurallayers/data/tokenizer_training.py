@@ -13,16 +13,23 @@ from tokenizers import Tokenizer as HFTokenizer
 from neurallayers.data.special_tokens import ENDOFTEXT, MASK, UNK, mask_takes_its_space
 from neurallayers.data.text_checks import check_text
 
+# The largest vocab_size train_bpe takes: HF's BpeTrainer allocates tables of vocab_size entries up front, and 2**31
+# aborted the process (a Rust allocation failure, no Python error); 2**64 overflowed. Far past any real vocabulary.
+MAX_BPE_VOCAB = 2**24
+
 
 def train_bpe(texts: Iterable[str], *, vocab_size: int, special_tokens: Iterable[str],
               show_progress: bool) -> tuple[HFTokenizer, dict[str, str | None]]:
     """The byte-level BPE `Tokenizer.train_bpe` describes, and its bos, eos and pad tokens (constructor keywords)."""
-    special_tokens = list(special_tokens)
+    special_tokens = _checked_special_tokens(special_tokens)
     if isinstance(texts, str):
         raise TypeError("train_bpe expects an iterable of texts, not a single str (wrap it in a list)")
     if isinstance(vocab_size, bool) or not hasattr(vocab_size, "__index__"):  # "300.0 is too small" misled
         raise ValueError(f"vocab_size={vocab_size!r} must be an int, not {type(vocab_size).__name__}")
     vocab_size = operator.index(vocab_size)  # a numpy integer too
+    if vocab_size > MAX_BPE_VOCAB:  # HF's trainer reserves room for vocab_size tokens before it reads a text
+        raise ValueError(f"vocab_size={vocab_size} is too large: at most {MAX_BPE_VOCAB:,} (a trained BPE stops at "
+                         "what its corpus holds anyway)")
     if vocab_size < 256 + len(special_tokens):
         raise ValueError(f"vocab_size={vocab_size!r} is too small: byte-level BPE needs at least "
                          f"256 bytes + {len(special_tokens)} special tokens = {256 + len(special_tokens)}")
@@ -54,6 +61,20 @@ def train_bpe(texts: Iterable[str], *, vocab_size: int, special_tokens: Iterable
     if MASK in special_tokens:
         mask_takes_its_space(hf)
     return hf, {"bos_token": eos, "eos_token": eos, "pad_token": pad}
+
+
+def _checked_special_tokens(special_tokens: Iterable[str]) -> list[str]:
+    """`special_tokens` as a list without repeats (HF's trainer adds a repeated one once: counted twice, it made
+    vocab_size look too small), each a non-empty str of valid Unicode."""
+    if isinstance(special_tokens, str):  # its characters became one-letter specials that decode dropped from text
+        raise TypeError(f"special_tokens must be a list of str, not a single str (wrap it in a list: "
+                        f"[{special_tokens!r}])")
+    tokens = list(special_tokens)
+    for i, token in enumerate(tokens):
+        check_text(token, f"special_tokens[{i}]")  # HF's TypeError names no token
+        if not token:  # HF gave it an id of its own, as a plain "" token
+            raise ValueError(f"special_tokens[{i}]='' is empty: a special token needs at least one character")
+    return list(dict.fromkeys(tokens))
 
 
 def train_char(texts: Iterable[str]) -> HFTokenizer:

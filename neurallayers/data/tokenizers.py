@@ -32,7 +32,7 @@ from neurallayers.data.special_tokens import (
 )
 from neurallayers.data.stream_decode import CONTEXT_TOKENS, StreamDecoder, anchor_id, clean_up_spaces, continuation_text
 from neurallayers.data.text_checks import check_unicode
-from neurallayers.data.token_ids import check_id
+from neurallayers.data.token_ids import check_id, id_list
 from neurallayers.data.tokenizer_files import HF_SETTINGS, KINDS, SPECIAL_KEYS, is_id_list
 
 __all__ = ["CONTEXT_TOKENS", "ENDOFTEXT", "HF_SETTINGS", "KINDS", "MASK", "MASK_TOKENS", "NAMED_TOKENS", "SPECIAL_KEYS",
@@ -80,6 +80,8 @@ class Tokenizer:
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not one of {KINDS}")
         for field, token in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token)):
+            if token is not None and not isinstance(token, str):  # HF's TypeError names neither field nor value
+                raise TypeError(f"{field}={token!r} must be the token's text (a str) or None")
             if token is not None and hf.token_to_id(token) is None:
                 raise ValueError(f"{field}={token!r} is not in the vocabulary")
         make_special(hf, [bos_token, eos_token, pad_token])
@@ -287,12 +289,12 @@ class Tokenizer:
             ids = [*ids, self.eos_id]
         return ids
 
-    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True,
+    def decode(self, ids: Iterable[int] | int, *, skip_special_tokens: bool = True,
                clean_up_tokenization_spaces: bool | None = None) -> str:
-        """Text of `ids`. Bytes that do not form complete UTF-8 characters decode to U+FFFD.
-        clean_up_tokenization_spaces: None follows the tokenizer's setting (see the class); True is ignored for a BPE
-        model, as transformers 5 ignores it (it would drop the real spaces of "Hello , world")."""
-        ids = [check_id(i, self.vocab_size) for i in ids]
+        """Text of `ids` (or of one id, as transformers takes it). Bytes that do not form complete UTF-8 characters
+        decode to U+FFFD. clean_up_tokenization_spaces: None follows the tokenizer's setting (see the class); True is
+        ignored for a BPE model, as transformers 5 ignores it (it would drop the real spaces of "Hello , world")."""
+        ids = [check_id(i, self.vocab_size) for i in id_list(ids, "decode")]
         text = self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.cleans_up_spaces
@@ -386,8 +388,10 @@ class Tokenizer:
 
         Args:
             texts: Training texts (e.g. `doc.text for doc in corpus.documents()`).
-            vocab_size: Largest vocabulary, specials included; at least 256 + len(special_tokens).
-            special_tokens: Added first, with ids 0, 1, ...; "<|endoftext|>" becomes bos and eos.
+            vocab_size: Largest vocabulary, specials included; at least 256 + len(special_tokens), at most 2**24
+                (16,777,216).
+            special_tokens: A list of non-empty str, added first, with ids 0, 1, ... (a repeat counts once);
+                "<|endoftext|>" becomes bos and eos.
             show_progress: Show HF's progress bar.
         """
         hf, specials = tokenizer_training.train_bpe(texts, vocab_size=vocab_size, special_tokens=special_tokens,

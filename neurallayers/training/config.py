@@ -174,7 +174,11 @@ class DataConfig:
         _require(self, "source", bool(self.source), "must be a corpus name or path")
         _require(self, "tokenizer", bool(self.tokenizer), "must be 'bpe', 'char', 'gpt2' or a tokenizer path")
         if self.vocab_size is not None:
+            from neurallayers.data.tokenizer_training import MAX_BPE_VOCAB  # set only to train a BPE, which imports it
+
             _require(self, "vocab_size", self.vocab_size >= 257, "must be >= 257 for byte-level BPE, or None")
+            _require(self, "vocab_size", self.vocab_size <= MAX_BPE_VOCAB, f"must be at most {MAX_BPE_VOCAB:,} "
+                     "(a trained BPE stops at what its corpus holds anyway), or None")
         _require(self, "val_fraction", 0 <= self.val_fraction < 1, "must be in [0, 1)")
 
     @property

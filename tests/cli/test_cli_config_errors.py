@@ -48,6 +48,9 @@ FILES = {
      "a tokenizer.json or tokenizer folder, and no such path exists"),
     (["prepare", "--vocab-size", "3"], "--vocab-size=3: must be >= 257 for byte-level BPE, or None"),
     (["prepare", "--data.vocab_size", "3"], "--data.vocab_size=3: must be >= 257 for byte-level BPE, or None"),
+    # HF's trainer reserved room for 5e9 tokens before it read a text, and the process aborted on the allocation
+    (["prepare", "--vocab-size", "5000000000"], "--vocab-size=5000000000: must be at most 16,777,216 (a trained BPE "
+     "stops at what its corpus holds anyway), or None"),
     (["prepare", "--vocab-size", "0", "--data.vocab_size", "4000"],  # the flag is applied last: it is the value
      "--vocab-size=0: must be >= 257 for byte-level BPE, or None"),
 ])

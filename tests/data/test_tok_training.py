@@ -1,10 +1,12 @@
-"""Bad training texts are named: which text, and what is wrong with it."""
+"""Bad training input is named: which text or special token, and what is wrong with it; vocab_size's bounds."""
 
 from __future__ import annotations
 
 import pytest
 
 from neurallayers.data.tokenizers import Tokenizer
+
+MAX_BPE_VOCAB = 2**24  # the largest vocab_size train_bpe takes, as documented
 
 
 def train_bpe(texts):
@@ -30,3 +32,47 @@ def test_a_training_text_that_is_not_a_str_is_named(train, bad):
     'str'" (bytes in train_char)."""
     with pytest.raises(TypeError, match=rf"texts\[1\] is {type(bad).__name__}, expected str"):
         train(["fine", bad])
+
+
+def test_special_tokens_given_as_one_str_are_refused():
+    """A str is an iterable of characters: "<|endoftext|>" made 13 one-character special tokens ("e", "o", ...), and
+    decode then dropped those letters from every text ("hello world" came back "hll wrl"), with no eos at all."""
+    with pytest.raises(TypeError, match=r"^special_tokens must be a list of str, not a single str"):
+        Tokenizer.train_bpe(["hello world"], vocab_size=300, special_tokens="<|endoftext|>", show_progress=False)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("", r"special_tokens\[1\]='' is empty"),
+        (None, r"special_tokens\[1\] is NoneType, expected str"),
+        (5, r"special_tokens\[1\] is int, expected str"),
+        ("<x\ud800>", r"special_tokens\[1\] has a character that is not valid Unicode at position 2"),
+    ],
+)
+def test_a_bad_special_token_is_named(bad, message):
+    """An empty one took an id of its own as a plain "" token; the others failed in HF with "special_tokens must be
+    a List[Union[str, AddedToken]]", naming none."""
+    with pytest.raises((TypeError, ValueError), match=rf"^{message}"):
+        Tokenizer.train_bpe(["hello world"], vocab_size=300, special_tokens=["<|endoftext|>", bad],
+                            show_progress=False)
+
+
+def test_a_special_token_named_twice_counts_once_in_vocab_size():
+    """HF's trainer adds a repeated special token once, but it was counted twice against vocab_size: 257 was refused
+    as "too small: 256 bytes + 2 special tokens = 258"."""
+    tok = Tokenizer.train_bpe(["hello world"] * 3, vocab_size=257, special_tokens=["<|endoftext|>"] * 2,
+                              show_progress=False)
+    assert tok.vocab_size == 257 and tok.eos_id == 0 and tok.decode(tok.encode("hello world")) == "hello world"
+
+
+@pytest.mark.parametrize("vocab_size", [MAX_BPE_VOCAB + 1, 2**31, 2**64])
+def test_a_vocab_size_past_the_largest_is_refused(vocab_size):
+    """HF's trainer reserves room for vocab_size tokens before it reads a text: 2**31 (or `--vocab-size 5000000000`)
+    aborted the whole process ("memory allocation of 141733920784 bytes failed", no Python error), and 2**64 was
+    "OverflowError: int too big to convert"."""
+    with pytest.raises(ValueError, match=rf"^vocab_size={vocab_size} is too large: at most {MAX_BPE_VOCAB:,}"):
+        Tokenizer.train_bpe(["hello world"], vocab_size=vocab_size, show_progress=False)
+    # the largest trains on a small corpus like any size past what it holds
+    largest = Tokenizer.train_bpe(["hello world"], vocab_size=MAX_BPE_VOCAB, show_progress=False)
+    assert largest.hf.to_str() == Tokenizer.train_bpe(["hello world"], vocab_size=1000, show_progress=False).hf.to_str()

@@ -2,6 +2,7 @@ import functools
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -314,3 +315,45 @@ def test_train_bpe_vocab_size_of_another_type_says_so(vocab_size):
     with pytest.raises(ValueError, match=rf"^vocab_size={vocab_size!r} must be an int"):
         Tokenizer.train_bpe(["abc"], vocab_size=vocab_size, show_progress=False)
     assert Tokenizer.train_bpe(["abc"], vocab_size=np.int64(300), show_progress=False).vocab_size == 259
+
+
+def test_decode_takes_one_id_as_transformers_does(tmp_path):
+    """`tokenizer.decode(logits.argmax())` (a 0-d tensor) or `decode(next_id)` (an int) is what transformers' decode
+    takes: it failed with "iteration over a 0-d tensor" or "'int' object is not iterable"."""
+    transformers = pytest.importorskip("transformers")
+    gpt2().save(tmp_path)
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for one in (31373, np.int64(31373), np.array(31373), torch.tensor(31373)):
+        assert gpt2().decode(one) == ref.decode(one) == "hello"
+    assert gpt2().decode(torch.tensor(50256), skip_special_tokens=False) == "<|endoftext|>"
+    assert gpt2().decode(torch.tensor(50256)) == ""
+    with pytest.raises(TypeError, match=r"^token ids must be integers, got True"):
+        gpt2().decode(True)
+    with pytest.raises(TypeError, match=r"^token ids must be integers, got tensor\(1\.5000\)"):
+        gpt2().decode(torch.tensor(1.5))
+    with pytest.raises(ValueError, match=r"^token id 50257 is outside the vocabulary \[0, 50257\)"):
+        gpt2().decode(50257)
+    with pytest.raises(TypeError, match=r"^decode expects token ids \(a list of int, or one int\), got NoneType"):
+        gpt2().decode(None)
+
+
+@pytest.mark.parametrize("field", ["bos_token", "eos_token", "pad_token"])
+@pytest.mark.parametrize("bad", [0, ["<|endoftext|>"]])
+def test_a_special_token_given_as_other_than_its_text_is_named(field, bad):
+    """An id (transformers' bos_token_id is the other field) failed in HF as "'int' object is not an instance of
+    'str'", naming neither the field nor the value."""
+    with pytest.raises(TypeError, match="^" + re.escape(f"{field}={bad!r} must be the token's text (a str) or None")):
+        Tokenizer(trained_bpe().hf, **{field: bad})
+
+
+@pytest.mark.parametrize("field", ["bos_token", "eos_token", "pad_token"])
+@pytest.mark.parametrize("bad", [50256, True, ["<|endoftext|>"], {"content": 5}, {"id": 50256}])
+def test_a_folder_naming_a_special_token_by_other_than_its_text_is_named(tmp_path, field, bad):
+    """`"eos_token": 50256` (an id, in a hand-edited or converted tokenizer_config.json) failed as a bare TypeError
+    "'int' object is not an instance of 'str'"; a dict without its "content" was read as no token at all."""
+    gpt2().save(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, field: bad}))
+    message = f"tokenizer_config.json: {field}={bad!r} must be a token's text (a str, or {{\"content\": str}}) or null"
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        Tokenizer.load(tmp_path)
