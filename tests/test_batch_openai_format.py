@@ -227,25 +227,26 @@ def test_a_resume_after_the_tokenizers_files_changed_is_refused(run_dir, tmp_pat
 def test_a_server_fault_is_not_written_as_an_answer_and_the_rerun_redoes_it(run_dir, tmp_path, monkeypatch, capsys):
     # a model step that fails (a GPU out of memory) made the server answer 500 "internal error": that was written as
     # the request's answer, the run ended "complete", and a rerun redid nothing
-    import neurallayers.batch.requests as requests_module
     import neurallayers.serve.engine as engine_module
+    from neurallayers.cli.batch import _Loopback
 
     source = _write(tmp_path / "in.jsonl", BODIES)
     straight, faulted = tmp_path / "straight.jsonl", tmp_path / "faulted.jsonl"
     assert _batch(run_dir, source, straight, "--batch-size", "1") == 0
-    real_append, real_step, fault = requests_module._append, engine_module.forward_step, []
+    real_post, real_step, fault = _Loopback._post, engine_module.forward_step, []
 
-    def append_then_arm(record, lines):
-        real_append(record, lines)
-        fault.append("armed")
+    def post_then_arm(self, request):
+        if request.custom_id == "req-1":  # one request in flight (--batch-size 1): the next model step is req-1's
+            fault.append("armed")
+        return real_post(self, request)
 
     def step(*args, **kwargs):
-        if fault == ["armed"]:  # the first model step after the first answer is written fails, once
+        if fault == ["armed"]:  # req-1's first decode step fails, once
             fault.append("raised")
             raise RuntimeError("CUDA out of memory")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(requests_module, "_append", append_then_arm)
+    monkeypatch.setattr(_Loopback, "_post", post_then_arm)
     monkeypatch.setattr(engine_module, "forward_step", step)
     capsys.readouterr()
     assert _batch(run_dir, source, faulted, "--batch-size", "1") == 2
@@ -311,3 +312,242 @@ def test_a_run_interrupted_before_more_model_files_were_compared_resumes(run_dir
     assert _batch(model, source, output, "--batch-size", "1") == 0, capsys.readouterr().err
     assert "2 computed now, 1 from an earlier run" in capsys.readouterr().out
     assert "files_scheme" in json.loads(record_path.read_text())["fingerprint"]  # the next resume compares them all
+
+
+def test_a_slow_request_does_not_hold_back_the_others(run_dir, tmp_path, monkeypatch):
+    # requests went in chunks of --batch-size, each waiting for its slowest: one long answer left the engine idle for
+    # the rest of its chunk, where vllm run-batch keeps it full; now a request goes as soon as one finishes
+    import threading
+
+    from neurallayers.cli.batch import _Loopback
+
+    bodies = [("/v1/completions", {"prompt": "The", "max_tokens": 3, "temperature": 0})] * 8
+    source, output = _write(tmp_path / "in.jsonl", bodies), tmp_path / "out.jsonl"
+    real, lock, all_sent = _Loopback._post, threading.Lock(), threading.Event()
+    seen = {"in_flight": 0, "most": 0, "sent_while_slow": 0, "slow": "not sent"}
+
+    def post(self, request):
+        with lock:
+            seen["in_flight"] += 1
+            seen["most"] = max(seen["most"], seen["in_flight"])
+            if request.custom_id == "req-0":
+                seen["slow"] = "in flight"
+            elif seen["slow"] == "in flight":
+                seen["sent_while_slow"] += 1
+                if seen["sent_while_slow"] == len(bodies) - 1:
+                    all_sent.set()  # the slow one finishes once all the others were sent
+        try:
+            if request.custom_id == "req-0":
+                all_sent.wait(timeout=30)  # with a barrier the others never come: give up
+            return real(self, request)
+        finally:
+            with lock:
+                seen["in_flight"] -= 1
+                if request.custom_id == "req-0":
+                    seen["slow"] = "finished"
+
+    monkeypatch.setattr(_Loopback, "_post", post)
+    assert _batch(run_dir, source, output, "--batch-size", "3") == 0
+    assert seen["sent_while_slow"] == len(bodies) - 1, seen
+    assert seen["most"] <= 3, seen  # never more than --batch-size at once
+    results = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["custom_id"] for r in results] == [f"req-{i}" for i in range(len(bodies))]  # input order
+    assert {r["response"]["status_code"] for r in results} == {200}
+
+
+def _answer(request) -> tuple[int, dict]:
+    """A fake server's answer: made from the body, so every run answers a request alike."""
+    return 200, {"echo": request.body["prompt"], "index": request.index}
+
+
+class _Turns:
+    """Requests finishing in a given order: each waits until the one before it in `order` is done: returned, or, when
+    `journal` wraps the journal's _append, written (one answer a write)."""
+
+    def __init__(self, order: list[int], *, faults=()) -> None:
+        import threading
+
+        self.order, self.faults, self.done, self.written, self.by_write = order, set(faults), set(), [], False
+        self.released = False
+        self.cond = threading.Condition()
+
+    def post(self, request) -> tuple[int, dict]:
+        at = self.order.index(request.index)
+        with self.cond:
+            self.cond.wait_for(lambda: self.released or at == 0 or self.order[at - 1] in self.done, timeout=30)
+            if not self.by_write:
+                self.done.add(request.index)
+                self.cond.notify_all()
+        if request.index in self.faults:
+            return 503, {"error": {"message": "engine stopped", "type": "server_error"}}
+        return _answer(request)
+
+    def release(self) -> None:
+        """Let the requests a killed run left behind answer (to nobody) and end."""
+        with self.cond:
+            self.released = True
+            self.cond.notify_all()
+
+    def journal(self, append):
+        self.by_write = True
+
+        def wrapped(record, lines):
+            append(record, lines)
+            with self.cond:
+                self.written.append([int(json.loads(line)["custom_id"][1:]) for line in lines])
+                self.done.update(self.written[-1])
+                self.cond.notify_all()
+
+        return wrapped
+
+
+def _requests_file(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions",
+                                        "body": {"prompt": f"p{i}"}}) + "\n" for i in range(n)))
+    return path
+
+
+@pytest.mark.parametrize("kill_at", range(1, 7))
+def test_a_kill_after_any_write_resumes_to_the_straight_runs_file(tmp_path, monkeypatch, kill_at):
+    # answers now arrive in the order they finish, not the input's; a kill after any of the journal's writes, with a
+    # torn line after it, resumes to the file an uninterrupted run writes, each request answered once
+    import neurallayers.batch.requests as requests_module
+
+    order = [1, 2, 3, 5, 4, 0]  # req 0 holds its slot to the end: the others overtake it
+    source = _requests_file(tmp_path / "in.jsonl", len(order))
+    straight, resumed = tmp_path / "straight.jsonl", tmp_path / "resumed.jsonl"
+    run = requests_module.run_requests
+    assert run(source, straight, _answer, model_identity={}, batch_size=3, progress=False).computed == 6
+    real, turns = requests_module._append, _Turns(order)
+    journal = turns.journal(real)
+
+    def append_then_die(record, lines):
+        journal(record, lines)
+        if len(turns.written) == kill_at:
+            with record.output.open("ab") as f:
+                f.write(b'{"custom_id": "c')  # a line cut off mid-write
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(requests_module, "_append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(source, resumed, turns.post, model_identity={}, batch_size=3, progress=False)
+    turns.release()
+    assert turns.written == [[i] for i in order[:kill_at]]  # one answer a write, in the order they finished
+    monkeypatch.setattr(requests_module, "_append", real)
+    result = run(source, resumed, _answer, model_identity={}, batch_size=3, progress=False)
+    assert (result.resumed, result.computed) == (kill_at, 6 - kill_at)
+    assert resumed.read_bytes() == straight.read_bytes()
+
+
+def test_a_server_fault_stops_sending_and_keeps_the_answers_that_came_back(tmp_path):
+    import neurallayers.batch.requests as requests_module
+
+    source = _requests_file(tmp_path / "in.jsonl", 6)
+    straight, faulted = tmp_path / "straight.jsonl", tmp_path / "faulted.jsonl"
+    run = requests_module.run_requests
+    run(source, straight, _answer, model_identity={}, batch_size=2, progress=False)
+    turns, sent = _Turns([1, 0, 2, 3, 4, 5], faults={1}), []
+
+    def post(request):
+        sent.append(request.index)
+        return turns.post(request)
+
+    with pytest.raises(requests_module.ServerFault, match=r"in.jsonl line 2 \(custom_id 'c1'\): the server failed "
+                       r"it \(503: engine stopped\).*run the same command again"):
+        run(source, faulted, post, model_identity={}, batch_size=2, progress=False)
+    assert sorted(sent) == [0, 1]  # nothing more is sent once the server failed one ...
+    assert [json.loads(line)["custom_id"] for line in faulted.read_text().splitlines()] == ["c0"]  # ... c0 is kept
+    result = run(source, faulted, _answer, model_identity={}, batch_size=2, progress=False)
+    assert (result.resumed, result.computed) == (1, 5)
+    assert faulted.read_bytes() == straight.read_bytes()
+
+
+CHILD = '''
+import sys, time
+from pathlib import Path
+
+import neurallayers.batch.requests as requests_module
+import neurallayers.serve.engine as engine_module
+from neurallayers.__main__ import main
+
+log = Path(sys.argv[1])  # a "." for each decode step, a "W" for each write of answers
+log.touch()
+real_append, real_step = requests_module._append, engine_module.forward_step
+
+
+def append(record, lines):
+    real_append(record, lines)
+    with log.open("a") as f:
+        f.write("W")
+
+
+def step(*args, **kwargs):
+    if "W" in log.read_text():  # the next requests: a model far larger than this one, long generations
+        time.sleep(0.1)
+    with log.open("a") as f:
+        f.write(".")
+    return real_step(*args, **kwargs)
+
+
+requests_module._append, engine_module.forward_step = append, step
+sys.exit(main(["batch", *sys.argv[2:]]))
+'''
+
+
+def test_ctrl_c_stops_at_once_keeping_the_answers_received(run_dir, tmp_path, capsys):
+    # Ctrl-C waited for every request already sent (the thread pool's shutdown, then the server's drain): the
+    # generations in flight ran to their end before the run stopped
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    body = {"prompt": "The quick", "max_tokens": 50, "temperature": 0, "ignore_eos": True}
+    source, output = _write(tmp_path / "in.jsonl", [("/v1/completions", body)] * 4), tmp_path / "out.jsonl"
+    (script := tmp_path / "child.py").write_text(CHILD)
+    log = tmp_path / "log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script), str(log), str(run_dir), "--input", str(source),
+                             "--output", str(output), "--batch-size", "2", "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def steps_after_a_write() -> int:
+        text = log.read_text() if log.exists() else ""
+        return text[text.index("W"):].count(".") if "W" in text else 0
+
+    deadline = time.monotonic() + 60  # the next two requests are generating
+    while steps_after_a_write() < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert steps_after_a_write() >= 3, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    steps = log.read_text().count(".")
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("Ctrl-C did not stop the run")
+    # they had about 45 steps to go; a few may start before the Ctrl-C reaches the engine on a busy machine
+    assert log.read_text().count(".") - steps <= 10, "the generations in flight went on after Ctrl-C"
+    assert proc.returncode == 130, err  # as the {"prompt": ...} path's Ctrl-C
+    assert f"kept in {output}: the same command goes on from them" in err, err
+    assert err.rstrip().endswith("neurallayers batch: interrupted"), err
+    kept = [json.loads(line) for line in output.read_text().splitlines()]
+    assert 1 <= len(kept) <= 2 and {r["response"]["status_code"] for r in kept} == {200}  # the ended ones: unwritten
+    capsys.readouterr()
+    assert _batch(run_dir, source, output, "--batch-size", "2") == 0  # the same command goes on
+    assert f"({4 - len(kept)} computed now, {len(kept)} from an earlier run)" in capsys.readouterr().out
+    results = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["custom_id"] for r in results] == [f"req-{i}" for i in range(4)]
+    assert len({json.dumps(r["response"]["body"]["choices"]) for r in results}) == 1  # greedy: all alike
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True])
+def test_a_bad_batch_size_is_refused_before_any_file(tmp_path, size):
+    from neurallayers.batch.requests import run_requests
+
+    source, output = _requests_file(tmp_path / "in.jsonl", 2), tmp_path / "out.jsonl"
+    with pytest.raises(ValueError, match=rf"batch_size={size!r}: must be an integer >= 1"):
+        run_requests(source, output, _answer, model_identity={}, batch_size=size, progress=False)
+    assert not output.exists()

@@ -9,20 +9,25 @@ answered, in input order, as `neurallayers serve` answers that body at that url:
 
 A body the server refuses (a bad temperature, another model's name) does not stop the others: its line has the
 server's status code, a null body and the server's error object in "error", as vllm run-batch writes it. A server
-fault (a 5xx: a model step out of memory, an engine that stopped) is no answer to the body: the run stops there with
-ServerFault, keeping the answers written, and a rerun asks again. A bad envelope (not JSON, a missing or repeated
-custom_id, another method or url, a streamed body) stops the run before any work, naming its line, as OpenAI refuses
-such a file at upload. The file is journalled and resumed as the {"prompt": ...} format is
-(neurallayers.batch.journal), keyed by custom_id.
+fault (a 5xx: a model step out of memory, an engine that stopped) is no answer to the body: no more requests are sent
+and the run stops with ServerFault, keeping the answers that came back, and a rerun asks again. A bad envelope (not
+JSON, a missing or repeated custom_id, another method or url, a streamed body) stops the run before any work, naming
+its line, as OpenAI refuses such a file at upload.
+
+At most batch_size requests are in flight, the next sent as soon as one comes back (a rolling window: vllm run-batch
+keeps its engine full, where chunks waited for their slowest request). Answers are journalled as they come back and
+put in input order at the end, as the {"prompt": ...} format's results are (neurallayers.batch.journal), keyed by
+custom_id; a rerun resumes from them.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ from neurallayers.batch.fingerprint import FILES_SCHEME, _sha256
 from neurallayers.batch.inputs import json_lines
 from neurallayers.batch.journal import _append, _finish_jsonl, _line, _Progress, _resume_jsonl
 from neurallayers.batch.run import LINE_SUFFIXES, BatchResult
+from neurallayers.checks import is_int
 from neurallayers.files import exclusive
 
 URLS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
@@ -148,24 +154,31 @@ def result_line(request: Request, status: int, body: dict) -> dict:
 
 
 def run_requests(input_path: str | os.PathLike, output_path: str | os.PathLike,
-                 post: Callable[[list[Request]], list[tuple[int, dict]]], *, model_identity: dict,
+                 post: Callable[[Request], tuple[int, dict]], *, model_identity: dict,
                  batch_size: int = 8, overwrite: bool = False, progress: bool = True) -> BatchResult:
     """Answer every request of an OpenAI Batch input file once, resumably.
+
+    Answers are journalled as they come back (completion order) and put in input order at the end.
 
     Args:
         input_path: the input JSONL (see read_requests).
         output_path: the `.jsonl` results.
-        post: sends a list of requests to the server at once, returning (status code, JSON body) for each.
+        post: sends one request to the server, returning its (status code, JSON body); called from several threads.
         model_identity: what a resume must find unchanged about the served model (its files, dtype ...).
-        batch_size: requests sent to the server together.
+        batch_size: requests in flight at once: the next one is sent as soon as one comes back, as vllm run-batch
+            keeps its engine full (chunks waited for their slowest request).
         overwrite: discard an earlier run's output and progress instead of resuming.
         progress: show a tqdm progress bar.
 
     Raises:
-        ValueError: a bad envelope (naming its line), a bad output, or a resume whose input or model changed.
-        ServerFault: the server failed a request (a 5xx or 429); the answers before it are kept for a rerun.
+        ValueError: a bad envelope (naming its line), a bad output or batch_size, or a resume whose input or model
+            changed.
+        ServerFault: the server failed a request (a 5xx or 429): no more are sent, the answers of those in flight and
+            before are kept for a rerun.
     """
     input_path, output = Path(input_path), Path(output_path)
+    if not is_int(batch_size) or batch_size < 1:  # 0 sent nothing, then failed on a KeyError at the end
+        raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1 (requests in flight at once)")
     if output.is_dir():
         raise ValueError(f"output {output} is a folder; name a file, e.g. {output / 'results.jsonl'}")
     if output.suffix.lower() not in LINE_SUFFIXES:
@@ -189,20 +202,61 @@ def run_requests(input_path: str | os.PathLike, output_path: str | os.PathLike,
 
         from tqdm.auto import tqdm
 
+        faults = []
         with tqdm(total=len(requests), initial=len(done), unit=" requests", disable=not progress,
                   desc=output.name) as bar:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
-                answers = [(r, status, body) for r, (status, body) in zip(chunk, post(chunk), strict=True)]
+            for answers in _answers(todo, post, window=batch_size):
                 kept = [a for a in answers if not is_server_fault(a[1])]
+                faults += [a for a in answers if is_server_fault(a[1])]
                 if kept:
                     _append(record, [_line(result_line(*a)) for a in kept])
                     bar.update(len(kept))
-                if len(kept) < len(answers):
-                    r, status, body = next(a for a in answers if is_server_fault(a[1]))
-                    raise ServerFault(f"{input_path} line {r.line} (custom_id {r.custom_id!r}): the server failed it "
-                                      f"({status}: {_message(body)}); the answers written before are kept: run the "
-                                      "same command again to go on")
+        if faults:
+            r, status, body = min(faults, key=lambda a: a[0].index)
+            raise ServerFault(f"{input_path} line {r.line} (custom_id {r.custom_id!r}): the server failed it "
+                              f"({status}: {_message(body)}); the answers written before are kept: run the same "
+                              "command again to go on")
         _finish_jsonl(record, requests, key="custom_id")
         return BatchResult(output=output, total=len(requests), resumed=len(done), computed=len(todo),
                            repaired_bytes=repaired)
+
+
+def _answers(todo: list[Request], post: Callable[[Request], tuple[int, dict]], *,
+             window: int) -> Iterator[list[tuple[Request, int, dict]]]:
+    """(request, status, body) of the requests as they come back, those back together in one list: at most `window`
+    in flight, the next sent as soon as one comes back, so a slow request holds its own slot only. After a server
+    fault none is sent, and those in flight are still waited for. Each post runs in a daemon thread: left behind by an
+    exception here (Ctrl-C), it holds neither this caller nor the process's exit, as a pool's workers would."""
+    import queue
+    import threading
+
+    back: queue.SimpleQueue = queue.SimpleQueue()
+    waiting = iter(todo)
+
+    def send(request: Request) -> None:
+        def call() -> None:
+            try:
+                back.put((request, *post(request)))
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread, below
+                back.put((request, e, None))
+
+        threading.Thread(target=call, name=f"batch-request-{request.index}", daemon=True).start()
+
+    in_flight, faulted = 0, False
+    for request in itertools.islice(waiting, window):
+        send(request)
+        in_flight += 1
+    while in_flight:
+        answers = [back.get()]
+        while not back.empty():
+            answers.append(back.get_nowait())
+        in_flight -= len(answers)
+        for _, status, _ in answers:
+            if isinstance(status, BaseException):  # the post itself failed (the server is gone): as it raised
+                raise status
+        faulted = faulted or any(is_server_fault(status) for _, status, _ in answers)
+        if not faulted:  # sent before the answers are written: the server works while the journal syncs
+            for request in itertools.islice(waiting, len(answers)):
+                send(request)
+                in_flight += 1
+        yield answers

@@ -31,7 +31,8 @@ no_repeat_ngram_size, stop, seed and ignore_eos. An encoder model embeds each "t
 an unknown field, no prompt, a bad value) stops the run before any work, naming its line number.
 
 An OpenAI Batch API file ({"custom_id", "method": "POST", "url", "body"} per line, as vllm run-batch reads) is
-answered line by line by the `neurallayers serve` server, run in-process: {"id", "custom_id", "response", "error"}.
+answered by the `neurallayers serve` server, run in-process, --batch-size requests in flight at once (the next sent as
+soon as one comes back): {"id", "custom_id", "response", "error"}.
 
 output: .jsonl (one result per input line, in input order when done); .npy / .npz for embeddings.
 Interrupted? Run the same command again: finished batches are kept, the rest is computed. A resume with a changed
@@ -39,7 +40,7 @@ input file, settings or model is refused (pass --overwrite to start again), and 
 interrupted run left (--overwrite replaces it)."""
 
 
-# The in-process server's queue: a batch's requests are sent a chunk at a time, so this bounds nothing but refusals
+# The in-process server's queue: at most --batch-size requests are in flight, so this bounds nothing but refusals
 UNBOUNDED_QUEUE = 2**62
 
 
@@ -49,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=non_empty, required=True, help="the prompts: a JSONL file (see below)")
     parser.add_argument("--output", type=non_empty, required=True,
                         help="results .jsonl; for an encoder also .npy (N x C float32) or .npz (ids, embeddings)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per batch")
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="prompts per batch (an OpenAI Batch file: requests in flight at once)")
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier run's output instead of resuming")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_dtype(parser)
@@ -183,11 +185,15 @@ def _run_openai_batch(args: argparse.Namespace) -> int:
 
 
 class _Loopback:
-    """uvicorn serving `app` on 127.0.0.1 (a free port) in a thread; calling it posts requests concurrently."""
+    """uvicorn serving `app` on 127.0.0.1 (a free port) in a thread; calling it posts one request (from any thread).
+
+    Left by an exception (Ctrl-C, a failed write), it ends the requests still in flight (a 503 each, which nobody
+    reads): the server's own shutdown waits for their generations to finish, so a Ctrl-C did not stop the run."""
 
     def __init__(self, app) -> None:
         import uvicorn
 
+        self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -204,15 +210,14 @@ class _Loopback:
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy for loopback
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.app.state.holder.cut_after(0)  # as SIGTERM's drain time running out, now
         self.server.should_exit = True
         self.thread.join()
 
-    def __call__(self, requests) -> list[tuple[int, dict]]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-            return list(pool.map(self._post, requests))
+    def __call__(self, request) -> tuple[int, dict]:
+        return self._post(request)
 
     def _post(self, request) -> tuple[int, dict]:
         import urllib.error
