@@ -41,6 +41,18 @@ def shell_command() -> str:
     return _shell_path(script)
 
 
+def torchrun_command() -> str:
+    """How the shell calls the torchrun that started this process: torchrun starts its workers with its own interpreter,
+    so it is the one beside `sys.executable`; `torchrun` where PATH finds that one, else its path (the environment not
+    active, where the bare name was "command not found", or another environment's torchrun without neurallayers),
+    else that interpreter running torch's launcher module."""
+    beside = Path(sys.executable).parent / "torchrun"
+    if not beside.is_file():
+        return f"{_shell_path(Path(sys.executable))} -m torch.distributed.run"
+    on_path = shutil.which("torchrun")
+    return "torchrun" if on_path and Path(on_path).resolve() == beside.resolve() else _shell_path(beside)
+
+
 def _shell_path(program: Path) -> str:
     """The path of `program` as a shell runs it from the current folder."""
     where = os.path.relpath(program)

@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from neurallayers.cli.common import non_empty, shell_command
+from neurallayers.cli.common import non_empty, shell_command, torchrun_command
 from neurallayers.cli.field_origins import FieldOrigins
 
 ACCEPTS_OVERRIDES = True  # unknown `--model.x / --train.x / --data.x` arguments are config overrides
@@ -165,13 +165,14 @@ def _run_of(resume: str) -> Path:
 
 def _launcher() -> str:
     """How this run was started: the CLI as the shell calls it (.venv/bin/neurallayers where the environment is not
-    active), or torchrun with as many processes (the strategy is in config.yaml)."""
+    active), or torchrun (as common.torchrun_command finds it) with as many processes (the strategy is in
+    config.yaml)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return shell_command()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     nodes = f"--nnodes {world // local} ... " if local != world else ""
-    return f"torchrun {nodes}--nproc_per_node {local} -m neurallayers"
+    return f"{torchrun_command()} {nodes}--nproc_per_node {local} -m neurallayers"
 
 
 def summary(result) -> str:

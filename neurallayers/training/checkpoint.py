@@ -80,7 +80,7 @@ STATE_KEYS = ("step", "optimizer", "scheduler", "best_val_loss", "bad_evals", "e
 _STATE_TYPES = {"step": int, "optimizer": dict, "scheduler": dict, "best_val_loss": (int, float), "bad_evals": int,
                 "elapsed": (int, float), "rng": dict, "scaler": dict, "world_size": int, "global_batch": int,
                 "grad_accum": int, "eval_windows": int, "seed": int, "mask_prob": (int, float), "data_digest": str,
-                "tokens_seen": int}
+                "tokens_seen": int, "data_position": int}
 
 
 def set_rng_state(state: dict[str, torch.Tensor]) -> None:

@@ -66,7 +66,7 @@ class CheckpointMixin:
             "skips_in_a_row": self.skips_in_a_row,
             "elapsed": self._elapsed(t0),
             "rng": ckpt.rng_state(),
-            "data_position": self.step * cfg.grad_accum,  # micro-batches consumed
+            "data_position": self.data_position,  # micro-batches consumed: a resume goes on from the next one
             "tokens_seen": self.tokens_seen,  # a resume under another batch size counts on from it
             "world_size": info.world_size,
             "global_batch": cfg.batch_size * info.world_size,

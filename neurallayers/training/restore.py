@@ -28,6 +28,7 @@ class RestoreMixin:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.data_position = int(state["data_position"])
         self._restore_best(state)
         self.elapsed_before = float(state["elapsed"])
         try:

@@ -145,6 +145,9 @@ def check_resume(out: Path, target: Path, run: RunConfig, saved: RunConfig) -> t
     state.setdefault("mask_prob", saved.train.mask_prob)
     state.setdefault("tokens_seen", int(state["step"]) * state["global_batch"] * state["grad_accum"]
                      * saved.model.block_size)
+    state.setdefault("data_position", int(state["step"]) * state["grad_accum"])
+    if state["data_position"] < 0:  # the next step's batches are drawn from it
+        raise CheckpointError(f"{target / 'state.pt'}: data_position={state['data_position']} must be >= 0")
     return model_sd, state, run, changed
 
 

@@ -103,6 +103,7 @@ class StartupMixin:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_scaler)
         self.step, self.best_val, self.bad_evals, self.elapsed_before = 0, None, 0, 0.0
         self.tokens_seen = 0  # input tokens of the steps so far, all processes (skipped steps too: their data is read)
+        self.data_position = 0  # micro-batches consumed: the next step's first is RandomWindows.batch(data_position)
         self.skips_in_a_row = 0  # the NaN guard's streak (max_consecutive_skips): training state, kept by checkpoints
         self.early_stopped = False  # the session ended by early stopping (its last checkpoint says so)
         if state is not None:

@@ -16,7 +16,8 @@ from neurallayers.training.runtime import autocast, seed_device, step_seed
 
 
 class StepMixin:
-    """_Fit's step: the data of step s is micro-batches s * grad_accum + i, and its dropout seed (seed, s, rank)."""
+    """_Fit's step: the data of a step is the grad_accum micro-batches after the data position (s * grad_accum + i
+    for step s of a run that kept its grad_accum), and its dropout seed (seed, s, rank)."""
 
     def _train_step(self) -> tuple[float, float, bool]:
         """One optimizer step over grad_accum micro-batches: (mean loss, grad norm, finite)."""
@@ -41,10 +42,11 @@ class StepMixin:
         return loss_v, norm_v, ok
 
     def _micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """This step's micro-batches of the global batch (every process draws them all), masked for an encoder."""
+        """This step's micro-batches of the global batch (every process draws them all), masked for an encoder: the
+        next grad_accum after the data position, so a resume under another grad_accum trains on none twice."""
         micros = []
         for micro in range(self.cfg.grad_accum):
-            index = self.step * self.cfg.grad_accum + micro
+            index = self.data_position + micro
             x, y = self.windows.batch(index)
             if self.masker is not None:  # the global batch, so every world size masks alike
                 x, y = self.masker(x, index)

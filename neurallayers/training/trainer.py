@@ -1,12 +1,13 @@
 """`fit()`: train a model from a RunConfig into a run directory, resumable loss for loss.
 
 Decisions worth knowing:
-- The data position is the step count: micro-batch i of step s is `RandomWindows.batch(s * grad_accum + i)`,
+- The data position counts the micro-batches consumed: micro-batch i of step s is `RandomWindows.batch(s * grad_accum
+  + i)` (a resume under another grad_accum goes on from the checkpoint's position: none is trained on twice),
   drawn for all ranks at once and sliced per rank, so ranks see disjoint parts of one global batch.
 - Dropout is reseeded from (seed, step, rank) at the start of every step: a resumed run draws the same masks.
-- An encoder config trains as a masked LM (BERT's objective): micro-batch i of step s is masked by
-  `Masker(..., seed)(windows, s * grad_accum + i)` before it is sliced per rank, so its masks too depend only on
-  the step; validation masks are fixed (the EVAL stream), so evaluations compare.
+- An encoder config trains as a masked LM (BERT's objective): a micro-batch is masked by
+  `Masker(..., seed)(windows, index)`, the index its windows were drawn by, before it is sliced per rank, so its
+  masks too depend only on the data position; validation masks are fixed (the EVAL stream), so evaluations compare.
 - NaN/Inf guard: a non-finite loss (or grad norm, when no GradScaler is in use) either skips the step (grads
   zeroed, no optimizer update; the step counter, data position and learning-rate schedule still advance, so a
   skipped step is not retried on the same bad batch) or stops the run, per `nan_policy`; both are logged. Skipping
@@ -262,6 +263,7 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
                 s.train_time += s.step_times[-1]
                 self.step += 1
                 self.tokens_seen += self.tokens_per_step
+                self.data_position += cfg.grad_accum
                 in_step = False
                 bar.update(1)
                 if (reason := self._after_step(s, bar, loss=loss, grad_norm=grad_norm, ok=ok, lr=lr)) is not None:

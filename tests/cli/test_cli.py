@@ -622,9 +622,35 @@ def test_the_continue_hint_of_a_torchrun_run_is_a_torchrun_command(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["/somewhere/bin/neurallayers"])
     monkeypatch.setattr("shutil.which", lambda name: "/somewhere/bin/neurallayers")
     assert _launcher() == "neurallayers"
+    # the active environment's torchrun: the one beside the interpreter that runs this
+    monkeypatch.setattr("shutil.which", lambda name: str(Path(sys.executable).parent / name))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert _launcher() == "torchrun --nproc_per_node 2 -m neurallayers"
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert _launcher() == "torchrun --nnodes 2 ... --nproc_per_node 4 -m neurallayers"
+
+
+def test_the_torchrun_continue_hint_runs_the_environment_that_trained(tmp_path, monkeypatch):
+    """`.venv/bin/torchrun ... -m neurallayers train` from a shell without the environment active was told to continue
+    with `torchrun ...`: "command not found", or another environment's torchrun, whose Python has no neurallayers.
+    torchrun starts its workers with its own interpreter, so the torchrun beside it is the one that trained."""
+    from neurallayers.cli.train import _launcher
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    for name in ("python", "torchrun"):
+        (venv / name).write_text("")
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for found in (None, "/usr/bin/torchrun"):  # not on PATH, or another environment's first
+        monkeypatch.setattr("shutil.which", lambda name, found=found: found)
+        assert _launcher() == "venv/bin/torchrun --nproc_per_node 2 -m neurallayers", found
+    monkeypatch.setattr("shutil.which", lambda name: str(venv / name))  # the environment is active
+    assert _launcher() == "torchrun --nproc_per_node 2 -m neurallayers"
+    (venv / "torchrun").unlink()  # no console script: its interpreter runs torch's launcher module
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert _launcher() == "venv/bin/python -m torch.distributed.run --nproc_per_node 2 -m neurallayers"

@@ -232,6 +232,9 @@ def _edit_state(path, edit) -> None:
     # a bare AttributeError or TypeError (a traceback from the CLI) before, naming no file
     (lambda s: s.__setitem__("optimizer", None), r"state.pt is not a training state: its 'optimizer' is a NoneType"),
     (lambda s: s.__setitem__("elapsed", "1:00"), r"state.pt is not a training state: its 'elapsed' is a str"),
+    # the data position chooses the next batches: a negative one failed in the first step's RandomWindows.batch
+    (lambda s: s.__setitem__("data_position", -2), r"state.pt: data_position=-2 must be >= 0"),
+    (lambda s: s.__setitem__("data_position", 8.0), r"not a training state: its 'data_position' is a float"),
     # resumed and trained on: every weight NaN after the first step, saved as the run's checkpoints
     (lambda s: s["optimizer"]["state"][0]["exp_avg_sq"].fill_(float("nan")),
      r"state.pt: the optimizer state holds NaN/Inf values: 0\.exp_avg_sq"),

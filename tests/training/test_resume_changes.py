@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import torch
 from nl_train_helpers import ENCODER, read_jsonl, tiny_run, val_losses, write_corpus
 
 from neurallayers.training import fit
@@ -121,3 +122,31 @@ def test_a_resume_asking_for_another_tokenizer_is_refused_and_keeps_the_best_wei
                                              "tokenizer it was trained with"):
             fit(asked, tmp_path / "run", resume=True, progress=False)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == best
+
+
+def test_a_resume_with_fewer_accumulation_steps_goes_on_from_the_data_position(tmp_path, monkeypatch):
+    """Micro-batch i of a step was `RandomWindows.batch(step * grad_accum + i)` under the resumed run's grad_accum:
+    4 steps x 2 micro-batches consumed batches 0-7, and a resume with grad_accum 1 (1 process x 2 -> 2 processes x 1,
+    the same effective batch) trained steps 5-8 on batches 4-7 again, windows it had already learned from, though the
+    checkpoint records its data position (micro-batches consumed)."""
+    from neurallayers.data import RandomWindows
+
+    drawn, batch = [], RandomWindows.batch
+
+    def recording(self, index):
+        x, y = batch(self, index)
+        drawn[-1].update(bytes(row.numpy()) for row in x)
+        return x, y
+
+    monkeypatch.setattr(RandomWindows, "batch", recording)
+    run = tiny_run(tmp_path, max_steps=8, batch_size=2, grad_accum=2, save_interval=4, eval_interval=0)
+    drawn.append(set())
+    fit(run, tmp_path / "run", progress=False, until_step=4)
+    drawn.append(set())
+    result = fit(dataclasses.replace(run, train=dataclasses.replace(run.train, grad_accum=1)), tmp_path / "run",
+                 resume=True, progress=False)
+    assert result.steps == 8 and len(drawn[0]) == 16 and len(drawn[1]) == 8
+    again = len(drawn[0] & drawn[1])
+    assert again == 0, f"{again} of the resumed run's windows were trained on before the checkpoint"
+    state = torch.load(tmp_path / "run/checkpoints/step-8/state.pt", weights_only=True)
+    assert state["data_position"] == 4 * 2 + 4 * 1  # micro-batches consumed by both sessions
