@@ -192,19 +192,10 @@ def test_no_request_is_refused_for_the_in_process_servers_capacity(run_dir, tmp_
         assert [_same(r["response"]["body"]) for r in results] == expected
 
 
-@pytest.mark.parametrize(("name", "text"), [
-    ("chat_template.jinja", "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"),  # read over tokenizer_config's
-    ("additional_chat_templates/tool_use.jinja", "{{ messages[0]['content'] }}"),
-    ("special_tokens_map.json", '{"eos_token": "."}'),
-])
-def test_a_resume_after_the_tokenizers_files_changed_is_refused(run_dir, tmp_path, monkeypatch, capsys, name, text):
-    # size and mtime of config, tokenizer.json, tokenizer_config.json and weights were compared: a chat template file
-    # written between the kill and the rerun answered the rest of the file's chats with the new template
-    import shutil
-
+def _chats_stopped_after_one_answer(model: Path, tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A file of 3 chat requests and its output, the run stopped (Ctrl-C) after its first answer was written."""
     import neurallayers.batch.requests as requests_module
 
-    model = shutil.copytree(run_dir, tmp_path / "model")
     chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
     source = _write(tmp_path / "in.jsonl", [("/v1/chat/completions", chat)] * 3)
     real = requests_module._append
@@ -217,6 +208,21 @@ def test_a_resume_after_the_tokenizers_files_changed_is_refused(run_dir, tmp_pat
     output = tmp_path / "out.jsonl"
     assert _batch(model, source, output, "--batch-size", "1") == 130
     monkeypatch.setattr(requests_module, "_append", real)
+    return source, output
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("chat_template.jinja", "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"),  # read over tokenizer_config's
+    ("additional_chat_templates/tool_use.jinja", "{{ messages[0]['content'] }}"),
+    ("special_tokens_map.json", '{"eos_token": "."}'),
+])
+def test_a_resume_after_the_tokenizers_files_changed_is_refused(run_dir, tmp_path, monkeypatch, capsys, name, text):
+    # size and mtime of config, tokenizer.json, tokenizer_config.json and weights were compared: a chat template file
+    # written between the kill and the rerun answered the rest of the file's chats with the new template
+    import shutil
+
+    model = shutil.copytree(run_dir, tmp_path / "model")
+    source, output = _chats_stopped_after_one_answer(model, tmp_path, monkeypatch)
     (model / name).parent.mkdir(exist_ok=True)
     (model / name).write_text(text)
     capsys.readouterr()
@@ -286,22 +292,9 @@ def test_a_run_interrupted_before_more_model_files_were_compared_resumes(run_dir
     # chat_template.jinja (new)"; a file that did change since is still refused
     import shutil
 
-    import neurallayers.batch.requests as requests_module
-
     model = shutil.copytree(run_dir, tmp_path / "model")
     (model / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
-    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
-    source = _write(tmp_path / "in.jsonl", [("/v1/chat/completions", chat)] * 3)
-    real = requests_module._append
-
-    def append_then_die(record, lines):
-        real(record, lines)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(requests_module, "_append", append_then_die)
-    output = tmp_path / "out.jsonl"
-    assert _batch(model, source, output, "--batch-size", "1") == 130
-    monkeypatch.setattr(requests_module, "_append", real)
+    source, output = _chats_stopped_after_one_answer(model, tmp_path, monkeypatch)
     record_path = tmp_path / "out.jsonl.progress.json"
     record = json.loads(record_path.read_text())
     fingerprint = record["fingerprint"]

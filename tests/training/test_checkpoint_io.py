@@ -1,3 +1,4 @@
+import contextlib
 import errno
 import math
 import shutil
@@ -278,26 +279,36 @@ def test_a_broken_model_file_is_refused_not_swapped_for_a_checkpoint(base_run, t
         load_run(run_dir)
 
 
-def test_a_failed_replace_of_a_saved_step_puts_the_old_one_back(base_run, tmp_path, monkeypatch):
-    """Saving a step again moves the old folder aside, then renames the new one in: a failure between the two left the
-    step under a .tmp- name, which the message did not mention and the next clean-up deleted."""
+@contextlib.contextmanager
+def _second_folder_rename_raising(monkeypatch, error: BaseException):
+    """os.replace raising `error` at the second rename of a folder in checkpoints/ (a step saved again moves the old
+    folder aside, then renames the new one in), as it was until the block ends."""
     import os
 
-    run_dir = _copy(base_run, tmp_path)
-    model_sd, state = ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
     real_replace, calls = os.replace, []
 
-    def fail_second_folder_rename(src, dst):
+    def replace(src, dst):
         if Path(src).parent.name == "checkpoints":
             calls.append(dst)
             if len(calls) == 2:
-                raise OSError(errno.EIO, "Input/output error")
+                raise error
         return real_replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", fail_second_folder_rename)
+    monkeypatch.setattr(os, "replace", replace)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(os, "replace", real_replace)
+
+
+def test_a_failed_replace_of_a_saved_step_puts_the_old_one_back(base_run, tmp_path, monkeypatch):
+    """Saving a step again moves the old folder aside, then renames the new one in: a failure between the two left the
+    step under a .tmp- name, which the message did not mention and the next clean-up deleted."""
+    run_dir = _copy(base_run, tmp_path)
+    model_sd, state = ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
     with pytest.raises(ckpt.CheckpointWriteError, match="step-8 .*Input/output error"):
-        ckpt.save_checkpoint(run_dir, step=8, model_state=model_sd, state=state, keep_last=2)
-    monkeypatch.setattr(os, "replace", real_replace)
+        with _second_folder_rename_raising(monkeypatch, OSError(errno.EIO, "Input/output error")):
+            ckpt.save_checkpoint(run_dir, step=8, model_state=model_sd, state=state, keep_last=2)
     ckpt.clean_incomplete(run_dir)
     assert [p.name for p in ckpt.list_checkpoints(run_dir)] == ["step-4", "step-8"]
     ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
@@ -307,23 +318,11 @@ def test_a_kill_between_the_renames_of_a_saved_step_keeps_the_step(base_run, tmp
     """Saving a step again (a run ended at a checkpoint it then evaluated) moves the old folder aside, then renames
     the new one in: a kill between the two left both under .tmp- names, and the next resume went on from the step
     before and deleted them, the step with them (RELIABILITY 6: the previous checkpoint stays whole)."""
-    import os
-
     run_dir = _copy(base_run, tmp_path)
     model_sd, state = ckpt.load_checkpoint(run_dir / "checkpoints/step-8")
-    real_replace, calls = os.replace, []
-
-    def killed_before_the_second_rename(src, dst):
-        if Path(src).parent.name == "checkpoints":
-            calls.append(dst)
-            if len(calls) == 2:
-                raise KeyboardInterrupt  # stands for the kill
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", killed_before_the_second_rename)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save_checkpoint(run_dir, step=8, model_state=model_sd, state=state, keep_last=2)
-    monkeypatch.setattr(os, "replace", real_replace)
+        with _second_folder_rename_raising(monkeypatch, KeyboardInterrupt()):  # stands for the kill
+            ckpt.save_checkpoint(run_dir, step=8, model_state=model_sd, state=state, keep_last=2)
     with caplog.at_level("INFO", logger="neurallayers"):
         fit(base_run[1], run_dir, resume=True, progress=False)
     assert "resumed from step 8" in caplog.text and "nothing to train" in caplog.text  # not from step 4, again
