@@ -258,7 +258,8 @@ def test_a_server_fault_is_not_written_as_an_answer_and_the_rerun_redoes_it(run_
     assert _batch(run_dir, source, faulted, "--batch-size", "1") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the server's log of its error (uvicorn's)
     assert err.startswith("neurallayers batch: error: ") and "in.jsonl line 2 (custom_id 'req-1'): the server " \
-        "failed it (500: internal error (RuntimeError)" in err and "run the same command again" in err, err
+        "failed it (500: internal error (RuntimeError)" in err and "run the same command again" in err \
+        and "or add --write-server-errors" in err, err
     assert len(faulted.read_text().splitlines()) == 1  # req-0's answer is kept
     monkeypatch.undo()
     assert _batch(run_dir, source, faulted, "--batch-size", "1") == 0
@@ -453,6 +454,34 @@ def test_a_server_fault_stops_sending_and_keeps_the_answers_that_came_back(tmp_p
     result = run(source, faulted, _answer, model_identity={}, batch_size=2, progress=False)
     assert (result.resumed, result.computed) == (1, 5)
     assert faulted.read_bytes() == straight.read_bytes()
+
+
+def test_write_server_errors_writes_a_fault_as_its_lines_error_and_goes_on(tmp_path):
+    # a body that failed the server every time stopped every rerun at its line, and dropping the line changed the
+    # input (--overwrite, all redone); vllm run-batch writes the failure and goes on, which the option asks for
+    import neurallayers.batch.requests as requests_module
+
+    source, output = _requests_file(tmp_path / "in.jsonl", 6), tmp_path / "out.jsonl"
+    turns, sent = _Turns([1, 0, 2, 3, 4, 5], faults={1}), []
+
+    def post(request):
+        sent.append(request.index)
+        return turns.post(request)
+
+    result = requests_module.run_requests(source, output, post, model_identity={}, batch_size=2, progress=False,
+                                          write_server_errors=True)
+    assert sorted(sent) == list(range(6)) and (result.computed, result.total) == (6, 6)
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["custom_id"] for line in lines] == [f"c{i}" for i in range(6)]  # input order
+    assert lines[1]["response"]["status_code"] == 503 and lines[1]["error"]["message"] == "engine stopped"
+    assert all(line["response"]["status_code"] == 200 for i, line in enumerate(lines) if i != 1)
+
+
+def test_write_server_errors_is_refused_for_prompt_lines(run_dir, tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "a"}\n')
+    assert _batch(run_dir, source, tmp_path / "out.jsonl", "--write-server-errors") == 2
+    assert "--write-server-errors applies to an OpenAI Batch file" in capsys.readouterr().err
 
 
 CHILD = '''

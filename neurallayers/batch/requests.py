@@ -155,7 +155,8 @@ def result_line(request: Request, status: int, body: dict) -> dict:
 
 def run_requests(input_path: str | os.PathLike, output_path: str | os.PathLike,
                  post: Callable[[Request], tuple[int, dict]], *, model_identity: dict,
-                 batch_size: int = 8, overwrite: bool = False, progress: bool = True) -> BatchResult:
+                 batch_size: int = 8, overwrite: bool = False, progress: bool = True,
+                 write_server_errors: bool = False) -> BatchResult:
     """Answer every request of an OpenAI Batch input file once, resumably.
 
     Answers are journalled as they come back (completion order) and put in input order at the end.
@@ -169,6 +170,8 @@ def run_requests(input_path: str | os.PathLike, output_path: str | os.PathLike,
             keeps its engine full (chunks waited for their slowest request).
         overwrite: discard an earlier run's output and progress instead of resuming.
         progress: show a tqdm progress bar.
+        write_server_errors: write a server fault (5xx, 429) as its line's error and go on, as vllm run-batch does
+            (a body that fails the server every time would otherwise stop every rerun at its line); default: stop.
 
     Raises:
         ValueError: a bad envelope (naming its line), a bad output or batch_size, or a resume whose input or model
@@ -205,9 +208,9 @@ def run_requests(input_path: str | os.PathLike, output_path: str | os.PathLike,
         faults = []
         with tqdm(total=len(requests), initial=len(done), unit=" requests", disable=not progress,
                   desc=output.name) as bar:
-            for answers in _answers(todo, post, window=batch_size):
-                kept = [a for a in answers if not is_server_fault(a[1])]
-                faults += [a for a in answers if is_server_fault(a[1])]
+            for answers in _answers(todo, post, window=batch_size, stop_on_fault=not write_server_errors):
+                kept = [a for a in answers if write_server_errors or not is_server_fault(a[1])]
+                faults += [a for a in answers if a not in kept]
                 if kept:
                     _append(record, [_line(result_line(*a)) for a in kept])
                     bar.update(len(kept))
@@ -221,12 +224,13 @@ def run_requests(input_path: str | os.PathLike, output_path: str | os.PathLike,
                            repaired_bytes=repaired)
 
 
-def _answers(todo: list[Request], post: Callable[[Request], tuple[int, dict]], *,
-             window: int) -> Iterator[list[tuple[Request, int, dict]]]:
+def _answers(todo: list[Request], post: Callable[[Request], tuple[int, dict]], *, window: int,
+             stop_on_fault: bool = True) -> Iterator[list[tuple[Request, int, dict]]]:
     """(request, status, body) of the requests as they come back, those back together in one list: at most `window`
     in flight, the next sent as soon as one comes back, so a slow request holds its own slot only. After a server
-    fault none is sent, and those in flight are still waited for. Each post runs in a daemon thread: left behind by an
-    exception here (Ctrl-C), it holds neither this caller nor the process's exit, as a pool's workers would."""
+    fault (with `stop_on_fault`) none is sent, and those in flight are still waited for. Each post runs in a daemon
+    thread: left behind by an exception here (Ctrl-C), it holds neither this caller nor the process's exit, as a
+    pool's workers would."""
     import queue
     import threading
 
@@ -254,7 +258,7 @@ def _answers(todo: list[Request], post: Callable[[Request], tuple[int, dict]], *
         for _, status, _ in answers:
             if isinstance(status, BaseException):  # the post itself failed (the server is gone): as it raised
                 raise status
-        faulted = faulted or any(is_server_fault(status) for _, status, _ in answers)
+        faulted = faulted or (stop_on_fault and any(is_server_fault(status) for _, status, _ in answers))
         if not faulted:  # sent before the answers are written: the server works while the journal syncs
             for request in itertools.islice(waiting, len(answers)):
                 send(request)

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="prompts per batch (an OpenAI Batch file: requests in flight at once)")
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier run's output instead of resuming")
+    parser.add_argument("--write-server-errors", action="store_true",
+                        help="an OpenAI Batch file: write a server fault (5xx) as its line's error and go on, as vllm "
+                        "run-batch does (default: stop there; the same command again asks anew)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_dtype(parser)
     _add_decoding(parser)
@@ -89,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
     if is_request_file(args.input):
         return _run_openai_batch(args)
+    if args.write_server_errors:  # a {"prompt": ...} file is answered in this process: no server to fail
+        raise ValueError("--write-server-errors applies to an OpenAI Batch file (custom_id, method, url, body lines) "
+                         f"only; {args.input} holds prompt lines")
     _check_lines_before_loading(args)
     model, tokenizer = load_model(args.path, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     _check_flags_apply(args, causal=model.config.causal)
@@ -178,9 +184,11 @@ def _run_openai_batch(args: argparse.Namespace) -> int:
     try:
         with _Loopback(app) as post, _noting_interrupt(args):
             result = run_requests(args.input, args.output, post, model_identity=identity, batch_size=args.batch_size,
-                                  overwrite=args.overwrite, progress=not args.no_progress)
+                                  overwrite=args.overwrite, progress=not args.no_progress,
+                                  write_server_errors=args.write_server_errors)
     except ServerFault as e:  # one line, as a full disk is: what was written stays, the rerun goes on
-        raise UserError(str(e)) from None
+        raise UserError(f"{e} (or add --write-server-errors to write such a failure as its line's error and go on, "
+                        "as vllm run-batch does)") from None
     return _report(result, "requests")
 
 
