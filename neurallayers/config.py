@@ -14,9 +14,9 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, get_args
 
-from neurallayers.checks import check_types, is_finite, is_int
+from neurallayers.checks import check_types, field_types, is_finite, is_int
 
 Norm = Literal["layernorm", "rmsnorm"]
 MLPKind = Literal["gelu", "swiglu", "geglu"]
@@ -519,7 +519,7 @@ def dynamic_scaling_unused(cfg: ModelConfig) -> str | None:
 def coerce_float_strings(klass: type, raw: dict) -> dict:
     """`raw` (fields of the dataclass `klass`) with numeric strings made floats where the field is a float: YAML 1.1
     reads `1e-6` and `5e5` as strings. A string that is no number is left for validation to report."""
-    hints = get_type_hints(klass)
+    hints = field_types(klass)
     out = dict(raw)
     for key, value in raw.items():
         tp = hints.get(key)
@@ -543,7 +543,7 @@ def _coerce_float_strings(cfg: ModelConfig) -> None:
 def _ints_as_floats(cfg: ModelConfig) -> None:
     """A float field given an int holds the float: torch's `10**30 ** tensor` (RoPE's theta) overflows where the
     float does not. Runs after validation, which refused ints past float's range."""
-    hints = get_type_hints(type(cfg))
+    hints = field_types(type(cfg))
     for f in dataclasses.fields(cfg):
         value, tp = getattr(cfg, f.name), hints.get(f.name)
         if type(value) is int and (tp is float or float in get_args(tp)):
