@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 
@@ -22,6 +23,11 @@ def field_types(klass: type) -> dict[str, Any]:
 def is_int(value: Any) -> bool:
     """An int, not a bool (True is an int to Python, never a count to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_integral(value: Any) -> bool:
+    """An integer, a numpy one too, not a bool: a count or an index a caller may have computed with numpy."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_number(value: Any) -> bool:

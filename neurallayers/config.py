@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from neurallayers.checks import check_types, field_types, is_finite, is_int
+from neurallayers.checks import check_types, field_types, is_finite, is_int, is_integral
 
 Norm = Literal["layernorm", "rmsnorm"]
 MLPKind = Literal["gelu", "swiglu", "geglu"]
@@ -387,7 +386,7 @@ def default_intermediate_size(n_embd: int, mlp: str) -> int:
 
 def _count(value: Any) -> bool:
     """An int >= 1 (a numpy one too), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+    return is_integral(value) and value >= 1
 
 
 def _require(name: str, value: Any, ok: bool, what: str) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from neurallayers.checks import is_integral
 from neurallayers.data.chunking import SafeCut, chunk_text
 from neurallayers.data.corpora import Corpus, Document, FileDocument, named_pieces
 from neurallayers.data.tokenizers import Tokenizer
@@ -133,7 +134,7 @@ def prepare_tokens(
         raise ValueError(f"val_fraction={val_fraction!r} must be a number in [0, 1)")  # "0.1" was a TypeError
     if chunk_chars < 1:
         raise ValueError(f"chunk_chars={chunk_chars} must be >= 1")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if not is_integral(seed):
         raise ValueError(f"seed={seed!r} must be an integer")
     # The key holds what chooses the tokens, as plain numbers: 0 (YAML's) and 0.0 (eval's) or a numpy seed were other
     # keys, and with nothing for val each seed and either split made the same cache again (or crashed the JSON).
@@ -479,7 +480,7 @@ def _map(path: Path, dtype: np.dtype) -> np.ndarray:
 def _check_count(value: object, name: str, *, least: int) -> None:
     """`value` must be an int (a numpy one too; not a bool) >= least: else numpy failed at the first batch, far from
     the cause ("seed must be integer", "arrays used as indices must be of integer type"), or took True as 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+    if not is_integral(value) or value < least:
         raise ValueError(f"{name}={value!r} must be an int >= {least}")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from neurallayers.checks import is_integral
 from neurallayers.config import ModelConfig
 from neurallayers.nn import Attention, Block, GatedMLP, KVCache, RotaryEmbedding, build_norm, sinusoidal_table
 from neurallayers.nn.mlp import MLP
@@ -169,7 +169,7 @@ class DecoderLM(nn.Module):
         p = self.wte.weight
         if max_len is None:
             max_len = cfg.block_size
-        elif isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or max_len < 1:
+        elif not is_integral(max_len) or max_len < 1:
             # 0 once meant "the default": a caller's computed length of 0 became a block_size cache, silently
             raise ValueError(f"new_cache max_len={max_len!r}: must be an int >= 1, or None for block_size="
                              f"{cfg.block_size}")
@@ -364,7 +364,7 @@ def _check_input_pos(input_pos: object, b: int) -> int | torch.Tensor:
         if input_pos.dtype in (torch.long, torch.int32) and input_pos.shape == (b,):
             return input_pos
         got = f"a {input_pos.dtype} tensor of shape {tuple(input_pos.shape)}"
-    elif isinstance(input_pos, numbers.Integral) and not isinstance(input_pos, bool):
+    elif is_integral(input_pos):
         return int(input_pos)
     else:
         got = repr(input_pos)
@@ -375,7 +375,7 @@ def _check_input_pos(input_pos: object, b: int) -> int | torch.Tensor:
 def _check_logits_to_keep(logits_to_keep: int, targets: torch.Tensor | None) -> None:
     """A negative count sliced off the first positions instead (-2 kept T - 2 rows, silently); with targets, the
     loss met logits of fewer rows than targets and torch's error named neither argument."""
-    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, numbers.Integral) or logits_to_keep < 0:
+    if not is_integral(logits_to_keep) or logits_to_keep < 0:
         raise ValueError(f"logits_to_keep={logits_to_keep!r}: must be an int >= 0 (the last N positions; 0 = all)")
     if logits_to_keep and targets is not None:
         raise ValueError(f"logits_to_keep={logits_to_keep} with targets: the loss needs the logits of every position; "
