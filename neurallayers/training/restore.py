@@ -108,8 +108,9 @@ class RestoreMixin:
         if self.run_cfg.model.causal:
             return None
         windows = self._eval_windows()
-        before, now = int(state["global_batch"]), self.cfg.batch_size * self.info.world_size
-        return (min(before, windows), min(now, windows)) if min(before, windows) != min(now, windows) else None
+        batches = (int(state["global_batch"]), self.cfg.batch_size * self.info.world_size)
+        before, now = (min(n, windows) for n in batches)
+        return (before, now) if before != now else None
 
     def _check_batches(self, state: dict) -> None:
         """Says where this run's batches or dropout masks differ from the checkpoint's run's."""

@@ -35,6 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from neurallayers.checks import is_int
 from neurallayers.files import exclusive
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
@@ -121,7 +122,7 @@ def _check_arguments(run: object, loggers: object, until_step: object) -> None:
     if not isinstance(run, RunConfig):
         raise ValueError(f"run: expected a RunConfig (RunConfig.from_yaml(path), or RunConfig(model=...)), got "
                          f"{type(run).__name__}")
-    if until_step is not None and (isinstance(until_step, bool) or not isinstance(until_step, int) or until_step < 1):
+    if until_step is not None and (not is_int(until_step) or until_step < 1):
         raise ValueError(f"until_step={until_step!r} must be an int >= 1 or None")
     if loggers is None:
         return
