@@ -11,7 +11,6 @@ one prompt at a time.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -27,6 +26,7 @@ from neurallayers.generation.search import (
     build_processors,
     check_method,
     check_request,
+    copies,
     full_mask,
     generations,
     left_pad,
@@ -43,11 +43,6 @@ def _finish(tokens: torch.Tensor, stops: list[int], lens: list[int], trail: Logp
         lps = None if trail.rows is None else [trail.row(r)]
         out.append(generations([row[:cut]], stops=stops, prompt_lens=[n], logprobs=lps))
     return out
-
-
-def _copies(gens: list[Generation], n: int) -> list[Generation]:
-    """n independent copies of a prompt's one sequence (a deterministic method's num_return_sequences)."""
-    return [copy.deepcopy(g) for _ in range(n) for g in gens]
 
 
 def _done(tokens: list[torch.Tensor], stop_t: torch.Tensor) -> bool:
@@ -93,7 +88,7 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
     check_method(config, "contrastive_search", own="penalty_alpha")
     if config.num_return_sequences > 1:
         one = contrastive_search(model, input_ids, config.replace(num_return_sequences=1), eos_ids=eos_ids)
-        return [_copies(gens, config.num_return_sequences) for gens in one]
+        return [copies(gens, config.num_return_sequences) for gens in one]
     model.eval()
     device = model.wte.weight.device
     k = min(config.top_k, model.config.vocab_size)
@@ -182,7 +177,7 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
         if config.greedy:
             one = contrastive_decoding(expert, amateur, input_ids, config.replace(num_return_sequences=1),
                                        eos_ids=eos_ids)
-            return [_copies(gens, n_ret) for gens in one]
+            return [copies(gens, n_ret) for gens in one]
         input_ids = [ids for ids in input_ids for _ in range(n_ret)]  # prompt-major rows
     expert.eval()
     amateur.eval()

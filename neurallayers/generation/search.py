@@ -9,6 +9,7 @@ on the first real token).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -55,6 +56,11 @@ def check_method(config: GenerationConfig, method: str, *, own: str | None = Non
         if name != own and chosen(config):
             raise ValueError(f"{method} got GenerationConfig.{name}={getattr(config, name)!r}, which chooses {what}: "
                              f"choose one decoding method (leave {name} at {off})")
+
+
+def copies(gens: list[Generation], n: int) -> list[Generation]:
+    """n independent copies of a prompt's one sequence (a deterministic method's num_return_sequences)."""
+    return [copy.deepcopy(g) for _ in range(n) for g in gens]
 
 
 def stop_ids(config: GenerationConfig, eos_ids: list[int]) -> list[int]:

@@ -4,8 +4,6 @@ target's."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -18,6 +16,7 @@ from neurallayers.generation.search import (
     build_processors,
     check_method,
     check_request,
+    copies,
     generations,
     stop_ids,
 )
@@ -202,7 +201,7 @@ def _sequences(target: nn.Module, draft: nn.Module, input_ids: list[list[int]], 
     n = config.num_return_sequences
     if config.greedy:
         ((gen,),) = speculative_decode(target, draft, input_ids, one, eos_ids=eos_ids, stats=stats)
-        return [copy.deepcopy(gen) for _ in range(n)]
+        return copies([gen], n)
     gens, totals = [], {}
     for k in range(n):
         run: dict = {}
