@@ -41,10 +41,12 @@ class Attention(nn.Module):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"unknown attention kernel {kernel!r}; valid: {', '.join(KERNELS)}")
-        _check_heads(n_head, n_kv_head or n_head)
-        self.n_head = n_head
-        self.n_kv_head = n_kv_head or n_head
-        self.head_dim = head_dim or dim // n_head
+        n_kv_head = n_head if n_kv_head is None else n_kv_head  # 0 is refused, not read as left out
+        _check_heads(n_head, n_kv_head)
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_dim = _head_dim(dim, n_head, head_dim)
+        if not 0.0 <= dropout <= 1.0:  # it failed at the first training step, in torch, naming no argument
+            raise ValueError(f"Attention dropout={dropout!r}: must be a probability in [0, 1]")
         self.kernel = kernel
         self.dropout = dropout
         global _FAST_CPU_BF16
@@ -76,6 +78,7 @@ class Attention(nn.Module):
         v = v.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, input_pos, k, v)
+        _check_mask_shape(mask, (b, self.n_head, t, k.shape[-2]))
         if is_causal and (mask is not None or k.shape[-2] != t):
             # torch's own causal mask is dropped beside a mask and aligned top-left (a chunk after cached keys saw
             # one key of the prefix): build it, the last query aligned with the last key, as the eager kernel does.
@@ -118,11 +121,37 @@ def _check_heads(n_head: int, n_kv_head: int) -> None:
                          "[1, n_head] dividing it")
 
 
+def _head_dim(dim: int, n_head: int, head_dim: int | None) -> int:
+    """head_dim, or dim // n_head where it is None. A dim that n_head does not divide lost its remainder silently (30
+    wide, 4 heads: q of 28 channels), where transformers refuses it; head_dim=0 was read as None."""
+    if head_dim is None:
+        if dim % n_head:
+            raise ValueError(f"Attention dim={dim}, n_head={n_head}: dim must be divisible by n_head, or give head_dim")
+        return dim // n_head
+    if head_dim < 1:
+        raise ValueError(f"Attention head_dim={head_dim}: must be >= 1, or None for dim // n_head")
+    return head_dim
+
+
 def _check_mask_dtype(mask: torch.Tensor | None) -> None:
     """An integer 0/1 mask was added to the scores as a bias by the eager and materialized kernels (silently wrong)
     and refused by sdpa with torch's own message."""
     if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
         raise ValueError(f"attention mask must be bool (True = attend) or an additive float bias, got {mask.dtype}")
+
+
+def _check_mask_shape(mask: torch.Tensor | None, scores: tuple[int, int, int, int]) -> None:
+    """A mask that does not broadcast over the scores failed inside the kernel with torch's size mismatch (or a
+    reshape's), naming neither. Not checked in a compiled step (a comparison there would tie its dynamic sizes)."""
+    if mask is None or torch.compiler.is_compiling():
+        return
+    try:
+        ok = torch.broadcast_shapes(mask.shape, scores) == scores
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"attention mask of shape {tuple(mask.shape)} does not broadcast to the scores' "
+                         f"(B, n_head, T, S)={scores}: S is the key length (the cached prefix included)")
 
 
 def causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:

@@ -24,11 +24,22 @@ class LayerScale(nn.Module):
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop a whole residual branch per sample, rescale the survivors."""
+    """Stochastic depth (torchvision's stochastic_depth, mode "row"): drop a whole residual branch per sample, rescale
+    the survivors by 1 / (1 - p). At p=1 every branch is dropped (zeros: there is no survivor to rescale)."""
+    _check_rate("drop_path p", p)
     if p == 0.0 or not training:
         return x
-    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - p)
-    return x * keep / (1 - p)
+    survival = 1.0 - p
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(survival)
+    if survival > 0.0:  # 0 / 0 made NaN of a dropped branch, then of the whole model
+        keep.div_(survival)
+    return x * keep
+
+
+def _check_rate(name: str, p: float) -> None:
+    """A probability out of [0, 1] (or NaN) failed at the first training step with torch's message naming no field."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name}={p!r}: must be a probability in [0, 1]")
 
 
 class Block(nn.Module):
@@ -39,12 +50,15 @@ class Block(nn.Module):
                  prenorm: bool = True, dropout: float = 0.0, drop_path: float = 0.0,
                  layer_scale: float | None = None) -> None:
         super().__init__()
+        _check_rate("Block dropout", dropout)
+        _check_rate("Block drop_path", drop_path)
         self.attn, self.mlp, self.norm1, self.norm2 = attn, mlp, norm1, norm2
         self.prenorm = prenorm
         self.drop = nn.Dropout(dropout)
         self.drop_path = drop_path
-        self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
-        self.ls2 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
+        # None is off; 0.0 is a scale that starts at zero (it was read as off too)
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
 
     def _branch(self, y: torch.Tensor, scale: nn.Module) -> torch.Tensor:
         return drop_path(scale(self.drop(y)), self.drop_path, self.training)

@@ -29,7 +29,8 @@ class KVCache:
                  static: bool = False, _tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         if _tensors is None:
-            for name, v in (("batch_size", batch_size), ("max_len", max_len)):
+            for name, v in (("n_layer", n_layer), ("batch_size", batch_size), ("n_kv_head", n_kv_head),
+                            ("max_len", max_len), ("head_dim", head_dim)):
                 _check_size(name, v)
             _tensors = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         self.k, self.v = _tensors

@@ -12,6 +12,8 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, *, bias: bool = True, gelu_approx: str = "tanh") -> None:
         super().__init__()
+        if gelu_approx not in ("tanh", "none"):  # it failed at every forward, in torch's F.gelu
+            raise ValueError(f"MLP gelu_approx={gelu_approx!r}: valid: 'tanh', 'none'")
         self.fc = nn.Linear(dim, hidden, bias=bias)
         self.proj = nn.Linear(hidden, dim, bias=bias)
         self.gelu_approx = gelu_approx

@@ -14,6 +14,8 @@ from torch import nn
 
 def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
     """(max_len, dim) table of "Attention is all you need": sin on even, cos on odd channels."""
+    if max_len < 1 or dim < 1:  # dim 0 was a ZeroDivisionError, max_len 0 a table no position indexes
+        raise ValueError(f"sinusoidal_table max_len={max_len}, dim={dim}: both must be ints >= 1")
     pos = torch.arange(max_len, dtype=torch.float32)[:, None]
     div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
     table = torch.zeros(max_len, dim)
@@ -61,8 +63,44 @@ class FixedTable(nn.Module):
         return self
 
 
+# The keys each RoPE scaling reads (besides "type"); ModelConfig checks their values, the blocks only their presence.
+ROPE_SCALING_NEEDS = {"linear": ("factor",), "dynamic": ("factor",),
+                      "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                      "yarn": ("factor", "original_max_position_embeddings")}
+
+
+def check_rope_scaling(scaling: dict | None) -> dict | None:
+    """`scaling` with transformers' "rope_type" spelled "type", once its type is known and its keys are there: an
+    unknown type gave plain RoPE, silently, and a missing key (or the "rope_type" spelling) a bare KeyError."""
+    if scaling is None:
+        return None
+    where = f"RotaryEmbedding scaling={scaling!r}"
+    if not isinstance(scaling, dict):
+        raise ValueError(f"{where}: must be a dict such as {{'type': 'linear', 'factor': 2.0}}, or None")
+    if "type" in scaling and "rope_type" in scaling and scaling["type"] != scaling["rope_type"]:
+        raise ValueError(f"{where}: 'type' and 'rope_type' name different scalings; give one")
+    scaling = {("type" if k == "rope_type" else k): v for k, v in scaling.items()}
+    kind = scaling.get("type")
+    if kind not in ROPE_SCALING_NEEDS:
+        raise ValueError(f"{where}: 'type' must be one of {', '.join(map(repr, ROPE_SCALING_NEEDS))}")
+    if missing := sorted(set(ROPE_SCALING_NEEDS[kind]) - set(scaling)):
+        raise ValueError(f"{where}: {kind} scaling needs {', '.join(missing)}")
+    return scaling
+
+
+def _check_rope_head_dim(head_dim: int, scaling: dict | None) -> None:
+    """An odd head_dim built tables one channel wider than the heads (a size error at the first forward); dynamic NTK
+    at head_dim 2 divides by head_dim - 2."""
+    if head_dim < 2 or head_dim % 2:
+        raise ValueError(f"RotaryEmbedding head_dim={head_dim}: must be even and >= 2 (it rotates channel pairs)")
+    if scaling and scaling["type"] == "dynamic" and head_dim <= 2:
+        raise ValueError(f"RotaryEmbedding head_dim={head_dim}: must be > 2 for dynamic scaling (its base grows by the "
+                         "power head_dim / (head_dim - 2))")
+
+
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
     """Inverse frequencies (head_dim/2,), with static scaling (linear, llama3, yarn) folded in."""
+    scaling = check_rope_scaling(scaling)
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     if not scaling:
         return inv_freq
@@ -131,6 +169,8 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, *, theta: float = 10000.0, scaling: dict | None = None,
                  max_position: int = 2048) -> None:
         super().__init__()
+        scaling = check_rope_scaling(scaling)
+        _check_rope_head_dim(head_dim, scaling)
         self.head_dim, self.theta, self.scaling, self.max_position = head_dim, theta, scaling, max_position
         self.attention_factor = rope_attention_factor(scaling)
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
@@ -185,6 +225,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 def alibi_slopes(n_head: int) -> torch.Tensor:
     """Per-head ALiBi slopes (n_head,), including the interleaving for head counts that are not powers of 2."""
+    if n_head < 1:  # it was log2's bare "math domain error"
+        raise ValueError(f"alibi_slopes n_head={n_head}: must be an int >= 1")
 
     def power_of_2(n: int) -> list[float]:
         start = 2 ** (-(2 ** -(math.log2(n) - 3)))

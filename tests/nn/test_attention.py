@@ -4,6 +4,8 @@ probability distribution over the allowed keys."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -334,3 +336,38 @@ def test_materialized_attention_takes_a_three_dimensional_mask_as_sdpa_does(shap
     torch.testing.assert_close(materialized_attention(q, k, v, mask=mask), want, atol=1e-5, rtol=1e-5)
     additive = torch.zeros(shape).masked_fill(~mask, float("-inf"))
     torch.testing.assert_close(materialized_attention(q, k, v, mask=additive), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    (dict(dim=30, n_head=4), r"dim=30.*n_head=4"),
+    (dict(dim=DIM, n_head=HEADS, head_dim=0), r"head_dim=0"),
+    (dict(dim=DIM, n_head=HEADS, n_kv_head=0), r"n_kv_head=0"),
+    (dict(dim=DIM, n_head=HEADS, dropout=1.5), r"dropout=1.5.*\[0, 1\]"),
+    (dict(dim=DIM, n_head=HEADS, dropout=-0.1), r"dropout=-0.1.*\[0, 1\]"),
+])
+def test_attention_refuses_bad_sizes_and_rates_when_built(kwargs, named):
+    """head_dim=0 and n_kv_head=0 were read as left out (dim // n_head, n_head); a dim that n_head does not divide
+    lost its remainder silently (30 wide, 4 heads: q of 28), where transformers refuses it; a dropout outside [0, 1]
+    failed at the first training step with torch's message naming no argument."""
+    dim = kwargs.pop("dim")
+    with pytest.raises(ValueError, match=named):
+        Attention(dim, **kwargs)
+
+
+@pytest.mark.parametrize("field", ["n_layer", "n_kv_head", "head_dim"])
+def test_a_kv_cache_of_no_layers_heads_or_channels_is_refused(field):
+    """Only batch_size and max_len were checked: a cache of 0 layers failed at the first write with an IndexError."""
+    sizes = dict(n_layer=2, batch_size=1, n_kv_head=HEADS, max_len=8, head_dim=HEAD_DIM) | {field: 0}
+    with pytest.raises(ValueError, match=f"KV cache {field}=0: must be an int >= 1"):
+        KVCache(**sizes)
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@pytest.mark.parametrize("shape", [(4, 4), (2, 1, 3, 3), (1, 3, 3, 3)])
+def test_a_mask_that_does_not_broadcast_over_the_scores_is_a_clear_error(kernel, shape):
+    """It failed inside the kernel with torch's size mismatch, which named neither the mask nor the shape it needs."""
+    attn = attention(HEADS, kernel=kernel)
+    x = torch.randn(1, 3, DIM)
+    want = re.escape(f"attention mask of shape {tuple(shape)}") + r".*\(B, n_head, T, S\)=\(1, 4, 3, 3\)"
+    with pytest.raises(ValueError, match=want):
+        attn(x, mask=torch.ones(shape, dtype=torch.bool))

@@ -10,7 +10,7 @@ from torch import nn
 
 from neurallayers.config import ModelConfig
 from neurallayers.models.decoder import DecoderLM
-from neurallayers.nn.block import Block
+from neurallayers.nn.block import Block, drop_path
 
 
 class Ones(nn.Module):
@@ -94,3 +94,58 @@ def test_drop_path_is_deterministic_under_a_seed():
         outs.append(net(x)[0])
     assert torch.equal(outs[0], outs[1])
     assert not torch.equal(outs[0], outs[2])
+
+
+def torchvision_stochastic_depth(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """torchvision.ops.stochastic_depth(x, p, mode="row", training) written out (torchvision is no dependency here)."""
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return x
+    survival = 1.0 - p
+    noise = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype).bernoulli_(survival)
+    if survival > 0.0:
+        noise.div_(survival)
+    return x * noise
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.9, 1.0])
+@pytest.mark.parametrize("training", [True, False])
+def test_drop_path_is_torchvision_stochastic_depth(p, training):
+    """At p=1 every branch is dropped: zeros, as torchvision gives (it was 0 / 0, NaN through the whole model)."""
+    x = torch.randn(256, 3, 4, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    want = torchvision_stochastic_depth(x, p, training)
+    torch.manual_seed(1)
+    torch.testing.assert_close(drop_path(x, p, training), want)
+
+
+def test_a_block_with_every_branch_dropped_is_the_identity():
+    net = block(drop_path=1.0).train()
+    x = torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(0))
+    y, _ = net(x)
+    torch.testing.assert_close(y, x, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("field, value", [("drop_path", 1.5), ("drop_path", -0.1), ("drop_path", float("nan")),
+                                          ("dropout", 1.2), ("dropout", -0.5)])
+def test_a_block_refuses_a_rate_outside_zero_to_one_when_built(field, value):
+    """They failed at the first training step (torch's "dropout probability has to be between 0 and 1" naming neither
+    field, or bernoulli's own) or, NaN, gave NaN outputs."""
+    with pytest.raises(ValueError, match=rf"{field}={value}.*\[0, 1\]"):
+        block(**{field: value})
+
+
+def test_drop_path_refuses_a_rate_outside_zero_to_one():
+    with pytest.raises(ValueError, match=r"drop_path p=1.5.*\[0, 1\]"):
+        drop_path(torch.ones(2, 3), 1.5, True)
+
+
+def test_a_layer_scale_of_zero_builds_zero_scales_not_none():
+    """layer_scale=0.0 (a zero-initialised scale, ReZero's start) built no LayerScale at all: `if layer_scale` read 0
+    as off, which only None means."""
+    net = block(layer_scale=0.0)
+    assert torch.equal(net.ls1.gamma, torch.zeros(4)) and torch.equal(net.ls2.gamma, torch.zeros(4))
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    y, _ = net.eval()(x)
+    torch.testing.assert_close(y, x, atol=0, rtol=0)

@@ -154,3 +154,57 @@ def test_yarn_rates_and_attention_factor_are_transformers(head_dim, theta, param
     angles = positions[0, :, None].float() * torch.cat([inv_freq, inv_freq])
     torch.testing.assert_close(cos[0, 0], angles.cos() * attention_factor, atol=0, rtol=0)
     torch.testing.assert_close(sin[0, 0], angles.sin() * attention_factor, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("scaling, named", [
+    ({"type": "longrope", "factor": 2.0}, "'longrope'.*'linear', 'dynamic', 'llama3', 'yarn'"),
+    ({"factor": 2.0}, "'type'"),
+    ({"type": "linear"}, "factor"),
+    ({"type": "dynamic"}, "factor"),
+    ({"type": "llama3", "factor": 8.0, "original_max_position_embeddings": 32}, "high_freq_factor, low_freq_factor"),
+    ({"type": "yarn", "factor": 4.0}, "original_max_position_embeddings"),
+    ({"type": "linear", "factor": 2.0, "rope_type": "yarn"}, "'type' and 'rope_type'"),
+    ("linear", "a dict"),
+])
+def test_rotary_embedding_refuses_a_scaling_it_cannot_apply_when_built(scaling, named):
+    """An unknown type was plain RoPE, silently (rope_inv_freq fell through to the unscaled rates); a missing key a
+    KeyError, at once or at the first forward (dynamic)."""
+    with pytest.raises(ValueError, match=f"RotaryEmbedding scaling.*{named}"):
+        RotaryEmbedding(HEAD_DIM, scaling=scaling)
+
+
+@pytest.mark.parametrize("kind", ["linear", "llama3", "yarn", "dynamic"])
+def test_rotary_embedding_takes_transformers_rope_type_spelling(kind):
+    """transformers' configs spell the key `rope_type` (ModelConfig takes both): it was a KeyError here."""
+    params = {k: v for k, v in SCALINGS[kind].items() if k != "type"}
+    ours = RotaryEmbedding(HEAD_DIM, scaling={"type": kind, **params})
+    theirs = RotaryEmbedding(HEAD_DIM, scaling={"rope_type": kind, **params})
+    positions = torch.arange(0, 2000, 37)[None]
+    for a, b in zip(ours(positions, torch.float32), theirs(positions, torch.float32), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("n_head", [0, -2])
+def test_alibi_slopes_of_no_heads_is_a_clear_error(n_head):
+    """It was math's bare "math domain error" from log2."""
+    with pytest.raises(ValueError, match=f"alibi_slopes n_head={n_head}: must be an int >= 1"):
+        alibi_slopes(n_head)
+
+
+@pytest.mark.parametrize(("max_len", "dim"), [(4, 0), (0, 8)])
+def test_a_sinusoidal_table_of_no_rows_or_channels_is_a_clear_error(max_len, dim):
+    """dim 0 was a ZeroDivisionError, max_len 0 an empty table that no position can index."""
+    with pytest.raises(ValueError, match=rf"sinusoidal_table max_len={max_len}, dim={dim}: both must be ints >= 1"):
+        sinusoidal_table(max_len, dim)
+
+
+@pytest.mark.parametrize(("head_dim", "scaling", "named"), [
+    (7, None, "head_dim=7: must be even"),
+    (0, None, "head_dim=0: must be even"),
+    (2, SCALINGS["dynamic"], "head_dim=2: must be > 2 for dynamic scaling"),
+])
+def test_rotary_embedding_refuses_a_head_dim_it_cannot_rotate_when_built(head_dim, scaling, named):
+    """An odd head_dim built tables one channel wider than the heads (a size error at the first forward); dynamic NTK
+    at head_dim 2 divided by head_dim - 2 (ZeroDivisionError past the trained length)."""
+    with pytest.raises(ValueError, match=f"RotaryEmbedding {named}"):
+        RotaryEmbedding(head_dim, scaling=scaling)
