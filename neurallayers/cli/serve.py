@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast) before serving: "
                         "15-60 s to start, then 1.3-2x the decode tokens/s on CPU")
+    parser.add_argument("--max-model-len", type=positive_int, default=None, metavar="TOKENS",
+                        help="tokens a request may use, prompt and reply (default: the model's context length); the "
+                        "KV cache holds --max-concurrency rows of it, so a long-context model may need less")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds to let requests in flight finish after SIGTERM; those left then get 503")
     parser.add_argument("--chat-template", metavar="NAME|FILE|JINJA",
@@ -145,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                      model_root=args.model_root, shutdown_timeout=args.shutdown_timeout, device=args.device,
                      dtype=torch_dtype(args.dtype), compile=args.compile, allow_pickle=args.allow_pickle,
                      chat_template=_template_choice(args.chat_template, None),  # a file's text; names: create_app
-                     trust_request_chat_template=args.trust_request_chat_template)
+                     trust_request_chat_template=args.trust_request_chat_template, max_model_len=args.max_model_len)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

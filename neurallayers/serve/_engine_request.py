@@ -97,7 +97,8 @@ class Request:
         return self._closed
 
     def cancel(self) -> None:
-        """Stop generating (the client is gone): the engine frees the request's slot before its next step."""
+        """Stop generating (the client is gone): a queued request leaves the queue at once, a running one frees its
+        slot before the engine's next step."""
         if not self._closed and not self.cancel_requested:
             self.cancel_requested = True
             self._on_cancel()

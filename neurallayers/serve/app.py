@@ -37,7 +37,8 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
                max_concurrency: int = 8, max_queue: int = 32, cors_origins: list[str] | None = None,
                model_root: str | Path | None = None, shutdown_timeout: float | None = 30.0, device: str | None = None,
                dtype: torch.dtype | None = None, compile: bool = False, allow_pickle: bool = False,
-               chat_template: str | None = None, trust_request_chat_template: bool = False):
+               chat_template: str | None = None, trust_request_chat_template: bool = False,
+               max_model_len: int | None = None):
     """The server's ASGI app.
 
     Args:
@@ -61,6 +62,10 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
             tool_use, rag ...) or Jinja text, as vLLM's --chat-template; None: the tokenizer's own.
         trust_request_chat_template: let requests bring their own template (chat_template), as vLLM's flag of that
             name; refused with a 400 otherwise.
+        max_model_len: the tokens a request may use, prompt and reply, at most the model's context length (vLLM's
+            --max-model-len): the engine's KV cache holds max_concurrency rows of it, so a long-context model's whole
+            context may not fit in memory. None: the model's context length. A reload with a shorter context serves
+            its own.
 
     Returns:
         A FastAPI app; serve it with uvicorn (`neurallayers serve` does).
@@ -84,6 +89,8 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
         raise ValueError("api_key is empty: give a real key, or None to serve without one")
     if model_root is not None and not Path(model_root).is_dir():
         raise FileNotFoundError(f"model_root {model_root} is not a folder")
+    if max_model_len is not None and (not is_int(max_model_len) or max_model_len < 2):
+        raise ValueError(f"max_model_len={max_model_len!r}: must be an integer >= 2 (a prompt token and a reply's)")
     if isinstance(model, tuple):
         loaded, tokenizer = model
         name = model_name or "model"
@@ -94,10 +101,12 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
         loaded, tokenizer = load(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
         name = model_name or Path(model).resolve().name
         defaults = generation_defaults(model)
+    if max_model_len is not None:
+        _check_max_model_len(max_model_len, loaded.config)
     templates = ChatTemplates(chat_template, bool(trust_request_chat_template))
     templates.check(tokenizer)
     limits = Limits(max_batch=max_concurrency, max_queue=max_queue, shutdown_timeout=shutdown_timeout,
-                    compile=compile)
+                    compile=compile, max_len=max_model_len)
     holder = ModelHolder(build_served(loaded, tokenizer, name, limits, defaults), model_root=model_root, device=device,
                          dtype=dtype, templates=templates)
     draining = {"on": False}
@@ -139,6 +148,15 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
 
     app.state.mark_draining = mark_draining
     return app
+
+
+def _check_max_model_len(max_model_len: int, config) -> None:
+    """max_model_len bounds a decoder's requests within its context (as vLLM refuses a longer one)."""
+    if not config.causal:
+        raise ValueError(f"max_model_len={max_model_len}: it sizes a decoder's KV cache; an encoder model reads at "
+                         "most its own input limit")
+    if max_model_len > config.block_size:
+        raise ValueError(f"max_model_len={max_model_len} is more than the model's context length {config.block_size}")
 
 
 def _version() -> str:

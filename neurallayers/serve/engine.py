@@ -151,7 +151,7 @@ class Engine:
             EngineClosed: shutdown has started, or the engine thread failed (`failure` says why).
         """
         prompt_ids = self._check(prompt_ids, config)
-        req = Request(prompt_ids, config, on_cancel=self._wake, text=text)
+        req = Request(prompt_ids, config, on_cancel=lambda: self._cancelled(req), text=text)
         with self._cond:
             if self._failure is not None:
                 raise EngineClosed(f"{self._failure}; it takes no requests until the server restarts or reloads")
@@ -252,10 +252,18 @@ class Engine:
         tokens = left[k] + rounds * max(left)
         return float(min(MAX_RETRY_AFTER, max(0.05, tokens * self._step_time)))
 
-    # ----- the engine thread -----
-    def _wake(self) -> None:
+    def _cancelled(self, req: Request) -> None:
+        """`req` was cancelled (any thread): still queued, it leaves the queue now, so its place is free for the next
+        submit, not only after the step in progress; running, it leaves its row before the next step."""
         with self._cond:
+            queued = req in self._waiting
+            if queued:
+                self._waiting.remove(req)
             self._cond.notify_all()
+        if queued:
+            self._end(req, "cancelled")
+
+    # ----- the engine thread -----
 
     def _loop(self) -> None:
         try:

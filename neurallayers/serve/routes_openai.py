@@ -5,6 +5,7 @@ them, and `Request` is imported inside `register` (fastapi stays an optional dep
 """
 
 import base64
+import functools
 import time
 import uuid
 
@@ -21,7 +22,7 @@ from neurallayers.serve.schemas import (
     ModelCard,
     ModelList,
 )
-from neurallayers.serve.state import ServedModel, encoder_slot
+from neurallayers.serve.state import ServedModel, forward_slot
 from neurallayers.serve.streaming import (
     SSE_DONE,
     chat_logprobs,
@@ -117,7 +118,11 @@ def register(app, *, holder, metrics) -> None:
                                                 count=req.n)
             echo_lps = None
             if req.echo and req.logprobs is not None:
-                echo_lps = [await served.call(prompt_logprobs, served, ids, req.logprobs) for ids in prompts]
+                sent = echo_sources(req.prompt, len(prompts))  # a text prompt's offsets index it as sent
+                async with forward_slot(served):  # a forward outside the engine: bounded (429) as the engine is
+                    echo_lps = [await served.call(functools.partial(prompt_logprobs, text=text,
+                                                                    special=req.add_special_tokens), served, ids,
+                                                  req.logprobs) for ids, text in zip(prompts, sent, strict=True)]
             meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
             echoes = echo_texts(served.tokenizer, req.prompt, prompts) if req.echo else [""] * len(prompts)
             n_prompt = sum(len(ids) for ids in prompts)
@@ -386,11 +391,15 @@ def echo_texts(tokenizer, prompt, prompts: list[list[int]]) -> list[str]:
     decode back to it: an unknown character is <unk>, a SentencePiece leading space is dropped), as vLLM echoes it;
     a token-id prompt decoded with its special tokens (an eval harness's leading end-of-text), as its logprobs list
     them: dropping them left the text shorter than the tokens' text_offset said."""
+    return [tokenizer.decode(ids, skip_special_tokens=False) if text is None else text
+            for text, ids in zip(echo_sources(prompt, len(prompts)), prompts, strict=True)]
+
+
+def echo_sources(prompt, count: int) -> list[str | None]:
+    """Each prompt's text as sent, which echo returns as is (None for a token-id prompt, echoed decoded)."""
     if isinstance(prompt, str):
         return [prompt]
-    if isinstance(prompt[0], str):
-        return list(prompt)
-    return [tokenizer.decode(ids, skip_special_tokens=False) for ids in prompts]
+    return list(prompt) if isinstance(prompt[0], str) else [None] * count
 
 
 def embedding_texts(value) -> list[str]:
@@ -463,5 +472,5 @@ async def embed_texts(served: ServedModel, texts: list[str], *, max_length: int 
                                       add_special_tokens=add_special_tokens)["attention_mask"].sum())
         return vectors, n_tokens
 
-    async with encoder_slot(served):
+    async with forward_slot(served):
         return await served.call(work)

@@ -32,13 +32,16 @@ MODEL_CALLS = 40  # model forwards outside the engine that run at once per model
 
 @dataclass
 class Limits:
-    """Engine sizes: max_batch sequences decode together, max_queue more may wait; beyond that, 429. compile:
-    decoders (and reloads) get generation.fast's compiled one-token step, compiled before the model serves."""
+    """Engine sizes: max_batch sequences decode together, max_queue more may wait; beyond that, 429. max_len: the
+    tokens a decoder's request may use, prompt and reply (vLLM's max_model_len), which sizes its KV cache; None: the
+    model's context length (a model with less serves its own). compile: decoders (and reloads) get
+    generation.fast's compiled one-token step, compiled before the model serves."""
 
     max_batch: int = 8
     max_queue: int = 32
     shutdown_timeout: float | None = 30.0
     compile: bool = False
+    max_len: int | None = None
 
     @property
     def capacity(self) -> int:
@@ -57,7 +60,7 @@ class ServedModel:
     created: int = field(default_factory=lambda: int(time.time()))
     leases: int = 0
     retired: bool = False
-    busy: int = 0  # encoder requests in flight
+    busy: int = 0  # requests in a forward outside the engine (forward_slot): embeddings, echo's scoring
     sampling_defaults: dict = field(default_factory=dict)  # api.generation_defaults: for fields a request leaves out
     # per event loop (an asyncio.Semaphore binds to the first loop that waits on it: a model served under a second
     # loop, a test client's or a server restarted in the process, failed once requests queued there)
@@ -72,6 +75,10 @@ class ServedModel:
 
     @property
     def block_size(self) -> int:
+        """The context a request may use: a decoder's engine's (limits.max_len, at most the model's), else the
+        model's."""
+        if self.engine is not None:
+            return int(self.engine.max_len)
         return int(self.model.config.block_size)
 
     @property
@@ -186,7 +193,8 @@ def build_served(model, tokenizer, name: str, limits: Limits, sampling_defaults:
             from neurallayers.generation.fast import prepare_for_decode
 
             prepare_for_decode(model)
-        engine = Engine(model, tokenizer, max_batch=limits.max_batch, max_queue=limits.max_queue)
+        max_len = None if limits.max_len is None else min(limits.max_len, model.config.block_size)
+        engine = Engine(model, tokenizer, max_batch=limits.max_batch, max_queue=limits.max_queue, max_len=max_len)
         started = time.perf_counter()
         engine.warm_up()  # compiles the fast step, if there is one
         if limits.compile:
@@ -393,8 +401,9 @@ class ModelHolder:
 
 
 @asynccontextmanager
-async def encoder_slot(served: ServedModel) -> AsyncIterator[None]:
-    """Bounds encoder work as the engine bounds decoding: max_batch run, max_queue wait, the rest get 429 at once."""
+async def forward_slot(served: ServedModel) -> AsyncIterator[None]:
+    """Bounds model work outside the engine (an encoder's embeddings, a decoder's prompt scoring for echo) as the
+    engine bounds decoding: max_batch run, max_queue wait, the rest get 429 at once."""
     if served.busy >= served.limits.capacity:
         raise overloaded(1.0)
     slots = _loop_semaphore(served._slots, served.limits.max_batch)

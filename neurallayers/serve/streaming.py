@@ -8,6 +8,7 @@ running, which frees its engine slot.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -292,9 +293,14 @@ def _gpt2_byte_alphabet() -> dict[str, int]:
 _BYTE_OF = _gpt2_byte_alphabet()
 
 
-def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> dict:
+def prompt_logprobs(served: ServedModel, ids: list[int], top: int, *, text: str | None = None,
+                    special: bool = True) -> dict:
     """Echo with logprobs: each prompt token's log-probability given the tokens before it (None for the first),
-    from one forward pass (read-only on the weights, so it may run beside the engine)."""
+    from one forward pass (read-only on the weights, so it may run beside the engine).
+
+    text: the prompt as sent (echoed as is), which `ids` encode (`special`: with the tokenizer's special tokens): each
+    token's text_offset is then where it starts in that text; None (a token-id prompt, echoed decoded): the tokens'
+    texts follow each other."""
     import torch
 
     model = served.model
@@ -305,16 +311,33 @@ def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> dict:
         chosen = logp[:-1].gather(1, torch.tensor(ids[1:], device=device)[:, None])[:, 0].tolist()
         alt_lp, alt_ids = torch.topk(logp[:-1], top, dim=-1)  # top 0: empty (T - 1, 0)
     tok = served.tokenizer
-    out = {"tokens": [], "token_logprobs": [None], "top_logprobs": [None], "text_offset": []}
-    pos = 0
-    for k, t in enumerate(ids):
-        # the echoed text starts with the first token, whose space a SentencePiece decoder strips there too
-        text = token_text(tok, t) if k else tok.decode([t], skip_special_tokens=False)
-        out["tokens"].append(text)
-        out["text_offset"].append(pos)
-        pos += len(text)
+    # the echoed text starts with the first token, whose space a SentencePiece decoder strips there too
+    pieces = [token_text(tok, t) if k else tok.decode([t], skip_special_tokens=False) for k, t in enumerate(ids)]
+    starts = None if text is None else text_offsets(tok, text, ids, special=special)
+    if starts is None:  # the tokens' texts, one after another
+        starts = list(itertools.accumulate(map(len, pieces[:-1]), initial=0))
+    out = {"tokens": pieces, "token_logprobs": [None], "top_logprobs": [None], "text_offset": starts}
     for i, lp in enumerate(chosen):
         out["token_logprobs"].append(finite(lp))
         alts = list(zip(alt_ids[i].tolist(), alt_lp[i].tolist(), strict=True))
         out["top_logprobs"].append(top_dict(tok, alts, (ids[i + 1], lp)))
     return out
+
+
+def text_offsets(tokenizer, text: str, ids: list[int], *, special: bool) -> list[int] | None:
+    """Where each token of `ids`, the encoding of `text`, starts in `text`, by the tokenizer's own alignment: the
+    tokens' texts need not join into the text (a bos the post-processor adds is not in it, an unknown character reads
+    "<unk>"), so their lengths summed put later tokens past where they are. A token starts where the text before it
+    ends at the latest (trim_offsets leaves a byte-level token's leading space out of its span); one that covers no
+    text (a bos, an eos appended) sits there. None where the tokenizer's encoding is not `ids`."""
+    hf = getattr(tokenizer, "hf", None)
+    if hf is None:
+        return None
+    encoding = hf.encode(text, add_special_tokens=special)
+    if encoding.ids != list(ids):
+        return None
+    starts, end = [], 0
+    for start, stop in encoding.offsets:
+        starts.append(min(start, end) if stop > start else end)
+        end = max(end, stop)
+    return starts

@@ -160,6 +160,30 @@ def test_context_length_errors_name_the_numbers(server):
     assert_ok_after(server.url)
 
 
+def test_max_model_len_sizes_the_kv_cache_and_holds_requests_to_it(run_dir):
+    """The engine's KV cache, allocated at start, holds max_concurrency rows of the whole context: for a long-context
+    model more than most machines have (Llama 3.2 1B: 131072 positions x 8 rows x 16 layers, 69 GB in fp32), with no
+    way to ask for less. max_model_len (vLLM's --max-model-len) sizes it, and requests are held to it as to the
+    context."""
+    from neurallayers.serve.app import create_app
+
+    model, tok = neurallayers.load(run_dir)
+    short = 24
+    with serving((model, tok), model_name="short", max_concurrency=2, max_model_len=short) as srv:
+        assert srv.app.state.holder.current.engine.stats()["max_len"] == short
+        assert httpx.get(f"{srv.url}/v1/models/short").json()["max_model_len"] == short
+        assert httpx.post(f"{srv.url}/tokenize", json={"prompt": "The"}).json()["max_model_len"] == short
+        err = assert_error(httpx.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": short - 2}),
+                           400, "max_tokens")
+        assert f"context length {short}" in err["message"] and err["code"] == "context_length_exceeded"
+        body = {"prompt": "The", "max_tokens": short - 3, "logit_bias": {str(tok.eos_id): -100}}
+        ok = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60)
+        assert ok.status_code == 200 and ok.json()["usage"]["total_tokens"] == short
+    for bad in (BLOCK + 1, 1, 2.5):
+        with pytest.raises(ValueError, match="max_model_len"):
+            create_app((model, tok), max_model_len=bad)
+
+
 def test_other_routes_refuse_bad_input_with_400(server):
     url = server.url
     assert_error(httpx.post(f"{url}/v1/embeddings", json={"input": "x"}), 400, "model")
@@ -342,6 +366,33 @@ def test_overload_is_429_with_retry_after_at_once(gated):
         rest = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: {")]
     assert rest[-1]["choices"][0]["finish_reason"] == "length"  # the running request was not disturbed
     assert_ok_after(srv.url)
+
+
+def test_prompt_scoring_outside_the_engine_is_bounded_with_429_too(gated):
+    """echo with logprobs scores the prompt in a forward of its own, outside the engine (an eval harness's
+    loglikelihood requests: max_tokens 0): past max_concurrency + max_queue of them a request gets 429 at once, as a
+    generation does, not a place in an unbounded line of forwards."""
+    srv, gate, _, _ = gated
+    entered = threading.Event()
+    hook = srv.app.state.holder.current.model.register_forward_pre_hook(lambda *_: entered.set(), prepend=True)
+    score = {"prompt": "The", "max_tokens": 0, "echo": True, "logprobs": 1}
+    first: dict = {}
+    try:
+        gate.open.clear()  # the first scoring forward holds the only slot
+        waiter = threading.Thread(target=lambda: first.setdefault("r", httpx.post(
+            f"{srv.url}/v1/completions", json=score, timeout=60)))
+        waiter.start()
+        assert entered.wait(30)
+        for body in (score, {**score, "max_tokens": 2}):  # scoring, then echo's scoring before a generation
+            r = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=5)
+            err = assert_error(r, 429)
+            assert err["type"] == "rate_limit_error" and int(r.headers["Retry-After"]) >= 1
+    finally:
+        gate.open.set()
+        hook.remove()
+    waiter.join(60)
+    assert first["r"].status_code == 200 and first["r"].json()["choices"][0]["text"] == "The"
+    assert httpx.post(f"{srv.url}/v1/completions", json=score, timeout=30).status_code == 200  # the slot is free
 
 
 def test_client_disconnect_mid_stream_cancels_and_frees_the_slot(gated):

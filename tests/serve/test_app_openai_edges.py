@@ -96,6 +96,31 @@ def test_streamed_text_offsets_equal_the_whole_answers_while_a_stop_string_holds
     assert offsets == whole.logprobs.text_offset == list(range(8))
 
 
+def test_echoed_text_offsets_index_the_text_sent_as_the_tokenizer_aligns_it():
+    """OpenAI's text_offset is where each token starts in the returned text: with a text prompt echoed as sent, a bos
+    the post-processor adds is not in it and an unknown character reads "<unk>", so the tokens' texts summed put
+    "Z" past the text's end and the completion's tokens before the prompt's. Oracle: transformers' offset mapping."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import processors
+
+    model, tok = cycle_model()
+    tok.hf.post_processor = processors.TemplateProcessing(single=f"{tok.eos_token} $A",
+                                                          special_tokens=[(tok.eos_token, tok.eos_id)])
+    prompt = "Zq user"  # "Z" and "q" are not in the vocabulary
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf)
+    want = [start for start, _ in hf(prompt, return_offsets_mapping=True)["offset_mapping"]]
+    assert want[:3] == [0, 0, 1]  # the bos covers no text: it sits where the text starts
+    body = {"prompt": prompt, "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 1}
+    with serving((model, tok), model_name="bos") as srv:
+        whole = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60).json()["choices"][0]
+        with httpx.stream("POST", f"{srv.url}/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+            head = next(line for line in r.iter_lines() if line.startswith("data: {"))
+    assert whole["text"] == prompt + ": h"
+    offsets = whole["logprobs"]["text_offset"]
+    assert offsets == [*want, len(prompt), len(prompt) + 1, len(prompt) + 2]
+    assert '"text_offset":' + str(want).replace(" ", "") in head  # the streamed prompt chunk's too
+
+
 def test_chat_with_the_default_template_ends_at_the_next_user_line(client):
     messages = [{"role": "user", "content": "hi"}]
     out = client.chat.completions.create(model="cycle", messages=messages, max_tokens=20, temperature=0)

@@ -134,7 +134,7 @@ def test_model_calls_queue_under_a_second_event_loop():
 
     async def many():
         async def embed_like():
-            async with state.encoder_slot(served):
+            async with state.forward_slot(served):
                 return await served.call(slow)
 
         calls = [served.call(slow) for _ in range(state.MODEL_CALLS + 2)] + [embed_like() for _ in range(2)]

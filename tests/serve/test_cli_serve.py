@@ -30,6 +30,18 @@ def test_create_app_refuses_a_shutdown_timeout_that_is_not_a_time(value):
         create_app(("model", "tokenizer"), shutdown_timeout=value)  # refused before the model is looked at
 
 
+@pytest.mark.parametrize(("value", "why"), [("65", "the model's context length 64"), ("1", "an integer >= 2")])
+def test_a_max_model_len_the_model_cannot_serve_is_one_line(tmp_path, capsys, value, why):
+    from nl_serve_helpers import write_run_dir
+
+    from neurallayers.__main__ import main
+
+    run = write_run_dir(tmp_path / "tiny", block_size=64)
+    code = main(["serve", str(run), "--port", "0", "--max-model-len", value])
+    err = capsys.readouterr().err
+    assert code == 2 and f"max_model_len={value}" in err and why in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("root", ["nowhere", "file.txt"])
 def test_a_model_root_that_is_not_a_folder_is_named_as_the_flag_before_loading(tmp_path, capsys, root):
     from neurallayers.__main__ import main

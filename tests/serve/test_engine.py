@@ -314,6 +314,30 @@ def test_cancel_frees_the_slot_and_full_engine(tok) -> None:
     engine.shutdown()
 
 
+def test_a_cancelled_queued_request_gives_its_place_back_at_once(tok) -> None:
+    """A queued request that is cancelled (its client left, or it was a choice of a request refused for the rest)
+    frees its place at once: it held it until the engine thread's next admission, after the step in progress (a
+    long prefill), and a submit meanwhile got EngineFull, a 429, with the queue empty."""
+    model = random_lm("gpt2", seed=3)
+    gate = Gate(model)
+    engine = Engine(model, tok, max_batch=1, max_queue=1)
+    engine.start()
+    long = GenerationConfig(temperature=0, max_new_tokens=80)
+    a = engine.submit(tok.encode("héllo"), long)
+    gate.let(3)  # a is running; the engine thread stands in its next step
+    b = engine.submit(tok.encode("wörld"), long)
+    b.cancel()
+    c = engine.submit(tok.encode("ok"), long)  # takes the place b left, the engine thread still in its step
+    assert engine.stats()["waiting"] == 1 and engine.stats()["requests_cancelled"] == 1
+    assert b.done and [e.finish_reason for e in b] == ["cancelled"]
+    a.cancel()
+    c.cancel()
+    gate.open()
+    wait_until(lambda: engine.stats()["running"] == engine.stats()["waiting"] == 0)
+    assert engine.stats()["requests_cancelled"] == 3
+    engine.shutdown()
+
+
 def test_shutdown_drains_then_refuses(tok) -> None:
     model = random_lm("gpt2", seed=4)
     gate = Gate(model)

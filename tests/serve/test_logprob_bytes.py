@@ -68,6 +68,40 @@ def test_echoed_sentencepiece_prompt_tokens_sit_at_their_offsets():
     assert all(text[o:o + len(t)] == t for o, t in whole)
 
 
+def trimmed_byte_level_tokenizer() -> Tokenizer:
+    """A byte-level BPE whose post-processor trims offsets (RoBERTa's): a token " br" spans only "br"."""
+    from tokenizers import processors
+
+    tok = Tokenizer.train_bpe([TEXT, "The quick brown fox"] * 4, vocab_size=300, show_progress=False)
+    tok.hf.post_processor = processors.ByteLevel(trim_offsets=True)
+    return tok
+
+
+@pytest.mark.parametrize(("make", "text"), [(lambda: byte_fallback_tokenizer(strip=True), " hello ole 日本"),
+                                            (trimmed_byte_level_tokenizer, "The quick brown fox héllo 日本")],
+                         ids=["sentencepiece", "trimmed-byte-level"])
+def test_a_text_prompt_echoed_as_sent_has_each_token_at_its_offset_in_it(make, text):
+    """A text prompt is echoed as the client sent it, its first space kept, which the decoder strips from the tokens:
+    the offsets summed from the tokens' texts put every token one character early; the tokenizer's alignment puts
+    each where it is (a trimmed span's leading space included)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.models import build_model
+    from neurallayers.serve.streaming import prompt_logprobs
+
+    tok = make()
+    ids = tok.encode(text)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    lp = prompt_logprobs(SimpleNamespace(model=model, tokenizer=tok), ids, 1, text=text, special=False)
+    whole = [(o, t) for o, t in zip(lp["text_offset"], lp["tokens"], strict=True) if "\ufffd" not in t]
+    assert all(text[o:o + len(t)] == t for o, t in whole) and sum(t.startswith(" ") for _, t in whole) >= 2
+    assert lp["text_offset"] == sorted(lp["text_offset"]) and lp["text_offset"][0] == 0
+
+
 @pytest.mark.parametrize("make", [lambda: Tokenizer.train_bpe([TEXT] * 4, vocab_size=270, show_progress=False),
                                   byte_fallback_tokenizer], ids=["byte-level", "byte-fallback"])
 def test_token_bytes_join_into_the_text(make):
