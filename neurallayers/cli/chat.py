@@ -217,14 +217,31 @@ def _check_opening(tokenizer, opening: list[dict], block: int, *, template_kwarg
 def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int,
                 template_kwargs: dict | None = None, chat_template: str | None = None):
     """(prompt ids, config) for the conversation: its oldest turns after the first `keep` messages are dropped (in
-    `history` too) until the prompt leaves room for a reply of max_new_tokens, or of half the context where that is
-    less (a max_new_tokens as long as the context would drop every earlier turn: a chat without memory). The reply
-    may be cut shorter rather than lose the newest message. (None, config) when the newest message alone fills the
-    context; `history` then stays as it was, so refusing one message loses none of the conversation."""
+    `history` too) as window_conversation drops them, the reply's max_new_tokens cut to the room left. (None, config)
+    when the newest message alone fills the context; `history` then stays as it was, so refusing one message loses
+    none of the conversation."""
+    ids, kept, dropped = window_conversation(tokenizer, history, block, config.max_new_tokens, keep=keep,
+                                             template_kwargs=template_kwargs, chat_template=chat_template)
+    if len(ids) >= block:
+        return None, config
+    history[:] = kept
+    if dropped:
+        print(f"({dropped_note(dropped, block)})", file=sys.stderr)
+    return ids, config.replace(max_new_tokens=min(config.max_new_tokens, block - len(ids)))
+
+
+def window_conversation(tokenizer, messages: list[dict], block: int, max_new_tokens: int, *, keep: int,
+                        template_kwargs: dict | None = None, chat_template: str | None = None):
+    """(prompt ids, the messages kept, turns dropped): the oldest turns after the first `keep` messages (a user message
+    and its reply) are dropped until the rendered prompt leaves room for a reply of max_new_tokens, or of half the
+    context where that is less (a max_new_tokens as long as the context would drop every earlier turn: a chat without
+    memory). The reply may be cut shorter rather than lose the newest message, which may alone (after the first
+    `keep`) fill the context: the ids then number block or more. The terminal chat and the playground's window so.
+    """
     from neurallayers.data.chat import render_chat
 
-    room = min(config.max_new_tokens, block // 2)
-    kept, dropped = list(history), 0
+    room = min(max_new_tokens, block // 2)
+    kept, dropped = list(messages), 0
     while True:
         ids = tokenizer.encode(render_chat(tokenizer, kept, template_kwargs=template_kwargs,
                                            chat_template=chat_template))
@@ -232,13 +249,12 @@ def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int
             break
         del kept[keep:keep + 2 if len(kept) > keep + 2 else keep + 1]  # a user message and its reply
         dropped += 1
-    if len(ids) >= block:
-        return None, config
-    history[:] = kept
-    if dropped:
-        print(f"(the oldest {dropped} turn{'s' * (dropped > 1)} left the model's context of {block} tokens)",
-              file=sys.stderr)
-    return ids, config.replace(max_new_tokens=min(config.max_new_tokens, block - len(ids)))
+    return ids, kept, dropped
+
+
+def dropped_note(dropped: int, block: int) -> str:
+    """Says that turns left the prompt: the terminal chat's stderr line, the playground's status line."""
+    return f"the oldest {dropped} turn{'s' * (dropped > 1)} left the model's context of {block} tokens"
 
 
 def reply(model, tokenizer, prompt: list[int], config) -> str:

@@ -14,7 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from neurallayers.data.chat import DEFAULT_STOP, chat_template_names, render_chat, resolve_chat_template
+from neurallayers.cli.chat import dropped_note, window_conversation
+from neurallayers.data.chat import DEFAULT_STOP, chat_template_names, resolve_chat_template
 from neurallayers.generation import GenerationConfig, stream
 from neurallayers.generation.generate import _row_seed
 from neurallayers.ui.logic import StreamRecord, finished_status, stopped_status
@@ -102,31 +103,29 @@ def stream_chat(model: nn.Module, tokenizer, history: list[dict], message: str, 
     after every token that adds text, and once more at the end with the count of tokens, the finish reason and the
     speed. The reply is what `neurallayers chat` gives for the same messages and settings: leading blanks dropped,
     trimmed at the end, a seed made from the seed and the turn (the number of replies before it), the default
-    template's replies ending at the next `user:` line.
+    template's replies ending at the next `user:` line, the oldest turns left out of a conversation that outgrows
+    the context (the status lines say so).
 
     Raises:
-        ValueError: a bad message, system prompt or template name; a conversation the template refuses; one that
-            fills the model's context.
+        ValueError: a bad message, system prompt or template name; a conversation the template refuses; a message
+            that alone (with the system prompt) fills the model's context.
     """
     if not model.config.causal:
         raise ValueError("This is an encoder model: it does not chat (the Attention tab works)")
     template = check_template(tokenizer, template)
     messages = chat_messages(history, message, system)
     block = model.config.block_size
-    ids = tokenizer.encode(render_chat(tokenizer, messages, chat_template=template))
-    if len(ids) >= block:
-        raise ValueError(f"The conversation has {len(ids)} tokens and the model's context length is {block}: press "
-                         "Clear to start a new one" + (" or shorten the system prompt" if messages[0]["role"] ==
-                                                       "system" else ""))
     if config.max_new_tokens > block:
         raise ValueError(f"Max new tokens must be at most {block} (the model's context length), "
                          f"got {config.max_new_tokens}")
+    ids, dropped = _prompt(tokenizer, messages, block, config.max_new_tokens, template)
     if resolve_chat_template(tokenizer, template) is None:  # the plain lines: the model goes on with the user's turn
         config = config.replace(stop=[*config.stop, DEFAULT_STOP])
     if config.seed is not None:
         config = config.replace(seed=_row_seed(config.seed, sum(m["role"] == "assistant" for m in history)))
     turns = [*history, messages[-1]]
-    yield shown(turns), "generating... 0 tokens"
+    note = f"; {dropped_note(dropped, block)}" if dropped else ""  # the chat shows them all, the model does not
+    yield shown(turns), f"generating... 0 tokens{note}"
     text, n, start = "", 0, time.perf_counter()
     for event in stream(model, tokenizer, ids, config):
         text += event.text
@@ -134,9 +133,25 @@ def stream_chat(model: nn.Module, tokenizer, history: list[dict], message: str, 
         if event.finish_reason is not None:
             status = finished_status(n, time.perf_counter() - start, event.finish_reason, config.max_new_tokens,
                                      block)
-            yield shown([*turns, {"role": "assistant", "content": text.strip()}]), status
+            yield shown([*turns, {"role": "assistant", "content": text.strip()}]), status + note
         elif event.text:
-            yield shown([*turns, {"role": "assistant", "content": text.lstrip()}]), f"generating... {n} tokens"
+            yield shown([*turns, {"role": "assistant", "content": text.lstrip()}]), f"generating... {n} tokens{note}"
+
+
+def _prompt(tokenizer, messages: list[dict], block: int, max_new_tokens: int, template: str | None):
+    """(prompt ids, turns dropped): the conversation's oldest turns (after the system prompt) are left out until a
+    reply has room, as `neurallayers chat` leaves them (a small model's chat said "press Clear" after a few turns).
+
+    Raises:
+        ValueError: the newest message (with the system prompt) alone fills the context.
+    """
+    keep = int(messages[0]["role"] == "system")
+    ids, _, dropped = window_conversation(tokenizer, messages, block, max_new_tokens, keep=keep,
+                                          chat_template=template)
+    if len(ids) >= block:
+        raise ValueError(f"The conversation has {len(ids)} tokens and the model's context length is {block}: shorten "
+                         "the message" + (" or the system prompt" if keep else ""))
+    return ids, dropped
 
 
 @dataclass
@@ -199,6 +214,15 @@ class ChatRecord(StreamRecord):
         if self.cleared:  # the empty chat, and a stopped status where Clear cut a reply
             return [], stopped_status(self.status, "Clear") if self.cut_by_clear else ""
         return super()._last_update()
+
+    def _cut_text(self) -> Any:
+        """A reply cut before its first token ends the chat all the same, empty, as `neurallayers chat` records a
+        reply cut by Ctrl-C: the user's message left alone made the next one a second user turn in a row, which
+        templates whose roles alternate (Mistral's, Llama 2's) refused until Clear."""
+        chat = self.text
+        if chat and chat[-1]["role"] == "user":
+            return [*chat, *shown([{"role": "assistant", "content": ""}])]
+        return chat
 
     def clear(self) -> tuple[list, str | None]:
         """Clear pressed: the empty chat and its status, None (left as it is) while a reply streams: the step

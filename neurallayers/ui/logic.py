@@ -4,6 +4,7 @@ attention weights as heatmaps. Bad input raises ValueError with a message for th
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -74,10 +75,14 @@ def _prompt_ids(model: nn.Module, tokenizer, prompt: Any) -> list[int]:
     if not prompt:  # only "", as `generate` refuses: a newline or a space is a prompt ("\n" starts a fresh line)
         raise ValueError("The prompt is empty: type some text first")
     ids = tokenizer.encode(prompt, add_special_tokens=True)  # as generate() encodes it
+    _check_fits(model, ids)
+    return ids
+
+
+def _check_fits(model: nn.Module, ids: list[int]) -> None:
     block = model.config.block_size
     if len(ids) > block:
         raise ValueError(f"The prompt has {len(ids)} tokens but the model's context length is {block}: shorten it")
-    return ids
 
 
 def stream_text(model: nn.Module, tokenizer, prompt: str, config: GenerationConfig) -> Iterator[tuple[str, str]]:
@@ -118,6 +123,13 @@ def stopped_status(status: str | None, button: str = "Stop") -> str:
     return (status or "").replace("generating...", f"stopped ({button} pressed) after", 1)
 
 
+def failed_status(status: str, error: BaseException) -> str:
+    """The status line of a stream that failed midway (a GPU out of memory): "failed after N tokens: " and the error's
+    first line, the characters markdown, HTML or LaTeX would read backslash-escaped (the status line is markdown)."""
+    message = f"{type(error).__name__}: {error}".splitlines()[0]
+    return status.replace("generating...", "failed after", 1) + ": " + re.sub(r"([\\`*_\[\]<>#|~$&])", r"\\\1", message)
+
+
 @dataclass
 class StreamRecord:
     """What one browser session's latest stream has produced, kept on the server (a gr.State), so that the
@@ -151,6 +163,11 @@ class StreamRecord:
             self.cut = True
             updates.close()  # the model's stream with it, now
             raise
+        except Exception as e:  # the page's status said "generating... N tokens" for good, the error in a toast
+            if self.status.startswith("generating..."):  # not a refusal before the first update: the last one shown
+                self.text, self.status = self._cut_text(), failed_status(self.status, e)
+                yield self.text, self.status
+            raise
 
     def stop(self) -> None:
         """Stop pressed: a stream going on ends before its next update (the next stream starts afresh)."""
@@ -161,7 +178,11 @@ class StreamRecord:
         return self.stop_pressed
 
     def _last_update(self) -> tuple[Any, str]:
-        return self.text, stopped_status(self.status)
+        return self._cut_text(), stopped_status(self.status)
+
+    def _cut_text(self) -> Any:
+        """The text of a stream cut short (by Stop, a cancel or a failure), as the page is to keep it."""
+        return self.text
 
     def after_stop(self) -> tuple[Any, str] | None:
         """(text, stopped status) once, after the stream was cut; None when it ended by itself or failed."""
@@ -196,8 +217,10 @@ def attention_maps(model: nn.Module, tokenizer, text: str) -> tuple[list[str], t
 
         if not isinstance(text, str) or not text.strip():
             raise ValueError("The prompt is empty: type some text first")
-        batch = tokenize_batch(tokenizer, [text], max_length=model.config.block_size)
+        # not cut at the context: the heatmaps of the text's first tokens showed as if they were the whole text's
+        batch = tokenize_batch(tokenizer, [text])
         ids = batch["input_ids"][0].tolist()
+        _check_fits(model, ids)
         forward = base_encoder(model)
         inputs = {k: v.to(device) for k, v in batch.items() if k != "token_type_ids" or forward.wtt is not None}
     if len(ids) > ATTENTION_MAX_TOKENS:

@@ -27,3 +27,22 @@ def running_playground(model, tokenizer) -> Iterator[str]:
         yield launch(app, port=free_port(), block=False, quiet=True)
     finally:
         app.close()
+
+
+def failing_copy(model, *, fail_at: int):
+    """A copy of the DecoderLM `model` whose forward fails from its `fail_at`-th call on, as a GPU out of memory
+    mid-generation does."""
+    from neurallayers.models.decoder import DecoderLM
+
+    class FailingLM(DecoderLM):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls >= fail_at:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (*not* markdown)")
+            return super().forward(*args, **kwargs)
+
+    broken = FailingLM(model.config).eval()
+    broken.load_state_dict(model.state_dict())
+    return broken

@@ -152,3 +152,23 @@ def test_attention_waits_for_a_generation_in_progress(tiny):
         client.predict("the lazy dog", "all", api_name="/attention")
         assert job.result(timeout=60)[1].startswith("60 tokens in")
     assert most[0] == 1
+
+
+def test_a_generation_that_fails_midway_ends_its_generating_status(tiny):
+    """The model failed after some tokens (a GPU out of memory): the page's status line said "generating... N
+    tokens" for good under the error's toast, in both tabs. The stream's last update now says it failed."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+    from nl_ui_helpers import failing_copy, running_playground
+
+    model, tok = tiny
+    broken = failing_copy(model, fail_at=5)
+    with running_playground(broken, tok) as url:
+        client = Client(url, verbose=False)
+        for args, api in ((GREEDY, "/generate"), (("the fox", [], "", "", *GREEDY[1:]), "/chat")):
+            broken.calls = 0
+            job = client.submit(*args, api_name=api)
+            with pytest.raises(AppError, match="CUDA out of memory"):
+                job.result(timeout=60)
+            *_, (before, _), (text, status) = job.outputs()
+            assert text == before and status.startswith("failed after 4 tokens: RuntimeError: CUDA out of memory")

@@ -106,6 +106,37 @@ def test_replies_are_those_of_neurallayers_chat(tiny, tmp_path, monkeypatch):
     assert replies(turns) == cli_replies and cli_replies[0] != cli_replies[1]
 
 
+def test_a_conversation_past_the_context_drops_its_oldest_turns_as_neurallayers_chat(tiny, tmp_path, monkeypatch):
+    """The third turn of a 96-token model was "The conversation has 100 tokens ...: press Clear", where the terminal
+    chat leaves its oldest turns out of the prompt and goes on: the same messages now get the terminal's replies, and
+    the status line says which turns the model no longer sees (the chat shows them all)."""
+    from neurallayers.__main__ import main
+    from neurallayers.cli import chat as cli_chat
+    from neurallayers.training.checkpoint import save_model
+    from neurallayers.training.config import RunConfig
+
+    model, tok = tiny
+    RunConfig(model=model.config).to_yaml(tmp_path / "config.yaml")
+    tok.save(tmp_path)
+    save_model(tmp_path, model.state_dict())
+    messages = ["the fox", "the dog", "pack my box", "five jugs"]
+    cli_replies, real = [], cli_chat.reply
+    monkeypatch.setattr(cli_chat, "reply", lambda *args: cli_replies.append(real(*args)) or cli_replies[-1])
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"{m}\n" for m in messages)))
+    args = ["--system", "be", "--seed", "5", "--temperature", "1", "--max-new-tokens", "20"]
+    assert main(["chat", str(tmp_path), *args]) == 0
+    config = sampling_config(**{**CONTROLS, "temperature": 1.0, "seed": 5, "max_new_tokens": 20})
+    turns, statuses = [], []
+    for message in messages:
+        *_, (turns, status) = stream_chat(model, tok, chat_history(turns), message, config, system="be")
+        statuses.append(status)
+    assert replies(turns) == cli_replies and len(turns) == 8
+    assert "left the model's context" not in statuses[0]
+    assert statuses[-1].endswith("; the oldest 3 turns left the model's context of 96 tokens")
+    with pytest.raises(ValueError, match="The conversation has 106 tokens and the model's context length is 96: "
+                                         "shorten the message$"):  # Clear would not help: the message alone fills it
+        next(stream_chat(model, tok, chat_history(turns), "the fox " * 11 + "a", config))
+
 def test_the_chatbot_value_reads_back_as_it_was_shown():
     """Gradio hands a plain string through inspect.cleandoc: a reply's indentation and blank edge lines were lost, so
     the next turn's prompt held other text than the model wrote."""
@@ -136,8 +167,8 @@ def test_a_bad_history_is_named(value, message):
     ({"message": " \n"}, "The message is empty"),
     ({"message": 3}, "The message must be text, got int"),
     ({"system": 3}, "The system prompt must be text, got int"),
-    ({"system": "the fox " * 12}, "The conversation has 124 tokens and the model's context length is 96: press Clear "
-                                  "to start a new one or shorten the system prompt"),
+    ({"system": "the fox " * 12}, "The conversation has 124 tokens and the model's context length is 96: shorten "
+                                  "the message or the system prompt"),
     ({"config": GenerationConfig(max_new_tokens=500)}, "Max new tokens must be at most 96"),
 ])
 def test_bad_input_is_named(tiny, kwargs, message):
@@ -194,6 +225,43 @@ def test_clear_during_a_reply_leaves_the_chat_empty(tiny):
     *_, last = [first, *updates]
     assert record.after_stop() is None and (record.text, record.status) == last
 
+
+# Mistral's and Llama 2's templates refuse a conversation whose roles do not alternate
+ALTERNATING = ("{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}"
+               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+               "{% endif %}{{ m.role }}. {{ m.content }}\n{% endfor %}assistant.")
+
+
+@pytest.mark.parametrize("cut", ["stop", "cancel", "failure"])
+def test_a_reply_cut_before_its_first_token_leaves_an_empty_reply(tiny, cut):
+    """Stop (or Gradio's cancel, or a failure) before the reply's first token left the user's message without a
+    reply: the next message made two user turns in a row, which Mistral's and Llama 2's templates refuse ("roles must
+    alternate": no message went through until Clear), where `neurallayers chat` records the reply cut by Ctrl-C, ""."""
+    from nl_ui_helpers import failing_copy
+
+    model, tok = tiny
+    tok = copy.copy(tok)
+    tok.chat_template = ALTERNATING
+    record = ChatRecord()
+    history = [{"role": "user", "content": "the fox"}, {"role": "assistant", "content": "jumps"}]
+    config = sampling_config(**{**CONTROLS, "max_new_tokens": 30})
+    updates = record.follow(stream_chat(failing_copy(model, fail_at=1) if cut == "failure" else model, tok, history,
+                                        "the dog", config))
+    shown_turns = next(updates)[0]  # the user's message, the reply's first token still to come
+    if cut == "stop":
+        record.stop()
+        (last,) = list(updates)
+    elif cut == "cancel":
+        updates.close()
+        last = record.after_stop()
+    else:
+        with pytest.raises(RuntimeError):
+            last = next(updates)
+            next(updates)
+    assert last[0] == [*shown_turns, *shown([{"role": "assistant", "content": ""}])]
+    assert last[1].endswith("after 0 tokens") or "failed after 0 tokens" in last[1]
+    *_, (turns, _) = stream_chat(model, tok, chat_history(last[0]), "the lazy dog", config)  # not refused
+    assert [m["role"] for m in chat_history(turns)] == ["user", "assistant"] * 3
 
 def test_the_steps_after_clear_wait_for_the_stream_and_the_next_turn_starts_anew(tiny):
     """The browser runs the step after a cancelled stream as soon as its /cancel returns (or fails), while the server

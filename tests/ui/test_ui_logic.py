@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from nl_ui_helpers import failing_copy
 
 from neurallayers.config import ModelConfig
 from neurallayers.data.tokenizers import Tokenizer
@@ -128,6 +129,26 @@ def test_encoder_attention_and_no_generation():
         next(stream_text(model, tok, "text", sampling_config(**CONTROLS)))
 
 
+def test_encoder_attention_of_a_text_past_its_context_is_refused_with_its_length():
+    """An encoder's text was cut at the model's context without a word: the heatmaps of its first 16 tokens showed
+    for a text of 42 (a decoder's text is refused so), and a context past 64 tokens refused the cut text by its length
+    ("this text has 80")."""
+    from neurallayers.models import build_model
+
+    tok = Tokenizer.train_char(["some text to look at"])
+    torch.manual_seed(0)
+    for block, size, message in ((16, 42, "The prompt has 42 tokens but the model's context length is 16"),
+                                 (80, 102, "The prompt has 102 tokens but the model's context length is 80"),
+                                 (80, 70, f"up to {ATTENTION_MAX_TOKENS} tokens; this text has 70")):
+        cfg = ModelConfig.from_name("bert-mini").replace(vocab_size=tok.vocab_size, block_size=block, n_layer=1,
+                                                         n_head=2, n_embd=16)
+        model = build_model(cfg).eval()
+        with pytest.raises(ValueError, match=message):
+            attention_maps(model, tok, "a" * size)
+        labels, _ = attention_maps(model, tok, "a" * 8)
+        assert labels == list("a" * 8)
+
+
 def test_status_names_the_context_when_it_ends_the_output(tiny):
     model, tok = tiny
     *_, (text, status) = stream_text(model, tok, "the quick", sampling_config(**{**CONTROLS, "max_new_tokens": 96}))
@@ -227,3 +248,21 @@ def test_attention_figure_escapes_characters_its_font_cannot_draw():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a missing glyph warns
         fig.savefig(io.BytesIO(), format="png")
+
+
+def test_a_stream_that_fails_midway_says_so_and_keeps_its_text(tiny):
+    """The model failed after some tokens (a GPU out of memory): the status line said "generating... 4 tokens" for
+    good, under a toast with the error, as if the text were still coming. Its last update now says it failed."""
+    _, tok = tiny
+    record = StreamRecord()
+    config = sampling_config(**{**CONTROLS, "max_new_tokens": 30})
+    updates = record.follow(stream_text(failing_copy(tiny[0], fail_at=5), tok, "the quick", config))
+    shown = []
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        shown.extend(updates)
+    assert shown[-2] == (shown[-1][0], "generating... 4 tokens")
+    assert shown[-1][1] == ("failed after 4 tokens: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB "
+                            "(\\*not\\* markdown)")  # the status line is markdown: the error's text shows as it is
+    assert record.after_stop() is None  # no Stop: the step after the stream does not run on a failure
+    with pytest.raises(ValueError, match="The prompt is empty"):  # a refusal before any update changes no update
+        list(record.follow(stream_text(*tiny, "", sampling_config(**CONTROLS))))
