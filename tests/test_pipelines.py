@@ -2,7 +2,10 @@
 
 import functools
 import os
+import re
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,7 +65,7 @@ def test_bad_model_argument_and_wrong_head(wordpiece, tmp_path):
 
 
 def test_an_option_a_pipeline_does_not_have_is_named_with_the_valid_ones(wordpiece):
-    """transformers' options that are not built here (num_workers=, aggregation_strategy=) and typos get one line
+    """transformers' options that are not built here (num_workers=, stride=) and typos get one line
     naming the option and the valid ones, not a TypeError from inside the pipeline."""
     with pytest.raises(ValueError, match=r"fill-mask: unknown option 'num_workers'; options: batch_size, mask_token"):
         pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece), num_workers=2)
@@ -71,11 +74,11 @@ def test_an_option_a_pipeline_does_not_have_is_named_with_the_valid_ones(wordpie
         fill("a [MASK] b", topk=2)
     classify = pipeline("text-classification", model=(tiny_bert("sequence_classification"), wordpiece))
     with pytest.raises(ValueError, match="text-classification: unknown option 'return_all_scores'; options: top_k, "
-                                         "truncation$"):
+                                         "truncation, function_to_apply$"):
         classify("hello", return_all_scores=True)
     tag = pipeline("token-classification", model=(tiny_bert("token_classification"), wordpiece))
-    with pytest.raises(ValueError, match="unknown option 'aggregation_strategy'; options: ignore_labels$"):
-        tag("hello world", aggregation_strategy="simple")
+    with pytest.raises(ValueError, match="unknown option 'stride'; options: ignore_labels, aggregation_strategy$"):
+        tag("hello world", stride=2)
     features = pipeline("feature-extraction", model=(tiny_bert("none"), wordpiece))
     with pytest.raises(ValueError, match="feature-extraction: unknown option 'truncation'; options: pooling, normal"):
         features("hello", truncation=True)
@@ -138,6 +141,18 @@ def test_fill_mask_rejects_bad_input(wordpiece):
         fill("a [MASK]", top_k=0)
     with pytest.raises(ValueError, match="mask token"):
         pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece), mask_token="<nope>")
+
+
+def test_fill_mask_top_k_is_a_count_a_numpy_one_too(wordpiece):
+    """top_k=True reached torch.topk ("TypeError: topk(): argument 'k' must be int, not bool"), and a numpy count
+    (np.int64(2), which transformers' pipeline takes) was refused as not an int."""
+    fill = pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece))
+    assert fill("a [MASK] b", top_k=np.int64(2)) == fill("a [MASK] b", top_k=2)
+    assert fill("a [MASK] b", top_k=np.int64(1), targets=["c", "d"]) == fill("a [MASK] b", top_k=1, targets=["c", "d"])
+    for bad in (True, False, 2.0, "2", None):
+        with pytest.raises(ValueError, match=rf"^top_k={re.escape(repr(bad))}: must be an int in \[1, "
+                                             r"vocab_size=30522\]$"):
+            fill("a [MASK] b", top_k=bad)
 
 
 def test_fill_mask_from_a_saved_folder(wordpiece, tmp_path):
@@ -389,8 +404,6 @@ def test_embedding_arguments_of_the_wrong_kind_are_one_clear_line(wordpiece):
 def test_tokenize_batch_takes_a_numpy_int_max_length_as_before(wordpiece):
     """A length read from a numpy array (np.int64) truncates as the same int does: it did until the argument check
     came, which refused it ("must be an int >= 2")."""
-    import numpy as np
-
     want = tokenize_batch(wordpiece, ["hello world again and again"], max_length=4)
     got = tokenize_batch(wordpiece, ["hello world again and again"], max_length=np.int64(4))
     assert got["input_ids"].shape[1] == 4 and torch.equal(got["input_ids"], want["input_ids"])
@@ -400,8 +413,6 @@ def test_tokenize_batch_takes_a_numpy_int_max_length_as_before(wordpiece):
 
 def test_embed_takes_a_numpy_int_max_length_as_tokenize_batch_does(wordpiece):
     """embed refused the np.int64 length that tokenize_batch (and embed, before its argument check) takes."""
-    import numpy as np
-
     model, texts = tiny_bert("none"), ["hello world again and again", "a"]
     torch.testing.assert_close(embed(model, wordpiece, texts, max_length=np.int64(4)),
                                embed(model, wordpiece, texts, max_length=4))
@@ -519,3 +530,211 @@ def test_device_and_dtype_load_the_model_and_options_are_checked_first(tmp_path,
         pipeline("fill-mask", model=(model, fill.tokenizer), device="cpu")
     with pytest.raises(ValueError, match=r"^dtype= applies to a model loaded from a path"):
         pipeline("fill-mask", model=(model, fill.tokenizer), dtype=torch.float32)
+
+
+def test_token_classification_entities_equal_transformers_pipeline_field_for_field(wordpiece, tmp_path):
+    """An unknown token's word was "[UNK]" where transformers gives the text it stands for (the snowman, the parrot,
+    the 110-letter word), so an entity found there could not be read back."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+    transformers.BertForTokenClassification(cfg).save_pretrained(tmp_path)
+    wordpiece.save(tmp_path)
+    texts = ["Angela Merkel visited Washingtonian yesterday.", "Snowman ☃ and 🦜 met " + "x" * 110, "héllo wörld"]
+    got = pipeline("token-classification", model=tmp_path)(texts, ignore_labels=[])
+    want = transformers.pipeline("token-classification", model=str(tmp_path), device="cpu")(texts, ignore_labels=[])
+    fields = ("entity", "index", "word", "start", "end")
+    assert [[tuple(e[f] for f in fields) for e in row] for row in got] == \
+        [[tuple(e[f] for f in fields) for e in row] for row in want]
+    assert [e["score"] for row in got for e in row] == pytest.approx([float(e["score"]) for row in want for e in row],
+                                                                     abs=1e-5)
+    assert [e["word"] for e in got[1] if e["start"] > 7] == ["☃", "and", "🦜", "met", "x" * 110]
+
+
+def test_transformers_task_aliases_name_the_same_pipelines(wordpiece):
+    """pipeline("ner") and pipeline("sentiment-analysis"), transformers' own spellings of token- and
+    text-classification, were "unknown task"; a task that is not a string was a TypeError (unhashable list)."""
+    ner = pipeline("ner", model=(tiny_bert("token_classification", num_labels=2), wordpiece))
+    assert type(ner) is PIPELINES["token-classification"] and ner.task == "token-classification"
+    text = "Angela Merkel visited Washington yesterday."
+    assert ner(text, ignore_labels=[]) == pipeline("token-classification", model=(ner.model, wordpiece))(
+        text, ignore_labels=[])
+    sentiment = pipeline("sentiment-analysis", model=(tiny_bert("sequence_classification"), wordpiece))
+    assert type(sentiment) is PIPELINES["text-classification"] and sentiment.task == "text-classification"
+    for bad in (["fill-mask"], None, 3):
+        with pytest.raises(ValueError, match=rf"^unknown task {re.escape(repr(bad))}( \(did you mean .*\))?; tasks: "
+                                             "feature-extraction, fill-mask"):
+            pipeline(bad, model=(tiny_bert("mlm"), wordpiece))
+    with pytest.raises(ValueError, match=r"aliases: ner \(token-classification\), sentiment-analysis"):
+        pipeline("summarization", model=(tiny_bert("mlm"), wordpiece))
+
+
+NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+NER_TEXTS = ["Angela Merkel visited Washingtonian yesterday with Emmanuel-Macron.", "Snowman ☃ met 🦜 in Reykjavík",
+             "", "  unbelievably  overcomplicated hyperparameterization"]
+
+
+def ner_folder(tokenizer: Tokenizer, folder) -> str:
+    """A tiny BertForTokenClassification with BIO labels, written by transformers, and `tokenizer`."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, num_labels=5, id2label=NER_LABELS,
+                                  label2id={v: k for k, v in NER_LABELS.items()})
+    torch.manual_seed(3)
+    transformers.BertForTokenClassification(cfg).save_pretrained(folder)
+    tokenizer.save(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def ner_folders(wordpiece, tmp_path_factory):
+    """One on MiniLM's WordPiece (word pieces marked "##") and one on a byte-level BPE trained here (no marker:
+    transformers' fallback rule says which pieces continue a word)."""
+    bpe = Tokenizer.train_bpe([open(__file__, encoding="utf-8").read()], vocab_size=400)
+    return {"wordpiece": ner_folder(wordpiece, tmp_path_factory.mktemp("ner")),
+            "bpe": ner_folder(bpe, tmp_path_factory.mktemp("ner-bpe"))}
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+@pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max", "SIMPLE"])
+def test_token_classification_aggregation_equals_transformers_pipeline(ner_folders, kind, strategy):
+    """aggregation_strategy, how transformers' NER pipeline joins word pieces into words and B-/I- tags into entities
+    ({entity_group, score, word, start, end}), was refused as an unknown option."""
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.pipeline("token-classification", model=ner_folders[kind], device="cpu")
+    ours = pipeline("ner", model=ner_folders[kind], batch_size=3)
+    # "" is no tokens at all without [CLS] / [SEP]: transformers fails on it (see the test after next)
+    texts = NER_TEXTS if kind == "wordpiece" else [t for t in NER_TEXTS if t]
+    for ignore in ([], ["O"], ["O", "PER"]):
+        got = ours(texts, aggregation_strategy=strategy, ignore_labels=ignore)
+        with warnings.catch_warnings():  # "Tokenizer does not support real words, using fallback heuristic"
+            warnings.simplefilter("ignore")
+            want = theirs(texts, aggregation_strategy=strategy, ignore_labels=ignore)
+        assert [[{k: v for k, v in e.items() if k != "score"} for e in row] for row in got] == \
+            [[{k: v for k, v in e.items() if k != "score"} for e in row] for row in want]
+        assert [e["score"] for row in got for e in row] == \
+            pytest.approx([float(e["score"]) for row in want for e in row], abs=1e-5)
+    grouped = ours(NER_TEXTS[0], aggregation_strategy=strategy, ignore_labels=[])
+    assert {e.get("entity_group", e.get("entity")) for e in grouped} - {"O"}  # the seed finds entities
+
+
+def test_token_classification_aggregation_refuses_what_it_does_not_know(ner_folders):
+    ner = pipeline("token-classification", model=ner_folders["wordpiece"])
+    for bad in ("average_first", 3, True):
+        with pytest.raises(ValueError, match=rf"^aggregation_strategy={re.escape(repr(bad))}: must be one of none, "
+                                             "simple, first, average, max"):
+            ner("Angela Merkel", aggregation_strategy=bad)
+
+
+def test_a_text_that_encodes_to_no_tokens_is_classified_the_same_in_any_batch():
+    """With a tokenizer that adds no [CLS] / [SEP] (a byte-level BPE trained here), "" is no tokens at all: alone it
+    failed inside the model ("input_ids is empty"), and in a batch it was an all-padding row given a made-up label.
+    transformers' pipelines fail on it too (a reshape error). Now token-classification finds no entities in it, at
+    any batch size, and text-classification names it."""
+    tok = Tokenizer.train_bpe([open(__file__, encoding="utf-8").read()], vocab_size=300)
+    assert tokenize_batch(tok, [""], empty_ok=True)["input_ids"].shape == (1, 0)
+
+    def model(head: str) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_model(ModelConfig(causal=False, vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2,
+                                       n_embd=16, head=head, num_labels=3)).eval()
+
+    ner = pipeline("token-classification", model=(model("token_classification"), tok))
+    texts = ["", "a cat sat", "", " "]
+    every = ner(texts, ignore_labels=[])
+    assert every == ner(texts, ignore_labels=[], batch_size=1) == [ner(t, ignore_labels=[]) for t in texts]
+    assert every[0] == every[2] == [] and every[1] and every[3]
+    assert ner([""], aggregation_strategy="simple") == [[]]
+    clf = pipeline("text-classification", model=(model("sequence_classification"), tok))
+    assert clf(["a cat sat", " "]) == clf(["a cat sat", " "], batch_size=1)
+    for batch_size in (1, 4):
+        with pytest.raises(ValueError, match=r"^inputs\[2\] is '', which this tokenizer encodes to no tokens \(it adds "
+                                             r"no special tokens\): give some text$"):
+            clf(["a cat", " ", "", "sat"], batch_size=batch_size)
+    with pytest.raises(ValueError, match=r"^inputs\[0\] is \{'text': '', 'text_pair': ''\}, which this tokenizer"):
+        clf({"text": "", "text_pair": ""})
+
+
+@pytest.mark.parametrize("function", ["sigmoid", "softmax", "none", "NONE", "default", None])
+@pytest.mark.parametrize("num_labels", [1, 3])
+def test_text_classification_function_to_apply_equals_transformers_pipeline(wordpiece, tmp_path, function,
+                                                                             num_labels):
+    """function_to_apply ("none": a cross-encoder's raw logits; "sigmoid": independent labels) was refused as an
+    unknown option."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, num_labels=num_labels)
+    torch.manual_seed(1)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+    wordpiece.save(tmp_path)
+    theirs = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu")
+    ours = pipeline("sentiment-analysis", model=tmp_path)
+    texts = ["great film", "terrible acting and a dull plot"]
+    options = {} if function is None else {"function_to_apply": function}
+    if function == "default":  # documented by transformers, missing from its enum (a KeyError there): unset here
+        theirs_options = {}
+    else:
+        theirs_options = options
+    for inputs, top_k in ((texts, {}), (texts, {"top_k": None}), (texts[0], {}), (texts[0], {"top_k": 2})):
+        got, want = _flat(ours(inputs, **options, **top_k)), _flat(theirs(inputs, **theirs_options, **top_k))
+        assert [label for label, _ in got] == [label for label, _ in want]
+        assert [score for _, score in got] == pytest.approx([score for _, score in want], abs=1e-5)
+
+
+def _flat(result) -> list[tuple[str, float]]:
+    """(label, score) of a text-classification result, nested lists flattened in order (the shape is compared by
+    the caller's labels: a nesting that differs gives other pairs)."""
+    if isinstance(result, dict):
+        return [(result["label"], float(result["score"]))]
+    return [("[", 0.0), *(pair for x in result for pair in _flat(x)), ("]", 0.0)]
+
+
+def test_text_classification_function_to_apply_refuses_other_names(wordpiece):
+    clf = pipeline("text-classification", model=(tiny_bert("sequence_classification"), wordpiece))
+    for bad in ("relu", 1, True):
+        with pytest.raises(ValueError, match=rf"^function_to_apply={bad!r}: must be one of sigmoid, softmax, none "
+                                             r"\(or default\)$"):
+            clf("x", function_to_apply=bad)
+
+
+def test_options_given_to_pipeline_are_every_calls_defaults_as_in_transformers(ner_folders, wordpiece, tmp_path):
+    """pipeline("ner", model=..., aggregation_strategy="simple"), transformers' own example, and pipeline(...,
+    top_k=None) were refused ("unknown option 'aggregation_strategy'; options: batch_size"): a call option given to
+    pipeline() is the default of every call, the call's own over it, with transformers' result shapes."""
+    transformers = pytest.importorskip("transformers")
+    folder = ner_folders["wordpiece"]
+    ours = pipeline("ner", model=folder, aggregation_strategy="simple", ignore_labels=[])
+    theirs = transformers.pipeline("ner", model=folder, device="cpu", aggregation_strategy="simple", ignore_labels=[])
+    for options in ({}, {"aggregation_strategy": "none"}, {"ignore_labels": ["O"]}):
+        got, want = ours(NER_TEXTS, **options), theirs(NER_TEXTS, **options)
+        assert [[{k: v for k, v in e.items() if k != "score"} for e in row] for row in got] == \
+            [[{k: v for k, v in e.items() if k != "score"} for e in row] for row in want]
+    assert ours.defaults == {"aggregation_strategy": "simple", "ignore_labels": []}
+
+    cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+    wordpiece.save(tmp_path)
+    for top_k in (None, 2, 1):
+        ours = pipeline("text-classification", model=tmp_path, top_k=top_k)
+        theirs = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu", top_k=top_k)
+        for inputs, options in (("good", {}), (["good", "bad"], {}), ("good", {"top_k": 1}), ("good", {"top_k": 3})):
+            got, want = _flat(ours(inputs, **options)), _flat(theirs(inputs, **options))
+            assert [label for label, _ in got] == [label for label, _ in want]  # [[...]] for a string, as there
+            assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
+
+    fill = pipeline("fill-mask", model=(tiny_bert("mlm"), wordpiece), top_k=2, batch_size=3)
+    assert len(fill("a [MASK] b")) == 2 and len(fill("a [MASK] b", top_k=4)) == 4 and fill.batch_size == 3
+    features = pipeline("feature-extraction", model=(tiny_bert("none"), wordpiece), return_tensors=False)
+    assert isinstance(features("hello"), list) and isinstance(features("hello", return_tensors=True), torch.Tensor)
+
+
+def test_a_bad_option_given_to_pipeline_is_named_before_the_model_loads(tmp_path):
+    with pytest.raises(ValueError, match=r"^fill-mask: unknown option 'topk' \(did you mean 'top_k'\?\); options: "
+                                         r"batch_size, mask_token, top_k, targets$"):
+        pipeline("fill-mask", model=tmp_path / "missing", topk=2)
+    with pytest.raises(ValueError, match=r"^feature-extraction: unknown option 'truncation'; options: batch_size, "
+                                         "pooling, normalize, tokenize_kwargs, return_tensors$"):
+        pipeline("feature-extraction", model=tmp_path / "missing", truncation=True)

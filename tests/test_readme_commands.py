@@ -131,10 +131,10 @@ def test_the_readme_names_every_preset_and_only_those():
 
 def test_the_readme_names_every_pipeline_task_and_pooling_mode():
     from neurallayers.embeddings import POOLINGS
-    from neurallayers.pipelines import PIPELINES
+    from neurallayers.pipelines import PIPELINES, TASK_ALIASES
 
     tasks = README.split("`nl.pipeline(task, model=path)` for", 1)[1].split("with transformers' result shapes")[0]
-    assert set(re.findall(r"`([a-z-]+)`", tasks)) == set(PIPELINES)
+    assert set(re.findall(r"`([a-z-]+)`", tasks)) == set(PIPELINES) | set(TASK_ALIASES)
     modes = README.split("pooled by its mode (", 1)[1].split(", or several concatenated")[0]
     assert set(re.findall(r"`(\w+)`", modes)) == set(POOLINGS)
 

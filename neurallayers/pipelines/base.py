@@ -24,6 +24,7 @@ class Pipeline(ABC):
 
     task = ""
     heads: tuple[str, ...] = ()  # the encoder heads this task can use; empty for decoder tasks
+    call_options: tuple[str, ...] = ()  # options a subclass's _call takes beside _run's
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, batch_size: int = 32) -> None:
         cfg = getattr(model, "config", None)
@@ -39,8 +40,15 @@ class Pipeline(ABC):
         # in the middle of training does not leave its dropout off
         self.model, self.tokenizer, self.config, self.batch_size = model, tokenizer, cfg, batch_size
         self.device = next(model.parameters()).device
+        self.defaults: dict[str, Any] = {}  # call options given to pipeline(), as transformers' pipelines keep them
 
     def __call__(self, inputs: str | list[str], **kwargs: Any) -> Any:
+        """`inputs`' results; `kwargs` over the options given to pipeline() (`defaults`)."""
+        return self._call(inputs, {**self.defaults, **kwargs}, kwargs)
+
+    def _call(self, inputs: Any, kwargs: dict[str, Any], given: dict[str, Any]) -> Any:
+        """A call with its options (`kwargs`: the defaults and the call's own; `given`: the call's own alone)."""
+        kwargs = dict(kwargs)
         single = isinstance(inputs, str | dict)
         items = [inputs] if single else inputs
         if not isinstance(items, list | tuple):
@@ -57,6 +65,12 @@ class Pipeline(ABC):
         check_options(self.task, kwargs, self._run)
         results = runner._run(list(items), **kwargs)
         return results[0] if single else results
+
+    @classmethod
+    def check_defaults(cls, options: dict[str, Any]) -> None:
+        """Refuses, before a model loads, call options given to pipeline() that a call would refuse by name (values
+        are checked by the calls). A pipeline whose _run takes **kwargs checks those itself."""
+        check_options(cls.task, options, cls._run, extra=cls.call_options)
 
     @abstractmethod
     def _run(self, items: list, **kwargs: Any) -> list:
@@ -88,13 +102,14 @@ def _switch(name: str, value: Any) -> bool | None:
     return value
 
 
-def check_options(task: str, options: dict, function: Any) -> None:
-    """Refuses a keyword `function` does not take (a transformers option not built here, a typo) in one line naming
-    it and the valid ones, instead of a TypeError from the call. A function that takes **kwargs checks its own."""
-    params = inspect.signature(function).parameters.values()
+def check_options(task: str, options: dict, *functions: Any, extra: tuple[str, ...] = ()) -> None:
+    """Refuses a keyword none of `functions` takes, nor `extra` names (a transformers option not built here, a typo),
+    in one line naming it and the valid ones, instead of a TypeError from the call. A function that takes **kwargs
+    checks its own."""
+    params = [p for function in functions for p in inspect.signature(function).parameters.values()]
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return
-    names = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    names = [p.name for p in params if p.kind is p.KEYWORD_ONLY] + list(extra)
     valid = [n for n in names if not n.startswith("_")]  # a private one is the pipeline's own
     for name in options:
         if name not in names:

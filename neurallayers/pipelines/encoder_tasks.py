@@ -8,11 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurallayers.checks import is_int
+from neurallayers.checks import is_int, is_integral
 from neurallayers.data.token_ids import text_ids
 from neurallayers.data.tokenizers import MASK_TOKENS, Tokenizer
 from neurallayers.embeddings import _check_texts, _embed
 from neurallayers.pipelines.base import Pipeline, _switch, log
+from neurallayers.pipelines.entities import aggregate, aggregation, token_entries
 
 
 def label_names(config: Any) -> list[str]:
@@ -27,10 +28,12 @@ class FeatureExtractionPipeline(Pipeline):
 
     task = "feature-extraction"
     heads = ("none", "mlm", "sequence_classification", "token_classification")
+    call_options = ("return_tensors",)
 
-    def __call__(self, inputs: str | list[str], **kwargs: Any) -> torch.Tensor | list:
+    def _call(self, inputs: Any, kwargs: dict[str, Any], given: dict[str, Any]) -> torch.Tensor | list:
+        kwargs = dict(kwargs)
         as_tensor = _switch("return_tensors", kwargs.pop("return_tensors", None)) is not False
-        out = super().__call__(inputs, **kwargs)
+        out = super()._call(inputs, kwargs, given)
         out = out if isinstance(inputs, str) else torch.stack(out)
         return out if as_tensor else out.tolist()
 
@@ -80,8 +83,10 @@ class FillMaskPipeline(Pipeline):
 
     def _run(self, items: list, *, top_k: int = 5, targets: str | list[str] | None = None) -> list[list]:
         vocab = self.config.vocab_size
-        if not isinstance(top_k, int) or top_k < 1 or (targets is None and top_k > vocab):
+        # a numpy count too, as transformers takes it; not a bool (True reached torch.topk's TypeError)
+        if not is_integral(top_k) or top_k < 1 or (targets is None and top_k > vocab):
             raise ValueError(f"top_k={top_k!r}: must be an int in [1, vocab_size={vocab}]")
+        top_k = int(top_k)
         target_ids = self._target_ids(targets) if targets is not None else None
         if target_ids is not None:  # transformers caps top_k at the number of targets
             top_k = min(top_k, len(target_ids))
@@ -156,7 +161,8 @@ class FillMaskPipeline(Pipeline):
 
 class TextClassificationPipeline(Pipeline):
     """{label, score} per text (softmax over the classes; a sigmoid per label for a single-output or a multi-label
-    model; a regression model's raw outputs, as transformers gives them). An input may be a dict {"text": ...,
+    model; a regression model's raw outputs, as transformers gives them; transformers' function_to_apply, "sigmoid",
+    "softmax" or "none", chooses). An input may be a dict {"text": ...,
     "text_pair": ...} for sentence-pair models. Shaped as transformers'
     pipeline returns them: a string gives [{label, score}] (a list of one), unless top_k is passed (then its top_k
     as a list); a list gives one {label, score} per text (a list of top_k each with top_k); a dict gives one dict."""
@@ -164,23 +170,26 @@ class TextClassificationPipeline(Pipeline):
     task = "text-classification"
     heads = ("sequence_classification",)
 
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        legacy = "top_k" not in kwargs
-        out = super().__call__(inputs, _legacy=legacy, **kwargs)
-        return [out] if isinstance(inputs, str) and legacy else out
+    def _call(self, inputs: Any, kwargs: dict[str, Any], given: dict[str, Any]) -> Any:
+        # as transformers: a top_k, given to pipeline() or the call, ranks; a string's result is put in a list unless
+        # the call itself gives top_k (so pipeline(..., top_k=None)("text") is [[...]] there too)
+        out = super()._call(inputs, {**kwargs, "_legacy": "top_k" not in kwargs}, given)
+        return [out] if isinstance(inputs, str) and "top_k" not in given else out
 
     def _run(self, items: list, *, top_k: int | None = 1, truncation: bool | None = None,
-             _legacy: bool = True) -> list:
+             function_to_apply: str | None = None, _legacy: bool = True) -> list:
         if top_k is not None and (not is_int(top_k) or top_k < 1):
             raise ValueError(f"top_k={top_k!r}: must be None (all labels) or an int >= 1 (more than num_labels="
                              f"{self.config.num_labels} gives them all)")
         _check_truncation(truncation)
+        function = _score_function(function_to_apply, self.config.extra.get("problem_type"), self.config.num_labels)
         texts, pairs = _split_pairs(items)
         names = label_names(self.config)
         results = []
         for batch in self._batches(texts, pairs, empty_ok=True):
+            _refuse_tokenless(batch, items, len(results))
             logits = self._forward(batch)  # (B, num_labels)
-            probs = _scores(logits, self.config.extra.get("problem_type"))
+            probs = SCORE_FUNCTIONS[function](logits)
             for row in probs:
                 ranked = sorted(({"label": names[i], "score": float(p)} for i, p in enumerate(row)),
                                 key=lambda r: -r["score"])
@@ -189,33 +198,40 @@ class TextClassificationPipeline(Pipeline):
 
 
 class TokenClassificationPipeline(Pipeline):
-    """Per token: {entity, score, index, word, start, end}; special tokens and `ignore_labels` left out."""
+    """Per token: {entity, score, index, word, start, end}, special tokens and `ignore_labels` left out; with
+    transformers' aggregation_strategy ("simple", "first", "average", "max") per entity: {entity_group, score, word,
+    start, end}."""
 
     task = "token-classification"
     heads = ("token_classification",)
 
-    def _run(self, items: list, *, ignore_labels: tuple[str, ...] | None = ("O",)) -> list[list[dict]]:
+    def _run(self, items: list, *, ignore_labels: tuple[str, ...] | None = ("O",),
+             aggregation_strategy: str | None = None) -> list[list[dict]]:
         ignore_labels = _label_set(ignore_labels)
+        strategy = aggregation(aggregation_strategy)
         texts = _check_texts(items, "inputs", empty_ok=True)  # a blank row has no entities, as in transformers
         names = label_names(self.config)
         results = []
         for batch in self._batches(texts, return_offsets=True, empty_ok=True):
-            probs = self._forward(batch).softmax(-1)  # (B, T, num_labels)
+            # a batch of texts that encode to no tokens ("" without [CLS] / [SEP]) has no token to classify
+            probs = self._forward(batch).softmax(-1) if batch["input_ids"].shape[1] else \
+                torch.empty(len(batch["input_ids"]), 0, len(names))  # (B, T, num_labels)
             for row in range(len(probs)):
-                entities = []
-                for j in range(probs.shape[1]):
-                    if not batch["attention_mask"][row, j] or batch["special_tokens_mask"][row, j]:
-                        continue
-                    score, label = probs[row, j].max(-1)
-                    entity = names[int(label)]
-                    if entity in ignore_labels:
-                        continue
-                    start, end = batch["offsets"][row, j].tolist()
-                    entities.append({"entity": entity, "score": float(score), "index": j,
-                                     "word": self.tokenizer.id_to_token(int(batch["input_ids"][row, j])),
-                                     "start": start, "end": end})
-                results.append(entities)
+                entries = token_entries(self.tokenizer, texts[len(results)], batch, row, probs[row])
+                # ignored labels are dropped after grouping, as in transformers: an "O" token still ends an entity
+                entities = aggregate(entries, strategy, names, self.tokenizer)
+                results.append([e for e in entities if e.get("entity", e.get("entity_group")) not in ignore_labels])
         return results
+
+
+def _refuse_tokenless(batch: dict[str, torch.Tensor], items: list, first: int) -> None:
+    """A text the tokenizer encodes to no tokens ("" where it adds no [CLS] / [SEP]) has nothing to classify: alone it
+    failed inside the model, and in a batch its all-padding row got a label. `first`: the batch's first input."""
+    empty = (batch["attention_mask"].sum(dim=1) == 0).nonzero()
+    if len(empty):
+        i = first + int(empty[0, 0])
+        raise ValueError(f"inputs[{i}] is {items[i]!r}, which this tokenizer encodes to no tokens (it adds no special "
+                         "tokens): give some text")
 
 
 def _label_set(ignore_labels: Any) -> set[str]:
@@ -231,13 +247,24 @@ def _label_set(ignore_labels: Any) -> set[str]:
     return set(ignore_labels)
 
 
-def _scores(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
-    """transformers' text-classification scores: (B, num_labels) logits -> the same shape."""
-    if problem_type == "regression":  # a predicted value (an STS-B similarity, say), not a probability
-        return logits
-    if logits.shape[-1] == 1 or problem_type == "multi_label_classification":
-        return logits.sigmoid()
-    return logits.softmax(-1)
+# text-classification's scores from (B, num_labels) logits, by transformers' function_to_apply names
+SCORE_FUNCTIONS = {"sigmoid": torch.sigmoid, "softmax": lambda logits: logits.softmax(-1), "none": lambda x: x}
+
+
+def _score_function(function_to_apply: Any, problem_type: str | None, num_labels: int) -> str:
+    """The SCORE_FUNCTIONS key for a call: function_to_apply as transformers reads it (any case), else by default
+    as there: a regression model's raw outputs (an STS-B similarity, not a probability), a sigmoid per label for a
+    single-output or multi-label model, else a softmax over the classes. "default", which transformers documents (its
+    enum lacks it), is the default."""
+    name = "default" if function_to_apply is None else function_to_apply
+    if not isinstance(name, str) or name.lower() not in (*SCORE_FUNCTIONS, "default"):
+        raise ValueError(f"function_to_apply={function_to_apply!r}: must be one of {', '.join(SCORE_FUNCTIONS)} "
+                         "(or default)")
+    if name.lower() != "default":
+        return name.lower()
+    if problem_type == "regression":
+        return "none"
+    return "sigmoid" if num_labels == 1 or problem_type == "multi_label_classification" else "softmax"
 
 
 def _split_pairs(items: list) -> tuple[list[str], list[str] | None]:

@@ -82,10 +82,15 @@ class TextGenerationPipeline(Pipeline):
         settings["max_new_tokens"] = new if new is not None else length if length is not None else _MAX_NEW_TOKENS
         return settings, length
 
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+    @classmethod
+    def check_defaults(cls, options: dict[str, Any]) -> None:
+        own = {p.name for p in inspect.signature(cls._run).parameters.values() if p.kind is p.KEYWORD_ONLY}
+        _check_generation_options({k: v for k, v in options.items() if k not in own})
+
+    def _call(self, inputs: Any, kwargs: dict[str, Any], given: dict[str, Any]) -> Any:
         if _is_chat(inputs):  # one conversation: a list of messages, not a list of inputs
-            return super().__call__([inputs], **kwargs)[0]
-        return super().__call__(inputs, **kwargs)
+            return super()._call([inputs], kwargs, given)[0]
+        return super()._call(inputs, kwargs, given)
 
     def _run(self, items: list, *, return_full_text: bool | None = None, continue_final_message: bool | None = None,
              prefix: str = "", handle_long_generation: str | None = None, max_length: int | None = None,
