@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import errno
 import importlib
 import os
 import sys
@@ -204,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = rest
         else:
             args = verb_parser.parse_args(argv[1:])
-        return int(module.run(args) or 0)
+        status = int(module.run(args) or 0)
+        # the output still buffered (stdout a pipe or file) is written here, where its errors are caught below: at
+        # exit, a reader gone (`| head -1`) or a full disk was Python's "Exception ignored ... BrokenPipeError" and 120
+        sys.stdout.flush()
+        return status
     except USER_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else _os_message(e)
         print(f"neurallayers {verb}: error: {message}", file=sys.stderr)
@@ -213,11 +218,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neurallayers {verb}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `neurallayers info run | head`: the reader left; say nothing more to it
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _discard_output()
         return 1
+    except OSError as e:
+        if e.errno not in _OUTPUT_FULL or e.filename is not None:  # a named file's error: WriteError names it
+            raise
+        # `> /dev/full`, a full disk or quota under `> FILE`: the traceback of a print() was all the user saw
+        print(f"neurallayers {verb}: error: cannot write the output: {e.strerror}", file=sys.stderr)
+        _discard_output()
+        return 2
     finally:
         warnings.formatwarning = formatwarning
+
+
+# errno values of a write that found no room (ENOSPC: a full disk, /dev/full; EDQUOT: a quota; EFBIG: a file-size limit)
+_OUTPUT_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _discard_output() -> None:
+    """Points stdout at /dev/null, so that the interpreter's last flush of what is left in its buffer fails no more
+    (it printed "Exception ignored in: <_io.TextIOWrapper name='<stdout>'>" and exited 120)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO): nothing flushes it at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _os_message(e: BaseException) -> object:

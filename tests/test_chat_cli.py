@@ -64,6 +64,23 @@ def test_a_max_new_tokens_as_long_as_the_context_keeps_earlier_turns(run_dir, mo
     assert "(the oldest 1 turn left the model's context of 128 tokens)" in capsys.readouterr().err
 
 
+def test_a_min_new_tokens_past_the_room_left_is_cut_as_generate_cuts_it(run_dir, monkeypatch, capsys):
+    """--min-new-tokens 150 in a 128-token context: each reply's max_new_tokens was cut to the room the prompt left,
+    its min_new_tokens was not, and every message was refused as "(GenerationConfig.min_new_tokens=150: must be in [0,
+    max_new_tokens=104])". generate ends such an output where the context is full; so does each reply."""
+    from neurallayers.__main__ import main
+    from neurallayers.cli import chat
+
+    seen = []
+    monkeypatch.setattr(chat, "reply", lambda model, tok, prompt, config: seen.append((len(prompt), config)) or "ok")
+    monkeypatch.setattr("sys.stdin", io.StringIO("the fox\nthe dog\n"))
+    assert main(["chat", str(run_dir), "--temperature", "0", "--max-new-tokens", "200", "--min-new-tokens", "150"]) == 0
+    assert "GenerationConfig" not in capsys.readouterr().err
+    assert len(seen) == 2
+    for length, config in seen:  # the whole room left, none of it free to end early
+        assert config.min_new_tokens == config.max_new_tokens == 128 - length
+
+
 def test_a_system_message_that_fills_the_context_is_named_once(run_dir, monkeypatch):
     """Every message was refused as "too long" while the system message alone filled the context."""
     from neurallayers.__main__ import main

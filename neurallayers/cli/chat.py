@@ -217,9 +217,9 @@ def _check_opening(tokenizer, opening: list[dict], block: int, *, template_kwarg
 def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int,
                 template_kwargs: dict | None = None, chat_template: str | None = None):
     """(prompt ids, config) for the conversation: its oldest turns after the first `keep` messages are dropped (in
-    `history` too) as window_conversation drops them, the reply's max_new_tokens cut to the room left. (None, config)
-    when the newest message alone fills the context; `history` then stays as it was, so refusing one message loses
-    none of the conversation."""
+    `history` too) as window_conversation drops them, the reply's max_new_tokens (and min_new_tokens) cut to the room
+    left. (None, config) when the newest message alone fills the context; `history` then stays as it was, so refusing
+    one message loses none of the conversation."""
     ids, kept, dropped = window_conversation(tokenizer, history, block, config.max_new_tokens, keep=keep,
                                              template_kwargs=template_kwargs, chat_template=chat_template)
     if len(ids) >= block:
@@ -227,7 +227,10 @@ def fit_context(tokenizer, history: list[dict], block: int, config, *, keep: int
     history[:] = kept
     if dropped:
         print(f"({dropped_note(dropped, block)})", file=sys.stderr)
-    return ids, config.replace(max_new_tokens=min(config.max_new_tokens, block - len(ids)))
+    # the reply ends where the context is full, as generate ends an output there: a --min-new-tokens past the room
+    # is cut with it (kept, it had every message refused as "min_new_tokens=150: must be in [0, max_new_tokens]")
+    most = min(config.max_new_tokens, block - len(ids))
+    return ids, config.replace(max_new_tokens=most, min_new_tokens=min(config.min_new_tokens, most))
 
 
 def window_conversation(tokenizer, messages: list[dict], block: int, max_new_tokens: int, *, keep: int,

@@ -204,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     _check_method_flags(args)
     use_model_defaults(args, args.path)
     config = generation_config(args)
+    _check_contrastive_candidates(config)
     if not args.prompts and sys.stdin.isatty():  # a forgotten prompt: the command sat waiting without a word
         print("neurallayers generate: no prompt given: type one and end it with Ctrl-D on a line of its own (or give "
               "it as an argument, or pipe it in)", file=sys.stderr, flush=True)
@@ -266,6 +267,15 @@ def _check_method_flags(args: argparse.Namespace) -> None:
                                 ("--contrastive-alpha", args.contrastive_alpha, "amateur")):
         if value is not None and not getattr(args, method):
             raise ValueError(f"{flag} tunes --{method}, which is not given: add --{method} MODEL or leave {flag} out")
+
+
+def _check_contrastive_candidates(config) -> None:
+    """--penalty-alpha weighs the --top-k best tokens at each step: without a --top-k (or the model folder's top_k) >
+    1 there are none to weigh. generate() refused it only once the model had loaded, as "GenerationConfig.top_k=0",
+    a name the user never typed. (Not in generation_config, which batch shares: a batch line may give its top_k.)"""
+    if config.penalty_alpha > 0 and config.top_k < 2:
+        raise ValueError(f"--penalty-alpha {config.penalty_alpha:g} (contrastive search) weighs the --top-k best "
+                         f"tokens at each step and needs --top-k > 1, got {config.top_k}: add --top-k 4, say")
 
 
 def _note_context_full(ends: list[tuple[str | None, int]], max_new_tokens: int, block_size: int,

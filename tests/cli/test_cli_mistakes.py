@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from nl_cli_helpers import assert_user_error, in_process
+from nl_cli_helpers import assert_user_error, in_process, tiny_char_run
 
 from neurallayers.__main__ import build_verb_parser
 
@@ -98,6 +98,23 @@ def test_chat_help_lists_only_the_decoding_chat_does(tmp_path: Path, monkeypatch
                       "unrecognized arguments: --num-beams 2")
     assert "--num-beams" in build_verb_parser("generate")[1].format_help()  # generate and batch keep them
     assert "--early-stopping" in build_verb_parser("batch")[1].format_help()
+
+
+@pytest.mark.parametrize("top_k", [[], ["--top-k", "1"]])
+def test_contrastive_search_without_candidates_names_its_flags_before_loading(top_k: list[str], tmp_path: Path,
+                                                                               monkeypatch):
+    """`generate RUN hi --penalty-alpha 0.6` loaded the model, then failed with "GenerationConfig.top_k=0: contrastive
+    search needs top_k > 1 candidates per step (penalty_alpha weighs them)": a field name the user never typed."""
+    run = tiny_char_run(tmp_path)
+
+    def loaded(*_, **__):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr("neurallayers.cli.generate.load_model", loaded)
+    proc = in_process("generate", str(run), "To be", "--penalty-alpha", "0.6", *top_k, cwd=tmp_path,
+                      monkeypatch=monkeypatch)
+    assert_user_error(proc, "--penalty-alpha 0.6 (contrastive search)", "needs --top-k > 1")
+    assert "GenerationConfig" not in proc.stderr
 
 
 def test_an_os_error_is_a_path_and_its_reason(tmp_path, monkeypatch):

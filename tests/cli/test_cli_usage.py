@@ -75,6 +75,35 @@ def test_a_closed_stdout_is_one_line_not_lost_output(tmp_path: Path):
                                   "/dev/null to discard it)"
 
 
+def _info_tiny_into(stdout, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`neurallayers info tiny > stdout`, its output buffered as a user's shell gives it (no PYTHONUNBUFFERED)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(OMP_NUM_THREADS="1", NEURALLAYERS_CACHE=str(tmp_path / ".nlcache"))
+    return subprocess.run([sys.executable, "-m", "neurallayers", "info", "tiny"], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, env=env, cwd=tmp_path, timeout=120)
+
+
+def test_a_reader_that_left_ends_the_output_quietly(tmp_path: Path):
+    """`neurallayers info tiny | head -1` (or `| true`): the buffered output failed at exit, after main() had returned,
+    with "Exception ignored in: <_io.TextIOWrapper name='<stdout>'> BrokenPipeError" and status 120."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has left before the first line
+    try:
+        proc = _info_tiny_into(write, tmp_path)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (1, "")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_under_stdout_is_one_line(tmp_path: Path):
+    """`neurallayers info tiny > /dev/full` (a full disk or quota under `> FILE`): Python's "Exception ignored ...
+    OSError: [Errno 28] No space left on device" and status 120, or with unbuffered output a traceback of print()."""
+    with open("/dev/full", "w") as full:
+        proc = _info_tiny_into(full, tmp_path)
+    assert_user_error(proc, "neurallayers info: error: cannot write the output: No space left on device")
+
+
 @pytest.fixture(scope="module")
 def two_checkpoints(tmp_path_factory) -> Path:
     """A tiny run with checkpoints at steps 2 and 4 (whose weights differ)."""
