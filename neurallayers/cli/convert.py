@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 from neurallayers.cli.common import non_empty
-
-# transformers' units (save_pretrained's max_shard_size="5GB"): KB, MB, GB are powers of 10, KiB, MiB, GiB of 2
-SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 def shard_size(text: str) -> int:
     """--max-shard-size in bytes: a whole number of MB, or a whole number with its unit as transformers reads one
     (500MB, 2GB, 1GiB). A plain number was read as MiB, 4.9% past the MB the help names."""
-    found = re.fullmatch(r"\s*(\d+)\s*([KkMmGg][Ii]?B)?\s*", text)  # 5mb: megabits to transformers
-    if found is None or int(found[1]) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of MB >= 1, or one with its unit: "
-                                         f"{', '.join(SIZE_UNITS).replace('I', 'i')} (500MB, 2GB, 1GiB)")
-    return int(found[1]) * SIZE_UNITS[(found[2] or "MB").upper()]
+    from neurallayers.interop.hf_write import shard_bytes
+
+    try:
+        return shard_bytes(text, default_unit="MB")
+    except ValueError as e:  # argparse names the flag: the message without the Python argument's name
+        raise argparse.ArgumentTypeError(str(e).removeprefix("max_shard_size=")) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -91,7 +91,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
                          f"{', '.join(ARCHITECTURES)}")
     head, pooler = ARCHITECTURES[arch]
     act = hf.get("hidden_act", "gelu")
-    if act not in HIDDEN_ACT:
+    if not isinstance(act, str) or act not in HIDDEN_ACT:  # a list or an object: unhashable
         raise ValueError(f"config hidden_act={act!r}: supported are {', '.join(HIDDEN_ACT)}")
     pos_type = hf.get("position_embedding_type", "absolute")
     if pos_type != "absolute":

@@ -26,7 +26,7 @@ LOCK = f"{TEMP}lock"  # held while a conversion fills an existing folder; a kill
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf", "run"] | None = None,
-            max_shard_size: int | None = None, allow_pickle: bool = False, overwrite: bool = False,
+            max_shard_size: int | str | None = None, allow_pickle: bool = False, overwrite: bool = False,
             dtype: torch.dtype | str | None = None) -> Path:
     """Converts a run directory or an HF folder `src` into `dst`.
 
@@ -36,7 +36,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         to: "hf" writes config.json, safetensors weights and tokenizer files that `transformers` loads;
             "run" writes config.yaml, model.safetensors and tokenizer files that `neurallayers.load` reads.
             None (the default): the other kind than `src` (a run directory becomes an HF folder and back).
-        max_shard_size: for to="hf", the largest weight shard in bytes (None: one file).
+        max_shard_size: for to="hf", the largest weight shard: bytes, or a size with its unit as transformers'
+            save_pretrained takes it ("500MB", "2GB", "1GiB"); None: one file.
         allow_pickle: accept an HF `src` whose only weights are pickles (pytorch_model.bin, or its shards with
             pytorch_model.bin.index.json), read with weights_only=True.
         overwrite: replace a non-empty `dst`.
@@ -55,9 +56,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         WriteError: `dst` could not be written (a full or read-only disk); nothing of it is left behind.
     """
     from neurallayers.api import checkpoint_run, is_checkpoint_folder, load, resolve_model_path
+    from neurallayers.interop.hf_write import shard_bytes
     from neurallayers.weights import weight_dtype
 
     dtype = weight_dtype(dtype)
+    max_shard_size = shard_bytes(max_shard_size)  # before the model is read
     if to is not None and to not in TARGETS:
         raise ValueError(f"to={to!r}: must be one of {', '.join(map(repr, TARGETS))}")
     src, dst = resolve_model_path(src), Path(dst)
@@ -87,12 +90,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
         raise ValueError(f"dst {dst} {training}")
     with warnings.catch_warnings():  # load()'s "slow on this CPU" warnings: convert computes nothing
         warnings.filterwarnings("ignore", message=r"(fp16|bf16) weights on a CPU")
-        model, tokenizer = load(src, allow_pickle=allow_pickle)
-    # load() reads an HF folder as float32 (a run in its stored dtype): a resharded bf16 folder came out twice its
-    # size, and HF -> run -> HF wrote float32 where transformers' from_pretrained and save_pretrained keep bf16
-    stored = None if run_like else _hf_stored_dtype(src)  # load() keeps a run's own
-    if dtype or stored:
-        model.to(dtype or stored)  # from the stored dtype exact: float32 holds every bf16 and fp16 value
+        # the source's dtype by default, as transformers 5's from_pretrained and save_pretrained keep it: load()'s
+        # dtype="auto" reads an HF folder's config.json dtype (or its weights') by transformers' own rule, and a run's
+        # stored dtype (read as float32, a resharded bf16 folder came out twice its size)
+        model, tokenizer = load(src, allow_pickle=allow_pickle, dtype=dtype or "auto")
     if to == "run" and tokenizer is None:
         raise ValueError(f"src {src} has no tokenizer files (tokenizer.json or vocab.json + merges.txt); "
                          "a run directory needs one")
@@ -180,16 +181,14 @@ def _remove_unwritten(top: Path, folder: Path, written: set[Path], *, keep: set[
 
 
 def _keep_sampling(src: Path, folder: Path) -> None:
-    """The source's recommended sampling (generation_config.json's do_sample, temperature, top_k, ...) goes along
-    into the converted folder, a run directory included: generate, chat, batch and serve use it there as well."""
+    """The source's generation settings (generation_config.json: do_sample, temperature, top_k, ..., and every other
+    setting transformers' generate and the text-generation pipeline read, such as max_new_tokens, max_length,
+    num_beams) go along into the converted folder, a run directory included: generate, chat, batch, serve and the
+    pipeline use them there as well. The special ids are save_hf's (a source's fill its nulls: _keep_special_ids)."""
     from neurallayers.files import write_text_atomic
-    from neurallayers.interop.hf import SAMPLING_DEFAULTS, read_json
+    from neurallayers.interop.hf import generation_settings
 
-    path = src / "generation_config.json"
-    if not path.is_file():
-        return
-    settings = read_json(path)  # a bad file is named (an encoder's load never reads it)
-    kept = {k: v for k, v in settings.items() if k in ("do_sample", *SAMPLING_DEFAULTS)}
+    kept = generation_settings(src)  # a bad file is named (an encoder's load never reads it)
     if not kept:
         return
     out = folder / "generation_config.json"
@@ -197,39 +196,12 @@ def _keep_sampling(src: Path, folder: Path) -> None:
     write_text_atomic(out, json.dumps({**written, **kept}, indent=2) + "\n")
 
 
-def _hf_stored_dtype(src: Path) -> torch.dtype | None:
-    """The half-precision dtype of an HF folder's weights, which transformers 5 loads and saves it in: the one its
-    config.json names (`dtype`, or transformers 4's `torch_dtype`), else its first weight's; None for float32. The
-    files were read and checked by load()."""
-    from neurallayers.interop.hf import SAFE_INDEX, SAFE_WEIGHTS, read_json
-
-    hf = read_json(src / "config.json")
-    name = hf.get("dtype") or hf.get("torch_dtype")
-    if name is None:  # an older folder: its weights say
-        first = src / SAFE_WEIGHTS
-        if not first.is_file() and (src / SAFE_INDEX).is_file():
-            first = src / sorted(read_json(src / SAFE_INDEX)["weight_map"].values())[0]
-        return _weights_dtype(first)
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name) if isinstance(name, str) else None
-
-
-def _weights_dtype(path: Path) -> torch.dtype | None:
-    """The first floating-point dtype stored in safetensors file `path`, where half precision; None otherwise."""
-    from neurallayers.weights import validate_safetensors
-
-    stored = [entry["dtype"] for entry in (validate_safetensors(path)[0] if path.is_file() else {}).values()]
-    return {"BF16": torch.bfloat16, "F16": torch.float16}.get(next((d for d in stored if d in ("BF16", "F16", "F32")),
-                                                                   ""))
-
-
-SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
-
-
 def _keep_special_ids(src: Path, folder: Path) -> None:
     """save_hf writes the tokenizer's bos/eos/pad ids, null where it has none (or there is no tokenizer); an HF
     source's own ids fill those nulls (config.json and generation_config.json alike), or transformers' generate on
     the copy would never stop at eos."""
     from neurallayers.interop.hf import read_json, write_json
+    from neurallayers.interop.hf_generation import SPECIAL_IDS
 
     for name in ("config.json", "generation_config.json"):
         if not (src / name).is_file() or not (folder / name).is_file():

@@ -69,7 +69,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"config architectures={hf['architectures']!r}: NeuralLayers reads GPT-2 language models "
                          f"({', '.join(READ_ARCHITECTURES)}); that model's head has no place here")
     act = hf.get("activation_function", "gelu_new")
-    if act not in ACTIVATIONS:
+    if not isinstance(act, str) or act not in ACTIVATIONS:  # a list or an object: unhashable
         raise ValueError(f"config activation_function={act!r}: supported are {', '.join(ACTIVATIONS)}")
     unsupported = {"add_cross_attention": True, "scale_attn_by_inverse_layer_idx": True, "scale_attn_weights": False}
     bad = [f"{k}={hf[k]!r}" for k, v in unsupported.items() if k in hf and hf[k] == v]

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neurallayers.checks import is_int
 from neurallayers.config import ModelConfig
 from neurallayers.files import WriteError
 from neurallayers.interop.hf_config import FAMILIES, config_architecture, config_number, family, family_for_config
@@ -42,8 +41,9 @@ from neurallayers.interop.hf_generation import (
     _generation_eos_ids,
     defaults_for_method,
     generation_defaults,
+    generation_settings,
 )
-from neurallayers.interop.hf_write import staged, write_weights
+from neurallayers.interop.hf_write import shard_bytes, staged, write_weights
 from neurallayers.interop.sentence_pipeline import _write_sentence_transformers, sentence_transformers_settings
 from neurallayers.interop.weight_maps import (
     TransformIn,
@@ -61,9 +61,9 @@ from neurallayers.weights import CheckpointError, check_state_dict, weight_dtype
 __all__ = [
     "FAMILIES", "PICKLE_INDEX", "PICKLE_WEIGHTS", "SAFE_INDEX", "SAFE_WEIGHTS", "SAMPLING_DEFAULTS", "TransformIn",
     "TransformOut", "WeightMap", "config_architecture", "config_number", "defaults_for_method", "drop_tied_lm_head",
-    "expand_map", "family", "family_for_config", "generation_defaults", "hf_shapes", "load_hf", "load_tokenizer",
-    "read_hf_weights", "read_json", "read_pickle_weights", "read_sharded", "reference_state", "rename_to_hf",
-    "rename_to_ours", "save_hf", "sentence_transformers_settings", "tied_aliases", "write_json",
+    "expand_map", "family", "family_for_config", "generation_defaults", "generation_settings", "hf_shapes", "load_hf",
+    "load_tokenizer", "read_hf_weights", "read_json", "read_pickle_weights", "read_sharded", "reference_state",
+    "rename_to_hf", "rename_to_ours", "save_hf", "sentence_transformers_settings", "tied_aliases", "write_json",
 ]
 
 
@@ -138,6 +138,9 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
         model.generation_eos_ids = eos_ids
     if eos_ids is not None and tokenizer is not None:  # without either file's ids, the tokenizer's own (a converted
         tokenizer.extra_eos_ids = [t for t in eos_ids if t != tokenizer.eos_id]  # run's, in tokenizer_config)
+    settings = generation_settings(folder) if cfg.causal else {}
+    if settings:  # save_hf writes them back, as transformers' save_pretrained keeps model.generation_config
+        model.generation_settings = settings
     return model.eval(), tokenizer
 
 
@@ -204,10 +207,11 @@ def tied_aliases(model: nn.Module) -> set[str]:
 # ----- saving -----
 
 def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
-            max_shard_size: int | None = None) -> Path:
+            max_shard_size: int | str | None = None) -> Path:
     """Writes `model` (and `tokenizer`) as a Hugging Face folder that `transformers` loads offline.
 
-    Writes config.json, generation_config.json (decoders), model.safetensors (or model-0000k-of-0000n.safetensors shards
+    Writes config.json, generation_config.json (decoders: the tokenizer's ids, and the settings of the folder load_hf
+    read the model from), model.safetensors (or model-0000k-of-0000n.safetensors shards
     and model.safetensors.index.json when the weights exceed `max_shard_size` bytes), and tokenizer.json +
     tokenizer_config.json when a tokenizer is given. Every file is written whole before any is put in place, the
     weights last; stale weight files of an earlier save are removed after.
@@ -217,7 +221,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
         tokenizer: a `neurallayers.data.Tokenizer` (`Tokenizer.load(path)` wraps a tokenizer.json or a Hugging Face
             tokenizer folder), or None to write weights only.
         folder: created if needed.
-        max_shard_size: largest shard in bytes; None writes one file.
+        max_shard_size: largest shard: bytes, or a size with its unit as transformers' save_pretrained takes it
+            ("500MB", "2GB", "1GiB"); None writes one file.
 
     Returns:
         The folder.
@@ -236,8 +241,7 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, ModelConfig):
         raise ValueError(f"model must be a NeuralLayers model with a ModelConfig .config, got {type(model).__name__}")
-    if max_shard_size is not None and (not is_int(max_shard_size) or max_shard_size < 1):
-        raise ValueError(f"max_shard_size={max_shard_size!r}: must be a positive number of bytes or None")
+    max_shard_size = shard_bytes(max_shard_size)
     _check_tokenizer(tokenizer)
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}; "
@@ -272,7 +276,8 @@ def save_hf(model: nn.Module, tokenizer: object, folder: str | os.PathLike, *,
         write_weights(hf_sd, stage, folder, max_shard_size)
         write_json(stage / "config.json", hf_cfg)
         if cfg.causal:  # generation settings only mean something for a language model
-            settings = {"_from_model_config": True, **specials}
+            # the source's settings (load_hf keeps them on the model), under the ids this save writes
+            settings = {"_from_model_config": True, **getattr(model, "generation_settings", {}), **specials}
             # every id that ends a generation here: the extra ids that end a turn, as read from a Hugging Face folder,
             # or its only ones where its tokenizer names no eos token (written as null, generation never stopped)
             eos_ids = list(getattr(tokenizer, "eos_ids", None) or getattr(model, "generation_eos_ids", None) or [])

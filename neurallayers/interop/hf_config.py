@@ -26,7 +26,7 @@ def family(model_type: object) -> ModuleType:
     Raises:
         ValueError: an unsupported model_type, listing the supported ones.
     """
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:  # a list or an object: unhashable
         raise ValueError(f"config.json model_type={model_type!r} is not supported; supported model types: "
                          f"{', '.join(FAMILIES)}")
     return importlib.import_module(FAMILIES[model_type])
@@ -35,7 +35,7 @@ def family(model_type: object) -> ModuleType:
 def family_for_config(cfg: ModelConfig) -> str:
     """The Hugging Face model_type to write `cfg` as: the one it was read from, else inferred from its switches."""
     source = cfg.extra.get("hf_model_type")
-    if source in FAMILIES:
+    if isinstance(source, str) and source in FAMILIES:
         return source
     if not cfg.causal:
         return "bert"

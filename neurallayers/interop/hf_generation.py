@@ -31,6 +31,26 @@ def _generation_eos_ids(folder: Path, vocab: int, hf_cfg: dict) -> list[int] | N
     return [t for t in ids if t < vocab]
 
 
+# generation_config.json keys that are no generation setting a save carries over: the special ids (save_hf writes
+# the tokenizer's) and transformers' bookkeeping about the file
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+_BOOKKEEPING = ("transformers_version", "_from_model_config", "_commit_hash")
+
+
+def generation_settings(folder: str | Path) -> dict:
+    """The settings of a folder's generation_config.json that transformers' generate and pipeline read (do_sample,
+    temperature, top_p, max_new_tokens, num_beams, ...), which a save carries over as transformers' save_pretrained
+    keeps them: every key but the special ids and the bookkeeping ones. {} without the file.
+
+    Raises:
+        ValueError: a file that is no JSON object, naming it.
+    """
+    path = Path(folder) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in read_json(path).items() if k not in (*SPECIAL_IDS, *_BOOKKEEPING)}
+
+
 # generation_config.json's sampling settings that become defaults (those vLLM applies), as GenerationConfig names them
 SAMPLING_DEFAULTS = {"temperature": float, "top_k": int, "top_p": float, "min_p": float, "repetition_penalty": float}
 

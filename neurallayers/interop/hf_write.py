@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from neurallayers.checks import is_int
 from neurallayers.files import WriteError, fsync_dir, keep_mode, process_alive
 from neurallayers.interop.hf_files import SAFE_INDEX, SAFE_WEIGHTS, write_json
 from neurallayers.weights import save_safetensors
@@ -75,6 +76,31 @@ def _copy_tokenizer_state(folder: Path, stage: Path) -> set[Path]:
             shutil.copyfile(src, stage / name)
             copied.add(Path(name))
     return copied
+
+
+# transformers' units (save_pretrained's max_shard_size="5GB"): KB, MB, GB are powers of 10, KiB, MiB, GiB of 2
+SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def shard_bytes(value: int | str | None, *, default_unit: str | None = None) -> int | None:
+    """A max_shard_size in bytes: None (one file), a number of bytes, or a whole number with its unit as transformers'
+    save_pretrained reads one ("500MB", "2GB", "1GiB"); `default_unit` reads a number written without one (the CLI's
+    MB; transformers refuses such a string). "5mb" is refused: megabits to transformers.
+
+    Raises:
+        ValueError: naming the value and the forms allowed.
+    """
+    if value is None:
+        return None
+    if is_int(value) and value >= 1:
+        return int(value)
+    found = re.fullmatch(r"\s*(\d+)\s*([KkMmGg][Ii]?B)?\s*", value) if isinstance(value, str) else None
+    unit = found and (found[2] or default_unit)
+    if not unit or int(found[1]) < 1:
+        number = "a whole number of MB >= 1" if default_unit == "MB" else "a positive number of bytes"
+        raise ValueError(f"max_shard_size={value!r}: expected {number}, or one with its unit: "
+                         f"{', '.join(SIZE_UNITS).replace('I', 'i')} (500MB, 2GB, 1GiB)")
+    return int(found[1]) * SIZE_UNITS[unit.upper()]
 
 
 def write_weights(hf_sd: dict[str, torch.Tensor], stage: Path, folder: Path, max_shard_size: int | None) -> None:

@@ -85,3 +85,32 @@ def test_the_cli_takes_dtype_and_names_a_bad_one(tmp_path):
     with pytest.raises(ValueError, match=r"^dtype='int8': expected a torch.dtype or one of"):
         convert(tmp_path / "src", tmp_path / "bad", dtype="int8")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(("key", "name"), [("dtype", "half"), ("torch_dtype", "bfloat16"), ("dtype", "float32")])
+def test_convert_reads_the_config_dtype_as_transformers_does(tmp_path, key, name):
+    """The dtype config.json names, read as transformers 5 reads it (getattr(torch, name): "half" is float16), the
+    same rule as load(dtype="auto"): convert wrote float32 for "half", where transformers keeps float16."""
+    _hf_folder(tmp_path / "src", torch.float16 if name == "half" else torch.bfloat16, name_dtype=False)
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps({**config, key: name}))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "src")
+    hf.save_pretrained(tmp_path / "hf_again")
+    want = {v.dtype for v in _written(tmp_path / "hf_again").values()}
+    out = convert(tmp_path / "src", tmp_path / "out", to="hf")
+    assert {v.dtype for v in _written(out).values()} == want
+    run = convert(tmp_path / "src", tmp_path / "run", to="run")
+    assert {v.dtype for v in _written(run).values()} == want
+
+
+def test_convert_names_a_config_dtype_transformers_cannot_read(tmp_path):
+    """A dtype no torch name (transformers fails on it) is named, as load(dtype="auto") names it, rather than
+    converted as float32; --dtype chooses one instead."""
+    _hf_folder(tmp_path / "src", torch.bfloat16)
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps({**config, "dtype": "torch.bfloat16"}))
+    with pytest.raises(ValueError, match=r"config.json: dtype='torch.bfloat16' is no weight dtype"):
+        convert(tmp_path / "src", tmp_path / "out", to="hf")
+    assert not (tmp_path / "out").exists()
+    out = convert(tmp_path / "src", tmp_path / "out", to="hf", dtype="bf16")
+    assert {v.dtype for v in _written(out).values()} == {torch.bfloat16}

@@ -274,6 +274,31 @@ def test_save_hf_rejects_bad_arguments(tmp_path):
         save_hf(_gpt2_ours(n_kv_head=1), None, tmp_path)
 
 
+@pytest.mark.parametrize(("size", "in_bytes"), [("4KB", 4000), ("4KiB", 4096), (" 4 KB ", 4000)])
+def test_save_hf_and_convert_take_a_shard_size_as_transformers_does(tmp_path, size, in_bytes):
+    """save_pretrained(max_shard_size="5GB") is how transformers users shard; save_hf and convert refused the string
+    (the CLI alone read units), so a script moved from transformers failed after loading the whole model."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    assert convert_file_size_to_int(size.replace(" ", "")) == in_bytes  # the oracle: transformers' reading of it
+    model = _gpt2_ours()
+    save_hf(model, None, tmp_path / "str", max_shard_size=size)
+    save_hf(model, None, tmp_path / "int", max_shard_size=in_bytes)
+    index = json.loads((tmp_path / "str" / "model.safetensors.index.json").read_text())
+    assert index == json.loads((tmp_path / "int" / "model.safetensors.index.json").read_text())
+    out = convert(tmp_path / "int", tmp_path / "conv", to="hf", max_shard_size=size)
+    assert json.loads((out / "model.safetensors.index.json").read_text())["weight_map"] == index["weight_map"]
+
+
+@pytest.mark.parametrize("size", ["4", "1.5GB", "2TB", "500mb", "0KB", "big", True])
+def test_a_bad_shard_size_string_is_named(tmp_path, size):
+    """A size without its unit (transformers refuses one too; the CLI's plain numbers are MB), a fraction, an unknown
+    unit, lowercase bits (megabits to transformers) or zero: one line naming it, before any file is written."""
+    with pytest.raises(ValueError, match=r"max_shard_size=.*: (must be|expected)"):
+        save_hf(_gpt2_ours(), None, tmp_path / "out", max_shard_size=size)
+    assert not (tmp_path / "out").exists()
+
+
 def test_save_hf_replaces_stale_weights(tmp_path):
     model = _gpt2_ours()
     save_hf(model, None, tmp_path, max_shard_size=4000)
@@ -307,6 +332,49 @@ def test_convert_keeps_the_recommended_sampling(tmp_path):
     assert (back.do_sample, back.temperature, back.top_p) == (True, 0.6, 0.9)  # transformers reads them too
     convert(tmp_path / "hf", tmp_path / "hf2", to="hf")
     assert generation_defaults(tmp_path / "hf2") == want
+
+
+def test_convert_keeps_every_generation_setting(tmp_path):
+    """HF -> HF and HF -> run -> HF keep the whole generation_config.json as transformers reads it, not only the
+    sampling knobs: max_new_tokens / max_length were dropped (the text-generation pipeline and transformers' generate
+    on the copy ran 256 / 20 tokens instead of 7), and so were num_beams, no_repeat_ngram_size and the rest."""
+    from neurallayers.pipelines.text_generation import folder_generation
+
+    model = hf_folder(tmp_path / "hf")
+    Tokenizer.train_char(["abcdefgh"] * 3).save(tmp_path / "hf")
+    model.generation_config.update(do_sample=False, max_new_tokens=7, max_length=50, num_beams=2,
+                                   no_repeat_ngram_size=3, length_penalty=0.5, repetition_penalty=1.2)
+    model.generation_config.save_pretrained(tmp_path / "hf")
+    keys = ("do_sample", "max_new_tokens", "max_length", "num_beams", "no_repeat_ngram_size", "length_penalty",
+            "repetition_penalty")
+    want = transformers.GenerationConfig.from_pretrained(tmp_path / "hf").to_dict()
+    convert(tmp_path / "hf", tmp_path / "hf2", to="hf")
+    convert(tmp_path / "hf", tmp_path / "run", to="run")
+    convert(tmp_path / "run", tmp_path / "back", to="hf")
+    for out in ("hf2", "run", "back"):
+        got = transformers.GenerationConfig.from_pretrained(tmp_path / out).to_dict()
+        assert {k: got[k] for k in keys} == {k: want[k] for k in keys}, out
+        assert folder_generation(tmp_path / out) == folder_generation(tmp_path / "hf"), out
+
+
+def test_save_hf_keeps_the_generation_settings_load_hf_read(tmp_path):
+    """load_hf -> save_hf keeps generation_config.json's settings, as transformers' from_pretrained -> save_pretrained
+    does (they were dropped: a model loaded, fine-tuned and saved sampled at the defaults, ran 20 tokens in
+    transformers' generate, and beam search became greedy)."""
+    from neurallayers import generation_defaults
+
+    model = hf_folder(tmp_path / "hf")
+    model.generation_config.update(do_sample=True, temperature=0.6, top_p=0.9, max_new_tokens=7, num_beams=2)
+    model.generation_config.save_pretrained(tmp_path / "hf")
+    ours, tokenizer = load_hf(tmp_path / "hf")
+    save_hf(ours, tokenizer, tmp_path / "ours")
+    model.save_pretrained(tmp_path / "theirs")  # the oracle: transformers' own round trip
+    keys = ("do_sample", "temperature", "top_p", "max_new_tokens", "num_beams")
+    want = transformers.GenerationConfig.from_pretrained(tmp_path / "theirs").to_dict()
+    got = transformers.GenerationConfig.from_pretrained(tmp_path / "ours").to_dict()
+    assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
+    assert generation_defaults(tmp_path / "ours") == generation_defaults(tmp_path / "hf") == {"temperature": 0.6,
+                                                                                               "top_p": 0.9}
 
 
 @pytest.mark.parametrize("text", ["[1]", '{"temperature": 0.5,'])
@@ -502,6 +570,23 @@ def test_config_values_of_the_wrong_kind_are_named(name, tmp_path):
     assert fam.config_from_hf({**hf, "architectures": arch}) == fam.config_from_hf({**hf, "architectures": [arch]})
     with pytest.raises(ValueError, match="config architectures=.*expected a list of class names"):
         fam.config_from_hf({**hf, "architectures": {"a": 1}})
+
+
+@pytest.mark.parametrize("name", list(FAMILY_CONFIGS))
+@pytest.mark.parametrize("value", [["gelu"], {"name": "gelu"}])
+def test_a_list_or_object_where_config_names_a_kind_is_named(name, value, tmp_path):
+    """A list or an object as model_type or the activation's name was a TypeError traceback ("unhashable type:
+    'list'"), from the lookup in the table of supported names, instead of the line naming the key and those names."""
+    from neurallayers.interop.hf import family
+
+    hf, _, _ = FAMILY_CONFIGS[name]
+    hf_folder(tmp_path)  # a folder with weights, so that load_hf gets as far as config.json's model_type
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "model_type": value}))
+    with pytest.raises(ValueError, match=r"config.json model_type=.* is not supported; supported model types: gpt2"):
+        load_hf(tmp_path)
+    act = {"gpt2": "activation_function", "llama": "hidden_act", "bert": "hidden_act"}[name]
+    with pytest.raises(ValueError, match=rf"config {act}=.*: (supported are|only) "):
+        family(name).config_from_hf({**hf, act: value})
 
 
 def test_dynamic_rope_scaling_without_a_numeric_factor_is_named():
