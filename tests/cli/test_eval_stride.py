@@ -105,7 +105,8 @@ def test_the_batch_size_changes_nothing_and_bf16_stays_close(run_dir: Path, tmp_
     procs = [in_process("eval", str(run_dir), "--stride", "5", "--batch-size", b, cwd=tmp_path,
                         monkeypatch=monkeypatch) for b in ("1", "7")]
     outs = [scores(proc) for proc in procs]
-    assert outs[0] == outs[1] and outs[0]["split"] == "val"
+    assert_same_scores(outs[0], outs[1])
+    assert outs[0]["split"] == "val"
     for proc in procs:  # a progress bar that reaches its total (the short last window is a batch of its own)
         assert re.search(r"eval: 100%.*\| (\d+)/\1 ", proc.stderr), proc.stderr
     bf16 = scores(in_process("eval", str(run_dir), "--stride", "5", "--dtype", "bf16", "--no-progress", cwd=tmp_path,
@@ -114,8 +115,19 @@ def test_the_batch_size_changes_nothing_and_bf16_stays_close(run_dir: Path, tmp_
     assert abs(float(bf16["loss"]) - float(outs[0]["loss"])) < 0.02
     assert torch.isfinite(torch.tensor(float(bf16["bits per byte"])))
     # auto: the dtype the run stores, float32 master weights
-    assert scores(in_process("eval", str(run_dir), "--stride", "5", "--dtype", "auto", "--no-progress", cwd=tmp_path,
-                             monkeypatch=monkeypatch)) == outs[0]
+    assert_same_scores(scores(in_process("eval", str(run_dir), "--stride", "5", "--dtype", "auto", "--no-progress",
+                                         cwd=tmp_path, monkeypatch=monkeypatch)), outs[0])
+
+
+def assert_same_scores(got: dict[str, str], want: dict[str, str]) -> None:
+    """Equal as printed, but for float32's last bits: batches of other sizes sum in another order where torch uses
+    more than one thread (a word perplexity of 4e6 printed to 2 decimals shows 5e-9 of it)."""
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if re.fullmatch(r"-?[\d.]+", value):
+            assert float(got[key]) == pytest.approx(float(value), rel=1e-6), key
+        else:
+            assert got[key] == value, key
 
 
 def test_a_stride_of_the_window_names_why_bits_per_byte_is_missing(run_dir: Path, tmp_path: Path, monkeypatch):
