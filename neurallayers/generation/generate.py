@@ -37,6 +37,7 @@ from neurallayers.generation.inputs import (
     _encode_prompts,
     _eos_ids,
     _room,
+    array_prompt_hint,
     full_mask,
     left_pad,
     positions,
@@ -423,6 +424,8 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], config: Generat
                          "num_return_sequences must be left at their defaults")
     if tokenizer is None:
         raise ValueError("stream() needs a tokenizer to turn tokens into text")
+    if hasattr(prompt, "tolist") and not isinstance(prompt, list):
+        raise ValueError(array_prompt_hint(prompt, "prompt"))
     if not isinstance(prompt, (str, list)):
         raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
     if isinstance(prompt, list) and any(isinstance(p, str | list) for p in prompt):  # else "ids outside the vocab"

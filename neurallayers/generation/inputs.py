@@ -76,6 +76,8 @@ def _room(config: GenerationConfig, block: int, prompt_len: int, *, fed: int = 0
 def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
     if isinstance(prompts, str):
         prompts = [prompts]
+    if hasattr(prompts, "tolist") and not isinstance(prompts, list):  # a transformers user's input_ids tensor
+        raise ValueError(array_prompt_hint(prompts, "prompts"))
     if not isinstance(prompts, list) or not prompts:
         raise ValueError("prompts must be a string, a non-empty list of strings or a non-empty list of token id lists")
     if all(isinstance(p, str) for p in prompts):
@@ -97,6 +99,13 @@ def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
         raise ValueError(f"prompts must be strings or lists of token ids, got a list of {kinds.pop()}; convert an "
                          "array or tensor with .tolist()")
     raise ValueError("prompts must be all strings or all lists of token ids, not a mix")
+
+
+def array_prompt_hint(value: object, name: str) -> str:
+    """The one line that refuses a tensor or array of token ids: how to give them, padding dropped (.tolist() alone
+    would keep a padded batch's pad ids as prompt tokens)."""
+    return (f"{name} is an array ({type(value).__name__}): give token ids as Python lists, e.g. ids.tolist() (a "
+            "padded 2-D batch: one list per row, without its padding)")
 
 
 def _eos_ids(tokenizer, model: nn.Module) -> list[int]:

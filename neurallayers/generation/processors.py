@@ -22,6 +22,13 @@ from neurallayers.checks import is_finite, is_int
 from neurallayers.generation.config import GenerationConfig
 
 NEG_INF = float("-inf")
+# Inside [1 / SAFE_SCALE, SAFE_SCALE] a repetition penalty, and below SAFE_BIAS a logit bias, cannot push a float32
+# score (never beyond 1e18) past float32's range (3.4e38), so only values outside them pay for the overflow check.
+SAFE_SCALE = 1e20
+SAFE_BIAS = 1e37
+# Scores (|s| in [1e-8, 1e20]) divided by it are distinct float32 numbers whose exp is 1.0: softmax is uniform, as at
+# any larger temperature, and the order that top-k, top-p and min-p read is kept.
+MAX_TEMPERATURE = 1e30
 
 
 def _check_min_keep(value: object) -> None:
@@ -69,6 +76,23 @@ def _token_counts(input_ids: torch.Tensor, vocab: int, start: int | torch.Tensor
     return counts[:, :vocab]
 
 
+def exact_where_float32_overflows(out: torch.Tensor, scores: torch.Tensor,
+                                   exact: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """out: a rule's float32 result on scores (B, V). In a row where a finite score came out inf or NaN (a bias of
+    1e300, a repetition penalty of 1e-300, which is 0 in float32: softmax NaN, and sampling then drew token 0), the
+    rule again in float64, `exact(scores[rows].double(), rows)`, shifted so the row's largest score is 0: the same
+    distribution, now within float32's range. Tokens still +inf in float64 share the row's mass."""
+    rows = (~torch.isfinite(out) & torch.isfinite(scores)).any(-1)
+    if not rows.any():
+        return out
+    x = exact(scores[rows].double(), rows)
+    top = x.amax(-1, keepdim=True)
+    shifted = x - torch.where(torch.isfinite(top), top, 0.0)  # a row that is all -inf stays so (not -inf - -inf)
+    x = torch.where(torch.isposinf(top), torch.where(torch.isposinf(x), 0.0, NEG_INF), shifted)
+    out[rows] = x.to(out.dtype)
+    return out
+
+
 class TemperatureWarper:
     """scores / temperature. Greedy decoding (temperature 0) does not use a warper at all."""
 
@@ -85,8 +109,10 @@ class TemperatureWarper:
 def divide_by_temperature(scores: torch.Tensor, temperature: float) -> torch.Tensor:
     """scores / temperature, as transformers divides them; in a row where a tiny temperature (1e-40) overflows that
     to inf (softmax NaN: the sampler then drew token 0 or failed), (scores - max) / temperature instead: the same
-    distribution, which at such a temperature is the greedy choice."""
-    out = scores / temperature
+    distribution, which at such a temperature is the greedy choice. A huge temperature (1e300, inf in float32) divides
+    by MAX_TEMPERATURE instead: every score went to 0, so top-k kept the whole vocabulary and top-p the tokens of
+    highest index; divided by 1e30 the order survives, and softmax is just as uniform."""
+    out = scores / min(temperature, MAX_TEMPERATURE)
     if temperature < 1.0:  # only division by a small number overflows
         # NaN too: below float32's range (1e-50) the temperature is 0 there, and 0 / 0 is NaN
         rows = (~torch.isfinite(out) & torch.isfinite(scores)).any(-1)
@@ -157,7 +183,17 @@ class RepetitionPenalty:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         seen = _token_counts(input_ids, scores.shape[-1], _row_column("pad_lens", self.pad_lens, input_ids)) > 0
-        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        out = self._penalise(scores, seen)
+        if 1 / SAFE_SCALE <= self.penalty <= SAFE_SCALE:
+            return out
+        return exact_where_float32_overflows(out, scores, lambda x, rows: self._penalise(x, seen[rows]))
+
+    def _penalise(self, scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        # 0 and -inf (a ban) stay as they are: 0 / penalty and -inf * penalty were NaN where the penalty is 0 in
+        # float32 (1e-300); +inf too, where it is inf (1e300)
+        finite = torch.isfinite(scores)
+        penalised = torch.where((scores > 0) & finite, scores / self.penalty, scores)
+        penalised = torch.where((scores < 0) & finite, scores * self.penalty, penalised)
         return torch.where(seen, penalised, scores)
 
 
@@ -230,8 +266,14 @@ class LogitBias:
         if max(self.ids) >= scores.shape[-1]:
             vocab = scores.shape[-1]
             raise ValueError(f"logit_bias names token id {max(self.ids)} outside the vocabulary [0, {vocab})")
-        out = scores.clone()
         ids = torch.tensor(self.ids, device=scores.device)
+        out = self._add(scores, ids)
+        if max(abs(v) for v in self.values) < SAFE_BIAS:
+            return out
+        return exact_where_float32_overflows(out, scores, lambda x, rows: self._add(x, ids))
+
+    def _add(self, scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        out = scores.clone()
         out[:, ids] += torch.tensor(self.values, dtype=scores.dtype, device=scores.device)
         return out
 

@@ -357,6 +357,13 @@ def test_an_encoder_is_refused_in_one_line() -> None:
     # a tensor row was "not a mix" and a numpy id "outside the vocabulary": say what they are and how to convert
     (lambda m: generate(m, None, [torch.tensor([1, 2])]), r"got a list of Tensor; convert .* with \.tolist\(\)"),
     (lambda m: generate(m, None, [list(np.array([1, 2]))]), r"prompt 0 holds int64 values, not token ids"),
+    # transformers' input_ids, a tensor (or array) of prompts, was "must be a string, a non-empty list of strings ...",
+    # naming neither what it got nor how to convert it (nor that .tolist() keeps a padded batch's pad ids)
+    (lambda m: generate(m, None, torch.tensor([[1, 2], [0, 3]])),
+     r"^prompts is an array \(Tensor\): .*ids\.tolist\(\).*padding"),
+    (lambda m: generate(m, None, np.array([[1, 2]])), r"^prompts is an array \(ndarray\): .*ids\.tolist\(\)"),
+    (lambda m: next(stream(m, unicode_tokenizer(), torch.tensor([1, 2]))),
+     r"^prompt is an array \(Tensor\): .*\.tolist\(\)"),
     (lambda m: next(stream(m, unicode_tokenizer(), [1, 2.0])), r"prompt 0 holds float values, not token ids"),
     # one prompt's ids, as stream() takes them: the message said to convert with .tolist(), which they already were
     (lambda m: generate(m, None, [1, 2]), r"a list of ints: generate\(\) takes a list of prompts.* as \[ids\]"),

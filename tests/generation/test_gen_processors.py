@@ -10,6 +10,7 @@ import torch
 
 from neurallayers.generation import GenerationConfig
 from neurallayers.generation.processors import (
+    NEG_INF,
     FrequencyPenalty,
     LogitBias,
     MinNewTokens,
@@ -222,3 +223,89 @@ def test_logit_bias_goes_before_the_penalties_as_transformers_sequence_bias_does
                  lp.TemperatureLogitsWarper(0.7), lp.TopPLogitsWarper(0.9)):
         want = proc(ids, want)
     torch.testing.assert_close(got, want)
+
+
+def _float64_softmax(procs, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The oracle: transformers' processors on float64 scores, where 1e300 and 1e-300 are ordinary numbers."""
+    want = scores.double()
+    for proc in procs:
+        want = proc(ids, want)
+    return want.softmax(-1)
+
+
+@pytest.mark.parametrize("penalty", [1e-300, 1e-40, 1e300, 1e40])
+def test_a_repetition_penalty_past_float32s_range_keeps_the_float64_distribution(penalty: float) -> None:
+    """1e-300 is 0 in float32: a seen score of 0 became 0 / 0 = NaN and a positive one inf, so softmax was NaN and
+    sampling drew token 0, which no rule favoured. The distribution is now float64's (transformers' processor on
+    float64 scores); inside float32's range the result is unchanged."""
+    ids, scores = _inputs(0)
+    scores[:, 2] = 0.0  # a seen token scoring exactly 0
+    got = RepetitionPenalty(penalty)(ids, scores)
+    assert not got.isnan().any()
+    want = _float64_softmax([lp.RepetitionPenaltyLogitsProcessor(penalty)], ids, scores)
+    torch.testing.assert_close(got.double().softmax(-1), want, atol=1e-6, rtol=0)
+    within = lp.RepetitionPenaltyLogitsProcessor(1e-3)(ids, scores)
+    torch.testing.assert_close(RepetitionPenalty(1e-3)(ids, scores), within)
+
+
+@pytest.mark.parametrize("bias", [{5: 1e300}, {5: 1e39, 7: 1e39}, {5: 3e38, 6: -1e300}, {5: -1e300}])
+def test_a_logit_bias_past_float32s_range_keeps_the_float64_distribution(bias: dict[int, float]) -> None:
+    """A bias of 1e300 (a finite number, so GenerationConfig takes it) is inf in float32: softmax NaN, and sampling
+    drew token 0 every step instead of the token the bias forces. The distribution is now float64's (the bias added
+    in float64, written out: transformers' sequence_bias holds its biases in float32): forced tokens share the mass."""
+    ids, scores = _inputs(1)
+    got = LogitBias(bias)(ids, scores)
+    assert not got.isnan().any()
+    want = scores.double()
+    for t, b in bias.items():
+        want[:, t] += b
+    want = want.softmax(-1)
+    torch.testing.assert_close(got.double().softmax(-1), want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("penalty", [1e-300, 1e300])
+def test_a_banned_token_stays_banned_under_an_extreme_repetition_penalty(penalty: float) -> None:
+    """A seen token banned by logit_bias (-1e300 is -inf) scored -inf * 0 = NaN under repetition_penalty=1e-300
+    (0 in float32), and +inf / inf = NaN under 1e300: NaN outranks every score, so greedy chose the banned token."""
+    ids, scores = _inputs(3)
+    seen = int(ids[0, -1])
+    cfg = GenerationConfig(logit_bias={seen: -1e300}, repetition_penalty=penalty, temperature=0)
+    got = apply_processors(build_processors(cfg, eos_ids=[], prompt_lens=ids.shape[1]), ids, scores)
+    assert not got.isnan().any() and got[:, seen].eq(NEG_INF).all()
+    inf_scores = scores.clone()
+    inf_scores[:, seen] = float("inf")  # a model's own +inf score keeps all the mass
+    assert RepetitionPenalty(penalty)(ids, inf_scores).softmax(-1)[:, seen].eq(1.0).all()
+
+
+def test_sampling_under_an_overflowing_bias_or_penalty_draws_what_greedy_does():
+    """The model-level symptom: sampling with logit_bias={5: 1e300} gave [0, 0, 0, ...] (NaN probabilities, the
+    first index won the race), and repetition_penalty=1e-300 picked token 0 too; greedy chose 5 and 3. With a
+    forced token, sampling, top_p and beam search all choose it."""
+    from nl_gen_helpers import tiny_lm
+
+    from neurallayers.generation import generate
+
+    model, prompt = tiny_lm(seed=0), [[1, 2, 3]]
+    for settings in ({"logit_bias": {5: 1e300}}, {"repetition_penalty": 1e-300}):
+        greedy = generate(model, None, prompt, max_new_tokens=5, temperature=0, **settings)[0].token_ids
+        for extra in ({}, {"top_p": 0.5}, {"top_k": 3, "temperature": 0.7}):
+            sampled = generate(model, None, prompt, max_new_tokens=5, seed=3, **settings, **extra)[0].token_ids
+            assert sampled == greedy, (settings, extra)
+    forced = generate(model, None, prompt, max_new_tokens=5, logit_bias={5: 1e300}, num_beams=2)[0].token_ids
+    assert forced == [5] * 5
+
+
+@pytest.mark.parametrize("temperature", [1e40, 1e300])
+@pytest.mark.parametrize("rule", [{"top_k": 3}, {"top_p": 0.33}, {"min_p": 0.5}])  # 0.3: a tie of the uniform sums
+def test_a_temperature_past_float32s_range_keeps_the_top_tokens(temperature: float, rule: dict) -> None:
+    """scores / 1e300 (inf in float32) made every score 0: top-k then kept the whole vocabulary and top-p the tokens
+    of highest index. The oracle: transformers' warpers on float64 scores, where 1e300 is an ordinary number: the
+    same tokens kept, each as likely (uniform), as in the limit of a growing temperature."""
+    ids, scores = _inputs(2)
+    cfg = GenerationConfig(temperature=temperature, **rule)
+    got = apply_processors(build_processors(cfg, eos_ids=[], prompt_lens=ids.shape[1]), ids, scores)
+    warper = {"top_k": lp.TopKLogitsWarper, "top_p": lp.TopPLogitsWarper, "min_p": lp.MinPLogitsWarper}
+    name, value = next(iter(rule.items()))
+    want = _float64_softmax([lp.TemperatureLogitsWarper(temperature), warper[name](value)], ids, scores)
+    assert torch.equal(got.isfinite(), want > 0)
+    torch.testing.assert_close(got.double().softmax(-1), want, atol=1e-6, rtol=0)
