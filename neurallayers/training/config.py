@@ -347,7 +347,8 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
     Args:
         config: `{model: ..., train: ..., data: ...}` as read from YAML (sections may be missing).
         args: `["--train.lr", "3e-4", "--model.n_layer=4", ...]`; values are parsed with `yaml.safe_load`
-            (so `4` is an int, `true` a bool, `[a, b]` a list, `null` None).
+            (so `4` is an int, `true` a bool, `[a, b]` a list, `null` None); `--train.loggers` also
+            takes a comma list (`tensorboard,mlflow`).
 
     Raises:
         ValueError: a malformed argument, an unknown section or field (with the closest valid name).
@@ -366,10 +367,12 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
             raise ValueError(f"{section} has no field {name!r}{_field_hint(name, known, section, override=True)}; "
                              f"valid fields: {', '.join(sorted(known))}")
         text = not subkeys and _text_field(section, name)
+        # `--train.loggers tensorboard,mlflow` (or one name), as transformers' --report_to takes it; `[a, b]` is YAML
+        names = (section, name) in _COMMA_LIST_FIELDS and not subkeys and not value.lstrip().startswith("[")
         try:
             # a list of text reads each item as typed: `[yes, 2024]` is ["yes", "2024"], not [True, 2024]
-            parsed = "" if value == "" else yaml.load(value, Loader=_text_loader()) if text == "list" \
-                else yaml.safe_load(value)
+            parsed = [x.strip() for x in value.split(",") if x.strip()] if names else "" if value == "" \
+                else yaml.load(value, Loader=_text_loader()) if text == "list" else yaml.safe_load(value)
         except yaml.YAMLError as e:
             if not text:  # a text field takes what YAML cannot read: a glob '*.txt' (an alias to YAML), '@notes.txt'
                 raise ValueError(f"cannot parse the value of {arg!r}: {e}") from None
@@ -437,6 +440,9 @@ def _set_nested(sec: dict, section: str, name: str, path: list[str], value: Any,
         node = child
     node[path[-1]] = value
 
+
+# list fields whose override may be a comma list of names (no item of theirs holds a comma)
+_COMMA_LIST_FIELDS = {("train", "loggers")}
 
 # fields whose value is a mapping, so an override may name a key inside it
 _MAPPING_FIELDS = {"model": ("rope_scaling", "extra")}

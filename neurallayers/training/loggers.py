@@ -4,7 +4,8 @@ Each logger has `log(metrics, step)` and `close()`; the trackers also `failed()`
 training raised an error. They import their library in `__init__` and name the `neurallayers[track]` extra when it
 is missing. A resumed run (`start_step` > 0) continues its history: TensorBoard purges the events a killed session
 wrote past the checkpoint, MLflow and W&B log into the run they started (its id is kept in the run directory:
-mlflow_run_id, wandb_run_id).
+mlflow_run_id, wandb_run_id). A tracker that fails mid-run (its disk full, its server gone) stops training with one
+line naming it (TrackerError), as a full disk under metrics.jsonl does.
 """
 
 from __future__ import annotations
@@ -345,6 +346,44 @@ def _delete_aborted_offline_run(run_dir: Path) -> None:
 LOGGERS = {"jsonl": JSONLLogger, "tensorboard": TensorBoardLogger, "mlflow": MLflowLogger, "wandb": WandbLogger}
 
 
+# the module each tracker's library installs (mlflow-skinny's too is mlflow)
+_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check_installed(names: list[str], field: str) -> None:
+    """Names, in one line, every tracker in `names` whose package is missing: build_loggers found them one at a time,
+    once the corpus was tokenized and the run directory written. A package that is there but fails to import is
+    still build_loggers' to name."""
+    missing = [n for n in dict.fromkeys(names) if n in _PACKAGES and not _installed(_PACKAGES[n])]
+    if missing:
+        raise ValueError(f"{field} names trackers that are not installed: {', '.join(missing)}; {_EXTRA}")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # imported already, without a __spec__: it is there
+        return True
+
+
+class TrackerError(WriteError):
+    """A logger that failed during training (its disk full, its server gone): one line naming it, not the tracker
+    library's traceback. Training stops there, as on a full disk under metrics.jsonl."""
+
+
+def tracker_error(logger: object, e: Exception, what: str, then: str) -> WriteError:
+    """`e`, which `logger` raised, as "the NAME logger WHAT: <e's first line>; THEN". metrics.jsonl's WriteError is
+    one line already."""
+    if isinstance(e, WriteError):
+        return e
+    name = next((n for n, cls in LOGGERS.items() if type(logger) is cls), type(logger).__name__)
+    return TrackerError(getattr(e, "errno", None), f"the {name} logger {what}: {_first_line(e)}; {then}")
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 def build_loggers(names: list[str], run_dir: str | os.PathLike, *, start_step: int = 0,
                   config: dict | None = None) -> list:
     """JSONL plus the named trackers ("tensorboard", "mlflow", "wandb"), each writing under `run_dir`; a run resumed
@@ -362,6 +401,5 @@ def build_loggers(names: list[str], run_dir: str | os.PathLike, *, start_step: i
         except Exception as e:  # a missing extra, no W&B login, an unreachable MLflow server: one clear line
             for logger in opened:
                 logger.close()
-            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise ValueError(f"the {name} logger could not start: {why}") from e
+            raise ValueError(f"the {name} logger could not start: {_first_line(e)}") from e
     return opened

@@ -41,7 +41,10 @@ def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
     fig = Figure(figsize=(7, 4), dpi=100)
     ax = fig.subplots()
     if train:
-        ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
+        # a line through one point draws nothing (a one-step run): a marker shows it
+        ax.plot(
+            *zip(*train, strict=True), label="train", linewidth=1, marker="o" if len(train) == 1 else None, markersize=3
+        )
     if val:
         ax.plot(*zip(*val, strict=True), label="val", marker="o", markersize=3)
     ax.set_xlabel("step")

@@ -117,7 +117,7 @@ def _check_arguments(run: object, loggers: object, until_step: object) -> None:
     """fit()'s own arguments, each refused in one line before any work: one tracker name was read letter by letter
     ("unknown logger(s) ['t', 'e', ...]") once the corpus was tokenized, an object without log() and close() failed
     after the first step, and until_step=2.5 stopped after step 3."""
-    from neurallayers.training.loggers import LOGGERS
+    from neurallayers.training.loggers import LOGGERS, check_installed
 
     if not isinstance(run, RunConfig):
         raise ValueError(f"run: expected a RunConfig (RunConfig.from_yaml(path), or RunConfig(model=...)), got "
@@ -125,6 +125,7 @@ def _check_arguments(run: object, loggers: object, until_step: object) -> None:
     if until_step is not None and (not is_int(until_step) or until_step < 1):
         raise ValueError(f"until_step={until_step!r} must be an int >= 1 or None")
     if loggers is None:
+        check_installed(run.train.loggers, "train.loggers")
         return
     if not isinstance(loggers, list | tuple):  # a str above all: transformers' report_to takes one name so
         raise ValueError(f"loggers={loggers!r}: expected a list of tracker names ({', '.join(LOGGERS)}) or logger "
@@ -135,6 +136,7 @@ def _check_arguments(run: object, loggers: object, until_step: object) -> None:
         if not isinstance(logger, str) and not all(callable(getattr(logger, m, None)) for m in ("log", "close")):
             raise ValueError(f"loggers[{i}]: a {type(logger).__name__} has no log(metrics, step) and close() methods, "
                              "which a logger object needs")
+    check_installed([x for x in loggers if isinstance(x, str)], "loggers")
 
 
 @dataclass
@@ -225,6 +227,8 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         """Closes every logger (an MLflow / W&B run ends as failed when the training raised), then raises the
         first error a close met (a full disk under metrics.jsonl), or with `raise_errors=False` (another error is on
         its way out) logs each as a warning. A second call closes nothing."""
+        from neurallayers.training.loggers import tracker_error
+
         errors = []
         loggers, self.loggers = self.loggers, []
         for lg in loggers:
@@ -233,7 +237,7 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
                     lg.failed()
                 lg.close()
             except Exception as e:  # the others still close
-                errors.append(e)
+                errors.append(tracker_error(lg, e, "failed to close", self._resumes_from()))
         if errors and raise_errors:
             raise errors[0]
         for e in errors:
@@ -434,8 +438,18 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         dist.on_rank_zero(functools.partial(self._log_here, metrics), self.info)
 
     def _log_here(self, metrics: dict) -> None:
+        from neurallayers.training.loggers import tracker_error
+
         for lg in self.loggers:
-            lg.log(metrics, self.step)
+            try:
+                lg.log(metrics, self.step)
+            except Exception as e:  # a tracker's full disk or lost server: one line, and how the run goes on
+                raise tracker_error(lg, e, f"failed at step {self.step}", self._resumes_from()) from e
+
+    def _resumes_from(self) -> str:
+        if self.last_saved < 0:
+            return "no checkpoint was saved yet: the run starts again"
+        return f"the run resumes from its last checkpoint (step {self.last_saved})"
 
     def _elapsed(self, t0: float) -> float:
         return self.elapsed_before + time.monotonic() - t0

@@ -171,3 +171,81 @@ def test_a_fresh_start_after_a_killed_one_deletes_its_mlflow_run(tmp_path, monke
     assert client.get_run(killed.info.run_id).info.lifecycle_stage == "deleted"
     runs = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
     assert [r.info.run_id for r in runs] == [fresh._run.info.run_id] and runs[0].info.status == "FINISHED"
+
+
+def _tensorboard_failing(monkeypatch, method: str, *, from_step: int = 0) -> None:
+    """SummaryWriter.<method> raising a full disk's error (from `from_step` on, for add_scalar)."""
+    import errno
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    real = getattr(SummaryWriter, method)
+
+    def failing(self, *args, **kwargs):
+        if method != "add_scalar" or args[2] >= from_step:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryWriter, method, failing)
+
+
+def test_a_tracker_failing_mid_run_stops_the_run_in_one_line_and_it_resumes(tmp_path, monkeypatch):
+    """A tracker's full disk (or its server gone) mid-run ended training with the tracker library's traceback (the
+    CLI prints one line only for the errors it knows): now one line naming the tracker, the step and the checkpoint
+    the run resumes from; the resume then logs every step once."""
+    pytest.importorskip("tensorboard")
+    from nl_train_helpers import read_jsonl, tiny_run
+
+    from neurallayers.cli.common import USER_ERRORS
+    from neurallayers.training import fit
+
+    run = tiny_run(tmp_path, max_steps=4, eval_interval=0, save_interval=2, loggers=["tensorboard"])
+    _tensorboard_failing(monkeypatch, "add_scalar", from_step=3)
+    with pytest.raises(USER_ERRORS) as failure:
+        fit(run, tmp_path / "run", progress=False)
+    assert str(failure.value) == (
+        "the tensorboard logger failed at step 3: [Errno 28] No space left on device; "
+        "the run resumes from its last checkpoint (step 2)"
+    )
+    monkeypatch.undo()
+    assert fit(run, tmp_path / "run", resume=True, progress=False).steps == 4
+    assert [r["step"] for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_tracker_failing_to_close_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from nl_train_helpers import tiny_run
+
+    from neurallayers.cli.common import USER_ERRORS
+    from neurallayers.training import fit
+
+    run = tiny_run(tmp_path, max_steps=2, eval_interval=0, loggers=["tensorboard"])
+    _tensorboard_failing(monkeypatch, "close")
+    with pytest.raises(USER_ERRORS) as failure:
+        fit(run, tmp_path / "run", progress=False)
+    assert str(failure.value) == (
+        "the tensorboard logger failed to close: [Errno 28] No space left on device; the "
+        "run resumes from its last checkpoint (step 2)"
+    )
+
+
+def test_trackers_that_are_not_installed_are_all_named_before_any_work(tmp_path, monkeypatch):
+    """A missing tracker was found only once the corpus was tokenized and the run directory written (config.yaml,
+    an empty metrics.jsonl), and one at a time: wandb named, then after installing it, mlflow."""
+    import sys
+
+    from nl_train_helpers import tiny_run
+
+    from neurallayers.training import fit
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets where it is not installed
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    run = tiny_run(tmp_path, loggers=["tensorboard", "wandb", "mlflow"])
+    with pytest.raises(ValueError) as failure:
+        fit(run, tmp_path / "run", progress=False)
+    assert str(failure.value) == (
+        "train.loggers names trackers that are not installed: wandb, mlflow; pip install 'neurallayers[track]'"
+    )
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    with pytest.raises(ValueError, match=r"^loggers names trackers that are not installed: wandb;"):
+        fit(run, tmp_path / "run", loggers=["wandb"], progress=False)

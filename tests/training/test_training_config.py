@@ -272,3 +272,22 @@ def test_number_overrides_read_the_decimal_typed():
     assert out["train"]["seed"] == 10 and out["train"]["max_steps"] == 8 and out["model"]["n_layer"] == 2
     with pytest.raises(ValueError, match=r"TrainConfig.max_steps='1:30'"):
         RunConfig.from_dict(apply_overrides({}, ["--model.preset", "tiny", "--train.max_steps", "1:30"]))
+
+
+@pytest.mark.parametrize(("value", "names"), [
+    ("tensorboard,mlflow", ["tensorboard", "mlflow"]), ("tensorboard", ["tensorboard"]),
+    (" tensorboard , wandb ", ["tensorboard", "wandb"]), ("[mlflow, wandb]", ["mlflow", "wandb"]), ("", []),
+    ("[]", []),
+])
+def test_loggers_override_takes_a_comma_list(value, names):
+    """`--train.loggers tensorboard,mlflow` (transformers' `--report_to`, litgpt's `--logger_name`: one name or a comma
+    list) was refused: "expected a list of str"; only the YAML list `[tensorboard, mlflow]` passed."""
+    out = apply_overrides({}, ["--train.loggers", value])
+    assert out["train"]["loggers"] == names
+    assert RunConfig.from_dict(apply_overrides({"model": {"preset": "tiny"}}, ["--train.loggers", value])
+                               ).train.loggers == names
+
+
+def test_a_misspelt_logger_in_a_comma_list_is_named():
+    with pytest.raises(ValueError, match=r"loggers.*unknown \['tensorbord'\]; allowed: tensorboard, mlflow, wandb"):
+        RunConfig.from_dict(apply_overrides({"model": {"preset": "tiny"}}, ["--train.loggers", "mlflow,tensorbord"]))
