@@ -103,6 +103,7 @@ def test_serve_batch_and_ui_defaults():
     assert defaults("serve")["--host"] == stated(r"It listens on ([\d.]+) unless told otherwise")[0]
     assert defaults("serve")["--shutdown-timeout"] == float(stated(r"`--shutdown-timeout` \(default (\d+) s\)")[0])
     assert MAX_BODY_BYTES == int(stated(r"a body over (\d+) MiB is 413")[0]) * 2**20
+    assert defaults("serve")["--max-body-mb"] * 2**20 == MAX_BODY_BYTES
     assert defaults("batch")["--seed"] == int(stated(r"Sampling is seeded \(`--seed`, default (\d+)\)")[0])
     host, port = stated(r"neurallayers ui runs/demo # http://([\d.]+):(\d+) \(--host, --port\)")
     assert (defaults("ui")["--host"], defaults("ui")["--port"]) == (host, int(port))

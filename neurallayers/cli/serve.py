@@ -26,6 +26,7 @@ from neurallayers.cli.common import (
 )
 
 API_KEY_ENV = "NEURALLAYERS_API_KEY"
+MAX_BODY_MB = 32.0  # serve.middleware.MAX_BODY_BYTES, not imported: the serve extra is optional
 ANSWER_GRACE_S = 1.0  # after --shutdown-timeout, for the answers to requests the engine ended
 
 
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=positive_int, default=None, metavar="TOKENS",
                         help="tokens a request may use, prompt and reply (default: the model's context length); the "
                         "KV cache holds --max-concurrency rows of it, so a long-context model may need less")
+    parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_MB, metavar="MIB",
+                        help="the largest request body taken, in MiB; a larger one gets 413 before it is read "
+                        "(default %(default)g)")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds to let requests in flight finish after SIGTERM; those left then get 503")
     parser.add_argument("--chat-template", metavar="NAME|FILE|JINJA",
@@ -132,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.shutdown_timeout >= 0 or math.isinf(args.shutdown_timeout):  # NaN fails the first test
         # uvicorn and the engine would read it only at SIGTERM: NaN and inf crash the drain, -1 fails what is in flight
         raise UserError(f"--shutdown-timeout {args.shutdown_timeout}: must be a finite number of seconds >= 0")
+    if not args.max_body_mb > 0 or math.isinf(args.max_body_mb):  # NaN fails the first test
+        raise UserError(f"--max-body-mb {args.max_body_mb}: must be a finite number of MiB > 0")
     if args.model_root is not None and not os.path.isdir(args.model_root):  # create_app would name its argument
         raise UserError(f"--model-root {args.model_root}: not a folder")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
@@ -148,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
                      model_root=args.model_root, shutdown_timeout=args.shutdown_timeout, device=args.device,
                      dtype=torch_dtype(args.dtype), compile=args.compile, allow_pickle=args.allow_pickle,
                      chat_template=_template_choice(args.chat_template, None),  # a file's text; names: create_app
-                     trust_request_chat_template=args.trust_request_chat_template, max_model_len=args.max_model_len)
+                     trust_request_chat_template=args.trust_request_chat_template, max_model_len=args.max_model_len,
+                     max_body_mb=args.max_body_mb)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

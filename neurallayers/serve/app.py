@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neurallayers.checks import is_finite, is_int
+from neurallayers.serve.middleware import MAX_BODY_BYTES
 from neurallayers.serve.state import Limits, ModelHolder, build_served
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
                model_root: str | Path | None = None, shutdown_timeout: float | None = 30.0, device: str | None = None,
                dtype: torch.dtype | None = None, compile: bool = False, allow_pickle: bool = False,
                chat_template: str | None = None, trust_request_chat_template: bool = False,
-               max_model_len: int | None = None):
+               max_model_len: int | None = None, max_body_mb: float = MAX_BODY_BYTES / 2**20):
     """The server's ASGI app.
 
     Args:
@@ -66,6 +67,9 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
             --max-model-len): the engine's KV cache holds max_concurrency rows of it, so a long-context model's whole
             context may not fit in memory. None: the model's context length. A reload with a shorter context serves
             its own.
+        max_body_mb: the largest request body taken, in MiB; a larger one is refused with 413 before it is read (a
+            chunked one as it passes the limit). A body is parsed in a worker thread, so a big one does not stall
+            /health, but its JSON does take memory: a few times its size.
 
     Returns:
         A FastAPI app; serve it with uvicorn (`neurallayers serve` does).
@@ -87,6 +91,8 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
         raise ValueError(f"shutdown_timeout={shutdown_timeout!r}: must be a finite number of seconds >= 0, or None")
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key is empty: give a real key, or None to serve without one")
+    if not (is_finite(max_body_mb) and max_body_mb > 0) or isinstance(max_body_mb, bool):
+        raise ValueError(f"max_body_mb={max_body_mb!r}: must be a number of MiB > 0")
     if model_root is not None and not Path(model_root).is_dir():
         raise FileNotFoundError(f"model_root {model_root} is not a folder")
     if max_model_len is not None and (not is_int(max_model_len) or max_model_len < 2):
@@ -128,7 +134,8 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
     routes_openai.register(app, holder=holder, metrics=metrics)
     routes_extra.register(app, holder=holder, metrics=metrics, draining=lambda: draining["on"])
 
-    app.add_middleware(GateMiddleware, api_key=api_key, draining=lambda: draining["on"])
+    app.add_middleware(GateMiddleware, api_key=api_key, draining=lambda: draining["on"],
+                       max_body_bytes=int(max_body_mb * 2**20))
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

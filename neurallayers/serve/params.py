@@ -263,8 +263,12 @@ def text_options(req: Sampling) -> TextOptions:
 
 
 def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, logprobs: int | None,
-                       count: int) -> list[GenerationConfig]:
-    """The config of each of `count` choices (choice k: seed + k).
+                       count: int, extra_stops: list[str] | None = None) -> list[GenerationConfig]:
+    """The config of each of `count` choices (choice k: seed + k); extra_stops: stop strings of the server's own (a
+    chat template's end of reply) after the request's, not checked against its limit.
+
+    Call it in a worker thread: a body's 3,000,000 stop_token_ids are checked here (repeats dropped first: they stop
+    generation once), and each config built and copied, which took the event loop (and /health) seconds.
 
     Raises:
         APIError: 400 naming the request field when GenerationConfig refuses a value.
@@ -289,13 +293,16 @@ def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, l
         base = GenerationConfig(max_new_tokens=max_tokens, min_new_tokens=req.min_tokens, **sampling,
                                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                                 logit_bias=logit_bias(served, req.logit_bias), stop=stop_list(req.stop),
-                                stop_token_ids=req.stop_token_ids or [], ignore_eos=req.ignore_eos, seed=seed,
-                                logprobs=logprobs, stop_strings_after_min_new_tokens=True)  # vLLM's min_tokens
+                                stop_token_ids=list(dict.fromkeys(req.stop_token_ids or [])),  # repeats: once
+                                ignore_eos=req.ignore_eos, seed=seed, logprobs=logprobs,
+                                stop_strings_after_min_new_tokens=True)  # vLLM's min_tokens
         base.check_vocab(vocab)  # the engine does not check stop_token_ids
     except ValueError as e:
         name = re.match(r"GenerationConfig\.(\w+)[= ]", str(e))
         param = _FIELD_NAMES.get(name.group(1), name.group(1)) if name else None
         raise bad_request(str(e).removeprefix("GenerationConfig."), param) from None
+    if extra_stops:
+        base = base.replace(stop=[*base.stop, *extra_stops])
     if seed is None:
         return [base] * count
     return [base.replace(seed=seed + k if seed + k <= MAX_SEED else (seed + k) % (MAX_SEED + 1))

@@ -8,11 +8,13 @@ them, and `Request` is imported inside `register` (fastapi stays an optional dep
 import functools
 import json
 import time
+from typing import Annotated
 
 from neurallayers.embeddings import read_as
 from neurallayers.generation import GenerationConfig
 from neurallayers.serve import chat as chat_template
 from neurallayers.serve import params
+from neurallayers.serve.bodies import add_schemas, body, documented
 from neurallayers.serve.errors import bad_request
 from neurallayers.serve.routes_openai import check_model, embed_texts, usage
 from neurallayers.serve.schemas import (
@@ -38,9 +40,11 @@ CHAT_ONLY = ("add_generation_prompt", "continue_final_message", "chat_template_k
 
 def register(app, *, holder, metrics, draining) -> None:
     """Adds the extra routes; `draining()` is True once the server is shutting down."""
-    from fastapi import Request
+    from fastapi import Depends, Request
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
+
+    add_schemas(app, [TokenizeRequest, DetokenizeRequest, PredictRequest, BatchPredictRequest, ReloadRequest])
 
     @app.get("/health", response_model=Health, tags=["ops"],
              responses={503: {"description": "shutting down, or the engine stopped after an error"}})
@@ -74,8 +78,8 @@ def register(app, *, holder, metrics, draining) -> None:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.post("/tokenize", response_model=TokenizeResponse, tags=["tokens"])
-    async def tokenize(req: TokenizeRequest):
+    @app.post("/tokenize", response_model=TokenizeResponse, tags=["tokens"], openapi_extra=documented(TokenizeRequest))
+    async def tokenize(req: Annotated[TokenizeRequest, Depends(body(TokenizeRequest))]):
         served = holder.current
         check_model(served, req.model)
         if (req.prompt is None) == (req.messages is None):
@@ -103,8 +107,9 @@ def register(app, *, holder, metrics, draining) -> None:
         body = await run_in_threadpool(_tokenize_body, ids, served.max_model_len, strs)
         return Response(body, media_type="application/json")
 
-    @app.post("/detokenize", response_model=DetokenizeResponse, tags=["tokens"])
-    async def detokenize(req: DetokenizeRequest):
+    @app.post("/detokenize", response_model=DetokenizeResponse, tags=["tokens"],
+              openapi_extra=documented(DetokenizeRequest))
+    async def detokenize(req: Annotated[DetokenizeRequest, Depends(body(DetokenizeRequest))]):
         served = holder.current
         check_model(served, req.model)
         vocab = served.tokenizer.vocab_size
@@ -148,19 +153,21 @@ def register(app, *, holder, metrics, draining) -> None:
         finally:
             lease.release()
 
-    @app.post("/predict", response_model=Prediction, response_model_exclude_none=True, tags=["simple"])
-    async def predict(req: PredictRequest, raw: Request):
+    @app.post("/predict", response_model=Prediction, response_model_exclude_none=True, tags=["simple"],
+              openapi_extra=documented(PredictRequest))
+    async def predict(req: Annotated[PredictRequest, Depends(body(PredictRequest))], raw: Request):
         """One text in; its completion (decoder models, greedy by default) or its embedding (encoders) out."""
         (out,) = await predict_many([req.prompt], req, raw)
         return out
 
-    @app.post("/batch_predict", response_model=BatchPrediction, response_model_exclude_none=True, tags=["simple"])
-    async def batch_predict(req: BatchPredictRequest, raw: Request):
+    @app.post("/batch_predict", response_model=BatchPrediction, response_model_exclude_none=True, tags=["simple"],
+              openapi_extra=documented(BatchPredictRequest))
+    async def batch_predict(req: Annotated[BatchPredictRequest, Depends(body(BatchPredictRequest))], raw: Request):
         """Many texts in, one prediction each (in order) out; they decode together as one batch."""
         return {"predictions": await predict_many(req.prompts, req, raw, param="prompts")}
 
-    @app.post("/reload", response_model=ReloadResponse, tags=["ops"])
-    async def reload(req: ReloadRequest):
+    @app.post("/reload", response_model=ReloadResponse, tags=["ops"], openapi_extra=documented(ReloadRequest))
+    async def reload(req: Annotated[ReloadRequest, Depends(body(ReloadRequest))]):
         """Swap in the model folder `model` (relative to --model-root). Requests in flight finish on the old one."""
         new, old = await holder.reload(req.model)
         return {"model": new.name, "previous": old.name}

@@ -8,9 +8,11 @@ import base64
 import functools
 import time
 import uuid
+from typing import Annotated
 
 from neurallayers.serve import chat as chat_template
 from neurallayers.serve import params
+from neurallayers.serve.bodies import add_schemas, body, documented
 from neurallayers.serve.errors import APIError, bad_request
 from neurallayers.serve.schemas import (
     ChatRequest,
@@ -79,7 +81,10 @@ def streaming_response(chunks, lease):
 
 def register(app, *, holder, metrics) -> None:
     """Adds the OpenAI routes to `app`; `holder` is the ModelHolder, `metrics` the app's Metrics."""
-    from fastapi import Request
+    from fastapi import Depends, Request
+    from starlette.concurrency import run_in_threadpool
+
+    add_schemas(app, [CompletionRequest, ChatRequest, EmbeddingRequest])
 
     @app.get("/v1/models", response_model=ModelList, tags=["openai"])
     async def models() -> dict:
@@ -94,8 +99,9 @@ def register(app, *, holder, metrics) -> None:
         return model_card(served)
 
     @app.post("/v1/completions", response_model=CompletionResponse, tags=["openai"],
-              responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}})
-    async def completions(req: CompletionRequest, raw: Request):
+              responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}},
+              openapi_extra=documented(CompletionRequest))
+    async def completions(req: Annotated[CompletionRequest, Depends(body(CompletionRequest))], raw: Request):
         started = time.perf_counter()
         lease = holder.lease()
         try:
@@ -114,8 +120,9 @@ def register(app, *, holder, metrics) -> None:
                                   "min_tokens")
             params.check_length(served, prompts, max_tokens)
             # max_tokens 0 (echo alone) is checked as vLLM checks it, with one token to generate
-            configs = params.generation_configs(served, req, max_tokens=max(max_tokens, 1), logprobs=req.logprobs,
-                                                count=req.n)
+            configs = await run_in_threadpool(functools.partial(
+                params.generation_configs, served, req, max_tokens=max(max_tokens, 1), logprobs=req.logprobs,
+                count=req.n))
             echo_lps = None
             if req.echo and req.logprobs is not None:
                 sent = echo_sources(req.prompt, len(prompts))  # a text prompt's offsets index it as sent
@@ -205,10 +212,9 @@ def register(app, *, holder, metrics) -> None:
                            metrics, started)
 
     @app.post("/v1/chat/completions", response_model=ChatResponse, tags=["openai"],
-              responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}})
-    async def chat_completions(req: ChatRequest, raw: Request):
-        from starlette.concurrency import run_in_threadpool
-
+              responses={400: {"description": "invalid request"}, 429: {"description": "server at capacity"}},
+              openapi_extra=documented(ChatRequest))
+    async def chat_completions(req: Annotated[ChatRequest, Depends(body(ChatRequest))], raw: Request):
         started = time.perf_counter()
         lease = holder.lease()
         try:
@@ -229,9 +235,9 @@ def register(app, *, holder, metrics) -> None:
             max_tokens = req.max_completion_tokens or req.max_tokens or max(1, served.block_size - len(prompts[0]))
             params.check_length(served, prompts, max_tokens, param="messages", max_param=name)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
-            configs = params.generation_configs(served, req, max_tokens=max_tokens, logprobs=logprobs, count=req.n)
-            if stops := chat_template.reply_stops(options):
-                configs = [c.replace(stop=[*c.stop, *stops]) for c in configs]
+            configs = await run_in_threadpool(functools.partial(
+                params.generation_configs, served, req, max_tokens=max_tokens, logprobs=logprobs, count=req.n,
+                extra_stops=chat_template.reply_stops(options)))
             requests = submit_all(served, prompts, configs, metrics=metrics, param="messages",
                                   text=params.text_options(req))
             meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": now(), "model": served.name}
@@ -310,8 +316,9 @@ def register(app, *, holder, metrics) -> None:
         yield SSE_DONE
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["openai"],
-              responses={400: {"description": "invalid request, or a decoder model"}})
-    async def embeddings(req: EmbeddingRequest):
+              responses={400: {"description": "invalid request, or a decoder model"}},
+              openapi_extra=documented(EmbeddingRequest))
+    async def embeddings(req: Annotated[EmbeddingRequest, Depends(body(EmbeddingRequest))]):
         lease = holder.lease()
         try:
             served = lease.served

@@ -109,3 +109,20 @@ def test_a_serve_extra_too_old_to_import_is_one_line(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert "serving needs the 'serve' extra (an older library: cannot import name 'create_app'" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_body_limit_that_is_not_a_size_is_refused_before_loading(tmp_path, capsys, value):
+    from neurallayers.__main__ import main
+
+    code = main(["serve", str(tmp_path), "--port", "0", "--max-body-mb", value])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-body-mb" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "32", True])
+def test_create_app_refuses_a_body_limit_that_is_not_a_size(value):
+    from neurallayers.serve.app import create_app
+
+    with pytest.raises(ValueError, match="max_body_mb"):
+        create_app(("model", "tokenizer"), max_body_mb=value)  # refused before the model is looked at
