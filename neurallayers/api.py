@@ -102,12 +102,14 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         from neurallayers.training.checkpoint import load_run
 
         model, tokenizer, _ = load_run(path, device=device, dtype=kept)
+        _keep_generation_settings(model, path)
     elif (path / "config.json").is_file():
         from neurallayers.interop.hf import load_hf
 
         model, tokenizer = load_hf(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
     elif is_checkpoint_folder(path):
         model, tokenizer = _load_checkpoint(path, device=device, dtype=kept)
+        _keep_generation_settings(model, settings_folder(path))
     else:
         raise _no_config(path)
     from neurallayers.nn.cpu import warn_if_slow_bf16
@@ -117,6 +119,15 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         warn_if_slow_bf16(weight.dtype, weight.device)
     _warn_if_fp16_on_cpu(model)
     return model.eval(), tokenizer
+
+
+def _keep_generation_settings(model: nn.Module, folder: Path) -> None:
+    """A run's generation_config.json (convert writes a Hugging Face source's there) kept on the model, as load_hf
+    keeps a folder's: save_hf writes it back (load(run) -> save_hf dropped it, where convert run -> hf kept it)."""
+    from neurallayers.interop.hf import generation_settings
+
+    if model.config.causal and (settings := generation_settings(folder)):
+        model.generation_settings = settings
 
 
 def _preset_hint(given: str | Path) -> str:

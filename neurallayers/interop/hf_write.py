@@ -94,7 +94,8 @@ def shard_bytes(value: int | str | None, *, default_unit: str | None = None) -> 
         return None
     if is_int(value) and value >= 1:
         return int(value)
-    found = re.fullmatch(r"\s*(\d+)\s*([KkMmGg][Ii]?B)?\s*", value) if isinstance(value, str) else None
+    # KiB, MiB, GiB in any case, as transformers reads them; KB, MB, GB with a capital B (a small b is bits there)
+    found = re.fullmatch(r"\s*(\d+)\s*([KkMmGg](?:[Ii][Bb]|B))?\s*", value) if isinstance(value, str) else None
     unit = found and (found[2] or default_unit)
     if not unit or int(found[1]) < 1:
         number = "a whole number of MB >= 1" if default_unit == "MB" else "a positive number of bytes"

@@ -12,7 +12,7 @@ def shard_bytes(*words: str) -> int:
     return parser.parse_args(["src", "dst", *words]).max_shard_size
 
 
-@pytest.mark.parametrize("size", ["500MB", "2GB", "64KB", "1GiB", "100MiB", "3KiB"])
+@pytest.mark.parametrize("size", ["500MB", "2GB", "64KB", "1GiB", "100MiB", "3KiB", "1gib", "2mib"])
 def test_max_shard_size_takes_a_size_with_its_unit_as_transformers_reads_it(size):
     # transformers users write save_pretrained(max_shard_size="2GB"); "2GB" was refused as "invalid int value"
     from transformers.utils.hub import convert_file_size_to_int

@@ -377,6 +377,27 @@ def test_save_hf_keeps_the_generation_settings_load_hf_read(tmp_path):
                                                                                                "top_p": 0.9}
 
 
+def test_save_hf_keeps_the_generation_settings_of_a_run_load_read(tmp_path):
+    """A run converted from a Hugging Face folder holds its generation_config.json (convert run -> hf writes it back);
+    load(run) -> save_hf dropped it, where the README says save_hf writes back the settings of the folder load read
+    (the exported model sampled at transformers' defaults, and beam search became greedy)."""
+    model = hf_folder(tmp_path / "hf")
+    model.generation_config.update(do_sample=True, temperature=0.6, top_p=0.9, max_new_tokens=7, num_beams=2)
+    model.generation_config.save_pretrained(tmp_path / "hf")
+    tok = Tokenizer.train_char(["some text for a char tokenizer"])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, eos_token=tok.eos_token).save_pretrained(
+        tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "run", to="run")
+    ours, tokenizer = load(tmp_path / "run")
+    save_hf(ours, tokenizer, tmp_path / "ours")
+    convert(tmp_path / "run", tmp_path / "converted", to="hf")  # the oracle: convert's own run -> hf
+    keys = ("do_sample", "temperature", "top_p", "max_new_tokens", "num_beams")
+    want = transformers.GenerationConfig.from_pretrained(tmp_path / "converted").to_dict()
+    got = transformers.GenerationConfig.from_pretrained(tmp_path / "ours").to_dict()
+    assert {k: got[k] for k in keys} == {k: want[k] for k in keys} == {
+        "do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_new_tokens": 7, "num_beams": 2}
+
+
 @pytest.mark.parametrize("text", ["[1]", '{"temperature": 0.5,'])
 def test_convert_names_a_bad_generation_config(tmp_path, text):
     """A folder that load() reads without its generation_config.json (no tokenizer here) still gets the file named
@@ -825,3 +846,14 @@ def test_tied_weights_saved_under_the_heads_name_only_load(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(ids()).logits, ref(ids()).logits, atol=1e-5, rtol=0)
     assert model.lm_head.weight is model.wte.weight
+
+
+@pytest.mark.parametrize("size", ["1gib", "100mib", "4kib", "1GIB", "3Kib", "2gB"])
+def test_a_binary_unit_in_any_case_is_read_as_transformers_reads_it(size):
+    """transformers reads KiB, MiB and GiB in any case (only a lowercase final 'b' of KB, MB, GB means bits): "1gib"
+    given to save_pretrained shards at 1 GiB, and was refused here as a bad size."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    from neurallayers.interop.hf_write import shard_bytes
+
+    assert shard_bytes(size) == convert_file_size_to_int(size)
