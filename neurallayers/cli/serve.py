@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.shutdown_timeout >= 0 or math.isinf(args.shutdown_timeout):  # NaN fails the first test
         # uvicorn and the engine would read it only at SIGTERM: NaN and inf crash the drain, -1 fails what is in flight
         raise UserError(f"--shutdown-timeout {args.shutdown_timeout}: must be a finite number of seconds >= 0")
+    if args.max_model_len is not None and args.max_model_len < 2:  # create_app would name its argument
+        raise UserError(f"--max-model-len {args.max_model_len}: must be >= 2 (a prompt token and a reply's)")
     if not args.max_body_mb > 0 or math.isinf(args.max_body_mb):  # NaN fails the first test
         raise UserError(f"--max-body-mb {args.max_body_mb}: must be a finite number of MiB > 0")
     if args.model_root is not None and not os.path.isdir(args.model_root):  # create_app would name its argument

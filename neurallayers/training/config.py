@@ -369,6 +369,8 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
         text = not subkeys and _text_field(section, name)
         # `--train.loggers tensorboard,mlflow` (or one name), as transformers' --report_to takes it; `[a, b]` is YAML
         names = (section, name) in _COMMA_LIST_FIELDS and not subkeys and not value.lstrip().startswith("[")
+        if names and value.strip().lower() == "none":  # transformers' --report_to none
+            value = ""
         try:
             # a list of text reads each item as typed: `[yes, 2024]` is ["yes", "2024"], not [True, 2024]
             parsed = [x.strip() for x in value.split(",") if x.strip()] if names else "" if value == "" \

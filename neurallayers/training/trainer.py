@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from neurallayers.checks import is_int
-from neurallayers.files import exclusive
+from neurallayers.files import WriteError, exclusive
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
 from neurallayers.training.config import RunConfig
@@ -443,6 +443,8 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         for lg in self.loggers:
             try:
                 lg.log(metrics, self.step)
+            except WriteError:  # metrics.jsonl's full disk: one line already
+                raise
             except Exception as e:  # a tracker's full disk or lost server: one line, and how the run goes on
                 raise tracker_error(lg, e, f"failed at step {self.step}", self._resumes_from()) from e
 

@@ -277,7 +277,7 @@ def test_number_overrides_read_the_decimal_typed():
 @pytest.mark.parametrize(("value", "names"), [
     ("tensorboard,mlflow", ["tensorboard", "mlflow"]), ("tensorboard", ["tensorboard"]),
     (" tensorboard , wandb ", ["tensorboard", "wandb"]), ("[mlflow, wandb]", ["mlflow", "wandb"]), ("", []),
-    ("[]", []),
+    ("[]", []), ("none", []),  # transformers' --report_to none
 ])
 def test_loggers_override_takes_a_comma_list(value, names):
     """`--train.loggers tensorboard,mlflow` (transformers' `--report_to`, litgpt's `--logger_name`: one name or a comma
