@@ -43,6 +43,18 @@ def tiny_bert(head: str, **kw) -> torch.nn.Module:
     return build_model(cfg).eval()
 
 
+def hf_bert_folder(head_class, tokenizer, folder, *, seed: int, **config) -> None:
+    """A tiny random transformers BERT with `head_class`'s head (BertForTokenClassification ...) and `tokenizer`,
+    saved in `folder`: the oracle pipelines read the same weights."""
+    import transformers
+
+    cfg = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, **config)
+    torch.manual_seed(seed)
+    head_class(cfg).save_pretrained(folder)
+    tokenizer.save(folder)
+
+
 def test_unknown_task_lists_the_tasks(wordpiece):
     with pytest.raises(ValueError, match="tasks: feature-extraction, fill-mask") as e:
         pipeline("fill_mask", model=(tiny_bert("mlm"), wordpiece))
@@ -206,12 +218,8 @@ def test_text_classification_scores_equal_transformers_pipeline(wordpiece, tmp_p
     """A regression model (an STS-B cross-encoder: num_labels 1, problem_type "regression") scores its raw output in
     transformers' pipeline; ours gave its sigmoid."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=32, num_labels=1 if problem_type else 3,
-                                  problem_type=problem_type)
-    torch.manual_seed(0)
-    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
-    wordpiece.save(tmp_path)
+    hf_bert_folder(transformers.BertForSequenceClassification, wordpiece, tmp_path, seed=0,
+                   num_labels=1 if problem_type else 3, problem_type=problem_type)
     # blank rows are labelled from [CLS] [SEP] (one failed the whole call); truncation=True is transformers' switch
     texts = ["great film", "terrible acting and a dull plot", "", "   "]
     want = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu")(texts, top_k=None,
@@ -490,11 +498,7 @@ def test_blank_rows_have_no_entities_as_in_transformers(wordpiece, tmp_path):
     """A blank row failed the whole token-classification call ("inputs[1] is empty"); transformers finds no entities
     in it (text-classification's blank rows: test_text_classification_scores_equal_transformers_pipeline)."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=32, num_labels=3)
-    torch.manual_seed(0)
-    transformers.BertForTokenClassification(cfg).save_pretrained(tmp_path)
-    wordpiece.save(tmp_path)
+    hf_bert_folder(transformers.BertForTokenClassification, wordpiece, tmp_path, seed=0, num_labels=3)
     texts = ["great film", "", "   "]
     got = pipeline("token-classification", model=tmp_path)(texts, ignore_labels=[])
     want = transformers.pipeline("token-classification", model=str(tmp_path), device="cpu")(texts, ignore_labels=[])
@@ -536,11 +540,7 @@ def test_token_classification_entities_equal_transformers_pipeline_field_for_fie
     """An unknown token's word was "[UNK]" where transformers gives the text it stands for (the snowman, the parrot,
     the 110-letter word), so an entity found there could not be read back."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=32, num_labels=3)
-    torch.manual_seed(0)
-    transformers.BertForTokenClassification(cfg).save_pretrained(tmp_path)
-    wordpiece.save(tmp_path)
+    hf_bert_folder(transformers.BertForTokenClassification, wordpiece, tmp_path, seed=0, num_labels=3)
     texts = ["Angela Merkel visited Washingtonian yesterday.", "Snowman ☃ and 🦜 met " + "x" * 110, "héllo wörld"]
     got = pipeline("token-classification", model=tmp_path)(texts, ignore_labels=[])
     want = transformers.pipeline("token-classification", model=str(tmp_path), device="cpu")(texts, ignore_labels=[])
@@ -578,12 +578,8 @@ NER_TEXTS = ["Angela Merkel visited Washingtonian yesterday with Emmanuel-Macron
 def ner_folder(tokenizer: Tokenizer, folder) -> str:
     """A tiny BertForTokenClassification with BIO labels, written by transformers, and `tokenizer`."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=32, num_labels=5, id2label=NER_LABELS,
-                                  label2id={v: k for k, v in NER_LABELS.items()})
-    torch.manual_seed(3)
-    transformers.BertForTokenClassification(cfg).save_pretrained(folder)
-    tokenizer.save(folder)
+    hf_bert_folder(transformers.BertForTokenClassification, tokenizer, folder, seed=3, num_labels=5,
+                   id2label=NER_LABELS, label2id={v: k for k, v in NER_LABELS.items()})
     return str(folder)
 
 
@@ -663,11 +659,7 @@ def test_text_classification_function_to_apply_equals_transformers_pipeline(word
     """function_to_apply ("none": a cross-encoder's raw logits; "sigmoid": independent labels) was refused as an
     unknown option."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=32, num_labels=num_labels)
-    torch.manual_seed(1)
-    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
-    wordpiece.save(tmp_path)
+    hf_bert_folder(transformers.BertForSequenceClassification, wordpiece, tmp_path, seed=1, num_labels=num_labels)
     theirs = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu")
     ours = pipeline("sentiment-analysis", model=tmp_path)
     texts = ["great film", "terrible acting and a dull plot"]
@@ -712,11 +704,7 @@ def test_options_given_to_pipeline_are_every_calls_defaults_as_in_transformers(n
             [[{k: v for k, v in e.items() if k != "score"} for e in row] for row in want]
     assert ours.defaults == {"aggregation_strategy": "simple", "ignore_labels": []}
 
-    cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=32, num_labels=3)
-    torch.manual_seed(0)
-    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
-    wordpiece.save(tmp_path)
+    hf_bert_folder(transformers.BertForSequenceClassification, wordpiece, tmp_path, seed=0, num_labels=3)
     for top_k in (None, 2, 1):
         ours = pipeline("text-classification", model=tmp_path, top_k=top_k)
         theirs = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu", top_k=top_k)

@@ -284,15 +284,21 @@ def test_threads_and_asyncio(tok) -> None:
     engine.shutdown()
 
 
-def test_cancel_frees_the_slot_and_full_engine(tok) -> None:
+def _one_running_one_queued(tok):
+    """An engine of one slot and one queue place, both taken: (model, gate, engine, running a, queued b, config)."""
     model = random_lm("gpt2", seed=3)
     gate = Gate(model)
     engine = Engine(model, tok, max_batch=1, max_queue=1)
     engine.start()
     long = GenerationConfig(temperature=0, max_new_tokens=80)
     a = engine.submit(tok.encode("héllo"), long)
-    gate.let(3)  # a is running
+    gate.let(3)  # a is running; the engine thread stands in its next step
     b = engine.submit(tok.encode("wörld"), long)  # waits in the queue
+    return model, gate, engine, a, b, long
+
+
+def test_cancel_frees_the_slot_and_full_engine(tok) -> None:
+    model, gate, engine, a, b, long = _one_running_one_queued(tok)
     with pytest.raises(EngineFull) as full:
         engine.submit(tok.encode("ok"), long)
     assert full.value.retry_after > 0 and "capacity" in str(full.value)
@@ -318,14 +324,7 @@ def test_a_cancelled_queued_request_gives_its_place_back_at_once(tok) -> None:
     """A queued request that is cancelled (its client left, or it was a choice of a request refused for the rest)
     frees its place at once: it held it until the engine thread's next admission, after the step in progress (a
     long prefill), and a submit meanwhile got EngineFull, a 429, with the queue empty."""
-    model = random_lm("gpt2", seed=3)
-    gate = Gate(model)
-    engine = Engine(model, tok, max_batch=1, max_queue=1)
-    engine.start()
-    long = GenerationConfig(temperature=0, max_new_tokens=80)
-    a = engine.submit(tok.encode("héllo"), long)
-    gate.let(3)  # a is running; the engine thread stands in its next step
-    b = engine.submit(tok.encode("wörld"), long)
+    _, gate, engine, a, b, long = _one_running_one_queued(tok)
     b.cancel()
     c = engine.submit(tok.encode("ok"), long)  # takes the place b left, the engine thread still in its step
     assert engine.stats()["waiting"] == 1 and engine.stats()["requests_cancelled"] == 1
