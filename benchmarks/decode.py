@@ -172,17 +172,18 @@ def same_rows(a: list[list[int]], b: list[list[int]]) -> str:
 
 @torch.inference_mode()
 def main() -> None:
-    from bench_common import counts, default_precisions, names_of
+    from bench_common import at_least, counts, default_precisions, names_of, seconds
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--new", type=int, default=128, help="new tokens per row in the decode rows")
-    p.add_argument("--prompt", type=int, default=512, help="prompt tokens in the prefill row")
-    p.add_argument("--decode-prompt", type=int, default=16, help="prompt tokens per row in the decode rows")
+    p.add_argument("--new", type=at_least(2), default=128, help="new tokens per row in the decode rows")
+    p.add_argument("--prompt", type=at_least(1), default=512, help="prompt tokens in the prefill row")
+    p.add_argument("--decode-prompt", type=at_least(1), default=16, help="prompt tokens per row in the decode rows")
     p.add_argument("--batches", type=counts, default="1,8", help="decode batch sizes")
     p.add_argument("--dtypes", type=names_of(*DTYPES), default=None,
                    help="comma separated (default fp32,bf16; fp32 alone on a CPU without bf16 dot products)")
-    p.add_argument("--rounds", type=int, default=5, help="timed calls of each engine per row (at least)")
-    p.add_argument("--budget", type=float, default=0.0, help="or more: seconds of alternating timing per row")
+    p.add_argument("--rounds", type=at_least(1), default=5, help="timed calls of each engine per row (at least)")
+    p.add_argument("--budget", type=seconds(zero=True), default=0.0,
+                   help="or more: seconds of alternating timing per row")
     args = p.parse_args()
     args.dtypes = args.dtypes or default_precisions()
     batches = [int(b) for b in args.batches.split(",")]

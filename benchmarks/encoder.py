@@ -28,11 +28,11 @@ def sentences(n: int, n_words: int, seed: int) -> list[str]:
 
 
 def main() -> None:
-    from bench_common import compare, default_precisions, names_of
+    from bench_common import compare, default_precisions, names_of, seconds
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--budget", type=float, default=4.0, help="seconds of alternating calls per table cell")
+    p.add_argument("--budget", type=seconds(zero=True), default=4.0, help="seconds of alternating calls per table cell")
     p.add_argument("--precisions", type=names_of("fp32", "bf16"), default=None,
                    help="comma separated (default fp32,bf16; fp32 alone on a CPU without bf16 dot products)")
     args = p.parse_args()

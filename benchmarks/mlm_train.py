@@ -42,13 +42,13 @@ class Trainer:
 
 
 def main() -> None:
-    from bench_common import compare, default_precisions, names_of
+    from bench_common import at_least, compare, default_precisions, names_of, seconds
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--budget", type=float, default=10.0, help="seconds of alternating steps per row")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--budget", type=seconds(zero=True), default=10.0, help="seconds of alternating steps per row")
+    p.add_argument("--batch", type=at_least(1), default=16)
+    p.add_argument("--context", type=at_least(1), default=128)
     p.add_argument("--precisions", type=names_of("fp32", "bf16"), default=None,
                    help="comma separated (default fp32,bf16; fp32 alone on a CPU without bf16 dot products)")
     args = p.parse_args()

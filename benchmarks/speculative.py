@@ -76,13 +76,13 @@ def plain_decode(model, prompt: list[int], cfg) -> list[int]:
 
 
 def main() -> None:
-    from bench_common import counts
+    from bench_common import at_least, counts
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache-dir", default=os.path.join(os.environ.get("NEURALLAYERS_CACHE")
                                                         or os.path.expanduser("~/.cache/neurallayers"),
                                                         "bench-speculative"))
-    p.add_argument("--new", type=int, default=160, help="new tokens per prompt")
+    p.add_argument("--new", type=at_least(1), default=160, help="new tokens per prompt")
     p.add_argument("--ks", type=counts, default="2,4,6", help="draft tokens per round to try")
     p.add_argument("--temperature", type=float, default=0.8, help="for the sampled rows")
     p.add_argument("--target-minutes", type=float, default=4.0)

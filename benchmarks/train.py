@@ -277,7 +277,7 @@ def recipe(args: argparse.Namespace, data: str) -> None:
 
 
 def main() -> None:
-    from bench_common import default_precisions, names_of
+    from bench_common import at_least, default_precisions, names_of
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="tinyshakespeare.txt (default: %(default)s)")
@@ -308,12 +308,12 @@ def main() -> None:
     p.add_argument("--precisions", type=names_of("fp32", "bf16"), default=None,
                    help="speed: comma separated (default fp32,bf16; fp32 alone on a CPU without bf16 dot products)")
     p.add_argument("--no-plain", action="store_true", help="speed: leave out the plain-PyTorch baseline loop")
-    p.add_argument("--rounds", type=int, default=7, help="speed: alternating rounds of the nanogpt shape")
-    p.add_argument("--steps", type=int, default=30, help="speed: steps per nanogpt-shape run")
-    p.add_argument("--gpt2-rounds", type=int, default=1)
-    p.add_argument("--gpt2-steps", type=int, default=4)
-    p.add_argument("--gpt2-batch", type=int, default=1)
-    p.add_argument("--gpt2-context", type=int, default=1024)
+    p.add_argument("--rounds", type=at_least(1), default=7, help="speed: alternating rounds of the nanogpt shape")
+    p.add_argument("--steps", type=at_least(1), default=30, help="speed: steps per nanogpt-shape run")
+    p.add_argument("--gpt2-rounds", type=at_least(1), default=1)
+    p.add_argument("--gpt2-steps", type=at_least(1), default=4)
+    p.add_argument("--gpt2-batch", type=at_least(1), default=1)
+    p.add_argument("--gpt2-context", type=at_least(1), default=1024)
     args = p.parse_args()
     args.precisions = args.precisions or default_precisions()
     logging.basicConfig(level=logging.WARNING)

@@ -243,6 +243,43 @@ def test_make_bench_runs_every_benchmark_but_finetune(tmp_path):
     assert run == scripts - {"finetune"}  # finetune.py starts from a trained run it must be given (README)
 
 
+def fake_python(tmp_path: Path, *, ensurepip: bool) -> Path:
+    """A stand-in for python3 whose `-m venv DIR` writes DIR/bin/python and DIR/bin/pip, as Debian's python3 does
+    before it stops for a missing ensurepip; that pip fails to install torch (no network) and does nothing else."""
+    tool = tmp_path / "python3"
+    tool.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = -c ]; then case "$2" in *ensurepip*) exit {0 if ensurepip else 1} ;; esac; exit 0; fi\n'
+        'if [ "$1 $2" = "-m venv" ]; then\n'
+        '  mkdir -p "$3/bin"\n'
+        "  printf '#!/bin/sh\\ncase \"$*\" in *torch*) exit 1 ;; esac\\n' > \"$3/bin/pip\"\n"
+        "  printf '#!/bin/sh\\nexit 0\\n' > \"$3/bin/python\"\n"
+        '  chmod +x "$3/bin/pip" "$3/bin/python"\n'
+        f"  exit {0 if ensurepip else 1}\n"
+        "fi\n"
+        "exit 0\n"
+    )
+    tool.chmod(0o755)
+    return tool
+
+
+@pytest.mark.parametrize("ensurepip", [False, True], ids=["no ensurepip", "torch install fails"])
+def test_make_redoes_a_first_install_that_stopped_half_way(ensurepip, tmp_path):
+    # a first `make demo` stopped after `python3 -m venv` (Debian without python3-venv, or torch's download failed)
+    # left .venv/bin/python, and the next `make` took the venv as made: it ran a pip that was not there, or
+    # `pip install -e .` without the pinned torch, which then came from PyPI at its newest
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    python = fake_python(tmp_path, ensurepip=ensurepip)
+    command = ["make", "-C", str(ROOT), "demo", f"VENV={tmp_path / 'venv'}", f"PY={python}"]
+    first = subprocess.run(command, capture_output=True, text=True)
+    assert first.returncode != 0
+    if not ensurepip:  # one line naming what is missing and how to get it
+        assert "no venv/ensurepip module (Debian/Ubuntu: sudo apt-get install python3-venv)" in first.stderr
+    again = subprocess.run([*command[:1], "-n", *command[1:]], capture_output=True, text=True, check=True).stdout
+    assert "-m venv" in again and 'pip install -q "torch==' in again, again
+
+
 BENCHMARKS = sorted(path for path in (ROOT / "benchmarks").glob("*.py") if "__main__" in path.read_text())
 
 
@@ -422,6 +459,76 @@ def test_each_benchmark_refuses_an_unknown_list_entry_before_it_runs(name, args,
     assert stopped.value.code == 2
     (error,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert f"argument {args[-2]}: {args[-1]!r}: expected a comma separated list of" in error
+
+
+# each benchmark's counts and durations, with a value it cannot run (the last flag), and what does the work first
+BAD_NUMBERS = [
+    ("decode", ["--rounds", "0"], "build"),  # statistics.median of no calls, after building six models
+    ("decode", ["--new", "1"], "build"),  # tokens/s of (new - 1) tokens over t(new) - t(1): 0 / 0
+    ("beam", ["--new", "0"], "build"),
+    ("beam", ["--beams", "0"], "build"),
+    ("train", ["--steps", "0"], "speed"),
+    ("train", ["--rounds", "0"], "speed"),  # an empty table, or statistics.median of nothing
+    ("train", ["--gpt2-context", "-1"], "speed"),
+    ("mlm_train", ["--batch", "0"], "Masker"),
+    ("serve", ["--seconds", "0"], "random_run"),  # req/s over 0 seconds: ZeroDivisionError after the servers ran
+    ("serve", ["--max-tokens", "0"], "random_run"),
+    ("serve", ["--threads", "0"], "random_run"),
+    ("speculative", ["--new", "0"], "trained"),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "work"), BAD_NUMBERS, ids=lambda value: value if isinstance(value, str)
+                         else " ".join(value))  # fmt: skip
+def test_each_benchmark_refuses_a_count_or_duration_it_cannot_run(name, args, work, monkeypatch, capsys):
+    # `decode.py --rounds 0` or `train.py --steps 0` were taken, and after minutes of building models or training
+    # died with a StatisticsError or ZeroDivisionError, or printed a table of nothing: refused in one line, first
+    main = benchmark_main(name)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when the script runs: bench_common beside it
+    if work in main.__globals__:
+        monkeypatch.setitem(main.__globals__, work, lambda *a, **k: pytest.fail(f"{work} ran before refusing"))
+    elif work == "Masker":
+        monkeypatch.setattr("neurallayers.data.masking.Masker", lambda *a, **k: pytest.fail("ran before refusing"))
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert re.search(rf"argument {args[-2]}: {re.escape(repr(args[-1]))}: expected a (whole number|number of seconds) "
+                     r"[>=]+ [0-9]+$", error), error  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "minimum", "value"), [("1", 1, 1), (" 7 ", 1, 7), ("0", 0, 0), ("0", 1, None), ("-2", 1, None),
+                                   ("1.5", 1, None), ("x", 1, None)]
+)  # fmt: skip
+def test_bench_common_at_least_takes_whole_numbers_from_the_minimum(text, minimum, value, monkeypatch):
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_common import at_least
+
+    if value is None:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"expected a whole number >= {minimum}"):
+            at_least(minimum)(text)
+    else:
+        assert at_least(minimum)(text) == value
+
+
+@pytest.mark.parametrize(("text", "zero", "ok"), [("2.5", False, True), ("0", True, True), ("0", False, False),
+                                                  ("-1", True, False), ("inf", True, False), ("nan", True, False),
+                                                  ("soon", True, False)])  # fmt: skip
+def test_bench_common_seconds_takes_finite_durations(text, zero, ok, monkeypatch):
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_common import seconds
+
+    if ok:
+        assert seconds(zero=zero)(text) == float(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a number of seconds"):
+            seconds(zero=zero)(text)
 
 
 def fake_speculative_fit(calls: list, *, final_val_loss: float | None = 1.0, reason: str = "max_steps"):
