@@ -100,7 +100,9 @@ class ModelConfig:
     pooler: bool = False
     num_labels: int = 2
     head: Head = "none"  # encoder task head on top of the bare encoder
-    extra: dict = field(default_factory=dict)  # free-form metadata (e.g. source checkpoint); never read by models
+    # free-form metadata (e.g. source checkpoint); models read only a Hugging Face classifier's problem_type and
+    # classifier_dropout there
+    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _coerce_float_strings(self)

@@ -111,3 +111,29 @@ def test_per_token_labels_take_int32_ids_and_name_float_ones(head, hf_class):
             torch.testing.assert_close(ours(ids, labels=labels.int(), logits_at_labels=True).loss, want)
     with pytest.raises(ValueError, match=r"labels must be integer ids \(-100 where ignored\), got a torch.float32"):
         ours(ids, labels=labels.float())
+
+
+def test_single_label_classification_with_one_label_is_refused_as_transformers_does():
+    """One class under cross-entropy scores every label 0: the loss was always 0 and the model never trained.
+    transformers' BertConfig refuses problem_type single_label_classification with num_labels 1."""
+    cfg = tiny(num_labels=1, extra={"problem_type": "single_label_classification"})
+    with pytest.raises(ValueError, match="requires `num_labels > 1`"):
+        transformers.BertConfig(**bert.config_to_hf(cfg))
+    with pytest.raises(ValueError, match=r"problem_type='single_label_classification' needs num_labels >= 2, got 1"):
+        build_model(cfg)
+    with pytest.raises(ValueError, match=r"problem_type='binary': expected one of 'regression', "):
+        build_model(tiny(extra={"problem_type": "binary"}))  # named when the model is built, not at its first loss
+
+
+@pytest.mark.parametrize("problem_type", [None, "single_label_classification"])
+def test_single_label_class_ids_of_shape_b_by_1_score_as_transformers(problem_type):
+    """Class ids shaped (B, 1) (a dataset's label column kept 2-D) were refused; transformers flattens them."""
+    extra = {"problem_type": problem_type} if problem_type else {}
+    ref, ours = twin(tiny(extra=extra))
+    ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 3, 0, 0]])
+    labels = torch.tensor([[2], [0]])
+    with torch.no_grad():
+        want = ref(input_ids=ids, labels=labels).loss
+        torch.testing.assert_close(ours(ids, labels=labels).loss, want)
+    with pytest.raises(ValueError, match=r"labels must be class ids of shape \(B,\)=\(2,\), got torch.int64 \(2, 2\)"):
+        ours(ids, labels=torch.tensor([[2, 1], [0, 1]]))

@@ -104,6 +104,11 @@ def config_from_hf(hf: dict) -> ModelConfig:
         extra["id2label"] = {str(k): str(v) for k, v in id2label.items()}
     if hf.get("problem_type"):  # multi_label_classification: the pipeline scores each label by a sigmoid
         extra["problem_type"] = str(hf["problem_type"])
+    if hf.get("classifier_dropout") is not None:  # the task heads' own dropout (null: hidden_dropout_prob's)
+        rate = config_number(hf, "classifier_dropout", 0.0)
+        if not 0 <= rate <= 1:
+            raise ValueError(f"config classifier_dropout={rate!r}: expected a number in [0, 1]")
+        extra["classifier_dropout"] = rate
     n_embd = hf.get("hidden_size", 768)
     return ModelConfig(
         name=str(hf.get("_name_or_path") or "bert"), causal=False, vocab_size=hf.get("vocab_size", 30522),
@@ -146,7 +151,8 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "attention_probs_dropout_prob": cfg.attn_dropout, "max_position_embeddings": cfg.block_size,
         "type_vocab_size": cfg.type_vocab_size, "initializer_range": cfg.init_std, "layer_norm_eps": cfg.norm_eps,
         "pad_token_id": cfg.pad_token_id, "position_embedding_type": "absolute",
-        "tie_word_embeddings": cfg.tie_embeddings, "classifier_dropout": None,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "classifier_dropout": cfg.extra.get("classifier_dropout"),  # None: the heads drop at hidden_dropout_prob
     }
     if cfg.head in ("sequence_classification", "token_classification"):
         names = cfg.extra.get("id2label") or {}

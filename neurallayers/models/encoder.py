@@ -233,14 +233,15 @@ class EncoderForSequenceClassification(_HeadModel):
         super().__init__()
         self.config = config
         self.encoder = EncoderModel(config)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.n_embd, config.num_labels)
         init_weights(self.classifier, config)
+        _check_problem_type(config.extra.get("problem_type"), config.num_labels)  # before training, not at a loss
 
     def forward(self, input_ids: torch.Tensor, *, labels: torch.Tensor | None = None,
                 **kwargs) -> EncoderOutput:
-        """labels: (B,) class ids, (B,) float targets (regression, num_labels == 1) or (B, num_labels) floats
-        (multi-label, or regression with several outputs); logits (B, num_labels)."""
+        """labels: (B,) (or (B, 1)) class ids, (B,) float targets (regression, num_labels == 1) or (B, num_labels)
+        floats (multi-label, or regression with several outputs); logits (B, num_labels)."""
         out = self.encoder(input_ids, **kwargs)
         pooled = out.pooled if out.pooled is not None else out.hidden[:, 0]
         out.logits = self.classifier(self.drop(pooled))
@@ -250,23 +251,47 @@ class EncoderForSequenceClassification(_HeadModel):
         return out
 
 
+def classifier_dropout(config: ModelConfig) -> float:
+    """The classification heads' dropout rate: a Hugging Face config's classifier_dropout (kept in `extra`), else the
+    model's `dropout`, as transformers' BertFor*Classification choose it."""
+    rate = config.extra.get("classifier_dropout")
+    if rate is None:
+        return config.dropout
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        raise ValueError(f"extra.classifier_dropout={rate!r}: expected a number in [0, 1], or None for dropout's")
+    return float(rate)
+
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")  # transformers' names
+
+
+def _check_problem_type(problem_type: str | None, num_labels: int) -> None:
+    """A Hugging Face config's problem_type: one of PROBLEM_TYPES, and single-label with two classes or more (one
+    class under cross-entropy scores every label 0: a loss of 0 that never trains; transformers refuses it too)."""
+    if problem_type is not None and problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"problem_type={problem_type!r}: expected one of {', '.join(map(repr, PROBLEM_TYPES))}")
+    if problem_type == "single_label_classification" and num_labels < 2:
+        raise ValueError(f"problem_type='single_label_classification' needs num_labels >= 2, got {num_labels}: use "
+                         "num_labels 2 for a binary classifier, or problem_type 'regression' for one output")
+
+
 def _sequence_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None, *,
                    check: bool = True) -> torch.Tensor:
     """transformers' BertForSequenceClassification loss: logits (B, n). The config's problem_type (a Hugging Face
     config's), else regression for one output, single-label for integer labels, multi-label for float ones."""
     b, n = logits.shape
+    _check_problem_type(problem_type, n)
     if problem_type is None:
         problem_type = ("regression" if n == 1 else "multi_label_classification" if labels.is_floating_point()
                         else "single_label_classification")
     if problem_type == "single_label_classification":
+        if labels.shape == (b, 1):  # a dataset's label column kept 2-D: transformers flattens it
+            labels = labels.reshape(b)
         if labels.shape != (b,) or labels.is_floating_point():
             raise ValueError(f"labels must be class ids of shape (B,)={(b,)}, got {labels.dtype} {tuple(labels.shape)}")
         if check:
             _check_classes(labels, n, "num_labels")
         return F.cross_entropy(logits, labels.long())  # int32 ids too
-    if problem_type not in ("regression", "multi_label_classification"):
-        raise ValueError(f"problem_type={problem_type!r}: expected one of 'regression', "
-                         "'single_label_classification', 'multi_label_classification'")
     want = (b,) if n == 1 and problem_type == "regression" else (b, n)  # one output: (B,) targets, or (B, 1)
     if labels.shape != want and not (n == 1 and labels.numel() == b):
         raise ValueError(f"labels must have shape {want} for {problem_type}, got {tuple(labels.shape)}")
@@ -283,7 +308,7 @@ class EncoderForTokenClassification(_HeadModel):
         super().__init__()
         self.config = config
         self.encoder = EncoderModel(config, pooler=False)  # as BertForTokenClassification: [CLS] is not pooled
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.n_embd, config.num_labels)
         init_weights(self.classifier, config)
 

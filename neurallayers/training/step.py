@@ -71,10 +71,13 @@ class StepMixin:
             # DDP: only the last micro-batch all-reduces gradients.
             sync = self.wrapped.no_sync() if info.mode == "ddp" and not last else contextlib.nullcontext()
             # gradients are averaged over the processes: a process's share of the mean is world_size x its tokens'
-            # (a slice of only special tokens predicts none: its loss is NaN, and the NaN guard has the step)
-            share = cfg.grad_accum if not predicted else predicted / (max(int((y != -100).sum()), 1) * info.world_size)
+            mine = int((y != -100).sum()) if predicted else 0
+            share = cfg.grad_accum if not predicted else predicted / (max(mine, 1) * info.world_size)
             with sync, autocast(self.device, self.amp_dtype):
-                loss = losses.model_loss(self.forward, x, y, masked=self.masker is not None) / share
+                loss = losses.model_loss(self.forward, x, y, masked=self.masker is not None)
+            if predicted and not mine:  # a slice of only special tokens: the mean over none is NaN, which cost the
+                loss = loss.nan_to_num(0.0)  # step; it weighs nothing (transformers' sum / num_items_in_batch)
+            loss = loss / share
             self.scaler.scale(loss).backward()
             total += loss.detach()
         return total

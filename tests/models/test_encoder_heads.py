@@ -171,3 +171,39 @@ def test_labels_outside_the_classes_are_one_clear_line(head, bad):
     field = "vocab_size" if head == "mlm" else "num_labels"
     with pytest.raises(ValueError, match=rf"labels must be in \[0, {field}=\d+\), or -100 where ignored, got {bad}$"):
         model(ids, attention_mask=mask, labels=labels)
+
+
+@pytest.mark.parametrize("head", ["sequence_classification", "token_classification"])
+def test_a_classifier_dropout_trains_as_in_transformers_and_saves_back(head, tmp_path):
+    """config.json's classifier_dropout (the heads' dropout, else hidden_dropout_prob's) was ignored: a model loaded
+    with 0.5 there trained with hidden_dropout_prob's rate, and a saved one wrote null."""
+    from neurallayers.interop.hf import load_hf, save_hf
+
+    hf_cfg = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout=0.5,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    ref = getattr(transformers, bert.HEAD_ARCHITECTURE[head])(hf_cfg).train()
+    ref.save_pretrained(tmp_path / "hf")
+    ours = load_hf(tmp_path / "hf")[0].train()
+    ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 3, 1, 1]])
+    labels = torch.tensor([1, 2]) if head == "sequence_classification" else torch.tensor([[0, 1, 2, 1, 0]] * 2)
+    torch.manual_seed(5)  # the classifier's dropout is the only one drawn: the same mask on both sides
+    want = ref(input_ids=ids, labels=labels).loss
+    torch.manual_seed(5)
+    torch.testing.assert_close(ours(ids, labels=labels).loss, want)
+    save_hf(ours, None, tmp_path / "back")
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "back").classifier_dropout == 0.5
+    hf_cfg.classifier_dropout = 1.5
+    hf_cfg.save_pretrained(tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"config classifier_dropout=1.5: expected a number in \[0, 1\]"):
+        load_hf(tmp_path / "bad")

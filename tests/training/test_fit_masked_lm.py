@@ -187,3 +187,34 @@ def test_accumulated_masked_lm_steps_weigh_every_predicted_token_alike(tmp_path,
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in expected])).item()
     (row,) = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "grad_norm" in r]
     assert row["grad_norm"] == pytest.approx(norm, rel=1e-5) and norm > run.train.grad_clip  # pre-clip
+
+
+def test_a_micro_batch_of_only_special_tokens_weighs_nothing_rather_than_losing_the_step():
+    """A micro-batch whose windows hold only special tokens (no token to predict) made the step's loss NaN, so the NaN
+    guard skipped the whole step (or stopped the run); transformers' sum over num_items_in_batch gives it no weight,
+    and the step is one batch's of the other windows: its loss and gradients."""
+    from types import SimpleNamespace
+
+    from neurallayers.config import ModelConfig
+    from neurallayers.models import build_model
+    from neurallayers.training.distributed import DistInfo
+    from neurallayers.training.step import StepMixin
+
+    cfg = ModelConfig(**{**ENCODER, "dropout": 0.0, "vocab_size": 40, "block_size": 8, "head": "mlm"})
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    x = torch.randint(3, 40, (4, 8))
+    y = torch.where(torch.rand(4, 8) < 0.3, x, -100)
+    y[:, 0] = x[:, 0]
+    empty = (torch.zeros(2, 8, dtype=torch.long), torch.full((2, 8), -100))  # windows of one special id
+    step = SimpleNamespace(cfg=SimpleNamespace(batch_size=2, grad_accum=3), info=DistInfo(), device=torch.device("cpu"),
+                           forward=model, masker=object(), scaler=torch.amp.GradScaler("cpu", enabled=False),
+                           amp_dtype=None, wrapped=model)
+    total = StepMixin._backward(step, [(x[:2], y[:2]), empty, (x[2:], y[2:])])
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    want = model(x, labels=y).loss
+    want.backward()
+    torch.testing.assert_close(total, want.detach())
+    for g, p in zip(got, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
