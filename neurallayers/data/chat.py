@@ -17,7 +17,8 @@ transformers passes them (the "tool_use" template is the default when tools are 
 Used by the server's chat routes, `neurallayers chat` and the playground's Chat tab; messages are dicts with role and
 content, a string or a list of OpenAI's text parts ({"type": "text", "text": ...}). A template that loops over a
 message's content (Gemma 3's, Qwen2-VL's ...) gets the parts as they are, as transformers passes them; any other gets
-their texts joined by newlines, as vLLM does (transformers would render the list's Python repr).
+their texts joined by newlines, as vLLM does (transformers would render the list's Python repr). A template sees plain
+JSON values only (plain_data: an enum as its value, any other object as "<TypeName>"), as transformers hands them.
 """
 
 from __future__ import annotations
@@ -95,6 +96,37 @@ def template_messages(messages: list[dict], *, parts: bool = True) -> list[dict]
                 m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
         out.append(m)
     return out
+
+
+def plain_data(value):
+    """`value` rebuilt from plain JSON types, as transformers hands a template everything it sees: str, int and float
+    subclasses (enums ...) and numpy scalars as the plain value, dicts, lists and tuples rebuilt, dataclasses and
+    pydantic models as dicts, anything else as "<TypeName>". The sandbox cannot tell which methods of an arbitrary
+    object are unsafe (a Path's write_text, an image's save): a template never gets one."""
+    import dataclasses
+    from collections.abc import Mapping
+
+    import numpy as np
+
+    def plain(v):
+        if v is None or type(v) in (str, int, float, bool):
+            return v
+        for kind in (str, int, float):  # bool is an int subclass, but only `True`/`False` are bools
+            if isinstance(v, kind):
+                return kind.__str__(v) if kind is str else kind(v)
+        if isinstance(v, Mapping):
+            return {plain(k): plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return tuple(map(plain, v)) if isinstance(v, tuple) else list(map(plain, v))
+        if isinstance(v, np.generic):
+            return plain(v.item())
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if callable(getattr(v, "model_dump", None)):
+            return plain(v.model_dump())
+        return f"<{type(v).__name__}>"
+
+    return plain(value)
 
 
 def _text_parts(content) -> bool:
@@ -258,21 +290,51 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool 
         if tools is not None or documents is not None:  # the plain lines would drop them without a word
             raise ValueError(f"{'tools' if tools is not None else 'documents'} need a chat template that reads them; "
                              "this tokenizer has none (give chat_template)")
-        return default_render(template_messages(messages, parts=False), add_generation_prompt=add_generation_prompt,
+        return default_render(template_messages(plain_data(messages), parts=False),
+                              add_generation_prompt=add_generation_prompt,
                               continue_final_message=continue_final_message)
     try:
-        messages = template_messages(messages, parts=_takes_content_parts(template))
+        messages = template_messages(plain_data(messages), parts=_takes_content_parts(template))
+        tools, documents, extra = plain_data(tools), plain_data(documents), plain_data(extra)
         final = _tag_final_content(template, messages) if continue_final_message else None
         with budget(max_seconds):
             text = compile_template(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                              tools=tools, documents=documents, **special_tokens(tokenizer), **extra)
     except TemplateRefused as e:
         raise ValueError(f"the model's chat template refused these messages: {e}") from None
-    except (_CannotContinue, TemplateTooLarge, TemplateTooSlow):
+    except _CannotContinue:
         raise
+    except (TemplateTooLarge, TemplateTooSlow) as e:  # the same class (the server tells whose template by it)
+        raise type(e)(f"{e}{_on_line(_template_line(e))}") from None
     except Exception as e:  # a template error of its own (syntax, a type error while rendering)
-        raise ValueError(f"the model's chat template failed ({type(e).__name__}: {e})") from None
+        raise ValueError(_template_failure(e)) from None
     return text if final is None else _cut_after_final(text, final)
+
+
+def _template_failure(error: Exception) -> str:
+    """One line for a template's own error, naming the template line it broke on (a published template runs to
+    hundreds of lines)."""
+    from jinja2 import TemplateSyntaxError
+
+    detail = error.message if isinstance(error, TemplateSyntaxError) else error
+    return f"the model's chat template failed ({type(error).__name__}: {detail}){_on_line(_template_line(error))}"
+
+
+def _template_line(error: Exception) -> int | None:
+    """The template line `error` arose on: a syntax error's own, else the innermost frame jinja maps back to the
+    template (inside a macro, not at its call)."""
+    import traceback
+
+    from jinja2 import TemplateSyntaxError
+
+    if isinstance(error, TemplateSyntaxError):
+        return error.lineno
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == "<template>"]
+    return frames[-1].lineno if frames else None
+
+
+def _on_line(line: int | None) -> str:
+    return f" on its line {line}" if line else ""
 
 
 def _tag_final_content(template: str, messages: list[dict]) -> str:

@@ -75,7 +75,7 @@ def _size(value, limit: int = MAX_TEMPLATE_CHARS, per_item: int = 0) -> int:
             v = [x for kv in v.items() for x in kv]
         elif isinstance(v, _ITEMS):
             v = [x for kv in v for x in kv]
-        elif type(v).__name__ == "Namespace" and hasattr(v, "_Namespace__attrs"):  # jinja's namespace()
+        elif _is_namespace(v):  # jinja's namespace()
             stack.append((object.__getattribute__(v, "_Namespace__attrs"), depth))
             continue
         elif isinstance(v, range):
@@ -109,6 +109,11 @@ def _scalar_size(v) -> int | None:
 
 
 _KEYS, _VALUES, _ITEMS = type({}.keys()), type({}.values()), type({}.items())
+
+
+def _is_namespace(value) -> bool:
+    """Whether `value` is a jinja namespace() (ours included), whose items sit in its private `__attrs`."""
+    return any(c.__name__ == "Namespace" and c.__module__ == "jinja2.utils" for c in type(value).__mro__)
 
 
 def _charge(value, what: str):
@@ -323,8 +328,10 @@ def lipsum(n=5, html=True, min=20, max=100):  # noqa: A002 (jinja's names)
 def _environment():
     from jinja2 import nodes  # jinja2 comes with torch
     from jinja2.compiler import CodeGenerator
+    from jinja2.exceptions import SecurityError
     from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.utils import Namespace
 
     def raise_exception(message: str) -> None:
         raise TemplateRefused(message)
@@ -339,6 +346,26 @@ def _environment():
             lineno = next(parser.stream).lineno
             body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
             return nodes.Scope(body, lineno=lineno)
+
+    class TemplateNamespace(Namespace):
+        """transformers' namespace(): a name starting with "_" is refused (SecurityError), at creation and on
+        `{% set ns._x = ... %}`, so a template that works here works there (the sandbox hid such a name anyway)."""
+
+        def __init__(*args, **kwargs):  # noqa: N805 (jinja's signature: `namespace(self=...)` still works)
+            self, attrs = args[0], dict(*args[1:], **kwargs)
+            for name in attrs:
+                TemplateNamespace.check_name(name)
+            Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name, value):
+            TemplateNamespace.check_name(name)
+            Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def check_name(name) -> None:
+            if isinstance(name, str) and name.startswith("_"):
+                raise SecurityError(f"chat templates cannot store underscore-prefixed attributes on a namespace, "
+                                    f"got {name!r}")
 
     def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         import json  # transformers' options: templates pass separators=(",", ":") or sort_keys=true
@@ -406,6 +433,7 @@ def _environment():
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.globals["lipsum"] = lipsum
+    env.globals["namespace"] = TemplateNamespace
     return env
 
 

@@ -238,6 +238,19 @@ def test_a_template_running_past_max_seconds_stops_with_a_value_error():
         render_chat(Tok(), MESSAGES, chat_template=template, max_seconds=0.2)
 
 
+@pytest.mark.parametrize(("template", "error", "line"), [
+    ("{% for m in messages %}\n{{ m.content }}\n{% endfor %}\n{{ 'x' * 10**9 }}", chat.TemplateTooLarge, 4),
+    ("a\n{% macro big(s) %}\n{{ s.center(10**8) }}\n{% endmacro %}\n{{ big('x') }}", chat.TemplateTooLarge, 3),
+    ("{% set x = range(100000) | list %}\n{% for i in x %}\n{% for j in x %}{% endfor %}{% endfor %}",
+     chat.TemplateTooSlow, 3),
+])
+def test_a_template_past_a_limit_names_its_line(template, error, line):
+    """A limit's error named the limit but not where a template of hundreds of lines hit it; the error stays its own
+    class (the server tells the request's template from the model's by it)."""
+    with pytest.raises(error, match=rf"^chat template: .* on its line {line}$"):
+        render_chat(Tok(), MESSAGES, chat_template=template, max_seconds=0.2)
+
+
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "2"])
 def test_max_seconds_must_be_a_positive_number(bad):
     with pytest.raises(ValueError, match="max_seconds must be a positive number of seconds or None"):
