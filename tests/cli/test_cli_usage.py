@@ -29,7 +29,8 @@ def test_a_mistyped_verb_names_the_verb_meant(tmp_path: Path, monkeypatch):
     ("generate", ["run", "hi", "--penalty", "1.3"], "--penalty 1.3 (did you mean --penalty-alpha?)"),
     ("generate", ["run", "hi", "--length", "50"], "--length 50 (did you mean --length-penalty?)"),
     ("generate", ["run", "hi", "--top", "5"], "(did you mean --top-k or --top-p?)"),
-    ("serve", ["run", "--max", "4"], "(did you mean --max-concurrency or --max-queue or --max-model-len?)"),
+    ("serve", ["run", "--max", "4"],
+     "(did you mean --max-concurrency or --max-queue or --max-model-len or --max-body-mb?)"),
 ])
 def test_a_shortened_flag_is_refused_not_taken_for_another(verb: str, args: list[str], needle: str, capsys):
     parser = build_verb_parser(verb)[1]
