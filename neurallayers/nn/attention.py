@@ -145,11 +145,10 @@ def _check_mask_shape(mask: torch.Tensor | None, scores: tuple[int, int, int, in
     reshape's), naming neither. Not checked in a compiled step (a comparison there would tie its dynamic sizes)."""
     if mask is None or torch.compiler.is_compiling():
         return
-    try:
-        ok = torch.broadcast_shapes(mask.shape, scores) == scores
-    except RuntimeError:
-        ok = False
-    if not ok:
+    # broadcasting over the scores leaves them as they are: each of the mask's trailing dims is 1 or the scores'.
+    # Compared in Python: torch.broadcast_shapes took 15 us, once per layer and decode step (a 12-layer step: 0.2 ms)
+    shape = mask.shape
+    if len(shape) > len(scores) or any(m not in (1, s) for m, s in zip(shape[::-1], scores[::-1], strict=False)):
         raise ValueError(f"attention mask of shape {tuple(mask.shape)} does not broadcast to the scores' "
                          f"(B, n_head, T, S)={scores}: S is the key length (the cached prefix included)")
 
