@@ -164,3 +164,19 @@ def request_count(url: str, route: str, status: int) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
                if s.name == "neurallayers_requests_total" and s.labels == {"route": route, "status": str(status)})
+
+
+def slowest_health_while(url: str, send) -> tuple[httpx.Response, float]:
+    """(send()'s response, the longest /health call) with send() running in a thread and /health polled until it
+    returns."""
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", send()))
+    t.start()
+    slowest = 0.0
+    while t.is_alive():
+        start = time.perf_counter()
+        assert httpx.get(f"{url}/health", timeout=60).status_code == 200
+        slowest = max(slowest, time.perf_counter() - start)
+        time.sleep(0.02)
+    t.join()
+    return out["r"], slowest

@@ -10,7 +10,15 @@ import threading
 
 import httpx
 import pytest
-from nl_serve_helpers import Gate, assert_ok_after, request_count, serving, wait_for, write_run_dir
+from nl_serve_helpers import (
+    Gate,
+    assert_ok_after,
+    request_count,
+    serving,
+    slowest_health_while,
+    wait_for,
+    write_run_dir,
+)
 
 import neurallayers
 
@@ -691,24 +699,6 @@ def test_a_client_that_gives_up_on_predict_frees_the_slot(gated, route, body):
     assert request_count(srv.url, route, 200) == 0
     gate.delay = 0.0
     assert_ok_after(srv.url)
-
-
-def slowest_health_while(url: str, send) -> tuple[httpx.Response, float]:
-    """(send()'s response, the longest /health call) with send() running in a thread and /health polled until it
-    returns."""
-    import time
-
-    out = {}
-    t = threading.Thread(target=lambda: out.setdefault("r", send()))
-    t.start()
-    slowest = 0.0
-    while t.is_alive():
-        start = time.perf_counter()
-        assert httpx.get(f"{url}/health", timeout=60).status_code == 200
-        slowest = max(slowest, time.perf_counter() - start)
-        time.sleep(0.02)
-    t.join()
-    return out["r"], slowest
 
 
 @pytest.mark.parametrize("route, body, status", [

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from nl_serve_helpers import CHAT_TEMPLATE, serving, write_run_dir
+from nl_serve_helpers import CHAT_TEMPLATE, serving, slowest_health_while, write_run_dir
 
 import neurallayers
 from neurallayers.config import ModelConfig
@@ -256,6 +256,47 @@ def test_embeddings_equal_embed_in_both_encodings(encoder):
             r = httpx.post(f"{srv.url}/v1/embeddings", json={"input": ids})
             assert r.status_code == 400 and r.json()["error"]["param"] == "input"
             assert "check_embedding_ctx_length=False" in r.json()["error"]["message"]
+
+
+def test_a_large_embeddings_response_is_written_off_the_event_loop(encoder, monkeypatch):
+    # 2048 x 1024 floats are 44 MB of JSON: FastAPI wrote it on the event loop, where /health waited 1.3-1.9 s for
+    # it; a worker thread writes it now, a vector per json.dumps call (/health: 0.3-0.6 s). The same JSON.
+    import asyncio
+
+    from neurallayers.serve import routes_openai
+
+    threads = []
+
+    def recorded(*args):
+        try:
+            asyncio.get_running_loop()
+            threads.append("event loop")
+        except RuntimeError:
+            threads.append("worker")
+        return write(*args)
+
+    write = routes_openai.embedding_body
+    monkeypatch.setattr(routes_openai, "embedding_body", recorded)
+    _, tok = encoder
+    cfg = ModelConfig.from_name("bert-mini").replace(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=1,
+                                                     n_embd=512, intermediate_size=8)
+    torch.manual_seed(0)
+    wide = build_model(cfg).eval()
+    texts = (["d", "🙂", "é"] * 683)[:2048]  # the most one request takes; a token each, cheap to embed
+    with serving((wide, tok), model_name="wide") as srv:
+        r, slowest = slowest_health_while(srv.url, lambda: httpx.post(
+            f"{srv.url}/v1/embeddings", json={"input": texts}, timeout=120))
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text[:300]
+        assert slowest < 1.0, f"/health waited {slowest:.2f} s"  # generous: a bound, not a timing
+        small = httpx.post(f"{srv.url}/v1/embeddings", json={"input": texts[:3], "encoding_format": "base64"}).json()
+    assert threads == ["worker", "worker"]
+    body, want = r.json(), embed(wide, tok, texts[:3]).numpy()
+    assert [d["index"] for d in body["data"]] == list(range(len(texts))) and body["model"] == "wide"
+    assert np.array([d["embedding"] for d in body["data"][:3]]) == pytest.approx(want, abs=1e-6)
+    assert np.array([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in small["data"]]) == \
+        pytest.approx(want, abs=1e-6)
+    assert body["usage"] == {"prompt_tokens": 2048, "completion_tokens": 0, "total_tokens": 2048}
+    assert set(body) == set(small) == {"object", "data", "model", "usage"} and body["object"] == "list"
 
 
 def test_an_encoder_reports_the_length_it_reads(encoder):
