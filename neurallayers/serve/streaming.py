@@ -293,6 +293,9 @@ def _gpt2_byte_alphabet() -> dict[str, int]:
 _BYTE_OF = _gpt2_byte_alphabet()
 
 
+PROMPT_ROWS = 256  # rows of prompt logits turned into log-probabilities at a time
+
+
 def prompt_logprobs(served: ServedModel, ids: list[int], top: int, *, text: str | None = None,
                     special: bool = True) -> dict:
     """Echo with logprobs: each prompt token's log-probability given the tokens before it (None for the first),
@@ -306,10 +309,19 @@ def prompt_logprobs(served: ServedModel, ids: list[int], top: int, *, text: str 
     model = served.model
     device = next(model.parameters()).device
     with torch.inference_mode():
-        logits = model(torch.tensor([ids], device=device)).logits[0].float()
-        logp = torch.log_softmax(logits, dim=-1)  # (T, V): row t predicts token t + 1
-        chosen = logp[:-1].gather(1, torch.tensor(ids[1:], device=device)[:, None])[:, 0].tolist()
-        alt_lp, alt_ids = torch.topk(logp[:-1], top, dim=-1)  # top 0: empty (T - 1, 0)
+        logits = model(torch.tensor([ids], device=device)).logits[0, :-1]  # row t predicts token t + 1
+        targets = torch.tensor(ids[1:], device=device)[:, None]
+        chosen, alt_lp, alt_ids = [], [], []
+        # log_softmax a slice of rows at a time: the whole (T, V) at once was another 400 MB for a 2,048-token
+        # prompt over GPT-2's vocabulary, beside the logits
+        for a in range(0, len(logits), PROMPT_ROWS):
+            logp = torch.log_softmax(logits[a:a + PROMPT_ROWS].float(), dim=-1)
+            chosen += logp.gather(1, targets[a:a + PROMPT_ROWS])[:, 0].tolist()
+            values, indices = torch.topk(logp, top, dim=-1)  # top 0: empty (rows, 0)
+            alt_lp.append(values)
+            alt_ids.append(indices)
+        alt_lp = torch.cat(alt_lp) if alt_lp else torch.empty(0, top)
+        alt_ids = torch.cat(alt_ids) if alt_ids else torch.empty(0, top, dtype=torch.long)
     tok = served.tokenizer
     # the echoed text starts with the first token, whose space a SentencePiece decoder strips there too
     pieces = [token_text(tok, t) if k else tok.decode([t], skip_special_tokens=False) for k, t in enumerate(ids)]

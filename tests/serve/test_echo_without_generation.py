@@ -87,3 +87,23 @@ def test_echo_alone_takes_no_min_tokens(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="tiny-char", prompt="x", max_tokens=0, echo=True, extra_body={"min_tokens": 2})
     assert e.value.body["param"] == "min_tokens" and "max_tokens=0" in e.value.body["message"]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 256])
+def test_prompt_scores_are_the_same_a_slice_of_rows_at_a_time(loaded, monkeypatch, rows):
+    # the prompt's log-probabilities are taken a slice of rows at a time (one (T, V) array less): a prompt longer
+    # than a slice, cut at every place, scores as the whole log-softmax does
+    from types import SimpleNamespace
+
+    from neurallayers.serve import streaming
+
+    monkeypatch.setattr(streaming, "PROMPT_ROWS", rows)
+    model, tok = loaded
+    text = "The quick brown fox"
+    out = streaming.prompt_logprobs(SimpleNamespace(model=model, tokenizer=tok), tok.encode(text), 2, text=text)
+    chosen, top = scored(loaded, text, 2)
+    assert out["token_logprobs"] == [None, *[pytest.approx(c, abs=1e-6) for c in chosen]]
+    for got, want in zip(out["top_logprobs"][1:], top, strict=True):
+        assert got == pytest.approx({k: v.item() for k, v in want.items()}, abs=1e-6)
+    one = streaming.prompt_logprobs(SimpleNamespace(model=model, tokenizer=tok), tok.encode("T"), 2, text="T")
+    assert one["token_logprobs"] == [None] and one["top_logprobs"] == [None]
