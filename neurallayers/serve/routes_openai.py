@@ -141,6 +141,7 @@ def register(app, *, holder, metrics) -> None:
                             **token_ids(req, prompts[p], [])}
                            for i, p in enumerate(p for p in range(len(prompts)) for _ in range(req.n))]
                 body = {**meta, "object": "text_completion", "choices": choices, "usage": usage(n_prompt, 0)}
+                metrics.prompt_tokens.inc(n_prompt * req.n)  # as submit_all counts a generation's: each choice's
                 if not req.stream:
                     return body
                 response, lease = streaming_response(_echo_chunks(body, req, prompts), lease), None

@@ -257,6 +257,9 @@ def test_metrics_count_routes_statuses_tokens_and_latencies(tmp_path):
         one = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 5,
                                                              "logit_bias": no_eos}).json()
         httpx.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 0})
+        # echo alone scores the prompt, n times over as a generation's choices count it
+        echo = {"prompt": "The", "max_tokens": 0, "echo": True, "logprobs": 1, "n": 2}
+        assert httpx.post(f"{srv.url}/v1/completions", json=echo).status_code == 200
         body = {"prompt": "ab", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True},
                 "logit_bias": no_eos}
         with httpx.stream("POST", f"{srv.url}/v1/completions", json=body) as s:
@@ -267,15 +270,15 @@ def test_metrics_count_routes_statuses_tokens_and_latencies(tmp_path):
 
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(text) for s in fam.samples}
-    assert samples[("neurallayers_requests_total", (("route", "/v1/completions"), ("status", "200")))] == 2
+    assert samples[("neurallayers_requests_total", (("route", "/v1/completions"), ("status", "200")))] == 3
     assert samples[("neurallayers_requests_total", (("route", "/v1/completions"), ("status", "400")))] == 1
     assert samples[("neurallayers_requests_total", (("route", "other"), ("status", "404")))] == 1
-    assert samples[("neurallayers_prompt_tokens_total", ())] == 3 + 2
+    assert samples[("neurallayers_prompt_tokens_total", ())] == 3 + 2 * 3 + 2
     generated = [one["usage"]["completion_tokens"], two["usage"]["completion_tokens"]]
     assert generated == [5, 3] and samples[("neurallayers_generation_tokens_total", ())] == 8
     assert samples[("neurallayers_time_to_first_token_seconds_count", ())] == sum(n > 0 for n in generated)
     assert samples[("neurallayers_inter_token_latency_seconds_count", ())] == sum(max(0, n - 1) for n in generated)
-    assert samples[("neurallayers_request_latency_seconds_count", (("route", "/v1/completions"),))] == 3
+    assert samples[("neurallayers_request_latency_seconds_count", (("route", "/v1/completions"),))] == 4
     for gauge in ("neurallayers_requests_running", "neurallayers_requests_waiting", "neurallayers_batch_size"):
         assert (gauge, ()) in samples
 
