@@ -55,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compile the one-token decode step (neurallayers.generation.fast) before serving: "
                         "15-60 s to start, then 1.3-2x the decode tokens/s on CPU")
     parser.add_argument("--max-model-len", type=positive_int, default=None, metavar="TOKENS",
-                        help="tokens a request may use, prompt and reply (default: the model's context length); the "
-                        "KV cache holds --max-concurrency rows of it, so a long-context model may need less")
+                        help="tokens a request may use, prompt and reply (default: the model's context length); a "
+                        "decoder's KV cache holds --max-concurrency rows of it, so a long-context model may need "
+                        "less; an encoder's inputs are held to it")
     parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_MB, metavar="MIB",
                         help="the largest request body taken, in MiB; a larger one gets 413 before it is read "
                         "(default %(default)g)")

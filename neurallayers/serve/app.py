@@ -65,8 +65,8 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
             name; refused with a 400 otherwise.
         max_model_len: the tokens a request may use, prompt and reply, at most the model's context length (vLLM's
             --max-model-len): the engine's KV cache holds max_concurrency rows of it, so a long-context model's whole
-            context may not fit in memory. None: the model's context length. A reload with a shorter context serves
-            its own.
+            context may not fit in memory; an encoder's inputs are held to it. None: the model's context length. A
+            reload with a shorter context serves its own.
         max_body_mb: the largest request body taken, in MiB; a larger one is refused with 413 before it is read (a
             chunked one as it passes the limit). A body is parsed in a worker thread, so a big one does not stall
             /health, but its JSON does take memory: a few times its size.
@@ -158,10 +158,7 @@ def create_app(model: str | Path | tuple, *, model_name: str | None = None, api_
 
 
 def _check_max_model_len(max_model_len: int, config) -> None:
-    """max_model_len bounds a decoder's requests within its context (as vLLM refuses a longer one)."""
-    if not config.causal:
-        raise ValueError(f"max_model_len={max_model_len}: it sizes a decoder's KV cache; an encoder model reads at "
-                         "most its own input limit")
+    """max_model_len bounds requests within the model's context (as vLLM refuses a longer one)."""
     if max_model_len > config.block_size:
         raise ValueError(f"max_model_len={max_model_len} is more than the model's context length {config.block_size}")
 

@@ -33,9 +33,9 @@ MODEL_CALLS = 40  # model forwards outside the engine that run at once per model
 @dataclass
 class Limits:
     """Engine sizes: max_batch sequences decode together, max_queue more may wait; beyond that, 429. max_len: the
-    tokens a decoder's request may use, prompt and reply (vLLM's max_model_len), which sizes its KV cache; None: the
-    model's context length (a model with less serves its own). compile: decoders (and reloads) get
-    generation.fast's compiled one-token step, compiled before the model serves."""
+    tokens a request may use, prompt and reply (vLLM's max_model_len), which sizes a decoder's KV cache and bounds an
+    encoder's inputs; None: the model's context length (a model with less serves its own). compile: decoders (and
+    reloads) get generation.fast's compiled one-token step, compiled before the model serves."""
 
     max_batch: int = 8
     max_queue: int = 32
@@ -84,12 +84,13 @@ class ServedModel:
     @property
     def max_model_len(self) -> int:
         """Tokens a request may use: the context length; an encoder reads at most its tokenizer's limit of it (a
-        sentence-transformers model cuts texts at its max_seq_length)."""
+        sentence-transformers model cuts texts at its max_seq_length), and at most limits.max_len (vLLM's
+        --max-model-len bounds an embedding model's inputs too)."""
         if self.engine is not None:
             return self.block_size
         from neurallayers.embeddings import input_limit
 
-        return input_limit(self.tokenizer, self.block_size)
+        return input_limit(self.tokenizer, min(self.block_size, self.limits.max_len or self.block_size))
 
     @functools.cached_property
     def chars_per_token(self) -> int | None:

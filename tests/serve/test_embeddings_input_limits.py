@@ -160,3 +160,28 @@ def test_embed_without_special_tokens_equals_transformers(hf):
     assert token_counts(tok, TEXTS, add_special_tokens=False) == [len(hf[0](t)["input_ids"]) - 2 for t in TEXTS]
     with pytest.raises(ValueError, match="add_special_tokens='no': must be True or False"):
         embed(model, tok, TEXTS, add_special_tokens="no")
+
+
+def test_max_model_len_bounds_an_encoders_inputs(folder, hf):
+    """vLLM's --max-model-len bounds an embedding model's inputs too (it was refused for encoders): a longer input
+    is a 400 naming the bound, truncate_prompt_tokens -1 keeps that many tokens, /v1/models and /tokenize say it."""
+    import httpx
+
+    short = 16
+    with serving(str(folder), model_name="minilm", max_model_len=short) as srv:
+        c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        assert httpx.get(f"{srv.url}/v1/models/minilm").json()["max_model_len"] == short
+        assert httpx.post(f"{srv.url}/tokenize", json={"prompt": "x"}).json()["max_model_len"] == short
+        fits = c.embeddings.create(model="minilm", input=words(short - 2))  # with [CLS] and [SEP]
+        assert np.abs(np.array(fits.data[0].embedding) - oracle(hf, [words(short - 2)])[0][0]).max() < 1e-5
+        with pytest.raises(openai.BadRequestError) as e:
+            c.embeddings.create(model="minilm", input=words(short - 1))
+        assert f"maximum context length is {short} tokens. However, you requested {short + 1} tokens" in \
+            e.value.body["message"]
+        out = c.embeddings.create(model="minilm", input=words(40), extra_body={"truncate_prompt_tokens": -1})
+        want, tokens = oracle(hf, [words(40)], keep=short)
+        assert np.abs(np.array(out.data[0].embedding) - want[0]).max() < 1e-5 and out.usage.prompt_tokens == short
+    from neurallayers.serve.app import create_app
+
+    with pytest.raises(ValueError, match="more than the model's context length 512"):
+        create_app(str(folder), max_model_len=513)
