@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from neurallayers.data.tokenizers import Tokenizer
 
 KINDS = ("bpe", "char", "gpt2", "file")  # a Tokenizer's kind, kept in tokenizer_config.json as neurallayers_kind
+_OWNER_KEY = "neurallayers_tokenizer_file"  # tokenizer_config.json's: the .json file it is for, if not tokenizer.json
+_VOCAB_FILES = ("vocab.json", "merges.txt", "vocab.txt")
 _LOAD_FORMS = ("'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt, or a BERT vocab.txt), or a path to "
                "a tokenizer.json file")
 HF_SETTINGS = ("padding_side", "truncation_side")  # read by transformers only; "left" or "right"
@@ -44,6 +46,7 @@ def save_folder(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
     for name in tokenizer.named_chat_templates:  # before anything is written: not half a folder
         _template_file_name(name)
     json_path = path if path.suffix == ".json" else path / "tokenizer.json"
+    _check_config_owner(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",  # lets transformers.AutoTokenizer open the folder
@@ -81,11 +84,42 @@ def save_folder(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
     config.update(tokenizer.hf_settings)
     if tokenizer.extra_eos_ids:  # kept with the tokenizer, so a run directory converted from HF still stops there
         config["neurallayers_extra_eos_ids"] = list(tokenizer.extra_eos_ids)
+    if json_path.name != "tokenizer.json":  # whose settings these are: another file saved beside it is refused
+        config[_OWNER_KEY] = json_path.name
     write_text_atomic(json_path, tokenizer.hf.to_str(pretty=True))
     write_text_atomic(json_path.parent / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
     _write_template_files(json_path.parent, tokenizer)
     _refresh_special_tokens_map(json_path.parent, config)
     return json_path
+
+
+def _check_config_owner(json_path: Path) -> None:
+    """Refuses to save `json_path` where the tokenizer_config.json beside it holds the settings of another tokenizer
+    still there: a second .json file saved in a folder overwrote the first's kind, specials and chat template (a model
+    folder's too). A folder's tokenizer.json owns a config that names no file (transformers' and ours)."""
+    folder = json_path.parent
+    config = _owner_config(folder / "tokenizer_config.json")
+    named = config.get(_OWNER_KEY)
+    owner = Path(named).name if isinstance(named, str) else "tokenizer.json"
+    if (folder / owner).is_file():
+        shown = owner
+    elif named is None and config and any((folder / f).exists() for f in _VOCAB_FILES):
+        shown = "its vocabulary files"  # a folder of GPT-2's vocab.json + merges.txt, or BERT's vocab.txt
+    else:  # no config, or the tokenizer it was for is gone: nothing to keep
+        shown = None
+    if shown is not None and owner != json_path.name:
+        raise ValueError(f"{str(folder / 'tokenizer_config.json')!r} holds the settings of {shown}: save "
+                         f"{json_path.name} into a folder of its own (a tokenizer's settings are the "
+                         "tokenizer_config.json beside it)")
+
+
+def _owner_config(path: Path) -> dict:
+    """tokenizer_config.json as a dict; {} where there is none, or none readable (a save replaces it, as before)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def read_folder(path_or_name: str | os.PathLike) -> tuple[HFTokenizer, dict]:
@@ -96,6 +130,11 @@ def read_folder(path_or_name: str | os.PathLike) -> tuple[HFTokenizer, dict]:
         raise FileNotFoundError(f"no tokenizer at {str(path)!r}; expected {_LOAD_FORMS}")
     folder = path if path.is_dir() else path.parent
     config = _read_config(folder / "tokenizer_config.json")
+    owner, name = config.get(_OWNER_KEY), "tokenizer.json" if path.is_dir() else path.name
+    if isinstance(owner, str) and owner != name:  # saved for another .json file beside this one
+        warnings.warn(f"{str(folder / 'tokenizer_config.json')!r} holds the settings of {owner}, not of {name}: "
+                      "read without it", stacklevel=3)
+        config = {}
     if "added_tokens_decoder" not in config:  # an older folder: transformers reads its specials from there
         config.update(_read_config(folder / "special_tokens_map.json"))
     if path.is_dir():

@@ -5,25 +5,28 @@ from __future__ import annotations
 
 import operator
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from neurallayers.data.chunking import chunk_text
 from neurallayers.data.special_tokens import ENDOFTEXT, MASK, UNK, mask_takes_its_space
 from neurallayers.data.text_checks import check_text
 
 # The largest vocab_size train_bpe takes: HF's BpeTrainer allocates tables of vocab_size entries up front, and 2**31
 # aborted the process (a Rust allocation failure, no Python error); 2**64 overflowed. Far past any real vocabulary.
 MAX_BPE_VOCAB = 2**24
+# HF's trainer holds ~100 bytes a character of each text it is given (100 GB for a 1 GB file read whole): a longer text
+# is trained on in pieces of about this many characters, cut where GPT-2's split starts a pre-token anyway.
+TRAIN_PIECE_CHARS = 50_000
 
 
 def train_bpe(texts: Iterable[str], *, vocab_size: int, special_tokens: Iterable[str],
               show_progress: bool) -> tuple[HFTokenizer, dict[str, str | None]]:
     """The byte-level BPE `Tokenizer.train_bpe` describes, and its bos, eos and pad tokens (constructor keywords)."""
     special_tokens = _checked_special_tokens(special_tokens)
-    if isinstance(texts, str):
-        raise TypeError("train_bpe expects an iterable of texts, not a single str (wrap it in a list)")
+    texts = _text_iterator(texts, "train_bpe")
     if isinstance(vocab_size, bool) or not hasattr(vocab_size, "__index__"):  # "300.0 is too small" misled
         raise ValueError(f"vocab_size={vocab_size!r} must be an int, not {type(vocab_size).__name__}")
     vocab_size = operator.index(vocab_size)  # a numpy integer too
@@ -51,7 +54,7 @@ def train_bpe(texts: Iterable[str], *, vocab_size: int, special_tokens: Iterable
         for i, text in enumerate(texts):
             check_text(text, f"train_bpe: texts[{i}]")  # HF fails with a UnicodeEncodeError naming no text
             chars += len(text)
-            yield text
+            yield from _pieces(text)
 
     hf.train_from_iterator(counted(), trainer=trainer)
     if chars == 0:
@@ -63,13 +66,37 @@ def train_bpe(texts: Iterable[str], *, vocab_size: int, special_tokens: Iterable
     return hf, {"bos_token": eos, "eos_token": eos, "pad_token": pad}
 
 
+def _text_iterator(texts: Iterable[str], caller: str) -> Iterator[str]:
+    """An iterator over `texts`, or a TypeError naming `caller`: a str or bytes is one text, not texts (a file read in
+    binary was taken byte by byte, "texts[0] is int"), and None was "'NoneType' object is not iterable"."""
+    expected = f"{caller} expects an iterable of texts (a list of str)"
+    if isinstance(texts, str | bytes | bytearray):
+        hint = "wrap it in a list" if isinstance(texts, str) else "decode it first"
+        raise TypeError(f"{expected}, not a single {type(texts).__name__} ({hint})")
+    try:
+        return iter(texts)
+    except TypeError:
+        raise TypeError(f"{expected}, got {type(texts).__name__}") from None
+
+
+def _pieces(text: str) -> Iterable[str]:
+    """`text` in pieces the trainer counts the same words in as in the whole (`chunk_text`'s cuts for a byte-level BPE
+    with GPT-2's split); a text of up to twice TRAIN_PIECE_CHARS as it is."""
+    if len(text) <= 2 * TRAIN_PIECE_CHARS:
+        return (text,)
+    return chunk_text((text,), TRAIN_PIECE_CHARS, byte_level=True)
+
+
 def _checked_special_tokens(special_tokens: Iterable[str]) -> list[str]:
     """`special_tokens` as a list without repeats (HF's trainer adds a repeated one once: counted twice, it made
     vocab_size look too small), each a non-empty str of valid Unicode."""
     if isinstance(special_tokens, str):  # its characters became one-letter specials that decode dropped from text
         raise TypeError(f"special_tokens must be a list of str, not a single str (wrap it in a list: "
                         f"[{special_tokens!r}])")
-    tokens = list(special_tokens)
+    try:
+        tokens = list(special_tokens)
+    except TypeError:
+        raise TypeError(f"special_tokens must be a list of str, got {type(special_tokens).__name__}") from None
     for i, token in enumerate(tokens):
         check_text(token, f"special_tokens[{i}]")  # HF's TypeError names no token
         if not token:  # HF gave it an id of its own, as a plain "" token
@@ -79,8 +106,7 @@ def _checked_special_tokens(special_tokens: Iterable[str]) -> list[str]:
 
 def train_char(texts: Iterable[str]) -> HFTokenizer:
     """The character-level tokenizer `Tokenizer.train_char` describes; its bos and eos are ENDOFTEXT."""
-    if isinstance(texts, str):
-        raise TypeError("train_char expects an iterable of texts, not a single str (wrap it in a list)")
+    texts = _text_iterator(texts, "train_char")
     chars: set[str] = set()
     for i, text in enumerate(texts):
         check_text(text, f"train_char: texts[{i}]")  # HF's vocabulary would refuse it, naming no text

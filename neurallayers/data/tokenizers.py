@@ -338,6 +338,10 @@ class Tokenizer:
 
         Returns:
             The path of the tokenizer JSON written.
+
+        Raises:
+            ValueError: The folder's tokenizer_config.json holds the settings of another tokenizer file still there
+                (a .json file saved beside another, or into a model folder): one tokenizer a folder.
         """
         return tokenizer_files.save_folder(self, path)
 
@@ -387,7 +391,9 @@ class Tokenizer:
         All 256 bytes are in the initial alphabet, so any unicode text encodes without an unknown token.
 
         Args:
-            texts: Training texts (e.g. `doc.text for doc in corpus.documents()`).
+            texts: Training texts (e.g. `doc.text for doc in corpus.documents()`); a text of over 100,000 characters
+                is trained on in pieces cut where a pre-token starts anyway (the same merges as the text whole, where
+                HF's trainer held ~100 bytes a character of a text given whole).
             vocab_size: Largest vocabulary, specials included; at least 256 + len(special_tokens), at most 2**24
                 (16,777,216).
             special_tokens: A list of non-empty str, added first, with ids 0, 1, ... (a repeat counts once);

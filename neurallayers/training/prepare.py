@@ -59,10 +59,11 @@ def build_tokenizer(data: DataConfig, corpus: object, *, model_vocab: int, show_
         tok = Tokenizer.train_char(texts)
         tok = tok.with_mask_token() if mask else tok
     else:
-        if vocab < 257:
-            raise ValueError(f"DataConfig.vocab_size={vocab}: byte-level BPE needs >= 257; set data.vocab_size "
-                             "or use data.tokenizer='char'")
         specials = (ENDOFTEXT, MASK) if mask else (ENDOFTEXT,)
+        if vocab < 256 + len(specials):  # a masked LM's holds its <mask> too: 257 passed DataConfig's check
+            bpe = "a masked LM's byte-level BPE" if mask else "byte-level BPE"
+            raise ValueError(f"DataConfig.vocab_size={vocab}: {bpe} needs >= {256 + len(specials)} (256 bytes, "
+                             f"{' and '.join(map(repr, specials))}); set data.vocab_size or use data.tokenizer='char'")
         tok = Tokenizer.train_bpe(texts, vocab_size=vocab, special_tokens=specials, show_progress=show_progress)
         if tok.vocab_size < vocab:  # the corpus has fewer merges to learn than asked for
             log.warning("the BPE tokenizer has %d tokens, not the %d asked for: the corpus is too small for more "

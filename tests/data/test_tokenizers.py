@@ -120,6 +120,51 @@ def test_save_load_round_trip(tmp_path, maker, as_file):
     assert loaded.fingerprint() == tok.fingerprint()
 
 
+def test_a_json_file_saved_beside_another_tokenizers_keeps_that_ones_settings(tmp_path):
+    """A file's settings go to tokenizer_config.json beside it: a second tokenizer saved as another .json file in the
+    folder overwrote the first's, which then loaded as the second's kind without its pad token, length or chat
+    template (and saved into a model folder, it replaced the model's tokenizer settings)."""
+    bpe = Tokenizer.train_bpe([SAMPLE], vocab_size=300, special_tokens=[ENDOFTEXT, "<pad>"], show_progress=False)
+    bpe.model_max_length, bpe.chat_template = 64, "{{ messages }}"
+    bpe.save(tmp_path / "bpe.json")
+    config = (tmp_path / "tokenizer_config.json").read_text()
+    with pytest.raises(ValueError, match=r"^.*tokenizer_config.json' holds the settings of bpe.json: save char.json "
+                       r"into a folder of its own"):
+        Tokenizer.train_char([SAMPLE]).save(tmp_path / "char.json")
+    with pytest.raises(ValueError, match=r"holds the settings of bpe.json: save tokenizer.json into a folder"):
+        Tokenizer.train_char([SAMPLE]).save(tmp_path)
+    assert (tmp_path / "tokenizer_config.json").read_text() == config and not (tmp_path / "char.json").exists()
+    loaded = Tokenizer.load(tmp_path / "bpe.json")
+    assert (loaded.kind, loaded.pad_token, loaded.model_max_length) == ("bpe", "<pad>", 64)
+    assert loaded.chat_template == "{{ messages }}"
+    shutil.copy(tmp_path / "bpe.json", tmp_path / "tokenizer.json")  # copied in: the settings are not its
+    with pytest.warns(UserWarning, match=r"holds the settings of bpe.json, not of tokenizer.json: read without it"):
+        assert Tokenizer.load(tmp_path).kind == "file"
+    (tmp_path / "tokenizer.json").unlink()
+    bpe.save(tmp_path / "bpe.json")  # its own settings are its to overwrite
+    (tmp_path / "bpe.json").unlink()  # and settings of a file no longer there are no one's
+    Tokenizer.train_char([SAMPLE]).save(tmp_path / "char.json")
+    assert Tokenizer.load(tmp_path / "char.json").kind == "char"
+
+
+def test_a_json_file_saved_into_a_model_folder_leaves_its_tokenizer_settings(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    bpe = Tokenizer.train_bpe([SAMPLE], vocab_size=300, show_progress=False)
+    bpe.save(tmp_path / "src")
+    transformers.AutoTokenizer.from_pretrained(tmp_path / "src").save_pretrained(tmp_path / "model")
+    config = (tmp_path / "model" / "tokenizer_config.json").read_text()
+    with pytest.raises(ValueError, match=r"holds the settings of tokenizer.json: save mine.json into a folder"):
+        Tokenizer.train_char([SAMPLE]).save(tmp_path / "model" / "mine.json")
+    assert (tmp_path / "model" / "tokenizer_config.json").read_text() == config
+    (tmp_path / "files").mkdir()  # a folder of GPT-2 style vocabulary files (vocab.json + merges.txt) and settings
+    bpe.hf.model.save(str(tmp_path / "files"))
+    (tmp_path / "files" / "tokenizer_config.json").write_text('{"tokenizer_class": "GPT2Tokenizer"}')
+    with pytest.raises(ValueError, match=r"holds the settings of its vocabulary files: save mine.json into a folder"):
+        Tokenizer.train_char([SAMPLE]).save(tmp_path / "files" / "mine.json")
+    Tokenizer.load(tmp_path / "files").save(tmp_path / "files")  # a tokenizer.json of its own, as before
+    assert Tokenizer.load(tmp_path / "files").encode(SAMPLE) == bpe.encode(SAMPLE)
+
+
 def test_named_chat_templates_use_the_default_one(tmp_path):
     trained_bpe().save(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())

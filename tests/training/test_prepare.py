@@ -101,3 +101,20 @@ def test_a_cached_masked_lm_tokenizer_gets_the_mask_that_takes_its_space(tmp_pat
     tok = build_tokenizer(data, corpus, model_vocab=300, mask=True)
     pieces = [tok.decode([i], skip_special_tokens=False) for i in tok.encode("not to <mask>, that")]
     assert pieces[pieces.index("<mask>") - 1] == " to", pieces
+
+
+def test_a_masked_lm_vocab_size_too_small_for_its_mask_is_named_as_the_field(tmp_path):
+    """data.vocab_size=257 passes its check (>= 257), but a masked LM's BPE also holds <mask>: the error was HF-side
+    "vocab_size=257 is too small: ... 256 bytes + 2 special tokens = 258", naming neither the field nor the tokens."""
+    from neurallayers.data import load_corpus
+    from neurallayers.training.prepare import build_tokenizer
+
+    (tmp_path / "text.txt").write_text("not to be, that is the question\n" * 20)
+    data = DataConfig(source=str(tmp_path / "text.txt"), vocab_size=257, cache_dir=str(tmp_path / "cache"))
+    corpus = load_corpus(data.source)
+    with pytest.raises(ValueError, match=r"^DataConfig.vocab_size=257: a masked LM's byte-level BPE needs >= 258 "
+                       r"\(256 bytes, '<\|endoftext\|>' and '<mask>'\)"):
+        build_tokenizer(data, corpus, model_vocab=300, mask=True)
+    assert build_tokenizer(data, corpus, model_vocab=300).vocab_size == 257  # a decoder's holds one special
+    tok = build_tokenizer(dataclasses.replace(data, vocab_size=258), corpus, model_vocab=300, mask=True)
+    assert tok.vocab_size == 258 and tok.mask_id is not None
