@@ -166,7 +166,11 @@ class FileCorpus(Corpus):
         # Not the change time: a chmod, a hard link, `cp -a` or `rsync -a` to another disk or node changes it and no
         # text, and each re-tokenized the whole corpus (hours for a big one). What is missed instead: a same-size edit
         # between the sampled blocks of a file over 1 MiB whose mtime was put back to the nanosecond.
-        h = hashlib.sha256(f"{self.text_field}\0".encode())
+        # The text field only where a file is read as records: a folder of text has none, and another field (a config
+        # made for JSON lines) re-trained its tokenizer and re-tokenized it for the same tokens. "text" stands for
+        # none: the caches of text corpora keep the keys they had.
+        records = any(self.reads_records(path) for path in self.files)
+        h = hashlib.sha256(f"{self.text_field if records else 'text'}\0".encode())
         for path in self.files:
             st = path.stat()
             h.update(os.fsencode(self._rel(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0".encode())

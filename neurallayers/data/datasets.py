@@ -114,7 +114,9 @@ def prepare_tokens(
     50k and 10k characters: round(0.1 * 2) is 0) is split by position instead (its last val_fraction of tokens).
     An eos token follows each document's last piece when the tokenizer has one, and its bos precedes the first
     piece when `document_bos` says so (None: when the tokenizer's own encoding puts one first, as a Llama
-    tokenizer.json's post-processor does: prompts start with it, and transformers' run_clm trains so).
+    tokenizer.json's post-processor does: prompts start with it, and transformers' run_clm trains so). A tokenizer
+    with neither frames each document as its own encoding frames a text (BERT's [CLS] ... [SEP], as transformers'
+    run_mlm tokenizes one: `document_frame`).
 
     Args:
         corpus: The text.
@@ -158,6 +160,8 @@ def prepare_tokens(
         raise ValueError("document_bos=True: the tokenizer has no bos token")
     if document_bos:  # a key of its own (caches written before did not add it)
         sources["document_bos"] = True
+    if frame := document_frame(tokenizer):  # only then, as document_bos: the caches of other tokenizers keep their keys
+        sources["document_frame"] = frame
     key = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
     final = Path(cache_dir) / key
     if final.parent.is_dir():
@@ -191,6 +195,22 @@ def prepare_tokens(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return TokenData.open(final, cached=False)
+
+
+def document_frame(tokenizer: Tokenizer) -> list[list[int]] | None:
+    """For a tokenizer with neither bos nor eos (BERT's), [the ids its own encoding puts before a text, those it puts
+    after] ([CLS] and [SEP]): each document is framed so, as transformers' run_mlm tokenizes a text, where it ran into
+    the next with no boundary. None for any other tokenizer, or one that frames nothing."""
+    if tokenizer.bos_id is not None or tokenizer.eos_id is not None:
+        return None
+    try:
+        plain, framed = tokenizer.encode("a"), tokenizer.encode("a", add_special_tokens=True)
+    except Exception:  # a word-level vocabulary without "a" nor an unknown token: nothing known to frame
+        return None
+    start = next((k for k in range(len(framed) - len(plain) + 1) if framed[k : k + len(plain)] == plain), None)
+    if start is None or len(framed) == len(plain):
+        return None
+    return [framed[:start], framed[start + len(plain) :]]
 
 
 def _whole(folder: Path) -> bool:
@@ -277,6 +297,7 @@ def _last_write(folder: Path) -> float:
 def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, show_progress: bool) -> None:
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
     eos, bos = tokenizer.eos_id, tokenizer.bos_id if sources.get("document_bos") else None
+    head, tail = sources.get("document_frame") or ([] if bos is None else [bos], [] if eos is None else [eos])
     # Per piece: hash(seed, name) and length in all.bin, 8 bytes each. A list of names and one array view per piece
     # took ~600 bytes a piece: GBs for a JSON-lines corpus of millions of records.
     hashes, lengths = array("Q"), array("q")
@@ -290,10 +311,10 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, out: Path, sources: dict, *, sh
                          safe_cut=safe_cut(tokenizer))
         for batch in _batches(pieces):
             for (piece, first, last, new), ids in zip(batch, encode(batch), strict=True):
-                if first and bos is not None:
-                    ids.insert(0, bos)
-                if last and eos is not None:
-                    ids.append(eos)
+                if first:
+                    ids[:0] = head
+                if last:
+                    ids.extend(tail)
                 _write(f, np.asarray(ids, dtype=dtype))
                 if new:
                     hashes.append(_hash(f"{sources['seed']}\0{piece.name}"))
@@ -354,15 +375,22 @@ def _piece_encoder(tokenizer: Tokenizer) -> Callable[[list[_Part]], list[list[in
     prefix = _later_prefix(tokenizer)
 
     def encode(batch: list[_Part]) -> list[list[int]]:
-        shift = [prefix is not None and not first for _, first, *_ in batch]
-        texts = ["\n" + p.text if s else p.text for (p, *_), s in zip(batch, shift, strict=True)]
-        out = tokenizer.encode_batch(texts)
-        for i in (i for i, s in enumerate(shift) if s):
-            # a piece starting with a newline may merge it with the one added ("\n\n"): encoded alone, as before
-            out[i] = out[i][len(prefix):] if out[i][:len(prefix)] == prefix else tokenizer.encode(batch[i][0].text)
-        return out
+        return _encode_later(tokenizer, [p.text for p, *_ in batch], [not first for _, first, *_ in batch], prefix)
 
     return encode
+
+
+def _encode_later(tokenizer: Tokenizer, texts: list[str], later: list[bool], prefix: list[int] | None, *,
+                  add_eos: bool = False) -> list[list[int]]:
+    """`encode_batch(texts)`, where the texts marked `later` get the ids they have after other text: encoded after the
+    newline whose ids are `prefix` (`_later_prefix`), those ids dropped. Nothing changes where `prefix` is None."""
+    shift = [prefix is not None and s for s in later]
+    out = tokenizer.encode_batch(["\n" + t if s else t for t, s in zip(texts, shift, strict=True)], add_eos=add_eos)
+    for i in (i for i, s in enumerate(shift) if s):
+        # a text starting with a newline may merge it with the one added ("\n\n"): encoded alone, as before
+        alone = out[i][:len(prefix)] != prefix
+        out[i] = tokenizer.encode(texts[i], add_eos=add_eos) if alone else out[i][len(prefix):]
+    return out
 
 
 def _later_prefix(tokenizer: Tokenizer) -> list[int] | None:
@@ -570,7 +598,8 @@ def sft_collate(
     Args:
         examples: The pairs.
         tokenizer: Encodes prompt and response separately, so the boundary is exact: the prompt as `generate` encodes
-            one (with the tokenizer's own special tokens: a Llama tokenizer's bos first), the response as plain text.
+            one (with the tokenizer's own special tokens: a Llama tokenizer's bos first), the response as the text
+            that follows it (no SentencePiece "▁" before it where the response does not start with a space).
         max_length: Keep at most this many input tokens per example (the response end is cut first).
         add_eos: End each response with eos so the model learns to stop.
 
@@ -583,7 +612,10 @@ def sft_collate(
         raise ValueError(f"max_length={max_length} must be >= 1 or None")
     # As generate() will prompt the model: without its bos, a Llama's fine-tune learned replies to prompts it never sees
     prompts = tokenizer.encode_batch([e.prompt for e in examples], add_special_tokens=True)
-    responses = tokenizer.encode_batch([e.response for e in examples], add_eos=add_eos)
+    # A response gets the ids it has after its prompt: encoded alone, a SentencePiece tokenizer put a "▁" before it
+    # (after "...\n", "Yes" was learned as " Yes"). TRL's SFT rule, where the prompt's ids begin the whole text's.
+    responses = _encode_later(tokenizer, [e.response for e in examples], [True] * len(examples),
+                              _later_prefix(tokenizer), add_eos=add_eos)
     rows = []
     for p, r in zip(prompts, responses, strict=True):
         ids = (p + r)[: None if max_length is None else max_length + 1]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def jsonl_texts(path: Path, rel: str, text_field: str) -> Iterator[tuple[str, st
             if not hint and line.endswith("\r") and e.pos >= len(line.rstrip()):  # cut short by a lone CR
                 hint = _LONE_CR
             raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}){hint}") from None
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"{path}:{lineno}: {_past_limits(e)}; fix or drop the line") from None
         if isinstance(record, list):  # "found list" sent the user looking for a field
             hint = _WHOLE_JSON if lineno == 1 else ""
             raise ValueError(f"{path}:{lineno}: a JSON array, not an object with a {text_field!r} field{hint}")
@@ -47,8 +50,19 @@ def json_texts(path: Path, rel: str, text_field: str) -> Iterator[tuple[str, str
         records = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # neither says where
+        raise ValueError(f"{path}: {_past_limits(e)}; fix or drop that item") from None
     for i, record in enumerate(records):
         yield f"{rel}[{i}]", _record_text(record, f"{path}: item {i}", text_field, "item")
+
+
+def _past_limits(error: ValueError | RecursionError) -> str:
+    """Why valid JSON was not read: Python's reader stops at integers of over sys.get_int_max_str_digits() digits and
+    at nesting about as deep as the recursion limit, with errors that named no file (and a traceback for nesting)."""
+    if isinstance(error, RecursionError):
+        return f"a value nested too deeply for Python's JSON reader (about {sys.getrecursionlimit()} levels at most)"
+    reason = str(error).split(";")[0]  # not its advice to call sys.set_int_max_str_digits()
+    return f"a number too long for Python's JSON reader ({reason})"
 
 
 def _record_text(record: object, where: str, text_field: str, unit: str) -> str:

@@ -236,3 +236,17 @@ def test_jsonl_of_cr_line_ends_names_the_line_of_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"d.jsonl:1: invalid JSON \(Expecting value\); its line ends at a lone "
                                          r"carriage return \(\\r\)"):
         list(load_corpus(path).documents())
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_record_past_pythons_json_limits_names_its_file_and_line(tmp_path, suffix):
+    """Valid JSON that Python's reader stops at (a number of over 4,300 digits, an array nested past its recursion
+    limit) was "Exceeds the limit (4300 digits) ...", naming no file, or a RecursionError's traceback."""
+    big, deep = '{"text": "b", "n": 1' + "0" * 5000 + "}", '{"text": "b", "m": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    for name, record, why in [("big", big, "a number too long"), ("deep", deep, "nested too deeply")]:
+        path = tmp_path / f"{name}{suffix}"
+        lines = ['{"text": "a"}', record]
+        path.write_text("\n".join(lines) + "\n" if suffix == ".jsonl" else "[" + ",\n".join(lines) + "]")
+        where = f"{name}.jsonl:2" if suffix == ".jsonl" else f"{name}.json"
+        with pytest.raises(ValueError, match=rf"{where}: .*{why} for Python's JSON reader"):
+            list(load_corpus(path).documents())

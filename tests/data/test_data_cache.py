@@ -59,6 +59,26 @@ def test_a_chmod_a_hard_link_or_a_copy_keeping_times_reuses_the_cache(tmp_path):
     assert not prepare(moved).cached
 
 
+def test_another_text_field_rebuilds_only_a_corpus_of_records(tmp_path):
+    """data.text_field names the records' field; a folder of text files has none, yet another field re-trained the BPE
+    tokenizer and re-tokenized the corpus (keyed on the corpus fingerprint, which hashed it): a config made for JSON
+    lines, used on text, cost a whole rebuild for the same tokens."""
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("some text\n")
+    (tmp_path / "records.jsonl").write_text('{"text": "some text", "body": "other words"}\n')
+    tok = Tokenizer.train_char(["some text other words\n"])
+
+    def prepare(spec, field):
+        corpus = load_corpus(tmp_path / spec, text_field=field)
+        return corpus.fingerprint(), prepare_tokens(corpus, tok, tmp_path / "cache", val_fraction=0,
+                                                    show_progress=False)
+
+    (key, first), (other, again) = prepare("text", "text"), prepare("text", "body")
+    assert other == key and again.cached and again.path == first.path  # the same text: the same tokens, reused
+    (key, first), (other, again) = prepare("records.jsonl", "text"), prepare("records.jsonl", "body")
+    assert other != key and not again.cached and tok.decode(again.train.tolist()) == "other words"
+
+
 @pytest.mark.parametrize("damage", ["cut", "emptied", "meta"])
 def test_a_damaged_cache_is_built_again_not_trusted(tmp_path, damage, caplog):
     # A cache copied short (or a disk that filled behind another tool) was trusted: a train.bin cut to an even length

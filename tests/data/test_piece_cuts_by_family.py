@@ -15,7 +15,7 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, tra
 from tokenizers import Tokenizer as HFTokenizer
 
 from neurallayers.data.corpora import TextCorpus
-from neurallayers.data.datasets import prepare_tokens
+from neurallayers.data.datasets import document_frame, prepare_tokens
 from neurallayers.data.tokenizers import Tokenizer
 
 LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -131,7 +131,10 @@ def family(request):
 def _cached_ids(tok: Tokenizer, text: str, chunk_chars: int, folder) -> tuple[list[int], int]:
     data = prepare_tokens(TextCorpus([text]), tok, folder, val_fraction=0, chunk_chars=chunk_chars,
                           show_progress=False)
-    return data.train.tolist(), data.meta["pieces"]
+    head, tail = document_frame(tok) or ([], [])  # BERT's [CLS] ... [SEP] around the document
+    ids = data.train.tolist()
+    assert ids[:len(head)] == head and ids[len(ids) - len(tail):] == tail
+    return ids[len(head):len(ids) - len(tail)], data.meta["pieces"]
 
 
 def _whole_ids(tok: Tokenizer, text: str) -> list[int]:
