@@ -53,8 +53,9 @@ from torch import nn
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from neurallayers.checks import is_int
+from neurallayers.checks import is_int, is_integral
 from neurallayers.generation import rowdot
+from neurallayers.models.decoder import check_below
 from neurallayers.nn.attention import Attention
 from neurallayers.nn.kv_cache import KVCache
 
@@ -209,7 +210,10 @@ class DecodeStep:
         """A static cache for batch_size rows of max_len positions, and one spare position that is never written:
         with it every window the step reads is a strided view alike (a window of every column would be a contiguous
         tensor, which is another graph to compile)."""
-        return self.model.new_cache(batch_size, max_len + 1, static=True)
+        if not is_integral(max_len) or max_len < 1:
+            # max_len + 1 made 0 a cache of one position, silently, None a TypeError and -1 an error naming 0
+            raise ValueError(f"new_cache max_len={max_len!r}: must be an int >= 1 (the positions a row holds)")
+        return self.model.new_cache(batch_size, int(max_len) + 1, static=True)
 
     def __call__(self, tok: torch.Tensor, *, cache: KVCache, input_pos: int | torch.Tensor,
                  position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -239,6 +243,8 @@ class DecodeStep:
         else:  # a tensor even for one column: an int would be a constant of the graph, recompiled every step
             pos = torch.full((rows,), input_pos, dtype=torch.long, device=tok.device)
         positions = pos[:, None] if position_ids is None else position_ids
+        if tok.device.type == "cpu":  # a read back costs nothing there; off the CPU the step keeps its no-sync path
+            _check_on_host(self.model, tok, cache, pos, position_ids)
         mask = self._mask(attention_mask, rows, length, tok.device)
         # The math attention (q k^T, softmax, a v) beats the CPU flash kernel for one query: 7x in bf16, a
         # little in fp32 (inductor fuses its mask and softmax). Freezing is read while tracing as well as while
@@ -305,6 +311,18 @@ def _check_inputs(tok: torch.Tensor, cache: KVCache, input_pos: int | torch.Tens
                                        or attention_mask.shape[1] < attend):
         raise ValueError(f"attention_mask must have shape (R={rows}, S>={attend}): 1/0 for every cache column the step "
                          f"attends, the cached prefix included; got {tuple(attention_mask.shape)}")
+
+
+def _check_on_host(model: nn.Module, tok: torch.Tensor, cache: KVCache, pos: torch.Tensor,
+                   position_ids: torch.Tensor | None) -> None:
+    """Token ids and positions, read back: a compiled step's graph checks neither (the model's checks skip a compiled
+    step), so a position outside the cache or the position table failed deep in an inductor kernel ("index out of
+    bounds: 0 <= tmp7 < 64L", where the eager step names the cache's positions), and an id past the vocabulary was
+    torch's bare IndexError in either step."""
+    check_below(tok, model.config.vocab_size, "tok", "vocab_size")
+    cache.check_positions(pos, 1)
+    if model.config.position in ("learned", "sinusoidal"):  # tables of block_size rows
+        model._check_table_positions(1, pos, position_ids, static=False)
 
 
 def _freezes(rows: int, dtype: torch.dtype, device: torch.device) -> bool:

@@ -64,7 +64,8 @@ class Attention(nn.Module):
 
         mask: bool (True = attend) or additive float, broadcastable to (B, n_head, T, S); S is the key length
         (T without a cache, the cached length with one). is_causal: hide the future too, the last query aligned
-        with the last key (the kernel's own causal mask when there is no mask and T == S).
+        with the last key (the kernel's own causal mask when there is no mask and T == S); with a cache at tensor
+        positions (one start per row), each row's query i sees its keys up to input_pos + i.
         """
         _check_mask_dtype(mask)
         b, t, _ = x.shape
@@ -82,7 +83,7 @@ class Attention(nn.Module):
         if is_causal and (mask is not None or k.shape[-2] != t):
             # torch's own causal mask is dropped beside a mask and aligned top-left (a chunk after cached keys saw
             # one key of the prefix): build it, the last query aligned with the last key, as the eager kernel does.
-            mask, is_causal = _and_causal(mask, causal_mask(t, k.shape[-2], q.device)), False
+            mask, is_causal = _and_causal(mask, _causal_for(t, k.shape[-2], cache, input_pos, q.device)), False
         dropout = self.dropout if self.training else 0.0
         # Not in a compiled decode step (generation.fast): there inductor fuses sdpa's math form into its kernels.
         compiled_step = cache is not None and torch.compiler.is_compiling()
@@ -158,10 +159,23 @@ def causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
     return torch.ones(t, s, dtype=torch.bool, device=device).tril(s - t)
 
 
+def _causal_for(t: int, s: int, cache: KVCache | None, input_pos: int | torch.Tensor,
+                device: torch.device) -> torch.Tensor:
+    """The causal mask of T queries over S keys: (T, S), the last query aligned with the last key; or (B, 1, T, S) for
+    a cache written at per-row positions, which returns the columns up to the longest row (all of them when static),
+    so that aligned with the last column, a row's queries saw the unwritten ones past its own (a row at position 3
+    beside one at 5 attended columns 4 and 5; in a static cache of 8 columns, all of 4..7)."""
+    if cache is not None and isinstance(input_pos, torch.Tensor):
+        q_pos = input_pos.to(device)[:, None] + torch.arange(t, device=device)  # (B, T) each query's own column
+        return (torch.arange(s, device=device) <= q_pos[:, :, None])[:, None]  # (B, 1, T, S)
+    return causal_mask(t, s, device)
+
+
 def _and_causal(mask: torch.Tensor | None, causal: torch.Tensor) -> torch.Tensor:
     if mask is None:
         return causal
-    return mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf"))
+    # where, not masked_fill: a per-row causal mask (B, 1, T, S) may have more dims than a head bias (1, H, T, S)
+    return mask & causal if mask.dtype == torch.bool else torch.where(causal, mask, float("-inf"))
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None,

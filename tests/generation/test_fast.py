@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import re
 
+import numpy as np
 import pytest
 import torch
 from nl_gen_helpers import next_logits, tiny_lm, unicode_tokenizer
@@ -15,6 +17,7 @@ from neurallayers.generation import GenerationConfig, generate_ids, rowdot, stre
 from neurallayers.generation.fast import decode_step_for, prepare_for_decode, release
 from neurallayers.generation.generate import forward_step
 from neurallayers.models.decoder import DecoderLM
+from neurallayers.nn.kv_cache import CachePositionError
 
 PROMPTS = [[5, 9, 2, 7, 1, 3], [4, 8], [11, 12, 13, 14]]  # different lengths: a left-padded batch
 
@@ -360,6 +363,16 @@ def test_step_refuses_a_mask_narrower_than_the_columns_it_attends():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("max_len", [0, -1, None, 2.5, True])
+def test_new_cache_refuses_a_length_that_is_not_a_count(max_len):
+    """DecodeStep.new_cache adds its spare column to max_len: 0 (or True) made a cache of one (or two) positions
+    silently, None was a TypeError and -1 an error naming max_len=0. DecoderLM.new_cache refuses them itself."""
+    _, fast = _pair(compile=False)
+    with pytest.raises(ValueError, match=f"new_cache max_len={re.escape(repr(max_len))}: must be an int >= 1"):
+        decode_step_for(fast).new_cache(1, max_len)
+    assert decode_step_for(fast).new_cache(1, np.int64(3)).max_len == 4  # numpy counts are counts
+
+
 @pytest.mark.parametrize("shape", [(2,), (1, 1), (3, 1), (2, 2)])
 def test_step_refuses_tokens_that_do_not_fit_its_cache(shape):
     """tok is (R, 1) for the cache's R rows: compiled, a mismatch failed deep in a generated kernel."""
@@ -380,6 +393,26 @@ def test_step_refuses_positions_that_are_not_integers(dtype):
     with torch.inference_mode(), pytest.raises(ValueError, match=f"input_pos must be .*integer.*got a {dtype}"):
         step(torch.ones(2, 1, dtype=torch.long), cache=step.new_cache(2, 16),
              input_pos=torch.tensor([6.7, 1]).to(dtype))
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_step_refuses_ids_and_positions_outside_the_model_before_running(compile):
+    """A compiled step's graph checks no id or position (the model's own checks skip it): a position outside the cache
+    or the position table failed deep in an inductor kernel ("index out of bounds: 0 <= tmp7 < 64L") after a compile,
+    an id past the vocabulary was torch's bare IndexError in either step. On the CPU the step names them first, as
+    the eager model names the positions (nothing here compiles once they are checked)."""
+    _, fast = _pair(compile=compile)
+    step = decode_step_for(fast)
+    cache, tok = step.new_cache(2, 16), torch.tensor([[3], [4]])
+    with torch.inference_mode():
+        with pytest.raises(CachePositionError, match="start at 0; writing at -1"):
+            step(tok, cache=cache, input_pos=torch.tensor([-1, 4]))
+        with pytest.raises(CachePositionError, match="holds 17 positions; writing up to 18"):
+            step(tok, cache=cache, input_pos=torch.tensor([4, 17]))
+        with pytest.raises(ValueError, match="position 70 is past the learned position table"):
+            step(tok, cache=cache, input_pos=torch.tensor([4, 4]), position_ids=torch.tensor([[4], [70]]))
+        with pytest.raises(ValueError, match=r"tok must be in \[0, vocab_size=64\), got values in \[3, 64\]"):
+            step(torch.tensor([[3], [64]]), cache=cache, input_pos=4)
 
 
 @pytest.mark.slow

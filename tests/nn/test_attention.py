@@ -119,6 +119,39 @@ def test_is_causal_on_a_chunk_after_cached_keys_aligns_the_last_query_with_the_l
     torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-5, rtol=1e-5)
 
 
+def _column_bias(t: int, s: int) -> torch.Tensor:
+    """(1, HEADS, T, S) additive bias that depends on the key's column and the head only (as ALiBi's for a query)."""
+    return -0.1 * torch.arange(1.0, HEADS + 1)[None, :, None, None] * torch.arange(float(s)).expand(1, HEADS, t, s)
+
+
+@pytest.mark.parametrize("head_bias", [False, True])
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("n_kv_head", [HEADS, 1])
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@torch.no_grad()
+def test_is_causal_at_per_row_positions_sees_only_each_rows_written_keys(kernel, n_kv_head, static, head_bias):
+    """A cache written at tensor positions returns the columns up to the longest row (a static one all of them):
+    is_causal aligned its mask with the last column, so a row's queries attended the columns past its own (0.1-0.8
+    off the full forward here; a static cache's every unwritten column). Each row's query i now sees its keys up to
+    input_pos + i, beside an additive per-head bias too."""
+    attn = attention(n_kv_head, kernel=kernel)
+    x = torch.randn(2, 8, DIM, generator=torch.Generator().manual_seed(5))
+    cache = KVCache(n_layer=1, batch_size=2, n_kv_head=n_kv_head, max_len=10, head_dim=HEAD_DIM, static=static)
+    starts = [3, 5]
+    for r, n in enumerate(starts):  # each row's prompt alone
+        attn(x[r:r + 1, :n], is_causal=True, cache=cache.rows(r, r + 1))
+    for t in (2, 1):  # a chunk, then one token, each row at its own column
+        pos = torch.tensor(starts)
+        s = 10 if static else max(starts) + t
+        chunk = torch.stack([x[r, n:n + t] for r, n in enumerate(starts)])
+        mask = _column_bias(t, s) if head_bias else None
+        got, _ = attn(chunk, mask=mask, is_causal=True, cache=cache, input_pos=pos)
+        for r, n in enumerate(starts):
+            full, _ = attn(x[r:r + 1, :n + t], mask=_column_bias(n + t, n + t) if head_bias else None, is_causal=True)
+            torch.testing.assert_close(got[r], full[0, n:], atol=1e-5, rtol=1e-5)
+        starts = [n + t for n in starts]
+
+
 @pytest.mark.parametrize("mask_kind", ["bool", "additive"])
 @pytest.mark.parametrize("kernel", ["sdpa", "eager"])
 @torch.no_grad()
