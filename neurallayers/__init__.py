@@ -1,7 +1,8 @@
 """NeuralLayers: build, train, generate from, convert and serve transformer models.
 
 The public API mirrors the CLI: `train` (neurallayers train), `load` + `generate` / `stream` (neurallayers
-generate), `convert`, `embed`, `pipeline`. Heavy optional libraries are only imported by the functions that use them.
+generate), `convert`, `save_hf` (a model in memory as a Hugging Face folder), `embed`, `pipeline`. Heavy optional
+libraries are only imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ _EXPORTS = {
     "embed": "neurallayers.embeddings", "load_minilm": "neurallayers.embeddings",
     "Generation": "neurallayers.generation", "GenerationConfig": "neurallayers.generation",
     "generate": "neurallayers.generation", "stream": "neurallayers.generation",
-    "convert": "neurallayers.interop.convert", "build_model": "neurallayers.models",
+    "convert": "neurallayers.interop.convert", "save_hf": "neurallayers.interop.hf",
+    "build_model": "neurallayers.models",
     "pipeline": "neurallayers.pipelines",
     "DataConfig": "neurallayers.training.config", "RunConfig": "neurallayers.training.config",
     "TrainConfig": "neurallayers.training.config",
 }
 __all__ = ["DataConfig", "Generation", "GenerationConfig", "ModelConfig", "RunConfig", "Tokenizer", "TrainConfig",
            "__version__", "build_model", "convert", "embed", "generate", "generation_defaults", "load", "load_minilm",
-           "pipeline", "stream", "train"]  # _EXPORTS and __version__
+           "pipeline", "save_hf", "stream", "train"]  # _EXPORTS and __version__
 
 if TYPE_CHECKING:
     from neurallayers.api import generation_defaults, load, train
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from neurallayers.embeddings import embed, load_minilm
     from neurallayers.generation import Generation, GenerationConfig, generate, stream
     from neurallayers.interop.convert import convert
+    from neurallayers.interop.hf import save_hf
     from neurallayers.models import build_model
     from neurallayers.pipelines import pipeline
     from neurallayers.training.config import DataConfig, RunConfig, TrainConfig

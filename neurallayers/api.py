@@ -21,7 +21,8 @@ def check_path(value: object, name: str) -> None:
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """`path`, or the bundled folder where `path` is a bundled model's name and no such file or folder exists."""
+    """`path` (`~` the home folder), or the bundled folder where `path` is a bundled model's name and no such file or
+    folder exists."""
     check_path(path, "path")
     if isinstance(path, str) and not path.strip():  # Path("") is the current folder: an unset variable loaded it
         raise ValueError("the model path is empty; give a run directory (config.yaml) or a Hugging Face folder "
@@ -30,7 +31,7 @@ def resolve_model_path(path: str | Path) -> Path:
         from neurallayers.embeddings import minilm_folder
 
         return minilm_folder()
-    return Path(path)
+    return Path(path).expanduser()  # "~/runs/a" is the home folder's, as a config's init_from reads it
 
 
 def folder_model_config(path: Path) -> object:
@@ -77,8 +78,10 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     "sentence-transformers/all-MiniLM-L6-v2") is the bundled MiniLM encoder.
 
     Args:
-        device: where the weights go; "auto" picks cuda, then mps, then cpu; None: cpu.
-        dtype: the weights' dtype (a torch.dtype, or "fp32" / "float32", "bf16" / "bfloat16", "fp16" / "float16");
+        device: where the weights go; "auto" picks cuda, then mps, then cpu; None: cpu; an int as transformers'
+            pipelines read it (-1 the CPU, N "cuda:N").
+        dtype: the weights' dtype (a torch.dtype, or "fp32" / "float32", "bf16" / "bfloat16", "fp16" / "float16",
+            "fp64" / "float64");
             None: float32 for a Hugging Face folder, whatever its config.json or weights say (as transformers 4 loads
             one); for a run or checkpoint the dtype its weights file stores, bit for bit (a run trained here stores
             float32 master weights, bf16 autocast or not; `convert` keeps a bf16 source's bf16), or for a file mixing
@@ -89,13 +92,15 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         allow_pickle: accept an HF folder that only has pickle weights (pytorch_model.bin or its shards). Off by
             default: a pickle can run code when loaded.
     """
+    from neurallayers.checks import check_bool
     from neurallayers.weights import weight_dtype
 
+    check_bool(allow_pickle, "allow_pickle")  # for any path: a run's load never reads it, and took "no" silently
     dtype = weight_dtype(dtype, auto=True)
     if device is not None:
         from neurallayers.training.runtime import resolve_device
 
-        device = resolve_device(device, what="device")
+        device = resolve_device(device_name(device), what="device")
     path = _existing_folder(path)
     kept = None if dtype == "auto" else dtype  # a run and a checkpoint keep their stored dtype by default
     if (path / "config.yaml").is_file():
@@ -119,6 +124,19 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         warn_if_slow_bf16(weight.dtype, weight.device)
     _warn_if_fp16_on_cpu(model)
     return model.eval(), tokenizer
+
+
+def device_name(device: object) -> str | torch.device:
+    """A device argument as a name or torch.device: an int (numpy's too) as transformers' pipelines read it, -1 the
+    CPU and N "cuda:N" (str(0) was refused as the name '0'); any other type refused as given (True read as 'True')."""
+    from neurallayers.checks import is_integral
+
+    if is_integral(device):
+        return "cpu" if device < 0 else f"cuda:{int(device)}"
+    if not isinstance(device, str | torch.device):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (or a GPU index), "
+                         f"got {type(device).__name__}")
+    return device
 
 
 def _keep_generation_settings(model: nn.Module, folder: Path) -> None:
@@ -201,8 +219,10 @@ def generation_defaults(path: str | Path, *, sampling: bool = False) -> dict:
     use them for the knobs a user leaves unset; in Python: `GenerationConfig(**generation_defaults(path),
     max_new_tokens=64)`.
     """
+    from neurallayers.checks import check_bool
     from neurallayers.interop.hf import generation_defaults as hf_defaults
 
+    check_bool(sampling, "sampling")  # "false" is truthy: it gave the sampling settings of a greedy folder
     # a checkpoint samples as its run does; a run converted from a Hugging Face folder keeps its generation_config.json
     return hf_defaults(settings_folder(path), sampling=sampling)
 
@@ -218,23 +238,30 @@ def train(config: object, out_dir: str | Path, *, resume: bool | str | Path | No
     """Train a model into the run directory `out_dir`, as `neurallayers train` does.
 
     Args:
-        config: a RunConfig, a dict with sections model/train/data (model may be `{"preset": name}`), or the path
-            of a YAML run config.
-        overrides: CLI-style overrides, e.g. `["--train.lr", "3e-4", "--model.n_layer=6"]`.
+        config: a RunConfig, a dict with sections model/train/data (each a mapping of fields or its config object,
+            e.g. `{"model": ModelConfig.from_name("tiny")}`; model may be `{"preset": name}`), or the path of a YAML
+            run config.
+        overrides: CLI-style overrides, a list of str, e.g. `["--train.lr", "3e-4", "--model.n_layer=6"]`.
         resume: True continues from the newest complete checkpoint in out_dir; a path names a checkpoint; False or
             None starts a fresh run.
 
     Returns:
         TrainResult (run_dir, steps, best/final val loss, tokens/s, wall time, why it stopped).
     """
+    from neurallayers.checks import check_bool
     from neurallayers.training.config import RunConfig, apply_overrides
     from neurallayers.training.resume import resume_arg
     from neurallayers.training.trainer import fit
 
     check_path(out_dir, "out_dir")
+    check_bool(progress, "progress")
     resume = resume_arg(resume)  # True/False (None: False), or a checkpoint's path
     if isinstance(out_dir, str) and not out_dir.strip():  # Path("") is the current folder: the run would land there
         raise ValueError("out_dir is empty; name the run directory to write")
+    # "~/runs/x" made a folder named "~" in the working folder; a config's paths read `~` as the home folder
+    out_dir = Path(out_dir).expanduser()
+    if not isinstance(resume, bool):
+        resume = Path(resume).expanduser()
     if isinstance(overrides, str):  # read letter by letter, it failed as "override '-' must look like ..."
         raise ValueError(f"overrides={overrides!r}: give a list, e.g. {overrides.split()!r}")
     if isinstance(config, (str, Path)):  # a config to train with: its first bad field is an error, wherever it lies

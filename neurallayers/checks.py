@@ -46,6 +46,13 @@ def is_finite(value: Any) -> bool:
     return is_number(value) and math.isfinite(value)
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """`value`, a switch given as an argument: "no" or "false" is truthy, and was read as on."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: must be True or False")
+    return value
+
+
 def plain(value: Any) -> Any:
     """`value` with numpy scalars made Python ones, inside lists and dicts too: a sweep's np.int64 was refused as
     "expected int", and an np.float64 passed as a float and then failed YAML's dump of config.yaml."""

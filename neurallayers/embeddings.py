@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 
-from neurallayers.checks import is_int
+from neurallayers.checks import is_integral
 from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizer_files import copy_hf
 from neurallayers.data.tokenizers import Tokenizer
@@ -103,9 +103,11 @@ def check_tokenizer(tokenizer: object) -> None:
                          f"got {type(tokenizer).__name__}")
 
 
-def check_batch_size(batch_size: object) -> None:
-    if not is_int(batch_size) or batch_size < 1:
+def check_batch_size(batch_size: object) -> int:
+    """`batch_size` as an int >= 1: a numpy int (a size computed with numpy) is one here, as for max_length."""
+    if not is_integral(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+    return int(batch_size)
 
 
 def _max_length(max_length: object, name: str = "max_length") -> int | None:
@@ -333,7 +335,7 @@ def _embed(model: nn.Module, tokenizer: Tokenizer, texts: list[str], *, pooling:
            prompt: str | None = None) -> torch.Tensor:
     """embed, its errors naming the texts and the max_length as the caller knows them (`names`: the
     feature-extraction pipeline's "inputs" and "tokenize_kwargs max_length"); `prompt` as resolve_prompt gives it."""
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     if truncation_side not in ("right", "left"):
         raise ValueError(f"truncation_side={truncation_side!r}: must be 'right' or 'left'")
     if normalize is not None and not isinstance(normalize, bool):  # "no" is truthy: it normalised

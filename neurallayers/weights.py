@@ -346,18 +346,19 @@ def stored_dtype(sd: dict[str, torch.Tensor]) -> torch.dtype | None:
     return dtype
 
 
+# float64 by name too: torch.float64 was taken but "float64" (transformers' dtype="float64") refused
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+           "fp16": torch.float16, "float16": torch.float16, "fp64": torch.float64, "float64": torch.float64}
 
 
 def weight_dtype(dtype: torch.dtype | str | None, *, auto: bool = False) -> torch.dtype | str | None:
-    """A dtype for weights from a torch.dtype or its name ("fp32"/"float32", "bf16"/"bfloat16", "fp16"/"float16", an
-    optional "torch." prefix); None stays None, and with `auto` "auto" stays "auto" (transformers 5's dtype="auto":
-    the dtype the checkpoint stores, which only a loader can read). One table, read by load(), load_hf() and the CLI's
-    --dtype."""
+    """A dtype for weights from a torch.dtype or its name ("fp32"/"float32", "bf16"/"bfloat16", "fp16"/"float16",
+    "fp64"/"float64", an optional "torch." prefix); None stays None, and with `auto` "auto" stays "auto" (transformers
+    5's dtype="auto": the dtype the checkpoint stores, which only a loader can read). One table, read by load(),
+    load_hf() and the CLI's --dtype."""
     # refused before the weights are read; float8 is floating point, but no op of a forward runs in it
     if isinstance(dtype, torch.dtype) and dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-        raise ValueError(f"dtype={dtype}: weights need a floating-point dtype (float32, bfloat16, float16)")
+        raise ValueError(f"dtype={dtype}: weights need a floating-point dtype (float32, bfloat16, float16, float64)")
     if dtype is None or isinstance(dtype, torch.dtype) or (auto and dtype == "auto"):
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:

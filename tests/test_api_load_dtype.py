@@ -113,3 +113,21 @@ def test_an_hf_folder_loads_as_float32_whatever_its_config_names(tmp_path, named
     save_hf(load(tmp_path, dtype="bf16")[0], None, tmp_path / "again")
     again = load_file(tmp_path / "again" / "model.safetensors")
     assert set(again) == set(stored) and all(torch.equal(again[k], stored[k]) for k in stored)
+
+
+@pytest.mark.parametrize("name", ["float64", "fp64", "torch.float64"])
+def test_float64_by_name_loads_as_the_torch_dtype_does(fp32_run, name):
+    """load(dtype=torch.float64) loaded (an oracle's precision), but its name, as transformers' dtype="float64" takes
+    it, was refused: "expected a torch.dtype or one of fp32, float32, bf16, bfloat16, fp16, float16, auto"."""
+    want = _weights(load(fp32_run, dtype=torch.float64)[0])
+    got = _weights(load(fp32_run, dtype=name)[0])
+    assert {v.dtype for v in got.values()} == {torch.float64}
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_the_floating_point_refusal_names_every_dtype_weights_take():
+    from neurallayers.weights import weight_dtype
+
+    with pytest.raises(ValueError, match=r"^dtype=torch.int8: weights need a floating-point dtype \(float32, bfloat16, "
+                                         r"float16, float64\)$"):
+        weight_dtype(torch.int8)

@@ -419,6 +419,20 @@ def test_tokenize_batch_takes_a_numpy_int_max_length_as_before(wordpiece):
         tokenize_batch(wordpiece, ["a"], max_length=np.int64(1))
 
 
+def test_a_numpy_int_batch_size_batches_as_the_same_int(wordpiece):
+    """embed took a numpy max_length but refused a numpy batch_size as "batch_size=np.int64(2): must be an int >= 1",
+    naming an int >= 1 as wrong (a batch size computed with numpy, as a sweep does); pipelines the same."""
+    model, texts = tiny_bert("none"), ["one", "two words", "three more words", "four"]
+    want = embed(model, wordpiece, texts, batch_size=2)
+    assert torch.equal(embed(model, wordpiece, texts, batch_size=np.int64(2)), want)
+    fe = pipeline("feature-extraction", model=(model, wordpiece), batch_size=np.int32(3))
+    assert fe.batch_size == 3 and type(fe.batch_size) is int
+    assert torch.allclose(fe(texts, batch_size=np.int64(1)), fe(texts), atol=1e-6)
+    for bad in (np.int64(0), np.bool_(True), 2.0):
+        with pytest.raises(ValueError, match=r"batch_size=.*: must be an int >= 1"):
+            embed(model, wordpiece, ["a"], batch_size=bad)
+
+
 def test_embed_takes_a_numpy_int_max_length_as_tokenize_batch_does(wordpiece):
     """embed refused the np.int64 length that tokenize_batch (and embed, before its argument check) takes."""
     model, texts = tiny_bert("none"), ["hello world again and again", "a"]
@@ -528,8 +542,8 @@ def test_device_and_dtype_load_the_model_and_options_are_checked_first(tmp_path,
     fill = pipeline("fill-mask", model=tmp_path, device="cpu", dtype="bf16")
     assert loads == [{"device": "cpu", "dtype": "bf16"}]
     assert next(fill.model.parameters()).dtype == torch.bfloat16
-    pipeline("fill-mask", model=tmp_path, device=-1)  # transformers' int spelling of the CPU (was refused)
-    assert loads[-1]["device"] == "cpu"
+    on_cpu = pipeline("fill-mask", model=tmp_path, device=-1)  # transformers' int spelling of the CPU (was refused)
+    assert loads[-1]["device"] == -1 and on_cpu.device.type == "cpu"  # load reads the int, as pipeline did
     with pytest.raises(ValueError, match=r"^device= applies to a model loaded from a path"):
         pipeline("fill-mask", model=(model, fill.tokenizer), device="cpu")
     with pytest.raises(ValueError, match=r"^dtype= applies to a model loaded from a path"):

@@ -109,6 +109,18 @@ def test_the_python_examples_name_what_the_package_exports():
     assert used and used - set(neurallayers.__all__) == set()
 
 
+def test_the_python_functions_the_readme_names_bare_are_exported_too():
+    """The README names `save_hf` beside `nl.convert` (a model in memory written as a Hugging Face folder, the
+    `save_pretrained` of a Python script) and `nl.save_hf` was an AttributeError: it lived in neurallayers.interop."""
+    import neurallayers
+
+    named = set(re.findall(r"`(\w+)\(", README)) | set(re.findall(r"\(`(\w+)`, `nl\.", README))
+    assert "save_hf" in named
+    from neurallayers.interop import save_hf
+
+    assert neurallayers.save_hf is save_hf and "save_hf" in neurallayers.__all__
+
+
 def test_the_knobs_the_readme_lists_are_generation_config_fields():
     # "`GenerationConfig` holds every decoding knob: ... (`logprobs=n`)": each name a field, or generate()'s own
     import inspect

@@ -122,6 +122,16 @@ def _owner_config(path: Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+def check_load_argument(path_or_name: object) -> None:
+    """What Tokenizer.load takes, in one line: None was os.fspath's "expected str, bytes or os.PathLike object", and
+    "" (Path("") is the current folder) loaded the working folder's tokenizer, as nl.load refuses it."""
+    if not isinstance(path_or_name, str | os.PathLike):
+        raise ValueError(f"Tokenizer.load({path_or_name!r}): expected {_LOAD_FORMS} (a str or pathlib.Path), "
+                         f"got {type(path_or_name).__name__}")
+    if isinstance(path_or_name, str) and not path_or_name.strip():
+        raise ValueError(f"the tokenizer path is empty; expected {_LOAD_FORMS}")
+
+
 def read_folder(path_or_name: str | os.PathLike) -> tuple[HFTokenizer, dict]:
     """The HF tokenizer and the tokenizer_config.json settings (special_tokens_map.json's and the chat template files'
     merged in, as transformers reads them) of a folder or tokenizer.json file, for `Tokenizer.load`."""

@@ -355,8 +355,9 @@ class Tokenizer:
 
         Raises:
             FileNotFoundError: The path does not exist.
-            ValueError: The path exists but holds no tokenizer we can read.
+            ValueError: The path exists but holds no tokenizer we can read, is empty, or is no path at all.
         """
+        tokenizer_files.check_load_argument(path_or_name)
         if isinstance(path_or_name, str) and path_or_name == "gpt2":
             return cls.gpt2()
         return tokenizer_files.from_config(cls, *tokenizer_files.read_folder(path_or_name))

@@ -42,8 +42,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
             pytorch_model.bin.index.json), read with weights_only=True.
         overwrite: replace a non-empty `dst`.
         dtype: the weights' dtype in `dst` (a torch.dtype, or "fp32" / "float32", "bf16" / "bfloat16", "fp16" /
-            "float16"). None (the default): the source's, as transformers 5 loads and saves a folder: an HF folder's
-            config.json `dtype` (or `torch_dtype`; where it names none, its weights' own), a run's stored weights.
+            "float16", "fp64" / "float64"). None (the default): the source's, as transformers 5 loads and saves a
+            folder: an HF folder's config.json `dtype` (or `torch_dtype`; where it names none, its weights' own), a
+            run's stored weights.
 
     Returns:
         The `dst` folder.
@@ -63,7 +64,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: Literal["hf",
     max_shard_size = shard_bytes(max_shard_size)  # before the model is read
     if to is not None and to not in TARGETS:
         raise ValueError(f"to={to!r}: must be one of {', '.join(map(repr, TARGETS))}")
-    src, dst = resolve_model_path(src), Path(dst)
+    src, dst = resolve_model_path(src), Path(dst).expanduser()  # `~` the home folder for both, as load reads src
     if not src.exists():
         raise FileNotFoundError(f"src {src} does not exist")
     # a run's checkpoints/step-N converts as the run with that step's weights, as load() reads it

@@ -78,8 +78,8 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
         folder: holds config.json, weights and (optionally) tokenizer files.
         device: where the model goes (default CPU).
         dtype: parameter dtype (default float32, whatever the checkpoint stores): a torch.dtype or its name
-            ("float32"/"fp32", "bfloat16"/"bf16", "float16"/"fp16"), or "auto": the stored dtype as transformers 5
-            reads it (see `auto_dtype`).
+            ("float32"/"fp32", "bfloat16"/"bf16", "float16"/"fp16", "float64"/"fp64"), or "auto": the stored dtype as
+            transformers 5 reads it (see `auto_dtype`).
         allow_pickle: accept a folder whose only weights are pytorch_model.bin. Even then the file is read
             with `torch.load(weights_only=True)`, which refuses anything but plain tensors.
 

@@ -77,9 +77,7 @@ def pipeline(task: str, model: str | Path | tuple[nn.Module, Tokenizer], *, devi
         given = "device" if device is not None else "dtype"
         raise ValueError(f"{given}= applies to a model loaded from a path; move a (model, tokenizer) pair's model "
                          "yourself (model.to(...))")
-    if isinstance(device, int) and not isinstance(device, bool):  # transformers' spelling: -1 the CPU, N cuda:N
-        device = "cpu" if device < 0 else f"cuda:{device}"
-    if path is not None:
+    if path is not None:  # load reads an int device as transformers does: -1 the CPU, N cuda:N
         from neurallayers.api import load
 
         model = load(path, device=device, dtype=dtype)

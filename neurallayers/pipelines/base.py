@@ -34,7 +34,7 @@ class Pipeline(ABC):
         if self.heads and (cfg.causal or cfg.head not in self.heads):
             have = "a causal decoder" if cfg.causal else f"an encoder with head={cfg.head!r}"
             raise ValueError(f"{self.task} needs an encoder with config.head in {self.heads}, got {have}")
-        check_batch_size(batch_size)
+        batch_size = check_batch_size(batch_size)
         check_tokenizer(tokenizer)
         # the caller's model keeps its mode: each call runs in eval mode (as embed and generate do), so a pipeline made
         # in the middle of training does not leave its dropout off
@@ -58,8 +58,7 @@ class Pipeline(ABC):
         # the pipeline keeps its own, even for a call from another thread
         runner = self
         if "batch_size" in kwargs:
-            batch_size = kwargs.pop("batch_size")
-            check_batch_size(batch_size)
+            batch_size = check_batch_size(kwargs.pop("batch_size"))
             runner = copy.copy(self)
             runner.batch_size = batch_size
         check_options(self.task, kwargs, self._run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -197,6 +198,15 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
+    def __post_init__(self) -> None:
+        # RunConfig(model={"preset": "tiny"}) built, then training failed on "'dict' object has no attribute 'causal'"
+        for name, klass in SECTIONS.items():
+            value = getattr(self, name)
+            if not isinstance(value, klass):
+                hint = f" (a mapping of its fields: RunConfig.from_dict({{{name!r}: ...}}))" \
+                    if isinstance(value, dict) else ""
+                raise ValueError(f"RunConfig.{name}={value!r}: expected a {klass.__name__}{hint}")
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train),
                 "data": dataclasses.asdict(self.data)}
@@ -221,7 +231,7 @@ class RunConfig:
                 if saved is None:
                     raise ValueError(f"{problem}; valid sections: {', '.join(SECTIONS)}")
                 _warn_saved(saved, f"{problem}: not read (to resume training, remove it from the file)")
-        data = {key: value for key, value in data.items() if key in SECTIONS}
+        data = {key: value for key, value in section_mappings(data).items() if key in SECTIONS}
         train = data.get("train")
         init_from = train.get("init_from") if isinstance(train, dict) else None
         if "model" not in data and not init_from:
@@ -286,6 +296,20 @@ class RunConfig:
         from neurallayers.files import write_text_atomic
 
         return write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def section_mappings(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each section given as its config object (`{"model": ModelConfig.from_name("tiny")}`, as the Python
+    API builds them) written as the mapping of its fields, which a run config file would give."""
+    out = dict(data)
+    for name, klass in SECTIONS.items():
+        value = out.get(name)
+        if isinstance(value, klass):
+            out[name] = value.to_dict() if isinstance(value, ModelConfig) else dataclasses.asdict(value)
+        elif isinstance(value, tuple(SECTIONS.values())):
+            raise ValueError(f"config section {name!r} is a {type(value).__name__}: give a {klass.__name__} or a "
+                             "mapping of its fields")
+    return out
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -355,7 +379,7 @@ def apply_overrides(config: dict[str, Any], args: list[str]) -> dict[str, Any]:
     """
     import yaml
 
-    out = copy.deepcopy(config) if config else {}
+    out = copy.deepcopy(section_mappings(config)) if config else {}
     for arg, key, value in override_pairs(args):
         section, _, name = key.partition(".")
         name, _, subkeys = name.partition(".")
@@ -403,8 +427,9 @@ def override_pairs(args: list[str]) -> Iterator[tuple[str, str, str]]:
     """(argument, "section.field[.key]", value) of each `--section.field VALUE` or `--section.field=VALUE` in `args`.
 
     Raises:
-        ValueError: an argument of another shape, or one with no value after it.
+        ValueError: an argument of another shape, or one with no value after it; `args` not a list (or tuple) of str.
     """
+    _check_override_list(args)
     i = 0
     while i < len(args):
         arg = args[i]
@@ -419,6 +444,26 @@ def override_pairs(args: list[str]) -> Iterator[tuple[str, str, str]]:
             i += 1
         i += 1
         yield arg, key, value
+
+
+def _check_override_list(args: object) -> None:
+    """Overrides as the command line gives them, a list of str: from Python, `["--train.max_steps", 5]` failed in
+    YAML's reader ("'int' object has no attribute 'read'"), a dict as a KeyError, a string letter by letter."""
+    if isinstance(args, str):
+        raise ValueError(f"overrides={args!r}: give a list, e.g. {args.split()!r}")
+    if not isinstance(args, list | tuple):
+        raise ValueError(f"overrides={args!r}: give a list of str, e.g. ['--train.lr', '3e-4']")
+    for i, arg in enumerate(args):
+        if not isinstance(arg, str):
+            raise ValueError(f"overrides[{i}]={arg!r}: each item must be a str, as typed on the command line "
+                             f"({_as_typed(arg)!r})")
+
+
+def _as_typed(value: object) -> str:
+    """How a command line spells the Python value `value` for YAML to read it back: True as true, None as null."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return str(value)
 
 
 def _set_nested(sec: dict, section: str, name: str, path: list[str], value: Any, arg: str) -> None:

@@ -219,6 +219,26 @@ def test_stream_decoder_flush_and_reuse():
     assert "".join(decoder.push(i) for i in tok.encode("ok 日本")) + decoder.flush() == "ok 日本"
 
 
+@pytest.mark.parametrize("value, kind", [(None, "NoneType"), (5, "int"), (["tok"], "list"), (b"tok", "bytes")])
+def test_load_given_no_path_names_the_argument(value, kind):
+    """Tokenizer.load(None) (an unset variable) was os.fspath's "expected str, bytes or os.PathLike object, not
+    NoneType", naming neither the argument nor what it takes, where nl.load names both."""
+    with pytest.raises(ValueError, match=rf"^Tokenizer.load\({re.escape(repr(value))}\): expected 'gpt2', a folder "
+                                         rf".* \(a str or pathlib.Path\), got {kind}$"):
+        Tokenizer.load(value)
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_load_of_an_empty_path_is_refused_not_the_current_folder(tmp_path, monkeypatch, blank):
+    """Path("") is the current folder: Tokenizer.load(os.environ.get("TOK", "")) loaded whatever tokenizer.json the
+    working folder held, silently (nl.load refuses an empty path for that reason)."""
+    Tokenizer.train_bpe(["some text to learn from"] * 4, vocab_size=300, show_progress=False).save(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^the tokenizer path is empty; expected 'gpt2', a folder"):
+        Tokenizer.load(blank)
+    assert Tokenizer.load(".").vocab_size == Tokenizer.load(tmp_path).vocab_size  # "." still names the folder
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="expected 'gpt2'"):
         Tokenizer.load("no-such-tokenizer")

@@ -291,3 +291,52 @@ def test_loggers_override_takes_a_comma_list(value, names):
 def test_a_misspelt_logger_in_a_comma_list_is_named():
     with pytest.raises(ValueError, match=r"loggers.*unknown \['tensorbord'\]; allowed: tensorboard, mlflow, wandb"):
         RunConfig.from_dict(apply_overrides({"model": {"preset": "tiny"}}, ["--train.loggers", "mlflow,tensorbord"]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train.max_steps", 3], r"^overrides\[1\]=3: each item must be a str, as typed on the command line \('3'\)$"),
+    (["--train.lr", 3e-4], r"^overrides\[1\]=0\.0003: .*\('0\.0003'\)$"),
+    (["--train.compile", True], r"^overrides\[1\]=True: .*\('true'\)$"),
+    (["--train.max_minutes", None], r"^overrides\[1\]=None: .*\('null'\)$"),
+    ([Path("--train.max_steps=3")], r"^overrides\[0\]=PosixPath\(.*\): each item must be a str"),
+    ({"--train.max_steps": "3"}, r"^overrides=\{.*\}: give a list of str, e.g. \['--train.lr', '3e-4'\]$"),
+    ("--train.max_steps 3", r"^overrides='--train.max_steps 3': give a list, e.g. \['--train.max_steps', '3'\]$"),
+])
+def test_overrides_of_another_type_are_named_in_one_line(args, message):
+    """`nl.train(cfg, out, overrides=["--train.max_steps", 3])` (a value as Python writes it) was "AttributeError: 'int'
+    object has no attribute 'read'" from deep in YAML's reader, a dict a KeyError and a string read letter by letter."""
+    with pytest.raises(ValueError, match=message):
+        apply_overrides({}, args)
+
+
+def test_overrides_in_a_tuple_apply_as_in_a_list():
+    want = apply_overrides({}, ["--train.max_steps", "3", "--model.n_layer=2"])
+    assert apply_overrides({}, ("--train.max_steps", "3", "--model.n_layer=2")) == want
+    assert want == {"train": {"max_steps": 3}, "model": {"n_layer": 2}}
+
+
+def test_sections_given_as_config_objects_are_read_as_their_fields():
+    """nl.train({"model": ModelConfig.from_name("tiny"), "train": TrainConfig(...)}, out): the objects the API builds
+    were refused as "config section 'model' must be a mapping, got ModelConfig"."""
+    model, train = ModelConfig.from_name("tiny").replace(n_layer=1), TrainConfig(lr=3e-4, max_steps=7)
+    want = RunConfig.from_dict({"model": model.to_dict(), "train": {"lr": 3e-4, "max_steps": 7}})
+    got = RunConfig.from_dict({"model": model, "train": train, "data": DataConfig()})
+    assert got == want and got.model == model and got.train == train
+    assert RunConfig.from_dict(apply_overrides({"model": model}, ["--model.n_layer", "3"])).model.n_layer == 3
+    with pytest.raises(ValueError, match=r"^config section 'train' is a DataConfig: give a TrainConfig or a mapping of "
+                                         r"its fields$"):
+        RunConfig.from_dict({"model": model, "train": DataConfig()})
+
+
+@pytest.mark.parametrize("section, value, message", [
+    ("model", {"preset": "tiny"}, r"^RunConfig.model=\{'preset': 'tiny'\}: expected a ModelConfig \(a mapping of its "
+                                  r"fields: RunConfig.from_dict\(\{'model': \.\.\.\}\)\)$"),
+    ("train", None, r"^RunConfig.train=None: expected a TrainConfig$"),
+    ("data", TrainConfig(), r"^RunConfig.data=TrainConfig\(.*\): expected a DataConfig$"),
+])
+def test_a_run_config_built_with_a_section_of_another_type_is_named(section, value, message):
+    """RunConfig(model={"preset": "tiny"}) built, then failed in training as "AttributeError: 'dict' object has no
+    attribute 'causal'"."""
+    sections = {"model": ModelConfig.from_name("tiny"), section: value}
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**sections)
