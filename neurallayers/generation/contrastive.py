@@ -12,6 +12,7 @@ one prompt at a time.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,37 +30,59 @@ from neurallayers.generation.search import (
     copies,
     full_mask,
     generations,
+    keeps_modes,
     left_pad,
     positions,
     stop_ids,
 )
 
 
-def _finish(tokens: torch.Tensor, stops: list[int], lens: list[int], trail: LogprobTrail) -> list[list[Generation]]:
-    """tokens (B, N) generated per row -> one Generation per prompt, cut after the first stop token."""
+def _finish(tokens: torch.Tensor, stops: list[int], lens: list[int], trail: LogprobTrail,
+            cut_at: list[int | None]) -> list[list[Generation]]:
+    """tokens (B, N) generated per row -> one Generation per prompt, cut after the first stop token or where the
+    row's text met a stop string (cut_at: the tokens it had then)."""
     out = []
     for r, (row, n) in enumerate(zip(tokens.tolist(), lens, strict=True)):
         cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+        cut = cut if cut_at[r] is None else min(cut, cut_at[r])
         lps = None if trail.rows is None else [trail.row(r)]
         out.append(generations([row[:cut]], stops=stops, prompt_lens=[n], logprobs=lps))
     return out
 
 
-def _done(tokens: list[torch.Tensor], stop_t: torch.Tensor) -> bool:
-    """Every row has produced a stop token."""
-    return bool(torch.isin(torch.stack(tokens, 1), stop_t).any(1).all()) if len(stop_t) else False
+def _live(tokens: list[torch.Tensor], stop_t: torch.Tensor, cut_at: list[int | None]) -> torch.Tensor:
+    """(B,) rows that have neither produced a stop token nor met a stop string yet (the others keep stepping until
+    every row is done)."""
+    live = torch.tensor([c is None for c in cut_at], dtype=torch.bool, device=stop_t.device)
+    if tokens and len(stop_t):
+        live &= ~torch.isin(torch.stack(tokens, 1), stop_t).any(1)
+    return live
 
 
-def _live(tokens: list[torch.Tensor], stop_t: torch.Tensor, b: int) -> torch.Tensor:
-    """(B,) rows that have not produced a stop token yet (the others keep stepping until every row is done)."""
-    if not tokens or not len(stop_t):
-        return torch.ones(b, dtype=torch.bool, device=stop_t.device)
-    return ~torch.isin(torch.stack(tokens, 1), stop_t).any(1)
+def _watch(watches: list[Callable[[int], bool]] | None, tokens: list[torch.Tensor], stop_t: torch.Tensor,
+           cut_at: list[int | None]) -> bool:
+    """Give each live row's newest token to its stop-string watch (None: no stop strings), marking the rows whose
+    text has met one in cut_at; whether every row is now done."""
+    live = _live(tokens, stop_t, cut_at)
+    if watches is not None:
+        newest = tokens[-1].tolist()
+        for r in live.nonzero()[:, 0].tolist():
+            if watches[r](newest[r]):
+                cut_at[r], live[r] = len(tokens), False
+    return not bool(live.any())
 
 
+def _watches(stop_watch: Callable[[int], Callable[[int], bool]] | None, rows: int,
+             rows_per_prompt: int = 1) -> list[Callable[[int], bool]] | None:
+    """One stop-string watch per row (row r follows prompt r // rows_per_prompt); None without stop strings."""
+    return None if stop_watch is None else [stop_watch(r // rows_per_prompt) for r in range(rows)]
+
+
+@keeps_modes
 @torch.inference_mode()
 def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
-                       eos_ids: list[int]) -> list[list[Generation]]:
+                       eos_ids: list[int],
+                       stop_watch: Callable[[int], Callable[[int], bool]] | None = None) -> list[list[Generation]]:
     """Contrastive search: at each step take the model's top-k candidates v (k = config.top_k) and choose
 
         argmax_v (1 - alpha) * p(v | context) - alpha * max_j cos(h_v, h_j)
@@ -76,20 +99,23 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
             model's own log-probabilities of the chosen tokens, before processors, as generate() reports them),
             num_return_sequences.
         eos_ids: token ids that end a sequence (unless config.ignore_eos).
+        stop_watch: stop strings (generate() passes them; None: none): stop_watch(i) gives a watch over prompt i's
+            sequence, which takes each generated token and says whether its text has met a stop string; the
+            sequence ends there (its tokens up to that one kept; the caller cuts the text).
 
     Returns:
         Per prompt config.num_return_sequences Generations (token_ids without the prompt and a final stop token):
         copies of its one sequence, the method being deterministic, as the plain greedy path gives them.
     """
-    if config.top_k < 2:
+    if isinstance(config, GenerationConfig) and config.top_k < 2:  # anything else: check_request's one line
         raise ValueError(f"GenerationConfig.top_k={config.top_k}: contrastive search needs top_k > 1 candidates "
                          "per step (penalty_alpha weighs them)")
     check_request(model, input_ids, config, eos_ids, extra_positions=1)  # the last token's candidates are fed
     check_method(config, "contrastive_search", own="penalty_alpha")
     if config.num_return_sequences > 1:
-        one = contrastive_search(model, input_ids, config.replace(num_return_sequences=1), eos_ids=eos_ids)
+        one = contrastive_search(model, input_ids, config.replace(num_return_sequences=1), eos_ids=eos_ids,
+                                 stop_watch=stop_watch)
         return [copies(gens, config.num_return_sequences) for gens in one]
-    model.eval()
     device = model.wte.weight.device
     k = min(config.top_k, model.config.vocab_size)
     alpha = config.penalty_alpha
@@ -116,9 +142,10 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
     rows = torch.arange(b, device=device)
     new: list[torch.Tensor] = []
     trail = LogprobTrail(b, config.logprobs)
+    watches, cut_at = _watches(stop_watch, b), [None] * b
     for cur in range(plen, total):
         scores = apply_processors(procs, ids, logits)
-        check_some_token_left(config, scores, cur - plen, live=_live(new, stop_t, b))
+        check_some_token_left(config, scores, cur - plen, live=_live(new, stop_t, cut_at))
         top_p, top_ids = scores.softmax(-1).topk(k, dim=-1)  # (B, k)
         step = model(top_ids.reshape(b * k, 1), cache=cache, input_pos=cur, position_ids=positions(batch, cur, 1, k),
                      attention_mask=None if mask is None else mask[:, :cur + 1], output_hidden=True)
@@ -135,15 +162,17 @@ def contrastive_search(model: nn.Module, input_ids: list[list[int]], config: Gen
         logits = step.logits[:, -1].view(b, k, -1)[rows, best].float()
         ids = torch.cat((ids, tok[:, None]), dim=1)
         new.append(tok)
-        if _done(new, stop_t) or cur + 1 == total:
+        if _watch(watches, new, stop_t, cut_at) or cur + 1 == total:
             break
         cache.reorder((rows * k + best).repeat_interleave(k))
-    return _finish(torch.stack(new, 1), stops, batch.lens, trail)
+    return _finish(torch.stack(new, 1), stops, batch.lens, trail, cut_at)
 
 
+@keeps_modes
 @torch.inference_mode()
 def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[list[int]], config: GenerationConfig,
-                         *, eos_ids: list[int]) -> list[list[Generation]]:
+                         *, eos_ids: list[int],
+                         stop_watch: Callable[[int], Callable[[int], bool]] | None = None) -> list[list[Generation]]:
     """Contrastive decoding: keep the plausible tokens V = {v : p_e(v) >= contrastive_alpha * max_w p_e(w)} and
     choose among them by the score log p_e(v) - log p_a(v), greedily at temperature 0, otherwise by sampling
     softmax(score / temperature) over V (seeded by config.seed).
@@ -159,13 +188,15 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
         config: contrastive_alpha, temperature, max_new_tokens, processors, seed, logprobs (the expert's own
             log-probabilities of the chosen tokens, before processors).
         eos_ids: token ids that end a sequence (unless config.ignore_eos).
+        stop_watch: stop strings, as contrastive_search takes them.
 
     Returns:
         Per prompt config.num_return_sequences Generations. Each row samples from its own generator, seeded as the
         plain path seeds it (sequence k of a prompt with (seed, k)), so a prompt gets the same tokens alone or
         batched; greedy gives n copies of its one sequence.
     """
-    _check_decoder(amateur, "amateur")  # else an AttributeError on its config or cache
+    _check_decoder(expert)  # both before their vocabularies are compared: else an AttributeError on a config
+    _check_decoder(amateur, "amateur")
     if amateur.config.vocab_size != expert.config.vocab_size:
         raise ValueError(f"amateur vocab_size={amateur.config.vocab_size} differs from the expert's "
                          f"vocab_size={expert.config.vocab_size}; both must share one tokenizer")
@@ -176,11 +207,9 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
     if n_ret > 1:
         if config.greedy:
             one = contrastive_decoding(expert, amateur, input_ids, config.replace(num_return_sequences=1),
-                                       eos_ids=eos_ids)
+                                       eos_ids=eos_ids, stop_watch=stop_watch)
             return [copies(gens, n_ret) for gens in one]
         input_ids = [ids for ids in input_ids for _ in range(n_ret)]  # prompt-major rows
-    expert.eval()
-    amateur.eval()
     device = expert.wte.weight.device
     gens = None
     if not config.greedy:
@@ -204,9 +233,10 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
     ids = batch.ids
     new: list[torch.Tensor] = []
     trail = LogprobTrail(b, config.logprobs)
+    watches, cut_at = _watches(stop_watch, b, n_ret), [None] * b  # rows are prompt-major, n_ret a prompt
     for cur in range(plen, total):
         scores = apply_processors(procs, ids, logits[0])
-        check_some_token_left(config, scores, cur - plen, live=_live(new, stop_t, b))
+        check_some_token_left(config, scores, cur - plen, live=_live(new, stop_t, cut_at))
         lp_e = F.log_softmax(scores, dim=-1)
         lp_a = F.log_softmax(logits[1], dim=-1)
         plausible = lp_e >= lp_e.max(-1, keepdim=True).values + log_cut
@@ -215,10 +245,10 @@ def contrastive_decoding(expert: nn.Module, amateur: nn.Module, input_ids: list[
         trail.add(logits[0], tok)
         ids = torch.cat((ids, tok[:, None]), dim=1)
         new.append(tok)
-        if _done(new, stop_t) or cur + 1 == total:
+        if _watch(watches, new, stop_t, cut_at) or cur + 1 == total:
             break
         step_mask = None if mask is None else mask[:, :cur + 1]
         logits = [m(tok[:, None], cache=c, input_pos=cur, position_ids=positions(batch, cur, 1),
                     attention_mask=step_mask).logits[:, -1].float() for m, c in zip(models, caches, strict=True)]
-    rows = _finish(torch.stack(new, 1), stops, batch.lens, trail)
+    rows = _finish(torch.stack(new, 1), stops, batch.lens, trail, cut_at)
     return [[g for one in rows[i:i + n_ret] for g in one] for i in range(0, len(rows), n_ret)]

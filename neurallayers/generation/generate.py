@@ -50,6 +50,7 @@ from neurallayers.generation.stop_strings import (
     _finish,
     _RowText,
     _stop_check,
+    _stop_watch,
     stop_search_after,
 )
 from neurallayers.generation.stream_events import _HeldEvents
@@ -263,10 +264,11 @@ def generate_ids(model: nn.Module, input_ids: list[list[int]], config: Generatio
 
 def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *, eos_ids: list[int],
             draft_model: nn.Module | None, amateur_model: nn.Module | None,
-            holds_stop: Callable[[int, list[int]], bool] | None = None) -> list[list[Generation]] | None:
-    """Dispatch to the search methods (None = the plain greedy/sampling path). holds_stop (stop strings) goes to
+            holds_stop: Callable[[int, list[int]], bool] | None = None,
+            stop_watch: Callable[[int], Callable[[int], bool]] | None = None) -> list[list[Generation]] | None:
+    """Dispatch to the search methods (None = the plain greedy/sampling path). For stop strings, holds_stop goes to
     beam search, where a hypothesis that reaches a stop string must compete as a finished one; the other methods
-    follow one sequence each, so cutting its text afterwards gives what stopping there would."""
+    follow one sequence a row and get stop_watch, which ends a row at a stop string (the caller cuts its text)."""
     chosen = [name for name, on in (("num_beams > 1", config.num_beams > 1), ("penalty_alpha > 0",
               config.penalty_alpha > 0), ("amateur_model", amateur_model is not None),
               ("draft_model", draft_model is not None)) if on]
@@ -310,6 +312,8 @@ def _search(model: nn.Module, input_ids: list[list[int]], config: GenerationConf
         kw = {}
         if name == "beam_search" and holds_stop is not None:  # the search's row b is prompt idx[b]
             kw["holds_stop"] = functools.partial(lambda rows, b, ids: holds_stop(rows[b], ids), idx)
+        elif stop_watch is not None:
+            kw["stop_watch"] = functools.partial(lambda rows, b: stop_watch(rows[b]), idx)
         # every search returns num_return_sequences Generations a prompt
         for i, gens in zip(idx, fn(model, *extra, [input_ids[i] for i in idx], cfg, eos_ids=eos_ids, **kw),
                            strict=True):
@@ -367,11 +371,13 @@ def _generate(model: nn.Module, tokenizer, prompts, config: GenerationConfig | N
             return [g for ids, seed in zip(input_ids, seeds, strict=True)
                     for g in generate(model, tokenizer, [ids], config.replace(seed=seed), draft_model=draft_model,
                                       amateur_model=amateur_model)]
+    after = stop_search_after(config)
     searched = _search(model, input_ids, config, eos_ids=eos_ids, draft_model=draft_model,
                        amateur_model=amateur_model,
-                       holds_stop=_stop_check(tokenizer, stops, input_ids, search_after=stop_search_after(config)))
+                       holds_stop=_stop_check(tokenizer, stops, input_ids, search_after=after),
+                       stop_watch=_stop_watch(tokenizer, stops, input_ids, search_after=after))
     if searched is not None:
-        return [_apply_stop_strings(g, tokenizer, stops, ids, search_after=stop_search_after(config))
+        return [_apply_stop_strings(g, tokenizer, stops, ids, search_after=after)
                 if tokenizer is not None else g
                 for per_prompt, ids in zip(searched, input_ids, strict=True) for g in per_prompt]
     if not stops:

@@ -52,13 +52,23 @@ def _check_ids(model: nn.Module, input_ids: list[list[int]], eos_ids: list[int],
             raise ValueError(f"{which} must be a list of token ids, got {type(ids).__name__}")
         if not ids:
             raise ValueError(f"{which} is empty: a prompt needs at least one token")
-        bad = [t for t in ids if not is_int(t) or not 0 <= t < vocab]
+        _check_python_ints(which, ids)
+        bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"{which} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
         if each_fits:
             _check_length(i, ids, block)
     if not isinstance(eos_ids, list) or not all(is_int(t) and 0 <= t < vocab for t in eos_ids):
         raise ValueError(f"eos_ids must be a list of token ids in [0, {vocab}), got {eos_ids!r}")
+
+
+def _check_python_ints(which: str, ids: list) -> None:
+    """Refuse values that are no Python int, naming their type: "outside the vocabulary" misled where a numpy or
+    torch integer (list(array)) is well inside it."""
+    odd = [t for t in ids if not is_int(t)]
+    if odd:
+        how = "; convert an array or tensor with .tolist()" if hasattr(odd[0], "item") else ""  # numpy, torch
+        raise ValueError(f"{which} holds {type(odd[0]).__name__} values, not token ids (Python ints): {odd[:5]}{how}")
 
 
 def _check_length(i: int, ids: list[int], block: int, whose: str = "the model's") -> None:
@@ -86,10 +96,7 @@ def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
         return [tokenizer.encode(p, add_special_tokens=True) for p in prompts]  # a Llama tokenizer's bos first
     if all(isinstance(p, list) for p in prompts):
         for i, ids in enumerate(prompts):
-            odd = [t for t in ids if not is_int(t)]
-            if odd:  # else "outside the vocabulary", though a numpy or torch integer may well be inside it
-                raise ValueError(f"prompt {i} holds {type(odd[0]).__name__} values, not token ids (Python ints): "
-                                 f"{odd[:5]}; convert an array or tensor with .tolist()")
+            _check_python_ints(f"prompt {i}", ids)
         return prompts
     kinds = {type(p).__name__ for p in prompts}
     if kinds == {"int"}:  # one prompt's ids, as stream() takes them: .tolist() is no help there

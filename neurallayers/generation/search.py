@@ -4,12 +4,14 @@ one module: contrastive search and contrastive decoding (contrastive.py), specul
 
 Prompts of different lengths are left-padded into one batch over a static KV cache, as the plain loop pads them
 (inputs.left_pad); every row sees only its own tokens (attention mask) at its own positions (position ids start at 0
-on the first real token).
+on the first real token). Every search runs its models in eval mode and gives each module its own mode back after
+(keeps_modes), as generate() does.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 
 import torch
@@ -18,8 +20,9 @@ from torch import nn
 
 from neurallayers.generation import processors
 from neurallayers.generation.config import Generation, GenerationConfig, TokenLogprob
-from neurallayers.generation.inputs import Batch, _check_ids, full_mask, left_pad, positions
+from neurallayers.generation.inputs import Batch, _check_decoder, _check_ids, full_mask, left_pad, positions
 from neurallayers.generation.processors import apply_processors, check_some_token_left
+from neurallayers.nn.modes import eval_mode
 
 NEG = -1.0e9  # Hugging Face's "impossible" score; kept identical so ties break the same way
 
@@ -32,6 +35,7 @@ def check_request(model: nn.Module, input_ids: list[list[int]], config: Generati
 
     A request needs prompt + max_new_tokens - 1 positions (the last token is never fed back), plus
     `extra_positions` for a method that does feed it (contrastive search scores each candidate's hidden state)."""
+    _check_decoder(model)  # a path or a tokenizer passed as the model: else an AttributeError on its config
     if not isinstance(config, GenerationConfig):
         raise ValueError(f"config must be a GenerationConfig, got {type(config).__name__}")
     _check_ids(model, input_ids, eos_ids, name="input_ids[{}]", each_fits=False)
@@ -56,6 +60,19 @@ def check_method(config: GenerationConfig, method: str, *, own: str | None = Non
         if name != own and chosen(config):
             raise ValueError(f"{method} got GenerationConfig.{name}={getattr(config, name)!r}, which chooses {what}: "
                              f"choose one decoding method (leave {name} at {off})")
+
+
+def keeps_modes(search: Callable) -> Callable:
+    """A search that runs its models (its nn.Module arguments) in eval mode and gives every module its own mode back
+    after (nn.modes.eval_mode), as generate() does: called directly in the middle of training, a search put them in
+    eval mode for good, and dropout was off for every training step after it."""
+
+    @functools.wraps(search)
+    def run(*args, **kwargs):
+        with eval_mode(*(a for a in (*args, *kwargs.values()) if isinstance(a, nn.Module))):
+            return search(*args, **kwargs)
+
+    return run
 
 
 def copies(gens: list[Generation], n: int) -> list[Generation]:
@@ -140,6 +157,7 @@ def _beam_gather(tensors: tuple[torch.Tensor, ...], index: torch.Tensor) -> tupl
 
 
 # ----- beam search -----
+@keeps_modes
 @torch.inference_mode()
 def beam_search(model: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
                 eos_ids: list[int],
@@ -182,7 +200,6 @@ def beam_search(model: nn.Module, input_ids: list[list[int]], config: Generation
     """
     check_request(model, input_ids, config, eos_ids)
     check_method(config, "beam_search", own="num_beams")
-    model.eval()
     device = model.wte.weight.device
     nb, n_ret, lp_pen = config.num_beams, config.num_return_sequences, config.length_penalty
     stops = stop_ids(config, eos_ids)

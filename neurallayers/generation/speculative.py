@@ -4,6 +4,8 @@ target's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -18,6 +20,7 @@ from neurallayers.generation.search import (
     check_request,
     copies,
     generations,
+    keeps_modes,
     stop_ids,
 )
 
@@ -47,9 +50,11 @@ def _check_chunk_invariant(target: nn.Module, longest: int) -> None:
                          f"depend on how many tokens one forward holds; use plain decoding or fewer max_new_tokens")
 
 
+@keeps_modes
 @torch.inference_mode()
 def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
-                       eos_ids: list[int], stats: dict | None = None) -> list[list[Generation]]:
+                       eos_ids: list[int], stats: dict | None = None,
+                       stop_watch: Callable[[int], Callable[[int], bool]] | None = None) -> list[list[Generation]]:
     """Decode one prompt with `target`, `config.num_speculative_tokens` tokens at a time proposed by `draft`.
 
     Each round the draft samples k tokens d_1..d_k from its distributions q_i; the target scores the pending
@@ -77,6 +82,9 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
         eos_ids: token ids that end the sequence (unless config.ignore_eos).
         stats: if given, filled with rounds, drafted, accepted, acceptance_rate (accepted / drafted),
             target_forwards, draft_forwards and new_tokens (summed over the sequences sampled).
+        stop_watch: stop strings (generate() passes them; None: none): stop_watch(0) gives a sequence's watch, which
+            takes each generated token and says whether the text has met a stop string; the sequence ends there (its
+            tokens up to that one kept; the caller cuts the text).
 
     Returns:
         [[Generation] * num_return_sequences]: one prompt, its sequences (token_ids exclude the prompt and a final
@@ -89,7 +97,8 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
     if not isinstance(input_ids, list) or len(input_ids) != 1:
         n = len(input_ids) if isinstance(input_ids, list) else type(input_ids).__name__
         raise ValueError(f"speculative decoding takes exactly one prompt (batch size 1); got {n}")
-    _check_decoder(draft, "draft")  # else an AttributeError on its config or cache
+    _check_decoder(target)  # both before their vocabularies are compared: else an AttributeError on a config
+    _check_decoder(draft, "draft")
     if draft.config.vocab_size != target.config.vocab_size:
         raise ValueError(f"draft vocab_size={draft.config.vocab_size} differs from the target's "
                          f"vocab_size={target.config.vocab_size}; the draft must share the target's tokenizer")
@@ -97,9 +106,7 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
     check_method(config, "speculative_decode")
     _check_chunk_invariant(target, len(input_ids[0]) + config.max_new_tokens)
     if config.num_return_sequences > 1:
-        return [_sequences(target, draft, input_ids, config, eos_ids=eos_ids, stats=stats)]
-    target.eval()
-    draft.eval()
+        return [_sequences(target, draft, input_ids, config, eos_ids=eos_ids, stats=stats, stop_watch=stop_watch)]
     greedy = config.greedy
     device = target.wte.weight.device
     gen = torch.Generator(device=device)
@@ -133,6 +140,7 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
     t_pos = d_pos = 0  # how many leading tokens of seq each cache holds correctly
     counts = dict(rounds=0, drafted=0, accepted=0, target_forwards=0, draft_forwards=0)
     trail = LogprobTrail(1, config.logprobs)
+    met_stop = None if stop_watch is None else stop_watch(0)
     finished = False
     while not finished and len(seq) - len(prompt) < config.max_new_tokens:
         n = len(seq)
@@ -183,7 +191,7 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
         d_pos = min(d_pos, n + accepted)
         for tok in new:
             seq.append(tok)
-            if tok in stops:
+            if tok in stops or (met_stop is not None and met_stop(tok)):
                 finished = True
                 break
     if stats is not None:
@@ -194,19 +202,22 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: list[list
 
 
 def _sequences(target: nn.Module, draft: nn.Module, input_ids: list[list[int]], config: GenerationConfig, *,
-               eos_ids: list[int], stats: dict | None) -> list[Generation]:
+               eos_ids: list[int], stats: dict | None,
+               stop_watch: Callable[[int], Callable[[int], bool]] | None) -> list[Generation]:
     """The prompt's config.num_return_sequences sequences, one speculative_decode each: sequence k sampled with the
     seed (seed, k) (unseeded: a fresh seed each), greedy decoding's one sequence copied; stats summed over the runs."""
     one = config.replace(num_return_sequences=1)
     n = config.num_return_sequences
     if config.greedy:
-        ((gen,),) = speculative_decode(target, draft, input_ids, one, eos_ids=eos_ids, stats=stats)
+        ((gen,),) = speculative_decode(target, draft, input_ids, one, eos_ids=eos_ids, stats=stats,
+                                       stop_watch=stop_watch)
         return copies([gen], n)
     gens, totals = [], {}
     for k in range(n):
         run: dict = {}
         seed = None if config.seed is None else _row_seed(config.seed, k)
-        ((gen,),) = speculative_decode(target, draft, input_ids, one.replace(seed=seed), eos_ids=eos_ids, stats=run)
+        ((gen,),) = speculative_decode(target, draft, input_ids, one.replace(seed=seed), eos_ids=eos_ids, stats=run,
+                                       stop_watch=stop_watch)
         gens.append(gen)
         run.pop("acceptance_rate")
         totals = {key: totals.get(key, 0) + value for key, value in run.items()}

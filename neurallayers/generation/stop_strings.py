@@ -1,6 +1,7 @@
 """Stop strings: the text of a sequence as its tokens arrive, cut before its first stop string (`_RowText`); the
-same cut applied to a finished Generation (`_apply_stop_strings`); and the check beam search asks of every
-candidate (`_stop_check`), which decodes only the text near its end.
+same cut applied to a finished Generation (`_apply_stop_strings`); the check beam search asks of every
+candidate (`_stop_check`), which decodes only the text near its end; and the watch the other search methods keep on
+each sequence they grow (`_stop_watch`), to end it where the plain loop would.
 """
 
 from __future__ import annotations
@@ -184,3 +185,26 @@ def _stop_check(tokenizer, stops: list[str], input_ids: list[list[int]], *,
             m *= 2
 
     return holds_stop
+
+
+def _stop_watch(tokenizer, stops: list[str], input_ids: list[list[int]], *,
+                search_after: int = 0) -> Callable[[int], Callable[[int], bool]] | None:
+    """For the methods that grow one sequence per row (speculative decoding, contrastive search and decoding): given
+    prompt i, a fresh watch over one of its sequences, called with each generated token in turn, that says whether
+    the text has met a stop string (None without stop strings). It is the plain loop's own _RowText, so a sequence
+    ends at the very token where generate() ends it, and _apply_stop_strings then cuts what decoding on to
+    max_new_tokens and cutting afterwards gave: the same text and tokens, without the wasted forwards."""
+    if not stops:
+        return None
+
+    def watch(i: int) -> Callable[[int], bool]:
+        row = _RowText(tokenizer, stops, input_ids[i], search_after=search_after)
+
+        def push(token_id: int) -> bool:
+            if not row.stopped:
+                row.push(token_id)
+            return row.stopped
+
+        return push
+
+    return watch

@@ -475,3 +475,35 @@ def test_min_new_tokens_holds_eos_back_with_ignore_eos_too(model) -> None:
     cfg = GenerationConfig(temperature=0, max_new_tokens=5, min_new_tokens=3, ignore_eos=True, logit_bias={eos: 100})
     (g,) = generate_ids(model, [PROMPTS[1]], cfg, eos_ids=[eos])
     assert eos not in g.token_ids[:3] and g.token_ids[3:] == [eos, eos] and g.finish_reason == "length"
+
+
+@pytest.mark.parametrize("method", [dict(draft_model="draft"), dict(draft_model="draft", temperature=0.9, seed=2),
+                                    dict(penalty_alpha=0.5, top_k=3), dict(amateur_model="draft"),
+                                    dict(amateur_model="draft", temperature=0.9, seed=2, num_return_sequences=2)],
+                         ids=str)
+def test_a_stop_string_ends_the_decoding_of_every_method(method: dict) -> None:
+    """Speculative decoding and the contrastive methods cut the text at a stop string only afterwards, and decoded to
+    max_new_tokens first: a 3-token answer cost 100 forwards at max_new_tokens=100 (30x the plain loop's work). They
+    now end a sequence where the plain loop does (the same token), so the output is what it was, for a few forwards."""
+    lm, tok = memorized_lm(), unicode_tokenizer()
+    draft = tiny_lm(seed=4, vocab=tok.vocab_size, n_embd=16)
+    kw = {k: draft if v == "draft" else v for k, v in method.items()}
+    prompts = ["héllo", "naïve"]
+    soon = generate(lm, tok, prompts, max_new_tokens=8, temperature=0)
+    stops = [g.text[4:7] for g in soon]  # each prompt's recited continuation meets one within a few tokens
+    cfg = GenerationConfig(max_new_tokens=64, temperature=0, stop=stops)
+    fed = []
+    hook = lm.register_forward_hook(lambda mod, args, out: fed.append(out.logits.shape))
+    try:
+        gens = generate(lm, tok, prompts, cfg, **kw)
+    finally:
+        hook.remove()
+    assert all(g.finish_reason == "stop" and g.stopped_by in stops for g in gens)
+    assert max(g.completion_tokens for g in gens) < cfg.max_new_tokens
+    # at most a forward per token and sequence (the prefill included), not one per token up to max_new_tokens
+    assert len(fed) <= sum(g.completion_tokens + 1 for g in gens), (len(fed), [g.completion_tokens for g in gens])
+    # what cutting the text afterwards gave: each sequence decoded to max_new_tokens without stop strings, then cut
+    full = generate(lm, tok, prompts, cfg.replace(stop=[]), **kw)
+    for g, f in zip(gens, full, strict=True):
+        cut = min(i for s in stops if (i := f.text.find(s)) >= 0)
+        assert g.text == f.text[:cut] and f.token_ids[:len(g.token_ids)] == g.token_ids

@@ -58,3 +58,37 @@ def test_every_method_refuses_a_bad_prompt_with_the_same_line(models, method: st
         which = name.replace("{}", "0" if method == "speculative_decode" else "1")
         with pytest.raises(ValueError, match=f"^{re.escape(message.replace('{}', which))}$"):
             call(prompts, eos)
+
+
+@pytest.mark.parametrize("method", ["generate_ids", "beam_search", "contrastive_search", "contrastive_decoding",
+                                    "speculative_decode"])
+def test_numpy_ids_are_named_as_such_not_as_outside_the_vocabulary(models, method: str) -> None:
+    """Token ids from a numpy array (list(arr)) are inside the vocabulary: "outside the vocabulary [0, 64): [3]"
+    sent the user looking at the wrong thing. generate() said what they are; the functions that take input_ids
+    did not."""
+    import numpy as np
+
+    call, name = entry_points(*models)[method]
+    which = name.replace("{}", "0" if method == "speculative_decode" else "1")
+    with pytest.raises(ValueError, match=rf"^{re.escape(which)} holds int64 values, not token ids \(Python ints\)"):
+        call([[1, 2], [3, np.int64(4)]], [])
+
+
+@pytest.mark.parametrize("method", ["beam_search", "contrastive_search", "contrastive_decoding",
+                                    "speculative_decode"])
+@pytest.mark.parametrize("not_a_model", ["runs/tiny", "tokenizer"])
+def test_a_search_given_no_decoder_says_so_in_one_line(models, method: str, not_a_model: str) -> None:
+    """A search called directly with a path or a tokenizer as its model failed with "AttributeError: 'str' object
+    has no attribute 'config'"; generate() and generate_ids() named the fault."""
+    from nl_gen_helpers import unicode_tokenizer
+
+    bad = unicode_tokenizer() if not_a_model == "tokenizer" else not_a_model
+    call, _ = entry_points(bad, models[1])[method]
+    with pytest.raises(ValueError, match="^generation needs a causal decoder"):
+        call([[1, 2]], [])
+
+
+def test_contrastive_search_given_a_dict_for_its_config_says_so(models) -> None:
+    """It read config.top_k before checking the config: "AttributeError: 'dict' object has no attribute 'top_k'"."""
+    with pytest.raises(ValueError, match="^config must be a GenerationConfig, got dict$"):
+        contrastive_search(models[0], [[1, 2]], {"top_k": 3, "penalty_alpha": 0.5}, eos_ids=[])

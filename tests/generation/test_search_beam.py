@@ -136,3 +136,32 @@ def test_a_search_refuses_the_settings_of_another_method(models, method, setting
     cfg = GenerationConfig(max_new_tokens=3, temperature=0, **settings)
     with pytest.raises(ValueError, match=f"^{method} .*choose one decoding method"):
         getattr(search, method)(ours, *helper, [[1, 2]], cfg, eos_ids=[])
+
+
+@pytest.mark.parametrize(("method", "settings"), [
+    ("beam_search", dict(num_beams=2)),
+    ("contrastive_search", dict(penalty_alpha=0.6, top_k=4)),
+    ("contrastive_decoding", dict()),
+    ("speculative_decode", dict()),
+], ids=str)
+def test_a_search_gives_each_module_its_own_mode_back(method, settings):
+    """Called directly in the middle of training (a sample every N steps), a search put its models in eval mode for
+    good: dropout was off for every training step after it. It now runs them in eval mode and gives every module its
+    own mode back, as generate() does (a frozen submodule the user keeps in eval stays there), and still decodes
+    without dropout."""
+    from neurallayers.config import ModelConfig
+    from neurallayers.generation import search
+    from neurallayers.models.decoder import DecoderLM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.5)
+    model, helper = DecoderLM(cfg).train(), DecoderLM(cfg.replace(n_layer=1)).train()
+    model.blocks[0].eval()  # kept in eval by the user: must stay so
+    modes = {name: sub.training for m in (model, helper) for name, sub in m.named_modules(prefix=str(id(m)))}
+    helpers = () if method in ("beam_search", "contrastive_search") else (helper,)
+    gen_cfg = GenerationConfig(max_new_tokens=6, temperature=0, **settings)
+    run = getattr(search, method)
+    first = run(model, *helpers, [[1, 2, 3]], gen_cfg, eos_ids=[])
+    assert {name: sub.training for m in (model, helper) for name, sub in m.named_modules(prefix=str(id(m)))} == modes
+    again = run(model, *helpers, [[1, 2, 3]], gen_cfg, eos_ids=[])  # with dropout on inside, the tokens would vary
+    assert [g.token_ids for g in first[0]] == [g.token_ids for g in again[0]]
