@@ -10,7 +10,6 @@ and whether both returned the same token ids.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -53,10 +52,10 @@ def compare(fn_a, fn_b, *, budget: float, min_pairs: int = 3) -> tuple[float, fl
 
 @torch.inference_mode()
 def main() -> None:
-    from bench_common import at_least, names_of, seconds
+    from bench_common import argument_parser, at_least, names_of, seconds
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--beams", type=at_least(1), default=4)
+    p = argument_parser(__doc__)
+    p.add_argument("--beams", type=at_least(1), default=4, help="beams per prompt")
     p.add_argument("--prompt", type=at_least(1), default=32, help="prompt tokens")
     p.add_argument("--new", type=at_least(1), default=32, help="new tokens per sequence")
     p.add_argument("--budget", type=seconds(zero=True), default=6.0, help="seconds of timing per shape")

@@ -10,6 +10,14 @@ import time
 import torch
 
 
+def argument_parser(doc: str, *, whole: bool = False) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first paragraph (`whole`: all of it) as the description, and each option's
+    default in its help, as the CLI's verbs show theirs (`--new NEW ... (default: 128)`)."""
+    from neurallayers.__main__ import HelpFormatter
+
+    return argparse.ArgumentParser(description=doc if whole else doc.split("\n\n")[0], formatter_class=HelpFormatter)
+
+
 def default_precisions(device: str = "cpu") -> str:
     """"fp32,bf16", or "fp32" alone on a CPU without bf16 dot products (AVX512-BF16 or AMX): there torch's bf16
     matrix products run ~100x slower than fp32 (1 vs 135 GFLOP/s on AMD Zen 3), and a bf16 row would take most of an

@@ -28,7 +28,6 @@ extra time (torch.compile of the one-token step for that batch size).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -172,9 +171,9 @@ def same_rows(a: list[list[int]], b: list[list[int]]) -> str:
 
 @torch.inference_mode()
 def main() -> None:
-    from bench_common import at_least, counts, default_precisions, names_of, seconds
+    from bench_common import argument_parser, at_least, counts, default_precisions, names_of, seconds
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(__doc__)
     p.add_argument("--new", type=at_least(2), default=128, help="new tokens per row in the decode rows")
     p.add_argument("--prompt", type=at_least(1), default=512, help="prompt tokens in the prefill row")
     p.add_argument("--decode-prompt", type=at_least(1), default=16, help="prompt tokens per row in the decode rows")

@@ -9,7 +9,6 @@ ratio.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 
@@ -28,10 +27,10 @@ def sentences(n: int, n_words: int, seed: int) -> list[str]:
 
 
 def main() -> None:
-    from bench_common import compare, default_precisions, names_of, seconds
+    from bench_common import argument_parser, compare, default_precisions, names_of, seconds
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = argument_parser(__doc__)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--budget", type=seconds(zero=True), default=4.0, help="seconds of alternating calls per table cell")
     p.add_argument("--precisions", type=names_of("fp32", "bf16"), default=None,
                    help="comma separated (default fp32,bf16; fp32 alone on a CPU without bf16 dot products)")

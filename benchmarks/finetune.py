@@ -11,7 +11,6 @@ ids; the source's own shape, dropout and precision setting.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import tempfile
@@ -47,14 +46,16 @@ def source_val_loss(run, source: Path) -> float | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from bench_common import argument_parser
+
+    p = argument_parser(__doc__)
     p.add_argument("source", help="the pretrained run directory or Hugging Face folder")
     p.add_argument("--data", default="python-stdlib", help="the corpus to fine-tune on")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=300, help="training steps of each run")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the fine-tune (cosine to lr / 10)")
     p.add_argument("--scratch-lr", type=float, default=2e-3, help="... and of the run from scratch (the demo's)")
-    p.add_argument("--eval-interval", type=int, default=50)
+    p.add_argument("--eval-interval", type=int, default=50, help="steps between the val losses of the table")
     p.add_argument("--block-size", type=int, help="a shorter context than the source's")
     p.add_argument("--out", help="keep the two run directories here (default: a temporary folder)")
     args = p.parse_args()

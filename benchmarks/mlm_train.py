@@ -12,7 +12,6 @@ first step's loss is printed from each as a check that all compute the same thin
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 
@@ -42,13 +41,13 @@ class Trainer:
 
 
 def main() -> None:
-    from bench_common import at_least, compare, default_precisions, names_of, seconds
+    from bench_common import argument_parser, at_least, compare, default_precisions, names_of, seconds
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = argument_parser(__doc__)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--budget", type=seconds(zero=True), default=10.0, help="seconds of alternating steps per row")
-    p.add_argument("--batch", type=at_least(1), default=16)
-    p.add_argument("--context", type=at_least(1), default=128)
+    p.add_argument("--batch", type=at_least(1), default=16, help="sequences per step")
+    p.add_argument("--context", type=at_least(1), default=128, help="tokens per sequence")
     p.add_argument("--precisions", type=names_of("fp32", "bf16"), default=None,
                    help="comma separated (default fp32,bf16; fp32 alone on a CPU without bf16 dot products)")
     args = p.parse_args()

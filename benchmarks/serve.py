@@ -390,17 +390,21 @@ def soak(model: Path, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from bench_common import at_least, counts, seconds
+    from bench_common import argument_parser, at_least, counts, seconds
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__, whole=True)
     parser.add_argument("--model", type=Path, help="a run directory or HF folder (default: a random --preset)")
     parser.add_argument("--preset", default="gpt2", help="the random model's shape (with the GPT-2 tokenizer)")
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "neurallayers-bench")
-    parser.add_argument("--clients", default="1,4,8,16", type=lambda s: [int(x) for x in counts(s).split(",")])
+    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "neurallayers-bench",
+                        help="where the random model is written once")
+    parser.add_argument("--clients", default="1,4,8,16", type=lambda s: [int(x) for x in counts(s).split(",")],
+                        help="concurrent streaming clients, a run for each count")
     parser.add_argument("--seconds", type=seconds(), default=20.0, help="measured time per server and client count")
-    parser.add_argument("--max-tokens", type=at_least(1), default=64)
-    parser.add_argument("--threads", type=at_least(1), default=int(os.environ.get("OMP_NUM_THREADS", "2")))
-    parser.add_argument("--target", choices=["http", "engine"], default="http")
+    parser.add_argument("--max-tokens", type=at_least(1), default=64, help="max_tokens of each request")
+    parser.add_argument("--threads", type=at_least(1), default=int(os.environ.get("OMP_NUM_THREADS", "2")),
+                        help="the servers' OMP_NUM_THREADS (default: this process's, else 2)")
+    parser.add_argument("--target", choices=["http", "engine"], default="http",
+                        help="the server over HTTP, or its engine in-process")
     parser.add_argument("--compare", choices=["one-at-a-time", "plain"], default="one-at-a-time",
                         help="the server the batching one is compared with (plain: batching compiled vs not)")
     parser.add_argument("--soak", type=seconds(zero=True), default=0.0,

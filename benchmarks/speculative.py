@@ -11,7 +11,6 @@ greedy rows also say whether the speculative tokens equal plain greedy decoding 
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
@@ -76,18 +75,19 @@ def plain_decode(model, prompt: list[int], cfg) -> list[int]:
 
 
 def main() -> None:
-    from bench_common import at_least, counts
+    from bench_common import argument_parser, at_least, counts
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(__doc__)
     p.add_argument("--cache-dir", default=os.path.join(os.environ.get("NEURALLAYERS_CACHE")
                                                         or os.path.expanduser("~/.cache/neurallayers"),
-                                                        "bench-speculative"))
+                                                        "bench-speculative"),
+                   help="where the trained pair is kept for later runs")
     p.add_argument("--new", type=at_least(1), default=160, help="new tokens per prompt")
     p.add_argument("--ks", type=counts, default="2,4,6", help="draft tokens per round to try")
     p.add_argument("--temperature", type=float, default=0.8, help="for the sampled rows")
-    p.add_argument("--target-minutes", type=float, default=4.0)
-    p.add_argument("--draft-minutes", type=float, default=1.5)
-    p.add_argument("--retrain", action="store_true")
+    p.add_argument("--target-minutes", type=float, default=4.0, help="training time of the target, when trained here")
+    p.add_argument("--draft-minutes", type=float, default=1.5, help="... and of the draft")
+    p.add_argument("--retrain", action="store_true", help="train both afresh, not from the cache")
     args = p.parse_args()
 
     from neurallayers.generation.config import GenerationConfig

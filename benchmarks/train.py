@@ -277,9 +277,9 @@ def recipe(args: argparse.Namespace, data: str) -> None:
 
 
 def main() -> None:
-    from bench_common import at_least, default_precisions, names_of
+    from bench_common import argument_parser, at_least, default_precisions, names_of
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(__doc__)
     p.add_argument("--data", default=str(DEFAULT_DATA), help="tinyshakespeare.txt (default: %(default)s)")
     p.add_argument("--recipe", action="store_true", help="run nanoGPT's 2000-step recipe instead of the speed table")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="recipe precision")
@@ -310,10 +310,10 @@ def main() -> None:
     p.add_argument("--no-plain", action="store_true", help="speed: leave out the plain-PyTorch baseline loop")
     p.add_argument("--rounds", type=at_least(1), default=7, help="speed: alternating rounds of the nanogpt shape")
     p.add_argument("--steps", type=at_least(1), default=30, help="speed: steps per nanogpt-shape run")
-    p.add_argument("--gpt2-rounds", type=at_least(1), default=1)
-    p.add_argument("--gpt2-steps", type=at_least(1), default=4)
-    p.add_argument("--gpt2-batch", type=at_least(1), default=1)
-    p.add_argument("--gpt2-context", type=at_least(1), default=1024)
+    p.add_argument("--gpt2-rounds", type=at_least(1), default=1, help="speed: alternating rounds of the gpt2 shape")
+    p.add_argument("--gpt2-steps", type=at_least(1), default=4, help="speed: steps per gpt2-shape run")
+    p.add_argument("--gpt2-batch", type=at_least(1), default=1, help="speed: the gpt2 shape's sequences per step")
+    p.add_argument("--gpt2-context", type=at_least(1), default=1024, help="speed: ... and their tokens")
     args = p.parse_args()
     args.precisions = args.precisions or default_precisions()
     logging.basicConfig(level=logging.WARNING)

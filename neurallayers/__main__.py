@@ -57,6 +57,17 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, allow_abbrev=False, **kwargs)
         self._trial = False  # parse_args' second parse: its errors are raised, not printed
 
+    def _print_message(self, message: str, file=None) -> None:
+        # argparse drops an OSError of this write: `--help > FILE` on a full disk exited 0 with FILE empty. The help
+        # and --version are written and flushed here, so main() reports them as any output it cannot write
+        if not message:
+            return
+        if file is not None and file is sys.stdout:
+            file.write(message)
+            file.flush()
+        else:
+            super()._print_message(message, file)
+
     def error(self, message: str):
         if self._trial:
             raise _TrialError(message)
@@ -180,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         parser.error(f"unknown verb {argv[0]!r}{hint}; verbs: {', '.join(VERBS)}")
     if not argv or argv[0] not in VERBS:
-        parser.parse_args(argv or ["--help"])  # prints the help, --version, or the argparse error
+        try:
+            parser.parse_args(argv or ["--help"])  # prints the help, --version, or the argparse error
+        except OSError as e:
+            return _unwritten_output(e, "neurallayers")
         return 2
     verb = argv[0]
     if sys.stdin is None:  # started with stdin closed (`<&-`): empty, as `< /dev/null` (generate and chat read it)
@@ -217,18 +231,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"neurallayers {verb}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `neurallayers info run | head`: the reader left; say nothing more to it
-        _discard_output()
-        return 1
     except OSError as e:
-        if e.errno not in _OUTPUT_FULL or e.filename is not None:  # a named file's error: WriteError names it
-            raise
-        # `> /dev/full`, a full disk or quota under `> FILE`: the traceback of a print() was all the user saw
-        print(f"neurallayers {verb}: error: cannot write the output: {e.strerror}", file=sys.stderr)
-        _discard_output()
-        return 2
+        return _unwritten_output(e, f"neurallayers {verb}")
     finally:
         warnings.formatwarning = formatwarning
+
+
+def _unwritten_output(e: OSError, prog: str) -> int:
+    """The exit status for output that could not be written; any other OSError is raised again."""
+    if isinstance(e, BrokenPipeError):  # `neurallayers info run | head`: the reader left; say nothing more to it
+        _discard_output()
+        return 1
+    if e.errno not in _OUTPUT_FULL or e.filename is not None:  # a named file's error: WriteError names it
+        raise e
+    # `> /dev/full`, a full disk or quota under `> FILE`: the traceback of a print() was all the user saw
+    print(f"{prog}: error: cannot write the output: {e.strerror}", file=sys.stderr)
+    _discard_output()
+    return 2
 
 
 # errno values of a write that found no room (ENOSPC: a full disk, /dev/full; EDQUOT: a quota; EFBIG: a file-size limit)

@@ -114,11 +114,47 @@ def test_the_python_functions_the_readme_names_bare_are_exported_too():
     `save_pretrained` of a Python script) and `nl.save_hf` was an AttributeError: it lived in neurallayers.interop."""
     import neurallayers
 
-    named = set(re.findall(r"`(\w+)\(", README)) | set(re.findall(r"\(`(\w+)`, `nl\.", README))
+    named = set(re.findall(r"`(\w+)\(", README)) | set(re.findall(r"\bnl\.(\w+)", README))
     assert "save_hf" in named
     from neurallayers.interop import save_hf
 
     assert neurallayers.save_hf is save_hf and "save_hf" in neurallayers.__all__
+
+
+def _dotted(path: str):
+    """The object a dotted `neurallayers.a.b.c` path names, or None."""
+    import importlib
+
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            found = getattr(found, name, None)
+        return found
+    return None
+
+
+def test_the_functions_the_readme_names_outside_the_top_level_api_say_where_they_live():
+    # `WriteError` and `fit()` named bare: a newcomer needs `neurallayers.files.WriteError`, written once at least
+    import importlib
+
+    import neurallayers
+
+    modules = ("neurallayers.interop", "neurallayers.training", "neurallayers.generation", "neurallayers.files",
+               "neurallayers.data.chat")
+    public = {}
+    for module in modules:
+        for name, value in vars(importlib.import_module(module)).items():
+            if callable(value) and not name.startswith("_") and getattr(value, "__module__", "").startswith(module):
+                public.setdefault(name, value)
+    named = set(re.findall(r"`([A-Za-z_]\w*)(?:\(|`)", README)) & set(public) - set(neurallayers.__all__)
+    paths = set(re.findall(r"`(neurallayers(?:\.\w+)+)", README))
+    placed = {path.rsplit(".", 1)[1] for path in paths if _dotted(path) is not None}
+    assert named and named - placed == set()
+    assert all(_dotted(path) is not None for path in paths)
 
 
 def test_the_knobs_the_readme_lists_are_generation_config_fields():
@@ -251,7 +287,7 @@ def test_make_demo_passes_demo_args_on(tmp_path):
 def test_make_bench_runs_every_benchmark_but_finetune(tmp_path):
     loop = next(line for line in make_dry_run("bench", tmp_path).splitlines() if line.startswith("for b in"))
     run = set(loop.split(" in ", 1)[1].split(";")[0].split())
-    scripts = {path.stem for path in (ROOT / "benchmarks").glob("*.py") if "__main__" in path.read_text()}
+    scripts = {path.stem for path in BENCHMARKS}
     assert run == scripts - {"finetune"}  # finetune.py starts from a trained run it must be given (README)
 
 
@@ -292,7 +328,8 @@ def test_make_redoes_a_first_install_that_stopped_half_way(ensurepip, tmp_path):
     assert "-m venv" in again and 'pip install -q "torch==' in again, again
 
 
-BENCHMARKS = sorted(path for path in (ROOT / "benchmarks").glob("*.py") if "__main__" in path.read_text())
+BENCHMARKS = sorted(path for path in (ROOT / "benchmarks").glob("*.py")
+                    if 'if __name__ == "__main__":' in path.read_text())
 
 
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda path: path.name)
@@ -304,6 +341,33 @@ def test_each_benchmark_help_says_what_it_measures(script, monkeypatch, capsys):
         runpy.run_path(str(script), run_name="__main__")
     first_paragraph = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))).split("\n\n")[0]
     assert " ".join(first_paragraph.split()) in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda path: path.name)
+def test_each_benchmark_help_gives_every_options_default(script, monkeypatch):
+    # `decode.py --help` listed `--new NEW  new tokens per row in the decode rows` with no 128 beside it, and
+    # train.py's --gpt2-* options, serve.py's --clients and --max-tokens with no word at all
+    import argparse
+
+    parsers = []
+
+    def kept(parser, *args, **kwargs):
+        parsers.append(parser)
+        raise SystemExit(0)
+
+    monkeypatch.syspath_prepend(str(script.parent))
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", kept)
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(script), run_name="__main__")
+    (parser,) = parsers
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or action.default in (None, argparse.SUPPRESS):
+            continue
+        name = f"{script.name} {action.option_strings[-1]}"
+        assert (action.help or "").strip(), f"{name} has no help, so --help shows no default"
+        assert "default" in formatter._get_help_string(action), f"{name}: its default {action.default!r} is not shown"
 
 
 def pyproject() -> dict:

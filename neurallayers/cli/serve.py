@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_dtype(parser, compiles=True)
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (neurallayers.generation.fast) before serving: "
-                        "15-60 s to start, then 1.3-2x the decode tokens/s on CPU")
+                        "15-60 s to start, then 1.5-3x the decode tokens/s on CPU")
     parser.add_argument("--max-model-len", type=positive_int, default=None, metavar="TOKENS",
                         help="tokens a request may use, prompt and reply (default: the model's context length); a "
                         "decoder's KV cache holds --max-concurrency rows of it, so a long-context model may need "
@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "a .jinja file, or the template's text (default: the tokenizer's own)")
     parser.add_argument("--trust-request-chat-template", action="store_true",
                         help="let requests bring their own chat template (chat_template); refused without it")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                        help="the server log's level (uvicorn's): info logs each request")
 
 
 def _origin(text: str) -> str:

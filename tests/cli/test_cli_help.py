@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from neurallayers.__main__ import build_verb_parser
+import argparse
+
+from neurallayers.__main__ import VERBS, build_verb_parser
 
 
 def option_help(verb: str, option: str) -> str:
@@ -39,3 +41,13 @@ def test_every_beam_search_and_eos_flag_says_what_it_does():
         assert "(default: 1.0)" in option_help(verb, "--length-penalty"), verb
     for verb in ("generate", "batch", "chat"):
         assert "end-of-text token" in option_help(verb, "--ignore-eos"), verb
+
+
+def test_every_option_of_every_verb_says_what_it_does_and_its_default():
+    # argparse prints no line, so no default, for an option without help: `serve --log-level` showed only its choices
+    for verb in VERBS:
+        parser = build_verb_parser(verb)[1]
+        bare = [action.option_strings[-1] for action in parser._actions
+                if action.option_strings and action.help != argparse.SUPPRESS and not (action.help or "").strip()]
+        assert bare == [], f"neurallayers {verb}: {bare} have no help"
+    assert "(default: info)" in option_help("serve", "{critical,error,warning,info,debug}")

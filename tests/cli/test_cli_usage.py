@@ -76,11 +76,12 @@ def test_a_closed_stdout_is_one_line_not_lost_output(tmp_path: Path):
                                   "/dev/null to discard it)"
 
 
-def _info_tiny_into(stdout, tmp_path: Path) -> subprocess.CompletedProcess:
-    """`neurallayers info tiny > stdout`, its output buffered as a user's shell gives it (no PYTHONUNBUFFERED)."""
+def _info_tiny_into(stdout, tmp_path: Path, args: tuple[str, ...] = ("info", "tiny")) -> subprocess.CompletedProcess:
+    """`neurallayers info tiny > stdout` (or other `args`), its output buffered as a user's shell gives it (no
+    PYTHONUNBUFFERED)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     env.update(OMP_NUM_THREADS="1", NEURALLAYERS_CACHE=str(tmp_path / ".nlcache"))
-    return subprocess.run([sys.executable, "-m", "neurallayers", "info", "tiny"], stdout=stdout, stderr=subprocess.PIPE,
+    return subprocess.run([sys.executable, "-m", "neurallayers", *args], stdout=stdout, stderr=subprocess.PIPE,
                           text=True, env=env, cwd=tmp_path, timeout=120)
 
 
@@ -103,6 +104,16 @@ def test_a_full_disk_under_stdout_is_one_line(tmp_path: Path):
     with open("/dev/full", "w") as full:
         proc = _info_tiny_into(full, tmp_path)
     assert_user_error(proc, "neurallayers info: error: cannot write the output: No space left on device")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize(("args", "prog"), [(("--help",), "neurallayers"), (("--version",), "neurallayers"),
+                                            (("info", "--help"), "neurallayers info")])
+def test_help_or_version_on_a_full_disk_is_one_line_not_a_silent_success(args, prog, tmp_path: Path):
+    """`neurallayers --help > FILE` on a full disk exited 0 with FILE empty: argparse drops its own write's OSError."""
+    with open("/dev/full", "w") as full:
+        proc = _info_tiny_into(full, tmp_path, args)
+    assert_user_error(proc, f"{prog}: error: cannot write the output: No space left on device")
 
 
 @pytest.fixture(scope="module")
