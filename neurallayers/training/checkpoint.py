@@ -166,10 +166,11 @@ def run_checkpoint(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def set_aside(run_dir: str | os.PathLike, paths: list[Path]) -> Path:
+def set_aside(run_dir: str | os.PathLike, paths: list[Path], *, link: bool = False) -> Path:
     """Moves `paths` (checkpoints, best weights of a run) into the run's `abandoned/` folder, each under a name not
     taken there yet; returns that folder. A resume from an older checkpoint starts another history: the newer
-    checkpoints must not be what the next --resume continues, yet are kept for the user to look at."""
+    checkpoints must not be what the next --resume continues, yet are kept for the user to look at. `link`: files
+    stay where they are too (a hard link, or a copy), for the caller to replace atomically."""
     folder = Path(run_dir) / "abandoned"
     folder.mkdir(exist_ok=True)
     for path in paths:
@@ -177,8 +178,10 @@ def set_aside(run_dir: str | os.PathLike, paths: list[Path]) -> Path:
         while dest.exists():
             n += 1
             dest = folder / f"{path.stem}-{n}{path.suffix}"
-        # a rename, or a copy where checkpoints/ is a link to another file system (os.replace: "cross-device link")
-        shutil.move(path, dest)
+        if link:
+            _keep_best(path, dest)
+        else:  # a rename, or a copy where checkpoints/ is a link to another file system (os.replace: "cross-device")
+            shutil.move(path, dest)
     return folder
 
 

@@ -207,9 +207,16 @@ class RestoreMixin:
             self.best_val, self.bad_evals = None, 0
 
     def _roll_back_files(self) -> None:
+        """Carries out _roll_back_plan in an order that a kill at any point leaves for the same command to finish: the
+        newer history's weights are linked aside and replaced atomically before its checkpoints move aside (moved
+        first, a kill left the run without model.safetensors), and metrics.jsonl loses its later rows only after."""
+        later = bool(self.newer_checkpoints) and self.weights_are_later
+        if later:
+            ckpt.set_aside(self.out, [self.out / "model.safetensors"], link=True)
+        if self.weights_from is not None:
+            ckpt.copy_model(self.weights_from, self.out, name=self.weights_name)
         if self.newer_checkpoints:
-            later = [self.out / "model.safetensors"] if self.weights_are_later else []
-            folder = ckpt.set_aside(self.out, [*self.newer_checkpoints, *later])
+            folder = ckpt.set_aside(self.out, self.newer_checkpoints)
             log.warning("resumed from step %d, before the run's newest checkpoint (%s): the newer checkpoints%s moved "
                         "to %s, so that a later --resume goes on from here", self.step, self.newer_checkpoints[-1].name,
                         " and the weights they led to (model.safetensors)" if later else "", folder)
@@ -217,8 +224,6 @@ class RestoreMixin:
             log.info("model.safetensors held weights evaluated after step %d's checkpoint, which the run goes on "
                      "without: it becomes %s's %s again", self.step, self.weights_from.name,
                      "best weights" if self.weights_name == ckpt.BEST else "weights")
-        if self.weights_from is not None:
-            ckpt.copy_model(self.weights_from, self.out, name=self.weights_name)
 
     def _has_dropout(self) -> bool:
         model = self.run_cfg.model

@@ -96,7 +96,7 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
         ValueError / FileNotFoundError / CheckpointError: bad config or resume target, before the first step.
         KeyboardInterrupt: a second Ctrl-C.
     """
-    _check_arguments(run, loggers, until_step)
+    _check_arguments(run, out_dir, loggers, until_step)
     resume = resume_arg(resume)
     if not run.model.causal and run.model.head not in ("none", "mlm"):
         raise ValueError(f"ModelConfig.head={run.model.head!r}: training an encoder pretrains it as a masked LM, "
@@ -113,15 +113,20 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
         dist.cleanup(info)
 
 
-def _check_arguments(run: object, loggers: object, until_step: object) -> None:
+def _check_arguments(run: object, out_dir: object, loggers: object, until_step: object) -> None:
     """fit()'s own arguments, each refused in one line before any work: one tracker name was read letter by letter
     ("unknown logger(s) ['t', 'e', ...]") once the corpus was tokenized, an object without log() and close() failed
-    after the first step, and until_step=2.5 stopped after step 3."""
+    after the first step, until_step=2.5 stopped after step 3, and out_dir="" trained into the current folder."""
     from neurallayers.training.loggers import LOGGERS, check_installed
 
     if not isinstance(run, RunConfig):
         raise ValueError(f"run: expected a RunConfig (RunConfig.from_yaml(path), or RunConfig(model=...)), got "
                          f"{type(run).__name__}")
+    if not isinstance(out_dir, str | os.PathLike):
+        raise ValueError(f"out_dir={out_dir!r}: must be a path (a str or pathlib.Path) of the run directory, got "
+                         f"{type(out_dir).__name__}")
+    if isinstance(out_dir, str) and not out_dir.strip():  # Path("") is the current folder: the run landed there
+        raise ValueError("out_dir is empty; name the run directory to write")
     if until_step is not None and (not is_int(until_step) or until_step < 1):
         raise ValueError(f"until_step={until_step!r} must be an int >= 1 or None")
     if loggers is None:
@@ -149,6 +154,7 @@ class _Session:
     step_times: array = field(default_factory=lambda: array("d"))  # 8 bytes a step
     reason: str = "max_steps"  # TrainResult.stopped_reason
     final_val: float | None = None
+    evaluated: int = -1  # the step of final_val: the session's last evaluation
 
 
 class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
@@ -188,10 +194,11 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
             for name in ("metrics.jsonl", "model.safetensors", "samples.txt", "loss.png"):
                 (self.out / name).unlink(missing_ok=True)
             ckpt.clean_incomplete(self.out)
-        else:  # a resumed run rewrites history after its checkpoint: drop the crashed session's later lines
-            truncate_metrics(self.out / "metrics.jsonl", self.step)
+        else:  # a resumed run rewrites history after its checkpoint: drop the crashed session's later lines, last,
+            # for they tell a resume killed in between which weights are later (_roll_back_files)
             ckpt.clean_incomplete(self.out)
             self._roll_back_files()
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
             # a kill between a checkpoint's rename and its pruning left one too many; a finished run saves no more
             ckpt.prune_checkpoints(self.out, keep_last=self.cfg.keep_last,
                                    keep_before=self._keep_before(going_on=False))
@@ -254,7 +261,7 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         if not bar.disable:
             console.enter_context(logging_redirect_tqdm())
         self._warn_if_patience_cannot_stop()
-        in_step = abandoned = False
+        in_flight, abandoned = None, False  # the step being trained, logged, evaluated or saved
         try:
             while self.step < cfg.max_steps:
                 if (reason := self._stop_requested(stop)) is not None:
@@ -262,24 +269,27 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
                     break
                 t_step = time.monotonic()
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-                in_step = True
+                in_flight = self.step + 1
                 loss, grad_norm, ok = self._train_step()
                 s.step_times.append(time.monotonic() - t_step)
                 s.train_time += s.step_times[-1]
                 self.step += 1
                 self.tokens_seen += self.tokens_per_step
                 self.data_position += cfg.grad_accum
-                in_step = False
                 bar.update(1)
-                if (reason := self._after_step(s, bar, loss=loss, grad_norm=grad_norm, ok=ok, lr=lr)) is not None:
+                reason = self._after_step(s, bar, loss=loss, grad_norm=grad_norm, ok=ok, lr=lr)
+                in_flight = None
+                if reason is not None:
                     s.reason = reason
                     break
         except KeyboardInterrupt:  # a second Ctrl-C, or a first one from a caller's own SIGINT handler
             s.reason = "interrupted"
-            abandoned = in_step  # the step in flight may be half applied: saving it would break exact resume
+            # the step in flight may be half applied, or its evaluation or log row missing (a checkpoint of it
+            # without them: the resume never evaluated that step): saving it would break exact resume
+            abandoned = in_flight is not None
             if abandoned:
                 log.warning("interrupted during step %d: not saved (the run resumes from its last checkpoint)",
-                            self.step + 1)
+                            in_flight)
             else:
                 log.warning("interrupted at step %d: saving a checkpoint", self.step)
         finally:
@@ -334,7 +344,7 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         elif self.step % cfg.log_interval == 0 or self.step == s.start_step + 1:
             self._report(s, bar, loss=loss, grad_norm=grad_norm, lr=lr)
         if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.has_val:
-            s.final_val = self._evaluate()
+            s.final_val, s.evaluated = self._evaluate(), self.step
             # at max_steps the run ends anyway: it reached max_steps, as where max_steps is no multiple of
             # eval_interval (it was reported as an early stop, and a longer resume read it so)
             if (cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience
@@ -385,8 +395,10 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         if terminal and self.has_val:
             if self.step == s.start_step > 0:  # a resume with nothing to train: the step's evaluation stands
                 s.final_val = logged_val_loss(self.out / "metrics.jsonl", self.step)
-            if s.final_val is None or (self.step > s.start_step and (cfg.eval_interval == 0
-                                                                     or self.step % cfg.eval_interval)):
+                s.evaluated = self.step if s.final_val is not None else -1
+            # the final weights, unless the loop evaluated them: not so at an eval_interval step that the NaN guard
+            # stopped before its evaluation (the end took it for evaluated, and a resume of that session did evaluate)
+            if s.evaluated != self.step:
                 # the time budget pauses a run that a resume goes on with: its checkpoint holds what an uninterrupted
                 # run holds at this step, so it is written before this evaluation, which a resume undoes (an extra
                 # evaluation changed the best weights and the early-stopping count, and the later steps' log)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from nl_train_helpers import read_jsonl, run_fit_process, step_losses, tiny_run, write_corpus
+from nl_train_helpers import read_jsonl, run_fit_process, step_losses, tiny_run, val_losses, write_corpus
 
 import neurallayers.models
 from neurallayers.training import RunConfig, fit, load_run
@@ -228,6 +228,26 @@ def test_the_skip_streak_is_resumed_exactly(tmp_path, monkeypatch):
     assert step_losses(tmp_path / "split").keys() == step_losses(tmp_path / "straight").keys()
 
 
+def test_a_nan_stop_at_an_evaluation_step_evaluates_the_final_weights_and_resumes_exactly(tmp_path, monkeypatch):
+    """The NaN guard stops at step 4, where eval_interval 2 would evaluate: the run ends, so its final weights (step
+    3's update, never evaluated) are, as at a stop between evaluations. Before, the end took step 4 for evaluated:
+    final_val_loss was step 2's, the best weights never saw step 3's update, and a resume from step 3 (whose session
+    had no evaluation yet) did evaluate there, so its metrics.jsonl was not the uninterrupted run's."""
+    _nan_from_step(monkeypatch, 4)
+    run = tiny_run(tmp_path, max_steps=8, eval_interval=2, save_interval=2, nan_policy="stop")
+    straight = fit(run, tmp_path / "straight", progress=False)
+    assert (straight.steps, straight.stopped_reason) == (4, "nan")
+    assert list(val_losses(tmp_path / "straight")) == [2, 4]
+    assert straight.final_val_loss == val_losses(tmp_path / "straight")[4]
+    assert fit(run, tmp_path / "split", progress=False, until_step=3).stopped_reason == "until_step"
+    split = fit(run, tmp_path / "split", resume=True, progress=False)
+    assert (split.steps, split.stopped_reason, split.final_val_loss) == (4, "nan", straight.final_val_loss)
+    wall = ("tokens_per_sec", "elapsed")
+    rows = [[{k: v for k, v in r.items() if k not in wall} for r in read_jsonl(tmp_path / name / "metrics.jsonl")]
+            for name in ("straight", "split")]
+    assert rows[0] == rows[1]
+
+
 def test_a_nan_validation_loss_is_never_the_best(tmp_path, monkeypatch):
     """Before, a NaN first evaluation was marked best and saved, and no later `val < nan` could replace it."""
     from neurallayers.training import losses
@@ -400,6 +420,45 @@ def test_resuming_an_older_checkpoint_sets_the_newer_history_aside(tmp_path, cap
         fit(lower, tmp_path / "run", resume=tmp_path / "run/abandoned/step-16", progress=False)
 
 
+class _Killed(BaseException):
+    """Stands for a SIGKILL: nothing in fit handles it."""
+
+
+@pytest.mark.parametrize("killed_in", ["set_aside", "copy_model", "truncate_metrics"])
+def test_a_kill_while_rolling_back_to_an_older_checkpoint_leaves_it_to_the_next_resume(tmp_path, monkeypatch,
+                                                                                      killed_in):
+    """Killed while a resume from step-8 set the newer history aside, the same command again must give the files an
+    uninterrupted roll-back gives. model.safetensors went aside first and its replacement came after: a kill between
+    left the run without it, and the next resume, whose truncated metrics.jsonl no longer showed the newer history's
+    evaluations, never put it back (a run whose later evaluations never beat step 8's best ended without one)."""
+    import neurallayers.training.trainer as trainer
+
+    run = tiny_run(tmp_path, max_steps=16, warmup_steps=0, eval_interval=4, save_interval=4, keep_last=3)
+    fit(run, tmp_path / "run", progress=False)
+    old_best = read_safetensors(tmp_path / "run/model.safetensors")
+    target = tmp_path / "run/checkpoints/step-8"
+    module = ckpt if killed_in != "truncate_metrics" else trainer
+    real = getattr(module, killed_in)
+
+    def killed(*args, **kwargs):
+        if killed_in != "set_aside" or args[1][0].name != "model.safetensors":  # the checkpoints' move
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, killed_in, killed)
+    with pytest.raises(_Killed):
+        fit(run, tmp_path / "run", resume=target, progress=False, until_step=9)
+    monkeypatch.undo()
+    fit(run, tmp_path / "run", resume=target, progress=False, until_step=9)  # the same command again
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-8", "step-9"]
+    best_at_8 = read_safetensors(target / "model.safetensors")  # step 8's evaluation was the best then
+    assert all(torch.equal(best_at_8[k], v) for k, v in read_safetensors(tmp_path / "run/model.safetensors").items())
+    aside = tmp_path / "run/abandoned"
+    assert {"step-12", "step-16", "model.safetensors"} <= {p.name for p in aside.iterdir()}
+    assert all(torch.equal(old_best[k], v) for k, v in read_safetensors(aside / "model.safetensors").items())
+    assert max(r["step"] for r in read_jsonl(tmp_path / "run/metrics.jsonl")) == 9
+
+
 def test_rolling_back_keeps_model_safetensors_to_the_history_it_goes_on(tmp_path, caplog):
     """Without evaluations model.safetensors is the final weights, and a best whose checkpoint was pruned is gone:
     either way the newer history's weights go aside and the resumed step's take their place."""
@@ -564,6 +623,22 @@ def test_fit_arguments_of_the_wrong_kind_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"run: expected a RunConfig .*, got dict"):
         fit(run.to_dict(), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_or_non_path_out_dir_is_refused_before_any_work(tmp_path, monkeypatch):
+    """out_dir="" (an unset variable) trained into the current folder, writing its config, checkpoints and metrics
+    there, where `train --out ""`, nl.train and resume="" refuse it; None or a number was a bare TypeError that named
+    no argument."""
+    run = tiny_run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cases = [("", r"out_dir is empty; name the run directory to write"),
+             ("  ", r"out_dir is empty; name the run directory to write"),
+             (None, r"out_dir=None: must be a path \(a str or pathlib\.Path\) of the run directory, got NoneType"),
+             (3, r"out_dir=3: must be a path \(a str or pathlib\.Path\) of the run directory, got int")]
+    for out, message in cases:
+        with pytest.raises(ValueError, match=message):
+            fit(run, out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]  # nothing written, not even a token cache
 
 
 def test_settings_that_cannot_do_what_they_say_are_warned_about(tmp_path, caplog):

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from nl_train_helpers import child_env, step_losses, tiny_run
+from nl_train_helpers import child_env, step_losses, tiny_run, val_losses
 
 from neurallayers.training import checkpoint as ckpt
-from neurallayers.training import fit, trainer
+from neurallayers.training import fit, losses, trainer
 
 pytestmark = pytest.mark.skipif(
     signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL or signal.getsignal(signal.SIGINT)
@@ -68,6 +68,33 @@ def test_a_second_ctrl_c_stops_at_once_and_saves_no_half_step(tmp_path, monkeypa
     assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-4"
     assert "interrupted during step 6: not saved" in caplog.text
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_during_a_steps_evaluation_saves_nothing_and_the_resume_is_exact(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """Ctrl-C at step 4, then again inside step 4's evaluation: as documented, KeyboardInterrupt and nothing saved.
+    It saved step 4 without its evaluation and returned "interrupted": the resume never evaluated step 4, and its
+    val losses, best weights and early-stopping count were not an uninterrupted run's."""
+    run = tiny_run(tmp_path, max_steps=8, save_interval=2, eval_interval=4)
+    straight = fit(run, tmp_path / "straight", progress=False)
+    mean_loss = losses.mean_loss
+
+    def evaluation_with_a_second_ctrl_c(*args, **kwargs):  # the split run's first: step 4's, after the first Ctrl-C
+        monkeypatch.setattr(losses, "mean_loss", mean_loss)
+        os.kill(os.getpid(), signal.SIGINT)
+        return mean_loss(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "mean_loss", evaluation_with_a_second_ctrl_c)
+    with caplog.at_level("WARNING", logger="neurallayers.training"), pytest.raises(KeyboardInterrupt):
+        fit(run, tmp_path / "split", progress=False, loggers=[SignalAt(4, signal.SIGINT)])
+    assert ckpt.latest_checkpoint(tmp_path / "split").name == "step-2"  # step 4 was not finished: not saved
+    assert "interrupted during step 4: not saved" in caplog.text
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = fit(run, tmp_path / "split", resume=True, progress=False)
+    assert resumed.steps == straight.steps == 8
+    assert step_losses(tmp_path / "split") == step_losses(tmp_path / "straight")
+    assert val_losses(tmp_path / "split") == val_losses(tmp_path / "straight")
+    assert resumed.best_val_loss == straight.best_val_loss
 
 
 def test_sigterm_to_the_cli_saves_and_exits_143_with_the_resume_command(tmp_path):
