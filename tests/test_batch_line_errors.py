@@ -25,7 +25,7 @@ BAD_VALUES = {
     "max_new_tokens": (0, "must be >= 1"),
     "min_new_tokens": (-1, "must be in [0, GenerationConfig.max_new_tokens=12]"),
     "temperature": (-1, "must be >= 0 (0 means greedy)"),
-    "top_k": (-1, "must be >= 0 (0 disables it)"),
+    "top_k": (-2, "must be >= 0 (0 disables it)"),  # -1 is the server's (and vLLM's) "every token"
     "top_p": (2, "must be in (0, 1]"),
     "min_p": ("high", "must be a finite number"),
     "repetition_penalty": (0, "must be > 0 (1 disables it)"),

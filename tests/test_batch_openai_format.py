@@ -158,6 +158,9 @@ def test_a_killed_run_resumes_to_the_same_file(run_dir, tmp_path, monkeypatch, c
     ('{"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": []}', "body must be a JSON object"),
     ('{"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": {"stream": true}}', "body.stream"),
     ('{"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": {}', "not valid JSON"),
+    # no UTF-8 output line holds it: it failed after the server's answer, naming no line
+    ('{"custom_id": "x\\ud83d", "method": "POST", "url": "/v1/completions", "body": {}}',
+     "custom_id has a lone surrogate (U+D83D) at position 1"),
 ])
 def test_a_bad_envelope_stops_the_run_before_any_work_naming_its_line(run_dir, tmp_path, capsys, line, said):
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -167,6 +170,51 @@ def test_a_bad_envelope_stops_the_run_before_any_work_naming_its_line(run_dir, t
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "in.jsonl line 2: " in err and said in err, err
     assert not output.exists()
+
+
+@pytest.mark.parametrize("end", ["\r\n", "\r"])
+def test_an_openai_batch_file_of_any_line_ends_is_read_as_requests(run_dir, tmp_path, end):
+    # a file of lone CR line ends was one line, not JSON, so read as {"prompt": ...} lines: "unknown field 'custom_id'"
+    bodies = [("/v1/completions", {"prompt": "The", "max_tokens": 2, "temperature": 0})] * 2
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes("".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": url, "body": body}) + end
+                               for i, (url, body) in enumerate(bodies)).encode())
+    assert _batch(run_dir, source, output) == 0
+    results = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(r["custom_id"], r["response"]["status_code"]) for r in results] == [("r0", 200), ("r1", 200)]
+
+
+def test_a_body_over_the_servers_default_size_limit_is_answered(run_dir, tmp_path):
+    # the in-process server's 413 (32 MiB) cut such a body off mid-send: a traceback of "Connection reset by peer";
+    # vllm run-batch answers every line, and "user" changes no output
+    from neurallayers.serve.middleware import MAX_BODY_BYTES
+
+    body = {"prompt": "The", "max_tokens": 3, "temperature": 0}
+    bodies = [("/v1/completions", body), ("/v1/completions", {**body, "user": "u" * (MAX_BODY_BYTES + 1)})]
+    source, output = _write(tmp_path / "in.jsonl", bodies), tmp_path / "out.jsonl"
+    assert _batch(run_dir, source, output) == 0
+    small, big = [json.loads(line) for line in output.read_text().splitlines()]
+    assert big["response"]["status_code"] == 200, big["error"]
+    assert _same(big["response"]["body"]) == _same(small["response"]["body"])
+
+
+def test_an_output_of_prompt_lines_is_not_resumed_by_requests_nor_the_other_way(run_dir, tmp_path, capsys):
+    # the requests after the prompt lines failed as "error: dtype"; the prompt lines after the requests listed every
+    # generation setting ("temperature: None -> 0.8; top_k: None -> 0; ...")
+    prompts, requests = tmp_path / "prompts.jsonl", tmp_path / "requests.jsonl"
+    prompts.write_text('{"prompt": "The", "max_new_tokens": 2}\n')
+    _write(requests, [("/v1/completions", {"prompt": "The", "max_tokens": 2})])
+    for first, then, kinds in [(prompts, requests, "generation from prompt lines -> OpenAI Batch requests"),
+                               (requests, prompts, "OpenAI Batch requests -> generation from prompt lines")]:
+        output = tmp_path / f"{first.stem}.out.jsonl"
+        assert _batch(run_dir, first, output) == 0
+        capsys.readouterr()
+        assert _batch(run_dir, then, output) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"neurallayers batch: error: cannot resume into {output}: changed since that run started: the "
+                       f"input file's contents; the kind of run: {kinds}. Run with the same input, settings and "
+                       "model, or pass --overwrite to start again"), err
+        assert _batch(run_dir, then, output, "--overwrite") == 0
 
 
 def test_sampling_flags_do_not_apply_to_an_openai_batch_file(run_dir, tmp_path, capsys):

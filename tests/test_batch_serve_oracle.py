@@ -32,6 +32,8 @@ LINES = [
      "presence_penalty": 1.0, "frequency_penalty": 0.5, "repetition_penalty": 1.2, "min_p": 0.05},
     {"id": "min", "prompt": "The", "max_new_tokens": 10, "min_new_tokens": 5, "temperature": 1.0, "seed": 2},
     {"id": "eos", "prompt": "dog. ", "max_new_tokens": 40, "temperature": 1.0, "seed": 0},
+    # vLLM's spelling of "every token", which the server takes (and batch refused)
+    {"id": "all", "prompt": "The", "max_new_tokens": 12, "temperature": 1.0, "top_k": -1, "seed": 9},
 ]
 
 

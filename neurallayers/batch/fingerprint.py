@@ -79,6 +79,10 @@ def _changes(old: dict, new: dict) -> list[str]:
     if old.get("input_sha256") != new["input_sha256"]:
         out.append("the input file's contents")
     old_s, new_s = old.get("settings", {}), new["settings"]
+    if old_s.get("mode") != new_s["mode"]:
+        # another kind of run shares no settings and describes its model otherwise: compared, an OpenAI Batch file
+        # after prompt lines failed as "error: dtype", and the other way listed every generation setting
+        return [*out, f"the kind of run: {_kind(old_s.get('mode'))} -> {_kind(new_s['mode'])}"]
     out += [_setting_change(k, old_s.get(k), new_s.get(k)) for k in sorted(set(old_s) | set(new_s))
             if old_s.get(k) != new_s.get(k)]
     old_m, new_m = old.get("model", {}), new["model"]
@@ -90,6 +94,15 @@ def _changes(old: dict, new: dict) -> list[str]:
     if old_m.get("weights") not in (None, new_m["weights"]):
         out.append("the model's weights")
     return out
+
+
+# the kinds of run a progress record's settings name ("mode"), in words
+KINDS = {"generate": "generation from prompt lines", "embed": "embeddings of text lines",
+         "openai-batch": "OpenAI Batch requests"}
+
+
+def _kind(mode) -> str:
+    return KINDS.get(mode, repr(mode))
 
 
 def _first_scheme(fingerprint: dict) -> dict:

@@ -74,6 +74,8 @@ def read_inputs(path: str | os.PathLike, *, mode: Literal["generate", "embed"]) 
             # the server's (and vLLM's) "no seed": every such line drew the same numbers from seed -1, equal
             # prompts giving one sample where the server gives independent ones; it takes the line's default
             del params["seed"]
+        if is_int(params.get("top_k")) and params["top_k"] == -1:
+            params["top_k"] = 0  # the server's (and vLLM's) other spelling of "every token": it was refused here
         if isinstance(params.get("stop"), str):
             params["stop"] = [params["stop"]]
         item = BatchItem(index=len(items), line=n, id=rid, text=text, params=params)

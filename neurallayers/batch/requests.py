@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neurallayers.batch.fingerprint import FILES_SCHEME, _sha256
-from neurallayers.batch.inputs import json_lines
+from neurallayers.batch.inputs import _numbered_lines, json_lines
 from neurallayers.batch.journal import _append, _finish_jsonl, _line, _Progress, _resume_jsonl
 from neurallayers.batch.run import LINE_SUFFIXES, BatchResult
 from neurallayers.checks import is_int
+from neurallayers.data.corpora import lone_surrogate
 from neurallayers.files import exclusive
 
 URLS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
@@ -60,9 +61,10 @@ class Request:
 def is_request_file(path: str | os.PathLike) -> bool:
     """Whether the first record of a JSONL file is an OpenAI Batch request: it has a custom_id, a method or a url (no
     {"prompt": ...} line has these; one without its custom_id was read as such a line, refused for "unknown field
-    'method'; allowed: id, prompt, ...", where read_requests names what the request lacks)."""
+    'method'; allowed: id, prompt, ...", where read_requests names what the request lacks). Lines end as json_lines
+    ends them: a file of lone CR line ends was one line, not JSON, and so read as {"prompt": ...} lines."""
     with Path(path).open("rb") as f:
-        for raw in f:
+        for _, raw in _numbered_lines(f):
             if raw.strip():
                 try:
                     record = json.loads(raw.decode("utf-8-sig"))
@@ -77,8 +79,8 @@ def read_requests(path: str | os.PathLike) -> list[Request]:
     check, line by line.
 
     Raises:
-        ValueError: a line that is not a JSON object, lacks or repeats a custom_id, names another method or url,
-            has a body that is not an object or asks to stream; no requests.
+        ValueError: a line that is not a JSON object, lacks or repeats a custom_id (or has one that is not valid
+            Unicode), names another method or url, has a body that is not an object or asks to stream; no requests.
     """
     path = Path(path)
     requests: list[Request] = []
@@ -90,6 +92,9 @@ def read_requests(path: str | os.PathLike) -> list[Request]:
         cid, method, url, body = (record[k] for k in ENVELOPE)
         if not isinstance(cid, str) or not cid:
             raise ValueError(f"{where}: custom_id must be a non-empty string, got {cid!r}")
+        if bad := lone_surrogate(cid):  # no UTF-8 output line holds it: it failed, naming no line, after its answer
+            raise ValueError(f"{where}: custom_id has a lone surrogate (U+{ord(bad[0]):04X}) at position "
+                             f"{bad.start()}: not valid Unicode text")
         if cid in seen:
             raise ValueError(f"{where}: custom_id {cid!r} is already used on line {seen[cid]}; custom_ids must "
                              "be unique")

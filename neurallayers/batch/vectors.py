@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
@@ -37,26 +36,59 @@ def _embed_todo(model: nn.Module, tokenizer: Tokenizer, todo: list[BatchItem], r
         bar.update(len(chunk))
 
 
-def _resume_parts(record: _Progress, total: int) -> dict[int, Any]:
-    """Vectors of earlier batches by record index, from the complete part files (unfinished temp files removed)."""
-    import numpy as np
-
+def _parts(record: _Progress) -> list[Path]:
+    """The complete part files, in name order; a temp file of a batch cut short is removed (it is recomputed)."""
     record.parts.mkdir(exist_ok=True)
-    done: dict[int, Any] = {}
+    parts = []
     for part in sorted(record.parts.iterdir()):
         if part.suffix != ".npz":
-            part.unlink()  # a temp file of a batch cut short: it is recomputed
+            part.unlink()
             continue
-        try:
-            with np.load(part, allow_pickle=False) as z:
-                index, vecs = z["index"], z["vectors"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{part} is not a readable batch part ({e}); pass --overwrite to start again") from None
-        for i, v in zip(index.tolist(), vecs, strict=True):
+        parts.append(part)
+    return parts
+
+
+def _read_part(part: Path, *keys: str) -> tuple:
+    """The arrays `keys` of a part file (an .npz reads each array only when asked)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(part, allow_pickle=False) as z:
+            return tuple(z[key] for key in keys)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{part} is not a readable batch part ({e}); pass --overwrite to start again") from None
+
+
+def _resume_parts(record: _Progress, total: int) -> set[int]:
+    """The record indices earlier batches embedded, from the part files' index arrays: their vectors stay on disk
+    until the join (read here, they were held through the rest of the run, a copy of the matrix beside the join's)."""
+    done: set[int] = set()
+    for part in _parts(record):
+        (index,) = _read_part(part, "index")
+        for i in index.tolist():
             if not 0 <= i < total or i in done:
                 raise ValueError(f"{part}: record {i} is out of range or answered twice; pass --overwrite")
-            done[i] = v
+            done.add(i)
     return done
+
+
+def _joined(record: _Progress, total: int):
+    """The (total, C) float32 matrix of the parts' vectors, row i record i, filled a part at a time: one copy of it
+    (every part's vectors, np.stack's copy of them and astype's were three: a large job ran for hours, then failed
+    at this last step for want of memory, and so did every rerun)."""
+    import numpy as np
+
+    matrix = None
+    for part in _parts(record):
+        index, vecs = _read_part(part, "index", "vectors")
+        if vecs.ndim != 2 or len(vecs) != len(index):
+            raise ValueError(f"{part} holds {len(index)} indices but vectors of shape {vecs.shape}; pass --overwrite")
+        if matrix is None:
+            matrix = np.empty((total, vecs.shape[1]), dtype=np.float32)
+        matrix[index] = vecs
+    return matrix
 
 
 def _check_texts(items: list[BatchItem], tokenizer: Tokenizer, *, source: Path) -> None:
@@ -99,7 +131,7 @@ def _finish_vectors(record: _Progress, items: list[BatchItem]) -> None:
     missing = [it.line for it in items if it.index not in done]
     if missing:
         raise RuntimeError(f"batch parts are missing the records of lines {missing[:5]}")
-    matrix = np.stack([done[it.index] for it in items]).astype(np.float32)  # (N, C)
+    matrix = _joined(record, len(items))  # (N, C), rows in input order: items[i].index == i
     if record.output.suffix.lower() == ".npy":
         # through write(): given a real file, np.save writes with C's fwrite and ignores its errors, so a full disk
         # left a cut-off .npy marked complete

@@ -170,12 +170,14 @@ def _run_openai_batch(args: argparse.Namespace) -> int:
         raise UserError(f"an OpenAI Batch file is answered by the server, which needs the 'serve' extra ({what}): "
                         "pip install -U 'neurallayers[serve]'") from None
 
-    read_requests(args.input)  # a bad envelope is named before the server loads the model
+    # a bad envelope is named before the server loads the model; the requests are not kept (run_requests reads them)
+    body_limit_mb = _body_limit_mb(read_requests(args.input))
     # --batch-size sequences decode together and the rest wait their turn: a queue sized by --batch-size refused a
     # request of many prompts x n (the server's 400 "takes at most N sequences") or, sent with others, gave it a 429,
     # written as its answer, where vllm run-batch answers each request
     app = create_app(args.path, max_concurrency=args.batch_size, max_queue=UNBOUNDED_QUEUE, device=args.device,
-                     dtype=torch_dtype(args.dtype), allow_pickle=args.allow_pickle)
+                     dtype=torch_dtype(args.dtype), allow_pickle=args.allow_pickle,
+                     max_body_mb=body_limit_mb)
     folder = resolve_model_path(args.path)
     # the server also takes its sampling defaults from generation_config.json: a changed one is another run
     defaults = folder / "generation_config.json"
@@ -190,6 +192,20 @@ def _run_openai_batch(args: argparse.Namespace) -> int:
         raise UserError(f"{e} (or add --write-server-errors to write such a failure as its line's error and go on, "
                         "as vllm run-batch does)") from None
     return _report(result, "requests")
+
+
+def _body_limit_mb(requests) -> float:
+    """The in-process server's body limit: the file's largest body, where it passes the served default (32 MiB). The
+    file is local and already read whole, so no body is refused for its size, as vllm run-batch refuses none; the
+    default's 413 cut such a body off mid-send, and the run died with a traceback of "Connection reset by peer"."""
+    from neurallayers.serve.middleware import MAX_BODY_BYTES
+
+    return max(MAX_BODY_BYTES, *(len(_body_bytes(r)) for r in requests)) / 2**20
+
+
+def _body_bytes(request) -> bytes:
+    """A request's body as the in-process server receives it."""
+    return json.dumps(request.body).encode()
 
 
 class _Loopback:
@@ -231,8 +247,8 @@ class _Loopback:
         import urllib.error
         import urllib.request
 
-        data = json.dumps(request.body).encode()
-        req = urllib.request.Request(self.url + request.url, data=data, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(self.url + request.url, data=_body_bytes(request),
+                                     headers={"Content-Type": "application/json"})
         try:
             with self.opener.open(req) as r:
                 return r.status, json.loads(r.read())
