@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from neurallayers.cli.common import non_empty, shell_command, torchrun_command
+from neurallayers.cli.common import UserError, non_empty, shell_command, torchrun_command
 from neurallayers.cli.field_origins import FieldOrigins
 
 ACCEPTS_OVERRIDES = True  # unknown `--model.x / --train.x / --data.x` arguments are config overrides
@@ -122,6 +122,7 @@ def _source_name(init_from: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from neurallayers.training.distributed import PeerLostError
     from neurallayers.training.signals import EXIT_CODES
     from neurallayers.training.trainer import fit
 
@@ -139,7 +140,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(args, run_cfg)
     # fit refuses an --out it must not train into (a file, a run without --resume, a model), before any data work
     with origins.naming():
-        result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
+        try:
+            result = fit(run_cfg, out, resume=args.resume, progress=not args.no_progress)
+        except PeerLostError as e:  # a fault, not a bug of the run: one line, as a tracker's failure is
+            raise UserError(str(e)) from None
     if main_rank:  # under torchrun, one summary
         print(summary(result))
         if result.stopped_reason in EXIT_CODES:

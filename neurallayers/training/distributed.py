@@ -1,7 +1,8 @@
 """torch.distributed plumbing for `fit()`: process group, DDP / FSDP2 wrapping, full state dicts.
 
-Launched by `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in the environment); gloo on CPU, nccl on CUDA. Every
-checkpoint holds plain full state dicts, so a run trained on N processes resumes or loads on any number.
+Launched by `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in the environment), or inside a process group the caller
+made (torch.multiprocessing.spawn); gloo on CPU, nccl on CUDA. Every checkpoint holds plain full state dicts, so a run
+trained on N processes resumes or loads on any number.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import datetime
 import logging
 import os
 import pickle
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,17 @@ log = logging.getLogger("neurallayers.training")
 # is sized for a dead peer: tokenizing a corpus runs at ~600k characters/s on 2 cores (8 minutes for 300 MB), and
 # a large model's checkpoint or samples take minutes. A rank 0 that dies closes its sockets, failing the wait at once.
 RANK_ZERO_WAIT = datetime.timedelta(hours=24)
+
+
+# How torch's backends word a collective that another process broke off: gloo's when its socket closed (the process
+# died), its timeouts (the process hangs) and a pair closed after one; NCCL's aborted communicator and watchdog.
+_PEER_LOST = re.compile(r"Connection (closed|reset) by peer|Timed out waiting|Application timeout caused pair closure|"
+                        r"NCCL communicator was aborted|Watchdog caught collective operation timeout")
+
+
+class PeerLostError(RuntimeError):
+    """Another process of the run died or stopped answering mid-collective: one line saying so, and where the run
+    resumes from, instead of the backend's traceback."""
 
 
 @dataclass
@@ -47,8 +60,22 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def _process_group() -> tuple[int, int, str] | None:
+    """(rank, world size, what started it) of the processes this one trains with: a process group the caller has
+    already made (torch.multiprocessing.spawn, a launcher of its own, which need not set RANK / WORLD_SIZE), else
+    torchrun's environment; None when neither."""
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+        return dist.get_rank(), world, f"the caller's process group holds {world} processes"
+    if launched_by_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        return int(os.environ["RANK"]), world, f"torchrun started {world} processes"
+    return None
+
+
 def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -> DistInfo:
-    """Joins the process group when launched by torchrun with more than one process.
+    """Joins the process group when launched by torchrun with more than one process, or trains in the caller's own
+    group (already initialized, e.g. under torch.multiprocessing.spawn) as it is.
 
     Args:
         mode: TrainConfig.distributed ("auto" | "ddp" | "fsdp" | "none"); auto means ddp.
@@ -56,19 +83,20 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
         timeout_s: how long a collective waits for a dead peer before every rank fails (set when the group is
             created: a later fit() of the same process keeps the first one's).
     """
-    if mode in ("ddp", "fsdp") and not launched_by_torchrun():  # asked for by name: say why it is one process
+    group = _process_group()
+    if mode in ("ddp", "fsdp") and group is None:  # asked for by name: say why it is one process
         log.warning("train.distributed=%s, but this process was not started by torchrun: training in this one "
                     "process (torchrun --nproc_per_node N -m neurallayers train ... runs N)", mode)
-    if mode == "none" and launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+    if mode == "none" and group is not None and group[1] > 1:
         # every process would train the whole run alone, each as rank 0, into the same run directory
-        raise ValueError(f"TrainConfig.distributed='none', but torchrun started {os.environ['WORLD_SIZE']} processes, "
-                         "which would each train the whole run into the same files; use 'auto', 'ddp' or 'fsdp', or "
-                         "start one process (neurallayers train ...)")
-    if mode == "none" or not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        raise ValueError(f"TrainConfig.distributed='none', but {group[2]}, which would each train the whole run "
+                         "into the same files; use 'auto', 'ddp' or 'fsdp', or start one process "
+                         "(neurallayers train ...)")
+    if mode == "none" or group is None or group[1] == 1:
         return DistInfo()
     if device_type == "mps":
         raise ValueError("TrainConfig.distributed: multi-process training is not supported on mps; use cpu or cuda")
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, world, _ = group
     local = int(os.environ.get("LOCAL_RANK", rank))
     if device_type == "cuda":
         _check_gpu_count(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
@@ -80,6 +108,21 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
         # again after destroying it hangs inside torch (pytorch/pytorch#74666, #55967; 2 launches in 3 here).
         atexit.register(_destroy_group)
     return DistInfo(rank=rank, world_size=world, local_rank=local, mode="fsdp" if mode == "fsdp" else "ddp")
+
+
+def peer_lost(error: BaseException, info: DistInfo, resumes_from: str) -> PeerLostError | None:
+    """`error` as a PeerLostError where it is a collective that another process broke off (it was killed, ran out of
+    memory or hangs past the group's timeout), else None. Its own output says why; this one has nothing to add but
+    which rank it is and `resumes_from` (which checkpoint the run goes on from)."""
+    if not info.enabled or not isinstance(error, RuntimeError) or isinstance(error, PeerLostError):
+        return None
+    found = _PEER_LOST.search(str(error))
+    if found is None:
+        return None
+    # gloo's line: "[.../pair.cc:553] Connection closed by peer [127.0.0.1]:49334. This is typically caused by ..."
+    what = str(error)[found.start():].splitlines()[0].split(". ")[0].rstrip(".")
+    return PeerLostError(f"another process of this {info.world_size}-process run failed or stopped answering "
+                         f"({what}), its own output says why; this is rank {info.rank}: {resumes_from}")
 
 
 def _check_gpu_count(processes: int) -> None:

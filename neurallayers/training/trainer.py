@@ -95,6 +95,7 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
     Raises:
         ValueError / FileNotFoundError / CheckpointError: bad config or resume target, before the first step.
         KeyboardInterrupt: a second Ctrl-C.
+        PeerLostError: another process of a multi-process run died or stopped answering (past the group's timeout).
     """
     _check_arguments(run, out_dir, loggers, until_step)
     resume = resume_arg(resume)
@@ -109,8 +110,21 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
                           until_step=until_step, run_lock=run_lock).run()
         dist.finish(info)
         return result
+    except RuntimeError as e:  # another rank died or hangs: one line, not the backend's traceback
+        lost = dist.peer_lost(e, info, _resume_point(Path(out_dir)))
+        if lost is None:
+            raise
+        raise lost from e
     finally:
         dist.cleanup(info)
+
+
+def _resume_point(out: Path) -> str:
+    """Where a --resume of the run in `out` goes on from, as the checkpoints on disk say."""
+    found = ckpt.list_checkpoints(out)
+    if not found:
+        return "no checkpoint was saved yet: the run starts again"
+    return f"the run resumes from its last checkpoint (step {ckpt.checkpoint_step(found[-1])})"
 
 
 def _check_arguments(run: object, out_dir: object, loggers: object, until_step: object) -> None:

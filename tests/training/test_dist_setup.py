@@ -42,3 +42,45 @@ def test_more_processes_than_gpus_is_refused_on_every_rank(tmp_path, monkeypatch
         ):
             fit(run, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_collective_another_process_broke_off_reads_as_one_line():
+    """A dead or hung peer's collective error (gloo's socket closed or reset, its timeouts, NCCL's watchdog) becomes
+    one line naming this rank and where the run resumes from; other errors, and any error of one process, stay."""
+    from neurallayers.training.distributed import DistInfo, PeerLostError, peer_lost
+
+    two = DistInfo(rank=1, world_size=2, mode="ddp")
+    then = "the run resumes from its last checkpoint (step 4)"
+    cases = [  # (the backend's message, the part the line quotes)
+        (
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+            "[127.0.0.1]:49334. This is typically caused by a remote worker crashing.",
+            "Connection closed by peer [127.0.0.1]:49334",
+        ),
+        (
+            "[.../pair.cc:537] Read error [127.0.0.1]:51903: Connection reset by peer. This is typically caused by a "
+            "remote worker hanging",
+            "Connection reset by peer",
+        ),
+        (
+            "[.../unbound_buffer.cc:78] Timed out waiting 300000ms for recv operation to complete",
+            "Timed out waiting 300000ms for recv operation to complete",
+        ),
+        ("Application timeout caused pair closure", "Application timeout caused pair closure"),
+        (
+            "[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, OpType=ALLREDUCE) ran for "
+            "300000 milliseconds before timing out.",
+            "Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, OpType=ALLREDUCE) ran for 300000 "
+            "milliseconds before timing out",
+        ),
+    ]
+    for message, what in cases:
+        lost = peer_lost(RuntimeError(message), two, then)
+        assert isinstance(lost, PeerLostError) and str(lost) == (
+            f"another process of this 2-process run failed or stopped answering ({what}), its own output says why; "
+            f"this is rank 1: {then}"
+        ), (message, str(lost))
+        assert peer_lost(RuntimeError(message), DistInfo(), then) is None  # one process: no peer to lose
+        assert peer_lost(lost, two, then) is None  # already said
+    assert peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), two, then) is None
+    assert peer_lost(ValueError("Connection closed by peer"), two, then) is None
