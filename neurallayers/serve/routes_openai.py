@@ -43,8 +43,9 @@ COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat
 
 
 def check_model(served: ServedModel, name: str | None, *, need: str | None = None) -> None:
-    """404 for another model's name; 400 when the route needs a decoder (generation) or an encoder (embeddings)."""
-    if name is not None and name != served.name:
+    """404 for another model's name; 400 when the route needs a decoder (generation) or an encoder (embeddings).
+    An empty name, as null, is the served model (vLLM's rule: clients that leave the name blank send "")."""
+    if name and name != served.name:
         raise APIError(404, f"model {name!r} is not served here; this server serves {served.name!r}",
                        type="not_found_error", param="model", code="model_not_found")
     if need == "decoder" and served.kind != "decoder":
@@ -97,6 +98,9 @@ def register(app, *, holder, metrics) -> None:
              responses={404: {"description": "another model's id"}})
     async def model(model_id: str) -> dict:
         served = holder.current
+        if not model_id:  # GET /v1/models/: no id names no card (a body's blank model is the served one)
+            raise APIError(404, "give a model id: GET /v1/models/{id}", type="not_found_error", param="model",
+                           code="model_not_found")
         check_model(served, model_id)
         return model_card(served)
 

@@ -174,9 +174,16 @@ async def merged(requests: list, *, metrics: Metrics, started: float) -> AsyncIt
         _cancel(requests)
 
 
+# Characters that end a line for str.splitlines, which SSE readers built on it split a data line at (httpx's
+# iter_lines, requests' iter_lines(decode_unicode=True)); json.dumps escapes the ASCII ones (control characters) only
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def sse(obj: dict) -> str:
-    """One Server-Sent Event carrying a JSON object (UTF-8, no ASCII escaping)."""
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    """One Server-Sent Event carrying a JSON object (UTF-8, no ASCII escaping but for the characters a reader could
+    take for a line end: as JSON escapes they read back the same)."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKS)
+    return f"data: {text}\n\n"
 
 
 SSE_DONE = "data: [DONE]\n\n"

@@ -51,6 +51,17 @@ def test_models_retrieve_gives_the_served_models_card_and_404_for_another(client
     assert 'route="/v1/models/{model_id:path}",status="200"' in metrics
 
 
+def test_an_empty_model_name_means_the_served_model_as_in_vllm(client, server):
+    # vLLM's _is_model_supported: an empty (or null) model is the served one; clients that leave the name blank send ""
+    out = client.completions.create(model="", prompt=PROMPT, max_tokens=3, temperature=0)
+    assert out.model == "tiny-char" and out.usage.completion_tokens == 3
+    chat = client.chat.completions.create(model="", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert chat.model == "tiny-char"
+    r = httpx.post(f"{server.url}/tokenize", json={"model": "", "prompt": "The"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert httpx.get(f"{server.url}/v1/models/", timeout=30).status_code == 404  # a card needs an id
+
+
 def test_greedy_completion_equals_generate(client, loaded):
     out = client.completions.create(model="tiny-char", prompt=PROMPT, max_tokens=12, temperature=0)
     want = oracle(loaded, PROMPT, max_new_tokens=12, temperature=0)
@@ -223,6 +234,39 @@ def test_streaming_never_splits_utf8_and_non_ascii_is_valid_json(tmp_path):
     assert "".join(pieces) == want
     if "\ufffd" not in want:  # no piece holds a replacement character the whole text does not have
         assert all("\ufffd" not in p for p in pieces)
+
+
+@pytest.fixture(scope="module")
+def bpe_server(tmp_path_factory):
+    with serving(write_run_dir(tmp_path_factory.mktemp("serve") / "bpe", kind="bpe", seed=3)) as srv:
+        yield srv
+
+
+def _sse_lines(url: str, body: dict, reader: str) -> list[str]:
+    """A stream's lines as a client that reads it line by line gets them."""
+    if reader == "httpx":
+        with httpx.stream("POST", url, json=body, timeout=60) as r:
+            return list(r.iter_lines())
+    requests = pytest.importorskip("requests")
+    with requests.post(url, json=body, timeout=60, stream=True) as r:
+        return list(r.iter_lines(decode_unicode=True))
+
+
+@pytest.mark.parametrize("reader", ["httpx", "requests"])
+def test_a_stream_holding_unicode_line_separators_reads_line_by_line(bpe_server, reader):
+    # U+2028, U+2029 and U+0085 end a line for str.splitlines, which httpx's iter_lines and requests'
+    # iter_lines(decode_unicode=True) use: raw in a data line they cut its JSON in two
+    import json
+
+    prompt = "a\u2028b\u2029c\x85d"
+    body = {"prompt": prompt, "max_tokens": 3, "echo": True, "stream": True, "temperature": 0}
+    url = f"{bpe_server.url}/v1/completions"
+    data = [line.removeprefix("data: ") for line in _sse_lines(url, body, reader) if line]
+    whole = httpx.post(url, json={**body, "stream": False}, timeout=60).json()
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]  # every data line is one whole JSON object
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    assert text == whole["choices"][0]["text"] and text.startswith(prompt)
 
 
 @pytest.fixture(scope="module")
