@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     window = args.block_size or model.config.block_size
     if window > model.config.block_size:  # before tokenizing a corpus (minutes for a large one)
         raise ValueError(f"--block-size {window} is over the model's context length {model.config.block_size}")
+    if args.stride is not None and window < 2:  # a window's first token has no prediction: one of 1 scores nothing
+        raise ValueError(f"--stride needs windows of at least 2 tokens; --block-size {window} predicts none: use 2 or "
+                         "more")
     if args.stride is not None and args.stride > window:  # before tokenizing: tokens between windows go unscored
         raise ValueError(f"--stride {args.stride} is over the window length {window} (--block-size, default the "
                          "model's context): it must be at most the window")
@@ -158,14 +161,14 @@ def run(args: argparse.Namespace) -> int:
 def _sliding(args: argparse.Namespace, model, tokenizer, arr, *, block: int, name: str, split: str,
              val_fraction: float, documents=None) -> int:
     """--stride: transformers' sliding windows, and lm-evaluation-harness's scores of the text they covered."""
-    from neurallayers.training.evaluate import TextScores, sliding_window_score, text_size
+    from neurallayers.training.evaluate import TextScores, boundary_ids, sliding_window_score, text_size
     from neurallayers.training.losses import perplexity_text
 
     if len(arr) < 2:
         hint = f" (the run's data.val_fraction is {val_fraction}: try --split train)" if split == "val" else ""
         raise ValueError(f"the {split} split has {len(arr)} tokens; scoring needs at least 2{hint}")
     score = sliding_window_score(model, arr, max_length=block, stride=args.stride, batch_size=args.batch_size,
-                                 max_batches=args.max_batches, special_ids=tokenizer.special_ids,
+                                 max_batches=args.max_batches, special_ids=boundary_ids(tokenizer),
                                  device=next(model.parameters()).device, progress=not args.no_progress)
     print(f"corpus: {name}  split: {split}  stride: {args.stride}  window: {block}  tokens scored: {score.tokens:,}  "
           f"loss: {score.loss:.4f}  perplexity: {perplexity_text(score.loss)}")
@@ -177,10 +180,13 @@ def _sliding(args: argparse.Namespace, model, tokenizer, arr, *, block: int, nam
     texts = (doc.text for doc in documents.documents()) if documents is not None else None
     # the text of the targets scored, read after the first token
     n_bytes, n_words = text_size(tokenizer, arr[1 : score.scored_end], before=arr[:1], documents=texts)
-    if n_bytes:
-        text = TextScores(score.text_nll, n_bytes, n_words)
-        print(f"bytes: {n_bytes:,}  words: {n_words:,}  bits per byte: {text.bits_per_byte:.4f}  "
-              f"byte perplexity: {text.byte_perplexity:.4f}  word perplexity: {text.word_perplexity:.2f}")
+    if not n_bytes:  # the targets scored are boundary tokens only (a one-token text's eos): said, not left out
+        print("bits per byte: not scored: no text token was scored (the stream's first token has no prediction; the "
+              "eos and bos between documents are not text)")
+        return 0
+    text = TextScores(score.text_nll, n_bytes, n_words)
+    print(f"bytes: {n_bytes:,}  words: {n_words:,}  bits per byte: {text.bits_per_byte:.4f}  "
+          f"byte perplexity: {text.byte_perplexity:.4f}  word perplexity: {text.word_perplexity:.2f}")
     return 0
 
 
@@ -197,8 +203,11 @@ def _check_per_document(args: argparse.Namespace, *, masked: bool, split: str) -
         raise ValueError("--max-batches keeps the first windows of one stream; --per-document scores every document "
                          "whole: leave it out")
     if split != "all":
+        # --data may name the run's own corpus, whose split is the run's too: naming it again changes nothing
+        fix = (f"use --split all (--data {args.data} is the run's own corpus, scored in the run's split)"
+               if args.data is not None else "use --split all, or name the corpus with --data")
         raise ValueError(f"--per-document scores whole documents, and the run's {split} split holds pieces of them: "
-                         "use --split all, or name the corpus with --data")
+                         f"{fix}")
 
 
 def _per_document(args: argparse.Namespace, model, tokenizer, corpus, *, block: int, name: str) -> int:

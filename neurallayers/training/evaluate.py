@@ -9,7 +9,7 @@ stride < max_length; here the loss is the plain mean over the tokens scored.
 Bits per byte, byte perplexity and word perplexity are lm-evaluation-harness's: the negative log-likelihood of the
 text's tokens over its UTF-8 bytes (in bits), or over its words, `len(re.split(r"\\s+", document))` per document.
 The boundary tokens training put between documents (eos, and bos where the run has them) are context, never text:
-lm-evaluation-harness scores a document's own tokens only.
+lm-evaluation-harness scores a document's own tokens only. An unknown token is text (`boundary_ids`).
 
 `document_scores` is lm-evaluation-harness's `loglikelihood_rolling` (its wikitext task): each document scored on its
 own, from its start, after one prefix token (the bos, else the eos), in the disjoint windows of
@@ -83,10 +83,28 @@ class TextScores:
         return perplexity(self.nll / self.words)
 
 
+def boundary_ids(tokenizer: object) -> list[int]:
+    """The special ids that are not text: bos, eos, pad, cls, sep ... (what frames documents). The unknown token is
+    text the vocabulary lacks (a character a char-level tokenizer never saw, WordPiece's [UNK]): lm-evaluation-harness
+    scores it as a document's other tokens, and it splits no document."""
+    unk = unknown_id(tokenizer)
+    return [i for i in tokenizer.special_ids if i != unk]
+
+
+def unknown_id(tokenizer: object) -> int | None:
+    """The id of the tokenizer's unknown token, or None; None too where that token frames documents (transformers'
+    GPT-2 names "<|endoftext|>", its eos, as its unk_token)."""
+    unk = tokenizer.named_tokens.get("unk_token")
+    unk_id = None if unk is None else tokenizer.token_to_id(unk)
+    return None if unk_id in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) else unk_id
+
+
 def stride_windows(n_tokens: int, *, max_length: int, stride: int) -> list[Window]:
     """The windows of transformers' loop over a stream of `n_tokens` tokens (the last one ends at the stream's end)."""
     if n_tokens < 2:
         raise ValueError(f"a stream of {n_tokens} token(s) has nothing to score: it needs at least 2")
+    if max_length < 2:  # a window's first token has no prediction: one of 1 token scores nothing
+        raise ValueError(f"max_length {max_length} must be at least 2")
     if not 1 <= stride <= max_length:
         # past max_length, the tokens between two windows would never be scored
         raise ValueError(f"stride {stride} must be in [1, max_length {max_length}]")
@@ -117,7 +135,8 @@ def sliding_window_score(model: torch.nn.Module, tokens: np.ndarray, *, max_leng
     max_batches x batch_size windows (a prefix of the stream). The caller puts the model in eval mode.
 
     Args:
-        special_ids: the tokens that are not text (bos, eos ...): scored in `tokens`/`nll`, left out of `text_*`.
+        special_ids: the tokens that are not text (bos, eos ...: `boundary_ids`): scored in `tokens`/`nll`, left
+            out of `text_*`.
     """
     windows = stride_windows(len(tokens), max_length=max_length, stride=stride)
     if max_batches is not None:
@@ -151,8 +170,8 @@ def sliding_window_score(model: torch.nn.Module, tokens: np.ndarray, *, max_leng
 
 def text_size(tokenizer: object, ids: np.ndarray, *, before: Iterable[int] = (),
               documents: Iterable[str] | None = None) -> tuple[int, int]:
-    """(UTF-8 bytes, words) of the text of `ids`: special tokens separate documents and count for nothing; a
-    document's words are lm-evaluation-harness's, `len(re.split(r"\\s+", text))`.
+    """(UTF-8 bytes, words) of the text of `ids`: special tokens but the unknown one (`boundary_ids`) separate
+    documents and count for nothing; a document's words are lm-evaluation-harness's, `len(re.split(r"\\s+", text))`.
 
     Args:
         before: the ids before `ids` in the stream: a text that starts within a document is read after them, as a
@@ -160,33 +179,52 @@ def text_size(tokenizer: object, ids: np.ndarray, *, before: Iterable[int] = (),
         documents: the texts of the documents whose tokens the runs between special tokens are, in order (the first
             run may be the end of the first). A run whose decoding differs from its document only in leading
             whitespace counts the document's own text, as lm-eval does: a SentencePiece tokenizer encodes " x" and "x"
-            alike ("▁x"), and decodes the first without its space or the second with one. Ignored when the runs and
-            the documents do not pair up (a document holding a special token's text).
+            alike ("▁x"), and decodes the first without its space or the second with one. A run whose decoding
+            differs otherwise (an unknown token's text, which decode drops; a normalizer's changes) counts the text of
+            its document that its tokens encode, found by the encoding's offsets. Ignored when the runs and the
+            documents do not pair up (a document holding a special token's text).
     """
     from neurallayers.data.tokenizers import continuation_text
 
     ids = np.asarray(ids, dtype=np.int64)
-    is_special = np.isin(ids, np.asarray(tokenizer.special_ids, dtype=np.int64))
+    boundaries = boundary_ids(tokenizer)
+    is_special = np.isin(ids, np.asarray(boundaries, dtype=np.int64))
     # runs of text tokens between special ones: [starts[i], ends[i])
     edges = np.flatnonzero(np.diff(np.concatenate([[1], is_special.astype(np.int8), [1]])))
     runs = list(zip(edges[0::2], edges[1::2], strict=True))
     before = [int(i) for i in before]
-    partial = bool(before) and before[-1] not in tokenizer.special_ids and bool(runs) and runs[0][0] == 0
+    partial = bool(before) and before[-1] not in boundaries and bool(runs) and runs[0][0] == 0
     texts = [t for t in documents if t] if documents is not None else None  # empty documents have no tokens
     if texts is not None and len(texts) != len(runs):
         texts = None
     n_bytes = n_words = 0
     for i, (start, end) in enumerate(runs):
         run = ids[start:end].tolist()
-        if i == 0 and partial:  # the end of a document whose first tokens are not counted
-            text = continuation_text(tokenizer, before, run)
-        else:
+        whole = not (i == 0 and partial)  # else the end of a document whose first tokens are not counted
+        if whole:
             text = tokenizer.decode(run, clean_up_tokenization_spaces=False)  # the text's own spaces
-            if texts is not None and text.lstrip() == texts[i].lstrip():
-                text = texts[i]
+        else:
+            text = continuation_text(tokenizer, before, run)
+        if texts is not None:
+            text = _document_text(tokenizer, texts[i], run, text, whole=whole)
         n_bytes += len(text.encode("utf-8"))
         n_words += len(re.split(r"\s+", text))
     return n_bytes, n_words
+
+
+def _document_text(tokenizer: object, document: str, run: list[int], decoded: str, *, whole: bool) -> str:
+    """The text of `document` that `run` encodes (the whole document, or its end unless `whole`), whose decoding is
+    `decoded`: that decoding where it is the document's text but for a SentencePiece leading space, else the text its
+    encoding's offsets find (decode drops an unknown token's text and undoes no normalizer), else `decoded`."""
+    if whole and decoded.lstrip() == document.lstrip():
+        return document
+    if not whole and document.endswith(decoded):
+        return decoded
+    encoding = tokenizer.hf.encode(document, add_special_tokens=False)
+    first = len(encoding.ids) - len(run)  # the document's tokens before the run's
+    if not (first == 0 if whole else first >= 1) or encoding.ids[first:] != run:
+        return decoded  # not this document's tokens
+    return document if whole else document[encoding.offsets[first - 1][1] :]  # after the uncounted tokens' text
 
 
 @dataclass(frozen=True)

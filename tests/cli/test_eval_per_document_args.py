@@ -45,6 +45,19 @@ def test_the_runs_own_split_is_refused_naming_what_to_use(run_dir, tmp_path, mon
     assert got["tokens scored"] == f"{len(text):,}"  # a char tokenizer: every character is scored, the first too
 
 
+def test_the_runs_own_corpus_named_with_data_is_told_to_add_split_all(run_dir, tmp_path, monkeypatch):
+    """--data naming the run's own corpus scores its val split by default: the refusal told the user to "name the
+    corpus with --data", which they had just done, and doing it again gave the same line."""
+    corpus = str(run_dir.parent / "corpus.txt")
+    proc = in_process("eval", str(run_dir), "--data", corpus, "--per-document", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_user_error(proc, "the run's val split holds pieces of them", "use --split all",
+                      f"--data {corpus} is the run's own corpus")
+    assert "name the corpus with --data" not in proc.stderr
+    got = scores(in_process("eval", str(run_dir), "--data", corpus, "--per-document", "--split", "all",
+                            "--no-progress", cwd=tmp_path, monkeypatch=monkeypatch))
+    assert got["documents"] == "1"
+
+
 def test_a_masked_lm_refuses_per_document_in_one_line(tmp_path: Path, monkeypatch):
     from neurallayers import Tokenizer, build_model
     from neurallayers.interop.hf import save_hf

@@ -134,3 +134,51 @@ def test_a_stride_of_the_window_names_why_bits_per_byte_is_missing(run_dir: Path
     proc = in_process("eval", str(run_dir), "--stride", "32", "--no-progress", cwd=tmp_path, monkeypatch=monkeypatch)
     assert proc.returncode == 0 and "bits per byte: not scored" in proc.stdout and "bytes:" not in proc.stdout
     assert "a stride below the window scores every token, and so do --per-document's" in proc.stdout
+
+
+def test_an_unknown_token_is_text_in_bits_per_byte(run_dir: Path, tmp_path: Path, monkeypatch):
+    """A character the char-level vocabulary never saw encodes to <unk>, a special token: it was taken for a document
+    boundary, so "Zoë." split the text (words 6, not lm-evaluation-harness's 5), its loss was left out and its bytes
+    went uncounted. lm-eval scores every token of a document over the document's own bytes and words."""
+    import math
+
+    import torch.nn.functional as F
+
+    import neurallayers as nl
+
+    text = "the lazy dog saw Zoë."  # Z, ë and . are unknown: the run's corpus is lower-case words
+    (tmp_path / "zoe.txt").write_text(text)
+    got = scores(in_process("eval", str(run_dir), "--data", "zoe.txt", "--stride", "16", "--no-progress",
+                            cwd=tmp_path, monkeypatch=monkeypatch))
+    model, tokenizer = nl.load(run_dir)
+    ids = tokenizer.encode(text) + [tokenizer.eos_id]
+    assert ids.count(tokenizer.token_to_id("<unk>")) == 3
+    with torch.no_grad():  # one window holds it all: every target after the first, the eos context, not text
+        nll = F.cross_entropy(model(torch.tensor([ids])).logits[0, :-1], torch.tensor(ids[1:]), reduction="none")
+    text_nll = float(nll[:-1].sum())
+    scored = text[1:]  # the first character has no prediction
+    assert got["bytes"] == str(len(scored.encode())) and got["words"] == str(len(re.split(r"\s+", scored)))
+    assert float(got["bits per byte"]) == pytest.approx(text_nll / (len(scored.encode()) * math.log(2)), abs=1e-4)
+
+
+def test_a_window_of_one_token_is_refused_in_one_line(run_dir: Path, tmp_path: Path, monkeypatch):
+    """--block-size 1 --stride 1: each window's one token has no prediction, so nothing was scored and the mean raised
+    ZeroDivisionError with a traceback (after reading the corpus)."""
+    proc = in_process("eval", str(run_dir), "--data", "missing.txt", "--block-size", "1", "--stride", "1",
+                      cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_user_error(proc, "--stride needs windows of at least 2 tokens", "--block-size 1")
+    from neurallayers.training.evaluate import stride_windows
+
+    with pytest.raises(ValueError, match="max_length 1 must be at least 2"):
+        stride_windows(10, max_length=1, stride=1)
+
+
+def test_a_text_whose_only_character_has_no_prediction_says_why_bits_per_byte_is_missing(run_dir: Path,
+                                                                                        tmp_path: Path, monkeypatch):
+    """A one-character text: its one target is the eos, context and not text, so there are no bytes to score; the
+    bits per byte line was left out without a word, as if --stride gave none."""
+    (tmp_path / "a.txt").write_text("a")
+    proc = in_process("eval", str(run_dir), "--data", "a.txt", "--stride", "16", "--no-progress", cwd=tmp_path,
+                      monkeypatch=monkeypatch)
+    assert scores(proc)["tokens scored"] == "1"
+    assert "bits per byte: not scored: no text token was scored" in proc.stdout and "bytes:" not in proc.stdout

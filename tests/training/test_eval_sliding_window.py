@@ -213,3 +213,39 @@ def test_windows_refuse_what_would_leave_tokens_unscored():
     # the guide's windows: every 8 tokens, the last one ends at the stream's end and starts where the loop stops
     assert [(w.begin, w.end, w.first) for w in stride_windows(30, max_length=16, stride=8)] == [
         (0, 16, 1), (8, 24, 16), (16, 30, 24)]
+
+
+def test_documents_bytes_are_their_own_text_where_a_normalizer_changes_it():
+    """A tokenizer.json with an NFC normalizer (Qwen2's has one) decodes "e" + U+0301 as "é": one byte short of the
+    document's own text, which lm-eval counts, so bits per byte over a whole corpus was too high."""
+    from tokenizers import normalizers
+
+    from neurallayers.training.evaluate import text_size
+
+    hf = HFTokenizer(models.BPE())
+    hf.normalizer = normalizers.NFC()
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = Tokenizer.from_hf(hf, eos_token="</s>")
+    docs = ["un cafe\u0301 noir", "the lazy dog", "Ko\u0308ln"]  # decomposed accents
+    stream = [i for ids in tok.encode_batch(docs) for i in [*ids, tok.eos_id]]
+    assert tok.decode(tok.encode(docs[0])) == "un café noir"  # NFC: one byte shorter
+    own = (sum(len(d.encode()) for d in docs), sum(len(re.split(r"\s+", d)) for d in docs))
+    assert text_size(tok, stream, before=[tok.eos_id], documents=docs) == own
+
+
+def test_an_unknown_token_is_text_unless_it_frames_documents(tmp_path):
+    """The unknown token is text (a character a char-level vocabulary never saw); transformers' GPT-2
+    tokenizer_config.json names its eos "<|endoftext|>" as unk_token too, and that one stays a document boundary."""
+    from neurallayers.training.evaluate import boundary_ids
+
+    char = Tokenizer.train_char(["abc"])
+    unk = char.token_to_id("<unk>")
+    assert unk in char.special_ids and unk not in boundary_ids(char) and char.eos_id in boundary_ids(char)
+    Tokenizer.load("gpt2").save(tmp_path / "gpt2")
+    config = json.loads((tmp_path / "gpt2" / "tokenizer_config.json").read_text())
+    (tmp_path / "gpt2" / "tokenizer_config.json").write_text(json.dumps({**config, "unk_token": "<|endoftext|>"}))
+    gpt2 = Tokenizer.load(tmp_path / "gpt2")
+    assert gpt2.named_tokens["unk_token"] == "<|endoftext|>" and boundary_ids(gpt2) == [gpt2.eos_id]
