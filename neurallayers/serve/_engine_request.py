@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from neurallayers.data.tokenizers import StreamDecoder
 from neurallayers.generation.config import GenerationConfig, StreamEvent, TokenLogprob
 from neurallayers.generation.generate import _choose, _row_seed
-from neurallayers.generation.processors import apply_processors, build_processors
+from neurallayers.generation.processors import apply_processors, build_processors, check_some_token_left
 from neurallayers.generation.search import stop_ids
 from neurallayers.generation.stop_strings import _RowText, stop_search_after
 from neurallayers.generation.stream_events import _HeldEvents
@@ -39,6 +39,17 @@ class TextOptions:
     include_stop_str_in_output: bool = False
     reported_stops: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("skip_special_tokens", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TextOptions.{name}={getattr(self, name)!r}: must be True or False")
+        stops = self.reported_stops
+        # a string would name every substring of itself (`in` a str), silently
+        if stops is not None and (not isinstance(stops, tuple | list) or not all(isinstance(s, str) for s in stops)):
+            raise ValueError(f"TextOptions.reported_stops={stops!r}: must be None or a tuple of stop strings")
+        if stops is not None:
+            object.__setattr__(self, "reported_stops", tuple(stops))
+
 
 class Request:
     """A submitted generation: iterate it for its StreamEvents (the last one carries finish_reason).
@@ -49,7 +60,8 @@ class Request:
         finish_reason "stop" / "length": as in `neurallayers.generation.stream`;
         finish_reason "cancelled": `cancel()` was called (the final event has no text);
         the iterator raises EngineClosed: the engine shut down without draining it;
-        the iterator raises RuntimeError: the model failed while computing it (the cause is chained).
+        the iterator raises RuntimeError: the model failed while computing it, or its own choice did (a token without
+            text; bans that leave no token, which stream() raises as ValueError); the cause is chained.
 
     Attributes:
         id: a process-unique integer.
@@ -214,6 +226,7 @@ class _Sequence:
                                           context=req.prompt_ids, skip_padded_ids=True)
         self.held = _HeldEvents(self.text)  # token events wait while their text could be a stop string's
         self.n = 0  # tokens chosen so far
+        self.counted = 0  # of them, those the engine's tokens_generated counts
         self.last = -1  # the last chosen token: the input of the next decode step
         self.pos = req.prompt_tokens
 
@@ -233,6 +246,8 @@ class _Sequence:
         else:
             scores = logits if not self.procs else apply_processors(
                 self.procs, self.tokens[:, :self.req.prompt_tokens + self.n], logits)
+            # bans that leave no token fail the request, as stream() raises (the choice was a banned token, id 0)
+            check_some_token_left(cfg, scores, self.n)
             tok = int(_choose(scores, self.gens)[0])
         logprob = None
         if cfg.logprobs is not None:
@@ -254,7 +269,8 @@ class _Sequence:
             if tok in cfg.stop_token_ids and (cfg.ignore_eos or tok not in self.eos_ids):
                 self.req.stop_reason = tok
             # vLLM writes the stop token's text only with include_stop_str_in_output (eos, a special token, is "")
-            return self.finish("stop", pending=self.text.push(tok) if self.req.text.include_stop_str_in_output else "")
+            pending = self.text.push(tok) if self.req.text.include_stop_str_in_output else ""
+            return self.finish("stop", pending=pending, stopped_by=tok)
         text = self.text.push(tok)
         if self.text.stopped:  # a stop string's tokens are not output; the text before it is
             stop = self._stop_string()
@@ -270,7 +286,9 @@ class _Sequence:
             return self.finish("length")
         return False
 
-    def finish(self, reason: str, *, pending: str = "") -> bool:
+    def finish(self, reason: str, *, pending: str = "", stopped_by: int | None = None) -> bool:
+        """Push the held events and the final one; stopped_by: the stop token that ended it (a stop string found in
+        the text, however late, names itself instead, as in stream())."""
         was_stopped, held = self.text.stopped, list(self.held.held)
         events, text, reason = self.held.finish(reason, pending)
         # a stop string in the text the decoder held to the end (a last word waiting for its spaces)
@@ -279,7 +297,9 @@ class _Sequence:
             events, text = [StreamEvent(text="", token_id=e.token_id, logprob=e.logprob) for e in held], text + stop
         for event in events:
             self.req._push(event)
-        self.req._push(StreamEvent(text=text, finish_reason=reason))
+        if self.text.stopped:
+            stopped_by = self.text.stops_at_cut[0]
+        self.req._push(StreamEvent(text=text, finish_reason=reason, stopped_by=stopped_by))
         return True
 
     def _stop_string(self) -> str | None:
@@ -300,5 +320,6 @@ class _Sequence:
         held, self.held.held = self.held.held, []
         for event in [*held, last]:
             self.req._push(StreamEvent(text="", token_id=event.token_id, logprob=event.logprob))
-        self.req._push(StreamEvent(text="".join(e.text for e in held) + text + stop, finish_reason="stop"))
+        self.req._push(StreamEvent(text="".join(e.text for e in held) + text + stop, finish_reason="stop",
+                                   stopped_by=self.text.stops_at_cut[0]))
         return True

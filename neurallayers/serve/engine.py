@@ -40,7 +40,7 @@ from neurallayers.checks import is_int
 from neurallayers.generation.config import GenerationConfig, StreamEvent
 from neurallayers.generation.fast import decode_step_for
 from neurallayers.generation.generate import forward_step
-from neurallayers.generation.inputs import _check_ids
+from neurallayers.generation.inputs import _check_decoder, _check_ids
 from neurallayers.serve._engine_request import Request, TextOptions, _Sequence
 
 log = logging.getLogger("neurallayers.serve")
@@ -78,6 +78,7 @@ class Engine:
 
     def __init__(self, model: nn.Module, tokenizer, *, max_batch: int = 8, max_queue: int = 32,
                  max_len: int | None = None) -> None:
+        _check_decoder(model)  # stream()'s check: an encoder or a path failed with an AttributeError
         block = model.config.block_size
         for name, value, low in (("max_batch", max_batch, 1), ("max_queue", max_queue, 0)):
             if not is_int(value) or value < low:
@@ -145,12 +146,15 @@ class Engine:
         tokens, stop strings), vLLM's options; default as stream() writes it.
 
         Raises:
-            ValueError: bad prompt or config (empty prompt, ids outside the vocabulary, prompt + max_new_tokens over
-                the context length, beam search / contrastive search / several return sequences).
+            ValueError: bad prompt or config (empty prompt, ids outside the vocabulary in it or in stop_token_ids /
+                logit_bias, more top logprobs than the vocabulary has, prompt + max_new_tokens over the context
+                length, beam search / contrastive search / several return sequences).
             EngineFull: max_batch requests run and max_queue wait (see .retry_after).
             EngineClosed: shutdown has started, or the engine thread failed (`failure` says why).
         """
         prompt_ids = self._check(prompt_ids, config)
+        if text is not None and not isinstance(text, TextOptions):  # else it failed in the engine thread
+            raise ValueError(f"text must be a TextOptions or None, got {type(text).__name__}")
         req = Request(prompt_ids, config, on_cancel=lambda: self._cancelled(req), text=text)
         with self._cond:
             if self._failure is not None:
@@ -228,10 +232,8 @@ class Engine:
             raise ValueError("stop strings need a tokenizer")
         prompt_ids = list(prompt_ids) if isinstance(prompt_ids, tuple) else prompt_ids
         _check_ids(self.model, [prompt_ids], [], name="prompt_ids", each_fits=False)  # generate()'s own check
-        vocab = self.model.config.vocab_size
-        bias = [t for t in config.logit_bias if t >= vocab]
-        if bias:
-            raise ValueError(f"logit_bias names token ids outside the vocabulary [0, {vocab}): {bias[:5]}")
+        # stream()'s own check: stop_token_ids and logit_bias ids in the vocabulary, top logprobs at most its size
+        config.check_vocab(self.model.config.vocab_size)
         n, new = len(prompt_ids), config.max_new_tokens
         if n >= self.max_len:
             raise ValueError(f"the prompt has {n} tokens but the context length is {self.max_len}: leave room for "
@@ -372,7 +374,7 @@ class Engine:
                 self._fail([seq.req], e)
                 done.append(row0 + i)
                 failed += 1
-        self._count_tokens(k)
+        self._count_tokens(seqs)
         self._finished(done, failed=failed)
 
     def _decode(self) -> None:
@@ -409,12 +411,15 @@ class Engine:
             self._step_time = dt if self._stats["steps"] == 0 else 0.9 * self._step_time + 0.1 * dt
             self._stats["steps"] += 1
             self._stats["last_batch_size"] = b
-        self._count_tokens(b)
+        self._count_tokens(seqs)
         self._finished(done, failed=failed)
 
-    def _count_tokens(self, n: int) -> None:
+    def _count_tokens(self, seqs: list[_Sequence]) -> None:
+        """Count the tokens these rows chose in this step: not a row whose step failed before choosing one."""
         with self._cond:
-            self._stats["tokens_generated"] += n
+            self._stats["tokens_generated"] += sum(s.n > s.counted for s in seqs)
+        for s in seqs:
+            s.counted = s.n
 
     def _drop_cancelled(self) -> None:
         rows = [r for r, s in enumerate(self._running) if s.req.cancel_requested]
@@ -473,7 +478,8 @@ class Engine:
             self._running.clear()
             self._admitting = []
             self._waiting.clear()
-            if self._abort is not None:  # the loop failed: each of them failed (stats and /metrics say so)
+            # the loop failed: each of them failed (stats say so); not those a shutdown ended (its abort is no failure)
+            if self._failure is not None:
                 self._stats["requests_failed"] += len(reqs)
         for req in reqs:
             req._fail(error)

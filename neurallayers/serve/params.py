@@ -296,7 +296,7 @@ def generation_configs(served: ServedModel, req: Sampling, *, max_tokens: int, l
                                 stop_token_ids=list(dict.fromkeys(req.stop_token_ids or [])),  # repeats: once
                                 ignore_eos=req.ignore_eos, seed=seed, logprobs=logprobs,
                                 stop_strings_after_min_new_tokens=True)  # vLLM's min_tokens
-        base.check_vocab(vocab)  # the engine does not check stop_token_ids
+        base.check_vocab(vocab)  # as the engine checks it: here for the 400 naming the field
     except ValueError as e:
         name = re.match(r"GenerationConfig\.(\w+)[= ]", str(e))
         param = _FIELD_NAMES.get(name.group(1), name.group(1)) if name else None

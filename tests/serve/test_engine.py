@@ -201,6 +201,21 @@ def test_staggered_requests_equal_stream(tok, kind: str) -> None:
     assert stats["tokens_generated"] >= sum(len(r) - 1 for r in refs)
 
 
+def test_the_last_event_names_what_stopped_it_as_streams_does(tok) -> None:
+    """stream()'s last event names the eos id, stop token or stop string that ended it (stopped_by, as
+    Generation.stopped_by); the engine's said None for every request."""
+    model = trained_lm("gpt2")
+    prompts = [tok.encode(p) for p in ["héllo", "wörld 🙂 na", "日本", "ok. ünï", "fin ∑", "caf", "🚀 🎉 x"]]
+    cfgs, _ = configs(model, tok, prompts)
+    refs = [list(stream(model, tok, p, c))[-1] for p, c in zip(prompts, cfgs, strict=True)]
+    assert {type(r.stopped_by) for r in refs} == {int, str, type(None)}  # a stop id, a stop string, a length
+    engine = Engine(model, tok, max_batch=3, max_queue=8)
+    reqs = [engine.submit(p, c) for p, c in zip(prompts, cfgs, strict=True)]
+    engine.start()
+    assert [list(r)[-1].stopped_by for r in reqs] == [r.stopped_by for r in refs]
+    engine.shutdown()
+
+
 def test_joint_prefill_of_a_dynamic_ntk_model_equals_stream(tok) -> None:
     """Right-padded prompts prefilled together: the padding repeats each row's last position, so dynamic-NTK RoPE
     (scaled by a row's largest position) sees each prompt's own length."""
@@ -378,6 +393,19 @@ def test_shutdown_without_drain_ends_requests(tok) -> None:
         engine.submit(tok.encode("ok"), cfg)
 
 
+def test_requests_a_shutdown_ends_are_not_counted_as_failed(tok) -> None:
+    """Shut down before start(): the queued requests end with EngineClosed, as a running engine's do, and no failure
+    is counted for them (requests_failed said 2: the model failed nothing)."""
+    engine = Engine(random_lm(), tok, max_batch=1, max_queue=2)
+    reqs = [engine.submit([1, 2], GenerationConfig(max_new_tokens=4)) for _ in range(2)]
+    assert engine.shutdown(drain=False)
+    for req in reqs:
+        with pytest.raises(EngineClosed):
+            list(req)
+    stats = engine.stats()
+    assert (stats["requests_failed"], stats["requests_finished"], stats["waiting"]) == (0, 0, 0)
+
+
 def test_shutdown_without_drain_ends_a_request_in_its_prefill_at_once(tok) -> None:
     """The server's --shutdown-timeout cut ends what is left at once, so that its 503 goes out before uvicorn cancels
     the handler (a plain-text 500): a request popped from the queue and still in its prefill was ended only after
@@ -435,12 +463,78 @@ def test_a_failing_forward_fails_its_requests_only(tok) -> None:
     ([1], GenerationConfig(num_return_sequences=2, temperature=1.0), "num_return_sequences"),
     ([1], GenerationConfig(penalty_alpha=0.5, top_k=4), "penalty_alpha"),
     ([1], GenerationConfig(logit_bias={999: 1.0}), "logit_bias"),
+    # stream() refuses these too; the engine took them and never stopped on the id
+    ([1], GenerationConfig(stop_token_ids=[5, 290]), r"stop_token_ids holds token ids outside .*\[290\]$"),
     ([1], {"temperature": 0}, "GenerationConfig"),
 ])
 def test_bad_requests(tok, prompt, cfg, match: str) -> None:
     engine = Engine(random_lm(), tok, max_batch=1)
     with pytest.raises(ValueError, match=match):
         engine.submit(prompt, cfg)
+
+
+def test_more_top_logprobs_than_the_vocabulary_has_are_refused_at_submit() -> None:
+    """As stream() refuses them; the engine took the request and failed it in its thread ("selected index k out of
+    range")."""
+    model, chars = char_lm()
+    cfg = GenerationConfig(max_new_tokens=3, logprobs=chars.vocab_size + 1)
+    with pytest.raises(ValueError, match="logprobs") as streamed:
+        stream(model, chars, [1, 2], cfg)
+    engine = Engine(model, chars, max_batch=1)
+    with pytest.raises(ValueError, match="logprobs") as submitted:
+        engine.submit([1, 2], cfg)
+    assert str(submitted.value) == str(streamed.value)
+
+
+def char_lm():
+    """A character tokenizer (11 tokens) and a random model of its vocabulary."""
+    from neurallayers.data.tokenizers import Tokenizer
+
+    chars = Tokenizer.train_char(["abcde fgh"])
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=chars.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)
+    return DecoderLM(cfg).eval(), chars
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_bans_that_leave_no_token_fail_the_request_as_stream_raises(temperature: float) -> None:
+    """no_repeat_ngram_size on a small vocabulary, with min_new_tokens holding eos back, bans every token: stream()
+    raises after the tokens it could choose; the engine went on choosing a banned token (id 0) silently."""
+    model, chars = char_lm()
+    cfg = GenerationConfig(max_new_tokens=20, min_new_tokens=20, no_repeat_ngram_size=1, temperature=temperature,
+                           seed=1)
+    events = []
+    with pytest.raises(ValueError, match="bans every token") as streamed:
+        events.extend(stream(model, chars, [3, 4], cfg))
+    engine = Engine(model, chars, max_batch=2)
+    engine.start()
+    other = engine.submit([5], GenerationConfig(temperature=0, max_new_tokens=12))  # decoded beside it, unharmed
+    req = engine.submit([3, 4], cfg)
+    got = []
+    with pytest.raises(RuntimeError, match="bans every token") as failed:
+        got.extend(req)
+    assert str(failed.value) == f"generation failed: ValueError: {streamed.value}"
+    assert [e.token_id for e in got] == [e.token_id for e in events] and len(got) == 8
+    assert_same_events(list(other), list(stream(model, chars, [5], other.config)))
+    engine.shutdown()
+    stats = engine.stats()
+    assert stats["requests_failed"] == 1
+    assert stats["tokens_generated"] == req.completion_tokens + other.completion_tokens == 8 + 12  # none for the ban
+
+
+def test_bad_text_options_are_refused_at_submit(tok) -> None:
+    """A dict for `text` failed the request in the engine thread (an AttributeError); a string of reported stops
+    named any substring of itself as the stop string."""
+    from neurallayers.serve._engine_request import TextOptions
+
+    engine = Engine(random_lm(), tok, max_batch=1)
+    with pytest.raises(ValueError, match=r"^text must be a TextOptions or None, got dict$"):
+        engine.submit([1, 2], GenerationConfig(max_new_tokens=4), text={"skip_special_tokens": False})
+    with pytest.raises(ValueError, match=r"^TextOptions.reported_stops='ab': must be None or a tuple"):
+        TextOptions(reported_stops="ab")
+    with pytest.raises(ValueError, match=r"^TextOptions.skip_special_tokens='no': must be True or False$"):
+        TextOptions(skip_special_tokens="no")
+    assert TextOptions(reported_stops=["ab"]).reported_stops == ("ab",)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -454,6 +548,20 @@ def test_bad_engine_arguments(tok, kwargs: dict, match: str) -> None:
         Engine(random_lm(), tok, **kwargs)
     with pytest.raises(ValueError, match="tokenizer"):
         Engine(random_lm(), None)
+
+
+def test_an_encoder_or_a_path_is_refused_as_stream_refuses_it(tok) -> None:
+    """Engine(encoder) failed with "'EncoderModel' object has no attribute 'new_cache'", Engine(path) with another
+    AttributeError; stream() says what generation needs in one line."""
+    from neurallayers.models import build_model
+
+    encoder = build_model(ModelConfig(vocab_size=290, block_size=32, n_layer=1, n_head=2, n_embd=16, causal=False))
+    for model, match in ((encoder, "is an encoder"), ("runs/gpt", r"got str \(a path: load the model first")):
+        with pytest.raises(ValueError, match=match) as streamed:
+            stream(model, tok, [1, 2])
+        with pytest.raises(ValueError, match=match) as refused:
+            Engine(model, tok)
+        assert str(refused.value) == str(streamed.value)
 
 
 def test_max_len_bounds_requests_and_cache(tok) -> None:
