@@ -107,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--stride {args.stride} is over the window length {window} (--block-size, default the "
                          "model's context): it must be at most the window")
     data = run_cfg.data if own else DataConfig(source=args.data)
-    if run_cfg is not None:  # any corpus is tokenized as the run's was: a bos before each document or none
-        # (a run from before config.yaml recorded it had none)
-        data = dataclasses.replace(data, document_bos=bool(run_cfg.data.document_bos))
+    if run_cfg is not None:  # any corpus is tokenized as the run's was: a bos before each document or none, framed
+        # or not (a run from before config.yaml recorded them had neither)
+        data = dataclasses.replace(data, document_bos=bool(run_cfg.data.document_bos),
+                                   document_frame=bool(run_cfg.data.document_frame))
     if args.text_field is not None:
         data = dataclasses.replace(data, text_field=args.text_field)
     try:

@@ -105,6 +105,7 @@ def prepare_tokens(
     show_progress: bool = True,
     document_bos: bool | None = None,
     tail: bool = False,
+    frame: bool | None = None,
 ) -> TokenData:
     """Tokenizes `corpus` into a train/val cache, or reuses the cache made from the same inputs.
 
@@ -116,7 +117,7 @@ def prepare_tokens(
     piece when `document_bos` says so (None: when the tokenizer's own encoding puts one first, as a Llama
     tokenizer.json's post-processor does: prompts start with it, and transformers' run_clm trains so). A tokenizer
     with neither frames each document as its own encoding frames a text (BERT's [CLS] ... [SEP], as transformers'
-    run_mlm tokenizes one: `document_frame`).
+    run_mlm tokenizes one: `document_frame`) when `frame` says so (None: whenever it can).
 
     Args:
         corpus: The text.
@@ -128,6 +129,8 @@ def prepare_tokens(
         show_progress: Show a progress bar while tokenizing.
         tail: Split by position whatever the pieces: the last val_fraction of the tokens, in the corpus's order, go
             to val (nanoGPT's contiguous split); each document still ends with eos.
+        frame: Frame each document as the tokenizer frames a text (see above); None: where it has neither bos nor
+            eos and frames a text; False: never (a run recorded before framing, whose resume reads its own tokens).
 
     Raises:
         ValueError: Bad val_fraction / chunk_chars / seed, or a corpus with no text.
@@ -160,8 +163,11 @@ def prepare_tokens(
         raise ValueError("document_bos=True: the tokenizer has no bos token")
     if document_bos:  # a key of its own (caches written before did not add it)
         sources["document_bos"] = True
-    if frame := document_frame(tokenizer):  # only then, as document_bos: the caches of other tokenizers keep their keys
-        sources["document_frame"] = frame
+    framed = document_frame(tokenizer) if frame is not False else None
+    if frame and framed is None:
+        raise ValueError("document_frame=True: the tokenizer has a bos or an eos, or frames nothing; use false")
+    if framed:  # only then, as document_bos: the caches of other tokenizers keep their keys
+        sources["document_frame"] = framed
     key = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
     final = Path(cache_dir) / key
     if final.parent.is_dir():

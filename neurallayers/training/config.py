@@ -169,6 +169,9 @@ class DataConfig:
     # a bos before each document: None = where the tokenizer's own encoding starts a text with one (a Llama
     # tokenizer.json), as prompts are encoded; a run's config.yaml records what it used
     document_bos: bool | None = None
+    # [CLS] ... [SEP] around each document, as the tokenizer frames a text: None = where it has neither bos nor eos
+    # (BERT's); recorded as document_bos is (a run from before it was recorded had none)
+    document_frame: bool | None = None
 
     def __post_init__(self) -> None:
         check_types(self)

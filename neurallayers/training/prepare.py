@@ -103,6 +103,7 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
             larger than the tokenizer's (a padded embedding table), never smaller.
     """
     from neurallayers.data import load_corpus
+    from neurallayers.data.datasets import document_frame
 
     corpus = load_corpus(run.data.source, text_field=run.data.text_field)
     encoder = not run.model.causal
@@ -122,6 +123,9 @@ def prepare_data(run: RunConfig, *, tokenizer: object | None = None, show_progre
         run = RunConfig(model=run.model.replace(**changes), train=run.train, data=run.data)
     if run.data.document_bos is None:  # decided once, and recorded: a resume tokenizes as the run began
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, document_bos=tokenizer.adds_bos))
+    if run.data.document_frame is None:  # likewise ([CLS] ... [SEP] around a BERT tokenizer's documents)
+        framed = document_frame(tokenizer) is not None
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, document_frame=framed))
     tokenizer = _prompted_as_documents(tokenizer, run.data.document_bos)
     tokens = tokenize_corpus(run.data, corpus, tokenizer, seed=run.train.seed, show_progress=show_progress)
     need = run.model.block_size + 1
@@ -197,8 +201,8 @@ def tokenize_corpus(data: DataConfig, corpus: object, tokenizer: object, *, seed
     cache = data.resolved_cache_dir / "tokens"
     if data.split == "tail":  # the corpus in its order, each document ending with eos, the last tokens to val
         return prepare_tokens(corpus, tokenizer, cache, val_fraction=fraction, seed=0, show_progress=show_progress,
-                              document_bos=data.document_bos, tail=True)
+                              document_bos=data.document_bos, tail=True, frame=data.document_frame)
     return prepare_tokens(corpus, tokenizer, cache, val_fraction=fraction, seed=seed, show_progress=show_progress,
-                          document_bos=data.document_bos)
+                          document_bos=data.document_bos, frame=data.document_frame)
 
 

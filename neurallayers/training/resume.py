@@ -85,9 +85,11 @@ def resume_target(out: Path, resume: bool | str | os.PathLike | None) -> Path | 
 
 
 def saved_config(out: Path) -> RunConfig:
-    """The run's config.yaml, read once for a resume; a run from before data.document_bos was recorded had no bos."""
+    """The run's config.yaml, read once for a resume; a run from before data.document_bos (document_frame) was
+    recorded had no bos (no frame)."""
     saved = RunConfig.from_yaml(out / "config.yaml", saved=True)
     saved.data.document_bos = bool(saved.data.document_bos)
+    saved.data.document_frame = bool(saved.data.document_frame)
     return saved
 
 
@@ -101,6 +103,8 @@ def as_saved(saved: RunConfig, run: RunConfig) -> RunConfig:
     data = run.data
     if data.document_bos is None:
         data = dataclasses.replace(data, document_bos=saved.data.document_bos)
+    if data.document_frame is None:
+        data = dataclasses.replace(data, document_frame=saved.data.document_frame)
     return dataclasses.replace(run, data=data, train=dataclasses.replace(run.train, init_from=saved.train.init_from))
 
 

@@ -397,3 +397,38 @@ def test_documents_of_a_tokenizer_without_bos_or_eos_are_framed_as_it_frames_a_t
     data = prepare_tokens(TextCorpus(docs), tok, tmp_path, val_fraction=0, chunk_chars=40, show_progress=False)
     assert data.meta["pieces"] > len(docs)  # the second in pieces: [CLS] before its first only, [SEP] after its last
     assert data.train.tolist() == [i for doc in docs for i in hf(doc)["input_ids"]]
+    # frame=False (a run recorded before framing): the documents' own tokens, as that run's cache held them
+    plain = prepare_tokens(TextCorpus(docs), tok, tmp_path, val_fraction=0, chunk_chars=40, show_progress=False,
+                           frame=False)
+    assert plain.train.tolist() == [i for doc in docs for i in hf(doc, add_special_tokens=False)["input_ids"]]
+    with pytest.raises(ValueError, match="document_frame=True: the tokenizer has a bos or an eos"):
+        prepare_tokens(TextCorpus(docs), Tokenizer.train_char(docs), tmp_path, show_progress=False, frame=True)
+
+
+def test_a_run_from_before_document_frame_resumes_on_its_own_unframed_tokens(tmp_path):
+    """Framing a BERT tokenizer's documents changed its cache: a masked-LM run begun before, resumed after, went on
+    at its data position in another token stream, silently. Decided once and recorded as data.document_frame (as
+    document_bos): a config.yaml without it reads false."""
+    from neurallayers.embeddings import minilm_folder
+    from neurallayers.training.config import DataConfig, RunConfig, TrainConfig
+    from neurallayers.training.prepare import prepare_data
+    from neurallayers.training.resume import as_saved, saved_config
+
+    (tmp_path / "corpus.txt").write_text("The first document ends here.\n\nAnother one starts and goes on.\n" * 40)
+    run = RunConfig.from_dict({"model": {"preset": "bert-mini", "block_size": 16, "n_layer": 1, "n_embd": 32,
+                                         "n_head": 2},
+                               "data": {"source": str(tmp_path / "corpus.txt"), "tokenizer": str(minilm_folder()),
+                                        "cache_dir": str(tmp_path / "cache")}})
+    _, _, decided = prepare_data(run)
+    assert decided.data.document_frame is True  # a new run frames, and config.yaml records it
+    (tmp_path / "old").mkdir()
+    old = decided.to_dict()
+    del old["data"]["document_frame"]  # a config.yaml written before the field
+    RunConfig.from_dict(old).to_yaml(tmp_path / "old" / "config.yaml")
+    saved = saved_config(tmp_path / "old")
+    assert saved.data.document_frame is False
+    resumed = as_saved(saved, RunConfig(model=decided.model, train=TrainConfig(), data=DataConfig(**{
+        **old["data"], "document_bos": None})))
+    assert resumed.data.document_frame is False
+    _, tokens, _ = prepare_data(resumed)
+    assert 101 not in tokens.train.tolist()  # no [CLS]: the tokens the run began on
