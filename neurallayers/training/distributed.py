@@ -75,7 +75,8 @@ def _process_group() -> tuple[int, int, str] | None:
 
 def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -> DistInfo:
     """Joins the process group when launched by torchrun with more than one process, or trains in the caller's own
-    group (already initialized, e.g. under torch.multiprocessing.spawn) as it is.
+    group (already initialized, e.g. under torch.multiprocessing.spawn) as it is; mode "none" trains in this process
+    alone (refused under a multi-process torchrun, whose processes would each write the same run).
 
     Args:
         mode: TrainConfig.distributed ("auto" | "ddp" | "fsdp" | "none"); auto means ddp.
@@ -87,8 +88,9 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
     if mode in ("ddp", "fsdp") and group is None:  # asked for by name: say why it is one process
         log.warning("train.distributed=%s, but this process was not started by torchrun: training in this one "
                     "process (torchrun --nproc_per_node N -m neurallayers train ... runs N)", mode)
-    if mode == "none" and group is not None and group[1] > 1:
-        # every process would train the whole run alone, each as rank 0, into the same run directory
+    if mode == "none" and group is not None and group[1] > 1 and launched_by_torchrun():
+        # every process would train the whole run alone, each as rank 0, into the same run directory (a caller's own
+        # group may train runs of its own in each process: a sweep, each with its own folder)
         raise ValueError(f"TrainConfig.distributed='none', but {group[2]}, which would each train the whole run "
                          "into the same files; use 'auto', 'ddp' or 'fsdp', or start one process "
                          "(neurallayers train ...)")
