@@ -112,11 +112,15 @@ def _preset_given(args: argparse.Namespace) -> str | None:
 
 def _source_name(init_from: str) -> str:
     """A fine-tune's source as a folder name: a checkpoint's is its run's and step's (`llama-step-800`; every run's
-    step-800 alone would share one name)."""
+    step-800 alone would share one name). A folder is named as the path leads to it: `.` and `..` have no name of
+    their own (`--init-from .` trained into runs/-ft); a bundled model's name stays as given."""
     from neurallayers.training.checkpoint import run_checkpoint
 
     found = run_checkpoint(init_from)
-    return f"{found.parent.parent.name}-{found.name}" if found is not None else Path(init_from).name
+    if found is not None:
+        return f"{found.parent.parent.name}-{found.name}"
+    path = Path(init_from).expanduser()
+    return Path(os.path.abspath(path)).name if path.exists() else path.name
 
 
 def run(args: argparse.Namespace) -> int:

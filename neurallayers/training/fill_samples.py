@@ -45,21 +45,33 @@ def fill_samples(model: torch.nn.Module, tokenizer: object, masker: object, toke
 def prompt_fills(model: torch.nn.Module, tokenizer: object, prompts: list[str], device: torch.device,
                  top_k: int = 5) -> str:
     """For each prompt that holds the mask token: the model's `top_k` tokens at each of its masks. The model is in
-    eval mode."""
-    parts = []
-    for prompt in prompts:
-        ids = tokenizer.encode(prompt)[: model.config.block_size]
-        where = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
+    eval mode. A prompt is encoded as the fill-mask pipeline encodes it: framed by the tokenizer's special tokens (a
+    BERT tokenizer's [CLS] and [SEP]), which the model saw around every text it was pretrained on. A prompt longer
+    than the context is named and left out (cut, it lost masks, or the text after them)."""
+    parts, block = [], model.config.block_size
+    for i, prompt in enumerate(prompts):
+        ids = tokenizer.encode(prompt, add_special_tokens=True)
+        where = [pos for pos, t in enumerate(ids) if t == tokenizer.mask_id]
         if not where:
+            continue
+        if len(ids) > block:
+            log.warning("sample prompt %d (%r) has %d tokens, more than the context (block_size=%d): not filled", i,
+                        prompt, len(ids), block)
             continue
         probs = model(torch.tensor([ids], device=device)).logits[0, where].float().softmax(-1).cpu()
         lines = [f"=== prompt: {prompt!r}"]
         for n, row in enumerate(probs, 1):
             scores, top = row.topk(min(top_k, len(row)))
-            lines.append(f"mask {n}: " + "  ".join(f"{tokenizer.decode(text_ids([t], tokenizer.vocab_size))!r} {p:.3f}"
+            lines.append(f"mask {n}: " + "  ".join(f"{_token_text(tokenizer, t)!r} {p:.3f}"
                                                    for t, p in zip(top.tolist(), scores.tolist(), strict=True)))
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
+
+
+def _token_text(tokenizer: object, token: int) -> str:
+    """A guessed token as the fill-mask pipeline's token_str spells it: a special token by its name (a guessed [SEP]
+    is "[SEP]", not ""), a padded row of the vocabulary as ""."""
+    return tokenizer.decode(text_ids([token], tokenizer.vocab_size), skip_special_tokens=False)
 
 
 def masked_lm_samples(model: torch.nn.Module, tokenizer: object, masker: object, tokens, device: torch.device, *,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,15 +127,32 @@ def load_source(init_from: str) -> Source:
 
     Raises:
         FileNotFoundError: no such folder, no config, weights or tokenizer.
-        CheckpointError: corrupt weights or weights that do not fit their config.
+        CheckpointError: corrupt weights, weights that do not fit their config, or only pickle weights.
     """
     from neurallayers.api import load
 
     path = source_path(init_from)
     tokenizer = source_tokenizer(init_from)  # first: a folder without one fails before its weights are read
+    _refuse_pickle_only(path, init_from)
     with torch.random.fork_rng(devices=[]):  # building the source initialises weights: leave the run's RNG alone
         model, _ = load(path)
     return Source(path, model.config, dict(model.state_dict()), tokenizer)
+
+
+def _refuse_pickle_only(path: Path, init_from: str) -> None:
+    """Refuses a Hugging Face folder whose only weights are pickles (which can run code when loaded), naming the way
+    on for training: `load`'s refusal offers allow_pickle, which train does not take."""
+    from neurallayers.interop.hf_files import PICKLE_INDEX, PICKLE_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
+    from neurallayers.weights import CheckpointError
+
+    if (path / "config.yaml").is_file() or os.path.lexists(path / SAFE_WEIGHTS) or (path / SAFE_INDEX).is_file():
+        return  # a run, or safetensors: load reads them (and names a broken file itself)
+    pickles = [name for name in (PICKLE_WEIGHTS, PICKLE_INDEX) if (path / name).is_file()]
+    if pickles:
+        raise CheckpointError(f"TrainConfig.init_from={init_from!r}: {path} has only pickle weights ({pickles[0]}), "
+                              "which can run code when loaded; training never reads them. Convert them to "
+                              f"safetensors once (neurallayers convert {path} DST --to hf --allow-pickle) and start "
+                              "from DST")
 
 
 def data_conflicts(data: object) -> None:

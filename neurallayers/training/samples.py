@@ -14,9 +14,11 @@ log = logging.getLogger("neurallayers.training")
 
 def write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path: Path, device: torch.device, *,
                    write: bool = True, fixed_length: bool = False) -> None:
-    """Samples from `model` for cfg.sample_prompts into `path` (when `write`). fixed_length: every prompt gets
-    exactly the token budget (generation ignores eos; the text is cut at it afterwards), so the number of forwards
-    does not depend on what is sampled."""
+    """Samples from `model` for cfg.sample_prompts into `path` (when `write`): each prompt as generate() samples it
+    alone, its cfg.sample_tokens or fewer where its context fills; a prompt with no room (longer than the context, or
+    no tokens at all) is named and left out, the others still sampled. fixed_length: every prompt gets exactly its
+    token budget (generation ignores eos; the text is cut at it afterwards), so the number of forwards does not
+    depend on what is sampled."""
     if not cfg.sample_prompts or cfg.sample_tokens == 0:
         return
     try:
@@ -25,15 +27,14 @@ def write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path: 
     except ImportError as e:
         log.warning("generation is not available (%s): no samples written", e)
         return
-    longest = max(len(tokenizer.encode(p)) for p in cfg.sample_prompts)
-    n_new = min(cfg.sample_tokens, model.config.block_size - longest)
-    if n_new < 1:
-        log.warning("sample prompts fill the context (block_size=%d): no samples written", model.config.block_size)
+    prompts = _prompts_that_fit(cfg.sample_prompts, tokenizer, model.config.block_size)
+    if not prompts:
         return
-    gen = GenerationConfig(max_new_tokens=n_new, temperature=0.8, top_k=50, seed=cfg.seed, ignore_eos=fixed_length)
+    gen = GenerationConfig(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50, seed=cfg.seed,
+                           ignore_eos=fixed_length)
     model.eval()
     try:
-        outs = generate(model, tokenizer, list(cfg.sample_prompts), gen)
+        outs = generate(model, tokenizer, prompts, gen)
     except Exception as e:  # a finished run must not be lost to a sampling bug; say so loudly instead
         log.warning("sampling failed (%s: %s): no samples written", type(e).__name__, e)
         return
@@ -45,9 +46,25 @@ def write_samples(model: torch.nn.Module, tokenizer: object, cfg: object, path: 
 
         texts = [continuation_text(tokenizer, tokenizer.encode(p, add_special_tokens=True),
                                    o.token_ids[:o.token_ids.index(tokenizer.eos_id)], skip_padded_ids=True)
-                 if tokenizer.eos_id in o.token_ids else o.text for p, o in zip(cfg.sample_prompts, outs, strict=False)]
-    parts = [f"=== prompt: {p!r}\n{p}{t}\n" for p, t in zip(cfg.sample_prompts, texts, strict=False)]
+                 if tokenizer.eos_id in o.token_ids else o.text for p, o in zip(prompts, outs, strict=True)]
+    parts = [f"=== prompt: {p!r}\n{p}{t}\n" for p, t in zip(prompts, texts, strict=True)]
     save_samples(path, "\n".join(parts))
+
+
+def _prompts_that_fit(prompts: list[str], tokenizer: object, block_size: int) -> list[str]:
+    """The prompts generate() can continue, encoded as it encodes them (a Llama tokenizer's bos first): at most
+    block_size tokens (the last needs no position) and at least one. The others are named in a warning."""
+    fit = []
+    for i, prompt in enumerate(prompts):
+        n = len(tokenizer.encode(prompt, add_special_tokens=True))
+        if 0 < n <= block_size:
+            fit.append(prompt)
+        elif n:
+            log.warning("sample prompt %d (%r) has %d tokens, more than the context (block_size=%d): not sampled", i,
+                        prompt, n, block_size)
+        else:
+            log.warning("sample prompt %d (%r) has no tokens in the run's tokenizer: not sampled", i, prompt)
+    return fit
 
 
 def save_samples(path: Path, text: str) -> None:

@@ -74,7 +74,8 @@ def test_resuming_a_fine_tune_is_exact_without_the_source(source, tmp_path):
     assert fit(run, tmp_path / "split", progress=False, until_step=4).stopped_reason == "until_step"
     shutil.rmtree(copy)
     saved = RunConfig.from_yaml(tmp_path / "split/config.yaml")  # with what the run decided: no bos before documents
-    assert saved == dataclasses.replace(run, data=dataclasses.replace(run.data, document_bos=False))
+    decided = dataclasses.replace(run.data, document_bos=False, document_frame=False)
+    assert saved == dataclasses.replace(run, data=decided)
     fit(saved, tmp_path / "split", resume=True, progress=False)
     a, b = step_losses(tmp_path / "straight"), step_losses(tmp_path / "split")
     assert sorted(a) == list(range(1, 9)) and a == b
@@ -294,3 +295,23 @@ def test_a_fine_tune_may_change_which_layers_slide():
     source.check_model(base.replace(sliding_window=None, sliding_window_layers=None))
     with pytest.raises(ValueError, match="ModelConfig.n_layer=4 differs"):
         source.check_model(base.replace(n_layer=4))
+
+
+def test_a_pickle_only_folder_is_refused_with_the_way_on_for_training(source, tmp_path):
+    """A Hugging Face folder with only pytorch_model.bin: the refusal offered `allow_pickle=True (CLI: --allow-pickle)`,
+    which train does not take (`--allow-pickle belongs to generate, chat, ...`): it names the conversion alone, and
+    the pickle is never read (nothing written either)."""
+    from neurallayers import save_hf
+
+    folder = tmp_path / "pickled"
+    save_hf(*load(source), folder)
+    weights = read_safetensors(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError) as caught:
+        fit(fine_tune(tmp_path, folder, max_steps=1), tmp_path / "ft", progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"TrainConfig.init_from={str(folder)!r}: {folder} has only pickle weights "
+                              "(pytorch_model.bin)"), message
+    assert f"neurallayers convert {folder} DST --to hf --allow-pickle" in message and "opt in" not in message
+    assert not (tmp_path / "ft/metrics.jsonl").exists()

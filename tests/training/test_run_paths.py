@@ -94,6 +94,21 @@ def test_init_from_a_checkpoint_names_the_default_out_after_its_run(run, tmp_pat
     assert default_out(args, cfg).as_posix() == "runs/run-step-2-ft"
 
 
+@pytest.mark.parametrize(("given", "name"), [(".", "run"), ("./", "run"), ("../run", "run"), ("checkpoints/..", "run")])
+def test_init_from_a_relative_folder_names_the_default_out_after_it(run, monkeypatch, given, name):
+    """`train --init-from .` in the source's own folder trained into runs/-ft (`..` into runs/..-ft): the default --out
+    is named after the folder the path leads to."""
+    import argparse
+
+    from neurallayers.cli.train import default_out
+    from neurallayers.training import RunConfig
+
+    monkeypatch.chdir(run)
+    cfg = RunConfig.from_dict({"train": {"init_from": given}})
+    args = argparse.Namespace(preset=None, config=None)
+    assert default_out(args, cfg).as_posix() == f"runs/{name}-ft"
+
+
 def test_going_back_sets_the_newer_checkpoints_aside_across_file_systems(run, monkeypatch):
     """checkpoints/ linked to another disk: `--resume .../step-2` moved step-4 to abandoned/ with os.replace, which
     fails across file systems ("Invalid cross-device link", a traceback); here every rename into abandoned/ fails so."""
