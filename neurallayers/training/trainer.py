@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from neurallayers.checks import is_int
-from neurallayers.files import WriteError, exclusive
+from neurallayers.files import WriteError, exclusive, write_text_atomic
 from neurallayers.training import checkpoint as ckpt
 from neurallayers.training import distributed as dist
 from neurallayers.training.config import RunConfig
@@ -53,6 +53,7 @@ from neurallayers.training.step import StepMixin
 __all__ = ["LOCK", "TrainResult", "fit", "mean_loss", "perplexity", "perplexity_text"]
 
 log = logging.getLogger("neurallayers.training")
+ROLL_BACK = ".rolling-back"  # a roll-back to an older checkpoint under way: the step it goes back to
 LOCK = ".train.lock"  # held by rank 0 while a session writes the run directory
 
 
@@ -211,8 +212,11 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         else:  # a resumed run rewrites history after its checkpoint: drop the crashed session's later lines, last,
             # for they tell a resume killed in between which weights are later (_roll_back_files)
             ckpt.clean_incomplete(self.out)
+            marker = self._roll_back_marker()
             self._roll_back_files()
             truncate_metrics(self.out / "metrics.jsonl", self.step)
+            if marker is not None:
+                marker.unlink()
             # a kill between a checkpoint's rename and its pruning left one too many; a finished run saves no more
             ckpt.prune_checkpoints(self.out, keep_last=self.cfg.keep_last,
                                    keep_before=self._keep_before(going_on=False))
@@ -221,6 +225,24 @@ class _Fit(StartupMixin, RestoreMixin, StepMixin, CheckpointMixin):
         names = self.cfg.loggers if loggers is None else [x for x in loggers if isinstance(x, str)]
         objects = [] if loggers is None else [x for x in loggers if not isinstance(x, str)]
         return build_loggers(names, self.out, start_step=self.step, config=self.run_cfg.to_dict()) + objects
+
+    def _roll_back_marker(self) -> Path | None:
+        """ROLL_BACK, written before a roll-back to an older checkpoint changes a file and removed once it is done
+        (None: nothing to roll back). Found from an earlier one that was killed, only a resume from the same step may
+        go on (it finishes the roll-back): a plain --resume went on from the newer history's newest checkpoint with
+        model.safetensors already replaced by the older step's best weights, silently."""
+        marker = self.out / ROLL_BACK
+        if marker.is_file():
+            step = int(marker.read_text(encoding="utf-8").strip() or -1)
+            if step != self.step:
+                raise ValueError(f"a resume of {self.out} from step {step} was stopped while it set the newer history "
+                                 f"aside: run it again to finish it (--resume {self.out / 'checkpoints'}/step-{step}), "
+                                 "then go on from there")
+            return marker
+        if not self.newer_checkpoints and self.weights_from is None:
+            return None
+        write_text_atomic(marker, f"{self.step}\n")
+        return marker
 
     # ----- the loop -----
     def run(self) -> TrainResult:

@@ -625,6 +625,38 @@ def test_fit_arguments_of_the_wrong_kind_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_plain_resume_after_a_killed_roll_back_is_refused_until_the_roll_back_is_finished(tmp_path, monkeypatch):
+    """The review: a roll-back to step-8 killed after model.safetensors became step 8's best and before the newer
+    checkpoints moved aside, then a plain --resume, went on from the newer history's step 16 with step 8's best
+    weights as its own, silently. The roll-back leaves a marker until it is done: only the same resume may go on."""
+    import neurallayers.training.trainer as trainer
+
+    run = tiny_run(tmp_path, max_steps=16, warmup_steps=0, eval_interval=4, save_interval=4, keep_last=3)
+    fit(run, tmp_path / "run", progress=False)
+    real = ckpt.set_aside
+
+    def killed(run_dir, paths, **kw):
+        if paths[0].name != "model.safetensors":  # the checkpoints' move, after model.safetensors was replaced
+            raise _Killed
+        return real(run_dir, paths, **kw)
+
+    monkeypatch.setattr(ckpt, "set_aside", killed)
+    target = tmp_path / "run/checkpoints/step-8"
+    with pytest.raises(_Killed):
+        fit(run, tmp_path / "run", resume=target, progress=False, until_step=9)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / trainer.ROLL_BACK).read_text() == "8\n"
+    with pytest.raises(ValueError, match=r"a resume of .* from step 8 was stopped while it set the newer history "
+                                         r"aside: run it again to finish it \(--resume .*step-8\)"):
+        fit(run, tmp_path / "run", resume=True, progress=False)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-8", "step-12", "step-16"]  # untouched
+    fit(run, tmp_path / "run", resume=target, progress=False, until_step=9)  # the same command finishes it
+    assert not (tmp_path / "run" / trainer.ROLL_BACK).exists()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-8", "step-9"]
+    fit(run, tmp_path / "run", resume=True, progress=False, until_step=10)  # and a plain resume goes on from there
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")][-1] == "step-10"
+
+
 def test_an_empty_or_non_path_out_dir_is_refused_before_any_work(tmp_path, monkeypatch):
     """out_dir="" (an unset variable) trained into the current folder, writing its config, checkpoints and metrics
     there, where `train --out ""`, nl.train and resume="" refuse it; None or a number was a bare TypeError that named
