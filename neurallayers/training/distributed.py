@@ -112,10 +112,11 @@ def init_distributed(mode: str, device_type: str, *, timeout_s: float = 300.0) -
     return DistInfo(rank=rank, world_size=world, local_rank=local, mode="fsdp" if mode == "fsdp" else "ddp")
 
 
-def peer_lost(error: BaseException, info: DistInfo, resumes_from: str) -> PeerLostError | None:
+def peer_lost(error: BaseException, info: DistInfo, resumes_from: str | Callable[[], str]) -> PeerLostError | None:
     """`error` as a PeerLostError where it is a collective that another process broke off (it was killed, ran out of
     memory or hangs past the group's timeout), else None. Its own output says why; this one has nothing to add but
-    which rank it is and `resumes_from` (which checkpoint the run goes on from)."""
+    which rank it is and `resumes_from` (which checkpoint the run goes on from; a callable is asked only for such an
+    error: it reads the run directory)."""
     if not info.enabled or not isinstance(error, RuntimeError) or isinstance(error, PeerLostError):
         return None
     found = _PEER_LOST.search(str(error))
@@ -123,6 +124,8 @@ def peer_lost(error: BaseException, info: DistInfo, resumes_from: str) -> PeerLo
         return None
     # gloo's line: "[.../pair.cc:553] Connection closed by peer [127.0.0.1]:49334. This is typically caused by ..."
     what = str(error)[found.start():].splitlines()[0].split(". ")[0].rstrip(".")
+    if callable(resumes_from):
+        resumes_from = resumes_from()
     return PeerLostError(f"another process of this {info.world_size}-process run failed or stopped answering "
                          f"({what}), its own output says why; this is rank {info.rank}: {resumes_from}")
 

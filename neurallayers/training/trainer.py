@@ -112,7 +112,7 @@ def fit(run: RunConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.P
         dist.finish(info)
         return result
     except RuntimeError as e:  # another rank died or hangs: one line, not the backend's traceback
-        lost = dist.peer_lost(e, info, _resume_point(Path(out_dir)))
+        lost = dist.peer_lost(e, info, functools.partial(_resume_point, Path(out_dir)))
         if lost is None:
             raise
         raise lost from e
