@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 KINDS = ("bpe", "char", "gpt2", "file")  # a Tokenizer's kind, kept in tokenizer_config.json as neurallayers_kind
 _OWNER_KEY = "neurallayers_tokenizer_file"  # tokenizer_config.json's: the .json file it is for, if not tokenizer.json
-_VOCAB_FILES = ("vocab.json", "merges.txt", "vocab.txt")
+_VOCAB_FILES = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.model")  # a folder's other tokenizer files
 _LOAD_FORMS = ("'gpt2', a folder with tokenizer.json (or vocab.json + merges.txt, or a BERT vocab.txt), or a path to "
                "a tokenizer.json file")
 HF_SETTINGS = ("padding_side", "truncation_side")  # read by transformers only; "left" or "right"

@@ -162,6 +162,11 @@ def test_a_json_file_saved_into_a_model_folder_leaves_its_tokenizer_settings(tmp
     with pytest.raises(ValueError, match=r"holds the settings of its vocabulary files: save mine.json into a folder"):
         Tokenizer.train_char([SAMPLE]).save(tmp_path / "files" / "mine.json")
     Tokenizer.load(tmp_path / "files").save(tmp_path / "files")  # a tokenizer.json of its own, as before
+    (tmp_path / "spm").mkdir()  # a SentencePiece folder (tokenizer.model, no tokenizer.json): its settings kept too
+    (tmp_path / "spm" / "tokenizer.model").write_bytes(b"\0")
+    (tmp_path / "spm" / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer"}')
+    with pytest.raises(ValueError, match=r"holds the settings of its vocabulary files: save mine.json into a folder"):
+        Tokenizer.train_char([SAMPLE]).save(tmp_path / "spm" / "mine.json")
     assert Tokenizer.load(tmp_path / "files").encode(SAMPLE) == bpe.encode(SAMPLE)
 
 
