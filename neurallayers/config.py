@@ -572,11 +572,66 @@ def read_yaml_file(path: str | Path, *, what: str = "config file", load: Callabl
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return (load or yaml.safe_load)(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        _check_aliases(text)
+        return (load or yaml.safe_load)(text)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text (byte {e.start}); a {what} is a YAML file") from None
+    except (RecursionError, _UnsafeYAML) as e:  # yaml's composer recurses a level a bracket: a traceback before
+        why = "it is nested too deep" if isinstance(e, RecursionError) else str(e)
+        raise ValueError(f"{path} is not a {what} YAML reads safely: {why}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ValueError(f"{path} is not valid YAML: {problem}{where}") from None
+
+
+# A config holds hundreds of values; YAML's "billion laughs" (a list of ten aliases of a list of ten aliases ...)
+# expands a 1 kB file to 10**9, which safe_load builds as shared objects and every walk of the data (the checks of
+# `extra`) visits one by one.
+MAX_YAML_VALUES = 100_000
+
+
+class _UnsafeYAML(ValueError):
+    """A YAML document whose aliases expand too far or contain themselves."""
+
+
+def _check_aliases(text: str) -> None:
+    """Refuses a YAML document whose aliases expand to over MAX_YAML_VALUES values, or whose alias sits inside its own
+    anchor (a list holding itself: the checks of `extra` recursed until Python's limit). Counted on yaml's node
+    graph, each node once, before anything is built."""
+    import yaml
+
+    if "*" not in text:  # no alias, nothing to expand
+        return
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None:
+        return
+    sizes: dict[int, int] = {}  # id(node) -> its values with aliases expanded
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:  # depth first without recursion: post-order sums, a node met again while open is its own ancestor
+        node, done = stack.pop()
+        children = _yaml_children(node)
+        if done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                raise _UnsafeYAML(f"it holds aliases that expand to over {MAX_YAML_VALUES:,} values (a config holds "
+                                  "hundreds)")
+        elif id(node) in open_nodes:
+            raise _UnsafeYAML(f"it holds an alias inside its own anchor (line {node.start_mark.line + 1}), data that "
+                              "contains itself")
+        elif id(node) not in sizes:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+
+
+def _yaml_children(node: Any) -> list:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []

@@ -151,7 +151,7 @@ def _parse_ties(path: Path, metadata: dict) -> dict[str, str]:
         return {}
     try:
         ties = json.loads(metadata[TIED_KEY])
-    except (TypeError, json.JSONDecodeError):
+    except (TypeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: metadata {TIED_KEY!r} is not valid JSON") from None
     if not isinstance(ties, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ties.items()):
         raise CheckpointError(f"{path}: metadata {TIED_KEY!r} must map names to names")
@@ -236,6 +236,26 @@ def check_state_dict(model_or_expected: nn.Module | dict[str, tuple[int, ...]], 
             problems.append(_few(f"{len(bad)} with NaN/Inf values", bad))
     if problems:
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
+
+
+# a numbered part of a weight's name: its layer (blocks.3., transformer.h.3., model.layers.3., encoder.layer.3.)
+_NUMBERED = re.compile(r"(?:^|\.)(\d{1,18})(?=\.|$)")  # not int() of a 5000-digit name
+
+
+def check_layer_count(sd: dict[str, torch.Tensor], n_layer: int, *, source: str = "state dict") -> None:
+    """Raises CheckpointError when a config's `n_layer` is more than `sd` holds weights for, before any model (even on
+    the meta device: one Python module a layer) is built to compare shapes with: n_layer 100000 in a config.json ran
+    for minutes before its weights were refused, 10**9 until memory ran out. Every layer has weights named with its
+    index; every number in a name counts as a layer held, so this never refuses what the shape check would take."""
+    held = {int(n) for name in sd for n in _NUMBERED.findall(name)}
+    have = len({i for i in held if i < n_layer})
+    if n_layer <= have:
+        return
+    missing = [f"layer {i}" for i in range(min(n_layer, have + 5)) if i not in held][:5]  # never range(n_layer)
+    noun = "layer" if have == 1 else "layers"
+    more = ", ..." if n_layer - have > len(missing) else ""
+    raise CheckpointError(f"{source} does not fit the model: the config's n_layer={n_layer} but it holds the weights "
+                          f"of {have} {noun}; {n_layer - have} missing: {', '.join(missing)}{more}")
 
 
 def _few(label: str, names: list[str], n: int = 5) -> str:

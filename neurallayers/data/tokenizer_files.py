@@ -117,7 +117,7 @@ def _owner_config(path: Path) -> dict:
     """tokenizer_config.json as a dict; {} where there is none, or none readable (a save replaces it, as before)."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return config if isinstance(config, dict) else {}
 
@@ -465,7 +465,7 @@ def _class_of_model(folder: Path) -> str | None:
     names none (folders written before transformers saved tokenizer_class): here, RoBERTa's kind."""
     try:
         model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):  # no config.json, or not an object: no class to read
+    except (OSError, ValueError, AttributeError, RecursionError):  # no config.json, not an object, nested too deep
         return None
     return _MODEL_TYPE_CLASSES.get(model_type) if isinstance(model_type, str) else None
 
@@ -592,6 +592,8 @@ def _read_config(path: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+    except RecursionError:  # json recurses a level a bracket: '[[[[...' was a traceback
+        raise ValueError(f"{str(path)!r} is not valid JSON: nested too deep (no config file is)") from None
     if not isinstance(config, dict):
         raise ValueError(f"{str(path)!r} must hold a JSON object")
     return config

@@ -56,7 +56,7 @@ from neurallayers.interop.weight_maps import (
     rename_to_hf,
     rename_to_ours,
 )
-from neurallayers.weights import CheckpointError, check_state_dict, weight_dtype
+from neurallayers.weights import CheckpointError, check_layer_count, check_state_dict, weight_dtype
 
 __all__ = [
     "FAMILIES", "PICKLE_INDEX", "PICKLE_WEIGHTS", "SAFE_INDEX", "SAFE_WEIGHTS", "SAMPLING_DEFAULTS", "TransformIn",
@@ -118,6 +118,7 @@ def load_hf(folder: str | os.PathLike, *, device: str | torch.device | None = No
     if dtype == "auto":
         dtype = _stored_weights_dtype(folder, hf_sd)
     check_state_dict({k: tuple(v.shape) for k, v in hf_sd.items()}, hf_sd, source=str(folder))  # NaN/Inf only
+    check_layer_count(hf_sd, cfg.n_layer, source=str(folder))  # before to_ours builds a meta model of n_layer layers
     try:
         sd = fam.to_ours(hf_sd, cfg)
     except CheckpointError as e:
@@ -171,8 +172,8 @@ def _stored_weights_dtype(folder: Path, hf_sd: dict[str, torch.Tensor]) -> torch
     index against its shards)."""
     if (folder / SAFE_INDEX).is_file():
         index = read_json(folder / SAFE_INDEX)
-        named = (index.get("metadata") or {}).get("dtype")
-        if named in _AUTO_DTYPES:
+        named = (index.get("metadata") or {}).get("dtype")  # read_sharded checked metadata is an object
+        if isinstance(named, str) and named in _AUTO_DTYPES:  # a list was "unhashable type"
             return _AUTO_DTYPES[named]
         shard = min(index["weight_map"].values())
         keys = sorted(k for k, file in index["weight_map"].items() if file == shard)

@@ -38,6 +38,8 @@ def _parse_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:  # json recurses a level a bracket: '[[[[...' was a traceback
+        raise ValueError(f"{path} is not valid JSON: nested too deep (no config file is)") from None
 
 
 def read_json(path: Path) -> dict:
@@ -103,6 +105,9 @@ def read_sharded(index_path: Path, *,
             shard, a key in two shards, or a key in a shard that the index does not list.
     """
     index = read_json(index_path)
+    if not isinstance(index.get("metadata") or {}, dict):  # dtype="auto" reads it: AttributeError on a list or string
+        raise CheckpointError(f"{index_path}: 'metadata' must be an object (total_size, dtype ...), got "
+                              f"{type(index['metadata']).__name__}")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: 'weight_map' must be a non-empty object of weight name -> shard file")

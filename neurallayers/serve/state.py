@@ -297,7 +297,7 @@ class ModelHolder:
         try:
             listed = json.loads(modules.read_text()) if modules.is_file() else []
             folders += [folder / m["path"] for m in listed if isinstance(m, dict) and m.get("path")]
-        except (OSError, ValueError, TypeError):  # the loader reports a bad modules.json itself
+        except (OSError, ValueError, TypeError, RecursionError):  # the loader reports a bad modules.json itself
             pass
         paths = folders[1:]  # a module folder may itself be a link out
         for where in folders:

@@ -29,6 +29,7 @@ from neurallayers.files import WriteError
 from neurallayers.training.config import RunConfig
 from neurallayers.weights import (
     CheckpointError,
+    check_layer_count,
     check_state_dict,
     fsync_dir,
     fsync_file,
@@ -443,6 +444,7 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device | None = 
             raise FileNotFoundError(f"{run_dir} has no model.safetensors and no complete checkpoint")
         weights = ckpt / "model.safetensors"
     sd = drop_unused_pooler(run.model, read_safetensors(weights), source=str(weights))  # a run saved with one
+    check_layer_count(sd, run.model.n_layer, source=str(weights))  # first: the meta model has a module a layer
     with torch.device("meta"):  # shapes only: a config.yaml edited to a huge model must not allocate it first
         check_state_dict(build_model(run.model), sd, source=str(weights))
     with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone

@@ -175,6 +175,26 @@ def test_wrong_weights_are_named(tmp_path, change, match):
         load(tmp_path)
 
 
+@pytest.mark.parametrize("n_layer", [2, 100_000])
+def test_a_config_with_more_layers_than_the_weights_is_refused_before_any_model_is_built(tmp_path, monkeypatch,
+                                                                                         n_layer):
+    """config.json's n_layer past the weights' layers was found only by comparing them with a model built for it, on
+    the meta device but one Python module a layer: n_layer 100000 ran for minutes, 10**9 until memory ran out (the
+    map of weight names was listed for every layer first)."""
+    import neurallayers.models
+
+    hf_folder(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_layer": n_layer}))
+
+    def no_build(config):
+        raise AssertionError(f"built a model of {config.n_layer} layers before refusing the weights")
+
+    monkeypatch.setattr(neurallayers.models, "build_model", no_build)
+    with pytest.raises(CheckpointError, match=rf"n_layer={n_layer}.* weights of 1 layer.* missing: layer 1\b"):
+        load_hf(tmp_path)
+
+
 def test_unknown_model_type_is_named(tmp_path):
     hf_folder(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -193,6 +213,21 @@ def test_missing_weights_and_bad_config(tmp_path):
         load_hf(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_hf(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", ["config.json", "generation_config.json", "tokenizer_config.json",
+                                  "model.safetensors.index.json"])
+def test_a_json_file_nested_too_deep_is_one_line(tmp_path, name):
+    """json.loads recurses a level a bracket: a file of 100,000 '[' was a RecursionError traceback from load and the
+    CLI, as safetensors headers were before (weights.validate_safetensors)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    hf_folder(tmp_path, shard="1KB" if name == "model.safetensors.index.json" else None)
+    HFTokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")).save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / name).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=rf"{name}'? is not valid JSON: nested too deep"):
+        load_hf(tmp_path)
 
 
 def test_dtype_and_device_arguments(tmp_path):
@@ -251,6 +286,37 @@ def test_sharded_index_is_validated(tmp_path):
     _edit_index(tmp_path, lambda m: m.pop(KEY))  # present in a shard, absent from the index
     with pytest.raises(CheckpointError, match=f"not listed.*{KEY}"):
         load_hf(tmp_path)
+
+
+def _sharded_without_config_dtype(path) -> None:
+    """A sharded folder whose config.json names no dtype: dtype="auto" then reads the index's metadata."""
+    hf_folder(path, shard="4KB")
+    config = json.loads((path / "config.json").read_text())
+    config = {k: v for k, v in config.items() if k not in ("dtype", "torch_dtype")}
+    (path / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("metadata", [["x"], "bfloat16", 5])
+def test_an_index_whose_metadata_is_no_object_is_named(tmp_path, metadata):
+    """dtype="auto" reads the index's metadata dtype: metadata of another kind was an AttributeError traceback ("'list'
+    object has no attribute 'get'"), from the CLI's --dtype auto too; transformers fails on such an index as well."""
+    _sharded_without_config_dtype(tmp_path)
+    index_path = tmp_path / "model.safetensors.index.json"
+    index_path.write_text(json.dumps({**json.loads(index_path.read_text()), "metadata": metadata}))
+    for dtype in ("auto", None):
+        with pytest.raises(CheckpointError, match=r"index.json: 'metadata' must be an object"):
+            load_hf(tmp_path, dtype=dtype)
+
+
+def test_an_index_metadata_dtype_that_names_no_dtype_leaves_it_to_the_weights(tmp_path):
+    """A dtype of another kind (a list: "unhashable type" before) names no dtype, as an unknown name does."""
+    _sharded_without_config_dtype(tmp_path)
+    index_path = tmp_path / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    for named in (["bfloat16"], "int8"):
+        index_path.write_text(json.dumps({**index, "metadata": {"dtype": named}}))
+        model, _ = load_hf(tmp_path, dtype="auto")
+        assert next(model.parameters()).dtype == torch.float32
 
 
 # ----- save_hf arguments -----

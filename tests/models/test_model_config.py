@@ -573,3 +573,30 @@ def test_ints_in_float_fields_are_held_as_floats_and_build(fields):
     logits = build_model(cfg)(torch.tensor([[1, 2, 3, 4, 5, 6]])).logits
     assert torch.isfinite(logits).all()
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _alias_bomb(levels: int) -> str:
+    """YAML's "billion laughs": each level a list of ten aliases of the one before, 10**levels values once expanded."""
+    lines = ["n_layer: 1", "extra:", "  l0: &l0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, needle", [
+    # safe_load gave back shared lists, and checking extra walked every expanded value: 10**6 of them were taken in 4 s,
+    # 10**7 in 42 s, and 10**9 (a 1 kB file) ran until memory ran out
+    (_alias_bomb(6), r"aliases that expand to over 100,000 values"),
+    ("extra: &a [1, *a]\n", r"an alias inside its own anchor \(line 1\)"),  # RecursionError in the extra check
+    # yaml's composer recurses a level a bracket: RecursionError, a traceback from `neurallayers info`
+    ("extra: " + "[" * 5000 + "]" * 5000 + "\n", r"nested too deep"),
+])
+def test_a_hostile_yaml_file_is_refused_in_one_line(tmp_path, text, needle):
+    (tmp_path / "m.yaml").write_text(text)
+    with pytest.raises(ValueError, match=rf"m.yaml is not a config file YAML reads safely: .*{needle}"):
+        ModelConfig.from_file(tmp_path / "m.yaml")
+
+
+def test_yaml_aliases_of_a_config_still_load(tmp_path):
+    """safe_dump writes a list shared by two fields as an anchor and an alias: such a file is no bomb."""
+    (tmp_path / "m.yaml").write_text("n_layer: 1\nextra: {a: &x [1, 2], b: *x, c: {<<: {d: 1}}}\n")
+    assert ModelConfig.from_file(tmp_path / "m.yaml").extra == {"a": [1, 2], "b": [1, 2], "c": {"d": 1}}

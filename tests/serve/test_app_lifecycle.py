@@ -133,6 +133,18 @@ def test_reload_refuses_a_folder_with_a_file_that_links_outside_the_root(tmp_pat
         assert_ok_after(srv.url)
 
 
+def test_reload_checks_a_folder_whose_modules_json_is_nested_too_deep(tmp_path):
+    """The root check reads modules.json for the module folders a load reads: a file of 100,000 '[' was a
+    RecursionError out of it, a 500 (which OpenAI clients retry). A run folder's load never reads the file."""
+    root = tmp_path / "models"
+    write_run_dir(root / "a", seed=1)
+    (write_run_dir(root / "deep", seed=2) / "modules.json").write_text("[" * 100_000 + "]" * 100_000)
+    with serving(root / "a", model_name="a", model_root=root) as srv:
+        r = httpx.post(f"{srv.url}/reload", json={"model": "deep"}, timeout=60)
+        assert r.status_code == 200 and r.json() == {"model": "deep", "previous": "a"}, r.text
+        assert_ok_after(srv.url)
+
+
 def _checkpoint(run: Path, step: int, weights_of: Path) -> Path:
     """run/checkpoints/step-<step>: a complete checkpoint holding the weights of the run `weights_of`."""
     folder = run / "checkpoints" / f"step-{step}"

@@ -264,6 +264,28 @@ def test_a_config_edited_to_a_huge_model_is_refused_before_it_is_built(base_run,
         load_run(run_dir)
 
 
+def test_a_config_edited_to_a_huge_depth_is_refused_before_any_model_is_built(base_run, tmp_path, monkeypatch):
+    """The shapes check above builds config.yaml's model on the meta device, one Python module a layer: n_layer
+    10**9 ran until memory ran out. The weights' layer count is compared first."""
+    import yaml
+
+    import neurallayers.models
+
+    run_dir = _copy(base_run, tmp_path)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    layers = cfg["model"]["n_layer"]
+    cfg["model"]["n_layer"] = 10**9
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    def no_build(config):
+        raise AssertionError(f"built a model of {config.n_layer} layers before refusing the weights")
+
+    monkeypatch.setattr(neurallayers.models, "build_model", no_build)
+    with pytest.raises(CheckpointError, match=rf"n_layer=1000000000 .* weights of {layers} layers.* missing: layer "
+                                              rf"{layers}\b"):
+        load_run(run_dir)
+
+
 @pytest.mark.parametrize("kind", ["folder", "broken link"])
 def test_a_broken_model_file_is_refused_not_swapped_for_a_checkpoint(base_run, tmp_path, kind):
     """load_run took anything but a regular model.safetensors for a missing one and loaded the newest checkpoint's
