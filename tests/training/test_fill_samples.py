@@ -23,26 +23,19 @@ def bert_tokenizer() -> Tokenizer:
     return Tokenizer(hf, pad_token="[PAD]")
 
 
+def masked_lm(tokenizer: Tokenizer, **sizes) -> torch.nn.Module:
+    """A random post-norm masked LM over `tokenizer`'s vocabulary, in eval mode."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(causal=False, head="mlm", vocab_size=tokenizer.vocab_size, n_head=2, norm_placement="post",
+                      dropout=0.0, pad_token_id=0, **sizes)
+    return build_model(cfg).eval()
+
+
 def test_prompt_fills_frame_the_prompt_as_the_fill_mask_pipeline_does():
     """A BERT tokenizer's prompt was encoded without [CLS] and [SEP]: samples.txt showed other guesses (and other
     scores) than `nl.pipeline("fill-mask")` and transformers' pipeline give for the same model and text."""
     tokenizer = bert_tokenizer()
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        causal=False,
-        head="mlm",
-        vocab_size=tokenizer.vocab_size,
-        block_size=16,
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        norm_placement="post",
-        mlp="gelu",
-        dropout=0.0,
-        pad_token_id=0,
-        init_std=0.5,
-    )
-    model = build_model(cfg).eval()
+    model = masked_lm(tokenizer, block_size=16, n_layer=2, n_embd=32, mlp="gelu", init_std=0.5)
     prompt = "the quick [MASK] fox jumps"
     want = FillMaskPipeline(model, tokenizer)(prompt, top_k=5)
     shown = prompt_fills(model, tokenizer, [prompt], torch.device("cpu"))
@@ -56,21 +49,7 @@ def test_a_prompt_longer_than_the_context_is_named_and_the_others_filled(caplog)
     import logging
 
     tokenizer = bert_tokenizer()
-    torch.manual_seed(0)
-    model = build_model(
-        ModelConfig(
-            causal=False,
-            head="mlm",
-            vocab_size=tokenizer.vocab_size,
-            block_size=8,
-            n_layer=1,
-            n_head=2,
-            n_embd=16,
-            norm_placement="post",
-            dropout=0.0,
-            pad_token_id=0,
-        )
-    ).eval()
+    model = masked_lm(tokenizer, block_size=8, n_layer=1, n_embd=16)
     long = "the quick brown fox jumps over a [MASK] dog"  # 11 tokens with [CLS] and [SEP]
     with caplog.at_level(logging.WARNING, logger="neurallayers.training"):
         shown = prompt_fills(model, tokenizer, [long, "the [MASK] fox"], torch.device("cpu"))
