@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from neurallayers.training.trainer import fit
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    out = Path(args.out)
+    out = Path(args.out).expanduser()  # `--out=~/x`: the shell leaves that ~ as it is
     where = shlex.quote(str(out))  # the hints are lines to paste into a shell, whatever the folder's name holds
     resume = demo_command(f"--out {where} --resume")
     # a demo killed before its first checkpoint has a config.yaml and nothing to resume: fit() starts it afresh, as

@@ -133,6 +133,12 @@ def run(args: argparse.Namespace) -> int:
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, one log: the other ranks say only errors
     logging.basicConfig(level=logging.INFO if main_rank else logging.ERROR, format="%(message)s", stream=sys.stderr)
     base = None
+    # `--out=~/x` reaches us unexpanded (the shell expands a leading ~ only as a word of its own): a folder named "~"
+    # in the working folder, one `rm -rf ~` away from the real one; nl.train and a config's paths read ~ as home
+    if args.out:
+        args.out = os.path.expanduser(args.out)
+    if isinstance(args.resume, str):
+        args.resume = os.path.expanduser(args.resume)
     if isinstance(args.resume, str) and not args.out:  # `--resume runs/x/checkpoints/step-800` names its run too
         args.out = str(_run_of(args.resume))
     if args.resume and args.out and not (args.config or args.preset):  # the run's own config, then any overrides

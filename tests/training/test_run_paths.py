@@ -127,3 +127,29 @@ def test_going_back_sets_the_newer_checkpoints_aside_across_file_systems(run, mo
     assert main(["train", "--resume", str(run / "checkpoints/step-2"), "--no-progress"]) == 0
     assert sorted(p.name for p in (run / "abandoned").iterdir()) == ["model.safetensors", "step-4"]
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-2", "step-4"]
+
+
+@pytest.mark.parametrize("flags", [["--out=~/runs/x"], ["--out=~/runs/x", "--resume=~/runs/x"]])
+def test_train_reads_a_leading_tilde_in_out_and_resume_as_the_home_folder(tmp_path, monkeypatch, flags):
+    """`--out=~/x` reaches the CLI unexpanded (the shell expands ~ only as a word of its own): train made a folder
+    named "~" in the working folder, where nl.train and a config's paths read ~ as the home folder."""
+    import neurallayers.training.trainer as trainer
+    from neurallayers.__main__ import main
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / "runs/x").mkdir(parents=True)
+    (home / "runs/x/config.yaml").write_text("model: {preset: tiny}\n")
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    seen = {}
+
+    def fake_fit(run, out, *, resume, progress):
+        seen.update(out=out, resume=resume)
+        raise KeyboardInterrupt  # stands for the training; the CLI's arguments are what is checked
+
+    monkeypatch.setattr(trainer, "fit", fake_fit)
+    main(["train", "--preset", "tiny", *flags])  # the fake's Ctrl-C: the CLI's exit code, not checked here
+    assert seen["out"] == home / "runs/x" and not (work / "~").exists()
+    if len(flags) > 1:
+        assert seen["resume"] == str(home / "runs/x")
