@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 
-from neurallayers.checks import is_integral
+from neurallayers.checks import check_bool, is_integral
 from neurallayers.data.corpora import lone_surrogate
 from neurallayers.data.tokenizer_files import copy_hf
 from neurallayers.data.tokenizers import Tokenizer
@@ -150,9 +150,7 @@ def tokenize_batch(tokenizer: Tokenizer, texts: list[str], *, text_pairs: list[s
 
 
 def _flag(add_special_tokens: object) -> bool:
-    if not isinstance(add_special_tokens, bool):  # "no" is truthy: it added them
-        raise ValueError(f"add_special_tokens={add_special_tokens!r}: must be True or False")
-    return add_special_tokens
+    return check_bool(add_special_tokens, "add_special_tokens")  # "no" is truthy: it added them
 
 
 def token_counts(tokenizer: Tokenizer, texts: list[str], *, add_special_tokens: bool = True) -> list[int]:

@@ -116,10 +116,9 @@ def _check_config_owner(json_path: Path) -> None:
 def _owner_config(path: Path) -> dict:
     """tokenizer_config.json as a dict; {} where there is none, or none readable (a save replaces it, as before)."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        return _read_config(path)
+    except (OSError, ValueError):  # not valid JSON (nested too deep too), or not an object
         return {}
-    return config if isinstance(config, dict) else {}
 
 
 def check_load_argument(path_or_name: object) -> None:

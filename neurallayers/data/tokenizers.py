@@ -149,6 +149,12 @@ class Tokenizer:
         return None if self.mask_token is None else self.hf.token_to_id(self.mask_token)
 
     @property
+    def unk_id(self) -> int | None:
+        """The id of the unknown token transformers names (`named_tokens`' unk_token), or None."""
+        name = self.named_tokens.get("unk_token")
+        return self.hf.token_to_id(name) if name else None
+
+    @property
     def special_ids(self) -> list[int]:
         """Ids of every special token (bos, eos, pad, mask and other added specials), sorted."""
         added = [i for i, t in self.hf.get_added_tokens_decoder().items() if t.special]

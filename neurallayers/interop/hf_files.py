@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from neurallayers.checks import check_bool
 from neurallayers.files import write_text_atomic
 from neurallayers.weights import CheckpointError, read_safetensors, torch_load_safe
 
@@ -62,8 +63,7 @@ def read_hf_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, to
         FileNotFoundError: no weights file.
         CheckpointError: a corrupt file or index, or a pickle when `allow_pickle` is False.
     """
-    if not isinstance(allow_pickle, bool):  # "false" is truthy: it opted in to unpickling
-        raise ValueError(f"allow_pickle={allow_pickle!r}: must be True or False")
+    check_bool(allow_pickle, "allow_pickle")  # "false" is truthy: it opted in to unpickling
     if os.path.lexists(folder / SAFE_WEIGHTS):  # a folder, FIFO or broken link by that name is named as such (it
         return read_safetensors(folder / SAFE_WEIGHTS)  # was "has no weights", or fell through to the pickle)
     if (folder / SAFE_INDEX).is_file():

@@ -96,9 +96,9 @@ class Pipeline(ABC):
 def _switch(name: str, value: Any) -> bool | None:
     """A True/False option (None: unset). do_sample=0 sampled and return_full_text=None dropped the prompt, where
     transformers decodes greedily and keeps it: anything but a bool was read by identity or truthiness."""
-    if value is not None and not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r}: must be True or False")
-    return value
+    from neurallayers.checks import check_bool
+
+    return None if value is None else check_bool(value, name)
 
 
 def check_options(task: str, options: dict, *functions: Any, extra: tuple[str, ...] = ()) -> None:

@@ -29,8 +29,7 @@ def token_entries(tokenizer: Tokenizer, text: str, batch: dict[str, torch.Tensor
     entry; for the unknown token, the text it stands for), label scores, index, character span, and whether it
     continues the previous token's word (transformers' is_subword rule)."""
     prefix = getattr(tokenizer.hf.model, "continuing_subword_prefix", None)
-    unk_name = tokenizer.named_tokens.get("unk_token")
-    unk = tokenizer.token_to_id(unk_name) if unk_name else None
+    unk = tokenizer.unk_id
     entries = []
     for j in range(probs.shape[0]):
         if not batch["attention_mask"][row, j] or batch["special_tokens_mask"][row, j]:

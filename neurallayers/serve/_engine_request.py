@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from neurallayers.checks import check_bool
 from neurallayers.data.tokenizers import StreamDecoder
 from neurallayers.generation.config import GenerationConfig, StreamEvent, TokenLogprob
 from neurallayers.generation.generate import _choose, _row_seed
@@ -41,8 +42,7 @@ class TextOptions:
 
     def __post_init__(self) -> None:
         for name in ("skip_special_tokens", "include_stop_str_in_output"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"TextOptions.{name}={getattr(self, name)!r}: must be True or False")
+            check_bool(getattr(self, name), f"TextOptions.{name}")
         stops = self.reported_stops
         # a string would name every substring of itself (`in` a str), silently
         if stops is not None and (not isinstance(stops, tuple | list) or not all(isinstance(s, str) for s in stops)):

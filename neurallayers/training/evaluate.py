@@ -94,8 +94,7 @@ def boundary_ids(tokenizer: object) -> list[int]:
 def unknown_id(tokenizer: object) -> int | None:
     """The id of the tokenizer's unknown token, or None; None too where that token frames documents (transformers'
     GPT-2 names "<|endoftext|>", its eos, as its unk_token)."""
-    unk = tokenizer.named_tokens.get("unk_token")
-    unk_id = None if unk is None else tokenizer.token_to_id(unk)
+    unk_id = tokenizer.unk_id
     return None if unk_id in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) else unk_id
 
 

@@ -158,8 +158,7 @@ def _warn_if_unknown(tokenizer: object, train: object, source: str) -> None:
     to predict, silently. Counted on `token_sample`, the tokens trainer.data_digest reads too."""
     import numpy as np
 
-    name = tokenizer.named_tokens.get("unk_token")
-    unk = tokenizer.token_to_id(name) if name else None
+    name, unk = tokenizer.named_tokens.get("unk_token"), tokenizer.unk_id
     sample = np.asarray(token_sample(train))
     share = float((sample == unk).mean()) if unk is not None and len(sample) else 0.0
     if share > 0.01:
