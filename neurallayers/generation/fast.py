@@ -244,7 +244,7 @@ class DecodeStep:
             pos = torch.full((rows,), input_pos, dtype=torch.long, device=tok.device)
         positions = pos[:, None] if position_ids is None else position_ids
         if tok.device.type == "cpu":  # a read back costs nothing there; off the CPU the step keeps its no-sync path
-            _check_on_host(self.model, tok, cache, pos, position_ids)
+            _check_on_host(self.model, tok, cache, pos, position_ids, positions=self.compiled)
         mask = self._mask(attention_mask, rows, length, tok.device)
         # The math attention (q k^T, softmax, a v) beats the CPU flash kernel for one query: 7x in bf16, a
         # little in fp32 (inductor fuses its mask and softmax). Freezing is read while tracing as well as while
@@ -314,12 +314,15 @@ def _check_inputs(tok: torch.Tensor, cache: KVCache, input_pos: int | torch.Tens
 
 
 def _check_on_host(model: nn.Module, tok: torch.Tensor, cache: KVCache, pos: torch.Tensor,
-                   position_ids: torch.Tensor | None) -> None:
-    """Token ids and positions, read back: a compiled step's graph checks neither (the model's checks skip a compiled
-    step), so a position outside the cache or the position table failed deep in an inductor kernel ("index out of
-    bounds: 0 <= tmp7 < 64L", where the eager step names the cache's positions), and an id past the vocabulary was
-    torch's bare IndexError in either step."""
+                   position_ids: torch.Tensor | None, *, positions: bool) -> None:
+    """Token ids and, with `positions` (a compiled step), positions, read back: a compiled step's graph checks
+    neither (the model's checks skip a compiled step), so a position outside the cache or the position table failed
+    deep in an inductor kernel ("index out of bounds: 0 <= tmp7 < 64L", where the eager step names the cache's
+    positions), and an id past the vocabulary was torch's bare IndexError in either step. The eager step's forward
+    checks the positions itself (on the CPU), with these same functions."""
     check_below(tok, model.config.vocab_size, "tok", "vocab_size")
+    if not positions:
+        return
     cache.check_positions(pos, 1)
     if model.config.position in ("learned", "sinusoidal"):  # tables of block_size rows
         model._check_table_positions(1, pos, position_ids, static=False)
